@@ -1,0 +1,342 @@
+use aya_ebpf::{
+    bindings::{
+        bpf_sock_addr, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
+    },
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
+            bpf_get_socket_cookie,
+        },
+    },
+    macros::{cgroup_sock_addr, map, sock_ops},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap},
+    programs::{SockAddrContext, SockOpsContext},
+    EbpfContext,
+};
+use nhi_agent_common::{
+    is_v4_mapped, AgentConfig, CgroupPolicy, ConnRecord, SockKey, TargetKey, TargetValue, AF_INET,
+    AF_INET6, CGROUP_MAP_ENTRIES, CONN_MAP_ENTRIES, MAX_CGROUP_DEPTH, TARGET_MAP_ENTRIES,
+};
+
+/// Verdict of a cgroup_sock_addr program that lets the call proceed.
+const ALLOW: i32 = 1;
+const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+/// 127.0.0.1 in network order.
+const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+/// ::1 in network order.
+const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+
+// Maps are pinned by name under the directory userspace chooses, so a restarted agent
+// finds the same state and a killed one leaves the redirection (fail-closed) in place.
+#[map(name = "NHI_CONFIG")]
+static NHI_CONFIG: Array<AgentConfig> = Array::pinned(1, 0);
+
+#[map(name = "NHI_CGROUPS")]
+static NHI_CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::pinned(CGROUP_MAP_ENTRIES, 0);
+
+#[map(name = "NHI_TARGETS")]
+static NHI_TARGETS: LpmTrie<TargetKey, TargetValue> = LpmTrie::pinned(TARGET_MAP_ENTRIES, 0);
+
+#[map(name = "NHI_PENDING")]
+static NHI_PENDING: LruHashMap<u64, ConnRecord> = LruHashMap::pinned(CONN_MAP_ENTRIES, 0);
+
+#[map(name = "NHI_BY_ADDR")]
+static NHI_BY_ADDR: LruHashMap<SockKey, ConnRecord> = LruHashMap::pinned(CONN_MAP_ENTRIES, 0);
+
+#[map(name = "NHI_ACCEPTED")]
+static NHI_ACCEPTED: LruHashMap<u64, ConnRecord> = LruHashMap::pinned(CONN_MAP_ENTRIES, 0);
+
+#[cgroup_sock_addr(connect4)]
+pub fn nhi_connect4(ctx: SockAddrContext) -> i32 {
+    let _ = try_connect(&ctx, false);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn nhi_connect6(ctx: SockAddrContext) -> i32 {
+    let _ = try_connect(&ctx, true);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn nhi_getpeername4(ctx: SockAddrContext) -> i32 {
+    let _ = try_getpeername(&ctx, false);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn nhi_getpeername6(ctx: SockAddrContext) -> i32 {
+    let _ = try_getpeername(&ctx, true);
+    ALLOW
+}
+
+// Named `nhi_sock_ops`: a function called `sockops` under `#[sock_ops]` fails to link.
+#[sock_ops]
+pub fn nhi_sock_ops(ctx: SockOpsContext) -> u32 {
+    let _ = try_sock_ops(&ctx);
+    1
+}
+
+/// Cheap early exits carry no information; `Err(())` just means "leave it alone".
+type Outcome = Result<(), ()>;
+
+#[inline(always)]
+fn sa(ctx: &SockAddrContext) -> &bpf_sock_addr {
+    // SAFETY: the kernel hands the program a valid bpf_sock_addr for its lifetime.
+    unsafe { &*ctx.sock_addr }
+}
+
+#[inline(always)]
+fn agent_config() -> Result<&'static AgentConfig, ()> {
+    let cfg = NHI_CONFIG.get(0).ok_or(())?;
+    if cfg.proxy_port == 0 {
+        return Err(());
+    }
+    Ok(cfg)
+}
+
+fn try_connect(ctx: &SockAddrContext, v6: bool) -> Outcome {
+    let addr = sa(ctx);
+    if addr.type_ != SOCK_STREAM || addr.protocol != IPPROTO_TCP {
+        return Err(());
+    }
+    let cfg = agent_config()?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == cfg.agent_tgid {
+        return Err(());
+    }
+    // SAFETY: plain helper call on the program's own context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if netns != cfg.netns_cookie {
+        return Err(());
+    }
+
+    let port = u16::from_be(addr.user_port as u16);
+    let ip6 = addr.user_ip6;
+    let mapped = v6 && is_v4_mapped(&ip6);
+    let ip4 = if v6 { ip6[3] } else { addr.user_ip4 };
+
+    // Already aimed at the proxy (a retry, or an explicit connection): leave it.
+    if port == cfg.proxy_port
+        && ((!v6 || mapped) && ip4 == LOOPBACK4 || v6 && !mapped && ip6 == LOOPBACK6)
+    {
+        return Err(());
+    }
+
+    // Is the destination a target?
+    let mut key = TargetKey {
+        family: 4,
+        port: port.to_be_bytes(),
+        addr: [0; 16],
+    };
+    let prefix = if v6 && !mapped {
+        key.family = 6;
+        key.addr = words_to_bytes(&ip6);
+        TargetKey::HEADER_BITS + 128
+    } else {
+        key.addr[..4].copy_from_slice(&ip4.to_ne_bytes());
+        TargetKey::HEADER_BITS + 32
+    };
+    let target = NHI_TARGETS.get(Key::new(prefix, key)).ok_or(())?;
+
+    // Is the caller intercepted?
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: helper without arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let flags = classify(cgroup_id, uid_gid as u32)?;
+
+    let record = ConnRecord {
+        orig_ip: if v6 { ip6 } else { [ip4, 0, 0, 0] },
+        orig_port: port,
+        family: if v6 { AF_INET6 } else { AF_INET },
+        target: target.index,
+        cgroup_id,
+        pid_tgid,
+        uid_gid,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        flags,
+        _pad: 0,
+    };
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // If the record cannot be stored the connection is still redirected: the proxy
+    // then finds no record and refuses it. Failing closed beats an unaudited bypass.
+    let _ = NHI_PENDING.insert(&cookie, &record, 0);
+
+    // SAFETY: the kernel allows cgroup connect programs to rewrite the destination;
+    // user_port must be written as a 4-byte store of the big-endian port.
+    unsafe {
+        let a = &mut *ctx.sock_addr;
+        if v6 && !mapped {
+            a.user_ip6 = LOOPBACK6;
+        } else if v6 {
+            a.user_ip6 = [0, 0, nhi_agent_common::V4_MAPPED_WORD, LOOPBACK4];
+        } else {
+            a.user_ip4 = LOOPBACK4;
+        }
+        a.user_port = u32::from(cfg.proxy_port.to_be());
+    }
+    Ok(())
+}
+
+/// Decides whether a connection from `cgroup_id` by `uid` is redirected; returns the
+/// record flags, or `Err` to leave the connection alone.
+#[inline(always)]
+fn classify(cgroup_id: u64, uid: u32) -> Result<u32, ()> {
+    if let Some(policy) = unsafe { NHI_CGROUPS.get(&cgroup_id) } {
+        return decide(policy, uid).map(|()| 0);
+    }
+    // A cgroup userspace has not seen yet (created since its last scan). If an
+    // ancestor is intercepted, so is this descendant. Otherwise hand the connection
+    // to userspace with a flag, which classifies the cgroup by path and either
+    // audits the connection or relays it untouched: a workload started after the
+    // agent is thus intercepted from its very first connection.
+    let mut level = MAX_CGROUP_DEPTH - 1;
+    while level > 0 {
+        // SAFETY: helper call; returns 0 when `level` is deeper than the task's cgroup.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if ancestor != 0 && ancestor != cgroup_id {
+            if let Some(policy) = unsafe { NHI_CGROUPS.get(&ancestor) } {
+                if policy.action == CgroupPolicy::INTERCEPT {
+                    return decide(policy, uid).map(|()| 0);
+                }
+                break;
+            }
+        }
+        level -= 1;
+    }
+    Ok(ConnRecord::FLAG_UNCLASSIFIED)
+}
+
+#[inline(always)]
+fn decide(policy: &CgroupPolicy, uid: u32) -> Outcome {
+    if policy.action != CgroupPolicy::INTERCEPT {
+        return Err(());
+    }
+    if policy.uid != CgroupPolicy::ANY_UID && policy.uid != uid {
+        return Err(());
+    }
+    Ok(())
+}
+
+fn try_getpeername(ctx: &SockAddrContext, v6: bool) -> Outcome {
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out before anything else touches the map.
+    let record = unsafe { NHI_PENDING.get(&cookie) }.ok_or(())?;
+    // SAFETY: getpeername programs may rewrite the reported address.
+    unsafe {
+        let a = &mut *ctx.sock_addr;
+        if v6 {
+            a.user_ip6 = record.orig_ip;
+        } else {
+            a.user_ip4 = record.orig_ip[0];
+        }
+        a.user_port = u32::from(record.orig_port.to_be());
+    }
+    Ok(())
+}
+
+fn try_sock_ops(ctx: &SockOpsContext) -> Outcome {
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            // SAFETY: helper on the program's own context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let record = unsafe { NHI_PENDING.get(&cookie) }.ok_or(())?;
+            let key = local_key(ctx);
+            NHI_BY_ADDR.insert(&key, record, 0).map_err(|_| ())?;
+            // Ask for state callbacks so the entries go when the socket closes.
+            let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+        }
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            let cfg = agent_config()?;
+            if ctx.local_port() != u32::from(cfg.proxy_port) {
+                return Err(());
+            }
+            let key = remote_key(ctx);
+            let record = unsafe { NHI_BY_ADDR.get(&key) }.ok_or(())?;
+            // SAFETY: helper on the program's own context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            NHI_ACCEPTED.insert(&cookie, record, 0).map_err(|_| ())?;
+            let _ = NHI_BY_ADDR.remove(&key);
+            let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+        }
+        BPF_SOCK_OPS_STATE_CB => {
+            if ctx.arg(1) != BPF_TCP_CLOSE {
+                return Ok(());
+            }
+            // SAFETY: helper on the program's own context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            if unsafe { NHI_PENDING.get(&cookie) }.is_some() {
+                let _ = NHI_PENDING.remove(&cookie);
+                let _ = NHI_BY_ADDR.remove(&local_key(ctx));
+            } else {
+                let _ = NHI_ACCEPTED.remove(&cookie);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn local_key(ctx: &SockOpsContext) -> SockKey {
+    sock_key(ctx.family(), ctx.local_ip4(), ctx.local_ip6(), ctx.local_port())
+}
+
+#[inline(always)]
+fn remote_key(ctx: &SockOpsContext) -> SockKey {
+    // remote_port holds the network-order port in its upper 16 bits.
+    let port = u32::from(u16::from_be((ctx.remote_port() >> 16) as u16));
+    sock_key(ctx.family(), ctx.remote_ip4(), ctx.remote_ip6(), port)
+}
+
+#[inline(always)]
+fn sock_key(family: u32, ip4: u32, ip6: [u32; 4], port: u32) -> SockKey {
+    if family == u32::from(AF_INET6) && !is_v4_mapped(&ip6) {
+        SockKey {
+            ip: ip6,
+            port,
+            family: u32::from(AF_INET6),
+        }
+    } else {
+        let v4 = if family == u32::from(AF_INET6) {
+            ip6[3]
+        } else {
+            ip4
+        };
+        SockKey {
+            ip: [v4, 0, 0, 0],
+            port,
+            family: u32::from(AF_INET),
+        }
+    }
+}
+
+#[inline(always)]
+fn words_to_bytes(w: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = w[i].to_ne_bytes();
+        out[i * 4] = b[0];
+        out[i * 4 + 1] = b[1];
+        out[i * 4 + 2] = b[2];
+        out[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    out
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,10 @@
+//! nhi-agent: a tamper-evident audit trail and guardrails for non-human identities.
+//!
+//! See ARCHITECTURE.md at the repository root for the bird's-eye view and the code map.
+pub mod cli;
+pub mod config;
+pub mod ebpf;
+pub mod identity;
+pub mod journal;
+pub mod proxy;
+pub mod sdnotify;
