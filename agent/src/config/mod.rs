@@ -1,1 +1,530 @@
-//! config (being written)
+//! The agent's configuration: which workloads to intercept, which destinations
+//! ("targets") to proxy, and how the agent itself runs.
+//!
+//! The file is TOML, written by SREs. It is parsed once into raw serde structs
+//! ([`raw`]) and then validated into the types below, which cannot hold an invalid
+//! value: a [`Config`] always has at least one target, unique target names, usable
+//! ports, compiled cgroup patterns and positive limits. Every error, syntax or
+//! semantic, carries the file name, line and column (see [`ConfigError`]).
+//!
+//! A minimal file:
+//!
+//! ```toml
+//! [agent]
+//! mode = "enforce"                      # or "observe"
+//! journal = "/var/lib/nhi-agent/journal.db"
+//!
+//! [[workload]]
+//! name = "backup-bot"
+//! cgroup = "system.slice/backup*.service"
+//!
+//! [[target]]
+//! name = "orders-db"
+//! address = "10.0.0.5:5432"
+//! protocol = "tcp"
+//! ```
+mod destination;
+mod error;
+mod pattern;
+mod raw;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use destination::Destination;
+pub use error::ConfigError;
+pub use pattern::CgroupPattern;
+
+use raw::{RawAgent, RawConfig, RawTarget, RawWorkload};
+
+/// Default for `[agent] listen_port`.
+pub const DEFAULT_LISTEN_PORT: u16 = 15001;
+/// Default for `[agent] bpffs`.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/nhi-agent";
+/// Default for `[agent] max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default for `[agent] connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `[agent] idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default for `[agent] drain_timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `[agent] rescan_interval`.
+pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[agent]`: how the agent runs.
+    pub agent: AgentSettings,
+    /// `[[workload]]` tables, in file order (order matters: see [`Config::workload_for`]).
+    pub workloads: Vec<Workload>,
+    /// `[[target]]` tables, in file order; never empty, names unique.
+    pub targets: Vec<Target>,
+    /// The file the configuration was loaded from; `None` when parsed from a string.
+    pub source: Option<PathBuf>,
+}
+
+/// `[agent] mode`: what happens to intercepted connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `"enforce"`: connections are proxied and journaled, and refused if that fails.
+    Enforce,
+    /// `"observe"`: connections are proxied and journaled, never refused.
+    Observe,
+}
+
+/// `[agent] fail`: what happens to intercepted connections while the agent is not
+/// running (its proxy does not answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// `"closed"`: they fail, so nothing reaches a target unjournaled.
+    Closed,
+    /// `"open"`: they go straight to the target, unjournaled.
+    Open,
+}
+
+/// `[agent]`: how the agent itself runs. Every key but `mode` and `journal` is optional.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSettings {
+    /// `mode` (required): `"enforce"` or `"observe"`.
+    pub mode: Mode,
+    /// `journal` (required): absolute path of the journal database.
+    pub journal: PathBuf,
+    /// `listen_port` (15001): the port the proxy listens on, on 127.0.0.1 and ::1.
+    pub listen_port: u16,
+    /// `fail` (`"closed"` in enforce mode, `"open"` in observe mode): what happens
+    /// to intercepted connections when the agent is not running.
+    pub fail: FailMode,
+    /// `bpffs` ("/sys/fs/bpf/nhi-agent"): absolute directory on the BPF filesystem
+    /// where the agent pins its programs and maps.
+    pub bpffs: PathBuf,
+    /// `max_connections` (4096, at least 1): proxied connections open at once.
+    pub max_connections: usize,
+    /// `connect_timeout` ("10s", humantime syntax, not zero): how long the proxy
+    /// waits to connect to the target.
+    pub connect_timeout: Duration,
+    /// `idle_timeout` ("1h", not zero): a proxied connection with no traffic in
+    /// either direction for that long is closed.
+    pub idle_timeout: Duration,
+    /// `drain_timeout` ("30s"): how long SIGTERM waits for open connections to finish.
+    pub drain_timeout: Duration,
+    /// `rescan_interval` ("5s", not zero): how often the cgroup tree is rescanned
+    /// to pick up new cgroups.
+    pub rescan_interval: Duration,
+    /// `cgroup_root` (discovered from /proc/self/mountinfo): absolute path of the
+    /// cgroup2 mount, for machines where discovery picks the wrong one.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+/// `[[workload]]`: a set of processes to intercept, selected by cgroup and/or uid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// `name` (derived from each matched cgroup, see
+    /// [`crate::identity::derive_workload_name`]): how the journal calls it.
+    pub name: Option<String>,
+    /// `cgroup` (`"**"`, every cgroup): glob over cgroup paths relative to the
+    /// cgroup2 mount; see [`CgroupPattern`] for the semantics.
+    pub cgroup: CgroupPattern,
+    /// `uid` (any): only processes running as this (real) uid.
+    /// At least one of `cgroup` and `uid` must be given.
+    pub uid: Option<u32>,
+}
+
+impl Workload {
+    /// The name to journal for a connection from `cgroup_path`: the configured name,
+    /// or one derived from the cgroup (`"backup.service"`, `"container:0123456789ab"`).
+    pub fn display_name(&self, cgroup_path: &str) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => crate::identity::derive_workload_name(cgroup_path),
+        }
+    }
+}
+
+/// `[[target]]`: a destination whose connections are intercepted and journaled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `name` (required, unique): how the journal calls it.
+    pub name: String,
+    /// `address` (required): `ip:port`, `[ipv6]:port`, `CIDR:port`,
+    /// `[ipv6-CIDR]:port` or `*:port`; never a host name.
+    pub destination: Destination,
+    /// `protocol` (`"tcp"`): how the proxy handles the stream.
+    pub protocol: Protocol,
+}
+
+/// `[[target]] protocol`: how the proxy handles a target's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// `"tcp"`: bytes are relayed as they are.
+    Tcp,
+}
+
+impl Protocol {
+    /// Every protocol, for error messages.
+    const ALL: &'static [Protocol] = &[Protocol::Tcp];
+
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut config = parse(&text, &path.display().to_string())?;
+    config.source = Some(path.to_owned());
+    Ok(config)
+}
+
+/// Parses and validates configuration text; `origin` names it in error messages
+/// (usually the file name).
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let message = with_hint(text, e.span(), e.message());
+        ConfigError::invalid(origin, text, e.span(), message)
+    })?;
+    Config::try_from(raw).map_err(|p| p.into_error(origin, text))
+}
+
+/// Adds a hint to serde messages that are correct but unhelpful for a common
+/// mistake: `[target]` where `[[target]]` (an array of tables) is meant.
+fn with_hint(text: &str, span: Option<Range<usize>>, message: &str) -> String {
+    let token = span.and_then(|s| text.get(s)).unwrap_or("").trim_start();
+    for table in ["target", "workload"] {
+        if token.starts_with(&format!("[{table}]")) && message.contains("expected a sequence") {
+            return format!("{message}: write [[{table}]], with double brackets, for each {table}");
+        }
+    }
+    message.to_owned()
+}
+
+impl Config {
+    /// The workload a connection belongs to: the first workload (in file order)
+    /// whose cgroup pattern matches and whose uid, if set, equals `uid`.
+    pub fn workload_for(&self, cgroup_path: &str, uid: u32) -> Option<&Workload> {
+        self.workloads
+            .iter()
+            .find(|w| w.uid.is_none_or(|u| u == uid) && w.cgroup.matches(cgroup_path))
+    }
+
+    /// What the kernel should be told about this cgroup: `None` = bypass;
+    /// `Some(None)` = intercept any uid; `Some(Some(uid))` = intercept only that uid.
+    /// If several matching workloads name different uids, or one has no uid, any uid
+    /// is intercepted: the kernel filter only has room for one uid per cgroup, and
+    /// userspace then filters precisely with [`Config::workload_for`].
+    pub fn cgroup_selection(&self, cgroup_path: &str) -> Option<Option<u32>> {
+        let mut selection: Option<Option<u32>> = None;
+        for w in self
+            .workloads
+            .iter()
+            .filter(|w| w.cgroup.matches(cgroup_path))
+        {
+            selection = match (selection, w.uid) {
+                (None, uid) => Some(uid),
+                (Some(Some(a)), Some(b)) if a == b => Some(Some(a)),
+                _ => Some(None),
+            };
+        }
+        selection
+    }
+
+    /// The first target (in file order) whose destination matches `addr`, with its
+    /// index in [`Config::targets`].
+    pub fn target_for(&self, addr: SocketAddr) -> Option<(usize, &Target)> {
+        self.targets
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.destination.matches(addr))
+    }
+}
+
+/// A validation problem: a message and the byte span of the value it is about.
+/// [`parse`] turns it into a [`ConfigError`] with line and column.
+#[derive(Debug)]
+pub struct Problem {
+    span: Option<Range<usize>>,
+    message: String,
+    /// Where a conflicting earlier definition is, for "first defined on line N".
+    earlier: Option<Range<usize>>,
+}
+
+impl Problem {
+    fn at<T>(value: &Spanned<T>, message: impl Into<String>) -> Self {
+        Problem {
+            span: Some(value.span()),
+            message: message.into(),
+            earlier: None,
+        }
+    }
+
+    fn into_error(self, origin: &str, text: &str) -> ConfigError {
+        let mut message = self.message;
+        if let Some(earlier) = self.earlier {
+            let before = &text.as_bytes()[..earlier.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            message.push_str(&format!(" (first defined on line {line})"));
+        }
+        ConfigError::invalid(origin, text, self.span, message)
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = Problem;
+
+    fn try_from(raw: RawConfig) -> Result<Self, Problem> {
+        let agent = AgentSettings::try_from(raw.agent)?;
+        let workloads = raw
+            .workload
+            .into_iter()
+            .map(Workload::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        if raw.target.is_empty() {
+            // There is no place in the file to point at for something missing.
+            return Err(Problem {
+                span: None,
+                earlier: None,
+                message: "no [[target]] is configured: at least one is required, for example\n\n[[target]]\nname = \"orders-db\"\naddress = \"10.0.0.5:5432\"\nprotocol = \"tcp\"\n".to_owned(),
+            });
+        }
+        // Target names key the journal, so two targets with one name would make
+        // journal entries ambiguous.
+        let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+        let mut targets = Vec::with_capacity(raw.target.len());
+        for raw_target in raw.target {
+            let name = &raw_target.get_ref().name;
+            if let Some(earlier) = seen.get(name.get_ref()) {
+                let mut problem = Problem::at(
+                    name,
+                    format!(
+                        "duplicate target name \"{}\": target names must be unique",
+                        name.get_ref()
+                    ),
+                );
+                problem.earlier = Some(earlier.clone());
+                return Err(problem);
+            }
+            seen.insert(name.get_ref().clone(), name.span());
+            targets.push(Target::try_from(raw_target)?);
+        }
+        Ok(Config {
+            agent,
+            workloads,
+            targets,
+            source: None,
+        })
+    }
+}
+
+impl TryFrom<Spanned<RawAgent>> for AgentSettings {
+    type Error = Problem;
+
+    fn try_from(raw: Spanned<RawAgent>) -> Result<Self, Problem> {
+        let raw = raw.into_inner();
+        let listen_port = match raw.listen_port {
+            None => DEFAULT_LISTEN_PORT,
+            Some(p) if *p.get_ref() == 0 => {
+                return Err(Problem::at(&p, "listen_port must be between 1 and 65535"));
+            }
+            Some(p) => p.into_inner(),
+        };
+        let max_connections = match raw.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(Problem::at(&n, "max_connections must be at least 1"));
+            }
+            Some(n) => n.into_inner(),
+        };
+        Ok(AgentSettings {
+            mode: raw.mode,
+            journal: absolute_path(&raw.journal, "journal")?,
+            listen_port,
+            fail: raw.fail.unwrap_or(match raw.mode {
+                Mode::Enforce => FailMode::Closed,
+                Mode::Observe => FailMode::Open,
+            }),
+            bpffs: match &raw.bpffs {
+                Some(p) => absolute_path(p, "bpffs")?,
+                None => PathBuf::from(DEFAULT_BPFFS),
+            },
+            max_connections,
+            connect_timeout: duration(
+                raw.connect_timeout,
+                "connect_timeout",
+                DEFAULT_CONNECT_TIMEOUT,
+                false,
+            )?,
+            idle_timeout: duration(
+                raw.idle_timeout,
+                "idle_timeout",
+                DEFAULT_IDLE_TIMEOUT,
+                false,
+            )?,
+            drain_timeout: duration(
+                raw.drain_timeout,
+                "drain_timeout",
+                DEFAULT_DRAIN_TIMEOUT,
+                true,
+            )?,
+            rescan_interval: duration(
+                raw.rescan_interval,
+                "rescan_interval",
+                DEFAULT_RESCAN_INTERVAL,
+                false,
+            )?,
+            cgroup_root: raw
+                .cgroup_root
+                .as_ref()
+                .map(|p| absolute_path(p, "cgroup_root"))
+                .transpose()?,
+        })
+    }
+}
+
+/// An absolute path. Relative paths are refused because the agent runs as a
+/// service whose working directory nobody thinks about.
+fn absolute_path(value: &Spanned<String>, key: &str) -> Result<PathBuf, Problem> {
+    let path = PathBuf::from(value.get_ref());
+    if value.get_ref().is_empty() {
+        return Err(Problem::at(value, format!("{key} must not be empty")));
+    }
+    if !path.is_absolute() {
+        return Err(Problem::at(
+            value,
+            format!(
+                "{key} must be an absolute path (got \"{}\")",
+                value.get_ref()
+            ),
+        ));
+    }
+    Ok(path)
+}
+
+/// A humantime duration ("10s", "1h 30m", "500ms").
+fn duration(
+    value: Option<Spanned<String>>,
+    key: &str,
+    default: Duration,
+    zero_ok: bool,
+) -> Result<Duration, Problem> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let parsed = humantime::parse_duration(value.get_ref()).map_err(|e| {
+        Problem::at(
+            &value,
+            format!(
+                "invalid duration \"{}\" for {key}: {e} (examples: \"500ms\", \"10s\", \"5m\", \"1h\")",
+                value.get_ref()
+            ),
+        )
+    })?;
+    if parsed.is_zero() && !zero_ok {
+        return Err(Problem::at(
+            &value,
+            format!("{key} must be longer than zero"),
+        ));
+    }
+    Ok(parsed)
+}
+
+impl TryFrom<Spanned<RawWorkload>> for Workload {
+    type Error = Problem;
+
+    fn try_from(raw: Spanned<RawWorkload>) -> Result<Self, Problem> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        if raw.cgroup.is_none() && raw.uid.is_none() {
+            return Err(Problem {
+                span: Some(span),
+                earlier: None,
+                message: "a [[workload]] needs `cgroup` (a glob such as \"system.slice/backup*.service\"), `uid`, or both".to_owned(),
+            });
+        }
+        let name = match raw.name {
+            Some(name) if name.get_ref().trim().is_empty() => {
+                return Err(Problem::at(
+                    &name,
+                    "workload name must not be empty; remove `name` to derive it from the cgroup",
+                ));
+            }
+            Some(name) => Some(name.into_inner()),
+            None => None,
+        };
+        let cgroup = match &raw.cgroup {
+            Some(pattern) => {
+                CgroupPattern::new(pattern.get_ref()).map_err(|m| Problem::at(pattern, m))?
+            }
+            None => CgroupPattern::new(CgroupPattern::ANY)
+                .expect("the match-everything pattern compiles"),
+        };
+        Ok(Workload {
+            name,
+            cgroup,
+            uid: raw.uid,
+        })
+    }
+}
+
+impl TryFrom<Spanned<RawTarget>> for Target {
+    type Error = Problem;
+
+    fn try_from(raw: Spanned<RawTarget>) -> Result<Self, Problem> {
+        let raw = raw.into_inner();
+        if raw.name.get_ref().trim().is_empty() {
+            return Err(Problem::at(&raw.name, "target name must not be empty"));
+        }
+        let destination = raw
+            .address
+            .get_ref()
+            .parse::<Destination>()
+            .map_err(|m| Problem::at(&raw.address, m))?;
+        let protocol = match &raw.protocol {
+            None => Protocol::Tcp,
+            Some(p) => Protocol::ALL
+                .iter()
+                .copied()
+                .find(|known| known.name() == p.get_ref())
+                .ok_or_else(|| {
+                    let supported: Vec<&str> = Protocol::ALL.iter().map(|p| p.name()).collect();
+                    Problem::at(
+                        p,
+                        format!(
+                            "protocol \"{}\" is not supported yet (supported: {})",
+                            p.get_ref(),
+                            supported.join(", ")
+                        ),
+                    )
+                })?,
+        };
+        Ok(Target {
+            name: raw.name.into_inner(),
+            destination,
+            protocol,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

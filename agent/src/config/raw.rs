@@ -1,0 +1,55 @@
+//! The configuration file as serde reads it, before validation.
+//!
+//! Every field that validation may reject is `Spanned`, so that the error can point
+//! at the value in the file. `deny_unknown_fields` everywhere turns typos into
+//! errors instead of silently ignored settings.
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{FailMode, Mode};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub agent: Spanned<RawAgent>,
+    #[serde(default)]
+    pub workload: Vec<Spanned<RawWorkload>>,
+    #[serde(default)]
+    pub target: Vec<Spanned<RawTarget>>,
+}
+
+/// `[agent]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAgent {
+    pub mode: Mode,
+    pub journal: Spanned<String>,
+    pub listen_port: Option<Spanned<u16>>,
+    pub fail: Option<FailMode>,
+    pub bpffs: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub drain_timeout: Option<Spanned<String>>,
+    pub rescan_interval: Option<Spanned<String>>,
+    pub cgroup_root: Option<Spanned<String>>,
+}
+
+/// One `[[workload]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWorkload {
+    pub name: Option<Spanned<String>>,
+    pub cgroup: Option<Spanned<String>>,
+    pub uid: Option<u32>,
+}
+
+/// One `[[target]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTarget {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    pub protocol: Option<Spanned<String>>,
+}

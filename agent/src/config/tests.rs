@@ -1,0 +1,612 @@
+//! Tests of parsing, validation, error positions and the lookup methods.
+use super::*;
+
+const MINIMAL: &str = r#"[agent]
+mode = "enforce"                      # or "observe"
+journal = "/var/lib/nhi-agent/journal.db"
+
+[[workload]]
+name = "backup-bot"
+cgroup = "system.slice/backup*.service"
+
+[[target]]
+name = "orders-db"
+address = "10.0.0.5:5432"
+protocol = "tcp"
+"#;
+
+fn ok(text: &str) -> Config {
+    parse(text, "test.toml").unwrap_or_else(|e| panic!("should parse:\n{e}"))
+}
+
+fn err(text: &str) -> ConfigError {
+    match parse(text, "test.toml") {
+        Ok(c) => panic!("should be rejected, parsed to {c:?}"),
+        Err(e) => e,
+    }
+}
+
+/// The 1-based (line, column) of the `nth` (0-based) occurrence of `needle` in
+/// `text`, computed independently of the implementation.
+fn position_of(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    let offset = text
+        .match_indices(needle)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("{needle:?} occurs fewer than {} times", nth + 1))
+        .0;
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Asserts the error is at the `nth` occurrence of `needle` and mentions `words`.
+fn assert_error_at(e: &ConfigError, text: &str, needle: &str, nth: usize, words: &str) {
+    let (line, column) = position_of(text, needle, nth);
+    assert_eq!(
+        e.position(),
+        Some((line, column)),
+        "wrong position for:\n{e}"
+    );
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(&format!("test.toml:{line}:{column}: ")),
+        "{shown}"
+    );
+    assert!(shown.contains(words), "{shown:?} lacks {words:?}");
+    // The snippet repeats the offending line under a gutter and puts a caret under
+    // the token.
+    let source_line = text.lines().nth(line - 1).expect("line exists");
+    assert!(
+        shown.contains(&format!("{line} | {source_line}\n")),
+        "{shown}"
+    );
+    let caret_line = shown.lines().last().expect("snippet has lines");
+    let caret_column = caret_line
+        .split_once(" | ")
+        .map(|(_, rest)| rest.chars().take_while(|&c| c == ' ' || c == '\t').count() + 1);
+    assert_eq!(caret_column, Some(column), "caret misplaced:\n{shown}");
+}
+
+#[test]
+fn position_helper_counts_lines_and_columns() {
+    assert_eq!(position_of("ab\ncd", "a", 0), (1, 1));
+    assert_eq!(position_of("ab\ncd", "d", 0), (2, 2));
+    assert_eq!(position_of("ab\n\nxd", "x", 0), (3, 1));
+}
+
+#[test]
+fn minimal_example_parses_to_the_expected_model() {
+    let config = ok(MINIMAL);
+    assert_eq!(
+        config.agent,
+        AgentSettings {
+            mode: Mode::Enforce,
+            journal: PathBuf::from("/var/lib/nhi-agent/journal.db"),
+            listen_port: 15001,
+            fail: FailMode::Closed,
+            bpffs: PathBuf::from("/sys/fs/bpf/nhi-agent"),
+            max_connections: 4096,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(30),
+            rescan_interval: Duration::from_secs(5),
+            cgroup_root: None,
+        }
+    );
+    assert_eq!(config.workloads.len(), 1);
+    let w = &config.workloads[0];
+    assert_eq!(w.name.as_deref(), Some("backup-bot"));
+    assert_eq!(w.cgroup.as_str(), "system.slice/backup*.service");
+    assert_eq!(w.uid, None);
+    assert_eq!(
+        config.targets,
+        vec![Target {
+            name: "orders-db".into(),
+            destination: Destination::Exact("10.0.0.5:5432".parse().expect("addr")),
+            protocol: Protocol::Tcp,
+        }]
+    );
+    assert_eq!(config.targets[0].protocol.to_string(), "tcp");
+    assert_eq!(config.source, None);
+}
+
+#[test]
+fn every_agent_key_is_read() {
+    let config = ok(r#"
+[agent]
+mode = "observe"
+journal = "/tmp/j.db"
+listen_port = 15999
+fail = "closed"
+bpffs = "/sys/fs/bpf/other"
+max_connections = 10
+connect_timeout = "1s 500ms"
+idle_timeout = "2m"
+drain_timeout = "0s"
+rescan_interval = "250ms"
+cgroup_root = "/sys/fs/cgroup/unified"
+
+[[target]]
+name = "t"
+address = "*:1"
+"#);
+    let a = &config.agent;
+    assert_eq!(a.mode, Mode::Observe);
+    assert_eq!(a.listen_port, 15999);
+    assert_eq!(a.fail, FailMode::Closed);
+    assert_eq!(a.bpffs, PathBuf::from("/sys/fs/bpf/other"));
+    assert_eq!(a.max_connections, 10);
+    assert_eq!(a.connect_timeout, Duration::from_millis(1500));
+    assert_eq!(a.idle_timeout, Duration::from_secs(120));
+    assert_eq!(a.drain_timeout, Duration::ZERO);
+    assert_eq!(a.rescan_interval, Duration::from_millis(250));
+    assert_eq!(a.cgroup_root, Some(PathBuf::from("/sys/fs/cgroup/unified")));
+    assert!(config.workloads.is_empty());
+    assert_eq!(
+        config.targets[0].protocol,
+        Protocol::Tcp,
+        "tcp is the default"
+    );
+}
+
+#[test]
+fn fail_mode_defaults_follow_the_mode() {
+    let observe = MINIMAL.replace("mode = \"enforce\"", "mode = \"observe\"");
+    assert_eq!(ok(&observe).agent.fail, FailMode::Open);
+    assert_eq!(ok(MINIMAL).agent.fail, FailMode::Closed);
+    let open = MINIMAL.replace("[[workload]]", "fail = \"open\"\n\n[[workload]]");
+    assert_eq!(ok(&open).agent.fail, FailMode::Open);
+}
+
+#[test]
+fn every_address_form_parses() {
+    let text = r#"
+[agent]
+mode = "enforce"
+journal = "/j"
+
+[[target]]
+name = "v4"
+address = "10.0.0.5:5432"
+[[target]]
+name = "v6"
+address = "[::1]:5432"
+[[target]]
+name = "net4"
+address = "10.0.0.0/8:5432"
+[[target]]
+name = "net6"
+address = "[fd00::/8]:5432"
+[[target]]
+name = "mapped"
+address = "[::ffff:10.0.0.1]:5432"
+[[target]]
+name = "any"
+address = "*:5432"
+"#;
+    let dests: Vec<Destination> = ok(text).targets.iter().map(|t| t.destination).collect();
+    assert_eq!(
+        dests,
+        vec![
+            Destination::Exact("10.0.0.5:5432".parse().expect("addr")),
+            Destination::Exact("[::1]:5432".parse().expect("addr")),
+            Destination::Network {
+                net: "10.0.0.0/8".parse().expect("net"),
+                port: 5432
+            },
+            Destination::Network {
+                net: "fd00::/8".parse().expect("net"),
+                port: 5432
+            },
+            Destination::Exact("10.0.0.1:5432".parse().expect("addr")),
+            Destination::AnyHost { port: 5432 },
+        ]
+    );
+}
+
+#[test]
+fn bad_addresses_are_rejected_at_the_value() {
+    for (address, words) in [
+        ("db.internal:5432", "host name"),
+        ("10.0.0.5:0", "out of range"),
+        ("10.0.0.5:70000", "out of range"),
+        ("10.0.0.0/40:5432", "too long"),
+        ("10.0.0.0/abc:5432", "invalid prefix"),
+    ] {
+        let text = MINIMAL.replace("10.0.0.5:5432", address);
+        let e = err(&text);
+        assert_error_at(&e, &text, &format!("\"{address}\""), 0, words);
+    }
+}
+
+#[test]
+fn toml_syntax_error_position() {
+    let text = "[agent]\nmode = \"enforce\"\njournal = \"/j\"\nlisten_port = = 5\n";
+    let e = err(text);
+    // The parser stops at the second '='.
+    assert_error_at(&e, text, "= 5", 0, "");
+}
+
+#[test]
+fn unknown_key_position() {
+    let text = MINIMAL.replace(
+        "name = \"backup-bot\"",
+        "name = \"backup-bot\"\n  cgroups = \"x\"",
+    );
+    let e = err(&text);
+    assert_error_at(&e, &text, "cgroups", 0, "unknown field `cgroups`");
+    // Unknown tables are caught too.
+    let text = MINIMAL.replace("[[target]]", "[[targets]]");
+    let e = err(&text);
+    assert_error_at(&e, &text, "targets", 0, "unknown field `targets`");
+}
+
+#[test]
+fn single_bracket_tables_get_a_hint() {
+    let text = MINIMAL.replace("[[target]]", "[target]");
+    let e = err(&text);
+    assert_error_at(
+        &e,
+        &text,
+        "[target]",
+        0,
+        "write [[target]], with double brackets",
+    );
+}
+
+#[test]
+fn columns_count_characters_and_tabs() {
+    // A tab and a multi-byte character before the value: the column counts
+    // characters, and the caret padding keeps the tab so it lines up.
+    let text = MINIMAL.replace(
+        "address = \"10.0.0.5:5432\"",
+        "\taddress = \"10.0.0.5:5432\" # é\naddress2 = \"é\"",
+    );
+    let e = err(&text);
+    assert_error_at(&e, &text, "address2", 0, "unknown field `address2`");
+    let text = MINIMAL.replace(
+        "name = \"orders-db\"",
+        "name = \"é\"\n\taddress = \"[::1]:0\"",
+    );
+    let text = text.replacen("address = \"10.0.0.5:5432\"\n", "", 1);
+    let e = err(&text);
+    assert_error_at(&e, &text, "\"[::1]:0\"", 0, "out of range");
+    assert!(e.to_string().ends_with("| \t          ^^^^^^^^^"), "{e}");
+}
+
+#[test]
+fn duplicate_target_name_position() {
+    let text = format!(
+        "{MINIMAL}\n[[target]]\nname = \"other\"\naddress = \"*:1\"\n\n[[target]]\nname = \"orders-db\"\naddress = \"*:2\"\n"
+    );
+    let e = err(&text);
+    assert_error_at(
+        &e,
+        &text,
+        "\"orders-db\"",
+        1,
+        "duplicate target name \"orders-db\"",
+    );
+    let first_line = position_of(&text, "\"orders-db\"", 0).0;
+    assert!(
+        e.to_string()
+            .contains(&format!("first defined on line {first_line}")),
+        "{e}"
+    );
+}
+
+#[test]
+fn semantic_errors_point_at_the_value() {
+    let cases: [(&str, &str, &str, &str); 8] = [
+        (
+            "protocol = \"tcp\"",
+            "protocol = \"postgres\"",
+            "\"postgres\"",
+            "protocol \"postgres\" is not supported yet (supported: tcp)",
+        ),
+        (
+            "cgroup = \"system.slice/backup*.service\"",
+            "cgroup = \"system.slice/[oops\"",
+            "\"system.slice/[oops\"",
+            "invalid cgroup pattern",
+        ),
+        (
+            "journal = \"/var/lib/nhi-agent/journal.db\"",
+            "journal = \"/var/lib/nhi-agent/journal.db\"\nconnect_timeout = \"10 parsecs\"",
+            "\"10 parsecs\"",
+            "invalid duration",
+        ),
+        (
+            "journal = \"/var/lib/nhi-agent/journal.db\"",
+            "journal = \"/var/lib/nhi-agent/journal.db\"\nmax_connections = 0",
+            "0\n",
+            "max_connections must be at least 1",
+        ),
+        (
+            "journal = \"/var/lib/nhi-agent/journal.db\"",
+            "journal = \"/var/lib/nhi-agent/journal.db\"\nrescan_interval = \"0s\"",
+            "\"0s\"",
+            "rescan_interval must be longer than zero",
+        ),
+        (
+            "journal = \"/var/lib/nhi-agent/journal.db\"",
+            "journal = \"journal.db\"",
+            "\"journal.db\"",
+            "absolute path",
+        ),
+        (
+            "mode = \"enforce\"",
+            "mode = \"enforcing\"",
+            "\"enforcing\"",
+            "unknown variant `enforcing`",
+        ),
+        (
+            "journal = \"/var/lib/nhi-agent/journal.db\"",
+            "journal = \"/var/lib/nhi-agent/journal.db\"\nlisten_port = 70000",
+            "70000",
+            "expected u16",
+        ),
+    ];
+    for (from, to, needle, words) in cases {
+        let text = MINIMAL.replace(from, to);
+        let e = err(&text);
+        assert_error_at(&e, &text, needle, 0, words);
+    }
+}
+
+#[test]
+fn type_error_position() {
+    let text = MINIMAL.replace(
+        "name = \"backup-bot\"",
+        "name = \"backup-bot\"\nuid = \"root\"",
+    );
+    let e = err(&text);
+    assert_error_at(&e, &text, "\"root\"", 0, "invalid type");
+}
+
+#[test]
+fn missing_targets_and_keys_are_positioned() {
+    let text = "[agent]\nmode = \"enforce\"\njournal = \"/j\"\n";
+    let e = err(text);
+    assert_eq!(e.position(), Some((1, 1)));
+    assert!(e.to_string().contains("no [[target]] is configured"), "{e}");
+
+    // A missing required key is reported at the enclosing table or the start.
+    let text =
+        "# comment\n[agent]\nmode = \"enforce\"\n\n[[target]]\nname = \"t\"\naddress = \"*:1\"\n";
+    let e = err(text);
+    assert!(e.to_string().contains("missing field `journal`"), "{e}");
+    let (line, _) = e.position().expect("positioned");
+    assert!(line == 1 || line == 2, "{e}");
+
+    let text = "[[target]]\nname = \"t\"\naddress = \"*:1\"\n";
+    let e = err(text);
+    assert!(e.to_string().contains("missing field `agent`"), "{e}");
+    assert_eq!(e.position(), Some((1, 1)), "{e}");
+}
+
+#[test]
+fn workload_needs_cgroup_or_uid() {
+    let text = MINIMAL.replace("cgroup = \"system.slice/backup*.service\"", "");
+    let e = err(&text);
+    assert!(e.to_string().contains("needs `cgroup`"), "{e}");
+    let (line, _) = e.position().expect("positioned");
+    let table_line = position_of(&text, "[[workload]]", 0).0;
+    assert!(line == table_line || line == table_line + 1, "{e}");
+
+    let uid_only = MINIMAL.replace("cgroup = \"system.slice/backup*.service\"", "uid = 1000");
+    let w = &ok(&uid_only).workloads[0];
+    assert_eq!(w.cgroup.as_str(), "**");
+    assert_eq!(w.uid, Some(1000));
+    assert!(w.cgroup.matches("anything/at/all"));
+}
+
+fn config_with(workloads: &str, targets: &str) -> Config {
+    ok(&format!(
+        "[agent]\nmode = \"enforce\"\njournal = \"/j\"\n\n{workloads}\n{targets}"
+    ))
+}
+
+const ONE_TARGET: &str = "[[target]]\nname = \"t\"\naddress = \"*:1\"\n";
+
+#[test]
+fn workload_for_respects_order_and_uid() {
+    let config = config_with(
+        r#"
+[[workload]]
+name = "backup-as-root"
+cgroup = "system.slice/backup*.service"
+uid = 0
+
+[[workload]]
+name = "backup-any"
+cgroup = "system.slice/backup*.service"
+
+[[workload]]
+name = "ci"
+uid = 1001
+"#,
+        ONE_TARGET,
+    );
+    let name = |path: &str, uid: u32| config.workload_for(path, uid).and_then(|w| w.name.clone());
+    assert_eq!(
+        name("system.slice/backup.service", 0).as_deref(),
+        Some("backup-as-root")
+    );
+    assert_eq!(
+        name("system.slice/backup.service/job", 1000).as_deref(),
+        Some("backup-any")
+    );
+    assert_eq!(
+        name("user.slice/user-1001.slice", 1001).as_deref(),
+        Some("ci")
+    );
+    assert_eq!(
+        name("system.slice/backup.service", 1001).as_deref(),
+        Some("backup-any")
+    );
+    assert_eq!(name("user.slice/user-1000.slice", 1000), None);
+}
+
+#[test]
+fn workload_display_name_derives_when_absent() {
+    let config = config_with(
+        "[[workload]]\ncgroup = \"system.slice/*\"\n[[workload]]\nname = \"n\"\ncgroup = \"x\"\n",
+        ONE_TARGET,
+    );
+    assert_eq!(
+        config.workloads[0].display_name("system.slice/backup.service"),
+        "backup.service"
+    );
+    assert_eq!(config.workloads[1].display_name("x/y"), "n");
+}
+
+#[test]
+fn cgroup_selection_combinations() {
+    let config = config_with(
+        r#"
+[[workload]]
+cgroup = "a"
+uid = 1
+
+[[workload]]
+cgroup = "a"
+uid = 1
+
+[[workload]]
+cgroup = "b"
+uid = 1
+
+[[workload]]
+cgroup = "b"
+uid = 2
+
+[[workload]]
+cgroup = "c"
+
+[[workload]]
+cgroup = "c"
+uid = 3
+
+[[workload]]
+cgroup = "d/**"
+uid = 4
+"#,
+        ONE_TARGET,
+    );
+    assert_eq!(
+        config.cgroup_selection("a"),
+        Some(Some(1)),
+        "same uid twice"
+    );
+    assert_eq!(
+        config.cgroup_selection("a/child"),
+        Some(Some(1)),
+        "descendant"
+    );
+    assert_eq!(config.cgroup_selection("b"), Some(None), "different uids");
+    assert_eq!(config.cgroup_selection("c"), Some(None), "one without uid");
+    assert_eq!(config.cgroup_selection("d/x"), Some(Some(4)));
+    assert_eq!(
+        config.cgroup_selection("d"),
+        None,
+        "d/** does not match d itself"
+    );
+    assert_eq!(config.cgroup_selection("e"), None);
+    assert_eq!(config.cgroup_selection(""), None);
+
+    let everything = config_with("[[workload]]\nuid = 7\n", ONE_TARGET);
+    assert_eq!(everything.cgroup_selection(""), Some(Some(7)));
+    assert_eq!(everything.cgroup_selection("x/y"), Some(Some(7)));
+    let nothing = config_with("", ONE_TARGET);
+    assert_eq!(nothing.cgroup_selection("x"), None);
+}
+
+#[test]
+fn target_for_takes_the_first_match() {
+    let config = config_with(
+        "",
+        r#"
+[[target]]
+name = "exact"
+address = "10.0.0.5:5432"
+
+[[target]]
+name = "net"
+address = "10.0.0.0/8:5432"
+
+[[target]]
+name = "any"
+address = "*:5432"
+
+[[target]]
+name = "v6"
+address = "[::1]:6432"
+"#,
+    );
+    let find = |addr: &str| {
+        config
+            .target_for(addr.parse().expect("addr"))
+            .map(|(i, t)| (i, t.name.clone()))
+    };
+    assert_eq!(find("10.0.0.5:5432"), Some((0, "exact".into())));
+    assert_eq!(find("[::ffff:10.0.0.5]:5432"), Some((0, "exact".into())));
+    assert_eq!(find("10.0.0.6:5432"), Some((1, "net".into())));
+    assert_eq!(find("192.0.2.1:5432"), Some((2, "any".into())));
+    assert_eq!(find("[::1]:6432"), Some((3, "v6".into())));
+    assert_eq!(find("127.0.0.1:6432"), None);
+}
+
+#[test]
+fn load_reads_files_and_reports_io_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, MINIMAL).expect("write config");
+    let config = load(&path).expect("loads");
+    assert_eq!(config.source.as_deref(), Some(path.as_path()));
+
+    let missing = dir.path().join("missing.toml");
+    match load(&missing) {
+        Err(ConfigError::Io { path, source }) => {
+            assert_eq!(path, missing);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+
+    // Errors in a loaded file are named after the file.
+    let text = MINIMAL.replace("tcp", "udp");
+    std::fs::write(&path, &text).expect("write config");
+    let e = load(&path).expect_err("udp is not supported");
+    let (line, column) = position_of(&text, "\"udp\"", 0);
+    let prefix = format!("{}:{line}:{column}: ", path.display());
+    assert!(e.to_string().starts_with(&prefix), "{e}");
+}
+
+#[test]
+fn example_policy_parses() {
+    let config = ok(include_str!("../../../policies/example.toml"));
+    assert_eq!(config.agent.mode, Mode::Enforce);
+    assert_eq!(
+        config.agent.journal,
+        PathBuf::from("/var/lib/nhi-agent/journal.db")
+    );
+    assert!(config.workload_for("nhi-demo", 0).is_some());
+    assert!(config.workload_for("nhi-demo/job-1", 1000).is_some());
+    assert!(config
+        .workload_for("system.slice/backup-nightly.service", 0)
+        .is_some());
+    assert!(config
+        .workload_for("system.slice/sshd.service", 0)
+        .is_none());
+    assert!(config
+        .target_for("127.0.0.1:5432".parse().expect("addr"))
+        .is_some());
+    assert!(config
+        .target_for("[::1]:5432".parse().expect("addr"))
+        .is_some());
+    assert!(config
+        .target_for("127.0.0.1:5433".parse().expect("addr"))
+        .is_none());
+}
