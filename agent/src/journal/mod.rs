@@ -496,5 +496,6 @@ pub fn format_rfc3339_us(t: SystemTime) -> String {
     }
 }
 
+// Crate-visible so that the CLI tests can reuse its fixtures.
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -660,6 +660,64 @@ async fn failed_commit_fails_the_whole_batch_and_the_writer_recovers() {
     assert_eq!(a_chunks, 0, "the lost batch left nothing behind");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_already_queued_behind_a_failed_one_are_not_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    let handle = journal.handle();
+    let a = handle
+        .start_session(sample_start("a", "db", at_us(0)))
+        .await
+        .expect("start a");
+    let b = handle
+        .start_session(sample_start("b", "db", at_us(0)))
+        .await
+        .expect("start b");
+    let side = side_connection(&path);
+    side.execute_batch(
+        "CREATE TRIGGER only_size_one BEFORE INSERT ON events WHEN NEW.size = 1 \
+         BEGIN SELECT RAISE(ABORT, 'bad sector'); END;",
+    )
+    .expect("install trigger");
+
+    // All queued before the writer can look at any of them, so the handle cannot know yet
+    // that the first one will fail: skipping the second is the writer's job.
+    let lock = WriteLock::take(&path);
+    for (id, size) in [(a, 1), (b, 5), (a, 2), (b, 6)] {
+        handle
+            .chunk(id, Direction::ClientToServer, size, at_us(1))
+            .await
+            .expect("queued");
+    }
+    let flusher = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.flush().await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(lock);
+    let err = flusher.await.expect("task").expect_err("a's chunks are lost");
+    assert!(
+        matches!(err, JournalError::FlushIncomplete { failed: 2 }),
+        "got {err}"
+    );
+    assert!(handle.session_failed(a));
+    assert!(!handle.session_failed(b), "the other session is unaffected");
+    close_async(journal).await.expect("close");
+
+    let reader = JournalReader::open(&path).expect("reader");
+    let sizes = |id| -> Vec<u32> {
+        reader
+            .events(id)
+            .expect("events")
+            .iter()
+            .filter_map(|e| e.size)
+            .collect()
+    };
+    assert_eq!(sizes(a), Vec::<u32>::new(), "no chunk after the hole");
+    assert_eq!(sizes(b), vec![5, 6]);
+}
+
 #[tokio::test]
 async fn ending_twice_or_an_unknown_session_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
