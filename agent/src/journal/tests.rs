@@ -696,7 +696,10 @@ async fn chunks_already_queued_behind_a_failed_one_are_not_recorded() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(lock);
-    let err = flusher.await.expect("task").expect_err("a's chunks are lost");
+    let err = flusher
+        .await
+        .expect("task")
+        .expect_err("a's chunks are lost");
     assert!(
         matches!(err, JournalError::FlushIncomplete { failed: 2 }),
         "got {err}"
