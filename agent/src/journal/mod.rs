@@ -1,1 +1,501 @@
-//! journal (being written)
+//! The session journal: the audit trail that the proxy writes before it forwards a byte.
+//!
+//! Every intercepted connection becomes a row in `sessions` plus an append-only stream of
+//! `events` (`session_start`, one `chunk` per forwarded read, `session_end`). The product
+//! promise is that nothing is forwarded that was not journaled, so the API is built around
+//! *waiting for the commit*: [`JournalHandle::start_session`] and
+//! [`JournalHandle::end_session`] return only once their records are durable, and the
+//! proxy refuses a connection when the journal cannot record it.
+//!
+//! Waiting for an fsync per connection would be slow, so one dedicated writer thread owns
+//! the SQLite connection and commits commands in batches: under load, many sessions'
+//! starts and chunks share a single transaction and a single fsync (see [`writer`]).
+//!
+//! Reading is separate ([`JournalReader`]): a read-only connection that works offline on a
+//! journal copied from another host and concurrently with a running agent (WAL mode).
+
+mod reader;
+mod schema;
+mod writer;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use reader::{EventKind, EventRow, JournalReader, SessionFilter, SessionRow};
+pub use schema::SCHEMA_VERSION;
+
+use writer::Command;
+
+/// The journal's identifier of a session: the SQLite rowid of its `sessions` row.
+pub type SessionId = i64;
+
+/// Which way a chunk of bytes travelled through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the intercepted workload (the client) towards the upstream server.
+    ClientToServer,
+    /// From the upstream server back to the workload.
+    ServerToClient,
+}
+
+impl Direction {
+    /// The compact form used in storage and in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::ClientToServer => "c2s",
+            Direction::ServerToClient => "s2c",
+        }
+    }
+
+    /// Parses the storage form; `None` for anything else.
+    pub fn from_storage(s: &str) -> Option<Self> {
+        match s {
+            "c2s" => Some(Direction::ClientToServer),
+            "s2c" => Some(Direction::ServerToClient),
+            _ => None,
+        }
+    }
+
+    /// The form shown to people reading the CLI's output.
+    pub fn human(self) -> &'static str {
+        match self {
+            Direction::ClientToServer => "client→server",
+            Direction::ServerToClient => "server→client",
+        }
+    }
+}
+
+impl serde::Serialize for Direction {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Everything the proxy knows about a connection when it accepts it.
+#[derive(Debug, Clone)]
+pub struct SessionStart {
+    pub workload: String,
+    /// The cgroup path relative to the cgroup2 mount, e.g. `system.slice/backup.service`.
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    /// Clock ticks since boot from `/proc/PID/stat` field 22; with `pid` it identifies the
+    /// process even after the pid is reused.
+    pub pid_start_time: Option<u64>,
+    pub exe: Option<String>,
+    pub cmdline: Option<Vec<String>>,
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
+    pub comm: String,
+    pub client_addr: SocketAddr,
+    pub orig_dst: SocketAddr,
+    pub target: String,
+    /// `tcp` for now; protocol-aware proxies (e.g. `postgres`) come later.
+    pub protocol: String,
+    pub started_at: SystemTime,
+}
+
+/// How and when a session ended, with its byte totals.
+#[derive(Debug, Clone)]
+pub struct SessionEnd {
+    pub id: SessionId,
+    pub ended_at: SystemTime,
+    pub bytes_from_client: u64,
+    pub bytes_from_server: u64,
+    /// E.g. `client closed`, `server closed`, `idle timeout`, `client reset`,
+    /// `upstream connect failed: ...`, `agent shutdown`, `journal failure`.
+    pub close_reason: String,
+}
+
+/// Everything that can go wrong in the journal subsystem.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The database file could not be opened (or created) at all.
+    #[error("cannot open journal {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The reader was pointed at a file that does not exist; it never creates one.
+    #[error("journal {} does not exist", path.display())]
+    Missing { path: PathBuf },
+
+    /// The file exists but is not an nhi-agent journal (not SQLite, or another application's
+    /// database), so it is neither read nor modified.
+    #[error("{} is not an nhi-agent journal: {reason}", path.display())]
+    NotAJournal { path: PathBuf, reason: String },
+
+    /// The journal was written by a newer nhi-agent whose schema this binary does not know;
+    /// writing to it could corrupt it and reading it could misreport it.
+    #[error(
+        "journal {} has schema version {found}, but this nhi-agent only knows versions up to \
+         {supported}; use a newer nhi-agent",
+        path.display()
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+
+    /// SQLite refused to switch the database to write-ahead logging, which the journal needs
+    /// so that readers never block the writer (e.g. on some network filesystems).
+    #[error("journal {} cannot use WAL mode (journal_mode is {mode:?})", path.display())]
+    WalUnavailable { path: PathBuf, mode: String },
+
+    /// A single SQLite operation failed; `op` says which.
+    #[error("journal: {op} failed")]
+    Sqlite {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// A whole batch could not be committed, so none of its records are in the journal.
+    /// Every waiter of the batch receives this error, hence the shared source.
+    #[error("journal: batch of {commands} records was not committed ({op} failed)")]
+    BatchFailed {
+        op: &'static str,
+        commands: usize,
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+
+    /// Some records queued before a [`JournalHandle::flush`] could not be committed.
+    #[error("journal: {failed} records queued before the flush were not committed")]
+    FlushIncomplete { failed: u64 },
+
+    /// The session's earlier records failed to commit, so its journal is incomplete and the
+    /// proxy must stop forwarding it.
+    #[error("journal: session {id} can no longer be recorded (earlier records failed)")]
+    SessionFailed { id: SessionId },
+
+    /// `end_session` for a session that does not exist or was already ended.
+    #[error("journal: no open session with id {id} (unknown or already ended)")]
+    SessionNotOpen { id: SessionId },
+
+    /// A value read from the database does not have the shape the schema promises.
+    #[error("journal: corrupt {what} in {table} row {id}: {reason}")]
+    Corrupt {
+        table: &'static str,
+        id: i64,
+        what: &'static str,
+        reason: String,
+    },
+
+    /// A value could not be encoded for storage.
+    #[error("journal: cannot encode {what}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// The operating system refused to start the writer thread.
+    #[error("journal: cannot start the writer thread")]
+    SpawnWriter {
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The writer thread has stopped (closed or crashed), so nothing more can be recorded.
+    #[error("journal: the writer has stopped")]
+    WriterGone,
+
+    /// The writer thread panicked; found when joining it in [`Journal::close`].
+    #[error("journal: the writer thread panicked")]
+    WriterPanicked,
+}
+
+impl JournalError {
+    pub(crate) fn sqlite(op: &'static str) -> impl FnOnce(rusqlite::Error) -> JournalError {
+        move |source| JournalError::Sqlite { op, source }
+    }
+}
+
+/// Tuning of the writer.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// The largest number of commands committed in one transaction.
+    pub batch_max: usize,
+    /// How many commands may wait for the writer before senders are held back.
+    pub queue_capacity: usize,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            batch_max: 1024,
+            queue_capacity: 8192,
+        }
+    }
+}
+
+/// Counters kept by the writer, for metrics and for tests that check batching.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Transactions committed successfully.
+    pub commits: u64,
+    /// Batches whose transaction could not be begun or committed.
+    pub failed_batches: u64,
+    /// Commands taken from the queue (starts, chunks, ends and flushes).
+    pub commands: u64,
+    /// Records that did not make it into the journal (failed statements, skipped chunks of
+    /// failed sessions, and every record of a failed batch).
+    pub failed_records: u64,
+}
+
+/// State shared between the handles and the writer thread.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Fast path for [`JournalHandle::session_failed`]: false whenever `failed` is empty, so
+    /// the common case costs one atomic load and no lock.
+    any_failed: AtomicBool,
+    /// Sessions whose records failed to commit and that have not ended yet.
+    failed: Mutex<HashSet<SessionId>>,
+    commits: AtomicU64,
+    failed_batches: AtomicU64,
+    commands: AtomicU64,
+    failed_records: AtomicU64,
+}
+
+impl Shared {
+    fn lock_failed(&self) -> std::sync::MutexGuard<'_, HashSet<SessionId>> {
+        // A panic while holding this lock cannot leave the set inconsistent (every update is
+        // a single insert or remove), so a poisoned lock is still safe to use.
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn mark_failed(&self, id: SessionId) {
+        let mut failed = self.lock_failed();
+        failed.insert(id);
+        self.any_failed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn forget(&self, id: SessionId) {
+        let mut failed = self.lock_failed();
+        failed.remove(&id);
+        if failed.is_empty() {
+            self.any_failed.store(false, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn is_failed(&self, id: SessionId) -> bool {
+        if !self.any_failed.load(Ordering::Acquire) {
+            return false;
+        }
+        self.lock_failed().contains(&id)
+    }
+
+    fn stats(&self) -> JournalStats {
+        JournalStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            failed_batches: self.failed_batches.load(Ordering::Relaxed),
+            commands: self.commands.load(Ordering::Relaxed),
+            failed_records: self.failed_records.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Opens (creating if needed) the journal at `path`, runs migrations, starts the writer thread.
+pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> {
+    let conn = schema::open_for_writing(path)?;
+    let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
+    let shared = Arc::new(Shared::default());
+    let thread = writer::spawn(conn, rx, Arc::clone(&shared), opts.batch_max.max(1))?;
+    Ok(Journal {
+        handle: JournalHandle { tx, shared },
+        thread,
+    })
+}
+
+/// The open journal: owns the writer thread. Call [`Journal::close`] at shutdown so that
+/// everything queued is committed before the process exits.
+#[must_use = "dropping the Journal without close() may lose queued chunk records at exit"]
+pub struct Journal {
+    handle: JournalHandle,
+    thread: JoinHandle<Result<(), JournalError>>,
+}
+
+impl Journal {
+    /// A handle for the proxy's tasks.
+    pub fn handle(&self) -> JournalHandle {
+        self.handle.clone()
+    }
+
+    /// Drains everything queued, commits, stops the writer thread (blocking; call from
+    /// spawn_blocking or at exit).
+    ///
+    /// Returns the first error of the batches committed during the drain, if any. Handles
+    /// that are still around afterwards get [`JournalError::WriterGone`].
+    pub fn close(self) -> Result<(), JournalError> {
+        // `blocking_send` would panic when called from inside a tokio runtime, and a
+        // shutdown path must not panic, so poll with `try_send` instead: the queue only
+        // stays full while the writer is busy emptying it.
+        let mut cmd = Command::Shutdown;
+        loop {
+            match self.handle.tx.try_send(cmd) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    cmd = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                // The writer has already stopped; joining tells how.
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            }
+        }
+        drop(self.handle);
+        match self.thread.join() {
+            Ok(result) => result,
+            Err(_) => Err(JournalError::WriterPanicked),
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the writer, used from many tokio tasks.
+#[derive(Clone)]
+pub struct JournalHandle {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for JournalHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalHandle")
+            .field("stats", &self.shared.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JournalHandle {
+    async fn send(&self, cmd: Command) -> Result<(), JournalError> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| JournalError::WriterGone)
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, JournalError>>) -> Command,
+    ) -> Result<T, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(make(reply)).await?;
+        // A dropped reply sender means the writer stopped before answering.
+        answer.await.unwrap_or(Err(JournalError::WriterGone))
+    }
+
+    /// Returns only after the session row (and a 'session_start' event) is COMMITTED
+    /// (durable: WAL, synchronous=FULL).
+    pub async fn start_session(&self, s: SessionStart) -> Result<SessionId, JournalError> {
+        self.request(|reply| Command::Start {
+            start: Box::new(s),
+            reply,
+        })
+        .await
+    }
+
+    /// Queues a chunk record (back-pressure: awaits queue space; never drops). Returns Err if
+    /// the writer is gone or this session's records already failed to commit.
+    pub async fn chunk(
+        &self,
+        id: SessionId,
+        dir: Direction,
+        size: u32,
+        at: SystemTime,
+    ) -> Result<(), JournalError> {
+        if self.shared.is_failed(id) {
+            return Err(JournalError::SessionFailed { id });
+        }
+        self.send(Command::Chunk { id, dir, size, at }).await
+    }
+
+    /// Returns after the end is committed (updates the session row and appends a
+    /// 'session_end' event).
+    pub async fn end_session(&self, end: SessionEnd) -> Result<(), JournalError> {
+        self.request(|reply| Command::End { end, reply }).await
+    }
+
+    /// Barrier: returns after everything queued before it is committed.
+    ///
+    /// Returns [`JournalError::FlushIncomplete`] when records queued since the previous flush
+    /// (by any handle, in queue order) failed to commit: each failure is reported to the
+    /// first flush queued after it. Which sessions are affected is told by
+    /// [`JournalHandle::session_failed`].
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        self.request(|reply| Command::Flush { reply }).await
+    }
+
+    /// True when a batch containing records of this session failed to commit: the proxy then
+    /// closes the session ("journal failure") because it can no longer record it.
+    pub fn session_failed(&self, id: SessionId) -> bool {
+        self.shared.is_failed(id)
+    }
+
+    /// The writer's counters so far.
+    pub fn stats(&self) -> JournalStats {
+        self.shared.stats()
+    }
+}
+
+/// An error and its sources on one line (`a: b: c`), for logs.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Microseconds since the Unix epoch, negative before it, saturating far outside the range
+/// any clock produces (±292,000 years).
+pub(crate) fn system_time_to_us(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_micros())
+            .map(|us| -us)
+            .unwrap_or(i64::MIN),
+    }
+}
+
+/// The inverse of [`system_time_to_us`]; `None` only if the platform cannot represent it.
+pub(crate) fn us_to_system_time(us: i64) -> Option<SystemTime> {
+    let magnitude = Duration::from_micros(us.unsigned_abs());
+    if us >= 0 {
+        UNIX_EPOCH.checked_add(magnitude)
+    } else {
+        UNIX_EPOCH.checked_sub(magnitude)
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, e.g. `2026-11-22T10:00:00.123456Z`.
+///
+/// humantime panics outside 1970..=9999, and a journal copied from another host may hold
+/// anything, so such times are rendered as a raw, clearly-marked microsecond count instead.
+pub fn format_rfc3339_us(t: SystemTime) -> String {
+    /// The first second of the year 10000.
+    const YEAR_10000: Duration = Duration::from_secs(253_402_300_800);
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) if d < YEAR_10000 => humantime::format_rfc3339_micros(t).to_string(),
+        _ => format!("{}us-since-epoch", system_time_to_us(t)),
+    }
+}
+
+// Crate-visible so that the CLI tests can reuse its fixtures.
+#[cfg(test)]
+pub(crate) mod tests;

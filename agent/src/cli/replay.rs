@@ -1,0 +1,507 @@
+//! `nhi-agent replay SESSION`: show one session's identity and its journaled timeline.
+//!
+//! Only what was journaled is shown: the identity recorded at start, the end as recorded
+//! (or that none was), and every event in journal order. Events are streamed, so a session
+//! with millions of chunks does not have to fit in memory.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::sessions::{finish_output, format_duration_ms, sanitize};
+use crate::journal::{
+    format_rfc3339_us, EventKind, EventRow, JournalReader, SessionId, SessionRow,
+};
+
+/// Arguments of `nhi-agent replay`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The session id, as listed by `nhi-agent sessions`.
+    #[arg(value_name = "SESSION")]
+    pub session: SessionId,
+
+    /// The journal database to read.
+    #[arg(long, value_name = "FILE")]
+    pub journal: PathBuf,
+
+    /// One JSON object per event instead of the human timeline.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `nhi-agent replay`.
+pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    finish_output(write_replay(args, &mut out), &mut out)
+}
+
+/// Writes the replay for `args` to `out`; an unknown session is an error.
+pub(crate) fn write_replay(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let reader = JournalReader::open(&args.journal)?;
+    let Some(session) = reader.session(args.session)? else {
+        anyhow::bail!(
+            "no session {} in journal {}",
+            args.session,
+            args.journal.display()
+        );
+    };
+    if args.json {
+        reader.for_each_event(session.id, |event| -> anyhow::Result<()> {
+            serde_json::to_writer(&mut *out, &event).context("cannot encode an event as JSON")?;
+            writeln!(out).context("cannot write the output")
+        })
+    } else {
+        write_header(out, &session).context("cannot write the output")?;
+        let mut timeline = Timeline::new(&session);
+        reader.for_each_event(session.id, |event| -> anyhow::Result<()> {
+            timeline
+                .event(out, &event)
+                .context("cannot write the output")
+        })?;
+        timeline.finish(out).context("cannot write the output")
+    }
+}
+
+/// Signed seconds with microseconds: `+0.001234s`, `-0.000100s`.
+pub(crate) fn format_offset_us(us: i64) -> String {
+    let sign = if us < 0 { '-' } else { '+' };
+    let abs = us.unsigned_abs();
+    format!("{sign}{}.{:06}s", abs / 1_000_000, abs % 1_000_000)
+}
+
+/// Quotes one argument the way a POSIX shell would need it, so that the command line can
+/// be read unambiguously (and pasted).
+pub(crate) fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./=:,@%+".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+fn us_since_epoch(t: SystemTime) -> i64 {
+    crate::journal::system_time_to_us(t)
+}
+
+fn write_header(out: &mut dyn Write, s: &SessionRow) -> io::Result<()> {
+    let field =
+        |out: &mut dyn Write, label: &str, value: &str| writeln!(out, "  {label:<11} {value}");
+    writeln!(out, "session {}", s.id)?;
+    field(out, "workload", &sanitize(&s.workload))?;
+    field(
+        out,
+        "cgroup",
+        &format!("{} (id {})", sanitize(&s.cgroup), s.cgroup_id),
+    )?;
+    let pid = match s.pid_start_time {
+        Some(ticks) => format!("{} (started {ticks} clock ticks after boot)", s.pid),
+        None => s.pid.to_string(),
+    };
+    field(out, "pid", &pid)?;
+    let exe = s.exe.as_deref().map_or_else(
+        || "(not recorded)".to_string(),
+        |e| sanitize(e).into_owned(),
+    );
+    field(out, "exe", &exe)?;
+    let cmdline = match &s.cmdline {
+        None => "(not recorded)".to_string(),
+        Some(args) if args.is_empty() => "(empty)".to_string(),
+        Some(args) => args
+            .iter()
+            .map(|a| sanitize(&shell_quote(a)).into_owned())
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    field(out, "cmdline", &cmdline)?;
+    let user = match &s.user {
+        Some(user) => format!("{} (uid {}, gid {})", sanitize(user), s.uid, s.gid),
+        None => format!("uid {}, gid {}", s.uid, s.gid),
+    };
+    field(out, "user", &user)?;
+    field(out, "comm", &sanitize(&s.comm))?;
+    field(
+        out,
+        "connection",
+        &format!("{} → {}", s.client_addr, s.orig_dst),
+    )?;
+    field(out, "target", &sanitize(&s.target))?;
+    field(out, "protocol", &sanitize(&s.protocol))?;
+    field(out, "started", &format_rfc3339_us(s.started_at))?;
+    match (s.ended_at, s.duration_ms) {
+        (Some(ended), Some(ms)) => {
+            let ended = format!(
+                "{} (after {})",
+                format_rfc3339_us(ended),
+                format_duration_ms(ms)
+            );
+            field(out, "ended", &ended)?;
+        }
+        _ => field(
+            out,
+            "ended",
+            "(no end recorded: still open, or the agent stopped first)",
+        )?,
+    }
+    let close = s
+        .close_reason
+        .as_deref()
+        .map_or_else(|| "-".to_string(), |r| sanitize(r).into_owned());
+    field(out, "close", &close)?;
+    let so_far = if s.ended_at.is_none() {
+        " (so far, from the journaled chunks)"
+    } else {
+        ""
+    };
+    field(
+        out,
+        "bytes",
+        &format!(
+            "↑ {} from client, ↓ {} from server{so_far}",
+            s.bytes_from_client, s.bytes_from_server
+        ),
+    )?;
+    writeln!(out)?;
+    writeln!(out, "timeline")
+}
+
+/// Renders events one per line, keeping what is needed for gaps and the closing summary.
+struct Timeline {
+    start_us: i64,
+    previous_chunk_us: Option<i64>,
+    chunks: u64,
+    bytes_c2s: u64,
+    bytes_s2c: u64,
+}
+
+impl Timeline {
+    fn new(session: &SessionRow) -> Self {
+        Timeline {
+            start_us: us_since_epoch(session.started_at),
+            previous_chunk_us: None,
+            chunks: 0,
+            bytes_c2s: 0,
+            bytes_s2c: 0,
+        }
+    }
+
+    fn event(&mut self, out: &mut dyn Write, event: &EventRow) -> io::Result<()> {
+        let at_us = us_since_epoch(event.at);
+        let offset = format_offset_us(at_us.saturating_sub(self.start_us));
+        match (&event.kind, event.direction, event.size) {
+            (EventKind::Chunk, Some(direction), Some(size)) => {
+                self.chunks += 1;
+                match direction {
+                    crate::journal::Direction::ClientToServer => self.bytes_c2s += u64::from(size),
+                    crate::journal::Direction::ServerToClient => self.bytes_s2c += u64::from(size),
+                }
+                // The first chunk has no previous one: its offset already says it all.
+                let gap = self
+                    .previous_chunk_us
+                    .map(|prev| format!("  gap {}", format_offset_us(at_us.saturating_sub(prev))))
+                    .unwrap_or_default();
+                self.previous_chunk_us = Some(at_us);
+                writeln!(out, "  {offset}  {}  {size:>10} B{gap}", direction.human())
+            }
+            (EventKind::SessionStart, _, _) => writeln!(out, "  {offset}  session start"),
+            (EventKind::SessionEnd, _, _) => {
+                let reason = event
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("close_reason"))
+                    .and_then(|r| r.as_str());
+                match reason {
+                    Some(reason) => {
+                        writeln!(out, "  {offset}  session end: {}", sanitize(reason))
+                    }
+                    None => writeln!(out, "  {offset}  session end"),
+                }
+            }
+            // Kinds added by later versions, or a chunk missing its fields: show what the
+            // journal holds rather than guessing.
+            (kind, _, _) => {
+                let mut line = format!("  {offset}  {}", sanitize(kind.as_str()));
+                if let Some(direction) = event.direction {
+                    line.push_str(&format!("  {}", direction.human()));
+                }
+                if let Some(size) = event.size {
+                    line.push_str(&format!("  {size} B"));
+                }
+                if let Some(data) = &event.data {
+                    line.push_str(&format!("  {}", sanitize(&data.to_string())));
+                }
+                writeln!(out, "{line}")
+            }
+        }
+    }
+
+    fn finish(self, out: &mut dyn Write) -> io::Result<()> {
+        let plural = if self.chunks == 1 { "" } else { "s" };
+        writeln!(
+            out,
+            "  {} chunk{plural} journaled: ↑ {} bytes, ↓ {} bytes",
+            self.chunks, self.bytes_c2s, self.bytes_s2c
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::journal::tests::{at_us, sample_start};
+    use crate::journal::{self, Direction, JournalOptions, SessionEnd};
+
+    fn replay(path: &Path, session: SessionId, json: bool) -> anyhow::Result<String> {
+        let args = ReplayArgs {
+            session,
+            journal: path.to_path_buf(),
+            json,
+        };
+        let mut out = Vec::new();
+        write_replay(&args, &mut out)?;
+        Ok(String::from_utf8(out).expect("utf-8 output"))
+    }
+
+    /// The chunks of the sample session: (offset from start in µs, direction, size).
+    const CHUNKS: [(i64, Direction, u32); 4] = [
+        (1_234, Direction::ClientToServer, 517),
+        (2_000, Direction::ServerToClient, 1_024),
+        (2_000, Direction::ServerToClient, 3),
+        (1_502_000, Direction::ClientToServer, 10),
+    ];
+    const END_US: i64 = 2_250_000;
+
+    async fn sample(path: &Path, ended: bool) -> SessionId {
+        let journal = journal::open(path, JournalOptions::default()).expect("open");
+        let handle = journal.handle();
+        let id = handle
+            .start_session(sample_start("backup", "s3", at_us(0)))
+            .await
+            .expect("start");
+        for (offset, dir, size) in CHUNKS {
+            handle
+                .chunk(id, dir, size, at_us(offset))
+                .await
+                .expect("chunk");
+        }
+        if ended {
+            handle
+                .end_session(SessionEnd {
+                    id,
+                    ended_at: at_us(END_US),
+                    bytes_from_client: 527,
+                    bytes_from_server: 1_027,
+                    close_reason: "server closed".to_string(),
+                })
+                .await
+                .expect("end");
+        }
+        handle.flush().await.expect("flush");
+        tokio::task::spawn_blocking(move || journal.close())
+            .await
+            .expect("join")
+            .expect("close");
+        id
+    }
+
+    /// Seconds with six decimals, written out independently of `format_offset_us`.
+    fn secs(us: i64) -> String {
+        format!("{:.6}", us as f64 / 1e6)
+    }
+
+    #[tokio::test]
+    async fn human_replay_shows_identity_and_every_chunk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let id = sample(&path, true).await;
+        let s = sample_start("backup", "s3", at_us(0));
+
+        let mut expected = format!("session {id}\n");
+        let cmdline = s.cmdline.as_ref().expect("cmdline");
+        for (label, value) in [
+            ("workload", s.workload.clone()),
+            ("cgroup", format!("{} (id {})", s.cgroup, s.cgroup_id)),
+            (
+                "pid",
+                format!(
+                    "{} (started {} clock ticks after boot)",
+                    s.pid,
+                    s.pid_start_time.expect("ticks")
+                ),
+            ),
+            ("exe", s.exe.clone().expect("exe")),
+            // The argument with a space is quoted so the command line stays unambiguous.
+            (
+                "cmdline",
+                format!("{} {} '{}'", cmdline[0], cmdline[1], cmdline[2]),
+            ),
+            (
+                "user",
+                format!(
+                    "{} (uid {}, gid {})",
+                    s.user.clone().expect("user"),
+                    s.uid,
+                    s.gid
+                ),
+            ),
+            ("comm", s.comm.clone()),
+            ("connection", format!("{} → {}", s.client_addr, s.orig_dst)),
+            ("target", s.target.clone()),
+            ("protocol", s.protocol.clone()),
+            ("started", "2026-11-22T10:00:00.000000Z".to_string()),
+            (
+                "ended",
+                "2026-11-22T10:00:02.250000Z (after 2.250s)".to_string(),
+            ),
+            ("close", "server closed".to_string()),
+            ("bytes", "↑ 527 from client, ↓ 1027 from server".to_string()),
+        ] {
+            expected.push_str(&format!("  {label:<11} {value}\n"));
+        }
+        expected.push_str("\ntimeline\n");
+        expected.push_str(&format!("  +{}s  session start\n", secs(0)));
+        let mut previous: Option<i64> = None;
+        for (offset, dir, size) in CHUNKS {
+            let arrow = match dir {
+                Direction::ClientToServer => "client→server",
+                Direction::ServerToClient => "server→client",
+            };
+            let gap = previous
+                .map(|p| format!("  gap +{}s", secs(offset - p)))
+                .unwrap_or_default();
+            expected.push_str(&format!(
+                "  +{}s  {arrow}  {size:>10} B{gap}\n",
+                secs(offset)
+            ));
+            previous = Some(offset);
+        }
+        expected.push_str(&format!(
+            "  +{}s  session end: server closed\n",
+            secs(END_US)
+        ));
+        let up: u32 = CHUNKS
+            .iter()
+            .filter(|c| c.1 == Direction::ClientToServer)
+            .map(|c| c.2)
+            .sum();
+        let down: u32 = CHUNKS
+            .iter()
+            .filter(|c| c.1 == Direction::ServerToClient)
+            .map(|c| c.2)
+            .sum();
+        expected.push_str(&format!(
+            "  {} chunks journaled: ↑ {up} bytes, ↓ {down} bytes\n",
+            CHUNKS.len()
+        ));
+
+        assert_eq!(replay(&path, id, false).expect("replay"), expected);
+    }
+
+    #[tokio::test]
+    async fn open_session_says_so_and_counts_bytes_so_far() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let id = sample(&path, false).await;
+        let text = replay(&path, id, false).expect("replay");
+        assert!(text.contains("  ended       (no end recorded"), "{text}");
+        assert!(text.contains("  close       -\n"), "{text}");
+        assert!(
+            text.contains("↑ 527 from client, ↓ 1027 from server (so far"),
+            "{text}"
+        );
+        assert!(!text.contains("session end"), "nothing invented: {text}");
+    }
+
+    #[tokio::test]
+    async fn json_replay_is_one_event_per_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let id = sample(&path, true).await;
+        let text = replay(&path, id, true).expect("replay");
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| e["kind"].as_str().expect("kind"))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "session_start",
+                "chunk",
+                "chunk",
+                "chunk",
+                "chunk",
+                "session_end"
+            ]
+        );
+        assert_eq!(events[0]["data"]["orig_dst"], "[::1]:5432");
+        assert_eq!(events[0]["session_id"], id);
+        assert!(events[0]["direction"].is_null());
+        assert_eq!(events[1]["direction"], "c2s");
+        assert_eq!(events[1]["size"], 517);
+        assert_eq!(events[1]["at"], "2026-11-22T10:00:00.001234Z");
+        assert_eq!(events[2]["direction"], "s2c");
+        assert_eq!(events[5]["data"]["close_reason"], "server closed");
+        assert_eq!(events[5]["data"]["bytes_from_server"], 1027);
+        let ids: Vec<i64> = events
+            .iter()
+            .map(|e| e["id"].as_i64().expect("id"))
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "journal order");
+    }
+
+    #[tokio::test]
+    async fn unknown_session_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let id = sample(&path, true).await;
+        let err = replay(&path, id + 100, false).expect_err("unknown session");
+        let message = format!("{err:#}");
+        assert!(
+            message.contains(&format!("no session {}", id + 100)),
+            "{message}"
+        );
+        let err = replay(&dir.path().join("nope.db"), id, true).expect_err("missing");
+        assert!(format!("{err:#}").contains("does not exist"));
+    }
+
+    #[test]
+    fn offsets_quoting_and_summary() {
+        let mut out = Vec::new();
+        Timeline {
+            start_us: 0,
+            previous_chunk_us: None,
+            chunks: 1,
+            bytes_c2s: 5,
+            bytes_s2c: 0,
+        }
+        .finish(&mut out)
+        .expect("write");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "  1 chunk journaled: ↑ 5 bytes, ↓ 0 bytes\n"
+        );
+
+        assert_eq!(format_offset_us(0), "+0.000000s");
+        assert_eq!(format_offset_us(1_234), "+0.001234s");
+        assert_eq!(format_offset_us(61_000_001), "+61.000001s");
+        assert_eq!(format_offset_us(-100), "-0.000100s");
+        assert_eq!(shell_quote("--flag=x"), "--flag=x");
+        assert_eq!(shell_quote("two words"), "'two words'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

@@ -1,0 +1,581 @@
+//! The writer thread: the only owner of the read-write SQLite connection.
+//!
+//! It takes one command from the queue (blocking), then as many more as are already waiting
+//! (up to `batch_max`), executes them all in ONE transaction, commits, and only then answers
+//! the waiters. Under load this lets many sessions' starts share one fsync, which is what
+//! makes "record before forward" affordable.
+//!
+//! Failures are contained per command where SQLite allows it: a statement that fails (a
+//! constraint, a trigger) only fails its own command, thanks to statement-level rollback and
+//! a savepoint around the multi-statement commands. When the transaction as a whole is lost
+//! (BEGIN or COMMIT fails, or SQLite rolled everything back after an I/O error), every waiter
+//! of the batch gets the error and the sessions it touched are marked failed. Either way the
+//! writer goes on with the next batch, because the disk may recover.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    system_time_to_us, Direction, JournalError, SessionEnd, SessionId, SessionStart, Shared,
+};
+
+/// What the handles ask of the writer.
+pub(crate) enum Command {
+    Start {
+        // Boxed so that the frequent chunk commands do not pay for the large start in every
+        // queue slot.
+        start: Box<SessionStart>,
+        reply: oneshot::Sender<Result<SessionId, JournalError>>,
+    },
+    Chunk {
+        id: SessionId,
+        dir: Direction,
+        size: u32,
+        at: SystemTime,
+    },
+    End {
+        end: SessionEnd,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    Flush {
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    /// Sent by `Journal::close`: stop accepting commands, commit what is queued, exit.
+    Shutdown,
+}
+
+/// A command after its statements ran, waiting for the batch's commit to be answered.
+///
+/// The results only describe the command's own statements; if the batch as a whole is not
+/// committed, every waiter gets the batch error instead.
+enum Executed {
+    Start {
+        reply: oneshot::Sender<Result<SessionId, JournalError>>,
+        result: Result<SessionId, JournalError>,
+    },
+    Chunk {
+        id: SessionId,
+        result: Result<(), JournalError>,
+    },
+    End {
+        id: SessionId,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+        result: Result<(), JournalError>,
+    },
+    Flush {
+        /// Records queued between the previous flush and this one that failed.
+        failed: u64,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    Shutdown,
+}
+
+impl Executed {
+    /// A command whose statements were not run because the batch was already lost. Its own
+    /// result is `Ok` ("no failure of its own"): it only receives the batch error.
+    fn without_running(cmd: Command, failures: &mut Failures) -> Executed {
+        match cmd {
+            Command::Start { reply, .. } => Executed::Start {
+                reply,
+                result: Ok(0),
+            },
+            Command::Chunk { id, .. } => Executed::Chunk { id, result: Ok(()) },
+            Command::End { end, reply } => Executed::End {
+                id: end.id,
+                reply,
+                result: Ok(()),
+            },
+            Command::Flush { reply } => Executed::Flush {
+                failed: failures.take_since_flush(),
+                reply,
+            },
+            Command::Shutdown => Executed::Shutdown,
+        }
+    }
+
+    /// Whether this is a record that was meant to be committed and has not already been
+    /// counted as failed.
+    fn is_pending_record(&self) -> bool {
+        match self {
+            Executed::Start { result, .. } => result.is_ok(),
+            Executed::Chunk { result, .. } => result.is_ok(),
+            Executed::End { result, .. } => result.is_ok(),
+            Executed::Flush { .. } | Executed::Shutdown => false,
+        }
+    }
+
+    /// Takes the SQLite error out of this command's result, for a failure that cost the whole
+    /// transaction. The result left behind is never delivered: the batch error is.
+    fn take_sqlite_error(&mut self) -> Option<(&'static str, rusqlite::Error)> {
+        let slot: &mut Result<(), JournalError> = match self {
+            Executed::Chunk { result, .. } | Executed::End { result, .. } => result,
+            Executed::Start { result, .. } => {
+                return match std::mem::replace(result, Ok(0)) {
+                    Err(JournalError::Sqlite { op, source }) => Some((op, source)),
+                    _ => None,
+                };
+            }
+            Executed::Flush { .. } | Executed::Shutdown => return None,
+        };
+        match std::mem::replace(slot, Ok(())) {
+            Err(JournalError::Sqlite { op, source }) => Some((op, source)),
+            _ => None,
+        }
+    }
+}
+
+/// Starts the writer thread on an already-migrated connection.
+pub(crate) fn spawn(
+    conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    batch_max: usize,
+) -> Result<JoinHandle<Result<(), JournalError>>, JournalError> {
+    let writer = Writer {
+        conn,
+        rx,
+        shared,
+        batch_max,
+        failures: Failures::default(),
+    };
+    std::thread::Builder::new()
+        .name("nhi-journal".to_string())
+        .spawn(move || writer.run())
+        .map_err(|source| JournalError::SpawnWriter { source })
+}
+
+struct Writer {
+    conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    batch_max: usize,
+    failures: Failures,
+}
+
+/// Counts the records that did not make it into the journal.
+#[derive(Debug, Default)]
+struct Failures {
+    /// Since the writer started; published to `Shared` after each batch.
+    total: u64,
+    /// Since the last flush in queue order: each failure is reported to the first flush
+    /// queued after it, so a task that queues chunks and then flushes learns about them.
+    since_flush: u64,
+}
+
+impl Failures {
+    fn add(&mut self, records: u64) {
+        self.total += records;
+        self.since_flush += records;
+    }
+
+    fn take_since_flush(&mut self) -> u64 {
+        std::mem::take(&mut self.since_flush)
+    }
+}
+
+impl Writer {
+    fn run(mut self) -> Result<(), JournalError> {
+        let mut batch = Vec::with_capacity(self.batch_max.min(4096));
+        // Set once a Shutdown is seen: from then on, everything still queued is drained and
+        // its outcome decides what `Journal::close` returns.
+        let mut drain: Option<(u64, Result<(), JournalError>)> = None;
+
+        // `blocking_recv` returns None once every handle is dropped, or after `close()` once
+        // the queue is empty, so queued commands are never abandoned.
+        while let Some(first) = self.rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.batch_max {
+                match self.rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            if drain.is_none() && batch.iter().any(|c| matches!(c, Command::Shutdown)) {
+                // Refuse new commands; the ones already queued are still received.
+                self.rx.close();
+                drain = Some((self.failures.total, Ok(())));
+            }
+            let outcome = self.process(&mut batch);
+            if let Some((_, drain_result @ Ok(()))) = drain.as_mut() {
+                *drain_result = outcome;
+            }
+        }
+
+        // Closing the last connection checkpoints the WAL into the main file and removes it,
+        // so a cleanly closed journal is a single self-contained file to copy elsewhere.
+        self.conn
+            .close()
+            .map_err(|(_, source)| JournalError::Sqlite {
+                op: "close the database",
+                source,
+            })?;
+
+        match drain {
+            Some((_, Err(e))) => Err(e),
+            Some((failed_before, Ok(()))) if self.failures.total > failed_before => {
+                Err(JournalError::FlushIncomplete {
+                    failed: self.failures.total - failed_before,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Executes and commits one batch, answers its waiters, and returns the batch error if
+    /// the transaction was lost.
+    fn process(&mut self, batch: &mut Vec<Command>) -> Result<(), JournalError> {
+        let commands = batch.len();
+        self.shared
+            .commands
+            .fetch_add(commands as u64, Ordering::Relaxed);
+        let mut executed = Vec::with_capacity(commands);
+        let mut lost: Option<(&'static str, rusqlite::Error)> = None;
+
+        match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Err(e) => {
+                lost = Some(("begin transaction", e));
+                for cmd in batch.drain(..) {
+                    executed.push(Executed::without_running(cmd, &mut self.failures));
+                }
+            }
+            Ok(mut tx) => {
+                for cmd in batch.drain(..) {
+                    if lost.is_some() {
+                        executed.push(Executed::without_running(cmd, &mut self.failures));
+                        continue;
+                    }
+                    let mut ex = execute(&mut tx, &self.shared, &mut self.failures, cmd);
+                    // Some errors (I/O, disk full) make SQLite roll back the whole
+                    // transaction, not just the statement: everything before is gone too.
+                    if tx.is_autocommit() {
+                        lost = Some(ex.take_sqlite_error().unwrap_or_else(|| {
+                            (
+                                "execute",
+                                rusqlite::Error::SqliteFailure(
+                                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                                    Some("transaction rolled back by SQLite".to_string()),
+                                ),
+                            )
+                        }));
+                    }
+                    executed.push(ex);
+                }
+                if lost.is_none() {
+                    if let Err(e) = tx.commit() {
+                        // The transaction is rolled back when `tx` is dropped by `commit`.
+                        lost = Some(("commit", e));
+                    }
+                }
+            }
+        }
+
+        match lost {
+            None => {
+                self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                self.publish_failures();
+                self.answer_committed(executed);
+                Ok(())
+            }
+            Some((op, source)) => Err(self.answer_lost(executed, op, source)),
+        }
+    }
+
+    /// Makes the failure count visible in the stats; done before answering the waiters, so
+    /// that a waiter never sees counters older than its own answer.
+    fn publish_failures(&self) {
+        self.shared
+            .failed_records
+            .store(self.failures.total, Ordering::Relaxed);
+    }
+
+    fn answer_committed(&self, executed: Vec<Executed>) {
+        for ex in executed {
+            // A waiter that gave up (its task was cancelled) no longer needs the answer, so
+            // a failed send is not an error.
+            match ex {
+                Executed::Start { reply, result } => {
+                    let _ = reply.send(result);
+                }
+                Executed::Chunk { .. } | Executed::Shutdown => {}
+                Executed::End { id, reply, result } => {
+                    self.shared.forget(id);
+                    let _ = reply.send(result);
+                }
+                Executed::Flush { failed, reply } => {
+                    let answer = if failed > 0 {
+                        Err(JournalError::FlushIncomplete { failed })
+                    } else {
+                        Ok(())
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+    }
+
+    fn answer_lost(
+        &mut self,
+        executed: Vec<Executed>,
+        op: &'static str,
+        source: rusqlite::Error,
+    ) -> JournalError {
+        let commands = executed.len();
+        let source = Arc::new(source);
+        let batch_error = || JournalError::BatchFailed {
+            op,
+            commands,
+            source: Arc::clone(&source),
+        };
+        self.shared.failed_batches.fetch_add(1, Ordering::Relaxed);
+        let lost_records = executed.iter().filter(|ex| ex.is_pending_record()).count();
+        self.failures.total += lost_records as u64;
+        // The flushes of this batch get the batch error; lost records queued after the last
+        // of them are still owed to the next flush.
+        let after_last_flush = executed
+            .iter()
+            .rev()
+            .take_while(|ex| !matches!(ex, Executed::Flush { .. }))
+            .filter(|ex| ex.is_pending_record())
+            .count();
+        self.failures.since_flush += after_last_flush as u64;
+        self.publish_failures();
+        tracing::error!(
+            op,
+            error = %source,
+            commands,
+            lost_records,
+            "journal batch was not committed; the sessions it touched are marked failed"
+        );
+
+        // Mark first and forget ended sessions afterwards, so that a session that both
+        // chunked and ended in this batch does not stay in the failed set forever.
+        for ex in &executed {
+            if let Executed::Chunk { id, .. } = ex {
+                self.shared.mark_failed(*id);
+            }
+        }
+        for ex in executed {
+            match ex {
+                Executed::Start { reply, .. } => {
+                    let _ = reply.send(Err(batch_error()));
+                }
+                Executed::Chunk { .. } | Executed::Shutdown => {}
+                Executed::End { id, reply, .. } => {
+                    self.shared.forget(id);
+                    let _ = reply.send(Err(batch_error()));
+                }
+                Executed::Flush { reply, .. } => {
+                    let _ = reply.send(Err(batch_error()));
+                }
+            }
+        }
+        batch_error()
+    }
+}
+
+/// Runs one command's statements inside the batch's transaction.
+fn execute(
+    tx: &mut Transaction<'_>,
+    shared: &Shared,
+    failures: &mut Failures,
+    cmd: Command,
+) -> Executed {
+    match cmd {
+        Command::Start { start, reply } => {
+            let result = with_savepoint(tx, |tx| insert_start(tx, &start));
+            if let Err(e) = &result {
+                record_failure(failures, None, "a session start", e);
+            }
+            Executed::Start { reply, result }
+        }
+        Command::Chunk { id, dir, size, at } => {
+            // Once one record of a session is lost its timeline has a hole; recording later
+            // chunks would make the hole look like a quiet period, so they are skipped.
+            let result = if shared.is_failed(id) {
+                failures.add(1);
+                Err(JournalError::SessionFailed { id })
+            } else {
+                insert_chunk(tx, id, dir, size, at).inspect_err(|e| {
+                    record_failure(failures, Some(id), "a chunk", e);
+                    shared.mark_failed(id);
+                })
+            };
+            Executed::Chunk { id, result }
+        }
+        Command::End { end, reply } => {
+            // The end is recorded even for a failed session: "journal failure" as the close
+            // reason is exactly what a responder needs to see.
+            let id = end.id;
+            let result = with_savepoint(tx, |tx| update_end(tx, &end));
+            if let Err(e) = &result {
+                record_failure(failures, Some(id), "a session end", e);
+            }
+            Executed::End { id, reply, result }
+        }
+        Command::Flush { reply } => Executed::Flush {
+            failed: failures.take_since_flush(),
+            reply,
+        },
+        Command::Shutdown => Executed::Shutdown,
+    }
+}
+
+/// Counts and logs a record that will not be in the journal.
+fn record_failure(failures: &mut Failures, id: Option<SessionId>, what: &str, e: &JournalError) {
+    failures.add(1);
+    tracing::error!(
+        session = id,
+        error = %super::error_chain(e),
+        "journal could not record {what}"
+    );
+}
+
+/// Runs `f` in a savepoint so that a command made of several statements is all or nothing
+/// without losing the rest of the batch.
+fn with_savepoint<T>(
+    tx: &mut Transaction<'_>,
+    f: impl FnOnce(&Connection) -> Result<T, JournalError>,
+) -> Result<T, JournalError> {
+    let sp = tx
+        .savepoint()
+        .map_err(JournalError::sqlite("open a savepoint"))?;
+    // Dropping the savepoint without commit rolls it back.
+    let value = f(&sp)?;
+    sp.commit()
+        .map_err(JournalError::sqlite("release a savepoint"))?;
+    Ok(value)
+}
+
+/// SQLite integers are signed 64-bit. Counters and kernel ids never reach 2^63 in practice,
+/// but the bit pattern is kept rather than failing the session: `as u64` on read restores it.
+fn u64_bits(v: u64) -> i64 {
+    v as i64
+}
+
+fn insert_start(conn: &Connection, s: &SessionStart) -> Result<SessionId, JournalError> {
+    let cmdline = s
+        .cmdline
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|source| JournalError::Encode {
+            what: "cmdline",
+            source,
+        })?;
+    let started_at_us = system_time_to_us(s.started_at);
+    conn.prepare_cached(
+        "INSERT INTO sessions (workload, cgroup, cgroup_id, pid, pid_start_time, exe, cmdline, \
+         uid, gid, user, comm, client_addr, orig_dst, target, protocol, started_at_us) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            s.workload,
+            s.cgroup,
+            u64_bits(s.cgroup_id),
+            s.pid,
+            s.pid_start_time.map(u64_bits),
+            s.exe,
+            cmdline,
+            s.uid,
+            s.gid,
+            s.user,
+            s.comm,
+            s.client_addr.to_string(),
+            s.orig_dst.to_string(),
+            s.target,
+            s.protocol,
+            started_at_us,
+        ])
+    })
+    .map_err(JournalError::sqlite("insert session"))?;
+    // The id is SQLite's rowid, assigned inside this transaction; the caller only sees it
+    // after the commit.
+    let id = conn.last_insert_rowid();
+
+    // The start event repeats the identity so that the append-only event stream is complete
+    // on its own (the sessions row is a mutable summary; a future hash chain covers events).
+    let data = serde_json::json!({
+        "workload": s.workload,
+        "cgroup": s.cgroup,
+        "cgroup_id": s.cgroup_id,
+        "pid": s.pid,
+        "pid_start_time": s.pid_start_time,
+        "exe": s.exe,
+        "cmdline": s.cmdline,
+        "uid": s.uid,
+        "gid": s.gid,
+        "user": s.user,
+        "comm": s.comm,
+        "client_addr": s.client_addr.to_string(),
+        "orig_dst": s.orig_dst.to_string(),
+        "target": s.target,
+        "protocol": s.protocol,
+    })
+    .to_string();
+    conn.prepare_cached(
+        "INSERT INTO events (session_id, at_us, kind, data) VALUES (?1, ?2, 'session_start', ?3)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![id, started_at_us, data]))
+    .map_err(JournalError::sqlite("insert session_start event"))?;
+    Ok(id)
+}
+
+fn insert_chunk(
+    conn: &Connection,
+    id: SessionId,
+    dir: Direction,
+    size: u32,
+    at: SystemTime,
+) -> Result<(), JournalError> {
+    conn.prepare_cached(
+        "INSERT INTO events (session_id, at_us, kind, direction, size) \
+         VALUES (?1, ?2, 'chunk', ?3, ?4)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![id, system_time_to_us(at), dir.as_str(), size]))
+    .map_err(JournalError::sqlite("insert chunk event"))?;
+    Ok(())
+}
+
+fn update_end(conn: &Connection, end: &SessionEnd) -> Result<(), JournalError> {
+    let ended_at_us = system_time_to_us(end.ended_at);
+    let changed = conn
+        .prepare_cached(
+            "UPDATE sessions SET ended_at_us = ?2, bytes_from_client = ?3, \
+             bytes_from_server = ?4, close_reason = ?5 \
+             WHERE id = ?1 AND ended_at_us IS NULL",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                end.id,
+                ended_at_us,
+                u64_bits(end.bytes_from_client),
+                u64_bits(end.bytes_from_server),
+                end.close_reason,
+            ])
+        })
+        .map_err(JournalError::sqlite("update session end"))?;
+    if changed == 0 {
+        return Err(JournalError::SessionNotOpen { id: end.id });
+    }
+    let data = serde_json::json!({
+        "bytes_from_client": end.bytes_from_client,
+        "bytes_from_server": end.bytes_from_server,
+        "close_reason": end.close_reason,
+    })
+    .to_string();
+    conn.prepare_cached(
+        "INSERT INTO events (session_id, at_us, kind, data) VALUES (?1, ?2, 'session_end', ?3)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![end.id, ended_at_us, data]))
+    .map_err(JournalError::sqlite("insert session_end event"))?;
+    Ok(())
+}
