@@ -51,25 +51,25 @@ static NHI_ACCEPTED: LruHashMap<u64, ConnRecord> = LruHashMap::pinned(CONN_MAP_E
 
 #[cgroup_sock_addr(connect4)]
 pub fn nhi_connect4(ctx: SockAddrContext) -> i32 {
-    let _ = try_connect(&ctx, false);
+    let _ = try_connect::<false>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn nhi_connect6(ctx: SockAddrContext) -> i32 {
-    let _ = try_connect(&ctx, true);
+    let _ = try_connect::<true>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn nhi_getpeername4(ctx: SockAddrContext) -> i32 {
-    let _ = try_getpeername(&ctx, false);
+    let _ = try_getpeername::<false>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn nhi_getpeername6(ctx: SockAddrContext) -> i32 {
-    let _ = try_getpeername(&ctx, true);
+    let _ = try_getpeername::<true>(&ctx);
     ALLOW
 }
 
@@ -98,7 +98,11 @@ fn agent_config() -> Result<&'static AgentConfig, ()> {
     Ok(cfg)
 }
 
-fn try_connect(ctx: &SockAddrContext, v6: bool) -> Outcome {
+/// `V6` is a const so each program only touches its own context fields: the
+/// verifier rejects `user_ip6` in connect4 and `user_ip4` in connect6.
+#[inline(always)]
+fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
+    let v6 = V6;
     let addr = sa(ctx);
     if addr.type_ != SOCK_STREAM || addr.protocol != IPPROTO_TCP {
         return Err(());
@@ -115,9 +119,13 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Outcome {
     }
 
     let port = u16::from_be(addr.user_port as u16);
-    let ip6 = addr.user_ip6;
-    let mapped = v6 && is_v4_mapped(&ip6);
-    let ip4 = if v6 { ip6[3] } else { addr.user_ip4 };
+    let (ip6, ip4) = if V6 {
+        let ip6 = read_ip6(addr);
+        (ip6, ip6[3])
+    } else {
+        ([0; 4], addr.user_ip4)
+    };
+    let mapped = V6 && is_v4_mapped(&ip6);
 
     // Already aimed at the proxy (a retry, or an explicit connection): leave it.
     if port == cfg.proxy_port
@@ -170,14 +178,14 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Outcome {
     // user_port must be written as a 4-byte store of the big-endian port.
     unsafe {
         let a = &mut *ctx.sock_addr;
-        if v6 && !mapped {
-            a.user_ip6 = LOOPBACK6;
-        } else if v6 {
-            a.user_ip6 = [0, 0, nhi_agent_common::V4_MAPPED_WORD, LOOPBACK4];
+        if V6 && !mapped {
+            write_ip6(a, &LOOPBACK6);
+        } else if V6 {
+            write_ip6(a, &[0, 0, nhi_agent_common::V4_MAPPED_WORD, LOOPBACK4]);
         } else {
-            a.user_ip4 = LOOPBACK4;
+            core::ptr::write_volatile(&mut a.user_ip4, LOOPBACK4);
         }
-        a.user_port = u32::from(cfg.proxy_port.to_be());
+        core::ptr::write_volatile(&mut a.user_port, u32::from(cfg.proxy_port.to_be()));
     }
     Ok(())
 }
@@ -222,7 +230,8 @@ fn decide(policy: &CgroupPolicy, uid: u32) -> Outcome {
     Ok(())
 }
 
-fn try_getpeername(ctx: &SockAddrContext, v6: bool) -> Outcome {
+#[inline(always)]
+fn try_getpeername<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out before anything else touches the map.
@@ -230,12 +239,12 @@ fn try_getpeername(ctx: &SockAddrContext, v6: bool) -> Outcome {
     // SAFETY: getpeername programs may rewrite the reported address.
     unsafe {
         let a = &mut *ctx.sock_addr;
-        if v6 {
-            a.user_ip6 = record.orig_ip;
+        if V6 {
+            write_ip6(a, &record.orig_ip);
         } else {
-            a.user_ip4 = record.orig_ip[0];
+            core::ptr::write_volatile(&mut a.user_ip4, record.orig_ip[0]);
         }
-        a.user_port = u32::from(record.orig_port.to_be());
+        core::ptr::write_volatile(&mut a.user_port, u32::from(record.orig_port.to_be()));
     }
     Ok(())
 }
@@ -284,7 +293,12 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Outcome {
 
 #[inline(always)]
 fn local_key(ctx: &SockOpsContext) -> SockKey {
-    sock_key(ctx.family(), ctx.local_ip4(), ctx.local_ip6(), ctx.local_port())
+    sock_key(
+        ctx.family(),
+        ctx.local_ip4(),
+        ctx.local_ip6(),
+        ctx.local_port(),
+    )
 }
 
 #[inline(always)]
@@ -313,6 +327,33 @@ fn sock_key(family: u32, ip4: u32, ip6: [u32; 4], port: u32) -> SockKey {
             port,
             family: u32::from(AF_INET),
         }
+    }
+}
+
+/// Context fields must be accessed with 4-byte loads and stores at constant offsets:
+/// a plain array copy compiles to pointer arithmetic on the context, which the
+/// verifier rejects ("dereference of modified ctx ptr").
+#[inline(always)]
+fn read_ip6(a: &bpf_sock_addr) -> [u32; 4] {
+    // SAFETY: reads of the program's own context fields.
+    unsafe {
+        [
+            core::ptr::read_volatile(&a.user_ip6[0]),
+            core::ptr::read_volatile(&a.user_ip6[1]),
+            core::ptr::read_volatile(&a.user_ip6[2]),
+            core::ptr::read_volatile(&a.user_ip6[3]),
+        ]
+    }
+}
+
+#[inline(always)]
+fn write_ip6(a: &mut bpf_sock_addr, ip: &[u32; 4]) {
+    // SAFETY: writes of context fields the program type may rewrite.
+    unsafe {
+        core::ptr::write_volatile(&mut a.user_ip6[0], ip[0]);
+        core::ptr::write_volatile(&mut a.user_ip6[1], ip[1]);
+        core::ptr::write_volatile(&mut a.user_ip6[2], ip[2]);
+        core::ptr::write_volatile(&mut a.user_ip6[3], ip[3]);
     }
 }
 

@@ -1,1 +1,558 @@
+//! Test harness for nhi-agent integration tests: real cgroups, the real agent binary
+//! with its real eBPF programs, real servers on loopback.
+//!
+//! - [`require_privileged`] skips a test with a printed reason when it cannot run
+//!   (not root, no cgroup2, no BPF), unless `NHI_REQUIRE_PRIVILEGED=1` (set by CI),
+//!   in which case the skip becomes a failure.
+//! - [`TestCgroup`] creates a child cgroup under the cgroup2 root and removes it (and
+//!   kills what is left in it) on drop; [`TestCgroup::command`] starts a process in it.
+//! - [`Agent`] writes a config, starts `nhi-agent run`, waits until it is ready, and
+//!   kills it and removes its pins on drop.
+//! - [`EchoServer`] echoes (or sinks) on a loopback address and records the peers it
+//!   saw, so a test can tell whether a connection came from the agent or directly.
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock,
+    },
+    thread,
+    time::{Duration, Instant},
+};
 
+/// Environment variable that turns privileged-test skips into failures (CI sets it).
+pub const REQUIRE_ENV: &str = "NHI_REQUIRE_PRIVILEGED";
+
+/// Integration tests share the cgroup root attachment point and must not overlap.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Returns false (after printing why) when privileged tests cannot run here; panics
+/// instead when `NHI_REQUIRE_PRIVILEGED=1`.
+pub fn require_privileged(test: &str) -> bool {
+    let reason = if !nix_is_root() {
+        Some("not running as root".to_string())
+    } else if cgroup2_root().is_none() {
+        Some("no cgroup2 mount found".to_string())
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(r) => {
+            if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+                panic!("{test}: privileged test cannot run ({r}) and {REQUIRE_ENV}=1");
+            }
+            eprintln!("SKIPPED {test}: {r} (set {REQUIRE_ENV}=1 to make this a failure)");
+            false
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The cgroup2 mount point, from /proc/self/mountinfo.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if !right.starts_with("cgroup2 ") {
+            return None;
+        }
+        left.split(' ').nth(4).map(PathBuf::from)
+    })
+}
+
+/// Path of the built `nhi-agent` binary (built once per test process).
+pub fn agent_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "nhi-agent", "--bin", "nhi-agent"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building nhi-agent failed");
+        target_dir().join("nhi-agent")
+    })
+    .clone()
+}
+
+/// Path of the test client binary (cargo builds it alongside the integration tests).
+pub fn client_bin() -> PathBuf {
+    target_dir().join("nhi-testclient")
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    // The test binary lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique name for this test process: cgroups, pins and files use it.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A child cgroup (and its descendants), removed on drop.
+pub struct TestCgroup {
+    root: PathBuf,
+    rel: String,
+}
+
+impl TestCgroup {
+    /// Creates `<cgroup2 root>/<rel>` (and parents).
+    pub fn create(rel: &str) -> Self {
+        let root = cgroup2_root().expect("cgroup2 mount");
+        fs::create_dir_all(root.join(rel)).unwrap_or_else(|e| panic!("mkdir cgroup {rel}: {e}"));
+        Self {
+            root,
+            rel: rel.to_string(),
+        }
+    }
+
+    /// Path relative to the cgroup2 root (what the agent journals).
+    pub fn rel(&self) -> &str {
+        &self.rel
+    }
+
+    /// A child of this cgroup (not removed separately: the parent's drop removes it).
+    pub fn child(&self, name: &str) -> TestCgroup {
+        let rel = format!("{}/{name}", self.rel);
+        fs::create_dir_all(self.root.join(&rel)).expect("mkdir child cgroup");
+        TestCgroup {
+            root: self.root.clone(),
+            rel,
+        }
+    }
+
+    /// The cgroup id (inode of the directory).
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(self.root.join(&self.rel))
+            .expect("stat cgroup")
+            .ino()
+    }
+
+    /// A command that starts inside this cgroup.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let procs = self.root.join(&self.rel).join("cgroup.procs");
+        let mut cmd = Command::new(program);
+        // SAFETY: the closure only calls async-signal-safe functions (open/write).
+        unsafe {
+            cmd.pre_exec(move || {
+                fs::write(&procs, b"0")?;
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs the test client in this cgroup and parses its JSON answer.
+    pub fn client(&self, args: &[&str]) -> serde_json::Value {
+        let out = self
+            .command(client_bin())
+            .args(args)
+            .output()
+            .expect("run nhi-testclient");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "client output is not JSON ({e}): {stdout} / {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Sends SIGKILL to everything in the cgroup.
+    pub fn kill_all(&self) {
+        let dir = self.root.join(&self.rel);
+        if fs::write(dir.join("cgroup.kill"), b"1").is_err() {
+            for entry in walk_dirs(&dir) {
+                if let Ok(procs) = fs::read_to_string(entry.join("cgroup.procs")) {
+                    for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                        // SAFETY: plain kill(2).
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.extend(walk_dirs(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        self.kill_all();
+        let dir = self.root.join(&self.rel);
+        let mut dirs = walk_dirs(&dir);
+        // Deepest first.
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for d in dirs {
+            while fs::remove_dir(&d).is_err() && d.exists() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // Remove now-empty parents created for this test (e.g. "nhi-test-123/").
+        if let Some((top, _)) = self.rel.split_once('/') {
+            let _ = fs::remove_dir(self.root.join(top));
+        }
+    }
+}
+
+/// A loopback TCP server that echoes (or, in sink mode, counts and acknowledges) and
+/// records every peer address it accepted.
+pub struct EchoServer {
+    pub addr: SocketAddr,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl EchoServer {
+    pub fn start(addr: &str) -> Self {
+        Self::start_mode(addr, false)
+    }
+
+    /// Sink mode: reads until EOF, then writes one byte (for one-way throughput).
+    pub fn start_sink(addr: &str) -> Self {
+        Self::start_mode(addr, true)
+    }
+
+    fn start_mode(addr: &str, sink: bool) -> Self {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let addr = listener.local_addr().expect("local addr");
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let seen = peers.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                if let Ok(p) = s.peer_addr() {
+                    seen.lock().unwrap().push(p);
+                }
+                thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if !sink && s.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    if sink {
+                        let _ = s.write_all(b"k");
+                    }
+                });
+            }
+        });
+        Self { addr, peers }
+    }
+
+    /// Peers accepted so far.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+/// A port that is free on both 127.0.0.1 and ::1 right now.
+pub fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().unwrap().port();
+        if TcpListener::bind(("::1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A running `nhi-agent run`.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub journal: PathBuf,
+    pub pin_dir: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl Agent {
+    /// Writes a config with the given `[[workload]]`/`[[target]]` TOML (the `[agent]`
+    /// table is generated: free port, journal and pins in a temp dir) and starts it.
+    pub fn start(body: &str) -> Self {
+        Self::start_with(body, "", &[])
+    }
+
+    /// Like [`Agent::start`], with extra `[agent]` keys and command line arguments.
+    pub fn start_with(body: &str, agent_keys: &str, args: &[&str]) -> Self {
+        let mut agent = Self::configure(body, agent_keys, args);
+        agent.spawn();
+        agent
+    }
+
+    /// Writes the config without starting the agent.
+    pub fn configure(body: &str, agent_keys: &str, args: &[&str]) -> Self {
+        Self::configure_journal(body, agent_keys, args, None)
+    }
+
+    /// Like [`Agent::configure`], with the journal at `journal` instead of the temp dir.
+    pub fn configure_journal(
+        body: &str,
+        agent_keys: &str,
+        args: &[&str],
+        journal: Option<&Path>,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let journal = journal
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("journal.db"));
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("nhi-test"));
+        let config_path = dir.path().join("agent.toml");
+        let config = format!(
+            "[agent]\nmode = \"enforce\"\njournal = \"{}\"\nlisten_port = {port}\nbpffs = \"{}\"\n\
+             drain_timeout = \"3s\"\n{agent_keys}\n\n{body}\n",
+            journal.display(),
+            pin_dir.display()
+        );
+        fs::write(&config_path, config).expect("write config");
+        let log = dir.path().join("agent.log");
+        Self {
+            dir,
+            config_path,
+            journal,
+            pin_dir,
+            port,
+            log,
+            child: None,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Starts (or restarts) the agent and waits until it logs that it is ready.
+    pub fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let child = Command::new(agent_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(&self.extra_args)
+            .env("NHI_LOG", "debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nhi-agent");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut ready_lines = self.count_log("nhi-agent ready");
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                panic!("nhi-agent exited early ({status}):\n{}", self.log_text());
+            }
+            let now = self.count_log("nhi-agent ready");
+            if now > ready_lines {
+                break;
+            }
+            ready_lines = ready_lines.min(now);
+            assert!(
+                Instant::now() < deadline,
+                "nhi-agent not ready after 30 s:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn count_log(&self, needle: &str) -> usize {
+        self.log_text().matches(needle).count()
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal without waiting.
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: plain kill(2) on our child.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
+
+    /// SIGTERM and wait for the exit (returns the exit code).
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("nhi-agent did not stop within 30 s of SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Rewrites the config file (for reload tests).
+    pub fn rewrite_config(&self, f: impl FnOnce(String) -> String) {
+        let text = fs::read_to_string(&self.config_path).expect("read config");
+        fs::write(&self.config_path, f(text)).expect("write config");
+    }
+
+    /// Runs an `nhi-agent` subcommand.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(agent_bin())
+            .args(args)
+            .output()
+            .expect("run nhi-agent")
+    }
+
+    /// `nhi-agent sessions --json` on this agent's journal.
+    pub fn sessions(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&[
+            "sessions",
+            "--journal",
+            self.journal.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "nhi-agent sessions failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+            .collect()
+    }
+
+    /// Waits until the journal holds `n` sessions that have ended.
+    pub fn wait_sessions_ended(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.sessions();
+            if s.iter().filter(|v| !v["ended_at"].is_null()).count() >= n {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} ended sessions, journal has: {s:#?}\nlog:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        remove_pins(&self.pin_dir);
+    }
+}
+
+/// Removes a pin directory tree (detaching pinned links).
+pub fn remove_pins(dir: &Path) {
+    let mut dirs = walk_dirs(dir);
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in dirs {
+        if let Ok(rd) = fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_file()).unwrap_or(true) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let _ = fs::remove_dir(&d);
+    }
+}
+
+/// Reads lines from a child's stdout until `needle` appears (with a timeout).
+pub fn wait_for_line(reader: &mut impl BufRead, needle: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut line = String::new();
+    while Instant::now() < deadline {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return false,
+            Ok(_) if line.contains(needle) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Convenience: a one-shot TCP exchange from the current process (not in a test cgroup).
+pub fn direct_echo(addr: SocketAddr, data: &[u8]) -> std::io::Result<(SocketAddr, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr)?;
+    let local = s.local_addr()?;
+    s.write_all(data)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = Vec::new();
+    BufReader::new(s).read_to_end(&mut out)?;
+    Ok((local, out))
+}

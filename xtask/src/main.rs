@@ -1,1 +1,59 @@
-fn main(){}
+//! `cargo xtask`: the project's two front doors and their helpers.
+//!
+//! - `cargo xtask setup`: install what building and testing need (idempotent).
+//! - `cargo xtask run`:   setup, release build, start the agent with policies/example.toml.
+//! - `cargo xtask test`:  setup, fmt check, clippy -D warnings, unit and integration tests.
+//! - `cargo xtask bench`: relay throughput, connection rate and connect latency, agent vs direct.
+mod bench;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install apt packages, the nightly toolchain with rust-src, bpf-linker; mount bpffs.
+    Setup,
+    /// Set up, build in release mode and run the agent with policies/example.toml.
+    Run {
+        /// Config file (default policies/example.toml).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+    /// Set up, then fmt check, clippy, unit tests and the root/eBPF integration tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Print benchmark figures (ratios against a baseline from the same run).
+    Bench {
+        /// Bytes per bulk transfer.
+        #[arg(long, default_value_t = 1 << 30)]
+        bytes: u64,
+        /// Connections for the connection-rate figure.
+        #[arg(long, default_value_t = 2000)]
+        conns: u64,
+        /// Repetitions of each measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Run { config } => run::run(config),
+        Cmd::Test { args } => test::test(&args),
+        Cmd::Bench { bytes, conns, runs } => bench::bench(bytes, conns, runs),
+    }
+}

@@ -1,34 +1,69 @@
-//! Command line: one module per subcommand.
-//!
-//! This dispatcher is minimal (it only knows `policy`) and is rewritten at
-//! integration; the subcommands' logic lives in their own modules.
+//! Command line: one module per subcommand. `main` parses, sets up logging and
+//! dispatches; every subcommand returns its exit status.
+pub mod detach;
+pub mod policy;
+pub mod replay;
+pub mod run;
+pub mod sessions;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub mod policy;
-
-/// nhi-agent: audit trail and guardrails for non-human identities.
 #[derive(Debug, Parser)]
-#[command(name = "nhi-agent", version)]
-struct Cli {
+#[command(
+    name = "nhi-agent",
+    version,
+    about = "Audit trail and guardrails for non-human identities",
+    long_about = "Intercepts the TCP connections of selected workloads with eBPF, relays them \
+                  through a local proxy and journals who connected where, before forwarding."
+)]
+pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
-    /// Work with configuration files.
+pub enum Command {
+    /// Run the agent.
+    Run(run::RunArgs),
+    /// List journaled sessions.
+    Sessions(sessions::SessionsArgs),
+    /// Show one session's timeline.
+    Replay(replay::ReplayArgs),
+    /// Work with policy/config files.
     Policy(policy::PolicyArgs),
+    /// Stop intercepting: remove the pinned programs a fail-closed agent left behind.
+    Detach(detach::DetachArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_tracing();
     let result = match &cli.command {
-        Command::Policy(args) => policy::run(args),
+        Command::Run(a) => run::run(a),
+        Command::Sessions(a) => sessions::run(a),
+        Command::Replay(a) => replay::run(a),
+        Command::Policy(a) => policy::run(a),
+        Command::Detach(a) => detach::run(a),
     };
-    result.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
-        ExitCode::FAILURE
-    })
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_env("NHI_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }

@@ -1,1 +1,392 @@
-//! proxy (being written)
+//! The userspace proxy: listeners, one task per connection, identity resolution,
+//! record-before-forward, and the opaque relay.
+//!
+//! Architecture invariant: an audited connection's session row is committed to the
+//! journal before the agent opens the upstream connection. If the journal refuses, the
+//! client connection is reset and the reason logged; nothing is forwarded unrecorded.
+mod relay;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use nhi_agent_common::{CgroupPolicy, ConnRecord};
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::{watch, Semaphore},
+    task::JoinSet,
+};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    config::Config,
+    ebpf::{self, Interceptor},
+    identity::{self, CgroupFs},
+    journal::{JournalHandle, SessionEnd, SessionStart},
+};
+
+pub use relay::CloseReason;
+
+/// State shared by the accept loops and the connection tasks.
+pub struct Shared {
+    /// The configuration in force; replaced as a whole on reload.
+    pub config: RwLock<Arc<Config>>,
+    pub interceptor: Mutex<Interceptor>,
+    pub cgroups: CgroupFs,
+    pub journal: JournalHandle,
+    /// Connections being served (audited or relayed untouched).
+    pub active: AtomicUsize,
+    /// uid -> user name; the passwd database is read once per uid.
+    pub users: Mutex<std::collections::HashMap<u32, Option<String>>>,
+}
+
+impl Shared {
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn user_name(&self, uid: u32) -> Option<String> {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        users
+            .entry(uid)
+            .or_insert_with(|| identity::user_name(uid))
+            .clone()
+    }
+
+    fn interceptor(&self) -> std::sync::MutexGuard<'_, Interceptor> {
+        self.interceptor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Binds the proxy's listeners on 127.0.0.1 and ::1.
+pub fn bind(port: u16) -> std::io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for addr in [
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+    ] {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // A deep backlog: when the connection bound is reached, new connections
+        // wait here (handshake done by the kernel) instead of being refused.
+        listeners.push(socket.listen(4096)?);
+    }
+    Ok(listeners)
+}
+
+/// Accepts connections until `shutdown` flips, then waits for the open ones to end
+/// (up to `drain`), then cancels the rest.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let max = shared.config().agent.max_connections;
+    let permits = Arc::new(Semaphore::new(max));
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let mut accepts = JoinSet::new();
+    for listener in listeners {
+        accepts.spawn(accept_loop(
+            shared.clone(),
+            listener,
+            permits.clone(),
+            max,
+            cancel_rx.clone(),
+            shutdown.clone(),
+        ));
+    }
+    // Wait for the shutdown signal.
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    accepts.abort_all();
+    while accepts.join_next().await.is_some() {}
+
+    let open = shared.active.load(Ordering::SeqCst);
+    let drain = shared.config().agent.drain_timeout;
+    info!(open, drain = ?drain, "no longer accepting; draining open connections");
+    let deadline = Instant::now() + drain;
+    while shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = shared.active.load(Ordering::SeqCst);
+    if left > 0 {
+        warn!(
+            left,
+            "drain timeout reached; closing the remaining connections"
+        );
+        let _ = cancel_tx.send(true);
+        // Connection tasks journal their end before returning.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    max: usize,
+    cancel: watch::Receiver<bool>,
+    _shutdown: watch::Receiver<bool>,
+) {
+    let mut last_limit_log: Option<Instant> = None;
+    loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if last_limit_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    warn!(
+                        max_connections = max,
+                        "connection limit reached; new connections wait in the listen backlog until one closes"
+                    );
+                    last_limit_log = Some(Instant::now());
+                }
+                match permits.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                }
+            }
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let cancel = cancel.clone();
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            handle(&shared, stream, peer, cancel).await;
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            drop(permit);
+        });
+    }
+}
+
+/// How long to wait for the kernel's PASSIVE_ESTABLISHED callback to publish the
+/// record of a connection that accept() returned a little early.
+const RECORD_WAIT: Duration = Duration::from_millis(50);
+
+async fn take_record(shared: &Shared, cookie: u64) -> Option<ConnRecord> {
+    let deadline = Instant::now() + RECORD_WAIT;
+    loop {
+        if let Some(r) = shared.interceptor().take_accepted(cookie) {
+            return Some(r);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn handle(
+    shared: &Arc<Shared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    cancel: watch::Receiver<bool>,
+) {
+    let accepted_at = SystemTime::now();
+    let boot_ticks = identity::boottime_ticks();
+    let _ = client.set_nodelay(true);
+    let cookie = match ebpf::socket_cookie(&client) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(%peer, error = %e, "cannot read the socket cookie; closing");
+            return;
+        }
+    };
+    let Some(record) = take_record(shared, cookie).await else {
+        warn!(%peer, "connection was not redirected by the kernel (no record); closing");
+        reset(client);
+        return;
+    };
+    let orig_dst = ebpf::original_destination(&record);
+    let config = shared.config();
+    let uid = record.uid();
+    let tgid = record.tgid();
+
+    // cgroupfs and /proc reads block; keep them off the async workers.
+    let resolved = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let path = shared.cgroups.path_of(record.cgroup_id);
+            (path, identity::process_info(tgid, Some(boot_ticks)))
+        })
+        .await
+    };
+    let (cgroup_path, process) = match resolved {
+        Ok(r) => r,
+        Err(e) => {
+            error!(%peer, error = %e, "identity resolution failed; closing");
+            reset(client);
+            return;
+        }
+    };
+
+    // A cgroup the kernel did not know yet: classify it now, for this connection and,
+    // through the map, for the next ones.
+    if record.flags & ConnRecord::FLAG_UNCLASSIFIED != 0 {
+        if let Some(path) = &cgroup_path {
+            let policy = match config.cgroup_selection(path) {
+                None => CgroupPolicy {
+                    action: CgroupPolicy::BYPASS,
+                    uid: CgroupPolicy::ANY_UID,
+                },
+                Some(uid) => CgroupPolicy {
+                    action: CgroupPolicy::INTERCEPT,
+                    uid: uid.unwrap_or(CgroupPolicy::ANY_UID),
+                },
+            };
+            if let Err(e) = shared.interceptor().set_cgroup(record.cgroup_id, policy) {
+                warn!(error = %e, cgroup = %path, "cannot record the cgroup's classification");
+            }
+        }
+    }
+
+    let workload = cgroup_path
+        .as_deref()
+        .and_then(|p| config.workload_for(p, uid));
+    let target = config.target_for(orig_dst);
+    let (Some(workload), Some((_, target))) = (workload, target) else {
+        // Not (or no longer) an audited workload or destination: relay untouched.
+        debug!(%peer, %orig_dst, cgroup = ?cgroup_path, "not audited; relaying untouched");
+        let upstream = match connect(orig_dst, config.agent.connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(%orig_dst, error = %e, "upstream connect failed");
+                reset(client);
+                return;
+            }
+        };
+        let _ = relay::relay(client, upstream, None, config.agent.idle_timeout, cancel).await;
+        return;
+    };
+
+    let cgroup = cgroup_path.unwrap_or_default();
+    let process = match process {
+        Ok(p) => Some(p),
+        Err(e) => {
+            // The caller may already have exited (a short-lived client): the kernel's
+            // record still names it; the journal says what could not be read.
+            debug!(pid = tgid, error = %e, "process details unavailable");
+            None
+        }
+    };
+    let workload_name = workload
+        .name
+        .clone()
+        .unwrap_or_else(|| identity::derive_workload_name(&cgroup));
+    let start = SessionStart {
+        workload: workload_name.clone(),
+        cgroup: cgroup.clone(),
+        cgroup_id: record.cgroup_id,
+        pid: tgid,
+        pid_start_time: process.as_ref().map(|p| p.start_time),
+        exe: process.as_ref().and_then(|p| p.exe.clone()),
+        cmdline: process.as_ref().map(|p| p.cmdline.clone()),
+        uid,
+        gid: record.gid(),
+        user: shared.user_name(uid),
+        comm: ebpf::comm(&record),
+        client_addr: peer,
+        orig_dst,
+        target: target.name.clone(),
+        protocol: target.protocol.to_string(),
+        started_at: accepted_at,
+    };
+    let id = match shared.journal.start_session(start).await {
+        Ok(id) => id,
+        Err(e) => {
+            error!(
+                workload = %workload_name, %orig_dst, error = %e,
+                "the journal cannot record this session; refusing the connection"
+            );
+            reset(client);
+            return;
+        }
+    };
+    info!(session = id, workload = %workload_name, cgroup = %cgroup, pid = tgid, %orig_dst, target = %target.name, "session opened");
+
+    let outcome = match connect(orig_dst, config.agent.connect_timeout).await {
+        Ok(upstream) => {
+            relay::relay(
+                client,
+                upstream,
+                Some((&shared.journal, id)),
+                config.agent.idle_timeout,
+                cancel,
+            )
+            .await
+        }
+        Err(e) => {
+            reset(client);
+            relay::Outcome {
+                bytes_from_client: 0,
+                bytes_from_server: 0,
+                reason: CloseReason::UpstreamConnect(e.to_string()),
+            }
+        }
+    };
+    let end = SessionEnd {
+        id,
+        ended_at: SystemTime::now(),
+        bytes_from_client: outcome.bytes_from_client,
+        bytes_from_server: outcome.bytes_from_server,
+        close_reason: outcome.reason.to_string(),
+    };
+    if let Err(e) = shared.journal.end_session(end).await {
+        error!(session = id, error = %e, "the journal cannot record the end of the session");
+    }
+    info!(
+        session = id,
+        from_client = outcome.bytes_from_client,
+        from_server = outcome.bytes_from_server,
+        reason = %outcome.reason,
+        "session closed"
+    );
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?}"),
+        )),
+    }
+}
+
+/// Closes with RST so the client sees an error rather than a clean, empty stream.
+fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}

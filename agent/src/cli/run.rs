@@ -1,0 +1,273 @@
+//! `nhi-agent run`: load the config, open the journal, attach the kernel programs,
+//! serve until SIGTERM/SIGINT; SIGHUP reloads the config.
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{atomic::AtomicUsize, Arc, Mutex, RwLock},
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use nhi_agent_common::CgroupPolicy;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{self, Config, FailMode},
+    ebpf::{InstallOptions, Interceptor},
+    identity::CgroupFs,
+    journal, proxy, sdnotify,
+};
+
+/// Exit status for a configuration the agent refuses (EX_USAGE).
+pub const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Detach the programs when the agent exits (fail open), whatever `[agent] fail` says.
+    #[arg(long)]
+    pub detach_on_exit: bool,
+    /// Journal file, overriding `[agent] journal`.
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let mut config = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            // Nothing is attached yet: a broken config changes nothing on the host.
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
+    if let Some(journal) = &args.journal {
+        config.agent.journal = journal.clone();
+    }
+    if args.detach_on_exit {
+        config.agent.fail = FailMode::Open;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nhi-agent")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config, args.config.clone()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let cgroups = CgroupFs::discover(config.agent.cgroup_root.as_deref())
+        .context("finding the cgroup2 mount")?;
+    if let Some(dir) = config.agent.journal.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the journal directory {}", dir.display()))?;
+    }
+    let journal = journal::open(&config.agent.journal, journal::JournalOptions::default())
+        .with_context(|| format!("opening the journal {}", config.agent.journal.display()))?;
+    // Bind before attaching: if the port is taken, fail before redirecting anything.
+    let listeners = proxy::bind(config.agent.listen_port).with_context(|| {
+        format!(
+            "binding the proxy on 127.0.0.1:{0} and [::1]:{0}",
+            config.agent.listen_port
+        )
+    })?;
+    let fail_closed = config.agent.fail == FailMode::Closed;
+    let mut interceptor = Interceptor::install(InstallOptions {
+        pin_dir: config.agent.bpffs.clone(),
+        cgroup_root: cgroups.root().to_path_buf(),
+        fail_closed,
+        proxy_port: config.agent.listen_port,
+    })
+    .context("attaching the kernel programs")?;
+    interceptor.sync_targets(&config)?;
+    interceptor.sync_cgroups(cgroup_map(&config, &cgroups))?;
+
+    let shared = Arc::new(proxy::Shared {
+        config: RwLock::new(Arc::new(config)),
+        interceptor: Mutex::new(interceptor),
+        cgroups,
+        journal: journal.handle(),
+        active: AtomicUsize::new(0),
+        users: Mutex::new(HashMap::new()),
+    });
+    {
+        let c = shared.config();
+        info!(
+            mode = ?c.agent.mode,
+            workloads = c.workloads.len(),
+            targets = c.targets.len(),
+            port = c.agent.listen_port,
+            journal = %c.agent.journal.display(),
+            fail_closed,
+            "nhi-agent ready"
+        );
+    }
+    let _ = sdnotify::notify("READY=1");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let rescan = tokio::spawn(rescan_loop(shared.clone(), shutdown_rx.clone()));
+    let signals = tokio::spawn(signal_loop(shared.clone(), config_path, shutdown_tx));
+    proxy::serve(shared.clone(), listeners, shutdown_rx).await;
+    rescan.abort();
+    signals.abort();
+
+    let _ = sdnotify::notify("STOPPING=1");
+    shared.journal.flush().await.ok();
+    tokio::task::spawn_blocking(move || journal.close())
+        .await
+        .context("closing the journal")??;
+    let shared = Arc::into_inner(shared);
+    if !fail_closed {
+        if let Some(shared) = shared {
+            let interceptor = shared
+                .interceptor
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner());
+            interceptor.detach();
+            info!("programs detached (fail-open): connections are no longer intercepted");
+        }
+    } else {
+        info!(
+            "stopped; the programs stay attached (fail-closed): intercepted connections are refused \
+             until an agent runs again (`nhi-agent detach` stops interception)"
+        );
+    }
+    Ok(())
+}
+
+/// What the kernel should know about every cgroup that exists now.
+pub fn cgroup_map(config: &Config, cgroups: &CgroupFs) -> HashMap<u64, CgroupPolicy> {
+    let own = CgroupFs::cgroup_of_pid(std::process::id());
+    cgroups
+        .walk()
+        .into_iter()
+        .map(|(id, path)| {
+            let policy = match config.cgroup_selection(&path) {
+                // The agent's own cgroup is never intercepted, whatever the patterns say.
+                Some(_) if own.as_deref() == Some(path.as_str()) => bypass(),
+                Some(uid) => CgroupPolicy {
+                    action: CgroupPolicy::INTERCEPT,
+                    uid: uid.unwrap_or(CgroupPolicy::ANY_UID),
+                },
+                None => bypass(),
+            };
+            (id, policy)
+        })
+        .collect()
+}
+
+fn bypass() -> CgroupPolicy {
+    CgroupPolicy {
+        action: CgroupPolicy::BYPASS,
+        uid: CgroupPolicy::ANY_UID,
+    }
+}
+
+/// Keeps the kernel's cgroup map in step with the cgroup tree: new cgroups are
+/// classified (the kernel also handles the ones it meets first, see agent-ebpf) and
+/// removed ones forgotten.
+async fn rescan_loop(shared: Arc<proxy::Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let interval = shared.config().agent.rescan_interval;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        rescan(&shared);
+    }
+}
+
+fn rescan(shared: &proxy::Shared) {
+    let config = shared.config();
+    let wanted = cgroup_map(&config, &shared.cgroups);
+    let mut interceptor = shared.interceptor.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = interceptor.sync_cgroups(wanted) {
+        error!(error = %e, "cannot update the cgroup map");
+    }
+}
+
+async fn signal_loop(
+    shared: Arc<proxy::Shared>,
+    config_path: PathBuf,
+    shutdown: watch::Sender<bool>,
+) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => reload(&shared, &config_path),
+        }
+    }
+    let _ = shutdown.send(true);
+}
+
+/// SIGHUP: a valid new config takes effect for new connections; an invalid one is
+/// rejected with a logged reason and the last good one stays in force.
+fn reload(shared: &proxy::Shared, path: &std::path::Path) {
+    let _ = sdnotify::notify(&format!(
+        "RELOADING=1\nMONOTONIC_USEC={}",
+        sdnotify::monotonic_usec()
+    ));
+    let old = shared.config();
+    match config::load(path) {
+        Err(e) => {
+            error!(error = %e, "reload rejected; the previous configuration stays in force");
+        }
+        Ok(mut new) => {
+            // These are wired into sockets, pins and files at start; keep them.
+            let a = &mut new.agent;
+            let o = &old.agent;
+            for (changed, key) in [
+                (a.listen_port != o.listen_port, "listen_port"),
+                (a.journal != o.journal, "journal"),
+                (a.bpffs != o.bpffs, "bpffs"),
+                (a.fail != o.fail, "fail"),
+                (a.max_connections != o.max_connections, "max_connections"),
+                (a.cgroup_root != o.cgroup_root, "cgroup_root"),
+            ] {
+                if changed {
+                    warn!(
+                        key,
+                        "changing this key needs a restart; keeping the running value"
+                    );
+                }
+            }
+            a.listen_port = o.listen_port;
+            a.journal = o.journal.clone();
+            a.bpffs = o.bpffs.clone();
+            a.fail = o.fail;
+            a.max_connections = o.max_connections;
+            a.cgroup_root = o.cgroup_root.clone();
+            let sync = {
+                let mut i = shared.interceptor.lock().unwrap_or_else(|p| p.into_inner());
+                i.sync_targets(&new)
+            };
+            match sync {
+                Err(e) => error!(error = %e, "reload failed while updating the target map"),
+                Ok(()) => {
+                    let (w, t) = (new.workloads.len(), new.targets.len());
+                    *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+                    rescan(shared);
+                    info!(workloads = w, targets = t, "configuration reloaded");
+                }
+            }
+        }
+    }
+    let _ = sdnotify::notify("READY=1");
+}

@@ -1,0 +1,268 @@
+//! A small, deterministic TCP client for the integration tests and benchmarks. It is
+//! started inside test cgroups, so everything it does is what an intercepted workload
+//! does. It prints one JSON object on stdout describing what it saw.
+//!
+//! ```text
+//! nhi-testclient echo ADDR [--bytes N] [--seed S]      send N pseudo-random bytes, read the echo, compare
+//! nhi-testclient many ADDR --conns C [--bytes N]       C concurrent echo connections
+//! nhi-testclient reset ADDR [--bytes N]                send N bytes, then abort with RST
+//! nhi-testclient silent ADDR [--hold-ms MS]            connect, send nothing, wait for the peer to close
+//! nhi-testclient connect-rate ADDR --conns C           C sequential connect+1-byte echo round trips
+//! nhi-testclient bulk ADDR --bytes N                   send N bytes one way (to a sink), report throughput
+//! ```
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpStream},
+    process::ExitCode,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{}", json!({ "error": e }));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn flag(args: &[String], name: &str, default: u64) -> Result<u64, String> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .ok_or(format!("{name} needs a value"))?
+            .parse()
+            .map_err(|e| format!("{name}: {e}")),
+        None => Ok(default),
+    }
+}
+
+fn run(args: &[String]) -> Result<serde_json::Value, String> {
+    let mode = args.first().ok_or("missing mode")?.as_str();
+    let addr: SocketAddr = args
+        .get(1)
+        .ok_or("missing address")?
+        .parse()
+        .map_err(|e| format!("address: {e}"))?;
+    let bytes = flag(args, "--bytes", 1024)?;
+    let seed = flag(args, "--seed", 1)?;
+    match mode {
+        "echo" => echo(addr, bytes, seed),
+        "many" => {
+            let conns = flag(args, "--conns", 100)?;
+            let started = Instant::now();
+            let handles: Vec<_> = (0..conns)
+                .map(|i| thread::spawn(move || echo(addr, bytes, seed + i)))
+                .collect();
+            let mut ok = 0;
+            let mut errors = Vec::new();
+            for h in handles {
+                match h.join() {
+                    Ok(Ok(v)) if v["identical"] == true => ok += 1,
+                    Ok(Ok(v)) => errors.push(v.to_string()),
+                    Ok(Err(e)) => errors.push(e),
+                    Err(_) => errors.push("thread panicked".into()),
+                }
+            }
+            errors.truncate(5);
+            Ok(json!({ "conns": conns, "ok": ok, "errors": errors,
+                       "elapsed_ms": started.elapsed().as_millis() as u64 }))
+        }
+        "reset" => {
+            let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+            let data = payload(seed, bytes as usize);
+            s.write_all(&data).map_err(|e| format!("write: {e}"))?;
+            // Give the proxy a moment to start relaying, then abort.
+            thread::sleep(Duration::from_millis(100));
+            let sock = socket2_linger_zero(&s);
+            drop(s);
+            Ok(json!({ "sent": bytes, "linger_zero": sock }))
+        }
+        "silent" => {
+            let hold = flag(args, "--hold-ms", 10_000)?;
+            let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_millis(hold)))
+                .map_err(|e| e.to_string())?;
+            let started = Instant::now();
+            let mut buf = [0u8; 1024];
+            let outcome = match s.read(&mut buf) {
+                Ok(0) => "closed by peer".to_string(),
+                Ok(n) => format!("received {n} bytes"),
+                Err(e) => format!("error: {e}"),
+            };
+            Ok(json!({ "outcome": outcome, "waited_ms": started.elapsed().as_millis() as u64 }))
+        }
+        "connect-rate" => {
+            let conns = flag(args, "--conns", 1000)?;
+            let started = Instant::now();
+            let mut connect_ns = Vec::with_capacity(conns as usize);
+            let mut setup_ns = Vec::with_capacity(conns as usize);
+            for _ in 0..conns {
+                let t = Instant::now();
+                let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+                connect_ns.push(t.elapsed().as_nanos() as u64);
+                s.set_nodelay(true).ok();
+                s.write_all(b"x").map_err(|e| format!("write: {e}"))?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).map_err(|e| format!("read: {e}"))?;
+                // Until the first byte is back: what a client waits for before it can
+                // use a new connection (through the agent: accept, identity, journal
+                // commit, upstream connect).
+                setup_ns.push(t.elapsed().as_nanos() as u64);
+            }
+            let elapsed = started.elapsed();
+            connect_ns.sort_unstable();
+            setup_ns.sort_unstable();
+            let pct = |v: &[u64], p: usize| v[(v.len() * p / 100).min(v.len() - 1)] as f64 / 1000.0;
+            Ok(json!({
+                "conns": conns,
+                "per_sec": conns as f64 / elapsed.as_secs_f64(),
+                "connect_median_us": pct(&connect_ns, 50),
+                "connect_p99_us": pct(&connect_ns, 99),
+                "setup_median_us": pct(&setup_ns, 50),
+                "setup_p99_us": pct(&setup_ns, 99),
+            }))
+        }
+        "bulk" => {
+            let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+            let block = payload(seed, 256 * 1024);
+            let started = Instant::now();
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(block.len() as u64) as usize;
+                s.write_all(&block[..n])
+                    .map_err(|e| format!("write: {e}"))?;
+                left -= n as u64;
+            }
+            s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+            // The sink answers with one byte once it has read everything.
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).map_err(|e| format!("read ack: {e}"))?;
+            let secs = started.elapsed().as_secs_f64();
+            Ok(
+                json!({ "bytes": bytes, "secs": secs, "mib_per_sec": bytes as f64 / secs / 1048576.0 }),
+            )
+        }
+        other => Err(format!("unknown mode {other}")),
+    }
+}
+
+/// Sends `bytes` pseudo-random bytes while reading the echo on another thread, and
+/// checks the echo is byte-identical.
+fn echo(addr: SocketAddr, bytes: u64, seed: u64) -> Result<serde_json::Value, String> {
+    let s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let peer = s.peer_addr().map_err(|e| e.to_string())?;
+    let local = s.local_addr().map_err(|e| e.to_string())?;
+    let mut reader = s.try_clone().map_err(|e| e.to_string())?;
+    let mut writer = s;
+    let sender = thread::spawn(move || -> Result<(), String> {
+        let mut rng = Rng::new(seed);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            rng.fill(&mut buf[..n]);
+            writer
+                .write_all(&buf[..n])
+                .map_err(|e| format!("write: {e}"))?;
+            left -= n as u64;
+        }
+        writer.shutdown(Shutdown::Write).map_err(|e| e.to_string())
+    });
+    let mut rng = Rng::new(seed);
+    let mut expected = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received: u64 = 0;
+    let mut identical = true;
+    let mut pending = 0usize; // bytes of `expected` not yet compared
+    let mut offset = 0usize;
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        let mut i = 0;
+        while i < n {
+            if pending == 0 {
+                let chunk = (bytes - received - i as u64).min(expected.len() as u64) as usize;
+                if chunk == 0 {
+                    identical = false; // more bytes than sent
+                    break;
+                }
+                rng.fill(&mut expected[..chunk]);
+                pending = chunk;
+                offset = 0;
+            }
+            let take = pending.min(n - i);
+            if buf[i..i + take] != expected[offset..offset + take] {
+                identical = false;
+            }
+            offset += take;
+            pending -= take;
+            i += take;
+        }
+        received += n as u64;
+    }
+    sender.join().map_err(|_| "sender panicked".to_string())??;
+    Ok(json!({
+        "peer": peer.to_string(),
+        "local": local.to_string(),
+        "sent": bytes,
+        "received": received,
+        "identical": identical && received == bytes,
+        "pid": std::process::id(),
+    }))
+}
+
+/// Sets SO_LINGER to zero so that close sends RST.
+fn socket2_linger_zero(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+fn payload(seed: u64, n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    Rng::new(seed).fill(&mut v);
+    v
+}
+
+/// xorshift64*: fast, deterministic, good enough to catch reordered or corrupted bytes.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        // A zero state would stay zero forever.
+        Rng((seed ^ 0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! The foundation's data path, end to end, as root: real cgroups, the real agent with
+//! its eBPF programs attached at the cgroup2 root, real loopback servers and clients.
+//! Each test runs its clients in its own child cgroup(s).
+use std::{
+    fs,
+    net::SocketAddr,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nhi_tests::*;
+use serde_json::Value;
+
+/// Serialises the test and skips it (or fails under CI) when it cannot run here.
+macro_rules! privileged {
+    ($name:expr) => {
+        let _serial = serial();
+        if !require_privileged($name) {
+            return;
+        }
+    };
+}
+
+const MIB: u64 = 1024 * 1024;
+
+fn workload(name: &str, cgroup: &str) -> String {
+    format!("[[workload]]\nname = \"{name}\"\ncgroup = \"{cgroup}\"\n")
+}
+
+fn target(name: &str, addr: SocketAddr) -> String {
+    format!("[[target]]\nname = \"{name}\"\naddress = \"{addr}\"\nprotocol = \"tcp\"\n")
+}
+
+fn local_of(v: &Value) -> SocketAddr {
+    v["local"].as_str().expect("local").parse().expect("addr")
+}
+
+/// True when the server saw the client's own address, i.e. no proxy in between.
+fn came_directly(server: &EchoServer, client: &Value) -> bool {
+    server.peers().contains(&local_of(client))
+}
+
+#[test]
+fn intercepted_client_reaches_loopback_servers_unchanged_and_is_journaled() {
+    privileged!("intercepted_client_reaches_loopback_servers_unchanged_and_is_journaled");
+    let echo4 = EchoServer::start("127.0.0.2:0");
+    let echo6 = EchoServer::start("[::1]:0");
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    let agent = Agent::start(&format!(
+        "{}{}{}",
+        workload("backup-bot", cg.rel()),
+        target("echo4", echo4.addr),
+        target("echo6", echo6.addr)
+    ));
+
+    // 64 MiB each way over IPv4, byte-identical; getpeername shows the original.
+    let big = cg.client(&[
+        "echo",
+        &echo4.addr.to_string(),
+        "--bytes",
+        &(64 * MIB).to_string(),
+    ]);
+    assert_eq!(big["identical"], true, "{big}");
+    assert_eq!(
+        big["peer"],
+        echo4.addr.to_string(),
+        "getpeername must show the original"
+    );
+    assert!(
+        !came_directly(&echo4, &big),
+        "the connection must go through the agent"
+    );
+
+    // IPv6 and an IPv4-mapped IPv6 destination.
+    let v6 = cg.client(&["echo", &echo6.addr.to_string(), "--bytes", "100000"]);
+    assert_eq!(v6["identical"], true, "{v6}");
+    assert_eq!(v6["peer"], echo6.addr.to_string());
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.2]:{}", echo4.addr.port())
+        .parse()
+        .unwrap();
+    let m = cg.client(&["echo", &mapped.to_string(), "--bytes", "100000"]);
+    assert_eq!(m["identical"], true, "{m}");
+    assert_eq!(m["peer"], mapped.to_string());
+
+    // bash's /dev/tcp: a client that knows nothing about us.
+    let out = cg
+        .command("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<>/dev/tcp/127.0.0.2/{}; printf 'ping\\n' >&3; read -r line <&3; echo \"$line\"",
+            echo4.addr.port()
+        ))
+        .output()
+        .expect("bash");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ping");
+
+    let sessions = agent.wait_sessions_ended(4);
+    assert_eq!(sessions.len(), 4, "{sessions:#?}");
+    let s = sessions
+        .iter()
+        .find(|s| s["pid"] == big["pid"])
+        .unwrap_or_else(|| panic!("no session for pid {}: {sessions:#?}", big["pid"]));
+    assert_eq!(s["workload"], "backup-bot");
+    assert_eq!(s["cgroup"], cg.rel());
+    assert_eq!(s["comm"], "nhi-testclient");
+    assert!(
+        s["exe"].as_str().unwrap_or("").ends_with("/nhi-testclient"),
+        "exe: {}",
+        s["exe"]
+    );
+    assert_eq!(s["uid"], 0);
+    assert_eq!(s["user"], "root");
+    assert_eq!(s["orig_dst"], echo4.addr.to_string());
+    assert_eq!(s["target"], "echo4");
+    assert_eq!(s["protocol"], "tcp");
+    assert_eq!(s["bytes_from_client"], 64 * MIB);
+    assert_eq!(s["bytes_from_server"], 64 * MIB);
+    assert_eq!(s["close_reason"], "client closed");
+    assert_eq!(s["cgroup_id"], cg.id());
+    assert_eq!(s["client_addr"], big["local"]);
+
+    let v6s = sessions
+        .iter()
+        .find(|s| s["pid"] == v6["pid"])
+        .expect("v6 session");
+    assert_eq!(v6s["orig_dst"], echo6.addr.to_string());
+    assert_eq!(v6s["target"], "echo6");
+    let ms = sessions
+        .iter()
+        .find(|s| s["pid"] == m["pid"])
+        .expect("mapped session");
+    assert_eq!(
+        ms["target"], "echo4",
+        "v4-mapped destinations match IPv4 targets"
+    );
+    assert!(sessions.iter().any(|s| s["comm"] == "bash"));
+}
+
+#[test]
+fn clients_outside_the_workloads_or_to_other_destinations_are_left_alone() {
+    privileged!("clients_outside_the_workloads_or_to_other_destinations_are_left_alone");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let other = EchoServer::start("127.0.0.3:0");
+    let base = unique("nhi-test");
+    let selected = TestCgroup::create(&format!("{base}/selected"));
+    let outside = TestCgroup::create(&format!("{base}/outside"));
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("bot", selected.rel()),
+        target("echo", echo.addr)
+    ));
+
+    let r = outside.client(&["echo", &echo.addr.to_string()]);
+    assert_eq!(r["identical"], true, "{r}");
+    assert!(
+        came_directly(&echo, &r),
+        "outside cgroup must not be redirected"
+    );
+
+    let r = selected.client(&["echo", &other.addr.to_string()]);
+    assert_eq!(r["identical"], true, "{r}");
+    assert!(
+        came_directly(&other, &r),
+        "non-target destination must not be redirected"
+    );
+
+    // The test process itself (root cgroup) is not redirected either.
+    let (local, echoed) = direct_echo(echo.addr, b"hi").unwrap();
+    assert_eq!(echoed, b"hi");
+    assert!(echo.peers().contains(&local));
+
+    // And a selected client to the target is, proving the agent was live.
+    let r = selected.client(&["echo", &echo.addr.to_string()]);
+    assert!(!came_directly(&echo, &r));
+    let sessions = agent.wait_sessions_ended(1);
+    assert_eq!(
+        sessions.len(),
+        1,
+        "only the selected client is journaled: {sessions:#?}"
+    );
+}
+
+#[test]
+fn cgroups_created_after_start_are_intercepted_from_their_first_connection() {
+    privileged!("cgroups_created_after_start_are_intercepted_from_their_first_connection");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let parent = TestCgroup::create(&base);
+    let svc = parent.child("svc");
+    let agent = Agent::start(&format!(
+        "{}{}{}",
+        workload("late-job", &format!("{base}/job-*")),
+        workload("svc", svc.rel()),
+        target("echo", echo.addr)
+    ));
+
+    // A matching cgroup that did not exist when the agent scanned.
+    let late = parent.child("job-42");
+    let r = late.client(&["echo", &echo.addr.to_string()]);
+    assert_eq!(r["identical"], true, "{r}");
+    assert!(
+        !came_directly(&echo, &r),
+        "first connection of a new cgroup must be intercepted"
+    );
+
+    // Nested cgroups below a selected one, created after start: own path, parent's workload.
+    let nested = svc.child("a").child("b");
+    let n = nested.client(&["echo", &echo.addr.to_string()]);
+    assert!(!came_directly(&echo, &n));
+
+    // A new cgroup that matches nothing: works, and is not journaled.
+    let stranger = parent.child("stranger");
+    let s = stranger.client(&["echo", &echo.addr.to_string()]);
+    assert_eq!(s["identical"], true, "{s}");
+
+    let sessions = agent.wait_sessions_ended(2);
+    assert_eq!(sessions.len(), 2, "{sessions:#?}");
+    let l = sessions
+        .iter()
+        .find(|s| s["pid"] == r["pid"])
+        .expect("late session");
+    assert_eq!(l["workload"], "late-job");
+    assert_eq!(l["cgroup"], late.rel());
+    let ns = sessions
+        .iter()
+        .find(|s| s["pid"] == n["pid"])
+        .expect("nested session");
+    assert_eq!(ns["workload"], "svc");
+    assert_eq!(ns["cgroup"], format!("{}/a/b", svc.rel()));
+}
+
+#[test]
+fn workload_names_are_derived_from_systemd_units_when_not_configured() {
+    privileged!("workload_names_are_derived_from_systemd_units_when_not_configured");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let unit = TestCgroup::create(&format!("{base}/backup-nightly.service"));
+    let agent = Agent::start(&format!(
+        "[[workload]]\ncgroup = \"{base}/backup*.service\"\n{}",
+        target("echo", echo.addr)
+    ));
+    let r = unit.client(&["echo", &echo.addr.to_string()]);
+    assert_eq!(r["identical"], true);
+    let sessions = agent.wait_sessions_ended(1);
+    assert_eq!(sessions[0]["workload"], "backup-nightly.service");
+}
+
+#[test]
+fn killed_agent_fails_closed_and_a_restarted_one_takes_over() {
+    privileged!("killed_agent_fails_closed_and_a_restarted_one_takes_over");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    let mut agent = Agent::start(&format!(
+        "{}{}",
+        workload("bot", cg.rel()),
+        target("echo", echo.addr)
+    ));
+    assert_eq!(
+        cg.client(&["echo", &echo.addr.to_string()])["identical"],
+        true
+    );
+
+    agent.kill9();
+    let refused = cg.client(&["echo", &echo.addr.to_string()]);
+    let err = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("refused"),
+        "expected a refused connection, got {refused}"
+    );
+    let peers_before = echo.peers().len();
+    assert_eq!(
+        peers_before, 1,
+        "nothing may reach the server while the agent is down"
+    );
+
+    agent.spawn();
+    assert!(agent.log_text().contains("took over the link"));
+    let r = cg.client(&["echo", &echo.addr.to_string()]);
+    assert_eq!(r["identical"], true, "{r}");
+    agent.wait_sessions_ended(2);
+}
+
+#[test]
+fn thousand_concurrent_connections_relay_within_the_connection_bound() {
+    privileged!("thousand_concurrent_connections_relay_within_the_connection_bound");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    let bound = 64;
+    let agent = Agent::start_with(
+        &format!("{}{}", workload("bot", cg.rel()), target("echo", echo.addr)),
+        &format!("max_connections = {bound}"),
+        &[],
+    );
+    let r = cg.client(&[
+        "many",
+        &echo.addr.to_string(),
+        "--conns",
+        "1000",
+        "--bytes",
+        "20000",
+    ]);
+    assert_eq!(r["ok"], 1000, "{r}");
+    let sessions = agent.wait_sessions_ended(1000);
+    assert_eq!(sessions.len(), 1000);
+    // Sessions never overlapped more than the bound (from the journal's own times).
+    let mut edges: Vec<(String, i32)> = Vec::new();
+    for s in &sessions {
+        edges.push((s["started_at"].as_str().unwrap().to_string(), 1));
+        edges.push((s["ended_at"].as_str().unwrap().to_string(), -1));
+    }
+    // RFC 3339 UTC strings with fixed precision sort chronologically; ends first on ties.
+    edges.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut open, mut max_open) = (0, 0);
+    for (_, d) in edges {
+        open += d;
+        max_open = max_open.max(open);
+    }
+    assert!(
+        max_open <= bound,
+        "{max_open} sessions overlapped; bound is {bound}"
+    );
+    assert!(max_open > 1, "the load should have been concurrent");
+    assert!(agent.log_text().contains("connection limit reached"));
+}
+
+#[test]
+fn broken_config_exits_64_naming_line_and_column_and_attaches_nothing() {
+    privileged!("broken_config_exits_64_naming_line_and_column_and_attaches_nothing");
+    let dir = tempfile::tempdir().unwrap();
+    let pins = std::path::PathBuf::from("/sys/fs/bpf").join(unique("nhi-test"));
+    let path = dir.path().join("bad.toml");
+    fs::write(
+        &path,
+        format!(
+            "[agent]\nmode = \"enforce\"\njournal = \"{}/j.db\"\nbpffs = \"{}\"\n\n[[target]]\nname = \"db\"\naddress = \"10.0.0.5:99999\"\nprotocol = \"tcp\"\n",
+            dir.path().display(),
+            pins.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(agent_bin())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":8:"), "the message must name line 8: {err}");
+    assert!(!pins.exists(), "nothing may be attached or pinned");
+    assert!(!dir.path().join("j.db").exists(), "no journal created");
+}
+
+#[test]
+fn resets_and_silent_clients_do_not_hurt_the_agent() {
+    privileged!("resets_and_silent_clients_do_not_hurt_the_agent");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    let agent = Agent::start_with(
+        &format!("{}{}", workload("bot", cg.rel()), target("echo", echo.addr)),
+        "idle_timeout = \"1s\"",
+        &[],
+    );
+    let reset = cg.client(&["reset", &echo.addr.to_string(), "--bytes", "1000000"]);
+    assert_eq!(reset["linger_zero"], true);
+    let silent = cg.client(&["silent", &echo.addr.to_string(), "--hold-ms", "10000"]);
+    assert_eq!(silent["outcome"], "closed by peer", "{silent}");
+    assert!(silent["waited_ms"].as_u64().unwrap() < 9000);
+
+    let ok = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "100000"]);
+    assert_eq!(ok["identical"], true, "the agent must still serve: {ok}");
+    let sessions = agent.wait_sessions_ended(3);
+    let reasons: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["close_reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("client reset")),
+        "{reasons:?}"
+    );
+    assert!(reasons.contains(&"idle timeout"), "{reasons:?}");
+    assert!(reasons.contains(&"client closed"), "{reasons:?}");
+}
+
+#[test]
+fn a_journal_that_cannot_record_refuses_the_connection() {
+    privileged!("a_journal_that_cannot_record_refuses_the_connection");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    let fsdir = tempfile::tempdir().unwrap();
+    let mnt = fsdir.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m",
+            "nhi-test",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let mut agent = Agent::configure_journal(
+        &format!("{}{}", workload("bot", cg.rel()), target("echo", echo.addr)),
+        "",
+        &[],
+        Some(&mnt.join("journal.db")),
+    );
+    agent.spawn();
+    assert_eq!(
+        cg.client(&["echo", &echo.addr.to_string()])["identical"],
+        true
+    );
+
+    // Fill the filesystem.
+    let filler = mnt.join("filler");
+    let _ = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", filler.display()),
+            "bs=64k",
+        ])
+        .stderr(Stdio::null())
+        .status();
+    let peers_before = echo.peers().len();
+    let r = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "1000"]);
+    assert_ne!(
+        r["identical"], true,
+        "an unrecordable session must not be served: {r}"
+    );
+    assert_eq!(
+        echo.peers().len(),
+        peers_before,
+        "nothing may be forwarded unrecorded"
+    );
+    assert!(
+        agent.log_text().contains("cannot record"),
+        "{}",
+        agent.log_text()
+    );
+
+    // Space again: the agent recovers without a restart.
+    fs::remove_file(&filler).unwrap();
+    let r = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "1000"]);
+    assert_eq!(r["identical"], true, "{r}");
+    agent.kill9();
+}
+
+#[test]
+fn sighup_reloads_good_configs_and_keeps_the_last_good_one() {
+    privileged!("sighup_reloads_good_configs_and_keeps_the_last_good_one");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let a = TestCgroup::create(&format!("{base}/a"));
+    let b = TestCgroup::create(&format!("{base}/b"));
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("a", a.rel()),
+        target("echo", echo.addr)
+    ));
+    let r = b.client(&["echo", &echo.addr.to_string()]);
+    assert!(came_directly(&echo, &r), "b is not a workload yet");
+
+    let reloads = |agent: &Agent| agent.log_text().matches("configuration reloaded").count();
+    let rejects = |agent: &Agent| agent.log_text().matches("reload rejected").count();
+    agent.rewrite_config(|t| format!("{t}\n{}", workload("b", b.rel())));
+    agent.signal(libc::SIGHUP);
+    wait_until(|| reloads(&agent) == 1, "reload");
+    let r = b.client(&["echo", &echo.addr.to_string()]);
+    assert!(
+        !came_directly(&echo, &r),
+        "b is a workload after the reload"
+    );
+
+    agent
+        .rewrite_config(|t| format!("{t}\n[[target]]\nname = \"broken\"\naddress = \"nowhere\"\n"));
+    agent.signal(libc::SIGHUP);
+    wait_until(|| rejects(&agent) == 1, "rejected reload");
+    let log = agent.log_text();
+    let line = log.lines().find(|l| l.contains("reload rejected")).unwrap();
+    assert!(
+        line.contains("agent.toml:"),
+        "the reason names the file and position: {line}"
+    );
+    let r = b.client(&["echo", &echo.addr.to_string()]);
+    assert!(
+        !came_directly(&echo, &r),
+        "the last good config stays in force"
+    );
+    let sessions = agent.wait_sessions_ended(2);
+    assert!(sessions.iter().all(|s| s["workload"] == "b"));
+}
+
+#[test]
+fn sigterm_drains_open_connections_then_fails_closed_or_detaches() {
+    privileged!("sigterm_drains_open_connections_then_fails_closed_or_detaches");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    let body = format!("{}{}", workload("bot", cg.rel()), target("echo", echo.addr));
+    let mut agent = Agent::start_with(&body, "drain_timeout = \"30s\"", &[]);
+
+    // A transfer in flight when SIGTERM arrives completes.
+    let client = cg
+        .command(client_bin())
+        .args([
+            "echo",
+            &echo.addr.to_string(),
+            "--bytes",
+            &(256 * MIB).to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(agent.terminate(), Some(0));
+    let out = client.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["identical"], true, "drained transfer: {v}");
+    let sessions = agent.sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0]["bytes_from_client"], 256 * MIB);
+    // Fail-closed: the stopped agent leaves interception in place.
+    let refused = cg.client(&["echo", &echo.addr.to_string()]);
+    assert!(
+        refused["error"].as_str().unwrap_or("").contains("refused"),
+        "{refused}"
+    );
+    drop(agent);
+
+    // --detach-on-exit: a clean stop removes the programs; clients connect directly.
+    let mut agent = Agent::start_with(&body, "", &["--detach-on-exit"]);
+    assert!(!came_directly(
+        &echo,
+        &cg.client(&["echo", &echo.addr.to_string()])
+    ));
+    assert_eq!(agent.terminate(), Some(0));
+    let r = cg.client(&["echo", &echo.addr.to_string()]);
+    assert_eq!(r["identical"], true, "{r}");
+    assert!(came_directly(&echo, &r));
+}
+
+#[test]
+fn policy_check_reports_position_and_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    fs::write(
+        &good,
+        "[agent]\nmode = \"enforce\"\njournal = \"/tmp/j.db\"\n\n[[workload]]\nname = \"backup-bot\"\n\
+         cgroup = \"system.slice/backup*.service\"\n\n[[target]]\nname = \"orders-db\"\n\
+         address = \"10.0.0.5:5432\"\nprotocol = \"tcp\"\n",
+    )
+    .unwrap();
+    let out = Command::new(agent_bin())
+        .args(["policy", "check", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = dir.path().join("bad.toml");
+    fs::write(
+        &bad,
+        "[agent]\nmode = \"enforce\"\njournal = \"/tmp/j.db\"\nmodez = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(agent_bin())
+        .args(["policy", "check", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:4:1"), "{err}");
+}
+
+fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,170 @@
+//! `cargo xtask setup`: everything building and testing need, installed only when
+//! missing, so running it again costs a few checks.
+use std::{fs, path::Path, process::Command};
+
+use anyhow::{bail, Context as _};
+
+use crate::util::{self, output, run};
+
+/// Debian packages: a PostgreSQL server and clients for the integration tests and
+/// benchmarks, sqlite3 to inspect journals, curl and iproute2 for tests, and a C
+/// toolchain for the bundled SQLite.
+const APT_PACKAGES: &[&str] = &[
+    "build-essential",
+    "pkg-config",
+    "postgresql",
+    "postgresql-client",
+    "postgresql-contrib",
+    "sqlite3",
+    "curl",
+    "iproute2",
+    "util-linux",
+    "kmod",
+];
+
+/// bpf-linker release known to build here (see EBPF-FACTS.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn setup() -> anyhow::Result<()> {
+    apt()?;
+    nightly()?;
+    bpf_linker()?;
+    bpffs()?;
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn apt() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !util::is_root() {
+        bail!(
+            "missing apt packages {missing:?}; run as root or install them: apt-get install {}",
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(())
+}
+
+fn nightly() -> anyhow::Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .unwrap_or_default();
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// bpf-linker built against the nightly toolchain's own libLLVM: its default feature
+/// wants a system LLVM this machine does not have. The binary links the versioned
+/// library by name, so a changed nightly needs a rebuild; `--version` failing tells.
+fn bpf_linker() -> anyhow::Result<()> {
+    let works = output(Command::new("bpf-linker").arg("--version"))
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    if works {
+        return Ok(());
+    }
+    let sysroot =
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+            .context("finding the nightly sysroot")?;
+    let sysroot = sysroot.trim();
+    let verbose = output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))
+        .context("rustc -vV")?;
+    let major = verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("no LLVM version in rustc -vV")?
+        .to_string();
+    let lib_dir = Path::new(sysroot).join("lib");
+    let lib = fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so"))
+            })
+        })
+        .with_context(|| format!("no libLLVM in {}", lib_dir.display()))?;
+    let link_dir = std::env::temp_dir().join(format!("nhi-bpf-linker-llvm-{}", std::process::id()));
+    fs::create_dir_all(&link_dir)?;
+    let link = link_dir.join("libLLVM.so");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&lib, &link)?;
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {} (1-2 minutes)",
+        lib.display()
+    );
+    let result = run(Command::new(util::cargo())
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .env("LLVM_PREFIX", sysroot)
+        .env("RUSTFLAGS", format!("-L {}", link_dir.display())));
+    let _ = fs::remove_dir_all(&link_dir);
+    result
+}
+
+fn bpffs() -> anyhow::Result<()> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounted = mounts
+        .lines()
+        .any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf "));
+    if mounted {
+        return Ok(());
+    }
+    if !util::is_root() {
+        eprintln!(
+            "setup: bpffs is not mounted at /sys/fs/bpf (the agent mounts it when run as root)"
+        );
+        return Ok(());
+    }
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
