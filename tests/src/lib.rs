@@ -125,6 +125,9 @@ pub fn unique(prefix: &str) -> String {
 pub struct TestCgroup {
     root: PathBuf,
     rel: String,
+    /// Only the cgroup made by [`TestCgroup::create`] removes its tree on drop;
+    /// children are cleaned up with it.
+    owned: bool,
 }
 
 impl TestCgroup {
@@ -135,6 +138,7 @@ impl TestCgroup {
         Self {
             root,
             rel: rel.to_string(),
+            owned: true,
         }
     }
 
@@ -150,6 +154,7 @@ impl TestCgroup {
         TestCgroup {
             root: self.root.clone(),
             rel,
+            owned: false,
         }
     }
 
@@ -221,6 +226,9 @@ fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         self.kill_all();
         let dir = self.root.join(&self.rel);
         let mut dirs = walk_dirs(&dir);
@@ -350,9 +358,15 @@ impl Agent {
             .unwrap_or_else(|| dir.path().join("journal.db"));
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("nhi-test"));
         let config_path = dir.path().join("agent.toml");
+        // A short drain keeps tests quick unless the test sets its own.
+        let drain = if agent_keys.contains("drain_timeout") {
+            ""
+        } else {
+            "drain_timeout = \"3s\"\n"
+        };
         let config = format!(
             "[agent]\nmode = \"enforce\"\njournal = \"{}\"\nlisten_port = {port}\nbpffs = \"{}\"\n\
-             drain_timeout = \"3s\"\n{agent_keys}\n\n{body}\n",
+             {drain}{agent_keys}\n\n{body}\n",
             journal.display(),
             pin_dir.display()
         );

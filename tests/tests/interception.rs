@@ -262,6 +262,8 @@ fn killed_agent_fails_closed_and_a_restarted_one_takes_over() {
         cg.client(&["echo", &echo.addr.to_string()])["identical"],
         true
     );
+    // What is journaled before the crash stays; wait until the end is recorded.
+    agent.wait_sessions_ended(1);
 
     agent.kill9();
     let refused = cg.client(&["echo", &echo.addr.to_string()]);
