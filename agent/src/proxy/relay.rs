@@ -214,17 +214,19 @@ pub async fn relay(
 }
 
 fn failure(end: &Option<PipeEnd>, dir: Direction) -> Option<CloseReason> {
-    let (read_side_reset, write_side_reset): (
-        fn(String) -> CloseReason,
-        fn(String) -> CloseReason,
-    ) = match dir {
-        Direction::ClientToServer => (CloseReason::ClientReset, CloseReason::ServerReset),
-        Direction::ServerToClient => (CloseReason::ServerReset, CloseReason::ClientReset),
+    // The pipe reading from the client writes to the server, and vice versa.
+    let reads_client = dir == Direction::ClientToServer;
+    let reset = |client_side: bool, e: String| {
+        if client_side {
+            CloseReason::ClientReset(e)
+        } else {
+            CloseReason::ServerReset(e)
+        }
     };
     match end.as_ref()? {
         PipeEnd::Eof => None,
-        PipeEnd::ReadFailed(e) => Some(read_side_reset(e.to_string())),
-        PipeEnd::WriteFailed(e) => Some(write_side_reset(e.to_string())),
+        PipeEnd::ReadFailed(e) => Some(reset(reads_client, e.to_string())),
+        PipeEnd::WriteFailed(e) => Some(reset(!reads_client, e.to_string())),
         PipeEnd::Journal(e) => Some(CloseReason::JournalFailure(e.clone())),
     }
 }
