@@ -264,17 +264,31 @@ fn killed_agent_fails_closed_and_a_restarted_one_takes_over() {
     );
     // What is journaled before the crash stays; wait until the end is recorded.
     agent.wait_sessions_ended(1);
+    // A session still open when the agent dies.
+    let mut holder = cg
+        .command(client_bin())
+        .args(["silent", &echo.addr.to_string(), "--hold-ms", "5000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        || agent.sessions().len() == 2,
+        "the held session to be journaled",
+    );
 
     agent.kill9();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let peers_before = echo.peers().len();
     let refused = cg.client(&["echo", &echo.addr.to_string()]);
     let err = refused["error"].as_str().unwrap_or_default();
     assert!(
         err.contains("refused"),
         "expected a refused connection, got {refused}"
     );
-    let peers_before = echo.peers().len();
     assert_eq!(
-        peers_before, 1,
+        echo.peers().len(),
+        peers_before,
         "nothing may reach the server while the agent is down"
     );
 
@@ -282,7 +296,17 @@ fn killed_agent_fails_closed_and_a_restarted_one_takes_over() {
     assert!(agent.log_text().contains("took over the link"));
     let r = cg.client(&["echo", &echo.addr.to_string()]);
     assert_eq!(r["identical"], true, "{r}");
-    agent.wait_sessions_ended(2);
+    let sessions = agent.wait_sessions_ended(3);
+    // The restarted agent closed the session its predecessor left open.
+    let interrupted = &sessions[1];
+    assert!(
+        interrupted["close_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("agent stopped before the session ended"),
+        "{interrupted}"
+    );
+    assert_eq!(sessions[2]["close_reason"], "client closed");
 }
 
 #[test]

@@ -311,7 +311,15 @@ impl Shared {
 
 /// Opens (creating if needed) the journal at `path`, runs migrations, starts the writer thread.
 pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> {
-    let conn = schema::open_for_writing(path)?;
+    let mut conn = schema::open_for_writing(path)?;
+    let interrupted = writer::close_interrupted(&mut conn)?;
+    if interrupted > 0 {
+        tracing::warn!(
+            sessions = interrupted,
+            path = %path.display(),
+            "closed sessions a previous agent left open (it stopped without ending them)"
+        );
+    }
     let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
     let shared = Arc::new(Shared::default());
     let thread = writer::spawn(conn, rx, Arc::clone(&shared), opts.batch_max.max(1))?;

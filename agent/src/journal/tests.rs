@@ -974,3 +974,57 @@ fn direction_forms() {
         "\"s2c\""
     );
 }
+
+#[tokio::test]
+async fn sessions_left_open_by_a_killed_agent_are_closed_at_their_last_activity() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_path(&dir);
+    let (open_id, ended_id) = {
+        let journal = open(&path, JournalOptions::default()).unwrap();
+        let h = journal.handle();
+        let open_id = h
+            .start_session(sample_start("bot", "db", at_us(1_000_000)))
+            .await
+            .unwrap();
+        h.chunk(open_id, Direction::ClientToServer, 100, at_us(1_500_000))
+            .await
+            .unwrap();
+        h.chunk(open_id, Direction::ServerToClient, 40, at_us(2_000_000))
+            .await
+            .unwrap();
+        let ended_id = h
+            .start_session(sample_start("bot", "db", at_us(1_000_000)))
+            .await
+            .unwrap();
+        h.end_session(end(ended_id, at_us(3_000_000), "client closed"))
+            .await
+            .unwrap();
+        h.flush().await.unwrap();
+        close_async(journal).await.unwrap();
+        (open_id, ended_id)
+    };
+    // The "restarted agent" opens the same journal.
+    let journal = open(&path, JournalOptions::default()).unwrap();
+    close_async(journal).await.unwrap();
+    let reader = JournalReader::open(&path).unwrap();
+    let s = reader.session(open_id).unwrap().unwrap();
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["close_reason"], writer::INTERRUPTED_REASON);
+    assert_eq!(json["bytes_from_client"], 100);
+    assert_eq!(json["bytes_from_server"], 40);
+    assert_eq!(json["ended_at"], format_rfc3339_us(at_us(2_000_000)));
+    let untouched = serde_json::to_value(reader.session(ended_id).unwrap().unwrap()).unwrap();
+    assert_eq!(untouched["close_reason"], "client closed");
+    let kinds: Vec<String> = reader
+        .events(open_id)
+        .unwrap()
+        .iter()
+        .map(|e| {
+            serde_json::to_value(e).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(kinds.last().map(String::as_str), Some("session_end"));
+}

@@ -579,3 +579,47 @@ fn update_end(conn: &Connection, end: &SessionEnd) -> Result<(), JournalError> {
     .map_err(JournalError::sqlite("insert session_end event"))?;
     Ok(())
 }
+
+/// Close reason of a session the previous agent process never ended (it was killed
+/// or crashed). Its end time is the last activity the journal recorded for it.
+pub(crate) const INTERRUPTED_REASON: &str =
+    "agent stopped before the session ended (end time = last recorded activity)";
+
+/// Ends the sessions a previous agent left open, so that a journal never shows a
+/// session as still running when no agent is serving it. Totals come from the
+/// session's recorded chunks. Runs once at open, before the writer starts.
+pub(crate) fn close_interrupted(conn: &mut Connection) -> Result<usize, JournalError> {
+    let tx = conn
+        .transaction()
+        .map_err(JournalError::sqlite("begin recovery"))?;
+    let open: Vec<(SessionId, i64, i64, i64)> = {
+        let mut stmt = tx
+            .prepare(
+                "SELECT s.id, \
+                        MAX(s.started_at_us, COALESCE((SELECT MAX(e.at_us) FROM events e WHERE e.session_id = s.id), 0)), \
+                        COALESCE((SELECT SUM(e.size) FROM events e WHERE e.session_id = s.id AND e.kind = 'chunk' AND e.direction = 'c2s'), 0), \
+                        COALESCE((SELECT SUM(e.size) FROM events e WHERE e.session_id = s.id AND e.kind = 'chunk' AND e.direction = 's2c'), 0) \
+                 FROM sessions s WHERE s.ended_at_us IS NULL ORDER BY s.id",
+            )
+            .map_err(JournalError::sqlite("find interrupted sessions"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(JournalError::sqlite("find interrupted sessions"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(JournalError::sqlite("read interrupted sessions"))?
+    };
+    for (id, last_us, from_client, from_server) in &open {
+        let end = SessionEnd {
+            id: *id,
+            ended_at: std::time::UNIX_EPOCH
+                + std::time::Duration::from_micros((*last_us).max(0) as u64),
+            bytes_from_client: (*from_client).max(0) as u64,
+            bytes_from_server: (*from_server).max(0) as u64,
+            close_reason: INTERRUPTED_REASON.to_string(),
+        };
+        update_end(&tx, &end)?;
+    }
+    tx.commit()
+        .map_err(JournalError::sqlite("commit recovery"))?;
+    Ok(open.len())
+}
