@@ -90,6 +90,12 @@ impl CgroupFs {
         cache.get(&id).cloned()
     }
 
+    /// The cached path of a cgroup id, without rescanning on a miss (cheap enough
+    /// for the connection path; [`CgroupFs::path_of`] is the complete answer).
+    pub fn cached_path_of(&self, id: u64) -> Option<String> {
+        self.lock_cache().get(&id).cloned()
+    }
+
     /// The id of the cgroup at `rel` (relative to the root; a leading '/' is
     /// ignored), or `None` if there is no such cgroup. Paths that would leave the
     /// cgroup2 mount (`..`) are refused.

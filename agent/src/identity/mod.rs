@@ -13,7 +13,10 @@ use std::path::PathBuf;
 
 pub use cgroup::CgroupFs;
 pub use name::derive_workload_name;
-pub use process::{boottime_ns_to_ticks, boottime_ticks, process_info, user_name, ProcessInfo};
+pub use process::{
+    boottime_ns_to_ticks, boottime_ticks, process_identity, process_info, user_name,
+    ProcessIdentity, ProcessInfo,
+};
 
 /// Why an identity could not be established.
 #[derive(Debug, thiserror::Error)]

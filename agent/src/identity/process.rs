@@ -47,18 +47,7 @@ pub struct ProcessInfo {
 /// [`boottime_ticks`], [`boottime_ns_to_ticks`]): a process that started later
 /// cannot have made the connection, so that is `PidReused` too.
 pub fn process_info(pid: u32, not_after: Option<u64>) -> Result<ProcessInfo, IdentityError> {
-    let stat_path = proc_path(pid, "stat");
-    let (comm, start_time) = read_stat(pid, &stat_path)?;
-    if not_after.is_some_and(|t| start_time > t) {
-        return Err(IdentityError::PidReused { pid });
-    }
-
-    // A missing exe link is normal (zombies, kernel threads) and so is a refusal
-    // (another user's process under a restricted ptrace policy): leave it out.
-    let exe = std::fs::read_link(proc_path(pid, "exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    let cmdline = parse_cmdline(&read_proc(pid, &proc_path(pid, "cmdline"))?);
+    let id = process_identity(pid, not_after)?;
     let status_path = proc_path(pid, "status");
     let status = String::from_utf8_lossy(&read_proc(pid, &status_path)?).into_owned();
     let (uid, gid) = parse_status_ids(&status).ok_or_else(|| IdentityError::Malformed {
@@ -67,20 +56,64 @@ pub fn process_info(pid: u32, not_after: Option<u64>) -> Result<ProcessInfo, Ide
     })?;
     let cgroup = CgroupFs::cgroup_of_pid(pid);
 
+    let (_, start_again) = read_stat(pid, &proc_path(pid, "stat"))?;
+    if start_again != id.start_time {
+        return Err(IdentityError::PidReused { pid });
+    }
+    Ok(ProcessInfo {
+        pid,
+        start_time: id.start_time,
+        exe: id.exe,
+        cmdline: id.cmdline,
+        comm: id.comm,
+        uid,
+        gid,
+        cgroup,
+    })
+}
+
+/// What names the process behind a connection: start time, executable, command line
+/// and comm, with the same pid-reuse guard as [`process_info`] (start time read before
+/// and after, and not later than `not_after`). It skips `status` and `cgroup`: the
+/// kernel already reported the caller's uid, gid and cgroup, and on the connection
+/// path every read counts.
+pub fn process_identity(
+    pid: u32,
+    not_after: Option<u64>,
+) -> Result<ProcessIdentity, IdentityError> {
+    let stat_path = proc_path(pid, "stat");
+    let (comm, start_time) = read_stat(pid, &stat_path)?;
+    if not_after.is_some_and(|t| start_time > t) {
+        return Err(IdentityError::PidReused { pid });
+    }
+    // A missing exe link is normal (zombies, kernel threads) and so is a refusal
+    // (another user's process under a restricted ptrace policy): leave it out.
+    let exe = std::fs::read_link(proc_path(pid, "exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let cmdline = parse_cmdline(&read_proc(pid, &proc_path(pid, "cmdline"))?);
     let (_, start_again) = read_stat(pid, &stat_path)?;
     if start_again != start_time {
         return Err(IdentityError::PidReused { pid });
     }
-    Ok(ProcessInfo {
+    Ok(ProcessIdentity {
         pid,
         start_time,
         exe,
         cmdline,
         comm,
-        uid,
-        gid,
-        cgroup,
     })
+}
+
+/// The part of [`ProcessInfo`] that [`process_identity`] reads.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProcessIdentity {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub start_time: u64,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    pub comm: String,
 }
 
 /// The current CLOCK_BOOTTIME in clock ticks, comparable with

@@ -220,31 +220,41 @@ async fn handle(
             return;
         }
     };
+    let t0 = Instant::now();
     let Some(record) = take_record(shared, cookie).await else {
         warn!(%peer, "connection was not redirected by the kernel (no record); closing");
         reset(client);
         return;
     };
+    let t_record = t0.elapsed();
     let orig_dst = ebpf::original_destination(&record);
     let config = shared.config();
     let uid = record.uid();
     let tgid = record.tgid();
 
-    // cgroupfs and /proc reads block; keep them off the async workers.
-    let resolved = {
-        let shared = shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let path = shared.cgroups.path_of(record.cgroup_id);
-            (path, identity::process_info(tgid, Some(boot_ticks)))
-        })
-        .await
-    };
-    let (cgroup_path, process) = match resolved {
-        Ok(r) => r,
-        Err(e) => {
-            error!(%peer, error = %e, "identity resolution failed; closing");
-            reset(client);
-            return;
+    // The common case reads only the cgroup cache and four /proc files (in-memory
+    // pseudo-files); a cgroup missing from the cache means walking cgroupfs, which
+    // goes to a blocking thread.
+    let (cgroup_path, process) = match shared.cgroups.cached_path_of(record.cgroup_id) {
+        Some(path) => (
+            Some(path),
+            identity::process_identity(tgid, Some(boot_ticks)),
+        ),
+        None => {
+            let shared = shared.clone();
+            let resolved = tokio::task::spawn_blocking(move || {
+                let path = shared.cgroups.path_of(record.cgroup_id);
+                (path, identity::process_identity(tgid, Some(boot_ticks)))
+            })
+            .await;
+            match resolved {
+                Ok(r) => r,
+                Err(e) => {
+                    error!(%peer, error = %e, "identity resolution failed; closing");
+                    reset(client);
+                    return;
+                }
+            }
         }
     };
 
@@ -319,6 +329,7 @@ async fn handle(
         protocol: target.protocol.to_string(),
         started_at: accepted_at,
     };
+    let t_identity = t0.elapsed();
     let id = match shared.journal.start_session(start).await {
         Ok(id) => id,
         Err(e) => {
@@ -330,10 +341,19 @@ async fn handle(
             return;
         }
     };
+    let t_journal = t0.elapsed();
     info!(session = id, workload = %workload_name, cgroup = %cgroup, pid = tgid, %orig_dst, target = %target.name, "session opened");
 
     let outcome = match connect(orig_dst, config.agent.connect_timeout).await {
         Ok(upstream) => {
+            debug!(
+                session = id,
+                record_us = t_record.as_micros() as u64,
+                identity_us = (t_identity - t_record).as_micros() as u64,
+                journal_us = (t_journal - t_identity).as_micros() as u64,
+                connect_us = (t0.elapsed() - t_journal).as_micros() as u64,
+                "session setup"
+            );
             relay::relay(
                 client,
                 upstream,

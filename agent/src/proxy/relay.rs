@@ -1,7 +1,8 @@
 //! Opaque relay: bytes both ways with back-pressure, half-close, idle timeout, and
 //! (for audited sessions) a journal record of every chunk before it is forwarded.
 use std::{
-    fmt,
+    fmt, io,
+    os::fd::{AsRawFd, OwnedFd},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -10,7 +11,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncReadExt, AsyncWriteExt, Interest},
     net::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
         TcpStream,
@@ -20,9 +21,11 @@ use tokio::{
 
 use crate::journal::{Direction, JournalHandle, SessionId};
 
-/// Bytes read per chunk. Large enough that bulk transfers cost few syscalls and
-/// few journal records; two per connection.
+/// Bytes read per chunk by the copying fallback. Large enough that bulk transfers
+/// cost few syscalls and few journal records; two per connection.
 const CHUNK: usize = 64 * 1024;
+/// Pipe size (and largest chunk) for the splice path.
+const SPLICE_PIPE: usize = 256 * 1024;
 
 /// Why a session ended, as journaled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +91,98 @@ struct Pipe<'a> {
 }
 
 impl Pipe<'_> {
-    async fn run(self, mut from: OwnedReadHalf, mut to: OwnedWriteHalf) -> PipeEnd {
+    /// Relays with splice(2) through a pipe: the bytes go socket -> pipe -> socket
+    /// inside the kernel, never through a userspace buffer; only their count is
+    /// seen (and journaled) here. Falls back to copying if no pipe can be made.
+    async fn run(self, from: OwnedReadHalf, to: OwnedWriteHalf) -> PipeEnd {
+        match nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok((pipe_r, pipe_w)) => {
+                // A larger pipe means fewer, larger chunks; the default is 64 KiB.
+                let _ = nix::fcntl::fcntl(
+                    pipe_w.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_SETPIPE_SZ(SPLICE_PIPE as i32),
+                );
+                self.run_splice(from, to, pipe_r, pipe_w).await
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no pipe for splice; copying instead");
+                self.run_copy(from, to).await
+            }
+        }
+    }
+
+    async fn run_splice(
+        self,
+        from: OwnedReadHalf,
+        mut to: OwnedWriteHalf,
+        pipe_r: OwnedFd,
+        pipe_w: OwnedFd,
+    ) -> PipeEnd {
+        use nix::fcntl::{splice, SpliceFFlags};
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        let src: &TcpStream = from.as_ref();
+        loop {
+            // Socket -> pipe. The pipe is empty here, so EAGAIN means "no data yet".
+            let n = loop {
+                if let Err(e) = src.readable().await {
+                    return PipeEnd::ReadFailed(e);
+                }
+                match src.try_io(Interest::READABLE, || {
+                    splice(src, None, &pipe_w, None, SPLICE_PIPE, flags).map_err(io::Error::from)
+                }) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return PipeEnd::ReadFailed(e),
+                }
+            };
+            if n == 0 {
+                let _ = to.shutdown().await;
+                return PipeEnd::Eof;
+            }
+            if let Some(end) = self.record(n).await {
+                return end;
+            }
+            // Pipe -> socket, until the pipe is empty again.
+            let dst: &TcpStream = to.as_ref();
+            let mut left = n;
+            while left > 0 {
+                if let Err(e) = dst.writable().await {
+                    return PipeEnd::WriteFailed(e);
+                }
+                match dst.try_io(Interest::WRITABLE, || {
+                    splice(&pipe_r, None, dst, None, left, flags).map_err(io::Error::from)
+                }) {
+                    Ok(m) => left -= m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return PipeEnd::WriteFailed(e),
+                }
+            }
+            self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes activity and journals a chunk of `n` bytes before it is forwarded.
+    async fn record(&self, n: usize) -> Option<PipeEnd> {
+        self.last_activity
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let (journal, id) = self.journal?;
+        // Recorded before forwarded; the queue is bounded, so a slow journal slows
+        // the relay down instead of losing records.
+        if let Err(e) = journal
+            .chunk(id, self.dir, n as u32, SystemTime::now())
+            .await
+        {
+            return Some(PipeEnd::Journal(e.to_string()));
+        }
+        if journal.session_failed(id) {
+            return Some(PipeEnd::Journal(
+                "a batch with this session's records failed".into(),
+            ));
+        }
+        None
+    }
+
+    async fn run_copy(self, mut from: OwnedReadHalf, mut to: OwnedWriteHalf) -> PipeEnd {
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match from.read(&mut buf).await {
@@ -100,20 +194,8 @@ impl Pipe<'_> {
                 Ok(n) => n,
                 Err(e) => return PipeEnd::ReadFailed(e),
             };
-            self.last_activity
-                .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-            if let Some((journal, id)) = self.journal {
-                // Recorded before forwarded; the queue is bounded, so a slow journal
-                // slows the relay down instead of losing records.
-                if let Err(e) = journal
-                    .chunk(id, self.dir, n as u32, SystemTime::now())
-                    .await
-                {
-                    return PipeEnd::Journal(e.to_string());
-                }
-                if journal.session_failed(id) {
-                    return PipeEnd::Journal("a batch with this session's records failed".into());
-                }
+            if let Some(end) = self.record(n).await {
+                return end;
             }
             if let Err(e) = to.write_all(&buf[..n]).await {
                 return PipeEnd::WriteFailed(e);
