@@ -622,3 +622,154 @@ fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn cidr_and_any_host_targets_are_matched_in_the_kernel() {
+    privileged!("cidr_and_any_host_targets_are_matched_in_the_kernel");
+    let inside = EchoServer::start("127.0.0.2:0");
+    let port = inside.addr.port();
+    // Same port, outside the network: not a target.
+    let outside = EchoServer::start(&format!("127.0.1.2:{port}"));
+    let any4 = EchoServer::start("127.0.0.4:0");
+    let any6 = EchoServer::start(&format!("[::1]:{}", any4.addr.port()));
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    let agent = Agent::start(&format!(
+        "{}[[target]]\nname = \"net\"\naddress = \"127.0.0.0/24:{port}\"\n\n\
+         [[target]]\nname = \"any\"\naddress = \"*:{}\"\n",
+        workload("bot", cg.rel()),
+        any4.addr.port()
+    ));
+    let a = cg.client(&["echo", &inside.addr.to_string()]);
+    assert!(!came_directly(&inside, &a), "inside the CIDR: redirected");
+    let b = cg.client(&["echo", &outside.addr.to_string()]);
+    assert_eq!(b["identical"], true);
+    assert!(came_directly(&outside, &b), "outside the CIDR: untouched");
+    let c = cg.client(&["echo", &any4.addr.to_string()]);
+    assert!(!came_directly(&any4, &c), "*:port over IPv4");
+    let d = cg.client(&["echo", &any6.addr.to_string()]);
+    assert!(!came_directly(&any6, &d), "*:port over IPv6");
+    let sessions = agent.wait_sessions_ended(3);
+    let targets: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["net", "any", "any"]);
+}
+
+#[test]
+fn a_workload_uid_selects_only_that_users_connections() {
+    privileged!("a_workload_uid_selects_only_that_users_connections");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/shared"));
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"nobody-bot\"\ncgroup = \"{}\"\nuid = 65534\n{}",
+        cg.rel(),
+        target("echo", echo.addr)
+    ));
+    let as_root = cg.client(&["echo", &echo.addr.to_string()]);
+    assert!(
+        came_directly(&echo, &as_root),
+        "root is not the selected uid"
+    );
+
+    let out = cg
+        .command("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(client_bin())
+        .args(["echo", &echo.addr.to_string()])
+        .output()
+        .unwrap();
+    let as_nobody: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(as_nobody["identical"], true, "{as_nobody}");
+    assert!(
+        !came_directly(&echo, &as_nobody),
+        "uid 65534 is intercepted"
+    );
+    let sessions = agent.wait_sessions_ended(1);
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0]["uid"], 65534);
+    assert_eq!(sessions[0]["user"], "nobody");
+    assert_eq!(sessions[0]["workload"], "nobody-bot");
+    assert!(
+        sessions[0]["exe"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("/nhi-testclient"),
+        "{}",
+        sessions[0]
+    );
+}
+
+#[test]
+fn an_unreachable_destination_resets_the_client_and_is_journaled_and_replayable() {
+    privileged!("an_unreachable_destination_resets_the_client_and_is_journaled_and_replayable");
+    // A port nobody listens on (bound, then released).
+    let dead: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    let agent = Agent::start(&format!(
+        "{}{}{}",
+        workload("bot", cg.rel()),
+        target("dead", dead),
+        target("echo", echo.addr)
+    ));
+    let r = cg.client(&["echo", &dead.to_string()]);
+    assert_ne!(r["identical"], true, "{r}");
+    assert!(r["error"].is_string(), "the client sees an error: {r}");
+    let ok = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "300000"]);
+    assert_eq!(ok["identical"], true);
+
+    let sessions = agent.wait_sessions_ended(2);
+    let failed = sessions.iter().find(|s| s["target"] == "dead").unwrap();
+    assert!(
+        failed["close_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("upstream connect failed"),
+        "{failed}"
+    );
+    assert_eq!(failed["bytes_from_client"], 0, "nothing was forwarded");
+
+    // The replay of the good session shows its identity and its chunk timeline.
+    let good = sessions.iter().find(|s| s["target"] == "echo").unwrap();
+    let id = good["id"].to_string();
+    let out = agent.cli(&["replay", &id, "--journal", agent.journal.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(cg.rel()), "{text}");
+    assert!(text.contains(&echo.addr.to_string()), "{text}");
+    assert!(text.contains("client→server"), "{text}");
+    assert!(text.contains("server→client"), "{text}");
+    let out = agent.cli(&[
+        "replay",
+        &id,
+        "--journal",
+        agent.journal.to_str().unwrap(),
+        "--json",
+    ]);
+    let chunks: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &Value| e["kind"] == "chunk")
+        .collect();
+    let total = |dir: &str| -> u64 {
+        chunks
+            .iter()
+            .filter(|c| c["direction"] == dir)
+            .map(|c| c["size"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(total("c2s"), 300000, "chunk sizes add up to what was sent");
+    assert_eq!(total("s2c"), 300000);
+}
