@@ -272,6 +272,7 @@ impl EchoServer {
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut s) = stream else { continue };
+                let _ = s.set_nodelay(true);
                 if let Ok(p) = s.peer_addr() {
                     seen.lock().unwrap().push(p);
                 }

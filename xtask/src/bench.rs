@@ -3,8 +3,6 @@
 //! medians reported), and printed as a ratio: these machines are noisy.
 use std::{
     fs,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -16,7 +14,6 @@ use anyhow::{bail, Context as _};
 use serde_json::Value;
 
 use crate::{
-    run::cgroup2_root,
     setup,
     util::{self, run},
 };
@@ -39,9 +36,10 @@ pub fn bench(bytes: u64, conns: u64, runs: usize) -> anyhow::Result<()> {
     let agent_bin = root.join("target/release/nhi-agent");
     let client_bin = root.join("target/release/nhi-testclient");
 
-    let sink = serve("127.0.0.2:0", true)?;
-    let echo = serve("127.0.0.2:0", false)?;
-    let cg_root = cgroup2_root().context("no cgroup2 mount")?;
+    // The test harness's loopback servers: a sink for bulk, an echo for round trips.
+    let sink = nhi_tests::EchoServer::start_sink("127.0.0.2:0").addr;
+    let echo = nhi_tests::EchoServer::start("127.0.0.2:0").addr;
+    let cg_root = nhi_tests::cgroup2_root().context("no cgroup2 mount")?;
     let base = format!("nhi-bench-{}", std::process::id());
     let direct_cg = cg_root.join(&base).join("direct");
     let agent_cg = cg_root.join(&base).join("agent");
@@ -50,7 +48,7 @@ pub fn bench(bytes: u64, conns: u64, runs: usize) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(&base);
     fs::create_dir_all(&work)?;
     let pins = PathBuf::from("/sys/fs/bpf").join(&base);
-    let port = free_port()?;
+    let port = nhi_tests::free_port();
     let config = work.join("bench.toml");
     fs::write(
         &config,
@@ -153,45 +151,6 @@ pub fn bench(bytes: u64, conns: u64, runs: usize) -> anyhow::Result<()> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0")?;
-        let port = l.local_addr()?.port();
-        if TcpListener::bind(("::1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-}
-
-/// A loopback server: in sink mode it reads to EOF and answers one byte; otherwise it echoes.
-fn serve(addr: &str, sink: bool) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
-    thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { continue };
-            let _ = s.set_nodelay(true);
-            thread::spawn(move || {
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if !sink && s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                if sink {
-                    let _ = s.write_all(b"k");
-                }
-            });
-        }
-    });
-    Ok(local)
 }
 
 struct AgentProcess {

@@ -17,7 +17,7 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let root = util::root();
     sh(Command::new(util::cargo()).args(["build", "--release", "-p", "nhi-agent"]))?;
     let config = config.unwrap_or_else(|| root.join("policies/example.toml"));
-    let cgroup2 = cgroup2_root().context("no cgroup2 mount found")?;
+    let cgroup2 = nhi_tests::cgroup2_root().context("no cgroup2 mount found")?;
     let demo = cgroup2.join(DEMO_CGROUP);
     fs::create_dir_all(&demo).with_context(|| format!("creating {}", demo.display()))?;
     let bin = root.join("target/release/nhi-agent");
@@ -37,15 +37,4 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
         .status()
         .with_context(|| format!("starting {}", bin.display()))?;
     std::process::exit(status.code().unwrap_or(1));
-}
-
-pub fn cgroup2_root() -> Option<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        if !right.starts_with("cgroup2 ") {
-            return None;
-        }
-        left.split(' ').nth(4).map(PathBuf::from)
-    })
 }

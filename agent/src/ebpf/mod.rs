@@ -164,11 +164,11 @@ impl Interceptor {
             source,
         })?;
 
-        let mut links = Vec::new();
-        for name in PROGRAMS {
-            let program = ebpf.program_mut(name).ok_or(EbpfError::Missing(name))?;
-            let link = if name == names::SOCK_OPS {
-                let prog: &mut SockOps = program
+        // The same steps for both program types; aya gives them no common trait.
+        macro_rules! load_and_attach {
+            ($ty:ty, $name:expr, $program:expr) => {{
+                let name = $name;
+                let prog: &mut $ty = $program
                     .try_into()
                     .map_err(|source| EbpfError::Program { name, source })?;
                 prog.load()
@@ -185,22 +185,15 @@ impl Interceptor {
                     name: name.to_string(),
                     message: e.to_string(),
                 })?
+            }};
+        }
+        let mut links = Vec::new();
+        for name in PROGRAMS {
+            let program = ebpf.program_mut(name).ok_or(EbpfError::Missing(name))?;
+            let link = if name == names::SOCK_OPS {
+                load_and_attach!(SockOps, name, program)
             } else {
-                let prog: &mut CgroupSockAddr = program
-                    .try_into()
-                    .map_err(|source| EbpfError::Program { name, source })?;
-                prog.load()
-                    .map_err(|source| EbpfError::Program { name, source })?;
-                let id = prog
-                    .attach(&cgroup_dir, CgroupAttachMode::Single)
-                    .map_err(|source| EbpfError::Program { name, source })?;
-                let link = prog
-                    .take_link(id)
-                    .map_err(|source| EbpfError::Program { name, source })?;
-                FdLink::try_from(link).map_err(|e| EbpfError::Link {
-                    name: name.to_string(),
-                    message: e.to_string(),
-                })?
+                load_and_attach!(CgroupSockAddr, name, program)
             };
             links.push((name, link));
         }

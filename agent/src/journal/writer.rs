@@ -49,6 +49,20 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+impl Command {
+    /// Chunks and ends have no client waiting on them: a batch holding only those may
+    /// wait a moment for company (see [`LINGER`]).
+    fn is_lazy(&self) -> bool {
+        matches!(self, Command::Chunk { .. } | Command::End { .. })
+    }
+}
+
+/// How long a batch of only chunks and ends waits for more commands before it commits.
+/// Without it, a session start that arrives while the previous session's end is being
+/// fsynced waits for that fsync and then its own; with it, both share one commit. A
+/// start, flush or shutdown ends the wait at once.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// A command after its statements ran, waiting for the batch's commit to be answered.
 ///
 /// The results only describe the command's own statements; if the batch as a whole is not
@@ -181,6 +195,11 @@ impl Failures {
 impl Writer {
     fn run(mut self) -> Result<(), JournalError> {
         let mut batch = Vec::with_capacity(self.batch_max.min(4096));
+        // Only for the timed receive of LINGER; the writer is otherwise synchronous.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok();
         // Set once a Shutdown is seen: from then on, everything still queued is drained and
         // its outcome decides what `Journal::close` returns.
         let mut drain: Option<(u64, Result<(), JournalError>)> = None;
@@ -189,10 +208,16 @@ impl Writer {
         // the queue is empty, so queued commands are never abandoned.
         while let Some(first) = self.rx.blocking_recv() {
             batch.push(first);
-            while batch.len() < self.batch_max {
-                match self.rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
-                    Err(_) => break,
+            self.fill(&mut batch);
+            if let Some(timer) = &timer {
+                if batch.len() < self.batch_max && batch.iter().all(Command::is_lazy) {
+                    let rx = &mut self.rx;
+                    let more =
+                        timer.block_on(async { tokio::time::timeout(LINGER, rx.recv()).await });
+                    if let Ok(Some(cmd)) = more {
+                        batch.push(cmd);
+                        self.fill(&mut batch);
+                    }
                 }
             }
             if drain.is_none() && batch.iter().any(|c| matches!(c, Command::Shutdown)) {
@@ -223,6 +248,16 @@ impl Writer {
                 })
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Takes what is already queued, up to `batch_max`.
+    fn fill(&mut self, batch: &mut Vec<Command>) {
+        while batch.len() < self.batch_max {
+            match self.rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
         }
     }
 
