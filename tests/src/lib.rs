@@ -571,3 +571,138 @@ pub fn direct_echo(addr: SocketAddr, data: &[u8]) -> std::io::Result<(SocketAddr
     BufReader::new(s).read_to_end(&mut out)?;
     Ok((local, out))
 }
+
+/// A real PostgreSQL server for one test: initdb in a temp dir (as the `postgres`
+/// user; initdb refuses root), listening on a free port on 127.0.0.1 and ::1, unix
+/// socket in the temp dir. Stopped and removed on drop.
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+impl PgServer {
+    /// The newest installed server's bin directory (Debian: /usr/lib/postgresql/N/bin).
+    pub fn bin_dir() -> Option<PathBuf> {
+        let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("initdb").exists().then_some((v, bin))
+            })
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, b)| b)
+    }
+
+    /// Starts a server with `trust` authentication on loopback.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server, with extra `postgresql.conf` lines.
+    pub fn start_with(conf: &[&str]) -> Self {
+        let bin = Self::bin_dir().expect("PostgreSQL server binaries (apt install postgresql)");
+        let dir = tempfile::Builder::new()
+            .prefix("nhi-pg-")
+            .tempdir()
+            .expect("tempdir");
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        assert!(status.success(), "chown the PostgreSQL temp dir");
+        let data = dir.path().join("data");
+        as_postgres(
+            Command::new(bin.join("initdb"))
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .arg(&data),
+        );
+        let port = free_port();
+        let mut extra = format!(
+            "listen_addresses = '127.0.0.1,::1'\nport = {port}\nunix_socket_directories = '{}'\n\
+             fsync = off\nmax_connections = 200\n",
+            dir.path().display()
+        );
+        for line in conf {
+            extra.push_str(line);
+            extra.push('\n');
+        }
+        let conf_path = data.join("postgresql.conf");
+        let mut text = fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        text.push_str(&extra);
+        fs::write(&conf_path, text).expect("write postgresql.conf");
+        as_postgres(
+            Command::new(bin.join("pg_ctl"))
+                .args(["-w", "-t", "60", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.path().join("server.log"))
+                .arg("start"),
+        );
+        Self { dir, bin, port }
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `[::1]:port`.
+    pub fn addr6(&self) -> SocketAddr {
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.port))
+    }
+
+    /// Runs SQL with psql over the unix socket (never intercepted) and returns stdout.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h"])
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-m", "immediate", "-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn as_postgres(cmd: &mut Command) {
+    let mut wrapped = Command::new("runuser");
+    wrapped
+        .args(["-u", "postgres", "--"])
+        .arg(cmd.get_program());
+    wrapped.args(cmd.get_args());
+    let out = wrapped.output().expect("runuser");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
