@@ -18,7 +18,7 @@ use crate::{
     util::{self, run},
 };
 
-pub fn bench(bytes: u64, conns: u64, runs: usize) -> anyhow::Result<()> {
+pub fn bench(bytes: u64, conns: u64, runs: usize, pg_seconds: u64) -> anyhow::Result<()> {
     if !util::is_root() {
         bail!("the benchmark attaches eBPF programs and creates cgroups: run it as root");
     }
@@ -37,6 +37,7 @@ pub fn bench(bytes: u64, conns: u64, runs: usize) -> anyhow::Result<()> {
     let client_bin = root.join("target/release/nhi-testclient");
 
     // The test harness's loopback servers: a sink for bulk, an echo for round trips.
+    let pg = nhi_tests::PgServer::start();
     let sink = nhi_tests::EchoServer::start_sink("127.0.0.2:0").addr;
     let echo = nhi_tests::EchoServer::start("127.0.0.2:0").addr;
     let cg_root = nhi_tests::cgroup2_root().context("no cgroup2 mount")?;
@@ -56,9 +57,11 @@ pub fn bench(bytes: u64, conns: u64, runs: usize) -> anyhow::Result<()> {
             "[agent]\nmode = \"enforce\"\njournal = \"{}\"\nlisten_port = {port}\nbpffs = \"{}\"\n\
              max_connections = 4096\n\n[[workload]]\nname = \"bench\"\ncgroup = \"{base}/agent\"\n\n\
              [[target]]\nname = \"sink\"\naddress = \"{sink}\"\nprotocol = \"tcp\"\n\n\
-             [[target]]\nname = \"echo\"\naddress = \"{echo}\"\nprotocol = \"tcp\"\n",
+             [[target]]\nname = \"echo\"\naddress = \"{echo}\"\nprotocol = \"tcp\"\n\n\
+             [[target]]\nname = \"postgres\"\naddress = \"{pg}\"\nprotocol = \"tcp\"\n",
             work.join("journal.db").display(),
-            pins.display()
+            pins.display(),
+            pg = pg.addr(),
         ),
     )?;
     let mut agent = AgentProcess::start(&agent_bin, &config, &work.join("agent.log"), &pins)?;
@@ -129,16 +132,17 @@ pub fn bench(bytes: u64, conns: u64, runs: usize) -> anyhow::Result<()> {
         a - d
     );
 
+    if pg_seconds > 0 {
+        pgbench(&pg, &direct_cg, &agent_cg, runs, pg_seconds)?;
+    }
+
     let sessions = Command::new(&agent_bin)
         .args(["sessions", "--journal"])
         .arg(work.join("journal.db"))
         .arg("--json")
         .output()?;
     let journaled = String::from_utf8_lossy(&sessions.stdout).lines().count();
-    println!(
-        "\njournaled sessions during the run: {journaled} (expected {})",
-        runs as u64 * (1 + conns)
-    );
+    println!("\njournaled sessions during the run: {journaled}");
 
     agent.stop();
     let _ = fs::remove_dir(&direct_cg);
@@ -200,4 +204,72 @@ impl AgentProcess {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.pins);
     }
+}
+
+/// pgbench -S (read-only, one indexed SELECT per transaction) through the agent (opaque
+/// tcp for now) and directly, -c 1 and -c 16, simple and prepared protocol.
+fn pgbench(
+    pg: &nhi_tests::PgServer,
+    direct_cg: &Path,
+    agent_cg: &Path,
+    runs: usize,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let port = pg.port.to_string();
+    let pgbench = |cg: &Path, args: &[&str]| -> anyhow::Result<String> {
+        let procs = cg.join("cgroup.procs");
+        let mut cmd = Command::new("pgbench");
+        cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+            .args(args)
+            .arg("postgres");
+        // SAFETY: only open/write between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || fs::write(&procs, b"0"));
+        }
+        let out = cmd.output().context("running pgbench")?;
+        if !out.status.success() {
+            bail!("pgbench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    pgbench(direct_cg, &["-i", "-s", "10", "-q"])?;
+    println!("\npgbench -S, {seconds} s per run, median of {runs} (tps / mean latency):");
+    for clients in [1u32, 16] {
+        for mode in ["simple", "prepared"] {
+            let c = clients.to_string();
+            let j = clients.min(2).to_string();
+            let t = seconds.to_string();
+            let args = ["-S", "-M", mode, "-c", &c, "-j", &j, "-T", &t];
+            let (mut d, mut a) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                d.push(parse_pgbench(&pgbench(direct_cg, &args)?)?);
+                a.push(parse_pgbench(&pgbench(agent_cg, &args)?)?);
+            }
+            let tps = |v: &[(f64, f64)]| median(v.iter().map(|x| x.0).collect());
+            let lat = |v: &[(f64, f64)]| median(v.iter().map(|x| x.1).collect());
+            println!(
+                "  -c {clients:>2} {mode:<8}  direct {:>8.0} tps {:>6.3} ms   agent (opaque tcp) {:>8.0} tps {:>6.3} ms   ratio {:.2}x",
+                tps(&d),
+                lat(&d),
+                tps(&a),
+                lat(&a),
+                tps(&a) / tps(&d)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// (tps, mean latency in ms) from pgbench's report.
+fn parse_pgbench(report: &str) -> anyhow::Result<(f64, f64)> {
+    let number_after = |prefix: &str| -> Option<f64> {
+        report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    };
+    let tps = number_after("tps = ").context("no tps in pgbench output")?;
+    let latency = number_after("latency average = ").context("no latency in pgbench output")?;
+    Ok((tps, latency))
 }

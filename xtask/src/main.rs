@@ -46,6 +46,9 @@ enum Cmd {
         /// Repetitions of each measurement (the median is reported).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Seconds per pgbench run (0 skips the PostgreSQL figures).
+        #[arg(long, default_value_t = 5)]
+        pg_seconds: u64,
     },
 }
 
@@ -54,6 +57,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Setup => setup::setup(),
         Cmd::Run { config } => run::run(config),
         Cmd::Test { args } => test::test(&args),
-        Cmd::Bench { bytes, conns, runs } => bench::bench(bytes, conns, runs),
+        Cmd::Bench {
+            bytes,
+            conns,
+            runs,
+            pg_seconds,
+        } => bench::bench(bytes, conns, runs, pg_seconds),
     }
 }

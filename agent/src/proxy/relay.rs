@@ -21,9 +21,10 @@ use tokio::{
 
 use crate::journal::{Direction, JournalHandle, SessionId};
 
-/// Bytes read per chunk by the copying fallback. Large enough that bulk transfers
-/// cost few syscalls and few journal records; two per connection.
+/// Buffer of the copying path (one per direction). A direction whose reads fill it
+/// [`BULK_READS`] times in a row switches to splice.
 const CHUNK: usize = 64 * 1024;
+const BULK_READS: u32 = 2;
 /// Pipe size (and largest chunk) for the splice path.
 const SPLICE_PIPE: usize = 256 * 1024;
 
@@ -91,22 +92,51 @@ struct Pipe<'a> {
 }
 
 impl Pipe<'_> {
-    /// Relays with splice(2) through a pipe: the bytes go socket -> pipe -> socket
-    /// inside the kernel, never through a userspace buffer; only their count is
-    /// seen (and journaled) here. Falls back to copying if no pipe can be made.
-    async fn run(self, from: OwnedReadHalf, to: OwnedWriteHalf) -> PipeEnd {
-        match nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC) {
-            Ok((pipe_r, pipe_w)) => {
-                // A larger pipe means fewer, larger chunks; the default is 64 KiB.
-                let _ = nix::fcntl::fcntl(
-                    pipe_w.as_raw_fd(),
-                    nix::fcntl::FcntlArg::F_SETPIPE_SZ(SPLICE_PIPE as i32),
-                );
-                self.run_splice(from, to, pipe_r, pipe_w).await
+    /// Moves bytes until EOF or an error. A direction starts by copying through a
+    /// buffer, which is cheapest for the small messages of request/response protocols,
+    /// and switches to splice(2) once it carries bulk data (consecutive full reads):
+    /// then the bytes go socket -> pipe -> socket inside the kernel and only their
+    /// count is seen here. Measured with `cargo xtask bench`: copying is ~20% faster
+    /// for pgbench-sized messages, splice ~45% faster for bulk transfers.
+    async fn run(self, mut from: OwnedReadHalf, mut to: OwnedWriteHalf) -> PipeEnd {
+        let mut buf = vec![0u8; CHUNK];
+        let mut full_reads = 0;
+        let mut splice_possible = true;
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) => {
+                    // Half-close: pass the FIN on and keep the other direction open.
+                    let _ = to.shutdown().await;
+                    return PipeEnd::Eof;
+                }
+                Ok(n) => n,
+                Err(e) => return PipeEnd::ReadFailed(e),
+            };
+            if let Some(end) = self.record(n).await {
+                return end;
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "no pipe for splice; copying instead");
-                self.run_copy(from, to).await
+            if let Err(e) = to.write_all(&buf[..n]).await {
+                return PipeEnd::WriteFailed(e);
+            }
+            self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            full_reads = if n == buf.len() { full_reads + 1 } else { 0 };
+            if splice_possible && full_reads >= BULK_READS {
+                let flags = nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC;
+                match nix::unistd::pipe2(flags) {
+                    Ok((pipe_r, pipe_w)) => {
+                        // A larger pipe means fewer, larger chunks; the default is 64 KiB.
+                        let _ = nix::fcntl::fcntl(
+                            pipe_w.as_raw_fd(),
+                            nix::fcntl::FcntlArg::F_SETPIPE_SZ(SPLICE_PIPE as i32),
+                        );
+                        drop(buf);
+                        return self.run_splice(from, to, pipe_r, pipe_w).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no pipe for splice; copying instead");
+                        splice_possible = false;
+                    }
+                }
             }
         }
     }
@@ -180,28 +210,6 @@ impl Pipe<'_> {
             ));
         }
         None
-    }
-
-    async fn run_copy(self, mut from: OwnedReadHalf, mut to: OwnedWriteHalf) -> PipeEnd {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = match from.read(&mut buf).await {
-                Ok(0) => {
-                    // Half-close: pass the FIN on and keep the other direction open.
-                    let _ = to.shutdown().await;
-                    return PipeEnd::Eof;
-                }
-                Ok(n) => n,
-                Err(e) => return PipeEnd::ReadFailed(e),
-            };
-            if let Some(end) = self.record(n).await {
-                return end;
-            }
-            if let Err(e) = to.write_all(&buf[..n]).await {
-                return PipeEnd::WriteFailed(e);
-            }
-            self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        }
     }
 }
 
