@@ -773,3 +773,44 @@ fn an_unreachable_destination_resets_the_client_and_is_journaled_and_replayable(
     assert_eq!(total("c2s"), 300000, "chunk sizes add up to what was sent");
     assert_eq!(total("s2c"), 300000);
 }
+
+#[test]
+fn a_direct_connection_to_the_proxy_port_is_refused_and_borrows_no_identity() {
+    privileged!("a_direct_connection_to_the_proxy_port_is_refused_and_borrows_no_identity");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("bot", cg.rel()),
+        target("echo", echo.addr)
+    ));
+    // A redirected connection first, so that its client port has had a record.
+    let r = cg.client(&["echo", &echo.addr.to_string()]);
+    assert_eq!(r["identical"], true);
+    agent.wait_sessions_ended(1);
+    let peers_before = echo.peers().len();
+
+    // Now straight at the proxy, from outside any workload.
+    let proxy: SocketAddr = format!("127.0.0.1:{}", agent.port).parse().unwrap();
+    let got = direct_echo(proxy, b"let me in");
+    match got {
+        Ok((_, data)) => assert!(data.is_empty(), "nothing may come back: {data:?}"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "{e}"
+        ),
+    }
+    assert_eq!(echo.peers().len(), peers_before, "nothing was forwarded");
+    wait_until(
+        || agent.log_text().contains("not redirected by the kernel"),
+        "the refusal to be logged",
+    );
+    assert_eq!(agent.sessions().len(), 1, "nothing new was journaled");
+    // The agent still serves.
+    let r = cg.client(&["echo", &echo.addr.to_string()]);
+    assert_eq!(r["identical"], true);
+}
