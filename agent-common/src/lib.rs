@@ -65,7 +65,7 @@ const _: () = assert!(core::mem::size_of::<AgentConfig>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CgroupPolicy {
-    /// One of [`CgroupPolicy::INTERCEPT`] or [`CgroupPolicy::BYPASS`].
+    /// [`CgroupPolicy::INTERCEPT`], [`CgroupPolicy::BYPASS`] or [`CgroupPolicy::BYPASS_SUBTREE`].
     pub action: u32,
     /// Only connections by this uid are redirected; [`CgroupPolicy::ANY_UID`] for all.
     pub uid: u32,
@@ -75,8 +75,13 @@ const _: () = assert!(core::mem::size_of::<CgroupPolicy>() == 8);
 impl CgroupPolicy {
     /// Redirect this cgroup's (and, unless overridden, its descendants') connections.
     pub const INTERCEPT: u32 = 1;
-    /// Leave this cgroup's connections alone.
+    /// Leave this cgroup's connections alone. Descendants the agent has not
+    /// classified yet are handed to it (they may match a workload pattern).
     pub const BYPASS: u32 = 2;
+    /// Leave this cgroup and every unclassified descendant alone: no workload pattern
+    /// can match below it. Keeps cgroups that can never be workloads (a human's new
+    /// login scope, say) off the proxy, and unaffected while no agent runs.
+    pub const BYPASS_SUBTREE: u32 = 3;
     pub const ANY_UID: u32 = u32::MAX;
 }
 

@@ -198,7 +198,8 @@ fn classify(cgroup_id: u64, uid: u32) -> Result<u32, ()> {
         return decide(policy, uid).map(|()| 0);
     }
     // A cgroup userspace has not seen yet (created since its last scan). If an
-    // ancestor is intercepted, so is this descendant. Otherwise hand the connection
+    // ancestor is intercepted, so is this descendant; below a cgroup where no
+    // workload pattern can match, it is left alone. Otherwise hand the connection
     // to userspace with a flag, which classifies the cgroup by path and either
     // audits the connection or relays it untouched: a workload started after the
     // agent is thus intercepted from its very first connection.
@@ -207,9 +208,13 @@ fn classify(cgroup_id: u64, uid: u32) -> Result<u32, ()> {
         // SAFETY: helper call; returns 0 when `level` is deeper than the task's cgroup.
         let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
         if ancestor != 0 && ancestor != cgroup_id {
+            // The deepest ancestor the agent classified decides.
             if let Some(policy) = unsafe { NHI_CGROUPS.get(&ancestor) } {
                 if policy.action == CgroupPolicy::INTERCEPT {
                     return decide(policy, uid).map(|()| 0);
+                }
+                if policy.action == CgroupPolicy::BYPASS_SUBTREE {
+                    return Err(());
                 }
                 break;
             }

@@ -814,3 +814,39 @@ fn a_direct_connection_to_the_proxy_port_is_refused_and_borrows_no_identity() {
     let r = cg.client(&["echo", &echo.addr.to_string()]);
     assert_eq!(r["identical"], true);
 }
+
+#[test]
+fn new_cgroups_where_no_pattern_can_match_go_direct_even_while_the_agent_is_down() {
+    privileged!("new_cgroups_where_no_pattern_can_match_go_direct_even_while_the_agent_is_down");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let parent = TestCgroup::create(&base);
+    // "elsewhere" can never hold a "svc-*" cgroup; "{base}" can.
+    let elsewhere = parent.child("elsewhere");
+    let mut agent = Agent::start(&format!(
+        "{}{}",
+        workload("svc", &format!("{base}/svc-*")),
+        target("echo", echo.addr)
+    ));
+    let login = elsewhere.child("login-1");
+    let r = login.client(&["echo", &echo.addr.to_string()]);
+    assert!(
+        came_directly(&echo, &r),
+        "never a workload: not even handed to the agent"
+    );
+
+    agent.kill9();
+    // Fail-closed applies to what could be a workload...
+    let maybe = parent.child("svc-new");
+    let refused = maybe.client(&["echo", &echo.addr.to_string()]);
+    assert!(
+        refused["error"].as_str().unwrap_or("").contains("refused"),
+        "{refused}"
+    );
+    // ...not to cgroups that never can be.
+    let later = elsewhere.child("login-2");
+    let r = later.client(&["echo", &echo.addr.to_string()]);
+    assert_eq!(r["identical"], true, "{r}");
+    assert!(came_directly(&echo, &r));
+    assert!(agent.sessions().is_empty());
+}

@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{self, Config, FailMode},
-    ebpf::{InstallOptions, Interceptor},
+    ebpf::{self, InstallOptions, Interceptor},
     identity::CgroupFs,
     journal, proxy, sdnotify,
 };
@@ -150,25 +150,18 @@ pub fn cgroup_map(config: &Config, cgroups: &CgroupFs) -> HashMap<u64, CgroupPol
         .walk()
         .into_iter()
         .map(|(id, path)| {
-            let policy = match config.cgroup_selection(&path) {
-                // The agent's own cgroup is never intercepted, whatever the patterns say.
-                Some(_) if own.as_deref() == Some(path.as_str()) => bypass(),
-                Some(uid) => CgroupPolicy {
-                    action: CgroupPolicy::INTERCEPT,
-                    uid: uid.unwrap_or(CgroupPolicy::ANY_UID),
-                },
-                None => bypass(),
+            // The agent's own cgroup is never intercepted, whatever the patterns say.
+            let policy = if own.as_deref() == Some(path.as_str()) {
+                CgroupPolicy {
+                    action: CgroupPolicy::BYPASS,
+                    uid: CgroupPolicy::ANY_UID,
+                }
+            } else {
+                ebpf::cgroup_policy(config, &path)
             };
             (id, policy)
         })
         .collect()
-}
-
-fn bypass() -> CgroupPolicy {
-    CgroupPolicy {
-        action: CgroupPolicy::BYPASS,
-        uid: CgroupPolicy::ANY_UID,
-    }
 }
 
 /// Keeps the kernel's cgroup map in step with the cgroup tree: new cgroups are

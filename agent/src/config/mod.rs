@@ -250,6 +250,15 @@ impl Config {
         selection
     }
 
+    /// False when no workload pattern can match any cgroup below `cgroup_path`: the
+    /// kernel then leaves cgroups created there alone without asking the agent, even
+    /// while no agent runs (see [`CgroupPattern::may_match_below`]).
+    pub fn subtree_may_be_selected(&self, cgroup_path: &str) -> bool {
+        self.workloads
+            .iter()
+            .any(|w| w.cgroup.may_match_below(cgroup_path))
+    }
+
     /// The first target (in file order) whose destination matches `addr`, with its
     /// index in [`Config::targets`].
     pub fn target_for(&self, addr: SocketAddr) -> Option<(usize, &Target)> {

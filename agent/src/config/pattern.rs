@@ -53,6 +53,25 @@ impl CgroupPattern {
         &self.source
     }
 
+    /// False when no cgroup below `cgroup_path` can ever match this pattern, so a
+    /// cgroup created there later needs no classification before it connects.
+    ///
+    /// Conservative and sound: a path that matches must start with the pattern's
+    /// literal prefix (everything before its first wildcard), and a descendant starts
+    /// with `cgroup_path/`; if neither of those two is a prefix of the other, no
+    /// descendant can match.
+    pub fn may_match_below(&self, cgroup_path: &str) -> bool {
+        let pattern = self.source.trim_start_matches('/').trim_end_matches('/');
+        let literal_end = pattern.find(['*', '?', '[', '{']).unwrap_or(pattern.len());
+        let literal = &pattern[..literal_end];
+        let path = cgroup_path.trim_start_matches('/').trim_end_matches('/');
+        if path.is_empty() {
+            return true;
+        }
+        let below = format!("{path}/");
+        literal.starts_with(&below) || below.starts_with(literal)
+    }
+
     /// Whether a cgroup is selected: the pattern matches `cgroup_path` (relative to
     /// the cgroup2 mount; a leading '/' is ignored) or one of its ancestors.
     pub fn matches(&self, cgroup_path: &str) -> bool {
@@ -154,5 +173,71 @@ mod tests {
         assert!(CgroupPattern::new("system.slice/[oops").is_err());
         assert!(CgroupPattern::new("").is_err());
         assert!(CgroupPattern::new("/").is_err());
+    }
+}
+
+#[cfg(test)]
+mod may_match_below_tests {
+    use super::CgroupPattern;
+
+    #[test]
+    fn only_subtrees_that_can_hold_a_match_say_so() {
+        let p = CgroupPattern::new("system.slice/backup*.service").unwrap();
+        assert!(p.may_match_below(""), "the root holds everything");
+        assert!(p.may_match_below("system.slice"));
+        assert!(p.may_match_below("/system.slice/"));
+        assert!(!p.may_match_below("user.slice"));
+        assert!(!p.may_match_below("user.slice/user-1000.slice"));
+        assert!(!p.may_match_below("system.slice/other.service"));
+        // "system.slice/backup" is a cgroup name too: its children do not start with
+        // the literal "system.slice/backup" followed by more name characters...
+        assert!(p.may_match_below("system.slice/backup-nightly.service"));
+        // A pattern starting with a wildcard can match anywhere.
+        let any = CgroupPattern::new("**/ci-job-*.scope").unwrap();
+        assert!(any.may_match_below("user.slice"));
+        // Exact paths: only their ancestors and themselves.
+        let exact = CgroupPattern::new("a/b/c").unwrap();
+        assert!(exact.may_match_below("a"));
+        assert!(exact.may_match_below("a/b"));
+        assert!(!exact.may_match_below("a/x"));
+        assert!(!exact.may_match_below("ab"));
+    }
+
+    /// Soundness against the matcher itself: whenever a descendant matches, the
+    /// ancestor must have said "may match below".
+    #[test]
+    fn never_says_no_when_a_descendant_matches() {
+        let patterns = [
+            "system.slice/backup*.service",
+            "a/b/c",
+            "x/*/y",
+            "**",
+            "k?/z",
+            "n/[ab]*",
+        ];
+        let paths = [
+            "system.slice/backup.service/job",
+            "system.slice/backup-x.service",
+            "a/b/c/d",
+            "x/q/y",
+            "k1/z",
+            "n/b1",
+            "user.slice/u/s",
+        ];
+        for pat in patterns {
+            let p = CgroupPattern::new(pat).unwrap();
+            for path in paths {
+                if p.matches(path) {
+                    let mut ancestor = path;
+                    while let Some(i) = ancestor.rfind('/') {
+                        ancestor = &ancestor[..i];
+                        assert!(
+                            p.may_match_below(ancestor),
+                            "{pat}: {path} matches but {ancestor} said no"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -389,6 +389,26 @@ where
     T::try_from(map).map_err(|source| EbpfError::Map { name, source })
 }
 
+/// What the kernel is told about the cgroup at `path` under `config`.
+pub fn cgroup_policy(config: &Config, path: &str) -> CgroupPolicy {
+    match config.cgroup_selection(path) {
+        Some(uid) => CgroupPolicy {
+            action: CgroupPolicy::INTERCEPT,
+            uid: uid.unwrap_or(CgroupPolicy::ANY_UID),
+        },
+        // Not selected; if no pattern can match below it either, the kernel leaves
+        // its future descendants alone without asking the agent.
+        None => CgroupPolicy {
+            action: if config.subtree_may_be_selected(path) {
+                CgroupPolicy::BYPASS
+            } else {
+                CgroupPolicy::BYPASS_SUBTREE
+            },
+            uid: CgroupPolicy::ANY_UID,
+        },
+    }
+}
+
 /// The LPM trie entries for one destination (both families for `*:port`).
 pub fn lpm_entries(dest: &Destination) -> Vec<(u32, TargetKey)> {
     let key = |family: u8, port: u16, ip: Option<IpAddr>| {

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use nhi_agent_common::{CgroupPolicy, ConnRecord};
+use nhi_agent_common::ConnRecord;
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
     sync::{watch, Semaphore},
@@ -262,16 +262,7 @@ async fn handle(
     // through the map, for the next ones.
     if record.flags & ConnRecord::FLAG_UNCLASSIFIED != 0 {
         if let Some(path) = &cgroup_path {
-            let policy = match config.cgroup_selection(path) {
-                None => CgroupPolicy {
-                    action: CgroupPolicy::BYPASS,
-                    uid: CgroupPolicy::ANY_UID,
-                },
-                Some(uid) => CgroupPolicy {
-                    action: CgroupPolicy::INTERCEPT,
-                    uid: uid.unwrap_or(CgroupPolicy::ANY_UID),
-                },
-            };
+            let policy = ebpf::cgroup_policy(&config, path);
             if let Err(e) = shared.interceptor().set_cgroup(record.cgroup_id, policy) {
                 warn!(error = %e, cgroup = %path, "cannot record the cgroup's classification");
             }
