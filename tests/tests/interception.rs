@@ -850,3 +850,35 @@ fn new_cgroups_where_no_pattern_can_match_go_direct_even_while_the_agent_is_down
     assert!(came_directly(&echo, &r));
     assert!(agent.sessions().is_empty());
 }
+
+#[test]
+fn sigterm_closes_what_outlives_the_drain_timeout_and_journals_why() {
+    privileged!("sigterm_closes_what_outlives_the_drain_timeout_and_journals_why");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    let mut agent = Agent::start_with(
+        &format!("{}{}", workload("bot", cg.rel()), target("echo", echo.addr)),
+        "drain_timeout = \"1s\"",
+        &[],
+    );
+    let holder = cg
+        .command(client_bin())
+        .args(["silent", &echo.addr.to_string(), "--hold-ms", "20000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(|| agent.sessions().len() == 1, "the held session");
+    let started = Instant::now();
+    assert_eq!(agent.terminate(), Some(0));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "the drain period was honoured: {waited:?}"
+    );
+    let out = holder.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "closed by peer", "{v}");
+    let sessions = agent.sessions();
+    assert_eq!(sessions[0]["close_reason"], "agent shutdown");
+}

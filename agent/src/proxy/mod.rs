@@ -107,7 +107,6 @@ pub async fn serve(
             permits.clone(),
             max,
             cancel_rx.clone(),
-            shutdown.clone(),
         ));
     }
     // Wait for the shutdown signal.
@@ -147,7 +146,6 @@ async fn accept_loop(
     permits: Arc<Semaphore>,
     max: usize,
     cancel: watch::Receiver<bool>,
-    _shutdown: watch::Receiver<bool>,
 ) {
     let mut last_limit_log: Option<Instant> = None;
     loop {
