@@ -6,5 +6,6 @@ pub mod config;
 pub mod ebpf;
 pub mod identity;
 pub mod journal;
+pub mod protocol;
 pub mod proxy;
 pub mod sdnotify;
