@@ -28,6 +28,18 @@ use std::{
 /// Environment variable that turns privileged-test skips into failures (CI sets it).
 pub const REQUIRE_ENV: &str = "NHI_REQUIRE_PRIVILEGED";
 
+/// Opens a privileged test: serialises it with the others and returns early (after
+/// printing why) when it cannot run here, or fails under `NHI_REQUIRE_PRIVILEGED=1`.
+#[macro_export]
+macro_rules! privileged {
+    ($name:expr) => {
+        let _serial = $crate::serial();
+        if !$crate::require_privileged($name) {
+            return;
+        }
+    };
+}
+
 /// Integration tests share the cgroup root attachment point and must not overlap.
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());

@@ -12,16 +12,6 @@ use std::{
 use nhi_tests::*;
 use serde_json::Value;
 
-/// Serialises the test and skips it (or fails under CI) when it cannot run here.
-macro_rules! privileged {
-    ($name:expr) => {
-        let _serial = serial();
-        if !require_privileged($name) {
-            return;
-        }
-    };
-}
-
 const MIB: u64 = 1024 * 1024;
 
 fn workload(name: &str, cgroup: &str) -> String {

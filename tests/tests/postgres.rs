@@ -4,15 +4,6 @@
 //! unchanged through the relay and that every connection is journaled.
 use nhi_tests::*;
 
-macro_rules! privileged {
-    ($name:expr) => {
-        let _serial = serial();
-        if !require_privileged($name) {
-            return;
-        }
-    };
-}
-
 #[test]
 fn psql_and_pgbench_work_unchanged_through_the_agent() {
     privileged!("psql_and_pgbench_work_unchanged_through_the_agent");

@@ -308,14 +308,9 @@ impl Interceptor {
     /// Makes the cgroup map hold exactly `wanted` (cgroup id -> policy).
     pub fn sync_cgroups(&mut self, wanted: StdHashMap<u64, CgroupPolicy>) -> Result<(), EbpfError> {
         let mut written = 0usize;
-        for (id, policy) in &wanted {
-            if self.cgroup_mirror.get(id) != Some(policy) {
-                self.cgroups
-                    .insert(id, policy, 0)
-                    .map_err(|source| EbpfError::Map {
-                        name: names::CGROUPS,
-                        source,
-                    })?;
+        for (&id, &policy) in &wanted {
+            if self.cgroup_mirror.get(&id) != Some(&policy) {
+                self.set_cgroup(id, policy)?;
                 written += 1;
             }
         }
