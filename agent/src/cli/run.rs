@@ -87,8 +87,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         proxy_port: config.agent.listen_port,
     })
     .context("attaching the kernel programs")?;
-    interceptor.sync_targets(&config)?;
-    interceptor.sync_cgroups(cgroup_map(&config, &cgroups))?;
+    apply(&mut interceptor, &config, &cgroups)?;
 
     let shared = Arc::new(proxy::Shared {
         config: RwLock::new(Arc::new(config)),
@@ -141,6 +140,18 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Puts `config` into the kernel maps. Cgroups first: while a target exists that the
+/// kernel knows no cgroup classification for, every cgroup's connections to it would
+/// be handed to the agent to classify.
+fn apply(
+    interceptor: &mut Interceptor,
+    config: &Config,
+    cgroups: &CgroupFs,
+) -> Result<(), crate::ebpf::EbpfError> {
+    interceptor.sync_cgroups(cgroup_map(config, cgroups))?;
+    interceptor.sync_targets(config)
 }
 
 /// What the kernel should know about every cgroup that exists now.
@@ -249,14 +260,13 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
             a.cgroup_root = o.cgroup_root.clone();
             let sync = {
                 let mut i = shared.interceptor.lock().unwrap_or_else(|p| p.into_inner());
-                i.sync_targets(&new)
+                apply(&mut i, &new, &shared.cgroups)
             };
             match sync {
-                Err(e) => error!(error = %e, "reload failed while updating the target map"),
+                Err(e) => error!(error = %e, "reload failed while updating the kernel maps"),
                 Ok(()) => {
                     let (w, t) = (new.workloads.len(), new.targets.len());
                     *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
-                    rescan(shared);
                     info!(workloads = w, targets = t, "configuration reloaded");
                 }
             }
