@@ -102,7 +102,6 @@ fn agent_config() -> Result<&'static AgentConfig, ()> {
 /// verifier rejects `user_ip6` in connect4 and `user_ip4` in connect6.
 #[inline(always)]
 fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
-    let v6 = V6;
     let addr = sa(ctx);
     if addr.type_ != SOCK_STREAM || addr.protocol != IPPROTO_TCP {
         return Err(());
@@ -129,7 +128,7 @@ fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
 
     // Already aimed at the proxy (a retry, or an explicit connection): leave it.
     if port == cfg.proxy_port
-        && ((!v6 || mapped) && ip4 == LOOPBACK4 || v6 && !mapped && ip6 == LOOPBACK6)
+        && ((!V6 || mapped) && ip4 == LOOPBACK4 || V6 && !mapped && ip6 == LOOPBACK6)
     {
         return Err(());
     }
@@ -140,7 +139,7 @@ fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
         port: port.to_be_bytes(),
         addr: [0; 16],
     };
-    let prefix = if v6 && !mapped {
+    let prefix = if V6 && !mapped {
         key.family = 6;
         key.addr = words_to_bytes(&ip6);
         TargetKey::HEADER_BITS + 128
@@ -157,9 +156,9 @@ fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
     let flags = classify(cgroup_id, uid_gid as u32)?;
 
     let record = ConnRecord {
-        orig_ip: if v6 { ip6 } else { [ip4, 0, 0, 0] },
+        orig_ip: if V6 { ip6 } else { [ip4, 0, 0, 0] },
         orig_port: port,
-        family: if v6 { AF_INET6 } else { AF_INET },
+        family: if V6 { AF_INET6 } else { AF_INET },
         target: target.index,
         cgroup_id,
         pid_tgid,

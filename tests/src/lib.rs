@@ -12,7 +12,7 @@
 //!   saw, so a test can tell whether a connection came from the agent or directly.
 use std::{
     fs,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -557,22 +557,6 @@ pub fn remove_pins(dir: &Path) {
     }
 }
 
-/// Reads lines from a child's stdout until `needle` appears (with a timeout).
-pub fn wait_for_line(reader: &mut impl BufRead, needle: &str, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut line = String::new();
-    while Instant::now() < deadline {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) => return false,
-            Ok(_) if line.contains(needle) => return true,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    }
-    false
-}
-
 /// Convenience: a one-shot TCP exchange from the current process (not in a test cgroup).
 pub fn direct_echo(addr: SocketAddr, data: &[u8]) -> std::io::Result<(SocketAddr, Vec<u8>)> {
     let mut s = TcpStream::connect(addr)?;
@@ -682,10 +666,6 @@ impl PgServer {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 }
 

@@ -3,7 +3,6 @@
 //! medians reported), and printed as a ratio: these machines are noisy.
 use std::{
     fs,
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -11,6 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use nhi_tests::TestCgroup;
 use serde_json::Value;
 
 use crate::{
@@ -40,12 +40,11 @@ pub fn bench(bytes: u64, conns: u64, runs: usize, pg_seconds: u64) -> anyhow::Re
     let pg = nhi_tests::PgServer::start();
     let sink = nhi_tests::EchoServer::start_sink("127.0.0.2:0").addr;
     let echo = nhi_tests::EchoServer::start("127.0.0.2:0").addr;
-    let cg_root = nhi_tests::cgroup2_root().context("no cgroup2 mount")?;
     let base = format!("nhi-bench-{}", std::process::id());
-    let direct_cg = cg_root.join(&base).join("direct");
-    let agent_cg = cg_root.join(&base).join("agent");
-    fs::create_dir_all(&direct_cg)?;
-    fs::create_dir_all(&agent_cg)?;
+    // Removed (with anything left in them) when the bench ends.
+    let parent = TestCgroup::create(&base);
+    let direct_cg = parent.child("direct");
+    let agent_cg = parent.child("agent");
     let work = std::env::temp_dir().join(&base);
     fs::create_dir_all(&work)?;
     let pins = PathBuf::from("/sys/fs/bpf").join(&base);
@@ -66,15 +65,12 @@ pub fn bench(bytes: u64, conns: u64, runs: usize, pg_seconds: u64) -> anyhow::Re
     )?;
     let mut agent = AgentProcess::start(&agent_bin, &config, &work.join("agent.log"), &pins)?;
 
-    let client = |cg: &Path, args: &[String]| -> anyhow::Result<Value> {
-        let procs = cg.join("cgroup.procs");
-        let mut cmd = Command::new(&client_bin);
-        cmd.args(args);
-        // SAFETY: only open/write between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || fs::write(&procs, b"0"));
-        }
-        let out = cmd.output().context("running nhi-testclient")?;
+    let client = |cg: &TestCgroup, args: &[String]| -> anyhow::Result<Value> {
+        let out = cg
+            .command(&client_bin)
+            .args(args)
+            .output()
+            .context("running nhi-testclient")?;
         let v: Value = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("client said: {}", String::from_utf8_lossy(&out.stdout)))?;
         if let Some(e) = v.get("error") {
@@ -145,9 +141,6 @@ pub fn bench(bytes: u64, conns: u64, runs: usize, pg_seconds: u64) -> anyhow::Re
     println!("\njournaled sessions during the run: {journaled}");
 
     agent.stop();
-    let _ = fs::remove_dir(&direct_cg);
-    let _ = fs::remove_dir(&agent_cg);
-    let _ = fs::remove_dir(cg_root.join(&base));
     let _ = fs::remove_dir_all(&work);
     Ok(())
 }
@@ -210,23 +203,20 @@ impl AgentProcess {
 /// tcp for now) and directly, -c 1 and -c 16, simple and prepared protocol.
 fn pgbench(
     pg: &nhi_tests::PgServer,
-    direct_cg: &Path,
-    agent_cg: &Path,
+    direct_cg: &TestCgroup,
+    agent_cg: &TestCgroup,
     runs: usize,
     seconds: u64,
 ) -> anyhow::Result<()> {
     let port = pg.port.to_string();
-    let pgbench = |cg: &Path, args: &[&str]| -> anyhow::Result<String> {
-        let procs = cg.join("cgroup.procs");
-        let mut cmd = Command::new("pgbench");
-        cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+    let pgbench = |cg: &TestCgroup, args: &[&str]| -> anyhow::Result<String> {
+        let out = cg
+            .command("pgbench")
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
             .args(args)
-            .arg("postgres");
-        // SAFETY: only open/write between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || fs::write(&procs, b"0"));
-        }
-        let out = cmd.output().context("running pgbench")?;
+            .arg("postgres")
+            .output()
+            .context("running pgbench")?;
         if !out.status.success() {
             bail!("pgbench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         }

@@ -19,7 +19,6 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
     "util-linux",
-    "kmod",
 ];
 
 /// bpf-linker release known to build here (see EBPF-FACTS.md).

@@ -176,12 +176,29 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         let cancel = cancel.clone();
-        shared.active.fetch_add(1, Ordering::SeqCst);
+        let active = Active::new(&shared);
         tokio::spawn(async move {
             handle(&shared, stream, peer, cancel).await;
-            shared.active.fetch_sub(1, Ordering::SeqCst);
+            drop(active);
             drop(permit);
         });
+    }
+}
+
+/// Counts a connection in [`Shared::active`] for as long as it lives, even if its task
+/// panics, so a shutdown never waits for a connection that is gone.
+struct Active(Arc<Shared>);
+
+impl Active {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -230,25 +247,17 @@ async fn handle(
     let uid = record.uid();
     let tgid = record.tgid();
 
-    // The common case reads only the cgroup cache and four /proc files (in-memory
-    // pseudo-files); a cgroup missing from the cache means walking cgroupfs, which
-    // goes to a blocking thread.
-    let (cgroup_path, process) = match shared.cgroups.cached_path_of(record.cgroup_id) {
-        Some(path) => (
-            Some(path),
-            identity::process_identity(tgid, Some(boot_ticks)),
-        ),
+    // The cgroup cache answers in the common case; a miss walks cgroupfs, which goes
+    // to a blocking thread.
+    let cgroup_path = match shared.cgroups.cached_path_of(record.cgroup_id) {
+        Some(path) => Some(path),
         None => {
             let shared = shared.clone();
-            let resolved = tokio::task::spawn_blocking(move || {
-                let path = shared.cgroups.path_of(record.cgroup_id);
-                (path, identity::process_identity(tgid, Some(boot_ticks)))
-            })
-            .await;
-            match resolved {
-                Ok(r) => r,
+            let id = record.cgroup_id;
+            match tokio::task::spawn_blocking(move || shared.cgroups.path_of(id)).await {
+                Ok(path) => path,
                 Err(e) => {
-                    error!(%peer, error = %e, "identity resolution failed; closing");
+                    error!(%peer, error = %e, "cgroup lookup failed; closing");
                     reset(client);
                     return;
                 }
@@ -287,7 +296,8 @@ async fn handle(
     };
 
     let cgroup = cgroup_path.unwrap_or_default();
-    let process = match process {
+    // Only audited sessions need the process: four reads of in-memory /proc files.
+    let process = match identity::process_identity(tgid, Some(boot_ticks)) {
         Ok(p) => Some(p),
         Err(e) => {
             // The caller may already have exited (a short-lived client): the kernel's
@@ -296,10 +306,7 @@ async fn handle(
             None
         }
     };
-    let workload_name = workload
-        .name
-        .clone()
-        .unwrap_or_else(|| identity::derive_workload_name(&cgroup));
+    let workload_name = workload.display_name(&cgroup);
     let start = SessionStart {
         workload: workload_name.clone(),
         cgroup: cgroup.clone(),

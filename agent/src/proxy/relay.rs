@@ -3,10 +3,7 @@
 use std::{
     fmt, io,
     os::fd::{AsRawFd, OwnedFd},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -224,7 +221,7 @@ pub async fn relay(
 ) -> Outcome {
     let from_client = AtomicU64::new(0);
     let from_server = AtomicU64::new(0);
-    let last_activity = Arc::new(AtomicU64::new(0));
+    let last_activity = AtomicU64::new(0);
     let epoch = Instant::now();
     let (client_r, client_w) = client.into_split();
     let (server_r, server_w) = upstream.into_split();
