@@ -872,3 +872,57 @@ fn sigterm_closes_what_outlives_the_drain_timeout_and_journals_why() {
     let sessions = agent.sessions();
     assert_eq!(sessions[0]["close_reason"], "agent shutdown");
 }
+
+#[test]
+fn targets_removed_by_reload_or_across_a_restart_stop_being_intercepted() {
+    privileged!("targets_removed_by_reload_or_across_a_restart_stop_being_intercepted");
+    let kept = EchoServer::start("127.0.0.2:0");
+    let dropped = EchoServer::start("127.0.0.3:0");
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    let both = format!(
+        "{}{}{}",
+        workload("bot", cg.rel()),
+        target("kept", kept.addr),
+        target("dropped", dropped.addr)
+    );
+    let only_kept = format!("{}{}", workload("bot", cg.rel()), target("kept", kept.addr));
+    let mut agent = Agent::start(&both);
+    assert!(!came_directly(
+        &dropped,
+        &cg.client(&["echo", &dropped.addr.to_string()])
+    ));
+
+    // Reload without the target: the kernel trie entry goes.
+    agent.rewrite_config(|t| t.replace(&both, &only_kept));
+    agent.signal(libc::SIGHUP);
+    wait_until(
+        || agent.log_text().contains("configuration reloaded"),
+        "reload",
+    );
+    let r = cg.client(&["echo", &dropped.addr.to_string()]);
+    assert!(came_directly(&dropped, &r), "removed by reload: direct");
+    assert!(!came_directly(
+        &kept,
+        &cg.client(&["echo", &kept.addr.to_string()])
+    ));
+
+    // Across a crash: the pinned trie holds both targets again (from a restart with
+    // the old file); a new agent with the smaller file must clear the stale entry.
+    agent.rewrite_config(|t| t.replace(&only_kept, &both));
+    agent.kill9();
+    agent.spawn();
+    assert!(!came_directly(
+        &dropped,
+        &cg.client(&["echo", &dropped.addr.to_string()])
+    ));
+    agent.kill9();
+    agent.rewrite_config(|t| t.replace(&both, &only_kept));
+    agent.spawn();
+    let r = cg.client(&["echo", &dropped.addr.to_string()]);
+    assert_eq!(r["identical"], true, "{r}");
+    assert!(
+        came_directly(&dropped, &r),
+        "stale pinned target cleared at start"
+    );
+}
