@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md at the repository root for the bird's-eye view and the code map.
 pub mod cli;
 pub mod config;
+pub mod credential;
 pub mod ebpf;
 pub mod identity;
 pub mod journal;

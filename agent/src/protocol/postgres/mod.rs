@@ -46,6 +46,7 @@
 //! query text, name or message is a [`ProtocolError::InvalidUtf8`].
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod backend;
 pub mod encode;
 mod error;
