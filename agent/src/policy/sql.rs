@@ -300,38 +300,70 @@ pub fn analyze(sql: &str) -> Analysis {
     let offsets = ByteOffsets::new(sql);
     let mut statements = Vec::new();
     let mut piece: Vec<TokenWithSpan> = Vec::new();
-    let mut tokens = tokens.into_iter();
-    loop {
-        let token = tokens.next();
-        let end_of_piece = match &token {
-            None
-            | Some(TokenWithSpan {
-                token: Token::EOF, ..
-            }) => true,
-            Some(TokenWithSpan {
-                token: Token::SemiColon,
-                ..
-            }) => true,
-            Some(_) => false,
-        };
-        if end_of_piece {
-            if let Some(info) = analyze_piece(sql, &offsets, std::mem::take(&mut piece)) {
-                statements.push(info);
+    let mut atomic = AtomicBody::default();
+    for token in tokens {
+        match token.token {
+            Token::EOF => break,
+            Token::SemiColon if !atomic.inside() => {
+                atomic = AtomicBody::default();
+                if let Some(info) = analyze_piece(sql, &offsets, std::mem::take(&mut piece)) {
+                    statements.push(info);
+                }
             }
-            if matches!(
-                token,
-                None | Some(TokenWithSpan {
-                    token: Token::EOF,
-                    ..
-                })
-            ) {
-                break;
+            _ => {
+                atomic.feed(&token.token);
+                piece.push(token);
             }
-        } else if let Some(token) = token {
-            piece.push(token);
         }
     }
+    if let Some(info) = analyze_piece(sql, &offsets, piece) {
+        statements.push(info);
+    }
     Analysis { statements }
+}
+
+/// Tracks whether the tokens so far are inside the `BEGIN ATOMIC ... END` body of a
+/// `CREATE FUNCTION/PROCEDURE`, the one place where PostgreSQL's grammar lets `;`
+/// occur inside a statement. Inside it, `CASE ... END` nests (as in psql's scanner).
+/// Only a statement that starts with CREATE and has the word pair BEGIN ATOMIC
+/// enters the body, so an identifier named `begin` cannot glue statements together.
+#[derive(Default)]
+struct AtomicBody {
+    /// Non-trivia tokens seen in this statement (capped: only the first matters).
+    seen: u8,
+    starts_with_create: bool,
+    after_begin: bool,
+    depth: u32,
+}
+
+impl AtomicBody {
+    fn inside(&self) -> bool {
+        self.depth > 0
+    }
+
+    fn feed(&mut self, token: &Token) {
+        let Token::Word(word) = token else {
+            if !is_trivia(token) {
+                self.seen = self.seen.saturating_add(1);
+                self.after_begin = false;
+            }
+            return;
+        };
+        if self.seen == 0 {
+            self.starts_with_create = word.keyword == Keyword::CREATE;
+        }
+        self.seen = self.seen.saturating_add(1);
+        if !self.starts_with_create {
+            return;
+        }
+        match word.keyword {
+            Keyword::ATOMIC if self.after_begin && self.depth == 0 => self.depth = 1,
+            Keyword::CASE if self.depth > 0 => self.depth += 1,
+            Keyword::END if self.depth > 0 => self.depth -= 1,
+            _ => {}
+        }
+        self.after_begin = word.keyword == Keyword::BEGIN;
+    }
 }
 
 /// Converts the tokenizer's (line, column) locations, where columns count
