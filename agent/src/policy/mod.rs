@@ -17,6 +17,35 @@
 //! matches an opaque statement: its other conditions describe SQL that is not visible.
 //! The message gets the most severe verdict of its statements (deny > approve >
 //! allow), and the decision names the first statement that has it.
+//!
+//! # Configuration
+//!
+//! ```toml
+//! [[policy]]
+//! name = "bots-on-orders"      # optional, for messages
+//! workload = "nhi-demo*"       # glob over workload names (case-sensitive); default "*"
+//! target = "orders-*"          # glob over target names (case-sensitive); default "*"
+//! mode = "observe"             # optional: "enforce" | "observe"; overrides [agent] mode
+//! default = "allow"            # parsed statement, no rule matched: allow (default) | deny | approve
+//! unparsed = "deny"            # opaque statement, no rule matched: default "deny"
+//! db_user = "app_ro"           # optional: log in as this database user
+//! record_results = "summary"   # "none" | "summary" (default) | "rows"
+//! approval_timeout = "5m"      # humantime, > 0, default 5m
+//!
+//! [[policy.rule]]
+//! name = "no-drop"             # required, unique within the policy
+//! verdict = "deny"             # required: allow | deny | approve
+//! kinds = ["drop", "truncate"] # statement kinds (StatementKind::as_str); any of them
+//! tables = ["users", "*.secrets"]      # globs, case-insensitive; any touched table
+//! functions = ["pg_read_file", "lo_*"] # globs, case-insensitive; any called function
+//! without_where = true         # only UPDATE/DELETE without WHERE (false: no condition)
+//! text = '(?i)\bpg_sleep\b'    # regex, searched in the statement's text
+//! ```
+//!
+//! Unknown keys are errors. An empty `kinds`/`tables`/`functions` list is an error
+//! (it could never match). Table and function names are compared through
+//! [`name_candidates`]: `users` also matches `public.users` and
+//! `pg_catalog.users`, and `public.users` also matches `users`.
 #![forbid(unsafe_code)]
 
 mod raw;
@@ -34,7 +63,10 @@ use serde::Serialize;
 use toml::Spanned;
 
 pub use raw::{RawPolicy, RawRule};
-pub use sql::{analyze, name_candidates, Analysis, KindSet, StatementInfo, StatementKind};
+pub use sql::{
+    analyze, analyze_with, name_candidates, Analysis, AnalyzeOptions, KindSet, StatementInfo,
+    StatementKind,
+};
 
 /// How long an `approve` hold waits when the policy does not say.
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(5 * 60);

@@ -278,24 +278,46 @@ impl Analysis {
     }
 }
 
-/// Cuts `sql` into statements and describes each one. Never fails: what cannot be
-/// lexed or parsed becomes an opaque statement of kind `unparsed`.
+/// How the session's server reads the text; see [`analyze_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnalyzeOptions {
+    /// The session's `standard_conforming_strings` (the server reports it in a
+    /// ParameterStatus message; `on` unless a client or the database turned it off).
+    pub standard_conforming_strings: bool,
+}
+
+impl Default for AnalyzeOptions {
+    fn default() -> Self {
+        AnalyzeOptions {
+            standard_conforming_strings: true,
+        }
+    }
+}
+
+/// Cuts `sql` into statements and describes each one, for a session with
+/// `standard_conforming_strings = on` (PostgreSQL's default). Never fails: what
+/// cannot be lexed or parsed becomes an opaque statement of kind `unparsed`.
 pub fn analyze(sql: &str) -> Analysis {
+    analyze_with(sql, AnalyzeOptions::default())
+}
+
+/// [`analyze`] for a session whose settings may differ from the defaults.
+///
+/// With `standard_conforming_strings = off` a backslash escapes a quote inside
+/// `'...'`, so `'a\'; DROP TABLE t; --'` is one string to the server but a string,
+/// a DROP and a comment to a standard lexer, and the reverse trick hides a
+/// statement in what the lexer takes for a comment. The lexer has no such mode, so
+/// in that case a query string holding any backslash is one opaque statement.
+pub fn analyze_with(sql: &str, options: AnalyzeOptions) -> Analysis {
+    if !options.standard_conforming_strings && sql.contains('\\') {
+        return whole_unparsed(sql);
+    }
     let dialect = PostgreSqlDialect {};
     let tokens = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
         Ok(tokens) => tokens,
         // An unterminated quote or comment swallows the rest of the string for the
         // server too, so the whole (trimmed) string is one opaque statement.
-        Err(_) => {
-            let trimmed = sql.trim();
-            if trimmed.is_empty() {
-                return Analysis::default();
-            }
-            let start = sql.len() - sql.trim_start().len();
-            return Analysis {
-                statements: vec![unparsed(sql, start..start + trimmed.len())],
-            };
-        }
+        Err(_) => return whole_unparsed(sql),
     };
     let offsets = ByteOffsets::new(sql);
     let mut statements = Vec::new();
@@ -320,6 +342,18 @@ pub fn analyze(sql: &str) -> Analysis {
         statements.push(info);
     }
     Analysis { statements }
+}
+
+/// The whole (trimmed) string as one opaque statement; nothing if it is blank.
+fn whole_unparsed(sql: &str) -> Analysis {
+    let trimmed = sql.trim();
+    if trimmed.is_empty() {
+        return Analysis::default();
+    }
+    let start = sql.len() - sql.trim_start().len();
+    Analysis {
+        statements: vec![unparsed(sql, start..start + trimmed.len())],
+    }
 }
 
 /// Tracks whether the tokens so far are inside the `BEGIN ATOMIC ... END` body of a

@@ -520,6 +520,78 @@ fn begin_atomic_body_is_one_statement() {
 }
 
 #[test]
+fn backslashes_follow_standard_conforming_strings() {
+    // With standard_conforming_strings on (the default) a backslash is an ordinary
+    // character in '...', so the server runs the DROP: so must the analysis see it.
+    let sql = r"SELECT 'a\'; DROP TABLE x; --'";
+    let analysis = analyze(sql);
+    let kinds: Vec<Vec<&str>> = analysis
+        .statements
+        .iter()
+        .map(|s| kind_names(s.kinds))
+        .collect();
+    assert_eq!(kinds, [vec!["select"], vec!["drop"]]);
+    // E'' strings escape in either mode.
+    let analysis = analyze(r"SELECT E'a\'; DROP TABLE y; --'");
+    assert_eq!(analysis.statements.len(), 1);
+    assert_eq!(kind_names(analysis.statements[0].kinds), ["select"]);
+
+    let legacy = AnalyzeOptions {
+        standard_conforming_strings: false,
+    };
+    // Off: the server would read `'x\'; --'` as one string and run the DROP that a
+    // standard lexer takes for a comment. Backslashes make the message opaque.
+    let sql = "SELECT 'x\\'; --'; DROP TABLE t; --";
+    assert_eq!(
+        analyze(sql).statements.len(),
+        1,
+        "the standard reading hides the DROP"
+    );
+    let analysis = analyze_with(sql, legacy);
+    assert_eq!(analysis.statements.len(), 1);
+    assert!(analysis.statements[0].opaque);
+    assert_eq!(kind_names(analysis.statements[0].kinds), ["unparsed"]);
+    assert_eq!(analysis.statements[0].text, sql);
+    // Without a backslash both readings agree.
+    assert_eq!(
+        analyze_with("SELECT 1; DROP TABLE t", legacy),
+        analyze("SELECT 1; DROP TABLE t")
+    );
+}
+
+/// Every prefix of a string full of lexical corners analyses without a panic, and
+/// every statement's span is the exact slice of its text (the proxy may see a query
+/// cut anywhere by a client bug or an attacker).
+#[test]
+fn every_prefix_analyses_with_consistent_spans() {
+    let sql = "BEGIN; SELECT 'ü;€' AS \"a;b\", $q$ ; $q$ FROM t -- x;y\n; /* /* ; */ */ \
+               UPDATE \"Ü\".t SET v = E'\\'' WHERE k = $1;\nDO $$ BEGIN END $$; END";
+    for (cut, _) in sql.char_indices().chain([(sql.len(), ' ')]) {
+        let prefix = &sql[..cut];
+        for s in analyze(prefix).statements {
+            assert_eq!(&prefix[s.span.clone()], s.text, "prefix {prefix:?}");
+            assert!(!s.kinds.is_empty(), "prefix {prefix:?}");
+            assert!(!s.text.is_empty(), "prefix {prefix:?}");
+        }
+    }
+    let whole: Vec<Vec<&str>> = analyze(sql)
+        .statements
+        .iter()
+        .map(|s| kind_names(s.kinds))
+        .collect();
+    assert_eq!(
+        whole,
+        [
+            vec!["transaction"],
+            vec!["select"],
+            vec!["update"],
+            vec!["do"],
+            vec!["transaction"]
+        ]
+    );
+}
+
+#[test]
 fn deep_nesting_is_opaque_not_a_crash() {
     let sql = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
     let analysis = analyze(&sql);
