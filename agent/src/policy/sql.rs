@@ -443,9 +443,15 @@ fn is_trivia(token: &Token) -> bool {
     matches!(token, Token::Whitespace(_))
 }
 
+/// The text of a span. Spans come from the tokenizer's locations and are char
+/// boundaries by construction; `get` keeps a mistake there from becoming a panic.
+fn text_at(sql: &str, span: &Range<usize>) -> String {
+    sql.get(span.clone()).unwrap_or(sql).to_owned()
+}
+
 fn unparsed(sql: &str, span: Range<usize>) -> StatementInfo {
     StatementInfo {
-        text: sql[span.clone()].to_owned(),
+        text: text_at(sql, &span),
         span,
         kinds: KindSet::of(StatementKind::Unparsed),
         tables: Vec::new(),
@@ -489,7 +495,7 @@ fn analyze_piece(
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let statement = match parser.parse_statement() {
         Ok(statement) if parser.peek_token().token == Token::EOF => statement,
-        Err(_) | Ok(_) => {
+        _ => {
             let mut info = unparsed(sql, span);
             // These statements sqlparser does not know can only be what their first
             // keyword says, and embed no SQL; naming the kind lets a rule that lists
@@ -508,7 +514,7 @@ fn analyze_piece(
         kinds.insert(keyword_kind(first_keyword));
     }
     Some(StatementInfo {
-        text: sql[span.clone()].to_owned(),
+        text: text_at(sql, &span),
         span,
         kinds,
         tables: collector.tables,

@@ -468,13 +468,13 @@ fn statements_are_split_with_their_own_text_and_span() {
 
 #[test]
 fn spans_are_byte_offsets_after_multibyte_text() {
-    let sql = "SELECT 'ü€😀';\nSELECT 'ä' FROM t; SELECT x FROM y";
+    let sql = "SELECT 'ü€😀';\r\nSELECT 'ä'\tFROM t; SELECT\r\n x FROM y";
     let analysis = analyze(sql);
     assert_eq!(analysis.statements.len(), 3);
     for s in &analysis.statements {
         assert_eq!(&sql[s.span.clone()], s.text);
     }
-    assert_eq!(analysis.statements[2].text, "SELECT x FROM y");
+    assert_eq!(analysis.statements[2].text, "SELECT\r\n x FROM y");
     assert_eq!(analysis.statements[2].tables, ["y"]);
 }
 
