@@ -398,6 +398,7 @@ async fn queued_commands_are_committed_in_batches_of_at_most_batch_max() {
         JournalOptions {
             batch_max: 10,
             queue_capacity: 1000,
+            ..Default::default()
         },
     )
     .expect("open");
