@@ -6,6 +6,7 @@ pub mod config;
 pub mod ebpf;
 pub mod identity;
 pub mod journal;
+pub mod mask;
 pub mod protocol;
 pub mod proxy;
 pub mod sdnotify;
