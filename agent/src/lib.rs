@@ -7,11 +7,8 @@ pub mod credential;
 pub mod ebpf;
 pub mod identity;
 pub mod journal;
-<<<<<<< HEAD
 pub mod policy;
-=======
 pub mod mask;
->>>>>>> mask
 pub mod protocol;
 pub mod proxy;
 pub mod sdnotify;
