@@ -598,3 +598,126 @@ impl Prelog {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &'static str, data: &str) -> Event {
+        Event {
+            session: 7,
+            at: std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456),
+            kind: Cow::Borrowed(kind),
+            data: data.to_string(),
+        }
+    }
+
+    fn encoded(seq: u64, e: &Event) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode_into(&mut buf, seq, e);
+        buf
+    }
+
+    #[test]
+    fn a_record_decodes_to_what_was_encoded() {
+        let e = event("pg.query", r#"{"sql":"SELECT 1","é":true}"#);
+        let bytes = encoded(42, &e);
+        assert_eq!(bytes.len(), HEADER_LEN + "pg.query".len() + e.data.len());
+        match decode(&bytes) {
+            Decoded::Record { record, len } => {
+                assert_eq!(len, bytes.len());
+                assert_eq!(record.seq, 42);
+                assert_eq!(record.session, 7);
+                assert_eq!(record.at_us, 1_700_000_000_123_456);
+                assert_eq!(record.kind, "pg.query");
+                assert_eq!(record.data, e.data);
+            }
+            other => panic!("expected a record, got {other:?}"),
+        }
+        // Trailing bytes (the next record) do not change the answer.
+        let mut two = bytes.clone();
+        two.extend_from_slice(&encoded(43, &e));
+        assert!(matches!(decode(&two), Decoded::Record { len, .. } if len == bytes.len()));
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete_and_every_flipped_byte_is_detected() {
+        let e = event("pg.query", r#"{"sql":"SELECT * FROM t WHERE id = $1"}"#);
+        let bytes = encoded(1, &e);
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                decode(&bytes[..cut]),
+                Decoded::Incomplete,
+                "prefix of {cut}"
+            );
+        }
+        for i in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x10;
+            match decode(&damaged) {
+                Decoded::Record { .. } => panic!("byte {i} flipped and still accepted"),
+                // A flipped length byte can make the record look longer than the buffer.
+                Decoded::Incomplete => assert!(i < 4, "byte {i}"),
+                Decoded::Corrupt(_) => {}
+            }
+        }
+        // What a filesystem may show after a crash: allocated but never written blocks.
+        assert!(matches!(decode(&[0u8; 64]), Decoded::Corrupt(_)));
+    }
+
+    #[test]
+    fn invalid_events_are_refused_before_encoding() {
+        for kind in ["", "session_start", "chunk", "session_end"] {
+            let e = event("x", "{}");
+            let e = Event {
+                kind: Cow::Owned(kind.to_string()),
+                ..e
+            };
+            assert!(
+                matches!(validate(&e), Err(JournalError::InvalidEvent { .. })),
+                "{kind:?}"
+            );
+        }
+        let long_kind = Event {
+            kind: Cow::Owned("k".repeat(usize::from(u16::MAX) + 1)),
+            ..event("x", "")
+        };
+        assert!(validate(&long_kind).is_err());
+        let huge = event("pg.copy", &"x".repeat(MAX_RECORD_LEN));
+        assert!(validate(&huge).is_err());
+        assert!(validate(&event("pg.query", "")).is_ok());
+    }
+
+    #[test]
+    fn scan_reads_records_larger_than_its_window_and_stops_at_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.prelog");
+        let big = event(
+            "pg.copy",
+            &format!("\"{}\"", "b".repeat(READ_WINDOW + READ_WINDOW / 2)),
+        );
+        let small = event("pg.query", "{}");
+        let mut bytes = encoded(1, &small);
+        bytes.extend(encoded(2, &big));
+        bytes.extend(encoded(3, &small));
+        let good = bytes.len() as u64;
+        bytes.extend(encoded(3, &small)); // a sequence number that does not grow
+        std::fs::write(&path, &bytes).expect("write");
+        let file = open_file(&path).expect("open");
+
+        let mut seen = Vec::new();
+        let mut buf = Vec::new();
+        let end = scan(&file, &path, 0, bytes.len() as u64, &mut buf, |r| {
+            seen.push((r.seq, r.data.len()));
+            Ok(())
+        })
+        .expect("scan");
+        assert_eq!(
+            seen,
+            vec![(1, 2), (2, big.data.len()), (3, 2)],
+            "all three, in order"
+        );
+        assert_eq!(end.good_end, good);
+        assert_eq!(end.stop, Some("sequence number went backwards"));
+    }
+}
