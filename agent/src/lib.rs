@@ -9,3 +9,4 @@ pub mod journal;
 pub mod protocol;
 pub mod proxy;
 pub mod sdnotify;
+pub mod tls;
