@@ -917,3 +917,131 @@ fn write_private(path: &Path, contents: &[u8]) {
         .unwrap();
     std::io::Write::write_all(&mut file, contents).unwrap();
 }
+
+/// Real `psql` (libpq) against a tiny harness that answers the SSLRequest with `S`,
+/// terminates TLS with [`accept_client`], reads the startup packet through TLS and
+/// answers an ErrorResponse carrying a marker. Seeing the marker in psql's stderr proves
+/// libpq accepted the leaf under `sslmode=verify-full sslrootcert=ca.crt`.
+mod with_real_psql {
+    use super::*;
+    use crate::protocol::postgres::encode::error_response;
+
+    const MARKER: &str = "nhi-agent tls harness: startup arrived over TLS";
+
+    fn psql_available() -> bool {
+        std::process::Command::new("psql")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Serves one connection as the proxy would; returns the handshake outcome.
+    async fn harness(listener: TcpListener, config: Arc<ServerConfig>) -> Result<(), String> {
+        let (mut tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let mut request = [0u8; 8];
+        tcp.read_exact(&mut request)
+            .await
+            .map_err(|e| e.to_string())?;
+        if request != SSL_REQUEST {
+            return Err(format!("expected SSLRequest, got {request:?}"));
+        }
+        tcp.write_all(b"S").await.map_err(|e| e.to_string())?;
+        let mut stream = accept_client(tcp, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut len = [0u8; 4];
+        stream
+            .read_exact(&mut len)
+            .await
+            .map_err(|e| e.to_string())?;
+        let len = u32::from_be_bytes(len) as usize;
+        if !(8..=10_000).contains(&len) {
+            return Err(format!("startup packet length {len}"));
+        }
+        let mut body = vec![0u8; len - 4];
+        stream
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(&error_response("FATAL", "28000", MARKER))
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.shutdown().await.map_err(|e| e.to_string())
+    }
+
+    /// Runs `psql` against the harness with `sslrootcert`, returning its stderr and
+    /// the harness's result.
+    async fn run_psql(
+        config: Arc<ServerConfig>,
+        host: &str,
+        rootcert: &Path,
+    ) -> (String, Result<(), String>) {
+        let listener = TcpListener::bind((LOCALHOST_V4, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(harness(listener, config));
+        let conninfo = format!(
+            "host={host} hostaddr=127.0.0.1 port={port} user=nhi dbname=nhi \
+             sslmode=verify-full sslrootcert={} gssencmode=disable connect_timeout=10",
+            rootcert.display()
+        );
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("psql")
+                .arg(conninfo)
+                .args(["-X", "-c", "select 1"])
+                .env("PGSSLCERT", "/nonexistent/nhi-test.crt")
+                .env("PGSSLKEY", "/nonexistent/nhi-test.key")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let served = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+            .await
+            .map_err(|_| "harness timed out".to_owned())
+            .and_then(|joined| joined.map_err(|e| e.to_string()))
+            .and_then(|result| result);
+        (stderr, served)
+    }
+
+    #[tokio::test]
+    async fn psql_verify_full_accepts_the_agent_leaf_by_ip_and_name() {
+        if !psql_available() {
+            eprintln!("skipped: psql is not installed");
+            return;
+        }
+        let (_dir, ca) = new_ca();
+        let config = ca
+            .server_config(&[DB_NAME.to_owned()], &[LOCALHOST_V4])
+            .unwrap();
+        for host in ["127.0.0.1", DB_NAME] {
+            let (stderr, served) = run_psql(config.clone(), host, ca.ca_cert_path()).await;
+            assert!(stderr.contains(MARKER), "host={host}: psql said: {stderr}");
+            assert_eq!(served, Ok(()), "host={host}");
+        }
+    }
+
+    #[tokio::test]
+    async fn psql_verify_full_rejects_another_ca_and_a_missing_ip_san() {
+        if !psql_available() {
+            eprintln!("skipped: psql is not installed");
+            return;
+        }
+        let (_dir, ca) = new_ca();
+        let (_other_dir, other_ca) = new_ca();
+
+        let config = ca.server_config(&[], &[LOCALHOST_V4]).unwrap();
+        let (stderr, served) = run_psql(config, "127.0.0.1", other_ca.ca_cert_path()).await;
+        assert!(!stderr.contains(MARKER), "{stderr}");
+        assert!(stderr.contains("certificate verify failed"), "{stderr}");
+        assert!(served.unwrap_err().contains("client 127.0.0.1"));
+
+        // A leaf for a DNS name only: libpq connecting to the address refuses it.
+        let config = ca.server_config(&[DB_NAME.to_owned()], &[]).unwrap();
+        let (stderr, _served) = run_psql(config, "127.0.0.1", ca.ca_cert_path()).await;
+        assert!(!stderr.contains(MARKER), "{stderr}");
+        assert!(stderr.contains("does not match host name"), "{stderr}");
+    }
+}
