@@ -499,6 +499,12 @@ fn configuration_errors() {
 }
 
 #[test]
+fn ssl_request_bytes() {
+    // What libpq sends: length 8, code 80877103 (1234 << 16 | 5679).
+    assert_eq!(SSL_REQUEST, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+}
+
+#[test]
 fn mode_parses_from_config_spelling() {
     #[derive(serde::Deserialize)]
     struct Target {

@@ -19,12 +19,17 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::protocol::postgres::SSL_REQUEST_CODE;
+
 use super::{
     provider, server_name_string, HandshakeFailure, Side, Stream, TlsError, ALPN_POSTGRESQL,
 };
 
-/// The 8-byte SSLRequest: length 8, code 1234.5679.
-pub const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+/// The 8-byte SSLRequest: length 8, then the decoder's code 1234.5679.
+pub const SSL_REQUEST: [u8; 8] = {
+    let code = SSL_REQUEST_CODE.to_be_bytes();
+    [0, 0, 0, 8, code[0], code[1], code[2], code[3]]
+};
 
 /// How the agent secures its connection to a target's server (libpq's `sslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
