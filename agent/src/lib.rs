@@ -12,3 +12,4 @@ pub mod mask;
 pub mod protocol;
 pub mod proxy;
 pub mod sdnotify;
+pub mod tls;
