@@ -114,6 +114,26 @@ fn write_summary(config: &Config, file: &Path, out: &mut dyn Write) -> std::io::
             t.name, t.destination, t.protocol
         )?;
     }
+
+    let policies = &config.policies.policies;
+    writeln!(
+        out,
+        "{}:",
+        plural(policies.len(), "policy").replace("policys", "policies")
+    )?;
+    for (i, p) in policies.iter().enumerate() {
+        let name = p.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
+        let mode = p.mode.map(|m| m.as_str()).unwrap_or("agent mode");
+        writeln!(
+            out,
+            "  {name}  ({mode}, results recorded: {})",
+            p.record_results.as_str()
+        )?;
+    }
+    writeln!(out, "{}:", plural(config.masks.len(), "mask"))?;
+    for m in &config.masks {
+        writeln!(out, "  {}  ({})", m.name(), m.strategy_name())?;
+    }
     Ok(())
 }
 
@@ -149,8 +169,10 @@ mod tests {
         assert!(out.contains("2 workloads:"), "{out}");
         assert!(out.contains("cgroup system.slice/backup*.service"), "{out}");
         assert!(out.contains("2 targets:"), "{out}");
-        assert!(out.contains("127.0.0.1:5432 (tcp)"), "{out}");
-        assert!(out.contains("[::1]:5432 (tcp)"), "{out}");
+        assert!(out.contains("127.0.0.1:5432 (postgres)"), "{out}");
+        assert!(out.contains("[::1]:5432 (postgres)"), "{out}");
+        assert!(out.contains("1 policy:\n  bots  (agent mode"), "{out}");
+        assert!(out.contains("1 mask:\n  pii  (redact)"), "{out}");
     }
 
     #[test]
