@@ -91,3 +91,74 @@ fn requests_parse_from_one_json_line() {
     assert!(serde_json::from_str::<Request>(r#"{"op":"drop"}"#).is_err());
     assert!(serde_json::from_str::<Request>(r#"{"op":"show"}"#).is_err());
 }
+
+#[test]
+fn approvals_keys_are_validated_in_the_agent_table() {
+    let config = |keys: &str| {
+        crate::config::parse(
+            &format!(
+                "[agent]\nmode = \"enforce\"\njournal = \"/var/lib/nhi/j.db\"\n{keys}\n\
+                 [[target]]\nname = \"db\"\naddress = \"10.0.0.5:5432\"\n"
+            ),
+            "test.toml",
+        )
+    };
+    let c = config("").unwrap();
+    assert_eq!(
+        c.agent.approvals_socket,
+        PathBuf::from("/run/nhi-agent/approvals.sock")
+    );
+    assert_eq!(c.agent.approver_group, None);
+    let c = config("approvals_socket = \"/run/x/a.sock\"\napprover_group = \"dba\"").unwrap();
+    assert_eq!(c.agent.approvals_socket, PathBuf::from("/run/x/a.sock"));
+    assert_eq!(
+        c.agent.approver_group,
+        Some(crate::config::GroupRef::Name("dba".into()))
+    );
+    let c = config("approver_group = 1234").unwrap();
+    assert_eq!(
+        c.agent.approver_group,
+        Some(crate::config::GroupRef::Gid(1234))
+    );
+    let e = config("approvals_socket = \"run/a.sock\"").unwrap_err();
+    assert!(e.to_string().contains("must be an absolute path"), "{e}");
+    let e = config("approver_group = \"\"").unwrap_err();
+    assert!(e.to_string().contains("must not be empty"), "{e}");
+}
+
+/// The socket server end to end, as the current user (allowed through its own gid when
+/// not root).
+#[tokio::test]
+async fn the_socket_answers_one_json_line_per_request() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run/approvals.sock");
+    let own_gid = nix::unistd::getegid().as_raw();
+    let listener = bind(&path, Some(own_gid)).unwrap();
+    let registry = Registry::new(path.clone());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(serve(listener, registry.clone(), Some(own_gid), rx));
+    let hold = registry.hold(1, "bot", "db", request(Duration::from_secs(60)));
+
+    let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let mut ask = async |line: &str| -> Answer {
+        w.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap()
+    };
+    let a = ask(r#"{"op":"list"}"#).await;
+    assert!(a.ok);
+    assert_eq!(a.pending.unwrap()[0].id, "a-1");
+    let a = ask(r#"{"op":"frobnicate"}"#).await;
+    assert!(!a.ok && a.error.unwrap().contains("bad request"));
+    let a = ask(r#"{"op":"deny","id":"a-1","reason":"no"}"#).await;
+    assert!(a.ok, "{a:?}");
+    let by = a.by.unwrap();
+    assert!(by.starts_with("uid "), "{by}");
+    assert!(matches!(hold.await, HoldOutcome::Denied { reason: Some(r), .. } if r == "no"));
+    let a = ask(r#"{"op":"show","id":"a-1"}"#).await;
+    assert!(!a.ok && a.error.unwrap().contains("no pending request"));
+    // A second agent cannot take over a live socket.
+    assert!(matches!(bind(&path, None), Err(ServerError::InUse { .. })));
+}
