@@ -1,6 +1,7 @@
 //! nhi-agent: a tamper-evident audit trail and guardrails for non-human identities.
 //!
 //! See ARCHITECTURE.md at the repository root for the bird's-eye view and the code map.
+pub mod approvals;
 pub mod cli;
 pub mod config;
 pub mod credential;

@@ -1,5 +1,6 @@
 //! Command line: one module per subcommand. `main` parses, sets up logging and
 //! dispatches; every subcommand returns its exit status.
+pub mod approvals;
 pub mod detach;
 pub mod policy;
 pub mod replay;
@@ -35,6 +36,8 @@ pub enum Command {
     Policy(policy::PolicyArgs),
     /// Stop intercepting: remove the pinned programs a fail-closed agent left behind.
     Detach(detach::DetachArgs),
+    /// List, approve or deny statements held for approval (talks to the running agent).
+    Approvals(approvals::ApprovalsArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
         Command::Replay(a) => replay::run(a),
         Command::Policy(a) => policy::run(a),
         Command::Detach(a) => detach::run(a),
+        Command::Approvals(a) => approvals::run(a),
     };
     match result {
         Ok(code) => code,

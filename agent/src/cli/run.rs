@@ -17,6 +17,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    approvals,
     config::{self, Config, FailMode},
     ebpf::{self, InstallOptions, Interceptor},
     identity::CgroupFs,
@@ -90,6 +91,16 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             config.agent.listen_port
         )
     })?;
+    // The approvals socket, also before attaching: a bad group or path fails the start.
+    let approver_gid = config
+        .agent
+        .approver_group
+        .as_ref()
+        .map(approvals::server::resolve_group)
+        .transpose()?;
+    let approvals_socket = config.agent.approvals_socket.clone();
+    let approvals_listener = approvals::server::bind(&approvals_socket, approver_gid)?;
+    let registry = approvals::Registry::new(approvals_socket.clone());
     let fail_closed = config.agent.fail == FailMode::Closed;
     let mut interceptor = Interceptor::install(InstallOptions {
         pin_dir: config.agent.bpffs.clone(),
@@ -109,7 +120,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         users: Mutex::new(HashMap::new()),
         pg: RwLock::new(Arc::new(pg)),
         cancel_keys: Mutex::new(HashMap::new()),
-        approvals: None,
+        approvals: Some(Arc::new(registry.clone())),
     });
     {
         let c = shared.config();
@@ -127,10 +138,19 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let rescan = tokio::spawn(rescan_loop(shared.clone(), shutdown_rx.clone()));
+    let approvals_server = tokio::spawn(approvals::server::serve(
+        approvals_listener,
+        registry,
+        approver_gid,
+        shutdown_rx.clone(),
+    ));
+    info!(socket = %approvals_socket.display(), approver_gid, "approvals socket ready");
     let signals = tokio::spawn(signal_loop(shared.clone(), config_path, shutdown_tx));
     proxy::serve(shared.clone(), listeners, shutdown_rx).await;
     rescan.abort();
     signals.abort();
+    approvals_server.abort();
+    let _ = std::fs::remove_file(&approvals_socket);
 
     let _ = sdnotify::notify("STOPPING=1");
     shared.journal.flush().await.ok();
@@ -258,6 +278,8 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
                 (a.fail != o.fail, "fail"),
                 (a.max_connections != o.max_connections, "max_connections"),
                 (a.cgroup_root != o.cgroup_root, "cgroup_root"),
+                (a.approvals_socket != o.approvals_socket, "approvals_socket"),
+                (a.approver_group != o.approver_group, "approver_group"),
             ] {
                 if changed {
                     warn!(
@@ -273,6 +295,8 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
             a.max_connections = o.max_connections;
             a.cgroup_root = o.cgroup_root.clone();
             a.journal_fsync = o.journal_fsync;
+            a.approvals_socket = o.approvals_socket.clone();
+            a.approver_group = o.approver_group.clone();
             let pg = match proxy::postgres::PgRuntime::build(&new) {
                 Ok(pg) => pg,
                 Err(e) => {

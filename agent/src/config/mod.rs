@@ -137,6 +137,23 @@ pub struct AgentSettings {
     /// `"each"`: once the commit that holds it is on disk (survives power loss; costs
     /// an fsync wait per statement, shared between concurrent sessions).
     pub journal_fsync: JournalFsync,
+    /// `approvals_socket` ("/run/nhi-agent/approvals.sock"): absolute path of the Unix
+    /// socket where `nhi-agent approvals` lists and decides held statements.
+    pub approvals_socket: PathBuf,
+    /// `approver_group` (none: root only): a group name or numeric gid whose members
+    /// may approve or deny held statements, besides root.
+    pub approver_group: Option<GroupRef>,
+}
+
+/// Default `[agent] approvals_socket`.
+pub const DEFAULT_APPROVALS_SOCKET: &str = "/run/nhi-agent/approvals.sock";
+
+/// `[agent] approver_group`: a group by name (resolved when the agent starts) or by gid.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(untagged)]
+pub enum GroupRef {
+    Gid(u32),
+    Name(String),
 }
 
 /// `[agent] journal_fsync`.
@@ -534,6 +551,17 @@ impl TryFrom<Spanned<RawAgent>> for AgentSettings {
                 .transpose()?,
             state_dir,
             journal_fsync: raw.journal_fsync.unwrap_or_default(),
+            approvals_socket: match &raw.approvals_socket {
+                Some(p) => absolute_path(p, "approvals_socket")?,
+                None => PathBuf::from(DEFAULT_APPROVALS_SOCKET),
+            },
+            approver_group: match raw.approver_group {
+                Some(g) if matches!(g.get_ref(), GroupRef::Name(n) if n.is_empty()) => {
+                    return Err(Problem::at(&g, "approver_group must not be empty"));
+                }
+                Some(g) => Some(g.into_inner()),
+                None => None,
+            },
         })
     }
 }

@@ -40,6 +40,8 @@ pub(super) struct RawAgent {
     pub cgroup_root: Option<Spanned<String>>,
     pub state_dir: Option<Spanned<String>>,
     pub journal_fsync: Option<JournalFsync>,
+    pub approvals_socket: Option<Spanned<String>>,
+    pub approver_group: Option<Spanned<super::GroupRef>>,
 }
 
 /// One `[[workload]]`.

@@ -94,6 +94,8 @@ fn minimal_example_parses_to_the_expected_model() {
             cgroup_root: None,
             state_dir: PathBuf::from("/var/lib/nhi-agent"),
             journal_fsync: JournalFsync::Group,
+            approvals_socket: PathBuf::from("/run/nhi-agent/approvals.sock"),
+            approver_group: None,
         }
     );
     assert_eq!(config.workloads.len(), 1);

@@ -1,0 +1,288 @@
+//! The control socket: a Unix socket (mode 0660, group `approver_group` when set) that
+//! serves the [`Registry`] to `nhi-agent approvals`.
+//!
+//! Architecture invariant: the file mode is only the first gate. Every request checks
+//! the caller's credentials (`SO_PEERCRED`): uid 0, or a member of `approver_group`
+//! (primary gid or a supplementary group from /proc/PID/status). Anyone else gets
+//! "not an approver", and the refusal is logged.
+use std::{
+    io,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    sys::socket::{getsockopt, sockopt::PeerCredentials},
+    unistd::{Gid, Uid},
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::watch,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    wire::{Answer, Request, MAX_LINE},
+    Registry,
+};
+use crate::proxy::postgres::HoldOutcome;
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("creating the directory {path} for the approvals socket: {source}")]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("binding the approvals socket {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("setting owner/mode of the approvals socket {path}: {source}")]
+    Permissions { path: PathBuf, source: io::Error },
+    #[error("{path} is in use by another running agent (set `[agent] approvals_socket`)")]
+    InUse { path: PathBuf },
+    #[error("approver_group \"{name}\": no such group")]
+    UnknownGroup { name: String },
+}
+
+/// A caller, as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Peer {
+    /// "uid N (name)", as journaled in `approval` events.
+    pub fn describe(&self) -> String {
+        match nix::unistd::User::from_uid(Uid::from_raw(self.uid)) {
+            Ok(Some(u)) => format!("uid {} ({})", self.uid, u.name),
+            _ => format!("uid {} (unknown)", self.uid),
+        }
+    }
+}
+
+/// Resolves `approver_group` (a name or a numeric gid) to a gid.
+pub fn resolve_group(group: &crate::config::GroupRef) -> Result<u32, ServerError> {
+    match group {
+        crate::config::GroupRef::Gid(g) => Ok(*g),
+        crate::config::GroupRef::Name(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Ok(g.gid.as_raw()),
+            _ => Err(ServerError::UnknownGroup { name: name.clone() }),
+        },
+    }
+}
+
+/// Whether `peer` may list and decide: root, or a member of `approver_gid`.
+/// `groups` are the peer's supplementary groups.
+pub fn is_approver(peer: &Peer, groups: &[u32], approver_gid: Option<u32>) -> bool {
+    if peer.uid == 0 {
+        return true;
+    }
+    match approver_gid {
+        Some(g) => peer.gid == g || groups.contains(&g),
+        None => false,
+    }
+}
+
+/// The supplementary groups in a /proc/PID/status text ("Groups:\t1 2 3").
+pub fn parse_groups(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Binds the socket at `path`: parent directory created with mode 0755, a stale socket
+/// from an earlier run replaced, the socket set to 0660 and group `approver_gid`.
+pub fn bind(path: &Path, approver_gid: Option<u32>) -> Result<UnixListener, ServerError> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|source| ServerError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if !m.file_type().is_socket() {
+                return Err(ServerError::NotASocket {
+                    path: path.to_path_buf(),
+                });
+            }
+            // A live socket belongs to another running agent; a dead one was left by an
+            // agent that did not exit cleanly.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServerError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let perm = |source| ServerError::Permissions {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(perm)?;
+    if let Some(g) = approver_gid {
+        nix::unistd::chown(path, None, Some(Gid::from_raw(g)))
+            .map_err(|e| perm(io::Error::from(e)))?;
+    }
+    Ok(listener)
+}
+
+/// Serves `registry` on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: UnixListener,
+    registry: Registry,
+    approver_gid: Option<u32>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let registry = registry.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(stream, &registry, approver_gid).await {
+                            debug!(error = %e, "approvals connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "approvals socket: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
+    let cred = getsockopt(stream, PeerCredentials).map_err(io::Error::from)?;
+    Ok(Peer {
+        pid: cred.pid(),
+        uid: cred.uid(),
+        gid: cred.gid(),
+    })
+}
+
+async fn connection(
+    stream: UnixStream,
+    registry: &Registry,
+    approver_gid: Option<u32>,
+) -> io::Result<()> {
+    let peer = peer_of(&stream)?;
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // The limit is applied before buffering more: one byte over ends the connection.
+        let n = (&mut r)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.len() > MAX_LINE {
+            let answer = Answer::error(format!("request longer than {MAX_LINE} bytes"));
+            write_answer(&mut w, &answer).await?;
+            return Ok(());
+        }
+        let answer = handle(&line, &peer, registry, approver_gid);
+        write_answer(&mut w, &answer).await?;
+    }
+}
+
+async fn write_answer(w: &mut tokio::net::unix::OwnedWriteHalf, answer: &Answer) -> io::Result<()> {
+    let mut out = serde_json::to_vec(answer).map_err(io::Error::other)?;
+    out.push(b'\n');
+    w.write_all(&out).await
+}
+
+/// Answers one request line from `peer`.
+fn handle(line: &[u8], peer: &Peer, registry: &Registry, approver_gid: Option<u32>) -> Answer {
+    // Groups are read per request: membership can change while a connection is open.
+    let groups = std::fs::read_to_string(format!("/proc/{}/status", peer.pid))
+        .map(|s| parse_groups(&s))
+        .unwrap_or_default();
+    if !is_approver(peer, &groups, approver_gid) {
+        warn!(
+            uid = peer.uid,
+            gid = peer.gid,
+            pid = peer.pid,
+            "approvals socket: refused a caller that is not an approver"
+        );
+        return Answer::error("not an approver");
+    }
+    let request: Request = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => return Answer::error(format!("bad request: {e}")),
+    };
+    let by = peer.describe();
+    let decided = |result: Result<super::Pending, super::DecideError>, decision: &str| match result
+    {
+        Ok(p) => {
+            info!(id = %p.id, session = p.session, seq = p.seq, by = %by, "statement {decision}");
+            Answer {
+                ok: true,
+                request: Some(p),
+                by: Some(by.clone()),
+                ..Answer::default()
+            }
+        }
+        Err(e) => Answer::error(e.to_string()),
+    };
+    match request {
+        Request::List => Answer {
+            ok: true,
+            pending: Some(registry.list()),
+            ..Answer::default()
+        },
+        Request::Show { id } => match registry.show(&id) {
+            Ok(p) => Answer {
+                ok: true,
+                request: Some(p),
+                ..Answer::default()
+            },
+            Err(e) => Answer::error(e.to_string()),
+        },
+        Request::Approve { id, reason } => {
+            if let Some(reason) = reason {
+                info!(id = %id, by = %by, reason = %reason, "approval reason");
+            }
+            decided(
+                registry.decide(&id, HoldOutcome::Approved { by: by.clone() }),
+                "approved",
+            )
+        }
+        Request::Deny { id, reason } => decided(
+            registry.decide(
+                &id,
+                HoldOutcome::Denied {
+                    by: by.clone(),
+                    reason,
+                },
+            ),
+            "denied",
+        ),
+    }
+}

@@ -1,0 +1,337 @@
+//! Just-in-time approvals: a statement held by a `verdict = "approve"` rule waits in
+//! the agent until `nhi-agent approvals approve|deny` decides, or its timeout passes.
+//! Real psql in an intercepted cgroup, a real server, real eBPF, the real CLI over the
+//! real control socket (with real credentials: root, and uid 65534 via setpriv).
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use nhi_tests::*;
+
+fn pg_target(name: &str, addr: std::net::SocketAddr) -> String {
+    format!("[[target]]\nname = \"{name}\"\naddress = \"{addr}\"\nprotocol = \"postgres\"\n\n")
+}
+
+fn workload(name: &str, cg: &TestCgroup) -> String {
+    format!(
+        "[[workload]]\nname = \"{name}\"\ncgroup = \"{}\"\n\n",
+        cg.rel()
+    )
+}
+
+/// A policy that holds every DELETE for approval.
+fn approve_deletes(timeout: &str) -> String {
+    format!(
+        "[[policy]]\nname = \"bots\"\napproval_timeout = \"{timeout}\"\n\n\
+         [[policy.rule]]\nname = \"ask-before-delete\"\nverdict = \"approve\"\nkinds = [\"delete\"]\n"
+    )
+}
+
+/// The socket lives outside the agent's private temp dir, so uid 65534 can reach it.
+struct SocketDir(PathBuf);
+
+impl SocketDir {
+    fn new() -> Self {
+        Self(std::env::temp_dir().join(unique("nhi-approvals")))
+    }
+    fn socket(&self) -> PathBuf {
+        self.0.join("run").join("approvals.sock")
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// psql in the cgroup, started in the background (its statement will be held).
+fn psql_bg(cg: &TestCgroup, port: u16, args: &[&str]) -> Child {
+    cg.command("psql")
+        .args(["-X", "-At", "-v", "VERBOSITY=verbose", "-U", "postgres"])
+        .args(["-h", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run psql")
+}
+
+fn finish(child: Child) -> (bool, String, String) {
+    let out = child.wait_with_output().expect("psql output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// `nhi-agent approvals ARGS --socket S`, optionally as uid/gid 65534-ish via setpriv.
+fn approvals(socket: &Path, as_user: Option<(u32, u32)>, args: &[&str]) -> Output {
+    let mut cmd = match as_user {
+        None => Command::new(agent_bin()),
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .arg("--clear-groups")
+                .arg(agent_bin());
+            c
+        }
+    };
+    cmd.arg("approvals")
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("run nhi-agent approvals")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Waits until exactly one statement is pending and returns it.
+fn wait_pending(socket: &Path) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = approvals(socket, None, &["list", "--json"]);
+        if out.status.success() {
+            let answer: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("list --json prints JSON");
+            if let Some(p) = answer["pending"].as_array().and_then(|a| a.first()) {
+                return p.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending statement: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every `approval` event in the journal, in order.
+fn approval_events(agent: &Agent, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events: Vec<serde_json::Value> = agent
+            .sessions()
+            .iter()
+            .flat_map(|s| agent.events(s["id"].as_i64().expect("session id")))
+            .filter(|e| e["kind"] == "approval")
+            .map(|e| e["data"].clone())
+            .collect();
+        if events.len() >= n || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn held_deletes_are_approved_or_denied_by_root_and_the_approver_group() {
+    privileged!("held_deletes_are_approved_or_denied_by_root_and_the_approver_group");
+    let pg = PgServer::start();
+    pg.sql("create table orders (id int primary key); insert into orders values (1), (2), (3)");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let dir = SocketDir::new();
+    let socket = dir.socket();
+    let agent = Agent::start_with(
+        &format!(
+            "{}{}{}",
+            workload("bot", &cg),
+            pg_target("orders-db", pg.addr()),
+            approve_deletes("60s")
+        ),
+        &format!(
+            "approvals_socket = \"{}\"\napprover_group = \"nogroup\"\n",
+            socket.display()
+        ),
+        &[],
+    );
+    // The socket: 0660, group nogroup; its directory 0755.
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let m = std::fs::metadata(&socket).expect("approvals socket exists");
+        assert_eq!(m.permissions().mode() & 0o777, 0o660);
+        assert_eq!(m.gid(), 65534);
+        let d = std::fs::metadata(socket.parent().unwrap()).unwrap();
+        assert_eq!(d.permissions().mode() & 0o777, 0o755);
+    }
+    let out = approvals(&socket, None, &["list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no statement is waiting"));
+
+    // 1. Approved by root: the DELETE runs, the session goes on.
+    let psql = psql_bg(
+        &cg,
+        pg.port,
+        &[
+            "-c",
+            "delete from orders where id = 1",
+            "-c",
+            "select count(*) from orders",
+        ],
+    );
+    let pending = wait_pending(&socket);
+    let id = pending["id"].as_str().unwrap().to_string();
+    assert_eq!(pending["statement"], "delete from orders where id = 1");
+    assert_eq!(pending["rule"], "ask-before-delete");
+    assert_eq!(pending["workload"], "bot");
+    assert_eq!(pending["target"], "orders-db");
+    let shown = approvals(&socket, None, &["show", &id]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("delete from orders where id = 1"));
+    let out = approvals(&socket, None, &["approve", &id, "--reason", "ticket 42"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("approved by uid 0 (root)"));
+    let (ok, stdout, stderr_text) = finish(psql);
+    assert!(ok, "{stdout}\n{stderr_text}");
+    assert!(stdout.ends_with('2'), "{stdout}");
+    assert_eq!(
+        pg.sql("select count(*) from orders where id = 1").trim(),
+        "0"
+    );
+    // Deciding again is an error: the request is gone.
+    let out = approvals(&socket, None, &["approve", &id]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no pending request"),
+        "{}",
+        stderr(&out)
+    );
+
+    // 2. Denied by a member of approver_group (uid 65534, gid nogroup): 42501, and the
+    //    session continues.
+    let psql = psql_bg(
+        &cg,
+        pg.port,
+        &[
+            "-c",
+            "delete from orders where id = 2",
+            "-c",
+            "select count(*) from orders",
+        ],
+    );
+    let id = wait_pending(&socket)["id"].as_str().unwrap().to_string();
+    // A caller outside the group cannot even connect (file mode) ...
+    let out = approvals(&socket, Some((65534, 4242)), &["deny", &id]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("permission refused"),
+        "{}",
+        stderr(&out)
+    );
+    // ... and when the file mode lets it in, the agent still refuses it (SO_PEERCRED).
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let out = approvals(&socket, Some((65534, 4242)), &["deny", &id]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not an approver"), "{}", stderr(&out));
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o660)).unwrap();
+    assert!(agent.log_text().contains("not an approver"));
+    let out = approvals(
+        &socket,
+        Some((65534, 65534)),
+        &["deny", &id, "--reason", "not during business hours"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, stdout, stderr_text) = finish(psql);
+    assert!(stderr_text.contains("42501"), "{stderr_text}");
+    assert!(
+        stderr_text.contains("denied by uid 65534 (nobody)"),
+        "{stderr_text}"
+    );
+    assert!(
+        stderr_text.contains("not during business hours"),
+        "{stderr_text}"
+    );
+    assert!(stdout.ends_with('2'), "the session continued: {stdout}");
+    assert_eq!(
+        pg.sql("select count(*) from orders where id = 2").trim(),
+        "1"
+    );
+
+    // The journal has both decisions and who took them.
+    let events = approval_events(&agent, 2);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["decision"] == "approved" && e["by"] == "uid 0 (root)"),
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e["decision"] == "denied"
+            && e["by"] == "uid 65534 (nobody)"
+            && e["reason"] == "not during business hours"),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn a_held_delete_left_alone_is_denied_at_the_timeout_and_non_root_is_refused() {
+    privileged!("a_held_delete_left_alone_is_denied_at_the_timeout_and_non_root_is_refused");
+    let pg = PgServer::start();
+    pg.sql("create table orders (id int primary key); insert into orders values (1)");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let dir = SocketDir::new();
+    let socket = dir.socket();
+    // No approver_group: root only.
+    let agent = Agent::start_with(
+        &format!(
+            "{}{}{}",
+            workload("bot", &cg),
+            pg_target("orders-db", pg.addr()),
+            approve_deletes("2s")
+        ),
+        &format!("approvals_socket = \"{}\"\n", socket.display()),
+        &[],
+    );
+    let started = Instant::now();
+    let psql = psql_bg(
+        &cg,
+        pg.port,
+        &[
+            "-c",
+            "delete from orders",
+            "-c",
+            "select count(*) from orders",
+        ],
+    );
+    let id = wait_pending(&socket)["id"].as_str().unwrap().to_string();
+    // A non-root caller is refused, by the file mode and, past it, by the agent.
+    let out = approvals(&socket, Some((65534, 65534)), &["approve", &id]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("permission refused"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let out = approvals(&socket, Some((65534, 65534)), &["approve", &id]);
+    assert!(stderr(&out).contains("not an approver"), "{}", stderr(&out));
+    let (_, stdout, stderr_text) = finish(psql);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(stderr_text.contains("42501"), "{stderr_text}");
+    assert!(
+        stderr_text.contains("not approved in time"),
+        "{stderr_text}"
+    );
+    assert!(stdout.ends_with('1'), "the session continued: {stdout}");
+    assert_eq!(pg.sql("select count(*) from orders").trim(), "1");
+    let out = approvals(&socket, None, &["list", "--json"]);
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["pending"], serde_json::json!([]));
+    let events = approval_events(&agent, 1);
+    assert_eq!(events[0]["decision"], "expired", "{events:#?}");
+
+    // With the agent gone, the CLI says so.
+    drop(agent);
+    let out = approvals(&socket, None, &["list"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not running"), "{}", stderr(&out));
+}
