@@ -377,9 +377,19 @@ impl Agent {
         } else {
             "drain_timeout = \"3s\"\n"
         };
+        // Each agent gets its own approvals socket, so agents of different tests (or a
+        // restarted one) never meet on the default path.
+        let approvals = if agent_keys.contains("approvals_socket") {
+            String::new()
+        } else {
+            format!(
+                "approvals_socket = \"{}\"\n",
+                dir.path().join("approvals.sock").display()
+            )
+        };
         let config = format!(
             "[agent]\nmode = \"enforce\"\njournal = \"{}\"\nlisten_port = {port}\nbpffs = \"{}\"\n\
-             {drain}{agent_keys}\n\n{body}\n",
+             {drain}{approvals}{agent_keys}\n\n{body}\n",
             journal.display(),
             pin_dir.display()
         );
