@@ -602,7 +602,7 @@ fn print_table(routes: &[Route<'_>], results: &[Vec<Vec<PgRun>>]) {
                 String::new()
             } else {
                 format!(
-                    "   {:>5.2}x   {:>+7.1} us/tx",
+                    "   {:>5.2}x   {:>+6.0} us/tx",
                     t / base_tps,
                     (l - base_lat) * 1000.0
                 )
