@@ -7,6 +7,7 @@ pub mod credential;
 pub mod ebpf;
 pub mod identity;
 pub mod journal;
+pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod sdnotify;

@@ -1,0 +1,37 @@
+//! `[[policy]]` as serde reads it from the configuration file, before validation.
+//!
+//! Every value validation may reject is `Spanned`, so the problem can point at it;
+//! `deny_unknown_fields` turns a misspelt key into an error instead of a rule that
+//! silently never matches.
+use serde::Deserialize;
+use toml::Spanned;
+
+/// One `[[policy]]` table. Validate it with [`super::Policy::from_raw`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) workload: Option<Spanned<String>>,
+    pub(super) target: Option<Spanned<String>>,
+    pub(super) mode: Option<Spanned<String>>,
+    pub(super) default: Option<Spanned<String>>,
+    pub(super) unparsed: Option<Spanned<String>>,
+    pub(super) db_user: Option<Spanned<String>>,
+    pub(super) record_results: Option<Spanned<String>>,
+    pub(super) approval_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) rule: Vec<Spanned<RawRule>>,
+}
+
+/// One `[[policy.rule]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub(super) name: Spanned<String>,
+    pub(super) verdict: Spanned<String>,
+    pub(super) kinds: Option<Vec<Spanned<String>>>,
+    pub(super) tables: Option<Vec<Spanned<String>>>,
+    pub(super) functions: Option<Vec<Spanned<String>>>,
+    pub(super) without_where: Option<bool>,
+    pub(super) text: Option<Spanned<String>>,
+}
