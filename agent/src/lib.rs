@@ -8,6 +8,7 @@ pub mod ebpf;
 pub mod identity;
 pub mod journal;
 pub mod policy;
+pub mod mask;
 pub mod protocol;
 pub mod proxy;
 pub mod sdnotify;

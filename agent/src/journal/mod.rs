@@ -11,9 +11,14 @@
 //! the SQLite connection and commits commands in batches: under load, many sessions'
 //! starts and chunks share a single transaction and a single fsync (see [`writer`]).
 //!
+//! Protocol events (e.g. each PostgreSQL statement) come too fast for that, so they take a
+//! different path: [`JournalHandle::record`] appends them to a pre-log file with one
+//! `write(2)`, and the writer copies them into SQLite in its next batch (see [`prelog`]).
+//!
 //! Reading is separate ([`JournalReader`]): a read-only connection that works offline on a
 //! journal copied from another host and concurrently with a running agent (WAL mode).
 
+mod prelog;
 mod reader;
 mod schema;
 mod writer;
@@ -26,8 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+pub use prelog::{
+    path_for as prelog_path, Event, PrelogRecovery, DEFAULT_TRUNCATE_AT, MAX_RECORD_LEN,
+};
 pub use reader::{EventKind, EventRow, JournalReader, SessionFilter, SessionRow};
 pub use schema::SCHEMA_VERSION;
 
@@ -215,12 +223,54 @@ pub enum JournalError {
     /// The writer thread panicked; found when joining it in [`Journal::close`].
     #[error("journal: the writer thread panicked")]
     WriterPanicked,
+
+    /// The pre-log file could not be opened, written, read or truncated; `op` says which.
+    /// From [`JournalHandle::record`] it means the events are NOT recorded (typically
+    /// ENOSPC or EIO): the caller must refuse the request.
+    #[error("journal pre-log {}: {op} failed", path.display())]
+    Prelog {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An earlier failed write to the pre-log could not be cut off again (or the writer
+    /// found a record it cannot read), so nothing more can be recorded until the agent is
+    /// restarted (recovery at open cuts the damage off).
+    #[error("journal pre-log {} is broken; nothing more can be recorded until the agent restarts", path.display())]
+    PrelogBroken { path: PathBuf },
+
+    /// An [`Event`] that cannot be recorded as it is (programming error of the caller).
+    #[error("journal: invalid event: {reason}")]
+    InvalidEvent { reason: String },
+
+    /// The last attempt to commit pre-log records up to at least `seq` failed. They stay
+    /// in the pre-log and the writer keeps retrying, but they are not durable yet.
+    #[error("journal: pre-log records up to seq {seq} are not committed yet: {reason}")]
+    NotDurable { seq: u64, reason: Arc<str> },
 }
 
 impl JournalError {
     pub(crate) fn sqlite(op: &'static str) -> impl FnOnce(rusqlite::Error) -> JournalError {
         move |source| JournalError::Sqlite { op, source }
     }
+}
+
+/// When a caller of [`JournalHandle::record`] may consider its events recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// As soon as the `write(2)` to the pre-log returned: the events survive the agent
+    /// being killed, and the writer commits them to SQLite (with fsync) within
+    /// milliseconds, many callers' events in one commit. A power loss in between can lose
+    /// them.
+    #[default]
+    Group,
+    /// Only once a SQLite commit holding them completed: the caller awaits
+    /// [`JournalHandle::durable`] (or uses [`JournalHandle::record_durably`]). Concurrent
+    /// callers still share commits.
+    Each,
 }
 
 /// Tuning of the writer.
@@ -230,6 +280,12 @@ pub struct JournalOptions {
     pub batch_max: usize,
     /// How many commands may wait for the writer before senders are held back.
     pub queue_capacity: usize,
+    /// When recorded protocol events count as recorded (see [`FsyncPolicy`]).
+    pub fsync: FsyncPolicy,
+    /// The writer empties the pre-log once everything in it is committed and it is at
+    /// least this large ([`DEFAULT_TRUNCATE_AT`]). Emptying it takes the append lock, so
+    /// doing it after every batch would make appends wait needlessly.
+    pub prelog_truncate_at: u64,
 }
 
 impl Default for JournalOptions {
@@ -237,6 +293,8 @@ impl Default for JournalOptions {
         JournalOptions {
             batch_max: 1024,
             queue_capacity: 8192,
+            fsync: FsyncPolicy::Group,
+            prelog_truncate_at: DEFAULT_TRUNCATE_AT,
         }
     }
 }
@@ -253,6 +311,8 @@ pub struct JournalStats {
     /// Records that did not make it into the journal (failed statements, skipped chunks of
     /// failed sessions, and every record of a failed batch).
     pub failed_records: u64,
+    /// Pre-log records committed into `events` by the writer (recovery at open excluded).
+    pub prelog_records: u64,
 }
 
 /// State shared between the handles and the writer thread.
@@ -267,6 +327,7 @@ pub(crate) struct Shared {
     failed_batches: AtomicU64,
     commands: AtomicU64,
     failed_records: AtomicU64,
+    prelog_records: AtomicU64,
 }
 
 impl Shared {
@@ -305,13 +366,44 @@ impl Shared {
             failed_batches: self.failed_batches.load(Ordering::Relaxed),
             commands: self.commands.load(Ordering::Relaxed),
             failed_records: self.failed_records.load(Ordering::Relaxed),
+            prelog_records: self.prelog_records.load(Ordering::Relaxed),
         }
     }
 }
 
-/// Opens (creating if needed) the journal at `path`, runs migrations, starts the writer thread.
+/// How far the pre-log has been committed, published by the writer after each batch.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Durability {
+    /// Every record with a sequence number up to this one is committed.
+    committed: u64,
+    /// The last failed attempt covered records up to this one...
+    failed_through: u64,
+    /// ...and failed for this reason.
+    failure: Option<Arc<str>>,
+}
+
+/// Opens (creating if needed) the journal at `path`, runs migrations, recovers the pre-log
+/// a previous agent left behind (see [`prelog`]), closes the sessions it left open, and
+/// starts the writer thread.
 pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> {
     let mut conn = schema::open_for_writing(path)?;
+    let prelog_path = prelog::path_for(path);
+    let prelog_file = prelog::open_file(&prelog_path)?;
+    let (recovery, next_seq) = prelog::recover(&mut conn, &prelog_file, &prelog_path)?;
+    // The writer reads through its own descriptor, so reads never wait for the append lock.
+    let writer_file = prelog_file
+        .try_clone()
+        .map_err(|source| JournalError::Prelog {
+            op: "duplicate the descriptor",
+            path: prelog_path.clone(),
+            source,
+        })?;
+    let prelog = Arc::new(prelog::Prelog::new(
+        prelog_file,
+        &prelog_path,
+        next_seq,
+        opts.prelog_truncate_at,
+    ));
     let interrupted = writer::close_interrupted(&mut conn)?;
     if interrupted > 0 {
         tracing::warn!(
@@ -322,10 +414,27 @@ pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> 
     }
     let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
     let shared = Arc::new(Shared::default());
-    let thread = writer::spawn(conn, rx, Arc::clone(&shared), opts.batch_max.max(1))?;
+    let (durable_tx, durable_rx) = watch::channel(Durability {
+        committed: next_seq - 1,
+        ..Durability::default()
+    });
+    let thread = writer::spawn(
+        conn,
+        rx,
+        Arc::clone(&shared),
+        opts.batch_max.max(1),
+        writer::PrelogIngest::new(Arc::clone(&prelog), writer_file, next_seq - 1, durable_tx),
+    )?;
     Ok(Journal {
-        handle: JournalHandle { tx, shared },
+        handle: JournalHandle {
+            tx,
+            shared,
+            prelog,
+            durable: durable_rx,
+            fsync: opts.fsync,
+        },
         thread,
+        recovery,
     })
 }
 
@@ -335,12 +444,19 @@ pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> 
 pub struct Journal {
     handle: JournalHandle,
     thread: JoinHandle<Result<(), JournalError>>,
+    recovery: PrelogRecovery,
 }
 
 impl Journal {
     /// A handle for the proxy's tasks.
     pub fn handle(&self) -> JournalHandle {
         self.handle.clone()
+    }
+
+    /// What was recovered from the pre-log at open (events a killed agent had written but
+    /// not committed, and the size of a torn tail).
+    pub fn recovery(&self) -> PrelogRecovery {
+        self.recovery
     }
 
     /// Drains everything queued, commits, stops the writer thread (blocking; call from
@@ -377,6 +493,9 @@ impl Journal {
 pub struct JournalHandle {
     tx: mpsc::Sender<Command>,
     shared: Arc<Shared>,
+    prelog: Arc<prelog::Prelog>,
+    durable: watch::Receiver<Durability>,
+    fsync: FsyncPolicy,
 }
 
 impl std::fmt::Debug for JournalHandle {
@@ -455,6 +574,94 @@ impl JournalHandle {
     /// The writer's counters so far.
     pub fn stats(&self) -> JournalStats {
         self.shared.stats()
+    }
+
+    /// Records protocol events BEFORE the request they describe is forwarded: appends them
+    /// to the pre-log with one `write(2)` (not async: it takes a few microseconds and never
+    /// waits for SQLite) and returns the sequence number of the last one. Events of one
+    /// call are contiguous and in order; sequence numbers grow over the journal's life.
+    ///
+    /// Once it returns `Ok` the events survive the agent being killed; with
+    /// [`FsyncPolicy::Each`] the caller then awaits [`JournalHandle::durable`]. On `Err`
+    /// nothing of this call is recorded and the request must be refused: the writer is
+    /// gone, the session's records already failed ([`JournalError::SessionFailed`]), an
+    /// event is invalid, or the write failed (disk full, I/O error).
+    ///
+    /// Ordering with the queued commands: events recorded before a command is queued (e.g.
+    /// before `end_session` is called) are committed before it, in the same batch or an
+    /// earlier one. A chunk queued *before* `record` is called may still be committed after
+    /// the events if both land in the same batch.
+    pub fn record(&self, events: &[Event]) -> Result<u64, JournalError> {
+        if self.tx.is_closed() {
+            return Err(JournalError::WriterGone);
+        }
+        if let Some(failed) = events.iter().find(|e| self.shared.is_failed(e.session)) {
+            return Err(JournalError::SessionFailed { id: failed.session });
+        }
+        let seq = self.prelog.append(events)?;
+        if !events.is_empty() && self.prelog.want_wake() {
+            // A full queue means the writer is busy: it will read the pre-log at the start
+            // of its next batch anyway. A closed one means it has stopped: the events stay
+            // in the pre-log and are recovered at the next open.
+            let _ = self.tx.try_send(Command::Wake);
+        }
+        Ok(seq)
+    }
+
+    /// Resolves once a commit holding every pre-log record up to `seq` has completed.
+    ///
+    /// Returns [`JournalError::NotDurable`] if the last attempt to commit them failed (they
+    /// stay in the pre-log and are retried, but the caller should refuse the request), and
+    /// [`JournalError::WriterGone`] if the writer stopped first. A record that was committed
+    /// but could not be inserted (its session does not exist) does not make this fail; it
+    /// marks its session failed (see [`JournalHandle::session_failed`]).
+    pub async fn durable(&self, seq: u64) -> Result<(), JournalError> {
+        let mut rx = self.durable.clone();
+        let waited = rx
+            .wait_for(|d| d.committed >= seq || d.failed_through >= seq)
+            .await
+            .map(|state| state.clone());
+        let state = match waited {
+            Ok(state) => state,
+            // The writer has stopped; it may have committed them on its way out.
+            Err(_) => {
+                return if rx.borrow().committed >= seq {
+                    Ok(())
+                } else {
+                    Err(JournalError::WriterGone)
+                };
+            }
+        };
+        if state.committed >= seq {
+            return Ok(());
+        }
+        Err(JournalError::NotDurable {
+            seq,
+            reason: state
+                .failure
+                .unwrap_or_else(|| Arc::from("the commit failed")),
+        })
+    }
+
+    /// [`JournalHandle::record`], then with [`FsyncPolicy::Each`] also
+    /// [`JournalHandle::durable`]: returns when the events count as recorded under the
+    /// journal's policy.
+    pub async fn record_durably(&self, events: &[Event]) -> Result<u64, JournalError> {
+        let seq = self.record(events)?;
+        if self.fsync == FsyncPolicy::Each {
+            self.durable(seq).await?;
+        }
+        Ok(seq)
+    }
+
+    /// The policy the journal was opened with.
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        self.fsync
+    }
+
+    /// Whether the pre-log is broken (see [`JournalError::PrelogBroken`]).
+    pub fn prelog_broken(&self) -> bool {
+        self.prelog.is_broken()
     }
 }
 

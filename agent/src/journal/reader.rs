@@ -78,7 +78,9 @@ pub enum EventKind {
     SessionStart,
     Chunk,
     SessionEnd,
-    /// A kind this binary does not interpret (kept as stored).
+    /// Any other kind, kept as stored: in particular the protocol events recorded through
+    /// the pre-log (`JournalHandle::record`, e.g. `pg.query`), whose JSON is in
+    /// [`EventRow::data`] and whose direction and size are `None`.
     Other(String),
 }
 

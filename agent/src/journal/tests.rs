@@ -398,6 +398,7 @@ async fn queued_commands_are_committed_in_batches_of_at_most_batch_max() {
         JournalOptions {
             batch_max: 10,
             queue_capacity: 1000,
+            ..Default::default()
         },
     )
     .expect("open");
@@ -1027,4 +1028,775 @@ async fn sessions_left_open_by_a_killed_agent_are_closed_at_their_last_activity(
         })
         .collect();
     assert_eq!(kinds.last().map(String::as_str), Some("session_end"));
+}
+
+// ---- The pre-log (JournalHandle::record) ----
+
+fn pg_event(session: SessionId, n: i64) -> Event {
+    Event {
+        session,
+        at: at_us(n),
+        kind: std::borrow::Cow::Borrowed("pg.query"),
+        data: serde_json::json!({ "n": n, "sql": format!("SELECT {n}") }).to_string(),
+    }
+}
+
+fn prelog_len(path: &Path) -> u64 {
+    std::fs::metadata(prelog_path(path))
+        .expect("pre-log exists")
+        .len()
+}
+
+/// The `n` of each pg.query event of a session, in journal order.
+fn recorded_ns(reader: &JournalReader, id: SessionId) -> Vec<i64> {
+    reader
+        .events(id)
+        .expect("events")
+        .iter()
+        .filter(|e| e.kind.as_str() == "pg.query")
+        .map(|e| {
+            e.data
+                .as_ref()
+                .and_then(|d| d["n"].as_i64())
+                .expect("n in data")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn recorded_events_are_committed_in_order_with_their_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("app", "db", at_us(0)))
+        .await
+        .expect("start");
+
+    let first = h
+        .record(&[pg_event(id, 1), pg_event(id, 2), pg_event(id, 3)])
+        .expect("record");
+    let fourth = h.record(&[pg_event(id, 4)]).expect("record");
+    let fifth = h
+        .record(&[Event {
+            data: String::new(),
+            ..pg_event(id, 5)
+        }])
+        .expect("record");
+    assert_eq!((first + 1, first + 2), (fourth, fifth), "contiguous seqs");
+    assert_eq!(first, 3, "the first call's last seq on a new journal");
+    h.flush().await.expect("flush");
+    assert_eq!(h.stats().prelog_records, 5);
+
+    let reader = JournalReader::open(&path).expect("reader");
+    let events = reader.events(id).expect("events");
+    assert_eq!(events.len(), 6);
+    for (i, e) in events[1..].iter().enumerate() {
+        assert_eq!(e.kind, EventKind::Other("pg.query".to_string()));
+        assert_eq!(e.session_id, Some(id));
+        assert_eq!(e.at, at_us(i as i64 + 1));
+        assert_eq!((e.direction, e.size), (None, None));
+    }
+    assert_eq!(
+        events[1].data,
+        Some(serde_json::json!({ "n": 1, "sql": "SELECT 1" }))
+    );
+    assert_eq!(events[5].data, None, "empty data is stored as NULL");
+    let ns: Vec<Option<i64>> = events[1..5]
+        .iter()
+        .map(|e| e.data.as_ref().and_then(|d| d["n"].as_i64()))
+        .collect();
+    assert_eq!(ns, [Some(1), Some(2), Some(3), Some(4)]);
+    close_async(journal).await.expect("close");
+    assert_eq!(
+        prelog_len(&path),
+        0,
+        "a clean close leaves an empty pre-log"
+    );
+}
+
+#[tokio::test]
+async fn data_that_is_not_json_is_kept_as_a_json_string() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("app", "db", at_us(0)))
+        .await
+        .expect("start");
+    h.record(&[Event {
+        data: "SELECT 'not json".to_string(),
+        ..pg_event(id, 1)
+    }])
+    .expect("record");
+    close_async(journal).await.expect("close");
+    let reader = JournalReader::open(&path).expect("reader");
+    let events = reader.events(id).expect("the reader can read every row");
+    assert_eq!(
+        events[1].data,
+        Some(serde_json::Value::String("SELECT 'not json".to_string()))
+    );
+}
+
+#[tokio::test]
+async fn session_end_after_records_is_journaled_after_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    let h = journal.handle();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let id = h
+            .start_session(sample_start("app", "db", at_us(n)))
+            .await
+            .expect("start");
+        h.record(&[pg_event(id, n), pg_event(id, n + 1)])
+            .expect("record");
+        // No flush in between: the end goes through the queue, the records through the
+        // pre-log, and the end must still come last.
+        h.end_session(end(id, at_us(n + 2), "client closed"))
+            .await
+            .expect("end");
+        ids.push(id);
+    }
+    close_async(journal).await.expect("close");
+    let reader = JournalReader::open(&path).expect("reader");
+    for id in ids {
+        let events = reader.events(id).expect("events");
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["session_start", "pg.query", "pg.query", "session_end"],
+            "session {id}"
+        );
+        assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    }
+}
+
+#[tokio::test]
+async fn sequence_numbers_continue_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("app", "db", at_us(0)))
+        .await
+        .expect("start");
+    let last = h
+        .record(&[pg_event(id, 1), pg_event(id, 2)])
+        .expect("record");
+    close_async(journal).await.expect("close");
+    assert_eq!(prelog_len(&path), 0, "the file was emptied...");
+
+    let journal = open(&path, JournalOptions::default()).expect("reopen");
+    assert_eq!(journal.recovery(), PrelogRecovery::default());
+    let h = journal.handle();
+    let id2 = h
+        .start_session(sample_start("app", "db", at_us(3)))
+        .await
+        .expect("start");
+    let next = h.record(&[pg_event(id2, 3)]).expect("record");
+    assert_eq!(next, last + 1, "...but the numbering goes on");
+    close_async(journal).await.expect("close");
+}
+
+#[tokio::test]
+async fn record_refuses_failed_sessions_invalid_events_and_a_closed_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    let h = journal.handle();
+    // A chunk for a session that does not exist fails that session (foreign key).
+    h.chunk(999, Direction::ClientToServer, 1, at_us(0))
+        .await
+        .expect("queued");
+    assert!(h.flush().await.is_err());
+    let err = h.record(&[pg_event(999, 1)]).expect_err("failed session");
+    assert!(
+        matches!(err, JournalError::SessionFailed { id: 999 }),
+        "{err}"
+    );
+    let err = h
+        .record(&[Event {
+            kind: "chunk".into(),
+            ..pg_event(1, 1)
+        }])
+        .expect_err("reserved kind");
+    assert!(matches!(err, JournalError::InvalidEvent { .. }), "{err}");
+    assert_eq!(prelog_len(&path), 0, "nothing was written");
+    close_async(journal).await.expect("close");
+    let err = h.record(&[pg_event(1, 1)]).expect_err("writer gone");
+    assert!(matches!(err, JournalError::WriterGone), "{err}");
+}
+
+#[tokio::test]
+async fn a_record_whose_session_is_unknown_fails_that_session_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("app", "db", at_us(0)))
+        .await
+        .expect("start");
+    h.record(&[pg_event(id, 1), pg_event(4242, 2), pg_event(id, 3)])
+        .expect("written to the pre-log");
+    let err = h.flush().await.expect_err("one record was refused");
+    assert!(
+        matches!(err, JournalError::FlushIncomplete { failed: 1 }),
+        "{err}"
+    );
+    assert!(h.session_failed(4242));
+    assert!(!h.session_failed(id));
+    close_async(journal).await.expect("close");
+    let reader = JournalReader::open(&path).expect("reader");
+    assert_eq!(recorded_ns(&reader, id), vec![1, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fsync_each_durable_resolves_only_after_the_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let journal = open(
+        &path,
+        JournalOptions {
+            fsync: FsyncPolicy::Each,
+            ..Default::default()
+        },
+    )
+    .expect("open");
+    let h = journal.handle();
+    assert_eq!(h.fsync_policy(), FsyncPolicy::Each);
+    let id = h
+        .start_session(sample_start("app", "db", at_us(0)))
+        .await
+        .expect("start");
+
+    let lock = WriteLock::take(&path);
+    let seq = h.record(&[pg_event(id, 1)]).expect("record");
+    let waiter = {
+        let h = h.clone();
+        tokio::spawn(async move { h.durable(seq).await })
+    };
+    let durably = {
+        let h = h.clone();
+        tokio::spawn(async move { h.record_durably(&[pg_event(id, 2)]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "resolved before any commit");
+    assert!(!durably.is_finished(), "resolved before any commit");
+    assert_eq!(
+        recorded_ns(&JournalReader::open(&path).expect("reader"), id),
+        Vec::<i64>::new()
+    );
+    drop(lock);
+    waiter.await.expect("task").expect("durable");
+    let second = durably.await.expect("task").expect("record_durably");
+    assert_eq!(second, seq + 1);
+    // Resolved means committed: a separate connection sees both rows.
+    assert_eq!(
+        recorded_ns(&JournalReader::open(&path).expect("reader"), id),
+        vec![1, 2]
+    );
+    // Already committed: resolves at once.
+    h.durable(seq).await.expect("durable again");
+    close_async(journal).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_whose_commit_fails_are_retried_not_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let journal = open(
+        &path,
+        JournalOptions {
+            fsync: FsyncPolicy::Each,
+            ..Default::default()
+        },
+    )
+    .expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("app", "db", at_us(0)))
+        .await
+        .expect("start");
+    // COMMIT fails (deferred foreign key), like a disk failing at fsync time.
+    let side = side_connection(&path);
+    side.execute_batch(
+        "CREATE TABLE poison (x INTEGER REFERENCES sessions (id) DEFERRABLE INITIALLY DEFERRED); \
+         CREATE TRIGGER poison_events AFTER INSERT ON events \
+         BEGIN INSERT INTO poison VALUES (-1); END;",
+    )
+    .expect("install poison");
+
+    let seq = h.record(&[pg_event(id, 1)]).expect("record");
+    let err = h.durable(seq).await.expect_err("the commit failed");
+    assert!(
+        matches!(err, JournalError::NotDurable { seq: s, .. } if s == seq),
+        "{err}"
+    );
+    assert!(h.flush().await.is_err(), "the flush's batch is lost too");
+    assert!(!h.session_failed(id), "nothing was dropped, so no hole");
+
+    side.execute_batch("DROP TRIGGER poison_events; DROP TABLE poison;")
+        .expect("remove poison");
+    // No command is sent: the writer retries on its own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match h.durable(seq).await {
+            Ok(()) => break,
+            Err(JournalError::NotDurable { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("not retried: {e}"),
+        }
+    }
+    close_async(journal).await.expect("close");
+    let reader = JournalReader::open(&path).expect("reader");
+    assert_eq!(recorded_ns(&reader, id), vec![1], "exactly once");
+}
+
+#[tokio::test]
+async fn the_prelog_is_truncated_once_applied_and_numbering_goes_on() {
+    const TRUNCATE_AT: u64 = 4096;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let journal = open(
+        &path,
+        JournalOptions {
+            prelog_truncate_at: TRUNCATE_AT,
+            ..Default::default()
+        },
+    )
+    .expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("app", "db", at_us(0)))
+        .await
+        .expect("start");
+    let mut seqs = Vec::new();
+    let mut truncations = 0;
+    let mut previous_len = 0;
+    for round in 0..60 {
+        let events: Vec<Event> = (0..10).map(|i| pg_event(id, round * 10 + i)).collect();
+        let round_bytes = {
+            let mut buf = Vec::new();
+            for e in &events {
+                prelog::encode_into(&mut buf, 1, e);
+            }
+            buf.len() as u64
+        };
+        seqs.push(h.record(&events).expect("record"));
+        h.flush().await.expect("flush");
+        let len = prelog_len(&path);
+        assert!(
+            len < TRUNCATE_AT + round_bytes,
+            "round {round}: {len} bytes"
+        );
+        if len < previous_len {
+            truncations += 1;
+        }
+        previous_len = len;
+    }
+    // About 720 bytes a round: 60 rounds make about 43 KiB, ten times the threshold.
+    assert!(truncations >= 8, "only {truncations} truncations");
+    assert_eq!(
+        seqs,
+        (1..=60).map(|r| r * 10).collect::<Vec<u64>>(),
+        "seqs keep growing across truncations"
+    );
+    close_async(journal).await.expect("close");
+    let reader = JournalReader::open(&path).expect("reader");
+    assert_eq!(recorded_ns(&reader, id), (0..600).collect::<Vec<i64>>());
+}
+
+/// Writes pre-log records straight into the file, as an agent that died before its
+/// writer copied them would have left them.
+fn write_prelog(path: &Path, records: &[(u64, Event)]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(prelog_path(path))
+        .expect("open pre-log");
+    for (seq, e) in records {
+        let mut buf = Vec::new();
+        prelog::encode_into(&mut buf, *seq, e);
+        std::io::Write::write_all(&mut file, &buf).expect("write");
+        out.push(buf);
+    }
+    out
+}
+
+async fn journal_with_open_session(path: &Path) -> SessionId {
+    let journal = open(path, JournalOptions::default()).expect("open");
+    let id = journal
+        .handle()
+        .start_session(sample_start("app", "db", at_us(0)))
+        .await
+        .expect("start");
+    close_async(journal).await.expect("close");
+    id
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_off_and_the_records_before_it_recovered() {
+    // (what is appended after three good records, torn bytes expected)
+    let half_record = {
+        let mut buf = Vec::new();
+        prelog::encode_into(&mut buf, 4, &pg_event(1, 4));
+        buf.truncate(buf.len() / 2);
+        buf
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"\x07\x00\x00\x00garbage".to_vec()),
+        ("half a record", half_record),
+        ("zeros", vec![0; 4096]),
+        ("nothing", Vec::new()),
+    ];
+    for (name, tail) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = journal_path(&dir);
+        let id = journal_with_open_session(&path).await;
+        let good = write_prelog(
+            &path,
+            &[
+                (1, pg_event(id, 1)),
+                (2, pg_event(id, 2)),
+                (3, pg_event(id, 3)),
+            ],
+        );
+        {
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(prelog_path(&path))
+                .expect("open");
+            std::io::Write::write_all(&mut file, &tail).expect("write tail");
+        }
+
+        let journal = open(&path, JournalOptions::default()).expect("recovering open");
+        assert_eq!(
+            journal.recovery(),
+            PrelogRecovery {
+                records: 3,
+                failed: 0,
+                torn_bytes: tail.len() as u64
+            },
+            "{name}"
+        );
+        assert_eq!(prelog_len(&path), 0, "{name}: the file is emptied");
+        assert_eq!(
+            journal.handle().record(&[]).expect("nothing to record"),
+            3,
+            "{name}: numbering continues after the recovered records"
+        );
+        close_async(journal).await.expect("close");
+
+        // The crash window between the recovery's commit and its truncation: the same
+        // records again must not be inserted twice.
+        for bytes in &good {
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(prelog_path(&path))
+                .expect("open");
+            std::io::Write::write_all(&mut file, bytes).expect("write");
+        }
+        let journal = open(&path, JournalOptions::default()).expect("reopen");
+        assert_eq!(journal.recovery().records, 0, "{name}");
+        close_async(journal).await.expect("close");
+
+        let reader = JournalReader::open(&path).expect("reader");
+        assert_eq!(recorded_ns(&reader, id), vec![1, 2, 3], "{name}");
+        let session = reader.session(id).expect("query").expect("row");
+        assert_eq!(
+            session.ended_at,
+            Some(at_us(3)),
+            "{name}: the interrupted session ends at its last recovered event"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_record_ends_the_readable_part() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let id = journal_with_open_session(&path).await;
+    let written = write_prelog(
+        &path,
+        &[
+            (1, pg_event(id, 1)),
+            (2, pg_event(id, 2)),
+            (3, pg_event(id, 3)),
+        ],
+    );
+    // Flip a byte inside the second record's data.
+    let mut bytes = std::fs::read(prelog_path(&path)).expect("read");
+    let at = written[0].len() + written[1].len() - 3;
+    bytes[at] ^= 0x20;
+    std::fs::write(prelog_path(&path), &bytes).expect("write");
+
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    assert_eq!(journal.recovery().records, 1);
+    assert_eq!(
+        journal.recovery().torn_bytes,
+        (written[1].len() + written[2].len()) as u64
+    );
+    // Numbering continues after the last record seen, not after the damaged ones: their
+    // numbers are free again, which is fine since they were never committed.
+    let id2 = journal
+        .handle()
+        .start_session(sample_start("app", "db", at_us(5)))
+        .await
+        .expect("start");
+    assert_eq!(
+        journal
+            .handle()
+            .record(&[pg_event(id2, 5)])
+            .expect("record"),
+        2
+    );
+    close_async(journal).await.expect("close");
+    let reader = JournalReader::open(&path).expect("reader");
+    assert_eq!(recorded_ns(&reader, id), vec![1]);
+    assert_eq!(recorded_ns(&reader, id2), vec![5]);
+}
+
+/// Runs one of the `child_*` tests below in a new process of this test binary.
+fn run_child(test: &str, dir: &Path) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            test,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn child")
+}
+
+const CHILD_DIR: &str = "NHI_JOURNAL_TEST_CHILD_DIR";
+
+fn child_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os(CHILD_DIR).expect("only run as a child process by another test"))
+}
+
+const KILLED_RECORDS: i64 = 50;
+
+#[tokio::test]
+#[ignore = "a child process of a_killed_agents_events_are_recovered_exactly_once"]
+async fn child_records_then_waits_to_be_killed() {
+    let path = child_dir().join("journal.db");
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("app", "db", at_us(0)))
+        .await
+        .expect("start");
+    // The writer can no longer commit: the events exist only in the pre-log.
+    let _lock = WriteLock::take(&path);
+    for n in 1..=KILLED_RECORDS {
+        h.record(&[pg_event(id, n)]).expect("record");
+    }
+    println!("READY {id}");
+    std::io::Write::flush(&mut std::io::stdout()).expect("flush stdout");
+    std::thread::sleep(Duration::from_secs(60));
+    panic!("was not killed");
+}
+
+#[tokio::test]
+async fn a_killed_agents_events_are_recovered_exactly_once() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let mut child = run_child(
+        "journal::tests::child_records_then_waits_to_be_killed",
+        dir.path(),
+    );
+    let stdout = child.stdout.take().expect("stdout");
+    // libtest prints "test NAME ... " before running the test, on the same line.
+    let ready: Option<SessionId> = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_once("READY ")
+                .and_then(|(_, id)| id.trim().parse().ok())
+        });
+    // Child::kill sends SIGKILL: no destructor, no close, no flush runs in the child.
+    child.kill().expect("SIGKILL the child");
+    child.wait().expect("reap");
+    let id = ready.expect("the child got ready");
+    assert!(prelog_len(&path) > 0, "the events are in the pre-log");
+
+    let journal = open(&path, JournalOptions::default()).expect("open after the kill");
+    assert_eq!(
+        journal.recovery(),
+        PrelogRecovery {
+            records: KILLED_RECORDS as u64,
+            failed: 0,
+            torn_bytes: 0
+        }
+    );
+    close_async(journal).await.expect("close");
+    let journal = open(&path, JournalOptions::default()).expect("open again");
+    assert_eq!(journal.recovery().records, 0);
+    close_async(journal).await.expect("close");
+
+    let reader = JournalReader::open(&path).expect("reader");
+    assert_eq!(
+        recorded_ns(&reader, id),
+        (1..=KILLED_RECORDS).collect::<Vec<_>>()
+    );
+    let session = reader.session(id).expect("query").expect("row");
+    assert_eq!(
+        session.close_reason.as_deref(),
+        Some(writer::INTERRUPTED_REASON)
+    );
+    assert_eq!(session.ended_at, Some(at_us(KILLED_RECORDS)));
+    let events = reader.events(id).expect("events");
+    assert_eq!(
+        events.last().map(|e| e.kind.clone()),
+        Some(EventKind::SessionEnd)
+    );
+}
+
+#[tokio::test]
+#[ignore = "a child process of record_fails_cleanly_when_the_file_cannot_grow"]
+async fn child_records_under_a_file_size_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+
+    let path = child_dir().join("journal.db");
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("app", "db", at_us(0)))
+        .await
+        .expect("start");
+    let first = h.record(&[pg_event(id, 1)]).expect("record");
+    h.flush().await.expect("flush");
+
+    // Keep SQLite from writing (it would hit the limit too) while the limit is on.
+    let lock = WriteLock::take(&path);
+    // Exceeding RLIMIT_FSIZE sends SIGXFSZ to the writing thread, which would kill the
+    // process; blocked, the write fails with EFBIG instead (as it does with ENOSPC).
+    let mut xfsz = SigSet::empty();
+    xfsz.add(Signal::SIGXFSZ);
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&xfsz), None).expect("block SIGXFSZ");
+    let (soft, hard) = getrlimit(Resource::RLIMIT_FSIZE).expect("getrlimit");
+    let before = prelog_len(&path);
+    setrlimit(Resource::RLIMIT_FSIZE, before + 100, hard).expect("setrlimit");
+
+    let big = Event {
+        data: serde_json::json!({ "sql": "x".repeat(1000) }).to_string(),
+        ..pg_event(id, 2)
+    };
+    let err = h
+        .record(&[big])
+        .expect_err("the file cannot grow that much");
+    assert!(
+        matches!(&err, JournalError::Prelog { op: "append", source, .. }
+            if source.raw_os_error() == Some(libc::EFBIG)),
+        "{}",
+        super::error_chain(&err)
+    );
+    assert_eq!(prelog_len(&path), before, "the partial write was cut off");
+    assert!(!h.prelog_broken());
+    let small = h
+        .record(&[Event {
+            data: String::new(),
+            ..pg_event(id, 3)
+        }])
+        .expect("fits");
+    assert_eq!(small, first + 1, "the failed call used no sequence number");
+
+    setrlimit(Resource::RLIMIT_FSIZE, soft, hard).expect("restore the limit");
+    drop(lock);
+    h.flush().await.expect("flush");
+    close_async(journal).await.expect("close");
+    let reader = JournalReader::open(&path).expect("reader");
+    let kinds: Vec<Option<serde_json::Value>> = reader
+        .events(id)
+        .expect("events")
+        .into_iter()
+        .skip(1)
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![Some(serde_json::json!({ "n": 1, "sql": "SELECT 1" })), None],
+        "the first record and the small one, nothing of the failed one"
+    );
+    println!("CHILD OK");
+}
+
+#[test]
+fn record_fails_cleanly_when_the_file_cannot_grow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = run_child(
+        "journal::tests::child_records_under_a_file_size_limit",
+        dir.path(),
+    );
+    let out = child.wait_with_output().expect("child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed: {stdout}");
+    assert!(stdout.contains("CHILD OK"), "child did not run: {stdout}");
+}
+
+/// Not a test of behaviour but a measurement: `cargo test -p nhi-agent --lib
+/// prelog_append_cost -- --ignored --nocapture` prints the cost of one record() call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn prelog_append_cost() {
+    const CALLS: u64 = 50_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("app", "db", at_us(0)))
+        .await
+        .expect("start");
+    let event = Event {
+        data: serde_json::json!({
+            "sql": "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "params": ["12345"],
+            "statement": "P0_1",
+            "user": "app",
+            "database": "bench",
+            "tag": "SELECT 1",
+            "rows": 1,
+            "duration_us": 37,
+            "pad": "x".repeat(100),
+        })
+        .to_string(),
+        ..pg_event(id, 0)
+    };
+    let mut samples = Vec::with_capacity(CALLS as usize);
+    let start = std::time::Instant::now();
+    let mut last = 0;
+    for _ in 0..CALLS {
+        let t = std::time::Instant::now();
+        last = h.record(std::slice::from_ref(&event)).expect("record");
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    let total = start.elapsed();
+    samples.sort_unstable();
+    println!(
+        "record() of one {}-byte event: mean {} ns, p50 {} ns, p99 {} ns, max {} ns",
+        event.data.len(),
+        total.as_nanos() as u64 / CALLS,
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100],
+        samples[samples.len() - 1],
+    );
+    assert_eq!(last, CALLS);
+    h.flush().await.expect("flush");
+    assert_eq!(h.stats().prelog_records, CALLS);
+    close_async(journal).await.expect("close");
 }

@@ -11,17 +11,26 @@
 //! (BEGIN or COMMIT fails, or SQLite rolled everything back after an I/O error), every waiter
 //! of the batch gets the error and the sessions it touched are marked failed. Either way the
 //! writer goes on with the next batch, because the disk may recover.
+//!
+//! Pre-log records ([`super::prelog`]) are copied at the start of every batch, before the
+//! batch's commands, in the same transaction: a command queued after `record` returned
+//! (such as the session's end) is therefore always committed after those records. If the
+//! transaction is lost, the records are not marked applied and the next batch tries again
+//! (a timer retries them even when no command arrives).
 
+use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use super::prelog::{self, Prelog};
 use super::{
-    system_time_to_us, Direction, JournalError, SessionEnd, SessionId, SessionStart, Shared,
+    system_time_to_us, Direction, Durability, JournalError, SessionEnd, SessionId, SessionStart,
+    Shared,
 };
 
 /// What the handles ask of the writer.
@@ -47,6 +56,9 @@ pub(crate) enum Command {
     },
     /// Sent by `Journal::close`: stop accepting commands, commit what is queued, exit.
     Shutdown,
+    /// Sent by `JournalHandle::record`: there are new pre-log records. It carries nothing:
+    /// every batch reads the pre-log anyway, this only makes sure a batch starts.
+    Wake,
 }
 
 impl Command {
@@ -62,6 +74,9 @@ impl Command {
 /// fsynced waits for that fsync and then its own; with it, both share one commit. A
 /// start, flush or shutdown ends the wait at once.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// How soon pre-log records whose commit failed are tried again when no command arrives.
+const RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A command after its statements ran, waiting for the batch's commit to be answered.
 ///
@@ -108,7 +123,7 @@ impl Executed {
                 failed: failures.take_since_flush(),
                 reply,
             },
-            Command::Shutdown => Executed::Shutdown,
+            Command::Shutdown | Command::Wake => Executed::Shutdown,
         }
     }
 
@@ -149,6 +164,7 @@ pub(crate) fn spawn(
     rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     batch_max: usize,
+    prelog: PrelogIngest,
 ) -> Result<JoinHandle<Result<(), JournalError>>, JournalError> {
     let writer = Writer {
         conn,
@@ -156,6 +172,7 @@ pub(crate) fn spawn(
         shared,
         batch_max,
         failures: Failures::default(),
+        prelog,
     };
     std::thread::Builder::new()
         .name("nhi-journal".to_string())
@@ -169,6 +186,204 @@ struct Writer {
     shared: Arc<Shared>,
     batch_max: usize,
     failures: Failures,
+    prelog: PrelogIngest,
+}
+
+/// The writer's side of the pre-log: where it has read up to, and whom it tells.
+pub(crate) struct PrelogIngest {
+    prelog: Arc<Prelog>,
+    /// Its own descriptor, for `pread`.
+    file: File,
+    /// The end of the records committed so far (0 after a truncation).
+    applied_offset: u64,
+    applied_seq: u64,
+    /// Reused between batches.
+    buf: Vec<u8>,
+    durable: watch::Sender<Durability>,
+    /// Set while the last attempt failed: retry on a timer, log only once per streak.
+    failing: bool,
+    /// Set once a record that cannot be read was found (see `Prelog::mark_broken`).
+    stuck: bool,
+}
+
+impl PrelogIngest {
+    pub(crate) fn new(
+        prelog: Arc<Prelog>,
+        file: File,
+        applied_seq: u64,
+        durable: watch::Sender<Durability>,
+    ) -> Self {
+        PrelogIngest {
+            prelog,
+            file,
+            applied_offset: 0,
+            applied_seq,
+            buf: Vec::new(),
+            durable,
+            failing: false,
+            stuck: false,
+        }
+    }
+
+    /// Reads the records written since the last commit into `buf`; returns the end offset
+    /// and last seq of what was read, or None when there is nothing new (or it cannot be
+    /// read now: logged, retried).
+    fn read_new(&mut self) -> Option<(u64, u64)> {
+        if self.stuck {
+            return None;
+        }
+        // Clear before looking, so that a record appended after this point queues a wake-up
+        // of its own.
+        self.prelog.clear_wake();
+        let (end, last_seq) = self.prelog.written();
+        if end <= self.applied_offset {
+            return None;
+        }
+        let len = (end - self.applied_offset) as usize;
+        self.buf.resize(len, 0);
+        use std::os::unix::fs::FileExt;
+        match self
+            .file
+            .read_exact_at(&mut self.buf[..len], self.applied_offset)
+        {
+            Ok(()) => Some((end, last_seq)),
+            Err(e) => {
+                self.note_failure(
+                    last_seq,
+                    format!("cannot read {}: {e}", self.prelog.path().display()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Tells the waiters of [`super::JournalHandle::durable`] and logs the first failure of
+    /// a streak.
+    fn note_failure(&mut self, through: u64, reason: String) {
+        if !self.failing {
+            tracing::error!(
+                reason,
+                "journal could not commit pre-log records; they stay in the pre-log and are                  retried"
+            );
+        }
+        self.failing = true;
+        let reason: Arc<str> = Arc::from(reason);
+        self.durable.send_modify(|d| {
+            d.failed_through = d.failed_through.max(through);
+            d.failure = Some(reason);
+        });
+    }
+
+    /// After a successful commit of the records up to `end` / `seq`.
+    fn committed(&mut self, end: u64, seq: u64) {
+        if self.failing {
+            tracing::info!("journal pre-log records are being committed again");
+            self.failing = false;
+        }
+        self.applied_offset = end;
+        self.applied_seq = seq;
+        self.durable.send_modify(|d| d.committed = seq);
+        // Sized for one batch's backlog; do not keep a huge one from a long outage.
+        if self.buf.capacity() > 4 << 20 {
+            self.buf = Vec::new();
+        }
+    }
+
+    /// Empties the file once everything in it is committed and it is large enough (or
+    /// always, with `force`, when the writer exits).
+    fn maybe_truncate(&mut self, force: bool) {
+        if self.stuck || (!force && self.applied_offset < self.prelog.truncate_at()) {
+            return;
+        }
+        match self.prelog.truncate_if_applied(self.applied_offset) {
+            Ok(true) => self.applied_offset = 0,
+            Ok(false) => {}
+            // Harmless: the file keeps growing and the next batch tries again.
+            Err(e) => {
+                tracing::warn!(error = %super::error_chain(&e), "cannot truncate the journal pre-log")
+            }
+        }
+    }
+}
+
+/// What a batch copied from the pre-log, to be applied once the commit succeeded.
+struct Ingested {
+    end: u64,
+    seq: u64,
+    inserted: u64,
+}
+
+/// Copies the records in `buf` (starting at file offset `start`) into `events` inside `tx`.
+/// `Err` means the transaction is lost.
+fn ingest(
+    tx: &Transaction<'_>,
+    ing: &mut PrelogIngest,
+    start: u64,
+    last_seq: u64,
+    shared: &Shared,
+    failures: &mut Failures,
+) -> Result<Ingested, (&'static str, rusqlite::Error)> {
+    let mut off = 0usize;
+    let mut seq = ing.applied_seq;
+    let mut inserted = 0;
+    let mut stop = None;
+    while off < ing.buf.len() {
+        match prelog::decode(&ing.buf[off..]) {
+            prelog::Decoded::Record { record, len } if record.seq > seq => {
+                match prelog::insert_record(tx, &record) {
+                    Ok(()) => inserted += 1,
+                    Err(e) if tx.is_autocommit() => return Err(("insert pre-log record", e)),
+                    // One record the database refuses (its session does not exist, a
+                    // trigger): like a failed chunk, it fails its session, not the journal.
+                    Err(e) => {
+                        failures.add(1);
+                        shared.mark_failed(record.session);
+                        tracing::error!(
+                            session = record.session,
+                            seq = record.seq,
+                            error = %e,
+                            "journal could not record a pre-log event"
+                        );
+                    }
+                }
+                seq = record.seq;
+                off += len;
+            }
+            prelog::Decoded::Record { .. } => {
+                stop = Some("sequence number went backwards");
+                break;
+            }
+            prelog::Decoded::Incomplete => {
+                stop = Some("incomplete record");
+                break;
+            }
+            prelog::Decoded::Corrupt(reason) => {
+                stop = Some(reason);
+                break;
+            }
+        }
+    }
+    if let Some(reason) = stop {
+        // Appends are whole records under a lock, so this is damage from outside (or a
+        // bug). Ingest what precedes it and refuse further appends: forwarding requests
+        // whose records could never be read would be worse than refusing them.
+        tracing::error!(
+            path = %ing.prelog.path().display(),
+            offset = start + off as u64,
+            reason,
+            "journal pre-log holds a record that cannot be read; no more events can be              recorded until the agent restarts"
+        );
+        ing.prelog.mark_broken();
+        ing.stuck = true;
+    } else {
+        seq = seq.max(last_seq);
+    }
+    prelog::store_applied(tx, seq).map_err(|e| ("store prelog_applied_seq", e))?;
+    Ok(Ingested {
+        end: start + off as u64,
+        seq,
+        inserted,
+    })
 }
 
 /// Counts the records that did not make it into the journal.
@@ -206,11 +421,30 @@ impl Writer {
 
         // `blocking_recv` returns None once every handle is dropped, or after `close()` once
         // the queue is empty, so queued commands are never abandoned.
-        while let Some(first) = self.rx.blocking_recv() {
-            batch.push(first);
+        loop {
+            let first = match (&timer, self.prelog.failing) {
+                // Pre-log records are waiting for a retry: do not sleep until the next
+                // command, it may never come.
+                (Some(timer), true) => {
+                    let rx = &mut self.rx;
+                    match timer.block_on(async { tokio::time::timeout(RETRY, rx.recv()).await }) {
+                        Ok(Some(cmd)) => Some(cmd),
+                        Ok(None) => break,
+                        Err(_elapsed) => None,
+                    }
+                }
+                _ => match self.rx.blocking_recv() {
+                    Some(cmd) => Some(cmd),
+                    None => break,
+                },
+            };
+            batch.extend(first);
             self.fill(&mut batch);
             if let Some(timer) = &timer {
-                if batch.len() < self.batch_max && batch.iter().all(Command::is_lazy) {
+                if !batch.is_empty()
+                    && batch.len() < self.batch_max
+                    && batch.iter().all(Command::is_lazy)
+                {
                     let rx = &mut self.rx;
                     let more =
                         timer.block_on(async { tokio::time::timeout(LINGER, rx.recv()).await });
@@ -230,6 +464,11 @@ impl Writer {
                 *drain_result = outcome;
             }
         }
+
+        // Records appended while the last batch ran: commit them now rather than leave them
+        // to the next start's recovery, then leave an empty pre-log behind.
+        let _ = self.process(&mut batch);
+        self.prelog.maybe_truncate(true);
 
         // Closing the last connection checkpoints the WAL into the main file and removes it,
         // so a cleanly closed journal is a single self-contained file to copy elsewhere.
@@ -264,12 +503,19 @@ impl Writer {
     /// Executes and commits one batch, answers its waiters, and returns the batch error if
     /// the transaction was lost.
     fn process(&mut self, batch: &mut Vec<Command>) -> Result<(), JournalError> {
+        // Wake-ups have done their job by starting this batch.
+        batch.retain(|cmd| !matches!(cmd, Command::Wake));
         let commands = batch.len();
+        let new_records = self.prelog.read_new();
+        if commands == 0 && new_records.is_none() {
+            return Ok(());
+        }
         self.shared
             .commands
             .fetch_add(commands as u64, Ordering::Relaxed);
         let mut executed = Vec::with_capacity(commands);
         let mut lost: Option<(&'static str, rusqlite::Error)> = None;
+        let mut ingested = None;
 
         match self
             .conn
@@ -282,6 +528,20 @@ impl Writer {
                 }
             }
             Ok(mut tx) => {
+                if let Some((_, last_seq)) = new_records {
+                    let start = self.prelog.applied_offset;
+                    match ingest(
+                        &tx,
+                        &mut self.prelog,
+                        start,
+                        last_seq,
+                        &self.shared,
+                        &mut self.failures,
+                    ) {
+                        Ok(done) => ingested = Some(done),
+                        Err(e) => lost = Some(e),
+                    }
+                }
                 for cmd in batch.drain(..) {
                     if lost.is_some() {
                         executed.push(Executed::without_running(cmd, &mut self.failures));
@@ -315,11 +575,24 @@ impl Writer {
         match lost {
             None => {
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                if let Some(done) = ingested {
+                    self.shared
+                        .prelog_records
+                        .fetch_add(done.inserted, Ordering::Relaxed);
+                    self.prelog.committed(done.end, done.seq);
+                    self.prelog.maybe_truncate(false);
+                }
                 self.publish_failures();
                 self.answer_committed(executed);
                 Ok(())
             }
-            Some((op, source)) => Err(self.answer_lost(executed, op, source)),
+            Some((op, source)) => {
+                if let Some((_, last_seq)) = new_records {
+                    self.prelog
+                        .note_failure(last_seq, format!("{op} failed: {source}"));
+                }
+                Err(self.answer_lost(executed, op, source))
+            }
         }
     }
 
@@ -459,7 +732,7 @@ fn execute(
             failed: failures.take_since_flush(),
             reply,
         },
-        Command::Shutdown => Executed::Shutdown,
+        Command::Shutdown | Command::Wake => Executed::Shutdown,
     }
 }
 

@@ -1,0 +1,864 @@
+//! The PostgreSQL proxy: start-up (TLS, cancel requests), authentication (passed
+//! through, or answered by the agent with a credential it holds), then the session loop
+//! that hands every message to the sans-IO [`flow::Flow`] and journals before it forwards.
+//!
+//! Architecture invariant: a client message reaches the server only after the journal
+//! accepted the events the flow staged for it ([`JournalHandle::record`]); if the journal
+//! refuses, the client gets a FATAL error and the session closes ("journal failure").
+pub mod flow;
+mod runtime;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::config::Target;
+use crate::credential::Secret;
+use crate::journal::{Event, JournalHandle, SessionId};
+use crate::protocol::postgres::{
+    auth, encode, AuthRequest, BackendDecoder, BackendMessage, Decoded, FrontendDecoder,
+    FrontendMessage, PgStr, StartupMessage,
+};
+
+pub use flow::{Flow, HoldOutcome, HoldRequest, SessionRules, Step};
+pub use runtime::{PgRuntime, TargetRuntime};
+
+use super::relay::{CloseReason, Outcome};
+
+/// Anything the session can read and write: plain TCP or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How long a client has to finish its start-up packet(s).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pending bytes in one direction above which the proxy stops reading the other side.
+const HIGH_WATER: usize = 1 << 20;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Where to forward a client's CancelRequest: keyed by (backend pid, key the client got).
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub session: SessionId,
+    pub addr: SocketAddr,
+    pub target: usize,
+    pub real_key: Bytes,
+}
+
+/// Every live session's cancel key, agent-wide.
+pub type CancelKeys = Mutex<HashMap<(u32, Bytes), CancelTarget>>;
+
+/// What the session needs from the accepting code.
+pub struct SessionContext<'a> {
+    pub id: SessionId,
+    pub journal: &'a JournalHandle,
+    pub target: &'a Target,
+    pub target_index: usize,
+    pub runtime: Arc<PgRuntime>,
+    pub rules: Arc<SessionRules>,
+    pub orig_dst: SocketAddr,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub cancel_keys: &'a CancelKeys,
+    pub approvals: Option<Arc<dyn Approver>>,
+    pub workload: &'a str,
+}
+
+/// Who decides on held statements (the approvals registry).
+pub trait Approver: Send + Sync {
+    /// Waits for a decision on `request` (at most its timeout).
+    fn hold(
+        &self,
+        session: SessionId,
+        workload: &str,
+        target: &str,
+        request: HoldRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = HoldOutcome> + Send>>;
+}
+
+/// Why a session ended early, journaled as its close reason.
+#[derive(Debug)]
+enum Failure {
+    Client(String),
+    Server(String),
+    Protocol(String),
+    Journal(String),
+    Upstream(String),
+    Auth(String),
+    Idle,
+    Shutdown,
+}
+
+impl From<Failure> for CloseReason {
+    fn from(f: Failure) -> CloseReason {
+        match f {
+            Failure::Client(e) => CloseReason::ClientReset(e),
+            Failure::Server(e) => CloseReason::ServerReset(e),
+            Failure::Protocol(e) => CloseReason::Protocol(e),
+            Failure::Journal(e) => CloseReason::JournalFailure(e),
+            Failure::Upstream(e) => CloseReason::UpstreamConnect(e),
+            Failure::Auth(e) => CloseReason::Protocol(format!("authentication failed: {e}")),
+            Failure::Idle => CloseReason::IdleTimeout,
+            Failure::Shutdown => CloseReason::AgentShutdown,
+        }
+    }
+}
+
+/// A journal event of `session`, stamped now.
+fn event(session: SessionId, kind: &'static str, data: &impl Serialize) -> Event {
+    Event {
+        session,
+        at: std::time::SystemTime::now(),
+        kind: std::borrow::Cow::Borrowed(kind),
+        data: serde_json::to_string(data).unwrap_or_else(|e| format!("{{\"encoding_error\":{:?}}}", e.to_string())),
+    }
+}
+
+/// Byte counters for the session's totals.
+#[derive(Default)]
+struct Counts {
+    from_client: u64,
+    from_server: u64,
+}
+
+/// Serves one intercepted PostgreSQL connection until it ends.
+pub async fn serve(
+    ctx: SessionContext<'_>,
+    client: TcpStream,
+    mut cancel: watch::Receiver<bool>,
+) -> Outcome {
+    let mut counts = Counts::default();
+    let reason = match serve_inner(&ctx, client, &mut counts, &mut cancel).await {
+        Ok(reason) => reason,
+        Err(failure) => {
+            let reason: CloseReason = failure.into();
+            if let CloseReason::Protocol(why) = &reason {
+                warn!(session = ctx.id, reason = %why, "closing PostgreSQL session");
+                let event = event(ctx.id, "protocol_error", &serde_json::json!({ "reason": why }));
+                let _ = ctx.journal.record(&[event]);
+            }
+            reason
+        }
+    };
+    Outcome {
+        bytes_from_client: counts.from_client,
+        bytes_from_server: counts.from_server,
+        reason,
+    }
+}
+
+async fn read_more(
+    io: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    side: fn(String) -> Failure,
+) -> Result<usize, Failure> {
+    buf.reserve(READ_CHUNK);
+    io.read_buf(buf).await.map_err(|e| side(e.to_string()))
+}
+
+async fn serve_inner(
+    ctx: &SessionContext<'_>,
+    client: TcpStream,
+    counts: &mut Counts,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<CloseReason, Failure> {
+    let target_rt = ctx.runtime.target(ctx.target_index);
+    // ------------------------------------------------------------ client start-up
+    let mut fdec = FrontendDecoder::new();
+    let mut cbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut client: Box<dyn Io> = Box::new(client);
+    let mut client_tls = false;
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let startup = loop {
+        let decoded = fdec
+            .decode(&mut cbuf)
+            .map_err(|e| Failure::Protocol(format!("client start-up: {e}")))?;
+        let Some(decoded) = decoded else {
+            let n = tokio::time::timeout_at(deadline.into(), read_more(&mut client, &mut cbuf, Failure::Client))
+                .await
+                .map_err(|_| Failure::Protocol("client did not finish its start-up in time".into()))??;
+            if n == 0 {
+                return Ok(CloseReason::ClientClosed);
+            }
+            counts.from_client += n as u64;
+            continue;
+        };
+        match decoded.message {
+            FrontendMessage::SslRequest => {
+                // Bytes behind the request were sent before the answer was known: an
+                // injection attempt (CVE-2021-23214).
+                if !cbuf.is_empty() {
+                    return Err(Failure::Protocol(
+                        "client sent data after SSLRequest before the answer".into(),
+                    ));
+                }
+                match (&ctx.runtime.ca, target_rt.client_tls && !client_tls) {
+                    (Some(ca), true) => {
+                        // The certificate names the address the client dialled, so
+                        // verify-full clients accept it (and the configured name).
+                        let names: Vec<String> = target_rt.server_name.iter().cloned().collect();
+                        let config = ca
+                            .server_config(&names, &[ctx.orig_dst.ip()])
+                            .map_err(|e| Failure::Protocol(format!("TLS certificate: {e}")))?;
+                        client
+                            .write_all(b"S")
+                            .await
+                            .map_err(|e| Failure::Client(e.to_string()))?;
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                        let stream = acceptor
+                            .accept(client)
+                            .await
+                            .map_err(|e| Failure::Client(format!("TLS handshake: {e}")))?;
+                        client = Box::new(stream);
+                        client_tls = true;
+                    }
+                    _ => client
+                        .write_all(&encode::ssl_refused())
+                        .await
+                        .map_err(|e| Failure::Client(e.to_string()))?,
+                }
+            }
+            FrontendMessage::GssEncRequest => {
+                if !cbuf.is_empty() {
+                    return Err(Failure::Protocol(
+                        "client sent data after GSSENCRequest before the answer".into(),
+                    ));
+                }
+                client
+                    .write_all(&encode::ssl_refused())
+                    .await
+                    .map_err(|e| Failure::Client(e.to_string()))?;
+            }
+            FrontendMessage::CancelRequest { pid, key } => {
+                return forward_cancel(ctx, pid, key).await;
+            }
+            FrontendMessage::Startup(startup) => break startup,
+            other => {
+                return Err(Failure::Protocol(format!(
+                    "unexpected {} during start-up",
+                    frontend_name(&other)
+                )))
+            }
+        }
+    };
+    if startup.version.major() != 3 {
+        let error = encode::error_response(
+            "FATAL",
+            "0A000",
+            &format!(
+                "unsupported frontend protocol {}.{}: the agent speaks 3.x",
+                startup.version.major(),
+                startup.version.minor()
+            ),
+        );
+        let _ = client.write_all(&error).await;
+        return Err(Failure::Protocol("unsupported protocol version".into()));
+    }
+    if startup.param("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
+        let error = encode::error_response(
+            "FATAL",
+            "0A000",
+            "nhi-agent: replication connections are not supported through the agent",
+        );
+        let _ = client.write_all(&error).await;
+        return Err(Failure::Protocol("replication connection refused".into()));
+    }
+    let client_user = startup.user().unwrap_or("").to_owned();
+    let login_user = match &target_rt.credential {
+        Some(_) => ctx
+            .rules
+            .policy
+            .as_ref()
+            .and_then(|p| p.db_user.clone())
+            .or_else(|| ctx.target.postgres.as_ref().and_then(|p| p.user.clone()))
+            .unwrap_or_else(|| client_user.clone()),
+        None => client_user.clone(),
+    };
+    let startup_event = StartupEvent {
+        user: &client_user,
+        db_user: &login_user,
+        database: startup.database().unwrap_or(&client_user),
+        application_name: startup.application_name(),
+        params: startup
+            .params
+            .iter()
+            .filter(|(k, _)| k.as_str() != "user" && k.as_str() != "database")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+        protocol_version: format!("{}.{}", startup.version.major(), startup.version.minor()),
+        client_tls,
+        credential_injected: target_rt.credential.is_some(),
+    };
+    let event = event(ctx.id, "pg_startup", &startup_event);
+    ctx.journal
+        .record(&[event])
+        .map_err(|e| Failure::Journal(e.to_string()))?;
+
+    // ------------------------------------------------------------ upstream
+    let tcp = super::connect(ctx.orig_dst, ctx.connect_timeout)
+        .await
+        .map_err(|e| Failure::Upstream(e.to_string()))?;
+    let mut server: Box<dyn Io> = Box::new(
+        target_rt
+            .upstream
+            .negotiate_postgres(tcp, ctx.orig_dst)
+            .await
+            .map_err(|e| Failure::Upstream(format!("TLS: {e}")))?,
+    );
+    let upstream_startup = rewrite_user(&startup, &login_user);
+    server
+        .write_all(&upstream_startup)
+        .await
+        .map_err(|e| Failure::Server(e.to_string()))?;
+
+    // ------------------------------------------------------------ authentication
+    let mut bdec = BackendDecoder::new();
+    let mut sbuf = BytesMut::with_capacity(READ_CHUNK);
+    fdec.startup_done();
+    let method = authenticate(
+        ctx,
+        &mut client,
+        &mut server,
+        &mut fdec,
+        &mut bdec,
+        &mut cbuf,
+        &mut sbuf,
+        counts,
+        target_rt.credential.as_ref(),
+        &login_user,
+        client_tls,
+    )
+    .await?;
+    debug!(session = ctx.id, method, "authenticated");
+
+    // ------------------------------------------------------------ session
+    let mut fake_key = [0u8; 4];
+    getrandom::fill(&mut fake_key).map_err(|e| Failure::Protocol(format!("no randomness: {e}")))?;
+    let mut flow = Flow::new(ctx.id, ctx.rules.clone(), fake_key);
+    let result = session_loop(ctx, &mut flow, client, server, fdec, bdec, cbuf, sbuf, counts, cancel).await;
+    if let Some(key) = &flow.cancel_key {
+        ctx.cancel_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(key.pid, key.fake.clone()));
+    }
+    info!(
+        session = ctx.id,
+        statements = flow.statements_seen,
+        refused = flow.statements_refused,
+        "PostgreSQL session ended"
+    );
+    result
+}
+
+#[derive(Serialize)]
+struct StartupEvent<'a> {
+    user: &'a str,
+    db_user: &'a str,
+    database: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    application_name: Option<&'a str>,
+    params: Vec<(&'a str, &'a str)>,
+    protocol_version: String,
+    client_tls: bool,
+    credential_injected: bool,
+}
+
+/// The StartupMessage to send upstream: the client's, with `user` replaced when the
+/// agent logs in as someone else.
+fn rewrite_user(startup: &StartupMessage, user: &str) -> Bytes {
+    let mut params = startup.params.clone();
+    match params.iter_mut().find(|(k, _)| k.as_str() == "user") {
+        Some((_, v)) => *v = PgStr::from(user.to_owned()),
+        None => params.push((PgStr::from_static("user"), PgStr::from(user.to_owned()))),
+    }
+    FrontendMessage::Startup(StartupMessage {
+        version: startup.version,
+        params,
+    })
+    .to_bytes()
+}
+
+fn frontend_name(m: &FrontendMessage) -> &'static str {
+    match m {
+        FrontendMessage::SslRequest => "SSLRequest",
+        FrontendMessage::GssEncRequest => "GSSENCRequest",
+        FrontendMessage::CancelRequest { .. } => "CancelRequest",
+        FrontendMessage::Startup(_) => "StartupMessage",
+        _ => "a tagged message",
+    }
+}
+
+/// Reads one server message during authentication.
+async fn next_server(
+    server: &mut Box<dyn Io>,
+    bdec: &mut BackendDecoder,
+    sbuf: &mut BytesMut,
+    counts: &mut Counts,
+) -> Result<Decoded<BackendMessage>, Failure> {
+    loop {
+        if let Some(m) = bdec
+            .decode(sbuf)
+            .map_err(|e| Failure::Protocol(format!("server: {e}")))?
+        {
+            return Ok(m);
+        }
+        let n = tokio::time::timeout(STARTUP_TIMEOUT, read_more(server, sbuf, Failure::Server))
+            .await
+            .map_err(|_| Failure::Server("no answer during authentication".into()))??;
+        if n == 0 {
+            return Err(Failure::Server("closed during authentication".into()));
+        }
+        counts.from_server += n as u64;
+    }
+}
+
+async fn next_client(
+    client: &mut Box<dyn Io>,
+    fdec: &mut FrontendDecoder,
+    cbuf: &mut BytesMut,
+    counts: &mut Counts,
+) -> Result<Decoded<FrontendMessage>, Failure> {
+    loop {
+        if let Some(m) = fdec
+            .decode(cbuf)
+            .map_err(|e| Failure::Protocol(format!("client: {e}")))?
+        {
+            return Ok(m);
+        }
+        let n = tokio::time::timeout(STARTUP_TIMEOUT, read_more(client, cbuf, Failure::Client))
+            .await
+            .map_err(|_| Failure::Client("no answer during authentication".into()))??;
+        if n == 0 {
+            return Err(Failure::Client("closed during authentication".into()));
+        }
+        counts.from_client += n as u64;
+    }
+}
+
+/// Runs the authentication exchange; returns the method used. With a credential the
+/// agent answers every challenge itself and the client only sees AuthenticationOk;
+/// without one, challenges and answers are relayed (never journaled).
+#[allow(clippy::too_many_arguments)]
+async fn authenticate(
+    ctx: &SessionContext<'_>,
+    client: &mut Box<dyn Io>,
+    server: &mut Box<dyn Io>,
+    fdec: &mut FrontendDecoder,
+    bdec: &mut BackendDecoder,
+    cbuf: &mut BytesMut,
+    sbuf: &mut BytesMut,
+    counts: &mut Counts,
+    credential: Option<&Secret>,
+    login_user: &str,
+    client_tls: bool,
+) -> Result<&'static str, Failure> {
+    let mut method = "trust";
+    let mut scram: Option<auth::ScramClient> = None;
+    loop {
+        let msg = next_server(server, bdec, sbuf, counts).await?;
+        match (&msg.message, credential) {
+            (BackendMessage::Authentication(AuthRequest::Ok), _) => {
+                client
+                    .write_all(&msg.raw)
+                    .await
+                    .map_err(|e| Failure::Client(e.to_string()))?;
+                let event = event(
+                    ctx.id,
+                    "pg_auth",
+                    &serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user }),
+                );
+                ctx.journal
+                    .record(&[event])
+                    .map_err(|e| Failure::Journal(e.to_string()))?;
+                return Ok(method);
+            }
+            (BackendMessage::ErrorResponse(fields), _) => {
+                let code = fields.code().unwrap_or("").to_owned();
+                let message = fields.message().unwrap_or("").to_owned();
+                let _ = client.write_all(&msg.raw).await;
+                let event = event(
+                    ctx.id,
+                    "pg_auth",
+                    &serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user, "error": { "sqlstate": code, "message": message } }),
+                );
+                let _ = ctx.journal.record(&[event]);
+                return Err(Failure::Auth(format!("{code} {message}")));
+            }
+            (BackendMessage::NegotiateProtocolVersion { .. }, _)
+            | (BackendMessage::NoticeResponse(_), _)
+            | (BackendMessage::ParameterStatus { .. }, _) => {
+                client
+                    .write_all(&msg.raw)
+                    .await
+                    .map_err(|e| Failure::Client(e.to_string()))?;
+            }
+            // The agent holds the password: it answers, the client sees nothing.
+            (BackendMessage::Authentication(request), Some(password)) => {
+                let reply = match request {
+                    AuthRequest::CleartextPassword => {
+                        method = "password";
+                        auth::password_message(password)
+                    }
+                    AuthRequest::Md5Password { salt } => {
+                        method = "md5";
+                        let response = auth::md5_response(login_user, password, *salt);
+                        auth::password_message(&response)
+                    }
+                    AuthRequest::Sasl { mechanisms } => {
+                        if !mechanisms.iter().any(|m| m.as_str() == auth::ScramClient::MECHANISM) {
+                            return Err(Failure::Auth(format!(
+                                "the server offers no SASL mechanism the agent supports ({})",
+                                mechanisms.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+                            )));
+                        }
+                        method = "scram-sha-256";
+                        let client_scram = auth::ScramClient::new(password);
+                        let first = client_scram.client_first();
+                        scram = Some(client_scram);
+                        auth::sasl_initial_response(auth::ScramClient::MECHANISM, &first)
+                    }
+                    AuthRequest::SaslContinue { data } => {
+                        let s = scram.as_mut().ok_or_else(|| {
+                            Failure::Protocol("SASL continue without SASL".into())
+                        })?;
+                        let final_msg = s
+                            .server_first(data)
+                            .map_err(|e| Failure::Auth(e.to_string()))?;
+                        auth::sasl_response(&final_msg)
+                    }
+                    AuthRequest::SaslFinal { data } => {
+                        let s = scram.as_ref().ok_or_else(|| {
+                            Failure::Protocol("SASL final without SASL".into())
+                        })?;
+                        s.server_final(data)
+                            .map_err(|e| Failure::Auth(e.to_string()))?;
+                        continue;
+                    }
+                    other => {
+                        return Err(Failure::Auth(format!(
+                            "the server asks for an authentication method the agent cannot answer ({other:?})"
+                        )))
+                    }
+                };
+                server
+                    .write_all(&reply)
+                    .await
+                    .map_err(|e| Failure::Server(e.to_string()))?;
+            }
+            // Pass-through: relay the challenge, and the client's answer if one is due.
+            (BackendMessage::Authentication(request), None) => {
+                let answer_due = match request {
+                    AuthRequest::CleartextPassword => {
+                        method = "password";
+                        true
+                    }
+                    AuthRequest::Md5Password { .. } => {
+                        method = "md5";
+                        true
+                    }
+                    AuthRequest::Sasl { mechanisms } => {
+                        method = "scram-sha-256";
+                        if client_tls {
+                            // Channel binding would bind to the agent's certificate, which
+                            // the server never saw: offer only the unbound mechanism.
+                            let names: Vec<&str> = mechanisms
+                                .iter()
+                                .map(|m| m.as_str())
+                                .filter(|m| !m.ends_with("-PLUS"))
+                                .collect();
+                            client
+                                .write_all(&auth::authentication_sasl(&names))
+                                .await
+                                .map_err(|e| Failure::Client(e.to_string()))?;
+                        } else {
+                            client
+                                .write_all(&msg.raw)
+                                .await
+                                .map_err(|e| Failure::Client(e.to_string()))?;
+                        }
+                        let answer = next_client(client, fdec, cbuf, counts).await?;
+                        server
+                            .write_all(&answer.raw)
+                            .await
+                            .map_err(|e| Failure::Server(e.to_string()))?;
+                        continue;
+                    }
+                    AuthRequest::SaslContinue { .. } => true,
+                    AuthRequest::SaslFinal { .. } => false,
+                    AuthRequest::Other { code, .. } => {
+                        method = "other";
+                        // GSS/SSPI continue exchanges: 8 (GSSContinue) expects answers.
+                        *code != 0
+                    }
+                    AuthRequest::Ok => false,
+                };
+                client
+                    .write_all(&msg.raw)
+                    .await
+                    .map_err(|e| Failure::Client(e.to_string()))?;
+                if answer_due {
+                    let answer = next_client(client, fdec, cbuf, counts).await?;
+                    match answer.message {
+                        FrontendMessage::AuthResponse(_) => {}
+                        FrontendMessage::Terminate => {
+                            return Err(Failure::Client("gave up during authentication".into()))
+                        }
+                        _ => {
+                            return Err(Failure::Protocol(
+                                "client sent something else than a password message".into(),
+                            ))
+                        }
+                    }
+                    server
+                        .write_all(&answer.raw)
+                        .await
+                        .map_err(|e| Failure::Server(e.to_string()))?;
+                }
+            }
+            (other, _) => {
+                return Err(Failure::Protocol(format!(
+                    "unexpected server message during authentication: {}",
+                    backend_name(other)
+                )))
+            }
+        }
+    }
+}
+
+fn backend_name(m: &BackendMessage) -> String {
+    let dbg = format!("{m:?}");
+    dbg.split(['(', ' ', '{']).next().unwrap_or("message").to_owned()
+}
+
+/// Forwards a CancelRequest to the backend the key designates, with its real key.
+async fn forward_cancel(
+    ctx: &SessionContext<'_>,
+    pid: u32,
+    key: Bytes,
+) -> Result<CloseReason, Failure> {
+    let found = ctx
+        .cancel_keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&(pid, key.clone()))
+        .cloned();
+    let Some(found) = found else {
+        let event = event(
+            ctx.id,
+            "pg_cancel",
+            &serde_json::json!({ "pid": pid, "forwarded": false, "reason": "unknown cancel key" }),
+        );
+        let _ = ctx.journal.record(&[event]);
+        return Ok(CloseReason::Protocol("cancel request with an unknown key".into()));
+    };
+    let events = [
+        event(
+            ctx.id,
+            "pg_cancel",
+            &serde_json::json!({ "pid": pid, "forwarded": true, "session": found.session }),
+        ),
+        event(
+            found.session,
+            "pg_cancel_requested",
+            &serde_json::json!({ "by_session": ctx.id }),
+        ),
+    ];
+    ctx.journal
+        .record(&events)
+        .map_err(|e| Failure::Journal(e.to_string()))?;
+    let tcp = super::connect(found.addr, ctx.connect_timeout)
+        .await
+        .map_err(|e| Failure::Upstream(e.to_string()))?;
+    let upstream = &ctx.runtime.target(found.target).upstream;
+    let mut server = upstream
+        .negotiate_postgres(tcp, found.addr)
+        .await
+        .map_err(|e| Failure::Upstream(format!("TLS: {e}")))?;
+    let request = FrontendMessage::CancelRequest {
+        pid,
+        key: found.real_key.clone(),
+    }
+    .to_bytes();
+    server
+        .write_all(&request)
+        .await
+        .map_err(|e| Failure::Server(e.to_string()))?;
+    let _ = server.shutdown().await;
+    // The server closes without answering once it has read the request.
+    let mut sink = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), server.read(&mut sink)).await;
+    Ok(CloseReason::ClientClosed)
+}
+
+/// The session after authentication.
+#[allow(clippy::too_many_arguments)]
+async fn session_loop(
+    ctx: &SessionContext<'_>,
+    flow: &mut Flow,
+    client: Box<dyn Io>,
+    server: Box<dyn Io>,
+    mut fdec: FrontendDecoder,
+    mut bdec: BackendDecoder,
+    mut cbuf: BytesMut,
+    mut sbuf: BytesMut,
+    counts: &mut Counts,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<CloseReason, Failure> {
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut sr, mut sw) = tokio::io::split(server);
+    let mut to_server = BytesMut::new();
+    let mut to_client = BytesMut::new();
+    let mut hold: Option<std::pin::Pin<Box<dyn std::future::Future<Output = HoldOutcome> + Send>>> =
+        None;
+    let mut client_eof = false;
+    let mut server_eof = false;
+    let mut terminated = false;
+    let mut registered_key = false;
+    let idle = ctx.idle_timeout;
+    let mut last_activity = Instant::now();
+    let fsync_each = ctx.journal.fsync_policy() == crate::journal::FsyncPolicy::Each;
+    loop {
+        // Client messages already buffered, unless one is waiting for approval.
+        while hold.is_none() && !terminated {
+            let Some(msg) = fdec
+                .decode(&mut cbuf)
+                .map_err(|e| Failure::Protocol(format!("client: {e}")))?
+            else {
+                break;
+            };
+            match flow.on_client(msg).map_err(|e| Failure::Protocol(e.0))? {
+                Step::Continue => {}
+                Step::Terminate => terminated = true,
+                Step::Hold(request) => {
+                    info!(session = ctx.id, seq = request.seq, rule = ?request.rule, "statement held for approval");
+                    hold = Some(match &ctx.approvals {
+                        Some(a) => a.hold(ctx.id, ctx.workload, &ctx.target.name, request),
+                        None => {
+                            let timeout = request.timeout;
+                            Box::pin(async move {
+                                tokio::time::sleep(timeout).await;
+                                HoldOutcome::Expired
+                            })
+                        }
+                    });
+                }
+            }
+        }
+        while let Some(msg) = bdec
+            .decode(&mut sbuf)
+            .map_err(|e| Failure::Protocol(format!("server: {e}")))?
+        {
+            flow.on_server(msg).map_err(|e| Failure::Protocol(e.0))?;
+        }
+        if !registered_key {
+            if let Some(key) = &flow.cancel_key {
+                ctx.cancel_keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        (key.pid, key.fake.clone()),
+                        CancelTarget {
+                            session: ctx.id,
+                            addr: ctx.orig_dst,
+                            target: ctx.target_index,
+                            real_key: key.real.clone(),
+                        },
+                    );
+                registered_key = true;
+            }
+        }
+        // Record before forward.
+        if flow.has_events() {
+            let events = flow.take_events();
+            match ctx.journal.record(&events) {
+                Ok(seq) => {
+                    if fsync_each {
+                        ctx.journal
+                            .durable(seq)
+                            .await
+                            .map_err(|e| Failure::Journal(e.to_string()))?;
+                    }
+                }
+                Err(e) => {
+                    warn!(session = ctx.id, error = %e, "the journal cannot record this session; closing it");
+                    let error = encode::error_response(
+                        "FATAL",
+                        "58030",
+                        "nhi-agent: the audit journal cannot record this session; the request was not forwarded",
+                    );
+                    let _ = cw.write_all(&error).await;
+                    return Err(Failure::Journal(e.to_string()));
+                }
+            }
+        }
+        to_server.extend_from_slice(&flow.take_to_server());
+        to_client.extend_from_slice(&flow.take_to_client());
+
+        if terminated && to_server.is_empty() && to_client.is_empty() {
+            let _ = sw.shutdown().await;
+            return Ok(CloseReason::ClientClosed);
+        }
+        if server_eof && to_client.is_empty() {
+            let _ = cw.shutdown().await;
+            return Ok(CloseReason::ServerClosed);
+        }
+        if client_eof && to_server.is_empty() && hold.is_none() {
+            let _ = sw.shutdown().await;
+            return Ok(CloseReason::ClientClosed);
+        }
+
+        let idle_deadline = tokio::time::Instant::from_std(last_activity + idle);
+        tokio::select! {
+            r = read_more(&mut cr, &mut cbuf, Failure::Client), if hold.is_none() && !client_eof && !terminated && to_server.len() < HIGH_WATER => {
+                let n = r?;
+                if n == 0 { client_eof = true; } else { counts.from_client += n as u64; }
+                last_activity = Instant::now();
+            }
+            r = read_more(&mut sr, &mut sbuf, Failure::Server), if !server_eof && to_client.len() < HIGH_WATER => {
+                let n = r?;
+                if n == 0 { server_eof = true; } else { counts.from_server += n as u64; }
+                last_activity = Instant::now();
+            }
+            r = sw.write(&to_server), if !to_server.is_empty() => {
+                let n = r.map_err(|e| Failure::Server(e.to_string()))?;
+                to_server.advance(n);
+                if to_server.is_empty() {
+                    sw.flush().await.map_err(|e| Failure::Server(e.to_string()))?;
+                }
+            }
+            r = cw.write(&to_client), if !to_client.is_empty() => {
+                let n = r.map_err(|e| Failure::Client(e.to_string()))?;
+                to_client.advance(n);
+                if to_client.is_empty() {
+                    cw.flush().await.map_err(|e| Failure::Client(e.to_string()))?;
+                }
+            }
+            outcome = async { hold.as_mut().expect("guarded").await }, if hold.is_some() => {
+                hold = None;
+                info!(session = ctx.id, ?outcome, "hold resolved");
+                if let Step::Terminate = flow.resolve_hold(outcome).map_err(|e| Failure::Protocol(e.0))? {
+                    terminated = true;
+                }
+                last_activity = Instant::now();
+            }
+            _ = tokio::time::sleep_until(idle_deadline), if hold.is_none() => {
+                return Err(Failure::Idle);
+            }
+            _ = cancel.changed() => {
+                if *cancel.borrow() {
+                    let error = encode::error_response("FATAL", "57P01", "nhi-agent: the agent is shutting down");
+                    let _ = cw.write_all(&error).await;
+                    return Err(Failure::Shutdown);
+                }
+            }
+        }
+    }
+}

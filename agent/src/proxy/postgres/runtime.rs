@@ -1,0 +1,155 @@
+//! What the PostgreSQL proxy builds once per configuration (at start and at each
+//! reload): TLS configurations, credentials read from their files, the masking key, and
+//! the rules of each workload × target pair.
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::{ClientTls, Config, CredentialRef, Mode, Protocol, UpstreamTlsMode};
+use crate::credential::{CredentialSource, Secret};
+use crate::mask::{HashKey, SessionMasks};
+use crate::policy::PolicyMode;
+use crate::tls::{self, AgentCa, UpstreamTls};
+
+use super::flow::SessionRules;
+
+/// Per-target state, indexed like [`Config::targets`].
+pub struct TargetRuntime {
+    pub upstream: UpstreamTls,
+    /// Whether the agent terminates the client's TLS for this target (with a
+    /// certificate of [`PgRuntime::ca`] for the address the client dialled).
+    pub client_tls: bool,
+    /// `server_name`: also a name of the certificate clients get.
+    pub server_name: Option<String>,
+    /// The password the agent logs in with, when it holds one.
+    pub credential: Option<Secret>,
+}
+
+/// Everything the PostgreSQL sessions of one configuration share.
+pub struct PgRuntime {
+    targets: Vec<Option<TargetRuntime>>,
+    key: Arc<HashKey>,
+    /// The local CA, when a target terminates client TLS.
+    pub ca: Option<Arc<AgentCa>>,
+}
+
+impl PgRuntime {
+    /// Builds the runtime of `config`: reads credentials, loads (or creates) the masking
+    /// key and the local CA in the state directory. Errors name the target and the file.
+    pub fn build(config: &Config) -> anyhow::Result<PgRuntime> {
+        let state_dir = &config.agent.state_dir;
+        let needs_key = !config.masks.is_empty();
+        let key = if needs_key {
+            std::fs::create_dir_all(state_dir)
+                .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+            let path = state_dir.join("mask.key");
+            Arc::new(
+                HashKey::load_or_create(&path)
+                    .with_context(|| format!("masking key {}", path.display()))?,
+            )
+        } else {
+            // No mask can hash anything: a throwaway key keeps the types simple.
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).context("no randomness for a key")?;
+            Arc::new(HashKey::from_bytes(bytes))
+        };
+        let needs_ca = config.targets.iter().any(|t| {
+            t.postgres
+                .as_ref()
+                .is_some_and(|p| p.client_tls == ClientTls::Terminate)
+        });
+        let ca = if needs_ca {
+            let dir = state_dir.join("tls");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            Some(Arc::new(
+                AgentCa::load_or_create(&dir)
+                    .with_context(|| format!("local TLS CA in {}", dir.display()))?,
+            ))
+        } else {
+            None
+        };
+        let mut targets = Vec::with_capacity(config.targets.len());
+        for target in &config.targets {
+            let Some(pg) = target.postgres.as_ref().filter(|_| target.protocol == Protocol::Postgres)
+            else {
+                targets.push(None);
+                continue;
+            };
+            let mode = match pg.tls {
+                UpstreamTlsMode::Disable => tls::UpstreamTlsMode::Disable,
+                UpstreamTlsMode::Prefer => tls::UpstreamTlsMode::Prefer,
+                UpstreamTlsMode::Require => tls::UpstreamTlsMode::Require,
+                UpstreamTlsMode::VerifyFull => tls::UpstreamTlsMode::VerifyFull,
+            };
+            let upstream = UpstreamTls::new(mode, pg.ca_file.as_deref(), pg.server_name.as_deref())
+                .with_context(|| format!("target \"{}\": TLS to the server", target.name))?;
+            let client_tls = pg.client_tls == ClientTls::Terminate;
+            let credential = match &pg.credential {
+                None => None,
+                Some(CredentialRef::File(path)) => Some(
+                    CredentialSource::File(path.clone())
+                        .load()
+                        .with_context(|| format!("target \"{}\": password_file", target.name))?,
+                ),
+                Some(CredentialRef::Systemd(name)) => Some(
+                    CredentialSource::Systemd(name.clone())
+                        .load()
+                        .with_context(|| format!("target \"{}\": credential", target.name))?,
+                ),
+            };
+            targets.push(Some(TargetRuntime {
+                server_name: pg.server_name.clone(),
+                upstream,
+                client_tls,
+                credential,
+            }));
+        }
+        Ok(PgRuntime { targets, key, ca })
+    }
+
+    /// The runtime of target `index`. Panics if it is not a PostgreSQL target: the proxy
+    /// only calls this for targets whose protocol is postgres, in the configuration this
+    /// runtime was built from.
+    pub fn target(&self, index: usize) -> &TargetRuntime {
+        self.targets
+            .get(index)
+            .and_then(Option::as_ref)
+            .expect("a PostgreSQL target of this configuration")
+    }
+
+    /// Whether `index` has PostgreSQL state (false after a reload changed the target).
+    pub fn has_target(&self, index: usize) -> bool {
+        self.targets.get(index).is_some_and(Option::is_some)
+    }
+
+    /// The rules of one session of `workload` on `target`.
+    pub fn rules_for(&self, config: &Config, workload: &str, target: &str) -> SessionRules {
+        let policy = config.policies.for_session(workload, target).cloned();
+        let enforce = match policy.as_ref().and_then(|p| p.mode) {
+            Some(PolicyMode::Enforce) => true,
+            Some(PolicyMode::Observe) => false,
+            None => config.agent.mode == Mode::Enforce,
+        };
+        let rules: Vec<_> = config
+            .masks
+            .iter()
+            .filter(|m| m.applies_to(workload, target))
+            .cloned()
+            .collect();
+        let masks = if rules.is_empty() {
+            SessionMasks::none()
+        } else {
+            SessionMasks::new(rules, self.key.clone())
+        };
+        SessionRules {
+            record_results: policy
+                .as_ref()
+                .map(|p| p.record_results)
+                .unwrap_or_default(),
+            policy,
+            enforce,
+            masks,
+        }
+    }
+}
