@@ -48,10 +48,13 @@ const SECRETS: &[&str] = &[
     "378282246310005",
 ];
 
+/// What the `redact` strategy puts in place of a value (agent/src/mask/strategy.rs).
+const REDACTED: &str = "[redacted]";
+
 /// What a step's output must show.
 enum Expect {
-    /// Rows come back (this name among them, and this row-count footer), with no
-    /// value from [`SECRETS`].
+    /// Rows come back (this name among them, and this row-count footer), with
+    /// [`REDACTED`] and no value from [`SECRETS`].
     Masked {
         shows: &'static str,
         footer: &'static str,
@@ -373,7 +376,7 @@ fn check_step(expect: &Expect, out: &str) -> Vec<String> {
                     problems.push(format!("{secret:?} came back unmasked"));
                 }
             }
-            for needle in [shows, footer] {
+            for needle in [shows, footer, &REDACTED] {
                 if !out.contains(needle) {
                     problems.push(format!("expected {needle:?} in the output"));
                 }
@@ -547,10 +550,13 @@ mod tests {
             footer: "(1 row)",
         };
         assert!(check_step(&masked, "Ada | [redacted]\n(1 row)\n").is_empty());
+        // The leak, and no marker where the value should be.
         assert_eq!(
             check_step(&masked, "Ada | ada@example.com\n(1 row)\n").len(),
-            1
+            2
         );
+        // Values gone but not redacted (say, NULLs): not what the policy asks for.
+        assert_eq!(check_step(&masked, "Ada | \n(1 row)\n").len(), 1);
         let refused = Expect::Refused { rule: "no-drop" };
         assert!(check_step(&refused, "ERROR:  denied by rule \"no-drop\"\n").is_empty());
         assert_eq!(check_step(&refused, "DROP TABLE\n").len(), 2);
