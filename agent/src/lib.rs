@@ -12,3 +12,4 @@ pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod sdnotify;
+pub mod tls;

@@ -516,6 +516,41 @@ impl Agent {
             .collect()
     }
 
+    /// The events of one session, as `nhi-agent replay SESSION --json` prints them.
+    pub fn events(&self, session: i64) -> Vec<serde_json::Value> {
+        let out = self.cli(&[
+            "replay",
+            &session.to_string(),
+            "--journal",
+            self.journal.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "replay {session}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("replay --json prints JSON lines"))
+            .collect()
+    }
+
+    /// The statement events (kind "statement") of every session, in journal order.
+    pub fn statements(&self) -> Vec<serde_json::Value> {
+        let mut all = Vec::new();
+        for s in self.sessions() {
+            let id = s["id"].as_i64().expect("session id");
+            all.extend(
+                self.events(id)
+                    .into_iter()
+                    .filter(|e| e["kind"] == "statement")
+                    .map(|e| e["data"].clone()),
+            );
+        }
+        all
+    }
+
     /// Waits until the journal holds `n` sessions that have ended.
     pub fn wait_sessions_ended(&self, n: usize) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -600,6 +635,13 @@ impl PgServer {
 
     /// Starts a server, with extra `postgresql.conf` lines.
     pub fn start_with(conf: &[&str]) -> Self {
+        Self::start_full(conf, &[], |_| {})
+    }
+
+    /// Starts a server with extra `postgresql.conf` lines, `pg_hba.conf` lines placed
+    /// before the default ones (first match wins), and `prepare` run on the data
+    /// directory before the start (e.g. to install TLS files).
+    pub fn start_full(conf: &[&str], hba: &[&str], prepare: impl FnOnce(&Path)) -> Self {
         let bin = Self::bin_dir().expect("PostgreSQL server binaries (apt install postgresql)");
         let dir = tempfile::Builder::new()
             .prefix("nhi-pg-")
@@ -631,6 +673,19 @@ impl PgServer {
         let mut text = fs::read_to_string(&conf_path).expect("read postgresql.conf");
         text.push_str(&extra);
         fs::write(&conf_path, text).expect("write postgresql.conf");
+        if !hba.is_empty() {
+            let hba_path = data.join("pg_hba.conf");
+            let old = fs::read_to_string(&hba_path).expect("read pg_hba.conf");
+            let mut new = hba.join("\n");
+            new.push('\n');
+            new.push_str(&old);
+            fs::write(&hba_path, new).expect("write pg_hba.conf");
+        }
+        prepare(&data);
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&data)
+            .status();
         as_postgres(
             Command::new(bin.join("pg_ctl"))
                 .args(["-w", "-t", "60", "-D"])
@@ -650,6 +705,11 @@ impl PgServer {
     /// `[::1]:port`.
     pub fn addr6(&self) -> SocketAddr {
         SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.port))
+    }
+
+    /// The directory holding the unix socket (and the data directory `data/`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Runs SQL with psql over the unix socket (never intercepted) and returns stdout.

@@ -15,6 +15,11 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql",
     "postgresql-client",
     "postgresql-contrib",
+    // A driver from another language for the PostgreSQL tests (psycopg 3, binary results).
+    "python3-psycopg",
+    // The pooler the benchmark compares the agent with.
+    "pgbouncer",
+    "openssl",
     "sqlite3",
     "curl",
     "iproute2",

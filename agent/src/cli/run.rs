@@ -70,7 +70,18 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the journal directory {}", dir.display()))?;
     }
-    let journal = journal::open(&config.agent.journal, journal::JournalOptions::default())
+    // Credentials, keys and certificates: read before anything is attached, so a missing
+    // password file fails the start instead of every session.
+    let pg =
+        proxy::postgres::PgRuntime::build(&config).context("preparing the PostgreSQL targets")?;
+    let journal_options = journal::JournalOptions {
+        fsync: match config.agent.journal_fsync {
+            config::JournalFsync::Group => journal::FsyncPolicy::Group,
+            config::JournalFsync::Each => journal::FsyncPolicy::Each,
+        },
+        ..journal::JournalOptions::default()
+    };
+    let journal = journal::open(&config.agent.journal, journal_options)
         .with_context(|| format!("opening the journal {}", config.agent.journal.display()))?;
     // Bind before attaching: if the port is taken, fail before redirecting anything.
     let listeners = proxy::bind(config.agent.listen_port).with_context(|| {
@@ -96,6 +107,9 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         journal: journal.handle(),
         active: AtomicUsize::new(0),
         users: Mutex::new(HashMap::new()),
+        pg: RwLock::new(Arc::new(pg)),
+        cancel_keys: Mutex::new(HashMap::new()),
+        approvals: None,
     });
     {
         let c = shared.config();
@@ -258,6 +272,18 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
             a.fail = o.fail;
             a.max_connections = o.max_connections;
             a.cgroup_root = o.cgroup_root.clone();
+            a.journal_fsync = o.journal_fsync;
+            let pg = match proxy::postgres::PgRuntime::build(&new) {
+                Ok(pg) => pg,
+                Err(e) => {
+                    error!(
+                        error = format!("{e:#}"),
+                        "reload rejected; the previous configuration stays in force"
+                    );
+                    let _ = sdnotify::notify("READY=1");
+                    return;
+                }
+            };
             let sync = {
                 let mut i = shared.interceptor.lock().unwrap_or_else(|p| p.into_inner());
                 apply(&mut i, &new, &shared.cgroups)
@@ -267,6 +293,7 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
                 Ok(()) => {
                     let (w, t) = (new.workloads.len(), new.targets.len());
                     *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+                    *shared.pg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pg);
                     info!(workloads = w, targets = t, "configuration reloaded");
                 }
             }

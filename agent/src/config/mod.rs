@@ -68,6 +68,10 @@ pub struct Config {
     pub workloads: Vec<Workload>,
     /// `[[target]]` tables, in file order; never empty, names unique.
     pub targets: Vec<Target>,
+    /// `[[policy]]` tables (see [`crate::policy`]): what decoded statements may do.
+    pub policies: crate::policy::PolicySet,
+    /// `[[mask]]` tables (see [`crate::mask`]): what values are masked in results.
+    pub masks: Vec<crate::mask::MaskRule>,
     /// The file the configuration was loaded from; `None` when parsed from a string.
     pub source: Option<PathBuf>,
 }
@@ -124,6 +128,26 @@ pub struct AgentSettings {
     /// `cgroup_root` (discovered from /proc/self/mountinfo): absolute path of the
     /// cgroup2 mount, for machines where discovery picks the wrong one.
     pub cgroup_root: Option<PathBuf>,
+    /// `state_dir` (the journal's directory): absolute directory for the agent's own
+    /// secrets: the masking hash key (`mask.key`) and the local TLS CA (`tls/`).
+    pub state_dir: PathBuf,
+    /// `journal_fsync` (`"group"`): when a protocol event (e.g. a SQL statement) counts as
+    /// recorded. `"group"`: once it is written to the journal's pre-log (it survives an
+    /// agent crash; it reaches the disk with the next group commit, within milliseconds).
+    /// `"each"`: once the commit that holds it is on disk (survives power loss; costs
+    /// an fsync wait per statement, shared between concurrent sessions).
+    pub journal_fsync: JournalFsync,
+}
+
+/// `[agent] journal_fsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalFsync {
+    /// Forward once the event is written to the pre-log (in the OS).
+    #[default]
+    Group,
+    /// Forward once the event is fsynced.
+    Each,
 }
 
 /// `[[workload]]`: a set of processes to intercept, selected by cgroup and/or uid.
@@ -161,6 +185,66 @@ pub struct Target {
     pub destination: Destination,
     /// `protocol` (`"tcp"`): how the proxy handles the stream.
     pub protocol: Protocol,
+    /// PostgreSQL settings; `Some` exactly when `protocol = "postgres"`.
+    pub postgres: Option<PostgresTarget>,
+}
+
+/// The `[[target]]` keys that only apply to `protocol = "postgres"`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PostgresTarget {
+    /// `tls` (`"disable"`): whether the agent speaks TLS to the server, like libpq's sslmode.
+    pub tls: UpstreamTlsMode,
+    /// `ca_file`: absolute path of the CA bundle that verifies the server (verify-full).
+    pub ca_file: Option<PathBuf>,
+    /// `server_name`: the name verify-full checks the server certificate against
+    /// (default: the IP address the client connected to).
+    pub server_name: Option<String>,
+    /// `client_tls` (`"refuse"`): what the agent answers to a client's SSLRequest.
+    pub client_tls: ClientTls,
+    /// `password_file` or `credential`: a password the agent logs in with itself; the
+    /// client then needs none.
+    pub credential: Option<CredentialRef>,
+    /// `user`: the database user the agent logs in as with the credential (default: the
+    /// user the client asked for; a policy's `db_user` overrides it per workload).
+    pub user: Option<String>,
+}
+
+/// Where a target's password is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialRef {
+    /// `password_file = "/abs/path"`: a file readable by the agent only.
+    File(PathBuf),
+    /// `credential = "name"`: a systemd credential (`LoadCredential=name:...`), read
+    /// from `$CREDENTIALS_DIRECTORY/name`.
+    Systemd(String),
+}
+
+/// `[[target]] tls`: TLS from the agent to the server (libpq's sslmode semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    /// Never: clear text.
+    #[default]
+    Disable,
+    /// TLS if the server offers it, clear text otherwise.
+    Prefer,
+    /// TLS or nothing; the certificate is verified only against `ca_file` if given.
+    Require,
+    /// TLS, certificate chain verified against `ca_file` and its name against
+    /// `server_name` (or the IP address).
+    VerifyFull,
+}
+
+/// `[[target]] client_tls`: what the agent answers when a client asks for TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTls {
+    /// Answer `N`: sslmode=prefer clients go on in clear text (on loopback), clients
+    /// that require TLS give up.
+    #[default]
+    Refuse,
+    /// Answer `S` and terminate TLS with a certificate of the agent's local CA.
+    Terminate,
 }
 
 /// `[[target]] protocol`: how the proxy handles a target's connections.
@@ -168,15 +252,20 @@ pub struct Target {
 pub enum Protocol {
     /// `"tcp"`: bytes are relayed as they are.
     Tcp,
+    /// `"postgres"`: the PostgreSQL wire protocol is decoded, judged by policy and
+    /// journaled statement by statement.
+    Postgres,
 }
 
 impl Protocol {
     /// Every protocol, for error messages.
-    const ALL: &'static [Protocol] = &[Protocol::Tcp];
+    const ALL: &'static [Protocol] = &[Protocol::Tcp, Protocol::Postgres];
 
-    fn name(self) -> &'static str {
+    /// The name used in the configuration and the journal.
+    pub fn name(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
+            Protocol::Postgres => "postgres",
         }
     }
 }
@@ -337,10 +426,37 @@ impl TryFrom<RawConfig> for Config {
             seen.insert(name.get_ref().clone(), name.span());
             targets.push(Target::try_from(raw_target)?);
         }
+        let policies = crate::policy::PolicySet::from_raw(raw.policy).map_err(|p| Problem {
+            span: p.span,
+            earlier: None,
+            message: p.message,
+        })?;
+        let mut masks: Vec<crate::mask::MaskRule> = Vec::with_capacity(raw.mask.len());
+        for raw_mask in raw.mask {
+            let span = raw_mask.span();
+            let rule = crate::mask::MaskRule::from_raw(raw_mask).map_err(|p| Problem {
+                span: p.span,
+                earlier: None,
+                message: p.message,
+            })?;
+            if masks.iter().any(|m| m.name() == rule.name()) {
+                return Err(Problem {
+                    span: Some(span),
+                    earlier: None,
+                    message: format!(
+                        "duplicate mask name \"{}\": mask names must be unique (the journal names them)",
+                        rule.name()
+                    ),
+                });
+            }
+            masks.push(rule);
+        }
         Ok(Config {
             agent,
             workloads,
             targets,
+            policies,
+            masks,
             source: None,
         })
     }
@@ -351,6 +467,15 @@ impl TryFrom<Spanned<RawAgent>> for AgentSettings {
 
     fn try_from(raw: Spanned<RawAgent>) -> Result<Self, Problem> {
         let raw = raw.into_inner();
+        let journal = absolute_path(&raw.journal, "journal")?;
+        let state_dir = match &raw.state_dir {
+            Some(p) => absolute_path(p, "state_dir")?,
+            // An absolute file path always has a parent ("/" at least).
+            None => journal
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("/")),
+        };
         let listen_port = match raw.listen_port {
             None => DEFAULT_LISTEN_PORT,
             Some(p) if *p.get_ref() == 0 => {
@@ -367,7 +492,7 @@ impl TryFrom<Spanned<RawAgent>> for AgentSettings {
         };
         Ok(AgentSettings {
             mode: raw.mode,
-            journal: absolute_path(&raw.journal, "journal")?,
+            journal,
             listen_port,
             fail: raw.fail.unwrap_or(match raw.mode {
                 Mode::Enforce => FailMode::Closed,
@@ -407,6 +532,8 @@ impl TryFrom<Spanned<RawAgent>> for AgentSettings {
                 .as_ref()
                 .map(|p| absolute_path(p, "cgroup_root"))
                 .transpose()?,
+            state_dir,
+            journal_fsync: raw.journal_fsync.unwrap_or_default(),
         })
     }
 }
@@ -527,12 +654,108 @@ impl TryFrom<Spanned<RawTarget>> for Target {
                     )
                 })?,
         };
+        let postgres = postgres_settings(&raw, protocol)?;
         Ok(Target {
             name: raw.name.into_inner(),
             destination,
             protocol,
+            postgres,
         })
     }
+}
+
+/// Validates the PostgreSQL-only keys of a target: refused on other protocols (a
+/// `password_file` on a tcp target would silently do nothing), checked for consistency
+/// on postgres targets.
+fn postgres_settings(
+    raw: &RawTarget,
+    protocol: Protocol,
+) -> Result<Option<PostgresTarget>, Problem> {
+    if protocol != Protocol::Postgres {
+        let keys: [(&str, Option<Range<usize>>); 7] = [
+            ("tls", raw.tls.as_ref().map(Spanned::span)),
+            ("ca_file", raw.ca_file.as_ref().map(Spanned::span)),
+            ("server_name", raw.server_name.as_ref().map(Spanned::span)),
+            ("client_tls", raw.client_tls.as_ref().map(Spanned::span)),
+            (
+                "password_file",
+                raw.password_file.as_ref().map(Spanned::span),
+            ),
+            ("credential", raw.credential.as_ref().map(Spanned::span)),
+            ("user", raw.user.as_ref().map(Spanned::span)),
+        ];
+        if let Some((key, span)) = keys.into_iter().find(|(_, s)| s.is_some()) {
+            return Err(Problem {
+                span,
+                earlier: None,
+                message: format!(
+                    "`{key}` only applies to protocol = \"postgres\" (this target is \"{protocol}\")"
+                ),
+            });
+        }
+        return Ok(None);
+    }
+    let tls = raw.tls.as_ref().map(|t| *t.get_ref()).unwrap_or_default();
+    let ca_file = raw
+        .ca_file
+        .as_ref()
+        .map(|p| absolute_path(p, "ca_file"))
+        .transpose()?;
+    if tls == UpstreamTlsMode::VerifyFull && ca_file.is_none() {
+        let tls_value = raw.tls.as_ref().expect("verify-full was read from `tls`");
+        return Err(Problem::at(
+            tls_value,
+            "tls = \"verify-full\" needs `ca_file`, the CA that signed the server's certificate",
+        ));
+    }
+    if let Some(name) = &raw.server_name {
+        if name.get_ref().trim().is_empty() {
+            return Err(Problem::at(name, "server_name must not be empty"));
+        }
+    }
+    let credential = match (&raw.password_file, &raw.credential) {
+        (Some(_), Some(c)) => {
+            return Err(Problem::at(
+                c,
+                "give either `password_file` or `credential`, not both",
+            ));
+        }
+        (Some(p), None) => Some(CredentialRef::File(absolute_path(p, "password_file")?)),
+        (None, Some(c)) => {
+            let name = c.get_ref();
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(Problem::at(
+                    c,
+                    "credential must be a systemd credential name (no '/')",
+                ));
+            }
+            Some(CredentialRef::Systemd(name.clone()))
+        }
+        (None, None) => None,
+    };
+    if let Some(user) = &raw.user {
+        if credential.is_none() {
+            return Err(Problem::at(
+                user,
+                "`user` sets who the agent logs in as with its own credential: it needs `password_file` or `credential`",
+            ));
+        }
+        if user.get_ref().is_empty() {
+            return Err(Problem::at(user, "user must not be empty"));
+        }
+    }
+    Ok(Some(PostgresTarget {
+        tls,
+        ca_file,
+        server_name: raw.server_name.as_ref().map(|s| s.get_ref().clone()),
+        client_tls: raw
+            .client_tls
+            .as_ref()
+            .map(|c| *c.get_ref())
+            .unwrap_or_default(),
+        credential,
+        user: raw.user.as_ref().map(|u| u.get_ref().clone()),
+    }))
 }
 
 #[cfg(test)]

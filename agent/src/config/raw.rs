@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{FailMode, Mode};
+use super::{ClientTls, FailMode, JournalFsync, Mode, UpstreamTlsMode};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -17,6 +17,10 @@ pub(super) struct RawConfig {
     pub workload: Vec<Spanned<RawWorkload>>,
     #[serde(default)]
     pub target: Vec<Spanned<RawTarget>>,
+    #[serde(default)]
+    pub policy: Vec<Spanned<crate::policy::RawPolicy>>,
+    #[serde(default)]
+    pub mask: Vec<Spanned<crate::mask::RawMaskRule>>,
 }
 
 /// `[agent]`.
@@ -34,6 +38,8 @@ pub(super) struct RawAgent {
     pub drain_timeout: Option<Spanned<String>>,
     pub rescan_interval: Option<Spanned<String>>,
     pub cgroup_root: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
+    pub journal_fsync: Option<JournalFsync>,
 }
 
 /// One `[[workload]]`.
@@ -52,4 +58,12 @@ pub(super) struct RawTarget {
     pub name: Spanned<String>,
     pub address: Spanned<String>,
     pub protocol: Option<Spanned<String>>,
+    // PostgreSQL only (checked in validation, so the error can say why).
+    pub tls: Option<Spanned<UpstreamTlsMode>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub client_tls: Option<Spanned<ClientTls>>,
+    pub password_file: Option<Spanned<String>>,
+    pub credential: Option<Spanned<String>>,
+    pub user: Option<Spanned<String>>,
 }

@@ -92,6 +92,8 @@ fn minimal_example_parses_to_the_expected_model() {
             drain_timeout: Duration::from_secs(30),
             rescan_interval: Duration::from_secs(5),
             cgroup_root: None,
+            state_dir: PathBuf::from("/var/lib/nhi-agent"),
+            journal_fsync: JournalFsync::Group,
         }
     );
     assert_eq!(config.workloads.len(), 1);
@@ -105,6 +107,7 @@ fn minimal_example_parses_to_the_expected_model() {
             name: "orders-db".into(),
             destination: Destination::Exact("10.0.0.5:5432".parse().expect("addr")),
             protocol: Protocol::Tcp,
+            postgres: None,
         }]
     );
     assert_eq!(config.targets[0].protocol.to_string(), "tcp");
@@ -301,9 +304,9 @@ fn semantic_errors_point_at_the_value() {
     let cases: [(&str, &str, &str, &str); 8] = [
         (
             "protocol = \"tcp\"",
-            "protocol = \"postgres\"",
-            "\"postgres\"",
-            "protocol \"postgres\" is not supported yet (supported: tcp)",
+            "protocol = \"mysql\"",
+            "\"mysql\"",
+            "protocol \"mysql\" is not supported yet (supported: tcp, postgres)",
         ),
         (
             "cgroup = \"system.slice/backup*.service\"",
@@ -609,4 +612,76 @@ fn example_policy_parses() {
     assert!(config
         .target_for("127.0.0.1:5433".parse().expect("addr"))
         .is_none());
+}
+
+#[test]
+fn postgres_target_keys_are_validated() {
+    let target = |keys: &str| {
+        format!(
+            "[agent]\nmode = \"enforce\"\njournal = \"/j.db\"\n\n[[target]]\nname = \"pg\"\naddress = \"127.0.0.1:5432\"\n{keys}\n"
+        )
+    };
+    let c = ok(&target(
+        "protocol = \"postgres\"\ntls = \"verify-full\"\nca_file = \"/ca.pem\"\nserver_name = \"db\"\nclient_tls = \"terminate\"\npassword_file = \"/pw\"\nuser = \"app\"",
+    ));
+    let pg = c.targets[0].postgres.as_ref().expect("postgres settings");
+    assert_eq!(pg.tls, UpstreamTlsMode::VerifyFull);
+    assert_eq!(pg.client_tls, ClientTls::Terminate);
+    assert_eq!(
+        pg.credential,
+        Some(CredentialRef::File(PathBuf::from("/pw")))
+    );
+    assert_eq!(pg.user.as_deref(), Some("app"));
+    let defaults = ok(&target("protocol = \"postgres\""));
+    assert_eq!(
+        defaults.targets[0].postgres,
+        Some(PostgresTarget::default())
+    );
+    for (keys, expected) in [
+        (
+            "password_file = \"/pw\"",
+            "only applies to protocol = \"postgres\"",
+        ),
+        (
+            "protocol = \"postgres\"\ntls = \"verify-full\"",
+            "needs `ca_file`",
+        ),
+        (
+            "protocol = \"postgres\"\npassword_file = \"/pw\"\ncredential = \"x\"",
+            "not both",
+        ),
+        (
+            "protocol = \"postgres\"\ncredential = \"../x\"",
+            "systemd credential name",
+        ),
+        (
+            "protocol = \"postgres\"\nuser = \"app\"",
+            "needs `password_file` or `credential`",
+        ),
+        (
+            "protocol = \"postgres\"\npassword_file = \"pw\"",
+            "absolute path",
+        ),
+    ] {
+        let e = parse(&target(keys), "t.toml").expect_err(keys).to_string();
+        assert!(e.contains(expected), "{keys}: {e}");
+    }
+}
+
+#[test]
+fn policies_and_masks_are_read_and_mask_names_are_unique() {
+    let base = "[agent]\nmode = \"enforce\"\njournal = \"/j.db\"\n\n[[target]]\nname = \"pg\"\naddress = \"127.0.0.1:5432\"\nprotocol = \"postgres\"\n";
+    let c = ok(&format!(
+        "{base}\n[[policy]]\nworkload = \"bot*\"\n[[policy.rule]]\nname = \"no-drop\"\nverdict = \"deny\"\nkinds = [\"drop\"]\n\n[[mask]]\nname = \"pii\"\ncolumns = [\"email\"]\n"
+    ));
+    assert!(c.policies.for_session("bot-1", "pg").is_some());
+    assert!(c.policies.for_session("other", "pg").is_none());
+    assert_eq!(c.masks.len(), 1);
+    let dup = format!("{base}\n[[mask]]\nname = \"pii\"\ncolumns = [\"a\"]\n\n[[mask]]\nname = \"pii\"\ncolumns = [\"b\"]\n");
+    let e = parse(&dup, "t.toml").expect_err("duplicate").to_string();
+    assert!(e.contains("duplicate mask name"), "{e}");
+    assert!(e.contains("t.toml:14"), "points at the second mask: {e}");
+    let bad = format!("{base}\n[[policy]]\n[[policy.rule]]\nname = \"r\"\nverdict = \"deny\"\nkinds = [\"dropp\"]\n");
+    let e = parse(&bad, "t.toml").expect_err("bad kind").to_string();
+    assert!(e.contains("dropp"), "{e}");
 }

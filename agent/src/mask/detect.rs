@@ -144,38 +144,50 @@ pub fn scan(text: &[u8], active: DetectorSet, out: &mut Vec<Hit>) {
     if active.is_empty() || text.is_empty() {
         return;
     }
-    let features = Features::of(text);
+    let f = features(text);
     let len = text.len();
     let on = |d: Detector| active.contains(d);
+    let (digits, upper, lower) = (f[DIGIT], f[UPPER], f[LOWER]);
+    let alnum = digits + upper + lower;
 
-    if on(Detector::Email) && features.any(AT) && len >= 6 {
+    // Each gate is a necessary condition of the detector's shortest match, read off
+    // the byte counts.
+    if on(Detector::Email) && f[AT] > 0 && f[DOT] > 0 && len >= 6 {
         email(text, out);
     }
-    if on(Detector::CreditCard) && features.digits >= 13 {
+    if on(Detector::CreditCard) && digits >= 13 {
         credit_card(text, out);
     }
-    if on(Detector::Iban) && features.any(UPPER) && features.digits >= 2 && len >= 15 {
+    if on(Detector::Iban) && upper >= 2 && digits >= 2 && upper + digits >= 15 {
         iban(text, out);
     }
-    if on(Detector::UsSsn) && features.digits >= 9 && features.any(DASH) && len >= 11 {
+    if on(Detector::UsSsn) && digits >= 9 && f[DASH] >= 2 {
         us_ssn(text, out);
     }
-    if on(Detector::Phone) && features.digits >= 8 {
-        phone(text, features, out);
+    if on(Detector::Phone) && digits >= 8 && (f[PLUS] > 0 || digits >= 10) {
+        phone(text, f, out);
     }
-    if on(Detector::Jwt) && features.any(DOT) && len >= 20 {
+    // "eyJ" and two dots.
+    if on(Detector::Jwt) && f[DOT] >= 2 && upper >= 1 && lower >= 2 && len >= 20 {
         jwt(text, out);
     }
-    if on(Detector::AwsKey) && len >= 20 {
-        aws_key(text, out);
+    if on(Detector::AwsKey) {
+        // "AKIA"/"ASIA" + 16 upper-case letters or digits; or a 40-character secret
+        // after a label of at least 15 letters.
+        let id = upper >= 4 && upper + digits >= 20;
+        let secret = len >= 55 && upper + lower >= 15;
+        if id || secret {
+            aws_key(text, id, secret, out);
+        }
     }
-    if on(Detector::GcpKey) && len >= 39 {
+    if on(Detector::GcpKey) && upper >= 2 && len >= 39 && alnum + f[DASH] + f[UNDERSCORE] >= 39 {
         gcp_key(text, out);
     }
-    if on(Detector::GithubToken) && features.any(UNDERSCORE) && len >= 33 {
+    if on(Detector::GithubToken) && f[UNDERSCORE] > 0 && lower >= 3 && len >= 33 && alnum >= 30 {
         github_token(text, out);
     }
-    if on(Detector::PrivateKey) && features.any(DASH) && len >= 27 {
+    // "-----BEGIN " + "PRIVATE KEY-----": ten dashes, fifteen capitals.
+    if on(Detector::PrivateKey) && f[DASH] >= 10 && upper >= 15 {
         private_key(text, out);
     }
     normalise(out);
@@ -197,23 +209,26 @@ fn normalise(out: &mut Vec<Hit>) {
     *out = merged;
 }
 
-// Byte classes, from one lookup table.
-const DIGIT: u8 = 1;
-const UPPER: u8 = 2;
-const LOWER: u8 = 4;
-const AT: u8 = 8;
-const DASH: u8 = 16;
-const DOT: u8 = 32;
-const UNDERSCORE: u8 = 64;
-/// Separators a formatted phone number uses between groups: space, '(' , ')', '+'.
-const PHONE_SEP: u8 = 128;
+// Byte classes: indexes into [`Features`].
+const OTHER: usize = 0;
+const DIGIT: usize = 1;
+const UPPER: usize = 2;
+const LOWER: usize = 3;
+const AT: usize = 4;
+const DASH: usize = 5;
+const DOT: usize = 6;
+const UNDERSCORE: usize = 7;
+const PLUS: usize = 8;
+/// Space and parentheses, which formatted phone numbers use.
+const SPACE_PAREN: usize = 9;
+const CLASSES: usize = 10;
 
 static CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
+    let mut t = [OTHER as u8; 256];
     let mut i = 0;
     while i < 256 {
         let b = i as u8;
-        t[i] = if b.is_ascii_digit() {
+        let class = if b.is_ascii_digit() {
             DIGIT
         } else if b.is_ascii_uppercase() {
             UPPER
@@ -225,37 +240,26 @@ static CLASS: [u8; 256] = {
                 b'-' => DASH,
                 b'.' => DOT,
                 b'_' => UNDERSCORE,
-                b' ' | b'(' | b')' | b'+' => PHONE_SEP,
-                _ => 0,
+                b'+' => PLUS,
+                b' ' | b'(' | b')' => SPACE_PAREN,
+                _ => OTHER,
             }
         };
+        t[i] = class as u8;
         i += 1;
     }
     t
 };
 
-/// What one pass over a value found: the byte classes present and the digit count.
-#[derive(Debug, Clone, Copy)]
-struct Features {
-    classes: u8,
-    digits: usize,
-}
+/// One pass over a value: how many bytes of each class it holds.
+type Features = [usize; CLASSES];
 
-impl Features {
-    fn of(text: &[u8]) -> Features {
-        let mut classes = 0u8;
-        let mut digits = 0usize;
-        for &b in text {
-            let c = CLASS[usize::from(b)];
-            classes |= c;
-            digits += usize::from(c & DIGIT);
-        }
-        Features { classes, digits }
+fn features(text: &[u8]) -> Features {
+    let mut counts = [0usize; CLASSES];
+    for &b in text {
+        counts[usize::from(CLASS[usize::from(b)])] += 1;
     }
-
-    fn any(self, class: u8) -> bool {
-        self.classes & class != 0
-    }
+    counts
 }
 
 fn is_digit(b: u8) -> bool {
@@ -356,13 +360,12 @@ fn credit_card(text: &[u8], out: &mut Vec<Hit>) {
             i += 1;
             continue;
         }
-        // A run: digit groups joined by one separator each.
+        // A run: digit groups joined by one separator each. Walked once to count its
+        // digits; only a run that could hold a card is cut into groups.
         let run_start = i;
-        groups.clear();
         let mut digits = 0;
         loop {
             let n = run(text, i, is_digit);
-            groups.push(i..i + n);
             digits += n;
             i += n;
             match (text.get(i), text.get(i + 1)) {
@@ -373,6 +376,13 @@ fn credit_card(text: &[u8], out: &mut Vec<Hit>) {
         let run_end = i;
         if digits < 13 || !word_start(text, run_start) || !word_end(text, run_end) {
             continue;
+        }
+        groups.clear();
+        let mut j = run_start;
+        while j < run_end {
+            let n = run(text, j, is_digit);
+            groups.push(j..j + n);
+            j += n + 1;
         }
         let mut g = 0;
         while g < groups.len() {
@@ -634,8 +644,8 @@ fn us_ssn(text: &[u8], out: &mut Vec<Hit>) {
 
 // ---------------------------------------------------------------------------- phone
 
-fn phone(text: &[u8], features: Features, out: &mut Vec<Hit>) {
-    if text.contains(&b'+') {
+fn phone(text: &[u8], f: Features, out: &mut Vec<Hit>) {
+    if f[PLUS] > 0 {
         for plus in memchr::memchr_iter(b'+', text) {
             if let Some(end) = e164_at(text, plus) {
                 out.push((plus..end, Detector::Phone));
@@ -643,8 +653,7 @@ fn phone(text: &[u8], features: Features, out: &mut Vec<Hit>) {
         }
     }
     // A US number needs 10 digits and at least one separator.
-    if features.digits < 10 || !(features.any(DASH) || features.any(DOT) || features.any(PHONE_SEP))
-    {
+    if f[DIGIT] < 10 || f[DASH] + f[DOT] + f[SPACE_PAREN] == 0 {
         return;
     }
     let mut i = 0;
@@ -831,11 +840,11 @@ fn jwt_header(segment: &[u8]) -> bool {
 static AKIA: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new("AKIA"));
 static ASIA: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new("ASIA"));
 
-fn aws_key(text: &[u8], out: &mut Vec<Hit>) {
+fn aws_key(text: &[u8], id: bool, secret: bool, out: &mut Vec<Hit>) {
     fn upper_alnum(b: u8) -> bool {
         b.is_ascii_uppercase() || b.is_ascii_digit()
     }
-    for finder in [&*AKIA, &*ASIA] {
+    for finder in [&*AKIA, &*ASIA].into_iter().filter(|_| id) {
         for start in finder.find_iter(text) {
             let end = start + 20;
             if end <= text.len()
@@ -847,7 +856,7 @@ fn aws_key(text: &[u8], out: &mut Vec<Hit>) {
             }
         }
     }
-    if text.len() >= 57 {
+    if secret {
         aws_secret(text, out);
     }
 }

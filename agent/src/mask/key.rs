@@ -50,8 +50,8 @@ pub enum MaskError {
     },
 }
 
-/// The host's secret for keyed hashes: 32 random bytes. Its `Debug` never shows them.
-#[derive(Clone)]
+/// The host's secret for keyed hashes: 32 random bytes. Its `Debug` never shows them,
+/// and it is not `Clone`: share it with an `Arc`.
 pub struct HashKey {
     bytes: [u8; KEY_LEN],
 }

@@ -21,7 +21,9 @@
 //!
 //! A column whose name matches a rule's `columns` is masked whole, whatever it holds,
 //! by the first such rule (file order). Every other column's text values are scanned by
-//! every detector any rule lists; a detected substring is replaced in place using the
+//! every detector any rule lists (except text forms that cannot hold any detector's
+//! shape: booleans, int2/int4/oid, floats, dates and times, intervals, UUIDs, network
+//! addresses; int8 and numeric only for `credit_card`); a detected substring is replaced in place using the
 //! strategy of the first rule (file order) listing that detector. The outputs of the
 //! strategies are documented on [`Strategy`]: `redact` gives `[redacted]`, `partial`
 //! gives `************1111`, `hash` gives `hmac:` + 16 hex digits.

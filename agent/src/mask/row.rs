@@ -55,6 +55,16 @@ mod oid {
     pub const VARCHAR: u32 = 1043;
     pub const NUMERIC: u32 = 1700;
     pub const JSONB: u32 = 3802;
+    pub const CIDR: u32 = 650;
+    pub const MACADDR: u32 = 829;
+    pub const INET: u32 = 869;
+    pub const DATE: u32 = 1082;
+    pub const TIME: u32 = 1083;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const INTERVAL: u32 = 1186;
+    pub const TIMETZ: u32 = 1266;
+    pub const UUID: u32 = 2950;
 }
 
 /// How a column's values are represented, which decides how a masked value is
@@ -104,10 +114,36 @@ impl Repr {
         }
     }
 
-    /// The detectors that can run on this representation.
-    fn scannable(self, active: DetectorSet) -> DetectorSet {
+    /// The detectors that can run on a column of this representation and type.
+    ///
+    /// The text forms of booleans, int2/int4/oid, floats, dates and times, intervals,
+    /// UUIDs and network addresses fit none of the detectors' shapes (a card needs 13
+    /// digits in a row, a phone number or an SSN separators or '+' that these never
+    /// print there), so they are not scanned: timestamps, which are everywhere, cost
+    /// nothing and raise no false positives. int8 and numeric are scanned for cards only.
+    fn scannable(self, type_oid: u32, active: DetectorSet) -> DetectorSet {
         match self {
-            Repr::Text | Repr::Json | Repr::JsonbBinary => active,
+            Repr::Text => match type_oid {
+                oid::BOOL
+                | oid::INT2
+                | oid::INT4
+                | oid::OID
+                | oid::FLOAT4
+                | oid::FLOAT8
+                | oid::DATE
+                | oid::TIME
+                | oid::TIMETZ
+                | oid::TIMESTAMP
+                | oid::TIMESTAMPTZ
+                | oid::INTERVAL
+                | oid::UUID
+                | oid::INET
+                | oid::CIDR
+                | oid::MACADDR => DetectorSet::default(),
+                oid::INT8 | oid::NUMERIC => active.only(Detector::CreditCard),
+                _ => active,
+            },
+            Repr::Json | Repr::JsonbBinary => active,
             Repr::Int8Binary => active.only(Detector::CreditCard),
             Repr::ByteaHex | Repr::ByteaBinary | Repr::Zero(_) | Repr::Opaque => {
                 DetectorSet::default()
@@ -164,7 +200,7 @@ impl RowMasker {
                 let action = match whole {
                     Some(rule) => Action::Whole(rule),
                     None => {
-                        let set = repr.scannable(session.detectors);
+                        let set = repr.scannable(column.type_oid, session.detectors);
                         if set.is_empty() {
                             Action::Keep
                         } else {

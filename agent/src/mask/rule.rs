@@ -219,7 +219,8 @@ impl MaskRule {
         self.detectors.iter().map(Detector::name).collect()
     }
 
-    pub(crate) fn strategy(&self) -> Strategy {
+    /// How this rule masks.
+    pub fn strategy(&self) -> Strategy {
         self.strategy
     }
 

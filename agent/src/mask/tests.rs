@@ -661,8 +661,28 @@ fn detectors_make_a_plan_active_even_without_column_rules() {
     let mut plan = m.plan(&[text_col("a")]);
     assert!(!plan.is_noop());
     assert_eq!(plan.mask_row(&data_row(&[Some(b"plain")])), None);
-    // Binary columns of types detectors cannot read leave nothing to do.
+    // Binary columns of types detectors cannot read leave nothing to do, and neither
+    // do text forms that cannot hold any detector's shape (timestamps, ints, uuids).
     assert!(m.plan(&[col("n", 23, 1), col("t", 1114, 1)]).is_noop());
+    assert!(m
+        .plan(&[col("at", 1184, 0), col("n", 23, 0), col("u", 2950, 0)])
+        .is_noop());
+}
+
+#[test]
+fn numeric_text_columns_are_scanned_for_cards_only() {
+    let m = masks("[[mask]]\nname = \"d\"\ndetectors = [\"all\"]\n");
+    let mut plan = m.plan(&[col("n", 1700, 0), col("i", 20, 0), col("t", 25, 0)]);
+    let row = data_row(&[
+        Some(b"4111111111111111"),
+        Some(b"5555555555554444"),
+        Some(b"4111111111111111"),
+    ]);
+    let v = values_of(&plan.mask_row(&row).expect("changed"));
+    assert!(v.iter().all(|x| s(x) == "[redacted]"), "{v:?}");
+    // A numeric that is not a card is left alone.
+    let row = data_row(&[Some(b"1234567890123.45"), Some(b"17"), Some(b"x")]);
+    assert_eq!(plan.mask_row(&row), None);
 }
 
 #[test]
@@ -1200,11 +1220,12 @@ fn key_file_with_wrong_permissions_or_length_is_refused() {
 #[ignore = "prints timings; run explicitly"]
 fn cost_per_row() {
     use std::time::Instant;
-    const ROWS: u32 = 100_000;
+    const ROWS: u32 = 50_000;
     let all = masks("[[mask]]\nname = \"all\"\ndetectors = [\"all\"]\n");
     let with_column =
         masks("[[mask]]\nname = \"all\"\ncolumns = [\"email\"]\ndetectors = [\"all\"]\n");
     let none = masks("[[mask]]\nname = \"c\"\ncolumns = [\"ssn\"]\n");
+    let column_only = masks("[[mask]]\nname = \"c\"\ncolumns = [\"email\"]\n");
     let columns = [
         text_col("id"),
         text_col("name"),
@@ -1219,23 +1240,45 @@ fn cost_per_row() {
         Some(b"Berlin, Germany"),
         Some(b"2024-05-17 12:34:56.789+00"),
     ]);
-    for (label, m) in [
-        ("no matching column, no detectors (is_noop)", &none),
-        ("all detectors, 5 text columns", &all),
-        ("all detectors + masked column", &with_column),
+    let clean = data_row(&[
+        Some(b"1234567"),
+        Some(b"Alice Example"),
+        Some(b"alice.example at example.com"),
+        Some(b"Berlin, Germany"),
+        Some(b"2024-05-17 12:34:56.789+00"),
+    ]);
+    for (label, m, row) in [
+        ("no matching column, no detectors (is_noop)", &none, &row),
+        ("all detectors, 5 text columns, nothing found", &all, &clean),
+        (
+            "all detectors, 5 text columns, one e-mail found",
+            &all,
+            &row,
+        ),
+        ("all detectors + masked column (email)", &with_column, &row),
+        (
+            "masked column (email) only, no detectors",
+            &column_only,
+            &row,
+        ),
     ] {
-        let mut plan = m.plan(&columns);
-        let start = Instant::now();
+        // The best of five runs: the machine is shared, the minimum is the least noisy.
+        let mut per_row = f64::MAX;
         let mut changed = 0u32;
-        for _ in 0..ROWS {
-            if plan.is_noop() {
-                continue;
+        for _ in 0..5 {
+            let mut plan = m.plan(&columns);
+            let start = Instant::now();
+            changed = 0;
+            for _ in 0..ROWS {
+                if plan.is_noop() {
+                    continue;
+                }
+                if plan.mask_row(row).is_some() {
+                    changed += 1;
+                }
             }
-            if plan.mask_row(&row).is_some() {
-                changed += 1;
-            }
+            per_row = per_row.min(start.elapsed().as_secs_f64() * 1e6 / f64::from(ROWS));
         }
-        let per_row = start.elapsed().as_secs_f64() * 1e6 / f64::from(ROWS);
         println!("{label}: {per_row:.3} µs/row ({changed} rows rewritten)");
     }
 }

@@ -4,6 +4,7 @@
 //! Architecture invariant: an audited connection's session row is committed to the
 //! journal before the agent opens the upstream connection. If the journal refuses, the
 //! client connection is reset and the reason logged; nothing is forwarded unrecorded.
+pub mod postgres;
 mod relay;
 
 use std::{
@@ -43,11 +44,25 @@ pub struct Shared {
     pub active: AtomicUsize,
     /// uid -> user name; the passwd database is read once per uid.
     pub users: Mutex<std::collections::HashMap<u32, Option<String>>>,
+    /// PostgreSQL state built from the configuration in force (replaced with it).
+    pub pg: RwLock<Arc<postgres::PgRuntime>>,
+    /// Cancel keys of live PostgreSQL sessions.
+    pub cancel_keys: postgres::CancelKeys,
+    /// Who decides on held statements; `None`: holds expire (are denied) at their timeout.
+    pub approvals: Option<Arc<dyn postgres::Approver>>,
 }
 
 impl Shared {
     pub fn config(&self) -> Arc<Config> {
         self.config
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The PostgreSQL runtime of the configuration in force.
+    pub fn pg(&self) -> Arc<postgres::PgRuntime> {
+        self.pg
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
@@ -280,7 +295,7 @@ async fn handle(
         .as_deref()
         .and_then(|p| config.workload_for(p, uid));
     let target = config.target_for(orig_dst);
-    let (Some(workload), Some((_, target))) = (workload, target) else {
+    let (Some(workload), Some((target_index, target))) = (workload, target) else {
         // Not (or no longer) an audited workload or destination: relay untouched.
         debug!(%peer, %orig_dst, cgroup = ?cgroup_path, "not audited; relaying untouched");
         let upstream = match connect(orig_dst, config.agent.connect_timeout).await {
@@ -340,31 +355,53 @@ async fn handle(
     let t_journal = t0.elapsed();
     info!(session = id, workload = %workload_name, cgroup = %cgroup, pid = tgid, %orig_dst, target = %target.name, "session opened");
 
-    let outcome = match connect(orig_dst, config.agent.connect_timeout).await {
-        Ok(upstream) => {
-            debug!(
-                session = id,
-                record_us = t_record.as_micros() as u64,
-                identity_us = (t_identity - t_record).as_micros() as u64,
-                journal_us = (t_journal - t_identity).as_micros() as u64,
-                connect_us = (t0.elapsed() - t_journal).as_micros() as u64,
-                "session setup"
-            );
-            relay::relay(
-                client,
-                upstream,
-                Some((&shared.journal, id)),
-                config.agent.idle_timeout,
-                cancel,
-            )
-            .await
-        }
-        Err(e) => {
-            reset(client);
-            relay::Outcome {
-                bytes_from_client: 0,
-                bytes_from_server: 0,
-                reason: CloseReason::UpstreamConnect(e.to_string()),
+    let pg = (target.protocol == crate::config::Protocol::Postgres)
+        .then(|| shared.pg())
+        .filter(|pg| pg.has_target(target_index));
+    let outcome = if let Some(runtime) = pg {
+        let rules = Arc::new(runtime.rules_for(&config, &workload_name, &target.name));
+        let ctx = postgres::SessionContext {
+            id,
+            journal: &shared.journal,
+            target,
+            target_index,
+            runtime,
+            rules,
+            orig_dst,
+            connect_timeout: config.agent.connect_timeout,
+            idle_timeout: config.agent.idle_timeout,
+            cancel_keys: &shared.cancel_keys,
+            approvals: shared.approvals.clone(),
+            workload: &workload_name,
+        };
+        postgres::serve(ctx, client, cancel).await
+    } else {
+        match connect(orig_dst, config.agent.connect_timeout).await {
+            Ok(upstream) => {
+                debug!(
+                    session = id,
+                    record_us = t_record.as_micros() as u64,
+                    identity_us = (t_identity - t_record).as_micros() as u64,
+                    journal_us = (t_journal - t_identity).as_micros() as u64,
+                    connect_us = (t0.elapsed() - t_journal).as_micros() as u64,
+                    "session setup"
+                );
+                relay::relay(
+                    client,
+                    upstream,
+                    Some((&shared.journal, id)),
+                    config.agent.idle_timeout,
+                    cancel,
+                )
+                .await
+            }
+            Err(e) => {
+                reset(client);
+                relay::Outcome {
+                    bytes_from_client: 0,
+                    bytes_from_server: 0,
+                    reason: CloseReason::UpstreamConnect(e.to_string()),
+                }
             }
         }
     };

@@ -45,6 +45,9 @@ pub enum CloseReason {
     JournalFailure(String),
     /// The original destination could not be reached.
     UpstreamConnect(String),
+    /// A protocol-aware session ended on a message it could not accept (malformed,
+    /// out of sequence, refused at start-up) or a failed authentication.
+    Protocol(String),
 }
 
 impl fmt::Display for CloseReason {
@@ -58,6 +61,7 @@ impl fmt::Display for CloseReason {
             Self::AgentShutdown => f.write_str("agent shutdown"),
             Self::JournalFailure(e) => write!(f, "journal failure: {e}"),
             Self::UpstreamConnect(e) => write!(f, "upstream connect failed: {e}"),
+            Self::Protocol(e) => write!(f, "protocol error: {e}"),
         }
     }
 }

@@ -384,6 +384,7 @@ impl Flow {
         encode::error_response("ERROR", SQLSTATE_REFUSED, &message)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn statement_event(
         &mut self,
         seq: u64,
@@ -672,8 +673,7 @@ impl Flow {
         }
         let refused = enforce && verdict == Verdict::Deny;
         // One event per statement of the string, so each can be found and replayed.
-        let statements: Vec<(String, Verdict, Option<String>)> = if analysis.statements.len() > 1
-        {
+        let statements: Vec<(String, Verdict, Option<String>)> = if analysis.statements.len() > 1 {
             analysis
                 .statements
                 .iter()
@@ -816,48 +816,46 @@ impl Flow {
         let seq = self.seq();
         let mut run = self.new_run(seq);
         let masks_on = !self.rules.masks.is_empty();
-        let (text, analysis, verdict, rule, statement_name, params, known_columns) = match self
-            .portals
-            .get(&portal_name)
-        {
-            Some(portal) => match self.statements.get(&portal.statement) {
-                Some(st) => {
-                    let columns = portal.columns.clone().or_else(|| {
-                        st.columns.clone().map(|c| {
-                            Arc::new(with_formats(&c, &portal.result_formats))
-                        })
-                    });
-                    (
-                        st.text.clone(),
-                        st.analysis.clone(),
-                        st.verdict,
-                        st.rule.clone(),
+        let (text, analysis, verdict, rule, statement_name, params, known_columns) =
+            match self.portals.get(&portal_name) {
+                Some(portal) => match self.statements.get(&portal.statement) {
+                    Some(st) => {
+                        let columns = portal.columns.clone().or_else(|| {
+                            st.columns
+                                .clone()
+                                .map(|c| Arc::new(with_formats(&c, &portal.result_formats)))
+                        });
+                        (
+                            st.text.clone(),
+                            st.analysis.clone(),
+                            st.verdict,
+                            st.rule.clone(),
+                            Some(portal.statement.clone()),
+                            portal.params.clone(),
+                            columns,
+                        )
+                    }
+                    None => (
+                        Arc::from("-- unknown prepared statement"),
+                        Arc::new(Analysis::default()),
+                        Verdict::Allow,
+                        None,
                         Some(portal.statement.clone()),
                         portal.params.clone(),
-                        columns,
-                    )
-                }
+                        None,
+                    ),
+                },
+                // The server will answer with an error; journal the attempt.
                 None => (
-                    Arc::from("-- unknown prepared statement"),
+                    Arc::from("-- unknown portal"),
                     Arc::new(Analysis::default()),
                     Verdict::Allow,
                     None,
-                    Some(portal.statement.clone()),
-                    portal.params.clone(),
+                    None,
+                    Vec::new(),
                     None,
                 ),
-            },
-            // The server will answer with an error; journal the attempt.
-            None => (
-                Arc::from("-- unknown portal"),
-                Arc::new(Analysis::default()),
-                Verdict::Allow,
-                None,
-                None,
-                Vec::new(),
-                None,
-            ),
-        };
+            };
         self.statement_event(
             seq,
             "extended",
@@ -874,11 +872,6 @@ impl Flow {
             None if masks_on => {
                 // Without the columns the agent cannot tell what to mask: ask the server
                 // first, in the same batch, and keep its answer to itself.
-                let describe = FrontendMessage::Describe {
-                    kind: b'P',
-                    name: crate::protocol::postgres::PgStr::from_static(""),
-                };
-                let _ = describe;
                 let mut body = BytesMut::new();
                 body.extend_from_slice(b"P");
                 body.extend_from_slice(portal_name.as_bytes());
@@ -922,9 +915,7 @@ impl Flow {
     fn journal_value(&self, value: &[u8], format: i16) -> String {
         let cut = &value[..value.len().min(MAX_RECORDED_VALUE)];
         let text = match std::str::from_utf8(cut) {
-            Ok(s) if format == 0 || !s.contains('\0') => {
-                self.rules.masks.mask_text(s).into_owned()
-            }
+            Ok(s) if format == 0 || !s.contains('\0') => self.rules.masks.mask_text(s).into_owned(),
             _ => {
                 let mut hex = String::with_capacity(2 + cut.len() * 2);
                 hex.push_str("\\x");
@@ -1008,7 +999,10 @@ impl Flow {
             HoldOutcome::Denied { by, reason } => format!(
                 "nhi-agent: statement held for approval (rule \"{}\") was denied by {by}{}",
                 held.rule.as_deref().unwrap_or("default"),
-                reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
             ),
             HoldOutcome::Approved { .. } => unreachable!("handled above"),
         };
@@ -1083,13 +1077,19 @@ impl Flow {
                 self.relay(&msg.raw);
             }
             BackendMessage::ParameterDescription { .. } => {
-                let hidden = matches!(self.expect.front(), Some(Expect::Describe { hidden: true, .. }));
+                let hidden = matches!(
+                    self.expect.front(),
+                    Some(Expect::Describe { hidden: true, .. })
+                );
                 if !hidden {
                     self.relay(&msg.raw);
                 }
             }
             BackendMessage::NoData => {
-                let hidden = matches!(self.expect.front(), Some(Expect::Describe { hidden: true, .. }));
+                let hidden = matches!(
+                    self.expect.front(),
+                    Some(Expect::Describe { hidden: true, .. })
+                );
                 self.pop_expected("NoData", |e| matches!(e, Expect::Describe { .. }))?;
                 if !hidden {
                     self.relay(&msg.raw);
@@ -1156,10 +1156,7 @@ impl Flow {
                     if record_rows && run.recorded.len() < MAX_RECORDED_ROWS {
                         let shown = match &masked_frame {
                             Some(frame) => decode_row_values(frame),
-                            None => row
-                                .values()
-                                .map(|v| v.map(|b| recorded_value(b)))
-                                .collect(),
+                            None => row.values().map(|v| v.map(recorded_value)).collect(),
                         };
                         run.recorded.push(shown);
                     }
@@ -1286,11 +1283,7 @@ impl Flow {
         }
     }
 
-    fn pop_expected(
-        &mut self,
-        what: &str,
-        ok: impl Fn(&Expect) -> bool,
-    ) -> Result<(), FlowError> {
+    fn pop_expected(&mut self, what: &str, ok: impl Fn(&Expect) -> bool) -> Result<(), FlowError> {
         match self.expect.front() {
             Some(e) if ok(e) => {
                 self.expect.pop_front();
@@ -1325,7 +1318,11 @@ impl Flow {
     }
 
     /// CommandComplete / EmptyQueryResponse / PortalSuspended: the current statement is done.
-    fn complete(&mut self, tag: Option<&str>, error: Option<(&str, &str)>) -> Result<(), FlowError> {
+    fn complete(
+        &mut self,
+        tag: Option<&str>,
+        error: Option<(&str, &str)>,
+    ) -> Result<(), FlowError> {
         match self.expect.front_mut() {
             Some(Expect::Query(q)) => {
                 let seq = q.seqs.get(q.next).copied().unwrap_or(0);
@@ -1450,7 +1447,7 @@ impl Flow {
 
     fn finish_run(&mut self, run: Run, tag: Option<&str>, error: Option<(&str, &str)>) {
         let rows = tag
-            .and_then(|t| crate::protocol::postgres::CommandTag::parse_rows(t))
+            .and_then(tag_rows)
             .or(if run.rows > 0 { Some(run.rows) } else { None });
         let masked = run
             .masker
@@ -1458,8 +1455,9 @@ impl Flow {
             .map(|m| m.masked_columns())
             .unwrap_or_default();
         let mask_not_enforced = !self.rules.enforce && !masked.is_empty();
-        let recorded = (self.rules.record_results == RecordResults::Rows && !run.columns.is_empty())
-            .then_some(run.recorded.as_slice());
+        let recorded = (self.rules.record_results == RecordResults::Rows
+            && !run.columns.is_empty())
+        .then_some(run.recorded.as_slice());
         let end = EndEvent {
             seq: run.seq,
             duration_us: run.started.elapsed().as_micros() as u64,
@@ -1534,6 +1532,12 @@ fn with_formats(columns: &[FieldDescription], formats: &[i16]) -> Vec<FieldDescr
             c
         })
         .collect()
+}
+
+/// Rows affected or returned, from a command tag ("SELECT 3", "INSERT 0 2", "COPY 5").
+fn tag_rows(tag: &str) -> Option<u64> {
+    crate::protocol::postgres::CommandTag(crate::protocol::postgres::PgStr::from(tag.to_owned()))
+        .rows()
 }
 
 /// The message of an ErrorResponse frame the agent built.

@@ -117,7 +117,8 @@ fn event(session: SessionId, kind: &'static str, data: &impl Serialize) -> Event
         session,
         at: std::time::SystemTime::now(),
         kind: std::borrow::Cow::Borrowed(kind),
-        data: serde_json::to_string(data).unwrap_or_else(|e| format!("{{\"encoding_error\":{:?}}}", e.to_string())),
+        data: serde_json::to_string(data)
+            .unwrap_or_else(|e| format!("{{\"encoding_error\":{:?}}}", e.to_string())),
     }
 }
 
@@ -141,7 +142,11 @@ pub async fn serve(
             let reason: CloseReason = failure.into();
             if let CloseReason::Protocol(why) = &reason {
                 warn!(session = ctx.id, reason = %why, "closing PostgreSQL session");
-                let event = event(ctx.id, "protocol_error", &serde_json::json!({ "reason": why }));
+                let event = event(
+                    ctx.id,
+                    "protocol_error",
+                    &serde_json::json!({ "reason": why }),
+                );
                 let _ = ctx.journal.record(&[event]);
             }
             reason
@@ -181,9 +186,14 @@ async fn serve_inner(
             .decode(&mut cbuf)
             .map_err(|e| Failure::Protocol(format!("client start-up: {e}")))?;
         let Some(decoded) = decoded else {
-            let n = tokio::time::timeout_at(deadline.into(), read_more(&mut client, &mut cbuf, Failure::Client))
-                .await
-                .map_err(|_| Failure::Protocol("client did not finish its start-up in time".into()))??;
+            let n = tokio::time::timeout_at(
+                deadline.into(),
+                read_more(&mut client, &mut cbuf, Failure::Client),
+            )
+            .await
+            .map_err(|_| {
+                Failure::Protocol("client did not finish its start-up in time".into())
+            })??;
             if n == 0 {
                 return Ok(CloseReason::ClientClosed);
             }
@@ -261,7 +271,10 @@ async fn serve_inner(
         let _ = client.write_all(&error).await;
         return Err(Failure::Protocol("unsupported protocol version".into()));
     }
-    if startup.param("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
+    if startup
+        .param("replication")
+        .is_some_and(|v| v != "false" && v != "off" && v != "0")
+    {
         let error = encode::error_response(
             "FATAL",
             "0A000",
@@ -342,7 +355,10 @@ async fn serve_inner(
     let mut fake_key = [0u8; 4];
     getrandom::fill(&mut fake_key).map_err(|e| Failure::Protocol(format!("no randomness: {e}")))?;
     let mut flow = Flow::new(ctx.id, ctx.rules.clone(), fake_key);
-    let result = session_loop(ctx, &mut flow, client, server, fdec, bdec, cbuf, sbuf, counts, cancel).await;
+    let result = session_loop(
+        ctx, &mut flow, client, server, fdec, bdec, cbuf, sbuf, counts, cancel,
+    )
+    .await;
     if let Some(key) = &flow.cancel_key {
         ctx.cancel_keys
             .lock()
@@ -635,7 +651,10 @@ async fn authenticate(
 
 fn backend_name(m: &BackendMessage) -> String {
     let dbg = format!("{m:?}");
-    dbg.split(['(', ' ', '{']).next().unwrap_or("message").to_owned()
+    dbg.split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("message")
+        .to_owned()
 }
 
 /// Forwards a CancelRequest to the backend the key designates, with its real key.
@@ -657,7 +676,9 @@ async fn forward_cancel(
             &serde_json::json!({ "pid": pid, "forwarded": false, "reason": "unknown cancel key" }),
         );
         let _ = ctx.journal.record(&[event]);
-        return Ok(CloseReason::Protocol("cancel request with an unknown key".into()));
+        return Ok(CloseReason::Protocol(
+            "cancel request with an unknown key".into(),
+        ));
     };
     let events = [
         event(

@@ -62,16 +62,18 @@ impl PgRuntime {
             let dir = state_dir.join("tls");
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            Some(Arc::new(
-                AgentCa::load_or_create(&dir)
-                    .with_context(|| format!("local TLS CA in {}", dir.display()))?,
-            ))
+            Some(Arc::new(AgentCa::load_or_create(&dir).with_context(
+                || format!("local TLS CA in {}", dir.display()),
+            )?))
         } else {
             None
         };
         let mut targets = Vec::with_capacity(config.targets.len());
         for target in &config.targets {
-            let Some(pg) = target.postgres.as_ref().filter(|_| target.protocol == Protocol::Postgres)
+            let Some(pg) = target
+                .postgres
+                .as_ref()
+                .filter(|_| target.protocol == Protocol::Postgres)
             else {
                 targets.push(None);
                 continue;

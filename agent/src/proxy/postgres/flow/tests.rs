@@ -122,13 +122,10 @@ fn an_allowed_query_is_journaled_forwarded_and_completed() {
     assert_eq!(ev[0].1["verdict"], "allow");
     assert_eq!(ev[0].1["action"], "forwarded");
     assert_eq!(&f.take_to_server()[..], &raw[..], "forwarded as is");
-    for m in [
-        BackendMessage::RowDescription {
-            fields: vec![field("?column?", 23, 0)],
-        },
-    ] {
-        f.on_server(backend(&m)).unwrap();
-    }
+    f.on_server(backend(&BackendMessage::RowDescription {
+        fields: vec![field("?column?", 23, 0)],
+    }))
+    .unwrap();
     f.on_server(row(&[Some(b"1")])).unwrap();
     f.on_server(backend(&BackendMessage::CommandComplete {
         tag: crate::protocol::postgres::CommandTag(PgStr::from_static("SELECT 1")),
@@ -227,7 +224,10 @@ fn a_refused_parse_drops_its_batch_and_errors_before_the_syncs_ready() {
         .unwrap();
     let answer = decode_all(&f.take_to_client());
     assert!(matches!(&answer[0], BackendMessage::ErrorResponse(e) if e.code() == Some("42501")));
-    assert!(matches!(answer[1], BackendMessage::ReadyForQuery { status: b'I' }));
+    assert!(matches!(
+        answer[1],
+        BackendMessage::ReadyForQuery { status: b'I' }
+    ));
 }
 
 #[test]
@@ -360,7 +360,8 @@ fn a_server_error_in_a_batch_skips_to_the_sync() {
     }
     f.on_client(frontend(&FrontendMessage::Sync)).unwrap();
     events(&mut f);
-    f.on_server(backend(&BackendMessage::ParseComplete)).unwrap();
+    f.on_server(backend(&BackendMessage::ParseComplete))
+        .unwrap();
     f.on_server(backend(&BackendMessage::BindComplete)).unwrap();
     let mut buf = BytesMut::from(&encode::error_response("ERROR", "22012", "division by zero")[..]);
     let err = BackendDecoder::new().decode(&mut buf).unwrap().unwrap();

@@ -1,0 +1,353 @@
+//! TLS from the agent to the real server: libpq `sslmode` semantics per target.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::sys::socket::{recv, MsgFlags};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::server::ParsedCertificate;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::protocol::postgres::SSL_REQUEST_CODE;
+
+use super::{
+    provider, server_name_string, HandshakeFailure, Side, Stream, TlsError, ALPN_POSTGRESQL,
+};
+
+/// The 8-byte SSLRequest: length 8, then the decoder's code 1234.5679.
+pub const SSL_REQUEST: [u8; 8] = {
+    let code = SSL_REQUEST_CODE.to_be_bytes();
+    [0, 0, 0, 8, code[0], code[1], code[2], code[3]]
+};
+
+/// How the agent secures its connection to a target's server (libpq's `sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    /// Clear text; no SSLRequest is sent.
+    Disable,
+    /// TLS if the server offers it, clear text if it answers `N`. The certificate is
+    /// not verified unless a `ca_file` is given (then its chain is, as libpq does when a
+    /// root certificate is present). A failed handshake is an error, not a fallback.
+    Prefer,
+    /// TLS mandatory. Without `ca_file` the certificate is not verified (encryption
+    /// against passive eavesdropping only); with `ca_file` its chain is verified but not
+    /// its name (libpq's `require` with a root certificate, i.e. `verify-ca`).
+    Require,
+    /// TLS mandatory, chain verified against `ca_file` and the certificate must name
+    /// `server_name` (or, without one, carry the connected IP address as an IP SAN).
+    VerifyFull,
+}
+
+impl fmt::Display for UpstreamTlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UpstreamTlsMode::Disable => "disable",
+            UpstreamTlsMode::Prefer => "prefer",
+            UpstreamTlsMode::Require => "require",
+            UpstreamTlsMode::VerifyFull => "verify-full",
+        })
+    }
+}
+
+/// A target's upstream TLS settings, built once at config load (the CA file is read
+/// then) and cheap to clone per connection.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    mode: UpstreamTlsMode,
+    /// `None` exactly when `mode` is `Disable`.
+    config: Option<Arc<ClientConfig>>,
+    /// The configured `server_name`; `None` means "the connected IP address".
+    server_name: Option<ServerName<'static>>,
+}
+
+impl UpstreamTls {
+    /// Builds the settings for one target. `ca_file` is a PEM file of one or more CA
+    /// certificates; `server_name` is the DNS name (or IP address) the certificate must
+    /// carry under `verify-full` and the SNI sent in every mode.
+    ///
+    /// `Disable` ignores `ca_file` and `server_name` (as libpq ignores `sslrootcert`
+    /// under `sslmode=disable`); `VerifyFull` without `ca_file` is an error.
+    pub fn new(
+        mode: UpstreamTlsMode,
+        ca_file: Option<&Path>,
+        server_name: Option<&str>,
+    ) -> Result<UpstreamTls, TlsError> {
+        if mode == UpstreamTlsMode::Disable {
+            return Ok(UpstreamTls {
+                mode,
+                config: None,
+                server_name: None,
+            });
+        }
+        let server_name = server_name
+            .map(|name| {
+                ServerName::try_from(name.to_owned()).map_err(|_| TlsError::InvalidServerName {
+                    name: name.to_owned(),
+                })
+            })
+            .transpose()?;
+        let roots = ca_file.map(load_roots).transpose()?;
+        let provider = provider();
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|source| TlsError::Config { source })?;
+        let mut config = match (mode, roots) {
+            (UpstreamTlsMode::VerifyFull, Some(roots)) => {
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            (UpstreamTlsMode::VerifyFull, None) => return Err(TlsError::MissingCaFile { mode }),
+            (_, Some(roots)) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier { roots, provider }))
+                .with_no_client_auth(),
+            (_, None) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoCertificateVerifier { provider }))
+                .with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+        Ok(UpstreamTls {
+            mode,
+            config: Some(Arc::new(config)),
+            server_name,
+        })
+    }
+
+    /// The configured mode.
+    pub fn mode(&self) -> UpstreamTlsMode {
+        self.mode
+    }
+
+    /// The PostgreSQL TLS negotiation on a fresh connection to the server at `addr`.
+    ///
+    /// `Disable` returns the stream untouched without sending anything. Otherwise sends
+    /// the SSLRequest and reads the one-byte answer: `S` starts the TLS handshake (SNI and
+    /// verification name: `server_name`, else `addr`'s IP); `N` continues in clear under
+    /// `Prefer` and is an error under `Require`/`VerifyFull`; anything else is an error.
+    /// Bytes following the answer are rejected (CVE-2021-23222).
+    ///
+    /// There is no timeout here: the caller bounds the whole upstream setup.
+    pub async fn negotiate_postgres(
+        &self,
+        mut tcp: TcpStream,
+        addr: SocketAddr,
+    ) -> Result<Stream, TlsError> {
+        let Some(config) = &self.config else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let io_err = |source| TlsError::Io {
+            side: Side::Upstream,
+            peer: addr,
+            source,
+        };
+        tcp.write_all(&SSL_REQUEST).await.map_err(io_err)?;
+        // Read exactly one byte: whatever else the server sent stays in the socket, where
+        // `trailing_bytes` sees it whether it came in the same segment or a later one.
+        let mut answer = [0u8; 1];
+        if tcp.read(&mut answer).await.map_err(io_err)? == 0 {
+            return Err(TlsError::ClosedDuringNegotiation { peer: addr });
+        }
+        let answer = answer[0];
+        if (answer == b'S' || answer == b'N') && trailing_bytes(&tcp).map_err(io_err)? {
+            return Err(TlsError::TrailingBytes {
+                peer: addr,
+                answer: char::from(answer),
+            });
+        }
+        match answer {
+            b'S' => {
+                let name = self
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                match connector.connect(name.clone(), tcp).await {
+                    Ok(tls) => Ok(Stream::Client(Box::new(tls))),
+                    Err(err) => Err(TlsError::Handshake {
+                        side: Side::Upstream,
+                        peer: addr,
+                        failure: HandshakeFailure::classify(&err, Some(&server_name_string(&name))),
+                    }),
+                }
+            }
+            b'N' if self.mode == UpstreamTlsMode::Prefer => Ok(Stream::Plain(tcp)),
+            b'N' => Err(TlsError::TlsNotOffered {
+                peer: addr,
+                mode: self.mode,
+            }),
+            byte => Err(TlsError::UnexpectedAnswer { peer: addr, byte }),
+        }
+    }
+}
+
+/// Whether the server already sent more than its one-byte answer, which it never does
+/// before hearing from the client again. A non-blocking `MSG_PEEK` asks the kernel
+/// directly (tokio's cached readiness could say "nothing" while bytes are queued); a
+/// closed connection (0) counts as nothing here and fails at the next step.
+fn trailing_bytes(tcp: &TcpStream) -> std::io::Result<bool> {
+    let mut probe = [0u8; 1];
+    match recv(
+        tcp.as_raw_fd(),
+        &mut probe,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(n) => Ok(n > 0),
+        Err(Errno::EAGAIN) => Ok(false),
+        Err(errno) => Err(std::io::Error::from(errno)),
+    }
+}
+
+/// Reads a PEM file of CA certificates into a root store.
+fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let bad = |reason: String| TlsError::BadCertificateFile {
+        path: path.to_owned(),
+        reason,
+    };
+    // Read the file ourselves so a missing file is an I/O error with its path, not a
+    // PEM error.
+    let pem = std::fs::read(path).map_err(|source| TlsError::File {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| bad(format!("invalid PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no CERTIFICATE block found".to_owned()));
+    }
+    Ok(Arc::new(roots))
+}
+
+/// `prefer`/`require` with a `ca_file`: the chain must lead to one of the roots, the
+/// name is not checked (libpq's behaviour with a root certificate, i.e. `verify-ca`).
+#[derive(Debug)]
+struct ChainOnlyVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ChainOnlyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `prefer`/`require` without a `ca_file`: any certificate is accepted (libpq does the
+/// same), but the handshake signature is still checked so the session keys belong to
+/// whoever holds the presented certificate's key.
+#[derive(Debug)]
+struct NoCertificateVerifier {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for NoCertificateVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
