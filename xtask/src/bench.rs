@@ -1,8 +1,18 @@
 //! `cargo xtask bench`: figures, not assertions. Every figure through the agent is
 //! paired with the same measurement taken directly in the same run (runs interleaved,
 //! medians reported), and printed as a ratio: these machines are noisy.
+//!
+//! The PostgreSQL part runs pgbench -S four ways against one server: directly, through
+//! pgbouncer (a well-known proxy, as a yardstick), through the agent as an opaque `tcp`
+//! target, and through the agent as a `postgres` target (statements decoded, judged by a
+//! policy, results run through a mask, every statement journaled before it is
+//! forwarded). Two targets for one server need two addresses, so the server also listens
+//! on 127.0.0.2: the `tcp` target is 127.0.0.2:port, the `postgres` one 127.0.0.1:port.
+//! Then the agent is restarted with `journal_fsync = "each"` and the `postgres` case is
+//! measured again against a fresh direct baseline.
 use std::{
     fs,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -36,8 +46,10 @@ pub fn bench(bytes: u64, conns: u64, runs: usize, pg_seconds: u64) -> anyhow::Re
     let agent_bin = root.join("target/release/nhi-agent");
     let client_bin = root.join("target/release/nhi-testclient");
 
+    // The harness appends conf lines and the last setting wins: 127.0.0.2 gives the
+    // opaque `tcp` target an address of its own on the same server.
+    let pg = nhi_tests::PgServer::start_with(&["listen_addresses = '127.0.0.1,127.0.0.2,::1'"]);
     // The test harness's loopback servers: a sink for bulk, an echo for round trips.
-    let pg = nhi_tests::PgServer::start();
     let sink = nhi_tests::EchoServer::start_sink("127.0.0.2:0").addr;
     let echo = nhi_tests::EchoServer::start("127.0.0.2:0").addr;
     let base = format!("nhi-bench-{}", std::process::id());
@@ -45,25 +57,30 @@ pub fn bench(bytes: u64, conns: u64, runs: usize, pg_seconds: u64) -> anyhow::Re
     let parent = TestCgroup::create(&base);
     let direct_cg = parent.child("direct");
     let agent_cg = parent.child("agent");
-    let work = std::env::temp_dir().join(&base);
-    fs::create_dir_all(&work)?;
+    let work = TempDir::create(std::env::temp_dir().join(&base))?;
     let pins = PathBuf::from("/sys/fs/bpf").join(&base);
-    let port = nhi_tests::free_port();
-    let config = work.join("bench.toml");
-    fs::write(
-        &config,
-        format!(
-            "[agent]\nmode = \"enforce\"\njournal = \"{}\"\nlisten_port = {port}\nbpffs = \"{}\"\n\
-             max_connections = 4096\n\n[[workload]]\nname = \"bench\"\ncgroup = \"{base}/agent\"\n\n\
-             [[target]]\nname = \"sink\"\naddress = \"{sink}\"\nprotocol = \"tcp\"\n\n\
-             [[target]]\nname = \"echo\"\naddress = \"{echo}\"\nprotocol = \"tcp\"\n\n\
-             [[target]]\nname = \"postgres\"\naddress = \"{pg}\"\nprotocol = \"tcp\"\n",
-            work.join("journal.db").display(),
-            pins.display(),
-            pg = pg.addr(),
-        ),
+    let journal = work.path().join("journal.db");
+    let config = |fsync_each: bool| {
+        BenchConfig {
+            journal: &journal,
+            listen_port: nhi_tests::free_port(),
+            pins: &pins,
+            cgroup: &format!("{base}/agent"),
+            sink: &sink.to_string(),
+            echo: &echo.to_string(),
+            pg_port: pg.port,
+            fsync_each,
+        }
+        .render()
+    };
+    let config_group = work.path().join("bench.toml");
+    fs::write(&config_group, config(false))?;
+    let mut agent = AgentProcess::start(
+        &agent_bin,
+        &config_group,
+        &work.path().join("agent.log"),
+        &pins,
     )?;
-    let mut agent = AgentProcess::start(&agent_bin, &config, &work.join("agent.log"), &pins)?;
 
     let client = |cg: &TestCgroup, args: &[String]| -> anyhow::Result<Value> {
         let out = cg
@@ -129,19 +146,55 @@ pub fn bench(bytes: u64, conns: u64, runs: usize, pg_seconds: u64) -> anyhow::Re
     );
 
     if pg_seconds > 0 {
-        pgbench(&pg, &direct_cg, &agent_cg, runs, pg_seconds)?;
+        let bench = PgBench {
+            pg: &pg,
+            direct_cg: &direct_cg,
+            agent_cg: &agent_cg,
+            runs,
+            seconds: pg_seconds,
+            work: work.path(),
+        };
+        bench.prepare()?;
+        let statements_before = count_statements(&journal);
+        let sql_transactions = bench.phase_group()?;
+        // The journal is complete only once the agent has stopped (its writer drains
+        // the pre-log into SQLite on the way out).
+        agent.stop();
+        let statements = count_statements(&journal);
+        print_statements(
+            "journal_fsync = \"group\"",
+            statements_before,
+            statements,
+            sql_transactions,
+        );
+
+        let config_each = work.path().join("bench-fsync-each.toml");
+        fs::write(&config_each, config(true))?;
+        agent = AgentProcess::start(
+            &agent_bin,
+            &config_each,
+            &work.path().join("agent-fsync-each.log"),
+            &pins,
+        )?;
+        let sql_transactions = bench.phase_fsync_each()?;
+        agent.stop();
+        print_statements(
+            "journal_fsync = \"each\"",
+            statements,
+            count_statements(&journal),
+            sql_transactions,
+        );
     }
 
     let sessions = Command::new(&agent_bin)
         .args(["sessions", "--journal"])
-        .arg(work.join("journal.db"))
+        .arg(&journal)
         .arg("--json")
         .output()?;
     let journaled = String::from_utf8_lossy(&sessions.stdout).lines().count();
     println!("\njournaled sessions during the run: {journaled}");
 
     agent.stop();
-    let _ = fs::remove_dir_all(&work);
     Ok(())
 }
 
@@ -150,38 +203,188 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-struct AgentProcess {
-    child: Child,
+/// The bench's agent config: `tcp` targets for the relay figures and for PostgreSQL on
+/// 127.0.0.2, a `postgres` target on 127.0.0.1 with a policy and a mask that pgbench's
+/// statements and columns never trigger, so what is measured is the cost of decoding,
+/// judging, scanning and journaling, not of refusing.
+struct BenchConfig<'a> {
+    journal: &'a Path,
+    listen_port: u16,
+    pins: &'a Path,
+    cgroup: &'a str,
+    sink: &'a str,
+    echo: &'a str,
+    pg_port: u16,
+    fsync_each: bool,
+}
+
+impl BenchConfig<'_> {
+    fn render(&self) -> String {
+        let fsync = if self.fsync_each {
+            "journal_fsync = \"each\"\n"
+        } else {
+            ""
+        };
+        format!(
+            r#"[agent]
+mode = "enforce"
+journal = "{journal}"
+listen_port = {listen_port}
+bpffs = "{pins}"
+max_connections = 4096
+{fsync}
+[[workload]]
+name = "bench"
+cgroup = "{cgroup}"
+
+[[target]]
+name = "sink"
+address = "{sink}"
+protocol = "tcp"
+
+[[target]]
+name = "echo"
+address = "{echo}"
+protocol = "tcp"
+
+[[target]]
+name = "pg-tcp"
+address = "127.0.0.2:{pg_port}"
+protocol = "tcp"
+
+[[target]]
+name = "pg-sql"
+address = "127.0.0.1:{pg_port}"
+protocol = "postgres"
+
+[[policy]]
+name = "bench"
+workload = "*"
+target = "pg-sql"
+mode = "enforce"
+default = "allow"
+unparsed = "deny"
+record_results = "summary"
+
+[[policy.rule]]
+name = "no-drop"
+verdict = "deny"
+kinds = ["drop", "truncate"]
+
+[[policy.rule]]
+name = "no-unbounded-delete"
+verdict = "deny"
+kinds = ["delete", "update"]
+without_where = true
+
+[[policy.rule]]
+name = "no-secrets"
+verdict = "deny"
+tables = ["secrets", "*.secrets"]
+
+[[policy.rule]]
+name = "no-file-access"
+verdict = "deny"
+functions = ["pg_read_file", "pg_read_binary_file", "lo_*"]
+
+[[mask]]
+name = "pii"
+target = "pg-sql"
+columns = ["email"]
+detectors = ["email", "credit_card"]
+strategy = "redact"
+"#,
+            journal = self.journal.display(),
+            listen_port = self.listen_port,
+            pins = self.pins.display(),
+            cgroup = self.cgroup,
+            sink = self.sink,
+            echo = self.echo,
+            pg_port = self.pg_port,
+        )
+    }
+}
+
+/// A directory removed (with its contents) on drop, so an error path cleans up too.
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn create(path: PathBuf) -> anyhow::Result<Self> {
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `nhi-agent run --detach-on-exit`, stopped (SIGTERM, then its pins removed) by
+/// [`AgentProcess::stop`] or on drop.
+pub(crate) struct AgentProcess {
+    child: Option<Child>,
     pins: PathBuf,
+    log: PathBuf,
 }
 
 impl AgentProcess {
-    fn start(bin: &Path, config: &Path, log: &Path, pins: &Path) -> anyhow::Result<Self> {
+    /// Starts the agent with warnings logged to `log` and waits until its proxy answers.
+    pub(crate) fn start(
+        bin: &Path,
+        config: &Path,
+        log: &Path,
+        pins: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::start_logging(bin, config, log, pins, "warn,nhi_agent=warn")
+    }
+
+    /// Like [`AgentProcess::start`], with an `NHI_LOG` filter.
+    pub(crate) fn start_logging(
+        bin: &Path,
+        config: &Path,
+        log: &Path,
+        pins: &Path,
+        filter: &str,
+    ) -> anyhow::Result<Self> {
         let log_file = fs::File::create(log)?;
         let child = Command::new(bin)
             .args(["run", "--detach-on-exit", "--config"])
             .arg(config)
-            .env("NHI_LOG", "warn,nhi_agent=warn")
+            .env("NHI_LOG", filter)
+            .env("NO_COLOR", "1")
             .stderr(log_file)
             .stdout(Stdio::null())
-            .spawn()?;
-        let this = Self {
-            child,
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut this = Self {
+            child: Some(child),
             pins: pins.to_path_buf(),
+            log: log.to_path_buf(),
         };
         // Ready when the listener answers.
         let port = fs::read_to_string(config)?
             .lines()
             .find_map(|l| l.strip_prefix("listen_port = ").map(str::to_string))
             .context("listen_port")?
+            .trim()
             .parse::<u16>()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = this
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                bail!("the agent exited ({status}):\n{}", this.log_text());
+            }
             if Instant::now() > deadline {
-                bail!(
-                    "agent not ready: {}",
-                    fs::read_to_string(log).unwrap_or_default()
-                );
+                bail!("agent not ready after 30 s:\n{}", this.log_text());
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -191,67 +394,345 @@ impl AgentProcess {
         Ok(this)
     }
 
-    fn stop(&mut self) {
+    /// What the agent logged so far.
+    pub(crate) fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, wait for the exit (SIGKILL after 60 s), remove the pins. Idempotent.
+    pub(crate) fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
         let _ = fs::remove_dir_all(&self.pins);
     }
 }
 
-/// pgbench -S (read-only, one indexed SELECT per transaction) through the agent (opaque
-/// tcp for now) and directly, -c 1 and -c 16, simple and prepared protocol.
-fn pgbench(
-    pg: &nhi_tests::PgServer,
-    direct_cg: &TestCgroup,
-    agent_cg: &TestCgroup,
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Where a pgbench client connects, and from which cgroup.
+struct Route<'a> {
+    label: &'static str,
+    cgroup: &'a TestCgroup,
+    host: &'static str,
+    port: u16,
+}
+
+/// One pgbench report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PgRun {
+    tps: f64,
+    latency_ms: f64,
+    transactions: u64,
+}
+
+/// The pgbench modes measured: clients x query protocol.
+const PG_CASES: [(u32, &str); 4] = [
+    (1, "simple"),
+    (1, "prepared"),
+    (16, "simple"),
+    (16, "prepared"),
+];
+
+/// pgbench -S (read-only, one indexed SELECT per transaction), -c 1 and -c 16, simple
+/// and prepared protocol.
+struct PgBench<'a> {
+    pg: &'a nhi_tests::PgServer,
+    direct_cg: &'a TestCgroup,
+    agent_cg: &'a TestCgroup,
     runs: usize,
     seconds: u64,
-) -> anyhow::Result<()> {
-    let port = pg.port.to_string();
-    let pgbench = |cg: &TestCgroup, args: &[&str]| -> anyhow::Result<String> {
-        let out = cg
+    work: &'a Path,
+}
+
+impl PgBench<'_> {
+    fn direct(&self) -> Route<'_> {
+        Route {
+            label: "direct",
+            cgroup: self.direct_cg,
+            host: "127.0.0.1",
+            port: self.pg.port,
+        }
+    }
+
+    fn agent_postgres(&self, label: &'static str) -> Route<'_> {
+        Route {
+            label,
+            cgroup: self.agent_cg,
+            host: "127.0.0.1",
+            port: self.pg.port,
+        }
+    }
+
+    /// Creates pgbench's tables (scale 10) directly; vacuumed as part of `-i`.
+    fn prepare(&self) -> anyhow::Result<()> {
+        self.pgbench(&self.direct(), &["-i", "-s", "10", "-q"])?;
+        Ok(())
+    }
+
+    fn pgbench(&self, route: &Route<'_>, args: &[&str]) -> anyhow::Result<String> {
+        let out = route
+            .cgroup
             .command("pgbench")
-            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+            .args([
+                "-h",
+                route.host,
+                "-p",
+                &route.port.to_string(),
+                "-U",
+                "postgres",
+            ])
             .args(args)
             .arg("postgres")
             .output()
             .context("running pgbench")?;
         if !out.status.success() {
-            bail!("pgbench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "pgbench {args:?} via {}: {}{}",
+                route.label,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    pgbench(direct_cg, &["-i", "-s", "10", "-q"])?;
-    println!("\npgbench -S, {seconds} s per run, median of {runs} (tps / mean latency):");
-    for clients in [1u32, 16] {
-        for mode in ["simple", "prepared"] {
+    }
+
+    /// Runs every case `runs` times over `routes`, interleaved (route by route within a
+    /// repetition), and returns the runs per case and route.
+    fn measure(&self, routes: &[Route<'_>]) -> anyhow::Result<Vec<Vec<Vec<PgRun>>>> {
+        let t = self.seconds.to_string();
+        let mut all = Vec::new();
+        for (clients, mode) in PG_CASES {
             let c = clients.to_string();
             let j = clients.min(2).to_string();
-            let t = seconds.to_string();
-            let args = ["-S", "-M", mode, "-c", &c, "-j", &j, "-T", &t];
-            let (mut d, mut a) = (Vec::new(), Vec::new());
-            for _ in 0..runs {
-                d.push(parse_pgbench(&pgbench(direct_cg, &args)?)?);
-                a.push(parse_pgbench(&pgbench(agent_cg, &args)?)?);
+            // -n: no vacuum before the run (it would also TRUNCATE pgbench_history, which
+            // the policy refuses); `-i` has just vacuumed.
+            let args = ["-n", "-S", "-M", mode, "-c", &c, "-j", &j, "-T", &t];
+            let mut per_route = vec![Vec::new(); routes.len()];
+            for _ in 0..self.runs {
+                for (i, route) in routes.iter().enumerate() {
+                    per_route[i].push(parse_pgbench(&self.pgbench(route, &args)?)?);
+                }
             }
-            let tps = |v: &[(f64, f64)]| median(v.iter().map(|x| x.0).collect());
-            let lat = |v: &[(f64, f64)]| median(v.iter().map(|x| x.1).collect());
+            all.push(per_route);
+        }
+        Ok(all)
+    }
+
+    /// Direct, pgbouncer, agent `tcp`, agent `postgres`; returns the transactions the
+    /// `postgres` route ran (to set against the statements journaled).
+    fn phase_group(&self) -> anyhow::Result<u64> {
+        let bouncer = PgBouncer::start(&self.work.join("pgbouncer"), self.pg.port)?;
+        let routes = [
+            self.direct(),
+            Route {
+                label: "pgbouncer (session pool)",
+                cgroup: self.direct_cg,
+                host: "127.0.0.1",
+                port: bouncer.port,
+            },
+            Route {
+                label: "agent, protocol tcp",
+                cgroup: self.agent_cg,
+                host: "127.0.0.2",
+                port: self.pg.port,
+            },
+            self.agent_postgres("agent, protocol postgres"),
+        ];
+        println!(
+            "\npgbench -S -n (scale 10), {} s per run, median of {} interleaved runs; \
+             ratio = tps / direct tps; +us/tx = mean latency minus direct's:",
+            self.seconds, self.runs
+        );
+        let results = self.measure(&routes)?;
+        drop(bouncer);
+        print_table(&routes, &results);
+        Ok(results
+            .iter()
+            .flat_map(|per_route| per_route[3].iter().map(|r| r.transactions))
+            .sum())
+    }
+
+    /// Direct and agent `postgres` with `journal_fsync = "each"` (the agent restarted).
+    fn phase_fsync_each(&self) -> anyhow::Result<u64> {
+        let routes = [
+            self.direct(),
+            self.agent_postgres("agent, postgres, fsync each"),
+        ];
+        println!(
+            "\nagent restarted with journal_fsync = \"each\" (a statement is forwarded only once \
+             its event is committed; commits are shared); direct measured again alongside:"
+        );
+        let results = self.measure(&routes)?;
+        print_table(&routes, &results);
+        Ok(results
+            .iter()
+            .flat_map(|per_route| per_route[1].iter().map(|r| r.transactions))
+            .sum())
+    }
+}
+
+/// Prints one block per case: a line per route, the first route being the baseline.
+fn print_table(routes: &[Route<'_>], results: &[Vec<Vec<PgRun>>]) {
+    let width = routes.iter().map(|r| r.label.len()).max().unwrap_or(0);
+    for ((clients, mode), per_route) in PG_CASES.iter().zip(results) {
+        let tps = |v: &[PgRun]| median(v.iter().map(|r| r.tps).collect());
+        let lat = |v: &[PgRun]| median(v.iter().map(|r| r.latency_ms).collect());
+        let (base_tps, base_lat) = (tps(&per_route[0]), lat(&per_route[0]));
+        for (i, (route, runs)) in routes.iter().zip(per_route).enumerate() {
+            let case = if i == 0 {
+                format!("-c {clients:>2} {mode:<8}")
+            } else {
+                String::new()
+            };
+            let (t, l) = (tps(runs), lat(runs));
+            let versus = if i == 0 {
+                String::new()
+            } else {
+                format!(
+                    "   {:>5.2}x   {:>+6.0} us/tx",
+                    t / base_tps,
+                    (l - base_lat) * 1000.0
+                )
+            };
             println!(
-                "  -c {clients:>2} {mode:<8}  direct {:>8.0} tps {:>6.3} ms   agent (opaque tcp) {:>8.0} tps {:>6.3} ms   ratio {:.2}x",
-                tps(&d),
-                lat(&d),
-                tps(&a),
-                lat(&a),
-                tps(&a) / tps(&d)
+                "  {case:<17} {:<width$}  {t:>8.0} tps  {l:>7.3} ms{versus}",
+                route.label
             );
         }
     }
-    Ok(())
 }
 
-/// (tps, mean latency in ms) from pgbench's report.
-fn parse_pgbench(report: &str) -> anyhow::Result<(f64, f64)> {
+fn print_statements(phase: &str, before: Option<u64>, after: Option<u64>, transactions: u64) {
+    match (before, after) {
+        (Some(b), Some(a)) => println!(
+            "statement events journaled with {phase}: {} (pgbench reported {transactions} \
+             transactions through the postgres target; its start-up queries add a few)",
+            a.saturating_sub(b)
+        ),
+        _ => println!(
+            "statement events journaled with {phase}: unknown (sqlite3 could not read the journal)"
+        ),
+    }
+}
+
+/// `select count(*) from events where kind = 'statement'`, with the sqlite3 shell:
+/// counting through `nhi-agent replay --json` session by session would take longer than
+/// the runs. None when the journal does not exist yet or sqlite3 fails.
+fn count_statements(journal: &Path) -> Option<u64> {
+    if !journal.exists() {
+        return Some(0);
+    }
+    util::output(
+        Command::new("sqlite3")
+            .arg("-readonly")
+            .arg(journal)
+            .arg("select count(*) from events where kind = 'statement'"),
+    )?
+    .trim()
+    .parse()
+    .ok()
+}
+
+/// pgbouncer on a free loopback port, in session pooling mode with `trust` auth, run as
+/// the `postgres` user (it refuses to run as root), its config, pid file and log in
+/// `dir`. Stopped on drop.
+struct PgBouncer {
+    child: Child,
+    port: u16,
+}
+
+impl PgBouncer {
+    fn start(dir: &Path, server_port: u16) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let id = |flag: &str| -> anyhow::Result<u32> {
+            util::output(Command::new("id").args([flag, "postgres"]))
+                .context("no `postgres` user (apt install postgresql)")?
+                .trim()
+                .parse()
+                .context("id output")
+        };
+        let (uid, gid) = (id("-u")?, id("-g")?);
+        let port = nhi_tests::free_port();
+        let ini = dir.join("pgbouncer.ini");
+        let users = dir.join("userlist.txt");
+        let log = dir.join("pgbouncer.log");
+        // trust still looks the user up in auth_file; the password is not checked.
+        fs::write(&users, "\"postgres\" \"\"\n")?;
+        fs::write(
+            &ini,
+            format!(
+                "[databases]\npostgres = host=127.0.0.1 port={server_port} dbname=postgres\n\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {users}\npool_mode = session\n\
+                 max_client_conn = 200\ndefault_pool_size = 40\n\
+                 log_connections = 0\nlog_disconnections = 0\n\
+                 logfile = {log}\npidfile = {pid}\n",
+                users = users.display(),
+                log = log.display(),
+                pid = dir.join("pgbouncer.pid").display(),
+            ),
+        )?;
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(dir)
+            .status()?;
+        if !status.success() {
+            bail!("chown {}: {status}", dir.display());
+        }
+        let child = Command::new("pgbouncer")
+            .arg(&ini)
+            .uid(uid)
+            .gid(gid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting pgbouncer (apt install pgbouncer)")?;
+        let mut this = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let log_text = || fs::read_to_string(&log).unwrap_or_default();
+            if let Ok(Some(status)) = this.child.try_wait() {
+                bail!("pgbouncer exited ({status}):\n{}", log_text());
+            }
+            if Instant::now() > deadline {
+                bail!("pgbouncer not listening after 10 s:\n{}", log_text());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        // SIGTERM: immediate shutdown (the runs are over).
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Figures from pgbench's report.
+fn parse_pgbench(report: &str) -> anyhow::Result<PgRun> {
     let number_after = |prefix: &str| -> Option<f64> {
         report
             .lines()
@@ -260,6 +741,64 @@ fn parse_pgbench(report: &str) -> anyhow::Result<(f64, f64)> {
             .and_then(|n| n.parse().ok())
     };
     let tps = number_after("tps = ").context("no tps in pgbench output")?;
-    let latency = number_after("latency average = ").context("no latency in pgbench output")?;
-    Ok((tps, latency))
+    let latency_ms = number_after("latency average = ").context("no latency in pgbench output")?;
+    let transactions = number_after("number of transactions actually processed: ")
+        .context("no transaction count in pgbench output")?;
+    Ok(PgRun {
+        tps,
+        latency_ms,
+        transactions: transactions as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgbench_report_is_parsed() {
+        let report = "pgbench (15.8 (Debian 15.8-0+deb12u1))\n\
+            transaction type: <builtin: select only>\n\
+            number of transactions actually processed: 49254\n\
+            number of failed transactions: 0 (0.000%)\n\
+            latency average = 0.162 ms\n\
+            initial connection time = 0.814 ms\n\
+            tps = 24631.606110 (without initial connection time)\n";
+        let run = parse_pgbench(report).expect("a complete report");
+        assert_eq!(run.transactions, 49254);
+        assert!((run.tps - 24631.606110).abs() < 1e-6, "{run:?}");
+        assert!((run.latency_ms - 0.162).abs() < 1e-9, "{run:?}");
+        assert!(parse_pgbench("tps = 1\n").is_err());
+    }
+
+    #[test]
+    fn median_takes_the_middle() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert!(median(Vec::new()).is_nan());
+    }
+
+    #[test]
+    fn bench_config_sets_fsync_only_when_asked() {
+        let cfg = |fsync_each| {
+            BenchConfig {
+                journal: Path::new("/tmp/j.db"),
+                listen_port: 15999,
+                pins: Path::new("/sys/fs/bpf/x"),
+                cgroup: "nhi-bench-1/agent",
+                sink: "127.0.0.2:1",
+                echo: "127.0.0.2:2",
+                pg_port: 5433,
+                fsync_each,
+            }
+            .render()
+        };
+        let (group, each) = (cfg(false), cfg(true));
+        assert!(!group.contains("journal_fsync"));
+        assert!(each.contains("journal_fsync = \"each\"\n"));
+        for text in [&group, &each] {
+            assert!(text.contains("address = \"127.0.0.2:5433\"\nprotocol = \"tcp\""));
+            assert!(text.contains("address = \"127.0.0.1:5433\"\nprotocol = \"postgres\""));
+            assert!(text.contains("listen_port = 15999\n"));
+        }
+    }
 }

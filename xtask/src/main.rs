@@ -3,8 +3,11 @@
 //! - `cargo xtask setup`: install what building and testing need (idempotent).
 //! - `cargo xtask run`:   setup, release build, start the agent with policies/example.toml.
 //! - `cargo xtask test`:  setup, fmt check, clippy -D warnings, unit and integration tests.
-//! - `cargo xtask bench`: relay throughput, connection rate and connect latency, agent vs direct.
+//! - `cargo xtask demo`:  the tour: a bot's statements masked, refused, allowed, journaled.
+//! - `cargo xtask bench`: relay throughput, connection rate and connect latency, and pgbench
+//!   direct / pgbouncer / agent (tcp, postgres), as ratios against direct.
 mod bench;
+mod demo;
 mod run;
 mod setup;
 mod test;
@@ -35,6 +38,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// The tour (as root): a throwaway PostgreSQL, the agent with policies/demo.toml, and a
+    /// bot whose statements are masked, refused and allowed; then its journaled session.
+    /// Exits non-zero if anything does not happen as shown.
+    Demo,
     /// Print benchmark figures (ratios against a baseline from the same run).
     Bench {
         /// Bytes per bulk transfer.
@@ -44,10 +51,10 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         conns: u64,
         /// Repetitions of each measurement (the median is reported).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 3)]
         runs: usize,
         /// Seconds per pgbench run (0 skips the PostgreSQL figures).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 3)]
         pg_seconds: u64,
     },
 }
@@ -57,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Setup => setup::setup(),
         Cmd::Run { config } => run::run(config),
         Cmd::Test { args } => test::test(&args),
+        Cmd::Demo => demo::demo(),
         Cmd::Bench {
             bytes,
             conns,
