@@ -719,6 +719,33 @@ async fn forward_cancel(
     Ok(CloseReason::ClientClosed)
 }
 
+/// Journals what the flow staged; with `durable`, waits for the fsync too. If the
+/// journal refuses, the client gets a FATAL error and the session ends.
+async fn record(
+    ctx: &SessionContext<'_>,
+    flow: &mut Flow,
+    cw: &mut (impl AsyncWrite + Unpin),
+    durable: bool,
+) -> Result<(), Failure> {
+    let events = flow.take_events();
+    let result = match ctx.journal.record(&events) {
+        Ok(seq) if durable => ctx.journal.durable(seq).await,
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        warn!(session = ctx.id, error = %e, "the journal cannot record this session; closing it");
+        let error = encode::error_response(
+            "FATAL",
+            "58030",
+            "nhi-agent: the audit journal cannot record this session; the request was not forwarded",
+        );
+        let _ = cw.write_all(&error).await;
+        return Err(Failure::Journal(e.to_string()));
+    }
+    Ok(())
+}
+
 /// The session after authentication.
 #[allow(clippy::too_many_arguments)]
 async fn session_loop(
@@ -773,6 +800,10 @@ async fn session_loop(
                 }
             }
         }
+        // Client requests must be durable (per `journal_fsync`) before they are forwarded.
+        if flow.has_events() {
+            record(ctx, flow, &mut cw, fsync_each).await?;
+        }
         while let Some(msg) = bdec
             .decode(&mut sbuf)
             .map_err(|e| Failure::Protocol(format!("server: {e}")))?
@@ -796,29 +827,10 @@ async fn session_loop(
                 registered_key = true;
             }
         }
-        // Record before forward.
+        // Results are journaled before they reach the client too; they need not wait
+        // for an fsync (nothing more reaches the server because of them).
         if flow.has_events() {
-            let events = flow.take_events();
-            match ctx.journal.record(&events) {
-                Ok(seq) => {
-                    if fsync_each {
-                        ctx.journal
-                            .durable(seq)
-                            .await
-                            .map_err(|e| Failure::Journal(e.to_string()))?;
-                    }
-                }
-                Err(e) => {
-                    warn!(session = ctx.id, error = %e, "the journal cannot record this session; closing it");
-                    let error = encode::error_response(
-                        "FATAL",
-                        "58030",
-                        "nhi-agent: the audit journal cannot record this session; the request was not forwarded",
-                    );
-                    let _ = cw.write_all(&error).await;
-                    return Err(Failure::Journal(e.to_string()));
-                }
-            }
+            record(ctx, flow, &mut cw, false).await?;
         }
         to_server.extend_from_slice(&flow.take_to_server());
         to_client.extend_from_slice(&flow.take_to_client());
