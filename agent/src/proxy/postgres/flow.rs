@@ -129,6 +129,20 @@ struct Run {
     copy: Option<CopyCount>,
 }
 
+impl Run {
+    fn new(seq: u64) -> Run {
+        Run {
+            seq,
+            started: Instant::now(),
+            columns: Vec::new(),
+            masker: None,
+            rows: 0,
+            recorded: Vec::new(),
+            copy: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize)]
 struct CopyCount {
     direction: &'static str,
@@ -613,15 +627,7 @@ impl Flow {
     }
 
     fn new_run(&self, seq: u64) -> Run {
-        Run {
-            seq,
-            started: Instant::now(),
-            columns: Vec::new(),
-            masker: None,
-            rows: 0,
-            recorded: Vec::new(),
-            copy: None,
-        }
+        Run::new(seq)
     }
 
     fn on_query(
@@ -650,26 +656,7 @@ impl Flow {
                 rule.as_deref(),
                 "held",
             );
-            let timeout = self
-                .rules
-                .policy
-                .as_ref()
-                .map(|p| p.approval_timeout)
-                .unwrap_or(std::time::Duration::from_secs(300));
-            let request = HoldRequest {
-                seq,
-                text: text.to_string(),
-                rule: rule.clone(),
-                timeout,
-            };
-            self.held = Some(Held {
-                message: msg,
-                seq,
-                rule,
-                analysis,
-                text,
-            });
-            return Ok(Step::Hold(request));
+            return Ok(self.hold(msg, seq, text, analysis, rule));
         }
         let refused = enforce && verdict == Verdict::Deny;
         // One event per statement of the string, so each can be found and replayed.
@@ -755,26 +742,7 @@ impl Flow {
                 rule.as_deref(),
                 "held",
             );
-            let timeout = self
-                .rules
-                .policy
-                .as_ref()
-                .map(|p| p.approval_timeout)
-                .unwrap_or(std::time::Duration::from_secs(300));
-            let request = HoldRequest {
-                seq,
-                text: text.to_string(),
-                rule: rule.clone(),
-                timeout,
-            };
-            self.held = Some(Held {
-                message: msg,
-                seq,
-                rule,
-                analysis,
-                text,
-            });
-            return Ok(Step::Hold(request));
+            return Ok(self.hold(msg, seq, text, analysis, rule));
         }
         if enforce && verdict == Verdict::Deny {
             let seq = self.seq();
@@ -930,6 +898,37 @@ impl Flow {
         } else {
             text
         }
+    }
+
+    /// Keeps `msg` until a decision comes ([`Flow::resolve_hold`]).
+    fn hold(
+        &mut self,
+        message: Decoded<FrontendMessage>,
+        seq: u64,
+        text: Arc<str>,
+        analysis: Arc<Analysis>,
+        rule: Option<String>,
+    ) -> Step {
+        let timeout = self
+            .rules
+            .policy
+            .as_ref()
+            .map(|p| p.approval_timeout)
+            .unwrap_or(policy::DEFAULT_APPROVAL_TIMEOUT);
+        let request = HoldRequest {
+            seq,
+            text: text.to_string(),
+            rule: rule.clone(),
+            timeout,
+        };
+        self.held = Some(Held {
+            message,
+            seq,
+            rule,
+            analysis,
+            text,
+        });
+        Step::Hold(request)
     }
 
     /// Resolves a hold: the held message is then forwarded or refused.
@@ -1266,15 +1265,7 @@ impl Flow {
             Expect::Query(q) => {
                 if q.current.is_none() {
                     let seq = q.seqs.get(q.next).copied().unwrap_or(0);
-                    q.current = Some(Run {
-                        seq,
-                        started: Instant::now(),
-                        columns: Vec::new(),
-                        masker: None,
-                        rows: 0,
-                        recorded: Vec::new(),
-                        copy: None,
-                    });
+                    q.current = Some(Run::new(seq));
                 }
                 q.current.as_mut()
             }
@@ -1328,15 +1319,7 @@ impl Flow {
                 let seq = q.seqs.get(q.next).copied().unwrap_or(0);
                 let run = q.current.take();
                 q.next += 1;
-                let run = run.unwrap_or_else(|| Run {
-                    seq,
-                    started: Instant::now(),
-                    columns: Vec::new(),
-                    masker: None,
-                    rows: 0,
-                    recorded: Vec::new(),
-                    copy: None,
-                });
+                let run = run.unwrap_or_else(|| Run::new(seq));
                 self.finish_run(run, tag, error);
                 Ok(())
             }
@@ -1363,31 +1346,12 @@ impl Flow {
                 let seq = q.seqs.get(q.next).copied().unwrap_or(0);
                 let run = q.current.take();
                 q.next += 1;
-                let run = run.unwrap_or_else(|| Run {
-                    seq,
-                    started: Instant::now(),
-                    columns: Vec::new(),
-                    masker: None,
-                    rows: 0,
-                    recorded: Vec::new(),
-                    copy: None,
-                });
+                let run = run.unwrap_or_else(|| Run::new(seq));
                 self.finish_run(run, None, Some((sqlstate, message)));
             }
             Some(Expect::FunctionCall(run)) => {
                 run.rows = 0;
-                let taken = std::mem::replace(
-                    run,
-                    Run {
-                        seq: 0,
-                        started: Instant::now(),
-                        columns: Vec::new(),
-                        masker: None,
-                        rows: 0,
-                        recorded: Vec::new(),
-                        copy: None,
-                    },
-                );
+                let taken = std::mem::replace(run, Run::new(0));
                 self.finish_run(taken, None, Some((sqlstate, message)));
                 // Leave a placeholder: the RFQ pops it without a second event.
                 if let Some(Expect::FunctionCall(_)) = self.expect.front() {
