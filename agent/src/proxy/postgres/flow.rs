@@ -36,7 +36,7 @@ use serde::Serialize;
 
 use crate::journal::{Event, SessionId};
 use crate::mask::{ColumnInfo, MaskedColumn, RowMasker, SessionMasks};
-use crate::policy::{self, Analysis, Policy, RecordResults, Verdict};
+use crate::policy::{self, Analysis, Policy, RecordResults, StatementVerdict, Verdict};
 use crate::protocol::postgres::{
     encode, BackendMessage, Decoded, FieldDescription, FrontendMessage,
 };
@@ -363,13 +363,27 @@ impl Flow {
 
     /// The verdict for some SQL text, and the analysis it came from.
     fn judge(&self, sql: &str) -> (Arc<Analysis>, Verdict, Option<String>) {
+        let (analysis, verdict, rule, _) = self.judge_each(sql);
+        (analysis, verdict, rule)
+    }
+
+    /// [`Flow::judge`], with the verdict of each statement of the string.
+    fn judge_each(
+        &self,
+        sql: &str,
+    ) -> (
+        Arc<Analysis>,
+        Verdict,
+        Option<String>,
+        Vec<StatementVerdict>,
+    ) {
         let analysis = Arc::new(policy::analyze(sql));
-        let (mut verdict, mut rule) = match &self.rules.policy {
+        let (mut verdict, mut rule, per_statement) = match &self.rules.policy {
             Some(p) => {
                 let d = p.decide(&analysis);
-                (d.verdict, d.rule)
+                (d.verdict, d.rule, d.per_statement)
             }
-            None => (Verdict::Allow, None),
+            None => (Verdict::Allow, None, Vec::new()),
         };
         // COPY ... TO sends rows as text lines the agent cannot attribute to column
         // names, so with masks in force it would be a way around them.
@@ -383,7 +397,7 @@ impl Flow {
             verdict = Verdict::Deny;
             rule = Some("masks-forbid-copy-to".to_owned());
         }
-        (analysis, verdict, rule)
+        (analysis, verdict, rule, per_statement)
     }
 
     fn refusal(&self, rule: Option<&str>, verdict: Verdict) -> Bytes {
@@ -479,8 +493,8 @@ impl Flow {
         match &msg.message {
             FrontendMessage::Query { sql } => {
                 let sql = sql.as_str().to_owned();
-                let (analysis, verdict, rule) = self.judge(&sql);
-                self.on_query(msg, sql.into(), analysis, verdict, rule)
+                let (analysis, verdict, rule, per_statement) = self.judge_each(&sql);
+                self.on_query(msg, sql.into(), analysis, (verdict, rule), per_statement)
             }
             FrontendMessage::Parse { name, sql, .. } => {
                 let text: Arc<str> = sql.as_str().into();
@@ -635,13 +649,9 @@ impl Flow {
         msg: Decoded<FrontendMessage>,
         text: Arc<str>,
         analysis: Arc<Analysis>,
-        verdict: Verdict,
-        rule: Option<String>,
+        (verdict, rule): (Verdict, Option<String>),
+        per_statement: Vec<StatementVerdict>,
     ) -> Result<Step, FlowError> {
-        let per_statement = match &self.rules.policy {
-            Some(p) => p.decide(&analysis).per_statement,
-            None => Vec::new(),
-        };
         let enforce = self.rules.enforce;
         if enforce && verdict == Verdict::Approve {
             let seq = self.seq();
@@ -881,23 +891,13 @@ impl Flow {
     }
 
     fn journal_value(&self, value: &[u8], format: i16) -> String {
-        let cut = &value[..value.len().min(MAX_RECORDED_VALUE)];
-        let text = match std::str::from_utf8(cut) {
-            Ok(s) if format == 0 || !s.contains('\0') => self.rules.masks.mask_text(s).into_owned(),
-            _ => {
-                let mut hex = String::with_capacity(2 + cut.len() * 2);
-                hex.push_str("\\x");
-                for b in cut {
-                    hex.push_str(&format!("{b:02x}"));
-                }
-                hex
-            }
+        let masked = match std::str::from_utf8(value) {
+            Ok(s) if format == 0 || !s.contains('\0') => self.rules.masks.mask_text(s),
+            _ => return bounded(hex_value, value, value.len()),
         };
-        if value.len() > cut.len() {
-            format!("{text}… ({} bytes)", value.len())
-        } else {
-            text
-        }
+        // Masked before it is cut, so a match across the cut cannot leave a piece behind;
+        // the length said is the value's own.
+        bounded(show_text, masked.as_bytes(), value.len())
     }
 
     /// Keeps `msg` until a decision comes ([`Flow::resolve_hold`]).
@@ -1506,37 +1506,46 @@ fn tag_rows(tag: &str) -> Option<u64> {
 
 /// The message of an ErrorResponse frame the agent built.
 fn error_message(frame: &Bytes) -> String {
-    // Fields start after tag + length; each is a type byte and a C string.
-    let body = frame.get(5..).unwrap_or_default();
-    let mut rest = body;
-    while let Some((&kind, tail)) = rest.split_first() {
-        if kind == 0 {
-            break;
-        }
-        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-        if kind == b'M' {
-            return String::from_utf8_lossy(&tail[..end]).into_owned();
-        }
-        rest = tail.get(end + 1..).unwrap_or_default();
+    let mut buf = BytesMut::from(&frame[..]);
+    match crate::protocol::postgres::BackendDecoder::new().decode(&mut buf) {
+        Ok(Some(Decoded {
+            message: BackendMessage::ErrorResponse(fields),
+            ..
+        })) => fields.message().unwrap_or("").to_owned(),
+        _ => String::new(),
     }
-    String::new()
 }
 
 /// A value as the journal shows it: text if it is UTF-8, hex otherwise; bounded.
 fn recorded_value(value: &[u8]) -> String {
-    let cut = &value[..value.len().min(MAX_RECORDED_VALUE)];
-    let mut text = match std::str::from_utf8(cut) {
+    bounded(show_text, value, value.len())
+}
+
+/// Text if it is UTF-8, hex otherwise.
+fn show_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
-        Err(_) => {
-            let mut hex = String::from("\\x");
-            for b in cut {
-                hex.push_str(&format!("{b:02x}"));
-            }
-            hex
-        }
-    };
+        Err(_) => hex_value(bytes),
+    }
+}
+
+/// `\x` and the bytes in hex, as psql shows bytea.
+fn hex_value(bytes: &[u8]) -> String {
+    let mut hex = String::with_capacity(2 + bytes.len() * 2);
+    hex.push_str("\\x");
+    for b in bytes {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
+/// `show` of at most [`MAX_RECORDED_VALUE`] bytes of `value`; when cut, says the
+/// original length `len`.
+fn bounded(show: impl Fn(&[u8]) -> String, value: &[u8], len: usize) -> String {
+    let cut = &value[..value.len().min(MAX_RECORDED_VALUE)];
+    let mut text = show(cut);
     if value.len() > cut.len() {
-        text.push_str(&format!("… ({} bytes)", value.len()));
+        text.push_str(&format!("… ({len} bytes)"));
     }
     text
 }

@@ -373,3 +373,31 @@ fn a_server_error_in_a_batch_skips_to_the_sync() {
     assert_eq!(ev[0].1["error"]["sqlstate"], "22012");
     assert!(ev[1].1["note"].as_str().unwrap().contains("not run"));
 }
+
+#[test]
+fn journaled_parameters_are_masked_bounded_and_hex_when_binary() {
+    let m = masks("[[mask]]\nname = \"pii\"\ndetectors = [\"email\"]\n");
+    let f = flow(None, true, m);
+    // The address straddles the cut at MAX_RECORDED_VALUE bytes.
+    let long = format!("{} alice@example.com", "x".repeat(MAX_RECORDED_VALUE - 8));
+    let params = f.journal_params(
+        &[0, 1, 0],
+        &[
+            Some(Bytes::from_static(b"mail alice@example.com")),
+            Some(Bytes::from_static(&[0xff, 0x00])),
+            Some(Bytes::from(long.clone())),
+        ],
+    );
+    assert!(!params[0].contains("alice@example.com"), "{}", params[0]);
+    assert_eq!(params[1], "\\xff00");
+    assert!(
+        params[2].ends_with(&format!("… ({} bytes)", long.len())),
+        "{}",
+        params[2]
+    );
+    assert!(!params[2].contains("alice@"), "masked before it is cut");
+    assert_eq!(
+        error_message(&encode::error_response("ERROR", "42501", "no way")),
+        "no way"
+    );
+}
