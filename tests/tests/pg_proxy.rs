@@ -780,3 +780,67 @@ fn tls_is_terminated_for_clients_and_originated_to_the_server() {
         .count();
     assert_eq!(tls_sessions, 2);
 }
+
+#[test]
+fn statements_journaled_before_a_sigkill_are_in_the_journal_after_restart() {
+    privileged!("statements_journaled_before_a_sigkill_are_in_the_journal_after_restart");
+    let pg = PgServer::start();
+    let cg = TestCgroup::create(&format!("{}/victim", unique("nhi-test")));
+    let mut agent = Agent::start(&format!(
+        "{}{}",
+        workload("victim", &cg),
+        pg_target("pg", pg.addr(), "")
+    ));
+    // A statement still running on the server when the agent dies.
+    let child = cg
+        .command("psql")
+        .args(["-X", "-At", "-U", "postgres", "-h", "127.0.0.1", "-p"])
+        .arg(pg.port.to_string())
+        .args([
+            "-c",
+            "select 'before the kill'",
+            "-c",
+            "select pg_sleep(20)",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the server runs the sleep: then its statement event was journaled
+    // (record before forward) and nothing after it can be.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pg
+        .sql("select count(*) from pg_stat_activity where query = 'select pg_sleep(20)'")
+        .trim()
+        != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sleep never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.kill9();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the client lost its connection with the agent"
+    );
+    // The restarted agent recovers the pre-log and closes the interrupted session.
+    agent.spawn();
+    let sessions = agent.wait_sessions_ended(1);
+    assert!(
+        sessions[0]["close_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("agent"),
+        "{}",
+        sessions[0]
+    );
+    let statements = agent.statements();
+    let texts: Vec<&str> = statements
+        .iter()
+        .filter_map(|s| s["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["select 'before the kill'", "select pg_sleep(20)"]);
+}
