@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use prelog::{
-    path_for as prelog_path, Event, PrelogRecovery, DEFAULT_TRUNCATE_AT, MAX_RECORD_LEN,
+    path_for as prelog_path, Event, PrelogRecovery, DEFAULT_TRUNCATE_AT, MAX_RECORD_LEN, NO_SESSION,
 };
 pub use reader::{EventKind, EventRow, JournalReader, SessionFilter, SessionRow};
 pub use schema::SCHEMA_VERSION;
@@ -595,7 +595,10 @@ impl JournalHandle {
         if self.tx.is_closed() {
             return Err(JournalError::WriterGone);
         }
-        if let Some(failed) = events.iter().find(|e| self.shared.is_failed(e.session)) {
+        if let Some(failed) = events
+            .iter()
+            .find(|e| e.session != NO_SESSION && self.shared.is_failed(e.session))
+        {
             return Err(JournalError::SessionFailed { id: failed.session });
         }
         let seq = self.prelog.append(events)?;

@@ -77,10 +77,16 @@ const APPLIED_KEY: &str = "prelog_applied_seq";
 /// the real thing by the reader and by the recovery of interrupted sessions.
 const RESERVED_KINDS: [&str; 3] = ["session_start", "chunk", "session_end"];
 
+/// The [`Event::session`] of an event that belongs to no session (stored as NULL).
+/// Session ids are SQLite rowids, which start at 1, so 0 never names a session.
+pub const NO_SESSION: SessionId = 0;
+
 /// One protocol event (e.g. a PostgreSQL statement or its result) to journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// The session the event belongs to; it must have been started (committed) already.
+    /// [`NO_SESSION`] for an event that belongs to no session (agent-level events, process
+    /// lineage, attestations): stored with a NULL `session_id`.
     pub session: SessionId,
     pub at: SystemTime,
     /// E.g. `pg.query`; shown by the reader as [`super::EventKind::Other`]. Must not be
@@ -373,10 +379,11 @@ pub(crate) fn insert_record(conn: &Connection, record: &RecordRef<'_>) -> rusqli
             serde_json::Value::String(record.data.to_string()).to_string(),
         ))
     };
+    let session = (record.session != NO_SESSION).then_some(record.session);
     conn.prepare_cached(
         "INSERT INTO events (session_id, at_us, kind, data) VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![record.session, record.at_us, record.kind, data])?;
+    .execute(params![session, record.at_us, record.kind, data])?;
     Ok(())
 }
 

@@ -1117,6 +1117,36 @@ async fn recorded_events_are_committed_in_order_with_their_data() {
 }
 
 #[tokio::test]
+async fn events_of_no_session_are_stored_with_a_null_session_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("app", "db", at_us(0)))
+        .await
+        .expect("start");
+    h.record(&[pg_event(NO_SESSION, 1), pg_event(id, 2)])
+        .expect("record");
+    h.flush().await.expect("flush");
+    assert_eq!(h.stats().failed_records, 0);
+    close_async(journal).await.expect("close");
+
+    let conn = Connection::open(&path).expect("sqlite");
+    let rows: Vec<(Option<i64>, String)> = conn
+        .prepare("SELECT session_id, data FROM events WHERE kind = 'pg.query' ORDER BY id")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].0, None, "no session: NULL");
+    assert!(rows[0].1.contains("SELECT 1"));
+    assert_eq!(rows[1].0, Some(id));
+}
+
+#[tokio::test]
 async fn data_that_is_not_json_is_kept_as_a_json_string() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = journal_path(&dir);

@@ -337,7 +337,9 @@ fn ingest(
                     // trigger): like a failed chunk, it fails its session, not the journal.
                     Err(e) => {
                         failures.add(1);
-                        shared.mark_failed(record.session);
+                        if record.session != prelog::NO_SESSION {
+                            shared.mark_failed(record.session);
+                        }
                         tracing::error!(
                             session = record.session,
                             seq = record.seq,
