@@ -22,6 +22,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod lineage;
+#[cfg(target_arch = "bpf")]
 mod programs;
 
 #[cfg(not(target_arch = "bpf"))]

@@ -8,6 +8,7 @@ pub mod credential;
 pub mod ebpf;
 pub mod identity;
 pub mod journal;
+pub mod lineage;
 pub mod mask;
 pub mod policy;
 pub mod protocol;

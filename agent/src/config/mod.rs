@@ -72,6 +72,8 @@ pub struct Config {
     pub policies: crate::policy::PolicySet,
     /// `[[mask]]` tables (see [`crate::mask`]): what values are masked in results.
     pub masks: Vec<crate::mask::MaskRule>,
+    /// `[lineage]` (see [`crate::lineage`]): exec/fork/exit tracking of intercepted cgroups.
+    pub lineage: crate::lineage::config::LineageSettings,
     /// The file the configuration was loaded from; `None` when parsed from a string.
     pub source: Option<PathBuf>,
 }
@@ -468,7 +470,16 @@ impl TryFrom<RawConfig> for Config {
             }
             masks.push(rule);
         }
+        let lineage =
+            crate::lineage::config::LineageSettings::from_raw(raw.lineage).map_err(|p| {
+                Problem {
+                    span: p.span,
+                    earlier: None,
+                    message: p.message,
+                }
+            })?;
         Ok(Config {
+            lineage,
             agent,
             workloads,
             targets,
