@@ -2,6 +2,7 @@
 //! dispatches; every subcommand returns its exit status.
 pub mod approvals;
 pub mod detach;
+pub mod lineage;
 pub mod policy;
 pub mod replay;
 pub mod run;
