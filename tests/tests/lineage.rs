@@ -180,6 +180,56 @@ fn script_exec_chain_is_journaled_and_replayed_before_its_query() {
     assert!(chain_at < sleep_at && sleep_at < query_at, "order:\n{text}");
 }
 
+/// A cgroup created after the agent started, below a cgroup the agent classified as
+/// "not a workload, but a workload may appear below": the kernel hands its execs to
+/// userspace, which classifies the cgroup by path. A matching one is journaled from
+/// its first exec, a non-matching sibling not at all.
+#[test]
+fn execs_in_a_cgroup_created_after_the_start_are_classified_by_path() {
+    privileged!("execs_in_a_cgroup_created_after_the_start_are_classified_by_path");
+    let base = TestCgroup::create(&unique("nhi-test"));
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"job\"\ncgroup = \"{}/job-*\"\n\n\
+         [[target]]\nname = \"discard\"\naddress = \"127.0.0.1:9\"\nprotocol = \"tcp\"\n",
+        base.rel()
+    ));
+    let job = base.child("job-late");
+    let other = base.child("other-late");
+    let (seen, unseen) = (unique("seen"), unique("unseen"));
+    assert!(job
+        .command("/bin/true")
+        .arg(&seen)
+        .status()
+        .expect("true")
+        .success());
+    assert!(other
+        .command("/bin/true")
+        .arg(&unseen)
+        .status()
+        .expect("true")
+        .success());
+    // A second exec in the now classified cgroup comes through the map.
+    let again = unique("again");
+    assert!(job
+        .command("/bin/true")
+        .arg(&again)
+        .status()
+        .expect("true")
+        .success());
+    let execs = wait_execs(&agent.journal, |e| e.iter().any(|x| x.2.contains(&again)));
+    let has = |m: &str| execs.iter().any(|x| x.2.iter().any(|a| a == m));
+    assert!(
+        has(&seen),
+        "first exec of the late cgroup missing: {execs:?}"
+    );
+    assert!(has(&again), "{execs:?}");
+    // The non-matching sibling's exec (earlier than `again`) was dropped.
+    assert!(!has(&unseen), "{execs:?}");
+    for x in &execs {
+        assert_eq!(x.3 as u64, job.id(), "{x:?}");
+    }
+}
+
 /// Wall time of `n` `/bin/true` execs by a shell in `cg`.
 fn time_execs(cg: &TestCgroup, n: u32) -> Duration {
     let t0 = Instant::now();

@@ -170,10 +170,18 @@ impl Lineage {
                 Change::Exit {
                     pid,
                     code,
+                    uid,
                     cgroup_id,
                     exe,
                     boot_ns,
+                    unclassified,
                 } => {
+                    if unclassified {
+                        let path = cgroup_path(shared, cgroup_id);
+                        if !classify(shared, &config, cgroup_id, &path, uid) {
+                            continue;
+                        }
+                    }
                     let data = serde_json::json!({
                         "pid": pid, "code": code, "cgroup_id": cgroup_id, "exe": exe,
                     });

@@ -45,9 +45,12 @@ pub enum Change {
     Exit {
         pid: u32,
         code: Option<i32>,
+        uid: u32,
         cgroup_id: u64,
         exe: Option<String>,
         boot_ns: u64,
+        /// The cgroup was unclassified when the kernel reported it.
+        unclassified: bool,
     },
 }
 
@@ -122,6 +125,11 @@ impl ProcessTable {
                     if self.parent_order.len() > MAX_PARENTS {
                         if let Some(old) = self.parent_order.pop_front() {
                             self.parents.remove(&old);
+                            // Threads are forks too and never exit as processes: an
+                            // entry that never exec'd goes with its fork record.
+                            if self.procs.get(&old).is_some_and(|p| p.execs.is_empty()) {
+                                self.procs.remove(&old);
+                            }
                         }
                     }
                 }
@@ -219,9 +227,11 @@ impl ProcessTable {
                 Some(Change::Exit {
                     pid,
                     code,
+                    uid: header.uid,
                     cgroup_id: header.cgroup_id,
                     exe,
                     boot_ns: header.boot_ns,
+                    unclassified: header.unclassified,
                 })
             }
         }
@@ -441,15 +451,31 @@ mod tests {
             Some(Change::Exit {
                 pid: 60,
                 code: Some(2),
+                uid: 1000,
                 cgroup_id: 77,
                 exe: Some("/bin/ls".into()),
-                boot_ns: 600
+                boot_ns: 600,
+                unclassified: false,
             })
         );
         // An exited process still anchors its children's chains.
         fork(&mut t, 60, 62);
         exec(&mut t, 62, "/bin/cat", &["cat"]);
         assert_eq!(t.chain(62).len(), 2);
+    }
+
+    #[test]
+    fn threads_that_never_exec_do_not_grow_the_table_without_bound() {
+        let mut t = ProcessTable::new();
+        fork(&mut t, 1, 2);
+        exec(&mut t, 2, "/usr/bin/java", &["java"]);
+        // A thread pool's clones are fork records that never exec nor exit.
+        for tid in 10..10 + MAX_PARENTS as u32 + 1000 {
+            fork(&mut t, 2, tid);
+        }
+        assert!(t.len() <= MAX_PARENTS + 1, "{}", t.len());
+        // The process that exec'd is kept.
+        assert_eq!(t.chain(2).len(), 1);
     }
 
     #[test]
