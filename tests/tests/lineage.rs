@@ -164,6 +164,8 @@ fn script_exec_chain_is_journaled_and_replayed_before_its_query() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
+    // Captured by the test harness; shown with --nocapture or when the test fails.
+    println!("{text}");
     let position = |needle: &str| {
         text.find(needle)
             .unwrap_or_else(|| panic!("replay lacks {needle:?}:\n{text}"))
