@@ -278,3 +278,113 @@ fn attested_job_claims_reach_sessions_policy_and_journal() {
         "the token must not reach the journal or the log"
     );
 }
+
+/// Waits until the agent's log has `n` lines containing `needle`.
+fn wait_log(agent: &Agent, needle: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.log_text().matches(needle).count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "no {n}× {needle:?} in the log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn bound_cgroups(agent: &Agent, socket: &Path) -> Vec<String> {
+    let out = agent.cli(&[
+        "attest",
+        "--status",
+        "--json",
+        "--socket",
+        socket.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let status: Value = serde_json::from_str(&text(&out).0).expect("status json");
+    status["bindings"]
+        .as_array()
+        .expect("bindings")
+        .iter()
+        .filter_map(|b| b["cgroup"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn rotated_jwks_takes_effect_on_sighup_and_bindings_end_with_their_cgroup() {
+    privileged!("rotated_jwks_takes_effect_on_sighup_and_bindings_end_with_their_cgroup");
+    let files = tempfile::tempdir().expect("tempdir");
+    let jwks = files.path().join("issuer.jwks");
+    let socket = files.path().join("attest.sock");
+    let (old_key, new_key) = (IssuerKey::generate(), IssuerKey::generate());
+    old_key.write_jwks(&jwks);
+    let agent = Agent::start_with(
+        &format!(
+            "[attest]\nsocket = \"{}\"\n\n\
+             [[oidc_issuer]]\nissuer = \"{ISSUER}\"\njwks_file = \"{}\"\naudience = [\"other\", \"nhi-agent\"]\n\n\
+             [[target]]\nname = \"nothing\"\naddress = \"127.0.0.1:9\"\n",
+            socket.display(),
+            jwks.display()
+        ),
+        "rescan_interval = \"1s\"\n",
+        &[],
+    );
+    let job = TestCgroup::create(&unique("nhi-test-job"));
+
+    // A token of the new key is refused until the operator rotates the JWKS file.
+    let out = attest(
+        &job,
+        &socket,
+        files.path(),
+        &new_key.token("refs/heads/main", 1, 600),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains(&format!(
+            "signature does not verify against {}",
+            jwks.display()
+        )),
+        "{stderr}"
+    );
+
+    // A broken file is a rejected reload: the old key stays in force.
+    std::fs::write(&jwks, "{not json").expect("write");
+    agent.signal(libc::SIGHUP);
+    wait_log(&agent, "reload rejected", 1);
+    let out = attest(
+        &job,
+        &socket,
+        files.path(),
+        &old_key.token("refs/heads/main", 2, 600),
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    new_key.write_jwks(&jwks);
+    agent.signal(libc::SIGHUP);
+    wait_log(&agent, "configuration reloaded", 1);
+    let out = attest(
+        &job,
+        &socket,
+        files.path(),
+        &new_key.token("refs/heads/main", 3, 600),
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = attest(
+        &job,
+        &socket,
+        files.path(),
+        &old_key.token("refs/heads/main", 4, 600),
+    );
+    assert_eq!(out.status.code(), Some(1), "the old key is gone");
+    assert_eq!(bound_cgroups(&agent, &socket), [job.rel().to_string()]);
+
+    // The binding lasts as long as the cgroup: removed with it at the next rescan.
+    drop(job);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bound_cgroups(&agent, &socket).is_empty() {
+        assert!(Instant::now() < deadline, "binding outlived its cgroup");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_log(&agent, "attestations of removed cgroups dropped", 1);
+}

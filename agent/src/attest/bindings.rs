@@ -7,12 +7,12 @@
 //! descendant carry the claims; the nearest bound ancestor wins.
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Claims;
 
 /// Claims bound to one cgroup.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Binding {
     /// Path relative to the cgroup2 mount (`""` is the root).
     pub cgroup: String,

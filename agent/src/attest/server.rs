@@ -59,35 +59,6 @@ impl Answer {
     }
 }
 
-impl<'de> Deserialize<'de> for Binding {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Wire {
-            cgroup: String,
-            cgroup_id: u64,
-            issuer: String,
-            subject: Option<String>,
-            claims: super::Claims,
-            bound_at_us: i64,
-            token_expires_at: u64,
-            pid: i32,
-            uid: u32,
-        }
-        let w = Wire::deserialize(d)?;
-        Ok(Binding {
-            cgroup: w.cgroup,
-            cgroup_id: w.cgroup_id,
-            issuer: w.issuer,
-            subject: w.subject,
-            claims: w.claims,
-            bound_at_us: w.bound_at_us,
-            token_expires_at: w.token_expires_at,
-            pid: w.pid,
-            uid: w.uid,
-        })
-    }
-}
-
 /// What the server needs from the agent.
 #[derive(Clone)]
 pub struct Context {

@@ -500,3 +500,43 @@ async fn session_claims_are_stored_listed_and_filtered() {
         Some(json!("refs/heads/main"))
     );
 }
+
+#[tokio::test]
+async fn journals_from_before_attestation_read_as_unattested() {
+    use crate::journal::tests::{at_us, sample_start};
+    use crate::journal::{self, JournalOptions, JournalReader, SessionFilter};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    let j = journal::open(&path, JournalOptions::default()).expect("open");
+    let id = j
+        .handle()
+        .start_session(sample_start("ci", "pg", at_us(0)))
+        .await
+        .expect("start");
+    j.handle().flush().await.expect("flush");
+    tokio::task::spawn_blocking(move || j.close())
+        .await
+        .expect("join")
+        .expect("close");
+    // Make it a version-1 journal: no `claims` column.
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    conn.execute_batch("ALTER TABLE sessions DROP COLUMN claims; PRAGMA user_version = 1;")
+        .expect("downgrade");
+    drop(conn);
+
+    let r = JournalReader::open(&path).expect("reader");
+    let all = r.sessions(&SessionFilter::default()).expect("sessions");
+    assert_eq!(all.len(), 1);
+    assert!(all[0].claims.is_none());
+    assert!(r
+        .session(id)
+        .expect("session")
+        .is_some_and(|s| s.claims.is_none()));
+    let filtered = r
+        .sessions(&SessionFilter {
+            claims: vec![("run_id".into(), "123".into())],
+            ..Default::default()
+        })
+        .expect("sessions");
+    assert!(filtered.is_empty());
+}
