@@ -72,6 +72,8 @@ pub struct Config {
     pub policies: crate::policy::PolicySet,
     /// `[[mask]]` tables (see [`crate::mask`]): what values are masked in results.
     pub masks: Vec<crate::mask::MaskRule>,
+    /// `[[oidc_issuer]]` and `[attest]` (see [`crate::attest`]): CI job identity.
+    pub attest: crate::attest::AttestConfig,
     /// The file the configuration was loaded from; `None` when parsed from a string.
     pub source: Option<PathBuf>,
 }
@@ -468,12 +470,21 @@ impl TryFrom<RawConfig> for Config {
             }
             masks.push(rule);
         }
+        let attest =
+            crate::attest::AttestConfig::from_raw(raw.attest, raw.oidc_issuer).map_err(|p| {
+                Problem {
+                    span: p.span,
+                    earlier: None,
+                    message: p.message,
+                }
+            })?;
         Ok(Config {
             agent,
             workloads,
             targets,
             policies,
             masks,
+            attest,
             source: None,
         })
     }

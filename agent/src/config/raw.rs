@@ -21,6 +21,10 @@ pub(super) struct RawConfig {
     pub policy: Vec<Spanned<crate::policy::RawPolicy>>,
     #[serde(default)]
     pub mask: Vec<Spanned<crate::mask::RawMaskRule>>,
+    // attest: `[[oidc_issuer]]` and `[attest]` (see crate::attest::config).
+    #[serde(default)]
+    pub oidc_issuer: Vec<Spanned<crate::attest::RawOidcIssuer>>,
+    pub attest: Option<Spanned<crate::attest::RawAttest>>,
 }
 
 /// `[agent]`.
