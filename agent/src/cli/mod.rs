@@ -1,6 +1,7 @@
 //! Command line: one module per subcommand. `main` parses, sets up logging and
 //! dispatches; every subcommand returns its exit status.
 pub mod approvals;
+pub mod attest;
 pub mod detach;
 pub mod lineage;
 pub mod policy;
@@ -39,6 +40,8 @@ pub enum Command {
     Detach(detach::DetachArgs),
     /// List, approve or deny statements held for approval (talks to the running agent).
     Approvals(approvals::ApprovalsArgs),
+    /// Present a CI job's OIDC token: bind its claims to this process's cgroup.
+    Attest(attest::AttestArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -51,6 +54,7 @@ pub fn main() -> ExitCode {
         Command::Policy(a) => policy::run(a),
         Command::Detach(a) => detach::run(a),
         Command::Approvals(a) => approvals::run(a),
+        Command::Attest(a) => attest::run(a),
     };
     match result {
         Ok(code) => code,

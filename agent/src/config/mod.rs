@@ -74,6 +74,8 @@ pub struct Config {
     pub masks: Vec<crate::mask::MaskRule>,
     /// `[lineage]` (see [`crate::lineage`]): exec/fork/exit tracking of intercepted cgroups.
     pub lineage: crate::lineage::config::LineageSettings,
+    /// `[[oidc_issuer]]` and `[attest]` (see [`crate::attest`]): CI job identity.
+    pub attest: crate::attest::AttestConfig,
     /// The file the configuration was loaded from; `None` when parsed from a string.
     pub source: Option<PathBuf>,
 }
@@ -478,6 +480,14 @@ impl TryFrom<RawConfig> for Config {
                     message: p.message,
                 }
             })?;
+        let attest =
+            crate::attest::AttestConfig::from_raw(raw.attest, raw.oidc_issuer).map_err(|p| {
+                Problem {
+                    span: p.span,
+                    earlier: None,
+                    message: p.message,
+                }
+            })?;
         Ok(Config {
             lineage,
             agent,
@@ -485,6 +495,7 @@ impl TryFrom<RawConfig> for Config {
             targets,
             policies,
             masks,
+            attest,
             source: None,
         })
     }

@@ -23,6 +23,10 @@ pub(super) struct RawConfig {
     pub mask: Vec<Spanned<crate::mask::RawMaskRule>>,
     /// `[lineage]` (see [`crate::lineage::config`]).
     pub lineage: Option<crate::lineage::config::RawLineage>,
+    // attest: `[[oidc_issuer]]` and `[attest]` (see crate::attest::config).
+    #[serde(default)]
+    pub oidc_issuer: Vec<Spanned<crate::attest::RawOidcIssuer>>,
+    pub attest: Option<Spanned<crate::attest::RawAttest>>,
 }
 
 /// `[agent]`.

@@ -52,6 +52,8 @@ pub struct Shared {
     pub approvals: Option<Arc<dyn postgres::Approver>>,
     /// Process lineage of intercepted cgroups; `None` when `[lineage] enabled = false`.
     pub lineage: Option<Arc<crate::lineage::Lineage>>,
+    /// Claims bound to cgroups by `nhi-agent attest`; `None`: attestation is off.
+    pub attest: Option<Arc<crate::attest::Attestor>>,
 }
 
 impl Shared {
@@ -324,6 +326,11 @@ async fn handle(
         }
     };
     let workload_name = workload.display_name(&cgroup);
+    // The claims of the nearest attested cgroup (its own or an ancestor's).
+    let claims = shared.attest.as_ref().and_then(|a| {
+        a.binding_for(&cgroup, record.cgroup_id, |p| shared.cgroups.id_of(p))
+            .map(|b| b.claims)
+    });
     let start = SessionStart {
         workload: workload_name.clone(),
         cgroup: cgroup.clone(),
@@ -341,6 +348,7 @@ async fn handle(
         target: target.name.clone(),
         protocol: target.protocol.to_string(),
         started_at: accepted_at,
+        claims: claims.clone(),
     };
     let t_identity = t0.elapsed();
     let id = match shared.journal.start_session(start).await {
@@ -362,7 +370,8 @@ async fn handle(
         .then(|| shared.pg())
         .filter(|pg| pg.has_target(target_index));
     let outcome = if let Some(runtime) = pg {
-        let rules = Arc::new(runtime.rules_for(&config, &workload_name, &target.name));
+        let rules =
+            Arc::new(runtime.rules_for(&config, &workload_name, &target.name, claims.as_ref()));
         let ctx = postgres::SessionContext {
             id,
             journal: &shared.journal,
