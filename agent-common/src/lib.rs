@@ -41,6 +41,17 @@ pub mod names {
     pub const GETPEERNAME4: &str = "nhi_getpeername4";
     pub const GETPEERNAME6: &str = "nhi_getpeername6";
     pub const SOCK_OPS: &str = "nhi_sock_ops";
+    // Process lineage (see [`crate::lineage`]).
+    pub const LINEAGE_EVENTS: &str = "NHI_LINEAGE";
+    pub const LINEAGE_DROPS: &str = "NHI_LINEAGE_DROPS";
+    pub const LINEAGE_CONFIG: &str = "NHI_LINEAGE_CFG";
+    pub const EXIT_CODES: &str = "NHI_EXIT_CODES";
+    pub const ENTER_EXECVE: &str = "nhi_enter_execve";
+    pub const ENTER_EXECVEAT: &str = "nhi_enter_execveat";
+    pub const PROCESS_EXEC: &str = "nhi_process_exec";
+    pub const PROCESS_FORK: &str = "nhi_process_fork";
+    pub const PROCESS_EXIT: &str = "nhi_process_exit";
+    pub const ENTER_EXIT_GROUP: &str = "nhi_enter_exit_group";
 }
 
 /// Agent-wide settings, slot 0 of the `NHI_CONFIG` array map.
@@ -187,6 +198,8 @@ pub fn is_v4_mapped(ip: &[u32; 4]) -> bool {
     ip[0] == 0 && ip[1] == 0 && ip[2] == V4_MAPPED_WORD
 }
 
+pub mod lineage;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -198,4 +211,5 @@ mod pod {
     unsafe impl aya::Pod for TargetValue {}
     unsafe impl aya::Pod for ConnRecord {}
     unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for lineage::LineageConfig {}
 }

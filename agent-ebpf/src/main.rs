@@ -18,9 +18,15 @@
 //!    because entries are removed when the client socket closes.
 //! 4. `getpeername4`/`getpeername6` (client side): report the original destination, so
 //!    clients that log or verify their peer see what they asked for.
+//!
+//! Separately, `lineage.rs`: exec/fork/exit tracepoints for tasks of intercepted
+//! cgroups (the same `classify` decision), reported into a ring buffer for the
+//! agent's process lineage.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod lineage;
 #[cfg(target_arch = "bpf")]
 mod programs;
 

@@ -90,7 +90,7 @@ fn sa(ctx: &SockAddrContext) -> &bpf_sock_addr {
 }
 
 #[inline(always)]
-fn agent_config() -> Result<&'static AgentConfig, ()> {
+pub(crate) fn agent_config() -> Result<&'static AgentConfig, ()> {
     let cfg = NHI_CONFIG.get(0).ok_or(())?;
     if cfg.proxy_port == 0 {
         return Err(());
@@ -192,7 +192,7 @@ fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
 /// Decides whether a connection from `cgroup_id` by `uid` is redirected; returns the
 /// record flags, or `Err` to leave the connection alone.
 #[inline(always)]
-fn classify(cgroup_id: u64, uid: u32) -> Result<u32, ()> {
+pub(crate) fn classify(cgroup_id: u64, uid: u32) -> Result<u32, ()> {
     if let Some(policy) = unsafe { NHI_CGROUPS.get(&cgroup_id) } {
         return decide(policy, uid).map(|()| 0);
     }

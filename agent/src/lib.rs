@@ -9,6 +9,7 @@ pub mod credential;
 pub mod ebpf;
 pub mod identity;
 pub mod journal;
+pub mod lineage;
 pub mod mask;
 pub mod policy;
 pub mod protocol;

@@ -3,6 +3,7 @@
 pub mod approvals;
 pub mod attest;
 pub mod detach;
+pub mod lineage;
 pub mod policy;
 pub mod replay;
 pub mod run;

@@ -58,20 +58,42 @@ pub(crate) fn write_replay(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Re
     } else if session.protocol == "postgres" {
         write_header(out, &session).context("cannot write the output")?;
         let mut transcript = Transcript::new(&session);
+        let mut lineage = super::lineage::ReplayLineage::load(&args.journal, &session)?;
+        lineage
+            .write_chain(out)
+            .context("cannot write the output")?;
         reader.for_each_event(session.id, |event| -> anyhow::Result<()> {
+            if lineage
+                .before(out, &event)
+                .context("cannot write the output")?
+            {
+                return Ok(());
+            }
             transcript
                 .event(out, &event)
                 .context("cannot write the output")
         })?;
+        lineage.finish(out).context("cannot write the output")?;
         transcript.finish(out).context("cannot write the output")
     } else {
         write_header(out, &session).context("cannot write the output")?;
         let mut timeline = Timeline::new(&session);
+        let mut lineage = super::lineage::ReplayLineage::load(&args.journal, &session)?;
+        lineage
+            .write_chain(out)
+            .context("cannot write the output")?;
         reader.for_each_event(session.id, |event| -> anyhow::Result<()> {
+            if lineage
+                .before(out, &event)
+                .context("cannot write the output")?
+            {
+                return Ok(());
+            }
             timeline
                 .event(out, &event)
                 .context("cannot write the output")
         })?;
+        lineage.finish(out).context("cannot write the output")?;
         timeline.finish(out).context("cannot write the output")
     }
 }

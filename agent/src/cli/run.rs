@@ -119,6 +119,12 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     })
     .context("attaching the kernel programs")?;
     apply(&mut interceptor, &config, &cgroups)?;
+    // Lineage is an addition to the audit, not a condition of it: if its tracepoints
+    // cannot attach, connections are still intercepted and the reason is logged.
+    let lineage = crate::lineage::start(&mut interceptor, &config.lineage).unwrap_or_else(|e| {
+        error!(error = format!("{e:#}"), "process lineage is unavailable");
+        None
+    });
 
     let shared = Arc::new(proxy::Shared {
         config: RwLock::new(Arc::new(config)),
@@ -130,6 +136,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         pg: RwLock::new(Arc::new(pg)),
         cancel_keys: Mutex::new(HashMap::new()),
         approvals: Some(Arc::new(registry.clone())),
+        lineage: lineage.clone(),
         attest: Some(attestor.clone()),
     });
     {
@@ -148,6 +155,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let rescan = tokio::spawn(rescan_loop(shared.clone(), shutdown_rx.clone()));
+    let lineage_task = lineage.map(|l| tokio::spawn(l.run(shared.clone(), shutdown_rx.clone())));
     let approvals_server = tokio::spawn(approvals::server::serve(
         approvals_listener,
         registry,
@@ -171,6 +179,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     rescan.abort();
     signals.abort();
     approvals_server.abort();
+    if let Some(task) = lineage_task {
+        // It drains the ring buffer once more on shutdown, before the journal closes.
+        let _ = task.await;
+    }
     let _ = std::fs::remove_file(&approvals_socket);
     if let Some(server) = attest_server {
         server.abort();

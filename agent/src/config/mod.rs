@@ -72,6 +72,8 @@ pub struct Config {
     pub policies: crate::policy::PolicySet,
     /// `[[mask]]` tables (see [`crate::mask`]): what values are masked in results.
     pub masks: Vec<crate::mask::MaskRule>,
+    /// `[lineage]` (see [`crate::lineage`]): exec/fork/exit tracking of intercepted cgroups.
+    pub lineage: crate::lineage::config::LineageSettings,
     /// `[[oidc_issuer]]` and `[attest]` (see [`crate::attest`]): CI job identity.
     pub attest: crate::attest::AttestConfig,
     /// The file the configuration was loaded from; `None` when parsed from a string.
@@ -470,6 +472,14 @@ impl TryFrom<RawConfig> for Config {
             }
             masks.push(rule);
         }
+        let lineage =
+            crate::lineage::config::LineageSettings::from_raw(raw.lineage).map_err(|p| {
+                Problem {
+                    span: p.span,
+                    earlier: None,
+                    message: p.message,
+                }
+            })?;
         let attest =
             crate::attest::AttestConfig::from_raw(raw.attest, raw.oidc_issuer).map_err(|p| {
                 Problem {
@@ -479,6 +489,7 @@ impl TryFrom<RawConfig> for Config {
                 }
             })?;
         Ok(Config {
+            lineage,
             agent,
             workloads,
             targets,

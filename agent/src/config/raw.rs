@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     pub policy: Vec<Spanned<crate::policy::RawPolicy>>,
     #[serde(default)]
     pub mask: Vec<Spanned<crate::mask::RawMaskRule>>,
+    /// `[lineage]` (see [`crate::lineage::config`]).
+    pub lineage: Option<crate::lineage::config::RawLineage>,
     // attest: `[[oidc_issuer]]` and `[attest]` (see crate::attest::config).
     #[serde(default)]
     pub oidc_issuer: Vec<Spanned<crate::attest::RawOidcIssuer>>,

@@ -38,6 +38,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, Destination};
 
+mod lineage;
+pub use lineage::{LineageOptions, LineageSource, RingWaker};
+
 /// The kernel object built from `agent-ebpf` by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nhi-agent"));
 

@@ -50,6 +50,8 @@ pub struct Shared {
     pub cancel_keys: postgres::CancelKeys,
     /// Who decides on held statements; `None`: holds expire (are denied) at their timeout.
     pub approvals: Option<Arc<dyn postgres::Approver>>,
+    /// Process lineage of intercepted cgroups; `None` when `[lineage] enabled = false`.
+    pub lineage: Option<Arc<crate::lineage::Lineage>>,
     /// Claims bound to cgroups by `nhi-agent attest`; `None`: attestation is off.
     pub attest: Option<Arc<crate::attest::Attestor>>,
 }
@@ -362,6 +364,7 @@ async fn handle(
     };
     let t_journal = t0.elapsed();
     info!(session = id, workload = %workload_name, cgroup = %cgroup, pid = tgid, %orig_dst, target = %target.name, "session opened");
+    crate::lineage::on_session(shared, id, tgid);
 
     let pg = (target.protocol == crate::config::Protocol::Postgres)
         .then(|| shared.pg())

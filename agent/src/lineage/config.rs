@@ -1,0 +1,124 @@
+//! `[lineage]`: process lineage for intercepted cgroups.
+//!
+//! ```toml
+//! [lineage]
+//! enabled = true          # default: attach the exec/fork/exit tracepoints
+//! argv_max = 16           # arguments kept per exec (1..=32)
+//! argv_max_bytes = 512    # bytes of arguments kept per exec (16..=1024)
+//! ```
+use std::ops::Range;
+
+use nhi_agent_common::lineage::{ARGV_BYTES, ARGV_MAX_ARGS};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Default of `argv_max`.
+pub const DEFAULT_ARGV_MAX: u32 = 16;
+/// Default of `argv_max_bytes`.
+pub const DEFAULT_ARGV_MAX_BYTES: u32 = 512;
+
+/// `[lineage]` as serde reads it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLineage {
+    pub enabled: Option<bool>,
+    pub argv_max: Option<Spanned<i64>>,
+    pub argv_max_bytes: Option<Spanned<i64>>,
+}
+
+/// The validated `[lineage]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineageSettings {
+    /// Attach the tracepoints and journal `exec`/`exit` events.
+    pub enabled: bool,
+    /// Arguments kept per exec; more are cut and the exec is marked truncated.
+    pub argv_max: u32,
+    /// Bytes of arguments (NULs included) kept per exec.
+    pub argv_max_bytes: u32,
+}
+
+impl Default for LineageSettings {
+    fn default() -> Self {
+        LineageSettings {
+            enabled: true,
+            argv_max: DEFAULT_ARGV_MAX,
+            argv_max_bytes: DEFAULT_ARGV_MAX_BYTES,
+        }
+    }
+}
+
+/// A validation problem: the span of the offending value and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineageProblem {
+    pub span: Option<Range<usize>>,
+    pub message: String,
+}
+
+impl LineageSettings {
+    /// Validates `[lineage]`; an absent section gives the defaults.
+    pub fn from_raw(raw: Option<RawLineage>) -> Result<Self, LineageProblem> {
+        let raw = raw.unwrap_or_default();
+        let bounded = |v: &Option<Spanned<i64>>, key: &str, lo: u32, hi: u32, default: u32| {
+            let Some(v) = v else { return Ok(default) };
+            match u32::try_from(*v.get_ref()) {
+                Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+                _ => Err(LineageProblem {
+                    span: Some(v.span()),
+                    message: format!(
+                        "[lineage] {key} must be between {lo} and {hi} (the kernel side's limit)"
+                    ),
+                }),
+            }
+        };
+        Ok(LineageSettings {
+            enabled: raw.enabled.unwrap_or(true),
+            argv_max: bounded(
+                &raw.argv_max,
+                "argv_max",
+                1,
+                ARGV_MAX_ARGS,
+                DEFAULT_ARGV_MAX,
+            )?,
+            argv_max_bytes: bounded(
+                &raw.argv_max_bytes,
+                "argv_max_bytes",
+                16,
+                ARGV_BYTES as u32,
+                DEFAULT_ARGV_MAX_BYTES,
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<LineageSettings, LineageProblem> {
+        #[derive(Deserialize)]
+        struct Doc {
+            lineage: Option<RawLineage>,
+        }
+        let doc: Doc = toml::from_str(text).expect("toml");
+        LineageSettings::from_raw(doc.lineage)
+    }
+
+    #[test]
+    fn defaults_and_bounds() {
+        assert_eq!(parse("").unwrap(), LineageSettings::default());
+        let s = parse("[lineage]\nenabled = false\nargv_max = 4\nargv_max_bytes = 64\n").unwrap();
+        assert_eq!(
+            s,
+            LineageSettings {
+                enabled: false,
+                argv_max: 4,
+                argv_max_bytes: 64
+            }
+        );
+        let e = parse("[lineage]\nargv_max = 33\n").unwrap_err();
+        assert!(e.message.contains("argv_max"), "{}", e.message);
+        assert!(e.span.is_some());
+        assert!(parse("[lineage]\nargv_max_bytes = 4096\n").is_err());
+        assert!(parse("[lineage]\nargv_max = -1\n").is_err());
+    }
+}
