@@ -6,6 +6,7 @@ pub mod policy;
 pub mod replay;
 pub mod run;
 pub mod sessions;
+pub mod ship;
 
 use std::process::ExitCode;
 
@@ -38,6 +39,8 @@ pub enum Command {
     Detach(detach::DetachArgs),
     /// List, approve or deny statements held for approval (talks to the running agent).
     Approvals(approvals::ApprovalsArgs),
+    /// Upload sealed journal segments (`--once`), or show where shipping stands (`status`).
+    Ship(ship::ShipArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Policy(a) => policy::run(a),
         Command::Detach(a) => detach::run(a),
         Command::Approvals(a) => approvals::run(a),
+        Command::Ship(a) => ship::run(a),
     };
     match result {
         Ok(code) => code,

@@ -110,6 +110,18 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     })
     .context("attaching the kernel programs")?;
     apply(&mut interceptor, &config, &cgroups)?;
+    // Shipping, retention, disk budget: the secret is loaded and the journal directory
+    // measured before "ready", so a bad secret fails the start and an agent that starts
+    // over budget refuses sessions from the first one.
+    let budget = crate::ship::Budget::new();
+    let shipper = if config.ship.is_active() {
+        let shipper = crate::ship::Shipper::new(&config, budget.clone())
+            .context("preparing the shipping of journal segments")?;
+        shipper.measure_budget();
+        Some(Arc::new(shipper))
+    } else {
+        None
+    };
 
     let shared = Arc::new(proxy::Shared {
         config: RwLock::new(Arc::new(config)),
@@ -121,6 +133,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         pg: RwLock::new(Arc::new(pg)),
         cancel_keys: Mutex::new(HashMap::new()),
         approvals: Some(Arc::new(registry.clone())),
+        budget,
     });
     {
         let c = shared.config();
@@ -145,11 +158,16 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     info!(socket = %approvals_socket.display(), approver_gid, "approvals socket ready");
+    // The shipper's passes run on blocking threads: an upload never holds up the proxy.
+    let shipping = shipper.map(|s| tokio::spawn(s.run(shutdown_rx.clone())));
     let signals = tokio::spawn(signal_loop(shared.clone(), config_path, shutdown_tx));
     proxy::serve(shared.clone(), listeners, shutdown_rx).await;
     rescan.abort();
     signals.abort();
     approvals_server.abort();
+    if let Some(shipping) = shipping {
+        shipping.abort();
+    }
     let _ = std::fs::remove_file(&approvals_socket);
 
     let _ = sdnotify::notify("STOPPING=1");

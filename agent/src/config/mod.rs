@@ -72,6 +72,9 @@ pub struct Config {
     pub policies: crate::policy::PolicySet,
     /// `[[mask]]` tables (see [`crate::mask`]): what values are masked in results.
     pub masks: Vec<crate::mask::MaskRule>,
+    /// `[shipping]` and `[retention]` (see [`crate::ship`]): upload of sealed segments,
+    /// local retention, disk budget.
+    pub ship: crate::ship::ShipConfig,
     /// The file the configuration was loaded from; `None` when parsed from a string.
     pub source: Option<PathBuf>,
 }
@@ -468,12 +471,20 @@ impl TryFrom<RawConfig> for Config {
             }
             masks.push(rule);
         }
+        let ship = crate::ship::ShipConfig::from_raw(raw.shipping, raw.retention).map_err(|p| {
+            Problem {
+                span: p.span,
+                earlier: None,
+                message: p.message,
+            }
+        })?;
         Ok(Config {
             agent,
             workloads,
             targets,
             policies,
             masks,
+            ship,
             source: None,
         })
     }

@@ -21,6 +21,9 @@ pub(super) struct RawConfig {
     pub policy: Vec<Spanned<crate::policy::RawPolicy>>,
     #[serde(default)]
     pub mask: Vec<Spanned<crate::mask::RawMaskRule>>,
+    // [shipping] and [retention] (see crate::ship::config).
+    pub shipping: Option<Spanned<crate::ship::RawShipping>>,
+    pub retention: Option<Spanned<crate::ship::RawRetention>>,
 }
 
 /// `[agent]`.

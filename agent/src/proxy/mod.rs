@@ -50,6 +50,9 @@ pub struct Shared {
     pub cancel_keys: postgres::CancelKeys,
     /// Who decides on held statements; `None`: holds expire (are denied) at their timeout.
     pub approvals: Option<Arc<dyn postgres::Approver>>,
+    /// The disk budget flag (see [`crate::ship::Budget`]): while it is exceeded, new
+    /// audited sessions are refused rather than risking the loss of evidence.
+    pub budget: crate::ship::Budget,
 }
 
 impl Shared {
@@ -322,6 +325,17 @@ async fn handle(
         }
     };
     let workload_name = workload.display_name(&cgroup);
+    // Over the disk budget: refuse new sessions (existing ones go on). Opaque TCP is
+    // closed before anything is journaled or connected; PostgreSQL clients get a FATAL
+    // 53100 once their start-up is read (see postgres::SessionContext::refuse).
+    let refuse = shared.budget.exceeded();
+    if let Some(why) = &refuse {
+        error!(workload = %workload_name, %orig_dst, target = %target.name, reason = %why, "refusing a new session: disk budget exceeded");
+        if target.protocol != crate::config::Protocol::Postgres {
+            reset(client);
+            return;
+        }
+    }
     let start = SessionStart {
         workload: workload_name.clone(),
         cgroup: cgroup.clone(),
@@ -373,6 +387,7 @@ async fn handle(
             cancel_keys: &shared.cancel_keys,
             approvals: shared.approvals.clone(),
             workload: &workload_name,
+            refuse,
         };
         postgres::serve(ctx, client, cancel).await
     } else {
