@@ -133,23 +133,30 @@ impl Host {
         fs::write(self.seal(seq), jws).expect("write seal");
     }
 
-    /// The agent config: shipping to `s3` with `secret`, plus `extra` sections.
-    fn config(&self, s3: &S3Server, secret: &str, extra: &str) -> PathBuf {
+    /// The `[shipping]` section for `s3` with `secret` (written to a 0600 file).
+    fn shipping_section(&self, s3: &S3Server, secret: &str) -> String {
         let secret_path = self.dir.path().join("s3.secret");
         fs::write(&secret_path, secret).unwrap();
         fs::set_permissions(&secret_path, fs::Permissions::from_mode(0o600)).unwrap();
+        format!(
+            "[shipping]\nendpoint = \"{}\"\nbucket = \"{}\"\naccess_key_id = \"{}\"\nsecret_file = \"{}\"\n\
+             attempts = 3\nbackoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\n",
+            s3.endpoint(),
+            s3.bucket,
+            S3Server::ACCESS_KEY,
+            secret_path.display()
+        )
+    }
+
+    /// The agent config: shipping to `s3` with `secret`, plus `extra` sections.
+    fn config(&self, s3: &S3Server, secret: &str, extra: &str) -> PathBuf {
         let path = self.dir.path().join("agent.toml");
         fs::write(
             &path,
             format!(
-                "[agent]\nmode = \"enforce\"\njournal = \"{}\"\n\n[[target]]\nname = \"t\"\naddress = \"127.0.0.1:9\"\n\n\
-                 [shipping]\nendpoint = \"{}\"\nbucket = \"{}\"\naccess_key_id = \"{}\"\nsecret_file = \"{}\"\n\
-                 attempts = 3\nbackoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\n{extra}\n",
+                "[agent]\nmode = \"enforce\"\njournal = \"{}\"\n\n[[target]]\nname = \"t\"\naddress = \"127.0.0.1:9\"\n\n{}{extra}\n",
                 self.journal().display(),
-                s3.endpoint(),
-                s3.bucket,
-                S3Server::ACCESS_KEY,
-                secret_path.display()
+                self.shipping_section(s3, secret),
             ),
         )
         .unwrap();
@@ -488,4 +495,116 @@ fn over_disk_budget_new_tcp_sessions_are_refused() {
     );
     assert!(agent.sessions().is_empty(), "no session was opened");
     assert_eq!(agent.terminate(), Some(0));
+}
+
+#[test]
+fn running_agent_ships_sealed_segments_in_the_background() {
+    privileged!("running_agent_ships_sealed_segments_in_the_background");
+    let s3 = S3Server::start();
+    let host = Host::new();
+    host.segment(1, DAY_US, 1000);
+    host.segment(2, DAY_US, 1000);
+    let echo = EchoServer::start("127.0.0.2:0");
+    let mut agent = Agent::configure_journal(
+        &format!(
+            "[[target]]\nname = \"echo\"\naddress = \"{}\"\nprotocol = \"tcp\"\n{}interval = \"200ms\"\n",
+            echo.addr,
+            host.shipping_section(&s3, S3Server::SECRET_KEY)
+        ),
+        "",
+        &[],
+        Some(&host.journal()),
+    );
+    agent.spawn();
+    let wait_hwm = |seq: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let path = s3.object_path(&format!("nhi/{HOST}/hwm.json"));
+            let mark = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            if mark.as_ref().is_some_and(|m| m["segment_seq"] == seq) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "segment {seq} not shipped within 20 s: {mark:?}\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_hwm(2);
+    // A segment sealed while the agent runs is picked up by a later pass.
+    host.segment(3, 0, 1000);
+    wait_hwm(3);
+    assert_eq!(s3.keys(), expected_keys(&host, &[1, 2, 3]));
+    assert_identical(&host, &s3, &[1, 2, 3]);
+    assert_eq!(agent.terminate(), Some(0));
+}
+
+#[test]
+fn over_disk_budget_postgres_clients_get_a_disk_full_error() {
+    privileged!("over_disk_budget_postgres_clients_get_a_disk_full_error");
+    let pg = PgServer::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n[[target]]\nname = \"db\"\naddress = \"{}\"\nprotocol = \"postgres\"\n\
+         [retention]\ndisk_budget = \"1KiB\"\n",
+        cg.rel(),
+        pg.addr()
+    ));
+    let out = cg
+        .command("psql")
+        .args(["-X", "-At", "-U", "postgres", "-h", "127.0.0.1", "-p"])
+        .arg(pg.addr().port().to_string())
+        .args(["-v", "VERBOSITY=verbose", "-c", "select 1"])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("run psql");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "psql must fail: {}", text(&out));
+    assert!(
+        stderr.contains("FATAL") && stderr.contains("disk budget"),
+        "{}",
+        text(&out)
+    );
+    // psql does not print a connection error's SQLSTATE: read the raw ErrorResponse.
+    let script = format!(
+        "import socket,struct,sys\n\
+         s=socket.create_connection(('127.0.0.1',{}))\n\
+         body=struct.pack('!i',196608)+b'user\\0postgres\\0\\0'\n\
+         s.sendall(struct.pack('!i',len(body)+4)+body)\n\
+         data=b''\n\
+         while True:\n    c=s.recv(65536)\n    if not c: break\n    data+=c\n\
+         sys.stdout.write(data.hex())\n",
+        pg.addr().port()
+    );
+    let raw = cg
+        .command("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    let hex = String::from_utf8_lossy(&raw.stdout).to_string();
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(
+        bytes.first(),
+        Some(&b'E'),
+        "an ErrorResponse: {}",
+        text(&raw)
+    );
+    let fields = String::from_utf8_lossy(&bytes);
+    assert!(
+        fields.contains("SFATAL\0") && fields.contains("C53100\0"),
+        "{fields:?}"
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("refusing a new session: disk budget exceeded"),
+        "{}",
+        agent.log_text()
+    );
 }
