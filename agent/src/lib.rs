@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the bird's-eye view and the code map.
 pub mod approvals;
+pub mod attest;
 pub mod cli;
 pub mod config;
 pub mod credential;

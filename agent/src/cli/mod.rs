@@ -1,6 +1,7 @@
 //! Command line: one module per subcommand. `main` parses, sets up logging and
 //! dispatches; every subcommand returns its exit status.
 pub mod approvals;
+pub mod attest;
 pub mod detach;
 pub mod policy;
 pub mod replay;
@@ -41,6 +42,8 @@ pub enum Command {
     Approvals(approvals::ApprovalsArgs),
     /// Upload sealed journal segments (`--once`), or show where shipping stands (`status`).
     Ship(ship::ShipArgs),
+    /// Present a CI job's OIDC token: bind its claims to this process's cgroup.
+    Attest(attest::AttestArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Detach(a) => detach::run(a),
         Command::Approvals(a) => approvals::run(a),
         Command::Ship(a) => ship::run(a),
+        Command::Attest(a) => attest::run(a),
     };
     match result {
         Ok(code) => code,

@@ -17,7 +17,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    approvals,
+    approvals, attest,
     config::{self, Config, FailMode},
     ebpf::{self, InstallOptions, Interceptor},
     identity::CgroupFs,
@@ -101,6 +101,15 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let approvals_socket = config.agent.approvals_socket.clone();
     let approvals_listener = approvals::server::bind(&approvals_socket, approver_gid)?;
     let registry = approvals::Registry::new(approvals_socket.clone());
+    // Attestation: the issuers' JWKS files and the socket, before attaching too.
+    let verifier = attest::load_issuers(&config.attest).context("loading the OIDC issuers")?;
+    let attest_socket = config.attest.socket.clone();
+    let attest_listener = if config.attest.enabled() {
+        Some(attest::server::bind(&attest_socket)?)
+    } else {
+        None
+    };
+    let attestor = Arc::new(attest::Attestor::new(verifier));
     let fail_closed = config.agent.fail == FailMode::Closed;
     let mut interceptor = Interceptor::install(InstallOptions {
         pin_dir: config.agent.bpffs.clone(),
@@ -134,6 +143,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         cancel_keys: Mutex::new(HashMap::new()),
         approvals: Some(Arc::new(registry.clone())),
         budget,
+        attest: Some(attestor.clone()),
     });
     {
         let c = shared.config();
@@ -160,6 +170,17 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     info!(socket = %approvals_socket.display(), approver_gid, "approvals socket ready");
     // The shipper's passes run on blocking threads: an upload never holds up the proxy.
     let shipping = shipper.map(|s| tokio::spawn(s.run(shutdown_rx.clone())));
+    let attest_server = attest_listener.map(|listener| {
+        info!(socket = %attest_socket.display(), "attest socket ready");
+        tokio::spawn(attest::server::serve(
+            listener,
+            attest::server::Context {
+                attestor,
+                shared: shared.clone(),
+            },
+            shutdown_rx.clone(),
+        ))
+    });
     let signals = tokio::spawn(signal_loop(shared.clone(), config_path, shutdown_tx));
     proxy::serve(shared.clone(), listeners, shutdown_rx).await;
     rescan.abort();
@@ -169,6 +190,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         shipping.abort();
     }
     let _ = std::fs::remove_file(&approvals_socket);
+    if let Some(server) = attest_server {
+        server.abort();
+        let _ = std::fs::remove_file(&attest_socket);
+    }
 
     let _ = sdnotify::notify("STOPPING=1");
     shared.journal.flush().await.ok();
@@ -248,6 +273,14 @@ fn rescan(shared: &proxy::Shared) {
     if let Err(e) = interceptor.sync_cgroups(wanted) {
         error!(error = %e, "cannot update the cgroup map");
     }
+    drop(interceptor);
+    // Claims are bound until their cgroup (the job) is removed.
+    if let Some(attestor) = &shared.attest {
+        let dropped = attestor.prune(|p| shared.cgroups.id_of(p));
+        if dropped > 0 {
+            info!(dropped, "attestations of removed cgroups dropped");
+        }
+    }
 }
 
 async fn signal_loop(
@@ -298,6 +331,11 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
                 (a.cgroup_root != o.cgroup_root, "cgroup_root"),
                 (a.approvals_socket != o.approvals_socket, "approvals_socket"),
                 (a.approver_group != o.approver_group, "approver_group"),
+                (new.attest.socket != old.attest.socket, "[attest] socket"),
+                (
+                    new.attest.enabled() != old.attest.enabled(),
+                    "[[oidc_issuer]] (adding the first or removing the last)",
+                ),
             ] {
                 if changed {
                     warn!(
@@ -315,6 +353,18 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
             a.journal_fsync = o.journal_fsync;
             a.approvals_socket = o.approvals_socket.clone();
             a.approver_group = o.approver_group.clone();
+            new.attest.socket = old.attest.socket.clone();
+            let verifier = match attest::load_issuers(&new.attest) {
+                Ok(v) => v,
+                Err(e) => {
+                    error!(
+                        error = %e,
+                        "reload rejected; the previous configuration stays in force"
+                    );
+                    let _ = sdnotify::notify("READY=1");
+                    return;
+                }
+            };
             let pg = match proxy::postgres::PgRuntime::build(&new) {
                 Ok(pg) => pg,
                 Err(e) => {
@@ -336,6 +386,9 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
                     let (w, t) = (new.workloads.len(), new.targets.len());
                     *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
                     *shared.pg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pg);
+                    if let Some(attestor) = &shared.attest {
+                        attestor.set_verifier(verifier);
+                    }
                     info!(workloads = w, targets = t, "configuration reloaded");
                 }
             }

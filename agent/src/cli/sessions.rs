@@ -40,9 +40,24 @@ pub struct SessionsArgs {
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
 
+    /// Only sessions whose attested claim KEY has this value (string compare; numbers by
+    /// their decimal text). Repeat for several claims; all must match.
+    #[arg(long = "claim", value_name = "KEY=VALUE", value_parser = parse_claim)]
+    pub claims: Vec<(String, String)>,
+
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Parses `--claim KEY=VALUE` (the value may contain `=`).
+fn parse_claim(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, v)) if !key.is_empty() => Ok((key.to_string(), v.to_string())),
+        _ => Err(format!(
+            "expected KEY=VALUE, e.g. run_id=123 (got {value:?})"
+        )),
+    }
 }
 
 /// Runs `nhi-agent sessions`.
@@ -60,6 +75,7 @@ pub(crate) fn write_sessions(args: &SessionsArgs, out: &mut dyn Write) -> anyhow
         target: args.target.clone(),
         since: args.since,
         limit: args.limit,
+        claims: args.claims.clone(),
     };
     let rows = reader.sessions(&filter)?;
     if args.json {
@@ -375,6 +391,7 @@ mod tests {
             "bytes_from_client",
             "bytes_from_server",
             "close_reason",
+            "claims",
         ]
         .into();
         for line in &lines {
@@ -428,6 +445,7 @@ mod tests {
             "exe",
             "user",
             "pid_start_time",
+            "claims",
         ] {
             assert!(c[null].is_null(), "{null} must be null, got {}", c[null]);
         }

@@ -75,6 +75,8 @@ pub struct Config {
     /// `[shipping]` and `[retention]` (see [`crate::ship`]): upload of sealed segments,
     /// local retention, disk budget.
     pub ship: crate::ship::ShipConfig,
+    /// `[[oidc_issuer]]` and `[attest]` (see [`crate::attest`]): CI job identity.
+    pub attest: crate::attest::AttestConfig,
     /// The file the configuration was loaded from; `None` when parsed from a string.
     pub source: Option<PathBuf>,
 }
@@ -478,6 +480,14 @@ impl TryFrom<RawConfig> for Config {
                 message: p.message,
             }
         })?;
+        let attest =
+            crate::attest::AttestConfig::from_raw(raw.attest, raw.oidc_issuer).map_err(|p| {
+                Problem {
+                    span: p.span,
+                    earlier: None,
+                    message: p.message,
+                }
+            })?;
         Ok(Config {
             agent,
             workloads,
@@ -485,6 +495,7 @@ impl TryFrom<RawConfig> for Config {
             policies,
             masks,
             ship,
+            attest,
             source: None,
         })
     }

@@ -24,6 +24,10 @@ pub(super) struct RawConfig {
     // [shipping] and [retention] (see crate::ship::config).
     pub shipping: Option<Spanned<crate::ship::RawShipping>>,
     pub retention: Option<Spanned<crate::ship::RawRetention>>,
+    // attest: `[[oidc_issuer]]` and `[attest]` (see crate::attest::config).
+    #[serde(default)]
+    pub oidc_issuer: Vec<Spanned<crate::attest::RawOidcIssuer>>,
+    pub attest: Option<Spanned<crate::attest::RawAttest>>,
 }
 
 /// `[agent]`.

@@ -676,8 +676,8 @@ fn policies_and_masks_are_read_and_mask_names_are_unique() {
     let c = ok(&format!(
         "{base}\n[[policy]]\nworkload = \"bot*\"\n[[policy.rule]]\nname = \"no-drop\"\nverdict = \"deny\"\nkinds = [\"drop\"]\n\n[[mask]]\nname = \"pii\"\ncolumns = [\"email\"]\n"
     ));
-    assert!(c.policies.for_session("bot-1", "pg").is_some());
-    assert!(c.policies.for_session("other", "pg").is_none());
+    assert!(c.policies.for_session("bot-1", "pg", None).is_some());
+    assert!(c.policies.for_session("other", "pg", None).is_none());
     assert_eq!(c.masks.len(), 1);
     let dup = format!("{base}\n[[mask]]\nname = \"pii\"\ncolumns = [\"a\"]\n\n[[mask]]\nname = \"pii\"\ncolumns = [\"b\"]\n");
     let e = parse(&dup, "t.toml").expect_err("duplicate").to_string();

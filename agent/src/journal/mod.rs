@@ -109,6 +109,9 @@ pub struct SessionStart {
     /// `tcp` for now; protocol-aware proxies (e.g. `postgres`) come later.
     pub protocol: String,
     pub started_at: SystemTime,
+    /// The claims attested for the session's cgroup (see `crate::attest`); `None` when
+    /// the session is unattested.
+    pub claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// How and when a session ended, with its byte totals.

@@ -36,6 +36,10 @@ pub struct SessionFilter {
     pub since: Option<SystemTime>,
     /// Only the `limit` most recent matching sessions (still returned oldest first).
     pub limit: Option<usize>,
+    /// Only sessions whose attested claims have each of these (name, value) pairs; the
+    /// value is compared as text (a number by its decimal text, a boolean as
+    /// `true`/`false`, see [`crate::policy::claim_text`]).
+    pub claims: Vec<(String, String)>,
 }
 
 /// One session as stored, serialized with the key names the CLI's `--json` promises.
@@ -70,6 +74,9 @@ pub struct SessionRow {
     pub bytes_from_client: u64,
     pub bytes_from_server: u64,
     pub close_reason: Option<String>,
+    /// The claims attested for the session's cgroup; `None` when unattested (or the
+    /// journal predates attestation).
+    pub claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// What an event records.
@@ -141,6 +148,9 @@ fn serialize_opt_time<S: Serializer>(
 pub struct JournalReader {
     conn: Connection,
     path: PathBuf,
+    /// Whether `sessions` has the `claims` column (journals from before attestation
+    /// do not).
+    has_claims: bool,
 }
 
 impl std::fmt::Debug for JournalReader {
@@ -159,6 +169,16 @@ const SESSION_COLUMNS: &str = "s.id, s.workload, s.cgroup, s.cgroup_id, s.pid, \
     COALESCE(s.bytes_from_server, (SELECT COALESCE(SUM(e.size), 0) FROM events e \
         WHERE e.session_id = s.id AND e.kind = 'chunk' AND e.direction = 's2c')), \
     s.close_reason";
+
+/// Whether the journal's `sessions` table has a `claims` column.
+fn sessions_have_claims(conn: &Connection) -> Result<bool, JournalError> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'claims')",
+        [],
+        |row| row.get(0),
+    )
+    .map_err(JournalError::sqlite("read the sessions columns"))
+}
 
 impl JournalReader {
     /// Opens the journal at `path` read-only; refuses a missing file, a file that is not a
@@ -193,15 +213,23 @@ impl JournalReader {
             }
             Err(e) => return Err(e),
         };
+        let has_claims = sessions_have_claims(&conn)?;
         Ok(JournalReader {
             conn,
             path: path.to_path_buf(),
+            has_claims,
         })
     }
 
     /// The file this reader was opened on.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// [`SESSION_COLUMNS`] and the claims (NULL in journals without the column).
+    fn session_columns(&self) -> String {
+        let claims = if self.has_claims { "s.claims" } else { "NULL" };
+        format!("{SESSION_COLUMNS}, {claims}")
     }
 
     /// Sessions matching `filter`, ordered by start time then id.
@@ -220,24 +248,43 @@ impl JournalReader {
             args.push(Value::Integer(system_time_to_us(since)));
             clauses.push(format!("s.started_at_us >= ?{}", args.len()));
         }
+        for (name, value) in &filter.claims {
+            if !self.has_claims {
+                clauses.push("0".to_string());
+                break;
+            }
+            args.push(Value::Text(name.clone()));
+            let name_arg = args.len();
+            args.push(Value::Text(value.clone()));
+            // json_each gives each claim's type, so numbers and booleans compare by the
+            // same text as crate::policy::claim_text.
+            clauses.push(format!(
+                "EXISTS (SELECT 1 FROM json_each(s.claims) c WHERE c.key = ?{name_arg} AND \
+                 (CASE c.type WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' \
+                  WHEN 'text' THEN c.value WHEN 'integer' THEN CAST(c.value AS TEXT) \
+                  WHEN 'real' THEN CAST(c.value AS TEXT) END) = ?{})",
+                args.len()
+            ));
+        }
         let where_clause = if clauses.is_empty() {
             String::new()
         } else {
             format!("WHERE {}", clauses.join(" AND "))
         };
+        let columns = self.session_columns();
         let sql = match filter.limit {
             // The most recent N, then put back in chronological order, like `tail`.
             Some(limit) => {
                 args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
                 format!(
-                    "SELECT * FROM (SELECT {SESSION_COLUMNS} FROM sessions s {where_clause} \
+                    "SELECT * FROM (SELECT {columns} FROM sessions s {where_clause} \
                      ORDER BY s.started_at_us DESC, s.id DESC LIMIT ?{}) \
                      ORDER BY 17, 1",
                     args.len()
                 )
             }
             None => format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions s {where_clause} \
+                "SELECT {columns} FROM sessions s {where_clause} \
                  ORDER BY s.started_at_us, s.id"
             ),
         };
@@ -254,7 +301,10 @@ impl JournalReader {
 
     /// The session with this id, if there is one.
     pub fn session(&self, id: SessionId) -> Result<Option<SessionRow>, JournalError> {
-        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?1");
+        let sql = format!(
+            "SELECT {} FROM sessions s WHERE s.id = ?1",
+            self.session_columns()
+        );
         let raw = self
             .conn
             .query_row(&sql, [id], RawSession::from_row)
@@ -383,6 +433,7 @@ struct RawSession {
     bytes_from_client: i64,
     bytes_from_server: i64,
     close_reason: Option<String>,
+    claims: Option<String>,
 }
 
 impl RawSession {
@@ -409,6 +460,7 @@ impl RawSession {
             bytes_from_client: row.get(18)?,
             bytes_from_server: row.get(19)?,
             close_reason: row.get(20)?,
+            claims: row.get(21)?,
         })
     }
 
@@ -436,6 +488,12 @@ impl RawSession {
             .map(serde_json::from_str::<Vec<String>>)
             .transpose()
             .map_err(|e| corrupt("cmdline", e.to_string()))?;
+        let claims = self
+            .claims
+            .as_deref()
+            .map(serde_json::from_str::<serde_json::Map<String, serde_json::Value>>)
+            .transpose()
+            .map_err(|e| corrupt("claims", e.to_string()))?;
         Ok(SessionRow {
             id,
             workload: self.workload,
@@ -465,6 +523,7 @@ impl RawSession {
             bytes_from_client: self.bytes_from_client as u64,
             bytes_from_server: self.bytes_from_server as u64,
             close_reason: self.close_reason,
+            claims,
         })
     }
 }

@@ -41,10 +41,11 @@ pub(crate) struct Migration {
 /// - protocol events (e.g. PostgreSQL statements): `kind` is free text without a CHECK and
 ///   `data` is JSON, so new kinds need no table rebuild.
 /// - agent-level events (start, stop, configuration changes): `session_id` may be NULL.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "sessions, events, meta",
-    sql: r#"
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "sessions, events, meta",
+        sql: r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
@@ -105,7 +106,15 @@ BEGIN
     SELECT RAISE(ABORT, 'journal events are append-only');
 END;
 "#,
-}];
+    },
+    // attest: the claims attested for the session's cgroup (JSON object), NULL when
+    // unattested. (Integrator: renumber if another branch also appends version 2.)
+    Migration {
+        version: 2,
+        description: "sessions.claims",
+        sql: "ALTER TABLE sessions ADD COLUMN claims TEXT;",
+    },
+];
 
 /// The schema version this binary writes and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

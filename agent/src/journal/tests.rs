@@ -41,6 +41,7 @@ pub(crate) fn sample_start(workload: &str, target: &str, started_at: SystemTime)
         target: target.to_string(),
         protocol: "tcp".to_string(),
         started_at,
+        claims: None,
     }
 }
 
@@ -900,6 +901,7 @@ async fn reader_filters_and_orders_sessions() {
             target: Some("s3".to_string()),
             since: Some(at_us(35_000_000)),
             limit: Some(10),
+            ..Default::default()
         }),
         vec![ids[4]]
     );

@@ -781,10 +781,19 @@ fn insert_start(conn: &Connection, s: &SessionStart) -> Result<SessionId, Journa
             source,
         })?;
     let started_at_us = system_time_to_us(s.started_at);
+    let claims = s
+        .claims
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|source| JournalError::Encode {
+            what: "claims",
+            source,
+        })?;
     conn.prepare_cached(
         "INSERT INTO sessions (workload, cgroup, cgroup_id, pid, pid_start_time, exe, cmdline, \
-         uid, gid, user, comm, client_addr, orig_dst, target, protocol, started_at_us) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+         uid, gid, user, comm, client_addr, orig_dst, target, protocol, started_at_us, claims) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -804,6 +813,7 @@ fn insert_start(conn: &Connection, s: &SessionStart) -> Result<SessionId, Journa
             s.target,
             s.protocol,
             started_at_us,
+            claims,
         ])
     })
     .map_err(JournalError::sqlite("insert session"))?;
@@ -829,6 +839,7 @@ fn insert_start(conn: &Connection, s: &SessionStart) -> Result<SessionId, Journa
         "orig_dst": s.orig_dst.to_string(),
         "target": s.target,
         "protocol": s.protocol,
+        "claims": s.claims,
     })
     .to_string();
     conn.prepare_cached(

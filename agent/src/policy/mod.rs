@@ -31,6 +31,8 @@
 //! db_user = "app_ro"           # optional: log in as this database user
 //! record_results = "summary"   # "none" | "summary" (default) | "rows"
 //! approval_timeout = "5m"      # humantime, > 0, default 5m
+//! claims = { ref = "refs/heads/main", repository = "org/*" } # optional: attested CI job claims
+//! attested = true              # optional: true = attested sessions only, false = unattested only
 //!
 //! [[policy.rule]]
 //! name = "no-drop"             # required, unique within the policy
@@ -41,6 +43,12 @@
 //! without_where = true         # only UPDATE/DELETE without WHERE (false: no condition)
 //! text = '(?i)\bpg_sleep\b'    # regex, searched in the statement's text
 //! ```
+//!
+//! `claims` (see [`crate::attest`]): every listed claim must be present in the session's
+//! attested claims and its value must match the glob (case-sensitive; `*` also matches
+//! `/`). A string claim is compared as is, a number by its decimal text, a boolean as
+//! `true`/`false`; other values never match. A policy with `claims` never matches an
+//! unattested session. `attested = false` with `claims` is an error (it could never match).
 //!
 //! Unknown keys are errors. An empty `kinds`/`tables`/`functions` list is an error
 //! (it could never match). Table and function names are compared through
@@ -241,6 +249,26 @@ pub struct Policy {
     default: Verdict,
     unparsed: Verdict,
     rules: Vec<Rule>,
+    claims: Vec<(String, GlobMatcher)>,
+    attested: Option<bool>,
+}
+
+/// The attested claims of a session (see [`crate::attest::Claims`]).
+pub type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// A claim's value as policy globs and the `--claim` filter see it: a string as is, a
+/// number by its decimal text, a boolean as `true`/`false`; `None` for other values.
+pub fn claim_text(value: &serde_json::Value) -> Option<std::borrow::Cow<'_, str>> {
+    match value {
+        serde_json::Value::String(s) => Some(std::borrow::Cow::Borrowed(s)),
+        serde_json::Value::Number(n) => Some(std::borrow::Cow::Owned(n.to_string())),
+        serde_json::Value::Bool(b) => Some(std::borrow::Cow::Borrowed(if *b {
+            "true"
+        } else {
+            "false"
+        })),
+        _ => None,
+    }
 }
 
 /// The verdict for one statement and the rule that gave it.
@@ -348,6 +376,37 @@ impl Policy {
                 parsed
             }
         };
+        let attested = raw.attested.as_ref().map(|a| *a.get_ref());
+        let mut claims = Vec::new();
+        if let Some(table) = &raw.claims {
+            if table.get_ref().is_empty() {
+                return Err(PolicyProblem::at(
+                    table,
+                    "claims = {} sets no condition; remove it or use attested = true",
+                ));
+            }
+            if let Some(false) = attested {
+                return Err(PolicyProblem::at(
+                    table,
+                    "claims with attested = false can never match: an unattested session has no claims",
+                ));
+            }
+            for (name, glob) in table.get_ref() {
+                let matcher = Glob::new(glob.get_ref())
+                    .map(|g| g.compile_matcher())
+                    .map_err(|e| {
+                        PolicyProblem::at(
+                            glob,
+                            format!(
+                                "invalid glob \"{}\" for claim \"{name}\": {}",
+                                glob.get_ref(),
+                                e.kind()
+                            ),
+                        )
+                    })?;
+                claims.push((name.clone(), matcher));
+            }
+        }
         let mut rules: Vec<Rule> = Vec::with_capacity(raw.rule.len());
         for raw_rule in raw.rule {
             let rule = Rule::from_raw(raw_rule.into_inner(), &rules)?;
@@ -364,12 +423,36 @@ impl Policy {
             default,
             unparsed,
             rules,
+            claims,
+            attested,
         })
     }
 
     /// Whether this policy's `workload` and `target` globs match the session.
     pub fn applies_to(&self, workload: &str, target: &str) -> bool {
         self.workload.is_match(workload) && self.target.is_match(target)
+    }
+
+    /// Whether this policy's `attested` and `claims` conditions hold for a session with
+    /// these attested claims (`None`: not attested).
+    pub fn claims_match(&self, claims: Option<&Claims>) -> bool {
+        if let Some(attested) = self.attested {
+            if attested != claims.is_some() {
+                return false;
+            }
+        }
+        if self.claims.is_empty() {
+            return true;
+        }
+        let Some(claims) = claims else {
+            return false;
+        };
+        self.claims.iter().all(|(name, glob)| {
+            claims
+                .get(name)
+                .and_then(claim_text)
+                .is_some_and(|text| glob.is_match(text.as_ref()))
+        })
     }
 
     /// The verdict for one statement and the rule that gave it (`None`: the
@@ -582,10 +665,17 @@ impl PolicySet {
         })
     }
 
-    /// The policy governing a session of `workload` to `target`, if any.
-    pub fn for_session(&self, workload: &str, target: &str) -> Option<&Policy> {
+    /// The policy governing a session of `workload` to `target` with these attested
+    /// claims (`None`: unattested), if any: the first whose workload, target and claims
+    /// conditions all match.
+    pub fn for_session(
+        &self,
+        workload: &str,
+        target: &str,
+        claims: Option<&Claims>,
+    ) -> Option<&Policy> {
         self.policies
             .iter()
-            .find(|policy| policy.applies_to(workload, target))
+            .find(|policy| policy.applies_to(workload, target) && policy.claims_match(claims))
     }
 }

@@ -19,6 +19,10 @@ pub struct RawPolicy {
     pub(super) db_user: Option<Spanned<String>>,
     pub(super) record_results: Option<Spanned<String>>,
     pub(super) approval_timeout: Option<Spanned<String>>,
+    /// attest: claim name -> glob over the claim's value (see `crate::attest`).
+    pub(super) claims: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+    /// attest: only attested (`true`) or only unattested (`false`) sessions.
+    pub(super) attested: Option<Spanned<bool>>,
     #[serde(default)]
     pub(super) rule: Vec<Spanned<RawRule>>,
 }

@@ -1253,15 +1253,15 @@ target = "orders-*"
 name = "rest"
 "#,
     );
-    let governing = |w: &str, t: &str| set.for_session(w, t).and_then(|p| p.name.clone());
+    let governing = |w: &str, t: &str| set.for_session(w, t, None).and_then(|p| p.name.clone());
     assert_eq!(governing("bot-1", "orders-eu").as_deref(), Some("bots"));
     assert_eq!(governing("ci", "orders-eu").as_deref(), Some("orders"));
     assert_eq!(governing("ci", "billing").as_deref(), Some("rest"));
     let narrow = policies("[[policy]]\nworkload = \"bot-*\"\ntarget = \"orders\"\n");
-    assert!(narrow.for_session("bot-1", "orders").is_some());
-    assert!(narrow.for_session("bot-1", "orders-2").is_none());
-    assert!(narrow.for_session("Bot-1", "orders").is_none());
-    assert!(PolicySet::default().for_session("a", "b").is_none());
+    assert!(narrow.for_session("bot-1", "orders", None).is_some());
+    assert!(narrow.for_session("bot-1", "orders-2", None).is_none());
+    assert!(narrow.for_session("Bot-1", "orders", None).is_none());
+    assert!(PolicySet::default().for_session("a", "b", None).is_none());
 }
 
 #[test]

@@ -53,6 +53,8 @@ pub struct Shared {
     /// The disk budget flag (see [`crate::ship::Budget`]): while it is exceeded, new
     /// audited sessions are refused rather than risking the loss of evidence.
     pub budget: crate::ship::Budget,
+    /// Claims bound to cgroups by `nhi-agent attest`; `None`: attestation is off.
+    pub attest: Option<Arc<crate::attest::Attestor>>,
 }
 
 impl Shared {
@@ -336,6 +338,11 @@ async fn handle(
             return;
         }
     }
+    // The claims of the nearest attested cgroup (its own or an ancestor's).
+    let claims = shared.attest.as_ref().and_then(|a| {
+        a.binding_for(&cgroup, record.cgroup_id, |p| shared.cgroups.id_of(p))
+            .map(|b| b.claims)
+    });
     let start = SessionStart {
         workload: workload_name.clone(),
         cgroup: cgroup.clone(),
@@ -353,6 +360,7 @@ async fn handle(
         target: target.name.clone(),
         protocol: target.protocol.to_string(),
         started_at: accepted_at,
+        claims: claims.clone(),
     };
     let t_identity = t0.elapsed();
     let id = match shared.journal.start_session(start).await {
@@ -373,7 +381,8 @@ async fn handle(
         .then(|| shared.pg())
         .filter(|pg| pg.has_target(target_index));
     let outcome = if let Some(runtime) = pg {
-        let rules = Arc::new(runtime.rules_for(&config, &workload_name, &target.name));
+        let rules =
+            Arc::new(runtime.rules_for(&config, &workload_name, &target.name, claims.as_ref()));
         let ctx = postgres::SessionContext {
             id,
             journal: &shared.journal,

@@ -125,9 +125,19 @@ impl PgRuntime {
         self.targets.get(index).is_some_and(Option::is_some)
     }
 
-    /// The rules of one session of `workload` on `target`.
-    pub fn rules_for(&self, config: &Config, workload: &str, target: &str) -> SessionRules {
-        let policy = config.policies.for_session(workload, target).cloned();
+    /// The rules of one session of `workload` on `target`, with the session's attested
+    /// claims (`None`: unattested; see [`crate::attest`]).
+    pub fn rules_for(
+        &self,
+        config: &Config,
+        workload: &str,
+        target: &str,
+        claims: Option<&crate::policy::Claims>,
+    ) -> SessionRules {
+        let policy = config
+            .policies
+            .for_session(workload, target, claims)
+            .cloned();
         let enforce = match policy.as_ref().and_then(|p| p.mode) {
             Some(PolicyMode::Enforce) => true,
             Some(PolicyMode::Observe) => false,
