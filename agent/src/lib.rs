@@ -15,4 +15,5 @@ pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod sdnotify;
+pub mod ship;
 pub mod tls;

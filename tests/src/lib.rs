@@ -768,3 +768,128 @@ fn as_postgres(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ---------------------------------------------------------------- shipping (S3)
+
+/// A real S3-compatible server (`s3s-fs`, installed by `cargo xtask setup`) on a free
+/// loopback port, storing objects under a temp directory as plain files
+/// (`<root>/<bucket>/<key>`). [`S3Server::stop`] / [`S3Server::start_again`] keep the
+/// port and the directory, to simulate an outage. Killed on drop.
+pub struct S3Server {
+    pub root: tempfile::TempDir,
+    pub port: u16,
+    pub bucket: String,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    /// Access key id the server accepts.
+    pub const ACCESS_KEY: &'static str = "nhi-test-access";
+    /// Secret key the server accepts.
+    pub const SECRET_KEY: &'static str = "nhi-test-secret-key-0123456789";
+
+    /// The `s3s-fs` binary: `$S3S_FS`, else `~/.cargo/bin/s3s-fs`, else `PATH`.
+    pub fn bin() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("S3S_FS") {
+            return Some(PathBuf::from(p));
+        }
+        if let Some(home) = std::env::var_os("HOME") {
+            let p = Path::new(&home).join(".cargo/bin/s3s-fs");
+            if p.exists() {
+                return Some(p);
+            }
+        }
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("s3s-fs"))
+                .find(|p| p.exists())
+        })
+    }
+
+    /// Starts a server with one (empty) bucket, `audit`.
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let bucket = "audit".to_string();
+        fs::create_dir_all(root.path().join(&bucket)).expect("bucket dir");
+        let mut server = Self {
+            root,
+            port: free_port(),
+            bucket,
+            child: None,
+        };
+        server.start_again();
+        server
+    }
+
+    /// The endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts on the same port and directory; waits until it accepts connections.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let bin = Self::bin().expect("s3s-fs not found: run `cargo xtask setup`");
+        let log = fs::File::create(self.root.path().join("s3s-fs.log")).expect("log");
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--access-key",
+                Self::ACCESS_KEY,
+                "--secret-key",
+                Self::SECRET_KEY,
+            ])
+            .arg(self.root.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start s3s-fs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not listen within 20 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server (SIGKILL); the stored objects stay.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The stored object `key` as a file path.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.root.path().join(&self.bucket).join(key)
+    }
+
+    /// Every stored object key, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let base = self.root.path().join(&self.bucket);
+        let mut out = Vec::new();
+        let mut stack = vec![base.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&base) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -26,6 +26,9 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
 ];
 
+/// s3s-fs, the S3-compatible server the shipping tests upload to (tests/tests/shipping.rs).
+const S3S_FS_VERSION: &str = "0.14.1";
+
 /// bpf-linker release known to build here (see EBPF-FACTS.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -34,6 +37,7 @@ pub fn setup() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
     bpffs()?;
+    s3s_fs()?;
     eprintln!("setup: done");
     Ok(())
 }
@@ -171,4 +175,28 @@ fn bpffs() -> anyhow::Result<()> {
         return Ok(());
     }
     run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// `s3s-fs` for the shipping tests, from crates.io (a source build, a few minutes the
+/// first time). The harness looks in `$S3S_FS`, `~/.cargo/bin`, then `PATH`.
+fn s3s_fs() -> anyhow::Result<()> {
+    let works = output(Command::new("s3s-fs").arg("--version"))
+        .or_else(|| {
+            let home = std::env::var_os("HOME")?;
+            output(Command::new(Path::new(&home).join(".cargo/bin/s3s-fs")).arg("--version"))
+        })
+        .is_some_and(|v| v.contains(S3S_FS_VERSION));
+    if works {
+        return Ok(());
+    }
+    eprintln!("setup: installing s3s-fs {S3S_FS_VERSION} (a few minutes)");
+    run(Command::new(util::cargo()).args([
+        "install",
+        "s3s-fs",
+        "--version",
+        S3S_FS_VERSION,
+        "--locked",
+        "--features",
+        "binary",
+    ]))
 }

@@ -8,6 +8,7 @@ pub mod policy;
 pub mod replay;
 pub mod run;
 pub mod sessions;
+pub mod ship;
 
 use std::process::ExitCode;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Detach(detach::DetachArgs),
     /// List, approve or deny statements held for approval (talks to the running agent).
     Approvals(approvals::ApprovalsArgs),
+    /// Upload sealed journal segments (`--once`), or show where shipping stands (`status`).
+    Ship(ship::ShipArgs),
     /// Present a CI job's OIDC token: bind its claims to this process's cgroup.
     Attest(attest::AttestArgs),
 }
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Policy(a) => policy::run(a),
         Command::Detach(a) => detach::run(a),
         Command::Approvals(a) => approvals::run(a),
+        Command::Ship(a) => ship::run(a),
         Command::Attest(a) => attest::run(a),
     };
     match result {

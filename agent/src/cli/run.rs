@@ -125,6 +125,18 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         error!(error = format!("{e:#}"), "process lineage is unavailable");
         None
     });
+    // Shipping, retention, disk budget: the secret is loaded and the journal directory
+    // measured before "ready", so a bad secret fails the start and an agent that starts
+    // over budget refuses sessions from the first one.
+    let budget = crate::ship::Budget::new();
+    let shipper = if config.ship.is_active() {
+        let shipper = crate::ship::Shipper::new(&config, budget.clone())
+            .context("preparing the shipping of journal segments")?;
+        shipper.measure_budget();
+        Some(Arc::new(shipper))
+    } else {
+        None
+    };
 
     let shared = Arc::new(proxy::Shared {
         config: RwLock::new(Arc::new(config)),
@@ -137,6 +149,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         cancel_keys: Mutex::new(HashMap::new()),
         approvals: Some(Arc::new(registry.clone())),
         lineage: lineage.clone(),
+        budget,
         attest: Some(attestor.clone()),
     });
     {
@@ -163,6 +176,8 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     info!(socket = %approvals_socket.display(), approver_gid, "approvals socket ready");
+    // The shipper's passes run on blocking threads: an upload never holds up the proxy.
+    let shipping = shipper.map(|s| tokio::spawn(s.run(shutdown_rx.clone())));
     let attest_server = attest_listener.map(|listener| {
         info!(socket = %attest_socket.display(), "attest socket ready");
         tokio::spawn(attest::server::serve(
@@ -182,6 +197,9 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(task) = lineage_task {
         // It drains the ring buffer once more on shutdown, before the journal closes.
         let _ = task.await;
+    }
+    if let Some(shipping) = shipping {
+        shipping.abort();
     }
     let _ = std::fs::remove_file(&approvals_socket);
     if let Some(server) = attest_server {

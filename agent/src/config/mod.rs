@@ -74,6 +74,9 @@ pub struct Config {
     pub masks: Vec<crate::mask::MaskRule>,
     /// `[lineage]` (see [`crate::lineage`]): exec/fork/exit tracking of intercepted cgroups.
     pub lineage: crate::lineage::config::LineageSettings,
+    /// `[shipping]` and `[retention]` (see [`crate::ship`]): upload of sealed segments,
+    /// local retention, disk budget.
+    pub ship: crate::ship::ShipConfig,
     /// `[[oidc_issuer]]` and `[attest]` (see [`crate::attest`]): CI job identity.
     pub attest: crate::attest::AttestConfig,
     /// The file the configuration was loaded from; `None` when parsed from a string.
@@ -480,6 +483,13 @@ impl TryFrom<RawConfig> for Config {
                     message: p.message,
                 }
             })?;
+        let ship = crate::ship::ShipConfig::from_raw(raw.shipping, raw.retention).map_err(|p| {
+            Problem {
+                span: p.span,
+                earlier: None,
+                message: p.message,
+            }
+        })?;
         let attest =
             crate::attest::AttestConfig::from_raw(raw.attest, raw.oidc_issuer).map_err(|p| {
                 Problem {
@@ -495,6 +505,7 @@ impl TryFrom<RawConfig> for Config {
             targets,
             policies,
             masks,
+            ship,
             attest,
             source: None,
         })

@@ -23,6 +23,9 @@ pub(super) struct RawConfig {
     pub mask: Vec<Spanned<crate::mask::RawMaskRule>>,
     /// `[lineage]` (see [`crate::lineage::config`]).
     pub lineage: Option<crate::lineage::config::RawLineage>,
+    // [shipping] and [retention] (see crate::ship::config).
+    pub shipping: Option<Spanned<crate::ship::RawShipping>>,
+    pub retention: Option<Spanned<crate::ship::RawRetention>>,
     // attest: `[[oidc_issuer]]` and `[attest]` (see crate::attest::config).
     #[serde(default)]
     pub oidc_issuer: Vec<Spanned<crate::attest::RawOidcIssuer>>,

@@ -52,6 +52,9 @@ pub struct Shared {
     pub approvals: Option<Arc<dyn postgres::Approver>>,
     /// Process lineage of intercepted cgroups; `None` when `[lineage] enabled = false`.
     pub lineage: Option<Arc<crate::lineage::Lineage>>,
+    /// The disk budget flag (see [`crate::ship::Budget`]): while it is exceeded, new
+    /// audited sessions are refused rather than risking the loss of evidence.
+    pub budget: crate::ship::Budget,
     /// Claims bound to cgroups by `nhi-agent attest`; `None`: attestation is off.
     pub attest: Option<Arc<crate::attest::Attestor>>,
 }
@@ -326,6 +329,17 @@ async fn handle(
         }
     };
     let workload_name = workload.display_name(&cgroup);
+    // Over the disk budget: refuse new sessions (existing ones go on). Opaque TCP is
+    // closed before anything is journaled or connected; PostgreSQL clients get a FATAL
+    // 53100 once their start-up is read (see postgres::SessionContext::refuse).
+    let refuse = shared.budget.exceeded();
+    if let Some(why) = &refuse {
+        error!(workload = %workload_name, %orig_dst, target = %target.name, reason = %why, "refusing a new session: disk budget exceeded");
+        if target.protocol != crate::config::Protocol::Postgres {
+            reset(client);
+            return;
+        }
+    }
     // The claims of the nearest attested cgroup (its own or an ancestor's).
     let claims = shared.attest.as_ref().and_then(|a| {
         a.binding_for(&cgroup, record.cgroup_id, |p| shared.cgroups.id_of(p))
@@ -385,6 +399,7 @@ async fn handle(
             cancel_keys: &shared.cancel_keys,
             approvals: shared.approvals.clone(),
             workload: &workload_name,
+            refuse,
         };
         postgres::serve(ctx, client, cancel).await
     } else {

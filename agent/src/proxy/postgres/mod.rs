@@ -69,6 +69,9 @@ pub struct SessionContext<'a> {
     pub cancel_keys: &'a CancelKeys,
     pub approvals: Option<Arc<dyn Approver>>,
     pub workload: &'a str,
+    /// `Some(reason)`: refuse the session after its start-up with FATAL 53100
+    /// (disk_full), nothing forwarded (the disk budget is exceeded).
+    pub refuse: Option<String>,
 }
 
 /// Who decides on held statements (the approvals registry).
@@ -282,6 +285,11 @@ async fn serve_inner(
         );
         let _ = client.write_all(&error).await;
         return Err(Failure::Protocol("replication connection refused".into()));
+    }
+    if let Some(why) = &ctx.refuse {
+        let error = encode::error_response("FATAL", "53100", &format!("nhi-agent: {why}"));
+        let _ = client.write_all(&error).await;
+        return Err(Failure::Protocol(format!("refused: {why}")));
     }
     let client_user = startup.user().unwrap_or("").to_owned();
     let login_user = match &target_rt.credential {
