@@ -19,6 +19,7 @@ pub struct RawPolicy {
     pub(super) db_user: Option<Spanned<String>>,
     pub(super) record_results: Option<Spanned<String>>,
     pub(super) approval_timeout: Option<Spanned<String>>,
+    pub(super) max_session_duration: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) rule: Vec<Spanned<RawRule>>,
 }

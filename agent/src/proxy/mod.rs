@@ -322,6 +322,11 @@ async fn handle(
         }
     };
     let workload_name = workload.display_name(&cgroup);
+    let requester = crate::approvals::wire::Process {
+        pid: tgid,
+        exe: process.as_ref().and_then(|p| p.exe.clone()),
+        cmdline: process.as_ref().map(|p| p.cmdline.clone()),
+    };
     let start = SessionStart {
         workload: workload_name.clone(),
         cgroup: cgroup.clone(),
@@ -373,6 +378,7 @@ async fn handle(
             cancel_keys: &shared.cancel_keys,
             approvals: shared.approvals.clone(),
             workload: &workload_name,
+            process: requester,
         };
         postgres::serve(ctx, client, cancel).await
     } else {
