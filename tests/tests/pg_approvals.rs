@@ -335,3 +335,260 @@ fn a_held_delete_left_alone_is_denied_at_the_timeout_and_non_root_is_refused() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not running"), "{}", stderr(&out));
 }
+
+// ---------------------------------------------------------------- part 2: tokens, grants,
+// announcements, session cap
+
+/// Every event of `kind` in the journal, in order.
+fn events_of(agent: &Agent, kind: &str) -> Vec<serde_json::Value> {
+    agent
+        .sessions()
+        .iter()
+        .flat_map(|s| agent.events(s["id"].as_i64().expect("session id")))
+        .filter(|e| e["kind"] == kind)
+        .map(|e| e["data"].clone())
+        .collect()
+}
+
+/// An Ed25519 key pair: the signing key for jsonwebtoken and the public key as PEM.
+fn ed25519_pair() -> (jsonwebtoken::EncodingKey, String) {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+        .expect("generate Ed25519");
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("parse");
+    // SubjectPublicKeyInfo for Ed25519: a fixed 12-byte prefix and the raw key.
+    let mut der = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    der.extend_from_slice(pair.public_key().as_ref());
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(der)
+    );
+    (jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()), pem)
+}
+
+fn decision_token(key: &jsonwebtoken::EncodingKey, id: &str, jti: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "approval_id": id, "decision": "approve", "approver": "alice",
+        "exp": now + 120, "iat": now, "jti": jti,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("approver".into());
+    jsonwebtoken::encode(&header, &claims, key).expect("sign")
+}
+
+/// A tiny webhook receiver: answers 200 to every POST and keeps the bodies.
+fn webhook_listener() -> (String, std::sync::mpsc::Receiver<serde_json::Value>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if let Ok(v) = serde_json::from_slice(&body) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn signed_decisions_grants_and_webhook_announcements() {
+    privileged!("signed_decisions_grants_and_webhook_announcements");
+    let pg = PgServer::start();
+    pg.sql(
+        "create table orders (id int primary key); insert into orders values (1), (2), (3), (4)",
+    );
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let dir = SocketDir::new();
+    let socket = dir.socket();
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let (signing, pem) = ed25519_pair();
+    let key_path = dir.0.join("approver.pem");
+    std::fs::write(&key_path, pem).unwrap();
+    let (other_signing, _) = ed25519_pair();
+    let (hook_url, hook) = webhook_listener();
+    let agent = Agent::start_with(
+        &format!(
+            "{}{}{}\n[approvals]\nwebhook_url = \"{hook_url}\"\ndecision_keys = [\"{}\"]\nmax_grant = \"1m\"\n",
+            workload("bot", &cg),
+            pg_target("orders-db", pg.addr()),
+            approve_deletes("20s"),
+            key_path.display()
+        ),
+        &format!("approvals_socket = \"{}\"\n", socket.display()),
+        &[],
+    );
+
+    // 1. Announced to the webhook; a token with a bad signature is refused and the
+    //    statement stays held; a good one via `approvals submit` approves it.
+    let psql = psql_bg(&cg, pg.port, &["-c", "delete from orders where id = 1"]);
+    let pending = wait_pending(&socket);
+    let id = pending["id"].as_str().unwrap().to_string();
+    let announced = hook
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the webhook got the announcement");
+    assert_eq!(announced["id"], id.as_str());
+    assert_eq!(announced["statement"], "delete from orders where id = 1");
+    assert!(
+        announced["process"]["pid"].as_u64().unwrap() > 0,
+        "{announced}"
+    );
+    assert!(
+        announced["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("nhi-agent approvals approve {id}")),
+        "{announced}"
+    );
+    let bad = decision_token(&other_signing, &id, "bad-1");
+    let out = approvals(&socket, None, &["submit", &bad]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("token refused"), "{}", stderr(&out));
+    assert_eq!(wait_pending(&socket)["id"], id.as_str(), "still held");
+    let good = decision_token(&signing, &id, "good-1");
+    let out = approvals(&socket, None, &["submit", &good]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("jwt:alice (kid approver)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (ok, stdout, stderr_text) = finish(psql);
+    assert!(ok, "{stdout}\n{stderr_text}");
+    assert_eq!(
+        pg.sql("select count(*) from orders where id = 1").trim(),
+        "0"
+    );
+    // A replay of the used token is refused.
+    let out = approvals(&socket, None, &["submit", &good]);
+    assert!(!out.status.success());
+
+    // 2. A grant for 3s: the next matching DELETE (another session) passes without a
+    //    hold; after expiry the DELETE is held again.
+    let psql = psql_bg(&cg, pg.port, &["-c", "delete from orders where id = 2"]);
+    let id2 = wait_pending(&socket)["id"].as_str().unwrap().to_string();
+    let out = approvals(
+        &socket,
+        None,
+        &["approve", &id2, "--scope", "grant", "--for", "3s"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("grant g-1"));
+    let granted_at = Instant::now();
+    assert!(finish(psql).0);
+    let out = approvals(&socket, None, &["grants"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("g-1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let psql = psql_bg(&cg, pg.port, &["-c", "delete from orders where id = 3"]);
+    let (ok, stdout, stderr_text) = finish(psql);
+    assert!(ok, "{stdout}\n{stderr_text}");
+    assert!(
+        granted_at.elapsed() < Duration::from_secs(3),
+        "passed within the grant"
+    );
+    assert_eq!(
+        pg.sql("select count(*) from orders where id = 3").trim(),
+        "0"
+    );
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(granted_at.elapsed()) + Duration::from_millis(300),
+    );
+    let psql = psql_bg(&cg, pg.port, &["-c", "delete from orders where id = 4"]);
+    let id4 = wait_pending(&socket)["id"].as_str().unwrap().to_string();
+    let out = approvals(&socket, None, &["deny", &id4]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, _, stderr_text) = finish(psql);
+    assert!(stderr_text.contains("42501"), "{stderr_text}");
+    assert_eq!(
+        pg.sql("select count(*) from orders where id = 4").trim(),
+        "1"
+    );
+
+    // The journal: announcements, the token decision (by, sha256, no token), the grant.
+    let requests = events_of(&agent, "approval_request");
+    assert!(
+        requests.iter().any(|r| r["id"] == id.as_str()),
+        "{requests:#?}"
+    );
+    let decisions = approval_events(&agent, 4);
+    let by_token = decisions
+        .iter()
+        .find(|e| e["approval_id"] == id.as_str())
+        .expect("token decision journaled");
+    assert_eq!(by_token["by"], "jwt:alice (kid approver)");
+    assert_eq!(by_token["jti"], "good-1");
+    assert_eq!(by_token["token_sha256"].as_str().unwrap().len(), 64);
+    assert!(
+        !by_token.to_string().contains(&good),
+        "the token itself is not journaled"
+    );
+    assert!(
+        decisions.iter().any(|e| e["granted_by"] == id2.as_str()
+            && e["grant"] == "g-1"
+            && e["decision"] == "approved"),
+        "{decisions:#?}"
+    );
+}
+
+#[test]
+fn the_session_cap_ends_a_psql_session_with_the_message() {
+    privileged!("the_session_cap_ends_a_psql_session_with_the_message");
+    let pg = PgServer::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start_with(
+        &format!(
+            "{}{}[[policy]]\nname = \"bots\"\nmax_session_duration = \"2s\"\n",
+            workload("bot", &cg),
+            pg_target("orders-db", pg.addr()),
+        ),
+        "",
+        &[],
+    );
+    let started = Instant::now();
+    let psql = psql_bg(&cg, pg.port, &["-c", "select pg_sleep(8)"]);
+    let (ok, _, stderr_text) = finish(psql);
+    assert!(!ok);
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "ended by the cap"
+    );
+    assert!(
+        stderr_text.contains("session exceeded max_session_duration (2s) of policy bots"),
+        "{stderr_text}"
+    );
+    assert!(stderr_text.contains("57P05"), "{stderr_text}");
+    let sessions = agent.wait_sessions_ended(1);
+    assert!(
+        sessions[0]
+            .to_string()
+            .contains("policy limit: session exceeded max_session_duration"),
+        "{sessions:#?}"
+    );
+}
