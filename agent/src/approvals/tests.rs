@@ -618,4 +618,82 @@ mod tokens {
             .unwrap_err();
         assert_eq!(e.http_status(), 401);
     }
+
+    /// Sends one raw HTTP request and returns the status and JSON body.
+    async fn http(addr: std::net::SocketAddr, request: String) -> (u16, serde_json::Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let status: u16 = out[9..12].parse().unwrap();
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn post(path: &str, body: &str) -> String {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn the_http_endpoint_answers_with_the_status_of_the_decision() {
+        let (sign, pem) = ed25519();
+        let (other, _) = ed25519();
+        let r = Registry::new("/run/x.sock".into()).with_keys(keys_with(&pem, "ed"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(http::serve(listener, r.clone(), rx));
+        let hold = r.hold(&who(1), request(Duration::from_secs(60))).wait;
+
+        let bad = mint(Algorithm::EdDSA, None, &other, &claims("a-1", now() + 60));
+        let (status, body) = http(addr, post("/approvals/a-1/decision", &bad)).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["ok"], false);
+        assert_eq!(r.list().len(), 1, "still held");
+        let (status, _) = http(addr, post("/approvals/a-1/decision", "")).await;
+        assert_eq!(status, 400);
+        let (status, _) = http(addr, post("/elsewhere", &bad)).await;
+        assert_eq!(status, 404);
+        let (status, _) = http(addr, "GET /approvals/a-1/decision HTTP/1.1\r\n\r\n".into()).await;
+        assert_eq!(status, 405);
+        // Refused on the announced length, before any of the body is read (none is sent,
+        // so the close cannot reset the connection before the answer is read).
+        let huge = format!(
+            "POST /approvals/a-1/decision HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+            token::MAX_TOKEN_LEN + 1
+        );
+        let (status, _) = http(addr, huge).await;
+        assert_eq!(status, 413);
+        let good = mint(
+            Algorithm::EdDSA,
+            Some("ed"),
+            &sign,
+            &claims("a-1", now() + 60),
+        );
+        let (status, body) = http(addr, post("/approvals/a-2/decision", &good)).await;
+        assert_eq!(status, 400, "addressed to another request: {body}");
+        let json = serde_json::json!({ "token": good }).to_string();
+        let (status, body) = http(addr, post("/approvals/a-1/decision", &json)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["by"], "jwt:alice (kid ed)");
+        assert!(matches!(hold.await, HoldOutcome::Approved { .. }));
+        let (status, _) = http(addr, post("/approvals/a-1/decision", &good)).await;
+        assert_eq!(status, 409, "replay");
+        let (status, _) = http(
+            addr,
+            post(
+                "/approvals/a-5/decision",
+                &mint(Algorithm::EdDSA, None, &sign, &claims("a-5", now() + 60)),
+            ),
+        )
+        .await;
+        assert_eq!(status, 404);
+    }
 }

@@ -191,6 +191,16 @@ fn show(p: &Pending) {
     println!("id:           {}", p.id);
     println!("session:      {} (statement {})", p.session, p.seq);
     println!("workload:     {}", p.workload);
+    println!(
+        "process:      pid {} {}{}",
+        p.process.pid,
+        p.process.exe.as_deref().unwrap_or("?"),
+        p.process
+            .cmdline
+            .as_ref()
+            .map(|c| format!(" ({})", one_line(&c.join(" "), 200)))
+            .unwrap_or_default()
+    );
     println!("target:       {}", p.target);
     println!("rule:         {}", p.rule.as_deref().unwrap_or("default"));
     println!("requested at: {}", p.requested_at);
