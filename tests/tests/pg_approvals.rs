@@ -370,12 +370,16 @@ fn ed25519_pair() -> (jsonwebtoken::EncodingKey, String) {
 }
 
 fn decision_token(key: &jsonwebtoken::EncodingKey, id: &str, jti: &str) -> String {
+    signed(key, id, jti, "approve")
+}
+
+fn signed(key: &jsonwebtoken::EncodingKey, id: &str, jti: &str, decision: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let claims = serde_json::json!({
-        "approval_id": id, "decision": "approve", "approver": "alice",
+        "approval_id": id, "decision": decision, "approver": "alice",
         "exp": now + 120, "iat": now, "jti": jti,
     });
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
@@ -415,6 +419,27 @@ fn webhook_listener() -> (String, std::sync::mpsc::Receiver<serde_json::Value>) 
     (url, rx)
 }
 
+/// POSTs `body` to `http://addr{path}`; the status and the JSON answer.
+fn http_post(addr: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("decision endpoint");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let json = out
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or_default();
+    (status, json)
+}
+
 #[test]
 fn signed_decisions_grants_and_webhook_announcements() {
     privileged!("signed_decisions_grants_and_webhook_announcements");
@@ -431,9 +456,10 @@ fn signed_decisions_grants_and_webhook_announcements() {
     std::fs::write(&key_path, pem).unwrap();
     let (other_signing, _) = ed25519_pair();
     let (hook_url, hook) = webhook_listener();
+    let endpoint = format!("127.0.0.1:{}", free_port());
     let agent = Agent::start_with(
         &format!(
-            "{}{}{}\n[approvals]\nwebhook_url = \"{hook_url}\"\ndecision_keys = [\"{}\"]\nmax_grant = \"1m\"\n",
+            "{}{}{}\n[approvals]\nwebhook_url = \"{hook_url}\"\ndecision_keys = [\"{}\"]\nmax_grant = \"1m\"\nhttp_listen = \"{endpoint}\"\n",
             workload("bot", &cg),
             pg_target("orders-db", pg.addr()),
             approve_deletes("20s"),
@@ -522,10 +548,20 @@ fn signed_decisions_grants_and_webhook_announcements() {
     );
     let psql = psql_bg(&cg, pg.port, &["-c", "delete from orders where id = 4"]);
     let id4 = wait_pending(&socket)["id"].as_str().unwrap().to_string();
-    let out = approvals(&socket, None, &["deny", &id4]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    // 3. Denied by a signed token through the loopback HTTP endpoint.
+    let path = format!("/approvals/{id4}/decision");
+    let forged = signed(&other_signing, &id4, "deny-0", "deny");
+    let (status, answer) = http_post(&endpoint, &path, &forged);
+    assert_eq!(status, 401, "{answer}");
+    let deny = signed(&signing, &id4, "deny-1", "deny");
+    let (status, answer) = http_post(&endpoint, &path, &deny);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["by"], "jwt:alice (kid approver)");
+    let (status, _) = http_post(&endpoint, &path, &deny);
+    assert_eq!(status, 409, "a replay");
     let (_, _, stderr_text) = finish(psql);
     assert!(stderr_text.contains("42501"), "{stderr_text}");
+    assert!(stderr_text.contains("denied by jwt:alice"), "{stderr_text}");
     assert_eq!(
         pg.sql("select count(*) from orders where id = 4").trim(),
         "1"

@@ -66,6 +66,7 @@ pub struct SessionRules {
 pub struct HoldRequest {
     /// The statement's sequence number in the session.
     pub seq: u64,
+    /// The statement's text, with the session's mask detectors applied.
     pub text: String,
     pub rule: Option<String>,
     pub timeout: std::time::Duration,
@@ -837,7 +838,7 @@ impl Flow {
             let timeout = self.approval_timeout();
             self.would_hold.push(HoldRequest {
                 seq: seqs.first().copied().unwrap_or_default(),
-                text: text.to_string(),
+                text: self.rules.masks.mask_text(&text).into_owned(),
                 rule: rule.clone(),
                 timeout,
             });
@@ -901,7 +902,7 @@ impl Flow {
             let timeout = self.approval_timeout();
             self.would_hold.push(HoldRequest {
                 seq: self.next_seq,
-                text: text.to_string(),
+                text: self.rules.masks.mask_text(&text).into_owned(),
                 rule: rule.clone(),
                 timeout,
             });
@@ -1064,7 +1065,8 @@ impl Flow {
         let timeout = self.approval_timeout();
         let request = HoldRequest {
             seq,
-            text: text.to_string(),
+            // Announcements may leave the host (webhook): detectors apply to them.
+            text: self.rules.masks.mask_text(&text).into_owned(),
             rule: rule.clone(),
             timeout,
         };

@@ -862,8 +862,9 @@ async fn session_loop(
                 }
             }
         }
-        if let Some(a) = &ctx.approvals {
-            for request in flow.take_would_hold() {
+        // Observe mode: announced, never waited for (drained even without approvers).
+        for request in flow.take_would_hold() {
+            if let Some(a) = &ctx.approvals {
                 a.would_hold(&requester, request);
             }
         }
@@ -964,9 +965,18 @@ async fn session_loop(
                     warn!(session = ctx.id, "{message}; closing it");
                     // 57P05 (the class PostgreSQL uses when it ends a session on a
                     // timeout): psql prints "FATAL: ..." with the message and stops.
-                    let error = encode::error_response("FATAL", SQLSTATE_SESSION_CAP, &format!("nhi-agent: {message}"));
-                    let _ = cw.write_all(&error).await;
-                    let _ = cw.flush().await;
+                    // Behind what is already staged for the client, so no message is cut;
+                    // bounded, since a client that does not read must not keep the session.
+                    to_client.extend_from_slice(&encode::error_response(
+                        "FATAL",
+                        SQLSTATE_SESSION_CAP,
+                        &format!("nhi-agent: {message}"),
+                    ));
+                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                        cw.write_all(&to_client).await?;
+                        cw.flush().await
+                    })
+                    .await;
                     return Err(Failure::Limit(message));
                 }
                 info!(session = ctx.id, "{message} (observe mode: not closed)");
