@@ -374,13 +374,27 @@ fn decision_token(key: &jsonwebtoken::EncodingKey, id: &str, jti: &str) -> Strin
 }
 
 fn signed(key: &jsonwebtoken::EncodingKey, id: &str, jti: &str, decision: &str) -> String {
+    token_with(key, id, jti, decision, "once")
+}
+
+fn scoped(key: &jsonwebtoken::EncodingKey, id: &str, jti: &str, scope: &str) -> String {
+    token_with(key, id, jti, "approve", scope)
+}
+
+fn token_with(
+    key: &jsonwebtoken::EncodingKey,
+    id: &str,
+    jti: &str,
+    decision: &str,
+    scope: &str,
+) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let claims = serde_json::json!({
         "approval_id": id, "decision": decision, "approver": "alice",
-        "exp": now + 120, "iat": now, "jti": jti,
+        "exp": now + 120, "iat": now, "jti": jti, "scope": scope,
     });
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.kid = Some("approver".into());
@@ -445,9 +459,12 @@ fn signed_decisions_grants_and_webhook_announcements() {
     privileged!("signed_decisions_grants_and_webhook_announcements");
     let pg = PgServer::start();
     pg.sql(
-        "create table orders (id int primary key); insert into orders values (1), (2), (3), (4)",
+        "create table orders (id int primary key); insert into orders values (1), (2), (3), (4), (5), (6)",
     );
-    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    // A second workload whose policy only observes: its DELETEs are announced, not held.
+    let watched = TestCgroup::create(&format!("{base}/watch"));
     let dir = SocketDir::new();
     let socket = dir.socket();
     std::fs::create_dir_all(&dir.0).unwrap();
@@ -459,8 +476,11 @@ fn signed_decisions_grants_and_webhook_announcements() {
     let endpoint = format!("127.0.0.1:{}", free_port());
     let agent = Agent::start_with(
         &format!(
-            "{}{}{}\n[approvals]\nwebhook_url = \"{hook_url}\"\ndecision_keys = [\"{}\"]\nmax_grant = \"1m\"\nhttp_listen = \"{endpoint}\"\n",
+            "{}{}{}[[policy]]\nname = \"watched\"\nworkload = \"watch\"\nmode = \"observe\"\n\
+             [[policy.rule]]\nname = \"ask-before-delete\"\nverdict = \"approve\"\nkinds = [\"delete\"]\n\n\
+             {}\n[approvals]\nwebhook_url = \"{hook_url}\"\ndecision_keys = [\"{}\"]\nmax_grant = \"1m\"\nhttp_listen = \"{endpoint}\"\n",
             workload("bot", &cg),
+            workload("watch", &watched),
             pg_target("orders-db", pg.addr()),
             approve_deletes("20s"),
             key_path.display()
@@ -470,8 +490,18 @@ fn signed_decisions_grants_and_webhook_announcements() {
     );
 
     // 1. Announced to the webhook; a token with a bad signature is refused and the
-    //    statement stays held; a good one via `approvals submit` approves it.
-    let psql = psql_bg(&cg, pg.port, &["-c", "delete from orders where id = 1"]);
+    //    statement stays held; a good one (scope session) via `approvals submit`
+    //    approves it and the session's next DELETE passes without a hold.
+    let psql = psql_bg(
+        &cg,
+        pg.port,
+        &[
+            "-c",
+            "delete from orders where id = 1",
+            "-c",
+            "delete from orders where id = 5",
+        ],
+    );
     let pending = wait_pending(&socket);
     let id = pending["id"].as_str().unwrap().to_string();
     let announced = hook
@@ -495,7 +525,7 @@ fn signed_decisions_grants_and_webhook_announcements() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("token refused"), "{}", stderr(&out));
     assert_eq!(wait_pending(&socket)["id"], id.as_str(), "still held");
-    let good = decision_token(&signing, &id, "good-1");
+    let good = scoped(&signing, &id, "good-1", "session");
     let out = approvals(&socket, None, &["submit", &good]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -506,7 +536,8 @@ fn signed_decisions_grants_and_webhook_announcements() {
     let (ok, stdout, stderr_text) = finish(psql);
     assert!(ok, "{stdout}\n{stderr_text}");
     assert_eq!(
-        pg.sql("select count(*) from orders where id = 1").trim(),
+        pg.sql("select count(*) from orders where id in (1, 5)")
+            .trim(),
         "0"
     );
     // A replay of the used token is refused.
@@ -590,6 +621,44 @@ fn signed_decisions_grants_and_webhook_announcements() {
             && e["grant"] == "g-1"
             && e["decision"] == "approved"),
         "{decisions:#?}"
+    );
+    assert!(
+        decisions
+            .iter()
+            .any(|e| e["granted_by"] == id.as_str() && e["scope"] == "session"),
+        "{decisions:#?}"
+    );
+
+    // 4. Observe mode: the DELETE goes through at once, and is announced as "would have
+    //    been held".
+    let psql = psql_bg(
+        &watched,
+        pg.port,
+        &["-c", "delete from orders where id = 6"],
+    );
+    let (ok, stdout, stderr_text) = finish(psql);
+    assert!(ok, "{stdout}\n{stderr_text}");
+    assert_eq!(
+        pg.sql("select count(*) from orders where id = 6").trim(),
+        "0"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let observed = loop {
+        let v = hook
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the observe-mode announcement");
+        if v["would_hold"] == true {
+            break v;
+        }
+    };
+    assert_eq!(observed["statement"], "delete from orders where id = 6");
+    assert_eq!(observed["workload"], "watch");
+    assert!(
+        observed["text"]
+            .as_str()
+            .unwrap()
+            .contains("would have been held"),
+        "{observed}"
     );
 }
 
