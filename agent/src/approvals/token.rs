@@ -325,7 +325,7 @@ pub struct ReplayGuard {
 }
 
 impl ReplayGuard {
-    /// Refuses a token already used; `now` in seconds since the epoch.
+    /// Refuses a token already used (its jti, or its hash without one).
     pub fn check(&self, decision: &VerifiedDecision) -> Result<(), TokenError> {
         let key = decision.replay_key();
         if self.used.contains_key(&key) {
