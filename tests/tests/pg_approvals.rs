@@ -335,3 +335,365 @@ fn a_held_delete_left_alone_is_denied_at_the_timeout_and_non_root_is_refused() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not running"), "{}", stderr(&out));
 }
+
+// ---------------------------------------------------------------- part 2: tokens, grants,
+// announcements, session cap
+
+/// Every event of `kind` in the journal, in order.
+fn events_of(agent: &Agent, kind: &str) -> Vec<serde_json::Value> {
+    agent
+        .sessions()
+        .iter()
+        .flat_map(|s| agent.events(s["id"].as_i64().expect("session id")))
+        .filter(|e| e["kind"] == kind)
+        .map(|e| e["data"].clone())
+        .collect()
+}
+
+/// An Ed25519 key pair: the signing key for jsonwebtoken and the public key as PEM.
+fn ed25519_pair() -> (jsonwebtoken::EncodingKey, String) {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+        .expect("generate Ed25519");
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("parse");
+    // SubjectPublicKeyInfo for Ed25519: a fixed 12-byte prefix and the raw key.
+    let mut der = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    der.extend_from_slice(pair.public_key().as_ref());
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(der)
+    );
+    (jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()), pem)
+}
+
+fn decision_token(key: &jsonwebtoken::EncodingKey, id: &str, jti: &str) -> String {
+    signed(key, id, jti, "approve")
+}
+
+fn signed(key: &jsonwebtoken::EncodingKey, id: &str, jti: &str, decision: &str) -> String {
+    token_with(key, id, jti, decision, "once")
+}
+
+fn scoped(key: &jsonwebtoken::EncodingKey, id: &str, jti: &str, scope: &str) -> String {
+    token_with(key, id, jti, "approve", scope)
+}
+
+fn token_with(
+    key: &jsonwebtoken::EncodingKey,
+    id: &str,
+    jti: &str,
+    decision: &str,
+    scope: &str,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "approval_id": id, "decision": decision, "approver": "alice",
+        "exp": now + 120, "iat": now, "jti": jti, "scope": scope,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("approver".into());
+    jsonwebtoken::encode(&header, &claims, key).expect("sign")
+}
+
+/// A tiny webhook receiver: answers 200 to every POST and keeps the bodies.
+fn webhook_listener() -> (String, std::sync::mpsc::Receiver<serde_json::Value>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if let Ok(v) = serde_json::from_slice(&body) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (url, rx)
+}
+
+/// POSTs `body` to `http://addr{path}`; the status and the JSON answer.
+fn http_post(addr: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("decision endpoint");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let json = out
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or_default();
+    (status, json)
+}
+
+#[test]
+fn signed_decisions_grants_and_webhook_announcements() {
+    privileged!("signed_decisions_grants_and_webhook_announcements");
+    let pg = PgServer::start();
+    pg.sql(
+        "create table orders (id int primary key); insert into orders values (1), (2), (3), (4), (5), (6)",
+    );
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    // A second workload whose policy only observes: its DELETEs are announced, not held.
+    let watched = TestCgroup::create(&format!("{base}/watch"));
+    let dir = SocketDir::new();
+    let socket = dir.socket();
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let (signing, pem) = ed25519_pair();
+    let key_path = dir.0.join("approver.pem");
+    std::fs::write(&key_path, pem).unwrap();
+    let (other_signing, _) = ed25519_pair();
+    let (hook_url, hook) = webhook_listener();
+    let endpoint = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::start_with(
+        &format!(
+            "{}{}{}[[policy]]\nname = \"watched\"\nworkload = \"watch\"\nmode = \"observe\"\n\
+             [[policy.rule]]\nname = \"ask-before-delete\"\nverdict = \"approve\"\nkinds = [\"delete\"]\n\n\
+             {}\n[approvals]\nwebhook_url = \"{hook_url}\"\ndecision_keys = [\"{}\"]\nmax_grant = \"1m\"\nhttp_listen = \"{endpoint}\"\n",
+            workload("bot", &cg),
+            workload("watch", &watched),
+            pg_target("orders-db", pg.addr()),
+            approve_deletes("20s"),
+            key_path.display()
+        ),
+        &format!("approvals_socket = \"{}\"\n", socket.display()),
+        &[],
+    );
+
+    // 1. Announced to the webhook; a token with a bad signature is refused and the
+    //    statement stays held; a good one (scope session) via `approvals submit`
+    //    approves it and the session's next DELETE passes without a hold.
+    let psql = psql_bg(
+        &cg,
+        pg.port,
+        &[
+            "-c",
+            "delete from orders where id = 1",
+            "-c",
+            "delete from orders where id = 5",
+        ],
+    );
+    let pending = wait_pending(&socket);
+    let id = pending["id"].as_str().unwrap().to_string();
+    let announced = hook
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the webhook got the announcement");
+    assert_eq!(announced["id"], id.as_str());
+    assert_eq!(announced["statement"], "delete from orders where id = 1");
+    assert!(
+        announced["process"]["pid"].as_u64().unwrap() > 0,
+        "{announced}"
+    );
+    assert!(
+        announced["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("nhi-agent approvals approve {id}")),
+        "{announced}"
+    );
+    let bad = decision_token(&other_signing, &id, "bad-1");
+    let out = approvals(&socket, None, &["submit", &bad]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("token refused"), "{}", stderr(&out));
+    assert_eq!(wait_pending(&socket)["id"], id.as_str(), "still held");
+    let good = scoped(&signing, &id, "good-1", "session");
+    let out = approvals(&socket, None, &["submit", &good]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("jwt:alice (kid approver)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (ok, stdout, stderr_text) = finish(psql);
+    assert!(ok, "{stdout}\n{stderr_text}");
+    assert_eq!(
+        pg.sql("select count(*) from orders where id in (1, 5)")
+            .trim(),
+        "0"
+    );
+    // A replay of the used token is refused.
+    let out = approvals(&socket, None, &["submit", &good]);
+    assert!(!out.status.success());
+
+    // 2. A grant for 3s: the next matching DELETE (another session) passes without a
+    //    hold; after expiry the DELETE is held again.
+    let psql = psql_bg(&cg, pg.port, &["-c", "delete from orders where id = 2"]);
+    let id2 = wait_pending(&socket)["id"].as_str().unwrap().to_string();
+    let out = approvals(
+        &socket,
+        None,
+        &["approve", &id2, "--scope", "grant", "--for", "3s"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("grant g-1"));
+    let granted_at = Instant::now();
+    assert!(finish(psql).0);
+    let out = approvals(&socket, None, &["grants"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("g-1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let psql = psql_bg(&cg, pg.port, &["-c", "delete from orders where id = 3"]);
+    let (ok, stdout, stderr_text) = finish(psql);
+    assert!(ok, "{stdout}\n{stderr_text}");
+    assert!(
+        granted_at.elapsed() < Duration::from_secs(3),
+        "passed within the grant"
+    );
+    assert_eq!(
+        pg.sql("select count(*) from orders where id = 3").trim(),
+        "0"
+    );
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(granted_at.elapsed()) + Duration::from_millis(300),
+    );
+    let psql = psql_bg(&cg, pg.port, &["-c", "delete from orders where id = 4"]);
+    let id4 = wait_pending(&socket)["id"].as_str().unwrap().to_string();
+    // 3. Denied by a signed token through the loopback HTTP endpoint.
+    let path = format!("/approvals/{id4}/decision");
+    let forged = signed(&other_signing, &id4, "deny-0", "deny");
+    let (status, answer) = http_post(&endpoint, &path, &forged);
+    assert_eq!(status, 401, "{answer}");
+    let deny = signed(&signing, &id4, "deny-1", "deny");
+    let (status, answer) = http_post(&endpoint, &path, &deny);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["by"], "jwt:alice (kid approver)");
+    let (status, _) = http_post(&endpoint, &path, &deny);
+    assert_eq!(status, 409, "a replay");
+    let (_, _, stderr_text) = finish(psql);
+    assert!(stderr_text.contains("42501"), "{stderr_text}");
+    assert!(stderr_text.contains("denied by jwt:alice"), "{stderr_text}");
+    assert_eq!(
+        pg.sql("select count(*) from orders where id = 4").trim(),
+        "1"
+    );
+
+    // The journal: announcements, the token decision (by, sha256, no token), the grant.
+    let requests = events_of(&agent, "approval_request");
+    assert!(
+        requests.iter().any(|r| r["id"] == id.as_str()),
+        "{requests:#?}"
+    );
+    let decisions = approval_events(&agent, 4);
+    let by_token = decisions
+        .iter()
+        .find(|e| e["approval_id"] == id.as_str())
+        .expect("token decision journaled");
+    assert_eq!(by_token["by"], "jwt:alice (kid approver)");
+    assert_eq!(by_token["jti"], "good-1");
+    assert_eq!(by_token["token_sha256"].as_str().unwrap().len(), 64);
+    assert!(
+        !by_token.to_string().contains(&good),
+        "the token itself is not journaled"
+    );
+    assert!(
+        decisions.iter().any(|e| e["granted_by"] == id2.as_str()
+            && e["grant"] == "g-1"
+            && e["decision"] == "approved"),
+        "{decisions:#?}"
+    );
+    assert!(
+        decisions
+            .iter()
+            .any(|e| e["granted_by"] == id.as_str() && e["scope"] == "session"),
+        "{decisions:#?}"
+    );
+
+    // 4. Observe mode: the DELETE goes through at once, and is announced as "would have
+    //    been held".
+    let psql = psql_bg(
+        &watched,
+        pg.port,
+        &["-c", "delete from orders where id = 6"],
+    );
+    let (ok, stdout, stderr_text) = finish(psql);
+    assert!(ok, "{stdout}\n{stderr_text}");
+    assert_eq!(
+        pg.sql("select count(*) from orders where id = 6").trim(),
+        "0"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let observed = loop {
+        let v = hook
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the observe-mode announcement");
+        if v["would_hold"] == true {
+            break v;
+        }
+    };
+    assert_eq!(observed["statement"], "delete from orders where id = 6");
+    assert_eq!(observed["workload"], "watch");
+    assert!(
+        observed["text"]
+            .as_str()
+            .unwrap()
+            .contains("would have been held"),
+        "{observed}"
+    );
+}
+
+#[test]
+fn the_session_cap_ends_a_psql_session_with_the_message() {
+    privileged!("the_session_cap_ends_a_psql_session_with_the_message");
+    let pg = PgServer::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start_with(
+        &format!(
+            "{}{}[[policy]]\nname = \"bots\"\nmax_session_duration = \"2s\"\n",
+            workload("bot", &cg),
+            pg_target("orders-db", pg.addr()),
+        ),
+        "",
+        &[],
+    );
+    let started = Instant::now();
+    let psql = psql_bg(&cg, pg.port, &["-c", "select pg_sleep(8)"]);
+    let (ok, _, stderr_text) = finish(psql);
+    assert!(!ok);
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "ended by the cap"
+    );
+    assert!(
+        stderr_text.contains("session exceeded max_session_duration (2s) of policy bots"),
+        "{stderr_text}"
+    );
+    assert!(stderr_text.contains("57P05"), "{stderr_text}");
+    let sessions = agent.wait_sessions_ended(1);
+    assert!(
+        sessions[0]
+            .to_string()
+            .contains("policy limit: session exceeded max_session_duration"),
+        "{sessions:#?}"
+    );
+}

@@ -1,56 +1,150 @@
 //! Just-in-time approvals: statements held by a policy rule with `verdict = "approve"`
-//! wait here until a human decides on them through the local control socket.
+//! wait here until a human decides on them.
 //!
-//! - [`Registry`] keeps the pending requests and implements the proxy's
-//!   [`Approver`](crate::proxy::postgres::Approver): `hold` registers a request and waits
-//!   for a decision (or the policy's `approval_timeout`, which counts as denied).
-//! - [`server`] serves the registry on a Unix socket, one JSON request per line, and
-//!   checks every caller with `SO_PEERCRED` (root, or a member of `approver_group`).
-//! - [`wire`] is the request/answer format, shared with `nhi-agent approvals`.
+//! - [`Registry`] keeps the pending requests and the active grants and implements the
+//!   proxy's [`Approver`](crate::proxy::postgres::Approver): `hold` registers a request,
+//!   announces it (log line, [`webhook`]) and waits for a decision (or the policy's
+//!   `approval_timeout`, which counts as denied).
+//! - Decisions come from the control socket ([`server`]: root or `approver_group`,
+//!   checked with `SO_PEERCRED`), or as signed tokens ([`token`]) through the socket
+//!   (`submit`) or the loopback HTTP endpoint ([`http`]); the signature is the authority.
+//! - An approval reaches `once` (the statement), the `session` (later statements of the
+//!   same rule in that session, remembered by the session's flow) or is a time-boxed
+//!   `grant` over workload × target × rule ([`scope`]).
+//! - [`wire`] is the control socket's format, shared with `nhi-agent approvals`;
+//!   [`config`] is the `[approvals]` section.
+//!
+//! Grants live in memory only: an agent restart ends them (their creation, expiry and
+//! revocation are journaled as `approval_grant` events, so the trail is complete).
 //!
 //! Architecture invariant: a request leaves the registry exactly once: decided,
 //! expired, or dropped with its session. A decision on a request that is gone is an
 //! error for the approver, never a decision for some other statement.
+pub mod config;
+pub mod http;
+pub mod scope;
 pub mod server;
+pub mod token;
+pub mod webhook;
 pub mod wire;
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     path::PathBuf,
-    pin::Pin,
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use tokio::sync::oneshot;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
-    journal::SessionId,
-    proxy::postgres::{Approver, HoldOutcome, HoldRequest},
+    journal::{Event, JournalHandle, NO_SESSION},
+    proxy::postgres::{
+        Approver, DecisionNote, HoldOutcome, HoldRequest, PendingHold, Requester, Standing,
+    },
 };
+pub use config::{ApprovalsConfig, RawApprovals};
+use scope::{check_scope, Grant, GrantSpec, Grants, Scope, ScopeError};
+use token::{DecisionKeys, ReplayGuard, TokenError, VerifiedDecision};
+use webhook::Announcer;
 pub use wire::Pending;
 
-/// Why a decision could not be taken.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why a decision (or a grant operation) could not be taken.
+#[derive(Debug, thiserror::Error)]
 pub enum DecideError {
     /// No pending request has this id (never existed, already decided, or expired).
     #[error("no pending request {id} (already decided, expired, or its session ended)")]
     NotFound { id: String },
+    /// No active grant has this id.
+    #[error("no active grant {id}")]
+    NoGrant { id: String },
+    /// The scope or its duration is refused.
+    #[error("{0}")]
+    Scope(#[from] ScopeError),
+    /// The signed token is refused.
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    /// The token decides on another request than the one addressed.
+    #[error("the token is for request {token}, not {addressed}")]
+    Mismatch { token: String, addressed: String },
 }
 
-/// The pending requests, shared by the proxy sessions and the control socket.
+impl DecideError {
+    /// The HTTP status the decision endpoint answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            DecideError::NotFound { .. } | DecideError::NoGrant { .. } => 404,
+            DecideError::Token(TokenError::Replay(_)) => 409,
+            DecideError::Token(TokenError::Malformed(_)) => 400,
+            DecideError::Token(_) => 401,
+            DecideError::Scope(_) | DecideError::Mismatch { .. } => 400,
+        }
+    }
+}
+
+/// A decision on one pending request.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Approve (true) or deny.
+    pub approve: bool,
+    /// Who decides, as journaled ("uid 0 (root)", "jwt:alice (kid k1)").
+    pub by: String,
+    pub reason: Option<String>,
+    /// How far an approval reaches (ignored for a denial).
+    pub scope: Scope,
+    /// The length of a `grant` ("15m").
+    pub grant_for: Option<String>,
+}
+
+impl Decision {
+    /// A plain `once` approval or denial.
+    pub fn new(approve: bool, by: impl Into<String>) -> Self {
+        Self {
+            approve,
+            by: by.into(),
+            reason: None,
+            scope: Scope::Once,
+            grant_for: None,
+        }
+    }
+}
+
+/// What a decision did.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    /// The request, as it was pending.
+    pub request: Pending,
+    /// Who decided.
+    pub by: String,
+    /// The grant created (approval with scope `grant`).
+    pub grant: Option<Grant>,
+}
+
+/// The time source; a parameter so grant expiry can be tested without waiting.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// The pending requests and active grants, shared by the proxy sessions, the control
+/// socket and the HTTP endpoint.
 #[derive(Clone)]
 pub struct Registry {
     state: Arc<Mutex<State>>,
     /// Shown in the log line that tells how to approve.
     socket: PathBuf,
+    journal: Option<JournalHandle>,
+    announcer: Option<Announcer>,
+    keys: Option<Arc<DecisionKeys>>,
+    max_grant: Duration,
+    clock: Clock,
 }
 
 #[derive(Default)]
 struct State {
     next: u64,
     pending: BTreeMap<u64, Entry>,
+    grants: Grants,
+    replay: ReplayGuard,
 }
 
 struct Entry {
@@ -64,7 +158,42 @@ impl Registry {
         Self {
             state: Arc::new(Mutex::new(State::default())),
             socket,
+            journal: None,
+            announcer: None,
+            keys: None,
+            max_grant: config::DEFAULT_MAX_GRANT,
+            clock: Arc::new(SystemTime::now),
         }
+    }
+
+    /// Journals grant changes (agent-level events) in `journal`.
+    pub fn with_journal(mut self, journal: JournalHandle) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Announces requests to a webhook.
+    pub fn with_announcer(mut self, announcer: Announcer) -> Self {
+        self.announcer = Some(announcer);
+        self
+    }
+
+    /// Accepts decision tokens signed by one of `keys`.
+    pub fn with_keys(mut self, keys: DecisionKeys) -> Self {
+        self.keys = Some(Arc::new(keys));
+        self
+    }
+
+    /// Bounds `grant` durations (`[approvals] max_grant`).
+    pub fn with_max_grant(mut self, max_grant: Duration) -> Self {
+        self.max_grant = max_grant;
+        self
+    }
+
+    /// Replaces the clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -90,43 +219,214 @@ impl Registry {
             .ok_or_else(|| DecideError::NotFound { id: id.to_owned() })
     }
 
-    /// Takes a decision (`Approved` or `Denied`) on a pending request.
-    pub fn decide(&self, id: &str, outcome: HoldOutcome) -> Result<Pending, DecideError> {
-        let n = parse_id(id)?;
-        let entry = self
-            .lock()
-            .pending
-            .remove(&n)
-            .ok_or_else(|| DecideError::NotFound { id: id.to_owned() })?;
-        // The session may have ended a moment ago; the request is gone either way.
-        let _ = entry.decide.send(outcome);
-        Ok(entry.info)
+    /// Takes a decision on a pending request.
+    pub fn decide(&self, id: &str, decision: Decision) -> Result<Decided, DecideError> {
+        self.decide_inner(id, decision, None)
     }
 
-    /// Registers a request; returns its number and the receiver of the decision.
-    fn register(
+    /// Verifies a signed decision token and takes its decision. With `addressed`, the
+    /// token must be for that request. `via` names the channel and caller (logged).
+    pub fn submit(
         &self,
-        session: SessionId,
-        workload: &str,
-        target: &str,
-        request: &HoldRequest,
-    ) -> (u64, Pending, oneshot::Receiver<HoldOutcome>) {
-        let (tx, rx) = oneshot::channel();
-        let now = SystemTime::now();
-        let mut state = self.lock();
+        token: &str,
+        addressed: Option<&str>,
+        via: &str,
+    ) -> Result<Decided, DecideError> {
+        let keys = self.keys.as_ref().ok_or(TokenError::NoKeys)?;
+        let verified = match keys.verify(token) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(via, error = %e, "signed decision refused");
+                return Err(e.into());
+            }
+        };
+        if let Some(addressed) = addressed {
+            if addressed != verified.approval_id {
+                return Err(DecideError::Mismatch {
+                    token: verified.approval_id,
+                    addressed: addressed.to_owned(),
+                });
+            }
+        }
+        let decision = Decision {
+            approve: verified.approve,
+            by: verified.by(),
+            reason: verified.reason.clone(),
+            scope: verified.scope,
+            grant_for: verified.grant_for.clone(),
+        };
+        let id = verified.approval_id.clone();
+        let result = self.decide_inner(&id, decision, Some(&verified));
+        match &result {
+            Ok(d) => info!(
+                id = %id, via, by = %d.by, sha256 = %verified.sha256, jti = ?verified.jti,
+                "signed decision accepted"
+            ),
+            Err(e) => warn!(id = %id, via, error = %e, "signed decision refused"),
+        }
+        result
+    }
+
+    fn decide_inner(
+        &self,
+        id: &str,
+        decision: Decision,
+        token: Option<&VerifiedDecision>,
+    ) -> Result<Decided, DecideError> {
+        let n = parse_id(id)?;
+        let length = if decision.approve {
+            check_scope(
+                decision.scope,
+                decision.grant_for.as_deref(),
+                self.max_grant,
+            )?
+        } else {
+            None
+        };
+        let now = (self.clock)();
+        let (entry, grant) = {
+            let mut state = self.lock();
+            if let Some(t) = token {
+                state.replay.check(t)?;
+            }
+            let entry = state
+                .pending
+                .remove(&n)
+                .ok_or_else(|| DecideError::NotFound { id: id.to_owned() })?;
+            if let Some(t) = token {
+                state.replay.remember(t, unix_secs(now));
+            }
+            let grant = length.map(|length| {
+                state.grants.add(
+                    GrantSpec {
+                        workload: &entry.info.workload,
+                        target: &entry.info.target,
+                        rule: entry.info.rule.as_deref(),
+                        approval_id: &entry.info.id,
+                        approver: &decision.by,
+                    },
+                    now,
+                    length,
+                )
+            });
+            (entry, grant)
+        };
+        let note = DecisionNote {
+            approval_id: Some(entry.info.id.clone()),
+            scope: decision.approve.then_some(decision.scope.as_str()),
+            grant: grant.as_ref().map(|g| g.id.clone()),
+            until: grant.as_ref().map(|g| g.until.clone()),
+            granted_by: None,
+            token_sha256: token.map(|t| t.sha256.clone()),
+            jti: token.and_then(|t| t.jti.clone()),
+        };
+        let outcome = if decision.approve {
+            HoldOutcome::Approved {
+                by: decision.by.clone(),
+                note,
+            }
+        } else {
+            HoldOutcome::Denied {
+                by: decision.by.clone(),
+                reason: decision.reason.clone(),
+                note,
+            }
+        };
+        // The session may have ended a moment ago; the request is gone either way.
+        let _ = entry.decide.send(outcome);
+        if let Some(g) = &grant {
+            info!(grant = %g.id, id = %entry.info.id, until = %g.until, by = %g.approver, "grant created");
+            self.journal_grant("created", g);
+        }
+        Ok(Decided {
+            request: entry.info,
+            by: decision.by,
+            grant,
+        })
+    }
+
+    /// The active grants (expired ones are journaled and dropped first).
+    pub fn grants(&self) -> Vec<Grant> {
+        self.sweep();
+        let now = (self.clock)();
+        self.lock().grants.active(now)
+    }
+
+    /// Ends a grant before its time.
+    pub fn revoke(&self, id: &str, by: &str) -> Result<Grant, DecideError> {
+        let grant = self
+            .lock()
+            .grants
+            .revoke(id)
+            .ok_or_else(|| DecideError::NoGrant { id: id.to_owned() })?;
+        info!(grant = %grant.id, by, "grant revoked");
+        self.journal_grant_by("revoked", &grant, Some(by));
+        Ok(grant)
+    }
+
+    /// Drops expired grants, journaling each.
+    pub fn sweep(&self) {
+        let now = (self.clock)();
+        let gone = self.lock().grants.expire(now);
+        for g in &gone {
+            info!(grant = %g.id, "grant expired");
+            self.journal_grant("expired", g);
+        }
+    }
+
+    fn journal_grant(&self, change: &str, grant: &Grant) {
+        self.journal_grant_by(change, grant, None);
+    }
+
+    fn journal_grant_by(&self, change: &str, grant: &Grant, by: Option<&str>) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let data = serde_json::json!({
+            "change": change,
+            "grant": grant,
+            "by": by,
+        });
+        let event = Event {
+            session: NO_SESSION,
+            at: SystemTime::now(),
+            kind: Cow::Borrowed("approval_grant"),
+            data: data.to_string(),
+        };
+        if let Err(e) = journal.record(&[event]) {
+            warn!(grant = %grant.id, change, error = %e, "cannot journal a grant change");
+        }
+    }
+
+    /// A request record for `who` and `request`, with a new id.
+    fn pending(&self, state: &mut State, who: &Requester, request: &HoldRequest) -> (u64, Pending) {
+        let now = (self.clock)();
         state.next += 1;
         let n = state.next;
         let info = Pending {
             id: format_id(n),
-            session,
-            workload: workload.to_owned(),
-            target: target.to_owned(),
+            session: who.session,
+            workload: who.workload.clone(),
+            process: who.process.clone(),
+            target: who.target.clone(),
             seq: request.seq,
             statement: request.text.clone(),
             rule: request.rule.clone(),
             requested_at: humantime::format_rfc3339_seconds(now).to_string(),
             expires_at: humantime::format_rfc3339_seconds(now + request.timeout).to_string(),
         };
+        (n, info)
+    }
+
+    /// Registers a request; returns its number, its record and the receiver of the decision.
+    fn register(
+        &self,
+        who: &Requester,
+        request: &HoldRequest,
+    ) -> (u64, Pending, oneshot::Receiver<HoldOutcome>) {
+        let (tx, rx) = oneshot::channel();
+        let mut state = self.lock();
+        let (n, info) = self.pending(&mut state, who, request);
         state.pending.insert(
             n,
             Entry {
@@ -136,6 +436,67 @@ impl Registry {
         );
         (n, info, rx)
     }
+
+    fn announce(&self, info: &Pending, would_hold: bool) {
+        let Some(announcer) = &self.announcer else {
+            return;
+        };
+        announcer.announce(&announcement(info, would_hold, &self.socket));
+    }
+}
+
+/// The webhook body: the request, plus a human `text` (chat incoming-webhooks show it).
+pub fn announcement(
+    info: &Pending,
+    would_hold: bool,
+    socket: &std::path::Path,
+) -> serde_json::Value {
+    let exe = info.process.exe.as_deref().unwrap_or("?");
+    let text = if would_hold {
+        format!(
+            "[observe] would have been held for approval ({id}): {w} -> {t}, rule {r}, pid {pid} {exe}: {s}",
+            id = info.id,
+            w = info.workload,
+            t = info.target,
+            r = info.rule.as_deref().unwrap_or("default"),
+            pid = info.process.pid,
+            s = one_line(&info.statement, 300),
+        )
+    } else {
+        format!(
+            "Approval needed ({id}): {w} -> {t}, rule {r}, pid {pid} {exe}: {s} -- approve with `nhi-agent approvals approve {id} --socket {sock}` before {exp}",
+            id = info.id,
+            w = info.workload,
+            t = info.target,
+            r = info.rule.as_deref().unwrap_or("default"),
+            pid = info.process.pid,
+            s = one_line(&info.statement, 300),
+            sock = socket.display(),
+            exp = info.expires_at,
+        )
+    };
+    let mut v = serde_json::to_value(info).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("event".into(), "approval_request".into());
+        o.insert("would_hold".into(), would_hold.into());
+        o.insert("text".into(), text.into());
+    }
+    v
+}
+
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > max {
+        format!("{}...", flat.chars().take(max).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Removes a request from the registry when its wait ends for any reason (timeout,
@@ -156,19 +517,14 @@ impl Drop for Forget {
 }
 
 impl Approver for Registry {
-    fn hold(
-        &self,
-        session: SessionId,
-        workload: &str,
-        target: &str,
-        request: HoldRequest,
-    ) -> Pin<Box<dyn std::future::Future<Output = HoldOutcome> + Send>> {
-        let (n, info, rx) = self.register(session, workload, target, &request);
+    fn hold(&self, who: &Requester, request: HoldRequest) -> PendingHold {
+        let (n, info, rx) = self.register(who, &request);
         info!(
             id = %info.id,
-            session,
-            workload,
-            target,
+            session = who.session,
+            workload = %who.workload,
+            target = %who.target,
+            pid = who.process.pid,
             seq = request.seq,
             rule = info.rule.as_deref().unwrap_or("default"),
             timeout = %humantime::format_duration(request.timeout),
@@ -177,12 +533,13 @@ impl Approver for Registry {
             id = info.id,
             socket = self.socket.display(),
         );
+        self.announce(&info, false);
         let forget = Forget {
             state: self.state.clone(),
             n,
         };
-        let id = info.id;
-        Box::pin(async move {
+        let id = info.id.clone();
+        let wait = Box::pin(async move {
             let _forget = forget;
             match tokio::time::timeout(request.timeout, rx).await {
                 Ok(Ok(outcome)) => outcome,
@@ -193,6 +550,46 @@ impl Approver for Registry {
                     HoldOutcome::Expired
                 }
             }
+        });
+        PendingHold {
+            announcement: info,
+            wait,
+        }
+    }
+
+    fn would_hold(&self, who: &Requester, request: HoldRequest) {
+        let info = {
+            let mut state = self.lock();
+            self.pending(&mut state, who, &request).1
+        };
+        info!(
+            id = %info.id,
+            session = who.session,
+            workload = %who.workload,
+            target = %who.target,
+            seq = request.seq,
+            rule = info.rule.as_deref().unwrap_or("default"),
+            "observe mode: statement would have been held for approval (forwarded)"
+        );
+        self.announce(&info, true);
+    }
+
+    fn grant_for(&self, workload: &str, target: &str, rule: Option<&str>) -> Option<Standing> {
+        self.sweep();
+        let now = (self.clock)();
+        let state = self.lock();
+        let g = state.grants.covering(workload, target, rule, now)?;
+        Some(Standing {
+            by: g.approver.clone(),
+            note: DecisionNote {
+                approval_id: None,
+                scope: Some(Scope::Grant.as_str()),
+                grant: Some(g.id.clone()),
+                until: Some(g.until.clone()),
+                granted_by: Some(g.approval_id.clone()),
+                token_sha256: None,
+                jti: None,
+            },
         })
     }
 }

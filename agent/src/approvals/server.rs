@@ -24,9 +24,8 @@ use tracing::{debug, info, warn};
 
 use super::{
     wire::{Answer, Request, MAX_LINE},
-    Registry,
+    Decision, Registry,
 };
-use crate::proxy::postgres::HoldOutcome;
 
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +219,13 @@ async fn write_answer(w: &mut tokio::net::unix::OwnedWriteHalf, answer: &Answer)
 
 /// Answers one request line from `peer`.
 fn handle(line: &[u8], peer: &Peer, registry: &Registry, approver_gid: Option<u32>) -> Answer {
+    let request: Result<Request, _> = serde_json::from_slice(line);
+    // A signed token carries its own authority: anyone who can reach the socket may
+    // hand one in, and the submitting peer is logged.
+    if let Ok(Request::Submit { token }) = &request {
+        let via = format!("socket, {} pid {}", peer.describe(), peer.pid);
+        return decided(registry.submit(token, None, &via), "decided by token");
+    }
     // Groups are read per request: membership can change while a connection is open.
     let groups = std::fs::read_to_string(format!("/proc/{}/status", peer.pid))
         .map(|s| parse_groups(&s))
@@ -233,24 +239,11 @@ fn handle(line: &[u8], peer: &Peer, registry: &Registry, approver_gid: Option<u3
         );
         return Answer::error("not an approver");
     }
-    let request: Request = match serde_json::from_slice(line) {
+    let request = match request {
         Ok(r) => r,
         Err(e) => return Answer::error(format!("bad request: {e}")),
     };
     let by = peer.describe();
-    let decided = |result: Result<super::Pending, super::DecideError>, decision: &str| match result
-    {
-        Ok(p) => {
-            info!(id = %p.id, session = p.session, seq = p.seq, by = %by, "statement {decision}");
-            Answer {
-                ok: true,
-                request: Some(p),
-                by: Some(by.clone()),
-                ..Answer::default()
-            }
-        }
-        Err(e) => Answer::error(e.to_string()),
-    };
     match request {
         Request::List => Answer {
             ok: true,
@@ -265,24 +258,62 @@ fn handle(line: &[u8], peer: &Peer, registry: &Registry, approver_gid: Option<u3
             },
             Err(e) => Answer::error(e.to_string()),
         },
-        Request::Approve { id, reason } => {
-            if let Some(reason) = reason {
+        Request::Approve {
+            id,
+            reason,
+            scope,
+            grant_for,
+        } => {
+            if let Some(reason) = &reason {
                 info!(id = %id, by = %by, reason = %reason, "approval reason");
             }
-            decided(
-                registry.decide(&id, HoldOutcome::Approved { by: by.clone() }),
-                "approved",
-            )
+            let decision = Decision {
+                approve: true,
+                by,
+                reason,
+                scope: scope.unwrap_or_default(),
+                grant_for,
+            };
+            decided(registry.decide(&id, decision), "approved")
         }
-        Request::Deny { id, reason } => decided(
-            registry.decide(
-                &id,
-                HoldOutcome::Denied {
-                    by: by.clone(),
-                    reason,
-                },
-            ),
-            "denied",
-        ),
+        Request::Deny { id, reason } => {
+            let decision = Decision {
+                reason,
+                ..Decision::new(false, by)
+            };
+            decided(registry.decide(&id, decision), "denied")
+        }
+        Request::Submit { .. } => Answer::error("internal: submit handled above"),
+        Request::Grants => Answer {
+            ok: true,
+            grants: Some(registry.grants()),
+            ..Answer::default()
+        },
+        Request::Revoke { id } => match registry.revoke(&id, &by) {
+            Ok(g) => Answer {
+                ok: true,
+                grant: Some(g),
+                by: Some(by),
+                ..Answer::default()
+            },
+            Err(e) => Answer::error(e.to_string()),
+        },
+    }
+}
+
+/// The answer to a decision.
+fn decided(result: Result<super::Decided, super::DecideError>, what: &str) -> Answer {
+    match result {
+        Ok(d) => {
+            info!(id = %d.request.id, session = d.request.session, seq = d.request.seq, by = %d.by, "statement {what}");
+            Answer {
+                ok: true,
+                request: Some(d.request),
+                by: Some(d.by),
+                grant: d.grant,
+                ..Answer::default()
+            }
+        }
+        Err(e) => Answer::error(e.to_string()),
     }
 }

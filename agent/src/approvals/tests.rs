@@ -2,6 +2,19 @@ use std::time::Duration;
 
 use super::{server::*, wire::*, *};
 
+fn who(session: crate::journal::SessionId) -> Requester {
+    Requester {
+        session,
+        workload: "bot".into(),
+        target: "db".into(),
+        process: wire::Process {
+            pid: 42,
+            exe: Some("/usr/bin/psql".into()),
+            cmdline: Some(vec!["psql".into()]),
+        },
+    }
+}
+
 fn request(timeout: Duration) -> HoldRequest {
     HoldRequest {
         seq: 3,
@@ -14,37 +27,37 @@ fn request(timeout: Duration) -> HoldRequest {
 #[tokio::test]
 async fn a_decision_reaches_the_held_statement_once() {
     let r = Registry::new("/run/x.sock".into());
-    let hold = r.hold(7, "bot", "db", request(Duration::from_secs(60)));
+    let pending = r.hold(&who(7), request(Duration::from_secs(60)));
+    assert_eq!(pending.announcement.id, "a-1");
+    assert_eq!(pending.announcement.process.pid, 42);
+    let hold = pending.wait;
     let listed = r.list();
     assert_eq!(listed.len(), 1);
     let p = &listed[0];
     assert_eq!((p.id.as_str(), p.session, p.seq), ("a-1", 7, 3));
     assert_eq!(p.rule.as_deref(), Some("ask"));
     assert_eq!(r.show("a-1").unwrap(), *p);
-    r.decide(
-        "a-1",
-        HoldOutcome::Approved {
-            by: "uid 0 (root)".into(),
-        },
-    )
-    .unwrap();
-    assert!(matches!(hold.await, HoldOutcome::Approved { by } if by == "uid 0 (root)"));
-    assert!(r.list().is_empty());
-    assert_eq!(
-        r.decide("a-1", HoldOutcome::Approved { by: "x".into() }),
-        Err(DecideError::NotFound { id: "a-1".into() })
+    r.decide("a-1", Decision::new(true, "uid 0 (root)"))
+        .unwrap();
+    assert!(
+        matches!(hold.await, HoldOutcome::Approved { by, note } if by == "uid 0 (root)" && note.approval_id.as_deref() == Some("a-1") && note.scope == Some("once"))
     );
+    assert!(r.list().is_empty());
+    assert!(matches!(
+        r.decide("a-1", Decision::new(true, "x")),
+        Err(DecideError::NotFound { .. })
+    ));
     assert!(r.show("nonsense").is_err());
 }
 
 #[tokio::test]
 async fn an_undecided_hold_expires_and_is_forgotten() {
     let r = Registry::new("/run/x.sock".into());
-    let hold = r.hold(1, "bot", "db", request(Duration::from_millis(50)));
+    let hold = r.hold(&who(1), request(Duration::from_millis(50))).wait;
     assert!(matches!(hold.await, HoldOutcome::Expired));
     assert!(r.list().is_empty());
     // A session dropped while it waits takes its request with it.
-    let hold = r.hold(1, "bot", "db", request(Duration::from_secs(60)));
+    let hold = r.hold(&who(1), request(Duration::from_secs(60))).wait;
     assert_eq!(r.list()[0].id, "a-2");
     drop(hold);
     assert!(r.list().is_empty());
@@ -85,7 +98,27 @@ fn requests_parse_from_one_json_line() {
         r,
         Request::Approve {
             id: "a-2".into(),
-            reason: None
+            reason: None,
+            scope: None,
+            grant_for: None,
+        }
+    );
+    let r: Request =
+        serde_json::from_str(r#"{"op":"approve","id":"a-2","scope":"grant","for":"15m"}"#).unwrap();
+    assert_eq!(
+        r,
+        Request::Approve {
+            id: "a-2".into(),
+            reason: None,
+            scope: Some(Scope::Grant),
+            grant_for: Some("15m".into()),
+        }
+    );
+    let r: Request = serde_json::from_str(r#"{"op":"submit","token":"x.y.z"}"#).unwrap();
+    assert_eq!(
+        r,
+        Request::Submit {
+            token: "x.y.z".into()
         }
     );
     assert!(serde_json::from_str::<Request>(r#"{"op":"drop"}"#).is_err());
@@ -138,7 +171,9 @@ async fn the_socket_answers_one_json_line_per_request() {
     let registry = Registry::new(path.clone());
     let (_tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(serve(listener, registry.clone(), Some(own_gid), rx));
-    let hold = registry.hold(1, "bot", "db", request(Duration::from_secs(60)));
+    let hold = registry
+        .hold(&who(1), request(Duration::from_secs(60)))
+        .wait;
 
     let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
     let (r, mut w) = stream.into_split();
@@ -161,4 +196,504 @@ async fn the_socket_answers_one_json_line_per_request() {
     assert!(!a.ok && a.error.unwrap().contains("no pending request"));
     // A second agent cannot take over a live socket.
     assert!(matches!(bind(&path, None), Err(ServerError::InUse { .. })));
+}
+
+// ------------------------------------------------------------------ scopes and grants
+
+/// A clock the test moves by hand.
+fn fake_clock() -> (Clock, Arc<Mutex<SystemTime>>) {
+    let now = Arc::new(Mutex::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    ));
+    let n = now.clone();
+    (Arc::new(move || *n.lock().unwrap()), now)
+}
+
+#[tokio::test]
+async fn a_grant_covers_later_statements_until_it_expires_on_the_clock() {
+    let (clock, now) = fake_clock();
+    let r = Registry::new("/run/x.sock".into())
+        .with_clock(clock)
+        .with_max_grant(Duration::from_secs(3600));
+    let hold = r.hold(&who(1), request(Duration::from_secs(60))).wait;
+    // Longer than max_grant, or without a duration: refused, the request stays pending.
+    let too_long = Decision {
+        scope: Scope::Grant,
+        grant_for: Some("2h".into()),
+        ..Decision::new(true, "uid 0 (root)")
+    };
+    assert!(matches!(
+        r.decide("a-1", too_long),
+        Err(DecideError::Scope(_))
+    ));
+    let no_for = Decision {
+        scope: Scope::Grant,
+        ..Decision::new(true, "uid 0 (root)")
+    };
+    assert!(matches!(
+        r.decide("a-1", no_for),
+        Err(DecideError::Scope(_))
+    ));
+    assert_eq!(r.list().len(), 1);
+    let grant = Decision {
+        scope: Scope::Grant,
+        grant_for: Some("15m".into()),
+        ..Decision::new(true, "uid 0 (root)")
+    };
+    let d = r.decide("a-1", grant).unwrap();
+    let g = d.grant.unwrap();
+    assert_eq!((g.id.as_str(), g.rule.as_deref()), ("g-1", Some("ask")));
+    assert!(
+        matches!(hold.await, HoldOutcome::Approved { note, .. } if note.grant.as_deref() == Some("g-1") && note.scope == Some("grant"))
+    );
+    // Covered: same workload, target and rule, any session; not another rule.
+    let s = r.grant_for("bot", "db", Some("ask")).unwrap();
+    assert_eq!(s.by, "uid 0 (root)");
+    assert_eq!(s.note.granted_by.as_deref(), Some("a-1"));
+    assert!(r.grant_for("bot", "db", Some("other")).is_none());
+    assert!(r.grant_for("bot", "other-db", Some("ask")).is_none());
+    assert_eq!(r.grants().len(), 1);
+    *now.lock().unwrap() += Duration::from_secs(15 * 60 - 1);
+    assert!(r.grant_for("bot", "db", Some("ask")).is_some());
+    *now.lock().unwrap() += Duration::from_secs(1);
+    assert!(r.grant_for("bot", "db", Some("ask")).is_none());
+    assert!(r.grants().is_empty());
+}
+
+#[tokio::test]
+async fn a_revoked_grant_stops_covering() {
+    let r = Registry::new("/run/x.sock".into());
+    let _hold = r.hold(&who(1), request(Duration::from_secs(60))).wait;
+    let grant = Decision {
+        scope: Scope::Grant,
+        grant_for: Some("1h".into()),
+        ..Decision::new(true, "uid 0 (root)")
+    };
+    r.decide("a-1", grant).unwrap();
+    assert!(r.grant_for("bot", "db", Some("ask")).is_some());
+    assert_eq!(r.revoke("g-1", "uid 0 (root)").unwrap().id, "g-1");
+    assert!(r.grant_for("bot", "db", Some("ask")).is_none());
+    assert!(matches!(
+        r.revoke("g-1", "uid 0 (root)"),
+        Err(DecideError::NoGrant { .. })
+    ));
+}
+
+#[test]
+fn the_announcement_names_the_request_and_how_to_approve_it() {
+    let info = Pending {
+        id: "a-3".into(),
+        session: 9,
+        workload: "bot".into(),
+        process: wire::Process {
+            pid: 77,
+            exe: Some("/usr/bin/psql".into()),
+            cmdline: None,
+        },
+        target: "db".into(),
+        seq: 2,
+        statement: "delete\n  from orders".into(),
+        rule: Some("ask".into()),
+        requested_at: "2026-01-01T00:00:00Z".into(),
+        expires_at: "2026-01-01T00:05:00Z".into(),
+    };
+    let v = announcement(&info, false, std::path::Path::new("/run/a.sock"));
+    assert_eq!(v["id"], "a-3");
+    assert_eq!(v["process"]["pid"], 77);
+    assert_eq!(v["would_hold"], false);
+    let text = v["text"].as_str().unwrap();
+    assert!(text.contains("nhi-agent approvals approve a-3"), "{text}");
+    assert!(text.contains("delete from orders"), "{text}");
+    let v = announcement(&info, true, std::path::Path::new("/run/a.sock"));
+    assert!(v["text"].as_str().unwrap().contains("would have been held"));
+}
+
+#[test]
+fn approvals_section_is_validated() {
+    let config = |section: &str| {
+        crate::config::parse(
+            &format!(
+                "[agent]\nmode = \"enforce\"\njournal = \"/var/lib/nhi/j.db\"\n\
+                 [[target]]\nname = \"db\"\naddress = \"10.0.0.5:5432\"\n{section}\n"
+            ),
+            "test.toml",
+        )
+    };
+    let c = config("").unwrap();
+    assert_eq!(c.approvals, ApprovalsConfig::default());
+    let c = config(
+        "[approvals]\nwebhook_url = \"http://127.0.0.1:9/hook\"\nwebhook_retries = 2\n\
+         decision_keys = [\"/etc/k.pem\"]\nhttp_listen = \"127.0.0.1:8181\"\nmax_grant = \"1h\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.approvals.webhook_retries, 2);
+    assert_eq!(c.approvals.max_grant, Duration::from_secs(3600));
+    assert_eq!(
+        c.approvals.http_listen,
+        Some("127.0.0.1:8181".parse().unwrap())
+    );
+    let e = config("[approvals]\nhttp_listen = \"0.0.0.0:8181\"\n").unwrap_err();
+    assert!(e.to_string().contains("must be a loopback address"), "{e}");
+    let e = config("[approvals]\nwebhook_url = \"ftp://x\"\n").unwrap_err();
+    assert!(e.to_string().contains("http:// or https://"), "{e}");
+    let e = config("[approvals]\ndecision_keys = [\"k.pem\"]\n").unwrap_err();
+    assert!(e.to_string().contains("absolute path"), "{e}");
+    let e = config("[approvals]\nmax_grant = \"0s\"\n").unwrap_err();
+    assert!(e.to_string().contains("longer than zero"), "{e}");
+    let e = config("[approvals]\nwebhok_url = \"http://x\"\n").unwrap_err();
+    assert!(e.to_string().contains("unknown field"), "{e}");
+}
+
+#[test]
+fn max_session_duration_is_a_policy_key() {
+    let config = |policy: &str| {
+        crate::config::parse(
+            &format!(
+                "[agent]\nmode = \"enforce\"\njournal = \"/var/lib/nhi/j.db\"\n\
+                 [[target]]\nname = \"db\"\naddress = \"10.0.0.5:5432\"\n[[policy]]\n{policy}\n"
+            ),
+            "test.toml",
+        )
+    };
+    let c = config("max_session_duration = \"1h\"").unwrap();
+    assert_eq!(
+        c.policies.policies[0].max_session_duration,
+        Some(Duration::from_secs(3600))
+    );
+    assert_eq!(
+        config("").unwrap().policies.policies[0].max_session_duration,
+        None
+    );
+    let e = config("max_session_duration = \"0s\"").unwrap_err();
+    assert!(e.to_string().contains("max_session_duration"), "{e}");
+    let e = config("max_session_duration = \"soon\"").unwrap_err();
+    assert!(e.to_string().contains("max_session_duration"), "{e}");
+}
+
+// ------------------------------------------------------------------ decision tokens
+
+mod tokens {
+    use super::*;
+    use base64::Engine as _;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use ring::{
+        rand::SystemRandom,
+        signature::{self, KeyPair as _},
+    };
+
+    /// A PEM SubjectPublicKeyInfo from its DER prefix and raw key.
+    fn spki_pem(prefix: &[u8], raw: &[u8]) -> String {
+        let mut der = prefix.to_vec();
+        der.extend_from_slice(raw);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n")
+    }
+
+    const ED25519_SPKI: &[u8] = &[
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    const P256_SPKI: &[u8] = &[
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+
+    /// An Ed25519 signing key and its public key as PEM.
+    fn ed25519() -> (EncodingKey, String) {
+        let pkcs8 = signature::Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        (
+            EncodingKey::from_ed_der(pkcs8.as_ref()),
+            spki_pem(ED25519_SPKI, pair.public_key().as_ref()),
+        )
+    }
+
+    /// A P-256 signing key and its public key as PEM.
+    fn p256() -> (EncodingKey, String) {
+        let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let rng = SystemRandom::new();
+        let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+        let pair = signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
+        (
+            EncodingKey::from_ec_der(pkcs8.as_ref()),
+            spki_pem(P256_SPKI, pair.public_key().as_ref()),
+        )
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn claims(id: &str, exp: u64) -> serde_json::Value {
+        serde_json::json!({
+            "approval_id": id, "decision": "approve", "approver": "alice",
+            "exp": exp, "iat": now(), "jti": format!("j-{id}-{exp}"),
+        })
+    }
+
+    fn mint(
+        alg: Algorithm,
+        kid: Option<&str>,
+        key: &EncodingKey,
+        claims: &serde_json::Value,
+    ) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    fn keys_with(pem: &str, kid: &str) -> DecisionKeys {
+        let mut keys = DecisionKeys::new(None, None);
+        keys.add_pem(pem.as_bytes(), Some(kid.into())).unwrap();
+        keys
+    }
+
+    #[test]
+    fn good_eddsa_and_es256_tokens_verify() {
+        let (ed_sign, ed_pem) = ed25519();
+        let (ec_sign, ec_pem) = p256();
+        let mut keys = keys_with(&ed_pem, "ed");
+        keys.add_pem(ec_pem.as_bytes(), Some("ec".into())).unwrap();
+        let t = mint(
+            Algorithm::EdDSA,
+            Some("ed"),
+            &ed_sign,
+            &claims("a-1", now() + 60),
+        );
+        let v = keys.verify(&t).unwrap();
+        assert_eq!((v.approval_id.as_str(), v.approve), ("a-1", true));
+        assert_eq!(v.by(), "jwt:alice (kid ed)");
+        assert_eq!(v.scope, Scope::Once);
+        assert_eq!(v.sha256, token::sha256_hex(t.as_bytes()));
+        // Without a kid, the key is found by the algorithm.
+        let t = mint(Algorithm::ES256, None, &ec_sign, &claims("a-2", now() + 60));
+        let v = keys.verify(&t).unwrap();
+        assert_eq!(v.kid.as_deref(), Some("ec"));
+    }
+
+    #[test]
+    fn bad_signature_expired_and_wrong_alg_are_refused() {
+        let (_, ed_pem) = ed25519();
+        let (other_sign, _) = ed25519();
+        let keys = keys_with(&ed_pem, "ed");
+        // Signed by another key.
+        let t = mint(
+            Algorithm::EdDSA,
+            Some("ed"),
+            &other_sign,
+            &claims("a-1", now() + 60),
+        );
+        assert!(matches!(keys.verify(&t), Err(TokenError::Invalid(_))));
+        // A good signature on an altered payload.
+        let (sign, pem) = ed25519();
+        let keys = keys_with(&pem, "ed");
+        let t = mint(Algorithm::EdDSA, None, &sign, &claims("a-1", now() + 60));
+        let parts: Vec<&str> = t.split('.').collect();
+        let forged_claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(claims("a-9", now() + 60).to_string());
+        let forged = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
+        assert!(matches!(keys.verify(&forged), Err(TokenError::Invalid(_))));
+        // Expired (beyond the leeway).
+        let t = mint(Algorithm::EdDSA, None, &sign, &claims("a-1", now() - 3600));
+        assert!(matches!(keys.verify(&t), Err(TokenError::Invalid(e)) if e.contains("xpired")));
+        // No exp at all.
+        let no_exp =
+            serde_json::json!({"approval_id": "a-1", "decision": "approve", "approver": "x"});
+        let t = mint(Algorithm::EdDSA, None, &sign, &no_exp);
+        assert!(keys.verify(&t).is_err());
+        // HMAC "signed" with the public key as the secret: no key has that algorithm.
+        let hs = mint(
+            Algorithm::HS256,
+            Some("ed"),
+            &EncodingKey::from_secret(pem.as_bytes()),
+            &claims("a-1", now() + 60),
+        );
+        assert!(matches!(keys.verify(&hs), Err(TokenError::NoKey { .. })));
+        // alg "none", unsigned.
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(&claims("a-1", now() + 60).to_string())
+        );
+        assert!(matches!(keys.verify(&none), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            keys.verify("garbage"),
+            Err(TokenError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let (sign, pem) = ed25519();
+        let mut keys = DecisionKeys::new(Some("idp".into()), Some("nhi".into()));
+        keys.add_pem(pem.as_bytes(), None).unwrap();
+        let mut c = claims("a-1", now() + 60);
+        assert!(keys
+            .verify(&mint(Algorithm::EdDSA, None, &sign, &c))
+            .is_err());
+        c["iss"] = "idp".into();
+        c["aud"] = "nhi".into();
+        assert!(keys
+            .verify(&mint(Algorithm::EdDSA, None, &sign, &c))
+            .is_ok());
+        c["aud"] = "other".into();
+        assert!(keys
+            .verify(&mint(Algorithm::EdDSA, None, &sign, &c))
+            .is_err());
+    }
+
+    #[test]
+    fn a_jwks_key_is_selected_by_kid() {
+        let (sign, pem) = ed25519();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(pem.lines().nth(1).unwrap())
+            .unwrap();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[12..]);
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA"}
+        ]});
+        let mut keys = DecisionKeys::new(None, None);
+        keys.add_jwks(jwks.to_string().as_bytes()).unwrap();
+        let t = mint(
+            Algorithm::EdDSA,
+            Some("k1"),
+            &sign,
+            &claims("a-1", now() + 60),
+        );
+        assert_eq!(keys.verify(&t).unwrap().kid.as_deref(), Some("k1"));
+        let hmac = serde_json::json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}]});
+        assert!(DecisionKeys::new(None, None)
+            .add_jwks(hmac.to_string().as_bytes())
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_token_decides_once_and_only_a_pending_request() {
+        let (sign, pem) = ed25519();
+        let r = Registry::new("/run/x.sock".into()).with_keys(keys_with(&pem, "ed"));
+        let hold = r.hold(&who(1), request(Duration::from_secs(60))).wait;
+        // Unknown approval id: 404, and the token is not spent.
+        let t = mint(Algorithm::EdDSA, None, &sign, &claims("a-7", now() + 60));
+        let e = r.submit(&t, None, "test").unwrap_err();
+        assert!(matches!(e, DecideError::NotFound { .. }));
+        assert_eq!(e.http_status(), 404);
+        // Addressed to another request than its claims: refused.
+        let mut c = claims("a-1", now() + 60);
+        c["scope"] = "session".into();
+        let t = mint(Algorithm::EdDSA, Some("ed"), &sign, &c);
+        assert!(matches!(
+            r.submit(&t, Some("a-2"), "test"),
+            Err(DecideError::Mismatch { .. })
+        ));
+        let d = r.submit(&t, Some("a-1"), "test").unwrap();
+        assert_eq!(d.by, "jwt:alice (kid ed)");
+        match hold.await {
+            HoldOutcome::Approved { by, note } => {
+                assert_eq!(by, "jwt:alice (kid ed)");
+                assert_eq!(note.scope, Some("session"));
+                assert_eq!(note.token_sha256, Some(token::sha256_hex(t.as_bytes())));
+                assert!(note.jti.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same token on a new request with the same id space: a replay.
+        let _hold = r.hold(&who(1), request(Duration::from_secs(60))).wait;
+        let e = r.submit(&t, None, "test").unwrap_err();
+        // The token names a-1, which is gone; a fresh token for a-2 reusing the jti
+        // is a replay (409).
+        assert!(
+            matches!(e, DecideError::Token(TokenError::Replay(_))),
+            "{e}"
+        );
+        let mut c = claims("a-2", now() + 60);
+        c["jti"] = claims("a-1", 0)["jti"].clone();
+        let t2 = mint(Algorithm::EdDSA, None, &sign, &c);
+        assert!(r.submit(&t2, None, "test").is_ok(), "another jti is fine");
+        // Without keys, tokens are refused as unauthorized.
+        let e = Registry::new("/x".into())
+            .submit(&t, None, "t")
+            .unwrap_err();
+        assert_eq!(e.http_status(), 401);
+    }
+
+    /// Sends one raw HTTP request and returns the status and JSON body.
+    async fn http(addr: std::net::SocketAddr, request: String) -> (u16, serde_json::Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let status: u16 = out[9..12].parse().unwrap();
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn post(path: &str, body: &str) -> String {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn the_http_endpoint_answers_with_the_status_of_the_decision() {
+        let (sign, pem) = ed25519();
+        let (other, _) = ed25519();
+        let r = Registry::new("/run/x.sock".into()).with_keys(keys_with(&pem, "ed"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(http::serve(listener, r.clone(), rx));
+        let hold = r.hold(&who(1), request(Duration::from_secs(60))).wait;
+
+        let bad = mint(Algorithm::EdDSA, None, &other, &claims("a-1", now() + 60));
+        let (status, body) = http(addr, post("/approvals/a-1/decision", &bad)).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["ok"], false);
+        assert_eq!(r.list().len(), 1, "still held");
+        let (status, _) = http(addr, post("/approvals/a-1/decision", "")).await;
+        assert_eq!(status, 400);
+        let (status, _) = http(addr, post("/elsewhere", &bad)).await;
+        assert_eq!(status, 404);
+        let (status, _) = http(addr, "GET /approvals/a-1/decision HTTP/1.1\r\n\r\n".into()).await;
+        assert_eq!(status, 405);
+        // Refused on the announced length, before any of the body is read (none is sent,
+        // so the close cannot reset the connection before the answer is read).
+        let huge = format!(
+            "POST /approvals/a-1/decision HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+            token::MAX_TOKEN_LEN + 1
+        );
+        let (status, _) = http(addr, huge).await;
+        assert_eq!(status, 413);
+        let good = mint(
+            Algorithm::EdDSA,
+            Some("ed"),
+            &sign,
+            &claims("a-1", now() + 60),
+        );
+        let (status, body) = http(addr, post("/approvals/a-2/decision", &good)).await;
+        assert_eq!(status, 400, "addressed to another request: {body}");
+        let json = serde_json::json!({ "token": good }).to_string();
+        let (status, body) = http(addr, post("/approvals/a-1/decision", &json)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["by"], "jwt:alice (kid ed)");
+        assert!(matches!(hold.await, HoldOutcome::Approved { .. }));
+        let (status, _) = http(addr, post("/approvals/a-1/decision", &good)).await;
+        assert_eq!(status, 409, "replay");
+        let (status, _) = http(
+            addr,
+            post(
+                "/approvals/a-5/decision",
+                &mint(Algorithm::EdDSA, None, &sign, &claims("a-5", now() + 60)),
+            ),
+        )
+        .await;
+        assert_eq!(status, 404);
+    }
 }

@@ -4,11 +4,17 @@
 //! {"op":"list"}                              -> {"ok":true,"pending":[...]}
 //! {"op":"show","id":"a-1"}                   -> {"ok":true,"request":{...}}
 //! {"op":"approve","id":"a-1","reason":"..."} -> {"ok":true,"request":{...},"by":"uid 0 (root)"}
+//! {"op":"approve","id":"a-1","scope":"grant","for":"15m"}
+//!                                            -> {"ok":true,"request":{...},"by":"...","grant":{...}}
 //! {"op":"deny","id":"a-1","reason":"..."}    -> {"ok":true,"request":{...},"by":"uid 0 (root)"}
+//! {"op":"submit","token":"eyJ..."}           -> {"ok":true,"request":{...},"by":"jwt:alice (kid k1)"}
+//! {"op":"grants"}                            -> {"ok":true,"grants":[...]}
+//! {"op":"revoke","id":"g-1"}                 -> {"ok":true,"grant":{...}}
 //! anything refused                           -> {"ok":false,"error":"..."}
 //! ```
 use serde::{Deserialize, Serialize};
 
+pub use super::scope::{Grant, Scope};
 use crate::journal::SessionId;
 
 /// The longest request line the server reads; longer ones end the connection.
@@ -26,12 +32,38 @@ pub enum Request {
         id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// How far the approval reaches (default `once`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<Scope>,
+        /// The length of a `grant` ("15m").
+        #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+        grant_for: Option<String>,
     },
     Deny {
         id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// A signed decision token (its signature is the authority; no approver group needed).
+    Submit {
+        token: String,
+    },
+    /// The active grants.
+    Grants,
+    /// Ends a grant before its time.
+    Revoke {
+        id: String,
+    },
+}
+
+/// The client process of a held statement's session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<Vec<String>>,
 }
 
 /// A statement waiting for a decision, as listed.
@@ -40,6 +72,9 @@ pub struct Pending {
     pub id: String,
     pub session: SessionId,
     pub workload: String,
+    /// The session's client process.
+    #[serde(default)]
+    pub process: Process,
     pub target: String,
     /// The statement's sequence number in its session (as journaled).
     pub seq: u64,
@@ -64,6 +99,12 @@ pub struct Answer {
     /// Who decided ("uid N (name)"), for approve/deny.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Active grants, for `grants`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Vec<Grant>>,
+    /// The grant created (approve with scope grant) or revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<Grant>,
 }
 
 impl Answer {

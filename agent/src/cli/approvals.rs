@@ -1,7 +1,8 @@
 //! `nhi-agent approvals`: list, show, approve and deny statements held for approval,
-//! through the running agent's control socket (see `crate::approvals::server`).
+//! submit signed decision tokens, list and revoke grants, through the running agent's
+//! control socket (see `crate::approvals::server`).
 use std::{
-    io::{BufRead, BufReader, ErrorKind, Write},
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -11,7 +12,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 
 use crate::{
-    approvals::wire::{Answer, Pending, Request},
+    approvals::wire::{Answer, Grant, Pending, Request, Scope},
     config::DEFAULT_APPROVALS_SOCKET,
 };
 
@@ -39,6 +40,14 @@ pub enum ApprovalsCommand {
         /// Why (logged by the agent).
         #[arg(long)]
         reason: Option<String>,
+        /// How far the approval reaches: once (this statement), session (later
+        /// statements of the same rule in this session) or grant (same workload, target
+        /// and rule, any session, for --for).
+        #[arg(long, value_parser = parse_scope)]
+        scope: Option<Scope>,
+        /// The length of a grant ("15m"; at most `[approvals] max_grant`).
+        #[arg(long = "for")]
+        grant_for: Option<String>,
     },
     /// Refuse a waiting statement (the client gets SQLSTATE 42501 with the reason).
     Deny {
@@ -47,16 +56,50 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Hand in a signed decision token (TOKEN, or - to read it from stdin).
+    Submit { token: String },
+    /// List the active grants.
+    Grants,
+    /// End a grant before its time.
+    Revoke { id: String },
+}
+
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    s.parse()
 }
 
 pub fn run(args: &ApprovalsArgs) -> anyhow::Result<ExitCode> {
     let request = match &args.command {
         ApprovalsCommand::List => Request::List,
         ApprovalsCommand::Show { id } => Request::Show { id: id.clone() },
-        ApprovalsCommand::Approve { id, reason } => Request::Approve {
+        ApprovalsCommand::Approve {
+            id,
+            reason,
+            scope,
+            grant_for,
+        } => Request::Approve {
             id: id.clone(),
             reason: reason.clone(),
+            scope: *scope,
+            grant_for: grant_for.clone(),
         },
+        ApprovalsCommand::Submit { token } => {
+            let token = if token == "-" {
+                let mut t = String::new();
+                std::io::stdin()
+                    .take(64 * 1024)
+                    .read_to_string(&mut t)
+                    .context("reading the token from stdin")?;
+                t
+            } else {
+                token.clone()
+            };
+            Request::Submit {
+                token: token.trim().to_owned(),
+            }
+        }
+        ApprovalsCommand::Grants => Request::Grants,
+        ApprovalsCommand::Revoke { id } => Request::Revoke { id: id.clone() },
         ApprovalsCommand::Deny { id, reason } => Request::Deny {
             id: id.clone(),
             reason: reason.clone(),
@@ -112,7 +155,34 @@ pub fn run(args: &ApprovalsArgs) -> anyhow::Result<ExitCode> {
                 "{id} {verb} by {}",
                 answer.by.as_deref().unwrap_or("unknown")
             );
+            if let Some(g) = &answer.grant {
+                println!("grant {} until {}", g.id, g.until);
+            }
         }
+        ApprovalsCommand::Submit { .. } => {
+            let id = answer
+                .request
+                .as_ref()
+                .map(|p| p.id.as_str())
+                .unwrap_or("?");
+            println!(
+                "{id} decided by {}",
+                answer.by.as_deref().unwrap_or("unknown")
+            );
+            if let Some(g) = &answer.grant {
+                println!("grant {} until {}", g.id, g.until);
+            }
+        }
+        ApprovalsCommand::Grants => {
+            let grants = answer.grants.unwrap_or_default();
+            if grants.is_empty() {
+                println!("no active grant");
+            }
+            for g in &grants {
+                show_grant(g);
+            }
+        }
+        ApprovalsCommand::Revoke { id } => println!("{id} revoked"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -121,11 +191,34 @@ fn show(p: &Pending) {
     println!("id:           {}", p.id);
     println!("session:      {} (statement {})", p.session, p.seq);
     println!("workload:     {}", p.workload);
+    println!(
+        "process:      pid {} {}{}",
+        p.process.pid,
+        p.process.exe.as_deref().unwrap_or("?"),
+        p.process
+            .cmdline
+            .as_ref()
+            .map(|c| format!(" ({})", one_line(&c.join(" "), 200)))
+            .unwrap_or_default()
+    );
     println!("target:       {}", p.target);
     println!("rule:         {}", p.rule.as_deref().unwrap_or("default"));
     println!("requested at: {}", p.requested_at);
     println!("expires at:   {}", p.expires_at);
     println!("statement:\n{}", p.statement);
+}
+
+fn show_grant(g: &Grant) {
+    println!(
+        "{}  {} -> {}  rule {}  until {}  (on {} by {})",
+        g.id,
+        g.workload,
+        g.target,
+        g.rule.as_deref().unwrap_or("default"),
+        g.until,
+        g.approval_id,
+        g.approver
+    );
 }
 
 fn one_line(text: &str, max: usize) -> String {

@@ -100,7 +100,6 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         .transpose()?;
     let approvals_socket = config.agent.approvals_socket.clone();
     let approvals_listener = approvals::server::bind(&approvals_socket, approver_gid)?;
-    let registry = approvals::Registry::new(approvals_socket.clone());
     // Attestation: the issuers' JWKS files and the socket, before attaching too.
     let verifier = attest::load_issuers(&config.attest).context("loading the OIDC issuers")?;
     let attest_socket = config.attest.socket.clone();
@@ -110,6 +109,16 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         None
     };
     let attestor = Arc::new(attest::Attestor::new(verifier));
+    let registry = approvals_registry(&config, approvals_socket.clone(), journal.handle())?;
+    // The decision endpoint, bound before attaching too (a taken port fails the start).
+    let decision_listener = match config.approvals.http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding [approvals] http_listen {addr}"))?,
+        ),
+        None => None,
+    };
     let fail_closed = config.agent.fail == FailMode::Closed;
     let mut interceptor = Interceptor::install(InstallOptions {
         pin_dir: config.agent.bpffs.clone(),
@@ -169,6 +178,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let rescan = tokio::spawn(rescan_loop(shared.clone(), shutdown_rx.clone()));
     let lineage_task = lineage.map(|l| tokio::spawn(l.run(shared.clone(), shutdown_rx.clone())));
+    let registry_for_http = registry.clone();
     let approvals_server = tokio::spawn(approvals::server::serve(
         approvals_listener,
         registry,
@@ -189,6 +199,25 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             shutdown_rx.clone(),
         ))
     });
+    let decision_server = decision_listener.map(|listener| {
+        info!(addr = ?listener.local_addr().ok(), "approvals decision endpoint ready");
+        tokio::spawn(approvals::http::serve(
+            listener,
+            registry_for_http.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
+    // Grants expire on their own; the sweep journals each expiry when it happens.
+    let sweeper = {
+        let registry = registry_for_http.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                registry.sweep();
+            }
+        })
+    };
     let signals = tokio::spawn(signal_loop(shared.clone(), config_path, shutdown_tx));
     proxy::serve(shared.clone(), listeners, shutdown_rx).await;
     rescan.abort();
@@ -200,6 +229,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
     if let Some(shipping) = shipping {
         shipping.abort();
+    }
+    sweeper.abort();
+    if let Some(d) = decision_server {
+        d.abort();
     }
     let _ = std::fs::remove_file(&approvals_socket);
     if let Some(server) = attest_server {
@@ -320,6 +353,32 @@ async fn signal_loop(
 
 /// SIGHUP: a valid new config takes effect for new connections; an invalid one is
 /// rejected with a logged reason and the last good one stays in force.
+/// The approvals registry with what `[approvals]` configures: decision keys (read now,
+/// so a bad key fails the start), the webhook sender, the longest grant.
+fn approvals_registry(
+    config: &config::Config,
+    socket: std::path::PathBuf,
+    journal: crate::journal::JournalHandle,
+) -> anyhow::Result<approvals::Registry> {
+    let a = &config.approvals;
+    let mut registry = approvals::Registry::new(socket)
+        .with_journal(journal)
+        .with_max_grant(a.max_grant);
+    if let Some(keys) = approvals::token::DecisionKeys::load(a)? {
+        registry = registry.with_keys(keys);
+    }
+    if let Some(url) = &a.webhook_url {
+        let announcer = approvals::webhook::Announcer::start(
+            url.clone(),
+            a.webhook_retries,
+            std::time::Duration::from_secs(1),
+        )
+        .context("starting the approval webhook thread")?;
+        registry = registry.with_announcer(announcer);
+    }
+    Ok(registry)
+}
+
 fn reload(shared: &proxy::Shared, path: &std::path::Path) {
     let _ = sdnotify::notify(&format!(
         "RELOADING=1\nMONOTONIC_USEC={}",
@@ -377,6 +436,11 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
                     return;
                 }
             };
+            // Keys, webhook and endpoint are wired at start.
+            if new.approvals != old.approvals {
+                warn!("changing [approvals] needs a restart; keeping the running values");
+                new.approvals = old.approvals.clone();
+            }
             let pg = match proxy::postgres::PgRuntime::build(&new) {
                 Ok(pg) => pg,
                 Err(e) => {

@@ -79,6 +79,8 @@ pub struct Config {
     pub ship: crate::ship::ShipConfig,
     /// `[[oidc_issuer]]` and `[attest]` (see [`crate::attest`]): CI job identity.
     pub attest: crate::attest::AttestConfig,
+    /// `[approvals]` (see [`crate::approvals::config`]): announcements and signed decisions.
+    pub approvals: crate::approvals::ApprovalsConfig,
     /// The file the configuration was loaded from; `None` when parsed from a string.
     pub source: Option<PathBuf>,
 }
@@ -498,6 +500,12 @@ impl TryFrom<RawConfig> for Config {
                     message: p.message,
                 }
             })?;
+        let approvals =
+            crate::approvals::ApprovalsConfig::from_raw(raw.approvals).map_err(|p| Problem {
+                span: p.span,
+                earlier: None,
+                message: p.message,
+            })?;
         Ok(Config {
             lineage,
             agent,
@@ -507,6 +515,7 @@ impl TryFrom<RawConfig> for Config {
             masks,
             ship,
             attest,
+            approvals,
             source: None,
         })
     }

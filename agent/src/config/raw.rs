@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub oidc_issuer: Vec<Spanned<crate::attest::RawOidcIssuer>>,
     pub attest: Option<Spanned<crate::attest::RawAttest>>,
+    pub approvals: Option<Spanned<crate::approvals::RawApprovals>>,
 }
 
 /// `[agent]`.

@@ -33,6 +33,7 @@
 //! approval_timeout = "5m"      # humantime, > 0, default 5m
 //! claims = { ref = "refs/heads/main", repository = "org/*" } # optional: attested CI job claims
 //! attested = true              # optional: true = attested sessions only, false = unattested only
+//! max_session_duration = "1h"  # optional, > 0: sessions are closed (FATAL 57P05) after it
 //!
 //! [[policy.rule]]
 //! name = "no-drop"             # required, unique within the policy
@@ -244,6 +245,8 @@ pub struct Policy {
     pub record_results: RecordResults,
     /// `approval_timeout`: how long an `approve` hold waits.
     pub approval_timeout: Duration,
+    /// `max_session_duration`: sessions this policy governs end after it.
+    pub max_session_duration: Option<Duration>,
     workload: GlobMatcher,
     target: GlobMatcher,
     default: Verdict,
@@ -407,6 +410,26 @@ impl Policy {
                 claims.push((name.clone(), matcher));
             }
         }
+        let max_session_duration = raw
+            .max_session_duration
+            .as_ref()
+            .map(|value| {
+                match humantime::parse_duration(value.get_ref()) {
+                    Ok(d) if !d.is_zero() => Ok(d),
+                    Ok(_) => Err("must be longer than zero".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                }
+                .map_err(|why| {
+                    PolicyProblem::at(
+                        value,
+                        format!(
+                            "invalid max_session_duration \"{}\": {why} (examples: \"30m\", \"1h\")",
+                            value.get_ref()
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
         let mut rules: Vec<Rule> = Vec::with_capacity(raw.rule.len());
         for raw_rule in raw.rule {
             let rule = Rule::from_raw(raw_rule.into_inner(), &rules)?;
@@ -418,6 +441,7 @@ impl Policy {
             db_user,
             record_results,
             approval_timeout,
+            max_session_duration,
             workload,
             target,
             default,

@@ -23,6 +23,7 @@ pub struct RawPolicy {
     pub(super) claims: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
     /// attest: only attested (`true`) or only unattested (`false`) sessions.
     pub(super) attested: Option<Spanned<bool>>,
+    pub(super) max_session_duration: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) rule: Vec<Spanned<RawRule>>,
 }

@@ -345,6 +345,11 @@ async fn handle(
         a.binding_for(&cgroup, record.cgroup_id, |p| shared.cgroups.id_of(p))
             .map(|b| b.claims)
     });
+    let requester = crate::approvals::wire::Process {
+        pid: tgid,
+        exe: process.as_ref().and_then(|p| p.exe.clone()),
+        cmdline: process.as_ref().map(|p| p.cmdline.clone()),
+    };
     let start = SessionStart {
         workload: workload_name.clone(),
         cgroup: cgroup.clone(),
@@ -400,6 +405,7 @@ async fn handle(
             approvals: shared.approvals.clone(),
             workload: &workload_name,
             refuse,
+            process: requester,
         };
         postgres::serve(ctx, client, cancel).await
     } else {

@@ -48,6 +48,8 @@ pub enum CloseReason {
     /// A protocol-aware session ended on a message it could not accept (malformed,
     /// out of sequence, refused at start-up) or a failed authentication.
     Protocol(String),
+    /// A policy limit ended the session (`max_session_duration`).
+    PolicyLimit(String),
 }
 
 impl fmt::Display for CloseReason {
@@ -62,6 +64,7 @@ impl fmt::Display for CloseReason {
             Self::JournalFailure(e) => write!(f, "journal failure: {e}"),
             Self::UpstreamConnect(e) => write!(f, "upstream connect failed: {e}"),
             Self::Protocol(e) => write!(f, "protocol error: {e}"),
+            Self::PolicyLimit(e) => write!(f, "policy limit: {e}"),
         }
     }
 }

@@ -66,6 +66,7 @@ pub struct SessionRules {
 pub struct HoldRequest {
     /// The statement's sequence number in the session.
     pub seq: u64,
+    /// The statement's text, with the session's mask detectors applied.
     pub text: String,
     pub rule: Option<String>,
     pub timeout: std::time::Duration,
@@ -74,10 +75,55 @@ pub struct HoldRequest {
 /// How a hold ended.
 #[derive(Debug, Clone)]
 pub enum HoldOutcome {
-    Approved { by: String },
-    Denied { by: String, reason: Option<String> },
+    Approved {
+        by: String,
+        note: DecisionNote,
+    },
+    Denied {
+        by: String,
+        reason: Option<String>,
+        note: DecisionNote,
+    },
     Expired,
 }
+
+/// What the `approval` event says about a decision besides who took it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DecisionNote {
+    /// The approval request ("a-N") the decision was taken on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// "once" | "session" | "grant".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<&'static str>,
+    /// The grant ("g-N") created by, or letting through, this statement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    /// RFC 3339: end of the grant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Set when the statement passed without a hold: the approval that covers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub granted_by: Option<String>,
+    /// SHA-256 (hex) of the signed decision token, when one decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+    /// The token's `jti`, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// A standing approval (scope `grant`) that lets a statement through without a hold.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    /// Who gave the original approval.
+    pub by: String,
+    /// `granted_by`, `grant`, `scope`, ... for the `approval` event.
+    pub note: DecisionNote,
+}
+
+/// Looks up a grant covering a statement of this session, by the rule that matched.
+pub type GrantCheck = Arc<dyn Fn(Option<&str>) -> Option<Standing> + Send + Sync>;
 
 /// What [`Flow::on_client`] asks of the IO loop.
 #[derive(Debug)]
@@ -212,6 +258,12 @@ pub struct Flow {
     /// Statements judged so far, and those refused.
     pub statements_seen: u64,
     pub statements_refused: u64,
+    /// Rules approved with scope `session`: their statements pass without a hold.
+    session_approvals: HashMap<Option<String>, Standing>,
+    /// Grants (scope `grant`) that apply across sessions.
+    grant_check: Option<GrantCheck>,
+    /// Observe mode: statements that would have been held, to announce.
+    would_hold: Vec<HoldRequest>,
 }
 
 /// What the agent keeps to forward a client's CancelRequest.
@@ -229,6 +281,19 @@ struct Held {
     rule: Option<String>,
     analysis: Arc<Analysis>,
     text: Arc<str>,
+}
+
+/// The `approval` event: how a held (or standing-approved) statement was decided.
+#[derive(Serialize)]
+struct ApprovalEvent<'a> {
+    seq: u64,
+    decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(flatten)]
+    note: &'a DecisionNote,
 }
 
 #[derive(Serialize)]
@@ -312,7 +377,51 @@ impl Flow {
             parameters: HashMap::new(),
             statements_seen: 0,
             statements_refused: 0,
+            session_approvals: HashMap::new(),
+            grant_check: None,
+            would_hold: Vec::new(),
         }
+    }
+
+    /// Installs the lookup of cross-session grants.
+    pub fn set_grant_check(&mut self, check: GrantCheck) {
+        self.grant_check = Some(check);
+    }
+
+    /// Observe mode: the statements since the last call that would have been held.
+    pub fn take_would_hold(&mut self) -> Vec<HoldRequest> {
+        std::mem::take(&mut self.would_hold)
+    }
+
+    /// A standing approval for a statement matched by `rule`: the session's own
+    /// (scope `session`) first, then a grant.
+    fn standing(&self, rule: Option<&str>) -> Option<Standing> {
+        if let Some(s) = self.session_approvals.get(&rule.map(str::to_owned)) {
+            return Some(s.clone());
+        }
+        self.grant_check.as_ref().and_then(|check| check(rule))
+    }
+
+    /// Journals that statement `seq` passed on a standing approval.
+    fn passed_on(&mut self, seq: u64, standing: &Standing) {
+        self.event(
+            "approval",
+            &ApprovalEvent {
+                seq,
+                decision: "approved",
+                by: Some(&standing.by),
+                reason: None,
+                note: &standing.note,
+            },
+        );
+    }
+
+    fn approval_timeout(&self) -> std::time::Duration {
+        self.rules
+            .policy
+            .as_ref()
+            .map(|p| p.approval_timeout)
+            .unwrap_or(policy::DEFAULT_APPROVAL_TIMEOUT)
     }
 
     /// The journal events staged since the last call; journal them before taking the bytes.
@@ -653,20 +762,24 @@ impl Flow {
         per_statement: Vec<StatementVerdict>,
     ) -> Result<Step, FlowError> {
         let enforce = self.rules.enforce;
+        let mut standing = None;
         if enforce && verdict == Verdict::Approve {
-            let seq = self.seq();
-            self.statement_event(
-                seq,
-                "simple",
-                &text,
-                &analysis,
-                (None, None),
-                &[],
-                verdict,
-                rule.as_deref(),
-                "held",
-            );
-            return Ok(self.hold(msg, seq, text, analysis, rule));
+            standing = self.standing(rule.as_deref());
+            if standing.is_none() {
+                let seq = self.seq();
+                self.statement_event(
+                    seq,
+                    "simple",
+                    &text,
+                    &analysis,
+                    (None, None),
+                    &[],
+                    verdict,
+                    rule.as_deref(),
+                    "held",
+                );
+                return Ok(self.hold(msg, seq, text, analysis, rule));
+            }
         }
         let refused = enforce && verdict == Verdict::Deny;
         // One event per statement of the string, so each can be found and replayed.
@@ -718,6 +831,18 @@ impl Flow {
             self.inject(error);
             return Ok(Step::Continue);
         }
+        if let (Some(standing), Some(&first)) = (&standing, seqs.first()) {
+            self.passed_on(first, standing);
+        }
+        if !enforce && verdict == Verdict::Approve {
+            let timeout = self.approval_timeout();
+            self.would_hold.push(HoldRequest {
+                seq: seqs.first().copied().unwrap_or_default(),
+                text: self.rules.masks.mask_text(&text).into_owned(),
+                rule: rule.clone(),
+                timeout,
+            });
+        }
         self.forward(
             &msg.raw,
             Expect::Query(QueryRun {
@@ -739,20 +864,48 @@ impl Flow {
         rule: Option<String>,
     ) -> Result<Step, FlowError> {
         let enforce = self.rules.enforce;
+        let mut verdict = verdict;
         if enforce && verdict == Verdict::Approve {
-            let seq = self.seq();
-            self.statement_event(
-                seq,
-                "extended",
-                &text,
-                &analysis,
-                (Some(&name), None),
-                &[],
-                verdict,
-                rule.as_deref(),
-                "held",
-            );
-            return Ok(self.hold(msg, seq, text, analysis, rule));
+            if let Some(standing) = self.standing(rule.as_deref()) {
+                // As after an approval: the statement is prepared as allowed.
+                let seq = self.seq();
+                self.statement_event(
+                    seq,
+                    "extended",
+                    &text,
+                    &analysis,
+                    (Some(&name), None),
+                    &[],
+                    verdict,
+                    rule.as_deref(),
+                    "forwarded",
+                );
+                self.passed_on(seq, &standing);
+                verdict = Verdict::Allow;
+            } else {
+                let seq = self.seq();
+                self.statement_event(
+                    seq,
+                    "extended",
+                    &text,
+                    &analysis,
+                    (Some(&name), None),
+                    &[],
+                    verdict,
+                    rule.as_deref(),
+                    "held",
+                );
+                return Ok(self.hold(msg, seq, text, analysis, rule));
+            }
+        }
+        if !enforce && verdict == Verdict::Approve {
+            let timeout = self.approval_timeout();
+            self.would_hold.push(HoldRequest {
+                seq: self.next_seq,
+                text: self.rules.masks.mask_text(&text).into_owned(),
+                rule: rule.clone(),
+                timeout,
+            });
         }
         if enforce && verdict == Verdict::Deny {
             let seq = self.seq();
@@ -909,15 +1062,11 @@ impl Flow {
         analysis: Arc<Analysis>,
         rule: Option<String>,
     ) -> Step {
-        let timeout = self
-            .rules
-            .policy
-            .as_ref()
-            .map(|p| p.approval_timeout)
-            .unwrap_or(policy::DEFAULT_APPROVAL_TIMEOUT);
+        let timeout = self.approval_timeout();
         let request = HoldRequest {
             seq,
-            text: text.to_string(),
+            // Announcements may leave the host (webhook): detectors apply to them.
+            text: self.rules.masks.mask_text(&text).into_owned(),
             rule: rule.clone(),
             timeout,
         };
@@ -936,29 +1085,40 @@ impl Flow {
         let Some(held) = self.held.take() else {
             return Ok(Step::Continue);
         };
-        #[derive(Serialize)]
-        struct Decision<'a> {
-            seq: u64,
-            decision: &'static str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            by: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            reason: Option<&'a str>,
-        }
-        let (decision, by, reason) = match &outcome {
-            HoldOutcome::Approved { by } => ("approved", Some(by.as_str()), None),
-            HoldOutcome::Denied { by, reason } => ("denied", Some(by.as_str()), reason.as_deref()),
-            HoldOutcome::Expired => ("expired", None, None),
+        let none = DecisionNote::default();
+        let (decision, by, reason, note) = match &outcome {
+            HoldOutcome::Approved { by, note } => ("approved", Some(by.as_str()), None, note),
+            HoldOutcome::Denied { by, reason, note } => {
+                ("denied", Some(by.as_str()), reason.as_deref(), note)
+            }
+            HoldOutcome::Expired => ("expired", None, None, &none),
         };
         self.event(
             "approval",
-            &Decision {
+            &ApprovalEvent {
                 seq: held.seq,
                 decision,
                 by,
                 reason,
+                note,
             },
         );
+        // Scope `session`: the session's later statements of this rule pass on it.
+        if let HoldOutcome::Approved { by, note } = &outcome {
+            if note.scope == Some("session") {
+                self.session_approvals.insert(
+                    held.rule.clone(),
+                    Standing {
+                        by: by.clone(),
+                        note: DecisionNote {
+                            scope: Some("session"),
+                            granted_by: note.approval_id.clone(),
+                            ..DecisionNote::default()
+                        },
+                    },
+                );
+            }
+        }
         let approved = matches!(outcome, HoldOutcome::Approved { .. });
         let is_parse = matches!(held.message.message, FrontendMessage::Parse { .. });
         if approved {
@@ -995,7 +1155,7 @@ impl Flow {
                 "nhi-agent: statement held for approval (rule \"{}\") was not approved in time",
                 held.rule.as_deref().unwrap_or("default")
             ),
-            HoldOutcome::Denied { by, reason } => format!(
+            HoldOutcome::Denied { by, reason, .. } => format!(
                 "nhi-agent: statement held for approval (rule \"{}\") was denied by {by}{}",
                 held.rule.as_deref().unwrap_or("default"),
                 reason

@@ -28,7 +28,9 @@ use crate::protocol::postgres::{
     FrontendMessage, PgStr, StartupMessage,
 };
 
-pub use flow::{Flow, HoldOutcome, HoldRequest, SessionRules, Step};
+pub use flow::{
+    DecisionNote, Flow, GrantCheck, HoldOutcome, HoldRequest, SessionRules, Standing, Step,
+};
 pub use runtime::{PgRuntime, TargetRuntime};
 
 use super::relay::{CloseReason, Outcome};
@@ -36,6 +38,10 @@ use super::relay::{CloseReason, Outcome};
 /// Anything the session can read and write: plain TCP or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// SQLSTATE of the FATAL error that ends a session at `max_session_duration`
+/// (idle_session_timeout's code: a session ended by a time limit).
+pub const SQLSTATE_SESSION_CAP: &str = "57P05";
 
 /// How long a client has to finish its start-up packet(s).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,18 +78,37 @@ pub struct SessionContext<'a> {
     /// `Some(reason)`: refuse the session after its start-up with FATAL 53100
     /// (disk_full), nothing forwarded (the disk budget is exceeded).
     pub refuse: Option<String>,
+    /// The client process (from the session's start), for approval announcements.
+    pub process: crate::approvals::wire::Process,
+}
+
+/// The session a held statement belongs to, as approvers are told.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    pub session: SessionId,
+    pub workload: String,
+    pub target: String,
+    pub process: crate::approvals::wire::Process,
+}
+
+/// The wait for a decision on a held statement.
+pub type HoldWait = std::pin::Pin<Box<dyn std::future::Future<Output = HoldOutcome> + Send>>;
+
+/// A registered hold: what to journal (kind `approval_request`) before waiting, and the wait.
+pub struct PendingHold {
+    pub announcement: crate::approvals::wire::Pending,
+    pub wait: HoldWait,
 }
 
 /// Who decides on held statements (the approvals registry).
 pub trait Approver: Send + Sync {
-    /// Waits for a decision on `request` (at most its timeout).
-    fn hold(
-        &self,
-        session: SessionId,
-        workload: &str,
-        target: &str,
-        request: HoldRequest,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = HoldOutcome> + Send>>;
+    /// Registers and announces `request`; the wait ends with a decision or its timeout.
+    fn hold(&self, who: &Requester, request: HoldRequest) -> PendingHold;
+    /// Observe mode: announces a statement that would have been held (no wait).
+    fn would_hold(&self, who: &Requester, request: HoldRequest);
+    /// A grant (scope `grant`) covering a statement of `workload` to `target` matched
+    /// by `rule`, now.
+    fn grant_for(&self, workload: &str, target: &str, rule: Option<&str>) -> Option<Standing>;
 }
 
 /// Why a session ended early, journaled as its close reason.
@@ -95,6 +120,8 @@ enum Failure {
     Journal(String),
     Upstream(String),
     Auth(String),
+    /// A policy limit (`max_session_duration`) ended the session.
+    Limit(String),
     Idle,
     Shutdown,
 }
@@ -108,6 +135,7 @@ impl From<Failure> for CloseReason {
             Failure::Journal(e) => CloseReason::JournalFailure(e),
             Failure::Upstream(e) => CloseReason::UpstreamConnect(e),
             Failure::Auth(e) => CloseReason::Protocol(format!("authentication failed: {e}")),
+            Failure::Limit(e) => CloseReason::PolicyLimit(e),
             Failure::Idle => CloseReason::IdleTimeout,
             Failure::Shutdown => CloseReason::AgentShutdown,
         }
@@ -178,6 +206,7 @@ async fn serve_inner(
     cancel: &mut watch::Receiver<bool>,
 ) -> Result<CloseReason, Failure> {
     let target_rt = ctx.runtime.target(ctx.target_index);
+    let accepted = Instant::now();
     // ------------------------------------------------------------ client start-up
     let mut fdec = FrontendDecoder::new();
     let mut cbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -363,8 +392,22 @@ async fn serve_inner(
     let mut fake_key = [0u8; 4];
     getrandom::fill(&mut fake_key).map_err(|e| Failure::Protocol(format!("no randomness: {e}")))?;
     let mut flow = Flow::new(ctx.id, ctx.rules.clone(), fake_key);
+    if let Some(approvals) = &ctx.approvals {
+        let (approvals, workload, target) = (
+            approvals.clone(),
+            ctx.workload.to_owned(),
+            ctx.target.name.clone(),
+        );
+        flow.set_grant_check(Arc::new(move |rule| {
+            approvals.grant_for(&workload, &target, rule)
+        }));
+    }
+    let cap = ctx.rules.policy.as_ref().and_then(|p| {
+        p.max_session_duration
+            .map(|d| (accepted + d, d, p.name.clone()))
+    });
     let result = session_loop(
-        ctx, &mut flow, client, server, fdec, bdec, cbuf, sbuf, counts, cancel,
+        ctx, &mut flow, client, server, fdec, bdec, cbuf, sbuf, counts, cancel, cap,
     )
     .await;
     if let Some(key) = &flow.cancel_key {
@@ -767,8 +810,22 @@ async fn session_loop(
     mut sbuf: BytesMut,
     counts: &mut Counts,
     cancel: &mut watch::Receiver<bool>,
+    cap: Option<(Instant, Duration, Option<String>)>,
 ) -> Result<CloseReason, Failure> {
     let (mut cr, mut cw) = tokio::io::split(client);
+    let requester = Requester {
+        session: ctx.id,
+        workload: ctx.workload.to_owned(),
+        target: ctx.target.name.clone(),
+        process: ctx.process.clone(),
+    };
+    // `max_session_duration`: armed until it fires (observe mode: once, journaled only).
+    let mut cap_armed = cap.is_some();
+    let cap_at = tokio::time::Instant::from_std(
+        cap.as_ref()
+            .map(|c| c.0)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365)),
+    );
     let (mut sr, mut sw) = tokio::io::split(server);
     let mut to_server = BytesMut::new();
     let mut to_client = BytesMut::new();
@@ -796,7 +853,12 @@ async fn session_loop(
                 Step::Hold(request) => {
                     info!(session = ctx.id, seq = request.seq, rule = ?request.rule, "statement held for approval");
                     hold = Some(match &ctx.approvals {
-                        Some(a) => a.hold(ctx.id, ctx.workload, &ctx.target.name, request),
+                        Some(a) => {
+                            let pending = a.hold(&requester, request);
+                            // Journaled with the statement, before the wait starts.
+                            flow.event("approval_request", &pending.announcement);
+                            pending.wait
+                        }
                         None => {
                             let timeout = request.timeout;
                             Box::pin(async move {
@@ -806,6 +868,12 @@ async fn session_loop(
                         }
                     });
                 }
+            }
+        }
+        // Observe mode: announced, never waited for (drained even without approvers).
+        for request in flow.take_would_hold() {
+            if let Some(a) = &ctx.approvals {
+                a.would_hold(&requester, request);
             }
         }
         // Client requests must be durable (per `journal_fsync`) before they are forwarded.
@@ -892,6 +960,35 @@ async fn session_loop(
             }
             _ = tokio::time::sleep_until(idle_deadline), if hold.is_none() => {
                 return Err(Failure::Idle);
+            }
+            _ = tokio::time::sleep_until(cap_at), if cap_armed => {
+                cap_armed = false;
+                let (_, limit, policy) = cap.as_ref().expect("armed only with a cap");
+                let message = format!(
+                    "session exceeded max_session_duration ({}) of policy {}",
+                    humantime::format_duration(*limit),
+                    policy.as_deref().unwrap_or("(unnamed)")
+                );
+                if ctx.rules.enforce {
+                    warn!(session = ctx.id, "{message}; closing it");
+                    // 57P05 (the class PostgreSQL uses when it ends a session on a
+                    // timeout): psql prints "FATAL: ..." with the message and stops.
+                    // Behind what is already staged for the client, so no message is cut;
+                    // bounded, since a client that does not read must not keep the session.
+                    to_client.extend_from_slice(&encode::error_response(
+                        "FATAL",
+                        SQLSTATE_SESSION_CAP,
+                        &format!("nhi-agent: {message}"),
+                    ));
+                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                        cw.write_all(&to_client).await?;
+                        cw.flush().await
+                    })
+                    .await;
+                    return Err(Failure::Limit(message));
+                }
+                info!(session = ctx.id, "{message} (observe mode: not closed)");
+                flow.event("session_limit", &serde_json::json!({ "limit": "max_session_duration", "message": message, "enforced": false }));
             }
             _ = cancel.changed() => {
                 if *cancel.borrow() {

@@ -401,3 +401,135 @@ fn journaled_parameters_are_masked_bounded_and_hex_when_binary() {
         "no way"
     );
 }
+
+// ------------------------------------------------------------ approvals: scopes, grants,
+// observe-mode announcements
+
+const ASK_DELETE: &str = r#"
+[[policy]]
+[[policy.rule]]
+name = "ask"
+verdict = "approve"
+kinds = ["delete"]
+"#;
+
+/// Answers the forwarded query of a DELETE (so the flow is ready for the next).
+fn complete_delete(f: &mut Flow) {
+    f.on_server(backend(&BackendMessage::CommandComplete {
+        tag: crate::protocol::postgres::CommandTag(PgStr::from_static("DELETE 1")),
+    }))
+    .unwrap();
+    f.on_server(backend(&BackendMessage::ReadyForQuery { status: b'I' }))
+        .unwrap();
+    f.take_to_client();
+    f.take_events();
+}
+
+#[test]
+fn a_session_scoped_approval_lets_later_statements_of_the_rule_through() {
+    let mut f = flow(Some(ASK_DELETE), true, SessionMasks::none());
+    let Step::Hold(request) = f.on_client(query("delete from t where id = 1")).unwrap() else {
+        panic!("held");
+    };
+    assert_eq!(request.rule.as_deref(), Some("ask"));
+    f.take_events();
+    let note = DecisionNote {
+        approval_id: Some("a-1".into()),
+        scope: Some("session"),
+        ..DecisionNote::default()
+    };
+    f.resolve_hold(HoldOutcome::Approved {
+        by: "uid 0 (root)".into(),
+        note,
+    })
+    .unwrap();
+    let ev = events(&mut f);
+    assert_eq!(ev[0].0, "approval");
+    assert_eq!(ev[0].1["approval_id"], "a-1");
+    assert_eq!(ev[0].1["scope"], "session");
+    assert!(
+        !f.take_to_server().is_empty(),
+        "the approved statement goes"
+    );
+    complete_delete(&mut f);
+    // The next DELETE passes without a hold; the journal says on what.
+    let q = query("delete from t where id = 2");
+    let raw = q.raw.clone();
+    assert!(matches!(f.on_client(q).unwrap(), Step::Continue));
+    let ev = events(&mut f);
+    assert_eq!(ev[0].0, "statement");
+    assert_eq!(ev[0].1["verdict"], "approve");
+    assert_eq!(ev[0].1["action"], "forwarded");
+    assert_eq!(ev[1].0, "approval");
+    assert_eq!(ev[1].1["granted_by"], "a-1");
+    assert_eq!(ev[1].1["by"], "uid 0 (root)");
+    assert_eq!(&f.take_to_server()[..], &raw[..]);
+    // A `once` approval in another session is not remembered.
+    let mut g = flow(Some(ASK_DELETE), true, SessionMasks::none());
+    assert!(matches!(
+        g.on_client(query("delete from t")).unwrap(),
+        Step::Hold(_)
+    ));
+    g.resolve_hold(HoldOutcome::Approved {
+        by: "x".into(),
+        note: DecisionNote::default(),
+    })
+    .unwrap();
+    complete_delete(&mut g);
+    assert!(matches!(
+        g.on_client(query("delete from t")).unwrap(),
+        Step::Hold(_)
+    ));
+}
+
+#[test]
+fn a_grant_check_lets_matching_statements_through_and_only_those() {
+    let mut f = flow(Some(ASK_DELETE), true, SessionMasks::none());
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    f.set_grant_check(Arc::new(move |rule: Option<&str>| {
+        seen.lock().unwrap().push(rule.map(str::to_owned));
+        (rule == Some("ask")).then(|| Standing {
+            by: "jwt:alice (kid k)".into(),
+            note: DecisionNote {
+                scope: Some("grant"),
+                grant: Some("g-1".into()),
+                granted_by: Some("a-9".into()),
+                ..DecisionNote::default()
+            },
+        })
+    }));
+    assert!(matches!(
+        f.on_client(query("delete from t")).unwrap(),
+        Step::Continue
+    ));
+    let ev = events(&mut f);
+    assert_eq!(ev[1].0, "approval");
+    assert_eq!(ev[1].1["grant"], "g-1");
+    assert_eq!(ev[1].1["granted_by"], "a-9");
+    assert_eq!(*asked.lock().unwrap(), vec![Some("ask".to_owned())]);
+    complete_delete(&mut f);
+    // Allowed statements never consult grants.
+    f.on_client(query("select 1")).unwrap();
+    assert_eq!(asked.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn observe_mode_collects_statements_that_would_have_been_held() {
+    let mut f = flow(Some(ASK_DELETE), false, SessionMasks::none());
+    assert!(matches!(
+        f.on_client(query("delete from t")).unwrap(),
+        Step::Continue
+    ));
+    let would = f.take_would_hold();
+    assert_eq!(would.len(), 1);
+    assert_eq!(would[0].text, "delete from t");
+    assert_eq!(would[0].rule.as_deref(), Some("ask"));
+    assert!(f.take_would_hold().is_empty(), "taken once");
+    let ev = events(&mut f);
+    assert_eq!(ev[0].1["action"], "forwarded");
+    assert_eq!(ev[0].1["enforced"], false);
+    complete_delete(&mut f);
+    f.on_client(query("select 1")).unwrap();
+    assert!(f.take_would_hold().is_empty());
+}
