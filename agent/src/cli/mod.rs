@@ -2,9 +2,14 @@
 //! dispatches; every subcommand returns its exit status.
 pub mod approvals;
 pub mod detach;
+pub mod events;
+pub mod export;
+pub mod filter;
+pub mod ocsf;
 pub mod policy;
 pub mod replay;
 pub mod run;
+pub mod select;
 pub mod sessions;
 
 use std::process::ExitCode;
@@ -32,6 +37,10 @@ pub enum Command {
     Sessions(sessions::SessionsArgs),
     /// Show one session's timeline.
     Replay(replay::ReplayArgs),
+    /// List events across sessions and journals (statements, chunks, approvals, ...).
+    Events(events::EventsArgs),
+    /// Export events as OCSF or JSON lines.
+    Export(export::ExportArgs),
     /// Work with policy/config files.
     Policy(policy::PolicyArgs),
     /// Stop intercepting: remove the pinned programs a fail-closed agent left behind.
@@ -47,6 +56,8 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Sessions(a) => sessions::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Events(a) => events::run(a),
+        Command::Export(a) => export::run(a),
         Command::Policy(a) => policy::run(a),
         Command::Detach(a) => detach::run(a),
         Command::Approvals(a) => approvals::run(a),

@@ -7,38 +7,24 @@
 
 use std::borrow::Cow;
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::journal::{format_rfc3339_us, JournalReader, SessionFilter, SessionRow};
+use super::filter::{Filter, FilterArgs, InputArgs};
+use super::select::Selection;
+use crate::journal::{format_rfc3339_us, SetSession};
 
 /// Arguments of `nhi-agent sessions`.
 #[derive(Debug, Clone, Args)]
 pub struct SessionsArgs {
-    /// The journal database to read.
-    #[arg(long, value_name = "FILE")]
-    pub journal: PathBuf,
+    #[command(flatten)]
+    pub inputs: InputArgs,
 
-    /// Only sessions of this workload (exact name).
-    #[arg(long, value_name = "W")]
-    pub workload: Option<String>,
-
-    /// Only sessions to this target (exact name).
-    #[arg(long, value_name = "T")]
-    pub target: Option<String>,
-
-    /// Only sessions started at or after this time: RFC 3339 (2026-11-22T10:00:00Z) or a
-    /// duration meaning "that long ago" (2h, 30m, 1d).
-    #[arg(long, value_name = "TIME", value_parser = parse_since)]
-    pub since: Option<SystemTime>,
-
-    /// Only the N most recent matching sessions (still listed oldest first).
-    #[arg(long, value_name = "N")]
-    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 
     /// One JSON object per line instead of a table.
     #[arg(long)]
@@ -54,14 +40,9 @@ pub fn run(args: &SessionsArgs) -> anyhow::Result<ExitCode> {
 
 /// Writes the listing for `args` to `out`.
 pub(crate) fn write_sessions(args: &SessionsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let reader = JournalReader::open(&args.journal)?;
-    let filter = SessionFilter {
-        workload: args.workload.clone(),
-        target: args.target.clone(),
-        since: args.since,
-        limit: args.limit,
-    };
-    let rows = reader.sessions(&filter)?;
+    let filter = Filter::new(&args.filter)?;
+    let selection = Selection::open(&args.inputs)?;
+    let rows = selection.matching_sessions(&filter)?;
     if args.json {
         for row in &rows {
             serde_json::to_writer(&mut *out, row).context("cannot encode a session as JSON")?;
@@ -192,9 +173,10 @@ const COLUMNS: [(&str, Align); 11] = [
 ];
 
 /// The table cells of one session, in `COLUMNS` order.
-fn table_cells(row: &SessionRow) -> [String; 11] {
+fn table_cells(session: &SetSession) -> [String; 11] {
+    let row = &session.row;
     [
-        row.id.to_string(),
+        session.session_ref.clone(),
         format_rfc3339_seconds(row.started_at),
         sanitize(&row.workload).into_owned(),
         row.pid.to_string(),
@@ -214,8 +196,8 @@ fn table_cells(row: &SessionRow) -> [String; 11] {
 }
 
 /// An aligned table with a header; with no rows, just the header.
-pub(crate) fn write_table(out: &mut dyn Write, rows: &[SessionRow]) -> io::Result<()> {
-    let cells: Vec<[String; 11]> = rows.iter().map(table_cells).collect();
+pub(crate) fn write_table(out: &mut dyn Write, rows: &[&SetSession]) -> io::Result<()> {
+    let cells: Vec<[String; 11]> = rows.iter().map(|s| table_cells(s)).collect();
     let mut widths = COLUMNS.map(|(title, _)| title.chars().count());
     for row in &cells {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -375,6 +357,9 @@ mod tests {
             "bytes_from_client",
             "bytes_from_server",
             "close_reason",
+            "journal_id",
+            "host_id",
+            "session_ref",
         ]
         .into();
         for line in &lines {
@@ -412,6 +397,18 @@ mod tests {
         assert_eq!(b["bytes_from_client"], 100);
         assert_eq!(b["bytes_from_server"], 200);
         assert_eq!(b["close_reason"], "client closed");
+        let journal_id = crate::journal::JournalReader::open(&path)
+            .expect("reader")
+            .meta("journal_id")
+            .expect("meta")
+            .expect("journal id");
+        assert_eq!(b["journal_id"], journal_id);
+        assert!(b["host_id"].is_null(), "no host id recorded by this writer");
+        assert_eq!(
+            b["session_ref"],
+            backup.to_string(),
+            "one journal: plain id"
+        );
 
         let c = &lines[1];
         assert_eq!(c["id"], ci);

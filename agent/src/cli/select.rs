@@ -1,0 +1,215 @@
+//! Selecting sessions and events from a set of journals with a [`Filter`]: what `sessions`,
+//! `events` and `export` share.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::filter::{end_has_masks, Filter, InputArgs, VerdictClass};
+use crate::journal::{EventRow, EventScan, JournalSet, SegmentInfo, SessionId, SetSession};
+
+/// A statement's identity across files: journal, session, statement sequence number.
+type StatementKey = (String, SessionId, u64);
+
+/// The opened journals and their merged sessions, indexed.
+pub struct Selection {
+    pub set: JournalSet,
+    pub sessions: Vec<SetSession>,
+    index: HashMap<String, HashMap<SessionId, usize>>,
+}
+
+/// One event with the session it belongs to (if any) and the file it came from.
+pub struct Selected<'a> {
+    pub segment: &'a SegmentInfo,
+    pub session: Option<&'a SetSession>,
+    pub event: EventRow,
+}
+
+/// An event as `events --json` prints it: the stored event, then its context.
+#[derive(Serialize)]
+pub struct EventLine<'a> {
+    #[serde(flatten)]
+    pub event: &'a EventRow,
+    pub journal_id: &'a str,
+    pub host_id: Option<&'a str>,
+    /// The session reference (`ID` or `PREFIX:ID`); null for events of no session.
+    pub session: Option<&'a str>,
+    pub workload: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub protocol: Option<&'a str>,
+}
+
+impl<'a> Selected<'a> {
+    pub fn line(&self) -> EventLine<'_> {
+        EventLine {
+            event: &self.event,
+            journal_id: &self.segment.journal_id,
+            host_id: self.segment.host_id.as_deref(),
+            session: self.session.map(|s| s.session_ref.as_str()),
+            workload: self.session.map(|s| s.row.workload.as_str()),
+            target: self.session.map(|s| s.row.target.as_str()),
+            protocol: self.session.map(|s| s.row.protocol.as_str()),
+        }
+    }
+}
+
+impl Selection {
+    /// Opens the inputs and merges their sessions.
+    pub fn open(inputs: &InputArgs) -> anyhow::Result<Selection> {
+        let set = JournalSet::open(&inputs.all()?)?;
+        let sessions = set.sessions()?;
+        let mut index: HashMap<String, HashMap<SessionId, usize>> = HashMap::new();
+        for (i, s) in sessions.iter().enumerate() {
+            index
+                .entry(s.journal_id.clone())
+                .or_default()
+                .insert(s.row.id, i);
+        }
+        Ok(Selection {
+            set,
+            sessions,
+            index,
+        })
+    }
+
+    /// The merged session `id` of journal `journal_id`.
+    pub fn session(&self, journal_id: &str, id: SessionId) -> Option<&SetSession> {
+        self.index
+            .get(journal_id)
+            .and_then(|m| m.get(&id))
+            .and_then(|&i| self.sessions.get(i))
+    }
+
+    /// The session a reference (`ID` or `PREFIX:ID`) names.
+    pub fn resolve(&self, reference: &str) -> anyhow::Result<&SetSession> {
+        Ok(self.set.resolve(&self.sessions, reference)?)
+    }
+
+    /// The sessions passing `filter`, oldest first; with statement conditions, those
+    /// having at least one matching statement.
+    pub fn matching_sessions(&self, filter: &Filter) -> anyhow::Result<Vec<&SetSession>> {
+        let with_statement: Option<HashSet<(String, SessionId)>> = if filter.has_statement() {
+            // The time range applies to the session's start here, not to its statements.
+            let statements = Filter {
+                since: None,
+                until: None,
+                limit: None,
+                workload: None,
+                target: None,
+                protocol: None,
+                ..filter.clone()
+            };
+            let mut found = HashSet::new();
+            self.for_each_event(&statements, &[], None, |selected| {
+                if let Some(id) = selected.event.session_id {
+                    found.insert((selected.segment.journal_id.clone(), id));
+                }
+                Ok(())
+            })?;
+            Some(found)
+        } else {
+            None
+        };
+        let mut tail = super::filter::Tail::new(filter.limit);
+        for s in &self.sessions {
+            let statement_ok = with_statement
+                .as_ref()
+                .is_none_or(|found| found.contains(&(s.journal_id.clone(), s.row.id)));
+            if filter.session_matches(&s.row) && statement_ok {
+                tail.push(s);
+            }
+        }
+        Ok(tail.into_vec())
+    }
+
+    /// Statements whose `statement_end` recorded masked values.
+    fn masked_statements(
+        &self,
+        session: Option<SessionId>,
+    ) -> anyhow::Result<HashSet<StatementKey>> {
+        let scan = EventScan {
+            session,
+            kinds: vec!["statement_end".to_string()],
+            ..EventScan::default()
+        };
+        let mut masked = HashSet::new();
+        self.set
+            .scan_events(&scan, |segment, event| -> anyhow::Result<()> {
+                if let (Some(id), Some(data)) = (event.session_id, &event.data) {
+                    if end_has_masks(data) {
+                        if let Some(seq) = data.get("seq").and_then(|v| v.as_u64()) {
+                            masked.insert((segment.journal_id.clone(), id, seq));
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        Ok(masked)
+    }
+
+    /// Streams the events passing `filter`, the `kinds` (any when empty) and, when given,
+    /// belonging to `session`; in reading order (journal, segment, id). `filter.limit` is
+    /// left to the caller.
+    pub fn for_each_event<'s>(
+        &'s self,
+        filter: &Filter,
+        kinds: &[String],
+        session: Option<&'s SetSession>,
+        mut f: impl FnMut(Selected<'s>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut kinds = kinds.to_vec();
+        if filter.has_statement() {
+            // Statement conditions select statements only.
+            if !kinds.is_empty() && !kinds.iter().any(|k| k == "statement") {
+                return Ok(());
+            }
+            kinds = vec!["statement".to_string()];
+        }
+        let masked = if filter.verdict == Some(VerdictClass::Masked) {
+            self.masked_statements(session.map(|s| s.row.id))?
+        } else {
+            HashSet::new()
+        };
+        let scan = EventScan {
+            session: session.map(|s| s.row.id),
+            kinds,
+            since: filter.since,
+            until: filter.until,
+            statement_text: filter.text.clone(),
+        };
+        self.set
+            .scan_events(&scan, |segment, event| -> anyhow::Result<()> {
+                if session.is_some_and(|s| s.journal_id != segment.journal_id) {
+                    return Ok(());
+                }
+                let context = event
+                    .session_id
+                    .and_then(|id| self.session(&segment.journal_id, id));
+                if filter.has_identity()
+                    && !context.is_some_and(|s| filter.identity_matches(&s.row))
+                {
+                    return Ok(());
+                }
+                if filter.has_statement() {
+                    let Some(data) = &event.data else {
+                        return Ok(());
+                    };
+                    let is_masked =
+                        match (event.session_id, data.get("seq").and_then(|v| v.as_u64())) {
+                            (Some(id), Some(seq)) => {
+                                masked.contains(&(segment.journal_id.clone(), id, seq))
+                            }
+                            _ => false,
+                        };
+                    if !filter.statement_matches(data, is_masked) {
+                        return Ok(());
+                    }
+                }
+                f(Selected {
+                    segment,
+                    session: context,
+                    event,
+                })
+            })
+    }
+}
