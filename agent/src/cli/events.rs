@@ -150,3 +150,128 @@ fn detail(s: &Selected<'_>) -> String {
         None => text,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::Parser;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::cli::select::tests::pg_journal;
+
+    #[derive(Debug, Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        args: EventsArgs,
+    }
+
+    fn events(path: &Path, extra: &[&str]) -> Vec<Value> {
+        let mut argv = vec!["events", "--json", path.to_str().expect("utf-8")];
+        argv.extend_from_slice(extra);
+        let args = TestCli::try_parse_from(argv).expect("arguments").args;
+        let mut out = Vec::new();
+        write_events(&args, &mut out).expect("events");
+        String::from_utf8(out)
+            .expect("utf-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect()
+    }
+
+    fn texts(events: &[Value]) -> Vec<&str> {
+        events
+            .iter()
+            .map(|e| e["data"]["text"].as_str().unwrap_or("-"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn filters_select_statements_and_lines_carry_their_session() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let (pg, tcp) = pg_journal(&path).await;
+
+        let all = events(&path, &[]);
+        let tcp_ref = tcp.to_string();
+        assert!(all.iter().any(|e| e["session"] == tcp_ref.as_str()));
+        let select = events(&path, &["--text", "from users"]);
+        assert_eq!(texts(&select), ["select email from users"]);
+        let e = &select[0];
+        assert_eq!(e["kind"], "statement");
+        assert_eq!(e["session"], pg.to_string());
+        assert_eq!(e["workload"], "bot");
+        assert_eq!(e["target"], "pg");
+        assert_eq!(e["protocol"], "postgres");
+        assert!(e["journal_id"].as_str().is_some_and(|j| j.len() == 32));
+
+        assert_eq!(
+            texts(&events(&path, &["--verdict", "denied"])),
+            ["drop table users"]
+        );
+        assert_eq!(
+            texts(&events(&path, &["--verdict", "held"])),
+            ["delete from carts where id = 1"]
+        );
+        assert_eq!(
+            texts(&events(&path, &["--verdict", "masked"])),
+            ["select email from users"]
+        );
+        assert_eq!(
+            texts(&events(&path, &["--verdict", "allowed"])),
+            ["select email from users"]
+        );
+        assert_eq!(
+            texts(&events(&path, &["--regex", "^(drop|delete) "])),
+            ["drop table users", "delete from carts where id = 1"]
+        );
+        assert!(events(&path, &["--text", "from users", "--workload", "backup"]).is_empty());
+        assert_eq!(
+            events(&path, &["--text", "from users", "--workload", "b*"]).len(),
+            1
+        );
+
+        let kinds: Vec<Value> = events(&path, &["--kind", "approval", "--kind", "pg_startup"])
+            .into_iter()
+            .map(|e| e["kind"].clone())
+            .collect();
+        assert_eq!(kinds, ["pg_startup", "approval"]);
+        let tcp_only = events(&path, &["--session", &tcp.to_string()]);
+        assert!(!tcp_only.is_empty());
+        assert!(tcp_only.iter().all(|e| e["session_id"] == tcp));
+        let last = events(&path, &["--kind", "statement", "--limit", "1"]);
+        assert_eq!(texts(&last), ["delete from carts where id = 1"]);
+        let none = events(&path, &["--kind", "chunk", "--text", "users"]);
+        assert!(
+            none.is_empty(),
+            "statement conditions select statements only"
+        );
+    }
+
+    #[tokio::test]
+    async fn table_has_context_columns_and_escapes_text() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        pg_journal(&path).await;
+        let args = TestCli::try_parse_from(["events", "--journal", path.to_str().expect("utf-8")])
+            .expect("arguments")
+            .args;
+        let mut out = Vec::new();
+        write_events(&args, &mut out).expect("events");
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("AT") && lines[0].contains("WORKLOAD"),
+            "{text}"
+        );
+        let drop = lines
+            .iter()
+            .find(|l| l.contains("drop table users"))
+            .expect("the refused statement");
+        assert!(
+            drop.contains("bot") && drop.contains("[deny refused]"),
+            "{drop}"
+        );
+    }
+}

@@ -887,4 +887,98 @@ mod tests {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
     }
+
+    #[tokio::test]
+    async fn playback_waits_the_recorded_gaps_scaled_and_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let id = sample(&path, true).await;
+        let waits = |pace: Option<Pace>| -> Vec<Duration> {
+            let args = ReplayArgs {
+                session: id.to_string(),
+                journal: vec![path.clone()],
+                json: false,
+                speed: None,
+                instant: false,
+            };
+            let mut waits = Vec::new();
+            write_replay(&args, &mut Vec::new(), pace, &mut |d| waits.push(d)).expect("replay");
+            waits
+        };
+        // Event times: 0 (start), then CHUNKS, then END_US; equal times need no wait.
+        let mut times = vec![0];
+        times.extend(CHUNKS.iter().map(|c| c.0));
+        times.push(END_US);
+        let gaps: Vec<Duration> = times
+            .windows(2)
+            .map(|w| Duration::from_micros((w[1] - w[0]) as u64))
+            .filter(|d| !d.is_zero())
+            .collect();
+        let real = waits(Some(Pace {
+            speed: 1.0,
+            max_wait: None,
+        }));
+        assert_eq!(real, gaps);
+        let fast = waits(Some(Pace {
+            speed: 4.0,
+            max_wait: None,
+        }));
+        assert_eq!(fast, gaps.iter().map(|g| *g / 4).collect::<Vec<_>>());
+        let capped = waits(Some(Pace {
+            speed: 1.0,
+            max_wait: Some(Duration::from_millis(100)),
+        }));
+        let want: Vec<Duration> = gaps
+            .iter()
+            .map(|g| (*g).min(Duration::from_millis(100)))
+            .collect();
+        assert_eq!(capped, want);
+        assert!(waits(None).is_empty());
+    }
+
+    #[test]
+    fn pacing_follows_the_flags_and_the_terminal() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ReplayArgs,
+        }
+        let pace = |argv: &[&str], terminal: bool| {
+            let mut full = vec!["replay", "7", "--journal", "j.db"];
+            full.extend_from_slice(argv);
+            Cli::try_parse_from(full)
+                .expect("arguments")
+                .args
+                .pace(terminal)
+        };
+        assert_eq!(
+            pace(&[], true),
+            Some(Pace {
+                speed: 1.0,
+                max_wait: Some(DEFAULT_MAX_WAIT)
+            })
+        );
+        assert_eq!(pace(&[], false), None, "piped output is instant");
+        assert_eq!(
+            pace(&["--speed", "2"], false),
+            Some(Pace {
+                speed: 2.0,
+                max_wait: None
+            })
+        );
+        assert_eq!(pace(&["--instant"], true), None);
+        assert_eq!(pace(&["--json"], true), None);
+        assert!(Cli::try_parse_from(["replay", "7", "--journal", "j", "--speed", "0"]).is_err());
+        assert!(Cli::try_parse_from([
+            "replay",
+            "7",
+            "--journal",
+            "j",
+            "--speed",
+            "2",
+            "--instant"
+        ])
+        .is_err());
+    }
 }

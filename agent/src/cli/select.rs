@@ -213,3 +213,97 @@ impl Selection {
             })
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::borrow::Cow;
+    use std::path::Path;
+
+    use crate::journal::tests::{at_us, sample_start};
+    use crate::journal::{self, Event, JournalOptions, SessionEnd, SessionId};
+
+    /// A PostgreSQL session of workload `bot` with the events `proxy/postgres/flow.rs`
+    /// journals: an allowed select with a masked column, a refused drop, a held delete
+    /// that gets approved, plus an opaque TCP session of workload `backup`.
+    pub(crate) async fn pg_journal(path: &Path) -> (SessionId, SessionId) {
+        let j = journal::open(path, JournalOptions::default()).expect("open");
+        let h = j.handle();
+        let mut start = sample_start("bot", "pg", at_us(0));
+        start.protocol = "postgres".into();
+        let pg = h.start_session(start).await.expect("start");
+        let tcp = h
+            .start_session(sample_start("backup", "s3", at_us(10)))
+            .await
+            .expect("start");
+        let events: Vec<(i64, &str, &str)> = vec![
+            (
+                100,
+                "pg_startup",
+                r#"{"user":"app","database":"shop","db_user":"app"}"#,
+            ),
+            (
+                200,
+                "statement",
+                r#"{"seq":1,"protocol":"simple","text":"select email from users","kinds":["select"],"tables":["users"],"verdict":"allow","enforced":true,"action":"forwarded"}"#,
+            ),
+            (
+                300,
+                "statement_end",
+                r#"{"seq":1,"duration_us":900,"tag":"SELECT 1","rows":1,"columns":["email"],"masked":[{"column":"email","rule":"pii","strategy":"hash","values":1}]}"#,
+            ),
+            (
+                400,
+                "statement",
+                r#"{"seq":2,"protocol":"simple","text":"drop table users","kinds":["drop"],"tables":["users"],"verdict":"deny","rule":"no-ddl","enforced":true,"action":"refused"}"#,
+            ),
+            (
+                500,
+                "statement_end",
+                r#"{"seq":2,"duration_us":0,"error":{"sqlstate":"42501","message":"nhi-agent: statement is not allowed"}}"#,
+            ),
+            (
+                600,
+                "statement",
+                r#"{"seq":3,"protocol":"simple","text":"delete from carts where id = 1","kinds":["delete"],"tables":["carts"],"verdict":"approve","rule":"ask","enforced":true,"action":"held"}"#,
+            ),
+            (
+                700,
+                "approval",
+                r#"{"seq":3,"decision":"approved","by":"alice"}"#,
+            ),
+            (
+                800,
+                "statement_end",
+                r#"{"seq":3,"duration_us":1500,"tag":"DELETE 1"}"#,
+            ),
+        ];
+        let records: Vec<Event> = events
+            .into_iter()
+            .map(|(us, kind, data)| Event {
+                session: pg,
+                at: at_us(us),
+                kind: Cow::Owned(kind.to_string()),
+                data: data.to_string(),
+            })
+            .collect();
+        h.record(&records).expect("record");
+        h.flush().await.expect("flush");
+        for (id, us) in [(pg, 1_000), (tcp, 2_000)] {
+            h.end_session(SessionEnd {
+                id,
+                ended_at: at_us(us),
+                bytes_from_client: 10,
+                bytes_from_server: 20,
+                close_reason: "client closed".into(),
+            })
+            .await
+            .expect("end");
+        }
+        h.flush().await.expect("flush");
+        tokio::task::spawn_blocking(move || j.close())
+            .await
+            .expect("join")
+            .expect("close");
+        (pg, tcp)
+    }
+}

@@ -589,4 +589,48 @@ mod tests {
         assert_eq!(sanitize("plain → text"), "plain → text");
         assert_eq!(sanitize("a\nb\u{1b}[0m"), r"a\nb\u{1b}[0m");
     }
+
+    #[tokio::test]
+    async fn statement_filters_and_several_journals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (one, two) = (dir.path().join("one.db"), dir.path().join("two.db"));
+        let (pg, tcp) = crate::cli::select::tests::pg_journal(&one).await;
+        let ids = |argv: &[&str]| -> Vec<String> {
+            let mut full = vec!["--json"];
+            full.extend_from_slice(argv);
+            output(&parse(&full).expect("arguments"))
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).expect("json")["session_ref"]
+                        .as_str()
+                        .expect("ref")
+                        .to_string()
+                })
+                .collect()
+        };
+        let one_s = one.to_str().expect("utf-8");
+        assert_eq!(ids(&[one_s]), vec![pg.to_string(), tcp.to_string()]);
+        assert_eq!(ids(&[one_s, "--verdict", "denied"]), vec![pg.to_string()]);
+        assert_eq!(ids(&[one_s, "--text", "carts"]), vec![pg.to_string()]);
+        assert!(ids(&[one_s, "--text", "nothing like it"]).is_empty());
+        assert_eq!(ids(&[one_s, "--protocol", "tcp"]), vec![tcp.to_string()]);
+
+        crate::cli::select::tests::pg_journal(&two).await;
+        let both = ids(&["--journal", one_s, two.to_str().expect("utf-8")]);
+        assert_eq!(both.len(), 4);
+        assert!(
+            both.iter().all(|r| r.len() > 9 && r.as_bytes()[8] == b':'),
+            "{both:?}"
+        );
+        // A directory is read whole.
+        let dir_s = dir.path().to_str().expect("utf-8");
+        assert_eq!(ids(&[dir_s]).len(), 4);
+        let table = output(&parse(&[dir_s]).expect("arguments"));
+        let first_cell = table
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("");
+        assert!(both.iter().any(|r| r == first_cell), "{table}");
+    }
 }

@@ -354,3 +354,297 @@ pub fn journal_prefix(journal_id: &str) -> &str {
         None => journal_id,
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::borrow::Cow;
+    use std::path::Path;
+
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::journal::tests::{at_us, sample_start};
+    use crate::journal::{self, Direction, Event, JournalOptions, SessionEnd, NO_SESSION};
+
+    /// Sessions of the sample journal.
+    pub(crate) struct Sample {
+        /// Starts before the split, ends after it.
+        pub a: SessionId,
+        /// Starts after the split.
+        pub b: SessionId,
+        /// Starts before the split and never ends.
+        pub c: SessionId,
+        /// The last event id of the first segment.
+        pub split: i64,
+    }
+
+    async fn chunk(h: &journal::JournalHandle, id: SessionId, dir: Direction, n: u32, us: i64) {
+        h.chunk(id, dir, n, at_us(us)).await.expect("chunk");
+        h.flush().await.expect("flush");
+    }
+
+    /// A journal with sessions a, b, c and a session-less event (see [`Sample`]).
+    pub(crate) async fn sample_journal(path: &Path) -> Sample {
+        let j = journal::open(path, JournalOptions::default()).expect("open");
+        let h = j.handle();
+        let a = h
+            .start_session(sample_start("backup", "s3", at_us(0)))
+            .await
+            .expect("start");
+        let mut c_start = sample_start("ci-build", "pg", at_us(1_000));
+        c_start.protocol = "postgres".into();
+        let c = h.start_session(c_start).await.expect("start");
+        chunk(&h, a, Direction::ClientToServer, 100, 2_000).await;
+        chunk(&h, c, Direction::ServerToClient, 7, 3_000).await;
+        let split = last_id(path);
+        chunk(&h, a, Direction::ServerToClient, 50, 4_000).await;
+        chunk(&h, c, Direction::ServerToClient, 5, 4_500).await;
+        let b = h
+            .start_session(sample_start("ci-deploy", "s3", at_us(5_000)))
+            .await
+            .expect("start");
+        h.record(&[Event {
+            session: NO_SESSION,
+            at: at_us(5_500),
+            kind: Cow::Borrowed("exec"),
+            data: r#"{"pid":4321,"exe":"/usr/bin/curl"}"#.into(),
+        }])
+        .expect("record");
+        h.flush().await.expect("flush");
+        for (id, us) in [(a, 6_000), (b, 7_000)] {
+            h.end_session(SessionEnd {
+                id,
+                ended_at: at_us(us),
+                bytes_from_client: 100,
+                bytes_from_server: 50,
+                close_reason: "client closed".into(),
+            })
+            .await
+            .expect("end");
+        }
+        h.flush().await.expect("flush");
+        tokio::task::spawn_blocking(move || j.close())
+            .await
+            .expect("join")
+            .expect("close");
+        Sample { a, b, c, split }
+    }
+
+    fn last_id(path: &Path) -> i64 {
+        JournalReader::open(path)
+            .expect("reader")
+            .last_event_id()
+            .expect("last id")
+            .expect("some events")
+    }
+
+    /// Copies `src` to `dst` as segment `seq` of `journal_id`, keeping the events for which
+    /// `keep(id)` holds and the sessions that have a kept event or are open at the split.
+    /// Rows of sessions that end in a later segment lose their end, as at a rotation.
+    pub(crate) fn segment(
+        src: &Path,
+        dst: &Path,
+        journal_id: &str,
+        seq: u64,
+        range: std::ops::RangeInclusive<i64>,
+    ) {
+        std::fs::copy(src, dst).expect("copy");
+        let conn = Connection::open(dst).expect("open copy");
+        let (lo, hi) = (*range.start(), *range.end());
+        conn.execute_batch(
+            "DROP TRIGGER events_append_only_delete; DROP TRIGGER events_append_only_update;",
+        )
+        .expect("drop triggers (a test fixture building a segment)");
+        // A session whose end event is in a later segment was still open in this one.
+        conn.execute(
+            "UPDATE sessions SET ended_at_us = NULL, bytes_from_client = NULL, \
+             bytes_from_server = NULL, close_reason = NULL WHERE id IN (SELECT session_id \
+             FROM events WHERE kind = 'session_end' AND id > ?1)",
+            [hi],
+        )
+        .expect("reopen sessions");
+        conn.execute("DELETE FROM events WHERE id < ?1 OR id > ?2", [lo, hi])
+            .expect("delete events");
+        conn.execute(
+            "DELETE FROM sessions WHERE id NOT IN (SELECT session_id FROM events \
+             WHERE session_id IS NOT NULL) AND started_at_us > (SELECT COALESCE(MAX(at_us), 0) \
+             FROM events)",
+            [],
+        )
+        .expect("drop sessions that start later");
+        for (k, v) in [
+            ("journal_id", journal_id.to_string()),
+            ("segment_seq", seq.to_string()),
+            ("host_id", "host-1".to_string()),
+        ] {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [k, &v],
+            )
+            .expect("meta");
+        }
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("checkpoint");
+    }
+
+    fn ids(set: &JournalSet, journal_id: &str, id: SessionId) -> Vec<(i64, String)> {
+        let mut out = Vec::new();
+        set.for_each_session_event(journal_id, id, |e| -> Result<(), JournalError> {
+            out.push((e.id, e.kind.as_str().to_string()));
+            Ok(())
+        })
+        .expect("events");
+        out
+    }
+
+    #[tokio::test]
+    async fn segments_merge_into_the_original_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let original = dir.path().join("live.db");
+        let s = sample_journal(&original).await;
+        let last = last_id(&original);
+        let segs = dir.path().join("copied/segments");
+        std::fs::create_dir_all(&segs).expect("mkdir");
+        let jid = "0123456789abcdef0123456789abcdef";
+        segment(&original, &segs.join("0000000001.db"), jid, 1, 1..=s.split);
+        segment(
+            &original,
+            &segs.join("0000000002.db"),
+            jid,
+            2,
+            s.split + 1..=last,
+        );
+        // The same segment copied twice, and companions that are not inputs.
+        std::fs::copy(segs.join("0000000002.db"), dir.path().join("copied/dup.db")).expect("copy");
+        for junk in ["x.db-wal", "x.db-shm", "x.db.prelog"] {
+            std::fs::write(segs.join(junk), b"junk").expect("write");
+        }
+
+        let first = JournalReader::open(&segs.join("0000000001.db")).expect("segment 1");
+        let a_in_first = first
+            .session(s.a)
+            .expect("read")
+            .expect("a is in segment 1");
+        assert!(
+            a_in_first.ended_at.is_none(),
+            "segment 1 holds a without its end"
+        );
+        assert!(first.session(s.b).expect("read").is_none());
+
+        let set = JournalSet::open(&[dir.path().join("copied")]).expect("open set");
+        let seqs: Vec<Option<u64>> = set.segments().map(|i| i.segment_seq).collect();
+        assert_eq!(
+            seqs,
+            vec![Some(1), Some(2)],
+            "duplicate read once, in order"
+        );
+        assert!(set.single_journal());
+
+        let reader = JournalReader::open(&original).expect("reader");
+        let want = reader
+            .sessions(&SessionFilter::default())
+            .expect("sessions");
+        let got = set.sessions().expect("merged");
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(&g.row, w, "session {} as in the unsplit journal", w.id);
+            assert_eq!(g.journal_id, jid);
+            assert_eq!(g.host_id.as_deref(), Some("host-1"));
+            assert_eq!(g.session_ref, w.id.to_string());
+        }
+        let ended = got.iter().find(|g| g.row.id == s.a).expect("a");
+        assert!(
+            ended.row.ended_at.is_some(),
+            "the end from the later segment wins"
+        );
+        let open = got.iter().find(|g| g.row.id == s.c).expect("c");
+        assert_eq!(
+            open.row.bytes_from_server, 12,
+            "open: chunks of both segments"
+        );
+
+        for id in [s.a, s.b, s.c] {
+            let want: Vec<(i64, String)> = reader
+                .events(id)
+                .expect("events")
+                .into_iter()
+                .map(|e| (e.id, e.kind.as_str().to_string()))
+                .collect();
+            assert_eq!(ids(&set, jid, id), want, "events of session {id}");
+        }
+        let mut lineage = Vec::new();
+        set.scan_events(
+            &EventScan::default(),
+            |info, e| -> Result<(), JournalError> {
+                if e.session_id.is_none() {
+                    lineage.push((info.segment_seq, e.kind.as_str().to_string()));
+                }
+                Ok(())
+            },
+        )
+        .expect("scan");
+        assert_eq!(lineage, vec![(Some(2), "exec".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn several_journals_get_prefixed_references_and_ambiguity_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (one, two) = (dir.path().join("one.db"), dir.path().join("two.db"));
+        let s1 = sample_journal(&one).await;
+        sample_journal(&two).await;
+        let set = JournalSet::open(&[one.clone(), two.clone()]).expect("open");
+        assert!(!set.single_journal());
+        let sessions = set.sessions().expect("sessions");
+        assert_eq!(sessions.len(), 6);
+        let jid1 = JournalReader::open(&one)
+            .expect("reader")
+            .meta("journal_id")
+            .expect("meta")
+            .expect("id");
+        let mine = sessions
+            .iter()
+            .find(|s| s.journal_id == jid1 && s.row.id == s1.a)
+            .expect("session a of one");
+        assert_eq!(mine.session_ref, format!("{}:{}", &jid1[..8], s1.a));
+
+        let err = set
+            .resolve(&sessions, &s1.a.to_string())
+            .expect_err("ambiguous");
+        let text = err.to_string();
+        assert!(
+            text.contains("ambiguous") && text.contains(&mine.session_ref),
+            "{text}"
+        );
+        let found = set.resolve(&sessions, &mine.session_ref).expect("prefixed");
+        assert_eq!(
+            (found.journal_id.as_str(), found.row.id),
+            (jid1.as_str(), s1.a)
+        );
+        assert!(matches!(
+            set.resolve(&sessions, "999"),
+            Err(SetError::UnknownSession { .. })
+        ));
+        assert!(matches!(
+            set.resolve(&sessions, "abc"),
+            Err(SetError::BadReference { .. })
+        ));
+        // The same file twice is one journal.
+        let same = JournalSet::open(&[one.clone(), one]).expect("open");
+        assert!(same.single_journal());
+        assert_eq!(same.segments().count(), 1);
+    }
+
+    #[test]
+    fn missing_input_and_empty_directory_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(
+            JournalSet::open(&[dir.path().join("nope")]),
+            Err(SetError::Missing { .. })
+        ));
+        assert!(matches!(
+            JournalSet::open(&[dir.path().to_path_buf()]),
+            Err(SetError::NoFiles { .. })
+        ));
+    }
+}
