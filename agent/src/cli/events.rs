@@ -81,7 +81,7 @@ pub(crate) fn select(
 /// Writes the events for `args` to `out`.
 pub(crate) fn write_events(args: &EventsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let filter = Filter::new(&args.filter)?;
-    let selection = Selection::open(&args.inputs)?;
+    let selection = Selection::open(&args.inputs, false)?;
     if args.json {
         return select(&selection, &filter, &args.events, |s| {
             serde_json::to_writer(&mut *out, &s.line()).context("cannot encode an event")?;
@@ -273,5 +273,99 @@ mod tests {
             drop.contains("bot") && drop.contains("[deny refused]"),
             "{drop}"
         );
+    }
+
+    /// Measures `events --text` over a journal of 1,000,000 events (10% statements, the
+    /// rest chunks, 1,000 sessions). Not a pass/fail test: run it with
+    /// `cargo test -p nhi-agent --lib search_latency -- --ignored --nocapture`
+    /// (set NHI_BENCH_JOURNAL=PATH to keep the generated journal and reuse it).
+    #[tokio::test]
+    #[ignore = "a measurement, ~1 min to generate the journal"]
+    async fn search_latency_over_a_million_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = std::env::var_os("NHI_BENCH_JOURNAL")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| dir.path().join("big.db"));
+        // A journal kept from an earlier run (NHI_BENCH_JOURNAL) is measured again as is.
+        if !path.exists() {
+            let journal = crate::journal::open(&path, crate::journal::JournalOptions::default())
+                .expect("open");
+            tokio::task::spawn_blocking(move || journal.close())
+                .await
+                .expect("join")
+                .expect("close");
+            let generated = std::time::Instant::now();
+            {
+                let mut conn = rusqlite::Connection::open(&path).expect("open");
+                let tx = conn.transaction().expect("begin");
+                for s in 0..1_000i64 {
+                    tx.execute(
+                    "INSERT INTO sessions (id, workload, cgroup, cgroup_id, pid, uid, gid, comm, \
+                     client_addr, orig_dst, target, protocol, started_at_us) VALUES \
+                     (?1, ?2, 'system.slice/bot.service', 1, 100, 0, 0, 'bot', \
+                     '127.0.0.1:40000', '127.0.0.1:5432', 'pg', 'postgres', ?3)",
+                    rusqlite::params![s + 1, format!("bot-{}", s % 10), s * 1_000_000],
+                )
+                .expect("session");
+                }
+                let mut insert = tx
+                    .prepare(
+                        "INSERT INTO events (session_id, at_us, kind, direction, size, data) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .expect("prepare");
+                for i in 0..1_000_000i64 {
+                    let session = i % 1_000 + 1;
+                    if i % 10 == 0 {
+                        let data = format!(
+                            r#"{{"seq":{i},"protocol":"simple","text":"select * from orders where id = {i}","kinds":["select"],"verdict":"allow","enforced":true,"action":"forwarded"}}"#
+                        );
+                        insert
+                            .execute(rusqlite::params![
+                                session,
+                                i,
+                                "statement",
+                                None::<String>,
+                                None::<i64>,
+                                data
+                            ])
+                            .expect("statement");
+                    } else {
+                        insert
+                            .execute(rusqlite::params![
+                                session,
+                                i,
+                                "chunk",
+                                "c2s",
+                                512,
+                                None::<String>
+                            ])
+                            .expect("chunk");
+                    }
+                }
+                drop(insert);
+                tx.commit().expect("commit");
+            }
+            eprintln!("generated 1,000,000 events in {:?}", generated.elapsed());
+        }
+        for (label, extra) in [
+            ("--text (1 match)", vec!["--text", "where id = 424240"]),
+            ("--text (11 matches)", vec!["--text", "id = 4242"]),
+            ("--regex (1 match)", vec!["--regex", "id = 424240$"]),
+            (
+                "--workload + --text",
+                vec!["--workload", "bot-0", "--text", "id = 424240"],
+            ),
+        ] {
+            let mut argv = vec!["events", "--json", path.to_str().expect("utf-8")];
+            argv.extend(extra);
+            let args = TestCli::try_parse_from(argv).expect("arguments").args;
+            let started = std::time::Instant::now();
+            let mut out = Vec::new();
+            write_events(&args, &mut out).expect("events");
+            let lines = out.iter().filter(|&&b| b == b'\n').count();
+            eprintln!("events {label}: {lines} lines in {:?}", started.elapsed());
+            assert!(lines >= 1);
+        }
     }
 }

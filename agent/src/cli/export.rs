@@ -104,7 +104,7 @@ fn write_file(args: &ExportArgs, tmp: &std::path::Path) -> anyhow::Result<()> {
 /// Writes the export for `args` to `out`.
 pub(crate) fn write_export(args: &ExportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let filter = Filter::new(&args.filter)?;
-    let selection = Selection::open(&args.inputs)?;
+    let selection = Selection::open(&args.inputs, true)?;
     let write_line = |out: &mut dyn Write, value: &dyn erased::Json| -> anyhow::Result<()> {
         value.write(out).context("cannot encode an event")?;
         writeln!(out).context("cannot write the output")

@@ -142,7 +142,7 @@ pub(crate) fn write_replay(
         journal: args.journal.clone(),
         paths: Vec::new(),
     };
-    let selection = Selection::open(&inputs)?;
+    let selection = Selection::open(&inputs, true)?;
     let session = selection.resolve(&args.session)?;
     let mut pacer = Pacer {
         pace,

@@ -54,10 +54,11 @@ impl<'a> Selected<'a> {
 }
 
 impl Selection {
-    /// Opens the inputs and merges their sessions.
-    pub fn open(inputs: &InputArgs) -> anyhow::Result<Selection> {
+    /// Opens the inputs and merges their sessions; `open_totals`: see
+    /// [`JournalSet::sessions`].
+    pub fn open(inputs: &InputArgs, open_totals: bool) -> anyhow::Result<Selection> {
         let set = JournalSet::open(&inputs.all()?)?;
-        let sessions = set.sessions()?;
+        let sessions = set.sessions(open_totals)?;
         let mut index: HashMap<String, HashMap<SessionId, usize>> = HashMap::new();
         for (i, s) in sessions.iter().enumerate() {
             index

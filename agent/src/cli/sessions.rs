@@ -41,7 +41,7 @@ pub fn run(args: &SessionsArgs) -> anyhow::Result<ExitCode> {
 /// Writes the listing for `args` to `out`.
 pub(crate) fn write_sessions(args: &SessionsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let filter = Filter::new(&args.filter)?;
-    let selection = Selection::open(&args.inputs)?;
+    let selection = Selection::open(&args.inputs, true)?;
     let rows = selection.matching_sessions(&filter)?;
     if args.json {
         for row in &rows {

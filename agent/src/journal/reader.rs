@@ -160,6 +160,14 @@ const SESSION_COLUMNS: &str = "s.id, s.workload, s.cgroup, s.cgroup_id, s.pid, \
         WHERE e.session_id = s.id AND e.kind = 'chunk' AND e.direction = 's2c')), \
     s.close_reason";
 
+/// [`SESSION_COLUMNS`] without the per-session sums over the chunks of open sessions:
+/// their byte totals read as 0. Listing the context of events does not need them, and on
+/// a journal with many long open sessions the sums cost more than the search itself.
+const SESSION_COLUMNS_NO_SUMS: &str = "s.id, s.workload, s.cgroup, s.cgroup_id, s.pid, \
+    s.pid_start_time, s.exe, s.cmdline, s.uid, s.gid, s.user, s.comm, s.client_addr, \
+    s.orig_dst, s.target, s.protocol, s.started_at_us, s.ended_at_us, \
+    COALESCE(s.bytes_from_client, 0), COALESCE(s.bytes_from_server, 0), s.close_reason";
+
 impl JournalReader {
     /// Opens the journal at `path` read-only; refuses a missing file, a file that is not a
     /// journal, and a journal written by a newer schema.
@@ -387,6 +395,28 @@ impl JournalReader {
             f(raw.into_row()?)?;
         }
         Ok(())
+    }
+}
+
+impl JournalReader {
+    /// Every session, by id; with `open_totals` false the byte totals of sessions without
+    /// an end are 0 instead of the sums of their chunks (see [`SESSION_COLUMNS_NO_SUMS`]).
+    pub fn all_sessions(&self, open_totals: bool) -> Result<Vec<SessionRow>, JournalError> {
+        let columns = if open_totals {
+            SESSION_COLUMNS
+        } else {
+            SESSION_COLUMNS_NO_SUMS
+        };
+        let sql = format!("SELECT {columns} FROM sessions s ORDER BY s.id");
+        let mut stmt = self
+            .conn
+            .prepare(&sql)
+            .map_err(JournalError::sqlite("query sessions"))?;
+        let raws = stmt
+            .query_map([], RawSession::from_row)
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(JournalError::sqlite("read sessions"))?;
+        raws.into_iter().map(RawSession::into_row).collect()
     }
 }
 

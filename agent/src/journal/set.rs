@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::reader::{EventRow, EventScan, JournalReader, SessionFilter, SessionRow};
+use super::reader::{EventRow, EventScan, JournalReader, SessionRow};
 use super::{JournalError, SessionId};
 
 /// How many characters of the journal id prefix a session reference.
@@ -230,13 +230,15 @@ impl JournalSet {
             .find_map(|(i, _)| i.host_id.as_deref())
     }
 
-    /// Every session, merged, ordered by start time (then journal id and id).
-    pub fn sessions(&self) -> Result<Vec<SetSession>, SetError> {
+    /// Every session, merged, ordered by start time (then journal id and id). With
+    /// `open_totals` false, sessions without an end anywhere have byte totals of 0 rather
+    /// than the (costly) sums of their chunks.
+    pub fn sessions(&self, open_totals: bool) -> Result<Vec<SetSession>, SetError> {
         // For a session that never got an end, the byte counts of each copy are the sums
         // of the chunks in that file, so the copies add up.
         let mut merged: BTreeMap<(String, SessionId), SetSession> = BTreeMap::new();
         for (info, reader) in &self.files {
-            for row in reader.sessions(&SessionFilter::default())? {
+            for row in reader.all_sessions(open_totals)? {
                 let key = (info.journal_id.clone(), row.id);
                 match merged.get_mut(&key) {
                     Some(kept) => {
@@ -542,10 +544,11 @@ pub(crate) mod tests {
         assert!(set.single_journal());
 
         let reader = JournalReader::open(&original).expect("reader");
+        use super::super::reader::SessionFilter;
         let want = reader
             .sessions(&SessionFilter::default())
             .expect("sessions");
-        let got = set.sessions().expect("merged");
+        let got = set.sessions(true).expect("merged");
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(&g.row, w, "session {} as in the unsplit journal", w.id);
@@ -595,7 +598,7 @@ pub(crate) mod tests {
         sample_journal(&two).await;
         let set = JournalSet::open(&[one.clone(), two.clone()]).expect("open");
         assert!(!set.single_journal());
-        let sessions = set.sessions().expect("sessions");
+        let sessions = set.sessions(true).expect("sessions");
         assert_eq!(sessions.len(), 6);
         let jid1 = JournalReader::open(&one)
             .expect("reader")
