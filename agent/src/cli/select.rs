@@ -53,11 +53,48 @@ impl<'a> Selected<'a> {
     }
 }
 
+/// A note for each input file with a `segments/` directory next to it that no input
+/// covers: the sealed segments are not read unless asked for (explicit is better), but the
+/// reader should know they are there.
+fn segment_hints(inputs: &[std::path::PathBuf]) -> Vec<String> {
+    let mut hints = Vec::new();
+    for input in inputs.iter().filter(|p| p.is_file()) {
+        let Some(dir) = input.parent() else { continue };
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            dir
+        };
+        let segments = dir.join("segments");
+        let covered = inputs.iter().any(|i| {
+            i.is_dir()
+                && match (i.canonicalize(), segments.canonicalize()) {
+                    (Ok(i), Ok(s)) => s.starts_with(i),
+                    _ => false,
+                }
+        });
+        if segments.is_dir() && !covered {
+            hints.push(format!(
+                "note: {} exists next to {}; its sealed segments are not read (give the \
+                 directory, e.g. --journal {}, to include them)",
+                segments.display(),
+                input.display(),
+                dir.display()
+            ));
+        }
+    }
+    hints
+}
+
 impl Selection {
     /// Opens the inputs and merges their sessions; `open_totals`: see
     /// [`JournalSet::sessions`].
     pub fn open(inputs: &InputArgs, open_totals: bool) -> anyhow::Result<Selection> {
-        let set = JournalSet::open(&inputs.all()?)?;
+        let inputs = inputs.all()?;
+        for hint in segment_hints(&inputs) {
+            eprintln!("{hint}");
+        }
+        let set = JournalSet::open(&inputs)?;
         let sessions = set.sessions(open_totals)?;
         let mut index: HashMap<String, HashMap<SessionId, usize>> = HashMap::new();
         for (i, s) in sessions.iter().enumerate() {
@@ -218,6 +255,23 @@ impl Selection {
 #[cfg(test)]
 pub(crate) mod tests {
     use std::borrow::Cow;
+
+    #[test]
+    fn a_live_file_with_segments_next_to_it_gets_a_hint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let live = dir.path().join("journal.db");
+        std::fs::write(&live, b"").expect("write");
+        assert!(super::segment_hints(std::slice::from_ref(&live)).is_empty());
+        std::fs::create_dir(dir.path().join("segments")).expect("mkdir");
+        let hints = super::segment_hints(std::slice::from_ref(&live));
+        assert_eq!(hints.len(), 1);
+        assert!(hints[0].contains("segments"), "{hints:?}");
+        let with_dir = [live, dir.path().join("segments")];
+        assert!(
+            super::segment_hints(&with_dir).is_empty(),
+            "covered by an input"
+        );
+    }
     use std::path::Path;
 
     use crate::journal::tests::{at_us, sample_start};
