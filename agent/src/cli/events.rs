@@ -242,6 +242,33 @@ mod tests {
         assert!(tcp_only.iter().all(|e| e["session_id"] == tcp));
         let last = events(&path, &["--kind", "statement", "--limit", "1"]);
         assert_eq!(texts(&last), ["delete from carts where id = 1"]);
+        let exec = events(&path, &["--kind", "exec"]);
+        assert_eq!(exec.len(), 1, "events of no session are listed");
+        assert!(exec[0]["session"].is_null() && exec[0]["workload"].is_null());
+        assert_eq!(exec[0]["data"]["pid"], 77);
+        assert!(events(&path, &["--kind", "exec", "--workload", "*"]).is_empty());
+        let window = events(
+            &path,
+            &[
+                "--since",
+                "2026-11-22T10:00:00.000300Z",
+                "--until",
+                "2026-11-22T10:00:00.000600Z",
+            ],
+        );
+        let times: Vec<&str> = window
+            .iter()
+            .map(|e| e["at"].as_str().expect("at"))
+            .collect();
+        assert_eq!(
+            times,
+            [
+                "2026-11-22T10:00:00.000300Z",
+                "2026-11-22T10:00:00.000400Z",
+                "2026-11-22T10:00:00.000500Z",
+                "2026-11-22T10:00:00.000600Z"
+            ]
+        );
         let none = events(&path, &["--kind", "chunk", "--text", "users"]);
         assert!(
             none.is_empty(),

@@ -342,6 +342,14 @@ pub(crate) mod tests {
             })
             .collect();
         h.record(&records).expect("record");
+        // Process lineage: an event of no session.
+        h.record(&[Event {
+            session: journal::NO_SESSION,
+            at: at_us(900),
+            kind: Cow::Borrowed("exec"),
+            data: r#"{"pid":77,"exe":"/usr/bin/psql"}"#.to_string(),
+        }])
+        .expect("record");
         h.flush().await.expect("flush");
         for (id, us) in [(pg, 1_000), (tcp, 2_000)] {
             h.end_session(SessionEnd {
