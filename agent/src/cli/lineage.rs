@@ -155,6 +155,30 @@ pub struct ReplayLineage {
 }
 
 impl ReplayLineage {
+    /// [`ReplayLineage::load`] over every segment of the session's journal: the first
+    /// `lineage` event found, and the exec/exit events of all segments in time order.
+    pub fn load_all<'p>(
+        journals: impl IntoIterator<Item = &'p Path>,
+        session: &SessionRow,
+    ) -> anyhow::Result<Self> {
+        let mut all = ReplayLineage {
+            start_us: us_since_epoch(session.started_at),
+            ..ReplayLineage::default()
+        };
+        let mut pending = Vec::new();
+        for journal in journals {
+            let one = Self::load(journal, session)?;
+            if all.chain.is_none() {
+                all.chain = one.chain;
+            }
+            pending.extend(one.pending);
+        }
+        // Stable: events of one segment keep their journal order at equal times.
+        pending.sort_by_key(|t| t.at_us);
+        all.pending = pending.into();
+        Ok(all)
+    }
+
     /// Reads the session's `lineage` event and its cgroup's exec/exit events in the
     /// window from `journal`.
     pub fn load(journal: &Path, session: &SessionRow) -> anyhow::Result<Self> {

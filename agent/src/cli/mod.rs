@@ -3,10 +3,15 @@
 pub mod approvals;
 pub mod attest;
 pub mod detach;
+pub mod events;
+pub mod export;
+pub mod filter;
 pub mod lineage;
+pub mod ocsf;
 pub mod policy;
 pub mod replay;
 pub mod run;
+pub mod select;
 pub mod sessions;
 pub mod ship;
 
@@ -35,6 +40,10 @@ pub enum Command {
     Sessions(sessions::SessionsArgs),
     /// Show one session's timeline.
     Replay(replay::ReplayArgs),
+    /// List events across sessions and journals (statements, chunks, approvals, ...).
+    Events(events::EventsArgs),
+    /// Export events as OCSF or JSON lines.
+    Export(export::ExportArgs),
     /// Work with policy/config files.
     Policy(policy::PolicyArgs),
     /// Stop intercepting: remove the pinned programs a fail-closed agent left behind.
@@ -54,6 +63,8 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Sessions(a) => sessions::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Events(a) => events::run(a),
+        Command::Export(a) => export::run(a),
         Command::Policy(a) => policy::run(a),
         Command::Detach(a) => detach::run(a),
         Command::Approvals(a) => approvals::run(a),

@@ -1,98 +1,229 @@
 //! `nhi-agent replay SESSION`: show one session's identity and its journaled timeline.
 //!
 //! Only what was journaled is shown: the identity recorded at start, the end as recorded
-//! (or that none was), and every event in journal order. Events are streamed, so a session
-//! with millions of chunks does not have to fit in memory.
+//! (or that none was), and every event in journal order, across the segments of the
+//! session's journal. Events are streamed, so a session with millions of chunks does not
+//! have to fit in memory. Values masked by the agent are stored masked and shown masked.
+//!
+//! Timed playback: when standard output is a terminal, the events come out with the
+//! recorded gaps between them (`--speed 1`), each single wait capped at 2 s so that an
+//! idle hour does not stall the screen; `--speed N` divides the gaps by N and, being an
+//! explicit choice, lifts the cap; `--instant` (implied by `--json`, and the default when
+//! the output is not a terminal, e.g. a pipe or a file) prints at once.
+//!
+//! Opaque TCP sessions show a chunk timeline (offset, direction, size, gap). The journal
+//! records the size and time of each chunk, not its bytes, so there is no payload preview.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal as _, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::Args;
 
+use super::filter::InputArgs;
+use super::select::Selection;
 use super::sessions::{finish_output, format_duration_ms, sanitize};
-use crate::journal::{
-    format_rfc3339_us, EventKind, EventRow, JournalReader, SessionId, SessionRow,
-};
+use crate::journal::{format_rfc3339_us, EventKind, EventRow, SessionRow, SetSession};
+
+/// The longest single wait of a default-speed playback.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// Arguments of `nhi-agent replay`.
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
-    /// The session id, as listed by `nhi-agent sessions`.
+    /// The session, as listed by `nhi-agent sessions`: ID, or JOURNAL_PREFIX:ID when the
+    /// journals given hold several journal ids.
     #[arg(value_name = "SESSION")]
-    pub session: SessionId,
+    pub session: String,
 
-    /// The journal database to read.
-    #[arg(long, value_name = "FILE")]
-    pub journal: PathBuf,
+    /// A journal file, or a directory read recursively (every *.db in it). Repeatable.
+    #[arg(long = "journal", value_name = "PATH", required = true)]
+    pub journal: Vec<PathBuf>,
 
-    /// One JSON object per event instead of the human timeline.
+    /// One JSON object per event instead of the human timeline (implies --instant).
     #[arg(long)]
     pub json: bool,
+
+    /// Play back N times faster than recorded (0.5 = half speed); no cap on waits.
+    #[arg(long, value_name = "N", value_parser = parse_speed, conflicts_with = "instant")]
+    pub speed: Option<f64>,
+
+    /// Print everything at once, without the recorded gaps.
+    #[arg(long)]
+    pub instant: bool,
+}
+
+fn parse_speed(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{value:?} is not a positive number")),
+    }
+}
+
+/// How the events are paced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    /// Recorded gaps are divided by this.
+    pub speed: f64,
+    /// No single wait is longer than this.
+    pub max_wait: Option<Duration>,
+}
+
+impl ReplayArgs {
+    /// The pacing these arguments ask for; `None` = instant. `terminal`: whether the
+    /// output is a terminal.
+    pub fn pace(&self, terminal: bool) -> Option<Pace> {
+        match (self.json || self.instant, self.speed) {
+            (true, _) => None,
+            (false, Some(speed)) => Some(Pace {
+                speed,
+                max_wait: None,
+            }),
+            (false, None) if terminal => Some(Pace {
+                speed: 1.0,
+                max_wait: Some(DEFAULT_MAX_WAIT),
+            }),
+            (false, None) => None,
+        }
+    }
+}
+
+/// Waits out recorded gaps (or, in tests, records them).
+pub(crate) struct Pacer<'a> {
+    pace: Option<Pace>,
+    previous_us: Option<i64>,
+    sleep: &'a mut dyn FnMut(Duration),
+}
+
+impl Pacer<'_> {
+    /// Called before an event at `at_us` is written; flushes `out` before waiting so the
+    /// earlier events are on the screen.
+    fn before(&mut self, out: &mut dyn Write, at_us: i64) -> io::Result<()> {
+        let Some(pace) = self.pace else {
+            return Ok(());
+        };
+        if let Some(prev) = self.previous_us {
+            let gap_us = at_us.saturating_sub(prev).max(0) as f64 / pace.speed;
+            let mut wait = Duration::from_secs_f64(gap_us / 1e6);
+            if let Some(max) = pace.max_wait {
+                wait = wait.min(max);
+            }
+            if !wait.is_zero() {
+                out.flush()?;
+                (self.sleep)(wait);
+            }
+        }
+        self.previous_us = Some(at_us);
+        Ok(())
+    }
 }
 
 /// Runs `nhi-agent replay`.
 pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let stdout = io::stdout();
+    let terminal = stdout.is_terminal();
     let mut out = io::BufWriter::new(stdout.lock());
-    finish_output(write_replay(args, &mut out), &mut out)
+    let mut sleep = std::thread::sleep;
+    let result = write_replay(args, &mut out, args.pace(terminal), &mut sleep);
+    finish_output(result, &mut out)
 }
 
-/// Writes the replay for `args` to `out`; an unknown session is an error.
-pub(crate) fn write_replay(args: &ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let reader = JournalReader::open(&args.journal)?;
-    let Some(session) = reader.session(args.session)? else {
-        anyhow::bail!(
-            "no session {} in journal {}",
-            args.session,
-            args.journal.display()
-        );
+/// Writes the replay for `args` to `out`, paced by `pace` through `sleep`; an unknown
+/// session is an error.
+pub(crate) fn write_replay(
+    args: &ReplayArgs,
+    out: &mut dyn Write,
+    pace: Option<Pace>,
+    sleep: &mut dyn FnMut(Duration),
+) -> anyhow::Result<()> {
+    let inputs = InputArgs {
+        journal: args.journal.clone(),
+        paths: Vec::new(),
     };
+    let selection = Selection::open(&inputs, true)?;
+    let session = selection.resolve(&args.session)?;
+    let mut pacer = Pacer {
+        pace,
+        previous_us: None,
+        sleep,
+    };
+    let journal_id = session.journal_id.as_str();
+    let id = session.row.id;
     if args.json {
-        reader.for_each_event(session.id, |event| -> anyhow::Result<()> {
-            serde_json::to_writer(&mut *out, &event).context("cannot encode an event as JSON")?;
-            writeln!(out).context("cannot write the output")
-        })
-    } else if session.protocol == "postgres" {
-        write_header(out, &session).context("cannot write the output")?;
-        let mut transcript = Transcript::new(&session);
-        let mut lineage = super::lineage::ReplayLineage::load(&args.journal, &session)?;
-        lineage
-            .write_chain(out)
-            .context("cannot write the output")?;
-        reader.for_each_event(session.id, |event| -> anyhow::Result<()> {
-            if lineage
-                .before(out, &event)
-                .context("cannot write the output")?
-            {
-                return Ok(());
-            }
-            transcript
-                .event(out, &event)
-                .context("cannot write the output")
-        })?;
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            #[serde(flatten)]
+            event: &'a EventRow,
+            journal_id: &'a str,
+            host_id: Option<&'a str>,
+        }
+        return selection.set.for_each_session_event(
+            journal_id,
+            id,
+            |event| -> anyhow::Result<()> {
+                let line = Line {
+                    event: &event,
+                    journal_id,
+                    host_id: session.host_id.as_deref(),
+                };
+                serde_json::to_writer(&mut *out, &line)
+                    .context("cannot encode an event as JSON")?;
+                writeln!(out).context("cannot write the output")
+            },
+        );
+    }
+    write_header(out, session).context("cannot write the output")?;
+    let mut lineage = super::lineage::ReplayLineage::load_all(
+        selection
+            .set
+            .segments()
+            .filter(|segment| segment.journal_id == journal_id)
+            .map(|segment| segment.path.as_path()),
+        &session.row,
+    )?;
+    lineage
+        .write_chain(out)
+        .context("cannot write the output")?;
+    if session.row.protocol == "postgres" {
+        let mut transcript = Transcript::new(&session.row);
+        selection
+            .set
+            .for_each_session_event(journal_id, id, |event| -> anyhow::Result<()> {
+                pacer
+                    .before(out, us_since_epoch(event.at))
+                    .context("cannot write the output")?;
+                if lineage
+                    .before(out, &event)
+                    .context("cannot write the output")?
+                {
+                    return Ok(());
+                }
+                transcript
+                    .event(out, &event)
+                    .context("cannot write the output")
+            })?;
         lineage.finish(out).context("cannot write the output")?;
         transcript.finish(out).context("cannot write the output")
     } else {
-        write_header(out, &session).context("cannot write the output")?;
-        let mut timeline = Timeline::new(&session);
-        let mut lineage = super::lineage::ReplayLineage::load(&args.journal, &session)?;
-        lineage
-            .write_chain(out)
-            .context("cannot write the output")?;
-        reader.for_each_event(session.id, |event| -> anyhow::Result<()> {
-            if lineage
-                .before(out, &event)
-                .context("cannot write the output")?
-            {
-                return Ok(());
-            }
-            timeline
-                .event(out, &event)
-                .context("cannot write the output")
-        })?;
+        let mut timeline = Timeline::new(&session.row);
+        selection
+            .set
+            .for_each_session_event(journal_id, id, |event| -> anyhow::Result<()> {
+                pacer
+                    .before(out, us_since_epoch(event.at))
+                    .context("cannot write the output")?;
+                if lineage
+                    .before(out, &event)
+                    .context("cannot write the output")?
+                {
+                    return Ok(());
+                }
+                timeline
+                    .event(out, &event)
+                    .context("cannot write the output")
+            })?;
         lineage.finish(out).context("cannot write the output")?;
         timeline.finish(out).context("cannot write the output")
     }
@@ -123,10 +254,11 @@ fn us_since_epoch(t: SystemTime) -> i64 {
     crate::journal::system_time_to_us(t)
 }
 
-fn write_header(out: &mut dyn Write, s: &SessionRow) -> io::Result<()> {
+fn write_header(out: &mut dyn Write, set_session: &SetSession) -> io::Result<()> {
+    let s = &set_session.row;
     let field =
         |out: &mut dyn Write, label: &str, value: &str| writeln!(out, "  {label:<11} {value}");
-    writeln!(out, "session {}", s.id)?;
+    writeln!(out, "session {}", set_session.session_ref)?;
     field(out, "workload", &sanitize(&s.workload))?;
     field(
         out,
@@ -187,6 +319,15 @@ fn write_header(out: &mut dyn Write, s: &SessionRow) -> io::Result<()> {
         .as_deref()
         .map_or_else(|| "-".to_string(), |r| sanitize(r).into_owned());
     field(out, "close", &close)?;
+    let host = set_session.host_id.as_deref().map_or_else(
+        || "(not recorded)".to_string(),
+        |h| sanitize(h).into_owned(),
+    );
+    field(
+        out,
+        "journal",
+        &format!("{} (host {host})", sanitize(&set_session.journal_id)),
+    )?;
     let so_far = if s.ended_at.is_none() {
         " (so far, from the journaled chunks)"
     } else {
@@ -510,16 +651,20 @@ mod tests {
 
     use super::*;
     use crate::journal::tests::{at_us, sample_start};
-    use crate::journal::{self, Direction, JournalOptions, SessionEnd};
+    use crate::journal::{self, Direction, JournalOptions, SessionEnd, SessionId};
 
     fn replay(path: &Path, session: SessionId, json: bool) -> anyhow::Result<String> {
         let args = ReplayArgs {
-            session,
-            journal: path.to_path_buf(),
+            session: session.to_string(),
+            journal: vec![path.to_path_buf()],
             json,
+            speed: None,
+            instant: true,
         };
         let mut out = Vec::new();
-        write_replay(&args, &mut out)?;
+        write_replay(&args, &mut out, None, &mut |_| {
+            panic!("instant replay waited")
+        })?;
         Ok(String::from_utf8(out).expect("utf-8 output"))
     }
 
@@ -563,6 +708,14 @@ mod tests {
             .expect("join")
             .expect("close");
         id
+    }
+
+    fn journal_id(path: &Path) -> String {
+        crate::journal::JournalReader::open(path)
+            .expect("reader")
+            .meta("journal_id")
+            .expect("meta")
+            .expect("journal id")
     }
 
     /// Seconds with six decimals, written out independently of `format_offset_us`.
@@ -615,6 +768,10 @@ mod tests {
                 "2026-11-22T10:00:02.250000Z (after 2.250s)".to_string(),
             ),
             ("close", "server closed".to_string()),
+            (
+                "journal",
+                format!("{} (host (not recorded))", journal_id(&path)),
+            ),
             ("bytes", "↑ 527 from client, ↓ 1027 from server".to_string()),
         ] {
             expected.push_str(&format!("  {label:<11} {value}\n"));
@@ -754,5 +911,99 @@ mod tests {
         assert_eq!(shell_quote("two words"), "'two words'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
+    }
+
+    #[tokio::test]
+    async fn playback_waits_the_recorded_gaps_scaled_and_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let id = sample(&path, true).await;
+        let waits = |pace: Option<Pace>| -> Vec<Duration> {
+            let args = ReplayArgs {
+                session: id.to_string(),
+                journal: vec![path.clone()],
+                json: false,
+                speed: None,
+                instant: false,
+            };
+            let mut waits = Vec::new();
+            write_replay(&args, &mut Vec::new(), pace, &mut |d| waits.push(d)).expect("replay");
+            waits
+        };
+        // Event times: 0 (start), then CHUNKS, then END_US; equal times need no wait.
+        let mut times = vec![0];
+        times.extend(CHUNKS.iter().map(|c| c.0));
+        times.push(END_US);
+        let gaps: Vec<Duration> = times
+            .windows(2)
+            .map(|w| Duration::from_micros((w[1] - w[0]) as u64))
+            .filter(|d| !d.is_zero())
+            .collect();
+        let real = waits(Some(Pace {
+            speed: 1.0,
+            max_wait: None,
+        }));
+        assert_eq!(real, gaps);
+        let fast = waits(Some(Pace {
+            speed: 4.0,
+            max_wait: None,
+        }));
+        assert_eq!(fast, gaps.iter().map(|g| *g / 4).collect::<Vec<_>>());
+        let capped = waits(Some(Pace {
+            speed: 1.0,
+            max_wait: Some(Duration::from_millis(100)),
+        }));
+        let want: Vec<Duration> = gaps
+            .iter()
+            .map(|g| (*g).min(Duration::from_millis(100)))
+            .collect();
+        assert_eq!(capped, want);
+        assert!(waits(None).is_empty());
+    }
+
+    #[test]
+    fn pacing_follows_the_flags_and_the_terminal() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ReplayArgs,
+        }
+        let pace = |argv: &[&str], terminal: bool| {
+            let mut full = vec!["replay", "7", "--journal", "j.db"];
+            full.extend_from_slice(argv);
+            Cli::try_parse_from(full)
+                .expect("arguments")
+                .args
+                .pace(terminal)
+        };
+        assert_eq!(
+            pace(&[], true),
+            Some(Pace {
+                speed: 1.0,
+                max_wait: Some(DEFAULT_MAX_WAIT)
+            })
+        );
+        assert_eq!(pace(&[], false), None, "piped output is instant");
+        assert_eq!(
+            pace(&["--speed", "2"], false),
+            Some(Pace {
+                speed: 2.0,
+                max_wait: None
+            })
+        );
+        assert_eq!(pace(&["--instant"], true), None);
+        assert_eq!(pace(&["--json"], true), None);
+        assert!(Cli::try_parse_from(["replay", "7", "--journal", "j", "--speed", "0"]).is_err());
+        assert!(Cli::try_parse_from([
+            "replay",
+            "7",
+            "--journal",
+            "j",
+            "--speed",
+            "2",
+            "--instant"
+        ])
+        .is_err());
     }
 }

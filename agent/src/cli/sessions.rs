@@ -7,57 +7,28 @@
 
 use std::borrow::Cow;
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::journal::{format_rfc3339_us, JournalReader, SessionFilter, SessionRow};
+use super::filter::{Filter, FilterArgs, InputArgs};
+use super::select::Selection;
+use crate::journal::{format_rfc3339_us, SetSession};
 
 /// Arguments of `nhi-agent sessions`.
 #[derive(Debug, Clone, Args)]
 pub struct SessionsArgs {
-    /// The journal database to read.
-    #[arg(long, value_name = "FILE")]
-    pub journal: PathBuf,
+    #[command(flatten)]
+    pub inputs: InputArgs,
 
-    /// Only sessions of this workload (exact name).
-    #[arg(long, value_name = "W")]
-    pub workload: Option<String>,
-
-    /// Only sessions to this target (exact name).
-    #[arg(long, value_name = "T")]
-    pub target: Option<String>,
-
-    /// Only sessions started at or after this time: RFC 3339 (2026-11-22T10:00:00Z) or a
-    /// duration meaning "that long ago" (2h, 30m, 1d).
-    #[arg(long, value_name = "TIME", value_parser = parse_since)]
-    pub since: Option<SystemTime>,
-
-    /// Only the N most recent matching sessions (still listed oldest first).
-    #[arg(long, value_name = "N")]
-    pub limit: Option<usize>,
-
-    /// Only sessions whose attested claim KEY has this value (string compare; numbers by
-    /// their decimal text). Repeat for several claims; all must match.
-    #[arg(long = "claim", value_name = "KEY=VALUE", value_parser = parse_claim)]
-    pub claims: Vec<(String, String)>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Parses `--claim KEY=VALUE` (the value may contain `=`).
-fn parse_claim(value: &str) -> Result<(String, String), String> {
-    match value.split_once('=') {
-        Some((key, v)) if !key.is_empty() => Ok((key.to_string(), v.to_string())),
-        _ => Err(format!(
-            "expected KEY=VALUE, e.g. run_id=123 (got {value:?})"
-        )),
-    }
 }
 
 /// Runs `nhi-agent sessions`.
@@ -69,15 +40,9 @@ pub fn run(args: &SessionsArgs) -> anyhow::Result<ExitCode> {
 
 /// Writes the listing for `args` to `out`.
 pub(crate) fn write_sessions(args: &SessionsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let reader = JournalReader::open(&args.journal)?;
-    let filter = SessionFilter {
-        workload: args.workload.clone(),
-        target: args.target.clone(),
-        since: args.since,
-        limit: args.limit,
-        claims: args.claims.clone(),
-    };
-    let rows = reader.sessions(&filter)?;
+    let filter = Filter::new(&args.filter)?;
+    let selection = Selection::open(&args.inputs, true)?;
+    let rows = selection.matching_sessions(&filter)?;
     if args.json {
         for row in &rows {
             serde_json::to_writer(&mut *out, row).context("cannot encode a session as JSON")?;
@@ -208,9 +173,10 @@ const COLUMNS: [(&str, Align); 11] = [
 ];
 
 /// The table cells of one session, in `COLUMNS` order.
-fn table_cells(row: &SessionRow) -> [String; 11] {
+fn table_cells(session: &SetSession) -> [String; 11] {
+    let row = &session.row;
     [
-        row.id.to_string(),
+        session.session_ref.clone(),
         format_rfc3339_seconds(row.started_at),
         sanitize(&row.workload).into_owned(),
         row.pid.to_string(),
@@ -230,8 +196,8 @@ fn table_cells(row: &SessionRow) -> [String; 11] {
 }
 
 /// An aligned table with a header; with no rows, just the header.
-pub(crate) fn write_table(out: &mut dyn Write, rows: &[SessionRow]) -> io::Result<()> {
-    let cells: Vec<[String; 11]> = rows.iter().map(table_cells).collect();
+pub(crate) fn write_table(out: &mut dyn Write, rows: &[&SetSession]) -> io::Result<()> {
+    let cells: Vec<[String; 11]> = rows.iter().map(|s| table_cells(s)).collect();
     let mut widths = COLUMNS.map(|(title, _)| title.chars().count());
     for row in &cells {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -392,6 +358,9 @@ mod tests {
             "bytes_from_server",
             "close_reason",
             "claims",
+            "journal_id",
+            "host_id",
+            "session_ref",
         ]
         .into();
         for line in &lines {
@@ -429,6 +398,18 @@ mod tests {
         assert_eq!(b["bytes_from_client"], 100);
         assert_eq!(b["bytes_from_server"], 200);
         assert_eq!(b["close_reason"], "client closed");
+        let journal_id = crate::journal::JournalReader::open(&path)
+            .expect("reader")
+            .meta("journal_id")
+            .expect("meta")
+            .expect("journal id");
+        assert_eq!(b["journal_id"], journal_id);
+        assert!(b["host_id"].is_null(), "no host id recorded by this writer");
+        assert_eq!(
+            b["session_ref"],
+            backup.to_string(),
+            "one journal: plain id"
+        );
 
         let c = &lines[1];
         assert_eq!(c["id"], ci);
@@ -609,5 +590,49 @@ mod tests {
     fn sanitize_escapes_only_control_characters() {
         assert_eq!(sanitize("plain → text"), "plain → text");
         assert_eq!(sanitize("a\nb\u{1b}[0m"), r"a\nb\u{1b}[0m");
+    }
+
+    #[tokio::test]
+    async fn statement_filters_and_several_journals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (one, two) = (dir.path().join("one.db"), dir.path().join("two.db"));
+        let (pg, tcp) = crate::cli::select::tests::pg_journal(&one).await;
+        let ids = |argv: &[&str]| -> Vec<String> {
+            let mut full = vec!["--json"];
+            full.extend_from_slice(argv);
+            output(&parse(&full).expect("arguments"))
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).expect("json")["session_ref"]
+                        .as_str()
+                        .expect("ref")
+                        .to_string()
+                })
+                .collect()
+        };
+        let one_s = one.to_str().expect("utf-8");
+        assert_eq!(ids(&[one_s]), vec![pg.to_string(), tcp.to_string()]);
+        assert_eq!(ids(&[one_s, "--verdict", "denied"]), vec![pg.to_string()]);
+        assert_eq!(ids(&[one_s, "--text", "carts"]), vec![pg.to_string()]);
+        assert!(ids(&[one_s, "--text", "nothing like it"]).is_empty());
+        assert_eq!(ids(&[one_s, "--protocol", "tcp"]), vec![tcp.to_string()]);
+
+        crate::cli::select::tests::pg_journal(&two).await;
+        let both = ids(&["--journal", one_s, two.to_str().expect("utf-8")]);
+        assert_eq!(both.len(), 4);
+        assert!(
+            both.iter().all(|r| r.len() > 9 && r.as_bytes()[8] == b':'),
+            "{both:?}"
+        );
+        // A directory is read whole.
+        let dir_s = dir.path().to_str().expect("utf-8");
+        assert_eq!(ids(&[dir_s]).len(), 4);
+        let table = output(&parse(&[dir_s]).expect("arguments"));
+        let first_cell = table
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("");
+        assert!(both.iter().any(|r| r == first_cell), "{table}");
     }
 }

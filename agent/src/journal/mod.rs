@@ -21,6 +21,7 @@
 mod prelog;
 mod reader;
 mod schema;
+mod set;
 mod writer;
 
 use std::collections::HashSet;
@@ -36,8 +37,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use prelog::{
     path_for as prelog_path, Event, PrelogRecovery, DEFAULT_TRUNCATE_AT, MAX_RECORD_LEN, NO_SESSION,
 };
-pub use reader::{EventKind, EventRow, JournalReader, SessionFilter, SessionRow};
+pub use reader::{EventKind, EventRow, EventScan, JournalReader, SessionFilter, SessionRow};
 pub use schema::SCHEMA_VERSION;
+pub use set::{JournalSet, SegmentInfo, SetError, SetSession};
 
 use writer::Command;
 

@@ -179,6 +179,13 @@ fn sessions_have_claims(conn: &Connection) -> Result<bool, JournalError> {
     )
     .map_err(JournalError::sqlite("read the sessions columns"))
 }
+/// [`SESSION_COLUMNS`] without the per-session sums over the chunks of open sessions:
+/// their byte totals read as 0. Listing the context of events does not need them, and on
+/// a journal with many long open sessions the sums cost more than the search itself.
+const SESSION_COLUMNS_NO_SUMS: &str = "s.id, s.workload, s.cgroup, s.cgroup_id, s.pid, \
+    s.pid_start_time, s.exe, s.cmdline, s.uid, s.gid, s.user, s.comm, s.client_addr, \
+    s.orig_dst, s.target, s.protocol, s.started_at_us, s.ended_at_us, \
+    COALESCE(s.bytes_from_client, 0), COALESCE(s.bytes_from_server, 0), s.close_reason";
 
 impl JournalReader {
     /// Opens the journal at `path` read-only; refuses a missing file, a file that is not a
@@ -350,6 +357,132 @@ impl JournalReader {
         }
         Ok(())
     }
+}
+
+impl JournalReader {
+    /// A value of the `meta` table (`journal_id`, `host_id`, `segment_seq`, ...), if set.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, JournalError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get::<_, String>(0)
+            })
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                other => Err(other),
+            })
+            .map_err(JournalError::sqlite("read meta"))
+    }
+
+    /// The largest event id in this file (`None` when it holds no event). Of two copies of
+    /// the same segment, the one with more events is the later copy.
+    pub fn last_event_id(&self) -> Result<Option<i64>, JournalError> {
+        self.conn
+            .query_row("SELECT MAX(id) FROM events", [], |row| row.get(0))
+            .map_err(JournalError::sqlite("read last event id"))
+    }
+
+    /// Streams the events that pass `scan`, in journal order (by id), including events
+    /// that belong to no session. The conditions are evaluated by SQLite so that a search
+    /// over millions of events does not decode rows it would throw away.
+    pub fn scan_events<E: From<JournalError>>(
+        &self,
+        scan: &EventScan,
+        mut f: impl FnMut(EventRow) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut clauses = Vec::new();
+        let mut args: Vec<Value> = Vec::new();
+        if let Some(session) = scan.session {
+            args.push(Value::Integer(session));
+            clauses.push(format!("session_id = ?{}", args.len()));
+        }
+        if !scan.kinds.is_empty() {
+            let mut marks = Vec::new();
+            for kind in &scan.kinds {
+                args.push(Value::Text(kind.clone()));
+                marks.push(format!("?{}", args.len()));
+            }
+            clauses.push(format!("kind IN ({})", marks.join(", ")));
+        }
+        if let Some(since) = scan.since {
+            args.push(Value::Integer(system_time_to_us(since)));
+            clauses.push(format!("at_us >= ?{}", args.len()));
+        }
+        if let Some(until) = scan.until {
+            args.push(Value::Integer(system_time_to_us(until)));
+            clauses.push(format!("at_us <= ?{}", args.len()));
+        }
+        if let Some(text) = &scan.statement_text {
+            // Exact and case-sensitive, like the check the CLI repeats on the decoded row;
+            // json_valid keeps a non-JSON `data` (never written, but this is untrusted
+            // input) from failing the whole query.
+            args.push(Value::Text(text.clone()));
+            clauses.push(format!(
+                "kind = 'statement' AND json_valid(data) \
+                 AND instr(json_extract(data, '$.text'), ?{}) > 0",
+                args.len()
+            ));
+        }
+        let where_clause = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT id, session_id, at_us, kind, direction, size, data FROM events \
+             {where_clause} ORDER BY id"
+        );
+        let mut stmt = self
+            .conn
+            .prepare(&sql)
+            .map_err(JournalError::sqlite("query events"))?;
+        let mut rows = stmt
+            .query(params_from_iter(args))
+            .map_err(JournalError::sqlite("query events"))?;
+        while let Some(row) = rows.next().map_err(JournalError::sqlite("read events"))? {
+            let raw = RawEvent::from_row(row).map_err(JournalError::sqlite("read events"))?;
+            f(raw.into_row()?)?;
+        }
+        Ok(())
+    }
+}
+
+impl JournalReader {
+    /// Every session, by id; with `open_totals` false the byte totals of sessions without
+    /// an end are 0 instead of the sums of their chunks (see [`SESSION_COLUMNS_NO_SUMS`]).
+    pub fn all_sessions(&self, open_totals: bool) -> Result<Vec<SessionRow>, JournalError> {
+        let columns = if open_totals {
+            SESSION_COLUMNS
+        } else {
+            SESSION_COLUMNS_NO_SUMS
+        };
+        let claims = if self.has_claims { "s.claims" } else { "NULL" };
+        let sql = format!("SELECT {columns}, {claims} FROM sessions s ORDER BY s.id");
+        let mut stmt = self
+            .conn
+            .prepare(&sql)
+            .map_err(JournalError::sqlite("query sessions"))?;
+        let raws = stmt
+            .query_map([], RawSession::from_row)
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(JournalError::sqlite("read sessions"))?;
+        raws.into_iter().map(RawSession::into_row).collect()
+    }
+}
+
+/// Which events [`JournalReader::scan_events`] returns; every condition set must hold.
+#[derive(Debug, Clone, Default)]
+pub struct EventScan {
+    /// Only the events of this session.
+    pub session: Option<SessionId>,
+    /// Only events of these kinds (any kind when empty).
+    pub kinds: Vec<String>,
+    /// Only events at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only events at or before this time.
+    pub until: Option<SystemTime>,
+    /// Only `statement` events whose `data.text` contains this (case-sensitive).
+    pub statement_text: Option<String>,
 }
 
 /// `-wal` next to the database, where SQLite keeps committed transactions not yet

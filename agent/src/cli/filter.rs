@@ -1,0 +1,433 @@
+//! Inputs and filters shared by `sessions`, `events`, `replay` and `export`.
+//!
+//! Session-level conditions (workload, target, protocol) are matched on the merged
+//! session rows; statement-level conditions (verdict, text, regex) on the `statement`
+//! events the PostgreSQL proxy journals (see `proxy/postgres/flow.rs`):
+//! `{"seq", "text", "verdict": "allow"|"approve"|"deny", "action":
+//! "forwarded"|"refused"|"held", "enforced", "rule", ...}` followed by a `statement_end`
+//! with the same `seq` whose `masked` lists the masked columns. The verdict classes are:
+//! - `denied`: the policy said deny (enforced or only observed) or the agent refused it;
+//! - `held`: the policy asked for approval, or the agent held it;
+//! - `allowed`: the policy allowed it and the agent forwarded it;
+//! - `masked`: its result had masked values (from its `statement_end`).
+//!
+//! This module does no IO: the commands feed it rows.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use clap::{Args, ValueEnum};
+use globset::{Glob, GlobMatcher};
+use regex::Regex;
+use serde_json::Value;
+
+use super::sessions::parse_since;
+use crate::journal::SessionRow;
+
+/// Where to read: journal files and directories, by option or as trailing arguments.
+#[derive(Debug, Clone, Default, Args)]
+pub struct InputArgs {
+    /// A journal file, or a directory read recursively (every *.db in it, segments
+    /// included). Repeatable.
+    #[arg(long = "journal", value_name = "PATH")]
+    pub journal: Vec<PathBuf>,
+
+    /// More journal files or directories.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+impl InputArgs {
+    /// Every input, `--journal` ones first; an error when there is none.
+    pub fn all(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let all: Vec<PathBuf> = self.journal.iter().chain(&self.paths).cloned().collect();
+        if all.is_empty() {
+            anyhow::bail!("no journal given: pass --journal PATH or PATH (a file or a directory)");
+        }
+        Ok(all)
+    }
+}
+
+/// What a statement's outcome was, for `--verdict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerdictClass {
+    Denied,
+    Held,
+    Masked,
+    Allowed,
+}
+
+/// The filter options of `sessions`, `events` and `export`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FilterArgs {
+    /// Only this workload: an exact name or a glob (`ci-*`).
+    #[arg(long, value_name = "W")]
+    pub workload: Option<String>,
+
+    /// Only this target: an exact name or a glob.
+    #[arg(long, value_name = "T")]
+    pub target: Option<String>,
+
+    /// Only from this time on: RFC 3339 (2026-11-22T10:00:00Z) or a duration meaning
+    /// "that long ago" (2h, 30m, 1d). Sessions: their start; events: their time.
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
+    pub since: Option<SystemTime>,
+
+    /// Only up to this time (same forms as --since).
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
+    pub until: Option<SystemTime>,
+
+    /// Only statements with this outcome (sessions: having such a statement).
+    #[arg(long, value_enum, value_name = "V")]
+    pub verdict: Option<VerdictClass>,
+
+    /// Only sessions of this protocol (tcp, postgres).
+    #[arg(long, value_name = "P")]
+    pub protocol: Option<String>,
+
+    /// Only statements whose text contains this (case-sensitive; sessions: having one).
+    #[arg(long, value_name = "SUBSTR")]
+    pub text: Option<String>,
+
+    /// Only statements whose text matches this regular expression (sessions: having one).
+    #[arg(long, value_name = "RE")]
+    pub regex: Option<String>,
+
+    /// Only sessions whose attested claim KEY has this value (string compare; numbers by
+    /// their decimal text). Repeat for several claims; all must match.
+    #[arg(long = "claim", value_name = "KEY=VALUE", value_parser = parse_claim)]
+    pub claims: Vec<(String, String)>,
+
+    /// Only the N most recent matches (still listed oldest first).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+/// Parses `--claim KEY=VALUE` (the value may contain `=`).
+fn parse_claim(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, v)) if !key.is_empty() => Ok((key.to_string(), v.to_string())),
+        _ => Err(format!(
+            "expected KEY=VALUE, e.g. run_id=123 (got {value:?})"
+        )),
+    }
+}
+
+/// [`FilterArgs`] compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub workload: Option<GlobMatcher>,
+    pub target: Option<GlobMatcher>,
+    pub protocol: Option<String>,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    pub verdict: Option<VerdictClass>,
+    pub text: Option<String>,
+    pub regex: Option<Regex>,
+    pub claims: Vec<(String, String)>,
+    pub limit: Option<usize>,
+}
+
+fn glob(what: &str, pattern: &str) -> anyhow::Result<GlobMatcher> {
+    Glob::new(pattern)
+        .map(|g| g.compile_matcher())
+        .map_err(|e| anyhow::anyhow!("--{what} {pattern:?} is not a valid glob: {e}"))
+}
+
+impl Filter {
+    /// Compiles the globs and the regular expression.
+    pub fn new(args: &FilterArgs) -> anyhow::Result<Filter> {
+        Ok(Filter {
+            workload: args
+                .workload
+                .as_deref()
+                .map(|w| glob("workload", w))
+                .transpose()?,
+            target: args
+                .target
+                .as_deref()
+                .map(|t| glob("target", t))
+                .transpose()?,
+            protocol: args.protocol.clone(),
+            since: args.since,
+            until: args.until,
+            verdict: args.verdict,
+            text: args.text.clone(),
+            regex: args
+                .regex
+                .as_deref()
+                .map(|r| {
+                    Regex::new(r).map_err(|e| anyhow::anyhow!("--regex {r:?} is not valid: {e}"))
+                })
+                .transpose()?,
+            claims: args.claims.clone(),
+            limit: args.limit,
+        })
+    }
+
+    /// Whether any condition is about a session's identity (workload, target, protocol,
+    /// claims).
+    pub fn has_identity(&self) -> bool {
+        self.workload.is_some()
+            || self.target.is_some()
+            || self.protocol.is_some()
+            || !self.claims.is_empty()
+    }
+
+    /// Whether any condition is about statements (verdict, text, regex).
+    pub fn has_statement(&self) -> bool {
+        self.verdict.is_some() || self.text.is_some() || self.regex.is_some()
+    }
+
+    /// The workload, target, protocol and claim conditions.
+    pub fn identity_matches(&self, row: &SessionRow) -> bool {
+        self.claims_match(row)
+            && self
+                .workload
+                .as_ref()
+                .is_none_or(|g| g.is_match(&row.workload))
+            && self.target.as_ref().is_none_or(|g| g.is_match(&row.target))
+            && self
+                .protocol
+                .as_deref()
+                .is_none_or(|p| p.eq_ignore_ascii_case(&row.protocol))
+    }
+
+    /// `--claim`: every KEY=VALUE must be an attested claim of the session; a number or a
+    /// boolean matches its text (`run_id=123`). An unattested session matches no claim.
+    fn claims_match(&self, row: &SessionRow) -> bool {
+        self.claims.iter().all(|(name, value)| {
+            row.claims
+                .as_ref()
+                .and_then(|claims| claims.get(name))
+                .and_then(crate::policy::claim_text)
+                .is_some_and(|text| text == value.as_str())
+        })
+    }
+
+    /// The identity conditions plus the session's start within --since/--until.
+    pub fn session_matches(&self, row: &SessionRow) -> bool {
+        self.identity_matches(row) && self.time_matches(row.started_at)
+    }
+
+    /// --since/--until.
+    pub fn time_matches(&self, at: SystemTime) -> bool {
+        self.since.is_none_or(|s| at >= s) && self.until.is_none_or(|u| at <= u)
+    }
+
+    /// The statement conditions on a `statement` event's data; `masked` says whether its
+    /// `statement_end` recorded masked values.
+    pub fn statement_matches(&self, data: &Value, masked: bool) -> bool {
+        let text = data.get("text").and_then(Value::as_str).unwrap_or("");
+        self.verdict
+            .is_none_or(|v| verdict_classes(data, masked).contains(&v))
+            && self.text.as_deref().is_none_or(|t| text.contains(t))
+            && self.regex.as_ref().is_none_or(|r| r.is_match(text))
+    }
+}
+
+/// The verdict classes of a `statement` event (see the module documentation).
+pub fn verdict_classes(data: &Value, masked: bool) -> Vec<VerdictClass> {
+    let verdict = data.get("verdict").and_then(Value::as_str).unwrap_or("");
+    let action = data.get("action").and_then(Value::as_str).unwrap_or("");
+    let mut classes = Vec::new();
+    if verdict == "deny" || action == "refused" {
+        classes.push(VerdictClass::Denied);
+    }
+    if verdict == "approve" || action == "held" {
+        classes.push(VerdictClass::Held);
+    }
+    if verdict == "allow" && action == "forwarded" {
+        classes.push(VerdictClass::Allowed);
+    }
+    if masked {
+        classes.push(VerdictClass::Masked);
+    }
+    classes
+}
+
+/// Whether a `statement_end`'s data records masked values.
+pub fn end_has_masks(data: &Value) -> bool {
+    data.get("masked")
+        .and_then(Value::as_array)
+        .is_some_and(|m| !m.is_empty())
+}
+
+/// Keeps the last `limit` items of a stream (all of them without a limit).
+pub struct Tail<T> {
+    limit: Option<usize>,
+    items: std::collections::VecDeque<T>,
+}
+
+impl<T> Tail<T> {
+    pub fn new(limit: Option<usize>) -> Self {
+        Tail {
+            limit,
+            items: std::collections::VecDeque::new(),
+        }
+    }
+
+    pub fn push(&mut self, item: T) {
+        if self.limit == Some(0) {
+            return;
+        }
+        if self.limit.is_some_and(|l| self.items.len() >= l) {
+            self.items.pop_front();
+        }
+        self.items.push_back(item);
+    }
+
+    pub fn into_vec(self) -> Vec<T> {
+        self.items.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::journal::tests::{at_us, sample_start};
+
+    fn row(workload: &str, target: &str, protocol: &str, started_us: i64) -> SessionRow {
+        let s = sample_start(workload, target, at_us(started_us));
+        SessionRow {
+            id: 1,
+            workload: s.workload,
+            cgroup: s.cgroup,
+            cgroup_id: s.cgroup_id,
+            pid: s.pid,
+            pid_start_time: s.pid_start_time,
+            exe: s.exe,
+            cmdline: s.cmdline,
+            uid: s.uid,
+            gid: s.gid,
+            user: s.user,
+            comm: s.comm,
+            client_addr: s.client_addr,
+            orig_dst: s.orig_dst,
+            target: s.target,
+            protocol: protocol.to_string(),
+            started_at: s.started_at,
+            ended_at: None,
+            duration_ms: None,
+            bytes_from_client: 0,
+            bytes_from_server: 0,
+            close_reason: None,
+            claims: s.claims,
+        }
+    }
+
+    #[test]
+    fn claims_match_by_text_and_never_match_unattested_sessions() {
+        let mut attested = row("ci", "db", "postgres", 0);
+        attested.claims = json!({ "ref": "refs/heads/main", "run_id": 123, "ok": true })
+            .as_object()
+            .cloned();
+        let unattested = row("ci", "db", "postgres", 0);
+        let run = filter(|a| a.claims = vec![("run_id".into(), "123".into())]);
+        assert!(run.has_identity());
+        assert!(run.session_matches(&attested), "a number matches its text");
+        assert!(!run.session_matches(&unattested));
+        let both = filter(|a| {
+            a.claims = vec![
+                ("ref".into(), "refs/heads/main".into()),
+                ("ok".into(), "true".into()),
+            ]
+        });
+        assert!(both.session_matches(&attested));
+        let other = filter(|a| a.claims = vec![("ref".into(), "refs/heads/dev".into())]);
+        assert!(!other.session_matches(&attested));
+        let missing = filter(|a| a.claims = vec![("actor".into(), "x".into())]);
+        assert!(!missing.session_matches(&attested));
+        assert!(filter(|_| {}).session_matches(&unattested));
+    }
+
+    fn filter(f: impl FnOnce(&mut FilterArgs)) -> Filter {
+        let mut args = FilterArgs::default();
+        f(&mut args);
+        Filter::new(&args).expect("valid filter")
+    }
+
+    #[test]
+    fn workload_is_exact_or_glob_and_target_protocol_time_apply() {
+        let ci = row("ci-build", "pg", "postgres", 0);
+        let backup = row("backup", "s3", "tcp", 10_000_000);
+        let exact = filter(|a| a.workload = Some("ci".into()));
+        assert!(!exact.session_matches(&ci), "exact name is not a prefix");
+        let glob = filter(|a| a.workload = Some("ci-*".into()));
+        assert!(glob.session_matches(&ci) && !glob.session_matches(&backup));
+        let target = filter(|a| a.target = Some("s3".into()));
+        assert!(target.session_matches(&backup) && !target.session_matches(&ci));
+        let proto = filter(|a| a.protocol = Some("POSTGRES".into()));
+        assert!(proto.session_matches(&ci) && !proto.session_matches(&backup));
+        let since = filter(|a| a.since = Some(at_us(5_000_000)));
+        assert!(since.session_matches(&backup) && !since.session_matches(&ci));
+        let until = filter(|a| a.until = Some(at_us(5_000_000)));
+        assert!(until.session_matches(&ci) && !until.session_matches(&backup));
+        assert!(!filter(|_| ()).has_identity());
+        assert!(glob.has_identity() && !glob.has_statement());
+        let err = Filter::new(&FilterArgs {
+            workload: Some("a[".into()),
+            ..FilterArgs::default()
+        })
+        .expect_err("bad glob");
+        assert!(err.to_string().contains("--workload"), "{err}");
+    }
+
+    #[test]
+    fn verdict_classes_follow_the_statement_event() {
+        let allowed = json!({"text": "select 1", "verdict": "allow", "action": "forwarded"});
+        let refused = json!({"text": "drop table t", "verdict": "deny", "action": "refused"});
+        let observed = json!({"text": "drop table t", "verdict": "deny", "action": "forwarded",
+                              "enforced": false});
+        let held = json!({"text": "delete from t", "verdict": "approve", "action": "held"});
+        use VerdictClass::*;
+        assert_eq!(verdict_classes(&allowed, false), vec![Allowed]);
+        assert_eq!(verdict_classes(&allowed, true), vec![Allowed, Masked]);
+        assert_eq!(verdict_classes(&refused, false), vec![Denied]);
+        assert_eq!(verdict_classes(&observed, false), vec![Denied]);
+        assert_eq!(verdict_classes(&held, false), vec![Held]);
+
+        let denied = filter(|a| a.verdict = Some(Denied));
+        assert!(denied.statement_matches(&refused, false));
+        assert!(!denied.statement_matches(&allowed, true));
+        let masked = filter(|a| a.verdict = Some(Masked));
+        assert!(masked.statement_matches(&allowed, true));
+        assert!(!masked.statement_matches(&allowed, false));
+        assert!(end_has_masks(&json!({"masked": [{"column": "email"}]})));
+        assert!(!end_has_masks(&json!({"masked": []})));
+        assert!(!end_has_masks(&json!({"rows": 1})));
+    }
+
+    #[test]
+    fn text_is_a_case_sensitive_substring_and_regex_a_regex() {
+        let data = json!({"text": "SELECT email FROM users WHERE id = $1"});
+        assert!(filter(|a| a.text = Some("FROM users".into())).statement_matches(&data, false));
+        assert!(!filter(|a| a.text = Some("from users".into())).statement_matches(&data, false));
+        let re = filter(|a| a.regex = Some(r"(?i)from\s+users".into()));
+        assert!(re.statement_matches(&data, false));
+        assert!(!filter(|a| a.regex = Some("^DELETE".into())).statement_matches(&data, false));
+        assert!(Filter::new(&FilterArgs {
+            regex: Some("(".into()),
+            ..FilterArgs::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn tail_keeps_the_last_n() {
+        let mut t = Tail::new(Some(2));
+        for i in 0..5 {
+            t.push(i);
+        }
+        assert_eq!(t.into_vec(), vec![3, 4]);
+        let mut all = Tail::new(None);
+        all.push(1);
+        all.push(2);
+        assert_eq!(all.into_vec(), vec![1, 2]);
+        let mut none = Tail::new(Some(0));
+        none.push(1);
+        assert!(none.into_vec().is_empty());
+    }
+}

@@ -1,0 +1,579 @@
+//! Journal events as OCSF 1.3.0 events (Open Cybersecurity Schema Framework,
+//! schema.ocsf.io), for `nhi-agent export --format ocsf`. Pure: rows in, JSON out.
+//!
+//! Mapping:
+//! - a PostgreSQL `statement` event, completed by its `statement_end` (same session and
+//!   `seq`) and by an `approval` of it if it was held, becomes one **Datastore Activity**
+//!   (`class_uid` 6005, category 6 Application Activity). `activity_id` from the statement
+//!   kinds: select → 4 Query, insert/copy_from → 5 Write, update/merge → 2 Update,
+//!   delete/truncate/drop → 7 Delete, create → 6 Create, otherwise 99 Other.
+//!   `query_info.query_string` is the statement text as journaled (parameters and
+//!   results are stored masked and stay masked); `database` is the database of the
+//!   session's start-up (`pg_startup`), else the target name. The policy outcome:
+//!   `action_id` 1 Allowed / 2 Denied (refused) / 99 Other (held, then see the approval);
+//!   `disposition_id` 1 Allowed, 2 Blocked (refused), 14 Delayed (held without a decision
+//!   in the export), 8 Approved / 2 Blocked after an approval decision, 15 Detected (deny
+//!   in observe mode); `status_id` 1 Success / 2 Failure (the statement's error, with the
+//!   SQLSTATE in `status_code`) / 0 Unknown (no end journaled); `severity_id` 1
+//!   Informational, 2 Low (held), 3 Medium (denied).
+//! - `session_start` / `session_end` of every session become **Network Activity**
+//!   (`class_uid` 4001, category 4): `activity_id` 1 Open, 2 Close, 3 Reset (a close
+//!   reason mentioning "reset"), 4 Fail (the upstream connect failed); `traffic` carries
+//!   the byte totals at the end.
+//! - Other kinds (chunks, authentication, process lineage) are not exported as OCSF; use
+//!   `--format jsonl` for the complete record.
+//!
+//! Every event carries `actor` = the workload identity: `actor.app_name` the workload
+//! name, `actor.user` uid and name, `actor.process` pid, comm, command line and executable;
+//! `src_endpoint` the client address, `dst_endpoint` the original destination (with the
+//! target as `svc_name`); `metadata.uid` = `<journal_id>:<event id>`,
+//! `metadata.correlation_uid` = `<journal_id>:<session id>`; and `unmapped` holds what has
+//! no better slot: workload, cgroup, cgroup id, journal and host id, session reference,
+//! policy verdict, rule, statement kinds and tables, result summary and masked columns.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use serde_json::{json, Map, Value};
+
+use super::replay::shell_quote;
+use super::select::Selected;
+use crate::journal::{EventRow, SessionId, SetSession};
+
+/// The OCSF version the events follow (`metadata.version`).
+pub const OCSF_VERSION: &str = "1.3.0";
+
+/// Datastore Activity.
+pub const DATASTORE_ACTIVITY: u64 = 6005;
+/// Network Activity.
+pub const NETWORK_ACTIVITY: u64 = 4001;
+
+/// A statement waiting for its `statement_end`.
+struct Pending {
+    journal_id: String,
+    host_id: Option<String>,
+    session: SetSession,
+    statement: EventRow,
+    approval: Option<Value>,
+}
+
+/// Turns a stream of journal events (in journal order) into OCSF events.
+#[derive(Default)]
+pub struct OcsfMapper {
+    pending: HashMap<(String, SessionId, u64), Pending>,
+    /// Pending keys in arrival order, so that unfinished statements come out in order.
+    order: Vec<(String, SessionId, u64)>,
+    databases: HashMap<(String, SessionId), String>,
+}
+
+fn ms(t: SystemTime) -> i64 {
+    crate::journal::system_time_to_us(t).div_euclid(1000)
+}
+
+fn endpoint(addr: SocketAddr) -> Value {
+    json!({ "ip": addr.ip().to_string(), "port": addr.port() })
+}
+
+impl OcsfMapper {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds one event; returns the OCSF events it completes (zero, one or two).
+    pub fn push(&mut self, s: &Selected<'_>) -> Vec<Value> {
+        let Some(session) = s.session else {
+            return Vec::new();
+        };
+        let journal_id = s.segment.journal_id.clone();
+        let host_id = s.segment.host_id.clone();
+        let e = &s.event;
+        let seq = e
+            .data
+            .as_ref()
+            .and_then(|d| d.get("seq"))
+            .and_then(Value::as_u64);
+        match (e.kind.as_str(), seq) {
+            ("session_start" | "session_end", _) => {
+                vec![network_activity(
+                    &journal_id,
+                    host_id.as_deref(),
+                    session,
+                    e,
+                )]
+            }
+            ("pg_startup", _) => {
+                if let Some(db) = e
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("database"))
+                    .and_then(Value::as_str)
+                {
+                    self.databases
+                        .insert((journal_id, session.row.id), db.to_owned());
+                }
+                Vec::new()
+            }
+            ("statement", Some(seq)) => {
+                let key = (journal_id.clone(), session.row.id, seq);
+                // A statement with the seq of one still pending: the earlier one never
+                // got an end; export it as it is.
+                let mut out = Vec::new();
+                if let Some(old) = self.pending.remove(&key) {
+                    out.push(self.datastore_activity(&old, None));
+                }
+                self.order.push(key.clone());
+                self.pending.insert(
+                    key,
+                    Pending {
+                        journal_id,
+                        host_id,
+                        session: session.clone(),
+                        statement: e.clone(),
+                        approval: None,
+                    },
+                );
+                out
+            }
+            ("approval", Some(seq)) => {
+                if let Some(p) = self.pending.get_mut(&(journal_id, session.row.id, seq)) {
+                    p.approval = e.data.clone();
+                }
+                Vec::new()
+            }
+            ("statement_end", Some(seq)) => {
+                match self.pending.remove(&(journal_id, session.row.id, seq)) {
+                    Some(p) => vec![self.datastore_activity(&p, Some(e))],
+                    None => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The statements that never got an end (status Unknown), in journal order.
+    pub fn finish(mut self) -> Vec<Value> {
+        let order = std::mem::take(&mut self.order);
+        let mut out = Vec::new();
+        for key in order {
+            if let Some(p) = self.pending.remove(&key) {
+                out.push(self.datastore_activity(&p, None));
+            }
+        }
+        out
+    }
+
+    fn datastore_activity(&self, p: &Pending, end: Option<&EventRow>) -> Value {
+        let null = Value::Null;
+        let data = p.statement.data.as_ref().unwrap_or(&null);
+        let end_data = end.and_then(|e| e.data.as_ref()).unwrap_or(&null);
+        let str_of = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or("");
+        let kinds: Vec<&str> = data
+            .get("kinds")
+            .and_then(Value::as_array)
+            .map(|k| k.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let (activity_id, activity_name) = statement_activity(&kinds);
+        let verdict = str_of("verdict");
+        let action = str_of("action");
+        let enforced = data.get("enforced").and_then(Value::as_bool) != Some(false);
+        let decision = p
+            .approval
+            .as_ref()
+            .and_then(|a| a.get("decision"))
+            .and_then(Value::as_str);
+        let (action_id, action_name) = match action {
+            "forwarded" => (1, "Allowed"),
+            "refused" => (2, "Denied"),
+            _ => (99, "Other"),
+        };
+        let (disposition_id, disposition) = match (action, decision) {
+            (_, Some("approved")) => (8, "Approved"),
+            (_, Some(_)) => (2, "Blocked"),
+            ("refused", _) => (2, "Blocked"),
+            ("held", _) => (14, "Delayed"),
+            _ if verdict == "deny" && !enforced => (15, "Detected"),
+            _ => (1, "Allowed"),
+        };
+        let (severity_id, severity) = match (action, verdict) {
+            ("refused", _) | (_, "deny") => (3, "Medium"),
+            ("held", _) | (_, "approve") => (2, "Low"),
+            _ => (1, "Informational"),
+        };
+        let error = end_data.get("error");
+        let (status_id, status) = match (end, error) {
+            (None, _) => (0, "Unknown"),
+            (Some(_), Some(_)) => (2, "Failure"),
+            (Some(_), None) => (1, "Success"),
+        };
+        let session = &p.session;
+        let database = self
+            .databases
+            .get(&(p.journal_id.clone(), session.row.id))
+            .cloned()
+            .unwrap_or_else(|| session.row.target.clone());
+        let start = ms(p.statement.at);
+        let mut event = base(
+            DATASTORE_ACTIVITY,
+            "Datastore Activity",
+            6,
+            "Application Activity",
+            activity_id,
+            activity_name,
+            start,
+            (severity_id, severity),
+        );
+        let mut message = str_of("text").to_string();
+        if action != "forwarded" {
+            message = format!("{message} [{verdict}: {action}]");
+        }
+        let mut unmapped = context_unmapped(&p.journal_id, p.host_id.as_deref(), session);
+        for key in [
+            "verdict", "rule", "enforced", "action", "kinds", "tables", "protocol",
+        ] {
+            if let Some(v) = data.get(key) {
+                unmapped.insert(format!("statement_{key}"), v.clone());
+            }
+        }
+        for key in ["tag", "rows", "masked", "copy", "note", "mask_not_enforced"] {
+            if let Some(v) = end_data.get(key) {
+                unmapped.insert(format!("result_{key}"), v.clone());
+            }
+        }
+        if let Some(a) = &p.approval {
+            unmapped.insert("approval".into(), a.clone());
+        }
+        let fields = [
+            ("message", json!(message)),
+            ("status_id", json!(status_id)),
+            ("status", json!(status)),
+            ("action_id", json!(action_id)),
+            ("action", json!(action_name)),
+            ("disposition_id", json!(disposition_id)),
+            ("disposition", json!(disposition)),
+            ("metadata", metadata(&p.journal_id, &p.statement, session)),
+            ("actor", actor(session)),
+            ("src_endpoint", endpoint(session.row.client_addr)),
+            ("dst_endpoint", dst_endpoint(session)),
+            (
+                "database",
+                json!({ "name": database, "type_id": 1, "type": "Relational" }),
+            ),
+            (
+                "query_info",
+                json!({ "query_string": str_of("text"), "uid": data.get("seq").map(|s| s.to_string()) }),
+            ),
+            ("type_id", json!(1)),
+            ("type", json!("Database")),
+            ("unmapped", Value::Object(unmapped)),
+        ];
+        event.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
+        if let Some(e) = error {
+            event.insert(
+                "status_code".into(),
+                e.get("sqlstate").cloned().unwrap_or(Value::Null),
+            );
+            event.insert(
+                "status_detail".into(),
+                e.get("message").cloned().unwrap_or(Value::Null),
+            );
+        }
+        if let Some(end) = end {
+            event.insert("start_time".into(), json!(start));
+            event.insert("end_time".into(), json!(ms(end.at)));
+            if let Some(us) = end_data.get("duration_us").and_then(Value::as_u64) {
+                event.insert("duration".into(), json!(us / 1000));
+            }
+        }
+        Value::Object(event)
+    }
+}
+
+/// `activity_id` and its caption for a statement's kinds (the first kind that maps).
+fn statement_activity(kinds: &[&str]) -> (u64, &'static str) {
+    for kind in kinds {
+        let mapped = match *kind {
+            "select" => Some((4, "Query")),
+            "insert" | "copy_from" => Some((5, "Write")),
+            "update" | "merge" => Some((2, "Update")),
+            "delete" | "truncate" | "drop" => Some((7, "Delete")),
+            "create" => Some((6, "Create")),
+            "copy_to" => Some((1, "Read")),
+            _ => None,
+        };
+        if let Some(m) = mapped {
+            return m;
+        }
+    }
+    (99, "Other")
+}
+
+/// The attributes every OCSF event has (base event and classification).
+#[allow(clippy::too_many_arguments)]
+fn base(
+    class_uid: u64,
+    class_name: &str,
+    category_uid: u64,
+    category_name: &str,
+    activity_id: u64,
+    activity_name: &str,
+    time_ms: i64,
+    (severity_id, severity): (u64, &str),
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    for (k, v) in [
+        ("class_uid", json!(class_uid)),
+        ("class_name", json!(class_name)),
+        ("category_uid", json!(category_uid)),
+        ("category_name", json!(category_name)),
+        ("activity_id", json!(activity_id)),
+        ("activity_name", json!(activity_name)),
+        ("type_uid", json!(class_uid * 100 + activity_id)),
+        ("type_name", json!(format!("{class_name}: {activity_name}"))),
+        ("time", json!(time_ms)),
+        ("severity_id", json!(severity_id)),
+        ("severity", json!(severity)),
+    ] {
+        m.insert(k.to_string(), v);
+    }
+    m
+}
+
+fn metadata(journal_id: &str, event: &EventRow, session: &SetSession) -> Value {
+    json!({
+        "version": OCSF_VERSION,
+        "product": {
+            "name": "nhi-agent",
+            "vendor_name": "nhi-agent",
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+        "uid": format!("{journal_id}:{}", event.id),
+        "correlation_uid": format!("{journal_id}:{}", session.row.id),
+        "log_name": journal_id,
+        "original_time": crate::journal::format_rfc3339_us(event.at),
+    })
+}
+
+fn actor(session: &SetSession) -> Value {
+    let row = &session.row;
+    let mut user = json!({ "uid": row.uid.to_string() });
+    if let Some(name) = &row.user {
+        user["name"] = json!(name);
+    }
+    let mut process = json!({ "pid": row.pid, "name": row.comm });
+    if let Some(args) = &row.cmdline {
+        let line: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+        process["cmd_line"] = json!(line.join(" "));
+    }
+    if let Some(exe) = &row.exe {
+        let name = exe.rsplit('/').next().unwrap_or(exe);
+        process["file"] =
+            json!({ "name": name, "path": exe, "type_id": 1, "type": "Regular File" });
+    }
+    process["user"] = user.clone();
+    json!({ "app_name": row.workload, "user": user, "process": process })
+}
+
+fn dst_endpoint(session: &SetSession) -> Value {
+    let mut dst = endpoint(session.row.orig_dst);
+    dst["svc_name"] = json!(session.row.target);
+    dst
+}
+
+fn context_unmapped(
+    journal_id: &str,
+    host_id: Option<&str>,
+    session: &SetSession,
+) -> Map<String, Value> {
+    let row = &session.row;
+    let mut m = Map::new();
+    for (k, v) in [
+        ("workload", json!(row.workload)),
+        ("cgroup", json!(row.cgroup)),
+        ("cgroup_id", json!(row.cgroup_id)),
+        ("journal_id", json!(journal_id)),
+        ("host_id", json!(host_id)),
+        ("session", json!(session.session_ref)),
+        ("target", json!(row.target)),
+        ("protocol", json!(row.protocol)),
+    ] {
+        m.insert(k.to_string(), v);
+    }
+    m
+}
+
+fn network_activity(
+    journal_id: &str,
+    host_id: Option<&str>,
+    session: &SetSession,
+    e: &EventRow,
+) -> Value {
+    let row = &session.row;
+    let start = e.kind.as_str() == "session_start";
+    let reason = e
+        .data
+        .as_ref()
+        .and_then(|d| d.get("close_reason"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let (activity_id, activity_name) = if start {
+        (1, "Open")
+    } else if reason.starts_with("upstream connect failed") {
+        (4, "Fail")
+    } else if reason.contains("reset") {
+        (3, "Reset")
+    } else {
+        (2, "Close")
+    };
+    let mut event = base(
+        NETWORK_ACTIVITY,
+        "Network Activity",
+        4,
+        "Network Activity",
+        activity_id,
+        activity_name,
+        ms(e.at),
+        (1, "Informational"),
+    );
+    let message = if start {
+        format!("{} → {} ({})", row.client_addr, row.orig_dst, row.target)
+    } else {
+        format!("closed: {reason}")
+    };
+    let fields = [
+        ("message", json!(message)),
+        ("metadata", metadata(journal_id, e, session)),
+        ("actor", actor(session)),
+        ("src_endpoint", endpoint(row.client_addr)),
+        ("dst_endpoint", dst_endpoint(session)),
+        (
+            "connection_info",
+            json!({
+                "protocol_name": "tcp",
+                "direction_id": 2,
+                "direction": "Outbound",
+                "uid": session.session_ref,
+            }),
+        ),
+        (
+            "unmapped",
+            Value::Object(context_unmapped(journal_id, host_id, session)),
+        ),
+    ];
+    event.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
+    if !start {
+        let data = e.data.as_ref();
+        let get = |k: &str| data.and_then(|d| d.get(k)).and_then(Value::as_u64);
+        event.insert(
+            "traffic".into(),
+            json!({
+                "bytes_out": get("bytes_from_client").unwrap_or(row.bytes_from_client),
+                "bytes_in": get("bytes_from_server").unwrap_or(row.bytes_from_server),
+            }),
+        );
+        event.insert("status_id".into(), json!(1));
+        event.insert("status".into(), json!("Success"));
+        event.insert("status_detail".into(), json!(reason));
+    }
+    Value::Object(event)
+}
+
+/// A JSON type, for the required-attribute checks.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JsonType {
+    Integer,
+    String,
+    Object,
+}
+
+/// Checks `event` against the OCSF 1.3.0 required attributes of its class; returns the
+/// problems found (empty = valid).
+///
+/// The lists are copied from the OCSF schema 1.3.0 (github.com/ocsf/ocsf-schema, tag
+/// v1.3.0): `events/base_event.json` with `dictionary.json` types (activity_id,
+/// category_uid, class_uid, severity_id: integer_t; time: timestamp_t, an integer of
+/// milliseconds; type_uid: long_t; metadata: object), `objects/metadata.json` (product,
+/// version required), `objects/product.json` (vendor_name required),
+/// `events/application/datastore_activity.json` (actor, src_endpoint required; at least
+/// one of database, databucket, table) and `events/network/network_activity.json` with
+/// `network.json` (src_endpoint, dst_endpoint; at least one of them: we always have
+/// both, so both are checked).
+#[cfg(test)]
+pub(crate) fn check_required(event: &Value) -> Vec<String> {
+    const BASE: &[(&str, JsonType)] = &[
+        ("activity_id", JsonType::Integer),
+        ("category_uid", JsonType::Integer),
+        ("class_uid", JsonType::Integer),
+        ("metadata", JsonType::Object),
+        ("severity_id", JsonType::Integer),
+        ("time", JsonType::Integer),
+        ("type_uid", JsonType::Integer),
+    ];
+    const DATASTORE: &[(&str, JsonType)] = &[
+        ("actor", JsonType::Object),
+        ("src_endpoint", JsonType::Object),
+    ];
+    const NETWORK: &[(&str, JsonType)] = &[
+        ("src_endpoint", JsonType::Object),
+        ("dst_endpoint", JsonType::Object),
+    ];
+    let mut problems = Vec::new();
+    let check = |v: &Value, path: &str, fields: &[(&str, JsonType)], problems: &mut Vec<String>| {
+        for (name, ty) in fields {
+            let ok = match (v.get(name), ty) {
+                (Some(x), JsonType::Integer) => x.is_i64() || x.is_u64(),
+                (Some(x), JsonType::String) => x.is_string(),
+                (Some(x), JsonType::Object) => x.is_object(),
+                (None, _) => false,
+            };
+            if !ok {
+                problems.push(format!(
+                    "{path}{name}: expected {ty:?}, got {:?}",
+                    v.get(name)
+                ));
+            }
+        }
+    };
+    check(event, "", BASE, &mut problems);
+    check(
+        &event["metadata"],
+        "metadata.",
+        &[("version", JsonType::String), ("product", JsonType::Object)],
+        &mut problems,
+    );
+    check(
+        &event["metadata"]["product"],
+        "metadata.product.",
+        &[("vendor_name", JsonType::String)],
+        &mut problems,
+    );
+    let class_uid = event["class_uid"].as_u64().unwrap_or(0);
+    let activity_id = event["activity_id"].as_u64().unwrap_or(0);
+    if event["type_uid"].as_u64() != Some(class_uid * 100 + activity_id) {
+        problems.push(format!(
+            "type_uid {} is not class_uid*100+activity_id",
+            event["type_uid"]
+        ));
+    }
+    if event["category_uid"].as_u64() != Some(class_uid / 1000) {
+        problems.push(format!(
+            "category_uid {} does not match class {class_uid}",
+            event["category_uid"]
+        ));
+    }
+    match class_uid {
+        DATASTORE_ACTIVITY => {
+            check(event, "", DATASTORE, &mut problems);
+            if !["database", "databucket", "table"]
+                .iter()
+                .any(|k| event[k].is_object())
+            {
+                problems.push("none of database, databucket, table".into());
+            }
+        }
+        NETWORK_ACTIVITY => check(event, "", NETWORK, &mut problems),
+        other => problems.push(format!("unexpected class_uid {other}")),
+    }
+    problems
+}
