@@ -41,10 +41,11 @@ pub(crate) struct Migration {
 /// - protocol events (e.g. PostgreSQL statements): `kind` is free text without a CHECK and
 ///   `data` is JSON, so new kinds need no table rebuild.
 /// - agent-level events (start, stop, configuration changes): `session_id` may be NULL.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "sessions, events, meta",
-    sql: r#"
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "sessions, events, meta",
+        sql: r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
@@ -105,7 +106,19 @@ BEGIN
     SELECT RAISE(ABORT, 'journal events are append-only');
 END;
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "hash chain over events",
+        // Rows written before this migration have no hash; the chain starts after them
+        // (`chain_start_event_id`), and `verify` reports them as not covered.
+        sql: r#"
+ALTER TABLE events ADD COLUMN hash BLOB;
+INSERT INTO meta (key, value)
+    SELECT 'chain_start_event_id', CAST(COALESCE(MAX(id), 0) + 1 AS TEXT) FROM events;
+"#,
+    },
+];
 
 /// The schema version this binary writes and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
