@@ -2,10 +2,12 @@
 //! dispatches; every subcommand returns its exit status.
 pub mod approvals;
 pub mod detach;
+pub mod key;
 pub mod policy;
 pub mod replay;
 pub mod run;
 pub mod sessions;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -38,6 +40,10 @@ pub enum Command {
     Detach(detach::DetachArgs),
     /// List, approve or deny statements held for approval (talks to the running agent).
     Approvals(approvals::ApprovalsArgs),
+    /// Show or export the host's journal signing key (public half).
+    Key(key::KeyArgs),
+    /// Verify journal segments: hash chain, seals, links (exit 0 only when intact).
+    Verify(verify::VerifyArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -50,6 +56,8 @@ pub fn main() -> ExitCode {
         Command::Policy(a) => policy::run(a),
         Command::Detach(a) => detach::run(a),
         Command::Approvals(a) => approvals::run(a),
+        Command::Key(a) => key::run(a),
+        Command::Verify(a) => verify::run(a),
     };
     match result {
         Ok(code) => code,

@@ -72,6 +72,8 @@ pub struct Config {
     pub policies: crate::policy::PolicySet,
     /// `[[mask]]` tables (see [`crate::mask`]): what values are masked in results.
     pub masks: Vec<crate::mask::MaskRule>,
+    /// `[evidence]` (see [`crate::evidence::config`]): segment rotation, key, host id.
+    pub evidence: crate::evidence::EvidenceSettings,
     /// The file the configuration was loaded from; `None` when parsed from a string.
     pub source: Option<PathBuf>,
 }
@@ -468,12 +470,19 @@ impl TryFrom<RawConfig> for Config {
             }
             masks.push(rule);
         }
+        let evidence =
+            crate::evidence::EvidenceSettings::from_raw(raw.evidence).map_err(|p| Problem {
+                span: p.span,
+                earlier: None,
+                message: p.message,
+            })?;
         Ok(Config {
             agent,
             workloads,
             targets,
             policies,
             masks,
+            evidence,
             source: None,
         })
     }

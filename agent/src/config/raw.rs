@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     pub policy: Vec<Spanned<crate::policy::RawPolicy>>,
     #[serde(default)]
     pub mask: Vec<Spanned<crate::mask::RawMaskRule>>,
+    pub evidence: Option<Spanned<crate::evidence::RawEvidence>>,
 }
 
 /// `[agent]`.

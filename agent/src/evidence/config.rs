@@ -104,13 +104,15 @@ impl EvidenceSettings {
             None => DEFAULT_SEGMENT_MAX_AGE,
             Some(v) => match humantime::parse_duration(v.get_ref()) {
                 Ok(d) if !d.is_zero() => d,
-                _ => return Err(EvidenceProblem::at(
-                    v,
-                    format!(
+                _ => {
+                    return Err(EvidenceProblem::at(
+                        v,
+                        format!(
                         "invalid duration \"{}\" for segment_max_age (examples: \"10m\", \"1h\")",
                         v.get_ref()
                     ),
-                )),
+                    ))
+                }
             },
         };
         let signing_key = match &raw.signing_key {
