@@ -186,7 +186,7 @@ fn sealed_segments_of_real_sessions_verify_and_each_tampering_is_named() {
         )
     });
     assert!(
-        out.contains(&format!("DAMAGE: modified row")) && out.contains(&busy_name),
+        out.contains("DAMAGE: modified row") && out.contains(&busy_name),
         "{out}"
     );
     assert!(out.contains(&format!("at event {mid}")), "{out}");
