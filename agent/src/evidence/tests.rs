@@ -452,3 +452,36 @@ async fn chained_ingest_and_verify_rates() {
         report.bytes as f64 / 1e6 / secs
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_live_segment_is_sealed_when_it_reaches_its_maximum_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let key = Arc::new(HostKey::generate().expect("key"));
+    let mut opts = options(&key, u64::MAX);
+    if let Some(s) = opts.segments.as_mut() {
+        s.max_age = Duration::from_millis(300);
+    }
+    let journal = open(&path, opts).expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("a", "db", at_us(0)))
+        .await
+        .expect("start");
+    // No command arrives while the segment ages: the writer wakes up by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while super::segments::list_segments(&path).is_empty() {
+        assert!(Instant::now() < deadline, "no age rotation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The open session was carried over and can be ended in the new segment.
+    h.end_session(end(id, 1)).await.expect("end after rotation");
+    close(journal).await;
+    let report = verify_dir(dir.path(), &key.public());
+    assert!(report.intact, "{:#?}", report.damages);
+    let first = &report.journals[0].segments[0];
+    let seal = std::fs::read_to_string(first.path.with_extension("seal")).expect("seal");
+    let payload = super::seal::verify(&seal, &key.public()).expect("seal");
+    assert_eq!(payload.reason, super::SealReason::Age);
+    assert_eq!(payload.event_count, 1);
+}

@@ -278,6 +278,17 @@ pub(crate) struct Segmenter {
 }
 
 impl Segmenter {
+    /// How long until an age rotation (or a retry of a failed rotation) is due.
+    fn time_to_due(&self) -> std::time::Duration {
+        let now = Instant::now();
+        let due = self
+            .retry_at
+            .unwrap_or(self.started + self.opts.max_age)
+            .max(self.started + self.opts.max_age);
+        due.saturating_duration_since(now)
+            .max(std::time::Duration::from_millis(10))
+    }
+
     /// Why the live segment should be rotated now, if it should.
     fn due(&self) -> Option<SealReason> {
         let now = Instant::now();
@@ -570,12 +581,17 @@ impl Writer {
         // `blocking_recv` returns None once every handle is dropped, or after `close()` once
         // the queue is empty, so queued commands are never abandoned.
         loop {
-            let first = match (&timer, self.prelog.failing) {
-                // Pre-log records are waiting for a retry: do not sleep until the next
-                // command, it may never come.
-                (Some(timer), true) => {
+            // Pre-log records waiting for a retry, or a segment that will reach its
+            // maximum age: do not sleep until the next command, it may never come.
+            let wake_in = if self.prelog.failing {
+                Some(RETRY)
+            } else {
+                self.segments.as_ref().map(Segmenter::time_to_due)
+            };
+            let first = match (&timer, wake_in) {
+                (Some(timer), Some(wake_in)) => {
                     let rx = &mut self.rx;
-                    match timer.block_on(async { tokio::time::timeout(RETRY, rx.recv()).await }) {
+                    match timer.block_on(async { tokio::time::timeout(wake_in, rx.recv()).await }) {
                         Ok(Some(cmd)) => Some(cmd),
                         Ok(None) => break,
                         Err(_elapsed) => None,
