@@ -73,9 +73,6 @@ pub enum EvidenceError {
         #[source]
         source: jsonwebtoken::errors::Error,
     },
-    /// A seal's JSON could not be produced or read.
-    #[error("seal JSON: {reason}")]
-    SealJson { reason: String },
     /// A segment database operation failed.
     #[error("segment {}: {op} failed", path.display())]
     Sqlite {
