@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod credential;
 pub mod ebpf;
+pub mod evidence;
 pub mod identity;
 pub mod journal;
 pub mod lineage;

@@ -6,6 +6,7 @@ pub mod detach;
 pub mod events;
 pub mod export;
 pub mod filter;
+pub mod key;
 pub mod lineage;
 pub mod ocsf;
 pub mod policy;
@@ -14,6 +15,7 @@ pub mod run;
 pub mod select;
 pub mod sessions;
 pub mod ship;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -54,6 +56,10 @@ pub enum Command {
     Ship(ship::ShipArgs),
     /// Present a CI job's OIDC token: bind its claims to this process's cgroup.
     Attest(attest::AttestArgs),
+    /// Show or export the host's journal signing key (public half).
+    Key(key::KeyArgs),
+    /// Verify journal segments: hash chain, seals, links (exit 0 only when intact).
+    Verify(verify::VerifyArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -70,6 +76,8 @@ pub fn main() -> ExitCode {
         Command::Approvals(a) => approvals::run(a),
         Command::Ship(a) => ship::run(a),
         Command::Attest(a) => attest::run(a),
+        Command::Key(a) => key::run(a),
+        Command::Verify(a) => verify::run(a),
     };
     match result {
         Ok(code) => code,

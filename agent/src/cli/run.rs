@@ -75,11 +75,27 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     // password file fails the start instead of every session.
     let pg =
         proxy::postgres::PgRuntime::build(&config).context("preparing the PostgreSQL targets")?;
+    // The signing key and host id (created at the first start): the journal's segments
+    // are sealed with them, at rotation and at a clean stop.
+    let (host_key, host_id, key_path) = crate::evidence::host_identity(&config, true)
+        .context("preparing the journal signing key")?;
+    info!(
+        key = %key_path.display(),
+        fingerprint = %host_key.public().fingerprint(),
+        host_id,
+        "journal signing key"
+    );
     let journal_options = journal::JournalOptions {
         fsync: match config.agent.journal_fsync {
             config::JournalFsync::Group => journal::FsyncPolicy::Group,
             config::JournalFsync::Each => journal::FsyncPolicy::Each,
         },
+        segments: Some(journal::SegmentOptions {
+            key: Arc::new(host_key),
+            host_id,
+            max_bytes: config.evidence.segment_max_bytes,
+            max_age: config.evidence.segment_max_age,
+        }),
         ..journal::JournalOptions::default()
     };
     let journal = journal::open(&config.agent.journal, journal_options)
@@ -440,6 +456,10 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
             if new.approvals != old.approvals {
                 warn!("changing [approvals] needs a restart; keeping the running values");
                 new.approvals = old.approvals.clone();
+            }
+            if new.evidence != old.evidence {
+                warn!("changing [evidence] needs a restart; keeping the running values");
+                new.evidence = old.evidence.clone();
             }
             let pg = match proxy::postgres::PgRuntime::build(&new) {
                 Ok(pg) => pg,

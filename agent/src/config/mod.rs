@@ -81,6 +81,8 @@ pub struct Config {
     pub attest: crate::attest::AttestConfig,
     /// `[approvals]` (see [`crate::approvals::config`]): announcements and signed decisions.
     pub approvals: crate::approvals::ApprovalsConfig,
+    /// `[evidence]` (see [`crate::evidence::config`]): segment rotation, key, host id.
+    pub evidence: crate::evidence::EvidenceSettings,
     /// The file the configuration was loaded from; `None` when parsed from a string.
     pub source: Option<PathBuf>,
 }
@@ -506,6 +508,12 @@ impl TryFrom<RawConfig> for Config {
                 earlier: None,
                 message: p.message,
             })?;
+        let evidence =
+            crate::evidence::EvidenceSettings::from_raw(raw.evidence).map_err(|p| Problem {
+                span: p.span,
+                earlier: None,
+                message: p.message,
+            })?;
         Ok(Config {
             lineage,
             agent,
@@ -516,6 +524,7 @@ impl TryFrom<RawConfig> for Config {
             ship,
             attest,
             approvals,
+            evidence,
             source: None,
         })
     }

@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     pub oidc_issuer: Vec<Spanned<crate::attest::RawOidcIssuer>>,
     pub attest: Option<Spanned<crate::attest::RawAttest>>,
     pub approvals: Option<Spanned<crate::approvals::RawApprovals>>,
+    pub evidence: Option<Spanned<crate::evidence::RawEvidence>>,
 }
 
 /// `[agent]`.

@@ -15,6 +15,9 @@
 //! different path: [`JournalHandle::record`] appends them to a pre-log file with one
 //! `write(2)`, and the writer copies them into SQLite in its next batch (see [`prelog`]).
 //!
+//! Every event row is hash-chained and the file is cut into sealed segments (see
+//! [`crate::evidence`]); `open` and the writer keep the chain and rotate the segments.
+//!
 //! Reading is separate ([`JournalReader`]): a read-only connection that works offline on a
 //! journal copied from another host and concurrently with a running agent (WAL mode).
 
@@ -38,6 +41,7 @@ pub use prelog::{
     path_for as prelog_path, Event, PrelogRecovery, DEFAULT_TRUNCATE_AT, MAX_RECORD_LEN, NO_SESSION,
 };
 pub use reader::{EventKind, EventRow, EventScan, JournalReader, SessionFilter, SessionRow};
+pub(crate) use schema::FORMAT_MARKER;
 pub use schema::SCHEMA_VERSION;
 pub use set::{JournalSet, SegmentInfo, SetError, SetSession};
 
@@ -250,6 +254,13 @@ pub enum JournalError {
     #[error("journal: invalid event: {reason}")]
     InvalidEvent { reason: String },
 
+    /// Sealing, rotating or linking segments failed.
+    #[error("journal evidence")]
+    Evidence {
+        #[source]
+        source: crate::evidence::EvidenceError,
+    },
+
     /// The last attempt to commit pre-log records up to at least `seq` failed. They stay
     /// in the pre-log and the writer keeps retrying, but they are not durable yet.
     #[error("journal: pre-log records up to seq {seq} are not committed yet: {reason}")]
@@ -291,6 +302,9 @@ pub struct JournalOptions {
     /// least this large ([`DEFAULT_TRUNCATE_AT`]). Emptying it takes the append lock, so
     /// doing it after every batch would make appends wait needlessly.
     pub prelog_truncate_at: u64,
+    /// Segment rotation and seals; `None`: the events are still hash-chained, but the
+    /// journal is one unsealed file (tests, and tools without a key).
+    pub segments: Option<SegmentOptions>,
 }
 
 impl Default for JournalOptions {
@@ -300,8 +314,22 @@ impl Default for JournalOptions {
             queue_capacity: 8192,
             fsync: FsyncPolicy::Group,
             prelog_truncate_at: DEFAULT_TRUNCATE_AT,
+            segments: None,
         }
     }
+}
+
+/// How the live segment is sealed and rotated (see [`crate::evidence`]).
+#[derive(Debug, Clone)]
+pub struct SegmentOptions {
+    /// Signs the seals.
+    pub key: Arc<crate::evidence::HostKey>,
+    /// Stored in every segment's `meta.host_id` and every seal.
+    pub host_id: String,
+    /// Rotate once the live file (with its WAL) is at least this large...
+    pub max_bytes: u64,
+    /// ...or this old.
+    pub max_age: Duration,
 }
 
 /// Counters kept by the writer, for metrics and for tests that check batching.
@@ -391,10 +419,11 @@ pub(crate) struct Durability {
 /// a previous agent left behind (see [`prelog`]), closes the sessions it left open, and
 /// starts the writer thread.
 pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> {
-    let mut conn = schema::open_for_writing(path)?;
+    let (mut conn, chain_state) = open_live(path, opts.segments.as_ref())?;
+    let mut chain = writer::Chain::new(chain_state);
     let prelog_path = prelog::path_for(path);
     let prelog_file = prelog::open_file(&prelog_path)?;
-    let (recovery, next_seq) = prelog::recover(&mut conn, &prelog_file, &prelog_path)?;
+    let (recovery, next_seq) = prelog::recover(&mut conn, &mut chain, &prelog_file, &prelog_path)?;
     // The writer reads through its own descriptor, so reads never wait for the append lock.
     let writer_file = prelog_file
         .try_clone()
@@ -409,7 +438,7 @@ pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> 
         next_seq,
         opts.prelog_truncate_at,
     ));
-    let interrupted = writer::close_interrupted(&mut conn)?;
+    let interrupted = writer::close_interrupted(&mut conn, &mut chain)?;
     if interrupted > 0 {
         tracing::warn!(
             sessions = interrupted,
@@ -429,6 +458,13 @@ pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> 
         Arc::clone(&shared),
         opts.batch_max.max(1),
         writer::PrelogIngest::new(Arc::clone(&prelog), writer_file, next_seq - 1, durable_tx),
+        chain,
+        opts.segments.map(|opts| writer::Segmenter {
+            opts,
+            path: path.to_path_buf(),
+            started: std::time::Instant::now(),
+            retry_at: None,
+        }),
     )?;
     Ok(Journal {
         handle: JournalHandle {
@@ -441,6 +477,54 @@ pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> 
         thread,
         recovery,
     })
+}
+
+/// Opens the live segment for writing and returns it with its chain position.
+///
+/// With segments: a live file sealed by a clean stop is first moved into `segments/` (and a
+/// successor created), a fresh live file continues the last sealed segment (the agent
+/// stopped between moving a segment and creating its successor), and missing `.seal`
+/// files are written from the segments' `meta.seal`.
+pub(crate) fn open_live(
+    path: &Path,
+    segments_opts: Option<&SegmentOptions>,
+) -> Result<(rusqlite::Connection, crate::evidence::ChainState), JournalError> {
+    use crate::evidence::segments;
+    let mut conn = schema::open_for_writing(path)?;
+    let mut state = segments::load_chain(&conn).map_err(JournalError::sqlite("load the chain"))?;
+    let Some(opts) = segments_opts else {
+        return Ok((conn, state));
+    };
+    let evidence = |source| JournalError::Evidence { source };
+    segments::repair_seal_files(path).map_err(evidence)?;
+    if segments::is_fresh(&conn).map_err(JournalError::sqlite("inspect the live segment"))? {
+        if let Some(carry) = segments::carry_of_last_segment(path).map_err(evidence)? {
+            segments::init_successor(&mut conn, &carry, &opts.host_id)
+                .map_err(JournalError::sqlite("continue the last segment"))?;
+            state = segments::load_chain(&conn).map_err(JournalError::sqlite("load the chain"))?;
+        }
+    }
+    if segments::meta_get(&conn, "host_id")
+        .map_err(JournalError::sqlite("read host_id"))?
+        .is_none()
+    {
+        segments::meta_set(&conn, "host_id", &opts.host_id)
+            .map_err(JournalError::sqlite("store host_id"))?;
+    }
+    if let Some(seal) =
+        segments::meta_get(&conn, "seal").map_err(JournalError::sqlite("read the seal"))?
+    {
+        conn = writer::rotate(
+            conn,
+            path,
+            &state,
+            opts,
+            crate::evidence::SealReason::Startup,
+            Some(seal),
+        )?;
+        state = segments::load_chain(&conn).map_err(JournalError::sqlite("load the chain"))?;
+    }
+    Ok((conn, state))
 }
 
 /// The open journal: owns the writer thread. Call [`Journal::close`] at shutdown so that
@@ -683,6 +767,11 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Now, in microseconds since the Unix epoch.
+pub(crate) fn now_us() -> i64 {
+    system_time_to_us(SystemTime::now())
 }
 
 /// Microseconds since the Unix epoch, negative before it, saturating far outside the range

@@ -54,6 +54,7 @@ use std::time::SystemTime;
 
 use rusqlite::{params, Connection, TransactionBehavior};
 
+use super::writer::{Chain, NewEvent};
 use super::{system_time_to_us, JournalError, SessionId};
 
 /// The size past which the writer empties a fully ingested pre-log (see
@@ -362,8 +363,12 @@ pub(crate) fn store_applied(conn: &Connection, seq: u64) -> Result<(), rusqlite:
     Ok(())
 }
 
-/// Inserts one record into `events` (direction and size stay NULL).
-pub(crate) fn insert_record(conn: &Connection, record: &RecordRef<'_>) -> rusqlite::Result<()> {
+/// Inserts one record into `events` (direction and size stay NULL), chained.
+pub(crate) fn insert_record(
+    conn: &Connection,
+    chain: &mut Chain,
+    record: &RecordRef<'_>,
+) -> rusqlite::Result<()> {
     let data: Option<Cow<'_, str>> = if record.data.is_empty() {
         None
     } else if serde_json::from_str::<serde::de::IgnoredAny>(record.data).is_ok() {
@@ -380,10 +385,17 @@ pub(crate) fn insert_record(conn: &Connection, record: &RecordRef<'_>) -> rusqli
         ))
     };
     let session = (record.session != NO_SESSION).then_some(record.session);
-    conn.prepare_cached(
-        "INSERT INTO events (session_id, at_us, kind, data) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![session, record.at_us, record.kind, data])?;
+    chain.insert_event(
+        conn,
+        &NewEvent {
+            session_id: session,
+            at_us: record.at_us,
+            kind: record.kind,
+            direction: None,
+            size: None,
+            data: data.as_deref(),
+        },
+    )?;
     Ok(())
 }
 
@@ -393,6 +405,7 @@ pub(crate) fn insert_record(conn: &Connection, record: &RecordRef<'_>) -> rusqli
 /// the next sequence number to assign.
 pub(crate) fn recover(
     conn: &mut Connection,
+    chain: &mut Chain,
     file: &File,
     path: &Path,
 ) -> Result<(PrelogRecovery, u64), JournalError> {
@@ -411,7 +424,7 @@ pub(crate) fn recover(
                 return Ok(());
             }
             last_seen = record.seq;
-            match insert_record(&tx, &record) {
+            match insert_record(&tx, chain, &record) {
                 Ok(()) => report.records += 1,
                 // The whole transaction is gone (I/O error): opening fails, nothing lost.
                 Err(source) if tx.is_autocommit() => {

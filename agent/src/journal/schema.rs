@@ -107,10 +107,21 @@ BEGIN
 END;
 "#,
     },
-    // attest: the claims attested for the session's cgroup (JSON object), NULL when
-    // unattested. (Integrator: renumber if another branch also appends version 2.)
     Migration {
         version: 2,
+        description: "hash chain over events",
+        // Rows written before this migration have no hash; the chain starts after them
+        // (`chain_start_event_id`), and `verify` reports them as not covered.
+        sql: r#"
+ALTER TABLE events ADD COLUMN hash BLOB;
+INSERT INTO meta (key, value)
+    SELECT 'chain_start_event_id', CAST(COALESCE(MAX(id), 0) + 1 AS TEXT) FROM events;
+"#,
+    },
+    // attest: the claims attested for the session's cgroup (JSON object), NULL when
+    // unattested.
+    Migration {
+        version: 3,
         description: "sessions.claims",
         sql: "ALTER TABLE sessions ADD COLUMN claims TEXT;",
     },

@@ -19,19 +19,90 @@
 //! (a timer retries them even when no command arrives).
 
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::prelog::{self, Prelog};
 use super::{
-    system_time_to_us, Direction, Durability, JournalError, SessionEnd, SessionId, SessionStart,
-    Shared,
+    system_time_to_us, Direction, Durability, JournalError, SegmentOptions, SessionEnd, SessionId,
+    SessionStart, Shared,
 };
+use crate::evidence::chain::{event_hash_with, ChainEvent, ChainState};
+use crate::evidence::segments;
+use crate::evidence::SealReason;
+
+/// An event row to insert; the id and the hash are assigned by [`Chain::insert_event`].
+pub(crate) struct NewEvent<'a> {
+    pub(crate) session_id: Option<SessionId>,
+    pub(crate) at_us: i64,
+    pub(crate) kind: &'a str,
+    pub(crate) direction: Option<&'a str>,
+    pub(crate) size: Option<i64>,
+    pub(crate) data: Option<&'a str>,
+}
+
+/// The writer's position in the hash chain (see [`crate::evidence`]). Every insert into
+/// `events` goes through [`Chain::insert_event`], which assigns the id explicitly (ids
+/// continue across segments) and the hash.
+pub(crate) struct Chain {
+    pub(crate) state: ChainState,
+    /// Reused encoding buffer: hashing allocates nothing per event.
+    scratch: Vec<u8>,
+}
+
+impl Chain {
+    pub(crate) fn new(state: ChainState) -> Self {
+        Chain {
+            state,
+            scratch: Vec::with_capacity(256),
+        }
+    }
+
+    /// Inserts one chained event; the chain only advances once the row is in.
+    pub(crate) fn insert_event(
+        &mut self,
+        conn: &Connection,
+        e: &NewEvent<'_>,
+    ) -> rusqlite::Result<i64> {
+        let id = self.state.next_event_id;
+        let hash = event_hash_with(
+            &self.state.last_hash,
+            &ChainEvent {
+                id,
+                session_id: e.session_id,
+                at_us: e.at_us,
+                kind: e.kind.as_bytes(),
+                direction: e.direction.map(str::as_bytes),
+                size: e.size,
+                data: e.data.map(str::as_bytes),
+            },
+            &mut self.scratch,
+        );
+        conn.prepare_cached(
+            "INSERT INTO events (id, session_id, at_us, kind, direction, size, data, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            id,
+            e.session_id,
+            e.at_us,
+            e.kind,
+            e.direction,
+            e.size,
+            e.data,
+            &hash[..]
+        ])?;
+        self.state.last_hash = hash;
+        self.state.next_event_id = id + 1;
+        Ok(id)
+    }
+}
 
 /// What the handles ask of the writer.
 pub(crate) enum Command {
@@ -165,6 +236,8 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     batch_max: usize,
     prelog: PrelogIngest,
+    chain: Chain,
+    segments: Option<Segmenter>,
 ) -> Result<JoinHandle<Result<(), JournalError>>, JournalError> {
     let writer = Writer {
         conn,
@@ -173,6 +246,8 @@ pub(crate) fn spawn(
         batch_max,
         failures: Failures::default(),
         prelog,
+        chain,
+        segments,
     };
     std::thread::Builder::new()
         .name("nhi-journal".to_string())
@@ -187,6 +262,87 @@ struct Writer {
     batch_max: usize,
     failures: Failures,
     prelog: PrelogIngest,
+    chain: Chain,
+    segments: Option<Segmenter>,
+}
+
+/// Rotation of the live segment (only with a signing key, see [`SegmentOptions`]).
+pub(crate) struct Segmenter {
+    pub(crate) opts: SegmentOptions,
+    pub(crate) path: PathBuf,
+    /// When the live segment was opened (its age counts from the agent's start or the last
+    /// rotation, whichever is later).
+    pub(crate) started: Instant,
+    /// After a failed rotation, the next attempt waits until then.
+    pub(crate) retry_at: Option<Instant>,
+}
+
+impl Segmenter {
+    /// How long until an age rotation (or a retry of a failed rotation) is due.
+    fn time_to_due(&self) -> std::time::Duration {
+        let now = Instant::now();
+        let due = self
+            .retry_at
+            .unwrap_or(self.started + self.opts.max_age)
+            .max(self.started + self.opts.max_age);
+        due.saturating_duration_since(now)
+            .max(std::time::Duration::from_millis(10))
+    }
+
+    /// Why the live segment should be rotated now, if it should.
+    fn due(&self) -> Option<SealReason> {
+        let now = Instant::now();
+        if self.retry_at.is_some_and(|t| now < t) {
+            return None;
+        }
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        if size(&self.path) + size(Path::new(&wal)) >= self.opts.max_bytes {
+            return Some(SealReason::Size);
+        }
+        (now.duration_since(self.started) >= self.opts.max_age).then_some(SealReason::Age)
+    }
+}
+
+/// Seals the live segment in `conn` (unless `existing_seal` is its seal already), moves it
+/// to `segments/<seq>.db` with its `.seal`, and opens its successor at `path`.
+///
+/// `conn` is consumed: on error the caller reopens `path` (see [`super::open_live`]).
+pub(crate) fn rotate(
+    conn: Connection,
+    path: &Path,
+    chain: &ChainState,
+    opts: &SegmentOptions,
+    reason: SealReason,
+    existing_seal: Option<String>,
+) -> Result<Connection, JournalError> {
+    let evidence = |source| JournalError::Evidence { source };
+    let jws = match existing_seal {
+        Some(jws) => jws,
+        None => segments::seal_in_place(&conn, chain, &opts.key, &opts.host_id, reason, path)
+            .map_err(evidence)?,
+    };
+    let carry = segments::read_carry(&conn, chain, &jws)
+        .map_err(JournalError::sqlite("read the segment to rotate"))?;
+    // Everything into the main file, so that the moved file is complete on its own.
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(JournalError::sqlite("checkpoint before rotation"))?;
+    conn.close().map_err(|(_, source)| JournalError::Sqlite {
+        op: "close the sealed segment",
+        source,
+    })?;
+    let moved = segments::move_into_segments(path, carry.seq(), &jws).map_err(evidence)?;
+    let mut next = super::schema::open_for_writing(path)?;
+    segments::init_successor(&mut next, &carry, &opts.host_id)
+        .map_err(JournalError::sqlite("initialize the next segment"))?;
+    tracing::info!(
+        segment = %moved.display(),
+        seq = carry.seq(),
+        ?reason,
+        "journal segment sealed and rotated"
+    );
+    Ok(next)
 }
 
 /// The writer's side of the pre-log: where it has read up to, and whom it tells.
@@ -317,6 +473,7 @@ struct Ingested {
 /// `Err` means the transaction is lost.
 fn ingest(
     tx: &Transaction<'_>,
+    chain: &mut Chain,
     ing: &mut PrelogIngest,
     start: u64,
     last_seq: u64,
@@ -330,7 +487,7 @@ fn ingest(
     while off < ing.buf.len() {
         match prelog::decode(&ing.buf[off..]) {
             prelog::Decoded::Record { record, len } if record.seq > seq => {
-                match prelog::insert_record(tx, &record) {
+                match prelog::insert_record(tx, chain, &record) {
                     Ok(()) => inserted += 1,
                     Err(e) if tx.is_autocommit() => return Err(("insert pre-log record", e)),
                     // One record the database refuses (its session does not exist, a
@@ -424,12 +581,17 @@ impl Writer {
         // `blocking_recv` returns None once every handle is dropped, or after `close()` once
         // the queue is empty, so queued commands are never abandoned.
         loop {
-            let first = match (&timer, self.prelog.failing) {
-                // Pre-log records are waiting for a retry: do not sleep until the next
-                // command, it may never come.
-                (Some(timer), true) => {
+            // Pre-log records waiting for a retry, or a segment that will reach its
+            // maximum age: do not sleep until the next command, it may never come.
+            let wake_in = if self.prelog.failing {
+                Some(RETRY)
+            } else {
+                self.segments.as_ref().map(Segmenter::time_to_due)
+            };
+            let first = match (&timer, wake_in) {
+                (Some(timer), Some(wake_in)) => {
                     let rx = &mut self.rx;
-                    match timer.block_on(async { tokio::time::timeout(RETRY, rx.recv()).await }) {
+                    match timer.block_on(async { tokio::time::timeout(wake_in, rx.recv()).await }) {
                         Ok(Some(cmd)) => Some(cmd),
                         Ok(None) => break,
                         Err(_elapsed) => None,
@@ -465,12 +627,30 @@ impl Writer {
             if let Some((_, drain_result @ Ok(()))) = drain.as_mut() {
                 *drain_result = outcome;
             }
+            if drain.is_none() {
+                self.maybe_rotate()?;
+            }
         }
 
         // Records appended while the last batch ran: commit them now rather than leave them
         // to the next start's recovery, then leave an empty pre-log behind.
         let _ = self.process(&mut batch);
         self.prelog.maybe_truncate(true);
+
+        // A clean stop seals the live segment in place; the next start moves it into
+        // segments/ before writing anything.
+        if let Some(seg) = &self.segments {
+            if let Err(e) = segments::seal_in_place(
+                &self.conn,
+                &self.chain.state,
+                &seg.opts.key,
+                &seg.opts.host_id,
+                SealReason::Shutdown,
+                &seg.path,
+            ) {
+                tracing::error!(error = %super::error_chain(&e), "cannot seal the journal at shutdown");
+            }
+        }
 
         // Closing the last connection checkpoints the WAL into the main file and removes it,
         // so a cleanly closed journal is a single self-contained file to copy elsewhere.
@@ -490,6 +670,39 @@ impl Writer {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Between batches: seals and rotates the live segment when it is due. A failed
+    /// rotation is logged and retried a minute later; the writer only stops if it cannot
+    /// reopen a live file at all.
+    fn maybe_rotate(&mut self) -> Result<(), JournalError> {
+        let Some(reason) = self.segments.as_ref().and_then(Segmenter::due) else {
+            return Ok(());
+        };
+        let Some(seg) = self.segments.as_mut() else {
+            return Ok(());
+        };
+        let placeholder = Connection::open_in_memory()
+            .map_err(JournalError::sqlite("open a placeholder connection"))?;
+        let conn = std::mem::replace(&mut self.conn, placeholder);
+        match rotate(conn, &seg.path, &self.chain.state, &seg.opts, reason, None) {
+            Ok(next) => {
+                self.conn = next;
+                seg.started = Instant::now();
+                seg.retry_at = None;
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %super::error_chain(&e),
+                    "cannot rotate the journal segment; writing on in the live file"
+                );
+                seg.retry_at = Some(Instant::now() + std::time::Duration::from_secs(60));
+                let (conn, state) = super::open_live(&seg.path, Some(&seg.opts))?;
+                self.conn = conn;
+                self.chain.state = state;
+            }
+        }
+        Ok(())
     }
 
     /// Takes what is already queued, up to `batch_max`.
@@ -518,6 +731,9 @@ impl Writer {
         let mut executed = Vec::with_capacity(commands);
         let mut lost: Option<(&'static str, rusqlite::Error)> = None;
         let mut ingested = None;
+        // Put back if the transaction is lost, so the chain never links to rows that were
+        // rolled back.
+        let chain_before = self.chain.state;
 
         match self
             .conn
@@ -534,6 +750,7 @@ impl Writer {
                     let start = self.prelog.applied_offset;
                     match ingest(
                         &tx,
+                        &mut self.chain,
                         &mut self.prelog,
                         start,
                         last_seq,
@@ -549,7 +766,13 @@ impl Writer {
                         executed.push(Executed::without_running(cmd, &mut self.failures));
                         continue;
                     }
-                    let mut ex = execute(&mut tx, &self.shared, &mut self.failures, cmd);
+                    let mut ex = execute(
+                        &mut tx,
+                        &mut self.chain,
+                        &self.shared,
+                        &mut self.failures,
+                        cmd,
+                    );
                     // Some errors (I/O, disk full) make SQLite roll back the whole
                     // transaction, not just the statement: everything before is gone too.
                     if tx.is_autocommit() {
@@ -589,6 +812,7 @@ impl Writer {
                 Ok(())
             }
             Some((op, source)) => {
+                self.chain.state = chain_before;
                 if let Some((_, last_seq)) = new_records {
                     self.prelog
                         .note_failure(last_seq, format!("{op} failed: {source}"));
@@ -694,13 +918,14 @@ impl Writer {
 /// Runs one command's statements inside the batch's transaction.
 fn execute(
     tx: &mut Transaction<'_>,
+    chain: &mut Chain,
     shared: &Shared,
     failures: &mut Failures,
     cmd: Command,
 ) -> Executed {
     match cmd {
         Command::Start { start, reply } => {
-            let result = with_savepoint(tx, |tx| insert_start(tx, &start));
+            let result = with_savepoint(tx, chain, |tx, chain| insert_start(tx, chain, &start));
             if let Err(e) = &result {
                 record_failure(failures, None, "a session start", e);
             }
@@ -713,7 +938,7 @@ fn execute(
                 failures.add(1);
                 Err(JournalError::SessionFailed { id })
             } else {
-                insert_chunk(tx, id, dir, size, at).inspect_err(|e| {
+                insert_chunk(tx, chain, id, dir, size, at).inspect_err(|e| {
                     record_failure(failures, Some(id), "a chunk", e);
                     shared.mark_failed(id);
                 })
@@ -724,7 +949,7 @@ fn execute(
             // The end is recorded even for a failed session: "journal failure" as the close
             // reason is exactly what a responder needs to see.
             let id = end.id;
-            let result = with_savepoint(tx, |tx| update_end(tx, &end));
+            let result = with_savepoint(tx, chain, |tx, chain| update_end(tx, chain, &end));
             if let Err(e) = &result {
                 record_failure(failures, Some(id), "a session end", e);
             }
@@ -750,18 +975,28 @@ fn record_failure(failures: &mut Failures, id: Option<SessionId>, what: &str, e:
 
 /// Runs `f` in a savepoint so that a command made of several statements is all or nothing
 /// without losing the rest of the batch.
+///
+/// The chain position is put back when the savepoint is rolled back.
 fn with_savepoint<T>(
     tx: &mut Transaction<'_>,
-    f: impl FnOnce(&Connection) -> Result<T, JournalError>,
+    chain: &mut Chain,
+    f: impl FnOnce(&Connection, &mut Chain) -> Result<T, JournalError>,
 ) -> Result<T, JournalError> {
-    let sp = tx
-        .savepoint()
-        .map_err(JournalError::sqlite("open a savepoint"))?;
-    // Dropping the savepoint without commit rolls it back.
-    let value = f(&sp)?;
-    sp.commit()
-        .map_err(JournalError::sqlite("release a savepoint"))?;
-    Ok(value)
+    let before = chain.state;
+    let result = (|| {
+        let sp = tx
+            .savepoint()
+            .map_err(JournalError::sqlite("open a savepoint"))?;
+        // Dropping the savepoint without commit rolls it back.
+        let value = f(&sp, chain)?;
+        sp.commit()
+            .map_err(JournalError::sqlite("release a savepoint"))?;
+        Ok(value)
+    })();
+    if result.is_err() {
+        chain.state = before;
+    }
+    result
 }
 
 /// SQLite integers are signed 64-bit. Counters and kernel ids never reach 2^63 in practice,
@@ -770,7 +1005,11 @@ fn u64_bits(v: u64) -> i64 {
     v as i64
 }
 
-fn insert_start(conn: &Connection, s: &SessionStart) -> Result<SessionId, JournalError> {
+fn insert_start(
+    conn: &Connection,
+    chain: &mut Chain,
+    s: &SessionStart,
+) -> Result<SessionId, JournalError> {
     let cmdline = s
         .cmdline
         .as_ref()
@@ -790,10 +1029,12 @@ fn insert_start(conn: &Connection, s: &SessionStart) -> Result<SessionId, Journa
             what: "claims",
             source,
         })?;
+    // Explicit ids: they continue across segments, whose files start empty.
+    let id = chain.state.next_session_id;
     conn.prepare_cached(
         "INSERT INTO sessions (workload, cgroup, cgroup_id, pid, pid_start_time, exe, cmdline, \
-         uid, gid, user, comm, client_addr, orig_dst, target, protocol, started_at_us, claims) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+         uid, gid, user, comm, client_addr, orig_dst, target, protocol, started_at_us, id, claims) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -813,13 +1054,14 @@ fn insert_start(conn: &Connection, s: &SessionStart) -> Result<SessionId, Journa
             s.target,
             s.protocol,
             started_at_us,
+            id,
             claims,
         ])
     })
     .map_err(JournalError::sqlite("insert session"))?;
-    // The id is SQLite's rowid, assigned inside this transaction; the caller only sees it
-    // after the commit.
-    let id = conn.last_insert_rowid();
+    // Taken inside this transaction; the caller only sees it after the commit, and a
+    // rollback puts the chain state (and so this id) back.
+    chain.state.next_session_id = id + 1;
 
     // The start event repeats the identity so that the append-only event stream is complete
     // on its own (the sessions row is a mutable summary; a future hash chain covers events).
@@ -842,31 +1084,47 @@ fn insert_start(conn: &Connection, s: &SessionStart) -> Result<SessionId, Journa
         "claims": s.claims,
     })
     .to_string();
-    conn.prepare_cached(
-        "INSERT INTO events (session_id, at_us, kind, data) VALUES (?1, ?2, 'session_start', ?3)",
-    )
-    .and_then(|mut stmt| stmt.execute(params![id, started_at_us, data]))
-    .map_err(JournalError::sqlite("insert session_start event"))?;
+    chain
+        .insert_event(
+            conn,
+            &NewEvent {
+                session_id: Some(id),
+                at_us: started_at_us,
+                kind: "session_start",
+                direction: None,
+                size: None,
+                data: Some(&data),
+            },
+        )
+        .map_err(JournalError::sqlite("insert session_start event"))?;
     Ok(id)
 }
 
 fn insert_chunk(
     conn: &Connection,
+    chain: &mut Chain,
     id: SessionId,
     dir: Direction,
     size: u32,
     at: SystemTime,
 ) -> Result<(), JournalError> {
-    conn.prepare_cached(
-        "INSERT INTO events (session_id, at_us, kind, direction, size) \
-         VALUES (?1, ?2, 'chunk', ?3, ?4)",
-    )
-    .and_then(|mut stmt| stmt.execute(params![id, system_time_to_us(at), dir.as_str(), size]))
-    .map_err(JournalError::sqlite("insert chunk event"))?;
+    chain
+        .insert_event(
+            conn,
+            &NewEvent {
+                session_id: Some(id),
+                at_us: system_time_to_us(at),
+                kind: "chunk",
+                direction: Some(dir.as_str()),
+                size: Some(i64::from(size)),
+                data: None,
+            },
+        )
+        .map_err(JournalError::sqlite("insert chunk event"))?;
     Ok(())
 }
 
-fn update_end(conn: &Connection, end: &SessionEnd) -> Result<(), JournalError> {
+fn update_end(conn: &Connection, chain: &mut Chain, end: &SessionEnd) -> Result<(), JournalError> {
     let ended_at_us = system_time_to_us(end.ended_at);
     let changed = conn
         .prepare_cached(
@@ -893,11 +1151,19 @@ fn update_end(conn: &Connection, end: &SessionEnd) -> Result<(), JournalError> {
         "close_reason": end.close_reason,
     })
     .to_string();
-    conn.prepare_cached(
-        "INSERT INTO events (session_id, at_us, kind, data) VALUES (?1, ?2, 'session_end', ?3)",
-    )
-    .and_then(|mut stmt| stmt.execute(params![end.id, ended_at_us, data]))
-    .map_err(JournalError::sqlite("insert session_end event"))?;
+    chain
+        .insert_event(
+            conn,
+            &NewEvent {
+                session_id: Some(end.id),
+                at_us: ended_at_us,
+                kind: "session_end",
+                direction: None,
+                size: None,
+                data: Some(&data),
+            },
+        )
+        .map_err(JournalError::sqlite("insert session_end event"))?;
     Ok(())
 }
 
@@ -909,7 +1175,11 @@ pub(crate) const INTERRUPTED_REASON: &str =
 /// Ends the sessions a previous agent left open, so that a journal never shows a
 /// session as still running when no agent is serving it. Totals come from the
 /// session's recorded chunks. Runs once at open, before the writer starts.
-pub(crate) fn close_interrupted(conn: &mut Connection) -> Result<usize, JournalError> {
+pub(crate) fn close_interrupted(
+    conn: &mut Connection,
+    chain: &mut Chain,
+) -> Result<usize, JournalError> {
+    let before = chain.state;
     let tx = conn
         .transaction()
         .map_err(JournalError::sqlite("begin recovery"))?;
@@ -938,9 +1208,14 @@ pub(crate) fn close_interrupted(conn: &mut Connection) -> Result<usize, JournalE
             bytes_from_server: (*from_server).max(0) as u64,
             close_reason: INTERRUPTED_REASON.to_string(),
         };
-        update_end(&tx, &end)?;
+        if let Err(e) = update_end(&tx, chain, &end) {
+            chain.state = before;
+            return Err(e);
+        }
     }
-    tx.commit()
-        .map_err(JournalError::sqlite("commit recovery"))?;
+    if let Err(e) = tx.commit() {
+        chain.state = before;
+        return Err(JournalError::sqlite("commit recovery")(e));
+    }
     Ok(open.len())
 }

@@ -1,0 +1,227 @@
+//! `[evidence]`: segment rotation limits, the signing key and the host id.
+//!
+//! ```toml
+//! [evidence]
+//! segment_max_bytes = "64MiB"   # or an integer number of bytes; KiB/MiB/GiB
+//! segment_max_age = "1h"        # humantime
+//! signing_key = "/var/lib/nhi-agent/signing.key"   # default <state_dir>/signing.key
+//! host_id = "web-01"            # default: <state_dir>/host-id, created once
+//! ```
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Default `segment_max_bytes`.
+pub const DEFAULT_SEGMENT_MAX_BYTES: u64 = 64 << 20;
+/// Default `segment_max_age`.
+pub const DEFAULT_SEGMENT_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// A size: an integer number of bytes or a string with a KiB/MiB/GiB suffix.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// `[evidence]` as read from the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvidence {
+    pub segment_max_bytes: Option<Spanned<RawSize>>,
+    pub segment_max_age: Option<Spanned<String>>,
+    pub signing_key: Option<Spanned<String>>,
+    pub host_id: Option<Spanned<String>>,
+}
+
+/// A validation problem of `[evidence]`, with the span of the value it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceProblem {
+    pub span: Option<Range<usize>>,
+    pub message: String,
+}
+
+impl EvidenceProblem {
+    fn at<T>(value: &Spanned<T>, message: impl Into<String>) -> Self {
+        EvidenceProblem {
+            span: Some(value.span()),
+            message: message.into(),
+        }
+    }
+}
+
+/// Validated `[evidence]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceSettings {
+    /// The live segment is sealed and rotated once it is at least this large.
+    pub segment_max_bytes: u64,
+    /// ... or this old.
+    pub segment_max_age: Duration,
+    /// `None`: `<state_dir>/signing.key`.
+    pub signing_key: Option<PathBuf>,
+    /// `None`: `<state_dir>/host-id`.
+    pub host_id: Option<String>,
+}
+
+impl Default for EvidenceSettings {
+    fn default() -> Self {
+        EvidenceSettings {
+            segment_max_bytes: DEFAULT_SEGMENT_MAX_BYTES,
+            segment_max_age: DEFAULT_SEGMENT_MAX_AGE,
+            signing_key: None,
+            host_id: None,
+        }
+    }
+}
+
+impl EvidenceSettings {
+    /// The signing key path given the agent's state directory.
+    pub fn signing_key_path(&self, state_dir: &Path) -> PathBuf {
+        self.signing_key
+            .clone()
+            .unwrap_or_else(|| state_dir.join("signing.key"))
+    }
+
+    /// Validates the raw section (absent section: defaults).
+    pub fn from_raw(raw: Option<Spanned<RawEvidence>>) -> Result<Self, EvidenceProblem> {
+        let Some(raw) = raw else {
+            return Ok(EvidenceSettings::default());
+        };
+        let raw = raw.into_inner();
+        let segment_max_bytes = match &raw.segment_max_bytes {
+            None => DEFAULT_SEGMENT_MAX_BYTES,
+            Some(v) => parse_size(v.get_ref()).ok_or_else(|| {
+                EvidenceProblem::at(
+                    v,
+                    "segment_max_bytes must be a positive size such as 67108864, \"512KiB\", \"64MiB\" or \"1GiB\"",
+                )
+            })?,
+        };
+        let segment_max_age = match &raw.segment_max_age {
+            None => DEFAULT_SEGMENT_MAX_AGE,
+            Some(v) => match humantime::parse_duration(v.get_ref()) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    return Err(EvidenceProblem::at(
+                        v,
+                        format!(
+                        "invalid duration \"{}\" for segment_max_age (examples: \"10m\", \"1h\")",
+                        v.get_ref()
+                    ),
+                    ))
+                }
+            },
+        };
+        let signing_key = match &raw.signing_key {
+            None => None,
+            Some(p) if Path::new(p.get_ref()).is_absolute() => Some(PathBuf::from(p.get_ref())),
+            Some(p) => {
+                return Err(EvidenceProblem::at(
+                    p,
+                    "signing_key must be an absolute path",
+                ));
+            }
+        };
+        let host_id = match &raw.host_id {
+            None => None,
+            Some(h)
+                if !h.get_ref().is_empty()
+                    && h.get_ref().len() <= 128
+                    && h.get_ref().chars().all(|c| c.is_ascii_graphic()) =>
+            {
+                Some(h.get_ref().clone())
+            }
+            Some(h) => {
+                return Err(EvidenceProblem::at(
+                    h,
+                    "host_id must be 1 to 128 printable ASCII characters without spaces",
+                ));
+            }
+        };
+        Ok(EvidenceSettings {
+            segment_max_bytes,
+            segment_max_age,
+            signing_key,
+            host_id,
+        })
+    }
+}
+
+fn parse_size(raw: &RawSize) -> Option<u64> {
+    let n = match raw {
+        RawSize::Bytes(n) => u64::try_from(*n).ok()?,
+        RawSize::Text(s) => {
+            let s = s.trim();
+            let (digits, mult) = [
+                ("KiB", 1u64 << 10),
+                ("MiB", 1 << 20),
+                ("GiB", 1 << 30),
+                ("B", 1),
+            ]
+            .iter()
+            .find_map(|(suffix, m)| s.strip_suffix(suffix).map(|d| (d.trim(), *m)))
+            .unwrap_or((s, 1));
+            digits.parse::<u64>().ok()?.checked_mul(mult)?
+        }
+    };
+    (n > 0).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<EvidenceSettings, EvidenceProblem> {
+        #[derive(Deserialize)]
+        struct Doc {
+            evidence: Option<Spanned<RawEvidence>>,
+        }
+        let doc: Doc = toml::from_str(text).unwrap();
+        EvidenceSettings::from_raw(doc.evidence)
+    }
+
+    #[test]
+    fn sizes_and_ages_parse_and_defaults_apply() {
+        assert_eq!(parse("").unwrap(), EvidenceSettings::default());
+        let s = parse("[evidence]\nsegment_max_bytes = \"512KiB\"\nsegment_max_age = \"10m\"\nhost_id = \"web-1\"\n").unwrap();
+        assert_eq!(s.segment_max_bytes, 512 * 1024);
+        assert_eq!(s.segment_max_age, Duration::from_secs(600));
+        assert_eq!(s.host_id.as_deref(), Some("web-1"));
+        assert_eq!(
+            parse("[evidence]\nsegment_max_bytes = \"2GiB\"")
+                .unwrap()
+                .segment_max_bytes,
+            2 << 30
+        );
+        assert_eq!(
+            parse("[evidence]\nsegment_max_bytes = 4096")
+                .unwrap()
+                .segment_max_bytes,
+            4096
+        );
+        assert_eq!(
+            parse("[evidence]\nsegment_max_bytes = \"3MiB\"")
+                .unwrap()
+                .segment_max_bytes,
+            3 << 20
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_span() {
+        for bad in [
+            "segment_max_bytes = \"64 furlongs\"",
+            "segment_max_bytes = 0",
+            "segment_max_bytes = -5",
+            "segment_max_age = \"0s\"",
+            "signing_key = \"relative.key\"",
+            "host_id = \"has space\"",
+        ] {
+            let p = parse(&format!("[evidence]\n{bad}\n")).unwrap_err();
+            assert!(p.span.is_some(), "{bad}");
+        }
+    }
+}

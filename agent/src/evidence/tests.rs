@@ -1,0 +1,487 @@
+//! Chain, rotation and verify against real journals written by the writer.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use super::verify::{self, DamageKind, HighWaterMark, Report};
+use super::{HostKey, PublicKey};
+use crate::journal::tests::{at_us, sample_start};
+use crate::journal::{
+    open, Direction, Event, Journal, JournalOptions, SegmentOptions, SessionEnd, SessionId,
+};
+
+fn options(key: &Arc<HostKey>, max_bytes: u64) -> JournalOptions {
+    JournalOptions {
+        segments: Some(SegmentOptions {
+            key: Arc::clone(key),
+            host_id: "test-host".to_string(),
+            max_bytes,
+            max_age: Duration::from_secs(3600),
+        }),
+        ..JournalOptions::default()
+    }
+}
+
+async fn close(journal: Journal) {
+    tokio::task::spawn_blocking(move || journal.close())
+        .await
+        .expect("join")
+        .expect("close");
+}
+
+fn pg(session: SessionId, n: i64) -> Event {
+    Event {
+        session,
+        at: at_us(n),
+        kind: std::borrow::Cow::Borrowed("pg.query"),
+        data: serde_json::json!({ "sql": format!("SELECT {n}") }).to_string(),
+    }
+}
+
+fn end(id: SessionId, n: i64) -> SessionEnd {
+    SessionEnd {
+        id,
+        ended_at: at_us(n),
+        bytes_from_client: 10,
+        bytes_from_server: 20,
+        close_reason: "client closed".to_string(),
+    }
+}
+
+/// Small enough for many segments: an empty journal file with its WAL is ~40 KiB.
+const SEGMENT_BYTES: u64 = 128 << 10;
+
+/// How many events [`write_journal`] writes.
+const SESSIONS: i64 = 40;
+const CHUNKS: i64 = 20;
+const EVENTS_PER_SESSION: i64 = 2 + CHUNKS + 2;
+
+/// Writes sessions through a tiny segment limit, with one long session that stays open
+/// across rotations (its events and end land in later segments), a clean stop and a
+/// reopen (which rotates the sealed live file). Returns the journal path.
+async fn write_journal(dir: &Path, key: &Arc<HostKey>) -> PathBuf {
+    let path = dir.join("journal.db");
+    let journal = open(&path, options(key, SEGMENT_BYTES)).expect("open");
+    let h = journal.handle();
+    let long = h
+        .start_session(sample_start("long", "db", at_us(0)))
+        .await
+        .expect("start long");
+    let mut n = 1;
+    for s in 0..SESSIONS / 2 {
+        let id = h
+            .start_session(sample_start(&format!("w{s}"), "db", at_us(n)))
+            .await
+            .expect("start");
+        for c in 0..CHUNKS {
+            h.chunk(id, Direction::ClientToServer, c as u32 + 1, at_us(n))
+                .await
+                .expect("chunk");
+            n += 1;
+        }
+        h.record_durably(&[pg(id, n), pg(long, n + 1)])
+            .await
+            .expect("record");
+        h.end_session(end(id, n + 2)).await.expect("end");
+        n += 3;
+    }
+    close(journal).await;
+
+    // The sealed live file is moved into segments/ at the next start.
+    let journal = open(&path, options(key, SEGMENT_BYTES)).expect("reopen");
+    let h = journal.handle();
+    for s in SESSIONS / 2..SESSIONS {
+        let id = h
+            .start_session(sample_start(&format!("w{s}"), "db", at_us(n)))
+            .await
+            .expect("start");
+        for c in 0..CHUNKS {
+            h.chunk(id, Direction::ServerToClient, c as u32 + 1, at_us(n))
+                .await
+                .expect("chunk");
+            n += 1;
+        }
+        h.record_durably(&[pg(id, n)]).await.expect("record");
+        h.record_durably(&[pg(id, n + 1)]).await.expect("record");
+        h.end_session(end(id, n + 2)).await.expect("end");
+        n += 3;
+    }
+    close(journal).await;
+    path
+}
+
+fn verify_dir(dir: &Path, key: &PublicKey) -> Report {
+    verify::verify_files(&verify::collect_files(&[dir.to_path_buf()]), key, None)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Runs `sql` on `db` as an attacker would: first dropping the append-only triggers.
+fn tamper(db: &Path, sql: &str) {
+    let conn = Connection::open(db).expect("open for tampering");
+    conn.execute_batch(
+        "DROP TRIGGER events_append_only_update; DROP TRIGGER events_append_only_delete;",
+    )
+    .expect("drop triggers");
+    conn.execute_batch(sql).expect("tamper");
+}
+
+fn ids_of(db: &Path) -> Vec<i64> {
+    let conn = Connection::open(db).expect("open");
+    let mut stmt = conn
+        .prepare("SELECT id FROM events ORDER BY id")
+        .expect("prepare");
+    let ids = stmt
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<Vec<i64>, _>>()
+        .expect("ids");
+    ids
+}
+
+fn segment(dir: &Path, seq: u64) -> PathBuf {
+    dir.join("segments").join(format!("{seq:010}.db"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_loses_and_duplicates_no_event_and_every_segment_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = Arc::new(HostKey::generate().expect("key"));
+    let path = write_journal(dir.path(), &key).await;
+
+    let mut segments = super::segments::list_segments(&path);
+    assert!(segments.len() >= 3, "only {} segments", segments.len());
+    for (_, db) in &segments {
+        assert!(
+            super::segments::seal_path_for(db).exists(),
+            "{} has no .seal",
+            db.display()
+        );
+    }
+    segments.push((u64::MAX, path.clone()));
+    let mut all: Vec<i64> = segments.iter().flat_map(|(_, db)| ids_of(db)).collect();
+    // The long session's start, every session's events, and the long session's end
+    // (written by the recovery at the second start: it was open at the clean stop).
+    let expected = 2 + SESSIONS * EVENTS_PER_SESSION;
+    assert_eq!(all.len() as i64, expected, "events lost or duplicated");
+    let sorted = {
+        let mut s = all.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(all, sorted, "segments hold ids out of order");
+    all.dedup();
+    assert_eq!(all, (1..=expected).collect::<Vec<_>>());
+
+    // Every session's end is in exactly one segment, and the long session (open across
+    // rotations) got its pre-log events in later segments.
+    let mut ends = 0;
+    let mut long_events = 0;
+    for (_, db) in &segments {
+        let conn = Connection::open(db).expect("open");
+        ends += conn
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE kind = 'session_end'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .expect("count");
+        long_events += conn
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE session_id = 1 AND kind = 'pg.query'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .expect("count");
+    }
+    assert_eq!(ends, SESSIONS + 1);
+    assert_eq!(long_events, SESSIONS / 2);
+
+    let report = verify_dir(dir.path(), &key.public());
+    assert!(report.intact, "{:#?}", report.damages);
+    let j = &report.journals[0];
+    assert_eq!(j.events as i64, expected);
+    assert_eq!(j.segments.len(), segments.len());
+    assert!(j.segments.iter().all(|s| s.status == "sealed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_every_kind_of_damage_and_its_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = Arc::new(HostKey::generate().expect("key"));
+    let path = write_journal(dir.path(), &key).await;
+    let public = key.public();
+    // A segment with enough rows to damage one in the middle.
+    let (busy, mid) = (2..)
+        .map(|seq| (seq, ids_of(&segment(dir.path(), seq))))
+        .find(|(_, ids)| ids.len() > 10)
+        .map(|(seq, ids)| (seq, ids[ids.len() / 2]))
+        .expect("a segment with rows");
+    let last_seq = super::segments::list_segments(&path).len() as u64 + 1;
+    let case = |name: &str, f: &dyn Fn(&Path)| -> Report {
+        let copy = dir.path().join(format!("case-{name}"));
+        copy_dir(&dir.path().join("segments"), &copy.join("segments"));
+        std::fs::copy(&path, copy.join("journal.db")).expect("copy live");
+        f(&copy);
+        verify_dir(&copy, &public)
+    };
+    let expect = |report: &Report, kind: DamageKind, seq: u64| {
+        assert!(!report.intact, "{kind:?} not found: {report:#?}");
+        let first = report.first_damage.as_ref().expect("a damage");
+        assert_eq!(first.kind, kind, "{:#?}", report.damages);
+        assert_eq!(first.segment_seq, Some(seq), "{:#?}", report.damages);
+    };
+
+    let r = case("modified", &|d| {
+        tamper(
+            &segment(d, busy),
+            &format!("UPDATE events SET at_us = at_us + 1 WHERE id = {mid}"),
+        )
+    });
+    expect(&r, DamageKind::ModifiedRow, busy);
+    assert_eq!(r.first_damage.as_ref().and_then(|d| d.event_id), Some(mid));
+
+    let r = case("deleted", &|d| {
+        tamper(
+            &segment(d, busy),
+            &format!("DELETE FROM events WHERE id = {mid}"),
+        )
+    });
+    expect(&r, DamageKind::DeletedRow, busy);
+    assert_eq!(r.first_damage.as_ref().and_then(|d| d.event_id), Some(mid));
+
+    let r = case("reordered", &|d| {
+        let b = mid + 1;
+        tamper(
+            &segment(d, busy),
+            &format!(
+                "CREATE TEMP TABLE t AS SELECT * FROM events WHERE id IN ({mid}, {b});
+                 UPDATE events SET (session_id, at_us, kind, direction, size, data, hash) =
+                   (SELECT session_id, at_us, kind, direction, size, data, hash FROM t
+                    WHERE t.id = CASE events.id WHEN {mid} THEN {b} ELSE {mid} END)
+                 WHERE id IN ({mid}, {b});"
+            ),
+        )
+    });
+    expect(&r, DamageKind::ReorderedRows, busy);
+
+    // The last segment with events (the live one may be empty: a rotation can come just
+    // before the stop).
+    let tail_seq = (1..=last_seq)
+        .rev()
+        .find(|&seq| {
+            let db = if seq == last_seq {
+                path.clone()
+            } else {
+                segment(dir.path(), seq)
+            };
+            ids_of(&db).len() >= 3
+        })
+        .expect("a segment with events");
+    let r = case("truncated", &|d| {
+        let db = if tail_seq == last_seq {
+            d.join("journal.db")
+        } else {
+            segment(d, tail_seq)
+        };
+        tamper(
+            &db,
+            "DELETE FROM events WHERE id > (SELECT MAX(id) - 2 FROM events)",
+        )
+    });
+    expect(&r, DamageKind::TruncatedTail, tail_seq);
+
+    let r = case("missing", &|d| {
+        std::fs::remove_file(segment(d, 2)).expect("rm");
+        std::fs::remove_file(segment(d, 2).with_extension("seal")).expect("rm");
+    });
+    expect(&r, DamageKind::MissingSegment, 3);
+
+    let r = case("session", &|d| {
+        let conn = Connection::open(segment(d, 1)).expect("open");
+        conn.execute("UPDATE sessions SET target = 'elsewhere' WHERE id = 2", [])
+            .expect("update");
+    });
+    expect(&r, DamageKind::ModifiedSessionRow, 1);
+    assert_eq!(r.first_damage.as_ref().and_then(|d| d.session_id), Some(2));
+
+    let r = case("bytes", &|d| {
+        let conn = Connection::open(segment(d, 1)).expect("open");
+        conn.execute("UPDATE sessions SET bytes_from_server = 1 WHERE id = 2", [])
+            .expect("update");
+    });
+    expect(&r, DamageKind::ModifiedSessionRow, 1);
+
+    // Another key: every seal is refused.
+    let other = HostKey::generate().expect("key").public();
+    let r = verify_dir(&dir.path().join("case-modified").join("segments"), &other);
+    assert_eq!(
+        r.first_damage.map(|d| d.kind),
+        Some(DamageKind::InvalidSeal)
+    );
+
+    // The high-water mark: reached by the journal as it is, not by a copy missing its tail
+    // segment.
+    let last_seal =
+        std::fs::read_to_string(segment(dir.path(), last_seq - 1).with_extension("seal"))
+            .expect("seal");
+    let payload = super::seal::verify(&last_seal, &public).expect("valid");
+    let hwm = HighWaterMark {
+        host_id: payload.host_id.clone(),
+        journal_id: payload.journal_id.clone(),
+        segment_seq: payload.segment_seq,
+        last_event_id: payload.last_event_id,
+        last_hash: payload.last_hash.clone(),
+        seal_sha256: super::seal::seal_sha256(&last_seal),
+        updated_at_us: 0,
+    };
+    let files = verify::collect_files(&[dir.path().join("segments"), path.clone()]);
+    assert!(verify::verify_files(&files, &public, Some(&hwm)).intact);
+    let fewer: Vec<PathBuf> = files
+        .iter()
+        .filter(|f| !f.ends_with(format!("{:010}.db", last_seq - 1)) && **f != path)
+        .cloned()
+        .collect();
+    let r = verify::verify_files(&fewer, &public, Some(&hwm));
+    assert_eq!(
+        r.first_damage.map(|d| d.kind),
+        Some(DamageKind::BehindHighWaterMark)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_batches_and_failed_savepoints_roll_the_chain_back_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    let h = journal.handle();
+    let a = h
+        .start_session(sample_start("a", "db", at_us(0)))
+        .await
+        .expect("start");
+    let side = Connection::open(&path).expect("side");
+
+    // A lost batch: COMMIT fails on a deferred foreign key.
+    side.execute_batch(
+        "CREATE TABLE poison (x INTEGER REFERENCES sessions (id) DEFERRABLE INITIALLY DEFERRED); \
+         CREATE TRIGGER poison_events AFTER INSERT ON events \
+         BEGIN INSERT INTO poison VALUES (-1); END;",
+    )
+    .expect("poison");
+    h.chunk(a, Direction::ClientToServer, 1, at_us(1))
+        .await
+        .expect("queued");
+    assert!(h.flush().await.is_err(), "the batch must be lost");
+    side.execute_batch("DROP TRIGGER poison_events;")
+        .expect("cure");
+
+    // A failed start: its savepoint is rolled back after the session row went in.
+    side.execute_batch(
+        "CREATE TRIGGER no_starts BEFORE INSERT ON events WHEN NEW.kind = 'session_start' \
+         BEGIN SELECT RAISE(ABORT, 'no'); END;",
+    )
+    .expect("trigger");
+    assert!(h
+        .start_session(sample_start("b", "db", at_us(2)))
+        .await
+        .is_err());
+    side.execute_batch("DROP TRIGGER no_starts;").expect("drop");
+
+    let b = h
+        .start_session(sample_start("b", "db", at_us(3)))
+        .await
+        .expect("start b");
+    assert_eq!(b, a + 1, "the failed start's session id was given back");
+    h.record_durably(&[pg(b, 4)]).await.expect("record");
+    h.end_session(end(b, 5)).await.expect("end");
+    drop(side);
+    close(journal).await;
+
+    assert_eq!(ids_of(&path), vec![1, 2, 3, 4], "ids are contiguous");
+    let report = verify_dir(dir.path(), &HostKey::generate().expect("key").public());
+    assert!(report.intact, "{:#?}", report.damages);
+    assert_eq!(report.journals[0].segments[0].status, "open (not sealed)");
+}
+
+/// A measurement, not a test: chained ingest rate through the pre-log and verify speed.
+/// `cargo test -p nhi-agent --lib evidence::tests::chained_ingest_and_verify_rates -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn chained_ingest_and_verify_rates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let journal = open(&path, JournalOptions::default()).expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("bench", "db", at_us(0)))
+        .await
+        .expect("start");
+    const TOTAL: i64 = 400_000;
+    let batch: Vec<Event> = (0..100).map(|n| pg(id, n)).collect();
+    let started = Instant::now();
+    let mut last = 0;
+    for _ in 0..TOTAL / 100 {
+        last = h.record(&batch).expect("record");
+    }
+    h.durable(last).await.expect("durable");
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "chained ingest: {TOTAL} events in {secs:.2}s = {:.0} events/s",
+        TOTAL as f64 / secs
+    );
+    close(journal).await;
+    let started = Instant::now();
+    let report = verify_dir(dir.path(), &HostKey::generate().expect("key").public());
+    let secs = started.elapsed().as_secs_f64();
+    assert!(report.intact);
+    println!(
+        "verify: {} bytes in {secs:.2}s = {:.1} MB/s",
+        report.bytes,
+        report.bytes as f64 / 1e6 / secs
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_live_segment_is_sealed_when_it_reaches_its_maximum_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let key = Arc::new(HostKey::generate().expect("key"));
+    let mut opts = options(&key, u64::MAX);
+    if let Some(s) = opts.segments.as_mut() {
+        s.max_age = Duration::from_millis(300);
+    }
+    let journal = open(&path, opts).expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("a", "db", at_us(0)))
+        .await
+        .expect("start");
+    // No command arrives while the segment ages: the writer wakes up by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while super::segments::list_segments(&path).is_empty() {
+        assert!(Instant::now() < deadline, "no age rotation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The open session was carried over and can be ended in the new segment.
+    h.end_session(end(id, 1)).await.expect("end after rotation");
+    close(journal).await;
+    let report = verify_dir(dir.path(), &key.public());
+    assert!(report.intact, "{:#?}", report.damages);
+    let first = &report.journals[0].segments[0];
+    let seal = std::fs::read_to_string(first.path.with_extension("seal")).expect("seal");
+    let payload = super::seal::verify(&seal, &key.public()).expect("seal");
+    assert_eq!(payload.reason, super::SealReason::Age);
+    assert_eq!(payload.event_count, 1);
+}
