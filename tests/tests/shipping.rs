@@ -608,3 +608,132 @@ fn over_disk_budget_postgres_clients_get_a_disk_full_error() {
         agent.log_text()
     );
 }
+
+/// The whole evidence path: a real agent's own segments (real sessions through eBPF,
+/// rotated by size, sealed with the host key, the live file sealed by SIGTERM and moved
+/// at the next start) arrive upstream; the upstream copy verifies against the host key
+/// and the high-water mark; an upstream copy missing its last segment does not.
+#[test]
+fn real_segments_are_shipped_and_the_upstream_copy_verifies_against_the_high_water_mark() {
+    privileged!(
+        "real_segments_are_shipped_and_the_upstream_copy_verifies_against_the_high_water_mark"
+    );
+    let s3 = S3Server::start();
+    let echo = EchoServer::start("127.0.0.2:0");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let secret = secrets.path().join("s3.secret");
+    fs::write(&secret, S3Server::SECRET_KEY).expect("secret");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let host = "e2e-host";
+    let mut agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\
+         [[target]]\nname = \"echo\"\naddress = \"{}\"\nprotocol = \"tcp\"\n\
+         [evidence]\nsegment_max_bytes = \"96KiB\"\nhost_id = \"{host}\"\n\
+         [shipping]\nendpoint = \"{}\"\nbucket = \"{}\"\naccess_key_id = \"{}\"\n\
+         secret_file = \"{}\"\ninterval = \"200ms\"\nattempts = 3\n\
+         backoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\n",
+        cg.rel(),
+        echo.addr,
+        s3.endpoint(),
+        s3.bucket,
+        S3Server::ACCESS_KEY,
+        secret.display()
+    ));
+    for _ in 0..30 {
+        let r = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "20000"]);
+        assert_eq!(r["identical"], true, "{r}");
+    }
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
+    // The next start moves the live file (sealed by the stop) into segments/, where the
+    // shipper finds it.
+    agent.spawn();
+    let segments_dir = agent.journal.parent().expect("dir").join("segments");
+    let sealed = || {
+        fs::read_dir(&segments_dir)
+            .expect("segments/")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "seal"))
+            .count() as u64
+    };
+    let last = sealed();
+    assert!(last >= 3, "only {last} sealed segments");
+    let hwm = s3.object_path(&format!("nhi/{host}/hwm.json"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mark = fs::read(&hwm)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        if mark.as_ref().is_some_and(|m| m["segment_seq"] == last) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segment {last} not shipped: {mark:?}\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
+
+    let key = secrets.path().join("host.pub");
+    let out = agent.cli(&[
+        "key",
+        "export-public",
+        "--config",
+        agent.config_path.to_str().expect("utf-8"),
+        "--out",
+        key.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let upstream = s3.object_path(&format!("nhi/{host}"));
+    let verify = |dir: &Path| {
+        agent.cli(&[
+            "verify",
+            dir.to_str().expect("utf-8"),
+            "--key",
+            key.to_str().expect("utf-8"),
+            "--hwm",
+            hwm.to_str().expect("utf-8"),
+        ])
+    };
+    let out = verify(&upstream);
+    assert!(out.status.success(), "upstream copy: {}", text(&out));
+    // Every sealed segment arrived, byte for byte.
+    for seq in 1..=last {
+        let name = format!("{seq:010}.db");
+        let local = fs::read(segments_dir.join(&name)).expect("local segment");
+        let remote: Vec<PathBuf> = s3
+            .keys()
+            .iter()
+            .filter(|k| k.ends_with(&name))
+            .map(|k| s3.object_path(k))
+            .collect();
+        assert_eq!(remote.len(), 1, "{name} upstream once: {remote:?}");
+        assert_eq!(
+            Sha256::digest(&local),
+            Sha256::digest(fs::read(&remote[0]).expect("remote")),
+            "{name}"
+        );
+    }
+
+    // An upstream copy without its last segment is caught by the high-water mark.
+    let cut = secrets.path().join("cut");
+    for k in s3.keys() {
+        if let Some(rel) = k.strip_prefix(&format!("nhi/{host}/")) {
+            if rel == "hwm.json" || rel.contains(&format!("{last:010}.")) {
+                continue;
+            }
+            let to = cut.join(rel);
+            fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            fs::copy(s3.object_path(&k), &to).expect("copy");
+        }
+    }
+    let out = verify(&cut);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("high-water mark"),
+        "names the truncation: {}",
+        text(&out)
+    );
+}

@@ -28,7 +28,13 @@ use crate::{
     util::{self, run},
 };
 
-pub fn bench(bytes: u64, conns: u64, runs: usize, pg_seconds: u64) -> anyhow::Result<()> {
+pub fn bench(
+    bytes: u64,
+    conns: u64,
+    runs: usize,
+    pg_seconds: u64,
+    evidence_events: u64,
+) -> anyhow::Result<()> {
     if !util::is_root() {
         bail!("the benchmark attaches eBPF programs and creates cgroups: run it as root");
     }
@@ -195,6 +201,9 @@ pub fn bench(bytes: u64, conns: u64, runs: usize, pg_seconds: u64) -> anyhow::Re
     println!("\njournaled sessions during the run: {journaled}");
 
     agent.stop();
+    if evidence_events > 0 {
+        crate::bench_evidence::bench(evidence_events, runs, work.path())?;
+    }
     Ok(())
 }
 

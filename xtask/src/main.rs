@@ -7,6 +7,7 @@
 //! - `cargo xtask bench`: relay throughput, connection rate and connect latency, and pgbench
 //!   direct / pgbouncer / agent (tcp, postgres), as ratios against direct.
 mod bench;
+mod bench_evidence;
 mod demo;
 mod run;
 mod setup;
@@ -56,6 +57,12 @@ enum Cmd {
         /// Seconds per pgbench run (0 skips the PostgreSQL figures).
         #[arg(long, default_value_t = 3)]
         pg_seconds: u64,
+        /// Statement events for the journal ingest / verify / search figures (0 skips them).
+        #[arg(long, default_value_t = 1_000_000)]
+        evidence_events: u64,
+        /// Only the journal evidence figures (no eBPF, no PostgreSQL).
+        #[arg(long)]
+        only_evidence: bool,
     },
 }
 
@@ -70,6 +77,18 @@ fn main() -> anyhow::Result<()> {
             conns,
             runs,
             pg_seconds,
-        } => bench::bench(bytes, conns, runs, pg_seconds),
+            evidence_events,
+            only_evidence,
+        } => {
+            if only_evidence {
+                setup::setup()?;
+                let work = std::env::temp_dir().join(format!("nhi-bench-{}", std::process::id()));
+                let result = bench_evidence::bench(evidence_events, runs, &work);
+                let _ = std::fs::remove_dir_all(&work);
+                result
+            } else {
+                bench::bench(bytes, conns, runs, pg_seconds, evidence_events)
+            }
+        }
     }
 }
