@@ -102,7 +102,18 @@ pub(crate) fn write_events(args: &EventsArgs, out: &mut dyn Write) -> anyhow::Re
 fn table_line(s: &Selected<'_>) -> String {
     let at = format_rfc3339_us(s.event.at);
     let session = s.session.map_or("-", |x| x.session_ref.as_str());
-    let workload = s.session.map_or("-", |x| x.row.workload.as_str());
+    // Session-less events (exec, attestation) carry the workload in their data.
+    let workload = s.session.map_or_else(
+        || {
+            s.event
+                .data
+                .as_ref()
+                .and_then(|d| d.get("workload"))
+                .and_then(Value::as_str)
+                .unwrap_or("-")
+        },
+        |x| x.row.workload.as_str(),
+    );
     let target = s.session.map_or("-", |x| x.row.target.as_str());
     format!(
         "{at:<27}  {:<12}  {:<16}  {:<10}  {:<13}  {}",
@@ -141,8 +152,12 @@ fn detail(s: &Selected<'_>) -> String {
             None => data.to_string(),
         },
         "session_end" => str_of("close_reason").to_string(),
-        _ if data.is_null() => String::new(),
-        _ => data.to_string(),
+        // exec / exit / lineage: as `replay` shows them.
+        other => match crate::cli::lineage::render_event(other, data) {
+            Some(line) => line,
+            None if data.is_null() => String::new(),
+            None => data.to_string(),
+        },
     };
     let text = sanitize(&text).into_owned();
     match text.char_indices().nth(100) {
@@ -300,6 +315,47 @@ mod tests {
             drop.contains("bot") && drop.contains("[deny refused]"),
             "{drop}"
         );
+    }
+
+    #[tokio::test]
+    async fn session_less_exec_events_are_listed_with_their_workload_and_command() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let journal =
+            crate::journal::open(&path, crate::journal::JournalOptions::default()).expect("open");
+        let h = journal.handle();
+        let data = serde_json::json!({
+            "pid": 4242, "ppid": 4241, "workload": "ci-job", "exe": "/usr/bin/bash",
+            "argv": ["bash", "job.sh"], "cgroup_id": 7
+        });
+        h.record(&[crate::journal::Event {
+            session: crate::journal::NO_SESSION,
+            at: std::time::SystemTime::now(),
+            kind: "exec".into(),
+            data: data.to_string(),
+        }])
+        .expect("record");
+        h.flush().await.expect("flush");
+        tokio::task::spawn_blocking(move || journal.close())
+            .await
+            .expect("join")
+            .expect("close");
+        let args =
+            TestCli::try_parse_from(["events", "--kind", "exec", path.to_str().expect("utf-8")])
+                .expect("arguments")
+                .args;
+        let mut out = Vec::new();
+        write_events(&args, &mut out).expect("events");
+        let text = String::from_utf8(out).expect("utf-8");
+        let line = text
+            .lines()
+            .find(|l| l.contains("exec pid 4242"))
+            .unwrap_or_else(|| panic!("no exec line in:\n{text}"));
+        assert!(line.contains("(ppid 4241)"), "{line}");
+        assert!(line.contains("bash job.sh"), "{line}");
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(columns[1], "-", "no session: {line}");
+        assert_eq!(columns[2], "ci-job", "workload from the event: {line}");
     }
 
     /// Measures `events --text` over a journal of 1,000,000 events (10% statements, the
