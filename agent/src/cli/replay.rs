@@ -186,46 +186,50 @@ pub(crate) fn write_replay(
     lineage
         .write_chain(out)
         .context("cannot write the output")?;
-    if session.row.protocol == "postgres" {
-        let mut transcript = Transcript::new(&session.row);
-        selection
-            .set
-            .for_each_session_event(journal_id, id, |event| -> anyhow::Result<()> {
-                pacer
-                    .before(out, us_since_epoch(event.at))
-                    .context("cannot write the output")?;
-                if lineage
-                    .before(out, &event)
-                    .context("cannot write the output")?
-                {
-                    return Ok(());
-                }
-                transcript
-                    .event(out, &event)
-                    .context("cannot write the output")
-            })?;
-        lineage.finish(out).context("cannot write the output")?;
-        transcript.finish(out).context("cannot write the output")
+    let mut body = if session.row.protocol == "postgres" {
+        Body::Transcript(Transcript::new(&session.row))
     } else {
-        let mut timeline = Timeline::new(&session.row);
-        selection
-            .set
-            .for_each_session_event(journal_id, id, |event| -> anyhow::Result<()> {
-                pacer
-                    .before(out, us_since_epoch(event.at))
-                    .context("cannot write the output")?;
-                if lineage
-                    .before(out, &event)
-                    .context("cannot write the output")?
-                {
-                    return Ok(());
-                }
-                timeline
-                    .event(out, &event)
-                    .context("cannot write the output")
-            })?;
-        lineage.finish(out).context("cannot write the output")?;
-        timeline.finish(out).context("cannot write the output")
+        Body::Timeline(Timeline::new(&session.row))
+    };
+    selection
+        .set
+        .for_each_session_event(journal_id, id, |event| -> anyhow::Result<()> {
+            pacer
+                .before(out, us_since_epoch(event.at))
+                .context("cannot write the output")?;
+            if lineage
+                .before(out, &event)
+                .context("cannot write the output")?
+            {
+                return Ok(());
+            }
+            body.event(out, &event).context("cannot write the output")
+        })?;
+    lineage.finish(out).context("cannot write the output")?;
+    body.finish(out).context("cannot write the output")
+}
+
+/// How a session's events are rendered: by protocol.
+enum Body {
+    /// PostgreSQL: a psql-like transcript.
+    Transcript(Transcript),
+    /// Anything else: a timeline of chunks.
+    Timeline(Timeline),
+}
+
+impl Body {
+    fn event(&mut self, out: &mut dyn Write, event: &EventRow) -> io::Result<()> {
+        match self {
+            Body::Transcript(t) => t.event(out, event),
+            Body::Timeline(t) => t.event(out, event),
+        }
+    }
+
+    fn finish(self, out: &mut dyn Write) -> io::Result<()> {
+        match self {
+            Body::Transcript(t) => t.finish(out),
+            Body::Timeline(t) => t.finish(out),
+        }
     }
 }
 
