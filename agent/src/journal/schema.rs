@@ -23,6 +23,9 @@ pub(crate) const FORMAT_MARKER: &str = "nhi-agent-journal";
 /// WAL recovery, or an `sqlite3` shell) before it reports the database as busy.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The writer's page cache, as `PRAGMA cache_size` takes it (negative: KiB).
+const WRITER_CACHE_KIB: i64 = -32 * 1024;
+
 /// One schema step.
 pub(crate) struct Migration {
     /// The `user_version` the database has once this migration is applied.
@@ -219,6 +222,11 @@ pub(crate) fn open_for_writing(path: &Path) -> Result<Connection, JournalError> 
         .map_err(JournalError::sqlite("set synchronous"))?;
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(JournalError::sqlite("set foreign_keys"))?;
+    // The writer appends to the end of `events` and its index; with SQLite's default 2 MB
+    // page cache it reads the same index pages back from the OS on every batch (a tenth of
+    // its time in pread under load). 32 MiB keeps a 64 MiB segment's hot pages in memory.
+    conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
+        .map_err(JournalError::sqlite("set cache_size"))?;
 
     migrate(&mut conn, path)?;
     Ok(conn)
