@@ -7,7 +7,6 @@ use std::{
 };
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::ShipError;
@@ -25,25 +24,9 @@ pub fn file_stem(seq: u64) -> String {
     format!("{seq:010}")
 }
 
-/// The payload of a seal (the contract's JSON). Unknown fields are ignored, so a later
-/// version with more fields still ships.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SealPayload {
-    pub v: u32,
-    pub host_id: String,
-    pub journal_id: String,
-    pub segment_seq: u64,
-    pub first_event_id: Option<i64>,
-    pub last_event_id: Option<i64>,
-    pub event_count: u64,
-    pub first_at_us: Option<i64>,
-    pub last_at_us: Option<i64>,
-    pub prev_last_hash: String,
-    pub last_hash: String,
-    pub prev_seal_sha256: Option<String>,
-    pub sealed_at_us: i64,
-    pub reason: String,
-}
+/// The payload of a seal: the type the journal signs (`crate::evidence::seal`). The
+/// shipper only reads it (without the key: checking signatures is `verify`'s job).
+pub use crate::evidence::SealPayload;
 
 /// Decodes the payload of a compact JWS (`header.payload.signature`) without checking
 /// the signature. Errors say what is malformed; `what` names the file.
@@ -228,7 +211,7 @@ pub(crate) mod tests {
             last_hash: format!("{seq:064x}"),
             prev_seal_sha256: None,
             sealed_at_us,
-            reason: "size".into(),
+            reason: crate::evidence::SealReason::Size,
         }
     }
 
