@@ -192,9 +192,10 @@ pub fn bench(
         );
     }
 
+    // The journal directory: the live file and the segments it rotated into.
     let sessions = Command::new(&agent_bin)
         .args(["sessions", "--journal"])
-        .arg(&journal)
+        .arg(work.path())
         .arg("--json")
         .output()?;
     let journaled = String::from_utf8_lossy(&sessions.stdout).lines().count();
@@ -640,19 +641,36 @@ fn print_statements(phase: &str, before: Option<u64>, after: Option<u64>, transa
 /// `select count(*) from events where kind = 'statement'`, with the sqlite3 shell:
 /// counting through `nhi-agent replay --json` session by session would take longer than
 /// the runs. None when the journal does not exist yet or sqlite3 fails.
+/// Statement events in the whole journal: the live file and every sealed segment next to
+/// it (`segments/*.db`: the journal rotates by size during the run).
 fn count_statements(journal: &Path) -> Option<u64> {
-    if !journal.exists() {
-        return Some(0);
+    let mut files = Vec::new();
+    if journal.exists() {
+        files.push(journal.to_path_buf());
     }
-    util::output(
-        Command::new("sqlite3")
-            .arg("-readonly")
-            .arg(journal)
-            .arg("select count(*) from events where kind = 'statement'"),
-    )?
-    .trim()
-    .parse()
-    .ok()
+    if let Some(dir) = journal.parent() {
+        if let Ok(entries) = fs::read_dir(dir.join("segments")) {
+            files.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "db")),
+            );
+        }
+    }
+    let mut total = 0;
+    for file in files {
+        total += util::output(
+            Command::new("sqlite3")
+                .arg("-readonly")
+                .arg(&file)
+                .arg("select count(*) from events where kind = 'statement'"),
+        )?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    }
+    Some(total)
 }
 
 /// pgbouncer on a free loopback port, in session pooling mode with `trust` auth, run as
