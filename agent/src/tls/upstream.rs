@@ -108,13 +108,9 @@ impl UpstreamTls {
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
             (UpstreamTlsMode::VerifyFull, None) => return Err(TlsError::MissingCaFile { mode }),
-            (_, Some(roots)) => builder
+            (_, roots) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier { roots, provider }))
-                .with_no_client_auth(),
-            (_, None) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoCertificateVerifier { provider }))
+                .with_custom_certificate_verifier(Arc::new(LibpqVerifier { roots, provider }))
                 .with_no_client_auth(),
         };
         config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
@@ -234,15 +230,18 @@ fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
-/// `prefer`/`require` with a `ca_file`: the chain must lead to one of the roots, the
-/// name is not checked (libpq's behaviour with a root certificate, i.e. `verify-ca`).
+/// `prefer`/`require`, as libpq does them. With a `ca_file` (`roots`), the chain must
+/// lead to one of the roots but the name is not checked (libpq's `verify-ca` behaviour
+/// with a root certificate); without one, any certificate is accepted (libpq does the
+/// same). Either way the handshake signature is checked, so the session keys belong to
+/// whoever holds the presented certificate's key.
 #[derive(Debug)]
-struct ChainOnlyVerifier {
-    roots: Arc<RootCertStore>,
+struct LibpqVerifier {
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ChainOnlyVerifier {
+impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -251,69 +250,17 @@ impl ServerCertVerifier for ChainOnlyVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(roots) = &self.roots else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let cert = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `prefer`/`require` without a `ca_file`: any certificate is accepted (libpq does the
-/// same), but the handshake signature is still checked so the session keys belong to
-/// whoever holds the presented certificate's key.
-#[derive(Debug)]
-struct NoCertificateVerifier {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for NoCertificateVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
 

@@ -866,36 +866,30 @@ impl Flow {
         let enforce = self.rules.enforce;
         let mut verdict = verdict;
         if enforce && verdict == Verdict::Approve {
-            if let Some(standing) = self.standing(rule.as_deref()) {
+            let standing = self.standing(rule.as_deref());
+            let seq = self.seq();
+            self.statement_event(
+                seq,
+                "extended",
+                &text,
+                &analysis,
+                (Some(&name), None),
+                &[],
+                verdict,
+                rule.as_deref(),
+                if standing.is_some() {
+                    "forwarded"
+                } else {
+                    "held"
+                },
+            );
+            match standing {
                 // As after an approval: the statement is prepared as allowed.
-                let seq = self.seq();
-                self.statement_event(
-                    seq,
-                    "extended",
-                    &text,
-                    &analysis,
-                    (Some(&name), None),
-                    &[],
-                    verdict,
-                    rule.as_deref(),
-                    "forwarded",
-                );
-                self.passed_on(seq, &standing);
-                verdict = Verdict::Allow;
-            } else {
-                let seq = self.seq();
-                self.statement_event(
-                    seq,
-                    "extended",
-                    &text,
-                    &analysis,
-                    (Some(&name), None),
-                    &[],
-                    verdict,
-                    rule.as_deref(),
-                    "held",
-                );
-                return Ok(self.hold(msg, seq, text, analysis, rule));
+                Some(standing) => {
+                    self.passed_on(seq, &standing);
+                    verdict = Verdict::Allow;
+                }
+                None => return Ok(self.hold(msg, seq, text, analysis, rule)),
             }
         }
         if !enforce && verdict == Verdict::Approve {
