@@ -265,3 +265,62 @@ fn sealed_segments_of_real_sessions_verify_and_each_tampering_is_named() {
     });
     assert!(out.contains("DAMAGE: modified session row"), "{out}");
 }
+
+/// A crash in the middle of a rotating journal: SIGKILL while sessions run, a restart,
+/// more sessions, a clean stop. The journal must still verify from its first event to its
+/// last (the killed agent's open segment is continued, not lost or forked), and every
+/// session of both runs must be in it.
+#[test]
+fn a_journal_killed_mid_run_verifies_after_the_restart() {
+    privileged!("a_journal_killed_mid_run_verifies_after_the_restart");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let mut agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\
+         [[target]]\nname = \"echo\"\naddress = \"{}\"\nprotocol = \"tcp\"\n\
+         [evidence]\nsegment_max_bytes = \"96KiB\"\n",
+        cg.rel(),
+        echo.addr
+    ));
+    let run = |n: usize| {
+        for _ in 0..n {
+            let r = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "20000"]);
+            assert_eq!(r["identical"], true, "{r}");
+        }
+    };
+    run(15);
+    agent.kill9();
+    agent.spawn();
+    run(15);
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
+
+    let dir = agent.journal.parent().expect("dir").to_path_buf();
+    let key = agent.dir.path().join("host.pem");
+    let out = agent.cli(&[
+        "key",
+        "export-public",
+        "--config",
+        agent.config_path.to_str().expect("utf-8"),
+        "--out",
+        key.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = verify(&agent, &dir, &key);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let out = agent.cli(&["sessions", dir.to_str().expect("utf-8"), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let sessions: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(
+        sessions.len(),
+        30,
+        "every session of both runs: {sessions:?}"
+    );
+    assert!(
+        sessions.iter().all(|s| !s["ended_at"].is_null()),
+        "all ended (the killed run's open ones closed at restart)"
+    );
+}
