@@ -644,6 +644,14 @@ impl Checker<'_> {
                         Some("its start time differs from its session_start event".to_string());
                 }
             }
+            // A session's totals and close reason are written together with its end, so a
+            // row without an end (open, or a copy carried into a later segment) has none.
+            if problem.is_none()
+                && row[17] == V::Null
+                && (row[18] != V::Null || row[19] != V::Null || row[20] != V::Null)
+            {
+                problem = Some("it has byte totals or a close reason but no end".to_string());
+            }
             if problem.is_none() && row[17] != V::Null {
                 match events.ends.get(&id) {
                     None if events.starts.contains_key(&id) => {
