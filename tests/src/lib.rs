@@ -122,6 +122,30 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// Whether `needle` occurs in `text` as a whole: not preceded or followed by a letter or
+/// digit. `contains("at event 12")` also matches "at event 123"; this does not.
+pub fn contains_whole(text: &str, needle: &str) -> bool {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    text.match_indices(needle).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + needle.len()..].chars().next();
+        let starts_word = needle.chars().next().is_some_and(|c| word(Some(c)));
+        let ends_word = needle.chars().next_back().is_some_and(|c| word(Some(c)));
+        !(starts_word && word(before) || ends_word && word(after))
+    })
+}
+
+#[test]
+fn contains_whole_matches_whole_values_only() {
+    assert!(contains_whole("damage at event 12.", "at event 12"));
+    assert!(contains_whole("at event 12", "at event 12"));
+    assert!(!contains_whole("damage at event 123", "at event 12"));
+    assert!(!contains_whole("xat event 12", "at event 12"));
+    assert!(contains_whole("(segment 3)", "(segment 3)"));
+    assert!(contains_whole("approve 7 and approve 71", "approve 7"));
+    assert!(!contains_whole("approve 71", "approve 7"));
+}
+
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
 
 /// A unique name for this test process: cgroups, pins and files use it.
@@ -336,6 +360,7 @@ pub struct Agent {
     pub log: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -404,6 +429,26 @@ impl Agent {
             log,
             child: None,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Sets an environment variable for the next [`Agent::spawn`] (e.g. `NHI_FAILPOINTS`,
+    /// see the agent's `failpoint` module).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Waits until the agent's log holds `needle` `n` times (at most 30 s).
+    pub fn wait_log(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.count_log(needle) < n {
+            assert!(
+                Instant::now() < deadline,
+                "no {n}x {needle:?} in the agent's log after 30 s:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -421,6 +466,7 @@ impl Agent {
             .args(&self.extra_args)
             .env("NHI_LOG", "debug")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -446,7 +492,7 @@ impl Agent {
         }
     }
 
-    fn count_log(&self, needle: &str) -> usize {
+    pub fn count_log(&self, needle: &str) -> usize {
         self.log_text().matches(needle).count()
     }
 

@@ -36,9 +36,13 @@ fn json_lines(text: &str) -> Vec<Value> {
 }
 
 /// Replaces what differs from run to run: the session id, the values of the labels in
-/// `volatile` (whole), every exact string of `subs`, offsets and gaps (`+0.001234s`) and
-/// millisecond durations (`0.123 ms`).
-fn normalise(text: &str, volatile: &[&str], subs: &[(String, &str)]) -> String {
+/// `volatile` (whole), the cgroup id on the `cgroup` line, every *whole word* equal to a
+/// value of `subs`, offsets and gaps (`+0.001234s`) and millisecond durations (`0.123 ms`).
+///
+/// Substitutions are field-aware and whole-word, never substring replacements: a cgroup
+/// id of `542` must not turn a client port `54288` into `<CGROUP_ID>88`, and a value that
+/// happens to equal a byte count must not replace it (both happened by chance).
+fn normalise(text: &str, volatile: &[&str], subs: &Subs) -> String {
     let mut out = String::new();
     for (i, line) in text.lines().enumerate() {
         // Whether a process's exit lands before or after the session's end depends on
@@ -56,9 +60,11 @@ fn normalise(text: &str, volatile: &[&str], subs: &[(String, &str)]) -> String {
                 line = format!("  {label:<11} <{}>", label.to_uppercase());
             }
         }
-        for (from, to) in subs {
-            if !from.is_empty() {
-                line = line.replace(from.as_str(), to);
+        // The cgroup id appears in one field only: `  cgroup      PATH (id N)`.
+        if line.starts_with(&format!("  {:<11} ", "cgroup")) {
+            let field = format!("(id {})", subs.cgroup_id);
+            if let Some(head) = line.strip_suffix(field.as_str()) {
+                line = format!("{head}(id <CGROUP_ID>)");
             }
         }
         // Process ids and the server's port appear in lineage lines (exec/exit, argv).
@@ -66,13 +72,17 @@ fn normalise(text: &str, volatile: &[&str], subs: &[(String, &str)]) -> String {
         for w in line.split(' ') {
             let after = words.last().map(String::as_str);
             let number = w.trim_end_matches(')');
-            let w = match after {
-                Some("pid" | "(ppid" | "-p")
-                    if !number.is_empty() && number.bytes().all(|c| c.is_ascii_digit()) =>
-                {
-                    w.replacen(number, "<N>", 1)
+            let w = if let Some((_, to)) = subs.words.iter().find(|(from, _)| from == w) {
+                to.to_string()
+            } else {
+                match after {
+                    Some("pid" | "(ppid" | "-p")
+                        if !number.is_empty() && number.bytes().all(|c| c.is_ascii_digit()) =>
+                    {
+                        w.replacen(number, "<N>", 1)
+                    }
+                    _ => normalise_word(w),
                 }
-                _ => normalise_word(w),
             };
             words.push(w);
         }
@@ -120,16 +130,59 @@ fn golden(name: &str, actual: &str) {
     );
 }
 
-/// The exact strings of a session that vary between runs.
-fn session_subs(s: &Value) -> Vec<(String, &'static str)> {
+/// What varies between runs of a session: whole words (`words`, each with its
+/// placeholder) and the cgroup id (replaced only in the `cgroup` field).
+struct Subs {
+    words: Vec<(String, &'static str)>,
+    cgroup_id: String,
+}
+
+/// The values of session `s` that vary between runs.
+fn session_subs(s: &Value) -> Subs {
     let text = |k: &str| s[k].as_str().unwrap_or_default().to_string();
-    vec![
-        (text("cgroup"), "<CGROUP>"),
-        (s["cgroup_id"].to_string(), "<CGROUP_ID>"),
-        (text("exe"), "<EXE>"),
-        (text("client_addr"), "<CLIENT>"),
-        (text("orig_dst"), "<SERVER>"),
-    ]
+    Subs {
+        words: [
+            (text("cgroup"), "<CGROUP>"),
+            (text("exe"), "<EXE>"),
+            (text("client_addr"), "<CLIENT>"),
+            (text("orig_dst"), "<SERVER>"),
+        ]
+        .into_iter()
+        .filter(|(from, _)| !from.is_empty())
+        .collect(),
+        cgroup_id: s["cgroup_id"].to_string(),
+    }
+}
+
+/// The normaliser on a transcript whose values collide by chance: the cgroup id is a
+/// prefix of the client's port and equal to a byte count. (It failed on a fresh machine
+/// when substitutions were substring replacements.)
+#[test]
+fn normalising_replaces_whole_values_only() {
+    let subs = Subs {
+        words: vec![
+            ("nhi-test-1/bot".into(), "<CGROUP>"),
+            ("/usr/bin/nhi-testclient".into(), "<EXE>"),
+            ("127.0.0.1:54288".into(), "<CLIENT>"),
+            ("127.0.0.2:200".into(), "<SERVER>"),
+        ],
+        cgroup_id: "200".into(),
+    };
+    let text = "session 7\n\
+                \x20 cgroup      nhi-test-1/bot (id 200)\n\
+                \x20 cmdline     /usr/bin/nhi-testclient echo 127.0.0.2:200 --bytes 200\n\
+                \x20 connection  127.0.0.1:54288 → 127.0.0.2:200\n\
+                \x20 bytes       ↑ 200 from client, ↓ 200 from server\n\
+                \x20 +0.000120s  server→client         200 B  gap +0.000050s\n";
+    assert_eq!(
+        normalise(text, &[], &subs),
+        "session <ID>\n\
+         \x20 cgroup      <CGROUP> (id <CGROUP_ID>)\n\
+         \x20 cmdline     <EXE> echo <SERVER> --bytes 200\n\
+         \x20 connection  <CLIENT> → <SERVER>\n\
+         \x20 bytes       ↑ 200 from client, ↓ 200 from server\n\
+         \x20 <T>  server→client         200 B  gap <T>\n"
+    );
 }
 
 #[test]
@@ -149,7 +202,7 @@ fn replay_of_an_opaque_tcp_session_matches_the_golden_transcript() {
     let journal = agent.journal.to_str().expect("utf-8");
     let id = s["id"].to_string();
     let text = run_ok(&agent, &["replay", &id, "--journal", journal, "--instant"]);
-    assert!(text.contains(&format!("session {id}\n")), "{text}");
+    assert!(contains_whole(&text, &format!("session {id}")), "{text}");
     assert!(text.contains(&format!(
         "  journal     {}",
         s["journal_id"].as_str().expect("id")

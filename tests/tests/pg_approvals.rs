@@ -514,10 +514,10 @@ fn signed_decisions_grants_and_webhook_announcements() {
         "{announced}"
     );
     assert!(
-        announced["text"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("nhi-agent approvals approve {id}")),
+        contains_whole(
+            announced["text"].as_str().unwrap(),
+            &format!("nhi-agent approvals approve {id}")
+        ),
         "{announced}"
     );
     let bad = decision_token(&other_signing, &id, "bad-1");
