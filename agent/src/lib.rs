@@ -8,6 +8,7 @@ pub mod config;
 pub mod credential;
 pub mod ebpf;
 pub mod evidence;
+pub mod failpoint;
 pub mod identity;
 pub mod journal;
 pub mod lineage;

@@ -75,6 +75,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     // password file fails the start instead of every session.
     let pg =
         proxy::postgres::PgRuntime::build(&config).context("preparing the PostgreSQL targets")?;
+    let pg = Arc::new(pg);
     // The signing key and host id (created at the first start): the journal's segments
     // are sealed with them, at rotation and at a clean stop.
     let (host_key, host_id, key_path) = crate::evidence::host_identity(&config, true)
@@ -164,13 +165,15 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     };
 
     let shared = Arc::new(proxy::Shared {
-        config: RwLock::new(Arc::new(config)),
+        snapshot: RwLock::new(Arc::new(proxy::Snapshot {
+            config: Arc::new(config),
+            pg,
+        })),
         interceptor: Mutex::new(interceptor),
         cgroups,
         journal: journal.handle(),
         active: AtomicUsize::new(0),
         users: Mutex::new(HashMap::new()),
-        pg: RwLock::new(Arc::new(pg)),
         cancel_keys: Mutex::new(HashMap::new()),
         approvals: Some(Arc::new(registry.clone())),
         lineage: lineage.clone(),
@@ -480,8 +483,11 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
                 Err(e) => error!(error = %e, "reload failed while updating the kernel maps"),
                 Ok(()) => {
                     let (w, t) = (new.workloads.len(), new.targets.len());
-                    *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
-                    *shared.pg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pg);
+                    // The configuration and its runtime go into force together.
+                    shared.replace_snapshot(proxy::Snapshot {
+                        config: Arc::new(new),
+                        pg: Arc::new(pg),
+                    });
                     if let Some(attestor) = &shared.attest {
                         attestor.set_verifier(verifier);
                     }

@@ -33,10 +33,19 @@ use crate::{
 
 pub use relay::CloseReason;
 
+/// A configuration and the runtime state built from it (PostgreSQL TLS settings,
+/// credentials, masking key), indexed alike. A reload replaces the whole snapshot at
+/// once, and a connection reads it once when it is accepted, so it never pairs one
+/// configuration's target indexes with another's runtime.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub pg: Arc<postgres::PgRuntime>,
+}
+
 /// State shared by the accept loops and the connection tasks.
 pub struct Shared {
-    /// The configuration in force; replaced as a whole on reload.
-    pub config: RwLock<Arc<Config>>,
+    /// The configuration in force and its runtime; replaced as a whole on reload.
+    pub snapshot: RwLock<Arc<Snapshot>>,
     pub interceptor: Mutex<Interceptor>,
     pub cgroups: CgroupFs,
     pub journal: JournalHandle,
@@ -44,8 +53,6 @@ pub struct Shared {
     pub active: AtomicUsize,
     /// uid -> user name; the passwd database is read once per uid.
     pub users: Mutex<std::collections::HashMap<u32, Option<String>>>,
-    /// PostgreSQL state built from the configuration in force (replaced with it).
-    pub pg: RwLock<Arc<postgres::PgRuntime>>,
     /// Cancel keys of live PostgreSQL sessions.
     pub cancel_keys: postgres::CancelKeys,
     /// Who decides on held statements; `None`: holds expire (are denied) at their timeout.
@@ -60,19 +67,25 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn config(&self) -> Arc<Config> {
-        self.config
+    /// The configuration in force and its runtime, as one snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
 
-    /// The PostgreSQL runtime of the configuration in force.
-    pub fn pg(&self) -> Arc<postgres::PgRuntime> {
-        self.pg
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    /// The configuration in force (for what needs no runtime state).
+    pub fn config(&self) -> Arc<Config> {
+        self.snapshot().config.clone()
+    }
+
+    /// Puts a new configuration and its runtime in force, together.
+    pub fn replace_snapshot(&self, snapshot: Snapshot) {
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(snapshot);
     }
 
     fn user_name(&self, uid: u32) -> Option<String> {
@@ -265,7 +278,10 @@ async fn handle(
     };
     let t_record = t0.elapsed();
     let orig_dst = ebpf::original_destination(&record);
-    let config = shared.config();
+    // One snapshot for the whole connection: its target index means something only in
+    // the configuration it came from, and so does the runtime state it indexes.
+    let snapshot = shared.snapshot();
+    let config = &snapshot.config;
     let uid = record.uid();
     let tgid = record.tgid();
 
@@ -291,7 +307,7 @@ async fn handle(
     // through the map, for the next ones.
     if record.flags & ConnRecord::FLAG_UNCLASSIFIED != 0 {
         if let Some(path) = &cgroup_path {
-            let policy = ebpf::cgroup_policy(&config, path);
+            let policy = ebpf::cgroup_policy(config, path);
             if let Err(e) = shared.interceptor().set_cgroup(record.cgroup_id, policy) {
                 warn!(error = %e, cgroup = %path, "cannot record the cgroup's classification");
             }
@@ -385,17 +401,38 @@ async fn handle(
     info!(session = id, workload = %workload_name, cgroup = %cgroup, pid = tgid, %orig_dst, target = %target.name, "session opened");
     crate::lineage::on_session(shared, id, tgid);
 
-    let pg = (target.protocol == crate::config::Protocol::Postgres)
-        .then(|| shared.pg())
-        .filter(|pg| pg.has_target(target_index));
-    let outcome = if let Some(runtime) = pg {
+    crate::failpoint::pause("proxy.after_session_start").await;
+
+    let pg = match target.protocol {
+        crate::config::Protocol::Postgres => snapshot.pg.target(target_index).cloned(),
+        _ => None,
+    };
+    if target.protocol == crate::config::Protocol::Postgres && pg.is_none() {
+        // Cannot happen with one snapshot; if it ever did, refusing is the safe answer
+        // (relaying a postgres target opaquely would skip its policy).
+        error!(session = id, target = %target.name, "internal error: no PostgreSQL runtime for the target; refusing");
+        reset(client);
+        let end = SessionEnd {
+            id,
+            ended_at: SystemTime::now(),
+            bytes_from_client: 0,
+            bytes_from_server: 0,
+            close_reason: "internal error: no PostgreSQL runtime for the target".into(),
+        };
+        if let Err(e) = shared.journal.end_session(end).await {
+            error!(session = id, error = %e, "the journal cannot record the end of the session");
+        }
+        return;
+    }
+    let outcome = if let Some(target_rt) = pg {
+        let runtime = snapshot.pg.clone();
         let rules =
-            Arc::new(runtime.rules_for(&config, &workload_name, &target.name, claims.as_ref()));
+            Arc::new(runtime.rules_for(config, &workload_name, &target.name, claims.as_ref()));
         let ctx = postgres::SessionContext {
             id,
             journal: &shared.journal,
             target,
-            target_index,
+            target_rt,
             runtime,
             rules,
             orig_dst,

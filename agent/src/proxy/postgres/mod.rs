@@ -50,11 +50,13 @@ const HIGH_WATER: usize = 1 << 20;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Where to forward a client's CancelRequest: keyed by (backend pid, key the client got).
-#[derive(Debug, Clone)]
+/// It holds the session's own target runtime (upstream TLS settings), not an index: the
+/// cancel request may arrive after a reload changed or reordered the targets.
+#[derive(Clone)]
 pub struct CancelTarget {
     pub session: SessionId,
     pub addr: SocketAddr,
-    pub target: usize,
+    pub target: Arc<TargetRuntime>,
     pub real_key: Bytes,
 }
 
@@ -66,7 +68,8 @@ pub struct SessionContext<'a> {
     pub id: SessionId,
     pub journal: &'a JournalHandle,
     pub target: &'a Target,
-    pub target_index: usize,
+    /// The runtime of `target` in the same snapshot as `target` (see `proxy::Snapshot`).
+    pub target_rt: Arc<TargetRuntime>,
     pub runtime: Arc<PgRuntime>,
     pub rules: Arc<SessionRules>,
     pub orig_dst: SocketAddr,
@@ -205,7 +208,7 @@ async fn serve_inner(
     counts: &mut Counts,
     cancel: &mut watch::Receiver<bool>,
 ) -> Result<CloseReason, Failure> {
-    let target_rt = ctx.runtime.target(ctx.target_index);
+    let target_rt = &ctx.target_rt;
     let accepted = Instant::now();
     // ------------------------------------------------------------ client start-up
     let mut fdec = FrontendDecoder::new();
@@ -749,7 +752,7 @@ async fn forward_cancel(
     let tcp = super::connect(found.addr, ctx.connect_timeout)
         .await
         .map_err(|e| Failure::Upstream(e.to_string()))?;
-    let upstream = &ctx.runtime.target(found.target).upstream;
+    let upstream = &found.target.upstream;
     let mut server = upstream
         .negotiate_postgres(tcp, found.addr)
         .await
@@ -896,7 +899,7 @@ async fn session_loop(
                         CancelTarget {
                             session: ctx.id,
                             addr: ctx.orig_dst,
-                            target: ctx.target_index,
+                            target: ctx.target_rt.clone(),
                             real_key: key.real.clone(),
                         },
                     );

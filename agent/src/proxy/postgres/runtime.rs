@@ -27,7 +27,7 @@ pub struct TargetRuntime {
 
 /// Everything the PostgreSQL sessions of one configuration share.
 pub struct PgRuntime {
-    targets: Vec<Option<TargetRuntime>>,
+    targets: Vec<Option<Arc<TargetRuntime>>>,
     key: Arc<HashKey>,
     /// The local CA, when a target terminates client TLS.
     pub ca: Option<Arc<AgentCa>>,
@@ -100,29 +100,22 @@ impl PgRuntime {
                         .with_context(|| format!("target \"{}\": credential", target.name))?,
                 ),
             };
-            targets.push(Some(TargetRuntime {
+            targets.push(Some(Arc::new(TargetRuntime {
                 server_name: pg.server_name.clone(),
                 upstream,
                 client_tls,
                 credential,
-            }));
+            })));
         }
         Ok(PgRuntime { targets, key, ca })
     }
 
-    /// The runtime of target `index`. Panics if it is not a PostgreSQL target: the proxy
-    /// only calls this for targets whose protocol is postgres, in the configuration this
-    /// runtime was built from.
-    pub fn target(&self, index: usize) -> &TargetRuntime {
-        self.targets
-            .get(index)
-            .and_then(Option::as_ref)
-            .expect("a PostgreSQL target of this configuration")
-    }
-
-    /// Whether `index` has PostgreSQL state (false after a reload changed the target).
-    pub fn has_target(&self, index: usize) -> bool {
-        self.targets.get(index).is_some_and(Option::is_some)
+    /// The runtime of target `index` of the configuration this runtime was built from;
+    /// `None` if that target is not a PostgreSQL one. (The proxy reads a configuration
+    /// and its runtime as one snapshot, see `proxy::Snapshot`, so an index never meets
+    /// another configuration's runtime.)
+    pub fn target(&self, index: usize) -> Option<&Arc<TargetRuntime>> {
+        self.targets.get(index).and_then(Option::as_ref)
     }
 
     /// The rules of one session of `workload` on `target`, with the session's attested
