@@ -240,7 +240,26 @@ pub fn attestation_event(
     }
 }
 
-async fn record(ctx: &Context, data: serde_json::Value, at: SystemTime) -> Result<(), AttestError> {
+async fn record(
+    ctx: &Context,
+    mut data: serde_json::Value,
+    at: SystemTime,
+) -> Result<(), AttestError> {
+    // The workload the attesting process belongs to, so `events --workload` finds its
+    // attestations as it finds its sessions.
+    let cgroup = data
+        .get("cgroup")
+        .and_then(|c| c.as_str())
+        .map(str::to_owned);
+    let uid = data.get("uid").and_then(|u| u.as_u64());
+    if let (Some(cgroup), Some(uid)) = (cgroup, uid) {
+        let config = ctx.shared.config();
+        let workload = u32::try_from(uid)
+            .ok()
+            .and_then(|uid| config.workload_for(&cgroup, uid))
+            .map(|w| w.display_name(&cgroup));
+        data["workload"] = serde_json::json!(workload);
+    }
     let event = Event {
         session: NO_SESSION,
         at,

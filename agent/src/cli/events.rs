@@ -102,19 +102,10 @@ pub(crate) fn write_events(args: &EventsArgs, out: &mut dyn Write) -> anyhow::Re
 fn table_line(s: &Selected<'_>) -> String {
     let at = format_rfc3339_us(s.event.at);
     let session = s.session.map_or("-", |x| x.session_ref.as_str());
-    // Session-less events (exec, attestation) carry the workload in their data.
-    let workload = s.session.map_or_else(
-        || {
-            s.event
-                .data
-                .as_ref()
-                .and_then(|d| d.get("workload"))
-                .and_then(Value::as_str)
-                .unwrap_or("-")
-        },
-        |x| x.row.workload.as_str(),
-    );
-    let target = s.session.map_or("-", |x| x.row.target.as_str());
+    // Session-less events (exec, attestation, grants) carry the workload in their data.
+    let who = s.who();
+    let workload = who.workload.unwrap_or("-");
+    let target = who.target.unwrap_or("-");
     format!(
         "{at:<27}  {:<12}  {:<16}  {:<10}  {:<13}  {}",
         sanitize(session),
@@ -356,6 +347,155 @@ mod tests {
         let columns: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(columns[1], "-", "no session: {line}");
         assert_eq!(columns[2], "ci-job", "workload from the event: {line}");
+    }
+
+    /// `--workload`, `--target`, `--claim` and `--since` mean for events of no session
+    /// (exec, exit, attestation, grant) what they mean for a session's events: what the
+    /// event's data names, in the table and in `--json`.
+    #[tokio::test]
+    async fn filters_apply_to_session_less_events_as_to_session_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let journal =
+            crate::journal::open(&path, crate::journal::JournalOptions::default()).expect("open");
+        let h = journal.handle();
+        let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+        let mut start = crate::journal::tests::sample_start("ci-job", "pg", at(0));
+        start.protocol = "postgres".into();
+        start.claims = serde_json::json!({"run_id": 9}).as_object().cloned();
+        let session = h.start_session(start).await.expect("start");
+        let claims = serde_json::json!({"run_id": 9, "ref": "refs/heads/main"});
+        let events = [
+            (
+                None,
+                1,
+                "exec",
+                serde_json::json!({"pid": 1, "workload": "ci-job", "claims": claims, "exe": "/bin/sh", "argv": ["sh"]}),
+            ),
+            (
+                None,
+                2,
+                "exec",
+                serde_json::json!({"pid": 2, "workload": "other", "claims": null, "exe": "/bin/sh", "argv": ["sh"]}),
+            ),
+            (
+                None,
+                3,
+                "attestation",
+                serde_json::json!({"result": "accepted", "workload": "ci-job", "claims": claims, "cgroup": "ci/job", "uid": 0}),
+            ),
+            (
+                None,
+                4,
+                "approval_grant",
+                serde_json::json!({"change": "created", "grant": {"id": "g-1", "workload": "ci-job", "target": "pg", "rule": "ask"}}),
+            ),
+            (
+                Some(session),
+                5,
+                "pg_startup",
+                serde_json::json!({"user": "app"}),
+            ),
+            (
+                None,
+                6,
+                "exit",
+                serde_json::json!({"pid": 1, "code": 0, "workload": "ci-job", "claims": claims}),
+            ),
+            (
+                None,
+                7,
+                "lineage_lost",
+                serde_json::json!({"count": 1, "total": 1}),
+            ),
+        ];
+        let records: Vec<crate::journal::Event> = events
+            .iter()
+            .map(|(session, s, kind, data)| crate::journal::Event {
+                session: session.unwrap_or(crate::journal::NO_SESSION),
+                at: at(*s),
+                kind: (*kind).into(),
+                data: data.to_string(),
+            })
+            .collect();
+        h.record(&records).expect("record");
+        h.flush().await.expect("flush");
+        tokio::task::spawn_blocking(move || journal.close())
+            .await
+            .expect("join")
+            .expect("close");
+        let p = path.to_str().expect("utf-8");
+        // (kind, pid or id) of what `events ARGS --json` lists, session_start/_end aside.
+        let listed = |extra: &[&str]| -> Vec<String> {
+            let mut argv = vec!["events", p, "--json"];
+            argv.extend_from_slice(extra);
+            let args = TestCli::try_parse_from(argv).expect("arguments").args;
+            let mut out = Vec::new();
+            write_events(&args, &mut out).expect("events");
+            String::from_utf8(out)
+                .expect("utf-8")
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+                .filter(|e| !e["kind"].as_str().expect("kind").starts_with("session_"))
+                .map(|e| {
+                    let kind = e["kind"].as_str().expect("kind").to_string();
+                    match e["data"]["pid"].as_u64() {
+                        Some(pid) => format!("{kind} {pid}"),
+                        None => kind,
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(
+            listed(&["--workload", "ci-job"]),
+            [
+                "exec 1",
+                "attestation",
+                "approval_grant",
+                "pg_startup",
+                "exit 1"
+            ]
+        );
+        assert_eq!(
+            listed(&["--workload", "ci-job", "--kind", "exec"]),
+            ["exec 1"]
+        );
+        assert_eq!(
+            listed(&["--workload", "ci-*", "--kind", "exec"]),
+            ["exec 1"]
+        );
+        assert_eq!(
+            listed(&["--claim", "run_id=9"]),
+            ["exec 1", "attestation", "pg_startup", "exit 1"]
+        );
+        assert_eq!(
+            listed(&["--claim", "ref=refs/heads/main", "--kind", "exec"]),
+            ["exec 1"]
+        );
+        // An exec names no target; a grant does, as a session does.
+        assert_eq!(
+            listed(&["--target", "pg"]),
+            ["approval_grant", "pg_startup"]
+        );
+        assert_eq!(
+            listed(&["--since", "2027-01-15T08:00:03Z", "--workload", "ci-job"]),
+            ["attestation", "approval_grant", "pg_startup", "exit 1"]
+        );
+        // Without identity conditions everything is listed, host-wide events included.
+        assert_eq!(listed(&[]).len(), 7);
+        // The JSON line carries the event's workload and target, as for a session event.
+        let args = TestCli::try_parse_from(["events", p, "--json", "--kind", "approval_grant"])
+            .expect("arguments")
+            .args;
+        let mut out = Vec::new();
+        write_events(&args, &mut out).expect("events");
+        let line: Value = serde_json::from_slice(&out).expect("one json line");
+        assert_eq!(
+            (line["workload"].as_str(), line["target"].as_str()),
+            (Some("ci-job"), Some("pg"))
+        );
+        assert!(line["session"].is_null());
     }
 
     /// Measures `events --text` over a journal of 1,000,000 events (10% statements, the

@@ -179,30 +179,35 @@ impl Filter {
         self.verdict.is_some() || self.text.is_some() || self.regex.is_some()
     }
 
-    /// The workload, target, protocol and claim conditions.
+    /// The workload, target, protocol and claim conditions on a session.
     pub fn identity_matches(&self, row: &SessionRow) -> bool {
-        self.claims_match(row)
-            && self
-                .workload
-                .as_ref()
-                .is_none_or(|g| g.is_match(&row.workload))
-            && self.target.as_ref().is_none_or(|g| g.is_match(&row.target))
-            && self
-                .protocol
-                .as_deref()
-                .is_none_or(|p| p.eq_ignore_ascii_case(&row.protocol))
+        self.who_matches(&Who::of_session(row))
     }
 
-    /// `--claim`: every KEY=VALUE must be an attested claim of the session; a number or a
-    /// boolean matches its text (`run_id=123`). An unattested session matches no claim.
-    fn claims_match(&self, row: &SessionRow) -> bool {
+    /// The workload, target, protocol and claim conditions on whoever an event is about:
+    /// its session, or for an event of no session (exec, exit, attestation, grant) what
+    /// its data names (see [`Who::of_event_data`]). A condition on something the event
+    /// does not name (the target of an exec) does not match, as for a session of another
+    /// target. `--claim`: every KEY=VALUE must be an attested claim; a number or a
+    /// boolean matches its text (`run_id=123`); nothing unattested matches a claim.
+    pub fn who_matches(&self, who: &Who<'_>) -> bool {
         self.claims.iter().all(|(name, value)| {
-            row.claims
-                .as_ref()
+            who.claims
                 .and_then(|claims| claims.get(name))
                 .and_then(crate::policy::claim_text)
                 .is_some_and(|text| text == value.as_str())
-        })
+        }) && self
+            .workload
+            .as_ref()
+            .is_none_or(|g| who.workload.is_some_and(|w| g.is_match(w)))
+            && self
+                .target
+                .as_ref()
+                .is_none_or(|g| who.target.is_some_and(|t| g.is_match(t)))
+            && self.protocol.as_deref().is_none_or(|p| {
+                who.protocol
+                    .is_some_and(|proto| p.eq_ignore_ascii_case(proto))
+            })
     }
 
     /// The identity conditions plus the session's start within --since/--until.
@@ -223,6 +228,47 @@ impl Filter {
             .is_none_or(|v| verdict_classes(data, masked).contains(&v))
             && self.text.as_deref().is_none_or(|t| text.contains(t))
             && self.regex.as_ref().is_none_or(|r| r.is_match(text))
+    }
+}
+
+/// Whom a session or an event is about, for the identity conditions of a [`Filter`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Who<'a> {
+    pub workload: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub protocol: Option<&'a str>,
+    pub claims: Option<&'a serde_json::Map<String, Value>>,
+}
+
+impl<'a> Who<'a> {
+    pub fn of_session(row: &'a SessionRow) -> Who<'a> {
+        Who {
+            workload: Some(&row.workload),
+            target: Some(&row.target),
+            protocol: Some(&row.protocol),
+            claims: row.claims.as_ref(),
+        }
+    }
+
+    /// What the data of an event of no session names: the top-level `workload`,
+    /// `target` and `claims` every writer of session-less events uses (exec, exit,
+    /// attestation), or those of the `grant` object of an `approval_grant` event.
+    pub fn of_event_data(data: Option<&'a Value>) -> Who<'a> {
+        let Some(data) = data else {
+            return Who::default();
+        };
+        let grant = data.get("grant");
+        let field = |name: &str| {
+            data.get(name)
+                .and_then(Value::as_str)
+                .or_else(|| grant.and_then(|g| g.get(name)).and_then(Value::as_str))
+        };
+        Who {
+            workload: field("workload"),
+            target: field("target"),
+            protocol: None,
+            claims: data.get("claims").and_then(Value::as_object),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::filter::{end_has_masks, Filter, InputArgs, VerdictClass};
+use super::filter::{end_has_masks, Filter, InputArgs, VerdictClass, Who};
 use crate::journal::{EventRow, EventScan, JournalSet, SegmentInfo, SessionId, SetSession};
 
 /// A statement's identity across files: journal, session, statement sequence number.
@@ -40,15 +40,24 @@ pub struct EventLine<'a> {
 }
 
 impl<'a> Selected<'a> {
+    /// Whom the event is about: its session, or what an event of no session names.
+    pub fn who(&self) -> Who<'_> {
+        match self.session {
+            Some(s) => Who::of_session(&s.row),
+            None if self.event.session_id.is_none() => Who::of_event_data(self.event.data.as_ref()),
+            None => Who::default(),
+        }
+    }
+
     pub fn line(&self) -> EventLine<'_> {
         EventLine {
             event: &self.event,
             journal_id: &self.segment.journal_id,
             host_id: self.segment.host_id.as_deref(),
             session: self.session.map(|s| s.session_ref.as_str()),
-            workload: self.session.map(|s| s.row.workload.as_str()),
-            target: self.session.map(|s| s.row.target.as_str()),
-            protocol: self.session.map(|s| s.row.protocol.as_str()),
+            workload: self.who().workload,
+            target: self.who().target,
+            protocol: self.who().protocol,
         }
     }
 }
@@ -223,10 +232,17 @@ impl Selection {
                 let context = event
                     .session_id
                     .and_then(|id| self.session(&segment.journal_id, id));
-                if filter.has_identity()
-                    && !context.is_some_and(|s| filter.identity_matches(&s.row))
-                {
-                    return Ok(());
+                if filter.has_identity() {
+                    let who = match (event.session_id, context) {
+                        (_, Some(s)) => Who::of_session(&s.row),
+                        // An event of a session this selection does not hold (a segment
+                        // read without the one that has the session row).
+                        (Some(_), None) => Who::default(),
+                        (None, None) => Who::of_event_data(event.data.as_ref()),
+                    };
+                    if !filter.who_matches(&who) {
+                        return Ok(());
+                    }
                 }
                 if filter.has_statement() {
                     let Some(data) = &event.data else {

@@ -162,10 +162,15 @@ impl Lineage {
                         .entry(info.uid)
                         .or_insert_with(|| crate::identity::user_name(info.uid))
                         .clone();
-                    let workload = path
-                        .as_deref()
-                        .and_then(|p| config.workload_for(p, info.uid).map(|w| w.display_name(p)));
-                    events.push(exec_event(&info, &clock, path.as_deref(), workload, user));
+                    let (workload, claims) = who(shared, &config, info.cgroup_id, &path, info.uid);
+                    events.push(exec_event(
+                        &info,
+                        &clock,
+                        path.as_deref(),
+                        workload,
+                        user,
+                        claims,
+                    ));
                 }
                 Change::Exit {
                     pid,
@@ -176,14 +181,14 @@ impl Lineage {
                     boot_ns,
                     unclassified,
                 } => {
-                    if unclassified {
-                        let path = cgroup_path(shared, cgroup_id);
-                        if !classify(shared, &config, cgroup_id, &path, uid) {
-                            continue;
-                        }
+                    let path = cgroup_path(shared, cgroup_id);
+                    if unclassified && !classify(shared, &config, cgroup_id, &path, uid) {
+                        continue;
                     }
+                    let (workload, claims) = who(shared, &config, cgroup_id, &path, uid);
                     let data = serde_json::json!({
-                        "pid": pid, "code": code, "cgroup_id": cgroup_id, "exe": exe,
+                        "pid": pid, "code": code, "cgroup": path, "cgroup_id": cgroup_id,
+                        "workload": workload, "claims": claims, "exe": exe,
                     });
                     events.push(Event {
                         session: NO_SESSION,
@@ -271,12 +276,35 @@ pub fn start(
     Ok(Some(Lineage::new(source)))
 }
 
+/// The workload a process of `uid` in cgroup `path` belongs to, and the claims attested
+/// for that cgroup (or its nearest attested ancestor): what the session-less `exec` and
+/// `exit` events carry, so `events --workload/--claim` select them as they select the
+/// events of a session.
+fn who(
+    shared: &Shared,
+    config: &crate::config::Config,
+    cgroup_id: u64,
+    path: &Option<String>,
+    uid: u32,
+) -> (Option<String>, Option<crate::attest::Claims>) {
+    let Some(path) = path.as_deref() else {
+        return (None, None);
+    };
+    let workload = config.workload_for(path, uid).map(|w| w.display_name(path));
+    let claims = shared.attest.as_ref().and_then(|a| {
+        a.binding_for(path, cgroup_id, |p| shared.cgroups.id_of(p))
+            .map(|b| b.claims)
+    });
+    (workload, claims)
+}
+
 fn exec_event(
     info: &ExecInfo,
     clock: &Clock,
     cgroup: Option<&str>,
     workload: Option<String>,
     user: Option<String>,
+    claims: Option<crate::attest::Claims>,
 ) -> Event {
     let at = clock.wall(info.start_boot_ns);
     let data = serde_json::json!({
@@ -287,6 +315,7 @@ fn exec_event(
         "cgroup": cgroup,
         "cgroup_id": info.cgroup_id,
         "workload": workload,
+        "claims": claims,
         "exe": info.exe,
         "argv": info.argv,
         "argv_truncated": info.argv_truncated,
