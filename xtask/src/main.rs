@@ -4,11 +4,14 @@
 //! - `cargo xtask run`:   setup, release build, start the agent with policies/example.toml.
 //! - `cargo xtask test`:  setup, fmt check, clippy -D warnings, unit and integration tests.
 //! - `cargo xtask demo`:  the tour: a bot's statements masked, refused, allowed, journaled.
+//! - `cargo xtask fuzz`:  the libFuzzer targets of fuzz/ (cargo-fuzz, nightly), seeded from
+//!   the golden captures, N seconds each.
 //! - `cargo xtask bench`: relay throughput, connection rate and connect latency, and pgbench
 //!   direct / pgbouncer / agent (tcp, postgres), as ratios against direct.
 mod bench;
 mod bench_evidence;
 mod demo;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -43,6 +46,20 @@ enum Cmd {
     /// bot whose statements are masked, refused and allowed; then its journaled session.
     /// Exits non-zero if anything does not happen as shown.
     Demo,
+    /// Run the fuzz targets of fuzz/ (cargo-fuzz on nightly, installed when missing), one
+    /// after the other at nice 19, each seeded from the golden captures; fails on a crash,
+    /// a hang or an OOM, whose input is left in fuzz/artifacts/TARGET/.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Stop a target after this many executions (if sooner than --seconds).
+        #[arg(long)]
+        runs: Option<u64>,
+        /// One target (default: all): pg_frontend, pg_backend, pg_auth, sql_analyze,
+        /// mask_row, config, journal.
+        target: Option<String>,
+    },
     /// Print benchmark figures (ratios against a baseline from the same run).
     Bench {
         /// Bytes per bulk transfer.
@@ -72,6 +89,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { config } => run::run(config),
         Cmd::Test { args } => test::test(&args),
         Cmd::Demo => demo::demo(),
+        Cmd::Fuzz {
+            seconds,
+            runs,
+            target,
+        } => fuzz::fuzz(seconds, runs, target.as_deref()),
         Cmd::Bench {
             bytes,
             conns,

@@ -1,8 +1,8 @@
 //! `cargo xtask test`: the whole suite, as CI runs it.
 //!
 //! Every step runs even when an earlier one failed (fmt, clippy, then every test binary
-//! with `--no-fail-fast`), and the run ends with one summary naming each failure, so one
-//! broken test never hides the others.
+//! with `--no-fail-fast`, then each fuzz target for [`FUZZ_SECONDS`]), and the run ends
+//! with one summary naming each failure, so one broken test never hides the others.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     process::Command,
@@ -10,7 +10,11 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{setup, util};
+use crate::{fuzz, setup, util};
+
+/// How long `cargo xtask test` runs each fuzz target (seven targets: about 2.5 minutes,
+/// plus building them with nightly the first time).
+const FUZZ_SECONDS: u64 = 20;
 
 pub fn test(extra: &[String]) -> anyhow::Result<()> {
     setup::setup()?;
@@ -48,6 +52,22 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
         .args(extra);
     let tests = run_tests(&mut cmd)?;
     failed.extend(tests.failures());
+
+    // A short run of every fuzz target: a crash, a hang or an OOM is a failure.
+    match fuzz::run_targets(fuzz::TARGETS, FUZZ_SECONDS, None) {
+        Ok(runs) => {
+            fuzz::print_summary(&runs);
+            for run in &runs {
+                if let Some(why) = &run.failure {
+                    failed.push(format!("fuzz target {}: {why}", run.target));
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: fuzz: {e:#}");
+            failed.push(format!("fuzz: {e:#}"));
+        }
+    }
 
     eprintln!();
     eprintln!("==== cargo xtask test: summary ====");

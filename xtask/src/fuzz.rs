@@ -1,0 +1,476 @@
+//! `cargo xtask fuzz [--seconds N] [--runs N] [TARGET]`: the libFuzzer targets of `fuzz/`
+//! (cargo-fuzz, nightly toolchain), each seeded from the golden captures and run one
+//! after the other in one process at the lowest CPU priority, then one summary line per
+//! target (executions, exec/s, peak RSS, corpus size) and the crashes, if any.
+//!
+//! Corpora live in `fuzz/corpus/<target>/` (not committed; the seeds are written there
+//! again at every run, so a fresh clone starts from them) and crashing inputs in
+//! `fuzz/artifacts/<target>/`. Each run uses `-timeout` (a slow input is a hang) and
+//! `-rss_limit_mb` (an OOM), so either is a failure like a panic.
+//!
+//! The targets build without a sanitizer (`-s none`): the code under test is safe Rust
+//! (a panic is what the fuzzer looks for; libFuzzer catches it either way), ASan would
+//! not instrument the bundled C SQLite anyway, and uninstrumented runs are twice as
+//! fast. Debug assertions and overflow checks are on (cargo-fuzz's default).
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::util::{self, output, run};
+
+/// cargo-fuzz release known to work here.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Every target of `fuzz/Cargo.toml`, in the order they run.
+pub const TARGETS: &[&str] = &[
+    "pg_frontend",
+    "pg_backend",
+    "pg_auth",
+    "sql_analyze",
+    "mask_row",
+    "config",
+    "journal",
+];
+
+/// An input taking longer than this (seconds) is reported as a hang.
+const TIMEOUT_SECS: u32 = 10;
+/// A run whose resident memory exceeds this (MiB) is reported as an OOM.
+const RSS_LIMIT_MB: u32 = 2048;
+
+/// What one target's run reported.
+#[derive(Debug, Default)]
+pub struct FuzzRun {
+    pub target: String,
+    pub runs: u64,
+    pub exec_per_sec: u64,
+    pub peak_rss_mb: u64,
+    pub corpus: usize,
+    pub seconds: f64,
+    /// Why the run failed (crash, hang, OOM, build failure), with the artifact.
+    pub failure: Option<String>,
+}
+
+/// `cargo xtask fuzz`: set up, then run `target` (or every target) for `seconds` each,
+/// or until `runs` executions.
+pub fn fuzz(seconds: u64, runs: Option<u64>, target: Option<&str>) -> anyhow::Result<()> {
+    crate::setup::setup()?;
+    let targets: Vec<&str> = match target {
+        Some(t) if TARGETS.contains(&t) => vec![t],
+        Some(t) => bail!("unknown fuzz target {t:?}; targets: {}", TARGETS.join(", ")),
+        None => TARGETS.to_vec(),
+    };
+    let results = run_targets(&targets, seconds, runs)?;
+    print_summary(&results);
+    let failed: Vec<&FuzzRun> = results.iter().filter(|r| r.failure.is_some()).collect();
+    if !failed.is_empty() {
+        bail!("{} fuzz target(s) failed, listed above", failed.len());
+    }
+    Ok(())
+}
+
+/// Installs cargo-fuzz, builds the targets, writes the seeds and runs each target.
+/// Errors only for what prevents fuzzing at all; a crashing target is a failed
+/// [`FuzzRun`].
+pub fn run_targets(
+    targets: &[&str],
+    seconds: u64,
+    runs: Option<u64>,
+) -> anyhow::Result<Vec<FuzzRun>> {
+    cargo_fuzz()?;
+    let fuzz_dir = util::root().join("fuzz");
+    eprintln!("fuzz: building the targets (nightly, no sanitizer, debug assertions)");
+    // `cargo` from PATH (rustup's proxy, which understands `+nightly`), not $CARGO.
+    let mut build = Command::new("nice");
+    build.args([
+        "-n", "19", "cargo", "+nightly", "fuzz", "build", "-s", "none",
+    ]);
+    if let [one] = targets {
+        build.arg(one);
+    }
+    run(&mut build)?;
+    seeds(&fuzz_dir, targets)?;
+    let mut results = Vec::new();
+    for target in targets {
+        results.push(run_one(&fuzz_dir, target, seconds, runs)?);
+    }
+    Ok(results)
+}
+
+/// One line per target.
+pub fn print_summary(results: &[FuzzRun]) {
+    eprintln!();
+    eprintln!("==== cargo xtask fuzz: summary ====");
+    for r in results {
+        eprintln!(
+            "{:<12} {:>11} runs in {:>6.1}s  {:>8} exec/s  peak RSS {:>5} MiB  corpus {:>5}  {}",
+            r.target,
+            r.runs,
+            r.seconds,
+            r.exec_per_sec,
+            r.peak_rss_mb,
+            r.corpus,
+            r.failure.as_deref().unwrap_or("ok")
+        );
+    }
+}
+
+/// cargo-fuzz, installed with cargo when missing or of another version.
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let works = output(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_some_and(|v| v.contains(CARGO_FUZZ_VERSION));
+    if works {
+        return Ok(());
+    }
+    eprintln!("fuzz: installing cargo-fuzz {CARGO_FUZZ_VERSION} (a minute)");
+    run(Command::new(util::cargo()).args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]))
+}
+
+fn run_one(
+    fuzz_dir: &Path,
+    target: &str,
+    seconds: u64,
+    runs: Option<u64>,
+) -> anyhow::Result<FuzzRun> {
+    let corpus = fuzz_dir.join("corpus").join(target);
+    let artifacts = fuzz_dir.join("artifacts").join(target);
+    fs::create_dir_all(&artifacts)?;
+    let binary = fuzz_dir
+        .join("target/x86_64-unknown-linux-gnu/release")
+        .join(target);
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", "19"])
+        .arg(&binary)
+        .arg(format!("-max_total_time={seconds}"))
+        .arg(format!("-timeout={TIMEOUT_SECS}"))
+        .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .arg("-print_final_stats=1")
+        .arg(&corpus);
+    if let Some(runs) = runs {
+        cmd.arg(format!("-runs={runs}"));
+    }
+    eprintln!("+ {}", util::describe(&cmd));
+    let started = Instant::now();
+    let mut child = cmd
+        .current_dir(fuzz_dir)
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let stderr = child.stderr.take().context("libFuzzer's stderr")?;
+    let mut result = FuzzRun {
+        target: target.to_string(),
+        ..FuzzRun::default()
+    };
+    let mut artifact = None;
+    let mut reason = None;
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { continue };
+        // Progress lines are many; the rest (errors, stats) is worth showing.
+        if !line.starts_with('#') || line.contains("DONE") {
+            eprintln!("{line}");
+        }
+        read_line(&line, &mut result, &mut artifact, &mut reason);
+    }
+    let status = child.wait().context("waiting for the fuzzer")?;
+    result.seconds = started.elapsed().as_secs_f64();
+    result.corpus = fs::read_dir(&corpus).map(|d| d.count()).unwrap_or(0);
+    if !status.success() {
+        result.failure = Some(format!(
+            "FAILED ({}): {}; reproduce with: cargo +nightly fuzz run -s none {target} {}",
+            reason.as_deref().unwrap_or("libFuzzer"),
+            status,
+            artifact.as_deref().unwrap_or("<artifact>")
+        ));
+    }
+    Ok(result)
+}
+
+/// Reads libFuzzer's final stats and failure report.
+fn read_line(
+    line: &str,
+    result: &mut FuzzRun,
+    artifact: &mut Option<String>,
+    reason: &mut Option<String>,
+) {
+    let number = |s: &str| s.trim().parse::<u64>().unwrap_or(0);
+    if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
+        result.runs = number(n);
+    } else if let Some(n) = line.strip_prefix("stat::average_exec_per_sec:") {
+        result.exec_per_sec = number(n);
+    } else if let Some(n) = line.strip_prefix("stat::peak_rss_mb:") {
+        result.peak_rss_mb = number(n);
+    } else if let Some(rest) = line.split("Test unit written to ").nth(1) {
+        *artifact = Some(rest.trim().to_string());
+    } else if line.starts_with("==") && line.contains("ERROR: libFuzzer:") {
+        // "==123== ERROR: libFuzzer: deadly signal" / "timeout after 10 seconds" /
+        // "out-of-memory (used: 2100Mb; exceeds: 2048Mb)"
+        let what = line.split("ERROR: libFuzzer:").nth(1).unwrap_or("").trim();
+        reason.get_or_insert_with(|| what.to_string());
+    } else if line.contains("panicked at") {
+        *reason = Some(line.trim().to_string());
+    }
+}
+
+/// Writes each target's seeds into its corpus directory (`seed-*` files, overwritten).
+fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
+    let root = util::root();
+    let captures = root.join("agent/src/protocol/postgres/testdata");
+    let mut frontend = Vec::new();
+    let mut backend = Vec::new();
+    for entry in fs::read_dir(&captures).context("reading the golden captures")? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        if let Some(stem) = name.strip_suffix(".frontend.bin") {
+            frontend.push((stem.to_string(), fs::read(&path)?));
+        } else if let Some(stem) = name.strip_suffix(".backend.bin") {
+            backend.push((stem.to_string(), fs::read(&path)?));
+        }
+    }
+    frontend.sort();
+    backend.sort();
+    // A connection whose client opened with an SSLRequest: its server stream starts
+    // with the one-byte answer.
+    let ssl_first = |stem: &str| {
+        frontend
+            .iter()
+            .find(|(s, _)| s == stem)
+            .is_some_and(|(_, f)| f.get(4..8) == Some(&[0x04, 0xd2, 0x16, 0x2f][..]))
+    };
+    let mut sql = sql_seeds(&root, &frontend)?;
+    sql.sort();
+    sql.dedup();
+
+    for target in targets {
+        let dir = fuzz_dir.join("corpus").join(target);
+        fs::create_dir_all(&dir)?;
+        let put = |name: &str, bytes: &[u8]| fs::write(dir.join(format!("seed-{name}")), bytes);
+        match *target {
+            "pg_frontend" => {
+                for (stem, bytes) in &frontend {
+                    // Whole, and in 7-byte reads.
+                    put(stem, &[&[0x00], &bytes[..]].concat())?;
+                    put(&format!("{stem}-7"), &[&[0x07], &bytes[..]].concat())?;
+                }
+            }
+            "pg_backend" => {
+                for (stem, bytes) in backend.iter().filter(|(_, b)| !b.is_empty()) {
+                    let ssl = if ssl_first(stem) { 0x80 } else { 0x00 };
+                    put(stem, &[&[ssl], &bytes[..]].concat())?;
+                    put(&format!("{stem}-3"), &[&[ssl | 0x03], &bytes[..]].concat())?;
+                }
+            }
+            "pg_auth" => {
+                for (stem, bytes) in &backend {
+                    if stem.contains("login") {
+                        let bytes = strip_ssl_answer(bytes, ssl_first(stem));
+                        put(stem, &[&[0x00], bytes].concat())?;
+                        // The same exchange with one PBKDF2 round (same length: "0001").
+                        let cheap = replace(bytes, b"i=4096", b"i=0001");
+                        put(&format!("{stem}-i1"), &[&[0x00], &cheap[..]].concat())?;
+                    }
+                }
+            }
+            "sql_analyze" => {
+                for (i, text) in sql.iter().enumerate() {
+                    put(&format!("{i:03}"), text.as_bytes())?;
+                }
+            }
+            "mask_row" => {
+                // Control 0x01: two rules, whole reads. Rule 1: every detector, columns
+                // email and *_email, redact. Rule 2: column "name", hash. Then partial
+                // with keep = 2 over every column.
+                let headers: [(&str, &[u8]); 3] = [
+                    (
+                        "redact-hash",
+                        &[0x01, 0xff, 0x03, 0x03, 0x00, 0x00, 0x80, 0x08, 0x00],
+                    ),
+                    ("partial", &[0x00, 0xff, 0x43, 0x10, 0x84]),
+                    ("detect-3", &[0x0c, 0xff, 0x03, 0x00, 0x00]),
+                ];
+                for (stem, bytes) in &backend {
+                    let bytes = strip_ssl_answer(bytes, ssl_first(stem));
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    for (name, header) in headers {
+                        put(&format!("{stem}-{name}"), &[header, bytes].concat())?;
+                    }
+                }
+            }
+            "config" => {
+                for entry in fs::read_dir(root.join("policies"))? {
+                    let path = entry?.path();
+                    if path.extension().is_some_and(|e| e == "toml") {
+                        let name = path.file_name().unwrap_or_default().to_string_lossy();
+                        put(&name, &fs::read(&path)?)?;
+                    }
+                }
+                // The README's TOML examples: fragments, but every key the agent knows.
+                let readme = fs::read_to_string(root.join("README.md"))?;
+                for (i, block) in readme.split("```toml\n").skip(1).enumerate() {
+                    let block = block.split("```").next().unwrap_or("");
+                    put(&format!("readme-{i:02}.toml"), block.as_bytes())?;
+                }
+            }
+            "journal" => {
+                let seed = dir.join("seed-journal.db");
+                if !seed.exists() {
+                    journal_seed(&seed)?;
+                }
+            }
+            other => bail!("no seeds for fuzz target {other}"),
+        }
+    }
+    Ok(())
+}
+
+/// The server stream without the SSLRequest answer (the targets that decode it as a
+/// plain server stream start past it).
+fn strip_ssl_answer(bytes: &[u8], ssl_first: bool) -> &[u8] {
+    if ssl_first {
+        bytes.get(1..).unwrap_or_default()
+    } else {
+        bytes
+    }
+}
+
+fn replace(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    match bytes.windows(from.len()).position(|w| w == from) {
+        Some(i) => [&bytes[..i], to, &bytes[i + from.len()..]].concat(),
+        None => bytes.to_vec(),
+    }
+}
+
+/// SQL texts: psql's catalog queries (agent/src/policy/testdata, separated by `-- next`
+/// lines) and every Query/Parse text of the golden frontend captures.
+fn sql_seeds(root: &Path, frontend: &[(String, Vec<u8>)]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let meta = fs::read_to_string(root.join("agent/src/policy/testdata/psql_meta_commands.sql"))?;
+    for query in meta.split("\n-- next\n") {
+        out.push(query.trim().to_string());
+    }
+    for (_, bytes) in frontend {
+        out.extend(query_texts(bytes));
+    }
+    out.retain(|q| !q.is_empty());
+    Ok(out)
+}
+
+/// The texts of the 'Q' and 'P' messages of a client stream: start-up packets
+/// (untagged: Int32 length first) are skipped until the StartupMessage, then messages
+/// are a tag and an Int32 length. Only for seeds: a stream it cannot follow gives what
+/// it found so far.
+fn query_texts(stream: &[u8]) -> Vec<String> {
+    let be32 = |at: usize| -> Option<usize> {
+        let b = stream.get(at..at + 4)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let mut texts = Vec::new();
+    let mut pos = 0;
+    // Untagged packets: SSLRequest (code 80877103), then the StartupMessage (3.0).
+    while let (Some(len), Some(code)) = (be32(pos), be32(pos + 4)) {
+        pos += len.max(8);
+        if code >> 16 == 3 {
+            break;
+        }
+    }
+    while let (Some(&tag), Some(len)) = (stream.get(pos), be32(pos + 1)) {
+        let Some(body) = stream.get(pos + 5..pos + 1 + len) else {
+            break;
+        };
+        let cstr = |b: &[u8]| -> Option<(String, usize)> {
+            let end = b.iter().position(|&c| c == 0)?;
+            Some((String::from_utf8_lossy(&b[..end]).into_owned(), end + 1))
+        };
+        match tag {
+            b'Q' => texts.extend(cstr(body).map(|(s, _)| s)),
+            b'P' => {
+                if let Some((_, skip)) = cstr(body) {
+                    texts.extend(cstr(&body[skip..]).map(|(s, _)| s));
+                }
+            }
+            _ => {}
+        }
+        pos += 1 + len;
+    }
+    texts
+}
+
+/// A small real journal, written by the agent's own writer
+/// (agent/examples/fuzz_journal_seed.rs).
+fn journal_seed(seed: &Path) -> anyhow::Result<()> {
+    let dir: PathBuf = std::env::temp_dir().join(format!("nhi-fuzz-seed-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    run(Command::new(util::cargo())
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "nhi-agent",
+            "--example",
+            "fuzz_journal_seed",
+            "--",
+        ])
+        .arg(&dir))?;
+    fs::copy(dir.join("journal.db"), seed).context("copying the seed journal")?;
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_texts_of_a_capture() {
+        let mut stream = Vec::new();
+        // SSLRequest, StartupMessage (user=u), Query, Parse, Sync.
+        stream.extend([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+        stream.extend([
+            0, 0, 0, 16, 0, 3, 0, 0, b'u', b's', b'e', b'r', 0, b'u', 0, 0,
+        ]);
+        stream.push(b'Q');
+        stream.extend(14u32.to_be_bytes());
+        stream.extend(b"select 1;\0");
+        stream.push(b'P');
+        stream.extend(19u32.to_be_bytes());
+        stream.extend(b"s1\0select $1\0\0\0");
+        stream.extend([b'S', 0, 0, 0, 4]);
+        assert_eq!(query_texts(&stream), vec!["select 1;", "select $1"]);
+    }
+
+    #[test]
+    fn reads_libfuzzer_reports() {
+        let mut r = FuzzRun::default();
+        let (mut artifact, mut reason) = (None, None);
+        for line in [
+            "==42== ERROR: libFuzzer: timeout after 10 seconds",
+            "artifact_prefix='fuzz/artifacts/x/'; Test unit written to fuzz/artifacts/x/timeout-abc",
+            "stat::number_of_executed_units: 12345",
+            "stat::average_exec_per_sec:     678",
+            "stat::peak_rss_mb:              90",
+        ] {
+            read_line(line, &mut r, &mut artifact, &mut reason);
+        }
+        assert_eq!((r.runs, r.exec_per_sec, r.peak_rss_mb), (12345, 678, 90));
+        assert_eq!(artifact.as_deref(), Some("fuzz/artifacts/x/timeout-abc"));
+        assert_eq!(reason.as_deref(), Some("timeout after 10 seconds"));
+    }
+}
