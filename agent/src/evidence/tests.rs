@@ -485,3 +485,52 @@ async fn an_idle_live_segment_is_sealed_when_it_reaches_its_maximum_age() {
     assert_eq!(payload.reason, super::SealReason::Age);
     assert_eq!(payload.event_count, 1);
 }
+
+/// Found by the `journal` fuzz target: a session row whose text is not UTF-8 made
+/// `verify` panic (rusqlite's `Value` conversion) instead of reporting damage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_a_session_row_with_non_utf8_text_instead_of_panicking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = Arc::new(HostKey::generate().expect("key"));
+    let path = dir.path().join("journal.db");
+    let journal = open(&path, options(&key, 64 << 20)).expect("open");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("bot", "db", at_us(1)))
+        .await
+        .expect("start");
+    h.end_session(end(id, 2)).await.expect("end");
+    drop(h);
+    close(journal).await;
+    assert!(verify_dir(dir.path(), &key.public()).intact);
+
+    let conn = Connection::open(&path).expect("open");
+    conn.execute(
+        "UPDATE sessions SET workload = CAST(X'626f74ff' AS TEXT) WHERE id = ?1",
+        [id],
+    )
+    .expect("update");
+    drop(conn);
+    let r = verify_dir(dir.path(), &key.public());
+    assert!(!r.intact);
+    let damage = r.first_damage.expect("a finding");
+    assert_eq!(damage.kind, DamageKind::ModifiedSessionRow);
+    assert_eq!(damage.session_id, Some(id));
+}
+
+/// The fuzzer's input itself (a journal whose session text is not UTF-8 once SQLite
+/// reads it): `verify` reports damage, it does not panic.
+#[test]
+fn verify_survives_the_fuzzed_journal_with_non_utf8_session_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    std::fs::write(
+        &path,
+        include_bytes!("testdata/fuzz-session-row-not-utf8.db"),
+    )
+    .expect("write");
+    let key = HostKey::generate().expect("key").public();
+    let r = verify::verify_files(&[path], &key, None);
+    assert!(!r.intact);
+    assert!(!r.damages.is_empty());
+}

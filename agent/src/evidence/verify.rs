@@ -586,14 +586,26 @@ impl Checker<'_> {
             return;
         };
         type V = rusqlite::types::Value;
-        let rows: Vec<Vec<V>> =
-            match stmt.query_map([], |r| (0..22).map(|i| r.get::<_, V>(i)).collect()) {
-                Ok(rows) => rows.flatten().collect(),
-                Err(e) => {
-                    self.damage(DamageKind::Unreadable, seg, None, e.to_string());
-                    return;
-                }
-            };
+        // Not `r.get::<_, Value>`: rusqlite's conversion panics on text that is not
+        // UTF-8, and this file is untrusted. Such text (which the agent never writes)
+        // is kept as a blob, so the row differs from its chained start event.
+        let value = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<V> {
+            Ok(match r.get_ref(i)? {
+                rusqlite::types::ValueRef::Text(t) => match std::str::from_utf8(t) {
+                    Ok(t) => V::Text(t.to_owned()),
+                    Err(_) => V::Blob(t.to_vec()),
+                },
+                other => other.into(),
+            })
+        };
+        let rows: Vec<Vec<V>> = match stmt.query_map([], |r| (0..22).map(|i| value(r, i)).collect())
+        {
+            Ok(rows) => rows.flatten().collect(),
+            Err(e) => {
+                self.damage(DamageKind::Unreadable, seg, None, e.to_string());
+                return;
+            }
+        };
         fn json(v: &V, u64_bits: bool) -> serde_json::Value {
             match v {
                 V::Null => serde_json::Value::Null,
