@@ -4,7 +4,8 @@
 //! `fuzz_journal_seed DIR` writes `DIR/journal.db` through the agent's own writer: an
 //! opaque TCP session with chunks, a PostgreSQL session with start-up, statement and
 //! result events (one refused), a session left open, and a session-less exec event;
-//! then closes the journal, which seals the live segment in place (`meta.seal`).
+//! then closes the journal, which seals the live segment in place (`meta.seal`). The
+//! public key that verifies the seal goes to `DIR/key.pub`.
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,11 +58,13 @@ fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("usage: fuzz_journal_seed DIR"))?,
     );
     std::fs::create_dir_all(&dir)?;
+    let key = Arc::new(HostKey::generate()?);
+    std::fs::write(dir.join("key.pub"), key.public().to_pem())?;
     let journal = journal::open(
         &dir.join("journal.db"),
         JournalOptions {
             segments: Some(SegmentOptions {
-                key: Arc::new(HostKey::generate()?),
+                key,
                 host_id: "fuzz-seed".into(),
                 max_bytes: 64 << 20,
                 max_age: Duration::from_secs(3600),

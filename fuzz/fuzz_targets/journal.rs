@@ -5,6 +5,9 @@
 //!
 //! The file lives in a directory of this process (under /dev/shm when there is one), and
 //! SQLite's side files are removed before each run so one input cannot affect the next.
+//! `verify` checks seals with the public key in the PEM file `$NHI_FUZZ_JOURNAL_KEY`
+//! (`cargo xtask fuzz` sets it to the seed journal's key, so the seed's seal verifies
+//! and the checks behind it run), or with a fresh key.
 #![no_main]
 
 use std::path::PathBuf;
@@ -37,7 +40,10 @@ fn scratch() -> &'static Scratch {
             .map(|s| dir.join(format!("journal.db{s}")))
             .chain([dir.join("journal.seal")])
             .collect();
-        let key = HostKey::generate().expect("an Ed25519 key").public();
+        let key = std::env::var_os("NHI_FUZZ_JOURNAL_KEY")
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .and_then(|pem| PublicKey::parse(&pem).ok())
+            .unwrap_or_else(|| HostKey::generate().expect("an Ed25519 key").public());
         Scratch {
             file,
             side_files,

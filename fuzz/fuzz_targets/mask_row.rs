@@ -34,7 +34,10 @@ fn masks_for(header: &[u8]) -> SessionMasks {
     if let Some(masks) = cache.get(header) {
         return masks.clone();
     }
-    let mut text = String::from("[agent]\nmode = \"enforce\"\njournal = \"/nonexistent/j.db\"\n");
+    let mut text = String::from(
+        "[agent]\nmode = \"enforce\"\njournal = \"/nonexistent/j.db\"\n\
+         [[target]]\nname = \"db\"\naddress = \"127.0.0.1:5432\"\nprotocol = \"postgres\"\n",
+    );
     for (n, rule) in header.chunks_exact(4).enumerate() {
         let detectors = u16::from_le_bytes([rule[0], rule[1]]) & 0x3ff;
         let mut detectors: Vec<String> = Detector::ALL
@@ -65,7 +68,7 @@ fn masks_for(header: &[u8]) -> SessionMasks {
     }
     let config = config::parse(&text, "fuzz masks").expect("the generated masks are valid");
     let masks = SessionMasks::new(config.masks, Arc::new(HashKey::from_bytes([7; 32])));
-    if cache.len() > 4096 {
+    if cache.len() > 64 {
         cache.clear();
     }
     cache.insert(header.to_vec(), masks.clone());

@@ -23,6 +23,7 @@ fn example() -> &'static (Config, SessionMasks) {
         // Every detector, so that mask_text has something to find in any text.
         let masks = config::parse(
             "[agent]\nmode = \"enforce\"\njournal = \"/nonexistent/journal.db\"\n\
+             [[target]]\nname = \"db\"\naddress = \"127.0.0.1:5432\"\nprotocol = \"postgres\"\n\
              [[mask]]\nname = \"all\"\ndetectors = [\"all\"]\nstrategy = \"partial\"\n",
             "fuzz masks",
         )

@@ -150,7 +150,8 @@ fn run_one(
         .join("target/x86_64-unknown-linux-gnu/release")
         .join(target);
     let mut cmd = Command::new("nice");
-    cmd.args(["-n", "19"])
+    cmd.env("NHI_FUZZ_JOURNAL_KEY", journal_key(fuzz_dir))
+        .args(["-n", "19"])
         .arg(&binary)
         .arg(format!("-max_total_time={seconds}"))
         .arg(format!("-timeout={TIMEOUT_SECS}"))
@@ -331,8 +332,8 @@ fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
             }
             "journal" => {
                 let seed = dir.join("seed-journal.db");
-                if !seed.exists() {
-                    journal_seed(&seed)?;
+                if !seed.exists() || !journal_key(fuzz_dir).exists() {
+                    journal_seed(&seed, &journal_key(fuzz_dir))?;
                 }
             }
             other => bail!("no seeds for fuzz target {other}"),
@@ -413,9 +414,15 @@ fn query_texts(stream: &[u8]) -> Vec<String> {
     texts
 }
 
+/// The public key of the seed journal's seal (outside the corpus directory: libFuzzer
+/// reads every file there as an input).
+fn journal_key(fuzz_dir: &Path) -> PathBuf {
+    fuzz_dir.join("corpus/journal-key.pub")
+}
+
 /// A small real journal, written by the agent's own writer
-/// (agent/examples/fuzz_journal_seed.rs).
-fn journal_seed(seed: &Path) -> anyhow::Result<()> {
+/// (agent/examples/fuzz_journal_seed.rs), and its key.
+fn journal_seed(seed: &Path, key: &Path) -> anyhow::Result<()> {
     let dir: PathBuf = std::env::temp_dir().join(format!("nhi-fuzz-seed-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     run(Command::new(util::cargo())
@@ -430,6 +437,7 @@ fn journal_seed(seed: &Path) -> anyhow::Result<()> {
         ])
         .arg(&dir))?;
     fs::copy(dir.join("journal.db"), seed).context("copying the seed journal")?;
+    fs::copy(dir.join("key.pub"), key).context("copying the seed journal's key")?;
     let _ = fs::remove_dir_all(&dir);
     Ok(())
 }
