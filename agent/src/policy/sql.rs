@@ -439,6 +439,77 @@ fn first_word_is(token: &Token, word: &str) -> bool {
     matches!(token, Token::Word(w) if w.value.eq_ignore_ascii_case(word))
 }
 
+/// The most tokens in operator position (after an operand) a statement may have and
+/// still be parsed; past it the statement is opaque (kind `unparsed`, which policies
+/// refuse unless told otherwise).
+///
+/// sqlparser builds an operator chain (`1+1+1...`, `a = 1 OR a = 2 OR ...`, `x::t::t`)
+/// as a left-deep tree, one level per operator, without its recursion limit (that
+/// bounds only nesting such as parentheses), and dropping the tree recurses once per
+/// level: a query of a few hundred KiB of `1+` overflowed the stack of the task that
+/// analyses it and aborted the agent. 10,000 levels are far from a 2 MiB tokio stack's
+/// limit even in a debug build; real statements stay far below it (IN and VALUES
+/// lists are commas, which do not count; a few keywords per clause do).
+pub const MAX_INFIX_OPERATORS: usize = 10_000;
+
+/// Tokens of a statement that come right after an operand (an identifier or keyword,
+/// a literal, a placeholder, a closing bracket) and are not a separator: an upper
+/// bound on the depth of the operator chains the parser would build. Unary operators
+/// (`-1` after `(` or `,`) do not count; they nest through the parser's recursion,
+/// which its limit bounds.
+fn infix_operators(tokens: &[TokenWithSpan]) -> usize {
+    let mut count = 0;
+    let mut after_operand = false;
+    for token in tokens.iter().map(|t| &t.token).filter(|t| !is_trivia(t)) {
+        let separator = matches!(
+            token,
+            Token::Comma
+                | Token::SemiColon
+                | Token::LParen
+                | Token::RParen
+                | Token::RBracket
+                | Token::RBrace
+                | Token::Period
+        );
+        if after_operand && !separator {
+            count += 1;
+        }
+        after_operand = ends_operand(token);
+    }
+    count
+}
+
+fn ends_operand(token: &Token) -> bool {
+    matches!(
+        token,
+        Token::Word(_)
+            | Token::Number(..)
+            | Token::Char(_)
+            | Token::Placeholder(_)
+            | Token::RParen
+            | Token::RBracket
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::QuoteDelimitedStringLiteral(_)
+            | Token::NationalQuoteDelimitedStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+    )
+}
+
 fn is_trivia(token: &Token) -> bool {
     matches!(token, Token::Whitespace(_))
 }
@@ -491,6 +562,14 @@ fn analyze_piece(
         first_keyword,
         Some(Keyword::CLUSTER | Keyword::REINDEX | Keyword::REFRESH)
     ) || first_word_is(&first.token, "checkpoint");
+    // Too many operators to build (and drop) the tree safely: opaque, as unparsed text.
+    if infix_operators(&tokens) > MAX_INFIX_OPERATORS {
+        let mut info = unparsed(sql, span);
+        if unknown_maintenance {
+            info.kinds.insert(StatementKind::Maintenance);
+        }
+        return Some(info);
+    }
     let dialect = PostgreSqlDialect {};
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let statement = match parser.parse_statement() {

@@ -1304,3 +1304,49 @@ fn the_example_policy_decides_pgbench_and_psql_traffic() {
         );
     }
 }
+
+/// Runs `analyze` on a thread with a tokio worker's default stack (2 MiB).
+fn analyze_on_small_stack(sql: String) -> Analysis {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || analyze(&sql))
+        .expect("spawn")
+        .join()
+        .expect("analysis on a 2 MiB stack")
+}
+
+/// Found while probing past the fuzzer's input size: a statement with a 200,000-long
+/// operator chain overflowed the stack (dropping sqlparser's left-deep tree) and
+/// aborted the process. Past `MAX_INFIX_OPERATORS` it is opaque instead.
+#[test]
+fn very_long_operator_chains_are_opaque_instead_of_overflowing_the_stack() {
+    for sql in [
+        format!("select {}1", "1+".repeat(200_000)),
+        format!(
+            "update t set x = 1 where {}true",
+            "a = 1 or ".repeat(100_000)
+        ),
+        format!("select 'a'{}", " || 'a'".repeat(200_000)),
+        format!("select x{}", "::text".repeat(200_000)),
+    ] {
+        let analysis = analyze_on_small_stack(sql);
+        assert_eq!(analysis.statements.len(), 1);
+        let statement = &analysis.statements[0];
+        assert!(statement.opaque);
+        assert!(statement.kinds.contains(StatementKind::Unparsed));
+    }
+    // Below the limit the chain is parsed as usual, and long lists of values (commas,
+    // unary minus) never count.
+    let chain = analyze_on_small_stack(format!("select {}1", "1+".repeat(5_000)));
+    assert_eq!(
+        chain.statements[0].kinds,
+        KindSet::of(StatementKind::Select)
+    );
+    let values: Vec<String> = (0..20_000).map(|i| format!("(-{i}, 'v{i}')")).collect();
+    let insert = analyze_on_small_stack(format!("insert into t values {}", values.join(", ")));
+    assert_eq!(
+        insert.statements[0].kinds,
+        KindSet::of(StatementKind::Insert)
+    );
+    assert!(!insert.statements[0].opaque);
+}
