@@ -32,6 +32,7 @@ pub const TARGETS: &[&str] = &[
     "pg_frontend",
     "pg_backend",
     "pg_auth",
+    "pg_flow",
     "sql_analyze",
     "mask_row",
     "config",
@@ -285,6 +286,22 @@ fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
                         // The same exchange with one PBKDF2 round (same length: "0001").
                         let cheap = replace(bytes, b"i=4096", b"i=0001");
                         put(&format!("{stem}-i1"), &[&[0x00], &cheap[..]].concat())?;
+                    }
+                }
+            }
+            "pg_flow" => {
+                // Both directions of a capture: client part, then server part.
+                for (stem, client) in &frontend {
+                    let Some((_, server)) = backend.iter().find(|(s, _)| s == stem) else {
+                        continue;
+                    };
+                    let server = strip_ssl_answer(server, ssl_first(stem));
+                    let Ok(len) = u16::try_from(client.len()) else {
+                        continue;
+                    };
+                    for control in [0x00, 0x05] {
+                        let seed = [&[control][..], &len.to_le_bytes(), client, server].concat();
+                        put(&format!("{stem}-{control:02x}"), &seed)?;
                     }
                 }
             }

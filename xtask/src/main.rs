@@ -56,8 +56,8 @@ enum Cmd {
         /// Stop a target after this many executions (if sooner than --seconds).
         #[arg(long)]
         runs: Option<u64>,
-        /// One target (default: all): pg_frontend, pg_backend, pg_auth, sql_analyze,
-        /// mask_row, config, journal.
+        /// One target (default: all): pg_frontend, pg_backend, pg_auth, pg_flow,
+        /// sql_analyze, mask_row, config, journal.
         target: Option<String>,
     },
     /// Print benchmark figures (ratios against a baseline from the same run).
