@@ -17,5 +17,6 @@ pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod sdnotify;
+pub mod session;
 pub mod ship;
 pub mod tls;

@@ -2,7 +2,7 @@
 //! wait here until a human decides on them.
 //!
 //! - [`Registry`] keeps the pending requests and the active grants and implements the
-//!   proxy's [`Approver`](crate::proxy::postgres::Approver): `hold` registers a request,
+//!   session engine's [`Approver`](crate::session::Approver): `hold` registers a request,
 //!   announces it (log line, [`webhook`]) and waits for a decision (or the policy's
 //!   `approval_timeout`, which counts as denied).
 //! - Decisions come from the control socket ([`server`]: root or `approver_group`,
@@ -41,9 +41,7 @@ use tracing::{info, warn};
 
 use crate::{
     journal::{Event, JournalHandle, NO_SESSION},
-    proxy::postgres::{
-        Approver, DecisionNote, HoldOutcome, HoldRequest, PendingHold, Requester, Standing,
-    },
+    session::{Approver, DecisionNote, HoldOutcome, HoldRequest, PendingHold, Requester, Standing},
 };
 pub use config::{ApprovalsConfig, RawApprovals};
 use scope::{check_scope, Grant, GrantSpec, Grants, Scope, ScopeError};

@@ -56,7 +56,7 @@ pub struct Shared {
     /// Cancel keys of live PostgreSQL sessions.
     pub cancel_keys: postgres::CancelKeys,
     /// Who decides on held statements; `None`: holds expire (are denied) at their timeout.
-    pub approvals: Option<Arc<dyn postgres::Approver>>,
+    pub approvals: Option<Arc<dyn crate::session::Approver>>,
     /// Process lineage of intercepted cgroups; `None` when `[lineage] enabled = false`.
     pub lineage: Option<Arc<crate::lineage::Lineage>>,
     /// The disk budget flag (see [`crate::ship::Budget`]): while it is exceeded, new

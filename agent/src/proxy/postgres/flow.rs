@@ -40,6 +40,7 @@ use crate::policy::{self, Analysis, Policy, RecordResults, StatementVerdict, Ver
 use crate::protocol::postgres::{
     encode, BackendMessage, Decoded, FieldDescription, FrontendMessage,
 };
+pub use crate::session::{DecisionNote, GrantCheck, HoldOutcome, HoldRequest, Standing, Step};
 
 /// SQLSTATE insufficient_privilege: what PostgreSQL itself answers to a statement the
 /// user may not run, so clients and their retry logic treat a refusal as such.
@@ -59,82 +60,6 @@ pub struct SessionRules {
     pub enforce: bool,
     pub masks: SessionMasks,
     pub record_results: RecordResults,
-}
-
-/// A statement waiting for a human's decision (verdict `approve`).
-#[derive(Debug, Clone)]
-pub struct HoldRequest {
-    /// The statement's sequence number in the session.
-    pub seq: u64,
-    /// The statement's text, with the session's mask detectors applied.
-    pub text: String,
-    pub rule: Option<String>,
-    pub timeout: std::time::Duration,
-}
-
-/// How a hold ended.
-#[derive(Debug, Clone)]
-pub enum HoldOutcome {
-    Approved {
-        by: String,
-        note: DecisionNote,
-    },
-    Denied {
-        by: String,
-        reason: Option<String>,
-        note: DecisionNote,
-    },
-    Expired,
-}
-
-/// What the `approval` event says about a decision besides who took it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DecisionNote {
-    /// The approval request ("a-N") the decision was taken on.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approval_id: Option<String>,
-    /// "once" | "session" | "grant".
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scope: Option<&'static str>,
-    /// The grant ("g-N") created by, or letting through, this statement.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grant: Option<String>,
-    /// RFC 3339: end of the grant.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub until: Option<String>,
-    /// Set when the statement passed without a hold: the approval that covers it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub granted_by: Option<String>,
-    /// SHA-256 (hex) of the signed decision token, when one decided.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_sha256: Option<String>,
-    /// The token's `jti`, if it had one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jti: Option<String>,
-}
-
-/// A standing approval (scope `grant`) that lets a statement through without a hold.
-#[derive(Debug, Clone)]
-pub struct Standing {
-    /// Who gave the original approval.
-    pub by: String,
-    /// `granted_by`, `grant`, `scope`, ... for the `approval` event.
-    pub note: DecisionNote,
-}
-
-/// Looks up a grant covering a statement of this session, by the rule that matched.
-pub type GrantCheck = Arc<dyn Fn(Option<&str>) -> Option<Standing> + Send + Sync>;
-
-/// What [`Flow::on_client`] asks of the IO loop.
-#[derive(Debug)]
-pub enum Step {
-    /// Go on with the next message.
-    Continue,
-    /// Stop reading client messages until [`Flow::resolve_hold`] is called: the message
-    /// just given waits for an approval. Journal and release what is staged first.
-    Hold(HoldRequest),
-    /// The client ended the session (Terminate).
-    Terminate,
 }
 
 /// A message that cannot be handled: the session must close (with this reason journaled).
@@ -447,6 +372,11 @@ impl Flow {
     /// Whether a statement is waiting for approval.
     pub fn is_holding(&self) -> bool {
         self.held.is_some()
+    }
+
+    /// Stages an event built elsewhere (by the session engine), behind those staged.
+    pub fn push_event(&mut self, event: Event) {
+        self.events.push(event);
     }
 
     /// A journal event of this session, stamped now.
