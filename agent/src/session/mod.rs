@@ -18,6 +18,7 @@
 //! the journal refuses, the client gets the protocol's error and the session ends.
 pub mod approval;
 pub mod engine;
+pub mod gate;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};

@@ -40,6 +40,7 @@ use crate::policy::{self, Analysis, Policy, RecordResults, StatementVerdict, Ver
 use crate::protocol::postgres::{
     encode, BackendMessage, Decoded, FieldDescription, FrontendMessage,
 };
+use crate::session::gate::{approval_on_standing, Action, Gate};
 pub use crate::session::{DecisionNote, GrantCheck, HoldOutcome, HoldRequest, Standing, Step};
 
 /// SQLSTATE insufficient_privilege: what PostgreSQL itself answers to a statement the
@@ -183,12 +184,8 @@ pub struct Flow {
     /// Statements judged so far, and those refused.
     pub statements_seen: u64,
     pub statements_refused: u64,
-    /// Rules approved with scope `session`: their statements pass without a hold.
-    session_approvals: HashMap<Option<String>, Standing>,
-    /// Grants (scope `grant`) that apply across sessions.
-    grant_check: Option<GrantCheck>,
-    /// Observe mode: statements that would have been held, to announce.
-    would_hold: Vec<HoldRequest>,
+    /// Verdict to action: enforce/observe, holds, standing approvals.
+    gate: Gate,
 }
 
 /// What the agent keeps to forward a client's CancelRequest.
@@ -206,19 +203,6 @@ struct Held {
     rule: Option<String>,
     analysis: Arc<Analysis>,
     text: Arc<str>,
-}
-
-/// The `approval` event: how a held (or standing-approved) statement was decided.
-#[derive(Serialize)]
-struct ApprovalEvent<'a> {
-    seq: u64,
-    decision: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    by: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    #[serde(flatten)]
-    note: &'a DecisionNote,
 }
 
 #[derive(Serialize)]
@@ -283,8 +267,14 @@ impl Flow {
     /// A flow for a session whose startup is done; `fake_key` is the cancel key the
     /// client will be given instead of the backend's.
     pub fn new(session: SessionId, rules: Arc<SessionRules>, fake_key: [u8; 4]) -> Flow {
+        let approval_timeout = rules
+            .policy
+            .as_ref()
+            .map(|p| p.approval_timeout)
+            .unwrap_or(policy::DEFAULT_APPROVAL_TIMEOUT);
         Flow {
             session,
+            gate: Gate::new(rules.enforce, approval_timeout),
             rules,
             tx_status: b'I',
             expect: VecDeque::from([Expect::Startup]),
@@ -302,51 +292,22 @@ impl Flow {
             parameters: HashMap::new(),
             statements_seen: 0,
             statements_refused: 0,
-            session_approvals: HashMap::new(),
-            grant_check: None,
-            would_hold: Vec::new(),
         }
     }
 
     /// Installs the lookup of cross-session grants.
     pub fn set_grant_check(&mut self, check: GrantCheck) {
-        self.grant_check = Some(check);
+        self.gate.set_grant_check(check);
     }
 
     /// Observe mode: the statements since the last call that would have been held.
     pub fn take_would_hold(&mut self) -> Vec<HoldRequest> {
-        std::mem::take(&mut self.would_hold)
-    }
-
-    /// A standing approval for a statement matched by `rule`: the session's own
-    /// (scope `session`) first, then a grant.
-    fn standing(&self, rule: Option<&str>) -> Option<Standing> {
-        if let Some(s) = self.session_approvals.get(&rule.map(str::to_owned)) {
-            return Some(s.clone());
-        }
-        self.grant_check.as_ref().and_then(|check| check(rule))
+        self.gate.take_would_hold()
     }
 
     /// Journals that statement `seq` passed on a standing approval.
     fn passed_on(&mut self, seq: u64, standing: &Standing) {
-        self.event(
-            "approval",
-            &ApprovalEvent {
-                seq,
-                decision: "approved",
-                by: Some(&standing.by),
-                reason: None,
-                note: &standing.note,
-            },
-        );
-    }
-
-    fn approval_timeout(&self) -> std::time::Duration {
-        self.rules
-            .policy
-            .as_ref()
-            .map(|p| p.approval_timeout)
-            .unwrap_or(policy::DEFAULT_APPROVAL_TIMEOUT)
+        self.event("approval", &approval_on_standing(seq, standing));
     }
 
     /// The journal events staged since the last call; journal them before taking the bytes.
@@ -691,11 +652,11 @@ impl Flow {
         (verdict, rule): (Verdict, Option<String>),
         per_statement: Vec<StatementVerdict>,
     ) -> Result<Step, FlowError> {
-        let enforce = self.rules.enforce;
+        let action = self.gate.action(verdict, rule.as_deref());
         let mut standing = None;
-        if enforce && verdict == Verdict::Approve {
-            standing = self.standing(rule.as_deref());
-            if standing.is_none() {
+        match action {
+            Action::PassOnStanding(ref s) => standing = Some(s.clone()),
+            Action::Hold => {
                 let seq = self.seq();
                 self.statement_event(
                     seq,
@@ -710,8 +671,9 @@ impl Flow {
                 );
                 return Ok(self.hold(msg, seq, text, analysis, rule));
             }
+            Action::Forward | Action::Refuse => {}
         }
-        let refused = enforce && verdict == Verdict::Deny;
+        let refused = matches!(action, Action::Refuse);
         // One event per statement of the string, so each can be found and replayed.
         let statements: Vec<(String, Verdict, Option<String>)> = if analysis.statements.len() > 1 {
             analysis
@@ -764,15 +726,13 @@ impl Flow {
         if let (Some(standing), Some(&first)) = (&standing, seqs.first()) {
             self.passed_on(first, standing);
         }
-        if !enforce && verdict == Verdict::Approve {
-            let timeout = self.approval_timeout();
-            self.would_hold.push(HoldRequest {
-                seq: seqs.first().copied().unwrap_or_default(),
-                text: self.rules.masks.mask_text(&text).into_owned(),
-                rule: rule.clone(),
-                timeout,
-            });
-        }
+        let masks = &self.rules.masks;
+        self.gate.observe(
+            verdict,
+            seqs.first().copied().unwrap_or_default(),
+            rule.as_deref(),
+            || masks.mask_text(&text).into_owned(),
+        );
         self.forward(
             &msg.raw,
             Expect::Query(QueryRun {
@@ -793,10 +753,13 @@ impl Flow {
         verdict: Verdict,
         rule: Option<String>,
     ) -> Result<Step, FlowError> {
-        let enforce = self.rules.enforce;
         let mut verdict = verdict;
-        if enforce && verdict == Verdict::Approve {
-            let standing = self.standing(rule.as_deref());
+        let action = self.gate.action(verdict, rule.as_deref());
+        if let Action::Hold | Action::PassOnStanding(_) = action {
+            let standing = match action {
+                Action::PassOnStanding(ref s) => Some(s.clone()),
+                _ => None,
+            };
             let seq = self.seq();
             self.statement_event(
                 seq,
@@ -822,16 +785,12 @@ impl Flow {
                 None => return Ok(self.hold(msg, seq, text, analysis, rule)),
             }
         }
-        if !enforce && verdict == Verdict::Approve {
-            let timeout = self.approval_timeout();
-            self.would_hold.push(HoldRequest {
-                seq: self.next_seq,
-                text: self.rules.masks.mask_text(&text).into_owned(),
-                rule: rule.clone(),
-                timeout,
+        let masks = &self.rules.masks;
+        self.gate
+            .observe(verdict, self.next_seq, rule.as_deref(), || {
+                masks.mask_text(&text).into_owned()
             });
-        }
-        if enforce && verdict == Verdict::Deny {
+        if let Action::Refuse = action {
             let seq = self.seq();
             self.statement_event(
                 seq,
@@ -986,14 +945,12 @@ impl Flow {
         analysis: Arc<Analysis>,
         rule: Option<String>,
     ) -> Step {
-        let timeout = self.approval_timeout();
-        let request = HoldRequest {
+        // Announcements may leave the host (webhook): detectors apply to them.
+        let request = self.gate.hold_request(
             seq,
-            // Announcements may leave the host (webhook): detectors apply to them.
-            text: self.rules.masks.mask_text(&text).into_owned(),
-            rule: rule.clone(),
-            timeout,
-        };
+            self.rules.masks.mask_text(&text).into_owned(),
+            rule.clone(),
+        );
         self.held = Some(Held {
             message,
             seq,
@@ -1009,40 +966,9 @@ impl Flow {
         let Some(held) = self.held.take() else {
             return Ok(Step::Continue);
         };
-        let none = DecisionNote::default();
-        let (decision, by, reason, note) = match &outcome {
-            HoldOutcome::Approved { by, note } => ("approved", Some(by.as_str()), None, note),
-            HoldOutcome::Denied { by, reason, note } => {
-                ("denied", Some(by.as_str()), reason.as_deref(), note)
-            }
-            HoldOutcome::Expired => ("expired", None, None, &none),
-        };
-        self.event(
-            "approval",
-            &ApprovalEvent {
-                seq: held.seq,
-                decision,
-                by,
-                reason,
-                note,
-            },
-        );
-        // Scope `session`: the session's later statements of this rule pass on it.
-        if let HoldOutcome::Approved { by, note } = &outcome {
-            if note.scope == Some("session") {
-                self.session_approvals.insert(
-                    held.rule.clone(),
-                    Standing {
-                        by: by.clone(),
-                        note: DecisionNote {
-                            scope: Some("session"),
-                            granted_by: note.approval_id.clone(),
-                            ..DecisionNote::default()
-                        },
-                    },
-                );
-            }
-        }
+        // Scope `session`: the gate lets the session's later statements of this rule pass.
+        let event = self.gate.decided(held.seq, held.rule.as_deref(), &outcome);
+        self.event("approval", &event);
         let approved = matches!(outcome, HoldOutcome::Approved { .. });
         let is_parse = matches!(held.message.message, FrontendMessage::Parse { .. });
         if approved {
