@@ -24,7 +24,7 @@ pub struct ColumnInfo<'a> {
 }
 
 /// What was masked in one column by one rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct MaskedColumn {
     /// The column name; `#N` (1-based position) for a column the RowDescription did
     /// not announce.
@@ -32,7 +32,7 @@ pub struct MaskedColumn {
     /// The rule's name; `(unannounced column)` for such a column.
     pub rule: String,
     /// `redact`, `partial` or `hash`; `null` for an unannounced column.
-    pub strategy: &'static str,
+    pub strategy: std::borrow::Cow<'static, str>,
     /// How many values (not substrings) were changed.
     pub values: u64,
 }
@@ -294,7 +294,7 @@ impl RowMasker {
                         out.push(MaskedColumn {
                             column: self.names[index].clone(),
                             rule: rule.name().to_owned(),
-                            strategy: rule.strategy_name(),
+                            strategy: rule.strategy_name().into(),
                             values,
                         });
                     }
@@ -305,7 +305,7 @@ impl RowMasker {
             out.push(MaskedColumn {
                 column: format!("#{}", index + 1),
                 rule: "(unannounced column)".to_owned(),
-                strategy: "null",
+                strategy: "null".into(),
                 values,
             });
         }

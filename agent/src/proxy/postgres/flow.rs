@@ -35,12 +35,14 @@ use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
 use crate::journal::{Event, SessionId};
-use crate::mask::{ColumnInfo, MaskedColumn, RowMasker, SessionMasks};
+use crate::mask::{ColumnInfo, RowMasker, SessionMasks};
 use crate::policy::{self, Analysis, Policy, RecordResults, StatementVerdict, Verdict};
 use crate::protocol::postgres::{
     encode, BackendMessage, Decoded, FieldDescription, FrontendMessage,
 };
 use crate::session::gate::{approval_on_standing, Action, Gate};
+
+use super::events::{self, kind};
 pub use crate::session::{DecisionNote, GrantCheck, HoldOutcome, HoldRequest, Standing, Step};
 
 /// SQLSTATE insufficient_privilege: what PostgreSQL itself answers to a statement the
@@ -98,7 +100,7 @@ struct Run {
     masker: Option<RowMasker>,
     rows: u64,
     recorded: Vec<Vec<Option<String>>>,
-    copy: Option<CopyCount>,
+    copy: Option<events::CopyCount>,
 }
 
 impl Run {
@@ -113,13 +115,6 @@ impl Run {
             copy: None,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-struct CopyCount {
-    direction: &'static str,
-    messages: u64,
-    bytes: u64,
 }
 
 /// A simple Query being answered: its statements in order, each completed by a
@@ -203,64 +198,6 @@ struct Held {
     rule: Option<String>,
     analysis: Arc<Analysis>,
     text: Arc<str>,
-}
-
-#[derive(Serialize)]
-struct StatementEvent<'a> {
-    seq: u64,
-    /// "simple", "extended" or "function".
-    protocol: &'static str,
-    text: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    statement: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    portal: Option<&'a str>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    params: &'a [String],
-    kinds: Vec<&'static str>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    tables: &'a [String],
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    functions: &'a [String],
-    /// The policy's verdict.
-    verdict: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<&'a str>,
-    /// False in observe mode: the verdict was only recorded.
-    enforced: bool,
-    /// What the agent did: "forwarded", "refused", "held".
-    action: &'static str,
-}
-
-#[derive(Serialize, Default)]
-struct EndEvent<'a> {
-    seq: u64,
-    duration_us: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tag: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rows: Option<u64>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    columns: &'a [String],
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    masked: Vec<MaskedColumn>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorSummary<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    copy: Option<CopyCount>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result_rows: Option<&'a [Vec<Option<String>>]>,
-    /// Observe mode: masks were computed and journaled but the client got the values.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    mask_not_enforced: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct ErrorSummary<'a> {
-    sqlstate: &'a str,
-    message: &'a str,
 }
 
 impl Flow {
@@ -430,8 +367,9 @@ impl Flow {
         let mut functions = Vec::new();
         for s in &analysis.statements {
             for k in s.kinds.iter() {
-                if !kinds.contains(&k.as_str()) {
-                    kinds.push(k.as_str());
+                let k = Cow::Borrowed(k.as_str());
+                if !kinds.contains(&k) {
+                    kinds.push(k);
                 }
             }
             tables.extend(s.tables.iter().cloned());
@@ -439,35 +377,35 @@ impl Flow {
         }
         tables.dedup();
         functions.dedup();
-        let event = StatementEvent {
+        let event = events::Statement {
             seq,
-            protocol,
-            text,
-            statement: names.0,
-            portal: names.1,
-            params,
+            protocol: Cow::Borrowed(protocol),
+            text: Cow::Borrowed(text),
+            statement: names.0.map(Cow::Borrowed),
+            portal: names.1.map(Cow::Borrowed),
+            params: Cow::Borrowed(params),
             kinds,
-            tables: &tables,
-            functions: &functions,
-            verdict: verdict.as_str(),
-            rule,
+            tables: Cow::Borrowed(&tables),
+            functions: Cow::Borrowed(&functions),
+            verdict: Cow::Borrowed(verdict.as_str()),
+            rule: rule.map(Cow::Borrowed),
             enforced: self.rules.enforce,
-            action,
+            action: Cow::Borrowed(action),
         };
-        self.event("statement", &event);
+        self.event(kind::STATEMENT, &event);
     }
 
     fn refused_end(&mut self, seq: u64, error: &Bytes) {
         let message = error_message(error);
-        let end = EndEvent {
+        let end = events::StatementEnd {
             seq,
-            error: Some(ErrorSummary {
-                sqlstate: SQLSTATE_REFUSED,
-                message: &message,
+            error: Some(events::ErrorSummary {
+                sqlstate: Cow::Borrowed(SQLSTATE_REFUSED),
+                message: Cow::Borrowed(&message),
             }),
-            ..EndEvent::default()
+            ..events::StatementEnd::default()
         };
-        self.event("statement_end", &end);
+        self.event(kind::STATEMENT_END, &end);
         self.statements_refused += 1;
     }
 
@@ -1197,12 +1135,12 @@ impl Flow {
             }
             BackendMessage::CopyInResponse(_) | BackendMessage::CopyOutResponse(_) => {
                 let direction = if matches!(msg.message, BackendMessage::CopyInResponse(_)) {
-                    "in"
+                    events::CopyDirection::In
                 } else {
-                    "out"
+                    events::CopyDirection::Out
                 };
                 if let Some(run) = self.front_run_mut() {
-                    run.copy = Some(CopyCount {
+                    run.copy = Some(events::CopyCount {
                         direction,
                         messages: 0,
                         bytes: 0,
@@ -1396,12 +1334,14 @@ impl Flow {
                 break;
             }
             if let Some(Expect::Execute(run)) = self.expect.pop_front() {
-                let end = EndEvent {
+                let end = events::StatementEnd {
                     seq: run.seq,
-                    note: Some("not run: an earlier message of the batch failed"),
-                    ..EndEvent::default()
+                    note: Some(Cow::Borrowed(
+                        "not run: an earlier message of the batch failed",
+                    )),
+                    ..events::StatementEnd::default()
                 };
-                self.event("statement_end", &end);
+                self.event(kind::STATEMENT_END, &end);
             }
         }
     }
@@ -1409,12 +1349,14 @@ impl Flow {
     fn finish_query(&mut self, q: &mut QueryRun, _error: Option<()>) {
         // Statements after a failed one were never run.
         while q.next < q.seqs.len() {
-            let end = EndEvent {
+            let end = events::StatementEnd {
                 seq: q.seqs[q.next],
-                note: Some("not run: an earlier statement of the query failed"),
-                ..EndEvent::default()
+                note: Some(Cow::Borrowed(
+                    "not run: an earlier statement of the query failed",
+                )),
+                ..events::StatementEnd::default()
             };
-            self.event("statement_end", &end);
+            self.event(kind::STATEMENT_END, &end);
             q.next += 1;
         }
     }
@@ -1432,24 +1374,27 @@ impl Flow {
         let recorded = (self.rules.record_results == RecordResults::Rows
             && !run.columns.is_empty())
         .then_some(run.recorded.as_slice());
-        let end = EndEvent {
+        let end = events::StatementEnd {
             seq: run.seq,
             duration_us: run.started.elapsed().as_micros() as u64,
-            tag,
+            tag: tag.map(Cow::Borrowed),
             rows,
             columns: if self.rules.record_results == RecordResults::None {
-                &[]
+                Cow::Borrowed(&[])
             } else {
-                &run.columns
+                Cow::Borrowed(&run.columns)
             },
             masked,
-            error: error.map(|(sqlstate, message)| ErrorSummary { sqlstate, message }),
+            error: error.map(|(sqlstate, message)| events::ErrorSummary {
+                sqlstate: Cow::Borrowed(sqlstate),
+                message: Cow::Borrowed(message),
+            }),
             copy: run.copy,
-            result_rows: recorded,
+            result_rows: recorded.map(Cow::Borrowed),
             mask_not_enforced,
             note: None,
         };
-        self.event("statement_end", &end);
+        self.event(kind::STATEMENT_END, &end);
     }
 
     /// Sends the agent's own answers that are now at the front of the queue.

@@ -7,9 +7,11 @@
 //! Architecture invariant: a client message reaches the server only after the journal
 //! accepted the events the flow staged for it ([`JournalHandle::record`]); if the journal
 //! refuses, the client gets a FATAL error and the session closes ("journal failure").
+pub mod events;
 pub mod flow;
 mod runtime;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -273,22 +275,26 @@ async fn serve_inner(
             .unwrap_or_else(|| client_user.clone()),
         None => client_user.clone(),
     };
-    let startup_event = StartupEvent {
-        user: &client_user,
-        db_user: &login_user,
-        database: startup.database().unwrap_or(&client_user),
-        application_name: startup.application_name(),
+    let startup_event = events::Startup {
+        user: Cow::Borrowed(&client_user),
+        db_user: Cow::Borrowed(&login_user),
+        database: Cow::Borrowed(startup.database().unwrap_or(&client_user)),
+        application_name: startup.application_name().map(Cow::Borrowed),
         params: startup
             .params
             .iter()
             .filter(|(k, _)| k.as_str() != "user" && k.as_str() != "database")
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
             .collect(),
-        protocol_version: format!("{}.{}", startup.version.major(), startup.version.minor()),
+        protocol_version: Cow::Owned(format!(
+            "{}.{}",
+            startup.version.major(),
+            startup.version.minor()
+        )),
         client_tls,
         credential_injected: target_rt.credential.is_some(),
     };
-    let event = event(ctx.id, "pg_startup", &startup_event);
+    let event = event(ctx.id, events::kind::STARTUP, &startup_event);
     ctx.journal
         .record(&[event])
         .map_err(|e| Failure::Journal(e.to_string()))?;
@@ -519,19 +525,6 @@ impl Session for PgSession<'_> {
     }
 }
 
-#[derive(Serialize)]
-struct StartupEvent<'a> {
-    user: &'a str,
-    db_user: &'a str,
-    database: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    application_name: Option<&'a str>,
-    params: Vec<(&'a str, &'a str)>,
-    protocol_version: String,
-    client_tls: bool,
-    credential_injected: bool,
-}
-
 /// The StartupMessage to send upstream: the client's, with `user` replaced when the
 /// agent logs in as someone else.
 fn rewrite_user(startup: &StartupMessage, user: &str) -> Bytes {
@@ -633,7 +626,7 @@ async fn authenticate(
                     .map_err(|e| Failure::Client(e.to_string()))?;
                 let event = event(
                     ctx.id,
-                    "pg_auth",
+                    events::kind::AUTH,
                     &serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user }),
                 );
                 ctx.journal
@@ -647,7 +640,7 @@ async fn authenticate(
                 let _ = client.write_all(&msg.raw).await;
                 let event = event(
                     ctx.id,
-                    "pg_auth",
+                    events::kind::AUTH,
                     &serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user, "error": { "sqlstate": code, "message": message } }),
                 );
                 let _ = ctx.journal.record(&[event]);
@@ -817,7 +810,7 @@ async fn forward_cancel(
     let Some(found) = found else {
         let event = event(
             ctx.id,
-            "pg_cancel",
+            events::kind::CANCEL,
             &serde_json::json!({ "pid": pid, "forwarded": false, "reason": "unknown cancel key" }),
         );
         let _ = ctx.journal.record(&[event]);
@@ -828,12 +821,12 @@ async fn forward_cancel(
     let events = [
         event(
             ctx.id,
-            "pg_cancel",
+            events::kind::CANCEL,
             &serde_json::json!({ "pid": pid, "forwarded": true, "session": found.session }),
         ),
         event(
             found.session,
-            "pg_cancel_requested",
+            events::kind::CANCEL_REQUESTED,
             &serde_json::json!({ "by_session": ctx.id }),
         ),
     ];
