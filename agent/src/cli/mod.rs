@@ -16,6 +16,7 @@ pub mod select;
 pub mod sessions;
 pub mod ship;
 pub mod verify;
+pub mod views;
 
 use std::process::ExitCode;
 

@@ -30,10 +30,13 @@ pub struct MaskedColumn {
     /// not announce.
     pub column: String,
     /// The rule's name; `(unannounced column)` for such a column.
+    #[serde(default)]
     pub rule: String,
     /// `redact`, `partial` or `hash`; `null` for an unannounced column.
+    #[serde(default)]
     pub strategy: std::borrow::Cow<'static, str>,
     /// How many values (not substrings) were changed.
+    #[serde(default)]
     pub values: u64,
 }
 

@@ -136,7 +136,7 @@ pub async fn run<S: Session>(
                             // Journaled with the request, before the wait starts.
                             session.push_event(event(
                                 cx.id,
-                                "approval_request",
+                                super::gate::APPROVAL_REQUEST,
                                 &pending.announcement,
                             ));
                             pending.wait

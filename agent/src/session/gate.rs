@@ -171,6 +171,11 @@ static NO_NOTE: DecisionNote = DecisionNote {
     jti: None,
 };
 
+/// The kind of [`ApprovalEvent`].
+pub const APPROVAL: &str = "approval";
+/// The kind of the [`super::Pending`] journaled when a request is held.
+pub const APPROVAL_REQUEST: &str = "approval_request";
+
 /// The `approval` event: how a held (or standing-approved) request was decided.
 #[derive(Debug, Serialize)]
 pub struct ApprovalEvent<'a> {

@@ -5,7 +5,8 @@
 //! stored `serde_json::Value` without copying either (`Statement::read(&value)`).
 //!
 //! Changing a field here changes the journal format: old journals must stay readable
-//! (new fields optional, `#[serde(default)]`).
+//! (new fields optional, `#[serde(default)]`). Readers are lenient: only what makes an
+//! event what it is is required (a statement's `text`); the rest defaults.
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
@@ -62,9 +63,10 @@ impl<'a> Startup<'a> {
 /// Kind [`kind::STATEMENT`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Statement<'a> {
+    #[serde(default)]
     pub seq: u64,
     /// "simple", "extended" or "function".
-    #[serde(borrow)]
+    #[serde(borrow, default)]
     pub protocol: Cow<'a, str>,
     #[serde(borrow)]
     pub text: Cow<'a, str>,
@@ -83,7 +85,7 @@ pub struct Statement<'a> {
     #[serde(default, skip_serializing_if = "<[String]>::is_empty")]
     pub functions: Cow<'a, [String]>,
     /// The policy's verdict: "allow", "approve", "deny".
-    #[serde(borrow)]
+    #[serde(borrow, default)]
     pub verdict: Cow<'a, str>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Cow<'a, str>>,
@@ -91,7 +93,7 @@ pub struct Statement<'a> {
     #[serde(default = "yes")]
     pub enforced: bool,
     /// What the agent did: "forwarded", "refused", "held".
-    #[serde(borrow)]
+    #[serde(borrow, default)]
     pub action: Cow<'a, str>,
 }
 
@@ -102,6 +104,7 @@ fn yes() -> bool {
 /// Kind [`kind::STATEMENT_END`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatementEnd<'a> {
+    #[serde(default)]
     pub seq: u64,
     #[serde(default)]
     pub duration_us: u64,

@@ -244,7 +244,10 @@ impl Flow {
 
     /// Journals that statement `seq` passed on a standing approval.
     fn passed_on(&mut self, seq: u64, standing: &Standing) {
-        self.event("approval", &approval_on_standing(seq, standing));
+        self.event(
+            crate::session::gate::APPROVAL,
+            &approval_on_standing(seq, standing),
+        );
     }
 
     /// The journal events staged since the last call; journal them before taking the bytes.
@@ -906,7 +909,7 @@ impl Flow {
         };
         // Scope `session`: the gate lets the session's later statements of this rule pass.
         let event = self.gate.decided(held.seq, held.rule.as_deref(), &outcome);
-        self.event("approval", &event);
+        self.event(crate::session::gate::APPROVAL, &event);
         let approved = matches!(outcome, HoldOutcome::Approved { .. });
         let is_parse = matches!(held.message.message, FrontendMessage::Parse { .. });
         if approved {
