@@ -18,4 +18,5 @@ pub mod protocol;
 pub mod proxy;
 pub mod sdnotify;
 pub mod ship;
+pub mod state;
 pub mod tls;
