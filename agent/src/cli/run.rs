@@ -96,6 +96,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             host_id,
             max_bytes: config.evidence.segment_max_bytes,
             max_age: config.evidence.segment_max_age,
+            checkpoint_interval: config.evidence.checkpoint_interval,
         }),
         ..journal::JournalOptions::default()
     };

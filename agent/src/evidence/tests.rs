@@ -19,6 +19,7 @@ fn options(key: &Arc<HostKey>, max_bytes: u64) -> JournalOptions {
             host_id: "test-host".to_string(),
             max_bytes,
             max_age: Duration::from_secs(3600),
+            checkpoint_interval: Duration::from_secs(10),
         }),
         ..JournalOptions::default()
     }
@@ -113,7 +114,7 @@ async fn write_journal(dir: &Path, key: &Arc<HostKey>) -> PathBuf {
 }
 
 fn verify_dir(dir: &Path, key: &PublicKey) -> Report {
-    verify::verify_files(&verify::collect_files(&[dir.to_path_buf()]), key, None)
+    verify::verify_files(&verify::collect_files(&[dir.to_path_buf()]), &[], key, None)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -346,15 +347,16 @@ async fn verify_names_every_kind_of_damage_and_its_segment() {
         last_hash: payload.last_hash.clone(),
         seal_sha256: super::seal::seal_sha256(&last_seal),
         updated_at_us: 0,
+        checkpoint: None,
     };
     let files = verify::collect_files(&[dir.path().join("segments"), path.clone()]);
-    assert!(verify::verify_files(&files, &public, Some(&hwm)).intact);
+    assert!(verify::verify_files(&files, &[], &public, Some(&hwm)).intact);
     let fewer: Vec<PathBuf> = files
         .iter()
         .filter(|f| !f.ends_with(format!("{:010}.db", last_seq - 1)) && **f != path)
         .cloned()
         .collect();
-    let r = verify::verify_files(&fewer, &public, Some(&hwm));
+    let r = verify::verify_files(&fewer, &[], &public, Some(&hwm));
     assert_eq!(
         r.first_damage.map(|d| d.kind),
         Some(DamageKind::BehindHighWaterMark)
