@@ -879,14 +879,30 @@ pub fn verify_files(
     for segs in groups.values_mut() {
         segs.sort_by_key(|s| s.seq);
     }
+    // Checkpoints first: a segment cut back before its checkpoint is the cause of what
+    // the rows and session checks then find missing.
+    let checkpoint_files = checkpoint_files(files, checkpoints);
+    let before = checker.damages.len();
+    let seen = check_checkpoints(&mut checker, &checkpoint_files, &groups);
+    // Cut-back or deleted segments come first; a checkpoint that does not verify (like a
+    // seal that does not) after what the segments themselves show.
+    let (invalid_checkpoints, cut_back): (Vec<Damage>, Vec<Damage>) = checker
+        .damages
+        .split_off(before)
+        .into_iter()
+        .partition(|d| d.kind == DamageKind::InvalidCheckpoint);
+    checker.damages.extend(cut_back);
     for (journal_id, segs) in &groups {
-        journals.push(checker.check_journal(journal_id, segs));
+        let mut report = checker.check_journal(journal_id, segs);
+        for s in &mut report.segments {
+            s.checkpoint = seen.get(&(journal_id.clone(), s.segment_seq)).cloned();
+        }
+        journals.push(report);
         if let Some(h) = hwm.filter(|h| &h.journal_id == journal_id) {
             check_hwm(&mut checker, h, segs);
         }
     }
-    let checkpoint_files = checkpoint_files(files, checkpoints);
-    check_checkpoints(&mut checker, &checkpoint_files, &groups, &mut journals);
+    checker.damages.extend(invalid_checkpoints);
     if let Some(h) = hwm {
         if !journals.iter().any(|j| j.journal_id == h.journal_id) {
             checker.damages.push(Damage {
@@ -971,12 +987,10 @@ fn checkpoint_files(files: &[PathBuf], given: &[PathBuf]) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
-        out.extend(
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == super::checkpoint::EXTENSION)),
-        );
+        out.extend(entries.flatten().map(|e| e.path()).filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == super::checkpoint::EXTENSION)
+        }));
     }
     let mut seen = std::collections::HashSet::new();
     out.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
@@ -1058,13 +1072,14 @@ fn compare_with_checkpoint(
     }
 }
 
-/// Checks every checkpoint against the segment it names.
+/// Checks every checkpoint against the segment it names; returns the checkpoints seen
+/// by (journal id, segment seq).
 fn check_checkpoints(
     checker: &mut Checker<'_>,
     files: &[PathBuf],
     groups: &BTreeMap<String, Vec<Segment>>,
-    journals: &mut [JournalReport],
-) {
+) -> HashMap<(String, u64), CheckpointSeen> {
+    let mut seen = HashMap::new();
     for path in files {
         let damage = |kind, seq: Option<u64>, journal: Option<&str>, n, event_id, detail| Damage {
             kind,
@@ -1125,28 +1140,39 @@ fn check_checkpoints(
         let segs = groups.get(&p.journal_id).map(Vec::as_slice).unwrap_or(&[]);
         match segs.iter().find(|s| s.seq == p.segment_seq) {
             Some(seg) => {
-                if let Some(report) = journals
-                    .iter_mut()
-                    .find(|j| j.journal_id == p.journal_id)
-                    .and_then(|j| j.segments.iter_mut().find(|s| s.segment_seq == p.segment_seq))
-                {
-                    report.checkpoint = Some(CheckpointSeen {
+                seen.insert(
+                    (p.journal_id.clone(), p.segment_seq),
+                    CheckpointSeen {
                         n: p.n,
                         last_event_id: p.last_event_id,
                         at_us: p.at_us,
                         path: path.clone(),
-                    });
+                    },
+                );
+                // A valid seal that reaches the checkpointed head already speaks for the
+                // segment (its own checks name any truncation); a seal short of it was
+                // made after the live file was cut back.
+                let sealed_past = seg
+                    .seal
+                    .as_deref()
+                    .and_then(|jws| seal::verify(jws, checker.key).ok())
+                    .is_some_and(|sp| sp.last_event_id >= p.last_event_id);
+                if sealed_past {
+                    continue;
                 }
-                if let Some((kind, event_id, detail)) = compare_with_checkpoint(
-                    seg,
-                    p.n,
-                    p.last_event_id,
-                    &p.last_hash,
-                    Some(p.at_us),
-                ) {
+                if let Some((kind, event_id, detail)) =
+                    compare_with_checkpoint(seg, p.n, p.last_event_id, &p.last_hash, Some(p.at_us))
+                {
                     checker.damages.push(Damage {
                         segment: Some(seg.path.clone()),
-                        ..damage(kind, Some(p.segment_seq), Some(&p.journal_id), Some(p.n), event_id, detail)
+                        ..damage(
+                            kind,
+                            Some(p.segment_seq),
+                            Some(&p.journal_id),
+                            Some(p.n),
+                            event_id,
+                            detail,
+                        )
                     });
                 }
             }
@@ -1171,6 +1197,7 @@ fn check_checkpoints(
             None => {}
         }
     }
+    seen
 }
 
 /// The journal must reach the checkpoint upstream holds.
@@ -1191,15 +1218,20 @@ fn check_hwm_checkpoint(
         detail,
     };
     match super::checkpoint::verify(&c.jws, checker.key) {
-        Ok(p) if p.segment_seq == c.segment_seq
-            && p.n == c.n
-            && p.last_event_id == c.last_event_id
-            && p.last_hash == c.last_hash
-            && p.journal_id == h.journal_id => {}
+        Ok(p)
+            if p.segment_seq == c.segment_seq
+                && p.n == c.n
+                && p.last_event_id == c.last_event_id
+                && p.last_hash == c.last_hash
+                && p.journal_id == h.journal_id => {}
         Ok(_) => {
             checker.damages.push(Damage {
                 kind: DamageKind::InvalidCheckpoint,
-                ..behind("the high-water mark's checkpoint fields differ from its signed checkpoint".into(), None)
+                ..behind(
+                    "the high-water mark's checkpoint fields differ from its signed checkpoint"
+                        .into(),
+                    None,
+                )
             });
             return;
         }

@@ -338,7 +338,12 @@ impl Segmenter {
             Ok(segments::CheckpointOutcome::Written(n)) => {
                 self.checkpoint_n = n;
                 self.checkpointed_next = Some(chain.next_event_id);
-                tracing::debug!(n, ?reason, next_event_id = chain.next_event_id, "journal checkpoint written");
+                tracing::debug!(
+                    n,
+                    ?reason,
+                    next_event_id = chain.next_event_id,
+                    "journal checkpoint written"
+                );
             }
             Ok(segments::CheckpointOutcome::Unchanged) => {
                 self.checkpointed_next = Some(chain.next_event_id);
