@@ -644,8 +644,8 @@ async fn checkpoints_follow_the_head_and_verify_names_a_truncated_or_deleted_liv
     copy_dir(&dir.path().join("untouched"), &deleted);
     std::fs::remove_file(deleted.join("journal.db")).expect("rm");
     let r = verify::verify_files(
-        &verify::collect_files(&[deleted.clone()]),
-        &super::checkpoint::collect(&[deleted.clone()]),
+        &verify::collect_files(std::slice::from_ref(&deleted)),
+        &super::checkpoint::collect(std::slice::from_ref(&deleted)),
         &public,
         None,
     );
