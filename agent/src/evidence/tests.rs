@@ -716,3 +716,92 @@ async fn a_live_file_truncated_while_stopped_is_sealed_as_found_and_its_checkpoi
     assert_eq!(d.event_id, Some(head - 2));
     assert_eq!(r.damages.len(), 1, "{:?}", r.damages);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_water_mark_that_follows_a_checkpoint_catches_a_live_file_cut_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = Arc::new(HostKey::generate().expect("key"));
+    let public = key.public();
+    let path = write_journal(dir.path(), &key).await;
+    let last_seq = super::segments::list_segments(&path).len() as u64 + 1;
+    let base_seal =
+        std::fs::read_to_string(segment(dir.path(), last_seq - 1).with_extension("seal"))
+            .expect("seal");
+    let sp = super::seal::verify(&base_seal, &public).expect("seal");
+    let cp_jws = super::checkpoint::read(&path, last_seq)
+        .expect("read")
+        .expect("the live segment's checkpoint");
+    let base = crate::ship::layout::Hwm {
+        host_id: sp.host_id.clone(),
+        journal_id: sp.journal_id.clone(),
+        segment_seq: sp.segment_seq,
+        last_event_id: sp.last_event_id,
+        last_hash: sp.last_hash.clone(),
+        seal_sha256: super::seal::seal_sha256(&base_seal),
+        updated_at_us: 0,
+        checkpoint: None,
+    };
+    let followed = base
+        .with_checkpoint(&cp_jws, 1)
+        .expect("the next segment's checkpoint");
+    assert!(base.with_checkpoint("not a jws", 1).is_none());
+    let hwm: HighWaterMark =
+        serde_json::from_value(serde_json::to_value(&followed).expect("json")).expect("hwm");
+    let cp = hwm.checkpoint.clone().expect("checkpoint");
+    assert_eq!(cp.segment_seq, last_seq);
+    let cp_event = cp.last_event_id.expect("the live segment has events");
+    let all = |d: &Path| {
+        verify::verify_files(
+            &verify::collect_files(&[d.join("journal.db"), d.join("segments")]),
+            &[],
+            &public,
+            Some(&hwm),
+        )
+    };
+    let r = all(dir.path());
+    assert!(r.intact, "{:?}", r.damages);
+
+    // Upstream holds only the sealed segments: the checkpoint is noted, not a damage.
+    let upstream = dir.path().join("upstream");
+    std::fs::create_dir_all(&upstream).expect("mkdir");
+    for (_, db) in super::segments::list_segments(&path) {
+        for f in [db.clone(), db.with_extension("seal")] {
+            std::fs::copy(&f, upstream.join(f.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let r = verify::verify_files(
+        &verify::collect_files(&[upstream]),
+        &[],
+        &public,
+        Some(&hwm),
+    );
+    assert!(r.intact, "{:?}", r.damages);
+    assert!(
+        r.notes.iter().any(|n| n.contains("live segment")),
+        "{:?}",
+        r.notes
+    );
+
+    // The live file cut back and its local checkpoint removed: the mark still knows.
+    let cut = dir.path().join("cut");
+    copy_dir(&dir.path().join("segments"), &cut.join("segments"));
+    std::fs::copy(&path, cut.join("journal.db")).expect("copy");
+    std::fs::remove_file(
+        cut.join("segments")
+            .join(format!("{last_seq:010}.checkpoint")),
+    )
+    .expect("rm");
+    tamper(
+        &cut.join("journal.db"),
+        &format!("DELETE FROM meta WHERE key = 'seal'; DELETE FROM events WHERE id >= {cp_event}"),
+    );
+    let r = all(&cut);
+    assert!(!r.intact);
+    let d = r
+        .damages
+        .iter()
+        .find(|d| d.kind == DamageKind::BehindHighWaterMark)
+        .unwrap_or_else(|| panic!("{:?}", r.damages));
+    assert_eq!(d.checkpoint, Some(cp.n));
+    assert_eq!(d.event_id, Some(cp_event));
+}

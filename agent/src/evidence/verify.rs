@@ -1250,9 +1250,23 @@ fn check_hwm_checkpoint(
             {
                 checker.damages.push(Damage {
                     segment: Some(seg.path.clone()),
-                    ..behind(format!("upstream holds {detail}"), event_id)
+                    ..behind(format!("the high-water mark's {detail}"), event_id)
                 });
             }
+        }
+        // Exactly the sealed segments up to the mark (an upstream copy: live segments
+        // are shipped once sealed): the checkpoint is about the host's live file.
+        None if segs.last().is_some_and(|last| last.seq == h.segment_seq)
+            && segs.iter().all(|s| s.seal.is_some()) =>
+        {
+            checker.notes.push(format!(
+                "the high-water mark also holds checkpoint {} of live segment {} (up to event {}): \
+                 these files end with the last shipped segment; verify the host's journal \
+                 directory with this mark to check its live segment",
+                c.n,
+                c.segment_seq,
+                c.last_event_id.map_or("none".to_string(), |e| e.to_string())
+            ));
         }
         None if segs.last().is_none_or(|last| last.seq < c.segment_seq) => {
             checker.damages.push(behind(
