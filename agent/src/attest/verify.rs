@@ -385,7 +385,8 @@ pub struct SavedReplay {
 
 impl ReplayCache {
     fn key(verified: &Verified) -> String {
-        token_sha256(&verified.replay_key)
+        let digest = Sha256::digest(verified.replay_key.as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Records `verified` as used at `now`; [`AttestError::Replayed`] if it was already,
