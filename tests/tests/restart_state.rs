@@ -327,4 +327,29 @@ fn a_used_token_is_refused_and_bindings_hold_after_sigterm_and_kill9() {
         assert!(text(&out).1.contains("42501"), "{:?}", text(&out));
     }
     assert_eq!(pg.sql("select count(*) from builds").trim(), "3");
+
+    // A replay cache that cannot be read does not fail open: the agent starts, says so
+    // (log and journal), keeps the file aside, and refuses every token issued before the
+    // restart.
+    agent.kill9();
+    let replay_file = agent.dir.path().join("attest-replay.json");
+    std::fs::write(&replay_file, "{ torn").expect("corrupt the replay cache");
+    agent.spawn();
+    let replay = restored(&agent, "attest_replay", 3);
+    assert_eq!(replay[2]["outcome"], "invalid", "{:?}", replay[2]);
+    assert!(replay[2]["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    let moved = replay[2]["moved_to"].as_str().expect("moved aside");
+    assert_eq!(
+        std::fs::read_to_string(moved).expect("kept"),
+        "{ torn",
+        "the invalid file is kept"
+    );
+    assert!(agent.log_text().contains("state file refused"));
+    let out = attest(&other_job, &socket, files.path(), &token);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "replay accepted: {stdout}");
+    assert!(
+        format!("{stdout}{stderr}").contains("the record of used tokens was lost"),
+        "{stdout}\n{stderr}"
+    );
 }
