@@ -19,4 +19,5 @@ pub mod proxy;
 pub mod sdnotify;
 pub mod session;
 pub mod ship;
+pub mod state;
 pub mod tls;

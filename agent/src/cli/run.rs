@@ -96,6 +96,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             host_id,
             max_bytes: config.evidence.segment_max_bytes,
             max_age: config.evidence.segment_max_age,
+            checkpoint_interval: config.evidence.checkpoint_interval,
         }),
         ..journal::JournalOptions::default()
     };
@@ -125,8 +126,27 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     } else {
         None
     };
-    let attestor = Arc::new(attest::Attestor::new(verifier));
+    let attestor = Arc::new(attest::Attestor::new(verifier).with_state(&config.agent.state_dir));
     let registry = approvals_registry(&config, approvals_socket.clone(), journal.handle())?;
+    // Grants, bindings and used tokens from before the restart, before anything is
+    // served; each restoration is journaled (and a journal that cannot take it fails the
+    // start, like any audit event it could not take).
+    {
+        let mut restored: Vec<crate::state::Restoration> = Vec::new();
+        restored.extend(registry.restore());
+        restored.extend(attestor.restore(std::time::SystemTime::now(), |p| cgroups.id_of(p)));
+        let events: Vec<journal::Event> = restored
+            .iter()
+            .filter_map(crate::state::restored_event)
+            .collect();
+        if !events.is_empty() {
+            journal
+                .handle()
+                .record_durably(&events)
+                .await
+                .context("journaling the restored state")?;
+        }
+    }
     // The decision endpoint, bound before attaching too (a taken port fails the start).
     let decision_listener = match config.approvals.http_listen {
         Some(addr) => Some(
@@ -382,7 +402,8 @@ fn approvals_registry(
     let a = &config.approvals;
     let mut registry = approvals::Registry::new(socket)
         .with_journal(journal)
-        .with_max_grant(a.max_grant);
+        .with_max_grant(a.max_grant)
+        .with_state(&config.agent.state_dir);
     if let Some(keys) = approvals::token::DecisionKeys::load(a)? {
         registry = registry.with_keys(keys);
     }
