@@ -74,7 +74,7 @@ pub fn normalize(target: &str) -> Result<NormalPath, PathError> {
             let rest = &target[at + 3..];
             match rest.find(['/', '?']) {
                 Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
-                Some(i) => return Ok(with_query("/", Some(&rest[i + 1..]))?),
+                Some(i) => return with_query("/", Some(&rest[i + 1..])),
                 None => "/",
             }
         }
