@@ -319,3 +319,93 @@ fn credentials_sent_by_the_client_are_never_journaled() {
         }
     }
 }
+
+/// `nhi-agent approvals ARGS --socket S`.
+fn approvals(socket: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(agent_bin())
+        .arg("approvals")
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("run nhi-agent approvals")
+}
+
+/// Waits until one request is pending and returns it.
+fn wait_pending(socket: &std::path::Path) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = approvals(socket, &["list", "--json"]);
+        if out.status.success() {
+            let answer: Value = serde_json::from_slice(&out.stdout).expect("json");
+            if let Some(p) = answer["pending"].as_array().and_then(|a| a.first()) {
+                return p.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "nothing pending");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_held_request_waits_for_a_decision() {
+    privileged!("a_held_request_waits_for_a_decision");
+    let app = EchoApp::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"api\"\naddress = \"{}\"\nprotocol = \"http\"\n\n\
+         [[policy]]\nname = \"bots\"\n\n\
+         [[policy.rule]]\nname = \"ask-before-deploy\"\nverdict = \"approve\"\nmethods = [\"POST\"]\npaths = [\"/deploy\"]\n",
+        cg.rel(),
+        app.addr()
+    ));
+    let socket = agent.dir.path().join("approvals.sock");
+    let url = format!("http://{}/deploy", app.addr());
+    for (decision, expected) in [("approve", 200), ("deny", 403)] {
+        let child = cg
+            .command("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "60",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(["-X", "POST", "-d", "v=1", &url])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("curl");
+        let pending = wait_pending(&socket);
+        assert_eq!(pending["rule"], "ask-before-deploy");
+        assert_eq!(pending["statement"], "POST /deploy");
+        assert!(app.seen().len() < 2, "nothing forwarded while held");
+        let id = pending["id"].as_str().expect("id").to_string();
+        let out = approvals(&socket, &[decision, &id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = child.wait_with_output().expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected.to_string());
+    }
+    assert_eq!(
+        app.seen(),
+        ["POST /deploy"],
+        "only the approved request reached the server"
+    );
+    agent.wait_sessions_ended(2);
+    let decisions: Vec<String> = events_of_kind(&agent, "approval")
+        .iter()
+        .map(|e| e["data"]["decision"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(decisions, ["approved", "denied"]);
+    let requests = events_of_kind(&agent, "http_request");
+    assert!(
+        requests.iter().all(|r| r["data"]["action"] == "held"),
+        "{requests:#?}"
+    );
+}
