@@ -1,0 +1,4 @@
+//! placeholder
+pub fn unit(_k: Option<&str>) -> anyhow::Result<()> {
+    anyhow::bail!("todo")
+}
