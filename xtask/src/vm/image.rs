@@ -56,10 +56,10 @@ pub struct Image {
 }
 
 impl Image {
-    /// The kernel whose release is `want`, or the newest.
+    /// The kernel whose release is `want`, or the release's own (the oldest).
     pub fn kernel(&self, want: Option<&str>) -> anyhow::Result<&Kernel> {
         match want {
-            None => self.kernels.last().context("the image has no kernel"),
+            None => self.kernels.first().context("the image has no kernel"),
             Some(w) => self
                 .kernels
                 .iter()
