@@ -31,6 +31,16 @@ pub fn init() {
     }
 }
 
+/// What goes before a fatal error printed outside tracing (`main`'s last word): `<3>`
+/// when stderr is the journal, so `journalctl -p err` shows why the agent stopped.
+pub fn error_prefix() -> &'static str {
+    if stderr_is_journal() {
+        "<3>"
+    } else {
+        ""
+    }
+}
+
 /// sd_journal_stream_fd(3)'s contract: `$JOURNAL_STREAM` is `DEV:INODE` of the stream
 /// systemd connected, and it counts only if stderr is still that stream.
 fn stderr_is_journal() -> bool {

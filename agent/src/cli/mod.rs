@@ -87,7 +87,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}error: {e:#}", logging::error_prefix());
             ExitCode::FAILURE
         }
     }

@@ -45,7 +45,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(e) => {
             // Nothing is attached yet: a broken config changes nothing on the host.
-            eprintln!("error: {e}");
+            eprintln!("{}error: {e}", super::logging::error_prefix());
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));
         }
     };

@@ -113,7 +113,7 @@ fn load(dir: &Path) -> anyhow::Result<Image> {
             initrd: path.join("initrd.img"),
         });
     }
-    kernels.sort_by(|a, b| version_key(&a.release).cmp(&version_key(&b.release)));
+    kernels.sort_by_key(|k| version_key(&k.release));
     if kernels.is_empty() {
         bail!("the image in {} has no kernel", dir.display());
     }
@@ -148,11 +148,8 @@ fn apt_sources() -> anyhow::Result<Sources> {
         .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
         .map(|v| v.trim_matches('"').to_string())
         .context("no VERSION_CODENAME in /etc/os-release")?;
-    let mut text = String::new();
-    for path in ["/etc/apt/sources.list"] {
-        text.push_str(&fs::read_to_string(path).unwrap_or_default());
-        text.push('\n');
-    }
+    let mut text = fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    text.push('\n');
     let mut deb822 = String::new();
     if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
         for e in rd.flatten() {

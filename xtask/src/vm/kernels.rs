@@ -33,7 +33,7 @@ pub fn kernels(host: bool, only: &[String]) -> anyhow::Result<()> {
         eprintln!("{}", lines.last().unwrap());
     }
     for kernel in &image.kernels {
-        if !only.is_empty() && !only.iter().any(|k| *k == kernel.release) {
+        if !only.is_empty() && !only.contains(&kernel.release) {
             continue;
         }
         let started = Instant::now();
@@ -57,7 +57,8 @@ pub fn kernels(host: bool, only: &[String]) -> anyhow::Result<()> {
             Ok(outcome) => {
                 let mut s = Summary::parse(&outcome.report);
                 if outcome.status.is_none() && s.first_failure.is_none() {
-                    s.first_failure = Some("the guest never reported an end (see its console log)".into());
+                    s.first_failure =
+                        Some("the guest never reported an end (see its console log)".into());
                 }
                 s.line(&format!("{} (vm)", kernel.release), started.elapsed())
             }
@@ -91,7 +92,13 @@ fn build() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let cargo = util::cargo();
     run(Command::new(&cargo).args(["build", "-p", "nhi-agent", "--bin", "nhi-agent"]))?;
     let mut cmd = Command::new(&cargo);
-    cmd.args(["test", "-p", "nhi-tests", "--no-run", "--message-format=json"]);
+    cmd.args([
+        "test",
+        "-p",
+        "nhi-tests",
+        "--no-run",
+        "--message-format=json",
+    ]);
     for t in TESTS {
         cmd.args(["--test", t]);
     }
@@ -138,7 +145,11 @@ fn run_on_host(bins: &[(String, PathBuf)], agent: &Path) -> anyhow::Result<Strin
             .with_context(|| format!("running {}", path.display()))?;
         report.push_str(&String::from_utf8_lossy(&out.stdout));
         report.push_str(&String::from_utf8_lossy(&out.stderr));
-        writeln!(report, "NHI-BIN-END {name} {}", out.status.code().unwrap_or(-1))?;
+        writeln!(
+            report,
+            "NHI-BIN-END {name} {}",
+            out.status.code().unwrap_or(-1)
+        )?;
     }
     Ok(report)
 }
@@ -230,7 +241,10 @@ mod tests {
         let report = "NHI-BIN interception\ntest a ... ok\nNHI-BIN-END interception 134\n\
                       NHI-BIN lineage\nNHI-BIN-END lineage 0\nNHI-BIN postgres\nNHI-BIN-END postgres 0\n";
         let s = Summary::parse(report);
-        assert_eq!(s.first_failure.as_deref(), Some("interception (exit status 134)"));
+        assert_eq!(
+            s.first_failure.as_deref(),
+            Some("interception (exit status 134)")
+        );
         let ok = "NHI-BIN interception\ntest a ... ok\nNHI-BIN-END interception 0\n\
                   NHI-BIN lineage\nNHI-BIN-END lineage 0\nNHI-BIN postgres\nNHI-BIN-END postgres 0\n";
         assert!(Summary::parse(ok)
@@ -238,6 +252,8 @@ mod tests {
             .starts_with("k: passed (1 tests in 3 binaries"));
         // A guest that stopped half-way is no pass.
         let half = "NHI-BIN interception\ntest a ... ok\nNHI-BIN-END interception 0\n";
-        assert!(Summary::parse(half).line("k", Duration::ZERO).contains("FAILED: only 1 of 3"));
+        assert!(Summary::parse(half)
+            .line("k", Duration::ZERO)
+            .contains("FAILED: only 1 of 3"));
     }
 }

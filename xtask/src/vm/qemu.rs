@@ -161,9 +161,7 @@ pub fn accel() -> &'static str {
     match std::env::var("NHI_VM_ACCEL").as_deref() {
         Ok("kvm") => "kvm",
         Ok("tcg") => "tcg",
-        _ if Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists() => {
-            "kvm"
-        }
+        _ if Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists() => "kvm",
         _ => "tcg",
     }
 }
@@ -171,7 +169,14 @@ pub fn accel() -> &'static str {
 fn accel_args() -> Vec<&'static str> {
     match accel() {
         "kvm" => vec!["-machine", "q35,accel=kvm", "-cpu", "host"],
-        _ => vec!["-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max"],
+        _ => vec![
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+        ],
     }
 }
 

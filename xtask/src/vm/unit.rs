@@ -17,22 +17,26 @@ pub fn unit(kernel: Option<&str>) -> anyhow::Result<()> {
     run(Command::new(util::cargo()).args(["build", "-p", "nhi-agent", "--bin", "nhi-agent"]))?;
     let root = util::root();
     let payload = qemu::payload_dir("unit")?;
-    qemu::add(&payload, "nhi-agent", &root.join("target/debug/nhi-agent"), 0o755)?;
+    qemu::add(
+        &payload,
+        "nhi-agent",
+        &root.join("target/debug/nhi-agent"),
+        0o755,
+    )?;
     qemu::add(
         &payload,
         "nhi-agent.service",
         &root.join("systemd/nhi-agent.service"),
         0o644,
     )?;
-    qemu::add(&payload, "example.toml", &root.join("policies/example.toml"), 0o644)?;
-    qemu::write(&payload, "run.sh", UNIT_SCRIPT, 0o755)?;
-    let outcome = qemu::boot(
-        &image,
-        &kernel,
+    qemu::add(
         &payload,
-        Duration::from_secs(600),
-        "vm: ",
+        "example.toml",
+        &root.join("policies/example.toml"),
+        0o644,
     )?;
+    qemu::write(&payload, "run.sh", UNIT_SCRIPT, 0o755)?;
+    let outcome = qemu::boot(&image, &kernel, &payload, Duration::from_secs(600), "vm: ")?;
     let checks = Checks::parse(&outcome.report);
     let secs = started.elapsed().as_secs();
     let verdict = if checks.failed.is_empty() && outcome.status == Some(0) && checks.passed > 0 {

@@ -47,7 +47,9 @@ info "$(nhi-agent status | tr '\n' '|')"
 if systemctl daemon-reload && systemctl enable --now nhi-agent; then
     ok "enable --now"
 else
-    bad "enable --now" "$(systemctl status --no-pager nhi-agent 2>&1 | tail -20 | tr '\n' '|')"
+    bad "enable --now" "$(unit_log | grep -v 'Starting nhi-agent\|Stopped nhi-agent' | tail -8 | tr '\n' '|')"
+    # Nothing below can pass without a running agent.
+    exit 1
 fi
 
 # --- Type=notify: active only once ready ----------------------------------------------
