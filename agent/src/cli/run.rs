@@ -163,7 +163,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             None
         }
         _ => crate::lineage::start(&mut interceptor, &config.lineage).unwrap_or_else(|e| {
-            error!(error = format!("{e:#}"), "process lineage is unavailable");
+            error!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "process lineage is unavailable"
+            );
             None
         }),
     };

@@ -57,8 +57,10 @@ pub fn kernels(host: bool, only: &[String]) -> anyhow::Result<()> {
             Ok(outcome) => {
                 let mut s = Summary::parse(&outcome.report);
                 if outcome.status.is_none() && s.first_failure.is_none() {
-                    s.first_failure =
-                        Some("the guest never reported an end (see its console log)".into());
+                    s.first_failure = Some(match outcome.crash() {
+                        Some(line) => format!("the guest kernel crashed ({line})"),
+                        None => "the guest never reported an end (see its console log)".into(),
+                    });
                 }
                 s.line(&format!("{} (vm)", kernel.release), started.elapsed())
             }

@@ -28,6 +28,15 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The first line where the guest kernel crashed (oops=panic makes any oops one),
+    /// if it did.
+    pub fn crash(&self) -> Option<String> {
+        let text = fs::read_to_string(&self.console).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains("BUG:") || l.contains("Oops") || l.contains("Kernel panic"))
+            .map(|l| l.trim().to_string())
+    }
+
     /// The last lines of the console, for a failure message.
     pub fn console_tail(&self, n: usize) -> String {
         let text = fs::read_to_string(&self.console).unwrap_or_default();
@@ -78,7 +87,7 @@ pub fn boot(
         .arg(&kernel.initrd)
         .args([
             "-append",
-            "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=0 loglevel=4",
+            "root=/dev/vda rw console=ttyS0 panic=-1 oops=panic systemd.show_status=0 loglevel=4",
         ])
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))

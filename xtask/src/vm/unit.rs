@@ -54,6 +54,9 @@ pub fn unit(kernel: Option<&str>) -> anyhow::Result<()> {
         println!("  FAILED {f}");
     }
     if verdict != "passed" {
+        if let Some(crash) = outcome.crash() {
+            eprintln!("the guest kernel crashed: {crash}");
+        }
         if outcome.status.is_none() {
             eprintln!(
                 "the guest never reported an end; console tail:\n{}",
