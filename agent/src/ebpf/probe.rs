@@ -178,6 +178,12 @@ impl Report {
             Lineage,
             tracepoint_field("syscalls/sys_enter_execve", None),
         );
+        add(
+            "perf_event_open of tracepoints (how lineage attaches)",
+            "4.13",
+            Lineage,
+            perf_events_allowed(),
+        );
         Report { kernel, features }
     }
 
@@ -342,6 +348,34 @@ fn classify(e: std::io::Error) -> Status {
     }
 }
 
+/// Debian's and Ubuntu's kernels add `kernel.perf_event_paranoid = 3`: perf_event_open
+/// only with CAP_SYS_ADMIN, which the systemd unit does not grant. Upstream kernels
+/// stop at 2, where CAP_PERFMON suffices.
+fn perf_events_allowed() -> Status {
+    let paranoid = fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    let sys_admin = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 21) != 0); // CAP_SYS_ADMIN
+    perf_events_verdict(paranoid, sys_admin)
+}
+
+fn perf_events_verdict(paranoid: Option<i32>, sys_admin: bool) -> Status {
+    match paranoid {
+        Some(p) if p > 2 && !sys_admin => Status::Missing(format!(
+            "kernel.perf_event_paranoid = {p} reserves perf_event_open to CAP_SYS_ADMIN \
+             (a Debian/Ubuntu patch); `sysctl kernel.perf_event_paranoid=2` lets CAP_PERFMON do"
+        )),
+        _ => Status::Present,
+    }
+}
+
 /// A tracepoint (and one of its fields) in tracefs's format file.
 fn tracepoint_field(event: &str, field: Option<&str>) -> Status {
     let roots = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -430,6 +464,16 @@ mod tests {
     }
 
     #[test]
+    fn debians_paranoid_level_three_needs_sys_admin_for_lineage() {
+        assert!(
+            matches!(perf_events_verdict(Some(3), false), Status::Missing(m) if m.contains("perf_event_paranoid = 3"))
+        );
+        assert_eq!(perf_events_verdict(Some(3), true), Status::Present);
+        assert_eq!(perf_events_verdict(Some(2), false), Status::Present);
+        assert_eq!(perf_events_verdict(None, false), Status::Present);
+    }
+
+    #[test]
     fn instructions_are_encoded_as_struct_bpf_insn() {
         // r0 = 1; exit  ==  b7 00 00 00 01 00 00 00 / 95 00 ...
         assert_eq!(mov_imm(0, 1).to_le_bytes(), [0xb7, 0, 0, 0, 1, 0, 0, 0]);
@@ -448,7 +492,7 @@ mod tests {
         // Whatever the privileges: every probe ends in an answer, none panics, and
         // without root nothing is claimed missing for want of permission.
         let r = Report::probe();
-        assert_eq!(r.features.len(), 12);
+        assert_eq!(r.features.len(), 13);
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             for f in r.features.iter().filter(|f| f.name.contains("hook")) {

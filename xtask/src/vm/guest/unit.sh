@@ -45,6 +45,10 @@ TOML
 write_config ""
 info "$(nhi-agent status | tr '\n' '|')"
 info "kernel.perf_event_paranoid=$(sysctl -n kernel.perf_event_paranoid)"
+# README: Debian's kernels reserve perf_event_open to CAP_SYS_ADMIN (paranoid 3), which the
+# unit does not have; lineage under the unit needs level 2.
+echo "kernel.perf_event_paranoid = 2" > /etc/sysctl.d/60-nhi-agent.conf
+sysctl -q -p /etc/sysctl.d/60-nhi-agent.conf
 if systemctl daemon-reload && systemctl enable --now nhi-agent; then
     ok "enable --now"
 else
