@@ -85,10 +85,14 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-/// Path of the built `nhi-agent` binary (built once per test process).
+/// Path of the built `nhi-agent` binary (built once per test process), or
+/// `$NHI_AGENT_BIN` when set (the VM test bed runs the test binaries without cargo).
 pub fn agent_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("NHI_AGENT_BIN") {
+            return PathBuf::from(bin);
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", "nhi-agent", "--bin", "nhi-agent"])

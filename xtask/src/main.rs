@@ -6,6 +6,8 @@
 //! - `cargo xtask demo`:  the tour: a bot's statements masked, refused, allowed, journaled.
 //! - `cargo xtask bench`: relay throughput, connection rate and connect latency, and pgbench
 //!   direct / pgbouncer / agent (tcp, postgres), as ratios against direct.
+//! - `cargo xtask vm`:  a QEMU/KVM test bed: the systemd unit under real systemd
+//!   (`vm unit`) and the privileged tests on every kernel obtainable (`vm kernels`).
 mod bench;
 mod bench_evidence;
 mod demo;
@@ -13,6 +15,7 @@ mod run;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -64,6 +67,10 @@ enum Cmd {
         #[arg(long)]
         only_evidence: bool,
     },
+    /// The QEMU/KVM test bed (as root): a cached Debian image with systemd and Debian's
+    /// kernels; `unit` checks the systemd unit, `kernels` runs the privileged tests per kernel.
+    #[command(subcommand)]
+    Vm(vm::VmCmd),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { config } => run::run(config),
         Cmd::Test { args } => test::test(&args),
         Cmd::Demo => demo::demo(),
+        Cmd::Vm(cmd) => vm::vm(cmd),
         Cmd::Bench {
             bytes,
             conns,

@@ -45,7 +45,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(e) => {
             // Nothing is attached yet: a broken config changes nothing on the host.
-            eprintln!("error: {e}");
+            eprintln!("{}error: {e}", super::logging::error_prefix());
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));
         }
     };
@@ -65,6 +65,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    // What the kernel offers, before anything is created: a kernel without a required
+    // feature gets one sentence naming it (and the release that has it), not a verifier
+    // dump from the real programs.
+    let features = ebpf::probe::Report::probe();
+    if let Some(why) = features.refusal() {
+        anyhow::bail!(why);
+    }
     let cgroups = CgroupFs::discover(config.agent.cgroup_root.as_deref())
         .context("finding the cgroup2 mount")?;
     if let Some(dir) = config.agent.journal.parent() {
@@ -167,10 +174,22 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     apply(&mut interceptor, &config, &cgroups)?;
     // Lineage is an addition to the audit, not a condition of it: if its tracepoints
     // cannot attach, connections are still intercepted and the reason is logged.
-    let lineage = crate::lineage::start(&mut interceptor, &config.lineage).unwrap_or_else(|e| {
-        error!(error = format!("{e:#}"), "process lineage is unavailable");
-        None
-    });
+    let lineage = match features.lineage_unavailable() {
+        Some(missing) if config.lineage.enabled => {
+            warn!(
+                missing,
+                "process lineage is off: this kernel lacks what it needs; interception goes on"
+            );
+            None
+        }
+        _ => crate::lineage::start(&mut interceptor, &config.lineage).unwrap_or_else(|e| {
+            error!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "process lineage is unavailable"
+            );
+            None
+        }),
+    };
     // Shipping, retention, disk budget: the secret is loaded and the journal directory
     // measured before "ready", so a bad secret fails the start and an agent that starts
     // over budget refuses sessions from the first one.
