@@ -524,19 +524,25 @@ impl Agent {
         }
     }
 
-    /// SIGTERM and wait for the exit (returns the exit code).
+    /// SIGTERM and wait for the exit (returns the exit code), at most 30 s.
     pub fn terminate(&mut self) -> Option<i32> {
+        self.terminate_within(Duration::from_secs(30))
+    }
+
+    /// SIGTERM and wait for the exit, at most `limit` (longer than the agent's
+    /// `drain_timeout` when a test keeps connections open through the stop).
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<i32> {
         let mut c = self.child.take()?;
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = c.try_wait().expect("try_wait") {
                 return status.code();
             }
             if Instant::now() > deadline {
                 let _ = c.kill();
-                panic!("nhi-agent did not stop within 30 s of SIGTERM");
+                panic!("nhi-agent did not stop within {limit:?} of SIGTERM");
             }
             thread::sleep(Duration::from_millis(20));
         }
