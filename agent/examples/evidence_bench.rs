@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
                 host_id: "bench".into(),
                 max_bytes,
                 max_age: Duration::from_secs(3600),
+                checkpoint_interval: Duration::from_secs(10),
             }),
             ..JournalOptions::default()
         },

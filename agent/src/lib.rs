@@ -17,5 +17,7 @@ pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod sdnotify;
+pub mod session;
 pub mod ship;
+pub mod state;
 pub mod tls;

@@ -85,10 +85,14 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-/// Path of the built `nhi-agent` binary (built once per test process).
+/// Path of the built `nhi-agent` binary (built once per test process), or
+/// `$NHI_AGENT_BIN` when set (the VM test bed runs the test binaries without cargo).
 pub fn agent_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("NHI_AGENT_BIN") {
+            return PathBuf::from(bin);
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", "nhi-agent", "--bin", "nhi-agent"])
@@ -520,19 +524,25 @@ impl Agent {
         }
     }
 
-    /// SIGTERM and wait for the exit (returns the exit code).
+    /// SIGTERM and wait for the exit (returns the exit code), at most 30 s.
     pub fn terminate(&mut self) -> Option<i32> {
+        self.terminate_within(Duration::from_secs(30))
+    }
+
+    /// SIGTERM and wait for the exit, at most `limit` (longer than the agent's
+    /// `drain_timeout` when a test keeps connections open through the stop).
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<i32> {
         let mut c = self.child.take()?;
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = c.try_wait().expect("try_wait") {
                 return status.code();
             }
             if Instant::now() > deadline {
                 let _ = c.kill();
-                panic!("nhi-agent did not stop within 30 s of SIGTERM");
+                panic!("nhi-agent did not stop within {limit:?} of SIGTERM");
             }
             thread::sleep(Duration::from_millis(20));
         }

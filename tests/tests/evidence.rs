@@ -324,3 +324,123 @@ fn a_journal_killed_mid_run_verifies_after_the_restart() {
         "all ended (the killed run's open ones closed at restart)"
     );
 }
+
+/// The payload of a checkpoint file (a compact JWS), unverified.
+fn checkpoint_payload(path: &Path) -> Option<serde_json::Value> {
+    use base64::Engine as _;
+    let text = fs::read_to_string(path).ok()?;
+    let payload = text.trim().split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
+#[test]
+fn a_live_segment_cut_back_or_deleted_after_a_checkpoint_is_named_by_verify() {
+    privileged!("a_live_segment_cut_back_or_deleted_after_a_checkpoint_is_named_by_verify");
+    if Command::new("sqlite3").arg("-version").output().is_err() {
+        eprintln!("skipping: the sqlite3 shell is not installed (apt-get install sqlite3)");
+        return;
+    }
+    let echo = EchoServer::start("127.0.0.2:0");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let mut agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\
+         [[target]]\nname = \"echo\"\naddress = \"{}\"\nprotocol = \"tcp\"\n\
+         [evidence]\ncheckpoint_interval = \"200ms\"\n",
+        cg.rel(),
+        echo.addr
+    ));
+    for _ in 0..5 {
+        let r = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "5000"]);
+        assert_eq!(r["identical"], true, "{r}");
+    }
+    agent.wait_sessions_ended(5);
+    // The head as committed, then the checkpoint that names it (written within the
+    // interval after the commit).
+    let head: i64 = sqlite3(&agent.journal, "SELECT MAX(id) FROM events;")
+        .trim()
+        .parse()
+        .expect("events");
+    let dir = agent.journal.parent().expect("dir").to_path_buf();
+    let checkpoint_file = dir.join("segments").join("0000000001.checkpoint");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let checkpoint = loop {
+        if let Some(p) = checkpoint_payload(&checkpoint_file) {
+            if p["last_event_id"].as_i64() == Some(head) {
+                break p;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint of event {head}: {:?}\n{}",
+            checkpoint_payload(&checkpoint_file),
+            agent.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let n = checkpoint["n"].as_u64().expect("n");
+    // A crash: the live file is not sealed, only the checkpoint speaks for it.
+    agent.kill9();
+    let key = agent.dir.path().join("host.pem");
+    let out = agent.cli(&[
+        "key",
+        "export-public",
+        "--config",
+        agent.config_path.to_str().expect("utf-8"),
+        "--out",
+        key.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Untampered: intact, and the live segment is shown with its checkpoint.
+    let out = verify(&agent, &dir, &key);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("checkpoint {n} at event {head}")),
+        "{}",
+        text(&out)
+    );
+
+    // The tail deleted with sqlite3.
+    tamper(
+        &agent.journal,
+        &format!("DELETE FROM events WHERE id > {};", head - 3),
+    );
+    assert_eq!(event_ids(&agent.journal).last(), Some(&(head - 3)));
+    let out = verify(&agent, &dir, &key);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "DAMAGE: live segment truncated before checkpoint {n} in {}",
+            agent.journal.display()
+        )),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains(&format!("events {}..={head} are gone", head - 2)),
+        "{}",
+        text(&out)
+    );
+
+    // The live file deleted altogether.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = agent.journal.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = fs::remove_file(PathBuf::from(p));
+    }
+    let out = verify(&agent, &dir, &key);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("DAMAGE: live segment deleted"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains(&format!("checkpoint {n} states segment 1")),
+        "{}",
+        text(&out)
+    );
+}

@@ -664,12 +664,20 @@ fn real_segments_are_shipped_and_the_upstream_copy_verifies_against_the_high_wat
         let mark = fs::read(&hwm)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-        if mark.as_ref().is_some_and(|m| m["segment_seq"] == last) {
+        // Sealed segments up to `last`, then the live segment's checkpoint after it.
+        if mark.as_ref().is_some_and(|m| {
+            m["segment_seq"] == last
+                && m["checkpoint"]["segment_seq"] == last + 1
+                && m["checkpoint"]["jws"]
+                    .as_str()
+                    .is_some_and(|j| j.split('.').count() == 3)
+        }) {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "segment {last} not shipped: {mark:?}\n{}",
+            "segment {last} and the checkpoint of {} not shipped: {mark:?}\n{}",
+            last + 1,
             agent.log_text()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -699,6 +707,15 @@ fn real_segments_are_shipped_and_the_upstream_copy_verifies_against_the_high_wat
     };
     let out = verify(&upstream);
     assert!(out.status.success(), "upstream copy: {}", text(&out));
+    // Upstream has no live segment: the mark's checkpoint is about the host's journal.
+    assert!(
+        text(&out).contains("checkpoint") && text(&out).contains("live segment"),
+        "{}",
+        text(&out)
+    );
+    // The host's journal reaches the mark's checkpoint.
+    let out = verify(agent.journal.parent().expect("dir"));
+    assert!(out.status.success(), "host journal: {}", text(&out));
     // Every sealed segment arrived, byte for byte.
     for seq in 1..=last {
         let name = format!("{seq:010}.db");

@@ -8,6 +8,8 @@
 //!   the golden captures, N seconds each.
 //! - `cargo xtask bench`: relay throughput, connection rate and connect latency, and pgbench
 //!   direct / pgbouncer / agent (tcp, postgres), as ratios against direct.
+//! - `cargo xtask vm`:  a QEMU/KVM test bed: the systemd unit under real systemd
+//!   (`vm unit`) and the privileged tests on every kernel obtainable (`vm kernels`).
 mod bench;
 mod bench_evidence;
 mod demo;
@@ -16,6 +18,7 @@ mod run;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -81,6 +84,10 @@ enum Cmd {
         #[arg(long)]
         only_evidence: bool,
     },
+    /// The QEMU/KVM test bed (as root): a cached Debian image with systemd and Debian's
+    /// kernels; `unit` checks the systemd unit, `kernels` runs the privileged tests per kernel.
+    #[command(subcommand)]
+    Vm(vm::VmCmd),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -94,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             runs,
             target,
         } => fuzz::fuzz(seconds, runs, target.as_deref()),
+        Cmd::Vm(cmd) => vm::vm(cmd),
         Cmd::Bench {
             bytes,
             conns,

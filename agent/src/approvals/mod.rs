@@ -2,7 +2,7 @@
 //! wait here until a human decides on them.
 //!
 //! - [`Registry`] keeps the pending requests and the active grants and implements the
-//!   proxy's [`Approver`](crate::proxy::postgres::Approver): `hold` registers a request,
+//!   session engine's [`Approver`](crate::session::Approver): `hold` registers a request,
 //!   announces it (log line, [`webhook`]) and waits for a decision (or the policy's
 //!   `approval_timeout`, which counts as denied).
 //! - Decisions come from the control socket ([`server`]: root or `approver_group`,
@@ -14,8 +14,15 @@
 //! - [`wire`] is the control socket's format, shared with `nhi-agent approvals`;
 //!   [`config`] is the `[approvals]` section.
 //!
-//! Grants live in memory only: an agent restart ends them (their creation, expiry and
-//! revocation are journaled as `approval_grant` events, so the trail is complete).
+//! Grants survive a restart: with [`Registry::with_state`] the registry keeps them in
+//! `<state_dir>/approvals.json` ([`crate::state`]), together with the used decision
+//! tokens (by jti or SHA-256) and the request and grant numbering, so an id is never
+//! handed out twice and a decision token can never decide a later request that got the
+//! same id. Their creation, expiry (also of those that ran out while the agent was
+//! down) and revocation are journaled as `approval_grant` events, their restoration as a
+//! `state_restored` event. An invalid file is moved aside and the agent starts without
+//! grants (statements are held again: the safe side), numbering requests after the
+//! current Unix time so earlier ids are not reused.
 //!
 //! Architecture invariant: a request leaves the registry exactly once: decided,
 //! expired, or dropped with its session. A decision on a request that is gone is an
@@ -37,13 +44,12 @@ use std::{
 };
 
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     journal::{Event, JournalHandle, NO_SESSION},
-    proxy::postgres::{
-        Approver, DecisionNote, HoldOutcome, HoldRequest, PendingHold, Requester, Standing,
-    },
+    session::{Approver, DecisionNote, HoldOutcome, HoldRequest, PendingHold, Requester, Standing},
+    state::{Loaded, Restoration, StateFile},
 };
 pub use config::{ApprovalsConfig, RawApprovals};
 use scope::{check_scope, Grant, GrantSpec, Grants, Scope, ScopeError};
@@ -137,14 +143,40 @@ pub struct Registry {
     keys: Option<Arc<DecisionKeys>>,
     max_grant: Duration,
     clock: Clock,
+    /// Where grants, used tokens and numbering are kept across restarts.
+    file: Option<StateFile>,
 }
 
 #[derive(Default)]
 struct State {
     next: u64,
+    /// Request numbers up to this one may have been handed out (saved in blocks of
+    /// [`ID_BLOCK`], so not every request costs a write).
+    reserved: u64,
     pending: BTreeMap<u64, Entry>,
     grants: Grants,
     replay: ReplayGuard,
+}
+
+/// Request numbers are reserved in the state file this many at a time.
+const ID_BLOCK: u64 = 100;
+
+/// The state file's name in `[agent] state_dir`.
+pub const STATE_FILE: &str = "approvals.json";
+/// Its kind (and the `kind` of its `state_restored` event).
+pub const STATE_KIND: &str = "approval_grants";
+
+/// What `approvals.json` holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Saved {
+    /// Request numbers up to this one may have been used.
+    reserved_requests: u64,
+    /// The highest grant number handed out.
+    next_grant: u64,
+    grants: Vec<Grant>,
+    /// Used decision tokens: replay key (jti or SHA-256) -> `exp`.
+    used_tokens: BTreeMap<String, u64>,
 }
 
 struct Entry {
@@ -163,6 +195,136 @@ impl Registry {
             keys: None,
             max_grant: config::DEFAULT_MAX_GRANT,
             clock: Arc::new(SystemTime::now),
+            file: None,
+        }
+    }
+
+    /// Keeps grants, used decision tokens and numbering in `state_dir` (see the module
+    /// documentation); call [`Registry::restore`] before serving.
+    pub fn with_state(mut self, state_dir: &std::path::Path) -> Self {
+        self.file = Some(StateFile::new(state_dir, STATE_FILE, STATE_KIND));
+        self
+    }
+
+    /// Takes back what the state file holds (agent start): grants still in force, used
+    /// decision tokens, numbering. Grants that ran out while the agent was down, or are
+    /// longer than `max_grant` allows now, are dropped and journaled as expired. The
+    /// result is logged; the caller journals it ([`crate::state::restored_event`]).
+    pub fn restore(&self) -> Option<Restoration> {
+        let file = self.file.as_ref()?;
+        let now = (self.clock)();
+        let loaded = file.load::<Saved>(|saved| {
+            for g in &saved.grants {
+                if g.id
+                    .strip_prefix("g-")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_none()
+                {
+                    return Err(format!("bad grant id {:?}", g.id));
+                }
+                for (what, at) in [("created_at", &g.created_at), ("until", &g.until)] {
+                    humantime::parse_rfc3339(at)
+                        .map_err(|e| format!("grant {}: bad {what} {at:?}: {e}", g.id))?;
+                }
+            }
+            Ok(())
+        });
+        let restoration = match loaded {
+            Loaded::Missing => {
+                let r = Restoration::new(file, crate::state::Outcome::Missing);
+                return Some(r);
+            }
+            Loaded::Invalid { reason, moved_to } => {
+                // Ids after the current time: no earlier run can have reached them
+                // unless it handed out more than one request per second on average.
+                let floor = crate::state::unix_secs(now);
+                {
+                    let mut state = self.lock();
+                    state.next = state.next.max(floor);
+                    state.reserved = state.next;
+                }
+                Restoration::invalid(
+                    file,
+                    reason,
+                    moved_to,
+                    "started without grants (held statements wait for a new approval); request ids continue after the current Unix time",
+                )
+            }
+            Loaded::Found(saved) => {
+                let max_grant = self.max_grant;
+                let (keep, too_long): (Vec<Grant>, Vec<Grant>) =
+                    saved.grants.into_iter().partition(|g| {
+                        match (
+                            humantime::parse_rfc3339(&g.created_at),
+                            humantime::parse_rfc3339(&g.until),
+                        ) {
+                            (Ok(from), Ok(until)) => until
+                                .duration_since(from)
+                                .is_ok_and(|d| d <= max_grant + Duration::from_secs(1)),
+                            // Refused as a whole by Grants::restore.
+                            _ => true,
+                        }
+                    });
+                let mut state = self.lock();
+                let result = state.grants.restore(saved.next_grant, keep, now);
+                let (restored, expired) = match result {
+                    Ok(r) => r,
+                    Err(reason) => {
+                        drop(state);
+                        return Some(Restoration::invalid(
+                            file,
+                            reason,
+                            None,
+                            "started without grants (held statements wait for a new approval)",
+                        ));
+                    }
+                };
+                let dropped_tokens = state.replay.restore(saved.used_tokens, unix_secs(now));
+                state.next = state.next.max(saved.reserved_requests);
+                state.reserved = state.next;
+                drop(state);
+                for g in expired.iter().chain(&too_long) {
+                    self.journal_grant("expired", g);
+                }
+                for g in &too_long {
+                    warn!(grant = %g.id, max_grant = %humantime::format_duration(max_grant), "saved grant is longer than [approvals] max_grant; not restored");
+                }
+                let mut r = Restoration::new(file, crate::state::Outcome::Restored);
+                r.restored = restored.len();
+                r.dropped = expired.len() + too_long.len();
+                r.detail = serde_json::json!({
+                    "grants": restored.iter().map(|g| &g.id).collect::<Vec<_>>(),
+                    "expired": expired.iter().map(|g| &g.id).collect::<Vec<_>>(),
+                    "over_max_grant": too_long.iter().map(|g| &g.id).collect::<Vec<_>>(),
+                    "used_tokens": self.lock().replay.len(),
+                    "used_tokens_expired": dropped_tokens,
+                });
+                r
+            }
+        };
+        // Write back what is in force now (expired grants gone, numbering reserved).
+        {
+            let mut state = self.lock();
+            state.reserved = state.next + ID_BLOCK;
+            self.save(&state);
+        }
+        restoration.log();
+        Some(restoration)
+    }
+
+    /// Writes the state file (when there is one). A failure is logged: what is in memory
+    /// stays in force, it only would not survive a restart.
+    fn save(&self, state: &State) {
+        let Some(file) = &self.file else { return };
+        let (next_grant, grants) = state.grants.snapshot();
+        let saved = Saved {
+            reserved_requests: state.reserved,
+            next_grant,
+            grants,
+            used_tokens: state.replay.entries(),
+        };
+        if let Err(e) = file.store(&saved) {
+            error!(error = %e, "cannot save the approvals state; grants and used tokens would not survive a restart");
         }
     }
 
@@ -309,6 +471,9 @@ impl Registry {
                     length,
                 )
             });
+            if token.is_some() || grant.is_some() {
+                self.save(&state);
+            }
             (entry, grant)
         };
         let note = DecisionNote {
@@ -354,11 +519,15 @@ impl Registry {
 
     /// Ends a grant before its time.
     pub fn revoke(&self, id: &str, by: &str) -> Result<Grant, DecideError> {
-        let grant = self
-            .lock()
-            .grants
-            .revoke(id)
-            .ok_or_else(|| DecideError::NoGrant { id: id.to_owned() })?;
+        let grant = {
+            let mut state = self.lock();
+            let grant = state
+                .grants
+                .revoke(id)
+                .ok_or_else(|| DecideError::NoGrant { id: id.to_owned() })?;
+            self.save(&state);
+            grant
+        };
         info!(grant = %grant.id, by, "grant revoked");
         self.journal_grant_by("revoked", &grant, Some(by));
         Ok(grant)
@@ -367,7 +536,14 @@ impl Registry {
     /// Drops expired grants, journaling each.
     pub fn sweep(&self) {
         let now = (self.clock)();
-        let gone = self.lock().grants.expire(now);
+        let gone = {
+            let mut state = self.lock();
+            let gone = state.grants.expire(now);
+            if !gone.is_empty() {
+                self.save(&state);
+            }
+            gone
+        };
         for g in &gone {
             info!(grant = %g.id, "grant expired");
             self.journal_grant("expired", g);
@@ -403,6 +579,10 @@ impl Registry {
         let now = (self.clock)();
         state.next += 1;
         let n = state.next;
+        if self.file.is_some() && n > state.reserved {
+            state.reserved = n + ID_BLOCK;
+            self.save(state);
+        }
         let info = Pending {
             id: format_id(n),
             session: who.session,

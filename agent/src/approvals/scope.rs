@@ -205,8 +205,7 @@ impl Grants {
 
     /// Removes a grant by id ("g-N").
     pub fn revoke(&mut self, id: &str) -> Option<Grant> {
-        let n: u64 = id.strip_prefix("g-")?.parse().ok()?;
-        self.active.remove(&n)
+        self.active.remove(&parse_grant_id(id)?)
     }
 
     /// The grants still active at `now`, oldest first.
@@ -217,6 +216,50 @@ impl Grants {
             .cloned()
             .collect()
     }
+
+    /// The number the next grant's id takes after (`g-<next + 1>`) and every grant held,
+    /// expired or not: what the state file keeps.
+    pub fn snapshot(&self) -> (u64, Vec<Grant>) {
+        (self.next, self.active.values().cloned().collect())
+    }
+
+    /// Takes back grants saved by [`Grants::snapshot`] (agent start). Returns the grants
+    /// in force again and those that ran out while the agent was down (not taken back).
+    /// Ids are never reused: numbering goes on after the highest one seen.
+    pub fn restore(
+        &mut self,
+        next: u64,
+        grants: Vec<Grant>,
+        now: SystemTime,
+    ) -> Result<(Vec<Grant>, Vec<Grant>), String> {
+        let mut restored = Vec::new();
+        let mut expired = Vec::new();
+        let mut parsed = Vec::with_capacity(grants.len());
+        for mut g in grants {
+            let n = parse_grant_id(&g.id).ok_or_else(|| format!("bad grant id {:?}", g.id))?;
+            let until = humantime::parse_rfc3339(&g.until)
+                .map_err(|e| format!("grant {}: bad until {:?}: {e}", g.id, g.until))?;
+            humantime::parse_rfc3339(&g.created_at)
+                .map_err(|e| format!("grant {}: bad created_at {:?}: {e}", g.id, g.created_at))?;
+            g.until_time = Some(until);
+            parsed.push((n, g));
+        }
+        for (n, g) in parsed {
+            self.next = self.next.max(n);
+            if now < g.until_time() {
+                self.active.insert(n, g.clone());
+                restored.push(g);
+            } else {
+                expired.push(g);
+            }
+        }
+        self.next = self.next.max(next);
+        Ok((restored, expired))
+    }
+}
+
+fn parse_grant_id(id: &str) -> Option<u64> {
+    id.strip_prefix("g-")?.parse().ok()
 }
 
 #[cfg(test)]

@@ -260,6 +260,128 @@ async fn a_grant_covers_later_statements_until_it_expires_on_the_clock() {
     assert!(r.grants().is_empty());
 }
 
+// ------------------------------------------------------------------ state across restarts
+
+fn grant_decision(length: &str) -> Decision {
+    Decision {
+        scope: Scope::Grant,
+        grant_for: Some(length.into()),
+        ..Decision::new(true, "uid 0 (root)")
+    }
+}
+
+#[tokio::test]
+async fn grants_and_numbering_survive_a_restart_and_expired_grants_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, now) = fake_clock();
+    let before = Registry::new("/run/x.sock".into())
+        .with_clock(clock.clone())
+        .with_state(dir.path());
+    let r = before.restore().unwrap();
+    assert_eq!(r.outcome, crate::state::Outcome::Missing);
+    assert!(crate::state::restored_event(&r).is_none());
+    for (n, length) in [(1, "15m"), (2, "1h"), (3, "2m")] {
+        let _hold = before.hold(&who(n), request(Duration::from_secs(60))).wait;
+        before
+            .decide(&format!("a-{n}"), grant_decision(length))
+            .unwrap();
+    }
+    before.revoke("g-2", "uid 0 (root)").unwrap();
+    let file = dir.path().join(STATE_FILE);
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    drop(before);
+
+    // Five minutes later a new agent starts: g-1 is in force, g-3 ran out, g-2 was revoked.
+    *now.lock().unwrap() += Duration::from_secs(5 * 60);
+    let after = Registry::new("/run/x.sock".into())
+        .with_clock(clock)
+        .with_state(dir.path());
+    let r = after.restore().unwrap();
+    assert_eq!(r.outcome, crate::state::Outcome::Restored);
+    assert_eq!((r.restored, r.dropped), (1, 1));
+    assert_eq!(r.detail["grants"], serde_json::json!(["g-1"]));
+    assert_eq!(r.detail["expired"], serde_json::json!(["g-3"]));
+    let event = crate::state::restored_event(&r).unwrap();
+    assert_eq!(event.kind, "state_restored");
+    let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(data["kind"], "approval_grants");
+    assert_eq!(data["restored"], 1);
+    let s = after
+        .grant_for("bot", "db", Some("ask"))
+        .expect("g-1 covers");
+    assert_eq!(s.note.grant.as_deref(), Some("g-1"));
+    assert_eq!(s.note.granted_by.as_deref(), Some("a-1"));
+    assert_eq!(after.grants().len(), 1);
+    // Ids are not handed out again: neither requests nor grants.
+    let pending = after.hold(&who(9), request(Duration::from_secs(60)));
+    let n: u64 = pending.announcement.id[2..].parse().unwrap();
+    assert!(n > 3, "{}", pending.announcement.id);
+    let d = after
+        .decide(&pending.announcement.id, grant_decision("1m"))
+        .unwrap();
+    assert_eq!(d.grant.unwrap().id, "g-4");
+    // It still expires on time.
+    *now.lock().unwrap() += Duration::from_secs(10 * 60);
+    assert!(after.grant_for("bot", "db", Some("ask")).is_none());
+}
+
+#[tokio::test]
+async fn an_invalid_state_file_starts_without_grants_and_ids_move_past_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, _now) = fake_clock();
+    let file = dir.path().join(STATE_FILE);
+    for (i, bad) in [
+        "{ not json".to_string(),
+        // A grant whose end is not a date.
+        serde_json::json!({"format": "nhi-agent-state", "kind": "approval_grants", "v": 1,
+            "saved_at_us": 0, "data": {"reserved_requests": 5, "next_grant": 1,
+            "grants": [{"id": "g-1", "workload": "bot", "target": "db", "rule": "ask",
+                "approval_id": "a-1", "approver": "root", "created_at": "2023-11-14T22:13:20Z",
+                "until": "tomorrow"}], "used_tokens": {}}})
+        .to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(&file, bad).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let r = Registry::new("/run/x.sock".into())
+            .with_clock(clock.clone())
+            .with_state(dir.path());
+        let restoration = r.restore().unwrap();
+        assert_eq!(
+            restoration.outcome,
+            crate::state::Outcome::Invalid,
+            "case {i}"
+        );
+        assert!(restoration.reason.is_some());
+        let moved = restoration.moved_to.clone().expect("moved aside");
+        assert_eq!(std::fs::read_to_string(&moved).unwrap(), *bad);
+        std::fs::remove_file(moved).unwrap();
+        assert!(r.grants().is_empty());
+        assert!(r.grant_for("bot", "db", Some("ask")).is_none());
+        let id = r
+            .hold(&who(1), request(Duration::from_secs(60)))
+            .announcement
+            .id;
+        let n: u64 = id[2..].parse().unwrap();
+        assert!(n > 1_700_000_000, "{id}");
+        // A valid file was written back.
+        assert!(matches!(
+            crate::state::StateFile::new(dir.path(), STATE_FILE, STATE_KIND)
+                .load::<serde_json::Value>(|_| Ok(())),
+            crate::state::Loaded::Found(_)
+        ));
+    }
+}
+
 #[tokio::test]
 async fn a_revoked_grant_stops_covering() {
     let r = Registry::new("/run/x.sock".into());
@@ -617,6 +739,32 @@ mod tokens {
             .submit(&t, None, "t")
             .unwrap_err();
         assert_eq!(e.http_status(), 401);
+    }
+
+    #[tokio::test]
+    async fn a_used_decision_token_stays_used_after_a_restart() {
+        let (sign, pem) = ed25519();
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::new("/run/x.sock".into())
+            .with_keys(keys_with(&pem, "ed"))
+            .with_state(dir.path());
+        r.restore();
+        let _hold = r.hold(&who(1), request(Duration::from_secs(60))).wait;
+        let t = mint(Algorithm::EdDSA, None, &sign, &claims("a-1", now() + 600));
+        r.submit(&t, None, "test").unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(!text.contains(&t), "the token itself is never stored");
+        drop(r);
+        let r = Registry::new("/run/x.sock".into())
+            .with_keys(keys_with(&pem, "ed"))
+            .with_state(dir.path());
+        assert_eq!(r.restore().unwrap().detail["used_tokens"], 1);
+        let _hold = r.hold(&who(1), request(Duration::from_secs(60))).wait;
+        let e = r.submit(&t, None, "test").unwrap_err();
+        assert!(
+            matches!(e, DecideError::Token(TokenError::Replay(_))),
+            "{e}"
+        );
     }
 
     /// Sends one raw HTTP request and returns the status and JSON body.

@@ -350,4 +350,24 @@ impl ReplayGuard {
     pub fn is_empty(&self) -> bool {
         self.used.is_empty()
     }
+
+    /// What is remembered (replay key -> `exp`), for the state file. The keys are a jti
+    /// or a token's SHA-256, never a token.
+    pub fn entries(&self) -> std::collections::BTreeMap<String, u64> {
+        self.used.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Takes back remembered tokens (agent start), without those expired by `now`;
+    /// returns how many were dropped.
+    pub fn restore(&mut self, entries: impl IntoIterator<Item = (String, u64)>, now: u64) -> usize {
+        let mut dropped = 0;
+        for (key, exp) in entries {
+            if exp.saturating_add(LEEWAY_SECS) >= now {
+                self.used.insert(key, exp);
+            } else {
+                dropped += 1;
+            }
+        }
+        dropped
+    }
 }

@@ -15,7 +15,6 @@
 use serde::{Deserialize, Serialize};
 
 pub use super::scope::{Grant, Scope};
-use crate::journal::SessionId;
 
 /// The longest request line the server reads; longer ones end the connection.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -56,35 +55,7 @@ pub enum Request {
     },
 }
 
-/// The client process of a held statement's session.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Process {
-    pub pid: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cmdline: Option<Vec<String>>,
-}
-
-/// A statement waiting for a decision, as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pending {
-    pub id: String,
-    pub session: SessionId,
-    pub workload: String,
-    /// The session's client process.
-    #[serde(default)]
-    pub process: Process,
-    pub target: String,
-    /// The statement's sequence number in its session (as journaled).
-    pub seq: u64,
-    pub statement: String,
-    pub rule: Option<String>,
-    /// RFC 3339, UTC.
-    pub requested_at: String,
-    /// RFC 3339, UTC: when the hold counts as denied ("not approved in time").
-    pub expires_at: String,
-}
+pub use crate::session::approval::{Pending, Process};
 
 /// The server's answer to one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

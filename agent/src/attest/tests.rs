@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 
 use super::config::{AttestConfig, IssuerConfig, DEFAULT_ALGORITHMS};
 use super::verify::{parse_jwks, peek, token_sha256, Issuer, Verifier, LEEWAY_SECS};
-use super::{AttestError, Attestor, Claims};
+use super::{
+    AttestError, Attestor, Binding, Claims, BINDINGS_FILE, BINDINGS_KIND, REPLAY_FILE, REPLAY_KIND,
+};
 
 const ISS: &str = "https://token.actions.githubusercontent.com";
 const NOW: u64 = 1_795_000_000;
@@ -332,6 +334,150 @@ fn replay_cache_forgets_expired_tokens() {
     let other = v.verify(&mint(&d, &c), now()).expect("valid");
     cache.use_once(&other, later).expect("other");
     assert_eq!(cache.len(), 1, "the expired entry was dropped");
+}
+
+// ------------------------------------------------------------------ state across restarts
+
+fn binding(cgroup: &str, id: u64) -> Binding {
+    let mut claims = Claims::new();
+    claims.insert("run_id".into(), json!(123));
+    Binding {
+        cgroup: cgroup.into(),
+        cgroup_id: id,
+        issuer: ISS.into(),
+        subject: Some("repo:org/app".into()),
+        claims,
+        bound_at_us: 1,
+        token_expires_at: NOW + 600,
+        pid: 7,
+        uid: 0,
+    }
+}
+
+#[test]
+fn used_tokens_and_bindings_survive_a_restart_and_stale_ones_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = ed25519(Some("ed-1"));
+    let before = Attestor::new(verifier_with(&[&d], None)).with_state(dir.path());
+    let r = before.restore(now(), |_| None);
+    assert!(r
+        .iter()
+        .all(|r| r.outcome == crate::state::Outcome::Missing));
+    let token = mint(&d, &job_claims());
+    let mut short = job_claims();
+    short["jti"] = "short".into();
+    short["exp"] = json!(NOW + 60);
+    let short = mint(&d, &short);
+    before.verify_once(&token, now()).expect("first use");
+    before.verify_once(&short, now()).expect("first use");
+    before.bind(binding("ci/job-1", 11));
+    before.bind(binding("ci/job-2", 12));
+    // The files hold digests, never a token.
+    for name in [REPLAY_FILE, BINDINGS_FILE] {
+        let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert!(!text.contains(&token), "{name}: {text}");
+    }
+    let replay = std::fs::read_to_string(dir.path().join(REPLAY_FILE)).unwrap();
+    assert!(
+        !replay.contains("job-1") && !replay.contains(ISS),
+        "{replay}"
+    );
+    drop(before);
+
+    // Two minutes later: `short` has expired, job-2's cgroup is gone, job-1's is there.
+    let later = now() + Duration::from_secs(60 + LEEWAY_SECS + 1);
+    let after = Attestor::new(verifier_with(&[&d], None)).with_state(dir.path());
+    let id_of = |p: &str| (p == "ci/job-1").then_some(11);
+    let r = after.restore(later, id_of);
+    let replay = r.iter().find(|r| r.kind == REPLAY_KIND).unwrap();
+    assert_eq!((replay.restored, replay.dropped), (1, 1));
+    let bound = r.iter().find(|r| r.kind == BINDINGS_KIND).unwrap();
+    assert_eq!((bound.restored, bound.dropped), (1, 1));
+    assert_eq!(bound.detail["cgroups_gone"], json!(["ci/job-2"]));
+    let event = crate::state::restored_event(bound).unwrap();
+    assert_eq!(event.kind, "state_restored");
+    assert!(matches!(
+        after.verify_once(&token, later),
+        Err(AttestError::Replayed)
+    ));
+    assert_eq!(
+        after
+            .binding_for("ci/job-1/step", 99, id_of)
+            .map(|b| b.cgroup),
+        Some("ci/job-1".to_string())
+    );
+    assert_eq!(after.list().len(), 1);
+    // What was dropped at restore is not written back.
+    let again = Attestor::new(verifier_with(&[&d], None)).with_state(dir.path());
+    let r = again.restore(later, |_| Some(11));
+    assert_eq!(
+        r.iter().find(|r| r.kind == BINDINGS_KIND).unwrap().restored,
+        1
+    );
+}
+
+#[test]
+fn a_lost_replay_cache_refuses_tokens_issued_before_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = ed25519(Some("ed-1"));
+    std::fs::write(dir.path().join(REPLAY_FILE), "{ torn").unwrap();
+    std::fs::write(dir.path().join(BINDINGS_FILE), "[]").unwrap();
+    let a = Attestor::new(verifier_with(&[&d], None)).with_state(dir.path());
+    let r = a.restore(now(), |_| Some(1));
+    for r in &r {
+        assert_eq!(r.outcome, crate::state::Outcome::Invalid, "{r:?}");
+        assert!(r.moved_to.as_ref().is_some_and(|p| p.exists()));
+        assert!(r.fallback.is_some());
+    }
+    assert_eq!(a.replay_horizon(), Some(NOW + LEEWAY_SECS));
+    // A token issued before the restart may have been used already: refused.
+    let old = mint(&d, &job_claims());
+    let e = a.verify_once(&old, now()).unwrap_err();
+    assert!(matches!(e, AttestError::BeforeReplayHorizon { .. }), "{e}");
+    // So is one without iat.
+    let mut no_iat = job_claims();
+    no_iat.as_object_mut().unwrap().remove("iat");
+    no_iat["jti"] = "no-iat".into();
+    assert!(matches!(
+        a.verify_once(&mint(&d, &no_iat), now()),
+        Err(AttestError::BeforeReplayHorizon { .. })
+    ));
+    // A token issued after the horizon is fine, once.
+    let mut fresh = job_claims();
+    fresh["iat"] = json!(NOW + LEEWAY_SECS + 5);
+    fresh["jti"] = "fresh".into();
+    let later = now() + Duration::from_secs(LEEWAY_SECS + 10);
+    let fresh = mint(&d, &fresh);
+    a.verify_once(&fresh, later)
+        .expect("issued after the horizon");
+    assert!(matches!(
+        a.verify_once(&fresh, later),
+        Err(AttestError::Replayed)
+    ));
+    // The horizon is kept across the next restart.
+    let b = Attestor::new(verifier_with(&[&d], None)).with_state(dir.path());
+    b.restore(later, |_| Some(1));
+    assert_eq!(b.replay_horizon(), Some(NOW + LEEWAY_SECS));
+    assert!(matches!(
+        b.verify_once(&fresh, later),
+        Err(AttestError::Replayed)
+    ));
+}
+
+#[test]
+fn a_token_that_cannot_be_saved_as_used_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = ed25519(Some("ed-1"));
+    // The state dir is a file: nothing can be saved in it.
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let a = Attestor::new(verifier_with(&[&d], None)).with_state(&not_a_dir);
+    let token = mint(&d, &job_claims());
+    let e = a.verify_once(&token, now()).unwrap_err();
+    assert!(matches!(e, AttestError::State(_)), "{e}");
+    // Not spent in memory either: with a working state dir it is accepted.
+    let ok = Attestor::new(verifier_with(&[&d], None)).with_state(dir.path());
+    assert!(ok.verify_once(&token, now()).is_ok());
 }
 
 #[test]

@@ -148,6 +148,8 @@ pub struct Verified {
     pub expires_at: u64,
     /// What the replay cache remembers: the issuer and `jti`, or the token's SHA-256.
     pub replay_key: String,
+    /// `iat`, seconds since the epoch, when the token has one.
+    pub issued_at: Option<u64>,
 }
 
 /// What an unverified token says about itself, for the journal of a rejected attempt.
@@ -294,6 +296,7 @@ impl Verifier {
             None => format!("sha256\u{0}{}", token_sha256(token)),
         };
         let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
+        let issued_at = claims.get("iat").and_then(Value::as_u64);
         let bound = bound_claims(claims, issuer.config.claims.as_deref());
         Ok(Verified {
             issuer: issuer.config.issuer.clone(),
@@ -301,6 +304,7 @@ impl Verifier {
             claims: bound,
             expires_at: exp,
             replay_key,
+            issued_at,
         })
     }
 }
@@ -355,33 +359,64 @@ fn format_unix(secs: u64) -> String {
 }
 
 /// Tokens accepted so far, each remembered until it expires (plus the leeway), so a
-/// token is accepted once. In memory only: an agent restart forgets them, so a token
-/// still valid then could be presented once more.
+/// token is accepted once. Kept by SHA-256 of its replay key (issuer and `jti`, or the
+/// token's SHA-256), so neither the cache nor its state file ever holds a token. With a
+/// state file (see [`super::Attestor::with_state`]) it survives restarts.
+///
+/// The replay horizon: when the saved cache was lost (an invalid state file), tokens
+/// spent before cannot be told from new ones, so from then on only tokens issued (`iat`)
+/// after the horizon (the restart, plus [`LEEWAY_SECS`] of issuer clock skew) are
+/// accepted; a token without `iat` is refused. The horizon is saved and stays.
 #[derive(Debug, Default)]
 pub struct ReplayCache {
     seen: HashMap<String, u64>,
+    horizon: Option<u64>,
+}
+
+/// What the replay cache's state file holds.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedReplay {
+    /// Tokens issued before this (seconds since the epoch) are refused.
+    pub horizon: Option<u64>,
+    /// Hex SHA-256 of a replay key -> the token's `exp`.
+    pub tokens: std::collections::BTreeMap<String, u64>,
 }
 
 impl ReplayCache {
-    /// Records `verified` as used at `now`; [`AttestError::Replayed`] if it was already.
+    fn key(verified: &Verified) -> String {
+        let digest = Sha256::digest(verified.replay_key.as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Records `verified` as used at `now`; [`AttestError::Replayed`] if it was already,
+    /// [`AttestError::BeforeReplayHorizon`] if it may have been used before the cache
+    /// was lost.
     pub fn use_once(&mut self, verified: &Verified, now: SystemTime) -> Result<(), AttestError> {
         let now_s = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.seen
-            .retain(|_, exp| exp.saturating_add(LEEWAY_SECS) >= now_s);
-        if self.seen.contains_key(&verified.replay_key) {
-            return Err(AttestError::Replayed);
+        if let Some(horizon) = self.horizon {
+            if verified.issued_at.is_none_or(|iat| iat < horizon) {
+                return Err(AttestError::BeforeReplayHorizon {
+                    horizon: format_unix(horizon),
+                });
+            }
         }
         self.seen
-            .insert(verified.replay_key.clone(), verified.expires_at);
+            .retain(|_, exp| exp.saturating_add(LEEWAY_SECS) >= now_s);
+        let key = Self::key(verified);
+        if self.seen.contains_key(&key) {
+            return Err(AttestError::Replayed);
+        }
+        self.seen.insert(key, verified.expires_at);
         Ok(())
     }
 
     /// Forgets `verified` (its use could not be journaled, so it did not happen).
     pub fn forget(&mut self, verified: &Verified) {
-        self.seen.remove(&verified.replay_key);
+        self.seen.remove(&Self::key(verified));
     }
 
     /// How many tokens are remembered.
@@ -393,4 +428,54 @@ impl ReplayCache {
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }
+
+    /// The replay horizon, if the cache was ever lost.
+    pub fn horizon(&self) -> Option<u64> {
+        self.horizon
+    }
+
+    /// Refuses tokens issued before `horizon` from now on (the saved cache was lost).
+    pub fn set_horizon(&mut self, horizon: u64) {
+        self.horizon = Some(self.horizon.map_or(horizon, |h| h.max(horizon)));
+    }
+
+    /// What the state file keeps.
+    pub fn saved(&self) -> SavedReplay {
+        SavedReplay {
+            horizon: self.horizon,
+            tokens: self.seen.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+
+    /// Takes back a saved cache, without tokens expired by `now`; returns how many
+    /// were taken back and how many had expired.
+    pub fn restore(&mut self, saved: SavedReplay, now: SystemTime) -> (usize, usize) {
+        let now_s = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if let Some(h) = saved.horizon {
+            self.set_horizon(h);
+        }
+        let (mut kept, mut expired) = (0, 0);
+        for (key, exp) in saved.tokens {
+            if exp.saturating_add(LEEWAY_SECS) >= now_s {
+                self.seen.insert(key, exp);
+                kept += 1;
+            } else {
+                expired += 1;
+            }
+        }
+        (kept, expired)
+    }
+}
+
+/// Checks a saved cache: keys are hex SHA-256 digests.
+pub fn validate_saved(saved: &SavedReplay) -> Result<(), String> {
+    for key in saved.tokens.keys() {
+        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{key:?} is not a SHA-256 digest"));
+        }
+    }
+    Ok(())
 }

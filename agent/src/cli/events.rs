@@ -122,32 +122,32 @@ fn detail(s: &Selected<'_>) -> String {
     let null = Value::Null;
     let data = e.data.as_ref().unwrap_or(&null);
     let str_of = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or("");
-    let text = match e.kind.as_str() {
-        "chunk" => format!(
-            "{} {} B",
-            e.direction.map_or("?", |d| d.human()),
-            e.size.unwrap_or(0)
-        ),
-        "statement" => {
-            let mut t = str_of("text").replace('\n', " ");
-            if str_of("verdict") != "allow" || str_of("action") != "forwarded" {
-                t = format!("[{} {}] {t}", str_of("verdict"), str_of("action"));
-            }
-            t
-        }
-        "session_start" => match s.session {
-            Some(x) => format!(
-                "{} → {} ({})",
-                x.row.client_addr, x.row.orig_dst, x.row.protocol
+    // The session's protocol may have its own summary of the event (a statement).
+    let by_protocol = s
+        .session
+        .and_then(|x| super::views::view(&x.row.protocol).detail(e.kind.as_str(), data));
+    let text = match by_protocol {
+        Some(text) => text,
+        None => match e.kind.as_str() {
+            "chunk" => format!(
+                "{} {} B",
+                e.direction.map_or("?", |d| d.human()),
+                e.size.unwrap_or(0)
             ),
-            None => data.to_string(),
-        },
-        "session_end" => str_of("close_reason").to_string(),
-        // exec / exit / lineage: as `replay` shows them.
-        other => match crate::cli::lineage::render_event(other, data) {
-            Some(line) => line,
-            None if data.is_null() => String::new(),
-            None => data.to_string(),
+            "session_start" => match s.session {
+                Some(x) => format!(
+                    "{} → {} ({})",
+                    x.row.client_addr, x.row.orig_dst, x.row.protocol
+                ),
+                None => data.to_string(),
+            },
+            "session_end" => str_of("close_reason").to_string(),
+            // exec / exit / lineage: as `replay` shows them.
+            other => match crate::cli::lineage::render_event(other, data) {
+                Some(line) => line,
+                None if data.is_null() => String::new(),
+                None => data.to_string(),
+            },
         },
     };
     let text = sanitize(&text).into_owned();

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use super::sessions::parse_since;
 use crate::journal::SessionRow;
+use crate::proxy::postgres::events::{Statement, StatementEnd};
 
 /// Where to read: journal files and directories, by option or as trailing arguments.
 #[derive(Debug, Clone, Default, Args)]
@@ -223,7 +224,8 @@ impl Filter {
     /// The statement conditions on a `statement` event's data; `masked` says whether its
     /// `statement_end` recorded masked values.
     pub fn statement_matches(&self, data: &Value, masked: bool) -> bool {
-        let text = data.get("text").and_then(Value::as_str).unwrap_or("");
+        let statement = Statement::read(data);
+        let text = statement.as_ref().map_or("", |s| s.text.as_ref());
         self.verdict
             .is_none_or(|v| verdict_classes(data, masked).contains(&v))
             && self.text.as_deref().is_none_or(|t| text.contains(t))
@@ -274,8 +276,9 @@ impl<'a> Who<'a> {
 
 /// The verdict classes of a `statement` event (see the module documentation).
 pub fn verdict_classes(data: &Value, masked: bool) -> Vec<VerdictClass> {
-    let verdict = data.get("verdict").and_then(Value::as_str).unwrap_or("");
-    let action = data.get("action").and_then(Value::as_str).unwrap_or("");
+    let statement = Statement::read(data);
+    let verdict = statement.as_ref().map_or("", |s| s.verdict.as_ref());
+    let action = statement.as_ref().map_or("", |s| s.action.as_ref());
     let mut classes = Vec::new();
     if verdict == "deny" || action == "refused" {
         classes.push(VerdictClass::Denied);
@@ -294,9 +297,7 @@ pub fn verdict_classes(data: &Value, masked: bool) -> Vec<VerdictClass> {
 
 /// Whether a `statement_end`'s data records masked values.
 pub fn end_has_masks(data: &Value) -> bool {
-    data.get("masked")
-        .and_then(Value::as_array)
-        .is_some_and(|m| !m.is_empty())
+    StatementEnd::read(data).is_some_and(|end| end.has_masks())
 }
 
 /// Keeps the last `limit` items of a stream (all of them without a limit).

@@ -8,6 +8,7 @@ pub mod export;
 pub mod filter;
 pub mod key;
 pub mod lineage;
+mod logging;
 pub mod ocsf;
 pub mod policy;
 pub mod replay;
@@ -15,7 +16,9 @@ pub mod run;
 pub mod select;
 pub mod sessions;
 pub mod ship;
+pub mod status;
 pub mod verify;
+pub mod views;
 
 use std::process::ExitCode;
 
@@ -60,11 +63,13 @@ pub enum Command {
     Key(key::KeyArgs),
     /// Verify journal segments: hash chain, seals, links (exit 0 only when intact).
     Verify(verify::VerifyArgs),
+    /// What this host offers the agent: the kernel features probed at start.
+    Status(status::StatusArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    logging::init();
     let result = match &cli.command {
         Command::Run(a) => run::run(a),
         Command::Sessions(a) => sessions::run(a),
@@ -78,24 +83,13 @@ pub fn main() -> ExitCode {
         Command::Attest(a) => attest::run(a),
         Command::Key(a) => key::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Status(a) => status::run(a),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}error: {e:#}", logging::error_prefix());
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing() {
-    use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_from_env("NHI_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
 }

@@ -39,7 +39,9 @@ use serde_json::{json, Map, Value};
 
 use super::replay::shell_quote;
 use super::select::Selected;
-use crate::journal::{EventRow, SessionId, SetSession};
+use super::views::{self, OcsfRequests};
+use crate::journal::{EventKind, EventRow, SessionId, SetSession};
+use crate::proxy::postgres::events::kind;
 
 /// The OCSF version the events follow (`metadata.version`).
 pub const OCSF_VERSION: &str = "1.3.0";
@@ -58,9 +60,17 @@ struct Pending {
     approval: Option<Value>,
 }
 
-/// Turns a stream of journal events (in journal order) into OCSF events.
+/// Turns a stream of journal events (in journal order) into OCSF events: sessions'
+/// open and close here, requests by their protocol's mapper (`cli::views`).
 #[derive(Default)]
 pub struct OcsfMapper {
+    /// Each protocol met so far with its request mapper (none: it has no requests).
+    protocols: Vec<(&'static str, Option<Box<dyn OcsfRequests>>)>,
+}
+
+/// PostgreSQL statements as Datastore Activity (see the module documentation).
+#[derive(Default)]
+pub struct Datastore {
     pending: HashMap<(String, SessionId, u64), Pending>,
     /// Pending keys in arrival order, so that unfinished statements come out in order.
     order: Vec<(String, SessionId, u64)>,
@@ -85,6 +95,48 @@ impl OcsfMapper {
         let Some(session) = s.session else {
             return Vec::new();
         };
+        let e = &s.event;
+        if let EventKind::SessionStart | EventKind::SessionEnd = e.kind {
+            return vec![network_activity(
+                &s.segment.journal_id,
+                s.segment.host_id.as_deref(),
+                session,
+                e,
+            )];
+        }
+        let view = views::view(&session.row.protocol);
+        let at = match self
+            .protocols
+            .iter()
+            .position(|(p, _)| *p == view.protocol())
+        {
+            Some(at) => at,
+            None => {
+                self.protocols.push((view.protocol(), view.ocsf()));
+                self.protocols.len() - 1
+            }
+        };
+        match &mut self.protocols[at].1 {
+            Some(mapper) => mapper.push(s),
+            None => Vec::new(),
+        }
+    }
+
+    /// The requests that never completed (status Unknown), in journal order.
+    pub fn finish(self) -> Vec<Value> {
+        self.protocols
+            .into_iter()
+            .filter_map(|(_, mapper)| mapper)
+            .flat_map(|mapper| mapper.finish())
+            .collect()
+    }
+}
+
+impl OcsfRequests for Datastore {
+    fn push(&mut self, s: &Selected<'_>) -> Vec<Value> {
+        let Some(session) = s.session else {
+            return Vec::new();
+        };
         let journal_id = s.segment.journal_id.clone();
         let host_id = s.segment.host_id.clone();
         let e = &s.event;
@@ -94,15 +146,7 @@ impl OcsfMapper {
             .and_then(|d| d.get("seq"))
             .and_then(Value::as_u64);
         match (e.kind.as_str(), seq) {
-            ("session_start" | "session_end", _) => {
-                vec![network_activity(
-                    &journal_id,
-                    host_id.as_deref(),
-                    session,
-                    e,
-                )]
-            }
-            ("pg_startup", _) => {
+            (kind::STARTUP, _) => {
                 if let Some(db) = e
                     .data
                     .as_ref()
@@ -114,7 +158,7 @@ impl OcsfMapper {
                 }
                 Vec::new()
             }
-            ("statement", Some(seq)) => {
+            (kind::STATEMENT, Some(seq)) => {
                 let key = (journal_id.clone(), session.row.id, seq);
                 // A statement with the seq of one still pending: the earlier one never
                 // got an end; export it as it is.
@@ -135,13 +179,13 @@ impl OcsfMapper {
                 );
                 out
             }
-            ("approval", Some(seq)) => {
+            (crate::session::gate::APPROVAL, Some(seq)) => {
                 if let Some(p) = self.pending.get_mut(&(journal_id, session.row.id, seq)) {
                     p.approval = e.data.clone();
                 }
                 Vec::new()
             }
-            ("statement_end", Some(seq)) => {
+            (kind::STATEMENT_END, Some(seq)) => {
                 match self.pending.remove(&(journal_id, session.row.id, seq)) {
                     Some(p) => vec![self.datastore_activity(&p, Some(e))],
                     None => Vec::new(),
@@ -152,7 +196,7 @@ impl OcsfMapper {
     }
 
     /// The statements that never got an end (status Unknown), in journal order.
-    pub fn finish(mut self) -> Vec<Value> {
+    fn finish(mut self: Box<Self>) -> Vec<Value> {
         let order = std::mem::take(&mut self.order);
         let mut out = Vec::new();
         for key in order {
@@ -162,7 +206,9 @@ impl OcsfMapper {
         }
         out
     }
+}
 
+impl Datastore {
     fn datastore_activity(&self, p: &Pending, end: Option<&EventRow>) -> Value {
         let null = Value::Null;
         let data = p.statement.data.as_ref().unwrap_or(&null);

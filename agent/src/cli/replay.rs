@@ -25,7 +25,7 @@ use clap::Args;
 use super::filter::InputArgs;
 use super::select::Selection;
 use super::sessions::{finish_output, format_duration_ms, sanitize};
-use crate::journal::{format_rfc3339_us, EventKind, EventRow, SessionRow, SetSession};
+use crate::journal::{format_rfc3339_us, EventRow, SetSession};
 
 /// The longest single wait of a default-speed playback.
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(2);
@@ -186,11 +186,8 @@ pub(crate) fn write_replay(
     lineage
         .write_chain(out)
         .context("cannot write the output")?;
-    let mut body = if session.row.protocol == "postgres" {
-        Body::Transcript(Transcript::new(&session.row))
-    } else {
-        Body::Timeline(Timeline::new(&session.row))
-    };
+    // How the events read depends on the session's protocol (see `cli::views`).
+    let mut body = super::views::view(&session.row.protocol).replay(&session.row);
     selection
         .set
         .for_each_session_event(journal_id, id, |event| -> anyhow::Result<()> {
@@ -207,30 +204,6 @@ pub(crate) fn write_replay(
         })?;
     lineage.finish(out).context("cannot write the output")?;
     body.finish(out).context("cannot write the output")
-}
-
-/// How a session's events are rendered: by protocol.
-enum Body {
-    /// PostgreSQL: a psql-like transcript.
-    Transcript(Transcript),
-    /// Anything else: a timeline of chunks.
-    Timeline(Timeline),
-}
-
-impl Body {
-    fn event(&mut self, out: &mut dyn Write, event: &EventRow) -> io::Result<()> {
-        match self {
-            Body::Transcript(t) => t.event(out, event),
-            Body::Timeline(t) => t.event(out, event),
-        }
-    }
-
-    fn finish(self, out: &mut dyn Write) -> io::Result<()> {
-        match self {
-            Body::Transcript(t) => t.finish(out),
-            Body::Timeline(t) => t.finish(out),
-        }
-    }
 }
 
 /// Signed seconds with microseconds: `+0.001234s`, `-0.000100s`.
@@ -254,7 +227,7 @@ pub(crate) fn shell_quote(arg: &str) -> String {
     }
 }
 
-fn us_since_epoch(t: SystemTime) -> i64 {
+pub(crate) fn us_since_epoch(t: SystemTime) -> i64 {
     crate::journal::system_time_to_us(t)
 }
 
@@ -347,306 +320,6 @@ fn write_header(out: &mut dyn Write, set_session: &SetSession) -> io::Result<()>
     )?;
     writeln!(out)?;
     writeln!(out, "timeline")
-}
-
-/// Renders events one per line, keeping what is needed for gaps and the closing summary.
-struct Timeline {
-    start_us: i64,
-    previous_chunk_us: Option<i64>,
-    chunks: u64,
-    bytes_c2s: u64,
-    bytes_s2c: u64,
-}
-
-impl Timeline {
-    fn new(session: &SessionRow) -> Self {
-        Timeline {
-            start_us: us_since_epoch(session.started_at),
-            previous_chunk_us: None,
-            chunks: 0,
-            bytes_c2s: 0,
-            bytes_s2c: 0,
-        }
-    }
-
-    fn event(&mut self, out: &mut dyn Write, event: &EventRow) -> io::Result<()> {
-        let at_us = us_since_epoch(event.at);
-        let offset = format_offset_us(at_us.saturating_sub(self.start_us));
-        match (&event.kind, event.direction, event.size) {
-            (EventKind::Chunk, Some(direction), Some(size)) => {
-                self.chunks += 1;
-                match direction {
-                    crate::journal::Direction::ClientToServer => self.bytes_c2s += u64::from(size),
-                    crate::journal::Direction::ServerToClient => self.bytes_s2c += u64::from(size),
-                }
-                // The first chunk has no previous one: its offset already says it all.
-                let gap = self
-                    .previous_chunk_us
-                    .map(|prev| format!("  gap {}", format_offset_us(at_us.saturating_sub(prev))))
-                    .unwrap_or_default();
-                self.previous_chunk_us = Some(at_us);
-                writeln!(out, "  {offset}  {}  {size:>10} B{gap}", direction.human())
-            }
-            (EventKind::SessionStart, _, _) => writeln!(out, "  {offset}  session start"),
-            (EventKind::SessionEnd, _, _) => {
-                let reason = event
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("close_reason"))
-                    .and_then(|r| r.as_str());
-                match reason {
-                    Some(reason) => {
-                        writeln!(out, "  {offset}  session end: {}", sanitize(reason))
-                    }
-                    None => writeln!(out, "  {offset}  session end"),
-                }
-            }
-            // Kinds added by later versions, or a chunk missing its fields: show what the
-            // journal holds rather than guessing.
-            (kind, _, _) => {
-                let mut line = format!("  {offset}  {}", sanitize(kind.as_str()));
-                if let Some(direction) = event.direction {
-                    line.push_str(&format!("  {}", direction.human()));
-                }
-                if let Some(size) = event.size {
-                    line.push_str(&format!("  {size} B"));
-                }
-                if let Some(data) = &event.data {
-                    line.push_str(&format!("  {}", sanitize(&data.to_string())));
-                }
-                writeln!(out, "{line}")
-            }
-        }
-    }
-
-    fn finish(self, out: &mut dyn Write) -> io::Result<()> {
-        let plural = if self.chunks == 1 { "" } else { "s" };
-        writeln!(
-            out,
-            "  {} chunk{plural} journaled: ↑ {} bytes, ↓ {} bytes",
-            self.chunks, self.bytes_c2s, self.bytes_s2c
-        )
-    }
-}
-
-/// A PostgreSQL session as a psql-like transcript: each statement after a `=>` prompt
-/// with the policy's verdict, then its result (rows or the tag), the masked columns, the
-/// error with its SQLSTATE. Result rows appear when the policy recorded them
-/// (`record_results = "rows"`), masked as the client saw them.
-struct Transcript {
-    start_us: i64,
-    statements: u64,
-    refused: u64,
-    errors: u64,
-    timeline: Timeline,
-}
-
-impl Transcript {
-    fn new(session: &SessionRow) -> Self {
-        Transcript {
-            start_us: us_since_epoch(session.started_at),
-            statements: 0,
-            refused: 0,
-            errors: 0,
-            timeline: Timeline::new(session),
-        }
-    }
-
-    fn event(&mut self, out: &mut dyn Write, event: &EventRow) -> io::Result<()> {
-        let at_us = us_since_epoch(event.at);
-        let offset = format_offset_us(at_us.saturating_sub(self.start_us));
-        let null = serde_json::Value::Null;
-        let data = event.data.as_ref().unwrap_or(&null);
-        let str_of = |key: &str| data.get(key).and_then(|v| v.as_str()).unwrap_or("");
-        match event.kind.as_str() {
-            "pg_startup" => {
-                let mut line = format!(
-                    "  {offset}  connect: user {} database {}",
-                    sanitize(str_of("user")),
-                    sanitize(str_of("database"))
-                );
-                if str_of("db_user") != str_of("user") {
-                    line.push_str(&format!(" (logged in as {})", sanitize(str_of("db_user"))));
-                }
-                if let Some(app) = data.get("application_name").and_then(|v| v.as_str()) {
-                    line.push_str(&format!(" application {}", sanitize(app)));
-                }
-                if data.get("client_tls").and_then(|v| v.as_bool()) == Some(true) {
-                    line.push_str(" [client TLS]");
-                }
-                writeln!(out, "{line}")
-            }
-            "pg_auth" => {
-                let injected = data.get("injected").and_then(|v| v.as_bool()) == Some(true);
-                let how = if injected {
-                    " (credential held by the agent)"
-                } else {
-                    ""
-                };
-                match data.get("error") {
-                    Some(e) => writeln!(
-                        out,
-                        "  {offset}  authentication {} failed: {} {}",
-                        sanitize(str_of("method")),
-                        sanitize(e.get("sqlstate").and_then(|v| v.as_str()).unwrap_or("")),
-                        sanitize(e.get("message").and_then(|v| v.as_str()).unwrap_or(""))
-                    ),
-                    None => writeln!(
-                        out,
-                        "  {offset}  authenticated: {}{how}",
-                        sanitize(str_of("method"))
-                    ),
-                }
-            }
-            "statement" => {
-                self.statements += 1;
-                let action = str_of("action");
-                let verdict = str_of("verdict");
-                let mut note = String::new();
-                if action == "refused" {
-                    self.refused += 1;
-                }
-                if verdict != "allow" {
-                    let rule = data
-                        .get("rule")
-                        .and_then(|v| v.as_str())
-                        .map(|r| format!(" by rule {}", sanitize(r)))
-                        .unwrap_or_default();
-                    let enforced = data.get("enforced").and_then(|v| v.as_bool()) != Some(false);
-                    let mode = if enforced {
-                        ""
-                    } else {
-                        ", observe mode: not enforced"
-                    };
-                    note = format!("   [{verdict}{rule}: {action}{mode}]");
-                }
-                let text = sanitize(str_of("text")).replace('\n', "\n               ");
-                writeln!(out, "  {offset}  => {text}{note}")?;
-                if let Some(params) = data.get("params").and_then(|v| v.as_array()) {
-                    let shown: Vec<String> = params
-                        .iter()
-                        .enumerate()
-                        .map(|(i, p)| format!("${}={}", i + 1, sanitize(p.as_str().unwrap_or(""))))
-                        .collect();
-                    writeln!(out, "               params: {}", shown.join(", "))?;
-                }
-                Ok(())
-            }
-            "statement_end" => self.result(out, data),
-            "approval" => writeln!(
-                out,
-                "  {offset}  approval: {}{}",
-                sanitize(str_of("decision")),
-                data.get("by")
-                    .and_then(|v| v.as_str())
-                    .map(|b| format!(" by {}", sanitize(b)))
-                    .unwrap_or_default()
-            ),
-            "pg_cancel" | "pg_cancel_requested" => writeln!(
-                out,
-                "  {offset}  cancel request ({})",
-                sanitize(&data.to_string())
-            ),
-            "protocol_error" => writeln!(
-                out,
-                "  {offset}  protocol error: {}",
-                sanitize(str_of("reason"))
-            ),
-            _ => self.timeline.event(out, event),
-        }
-    }
-
-    fn result(&mut self, out: &mut dyn Write, data: &serde_json::Value) -> io::Result<()> {
-        let pad = "               ";
-        if let Some(e) = data.get("error") {
-            self.errors += 1;
-            return writeln!(
-                out,
-                "{pad}ERROR {}: {}",
-                sanitize(e.get("sqlstate").and_then(|v| v.as_str()).unwrap_or("")),
-                sanitize(e.get("message").and_then(|v| v.as_str()).unwrap_or(""))
-            );
-        }
-        if let Some(note) = data.get("note").and_then(|v| v.as_str()) {
-            return writeln!(out, "{pad}({})", sanitize(note));
-        }
-        let columns: Vec<String> = data
-            .get("columns")
-            .and_then(|v| v.as_array())
-            .map(|c| {
-                c.iter()
-                    .map(|v| sanitize(v.as_str().unwrap_or("")).into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(rows) = data.get("result_rows").and_then(|v| v.as_array()) {
-            writeln!(out, "{pad}{}", columns.join(" | "))?;
-            for row in rows {
-                let cells: Vec<String> = row
-                    .as_array()
-                    .map(|r| {
-                        r.iter()
-                            .map(|v| match v.as_str() {
-                                Some(s) => sanitize(s).into_owned(),
-                                None => "NULL".to_owned(),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                writeln!(out, "{pad}{}", cells.join(" | "))?;
-            }
-        } else if !columns.is_empty() {
-            writeln!(out, "{pad}columns: {}", columns.join(", "))?;
-        }
-        let mut summary = Vec::new();
-        if let Some(tag) = data.get("tag").and_then(|v| v.as_str()) {
-            if !tag.is_empty() {
-                summary.push(sanitize(tag).into_owned());
-            }
-        }
-        if let Some(rows) = data.get("rows").and_then(|v| v.as_u64()) {
-            let plural = if rows == 1 { "" } else { "s" };
-            summary.push(format!("({rows} row{plural})"));
-        }
-        if let Some(copy) = data.get("copy") {
-            summary.push(format!(
-                "COPY {}: {} bytes in {} messages",
-                sanitize(copy.get("direction").and_then(|v| v.as_str()).unwrap_or("")),
-                copy.get("bytes").and_then(|v| v.as_u64()).unwrap_or(0),
-                copy.get("messages").and_then(|v| v.as_u64()).unwrap_or(0)
-            ));
-        }
-        if let Some(us) = data.get("duration_us").and_then(|v| v.as_u64()) {
-            summary.push(format!("{:.3} ms", us as f64 / 1000.0));
-        }
-        writeln!(out, "{pad}{}", summary.join("  "))?;
-        if let Some(masked) = data.get("masked").and_then(|v| v.as_array()) {
-            for m in masked {
-                writeln!(
-                    out,
-                    "{pad}masked: column {} by {} ({}): {} values{}",
-                    sanitize(m.get("column").and_then(|v| v.as_str()).unwrap_or("")),
-                    sanitize(m.get("rule").and_then(|v| v.as_str()).unwrap_or("")),
-                    sanitize(m.get("strategy").and_then(|v| v.as_str()).unwrap_or("")),
-                    m.get("values").and_then(|v| v.as_u64()).unwrap_or(0),
-                    if data.get("mask_not_enforced").and_then(|v| v.as_bool()) == Some(true) {
-                        " (observe mode: the client got them unmasked)"
-                    } else {
-                        ""
-                    }
-                )?;
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(self, out: &mut dyn Write) -> io::Result<()> {
-        writeln!(
-            out,
-            "  {} statements, {} refused, {} errors",
-            self.statements, self.refused, self.errors
-        )
-    }
 }
 
 #[cfg(test)]
@@ -893,15 +566,14 @@ mod tests {
     #[test]
     fn offsets_quoting_and_summary() {
         let mut out = Vec::new();
-        Timeline {
+        let timeline = Box::new(crate::cli::views::opaque::Timeline {
             start_us: 0,
             previous_chunk_us: None,
             chunks: 1,
             bytes_c2s: 5,
             bytes_s2c: 0,
-        }
-        .finish(&mut out)
-        .expect("write");
+        });
+        crate::cli::views::Replay::finish(timeline, &mut out).expect("write");
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             "  1 chunk journaled: ↑ 5 bytes, ↓ 0 bytes\n"

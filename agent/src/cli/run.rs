@@ -45,7 +45,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(e) => {
             // Nothing is attached yet: a broken config changes nothing on the host.
-            eprintln!("error: {e}");
+            eprintln!("{}error: {e}", super::logging::error_prefix());
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));
         }
     };
@@ -65,6 +65,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    // What the kernel offers, before anything is created: a kernel without a required
+    // feature gets one sentence naming it (and the release that has it), not a verifier
+    // dump from the real programs.
+    let features = ebpf::probe::Report::probe();
+    if let Some(why) = features.refusal() {
+        anyhow::bail!(why);
+    }
     let cgroups = CgroupFs::discover(config.agent.cgroup_root.as_deref())
         .context("finding the cgroup2 mount")?;
     if let Some(dir) = config.agent.journal.parent() {
@@ -96,6 +103,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             host_id,
             max_bytes: config.evidence.segment_max_bytes,
             max_age: config.evidence.segment_max_age,
+            checkpoint_interval: config.evidence.checkpoint_interval,
         }),
         ..journal::JournalOptions::default()
     };
@@ -125,8 +133,27 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     } else {
         None
     };
-    let attestor = Arc::new(attest::Attestor::new(verifier));
+    let attestor = Arc::new(attest::Attestor::new(verifier).with_state(&config.agent.state_dir));
     let registry = approvals_registry(&config, approvals_socket.clone(), journal.handle())?;
+    // Grants, bindings and used tokens from before the restart, before anything is
+    // served; each restoration is journaled (and a journal that cannot take it fails the
+    // start, like any audit event it could not take).
+    {
+        let mut restored: Vec<crate::state::Restoration> = Vec::new();
+        restored.extend(registry.restore());
+        restored.extend(attestor.restore(std::time::SystemTime::now(), |p| cgroups.id_of(p)));
+        let events: Vec<journal::Event> = restored
+            .iter()
+            .filter_map(crate::state::restored_event)
+            .collect();
+        if !events.is_empty() {
+            journal
+                .handle()
+                .record_durably(&events)
+                .await
+                .context("journaling the restored state")?;
+        }
+    }
     // The decision endpoint, bound before attaching too (a taken port fails the start).
     let decision_listener = match config.approvals.http_listen {
         Some(addr) => Some(
@@ -147,10 +174,22 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     apply(&mut interceptor, &config, &cgroups)?;
     // Lineage is an addition to the audit, not a condition of it: if its tracepoints
     // cannot attach, connections are still intercepted and the reason is logged.
-    let lineage = crate::lineage::start(&mut interceptor, &config.lineage).unwrap_or_else(|e| {
-        error!(error = format!("{e:#}"), "process lineage is unavailable");
-        None
-    });
+    let lineage = match features.lineage_unavailable() {
+        Some(missing) if config.lineage.enabled => {
+            warn!(
+                missing,
+                "process lineage is off: this kernel lacks what it needs; interception goes on"
+            );
+            None
+        }
+        _ => crate::lineage::start(&mut interceptor, &config.lineage).unwrap_or_else(|e| {
+            error!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "process lineage is unavailable"
+            );
+            None
+        }),
+    };
     // Shipping, retention, disk budget: the secret is loaded and the journal directory
     // measured before "ready", so a bad secret fails the start and an agent that starts
     // over budget refuses sessions from the first one.
@@ -382,7 +421,8 @@ fn approvals_registry(
     let a = &config.approvals;
     let mut registry = approvals::Registry::new(socket)
         .with_journal(journal)
-        .with_max_grant(a.max_grant);
+        .with_max_grant(a.max_grant)
+        .with_state(&config.agent.state_dir);
     if let Some(keys) = approvals::token::DecisionKeys::load(a)? {
         registry = registry.with_keys(keys);
     }

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::filter::{end_has_masks, Filter, InputArgs, VerdictClass, Who};
 use crate::journal::{EventRow, EventScan, JournalSet, SegmentInfo, SessionId, SetSession};
+use crate::proxy::postgres::events::kind;
 
 /// A statement's identity across files: journal, session, statement sequence number.
 type StatementKey = (String, SessionId, u64);
@@ -176,7 +177,7 @@ impl Selection {
     ) -> anyhow::Result<HashSet<StatementKey>> {
         let scan = EventScan {
             session,
-            kinds: vec!["statement_end".to_string()],
+            kinds: vec![kind::STATEMENT_END.to_string()],
             ..EventScan::default()
         };
         let mut masked = HashSet::new();
@@ -207,10 +208,10 @@ impl Selection {
         let mut kinds = kinds.to_vec();
         if filter.has_statement() {
             // Statement conditions select statements only.
-            if !kinds.is_empty() && !kinds.iter().any(|k| k == "statement") {
+            if !kinds.is_empty() && !kinds.iter().any(|k| k == kind::STATEMENT) {
                 return Ok(());
             }
-            kinds = vec!["statement".to_string()];
+            kinds = vec![kind::STATEMENT.to_string()];
         }
         let masked = if filter.verdict == Some(VerdictClass::Masked) {
             self.masked_statements(session.map(|s| s.row.id))?

@@ -12,8 +12,9 @@ use crate::evidence::PublicKey;
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Segment files and/or directories (searched recursively for `*.db`, so the journal's
-    /// directory covers the live file and `segments/`).
+    /// Segment files and/or directories (searched recursively for `*.db` and
+    /// `*.checkpoint`, so the journal's directory covers the live file, `segments/` and
+    /// the checkpoints).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// The host's public key: a PEM file (`nhi-agent key export-public`) or the base64url
@@ -46,8 +47,9 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let files = verify::collect_files(&args.paths);
+    let checkpoints = crate::evidence::checkpoint::collect(&args.paths);
     let started = Instant::now();
-    let report = verify::verify_files(&files, &key, hwm.as_ref());
+    let report = verify::verify_files(&files, &checkpoints, &key, hwm.as_ref());
     let secs = started.elapsed().as_secs_f64();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -68,6 +70,14 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
                     s.status,
                     s.path.display()
                 );
+                if let Some(c) = &s.checkpoint {
+                    println!(
+                        "                checkpoint {} at event {}",
+                        c.n,
+                        c.last_event_id
+                            .map_or("none".to_string(), |e| e.to_string())
+                    );
+                }
             }
         }
         for note in &report.notes {
@@ -78,8 +88,12 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             None => println!("FAILED: nothing to verify"),
             Some(d) => {
                 println!(
-                    "DAMAGE: {} in {} (segment {}){}: {}",
+                    "DAMAGE: {}{} in {} (segment {}){}: {}",
                     d.kind.as_str(),
+                    match (d.kind, d.checkpoint) {
+                        (verify::DamageKind::TruncatedBeforeCheckpoint, Some(n)) => format!(" {n}"),
+                        _ => String::new(),
+                    },
                     d.segment
                         .as_ref()
                         .map_or("-".to_string(), |p| p.display().to_string()),

@@ -283,17 +283,21 @@ pub enum Protocol {
     /// `"postgres"`: the PostgreSQL wire protocol is decoded, judged by policy and
     /// journaled statement by statement.
     Postgres,
+    /// `"http"`: HTTP/1.1 and h2 (prior knowledge) requests are decoded, judged by
+    /// policy and journaled request by request.
+    Http,
 }
 
 impl Protocol {
     /// Every protocol, for error messages.
-    const ALL: &'static [Protocol] = &[Protocol::Tcp, Protocol::Postgres];
+    const ALL: &'static [Protocol] = &[Protocol::Tcp, Protocol::Postgres, Protocol::Http];
 
     /// The name used in the configuration and the journal.
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Postgres => "postgres",
+            Protocol::Http => "http",
         }
     }
 }

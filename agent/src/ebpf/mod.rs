@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, Destination};
 
 mod lineage;
+pub mod probe;
 pub use lineage::{LineageOptions, LineageSource, RingWaker};
 
 /// The kernel object built from `agent-ebpf` by `build.rs`.

@@ -4,6 +4,7 @@
 //! [evidence]
 //! segment_max_bytes = "64MiB"   # or an integer number of bytes; KiB/MiB/GiB
 //! segment_max_age = "1h"        # humantime
+//! checkpoint_interval = "10s"   # humantime: the live segment's head is checkpointed at least this often
 //! signing_key = "/var/lib/nhi-agent/signing.key"   # default <state_dir>/signing.key
 //! host_id = "web-01"            # default: <state_dir>/host-id, created once
 //! ```
@@ -18,6 +19,8 @@ use toml::Spanned;
 pub const DEFAULT_SEGMENT_MAX_BYTES: u64 = 64 << 20;
 /// Default `segment_max_age`.
 pub const DEFAULT_SEGMENT_MAX_AGE: Duration = Duration::from_secs(3600);
+/// Default `checkpoint_interval`.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A size: an integer number of bytes or a string with a KiB/MiB/GiB suffix.
 #[derive(Debug, Deserialize)]
@@ -33,6 +36,7 @@ pub enum RawSize {
 pub struct RawEvidence {
     pub segment_max_bytes: Option<Spanned<RawSize>>,
     pub segment_max_age: Option<Spanned<String>>,
+    pub checkpoint_interval: Option<Spanned<String>>,
     pub signing_key: Option<Spanned<String>>,
     pub host_id: Option<Spanned<String>>,
 }
@@ -60,6 +64,9 @@ pub struct EvidenceSettings {
     pub segment_max_bytes: u64,
     /// ... or this old.
     pub segment_max_age: Duration,
+    /// While the live segment's head moves, a signed checkpoint of it is written at
+    /// least this often (see [`super::checkpoint`]).
+    pub checkpoint_interval: Duration,
     /// `None`: `<state_dir>/signing.key`.
     pub signing_key: Option<PathBuf>,
     /// `None`: `<state_dir>/host-id`.
@@ -71,6 +78,7 @@ impl Default for EvidenceSettings {
         EvidenceSettings {
             segment_max_bytes: DEFAULT_SEGMENT_MAX_BYTES,
             segment_max_age: DEFAULT_SEGMENT_MAX_AGE,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             signing_key: None,
             host_id: None,
         }
@@ -115,6 +123,21 @@ impl EvidenceSettings {
                 }
             },
         };
+        let checkpoint_interval = match &raw.checkpoint_interval {
+            None => DEFAULT_CHECKPOINT_INTERVAL,
+            Some(v) => match humantime::parse_duration(v.get_ref()) {
+                Ok(d) if d >= Duration::from_millis(100) => d,
+                _ => {
+                    return Err(EvidenceProblem::at(
+                        v,
+                        format!(
+                            "invalid duration \"{}\" for checkpoint_interval (at least 100ms; examples: \"10s\", \"1m\")",
+                            v.get_ref()
+                        ),
+                    ))
+                }
+            },
+        };
         let signing_key = match &raw.signing_key {
             None => None,
             Some(p) if Path::new(p.get_ref()).is_absolute() => Some(PathBuf::from(p.get_ref())),
@@ -144,6 +167,7 @@ impl EvidenceSettings {
         Ok(EvidenceSettings {
             segment_max_bytes,
             segment_max_age,
+            checkpoint_interval,
             signing_key,
             host_id,
         })
@@ -186,8 +210,13 @@ mod tests {
     #[test]
     fn sizes_and_ages_parse_and_defaults_apply() {
         assert_eq!(parse("").unwrap(), EvidenceSettings::default());
-        let s = parse("[evidence]\nsegment_max_bytes = \"512KiB\"\nsegment_max_age = \"10m\"\nhost_id = \"web-1\"\n").unwrap();
+        let s = parse("[evidence]\nsegment_max_bytes = \"512KiB\"\nsegment_max_age = \"10m\"\nhost_id = \"web-1\"\ncheckpoint_interval = \"2s\"\n").unwrap();
         assert_eq!(s.segment_max_bytes, 512 * 1024);
+        assert_eq!(s.checkpoint_interval, Duration::from_secs(2));
+        assert_eq!(
+            EvidenceSettings::default().checkpoint_interval,
+            Duration::from_secs(10)
+        );
         assert_eq!(s.segment_max_age, Duration::from_secs(600));
         assert_eq!(s.host_id.as_deref(), Some("web-1"));
         assert_eq!(
@@ -217,6 +246,8 @@ mod tests {
             "segment_max_bytes = 0",
             "segment_max_bytes = -5",
             "segment_max_age = \"0s\"",
+            "checkpoint_interval = \"0s\"",
+            "checkpoint_interval = \"often\"",
             "signing_key = \"relative.key\"",
             "host_id = \"has space\"",
         ] {

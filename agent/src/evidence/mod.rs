@@ -28,9 +28,12 @@
 //! The journal is cut into segments (see [`segments`]); each is closed by a seal, a compact
 //! JWS signed with the host's Ed25519 key ([`key`], [`seal`]) that states the segment's
 //! first/last event, event count, last hash, the previous segment's last hash and the
-//! SHA-256 of the previous seal. [`verify`] checks all of it offline.
+//! SHA-256 of the previous seal. Between seals, the live segment's head is stated by
+//! signed checkpoints ([`checkpoint`]) kept outside the live file. [`verify`] checks all
+//! of it offline.
 
 pub mod chain;
+pub mod checkpoint;
 pub mod config;
 pub mod key;
 pub mod seal;

@@ -42,8 +42,17 @@ pub struct SealPayload {
 
 /// Signs `payload` with `key`: the compact JWS string (the exact bytes of a `.seal` file).
 pub fn sign(payload: &SealPayload, key: &HostKey) -> Result<String, EvidenceError> {
+    sign_typed(payload, key, SEAL_TYP)
+}
+
+/// Signs any payload as an EdDSA JWS of type `typ` (seals, checkpoints).
+pub(crate) fn sign_typed<T: serde::Serialize>(
+    payload: &T,
+    key: &HostKey,
+    typ: &str,
+) -> Result<String, EvidenceError> {
     let mut header = Header::new(Algorithm::EdDSA);
-    header.typ = Some(SEAL_TYP.to_string());
+    header.typ = Some(typ.to_string());
     jsonwebtoken::encode(&header, payload, &EncodingKey::from_ed_der(key.pkcs8()))
         .map_err(|source| EvidenceError::Sign { source })
 }
@@ -51,17 +60,26 @@ pub fn sign(payload: &SealPayload, key: &HostKey) -> Result<String, EvidenceErro
 /// Why a seal was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealInvalid {
-    #[error("the seal is not an EdDSA {SEAL_TYP} JWS: {0}")]
+    #[error("not an EdDSA JWS of the expected type: {0}")]
     Format(String),
-    #[error("the seal's signature does not verify with the given key")]
+    #[error("the signature does not verify with the given key")]
     Signature,
 }
 
 /// Checks the signature and type of `jws` with `key` and returns its payload.
 pub fn verify(jws: &str, key: &PublicKey) -> Result<SealPayload, SealInvalid> {
+    verify_typed(jws, key, SEAL_TYP)
+}
+
+/// Checks an EdDSA JWS of type `typ` with `key` and returns its payload.
+pub(crate) fn verify_typed<T: serde::de::DeserializeOwned>(
+    jws: &str,
+    key: &PublicKey,
+    typ: &str,
+) -> Result<T, SealInvalid> {
     let header =
         jsonwebtoken::decode_header(jws).map_err(|e| SealInvalid::Format(e.to_string()))?;
-    if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(SEAL_TYP) {
+    if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(typ) {
         return Err(SealInvalid::Format(format!(
             "alg {:?}, typ {:?}",
             header.alg, header.typ
@@ -72,7 +90,7 @@ pub fn verify(jws: &str, key: &PublicKey) -> Result<SealPayload, SealInvalid> {
     validation.required_spec_claims.clear();
     validation.validate_exp = false;
     validation.validate_aud = false;
-    jsonwebtoken::decode::<SealPayload>(jws, &DecodingKey::from_ed_der(&key.0), &validation)
+    jsonwebtoken::decode::<T>(jws, &DecodingKey::from_ed_der(&key.0), &validation)
         .map(|data| data.claims)
         .map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::InvalidSignature => SealInvalid::Signature,

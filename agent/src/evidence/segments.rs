@@ -428,3 +428,104 @@ fn load_chain_readonly(conn: &Connection) -> rusqlite::Result<ChainState> {
         next_session_id: (max_session + 1).max(meta_i64(conn, "next_session_id")?.unwrap_or(1)),
     })
 }
+
+/// What [`write_checkpoint`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CheckpointOutcome {
+    /// Checkpoint `n` was written.
+    Written(u64),
+    /// The existing checkpoint already names the head (only for `Interval`).
+    Unchanged,
+    /// The live file does not extend the existing checkpoint: it is kept, untouched.
+    Blocked(String),
+}
+
+/// Writes the checkpoint of the live segment in `conn` (the live file of `journal`),
+/// whose committed chain ends at `chain`, numbered `n` — unless the existing checkpoint
+/// of this segment is not extended by the file (see [`super::checkpoint`]).
+pub(crate) fn write_checkpoint(
+    conn: &Connection,
+    journal: &Path,
+    chain: &ChainState,
+    key: &HostKey,
+    host_id: &str,
+    n: u64,
+    reason: super::checkpoint::CheckpointReason,
+) -> Result<CheckpointOutcome, EvidenceError> {
+    use super::checkpoint;
+    let sql = |op| {
+        move |source| EvidenceError::Sqlite {
+            op,
+            path: journal.to_path_buf(),
+            source,
+        }
+    };
+    let journal_id = meta_get(conn, "journal_id")
+        .map_err(sql("read journal_id"))?
+        .unwrap_or_default();
+    let seq = meta_i64(conn, "segment_seq")
+        .map_err(sql("read segment_seq"))?
+        .unwrap_or(1)
+        .max(0) as u64;
+    let first = meta_i64(conn, "segment_first_event_id")
+        .map_err(sql("read segment_first_event_id"))?
+        .unwrap_or(1);
+    let chain_prev = meta_get(conn, "chain_prev_hash")
+        .map_err(sql("read chain_prev_hash"))?
+        .unwrap_or_default();
+    let head = (chain.next_event_id > first).then(|| chain.next_event_id - 1);
+    if let Some(existing) = checkpoint::read(journal, seq)? {
+        let Some(old) = checkpoint::peek(&existing) else {
+            return Ok(CheckpointOutcome::Blocked(format!(
+                "{} is not a checkpoint",
+                checkpoint::path_for(journal, seq).display()
+            )));
+        };
+        if old.journal_id != journal_id || old.segment_seq != seq {
+            return Ok(CheckpointOutcome::Blocked(format!(
+                "checkpoint {} is for journal {} segment {}, the live file is journal {journal_id} segment {seq}",
+                old.n, old.journal_id, old.segment_seq
+            )));
+        }
+        let extends = match old.last_event_id {
+            None => old.last_hash == chain_prev,
+            Some(id) if head.is_some_and(|h| h >= id) => {
+                let stored: Option<Vec<u8>> = conn
+                    .query_row("SELECT hash FROM events WHERE id = ?1", [id], |r| r.get(0))
+                    .optional()
+                    .map_err(sql("read the checkpointed event"))?
+                    .flatten();
+                stored.is_some_and(|h| hex(&h) == old.last_hash)
+            }
+            Some(_) => false,
+        };
+        if !extends {
+            return Ok(CheckpointOutcome::Blocked(format!(
+                "checkpoint {} names event {} ({}) of segment {seq}; the live file ends at {} and does not hold that event with that hash",
+                old.n,
+                old.last_event_id.map_or("none".to_string(), |i| i.to_string()),
+                old.last_hash,
+                head.map_or("no event".to_string(), |h| format!("event {h}")),
+            )));
+        }
+        if old.last_event_id == head && reason == checkpoint::CheckpointReason::Interval {
+            return Ok(CheckpointOutcome::Unchanged);
+        }
+    }
+    let payload = checkpoint::CheckpointPayload {
+        v: 1,
+        host_id: host_id.to_string(),
+        journal_id,
+        segment_seq: seq,
+        n,
+        last_event_id: head,
+        last_hash: hex(&chain.last_hash),
+        at_us: crate::journal::now_us(),
+        reason,
+    };
+    let jws = checkpoint::sign(&payload, key)?;
+    let dir = segments_dir(journal);
+    std::fs::create_dir_all(&dir).map_err(EvidenceError::io("cannot create", &dir))?;
+    write_atomically(&checkpoint::path_for(journal, seq), jws.as_bytes())?;
+    Ok(CheckpointOutcome::Written(n))
+}

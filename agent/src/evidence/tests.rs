@@ -19,6 +19,7 @@ fn options(key: &Arc<HostKey>, max_bytes: u64) -> JournalOptions {
             host_id: "test-host".to_string(),
             max_bytes,
             max_age: Duration::from_secs(3600),
+            checkpoint_interval: Duration::from_secs(10),
         }),
         ..JournalOptions::default()
     }
@@ -113,7 +114,7 @@ async fn write_journal(dir: &Path, key: &Arc<HostKey>) -> PathBuf {
 }
 
 fn verify_dir(dir: &Path, key: &PublicKey) -> Report {
-    verify::verify_files(&verify::collect_files(&[dir.to_path_buf()]), key, None)
+    verify::verify_files(&verify::collect_files(&[dir.to_path_buf()]), &[], key, None)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -346,18 +347,27 @@ async fn verify_names_every_kind_of_damage_and_its_segment() {
         last_hash: payload.last_hash.clone(),
         seal_sha256: super::seal::seal_sha256(&last_seal),
         updated_at_us: 0,
+        checkpoint: None,
     };
     let files = verify::collect_files(&[dir.path().join("segments"), path.clone()]);
-    assert!(verify::verify_files(&files, &public, Some(&hwm)).intact);
+    assert!(verify::verify_files(&files, &[], &public, Some(&hwm)).intact);
     let fewer: Vec<PathBuf> = files
         .iter()
         .filter(|f| !f.ends_with(format!("{:010}.db", last_seq - 1)) && **f != path)
         .cloned()
         .collect();
-    let r = verify::verify_files(&fewer, &public, Some(&hwm));
+    let r = verify::verify_files(&fewer, &[], &public, Some(&hwm));
+    assert!(
+        r.damages
+            .iter()
+            .any(|d| d.kind == DamageKind::BehindHighWaterMark),
+        "{:#?}",
+        r.damages
+    );
+    // The checkpoints next to the files given name the live segment that is not there.
     assert_eq!(
         r.first_damage.map(|d| d.kind),
-        Some(DamageKind::BehindHighWaterMark)
+        Some(DamageKind::LiveSegmentDeleted)
     );
 }
 
@@ -533,4 +543,314 @@ fn verify_survives_the_fuzzed_journal_with_non_utf8_session_text() {
     let r = verify::verify_files(&[path], &key, None);
     assert!(!r.intact);
     assert!(!r.damages.is_empty());
+}
+
+// ------------------------------------------------------------------ checkpoints
+
+fn checkpoint_options(key: &Arc<HostKey>) -> JournalOptions {
+    let mut opts = options(key, 64 << 20);
+    if let Some(seg) = opts.segments.as_mut() {
+        seg.checkpoint_interval = Duration::from_millis(50);
+    }
+    opts
+}
+
+/// The live file's last event id, read as a reader would while the agent runs.
+fn live_head(path: &Path) -> Option<i64> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open");
+    conn.query_row("SELECT MAX(id) FROM events", [], |r| r.get(0))
+        .expect("max")
+}
+
+/// Waits until the checkpoint of segment `seq` names event `head` (the writer writes it
+/// within `checkpoint_interval` of the commit); returns its payload.
+fn wait_checkpoint(path: &Path, seq: u64, head: i64) -> super::checkpoint::CheckpointPayload {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = super::checkpoint::read(path, seq)
+            .expect("read")
+            .and_then(|t| super::checkpoint::peek(&t));
+        if let Some(p) = found.filter(|p| p.last_event_id == Some(head)) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint of event {head}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sessions with statements, committed.
+async fn write_sessions(h: &crate::journal::JournalHandle, from: i64, n: i64) {
+    for s in from..from + n {
+        let id = h
+            .start_session(sample_start(&format!("w{s}"), "db", at_us(s * 10)))
+            .await
+            .expect("start");
+        h.record_durably(&[pg(id, s * 10 + 1)])
+            .await
+            .expect("record");
+        h.end_session(end(id, s * 10 + 2)).await.expect("end");
+    }
+    h.flush().await.expect("flush");
+}
+
+/// A consistent copy of the running journal's live file and its `segments/` (what a
+/// killed agent leaves behind: no seal), in `to`.
+fn snapshot_running(path: &Path, to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).expect("mkdir");
+    let copy = to.join("journal.db");
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open");
+    conn.execute("VACUUM INTO ?1", [copy.to_str().expect("utf-8")])
+        .expect("vacuum into");
+    copy_dir(
+        &path.parent().expect("dir").join("segments"),
+        &to.join("segments"),
+    );
+    copy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_follow_the_head_and_verify_names_a_truncated_or_deleted_live_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = Arc::new(HostKey::generate().expect("key"));
+    let public = key.public();
+    let path = dir.path().join("journal.db");
+    let journal = open(&path, checkpoint_options(&key)).expect("open");
+    let h = journal.handle();
+    // At start: a checkpoint of the empty segment, before any event.
+    let first = super::checkpoint::read(&path, 1)
+        .expect("read")
+        .and_then(|t| super::checkpoint::verify(&t, &public).ok())
+        .expect("startup checkpoint");
+    assert_eq!(first.last_event_id, None);
+    assert_eq!(first.reason, super::checkpoint::CheckpointReason::Startup);
+    write_sessions(&h, 0, 5).await;
+    let head = live_head(&path).expect("events");
+    let cp = wait_checkpoint(&path, 1, head);
+    assert!(cp.n > first.n);
+    // The head moves again: a later checkpoint follows it.
+    write_sessions(&h, 5, 5).await;
+    let head = live_head(&path).expect("events");
+    let cp = wait_checkpoint(&path, 1, head);
+    snapshot_running(&path, &dir.path().join("untouched"));
+    close(journal).await;
+
+    // As the agent left it: intact, the segment reported with its checkpoint.
+    let r = verify_dir(&dir.path().join("untouched"), &public);
+    assert!(r.intact, "{:?}", r.damages);
+    let seg = &r.journals[0].segments[0];
+    assert_eq!(seg.status, "open (not sealed)");
+    assert_eq!(seg.checkpoint.as_ref().map(|c| c.n), Some(cp.n));
+    // The clean stop sealed it and checkpointed the same head: intact too.
+    let r = verify::verify_files(
+        &verify::collect_files(&[path.clone(), dir.path().join("segments")]),
+        &[],
+        &public,
+        None,
+    );
+    assert!(r.intact, "{:?}", r.damages);
+
+    // The tail cut off (an unsealed live file: only the checkpoint can tell).
+    let cut = dir.path().join("cut");
+    copy_dir(&dir.path().join("untouched"), &cut);
+    tamper(
+        &cut.join("journal.db"),
+        &format!("DELETE FROM events WHERE id > {}", head - 4),
+    );
+    let r = verify_dir(&cut, &public);
+    let d = r.first_damage.expect("damage");
+    assert_eq!(
+        d.kind,
+        DamageKind::TruncatedBeforeCheckpoint,
+        "{:?}",
+        r.damages
+    );
+    assert_eq!(d.checkpoint, Some(cp.n));
+    assert_eq!(d.event_id, Some(head - 3));
+    assert!(
+        d.detail
+            .contains(&format!("events {}..={head} are gone", head - 3)),
+        "{}",
+        d.detail
+    );
+
+    // The tail cut off and rewritten with other rows of the same ids.
+    let rewritten = dir.path().join("rewritten");
+    copy_dir(&dir.path().join("untouched"), &rewritten);
+    tamper(
+        &rewritten.join("journal.db"),
+        &format!("UPDATE events SET data = '{{}}', hash = randomblob(32) WHERE id = {head}"),
+    );
+    let r = verify_dir(&rewritten, &public);
+    assert!(r
+        .damages
+        .iter()
+        .any(|d| d.kind == DamageKind::TruncatedBeforeCheckpoint && d.event_id == Some(head)));
+
+    // The live file deleted: its checkpoint names a segment that is not there.
+    let deleted = dir.path().join("deleted");
+    copy_dir(&dir.path().join("untouched"), &deleted);
+    std::fs::remove_file(deleted.join("journal.db")).expect("rm");
+    let r = verify::verify_files(
+        &verify::collect_files(std::slice::from_ref(&deleted)),
+        &super::checkpoint::collect(std::slice::from_ref(&deleted)),
+        &public,
+        None,
+    );
+    let d = r.first_damage.expect("damage");
+    assert_eq!(d.kind, DamageKind::LiveSegmentDeleted, "{:?}", r.damages);
+    assert_eq!(d.checkpoint, Some(cp.n));
+    assert!(!r.intact);
+
+    // A checkpoint signed by another key is not evidence.
+    let forged = dir.path().join("forged");
+    copy_dir(&dir.path().join("untouched"), &forged);
+    let other = HostKey::generate().expect("key");
+    let mut p = cp.clone();
+    p.last_event_id = Some(head - 10);
+    std::fs::write(
+        forged.join("segments").join("0000000001.checkpoint"),
+        super::checkpoint::sign(&p, &other).expect("sign"),
+    )
+    .expect("write");
+    let r = verify_dir(&forged, &public);
+    assert_eq!(
+        r.first_damage.map(|d| d.kind),
+        Some(DamageKind::InvalidCheckpoint)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_file_truncated_while_stopped_is_sealed_as_found_and_its_checkpoint_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = Arc::new(HostKey::generate().expect("key"));
+    let public = key.public();
+    let path = dir.path().join("journal.db");
+    let journal = open(&path, checkpoint_options(&key)).expect("open");
+    write_sessions(&journal.handle(), 0, 5).await;
+    let head = live_head(&path).expect("events");
+    wait_checkpoint(&path, 1, head);
+    close(journal).await;
+    let kept = super::checkpoint::read(&path, 1)
+        .expect("read")
+        .expect("checkpoint");
+    // What a killed agent leaves (no seal), then the tail cut off while it is down.
+    tamper(
+        &path,
+        &format!(
+            "DELETE FROM meta WHERE key = 'seal'; DELETE FROM events WHERE id > {}",
+            head - 3
+        ),
+    );
+    let journal = open(&path, checkpoint_options(&key)).expect("reopen");
+    // The checkpoint of segment 1 is untouched; the journal goes on in segment 2.
+    assert_eq!(
+        super::checkpoint::read(&path, 1).expect("read").as_deref(),
+        Some(kept.as_str())
+    );
+    assert!(segment(dir.path(), 1).exists(), "segment 1 sealed as found");
+    write_sessions(&journal.handle(), 5, 2).await;
+    close(journal).await;
+    assert!(super::checkpoint::read(&path, 2).expect("read").is_some());
+    let r = verify_dir(dir.path(), &public);
+    let d = r.first_damage.expect("damage");
+    assert_eq!(
+        d.kind,
+        DamageKind::TruncatedBeforeCheckpoint,
+        "{:?}",
+        r.damages
+    );
+    assert_eq!(d.segment_seq, Some(1));
+    assert_eq!(d.event_id, Some(head - 2));
+    assert_eq!(r.damages.len(), 1, "{:?}", r.damages);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_water_mark_that_follows_a_checkpoint_catches_a_live_file_cut_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = Arc::new(HostKey::generate().expect("key"));
+    let public = key.public();
+    let path = write_journal(dir.path(), &key).await;
+    let last_seq = super::segments::list_segments(&path).len() as u64 + 1;
+    let base_seal =
+        std::fs::read_to_string(segment(dir.path(), last_seq - 1).with_extension("seal"))
+            .expect("seal");
+    let sp = super::seal::verify(&base_seal, &public).expect("seal");
+    let cp_jws = super::checkpoint::read(&path, last_seq)
+        .expect("read")
+        .expect("the live segment's checkpoint");
+    let base = crate::ship::layout::Hwm {
+        host_id: sp.host_id.clone(),
+        journal_id: sp.journal_id.clone(),
+        segment_seq: sp.segment_seq,
+        last_event_id: sp.last_event_id,
+        last_hash: sp.last_hash.clone(),
+        seal_sha256: super::seal::seal_sha256(&base_seal),
+        updated_at_us: 0,
+        checkpoint: None,
+    };
+    let followed = base
+        .with_checkpoint(&cp_jws, 1)
+        .expect("the next segment's checkpoint");
+    assert!(base.with_checkpoint("not a jws", 1).is_none());
+    let hwm: HighWaterMark =
+        serde_json::from_value(serde_json::to_value(&followed).expect("json")).expect("hwm");
+    let cp = hwm.checkpoint.clone().expect("checkpoint");
+    assert_eq!(cp.segment_seq, last_seq);
+    let cp_event = cp.last_event_id.expect("the live segment has events");
+    let all = |d: &Path| {
+        verify::verify_files(
+            &verify::collect_files(&[d.join("journal.db"), d.join("segments")]),
+            &[],
+            &public,
+            Some(&hwm),
+        )
+    };
+    let r = all(dir.path());
+    assert!(r.intact, "{:?}", r.damages);
+
+    // Upstream holds only the sealed segments: the checkpoint is noted, not a damage.
+    let upstream = dir.path().join("upstream");
+    std::fs::create_dir_all(&upstream).expect("mkdir");
+    for (_, db) in super::segments::list_segments(&path) {
+        for f in [db.clone(), db.with_extension("seal")] {
+            std::fs::copy(&f, upstream.join(f.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let r = verify::verify_files(
+        &verify::collect_files(&[upstream]),
+        &[],
+        &public,
+        Some(&hwm),
+    );
+    assert!(r.intact, "{:?}", r.damages);
+    assert!(
+        r.notes.iter().any(|n| n.contains("live segment")),
+        "{:?}",
+        r.notes
+    );
+
+    // The live file cut back and its local checkpoint removed: the mark still knows.
+    let cut = dir.path().join("cut");
+    copy_dir(&dir.path().join("segments"), &cut.join("segments"));
+    std::fs::copy(&path, cut.join("journal.db")).expect("copy");
+    std::fs::remove_file(
+        cut.join("segments")
+            .join(format!("{last_seq:010}.checkpoint")),
+    )
+    .expect("rm");
+    tamper(
+        &cut.join("journal.db"),
+        &format!("DELETE FROM meta WHERE key = 'seal'; DELETE FROM events WHERE id >= {cp_event}"),
+    );
+    let r = all(&cut);
+    assert!(!r.intact);
+    let d = r
+        .damages
+        .iter()
+        .find(|d| d.kind == DamageKind::BehindHighWaterMark)
+        .unwrap_or_else(|| panic!("{:?}", r.damages));
+    assert_eq!(d.checkpoint, Some(cp.n));
+    assert_eq!(d.event_id, Some(cp_event));
 }

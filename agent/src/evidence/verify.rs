@@ -39,6 +39,12 @@ pub enum DamageKind {
     InvalidSeal,
     /// The file cannot be read as a journal segment.
     Unreadable,
+    /// A segment ends before (or differs from) what its signed checkpoint stated.
+    TruncatedBeforeCheckpoint,
+    /// A checkpoint names a segment after the last one present: the live file is gone.
+    LiveSegmentDeleted,
+    /// A checkpoint's signature or its statements do not hold.
+    InvalidCheckpoint,
 }
 
 impl DamageKind {
@@ -54,6 +60,9 @@ impl DamageKind {
             DamageKind::ModifiedSessionRow => "modified session row",
             DamageKind::InvalidSeal => "invalid seal",
             DamageKind::Unreadable => "unreadable segment",
+            DamageKind::TruncatedBeforeCheckpoint => "live segment truncated before checkpoint",
+            DamageKind::LiveSegmentDeleted => "live segment deleted",
+            DamageKind::InvalidCheckpoint => "invalid checkpoint",
         }
     }
 }
@@ -73,6 +82,9 @@ pub struct Damage {
     pub journal_id: Option<String>,
     pub event_id: Option<i64>,
     pub session_id: Option<i64>,
+    /// The number of the checkpoint the finding is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<u64>,
     pub detail: String,
 }
 
@@ -86,6 +98,18 @@ pub struct SegmentReport {
     pub last_event_id: Option<i64>,
     /// `sealed`, or `open (not sealed)` for a live segment.
     pub status: String,
+    /// The segment's latest checkpoint, when one was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSeen>,
+}
+
+/// A checkpoint as found next to a segment.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointSeen {
+    pub n: u64,
+    pub last_event_id: Option<i64>,
+    pub at_us: i64,
+    pub path: PathBuf,
 }
 
 /// One journal (all segments with one `journal_id`).
@@ -118,6 +142,21 @@ pub struct HighWaterMark {
     pub last_hash: String,
     pub seal_sha256: String,
     pub updated_at_us: i64,
+    /// The latest checkpoint of the live segment after `segment_seq`, when shipping
+    /// followed one (see `ship::layout::Hwm`).
+    #[serde(default)]
+    pub checkpoint: Option<HwmCheckpoint>,
+}
+
+/// A checkpoint as the high-water mark carries it (the JWS is the evidence).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HwmCheckpoint {
+    pub segment_seq: u64,
+    pub n: u64,
+    pub last_event_id: Option<i64>,
+    pub last_hash: String,
+    /// The checkpoint file's exact content (compact JWS).
+    pub jws: String,
 }
 
 /// Collects the `*.db` files under `paths` (directories recursively, files as given).
@@ -317,6 +356,7 @@ impl Checker<'_> {
             journal_id: Some(seg.journal_id.clone()),
             event_id,
             session_id: None,
+            checkpoint: None,
             detail: detail.into(),
         });
     }
@@ -693,6 +733,7 @@ impl Checker<'_> {
                     journal_id: Some(seg.journal_id.clone()),
                     event_id: None,
                     session_id: Some(id),
+                    checkpoint: None,
                     detail: format!("session {id}: {detail}"),
                 });
             }
@@ -790,6 +831,7 @@ impl Checker<'_> {
                     "open (not sealed)"
                 }
                 .to_string(),
+                checkpoint: None,
             });
             // The successor links to what was sealed, so that one damaged segment is not
             // reported again as a broken link.
@@ -812,8 +854,15 @@ impl Checker<'_> {
     }
 }
 
-/// Verifies the segments in `files` with `key`, and against `hwm` when given.
-pub fn verify_files(files: &[PathBuf], key: &PublicKey, hwm: Option<&HighWaterMark>) -> Report {
+/// Verifies the segments in `files` with `key`, their checkpoints (`checkpoints`, and
+/// every `*.checkpoint` in the directory of each file and in its `segments/`), and
+/// against `hwm` when given.
+pub fn verify_files(
+    files: &[PathBuf],
+    checkpoints: &[PathBuf],
+    key: &PublicKey,
+    hwm: Option<&HighWaterMark>,
+) -> Report {
     let mut checker = Checker {
         key,
         damages: Vec::new(),
@@ -833,18 +882,39 @@ pub fn verify_files(files: &[PathBuf], key: &PublicKey, hwm: Option<&HighWaterMa
                 journal_id: None,
                 event_id: None,
                 session_id: None,
+                checkpoint: None,
                 detail: reason,
             }),
         }
     }
     let mut journals = Vec::new();
-    for (journal_id, mut segs) in groups {
+    for segs in groups.values_mut() {
         segs.sort_by_key(|s| s.seq);
-        journals.push(checker.check_journal(&journal_id, &segs));
-        if let Some(h) = hwm.filter(|h| h.journal_id == journal_id) {
-            check_hwm(&mut checker, h, &segs);
+    }
+    // Checkpoints first: a segment cut back before its checkpoint is the cause of what
+    // the rows and session checks then find missing.
+    let checkpoint_files = checkpoint_files(files, checkpoints);
+    let before = checker.damages.len();
+    let seen = check_checkpoints(&mut checker, &checkpoint_files, &groups);
+    // Cut-back or deleted segments come first; a checkpoint that does not verify (like a
+    // seal that does not) after what the segments themselves show.
+    let (invalid_checkpoints, cut_back): (Vec<Damage>, Vec<Damage>) = checker
+        .damages
+        .split_off(before)
+        .into_iter()
+        .partition(|d| d.kind == DamageKind::InvalidCheckpoint);
+    checker.damages.extend(cut_back);
+    for (journal_id, segs) in &groups {
+        let mut report = checker.check_journal(journal_id, segs);
+        for s in &mut report.segments {
+            s.checkpoint = seen.get(&(journal_id.clone(), s.segment_seq)).cloned();
+        }
+        journals.push(report);
+        if let Some(h) = hwm.filter(|h| &h.journal_id == journal_id) {
+            check_hwm(&mut checker, h, segs);
         }
     }
+    checker.damages.extend(invalid_checkpoints);
     if let Some(h) = hwm {
         if !journals.iter().any(|j| j.journal_id == h.journal_id) {
             checker.damages.push(Damage {
@@ -854,6 +924,7 @@ pub fn verify_files(files: &[PathBuf], key: &PublicKey, hwm: Option<&HighWaterMa
                 journal_id: Some(h.journal_id.clone()),
                 event_id: h.last_event_id,
                 session_id: None,
+                checkpoint: None,
                 detail: format!("no segment of journal {} was given", h.journal_id),
             });
         }
@@ -879,8 +950,12 @@ fn check_hwm(checker: &mut Checker<'_>, h: &HighWaterMark, segs: &[Segment]) {
         journal_id: Some(h.journal_id.clone()),
         event_id: h.last_event_id,
         session_id: None,
+        checkpoint: None,
         detail,
     };
+    if let Some(c) = &h.checkpoint {
+        check_hwm_checkpoint(checker, h, c, segs);
+    }
     match segs.iter().find(|s| s.seq == h.segment_seq) {
         Some(seg) => {
             let sha = seg.seal.as_deref().map(seal::seal_sha256);
@@ -903,6 +978,317 @@ fn check_hwm(checker: &mut Checker<'_>, h: &HighWaterMark, segs: &[Segment]) {
             )));
         }
         // Shipped and removed locally by retention: nothing to compare.
+        None => {}
+    }
+}
+
+/// The checkpoint files to check: the given ones and those in the directory of each
+/// segment file and in its `segments/` (deduplicated).
+fn checkpoint_files(files: &[PathBuf], given: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for f in files {
+        if let Some(dir) = f.parent() {
+            dirs.push(dir.to_path_buf());
+            dirs.push(dir.join("segments"));
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    let mut out: Vec<PathBuf> = given.to_vec();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        out.extend(entries.flatten().map(|e| e.path()).filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == super::checkpoint::EXTENSION)
+        }));
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
+    out.sort();
+    out
+}
+
+/// What a segment holds at and up to an event id.
+fn head_of(seg: &Segment) -> Option<i64> {
+    seg.conn
+        .query_row(
+            "SELECT MAX(id) FROM events WHERE id >= ?1",
+            [seg.first_id],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .ok()
+        .flatten()
+}
+
+fn hash_at(seg: &Segment, id: i64) -> Option<Vec<u8>> {
+    seg.conn
+        .query_row("SELECT hash FROM events WHERE id = ?1", [id], |r| {
+            r.get::<_, Option<Vec<u8>>>(0)
+        })
+        .ok()
+        .flatten()
+}
+
+/// How a segment compares with a checkpoint of it: `None` when it holds the
+/// checkpointed head, else the damage kind, the first missing event and a description.
+fn compare_with_checkpoint(
+    seg: &Segment,
+    n: u64,
+    last_event_id: Option<i64>,
+    last_hash: &str,
+    at_us: Option<i64>,
+) -> Option<(DamageKind, Option<i64>, String)> {
+    let id = last_event_id?;
+    let when = at_us
+        .map(|us| {
+            format!(
+                " (taken {})",
+                crate::journal::format_rfc3339_us(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)
+                )
+            )
+        })
+        .unwrap_or_default();
+    let head = head_of(seg);
+    if head.is_none_or(|h| h < id) {
+        let from = head.map_or(seg.first_id, |h| h + 1);
+        let missing = if from == id {
+            format!("event {id} is gone")
+        } else {
+            format!("events {from}..={id} are gone")
+        };
+        return Some((
+            DamageKind::TruncatedBeforeCheckpoint,
+            Some(from),
+            format!(
+                "checkpoint {n}{when} states segment {} up to event {id}; the segment ends at {}: {missing}",
+                seg.seq,
+                head.map_or("no event".to_string(), |h| format!("event {h}")),
+            ),
+        ));
+    }
+    match hash_at(seg, id) {
+        Some(h) if hex(&h) == last_hash => None,
+        Some(_) => Some((
+            DamageKind::TruncatedBeforeCheckpoint,
+            Some(id),
+            format!("event {id} differs from checkpoint {n}{when}: the segment was cut back and rewritten"),
+        )),
+        None => Some((
+            DamageKind::TruncatedBeforeCheckpoint,
+            Some(id),
+            format!("event {id}, the head of checkpoint {n}{when}, is gone"),
+        )),
+    }
+}
+
+/// Checks every checkpoint against the segment it names; returns the checkpoints seen
+/// by (journal id, segment seq).
+fn check_checkpoints(
+    checker: &mut Checker<'_>,
+    files: &[PathBuf],
+    groups: &BTreeMap<String, Vec<Segment>>,
+) -> HashMap<(String, u64), CheckpointSeen> {
+    let mut seen = HashMap::new();
+    for path in files {
+        let damage = |kind, seq: Option<u64>, journal: Option<&str>, n, event_id, detail| Damage {
+            kind,
+            segment: Some(path.clone()),
+            segment_seq: seq,
+            journal_id: journal.map(str::to_owned),
+            event_id,
+            session_id: None,
+            checkpoint: n,
+            detail,
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                checker.damages.push(damage(
+                    DamageKind::InvalidCheckpoint,
+                    None,
+                    None,
+                    None,
+                    None,
+                    format!("cannot read it: {e}"),
+                ));
+                continue;
+            }
+        };
+        let p = match super::checkpoint::verify(text.trim_end(), checker.key) {
+            Ok(p) => p,
+            Err(e) => {
+                checker.damages.push(damage(
+                    DamageKind::InvalidCheckpoint,
+                    None,
+                    None,
+                    None,
+                    None,
+                    e.to_string(),
+                ));
+                continue;
+            }
+        };
+        let named = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u64>().ok());
+        if named != Some(p.segment_seq) {
+            checker.damages.push(damage(
+                DamageKind::InvalidCheckpoint,
+                Some(p.segment_seq),
+                Some(&p.journal_id),
+                Some(p.n),
+                None,
+                format!(
+                    "checkpoint {} is of segment {}, stored under another name",
+                    p.n, p.segment_seq
+                ),
+            ));
+            continue;
+        }
+        let segs = groups.get(&p.journal_id).map(Vec::as_slice).unwrap_or(&[]);
+        match segs.iter().find(|s| s.seq == p.segment_seq) {
+            Some(seg) => {
+                seen.insert(
+                    (p.journal_id.clone(), p.segment_seq),
+                    CheckpointSeen {
+                        n: p.n,
+                        last_event_id: p.last_event_id,
+                        at_us: p.at_us,
+                        path: path.clone(),
+                    },
+                );
+                // A valid seal that reaches the checkpointed head already speaks for the
+                // segment (its own checks name any truncation); a seal short of it was
+                // made after the live file was cut back.
+                let sealed_past = seg
+                    .seal
+                    .as_deref()
+                    .and_then(|jws| seal::verify(jws, checker.key).ok())
+                    .is_some_and(|sp| sp.last_event_id >= p.last_event_id);
+                if sealed_past {
+                    continue;
+                }
+                if let Some((kind, event_id, detail)) =
+                    compare_with_checkpoint(seg, p.n, p.last_event_id, &p.last_hash, Some(p.at_us))
+                {
+                    checker.damages.push(Damage {
+                        segment: Some(seg.path.clone()),
+                        ..damage(
+                            kind,
+                            Some(p.segment_seq),
+                            Some(&p.journal_id),
+                            Some(p.n),
+                            event_id,
+                            detail,
+                        )
+                    });
+                }
+            }
+            None if segs.last().is_none_or(|last| last.seq < p.segment_seq) => {
+                checker.damages.push(damage(
+                    DamageKind::LiveSegmentDeleted,
+                    Some(p.segment_seq),
+                    Some(&p.journal_id),
+                    Some(p.n),
+                    p.last_event_id,
+                    format!(
+                        "checkpoint {} states segment {} of journal {} up to event {}; no file of that segment was found",
+                        p.n,
+                        p.segment_seq,
+                        p.journal_id,
+                        p.last_event_id.map_or("none".to_string(), |i| i.to_string())
+                    ),
+                ));
+            }
+            // Earlier segments not given (or removed by retention after shipping), or a
+            // gap the sequence check reports as a missing segment.
+            None => {}
+        }
+    }
+    seen
+}
+
+/// The journal must reach the checkpoint upstream holds.
+fn check_hwm_checkpoint(
+    checker: &mut Checker<'_>,
+    h: &HighWaterMark,
+    c: &HwmCheckpoint,
+    segs: &[Segment],
+) {
+    let behind = |detail: String, event_id| Damage {
+        kind: DamageKind::BehindHighWaterMark,
+        segment: None,
+        segment_seq: Some(c.segment_seq),
+        journal_id: Some(h.journal_id.clone()),
+        event_id,
+        session_id: None,
+        checkpoint: Some(c.n),
+        detail,
+    };
+    match super::checkpoint::verify(&c.jws, checker.key) {
+        Ok(p)
+            if p.segment_seq == c.segment_seq
+                && p.n == c.n
+                && p.last_event_id == c.last_event_id
+                && p.last_hash == c.last_hash
+                && p.journal_id == h.journal_id => {}
+        Ok(_) => {
+            checker.damages.push(Damage {
+                kind: DamageKind::InvalidCheckpoint,
+                ..behind(
+                    "the high-water mark's checkpoint fields differ from its signed checkpoint"
+                        .into(),
+                    None,
+                )
+            });
+            return;
+        }
+        Err(e) => {
+            checker.damages.push(Damage {
+                kind: DamageKind::InvalidCheckpoint,
+                ..behind(format!("the high-water mark's checkpoint: {e}"), None)
+            });
+            return;
+        }
+    }
+    match segs.iter().find(|s| s.seq == c.segment_seq) {
+        Some(seg) => {
+            if let Some((_, event_id, detail)) =
+                compare_with_checkpoint(seg, c.n, c.last_event_id, &c.last_hash, None)
+            {
+                checker.damages.push(Damage {
+                    segment: Some(seg.path.clone()),
+                    ..behind(format!("the high-water mark's {detail}"), event_id)
+                });
+            }
+        }
+        // Exactly the sealed segments up to the mark (an upstream copy: live segments
+        // are shipped once sealed): the checkpoint is about the host's live file.
+        None if segs.last().is_some_and(|last| last.seq == h.segment_seq)
+            && segs.iter().all(|s| s.seal.is_some()) =>
+        {
+            checker.notes.push(format!(
+                "the high-water mark also holds checkpoint {} of live segment {} (up to event {}): \
+                 these files end with the last shipped segment; verify the host's journal \
+                 directory with this mark to check its live segment",
+                c.n,
+                c.segment_seq,
+                c.last_event_id.map_or("none".to_string(), |e| e.to_string())
+            ));
+        }
+        None if segs.last().is_none_or(|last| last.seq < c.segment_seq) => {
+            checker.damages.push(behind(
+                format!(
+                    "upstream holds checkpoint {} of segment {} (event {:?}); the journal ends before that segment",
+                    c.n, c.segment_seq, c.last_event_id
+                ),
+                c.last_event_id,
+            ));
+        }
         None => {}
     }
 }

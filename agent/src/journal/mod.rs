@@ -330,6 +330,9 @@ pub struct SegmentOptions {
     pub max_bytes: u64,
     /// ...or this old.
     pub max_age: Duration,
+    /// The live segment's head is checkpointed at least this often while it moves
+    /// (see [`crate::evidence::checkpoint`]).
+    pub checkpoint_interval: Duration,
 }
 
 /// Counters kept by the writer, for metrics and for tests that check batching.
@@ -419,7 +422,46 @@ pub(crate) struct Durability {
 /// a previous agent left behind (see [`prelog`]), closes the sessions it left open, and
 /// starts the writer thread.
 pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> {
-    let (mut conn, chain_state) = open_live(path, opts.segments.as_ref())?;
+    let (mut conn, mut chain_state) = open_live(path, opts.segments.as_ref())?;
+    // The live file as found must extend its last checkpoint; checked before anything
+    // (recovery included) is written to it.
+    let segmenter = match &opts.segments {
+        None => None,
+        Some(seg_opts) => {
+            let mut segmenter = writer::Segmenter {
+                opts: seg_opts.clone(),
+                path: path.to_path_buf(),
+                started: std::time::Instant::now(),
+                retry_at: None,
+                checkpoint_n: crate::evidence::checkpoint::highest_n(path),
+                checkpointed_at: std::time::Instant::now(),
+                checkpointed_next: None,
+                checkpoint_blocked: false,
+            };
+            use crate::evidence::checkpoint::CheckpointReason;
+            segmenter.checkpoint(&conn, &chain_state, CheckpointReason::Startup);
+            if segmenter.checkpoint_blocked {
+                tracing::error!(
+                    path = %path.display(),
+                    "the live journal segment was truncated, deleted or replaced while the agent \
+                     was stopped: it is sealed as found and the journal continues in a new segment"
+                );
+                conn = writer::rotate(
+                    conn,
+                    path,
+                    &chain_state,
+                    seg_opts,
+                    crate::evidence::SealReason::Startup,
+                    None,
+                )?;
+                chain_state = crate::evidence::segments::load_chain(&conn)
+                    .map_err(JournalError::sqlite("load the chain"))?;
+                segmenter.rotated();
+                segmenter.checkpoint(&conn, &chain_state, CheckpointReason::Rotation);
+            }
+            Some(segmenter)
+        }
+    };
     let mut chain = writer::Chain::new(chain_state);
     let prelog_path = prelog::path_for(path);
     let prelog_file = prelog::open_file(&prelog_path)?;
@@ -459,12 +501,7 @@ pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> 
         opts.batch_max.max(1),
         writer::PrelogIngest::new(Arc::clone(&prelog), writer_file, next_seq - 1, durable_tx),
         chain,
-        opts.segments.map(|opts| writer::Segmenter {
-            opts,
-            path: path.to_path_buf(),
-            started: std::time::Instant::now(),
-            retry_at: None,
-        }),
+        segmenter,
     )?;
     Ok(Journal {
         handle: JournalHandle {

@@ -275,6 +275,16 @@ pub(crate) struct Segmenter {
     pub(crate) started: Instant,
     /// After a failed rotation, the next attempt waits until then.
     pub(crate) retry_at: Option<Instant>,
+    /// The number of the last checkpoint written (numbering goes on across restarts).
+    pub(crate) checkpoint_n: u64,
+    /// When the last checkpoint was written (or attempted).
+    pub(crate) checkpointed_at: Instant,
+    /// The chain's `next_event_id` the last checkpoint names: nothing to do while it
+    /// has not moved. `None` after a rotation.
+    pub(crate) checkpointed_next: Option<i64>,
+    /// Set when the live file does not extend its checkpoint: that checkpoint is kept
+    /// as evidence and none is written until the next rotation.
+    pub(crate) checkpoint_blocked: bool,
 }
 
 impl Segmenter {
@@ -287,6 +297,76 @@ impl Segmenter {
             .max(self.started + self.opts.max_age);
         due.saturating_duration_since(now)
             .max(std::time::Duration::from_millis(10))
+    }
+
+    /// Whether the head moved since the last checkpoint (and checkpoints are possible).
+    fn checkpoint_dirty(&self, chain: &ChainState) -> bool {
+        !self.checkpoint_blocked && self.checkpointed_next != Some(chain.next_event_id)
+    }
+
+    /// How long until a checkpoint is due, if one will be.
+    fn time_to_checkpoint(&self, chain: &ChainState) -> Option<std::time::Duration> {
+        self.checkpoint_dirty(chain).then(|| {
+            (self.checkpointed_at + self.opts.checkpoint_interval)
+                .saturating_duration_since(Instant::now())
+                .max(std::time::Duration::from_millis(10))
+        })
+    }
+
+    /// Writes a checkpoint of the live segment in `conn` whose committed chain ends at
+    /// `chain` (see [`crate::evidence::checkpoint`]). A failure is logged; the next
+    /// attempt comes an interval later.
+    pub(crate) fn checkpoint(
+        &mut self,
+        conn: &Connection,
+        chain: &ChainState,
+        reason: crate::evidence::checkpoint::CheckpointReason,
+    ) {
+        if self.checkpoint_blocked {
+            return;
+        }
+        self.checkpointed_at = Instant::now();
+        match segments::write_checkpoint(
+            conn,
+            &self.path,
+            chain,
+            &self.opts.key,
+            &self.opts.host_id,
+            self.checkpoint_n + 1,
+            reason,
+        ) {
+            Ok(segments::CheckpointOutcome::Written(n)) => {
+                self.checkpoint_n = n;
+                self.checkpointed_next = Some(chain.next_event_id);
+                tracing::debug!(
+                    n,
+                    ?reason,
+                    next_event_id = chain.next_event_id,
+                    "journal checkpoint written"
+                );
+            }
+            Ok(segments::CheckpointOutcome::Unchanged) => {
+                self.checkpointed_next = Some(chain.next_event_id);
+            }
+            Ok(segments::CheckpointOutcome::Blocked(why)) => {
+                tracing::error!(
+                    why,
+                    "the live journal segment does not extend its last checkpoint (truncated, \
+                     deleted or replaced?): the checkpoint is kept as evidence and no new one is \
+                     written until the next rotation; `nhi-agent verify` reports the damage"
+                );
+                self.checkpoint_blocked = true;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the journal checkpoint; retrying after the interval");
+            }
+        }
+    }
+
+    /// After a rotation: the new segment starts with no checkpoint of this process.
+    pub(crate) fn rotated(&mut self) {
+        self.checkpoint_blocked = false;
+        self.checkpointed_next = None;
     }
 
     /// Why the live segment should be rotated now, if it should.
@@ -586,7 +666,11 @@ impl Writer {
             let wake_in = if self.prelog.failing {
                 Some(RETRY)
             } else {
-                self.segments.as_ref().map(Segmenter::time_to_due)
+                self.segments.as_ref().map(|seg| {
+                    let rotation = seg.time_to_due();
+                    seg.time_to_checkpoint(&self.chain.state)
+                        .map_or(rotation, |c| c.min(rotation))
+                })
             };
             let first = match (&timer, wake_in) {
                 (Some(timer), Some(wake_in)) => {
@@ -629,6 +713,7 @@ impl Writer {
             }
             if drain.is_none() {
                 self.maybe_rotate()?;
+                self.maybe_checkpoint();
             }
         }
 
@@ -638,8 +723,8 @@ impl Writer {
         self.prelog.maybe_truncate(true);
 
         // A clean stop seals the live segment in place; the next start moves it into
-        // segments/ before writing anything.
-        if let Some(seg) = &self.segments {
+        // segments/ before writing anything. The last checkpoint names the same head.
+        if let Some(seg) = self.segments.as_mut() {
             if let Err(e) = segments::seal_in_place(
                 &self.conn,
                 &self.chain.state,
@@ -650,6 +735,11 @@ impl Writer {
             ) {
                 tracing::error!(error = %super::error_chain(&e), "cannot seal the journal at shutdown");
             }
+            seg.checkpoint(
+                &self.conn,
+                &self.chain.state,
+                crate::evidence::checkpoint::CheckpointReason::Shutdown,
+            );
         }
 
         // Closing the last connection checkpoints the WAL into the main file and removes it,
@@ -690,6 +780,13 @@ impl Writer {
                 self.conn = next;
                 seg.started = Instant::now();
                 seg.retry_at = None;
+                // The new segment's first checkpoint: its deletion is detectable at once.
+                seg.rotated();
+                seg.checkpoint(
+                    &self.conn,
+                    &self.chain.state,
+                    crate::evidence::checkpoint::CheckpointReason::Rotation,
+                );
             }
             Err(e) => {
                 tracing::error!(
@@ -703,6 +800,22 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Between batches: checkpoints the head when it moved and the interval has passed.
+    fn maybe_checkpoint(&mut self) {
+        let Some(seg) = self.segments.as_mut() else {
+            return;
+        };
+        if seg.checkpoint_dirty(&self.chain.state)
+            && seg.checkpointed_at.elapsed() >= seg.opts.checkpoint_interval
+        {
+            seg.checkpoint(
+                &self.conn,
+                &self.chain.state,
+                crate::evidence::checkpoint::CheckpointReason::Interval,
+            );
+        }
     }
 
     /// Takes what is already queued, up to `batch_max`.

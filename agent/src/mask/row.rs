@@ -24,16 +24,19 @@ pub struct ColumnInfo<'a> {
 }
 
 /// What was masked in one column by one rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct MaskedColumn {
     /// The column name; `#N` (1-based position) for a column the RowDescription did
     /// not announce.
     pub column: String,
     /// The rule's name; `(unannounced column)` for such a column.
+    #[serde(default)]
     pub rule: String,
     /// `redact`, `partial` or `hash`; `null` for an unannounced column.
-    pub strategy: &'static str,
+    #[serde(default)]
+    pub strategy: std::borrow::Cow<'static, str>,
     /// How many values (not substrings) were changed.
+    #[serde(default)]
     pub values: u64,
 }
 
@@ -294,7 +297,7 @@ impl RowMasker {
                         out.push(MaskedColumn {
                             column: self.names[index].clone(),
                             rule: rule.name().to_owned(),
-                            strategy: rule.strategy_name(),
+                            strategy: rule.strategy_name().into(),
                             values,
                         });
                     }
@@ -305,7 +308,7 @@ impl RowMasker {
             out.push(MaskedColumn {
                 column: format!("#{}", index + 1),
                 rule: "(unannounced column)".to_owned(),
-                strategy: "null",
+                strategy: "null".into(),
                 values,
             });
         }

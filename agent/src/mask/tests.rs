@@ -613,19 +613,19 @@ fn text_row_masks_columns_and_detected_substrings() {
             MaskedColumn {
                 column: "EMAIL".into(),
                 rule: "contact".into(),
-                strategy: "redact",
+                strategy: "redact".into(),
                 values: 1
             },
             MaskedColumn {
                 column: "note".into(),
                 rule: "contact".into(),
-                strategy: "redact",
+                strategy: "redact".into(),
                 values: 1
             },
             MaskedColumn {
                 column: "total".into(),
                 rule: "contact".into(),
-                strategy: "redact",
+                strategy: "redact".into(),
                 values: 1
             },
         ]
@@ -721,7 +721,12 @@ strategy = "hash"
     assert_eq!(
         stats
             .iter()
-            .map(|c| (c.column.as_str(), c.rule.as_str(), c.strategy, c.values))
+            .map(|c| (
+                c.column.as_str(),
+                c.rule.as_str(),
+                c.strategy.as_ref(),
+                c.values
+            ))
             .collect::<Vec<_>>(),
         vec![
             ("card", "cards", "partial", 1),
@@ -947,7 +952,7 @@ fn rows_wider_or_narrower_than_the_plan() {
         Some(&MaskedColumn {
             column: "#3".into(),
             rule: "(unannounced column)".into(),
-            strategy: "null",
+            strategy: "null".into(),
             values: 1
         })
     );

@@ -51,12 +51,18 @@
 //! `true`/`false`; other values never match. A policy with `claims` never matches an
 //! unattested session. `attested = false` with `claims` is an error (it could never match).
 //!
+//! HTTP targets are judged by the rules' HTTP conditions instead (`methods`, `paths`,
+//! `hosts`, `headers`: see [`http`] and [`Policy::decide_http`]); a rule sets SQL
+//! conditions or HTTP ones, never both, and a rule with neither matches every request
+//! of either protocol.
+//!
 //! Unknown keys are errors. An empty `kinds`/`tables`/`functions` list is an error
 //! (it could never match). Table and function names are compared through
 //! [`name_candidates`]: `users` also matches `public.users` and
 //! `pg_catalog.users`, and `public.users` also matches `users`.
 #![forbid(unsafe_code)]
 
+pub mod http;
 mod raw;
 mod sql;
 
@@ -191,10 +197,30 @@ struct Rule {
     functions: Option<GlobSet>,
     without_where: bool,
     text: Option<Regex>,
+    /// HTTP conditions; a rule sets SQL conditions or HTTP ones, never both.
+    http: http::HttpMatch,
 }
 
 impl Rule {
+    /// Whether the rule sets any SQL condition.
+    fn has_sql(&self) -> bool {
+        self.kinds.is_some()
+            || self.tables.is_some()
+            || self.functions.is_some()
+            || self.without_where
+            || self.text.is_some()
+    }
+
+    /// An HTTP request: the rule's HTTP conditions (a rule with SQL conditions is not
+    /// about HTTP; one with no condition at all matches every request).
+    fn matches_http(&self, request: &http::HttpRequestInfo<'_>) -> bool {
+        !self.has_sql() && self.http.matches(request)
+    }
+
     fn matches(&self, statement: &StatementInfo) -> bool {
+        if self.http.is_set() {
+            return false;
+        }
         // Cheapest conditions first; the regex last.
         if statement.opaque && self.kinds.is_none() && self.text.is_none() {
             return false;
@@ -489,6 +515,15 @@ impl Policy {
         }
     }
 
+    /// The verdict for an HTTP request: the first rule whose HTTP conditions match (rules
+    /// with SQL conditions are skipped), else `default`.
+    pub fn decide_http(&self, request: &http::HttpRequestInfo<'_>) -> (Verdict, Option<&str>) {
+        match self.rules.iter().find(|rule| rule.matches_http(request)) {
+            Some(rule) => (rule.verdict, Some(rule.name.as_str())),
+            None => (self.default, None),
+        }
+    }
+
     /// The verdict for a message: see the module documentation. An analysis without
     /// statements is allowed with no rule.
     pub fn decide(&self, analysis: &Analysis) -> Decision {
@@ -537,6 +572,28 @@ impl Rule {
             ));
         }
         let verdict = Verdict::parse(&raw.verdict, "verdict")?;
+        let http_match = http::HttpMatch::from_raw(
+            name,
+            raw.methods.as_deref(),
+            raw.paths.as_deref(),
+            raw.hosts.as_deref(),
+            raw.headers.as_ref(),
+        )?;
+        let sql_keys = raw.kinds.is_some()
+            || raw.tables.is_some()
+            || raw.functions.is_some()
+            || raw.without_where.is_some()
+            || raw.text.is_some();
+        if sql_keys && http_match.is_set() {
+            return Err(PolicyProblem::at(
+                &raw.name,
+                format!(
+                    "rule \"{name}\" mixes SQL conditions (kinds, tables, functions, \
+                     without_where, text) with HTTP ones (methods, paths, hosts, headers); \
+                     a rule is about one protocol: split it in two"
+                ),
+            ));
+        }
         let kinds = raw
             .kinds
             .as_ref()
@@ -601,6 +658,7 @@ impl Rule {
             functions,
             without_where: raw.without_where.unwrap_or(false),
             text,
+            http: http_match,
         })
     }
 }

@@ -39,4 +39,9 @@ pub struct RawRule {
     pub(super) functions: Option<Vec<Spanned<String>>>,
     pub(super) without_where: Option<bool>,
     pub(super) text: Option<Spanned<String>>,
+    /// HTTP (see `super::http`).
+    pub(super) methods: Option<Vec<Spanned<String>>>,
+    pub(super) paths: Option<Vec<Spanned<String>>>,
+    pub(super) hosts: Option<Vec<Spanned<String>>>,
+    pub(super) headers: Option<std::collections::BTreeMap<String, Spanned<String>>>,
 }

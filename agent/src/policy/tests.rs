@@ -1350,3 +1350,133 @@ fn very_long_operator_chains_are_opaque_instead_of_overflowing_the_stack() {
     );
     assert!(!insert.statements[0].opaque);
 }
+
+// ---------------------------------------------------------------------------
+// HTTP rules
+// ---------------------------------------------------------------------------
+
+fn request<'a>(
+    method: &'a str,
+    host: Option<&'a str>,
+    path: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+) -> http::HttpRequestInfo<'a> {
+    http::HttpRequestInfo {
+        method,
+        host,
+        path,
+        headers,
+    }
+}
+
+const HTTP_POLICY: &str = r#"
+[[policy]]
+name = "api"
+default = "allow"
+
+[[policy.rule]]
+name = "no-sql-here"
+verdict = "deny"
+kinds = ["drop"]
+
+[[policy.rule]]
+name = "no-admin-deletes"
+verdict = "deny"
+methods = ["delete", "PUT"]
+paths = ["/admin/**"]
+
+[[policy.rule]]
+name = "prod-keys"
+verdict = "approve"
+paths = ["/v1/*/keys"]
+hosts = ["*.corp"]
+headers = { "X-Env" = "prod*" }
+
+[[policy.rule]]
+name = "everything-else-on-billing"
+verdict = "approve"
+hosts = ["billing.internal"]
+"#;
+
+#[test]
+fn http_rules_match_method_path_host_and_headers() {
+    let p = policy(HTTP_POLICY);
+    let decide = |r: http::HttpRequestInfo<'_>| {
+        let (v, rule) = p.decide_http(&r);
+        (v, rule.map(str::to_owned))
+    };
+    let deny = (Verdict::Deny, Some("no-admin-deletes".to_string()));
+    assert_eq!(
+        decide(request("DELETE", None, "/admin", &[])),
+        deny,
+        "/x/** covers /x"
+    );
+    assert_eq!(decide(request("delete", None, "/admin/", &[])), deny);
+    assert_eq!(decide(request("PUT", None, "/admin/users/7", &[])), deny);
+    assert_eq!(
+        decide(request("GET", None, "/admin/users", &[])).0,
+        Verdict::Allow
+    );
+    assert_eq!(
+        decide(request("DELETE", None, "/administrator", &[])).0,
+        Verdict::Allow
+    );
+    // `*` stays in one segment; hosts are case-insensitive; every header listed must match.
+    let prod = [("x-env", "production")];
+    let held = (Verdict::Approve, Some("prod-keys".to_string()));
+    assert_eq!(
+        decide(request("GET", Some("API.corp"), "/v1/acme/keys", &prod)),
+        held
+    );
+    assert_eq!(
+        decide(request("GET", Some("api.corp"), "/v1/a/b/keys", &prod)).0,
+        Verdict::Allow
+    );
+    assert_eq!(
+        decide(request(
+            "GET",
+            Some("api.corp"),
+            "/v1/acme/keys",
+            &[("x-env", "dev")]
+        ))
+        .0,
+        Verdict::Allow
+    );
+    assert_eq!(
+        decide(request("GET", None, "/v1/acme/keys", &prod)).0,
+        Verdict::Allow,
+        "no host: no match"
+    );
+    // A rule without SQL keys matches any request of its hosts; SQL rules never match HTTP.
+    assert_eq!(
+        decide(request("GET", Some("billing.internal"), "/", &[])),
+        (
+            Verdict::Approve,
+            Some("everything-else-on-billing".to_string())
+        )
+    );
+    // ... and HTTP rules never match SQL statements.
+    let analysis = analyze("drop table t; delete from admin");
+    assert_eq!(p.decide(&analysis).rule.as_deref(), Some("no-sql-here"));
+}
+
+#[test]
+fn http_rule_keys_are_validated() {
+    let base = "[[policy]]\n[[policy.rule]]\nname = \"r\"\nverdict = \"deny\"\n";
+    for (keys, needle) in [
+        ("methods = []", "can never match"),
+        ("methods = [\"GE T\"]", "invalid method"),
+        ("paths = [\"admin\"]", "must start with `/`"),
+        ("paths = [\"/a[\"]", "invalid path glob"),
+        ("hosts = [\"a[\"]", "invalid host glob"),
+        ("headers = { \"x y\" = \"1\" }", "invalid header name"),
+        (
+            "kinds = [\"drop\"]\nmethods = [\"GET\"]",
+            "mixes SQL conditions",
+        ),
+        ("mehtods = [\"GET\"]", "unknown field"),
+    ] {
+        let err = try_policies(&format!("{base}{keys}\n")).expect_err(keys);
+        assert!(err.message.contains(needle), "{keys}: {}", err.message);
+    }
+}

@@ -4,6 +4,7 @@
 //! Architecture invariant: an audited connection's session row is committed to the
 //! journal before the agent opens the upstream connection. If the journal refuses, the
 //! client connection is reset and the reason logged; nothing is forwarded unrecorded.
+pub mod http;
 pub mod postgres;
 mod relay;
 
@@ -56,7 +57,7 @@ pub struct Shared {
     /// Cancel keys of live PostgreSQL sessions.
     pub cancel_keys: postgres::CancelKeys,
     /// Who decides on held statements; `None`: holds expire (are denied) at their timeout.
-    pub approvals: Option<Arc<dyn postgres::Approver>>,
+    pub approvals: Option<Arc<dyn crate::session::Approver>>,
     /// Process lineage of intercepted cgroups; `None` when `[lineage] enabled = false`.
     pub lineage: Option<Arc<crate::lineage::Lineage>>,
     /// The disk budget flag (see [`crate::ship::Budget`]): while it is exceeded, new
@@ -351,7 +352,10 @@ async fn handle(
     let refuse = shared.budget.exceeded();
     if let Some(why) = &refuse {
         error!(workload = %workload_name, %orig_dst, target = %target.name, reason = %why, "refusing a new session: disk budget exceeded");
-        if target.protocol != crate::config::Protocol::Postgres {
+        if !matches!(
+            target.protocol,
+            crate::config::Protocol::Postgres | crate::config::Protocol::Http
+        ) {
             reset(client);
             return;
         }
@@ -445,6 +449,31 @@ async fn handle(
             process: requester,
         };
         postgres::serve(ctx, client, cancel).await
+    } else if target.protocol == crate::config::Protocol::Http {
+        let rules = Arc::new(snapshot.pg.rules_for(
+            config,
+            &workload_name,
+            &target.name,
+            claims.as_ref(),
+        ));
+        let ctx = http::HttpContext {
+            id,
+            journal: &shared.journal,
+            target,
+            rules,
+            orig_dst,
+            connect_timeout: config.agent.connect_timeout,
+            idle_timeout: config.agent.idle_timeout,
+            approvals: shared.approvals.clone(),
+            requester: crate::session::Requester {
+                session: id,
+                workload: workload_name.clone(),
+                target: target.name.clone(),
+                process: requester,
+            },
+            refuse,
+        };
+        http::serve(ctx, client, cancel).await
     } else {
         match connect(orig_dst, config.agent.connect_timeout).await {
             Ok(upstream) => {

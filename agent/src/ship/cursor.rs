@@ -30,6 +30,9 @@ pub struct JournalCursor {
     pub beyond_gap: BTreeMap<u64, String>,
     /// When the cursor last moved (µs since the epoch).
     pub updated_at_us: i64,
+    /// The last high-water mark confirmed upstream (the base a checkpoint extends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hwm: Option<super::layout::Hwm>,
 }
 
 /// The whole cursor file.
@@ -119,6 +122,7 @@ mod tests {
                 seal_sha256: Some("ab".into()),
                 beyond_gap: [(6, "cd".to_owned())].into(),
                 updated_at_us: 5,
+                hwm: None,
             },
         );
         c.store(&path).unwrap();

@@ -45,7 +45,9 @@ fn key_component(id: &str) -> String {
 }
 
 /// The high-water mark object (contract format): the last segment shipped without a
-/// gap before it. `verify --hwm FILE` compares a local journal against it.
+/// gap before it and, once the live segment after it has a checkpoint, that checkpoint
+/// (signed: its JWS is in the object). `verify --hwm FILE` compares a local journal
+/// against both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hwm {
     pub host_id: String,
@@ -55,7 +57,11 @@ pub struct Hwm {
     pub last_hash: String,
     pub seal_sha256: String,
     pub updated_at_us: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<HwmCheckpoint>,
 }
+
+pub use crate::evidence::verify::HwmCheckpoint;
 
 impl Hwm {
     /// The mark for `segment`, at `now_us`.
@@ -68,7 +74,28 @@ impl Hwm {
             last_hash: segment.payload.last_hash.clone(),
             seal_sha256: segment.seal_sha256.clone(),
             updated_at_us: now_us,
+            checkpoint: None,
         }
+    }
+
+    /// This mark followed by the checkpoint `jws` of the segment after it (`None` when
+    /// it is not a checkpoint of that segment of this journal).
+    pub fn with_checkpoint(&self, jws: &str, now_us: i64) -> Option<Hwm> {
+        let p = crate::evidence::checkpoint::peek(jws)?;
+        if p.journal_id != self.journal_id || p.segment_seq != self.segment_seq + 1 {
+            return None;
+        }
+        Some(Hwm {
+            checkpoint: Some(HwmCheckpoint {
+                segment_seq: p.segment_seq,
+                n: p.n,
+                last_event_id: p.last_event_id,
+                last_hash: p.last_hash,
+                jws: jws.to_string(),
+            }),
+            updated_at_us: now_us,
+            ..self.clone()
+        })
     }
 }
 

@@ -164,15 +164,11 @@ impl Shipper {
                 }
                 if contiguous {
                     let hwm = Hwm::for_segment(seg, now_us());
-                    let body = serde_json::to_vec(&hwm).map_err(|e| ShipError::Unconfirmed {
-                        key: "hwm.json".into(),
-                        why: e.to_string(),
-                    })?;
-                    let key = layout::hwm_key(&settings.prefix, &seg.payload.host_id);
-                    self.retrying(&key, || client.put(&key, &body))?;
+                    self.put_hwm(client, &settings.prefix, &hwm)?;
                     state.segment_seq = seg.seq;
                     state.seal_sha256 = Some(seg.seal_sha256.clone());
                     state.beyond_gap.remove(&seg.seq);
+                    state.hwm = Some(hwm);
                 } else {
                     state.beyond_gap.insert(seg.seq, seg.seal_sha256.clone());
                 }
@@ -182,11 +178,66 @@ impl Shipper {
                 info!(journal_id = %journal_id, segment = seg.seq, high_water_mark = state.segment_seq, "segment shipped");
                 expected = seg.seq + 1;
             }
+            if contiguous {
+                self.follow_checkpoint(client, &settings.prefix, journal_id, &mut state)?;
+                cursor.journals.insert(journal_id.clone(), state.clone());
+                cursor.store(cursor_path)?;
+            }
         }
         match first_gap {
             Some(gap) => Err(gap),
             None => Ok(()),
         }
+    }
+
+    fn put_hwm(&self, client: &S3Client, prefix: &str, hwm: &Hwm) -> Result<(), ShipError> {
+        let body = serde_json::to_vec(hwm).map_err(|e| ShipError::Unconfirmed {
+            key: "hwm.json".into(),
+            why: e.to_string(),
+        })?;
+        let key = layout::hwm_key(prefix, &hwm.host_id);
+        self.retrying(&key, || client.put(&key, &body))
+    }
+
+    /// Moves the high-water mark on to the latest checkpoint of the live segment after
+    /// the last one shipped, when there is a newer one than upstream holds.
+    fn follow_checkpoint(
+        &self,
+        client: &S3Client,
+        prefix: &str,
+        journal_id: &str,
+        state: &mut JournalCursor,
+    ) -> Result<(), ShipError> {
+        let Some(base) = &state.hwm else {
+            return Ok(());
+        };
+        if base.journal_id != journal_id || base.segment_seq != state.segment_seq {
+            return Ok(());
+        }
+        let path = crate::evidence::checkpoint::path_for(&self.journal, state.segment_seq + 1);
+        let Ok(jws) = fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let Some(hwm) = base.with_checkpoint(jws.trim_end(), now_us()) else {
+            return Ok(());
+        };
+        let newer = match (&base.checkpoint, &hwm.checkpoint) {
+            (Some(old), Some(new)) => new.n > old.n,
+            _ => true,
+        };
+        if !newer {
+            return Ok(());
+        }
+        self.put_hwm(client, prefix, &hwm)?;
+        info!(
+            journal_id,
+            segment = state.segment_seq + 1,
+            checkpoint = hwm.checkpoint.as_ref().map(|c| c.n),
+            "high-water mark follows the live segment's checkpoint"
+        );
+        state.hwm = Some(hwm);
+        state.updated_at_us = now_us();
+        Ok(())
     }
 
     /// `.db` first, then `.seal`: a `.seal` upstream means its `.db` is there too.
@@ -252,8 +303,12 @@ impl Shipper {
             if retention::decide(&rule, cursor, seg, now) != retention::Decision::Delete {
                 continue;
             }
-            // The .db first: a leftover .seal alone is reported, never shipped.
-            for path in [&seg.db, &seg.seal_path] {
+            // The .db first: a leftover .seal alone is reported, never shipped. The
+            // segment's checkpoint goes with it (its seal supersedes it).
+            let checkpoint = seg
+                .db
+                .with_extension(crate::evidence::checkpoint::EXTENSION);
+            for path in [&seg.db, &seg.seal_path, &checkpoint] {
                 match fs::remove_file(path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -35,11 +35,15 @@ use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
 use crate::journal::{Event, SessionId};
-use crate::mask::{ColumnInfo, MaskedColumn, RowMasker, SessionMasks};
+use crate::mask::{ColumnInfo, RowMasker, SessionMasks};
 use crate::policy::{self, Analysis, Policy, RecordResults, StatementVerdict, Verdict};
 use crate::protocol::postgres::{
     encode, BackendMessage, Decoded, FieldDescription, FrontendMessage,
 };
+use crate::session::gate::{approval_on_standing, Action, Gate};
+
+use super::events::{self, kind};
+pub use crate::session::{DecisionNote, GrantCheck, HoldOutcome, HoldRequest, Standing, Step};
 
 /// SQLSTATE insufficient_privilege: what PostgreSQL itself answers to a statement the
 /// user may not run, so clients and their retry logic treat a refusal as such.
@@ -59,82 +63,6 @@ pub struct SessionRules {
     pub enforce: bool,
     pub masks: SessionMasks,
     pub record_results: RecordResults,
-}
-
-/// A statement waiting for a human's decision (verdict `approve`).
-#[derive(Debug, Clone)]
-pub struct HoldRequest {
-    /// The statement's sequence number in the session.
-    pub seq: u64,
-    /// The statement's text, with the session's mask detectors applied.
-    pub text: String,
-    pub rule: Option<String>,
-    pub timeout: std::time::Duration,
-}
-
-/// How a hold ended.
-#[derive(Debug, Clone)]
-pub enum HoldOutcome {
-    Approved {
-        by: String,
-        note: DecisionNote,
-    },
-    Denied {
-        by: String,
-        reason: Option<String>,
-        note: DecisionNote,
-    },
-    Expired,
-}
-
-/// What the `approval` event says about a decision besides who took it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DecisionNote {
-    /// The approval request ("a-N") the decision was taken on.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approval_id: Option<String>,
-    /// "once" | "session" | "grant".
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scope: Option<&'static str>,
-    /// The grant ("g-N") created by, or letting through, this statement.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grant: Option<String>,
-    /// RFC 3339: end of the grant.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub until: Option<String>,
-    /// Set when the statement passed without a hold: the approval that covers it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub granted_by: Option<String>,
-    /// SHA-256 (hex) of the signed decision token, when one decided.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_sha256: Option<String>,
-    /// The token's `jti`, if it had one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jti: Option<String>,
-}
-
-/// A standing approval (scope `grant`) that lets a statement through without a hold.
-#[derive(Debug, Clone)]
-pub struct Standing {
-    /// Who gave the original approval.
-    pub by: String,
-    /// `granted_by`, `grant`, `scope`, ... for the `approval` event.
-    pub note: DecisionNote,
-}
-
-/// Looks up a grant covering a statement of this session, by the rule that matched.
-pub type GrantCheck = Arc<dyn Fn(Option<&str>) -> Option<Standing> + Send + Sync>;
-
-/// What [`Flow::on_client`] asks of the IO loop.
-#[derive(Debug)]
-pub enum Step {
-    /// Go on with the next message.
-    Continue,
-    /// Stop reading client messages until [`Flow::resolve_hold`] is called: the message
-    /// just given waits for an approval. Journal and release what is staged first.
-    Hold(HoldRequest),
-    /// The client ended the session (Terminate).
-    Terminate,
 }
 
 /// A message that cannot be handled: the session must close (with this reason journaled).
@@ -172,7 +100,7 @@ struct Run {
     masker: Option<RowMasker>,
     rows: u64,
     recorded: Vec<Vec<Option<String>>>,
-    copy: Option<CopyCount>,
+    copy: Option<events::CopyCount>,
 }
 
 impl Run {
@@ -187,13 +115,6 @@ impl Run {
             copy: None,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-struct CopyCount {
-    direction: &'static str,
-    messages: u64,
-    bytes: u64,
 }
 
 /// A simple Query being answered: its statements in order, each completed by a
@@ -258,12 +179,8 @@ pub struct Flow {
     /// Statements judged so far, and those refused.
     pub statements_seen: u64,
     pub statements_refused: u64,
-    /// Rules approved with scope `session`: their statements pass without a hold.
-    session_approvals: HashMap<Option<String>, Standing>,
-    /// Grants (scope `grant`) that apply across sessions.
-    grant_check: Option<GrantCheck>,
-    /// Observe mode: statements that would have been held, to announce.
-    would_hold: Vec<HoldRequest>,
+    /// Verdict to action: enforce/observe, holds, standing approvals.
+    gate: Gate,
 }
 
 /// What the agent keeps to forward a client's CancelRequest.
@@ -283,83 +200,18 @@ struct Held {
     text: Arc<str>,
 }
 
-/// The `approval` event: how a held (or standing-approved) statement was decided.
-#[derive(Serialize)]
-struct ApprovalEvent<'a> {
-    seq: u64,
-    decision: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    by: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    #[serde(flatten)]
-    note: &'a DecisionNote,
-}
-
-#[derive(Serialize)]
-struct StatementEvent<'a> {
-    seq: u64,
-    /// "simple", "extended" or "function".
-    protocol: &'static str,
-    text: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    statement: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    portal: Option<&'a str>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    params: &'a [String],
-    kinds: Vec<&'static str>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    tables: &'a [String],
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    functions: &'a [String],
-    /// The policy's verdict.
-    verdict: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<&'a str>,
-    /// False in observe mode: the verdict was only recorded.
-    enforced: bool,
-    /// What the agent did: "forwarded", "refused", "held".
-    action: &'static str,
-}
-
-#[derive(Serialize, Default)]
-struct EndEvent<'a> {
-    seq: u64,
-    duration_us: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tag: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rows: Option<u64>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    columns: &'a [String],
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    masked: Vec<MaskedColumn>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorSummary<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    copy: Option<CopyCount>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result_rows: Option<&'a [Vec<Option<String>>]>,
-    /// Observe mode: masks were computed and journaled but the client got the values.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    mask_not_enforced: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct ErrorSummary<'a> {
-    sqlstate: &'a str,
-    message: &'a str,
-}
-
 impl Flow {
     /// A flow for a session whose startup is done; `fake_key` is the cancel key the
     /// client will be given instead of the backend's.
     pub fn new(session: SessionId, rules: Arc<SessionRules>, fake_key: [u8; 4]) -> Flow {
+        let approval_timeout = rules
+            .policy
+            .as_ref()
+            .map(|p| p.approval_timeout)
+            .unwrap_or(policy::DEFAULT_APPROVAL_TIMEOUT);
         Flow {
             session,
+            gate: Gate::new(rules.enforce, approval_timeout),
             rules,
             tx_status: b'I',
             expect: VecDeque::from([Expect::Startup]),
@@ -377,51 +229,25 @@ impl Flow {
             parameters: HashMap::new(),
             statements_seen: 0,
             statements_refused: 0,
-            session_approvals: HashMap::new(),
-            grant_check: None,
-            would_hold: Vec::new(),
         }
     }
 
     /// Installs the lookup of cross-session grants.
     pub fn set_grant_check(&mut self, check: GrantCheck) {
-        self.grant_check = Some(check);
+        self.gate.set_grant_check(check);
     }
 
     /// Observe mode: the statements since the last call that would have been held.
     pub fn take_would_hold(&mut self) -> Vec<HoldRequest> {
-        std::mem::take(&mut self.would_hold)
-    }
-
-    /// A standing approval for a statement matched by `rule`: the session's own
-    /// (scope `session`) first, then a grant.
-    fn standing(&self, rule: Option<&str>) -> Option<Standing> {
-        if let Some(s) = self.session_approvals.get(&rule.map(str::to_owned)) {
-            return Some(s.clone());
-        }
-        self.grant_check.as_ref().and_then(|check| check(rule))
+        self.gate.take_would_hold()
     }
 
     /// Journals that statement `seq` passed on a standing approval.
     fn passed_on(&mut self, seq: u64, standing: &Standing) {
         self.event(
-            "approval",
-            &ApprovalEvent {
-                seq,
-                decision: "approved",
-                by: Some(&standing.by),
-                reason: None,
-                note: &standing.note,
-            },
+            crate::session::gate::APPROVAL,
+            &approval_on_standing(seq, standing),
         );
-    }
-
-    fn approval_timeout(&self) -> std::time::Duration {
-        self.rules
-            .policy
-            .as_ref()
-            .map(|p| p.approval_timeout)
-            .unwrap_or(policy::DEFAULT_APPROVAL_TIMEOUT)
     }
 
     /// The journal events staged since the last call; journal them before taking the bytes.
@@ -447,6 +273,11 @@ impl Flow {
     /// Whether a statement is waiting for approval.
     pub fn is_holding(&self) -> bool {
         self.held.is_some()
+    }
+
+    /// Stages an event built elsewhere (by the session engine), behind those staged.
+    pub fn push_event(&mut self, event: Event) {
+        self.events.push(event);
     }
 
     /// A journal event of this session, stamped now.
@@ -539,8 +370,9 @@ impl Flow {
         let mut functions = Vec::new();
         for s in &analysis.statements {
             for k in s.kinds.iter() {
-                if !kinds.contains(&k.as_str()) {
-                    kinds.push(k.as_str());
+                let k = Cow::Borrowed(k.as_str());
+                if !kinds.contains(&k) {
+                    kinds.push(k);
                 }
             }
             tables.extend(s.tables.iter().cloned());
@@ -548,35 +380,35 @@ impl Flow {
         }
         tables.dedup();
         functions.dedup();
-        let event = StatementEvent {
+        let event = events::Statement {
             seq,
-            protocol,
-            text,
-            statement: names.0,
-            portal: names.1,
-            params,
+            protocol: Cow::Borrowed(protocol),
+            text: Cow::Borrowed(text),
+            statement: names.0.map(Cow::Borrowed),
+            portal: names.1.map(Cow::Borrowed),
+            params: Cow::Borrowed(params),
             kinds,
-            tables: &tables,
-            functions: &functions,
-            verdict: verdict.as_str(),
-            rule,
+            tables: Cow::Borrowed(&tables),
+            functions: Cow::Borrowed(&functions),
+            verdict: Cow::Borrowed(verdict.as_str()),
+            rule: rule.map(Cow::Borrowed),
             enforced: self.rules.enforce,
-            action,
+            action: Cow::Borrowed(action),
         };
-        self.event("statement", &event);
+        self.event(kind::STATEMENT, &event);
     }
 
     fn refused_end(&mut self, seq: u64, error: &Bytes) {
         let message = error_message(error);
-        let end = EndEvent {
+        let end = events::StatementEnd {
             seq,
-            error: Some(ErrorSummary {
-                sqlstate: SQLSTATE_REFUSED,
-                message: &message,
+            error: Some(events::ErrorSummary {
+                sqlstate: Cow::Borrowed(SQLSTATE_REFUSED),
+                message: Cow::Borrowed(&message),
             }),
-            ..EndEvent::default()
+            ..events::StatementEnd::default()
         };
-        self.event("statement_end", &end);
+        self.event(kind::STATEMENT_END, &end);
         self.statements_refused += 1;
     }
 
@@ -761,11 +593,11 @@ impl Flow {
         (verdict, rule): (Verdict, Option<String>),
         per_statement: Vec<StatementVerdict>,
     ) -> Result<Step, FlowError> {
-        let enforce = self.rules.enforce;
+        let action = self.gate.action(verdict, rule.as_deref());
         let mut standing = None;
-        if enforce && verdict == Verdict::Approve {
-            standing = self.standing(rule.as_deref());
-            if standing.is_none() {
+        match action {
+            Action::PassOnStanding(ref s) => standing = Some(s.clone()),
+            Action::Hold => {
                 let seq = self.seq();
                 self.statement_event(
                     seq,
@@ -780,8 +612,9 @@ impl Flow {
                 );
                 return Ok(self.hold(msg, seq, text, analysis, rule));
             }
+            Action::Forward | Action::Refuse => {}
         }
-        let refused = enforce && verdict == Verdict::Deny;
+        let refused = matches!(action, Action::Refuse);
         // One event per statement of the string, so each can be found and replayed.
         let statements: Vec<(String, Verdict, Option<String>)> = if analysis.statements.len() > 1 {
             analysis
@@ -834,15 +667,13 @@ impl Flow {
         if let (Some(standing), Some(&first)) = (&standing, seqs.first()) {
             self.passed_on(first, standing);
         }
-        if !enforce && verdict == Verdict::Approve {
-            let timeout = self.approval_timeout();
-            self.would_hold.push(HoldRequest {
-                seq: seqs.first().copied().unwrap_or_default(),
-                text: self.rules.masks.mask_text(&text).into_owned(),
-                rule: rule.clone(),
-                timeout,
-            });
-        }
+        let masks = &self.rules.masks;
+        self.gate.observe(
+            verdict,
+            seqs.first().copied().unwrap_or_default(),
+            rule.as_deref(),
+            || masks.mask_text(&text).into_owned(),
+        );
         self.forward(
             &msg.raw,
             Expect::Query(QueryRun {
@@ -863,10 +694,13 @@ impl Flow {
         verdict: Verdict,
         rule: Option<String>,
     ) -> Result<Step, FlowError> {
-        let enforce = self.rules.enforce;
         let mut verdict = verdict;
-        if enforce && verdict == Verdict::Approve {
-            let standing = self.standing(rule.as_deref());
+        let action = self.gate.action(verdict, rule.as_deref());
+        if let Action::Hold | Action::PassOnStanding(_) = action {
+            let standing = match action {
+                Action::PassOnStanding(ref s) => Some(s.clone()),
+                _ => None,
+            };
             let seq = self.seq();
             self.statement_event(
                 seq,
@@ -892,16 +726,12 @@ impl Flow {
                 None => return Ok(self.hold(msg, seq, text, analysis, rule)),
             }
         }
-        if !enforce && verdict == Verdict::Approve {
-            let timeout = self.approval_timeout();
-            self.would_hold.push(HoldRequest {
-                seq: self.next_seq,
-                text: self.rules.masks.mask_text(&text).into_owned(),
-                rule: rule.clone(),
-                timeout,
+        let masks = &self.rules.masks;
+        self.gate
+            .observe(verdict, self.next_seq, rule.as_deref(), || {
+                masks.mask_text(&text).into_owned()
             });
-        }
-        if enforce && verdict == Verdict::Deny {
+        if let Action::Refuse = action {
             let seq = self.seq();
             self.statement_event(
                 seq,
@@ -1056,14 +886,12 @@ impl Flow {
         analysis: Arc<Analysis>,
         rule: Option<String>,
     ) -> Step {
-        let timeout = self.approval_timeout();
-        let request = HoldRequest {
+        // Announcements may leave the host (webhook): detectors apply to them.
+        let request = self.gate.hold_request(
             seq,
-            // Announcements may leave the host (webhook): detectors apply to them.
-            text: self.rules.masks.mask_text(&text).into_owned(),
-            rule: rule.clone(),
-            timeout,
-        };
+            self.rules.masks.mask_text(&text).into_owned(),
+            rule.clone(),
+        );
         self.held = Some(Held {
             message,
             seq,
@@ -1079,40 +907,9 @@ impl Flow {
         let Some(held) = self.held.take() else {
             return Ok(Step::Continue);
         };
-        let none = DecisionNote::default();
-        let (decision, by, reason, note) = match &outcome {
-            HoldOutcome::Approved { by, note } => ("approved", Some(by.as_str()), None, note),
-            HoldOutcome::Denied { by, reason, note } => {
-                ("denied", Some(by.as_str()), reason.as_deref(), note)
-            }
-            HoldOutcome::Expired => ("expired", None, None, &none),
-        };
-        self.event(
-            "approval",
-            &ApprovalEvent {
-                seq: held.seq,
-                decision,
-                by,
-                reason,
-                note,
-            },
-        );
-        // Scope `session`: the session's later statements of this rule pass on it.
-        if let HoldOutcome::Approved { by, note } = &outcome {
-            if note.scope == Some("session") {
-                self.session_approvals.insert(
-                    held.rule.clone(),
-                    Standing {
-                        by: by.clone(),
-                        note: DecisionNote {
-                            scope: Some("session"),
-                            granted_by: note.approval_id.clone(),
-                            ..DecisionNote::default()
-                        },
-                    },
-                );
-            }
-        }
+        // Scope `session`: the gate lets the session's later statements of this rule pass.
+        let event = self.gate.decided(held.seq, held.rule.as_deref(), &outcome);
+        self.event(crate::session::gate::APPROVAL, &event);
         let approved = matches!(outcome, HoldOutcome::Approved { .. });
         let is_parse = matches!(held.message.message, FrontendMessage::Parse { .. });
         if approved {
@@ -1341,12 +1138,12 @@ impl Flow {
             }
             BackendMessage::CopyInResponse(_) | BackendMessage::CopyOutResponse(_) => {
                 let direction = if matches!(msg.message, BackendMessage::CopyInResponse(_)) {
-                    "in"
+                    events::CopyDirection::In
                 } else {
-                    "out"
+                    events::CopyDirection::Out
                 };
                 if let Some(run) = self.front_run_mut() {
-                    run.copy = Some(CopyCount {
+                    run.copy = Some(events::CopyCount {
                         direction,
                         messages: 0,
                         bytes: 0,
@@ -1540,12 +1337,14 @@ impl Flow {
                 break;
             }
             if let Some(Expect::Execute(run)) = self.expect.pop_front() {
-                let end = EndEvent {
+                let end = events::StatementEnd {
                     seq: run.seq,
-                    note: Some("not run: an earlier message of the batch failed"),
-                    ..EndEvent::default()
+                    note: Some(Cow::Borrowed(
+                        "not run: an earlier message of the batch failed",
+                    )),
+                    ..events::StatementEnd::default()
                 };
-                self.event("statement_end", &end);
+                self.event(kind::STATEMENT_END, &end);
             }
         }
     }
@@ -1553,12 +1352,14 @@ impl Flow {
     fn finish_query(&mut self, q: &mut QueryRun, _error: Option<()>) {
         // Statements after a failed one were never run.
         while q.next < q.seqs.len() {
-            let end = EndEvent {
+            let end = events::StatementEnd {
                 seq: q.seqs[q.next],
-                note: Some("not run: an earlier statement of the query failed"),
-                ..EndEvent::default()
+                note: Some(Cow::Borrowed(
+                    "not run: an earlier statement of the query failed",
+                )),
+                ..events::StatementEnd::default()
             };
-            self.event("statement_end", &end);
+            self.event(kind::STATEMENT_END, &end);
             q.next += 1;
         }
     }
@@ -1576,24 +1377,27 @@ impl Flow {
         let recorded = (self.rules.record_results == RecordResults::Rows
             && !run.columns.is_empty())
         .then_some(run.recorded.as_slice());
-        let end = EndEvent {
+        let end = events::StatementEnd {
             seq: run.seq,
             duration_us: run.started.elapsed().as_micros() as u64,
-            tag,
+            tag: tag.map(Cow::Borrowed),
             rows,
             columns: if self.rules.record_results == RecordResults::None {
-                &[]
+                Cow::Borrowed(&[])
             } else {
-                &run.columns
+                Cow::Borrowed(&run.columns)
             },
             masked,
-            error: error.map(|(sqlstate, message)| ErrorSummary { sqlstate, message }),
+            error: error.map(|(sqlstate, message)| events::ErrorSummary {
+                sqlstate: Cow::Borrowed(sqlstate),
+                message: Cow::Borrowed(message),
+            }),
             copy: run.copy,
-            result_rows: recorded,
+            result_rows: recorded.map(Cow::Borrowed),
             mask_not_enforced,
             note: None,
         };
-        self.event("statement_end", &end);
+        self.event(kind::STATEMENT_END, &end);
     }
 
     /// Sends the agent's own answers that are now at the front of the queue.

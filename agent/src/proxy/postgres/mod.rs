@@ -1,21 +1,25 @@
 //! The PostgreSQL proxy: start-up (TLS, cancel requests), authentication (passed
-//! through, or answered by the agent with a credential it holds), then the session loop
-//! that hands every message to the sans-IO [`flow::Flow`] and journals before it forwards.
+//! through, or answered by the agent with a credential it holds), then the session on the
+//! protocol-neutral engine ([`crate::session::engine`]): [`PgSession`] decodes the bytes
+//! the engine reads and hands every message to the sans-IO [`flow::Flow`]; the engine
+//! journals what the flow staged before it forwards.
 //!
 //! Architecture invariant: a client message reaches the server only after the journal
 //! accepted the events the flow staged for it ([`JournalHandle::record`]); if the journal
 //! refuses, the client gets a FATAL error and the session closes ("journal failure").
+pub mod events;
 pub mod flow;
 mod runtime;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -28,16 +32,16 @@ use crate::protocol::postgres::{
     FrontendMessage, PgStr, StartupMessage,
 };
 
-pub use flow::{
-    DecisionNote, Flow, GrantCheck, HoldOutcome, HoldRequest, SessionRules, Standing, Step,
+pub use crate::session::{
+    Approver, DecisionNote, GrantCheck, HoldOutcome, HoldRequest, HoldWait, Io, PendingHold,
+    Requester, Standing, Step,
 };
+pub use flow::{Flow, SessionRules};
 pub use runtime::{PgRuntime, TargetRuntime};
 
 use super::relay::{CloseReason, Outcome};
-
-/// Anything the session can read and write: plain TCP or TLS.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+use crate::session::engine::{self, read_more, READ_CHUNK};
+use crate::session::{AgentError, Counts, Ended, Failure, Session, SessionError};
 
 /// SQLSTATE of the FATAL error that ends a session at `max_session_duration`
 /// (idle_session_timeout's code: a session ended by a time limit).
@@ -45,9 +49,6 @@ pub const SQLSTATE_SESSION_CAP: &str = "57P05";
 
 /// How long a client has to finish its start-up packet(s).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pending bytes in one direction above which the proxy stops reading the other side.
-const HIGH_WATER: usize = 1 << 20;
-const READ_CHUNK: usize = 64 * 1024;
 
 /// Where to forward a client's CancelRequest: keyed by (backend pid, key the client got).
 /// It holds the session's own target runtime (upstream TLS settings), not an index: the
@@ -82,51 +83,7 @@ pub struct SessionContext<'a> {
     /// (disk_full), nothing forwarded (the disk budget is exceeded).
     pub refuse: Option<String>,
     /// The client process (from the session's start), for approval announcements.
-    pub process: crate::approvals::wire::Process,
-}
-
-/// The session a held statement belongs to, as approvers are told.
-#[derive(Debug, Clone)]
-pub struct Requester {
-    pub session: SessionId,
-    pub workload: String,
-    pub target: String,
-    pub process: crate::approvals::wire::Process,
-}
-
-/// The wait for a decision on a held statement.
-pub type HoldWait = std::pin::Pin<Box<dyn std::future::Future<Output = HoldOutcome> + Send>>;
-
-/// A registered hold: what to journal (kind `approval_request`) before waiting, and the wait.
-pub struct PendingHold {
-    pub announcement: crate::approvals::wire::Pending,
-    pub wait: HoldWait,
-}
-
-/// Who decides on held statements (the approvals registry).
-pub trait Approver: Send + Sync {
-    /// Registers and announces `request`; the wait ends with a decision or its timeout.
-    fn hold(&self, who: &Requester, request: HoldRequest) -> PendingHold;
-    /// Observe mode: announces a statement that would have been held (no wait).
-    fn would_hold(&self, who: &Requester, request: HoldRequest);
-    /// A grant (scope `grant`) covering a statement of `workload` to `target` matched
-    /// by `rule`, now.
-    fn grant_for(&self, workload: &str, target: &str, rule: Option<&str>) -> Option<Standing>;
-}
-
-/// Why a session ended early, journaled as its close reason.
-#[derive(Debug)]
-enum Failure {
-    Client(String),
-    Server(String),
-    Protocol(String),
-    Journal(String),
-    Upstream(String),
-    Auth(String),
-    /// A policy limit (`max_session_duration`) ended the session.
-    Limit(String),
-    Idle,
-    Shutdown,
+    pub process: crate::session::Process,
 }
 
 impl From<Failure> for CloseReason {
@@ -154,13 +111,6 @@ fn event(session: SessionId, kind: &'static str, data: &impl Serialize) -> Event
         data: serde_json::to_string(data)
             .unwrap_or_else(|e| format!("{{\"encoding_error\":{:?}}}", e.to_string())),
     }
-}
-
-/// Byte counters for the session's totals.
-#[derive(Default)]
-struct Counts {
-    from_client: u64,
-    from_server: u64,
 }
 
 /// Serves one intercepted PostgreSQL connection until it ends.
@@ -191,15 +141,6 @@ pub async fn serve(
         bytes_from_server: counts.from_server,
         reason,
     }
-}
-
-async fn read_more(
-    io: &mut (impl AsyncRead + Unpin),
-    buf: &mut BytesMut,
-    side: fn(String) -> Failure,
-) -> Result<usize, Failure> {
-    buf.reserve(READ_CHUNK);
-    io.read_buf(buf).await.map_err(|e| side(e.to_string()))
 }
 
 async fn serve_inner(
@@ -334,22 +275,26 @@ async fn serve_inner(
             .unwrap_or_else(|| client_user.clone()),
         None => client_user.clone(),
     };
-    let startup_event = StartupEvent {
-        user: &client_user,
-        db_user: &login_user,
-        database: startup.database().unwrap_or(&client_user),
-        application_name: startup.application_name(),
+    let startup_event = events::Startup {
+        user: Cow::Borrowed(&client_user),
+        db_user: Cow::Borrowed(&login_user),
+        database: Cow::Borrowed(startup.database().unwrap_or(&client_user)),
+        application_name: startup.application_name().map(Cow::Borrowed),
         params: startup
             .params
             .iter()
             .filter(|(k, _)| k.as_str() != "user" && k.as_str() != "database")
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
             .collect(),
-        protocol_version: format!("{}.{}", startup.version.major(), startup.version.minor()),
+        protocol_version: Cow::Owned(format!(
+            "{}.{}",
+            startup.version.major(),
+            startup.version.minor()
+        )),
         client_tls,
         credential_injected: target_rt.credential.is_some(),
     };
-    let event = event(ctx.id, "pg_startup", &startup_event);
+    let event = event(ctx.id, events::kind::STARTUP, &startup_event);
     ctx.journal
         .record(&[event])
         .map_err(|e| Failure::Journal(e.to_string()))?;
@@ -406,13 +351,53 @@ async fn serve_inner(
         }));
     }
     let cap = ctx.rules.policy.as_ref().and_then(|p| {
-        p.max_session_duration
-            .map(|d| (accepted + d, d, p.name.clone()))
+        p.max_session_duration.map(|limit| engine::SessionCap {
+            at: accepted + limit,
+            limit,
+            policy: p.name.clone(),
+        })
     });
-    let result = session_loop(
-        ctx, &mut flow, client, server, fdec, bdec, cbuf, sbuf, counts, cancel, cap,
+    let cx = engine::Context {
+        id: ctx.id,
+        journal: ctx.journal,
+        approvals: ctx.approvals.clone(),
+        requester: Requester {
+            session: ctx.id,
+            workload: ctx.workload.to_owned(),
+            target: ctx.target.name.clone(),
+            process: ctx.process.clone(),
+        },
+        enforce: ctx.rules.enforce,
+        idle_timeout: ctx.idle_timeout,
+        cap,
+    };
+    let mut session = PgSession {
+        flow,
+        fdec,
+        bdec,
+        cancel: CancelRegistration {
+            keys: ctx.cancel_keys,
+            entry: CancelTarget {
+                session: ctx.id,
+                addr: ctx.orig_dst,
+                target: ctx.target_rt.clone(),
+                real_key: Bytes::new(),
+            },
+            registered: false,
+        },
+    };
+    let result = engine::run(
+        &cx,
+        &mut session,
+        client,
+        server,
+        cbuf,
+        sbuf,
+        counts,
+        cancel,
     )
     .await;
+    let flow = &session.flow;
     if let Some(key) = &flow.cancel_key {
         ctx.cancel_keys
             .lock()
@@ -425,20 +410,119 @@ async fn serve_inner(
         refused = flow.statements_refused,
         "PostgreSQL session ended"
     );
-    result
+    result.map(|ended| match ended {
+        Ended::ClientClosed => CloseReason::ClientClosed,
+        Ended::ServerClosed => CloseReason::ServerClosed,
+    })
 }
 
-#[derive(Serialize)]
-struct StartupEvent<'a> {
-    user: &'a str,
-    db_user: &'a str,
-    database: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    application_name: Option<&'a str>,
-    params: Vec<(&'a str, &'a str)>,
-    protocol_version: String,
-    client_tls: bool,
-    credential_injected: bool,
+/// The PostgreSQL protocol on the session engine: frames the bytes the engine reads into
+/// messages for the [`Flow`], and registers the session's cancel key once the server
+/// sent it.
+struct PgSession<'a> {
+    flow: Flow,
+    fdec: FrontendDecoder,
+    bdec: BackendDecoder,
+    cancel: CancelRegistration<'a>,
+}
+
+/// The agent-wide cancel key entry of one session, registered once it is known.
+struct CancelRegistration<'a> {
+    keys: &'a CancelKeys,
+    /// Everything but the real key, which comes with BackendKeyData.
+    entry: CancelTarget,
+    registered: bool,
+}
+
+impl Session for PgSession<'_> {
+    fn on_client(&mut self, buf: &mut BytesMut) -> Result<Step, SessionError> {
+        loop {
+            let Some(msg) = self
+                .fdec
+                .decode(buf)
+                .map_err(|e| SessionError(format!("client: {e}")))?
+            else {
+                return Ok(Step::Continue);
+            };
+            match self.flow.on_client(msg).map_err(|e| SessionError(e.0))? {
+                Step::Continue => {}
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn on_server(&mut self, buf: &mut BytesMut) -> Result<(), SessionError> {
+        while let Some(msg) = self
+            .bdec
+            .decode(buf)
+            .map_err(|e| SessionError(format!("server: {e}")))?
+        {
+            self.flow.on_server(msg).map_err(|e| SessionError(e.0))?;
+        }
+        if !self.cancel.registered {
+            if let Some(key) = &self.flow.cancel_key {
+                let mut entry = self.cancel.entry.clone();
+                entry.real_key = key.real.clone();
+                self.cancel
+                    .keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((key.pid, key.fake.clone()), entry);
+                self.cancel.registered = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve_hold(&mut self, outcome: HoldOutcome) -> Result<Step, SessionError> {
+        self.flow
+            .resolve_hold(outcome)
+            .map_err(|e| SessionError(e.0))
+    }
+
+    fn take_would_hold(&mut self) -> Vec<HoldRequest> {
+        self.flow.take_would_hold()
+    }
+
+    fn push_event(&mut self, event: Event) {
+        self.flow.push_event(event);
+    }
+
+    fn has_events(&self) -> bool {
+        self.flow.has_events()
+    }
+
+    fn take_events(&mut self) -> Vec<Event> {
+        self.flow.take_events()
+    }
+
+    fn take_to_server(&mut self) -> BytesMut {
+        self.flow.take_to_server()
+    }
+
+    fn take_to_client(&mut self) -> BytesMut {
+        self.flow.take_to_client()
+    }
+
+    fn agent_error(&self, error: AgentError<'_>) -> Bytes {
+        match error {
+            AgentError::Journal => encode::error_response(
+                "FATAL",
+                "58030",
+                "nhi-agent: the audit journal cannot record this session; the request was not forwarded",
+            ),
+            // 57P05 (the class PostgreSQL uses when it ends a session on a timeout): psql
+            // prints "FATAL: ..." with the message and stops.
+            AgentError::SessionCap(message) => encode::error_response(
+                "FATAL",
+                SQLSTATE_SESSION_CAP,
+                &format!("nhi-agent: {message}"),
+            ),
+            AgentError::Shutdown => {
+                encode::error_response("FATAL", "57P01", "nhi-agent: the agent is shutting down")
+            }
+        }
+    }
 }
 
 /// The StartupMessage to send upstream: the client's, with `user` replaced when the
@@ -542,7 +626,7 @@ async fn authenticate(
                     .map_err(|e| Failure::Client(e.to_string()))?;
                 let event = event(
                     ctx.id,
-                    "pg_auth",
+                    events::kind::AUTH,
                     &serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user }),
                 );
                 ctx.journal
@@ -556,7 +640,7 @@ async fn authenticate(
                 let _ = client.write_all(&msg.raw).await;
                 let event = event(
                     ctx.id,
-                    "pg_auth",
+                    events::kind::AUTH,
                     &serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user, "error": { "sqlstate": code, "message": message } }),
                 );
                 let _ = ctx.journal.record(&[event]);
@@ -726,7 +810,7 @@ async fn forward_cancel(
     let Some(found) = found else {
         let event = event(
             ctx.id,
-            "pg_cancel",
+            events::kind::CANCEL,
             &serde_json::json!({ "pid": pid, "forwarded": false, "reason": "unknown cancel key" }),
         );
         let _ = ctx.journal.record(&[event]);
@@ -737,12 +821,12 @@ async fn forward_cancel(
     let events = [
         event(
             ctx.id,
-            "pg_cancel",
+            events::kind::CANCEL,
             &serde_json::json!({ "pid": pid, "forwarded": true, "session": found.session }),
         ),
         event(
             found.session,
-            "pg_cancel_requested",
+            events::kind::CANCEL_REQUESTED,
             &serde_json::json!({ "by_session": ctx.id }),
         ),
     ];
@@ -771,235 +855,4 @@ async fn forward_cancel(
     let mut sink = [0u8; 64];
     let _ = tokio::time::timeout(Duration::from_secs(5), server.read(&mut sink)).await;
     Ok(CloseReason::ClientClosed)
-}
-
-/// Journals what the flow staged; with `durable`, waits for the fsync too. If the
-/// journal refuses, the client gets a FATAL error and the session ends.
-async fn record(
-    ctx: &SessionContext<'_>,
-    flow: &mut Flow,
-    cw: &mut (impl AsyncWrite + Unpin),
-    durable: bool,
-) -> Result<(), Failure> {
-    let events = flow.take_events();
-    let result = match ctx.journal.record(&events) {
-        Ok(seq) if durable => ctx.journal.durable(seq).await,
-        Ok(_) => Ok(()),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = result {
-        warn!(session = ctx.id, error = %e, "the journal cannot record this session; closing it");
-        let error = encode::error_response(
-            "FATAL",
-            "58030",
-            "nhi-agent: the audit journal cannot record this session; the request was not forwarded",
-        );
-        let _ = cw.write_all(&error).await;
-        return Err(Failure::Journal(e.to_string()));
-    }
-    Ok(())
-}
-
-/// The session after authentication.
-#[allow(clippy::too_many_arguments)]
-async fn session_loop(
-    ctx: &SessionContext<'_>,
-    flow: &mut Flow,
-    client: Box<dyn Io>,
-    server: Box<dyn Io>,
-    mut fdec: FrontendDecoder,
-    mut bdec: BackendDecoder,
-    mut cbuf: BytesMut,
-    mut sbuf: BytesMut,
-    counts: &mut Counts,
-    cancel: &mut watch::Receiver<bool>,
-    cap: Option<(Instant, Duration, Option<String>)>,
-) -> Result<CloseReason, Failure> {
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let requester = Requester {
-        session: ctx.id,
-        workload: ctx.workload.to_owned(),
-        target: ctx.target.name.clone(),
-        process: ctx.process.clone(),
-    };
-    // `max_session_duration`: armed until it fires (observe mode: once, journaled only).
-    let mut cap_armed = cap.is_some();
-    let cap_at = tokio::time::Instant::from_std(
-        cap.as_ref()
-            .map(|c| c.0)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365)),
-    );
-    let (mut sr, mut sw) = tokio::io::split(server);
-    let mut to_server = BytesMut::new();
-    let mut to_client = BytesMut::new();
-    let mut hold: Option<std::pin::Pin<Box<dyn std::future::Future<Output = HoldOutcome> + Send>>> =
-        None;
-    let mut client_eof = false;
-    let mut server_eof = false;
-    let mut terminated = false;
-    let mut registered_key = false;
-    let idle = ctx.idle_timeout;
-    let mut last_activity = Instant::now();
-    let fsync_each = ctx.journal.fsync_policy() == crate::journal::FsyncPolicy::Each;
-    loop {
-        // Client messages already buffered, unless one is waiting for approval.
-        while hold.is_none() && !terminated {
-            let Some(msg) = fdec
-                .decode(&mut cbuf)
-                .map_err(|e| Failure::Protocol(format!("client: {e}")))?
-            else {
-                break;
-            };
-            match flow.on_client(msg).map_err(|e| Failure::Protocol(e.0))? {
-                Step::Continue => {}
-                Step::Terminate => terminated = true,
-                Step::Hold(request) => {
-                    info!(session = ctx.id, seq = request.seq, rule = ?request.rule, "statement held for approval");
-                    hold = Some(match &ctx.approvals {
-                        Some(a) => {
-                            let pending = a.hold(&requester, request);
-                            // Journaled with the statement, before the wait starts.
-                            flow.event("approval_request", &pending.announcement);
-                            pending.wait
-                        }
-                        None => {
-                            let timeout = request.timeout;
-                            Box::pin(async move {
-                                tokio::time::sleep(timeout).await;
-                                HoldOutcome::Expired
-                            })
-                        }
-                    });
-                }
-            }
-        }
-        // Observe mode: announced, never waited for (drained even without approvers).
-        for request in flow.take_would_hold() {
-            if let Some(a) = &ctx.approvals {
-                a.would_hold(&requester, request);
-            }
-        }
-        // Client requests must be durable (per `journal_fsync`) before they are forwarded.
-        if flow.has_events() {
-            record(ctx, flow, &mut cw, fsync_each).await?;
-        }
-        while let Some(msg) = bdec
-            .decode(&mut sbuf)
-            .map_err(|e| Failure::Protocol(format!("server: {e}")))?
-        {
-            flow.on_server(msg).map_err(|e| Failure::Protocol(e.0))?;
-        }
-        if !registered_key {
-            if let Some(key) = &flow.cancel_key {
-                ctx.cancel_keys
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(
-                        (key.pid, key.fake.clone()),
-                        CancelTarget {
-                            session: ctx.id,
-                            addr: ctx.orig_dst,
-                            target: ctx.target_rt.clone(),
-                            real_key: key.real.clone(),
-                        },
-                    );
-                registered_key = true;
-            }
-        }
-        // Results are journaled before they reach the client too; they need not wait
-        // for an fsync (nothing more reaches the server because of them).
-        if flow.has_events() {
-            record(ctx, flow, &mut cw, false).await?;
-        }
-        to_server.extend_from_slice(&flow.take_to_server());
-        to_client.extend_from_slice(&flow.take_to_client());
-
-        if terminated && to_server.is_empty() && to_client.is_empty() {
-            let _ = sw.shutdown().await;
-            return Ok(CloseReason::ClientClosed);
-        }
-        if server_eof && to_client.is_empty() {
-            let _ = cw.shutdown().await;
-            return Ok(CloseReason::ServerClosed);
-        }
-        if client_eof && to_server.is_empty() && hold.is_none() {
-            let _ = sw.shutdown().await;
-            return Ok(CloseReason::ClientClosed);
-        }
-
-        let idle_deadline = tokio::time::Instant::from_std(last_activity + idle);
-        tokio::select! {
-            r = read_more(&mut cr, &mut cbuf, Failure::Client), if hold.is_none() && !client_eof && !terminated && to_server.len() < HIGH_WATER => {
-                let n = r?;
-                if n == 0 { client_eof = true; } else { counts.from_client += n as u64; }
-                last_activity = Instant::now();
-            }
-            r = read_more(&mut sr, &mut sbuf, Failure::Server), if !server_eof && to_client.len() < HIGH_WATER => {
-                let n = r?;
-                if n == 0 { server_eof = true; } else { counts.from_server += n as u64; }
-                last_activity = Instant::now();
-            }
-            r = sw.write(&to_server), if !to_server.is_empty() => {
-                let n = r.map_err(|e| Failure::Server(e.to_string()))?;
-                to_server.advance(n);
-                if to_server.is_empty() {
-                    sw.flush().await.map_err(|e| Failure::Server(e.to_string()))?;
-                }
-            }
-            r = cw.write(&to_client), if !to_client.is_empty() => {
-                let n = r.map_err(|e| Failure::Client(e.to_string()))?;
-                to_client.advance(n);
-                if to_client.is_empty() {
-                    cw.flush().await.map_err(|e| Failure::Client(e.to_string()))?;
-                }
-            }
-            outcome = async { hold.as_mut().expect("guarded").await }, if hold.is_some() => {
-                hold = None;
-                info!(session = ctx.id, ?outcome, "hold resolved");
-                if let Step::Terminate = flow.resolve_hold(outcome).map_err(|e| Failure::Protocol(e.0))? {
-                    terminated = true;
-                }
-                last_activity = Instant::now();
-            }
-            _ = tokio::time::sleep_until(idle_deadline), if hold.is_none() => {
-                return Err(Failure::Idle);
-            }
-            _ = tokio::time::sleep_until(cap_at), if cap_armed => {
-                cap_armed = false;
-                let (_, limit, policy) = cap.as_ref().expect("armed only with a cap");
-                let message = format!(
-                    "session exceeded max_session_duration ({}) of policy {}",
-                    humantime::format_duration(*limit),
-                    policy.as_deref().unwrap_or("(unnamed)")
-                );
-                if ctx.rules.enforce {
-                    warn!(session = ctx.id, "{message}; closing it");
-                    // 57P05 (the class PostgreSQL uses when it ends a session on a
-                    // timeout): psql prints "FATAL: ..." with the message and stops.
-                    // Behind what is already staged for the client, so no message is cut;
-                    // bounded, since a client that does not read must not keep the session.
-                    to_client.extend_from_slice(&encode::error_response(
-                        "FATAL",
-                        SQLSTATE_SESSION_CAP,
-                        &format!("nhi-agent: {message}"),
-                    ));
-                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                        cw.write_all(&to_client).await?;
-                        cw.flush().await
-                    })
-                    .await;
-                    return Err(Failure::Limit(message));
-                }
-                info!(session = ctx.id, "{message} (observe mode: not closed)");
-                flow.event("session_limit", &serde_json::json!({ "limit": "max_session_duration", "message": message, "enforced": false }));
-            }
-            _ = cancel.changed() => {
-                if *cancel.borrow() {
-                    let error = encode::error_response("FATAL", "57P01", "nhi-agent: the agent is shutting down");
-                    let _ = cw.write_all(&error).await;
-                    return Err(Failure::Shutdown);
-                }
-            }
-        }
-    }
 }

@@ -1,0 +1,2 @@
+//! HTTP, sans IO: what the proxy needs to judge a request before hyper forwards it.
+pub mod path;

@@ -1,0 +1,105 @@
+//! The journal events of an HTTP session: their kinds and payloads, written by the proxy
+//! and read back by the CLI (as `proxy::postgres::events` for PostgreSQL).
+use std::borrow::Cow;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+/// The event kinds of an HTTP session.
+pub mod kind {
+    /// [`super::HttpRequest`]: one request, judged, before it is forwarded or refused.
+    pub const REQUEST: &str = "http_request";
+    /// [`super::HttpResponse`]: the response head to the request of the same `seq`.
+    pub const RESPONSE: &str = "http_response";
+}
+
+/// Kind [`kind::REQUEST`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HttpRequest<'a> {
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(borrow, default)]
+    pub method: Cow<'a, str>,
+    /// Host / :authority without the port.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Cow<'a, str>>,
+    /// The request target as sent (path and query), through the mask detectors.
+    #[serde(borrow)]
+    pub target: Cow<'a, str>,
+    /// The normalised path policy judged; absent when it did not normalise.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub version: Cow<'a, str>,
+    /// Request headers; credentials `[redacted]`, values through the mask detectors.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_length: Option<u64>,
+    /// The policy's verdict: "allow", "approve", "deny".
+    #[serde(borrow, default)]
+    pub verdict: Cow<'a, str>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Cow<'a, str>>,
+    #[serde(default = "yes")]
+    pub enforced: bool,
+    /// What the agent did: "forwarded", "refused", "held".
+    #[serde(borrow, default)]
+    pub action: Cow<'a, str>,
+    /// Why it was refused before it was judged (an ambiguous path, the disk budget).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Cow<'a, str>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Kind [`kind::RESPONSE`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HttpResponse<'a> {
+    #[serde(default)]
+    pub seq: u64,
+    pub status: u16,
+    /// Response headers; credentials `[redacted]`.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_length: Option<u64>,
+    /// From the request's arrival to the response head.
+    #[serde(default)]
+    pub duration_us: u64,
+    /// The agent answered (a refusal), not the server.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_agent: bool,
+    /// Why the upstream request failed.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Cow<'a, str>>,
+}
+
+impl HttpResponse<'_> {
+    /// A response the agent gave itself.
+    pub fn agent(seq: u64, status: u16, started: Instant) -> HttpResponse<'static> {
+        HttpResponse {
+            seq,
+            status,
+            duration_us: started.elapsed().as_micros() as u64,
+            by_agent: true,
+            ..HttpResponse::default()
+        }
+    }
+}
+
+impl<'a> HttpRequest<'a> {
+    /// The request event stored as `data`; `None` if it is not one.
+    pub fn read(data: &'a serde_json::Value) -> Option<HttpRequest<'a>> {
+        HttpRequest::deserialize(data).ok()
+    }
+}
+
+impl<'a> HttpResponse<'a> {
+    /// The response event stored as `data`; `None` if it is not one.
+    pub fn read(data: &'a serde_json::Value) -> Option<HttpResponse<'a>> {
+        HttpResponse::deserialize(data).ok()
+    }
+}

@@ -1,0 +1,686 @@
+//! HTTP targets (`protocol = "http"`): hyper serves the intercepted client (HTTP/1.1
+//! with keep-alive and pipelining, or h2 with prior knowledge, chosen per connection) and
+//! a hyper client carries each request to the original destination. Between the two,
+//! every request is normalised, judged by policy through the session's
+//! [`Gate`](crate::session::gate::Gate), journaled (`http_request`) and only then
+//! forwarded, refused (403, a JSON body naming the rule) or held for approval; each
+//! response head is journaled (`http_response`) before the client gets it.
+//!
+//! Architecture invariant (as for every protocol): a request reaches the server only
+//! after the journal accepted its `http_request` event (durably with
+//! `journal_fsync = "each"`); if the journal refuses, the client gets 503 and the
+//! connection closes.
+//!
+//! A path that does not normalise unambiguously (`protocol::http::path`) is refused with
+//! 400 and journaled, never forwarded.
+pub mod events;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::relay::{CloseReason, Outcome};
+use crate::config::Target;
+use crate::journal::{Event, FsyncPolicy, JournalHandle, SessionId};
+use crate::policy::http::HttpRequestInfo;
+use crate::policy::Verdict;
+use crate::protocol::http::path;
+use crate::proxy::postgres::SessionRules;
+use crate::session::gate::{self, approval_on_standing, Action, Gate};
+use crate::session::{Approver, HoldOutcome, Requester};
+use events::{kind, HttpRequest, HttpResponse};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What an HTTP session needs from the accepting code.
+pub struct HttpContext<'a> {
+    pub id: SessionId,
+    pub journal: &'a JournalHandle,
+    pub target: &'a Target,
+    pub rules: Arc<SessionRules>,
+    pub orig_dst: SocketAddr,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub approvals: Option<Arc<dyn Approver>>,
+    pub requester: Requester,
+    /// `Some(reason)`: answer every request with 507 (the disk budget is exceeded).
+    pub refuse: Option<String>,
+}
+
+/// Headers whose values are credentials: journaled as `[redacted]`.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-auth-token",
+];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The state every request of one session shares.
+struct State {
+    id: SessionId,
+    journal: JournalHandle,
+    rules: Arc<SessionRules>,
+    gate: Mutex<Gate>,
+    approvals: Option<Arc<dyn Approver>>,
+    requester: Requester,
+    client: Client<HttpConnector, Body>,
+    orig_dst: SocketAddr,
+    next_seq: AtomicU64,
+    refuse: Option<String>,
+    /// Set when the journal refused: the connection must close.
+    journal_failed: watch::Sender<bool>,
+}
+
+/// Serves one intercepted HTTP connection until it ends.
+pub async fn serve(
+    ctx: HttpContext<'_>,
+    client: TcpStream,
+    mut cancel: watch::Receiver<bool>,
+) -> Outcome {
+    let approval_timeout = ctx
+        .rules
+        .policy
+        .as_ref()
+        .map(|p| p.approval_timeout)
+        .unwrap_or(crate::policy::DEFAULT_APPROVAL_TIMEOUT);
+    let mut gate = Gate::new(ctx.rules.enforce, approval_timeout);
+    if let Some(approvals) = &ctx.approvals {
+        let (approvals, workload, target) = (
+            approvals.clone(),
+            ctx.requester.workload.clone(),
+            ctx.target.name.clone(),
+        );
+        gate.set_grant_check(Arc::new(move |rule| {
+            approvals.grant_for(&workload, &target, rule)
+        }));
+    }
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(ctx.connect_timeout));
+    connector.set_nodelay(true);
+    let (journal_failed, mut journal_failed_rx) = watch::channel(false);
+    let state = Arc::new(State {
+        id: ctx.id,
+        journal: ctx.journal.clone(),
+        rules: ctx.rules.clone(),
+        gate: Mutex::new(gate),
+        approvals: ctx.approvals.clone(),
+        requester: ctx.requester.clone(),
+        client: Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(ctx.idle_timeout)
+            .build(connector),
+        orig_dst: ctx.orig_dst,
+        next_seq: AtomicU64::new(1),
+        refuse: ctx.refuse.clone(),
+        journal_failed,
+    });
+    let counts = Arc::new(Counted::default());
+    let io = TokioIo::new(Counting {
+        inner: client,
+        counts: counts.clone(),
+    });
+    let service = {
+        let state = state.clone();
+        hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+        })
+    };
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let reason = loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                break match result {
+                    Ok(()) => CloseReason::ClientClosed,
+                    Err(e) => {
+                        let text = e.to_string();
+                        if text.contains("reset") || text.contains("broken pipe") {
+                            CloseReason::ClientReset(text)
+                        } else {
+                            protocol_error(&state, &text);
+                            CloseReason::Protocol(format!("HTTP: {text}"))
+                        }
+                    }
+                };
+            }
+            changed = journal_failed_rx.changed() => {
+                if changed.is_ok() && *journal_failed_rx.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
+                    break CloseReason::JournalFailure("the journal refused a request event".into());
+                }
+            }
+            _ = cancel.changed() => {
+                if *cancel.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
+                    break CloseReason::AgentShutdown;
+                }
+            }
+        }
+    };
+    info!(
+        session = ctx.id,
+        requests = state.next_seq.load(Ordering::Relaxed) - 1,
+        "HTTP session ended"
+    );
+    Outcome {
+        bytes_from_client: counts.read.load(Ordering::Relaxed),
+        bytes_from_server: counts.written.load(Ordering::Relaxed),
+        reason,
+    }
+}
+
+fn protocol_error(state: &State, reason: &str) {
+    warn!(session = state.id, %reason, "closing HTTP session");
+    let _ = state.journal.record(&[event(
+        state.id,
+        "protocol_error",
+        &serde_json::json!({ "reason": reason }),
+    )]);
+}
+
+fn event(id: SessionId, kind: &'static str, data: &impl serde::Serialize) -> Event {
+    Event {
+        session: id,
+        at: SystemTime::now(),
+        kind: std::borrow::Cow::Borrowed(kind),
+        data: serde_json::to_string(data)
+            .unwrap_or_else(|e| format!("{{\"encoding_error\":{:?}}}", e.to_string())),
+    }
+}
+
+/// Journals `events`; per `journal_fsync`, waits for them to be durable. On failure the
+/// connection is marked for closing and the error returned.
+async fn record(state: &State, events: &[Event], durable: bool) -> Result<(), String> {
+    let result = match state.journal.record(events) {
+        Ok(seq) if durable && state.journal.fsync_policy() == FsyncPolicy::Each => {
+            state.journal.durable(seq).await
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
+    result.map_err(|e| {
+        warn!(session = state.id, error = %e, "the journal cannot record this session; closing it");
+        let _ = state.journal_failed.send(true);
+        e.to_string()
+    })
+}
+
+/// A response the agent makes itself, with a JSON body.
+fn agent_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn refusal(status: StatusCode, message: &str, rule: Option<&str>) -> Response<Body> {
+    agent_response(
+        status,
+        serde_json::json!({ "error": format!("nhi-agent: {message}"), "rule": rule }),
+    )
+}
+
+/// The request's host (Host header, else the URI's authority), without the port.
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))?;
+    Some(strip_port(&raw).to_ascii_lowercase())
+}
+
+/// `host:port` -> `host`, `[v6]:port` -> `v6`.
+fn strip_port(raw: &str) -> &str {
+    if let Some(rest) = raw.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match raw.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => raw,
+    }
+}
+
+/// The headers as journaled: credentials redacted, values through the mask detectors.
+fn journaled_headers(headers: &HeaderMap, rules: &SessionRules) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let name = name.as_str().to_owned();
+            let value = if SECRET_HEADERS.contains(&name.as_str()) {
+                "[redacted]".to_owned()
+            } else {
+                let text = String::from_utf8_lossy(value.as_bytes());
+                rules.masks.mask_text(&text).into_owned()
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let seq = state.next_seq.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| req.uri().to_string());
+    let host = host_of(&req);
+    let headers = journaled_headers(req.headers(), &state.rules);
+    let mut request_event = HttpRequest {
+        seq,
+        method: method.clone().into(),
+        host: host.clone().map(Into::into),
+        target: state.rules.masks.mask_text(&target).into_owned().into(),
+        path: None,
+        version: format!("{:?}", req.version()).into(),
+        headers,
+        content_length: req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+        verdict: Verdict::Allow.as_str().into(),
+        rule: None,
+        enforced: state.rules.enforce,
+        action: "forwarded".into(),
+        reason: None,
+    };
+    // Refused before judging: over the disk budget, or a path servers read differently.
+    if let Some(why) = &state.refuse {
+        request_event.action = "refused".into();
+        request_event.reason = Some(why.clone().into());
+        return refuse_unjudged(state, request_event, StatusCode::INSUFFICIENT_STORAGE, why).await;
+    }
+    let normal = match path::normalize(&target) {
+        Ok(n) => n,
+        Err(e) => {
+            request_event.verdict = Verdict::Deny.as_str().into();
+            request_event.action = "refused".into();
+            request_event.reason = Some(e.to_string().into());
+            return refuse_unjudged(
+                state,
+                request_event,
+                StatusCode::BAD_REQUEST,
+                &e.to_string(),
+            )
+            .await;
+        }
+    };
+    request_event.path = Some(normal.path.clone().into());
+    let header_pairs: Vec<(&str, &str)> = req
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
+        .collect();
+    let info = HttpRequestInfo {
+        method: &method,
+        host: host.as_deref(),
+        path: &normal.path,
+        headers: &header_pairs,
+    };
+    let (verdict, rule) = match &state.rules.policy {
+        Some(p) => {
+            let (v, r) = p.decide_http(&info);
+            (v, r.map(str::to_owned))
+        }
+        None => (Verdict::Allow, None),
+    };
+    drop(header_pairs);
+    request_event.verdict = verdict.as_str().into();
+    request_event.rule = rule.clone().map(Into::into);
+    let action = state
+        .gate
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .action(verdict, rule.as_deref());
+    let shown = format!("{method} {}", request_event.target);
+    match action {
+        Action::Refuse => {
+            request_event.action = "refused".into();
+            let message = format!(
+                "request refused by policy rule \"{}\"",
+                rule.as_deref().unwrap_or("(default)")
+            );
+            let response = refusal(StatusCode::FORBIDDEN, &message, rule.as_deref());
+            let events = [
+                event(state.id, kind::REQUEST, &request_event),
+                event(
+                    state.id,
+                    kind::RESPONSE,
+                    &HttpResponse::agent(seq, 403, started),
+                ),
+            ];
+            if let Err(e) = record(state, &events, false).await {
+                return journal_refused(&e);
+            }
+            return response;
+        }
+        Action::Hold => {
+            request_event.action = "held".into();
+            let request = state
+                .gate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .hold_request(
+                    seq,
+                    state.rules.masks.mask_text(&shown).into_owned(),
+                    rule.clone(),
+                );
+            let mut events = vec![event(state.id, kind::REQUEST, &request_event)];
+            let wait = match &state.approvals {
+                Some(a) => {
+                    let pending = a.hold(&state.requester, request);
+                    events.push(event(
+                        state.id,
+                        gate::APPROVAL_REQUEST,
+                        &pending.announcement,
+                    ));
+                    pending.wait
+                }
+                None => {
+                    let timeout = request.timeout;
+                    Box::pin(async move {
+                        tokio::time::sleep(timeout).await;
+                        HoldOutcome::Expired
+                    })
+                }
+            };
+            if let Err(e) = record(state, &events, true).await {
+                return journal_refused(&e);
+            }
+            info!(session = state.id, seq, rule = ?rule, "request held for approval");
+            let outcome = wait.await;
+            let approved = matches!(outcome, HoldOutcome::Approved { .. });
+            let decided = {
+                let mut g = state.gate.lock().unwrap_or_else(|p| p.into_inner());
+                event(
+                    state.id,
+                    gate::APPROVAL,
+                    &g.decided(seq, rule.as_deref(), &outcome),
+                )
+            };
+            if !approved {
+                let message = format!(
+                    "request was not approved (policy rule \"{}\")",
+                    rule.as_deref().unwrap_or("(default)")
+                );
+                let events = [
+                    decided,
+                    event(
+                        state.id,
+                        kind::RESPONSE,
+                        &HttpResponse::agent(seq, 403, started),
+                    ),
+                ];
+                if let Err(e) = record(state, &events, false).await {
+                    return journal_refused(&e);
+                }
+                return refusal(StatusCode::FORBIDDEN, &message, rule.as_deref());
+            }
+            if let Err(e) = record(state, &[decided], true).await {
+                return journal_refused(&e);
+            }
+        }
+        Action::PassOnStanding(standing) => {
+            let events = [
+                event(state.id, kind::REQUEST, &request_event),
+                event(
+                    state.id,
+                    gate::APPROVAL,
+                    &approval_on_standing(seq, &standing),
+                ),
+            ];
+            if let Err(e) = record(state, &events, true).await {
+                return journal_refused(&e);
+            }
+        }
+        Action::Forward => {
+            let would_hold = {
+                let mut g = state.gate.lock().unwrap_or_else(|p| p.into_inner());
+                g.observe(verdict, seq, rule.as_deref(), || {
+                    state.rules.masks.mask_text(&shown).into_owned()
+                });
+                g.take_would_hold()
+            };
+            if let Some(a) = &state.approvals {
+                for request in would_hold {
+                    a.would_hold(&state.requester, request);
+                }
+            }
+            if let Err(e) = record(
+                state,
+                &[event(state.id, kind::REQUEST, &request_event)],
+                true,
+            )
+            .await
+            {
+                return journal_refused(&e);
+            }
+        }
+    }
+    forward(state, req, seq, &normal, started).await
+}
+
+/// Journals a request refused before it was judged, and answers it with `status`.
+async fn refuse_unjudged(
+    state: &State,
+    request_event: HttpRequest<'_>,
+    status: StatusCode,
+    why: &str,
+) -> Response<Body> {
+    let seq = request_event.seq;
+    let events = [
+        event(state.id, kind::REQUEST, &request_event),
+        event(
+            state.id,
+            kind::RESPONSE,
+            &HttpResponse::agent(seq, status.as_u16(), Instant::now()),
+        ),
+    ];
+    if let Err(e) = record(state, &events, false).await {
+        return journal_refused(&e);
+    }
+    debug!(session = state.id, seq, %why, "request refused before judging");
+    refusal(status, why, None)
+}
+
+fn journal_refused(error: &str) -> Response<Body> {
+    let mut response = refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("the audit journal cannot record this request; it was not forwarded ({error})"),
+        None,
+    );
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Sends the (journaled) request upstream and journals the response head.
+async fn forward(
+    state: &State,
+    req: Request<Incoming>,
+    seq: u64,
+    normal: &path::NormalPath,
+    started: Instant,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| normal.path.clone());
+    let uri = match format!("http://{}{}", state.orig_dst, path_and_query).parse::<http::Uri>() {
+        Ok(u) => u,
+        Err(e) => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                &format!("request target: {e}"),
+                None,
+            )
+        }
+    };
+    let mut upstream = Request::builder().method(parts.method.clone()).uri(uri);
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if let Some(headers) = upstream.headers_mut() {
+        for (name, value) in parts.headers.iter() {
+            if HOP_BY_HOP.contains(&name.as_str()) {
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        if let Some(host) = host {
+            headers.insert(header::HOST, host);
+        }
+    }
+    let upstream = match upstream.body(body.boxed()) {
+        Ok(r) => r,
+        Err(e) => return refusal(StatusCode::BAD_REQUEST, &e.to_string(), None),
+    };
+    let response = match state.client.request(upstream).await {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("upstream request failed: {e}");
+            let _ = record(
+                state,
+                &[event(
+                    state.id,
+                    kind::RESPONSE,
+                    &HttpResponse {
+                        error: Some(message.clone().into()),
+                        ..HttpResponse::agent(seq, 502, started)
+                    },
+                )],
+                false,
+            )
+            .await;
+            return refusal(StatusCode::BAD_GATEWAY, &message, None);
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    let response_event = HttpResponse {
+        seq,
+        status: parts.status.as_u16(),
+        headers: journaled_headers(&parts.headers, &state.rules),
+        content_length: parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+        duration_us: started.elapsed().as_micros() as u64,
+        by_agent: false,
+        error: None,
+    };
+    // The response head is journaled before the client sees it.
+    if let Err(e) = record(
+        state,
+        &[event(state.id, kind::RESPONSE, &response_event)],
+        false,
+    )
+    .await
+    {
+        return journal_refused(&e);
+    }
+    for name in HOP_BY_HOP {
+        parts.headers.remove(*name);
+    }
+    Response::from_parts(parts, body.boxed())
+}
+
+/// Byte counts of the client connection.
+#[derive(Default)]
+struct Counted {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+/// The client stream, counting what passes (the session's byte totals).
+struct Counting {
+    inner: TcpStream,
+    counts: Arc<Counted>,
+}
+
+impl AsyncRead for Counting {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.counts.read.fetch_add(n as u64, Ordering::Relaxed);
+        result
+    }
+}
+
+impl AsyncWrite for Counting {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &result {
+            self.counts.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,110 @@
+//! `cargo xtask vm`: a QEMU/KVM test bed with a real systemd and Debian's kernels.
+//!
+//! - `image`:   build (once, cached) a Debian root filesystem with systemd, PostgreSQL and
+//!   Debian's kernel packages (mmdebstrap from Debian's archive; nothing else is
+//!   downloaded), as an ext4 image plus one vmlinuz/initrd pair per kernel.
+//! - `unit`:    boot it, install the agent the way README's "Install as a service" says,
+//!   and check the systemd unit for real (notify, reload, stop, kill -9, lineage under
+//!   the syscall filter, journald priorities, `systemd-analyze security`).
+//! - `kernels`: run the privileged integration tests (interception, fail-closed, lineage,
+//!   a PostgreSQL session) on the host's kernel and on every cached Debian kernel; one
+//!   line per kernel.
+//!
+//! Each boot gets a copy-on-write overlay of the image (the image itself never changes)
+//! and a second disk, the *payload*: an ext4 image made from a directory holding the
+//! binaries under test and the script to run (`run.sh`). A unit baked into the image
+//! (`nhi-vm-runner.service`) mounts the payload, runs the script with its output on the
+//! second serial port (a file on the host), and powers off. The host reads that file:
+//! `NHI-CHECK ok|FAIL ...` lines and a final `NHI-VM-END <status>`.
+mod image;
+mod kernels;
+mod qemu;
+mod unit;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::bail;
+use clap::Subcommand;
+
+use crate::util::{self, output, run};
+
+#[derive(Subcommand)]
+pub enum VmCmd {
+    /// Build the cached Debian image (systemd, PostgreSQL, kernels) if it is missing.
+    Image {
+        /// Rebuild even when a cached image exists.
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// The systemd unit under real systemd: install, enable --now, reload, stop, kill -9,
+    /// lineage, journald priorities, systemd-analyze security.
+    Unit {
+        /// Kernel release to boot (default: the release's own, the oldest in the image).
+        #[arg(long)]
+        kernel: Option<String>,
+    },
+    /// The privileged integration tests on every kernel obtainable here.
+    Kernels {
+        /// Skip the host's own kernel (run only the VM kernels).
+        #[arg(long)]
+        no_host: bool,
+        /// Only these kernel releases (repeatable; default all).
+        #[arg(long)]
+        kernel: Vec<String>,
+    },
+}
+
+pub fn vm(cmd: VmCmd) -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!("cargo xtask vm needs root (mmdebstrap, the integration tests)");
+    }
+    host_packages()?;
+    match cmd {
+        VmCmd::Image { rebuild } => {
+            let image = image::ensure(rebuild)?;
+            for k in &image.kernels {
+                eprintln!("kernel {}", k.release);
+            }
+            println!(
+                "vm image: {} ({} kernels)",
+                image.dir.display(),
+                image.kernels.len()
+            );
+            Ok(())
+        }
+        VmCmd::Unit { kernel } => unit::unit(kernel.as_deref()),
+        VmCmd::Kernels { no_host, kernel } => kernels::kernels(!no_host, &kernel),
+    }
+}
+
+/// The host side: QEMU, qemu-img for overlays, mmdebstrap, mkfs.ext4 -d.
+const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-utils", "mmdebstrap", "e2fsprogs"];
+
+fn host_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = HOST_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    Ok(())
+}
+
+/// Where images, overlays and payloads live (never committed): `$NHI_VM_CACHE`, else
+/// `target/vm`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("NHI_VM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| util::root().join("target/vm"))
+}
