@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use nhi_agent::evidence::{verify, HostKey, PublicKey};
+use nhi_agent::evidence::{checkpoint, verify, HostKey, PublicKey};
 use nhi_agent::journal::{EventScan, JournalError, JournalSet};
 
 struct Scratch {
@@ -84,7 +84,9 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // `nhi-agent verify`.
-    let report = verify::verify_files(std::slice::from_ref(&s.file), &s.key, None);
+    let files = std::slice::from_ref(&s.file);
+    let checkpoints = checkpoint::collect(files);
+    let report = verify::verify_files(files, &checkpoints, &s.key, None);
     let _ = report.damages.len();
 });
 
