@@ -68,6 +68,7 @@ fn main() -> anyhow::Result<()> {
                 host_id: "fuzz-seed".into(),
                 max_bytes: 64 << 20,
                 max_age: Duration::from_secs(3600),
+                checkpoint_interval: Duration::from_secs(10),
             }),
             ..JournalOptions::default()
         },
