@@ -180,8 +180,10 @@ fn run_one(
     let mut reason = None;
     for line in BufReader::new(stderr).lines() {
         let Ok(line) = line else { continue };
-        // Progress lines are many; the rest (errors, stats) is worth showing.
-        if !line.starts_with('#') || line.contains("DONE") {
+        // Progress lines and newly covered functions are many; the rest (errors, stats)
+        // is worth showing.
+        let noise = line.starts_with('#') || line.trim_start().starts_with("NEW_FUNC");
+        if !noise || line.contains("DONE") {
             eprintln!("{line}");
         }
         read_line(&line, &mut result, &mut artifact, &mut reason);
