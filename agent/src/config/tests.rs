@@ -308,7 +308,7 @@ fn semantic_errors_point_at_the_value() {
             "protocol = \"tcp\"",
             "protocol = \"mysql\"",
             "\"mysql\"",
-            "protocol \"mysql\" is not supported yet (supported: tcp, postgres)",
+            "protocol \"mysql\" is not supported yet (supported: tcp, postgres, http)",
         ),
         (
             "cgroup = \"system.slice/backup*.service\"",
