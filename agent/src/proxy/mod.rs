@@ -261,6 +261,9 @@ async fn handle(
     cancel: watch::Receiver<bool>,
 ) {
     let accepted_at = SystemTime::now();
+    // The session's end may have to wait for the journal to recover; the shutdown
+    // signal bounds that wait.
+    let mut end_cancel = cancel.clone();
     let boot_ticks = identity::boottime_ticks();
     let _ = client.set_nodelay(true);
     let cookie = match ebpf::socket_cookie(&client) {
@@ -389,11 +392,27 @@ async fn handle(
     let id = match shared.journal.start_session(start).await {
         Ok(id) => id,
         Err(e) => {
+            let cause = postgres::root_cause(&e);
             error!(
-                workload = %workload_name, %orig_dst, error = %e,
+                workload = %workload_name, %orig_dst, error = %e, %cause,
                 "the journal cannot record this session; refusing the connection"
             );
-            reset(client);
+            if target.protocol == crate::config::Protocol::Postgres {
+                // A FATAL the client prints says why; a bare reset would not.
+                let message = format!(
+                    "nhi-agent: the audit journal cannot record new sessions ({cause}); nothing was forwarded"
+                );
+                let what = postgres::refuse_unrecorded(
+                    client,
+                    postgres::SQLSTATE_JOURNAL,
+                    &message,
+                    UNRECORDED_REFUSAL_WAIT,
+                )
+                .await;
+                debug!(%peer, what, "unrecorded PostgreSQL session refused");
+            } else {
+                reset(client);
+            }
             return;
         }
     };
@@ -419,9 +438,7 @@ async fn handle(
             bytes_from_server: 0,
             close_reason: "internal error: no PostgreSQL runtime for the target".into(),
         };
-        if let Err(e) = shared.journal.end_session(end).await {
-            error!(session = id, error = %e, "the journal cannot record the end of the session");
-        }
+        record_end(&shared.journal, end, &mut end_cancel).await;
         return;
     }
     let outcome = if let Some(target_rt) = pg {
@@ -482,9 +499,7 @@ async fn handle(
         bytes_from_server: outcome.bytes_from_server,
         close_reason: outcome.reason.to_string(),
     };
-    if let Err(e) = shared.journal.end_session(end).await {
-        error!(session = id, error = %e, "the journal cannot record the end of the session");
-    }
+    record_end(&shared.journal, end, &mut end_cancel).await;
     info!(
         session = id,
         from_client = outcome.bytes_from_client,
@@ -492,6 +507,58 @@ async fn handle(
         reason = %outcome.reason,
         "session closed"
     );
+}
+
+/// How long a PostgreSQL client refused without a session (the journal failed) has to
+/// send its start-up before the refusal gives up and closes.
+const UNRECORDED_REFUSAL_WAIT: Duration = Duration::from_secs(10);
+
+/// Records a session's end. When the batch holding it was lost (disk full, I/O error),
+/// nothing of it was committed, so it is tried again, with backoff, until the journal
+/// takes it: an end left unrecorded would make the session read as still open and lose
+/// its close reason (often "journal failure", exactly what a responder needs). Gives up
+/// only at shutdown; the next start then closes the session as interrupted.
+async fn record_end(journal: &JournalHandle, end: SessionEnd, cancel: &mut watch::Receiver<bool>) {
+    let id = end.id;
+    let mut wait = Duration::from_millis(100);
+    let mut retrying = false;
+    loop {
+        match journal.end_session(end.clone()).await {
+            Ok(()) => {
+                if retrying {
+                    info!(session = id, "the end of the session is recorded");
+                }
+                return;
+            }
+            Err(e @ crate::journal::JournalError::BatchFailed { .. }) => {
+                if !retrying {
+                    warn!(
+                        session = id, error = %e, cause = %postgres::root_cause(&e),
+                        "the journal cannot record the end of the session yet; retrying"
+                    );
+                    retrying = true;
+                }
+            }
+            Err(e) => {
+                error!(session = id, error = %e, "the journal cannot record the end of the session");
+                return;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            changed = cancel.changed() => {
+                if changed.is_err() || *cancel.borrow() {
+                    error!(
+                        session = id,
+                        "shutting down before the journal recorded the end of the session; \
+                         the next start closes it as interrupted"
+                    );
+                    return;
+                }
+            }
+        }
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {

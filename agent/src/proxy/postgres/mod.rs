@@ -6,6 +6,7 @@
 //! accepted the events the flow staged for it ([`JournalHandle::record`]); if the journal
 //! refuses, the client gets a FATAL error and the session closes ("journal failure").
 pub mod flow;
+mod refuse;
 mod runtime;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use crate::protocol::postgres::{
 pub use flow::{
     DecisionNote, Flow, GrantCheck, HoldOutcome, HoldRequest, SessionRules, Standing, Step,
 };
+pub use refuse::{journal_refusal, refuse_unrecorded, root_cause, SQLSTATE_JOURNAL};
 pub use runtime::{PgRuntime, TargetRuntime};
 
 use super::relay::{CloseReason, Outcome};
@@ -350,9 +352,11 @@ async fn serve_inner(
         credential_injected: target_rt.credential.is_some(),
     };
     let event = event(ctx.id, "pg_startup", &startup_event);
-    ctx.journal
-        .record(&[event])
-        .map_err(|e| Failure::Journal(e.to_string()))?;
+    if let Err(e) = ctx.journal.record(&[event]) {
+        // Refused with a reason the client shows, not a bare close.
+        let _ = client.write_all(&journal_refusal(&e)).await;
+        return Err(Failure::Journal(crate::journal::error_chain(&e)));
+    }
 
     // ------------------------------------------------------------ upstream
     let tcp = super::connect(ctx.orig_dst, ctx.connect_timeout)
@@ -545,9 +549,10 @@ async fn authenticate(
                     "pg_auth",
                     &serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user }),
                 );
-                ctx.journal
-                    .record(&[event])
-                    .map_err(|e| Failure::Journal(e.to_string()))?;
+                if let Err(e) = ctx.journal.record(&[event]) {
+                    let _ = client.write_all(&journal_refusal(&e)).await;
+                    return Err(Failure::Journal(crate::journal::error_chain(&e)));
+                }
                 return Ok(method);
             }
             (BackendMessage::ErrorResponse(fields), _) => {
@@ -788,14 +793,9 @@ async fn record(
         Err(e) => Err(e),
     };
     if let Err(e) = result {
-        warn!(session = ctx.id, error = %e, "the journal cannot record this session; closing it");
-        let error = encode::error_response(
-            "FATAL",
-            "58030",
-            "nhi-agent: the audit journal cannot record this session; the request was not forwarded",
-        );
-        let _ = cw.write_all(&error).await;
-        return Err(Failure::Journal(e.to_string()));
+        warn!(session = ctx.id, error = %e, cause = %root_cause(&e), "the journal cannot record this session; closing it");
+        let _ = cw.write_all(&journal_refusal(&e)).await;
+        return Err(Failure::Journal(crate::journal::error_chain(&e)));
     }
     Ok(())
 }
