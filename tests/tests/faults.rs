@@ -486,3 +486,307 @@ fn disk_full_refuses_statements_with_an_error_that_says_so_and_recovers_by_itsel
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
     assert_verifies(&agent);
 }
+
+// ---------------------------------------------------------------- overload
+
+/// The agent's resident set size in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// A test client in `cg` that answers with a first JSON line once it is in position
+/// (connections open, writes blocked), then waits until [`Held::release`].
+struct Held {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+    pub first: serde_json::Value,
+}
+
+impl Held {
+    fn start(cg: &TestCgroup, args: &[&str]) -> Self {
+        let mut child = cg
+            .command(client_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nhi-testclient");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("first line");
+        let first = serde_json::from_str(line.trim())
+            .unwrap_or_else(|e| panic!("client said {line:?} ({e})"));
+        Self {
+            child,
+            stdout,
+            first,
+        }
+    }
+
+    /// Closes the client's stdin and returns its last JSON line.
+    fn release(mut self) -> serde_json::Value {
+        drop(self.child.stdin.take());
+        let mut line = String::new();
+        let _ = self.stdout.read_line(&mut line);
+        wait_exit(&mut self.child, 120);
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("client said {line:?} ({e})"))
+    }
+}
+
+/// Open file descriptors of a process.
+fn fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// 5,000 intercepted connections open at once through the agent, each relayed (one round
+/// trip when opened, one more before it closes), with bounded memory: the agent's RSS
+/// grows by less than a per-connection budget, and a second round of 5,000 does not
+/// grow it further (a per-connection leak would).
+#[test]
+fn five_thousand_concurrent_connections_with_bounded_memory() {
+    privileged!("five_thousand_concurrent_connections_with_bounded_memory");
+    const CONNS: usize = 5000;
+    let echo = EchoServer::start("127.0.0.2:0");
+    let cg = TestCgroup::create(&format!("{}/crowd", unique("nhi-test")));
+    let agent = Agent::start_with(
+        &format!(
+            "{}{}",
+            workload("crowd", &cg),
+            target("echo", echo.addr, "tcp")
+        ),
+        "max_connections = 6000\nmax_connections_per_workload = 6000\n",
+        &[],
+    );
+    let pid = agent.pid().expect("pid");
+    let addr = echo.addr.to_string();
+    let conns = CONNS.to_string();
+    // Warm-up: thread pools, caches and the journal's page cache reach their size.
+    let warm = Held::start(&cg, &["hold", &addr, "--conns", "200"]);
+    assert_eq!(warm.first["open"], 200, "{}", warm.first);
+    assert_eq!(warm.release()["alive"], 200);
+    // Every connection of a round is closed in the agent when its descriptors are.
+    let idle_fds = fds(pid);
+    let base = rss_kib(pid);
+
+    let mut peaks = Vec::new();
+    for round in 1..=2 {
+        let held = Held::start(&cg, &["hold", &addr, "--conns", &conns, "--threads", "64"]);
+        assert_eq!(held.first["open"], CONNS, "round {round}: {}", held.first);
+        let rss = rss_kib(pid);
+        peaks.push(rss);
+        eprintln!(
+            "round {round}: {CONNS} connections open in {} ms, agent RSS {rss} KiB (base {base} KiB, {} KiB per connection)",
+            held.first["elapsed_ms"],
+            (rss.saturating_sub(base)) / CONNS as u64
+        );
+        let last = held.release();
+        assert_eq!(
+            last["alive"], CONNS,
+            "round {round}: every connection still relayed: {last}"
+        );
+        wait_for(
+            120,
+            || format!("{} fds open, {idle_fds} when idle", fds(pid)),
+            || (fds(pid) <= idle_fds + 8).then_some(()),
+        );
+    }
+    let per_conn = peaks[0].saturating_sub(base) / CONNS as u64;
+    assert!(
+        per_conn < 64,
+        "the agent holds {per_conn} KiB per open connection (RSS {} KiB, base {base} KiB)",
+        peaks[0]
+    );
+    assert!(
+        peaks[1] < peaks[0] + (CONNS as u64 * 8),
+        "a second round of {CONNS} grew the agent from {} KiB to {} KiB: a per-connection leak",
+        peaks[0],
+        peaks[1]
+    );
+    let sessions = wait_for(
+        60,
+        || "every session ended".to_string(),
+        || {
+            let s = agent.sessions();
+            s.iter().all(|s| !s["ended_at"].is_null()).then_some(s)
+        },
+    );
+    assert_eq!(sessions.len(), 200 + 2 * CONNS);
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s["close_reason"] == "client closed"),
+        "{:?}",
+        sessions
+            .iter()
+            .find(|s| s["close_reason"] != "client closed")
+    );
+}
+
+/// One client writes to an echo server and never reads: its receive window fills, then
+/// every buffer on the way back, and at last its own writes block. Meanwhile 20 other
+/// connections each move 1 MiB both ways through the agent, byte-identical: one stalled
+/// session holds back nobody else. When the stalled client goes away with unread data,
+/// its session ends as a client reset, and the journal says so.
+#[test]
+fn a_client_that_stops_reading_does_not_stall_others() {
+    privileged!("a_client_that_stops_reading_does_not_stall_others");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let cg = TestCgroup::create(&format!("{}/app", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("app", &cg),
+        target("echo", echo.addr, "tcp")
+    ));
+    let addr = echo.addr.to_string();
+    let stalled = Held::start(&cg, &["stall", &addr]);
+    let written = stalled.first["written"].as_u64().expect("written");
+    assert!(written > 0, "{}", stalled.first);
+    let r = cg.client(&["many", &addr, "--conns", "20", "--bytes", "1048576"]);
+    assert_eq!(
+        r["ok"], 20,
+        "others go on while one client does not read: {r}"
+    );
+    // The stalled session is still there, not cut by the agent.
+    let sessions = agent.wait_sessions_ended(20);
+    let open: Vec<_> = sessions
+        .iter()
+        .filter(|s| s["ended_at"].is_null())
+        .collect();
+    assert_eq!(open.len(), 1, "{sessions:#?}");
+    let stalled_id = open[0]["id"].as_i64().expect("id");
+    assert_eq!(stalled.release()["written"], written);
+    let sessions = agent.wait_sessions_ended(21);
+    let s = sessions
+        .iter()
+        .find(|s| s["id"] == stalled_id)
+        .expect("stalled session");
+    assert!(
+        s["close_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("client reset")),
+        "{s:#}"
+    );
+    assert!(
+        sessions
+            .iter()
+            .filter(|s| s["id"] != stalled_id)
+            .all(|s| s["close_reason"] == "client closed"
+                && s["bytes_from_client"] == 1048576
+                && s["bytes_from_server"] == 1048576),
+        "{sessions:#?}"
+    );
+}
+
+/// The raw answer of the proxy to a PostgreSQL StartupMessage sent from `cg` (psql does
+/// not print a connection error's SQLSTATE).
+fn raw_startup_answer(cg: &TestCgroup, port: u16) -> String {
+    let script = format!(
+        "import socket,struct,sys\n\
+         s=socket.create_connection(('127.0.0.1',{port}))\n\
+         body=struct.pack('!i',196608)+b'user\\0postgres\\0\\0'\n\
+         s.sendall(struct.pack('!i',len(body)+4)+body)\n\
+         data=b''\n\
+         while True:\n    c=s.recv(65536)\n    if not c: break\n    data+=c\n\
+         sys.stdout.write(data.decode('latin-1'))\n"
+    );
+    let out = cg
+        .command("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `max_connections = 40`, `max_connections_per_workload = 25`. One workload opens 40
+/// connections at once and holds them: 25 are relayed, 15 refused (reset) and journaled
+/// with their reason; a PostgreSQL client of that workload gets FATAL 53300 naming the
+/// limit. Meanwhile another workload connects (opaque and PostgreSQL) as usual: without
+/// the limit the first would hold all 40 slots and the second would wait in the backlog.
+#[test]
+fn a_workload_connecting_in_a_loop_is_held_to_its_limit_and_others_still_connect() {
+    privileged!("a_workload_connecting_in_a_loop_is_held_to_its_limit_and_others_still_connect");
+    let pg = PgServer::start();
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let looper = TestCgroup::create(&format!("{base}/looper"));
+    let steady = TestCgroup::create(&format!("{base}/steady"));
+    let agent = Agent::start_with(
+        &format!(
+            "{}{}{}{}",
+            workload("looper", &looper),
+            workload("steady", &steady),
+            target("echo", echo.addr, "tcp"),
+            target("db", pg.addr(), "postgres")
+        ),
+        "max_connections = 40\nmax_connections_per_workload = 25\n",
+        &[],
+    );
+    let addr = echo.addr.to_string();
+    let held = Held::start(&looper, &["hold", &addr, "--conns", "40", "--threads", "8"]);
+    assert_eq!(held.first["open"], 25, "{}", held.first);
+    assert_eq!(held.first["failed"], 15, "{}", held.first);
+
+    // At its limit, the looper's PostgreSQL clients are told why.
+    let out = psql(&looper, pg.port)
+        .args(["-c", "select 1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("max_connections_per_workload (25) reached for workload looper"),
+        "{}",
+        text(&out)
+    );
+    let raw = raw_startup_answer(&looper, pg.port);
+    assert!(
+        raw.starts_with('E') && raw.contains("SFATAL\0") && raw.contains("C53300\0"),
+        "{raw:?}"
+    );
+
+    // The other workload is not starved: opaque and PostgreSQL sessions work.
+    let r = steady.client(&["many", &addr, "--conns", "10", "--bytes", "10000"]);
+    assert_eq!(r["ok"], 10, "{r}");
+    let out = psql(&steady, pg.port)
+        .args(["-c", "select 6 * 7"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "42",
+        "{}",
+        text(&out)
+    );
+
+    assert_eq!(held.release()["alive"], 25);
+    // 40 + psql + raw (looper), 10 + psql (steady).
+    let sessions = agent.wait_sessions_ended(53);
+    let limit_reason =
+        "policy limit: max_connections_per_workload (25) reached for workload looper";
+    let refused: Vec<_> = sessions
+        .iter()
+        .filter(|s| s["close_reason"] == limit_reason)
+        .collect();
+    assert_eq!(refused.len(), 17, "{sessions:#?}");
+    assert!(refused.iter().all(|s| s["workload"] == "looper"));
+    assert!(
+        sessions
+            .iter()
+            .filter(|s| s["workload"] == "steady")
+            .all(|s| s["close_reason"] == "client closed"),
+        "{sessions:#?}"
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("refusing a new connection: the workload is at max_connections_per_workload"),
+        "logged"
+    );
+}

@@ -50,6 +50,11 @@ pub const DEFAULT_LISTEN_PORT: u16 = 15001;
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/nhi-agent";
 /// Default for `[agent] max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default for `[agent] max_connections_per_workload`: this fraction of `max_connections`
+/// (at least 1). One runaway workload then leaves three quarters of the slots to the
+/// others, while a legitimate one keeps far more connections than its database would take
+/// (PostgreSQL's own default `max_connections` is 100).
+pub const DEFAULT_PER_WORKLOAD_DIVISOR: usize = 4;
 /// Default for `[agent] connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for `[agent] idle_timeout`.
@@ -125,6 +130,10 @@ pub struct AgentSettings {
     pub bpffs: PathBuf,
     /// `max_connections` (4096, at least 1): proxied connections open at once.
     pub max_connections: usize,
+    /// `max_connections_per_workload` (`max_connections / 4`, at least 1, at most
+    /// `max_connections`): audited connections one workload may have open at once; over
+    /// it, its new connections are refused while other workloads still connect.
+    pub max_connections_per_workload: usize,
     /// `connect_timeout` ("10s", humantime syntax, not zero): how long the proxy
     /// waits to connect to the target.
     pub connect_timeout: Duration,
@@ -558,6 +567,25 @@ impl TryFrom<Spanned<RawAgent>> for AgentSettings {
             }
             Some(n) => n.into_inner(),
         };
+        let max_connections_per_workload = match raw.max_connections_per_workload {
+            None => (max_connections / DEFAULT_PER_WORKLOAD_DIVISOR).max(1),
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(Problem::at(
+                    &n,
+                    "max_connections_per_workload must be at least 1",
+                ));
+            }
+            Some(n) if *n.get_ref() > max_connections => {
+                return Err(Problem::at(
+                    &n,
+                    format!(
+                        "max_connections_per_workload ({}) cannot exceed max_connections ({max_connections})",
+                        n.get_ref()
+                    ),
+                ));
+            }
+            Some(n) => n.into_inner(),
+        };
         Ok(AgentSettings {
             mode: raw.mode,
             journal,
@@ -571,6 +599,7 @@ impl TryFrom<Spanned<RawAgent>> for AgentSettings {
                 None => PathBuf::from(DEFAULT_BPFFS),
             },
             max_connections,
+            max_connections_per_workload,
             connect_timeout: duration(
                 raw.connect_timeout,
                 "connect_timeout",

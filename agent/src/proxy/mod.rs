@@ -4,6 +4,7 @@
 //! Architecture invariant: an audited connection's session row is committed to the
 //! journal before the agent opens the upstream connection. If the journal refuses, the
 //! client connection is reset and the reason logged; nothing is forwarded unrecorded.
+mod limits;
 pub mod postgres;
 mod relay;
 
@@ -31,7 +32,12 @@ use crate::{
     journal::{JournalHandle, SessionEnd, SessionStart},
 };
 
+pub use limits::WorkloadLimits;
 pub use relay::CloseReason;
+
+/// SQLSTATE of the FATAL a PostgreSQL client gets over `max_connections_per_workload`:
+/// too_many_connections, what the server says over its own `max_connections`.
+pub const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
 
 /// A configuration and the runtime state built from it (PostgreSQL TLS settings,
 /// credentials, masking key), indexed alike. A reload replaces the whole snapshot at
@@ -64,6 +70,8 @@ pub struct Shared {
     pub budget: crate::ship::Budget,
     /// Claims bound to cgroups by `nhi-agent attest`; `None`: attestation is off.
     pub attest: Option<Arc<crate::attest::Attestor>>,
+    /// Open audited connections per workload (`max_connections_per_workload`).
+    pub limits: Arc<WorkloadLimits>,
 }
 
 impl Shared {
@@ -351,14 +359,51 @@ async fn handle(
     // Over the disk budget: refuse new sessions (existing ones go on). Opaque TCP is
     // closed before anything is journaled or connected; PostgreSQL clients get a FATAL
     // 53100 once their start-up is read (see postgres::SessionContext::refuse).
-    let refuse = shared.budget.exceeded();
-    if let Some(why) = &refuse {
+    let budget = shared.budget.exceeded();
+    if let Some(why) = &budget {
         error!(workload = %workload_name, %orig_dst, target = %target.name, reason = %why, "refusing a new session: disk budget exceeded");
         if target.protocol != crate::config::Protocol::Postgres {
             reset(client);
             return;
         }
     }
+    // One workload may hold at most `max_connections_per_workload` audited connections,
+    // so a loop in one cannot take every slot from the others. A connection over the
+    // limit is journaled (its end says "policy limit: ...") and refused: opaque TCP with a
+    // reset, PostgreSQL with FATAL 53300 once its start-up is read.
+    let limit = config.agent.max_connections_per_workload;
+    let (_slot, over_limit) = match shared.limits.try_acquire(&workload_name, limit) {
+        Ok(slot) => (Some(slot), None),
+        Err(open) => {
+            let why = format!(
+                "max_connections_per_workload ({limit}) reached for workload {workload_name}"
+            );
+            match shared.limits.note_refusal(&workload_name, Instant::now()) {
+                limits::RefusalLog::Warn { since_last } => warn!(
+                    workload = %workload_name, limit, open, refused_since_last_warning = since_last,
+                    "refusing a new connection: the workload is at max_connections_per_workload"
+                ),
+                limits::RefusalLog::Quiet => debug!(
+                    workload = %workload_name, limit, open,
+                    "refusing a new connection: the workload is at max_connections_per_workload"
+                ),
+            }
+            (None, Some(why))
+        }
+    };
+    let refuse = match (&budget, &over_limit) {
+        (Some(why), _) => Some(postgres::Refusal {
+            sqlstate: "53100",
+            message: why.clone(),
+            reason: CloseReason::Protocol(format!("refused: {why}")),
+        }),
+        (None, Some(why)) => Some(postgres::Refusal {
+            sqlstate: SQLSTATE_TOO_MANY_CONNECTIONS,
+            message: format!("too many connections: {why}"),
+            reason: CloseReason::PolicyLimit(why.clone()),
+        }),
+        (None, None) => None,
+    };
     // The claims of the nearest attested cgroup (its own or an ancestor's).
     let claims = shared.attest.as_ref().and_then(|a| {
         a.binding_for(&cgroup, record.cgroup_id, |p| shared.cgroups.id_of(p))
@@ -421,6 +466,21 @@ async fn handle(
     crate::lineage::on_session(shared, id, tgid);
 
     crate::failpoint::pause("proxy.after_session_start").await;
+
+    if let Some(why) = &over_limit {
+        if target.protocol != crate::config::Protocol::Postgres {
+            reset(client);
+            let end = SessionEnd {
+                id,
+                ended_at: SystemTime::now(),
+                bytes_from_client: 0,
+                bytes_from_server: 0,
+                close_reason: CloseReason::PolicyLimit(why.clone()).to_string(),
+            };
+            record_end(&shared.journal, end, &mut end_cancel).await;
+            return;
+        }
+    }
 
     let pg = match target.protocol {
         crate::config::Protocol::Postgres => snapshot.pg.target(target_index).cloned(),

@@ -80,11 +80,20 @@ pub struct SessionContext<'a> {
     pub cancel_keys: &'a CancelKeys,
     pub approvals: Option<Arc<dyn Approver>>,
     pub workload: &'a str,
-    /// `Some(reason)`: refuse the session after its start-up with FATAL 53100
-    /// (disk_full), nothing forwarded (the disk budget is exceeded).
-    pub refuse: Option<String>,
+    /// Refuse the session after its start-up with a FATAL, nothing forwarded (the disk
+    /// budget is exceeded, the workload is at its connection limit).
+    pub refuse: Option<Refusal>,
     /// The client process (from the session's start), for approval announcements.
     pub process: crate::approvals::wire::Process,
+}
+
+/// A session refused right after its start-up: the client reads FATAL `sqlstate`
+/// "nhi-agent: `message`", and the session ends with `reason`.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub sqlstate: &'static str,
+    pub message: String,
+    pub reason: CloseReason,
 }
 
 /// The session a held statement belongs to, as approvers are told.
@@ -320,10 +329,17 @@ async fn serve_inner(
         let _ = client.write_all(&error).await;
         return Err(Failure::Protocol("replication connection refused".into()));
     }
-    if let Some(why) = &ctx.refuse {
-        let error = encode::error_response("FATAL", "53100", &format!("nhi-agent: {why}"));
+    if let Some(refusal) = &ctx.refuse {
+        let error = encode::error_response(
+            "FATAL",
+            refusal.sqlstate,
+            &format!("nhi-agent: {}", refusal.message),
+        );
         let _ = client.write_all(&error).await;
-        return Err(Failure::Protocol(format!("refused: {why}")));
+        return match &refusal.reason {
+            CloseReason::Protocol(why) => Err(Failure::Protocol(why.clone())),
+            other => Ok(other.clone()),
+        };
     }
     let client_user = startup.user().unwrap_or("").to_owned();
     let login_user = match &target_rt.credential {
