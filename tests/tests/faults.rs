@@ -8,7 +8,7 @@ use std::{
     collections::HashSet,
     fs,
     io::{BufRead, BufReader, Read, Write},
-    net::SocketAddr,
+    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread,
@@ -788,5 +788,367 @@ fn a_workload_connecting_in_a_loop_is_held_to_its_limit_and_others_still_connect
             .log_text()
             .contains("refusing a new connection: the workload is at max_connections_per_workload"),
         "logged"
+    );
+}
+
+// ---------------------------------------------------------------- upstream and client faults
+
+/// A listener whose accept queue is full: connections to it get no answer (their SYNs
+/// are dropped), like a host that does not answer. Holds the connections that fill it.
+struct Unanswering {
+    addr: SocketAddr,
+    _fd: std::os::fd::OwnedFd,
+    _fillers: Vec<TcpStream>,
+}
+
+impl Unanswering {
+    fn start() -> Self {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket calls on a descriptor this function owns.
+        let (fd, addr) = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0, "socket");
+            let mut sin: libc::sockaddr_in = std::mem::zeroed();
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 4]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            assert_eq!(
+                libc::bind(fd, (&sin as *const libc::sockaddr_in).cast(), len),
+                0
+            );
+            assert_eq!(libc::listen(fd, 0), 0);
+            let mut bound: libc::sockaddr_in = std::mem::zeroed();
+            let mut blen = len;
+            libc::getsockname(fd, (&mut bound as *mut libc::sockaddr_in).cast(), &mut blen);
+            let port = u16::from_be(bound.sin_port);
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fd),
+                SocketAddr::from(([127, 0, 0, 4], port)),
+            )
+        };
+        // Fill the accept queue (never accepted) from this process, which is not
+        // intercepted.
+        let fillers = (0..3)
+            .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok())
+            .collect();
+        Self {
+            addr,
+            _fd: fd,
+            _fillers: fillers,
+        }
+    }
+}
+
+/// A server that accepts, reads what comes, and never answers; holds every connection.
+fn silent_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.5:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+/// A server that reads a request, answers with `bytes` bytes and then resets.
+fn resetting_server(bytes: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.6:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut b = [0u8; 1024];
+            let _ = s.read(&mut b);
+            let _ = s.write_all(&vec![b'r'; bytes]);
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            use std::os::fd::AsRawFd;
+            // SAFETY: valid fd, correctly sized option.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+            drop(s);
+        }
+    });
+    addr
+}
+
+fn session_for<'a>(sessions: &'a [serde_json::Value], target: &str) -> &'a serde_json::Value {
+    sessions
+        .iter()
+        .find(|s| s["target"] == target)
+        .unwrap_or_else(|| panic!("no session to {target}: {sessions:#?}"))
+}
+
+/// Opaque TCP: an upstream that never answers the connect, one that accepts and then
+/// stalls, one that resets in the middle of its answer, and a client that half-closes.
+/// Each session ends with its own close reason; the reset reaches the client as a reset
+/// (not a clean end that would make the cut answer look complete).
+#[test]
+fn opaque_sessions_end_with_the_reason_of_each_fault() {
+    privileged!("opaque_sessions_end_with_the_reason_of_each_fault");
+    let unanswering = Unanswering::start();
+    let silent = silent_server();
+    let resetting = resetting_server(200 * 1024);
+    let echo = EchoServer::start("127.0.0.2:0");
+    let cg = TestCgroup::create(&format!("{}/app", unique("nhi-test")));
+    let agent = Agent::start_with(
+        &format!(
+            "{}{}{}{}{}",
+            workload("app", &cg),
+            target("unanswering", unanswering.addr, "tcp"),
+            target("stalled", silent, "tcp"),
+            target("resetting", resetting, "tcp"),
+            target("echo", echo.addr, "tcp")
+        ),
+        "connect_timeout = \"1s\"\nidle_timeout = \"1s\"\n",
+        &[],
+    );
+    let r = cg.client(&["echo", &unanswering.addr.to_string(), "--bytes", "10"]);
+    assert!(r["error"].is_string(), "refused: {r}");
+    let r = cg.client(&["echo", &silent.to_string(), "--bytes", "10"]);
+    assert_eq!(
+        r["received"], 0,
+        "closed by the agent after the idle timeout: {r}"
+    );
+    let r = cg.client(&["echo", &resetting.to_string(), "--bytes", "10"]);
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.contains("reset")),
+        "the server's reset reaches the client as a reset: {r}"
+    );
+    let r = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "300000"]);
+    assert_eq!(
+        r["identical"], true,
+        "a half-closed client gets the whole answer: {r}"
+    );
+
+    let sessions = agent.wait_sessions_ended(4);
+    let reason = |t: &str| {
+        session_for(&sessions, t)["close_reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(
+        reason("unanswering"),
+        "upstream connect failed: no answer within 1s",
+        "{sessions:#?}"
+    );
+    assert_eq!(reason("stalled"), "idle timeout");
+    assert!(
+        reason("resetting").starts_with("server reset: "),
+        "{}",
+        reason("resetting")
+    );
+    assert_eq!(reason("echo"), "client closed");
+    let e = session_for(&sessions, "echo");
+    assert_eq!(e["bytes_from_client"], 300000);
+    assert_eq!(e["bytes_from_server"], 300000);
+}
+
+/// A forwarder between the agent and a real PostgreSQL that resets both connections once
+/// it has passed `after` bytes from the server: a server that resets mid-result.
+fn resetting_forwarder(to: SocketAddr, after: usize) -> SocketAddr {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let listener = TcpListener::bind("127.0.0.7:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(to) else {
+                continue;
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let (mut c_r, mut s_w) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let _ = c_r.set_read_timeout(Some(Duration::from_millis(50)));
+            let stopped = stop.clone();
+            // Client -> server until told to stop; then its descriptors go, so that the
+            // other thread's close is the last one (and resets).
+            let upward = thread::spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                while !stopped.load(Ordering::SeqCst) {
+                    match c_r.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => {
+                            if s_w.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => return,
+                    }
+                }
+            });
+            thread::spawn(move || {
+                let (mut s_r, mut c_w) = (server, client);
+                let mut passed = 0;
+                let mut buf = vec![0u8; 16 * 1024];
+                while passed < after {
+                    match s_r.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if c_w.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                            passed += n;
+                        }
+                    }
+                }
+                stop.store(true, Ordering::SeqCst);
+                let _ = upward.join();
+                use std::os::fd::AsRawFd;
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                for fd in [c_w.as_raw_fd(), s_r.as_raw_fd()] {
+                    // SAFETY: valid fds, correctly sized option.
+                    unsafe {
+                        libc::setsockopt(
+                            fd,
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&linger as *const libc::linger).cast(),
+                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                        );
+                    }
+                }
+                // Dropped here: closed with linger 0, both connections are reset.
+            });
+        }
+    });
+    addr
+}
+
+/// PostgreSQL: a server stalled in a statement (the session idles out), a server that
+/// resets in the middle of a result (a real PostgreSQL behind a forwarder that resets),
+/// and a client that sends a query and half-closes (it still gets its result, and the
+/// statement's end is journaled). Each session's close reason says what happened.
+#[test]
+fn postgres_sessions_end_with_the_reason_of_each_fault() {
+    privileged!("postgres_sessions_end_with_the_reason_of_each_fault");
+    let pg = PgServer::start();
+    let faulty = resetting_forwarder(pg.addr(), 256 * 1024);
+    let cg = TestCgroup::create(&format!("{}/app", unique("nhi-test")));
+    let agent = Agent::start_with(
+        &format!(
+            "{}{}{}",
+            workload("app", &cg),
+            target("db", pg.addr(), "postgres"),
+            target("db-resetting", faulty, "postgres")
+        ),
+        "idle_timeout = \"2s\"\n",
+        &[],
+    );
+    // Stalled: the server sleeps, nothing moves, the session idles out.
+    let out = psql(&cg, pg.port)
+        .args(["-c", "select pg_sleep(600)"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    // Reset mid-result.
+    let out = cg
+        .command("psql")
+        .args([
+            "-X",
+            "-At",
+            "-U",
+            "postgres",
+            "-h",
+            &faulty.ip().to_string(),
+        ])
+        .args(["-p", &faulty.port().to_string()])
+        .args([
+            "-c",
+            "select repeat('x', 1000) from generate_series(1, 5000)",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the cut result is an error: {}",
+        text(&out)
+    );
+    // Half-close after a query: the answer still arrives.
+    let script = format!(
+        "import socket,struct,sys\n\
+         s=socket.create_connection(('127.0.0.1',{}))\n\
+         body=struct.pack('!i',196608)+b'user\\0postgres\\0\\0'\n\
+         s.sendall(struct.pack('!i',len(body)+4)+body)\n\
+         data=b''\n\
+         while b'Z\\0\\0\\0\\x05' not in data:\n    c=s.recv(65536)\n    if not c: break\n    data+=c\n\
+         q=b\"select 'half-' || 'closed'\\0\"\n\
+         s.sendall(b'Q'+struct.pack('!i',len(q)+4)+q)\n\
+         s.shutdown(socket.SHUT_WR)\n\
+         out=b''\n\
+         while True:\n    c=s.recv(65536)\n    if not c: break\n    out+=c\n\
+         sys.stdout.write(out.decode('latin-1'))\n",
+        pg.port
+    );
+    let out = cg
+        .command("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    let answer = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        answer.contains("half-closed") && answer.contains("SELECT 1"),
+        "a half-closed client gets its result: {answer:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let sessions = agent.wait_sessions_ended(3);
+    let by_text = |needle: &str| -> (serde_json::Value, Vec<serde_json::Value>) {
+        for s in &sessions {
+            let id = s["id"].as_i64().expect("id");
+            let events = agent.events(id);
+            if events.iter().any(|e| {
+                e["kind"] == "statement"
+                    && e["data"]["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains(needle))
+            }) {
+                return (s.clone(), events);
+            }
+        }
+        panic!("no session ran {needle}: {sessions:#?}");
+    };
+    let (stalled, events) = by_text("pg_sleep");
+    assert_eq!(stalled["close_reason"], "idle timeout", "{stalled:#}");
+    assert!(
+        !events.iter().any(|e| e["kind"] == "statement_end"),
+        "{events:#?}"
+    );
+    let (reset, events) = by_text("generate_series");
+    assert!(
+        reset["close_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("server reset: ")),
+        "{reset:#}"
+    );
+    assert!(
+        !events.iter().any(|e| e["kind"] == "statement_end"),
+        "the result never ended: {events:#?}"
+    );
+    let (half, events) = by_text("half-");
+    assert_eq!(half["close_reason"], "client closed", "{half:#}");
+    assert!(
+        events.iter().any(|e| e["kind"] == "statement_end"),
+        "the half-closed client's statement ended: {events:#?}"
     );
 }

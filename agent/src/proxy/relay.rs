@@ -10,7 +10,7 @@ use std::{
 use tokio::{
     io::{AsyncWriteExt, Interest},
     net::{
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        tcp::{ReadHalf, WriteHalf},
         TcpStream,
     },
     sync::watch,
@@ -107,18 +107,19 @@ impl Pipe<'_> {
     /// holds none, so thousands of idle connections cost no buffers (a zeroed 64 KiB
     /// buffer per direction was 128 KiB resident per connection once the allocator
     /// recycled memory). It is not zeroed either: reads go into its spare capacity.
-    async fn run(self, from: OwnedReadHalf, mut to: OwnedWriteHalf) -> PipeEnd {
+    async fn run(self, from: ReadHalf<'_>, mut to: WriteHalf<'_>) -> PipeEnd {
+        let src: &TcpStream = from.as_ref();
         let mut buf: Vec<u8> = Vec::new();
         let mut full_reads = 0;
         let mut splice_possible = true;
         loop {
-            if let Err(e) = from.readable().await {
+            if let Err(e) = src.readable().await {
                 return PipeEnd::ReadFailed(e);
             }
             if buf.capacity() < CHUNK {
                 buf.reserve_exact(CHUNK);
             }
-            let n = match from.try_read_buf(&mut buf) {
+            let n = match src.try_read_buf(&mut buf) {
                 Ok(0) => {
                     // Half-close: pass the FIN on and keep the other direction open.
                     let _ = to.shutdown().await;
@@ -169,8 +170,8 @@ impl Pipe<'_> {
 
     async fn run_splice(
         self,
-        from: OwnedReadHalf,
-        mut to: OwnedWriteHalf,
+        from: ReadHalf<'_>,
+        mut to: WriteHalf<'_>,
         pipe_r: OwnedFd,
         pipe_w: OwnedFd,
     ) -> PipeEnd {
@@ -241,9 +242,14 @@ impl Pipe<'_> {
 
 /// Relays until both directions have ended, one fails, the connection idles out, or
 /// `cancel` flips.
+///
+/// A reset is passed on as a reset: when the server resets, the client's connection is
+/// reset too (and the other way round), and a journal failure resets both. Closing with
+/// a FIN instead would make a result cut short look complete to a client that frames
+/// nothing itself.
 pub async fn relay(
-    client: TcpStream,
-    upstream: TcpStream,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
     journal: Option<(&JournalHandle, SessionId)>,
     idle_timeout: Duration,
     mut cancel: watch::Receiver<bool>,
@@ -252,76 +258,92 @@ pub async fn relay(
     let from_server = AtomicU64::new(0);
     let last_activity = AtomicU64::new(0);
     let epoch = Instant::now();
-    let (client_r, client_w) = client.into_split();
-    let (server_r, server_w) = upstream.into_split();
+    let reason = {
+        let (client_r, client_w) = client.split();
+        let (server_r, server_w) = upstream.split();
 
-    let c2s = Pipe {
-        journal,
-        dir: Direction::ClientToServer,
-        bytes: &from_client,
-        last_activity: &last_activity,
-        epoch,
-    }
-    .run(client_r, server_w);
-    let s2c = Pipe {
-        journal,
-        dir: Direction::ServerToClient,
-        bytes: &from_server,
-        last_activity: &last_activity,
-        epoch,
-    }
-    .run(server_r, client_w);
-    tokio::pin!(c2s, s2c);
+        let c2s = Pipe {
+            journal,
+            dir: Direction::ClientToServer,
+            bytes: &from_client,
+            last_activity: &last_activity,
+            epoch,
+        }
+        .run(client_r, server_w);
+        let s2c = Pipe {
+            journal,
+            dir: Direction::ServerToClient,
+            bytes: &from_server,
+            last_activity: &last_activity,
+            epoch,
+        }
+        .run(server_r, client_w);
+        tokio::pin!(c2s, s2c);
 
-    let tick = (idle_timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let tick = (idle_timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let mut c2s_end: Option<PipeEnd> = None;
-    let mut s2c_end: Option<PipeEnd> = None;
-    let mut first_eof: Option<Direction> = None;
-    let reason = loop {
-        tokio::select! {
-            end = &mut c2s, if c2s_end.is_none() => {
-                if matches!(end, PipeEnd::Eof) && first_eof.is_none() {
-                    first_eof = Some(Direction::ClientToServer);
+        let mut c2s_end: Option<PipeEnd> = None;
+        let mut s2c_end: Option<PipeEnd> = None;
+        let mut first_eof: Option<Direction> = None;
+        let reason = loop {
+            tokio::select! {
+                end = &mut c2s, if c2s_end.is_none() => {
+                    if matches!(end, PipeEnd::Eof) && first_eof.is_none() {
+                        first_eof = Some(Direction::ClientToServer);
+                    }
+                    c2s_end = Some(end);
                 }
-                c2s_end = Some(end);
-            }
-            end = &mut s2c, if s2c_end.is_none() => {
-                if matches!(end, PipeEnd::Eof) && first_eof.is_none() {
-                    first_eof = Some(Direction::ServerToClient);
+                end = &mut s2c, if s2c_end.is_none() => {
+                    if matches!(end, PipeEnd::Eof) && first_eof.is_none() {
+                        first_eof = Some(Direction::ServerToClient);
+                    }
+                    s2c_end = Some(end);
                 }
-                s2c_end = Some(end);
-            }
-            _ = ticker.tick() => {
-                let idle_ms = (epoch.elapsed().as_millis() as u64)
-                    .saturating_sub(last_activity.load(Ordering::Relaxed));
-                if Duration::from_millis(idle_ms) >= idle_timeout {
-                    break CloseReason::IdleTimeout;
+                _ = ticker.tick() => {
+                    let idle_ms = (epoch.elapsed().as_millis() as u64)
+                        .saturating_sub(last_activity.load(Ordering::Relaxed));
+                    if Duration::from_millis(idle_ms) >= idle_timeout {
+                        break CloseReason::IdleTimeout;
+                    }
+                    continue;
                 }
-                continue;
-            }
-            changed = cancel.changed() => {
-                if changed.is_err() || *cancel.borrow() {
-                    break CloseReason::AgentShutdown;
+                changed = cancel.changed() => {
+                    if changed.is_err() || *cancel.borrow() {
+                        break CloseReason::AgentShutdown;
+                    }
+                    continue;
                 }
-                continue;
             }
-        }
-        // Any failure ends the whole session; two EOFs end it cleanly.
-        if let Some(reason) = failure(&c2s_end, Direction::ClientToServer)
-            .or_else(|| failure(&s2c_end, Direction::ServerToClient))
-        {
-            break reason;
-        }
-        if c2s_end.is_some() && s2c_end.is_some() {
-            break match first_eof {
-                Some(Direction::ServerToClient) => CloseReason::ServerClosed,
-                _ => CloseReason::ClientClosed,
-            };
-        }
+            // Any failure ends the whole session; two EOFs end it cleanly.
+            if let Some(reason) = failure(&c2s_end, Direction::ClientToServer)
+                .or_else(|| failure(&s2c_end, Direction::ServerToClient))
+            {
+                break reason;
+            }
+            if c2s_end.is_some() && s2c_end.is_some() {
+                break match first_eof {
+                    Some(Direction::ServerToClient) => CloseReason::ServerClosed,
+                    _ => CloseReason::ClientClosed,
+                };
+            }
+        };
+        reason
     };
+    match &reason {
+        CloseReason::ServerReset(_) => {
+            let _ = client.set_zero_linger();
+        }
+        CloseReason::ClientReset(_) => {
+            let _ = upstream.set_zero_linger();
+        }
+        CloseReason::JournalFailure(_) => {
+            let _ = client.set_zero_linger();
+            let _ = upstream.set_zero_linger();
+        }
+        _ => {}
+    }
     Outcome {
         bytes_from_client: from_client.load(Ordering::Relaxed),
         bytes_from_server: from_server.load(Ordering::Relaxed),

@@ -204,7 +204,9 @@ fn echo(addr: SocketAddr, bytes: u64, seed: u64) -> Result<serde_json::Value, St
         let mut i = 0;
         while i < n {
             if pending == 0 {
-                let chunk = (bytes - received - i as u64).min(expected.len() as u64) as usize;
+                let chunk = bytes
+                    .saturating_sub(received + i as u64)
+                    .min(expected.len() as u64) as usize;
                 if chunk == 0 {
                     identical = false; // more bytes than sent
                     break;

@@ -851,6 +851,7 @@ async fn session_loop(
     let mut hold: Option<std::pin::Pin<Box<dyn std::future::Future<Output = HoldOutcome> + Send>>> =
         None;
     let mut client_eof = false;
+    let mut server_write_shut = false;
     let mut server_eof = false;
     let mut terminated = false;
     let mut registered_key = false;
@@ -936,11 +937,18 @@ async fn session_loop(
         }
         if server_eof && to_client.is_empty() {
             let _ = cw.shutdown().await;
-            return Ok(CloseReason::ServerClosed);
+            // After a client's half-close the server ends because of it.
+            return Ok(if client_eof {
+                CloseReason::ClientClosed
+            } else {
+                CloseReason::ServerClosed
+            });
         }
-        if client_eof && to_server.is_empty() && hold.is_none() {
+        if client_eof && to_server.is_empty() && hold.is_none() && !server_write_shut {
+            // Half-close: pass the FIN on and relay (and journal) what the server still
+            // answers; the session ends when the server closes (or idles out).
             let _ = sw.shutdown().await;
-            return Ok(CloseReason::ClientClosed);
+            server_write_shut = true;
         }
 
         let idle_deadline = tokio::time::Instant::from_std(last_activity + idle);
