@@ -50,11 +50,13 @@ pub const DEFAULT_LISTEN_PORT: u16 = 15001;
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/nhi-agent";
 /// Default for `[agent] max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-/// Default for `[agent] max_connections_per_workload`: this fraction of `max_connections`
-/// (at least 1). One runaway workload then leaves three quarters of the slots to the
-/// others, while a legitimate one keeps far more connections than its database would take
-/// (PostgreSQL's own default `max_connections` is 100).
-pub const DEFAULT_PER_WORKLOAD_DIVISOR: usize = 4;
+/// Default for `[agent] max_connections_per_workload`: three quarters of
+/// `max_connections` (at least 1). One runaway workload then always leaves a quarter of
+/// the slots to the others, while a host with a single workload keeps most of its
+/// capacity (a smaller fraction would cut that host's connections for no one's benefit).
+pub fn default_max_connections_per_workload(max_connections: usize) -> usize {
+    (max_connections.saturating_mul(3) / 4).max(1)
+}
 /// Default for `[agent] connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for `[agent] idle_timeout`.
@@ -130,7 +132,7 @@ pub struct AgentSettings {
     pub bpffs: PathBuf,
     /// `max_connections` (4096, at least 1): proxied connections open at once.
     pub max_connections: usize,
-    /// `max_connections_per_workload` (`max_connections / 4`, at least 1, at most
+    /// `max_connections_per_workload` (3/4 of `max_connections`, at least 1, at most
     /// `max_connections`): audited connections one workload may have open at once; over
     /// it, its new connections are refused while other workloads still connect.
     pub max_connections_per_workload: usize,
@@ -568,7 +570,7 @@ impl TryFrom<Spanned<RawAgent>> for AgentSettings {
             Some(n) => n.into_inner(),
         };
         let max_connections_per_workload = match raw.max_connections_per_workload {
-            None => (max_connections / DEFAULT_PER_WORKLOAD_DIVISOR).max(1),
+            None => default_max_connections_per_workload(max_connections),
             Some(n) if *n.get_ref() == 0 => {
                 return Err(Problem::at(
                     &n,

@@ -87,7 +87,7 @@ fn minimal_example_parses_to_the_expected_model() {
             fail: FailMode::Closed,
             bpffs: PathBuf::from("/sys/fs/bpf/nhi-agent"),
             max_connections: 4096,
-            max_connections_per_workload: 1024,
+            max_connections_per_workload: 3072,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(30),
@@ -302,6 +302,16 @@ fn duplicate_target_name_position() {
             .contains(&format!("first defined on line {first_line}")),
         "{e}"
     );
+}
+
+#[test]
+fn the_per_workload_limit_defaults_to_three_quarters_of_max_connections() {
+    use super::default_max_connections_per_workload as d;
+    assert_eq!(d(4096), 3072);
+    assert_eq!(d(64), 48);
+    assert_eq!(d(10), 7);
+    assert_eq!(d(2), 1);
+    assert_eq!(d(1), 1);
 }
 
 #[test]
