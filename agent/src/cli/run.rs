@@ -72,6 +72,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(why) = features.refusal() {
         anyhow::bail!(why);
     }
+    raise_nofile_limit(config.agent.max_connections);
     let cgroups = CgroupFs::discover(config.agent.cgroup_root.as_deref())
         .context("finding the cgroup2 mount")?;
     if let Some(dir) = config.agent.journal.parent() {
@@ -218,6 +219,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         lineage: lineage.clone(),
         budget,
         attest: Some(attestor.clone()),
+        limits: Arc::new(proxy::WorkloadLimits::default()),
     });
     {
         let c = shared.config();
@@ -436,6 +438,36 @@ fn approvals_registry(
         registry = registry.with_announcer(announcer);
     }
     Ok(registry)
+}
+
+/// Raises the soft limit on open files to the hard limit: every proxied connection holds
+/// two sockets (and two pipes while it splices), and the common soft default (1024) would
+/// make accept fail with EMFILE after a few hundred connections. Warns when even the hard
+/// limit is short of what `max_connections` needs.
+fn raise_nofile_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(1024);
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard {
+                if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                    warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+                }
+            }
+            if hard < needed {
+                warn!(
+                    limit = hard,
+                    needed,
+                    max_connections,
+                    "the open-file limit (RLIMIT_NOFILE) is below what max_connections needs; \
+                     raise it (systemd: LimitNOFILE=) or lower max_connections"
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 fn reload(shared: &proxy::Shared, path: &std::path::Path) {

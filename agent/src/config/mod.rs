@@ -50,6 +50,13 @@ pub const DEFAULT_LISTEN_PORT: u16 = 15001;
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/nhi-agent";
 /// Default for `[agent] max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default for `[agent] max_connections_per_workload`: three quarters of
+/// `max_connections` (at least 1). One runaway workload then always leaves a quarter of
+/// the slots to the others, while a host with a single workload keeps most of its
+/// capacity (a smaller fraction would cut that host's connections for no one's benefit).
+pub fn default_max_connections_per_workload(max_connections: usize) -> usize {
+    (max_connections.saturating_mul(3) / 4).max(1)
+}
 /// Default for `[agent] connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for `[agent] idle_timeout`.
@@ -125,6 +132,10 @@ pub struct AgentSettings {
     pub bpffs: PathBuf,
     /// `max_connections` (4096, at least 1): proxied connections open at once.
     pub max_connections: usize,
+    /// `max_connections_per_workload` (3/4 of `max_connections`, at least 1, at most
+    /// `max_connections`): audited connections one workload may have open at once; over
+    /// it, its new connections are refused while other workloads still connect.
+    pub max_connections_per_workload: usize,
     /// `connect_timeout` ("10s", humantime syntax, not zero): how long the proxy
     /// waits to connect to the target.
     pub connect_timeout: Duration,
@@ -562,6 +573,25 @@ impl TryFrom<Spanned<RawAgent>> for AgentSettings {
             }
             Some(n) => n.into_inner(),
         };
+        let max_connections_per_workload = match raw.max_connections_per_workload {
+            None => default_max_connections_per_workload(max_connections),
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(Problem::at(
+                    &n,
+                    "max_connections_per_workload must be at least 1",
+                ));
+            }
+            Some(n) if *n.get_ref() > max_connections => {
+                return Err(Problem::at(
+                    &n,
+                    format!(
+                        "max_connections_per_workload ({}) cannot exceed max_connections ({max_connections})",
+                        n.get_ref()
+                    ),
+                ));
+            }
+            Some(n) => n.into_inner(),
+        };
         Ok(AgentSettings {
             mode: raw.mode,
             journal,
@@ -575,6 +605,7 @@ impl TryFrom<Spanned<RawAgent>> for AgentSettings {
                 None => PathBuf::from(DEFAULT_BPFFS),
             },
             max_connections,
+            max_connections_per_workload,
             connect_timeout: duration(
                 raw.connect_timeout,
                 "connect_timeout",

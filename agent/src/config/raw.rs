@@ -44,6 +44,7 @@ pub(super) struct RawAgent {
     pub fail: Option<FailMode>,
     pub bpffs: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<usize>>,
+    pub max_connections_per_workload: Option<Spanned<usize>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,

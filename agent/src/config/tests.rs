@@ -87,6 +87,7 @@ fn minimal_example_parses_to_the_expected_model() {
             fail: FailMode::Closed,
             bpffs: PathBuf::from("/sys/fs/bpf/nhi-agent"),
             max_connections: 4096,
+            max_connections_per_workload: 3072,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(30),
@@ -126,6 +127,7 @@ listen_port = 15999
 fail = "closed"
 bpffs = "/sys/fs/bpf/other"
 max_connections = 10
+max_connections_per_workload = 3
 connect_timeout = "1s 500ms"
 idle_timeout = "2m"
 drain_timeout = "0s"
@@ -142,6 +144,7 @@ address = "*:1"
     assert_eq!(a.fail, FailMode::Closed);
     assert_eq!(a.bpffs, PathBuf::from("/sys/fs/bpf/other"));
     assert_eq!(a.max_connections, 10);
+    assert_eq!(a.max_connections_per_workload, 3);
     assert_eq!(a.connect_timeout, Duration::from_millis(1500));
     assert_eq!(a.idle_timeout, Duration::from_secs(120));
     assert_eq!(a.drain_timeout, Duration::ZERO);
@@ -302,8 +305,18 @@ fn duplicate_target_name_position() {
 }
 
 #[test]
+fn the_per_workload_limit_defaults_to_three_quarters_of_max_connections() {
+    use super::default_max_connections_per_workload as d;
+    assert_eq!(d(4096), 3072);
+    assert_eq!(d(64), 48);
+    assert_eq!(d(10), 7);
+    assert_eq!(d(2), 1);
+    assert_eq!(d(1), 1);
+}
+
+#[test]
 fn semantic_errors_point_at_the_value() {
-    let cases: [(&str, &str, &str, &str); 8] = [
+    let cases: [(&str, &str, &str, &str); 10] = [
         (
             "protocol = \"tcp\"",
             "protocol = \"mysql\"",
@@ -327,6 +340,18 @@ fn semantic_errors_point_at_the_value() {
             "journal = \"/var/lib/nhi-agent/journal.db\"\nmax_connections = 0",
             "0\n",
             "max_connections must be at least 1",
+        ),
+        (
+            "journal = \"/var/lib/nhi-agent/journal.db\"",
+            "journal = \"/var/lib/nhi-agent/journal.db\"\nmax_connections_per_workload = 0",
+            "0\n",
+            "max_connections_per_workload must be at least 1",
+        ),
+        (
+            "journal = \"/var/lib/nhi-agent/journal.db\"",
+            "journal = \"/var/lib/nhi-agent/journal.db\"\nmax_connections = 8\nmax_connections_per_workload = 9",
+            "9\n",
+            "max_connections_per_workload (9) cannot exceed max_connections (8)",
         ),
         (
             "journal = \"/var/lib/nhi-agent/journal.db\"",

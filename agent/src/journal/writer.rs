@@ -499,7 +499,7 @@ impl PrelogIngest {
         if !self.failing {
             tracing::error!(
                 reason,
-                "journal could not commit pre-log records; they stay in the pre-log and are                  retried"
+                "journal could not commit pre-log records; they stay in the pre-log and are retried"
             );
         }
         self.failing = true;
@@ -610,7 +610,7 @@ fn ingest(
             path = %ing.prelog.path().display(),
             offset = start + off as u64,
             reason,
-            "journal pre-log holds a record that cannot be read; no more events can be              recorded until the agent restarts"
+            "journal pre-log holds a record that cannot be read; no more events can be recorded until the agent restarts"
         );
         ing.prelog.mark_broken();
         ing.stuck = true;
@@ -994,13 +994,19 @@ impl Writer {
             .count();
         self.failures.since_flush += after_last_flush as u64;
         self.publish_failures();
-        tracing::error!(
-            op,
-            error = %source,
-            commands,
-            lost_records,
-            "journal batch was not committed; the sessions it touched are marked failed"
-        );
+        if commands > 0 {
+            tracing::error!(
+                op,
+                error = %source,
+                commands,
+                lost_records,
+                "journal batch was not committed; the sessions it touched are marked failed"
+            );
+        } else {
+            // Only pre-log records, retried every RETRY while the disk is full: the first
+            // failure of the streak is logged by `note_failure`, not each retry.
+            tracing::debug!(op, error = %source, "journal retry of pre-log records failed");
+        }
 
         // Mark first and forget ended sessions afterwards, so that a session that both
         // chunked and ended in this batch does not stay in the failed set forever.

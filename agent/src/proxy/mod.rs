@@ -5,6 +5,7 @@
 //! journal before the agent opens the upstream connection. If the journal refuses, the
 //! client connection is reset and the reason logged; nothing is forwarded unrecorded.
 pub mod http;
+mod limits;
 pub mod postgres;
 mod relay;
 
@@ -32,7 +33,12 @@ use crate::{
     journal::{JournalHandle, SessionEnd, SessionStart},
 };
 
+pub use limits::WorkloadLimits;
 pub use relay::CloseReason;
+
+/// SQLSTATE of the FATAL a PostgreSQL client gets over `max_connections_per_workload`:
+/// too_many_connections, what the server says over its own `max_connections`.
+pub const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
 
 /// A configuration and the runtime state built from it (PostgreSQL TLS settings,
 /// credentials, masking key), indexed alike. A reload replaces the whole snapshot at
@@ -65,6 +71,8 @@ pub struct Shared {
     pub budget: crate::ship::Budget,
     /// Claims bound to cgroups by `nhi-agent attest`; `None`: attestation is off.
     pub attest: Option<Arc<crate::attest::Attestor>>,
+    /// Open audited connections per workload (`max_connections_per_workload`).
+    pub limits: Arc<WorkloadLimits>,
 }
 
 impl Shared {
@@ -262,6 +270,9 @@ async fn handle(
     cancel: watch::Receiver<bool>,
 ) {
     let accepted_at = SystemTime::now();
+    // The session's end may have to wait for the journal to recover; the shutdown
+    // signal bounds that wait.
+    let mut end_cancel = cancel.clone();
     let boot_ticks = identity::boottime_ticks();
     let _ = client.set_nodelay(true);
     let cookie = match ebpf::socket_cookie(&client) {
@@ -349,8 +360,8 @@ async fn handle(
     // Over the disk budget: refuse new sessions (existing ones go on). Opaque TCP is
     // closed before anything is journaled or connected; PostgreSQL clients get a FATAL
     // 53100 once their start-up is read (see postgres::SessionContext::refuse).
-    let refuse = shared.budget.exceeded();
-    if let Some(why) = &refuse {
+    let budget = shared.budget.exceeded();
+    if let Some(why) = &budget {
         error!(workload = %workload_name, %orig_dst, target = %target.name, reason = %why, "refusing a new session: disk budget exceeded");
         if !matches!(
             target.protocol,
@@ -360,6 +371,43 @@ async fn handle(
             return;
         }
     }
+    // One workload may hold at most `max_connections_per_workload` audited connections,
+    // so a loop in one cannot take every slot from the others. A connection over the
+    // limit is journaled (its end says "policy limit: ...") and refused: opaque TCP with a
+    // reset, PostgreSQL with FATAL 53300 once its start-up is read.
+    let limit = config.agent.max_connections_per_workload;
+    let (_slot, over_limit) = match shared.limits.try_acquire(&workload_name, limit) {
+        Ok(slot) => (Some(slot), None),
+        Err(open) => {
+            let why = format!(
+                "max_connections_per_workload ({limit}) reached for workload {workload_name}"
+            );
+            match shared.limits.note_refusal(&workload_name, Instant::now()) {
+                limits::RefusalLog::Warn { since_last } => warn!(
+                    workload = %workload_name, limit, open, refused_since_last_warning = since_last,
+                    "refusing a new connection: the workload is at max_connections_per_workload"
+                ),
+                limits::RefusalLog::Quiet => debug!(
+                    workload = %workload_name, limit, open,
+                    "refusing a new connection: the workload is at max_connections_per_workload"
+                ),
+            }
+            (None, Some(why))
+        }
+    };
+    let refuse = match (&budget, &over_limit) {
+        (Some(why), _) => Some(postgres::Refusal {
+            sqlstate: "53100",
+            message: why.clone(),
+            reason: CloseReason::Protocol(format!("refused: {why}")),
+        }),
+        (None, Some(why)) => Some(postgres::Refusal {
+            sqlstate: SQLSTATE_TOO_MANY_CONNECTIONS,
+            message: format!("too many connections: {why}"),
+            reason: CloseReason::PolicyLimit(why.clone()),
+        }),
+        (None, None) => None,
+    };
     // The claims of the nearest attested cgroup (its own or an ancestor's).
     let claims = shared.attest.as_ref().and_then(|a| {
         a.binding_for(&cgroup, record.cgroup_id, |p| shared.cgroups.id_of(p))
@@ -393,11 +441,27 @@ async fn handle(
     let id = match shared.journal.start_session(start).await {
         Ok(id) => id,
         Err(e) => {
+            let cause = postgres::root_cause(&e);
             error!(
-                workload = %workload_name, %orig_dst, error = %e,
+                workload = %workload_name, %orig_dst, error = %e, %cause,
                 "the journal cannot record this session; refusing the connection"
             );
-            reset(client);
+            if target.protocol == crate::config::Protocol::Postgres {
+                // A FATAL the client prints says why; a bare reset would not.
+                let message = format!(
+                    "nhi-agent: the audit journal cannot record new sessions ({cause}); nothing was forwarded"
+                );
+                let what = postgres::refuse_unrecorded(
+                    client,
+                    postgres::SQLSTATE_JOURNAL,
+                    &message,
+                    UNRECORDED_REFUSAL_WAIT,
+                )
+                .await;
+                debug!(%peer, what, "unrecorded PostgreSQL session refused");
+            } else {
+                reset(client);
+            }
             return;
         }
     };
@@ -406,6 +470,24 @@ async fn handle(
     crate::lineage::on_session(shared, id, tgid);
 
     crate::failpoint::pause("proxy.after_session_start").await;
+
+    if let Some(why) = &over_limit {
+        if !matches!(
+            target.protocol,
+            crate::config::Protocol::Postgres | crate::config::Protocol::Http
+        ) {
+            reset(client);
+            let end = SessionEnd {
+                id,
+                ended_at: SystemTime::now(),
+                bytes_from_client: 0,
+                bytes_from_server: 0,
+                close_reason: CloseReason::PolicyLimit(why.clone()).to_string(),
+            };
+            record_end(&shared.journal, end, &mut end_cancel).await;
+            return;
+        }
+    }
 
     let pg = match target.protocol {
         crate::config::Protocol::Postgres => snapshot.pg.target(target_index).cloned(),
@@ -423,9 +505,7 @@ async fn handle(
             bytes_from_server: 0,
             close_reason: "internal error: no PostgreSQL runtime for the target".into(),
         };
-        if let Err(e) = shared.journal.end_session(end).await {
-            error!(session = id, error = %e, "the journal cannot record the end of the session");
-        }
+        record_end(&shared.journal, end, &mut end_cancel).await;
         return;
     }
     let outcome = if let Some(target_rt) = pg {
@@ -471,7 +551,15 @@ async fn handle(
                 target: target.name.clone(),
                 process: requester,
             },
-            refuse,
+            // Over the disk budget: 507; at the workload's connection limit: 429.
+            refuse: refuse.map(|r| {
+                let status = if over_limit.is_some() && budget.is_none() {
+                    429
+                } else {
+                    507
+                };
+                (status, r.message)
+            }),
         };
         http::serve(ctx, client, cancel).await
     } else {
@@ -511,9 +599,7 @@ async fn handle(
         bytes_from_server: outcome.bytes_from_server,
         close_reason: outcome.reason.to_string(),
     };
-    if let Err(e) = shared.journal.end_session(end).await {
-        error!(session = id, error = %e, "the journal cannot record the end of the session");
-    }
+    record_end(&shared.journal, end, &mut end_cancel).await;
     info!(
         session = id,
         from_client = outcome.bytes_from_client,
@@ -521,6 +607,58 @@ async fn handle(
         reason = %outcome.reason,
         "session closed"
     );
+}
+
+/// How long a PostgreSQL client refused without a session (the journal failed) has to
+/// send its start-up before the refusal gives up and closes.
+const UNRECORDED_REFUSAL_WAIT: Duration = Duration::from_secs(10);
+
+/// Records a session's end. When the batch holding it was lost (disk full, I/O error),
+/// nothing of it was committed, so it is tried again, with backoff, until the journal
+/// takes it: an end left unrecorded would make the session read as still open and lose
+/// its close reason (often "journal failure", exactly what a responder needs). Gives up
+/// only at shutdown; the next start then closes the session as interrupted.
+async fn record_end(journal: &JournalHandle, end: SessionEnd, cancel: &mut watch::Receiver<bool>) {
+    let id = end.id;
+    let mut wait = Duration::from_millis(100);
+    let mut retrying = false;
+    loop {
+        match journal.end_session(end.clone()).await {
+            Ok(()) => {
+                if retrying {
+                    info!(session = id, "the end of the session is recorded");
+                }
+                return;
+            }
+            Err(e @ crate::journal::JournalError::BatchFailed { .. }) => {
+                if !retrying {
+                    warn!(
+                        session = id, error = %e, cause = %postgres::root_cause(&e),
+                        "the journal cannot record the end of the session yet; retrying"
+                    );
+                    retrying = true;
+                }
+            }
+            Err(e) => {
+                error!(session = id, error = %e, "the journal cannot record the end of the session");
+                return;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            changed = cancel.changed() => {
+                if changed.is_err() || *cancel.borrow() {
+                    error!(
+                        session = id,
+                        "shutting down before the journal recorded the end of the session; \
+                         the next start closes it as interrupted"
+                    );
+                    return;
+                }
+            }
+        }
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {

@@ -58,8 +58,9 @@ pub struct HttpContext<'a> {
     pub idle_timeout: Duration,
     pub approvals: Option<Arc<dyn Approver>>,
     pub requester: Requester,
-    /// `Some(reason)`: answer every request with 507 (the disk budget is exceeded).
-    pub refuse: Option<String>,
+    /// `Some((status, reason))`: answer every request with `status` (507: the disk
+    /// budget is exceeded; 429: the workload is at its connection limit).
+    pub refuse: Option<(u16, String)>,
 }
 
 /// Headers whose values are credentials: journaled as `[redacted]`.
@@ -94,7 +95,7 @@ struct State {
     client: Client<HttpConnector, Body>,
     orig_dst: SocketAddr,
     next_seq: AtomicU64,
-    refuse: Option<String>,
+    refuse: Option<(u16, String)>,
     /// Set when the journal refused: the connection must close.
     journal_failed: watch::Sender<bool>,
 }
@@ -330,10 +331,11 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         reason: None,
     };
     // Refused before judging: over the disk budget, or a path servers read differently.
-    if let Some(why) = &state.refuse {
+    if let Some((status, why)) = &state.refuse {
         request_event.action = "refused".into();
         request_event.reason = Some(why.clone().into());
-        return refuse_unjudged(state, request_event, StatusCode::INSUFFICIENT_STORAGE, why).await;
+        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return refuse_unjudged(state, request_event, status, why).await;
     }
     let normal = match path::normalize(&target) {
         Ok(n) => n,
