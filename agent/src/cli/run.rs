@@ -86,8 +86,9 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let pg = Arc::new(pg);
     // The signing key and host id (created at the first start): the journal's segments
     // are sealed with them, at rotation and at a clean stop.
-    let (host_key, host_id, key_path) = crate::evidence::host_identity(&config, true)
-        .context("preparing the journal signing key")?;
+    let (host_key, host_id, key_path) =
+        crate::evidence::host_identity(&config.evidence, &config.agent.state_dir, true)
+            .context("preparing the journal signing key")?;
     info!(
         key = %key_path.display(),
         fingerprint = %host_key.public().fingerprint(),
@@ -196,8 +197,13 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     // over budget refuses sessions from the first one.
     let budget = crate::ship::Budget::new();
     let shipper = if config.ship.is_active() {
-        let shipper = crate::ship::Shipper::new(&config, budget.clone())
-            .context("preparing the shipping of journal segments")?;
+        let shipper = crate::ship::Shipper::new(
+            &config.ship,
+            &config.agent.journal,
+            &config.agent.state_dir,
+            budget.clone(),
+        )
+        .context("preparing the shipping of journal segments")?;
         shipper.measure_budget();
         Some(Arc::new(shipper))
     } else {

@@ -170,13 +170,8 @@ pub struct AgentSettings {
 /// Default `[agent] approvals_socket`.
 pub const DEFAULT_APPROVALS_SOCKET: &str = "/run/nhi-agent/approvals.sock";
 
-/// `[agent] approver_group`: a group by name (resolved when the agent starts) or by gid.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
-#[serde(untagged)]
-pub enum GroupRef {
-    Gid(u32),
-    Name(String),
-}
+/// `[agent] approver_group` (defined by `approvals`, which resolves it).
+pub use crate::approvals::config::GroupRef;
 
 /// `[agent] journal_fsync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
