@@ -1152,3 +1152,28 @@ fn postgres_sessions_end_with_the_reason_of_each_fault() {
         "the half-closed client's statement ended: {events:#?}"
     );
 }
+
+/// Every one of `max_connections` slots serves a connection, whichever listener (IPv4 or
+/// IPv6) the connections arrive on. (With one accept loop per listener, the loop of the
+/// idle listener held a slot while waiting, so the last IPv4 connection waited in the
+/// backlog until another closed.)
+#[test]
+fn every_connection_slot_is_usable() {
+    privileged!("every_connection_slot_is_usable");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let _agent = Agent::start_with(
+        &format!(
+            "{}{}",
+            workload("bot", &cg),
+            target("echo", echo.addr, "tcp")
+        ),
+        "max_connections = 3\nmax_connections_per_workload = 3\n",
+        &[],
+    );
+    let addr = echo.addr.to_string();
+    let held = Held::start(&cg, &["hold", &addr, "--conns", "3", "--threads", "1"]);
+    assert_eq!(held.first["open"], 3, "{}", held.first);
+    assert_eq!(held.first["failed"], 0, "{}", held.first);
+    held.release();
+}

@@ -144,15 +144,13 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(max));
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let mut accepts = JoinSet::new();
-    for listener in listeners {
-        accepts.spawn(accept_loop(
-            shared.clone(),
-            listener,
-            permits.clone(),
-            max,
-            cancel_rx.clone(),
-        ));
-    }
+    accepts.spawn(accept_loop(
+        shared.clone(),
+        listeners,
+        permits.clone(),
+        max,
+        cancel_rx.clone(),
+    ));
     // Wait for the shutdown signal.
     while !*shutdown.borrow() {
         if shutdown.changed().await.is_err() {
@@ -184,14 +182,18 @@ pub async fn serve(
     }
 }
 
+/// Accepts from every listener in one loop: a slot (permit) is taken, then the next
+/// connection of whichever listener has one. (A loop per listener would keep a slot
+/// reserved for a quiet listener while the other's connections waited in the backlog.)
 async fn accept_loop(
     shared: Arc<Shared>,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     permits: Arc<Semaphore>,
     max: usize,
     cancel: watch::Receiver<bool>,
 ) {
     let mut last_limit_log: Option<Instant> = None;
+    let mut next = 0usize;
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -209,7 +211,7 @@ async fn accept_loop(
                 }
             }
         };
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer) = match accept_any(&listeners, &mut next).await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -227,6 +229,26 @@ async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// The next connection of any of `listeners`, polling them from `*next` on (which then
+/// moves past the one that answered, so no listener starves the others).
+async fn accept_any(
+    listeners: &[TcpListener],
+    next: &mut usize,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        let n = listeners.len();
+        for i in 0..n {
+            let at = (*next + i) % n;
+            if let std::task::Poll::Ready(result) = listeners[at].poll_accept(cx) {
+                *next = (at + 1) % n;
+                return std::task::Poll::Ready(result);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Counts a connection in [`Shared::active`] for as long as it lives, even if its task
