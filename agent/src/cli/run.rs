@@ -260,7 +260,20 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             listener,
             attest::server::Context {
                 attestor,
-                shared: shared.clone(),
+                journal: shared.journal.clone(),
+                cgroup_id: {
+                    let shared = shared.clone();
+                    Arc::new(move |path| shared.cgroups.id_of(path))
+                },
+                workload_of: {
+                    let shared = shared.clone();
+                    Arc::new(move |cgroup, uid| {
+                        let config = shared.config();
+                        config
+                            .workload_for(cgroup, uid)
+                            .map(|w| w.display_name(cgroup))
+                    })
+                },
             },
             shutdown_rx.clone(),
         ))
