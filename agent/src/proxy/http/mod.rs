@@ -776,9 +776,22 @@ async fn forward(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| normal.path.clone());
-    let uri = match format!("{}://{}{}", state.scheme, state.orig_dst, path_and_query)
-        .parse::<http::Uri>()
-    {
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    // The connector always dials the original destination; the URI's authority is the
+    // host the client named, so an h2 server gets a `:authority` that agrees with
+    // `Host` (the dialled address when the client named none).
+    let authority = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| state.orig_dst.to_string());
+    let uri = match format!("{}://{authority}{path_and_query}", state.scheme).parse::<http::Uri>() {
         Ok(u) => u,
         Err(e) => {
             return refusal(
@@ -789,12 +802,6 @@ async fn forward(
         }
     };
     let mut upstream = Request::builder().method(parts.method.clone()).uri(uri);
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
     if let Some(headers) = upstream.headers_mut() {
         for (name, value) in parts.headers.iter() {
             if HOP_BY_HOP.contains(&name.as_str()) {
