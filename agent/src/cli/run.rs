@@ -81,9 +81,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
     // Credentials, keys and certificates: read before anything is attached, so a missing
     // password file fails the start instead of every session.
-    let pg =
-        proxy::postgres::PgRuntime::build(&config).context("preparing the PostgreSQL targets")?;
-    let pg = Arc::new(pg);
+    let snapshot = proxy::Snapshot::build(Arc::new(config.clone()))?;
     // The signing key and host id (created at the first start): the journal's segments
     // are sealed with them, at rotation and at a clean stop.
     let (host_key, host_id, key_path) =
@@ -211,10 +209,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     };
 
     let shared = Arc::new(proxy::Shared {
-        snapshot: RwLock::new(Arc::new(proxy::Snapshot {
-            config: Arc::new(config),
-            pg,
-        })),
+        snapshot: RwLock::new(Arc::new(snapshot)),
         interceptor: Mutex::new(interceptor),
         cgroups,
         journal: journal.handle(),
@@ -555,8 +550,8 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
                 warn!("changing [evidence] needs a restart; keeping the running values");
                 new.evidence = old.evidence.clone();
             }
-            let pg = match proxy::postgres::PgRuntime::build(&new) {
-                Ok(pg) => pg,
+            let snapshot = match proxy::Snapshot::build(Arc::new(new)) {
+                Ok(snapshot) => snapshot,
                 Err(e) => {
                     error!(
                         error = format!("{e:#}"),
@@ -568,17 +563,17 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
             };
             let sync = {
                 let mut i = shared.interceptor.lock().unwrap_or_else(|p| p.into_inner());
-                apply(&mut i, &new, &shared.cgroups)
+                apply(&mut i, &snapshot.config, &shared.cgroups)
             };
             match sync {
                 Err(e) => error!(error = %e, "reload failed while updating the kernel maps"),
                 Ok(()) => {
-                    let (w, t) = (new.workloads.len(), new.targets.len());
+                    let (w, t) = (
+                        snapshot.config.workloads.len(),
+                        snapshot.config.targets.len(),
+                    );
                     // The configuration and its runtime go into force together.
-                    shared.replace_snapshot(proxy::Snapshot {
-                        config: Arc::new(new),
-                        pg: Arc::new(pg),
-                    });
+                    shared.replace_snapshot(snapshot);
                     if let Some(attestor) = &shared.attest {
                         attestor.set_verifier(verifier);
                     }

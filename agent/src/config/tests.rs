@@ -111,6 +111,7 @@ fn minimal_example_parses_to_the_expected_model() {
             destination: Destination::Exact("10.0.0.5:5432".parse().expect("addr")),
             protocol: Protocol::Tcp,
             postgres: None,
+            http: None,
         }]
     );
     assert_eq!(config.targets[0].protocol.to_string(), "tcp");
@@ -693,6 +694,128 @@ fn postgres_target_keys_are_validated() {
         let e = parse(&target(keys), "t.toml").expect_err(keys).to_string();
         assert!(e.contains(expected), "{keys}: {e}");
     }
+}
+
+#[test]
+fn http_target_keys_are_validated() {
+    let target = |keys: &str| {
+        format!(
+            "[agent]\nmode = \"enforce\"\njournal = \"/j.db\"\n\n[[target]]\nname = \"api\"\naddress = \"127.0.0.1:8080\"\nprotocol = \"http\"\n{keys}\n"
+        )
+    };
+    let c = ok(&target(
+        "tls = \"verify-full\"\nserver_name = \"api.internal\"\nclient_tls = \"terminate\"\npassword_file = \"/tok\"\ninject = \"X-Api-Key:  key={secret};v=1 \"",
+    ));
+    let http = c.targets[0].http.as_ref().expect("http settings");
+    assert!(c.targets[0].postgres.is_none());
+    assert_eq!(http.tls, UpstreamTlsMode::VerifyFull);
+    // verify-full without ca_file: the system's roots (PostgreSQL still needs ca_file).
+    assert_eq!(http.ca_file, None);
+    assert_eq!(http.server_name.as_deref(), Some("api.internal"));
+    assert_eq!(http.client_tls, ClientTls::Terminate);
+    assert_eq!(
+        http.credential,
+        Some(CredentialRef::File(PathBuf::from("/tok")))
+    );
+    assert_eq!(
+        http.inject,
+        Some(InjectHeader {
+            name: "x-api-key".into(),
+            prefix: "key=".into(),
+            suffix: ";v=1".into(),
+        })
+    );
+    let c = ok(&target(
+        "credential = \"api-token\"\ninject = \"Authorization: Basic {secret}\"",
+    ));
+    let http = c.targets[0].http.as_ref().expect("http settings");
+    assert_eq!(
+        http.credential,
+        Some(CredentialRef::Systemd("api-token".into()))
+    );
+    let inject = http.inject.as_ref().expect("inject");
+    assert_eq!(
+        (
+            inject.name.as_str(),
+            inject.prefix.as_str(),
+            inject.suffix.as_str()
+        ),
+        ("authorization", "Basic ", "")
+    );
+    assert_eq!(ok(&target("")).targets[0].http, Some(HttpTarget::default()));
+
+    // Each error points at the value it is about.
+    for (keys, value, expected) in [
+        (
+            "inject = \"Authorization: Bearer {secret}\"",
+            "\"Authorization: Bearer {secret}\"",
+            "needs the secret it injects",
+        ),
+        (
+            "password_file = \"/tok\"",
+            "\"/tok\"",
+            "only through `inject`",
+        ),
+        ("credential = \"tok\"", "\"tok\"", "only through `inject`"),
+        (
+            "password_file = \"/tok\"\ninject = \"Authorization: Bearer\"",
+            "\"Authorization: Bearer\"",
+            "exactly once",
+        ),
+        (
+            "password_file = \"/tok\"\ninject = \"Authorization: {secret} {secret}\"",
+            "\"Authorization: {secret} {secret}\"",
+            "exactly once",
+        ),
+        (
+            "password_file = \"/tok\"\ninject = \"Bearer {secret}\"",
+            "\"Bearer {secret}\"",
+            "no ':' found",
+        ),
+        (
+            "password_file = \"/tok\"\ninject = \"Auth header: {secret}\"",
+            "\"Auth header: {secret}\"",
+            "not a valid HTTP header name",
+        ),
+        (
+            "password_file = \"/tok\"\ninject = \"Host: {secret}\"",
+            "\"Host: {secret}\"",
+            "does not set",
+        ),
+        (
+            "password_file = \"/tok\"\ninject = \"X-Key: {secret}\\r\\nX-Other: 1\"",
+            "\"X-Key: {secret}\\r\\nX-Other: 1\"",
+            "control character",
+        ),
+        ("tls = \"prefer\"", "\"prefer\"", "no meaning for HTTP"),
+        (
+            "user = \"app\"",
+            "\"app\"",
+            "only applies to protocol = \"postgres\"",
+        ),
+        ("ca_file = \"ca.pem\"", "\"ca.pem\"", "absolute path"),
+    ] {
+        let text = target(keys);
+        let e = parse(&text, "t.toml").expect_err(keys).to_string();
+        assert!(e.contains(expected), "{keys}: {e}");
+        let (line, column) = position_of(&text, value, 0);
+        assert!(
+            e.starts_with(&format!("t.toml:{line}:{column}: ")),
+            "{keys}: {e}"
+        );
+    }
+    // `inject` belongs to HTTP only.
+    let pg = target("password_file = \"/pw\"\ninject = \"Authorization: Bearer {secret}\"")
+        .replace("\"http\"", "\"postgres\"");
+    let e = parse(&pg, "t.toml")
+        .expect_err("inject on postgres")
+        .to_string();
+    assert!(e.contains("only applies to protocol = \"http\""), "{e}");
+    let tcp = target("inject = \"Authorization: Bearer {secret}\"").replace("\"http\"", "\"tcp\"");
+    let e = parse(&tcp, "t.toml")
+        .expect_err("inject on tcp")
+        .to_string();
+    assert!(e.contains("only applies to protocol = \"http\""), "{e}");
 }
 
 #[test]

@@ -47,6 +47,23 @@ pub const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub pg: Arc<postgres::PgRuntime>,
+    pub http: Arc<http::runtime::HttpRuntime>,
+}
+
+impl Snapshot {
+    /// Builds the runtime of `config` (credentials, keys, certificates, CA files) and
+    /// pairs it with it. Errors name the target and the file.
+    pub fn build(config: Arc<Config>) -> anyhow::Result<Snapshot> {
+        use anyhow::Context;
+        let pg = postgres::PgRuntime::build(&config).context("preparing the PostgreSQL targets")?;
+        let http = http::runtime::HttpRuntime::build(&config, pg.ca.clone())
+            .context("preparing the HTTP targets")?;
+        Ok(Snapshot {
+            config,
+            pg: Arc::new(pg),
+            http: Arc::new(http),
+        })
+    }
 }
 
 /// State shared by the accept loops and the connection tasks.
@@ -515,17 +532,26 @@ async fn handle(
         crate::config::Protocol::Postgres => snapshot.pg.target(target_index).cloned(),
         _ => None,
     };
-    if target.protocol == crate::config::Protocol::Postgres && pg.is_none() {
+    let missing_runtime = match target.protocol {
+        crate::config::Protocol::Postgres => pg.is_none(),
+        crate::config::Protocol::Http => snapshot.http.target(target_index).is_none(),
+        crate::config::Protocol::Tcp => false,
+    };
+    if missing_runtime {
         // Cannot happen with one snapshot; if it ever did, refusing is the safe answer
-        // (relaying a postgres target opaquely would skip its policy).
-        error!(session = id, target = %target.name, "internal error: no PostgreSQL runtime for the target; refusing");
+        // (relaying a decoded target opaquely would skip its policy).
+        let why = format!(
+            "internal error: no {} runtime for the target",
+            target.protocol
+        );
+        error!(session = id, target = %target.name, "{why}; refusing");
         reset(client);
         let end = SessionEnd {
             id,
             ended_at: SystemTime::now(),
             bytes_from_client: 0,
             bytes_from_server: 0,
-            close_reason: "internal error: no PostgreSQL runtime for the target".into(),
+            close_reason: why,
         };
         record_end(&shared.journal, end, &mut end_cancel).await;
         return;
@@ -551,7 +577,9 @@ async fn handle(
             process: requester,
         };
         postgres::serve(ctx, client, cancel).await
-    } else if target.protocol == crate::config::Protocol::Http {
+    } else if let (crate::config::Protocol::Http, Some(target_rt)) =
+        (target.protocol, snapshot.http.target(target_index).cloned())
+    {
         let rules = Arc::new(snapshot.pg.rules_for(
             config,
             &workload_name,
@@ -562,6 +590,8 @@ async fn handle(
             id,
             journal: &shared.journal,
             target,
+            target_rt,
+            ca: snapshot.http.ca.clone(),
             rules,
             orig_dst,
             connect_timeout: config.agent.connect_timeout,
