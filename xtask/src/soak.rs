@@ -20,7 +20,7 @@
 //! 5 s, so rotation, sealing and checkpointing run hundreds of times an hour.
 use std::{
     fs,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Seek, SeekFrom},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -112,6 +112,9 @@ pub fn soak(minutes: u64, warmup: Option<u64>, pg_tps: u32) -> anyhow::Result<()
     let log = work.path().join("agent.log");
     let mut agent = AgentProcess::start(&agent_bin, &config, &log, &pins)?;
     let pid = agent.pid().context("the agent's pid")?;
+    // Warnings from here on: the start helper's readiness probe (a connection to the
+    // proxy port that no kernel redirected) is refused and logged before this.
+    let log_from = fs::metadata(&log).map_or(0, |m| m.len());
     let fds_idle_before = idle_fds(pid, Duration::from_secs(20));
     println!(
         "nhi-agent soak: {minutes} min (warm-up {warmup} min), release build, agent pid {pid}; \
@@ -126,6 +129,8 @@ pub fn soak(minutes: u64, warmup: Option<u64>, pg_tps: u32) -> anyhow::Result<()
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs(minutes * 60);
+    // The clients go on a little past the last sample, so that it is taken under load.
+    let clients_until = deadline + Duration::from_secs(10);
     let tallies = Tallies::default();
     let drive = Drive {
         cgroups: &cgroups,
@@ -135,7 +140,7 @@ pub fn soak(minutes: u64, warmup: Option<u64>, pg_tps: u32) -> anyhow::Result<()
         pg_tps,
         app_port: app.port,
         work: work.path(),
-        deadline,
+        deadline: clients_until,
         tallies: &tallies,
     };
     let samples = thread::scope(|s| {
@@ -148,7 +153,7 @@ pub fn soak(minutes: u64, warmup: Option<u64>, pg_tps: u32) -> anyhow::Result<()
     let final_counts = journal_counts(&journal).unwrap_or_default();
     agent.stop();
     let verify = verify_journal(&agent_bin, &config, &journal_dir, work.path());
-    let (warnings, first_warnings) = agent_warnings(&log);
+    let (warnings, first_warnings) = agent_warnings(&log, log_from);
 
     let report = Report {
         minutes,
@@ -960,12 +965,15 @@ struct Verify {
     summary: String,
 }
 
-/// Warnings and errors the agent logged (it runs at `warn`): their count and the first
-/// few distinct messages (timestamps and fields cut).
-fn agent_warnings(log: &Path) -> (usize, Vec<String>) {
-    let Ok(file) = fs::File::open(log) else {
+/// Warnings and errors the agent logged (it runs at `warn`) from byte `from` of its log:
+/// their count and the first few distinct messages (timestamps cut).
+fn agent_warnings(log: &Path, from: u64) -> (usize, Vec<String>) {
+    let Ok(mut file) = fs::File::open(log) else {
         return (0, Vec::new());
     };
+    if file.seek(SeekFrom::Start(from)).is_err() {
+        return (0, Vec::new());
+    }
     let mut count = 0;
     let mut first = Vec::new();
     for line in BufReader::new(file).lines().map_while(Result::ok) {
@@ -973,10 +981,11 @@ fn agent_warnings(log: &Path) -> (usize, Vec<String>) {
             continue;
         }
         count += 1;
-        let message = line
-            .split_once(": ")
-            .map_or(line.as_str(), |(_, m)| m)
-            .to_string();
+        // `<time>  WARN <message> <fields>`: from the level on.
+        let message = ["WARN", "ERROR"]
+            .iter()
+            .find_map(|level| line.find(level).map(|i| line[i..].to_string()))
+            .unwrap_or(line);
         if first.len() < 5 && !first.contains(&message) {
             first.push(message);
         }
