@@ -15,6 +15,9 @@
 //! nhi-testclient stall ADDR                            write to an echo server without ever reading
 //!                                                      until the writes block, print a JSON line, hold
 //!                                                      the connection until stdin closes
+//! nhi-testclient stream ADDR --seconds S [--bytes N] [--pause-ms P]
+//!                                                      one long connection: every P ms send N bytes and
+//!                                                      read their echo back, for S seconds
 //! ```
 use std::{
     io::{Read, Write},
@@ -163,6 +166,13 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
             flag(args, "--threads", 32)?,
         ),
         "stall" => stall(addr),
+        "stream" => stream(
+            addr,
+            Duration::from_secs(flag(args, "--seconds", 60)?),
+            bytes as usize,
+            Duration::from_millis(flag(args, "--pause-ms", 100)?),
+            seed,
+        ),
         other => Err(format!("unknown mode {other}")),
     }
 }
@@ -313,6 +323,49 @@ fn hold(addr: SocketAddr, conns: u64, threads: u64) -> Result<serde_json::Value,
         .filter(|ok| *ok)
         .count();
     Ok(json!({ "phase": "closed", "alive": alive, "open": open.len() }))
+}
+
+/// One connection kept open for `duration`: a round trip of `bytes` every `pause`, each
+/// echo compared with what was sent.
+fn stream(
+    addr: SocketAddr,
+    duration: Duration,
+    bytes: usize,
+    pause: Duration,
+    seed: u64,
+) -> Result<serde_json::Value, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut rng = Rng::new(seed);
+    let mut sent = vec![0u8; bytes.max(1)];
+    let mut back = vec![0u8; sent.len()];
+    let mut rounds: u64 = 0;
+    while started.elapsed() < duration {
+        rng.fill(&mut sent);
+        s.write_all(&sent)
+            .map_err(|e| format!("write after {rounds} rounds: {e}"))?;
+        s.read_exact(&mut back)
+            .map_err(|e| format!("read after {rounds} rounds: {e}"))?;
+        if back != sent {
+            return Err(format!("echo differs in round {rounds}"));
+        }
+        rounds += 1;
+        thread::sleep(pause);
+    }
+    s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)
+        .map_err(|e| format!("read to end: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!(
+            "{} unexpected bytes after the last round",
+            rest.len()
+        ));
+    }
+    Ok(json!({ "rounds": rounds, "bytes": bytes, "secs": started.elapsed().as_secs_f64() }))
 }
 
 fn stall(addr: SocketAddr) -> Result<serde_json::Value, String> {
