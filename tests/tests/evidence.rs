@@ -85,7 +85,7 @@ fn sealed_segments_of_real_sessions_verify_and_each_tampering_is_named() {
     let mut agent = Agent::start(&format!(
         "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\
          [[target]]\nname = \"echo\"\naddress = \"{}\"\nprotocol = \"tcp\"\n\
-         [evidence]\nsegment_max_bytes = \"96KiB\"\nhost_id = \"itest-host\"\n",
+         [evidence]\nsegment_max_bytes = \"48KiB\"\nhost_id = \"itest-host\"\n",
         cg.rel(),
         echo.addr
     ));
@@ -278,7 +278,7 @@ fn a_journal_killed_mid_run_verifies_after_the_restart() {
     let mut agent = Agent::start(&format!(
         "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\
          [[target]]\nname = \"echo\"\naddress = \"{}\"\nprotocol = \"tcp\"\n\
-         [evidence]\nsegment_max_bytes = \"96KiB\"\n",
+         [evidence]\nsegment_max_bytes = \"48KiB\"\n",
         cg.rel(),
         echo.addr
     ));

@@ -10,7 +10,11 @@ use nhi_tests::*;
 use serde_json::Value;
 
 /// A JSON echo server: answers every request with `{"method", "path", "headers"}` and
-/// prints one line per request it served (`SEEN <method> <path>`) on stdout.
+/// prints one line per request it served (`SEEN <method> <path>`) on stdout, then the
+/// Authorization header it got (`AUTH <value>`, or `AUTH -`). That header stays out of
+/// the body (a body echo is the business of body masking, not of injection); a request
+/// with `x-echo-authorization` gets it back in the response header
+/// `x-seen-authorization`. With a certificate and key, it serves HTTPS (HTTP/1.1).
 struct EchoApp {
     child: Child,
     port: u16,
@@ -18,7 +22,7 @@ struct EchoApp {
 }
 
 const APP: &str = r#"
-import json, sys
+import json, ssl, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class H(BaseHTTPRequestHandler):
@@ -27,10 +31,15 @@ class H(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         if length:
             self.rfile.read(length)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        auth = headers.pop("authorization", "-")
         body = json.dumps({"method": self.command, "path": self.path,
-                           "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+                           "headers": headers}).encode()
         print("SEEN", self.command, self.path, flush=True)
+        print("AUTH", auth, flush=True)
         self.send_response(200)
+        if "x-echo-authorization" in headers:
+            self.send_header("x-seen-authorization", auth)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -39,16 +48,33 @@ class H(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+if len(sys.argv) > 3:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
 "#;
 
 impl EchoApp {
     fn start() -> EchoApp {
+        Self::start_with(&[])
+    }
+
+    /// Serves HTTPS with `dir/server.crt` and `dir/server.key` (see [`make_certs`]).
+    fn start_tls(dir: &std::path::Path) -> EchoApp {
+        let cert = dir.join("server.crt");
+        let key = dir.join("server.key");
+        Self::start_with(&[cert.to_str().unwrap(), key.to_str().unwrap()])
+    }
+
+    fn start_with(tls: &[&str]) -> EchoApp {
         let port = free_port();
         let mut child = Command::new("/usr/bin/python3")
             .arg("-c")
             .arg(APP)
             .arg(port.to_string())
+            .args(tls)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the echo app");
@@ -74,11 +100,20 @@ impl EchoApp {
 
     /// The requests the app served, as `METHOD PATH`.
     fn seen(&self) -> Vec<String> {
+        self.lines("SEEN ")
+    }
+
+    /// The Authorization header of each request the app served (`-`: none).
+    fn auth(&self) -> Vec<String> {
+        self.lines("AUTH ")
+    }
+
+    fn lines(&self, prefix: &str) -> Vec<String> {
         self.seen
             .lock()
             .unwrap()
             .iter()
-            .filter_map(|l| l.strip_prefix("SEEN ").map(str::to_owned))
+            .filter_map(|l| l.strip_prefix(prefix).map(str::to_owned))
             .collect()
     }
 }
@@ -92,18 +127,138 @@ impl Drop for EchoApp {
 
 /// curl in the cgroup: prints the body, then `\nSTATUS <code>`.
 fn curl(cg: &TestCgroup, args: &[&str]) -> (u16, String) {
+    let (status, _, text) = curl_version(cg, args);
+    (status, text)
+}
+
+/// Like [`curl`], with the HTTP version curl used (`1.1`, `2`; `0` when none).
+fn curl_version(cg: &TestCgroup, args: &[&str]) -> (u16, String, String) {
     let out: Output = cg
         .command("curl")
-        .args(["-sS", "--max-time", "30", "-w", "\nSTATUS %{http_code}"])
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-w",
+            "\nSTATUS %{http_code} %{http_version}",
+        ])
         .args(args)
         .output()
         .expect("run curl");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, status) = text.rsplit_once("\nSTATUS ").unwrap_or((&text, "0"));
+    let (body, status) = text.rsplit_once("\nSTATUS ").unwrap_or((&text, "0 0"));
+    let (code, version) = status.trim().split_once(' ').unwrap_or(("0", "0"));
     (
-        status.trim().parse().unwrap_or(0),
+        code.parse().unwrap_or(0),
+        version.to_string(),
         format!("{body}{}", String::from_utf8_lossy(&out.stderr)),
     )
+}
+
+/// A test CA named `ca_name` (`ca.crt`, `ca.key`) and a server certificate it signed
+/// (`server.crt`, `server.key`) for `IP:127.0.0.1` and `DNS:api.test`, made with openssl.
+fn make_certs(dir: &std::path::Path, ca_name: &str) {
+    let subject = format!("/CN={ca_name}");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-days",
+            "2",
+            "-subj",
+            &subject,
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-subj",
+            "/CN=api.test",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:api.test\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+}
+
+/// Asserts that no file under `dir` (journal, -wal, .prelog, segments, log, state)
+/// holds `secret`.
+fn assert_secret_in_no_file(dir: &std::path::Path, secret: &str, except: &[&std::path::Path]) {
+    let mut files = vec![dir.to_path_buf()];
+    let mut read = 0;
+    while let Some(path) = files.pop() {
+        if except.contains(&path.as_path()) {
+            continue;
+        }
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            read += 1;
+            assert!(
+                memchr_find(&bytes, secret.as_bytes()).is_none(),
+                "the secret is in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(read > 2, "the agent's files were read");
+}
+
+fn memchr_find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn events_of_kind(agent: &Agent, kind: &str) -> Vec<Value> {
@@ -303,21 +458,7 @@ fn credentials_sent_by_the_client_are_never_journaled() {
     assert!(headers.contains("[redacted]"), "{headers}");
     // Every file the agent wrote (journal, WAL, pre-log, segments, log), after a stop.
     agent.terminate();
-    let mut files = vec![agent.dir.path().to_path_buf()];
-    while let Some(path) = files.pop() {
-        if path == header_file {
-            continue;
-        }
-        if path.is_dir() {
-            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            assert!(
-                !String::from_utf8_lossy(&bytes).contains(secret),
-                "the secret is in {}",
-                path.display()
-            );
-        }
-    }
+    assert_secret_in_no_file(agent.dir.path(), secret, &[&header_file]);
 }
 
 /// `nhi-agent approvals ARGS --socket S`.
@@ -408,4 +549,272 @@ fn a_held_request_waits_for_a_decision() {
         requests.iter().all(|r| r["data"]["action"] == "held"),
         "{requests:#?}"
     );
+}
+
+/// Events of `kind` as (session id, data).
+fn data_of_kind(agent: &Agent, kind: &str) -> Vec<Value> {
+    events_of_kind(agent, kind)
+        .into_iter()
+        .map(|e| e["data"].clone())
+        .collect()
+}
+
+#[test]
+fn https_clients_are_served_with_the_agent_ca() {
+    privileged!("https_clients_are_served_with_the_agent_ca");
+    let app = EchoApp::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"api\"\naddress = \"{}\"\nprotocol = \"http\"\n\
+         client_tls = \"terminate\"\nserver_name = \"api.internal\"\n",
+        cg.rel(),
+        app.addr()
+    ));
+    let ca = agent.dir.path().join("tls/ca.crt");
+    let ca = ca.to_str().unwrap();
+    let https = format!("https://{}", app.addr());
+
+    // HTTP/1.1 and h2 (chosen by ALPN), the certificate verified by curl against the
+    // agent CA for the dialled address.
+    let (status, version, body) =
+        curl_version(&cg, &["--cacert", ca, "--http1.1", &format!("{https}/one")]);
+    assert_eq!((status, version.as_str()), (200, "1.1"), "{body}");
+    assert!(body.contains("\"path\": \"/one\""), "{body}");
+    let (status, version, body) =
+        curl_version(&cg, &["--cacert", ca, "--http2", &format!("{https}/two")]);
+    assert_eq!((status, version.as_str()), (200, "2"), "{body}");
+    // A name the client asks for (SNI) is on the leaf too, and so is server_name.
+    for name in ["api.test", "api.internal"] {
+        let (status, body) = curl(
+            &cg,
+            &[
+                "--cacert",
+                ca,
+                "--resolve",
+                &format!("{name}:{}:127.0.0.1", app.port),
+                &format!("https://{name}:{}/named", app.port),
+            ],
+        );
+        assert_eq!(status, 200, "{name}: {body}");
+    }
+    // Without the agent CA, curl refuses the certificate: it is the agent's, not a
+    // public one.
+    let (status, body) = curl(&cg, &[&format!("{https}/untrusted")]);
+    assert_eq!(status, 0, "{body}");
+    assert!(body.contains("certificate"), "{body}");
+
+    // Plain HTTP to a target that serves HTTPS: a 400 saying so, not a hang.
+    let (status, body) = curl(&cg, &[&format!("http://{}/plain", app.addr())]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("serves HTTPS only"), "{body}");
+
+    assert_eq!(
+        app.seen(),
+        ["GET /one", "GET /two", "GET /named", "GET /named"]
+    );
+    agent.wait_sessions_ended(6);
+    let requests = data_of_kind(&agent, "http_request");
+    let versions: Vec<&str> = requests
+        .iter()
+        .map(|r| r["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        versions,
+        // curl offers h2 by default over TLS.
+        ["HTTP/1.1", "HTTP/2.0", "HTTP/2.0", "HTTP/2.0"],
+        "{requests:#?}"
+    );
+    let errors: Vec<String> = data_of_kind(&agent, "protocol_error")
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("plain HTTP to a target with client_tls")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("client TLS handshake failed")),
+        "the untrusted client's abort is journaled: {errors:?}"
+    );
+    assert!(agent
+        .log_text()
+        .contains("plain HTTP to a target with client_tls"));
+}
+
+#[test]
+fn tls_to_the_server_is_verified_and_failures_are_named() {
+    privileged!("tls_to_the_server_is_verified_and_failures_are_named");
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path(), "http-test-ca");
+    let other = tempfile::tempdir().unwrap();
+    make_certs(other.path(), "another-ca");
+    let good = EchoApp::start_tls(certs.path());
+    let bad = EchoApp::start_tls(certs.path());
+    let plain_client = EchoApp::start_tls(certs.path());
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"good\"\naddress = \"{}\"\nprotocol = \"http\"\n\
+         client_tls = \"terminate\"\ntls = \"verify-full\"\nca_file = \"{}\"\n\n\
+         [[target]]\nname = \"wrong-ca\"\naddress = \"{}\"\nprotocol = \"http\"\n\
+         client_tls = \"terminate\"\ntls = \"verify-full\"\nca_file = \"{}\"\n\n\
+         [[target]]\nname = \"plain-client\"\naddress = \"{}\"\nprotocol = \"http\"\n\
+         tls = \"verify-full\"\nca_file = \"{}\"\nserver_name = \"api.test\"\n",
+        cg.rel(),
+        good.addr(),
+        certs.path().join("ca.crt").display(),
+        bad.addr(),
+        other.path().join("ca.crt").display(),
+        plain_client.addr(),
+        certs.path().join("ca.crt").display(),
+    ));
+    let ca = agent.dir.path().join("tls/ca.crt");
+    let ca = ca.to_str().unwrap();
+
+    // HTTPS in, HTTPS out, the server verified by its CA and the dialled IP address.
+    for version in ["--http1.1", "--http2"] {
+        let (status, body) = curl(
+            &cg,
+            &[
+                "--cacert",
+                ca,
+                version,
+                &format!("https://{}/ok", good.addr()),
+            ],
+        );
+        assert_eq!(status, 200, "{version}: {body}");
+        assert!(body.contains("\"path\": \"/ok\""), "{body}");
+    }
+    assert_eq!(good.seen(), ["GET /ok", "GET /ok"]);
+    // Plain HTTP in, HTTPS out (verified against server_name).
+    let (status, body) = curl(&cg, &[&format!("http://{}/up", plain_client.addr())]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(plain_client.seen(), ["GET /up"]);
+
+    // A server whose certificate another CA signed: 502 naming the failure, nothing
+    // reached it.
+    let (status, body) = curl(
+        &cg,
+        &["--cacert", ca, &format!("https://{}/never", bad.addr())],
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("unknown issuer"), "{body}");
+    assert!(bad.seen().is_empty());
+
+    // TLS to a target that does not terminate it: a TLS alert, not a hang.
+    let (status, body) = curl(
+        &cg,
+        &[
+            "--cacert",
+            ca,
+            &format!("https://{}/tls", plain_client.addr()),
+        ],
+    );
+    assert_eq!(status, 0, "{body}");
+    assert!(body.contains("handshake failure"), "{body}");
+    assert_eq!(plain_client.seen(), ["GET /up"]);
+
+    agent.wait_sessions_ended(5);
+    let failed: Vec<Value> = data_of_kind(&agent, "http_response")
+        .into_iter()
+        .filter(|r| r["status"] == 502)
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown issuer"),
+        "{failed:#?}"
+    );
+    let errors = data_of_kind(&agent, "protocol_error");
+    assert!(
+        errors.iter().any(|e| e["reason"]
+            .as_str()
+            .unwrap()
+            .contains("TLS to a target without client_tls")),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn an_injected_credential_reaches_the_server_and_nothing_else() {
+    privileged!("an_injected_credential_reaches_the_server_and_nothing_else");
+    let app = EchoApp::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = "inj3cted-t0ken-9a7e";
+    let token = secrets.path().join("token");
+    std::fs::write(&token, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"api\"\naddress = \"{}\"\nprotocol = \"http\"\n\
+         password_file = \"{}\"\ninject = \"Authorization: Bearer {{secret}}\"\n",
+        cg.rel(),
+        app.addr(),
+        token.display()
+    ));
+    let base = format!("http://{}", app.addr());
+    let mut client_output = String::new();
+    // No credential from the client; one of its own (replaced); h2; and a server that
+    // echoes the header back in a response header (masked).
+    for args in [
+        vec!["-i".to_string(), format!("{base}/none")],
+        vec![
+            "-i".into(),
+            "-H".into(),
+            "Authorization: Bearer client-token".into(),
+            format!("{base}/replaced"),
+        ],
+        vec![
+            "-i".into(),
+            "--http2-prior-knowledge".into(),
+            format!("{base}/h2"),
+        ],
+        vec![
+            "-v".into(),
+            "-i".into(),
+            "-H".into(),
+            "x-echo-authorization: 1".into(),
+            format!("{base}/echo"),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, text) = curl(&cg, &args);
+        assert_eq!(status, 200, "{args:?}: {text}");
+        client_output.push_str(&text);
+    }
+    let bearer = format!("Bearer {secret}");
+    assert_eq!(app.auth(), vec![bearer.clone(); 4]);
+    assert!(
+        client_output.contains("x-seen-authorization: Bearer [redacted by nhi-agent]"),
+        "{client_output}"
+    );
+    assert!(!client_output.contains(secret), "{client_output}");
+
+    agent.wait_sessions_ended(4);
+    let requests = data_of_kind(&agent, "http_request");
+    assert_eq!(requests.len(), 4);
+    assert!(
+        requests.iter().all(|r| r["injected"] == "authorization"),
+        "{requests:#?}"
+    );
+    let replaced: Vec<bool> = requests
+        .iter()
+        .map(|r| r["replaced_client_header"].as_bool().unwrap_or(false))
+        .collect();
+    assert_eq!(replaced, [false, true, false, false]);
+    let masked: Vec<u64> = data_of_kind(&agent, "http_response")
+        .iter()
+        .map(|r| r["secret_echoes_masked"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(masked, [0, 0, 0, 1]);
+    agent.terminate();
+    assert_secret_in_no_file(agent.dir.path(), secret, &[]);
 }

@@ -308,7 +308,8 @@ fn thousand_concurrent_connections_relay_within_the_connection_bound() {
     let bound = 64;
     let agent = Agent::start_with(
         &format!("{}{}", workload("bot", cg.rel()), target("echo", echo.addr)),
-        &format!("max_connections = {bound}"),
+        // One workload: the per-workload limit (3/4 by default) would refuse first.
+        &format!("max_connections = {bound}\nmax_connections_per_workload = {bound}"),
         &[],
     );
     let r = cg.client(&[

@@ -629,7 +629,7 @@ fn real_segments_are_shipped_and_the_upstream_copy_verifies_against_the_high_wat
     let mut agent = Agent::start(&format!(
         "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\
          [[target]]\nname = \"echo\"\naddress = \"{}\"\nprotocol = \"tcp\"\n\
-         [evidence]\nsegment_max_bytes = \"96KiB\"\nhost_id = \"{host}\"\n\
+         [evidence]\nsegment_max_bytes = \"48KiB\"\nhost_id = \"{host}\"\n\
          [shipping]\nendpoint = \"{}\"\nbucket = \"{}\"\naccess_key_id = \"{}\"\n\
          secret_file = \"{}\"\ninterval = \"200ms\"\nattempts = 3\n\
          backoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\n",

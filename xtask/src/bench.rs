@@ -404,6 +404,11 @@ impl AgentProcess {
         Ok(this)
     }
 
+    /// The agent's process id while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// What the agent logged so far.
     pub(crate) fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()

@@ -8,6 +8,8 @@
 //!   the golden captures, N seconds each.
 //! - `cargo xtask bench`: relay throughput, connection rate and connect latency, and pgbench
 //!   direct / pgbouncer / agent (tcp, postgres), as ratios against direct.
+//! - `cargo xtask soak`: mixed traffic (opaque, PostgreSQL, HTTP) through the agent for N
+//!   minutes: RSS, open fds, journal size and events/s each minute, leak bounds, verify.
 //! - `cargo xtask vm`:  a QEMU/KVM test bed: the systemd unit under real systemd
 //!   (`vm unit`) and the privileged tests on every kernel obtainable (`vm kernels`).
 mod bench;
@@ -16,6 +18,7 @@ mod demo;
 mod fuzz;
 mod run;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm;
@@ -84,6 +87,20 @@ enum Cmd {
         #[arg(long)]
         only_evidence: bool,
     },
+    /// Mixed traffic through the agent for N minutes (as root): one line of figures per
+    /// minute, then a summary; fails on a leak after warm-up, a client error or a journal
+    /// that does not verify.
+    Soak {
+        /// Length of the run.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Minutes before RSS is expected to be flat (default: a fifth of the run, 1 to 5).
+        #[arg(long)]
+        warmup_minutes: Option<u64>,
+        /// pgbench's transaction rate (-R), across its 4 clients.
+        #[arg(long, default_value_t = 50)]
+        pg_tps: u32,
+    },
     /// The QEMU/KVM test bed (as root): a cached Debian image with systemd and Debian's
     /// kernels; `unit` checks the systemd unit, `kernels` runs the privileged tests per kernel.
     #[command(subcommand)]
@@ -102,6 +119,11 @@ fn main() -> anyhow::Result<()> {
             target,
         } => fuzz::fuzz(seconds, runs, target.as_deref()),
         Cmd::Vm(cmd) => vm::vm(cmd),
+        Cmd::Soak {
+            minutes,
+            warmup_minutes,
+            pg_tps,
+        } => soak::soak(minutes, warmup_minutes, pg_tps),
         Cmd::Bench {
             bytes,
             conns,

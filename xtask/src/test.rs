@@ -132,8 +132,16 @@ impl TestRun {
     fn line(&mut self, line: &str, current: &mut String) {
         let trimmed = line.trim();
         if let Some(rest) = trimmed.strip_prefix("Running ") {
-            // "Running tests/forensics.rs (target/debug/deps/forensics-1234)"
-            *current = rest.split(" (").next().unwrap_or(rest).to_string();
+            // "Running tests/forensics.rs (target/debug/deps/forensics-1234)": the name as
+            // cargo shows it, and the crate from the file name (`nhi_agent-1234`).
+            let (shown, file) = rest.split_once(" (").unwrap_or((rest, ""));
+            let stem = file.trim_end_matches(')').rsplit('/').next().unwrap_or("");
+            let krate = stem.rsplit_once('-').map_or(stem, |(name, _)| name);
+            *current = if krate.is_empty() {
+                shown.to_string()
+            } else {
+                format!("{shown} [{krate}]")
+            };
             self.binaries += 1;
         } else if let Some(rest) = trimmed.strip_prefix("Doc-tests ") {
             *current = format!("doc-tests {rest}");
@@ -176,11 +184,24 @@ impl TestRun {
 /// Whether cargo's target argument (`-p nhi-tests --test forensics`, `-p nhi-agent --lib`)
 /// names the binary of a "Running" line (`tests/forensics.rs`, `unittests src/lib.rs`).
 fn target_matches(target: &str, binary: &str) -> bool {
-    if let Some(test) = target.split("--test ").nth(1) {
-        let test = test.split_whitespace().next().unwrap_or(test);
-        return binary.ends_with(&format!("/{test}.rs")) || binary.ends_with(&format!("{test}.rs"));
+    let word_after = |flag: &str| {
+        target
+            .split(flag)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    if let Some(test) = word_after("--test ") {
+        return binary.starts_with(&format!("tests/{test}.rs"));
     }
-    false
+    // `-p nhi-agent --lib`: the unit tests of crate nhi_agent.
+    let krate = word_after("-p ").map(|p| p.replace('-', "_"));
+    match krate {
+        Some(krate) if target.contains("--lib") || target.contains("--bin") => {
+            binary.starts_with("unittests") && binary.ends_with(&format!("[{krate}]"))
+        }
+        _ => false,
+    }
 }
 
 /// Runs `cmd` with stdout and stderr on one pipe (so "Running X" and X's results stay in
@@ -254,11 +275,26 @@ error: 2 targets failed:
         assert_eq!(
             run.failures(),
             vec![
-                "tests/forensics.rs: replay_of_a_psql_session_matches_the_golden_transcript"
+                "tests/forensics.rs [forensics]: replay_of_a_psql_session_matches_the_golden_transcript"
                     .to_string(),
                 "-p nhi-tests --test lineage (the binary failed without a failing test line: see its output above)"
                     .to_string(),
             ]
+        );
+        // A failed unit test names its crate's `--lib` target.
+        let mut run = TestRun::default();
+        let mut current = String::new();
+        for line in [
+            "     Running unittests src/lib.rs (target/debug/deps/nhi_agent-1)",
+            "test config::tests::x ... FAILED",
+            "error: 1 target failed:",
+            "    `-p nhi-agent --lib`",
+        ] {
+            run.line(line, &mut current);
+        }
+        assert_eq!(
+            run.failures(),
+            vec!["unittests src/lib.rs [nhi_agent]: config::tests::x".to_string()]
         );
     }
 }

@@ -213,3 +213,11 @@ impl ApprovalsConfig {
         !self.decision_keys.is_empty() || self.decision_jwks.is_some()
     }
 }
+
+/// `[agent] approver_group`: a group by name (resolved when the agent starts) or by gid.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(untagged)]
+pub enum GroupRef {
+    Gid(u32),
+    Name(String),
+}

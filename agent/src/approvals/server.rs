@@ -63,10 +63,10 @@ impl Peer {
 }
 
 /// Resolves `approver_group` (a name or a numeric gid) to a gid.
-pub fn resolve_group(group: &crate::config::GroupRef) -> Result<u32, ServerError> {
+pub fn resolve_group(group: &super::config::GroupRef) -> Result<u32, ServerError> {
     match group {
-        crate::config::GroupRef::Gid(g) => Ok(*g),
-        crate::config::GroupRef::Name(name) => match nix::unistd::Group::from_name(name) {
+        super::config::GroupRef::Gid(g) => Ok(*g),
+        super::config::GroupRef::Name(name) => match nix::unistd::Group::from_name(name) {
             Ok(Some(g)) => Ok(g.gid.as_raw()),
             _ => Err(ServerError::UnknownGroup { name: name.clone() }),
         },

@@ -59,13 +59,20 @@ impl Answer {
     }
 }
 
-/// What the server needs from the agent.
+/// Looks up a cgroup's id by its path (relative to the cgroup2 root).
+pub type CgroupIdOf = Arc<dyn Fn(&str) -> Option<u64> + Send + Sync>;
+/// The workload name of a process of `uid` in the cgroup at a path, if it is one.
+pub type WorkloadOf = Arc<dyn Fn(&str, u32) -> Option<String> + Send + Sync>;
+
+/// What the server needs from the agent (its own context, not the proxy's state).
 #[derive(Clone)]
 pub struct Context {
     /// The agent's attestation state.
     pub attestor: Arc<Attestor>,
-    /// The cgroup tree and the journal.
-    pub shared: Arc<crate::proxy::Shared>,
+    pub journal: crate::journal::JournalHandle,
+    pub cgroup_id: CgroupIdOf,
+    /// Names the workload of the attestation event, as sessions name theirs.
+    pub workload_of: WorkloadOf,
 }
 
 /// Binds the socket at `path` (parent created 0755, a stale socket replaced, mode 0666).
@@ -172,11 +179,7 @@ async fn connection(stream: UnixStream, ctx: &Context) -> io::Result<()> {
 fn cgroup_of(ctx: &Context, peer: Peer) -> Result<(String, u64), AttestError> {
     let pid = u32::try_from(peer.pid).map_err(|_| AttestError::NoCgroup { pid: peer.pid })?;
     let path = CgroupFs::cgroup_of_pid(pid).ok_or(AttestError::NoCgroup { pid: peer.pid })?;
-    let id = ctx
-        .shared
-        .cgroups
-        .id_of(&path)
-        .ok_or(AttestError::NoCgroup { pid: peer.pid })?;
+    let id = (ctx.cgroup_id)(&path).ok_or(AttestError::NoCgroup { pid: peer.pid })?;
     Ok((path.trim_matches('/').to_string(), id))
 }
 
@@ -188,7 +191,7 @@ fn status(ctx: &Context, peer: Peer) -> Answer {
             Err(e) => return Answer::error(e.to_string()),
             Ok((path, id)) => ctx
                 .attestor
-                .binding_for(&path, id, |p| ctx.shared.cgroups.id_of(p))
+                .binding_for(&path, id, |p| (ctx.cgroup_id)(p))
                 .into_iter()
                 .collect(),
         }
@@ -253,11 +256,9 @@ async fn record(
         .map(str::to_owned);
     let uid = data.get("uid").and_then(|u| u.as_u64());
     if let (Some(cgroup), Some(uid)) = (cgroup, uid) {
-        let config = ctx.shared.config();
         let workload = u32::try_from(uid)
             .ok()
-            .and_then(|uid| config.workload_for(&cgroup, uid))
-            .map(|w| w.display_name(&cgroup));
+            .and_then(|uid| (ctx.workload_of)(&cgroup, uid));
         data["workload"] = serde_json::json!(workload);
     }
     let event = Event {
@@ -266,8 +267,7 @@ async fn record(
         kind: "attestation".into(),
         data: data.to_string(),
     };
-    ctx.shared
-        .journal
+    ctx.journal
         .record_durably(std::slice::from_ref(&event))
         .await
         .map(|_| ())

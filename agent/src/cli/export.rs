@@ -149,7 +149,7 @@ mod erased {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
 
     use clap::Parser;
@@ -165,7 +165,7 @@ mod tests {
         args: ExportArgs,
     }
 
-    fn export(path: &Path, extra: &[&str]) -> Vec<Value> {
+    pub(crate) fn export(path: &Path, extra: &[&str]) -> Vec<Value> {
         let mut argv = vec!["export", path.to_str().expect("utf-8")];
         argv.extend_from_slice(extra);
         let args = TestCli::try_parse_from(argv).expect("arguments").args;

@@ -40,8 +40,9 @@ pub fn run(args: &KeyArgs) -> anyhow::Result<ExitCode> {
         KeyCommand::Show { config, .. } | KeyCommand::ExportPublic { config, .. } => config,
     };
     let config = config::load(config_path)?;
-    let (key, host_id, key_path) = evidence::host_identity(&config, false)
-        .context("the agent creates the key and host id at its first start")?;
+    let (key, host_id, key_path) =
+        evidence::host_identity(&config.evidence, &config.agent.state_dir, false)
+            .context("the agent creates the key and host id at its first start")?;
     let public = key.public();
     match &args.command {
         KeyCommand::Show { json: true, .. } => {

@@ -77,11 +77,11 @@ pub struct Datastore {
     databases: HashMap<(String, SessionId), String>,
 }
 
-fn ms(t: SystemTime) -> i64 {
+pub(crate) fn ms(t: SystemTime) -> i64 {
     crate::journal::system_time_to_us(t).div_euclid(1000)
 }
 
-fn endpoint(addr: SocketAddr) -> Value {
+pub(crate) fn endpoint(addr: SocketAddr) -> Value {
     json!({ "ip": addr.ip().to_string(), "port": addr.port() })
 }
 
@@ -356,7 +356,7 @@ fn statement_activity(kinds: &[&str]) -> (u64, &'static str) {
 
 /// The attributes every OCSF event has (base event and classification).
 #[allow(clippy::too_many_arguments)]
-fn base(
+pub(crate) fn base(
     class_uid: u64,
     class_name: &str,
     category_uid: u64,
@@ -385,7 +385,7 @@ fn base(
     m
 }
 
-fn metadata(journal_id: &str, event: &EventRow, session: &SetSession) -> Value {
+pub(crate) fn metadata(journal_id: &str, event: &EventRow, session: &SetSession) -> Value {
     json!({
         "version": OCSF_VERSION,
         "product": {
@@ -400,7 +400,7 @@ fn metadata(journal_id: &str, event: &EventRow, session: &SetSession) -> Value {
     })
 }
 
-fn actor(session: &SetSession) -> Value {
+pub(crate) fn actor(session: &SetSession) -> Value {
     let row = &session.row;
     let mut user = json!({ "uid": row.uid.to_string() });
     if let Some(name) = &row.user {
@@ -420,13 +420,13 @@ fn actor(session: &SetSession) -> Value {
     json!({ "app_name": row.workload, "user": user, "process": process })
 }
 
-fn dst_endpoint(session: &SetSession) -> Value {
+pub(crate) fn dst_endpoint(session: &SetSession) -> Value {
     let mut dst = endpoint(session.row.orig_dst);
     dst["svc_name"] = json!(session.row.target);
     dst
 }
 
-fn context_unmapped(
+pub(crate) fn context_unmapped(
     journal_id: &str,
     host_id: Option<&str>,
     session: &SetSession,
@@ -619,6 +619,15 @@ pub(crate) fn check_required(event: &Value) -> Vec<String> {
             }
         }
         NETWORK_ACTIVITY => check(event, "", NETWORK, &mut problems),
+        crate::cli::views::http::HTTP_ACTIVITY => {
+            check(event, "", NETWORK, &mut problems);
+            check(
+                event,
+                "",
+                &[("http_request", JsonType::Object)],
+                &mut problems,
+            );
+        }
         other => problems.push(format!("unexpected class_uid {other}")),
     }
     problems

@@ -72,6 +72,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(why) = features.refusal() {
         anyhow::bail!(why);
     }
+    raise_nofile_limit(config.agent.max_connections);
     let cgroups = CgroupFs::discover(config.agent.cgroup_root.as_deref())
         .context("finding the cgroup2 mount")?;
     if let Some(dir) = config.agent.journal.parent() {
@@ -80,13 +81,12 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
     // Credentials, keys and certificates: read before anything is attached, so a missing
     // password file fails the start instead of every session.
-    let pg =
-        proxy::postgres::PgRuntime::build(&config).context("preparing the PostgreSQL targets")?;
-    let pg = Arc::new(pg);
+    let snapshot = proxy::Snapshot::build(Arc::new(config.clone()))?;
     // The signing key and host id (created at the first start): the journal's segments
     // are sealed with them, at rotation and at a clean stop.
-    let (host_key, host_id, key_path) = crate::evidence::host_identity(&config, true)
-        .context("preparing the journal signing key")?;
+    let (host_key, host_id, key_path) =
+        crate::evidence::host_identity(&config.evidence, &config.agent.state_dir, true)
+            .context("preparing the journal signing key")?;
     info!(
         key = %key_path.display(),
         fingerprint = %host_key.public().fingerprint(),
@@ -195,8 +195,13 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     // over budget refuses sessions from the first one.
     let budget = crate::ship::Budget::new();
     let shipper = if config.ship.is_active() {
-        let shipper = crate::ship::Shipper::new(&config, budget.clone())
-            .context("preparing the shipping of journal segments")?;
+        let shipper = crate::ship::Shipper::new(
+            &config.ship,
+            &config.agent.journal,
+            &config.agent.state_dir,
+            budget.clone(),
+        )
+        .context("preparing the shipping of journal segments")?;
         shipper.measure_budget();
         Some(Arc::new(shipper))
     } else {
@@ -204,10 +209,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     };
 
     let shared = Arc::new(proxy::Shared {
-        snapshot: RwLock::new(Arc::new(proxy::Snapshot {
-            config: Arc::new(config),
-            pg,
-        })),
+        snapshot: RwLock::new(Arc::new(snapshot)),
         interceptor: Mutex::new(interceptor),
         cgroups,
         journal: journal.handle(),
@@ -218,6 +220,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         lineage: lineage.clone(),
         budget,
         attest: Some(attestor.clone()),
+        limits: Arc::new(proxy::WorkloadLimits::default()),
     });
     {
         let c = shared.config();
@@ -252,7 +255,20 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             listener,
             attest::server::Context {
                 attestor,
-                shared: shared.clone(),
+                journal: shared.journal.clone(),
+                cgroup_id: {
+                    let shared = shared.clone();
+                    Arc::new(move |path| shared.cgroups.id_of(path))
+                },
+                workload_of: {
+                    let shared = shared.clone();
+                    Arc::new(move |cgroup, uid| {
+                        let config = shared.config();
+                        config
+                            .workload_for(cgroup, uid)
+                            .map(|w| w.display_name(cgroup))
+                    })
+                },
             },
             shutdown_rx.clone(),
         ))
@@ -438,6 +454,36 @@ fn approvals_registry(
     Ok(registry)
 }
 
+/// Raises the soft limit on open files to the hard limit: every proxied connection holds
+/// two sockets (and two pipes while it splices), and the common soft default (1024) would
+/// make accept fail with EMFILE after a few hundred connections. Warns when even the hard
+/// limit is short of what `max_connections` needs.
+fn raise_nofile_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(1024);
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard {
+                if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                    warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+                }
+            }
+            if hard < needed {
+                warn!(
+                    limit = hard,
+                    needed,
+                    max_connections,
+                    "the open-file limit (RLIMIT_NOFILE) is below what max_connections needs; \
+                     raise it (systemd: LimitNOFILE=) or lower max_connections"
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 fn reload(shared: &proxy::Shared, path: &std::path::Path) {
     let _ = sdnotify::notify(&format!(
         "RELOADING=1\nMONOTONIC_USEC={}",
@@ -504,8 +550,8 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
                 warn!("changing [evidence] needs a restart; keeping the running values");
                 new.evidence = old.evidence.clone();
             }
-            let pg = match proxy::postgres::PgRuntime::build(&new) {
-                Ok(pg) => pg,
+            let snapshot = match proxy::Snapshot::build(Arc::new(new)) {
+                Ok(snapshot) => snapshot,
                 Err(e) => {
                     error!(
                         error = format!("{e:#}"),
@@ -517,17 +563,17 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
             };
             let sync = {
                 let mut i = shared.interceptor.lock().unwrap_or_else(|p| p.into_inner());
-                apply(&mut i, &new, &shared.cgroups)
+                apply(&mut i, &snapshot.config, &shared.cgroups)
             };
             match sync {
                 Err(e) => error!(error = %e, "reload failed while updating the kernel maps"),
                 Ok(()) => {
-                    let (w, t) = (new.workloads.len(), new.targets.len());
+                    let (w, t) = (
+                        snapshot.config.workloads.len(),
+                        snapshot.config.targets.len(),
+                    );
                     // The configuration and its runtime go into force together.
-                    shared.replace_snapshot(proxy::Snapshot {
-                        config: Arc::new(new),
-                        pg: Arc::new(pg),
-                    });
+                    shared.replace_snapshot(snapshot);
                     if let Some(attestor) = &shared.attest {
                         attestor.set_verifier(verifier);
                     }

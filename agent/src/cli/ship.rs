@@ -46,7 +46,12 @@ pub fn run(args: &ShipArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(super::run::EXIT_BAD_CONFIG));
         }
     };
-    let shipper = match Shipper::new(&config, Budget::new()) {
+    let shipper = match Shipper::new(
+        &config.ship,
+        &config.agent.journal,
+        &config.agent.state_dir,
+        Budget::new(),
+    ) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

@@ -50,6 +50,13 @@ pub const DEFAULT_LISTEN_PORT: u16 = 15001;
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/nhi-agent";
 /// Default for `[agent] max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default for `[agent] max_connections_per_workload`: three quarters of
+/// `max_connections` (at least 1). One runaway workload then always leaves a quarter of
+/// the slots to the others, while a host with a single workload keeps most of its
+/// capacity (a smaller fraction would cut that host's connections for no one's benefit).
+pub fn default_max_connections_per_workload(max_connections: usize) -> usize {
+    (max_connections.saturating_mul(3) / 4).max(1)
+}
 /// Default for `[agent] connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for `[agent] idle_timeout`.
@@ -125,6 +132,10 @@ pub struct AgentSettings {
     pub bpffs: PathBuf,
     /// `max_connections` (4096, at least 1): proxied connections open at once.
     pub max_connections: usize,
+    /// `max_connections_per_workload` (3/4 of `max_connections`, at least 1, at most
+    /// `max_connections`): audited connections one workload may have open at once; over
+    /// it, its new connections are refused while other workloads still connect.
+    pub max_connections_per_workload: usize,
     /// `connect_timeout` ("10s", humantime syntax, not zero): how long the proxy
     /// waits to connect to the target.
     pub connect_timeout: Duration,
@@ -159,13 +170,8 @@ pub struct AgentSettings {
 /// Default `[agent] approvals_socket`.
 pub const DEFAULT_APPROVALS_SOCKET: &str = "/run/nhi-agent/approvals.sock";
 
-/// `[agent] approver_group`: a group by name (resolved when the agent starts) or by gid.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
-#[serde(untagged)]
-pub enum GroupRef {
-    Gid(u32),
-    Name(String),
-}
+/// `[agent] approver_group` (defined by `approvals`, which resolves it).
+pub use crate::approvals::config::GroupRef;
 
 /// `[agent] journal_fsync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
@@ -215,6 +221,110 @@ pub struct Target {
     pub protocol: Protocol,
     /// PostgreSQL settings; `Some` exactly when `protocol = "postgres"`.
     pub postgres: Option<PostgresTarget>,
+    /// HTTP settings; `Some` exactly when `protocol = "http"`.
+    pub http: Option<HttpTarget>,
+}
+
+/// The `[[target]]` keys of `protocol = "http"`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpTarget {
+    /// `tls` (`"disable"`): TLS from the agent to the server: `disable`, `require` (no
+    /// verification without `ca_file`; with it, the chain but not the name) or
+    /// `verify-full` (chain and name; against `ca_file`, else the system's roots).
+    /// `prefer` has no meaning for HTTP (nothing to negotiate) and is refused.
+    pub tls: UpstreamTlsMode,
+    /// `ca_file`: absolute path of the CA bundle that verifies the server.
+    pub ca_file: Option<PathBuf>,
+    /// `server_name`: the name sent as SNI and checked under verify-full (default: the
+    /// name the client asked for in its own TLS SNI, else the IP address it dialled);
+    /// also a name of the certificate clients get under `client_tls = "terminate"`.
+    pub server_name: Option<String>,
+    /// `client_tls` (`"refuse"`): `"terminate"` serves HTTPS to the client with a leaf
+    /// of the agent CA; `"refuse"` serves plain HTTP and refuses a TLS ClientHello.
+    pub client_tls: ClientTls,
+    /// `password_file` or `credential`: the secret the agent injects (needs `inject`).
+    pub credential: Option<CredentialRef>,
+    /// `inject`: the header the agent sets upstream with the secret (needs a credential).
+    pub inject: Option<InjectHeader>,
+}
+
+/// `[[target]] inject = "Authorization: Bearer {secret}"`: the header the agent sets on
+/// every forwarded request, replacing any of that name the client sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectHeader {
+    /// The header name, lowercase (a valid HTTP token).
+    pub name: String,
+    /// The value's text before `{secret}`.
+    pub prefix: String,
+    /// The value's text after `{secret}`.
+    pub suffix: String,
+}
+
+impl InjectHeader {
+    /// The placeholder the secret replaces.
+    pub const PLACEHOLDER: &'static str = "{secret}";
+
+    /// Headers the agent never injects: framing, routing and hop-by-hop headers, which
+    /// would change how the request is delivered rather than authenticate it.
+    const FORBIDDEN: &'static [&'static str] = &[
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    ];
+
+    /// Parses `"Name: prefix{secret}suffix"`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<InjectHeader, String> {
+        let Some((name, value)) = text.split_once(':') else {
+            return Err(format!(
+                "inject must be \"Header-Name: value with {}\", e.g. \"Authorization: Bearer {}\" (no ':' found)",
+                Self::PLACEHOLDER,
+                Self::PLACEHOLDER
+            ));
+        };
+        if name.is_empty() || name.trim() != name {
+            return Err(
+                "inject: the header name must come first, without spaces before the ':'".into(),
+            );
+        }
+        let valid_token = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !valid_token {
+            return Err(format!("inject: {name:?} is not a valid HTTP header name"));
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower.starts_with(':') || Self::FORBIDDEN.contains(&lower.as_str()) {
+            return Err(format!(
+                "inject: the agent does not set {name:?}: it would change how the request is delivered, not authenticate it"
+            ));
+        }
+        let value = value.trim_matches([' ', '\t']);
+        if value.matches(Self::PLACEHOLDER).count() != 1 {
+            return Err(format!(
+                "inject: the value must hold {} exactly once (got {:?})",
+                Self::PLACEHOLDER,
+                value
+            ));
+        }
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err("inject: the value holds a control character".into());
+        }
+        let (prefix, suffix) = value
+            .split_once(Self::PLACEHOLDER)
+            .expect("the placeholder was counted");
+        Ok(InjectHeader {
+            name: lower,
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+        })
+    }
 }
 
 /// The `[[target]]` keys that only apply to `protocol = "postgres"`.
@@ -562,6 +672,25 @@ impl TryFrom<Spanned<RawAgent>> for AgentSettings {
             }
             Some(n) => n.into_inner(),
         };
+        let max_connections_per_workload = match raw.max_connections_per_workload {
+            None => default_max_connections_per_workload(max_connections),
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(Problem::at(
+                    &n,
+                    "max_connections_per_workload must be at least 1",
+                ));
+            }
+            Some(n) if *n.get_ref() > max_connections => {
+                return Err(Problem::at(
+                    &n,
+                    format!(
+                        "max_connections_per_workload ({}) cannot exceed max_connections ({max_connections})",
+                        n.get_ref()
+                    ),
+                ));
+            }
+            Some(n) => n.into_inner(),
+        };
         Ok(AgentSettings {
             mode: raw.mode,
             journal,
@@ -575,6 +704,7 @@ impl TryFrom<Spanned<RawAgent>> for AgentSettings {
                 None => PathBuf::from(DEFAULT_BPFFS),
             },
             max_connections,
+            max_connections_per_workload,
             connect_timeout: duration(
                 raw.connect_timeout,
                 "connect_timeout",
@@ -738,59 +868,52 @@ impl TryFrom<Spanned<RawTarget>> for Target {
                 })?,
         };
         let postgres = postgres_settings(&raw, protocol)?;
+        let http = http_settings(&raw, protocol)?;
         Ok(Target {
             name: raw.name.into_inner(),
             destination,
             protocol,
             postgres,
+            http,
         })
     }
 }
 
-/// Validates the PostgreSQL-only keys of a target: refused on other protocols (a
-/// `password_file` on a tcp target would silently do nothing), checked for consistency
-/// on postgres targets.
-fn postgres_settings(
-    raw: &RawTarget,
+/// Refuses the first of `keys` that is set, saying which protocols it applies to (a
+/// `password_file` on a tcp target would silently do nothing).
+fn refuse_keys(
+    keys: &[(&str, Option<Range<usize>>)],
+    applies_to: &str,
     protocol: Protocol,
-) -> Result<Option<PostgresTarget>, Problem> {
-    if protocol != Protocol::Postgres {
-        let keys: [(&str, Option<Range<usize>>); 7] = [
-            ("tls", raw.tls.as_ref().map(Spanned::span)),
-            ("ca_file", raw.ca_file.as_ref().map(Spanned::span)),
-            ("server_name", raw.server_name.as_ref().map(Spanned::span)),
-            ("client_tls", raw.client_tls.as_ref().map(Spanned::span)),
-            (
-                "password_file",
-                raw.password_file.as_ref().map(Spanned::span),
+) -> Result<(), Problem> {
+    if let Some((key, span)) = keys.iter().find(|(_, s)| s.is_some()) {
+        return Err(Problem {
+            span: span.clone(),
+            earlier: None,
+            message: format!(
+                "`{key}` only applies to {applies_to} (this target is \"{protocol}\")"
             ),
-            ("credential", raw.credential.as_ref().map(Spanned::span)),
-            ("user", raw.user.as_ref().map(Spanned::span)),
-        ];
-        if let Some((key, span)) = keys.into_iter().find(|(_, s)| s.is_some()) {
-            return Err(Problem {
-                span,
-                earlier: None,
-                message: format!(
-                    "`{key}` only applies to protocol = \"postgres\" (this target is \"{protocol}\")"
-                ),
-            });
-        }
-        return Ok(None);
+        });
     }
+    Ok(())
+}
+
+/// The TLS and credential keys PostgreSQL and HTTP targets share.
+struct Common {
+    tls: UpstreamTlsMode,
+    ca_file: Option<PathBuf>,
+    server_name: Option<String>,
+    client_tls: ClientTls,
+    credential: Option<CredentialRef>,
+}
+
+fn common_settings(raw: &RawTarget) -> Result<Common, Problem> {
     let tls = raw.tls.as_ref().map(|t| *t.get_ref()).unwrap_or_default();
     let ca_file = raw
         .ca_file
         .as_ref()
         .map(|p| absolute_path(p, "ca_file"))
         .transpose()?;
-    if tls == UpstreamTlsMode::VerifyFull && ca_file.is_none() {
-        let tls_value = raw.tls.as_ref().expect("verify-full was read from `tls`");
-        return Err(Problem::at(
-            tls_value,
-            "tls = \"verify-full\" needs `ca_file`, the CA that signed the server's certificate",
-        ));
-    }
     if let Some(name) = &raw.server_name {
         if name.get_ref().trim().is_empty() {
             return Err(Problem::at(name, "server_name must not be empty"));
@@ -816,8 +939,66 @@ fn postgres_settings(
         }
         (None, None) => None,
     };
+    Ok(Common {
+        tls,
+        ca_file,
+        server_name: raw.server_name.as_ref().map(|s| s.get_ref().clone()),
+        client_tls: raw
+            .client_tls
+            .as_ref()
+            .map(|c| *c.get_ref())
+            .unwrap_or_default(),
+        credential,
+    })
+}
+
+/// Validates the PostgreSQL-only keys of a target: refused on other protocols, checked
+/// for consistency on postgres targets.
+fn postgres_settings(
+    raw: &RawTarget,
+    protocol: Protocol,
+) -> Result<Option<PostgresTarget>, Problem> {
+    if protocol != Protocol::Postgres {
+        let shared: [(&str, Option<Range<usize>>); 6] = [
+            ("tls", raw.tls.as_ref().map(Spanned::span)),
+            ("ca_file", raw.ca_file.as_ref().map(Spanned::span)),
+            ("server_name", raw.server_name.as_ref().map(Spanned::span)),
+            ("client_tls", raw.client_tls.as_ref().map(Spanned::span)),
+            (
+                "password_file",
+                raw.password_file.as_ref().map(Spanned::span),
+            ),
+            ("credential", raw.credential.as_ref().map(Spanned::span)),
+        ];
+        if protocol != Protocol::Http {
+            refuse_keys(
+                &shared,
+                "protocol = \"postgres\" and protocol = \"http\"",
+                protocol,
+            )?;
+        }
+        refuse_keys(
+            &[("user", raw.user.as_ref().map(Spanned::span))],
+            "protocol = \"postgres\"",
+            protocol,
+        )?;
+        return Ok(None);
+    }
+    refuse_keys(
+        &[("inject", raw.inject.as_ref().map(Spanned::span))],
+        "protocol = \"http\" (a PostgreSQL target logs in with its credential instead)",
+        protocol,
+    )?;
+    let common = common_settings(raw)?;
+    if common.tls == UpstreamTlsMode::VerifyFull && common.ca_file.is_none() {
+        let tls_value = raw.tls.as_ref().expect("verify-full was read from `tls`");
+        return Err(Problem::at(
+            tls_value,
+            "tls = \"verify-full\" needs `ca_file`, the CA that signed the server's certificate",
+        ));
+    }
     if let Some(user) = &raw.user {
-        if credential.is_none() {
+        if common.credential.is_none() {
             return Err(Problem::at(
                 user,
                 "`user` sets who the agent logs in as with its own credential: it needs `password_file` or `credential`",
@@ -828,16 +1009,65 @@ fn postgres_settings(
         }
     }
     Ok(Some(PostgresTarget {
-        tls,
-        ca_file,
-        server_name: raw.server_name.as_ref().map(|s| s.get_ref().clone()),
-        client_tls: raw
-            .client_tls
-            .as_ref()
-            .map(|c| *c.get_ref())
-            .unwrap_or_default(),
-        credential,
+        tls: common.tls,
+        ca_file: common.ca_file,
+        server_name: common.server_name,
+        client_tls: common.client_tls,
+        credential: common.credential,
         user: raw.user.as_ref().map(|u| u.get_ref().clone()),
+    }))
+}
+
+/// Validates the keys of an HTTP target: TLS on both legs and the injected credential.
+fn http_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<HttpTarget>, Problem> {
+    if protocol != Protocol::Http {
+        refuse_keys(
+            &[("inject", raw.inject.as_ref().map(Spanned::span))],
+            "protocol = \"http\"",
+            protocol,
+        )?;
+        return Ok(None);
+    }
+    let common = common_settings(raw)?;
+    if common.tls == UpstreamTlsMode::Prefer {
+        let tls_value = raw.tls.as_ref().expect("prefer was read from `tls`");
+        return Err(Problem::at(
+            tls_value,
+            "tls = \"prefer\" has no meaning for HTTP (there is no negotiation to fall back from): use \"disable\", \"require\" or \"verify-full\"",
+        ));
+    }
+    let inject = raw
+        .inject
+        .as_ref()
+        .map(|i| InjectHeader::parse(i.get_ref()).map_err(|m| Problem::at(i, m)))
+        .transpose()?;
+    match (&inject, &common.credential) {
+        (Some(_), None) => {
+            return Err(Problem::at(
+                raw.inject.as_ref().expect("inject was read"),
+                "`inject` needs the secret it injects: `password_file` or `credential`",
+            ));
+        }
+        (None, Some(_)) => {
+            let span = raw
+                .password_file
+                .as_ref()
+                .or(raw.credential.as_ref())
+                .expect("a credential was read");
+            return Err(Problem::at(
+                span,
+                "an HTTP target uses its credential only through `inject` (e.g. inject = \"Authorization: Bearer {secret}\"); without it the secret would do nothing",
+            ));
+        }
+        _ => {}
+    }
+    Ok(Some(HttpTarget {
+        tls: common.tls,
+        ca_file: common.ca_file,
+        server_name: common.server_name,
+        client_tls: common.client_tls,
+        credential: common.credential,
+        inject,
     }))
 }
 

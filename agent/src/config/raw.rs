@@ -44,6 +44,7 @@ pub(super) struct RawAgent {
     pub fail: Option<FailMode>,
     pub bpffs: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<usize>>,
+    pub max_connections_per_workload: Option<Spanned<usize>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
@@ -71,12 +72,15 @@ pub(super) struct RawTarget {
     pub name: Spanned<String>,
     pub address: Spanned<String>,
     pub protocol: Option<Spanned<String>>,
-    // PostgreSQL only (checked in validation, so the error can say why).
+    // PostgreSQL and HTTP only (checked in validation, so the error can say why).
     pub tls: Option<Spanned<UpstreamTlsMode>>,
     pub ca_file: Option<Spanned<String>>,
     pub server_name: Option<Spanned<String>>,
     pub client_tls: Option<Spanned<ClientTls>>,
     pub password_file: Option<Spanned<String>>,
     pub credential: Option<Spanned<String>>,
+    /// PostgreSQL only.
     pub user: Option<Spanned<String>>,
+    /// HTTP only: `"Header-Name: value with {secret}"`.
+    pub inject: Option<Spanned<String>>,
 }

@@ -87,6 +87,7 @@ fn minimal_example_parses_to_the_expected_model() {
             fail: FailMode::Closed,
             bpffs: PathBuf::from("/sys/fs/bpf/nhi-agent"),
             max_connections: 4096,
+            max_connections_per_workload: 3072,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(30),
@@ -110,6 +111,7 @@ fn minimal_example_parses_to_the_expected_model() {
             destination: Destination::Exact("10.0.0.5:5432".parse().expect("addr")),
             protocol: Protocol::Tcp,
             postgres: None,
+            http: None,
         }]
     );
     assert_eq!(config.targets[0].protocol.to_string(), "tcp");
@@ -126,6 +128,7 @@ listen_port = 15999
 fail = "closed"
 bpffs = "/sys/fs/bpf/other"
 max_connections = 10
+max_connections_per_workload = 3
 connect_timeout = "1s 500ms"
 idle_timeout = "2m"
 drain_timeout = "0s"
@@ -142,6 +145,7 @@ address = "*:1"
     assert_eq!(a.fail, FailMode::Closed);
     assert_eq!(a.bpffs, PathBuf::from("/sys/fs/bpf/other"));
     assert_eq!(a.max_connections, 10);
+    assert_eq!(a.max_connections_per_workload, 3);
     assert_eq!(a.connect_timeout, Duration::from_millis(1500));
     assert_eq!(a.idle_timeout, Duration::from_secs(120));
     assert_eq!(a.drain_timeout, Duration::ZERO);
@@ -302,13 +306,23 @@ fn duplicate_target_name_position() {
 }
 
 #[test]
+fn the_per_workload_limit_defaults_to_three_quarters_of_max_connections() {
+    use super::default_max_connections_per_workload as d;
+    assert_eq!(d(4096), 3072);
+    assert_eq!(d(64), 48);
+    assert_eq!(d(10), 7);
+    assert_eq!(d(2), 1);
+    assert_eq!(d(1), 1);
+}
+
+#[test]
 fn semantic_errors_point_at_the_value() {
-    let cases: [(&str, &str, &str, &str); 8] = [
+    let cases: [(&str, &str, &str, &str); 10] = [
         (
             "protocol = \"tcp\"",
             "protocol = \"mysql\"",
             "\"mysql\"",
-            "protocol \"mysql\" is not supported yet (supported: tcp, postgres)",
+            "protocol \"mysql\" is not supported yet (supported: tcp, postgres, http)",
         ),
         (
             "cgroup = \"system.slice/backup*.service\"",
@@ -327,6 +341,18 @@ fn semantic_errors_point_at_the_value() {
             "journal = \"/var/lib/nhi-agent/journal.db\"\nmax_connections = 0",
             "0\n",
             "max_connections must be at least 1",
+        ),
+        (
+            "journal = \"/var/lib/nhi-agent/journal.db\"",
+            "journal = \"/var/lib/nhi-agent/journal.db\"\nmax_connections_per_workload = 0",
+            "0\n",
+            "max_connections_per_workload must be at least 1",
+        ),
+        (
+            "journal = \"/var/lib/nhi-agent/journal.db\"",
+            "journal = \"/var/lib/nhi-agent/journal.db\"\nmax_connections = 8\nmax_connections_per_workload = 9",
+            "9\n",
+            "max_connections_per_workload (9) cannot exceed max_connections (8)",
         ),
         (
             "journal = \"/var/lib/nhi-agent/journal.db\"",
@@ -668,6 +694,128 @@ fn postgres_target_keys_are_validated() {
         let e = parse(&target(keys), "t.toml").expect_err(keys).to_string();
         assert!(e.contains(expected), "{keys}: {e}");
     }
+}
+
+#[test]
+fn http_target_keys_are_validated() {
+    let target = |keys: &str| {
+        format!(
+            "[agent]\nmode = \"enforce\"\njournal = \"/j.db\"\n\n[[target]]\nname = \"api\"\naddress = \"127.0.0.1:8080\"\nprotocol = \"http\"\n{keys}\n"
+        )
+    };
+    let c = ok(&target(
+        "tls = \"verify-full\"\nserver_name = \"api.internal\"\nclient_tls = \"terminate\"\npassword_file = \"/tok\"\ninject = \"X-Api-Key:  key={secret};v=1 \"",
+    ));
+    let http = c.targets[0].http.as_ref().expect("http settings");
+    assert!(c.targets[0].postgres.is_none());
+    assert_eq!(http.tls, UpstreamTlsMode::VerifyFull);
+    // verify-full without ca_file: the system's roots (PostgreSQL still needs ca_file).
+    assert_eq!(http.ca_file, None);
+    assert_eq!(http.server_name.as_deref(), Some("api.internal"));
+    assert_eq!(http.client_tls, ClientTls::Terminate);
+    assert_eq!(
+        http.credential,
+        Some(CredentialRef::File(PathBuf::from("/tok")))
+    );
+    assert_eq!(
+        http.inject,
+        Some(InjectHeader {
+            name: "x-api-key".into(),
+            prefix: "key=".into(),
+            suffix: ";v=1".into(),
+        })
+    );
+    let c = ok(&target(
+        "credential = \"api-token\"\ninject = \"Authorization: Basic {secret}\"",
+    ));
+    let http = c.targets[0].http.as_ref().expect("http settings");
+    assert_eq!(
+        http.credential,
+        Some(CredentialRef::Systemd("api-token".into()))
+    );
+    let inject = http.inject.as_ref().expect("inject");
+    assert_eq!(
+        (
+            inject.name.as_str(),
+            inject.prefix.as_str(),
+            inject.suffix.as_str()
+        ),
+        ("authorization", "Basic ", "")
+    );
+    assert_eq!(ok(&target("")).targets[0].http, Some(HttpTarget::default()));
+
+    // Each error points at the value it is about.
+    for (keys, value, expected) in [
+        (
+            "inject = \"Authorization: Bearer {secret}\"",
+            "\"Authorization: Bearer {secret}\"",
+            "needs the secret it injects",
+        ),
+        (
+            "password_file = \"/tok\"",
+            "\"/tok\"",
+            "only through `inject`",
+        ),
+        ("credential = \"tok\"", "\"tok\"", "only through `inject`"),
+        (
+            "password_file = \"/tok\"\ninject = \"Authorization: Bearer\"",
+            "\"Authorization: Bearer\"",
+            "exactly once",
+        ),
+        (
+            "password_file = \"/tok\"\ninject = \"Authorization: {secret} {secret}\"",
+            "\"Authorization: {secret} {secret}\"",
+            "exactly once",
+        ),
+        (
+            "password_file = \"/tok\"\ninject = \"Bearer {secret}\"",
+            "\"Bearer {secret}\"",
+            "no ':' found",
+        ),
+        (
+            "password_file = \"/tok\"\ninject = \"Auth header: {secret}\"",
+            "\"Auth header: {secret}\"",
+            "not a valid HTTP header name",
+        ),
+        (
+            "password_file = \"/tok\"\ninject = \"Host: {secret}\"",
+            "\"Host: {secret}\"",
+            "does not set",
+        ),
+        (
+            "password_file = \"/tok\"\ninject = \"X-Key: {secret}\\r\\nX-Other: 1\"",
+            "\"X-Key: {secret}\\r\\nX-Other: 1\"",
+            "control character",
+        ),
+        ("tls = \"prefer\"", "\"prefer\"", "no meaning for HTTP"),
+        (
+            "user = \"app\"",
+            "\"app\"",
+            "only applies to protocol = \"postgres\"",
+        ),
+        ("ca_file = \"ca.pem\"", "\"ca.pem\"", "absolute path"),
+    ] {
+        let text = target(keys);
+        let e = parse(&text, "t.toml").expect_err(keys).to_string();
+        assert!(e.contains(expected), "{keys}: {e}");
+        let (line, column) = position_of(&text, value, 0);
+        assert!(
+            e.starts_with(&format!("t.toml:{line}:{column}: ")),
+            "{keys}: {e}"
+        );
+    }
+    // `inject` belongs to HTTP only.
+    let pg = target("password_file = \"/pw\"\ninject = \"Authorization: Bearer {secret}\"")
+        .replace("\"http\"", "\"postgres\"");
+    let e = parse(&pg, "t.toml")
+        .expect_err("inject on postgres")
+        .to_string();
+    assert!(e.contains("only applies to protocol = \"http\""), "{e}");
+    let tcp = target("inject = \"Authorization: Bearer {secret}\"").replace("\"http\"", "\"tcp\"");
+    let e = parse(&tcp, "t.toml")
+        .expect_err("inject on tcp")
+        .to_string();
+    assert!(e.contains("only applies to protocol = \"http\""), "{e}");
 }
 
 #[test]

@@ -128,17 +128,18 @@ pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
 /// `<state_dir>/signing.key`, `[evidence] host_id` or `<state_dir>/host-id`. With `create`
 /// (the agent at start) missing ones are created; without (`key show`) they must exist.
 pub fn host_identity(
-    config: &crate::config::Config,
+    settings: &EvidenceSettings,
+    state_dir: &std::path::Path,
     create: bool,
 ) -> Result<(HostKey, String, PathBuf), EvidenceError> {
-    let key_path = config.evidence.signing_key_path(&config.agent.state_dir);
-    let host_id_path = config.agent.state_dir.join("host-id");
+    let key_path = settings.signing_key_path(state_dir);
+    let host_id_path = state_dir.join("host-id");
     let key = if create {
         HostKey::load_or_create(&key_path)?
     } else {
         HostKey::load(&key_path)?
     };
-    let host_id = match &config.evidence.host_id {
+    let host_id = match &settings.host_id {
         Some(id) => id.clone(),
         None if create => key::load_or_create_host_id(&host_id_path)?,
         None => key::read_host_id(&host_id_path)?,

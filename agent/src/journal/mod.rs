@@ -806,6 +806,17 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The innermost cause of an error, for a client message: the operating system's or
+/// SQLite's words ("No space left on device (os error 28)", "database or disk is full"),
+/// never a path.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 /// Now, in microseconds since the Unix epoch.
 pub(crate) fn now_us() -> i64 {
     system_time_to_us(SystemTime::now())

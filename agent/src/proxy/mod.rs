@@ -5,6 +5,7 @@
 //! journal before the agent opens the upstream connection. If the journal refuses, the
 //! client connection is reset and the reason logged; nothing is forwarded unrecorded.
 pub mod http;
+mod limits;
 pub mod postgres;
 mod relay;
 
@@ -32,7 +33,12 @@ use crate::{
     journal::{JournalHandle, SessionEnd, SessionStart},
 };
 
+pub use limits::WorkloadLimits;
 pub use relay::CloseReason;
+
+/// SQLSTATE of the FATAL a PostgreSQL client gets over `max_connections_per_workload`:
+/// too_many_connections, what the server says over its own `max_connections`.
+pub const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
 
 /// A configuration and the runtime state built from it (PostgreSQL TLS settings,
 /// credentials, masking key), indexed alike. A reload replaces the whole snapshot at
@@ -41,6 +47,23 @@ pub use relay::CloseReason;
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub pg: Arc<postgres::PgRuntime>,
+    pub http: Arc<http::runtime::HttpRuntime>,
+}
+
+impl Snapshot {
+    /// Builds the runtime of `config` (credentials, keys, certificates, CA files) and
+    /// pairs it with it. Errors name the target and the file.
+    pub fn build(config: Arc<Config>) -> anyhow::Result<Snapshot> {
+        use anyhow::Context;
+        let pg = postgres::PgRuntime::build(&config).context("preparing the PostgreSQL targets")?;
+        let http = http::runtime::HttpRuntime::build(&config, pg.ca.clone())
+            .context("preparing the HTTP targets")?;
+        Ok(Snapshot {
+            config,
+            pg: Arc::new(pg),
+            http: Arc::new(http),
+        })
+    }
 }
 
 /// State shared by the accept loops and the connection tasks.
@@ -65,6 +88,8 @@ pub struct Shared {
     pub budget: crate::ship::Budget,
     /// Claims bound to cgroups by `nhi-agent attest`; `None`: attestation is off.
     pub attest: Option<Arc<crate::attest::Attestor>>,
+    /// Open audited connections per workload (`max_connections_per_workload`).
+    pub limits: Arc<WorkloadLimits>,
 }
 
 impl Shared {
@@ -136,15 +161,13 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(max));
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let mut accepts = JoinSet::new();
-    for listener in listeners {
-        accepts.spawn(accept_loop(
-            shared.clone(),
-            listener,
-            permits.clone(),
-            max,
-            cancel_rx.clone(),
-        ));
-    }
+    accepts.spawn(accept_loop(
+        shared.clone(),
+        listeners,
+        permits.clone(),
+        max,
+        cancel_rx.clone(),
+    ));
     // Wait for the shutdown signal.
     while !*shutdown.borrow() {
         if shutdown.changed().await.is_err() {
@@ -176,14 +199,18 @@ pub async fn serve(
     }
 }
 
+/// Accepts from every listener in one loop: a slot (permit) is taken, then the next
+/// connection of whichever listener has one. (A loop per listener would keep a slot
+/// reserved for a quiet listener while the other's connections waited in the backlog.)
 async fn accept_loop(
     shared: Arc<Shared>,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     permits: Arc<Semaphore>,
     max: usize,
     cancel: watch::Receiver<bool>,
 ) {
     let mut last_limit_log: Option<Instant> = None;
+    let mut next = 0usize;
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -201,7 +228,7 @@ async fn accept_loop(
                 }
             }
         };
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer) = match accept_any(&listeners, &mut next).await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -219,6 +246,26 @@ async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// The next connection of any of `listeners`, polling them from `*next` on (which then
+/// moves past the one that answered, so no listener starves the others).
+async fn accept_any(
+    listeners: &[TcpListener],
+    next: &mut usize,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        let n = listeners.len();
+        for i in 0..n {
+            let at = (*next + i) % n;
+            if let std::task::Poll::Ready(result) = listeners[at].poll_accept(cx) {
+                *next = (at + 1) % n;
+                return std::task::Poll::Ready(result);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Counts a connection in [`Shared::active`] for as long as it lives, even if its task
@@ -262,6 +309,9 @@ async fn handle(
     cancel: watch::Receiver<bool>,
 ) {
     let accepted_at = SystemTime::now();
+    // The session's end may have to wait for the journal to recover; the shutdown
+    // signal bounds that wait.
+    let mut end_cancel = cancel.clone();
     let boot_ticks = identity::boottime_ticks();
     let _ = client.set_nodelay(true);
     let cookie = match ebpf::socket_cookie(&client) {
@@ -349,8 +399,8 @@ async fn handle(
     // Over the disk budget: refuse new sessions (existing ones go on). Opaque TCP is
     // closed before anything is journaled or connected; PostgreSQL clients get a FATAL
     // 53100 once their start-up is read (see postgres::SessionContext::refuse).
-    let refuse = shared.budget.exceeded();
-    if let Some(why) = &refuse {
+    let budget = shared.budget.exceeded();
+    if let Some(why) = &budget {
         error!(workload = %workload_name, %orig_dst, target = %target.name, reason = %why, "refusing a new session: disk budget exceeded");
         if !matches!(
             target.protocol,
@@ -360,6 +410,43 @@ async fn handle(
             return;
         }
     }
+    // One workload may hold at most `max_connections_per_workload` audited connections,
+    // so a loop in one cannot take every slot from the others. A connection over the
+    // limit is journaled (its end says "policy limit: ...") and refused: opaque TCP with a
+    // reset, PostgreSQL with FATAL 53300 once its start-up is read.
+    let limit = config.agent.max_connections_per_workload;
+    let (_slot, over_limit) = match shared.limits.try_acquire(&workload_name, limit) {
+        Ok(slot) => (Some(slot), None),
+        Err(open) => {
+            let why = format!(
+                "max_connections_per_workload ({limit}) reached for workload {workload_name}"
+            );
+            match shared.limits.note_refusal(&workload_name, Instant::now()) {
+                limits::RefusalLog::Warn { since_last } => warn!(
+                    workload = %workload_name, limit, open, refused_since_last_warning = since_last,
+                    "refusing a new connection: the workload is at max_connections_per_workload"
+                ),
+                limits::RefusalLog::Quiet => debug!(
+                    workload = %workload_name, limit, open,
+                    "refusing a new connection: the workload is at max_connections_per_workload"
+                ),
+            }
+            (None, Some(why))
+        }
+    };
+    let refuse = match (&budget, &over_limit) {
+        (Some(why), _) => Some(postgres::Refusal {
+            sqlstate: "53100",
+            message: why.clone(),
+            reason: CloseReason::Protocol(format!("refused: {why}")),
+        }),
+        (None, Some(why)) => Some(postgres::Refusal {
+            sqlstate: SQLSTATE_TOO_MANY_CONNECTIONS,
+            message: format!("too many connections: {why}"),
+            reason: CloseReason::PolicyLimit(why.clone()),
+        }),
+        (None, None) => None,
+    };
     // The claims of the nearest attested cgroup (its own or an ancestor's).
     let claims = shared.attest.as_ref().and_then(|a| {
         a.binding_for(&cgroup, record.cgroup_id, |p| shared.cgroups.id_of(p))
@@ -393,11 +480,27 @@ async fn handle(
     let id = match shared.journal.start_session(start).await {
         Ok(id) => id,
         Err(e) => {
+            let cause = postgres::root_cause(&e);
             error!(
-                workload = %workload_name, %orig_dst, error = %e,
+                workload = %workload_name, %orig_dst, error = %e, %cause,
                 "the journal cannot record this session; refusing the connection"
             );
-            reset(client);
+            if target.protocol == crate::config::Protocol::Postgres {
+                // A FATAL the client prints says why; a bare reset would not.
+                let message = format!(
+                    "nhi-agent: the audit journal cannot record new sessions ({cause}); nothing was forwarded"
+                );
+                let what = postgres::refuse_unrecorded(
+                    client,
+                    postgres::SQLSTATE_JOURNAL,
+                    &message,
+                    UNRECORDED_REFUSAL_WAIT,
+                )
+                .await;
+                debug!(%peer, what, "unrecorded PostgreSQL session refused");
+            } else {
+                reset(client);
+            }
             return;
         }
     };
@@ -407,25 +510,50 @@ async fn handle(
 
     crate::failpoint::pause("proxy.after_session_start").await;
 
+    if let Some(why) = &over_limit {
+        if !matches!(
+            target.protocol,
+            crate::config::Protocol::Postgres | crate::config::Protocol::Http
+        ) {
+            reset(client);
+            let end = SessionEnd {
+                id,
+                ended_at: SystemTime::now(),
+                bytes_from_client: 0,
+                bytes_from_server: 0,
+                close_reason: CloseReason::PolicyLimit(why.clone()).to_string(),
+            };
+            record_end(&shared.journal, end, &mut end_cancel).await;
+            return;
+        }
+    }
+
     let pg = match target.protocol {
         crate::config::Protocol::Postgres => snapshot.pg.target(target_index).cloned(),
         _ => None,
     };
-    if target.protocol == crate::config::Protocol::Postgres && pg.is_none() {
+    let missing_runtime = match target.protocol {
+        crate::config::Protocol::Postgres => pg.is_none(),
+        crate::config::Protocol::Http => snapshot.http.target(target_index).is_none(),
+        crate::config::Protocol::Tcp => false,
+    };
+    if missing_runtime {
         // Cannot happen with one snapshot; if it ever did, refusing is the safe answer
-        // (relaying a postgres target opaquely would skip its policy).
-        error!(session = id, target = %target.name, "internal error: no PostgreSQL runtime for the target; refusing");
+        // (relaying a decoded target opaquely would skip its policy).
+        let why = format!(
+            "internal error: no {} runtime for the target",
+            target.protocol
+        );
+        error!(session = id, target = %target.name, "{why}; refusing");
         reset(client);
         let end = SessionEnd {
             id,
             ended_at: SystemTime::now(),
             bytes_from_client: 0,
             bytes_from_server: 0,
-            close_reason: "internal error: no PostgreSQL runtime for the target".into(),
+            close_reason: why,
         };
-        if let Err(e) = shared.journal.end_session(end).await {
-            error!(session = id, error = %e, "the journal cannot record the end of the session");
-        }
+        record_end(&shared.journal, end, &mut end_cancel).await;
         return;
     }
     let outcome = if let Some(target_rt) = pg {
@@ -449,7 +577,9 @@ async fn handle(
             process: requester,
         };
         postgres::serve(ctx, client, cancel).await
-    } else if target.protocol == crate::config::Protocol::Http {
+    } else if let (crate::config::Protocol::Http, Some(target_rt)) =
+        (target.protocol, snapshot.http.target(target_index).cloned())
+    {
         let rules = Arc::new(snapshot.pg.rules_for(
             config,
             &workload_name,
@@ -460,6 +590,8 @@ async fn handle(
             id,
             journal: &shared.journal,
             target,
+            target_rt,
+            ca: snapshot.http.ca.clone(),
             rules,
             orig_dst,
             connect_timeout: config.agent.connect_timeout,
@@ -471,7 +603,15 @@ async fn handle(
                 target: target.name.clone(),
                 process: requester,
             },
-            refuse,
+            // Over the disk budget: 507; at the workload's connection limit: 429.
+            refuse: refuse.map(|r| {
+                let status = if over_limit.is_some() && budget.is_none() {
+                    429
+                } else {
+                    507
+                };
+                (status, r.message)
+            }),
         };
         http::serve(ctx, client, cancel).await
     } else {
@@ -511,9 +651,7 @@ async fn handle(
         bytes_from_server: outcome.bytes_from_server,
         close_reason: outcome.reason.to_string(),
     };
-    if let Err(e) = shared.journal.end_session(end).await {
-        error!(session = id, error = %e, "the journal cannot record the end of the session");
-    }
+    record_end(&shared.journal, end, &mut end_cancel).await;
     info!(
         session = id,
         from_client = outcome.bytes_from_client,
@@ -521,6 +659,58 @@ async fn handle(
         reason = %outcome.reason,
         "session closed"
     );
+}
+
+/// How long a PostgreSQL client refused without a session (the journal failed) has to
+/// send its start-up before the refusal gives up and closes.
+const UNRECORDED_REFUSAL_WAIT: Duration = Duration::from_secs(10);
+
+/// Records a session's end. When the batch holding it was lost (disk full, I/O error),
+/// nothing of it was committed, so it is tried again, with backoff, until the journal
+/// takes it: an end left unrecorded would make the session read as still open and lose
+/// its close reason (often "journal failure", exactly what a responder needs). Gives up
+/// only at shutdown; the next start then closes the session as interrupted.
+async fn record_end(journal: &JournalHandle, end: SessionEnd, cancel: &mut watch::Receiver<bool>) {
+    let id = end.id;
+    let mut wait = Duration::from_millis(100);
+    let mut retrying = false;
+    loop {
+        match journal.end_session(end.clone()).await {
+            Ok(()) => {
+                if retrying {
+                    info!(session = id, "the end of the session is recorded");
+                }
+                return;
+            }
+            Err(e @ crate::journal::JournalError::BatchFailed { .. }) => {
+                if !retrying {
+                    warn!(
+                        session = id, error = %e, cause = %postgres::root_cause(&e),
+                        "the journal cannot record the end of the session yet; retrying"
+                    );
+                    retrying = true;
+                }
+            }
+            Err(e) => {
+                error!(session = id, error = %e, "the journal cannot record the end of the session");
+                return;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            changed = cancel.changed() => {
+                if changed.is_err() || *cancel.borrow() {
+                    error!(
+                        session = id,
+                        "shutting down before the journal recorded the end of the session; \
+                         the next start closes it as interrupted"
+                    );
+                    return;
+                }
+            }
+        }
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {

@@ -14,7 +14,7 @@ use super::{
     AgentError, Approver, Counts, Ended, Failure, HoldOutcome, HoldWait, Io, Requester, Session,
     Step,
 };
-use crate::journal::{Event, FsyncPolicy, JournalHandle, SessionId};
+use crate::journal::{root_cause, Event, FsyncPolicy, JournalHandle, SessionId};
 
 /// Pending bytes in one direction above which the engine stops reading the other side.
 pub const HIGH_WATER: usize = 1 << 20;
@@ -81,11 +81,11 @@ async fn record<S: Session>(
         Err(e) => Err(e),
     };
     if let Err(e) = result {
-        warn!(session = cx.id, error = %e, "the journal cannot record this session; closing it");
+        warn!(session = cx.id, error = %e, cause = %root_cause(&e), "the journal cannot record this session; closing it");
         let _ = cw
-            .write_all(&session.agent_error(AgentError::Journal))
+            .write_all(&session.agent_error(AgentError::Journal(&e)))
             .await;
-        return Err(Failure::Journal(e.to_string()));
+        return Err(Failure::Journal(crate::journal::error_chain(&e)));
     }
     Ok(())
 }
@@ -117,6 +117,8 @@ pub async fn run<S: Session>(
     let mut to_client = BytesMut::new();
     let mut hold: Option<HoldWait> = None;
     let mut client_eof = false;
+    // The client's half-close was passed on to the server.
+    let mut server_write_shut = false;
     let mut server_eof = false;
     let mut terminated = false;
     let idle = cx.idle_timeout;
@@ -177,11 +179,18 @@ pub async fn run<S: Session>(
         }
         if server_eof && to_client.is_empty() {
             let _ = cw.shutdown().await;
-            return Ok(Ended::ServerClosed);
+            // After a client's half-close the server ends because of it.
+            return Ok(if client_eof {
+                Ended::ClientClosed
+            } else {
+                Ended::ServerClosed
+            });
         }
-        if client_eof && to_server.is_empty() && hold.is_none() {
+        if client_eof && to_server.is_empty() && hold.is_none() && !server_write_shut {
+            // Half-close: pass the FIN on and relay (and journal) what the server still
+            // answers; the session ends when the server closes (or idles out).
             let _ = sw.shutdown().await;
-            return Ok(Ended::ClientClosed);
+            server_write_shut = true;
         }
 
         let idle_deadline = tokio::time::Instant::from_std(last_activity + idle);

@@ -54,10 +54,10 @@ pub struct SessionError(pub String);
 
 /// The conditions under which the agent itself ends (or answers) a session; the session
 /// turns each into its protocol's error message.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub enum AgentError<'a> {
-    /// The journal cannot record: nothing more is forwarded.
-    Journal,
+    /// The journal cannot record (this error): nothing more is forwarded.
+    Journal(&'a (dyn std::error::Error + 'static)),
     /// A policy's `max_session_duration` was reached (the message says which).
     SessionCap(&'a str),
     /// The agent is shutting down and the drain period ran out.

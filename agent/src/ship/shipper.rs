@@ -56,17 +56,23 @@ impl std::fmt::Debug for Shipper {
 }
 
 impl Shipper {
-    /// A shipper for `config` (loads the secret now, so a missing or too-open secret
-    /// file fails the start). `budget` is the flag the proxy reads.
-    pub fn new(config: &crate::config::Config, budget: Budget) -> Result<Shipper, ShipError> {
-        let client = match &config.ship.shipping {
+    /// A shipper for `[ship]` settings `config` of the journal at `journal` (loads the
+    /// secret now, so a missing or too-open secret file fails the start). `budget` is the
+    /// flag the proxy reads.
+    pub fn new(
+        config: &ShipConfig,
+        journal: &std::path::Path,
+        state_dir: &std::path::Path,
+        budget: Budget,
+    ) -> Result<Shipper, ShipError> {
+        let client = match &config.shipping {
             Some(s) => Some(S3Client::new(s, &s.secret.load()?)?),
             None => None,
         };
         Ok(Shipper {
-            config: config.ship.clone(),
-            journal: config.agent.journal.clone(),
-            state_dir: config.agent.state_dir.clone(),
+            config: config.clone(),
+            journal: journal.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
             client,
             budget,
         })

@@ -20,7 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use time::{Duration, OffsetDateTime};
 
-use super::{provider, TlsError, ALPN_POSTGRESQL};
+use super::{provider, TlsError, ALPN_H2, ALPN_HTTP11, ALPN_POSTGRESQL};
 
 /// The CA private key's file name in the state directory (PKCS#8 PEM, mode 0600).
 pub const CA_KEY_FILE: &str = "ca.key";
@@ -85,7 +85,25 @@ pub struct AgentCa {
     cert_path: PathBuf,
     cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
-    leaves: Mutex<HashMap<SanSet, CachedLeaf>>,
+    leaves: Mutex<HashMap<(SanSet, LeafAlpn), CachedLeaf>>,
+}
+
+/// The ALPN protocols a client-facing config offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LeafAlpn {
+    /// `postgresql` (PostgreSQL targets).
+    Postgres,
+    /// `h2` and `http/1.1`, in that order of preference (HTTP targets).
+    Http,
+}
+
+impl LeafAlpn {
+    fn protocols(self) -> Vec<Vec<u8>> {
+        match self {
+            LeafAlpn::Postgres => vec![ALPN_POSTGRESQL.to_vec()],
+            LeafAlpn::Http => vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()],
+        }
+    }
 }
 
 impl std::fmt::Debug for AgentCa {
@@ -201,7 +219,23 @@ impl AgentCa {
         dns_names: &[String],
         ips: &[IpAddr],
     ) -> Result<Arc<ServerConfig>, TlsError> {
-        self.server_config_at(dns_names, ips, OffsetDateTime::now_utc())
+        self.server_config_at(
+            dns_names,
+            ips,
+            LeafAlpn::Postgres,
+            OffsetDateTime::now_utc(),
+        )
+    }
+
+    /// [`AgentCa::server_config`] for HTTP clients: offers ALPN `h2` and `http/1.1`
+    /// (the client's choice decides how the connection is served) and accepts clients
+    /// that offer no ALPN (HTTP/1.1).
+    pub fn http_server_config(
+        &self,
+        dns_names: &[String],
+        ips: &[IpAddr],
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        self.server_config_at(dns_names, ips, LeafAlpn::Http, OffsetDateTime::now_utc())
     }
 
     /// [`AgentCa::server_config`] at a given time (tests move the clock).
@@ -209,10 +243,11 @@ impl AgentCa {
         &self,
         dns_names: &[String],
         ips: &[IpAddr],
+        alpn: LeafAlpn,
         now: OffsetDateTime,
     ) -> Result<Arc<ServerConfig>, TlsError> {
-        let sans = SanSet::new(dns_names, ips);
-        if sans.dns.is_empty() && sans.ips.is_empty() {
+        let sans = (SanSet::new(dns_names, ips), alpn);
+        if sans.0.dns.is_empty() && sans.0.ips.is_empty() {
             return Err(TlsError::NoSubjectAltNames);
         }
         // Issuing under the lock costs well under a millisecond per new SAN set and
@@ -223,7 +258,7 @@ impl AgentCa {
                 return Ok(leaf.config.clone());
             }
         }
-        let config = self.issue(&sans, now)?;
+        let config = self.issue(&sans.0, alpn, now)?;
         if leaves.len() >= MAX_CACHED_LEAVES {
             leaves.clear();
         }
@@ -238,7 +273,12 @@ impl AgentCa {
     }
 
     /// Issues a leaf for `sans` and wraps it in a server config.
-    fn issue(&self, sans: &SanSet, now: OffsetDateTime) -> Result<Arc<ServerConfig>, TlsError> {
+    fn issue(
+        &self,
+        sans: &SanSet,
+        alpn: LeafAlpn,
+        now: OffsetDateTime,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         let (cert, key) = self.issue_leaf(sans, now)?;
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -246,7 +286,7 @@ impl AgentCa {
             .with_no_client_auth()
             .with_single_cert(vec![cert], key)
             .map_err(|source| TlsError::Config { source })?;
-        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+        config.alpn_protocols = alpn.protocols();
         Ok(Arc::new(config))
     }
 

@@ -31,7 +31,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use ca::{
-    AgentCa, CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY_DAYS, LEAF_RENEW_AFTER_DAYS, LEAF_VALIDITY_DAYS,
+    AgentCa, LeafAlpn, CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY_DAYS, LEAF_RENEW_AFTER_DAYS,
+    LEAF_VALIDITY_DAYS,
 };
 pub use stream::{accept_client, Stream};
 pub use upstream::{UpstreamTls, UpstreamTlsMode, SSL_REQUEST};
@@ -40,6 +41,10 @@ pub use upstream::{UpstreamTls, UpstreamTlsMode, SSL_REQUEST};
 /// and servers ignore ALPN, so offering and accepting it costs nothing and keeps
 /// PostgreSQL 17 `sslnegotiation=direct` clients possible later.
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+/// ALPN for HTTP/2 over TLS.
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN for HTTP/1.1.
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// The crypto provider every TLS config of the agent uses.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -253,6 +258,13 @@ pub enum TlsError {
     Config {
         /// rustls' error.
         source: rustls::Error,
+    },
+    /// `tls = "verify-full"` without `ca_file` on an HTTP target, and the system's trust
+    /// store yielded no usable CA certificate.
+    #[error("tls = \"verify-full\" without ca_file uses the system's CA certificates, but none could be loaded ({reason}); install ca-certificates or set ca_file")]
+    NoSystemRoots {
+        /// What the loader reported.
+        reason: String,
     },
     /// [`AgentCa::server_config`] was asked for a certificate with no name at all.
     #[error("a client-facing certificate needs at least one DNS name or IP address")]

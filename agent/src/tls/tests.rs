@@ -743,11 +743,15 @@ fn server_config_is_cached_by_san_set_and_renewed() {
 
     let now = time::OffsetDateTime::now_utc();
     let names = ["a.example".to_owned()];
-    let fresh = ca.server_config_at(&names, &[LOCALHOST_V4], now).unwrap();
+    let pg = LeafAlpn::Postgres;
+    let fresh = ca
+        .server_config_at(&names, &[LOCALHOST_V4], pg, now)
+        .unwrap();
     let soon = ca
         .server_config_at(
             &names,
             &[LOCALHOST_V4],
+            pg,
             now + time::Duration::days(LEAF_RENEW_AFTER_DAYS - 1),
         )
         .unwrap();
@@ -756,6 +760,7 @@ fn server_config_is_cached_by_san_set_and_renewed() {
         .server_config_at(
             &names,
             &[LOCALHOST_V4],
+            pg,
             now + time::Duration::days(LEAF_RENEW_AFTER_DAYS + 1),
         )
         .unwrap();
@@ -763,6 +768,18 @@ fn server_config_is_cached_by_san_set_and_renewed() {
         !Arc::ptr_eq(&fresh, &later),
         "a leaf past its renewal age is replaced"
     );
+
+    // HTTP clients get their own leaf, offering h2 and http/1.1 instead of postgresql.
+    let http = ca
+        .http_server_config(&["a.example".to_owned()], &[LOCALHOST_V4])
+        .unwrap();
+    assert!(!Arc::ptr_eq(&http, &c));
+    assert_eq!(http.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+    assert_eq!(c.alpn_protocols, [b"postgresql".to_vec()]);
+    let again = ca
+        .http_server_config(&["a.example".to_owned()], &[LOCALHOST_V4])
+        .unwrap();
+    assert!(Arc::ptr_eq(&http, &again));
 
     assert!(matches!(
         ca.server_config(&[], &[]),

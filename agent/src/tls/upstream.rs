@@ -22,7 +22,8 @@ use tokio::net::TcpStream;
 use crate::protocol::postgres::SSL_REQUEST_CODE;
 
 use super::{
-    provider, server_name_string, HandshakeFailure, Side, Stream, TlsError, ALPN_POSTGRESQL,
+    provider, server_name_string, HandshakeFailure, Side, Stream, TlsError, ALPN_H2, ALPN_HTTP11,
+    ALPN_POSTGRESQL,
 };
 
 /// The 8-byte SSLRequest: length 8, then the decoder's code 1234.5679.
@@ -84,6 +85,30 @@ impl UpstreamTls {
         ca_file: Option<&Path>,
         server_name: Option<&str>,
     ) -> Result<UpstreamTls, TlsError> {
+        Self::build(mode, ca_file, server_name, false, &[ALPN_POSTGRESQL])
+    }
+
+    /// The settings of an HTTP target: as [`UpstreamTls::new`], but ALPN offers `h2` and
+    /// `http/1.1`, and `VerifyFull` without `ca_file` verifies against the system's
+    /// trust store (`rustls-native-certs`: `/etc/ssl/certs` and `SSL_CERT_FILE` /
+    /// `SSL_CERT_DIR`), read now, so a reload picks up `update-ca-certificates`.
+    /// `Prefer` means nothing here (nothing is negotiated) and is treated as `Require`;
+    /// the configuration refuses it before this is called.
+    pub fn for_http(
+        mode: UpstreamTlsMode,
+        ca_file: Option<&Path>,
+        server_name: Option<&str>,
+    ) -> Result<UpstreamTls, TlsError> {
+        Self::build(mode, ca_file, server_name, true, &[ALPN_H2, ALPN_HTTP11])
+    }
+
+    fn build(
+        mode: UpstreamTlsMode,
+        ca_file: Option<&Path>,
+        server_name: Option<&str>,
+        system_roots: bool,
+        alpn: &[&[u8]],
+    ) -> Result<UpstreamTls, TlsError> {
         if mode == UpstreamTlsMode::Disable {
             return Ok(UpstreamTls {
                 mode,
@@ -98,7 +123,13 @@ impl UpstreamTls {
                 })
             })
             .transpose()?;
-        let roots = ca_file.map(load_roots).transpose()?;
+        let roots = match ca_file {
+            Some(path) => Some(load_roots(path)?),
+            None if system_roots && mode == UpstreamTlsMode::VerifyFull => {
+                Some(load_system_roots()?)
+            }
+            None => None,
+        };
         let provider = provider();
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -113,7 +144,7 @@ impl UpstreamTls {
                 .with_custom_certificate_verifier(Arc::new(LibpqVerifier { roots, provider }))
                 .with_no_client_auth(),
         };
-        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(UpstreamTls {
             mode,
             config: Some(Arc::new(config)),
@@ -124,6 +155,41 @@ impl UpstreamTls {
     /// The configured mode.
     pub fn mode(&self) -> UpstreamTlsMode {
         self.mode
+    }
+
+    /// Whether the agent speaks TLS to the server at all.
+    pub fn enabled(&self) -> bool {
+        self.config.is_some()
+    }
+
+    /// The TLS handshake on a fresh connection to the server at `addr`, with nothing
+    /// negotiated before it (HTTPS). The SNI and verification name is `server_name`,
+    /// else `default_name` (for HTTP: the name the client asked for in its own SNI),
+    /// else `addr`'s IP. `Disable` returns the stream untouched. No timeout here: the
+    /// caller bounds the whole upstream setup.
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        default_name: Option<&str>,
+    ) -> Result<Stream, TlsError> {
+        let Some(config) = &self.config else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let name = self
+            .server_name
+            .clone()
+            .or_else(|| default_name.and_then(|n| ServerName::try_from(n.to_owned()).ok()))
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
+        match connector.connect(name.clone(), tcp).await {
+            Ok(tls) => Ok(Stream::Client(Box::new(tls))),
+            Err(err) => Err(TlsError::Handshake {
+                side: Side::Upstream,
+                peer: addr,
+                failure: HandshakeFailure::classify(&err, Some(&server_name_string(&name))),
+            }),
+        }
     }
 
     /// The PostgreSQL TLS negotiation on a fresh connection to the server at `addr`.
@@ -203,6 +269,28 @@ fn trailing_bytes(tcp: &TcpStream) -> std::io::Result<bool> {
         Err(Errno::EAGAIN) => Ok(false),
         Err(errno) => Err(std::io::Error::from(errno)),
     }
+}
+
+/// The system's trust store as a root store. Certificates the loader cannot read or
+/// rustls cannot use are skipped (a store always has a few); none at all is an error.
+fn load_system_roots() -> Result<Arc<RootCertStore>, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let reason = if found.errors.is_empty() {
+            "no certificates found".to_owned()
+        } else {
+            found
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        return Err(TlsError::NoSystemRoots { reason });
+    }
+    Ok(Arc::new(roots))
 }
 
 /// Reads a PEM file of CA certificates into a root store.

@@ -9,6 +9,15 @@
 //! nhi-testclient silent ADDR [--hold-ms MS]            connect, send nothing, wait for the peer to close
 //! nhi-testclient connect-rate ADDR --conns C           C sequential connect+1-byte echo round trips
 //! nhi-testclient bulk ADDR --bytes N                   send N bytes one way (to a sink), report throughput
+//! nhi-testclient hold ADDR --conns C [--threads T]     open C echo connections at once (one round trip
+//!                                                      each), print a JSON line, hold them until stdin
+//!                                                      closes, then one more round trip on each
+//! nhi-testclient stall ADDR                            write to an echo server without ever reading
+//!                                                      until the writes block, print a JSON line, hold
+//!                                                      the connection until stdin closes
+//! nhi-testclient stream ADDR --seconds S [--bytes N] [--pause-ms P]
+//!                                                      one long connection: every P ms send N bytes and
+//!                                                      read their echo back, for S seconds
 //! ```
 use std::{
     io::{Read, Write},
@@ -151,6 +160,19 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
                 json!({ "bytes": bytes, "secs": secs, "mib_per_sec": bytes as f64 / secs / 1048576.0 }),
             )
         }
+        "hold" => hold(
+            addr,
+            flag(args, "--conns", 100)?,
+            flag(args, "--threads", 32)?,
+        ),
+        "stall" => stall(addr),
+        "stream" => stream(
+            addr,
+            Duration::from_secs(flag(args, "--seconds", 60)?),
+            bytes as usize,
+            Duration::from_millis(flag(args, "--pause-ms", 100)?),
+            seed,
+        ),
         other => Err(format!("unknown mode {other}")),
     }
 }
@@ -192,7 +214,9 @@ fn echo(addr: SocketAddr, bytes: u64, seed: u64) -> Result<serde_json::Value, St
         let mut i = 0;
         while i < n {
             if pending == 0 {
-                let chunk = (bytes - received - i as u64).min(expected.len() as u64) as usize;
+                let chunk = bytes
+                    .saturating_sub(received + i as u64)
+                    .min(expected.len() as u64) as usize;
                 if chunk == 0 {
                     identical = false; // more bytes than sent
                     break;
@@ -220,6 +244,156 @@ fn echo(addr: SocketAddr, bytes: u64, seed: u64) -> Result<serde_json::Value, St
         "identical": identical && received == bytes,
         "pid": std::process::id(),
     }))
+}
+
+/// Raises the soft open-file limit to the hard one (thousands of sockets).
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, correctly sized struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// One round trip of one byte; true when the byte came back.
+fn round_trip(s: &mut TcpStream, byte: u8) -> bool {
+    let mut b = [0u8; 1];
+    s.write_all(&[byte]).is_ok() && s.read_exact(&mut b).is_ok() && b[0] == byte
+}
+
+/// Waits until stdin reaches EOF (the test's signal to go on).
+fn wait_stdin_eof() {
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+fn hold(addr: SocketAddr, conns: u64, threads: u64) -> Result<serde_json::Value, String> {
+    raise_nofile();
+    let started = Instant::now();
+    let threads = threads.clamp(1, conns.max(1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let n = conns / threads + u64::from(t < conns % threads);
+            thread::spawn(move || {
+                let mut open = Vec::new();
+                let mut errors = Vec::new();
+                for _ in 0..n {
+                    match TcpStream::connect(addr) {
+                        Ok(mut s) => {
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+                            if round_trip(&mut s, b'h') {
+                                open.push(s);
+                            } else {
+                                errors.push("no echo".to_string());
+                            }
+                        }
+                        Err(e) => errors.push(format!("connect: {e}")),
+                    }
+                }
+                (open, errors)
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    let mut errors = Vec::new();
+    for h in handles {
+        let (o, e) = h.join().map_err(|_| "thread panicked")?;
+        open.extend(o);
+        errors.extend(e);
+    }
+    let failed = errors.len();
+    errors.sort();
+    errors.dedup();
+    println!(
+        "{}",
+        json!({ "phase": "open", "open": open.len(), "failed": failed, "errors": errors,
+                "elapsed_ms": started.elapsed().as_millis() as u64 })
+    );
+    let _ = std::io::stdout().flush();
+    wait_stdin_eof();
+    let alive = open
+        .iter_mut()
+        .map(|s| round_trip(s, b'a'))
+        .filter(|ok| *ok)
+        .count();
+    Ok(json!({ "phase": "closed", "alive": alive, "open": open.len() }))
+}
+
+/// One connection kept open for `duration`: a round trip of `bytes` every `pause`, each
+/// echo compared with what was sent.
+fn stream(
+    addr: SocketAddr,
+    duration: Duration,
+    bytes: usize,
+    pause: Duration,
+    seed: u64,
+) -> Result<serde_json::Value, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut rng = Rng::new(seed);
+    let mut sent = vec![0u8; bytes.max(1)];
+    let mut back = vec![0u8; sent.len()];
+    let mut rounds: u64 = 0;
+    while started.elapsed() < duration {
+        rng.fill(&mut sent);
+        s.write_all(&sent)
+            .map_err(|e| format!("write after {rounds} rounds: {e}"))?;
+        s.read_exact(&mut back)
+            .map_err(|e| format!("read after {rounds} rounds: {e}"))?;
+        if back != sent {
+            return Err(format!("echo differs in round {rounds}"));
+        }
+        rounds += 1;
+        thread::sleep(pause);
+    }
+    s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)
+        .map_err(|e| format!("read to end: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!(
+            "{} unexpected bytes after the last round",
+            rest.len()
+        ));
+    }
+    Ok(json!({ "rounds": rounds, "bytes": bytes, "secs": started.elapsed().as_secs_f64() }))
+}
+
+fn stall(addr: SocketAddr) -> Result<serde_json::Value, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    // Never read: the echo fills this socket's receive window, then every buffer on the
+    // way back, and at last the writes here block.
+    s.set_write_timeout(Some(Duration::from_secs(1)))
+        .map_err(|e| e.to_string())?;
+    let block = payload(7, 64 * 1024);
+    let mut written: u64 = 0;
+    loop {
+        match s.write(&block) {
+            Ok(n) => written += n as u64,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(format!("write after {written} bytes: {e}")),
+        }
+    }
+    println!("{}", json!({ "phase": "stalled", "written": written }));
+    let _ = std::io::stdout().flush();
+    wait_stdin_eof();
+    Ok(json!({ "phase": "closed", "written": written }))
 }
 
 /// Sets SO_LINGER to zero so that close sends RST.

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::select::Selected;
 use crate::journal::{EventRow, SessionRow};
 
+pub mod http;
 pub mod opaque;
 pub mod postgres;
 
@@ -49,7 +50,7 @@ pub trait ProtocolView: Sync {
 }
 
 /// The registered views; sessions of any other protocol read as opaque streams.
-static VIEWS: &[&dyn ProtocolView] = &[&postgres::Postgres];
+static VIEWS: &[&dyn ProtocolView] = &[&postgres::Postgres, &http::Http];
 
 /// The view for sessions whose `protocol` is `protocol`.
 pub fn view(protocol: &str) -> &'static dyn ProtocolView {
@@ -71,5 +72,7 @@ mod tests {
         assert_eq!(view("something-newer").protocol(), "tcp");
         assert!(view("postgres").ocsf().is_some());
         assert!(view("tcp").ocsf().is_none());
+        assert_eq!(view("http").protocol(), "http");
+        assert!(view("http").ocsf().is_some());
     }
 }

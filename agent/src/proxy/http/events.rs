@@ -49,6 +49,14 @@ pub struct HttpRequest<'a> {
     /// Why it was refused before it was judged (an ambiguous path, the disk budget).
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Cow<'a, str>>,
+    /// The header the agent set with the target's secret (`inject`), when it forwards
+    /// the request: its name, never its value.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub injected: Option<Cow<'a, str>>,
+    /// The client sent a header of that name itself; the agent's replaced it (its value
+    /// is journaled `[redacted]`, like every credential header).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replaced_client_header: bool,
 }
 
 fn yes() -> bool {
@@ -75,6 +83,14 @@ pub struct HttpResponse<'a> {
     /// Why the upstream request failed.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Cow<'a, str>>,
+    /// Response headers in which the agent masked an echo of the secret it injected
+    /// (before the journal and the client saw them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub secret_echoes_masked: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl HttpResponse<'_> {

@@ -13,7 +13,23 @@
 //!
 //! A path that does not normalise unambiguously (`protocol::http::path`) is refused with
 //! 400 and journaled, never forwarded.
+//!
+//! TLS: what the client speaks first decides, unambiguously (a TLS record starts with
+//! 0x16, an HTTP request with a method's letter, h2 with `PRI`). A target with
+//! `client_tls = "terminate"` serves HTTPS with a leaf of the agent CA for the client's
+//! SNI (or the dialled address) and `server_name`, ALPN `h2` / `http/1.1`; plain HTTP to
+//! it is answered 400, and a TLS ClientHello to a target that does not terminate gets a
+//! `handshake_failure` alert; both are logged and journaled as `protocol_error`. To the
+//! server: `tls` / `ca_file` / `server_name` ([`upstream::Connector`]).
+//!
+//! Credential injection (`inject`, [`runtime::Injection`]): the agent removes any header
+//! of that name the client sent and sets its own on the forwarded request; the journal
+//! says *that* it injected (`http_request.injected`), never the value; a response header
+//! echoing the secret is masked before the journal and the client see it. A response
+//! *body* echoing it is not inspected here (the body masking of issue 12 §4 will be).
 pub mod events;
+pub mod runtime;
+mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,9 +43,9 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -43,7 +59,10 @@ use crate::protocol::http::path;
 use crate::proxy::postgres::SessionRules;
 use crate::session::gate::{self, approval_on_standing, Action, Gate};
 use crate::session::{Approver, HoldOutcome, Requester};
+use crate::tls::{AgentCa, Stream, ALPN_H2, ALPN_HTTP11};
 use events::{kind, HttpRequest, HttpResponse};
+use runtime::HttpTargetRuntime;
+use upstream::{error_chain, Connector};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -52,14 +71,20 @@ pub struct HttpContext<'a> {
     pub id: SessionId,
     pub journal: &'a JournalHandle,
     pub target: &'a Target,
+    /// The target's TLS settings and injected credential, from the same snapshot as
+    /// `target`.
+    pub target_rt: Arc<HttpTargetRuntime>,
+    /// The agent CA (`Some` whenever a target terminates client TLS).
+    pub ca: Option<Arc<AgentCa>>,
     pub rules: Arc<SessionRules>,
     pub orig_dst: SocketAddr,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub approvals: Option<Arc<dyn Approver>>,
     pub requester: Requester,
-    /// `Some(reason)`: answer every request with 507 (the disk budget is exceeded).
-    pub refuse: Option<String>,
+    /// `Some((status, reason))`: answer every request with `status` (507: the disk
+    /// budget is exceeded; 429: the workload is at its connection limit).
+    pub refuse: Option<(u16, String)>,
 }
 
 /// Headers whose values are credentials: journaled as `[redacted]`.
@@ -91,18 +116,187 @@ struct State {
     gate: Mutex<Gate>,
     approvals: Option<Arc<dyn Approver>>,
     requester: Requester,
-    client: Client<HttpConnector, Body>,
+    client: Client<Connector, Body>,
+    /// `http` or `https`: how the server is reached.
+    scheme: &'static str,
+    target_rt: Arc<HttpTargetRuntime>,
     orig_dst: SocketAddr,
     next_seq: AtomicU64,
-    refuse: Option<String>,
+    refuse: Option<(u16, String)>,
     /// Set when the journal refused: the connection must close.
     journal_failed: watch::Sender<bool>,
 }
+
+/// The first byte of a TLS handshake record: a client that starts with it speaks TLS
+/// (no HTTP method, and not h2's `PRI`, starts with it).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// How long a client has to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one intercepted HTTP connection until it ends.
 pub async fn serve(
     ctx: HttpContext<'_>,
     client: TcpStream,
+    mut cancel: watch::Receiver<bool>,
+) -> Outcome {
+    let ended = |reason| Outcome {
+        bytes_from_client: 0,
+        bytes_from_server: 0,
+        reason,
+    };
+    // HTTP and TLS clients both speak first; the first byte tells which one this is.
+    let first = tokio::select! {
+        first = tokio::time::timeout(ctx.idle_timeout, first_byte(&client)) => first,
+        _ = cancel.changed() => return ended(CloseReason::AgentShutdown),
+    };
+    let first = match first {
+        Err(_) => return ended(CloseReason::IdleTimeout),
+        Ok(Err(e)) => return ended(CloseReason::ClientReset(e.to_string())),
+        Ok(Ok(None)) => return ended(CloseReason::ClientClosed),
+        Ok(Ok(Some(byte))) => byte,
+    };
+    let speaks_tls = first == TLS_HANDSHAKE;
+    let (stream, h2, sni) = match (ctx.target_rt.client_tls, speaks_tls, &ctx.ca) {
+        (true, true, Some(ca)) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept_tls(&ctx, ca, client)).await {
+                Ok(Ok(accepted)) => accepted,
+                Ok(Err(why)) => {
+                    let why = format!("client TLS handshake failed: {why}");
+                    protocol_error(ctx.journal, ctx.id, &why);
+                    return ended(CloseReason::Protocol(why));
+                }
+                Err(_) => {
+                    let why = format!(
+                        "client TLS handshake not finished within {TLS_HANDSHAKE_TIMEOUT:?}"
+                    );
+                    protocol_error(ctx.journal, ctx.id, &why);
+                    return ended(CloseReason::Protocol(why));
+                }
+            }
+        }
+        (true, _, _) => {
+            // Plain HTTP to a target that serves HTTPS (or, were the CA missing, which
+            // the runtime rules out, TLS that cannot be answered).
+            let why =
+                "plain HTTP to a target with client_tls = \"terminate\" (it serves HTTPS only)";
+            protocol_error(ctx.journal, ctx.id, why);
+            return refuse_plain(client, why).await;
+        }
+        (false, true, _) => {
+            let why =
+                "TLS to a target without client_tls = \"terminate\" (it serves plain HTTP only)";
+            protocol_error(ctx.journal, ctx.id, why);
+            refuse_tls(client).await;
+            return ended(CloseReason::Protocol(why.into()));
+        }
+        (false, false, _) => (Stream::Plain(client), None, None),
+    };
+    serve_http(ctx, stream, h2, sni, cancel).await
+}
+
+/// Waits for the client's first byte without consuming it; `None`: closed before any.
+async fn first_byte(client: &TcpStream) -> std::io::Result<Option<u8>> {
+    let mut byte = [0u8; 1];
+    match client.peek(&mut byte).await? {
+        0 => Ok(None),
+        _ => Ok(Some(byte[0])),
+    }
+}
+
+/// Terminates the client's TLS with a leaf of the agent CA naming the SNI the client
+/// sent (if any), the target's `server_name` and the address it dialled. Returns the
+/// stream, whether ALPN chose h2 (`Some(true)`), http/1.1 (`Some(false)`) or nothing
+/// (`None`), and the SNI.
+async fn accept_tls(
+    ctx: &HttpContext<'_>,
+    ca: &AgentCa,
+    client: TcpStream,
+) -> Result<(Stream, Option<bool>, Option<String>), String> {
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client)
+        .await
+        .map_err(|e| e.to_string())?;
+    let sni = start.client_hello().server_name().map(str::to_owned);
+    let names: Vec<String> = sni
+        .iter()
+        .chain(ctx.target_rt.server_name.iter())
+        .cloned()
+        .collect();
+    let config = ca
+        .http_server_config(&names, &[ctx.orig_dst.ip()])
+        .map_err(|e| format!("certificate for {names:?}: {e}"))?;
+    let tls = start.into_stream(config).await.map_err(|e| e.to_string())?;
+    let h2 = match tls.get_ref().1.alpn_protocol() {
+        Some(p) if p == ALPN_H2 => Some(true),
+        Some(p) if p == ALPN_HTTP11 => Some(false),
+        _ => None,
+    };
+    Ok((Stream::Server(Box::new(tls)), h2, sni))
+}
+
+/// Answers every request of a plain-HTTP client of a TLS-only target with 400 naming the
+/// problem, then closes: a clear refusal rather than a hang or a bare reset.
+async fn refuse_plain(client: TcpStream, why: &'static str) -> Outcome {
+    let counts = Arc::new(Counted::default());
+    let io = TokioIo::new(Counting {
+        inner: Stream::Plain(client),
+        counts: counts.clone(),
+    });
+    let service = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
+        let mut response = refusal(
+            StatusCode::BAD_REQUEST,
+            &format!("{why}: connect with https://"),
+            None,
+        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Ok::<_, Infallible>(response)
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        builder.serve_connection(io, service),
+    )
+    .await;
+    Outcome {
+        bytes_from_client: counts.read.load(Ordering::Relaxed),
+        bytes_from_server: counts.written.load(Ordering::Relaxed),
+        reason: CloseReason::Protocol(why.into()),
+    }
+}
+
+/// Answers a TLS ClientHello to a plain-HTTP target with a fatal `handshake_failure`
+/// alert. The ClientHello record is read first (bounded), so the close is not a reset
+/// that could discard the alert before the client reads it.
+async fn refuse_tls(mut client: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut header = [0u8; 5];
+        client.read_exact(&mut header).await?;
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]])).min(18 * 1024);
+        let mut body = vec![0u8; len];
+        client.read_exact(&mut body).await
+    })
+    .await;
+    // Alert record: content type 21, TLS 1.2 record version, length 2, fatal (2),
+    // handshake_failure (40).
+    let _ = client.write_all(&[21, 3, 3, 0, 2, 2, 40]).await;
+    let _ = client.shutdown().await;
+    // Let the client read the alert and close first.
+    let mut rest = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while matches!(client.read(&mut rest).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// Serves HTTP on the (plain or terminated) client stream. `h2`: what ALPN chose
+/// (`None`: no ALPN, or plain: HTTP/1.1 or h2 prior knowledge, detected by hyper).
+async fn serve_http(
+    ctx: HttpContext<'_>,
+    client: Stream,
+    h2: Option<bool>,
+    sni: Option<String>,
     mut cancel: watch::Receiver<bool>,
 ) -> Outcome {
     let approval_timeout = ctx
@@ -122,9 +316,13 @@ pub async fn serve(
             approvals.grant_for(&workload, &target, rule)
         }));
     }
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(ctx.connect_timeout));
-    connector.set_nodelay(true);
+    let connector = Connector::new(
+        ctx.orig_dst,
+        ctx.connect_timeout,
+        ctx.target_rt.upstream.clone(),
+        sni.as_deref(),
+    );
+    let scheme = connector.scheme();
     let (journal_failed, mut journal_failed_rx) = watch::channel(false);
     let state = Arc::new(State {
         id: ctx.id,
@@ -136,6 +334,8 @@ pub async fn serve(
         client: Client::builder(TokioExecutor::new())
             .pool_idle_timeout(ctx.idle_timeout)
             .build(connector),
+        scheme,
+        target_rt: ctx.target_rt.clone(),
         orig_dst: ctx.orig_dst,
         next_seq: AtomicU64::new(1),
         refuse: ctx.refuse.clone(),
@@ -154,6 +354,12 @@ pub async fn serve(
         })
     };
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // ALPN decided the version: hold the client to it.
+    let builder = match h2 {
+        Some(true) => builder.http2_only(),
+        Some(false) => builder.http1_only(),
+        None => builder,
+    };
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let reason = loop {
@@ -166,7 +372,7 @@ pub async fn serve(
                         if text.contains("reset") || text.contains("broken pipe") {
                             CloseReason::ClientReset(text)
                         } else {
-                            protocol_error(&state, &text);
+                            protocol_error(&state.journal, state.id, &text);
                             CloseReason::Protocol(format!("HTTP: {text}"))
                         }
                     }
@@ -200,10 +406,10 @@ pub async fn serve(
     }
 }
 
-fn protocol_error(state: &State, reason: &str) {
-    warn!(session = state.id, %reason, "closing HTTP session");
-    let _ = state.journal.record(&[event(
-        state.id,
+fn protocol_error(journal: &JournalHandle, id: SessionId, reason: &str) {
+    warn!(session = id, %reason, "closing HTTP session");
+    let _ = journal.record(&[event(
+        id,
         "protocol_error",
         &serde_json::json!({ "reason": reason }),
     )]);
@@ -282,13 +488,19 @@ fn strip_port(raw: &str) -> &str {
     }
 }
 
-/// The headers as journaled: credentials redacted, values through the mask detectors.
-fn journaled_headers(headers: &HeaderMap, rules: &SessionRules) -> Vec<(String, String)> {
+/// The headers as journaled: credentials (and the header the target injects, whatever
+/// its name) redacted, values through the mask detectors.
+fn journaled_headers(
+    headers: &HeaderMap,
+    rules: &SessionRules,
+    injected: Option<&http::HeaderName>,
+) -> Vec<(String, String)> {
     headers
         .iter()
         .map(|(name, value)| {
+            let secret = SECRET_HEADERS.contains(&name.as_str()) || Some(name) == injected;
             let name = name.as_str().to_owned();
-            let value = if SECRET_HEADERS.contains(&name.as_str()) {
+            let value = if secret {
                 "[redacted]".to_owned()
             } else {
                 let text = String::from_utf8_lossy(value.as_bytes());
@@ -309,7 +521,8 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| req.uri().to_string());
     let host = host_of(&req);
-    let headers = journaled_headers(req.headers(), &state.rules);
+    let injection = state.target_rt.inject.as_ref();
+    let headers = journaled_headers(req.headers(), &state.rules, injection.map(|i| &i.name));
     let mut request_event = HttpRequest {
         seq,
         method: method.clone().into(),
@@ -328,12 +541,15 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         enforced: state.rules.enforce,
         action: "forwarded".into(),
         reason: None,
+        injected: None,
+        replaced_client_header: false,
     };
     // Refused before judging: over the disk budget, or a path servers read differently.
-    if let Some(why) = &state.refuse {
+    if let Some((status, why)) = &state.refuse {
         request_event.action = "refused".into();
         request_event.reason = Some(why.clone().into());
-        return refuse_unjudged(state, request_event, StatusCode::INSUFFICIENT_STORAGE, why).await;
+        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return refuse_unjudged(state, request_event, status, why).await;
     }
     let normal = match path::normalize(&target) {
         Ok(n) => n,
@@ -378,6 +594,12 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         .unwrap_or_else(|p| p.into_inner())
         .action(verdict, rule.as_deref());
     let shown = format!("{method} {}", request_event.target);
+    // What the forwarded request will carry (journaled with the request; a refused
+    // request is not forwarded, so nothing is injected into it).
+    if let Some(inject) = injection.filter(|_| !matches!(action, Action::Refuse)) {
+        request_event.injected = Some(inject.name.as_str().into());
+        request_event.replaced_client_header = req.headers().contains_key(&inject.name);
+    }
     match action {
         Action::Refuse => {
             request_event.action = "refused".into();
@@ -554,7 +776,22 @@ async fn forward(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| normal.path.clone());
-    let uri = match format!("http://{}{}", state.orig_dst, path_and_query).parse::<http::Uri>() {
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    // The connector always dials the original destination; the URI's authority is the
+    // host the client named, so an h2 server gets a `:authority` that agrees with
+    // `Host` (the dialled address when the client named none).
+    let authority = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| state.orig_dst.to_string());
+    let uri = match format!("{}://{authority}{path_and_query}", state.scheme).parse::<http::Uri>() {
         Ok(u) => u,
         Err(e) => {
             return refusal(
@@ -565,12 +802,6 @@ async fn forward(
         }
     };
     let mut upstream = Request::builder().method(parts.method.clone()).uri(uri);
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
     if let Some(headers) = upstream.headers_mut() {
         for (name, value) in parts.headers.iter() {
             if HOP_BY_HOP.contains(&name.as_str()) {
@@ -581,6 +812,11 @@ async fn forward(
         if let Some(host) = host {
             headers.insert(header::HOST, host);
         }
+        // The target's credential replaces whatever the client sent under that name.
+        if let Some(inject) = &state.target_rt.inject {
+            headers.remove(&inject.name);
+            headers.insert(inject.name.clone(), inject.value.clone());
+        }
     }
     let upstream = match upstream.body(body.boxed()) {
         Ok(r) => r,
@@ -589,7 +825,10 @@ async fn forward(
     let response = match state.client.request(upstream).await {
         Ok(r) => r,
         Err(e) => {
-            let message = format!("upstream request failed: {e}");
+            // The whole chain: hyper's "client error (Connect)" alone does not say that
+            // the certificate was signed by an unknown issuer.
+            let message = format!("upstream request failed: {}", error_chain(&e));
+            warn!(session = state.id, seq, error = %message, "upstream request failed");
             let _ = record(
                 state,
                 &[event(
@@ -607,10 +846,16 @@ async fn forward(
         }
     };
     let (mut parts, body) = response.into_parts();
+    // The secret the agent injected never goes back, even when the server echoes it.
+    let secret_echoes_masked = match &state.target_rt.inject {
+        Some(inject) => mask_secret_echoes(&mut parts.headers, inject.secret.expose()),
+        None => 0,
+    };
     let response_event = HttpResponse {
         seq,
         status: parts.status.as_u16(),
-        headers: journaled_headers(&parts.headers, &state.rules),
+        secret_echoes_masked,
+        headers: journaled_headers(&parts.headers, &state.rules, None),
         content_length: parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -636,6 +881,38 @@ async fn forward(
     Response::from_parts(parts, body.boxed())
 }
 
+/// What replaces an echo of the injected secret in a response header.
+const SECRET_MASK: &str = "[redacted by nhi-agent]";
+
+/// Replaces every occurrence of `secret` in the values of `headers`; returns how many
+/// header values changed.
+fn mask_secret_echoes(headers: &mut HeaderMap, secret: &[u8]) -> u32 {
+    if secret.is_empty() {
+        return 0;
+    }
+    let finder = memchr::memmem::Finder::new(secret);
+    let mut masked = 0;
+    for value in headers.values_mut() {
+        let bytes = value.as_bytes();
+        if finder.find(bytes).is_none() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut rest = bytes;
+        while let Some(at) = finder.find(rest) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(SECRET_MASK.as_bytes());
+            rest = &rest[at + secret.len()..];
+        }
+        out.extend_from_slice(rest);
+        // Bytes that were a valid value stay valid with the mask in place of the secret.
+        *value =
+            HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(SECRET_MASK));
+        masked += 1;
+    }
+    masked
+}
+
 /// Byte counts of the client connection.
 #[derive(Default)]
 struct Counted {
@@ -645,7 +922,7 @@ struct Counted {
 
 /// The client stream, counting what passes (the session's byte totals).
 struct Counting {
-    inner: TcpStream,
+    inner: Stream,
     counts: Arc<Counted>,
 }
 
@@ -682,5 +959,34 @@ impl AsyncWrite for Counting {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_echoes_in_response_headers_are_masked() {
+        let secret = b"tok-123";
+        let mut headers = HeaderMap::new();
+        headers.insert("x-echo", HeaderValue::from_static("Bearer tok-123"));
+        headers.append("x-echo", HeaderValue::from_static("a tok-123 b tok-123"));
+        headers.insert("x-other", HeaderValue::from_static("tok-12"));
+        assert_eq!(mask_secret_echoes(&mut headers, secret), 2);
+        let echoes: Vec<&str> = headers
+            .get_all("x-echo")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            echoes,
+            [
+                "Bearer [redacted by nhi-agent]",
+                "a [redacted by nhi-agent] b [redacted by nhi-agent]"
+            ]
+        );
+        assert_eq!(headers["x-other"], "tok-12");
+        assert_eq!(mask_secret_echoes(&mut headers, b""), 0);
     }
 }

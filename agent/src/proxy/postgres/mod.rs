@@ -9,6 +9,7 @@
 //! refuses, the client gets a FATAL error and the session closes ("journal failure").
 pub mod events;
 pub mod flow;
+mod refuse;
 mod runtime;
 
 use std::borrow::Cow;
@@ -37,6 +38,7 @@ pub use crate::session::{
     Requester, Standing, Step,
 };
 pub use flow::{Flow, SessionRules};
+pub use refuse::{journal_refusal, refuse_unrecorded, root_cause, SQLSTATE_JOURNAL};
 pub use runtime::{PgRuntime, TargetRuntime};
 
 use super::relay::{CloseReason, Outcome};
@@ -79,11 +81,20 @@ pub struct SessionContext<'a> {
     pub cancel_keys: &'a CancelKeys,
     pub approvals: Option<Arc<dyn Approver>>,
     pub workload: &'a str,
-    /// `Some(reason)`: refuse the session after its start-up with FATAL 53100
-    /// (disk_full), nothing forwarded (the disk budget is exceeded).
-    pub refuse: Option<String>,
+    /// Refuse the session after its start-up with a FATAL, nothing forwarded (the disk
+    /// budget is exceeded, the workload is at its connection limit).
+    pub refuse: Option<Refusal>,
     /// The client process (from the session's start), for approval announcements.
     pub process: crate::session::Process,
+}
+
+/// A session refused right after its start-up: the client reads FATAL `sqlstate`
+/// "nhi-agent: `message`", and the session ends with `reason`.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub sqlstate: &'static str,
+    pub message: String,
+    pub reason: CloseReason,
 }
 
 impl From<Failure> for CloseReason {
@@ -259,10 +270,17 @@ async fn serve_inner(
         let _ = client.write_all(&error).await;
         return Err(Failure::Protocol("replication connection refused".into()));
     }
-    if let Some(why) = &ctx.refuse {
-        let error = encode::error_response("FATAL", "53100", &format!("nhi-agent: {why}"));
+    if let Some(refusal) = &ctx.refuse {
+        let error = encode::error_response(
+            "FATAL",
+            refusal.sqlstate,
+            &format!("nhi-agent: {}", refusal.message),
+        );
         let _ = client.write_all(&error).await;
-        return Err(Failure::Protocol(format!("refused: {why}")));
+        return match &refusal.reason {
+            CloseReason::Protocol(why) => Err(Failure::Protocol(why.clone())),
+            other => Ok(other.clone()),
+        };
     }
     let client_user = startup.user().unwrap_or("").to_owned();
     let login_user = match &target_rt.credential {
@@ -295,9 +313,11 @@ async fn serve_inner(
         credential_injected: target_rt.credential.is_some(),
     };
     let event = event(ctx.id, events::kind::STARTUP, &startup_event);
-    ctx.journal
-        .record(&[event])
-        .map_err(|e| Failure::Journal(e.to_string()))?;
+    if let Err(e) = ctx.journal.record(&[event]) {
+        // Refused with a reason the client shows, not a bare close.
+        let _ = client.write_all(&journal_refusal(&e)).await;
+        return Err(Failure::Journal(crate::journal::error_chain(&e)));
+    }
 
     // ------------------------------------------------------------ upstream
     let tcp = super::connect(ctx.orig_dst, ctx.connect_timeout)
@@ -506,11 +526,7 @@ impl Session for PgSession<'_> {
 
     fn agent_error(&self, error: AgentError<'_>) -> Bytes {
         match error {
-            AgentError::Journal => encode::error_response(
-                "FATAL",
-                "58030",
-                "nhi-agent: the audit journal cannot record this session; the request was not forwarded",
-            ),
+            AgentError::Journal(e) => journal_refusal(e),
             // 57P05 (the class PostgreSQL uses when it ends a session on a timeout): psql
             // prints "FATAL: ..." with the message and stops.
             AgentError::SessionCap(message) => encode::error_response(
@@ -629,9 +645,10 @@ async fn authenticate(
                     events::kind::AUTH,
                     &serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user }),
                 );
-                ctx.journal
-                    .record(&[event])
-                    .map_err(|e| Failure::Journal(e.to_string()))?;
+                if let Err(e) = ctx.journal.record(&[event]) {
+                    let _ = client.write_all(&journal_refusal(&e)).await;
+                    return Err(Failure::Journal(crate::journal::error_chain(&e)));
+                }
                 return Ok(method);
             }
             (BackendMessage::ErrorResponse(fields), _) => {

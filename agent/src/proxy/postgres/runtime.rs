@@ -53,10 +53,15 @@ impl PgRuntime {
             getrandom::fill(&mut bytes).context("no randomness for a key")?;
             Arc::new(HashKey::from_bytes(bytes))
         };
+        // One CA for every protocol (the HTTP runtime borrows it): loading it twice could
+        // race two creations at the first start.
         let needs_ca = config.targets.iter().any(|t| {
             t.postgres
                 .as_ref()
                 .is_some_and(|p| p.client_tls == ClientTls::Terminate)
+                || t.http
+                    .as_ref()
+                    .is_some_and(|h| h.client_tls == ClientTls::Terminate)
         });
         let ca = if needs_ca {
             let dir = state_dir.join("tls");

@@ -1,0 +1,540 @@
+//! HTTP sessions (`protocol = "http"`): a replay like `curl -v` (requests with their
+//! verdict, response heads), the `events` table summary, and OCSF HTTP Activity (4002),
+//! read from the typed events of `proxy::http::events`.
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use serde_json::{json, Value};
+
+use super::opaque::Timeline;
+use super::{OcsfRequests, ProtocolView, Replay};
+use crate::cli::ocsf::{actor, base, context_unmapped, dst_endpoint, endpoint, metadata, ms};
+use crate::cli::replay::{format_offset_us, us_since_epoch};
+use crate::cli::select::Selected;
+use crate::cli::sessions::sanitize;
+use crate::journal::{EventRow, SessionId, SessionRow, SetSession};
+use crate::proxy::http::events::{kind, HttpRequest, HttpResponse};
+
+/// OCSF HTTP Activity.
+pub const HTTP_ACTIVITY: u64 = 4002;
+
+/// The HTTP view.
+pub struct Http;
+
+impl ProtocolView for Http {
+    fn protocol(&self) -> &'static str {
+        "http"
+    }
+
+    fn replay(&self, session: &SessionRow) -> Box<dyn Replay> {
+        Box::new(Exchange {
+            start_us: us_since_epoch(session.started_at),
+            requests: 0,
+            refused: 0,
+            server_errors: 0,
+            timeline: Timeline::new(session),
+        })
+    }
+
+    fn ocsf(&self) -> Option<Box<dyn OcsfRequests>> {
+        Some(Box::<HttpActivity>::default())
+    }
+
+    fn detail(&self, kind: &str, data: &Value) -> Option<String> {
+        match kind {
+            kind::REQUEST => {
+                let r = HttpRequest::read(data)?;
+                let mut line = format!("{} {}", r.method, r.target);
+                if r.verdict != "allow" || r.action != "forwarded" {
+                    line = format!("[{} {}] {line}", r.verdict, r.action);
+                }
+                Some(line)
+            }
+            kind::RESPONSE => {
+                let r = HttpResponse::read(data)?;
+                let by = if r.by_agent { " (agent)" } else { "" };
+                Some(format!("{}{by}", r.status))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The replay of an HTTP session.
+struct Exchange {
+    start_us: i64,
+    requests: u64,
+    refused: u64,
+    server_errors: u64,
+    timeline: Timeline,
+}
+
+const PAD: &str = "               ";
+
+impl Replay for Exchange {
+    fn event(&mut self, out: &mut dyn Write, event: &EventRow) -> io::Result<()> {
+        let offset = format_offset_us(us_since_epoch(event.at).saturating_sub(self.start_us));
+        let null = Value::Null;
+        let data = event.data.as_ref().unwrap_or(&null);
+        match event.kind.as_str() {
+            kind::REQUEST if HttpRequest::read(data).is_some() => {
+                let r = HttpRequest::read(data).expect("checked");
+                self.requests += 1;
+                let mut note = String::new();
+                if r.action == "refused" {
+                    self.refused += 1;
+                }
+                if r.verdict != "allow" || r.action != "forwarded" {
+                    let rule = r
+                        .rule
+                        .as_deref()
+                        .map(|rule| format!(" by rule {}", sanitize(rule)))
+                        .unwrap_or_default();
+                    let mode = if r.enforced {
+                        ""
+                    } else {
+                        ", observe mode: not enforced"
+                    };
+                    let why = r
+                        .reason
+                        .as_deref()
+                        .map(|why| format!(": {}", sanitize(why)))
+                        .unwrap_or_default();
+                    note = format!("   [{}{rule}: {}{mode}{why}]", r.verdict, r.action);
+                }
+                writeln!(
+                    out,
+                    "  {offset}  > {} {} {}{note}",
+                    sanitize(&r.method),
+                    sanitize(&r.target),
+                    sanitize(&r.version)
+                )?;
+                for (name, value) in &r.headers {
+                    writeln!(out, "{PAD}> {}: {}", sanitize(name), sanitize(value))?;
+                }
+                Ok(())
+            }
+            kind::RESPONSE if HttpResponse::read(data).is_some() => {
+                let r = HttpResponse::read(data).expect("checked");
+                if r.status >= 500 {
+                    self.server_errors += 1;
+                }
+                let by = if r.by_agent { " (from the agent)" } else { "" };
+                let length = r
+                    .content_length
+                    .map(|n| format!("  {n} B"))
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "  {offset}  < {}{by}{length}  {:.3} ms",
+                    r.status,
+                    r.duration_us as f64 / 1000.0
+                )?;
+                if let Some(error) = &r.error {
+                    writeln!(out, "{PAD}  {}", sanitize(error))?;
+                }
+                for (name, value) in &r.headers {
+                    writeln!(out, "{PAD}< {}: {}", sanitize(name), sanitize(value))?;
+                }
+                Ok(())
+            }
+            crate::session::gate::APPROVAL => writeln!(
+                out,
+                "  {offset}  approval: {}{}",
+                sanitize(data.get("decision").and_then(Value::as_str).unwrap_or("")),
+                data.get("by")
+                    .and_then(Value::as_str)
+                    .map(|b| format!(" by {}", sanitize(b)))
+                    .unwrap_or_default()
+            ),
+            _ => self.timeline.event(out, event),
+        }
+    }
+
+    fn finish(self: Box<Self>, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "  {} requests, {} refused, {} server errors",
+            self.requests, self.refused, self.server_errors
+        )
+    }
+}
+
+/// A request waiting for its response.
+struct Pending {
+    journal_id: String,
+    host_id: Option<String>,
+    session: SetSession,
+    request: EventRow,
+    approval: Option<Value>,
+}
+
+/// HTTP requests, completed by their response, as OCSF HTTP Activity.
+#[derive(Default)]
+struct HttpActivity {
+    pending: HashMap<(String, SessionId, u64), Pending>,
+    order: Vec<(String, SessionId, u64)>,
+}
+
+impl OcsfRequests for HttpActivity {
+    fn push(&mut self, s: &Selected<'_>) -> Vec<Value> {
+        let Some(session) = s.session else {
+            return Vec::new();
+        };
+        let e = &s.event;
+        let seq = e
+            .data
+            .as_ref()
+            .and_then(|d| d.get("seq"))
+            .and_then(Value::as_u64);
+        let Some(seq) = seq else {
+            return Vec::new();
+        };
+        let key = (s.segment.journal_id.clone(), session.row.id, seq);
+        match e.kind.as_str() {
+            kind::REQUEST => {
+                let mut out = Vec::new();
+                if let Some(old) = self.pending.remove(&key) {
+                    out.push(activity(&old, None));
+                }
+                self.order.push(key.clone());
+                self.pending.insert(
+                    key,
+                    Pending {
+                        journal_id: s.segment.journal_id.clone(),
+                        host_id: s.segment.host_id.clone(),
+                        session: session.clone(),
+                        request: e.clone(),
+                        approval: None,
+                    },
+                );
+                out
+            }
+            crate::session::gate::APPROVAL => {
+                if let Some(p) = self.pending.get_mut(&key) {
+                    p.approval = e.data.clone();
+                }
+                Vec::new()
+            }
+            kind::RESPONSE => match self.pending.remove(&key) {
+                Some(p) => vec![activity(&p, Some(e))],
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    fn finish(mut self: Box<Self>) -> Vec<Value> {
+        let order = std::mem::take(&mut self.order);
+        order
+            .into_iter()
+            .filter_map(|key| self.pending.remove(&key))
+            .map(|p| activity(&p, None))
+            .collect()
+    }
+}
+
+/// `activity_id` and its caption for a method (OCSF 1.3.0; PATCH is Other there).
+fn method_activity(method: &str) -> (u64, &'static str) {
+    match method.to_ascii_uppercase().as_str() {
+        "CONNECT" => (1, "Connect"),
+        "DELETE" => (2, "Delete"),
+        "GET" => (3, "Get"),
+        "HEAD" => (4, "Head"),
+        "OPTIONS" => (5, "Options"),
+        "POST" => (6, "Post"),
+        "PUT" => (7, "Put"),
+        "TRACE" => (8, "Trace"),
+        _ => (99, "Other"),
+    }
+}
+
+fn activity(p: &Pending, response: Option<&EventRow>) -> Value {
+    let null = Value::Null;
+    let data = p.request.data.as_ref().unwrap_or(&null);
+    let request = HttpRequest::read(data).unwrap_or_default();
+    let response_data = response.and_then(|r| r.data.as_ref()).unwrap_or(&null);
+    let answer = response.and_then(|_| HttpResponse::read(response_data));
+    let (activity_id, activity_name) = method_activity(&request.method);
+    let decision = p
+        .approval
+        .as_ref()
+        .and_then(|a| a.get("decision"))
+        .and_then(Value::as_str);
+    let action = request.action.as_ref();
+    let (action_id, action_name) = match action {
+        "forwarded" => (1, "Allowed"),
+        "refused" => (2, "Denied"),
+        _ => (99, "Other"),
+    };
+    let (disposition_id, disposition) = match (action, decision) {
+        (_, Some("approved")) => (8, "Approved"),
+        (_, Some(_)) => (2, "Blocked"),
+        ("refused", _) => (2, "Blocked"),
+        ("held", _) => (14, "Delayed"),
+        _ if request.verdict == "deny" && !request.enforced => (15, "Detected"),
+        _ => (1, "Allowed"),
+    };
+    let (severity_id, severity) = match (action, request.verdict.as_ref()) {
+        ("refused", _) | (_, "deny") => (3, "Medium"),
+        ("held", _) | (_, "approve") => (2, "Low"),
+        _ => (1, "Informational"),
+    };
+    let (status_id, status) = match &answer {
+        None => (0, "Unknown"),
+        Some(a) if a.status >= 400 || a.error.is_some() => (2, "Failure"),
+        Some(_) => (1, "Success"),
+    };
+    let session = &p.session;
+    let mut event = base(
+        HTTP_ACTIVITY,
+        "HTTP Activity",
+        4,
+        "Network Activity",
+        activity_id,
+        activity_name,
+        ms(p.request.at),
+        (severity_id, severity),
+    );
+    let mut message = format!("{} {}", request.method, request.target);
+    if action != "forwarded" {
+        message = format!("{message} [{}: {action}]", request.verdict);
+    }
+    let host = request.host.as_deref().unwrap_or("");
+    let mut unmapped = context_unmapped(&p.journal_id, p.host_id.as_deref(), session);
+    for (key, value) in [
+        ("request_verdict", json!(request.verdict)),
+        ("request_rule", json!(request.rule)),
+        ("request_enforced", json!(request.enforced)),
+        ("request_action", json!(request.action)),
+        ("request_path", json!(request.path)),
+        ("request_reason", json!(request.reason)),
+    ] {
+        if !value.is_null() {
+            unmapped.insert(key.into(), value);
+        }
+    }
+    if let Some(a) = &p.approval {
+        unmapped.insert("approval".into(), a.clone());
+    }
+    let mut http_request = json!({
+        "http_method": request.method,
+        "version": request.version,
+        "url": { "hostname": host, "path": request.path.as_deref().unwrap_or(""), "url_string": request.target },
+        "http_headers": request.headers.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
+        "uid": request.seq.to_string(),
+    });
+    if let Some(n) = request.content_length {
+        http_request["length"] = json!(n);
+    }
+    for (k, v) in [
+        ("message", json!(message)),
+        ("status_id", json!(status_id)),
+        ("status", json!(status)),
+        ("action_id", json!(action_id)),
+        ("action", json!(action_name)),
+        ("disposition_id", json!(disposition_id)),
+        ("disposition", json!(disposition)),
+        ("metadata", metadata(&p.journal_id, &p.request, session)),
+        ("actor", actor(session)),
+        ("src_endpoint", endpoint(session.row.client_addr)),
+        ("dst_endpoint", dst_endpoint(session)),
+        ("http_request", http_request),
+        ("unmapped", Value::Object(unmapped)),
+    ] {
+        event.insert(k.into(), v);
+    }
+    if let (Some(answer), Some(row)) = (&answer, response) {
+        let mut http_response = json!({
+            "code": answer.status,
+            "http_headers": answer.headers.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
+        });
+        if let Some(n) = answer.content_length {
+            http_response["length"] = json!(n);
+        }
+        event.insert("http_response".into(), http_response);
+        event.insert("status_code".into(), json!(answer.status.to_string()));
+        if let Some(error) = &answer.error {
+            event.insert("status_detail".into(), json!(error));
+        }
+        event.insert("start_time".into(), json!(ms(p.request.at)));
+        event.insert("end_time".into(), json!(ms(row.at)));
+        event.insert("duration".into(), json!(answer.duration_us / 1000));
+    }
+    Value::Object(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::cli::replay::{write_replay, ReplayArgs};
+    use crate::journal::tests::{at_us, sample_start};
+    use crate::journal::{self, Event, JournalOptions, SessionEnd};
+
+    /// An HTTP session: an allowed GET answered 200, a DELETE refused by a rule.
+    async fn http_journal(path: &std::path::Path) -> SessionId {
+        let j = journal::open(path, JournalOptions::default()).expect("open");
+        let h = j.handle();
+        let mut start = sample_start("bot", "api", at_us(0));
+        start.protocol = "http".into();
+        let id = h.start_session(start).await.expect("start");
+        let get = HttpRequest {
+            seq: 1,
+            method: "GET".into(),
+            host: Some("api.internal".into()),
+            target: "/users?id=7".into(),
+            path: Some("/users".into()),
+            version: "HTTP/1.1".into(),
+            headers: vec![("authorization".into(), "[redacted]".into())],
+            verdict: "allow".into(),
+            enforced: true,
+            action: "forwarded".into(),
+            ..HttpRequest::default()
+        };
+        let ok = HttpResponse {
+            seq: 1,
+            status: 200,
+            content_length: Some(42),
+            duration_us: 1500,
+            ..HttpResponse::default()
+        };
+        let delete = HttpRequest {
+            seq: 2,
+            method: "DELETE".into(),
+            target: "/admin/../admin".into(),
+            path: Some("/admin".into()),
+            version: "HTTP/1.1".into(),
+            verdict: "deny".into(),
+            rule: Some("no-admin-deletes".into()),
+            enforced: true,
+            action: "refused".into(),
+            ..HttpRequest::default()
+        };
+        let refused = HttpResponse {
+            seq: 2,
+            status: 403,
+            by_agent: true,
+            ..HttpResponse::default()
+        };
+        let json = |v: &dyn ToJson| v.json();
+        let events: Vec<Event> = [
+            (100, kind::REQUEST, json(&get)),
+            (1_600, kind::RESPONSE, json(&ok)),
+            (2_000, kind::REQUEST, json(&delete)),
+            (2_100, kind::RESPONSE, json(&refused)),
+        ]
+        .into_iter()
+        .map(|(us, kind, data)| Event {
+            session: id,
+            at: at_us(us),
+            kind: Cow::Borrowed(kind),
+            data,
+        })
+        .collect();
+        h.record(&events).expect("record");
+        h.flush().await.expect("flush");
+        h.end_session(SessionEnd {
+            id,
+            ended_at: at_us(3_000),
+            bytes_from_client: 100,
+            bytes_from_server: 200,
+            close_reason: "client closed".into(),
+        })
+        .await
+        .expect("end");
+        h.flush().await.expect("flush");
+        tokio::task::spawn_blocking(move || j.close())
+            .await
+            .expect("join")
+            .expect("close");
+        id
+    }
+
+    trait ToJson {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> ToJson for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).expect("serialize")
+        }
+    }
+
+    #[tokio::test]
+    async fn replay_reads_like_curl_verbose_and_ocsf_is_http_activity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let id = http_journal(&path).await;
+        let args = ReplayArgs {
+            session: id.to_string(),
+            journal: vec![path.clone()],
+            json: false,
+            speed: None,
+            instant: true,
+        };
+        let mut out = Vec::new();
+        write_replay(&args, &mut out, None, &mut |_| panic!("no wait")).expect("replay");
+        let text = String::from_utf8(out).expect("utf-8");
+        let timeline = &text[text.find("timeline").expect("timeline")..];
+        assert_eq!(
+            timeline,
+            "timeline\n\
+             \x20 +0.000000s  session start\n\
+             \x20 +0.000100s  > GET /users?id=7 HTTP/1.1\n\
+             \x20              > authorization: [redacted]\n\
+             \x20 +0.001600s  < 200  42 B  1.500 ms\n\
+             \x20 +0.002000s  > DELETE /admin/../admin HTTP/1.1   [deny by rule no-admin-deletes: refused]\n\
+             \x20 +0.002100s  < 403 (from the agent)  0.000 ms\n\
+             \x20 +0.003000s  session end: client closed\n\
+             \x20 2 requests, 1 refused, 0 server errors\n"
+        );
+
+        let events = crate::cli::export::tests::export(&path, &["--format", "ocsf"]);
+        let http: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["class_uid"] == HTTP_ACTIVITY)
+            .collect();
+        assert_eq!(http.len(), 2, "{events:#?}");
+        for e in &http {
+            assert_eq!(
+                crate::cli::ocsf::check_required(e),
+                Vec::<String>::new(),
+                "{e:#}"
+            );
+        }
+        assert_eq!(
+            (
+                http[0]["activity_id"].as_u64(),
+                http[0]["status_id"].as_u64()
+            ),
+            (Some(3), Some(1))
+        );
+        assert_eq!(http[0]["http_request"]["url"]["path"], "/users");
+        assert_eq!(http[0]["http_response"]["code"], 200);
+        assert_eq!(
+            (
+                http[1]["activity_id"].as_u64(),
+                http[1]["action_id"].as_u64()
+            ),
+            (Some(2), Some(2))
+        );
+        assert_eq!(http[1]["unmapped"]["request_rule"], "no-admin-deletes");
+
+        // The events table names the request and the verdict.
+        assert_eq!(
+            Http.detail(
+                kind::REQUEST,
+                &serde_json::to_value(HttpRequest {
+                    method: "DELETE".into(),
+                    target: "/a".into(),
+                    verdict: "deny".into(),
+                    action: "refused".into(),
+                    ..HttpRequest::default()
+                })
+                .expect("value")
+            ),
+            Some("[deny refused] DELETE /a".to_string())
+        );
+    }
+}

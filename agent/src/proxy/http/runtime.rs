@@ -1,0 +1,155 @@
+//! What the HTTP proxy builds once per configuration (at start and at each reload): per
+//! target, the TLS settings of both legs and the header it injects with its secret.
+//! It lives in the same [`crate::proxy::Snapshot`] as the configuration it was built
+//! from, so a connection never pairs one configuration's target index with another's
+//! runtime.
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use http::{HeaderName, HeaderValue};
+
+use crate::config::{ClientTls, Config, CredentialRef, Protocol, UpstreamTlsMode};
+use crate::credential::{CredentialSource, Secret};
+use crate::tls::{self, AgentCa, UpstreamTls};
+
+/// The header an HTTP target injects, with the secret in it.
+pub struct Injection {
+    /// The header's name (lowercase).
+    pub name: HeaderName,
+    /// The whole value, marked sensitive (HPACK never indexes it). `Bytes` underneath
+    /// cannot be zeroized; the [`Secret`] it was made from is.
+    pub value: HeaderValue,
+    /// The secret alone: a response header that echoes it is masked.
+    pub secret: Secret,
+}
+
+impl std::fmt::Debug for Injection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injection")
+            .field("name", &self.name)
+            .field("value", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Per-target state of an HTTP target.
+#[derive(Debug)]
+pub struct HttpTargetRuntime {
+    /// TLS to the server (`tls`, `ca_file`, `server_name`).
+    pub upstream: UpstreamTls,
+    /// Whether the agent terminates the client's TLS (a leaf of [`HttpRuntime::ca`]).
+    pub client_tls: bool,
+    /// `server_name`: also a name of the certificate clients get.
+    pub server_name: Option<String>,
+    /// `inject`: the header set on every forwarded request.
+    pub inject: Option<Injection>,
+}
+
+/// Everything the HTTP sessions of one configuration share, indexed like
+/// [`Config::targets`].
+pub struct HttpRuntime {
+    targets: Vec<Option<Arc<HttpTargetRuntime>>>,
+    /// The local CA, when a target terminates client TLS.
+    pub ca: Option<Arc<AgentCa>>,
+}
+
+impl HttpRuntime {
+    /// Builds the runtime of `config`'s HTTP targets: reads their credentials (0600 files
+    /// or systemd credentials) and CA files. `ca` is the agent CA the PostgreSQL runtime
+    /// loaded (one CA per process). Errors name the target and the file, never a secret.
+    pub fn build(config: &Config, ca: Option<Arc<AgentCa>>) -> anyhow::Result<HttpRuntime> {
+        let mut targets = Vec::with_capacity(config.targets.len());
+        for target in &config.targets {
+            let Some(settings) = target
+                .http
+                .as_ref()
+                .filter(|_| target.protocol == Protocol::Http)
+            else {
+                targets.push(None);
+                continue;
+            };
+            let mode = match settings.tls {
+                UpstreamTlsMode::Disable => tls::UpstreamTlsMode::Disable,
+                UpstreamTlsMode::Prefer | UpstreamTlsMode::Require => tls::UpstreamTlsMode::Require,
+                UpstreamTlsMode::VerifyFull => tls::UpstreamTlsMode::VerifyFull,
+            };
+            let upstream = UpstreamTls::for_http(
+                mode,
+                settings.ca_file.as_deref(),
+                settings.server_name.as_deref(),
+            )
+            .with_context(|| format!("target \"{}\": TLS to the server", target.name))?;
+            let client_tls = settings.client_tls == ClientTls::Terminate;
+            if client_tls && ca.is_none() {
+                bail!(
+                    "target \"{}\": client_tls = \"terminate\" but no agent CA was loaded",
+                    target.name
+                );
+            }
+            let inject = match (&settings.inject, &settings.credential) {
+                (Some(inject), Some(credential)) => {
+                    let (source, key) = match credential {
+                        CredentialRef::File(path) => {
+                            (CredentialSource::File(path.clone()), "password_file")
+                        }
+                        CredentialRef::Systemd(name) => {
+                            (CredentialSource::Systemd(name.clone()), "credential")
+                        }
+                    };
+                    let secret = source
+                        .load()
+                        .with_context(|| format!("target \"{}\": {key}", target.name))?;
+                    Some(injection(inject, secret).with_context(|| {
+                        format!("target \"{}\": inject with {source}", target.name)
+                    })?)
+                }
+                _ => None,
+            };
+            targets.push(Some(Arc::new(HttpTargetRuntime {
+                upstream,
+                client_tls,
+                server_name: settings.server_name.clone(),
+                inject,
+            })));
+        }
+        Ok(HttpRuntime { targets, ca })
+    }
+
+    /// The runtime of target `index` of the configuration this runtime was built from;
+    /// `None` if that target is not an HTTP one.
+    pub fn target(&self, index: usize) -> Option<&Arc<HttpTargetRuntime>> {
+        self.targets.get(index).and_then(Option::as_ref)
+    }
+}
+
+/// The header value `prefix + secret + suffix`. The error never shows the secret.
+fn injection(inject: &crate::config::InjectHeader, secret: Secret) -> anyhow::Result<Injection> {
+    let name =
+        HeaderName::from_bytes(inject.name.as_bytes()).context("the header name is not valid")?;
+    // A header value may not hold CR, LF or NUL; a token with a trailing newline inside
+    // (the file's own final newline is already dropped) would split the header.
+    if secret
+        .expose()
+        .iter()
+        .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        bail!(
+            "the secret ({} bytes) holds a control character (a line break?), which a header value cannot carry",
+            secret.len()
+        );
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(
+        inject.prefix.len() + secret.len() + inject.suffix.len(),
+    ));
+    bytes.extend_from_slice(inject.prefix.as_bytes());
+    bytes.extend_from_slice(secret.expose());
+    bytes.extend_from_slice(inject.suffix.as_bytes());
+    let mut value = HeaderValue::from_bytes(&bytes)
+        .map_err(|_| anyhow::anyhow!("the value is not a valid header value"))?;
+    value.set_sensitive(true);
+    Ok(Injection {
+        name,
+        value,
+        secret,
+    })
+}
