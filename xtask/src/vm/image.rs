@@ -141,7 +141,7 @@ pub struct Sources {
     pub lines: Vec<String>,
 }
 
-fn apt_sources() -> anyhow::Result<Sources> {
+pub fn apt_sources() -> anyhow::Result<Sources> {
     let os = fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
     let codename = os
         .lines()

@@ -98,7 +98,54 @@ fn host_packages() -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    Ok(())
+    newer_qemu()
+}
+
+/// The oldest QEMU that boots every kernel of the image under TCG: Debian 12's 7.2
+/// crashes 6.12 guests early in boot ("Oops: double fault"); 10.0 from backports boots
+/// and passes them (checked 2026-12-06).
+const MIN_QEMU_MAJOR: u32 = 8;
+
+/// Installs QEMU from `<codename>-backports` (Debian's own archive, the one the host
+/// uses) when the installed one is older than [`MIN_QEMU_MAJOR`].
+fn newer_qemu() -> anyhow::Result<()> {
+    let major = qemu_major();
+    if major.is_some_and(|m| m >= MIN_QEMU_MAJOR) {
+        return Ok(());
+    }
+    let sources = image::apt_sources()?;
+    let suite = format!("{}-backports", sources.codename);
+    let Some(line) = sources
+        .lines
+        .iter()
+        .find(|l| l.contains(&format!(" {suite} ")))
+    else {
+        eprintln!("vm: QEMU {major:?} is older than {MIN_QEMU_MAJOR} and apt has no {suite}; 6.12 guests may not boot under TCG");
+        return Ok(());
+    };
+    let list = std::path::Path::new("/etc/apt/sources.list.d/nhi-vm-backports.list");
+    if !list.exists() {
+        std::fs::write(list, format!("{line}\n"))
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", list.display()))?;
+    }
+    run(Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "-t", &suite])
+        .args(["qemu-system-x86", "qemu-utils"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The major version of `qemu-system-x86_64` ("QEMU emulator version 10.0.2 ...").
+fn qemu_major() -> Option<u32> {
+    let text = output(Command::new("qemu-system-x86_64").arg("--version"))?;
+    parse_qemu_major(&text)
+}
+
+fn parse_qemu_major(text: &str) -> Option<u32> {
+    let rest = text.split("version ").nth(1)?;
+    rest.split('.').next()?.trim().parse().ok()
 }
 
 /// Where images, overlays and payloads live (never committed): `$NHI_VM_CACHE`, else
@@ -107,4 +154,24 @@ pub fn cache_dir() -> PathBuf {
     std::env::var_os("NHI_VM_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| util::root().join("target/vm"))
+}
+
+#[cfg(test)]
+mod qemu_version_tests {
+    use super::parse_qemu_major;
+
+    #[test]
+    fn qemu_major_versions_parse() {
+        assert_eq!(
+            parse_qemu_major(
+                "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\n"
+            ),
+            Some(10)
+        );
+        assert_eq!(
+            parse_qemu_major("QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7)"),
+            Some(7)
+        );
+        assert_eq!(parse_qemu_major("garbage"), None);
+    }
 }
