@@ -228,24 +228,11 @@ impl Datastore {
             .as_ref()
             .and_then(|a| a.get("decision"))
             .and_then(Value::as_str);
-        let (action_id, action_name) = match action {
-            "forwarded" => (1, "Allowed"),
-            "refused" => (2, "Denied"),
-            _ => (99, "Other"),
-        };
-        let (disposition_id, disposition) = match (action, decision) {
-            (_, Some("approved")) => (8, "Approved"),
-            (_, Some(_)) => (2, "Blocked"),
-            ("refused", _) => (2, "Blocked"),
-            ("held", _) => (14, "Delayed"),
-            _ if verdict == "deny" && !enforced => (15, "Detected"),
-            _ => (1, "Allowed"),
-        };
-        let (severity_id, severity) = match (action, verdict) {
-            ("refused", _) | (_, "deny") => (3, "Medium"),
-            ("held", _) | (_, "approve") => (2, "Low"),
-            _ => (1, "Informational"),
-        };
+        let Outcome {
+            action: (action_id, action_name),
+            disposition: (disposition_id, disposition),
+            severity: (severity_id, severity),
+        } = outcome(action, verdict, enforced, decision);
         let error = end_data.get("error");
         let (status_id, status) = match (end, error) {
             (None, _) => (0, "Unknown"),
@@ -332,6 +319,44 @@ impl Datastore {
             }
         }
         Value::Object(event)
+    }
+}
+
+/// The OCSF `action`, `disposition` and `severity` (id, caption) of a judged request.
+pub(crate) struct Outcome {
+    pub action: (u64, &'static str),
+    pub disposition: (u64, &'static str),
+    pub severity: (u64, &'static str),
+}
+
+/// What the agent did with a request (`action`: forwarded / refused / held), by the
+/// policy's `verdict` (enforced or only observed) and an approval `decision` if one was
+/// taken: the same for every protocol's requests (statements, HTTP requests).
+pub(crate) fn outcome(
+    action: &str,
+    verdict: &str,
+    enforced: bool,
+    decision: Option<&str>,
+) -> Outcome {
+    Outcome {
+        action: match action {
+            "forwarded" => (1, "Allowed"),
+            "refused" => (2, "Denied"),
+            _ => (99, "Other"),
+        },
+        disposition: match (action, decision) {
+            (_, Some("approved")) => (8, "Approved"),
+            (_, Some(_)) => (2, "Blocked"),
+            ("refused", _) => (2, "Blocked"),
+            ("held", _) => (14, "Delayed"),
+            _ if verdict == "deny" && !enforced => (15, "Detected"),
+            _ => (1, "Allowed"),
+        },
+        severity: match (action, verdict) {
+            ("refused", _) | (_, "deny") => (3, "Medium"),
+            ("held", _) | (_, "approve") => (2, "Low"),
+            _ => (1, "Informational"),
+        },
     }
 }
 

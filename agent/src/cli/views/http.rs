@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 
 use super::opaque::Timeline;
 use super::{OcsfRequests, ProtocolView, Replay};
-use crate::cli::ocsf::{actor, base, context_unmapped, dst_endpoint, endpoint, metadata, ms};
+use crate::cli::ocsf::{
+    actor, base, context_unmapped, dst_endpoint, endpoint, metadata, ms, outcome, Outcome,
+};
 use crate::cli::replay::{format_offset_us, us_since_epoch};
 use crate::cli::select::Selected;
 use crate::cli::sessions::sanitize;
@@ -262,24 +264,11 @@ fn activity(p: &Pending, response: Option<&EventRow>) -> Value {
         .and_then(|a| a.get("decision"))
         .and_then(Value::as_str);
     let action = request.action.as_ref();
-    let (action_id, action_name) = match action {
-        "forwarded" => (1, "Allowed"),
-        "refused" => (2, "Denied"),
-        _ => (99, "Other"),
-    };
-    let (disposition_id, disposition) = match (action, decision) {
-        (_, Some("approved")) => (8, "Approved"),
-        (_, Some(_)) => (2, "Blocked"),
-        ("refused", _) => (2, "Blocked"),
-        ("held", _) => (14, "Delayed"),
-        _ if request.verdict == "deny" && !request.enforced => (15, "Detected"),
-        _ => (1, "Allowed"),
-    };
-    let (severity_id, severity) = match (action, request.verdict.as_ref()) {
-        ("refused", _) | (_, "deny") => (3, "Medium"),
-        ("held", _) | (_, "approve") => (2, "Low"),
-        _ => (1, "Informational"),
-    };
+    let Outcome {
+        action: (action_id, action_name),
+        disposition: (disposition_id, disposition),
+        severity: (severity_id, severity),
+    } = outcome(action, &request.verdict, request.enforced, decision);
     let (status_id, status) = match &answer {
         None => (0, "Unknown"),
         Some(a) if a.status >= 400 || a.error.is_some() => (2, "Failure"),
