@@ -126,6 +126,87 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// A test CA named `ca_name` (`dir/ca.crt`, `ca.key`) and a server certificate it signed
+/// (`server.crt`, `server.key`) for `IP:127.0.0.1` and `DNS:dns_name`, made with the
+/// openssl CLI (P-256, valid two days).
+pub fn make_test_certs(dir: &Path, ca_name: &str, dns_name: &str) {
+    let subject = format!("/CN={ca_name}");
+    let server_subject = format!("/CN={dns_name}");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-days",
+            "2",
+            "-subj",
+            &subject,
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-subj",
+            &server_subject,
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("subjectAltName=IP:127.0.0.1,DNS:{dns_name}\n"),
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+}
+
 /// Whether `needle` occurs in `text` as a whole: not preceded or followed by a letter or
 /// digit. `contains("at event 12")` also matches "at event 123"; this does not.
 pub fn contains_whole(text: &str, needle: &str) -> bool {

@@ -61,7 +61,7 @@ impl EchoApp {
         Self::start_with(&[])
     }
 
-    /// Serves HTTPS with `dir/server.crt` and `dir/server.key` (see [`make_certs`]).
+    /// Serves HTTPS with `dir/server.crt` and `dir/server.key` (see `make_test_certs`).
     fn start_tls(dir: &std::path::Path) -> EchoApp {
         let cert = dir.join("server.crt");
         let key = dir.join("server.key");
@@ -153,85 +153,6 @@ fn curl_version(cg: &TestCgroup, args: &[&str]) -> (u16, String, String) {
         version.to_string(),
         format!("{body}{}", String::from_utf8_lossy(&out.stderr)),
     )
-}
-
-/// A test CA named `ca_name` (`ca.crt`, `ca.key`) and a server certificate it signed
-/// (`server.crt`, `server.key`) for `IP:127.0.0.1` and `DNS:api.test`, made with openssl.
-fn make_certs(dir: &std::path::Path, ca_name: &str) {
-    let subject = format!("/CN={ca_name}");
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-days",
-            "2",
-            "-subj",
-            &subject,
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-subj",
-            "/CN=api.test",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:api.test\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.crt",
-    ]);
 }
 
 /// Asserts that no file under `dir` (journal, -wal, .prelog, segments, log, state)
@@ -650,9 +571,9 @@ fn https_clients_are_served_with_the_agent_ca() {
 fn tls_to_the_server_is_verified_and_failures_are_named() {
     privileged!("tls_to_the_server_is_verified_and_failures_are_named");
     let certs = tempfile::tempdir().unwrap();
-    make_certs(certs.path(), "http-test-ca");
+    make_test_certs(certs.path(), "http-test-ca", "api.test");
     let other = tempfile::tempdir().unwrap();
-    make_certs(other.path(), "another-ca");
+    make_test_certs(other.path(), "another-ca", "api.test");
     let good = EchoApp::start_tls(certs.path());
     let bad = EchoApp::start_tls(certs.path());
     let plain_client = EchoApp::start_tls(certs.path());

@@ -634,84 +634,11 @@ fn copy_both_ways_and_a_million_row_select_pass_intact() {
     assert_eq!(selected, Some(serde_json::json!(1_000_000)));
 }
 
-/// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.
-fn make_server_cert(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/CN=db.test",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:db.test\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.crt",
-    ]);
-}
-
 #[test]
 fn tls_is_terminated_for_clients_and_originated_to_the_server() {
     privileged!("tls_is_terminated_for_clients_and_originated_to_the_server");
     let certs = tempfile::tempdir().unwrap();
-    make_server_cert(certs.path());
+    make_test_certs(certs.path(), "test-ca", "db.test");
     let cert_dir = certs.path().to_path_buf();
     let pg = PgServer::start_full(&["ssl = on"], &[], |data| {
         for f in ["server.crt", "server.key"] {

@@ -101,6 +101,21 @@ pub struct Event {
     pub data: String,
 }
 
+impl Event {
+    /// An event of `session`, stamped now, with `data` serialized to JSON. Our own
+    /// payload types always serialize; were one not to, the trail keeps an
+    /// `encoding_error` record rather than losing the event.
+    pub fn of(session: SessionId, kind: &'static str, data: &impl serde::Serialize) -> Event {
+        Event {
+            session,
+            at: SystemTime::now(),
+            kind: Cow::Borrowed(kind),
+            data: serde_json::to_string(data)
+                .unwrap_or_else(|e| format!("{{\"encoding_error\":{:?}}}", e.to_string())),
+        }
+    }
+}
+
 /// What [`recover`] found in the pre-log when the journal was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PrelogRecovery {

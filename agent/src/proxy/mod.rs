@@ -480,7 +480,7 @@ async fn handle(
     let id = match shared.journal.start_session(start).await {
         Ok(id) => id,
         Err(e) => {
-            let cause = postgres::root_cause(&e);
+            let cause = crate::journal::root_cause(&e);
             error!(
                 workload = %workload_name, %orig_dst, error = %e, %cause,
                 "the journal cannot record this session; refusing the connection"
@@ -685,7 +685,7 @@ async fn record_end(journal: &JournalHandle, end: SessionEnd, cancel: &mut watch
             Err(e @ crate::journal::JournalError::BatchFailed { .. }) => {
                 if !retrying {
                     warn!(
-                        session = id, error = %e, cause = %postgres::root_cause(&e),
+                        session = id, error = %e, cause = %crate::journal::root_cause(&e),
                         "the journal cannot record the end of the session yet; retrying"
                     );
                     retrying = true;

@@ -130,3 +130,29 @@ pub trait Approver: Send + Sync {
     /// `rule`, now.
     fn grant_for(&self, workload: &str, target: &str, rule: Option<&str>) -> Option<Standing>;
 }
+
+/// Starts the hold of `request`: registered with the approver, whose announcement is
+/// returned to be journaled (kind `approval_request`) before the wait starts; without
+/// approvers, a wait that expires (counts as denied) at the request's timeout.
+pub fn start_hold(
+    approvals: Option<&Arc<dyn Approver>>,
+    who: &Requester,
+    request: HoldRequest,
+) -> (Option<Pending>, HoldWait) {
+    match approvals {
+        Some(a) => {
+            let pending = a.hold(who, request);
+            (Some(pending.announcement), pending.wait)
+        }
+        None => {
+            let timeout = request.timeout;
+            (
+                None,
+                Box::pin(async move {
+                    tokio::time::sleep(timeout).await;
+                    HoldOutcome::Expired
+                }),
+            )
+        }
+    }
+}

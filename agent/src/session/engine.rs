@@ -1,20 +1,15 @@
 //! The IO loop of a decoded session, for every protocol: read -> [`Session`] ->
 //! journal -> release. See the [module documentation](super) for the invariant.
-use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{
-    AgentError, Approver, Counts, Ended, Failure, HoldOutcome, HoldWait, Io, Requester, Session,
-    Step,
-};
-use crate::journal::{root_cause, Event, FsyncPolicy, JournalHandle, SessionId};
+use super::{AgentError, Approver, Counts, Ended, Failure, HoldWait, Io, Requester, Session, Step};
+use crate::journal::{root_cause, Event, JournalHandle, SessionId};
 
 /// Pending bytes in one direction above which the engine stops reading the other side.
 pub const HIGH_WATER: usize = 1 << 20;
@@ -55,30 +50,20 @@ pub async fn read_more(
     io.read_buf(buf).await.map_err(|e| side(e.to_string()))
 }
 
-/// An event of session `id`, stamped now.
-fn event(id: SessionId, kind: &'static str, data: &impl Serialize) -> Event {
-    Event {
-        session: id,
-        at: SystemTime::now(),
-        kind: Cow::Borrowed(kind),
-        data: serde_json::to_string(data)
-            .unwrap_or_else(|e| format!("{{\"encoding_error\":{:?}}}", e.to_string())),
-    }
-}
-
-/// Journals what the session staged; with `durable`, waits for the fsync too. If the
-/// journal refuses, the client gets the protocol's error and the session ends.
+/// Journals what the session staged; for a client's `requests`, as durably as
+/// `journal_fsync` asks ([`JournalHandle::record_durably`]). If the journal refuses, the
+/// client gets the protocol's error and the session ends.
 async fn record<S: Session>(
     cx: &Context<'_>,
     session: &mut S,
     cw: &mut (impl AsyncWrite + Unpin),
-    durable: bool,
+    requests: bool,
 ) -> Result<(), Failure> {
     let events = session.take_events();
-    let result = match cx.journal.record(&events) {
-        Ok(seq) if durable => cx.journal.durable(seq).await,
-        Ok(_) => Ok(()),
-        Err(e) => Err(e),
+    let result = if requests {
+        cx.journal.record_durably(&events).await.map(|_| ())
+    } else {
+        cx.journal.record(&events).map(|_| ())
     };
     if let Err(e) = result {
         warn!(session = cx.id, error = %e, cause = %root_cause(&e), "the journal cannot record this session; closing it");
@@ -123,7 +108,6 @@ pub async fn run<S: Session>(
     let mut terminated = false;
     let idle = cx.idle_timeout;
     let mut last_activity = Instant::now();
-    let fsync_each = cx.journal.fsync_policy() == FsyncPolicy::Each;
     loop {
         // Client messages already buffered, unless one is waiting for approval.
         if hold.is_none() && !terminated {
@@ -132,25 +116,17 @@ pub async fn run<S: Session>(
                 Step::Terminate => terminated = true,
                 Step::Hold(request) => {
                     info!(session = cx.id, seq = request.seq, rule = ?request.rule, "request held for approval");
-                    hold = Some(match &cx.approvals {
-                        Some(a) => {
-                            let pending = a.hold(&cx.requester, request);
-                            // Journaled with the request, before the wait starts.
-                            session.push_event(event(
-                                cx.id,
-                                super::gate::APPROVAL_REQUEST,
-                                &pending.announcement,
-                            ));
-                            pending.wait
-                        }
-                        None => {
-                            let timeout = request.timeout;
-                            Box::pin(async move {
-                                tokio::time::sleep(timeout).await;
-                                HoldOutcome::Expired
-                            })
-                        }
-                    });
+                    let (announcement, wait) =
+                        super::approval::start_hold(cx.approvals.as_ref(), &cx.requester, request);
+                    // Journaled with the request, before the wait starts.
+                    if let Some(announcement) = announcement {
+                        session.push_event(Event::of(
+                            cx.id,
+                            super::gate::APPROVAL_REQUEST,
+                            &announcement,
+                        ));
+                    }
+                    hold = Some(wait);
                 }
             }
         }
@@ -162,7 +138,7 @@ pub async fn run<S: Session>(
         }
         // Client requests must be durable (per `journal_fsync`) before they are forwarded.
         if session.has_events() {
-            record(cx, session, &mut cw, fsync_each).await?;
+            record(cx, session, &mut cw, true).await?;
         }
         session.on_server(&mut sbuf)?;
         // Results are journaled before they reach the client too; they need not wait
@@ -251,8 +227,8 @@ pub async fn run<S: Session>(
                     return Err(Failure::Limit(message));
                 }
                 info!(session = cx.id, "{message} (observe mode: not closed)");
-                session.push_event(event(
-                    cx.id,
+                session.push_event(Event::of(
+                                cx.id,
                     "session_limit",
                     &serde_json::json!({ "limit": "max_session_duration", "message": message, "enforced": false }),
                 ));

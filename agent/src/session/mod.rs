@@ -30,6 +30,18 @@ pub use approval::{
     Process, Requester, Standing,
 };
 
+/// What governs one session, whatever its protocol: decided once, when the session is
+/// accepted.
+#[derive(Debug, Clone)]
+pub struct SessionRules {
+    /// The policy that applies to this workload × target, if any; none allows everything.
+    pub policy: Option<crate::policy::Policy>,
+    /// Whether verdicts are acted on (`enforce`) or only journaled (`observe`).
+    pub enforce: bool,
+    pub masks: crate::mask::SessionMasks,
+    pub record_results: crate::policy::RecordResults,
+}
+
 /// Anything a session can read and write: plain TCP or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}

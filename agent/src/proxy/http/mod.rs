@@ -37,7 +37,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -52,13 +52,13 @@ use tracing::{debug, info, warn};
 
 use super::relay::{CloseReason, Outcome};
 use crate::config::Target;
-use crate::journal::{Event, FsyncPolicy, JournalHandle, SessionId};
+use crate::journal::{Event, JournalHandle, SessionId};
 use crate::policy::http::HttpRequestInfo;
 use crate::policy::Verdict;
 use crate::protocol::http::path;
-use crate::proxy::postgres::SessionRules;
+use crate::session::approval::start_hold;
 use crate::session::gate::{self, approval_on_standing, Action, Gate};
-use crate::session::{Approver, HoldOutcome, Requester};
+use crate::session::{Approver, HoldOutcome, Requester, SessionRules};
 use crate::tls::{AgentCa, Stream, ALPN_H2, ALPN_HTTP11};
 use events::{kind, HttpRequest, HttpResponse};
 use runtime::HttpTargetRuntime;
@@ -408,32 +408,20 @@ async fn serve_http(
 
 fn protocol_error(journal: &JournalHandle, id: SessionId, reason: &str) {
     warn!(session = id, %reason, "closing HTTP session");
-    let _ = journal.record(&[event(
+    let _ = journal.record(&[Event::of(
         id,
         "protocol_error",
         &serde_json::json!({ "reason": reason }),
     )]);
 }
 
-fn event(id: SessionId, kind: &'static str, data: &impl serde::Serialize) -> Event {
-    Event {
-        session: id,
-        at: SystemTime::now(),
-        kind: std::borrow::Cow::Borrowed(kind),
-        data: serde_json::to_string(data)
-            .unwrap_or_else(|e| format!("{{\"encoding_error\":{:?}}}", e.to_string())),
-    }
-}
-
 /// Journals `events`; per `journal_fsync`, waits for them to be durable. On failure the
 /// connection is marked for closing and the error returned.
 async fn record(state: &State, events: &[Event], durable: bool) -> Result<(), String> {
-    let result = match state.journal.record(events) {
-        Ok(seq) if durable && state.journal.fsync_policy() == FsyncPolicy::Each => {
-            state.journal.durable(seq).await
-        }
-        Ok(_) => Ok(()),
-        Err(e) => Err(e),
+    let result = if durable {
+        state.journal.record_durably(events).await.map(|_| ())
+    } else {
+        state.journal.record(events).map(|_| ())
     };
     result.map_err(|e| {
         warn!(session = state.id, error = %e, "the journal cannot record this session; closing it");
@@ -593,7 +581,14 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .action(verdict, rule.as_deref());
-    let shown = format!("{method} {}", request_event.target);
+    // What approvers are shown (built only for a hold or a would-be hold).
+    let shown = || {
+        state
+            .rules
+            .masks
+            .mask_text(&format!("{method} {}", request_event.target))
+            .into_owned()
+    };
     // What the forwarded request will carry (journaled with the request; a refused
     // request is not forwarded, so nothing is injected into it).
     if let Some(inject) = injection.filter(|_| !matches!(action, Action::Refuse)) {
@@ -609,8 +604,8 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             );
             let response = refusal(StatusCode::FORBIDDEN, &message, rule.as_deref());
             let events = [
-                event(state.id, kind::REQUEST, &request_event),
-                event(
+                Event::of(state.id, kind::REQUEST, &request_event),
+                Event::of(
                     state.id,
                     kind::RESPONSE,
                     &HttpResponse::agent(seq, 403, started),
@@ -627,30 +622,13 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 .gate
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .hold_request(
-                    seq,
-                    state.rules.masks.mask_text(&shown).into_owned(),
-                    rule.clone(),
-                );
-            let mut events = vec![event(state.id, kind::REQUEST, &request_event)];
-            let wait = match &state.approvals {
-                Some(a) => {
-                    let pending = a.hold(&state.requester, request);
-                    events.push(event(
-                        state.id,
-                        gate::APPROVAL_REQUEST,
-                        &pending.announcement,
-                    ));
-                    pending.wait
-                }
-                None => {
-                    let timeout = request.timeout;
-                    Box::pin(async move {
-                        tokio::time::sleep(timeout).await;
-                        HoldOutcome::Expired
-                    })
-                }
-            };
+                .hold_request(seq, shown(), rule.clone());
+            let mut events = vec![Event::of(state.id, kind::REQUEST, &request_event)];
+            let (announcement, wait) =
+                start_hold(state.approvals.as_ref(), &state.requester, request);
+            if let Some(announcement) = announcement {
+                events.push(Event::of(state.id, gate::APPROVAL_REQUEST, &announcement));
+            }
             if let Err(e) = record(state, &events, true).await {
                 return journal_refused(&e);
             }
@@ -659,7 +637,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             let approved = matches!(outcome, HoldOutcome::Approved { .. });
             let decided = {
                 let mut g = state.gate.lock().unwrap_or_else(|p| p.into_inner());
-                event(
+                Event::of(
                     state.id,
                     gate::APPROVAL,
                     &g.decided(seq, rule.as_deref(), &outcome),
@@ -672,7 +650,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 );
                 let events = [
                     decided,
-                    event(
+                    Event::of(
                         state.id,
                         kind::RESPONSE,
                         &HttpResponse::agent(seq, 403, started),
@@ -689,8 +667,8 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         }
         Action::PassOnStanding(standing) => {
             let events = [
-                event(state.id, kind::REQUEST, &request_event),
-                event(
+                Event::of(state.id, kind::REQUEST, &request_event),
+                Event::of(
                     state.id,
                     gate::APPROVAL,
                     &approval_on_standing(seq, &standing),
@@ -703,9 +681,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         Action::Forward => {
             let would_hold = {
                 let mut g = state.gate.lock().unwrap_or_else(|p| p.into_inner());
-                g.observe(verdict, seq, rule.as_deref(), || {
-                    state.rules.masks.mask_text(&shown).into_owned()
-                });
+                g.observe(verdict, seq, rule.as_deref(), shown);
                 g.take_would_hold()
             };
             if let Some(a) = &state.approvals {
@@ -715,7 +691,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             }
             if let Err(e) = record(
                 state,
-                &[event(state.id, kind::REQUEST, &request_event)],
+                &[Event::of(state.id, kind::REQUEST, &request_event)],
                 true,
             )
             .await
@@ -736,8 +712,8 @@ async fn refuse_unjudged(
 ) -> Response<Body> {
     let seq = request_event.seq;
     let events = [
-        event(state.id, kind::REQUEST, &request_event),
-        event(
+        Event::of(state.id, kind::REQUEST, &request_event),
+        Event::of(
             state.id,
             kind::RESPONSE,
             &HttpResponse::agent(seq, status.as_u16(), Instant::now()),
@@ -831,7 +807,7 @@ async fn forward(
             warn!(session = state.id, seq, error = %message, "upstream request failed");
             let _ = record(
                 state,
-                &[event(
+                &[Event::of(
                     state.id,
                     kind::RESPONSE,
                     &HttpResponse {
@@ -868,7 +844,7 @@ async fn forward(
     // The response head is journaled before the client sees it.
     if let Err(e) = record(
         state,
-        &[event(state.id, kind::RESPONSE, &response_event)],
+        &[Event::of(state.id, kind::RESPONSE, &response_event)],
         false,
     )
     .await

@@ -29,21 +29,23 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
 use crate::journal::{Event, SessionId};
-use crate::mask::{ColumnInfo, RowMasker, SessionMasks};
-use crate::policy::{self, Analysis, Policy, RecordResults, StatementVerdict, Verdict};
+use crate::mask::{ColumnInfo, RowMasker};
+use crate::policy::{self, Analysis, RecordResults, StatementVerdict, Verdict};
 use crate::protocol::postgres::{
     encode, BackendMessage, Decoded, FieldDescription, FrontendMessage,
 };
 use crate::session::gate::{approval_on_standing, Action, Gate};
 
 use super::events::{self, kind};
-pub use crate::session::{DecisionNote, GrantCheck, HoldOutcome, HoldRequest, Standing, Step};
+pub use crate::session::{
+    DecisionNote, GrantCheck, HoldOutcome, HoldRequest, SessionRules, Standing, Step,
+};
 
 /// SQLSTATE insufficient_privilege: what PostgreSQL itself answers to a statement the
 /// user may not run, so clients and their retry logic treat a refusal as such.
@@ -53,17 +55,6 @@ pub const SQLSTATE_REFUSED: &str = "42501";
 pub const MAX_RECORDED_ROWS: usize = 1000;
 /// Bytes of one value or parameter kept in the journal.
 const MAX_RECORDED_VALUE: usize = 1024;
-
-/// What governs one session: decided once, when the session is accepted.
-#[derive(Debug, Clone)]
-pub struct SessionRules {
-    /// The policy that applies to this workload × target, if any; none allows everything.
-    pub policy: Option<Policy>,
-    /// Whether verdicts are acted on (`enforce`) or only journaled (`observe`).
-    pub enforce: bool,
-    pub masks: SessionMasks,
-    pub record_results: RecordResults,
-}
 
 /// A message that cannot be handled: the session must close (with this reason journaled).
 #[derive(Debug, thiserror::Error)]
@@ -282,16 +273,7 @@ impl Flow {
 
     /// A journal event of this session, stamped now.
     pub fn event(&mut self, kind: &'static str, data: &impl Serialize) {
-        let data = serde_json::to_string(data).unwrap_or_else(|e| {
-            // Our own structs always serialize; keep the trail even if one did not.
-            format!("{{\"encoding_error\":{:?}}}", e.to_string())
-        });
-        self.events.push(Event {
-            session: self.session,
-            at: SystemTime::now(),
-            kind: Cow::Borrowed(kind),
-            data,
-        });
+        self.events.push(Event::of(self.session, kind, data));
     }
 
     fn seq(&mut self) -> u64 {

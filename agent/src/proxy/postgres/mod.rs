@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -38,7 +37,7 @@ pub use crate::session::{
     Requester, Standing, Step,
 };
 pub use flow::{Flow, SessionRules};
-pub use refuse::{journal_refusal, refuse_unrecorded, root_cause, SQLSTATE_JOURNAL};
+pub use refuse::{journal_refusal, refuse_unrecorded, SQLSTATE_JOURNAL};
 pub use runtime::{PgRuntime, TargetRuntime};
 
 use super::relay::{CloseReason, Outcome};
@@ -113,17 +112,6 @@ impl From<Failure> for CloseReason {
     }
 }
 
-/// A journal event of `session`, stamped now.
-fn event(session: SessionId, kind: &'static str, data: &impl Serialize) -> Event {
-    Event {
-        session,
-        at: std::time::SystemTime::now(),
-        kind: std::borrow::Cow::Borrowed(kind),
-        data: serde_json::to_string(data)
-            .unwrap_or_else(|e| format!("{{\"encoding_error\":{:?}}}", e.to_string())),
-    }
-}
-
 /// Serves one intercepted PostgreSQL connection until it ends.
 pub async fn serve(
     ctx: SessionContext<'_>,
@@ -137,7 +125,7 @@ pub async fn serve(
             let reason: CloseReason = failure.into();
             if let CloseReason::Protocol(why) = &reason {
                 warn!(session = ctx.id, reason = %why, "closing PostgreSQL session");
-                let event = event(
+                let event = Event::of(
                     ctx.id,
                     "protocol_error",
                     &serde_json::json!({ "reason": why }),
@@ -312,7 +300,7 @@ async fn serve_inner(
         client_tls,
         credential_injected: target_rt.credential.is_some(),
     };
-    let event = event(ctx.id, events::kind::STARTUP, &startup_event);
+    let event = Event::of(ctx.id, events::kind::STARTUP, &startup_event);
     if let Err(e) = ctx.journal.record(&[event]) {
         // Refused with a reason the client shows, not a bare close.
         let _ = client.write_all(&journal_refusal(&e)).await;
@@ -640,7 +628,7 @@ async fn authenticate(
                     .write_all(&msg.raw)
                     .await
                     .map_err(|e| Failure::Client(e.to_string()))?;
-                let event = event(
+                let event = Event::of(
                     ctx.id,
                     events::kind::AUTH,
                     &serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user }),
@@ -655,7 +643,7 @@ async fn authenticate(
                 let code = fields.code().unwrap_or("").to_owned();
                 let message = fields.message().unwrap_or("").to_owned();
                 let _ = client.write_all(&msg.raw).await;
-                let event = event(
+                let event = Event::of(
                     ctx.id,
                     events::kind::AUTH,
                     &serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user, "error": { "sqlstate": code, "message": message } }),
@@ -825,7 +813,7 @@ async fn forward_cancel(
         .get(&(pid, key.clone()))
         .cloned();
     let Some(found) = found else {
-        let event = event(
+        let event = Event::of(
             ctx.id,
             events::kind::CANCEL,
             &serde_json::json!({ "pid": pid, "forwarded": false, "reason": "unknown cancel key" }),
@@ -836,12 +824,12 @@ async fn forward_cancel(
         ));
     };
     let events = [
-        event(
+        Event::of(
             ctx.id,
             events::kind::CANCEL,
             &serde_json::json!({ "pid": pid, "forwarded": true, "session": found.session }),
         ),
-        event(
+        Event::of(
             found.session,
             events::kind::CANCEL_REQUESTED,
             &serde_json::json!({ "by_session": ctx.id }),

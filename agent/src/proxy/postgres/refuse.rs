@@ -13,7 +13,7 @@ use crate::protocol::postgres::{encode, FrontendDecoder, FrontendMessage};
 /// reports when it cannot write its files).
 pub const SQLSTATE_JOURNAL: &str = "58030";
 
-pub use crate::journal::root_cause;
+use crate::journal::root_cause;
 
 /// The FATAL ErrorResponse for a request the journal could not record.
 pub fn journal_refusal(e: &(dyn std::error::Error + 'static)) -> Bytes {
