@@ -739,3 +739,117 @@ fn an_injected_credential_reaches_the_server_and_nothing_else() {
     agent.terminate();
     assert_secret_in_no_file(agent.dir.path(), secret, &[]);
 }
+
+/// Sends `raw` bytes from the cgroup over one TCP connection (Python, so nothing
+/// normalises them) and returns what came back within a few seconds.
+fn raw_exchange(cg: &TestCgroup, addr: &str, raw: &[u8]) -> String {
+    let out = cg
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            "import socket,sys\n\
+             h,p=sys.argv[1].rsplit(':',1)\n\
+             s=socket.create_connection((h,int(p)),timeout=10)\n\
+             s.sendall(sys.stdin.buffer.read())\n\
+             s.shutdown(socket.SHUT_WR)\n\
+             out=b''\n\
+             try:\n\
+             \x20 while True:\n\
+             \x20\x20 b=s.recv(65536)\n\
+             \x20\x20 if not b: break\n\
+             \x20\x20 out+=b\n\
+             except Exception: pass\n\
+             sys.stdout.buffer.write(out)\n",
+            addr,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().expect("stdin").write_all(raw)?;
+            child.wait_with_output()
+        })
+        .expect("python client");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Request framing a server could read differently from the agent (two lengths,
+/// obs-fold) and bytes that are not HTTP: answered 400 by the agent, never forwarded, and
+/// the agent serves the next client. (Both Content-Length and Transfer-Encoding: see the
+/// ignored test below.)
+#[test]
+fn ambiguous_framing_and_garbage_are_refused_and_the_agent_lives_on() {
+    privileged!("ambiguous_framing_and_garbage_are_refused_and_the_agent_lives_on");
+    let app = EchoApp::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"api\"\naddress = \"{}\"\nprotocol = \"http\"\n",
+        cg.rel(),
+        app.addr()
+    ));
+    let addr = app.addr();
+    let cases: [(&str, &[u8]); 3] = [
+        (
+            "two different Content-Lengths",
+            b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        ),
+        (
+            "an obs-folded header",
+            b"GET /folded HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n",
+        ),
+        (
+            "bytes that are not HTTP",
+            b"\x01\x02 not http at all\r\n\r\n",
+        ),
+    ];
+    for (what, raw) in cases {
+        let answer = raw_exchange(&cg, &addr, raw);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "{what}: {answer:?}"
+        );
+    }
+    let seen = app.seen();
+    assert!(
+        seen.is_empty(),
+        "nothing ambiguous reached the server: {seen:?}"
+    );
+    // The agent lives on and serves the next client.
+    let (status, body) = curl(&cg, &[&format!("http://{addr}/after")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.seen(), ["GET /after"]);
+    assert!(
+        !agent.log_text().contains("panicked"),
+        "{}",
+        agent.log_text()
+    );
+}
+
+/// Issue 12 §2 wants a request with both Content-Length and Transfer-Encoding answered
+/// 400 and never forwarded. Known gap: hyper accepts it (RFC 9112 lets a server prefer
+/// the chunked framing and drop the length) and removes Content-Length before the agent
+/// sees the request, so the agent forwards it re-framed as chunked. No desync with the
+/// server follows (hyper re-serialises the request), but the refusal the issue asks for
+/// needs a check on the raw head, before hyper.
+#[test]
+#[ignore = "known gap: hyper accepts Content-Length with Transfer-Encoding (issue 12 §2)"]
+fn both_content_length_and_transfer_encoding_are_refused() {
+    privileged!("both_content_length_and_transfer_encoding_are_refused");
+    let app = EchoApp::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let _agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"api\"\naddress = \"{}\"\nprotocol = \"http\"\n",
+        cg.rel(),
+        app.addr()
+    ));
+    let answer = raw_exchange(
+        &cg,
+        &app.addr(),
+        b"POST /both HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert!(app.seen().is_empty(), "{:?}", app.seen());
+}
