@@ -827,19 +827,17 @@ fn ambiguous_framing_and_garbage_are_refused_and_the_agent_lives_on() {
     );
 }
 
-/// Issue 12 §2 wants a request with both Content-Length and Transfer-Encoding answered
-/// 400 and never forwarded. Known gap: hyper accepts it (RFC 9112 lets a server prefer
-/// the chunked framing and drop the length) and removes Content-Length before the agent
-/// sees the request, so the agent forwards it re-framed as chunked. No desync with the
-/// server follows (hyper re-serialises the request), but the refusal the issue asks for
-/// needs a check on the raw head, before hyper.
+/// Two lengths for one body (Content-Length and Transfer-Encoding) is the request
+/// smuggling shape: answered 400, never forwarded (neither the request nor what its
+/// body would smuggle), journaled as refused. hyper alone would let Transfer-Encoding
+/// win and drop the length; the agent checks the raw head first
+/// (`protocol::http::framing`).
 #[test]
-#[ignore = "known gap: hyper accepts Content-Length with Transfer-Encoding (issue 12 §2)"]
 fn both_content_length_and_transfer_encoding_are_refused() {
     privileged!("both_content_length_and_transfer_encoding_are_refused");
     let app = EchoApp::start();
     let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
-    let _agent = Agent::start(&format!(
+    let agent = Agent::start(&format!(
         "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
          [[target]]\nname = \"api\"\naddress = \"{}\"\nprotocol = \"http\"\n",
         cg.rel(),
@@ -851,5 +849,16 @@ fn both_content_length_and_transfer_encoding_are_refused() {
         b"POST /both HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
     );
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert!(
+        answer.contains("both Content-Length and Transfer-Encoding"),
+        "{answer:?}"
+    );
+    assert!(!answer.contains("smuggled"), "{answer:?}");
     assert!(app.seen().is_empty(), "{:?}", app.seen());
+    let refused = events_of_kind(&agent, "http_request");
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0]["data"]["action"], "refused");
+    assert_eq!(refused[0]["data"]["target"], "/both");
+    let reason = refused[0]["data"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("Transfer-Encoding"), "{reason}");
 }

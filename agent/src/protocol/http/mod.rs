@@ -1,2 +1,3 @@
 //! HTTP, sans IO: what the proxy needs to judge a request before hyper forwards it.
+pub mod framing;
 pub mod path;

@@ -55,6 +55,7 @@ use crate::config::Target;
 use crate::journal::{Event, JournalHandle, SessionId};
 use crate::policy::http::HttpRequestInfo;
 use crate::policy::Verdict;
+use crate::protocol::http::framing::RequestFraming;
 use crate::protocol::http::path;
 use crate::session::approval::start_hold;
 use crate::session::gate::{self, approval_on_standing, Action, Gate};
@@ -125,6 +126,8 @@ struct State {
     refuse: Option<(u16, String)>,
     /// Set when the journal refused: the connection must close.
     journal_failed: watch::Sender<bool>,
+    /// HTTP/1 request framing as the client sent it (what hyper's parser hides).
+    framing: Arc<Mutex<RequestFraming>>,
 }
 
 /// The first byte of a TLS handshake record: a client that starts with it speaks TLS
@@ -241,6 +244,7 @@ async fn refuse_plain(client: TcpStream, why: &'static str) -> Outcome {
     let io = TokioIo::new(Counting {
         inner: Stream::Plain(client),
         counts: counts.clone(),
+        framing: None,
     });
     let service = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
         let mut response = refusal(
@@ -324,6 +328,7 @@ async fn serve_http(
     );
     let scheme = connector.scheme();
     let (journal_failed, mut journal_failed_rx) = watch::channel(false);
+    let framing = Arc::new(Mutex::new(RequestFraming::new()));
     let state = Arc::new(State {
         id: ctx.id,
         journal: ctx.journal.clone(),
@@ -340,11 +345,13 @@ async fn serve_http(
         next_seq: AtomicU64::new(1),
         refuse: ctx.refuse.clone(),
         journal_failed,
+        framing: framing.clone(),
     });
     let counts = Arc::new(Counted::default());
     let io = TokioIo::new(Counting {
         inner: client,
         counts: counts.clone(),
+        framing: Some(framing),
     });
     let service = {
         let state = state.clone();
@@ -532,7 +539,26 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         injected: None,
         replaced_client_header: false,
     };
-    // Refused before judging: over the disk budget, or a path servers read differently.
+    // Refused before judging: two lengths for one body (seen on the raw head: hyper lets
+    // Transfer-Encoding win), over the disk budget, or a path servers read differently.
+    if req.version() < http::Version::HTTP_2 {
+        let ambiguity = state
+            .framing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ambiguity(seq - 1);
+        if let Some(why) = ambiguity {
+            request_event.verdict = Verdict::Deny.as_str().into();
+            request_event.action = "refused".into();
+            request_event.reason = Some(why.clone().into());
+            let mut response =
+                refuse_unjudged(state, request_event, StatusCode::BAD_REQUEST, &why).await;
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    }
     if let Some((status, why)) = &state.refuse {
         request_event.action = "refused".into();
         request_event.reason = Some(why.clone().into());
@@ -896,10 +922,12 @@ struct Counted {
     written: AtomicU64,
 }
 
-/// The client stream, counting what passes (the session's byte totals).
+/// The client stream, counting what passes (the session's byte totals) and, for HTTP/1,
+/// following the request framing on the raw bytes.
 struct Counting {
     inner: Stream,
     counts: Arc<Counted>,
+    framing: Option<Arc<Mutex<RequestFraming>>>,
 }
 
 impl AsyncRead for Counting {
@@ -912,6 +940,17 @@ impl AsyncRead for Counting {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         self.counts.read.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0 {
+            if let Some(framing) = &self.framing {
+                let mut framing = framing.lock().unwrap_or_else(|p| p.into_inner());
+                if framing.following() {
+                    framing.feed(&buf.filled()[before..]);
+                } else {
+                    drop(framing);
+                    self.framing = None;
+                }
+            }
+        }
         result
     }
 }
