@@ -37,6 +37,7 @@ pub const TARGETS: &[&str] = &[
     "mask_row",
     "config",
     "journal",
+    "http_request",
 ];
 
 /// An input taking longer than this (seconds) is reported as a hang.
@@ -229,6 +230,49 @@ fn read_line(
 }
 
 /// Writes each target's seeds into its corpus directory (`seed-*` files, overwritten).
+/// Client byte streams for `http_request`: what curl and the tests of
+/// tests/tests/http_proxy.rs send (pipelining, chunked bodies with extensions and
+/// trailers, the smuggling shapes, an upgrade, h2's preface, tricky paths).
+const HTTP_SEEDS: &[(&str, &str)] = &[
+    (
+        "pipelined",
+        "GET /hello?x=1 HTTP/1.1\r\nHost: api.corp\r\nX-Env: prod-eu\r\n\r\n\
+         POST /v1/a/keys HTTP/1.1\r\nHost: api.corp\r\nContent-Length: 5\r\n\r\nhello\
+         DELETE /admin/users/7 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ),
+    (
+        "chunked",
+        "POST /upload HTTP/1.1\r\nHost: billing.internal\r\nTransfer-Encoding: chunked\r\n\r\n\
+         3;ext=1\r\nabc\r\nA \r\n0123456789\r\n0\r\nX-Trailer: y\r\n\r\n\
+         GET /after HTTP/1.1\r\nHost: x\r\n\r\n",
+    ),
+    (
+        "cl-te",
+        "POST /both HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n\
+         0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    ),
+    (
+        "te-cl",
+        "POST /both HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+    ),
+    (
+        "two-lengths",
+        "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    ),
+    (
+        "websocket",
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ),
+    ("h2-preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+    (
+        "paths",
+        "GET /admin/../admin HTTP/1.1\r\n\r\nGET /%61dmin HTTP/1.1\r\n\r\n\
+         GET //admin;jsessionid=1 HTTP/1.1\r\n\r\nGET /x/%2e%2e/admin HTTP/1.1\r\n\r\n\
+         GET http://billing.internal/v1/a/secrets/b1 HTTP/1.1\r\n\r\nOPTIONS * HTTP/1.1\r\n\r\n",
+    ),
+];
+
 fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
     let root = util::root();
     let captures = root.join("agent/src/protocol/postgres/testdata");
@@ -353,6 +397,13 @@ fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
                 let seed = dir.join("seed-journal.db");
                 if !seed.exists() || !journal_key(fuzz_dir).exists() {
                     journal_seed(&seed, &journal_key(fuzz_dir))?;
+                }
+            }
+            "http_request" => {
+                for (name, bytes) in HTTP_SEEDS {
+                    // Whole, and in 5-byte reads.
+                    put(name, &[&[0x00], bytes.as_bytes()].concat())?;
+                    put(&format!("{name}-5"), &[&[0x05], bytes.as_bytes()].concat())?;
                 }
             }
             other => bail!("no seeds for fuzz target {other}"),

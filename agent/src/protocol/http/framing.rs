@@ -85,6 +85,11 @@ impl RequestFraming {
         self.state != State::Stopped
     }
 
+    /// Request heads seen so far.
+    pub fn heads(&self) -> u64 {
+        self.heads
+    }
+
     /// Why request head number `index` (from 0) is ambiguous, if it is. Forgets what it
     /// knew of heads before `index`: ask in increasing order.
     pub fn ambiguity(&mut self, index: u64) -> Option<String> {
@@ -176,6 +181,11 @@ impl RequestFraming {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
         let used = match request.parse(&self.head) {
+            // Longer than hyper reads (however the bytes arrived): hyper answers 431.
+            Ok(httparse::Status::Complete(used)) if used > MAX_HEAD_BYTES => {
+                self.stop();
+                return None;
+            }
             Ok(httparse::Status::Complete(used)) => used,
             Ok(httparse::Status::Partial) => return None,
             Err(_) => {
