@@ -419,6 +419,27 @@ mod tests {
         assert!(f.head.capacity() == 0);
     }
 
+    /// Found by the fuzzer: a head longer than hyper reads, arriving in one read,
+    /// completed (byte by byte it was refused).
+    #[test]
+    fn a_long_head_is_refused_however_it_arrives() {
+        // Fewer headers than httparse is given room for, more bytes than hyper reads.
+        let mut input = b"GET / HTTP/1.1\r\n".to_vec();
+        for n in 0..110 {
+            input.extend_from_slice(format!("X-H{n}: {}\r\n", "v".repeat(4000)).as_bytes());
+        }
+        assert!(input.len() > MAX_HEAD_BYTES);
+        input.extend_from_slice(b"\r\nGET / HTTP/1.1\r\n\r\n");
+        let mut whole = RequestFraming::new();
+        whole.feed(&input);
+        let mut drip = RequestFraming::new();
+        for chunk in input.chunks(1000) {
+            drip.feed(chunk);
+        }
+        assert_eq!((whole.heads(), whole.following()), (0, false));
+        assert_eq!((drip.heads(), drip.following()), (0, false));
+    }
+
     #[test]
     fn content_length_values_read_as_hyper_reads_them() {
         assert_eq!(parse_content_length(b"12"), Some(12));
