@@ -9,7 +9,7 @@
 //! forwarded). Two targets for one server need two addresses, so the server also listens
 //! on 127.0.0.2: the `tcp` target is 127.0.0.2:port, the `postgres` one 127.0.0.1:port.
 //! Then the agent is restarted with `journal_fsync = "each"` and the `postgres` case is
-//! measured again against a fresh direct baseline.
+//! measured again against a fresh direct baseline. The HTTP part is `bench_http`.
 use std::{
     fs,
     os::unix::process::CommandExt,
@@ -33,6 +33,7 @@ pub fn bench(
     conns: u64,
     runs: usize,
     pg_seconds: u64,
+    http_seconds: u64,
     evidence_events: u64,
 ) -> anyhow::Result<()> {
     if !util::is_root() {
@@ -64,6 +65,7 @@ pub fn bench(
     let direct_cg = parent.child("direct");
     let agent_cg = parent.child("agent");
     let work = TempDir::create(std::env::temp_dir().join(&base))?;
+    let nginx = crate::bench_http::Nginx::start(&work.path().join("nginx"))?;
     let pins = PathBuf::from("/sys/fs/bpf").join(&base);
     let journal = work.path().join("journal.db");
     let config = |fsync_each: bool| {
@@ -75,6 +77,7 @@ pub fn bench(
             sink: &sink.to_string(),
             echo: &echo.to_string(),
             pg_port: pg.port,
+            http_port: nginx.port,
             fsync_each,
         }
         .render()
@@ -151,6 +154,18 @@ pub fn bench(
         a - d
     );
 
+    if http_seconds > 0 {
+        crate::bench_http::HttpBench {
+            nginx: &nginx,
+            client_bin: &client_bin,
+            direct_cg: &direct_cg,
+            agent_cg: &agent_cg,
+            runs,
+            seconds: http_seconds,
+        }
+        .run()?;
+    }
+
     if pg_seconds > 0 {
         let bench = PgBench {
             pg: &pg,
@@ -225,6 +240,7 @@ struct BenchConfig<'a> {
     sink: &'a str,
     echo: &'a str,
     pg_port: u16,
+    http_port: u16,
     fsync_each: bool,
 }
 
@@ -303,6 +319,43 @@ target = "pg-sql"
 columns = ["email"]
 detectors = ["email", "credit_card"]
 strategy = "redact"
+
+[[target]]
+name = "http-tcp"
+address = "127.0.0.2:{http_port}"
+protocol = "tcp"
+
+[[target]]
+name = "http-api"
+address = "127.0.0.1:{http_port}"
+protocol = "http"
+
+[[policy]]
+name = "bench-http"
+workload = "*"
+target = "http-api"
+mode = "enforce"
+default = "allow"
+record_results = "summary"
+
+[[policy.rule]]
+name = "no-admin-deletes"
+verdict = "deny"
+methods = ["DELETE"]
+paths = ["/admin/**"]
+
+[[policy.rule]]
+name = "prod-keys"
+verdict = "approve"
+paths = ["/v1/*/keys"]
+headers = {{ "x-env" = "prod*" }}
+
+[[mask]]
+name = "pii-http"
+target = "http-api"
+columns = ["email"]
+detectors = ["email", "credit_card"]
+strategy = "redact"
 "#,
             journal = self.journal.display(),
             listen_port = self.listen_port,
@@ -311,6 +364,7 @@ strategy = "redact"
             sink = self.sink,
             echo = self.echo,
             pg_port = self.pg_port,
+            http_port = self.http_port,
         )
     }
 }
@@ -820,6 +874,7 @@ mod tests {
                 sink: "127.0.0.2:1",
                 echo: "127.0.0.2:2",
                 pg_port: 5433,
+                http_port: 8088,
                 fsync_each,
             }
             .render()
@@ -831,6 +886,8 @@ mod tests {
             assert!(text.contains("address = \"127.0.0.2:5433\"\nprotocol = \"tcp\""));
             assert!(text.contains("address = \"127.0.0.1:5433\"\nprotocol = \"postgres\""));
             assert!(text.contains("listen_port = 15999\n"));
+            assert!(text.contains("address = \"127.0.0.2:8088\"\nprotocol = \"tcp\""));
+            assert!(text.contains("address = \"127.0.0.1:8088\"\nprotocol = \"http\""));
         }
     }
 }

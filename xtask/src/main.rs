@@ -14,6 +14,7 @@
 //!   (`vm unit`) and the privileged tests on every kernel obtainable (`vm kernels`).
 mod bench;
 mod bench_evidence;
+mod bench_http;
 mod demo;
 mod fuzz;
 mod run;
@@ -80,6 +81,9 @@ enum Cmd {
         /// Seconds per pgbench run (0 skips the PostgreSQL figures).
         #[arg(long, default_value_t = 3)]
         pg_seconds: u64,
+        /// Seconds per HTTP run (0 skips the HTTP figures).
+        #[arg(long, default_value_t = 3)]
+        http_seconds: u64,
         /// Statement events for the journal ingest / verify / search figures (0 skips them).
         #[arg(long, default_value_t = 1_000_000)]
         evidence_events: u64,
@@ -129,6 +133,7 @@ fn main() -> anyhow::Result<()> {
             conns,
             runs,
             pg_seconds,
+            http_seconds,
             evidence_events,
             only_evidence,
         } => {
@@ -139,7 +144,14 @@ fn main() -> anyhow::Result<()> {
                 let _ = std::fs::remove_dir_all(&work);
                 result
             } else {
-                bench::bench(bytes, conns, runs, pg_seconds, evidence_events)
+                bench::bench(
+                    bytes,
+                    conns,
+                    runs,
+                    pg_seconds,
+                    http_seconds,
+                    evidence_events,
+                )
             }
         }
     }

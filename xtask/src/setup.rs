@@ -17,8 +17,9 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-contrib",
     // A driver from another language for the PostgreSQL tests (psycopg 3, binary results).
     "python3-psycopg",
-    // The pooler the benchmark compares the agent with.
+    // The pooler and the reverse proxy the benchmark compares the agent with.
     "pgbouncer",
+    "nginx",
     "openssl",
     "sqlite3",
     "curl",

@@ -18,6 +18,10 @@
 //! nhi-testclient stream ADDR --seconds S [--bytes N] [--pause-ms P]
 //!                                                      one long connection: every P ms send N bytes and
 //!                                                      read their echo back, for S seconds
+//! nhi-testclient http-get ADDR --conns C --seconds S [--path P] [--host H]
+//!                                                      C keep-alive HTTP/1.1 connections, each sending
+//!                                                      GET P one after the other for S seconds: requests/s
+//!                                                      and latency (every answer must be 200)
 //! ```
 use std::{
     io::{Read, Write},
@@ -40,6 +44,16 @@ fn main() -> ExitCode {
             println!("{}", json!({ "error": e }));
             ExitCode::FAILURE
         }
+    }
+}
+
+fn text_flag(args: &[String], name: &str, default: &str) -> Result<String, String> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .cloned()
+            .ok_or(format!("{name} needs a value")),
+        None => Ok(default.to_string()),
     }
 }
 
@@ -166,6 +180,16 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
             flag(args, "--threads", 32)?,
         ),
         "stall" => stall(addr),
+        "http-get" => {
+            let path = text_flag(args, "--path", "/")?;
+            let host = text_flag(args, "--host", &addr.to_string())?;
+            http_get(
+                addr,
+                flag(args, "--conns", 1)?,
+                Duration::from_secs(flag(args, "--seconds", 5)?),
+                &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n\r\n"),
+            )
+        }
         "stream" => stream(
             addr,
             Duration::from_secs(flag(args, "--seconds", 60)?),
@@ -438,5 +462,128 @@ impl Rng {
             let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
+    }
+}
+
+/// `conns` keep-alive connections, each sending `request` and reading the whole answer
+/// (Content-Length or chunked) before the next, until `duration` has passed.
+fn http_get(
+    addr: SocketAddr,
+    conns: u64,
+    duration: Duration,
+    request: &str,
+) -> Result<serde_json::Value, String> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = (0..conns)
+        .map(|_| {
+            let request = request.as_bytes().to_vec();
+            thread::spawn(move || -> Result<Vec<u32>, String> {
+                let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+                s.set_nodelay(true).ok();
+                let mut reader = std::io::BufReader::with_capacity(
+                    64 * 1024,
+                    s.try_clone().map_err(|e| e.to_string())?,
+                );
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    s.write_all(&request).map_err(|e| format!("write: {e}"))?;
+                    let status = read_http_response(&mut reader)?;
+                    if status != 200 {
+                        return Err(format!("status {status}"));
+                    }
+                    latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.join().map_err(|_| "worker panicked".to_string())??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if all.is_empty() {
+        return Err("no request completed".into());
+    }
+    all.sort_unstable();
+    let pct = |p: usize| f64::from(all[(all.len() * p / 100).min(all.len() - 1)]);
+    let mean = all.iter().map(|&l| f64::from(l)).sum::<f64>() / all.len() as f64;
+    Ok(json!({
+        "requests": all.len(),
+        "per_sec": all.len() as f64 / secs,
+        "mean_us": mean,
+        "p50_us": pct(50),
+        "p99_us": pct(99),
+    }))
+}
+
+/// Reads one HTTP/1.1 response (head, then a Content-Length or chunked body); returns
+/// its status.
+fn read_http_response(r: &mut impl std::io::BufRead) -> Result<u16, String> {
+    let mut line = String::new();
+    let mut read_line = |line: &mut String| -> Result<(), String> {
+        line.clear();
+        match r.read_line(line) {
+            Ok(0) => Err("connection closed".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("read: {e}")),
+        }
+    };
+    read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {line:?}"))?;
+    let (mut length, mut chunked) = (0usize, false);
+    loop {
+        read_line(&mut line)?;
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse().map_err(|_| format!("bad length {value:?}"))?;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case("chunked");
+            }
+        }
+    }
+    let skip = |r: &mut dyn std::io::BufRead, n: usize| -> Result<(), String> {
+        std::io::copy(&mut r.take(n as u64), &mut std::io::sink())
+            .map_err(|e| format!("body: {e}"))
+            .and_then(|got| {
+                if got == n as u64 {
+                    Ok(())
+                } else {
+                    Err("short body".into())
+                }
+            })
+    };
+    if !chunked {
+        skip(r, length)?;
+        return Ok(status);
+    }
+    loop {
+        line.clear();
+        r.read_line(&mut line).map_err(|e| format!("chunk: {e}"))?;
+        let size = usize::from_str_radix(line.trim_end().split(';').next().unwrap_or(""), 16)
+            .map_err(|_| format!("bad chunk size {line:?}"))?;
+        if size == 0 {
+            // Trailers, then the empty line.
+            loop {
+                line.clear();
+                r.read_line(&mut line)
+                    .map_err(|e| format!("trailer: {e}"))?;
+                if line.trim_end().is_empty() {
+                    return Ok(status);
+                }
+            }
+        }
+        skip(r, size + 2)?;
     }
 }

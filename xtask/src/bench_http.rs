@@ -1,0 +1,227 @@
+//! The HTTP part of `cargo xtask bench`: small JSON GETs over keep-alive connections
+//! (`nhi-testclient http-get`), at -c 1 and -c 16, four ways against one nginx serving
+//! the JSON itself: directly, through the agent as an opaque `tcp` target, through the
+//! agent as an `http` target (each request normalised, judged by a policy, its headers
+//! masked and journaled before it is forwarded, the response head journaled, the body
+//! through the target's masks), and through nginx as a plain reverse proxy (upstream
+//! keep-alive) as the yardstick. Runs are interleaved; medians of requests/s and of mean
+//! and p99 latency are printed as ratios to direct.
+//!
+//! Like the PostgreSQL part, two targets for one server need two addresses: nginx
+//! listens on 127.0.0.1:port (the `http` target) and 127.0.0.2:port (the `tcp` one).
+use std::{
+    fs,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use nhi_tests::TestCgroup;
+use serde_json::Value;
+
+/// What the JSON API answers (with an e-mail address for the masks to find).
+pub const BODY: &str =
+    r#"{"id":42,"name":"Ada Lovelace","email":"ada@example.com","roles":["reader","writer"]}"#;
+
+/// nginx serving `BODY` on `port` (127.0.0.1 and 127.0.0.2) and proxying to it on
+/// `proxy_port` (127.0.0.1), one worker per core, logs off.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    pub proxy_port: u16,
+}
+
+impl Nginx {
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir.join("tmp"))?;
+        let (port, proxy_port) = (nhi_tests::free_port(), nhi_tests::free_port());
+        let conf = dir.join("nginx.conf");
+        let tmp = dir.join("tmp");
+        let tmp = tmp.display();
+        fs::write(
+            &conf,
+            format!(
+                r#"user root;
+worker_processes auto;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    upstream api {{ server 127.0.0.1:{port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        listen 127.0.0.2:{port};
+        location / {{
+            default_type application/json;
+            return 200 '{BODY}';
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{proxy_port};
+        location / {{
+            proxy_pass http://api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"#,
+                dir = dir.display(),
+            ),
+        )?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx (apt install nginx)")?;
+        let mut this = Self {
+            child,
+            port,
+            proxy_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in [port, proxy_port] {
+            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+                let log = || fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                if let Ok(Some(status)) = this.child.try_wait() {
+                    bail!("nginx exited ({status}):\n{}", log());
+                }
+                if Instant::now() > deadline {
+                    bail!("nginx not listening on {p} after 10 s:\n{}", log());
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGQUIT would wait for keep-alive clients; the runs are over: SIGTERM.
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One measurement: requests/s, mean and p99 latency (us).
+#[derive(Clone, Copy)]
+struct Run {
+    per_sec: f64,
+    mean_us: f64,
+    p99_us: f64,
+}
+
+pub struct HttpBench<'a> {
+    pub nginx: &'a Nginx,
+    pub client_bin: &'a Path,
+    pub direct_cg: &'a TestCgroup,
+    pub agent_cg: &'a TestCgroup,
+    pub runs: usize,
+    pub seconds: u64,
+}
+
+impl HttpBench<'_> {
+    /// Runs every route at -c 1 and -c 16 and prints the table.
+    pub fn run(&self) -> anyhow::Result<()> {
+        let port = self.nginx.port;
+        // (label, cgroup, address)
+        let routes: [(&str, &TestCgroup, String); 4] = [
+            ("direct", self.direct_cg, format!("127.0.0.1:{port}")),
+            ("agent tcp", self.agent_cg, format!("127.0.0.2:{port}")),
+            ("agent http", self.agent_cg, format!("127.0.0.1:{port}")),
+            (
+                "nginx proxy",
+                self.direct_cg,
+                format!("127.0.0.1:{}", self.nginx.proxy_port),
+            ),
+        ];
+        println!(
+            "\nHTTP: small JSON GETs ({} B) over keep-alive, {} s per run, {} interleaved runs, medians",
+            BODY.len(),
+            self.seconds,
+            self.runs
+        );
+        println!(
+            "{:<26} {:>12} {:>8} {:>10} {:>10}",
+            "", "requests/s", "ratio", "mean us", "p99 us"
+        );
+        for conns in [1u64, 16] {
+            let mut results: Vec<Vec<Run>> = vec![Vec::new(); routes.len()];
+            for _ in 0..self.runs {
+                for (i, (_, cg, addr)) in routes.iter().enumerate() {
+                    results[i].push(self.one(cg, addr, conns)?);
+                }
+            }
+            let medians: Vec<Run> = results.iter().map(|r| median_run(r)).collect();
+            let direct = medians[0];
+            for ((label, _, _), m) in routes.iter().zip(&medians) {
+                println!(
+                    "{:<26} {:>12.0} {:>7.2}x {:>10.1} {:>10.0}",
+                    format!("-c {conns:<2} {label}"),
+                    m.per_sec,
+                    m.per_sec / direct.per_sec,
+                    m.mean_us,
+                    m.p99_us
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn one(&self, cg: &TestCgroup, addr: &str, conns: u64) -> anyhow::Result<Run> {
+        let out = cg
+            .command(self.client_bin)
+            .args([
+                "http-get",
+                addr,
+                "--path",
+                "/api/users/42",
+                "--host",
+                "api.internal",
+            ])
+            .args(["--conns", &conns.to_string()])
+            .args(["--seconds", &self.seconds.to_string()])
+            .output()
+            .context("running nhi-testclient http-get")?;
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("client said: {}", String::from_utf8_lossy(&out.stdout)))?;
+        if let Some(e) = v.get("error") {
+            bail!("http-get {addr} -c {conns}: {e}");
+        }
+        let f = |k: &str| v[k].as_f64().with_context(|| format!("no {k} in {v}"));
+        Ok(Run {
+            per_sec: f("per_sec")?,
+            mean_us: f("mean_us")?,
+            p99_us: f("p99_us")?,
+        })
+    }
+}
+
+/// The run with the median requests/s (its latencies with it).
+fn median_run(runs: &[Run]) -> Run {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
+    sorted[sorted.len() / 2]
+}
