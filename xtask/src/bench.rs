@@ -257,6 +257,7 @@ mode = "enforce"
 journal = "{journal}"
 listen_port = {listen_port}
 bpffs = "{pins}"
+approvals_socket = "{approvals}"
 max_connections = 4096
 {fsync}
 [[workload]]
@@ -360,6 +361,9 @@ strategy = "redact"
             journal = self.journal.display(),
             listen_port = self.listen_port,
             pins = self.pins.display(),
+            // Its own socket: another agent on the host (a test's, the installed
+            // service) may hold the default one.
+            approvals = self.journal.with_file_name("approvals.sock").display(),
             cgroup = self.cgroup,
             sink = self.sink,
             echo = self.echo,
@@ -886,6 +890,7 @@ mod tests {
             assert!(text.contains("address = \"127.0.0.2:5433\"\nprotocol = \"tcp\""));
             assert!(text.contains("address = \"127.0.0.1:5433\"\nprotocol = \"postgres\""));
             assert!(text.contains("listen_port = 15999\n"));
+            assert!(text.contains("approvals_socket = \"/tmp/approvals.sock\"\n"));
             assert!(text.contains("address = \"127.0.0.2:8088\"\nprotocol = \"tcp\""));
             assert!(text.contains("address = \"127.0.0.1:8088\"\nprotocol = \"http\""));
         }

@@ -200,6 +200,7 @@ mode = "enforce"
 journal = "{journal}"
 listen_port = {listen_port}
 bpffs = "{pins}"
+approvals_socket = "{approvals}"
 
 [evidence]
 segment_max_bytes = "4MiB"
@@ -271,6 +272,15 @@ paths = ["/admin/**"]
             journal = self.journal.display(),
             listen_port = self.listen_port,
             pins = self.pins.display(),
+            // Its own socket: another agent on the host (a test's, the installed
+            // service) may hold the default one.
+            approvals = self
+                .journal
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(self.journal)
+                .join("approvals.sock")
+                .display(),
             base = self.base,
             echo = self.echo,
             pg_port = self.pg_port,
@@ -1216,6 +1226,8 @@ mod tests {
             "address = \"127.0.0.1:5433\"\nprotocol = \"postgres\"",
             "address = \"127.0.0.1:8080\"\nprotocol = \"http\"",
             "segment_max_bytes = \"4MiB\"",
+            // Not the default socket another agent on the host may hold.
+            "approvals_socket = \"/tmp/s/approvals.sock\"",
         ] {
             assert!(text.contains(needle), "{needle} in\n{text}");
         }
