@@ -77,7 +77,16 @@ fuzz_target!(|data: &[u8]| {
         });
         let scan = EventScan {
             kinds: vec!["statement".into()],
-            statement_text: Some("SELECT".into()),
+            text: Some(nhi_agent::journal::TextScan {
+                needle: "SELECT".into(),
+                kinds: vec![
+                    ("statement".into(), vec![vec!["text".into()]]),
+                    (
+                        "http_request".into(),
+                        vec![vec!["method".into(), "target".into()], vec!["method".into(), "path".into()]],
+                    ),
+                ],
+            }),
             ..EventScan::default()
         };
         let _ = set.scan_events(&scan, |_, _| Ok::<(), JournalError>(()));

@@ -314,6 +314,44 @@ fn curl_requests_are_judged_journaled_and_forwarded() {
             .contains("encoded dot segment"),
         "{ambiguous}"
     );
+    // An incident responder's search: the refused DELETEs under /admin, by text and
+    // verdict, as `nhi-agent events` finds them in the real journal.
+    let out = agent.cli(&[
+        "events",
+        agent.journal.to_str().unwrap(),
+        "--json",
+        "--text",
+        "DELETE /admin",
+        "--verdict",
+        "denied",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let targets: Vec<&str> = found
+        .iter()
+        .map(|e| e["data"]["target"].as_str().unwrap_or("-"))
+        .collect();
+    // Found by the target as sent or by the normalised path policy judged (`/%61dmin`,
+    // `//admin`), over HTTP/1.1 and h2.
+    assert_eq!(
+        targets,
+        [
+            "/admin",
+            "/admin/users/7",
+            "/admin/../admin",
+            "/%61dmin",
+            "//admin",
+            "/admin/x"
+        ],
+        "{found:#?}"
+    );
     let responses = events_of_kind(&agent, "http_response");
     assert_eq!(responses.len(), 11);
     let statuses: Vec<u64> = responses

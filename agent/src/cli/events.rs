@@ -193,6 +193,62 @@ mod tests {
             .collect()
     }
 
+    /// Request conditions are protocol-neutral: `--text` finds HTTP requests by method
+    /// and target next to SQL statements, `--verdict` reads both.
+    #[tokio::test]
+    async fn http_requests_are_found_by_text_and_verdict() {
+        use crate::journal::{self, tests::at_us, tests::sample_start, Event, JournalOptions};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let j = journal::open(&path, JournalOptions::default()).expect("open");
+        let h = j.handle();
+        let mut start = sample_start("bot", "api", at_us(0));
+        start.protocol = "http".into();
+        let http = h.start_session(start).await.expect("start");
+        let mut start = sample_start("bot", "pg", at_us(5));
+        start.protocol = "postgres".into();
+        let pg = h.start_session(start).await.expect("start");
+        let event = |session, us, kind: &str, data: &str| Event {
+            session,
+            at: at_us(us),
+            kind: std::borrow::Cow::Owned(kind.to_string()),
+            data: data.to_string(),
+        };
+        h.record(&[
+            event(http, 100, "http_request", r#"{"seq":1,"method":"GET","target":"/hello?x=1","verdict":"allow","action":"forwarded","enforced":true}"#),
+            event(http, 200, "http_response", r#"{"seq":1,"status":200}"#),
+            event(http, 300, "http_request", r#"{"seq":2,"method":"DELETE","target":"/admin/users/7","verdict":"deny","rule":"no-admin-deletes","action":"refused","enforced":true}"#),
+            event(pg, 400, "statement", r#"{"seq":1,"text":"select * from admin_users","verdict":"deny","action":"refused","enforced":true}"#),
+        ])
+        .expect("record");
+        h.flush().await.expect("flush");
+        tokio::task::spawn_blocking(move || j.close())
+            .await
+            .expect("join")
+            .expect("close");
+
+        let found = events(&path, &["--text", "/admin"]);
+        let kinds: Vec<&str> = found
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(kinds, ["http_request"], "{found:?}");
+        assert_eq!(found[0]["data"]["target"], "/admin/users/7");
+        let found = events(&path, &["--text", "DELETE /admin"]);
+        assert_eq!(found.len(), 1);
+        assert!(events(&path, &["--text", "GET /admin"]).is_empty());
+        let found = events(&path, &["--text", "admin"]);
+        assert_eq!(found.len(), 2, "a statement and a request: {found:?}");
+        let found = events(&path, &["--regex", r"^GET /hello\?"]);
+        assert_eq!(found.len(), 1);
+        let denied = events(&path, &["--verdict", "denied"]);
+        assert_eq!(denied.len(), 2, "{denied:?}");
+        let denied_http = events(&path, &["--verdict", "denied", "--kind", "http_request"]);
+        assert_eq!(denied_http.len(), 1);
+        assert_eq!(denied_http[0]["session"], http.to_string());
+        assert!(events(&path, &["--text", "admin", "--kind", "chunk"]).is_empty());
+    }
+
     #[tokio::test]
     async fn filters_select_statements_and_lines_carry_their_session() {
         let dir = tempfile::tempdir().expect("tempdir");

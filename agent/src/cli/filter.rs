@@ -1,8 +1,10 @@
 //! Inputs and filters shared by `sessions`, `events`, `replay` and `export`.
 //!
 //! Session-level conditions (workload, target, protocol) are matched on the merged
-//! session rows; statement-level conditions (verdict, text, regex) on the `statement`
-//! events the PostgreSQL proxy journals (see `proxy/postgres/flow.rs`):
+//! session rows; request-level conditions (verdict, text, regex) on each protocol's
+//! request events (`cli::views::request_events`: PostgreSQL's `statement`, HTTP's
+//! `http_request`), which all carry the judgement's members. For PostgreSQL
+//! (see `proxy/postgres/flow.rs`):
 //! `{"seq", "text", "verdict": "allow"|"approve"|"deny", "action":
 //! "forwarded"|"refused"|"held", "enforced", "rule", ...}` followed by a `statement_end`
 //! with the same `seq` whose `masked` lists the masked columns. The verdict classes are:
@@ -22,8 +24,9 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::sessions::parse_since;
+use super::views::RequestEvents;
 use crate::journal::SessionRow;
-use crate::proxy::postgres::events::{Statement, StatementEnd};
+use crate::proxy::postgres::events::StatementEnd;
 
 /// Where to read: journal files and directories, by option or as trailing arguments.
 #[derive(Debug, Clone, Default, Args)]
@@ -78,7 +81,8 @@ pub struct FilterArgs {
     #[arg(long, value_name = "TIME", value_parser = parse_since)]
     pub until: Option<SystemTime>,
 
-    /// Only statements with this outcome (sessions: having such a statement).
+    /// Only requests (SQL statements, HTTP requests) with this outcome (sessions: having
+    /// such a request).
     #[arg(long, value_enum, value_name = "V")]
     pub verdict: Option<VerdictClass>,
 
@@ -86,11 +90,13 @@ pub struct FilterArgs {
     #[arg(long, value_name = "P")]
     pub protocol: Option<String>,
 
-    /// Only statements whose text contains this (case-sensitive; sessions: having one).
+    /// Only requests whose text contains this (case-sensitive; sessions: having one): a
+    /// statement's SQL, an HTTP request's method and target as sent (`GET /admin?id=7`) or
+    /// method and normalised path.
     #[arg(long, value_name = "SUBSTR")]
     pub text: Option<String>,
 
-    /// Only statements whose text matches this regular expression (sessions: having one).
+    /// Only requests whose text matches this regular expression (sessions: having one).
     #[arg(long, value_name = "RE")]
     pub regex: Option<String>,
 
@@ -175,8 +181,9 @@ impl Filter {
             || !self.claims.is_empty()
     }
 
-    /// Whether any condition is about statements (verdict, text, regex).
-    pub fn has_statement(&self) -> bool {
+    /// Whether any condition is about requests (verdict, text, regex): statements,
+    /// HTTP requests, ... (`cli::views::request_events`).
+    pub fn has_request(&self) -> bool {
         self.verdict.is_some() || self.text.is_some() || self.regex.is_some()
     }
 
@@ -221,15 +228,20 @@ impl Filter {
         self.since.is_none_or(|s| at >= s) && self.until.is_none_or(|u| at <= u)
     }
 
-    /// The statement conditions on a `statement` event's data; `masked` says whether its
-    /// `statement_end` recorded masked values.
-    pub fn statement_matches(&self, data: &Value, masked: bool) -> bool {
-        let statement = Statement::read(data);
-        let text = statement.as_ref().map_or("", |s| s.text.as_ref());
+    /// The request conditions on a request event's data (`requests`: what its protocol
+    /// makes of it); `masked` says whether its result had masked values.
+    pub fn request_matches(&self, requests: RequestEvents, data: &Value, masked: bool) -> bool {
+        let texts = requests.texts(data);
         self.verdict
             .is_none_or(|v| verdict_classes(data, masked).contains(&v))
-            && self.text.as_deref().is_none_or(|t| text.contains(t))
-            && self.regex.as_ref().is_none_or(|r| r.is_match(text))
+            && self
+                .text
+                .as_deref()
+                .is_none_or(|t| texts.iter().any(|text| text.contains(t)))
+            && self
+                .regex
+                .as_ref()
+                .is_none_or(|r| texts.iter().any(|text| r.is_match(text)))
     }
 }
 
@@ -276,9 +288,9 @@ impl<'a> Who<'a> {
 
 /// The verdict classes of a `statement` event (see the module documentation).
 pub fn verdict_classes(data: &Value, masked: bool) -> Vec<VerdictClass> {
-    let statement = Statement::read(data);
-    let verdict = statement.as_ref().map_or("", |s| s.verdict.as_ref());
-    let action = statement.as_ref().map_or("", |s| s.action.as_ref());
+    // The judgement's members every request event has (`RequestEvents`).
+    let member = |name: &str| data.get(name).and_then(Value::as_str).unwrap_or("");
+    let (verdict, action) = (member("verdict"), member("action"));
     let mut classes = Vec::new();
     if verdict == "deny" || action == "refused" {
         classes.push(VerdictClass::Denied);
@@ -413,7 +425,7 @@ mod tests {
         let until = filter(|a| a.until = Some(at_us(5_000_000)));
         assert!(until.session_matches(&ci) && !until.session_matches(&backup));
         assert!(!filter(|_| ()).has_identity());
-        assert!(glob.has_identity() && !glob.has_statement());
+        assert!(glob.has_identity() && !glob.has_request());
         let err = Filter::new(&FilterArgs {
             workload: Some("a[".into()),
             ..FilterArgs::default()
@@ -437,24 +449,51 @@ mod tests {
         assert_eq!(verdict_classes(&held, false), vec![Held]);
 
         let denied = filter(|a| a.verdict = Some(Denied));
-        assert!(denied.statement_matches(&refused, false));
-        assert!(!denied.statement_matches(&allowed, true));
+        assert!(denied.request_matches(PG, &refused, false));
+        assert!(!denied.request_matches(PG, &allowed, true));
         let masked = filter(|a| a.verdict = Some(Masked));
-        assert!(masked.statement_matches(&allowed, true));
-        assert!(!masked.statement_matches(&allowed, false));
+        assert!(masked.request_matches(PG, &allowed, true));
+        assert!(!masked.request_matches(PG, &allowed, false));
         assert!(end_has_masks(&json!({"masked": [{"column": "email"}]})));
         assert!(!end_has_masks(&json!({"masked": []})));
         assert!(!end_has_masks(&json!({"rows": 1})));
     }
 
+    const PG: RequestEvents = RequestEvents {
+        kind: "statement",
+        texts: &[&["text"]],
+    };
+
+    #[test]
+    fn http_requests_match_by_method_and_target() {
+        let http = crate::cli::views::request_events_of("http_request").expect("http");
+        let refused = json!({"method": "DELETE", "target": "/%61dmin/users/7",
+                             "path": "/admin/users/7", "verdict": "deny", "action": "refused"});
+        assert!(
+            filter(|a| a.text = Some("/admin/users".into())).request_matches(http, &refused, false)
+        );
+        assert!(filter(|a| a.text = Some("DELETE /admin".into()))
+            .request_matches(http, &refused, false));
+        assert!(
+            !filter(|a| a.text = Some("GET /admin".into())).request_matches(http, &refused, false)
+        );
+        assert!(filter(|a| a.text = Some("/%61dmin".into())).request_matches(http, &refused, false));
+        let re = filter(|a| a.regex = Some("^DELETE /admin/users/[0-9]+$".into()));
+        assert!(re.request_matches(http, &refused, false));
+        let denied = filter(|a| a.verdict = Some(VerdictClass::Denied));
+        assert!(denied.request_matches(http, &refused, false));
+        let allowed = filter(|a| a.verdict = Some(VerdictClass::Allowed));
+        assert!(!allowed.request_matches(http, &refused, false));
+    }
+
     #[test]
     fn text_is_a_case_sensitive_substring_and_regex_a_regex() {
         let data = json!({"text": "SELECT email FROM users WHERE id = $1"});
-        assert!(filter(|a| a.text = Some("FROM users".into())).statement_matches(&data, false));
-        assert!(!filter(|a| a.text = Some("from users".into())).statement_matches(&data, false));
+        assert!(filter(|a| a.text = Some("FROM users".into())).request_matches(PG, &data, false));
+        assert!(!filter(|a| a.text = Some("from users".into())).request_matches(PG, &data, false));
         let re = filter(|a| a.regex = Some(r"(?i)from\s+users".into()));
-        assert!(re.statement_matches(&data, false));
-        assert!(!filter(|a| a.regex = Some("^DELETE".into())).statement_matches(&data, false));
+        assert!(re.request_matches(PG, &data, false));
+        assert!(!filter(|a| a.regex = Some("^DELETE".into())).request_matches(PG, &data, false));
         assert!(Filter::new(&FilterArgs {
             regex: Some("(".into()),
             ..FilterArgs::default()

@@ -6,7 +6,10 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::filter::{end_has_masks, Filter, InputArgs, VerdictClass, Who};
-use crate::journal::{EventRow, EventScan, JournalSet, SegmentInfo, SessionId, SetSession};
+use super::views::{self, RequestEvents};
+use crate::journal::{
+    EventRow, EventScan, JournalSet, SegmentInfo, SessionId, SetSession, TextScan,
+};
 use crate::proxy::postgres::events::kind;
 
 /// A statement's identity across files: journal, session, statement sequence number.
@@ -136,7 +139,7 @@ impl Selection {
     /// The sessions passing `filter`, oldest first; with statement conditions, those
     /// having at least one matching statement.
     pub fn matching_sessions(&self, filter: &Filter) -> anyhow::Result<Vec<&SetSession>> {
-        let with_statement: Option<HashSet<(String, SessionId)>> = if filter.has_statement() {
+        let with_statement: Option<HashSet<(String, SessionId)>> = if filter.has_request() {
             // The time range applies to the session's start here, not to its statements.
             let statements = Filter {
                 since: None,
@@ -206,12 +209,15 @@ impl Selection {
         mut f: impl FnMut(Selected<'s>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let mut kinds = kinds.to_vec();
-        if filter.has_statement() {
-            // Statement conditions select statements only.
-            if !kinds.is_empty() && !kinds.iter().any(|k| k == kind::STATEMENT) {
+        let requests: Vec<RequestEvents> = views::request_events()
+            .filter(|r| kinds.is_empty() || kinds.iter().any(|k| k == r.kind))
+            .collect();
+        if filter.has_request() {
+            // Request conditions select requests only (of the kinds asked for).
+            if requests.is_empty() {
                 return Ok(());
             }
-            kinds = vec![kind::STATEMENT.to_string()];
+            kinds = requests.iter().map(|r| r.kind.to_string()).collect();
         }
         let masked = if filter.verdict == Some(VerdictClass::Masked) {
             self.masked_statements(session.map(|s| s.row.id))?
@@ -223,7 +229,20 @@ impl Selection {
             kinds,
             since: filter.since,
             until: filter.until,
-            statement_text: filter.text.clone(),
+            text: filter.text.as_ref().map(|needle| TextScan {
+                needle: needle.clone(),
+                kinds: requests
+                    .iter()
+                    .map(|r| {
+                        let texts = r
+                            .texts
+                            .iter()
+                            .map(|members| members.iter().map(|m| m.to_string()).collect())
+                            .collect();
+                        (r.kind.to_string(), texts)
+                    })
+                    .collect(),
+            }),
         };
         self.set
             .scan_events(&scan, |segment, event| -> anyhow::Result<()> {
@@ -245,8 +264,10 @@ impl Selection {
                         return Ok(());
                     }
                 }
-                if filter.has_statement() {
-                    let Some(data) = &event.data else {
+                if filter.has_request() {
+                    let (Some(data), Some(requests)) =
+                        (&event.data, views::request_events_of(event.kind.as_str()))
+                    else {
                         return Ok(());
                     };
                     let is_masked =
@@ -256,7 +277,7 @@ impl Selection {
                             }
                             _ => false,
                         };
-                    if !filter.statement_matches(data, is_masked) {
+                    if !filter.request_matches(requests, data, is_masked) {
                         return Ok(());
                     }
                 }

@@ -40,7 +40,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use prelog::{
     path_for as prelog_path, Event, PrelogRecovery, DEFAULT_TRUNCATE_AT, MAX_RECORD_LEN, NO_SESSION,
 };
-pub use reader::{EventKind, EventRow, EventScan, JournalReader, SessionFilter, SessionRow};
+pub use reader::{
+    EventKind, EventRow, EventScan, JournalReader, SessionFilter, SessionRow, TextScan,
+};
 pub(crate) use schema::FORMAT_MARKER;
 pub use schema::SCHEMA_VERSION;
 pub use set::{JournalSet, SegmentInfo, SetError, SetSession};

@@ -412,16 +412,42 @@ impl JournalReader {
             args.push(Value::Integer(system_time_to_us(until)));
             clauses.push(format!("at_us <= ?{}", args.len()));
         }
-        if let Some(text) = &scan.statement_text {
+        if let Some(text) = &scan.text {
             // Exact and case-sensitive, like the check the CLI repeats on the decoded row;
             // json_valid keeps a non-JSON `data` (never written, but this is untrusted
-            // input) from failing the whole query.
-            args.push(Value::Text(text.clone()));
-            clauses.push(format!(
-                "kind = 'statement' AND json_valid(data) \
-                 AND instr(json_extract(data, '$.text'), ?{}) > 0",
-                args.len()
-            ));
+            // input) from failing the whole query. A member that is not a string counts
+            // as absent, as in the CLI's check.
+            args.push(Value::Text(text.needle.clone()));
+            let needle = args.len();
+            let mut per_kind = Vec::new();
+            for (kind, texts) in &text.kinds {
+                args.push(Value::Text(kind.clone()));
+                let kind = args.len();
+                let mut any_text = Vec::new();
+                for members in texts {
+                    let mut parts = Vec::new();
+                    for member in members {
+                        args.push(Value::Text(format!("$.{member}")));
+                        parts.push(format!(
+                            "CASE json_type(data, ?{n}) WHEN 'text' THEN json_extract(data, ?{n}) END",
+                            n = args.len()
+                        ));
+                    }
+                    let joined = if parts.is_empty() {
+                        "''".to_string()
+                    } else {
+                        format!("concat_ws(' ', {})", parts.join(", "))
+                    };
+                    any_text.push(format!("instr({joined}, ?{needle}) > 0"));
+                }
+                if !any_text.is_empty() {
+                    per_kind.push(format!("(kind = ?{kind} AND ({}))", any_text.join(" OR ")));
+                }
+            }
+            if per_kind.is_empty() {
+                per_kind.push("0".into());
+            }
+            clauses.push(format!("json_valid(data) AND ({})", per_kind.join(" OR ")));
         }
         let where_clause = if clauses.is_empty() {
             String::new()
@@ -481,8 +507,18 @@ pub struct EventScan {
     pub since: Option<SystemTime>,
     /// Only events at or before this time.
     pub until: Option<SystemTime>,
-    /// Only `statement` events whose `data.text` contains this (case-sensitive).
-    pub statement_text: Option<String>,
+    /// Only request events whose text contains a string (case-sensitive).
+    pub text: Option<TextScan>,
+}
+
+/// `needle` in a text of request events: for each (kind, texts), an event of that kind
+/// matches when one of its texts (string members joined with a space: what
+/// `cli::views::RequestEvents::texts` makes of it) contains the needle. Events of other
+/// kinds do not match.
+#[derive(Debug, Clone, Default)]
+pub struct TextScan {
+    pub needle: String,
+    pub kinds: Vec<(String, Vec<Vec<String>>)>,
 }
 
 /// `-wal` next to the database, where SQLite keeps committed transactions not yet

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use serde_json::{json, Value};
 
 use super::opaque::Timeline;
-use super::{OcsfRequests, ProtocolView, Replay};
+use super::{OcsfRequests, ProtocolView, Replay, RequestEvents};
 use crate::cli::ocsf::{
     actor, base, context_unmapped, dst_endpoint, endpoint, metadata, ms, outcome, Outcome,
 };
@@ -40,6 +40,16 @@ impl ProtocolView for Http {
 
     fn ocsf(&self) -> Option<Box<dyn OcsfRequests>> {
         Some(Box::<HttpActivity>::default())
+    }
+
+    /// `--text 'DELETE /admin'` finds requests by method and request target as sent (the
+    /// query's values masked) or by method and normalised path (what policy judged:
+    /// `/%61dmin` is found as `/admin`).
+    fn requests(&self) -> Option<RequestEvents> {
+        Some(RequestEvents {
+            kind: kind::REQUEST,
+            texts: &[&["method", "target"], &["method", "path"]],
+        })
     }
 
     fn detail(&self, kind: &str, data: &Value) -> Option<String> {

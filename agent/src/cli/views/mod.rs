@@ -47,6 +47,48 @@ pub trait ProtocolView: Sync {
     fn detail(&self, _kind: &str, _data: &Value) -> Option<String> {
         None
     }
+    /// Its judged requests (a statement, an HTTP request), if it has requests: what the
+    /// request conditions of `events` and `sessions` (`--text`, `--regex`, `--verdict`)
+    /// look at.
+    fn requests(&self) -> Option<RequestEvents> {
+        None
+    }
+}
+
+/// A protocol's request events. Every one carries the judgement's common members
+/// (`verdict`: allow/approve/deny, `action`: forwarded/refused/held, `enforced`, `rule`);
+/// its searchable texts are, for each entry of `texts`, the string values of those
+/// members joined with a space. A text condition matches when one of them does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestEvents {
+    pub kind: &'static str,
+    pub texts: &'static [&'static [&'static str]],
+}
+
+impl RequestEvents {
+    /// The searchable texts of one of these events' data.
+    pub fn texts(&self, data: &Value) -> Vec<String> {
+        self.texts
+            .iter()
+            .map(|members| {
+                let parts: Vec<&str> = members
+                    .iter()
+                    .filter_map(|m| data.get(*m).and_then(Value::as_str))
+                    .collect();
+                parts.join(" ")
+            })
+            .collect()
+    }
+}
+
+/// The request events of every protocol that has them.
+pub fn request_events() -> impl Iterator<Item = RequestEvents> {
+    VIEWS.iter().filter_map(|v| v.requests())
+}
+
+/// The request events of this kind, if `kind` is one.
+pub fn request_events_of(kind: &str) -> Option<RequestEvents> {
+    request_events().find(|r| r.kind == kind)
 }
 
 /// The registered views; sessions of any other protocol read as opaque streams.
@@ -74,5 +116,24 @@ mod tests {
         assert!(view("tcp").ocsf().is_none());
         assert_eq!(view("http").protocol(), "http");
         assert!(view("http").ocsf().is_some());
+    }
+
+    #[test]
+    fn request_events_and_their_text() {
+        let kinds: Vec<&str> = request_events().map(|r| r.kind).collect();
+        assert_eq!(kinds, ["statement", "http_request"]);
+        assert!(request_events_of("chunk").is_none());
+        let http = request_events_of("http_request").expect("http requests");
+        let data = serde_json::json!({"method": "DELETE", "target": "/%61dmin/users/7",
+                                      "path": "/admin/users/7", "seq": 1});
+        assert_eq!(
+            http.texts(&data),
+            ["DELETE /%61dmin/users/7", "DELETE /admin/users/7"]
+        );
+        let pg = request_events_of("statement").expect("statements");
+        assert_eq!(
+            pg.texts(&serde_json::json!({"text": "select 1"})),
+            ["select 1"]
+        );
     }
 }

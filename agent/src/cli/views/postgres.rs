@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use super::opaque::Timeline;
-use super::{OcsfRequests, ProtocolView, Replay};
+use super::{OcsfRequests, ProtocolView, Replay, RequestEvents};
 use crate::cli::replay::{format_offset_us, us_since_epoch};
 use crate::cli::sessions::sanitize;
 use crate::journal::{EventRow, SessionRow};
@@ -23,6 +23,13 @@ impl ProtocolView for Postgres {
 
     fn ocsf(&self) -> Option<Box<dyn OcsfRequests>> {
         Some(Box::new(crate::cli::ocsf::Datastore::default()))
+    }
+
+    fn requests(&self) -> Option<RequestEvents> {
+        Some(RequestEvents {
+            kind: kind::STATEMENT,
+            texts: &[&["text"]],
+        })
     }
 
     /// A statement: its text on one line, with verdict and action unless it was an
