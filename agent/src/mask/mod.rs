@@ -37,6 +37,9 @@
 //! forwards the new frame when there is one. [`RowMasker::masked_columns`] says what
 //! was masked, for the journal.
 //!
+//! HTTP bodies are masked by [`BodyMasker`] (see `body.rs`): `columns` globs match JSON
+//! member names at any depth, detectors read every JSON string and text line.
+//!
 //! # Formats
 //!
 //! Text-format values are text for every type. A masked text-format value of a
