@@ -25,6 +25,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod http;
+
 /// Environment variable that turns privileged-test skips into failures (CI sets it).
 pub const REQUIRE_ENV: &str = "NHI_REQUIRE_PRIVILEGED";
 

@@ -246,7 +246,16 @@ pub struct HttpTarget {
     pub credential: Option<CredentialRef>,
     /// `inject`: the header the agent sets upstream with the secret (needs a credential).
     pub inject: Option<InjectHeader>,
+    /// `mask_body_limit` (`"4MiB"`): the largest decoded response body (JSON) or line
+    /// (NDJSON, SSE, text) the agent masks; a response that must be masked and exceeds
+    /// it is refused (502), never passed raw. Between 1 KiB and 1 GiB.
+    pub mask_body_limit: u64,
 }
+
+/// The smallest `mask_body_limit`.
+pub const MIN_MASK_BODY_LIMIT: u64 = 1 << 10;
+/// The largest `mask_body_limit` (it is held in memory per masked response).
+pub const MAX_MASK_BODY_LIMIT: u64 = 1 << 30;
 
 /// `[[target]] inject = "Authorization: Bearer {secret}"`: the header the agent sets on
 /// every forwarded request, replacing any of that name the client sent.
@@ -1022,12 +1031,41 @@ fn postgres_settings(
 fn http_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<HttpTarget>, Problem> {
     if protocol != Protocol::Http {
         refuse_keys(
-            &[("inject", raw.inject.as_ref().map(Spanned::span))],
+            &[
+                ("inject", raw.inject.as_ref().map(Spanned::span)),
+                (
+                    "mask_body_limit",
+                    raw.mask_body_limit.as_ref().map(Spanned::span),
+                ),
+            ],
             "protocol = \"http\"",
             protocol,
         )?;
         return Ok(None);
     }
+    let mask_body_limit = match &raw.mask_body_limit {
+        None => crate::protocol::http::body::DEFAULT_MASK_BODY_LIMIT,
+        Some(value) => match crate::ship::config::parse_size(value.get_ref()) {
+            Some(n) if (MIN_MASK_BODY_LIMIT..=MAX_MASK_BODY_LIMIT).contains(&n) => n,
+            Some(n) => {
+                return Err(Problem::at(
+                    value,
+                    format!(
+                        "mask_body_limit must be between 1KiB and 1GiB (got {n} bytes): it bounds the memory of each masked response"
+                    ),
+                ))
+            }
+            None => {
+                return Err(Problem::at(
+                    value,
+                    format!(
+                        "invalid size \"{}\" for mask_body_limit (examples: \"512KiB\", \"4MiB\")",
+                        value.get_ref()
+                    ),
+                ))
+            }
+        },
+    };
     let common = common_settings(raw)?;
     if common.tls == UpstreamTlsMode::Prefer {
         let tls_value = raw.tls.as_ref().expect("prefer was read from `tls`");
@@ -1068,6 +1106,7 @@ fn http_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<HttpTarge
         client_tls: common.client_tls,
         credential: common.credential,
         inject,
+        mask_body_limit,
     }))
 }
 

@@ -83,4 +83,6 @@ pub(super) struct RawTarget {
     pub user: Option<Spanned<String>>,
     /// HTTP only: `"Header-Name: value with {secret}"`.
     pub inject: Option<Spanned<String>>,
+    /// HTTP only: the largest body (JSON) or line (NDJSON, SSE, text) masked, `"4MiB"`.
+    pub mask_body_limit: Option<Spanned<String>>,
 }

@@ -742,7 +742,18 @@ fn http_target_keys_are_validated() {
         ),
         ("authorization", "Basic ", "")
     );
-    assert_eq!(ok(&target("")).targets[0].http, Some(HttpTarget::default()));
+    assert_eq!(
+        ok(&target("")).targets[0].http,
+        Some(HttpTarget {
+            mask_body_limit: crate::protocol::http::body::DEFAULT_MASK_BODY_LIMIT,
+            ..HttpTarget::default()
+        })
+    );
+    let c = ok(&target("mask_body_limit = \"512KiB\""));
+    assert_eq!(
+        c.targets[0].http.as_ref().unwrap().mask_body_limit,
+        512 << 10
+    );
 
     // Each error points at the value it is about.
     for (keys, value, expected) in [
@@ -788,6 +799,16 @@ fn http_target_keys_are_validated() {
             "control character",
         ),
         ("tls = \"prefer\"", "\"prefer\"", "no meaning for HTTP"),
+        (
+            "mask_body_limit = \"lots\"",
+            "\"lots\"",
+            "invalid size \"lots\" for mask_body_limit",
+        ),
+        (
+            "mask_body_limit = \"10\"",
+            "\"10\"",
+            "between 1KiB and 1GiB",
+        ),
         (
             "user = \"app\"",
             "\"app\"",

@@ -37,6 +37,9 @@
 //! forwards the new frame when there is one. [`RowMasker::masked_columns`] says what
 //! was masked, for the journal.
 //!
+//! HTTP bodies are masked by [`BodyMasker`] (see `body.rs`): `columns` globs match JSON
+//! member names at any depth, detectors read every JSON string and text line.
+//!
 //! # Formats
 //!
 //! Text-format values are text for every type. A masked text-format value of a
@@ -55,6 +58,7 @@
 //! only; binary numeric, arrays, composites and other types are not scanned.
 #![forbid(unsafe_code)]
 
+mod body;
 mod detect;
 mod key;
 mod row;
@@ -67,6 +71,7 @@ mod tests;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+pub use body::{BodyMasker, MaskedValues, NotJson, SECRET_MASK};
 pub use detect::Detector;
 pub use key::{HashKey, MaskError, KEY_LEN};
 pub use row::{ColumnInfo, MaskedColumn, RowMasker};
@@ -135,6 +140,19 @@ impl SessionMasks {
     /// The rules, in order.
     pub fn rules(&self) -> &[MaskRule] {
         &self.inner.rules
+    }
+
+    /// True when some rule masks by name (`columns`): JSON member names are looked at.
+    pub fn has_column_rules(&self) -> bool {
+        self.inner
+            .rules
+            .iter()
+            .any(|r| !r.column_patterns().is_empty())
+    }
+
+    /// A masker of documents (JSON, text lines), for HTTP bodies; see [`BodyMasker`].
+    pub fn body_masker(&self) -> BodyMasker {
+        BodyMasker::new(Arc::clone(&self.inner))
     }
 
     /// A masker for a result set with these columns (from RowDescription).

@@ -15,7 +15,7 @@ use crate::cli::replay::{format_offset_us, us_since_epoch};
 use crate::cli::select::Selected;
 use crate::cli::sessions::sanitize;
 use crate::journal::{EventRow, SessionId, SessionRow, SetSession};
-use crate::proxy::http::events::{kind, HttpRequest, HttpResponse};
+use crate::proxy::http::events::{kind, BodyExcerpt, HttpRequest, HttpResponse, HttpResponseEnd};
 
 /// OCSF HTTP Activity.
 pub const HTTP_ACTIVITY: u64 = 4002;
@@ -124,7 +124,10 @@ impl Replay for Exchange {
                 for (name, value) in &r.headers {
                     writeln!(out, "{PAD}> {}: {}", sanitize(name), sanitize(value))?;
                 }
-                Ok(())
+                if let Some(n) = r.body_bytes {
+                    writeln!(out, "{PAD}> ({n} B body)")?;
+                }
+                body_lines(out, '>', &r.excerpt)
             }
             kind::RESPONSE if HttpResponse::read(data).is_some() => {
                 let r = HttpResponse::read(data).expect("checked");
@@ -148,7 +151,29 @@ impl Replay for Exchange {
                 for (name, value) in &r.headers {
                     writeln!(out, "{PAD}< {}: {}", sanitize(name), sanitize(value))?;
                 }
-                Ok(())
+                if let Some(coding) = &r.decoded {
+                    writeln!(
+                        out,
+                        "{PAD}< (decoded from {} to be masked)",
+                        sanitize(coding)
+                    )?;
+                }
+                masked_line(out, r.body_bytes, &r.masked, r.secret_echoes_in_body)?;
+                body_lines(out, '<', &r.excerpt)
+            }
+            kind::RESPONSE_END if HttpResponseEnd::read(data).is_some() => {
+                let r = HttpResponseEnd::read(data).expect("checked");
+                writeln!(
+                    out,
+                    "  {offset}  < end of body {}  {:.3} ms",
+                    r.seq,
+                    r.duration_us as f64 / 1000.0
+                )?;
+                if let Some(error) = &r.error {
+                    writeln!(out, "{PAD}  cut: {}", sanitize(error))?;
+                }
+                masked_line(out, Some(r.body_bytes), &r.masked, r.secret_echoes_in_body)?;
+                body_lines(out, '<', &r.excerpt)
             }
             crate::session::gate::APPROVAL => writeln!(
                 out,
@@ -170,6 +195,51 @@ impl Replay for Exchange {
             self.requests, self.refused, self.server_errors
         )
     }
+}
+
+/// The body's size and what masking changed in it.
+fn masked_line(
+    out: &mut dyn Write,
+    bytes: Option<u64>,
+    masked: &[crate::mask::MaskedValues],
+    secret_echoes: u64,
+) -> io::Result<()> {
+    let mut parts: Vec<String> = bytes.map(|n| format!("{n} B body")).into_iter().collect();
+    for m in masked {
+        parts.push(format!(
+            "{} masked by {} ({})",
+            m.values,
+            sanitize(&m.rule),
+            sanitize(&m.strategy)
+        ));
+    }
+    if secret_echoes > 0 {
+        parts.push(format!(
+            "{secret_echoes} echoes of the injected secret masked"
+        ));
+    }
+    if parts.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "{PAD}  ({})", parts.join(", "))
+}
+
+/// The body excerpt, one line per line of it, like curl prints a body.
+fn body_lines(out: &mut dyn Write, arrow: char, e: &BodyExcerpt) -> io::Result<()> {
+    if let Some(why) = &e.excerpt_withheld {
+        writeln!(out, "{PAD}{arrow} (no excerpt: {})", sanitize(why))?;
+    }
+    let Some(text) = &e.excerpt else {
+        return Ok(());
+    };
+    writeln!(out, "{PAD}{arrow}")?;
+    for line in text.lines() {
+        writeln!(out, "{PAD}{arrow} {}", sanitize(line))?;
+    }
+    if e.excerpt_truncated {
+        writeln!(out, "{PAD}{arrow} ...")?;
+    }
+    Ok(())
 }
 
 /// A request waiting for its response.

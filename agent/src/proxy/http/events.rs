@@ -5,12 +5,17 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::mask::MaskedValues;
+
 /// The event kinds of an HTTP session.
 pub mod kind {
     /// [`super::HttpRequest`]: one request, judged, before it is forwarded or refused.
     pub const REQUEST: &str = "http_request";
     /// [`super::HttpResponse`]: the response head to the request of the same `seq`.
     pub const RESPONSE: &str = "http_response";
+    /// [`super::HttpResponseEnd`]: the end of a response body the agent streamed
+    /// (masked, or of a size unknown at the head): its size, what was masked, excerpt.
+    pub const RESPONSE_END: &str = "http_response_end";
 }
 
 /// Kind [`kind::REQUEST`].
@@ -57,6 +62,30 @@ pub struct HttpRequest<'a> {
     /// is journaled `[redacted]`, like every credential header).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replaced_client_header: bool,
+    /// The request body's size, when known before it was forwarded (Content-Length,
+    /// or the whole body was read for the excerpt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<u64>,
+    /// The start of the body, masked (`record_results = "rows"`, text-like bodies).
+    #[serde(flatten)]
+    pub excerpt: BodyExcerpt,
+}
+
+/// A bounded, masked excerpt of a body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BodyExcerpt {
+    /// What masking read the body as: `json`, `ndjson`, `sse`, `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_kind: Option<String>,
+    /// The first bytes of the body as the client saw it (masked), at most 4 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excerpt: Option<String>,
+    /// The body was longer than the excerpt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub excerpt_truncated: bool,
+    /// Why there is no excerpt although one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excerpt_withheld: Option<String>,
 }
 
 fn yes() -> bool {
@@ -87,6 +116,54 @@ pub struct HttpResponse<'a> {
     /// (before the journal and the client saw them).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub secret_echoes_masked: u32,
+    /// The `Content-Encoding` the agent decoded to mask the body (forwarded decoded,
+    /// without the header).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<Cow<'a, str>>,
+    /// A body masked whole before the head (JSON): its size as the client gets it, what
+    /// was masked and the excerpt. Streamed bodies say so in [`HttpResponseEnd`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<MaskedValues>,
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub secret_echoes_in_body: u64,
+    #[serde(flatten)]
+    pub excerpt: BodyExcerpt,
+}
+
+/// Kind [`kind::RESPONSE_END`]: journaled when a streamed response body ends (or is cut).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HttpResponseEnd {
+    #[serde(default)]
+    pub seq: u64,
+    /// Bytes of body the client was given (after masking and decoding).
+    #[serde(default)]
+    pub body_bytes: u64,
+    /// From the request's arrival to the end of the body.
+    #[serde(default)]
+    pub duration_us: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<MaskedValues>,
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub secret_echoes_in_body: u64,
+    #[serde(flatten)]
+    pub excerpt: BodyExcerpt,
+    /// Why the body did not end normally (the upstream failed, a line over the limit,
+    /// the client left); the client's response was cut there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl HttpResponseEnd {
+    /// The event stored as `data`; `None` if it is not one.
+    pub fn read(data: &serde_json::Value) -> Option<HttpResponseEnd> {
+        HttpResponseEnd::deserialize(data).ok()
+    }
+}
+
+fn is_zero64(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_zero(n: &u32) -> bool {

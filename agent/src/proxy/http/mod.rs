@@ -25,8 +25,13 @@
 //! Credential injection (`inject`, [`runtime::Injection`]): the agent removes any header
 //! of that name the client sent and sets its own on the forwarded request; the journal
 //! says *that* it injected (`http_request.injected`), never the value; a response header
-//! echoing the secret is masked before the journal and the client see it. A response
-//! *body* echoing it is not inspected here (the body masking of issue 12 §4 will be).
+//! echoing the secret is masked before the journal and the client see it, and so is a
+//! response body echoing it (JSON, NDJSON, SSE and text bodies: [`body`]).
+//!
+//! Bodies ([`body`]): with masks (or an injected secret), JSON responses are masked whole
+//! before the head is journaled, NDJSON / SSE / text line by line as they stream; other
+//! types pass untouched. `record_results = "rows"` adds masked excerpts to the journal.
+mod body;
 pub mod events;
 pub mod runtime;
 mod upstream;
@@ -41,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -65,7 +70,7 @@ use events::{kind, HttpRequest, HttpResponse};
 use runtime::HttpTargetRuntime;
 use upstream::{error_chain, Connector};
 
-type Body = BoxBody<Bytes, hyper::Error>;
+use body::Body;
 
 /// What an HTTP session needs from the accepting code.
 pub struct HttpContext<'a> {
@@ -538,6 +543,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         reason: None,
         injected: None,
         replaced_client_header: false,
+        ..HttpRequest::default()
     };
     // Refused before judging: two lengths for one body (seen on the raw head: hyper lets
     // Transfer-Encoding win), over the disk budget, or a path servers read differently.
@@ -621,6 +627,19 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         request_event.injected = Some(inject.name.as_str().into());
         request_event.replaced_client_header = req.headers().contains_key(&inject.name);
     }
+    // The start of the body, for the journal, once the verdict lets it through.
+    let req = if state.rules.record_results == crate::policy::RecordResults::Rows
+        && matches!(action, Action::Forward | Action::PassOnStanding(_))
+    {
+        let (parts, incoming) = req.into_parts();
+        let (body, seen) =
+            body::prefetch_request(&state.rules.masks, &parts.headers, incoming).await;
+        request_event.body_bytes = seen.bytes;
+        request_event.excerpt = seen.excerpt;
+        Request::from_parts(parts, body)
+    } else {
+        req.map(|b| b.map_err(Into::into).boxed())
+    };
     match action {
         Action::Refuse => {
             request_event.action = "refused".into();
@@ -767,12 +786,13 @@ fn journal_refused(error: &str) -> Response<Body> {
 /// Sends the (journaled) request upstream and journals the response head.
 async fn forward(
     state: &State,
-    req: Request<Incoming>,
+    req: Request<Body>,
     seq: u64,
     normal: &path::NormalPath,
     started: Instant,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
+    let method = parts.method.clone();
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -819,8 +839,11 @@ async fn forward(
             headers.remove(&inject.name);
             headers.insert(inject.name.clone(), inject.value.clone());
         }
+        if body::masking(&state.rules.masks, &state.target_rt) {
+            body::restrict_accept_encoding(headers);
+        }
     }
-    let upstream = match upstream.body(body.boxed()) {
+    let upstream = match upstream.body(body) {
         Ok(r) => r,
         Err(e) => return refusal(StatusCode::BAD_REQUEST, &e.to_string(), None),
     };
@@ -853,6 +876,20 @@ async fn forward(
         Some(inject) => mask_secret_echoes(&mut parts.headers, inject.secret.expose()),
         None => 0,
     };
+    let body_cx = body::BodyContext {
+        id: state.id,
+        seq,
+        journal: state.journal.clone(),
+        masks: state.rules.masks.clone(),
+        record: state.rules.record_results,
+        target_rt: state.target_rt.clone(),
+        started,
+    };
+    let (body, body_info) =
+        match body::respond(&body_cx, &method, parts.status, &mut parts.headers, body).await {
+            Ok(prepared) => prepared,
+            Err(why) => return body_refused(state, seq, started, parts.status, why).await,
+        };
     let response_event = HttpResponse {
         seq,
         status: parts.status.as_u16(),
@@ -866,6 +903,11 @@ async fn forward(
         duration_us: started.elapsed().as_micros() as u64,
         by_agent: false,
         error: None,
+        decoded: body_info.decoded.map(Into::into),
+        body_bytes: body_info.body_bytes,
+        masked: body_info.masked,
+        secret_echoes_in_body: body_info.secret_echoes_in_body,
+        excerpt: body_info.excerpt,
     };
     // The response head is journaled before the client sees it.
     if let Err(e) = record(
@@ -880,7 +922,28 @@ async fn forward(
     for name in HOP_BY_HOP {
         parts.headers.remove(*name);
     }
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, body)
+}
+
+/// A response whose body must be masked and cannot be (over `mask_body_limit`, not
+/// readable): journaled, answered 502, the raw body dropped.
+async fn body_refused(
+    state: &State,
+    seq: u64,
+    started: Instant,
+    upstream_status: StatusCode,
+    why: String,
+) -> Response<Body> {
+    let message = format!("{why}; the server's {upstream_status} response was not forwarded");
+    warn!(session = state.id, seq, error = %message, "response refused");
+    let event = HttpResponse {
+        error: Some(message.clone().into()),
+        ..HttpResponse::agent(seq, 502, started)
+    };
+    if let Err(e) = record(state, &[Event::of(state.id, kind::RESPONSE, &event)], false).await {
+        return journal_refused(&e);
+    }
+    refusal(StatusCode::BAD_GATEWAY, &message, None)
 }
 
 /// What replaces an echo of the injected secret in a response header.

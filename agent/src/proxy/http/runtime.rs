@@ -43,6 +43,8 @@ pub struct HttpTargetRuntime {
     pub server_name: Option<String>,
     /// `inject`: the header set on every forwarded request.
     pub inject: Option<Injection>,
+    /// `mask_body_limit`: the largest body (JSON) or line (NDJSON, SSE, text) masked.
+    pub mask_body_limit: u64,
 }
 
 /// Everything the HTTP sessions of one configuration share, indexed like
@@ -110,6 +112,7 @@ impl HttpRuntime {
                 client_tls,
                 server_name: settings.server_name.clone(),
                 inject,
+                mask_body_limit: settings.mask_body_limit,
             })));
         }
         Ok(HttpRuntime { targets, ca })
