@@ -3,16 +3,20 @@
 //! or JSON `{"token": "..."}`). Answers 200, 400, 401, 404 or 409 with a JSON body
 //! `{"ok":..., "error"|"request"/"by"/"grant": ...}`.
 //!
-//! One request per connection, parsed with `httparse` on tokio: the endpoint takes a
-//! single small POST, so a full HTTP stack would add dependencies for nothing. Sizes are
-//! bounded before buffering (headers 8 KiB, body 16 KiB) and each connection has
-//! [`CONNECTION_TIMEOUT`] in total. The address is loopback-only (checked when the
-//! configuration is validated).
-use std::{net::SocketAddr, time::Duration};
+//! Served by hyper (HTTP/1.1, one request per connection), as the HTTP targets are: no
+//! hand-written parsing. Sizes are bounded before buffering (the head by hyper's smallest
+//! read buffer, 8 KiB; the body by [`MAX_BODY`], refused on its announced length before
+//! any of it is read) and each connection has [`CONNECTION_TIMEOUT`] in total. The
+//! address is loopback-only (checked when the configuration is validated).
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::watch,
 };
@@ -20,7 +24,7 @@ use tracing::{debug, warn};
 
 use super::{token::MAX_TOKEN_LEN, Registry};
 
-/// The longest request head.
+/// The longest request head (hyper's smallest read buffer).
 const MAX_HEAD: usize = 8 * 1024;
 /// The longest body (a token, possibly in JSON).
 const MAX_BODY: usize = MAX_TOKEN_LEN;
@@ -35,7 +39,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, mut shutdown: watc
                 Ok((stream, peer)) => {
                     let registry = registry.clone();
                     tokio::spawn(async move {
-                        match tokio::time::timeout(CONNECTION_TIMEOUT, connection(stream, peer, &registry)).await {
+                        match tokio::time::timeout(CONNECTION_TIMEOUT, connection(stream, peer, registry)).await {
                             Ok(Err(e)) => debug!(%peer, error = %e, "decision endpoint: connection ended"),
                             Err(_) => debug!(%peer, "decision endpoint: connection timed out"),
                             Ok(Ok(())) => {}
@@ -53,89 +57,60 @@ pub async fn serve(listener: TcpListener, registry: Registry, mut shutdown: watc
 }
 
 async fn connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
+    peer: SocketAddr,
+    registry: Registry,
+) -> Result<(), hyper::Error> {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let registry = registry.clone();
+        async move { Ok::<_, Infallible>(handle(req, peer, &registry).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+}
+
+/// Answers one request.
+async fn handle(
+    req: Request<Incoming>,
     peer: SocketAddr,
     registry: &Registry,
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let (status, body) = match read_request(&mut stream, &mut buf).await? {
+) -> Response<Full<Bytes>> {
+    let (status, body) = match read_request(req).await {
         Err((status, message)) => (status, json!({"ok": false, "error": message})),
         Ok((path, body)) => answer(&path, &body, peer, registry),
     };
-    let body = body.to_string();
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        _ => "Error",
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    response
 }
 
 type Parsed = Result<(String, Vec<u8>), (u16, String)>;
 
 /// Reads one request: its path and body, or the status to refuse it with.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Parsed> {
-    let mut chunk = [0u8; 4096];
-    let (head_len, path, length) = loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                if req.method != Some("POST") {
-                    return Ok(Err((405, "only POST /approvals/<id>/decision".into())));
-                }
-                let length = req
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok())
-                    .and_then(|v| v.trim().parse::<usize>().ok());
-                let Some(length) = length else {
-                    return Ok(Err((400, "Content-Length is required".into())));
-                };
-                if length > MAX_BODY {
-                    return Ok(Err((413, format!("body longer than {MAX_BODY} bytes"))));
-                }
-                break (n, req.path.unwrap_or("").to_owned(), length);
-            }
-            Ok(httparse::Status::Partial) => {
-                if buf.len() >= MAX_HEAD {
-                    return Ok(Err((
-                        400,
-                        format!("request head longer than {MAX_HEAD} bytes"),
-                    )));
-                }
-            }
-            Err(e) => return Ok(Err((400, format!("bad HTTP request: {e}")))),
-        }
-        let want = (MAX_HEAD - buf.len()).min(chunk.len());
-        let n = stream.read(&mut chunk[..want]).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let mut body = buf.split_off(head_len);
-    while body.len() < length {
-        let want = (length - body.len()).min(chunk.len());
-        let n = stream.read(&mut chunk[..want]).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        body.extend_from_slice(&chunk[..n]);
+async fn read_request(req: Request<Incoming>) -> Parsed {
+    if req.method() != Method::POST {
+        return Err((405, "only POST /approvals/<id>/decision".into()));
     }
-    body.truncate(length);
-    Ok(Ok((path, body)))
+    // Refused on the announced length, before any of the body is read.
+    if req.body().size_hint().lower() > MAX_BODY as u64 {
+        return Err((413, format!("body longer than {MAX_BODY} bytes")));
+    }
+    let path = req.uri().path().to_owned();
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => Ok((path, body.to_bytes().to_vec())),
+        Err(e) if e.is::<LengthLimitError>() => {
+            Err((413, format!("body longer than {MAX_BODY} bytes")))
+        }
+        Err(e) => Err((400, format!("bad HTTP request: {e}"))),
+    }
 }
 
 /// The status and JSON answer for a request to `path` with `body`.

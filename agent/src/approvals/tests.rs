@@ -819,6 +819,13 @@ mod tokens {
         );
         let (status, _) = http(addr, huge).await;
         assert_eq!(status, 413);
+        // A head over 8 KiB is refused before it is buffered further.
+        let long_head = format!(
+            "POST /approvals/a-1/decision HTTP/1.1\r\nx-pad: {}\r\ncontent-length: 0\r\n\r\n",
+            "a".repeat(9 * 1024)
+        );
+        let (status, _) = http(addr, long_head).await;
+        assert_eq!(status, 431);
         let good = mint(
             Algorithm::EdDSA,
             Some("ed"),
