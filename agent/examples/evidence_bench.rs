@@ -7,6 +7,7 @@
 //! pre-log path the proxy uses (`JournalHandle::record`, batches of 100), waits until they
 //! are committed, closes (which seals the live segment), writes the public key to
 //! `DIR/key.pub`, and prints one JSON object with the figures.
+use nhi_agent::identity::SessionIdentity;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,21 +23,23 @@ const BATCH: usize = 100;
 fn start(n: i64) -> SessionStart {
     let client: SocketAddr = format!("127.0.0.1:{}", 40000 + n).parse().expect("address");
     SessionStart {
-        workload: format!("bot-{}", n % 10),
-        cgroup: format!("system.slice/bot-{n}.service"),
-        cgroup_id: 1000 + n as u64,
-        pid: 100 + n as u32,
-        pid_start_time: Some(1),
-        exe: Some("/usr/bin/psql".into()),
-        cmdline: Some(vec!["psql".into(), "-c".into(), "select 1".into()]),
-        uid: 0,
-        gid: 0,
-        user: Some("root".into()),
-        comm: "psql".into(),
-        client_addr: client,
-        orig_dst: "127.0.0.1:5432".parse().expect("address"),
-        target: "orders-db".into(),
-        protocol: "postgres".into(),
+        identity: Arc::new(SessionIdentity {
+            workload: format!("bot-{}", n % 10),
+            cgroup: format!("system.slice/bot-{n}.service"),
+            cgroup_id: 1000 + n as u64,
+            pid: 100 + n as u32,
+            pid_start_time: Some(1),
+            exe: Some("/usr/bin/psql".into()),
+            cmdline: Some(vec!["psql".into(), "-c".into(), "select 1".into()]),
+            uid: 0,
+            gid: 0,
+            user: Some("root".into()),
+            comm: "psql".into(),
+            client_addr: client,
+            orig_dst: "127.0.0.1:5432".parse().expect("address"),
+            target: "orders-db".into(),
+            protocol: "postgres".into(),
+        }),
         started_at: SystemTime::now(),
         claims: None,
     }

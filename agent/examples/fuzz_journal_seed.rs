@@ -6,6 +6,7 @@
 //! result events (one refused), a session left open, and a session-less exec event;
 //! then closes the journal, which seals the live segment in place (`meta.seal`). The
 //! public key that verifies the seal goes to `DIR/key.pub`.
+use nhi_agent::identity::SessionIdentity;
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,21 +19,23 @@ use nhi_agent::journal::{
 
 fn start(n: u32, protocol: &str, target: &str) -> SessionStart {
     SessionStart {
-        workload: format!("bot-{n}"),
-        cgroup: format!("system.slice/bot-{n}.service"),
-        cgroup_id: 1000 + u64::from(n),
-        pid: 100 + n,
-        pid_start_time: Some(7),
-        exe: Some("/usr/bin/psql".into()),
-        cmdline: Some(vec!["psql".into(), "-c".into(), "select 1".into()]),
-        uid: 0,
-        gid: 0,
-        user: Some("root".into()),
-        comm: "psql".into(),
-        client_addr: format!("127.0.0.1:{}", 40000 + n).parse().expect("address"),
-        orig_dst: "127.0.0.1:5432".parse().expect("address"),
-        target: target.into(),
-        protocol: protocol.into(),
+        identity: Arc::new(SessionIdentity {
+            workload: format!("bot-{n}"),
+            cgroup: format!("system.slice/bot-{n}.service"),
+            cgroup_id: 1000 + u64::from(n),
+            pid: 100 + n,
+            pid_start_time: Some(7),
+            exe: Some("/usr/bin/psql".into()),
+            cmdline: Some(vec!["psql".into(), "-c".into(), "select 1".into()]),
+            uid: 0,
+            gid: 0,
+            user: Some("root".into()),
+            comm: "psql".into(),
+            client_addr: format!("127.0.0.1:{}", 40000 + n).parse().expect("address"),
+            orig_dst: "127.0.0.1:5432".parse().expect("address"),
+            target: target.into(),
+            protocol: protocol.into(),
+        }),
         started_at: SystemTime::now(),
         claims: (n == 2).then(|| {
             let mut claims = serde_json::Map::new();

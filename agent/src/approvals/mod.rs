@@ -586,9 +586,9 @@ impl Registry {
         let info = Pending {
             id: format_id(n),
             session: who.session,
-            workload: who.workload.clone(),
-            process: who.process.clone(),
-            target: who.target.clone(),
+            workload: who.identity.workload.clone(),
+            process: who.identity.process(),
+            target: who.identity.target.clone(),
             seq: request.seq,
             statement: request.text.clone(),
             rule: request.rule.clone(),
@@ -702,9 +702,9 @@ impl Approver for Registry {
         info!(
             id = %info.id,
             session = who.session,
-            workload = %who.workload,
-            target = %who.target,
-            pid = who.process.pid,
+            workload = %who.identity.workload,
+            target = %who.identity.target,
+            pid = who.identity.pid,
             seq = request.seq,
             rule = info.rule.as_deref().unwrap_or("default"),
             timeout = %humantime::format_duration(request.timeout),
@@ -745,8 +745,8 @@ impl Approver for Registry {
         info!(
             id = %info.id,
             session = who.session,
-            workload = %who.workload,
-            target = %who.target,
+            workload = %who.identity.workload,
+            target = %who.identity.target,
             seq = request.seq,
             rule = info.rule.as_deref().unwrap_or("default"),
             "observe mode: statement would have been held for approval (forwarded)"

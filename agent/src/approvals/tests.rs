@@ -3,15 +3,17 @@ use std::time::Duration;
 use super::{server::*, wire::*, *};
 
 fn who(session: crate::journal::SessionId) -> Requester {
+    let mut identity =
+        crate::journal::tests::sample_start("bot", "db", std::time::SystemTime::now())
+            .identity
+            .as_ref()
+            .clone();
+    identity.pid = 42;
+    identity.exe = Some("/usr/bin/psql".into());
+    identity.cmdline = Some(vec!["psql".into()]);
     Requester {
         session,
-        workload: "bot".into(),
-        target: "db".into(),
-        process: wire::Process {
-            pid: 42,
-            exe: Some("/usr/bin/psql".into()),
-            cmdline: Some(vec!["psql".into()]),
-        },
+        identity: std::sync::Arc::new(identity),
     }
 }
 

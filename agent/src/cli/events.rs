@@ -125,7 +125,7 @@ fn detail(s: &Selected<'_>) -> String {
     // The session's protocol may have its own summary of the event (a statement).
     let by_protocol = s
         .session
-        .and_then(|x| super::views::view(&x.row.protocol).detail(e.kind.as_str(), data));
+        .and_then(|x| super::views::view(&x.row.identity.protocol).detail(e.kind.as_str(), data));
     let text = match by_protocol {
         Some(text) => text,
         None => match e.kind.as_str() {
@@ -137,7 +137,7 @@ fn detail(s: &Selected<'_>) -> String {
             "session_start" => match s.session {
                 Some(x) => format!(
                     "{} → {} ({})",
-                    x.row.client_addr, x.row.orig_dst, x.row.protocol
+                    x.row.identity.client_addr, x.row.identity.orig_dst, x.row.identity.protocol
                 ),
                 None => data.to_string(),
             },
@@ -203,10 +203,10 @@ mod tests {
         let j = journal::open(&path, JournalOptions::default()).expect("open");
         let h = j.handle();
         let mut start = sample_start("bot", "api", at_us(0));
-        start.protocol = "http".into();
+        std::sync::Arc::make_mut(&mut start.identity).protocol = "http".into();
         let http = h.start_session(start).await.expect("start");
         let mut start = sample_start("bot", "pg", at_us(5));
-        start.protocol = "postgres".into();
+        std::sync::Arc::make_mut(&mut start.identity).protocol = "postgres".into();
         let pg = h.start_session(start).await.expect("start");
         let event = |session, us, kind: &str, data: &str| Event {
             session,
@@ -418,7 +418,7 @@ mod tests {
         let t0 = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         let at = |s: u64| t0 + std::time::Duration::from_secs(s);
         let mut start = crate::journal::tests::sample_start("ci-job", "pg", at(0));
-        start.protocol = "postgres".into();
+        std::sync::Arc::make_mut(&mut start.identity).protocol = "postgres".into();
         start.claims = serde_json::json!({"run_id": 9}).as_object().cloned();
         let session = h.start_session(start).await.expect("start");
         let claims = serde_json::json!({"run_id": 9, "ref": "refs/heads/main"});

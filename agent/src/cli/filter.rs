@@ -257,9 +257,9 @@ pub struct Who<'a> {
 impl<'a> Who<'a> {
     pub fn of_session(row: &'a SessionRow) -> Who<'a> {
         Who {
-            workload: Some(&row.workload),
-            target: Some(&row.target),
-            protocol: Some(&row.protocol),
+            workload: Some(&row.identity.workload),
+            target: Some(&row.identity.target),
+            protocol: Some(&row.identity.protocol),
             claims: row.claims.as_ref(),
         }
     }
@@ -346,27 +346,17 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::identity::SessionIdentity;
     use crate::journal::tests::{at_us, sample_start};
 
     fn row(workload: &str, target: &str, protocol: &str, started_us: i64) -> SessionRow {
         let s = sample_start(workload, target, at_us(started_us));
         SessionRow {
+            identity: SessionIdentity {
+                protocol: protocol.to_string(),
+                ..s.identity.as_ref().clone()
+            },
             id: 1,
-            workload: s.workload,
-            cgroup: s.cgroup,
-            cgroup_id: s.cgroup_id,
-            pid: s.pid,
-            pid_start_time: s.pid_start_time,
-            exe: s.exe,
-            cmdline: s.cmdline,
-            uid: s.uid,
-            gid: s.gid,
-            user: s.user,
-            comm: s.comm,
-            client_addr: s.client_addr,
-            orig_dst: s.orig_dst,
-            target: s.target,
-            protocol: protocol.to_string(),
             started_at: s.started_at,
             ended_at: None,
             duration_ms: None,

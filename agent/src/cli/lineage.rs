@@ -213,7 +213,7 @@ impl ReplayLineage {
             .context("querying lineage events")?;
         let rows = stmt
             .query_map(
-                rusqlite::params![from, to, session.cgroup_id as i64],
+                rusqlite::params![from, to, session.identity.cgroup_id as i64],
                 |row| {
                     Ok((
                         row.get::<_, i64>(0)?,

@@ -104,7 +104,7 @@ impl OcsfMapper {
                 e,
             )];
         }
-        let view = views::view(&session.row.protocol);
+        let view = views::view(&session.row.identity.protocol);
         let at = match self
             .protocols
             .iter()
@@ -244,7 +244,7 @@ impl Datastore {
             .databases
             .get(&(p.journal_id.clone(), session.row.id))
             .cloned()
-            .unwrap_or_else(|| session.row.target.clone());
+            .unwrap_or_else(|| session.row.identity.target.clone());
         let start = ms(p.statement.at);
         let mut event = base(
             DATASTORE_ACTIVITY,
@@ -286,7 +286,7 @@ impl Datastore {
             ("disposition", json!(disposition)),
             ("metadata", metadata(&p.journal_id, &p.statement, session)),
             ("actor", actor(session)),
-            ("src_endpoint", endpoint(session.row.client_addr)),
+            ("src_endpoint", endpoint(session.row.identity.client_addr)),
             ("dst_endpoint", dst_endpoint(session)),
             (
                 "database",
@@ -427,27 +427,27 @@ pub(crate) fn metadata(journal_id: &str, event: &EventRow, session: &SetSession)
 
 pub(crate) fn actor(session: &SetSession) -> Value {
     let row = &session.row;
-    let mut user = json!({ "uid": row.uid.to_string() });
-    if let Some(name) = &row.user {
+    let mut user = json!({ "uid": row.identity.uid.to_string() });
+    if let Some(name) = &row.identity.user {
         user["name"] = json!(name);
     }
-    let mut process = json!({ "pid": row.pid, "name": row.comm });
-    if let Some(args) = &row.cmdline {
+    let mut process = json!({ "pid": row.identity.pid, "name": row.identity.comm });
+    if let Some(args) = &row.identity.cmdline {
         let line: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
         process["cmd_line"] = json!(line.join(" "));
     }
-    if let Some(exe) = &row.exe {
+    if let Some(exe) = &row.identity.exe {
         let name = exe.rsplit('/').next().unwrap_or(exe);
         process["file"] =
             json!({ "name": name, "path": exe, "type_id": 1, "type": "Regular File" });
     }
     process["user"] = user.clone();
-    json!({ "app_name": row.workload, "user": user, "process": process })
+    json!({ "app_name": row.identity.workload, "user": user, "process": process })
 }
 
 pub(crate) fn dst_endpoint(session: &SetSession) -> Value {
-    let mut dst = endpoint(session.row.orig_dst);
-    dst["svc_name"] = json!(session.row.target);
+    let mut dst = endpoint(session.row.identity.orig_dst);
+    dst["svc_name"] = json!(session.row.identity.target);
     dst
 }
 
@@ -459,14 +459,14 @@ pub(crate) fn context_unmapped(
     let row = &session.row;
     let mut m = Map::new();
     for (k, v) in [
-        ("workload", json!(row.workload)),
-        ("cgroup", json!(row.cgroup)),
-        ("cgroup_id", json!(row.cgroup_id)),
+        ("workload", json!(row.identity.workload)),
+        ("cgroup", json!(row.identity.cgroup)),
+        ("cgroup_id", json!(row.identity.cgroup_id)),
         ("journal_id", json!(journal_id)),
         ("host_id", json!(host_id)),
         ("session", json!(session.session_ref)),
-        ("target", json!(row.target)),
-        ("protocol", json!(row.protocol)),
+        ("target", json!(row.identity.target)),
+        ("protocol", json!(row.identity.protocol)),
     ] {
         m.insert(k.to_string(), v);
     }
@@ -507,7 +507,10 @@ fn network_activity(
         (1, "Informational"),
     );
     let message = if start {
-        format!("{} → {} ({})", row.client_addr, row.orig_dst, row.target)
+        format!(
+            "{} → {} ({})",
+            row.identity.client_addr, row.identity.orig_dst, row.identity.target
+        )
     } else {
         format!("closed: {reason}")
     };
@@ -515,7 +518,7 @@ fn network_activity(
         ("message", json!(message)),
         ("metadata", metadata(journal_id, e, session)),
         ("actor", actor(session)),
-        ("src_endpoint", endpoint(row.client_addr)),
+        ("src_endpoint", endpoint(row.identity.client_addr)),
         ("dst_endpoint", dst_endpoint(session)),
         (
             "connection_info",

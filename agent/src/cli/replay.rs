@@ -187,7 +187,7 @@ pub(crate) fn write_replay(
         .write_chain(out)
         .context("cannot write the output")?;
     // How the events read depends on the session's protocol (see `cli::views`).
-    let mut body = super::views::view(&session.row.protocol).replay(&session.row);
+    let mut body = super::views::view(&session.row.identity.protocol).replay(&session.row);
     selection
         .set
         .for_each_session_event(journal_id, id, |event| -> anyhow::Result<()> {
@@ -236,23 +236,30 @@ fn write_header(out: &mut dyn Write, set_session: &SetSession) -> io::Result<()>
     let field =
         |out: &mut dyn Write, label: &str, value: &str| writeln!(out, "  {label:<11} {value}");
     writeln!(out, "session {}", set_session.session_ref)?;
-    field(out, "workload", &sanitize(&s.workload))?;
+    field(out, "workload", &sanitize(&s.identity.workload))?;
     field(
         out,
         "cgroup",
-        &format!("{} (id {})", sanitize(&s.cgroup), s.cgroup_id),
+        &format!(
+            "{} (id {})",
+            sanitize(&s.identity.cgroup),
+            s.identity.cgroup_id
+        ),
     )?;
-    let pid = match s.pid_start_time {
-        Some(ticks) => format!("{} (started {ticks} clock ticks after boot)", s.pid),
-        None => s.pid.to_string(),
+    let pid = match s.identity.pid_start_time {
+        Some(ticks) => format!(
+            "{} (started {ticks} clock ticks after boot)",
+            s.identity.pid
+        ),
+        None => s.identity.pid.to_string(),
     };
     field(out, "pid", &pid)?;
-    let exe = s.exe.as_deref().map_or_else(
+    let exe = s.identity.exe.as_deref().map_or_else(
         || "(not recorded)".to_string(),
         |e| sanitize(e).into_owned(),
     );
     field(out, "exe", &exe)?;
-    let cmdline = match &s.cmdline {
+    let cmdline = match &s.identity.cmdline {
         None => "(not recorded)".to_string(),
         Some(args) if args.is_empty() => "(empty)".to_string(),
         Some(args) => args
@@ -262,19 +269,24 @@ fn write_header(out: &mut dyn Write, set_session: &SetSession) -> io::Result<()>
             .join(" "),
     };
     field(out, "cmdline", &cmdline)?;
-    let user = match &s.user {
-        Some(user) => format!("{} (uid {}, gid {})", sanitize(user), s.uid, s.gid),
-        None => format!("uid {}, gid {}", s.uid, s.gid),
+    let user = match &s.identity.user {
+        Some(user) => format!(
+            "{} (uid {}, gid {})",
+            sanitize(user),
+            s.identity.uid,
+            s.identity.gid
+        ),
+        None => format!("uid {}, gid {}", s.identity.uid, s.identity.gid),
     };
     field(out, "user", &user)?;
-    field(out, "comm", &sanitize(&s.comm))?;
+    field(out, "comm", &sanitize(&s.identity.comm))?;
     field(
         out,
         "connection",
-        &format!("{} → {}", s.client_addr, s.orig_dst),
+        &format!("{} → {}", s.identity.client_addr, s.identity.orig_dst),
     )?;
-    field(out, "target", &sanitize(&s.target))?;
-    field(out, "protocol", &sanitize(&s.protocol))?;
+    field(out, "target", &sanitize(&s.identity.target))?;
+    field(out, "protocol", &sanitize(&s.identity.protocol))?;
     field(out, "started", &format_rfc3339_us(s.started_at))?;
     match (s.ended_at, s.duration_ms) {
         (Some(ended), Some(ms)) => {
@@ -408,19 +420,22 @@ mod tests {
         let s = sample_start("backup", "s3", at_us(0));
 
         let mut expected = format!("session {id}\n");
-        let cmdline = s.cmdline.as_ref().expect("cmdline");
+        let cmdline = s.identity.cmdline.as_ref().expect("cmdline");
         for (label, value) in [
-            ("workload", s.workload.clone()),
-            ("cgroup", format!("{} (id {})", s.cgroup, s.cgroup_id)),
+            ("workload", s.identity.workload.clone()),
+            (
+                "cgroup",
+                format!("{} (id {})", s.identity.cgroup, s.identity.cgroup_id),
+            ),
             (
                 "pid",
                 format!(
                     "{} (started {} clock ticks after boot)",
-                    s.pid,
-                    s.pid_start_time.expect("ticks")
+                    s.identity.pid,
+                    s.identity.pid_start_time.expect("ticks")
                 ),
             ),
-            ("exe", s.exe.clone().expect("exe")),
+            ("exe", s.identity.exe.clone().expect("exe")),
             // The argument with a space is quoted so the command line stays unambiguous.
             (
                 "cmdline",
@@ -430,15 +445,18 @@ mod tests {
                 "user",
                 format!(
                     "{} (uid {}, gid {})",
-                    s.user.clone().expect("user"),
-                    s.uid,
-                    s.gid
+                    s.identity.user.clone().expect("user"),
+                    s.identity.uid,
+                    s.identity.gid
                 ),
             ),
-            ("comm", s.comm.clone()),
-            ("connection", format!("{} → {}", s.client_addr, s.orig_dst)),
-            ("target", s.target.clone()),
-            ("protocol", s.protocol.clone()),
+            ("comm", s.identity.comm.clone()),
+            (
+                "connection",
+                format!("{} → {}", s.identity.client_addr, s.identity.orig_dst),
+            ),
+            ("target", s.identity.target.clone()),
+            ("protocol", s.identity.protocol.clone()),
             ("started", "2026-11-22T10:00:00.000000Z".to_string()),
             (
                 "ended",

@@ -322,7 +322,7 @@ pub(crate) mod tests {
         let j = journal::open(path, JournalOptions::default()).expect("open");
         let h = j.handle();
         let mut start = sample_start("bot", "pg", at_us(0));
-        start.protocol = "postgres".into();
+        std::sync::Arc::make_mut(&mut start.identity).protocol = "postgres".into();
         let pg = h.start_session(start).await.expect("start");
         let tcp = h
             .start_session(sample_start("backup", "s3", at_us(10)))

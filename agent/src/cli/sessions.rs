@@ -178,11 +178,11 @@ fn table_cells(session: &SetSession) -> [String; 11] {
     [
         session.session_ref.clone(),
         format_rfc3339_seconds(row.started_at),
-        sanitize(&row.workload).into_owned(),
-        row.pid.to_string(),
-        sanitize(&row.comm).into_owned(),
-        row.orig_dst.to_string(),
-        sanitize(&row.target).into_owned(),
+        sanitize(&row.identity.workload).into_owned(),
+        row.identity.pid.to_string(),
+        sanitize(&row.identity.comm).into_owned(),
+        row.identity.orig_dst.to_string(),
+        sanitize(&row.identity.target).into_owned(),
         row.bytes_from_client.to_string(),
         row.bytes_from_server.to_string(),
         row.duration_ms
@@ -303,12 +303,13 @@ mod tests {
             .await
             .expect("end");
         let mut ci_start = sample_start("ci", "github", at_us(60_000_000));
-        ci_start.exe = None;
-        ci_start.cmdline = None;
-        ci_start.user = None;
-        ci_start.pid_start_time = None;
-        ci_start.comm = "evil\u{1b}[2J".to_string();
-        ci_start.orig_dst = "192.0.2.7:443".parse().expect("address");
+        std::sync::Arc::make_mut(&mut ci_start.identity).exe = None;
+        std::sync::Arc::make_mut(&mut ci_start.identity).cmdline = None;
+        std::sync::Arc::make_mut(&mut ci_start.identity).user = None;
+        std::sync::Arc::make_mut(&mut ci_start.identity).pid_start_time = None;
+        std::sync::Arc::make_mut(&mut ci_start.identity).comm = "evil\u{1b}[2J".to_string();
+        std::sync::Arc::make_mut(&mut ci_start.identity).orig_dst =
+            "192.0.2.7:443".parse().expect("address");
         let ci = handle.start_session(ci_start).await.expect("start");
         handle
             .chunk(ci, Direction::ServerToClient, 7, at_us(60_000_100))
@@ -377,9 +378,9 @@ mod tests {
         let start = sample_start("backup", "s3", at_us(0));
         assert_eq!(b["id"], backup);
         assert_eq!(b["workload"], "backup");
-        assert_eq!(b["cgroup"], start.cgroup);
-        assert_eq!(b["cgroup_id"], start.cgroup_id);
-        assert_eq!(b["pid"], start.pid);
+        assert_eq!(b["cgroup"], start.identity.cgroup);
+        assert_eq!(b["cgroup_id"], start.identity.cgroup_id);
+        assert_eq!(b["pid"], start.identity.pid);
         assert_eq!(b["pid_start_time"], 987_654);
         assert_eq!(b["exe"], "/usr/bin/restic");
         assert_eq!(

@@ -8,6 +8,7 @@
 mod cgroup;
 mod name;
 mod process;
+mod session;
 
 use std::path::PathBuf;
 
@@ -17,6 +18,7 @@ pub use process::{
     boottime_ns_to_ticks, boottime_ticks, process_identity, process_info, user_name,
     ProcessIdentity, ProcessInfo,
 };
+pub use session::{Process, SessionIdentity};
 
 /// Why an identity could not be established.
 #[derive(Debug, thiserror::Error)]

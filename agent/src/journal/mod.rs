@@ -28,7 +28,7 @@ mod set;
 mod writer;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,6 +47,7 @@ pub(crate) use schema::FORMAT_MARKER;
 pub use schema::SCHEMA_VERSION;
 pub use set::{JournalSet, SegmentInfo, SetError, SetSession};
 
+pub use crate::identity::SessionIdentity;
 use writer::Command;
 
 /// The journal's identifier of a session: the SQLite rowid of its `sessions` row.
@@ -94,28 +95,10 @@ impl serde::Serialize for Direction {
     }
 }
 
-/// Everything the proxy knows about a connection when it accepts it.
+/// A session as it starts: who it is, when, and what was attested for its cgroup.
 #[derive(Debug, Clone)]
 pub struct SessionStart {
-    pub workload: String,
-    /// The cgroup path relative to the cgroup2 mount, e.g. `system.slice/backup.service`.
-    pub cgroup: String,
-    pub cgroup_id: u64,
-    pub pid: u32,
-    /// Clock ticks since boot from `/proc/PID/stat` field 22; with `pid` it identifies the
-    /// process even after the pid is reused.
-    pub pid_start_time: Option<u64>,
-    pub exe: Option<String>,
-    pub cmdline: Option<Vec<String>>,
-    pub uid: u32,
-    pub gid: u32,
-    pub user: Option<String>,
-    pub comm: String,
-    pub client_addr: SocketAddr,
-    pub orig_dst: SocketAddr,
-    pub target: String,
-    /// `tcp` for now; protocol-aware proxies (e.g. `postgres`) come later.
-    pub protocol: String,
+    pub identity: Arc<SessionIdentity>,
     pub started_at: SystemTime,
     /// The claims attested for the session's cgroup (see `crate::attest`); `None` when
     /// the session is unattested.

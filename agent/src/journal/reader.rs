@@ -20,6 +20,8 @@ use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, ErrorCode, OpenFlags, Row};
 use serde::{Serialize, Serializer};
 
+use crate::identity::SessionIdentity;
+
 use super::schema::{self, BUSY_TIMEOUT};
 use super::{
     format_rfc3339_us, system_time_to_us, us_to_system_time, Direction, JournalError, SessionId,
@@ -46,22 +48,8 @@ pub struct SessionFilter {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SessionRow {
     pub id: SessionId,
-    pub workload: String,
-    pub cgroup: String,
-    pub cgroup_id: u64,
-    pub pid: u32,
-    pub pid_start_time: Option<u64>,
-    pub exe: Option<String>,
-    pub cmdline: Option<Vec<String>>,
-    pub uid: u32,
-    pub gid: u32,
-    pub user: Option<String>,
-    pub comm: String,
-    /// serde renders socket addresses as `ip:port`, IPv6 as `[::1]:5432`.
-    pub client_addr: SocketAddr,
-    pub orig_dst: SocketAddr,
-    pub target: String,
-    pub protocol: String,
+    #[serde(flatten)]
+    pub identity: SessionIdentity,
     #[serde(serialize_with = "serialize_time")]
     pub started_at: SystemTime,
     #[serde(serialize_with = "serialize_opt_time")]
@@ -665,22 +653,24 @@ impl RawSession {
             .map_err(|e| corrupt("claims", e.to_string()))?;
         Ok(SessionRow {
             id,
-            workload: self.workload,
-            cgroup: self.cgroup,
-            // The writer stores these u64 values by bit pattern (see writer::u64_bits).
-            cgroup_id: self.cgroup_id as u64,
-            pid: u32_field("pid", self.pid)?,
-            pid_start_time: self.pid_start_time.map(|v| v as u64),
-            exe: self.exe,
-            cmdline,
-            uid: u32_field("uid", self.uid)?,
-            gid: u32_field("gid", self.gid)?,
-            user: self.user,
-            comm: self.comm,
-            client_addr: addr("client_addr", &self.client_addr)?,
-            orig_dst: addr("orig_dst", &self.orig_dst)?,
-            target: self.target,
-            protocol: self.protocol,
+            identity: SessionIdentity {
+                workload: self.workload,
+                cgroup: self.cgroup,
+                // The writer stores these u64 values by bit pattern (see writer::u64_bits).
+                cgroup_id: self.cgroup_id as u64,
+                pid: u32_field("pid", self.pid)?,
+                pid_start_time: self.pid_start_time.map(|v| v as u64),
+                exe: self.exe,
+                cmdline,
+                uid: u32_field("uid", self.uid)?,
+                gid: u32_field("gid", self.gid)?,
+                user: self.user,
+                comm: self.comm,
+                client_addr: addr("client_addr", &self.client_addr)?,
+                orig_dst: addr("orig_dst", &self.orig_dst)?,
+                target: self.target,
+                protocol: self.protocol,
+            },
             started_at: time("started_at_us", self.started_at_us)?,
             ended_at: self
                 .ended_at_us

@@ -394,7 +394,7 @@ pub(crate) mod tests {
             .await
             .expect("start");
         let mut c_start = sample_start("ci-build", "pg", at_us(1_000));
-        c_start.protocol = "postgres".into();
+        std::sync::Arc::make_mut(&mut c_start.identity).protocol = "postgres".into();
         let c = h.start_session(c_start).await.expect("start");
         chunk(&h, a, Direction::ClientToServer, 100, 2_000).await;
         chunk(&h, c, Direction::ServerToClient, 7, 3_000).await;

@@ -1,8 +1,10 @@
 //! Tests of the journal: schema and migrations, the writer's durability, batching and
 //! failure handling, and the reader.
 
+use crate::identity::SessionIdentity;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
@@ -21,25 +23,27 @@ pub(crate) fn at_us(us: i64) -> SystemTime {
 
 pub(crate) fn sample_start(workload: &str, target: &str, started_at: SystemTime) -> SessionStart {
     SessionStart {
-        workload: workload.to_string(),
-        cgroup: format!("system.slice/{workload}.service"),
-        cgroup_id: 4242,
-        pid: 1234,
-        pid_start_time: Some(987_654),
-        exe: Some("/usr/bin/restic".to_string()),
-        cmdline: Some(vec![
-            "restic".to_string(),
-            "backup".to_string(),
-            "/srv/my data".to_string(),
-        ]),
-        uid: 998,
-        gid: 997,
-        user: Some("backup".to_string()),
-        comm: "restic".to_string(),
-        client_addr: "10.0.0.5:51234".parse().expect("valid address"),
-        orig_dst: "[::1]:5432".parse().expect("valid address"),
-        target: target.to_string(),
-        protocol: "tcp".to_string(),
+        identity: Arc::new(SessionIdentity {
+            workload: workload.to_string(),
+            cgroup: format!("system.slice/{workload}.service"),
+            cgroup_id: 4242,
+            pid: 1234,
+            pid_start_time: Some(987_654),
+            exe: Some("/usr/bin/restic".to_string()),
+            cmdline: Some(vec![
+                "restic".to_string(),
+                "backup".to_string(),
+                "/srv/my data".to_string(),
+            ]),
+            uid: 998,
+            gid: 997,
+            user: Some("backup".to_string()),
+            comm: "restic".to_string(),
+            client_addr: "10.0.0.5:51234".parse().expect("valid address"),
+            orig_dst: "[::1]:5432".parse().expect("valid address"),
+            target: target.to_string(),
+            protocol: "tcp".to_string(),
+        }),
         started_at,
         claims: None,
     }
@@ -262,7 +266,7 @@ async fn start_session_returns_only_after_commit() {
         .session(id)
         .expect("query")
         .expect("row is committed");
-    assert_eq!(row.workload, "backup");
+    assert_eq!(row.identity.workload, "backup");
     assert_eq!(row.started_at, at_us(0));
     assert_eq!(row.ended_at, None);
     let events = reader.events(id).expect("events");
@@ -352,7 +356,7 @@ async fn concurrent_sessions_get_distinct_ids_and_ordered_chunks() {
     for (workload, id) in by_workload {
         let row = reader.session(id).expect("query").expect("row");
         assert_eq!(
-            row.workload, workload,
+            row.identity.workload, workload,
             "session {id} has the right identity"
         );
         let events = reader.events(id).expect("events");
@@ -548,7 +552,7 @@ async fn failed_statements_fail_their_waiters_and_the_writer_recovers() {
         .sessions(&SessionFilter::default())
         .expect("sessions")
         .into_iter()
-        .map(|s| s.workload)
+        .map(|s| s.identity.workload)
         .collect();
     assert_eq!(workloads, ["a", "c"], "the refused start left no row");
 }
@@ -649,7 +653,7 @@ async fn failed_commit_fails_the_whole_batch_and_the_writer_recovers() {
         .sessions(&SessionFilter::default())
         .expect("sessions")
         .into_iter()
-        .map(|s| s.workload)
+        .map(|s| s.identity.workload)
         .collect();
     assert_eq!(workloads, ["a", "b", "d"]);
     assert!(reader.session(d).expect("query").is_some());
@@ -929,7 +933,10 @@ async fn reader_sees_a_live_wal_journal_and_a_copy_of_it() {
     std::fs::copy(&wal, copy_dir.path().join("copy.db-wal")).expect("copy wal");
     let reader = JournalReader::open(&copy).expect("reader on copy");
     assert_eq!(
-        reader.session(id).expect("query").map(|s| s.workload),
+        reader
+            .session(id)
+            .expect("query")
+            .map(|s| s.identity.workload),
         Some("live".to_string())
     );
     close_async(journal).await.expect("close");

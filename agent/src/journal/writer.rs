@@ -1140,6 +1140,7 @@ fn insert_start(
     s: &SessionStart,
 ) -> Result<SessionId, JournalError> {
     let cmdline = s
+        .identity
         .cmdline
         .as_ref()
         .map(serde_json::to_string)
@@ -1167,21 +1168,21 @@ fn insert_start(
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
-            s.workload,
-            s.cgroup,
-            u64_bits(s.cgroup_id),
-            s.pid,
-            s.pid_start_time.map(u64_bits),
-            s.exe,
+            s.identity.workload,
+            s.identity.cgroup,
+            u64_bits(s.identity.cgroup_id),
+            s.identity.pid,
+            s.identity.pid_start_time.map(u64_bits),
+            s.identity.exe,
             cmdline,
-            s.uid,
-            s.gid,
-            s.user,
-            s.comm,
-            s.client_addr.to_string(),
-            s.orig_dst.to_string(),
-            s.target,
-            s.protocol,
+            s.identity.uid,
+            s.identity.gid,
+            s.identity.user,
+            s.identity.comm,
+            s.identity.client_addr.to_string(),
+            s.identity.orig_dst.to_string(),
+            s.identity.target,
+            s.identity.protocol,
             started_at_us,
             id,
             claims,
@@ -1195,21 +1196,21 @@ fn insert_start(
     // The start event repeats the identity so that the append-only event stream is complete
     // on its own (the sessions row is a mutable summary; a future hash chain covers events).
     let data = serde_json::json!({
-        "workload": s.workload,
-        "cgroup": s.cgroup,
-        "cgroup_id": s.cgroup_id,
-        "pid": s.pid,
-        "pid_start_time": s.pid_start_time,
-        "exe": s.exe,
-        "cmdline": s.cmdline,
-        "uid": s.uid,
-        "gid": s.gid,
-        "user": s.user,
-        "comm": s.comm,
-        "client_addr": s.client_addr.to_string(),
-        "orig_dst": s.orig_dst.to_string(),
-        "target": s.target,
-        "protocol": s.protocol,
+        "workload": s.identity.workload,
+        "cgroup": s.identity.cgroup,
+        "cgroup_id": s.identity.cgroup_id,
+        "pid": s.identity.pid,
+        "pid_start_time": s.identity.pid_start_time,
+        "exe": s.identity.exe,
+        "cmdline": s.identity.cmdline,
+        "uid": s.identity.uid,
+        "gid": s.identity.gid,
+        "user": s.identity.user,
+        "comm": s.identity.comm,
+        "client_addr": s.identity.client_addr.to_string(),
+        "orig_dst": s.identity.orig_dst.to_string(),
+        "target": s.identity.target,
+        "protocol": s.identity.protocol,
         "claims": s.claims,
     })
     .to_string();

@@ -29,7 +29,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     config::Config,
     ebpf::{self, Interceptor},
-    identity::{self, CgroupFs},
+    identity::{self, CgroupFs, SessionIdentity},
     journal::{JournalHandle, SessionEnd, SessionStart},
 };
 
@@ -452,12 +452,7 @@ async fn handle(
         a.binding_for(&cgroup, record.cgroup_id, |p| shared.cgroups.id_of(p))
             .map(|b| b.claims)
     });
-    let requester = crate::approvals::wire::Process {
-        pid: tgid,
-        exe: process.as_ref().and_then(|p| p.exe.clone()),
-        cmdline: process.as_ref().map(|p| p.cmdline.clone()),
-    };
-    let start = SessionStart {
+    let identity = Arc::new(SessionIdentity {
         workload: workload_name.clone(),
         cgroup: cgroup.clone(),
         cgroup_id: record.cgroup_id,
@@ -473,6 +468,9 @@ async fn handle(
         orig_dst,
         target: target.name.clone(),
         protocol: target.protocol.to_string(),
+    });
+    let start = SessionStart {
+        identity: identity.clone(),
         started_at: accepted_at,
         claims: claims.clone(),
     };
@@ -572,9 +570,8 @@ async fn handle(
             idle_timeout: config.agent.idle_timeout,
             cancel_keys: &shared.cancel_keys,
             approvals: shared.approvals.clone(),
-            workload: &workload_name,
+            identity: identity.clone(),
             refuse,
-            process: requester,
         };
         postgres::serve(ctx, client, cancel).await
     } else if let (crate::config::Protocol::Http, Some(target_rt)) =
@@ -599,9 +596,7 @@ async fn handle(
             approvals: shared.approvals.clone(),
             requester: crate::session::Requester {
                 session: id,
-                workload: workload_name.clone(),
-                target: target.name.clone(),
-                process: requester,
+                identity: identity.clone(),
             },
             // Over the disk budget: 507; at the workload's connection limit: 429.
             refuse: refuse.map(|r| {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::SessionIdentity;
 use crate::journal::SessionId;
 
 /// A statement waiting for a human's decision (verdict `approve`).
@@ -72,15 +73,7 @@ pub struct Standing {
 /// Looks up a grant covering a statement of this session, by the rule that matched.
 pub type GrantCheck = Arc<dyn Fn(Option<&str>) -> Option<Standing> + Send + Sync>;
 
-/// The client process of a held statement's session.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Process {
-    pub pid: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cmdline: Option<Vec<String>>,
-}
+pub use crate::identity::Process;
 
 /// A statement waiting for a decision, as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,9 +99,7 @@ pub struct Pending {
 #[derive(Debug, Clone)]
 pub struct Requester {
     pub session: SessionId,
-    pub workload: String,
-    pub target: String,
-    pub process: Process,
+    pub identity: Arc<SessionIdentity>,
 }
 
 /// The wait for a decision on a held request.

@@ -406,7 +406,7 @@ fn activity(p: &Pending, response: Option<&EventRow>) -> Value {
         ("disposition", json!(disposition)),
         ("metadata", metadata(&p.journal_id, &p.request, session)),
         ("actor", actor(session)),
-        ("src_endpoint", endpoint(session.row.client_addr)),
+        ("src_endpoint", endpoint(session.row.identity.client_addr)),
         ("dst_endpoint", dst_endpoint(session)),
         ("http_request", http_request),
         ("unmapped", Value::Object(unmapped)),
@@ -447,7 +447,7 @@ mod tests {
         let j = journal::open(path, JournalOptions::default()).expect("open");
         let h = j.handle();
         let mut start = sample_start("bot", "api", at_us(0));
-        start.protocol = "http".into();
+        std::sync::Arc::make_mut(&mut start.identity).protocol = "http".into();
         let id = h.start_session(start).await.expect("start");
         let get = HttpRequest {
             seq: 1,

@@ -318,7 +318,7 @@ async fn serve_http(
     if let Some(approvals) = &ctx.approvals {
         let (approvals, workload, target) = (
             approvals.clone(),
-            ctx.requester.workload.clone(),
+            ctx.requester.identity.workload.clone(),
             ctx.target.name.clone(),
         );
         gate.set_grant_check(Arc::new(move |rule| {

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Target;
 use crate::credential::Secret;
+use crate::identity::SessionIdentity;
 use crate::journal::{Event, JournalHandle, SessionId};
 use crate::protocol::postgres::{
     auth, encode, AuthRequest, BackendDecoder, BackendMessage, Decoded, FrontendDecoder,
@@ -79,12 +80,11 @@ pub struct SessionContext<'a> {
     pub idle_timeout: Duration,
     pub cancel_keys: &'a CancelKeys,
     pub approvals: Option<Arc<dyn Approver>>,
-    pub workload: &'a str,
+    /// Who the session is (from its start): for approval announcements and grants.
+    pub identity: Arc<SessionIdentity>,
     /// Refuse the session after its start-up with a FATAL, nothing forwarded (the disk
     /// budget is exceeded, the workload is at its connection limit).
     pub refuse: Option<Refusal>,
-    /// The client process (from the session's start), for approval announcements.
-    pub process: crate::session::Process,
 }
 
 /// A session refused right after its start-up: the client reads FATAL `sqlstate`
@@ -351,7 +351,7 @@ async fn serve_inner(
     if let Some(approvals) = &ctx.approvals {
         let (approvals, workload, target) = (
             approvals.clone(),
-            ctx.workload.to_owned(),
+            ctx.identity.workload.clone(),
             ctx.target.name.clone(),
         );
         flow.set_grant_check(Arc::new(move |rule| {
@@ -371,9 +371,7 @@ async fn serve_inner(
         approvals: ctx.approvals.clone(),
         requester: Requester {
             session: ctx.id,
-            workload: ctx.workload.to_owned(),
-            target: ctx.target.name.clone(),
-            process: ctx.process.clone(),
+            identity: ctx.identity.clone(),
         },
         enforce: ctx.rules.enforce,
         idle_timeout: ctx.idle_timeout,
