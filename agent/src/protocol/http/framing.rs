@@ -165,6 +165,11 @@ impl RequestFraming {
         }
     }
 
+    /// The connection switched protocols (a `101`): nothing after this is a request.
+    pub fn switched(&mut self) {
+        self.stop();
+    }
+
     fn stop(&mut self) {
         self.state = State::Stopped;
         self.head = Vec::new();

@@ -29,6 +29,7 @@
 //! *body* echoing it is not inspected here (the body masking of issue 12 §4 will be).
 pub mod events;
 pub mod runtime;
+mod upgrade;
 mod upstream;
 
 use std::convert::Infallible;
@@ -118,6 +119,10 @@ struct State {
     approvals: Option<Arc<dyn Approver>>,
     requester: Requester,
     client: Client<Connector, Body>,
+    /// The pooled client's connector (a WebSocket handshake gets a connection of its own).
+    connector: Connector,
+    /// A WebSocket upgrade the server accepted, relayed once hyper hands it over.
+    upgraded: Mutex<Option<upgrade::Pending>>,
     /// `http` or `https`: how the server is reached.
     scheme: &'static str,
     target_rt: Arc<HttpTargetRuntime>,
@@ -338,7 +343,9 @@ async fn serve_http(
         requester: ctx.requester.clone(),
         client: Client::builder(TokioExecutor::new())
             .pool_idle_timeout(ctx.idle_timeout)
-            .build(connector),
+            .build(connector.clone()),
+        connector,
+        upgraded: Mutex::new(None),
         scheme,
         target_rt: ctx.target_rt.clone(),
         orig_dst: ctx.orig_dst,
@@ -367,7 +374,7 @@ async fn serve_http(
         Some(false) => builder.http1_only(),
         None => builder,
     };
-    let conn = builder.serve_connection(io, service);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let reason = loop {
         tokio::select! {
@@ -400,6 +407,13 @@ async fn serve_http(
                 }
             }
         }
+    };
+    // A connection upgraded to WebSocket goes on as a relay of journaled frames.
+    let reason = match upgrade::take(&state) {
+        Some(pending) if matches!(reason, CloseReason::ClientClosed) => {
+            upgrade::relay(&state, pending, ctx.idle_timeout, &mut cancel).await
+        }
+        _ => reason,
     };
     info!(
         session = ctx.id,
@@ -538,6 +552,8 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         reason: None,
         injected: None,
         replaced_client_header: false,
+        upgrade: None,
+        upgrade_declined: false,
     };
     // Refused before judging: two lengths for one body (seen on the raw head: hyper lets
     // Transfer-Encoding win), over the disk budget, or a path servers read differently.
@@ -553,6 +569,33 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             request_event.reason = Some(why.clone().into());
             let mut response =
                 refuse_unjudged(state, request_event, StatusCode::BAD_REQUEST, &why).await;
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    }
+    // WebSocket is judged like any request, then relayed; other upgrades are declined,
+    // CONNECT refused (upgrade.rs).
+    let upgrade = upgrade::Upgrade::of(&req);
+    match &upgrade {
+        upgrade::Upgrade::None => {}
+        upgrade::Upgrade::WebSocket => request_event.upgrade = Some("websocket".into()),
+        upgrade::Upgrade::Declined(asked) => {
+            request_event.upgrade = Some(asked.clone().into());
+            request_event.upgrade_declined = true;
+        }
+        upgrade::Upgrade::Connect => {
+            request_event.verdict = Verdict::Deny.as_str().into();
+            request_event.action = "refused".into();
+            request_event.reason = Some(upgrade::CONNECT_REFUSED.into());
+            let mut response = refuse_unjudged(
+                state,
+                request_event,
+                StatusCode::METHOD_NOT_ALLOWED,
+                upgrade::CONNECT_REFUSED,
+            )
+            .await;
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -726,6 +769,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             }
         }
     }
+    if upgrade == upgrade::Upgrade::WebSocket {
+        return upgrade::forward_websocket(state, req, seq, started).await;
+    }
     forward(state, req, seq, &normal, started).await
 }
 
@@ -856,6 +902,7 @@ async fn forward(
     let response_event = HttpResponse {
         seq,
         status: parts.status.as_u16(),
+        version: Some(format!("{:?}", parts.version).into()),
         secret_echoes_masked,
         headers: journaled_headers(&parts.headers, &state.rules, None),
         content_length: parts

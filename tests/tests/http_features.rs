@@ -1,0 +1,428 @@
+//! HTTP features beyond one request and one response, through real eBPF from an
+//! intercepted cgroup against real clients and servers: WebSocket (Python `websockets`
+//! client and server), `Expect: 100-continue` (curl's large POST), server-sent events
+//! streamed, HTTP/2 to nginx over TLS, a Python `requests` client, a kill -9 under HTTP
+//! load, and the request-smuggling corpus.
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nhi_tests::*;
+use serde_json::Value;
+
+const PYTHON: &str = "/usr/bin/python3";
+
+fn config(cg: &TestCgroup, addr: &str, rest: &str) -> String {
+    format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"api\"\naddress = \"{addr}\"\nprotocol = \"http\"\n{rest}",
+        cg.rel()
+    )
+}
+
+/// Lines a child prints on stdout, collected by a thread.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn follow(child: &mut Child) -> Lines {
+        let lines = Lines::default();
+        let out = child.stdout.take().expect("stdout");
+        let into = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                into.0.lock().unwrap().push(line);
+            }
+        });
+        lines
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix).map(str::to_owned))
+            .collect()
+    }
+}
+
+fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a Python script in the cgroup and returns its stdout parsed as JSON (the
+/// script prints one JSON document).
+fn python_json(cg: &TestCgroup, script: &str, args: &[&str]) -> Value {
+    let out = cg
+        .command(PYTHON)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "python printed no JSON ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+// ---------------------------------------------------------------- WebSocket
+
+/// A WebSocket echo server (Python `websockets`, with its default permessage-deflate
+/// support): prints `PATH <path>` and `EXT <offered extensions or ->` per connection and
+/// echoes every message.
+struct WsServer {
+    child: Child,
+    port: u16,
+    lines: Lines,
+}
+
+const WS_SERVER: &str = r#"
+import asyncio, sys, websockets
+
+async def echo(ws, path):
+    print("PATH", path, flush=True)
+    print("EXT", ws.request_headers.get("Sec-WebSocket-Extensions") or "-", flush=True)
+    async for message in ws:
+        await ws.send(message)
+
+async def main():
+    async with websockets.serve(echo, "127.0.0.1", int(sys.argv[1])):
+        await asyncio.Future()
+
+asyncio.run(main())
+"#;
+
+impl WsServer {
+    fn start() -> WsServer {
+        let port = free_port();
+        let mut child = Command::new(PYTHON)
+            .arg("-c")
+            .arg(WS_SERVER)
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the WebSocket server");
+        let lines = Lines::follow(&mut child);
+        wait_listening(port, "the WebSocket server");
+        WsServer { child, port, lines }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for WsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real WebSocket client (Python `websockets`, offering permessage-deflate as it does
+/// by default): a text message, a fragmented one, a 100 kB one (64-bit length), a
+/// ping; prints what came back as JSON. A refused handshake prints its status.
+const WS_CLIENT: &str = r#"
+import asyncio, json, sys, websockets
+
+async def main():
+    out = {}
+    try:
+        async with websockets.connect(sys.argv[1], max_size=None) as ws:
+            await ws.send("hello from alice@example.com")
+            out["echo"] = await ws.recv()
+            await ws.send(["part one, ", "part two"])
+            out["fragmented"] = await ws.recv()
+            await ws.send("y" * 100000)
+            out["big"] = len(await ws.recv())
+            pong = await ws.ping(b"are you there")
+            await pong
+            out["pong"] = True
+            out["extensions"] = [str(e) for e in ws.extensions]
+    except websockets.exceptions.InvalidStatusCode as e:
+        out["status"] = e.status_code
+    print(json.dumps(out))
+
+asyncio.run(main())
+"#;
+
+#[test]
+fn websocket_frames_are_journaled_before_they_are_relayed() {
+    privileged!("websocket_frames_are_journaled_before_they_are_relayed");
+    let server = WsServer::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&config(
+        &cg,
+        &server.addr(),
+        "\n[[policy]]\nname = \"bots\"\nrecord_results = \"rows\"\n\n\
+         [[policy.rule]]\nname = \"no-private-sockets\"\nverdict = \"deny\"\npaths = [\"/private/**\"]\n\n\
+         [[mask]]\nname = \"pii\"\ncolumns = [\"email\"]\ndetectors = [\"email\"]\n",
+    ));
+    let url = format!("ws://{}/chat", server.addr());
+    let out = python_json(&cg, WS_CLIENT, &[&url]);
+    assert_eq!(out["echo"], "hello from alice@example.com", "{out}");
+    assert_eq!(out["fragmented"], "part one, part two", "{out}");
+    assert_eq!(out["big"], 100_000, "{out}");
+    assert_eq!(out["pong"], true, "{out}");
+    // The agent took the client's permessage-deflate offer out of the handshake, so
+    // every payload is visible to the journal.
+    assert_eq!(out["extensions"], serde_json::json!([]), "{out}");
+    assert_eq!(server.lines.with_prefix("EXT "), ["-"]);
+
+    // Denied by rule: the handshake gets the agent's 403, the server never sees it.
+    let denied = python_json(
+        &cg,
+        WS_CLIENT,
+        &[&format!("ws://{}/private/feed", server.addr())],
+    );
+    assert_eq!(denied["status"], 403, "{denied}");
+    assert_eq!(server.lines.with_prefix("PATH "), ["/chat"]);
+
+    agent.wait_sessions_ended(2);
+    let requests = data_of_kind(&agent, "http_request");
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests[0]["upgrade"], "websocket");
+    assert_eq!(requests[0]["action"], "forwarded");
+    assert_eq!(
+        (requests[1]["action"].as_str(), requests[1]["rule"].as_str()),
+        (Some("refused"), Some("no-private-sockets"))
+    );
+    let statuses: Vec<u64> = data_of_kind(&agent, "http_response")
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [101, 403]);
+
+    let frames = events_of_kind(&agent, "ws_frame");
+    let of = |from: &str| -> Vec<Value> {
+        frames
+            .iter()
+            .filter(|f| f["data"]["from"] == from)
+            .cloned()
+            .collect()
+    };
+    let (client, server_frames) = (of("client"), of("server"));
+    let shape = |frames: &[Value]| -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| {
+                let d = &f["data"];
+                format!(
+                    "{} fin={} size={}",
+                    d["opcode"].as_str().unwrap(),
+                    d["fin"],
+                    d["size"]
+                )
+            })
+            .collect()
+    };
+    // The fragmented message: a text frame, then continuations (websockets ends it with
+    // an empty one), each naming the message they continue; the close frame last.
+    let mut client_shape = shape(&client);
+    let fragments: Vec<String> = client_shape.drain(1..client_shape.len() - 3).collect();
+    assert_eq!(
+        client_shape,
+        [
+            "text fin=true size=28",
+            "text fin=true size=100000",
+            "ping fin=true size=13",
+            "close fin=true size=2",
+        ],
+        "{client_shape:?}"
+    );
+    assert_eq!(fragments[0], "text fin=false size=10", "{fragments:?}");
+    assert!(fragments
+        .last()
+        .unwrap()
+        .starts_with("continuation fin=true"));
+    let continued = &client[2..fragments.len() + 1];
+    assert!(continued.iter().all(|f| f["data"]["message"] == "text"));
+    let fragment_bytes: u64 = client[1..fragments.len() + 1]
+        .iter()
+        .map(|f| f["data"]["size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(fragment_bytes, 18);
+    let after = fragments.len() + 1;
+    let server_shape = shape(&server_frames);
+    assert_eq!(
+        server_shape,
+        [
+            "text fin=true size=28",
+            "text fin=true size=18",
+            "text fin=true size=100000",
+            "pong fin=true size=13",
+            "close fin=true size=2",
+        ],
+        "{server_shape:?}"
+    );
+    assert!(client
+        .iter()
+        .chain(&server_frames)
+        .filter(|f| f["data"]["opcode"] == "close")
+        .all(|f| f["data"]["close_code"] == 1000));
+    // Excerpts: masked, bounded, and kept for server frames under record_results = rows.
+    let hello = client[0]["data"]["excerpt"].as_str().unwrap();
+    assert!(hello.starts_with("hello from ") && !hello.contains("alice@example.com"));
+    assert_eq!(server_frames[0]["data"]["excerpt"], hello);
+    let big = client[after]["data"]["excerpt"].as_str().unwrap();
+    assert_eq!(big.len(), 1024);
+    assert_eq!(client[after]["data"]["excerpt_cut"], true);
+    assert_eq!(server_frames[1]["data"]["excerpt"], "part one, part two");
+    // Record before forward: the server echoes a message only after it got it, which
+    // was after the client's frame was journaled; the client got the echo only after
+    // the server's frame was journaled.
+    let id = |f: &Value| f["id"].as_i64().unwrap();
+    for (sent, echoed) in [(0, 0), (after - 1, 1), (after, 2), (after + 1, 3)] {
+        assert!(id(&client[sent]) < id(&server_frames[echoed]));
+    }
+    let journal_text = events_of_kind(&agent, "ws_frame")
+        .iter()
+        .map(Value::to_string)
+        .collect::<String>();
+    assert!(!journal_text.contains("alice@example.com"));
+    // replay shows the frames.
+    let session = frames[0]["session_id"].as_i64().unwrap();
+    let out = agent.cli(&[
+        "replay",
+        &session.to_string(),
+        "--journal",
+        agent.journal.to_str().unwrap(),
+    ]);
+    let replay = String::from_utf8_lossy(&out.stdout);
+    assert!(replay.contains("> ws text 28 B \"hello from "), "{replay}");
+    assert!(replay.contains("< ws close 1000 2 B"), "{replay}");
+}
+
+/// A raw WebSocket client: the handshake, one valid masked text frame (whose echo it
+/// reads), then `bad` (hex), then reads until the agent closes. Prints what it got.
+const RAW_WS_CLIENT: &str = r#"
+import base64, json, os, socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host, int(port)), timeout=20)
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall(("GET /raw HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (sys.argv[1], key)).encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+mask = b"\x01\x02\x03\x04"
+payload = b"fine"
+s.sendall(b"\x81\x84" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+echo = s.recv(6)
+s.sendall(bytes.fromhex(sys.argv[2]))
+rest = b""
+try:
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        rest += b
+except Exception as e:
+    rest += repr(e).encode()
+print(json.dumps({"status": head.split(b" ")[1].decode(), "echo": echo.hex(), "after": rest.hex()}))
+"#;
+
+#[test]
+fn a_malformed_websocket_frame_closes_the_connection_and_the_agent_lives_on() {
+    privileged!("a_malformed_websocket_frame_closes_the_connection_and_the_agent_lives_on");
+    let server = WsServer::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&config(&cg, &server.addr(), ""));
+    let cases = [
+        // An unmasked client frame.
+        ("810568656c6c6f", "a client frame is not masked"),
+        // RSV1 without a negotiated extension.
+        ("c18001020304", "reserved bits"),
+        // A ping of 126 bytes.
+        ("89fe007e01020304", "at most 125"),
+    ];
+    for (bad, why) in cases {
+        let out = python_json(&cg, RAW_WS_CLIENT, &[&server.addr(), bad]);
+        assert_eq!(out["status"], "101", "{out}");
+        // The valid frame before went through and came back.
+        assert_eq!(out["echo"], "810466696e65", "{out}");
+        // Nothing after the bad frame: the agent closed both sides.
+        assert_eq!(out["after"], "", "{why}: {out}");
+    }
+    agent.wait_sessions_ended(3);
+    let errors: Vec<String> = data_of_kind(&agent, "protocol_error")
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_owned())
+        .collect();
+    for (_, why) in cases {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("malformed WebSocket frame from the client") && e.contains(why)),
+            "{why}: {errors:?}"
+        );
+    }
+    // What was journaled stays: each session's valid frame and its echo.
+    let frames = data_of_kind(&agent, "ws_frame");
+    assert_eq!(frames.len(), 6, "{frames:#?}");
+    assert!(agent.log_text().contains("malformed WebSocket frame"));
+    // The agent lives on: a real client after it works.
+    let out = python_json(&cg, WS_CLIENT, &[&format!("ws://{}/after", server.addr())]);
+    assert_eq!(out["echo"], "hello from alice@example.com", "{out}");
+}
+
+/// Upgrades other than WebSocket are declined (served as HTTP/1.1), CONNECT refused.
+#[test]
+fn other_upgrades_are_declined_and_connect_is_refused() {
+    privileged!("other_upgrades_are_declined_and_connect_is_refused");
+    let app = EchoApp::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&config(&cg, &app.addr(), ""));
+    let base = format!("http://{}", app.addr());
+    // curl --http2 on http:// asks for h2c by Upgrade; it goes on with HTTP/1.1, on the
+    // same connection for the next request.
+    let (status, version, body) = curl_version(
+        &cg,
+        &["--http2", &format!("{base}/one"), &format!("{base}/two")],
+    );
+    assert_eq!((status, version.as_str()), (200, "1.1"), "{body}");
+    assert_eq!(app.seen(), ["GET /one", "GET /two"]);
+    // curl asking the target to be its proxy for a tunnel.
+    let (status, body) = curl(
+        &cg,
+        &[
+            "--proxytunnel",
+            "--proxy",
+            &base,
+            "http://internal.example/",
+        ],
+    );
+    assert_eq!(status, 0, "{body}");
+    assert!(
+        body.contains("CONNECT tunnel failed, response 405"),
+        "{body}"
+    );
+    assert_eq!(app.seen(), ["GET /one", "GET /two"]);
+    // One connection for curl's two requests, one for the CONNECT.
+    assert_eq!(agent.wait_sessions_ended(2).len(), 2);
+    let requests = data_of_kind(&agent, "http_request");
+    for declined in &requests[..2] {
+        assert_eq!(declined["upgrade"], "h2c", "{requests:#?}");
+        assert_eq!(declined["upgrade_declined"], true);
+        assert_eq!(declined["action"], "forwarded");
+    }
+    assert_eq!(requests[2]["method"], "CONNECT");
+    assert_eq!(requests[2]["action"], "refused");
+    assert!(
+        requests[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("CONNECT is not supported"),
+        "{requests:#?}"
+    );
+}
