@@ -25,8 +25,15 @@ pub struct EchoApp {
 }
 
 const APP: &str = r#"
-import json, os, ssl, sys, time, urllib.parse
+import json, os, ssl, sys, threading, time, urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOCK = threading.Lock()
+def say(*words):
+    # One whole line at a time: the server's threads print concurrently.
+    with LOCK:
+        sys.stdout.write(" ".join(str(w) for w in words) + "\n")
+        sys.stdout.flush()
 
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -40,9 +47,9 @@ class H(BaseHTTPRequestHandler):
         body = json.dumps({"method": self.command, "path": self.path,
                            "headers": headers,
                            "body": got[:1000].decode(errors="replace")}).encode()
-        print("SEEN", self.command, self.path, flush=True)
-        print("AUTH", auth, flush=True)
-        print("BODY", len(got), flush=True)
+        say("SEEN", self.command, self.path)
+        say("AUTH", auth)
+        say("BODY", len(got))
         self.send_response(200)
         if "x-echo-authorization" in headers:
             self.send_header("x-seen-authorization", auth)
@@ -53,7 +60,7 @@ class H(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = answer
     def sse(self):
         gate = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)["gate"][0]
-        print("SEEN", self.command, self.path, flush=True)
+        say("SEEN", self.command, self.path)
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")

@@ -3,7 +3,9 @@
 //! client and server), `Expect: 100-continue` (curl's large POST), server-sent events
 //! streamed, HTTP/2 to nginx over TLS, a Python `requests` client, a kill -9 under HTTP
 //! load, and the request-smuggling corpus.
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -424,5 +426,369 @@ fn other_upgrades_are_declined_and_connect_is_refused() {
             .unwrap()
             .contains("CONNECT is not supported"),
         "{requests:#?}"
+    );
+}
+
+// ---------------------------------------------------------------- Expect, SSE
+
+/// curl sends `Expect: 100-continue` with a body over 1 MiB. hyper answers `100
+/// Continue` only when the body is first read, which the agent does only when it
+/// forwards: after judging and journaling. A refused request gets its 403 without the
+/// body ever being asked for.
+#[test]
+fn expect_100_continue_is_answered_only_after_the_request_is_judged() {
+    privileged!("expect_100_continue_is_answered_only_after_the_request_is_judged");
+    let app = EchoApp::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&config(
+        &cg,
+        &app.addr(),
+        "\n[[policy]]\nname = \"bots\"\n\n\
+         [[policy.rule]]\nname = \"no-uploads-here\"\nverdict = \"deny\"\nmethods = [\"POST\"]\npaths = [\"/denied/**\"]\n",
+    ));
+    const SIZE: usize = 2 * 1024 * 1024;
+    let file = agent.dir.path().join("big.bin");
+    std::fs::write(&file, vec![b'a'; SIZE]).unwrap();
+    let data = format!("@{}", file.display());
+    let base = format!("http://{}", app.addr());
+
+    let (status, text) = curl(
+        &cg,
+        &["-v", "--data-binary", &data, &format!("{base}/upload")],
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("> Expect: 100-continue"), "{text}");
+    assert!(text.contains("< HTTP/1.1 100 Continue"), "{text}");
+    assert_eq!(app.body_lengths(), [SIZE]);
+
+    let (status, text) = curl(
+        &cg,
+        &[
+            "-v",
+            "--data-binary",
+            &data,
+            &format!("{base}/denied/upload"),
+        ],
+    );
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("no-uploads-here"), "{text}");
+    assert!(!text.contains("100 Continue"), "{text}");
+    assert_eq!(app.seen(), ["POST /upload"]);
+
+    let sessions = agent.wait_sessions_ended(2);
+    let from_client: Vec<u64> = sessions
+        .iter()
+        .map(|s| s["bytes_from_client"].as_u64().unwrap())
+        .collect();
+    // The allowed body went through the agent; the refused one was never sent.
+    assert!(from_client[0] > SIZE as u64, "{from_client:?}");
+    assert!(from_client[1] < 64 * 1024, "{from_client:?}");
+    let requests = data_of_kind(&agent, "http_request");
+    assert_eq!(requests[1]["action"], "refused");
+    assert_eq!(requests[1]["content_length"], SIZE);
+}
+
+/// A `text/event-stream` response reaches the client event by event: the client sees the
+/// first event while the server still waits (on a file the test creates only then) to
+/// send the last. An agent that buffered the response would hold the first event until
+/// the server gave up after 60 s; the test waits 30 s for it.
+#[test]
+fn server_sent_events_are_streamed_not_buffered() {
+    privileged!("server_sent_events_are_streamed_not_buffered");
+    let app = EchoApp::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&config(&cg, &app.addr(), ""));
+    let gate = agent.dir.path().join("gate");
+    let mut curl = cg
+        .command("curl")
+        .args(["-sS", "-N", "--max-time", "90"])
+        .arg(format!("http://{}/sse?gate={}", app.addr(), gate.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let out = curl.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l| l == "data: one") {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the first event while the server holds the last");
+        seen.push(line);
+    }
+    assert!(!seen.iter().any(|l| l == "data: two"));
+    std::fs::write(&gate, b"go").unwrap();
+    seen.extend(rx.iter());
+    assert!(curl.wait().unwrap().success());
+    assert_eq!(
+        seen,
+        [
+            "event: first",
+            "data: one",
+            "",
+            "event: last",
+            "data: two",
+            ""
+        ]
+    );
+    agent.wait_sessions_ended(1);
+    let responses = data_of_kind(&agent, "http_response");
+    let headers = responses[0]["headers"].to_string();
+    assert!(headers.contains("text/event-stream"), "{headers}");
+}
+
+// ---------------------------------------------------------------- HTTP/2 to nginx
+
+/// nginx from apt serving HTTPS with h2 (`listen ... ssl http2`) on a free loopback port,
+/// answering every request with `{"nginx": "<protocol it spoke>", "uri": ...}` and logging
+/// `<method> <uri> <protocol>` to `access.log`.
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(certs: &Path) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
+             http {{\n\
+               log_format p '$request_method $request_uri $server_protocol';\n\
+               access_log {d}/access.log p;\n\
+               client_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
+               server {{\n\
+                 listen 127.0.0.1:{port} ssl http2;\n\
+                 ssl_certificate {crt};\nssl_certificate_key {key};\n\
+                 location / {{ default_type application/json;\n\
+                   return 200 '{{\"nginx\": \"$server_protocol\", \"uri\": \"$request_uri\"}}'; }}\n\
+               }}\n\
+             }}\n",
+            crt = certs.join("server.crt").display(),
+            key = certs.join("server.key").display(),
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .spawn()
+            .expect("start nginx (cargo xtask setup installs it)");
+        wait_listening(port, "nginx");
+        Nginx { child, port, dir }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn access_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn http2_to_nginx_over_tls_with_both_versions_journaled() {
+    privileged!("http2_to_nginx_over_tls_with_both_versions_journaled");
+    let certs = tempfile::tempdir().unwrap();
+    make_test_certs(certs.path(), "nginx-test-ca", "api.test");
+    let nginx = Nginx::start(certs.path());
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&config(
+        &cg,
+        &nginx.addr(),
+        &format!(
+            "client_tls = \"terminate\"\ntls = \"verify-full\"\nca_file = \"{}\"\n",
+            certs.path().join("ca.crt").display()
+        ),
+    ));
+    let ca = agent.dir.path().join("tls/ca.crt");
+    let ca = ca.to_str().unwrap();
+    let https = format!("https://{}", nginx.addr());
+    // h2 from curl to the agent, h2 from the agent to nginx.
+    let (status, version, body) =
+        curl_version(&cg, &["--cacert", ca, "--http2", &format!("{https}/h2")]);
+    assert_eq!((status, version.as_str()), (200, "2"), "{body}");
+    assert!(body.contains("\"nginx\": \"HTTP/2.0\""), "{body}");
+    // HTTP/1.1 from curl, still h2 to nginx (ALPN on the agent's own connection).
+    let (status, version, body) =
+        curl_version(&cg, &["--cacert", ca, "--http1.1", &format!("{https}/h1")]);
+    assert_eq!((status, version.as_str()), (200, "1.1"), "{body}");
+    assert!(body.contains("\"nginx\": \"HTTP/2.0\""), "{body}");
+    assert_eq!(nginx.access_log(), ["GET /h2 HTTP/2.0", "GET /h1 HTTP/2.0"]);
+
+    agent.wait_sessions_ended(2);
+    let versions = |kind: &str| -> Vec<String> {
+        data_of_kind(&agent, kind)
+            .iter()
+            .map(|e| e["version"].as_str().unwrap_or("-").to_owned())
+            .collect()
+    };
+    assert_eq!(versions("http_request"), ["HTTP/2.0", "HTTP/1.1"]);
+    assert_eq!(versions("http_response"), ["HTTP/2.0", "HTTP/2.0"]);
+}
+
+// ---------------------------------------------------------------- Python requests
+
+const REQUESTS_CLIENT: &str = r#"
+import json, sys, requests
+base = sys.argv[1]
+s = requests.Session()
+out = {}
+r = s.get(base + "/items?id=7")
+out["get"] = [r.status_code, r.json()["path"]]
+r = s.post(base + "/items", json={"name": "widget", "n": 3})
+out["post"] = [r.status_code, r.json()["body"], r.json()["headers"]["content-type"]]
+r = s.delete(base + "/items/7")
+out["delete"] = [r.status_code, r.json()]
+r = s.get(base + "/after")
+out["after"] = r.status_code
+print(json.dumps(out))
+"#;
+
+#[test]
+fn a_python_requests_client_is_judged_like_curl() {
+    privileged!("a_python_requests_client_is_judged_like_curl");
+    let app = EchoApp::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&config(
+        &cg,
+        &app.addr(),
+        "\n[[policy]]\nname = \"bots\"\n\n\
+         [[policy.rule]]\nname = \"no-deletes\"\nverdict = \"deny\"\nmethods = [\"DELETE\"]\n",
+    ));
+    let out = python_json(&cg, REQUESTS_CLIENT, &[&format!("http://{}", app.addr())]);
+    assert_eq!(out["get"], serde_json::json!([200, "/items?id=7"]), "{out}");
+    assert_eq!(
+        out["post"],
+        serde_json::json!([200, "{\"name\": \"widget\", \"n\": 3}", "application/json"]),
+        "{out}"
+    );
+    assert_eq!(out["delete"][0], 403, "{out}");
+    assert_eq!(out["delete"][1]["rule"], "no-deletes", "{out}");
+    assert!(
+        out["delete"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused by policy rule \"no-deletes\""),
+        "{out}"
+    );
+    // The session goes on after the refusal (one keep-alive connection).
+    assert_eq!(out["after"], 200, "{out}");
+    assert_eq!(app.seen(), ["GET /items?id=7", "POST /items", "GET /after"]);
+    assert_eq!(agent.wait_sessions_ended(1).len(), 1);
+    let requests = data_of_kind(&agent, "http_request");
+    let summary: Vec<String> = requests
+        .iter()
+        .map(|r| format!("{} {} {}", r["method"], r["target"], r["action"]))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "\"GET\" \"/items?id=7\" \"forwarded\"",
+            "\"POST\" \"/items\" \"forwarded\"",
+            "\"DELETE\" \"/items/7\" \"refused\"",
+            "\"GET\" \"/after\" \"forwarded\"",
+        ]
+    );
+    assert_eq!(requests[1]["content_length"], 26);
+}
+
+// ---------------------------------------------------------------- kill -9
+
+/// Eight keep-alive clients (Python requests, one thread each) GET unique paths until
+/// their connections die.
+const LOAD_CLIENT: &str = r#"
+import sys, threading, requests
+base, n = sys.argv[1], int(sys.argv[2])
+def run(t):
+    s = requests.Session()
+    i = 0
+    while True:
+        try:
+            s.get("%s/load/%d/%d" % (base, t, i), timeout=10)
+        except Exception:
+            return
+        i += 1
+threads = [threading.Thread(target=run, args=(t,)) for t in range(n)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"#;
+
+/// SIGKILL while clients hammer an HTTP target: after the restart the journal verifies
+/// and every request the server saw has its `http_request` (record before forward; the
+/// pre-log survives the kill).
+#[test]
+fn kill_9_under_http_load_loses_no_request_the_server_saw() {
+    privileged!("kill_9_under_http_load_loses_no_request_the_server_saw");
+    let app = EchoApp::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let mut agent = Agent::start(&config(&cg, &app.addr(), ""));
+    let mut load = cg
+        .command(PYTHON)
+        .arg("-c")
+        .arg(LOAD_CLIENT)
+        .args([&format!("http://{}", app.addr()), "8"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("load client");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.seen().len() < 400 {
+        assert!(Instant::now() < deadline, "load: {}", app.seen().len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.kill9();
+    // Fail-closed: the clients' connections die and reconnects are refused.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while load.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the load client did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.spawn();
+    agent.assert_verifies();
+    let seen: Vec<String> = app
+        .seen()
+        .into_iter()
+        .filter_map(|l| l.strip_prefix("GET ").map(str::to_owned))
+        .collect();
+    assert!(seen.len() >= 400);
+    let journaled: HashSet<String> = data_of_kind(&agent, "http_request")
+        .iter()
+        .map(|r| r["target"].as_str().unwrap().to_owned())
+        .collect();
+    let missing: Vec<&String> = seen.iter().filter(|p| !journaled.contains(*p)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} requests the server saw are not journaled: {missing:?}",
+        missing.len(),
+        seen.len()
     );
 }

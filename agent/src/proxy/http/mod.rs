@@ -851,14 +851,13 @@ async fn forward(
     };
     let mut upstream = Request::builder().method(parts.method.clone()).uri(uri);
     if let Some(headers) = upstream.headers_mut() {
+        // Host travels as the URI's authority: hyper writes it as `Host` on HTTP/1.1 and
+        // as `:authority` on h2, where a second `host` header is refused (nginx: 400).
         for (name, value) in parts.headers.iter() {
-            if HOP_BY_HOP.contains(&name.as_str()) {
+            if HOP_BY_HOP.contains(&name.as_str()) || name == header::HOST {
                 continue;
             }
             headers.append(name.clone(), value.clone());
-        }
-        if let Some(host) = host {
-            headers.insert(header::HOST, host);
         }
         // The target's credential replaces whatever the client sent under that name.
         if let Some(inject) = &state.target_rt.inject {
