@@ -792,3 +792,142 @@ fn kill_9_under_http_load_loses_no_request_the_server_saw() {
         seen.len()
     );
 }
+
+// ---------------------------------------------------------------- smuggling corpus
+
+/// Request framing and heads that servers read differently (issue 12 §2), on top of
+/// `http_proxy.rs`'s two lengths, obs-fold and CL + TE: each is answered 4xx by the
+/// agent, never reaches the server, and the agent serves the next client.
+#[test]
+fn the_smuggling_corpus_is_refused_and_never_forwarded() {
+    privileged!("the_smuggling_corpus_is_refused_and_never_forwarded");
+    let app = EchoApp::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&config(&cg, &app.addr(), ""));
+    let big_header = format!(
+        "GET /big-header HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let many_headers = format!(
+        "GET /many-headers HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        (0..200)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let chunked = |path: &str, body: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("a chunk size that is not hex", chunked("/chunk-zz", "zz\r\nabc\r\n0\r\n\r\n")),
+        (
+            "a chunk size that overflows 64 bits",
+            chunked("/chunk-overflow", "1ffffffffffffffff\r\nabc\r\n0\r\n\r\n"),
+        ),
+        ("a 0x chunk size", chunked("/chunk-0x", "0x3\r\nabc\r\n0\r\n\r\n")),
+        ("a negative chunk size", chunked("/chunk-negative", "-3\r\nabc\r\n0\r\n\r\n")),
+        ("chunk lines ended by bare LF", chunked("/chunk-lf", "3\nabc\n0\n\n")),
+        (
+            "chunk data longer than its size",
+            chunked("/chunk-long", "3\r\nabcdef\r\n0\r\n\r\n"),
+        ),
+        ("an oversized header", big_header),
+        ("too many headers", many_headers),
+        (
+            "Transfer-Encoding: chunked, identity",
+            "POST /te-chunked-identity HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n".into(),
+        ),
+        (
+            "Transfer-Encoding: identity, chunked",
+            "POST /te-identity-chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n".into(),
+        ),
+        (
+            "Transfer-Encoding twice",
+            "POST /te-twice HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+        ),
+        (
+            "Transfer-Encoding in HTTP/1.0",
+            "POST /te-http10 HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+        ),
+        (
+            "Content-Length with a leading +",
+            "POST /cl-plus HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc".into(),
+        ),
+        (
+            "Content-Length as a list of different values",
+            "POST /cl-list HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\nabcd".into(),
+        ),
+        (
+            "Content-Length in hex",
+            "POST /cl-hex HTTP/1.1\r\nHost: x\r\nContent-Length: 0x3\r\n\r\nabc".into(),
+        ),
+        (
+            "a space before the colon",
+            "POST /space-colon HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc".into(),
+        ),
+        (
+            "a tab before the colon",
+            "POST /tab-colon HTTP/1.1\r\nHost: x\r\nTransfer-Encoding\t: chunked\r\n\r\n0\r\n\r\n".into(),
+        ),
+        (
+            "two spaces in the request line",
+            "GET  /double-space HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+        ),
+        ("a tab in the request line", "GET\t/tab HTTP/1.1\r\nHost: x\r\n\r\n".into()),
+        (
+            "a space in the request target",
+            "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+        ),
+        (
+            "a space after the version",
+            "GET /trailing-space HTTP/1.1 \r\nHost: x\r\n\r\n".into(),
+        ),
+        (
+            "a space before the method",
+            " GET /leading-space HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+        ),
+        (
+            "two Host headers",
+            "GET /two-hosts HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n".into(),
+        ),
+        (
+            "a NUL in a header value",
+            "GET /nul HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n".into(),
+        ),
+        (
+            "a bare CR in a header value",
+            "GET /bare-cr HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n".into(),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, raw) in &cases {
+        let answer = raw_exchange(&cg, &app.addr(), raw.as_bytes());
+        let status_line = answer.lines().next().unwrap_or_default().to_owned();
+        if !status_line.starts_with("HTTP/1.1 4") && !status_line.starts_with("HTTP/1.0 4") {
+            failures.push(format!("{what}: answered {status_line:?}"));
+        }
+        let seen = app.seen();
+        if !seen.is_empty() {
+            failures.push(format!("{what}: forwarded, the server saw {seen:?}"));
+            break;
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}\n{}", agent.log_text());
+    // Each refusal is journaled: a refused `http_request` with its reason where hyper
+    // handed the request over, a `protocol_error` where hyper refused the head itself.
+    agent.wait_sessions_ended(cases.len());
+    let mut refused: HashSet<i64> = events_of_kind(&agent, "protocol_error")
+        .iter()
+        .map(|e| e["session_id"].as_i64().unwrap())
+        .collect();
+    for r in events_of_kind(&agent, "http_request") {
+        assert_eq!(r["data"]["action"], "refused", "{r}");
+        assert!(r["data"]["reason"].is_string(), "{r}");
+        refused.insert(r["session_id"].as_i64().unwrap());
+    }
+    assert_eq!(refused.len(), cases.len(), "{refused:?}");
+    // The agent lives on and serves the next client.
+    let (status, body) = curl(&cg, &[&format!("http://{}/after", app.addr())]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.seen(), ["GET /after"]);
+    assert!(!agent.log_text().contains("panicked"));
+}

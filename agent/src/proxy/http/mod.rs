@@ -367,7 +367,14 @@ async fn serve_http(
             async move { Ok::<_, Infallible>(handle(&state, req).await) }
         })
     };
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A request head longer than this gets 431 (HTTP/1; h2's header list: hyper's 16 KiB).
+    // A client that shuts down its write side after a request still gets the answer
+    // (hyper would otherwise drop the request as aborted, racing the agent's refusal).
+    builder
+        .http1()
+        .max_buf_size(crate::protocol::http::framing::MAX_HEAD_BYTES)
+        .half_close(true);
     // ALPN decided the version: hold the client to it.
     let builder = match h2 {
         Some(true) => builder.http2_only(),
