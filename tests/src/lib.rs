@@ -10,6 +10,9 @@
 //!   kills it and removes its pins on drop.
 //! - [`EchoServer`] echoes (or sinks) on a loopback address and records the peers it
 //!   saw, so a test can tell whether a connection came from the agent or directly.
+pub mod http;
+pub use http::*;
+
 use std::{
     fs,
     io::{BufReader, Read, Write},
@@ -24,8 +27,6 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
-
-pub mod http;
 
 /// Environment variable that turns privileged-test skips into failures (CI sets it).
 pub const REQUIRE_ENV: &str = "NHI_REQUIRE_PRIVILEGED";
@@ -698,6 +699,37 @@ impl Agent {
             );
         }
         all
+    }
+
+    /// `nhi-agent verify` of the agent's journal directory with its public key; asserts
+    /// that it passes.
+    pub fn assert_verifies(&self) {
+        let text = |out: &Output| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        let key = self.dir.path().join("host.pub");
+        let out = self.cli(&[
+            "key",
+            "export-public",
+            "--config",
+            self.config_path.to_str().expect("utf-8"),
+            "--out",
+            key.to_str().expect("utf-8"),
+        ]);
+        assert!(out.status.success(), "key export: {}", text(&out));
+        let dir = self.journal.parent().expect("journal dir");
+        let out = self.cli(&[
+            "verify",
+            dir.to_str().expect("utf-8"),
+            "--key",
+            key.to_str().expect("utf-8"),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "verify: {}", text(&out));
+        assert!(text(&out).contains("OK: intact"), "verify: {}", text(&out));
     }
 
     /// Waits until the journal holds `n` sessions that have ended.

@@ -97,30 +97,6 @@ fn statement_texts(agent: &Agent) -> Vec<String> {
         .collect()
 }
 
-/// `nhi-agent verify` of the agent's journal directory with its public key; asserts
-/// that it passes.
-fn assert_verifies(agent: &Agent) {
-    let key = agent.dir.path().join("host.pub");
-    let out = agent.cli(&[
-        "key",
-        "export-public",
-        "--config",
-        agent.config_path.to_str().expect("utf-8"),
-        "--out",
-        key.to_str().expect("utf-8"),
-    ]);
-    assert!(out.status.success(), "key export: {}", text(&out));
-    let dir = agent.journal.parent().expect("journal dir");
-    let out = agent.cli(&[
-        "verify",
-        dir.to_str().expect("utf-8"),
-        "--key",
-        key.to_str().expect("utf-8"),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "verify: {}", text(&out));
-    assert!(text(&out).contains("OK: intact"), "verify: {}", text(&out));
-}
-
 // ---------------------------------------------------------------- kill -9
 
 /// Four psql clients insert unique rows through a `postgres` target; the agent is killed
@@ -216,7 +192,7 @@ fn kill_9_under_write_load_loses_no_statement_the_server_committed() {
         "{sessions:#?}"
     );
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
-    assert_verifies(&agent);
+    agent.assert_verifies();
 }
 
 // ---------------------------------------------------------------- disk full
@@ -484,7 +460,7 @@ fn disk_full_refuses_statements_with_an_error_that_says_so_and_recovers_by_itsel
         "before-1, the open one, after-1, after-2, echo: {sessions:#?}"
     );
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
-    assert_verifies(&agent);
+    agent.assert_verifies();
 }
 
 // ---------------------------------------------------------------- overload

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nhi_tests::http::{assert_in_no_file, curl_in, journal_events};
+use nhi_tests::http::{assert_in_no_file, curl, events_of_kind};
 use nhi_tests::*;
 use serde_json::Value;
 
@@ -183,12 +183,12 @@ fn user_json() -> Vec<u8> {
 
 /// The response event of the request for `target`.
 fn response_for(agent: &Agent, kind: &str, target: &str) -> Value {
-    let requests = journal_events(agent, "http_request");
+    let requests = events_of_kind(agent, "http_request");
     let request = requests
         .iter()
         .find(|r| r["data"]["target"] == target)
         .unwrap_or_else(|| panic!("no request {target} in {requests:#?}"));
-    let events = journal_events(agent, kind);
+    let events = events_of_kind(agent, kind);
     events
         .into_iter()
         .find(|e| {
@@ -279,7 +279,7 @@ fn json_ndjson_text_and_encoded_bodies_are_masked() {
         let mut args = vec!["-i"];
         args.extend(extra);
         args.push(&url);
-        let (status, out) = curl_in(&cg, &args);
+        let (status, out) = curl(&cg, &args);
         assert_eq!(status, 200, "{path}: {out}");
         assert_masked(path, &out);
         let lower = out.to_ascii_lowercase();
@@ -312,7 +312,7 @@ fn json_ndjson_text_and_encoded_bodies_are_masked() {
     }
 
     // NDJSON (gzip), streamed line by line.
-    let (status, out) = curl_in(&cg, &[&format!("{base}/list")]);
+    let (status, out) = curl(&cg, &[&format!("{base}/list")]);
     assert_eq!(status, 200, "{out}");
     assert_masked("/list", &out);
     assert_eq!(
@@ -326,7 +326,7 @@ fn json_ndjson_text_and_encoded_bodies_are_masked() {
     );
 
     // Text.
-    let (status, out) = curl_in(&cg, &[&format!("{base}/notes")]);
+    let (status, out) = curl(&cg, &[&format!("{base}/notes")]);
     assert_eq!(status, 200);
     assert_masked("/notes", &out);
     assert!(
@@ -337,13 +337,13 @@ fn json_ndjson_text_and_encoded_bodies_are_masked() {
     assert_eq!(out.len(), text.len() - EMAIL.len() + "[redacted]".len());
 
     // The injected secret, echoed by the server in a JSON body.
-    let (status, out) = curl_in(&cg, &[&format!("{base}/echo-auth")]);
+    let (status, out) = curl(&cg, &[&format!("{base}/echo-auth")]);
     assert_eq!(status, 200, "{out}");
     assert_masked("/echo-auth", &out);
     assert!(out.contains("Bearer [redacted by nhi-agent]"), "{out}");
 
     // Over the limit: 502 naming it, the raw body nowhere.
-    let (status, out) = curl_in(&cg, &[&format!("{base}/big")]);
+    let (status, out) = curl(&cg, &[&format!("{base}/big")]);
     assert_eq!(status, 502, "{out}");
     assert_masked("/big", &out);
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
@@ -351,7 +351,7 @@ fn json_ndjson_text_and_encoded_bodies_are_masked() {
     assert!(error.contains("mask_body_limit (65536 bytes)"), "{error}");
 
     // Untouched.
-    let (status, out) = curl_in(&cg, &[&format!("{base}/blob")]);
+    let (status, out) = curl(&cg, &[&format!("{base}/blob")]);
     assert_eq!((status, out.as_str()), (200, "opaque bytes"));
 
     // A request body: its excerpt is masked by member name and detector.
@@ -361,7 +361,7 @@ fn json_ndjson_text_and_encoded_bodies_are_masked() {
         format!(r#"{{"user_email": "{NAMED}", "msg": "cc {EMAIL}"}}"#),
     )
     .unwrap();
-    let (status, out) = curl_in(
+    let (status, out) = curl(
         &cg,
         &[
             "-H",
@@ -410,7 +410,7 @@ fn json_ndjson_text_and_encoded_bodies_are_masked() {
         big["error"].as_str().unwrap().contains("mask_body_limit"),
         "{big:#}"
     );
-    let requests = journal_events(&agent, "http_request");
+    let requests = events_of_kind(&agent, "http_request");
     let submit = &requests
         .iter()
         .find(|r| r["data"]["target"] == "/submit")

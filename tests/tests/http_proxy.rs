@@ -2,158 +2,11 @@
 //! in an intercepted cgroup, a real HTTP server (a JSON echo app on Python's http.server,
 //! started by the test), real eBPF. Each test checks what the client sees, what the
 //! server saw and what the journal says.
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nhi_tests::*;
 use serde_json::Value;
-
-/// A JSON echo server: answers every request with `{"method", "path", "headers"}` and
-/// prints one line per request it served (`SEEN <method> <path>`) on stdout, then the
-/// Authorization header it got (`AUTH <value>`, or `AUTH -`). That header stays out of
-/// the body (a body echo is the business of body masking, not of injection); a request
-/// with `x-echo-authorization` gets it back in the response header
-/// `x-seen-authorization`. With a certificate and key, it serves HTTPS (HTTP/1.1).
-struct EchoApp {
-    child: Child,
-    port: u16,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-const APP: &str = r#"
-import json, ssl, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def answer(self):
-        length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        auth = headers.pop("authorization", "-")
-        body = json.dumps({"method": self.command, "path": self.path,
-                           "headers": headers}).encode()
-        print("SEEN", self.command, self.path, flush=True)
-        print("AUTH", auth, flush=True)
-        self.send_response(200)
-        if "x-echo-authorization" in headers:
-            self.send_header("x-seen-authorization", auth)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    do_GET = do_POST = do_PUT = do_DELETE = answer
-    def log_message(self, *a):
-        pass
-
-server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
-if len(sys.argv) > 3:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-server.serve_forever()
-"#;
-
-impl EchoApp {
-    fn start() -> EchoApp {
-        Self::start_with(&[])
-    }
-
-    /// Serves HTTPS with `dir/server.crt` and `dir/server.key` (see `make_test_certs`).
-    fn start_tls(dir: &std::path::Path) -> EchoApp {
-        let cert = dir.join("server.crt");
-        let key = dir.join("server.key");
-        Self::start_with(&[cert.to_str().unwrap(), key.to_str().unwrap()])
-    }
-
-    fn start_with(tls: &[&str]) -> EchoApp {
-        let port = free_port();
-        let mut child = Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(APP)
-            .arg(port.to_string())
-            .args(tls)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the echo app");
-        let stdout = child.stdout.take().expect("stdout");
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let lines = seen.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the echo app did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        EchoApp { child, port, seen }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The requests the app served, as `METHOD PATH`.
-    fn seen(&self) -> Vec<String> {
-        self.lines("SEEN ")
-    }
-
-    /// The Authorization header of each request the app served (`-`: none).
-    fn auth(&self) -> Vec<String> {
-        self.lines("AUTH ")
-    }
-
-    fn lines(&self, prefix: &str) -> Vec<String> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| l.strip_prefix(prefix).map(str::to_owned))
-            .collect()
-    }
-}
-
-impl Drop for EchoApp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// curl in the cgroup: prints the body, then `\nSTATUS <code>`.
-fn curl(cg: &TestCgroup, args: &[&str]) -> (u16, String) {
-    let (status, _, text) = curl_version(cg, args);
-    (status, text)
-}
-
-/// Like [`curl`], with the HTTP version curl used (`1.1`, `2`; `0` when none).
-fn curl_version(cg: &TestCgroup, args: &[&str]) -> (u16, String, String) {
-    let out: Output = cg
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "30",
-            "-w",
-            "\nSTATUS %{http_code} %{http_version}",
-        ])
-        .args(args)
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, status) = text.rsplit_once("\nSTATUS ").unwrap_or((&text, "0 0"));
-    let (code, version) = status.trim().split_once(' ').unwrap_or(("0", "0"));
-    (
-        code.parse().unwrap_or(0),
-        version.to_string(),
-        format!("{body}{}", String::from_utf8_lossy(&out.stderr)),
-    )
-}
 
 /// Asserts that no file under `dir` (journal, -wal, .prelog, segments, log, state)
 /// holds `secret`.
@@ -180,25 +33,6 @@ fn assert_secret_in_no_file(dir: &std::path::Path, secret: &str, except: &[&std:
 
 fn memchr_find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn events_of_kind(agent: &Agent, kind: &str) -> Vec<Value> {
-    let out = agent.cli(&[
-        "events",
-        agent.journal.to_str().unwrap(),
-        "--json",
-        "--kind",
-        kind,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect()
 }
 
 #[test]
@@ -510,14 +344,6 @@ fn a_held_request_waits_for_a_decision() {
     );
 }
 
-/// Events of `kind` as (session id, data).
-fn data_of_kind(agent: &Agent, kind: &str) -> Vec<Value> {
-    events_of_kind(agent, kind)
-        .into_iter()
-        .map(|e| e["data"].clone())
-        .collect()
-}
-
 #[test]
 fn https_clients_are_served_with_the_agent_ca() {
     privileged!("https_clients_are_served_with_the_agent_ca");
@@ -776,40 +602,6 @@ fn an_injected_credential_reaches_the_server_and_nothing_else() {
     assert_eq!(masked, [0, 0, 0, 1]);
     agent.terminate();
     assert_secret_in_no_file(agent.dir.path(), secret, &[]);
-}
-
-/// Sends `raw` bytes from the cgroup over one TCP connection (Python, so nothing
-/// normalises them) and returns what came back within a few seconds.
-fn raw_exchange(cg: &TestCgroup, addr: &str, raw: &[u8]) -> String {
-    let out = cg
-        .command("/usr/bin/python3")
-        .args([
-            "-c",
-            "import socket,sys\n\
-             h,p=sys.argv[1].rsplit(':',1)\n\
-             s=socket.create_connection((h,int(p)),timeout=10)\n\
-             s.sendall(sys.stdin.buffer.read())\n\
-             s.shutdown(socket.SHUT_WR)\n\
-             out=b''\n\
-             try:\n\
-             \x20 while True:\n\
-             \x20\x20 b=s.recv(65536)\n\
-             \x20\x20 if not b: break\n\
-             \x20\x20 out+=b\n\
-             except Exception: pass\n\
-             sys.stdout.buffer.write(out)\n",
-            addr,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write as _;
-            child.stdin.take().expect("stdin").write_all(raw)?;
-            child.wait_with_output()
-        })
-        .expect("python client");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Request framing a server could read differently from the agent (two lengths,

@@ -7,8 +7,9 @@ use anyhow::{bail, Context as _};
 use crate::util::{self, output, run};
 
 /// Debian packages: a PostgreSQL server and clients for the integration tests and
-/// benchmarks, sqlite3 to inspect journals, curl and iproute2 for tests, and a C
-/// toolchain for the bundled SQLite.
+/// benchmarks, nginx and Python HTTP/WebSocket libraries for the HTTP tests, sqlite3 to
+/// inspect journals, curl and iproute2 for tests, and a C toolchain for the bundled
+/// SQLite.
 const APT_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
@@ -19,7 +20,12 @@ const APT_PACKAGES: &[&str] = &[
     "python3-psycopg",
     // The pooler and the reverse proxy the benchmark compares the agent with.
     "pgbouncer",
+    // The HTTP tests' real servers and clients: nginx (TLS and h2 upstream), Python
+    // `websockets` (a WebSocket client and server) and `requests` (an HTTP client from
+    // another language), for the /usr/bin/python3 the tests run, as psycopg above.
     "nginx",
+    "python3-websockets",
+    "python3-requests",
     "openssl",
     "sqlite3",
     "curl",

@@ -152,6 +152,21 @@ impl UpstreamTls {
         })
     }
 
+    /// The same settings with ALPN offering only `http/1.1`: for a connection that must
+    /// stay HTTP/1.1 whatever the server prefers (a WebSocket upgrade).
+    pub fn http1_only(&self) -> UpstreamTls {
+        let config = self.config.as_ref().map(|config| {
+            let mut config = ClientConfig::clone(config);
+            config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+            Arc::new(config)
+        });
+        UpstreamTls {
+            mode: self.mode,
+            config,
+            server_name: self.server_name.clone(),
+        }
+    }
+
     /// The configured mode.
     pub fn mode(&self) -> UpstreamTlsMode {
         self.mode

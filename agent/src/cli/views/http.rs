@@ -15,7 +15,9 @@ use crate::cli::replay::{format_offset_us, us_since_epoch};
 use crate::cli::select::Selected;
 use crate::cli::sessions::sanitize;
 use crate::journal::{EventRow, SessionId, SessionRow, SetSession};
-use crate::proxy::http::events::{kind, BodyExcerpt, HttpRequest, HttpResponse, HttpResponseEnd};
+use crate::proxy::http::events::{
+    kind, BodyExcerpt, HttpRequest, HttpResponse, HttpResponseEnd, WsFrame,
+};
 
 /// OCSF HTTP Activity.
 pub const HTTP_ACTIVITY: u64 = 4002;
@@ -67,9 +69,33 @@ impl ProtocolView for Http {
                 let by = if r.by_agent { " (agent)" } else { "" };
                 Some(format!("{}{by}", r.status))
             }
+            kind::WS_FRAME => {
+                let f = WsFrame::read(data)?;
+                Some(format!("{} {}", f.from, frame_line(&f)))
+            }
             _ => None,
         }
     }
+}
+
+/// A WebSocket frame in one line: `text 15 B "hello"`, `close 1000 "bye"`.
+fn frame_line(f: &WsFrame<'_>) -> String {
+    let mut line = sanitize(&f.opcode).into_owned();
+    if let Some(message) = &f.message {
+        line.push_str(&format!(" ({})", sanitize(message)));
+    }
+    if !f.fin {
+        line.push_str(" (more follows)");
+    }
+    if let Some(code) = f.close_code {
+        line.push_str(&format!(" {code}"));
+    }
+    line.push_str(&format!(" {} B", f.size));
+    if let Some(excerpt) = &f.excerpt {
+        let cut = if f.excerpt_cut { "..." } else { "" };
+        line.push_str(&format!(" \"{}\"{cut}", sanitize(excerpt)));
+    }
+    line
 }
 
 /// The replay of an HTTP session.
@@ -139,9 +165,14 @@ impl Replay for Exchange {
                     .content_length
                     .map(|n| format!("  {n} B"))
                     .unwrap_or_default();
+                let version = r
+                    .version
+                    .as_deref()
+                    .map(|v| format!("{} ", sanitize(v)))
+                    .unwrap_or_default();
                 writeln!(
                     out,
-                    "  {offset}  < {}{by}{length}  {:.3} ms",
+                    "  {offset}  < {version}{}{by}{length}  {:.3} ms",
                     r.status,
                     r.duration_us as f64 / 1000.0
                 )?;
@@ -174,6 +205,11 @@ impl Replay for Exchange {
                 }
                 masked_line(out, Some(r.body_bytes), &r.masked, r.secret_echoes_in_body)?;
                 body_lines(out, '<', &r.excerpt)
+            }
+            kind::WS_FRAME if WsFrame::read(data).is_some() => {
+                let f = WsFrame::read(data).expect("checked");
+                let arrow = if f.from == "client" { ">" } else { "<" };
+                writeln!(out, "  {offset}  {arrow} ws {}", frame_line(&f))
             }
             crate::session::gate::APPROVAL => writeln!(
                 out,
@@ -604,6 +640,32 @@ mod tests {
                 .expect("value")
             ),
             Some("[deny refused] DELETE /a".to_string())
+        );
+    }
+
+    #[test]
+    fn websocket_frames_read_in_one_line() {
+        let frame = |v: serde_json::Value| Http.detail(kind::WS_FRAME, &v).expect("a frame");
+        assert_eq!(
+            frame(
+                json!({"seq": 1, "from": "client", "n": 1, "opcode": "text", "fin": true,
+                         "size": 2000, "excerpt": "hello\nworld", "excerpt_cut": true})
+            ),
+            "client text 2000 B \"hello\\nworld\"..."
+        );
+        assert_eq!(
+            frame(
+                json!({"seq": 1, "from": "server", "n": 2, "opcode": "continuation",
+                         "message": "binary", "fin": false, "size": 10})
+            ),
+            "server continuation (binary) (more follows) 10 B"
+        );
+        assert_eq!(
+            frame(
+                json!({"seq": 1, "from": "server", "n": 3, "opcode": "close", "fin": true,
+                         "size": 5, "close_code": 1000, "excerpt": "bye"})
+            ),
+            "server close 1000 5 B \"bye\""
         );
     }
 }

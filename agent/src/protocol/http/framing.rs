@@ -1,9 +1,22 @@
 //! HTTP/1.1 request framing, followed on the raw bytes a client sends, before hyper
-//! parses them, to catch what hyper's parser resolves silently: a request head with both
-//! `Content-Length` and `Transfer-Encoding`. RFC 9112 §6.3 lets a server let
-//! `Transfer-Encoding` win (hyper drops the `Content-Length` and closes the connection
-//! after the response), but two lengths for one body are the classic request-smuggling
-//! shape, and the agent refuses ambiguous input rather than pick a reading.
+//! parses them, to refuse what hyper's parser resolves silently or only notices once the
+//! head is already forwarded:
+//! - a head with both `Content-Length` and `Transfer-Encoding`: RFC 9112 §6.3 lets a
+//!   server let `Transfer-Encoding` win (hyper drops the length and closes the connection
+//!   after the response), but two lengths for one body are the classic request-smuggling
+//!   shape;
+//! - `Transfer-Encoding` other than exactly `chunked` (`identity, chunked`, `gzip,
+//!   chunked`: hyper accepts any list that ends in `chunked`, and would hand the server
+//!   the coded bytes without their coding) or on two header lines;
+//! - two `Host` headers (RFC 9112 §3.2: 400; policy and server could read different
+//!   ones);
+//! - a malformed chunked body (a size that is not hex or overflows, bare LF line ends,
+//!   data longer than its size): hyper hands the request to the proxy at its head and
+//!   fails only while the body streams, after the head went upstream;
+//! - and, should hyper ever accept them, a `Content-Length` it cannot read and a head
+//!   httparse rejects.
+//!
+//! The agent refuses ambiguous or malformed input rather than pick a reading.
 //!
 //! [`RequestFraming`] is a sans-IO state machine fed every byte the client sends, in
 //! order, however the reads split them. It finds each request head with `httparse` (the
@@ -12,16 +25,21 @@
 //! hyper's decoder (CRLF line ends, hex sizes, extensions, trailers). Heads are numbered
 //! from 0 in the order they arrive, which is the order hyper hands HTTP/1 requests to the
 //! service, so the proxy asks [`RequestFraming::ambiguity`] with its request's number.
+//! A malformed chunked body is caught before the request is judged when its bytes
+//! arrived with the head (one read); when they come later, hyper's own decoder fails the
+//! body, the upstream request is cut short (the server never gets a complete request),
+//! and the connection closes.
 //!
-//! It stops following (and reports nothing more) where hyper itself refuses or where the
-//! bytes stop being HTTP/1 requests: a head httparse rejects, a malformed chunk, an
-//! `Upgrade` or `CONNECT` request (the connection may switch protocols), HTTP/2's
-//! preface, or a head longer than hyper accepts. Stopping is safe: hyper closes a
-//! connection it cannot parse, and a switched connection carries no more requests.
+//! It stops following after a refusal (the proxy closes the connection), a `CONNECT`
+//! (refused too), HTTP/2's preface, a head longer than hyper accepts, and when the proxy
+//! says the connection switched protocols ([`RequestFraming::switched`], on a `101`). An
+//! `Upgrade` request the server does not accept leaves an HTTP/1.1 connection that goes
+//! on, so it is followed like any other.
 use std::collections::VecDeque;
 
-/// Heads longer than this are not followed (hyper's default read buffer limit).
-pub const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+/// The longest request head the agent accepts: the proxy gives hyper's read buffer this
+/// limit (a longer head gets 431), and heads longer than this are not followed.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Headers per head httparse is given room for (hyper's default is 100).
 const MAX_HEADERS: usize = 128;
 /// Ambiguous heads remembered but not yet asked for (a client pipelining many).
@@ -163,11 +181,33 @@ impl RequestFraming {
                     self.state = match next_chunk_state(chunk, byte) {
                         Some(Some(next)) => State::Chunk(next),
                         Some(None) => State::Head,
-                        None => State::Stopped,
+                        None => {
+                            // The body belongs to the last head.
+                            let index = self.heads.saturating_sub(1);
+                            self.refuse(
+                                index,
+                                format!("a malformed chunked body (unexpected byte {byte:#04x})"),
+                            );
+                            return;
+                        }
                     };
                 }
             }
         }
+    }
+
+    /// The connection switched protocols (a `101`): nothing after this is a request.
+    pub fn switched(&mut self) {
+        self.stop();
+    }
+
+    /// Remembers why head `index` is refused and stops following.
+    fn refuse(&mut self, index: u64, why: String) {
+        if self.ambiguous.len() >= MAX_PENDING {
+            self.ambiguous.pop_front();
+        }
+        self.ambiguous.push_back((index, why));
+        self.stop();
     }
 
     fn stop(&mut self) {
@@ -188,9 +228,13 @@ impl RequestFraming {
             }
             Ok(httparse::Status::Complete(used)) => used,
             Ok(httparse::Status::Partial) => return None,
-            Err(_) => {
-                // hyper answers 400 and closes (or it is h2's preface).
-                self.stop();
+            Err(e) => {
+                // hyper answers 400 and closes (or it is h2's preface, which hyper
+                // detects before any HTTP/1 request is asked about).
+                self.refuse(
+                    self.heads,
+                    format!("a request head that does not parse ({e})"),
+                );
                 return None;
             }
         };
@@ -199,38 +243,52 @@ impl RequestFraming {
         let mut content_length: Option<u64> = None;
         let mut has_content_length = false;
         let mut transfer_encoding = false;
-        let mut chunked = false;
-        let mut upgrade = request.method == Some("CONNECT");
-        let mut malformed = false;
+        let mut hosts = 0;
+        let mut refusal: Option<String> = None;
+        let mut refuse = |why: String| {
+            refusal.get_or_insert(why);
+        };
         for header in request.headers.iter() {
+            let value = String::from_utf8_lossy(header.value);
             if header.name.eq_ignore_ascii_case("content-length") {
                 has_content_length = true;
                 match parse_content_length(header.value) {
                     Some(n) if content_length.is_none_or(|m| m == n) => content_length = Some(n),
-                    _ => malformed = true,
+                    _ => refuse(format!("an invalid or second Content-Length ({value:?})")),
                 }
             } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                if transfer_encoding {
+                    refuse("Transfer-Encoding on two header lines".into());
+                }
                 transfer_encoding = true;
-                chunked = last_coding_is_chunked(header.value);
-            } else if header.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
+                if !value.trim().eq_ignore_ascii_case("chunked") {
+                    refuse(format!(
+                        "Transfer-Encoding {value:?} (only \"chunked\" is accepted)"
+                    ));
+                }
+            } else if header.name.eq_ignore_ascii_case("host") {
+                hosts += 1;
+                if hosts == 2 {
+                    refuse("two Host headers".into());
+                }
             }
         }
         if has_content_length && transfer_encoding {
-            if self.ambiguous.len() >= MAX_PENDING {
-                self.ambiguous.pop_front();
-            }
-            self.ambiguous.push_back((
-                index,
-                "the request has both Content-Length and Transfer-Encoding (two lengths for one \
-                 body)"
-                    .into(),
-            ));
             // hyper closes the connection after this request: nothing after it counts.
-            self.stop();
+            self.refuse(
+                index,
+                "the request has both Content-Length and Transfer-Encoding (two lengths for \
+                 one body)"
+                    .into(),
+            );
             return Some(used);
         }
-        self.state = if malformed || upgrade || (transfer_encoding && !chunked) {
+        if let Some(why) = refusal {
+            self.refuse(index, why);
+            return Some(used);
+        }
+        self.state = if request.method == Some("CONNECT") {
+            // Refused by the proxy, which closes the connection.
             State::Stopped
         } else if transfer_encoding {
             State::Chunk(Chunk::Size(0))
@@ -291,14 +349,6 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
         length = Some(n);
     }
     length
-}
-
-/// Whether the last transfer coding of a `Transfer-Encoding` value is `chunked`.
-fn last_coding_is_chunked(value: &[u8]) -> bool {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
 }
 
 #[cfg(test)]
@@ -373,20 +423,75 @@ mod tests {
     }
 
     #[test]
-    fn it_stops_where_hyper_refuses_or_the_protocol_changes() {
-        for input in [
-            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
-            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello",
-            b"CONNECT x:443 HTTP/1.1\r\n\r\n\x16\x03\x01",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            b"\x00\x01garbage\r\n\r\n",
+    fn it_stops_where_the_protocol_changes() {
+        let (heads, ambiguous, following) = follow(b"CONNECT x:443 HTTP/1.1\r\n\r\n\x16\x03\x01");
+        assert_eq!((heads, ambiguous.len(), following), (1, 0, false));
+        let mut f = RequestFraming::new();
+        f.feed(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        assert!(f.following());
+        f.switched();
+        f.feed(b"\x81\x05hello");
+        assert!(!f.following());
+    }
+
+    #[test]
+    fn a_declined_upgrade_leaves_a_connection_that_is_followed() {
+        let input =
+            b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n\
+            POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (heads, ambiguous, following) = follow(input);
+        assert_eq!((heads, following), (2, false));
+        assert_eq!(ambiguous[0].0, 1);
+    }
+
+    #[test]
+    fn malformed_framing_is_refused_for_its_request() {
+        let chunked = |body: &str| {
+            format!("GET /a HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
+        };
+        let head = |line: &str| format!("GET /a HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\n{line}\r\n\r\n");
+        for (input, why) in [
+            (chunked("zz\r\n"), "malformed chunked body"),
+            (chunked("1ffffffffffffffff\r\n"), "malformed chunked body"),
+            (chunked("0x3\r\nabc\r\n"), "malformed chunked body"),
+            (chunked("3\nabc"), "malformed chunked body"),
+            (chunked("3\r\nabcdef\r\n"), "malformed chunked body"),
+            (head("Transfer-Encoding: gzip"), "only \"chunked\""),
+            (
+                head("Transfer-Encoding: identity, chunked"),
+                "only \"chunked\"",
+            ),
+            (
+                head("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked"),
+                "two header lines",
+            ),
+            (
+                head("Content-Length: 1\r\nContent-Length: 2"),
+                "second Content-Length",
+            ),
+            (
+                head("Content-Length: -1"),
+                "invalid or second Content-Length",
+            ),
+            (head("Host: a\r\nHost: b"), "two Host headers"),
+            (
+                "GET /a HTTP/1.1\r\n\r\n\x00\x01garbage\r\n\r\n".into(),
+                "does not parse",
+            ),
+            (
+                "GET /a HTTP/1.1\r\n\r\nGET  /b HTTP/1.1\r\n\r\n".into(),
+                "does not parse",
+            ),
         ] {
-            let (_, ambiguous, following) = follow(input);
-            assert!(!following, "{:?}", String::from_utf8_lossy(input));
-            assert!(ambiguous.is_empty());
+            let (_, ambiguous, following) = follow(input.as_bytes());
+            assert!(!following, "{input:?}");
+            assert_eq!(ambiguous.len(), 1, "{input:?}");
+            assert_eq!(ambiguous[0].0, 1, "{input:?}");
+            assert!(
+                ambiguous[0].1.contains(why),
+                "{input:?}: {}",
+                ambiguous[0].1
+            );
         }
     }
 
@@ -447,7 +552,5 @@ mod tests {
         assert_eq!(parse_content_length(b"5, 6"), None);
         assert_eq!(parse_content_length(b"+5"), None);
         assert_eq!(parse_content_length(b""), None);
-        assert!(last_coding_is_chunked(b"gzip, Chunked"));
-        assert!(!last_coding_is_chunked(b"chunked, gzip"));
     }
 }

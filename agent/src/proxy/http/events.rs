@@ -16,6 +16,9 @@ pub mod kind {
     /// [`super::HttpResponseEnd`]: the end of a response body the agent streamed
     /// (masked, or of a size unknown at the head): its size, what was masked, excerpt.
     pub const RESPONSE_END: &str = "http_response_end";
+    /// [`super::WsFrame`]: one WebSocket frame of an upgraded connection, before it is
+    /// relayed.
+    pub const WS_FRAME: &str = "ws_frame";
 }
 
 /// Kind [`kind::REQUEST`].
@@ -69,6 +72,13 @@ pub struct HttpRequest<'a> {
     /// The start of the body, masked (`record_results = "rows"`, text-like bodies).
     #[serde(flatten)]
     pub excerpt: BodyExcerpt,
+    /// The protocol an HTTP/1.1 `Upgrade` header asked for (`websocket`, `h2c`, ...).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<Cow<'a, str>>,
+    /// The agent declined that upgrade: the request went on as plain HTTP/1.1 (every
+    /// upgrade but `websocket`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upgrade_declined: bool,
 }
 
 /// A bounded, masked excerpt of a body.
@@ -98,6 +108,10 @@ pub struct HttpResponse<'a> {
     #[serde(default)]
     pub seq: u64,
     pub status: u16,
+    /// The HTTP version the server answered with (`HTTP/1.1`, `HTTP/2.0`); absent when
+    /// the agent answered.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Cow<'a, str>>,
     /// Response headers; credentials `[redacted]`.
     #[serde(default)]
     pub headers: Vec<(String, String)>,
@@ -180,6 +194,49 @@ impl HttpResponse<'_> {
             by_agent: true,
             ..HttpResponse::default()
         }
+    }
+}
+
+/// Kind [`kind::WS_FRAME`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WsFrame<'a> {
+    /// The `seq` of the request that upgraded the connection.
+    #[serde(default)]
+    pub seq: u64,
+    /// Who sent it: "client" or "server".
+    #[serde(borrow, default)]
+    pub from: Cow<'a, str>,
+    /// The frame's number among those its sender sent, from 1.
+    #[serde(default)]
+    pub n: u64,
+    /// "text", "binary", "continuation", "close", "ping", "pong".
+    #[serde(borrow, default)]
+    pub opcode: Cow<'a, str>,
+    /// For a continuation frame: the opcode of the message it continues.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Cow<'a, str>>,
+    /// The last frame of its message.
+    #[serde(default)]
+    pub fin: bool,
+    /// Payload bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// The start of a text payload (or a close frame's reason) through the mask
+    /// detectors: client frames always, server frames with `record_results = "rows"`.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub excerpt: Option<Cow<'a, str>>,
+    /// The excerpt is shorter than the payload.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub excerpt_cut: bool,
+    /// A close frame's status code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
+}
+
+impl<'a> WsFrame<'a> {
+    /// The frame event stored as `data`; `None` if it is not one.
+    pub fn read(data: &'a serde_json::Value) -> Option<WsFrame<'a>> {
+        WsFrame::deserialize(data).ok()
     }
 }
 

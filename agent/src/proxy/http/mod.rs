@@ -34,6 +34,7 @@
 mod body;
 pub mod events;
 pub mod runtime;
+mod upgrade;
 mod upstream;
 
 use std::convert::Infallible;
@@ -123,6 +124,10 @@ struct State {
     approvals: Option<Arc<dyn Approver>>,
     requester: Requester,
     client: Client<Connector, Body>,
+    /// The pooled client's connector (a WebSocket handshake gets a connection of its own).
+    connector: Connector,
+    /// A WebSocket upgrade the server accepted, relayed once hyper hands it over.
+    upgraded: Mutex<Option<upgrade::Pending>>,
     /// `http` or `https`: how the server is reached.
     scheme: &'static str,
     target_rt: Arc<HttpTargetRuntime>,
@@ -343,7 +348,9 @@ async fn serve_http(
         requester: ctx.requester.clone(),
         client: Client::builder(TokioExecutor::new())
             .pool_idle_timeout(ctx.idle_timeout)
-            .build(connector),
+            .build(connector.clone()),
+        connector,
+        upgraded: Mutex::new(None),
         scheme,
         target_rt: ctx.target_rt.clone(),
         orig_dst: ctx.orig_dst,
@@ -365,14 +372,21 @@ async fn serve_http(
             async move { Ok::<_, Infallible>(handle(&state, req).await) }
         })
     };
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A request head longer than this gets 431 (HTTP/1; h2's header list: hyper's 16 KiB).
+    // A client that shuts down its write side after a request still gets the answer
+    // (hyper would otherwise drop the request as aborted, racing the agent's refusal).
+    builder
+        .http1()
+        .max_buf_size(crate::protocol::http::framing::MAX_HEAD_BYTES)
+        .half_close(true);
     // ALPN decided the version: hold the client to it.
     let builder = match h2 {
         Some(true) => builder.http2_only(),
         Some(false) => builder.http1_only(),
         None => builder,
     };
-    let conn = builder.serve_connection(io, service);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let reason = loop {
         tokio::select! {
@@ -405,6 +419,13 @@ async fn serve_http(
                 }
             }
         }
+    };
+    // A connection upgraded to WebSocket goes on as a relay of journaled frames.
+    let reason = match upgrade::take(&state) {
+        Some(pending) if matches!(reason, CloseReason::ClientClosed) => {
+            upgrade::relay(&state, pending, ctx.idle_timeout, &mut cancel).await
+        }
+        _ => reason,
     };
     info!(
         session = ctx.id,
@@ -559,6 +580,33 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             request_event.reason = Some(why.clone().into());
             let mut response =
                 refuse_unjudged(state, request_event, StatusCode::BAD_REQUEST, &why).await;
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    }
+    // WebSocket is judged like any request, then relayed; other upgrades are declined,
+    // CONNECT refused (upgrade.rs).
+    let upgrade = upgrade::Upgrade::of(&req);
+    match &upgrade {
+        upgrade::Upgrade::None => {}
+        upgrade::Upgrade::WebSocket => request_event.upgrade = Some("websocket".into()),
+        upgrade::Upgrade::Declined(asked) => {
+            request_event.upgrade = Some(asked.clone().into());
+            request_event.upgrade_declined = true;
+        }
+        upgrade::Upgrade::Connect => {
+            request_event.verdict = Verdict::Deny.as_str().into();
+            request_event.action = "refused".into();
+            request_event.reason = Some(upgrade::CONNECT_REFUSED.into());
+            let mut response = refuse_unjudged(
+                state,
+                request_event,
+                StatusCode::METHOD_NOT_ALLOWED,
+                upgrade::CONNECT_REFUSED,
+            )
+            .await;
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -745,6 +793,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             }
         }
     }
+    if upgrade == upgrade::Upgrade::WebSocket {
+        return upgrade::forward_websocket(state, req, seq, started).await;
+    }
     forward(state, req, seq, &normal, started).await
 }
 
@@ -825,14 +876,13 @@ async fn forward(
     };
     let mut upstream = Request::builder().method(parts.method.clone()).uri(uri);
     if let Some(headers) = upstream.headers_mut() {
+        // Host travels as the URI's authority: hyper writes it as `Host` on HTTP/1.1 and
+        // as `:authority` on h2, where a second `host` header is refused (nginx: 400).
         for (name, value) in parts.headers.iter() {
-            if HOP_BY_HOP.contains(&name.as_str()) {
+            if HOP_BY_HOP.contains(&name.as_str()) || name == header::HOST {
                 continue;
             }
             headers.append(name.clone(), value.clone());
-        }
-        if let Some(host) = host {
-            headers.insert(header::HOST, host);
         }
         // The target's credential replaces whatever the client sent under that name.
         if let Some(inject) = &state.target_rt.inject {
@@ -893,6 +943,7 @@ async fn forward(
     let response_event = HttpResponse {
         seq,
         status: parts.status.as_u16(),
+        version: Some(format!("{:?}", parts.version).into()),
         secret_echoes_masked,
         headers: journaled_headers(&parts.headers, &state.rules, None),
         content_length: parts

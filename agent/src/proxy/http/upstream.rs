@@ -77,7 +77,17 @@ impl Connector {
         }
     }
 
-    async fn connect(self) -> Result<TokioIo<Upstream>, UpstreamError> {
+    /// This connector, offering only `http/1.1` in ALPN (see [`UpstreamTls::http1_only`]).
+    pub fn http1_only(&self) -> Connector {
+        Connector {
+            tls: self.tls.http1_only(),
+            ..self.clone()
+        }
+    }
+
+    /// A new connection to the original destination (TCP, then TLS per the target),
+    /// within the connect timeout.
+    pub async fn connect(self) -> Result<TokioIo<Upstream>, UpstreamError> {
         let (addr, timeout) = (self.addr, self.timeout);
         let setup = async move {
             let tcp = TcpStream::connect(addr)

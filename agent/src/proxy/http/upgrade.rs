@@ -1,0 +1,547 @@
+//! Requests that ask for more than one exchange: HTTP/1.1 `Upgrade` and `CONNECT`.
+//!
+//! - `Upgrade: websocket` (with `Connection: upgrade`) is judged like any request (a rule
+//!   can allow, deny or hold it) and journaled; an allowed one goes to the server over a
+//!   connection of its own (ALPN `http/1.1` only: an upgrade cannot ride an h2
+//!   connection). The agent removes `Sec-WebSocket-Extensions` from the handshake, so no
+//!   extension (permessage-deflate) hides the payload from the journal. The server's
+//!   `101` is journaled (`http_response`) before the client gets it; from then on the
+//!   connection is a relay of WebSocket frames ([`relay`]): each frame is decoded
+//!   ([`crate::protocol::http::websocket`]) and journaled (`ws_frame`: sender, opcode,
+//!   size, and a bounded masked excerpt) *before* its bytes are relayed, with bounded
+//!   memory (a long frame streams after its head and excerpt). A malformed frame closes
+//!   both sides with a logged reason and a `protocol_error` event; what was journaled
+//!   stays. Any other answer of the server goes back as a normal response and the
+//!   upgrade does not happen.
+//! - Any other upgrade (`h2c`, ...) is declined, as RFC 9110 §7.8 lets a server: the
+//!   request is served as plain HTTP/1.1 without the `Upgrade` header (a client such as
+//!   `curl --http2` then simply goes on with HTTP/1.1); the journal says which protocol
+//!   was asked for and that it was declined. An opaque tunnel could be neither judged
+//!   nor masked per request.
+//! - `CONNECT` is refused with 405 and journaled: a tunnel through an audited target
+//!   would carry requests the agent never sees.
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::events::{kind, HttpResponse, WsFrame};
+use super::{
+    journaled_headers, mask_secret_echoes, protocol_error, record, refusal, Body, State, HOP_BY_HOP,
+};
+use crate::journal::Event;
+use crate::policy::RecordResults;
+use crate::protocol::http::websocket::{Frame, FrameDecoder, FrameError, Opcode, Sender, Step};
+use crate::proxy::relay::CloseReason;
+
+/// The most payload bytes of a frame the journal keeps (as for a recorded value of a
+/// PostgreSQL row).
+pub const MAX_EXCERPT: usize = 1024;
+
+/// Why a `CONNECT` is refused.
+pub const CONNECT_REFUSED: &str =
+    "CONNECT is not supported: a tunnel would carry requests nhi-agent cannot judge or record";
+
+/// What a request asks for beyond one exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upgrade {
+    /// Nothing: one request, one response.
+    None,
+    /// An HTTP/1.1 WebSocket handshake.
+    WebSocket,
+    /// An upgrade to another protocol (the `Upgrade` header's value): declined.
+    Declined(String),
+    /// A `CONNECT` request: refused.
+    Connect,
+}
+
+impl Upgrade {
+    /// What `req` asks for. Only HTTP/1.1 has `Upgrade` (h2 refuses connection-specific
+    /// headers; its extended CONNECT is not enabled).
+    pub fn of<B>(req: &Request<B>) -> Upgrade {
+        if req.method() == Method::CONNECT {
+            return Upgrade::Connect;
+        }
+        let Some(value) = req.headers().get(header::UPGRADE) else {
+            return Upgrade::None;
+        };
+        let asked = String::from_utf8_lossy(value.as_bytes()).trim().to_owned();
+        let connection_upgrade = req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+        if req.version() == Version::HTTP_11
+            && connection_upgrade
+            && asked.eq_ignore_ascii_case("websocket")
+        {
+            Upgrade::WebSocket
+        } else {
+            Upgrade::Declined(asked)
+        }
+    }
+}
+
+/// A connection whose upgrade the server accepted: both ends, once hyper hands them over.
+pub struct Pending {
+    /// The `seq` of the request that upgraded.
+    seq: u64,
+    client: OnUpgrade,
+    server: OnUpgrade,
+}
+
+/// Takes the session's accepted upgrade, if a request made one.
+pub fn take(state: &State) -> Option<Pending> {
+    state
+        .upgraded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+}
+
+/// Sends a (judged and journaled) WebSocket handshake to the server on a connection of
+/// its own and journals the answer before the client gets it. On `101` the connection
+/// is remembered for [`relay`], which runs once hyper hands the client's side over.
+pub async fn forward_websocket(
+    state: &State,
+    mut req: Request<Body>,
+    seq: u64,
+    started: Instant,
+) -> Response<Body> {
+    let client_side = hyper::upgrade::on(&mut req);
+    let (parts, _) = req.into_parts();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let mut upstream = Request::builder()
+        .method(parts.method.clone())
+        .uri(target)
+        .version(Version::HTTP_11);
+    if let Some(headers) = upstream.headers_mut() {
+        for (name, value) in parts.headers.iter() {
+            // Extensions (permessage-deflate) would hide payloads from the journal.
+            if HOP_BY_HOP.contains(&name.as_str()) || name == header::SEC_WEBSOCKET_EXTENSIONS {
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if !headers.contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(&state.orig_dst.to_string()) {
+                headers.insert(header::HOST, host);
+            }
+        }
+        // The target's credential replaces whatever the client sent under that name.
+        if let Some(inject) = &state.target_rt.inject {
+            headers.remove(&inject.name);
+            headers.insert(inject.name.clone(), inject.value.clone());
+        }
+    }
+    let upstream = match upstream.body(Empty::<Bytes>::new()) {
+        Ok(r) => r,
+        Err(e) => return refusal(StatusCode::BAD_REQUEST, &e.to_string(), None),
+    };
+    let response = match handshake(state, upstream).await {
+        Ok(r) => r,
+        Err(message) => return upstream_failed(state, seq, started, message).await,
+    };
+    let (mut parts, body) = response.into_parts();
+    let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    if switched && parts.headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+        let message =
+            "the server accepted a WebSocket extension the agent did not offer".to_owned();
+        return upstream_failed(state, seq, started, message).await;
+    }
+    let secret_echoes_masked = match &state.target_rt.inject {
+        Some(inject) => mask_secret_echoes(&mut parts.headers, inject.secret.expose()),
+        None => 0,
+    };
+    let response_event = HttpResponse {
+        seq,
+        status: parts.status.as_u16(),
+        version: Some(format!("{:?}", parts.version).into()),
+        secret_echoes_masked,
+        headers: journaled_headers(&parts.headers, &state.rules, None),
+        content_length: parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+        duration_us: started.elapsed().as_micros() as u64,
+        by_agent: false,
+        error: None,
+        ..HttpResponse::default()
+    };
+    if let Err(e) = record(
+        state,
+        &[Event::of(state.id, kind::RESPONSE, &response_event)],
+        true,
+    )
+    .await
+    {
+        return super::journal_refused(&e);
+    }
+    if !switched {
+        for name in HOP_BY_HOP {
+            parts.headers.remove(*name);
+        }
+        return Response::from_parts(parts, body.map_err(Into::into).boxed());
+    }
+    // The client's bytes after this response are frames, not requests.
+    state
+        .framing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .switched();
+    let mut response = Response::from_parts(parts, body);
+    let server_side = hyper::upgrade::on(&mut response);
+    *state.upgraded.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pending {
+        seq,
+        client: client_side,
+        server: server_side,
+    });
+    info!(
+        session = state.id,
+        seq, "WebSocket upgrade accepted by the server"
+    );
+    let (mut parts, body) = response.into_parts();
+    for name in HOP_BY_HOP {
+        if *name != "connection" && *name != "upgrade" {
+            parts.headers.remove(*name);
+        }
+    }
+    Response::from_parts(parts, body.map_err(Into::into).boxed())
+}
+
+/// The handshake on a new HTTP/1.1 connection to the original destination.
+async fn handshake(
+    state: &State,
+    request: Request<Empty<Bytes>>,
+) -> Result<Response<Incoming>, String> {
+    let io = state
+        .connector
+        .http1_only()
+        .connect()
+        .await
+        .map_err(|e| format!("upstream request failed: {}", super::error_chain(&e)))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("upstream request failed: {}", super::error_chain(&e)))?;
+    let session = state.id;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(session, error = %e, "upstream WebSocket handshake connection");
+        }
+    });
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("upstream request failed: {}", super::error_chain(&e)))
+}
+
+/// Journals a handshake the server could not answer and answers 502.
+async fn upstream_failed(
+    state: &State,
+    seq: u64,
+    started: Instant,
+    message: String,
+) -> Response<Body> {
+    warn!(session = state.id, seq, error = %message, "WebSocket handshake failed");
+    let _ = record(
+        state,
+        &[Event::of(
+            state.id,
+            kind::RESPONSE,
+            &HttpResponse {
+                error: Some(message.clone().into()),
+                ..HttpResponse::agent(seq, 502, started)
+            },
+        )],
+        false,
+    )
+    .await;
+    refusal(StatusCode::BAD_GATEWAY, &message, None)
+}
+
+/// Why one direction of the relay ended the connection.
+enum End {
+    Reset(Sender, String),
+    Malformed(Sender, FrameError),
+    Journal(String),
+}
+
+/// Relays an upgraded connection frame by frame until both sides closed (or one failed,
+/// the agent stops, or nothing moved for `idle`), journaling each frame before its bytes
+/// go on. Returns the session's close reason.
+pub async fn relay(
+    state: &State,
+    pending: Pending,
+    idle: Duration,
+    cancel: &mut watch::Receiver<bool>,
+) -> CloseReason {
+    let client = match pending.client.await {
+        Ok(upgraded) => TokioIo::new(upgraded),
+        Err(e) => return CloseReason::ClientReset(format!("WebSocket upgrade: {e}")),
+    };
+    let server = match pending.server.await {
+        Ok(upgraded) => TokioIo::new(upgraded),
+        Err(e) => return CloseReason::ServerReset(format!("WebSocket upgrade: {e}")),
+    };
+    let (client_read, client_write) = tokio::io::split(client);
+    let (server_read, server_write) = tokio::io::split(server);
+    let server_excerpt = if state.rules.record_results == RecordResults::Rows {
+        MAX_EXCERPT
+    } else {
+        0
+    };
+    let started = Instant::now();
+    let last = AtomicU64::new(0);
+    let from_client = pump(
+        state,
+        pending.seq,
+        (Sender::Client, MAX_EXCERPT),
+        client_read,
+        server_write,
+        (&last, started),
+    );
+    let from_server = pump(
+        state,
+        pending.seq,
+        (Sender::Server, server_excerpt),
+        server_read,
+        client_write,
+        (&last, started),
+    );
+    tokio::pin!(from_client, from_server);
+    let (mut client_done, mut server_done) = (false, false);
+    let mut first_close = None;
+    let mut tick = tokio::time::interval(idle.min(Duration::from_secs(1)));
+    let end = loop {
+        tokio::select! {
+            result = &mut from_client, if !client_done => match result {
+                Ok(()) => {
+                    client_done = true;
+                    first_close.get_or_insert(CloseReason::ClientClosed);
+                }
+                Err(end) => break end,
+            },
+            result = &mut from_server, if !server_done => match result {
+                Ok(()) => {
+                    server_done = true;
+                    first_close.get_or_insert(CloseReason::ServerClosed);
+                }
+                Err(end) => break end,
+            },
+            _ = tick.tick() => {
+                let quiet = started.elapsed().saturating_sub(Duration::from_millis(
+                    last.load(Ordering::Relaxed),
+                ));
+                if quiet >= idle {
+                    return CloseReason::IdleTimeout;
+                }
+            }
+            changed = cancel.changed() => {
+                if changed.is_err() || *cancel.borrow() {
+                    return CloseReason::AgentShutdown;
+                }
+            }
+        }
+        if client_done && server_done {
+            return first_close.unwrap_or(CloseReason::ClientClosed);
+        }
+    };
+    match end {
+        End::Reset(Sender::Client, e) => CloseReason::ClientReset(e),
+        End::Reset(Sender::Server, e) => CloseReason::ServerReset(e),
+        End::Malformed(sender, error) => {
+            let why = format!(
+                "malformed WebSocket frame from the {}: {error}",
+                sender.as_str()
+            );
+            protocol_error(&state.journal, state.id, &why);
+            CloseReason::Protocol(why)
+        }
+        End::Journal(e) => CloseReason::JournalFailure(e),
+    }
+}
+
+/// One direction: reads what `decoder`'s sender sends, journals each frame, then writes
+/// its bytes to the other side. Ends `Ok` when the sender closes (the other side's write
+/// half is shut down then). At most a frame head plus the excerpt waits in `buf` beyond
+/// one read.
+async fn pump(
+    state: &State,
+    seq: u64,
+    (sender, excerpt_limit): (Sender, usize),
+    mut read: impl AsyncRead + Unpin,
+    mut write: impl AsyncWrite + Unpin,
+    (last, started): (&AtomicU64, Instant),
+) -> Result<(), End> {
+    let mut decoder = FrameDecoder::new(sender, excerpt_limit);
+    let written = |e: std::io::Error| End::Reset(other(sender), e.to_string());
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut frames = 0u64;
+    loop {
+        loop {
+            let n = match decoder.next(&buf) {
+                Err(error) => return Err(End::Malformed(sender, error)),
+                Ok(Step::NeedMore) => break,
+                Ok(Step::Payload(n)) => n,
+                Ok(Step::Frame { frame, release }) => {
+                    frames += 1;
+                    let event = frame_event(state, seq, sender, frames, &frame);
+                    record(state, &[Event::of(state.id, kind::WS_FRAME, &event)], true)
+                        .await
+                        .map_err(End::Journal)?;
+                    release
+                }
+            };
+            write.write_all(&buf[..n]).await.map_err(written)?;
+            buf.advance(n);
+        }
+        write.flush().await.map_err(written)?;
+        buf.reserve(16 * 1024);
+        let n = read
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| End::Reset(sender, e.to_string()))?;
+        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if n == 0 {
+            if !buf.is_empty() {
+                // An unfinished frame head: never journaled, so never relayed.
+                debug!(
+                    session = state.id,
+                    from = sender.as_str(),
+                    bytes = buf.len(),
+                    "WebSocket peer closed inside a frame"
+                );
+            }
+            let _ = write.shutdown().await;
+            return Ok(());
+        }
+    }
+}
+
+fn other(sender: Sender) -> Sender {
+    match sender {
+        Sender::Client => Sender::Server,
+        Sender::Server => Sender::Client,
+    }
+}
+
+/// The journal's view of a frame: text (and a close reason) through the mask detectors
+/// and with any echo of the injected secret masked; binary, ping and pong payloads only
+/// by size.
+fn frame_event<'a>(
+    state: &State,
+    seq: u64,
+    sender: Sender,
+    n: u64,
+    frame: &'a Frame,
+) -> WsFrame<'a> {
+    let (close_code, text) = match frame.close() {
+        Some((code, reason)) => (Some(code), Some(reason)),
+        None if frame.message == Opcode::Text => (None, Some(frame.excerpt.as_slice())),
+        None => (None, None),
+    };
+    let excerpt = text.filter(|t| !t.is_empty()).map(|text| {
+        let text = String::from_utf8_lossy(text);
+        let text = match &state.target_rt.inject {
+            Some(inject) => mask_secret_in_text(&text, inject.secret.expose()),
+            None => text,
+        };
+        Cow::Owned(state.rules.masks.mask_text(&text).into_owned())
+    });
+    let shown = match frame.close() {
+        Some((_, reason)) => reason.len() as u64 + 2,
+        None => frame.excerpt.len() as u64,
+    };
+    WsFrame {
+        seq,
+        from: sender.as_str().into(),
+        n,
+        opcode: frame.opcode.as_str().into(),
+        message: (frame.opcode == Opcode::Continuation).then(|| frame.message.as_str().into()),
+        fin: frame.fin,
+        size: frame.len,
+        excerpt_cut: excerpt.is_some() && shown < frame.len,
+        excerpt,
+        close_code,
+    }
+}
+
+/// `text` with every occurrence of `secret` replaced by the agent's mask.
+fn mask_secret_in_text<'a>(text: &Cow<'a, str>, secret: &[u8]) -> Cow<'a, str> {
+    let Ok(secret) = std::str::from_utf8(secret) else {
+        return text.clone();
+    };
+    if secret.is_empty() || !text.contains(secret) {
+        return text.clone();
+    }
+    Cow::Owned(text.replace(secret, super::SECRET_MASK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri("/ws");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn upgrades_are_told_apart() {
+        let ws = [
+            ("upgrade", "WebSocket"),
+            ("connection", "keep-alive, Upgrade"),
+        ];
+        assert_eq!(Upgrade::of(&request("GET", &ws)), Upgrade::WebSocket);
+        assert_eq!(
+            Upgrade::of(&request(
+                "GET",
+                &[
+                    ("upgrade", "h2c"),
+                    ("connection", "Upgrade, HTTP2-Settings")
+                ]
+            )),
+            Upgrade::Declined("h2c".into())
+        );
+        // Without `Connection: upgrade` it is not an upgrade request: declined.
+        assert_eq!(
+            Upgrade::of(&request("GET", &[("upgrade", "websocket")])),
+            Upgrade::Declined("websocket".into())
+        );
+        assert_eq!(Upgrade::of(&request("CONNECT", &[])), Upgrade::Connect);
+        assert_eq!(Upgrade::of(&request("GET", &[])), Upgrade::None);
+        let mut h2 = request("GET", &ws);
+        *h2.version_mut() = Version::HTTP_2;
+        assert_eq!(Upgrade::of(&h2), Upgrade::Declined("WebSocket".into()));
+    }
+
+    #[test]
+    fn secrets_in_frame_text_are_masked() {
+        let text = Cow::Borrowed("token=abc123 and abc123");
+        assert_eq!(
+            mask_secret_in_text(&text, b"abc123"),
+            format!("token={0} and {0}", super::super::SECRET_MASK)
+        );
+        assert_eq!(mask_secret_in_text(&text, b""), text);
+    }
+}
