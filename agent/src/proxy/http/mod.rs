@@ -878,17 +878,7 @@ async fn forward(
     if let Some(headers) = upstream.headers_mut() {
         // Host travels as the URI's authority: hyper writes it as `Host` on HTTP/1.1 and
         // as `:authority` on h2, where a second `host` header is refused (nginx: 400).
-        for (name, value) in parts.headers.iter() {
-            if HOP_BY_HOP.contains(&name.as_str()) || name == header::HOST {
-                continue;
-            }
-            headers.append(name.clone(), value.clone());
-        }
-        // The target's credential replaces whatever the client sent under that name.
-        if let Some(inject) = &state.target_rt.inject {
-            headers.remove(&inject.name);
-            headers.insert(inject.name.clone(), inject.value.clone());
-        }
+        upstream_headers(state, &parts.headers, headers, |name| name == header::HOST);
         if body::masking(&state.rules.masks, &state.target_rt) {
             body::restrict_accept_encoding(headers);
         }
@@ -903,21 +893,7 @@ async fn forward(
             // The whole chain: hyper's "client error (Connect)" alone does not say that
             // the certificate was signed by an unknown issuer.
             let message = format!("upstream request failed: {}", error_chain(&e));
-            warn!(session = state.id, seq, error = %message, "upstream request failed");
-            let _ = record(
-                state,
-                &[Event::of(
-                    state.id,
-                    kind::RESPONSE,
-                    &HttpResponse {
-                        error: Some(message.clone().into()),
-                        ..HttpResponse::agent(seq, 502, started)
-                    },
-                )],
-                false,
-            )
-            .await;
-            return refusal(StatusCode::BAD_GATEWAY, &message, None);
+            return upstream_failed(state, seq, started, message).await;
         }
     };
     let (mut parts, body) = response.into_parts();
@@ -994,6 +970,52 @@ async fn body_refused(
     if let Err(e) = record(state, &[Event::of(state.id, kind::RESPONSE, &event)], false).await {
         return journal_refused(&e);
     }
+    refusal(StatusCode::BAD_GATEWAY, &message, None)
+}
+
+/// The headers of a request to the server: the client's, without hop-by-hop headers and
+/// those `skip` names, with the target's credential (`inject`) replacing whatever the
+/// client sent under that name.
+fn upstream_headers(
+    state: &State,
+    from: &HeaderMap,
+    to: &mut HeaderMap,
+    skip: impl Fn(&http::HeaderName) -> bool,
+) {
+    for (name, value) in from.iter() {
+        if HOP_BY_HOP.contains(&name.as_str()) || skip(name) {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+    if let Some(inject) = &state.target_rt.inject {
+        to.remove(&inject.name);
+        to.insert(inject.name.clone(), inject.value.clone());
+    }
+}
+
+/// Journals a request the server could not be asked (connect, TLS, handshake) and
+/// answers 502 naming why.
+async fn upstream_failed(
+    state: &State,
+    seq: u64,
+    started: Instant,
+    message: String,
+) -> Response<Body> {
+    warn!(session = state.id, seq, error = %message, "upstream request failed");
+    let _ = record(
+        state,
+        &[Event::of(
+            state.id,
+            kind::RESPONSE,
+            &HttpResponse {
+                error: Some(message.clone().into()),
+                ..HttpResponse::agent(seq, 502, started)
+            },
+        )],
+        false,
+    )
+    .await;
     refusal(StatusCode::BAD_GATEWAY, &message, None)
 }
 

@@ -32,11 +32,12 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::events::{kind, HttpResponse, WsFrame};
 use super::{
-    journaled_headers, mask_secret_echoes, protocol_error, record, refusal, Body, State, HOP_BY_HOP,
+    journaled_headers, mask_secret_echoes, protocol_error, record, refusal, upstream_failed,
+    upstream_headers, Body, State, HOP_BY_HOP,
 };
 use crate::journal::Event;
 use crate::policy::RecordResults;
@@ -130,24 +131,16 @@ pub async fn forward_websocket(
         .uri(target)
         .version(Version::HTTP_11);
     if let Some(headers) = upstream.headers_mut() {
-        for (name, value) in parts.headers.iter() {
-            // Extensions (permessage-deflate) would hide payloads from the journal.
-            if HOP_BY_HOP.contains(&name.as_str()) || name == header::SEC_WEBSOCKET_EXTENSIONS {
-                continue;
-            }
-            headers.append(name.clone(), value.clone());
-        }
+        // Extensions (permessage-deflate) would hide payloads from the journal.
+        upstream_headers(state, &parts.headers, headers, |name| {
+            name == header::SEC_WEBSOCKET_EXTENSIONS
+        });
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         if !headers.contains_key(header::HOST) {
             if let Ok(host) = HeaderValue::from_str(&state.orig_dst.to_string()) {
                 headers.insert(header::HOST, host);
             }
-        }
-        // The target's credential replaces whatever the client sent under that name.
-        if let Some(inject) = &state.target_rt.inject {
-            headers.remove(&inject.name);
-            headers.insert(inject.name.clone(), inject.value.clone());
         }
     }
     let upstream = match upstream.body(Empty::<Bytes>::new()) {
@@ -250,30 +243,6 @@ async fn handshake(
         .send_request(request)
         .await
         .map_err(|e| format!("upstream request failed: {}", super::error_chain(&e)))
-}
-
-/// Journals a handshake the server could not answer and answers 502.
-async fn upstream_failed(
-    state: &State,
-    seq: u64,
-    started: Instant,
-    message: String,
-) -> Response<Body> {
-    warn!(session = state.id, seq, error = %message, "WebSocket handshake failed");
-    let _ = record(
-        state,
-        &[Event::of(
-            state.id,
-            kind::RESPONSE,
-            &HttpResponse {
-                error: Some(message.clone().into()),
-                ..HttpResponse::agent(seq, 502, started)
-            },
-        )],
-        false,
-    )
-    .await;
-    refusal(StatusCode::BAD_GATEWAY, &message, None)
 }
 
 /// Why one direction of the relay ended the connection.
