@@ -31,9 +31,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::{
+    attest::Claims,
     ebpf::{self, LineageSource},
-    journal::{format_rfc3339_us, Event, SessionId, NO_SESSION},
-    proxy::Shared,
+    journal::{format_rfc3339_us, Event, JournalHandle, SessionId, NO_SESSION},
 };
 use table::{Change, ExecInfo, ProcessTable};
 
@@ -70,12 +70,21 @@ impl std::fmt::Debug for Lineage {
     }
 }
 
-/// Called by the proxy right after a session started: journals the lineage chain of
-/// the session's process. A no-op without lineage.
-pub fn on_session(shared: &Shared, session: SessionId, pid: u32) {
-    if let Some(lineage) = &shared.lineage {
-        lineage.session_started(shared, session, pid);
-    }
+/// What the tracker needs of the running agent: the journal, cgroup paths, and the
+/// agent's view of which processes are a workload's. The proxy's shared state
+/// implements it (`proxy::Shared`), so lineage imports neither the proxy nor the
+/// configuration.
+pub trait Host: Send + Sync {
+    fn journal(&self) -> &JournalHandle;
+    /// The path (relative to the cgroup2 mount) of cgroup `id`, if known.
+    fn cgroup_path(&self, id: u64) -> Option<String>;
+    /// For a cgroup the kernel had not classified, as the proxy does for a connection:
+    /// records the classification in the kernel map, and answers whether `uid`'s
+    /// processes in cgroup `path` are a workload's.
+    fn classify(&self, id: u64, path: &str, uid: u32) -> bool;
+    /// The workload a process of `uid` in cgroup `path` belongs to, and the claims
+    /// attested for that cgroup (or its nearest attested ancestor).
+    fn who(&self, cgroup_id: u64, path: &str, uid: u32) -> (Option<String>, Option<Claims>);
 }
 
 impl Lineage {
@@ -95,7 +104,7 @@ impl Lineage {
     }
 
     /// Drains the ring buffer until `shutdown` flips (then drains once more).
-    pub async fn run(self: Arc<Self>, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, host: Arc<dyn Host>, mut shutdown: watch::Receiver<bool>) {
         let waker = self.state().source.waker();
         let ready = match waker {
             Ok(a) => Some(a),
@@ -113,19 +122,19 @@ impl Lineage {
                         tokio::time::sleep(TICK).await;
                     }
                 }
-                _ = tick.tick() => self.check_lost(&shared),
+                _ = tick.tick() => self.check_lost(host.as_ref()),
                 _ = shutdown.changed() => {
-                    self.pump(&shared);
-                    self.check_lost(&shared);
+                    self.pump(host.as_ref());
+                    self.check_lost(host.as_ref());
                     return;
                 }
             }
-            self.pump(&shared);
+            self.pump(host.as_ref());
         }
     }
 
     /// Processes every waiting record; returns how many there were.
-    pub fn pump(&self, shared: &Shared) -> usize {
+    pub fn pump(&self, host: &dyn Host) -> usize {
         let mut state = self.state();
         let mut records = Vec::new();
         let n = state
@@ -134,7 +143,6 @@ impl Lineage {
         if n == 0 {
             return 0;
         }
-        let config = shared.config();
         let mut events = Vec::new();
         let clock = Clock::now();
         for record in records {
@@ -150,9 +158,11 @@ impl Lineage {
             };
             match change {
                 Change::Exec(info) => {
-                    let path = cgroup_path(shared, info.cgroup_id);
+                    let path = host.cgroup_path(info.cgroup_id);
                     if info.unclassified
-                        && !classify(shared, &config, info.cgroup_id, &path, info.uid)
+                        && !path
+                            .as_deref()
+                            .is_some_and(|p| host.classify(info.cgroup_id, p, info.uid))
                     {
                         state.table.forget_exec(info.pid);
                         continue;
@@ -162,7 +172,7 @@ impl Lineage {
                         .entry(info.uid)
                         .or_insert_with(|| crate::identity::user_name(info.uid))
                         .clone();
-                    let (workload, claims) = who(shared, &config, info.cgroup_id, &path, info.uid);
+                    let (workload, claims) = who(host, info.cgroup_id, &path, info.uid);
                     events.push(exec_event(
                         &info,
                         &clock,
@@ -181,11 +191,15 @@ impl Lineage {
                     boot_ns,
                     unclassified,
                 } => {
-                    let path = cgroup_path(shared, cgroup_id);
-                    if unclassified && !classify(shared, &config, cgroup_id, &path, uid) {
+                    let path = host.cgroup_path(cgroup_id);
+                    if unclassified
+                        && !path
+                            .as_deref()
+                            .is_some_and(|p| host.classify(cgroup_id, p, uid))
+                    {
                         continue;
                     }
-                    let (workload, claims) = who(shared, &config, cgroup_id, &path, uid);
+                    let (workload, claims) = who(host, cgroup_id, &path, uid);
                     let data = serde_json::json!({
                         "pid": pid, "code": code, "cgroup": path, "cgroup_id": cgroup_id,
                         "workload": workload, "claims": claims, "exe": exe,
@@ -201,7 +215,7 @@ impl Lineage {
         }
         drop(state);
         if !events.is_empty() {
-            if let Err(e) = shared.journal.record(&events) {
+            if let Err(e) = host.journal().record(&events) {
                 warn!(error = %e, events = events.len(), "cannot journal lineage events");
             }
         }
@@ -209,7 +223,7 @@ impl Lineage {
     }
 
     /// Journals `lineage_lost` when the kernel counted records it could not deliver.
-    fn check_lost(&self, shared: &Shared) {
+    fn check_lost(&self, host: &dyn Host) {
         let mut state = self.state();
         let total = match state.source.dropped() {
             Ok(t) => t,
@@ -234,14 +248,14 @@ impl Lineage {
             kind: "lineage_lost".into(),
             data: serde_json::json!({ "count": count, "total": total }).to_string(),
         };
-        if let Err(e) = shared.journal.record(&[event]) {
+        if let Err(e) = host.journal().record(&[event]) {
             warn!(error = %e, "cannot journal the lineage loss");
         }
     }
 
     /// Journals the chain of execs that led to `pid` as the session's `lineage` event.
-    pub fn session_started(&self, shared: &Shared, session: SessionId, pid: u32) {
-        self.pump(shared);
+    pub fn session_started(&self, host: &dyn Host, session: SessionId, pid: u32) {
+        self.pump(host);
         let chain = self.state().table.chain(pid);
         if chain.is_empty() {
             debug!(session, pid, "no lineage known for the session's process");
@@ -253,7 +267,7 @@ impl Lineage {
             kind: "lineage".into(),
             data: serde_json::json!({ "pid": pid, "chain": chain }).to_string(),
         };
-        if let Err(e) = shared.journal.record(&[event]) {
+        if let Err(e) = host.journal().record(&[event]) {
             warn!(session, error = %e, "cannot journal the session's lineage");
         }
     }
@@ -276,26 +290,19 @@ pub fn start(
     Ok(Some(Lineage::new(source)))
 }
 
-/// The workload a process of `uid` in cgroup `path` belongs to, and the claims attested
-/// for that cgroup (or its nearest attested ancestor): what the session-less `exec` and
-/// `exit` events carry, so `events --workload/--claim` select them as they select the
-/// events of a session.
+/// The workload and claims of a process in cgroup `path` (none when the path is
+/// unknown): what the session-less `exec` and `exit` events carry, so `events
+/// --workload/--claim` select them as they select the events of a session.
 fn who(
-    shared: &Shared,
-    config: &crate::config::Config,
+    host: &dyn Host,
     cgroup_id: u64,
     path: &Option<String>,
     uid: u32,
-) -> (Option<String>, Option<crate::attest::Claims>) {
-    let Some(path) = path.as_deref() else {
-        return (None, None);
-    };
-    let workload = config.workload_for(path, uid).map(|w| w.display_name(path));
-    let claims = shared.attest.as_ref().and_then(|a| {
-        a.binding_for(path, cgroup_id, |p| shared.cgroups.id_of(p))
-            .map(|b| b.claims)
-    });
-    (workload, claims)
+) -> (Option<String>, Option<Claims>) {
+    match path.as_deref() {
+        Some(path) => host.who(cgroup_id, path, uid),
+        None => (None, None),
+    }
 }
 
 fn exec_event(
@@ -304,7 +311,7 @@ fn exec_event(
     cgroup: Option<&str>,
     workload: Option<String>,
     user: Option<String>,
-    claims: Option<crate::attest::Claims>,
+    claims: Option<Claims>,
 ) -> Event {
     let at = clock.wall(info.start_boot_ns);
     let data = serde_json::json!({
@@ -329,32 +336,6 @@ fn exec_event(
         kind: "exec".into(),
         data: data.to_string(),
     }
-}
-
-fn cgroup_path(shared: &Shared, id: u64) -> Option<String> {
-    shared
-        .cgroups
-        .cached_path_of(id)
-        .or_else(|| shared.cgroups.path_of(id))
-}
-
-/// Decides for a cgroup the kernel had not classified, as the proxy does for a
-/// connection: records the classification in the kernel map, and answers whether
-/// `uid`'s processes there are a workload's.
-fn classify(
-    shared: &Shared,
-    config: &crate::config::Config,
-    id: u64,
-    path: &Option<String>,
-    uid: u32,
-) -> bool {
-    let Some(path) = path else { return false };
-    let policy = ebpf::cgroup_policy(config, path);
-    let mut interceptor = shared.interceptor.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(e) = interceptor.set_cgroup(id, policy) {
-        warn!(error = %e, cgroup = %path, "cannot record the cgroup's classification");
-    }
-    matches!(config.cgroup_selection(path), Some(u) if u.is_none_or(|u| u == uid))
 }
 
 /// The parent of a process whose fork the agent did not see: `/proc/PID/stat` field 4.

@@ -129,6 +129,47 @@ impl Shared {
     }
 }
 
+/// The lineage tracker's view of the agent: the journal, the cgroup cache, and the same
+/// workload and classification decisions the proxy makes for a connection.
+impl crate::lineage::Host for Shared {
+    fn journal(&self) -> &JournalHandle {
+        &self.journal
+    }
+
+    fn cgroup_path(&self, id: u64) -> Option<String> {
+        self.cgroups
+            .cached_path_of(id)
+            .or_else(|| self.cgroups.path_of(id))
+    }
+
+    fn classify(&self, id: u64, path: &str, uid: u32) -> bool {
+        let config = self.config();
+        let policy = ebpf::cgroup_policy(&config, path);
+        let mut interceptor = self.interceptor.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = interceptor.set_cgroup(id, policy) {
+            warn!(error = %e, cgroup = %path, "cannot record the cgroup's classification");
+        }
+        matches!(config.cgroup_selection(path), Some(u) if u.is_none_or(|u| u == uid))
+    }
+
+    fn who(
+        &self,
+        cgroup_id: u64,
+        path: &str,
+        uid: u32,
+    ) -> (Option<String>, Option<crate::attest::Claims>) {
+        let workload = self
+            .config()
+            .workload_for(path, uid)
+            .map(|w| w.display_name(path));
+        let claims = self.attest.as_ref().and_then(|a| {
+            a.binding_for(path, cgroup_id, |p| self.cgroups.id_of(p))
+                .map(|b| b.claims)
+        });
+        (workload, claims)
+    }
+}
+
 /// Binds the proxy's listeners on 127.0.0.1 and ::1.
 pub fn bind(port: u16) -> std::io::Result<Vec<TcpListener>> {
     let mut listeners = Vec::new();
@@ -504,7 +545,9 @@ async fn handle(
     };
     let t_journal = t0.elapsed();
     info!(session = id, workload = %workload_name, cgroup = %cgroup, pid = tgid, %orig_dst, target = %target.name, "session opened");
-    crate::lineage::on_session(shared, id, tgid);
+    if let Some(lineage) = &shared.lineage {
+        lineage.session_started(shared.as_ref(), id, tgid);
+    }
 
     crate::failpoint::pause("proxy.after_session_start").await;
 
