@@ -792,17 +792,9 @@ impl PgBouncer {
             .spawn()
             .context("starting pgbouncer (apt install pgbouncer)")?;
         let mut this = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let log_text = || fs::read_to_string(&log).unwrap_or_default();
-            if let Ok(Some(status)) = this.child.try_wait() {
-                bail!("pgbouncer exited ({status}):\n{}", log_text());
-            }
-            if Instant::now() > deadline {
-                bail!("pgbouncer not listening after 10 s:\n{}", log_text());
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(&mut this.child, "pgbouncer", &[port], || {
+            fs::read_to_string(&log).unwrap_or_default()
+        })?;
         Ok(this)
     }
 }
@@ -810,15 +802,43 @@ impl PgBouncer {
 impl Drop for PgBouncer {
     fn drop(&mut self) {
         // SIGTERM: immediate shutdown (the runs are over).
-        // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
+}
+
+/// Waits (10 s at most) until a server the bench started listens on every port of
+/// 127.0.0.1 in `ports`; an error with its `log` if it exits or does not.
+pub(crate) fn wait_listening(
+    child: &mut Child,
+    what: &str,
+    ports: &[u16],
+    log: impl Fn() -> String,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for &port in ports {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("{what} exited ({status}):\n{}", log());
+            }
+            if Instant::now() > deadline {
+                bail!("{what} not listening on {port} after 10 s:\n{}", log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// Stops a server the bench started: SIGTERM, then SIGKILL after 10 s.
+pub(crate) fn terminate(child: &mut Child) {
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Figures from pgbench's report.

@@ -13,13 +13,13 @@ use std::{
     fs,
     path::Path,
     process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
 use nhi_tests::TestCgroup;
 use serde_json::Value;
+
+use crate::bench::{terminate, wait_listening};
 
 /// What the JSON API answers (with an e-mail address for the masks to find).
 pub const BODY: &str =
@@ -94,19 +94,9 @@ http {{
             port,
             proxy_port,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for p in [port, proxy_port] {
-            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-                let log = || fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                if let Ok(Some(status)) = this.child.try_wait() {
-                    bail!("nginx exited ({status}):\n{}", log());
-                }
-                if Instant::now() > deadline {
-                    bail!("nginx not listening on {p} after 10 s:\n{}", log());
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-        }
+        wait_listening(&mut this.child, "nginx", &[port, proxy_port], || {
+            fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        })?;
         Ok(this)
     }
 }
@@ -114,14 +104,7 @@ http {{
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGQUIT would wait for keep-alive clients; the runs are over: SIGTERM.
-        // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 

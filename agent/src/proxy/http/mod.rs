@@ -917,24 +917,12 @@ async fn forward(
             Err(why) => return body_refused(state, seq, started, parts.status, why).await,
         };
     let response_event = HttpResponse {
-        seq,
-        status: parts.status.as_u16(),
-        version: Some(format!("{:?}", parts.version).into()),
-        secret_echoes_masked,
-        headers: journaled_headers(&parts.headers, &state.rules, None),
-        content_length: parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()),
-        duration_us: started.elapsed().as_micros() as u64,
-        by_agent: false,
-        error: None,
         decoded: body_info.decoded.map(Into::into),
         body_bytes: body_info.body_bytes,
         masked: body_info.masked,
         secret_echoes_in_body: body_info.secret_echoes_in_body,
         excerpt: body_info.excerpt,
+        ..response_head(state, seq, &parts, secret_echoes_masked, started)
     };
     // The response head is journaled before the client sees it.
     if let Err(e) = record(
@@ -971,6 +959,33 @@ async fn body_refused(
         return journal_refused(&e);
     }
     refusal(StatusCode::BAD_GATEWAY, &message, None)
+}
+
+/// The `http_response` event of a response head from the server (what comes of its
+/// body is the caller's to add): headers as journaled, credentials redacted.
+fn response_head(
+    state: &State,
+    seq: u64,
+    parts: &http::response::Parts,
+    secret_echoes_masked: u32,
+    started: Instant,
+) -> HttpResponse<'static> {
+    HttpResponse {
+        seq,
+        status: parts.status.as_u16(),
+        version: Some(format!("{:?}", parts.version).into()),
+        secret_echoes_masked,
+        headers: journaled_headers(&parts.headers, &state.rules, None),
+        content_length: parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+        duration_us: started.elapsed().as_micros() as u64,
+        by_agent: false,
+        error: None,
+        ..HttpResponse::default()
+    }
 }
 
 /// The headers of a request to the server: the client's, without hop-by-hop headers and

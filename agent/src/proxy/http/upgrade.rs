@@ -34,10 +34,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use super::events::{kind, HttpResponse, WsFrame};
+use super::events::{kind, WsFrame};
 use super::{
-    journaled_headers, mask_secret_echoes, protocol_error, record, refusal, upstream_failed,
-    upstream_headers, Body, State, HOP_BY_HOP,
+    mask_secret_echoes, protocol_error, record, refusal, upstream_failed, upstream_headers, Body,
+    State, HOP_BY_HOP,
 };
 use crate::journal::Event;
 use crate::policy::RecordResults;
@@ -162,22 +162,7 @@ pub async fn forward_websocket(
         Some(inject) => mask_secret_echoes(&mut parts.headers, inject.secret.expose()),
         None => 0,
     };
-    let response_event = HttpResponse {
-        seq,
-        status: parts.status.as_u16(),
-        version: Some(format!("{:?}", parts.version).into()),
-        secret_echoes_masked,
-        headers: journaled_headers(&parts.headers, &state.rules, None),
-        content_length: parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()),
-        duration_us: started.elapsed().as_micros() as u64,
-        by_agent: false,
-        error: None,
-        ..HttpResponse::default()
-    };
+    let response_event = super::response_head(state, seq, &parts, secret_echoes_masked, started);
     if let Err(e) = record(
         state,
         &[Event::of(state.id, kind::RESPONSE, &response_event)],
