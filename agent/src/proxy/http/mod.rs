@@ -251,11 +251,7 @@ async fn accept_tls(
 /// problem, then closes: a clear refusal rather than a hang or a bare reset.
 async fn refuse_plain(client: TcpStream, why: &'static str) -> Outcome {
     let counts = Arc::new(Counted::default());
-    let io = TokioIo::new(Counting {
-        inner: Stream::Plain(client),
-        counts: counts.clone(),
-        framing: None,
-    });
+    let io = TokioIo::new(Counting::new(Stream::Plain(client), counts.clone(), None));
     let service = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
         let mut response = refusal(
             StatusCode::BAD_REQUEST,
@@ -360,11 +356,7 @@ async fn serve_http(
         framing: framing.clone(),
     });
     let counts = Arc::new(Counted::default());
-    let io = TokioIo::new(Counting {
-        inner: client,
-        counts: counts.clone(),
-        framing: Some(framing),
-    });
+    let io = TokioIo::new(Counting::new(client, counts.clone(), Some(framing)));
     let service = {
         let state = state.clone();
         hyper::service::service_fn(move |req| {
@@ -1076,9 +1068,66 @@ struct Counted {
 /// The client stream, counting what passes (the session's byte totals) and, for HTTP/1,
 /// following the request framing on the raw bytes.
 struct Counting {
-    inner: Stream,
+    /// `None` only once dropped (the stream goes to [`linger`]).
+    inner: Option<Stream>,
     counts: Arc<Counted>,
     framing: Option<Arc<Mutex<RequestFraming>>>,
+}
+
+impl Counting {
+    fn new(
+        inner: Stream,
+        counts: Arc<Counted>,
+        framing: Option<Arc<Mutex<RequestFraming>>>,
+    ) -> Self {
+        Counting {
+            inner: Some(inner),
+            counts,
+            framing,
+        }
+    }
+
+    fn stream(&mut self) -> &mut Stream {
+        self.inner
+            .as_mut()
+            .expect("the stream is taken only when the wrapper is dropped")
+    }
+}
+
+/// However the connection ends (hyper done with it, a refusal, an upgrade relayed), the
+/// client's side is closed with [`linger`].
+impl Drop for Counting {
+    fn drop(&mut self) {
+        if let (Some(stream), Ok(runtime)) =
+            (self.inner.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(linger(stream));
+        }
+    }
+}
+
+/// How long a closed client connection is drained at most, and how much of it.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_MAX_BYTES: usize = 1 << 20;
+
+/// Closes a client connection as careful servers do (nginx's lingering close): the
+/// agent's side is shut down first, then what the client still sends is read and
+/// dropped for a moment. Closing with unread input would make the kernel answer it with
+/// a reset, which can destroy the response the client has not read yet (the 431 or 400
+/// refusing a head it is still sending).
+async fn linger(mut stream: Stream) {
+    let _ = tokio::time::timeout(LINGER, async {
+        let _ = stream.shutdown().await;
+        let mut buf = [0u8; 4096];
+        let mut drained = 0;
+        while drained < LINGER_MAX_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
 }
 
 impl AsyncRead for Counting {
@@ -1088,7 +1137,7 @@ impl AsyncRead for Counting {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let result = Pin::new(self.stream()).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         self.counts.read.fetch_add(n as u64, Ordering::Relaxed);
         if n > 0 {
@@ -1112,7 +1161,7 @@ impl AsyncWrite for Counting {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        let result = Pin::new(self.stream()).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = &result {
             self.counts.written.fetch_add(*n as u64, Ordering::Relaxed);
         }
@@ -1120,11 +1169,11 @@ impl AsyncWrite for Counting {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(self.stream()).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(self.stream()).poll_shutdown(cx)
     }
 }
 
