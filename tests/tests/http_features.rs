@@ -394,6 +394,16 @@ fn other_upgrades_are_declined_and_connect_is_refused() {
     );
     assert_eq!((status, version.as_str()), (200, "1.1"), "{body}");
     assert_eq!(app.seen(), ["GET /one", "GET /two"]);
+    // The echoed request headers: what the Connection header named (HTTP2-Settings)
+    // is hop-by-hop and never reaches the server, nor do Upgrade and Connection.
+    let echoed = body.to_ascii_lowercase();
+    assert!(
+        echoed.contains("\"host\""),
+        "the app echoes headers: {body}"
+    );
+    for hop in ["http2-settings", "\"upgrade\"", "\"connection\""] {
+        assert!(!echoed.contains(hop), "{hop} forwarded: {body}");
+    }
     // curl asking the target to be its proxy for a tunnel.
     let (status, body) = curl(
         &cg,

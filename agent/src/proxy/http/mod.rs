@@ -926,10 +926,32 @@ async fn forward(
     {
         return journal_refused(&e);
     }
-    for name in HOP_BY_HOP {
-        parts.headers.remove(*name);
-    }
+    remove_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body)
+}
+
+/// The names a message's `Connection` header lists (RFC 9110 §7.6.1: hop-by-hop for
+/// this connection only, e.g. `HTTP2-Settings` with an h2c upgrade), lower case.
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Removes the hop-by-hop headers of a message about to cross the proxy: the fixed list
+/// and the ones its `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    for name in connection_named(headers) {
+        headers.remove(name.as_str());
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
 }
 
 /// A response whose body must be masked and cannot be (over `mask_body_limit`, not
@@ -980,8 +1002,8 @@ fn response_head(
     }
 }
 
-/// The headers of a request to the server: the client's, without hop-by-hop headers and
-/// those `skip` names, with the target's credential (`inject`) replacing whatever the
+/// The headers of a request to the server: the client's, without hop-by-hop headers
+/// (the fixed list and those its `Connection` header names) and those `skip` names, with the target's credential (`inject`) replacing whatever the
 /// client sent under that name.
 fn upstream_headers(
     state: &State,
@@ -989,8 +1011,12 @@ fn upstream_headers(
     to: &mut HeaderMap,
     skip: impl Fn(&http::HeaderName) -> bool,
 ) {
+    let named = connection_named(from);
     for (name, value) in from.iter() {
-        if HOP_BY_HOP.contains(&name.as_str()) || skip(name) {
+        if HOP_BY_HOP.contains(&name.as_str())
+            || named.iter().any(|n| n == name.as_str())
+            || skip(name)
+        {
             continue;
         }
         to.append(name.clone(), value.clone());
@@ -1180,6 +1206,27 @@ impl AsyncWrite for Counting {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_the_connection_header_names_are_hop_by_hop() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        headers.append(header::CONNECTION, HeaderValue::from_static("x-hop"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAAP__"),
+        );
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("x-end-to-end", HeaderValue::from_static("2"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-end-to-end"]);
+    }
 
     #[test]
     fn secret_echoes_in_response_headers_are_masked() {

@@ -36,8 +36,8 @@ use tracing::{debug, info};
 
 use super::events::{kind, WsFrame};
 use super::{
-    mask_secret_echoes, protocol_error, record, refusal, upstream_failed, upstream_headers, Body,
-    State, HOP_BY_HOP,
+    mask_secret_echoes, protocol_error, record, refusal, remove_hop_by_hop, upstream_failed,
+    upstream_headers, Body, State, HOP_BY_HOP,
 };
 use crate::journal::Event;
 use crate::policy::RecordResults;
@@ -173,9 +173,7 @@ pub async fn forward_websocket(
         return super::journal_refused(&e);
     }
     if !switched {
-        for name in HOP_BY_HOP {
-            parts.headers.remove(*name);
-        }
+        remove_hop_by_hop(&mut parts.headers);
         return Response::from_parts(parts, body.map_err(Into::into).boxed());
     }
     // The client's bytes after this response are frames, not requests.
