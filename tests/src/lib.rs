@@ -701,6 +701,27 @@ impl Agent {
         all
     }
 
+    /// `nhi-agent key export-public` of this agent's signing key into its directory;
+    /// returns the PEM file's path.
+    pub fn export_public_key(&self) -> PathBuf {
+        let key = self.dir.path().join("host.pub");
+        let out = self.cli(&[
+            "key",
+            "export-public",
+            "--config",
+            self.config_path.to_str().expect("utf-8"),
+            "--out",
+            key.to_str().expect("utf-8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "key export: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        key
+    }
+
     /// `nhi-agent verify` of the agent's journal directory with its public key; asserts
     /// that it passes.
     pub fn assert_verifies(&self) {
@@ -711,16 +732,7 @@ impl Agent {
                 String::from_utf8_lossy(&out.stderr)
             )
         };
-        let key = self.dir.path().join("host.pub");
-        let out = self.cli(&[
-            "key",
-            "export-public",
-            "--config",
-            self.config_path.to_str().expect("utf-8"),
-            "--out",
-            key.to_str().expect("utf-8"),
-        ]);
-        assert!(out.status.success(), "key export: {}", text(&out));
+        let key = self.export_public_key();
         let dir = self.journal.parent().expect("journal dir");
         let out = self.cli(&[
             "verify",

@@ -121,16 +121,7 @@ fn sealed_segments_of_real_sessions_verify_and_each_tampering_is_named() {
             .is_empty()
     );
 
-    let key = agent.dir.path().join("host.pem");
-    let out = agent.cli(&[
-        "key",
-        "export-public",
-        "--config",
-        agent.config_path.to_str().expect("utf-8"),
-        "--out",
-        key.to_str().expect("utf-8"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let key = agent.export_public_key();
     let out = agent.cli(&[
         "key",
         "show",
@@ -295,16 +286,7 @@ fn a_journal_killed_mid_run_verifies_after_the_restart() {
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
 
     let dir = agent.journal.parent().expect("dir").to_path_buf();
-    let key = agent.dir.path().join("host.pem");
-    let out = agent.cli(&[
-        "key",
-        "export-public",
-        "--config",
-        agent.config_path.to_str().expect("utf-8"),
-        "--out",
-        key.to_str().expect("utf-8"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let key = agent.export_public_key();
     let out = verify(&agent, &dir, &key);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
@@ -383,16 +365,7 @@ fn a_live_segment_cut_back_or_deleted_after_a_checkpoint_is_named_by_verify() {
     let n = checkpoint["n"].as_u64().expect("n");
     // A crash: the live file is not sealed, only the checkpoint speaks for it.
     agent.kill9();
-    let key = agent.dir.path().join("host.pem");
-    let out = agent.cli(&[
-        "key",
-        "export-public",
-        "--config",
-        agent.config_path.to_str().expect("utf-8"),
-        "--out",
-        key.to_str().expect("utf-8"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let key = agent.export_public_key();
 
     // Untampered: intact, and the live segment is shown with its checkpoint.
     let out = verify(&agent, &dir, &key);

@@ -684,16 +684,7 @@ fn real_segments_are_shipped_and_the_upstream_copy_verifies_against_the_high_wat
     }
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
 
-    let key = secrets.path().join("host.pub");
-    let out = agent.cli(&[
-        "key",
-        "export-public",
-        "--config",
-        agent.config_path.to_str().expect("utf-8"),
-        "--out",
-        key.to_str().expect("utf-8"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let key = agent.export_public_key();
     let upstream = s3.object_path(&format!("nhi/{host}"));
     let verify = |dir: &Path| {
         agent.cli(&[
