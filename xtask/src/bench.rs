@@ -50,7 +50,11 @@ pub fn bench(
         "--bins",
     ]))?;
     let root = util::root();
-    let agent_bin = root.join("target/release/nhi-agent");
+    // NHI_BENCH_AGENT: another build of the agent (an A/B of two commits, each run of
+    // the bench against the same servers and clients).
+    let agent_bin = std::env::var_os("NHI_BENCH_AGENT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target/release/nhi-agent"));
     let client_bin = root.join("target/release/nhi-testclient");
 
     // The harness appends conf lines and the last setting wins: 127.0.0.2 gives the

@@ -483,7 +483,10 @@ pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> 
         conn,
         rx,
         Arc::clone(&shared),
-        opts.batch_max.max(1),
+        writer::Batching {
+            max: opts.batch_max,
+            wakes_are_lazy: opts.fsync != FsyncPolicy::Each,
+        },
         writer::PrelogIngest::new(Arc::clone(&prelog), writer_file, next_seq - 1, durable_tx),
         chain,
         segmenter,

@@ -134,9 +134,17 @@ pub(crate) enum Command {
 
 impl Command {
     /// Chunks and ends have no client waiting on them: a batch holding only those may
-    /// wait a moment for company (see [`LINGER`]).
-    fn is_lazy(&self) -> bool {
-        matches!(self, Command::Chunk { .. } | Command::End { .. })
+    /// wait a moment for company (see [`LINGER`]). So may a pre-log wake-up when no
+    /// caller waits for its records' commit (`wakes_are_lazy`: not `journal_fsync =
+    /// "each"`): the records already survive the agent being killed, and one commit
+    /// (one fsync) then takes every record of the linger instead of one commit per
+    /// request under load.
+    fn is_lazy(&self, wakes_are_lazy: bool) -> bool {
+        match self {
+            Command::Chunk { .. } | Command::End { .. } => true,
+            Command::Wake => wakes_are_lazy,
+            _ => false,
+        }
     }
 }
 
@@ -229,12 +237,20 @@ impl Executed {
     }
 }
 
+/// How the writer forms batches.
+pub(crate) struct Batching {
+    /// Commands per batch at most.
+    pub(crate) max: usize,
+    /// See [`Command::is_lazy`].
+    pub(crate) wakes_are_lazy: bool,
+}
+
 /// Starts the writer thread on an already-migrated connection.
 pub(crate) fn spawn(
     conn: Connection,
     rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
-    batch_max: usize,
+    batching: Batching,
     prelog: PrelogIngest,
     chain: Chain,
     segments: Option<Segmenter>,
@@ -243,7 +259,8 @@ pub(crate) fn spawn(
         conn,
         rx,
         shared,
-        batch_max,
+        batch_max: batching.max.max(1),
+        wakes_are_lazy: batching.wakes_are_lazy,
         failures: Failures::default(),
         prelog,
         chain,
@@ -260,6 +277,8 @@ struct Writer {
     rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     batch_max: usize,
+    /// See [`Command::is_lazy`].
+    wakes_are_lazy: bool,
     failures: Failures,
     prelog: PrelogIngest,
     chain: Chain,
@@ -701,7 +720,7 @@ impl Writer {
             if let Some(timer) = &timer {
                 if !batch.is_empty()
                     && batch.len() < self.batch_max
-                    && batch.iter().all(Command::is_lazy)
+                    && batch.iter().all(|c| c.is_lazy(self.wakes_are_lazy))
                 {
                     let rx = &mut self.rx;
                     let more =
