@@ -521,6 +521,38 @@ fn sse_is_masked_event_by_event() {
         .map(|m| m["values"].as_u64().unwrap())
         .sum();
     assert_eq!(masked, 2, "{end:#}");
+    // The head says its end follows, and the OCSF export reports the request once, from
+    // the body's end: what the client got and what was masked in it.
+    let head = response_for(&agent, "http_response", "/sse");
+    assert_eq!(head["end_follows"], true, "{head:#}");
+    let out = agent.cli(&[
+        "export",
+        "--format",
+        "ocsf",
+        "--journal",
+        agent.journal.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let activities: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["class_uid"] == 4002 && e["http_request"]["url"]["path"] == "/sse")
+        .collect();
+    assert_eq!(activities.len(), 1, "{activities:#?}");
+    let sse = &activities[0];
+    assert_eq!(sse["http_response"]["length"], end["body_bytes"], "{sse:#}");
+    let ocsf_masked: u64 = sse["unmapped"]["response_masked"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{sse:#}"))
+        .iter()
+        .map(|m| m["values"].as_u64().unwrap())
+        .sum();
+    assert_eq!(ocsf_masked, 2, "{sse:#}");
     let mut log = String::new();
     std::fs::File::open(&agent.log)
         .and_then(|mut f| f.read_to_string(&mut log))

@@ -278,16 +278,20 @@ fn body_lines(out: &mut dyn Write, arrow: char, e: &BodyExcerpt) -> io::Result<(
     Ok(())
 }
 
-/// A request waiting for its response.
+/// A request waiting for its response (and, when the agent streamed the body, for the
+/// body's end).
 struct Pending {
     journal_id: String,
     host_id: Option<String>,
     session: SetSession,
     request: EventRow,
     approval: Option<Value>,
+    /// The response head, held while its `http_response_end` is due.
+    response: Option<EventRow>,
 }
 
-/// HTTP requests, completed by their response, as OCSF HTTP Activity.
+/// HTTP requests, completed by their response (or, for a body the agent streamed, by the
+/// body's end: `http_response.end_follows`), as OCSF HTTP Activity.
 #[derive(Default)]
 struct HttpActivity {
     pending: HashMap<(String, SessionId, u64), Pending>,
@@ -313,7 +317,7 @@ impl OcsfRequests for HttpActivity {
             kind::REQUEST => {
                 let mut out = Vec::new();
                 if let Some(old) = self.pending.remove(&key) {
-                    out.push(activity(&old, None));
+                    out.push(activity(&old, old.response.as_ref(), None));
                 }
                 self.order.push(key.clone());
                 self.pending.insert(
@@ -324,6 +328,7 @@ impl OcsfRequests for HttpActivity {
                         session: session.clone(),
                         request: e.clone(),
                         approval: None,
+                        response: None,
                     },
                 );
                 out
@@ -334,8 +339,29 @@ impl OcsfRequests for HttpActivity {
                 }
                 Vec::new()
             }
-            kind::RESPONSE => match self.pending.remove(&key) {
-                Some(p) => vec![activity(&p, Some(e))],
+            kind::RESPONSE => {
+                let end_follows = e
+                    .data
+                    .as_ref()
+                    .and_then(HttpResponse::read)
+                    .is_some_and(|r| r.end_follows);
+                match self.pending.get_mut(&key) {
+                    Some(p) if end_follows && p.response.is_none() => {
+                        p.response = Some(e.clone());
+                        Vec::new()
+                    }
+                    Some(_) => {
+                        let p = self.pending.remove(&key).expect("present");
+                        vec![activity(&p, Some(e), None)]
+                    }
+                    None => Vec::new(),
+                }
+            }
+            kind::RESPONSE_END => match self.pending.remove(&key) {
+                Some(p) => {
+                    let response = p.response.clone();
+                    vec![activity(&p, response.as_ref(), Some(e))]
+                }
                 None => Vec::new(),
             },
             _ => Vec::new(),
@@ -347,7 +373,7 @@ impl OcsfRequests for HttpActivity {
         order
             .into_iter()
             .filter_map(|key| self.pending.remove(&key))
-            .map(|p| activity(&p, None))
+            .map(|p| activity(&p, p.response.as_ref(), None))
             .collect()
     }
 }
@@ -367,12 +393,17 @@ fn method_activity(method: &str) -> (u64, &'static str) {
     }
 }
 
-fn activity(p: &Pending, response: Option<&EventRow>) -> Value {
+/// One HTTP Activity: the request, its response head if one came, and the end of a
+/// streamed body if that came too (its size, what was masked in it, how it ended).
+fn activity(p: &Pending, response: Option<&EventRow>, end: Option<&EventRow>) -> Value {
     let null = Value::Null;
     let data = p.request.data.as_ref().unwrap_or(&null);
     let request = HttpRequest::read(data).unwrap_or_default();
     let response_data = response.and_then(|r| r.data.as_ref()).unwrap_or(&null);
     let answer = response.and_then(|_| HttpResponse::read(response_data));
+    let body_end = end
+        .and_then(|e| e.data.as_ref())
+        .and_then(HttpResponseEnd::read);
     let (activity_id, activity_name) = method_activity(&request.method);
     let decision = p
         .approval
@@ -388,6 +419,8 @@ fn activity(p: &Pending, response: Option<&EventRow>) -> Value {
     let (status_id, status) = match &answer {
         None => (0, "Unknown"),
         Some(a) if a.status >= 400 || a.error.is_some() => (2, "Failure"),
+        // The head said success but the body was cut.
+        Some(_) if body_end.as_ref().is_some_and(|b| b.error.is_some()) => (2, "Failure"),
         Some(_) => (1, "Success"),
     };
     let session = &p.session;
@@ -454,17 +487,45 @@ fn activity(p: &Pending, response: Option<&EventRow>) -> Value {
             "code": answer.status,
             "http_headers": answer.headers.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
         });
-        if let Some(n) = answer.content_length {
+        // The body as the client got it (masked, decoded), else what the server declared.
+        let length = body_end
+            .as_ref()
+            .map(|b| b.body_bytes)
+            .or(answer.body_bytes)
+            .or(answer.content_length);
+        if let Some(n) = length {
             http_response["length"] = json!(n);
         }
         event.insert("http_response".into(), http_response);
         event.insert("status_code".into(), json!(answer.status.to_string()));
-        if let Some(error) = &answer.error {
-            event.insert("status_detail".into(), json!(error));
+        let detail = answer
+            .error
+            .as_deref()
+            .or(body_end.as_ref().and_then(|b| b.error.as_deref()));
+        if let Some(detail) = detail {
+            event.insert("status_detail".into(), json!(detail));
         }
         event.insert("start_time".into(), json!(ms(p.request.at)));
-        event.insert("end_time".into(), json!(ms(row.at)));
-        event.insert("duration".into(), json!(answer.duration_us / 1000));
+        let (end_time, duration_us) = match (&body_end, end) {
+            (Some(b), Some(end_row)) => (ms(end_row.at), b.duration_us),
+            _ => (ms(row.at), answer.duration_us),
+        };
+        event.insert("end_time".into(), json!(end_time));
+        event.insert("duration".into(), json!(duration_us / 1000));
+        // What the masks replaced in the body (head: a body masked whole; end: streamed).
+        let masked = match &body_end {
+            Some(b) if !b.masked.is_empty() => json!(b.masked),
+            _ if !answer.masked.is_empty() => json!(answer.masked),
+            _ => Value::Null,
+        };
+        if let Some(Value::Object(unmapped)) = event.get_mut("unmapped") {
+            if !masked.is_null() {
+                unmapped.insert("response_masked".into(), masked);
+            }
+            if let Some(decoded) = &answer.decoded {
+                unmapped.insert("response_decoded".into(), json!(decoded));
+            }
+        }
     }
     Value::Object(event)
 }
@@ -480,11 +541,6 @@ mod tests {
 
     /// An HTTP session: an allowed GET answered 200, a DELETE refused by a rule.
     async fn http_journal(path: &std::path::Path) -> SessionId {
-        let j = journal::open(path, JournalOptions::default()).expect("open");
-        let h = j.handle();
-        let mut start = sample_start("bot", "api", at_us(0));
-        std::sync::Arc::make_mut(&mut start.identity).protocol = "http".into();
-        let id = h.start_session(start).await.expect("start");
         let get = HttpRequest {
             seq: 1,
             method: "GET".into(),
@@ -524,20 +580,38 @@ mod tests {
             ..HttpResponse::default()
         };
         let json = |v: &dyn ToJson| v.json();
-        let events: Vec<Event> = [
-            (100, kind::REQUEST, json(&get)),
-            (1_600, kind::RESPONSE, json(&ok)),
-            (2_000, kind::REQUEST, json(&delete)),
-            (2_100, kind::RESPONSE, json(&refused)),
-        ]
-        .into_iter()
-        .map(|(us, kind, data)| Event {
-            session: id,
-            at: at_us(us),
-            kind: Cow::Borrowed(kind),
-            data,
-        })
-        .collect();
+        journal_of(
+            path,
+            vec![
+                (100, kind::REQUEST, json(&get)),
+                (1_600, kind::RESPONSE, json(&ok)),
+                (2_000, kind::REQUEST, json(&delete)),
+                (2_100, kind::RESPONSE, json(&refused)),
+            ],
+        )
+        .await
+    }
+
+    /// A journal with one HTTP session holding `events` (microseconds after its start,
+    /// kind, data), ended at 3 ms.
+    async fn journal_of(
+        path: &std::path::Path,
+        events: Vec<(i64, &'static str, String)>,
+    ) -> SessionId {
+        let j = journal::open(path, JournalOptions::default()).expect("open");
+        let h = j.handle();
+        let mut start = sample_start("bot", "api", at_us(0));
+        std::sync::Arc::make_mut(&mut start.identity).protocol = "http".into();
+        let id = h.start_session(start).await.expect("start");
+        let events: Vec<Event> = events
+            .into_iter()
+            .map(|(us, kind, data)| Event {
+                session: id,
+                at: at_us(us),
+                kind: Cow::Borrowed(kind),
+                data,
+            })
+            .collect();
         h.record(&events).expect("record");
         h.flush().await.expect("flush");
         h.end_session(SessionEnd {
@@ -641,6 +715,104 @@ mod tests {
             ),
             Some("[deny refused] DELETE /a".to_string())
         );
+    }
+
+    #[tokio::test]
+    async fn ocsf_waits_for_the_end_of_a_streamed_body() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let get = |seq: u64, target: &str| HttpRequest {
+            seq,
+            method: "GET".into(),
+            target: target.to_owned().into(),
+            path: Some(target.to_owned().into()),
+            version: "HTTP/1.1".into(),
+            verdict: "allow".into(),
+            enforced: true,
+            action: "forwarded".into(),
+            ..HttpRequest::default()
+        };
+        let head = |seq: u64| HttpResponse {
+            seq,
+            status: 200,
+            duration_us: 400,
+            end_follows: true,
+            decoded: Some("gzip".into()),
+            ..HttpResponse::default()
+        };
+        let end = |seq: u64, bytes: u64, error: Option<&str>| HttpResponseEnd {
+            seq,
+            body_bytes: bytes,
+            duration_us: 2_000,
+            masked: vec![crate::mask::MaskedValues {
+                rule: "emails".into(),
+                strategy: "redact".into(),
+                values: 3,
+            }],
+            error: error.map(str::to_owned),
+            ..HttpResponseEnd::default()
+        };
+        let json = |v: &dyn ToJson| v.json();
+        journal_of(
+            &path,
+            vec![
+                (100, kind::REQUEST, json(&get(1, "/feed"))),
+                (500, kind::RESPONSE, json(&head(1))),
+                (2_100, kind::RESPONSE_END, json(&end(1, 1234, None))),
+                (2_200, kind::REQUEST, json(&get(2, "/events"))),
+                (2_300, kind::RESPONSE, json(&head(2))),
+                (
+                    2_400,
+                    kind::RESPONSE_END,
+                    json(&end(2, 10, Some("the client left"))),
+                ),
+                // The agent stopped before this body ended: the head is all there is.
+                (2_500, kind::REQUEST, json(&get(3, "/stuck"))),
+                (2_600, kind::RESPONSE, json(&head(3))),
+            ],
+        )
+        .await;
+        let events = crate::cli::export::tests::export(&path, &["--format", "ocsf"]);
+        let http: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["class_uid"] == HTTP_ACTIVITY)
+            .collect();
+        assert_eq!(http.len(), 3, "one activity per request: {events:#?}");
+        for e in &http {
+            assert_eq!(
+                crate::cli::ocsf::check_required(e),
+                Vec::<String>::new(),
+                "{e:#}"
+            );
+        }
+        let (feed, events_req, stuck) = (http[0], http[1], http[2]);
+        assert_eq!(feed["http_request"]["url"]["path"], "/feed");
+        assert_eq!(feed["status_id"], 1);
+        // The body as the client got it, its end, its length and what was masked in it.
+        assert_eq!(feed["http_response"]["length"], 1234);
+        assert_eq!(feed["duration"], 2);
+        assert_eq!(
+            feed["end_time"].as_i64().unwrap() - feed["start_time"].as_i64().unwrap(),
+            2,
+            "{feed:#}"
+        );
+        assert_eq!(feed["unmapped"]["response_masked"][0]["rule"], "emails");
+        assert_eq!(feed["unmapped"]["response_masked"][0]["values"], 3);
+        assert_eq!(feed["unmapped"]["response_decoded"], "gzip");
+        // A cut body fails the request although the head said 200.
+        assert_eq!(events_req["http_request"]["url"]["path"], "/events");
+        assert_eq!(
+            (
+                events_req["status_id"].as_u64(),
+                events_req["status_detail"].as_str()
+            ),
+            (Some(2), Some("the client left"))
+        );
+        // No end: reported from the head at the end of the export.
+        assert_eq!(stuck["http_request"]["url"]["path"], "/stuck");
+        assert_eq!(stuck["http_response"]["code"], 200);
+        assert_eq!(stuck["status_id"], 1);
+        assert!(stuck["http_response"].get("length").is_none(), "{stuck:#}");
     }
 
     #[test]

@@ -599,6 +599,8 @@ pub(super) struct HeadInfo {
     pub masked: Vec<crate::mask::MaskedValues>,
     pub secret_echoes_in_body: u64,
     pub excerpt: BodyExcerpt,
+    /// `http_response_end` is journaled at the end of the body.
+    pub end_follows: bool,
 }
 
 /// Prepares a response body per [`plan`]: masked whole (JSON, before the head), masked
@@ -619,7 +621,10 @@ pub(super) async fn respond(
         Plan::Pass => (body.map_err(Into::into).boxed(), HeadInfo::default()),
         Plan::Measure(kind) => (
             Measured::new(cx.clone(), kind, body).boxed(),
-            HeadInfo::default(),
+            HeadInfo {
+                end_follows: true,
+                ..HeadInfo::default()
+            },
         ),
         Plan::Buffer(kind, coding) => {
             let done = mask_buffered(cx, kind, coding, body)
@@ -632,6 +637,7 @@ pub(super) async fn respond(
                 masked: done.masker.masked(),
                 secret_echoes_in_body: done.masker.secret_echoes(),
                 excerpt: done.excerpt,
+                end_follows: false,
             };
             let body = http_body_util::Full::new(done.body)
                 .map_err(|never| match never {})
@@ -646,6 +652,7 @@ pub(super) async fn respond(
                     body_kind: Some(kind.name().to_owned()),
                     ..BodyExcerpt::default()
                 },
+                end_follows: true,
                 ..HeadInfo::default()
             };
             (

@@ -144,6 +144,10 @@ pub struct HttpResponse<'a> {
     pub secret_echoes_in_body: u64,
     #[serde(flatten)]
     pub excerpt: BodyExcerpt,
+    /// An [`HttpResponseEnd`] with the same `seq` follows at the end of the body (the
+    /// agent streams or measures it); readers that summarise a request wait for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub end_follows: bool,
 }
 
 /// Kind [`kind::RESPONSE_END`]: journaled when a streamed response body ends (or is cut).

@@ -914,6 +914,7 @@ async fn forward(
         masked: body_info.masked,
         secret_echoes_in_body: body_info.secret_echoes_in_body,
         excerpt: body_info.excerpt,
+        end_follows: body_info.end_follows,
         ..response_head(state, seq, &parts, secret_echoes_masked, started)
     };
     // The response head is journaled before the client sees it.
