@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use nhi_agent::evidence::{checkpoint, verify, HostKey, PublicKey};
+use nhi_agent::evidence::{HostKey, PublicKey};
+use nhi_agent::journal::{checkpoint, verify};
 use nhi_agent::journal::{EventScan, JournalError, JournalSet};
 
 struct Scratch {

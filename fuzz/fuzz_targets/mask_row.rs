@@ -1,7 +1,7 @@
 //! DataRow masking as the PostgreSQL flow runs it: a server stream decoded by
 //! `BackendDecoder`; each RowDescription makes a plan (`SessionMasks::plan`, with the
 //! columns' names, types and formats, as `Flow::start_result` does), each DataRow goes
-//! through `RowMasker::mask_row`, and each CommandComplete reads `masked_columns`.
+//! through `RowMasker::mask_values` (`encode::mask_data_row`), and each CommandComplete reads `masked_columns`.
 //!
 //! The masks come from the input too: a header of 1 + 4 × N bytes is turned into
 //! `[[mask]]` tables (detectors, column globs from a fixed list, strategy, keep),
@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use nhi_agent::config;
 use nhi_agent::mask::{ColumnInfo, Detector, HashKey, RowMasker, SessionMasks};
-use nhi_agent::protocol::postgres::{BackendDecoder, BackendMessage};
+use nhi_agent::protocol::postgres::{encode, BackendDecoder, BackendMessage};
 use nhi_agent_fuzz::{append, reads};
 
 /// Column globs a rule may list (bit i of the rule's column byte).
@@ -112,7 +112,7 @@ fuzz_target!(|data: &[u8]| {
                     let Some(masker) = masker.as_mut() else {
                         continue;
                     };
-                    if let Some(frame) = masker.mask_row(&row) {
+                    if let Some(frame) = encode::mask_data_row(masker, &row) {
                         let mut masked = BytesMut::from(&frame[..]);
                         match BackendDecoder::new().decode(&mut masked) {
                             Ok(Some(d)) => match d.message {

@@ -1,5 +1,5 @@
 //! `nhi-agent verify PATH... --key KEY [--hwm FILE] [--json]`: checks journal segments
-//! offline (see [`crate::evidence::verify`]). Exit 0 only when everything is intact.
+//! offline (see [`crate::journal::verify`]). Exit 0 only when everything is intact.
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::evidence::verify::{self, HighWaterMark};
 use crate::evidence::PublicKey;
+use crate::journal::verify::{self, HighWaterMark};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -47,7 +47,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let files = verify::collect_files(&args.paths);
-    let checkpoints = crate::evidence::checkpoint::collect(&args.paths);
+    let checkpoints = crate::journal::checkpoint::collect(&args.paths);
     let started = Instant::now();
     let report = verify::verify_files(&files, &checkpoints, &key, hwm.as_ref());
     let secs = started.elapsed().as_secs_f64();

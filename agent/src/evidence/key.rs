@@ -193,7 +193,7 @@ pub fn load_or_create_host_id(path: &Path) -> Result<String, EvidenceError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(EvidenceError::io("cannot create", dir))?;
     }
-    super::segments::write_atomically(path, id.as_bytes())?;
+    super::write_atomically(path, id.as_bytes())?;
     Ok(id)
 }
 

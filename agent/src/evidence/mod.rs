@@ -33,14 +33,12 @@
 //! of it offline.
 
 pub mod chain;
-pub mod checkpoint;
 pub mod config;
 pub mod key;
 pub mod seal;
-pub mod segments;
-pub mod verify;
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 pub use chain::{genesis, ChainEvent, ChainState, Hash, HASH_LEN};
 pub use config::{EvidenceProblem, EvidenceSettings, RawEvidence};
@@ -147,5 +145,24 @@ pub fn host_identity(
     Ok((key, host_id, key_path))
 }
 
-#[cfg(test)]
-mod tests;
+/// fsync of a directory, so that a rename in it survives a power loss.
+pub fn fsync_dir(dir: &Path) -> Result<(), EvidenceError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(EvidenceError::io("cannot fsync directory", dir))
+}
+
+/// Writes `bytes` to `path` so that readers see either nothing or all of it: a temporary
+/// file, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut file = std::fs::File::create(&tmp).map_err(EvidenceError::io("cannot create", &tmp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(EvidenceError::io("cannot write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(EvidenceError::io("cannot rename into place", path))?;
+    fsync_dir(path.parent().unwrap_or_else(|| Path::new("/")))
+}

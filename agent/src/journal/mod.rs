@@ -21,10 +21,13 @@
 //! Reading is separate ([`JournalReader`]): a read-only connection that works offline on a
 //! journal copied from another host and concurrently with a running agent (WAL mode).
 
+pub mod checkpoint;
 mod prelog;
 mod reader;
 mod schema;
+pub mod segments;
 mod set;
+pub mod verify;
 mod writer;
 
 use std::collections::HashSet;
@@ -316,7 +319,7 @@ pub struct SegmentOptions {
     /// ...or this old.
     pub max_age: Duration,
     /// The live segment's head is checkpointed at least this often while it moves
-    /// (see [`crate::evidence::checkpoint`]).
+    /// (see [`checkpoint`]).
     pub checkpoint_interval: Duration,
 }
 
@@ -418,12 +421,12 @@ pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> 
                 path: path.to_path_buf(),
                 started: std::time::Instant::now(),
                 retry_at: None,
-                checkpoint_n: crate::evidence::checkpoint::highest_n(path),
+                checkpoint_n: checkpoint::highest_n(path),
                 checkpointed_at: std::time::Instant::now(),
                 checkpointed_next: None,
                 checkpoint_blocked: false,
             };
-            use crate::evidence::checkpoint::CheckpointReason;
+            use checkpoint::CheckpointReason;
             segmenter.checkpoint(&conn, &chain_state, CheckpointReason::Startup);
             if segmenter.checkpoint_blocked {
                 tracing::error!(
@@ -439,8 +442,8 @@ pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> 
                     crate::evidence::SealReason::Startup,
                     None,
                 )?;
-                chain_state = crate::evidence::segments::load_chain(&conn)
-                    .map_err(JournalError::sqlite("load the chain"))?;
+                chain_state =
+                    segments::load_chain(&conn).map_err(JournalError::sqlite("load the chain"))?;
                 segmenter.rotated();
                 segmenter.checkpoint(&conn, &chain_state, CheckpointReason::Rotation);
             }
@@ -514,7 +517,6 @@ pub(crate) fn open_live(
     path: &Path,
     segments_opts: Option<&SegmentOptions>,
 ) -> Result<(rusqlite::Connection, crate::evidence::ChainState), JournalError> {
-    use crate::evidence::segments;
     let mut conn = schema::open_for_writing(path)?;
     let mut state = segments::load_chain(&conn).map_err(JournalError::sqlite("load the chain"))?;
     let Some(opts) = segments_opts else {
@@ -845,5 +847,7 @@ pub fn format_rfc3339_us(t: SystemTime) -> String {
 }
 
 // Crate-visible so that the CLI tests can reuse its fixtures.
+#[cfg(test)]
+mod evidence_tests;
 #[cfg(test)]
 pub(crate) mod tests;

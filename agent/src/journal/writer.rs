@@ -29,12 +29,12 @@ use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::prelog::{self, Prelog};
+use super::segments;
 use super::{
     system_time_to_us, Direction, Durability, JournalError, SegmentOptions, SessionEnd, SessionId,
     SessionStart, Shared,
 };
 use crate::evidence::chain::{event_hash_with, ChainEvent, ChainState};
-use crate::evidence::segments;
 use crate::evidence::SealReason;
 
 /// An event row to insert; the id and the hash are assigned by [`Chain::insert_event`].
@@ -333,13 +333,13 @@ impl Segmenter {
     }
 
     /// Writes a checkpoint of the live segment in `conn` whose committed chain ends at
-    /// `chain` (see [`crate::evidence::checkpoint`]). A failure is logged; the next
+    /// `chain` (see [`super::checkpoint`]). A failure is logged; the next
     /// attempt comes an interval later.
     pub(crate) fn checkpoint(
         &mut self,
         conn: &Connection,
         chain: &ChainState,
-        reason: crate::evidence::checkpoint::CheckpointReason,
+        reason: super::checkpoint::CheckpointReason,
     ) {
         if self.checkpoint_blocked {
             return;
@@ -767,7 +767,7 @@ impl Writer {
             seg.checkpoint(
                 &self.conn,
                 &self.chain.state,
-                crate::evidence::checkpoint::CheckpointReason::Shutdown,
+                super::checkpoint::CheckpointReason::Shutdown,
             );
         }
 
@@ -814,7 +814,7 @@ impl Writer {
                 seg.checkpoint(
                     &self.conn,
                     &self.chain.state,
-                    crate::evidence::checkpoint::CheckpointReason::Rotation,
+                    super::checkpoint::CheckpointReason::Rotation,
                 );
             }
             Err(e) => {
@@ -842,7 +842,7 @@ impl Writer {
             seg.checkpoint(
                 &self.conn,
                 &self.chain.state,
-                crate::evidence::checkpoint::CheckpointReason::Interval,
+                super::checkpoint::CheckpointReason::Interval,
             );
         }
     }

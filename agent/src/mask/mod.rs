@@ -33,7 +33,7 @@
 //! [`SessionMasks`] holds the rules governing one session (filtered with
 //! [`MaskRule::applies_to`]). On each RowDescription the proxy calls
 //! [`SessionMasks::plan`] and gets a [`RowMasker`]; if [`RowMasker::is_noop`] it
-//! forwards DataRows untouched, otherwise it calls [`RowMasker::mask_row`] on each and
+//! forwards DataRows untouched, otherwise it calls [`RowMasker::mask_values`] on each (`protocol::postgres::encode::mask_data_row`) and
 //! forwards the new frame when there is one. [`RowMasker::masked_columns`] says what
 //! was masked, for the journal.
 //!

@@ -1,16 +1,14 @@
-//! Per result set: which columns are masked whole, which are scanned, and the rewrite
-//! of DataRow messages.
+//! Per result set: which columns are masked whole, which are scanned, and the masking
+//! of each row's values (the protocol re-encodes the row).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use serde::Serialize;
 
 use super::detect::{self, Detector, DetectorSet, Hit};
 use super::strategy::Strategy;
 use super::Inner;
-use crate::protocol::postgres::{encode, DataRow};
 
 /// One column of a result set, from its RowDescription field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,7 +225,7 @@ impl RowMasker {
     }
 
     /// True when no column rule matches and no detector can run on any column: the
-    /// proxy skips [`Self::mask_row`] entirely (which would return `None` anyway).
+    /// proxy skips [`Self::mask_values`] entirely (which would return `None` anyway).
     pub fn is_noop(&self) -> bool {
         self.noop
     }
@@ -237,17 +235,23 @@ impl RowMasker {
         self.columns.len()
     }
 
-    /// Masks one row: `Some(new complete DataRow frame)` (tag 'D', length, body) when
-    /// any value changed, else `None` (forward the original bytes). NULL stays NULL and
-    /// is not counted. Counts masked values per (column, rule).
-    pub fn mask_row(&mut self, row: &DataRow) -> Option<Bytes> {
+    /// Masks one row, given its values in column order (`None`: NULL): `Some(changes)`,
+    /// each a column index and its new value (`None`: sent as NULL, for a value in a
+    /// column the plan was not told of), when any value changed, else `None` (forward
+    /// the row as it is). NULL stays NULL and is not counted. Counts masked values per
+    /// (column, rule). The protocol re-encodes the row (PostgreSQL:
+    /// `protocol::postgres::mask_data_row`).
+    pub fn mask_values<'v>(
+        &mut self,
+        row: impl IntoIterator<Item = Option<&'v [u8]>>,
+    ) -> Option<Vec<(usize, Option<Vec<u8>>)>> {
         if self.noop {
             return None;
         }
         let session = &*self.session;
         let nrules = session.rules.len();
         let mut changes: Vec<(usize, Option<Vec<u8>>)> = Vec::new();
-        for (i, value) in row.values().enumerate() {
+        for (i, value) in row.into_iter().enumerate() {
             let Some(plan) = self.columns.get(i) else {
                 if value.is_some() {
                     changes.push((i, None));
@@ -275,14 +279,7 @@ impl RowMasker {
                 }
             }
         }
-        if changes.is_empty() {
-            return None;
-        }
-        let mut values: Vec<Option<&[u8]>> = row.values().collect();
-        for (i, new) in &changes {
-            values[*i] = new.as_deref();
-        }
-        Some(encode::data_row(&values))
+        (!changes.is_empty()).then_some(changes)
     }
 
     /// What was masked so far: one entry per (column index, rule) with the number of

@@ -12,6 +12,7 @@ use toml::Spanned;
 
 use super::detect::{scan, Detector, DetectorSet};
 use super::*;
+use crate::protocol::postgres::encode::mask_data_row;
 use crate::protocol::postgres::{encode, BackendDecoder, BackendMessage, DataRow};
 
 // ---------------------------------------------------------------------------------------
@@ -599,7 +600,7 @@ fn text_row_masks_columns_and_detected_substrings() {
         None,
         Some(b"4111111111111111"),
     ]);
-    let frame = plan.mask_row(&row).expect("changed");
+    let frame = mask_data_row(&mut plan, &row).expect("changed");
     let v = values_of(&frame);
     assert_eq!(s(&v[0]), "1");
     assert_eq!(s(&v[1]), "[redacted]");
@@ -632,7 +633,7 @@ fn text_row_masks_columns_and_detected_substrings() {
     );
     // A clean row is not rebuilt, and NULLs are not counted.
     let clean = data_row(&[Some(b"2"), None, Some(b"nothing here"), None, Some(b"17")]);
-    assert_eq!(plan.mask_row(&clean), None);
+    assert_eq!(mask_data_row(&mut plan, &clean), None);
     assert_eq!(plan.masked_columns()[0].values, 1);
 }
 
@@ -648,7 +649,7 @@ columns = ["ssn"]
     let mut plan = m.plan(&[text_col("id"), text_col("name")]);
     assert!(plan.is_noop());
     let row = data_row(&[Some(b"123-45-6789"), Some(b"alice@example.com")]);
-    assert_eq!(plan.mask_row(&row), None);
+    assert_eq!(mask_data_row(&mut plan, &row), None);
     assert!(plan.masked_columns().is_empty());
     assert!(SessionMasks::none().plan(&[text_col("email")]).is_noop());
     assert!(SessionMasks::none().is_empty());
@@ -660,7 +661,7 @@ fn detectors_make_a_plan_active_even_without_column_rules() {
     let m = masks("[[mask]]\nname = \"d\"\ndetectors = [\"email\"]\n");
     let mut plan = m.plan(&[text_col("a")]);
     assert!(!plan.is_noop());
-    assert_eq!(plan.mask_row(&data_row(&[Some(b"plain")])), None);
+    assert_eq!(mask_data_row(&mut plan, &data_row(&[Some(b"plain")])), None);
     // Binary columns of types detectors cannot read leave nothing to do, and neither
     // do text forms that cannot hold any detector's shape (timestamps, ints, uuids).
     assert!(m.plan(&[col("n", 23, 1), col("t", 1114, 1)]).is_noop());
@@ -678,11 +679,11 @@ fn numeric_text_columns_are_scanned_for_cards_only() {
         Some(b"5555555555554444"),
         Some(b"4111111111111111"),
     ]);
-    let v = values_of(&plan.mask_row(&row).expect("changed"));
+    let v = values_of(&mask_data_row(&mut plan, &row).expect("changed"));
     assert!(v.iter().all(|x| s(x) == "[redacted]"), "{v:?}");
     // A numeric that is not a card is left alone.
     let row = data_row(&[Some(b"1234567890123.45"), Some(b"17"), Some(b"x")]);
-    assert_eq!(plan.mask_row(&row), None);
+    assert_eq!(mask_data_row(&mut plan, &row), None);
 }
 
 #[test]
@@ -708,7 +709,7 @@ strategy = "hash"
         Some(b"alice@example.com"),
         Some(b"from alice@example.com to x"),
     ]);
-    let v = values_of(&plan.mask_row(&row).expect("changed"));
+    let v = values_of(&mask_data_row(&mut plan, &row).expect("changed"));
     assert_eq!(s(&v[0]), "************1111");
     let hashed = s(&v[1]).to_owned();
     assert!(
@@ -742,9 +743,8 @@ fn hashes_are_stable_across_sessions_and_separate_across_keys() {
     let run = |k: Arc<HashKey>| {
         let m = SessionMasks::new(rules(text), k);
         let mut plan = m.plan(&[text_col("email")]);
-        let frame = plan
-            .mask_row(&data_row(&[Some(b"alice@example.com")]))
-            .expect("changed");
+        let frame =
+            mask_data_row(&mut plan, &data_row(&[Some(b"alice@example.com")])).expect("changed");
         s(&values_of(&frame)[0]).to_owned()
     };
     assert_eq!(run(key(3)), run(key(3)));
@@ -769,7 +769,7 @@ strategy = "hash"
     );
     let mut plan = m.plan(&[text_col("email"), text_col("note")]);
     let row = data_row(&[Some(b"a@example.com"), Some(b"b@example.com 123-45-6789")]);
-    let v = values_of(&plan.mask_row(&row).expect("changed"));
+    let v = values_of(&mask_data_row(&mut plan, &row).expect("changed"));
     assert_eq!(s(&v[0]), "[redacted]");
     let note = s(&v[1]);
     assert!(note.starts_with("[redacted] hmac:"), "{note}");
@@ -828,7 +828,7 @@ fn binary_columns_masked_whole_keep_their_type() {
         Some(b"\\x736563726574"),
         Some(br#"{"a": "secret"}"#),
     ]);
-    let v = values_of(&plan.mask_row(&row).expect("changed"));
+    let v = values_of(&mask_data_row(&mut plan, &row).expect("changed"));
     assert_eq!(s(&v[0]), "[redacted]");
     assert_eq!(s(&v[1]), "[redacted]");
     assert_eq!(v[2].as_deref(), Some(&0i16.to_be_bytes()[..]));
@@ -886,7 +886,7 @@ fn binary_values_are_scanned_by_detectors() {
         Some(&4111111111111112i64.to_be_bytes()),
         Some(&411111111i32.to_be_bytes()),
     ]);
-    let v = values_of(&plan.mask_row(&row).expect("changed"));
+    let v = values_of(&mask_data_row(&mut plan, &row).expect("changed"));
     assert_eq!(s(&v[0]), "mail [redacted]");
     let jb = v[1].as_deref().expect("jsonb");
     assert_eq!(jb[0], 1);
@@ -913,11 +913,8 @@ fn json_stays_valid_when_a_bare_number_is_masked() {
     let mut plan = m.plan(&[col("doc", 114, 0), col("docb", 3802, 0)]);
     let doc =
         br#"{"card": 4111111111111111, "note": "card 4111 1111 1111 1111 \"q\" a@example.com"}"#;
-    let v = values_of(
-        &plan
-            .mask_row(&data_row(&[Some(doc), Some(doc)]))
-            .expect("changed"),
-    );
+    let v =
+        values_of(&mask_data_row(&mut plan, &data_row(&[Some(doc), Some(doc)])).expect("changed"));
     let expected = serde_json::json!({
         "card": "[redacted]",
         "note": "card [redacted] \"q\" [redacted]"
@@ -937,13 +934,13 @@ fn rows_wider_or_narrower_than_the_plan() {
     let mut plan = m.plan(&[text_col("email"), text_col("note")]);
     assert_eq!(plan.columns(), 2);
     let wide = data_row(&[Some(b"a@example.com"), Some(b"x"), Some(b"extra"), None]);
-    let v = values_of(&plan.mask_row(&wide).expect("changed"));
+    let v = values_of(&mask_data_row(&mut plan, &wide).expect("changed"));
     assert_eq!(s(&v[0]), "[redacted]");
     assert_eq!(s(&v[1]), "x");
     assert_eq!(v[2], None, "an unannounced column is NULLed");
     assert_eq!(v[3], None);
     let narrow = data_row(&[Some(b"b@example.com")]);
-    let v = values_of(&plan.mask_row(&narrow).expect("changed"));
+    let v = values_of(&mask_data_row(&mut plan, &narrow).expect("changed"));
     assert_eq!(v.len(), 1);
     assert_eq!(s(&v[0]), "[redacted]");
     let stats = plan.masked_columns();
@@ -960,7 +957,7 @@ fn rows_wider_or_narrower_than_the_plan() {
     // An empty row and a zero-column plan do not panic.
     let mut empty = m.plan(&[]);
     assert!(empty.is_noop());
-    assert_eq!(empty.mask_row(&data_row(&[])), None);
+    assert_eq!(mask_data_row(&mut empty, &data_row(&[])), None);
 }
 
 #[test]
@@ -989,7 +986,7 @@ fn real_psql_capture_is_masked() {
             }
             BackendMessage::DataRow(row) => {
                 let plan = plan.as_mut().expect("a RowDescription first");
-                if let Some(frame) = plan.mask_row(&row) {
+                if let Some(frame) = mask_data_row(plan, &row) {
                     rewritten.push(values_of(&frame));
                 }
             }
@@ -1278,7 +1275,7 @@ fn cost_per_row() {
                 if plan.is_noop() {
                     continue;
                 }
-                if plan.mask_row(row).is_some() {
+                if mask_data_row(&mut plan, row).is_some() {
                     changed += 1;
                 }
             }

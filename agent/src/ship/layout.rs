@@ -61,7 +61,7 @@ pub struct Hwm {
     pub checkpoint: Option<HwmCheckpoint>,
 }
 
-pub use crate::evidence::verify::HwmCheckpoint;
+pub use crate::journal::verify::HwmCheckpoint;
 
 impl Hwm {
     /// The mark for `segment`, at `now_us`.
@@ -81,7 +81,7 @@ impl Hwm {
     /// This mark followed by the checkpoint `jws` of the segment after it (`None` when
     /// it is not a checkpoint of that segment of this journal).
     pub fn with_checkpoint(&self, jws: &str, now_us: i64) -> Option<Hwm> {
-        let p = crate::evidence::checkpoint::peek(jws)?;
+        let p = crate::journal::checkpoint::peek(jws)?;
         if p.journal_id != self.journal_id || p.segment_seq != self.segment_seq + 1 {
             return None;
         }

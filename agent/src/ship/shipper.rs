@@ -220,7 +220,7 @@ impl Shipper {
         if base.journal_id != journal_id || base.segment_seq != state.segment_seq {
             return Ok(());
         }
-        let path = crate::evidence::checkpoint::path_for(&self.journal, state.segment_seq + 1);
+        let path = crate::journal::checkpoint::path_for(&self.journal, state.segment_seq + 1);
         let Ok(jws) = fs::read_to_string(&path) else {
             return Ok(());
         };
@@ -311,9 +311,7 @@ impl Shipper {
             }
             // The .db first: a leftover .seal alone is reported, never shipped. The
             // segment's checkpoint goes with it (its seal supersedes it).
-            let checkpoint = seg
-                .db
-                .with_extension(crate::evidence::checkpoint::EXTENSION);
+            let checkpoint = seg.db.with_extension(crate::journal::checkpoint::EXTENSION);
             for path in [&seg.db, &seg.seal_path, &checkpoint] {
                 match fs::remove_file(path) {
                     Ok(()) => {}

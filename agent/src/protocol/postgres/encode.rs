@@ -8,10 +8,11 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::backend::{AuthRequest, BackendMessage, CopyResponse, ErrorFields};
+use super::backend::{AuthRequest, BackendMessage, CopyResponse, DataRow, ErrorFields};
 use super::frontend::{
     FrontendMessage, CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, SSL_REQUEST_CODE,
 };
+use crate::mask::RowMasker;
 
 /// A tagged frame: `tag`, the Int32 length (`body.len() + 4`), `body`.
 pub fn frame(tag: u8, body: &[u8]) -> Bytes {
@@ -380,4 +381,16 @@ fn put_i16s(dst: &mut BytesMut, values: &[i16]) {
 
 fn count16(n: usize) -> u16 {
     u16::try_from(n).expect("the protocol counts at most 65535 elements")
+}
+
+/// A DataRow through a result set's [`RowMasker`]: `Some(new complete DataRow frame)`
+/// (tag 'D', length, body) when any value changed, else `None` (forward the original
+/// bytes).
+pub fn mask_data_row(masker: &mut RowMasker, row: &DataRow) -> Option<Bytes> {
+    let changes = masker.mask_values(row.values())?;
+    let mut values: Vec<Option<&[u8]>> = row.values().collect();
+    for (i, new) in &changes {
+        values[*i] = new.as_deref();
+    }
+    Some(data_row(&values))
 }

@@ -1083,7 +1083,7 @@ impl Flow {
                 if let Some(run) = run {
                     run.rows += 1;
                     if let Some(masker) = run.masker.as_mut() {
-                        masked_frame = masker.mask_row(row);
+                        masked_frame = encode::mask_data_row(masker, row);
                     }
                     if record_rows && run.recorded.len() < MAX_RECORDED_ROWS {
                         let shown = match &masked_frame {

@@ -16,16 +16,16 @@
 //! | `prev_seal_sha256`       | hex SHA-256 of the previous segment's seal (not in seq 1)|
 //! | `chain_start_event_id`   | first chained event (older rows predate schema v2)      |
 //! | `seal`                   | the seal (compact JWS), once the segment is sealed       |
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension as _};
 
-use super::chain::{genesis, ChainState, Hash};
-use super::key::HostKey;
-use super::seal::{self, SealPayload, SealReason};
-use super::{hex, parse_hex, EvidenceError};
+use super::checkpoint;
+use crate::evidence::chain::{genesis, ChainState, Hash};
+use crate::evidence::key::HostKey;
+use crate::evidence::seal::{self, SealPayload, SealReason};
+use crate::evidence::{fsync_dir, hex, parse_hex, write_atomically, EvidenceError};
 
 /// The directory (next to the live journal) that holds sealed segments.
 pub fn segments_dir(journal: &Path) -> PathBuf {
@@ -43,28 +43,6 @@ pub fn segment_db_path(journal: &Path, seq: u64) -> PathBuf {
 /// The seal file next to a segment database.
 pub fn seal_path_for(db: &Path) -> PathBuf {
     db.with_extension("seal")
-}
-
-/// fsync of a directory, so that a rename in it survives a power loss.
-pub fn fsync_dir(dir: &Path) -> Result<(), EvidenceError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(EvidenceError::io("cannot fsync directory", dir))
-}
-
-/// Writes `bytes` to `path` so that readers see either nothing or all of it: a temporary
-/// file, fsync, rename, fsync of the directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut file = std::fs::File::create(&tmp).map_err(EvidenceError::io("cannot create", &tmp))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(EvidenceError::io("cannot write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(EvidenceError::io("cannot rename into place", path))?;
-    fsync_dir(path.parent().unwrap_or_else(|| Path::new("/")))
 }
 
 /// One `meta` value.
@@ -210,7 +188,7 @@ fn build_payload(
         prev_last_hash: meta_get(conn, "chain_prev_hash")?.unwrap_or_default(),
         last_hash: hex(&chain.last_hash),
         prev_seal_sha256: meta_get(conn, "prev_seal_sha256")?,
-        sealed_at_us: crate::journal::now_us(),
+        sealed_at_us: super::now_us(),
         reason,
     })
 }
@@ -450,9 +428,8 @@ pub(crate) fn write_checkpoint(
     key: &HostKey,
     host_id: &str,
     n: u64,
-    reason: super::checkpoint::CheckpointReason,
+    reason: checkpoint::CheckpointReason,
 ) -> Result<CheckpointOutcome, EvidenceError> {
-    use super::checkpoint;
     let sql = |op| {
         move |source| EvidenceError::Sqlite {
             op,
@@ -520,7 +497,7 @@ pub(crate) fn write_checkpoint(
         n,
         last_event_id: head,
         last_hash: hex(&chain.last_hash),
-        at_us: crate::journal::now_us(),
+        at_us: super::now_us(),
         reason,
     };
     let jws = checkpoint::sign(&payload, key)?;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use super::verify::{self, DamageKind, HighWaterMark, Report};
-use super::{HostKey, PublicKey};
+use crate::evidence::{seal, HostKey, PublicKey, SealReason};
 use crate::journal::tests::{at_us, sample_start};
 use crate::journal::{
     open, Direction, Event, Journal, JournalOptions, SegmentOptions, SessionEnd, SessionId,
@@ -373,14 +373,14 @@ async fn verify_names_every_kind_of_damage_and_its_segment() {
     let last_seal =
         std::fs::read_to_string(segment(dir.path(), last_seq - 1).with_extension("seal"))
             .expect("seal");
-    let payload = super::seal::verify(&last_seal, &public).expect("valid");
+    let payload = seal::verify(&last_seal, &public).expect("valid");
     let hwm = HighWaterMark {
         host_id: payload.host_id.clone(),
         journal_id: payload.journal_id.clone(),
         segment_seq: payload.segment_seq,
         last_event_id: payload.last_event_id,
         last_hash: payload.last_hash.clone(),
-        seal_sha256: super::seal::seal_sha256(&last_seal),
+        seal_sha256: seal::seal_sha256(&last_seal),
         updated_at_us: 0,
         checkpoint: None,
     };
@@ -526,8 +526,8 @@ async fn an_idle_live_segment_is_sealed_when_it_reaches_its_maximum_age() {
     assert!(report.intact, "{:#?}", report.damages);
     let first = &report.journals[0].segments[0];
     let seal = std::fs::read_to_string(first.path.with_extension("seal")).expect("seal");
-    let payload = super::seal::verify(&seal, &key.public()).expect("seal");
-    assert_eq!(payload.reason, super::SealReason::Age);
+    let payload = seal::verify(&seal, &key.public()).expect("seal");
+    assert_eq!(payload.reason, SealReason::Age);
     assert_eq!(payload.event_count, 1);
 }
 
@@ -811,7 +811,7 @@ async fn a_high_water_mark_that_follows_a_checkpoint_catches_a_live_file_cut_bac
     let base_seal =
         std::fs::read_to_string(segment(dir.path(), last_seq - 1).with_extension("seal"))
             .expect("seal");
-    let sp = super::seal::verify(&base_seal, &public).expect("seal");
+    let sp = seal::verify(&base_seal, &public).expect("seal");
     let cp_jws = super::checkpoint::read(&path, last_seq)
         .expect("read")
         .expect("the live segment's checkpoint");
@@ -821,7 +821,7 @@ async fn a_high_water_mark_that_follows_a_checkpoint_catches_a_live_file_cut_bac
         segment_seq: sp.segment_seq,
         last_event_id: sp.last_event_id,
         last_hash: sp.last_hash.clone(),
-        seal_sha256: super::seal::seal_sha256(&base_seal),
+        seal_sha256: seal::seal_sha256(&base_seal),
         updated_at_us: 0,
         checkpoint: None,
     };

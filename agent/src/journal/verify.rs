@@ -13,10 +13,10 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
-use super::chain::{event_hash_with, genesis, ChainEvent, Hash};
-use super::key::PublicKey;
-use super::seal::{self, SealPayload};
-use super::{hex, parse_hex};
+use crate::evidence::chain::{event_hash_with, genesis, ChainEvent, Hash};
+use crate::evidence::key::PublicKey;
+use crate::evidence::seal::{self, SealPayload};
+use crate::evidence::{hex, parse_hex};
 
 /// What kind of damage was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,7 +206,7 @@ fn open_segment(path: &Path) -> Result<Segment, String> {
         super::segments::meta_get(&conn, key).map_err(|e| e.to_string())
     };
     let journal_id = meta("journal_id")?.ok_or("no journal_id in meta")?;
-    if meta("format")?.as_deref() != Some(crate::journal::FORMAT_MARKER) {
+    if meta("format")?.as_deref() != Some(super::FORMAT_MARKER) {
         return Err("not an nhi-agent journal".to_string());
     }
     let seq = meta("segment_seq")?
@@ -1045,7 +1045,7 @@ fn compare_with_checkpoint(
         .map(|us| {
             format!(
                 " (taken {})",
-                crate::journal::format_rfc3339_us(
+                super::format_rfc3339_us(
                     std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)
                 )
             )

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::key::{HostKey, PublicKey};
-use super::seal::{self, SealInvalid};
-use super::EvidenceError;
+use crate::evidence::key::{HostKey, PublicKey};
+use crate::evidence::seal::{self, SealInvalid};
+use crate::evidence::EvidenceError;
 
 /// The JWS `typ` of a checkpoint.
 pub const CHECKPOINT_TYP: &str = "nhi-checkpoint+jwt";
