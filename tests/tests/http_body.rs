@@ -2,7 +2,8 @@
 //! intercepted cgroup, real eBPF, and a fixture server (Python's http.server, started by
 //! the test) that answers each path with a body the test wrote (JSON, NDJSON, text,
 //! gzip and br encoded by the test), echoes the injected credential in a JSON body, and
-//! streams SSE events the test releases one by one. Each test checks what curl got,
+//! streams SSE events the test releases one by one (and one stream that never ends until
+//! its connection is closed). Each test checks what curl got,
 //! what the journal says, and that no raw value is in any of the agent's files.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ class H(BaseHTTPRequestHandler):
             return self.fixed(body, {"content-type": "application/json"})
         if name == "sse":
             return self.sse()
+        if name == "endless":
+            return self.endless()
         with open(os.path.join(DIR, name + ".headers")) as f:
             headers = json.load(f)
         with open(os.path.join(DIR, name + ".body"), "rb") as f:
@@ -66,6 +69,24 @@ class H(BaseHTTPRequestHandler):
                     time.sleep(0.05)
             self.wfile.write(event.encode())
             self.wfile.flush()
+        self.close_connection = True
+    def endless(self):
+        # An event every 20 ms until a write fails (the agent closed the connection),
+        # then DIR/endless-done.
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        self.end_headers()
+        i = 0
+        try:
+            while True:
+                self.wfile.write(("data: tick %d for ticker@example.com\n\n" % i).encode())
+                self.wfile.flush()
+                i += 1
+                time.sleep(0.02)
+        except OSError:
+            pass
+        open(os.path.join(DIR, "endless-done"), "w").close()
         self.close_connection = True
     def log_message(self, *a):
         pass
@@ -561,4 +582,178 @@ fn sse_is_masked_event_by_event() {
         agent.dir.path(),
         &["first.user@example.com", "carol@example.org", SECRET],
     );
+}
+
+/// What a bot on HTTPS sees: the agent terminates TLS (leaf of the agent CA), the
+/// client speaks h2 and asks for compressed bodies, the server answers gzip JSON and a
+/// gzip NDJSON stream. Both arrive masked over h2, decoded, on one connection.
+#[test]
+fn masking_holds_over_terminated_tls_h2_and_gzip() {
+    privileged!("masking_holds_over_terminated_tls_h2_and_gzip");
+    let fx = Fixtures::start();
+    fx.serve(
+        "user-gz",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        &gzip(&user_json()),
+    );
+    let ndjson = format!("{{\"email\": \"{NAMED}\"}}\n{{\"note\": \"{EMAIL}\"}}\n{{\"n\": 3}}\n");
+    fx.serve(
+        "list",
+        &[
+            ("content-type", "application/x-ndjson"),
+            ("content-encoding", "gzip"),
+        ],
+        &gzip(ndjson.as_bytes()),
+    );
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secret_file(secrets.path(), SECRET);
+    let agent = Agent::start(&config(&cg, &fx.addr(), &token).replace(
+        "mask_body_limit = \"64KiB\"\n",
+        "mask_body_limit = \"64KiB\"\nclient_tls = \"terminate\"\n",
+    ));
+    let ca = agent.dir.path().join("tls/ca.crt");
+    let https = format!("https://{}", fx.addr());
+    // Both in one curl: one TLS connection, two h2 streams.
+    let out = cg
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "--http2",
+            "--compressed",
+            "--cacert",
+        ])
+        .arg(&ca)
+        .args([
+            "-w",
+            "\nSTATUS %{http_code} %{http_version} %{num_connects}\n",
+        ])
+        .arg(format!("{https}/user-gz"))
+        .arg(format!("{https}/list"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{stderr}");
+    let statuses: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("STATUS "))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["200 2 1", "200 2 0"],
+        "h2, one connection: {text}"
+    );
+    for raw in [NAMED, EMAIL, CARD, SECRET] {
+        assert!(!text.contains(raw), "{raw} reached the client: {text}");
+    }
+    let user: Value = serde_json::from_str(text.lines().next().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(user["data"]["profile"]["contact_email"], "[redacted]");
+    assert_eq!(user["data"]["profile"]["note"], "write to [redacted]");
+    assert!(
+        text.contains(r#"{"email": "[redacted]"}"#) && text.contains(r#"{"note": "[redacted]"}"#),
+        "{text}"
+    );
+
+    let user = response_for(&agent, "http_response", "/user-gz");
+    assert_eq!(
+        (user["decoded"].as_str(), user["version"].as_str()),
+        (Some("gzip"), Some("HTTP/1.1")),
+        "decoded from the server's gzip: {user:#}"
+    );
+    let list = response_for(&agent, "http_response_end", "/list");
+    assert!(list["error"].is_null(), "{list:#}");
+    let masked: u64 = list["masked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["values"].as_u64().unwrap())
+        .sum();
+    assert_eq!(masked, 2, "{list:#}");
+    let requests = events_of_kind(&agent, "http_request");
+    assert!(
+        requests.iter().all(|r| r["data"]["version"] == "HTTP/2.0"),
+        "{requests:#?}"
+    );
+    assert_in_no_file(agent.dir.path(), &[NAMED, EMAIL, CARD, SECRET]);
+}
+
+/// A client that leaves in the middle of a masked stream: the agent notices at its next
+/// write, journals the end of the body with why it was cut (and what was masked until
+/// then), closes the server's side, and serves the next client.
+#[test]
+fn a_client_leaving_a_masked_stream_is_journaled_and_the_agent_goes_on() {
+    privileged!("a_client_leaving_a_masked_stream_is_journaled_and_the_agent_goes_on");
+    let fx = Fixtures::start();
+    fx.serve(
+        "user",
+        &[("content-type", "application/json")],
+        &user_json(),
+    );
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secret_file(secrets.path(), SECRET);
+    let agent = Agent::start(&config(&cg, &fx.addr(), &token));
+
+    let mut client = cg
+        .command("curl")
+        .args(["-sS", "-N", "--max-time", "90"])
+        .arg(format!("http://{}/endless", fx.addr()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut first = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut first)
+        .expect("the first event");
+    assert_eq!(first, "data: tick 0 for [redacted]\n");
+    client.kill().unwrap();
+    client.wait().unwrap();
+
+    // The server goes on writing until its writes fail: the agent's next writes to
+    // the gone client fail, the body is dropped, and its end is journaled.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let end = loop {
+        let ends = events_of_kind(&agent, "http_response_end");
+        if let Some(end) = ends.first() {
+            break end["data"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no http_response_end within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(end["error"], "the body was not sent to its end", "{end:#}");
+    assert_eq!(end["body_kind"], "sse", "{end:#}");
+    let masked: u64 = end["masked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["values"].as_u64().unwrap())
+        .sum();
+    assert!(masked >= 1, "{end:#}");
+    // The server saw its client go (the agent closed the upstream connection).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fx.dir.path().join("endless-done").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the server still streams: the agent kept the upstream connection"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The agent serves the next client.
+    let (status, body) = curl(&cg, &[&format!("http://{}/user", fx.addr())]);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("[redacted]") && !body.contains(EMAIL),
+        "{body}"
+    );
+    assert_in_no_file(agent.dir.path(), &["ticker@example.com"]);
 }
