@@ -202,6 +202,28 @@ fn user_json() -> Vec<u8> {
     .into_bytes()
 }
 
+/// `/user-gz`: [`user_json`] gzip-encoded; `/list`: gzip NDJSON, a member-name hit on its
+/// first line and a detector hit on its second.
+fn serve_gzip_json_and_ndjson(fx: &Fixtures) {
+    fx.serve(
+        "user-gz",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        &gzip(&user_json()),
+    );
+    let ndjson = format!("{{\"email\": \"{NAMED}\"}}\n{{\"note\": \"{EMAIL}\"}}\n{{\"n\": 3}}\n");
+    fx.serve(
+        "list",
+        &[
+            ("content-type", "application/x-ndjson"),
+            ("content-encoding", "gzip"),
+        ],
+        &gzip(ndjson.as_bytes()),
+    );
+}
+
 /// The response event of the request for `target`.
 fn response_for(agent: &Agent, kind: &str, target: &str) -> Value {
     let requests = events_of_kind(agent, "http_request");
@@ -225,14 +247,7 @@ fn json_ndjson_text_and_encoded_bodies_are_masked() {
     let fx = Fixtures::start();
     let json = [("content-type", "application/json")];
     fx.serve("user", &json, &user_json());
-    fx.serve(
-        "user-gz",
-        &[
-            ("content-type", "application/json"),
-            ("content-encoding", "gzip"),
-        ],
-        &gzip(&user_json()),
-    );
+    serve_gzip_json_and_ndjson(&fx);
     fx.serve(
         "user-br",
         &[
@@ -240,15 +255,6 @@ fn json_ndjson_text_and_encoded_bodies_are_masked() {
             ("content-encoding", "br"),
         ],
         &brotli(&user_json()),
-    );
-    let ndjson = format!("{{\"email\": \"{NAMED}\"}}\n{{\"note\": \"{EMAIL}\"}}\n{{\"n\": 3}}\n");
-    fx.serve(
-        "list",
-        &[
-            ("content-type", "application/x-ndjson"),
-            ("content-encoding", "gzip"),
-        ],
-        &gzip(ndjson.as_bytes()),
     );
     // Text longer than the journal's excerpt, the address on its first line.
     let mut text = format!("contact: {EMAIL}\n");
@@ -591,23 +597,7 @@ fn sse_is_masked_event_by_event() {
 fn masking_holds_over_terminated_tls_h2_and_gzip() {
     privileged!("masking_holds_over_terminated_tls_h2_and_gzip");
     let fx = Fixtures::start();
-    fx.serve(
-        "user-gz",
-        &[
-            ("content-type", "application/json"),
-            ("content-encoding", "gzip"),
-        ],
-        &gzip(&user_json()),
-    );
-    let ndjson = format!("{{\"email\": \"{NAMED}\"}}\n{{\"note\": \"{EMAIL}\"}}\n{{\"n\": 3}}\n");
-    fx.serve(
-        "list",
-        &[
-            ("content-type", "application/x-ndjson"),
-            ("content-encoding", "gzip"),
-        ],
-        &gzip(ndjson.as_bytes()),
-    );
+    serve_gzip_json_and_ndjson(&fx);
     let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
     let secrets = tempfile::tempdir().unwrap();
     let token = secret_file(secrets.path(), SECRET);

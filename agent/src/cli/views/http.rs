@@ -631,6 +631,23 @@ mod tests {
         id
     }
 
+    /// The HTTP Activity events of `export --format ocsf`, each with every attribute
+    /// OCSF requires.
+    fn http_activities(path: &std::path::Path) -> Vec<Value> {
+        let http: Vec<Value> = crate::cli::export::tests::export(path, &["--format", "ocsf"])
+            .into_iter()
+            .filter(|e| e["class_uid"] == HTTP_ACTIVITY)
+            .collect();
+        for e in &http {
+            assert_eq!(
+                crate::cli::ocsf::check_required(e),
+                Vec::<String>::new(),
+                "{e:#}"
+            );
+        }
+        http
+    }
+
     trait ToJson {
         fn json(&self) -> String;
     }
@@ -669,19 +686,8 @@ mod tests {
              \x20 2 requests, 1 refused, 0 server errors\n"
         );
 
-        let events = crate::cli::export::tests::export(&path, &["--format", "ocsf"]);
-        let http: Vec<&Value> = events
-            .iter()
-            .filter(|e| e["class_uid"] == HTTP_ACTIVITY)
-            .collect();
-        assert_eq!(http.len(), 2, "{events:#?}");
-        for e in &http {
-            assert_eq!(
-                crate::cli::ocsf::check_required(e),
-                Vec::<String>::new(),
-                "{e:#}"
-            );
-        }
+        let http = http_activities(&path);
+        assert_eq!(http.len(), 2, "{http:#?}");
         assert_eq!(
             (
                 http[0]["activity_id"].as_u64(),
@@ -772,20 +778,9 @@ mod tests {
             ],
         )
         .await;
-        let events = crate::cli::export::tests::export(&path, &["--format", "ocsf"]);
-        let http: Vec<&Value> = events
-            .iter()
-            .filter(|e| e["class_uid"] == HTTP_ACTIVITY)
-            .collect();
-        assert_eq!(http.len(), 3, "one activity per request: {events:#?}");
-        for e in &http {
-            assert_eq!(
-                crate::cli::ocsf::check_required(e),
-                Vec::<String>::new(),
-                "{e:#}"
-            );
-        }
-        let (feed, events_req, stuck) = (http[0], http[1], http[2]);
+        let http = http_activities(&path);
+        assert_eq!(http.len(), 3, "one activity per request: {http:#?}");
+        let (feed, events_req, stuck) = (&http[0], &http[1], &http[2]);
         assert_eq!(feed["http_request"]["url"]["path"], "/feed");
         assert_eq!(feed["status_id"], 1);
         // The body as the client got it, its end, its length and what was masked in it.
