@@ -2,7 +2,8 @@
 //! intercepted cgroup against real clients and servers: WebSocket (Python `websockets`
 //! client and server), `Expect: 100-continue` (curl's large POST), server-sent events
 //! streamed, HTTP/2 to nginx over TLS, a Python `requests` client, a kill -9 under HTTP
-//! load, and the request-smuggling corpus.
+//! load and one in the middle of a WebSocket conversation, and the request-smuggling
+//! corpus.
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -80,8 +81,9 @@ fn python_json(cg: &TestCgroup, script: &str, args: &[&str]) -> Value {
 // ---------------------------------------------------------------- WebSocket
 
 /// A WebSocket echo server (Python `websockets`, with its default permessage-deflate
-/// support): prints `PATH <path>` and `EXT <offered extensions or ->` per connection and
-/// echoes every message.
+/// support): prints `PATH <path>` and `EXT <offered extensions or ->` per connection,
+/// `MSG <text>` for each text message starting `msg-` as it arrives, and echoes every
+/// message.
 struct WsServer {
     child: Child,
     port: u16,
@@ -95,6 +97,8 @@ async def echo(ws, path):
     print("PATH", path, flush=True)
     print("EXT", ws.request_headers.get("Sec-WebSocket-Extensions") or "-", flush=True)
     async for message in ws:
+        if isinstance(message, str) and message.startswith("msg-"):
+            print("MSG", message, flush=True)
         await ws.send(message)
 
 async def main():
@@ -800,6 +804,85 @@ fn kill_9_under_http_load_loses_no_request_the_server_saw() {
         "{} of {} requests the server saw are not journaled: {missing:?}",
         missing.len(),
         seen.len()
+    );
+}
+
+/// Sends `msg-000000`, `msg-000001`, ... over one WebSocket, each after the echo of the
+/// one before, until the connection dies.
+const WS_LOAD_CLIENT: &str = r#"
+import asyncio, sys, websockets
+
+async def main():
+    try:
+        async with websockets.connect(sys.argv[1]) as ws:
+            i = 0
+            while True:
+                await ws.send("msg-%06d" % i)
+                await ws.recv()
+                i += 1
+    except Exception:
+        pass
+
+asyncio.run(main())
+"#;
+
+/// SIGKILL in the middle of a WebSocket conversation: after the restart the journal
+/// verifies, every message the server received has its `ws_frame` (journaled before its
+/// bytes moved), and the next start closes the session as interrupted.
+#[test]
+fn kill_9_mid_websocket_loses_no_frame_the_server_saw() {
+    privileged!("kill_9_mid_websocket_loses_no_frame_the_server_saw");
+    let server = WsServer::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let mut agent = Agent::start(&config(&cg, &server.addr(), ""));
+    let mut client = cg
+        .command(PYTHON)
+        .arg("-c")
+        .arg(WS_LOAD_CLIENT)
+        .arg(format!("ws://{}/stream", server.addr()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("WebSocket client");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.lines.with_prefix("MSG ").len() < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "messages: {}",
+            server.lines.with_prefix("MSG ").len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.kill9();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the client did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.spawn();
+    agent.assert_verifies();
+    let seen = server.lines.with_prefix("MSG ");
+    assert!(seen.len() >= 300, "{}", seen.len());
+    let journaled: HashSet<String> = data_of_kind(&agent, "ws_frame")
+        .iter()
+        .filter(|f| f["from"] == "client" && f["opcode"] == "text")
+        .filter_map(|f| f["excerpt"].as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<&String> = seen.iter().filter(|m| !journaled.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} messages the server received are not journaled: {missing:?}",
+        missing.len(),
+        seen.len()
+    );
+    let sessions = agent.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    assert!(
+        sessions[0]["close_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("agent stopped before the session ended")),
+        "{:#}",
+        sessions[0]
     );
 }
 
