@@ -125,8 +125,16 @@ pub fn soak(minutes: u64, warmup: Option<u64>, pg_tps: u32) -> anyhow::Result<()
     );
     println!("idle before traffic: {fds_idle_before} open fds\n");
     println!(
-        "{:>6}  {:>9}  {:>5}  {:>16}  {:>8}  {:>9}  {:>13}",
-        "time", "RSS MiB", "fds", "journal MiB", "events/s", "sessions", "client errors"
+        "{:>6}  {:>9}  {:>17}  {:>7}  {:>5}  {:>16}  {:>8}  {:>9}  {:>13}",
+        "time",
+        "RSS MiB",
+        "anon / file MiB",
+        "threads",
+        "fds",
+        "journal MiB",
+        "events/s",
+        "sessions",
+        "client errors"
     );
 
     let started = Instant::now();
@@ -764,6 +772,11 @@ impl<'a> Drive<'a> {
 struct Sample {
     at: Duration,
     rss_kib: u64,
+    /// RssAnon and RssFile: heap growth against pages of the binary and libraries
+    /// touched for the first time (a code path first run late steps RSS once).
+    rss_anon_kib: u64,
+    rss_file_kib: u64,
+    threads: u64,
     fds: usize,
     journal_bytes: u64,
     segments: usize,
@@ -798,7 +811,10 @@ fn monitor(
         }
         let sample = Sample {
             at: started.elapsed(),
-            rss_kib: rss_kib(pid).unwrap_or(0),
+            rss_kib: status_field(pid, "VmRSS:").unwrap_or(0),
+            rss_anon_kib: status_field(pid, "RssAnon:").unwrap_or(0),
+            rss_file_kib: status_field(pid, "RssFile:").unwrap_or(0),
+            threads: status_field(pid, "Threads:").unwrap_or(0),
             fds: open_fds(pid).unwrap_or(0),
             journal_bytes: dir_size(dir),
             segments: segment_count(dir),
@@ -821,10 +837,16 @@ fn monitor(
 fn minute_line(s: &Sample, events_per_sec: f64) -> String {
     let secs = s.at.as_secs();
     format!(
-        "{:>3}:{:02}  {:>9.1}  {:>5}  {:>7.1} ({:>3} seg)  {:>8.0}  {:>9}  {:>13}",
+        "{:>3}:{:02}  {:>9.1}  {:>17}  {:>7}  {:>5}  {:>7.1} ({:>3} seg)  {:>8.0}  {:>9}  {:>13}",
         secs / 60,
         secs % 60,
         s.rss_kib as f64 / 1024.0,
+        format!(
+            "{:.1} / {:.1}",
+            s.rss_anon_kib as f64 / 1024.0,
+            s.rss_file_kib as f64 / 1024.0
+        ),
+        s.threads,
         s.fds,
         s.journal_bytes as f64 / 1048576.0,
         s.segments,
@@ -834,12 +856,12 @@ fn minute_line(s: &Sample, events_per_sec: f64) -> String {
     )
 }
 
-/// VmRSS from /proc/PID/status, in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
+/// A number from /proc/PID/status (`VmRSS:`, `RssAnon:`, ... in KiB; `Threads:`).
+fn status_field(pid: u32, field: &str) -> Option<u64> {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
         .next()?
         .parse()
