@@ -190,6 +190,28 @@ fn config(cg: &TestCgroup, addr: &str, token: &Path) -> String {
     )
 }
 
+/// A cgroup for the bot, the agent on [`config`] (through `edit`) with the injected
+/// secret's file (kept while the tempdir lives).
+fn bot_agent(
+    fx: &Fixtures,
+    edit: impl FnOnce(String) -> String,
+) -> (TestCgroup, tempfile::TempDir, Agent) {
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secret_file(secrets.path(), SECRET);
+    let agent = Agent::start(&edit(config(&cg, &fx.addr(), &token)));
+    (cg, secrets, agent)
+}
+
+/// curl in the cgroup reading a stream as it comes (`-N`), stdout piped.
+fn curl_stream(cg: &TestCgroup, url: &str) -> Child {
+    cg.command("curl")
+        .args(["-sS", "-N", "--max-time", "90", url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl")
+}
+
 const SECRET: &str = "inj3cted-b0dy-t0ken-5c1f";
 const NAMED: &str = "named-value-7731"; // no detector's shape: only the member name masks it
 const EMAIL: &str = "alice.smith@example.com";
@@ -280,10 +302,7 @@ fn json_ndjson_text_and_encoded_bodies_are_masked() {
         b"opaque bytes",
     );
 
-    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
-    let secrets = tempfile::tempdir().unwrap();
-    let token = secret_file(secrets.path(), SECRET);
-    let agent = Agent::start(&config(&cg, &fx.addr(), &token));
+    let (cg, secrets, agent) = bot_agent(&fx, |c| c);
     let base = format!("http://{}", fx.addr());
 
     let raw_values = [NAMED, EMAIL, CARD, SECRET];
@@ -493,18 +512,9 @@ fn out_len_of_list() -> u64 {
 fn sse_is_masked_event_by_event() {
     privileged!("sse_is_masked_event_by_event");
     let fx = Fixtures::start();
-    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
-    let secrets = tempfile::tempdir().unwrap();
-    let token = secret_file(secrets.path(), SECRET);
-    let agent = Agent::start(&config(&cg, &fx.addr(), &token));
+    let (cg, _secrets, agent) = bot_agent(&fx, |c| c);
 
-    let mut curl = cg
-        .command("curl")
-        .args(["-sS", "-N", "--max-time", "90"])
-        .arg(format!("http://{}/sse", fx.addr()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl");
+    let mut curl = curl_stream(&cg, &format!("http://{}/sse", fx.addr()));
     let stdout = curl.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -598,13 +608,12 @@ fn masking_holds_over_terminated_tls_h2_and_gzip() {
     privileged!("masking_holds_over_terminated_tls_h2_and_gzip");
     let fx = Fixtures::start();
     serve_gzip_json_and_ndjson(&fx);
-    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
-    let secrets = tempfile::tempdir().unwrap();
-    let token = secret_file(secrets.path(), SECRET);
-    let agent = Agent::start(&config(&cg, &fx.addr(), &token).replace(
-        "mask_body_limit = \"64KiB\"\n",
-        "mask_body_limit = \"64KiB\"\nclient_tls = \"terminate\"\n",
-    ));
+    let (cg, _secrets, agent) = bot_agent(&fx, |c| {
+        c.replace(
+            "mask_body_limit = \"64KiB\"\n",
+            "mask_body_limit = \"64KiB\"\nclient_tls = \"terminate\"\n",
+        )
+    });
     let ca = agent.dir.path().join("tls/ca.crt");
     let https = format!("https://{}", fx.addr());
     // Both in one curl: one TLS connection, two h2 streams.
@@ -686,18 +695,9 @@ fn a_client_leaving_a_masked_stream_is_journaled_and_the_agent_goes_on() {
         &[("content-type", "application/json")],
         &user_json(),
     );
-    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
-    let secrets = tempfile::tempdir().unwrap();
-    let token = secret_file(secrets.path(), SECRET);
-    let agent = Agent::start(&config(&cg, &fx.addr(), &token));
+    let (cg, _secrets, agent) = bot_agent(&fx, |c| c);
 
-    let mut client = cg
-        .command("curl")
-        .args(["-sS", "-N", "--max-time", "90"])
-        .arg(format!("http://{}/endless", fx.addr()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl");
+    let mut client = curl_stream(&cg, &format!("http://{}/endless", fx.addr()));
     let mut first = String::new();
     BufReader::new(client.stdout.take().unwrap())
         .read_line(&mut first)
