@@ -246,6 +246,16 @@ fn serve_gzip_json_and_ndjson(fx: &Fixtures) {
     );
 }
 
+/// The values a `masked` list (one entry per rule) counts in all.
+fn masked_total(masked: &Value) -> u64 {
+    masked
+        .as_array()
+        .unwrap_or_else(|| panic!("not a masked list: {masked:#}"))
+        .iter()
+        .map(|m| m["values"].as_u64().unwrap())
+        .sum()
+}
+
 /// The response event of the request for `target`.
 fn response_for(agent: &Agent, kind: &str, target: &str) -> Value {
     let requests = events_of_kind(agent, "http_request");
@@ -423,12 +433,7 @@ fn json_ndjson_text_and_encoded_bodies_are_masked() {
     // The journal: counts and bounded, masked excerpts.
     let user = response_for(&agent, "http_response", "/user");
     assert_eq!(user["body_kind"], "json");
-    let masked: u64 = user["masked"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["values"].as_u64().unwrap())
-        .sum();
+    let masked = masked_total(&user["masked"]);
     assert_eq!(masked, 4, "{user:#}");
     assert!(
         user["excerpt"].as_str().unwrap().contains("[redacted]"),
@@ -551,12 +556,7 @@ fn sse_is_masked_event_by_event() {
     let end = response_for(&agent, "http_response_end", "/sse");
     assert_eq!(end["body_kind"], "sse", "{end:#}");
     assert!(end["error"].is_null(), "{end:#}");
-    let masked: u64 = end["masked"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["values"].as_u64().unwrap())
-        .sum();
+    let masked = masked_total(&end["masked"]);
     assert_eq!(masked, 2, "{end:#}");
     // The head says its end follows, and the OCSF export reports the request once, from
     // the body's end: what the client got and what was masked in it.
@@ -583,12 +583,7 @@ fn sse_is_masked_event_by_event() {
     assert_eq!(activities.len(), 1, "{activities:#?}");
     let sse = &activities[0];
     assert_eq!(sse["http_response"]["length"], end["body_bytes"], "{sse:#}");
-    let ocsf_masked: u64 = sse["unmapped"]["response_masked"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{sse:#}"))
-        .iter()
-        .map(|m| m["values"].as_u64().unwrap())
-        .sum();
+    let ocsf_masked = masked_total(&sse["unmapped"]["response_masked"]);
     assert_eq!(ocsf_masked, 2, "{sse:#}");
     let mut log = String::new();
     std::fs::File::open(&agent.log)
@@ -668,12 +663,7 @@ fn masking_holds_over_terminated_tls_h2_and_gzip() {
     );
     let list = response_for(&agent, "http_response_end", "/list");
     assert!(list["error"].is_null(), "{list:#}");
-    let masked: u64 = list["masked"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["values"].as_u64().unwrap())
-        .sum();
+    let masked = masked_total(&list["masked"]);
     assert_eq!(masked, 2, "{list:#}");
     let requests = events_of_kind(&agent, "http_request");
     assert!(
@@ -722,12 +712,7 @@ fn a_client_leaving_a_masked_stream_is_journaled_and_the_agent_goes_on() {
     };
     assert_eq!(end["error"], "the body was not sent to its end", "{end:#}");
     assert_eq!(end["body_kind"], "sse", "{end:#}");
-    let masked: u64 = end["masked"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["values"].as_u64().unwrap())
-        .sum();
+    let masked = masked_total(&end["masked"]);
     assert!(masked >= 1, "{end:#}");
     // The server saw its client go (the agent closed the upstream connection).
     let deadline = Instant::now() + Duration::from_secs(30);

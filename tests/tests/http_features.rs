@@ -756,6 +756,15 @@ for t in threads:
     t.join()
 "#;
 
+/// Waits up to 60 s for a client whose connections the killed agent cut to exit.
+fn wait_exit(child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "{what} did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// SIGKILL while clients hammer an HTTP target: after the restart the journal verifies
 /// and every request the server saw has its `http_request` (record before forward; the
 /// pre-log survives the kill).
@@ -781,11 +790,7 @@ fn kill_9_under_http_load_loses_no_request_the_server_saw() {
     }
     agent.kill9();
     // Fail-closed: the clients' connections die and reconnects are refused.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while load.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the load client did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_exit(&mut load, "the load client");
     agent.spawn();
     agent.assert_verifies();
     let seen: Vec<String> = app
@@ -854,11 +859,7 @@ fn kill_9_mid_websocket_loses_no_frame_the_server_saw() {
         std::thread::sleep(Duration::from_millis(20));
     }
     agent.kill9();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the client did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_exit(&mut client, "the client");
     agent.spawn();
     agent.assert_verifies();
     let seen = server.lines.with_prefix("MSG ");

@@ -345,21 +345,19 @@ impl OcsfRequests for HttpActivity {
                     .as_ref()
                     .and_then(HttpResponse::read)
                     .is_some_and(|r| r.end_follows);
-                match self.pending.get_mut(&key) {
-                    Some(p) if end_follows && p.response.is_none() => {
-                        p.response = Some(e.clone());
-                        Vec::new()
-                    }
-                    Some(_) => {
-                        let p = self.pending.remove(&key).expect("present");
-                        vec![activity(&p, Some(e), None)]
-                    }
-                    None => Vec::new(),
+                let Some(mut p) = self.pending.remove(&key) else {
+                    return Vec::new();
+                };
+                if end_follows && p.response.is_none() {
+                    p.response = Some(e.clone());
+                    self.pending.insert(key, p);
+                    return Vec::new();
                 }
+                vec![activity(&p, Some(e), None)]
             }
             kind::RESPONSE_END => match self.pending.remove(&key) {
-                Some(p) => {
-                    let response = p.response.clone();
+                Some(mut p) => {
+                    let response = p.response.take();
                     vec![activity(&p, response.as_ref(), Some(e))]
                 }
                 None => Vec::new(),

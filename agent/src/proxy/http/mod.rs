@@ -1004,8 +1004,9 @@ fn response_head(
 }
 
 /// The headers of a request to the server: the client's, without hop-by-hop headers
-/// (the fixed list and those its `Connection` header names) and those `skip` names, with the target's credential (`inject`) replacing whatever the
-/// client sent under that name.
+/// (the fixed list and those its `Connection` header names) and those `skip` names,
+/// with the target's credential (`inject`) replacing whatever the client sent under
+/// that name.
 fn upstream_headers(
     state: &State,
     from: &HeaderMap,
