@@ -17,7 +17,7 @@ pub const AF_INET6: u16 = 10;
 
 /// Version of the map layout. Pinned maps live in a directory named after it, so an
 /// agent with a different layout never reuses (and misreads) an older agent's maps.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Entries in the connection-tracking LRU maps.
 pub const CONN_MAP_ENTRIES: u32 = 65536;
@@ -25,6 +25,10 @@ pub const CONN_MAP_ENTRIES: u32 = 65536;
 pub const CGROUP_MAP_ENTRIES: u32 = 65536;
 /// Entries in the destination (target) LPM trie.
 pub const TARGET_MAP_ENTRIES: u32 = 4096;
+/// Entries in the network-namespace map (namespaces the agent serves or was asked to).
+pub const NETNS_MAP_ENTRIES: u32 = 16384;
+/// Bytes of the ring buffer that asks userspace to serve a network namespace.
+pub const NETNS_RING_BYTES: u32 = 64 * 1024;
 /// How many ancestor levels the kernel inspects for a cgroup it has not been told about.
 pub const MAX_CGROUP_DEPTH: i32 = 16;
 
@@ -41,6 +45,11 @@ pub mod names {
     pub const GETPEERNAME4: &str = "nhi_getpeername4";
     pub const GETPEERNAME6: &str = "nhi_getpeername6";
     pub const SOCK_OPS: &str = "nhi_sock_ops";
+    // Network namespaces other than the agent's (containers).
+    pub const NETNS: &str = "NHI_NETNS";
+    pub const NETNS_EVENTS: &str = "NHI_NETNS_EVENTS";
+    pub const HELD: &str = "NHI_HELD";
+    pub const HOLD_EGRESS: &str = "nhi_hold_egress";
     // Process lineage (see [`crate::lineage`]).
     pub const LINEAGE_EVENTS: &str = "NHI_LINEAGE";
     pub const LINEAGE_DROPS: &str = "NHI_LINEAGE_DROPS";
@@ -66,8 +75,9 @@ pub struct AgentConfig {
     pub _pad: u16,
     /// The agent's process id (tgid); its own connections are never redirected.
     pub agent_tgid: u32,
-    /// Network namespace cookie of the agent. Only sockets in this namespace are
-    /// redirected: 127.0.0.1 in another namespace is another host's loopback.
+    /// Network namespace cookie of the agent ("the host"). Sockets of other namespaces
+    /// (containers) are redirected to the agent's listener in *their* namespace, which
+    /// `NHI_NETNS` says exists (see [`NetnsState`]).
     pub netns_cookie: u64,
 }
 const _: () = assert!(core::mem::size_of::<AgentConfig>() == 16);
@@ -125,8 +135,64 @@ impl TargetKey {
 pub struct TargetValue {
     /// Index of the target in the agent's configuration (for the journal).
     pub index: u32,
+    /// Where connections to this destination are redirected: [`TargetValue::HOST`]
+    /// (made in the agent's network namespace), [`TargetValue::CONTAINER`] (made in
+    /// any other), or both. The union over every target whose destination covers the
+    /// entry, so the longest match alone decides.
+    pub scopes: u32,
 }
-const _: () = assert!(core::mem::size_of::<TargetValue>() == 4);
+const _: () = assert!(core::mem::size_of::<TargetValue>() == 8);
+
+impl TargetValue {
+    pub const HOST: u32 = 1;
+    pub const CONTAINER: u32 = 2;
+}
+
+/// Value of `NHI_NETNS`, keyed by network namespace cookie: the agent's state in a
+/// namespace other than its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsState {
+    /// [`NetnsState::REQUESTED`], [`NetnsState::READY`] or [`NetnsState::FAILED`].
+    pub state: u32,
+    /// A process that was in the namespace (the first to connect): userspace opens
+    /// the namespace through `/proc/<tgid>/ns/net`.
+    pub tgid: u32,
+}
+const _: () = assert!(core::mem::size_of::<NetnsState>() == 8);
+
+impl NetnsState {
+    /// The kernel asked userspace to serve the namespace; until it does, redirected
+    /// connections made there are held (their SYN dropped, so TCP retries it) rather
+    /// than refused by a loopback with nobody listening.
+    pub const REQUESTED: u32 = 1;
+    /// The agent listens in the namespace.
+    pub const READY: u32 = 2;
+    /// The agent could not listen there (logged): connections are redirected and
+    /// refused, never let through.
+    pub const FAILED: u32 = 3;
+}
+
+/// Record of `NHI_NETNS_EVENTS`: "serve this namespace".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsEvent {
+    pub netns_cookie: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<NetnsEvent>() == 16);
+
+/// Value of `NHI_HELD`, keyed by socket cookie: a redirected connection whose
+/// namespace has no agent listener yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldConn {
+    pub netns_cookie: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<HeldConn>() == 16);
 
 /// What the kernel remembers about a redirected connection.
 #[repr(C)]
@@ -153,8 +219,10 @@ pub struct ConnRecord {
     /// had not classified yet, so userspace must decide whether to audit it.
     pub flags: u32,
     pub _pad: u32,
+    /// Cookie of the network namespace the connection was made in.
+    pub netns_cookie: u64,
 }
-const _: () = assert!(core::mem::size_of::<ConnRecord>() == 72);
+const _: () = assert!(core::mem::size_of::<ConnRecord>() == 80);
 
 impl ConnRecord {
     pub const FLAG_UNCLASSIFIED: u32 = 1;
@@ -172,7 +240,8 @@ impl ConnRecord {
     }
 }
 
-/// A socket's local (or, seen from the proxy, the peer's) address: key of `NHI_BY_ADDR`.
+/// A socket's local (or, seen from the proxy, the peer's) address in its network
+/// namespace: key of `NHI_BY_ADDR`.
 ///
 /// IPv4-mapped IPv6 sockets are keyed as IPv4 so both ends of a loopback connection
 /// agree on the key.
@@ -185,8 +254,10 @@ pub struct SockKey {
     pub port: u32,
     /// [`AF_INET`] or [`AF_INET6`].
     pub family: u32,
+    /// Cookie of the socket's network namespace: addresses repeat across namespaces.
+    pub netns: u64,
 }
-const _: () = assert!(core::mem::size_of::<SockKey>() == 24);
+const _: () = assert!(core::mem::size_of::<SockKey>() == 32);
 
 /// The third 32-bit word of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), as it
 /// sits in memory.
@@ -211,5 +282,8 @@ mod pod {
     unsafe impl aya::Pod for TargetValue {}
     unsafe impl aya::Pod for ConnRecord {}
     unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for NetnsState {}
+    unsafe impl aya::Pod for NetnsEvent {}
+    unsafe impl aya::Pod for HeldConn {}
     unsafe impl aya::Pod for lineage::LineageConfig {}
 }

@@ -10,14 +10,15 @@ use aya_ebpf::{
             bpf_get_socket_cookie,
         },
     },
-    macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, RingBuf},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
 use nhi_agent_common::{
-    is_v4_mapped, AgentConfig, CgroupPolicy, ConnRecord, SockKey, TargetKey, TargetValue, AF_INET,
-    AF_INET6, CGROUP_MAP_ENTRIES, CONN_MAP_ENTRIES, MAX_CGROUP_DEPTH, TARGET_MAP_ENTRIES,
+    is_v4_mapped, AgentConfig, CgroupPolicy, ConnRecord, HeldConn, NetnsEvent, NetnsState, SockKey,
+    TargetKey, TargetValue, AF_INET, AF_INET6, CGROUP_MAP_ENTRIES, CONN_MAP_ENTRIES,
+    MAX_CGROUP_DEPTH, NETNS_MAP_ENTRIES, NETNS_RING_BYTES, TARGET_MAP_ENTRIES,
 };
 
 /// Verdict of a cgroup_sock_addr program that lets the call proceed.
@@ -49,6 +50,21 @@ static NHI_BY_ADDR: LruHashMap<SockKey, ConnRecord> = LruHashMap::pinned(CONN_MA
 #[map(name = "NHI_ACCEPTED")]
 static NHI_ACCEPTED: LruHashMap<u64, ConnRecord> = LruHashMap::pinned(CONN_MAP_ENTRIES, 0);
 
+/// Network namespaces other than the agent's where intercepted connections were made:
+/// whether the agent listens there yet.
+#[map(name = "NHI_NETNS")]
+static NHI_NETNS: HashMap<u64, NetnsState> = HashMap::pinned(NETNS_MAP_ENTRIES, 0);
+
+/// "Serve this namespace" requests to userspace. Not pinned: a restarted agent reads
+/// `NHI_NETNS` itself for what was asked while it was away.
+#[map(name = "NHI_NETNS_EVENTS")]
+static NHI_NETNS_EVENTS: RingBuf = RingBuf::with_byte_size(NETNS_RING_BYTES, 0);
+
+/// Redirected connections whose namespace the agent does not serve yet (socket cookie
+/// -> namespace): their packets are dropped until it does, so TCP retries the SYN.
+#[map(name = "NHI_HELD")]
+static NHI_HELD: LruHashMap<u64, HeldConn> = LruHashMap::pinned(CONN_MAP_ENTRIES, 0);
+
 #[cgroup_sock_addr(connect4)]
 pub fn nhi_connect4(ctx: SockAddrContext) -> i32 {
     let _ = try_connect::<false>(&ctx);
@@ -71,6 +87,16 @@ pub fn nhi_getpeername4(ctx: SockAddrContext) -> i32 {
 pub fn nhi_getpeername6(ctx: SockAddrContext) -> i32 {
     let _ = try_getpeername::<true>(&ctx);
     ALLOW
+}
+
+/// Holds the packets (in practice: the SYN) of redirected connections made in a
+/// namespace the agent has no listener in yet. Dropping with congestion notification
+/// makes TCP retry after its retransmission timeout instead of failing the connect,
+/// and by then the agent listens there: the first connection of a new container is
+/// late by about a second, never refused and never let through unaudited.
+#[cgroup_skb(egress)]
+pub fn nhi_hold_egress(ctx: SkBuffContext) -> i32 {
+    try_hold(&ctx)
 }
 
 // Named `nhi_sock_ops`: a function called `sockops` under `#[sock_ops]` fails to link.
@@ -113,9 +139,11 @@ fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
     }
     // SAFETY: plain helper call on the program's own context.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    if netns != cfg.netns_cookie {
-        return Err(());
-    }
+    let scope = if netns == cfg.netns_cookie {
+        TargetValue::HOST
+    } else {
+        TargetValue::CONTAINER
+    };
 
     let port = u16::from_be(addr.user_port as u16);
     let (ip6, ip4) = if V6 {
@@ -148,6 +176,9 @@ fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
         TargetKey::HEADER_BITS + 32
     };
     let target = NHI_TARGETS.get(Key::new(prefix, key)).ok_or(())?;
+    if target.scopes & scope == 0 {
+        return Err(());
+    }
 
     // Is the caller intercepted?
     let uid_gid = bpf_get_current_uid_gid();
@@ -166,12 +197,21 @@ fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         flags,
         _pad: 0,
+        netns_cookie: netns,
     };
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // If the record cannot be stored the connection is still redirected: the proxy
     // then finds no record and refuses it. Failing closed beats an unaudited bypass.
     let _ = NHI_PENDING.insert(&cookie, &record, 0);
+    if scope == TargetValue::CONTAINER && !netns_served(netns, (pid_tgid >> 32) as u32) {
+        let held = HeldConn {
+            netns_cookie: netns,
+            tgid: (pid_tgid >> 32) as u32,
+            _pad: 0,
+        };
+        let _ = NHI_HELD.insert(&cookie, &held, 0);
+    }
 
     // SAFETY: the kernel allows cgroup connect programs to rewrite the destination;
     // user_port must be written as a 4-byte store of the big-endian port.
@@ -187,6 +227,51 @@ fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
         core::ptr::write_volatile(&mut a.user_port, u32::from(cfg.proxy_port.to_be()));
     }
     Ok(())
+}
+
+/// Whether the agent has dealt with namespace `netns` (listens there, or could not and
+/// refuses). If the namespace is new, asks userspace to serve it, once: the entry
+/// made here stops further requests.
+#[inline(always)]
+fn netns_served(netns: u64, tgid: u32) -> bool {
+    // SAFETY: the value is copied out before anything else touches the map.
+    if let Some(s) = unsafe { NHI_NETNS.get(&netns) } {
+        return s.state != NetnsState::REQUESTED;
+    }
+    let state = NetnsState {
+        state: NetnsState::REQUESTED,
+        tgid,
+    };
+    // BPF_NOEXIST: of two racing connections only one sends the request.
+    if NHI_NETNS.insert(&netns, &state, 1).is_ok() {
+        let event = NetnsEvent {
+            netns_cookie: netns,
+            tgid,
+            _pad: 0,
+        };
+        let _ = NHI_NETNS_EVENTS.output::<NetnsEvent>(&event, 0);
+    }
+    false
+}
+
+/// Verdicts of a cgroup_skb egress program: pass, and drop with congestion
+/// notification (TCP then retries; a plain drop would too, but logs as an error).
+const SKB_PASS: i32 = 1;
+const SKB_DROP_CN: i32 = 2;
+
+#[inline(always)]
+fn try_hold(ctx: &SkBuffContext) -> i32 {
+    // SAFETY: helper on the program's own context; 0 for a packet without a socket.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out before anything else touches the map.
+    let Some(held) = (unsafe { NHI_HELD.get(&cookie) }).copied() else {
+        return SKB_PASS;
+    };
+    if netns_served(held.netns_cookie, held.tgid) {
+        let _ = NHI_HELD.remove(&cookie);
+        return SKB_PASS;
+    }
+    SKB_DROP_CN
 }
 
 /// Decides whether a connection from `cgroup_id` by `uid` is redirected; returns the
@@ -302,23 +387,37 @@ fn local_key(ctx: &SockOpsContext) -> SockKey {
         ctx.local_ip4(),
         ctx.local_ip6(),
         ctx.local_port(),
+        netns_of(ctx),
     )
+}
+
+#[inline(always)]
+fn netns_of(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: helper on the program's own context.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
 }
 
 #[inline(always)]
 fn remote_key(ctx: &SockOpsContext) -> SockKey {
     // remote_port holds the network-order port in its upper 16 bits.
     let port = u32::from(u16::from_be((ctx.remote_port() >> 16) as u16));
-    sock_key(ctx.family(), ctx.remote_ip4(), ctx.remote_ip6(), port)
+    sock_key(
+        ctx.family(),
+        ctx.remote_ip4(),
+        ctx.remote_ip6(),
+        port,
+        netns_of(ctx),
+    )
 }
 
 #[inline(always)]
-fn sock_key(family: u32, ip4: u32, ip6: [u32; 4], port: u32) -> SockKey {
+fn sock_key(family: u32, ip4: u32, ip6: [u32; 4], port: u32, netns: u64) -> SockKey {
     if family == u32::from(AF_INET6) && !is_v4_mapped(&ip6) {
         SockKey {
             ip: ip6,
             port,
             family: u32::from(AF_INET6),
+            netns,
         }
     } else {
         let v4 = if family == u32::from(AF_INET6) {
@@ -330,6 +429,7 @@ fn sock_key(family: u32, ip4: u32, ip6: [u32; 4], port: u32) -> SockKey {
             ip: [v4, 0, 0, 0],
             port,
             family: u32::from(AF_INET),
+            netns,
         }
     }
 }

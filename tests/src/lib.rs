@@ -11,6 +11,7 @@
 //! - [`EchoServer`] echoes (or sinks) on a loopback address and records the peers it
 //!   saw, so a test can tell whether a connection came from the agent or directly.
 pub mod http;
+pub mod netns;
 pub use http::*;
 
 use std::{

@@ -293,7 +293,23 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         })
     };
     let signals = tokio::spawn(signal_loop(shared.clone(), config_path, shutdown_tx));
-    proxy::serve(shared.clone(), listeners, shutdown_rx).await;
+    // Container network namespaces: listeners opened as the kernel asks, handed to the
+    // accept loops.
+    let (ns_tx, ns_rx) = tokio::sync::mpsc::unbounded_channel();
+    let netns_events = shared.interceptor().take_netns_events();
+    let netns_server = netns_events.map(|events| {
+        tokio::spawn(proxy::netns::run(
+            shared.clone(),
+            events,
+            ns_tx,
+            shutdown_rx.clone(),
+        ))
+    });
+    proxy::serve(shared.clone(), listeners, ns_rx, shutdown_rx).await;
+    if let Some(task) = netns_server {
+        task.abort();
+        let _ = task.await;
+    }
     rescan.abort();
     signals.abort();
     approvals_server.abort();

@@ -223,6 +223,31 @@ pub struct Target {
     pub postgres: Option<PostgresTarget>,
     /// HTTP settings; `Some` exactly when `protocol = "http"`.
     pub http: Option<HttpTarget>,
+    /// `netns` (both): the network namespaces whose connections match: `"host"` (the
+    /// agent's), `"container"` (any other), both when unset. The address is always
+    /// the one the client dialled, as its namespace sees it.
+    pub netns: NetnsScope,
+}
+
+/// Which network namespaces a target applies to (`netns` on a `[[target]]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetnsScope {
+    #[default]
+    Any,
+    Host,
+    Container,
+}
+
+impl NetnsScope {
+    /// Whether a connection made in the agent's namespace (`in_container == false`)
+    /// or another one matches.
+    pub fn admits(self, in_container: bool) -> bool {
+        match self {
+            NetnsScope::Any => true,
+            NetnsScope::Host => !in_container,
+            NetnsScope::Container => in_container,
+        }
+    }
 }
 
 /// The `[[target]]` keys of `protocol = "http"`.
@@ -506,6 +531,15 @@ impl Config {
             .iter()
             .enumerate()
             .find(|(_, t)| t.destination.matches(addr))
+    }
+
+    /// The first target (in file order) whose destination matches `addr` and whose
+    /// `netns` scope admits a connection made in a container (`in_container`) or not.
+    pub fn target_in(&self, addr: SocketAddr, in_container: bool) -> Option<(usize, &Target)> {
+        self.targets
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.netns.admits(in_container) && t.destination.matches(addr))
     }
 }
 
@@ -878,12 +912,26 @@ impl TryFrom<Spanned<RawTarget>> for Target {
         };
         let postgres = postgres_settings(&raw, protocol)?;
         let http = http_settings(&raw, protocol)?;
+        let netns = match &raw.netns {
+            None => NetnsScope::Any,
+            Some(v) => match v.get_ref().as_str() {
+                "host" => NetnsScope::Host,
+                "container" => NetnsScope::Container,
+                other => {
+                    return Err(Problem::at(
+                        v,
+                        format!("netns must be \"host\" or \"container\", not \"{other}\""),
+                    ))
+                }
+            },
+        };
         Ok(Target {
             name: raw.name.into_inner(),
             destination,
             protocol,
             postgres,
             http,
+            netns,
         })
     }
 }

@@ -85,4 +85,7 @@ pub(super) struct RawTarget {
     pub inject: Option<Spanned<String>>,
     /// HTTP only: the largest body (JSON) or line (NDJSON, SSE, text) masked, `"4MiB"`.
     pub mask_body_limit: Option<Spanned<String>>,
+    /// `"host"` or `"container"`: only connections made in that kind of network
+    /// namespace match (default: both).
+    pub netns: Option<Spanned<String>>,
 }

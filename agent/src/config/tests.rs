@@ -112,6 +112,7 @@ fn minimal_example_parses_to_the_expected_model() {
             protocol: Protocol::Tcp,
             postgres: None,
             http: None,
+            netns: crate::config::NetnsScope::Any,
         }]
     );
     assert_eq!(config.targets[0].protocol.to_string(), "tcp");
@@ -855,4 +856,55 @@ fn policies_and_masks_are_read_and_mask_names_are_unique() {
     let bad = format!("{base}\n[[policy]]\n[[policy.rule]]\nname = \"r\"\nverdict = \"deny\"\nkinds = [\"dropp\"]\n");
     let e = parse(&bad, "t.toml").expect_err("bad kind").to_string();
     assert!(e.contains("dropp"), "{e}");
+}
+
+#[test]
+fn netns_scopes_a_target_to_the_host_or_containers() {
+    let config = ok(r#"
+[agent]
+mode = "enforce"
+journal = "/tmp/j.db"
+
+[[workload]]
+cgroup = "ci.slice/*"
+
+[[target]]
+name = "db-host"
+address = "10.0.0.5:5432"
+netns = "host"
+
+[[target]]
+name = "db-containers"
+address = "10.0.0.0/24:5432"
+netns = "container"
+
+[[target]]
+name = "any"
+address = "*:6379"
+"#);
+    let db: SocketAddr = "10.0.0.5:5432".parse().expect("addr");
+    assert_eq!(config.target_in(db, false).map(|(i, _)| i), Some(0));
+    assert_eq!(config.target_in(db, true).map(|(i, _)| i), Some(1));
+    let other: SocketAddr = "10.0.0.9:5432".parse().expect("addr");
+    assert_eq!(config.target_in(other, false), None);
+    assert_eq!(config.target_in(other, true).map(|(i, _)| i), Some(1));
+    let redis: SocketAddr = "10.1.1.1:6379".parse().expect("addr");
+    assert_eq!(config.target_in(redis, false).map(|(i, _)| i), Some(2));
+    assert_eq!(config.target_in(redis, true).map(|(i, _)| i), Some(2));
+
+    let e = err(r#"
+[agent]
+mode = "enforce"
+journal = "/tmp/j.db"
+
+[[target]]
+name = "x"
+address = "10.0.0.5:5432"
+netns = "pod"
+"#);
+    assert!(
+        e.to_string()
+            .contains("netns must be \"host\" or \"container\""),
+        "{e}"
+    );
 }

@@ -139,7 +139,14 @@ impl RingWaker {
 impl LineageSource {
     /// A waker for the async reader. Must be called inside a tokio runtime.
     pub fn waker(&self) -> std::io::Result<RingWaker> {
-        let fd = self.ring.as_fd().try_clone_to_owned()?;
+        RingWaker::for_fd(self.ring.as_fd())
+    }
+}
+
+impl RingWaker {
+    /// Registers a duplicate of a ring buffer's fd with the runtime's reactor.
+    pub(super) fn for_fd(ring: BorrowedFd<'_>) -> std::io::Result<RingWaker> {
+        let fd = ring.try_clone_to_owned()?;
         // SAFETY: the AsyncFd owns `fd` (an OwnedFd), so the descriptor stays open and
         // refers to the same file for as long as it is registered.
         let registered = unsafe {

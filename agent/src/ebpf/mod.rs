@@ -9,6 +9,8 @@
 //! v<MAP_LAYOUT_VERSION>/maps/NHI_*      the maps, pinned by name
 //! v<MAP_LAYOUT_VERSION>/links/nhi_*     the cgroup links (fail-closed mode only)
 //! ```
+//! An agent with another layout version removes the other versions' pins once its own
+//! links are attached (an upgrade must not leave the old programs redirecting too).
 //! Architecture invariant: in fail-closed mode the links stay pinned when the agent
 //! dies, so the kernel keeps redirecting intercepted connections to a port nobody
 //! listens on and clients get "connection refused" instead of an unaudited bypass. A
@@ -23,20 +25,20 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
     },
     Ebpf, EbpfLoader,
 };
 use nhi_agent_common::{
-    names, AgentConfig, CgroupPolicy, ConnRecord, TargetKey, TargetValue, AF_INET6,
-    MAP_LAYOUT_VERSION,
+    names, AgentConfig, CgroupPolicy, ConnRecord, NetnsEvent, NetnsState, TargetKey, TargetValue,
+    AF_INET6, MAP_LAYOUT_VERSION,
 };
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, Destination};
+use crate::config::{Config, Destination, NetnsScope};
 
 mod lineage;
 pub mod probe;
@@ -46,9 +48,11 @@ pub use lineage::{LineageOptions, LineageSource, RingWaker};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nhi-agent"));
 
 /// Programs in attach order; the getpeername programs come last so that a client
-/// never observes a rewritten peer before its connect was redirected.
-const PROGRAMS: [&str; 5] = [
+/// never observes a rewritten peer before its connect was redirected, and the hold
+/// comes before the connect programs so no held connection's SYN slips out.
+const PROGRAMS: [&str; 6] = [
     names::SOCK_OPS,
+    names::HOLD_EGRESS,
     names::CONNECT4,
     names::CONNECT6,
     names::GETPEERNAME4,
@@ -114,6 +118,11 @@ pub struct Interceptor {
     cgroups: HashMap<MapData, u64, CgroupPolicy>,
     targets: LpmTrie<MapData, TargetKey, TargetValue>,
     accepted: HashMap<MapData, u64, ConnRecord>,
+    netns: HashMap<MapData, u64, NetnsState>,
+    /// Taken once by the namespace server ([`Interceptor::take_netns_events`]).
+    netns_events: Option<RingBuf<MapData>>,
+    /// Cookie of the agent's own network namespace.
+    host_netns: u64,
     /// Mirror of what `cgroups` holds, so syncs only write differences.
     cgroup_mirror: StdHashMap<u64, CgroupPolicy>,
     target_mirror: StdHashMap<(u32, [u8; 19]), TargetValue>,
@@ -150,18 +159,21 @@ impl Interceptor {
         let cgroups = take_map(&mut ebpf, names::CGROUPS)?;
         let targets = take_map(&mut ebpf, names::TARGETS)?;
         let accepted = take_map(&mut ebpf, names::ACCEPTED)?;
+        let netns = take_map(&mut ebpf, names::NETNS)?;
+        let netns_events = take_map(&mut ebpf, names::NETNS_EVENTS)?;
 
         // Userspace state first, so the programs see a consistent configuration the
         // moment they are attached.
+        let host_netns = own_netns_cookie().map_err(|source| EbpfError::Fs {
+            op: "SO_NETNS_COOKIE on",
+            path: PathBuf::from("a probe socket"),
+            source,
+        })?;
         let agent = AgentConfig {
             proxy_port: opts.proxy_port,
             _pad: 0,
             agent_tgid: std::process::id(),
-            netns_cookie: own_netns_cookie().map_err(|source| EbpfError::Fs {
-                op: "SO_NETNS_COOKIE on",
-                path: PathBuf::from("a probe socket"),
-                source,
-            })?,
+            netns_cookie: host_netns,
         };
         config.set(0, agent, 0).map_err(|source| EbpfError::Map {
             name: names::CONFIG,
@@ -196,6 +208,26 @@ impl Interceptor {
             let program = ebpf.program_mut(name).ok_or(EbpfError::Missing(name))?;
             let link = if name == names::SOCK_OPS {
                 load_and_attach!(SockOps, name, program)
+            } else if name == names::HOLD_EGRESS {
+                let prog: &mut CgroupSkb = program
+                    .try_into()
+                    .map_err(|source| EbpfError::Program { name, source })?;
+                prog.load()
+                    .map_err(|source| EbpfError::Program { name, source })?;
+                let id = prog
+                    .attach(
+                        &cgroup_dir,
+                        CgroupSkbAttachType::Egress,
+                        CgroupAttachMode::Single,
+                    )
+                    .map_err(|source| EbpfError::Program { name, source })?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(|source| EbpfError::Program { name, source })?;
+                FdLink::try_from(link).map_err(|e| EbpfError::Link {
+                    name: name.to_string(),
+                    message: e.to_string(),
+                })?
             } else {
                 load_and_attach!(CgroupSockAddr, name, program)
             };
@@ -209,6 +241,9 @@ impl Interceptor {
             cgroups,
             targets,
             accepted,
+            netns,
+            netns_events: Some(netns_events),
+            host_netns,
             cgroup_mirror: StdHashMap::new(),
             target_mirror: StdHashMap::new(),
             opts,
@@ -250,6 +285,7 @@ impl Interceptor {
             };
             this.links.push((name, link));
         }
+        remove_other_layouts(&this.opts.pin_dir);
         info!(
             cgroup_root = %this.opts.cgroup_root.display(),
             pins = %versioned.display(),
@@ -277,17 +313,7 @@ impl Interceptor {
 
     /// Makes the target trie hold exactly the destinations of `config`.
     pub fn sync_targets(&mut self, config: &Config) -> Result<(), EbpfError> {
-        let mut wanted = StdHashMap::new();
-        for (index, target) in config.targets.iter().enumerate() {
-            for (prefix, key) in lpm_entries(&target.destination) {
-                // The first target in file order wins, as in `Config::target_for`.
-                wanted
-                    .entry((prefix, key_bytes(&key)))
-                    .or_insert(TargetValue {
-                        index: index as u32,
-                    });
-            }
-        }
+        let wanted = target_entries(config);
         for (k, v) in &wanted {
             if self.target_mirror.get(k) != Some(v) {
                 let key = Key::new(k.0, key_from_bytes(&k.1));
@@ -355,6 +381,37 @@ impl Interceptor {
         Some(record)
     }
 
+    /// Cookie of the agent's own network namespace ("the host").
+    pub fn host_netns(&self) -> u64 {
+        self.host_netns
+    }
+
+    /// The ring buffer of "serve this namespace" requests; `None` once taken.
+    pub fn take_netns_events(&mut self) -> Option<NetnsEvents> {
+        self.netns_events.take().map(NetnsEvents)
+    }
+
+    /// Every namespace the kernel knows of (requested, served or failed).
+    pub fn netns_entries(&self) -> Vec<(u64, NetnsState)> {
+        self.netns.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Records the agent's state in namespace `cookie`.
+    pub fn set_netns(&mut self, cookie: u64, state: NetnsState) -> Result<(), EbpfError> {
+        self.netns
+            .insert(cookie, state, 0)
+            .map_err(|source| EbpfError::Map {
+                name: names::NETNS,
+                source,
+            })
+    }
+
+    /// Forgets namespace `cookie`: the next intercepted connection made there asks
+    /// again (and is held until served).
+    pub fn remove_netns(&mut self, cookie: u64) {
+        let _ = self.netns.remove(&cookie);
+    }
+
     /// Detaches the programs and removes the pins: connections are no longer
     /// intercepted. Used on a clean exit in fail-open mode.
     pub fn detach(self) {
@@ -378,6 +435,110 @@ pub fn remove_pins(pin_dir: &Path) {
     }
     let _ = fs::remove_dir(&versioned);
     let _ = fs::remove_dir(pin_dir);
+}
+
+/// Removes the pins of every other map layout version under `pin_dir` (detaching an
+/// older agent's links once this one's are attached).
+fn remove_other_layouts(pin_dir: &Path) {
+    let ours = format!("v{MAP_LAYOUT_VERSION}");
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let other = name
+            .strip_prefix('v')
+            .is_some_and(|n| n.parse::<u32>().is_ok());
+        if other && name != ours {
+            let versioned = entry.path();
+            for sub in ["links", "maps"] {
+                let dir = versioned.join(sub);
+                if let Ok(files) = fs::read_dir(&dir) {
+                    for f in files.flatten() {
+                        let _ = fs::remove_file(f.path());
+                    }
+                }
+                let _ = fs::remove_dir(&dir);
+            }
+            let _ = fs::remove_dir(&versioned);
+            info!(layout = %name, "removed the pins of another map layout (an older agent's)");
+        }
+    }
+}
+
+/// "Serve this namespace" requests from the kernel (`NHI_NETNS_EVENTS`).
+pub struct NetnsEvents(RingBuf<MapData>);
+
+impl NetnsEvents {
+    /// Every request waiting, oldest first.
+    pub fn drain(&mut self) -> Vec<NetnsEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.0.next() {
+            if item.len() >= std::mem::size_of::<NetnsEvent>() {
+                // SAFETY: the kernel wrote a whole NetnsEvent (repr(C), plain
+                // integers); read_unaligned copes with any alignment of the item.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<NetnsEvent>()) });
+            }
+        }
+        out
+    }
+
+    /// A waker for an async reader. Must be called inside a tokio runtime.
+    pub fn waker(&self) -> io::Result<RingWaker> {
+        RingWaker::for_fd(self.0.as_fd())
+    }
+}
+
+/// The trie entries of `config`'s targets: for each, the first target (in file order,
+/// as `Config::target_for`) and the union of the scopes of every target covering it.
+fn target_entries(config: &Config) -> StdHashMap<(u32, [u8; 19]), TargetValue> {
+    let all: Vec<(usize, u32, (u32, TargetKey))> = config
+        .targets
+        .iter()
+        .enumerate()
+        .flat_map(|(index, t)| {
+            let scopes = scope_bits(t.netns);
+            lpm_entries(&t.destination)
+                .into_iter()
+                .map(move |e| (index, scopes, e))
+        })
+        .collect();
+    let mut wanted: StdHashMap<(u32, [u8; 19]), TargetValue> = StdHashMap::new();
+    for &(index, _, (prefix, key)) in &all {
+        let scopes = all
+            .iter()
+            .filter(|(_, _, (p, k))| covers(*p, k, prefix, &key))
+            .fold(0, |acc, (_, s, _)| acc | s);
+        wanted
+            .entry((prefix, key_bytes(&key)))
+            .or_insert(TargetValue {
+                index: index as u32,
+                scopes,
+            });
+    }
+    wanted
+}
+
+fn scope_bits(scope: NetnsScope) -> u32 {
+    match scope {
+        NetnsScope::Any => TargetValue::HOST | TargetValue::CONTAINER,
+        NetnsScope::Host => TargetValue::HOST,
+        NetnsScope::Container => TargetValue::CONTAINER,
+    }
+}
+
+/// Whether trie entry `(outer, ok)` matches every address entry `(inner, ik)` does.
+fn covers(outer: u32, ok: &TargetKey, inner: u32, ik: &TargetKey) -> bool {
+    if outer > inner || ok.family != ik.family || ok.port != ik.port {
+        return false;
+    }
+    let bits = (outer - TargetKey::HEADER_BITS) as usize;
+    let (whole, rest) = (bits / 8, bits % 8);
+    if ok.addr[..whole] != ik.addr[..whole] {
+        return false;
+    }
+    rest == 0 || (ok.addr[whole] ^ ik.addr[whole]) >> (8 - rest) == 0
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
@@ -517,6 +678,11 @@ pub fn socket_cookie(sock: &impl AsFd) -> io::Result<u64> {
     getsockopt_u64(sock.as_fd(), SO_COOKIE)
 }
 
+/// The cookie of the network namespace a socket belongs to.
+pub fn netns_cookie_of(sock: &impl AsFd) -> io::Result<u64> {
+    getsockopt_u64(sock.as_fd(), SO_NETNS_COOKIE)
+}
+
 /// The cookie of the network namespace the agent runs in.
 pub fn own_netns_cookie() -> io::Result<u64> {
     let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
@@ -582,6 +748,55 @@ mod tests {
     }
 
     #[test]
+    fn a_trie_entry_carries_the_scopes_of_every_target_covering_it() {
+        let config = crate::config::parse(
+            r#"
+[agent]
+mode = "enforce"
+journal = "/tmp/j.db"
+
+[[workload]]
+cgroup = "ci.slice/*"
+
+[[target]]
+name = "host-only"
+address = "10.0.0.5:5432"
+netns = "host"
+
+[[target]]
+name = "containers"
+address = "10.0.0.0/8:5432"
+netns = "container"
+
+[[target]]
+name = "other-port"
+address = "10.0.0.5:5433"
+netns = "container"
+"#,
+            "t.toml",
+        )
+        .expect("config");
+        let entries = target_entries(&config);
+        let entry = |dest: &str| {
+            let (prefix, key) = lpm_entries(&dest.parse().expect("destination"))[0];
+            entries[&(prefix, key_bytes(&key))]
+        };
+        // The longest match for 10.0.0.5:5432 is the host-only target, but a container
+        // dialling it matches the /8: the entry must redirect both.
+        let exact = entry("10.0.0.5:5432");
+        assert_eq!(exact.index, 0);
+        assert_eq!(exact.scopes, TargetValue::HOST | TargetValue::CONTAINER);
+        assert_eq!(entry("10.0.0.0/8:5432").scopes, TargetValue::CONTAINER);
+        assert_eq!(entry("10.0.0.5:5433").scopes, TargetValue::CONTAINER);
+        // Partial bytes of a prefix are compared too.
+        let (p, k) = lpm_entries(&"10.0.0.0/9:1".parse().expect("d"))[0];
+        let (p2, k2) = lpm_entries(&"10.128.0.1:1".parse().expect("d"))[0];
+        assert!(!covers(p, &k, p2, &k2));
+        let (p3, k3) = lpm_entries(&"10.127.0.1:1".parse().expect("d"))[0];
+        assert!(covers(p, &k, p3, &k3));
+    }
+
+    #[test]
     fn original_destination_decodes_both_families() {
         let mut r = ConnRecord {
             orig_ip: [u32::from_ne_bytes([10, 0, 0, 5]), 0, 0, 0],
@@ -594,6 +809,7 @@ mod tests {
             comm: *b"psql\0\0\0\0\0\0\0\0\0\0\0\0",
             flags: 0,
             _pad: 0,
+            netns_cookie: 0,
         };
         assert_eq!(original_destination(&r), "10.0.0.5:5432".parse().unwrap());
         assert_eq!(comm(&r), "psql");

@@ -6,6 +6,7 @@
 //! client connection is reset and the reason logged; nothing is forwarded unrecorded.
 pub mod http;
 mod limits;
+pub mod netns;
 pub mod postgres;
 mod relay;
 
@@ -21,7 +22,7 @@ use std::{
 use nhi_agent_common::ConnRecord;
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
-    sync::{watch, Semaphore},
+    sync::{mpsc, watch, Semaphore},
     task::JoinSet,
 };
 use tracing::{debug, error, info, warn};
@@ -34,6 +35,7 @@ use crate::{
 };
 
 pub use limits::WorkloadLimits;
+pub use netns::{NsListeners, Origin};
 pub use relay::CloseReason;
 
 /// SQLSTATE of the FATAL a PostgreSQL client gets over `max_connections_per_workload`:
@@ -122,7 +124,7 @@ impl Shared {
             .clone()
     }
 
-    fn interceptor(&self) -> std::sync::MutexGuard<'_, Interceptor> {
+    pub fn interceptor(&self) -> std::sync::MutexGuard<'_, Interceptor> {
         self.interceptor
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -192,10 +194,12 @@ pub fn bind(port: u16) -> std::io::Result<Vec<TcpListener>> {
 }
 
 /// Accepts connections until `shutdown` flips, then waits for the open ones to end
-/// (up to `drain`), then cancels the rest.
+/// (up to `drain`), then cancels the rest. `more` brings the listeners of container
+/// network namespaces as they are opened (see [`netns`]).
 pub async fn serve(
     shared: Arc<Shared>,
     listeners: Vec<TcpListener>,
+    mut more: mpsc::UnboundedReceiver<NsListeners>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let max = shared.config().agent.max_connections;
@@ -209,10 +213,19 @@ pub async fn serve(
         max,
         cancel_rx.clone(),
     ));
-    // Wait for the shutdown signal.
+    // Serve namespaces as they come, until the shutdown signal.
     while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            break;
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            Some(ns) = more.recv() => {
+                accepts.spawn(netns_accept_loop(shared.clone(), ns, permits.clone(), cancel_rx.clone()));
+            }
+            // Reap the loops of released namespaces (the host loop never ends).
+            Some(_) = accepts.join_next() => {}
         }
     }
     accepts.abort_all();
@@ -282,7 +295,51 @@ async fn accept_loop(
         let cancel = cancel.clone();
         let active = Active::new(&shared);
         tokio::spawn(async move {
-            handle(&shared, stream, peer, cancel).await;
+            handle(&shared, stream, peer, cancel, Origin::Host).await;
+            drop(active);
+            drop(permit);
+        });
+    }
+}
+
+/// Accepts on one container namespace's listeners until the namespace is released.
+/// A connection is accepted first and then waits for a slot (a slot reserved per quiet
+/// namespace would let a few hundred idle containers starve the host).
+async fn netns_accept_loop(
+    shared: Arc<Shared>,
+    ns: NsListeners,
+    permits: Arc<Semaphore>,
+    cancel: watch::Receiver<bool>,
+) {
+    let NsListeners {
+        listeners,
+        origin,
+        mut stop,
+    } = ns;
+    let mut next = 0usize;
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => return,
+            a = accept_any(&listeners, &mut next) => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                error!(error = %e, netns = ?origin, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let cancel = cancel.clone();
+        let origin = origin.clone();
+        let permits = permits.clone();
+        tokio::spawn(async move {
+            let Ok(permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let active = Active::new(&shared);
+            handle(&shared, stream, peer, cancel, origin).await;
             drop(active);
             drop(permit);
         });
@@ -348,6 +405,7 @@ async fn handle(
     client: TcpStream,
     peer: SocketAddr,
     cancel: watch::Receiver<bool>,
+    origin: Origin,
 ) {
     let accepted_at = SystemTime::now();
     // The session's end may have to wait for the journal to recover; the shutdown
@@ -369,6 +427,17 @@ async fn handle(
         return;
     };
     let t_record = t0.elapsed();
+    // The record names the namespace the connection was made in; it must be the one
+    // this listener lives in (the kernel keys records by namespace, so it always is).
+    let listener_netns = match &origin {
+        Origin::Host => shared.interceptor().host_netns(),
+        Origin::Netns(ns) => ns.cookie,
+    };
+    if record.netns_cookie != listener_netns {
+        warn!(%peer, record_netns = record.netns_cookie, listener_netns, "the connection's record names another network namespace; closing");
+        reset(client);
+        return;
+    }
     let orig_dst = ebpf::original_destination(&record);
     // One snapshot for the whole connection: its target index means something only in
     // the configuration it came from, and so does the runtime state it indexes.
@@ -409,11 +478,11 @@ async fn handle(
     let workload = cgroup_path
         .as_deref()
         .and_then(|p| config.workload_for(p, uid));
-    let target = config.target_for(orig_dst);
+    let target = config.target_in(orig_dst, origin.in_container());
     let (Some(workload), Some((target_index, target))) = (workload, target) else {
         // Not (or no longer) an audited workload or destination: relay untouched.
         debug!(%peer, %orig_dst, cgroup = ?cgroup_path, "not audited; relaying untouched");
-        let upstream = match connect(orig_dst, config.agent.connect_timeout).await {
+        let upstream = match origin.connect(orig_dst, config.agent.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
                 debug!(%orig_dst, error = %e, "upstream connect failed");
@@ -615,6 +684,7 @@ async fn handle(
             approvals: shared.approvals.clone(),
             identity: identity.clone(),
             refuse,
+            origin: origin.clone(),
         };
         postgres::serve(ctx, client, cancel).await
     } else if let (crate::config::Protocol::Http, Some(target_rt)) =
@@ -634,6 +704,7 @@ async fn handle(
             ca: snapshot.http.ca.clone(),
             rules,
             orig_dst,
+            origin: origin.clone(),
             connect_timeout: config.agent.connect_timeout,
             idle_timeout: config.agent.idle_timeout,
             approvals: shared.approvals.clone(),
@@ -653,7 +724,7 @@ async fn handle(
         };
         http::serve(ctx, client, cancel).await
     } else {
-        match connect(orig_dst, config.agent.connect_timeout).await {
+        match origin.connect(orig_dst, config.agent.connect_timeout).await {
             Ok(upstream) => {
                 debug!(
                     session = id,
@@ -748,20 +819,6 @@ async fn record_end(journal: &JournalHandle, end: SessionEnd, cancel: &mut watch
             }
         }
         wait = (wait * 2).min(Duration::from_secs(2));
-    }
-}
-
-async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer within {timeout:?}"),
-        )),
     }
 }
 

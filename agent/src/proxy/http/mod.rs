@@ -85,6 +85,8 @@ pub struct HttpContext<'a> {
     pub ca: Option<Arc<AgentCa>>,
     pub rules: Arc<SessionRules>,
     pub orig_dst: SocketAddr,
+    /// Where the connection was made: upstream connections leave from there.
+    pub origin: super::Origin,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub approvals: Option<Arc<dyn Approver>>,
@@ -328,6 +330,7 @@ async fn serve_http(
     }
     let connector = Connector::new(
         ctx.orig_dst,
+        ctx.origin.clone(),
         ctx.connect_timeout,
         ctx.target_rt.upstream.clone(),
         sni.as_deref(),

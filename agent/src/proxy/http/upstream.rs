@@ -14,7 +14,6 @@ use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::tls::{Stream, TlsError, UpstreamTls, ALPN_H2};
 
@@ -46,6 +45,8 @@ pub enum UpstreamError {
 #[derive(Clone)]
 pub struct Connector {
     addr: SocketAddr,
+    /// The network namespace the connection leaves from (the client's).
+    origin: crate::proxy::Origin,
     timeout: Duration,
     tls: UpstreamTls,
     /// The name the client asked for in its own TLS SNI: the name verified upstream
@@ -56,12 +57,14 @@ pub struct Connector {
 impl Connector {
     pub fn new(
         addr: SocketAddr,
+        origin: crate::proxy::Origin,
         timeout: Duration,
         tls: UpstreamTls,
         client_sni: Option<&str>,
     ) -> Connector {
         Connector {
             addr,
+            origin,
             timeout,
             tls,
             client_sni: client_sni.map(Arc::from),
@@ -90,10 +93,11 @@ impl Connector {
     pub async fn connect(self) -> Result<TokioIo<Upstream>, UpstreamError> {
         let (addr, timeout) = (self.addr, self.timeout);
         let setup = async move {
-            let tcp = TcpStream::connect(addr)
+            let tcp = self
+                .origin
+                .dial(addr)
                 .await
                 .map_err(|source| UpstreamError::Connect { addr, source })?;
-            let _ = tcp.set_nodelay(true);
             let stream = self
                 .tls
                 .connect(tcp, addr, self.client_sni.as_deref())

@@ -59,6 +59,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct CancelTarget {
     pub session: SessionId,
     pub addr: SocketAddr,
+    /// Where the session's upstream connection left from: the cancel goes the same way.
+    pub origin: super::Origin,
     pub target: Arc<TargetRuntime>,
     pub real_key: Bytes,
 }
@@ -85,6 +87,8 @@ pub struct SessionContext<'a> {
     /// Refuse the session after its start-up with a FATAL, nothing forwarded (the disk
     /// budget is exceeded, the workload is at its connection limit).
     pub refuse: Option<Refusal>,
+    /// Where the connection was made: the upstream connection leaves from there.
+    pub origin: super::Origin,
 }
 
 /// A session refused right after its start-up: the client reads FATAL `sqlstate`
@@ -308,7 +312,9 @@ async fn serve_inner(
     }
 
     // ------------------------------------------------------------ upstream
-    let tcp = super::connect(ctx.orig_dst, ctx.connect_timeout)
+    let tcp = ctx
+        .origin
+        .connect(ctx.orig_dst, ctx.connect_timeout)
         .await
         .map_err(|e| Failure::Upstream(e.to_string()))?;
     let mut server: Box<dyn Io> = Box::new(
@@ -386,6 +392,7 @@ async fn serve_inner(
             entry: CancelTarget {
                 session: ctx.id,
                 addr: ctx.orig_dst,
+                origin: ctx.origin.clone(),
                 target: ctx.target_rt.clone(),
                 real_key: Bytes::new(),
             },
@@ -836,7 +843,9 @@ async fn forward_cancel(
     ctx.journal
         .record(&events)
         .map_err(|e| Failure::Journal(e.to_string()))?;
-    let tcp = super::connect(found.addr, ctx.connect_timeout)
+    let tcp = found
+        .origin
+        .connect(found.addr, ctx.connect_timeout)
         .await
         .map_err(|e| Failure::Upstream(e.to_string()))?;
     let upstream = &found.target.upstream;
