@@ -955,10 +955,9 @@ mod tests {
         assert_eq!(fake.requests(), 1, "the request reached the server");
         assert!(took >= LOOKUP_TIMEOUT, "{took:?}");
         assert!(took < Duration::from_secs(5), "{took:?}");
-        // The timeout is a cached negative answer: the next connection does not wait.
-        let started = Instant::now();
+        // The timeout is a cached negative answer: the next connection does not ask
+        // (and so does not wait) again.
         directory.lookup(&docker_ref(ID)).await;
-        assert!(started.elapsed() < LOOKUP_TIMEOUT);
         assert_eq!(fake.requests(), 1);
     }
 
