@@ -10,6 +10,9 @@
 //!   kills it and removes its pins on drop.
 //! - [`EchoServer`] echoes (or sinks) on a loopback address and records the peers it
 //!   saw, so a test can tell whether a connection came from the agent or directly.
+//! - [`docker`] brings up a Docker engine and builds a local `psql` image without any
+//!   registry, for the container tests.
+pub mod docker;
 pub mod http;
 pub mod netns;
 pub use http::*;

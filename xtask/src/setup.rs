@@ -8,8 +8,8 @@ use crate::util::{self, output, run};
 
 /// Debian packages: a PostgreSQL server and clients for the integration tests and
 /// benchmarks, nginx and Python HTTP/WebSocket libraries for the HTTP tests, sqlite3 to
-/// inspect journals, curl and iproute2 for tests, and a C toolchain for the bundled
-/// SQLite.
+/// inspect journals, curl and iproute2 for tests, Docker for the container tests, and a
+/// C toolchain for the bundled SQLite.
 const APT_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
@@ -31,6 +31,10 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
     "util-linux",
+    // The container tests' engine (tests/src/docker.rs): dockerd with its containerd and
+    // runc, started by the tests when none runs; images are built locally with `docker
+    // import` from host files, never pulled.
+    "docker.io",
 ];
 
 /// s3s-fs, the S3-compatible server the shipping tests upload to (tests/tests/shipping.rs).

@@ -6,6 +6,7 @@
 //! cgroup path, a workload name, and the process's executable, command line and
 //! user, read with a guard against pid reuse.
 mod cgroup;
+mod container;
 mod name;
 mod process;
 mod session;
@@ -13,6 +14,9 @@ mod session;
 use std::path::PathBuf;
 
 pub use cgroup::CgroupFs;
+pub use container::{
+    container_of_cgroup, ContainerDirectory, ContainerInfo, ContainerRef, PodInfo, Runtime,
+};
 pub use name::derive_workload_name;
 pub use process::{
     boottime_ns_to_ticks, boottime_ticks, process_identity, process_info, user_name,

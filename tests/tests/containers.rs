@@ -1,0 +1,175 @@
+//! Containers on this host: the harness brings up a real Docker engine and a local
+//! `psql` image (no registry, no external network); a container reaches the host
+//! over docker's bridge; and the agent's container identity (cgroup path and the
+//! engine's API) names a real running container.
+use std::{
+    io::Read as _,
+    net::{IpAddr, TcpListener},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nhi_agent::identity::{container_of_cgroup, ContainerDirectory, ContainerRef, Runtime};
+use nhi_tests::docker::*;
+use nhi_tests::*;
+
+macro_rules! docker_test {
+    ($name:expr) => {
+        nhi_tests::privileged!($name);
+        if !require_docker($name) {
+            return;
+        }
+    };
+}
+
+#[test]
+fn docker_runs_a_locally_built_psql_image() {
+    docker_test!("docker_runs_a_locally_built_psql_image");
+    let image = psql_image().expect("psql image");
+    assert!(image.starts_with("nhi-test-psql:"), "{image}");
+    // Built once: a second call (and a later test process) reuses the tag.
+    assert_eq!(psql_image().unwrap(), image);
+    let out = docker_run(&["--rm", "--network", "none", &image, "psql", "--version"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "docker run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("psql (PostgreSQL) "), "{stdout}");
+    // The same version as the host's binary.
+    let host = std::process::Command::new(host_psql().unwrap())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(stdout, String::from_utf8_lossy(&host.stdout));
+    // The shell and the unprivileged user are there too.
+    let out = docker_run(&[
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        "nobody",
+        &image,
+        "sh",
+        "-c",
+        "id -u; sleep 0",
+    ]);
+    // `id` is not in the image: sh reports it, then sleep runs.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("id: not found"), "{stderr}");
+}
+
+#[test]
+fn a_container_reaches_a_host_listener_over_the_bridge() {
+    docker_test!("a_container_reaches_a_host_listener_over_the_bridge");
+    let image = psql_image().expect("psql image");
+    let gateway = bridge_gateway().expect("bridge gateway");
+    let listener = TcpListener::bind((gateway.as_str(), 0)).expect("bind on the bridge");
+    let port = listener.local_addr().unwrap().port().to_string();
+    let client = {
+        let (image, gateway) = (image.clone(), gateway.clone());
+        thread::spawn(move || {
+            docker_run(&[
+                "--rm", &image, "psql", "-h", &gateway, "-p", &port, "-U", "bot", "-d", "db", "-c",
+                "select 1",
+            ])
+        })
+    };
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut stream, peer) = loop {
+        match listener.accept() {
+            Ok(accepted) => break accepted,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no connection from the container"
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // psql opens with an SSLRequest (sslmode=prefer; code 80877103), or a
+    // GSSENCRequest (80877104) where it finds Kerberos credentials: 8 bytes each.
+    let mut first = [0u8; 8];
+    stream.read_exact(&mut first).expect("psql's first message");
+    let code = u32::from_be_bytes(first[4..].try_into().unwrap());
+    assert_eq!(first[..4], [0, 0, 0, 8], "{first:?}");
+    assert!(matches!(code, 80877103 | 80877104), "{first:?}");
+    let gateway: IpAddr = gateway.parse().unwrap();
+    assert_ne!(
+        peer.ip(),
+        gateway,
+        "the peer is the container, not the host"
+    );
+    match (peer.ip(), gateway) {
+        (IpAddr::V4(p), IpAddr::V4(g)) => {
+            assert_eq!(p.octets()[..2], g.octets()[..2], "{p} in the bridge's /16")
+        }
+        other => panic!("unexpected addresses {other:?}"),
+    }
+    drop(stream);
+    let out = client.join().unwrap();
+    // The "server" hung up: psql fails, having tried.
+    assert!(!out.status.success());
+}
+
+#[test]
+fn container_identity_names_a_real_container() {
+    docker_test!("container_identity_names_a_real_container");
+    let image = psql_image().expect("psql image");
+    let name = unique("nhi-identity");
+    let container = Container::start(&[
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "--label",
+        "nhi.test/role=identity",
+        &image,
+        "sleep",
+        "300",
+    ])
+    .expect("start container");
+    let cgroup = container.cgroup().expect("container cgroup");
+    let found = container_of_cgroup(&cgroup).unwrap_or_else(|| panic!("no container in {cgroup}"));
+    assert_eq!(
+        found,
+        ContainerRef {
+            runtime: Runtime::Docker,
+            id: container.id.clone(),
+            pod_uid: None,
+        },
+        "{cgroup}"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let directory = ContainerDirectory::new(ContainerDirectory::default_sockets());
+    let info = rt.block_on(directory.lookup(&found));
+    assert_eq!(info.name.as_deref(), Some(name.as_str()));
+    assert_eq!(info.image.as_deref(), Some(image.as_str()));
+    assert_eq!(
+        info.labels.get("nhi.test/role").map(String::as_str),
+        Some("identity")
+    );
+    assert!(info.pod.is_none());
+    // An id the engine does not know (404): runtime and id only.
+    let unknown = ContainerRef {
+        runtime: Runtime::Docker,
+        id: "f".repeat(64),
+        pod_uid: None,
+    };
+    let info = rt.block_on(directory.lookup(&unknown));
+    assert_eq!((info.name, info.image), (None, None));
+    assert!(info.labels.is_empty());
+}
