@@ -39,6 +39,7 @@ fn start(n: i64) -> SessionStart {
             orig_dst: "127.0.0.1:5432".parse().expect("address"),
             target: "orders-db".into(),
             protocol: "postgres".into(),
+            container: None,
         }),
         started_at: SystemTime::now(),
         claims: None,

@@ -35,6 +35,15 @@ fn start(n: u32, protocol: &str, target: &str) -> SessionStart {
             orig_dst: "127.0.0.1:5432".parse().expect("address"),
             target: target.into(),
             protocol: protocol.into(),
+            // One container session, so the seed journal has the column filled.
+            container: (n == 3).then(|| nhi_agent::identity::ContainerIdentity {
+                runtime: Some("docker".into()),
+                id: Some("c".repeat(64)),
+                name: Some("ci-job".into()),
+                netns: Some(4026532100),
+                ns_pid: Some(1),
+                ..Default::default()
+            }),
         }),
         started_at: SystemTime::now(),
         claims: (n == 2).then(|| {

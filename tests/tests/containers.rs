@@ -173,3 +173,89 @@ fn container_identity_names_a_real_container() {
     assert_eq!((info.name, info.image), (None, None));
     assert!(info.labels.is_empty());
 }
+
+/// The issue's check (2): psql in a real Docker container, against the host's
+/// PostgreSQL on the bridge address: intercepted in the container's own network
+/// namespace, decoded, and journaled with the container's id, name, image and labels.
+#[test]
+fn psql_in_a_docker_container_is_intercepted_and_named() {
+    docker_test!("psql_in_a_docker_container_is_intercepted_and_named");
+    let image = psql_image().expect("psql image");
+    let gateway = bridge_gateway().expect("bridge gateway");
+    let pg = PgServer::start_full(
+        &[&format!("listen_addresses = '127.0.0.1,{gateway}'")],
+        &["host all all 172.16.0.0/12 trust"],
+        |_| {},
+    );
+    pg.sql("create table t (x int); insert into t values (42)");
+    let name = unique("nhi-psql");
+    let sql = "select x, inet_client_addr() from t";
+    let port = pg.port.to_string();
+    let id = docker_ok(&[
+        "create",
+        "--name",
+        &name,
+        "--label",
+        "nhi.test/job=e2e",
+        &image,
+        "psql",
+        "-X",
+        "-At",
+        "-h",
+        &gateway,
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-c",
+        sql,
+    ])
+    .expect("docker create");
+    let _container = Container { id: id.clone() };
+    // The container's cgroup is `docker/<id>` (cgroupfs driver) or
+    // `system.slice/docker-<id>.scope` (systemd driver): select it by its id.
+    let target = format!("{gateway}:{}", pg.port);
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"ci-container\"\ncgroup = \"**/*{id}*\"\n\n\
+         [[target]]\nname = \"db\"\naddress = \"{target}\"\nprotocol = \"postgres\"\nnetns = \"container\"\n"
+    ));
+
+    let out = docker(&["start", "-a", &id]);
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "psql in the container: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server saw the container's own address: the agent dialled from the
+    // container's namespace.
+    let container_ip =
+        docker_ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &id]).unwrap_or_default();
+    let (x, client) = stdout.split_once('|').expect("x|addr");
+    assert_eq!(x, "42");
+    assert!(client.starts_with("172."), "{client}");
+    if !container_ip.is_empty() {
+        assert_eq!(client, container_ip);
+    }
+
+    let sessions = agent.wait_sessions_ended(1);
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    let s = &sessions[0];
+    assert_eq!(s["workload"], "ci-container");
+    assert_eq!(s["orig_dst"], target);
+    let c = &s["container"];
+    assert_eq!(c["runtime"], "docker", "{s:#}");
+    assert_eq!(c["id"], id);
+    assert_eq!(c["name"], name);
+    assert_eq!(c["image"], image);
+    assert_eq!(c["labels"]["nhi.test/job"], "e2e");
+    assert!(c["netns"].as_u64().is_some(), "{c}");
+    // psql is the container's first process: pid 1 in its pid namespace.
+    assert_eq!(c["ns_pid"], 1, "{c}");
+    assert_ne!(s["pid"], 1);
+    let statements = agent.statements();
+    assert!(
+        statements.iter().any(|st| st["text"] == sql),
+        "{statements:#?}"
+    );
+}

@@ -65,10 +65,23 @@ fn a_process_in_its_own_network_namespace_is_intercepted_there() {
     // Journaled with the workload, the address the client dialled and the statements.
     let sessions = agent.wait_sessions_ended(2);
     assert_eq!(sessions.len(), 2, "{sessions:#?}");
+    // The session names the namespace (its inode, as `ls -l /proc/PID/ns/net`
+    // shows it); no container runtime made it, and psql shares the host's pid namespace.
+    let inode = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", net.name))
+            .expect("netns file")
+            .ino()
+    };
     for s in &sessions {
         assert_eq!(s["workload"], "bot");
         assert_eq!(s["orig_dst"], target.to_string());
         assert_eq!(s["protocol"], "postgres");
+        assert_eq!(
+            s["container"],
+            serde_json::json!({ "netns": inode }),
+            "{s:#}"
+        );
     }
     let statements = agent.statements();
     assert!(

@@ -221,6 +221,9 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         budget,
         attest: Some(attestor.clone()),
         limits: Arc::new(proxy::WorkloadLimits::default()),
+        containers: crate::identity::ContainerDirectory::new(
+            crate::identity::ContainerDirectory::default_sockets(),
+        ),
     });
     {
         let c = shared.config();

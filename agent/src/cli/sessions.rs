@@ -359,6 +359,7 @@ mod tests {
             "bytes_from_server",
             "close_reason",
             "claims",
+            "container",
             "journal_id",
             "host_id",
             "session_ref",
@@ -428,6 +429,7 @@ mod tests {
             "user",
             "pid_start_time",
             "claims",
+            "container",
         ] {
             assert!(c[null].is_null(), "{null} must be null, got {}", c[null]);
         }

@@ -189,7 +189,8 @@ pub struct ContainerInfo {
 }
 
 /// The Kubernetes pod a container belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PodInfo {
     /// `io.kubernetes.pod.name`.
     #[serde(skip_serializing_if = "String::is_empty")]

@@ -19,10 +19,10 @@ pub use container::{
 };
 pub use name::derive_workload_name;
 pub use process::{
-    boottime_ns_to_ticks, boottime_ticks, process_identity, process_info, user_name,
+    boottime_ns_to_ticks, boottime_ticks, ns_pid, process_identity, process_info, user_name,
     ProcessIdentity, ProcessInfo,
 };
-pub use session::{Process, SessionIdentity};
+pub use session::{ContainerIdentity, Process, SessionIdentity};
 
 /// Why an identity could not be established.
 #[derive(Debug, thiserror::Error)]

@@ -162,6 +162,24 @@ pub fn user_name(uid: u32) -> Option<String> {
         .map(|user| user.name)
 }
 
+/// Process `pid`'s pid in its own (innermost) pid namespace, the last `NSpid` of
+/// `/proc/PID/status`; `None` when it is the same as `pid` (a host process) or
+/// unreadable.
+pub fn ns_pid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(proc_path(pid, "status")).ok()?;
+    parse_ns_pid(&status).filter(|&inner| inner != pid)
+}
+
+fn parse_ns_pid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 fn proc_path(pid: u32, file: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{file}"))
 }
@@ -236,6 +254,15 @@ fn parse_status_ids(status: &str) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_namespace_pid_is_the_last_nspid() {
+        let status = "Name:\tpsql\nTgid:\t4242\nNSpid:\t4242\t17\nNSpgid:\t4242\t17\n";
+        assert_eq!(parse_ns_pid(status), Some(17));
+        assert_eq!(parse_ns_pid("NSpid:\t99\n"), Some(99));
+        assert_eq!(parse_ns_pid("Name:\tx\n"), None);
+        assert_eq!(ns_pid(std::process::id()), None, "a host process has none");
+    }
     use std::os::unix::ffi::OsStrExt;
     use std::process::{Child, Command};
     use std::time::{Duration, Instant};

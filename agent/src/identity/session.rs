@@ -4,9 +4,11 @@
 //! journal's session row (`journal::SessionStart`, `journal::SessionRow`), the
 //! approvers (`session::Requester`), the protocol sessions. One type instead of each
 //! consumer repackaging the fields it needs.
-use std::net::SocketAddr;
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
+
+use super::container::{ContainerInfo, PodInfo};
 
 /// Who one session is. Serialized with the key names of `sessions --json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,6 +33,54 @@ pub struct SessionIdentity {
     pub target: String,
     /// The target's protocol (`tcp`, `postgres`, `http`).
     pub protocol: String,
+    /// Where the client runs when it is not a plain host process: its container (from
+    /// the cgroup path and the runtime's API), its network namespace when that is not
+    /// the agent's, its pid inside its own pid namespace. `None` for host processes.
+    pub container: Option<ContainerIdentity>,
+}
+
+/// The container side of a session's identity (see [`SessionIdentity::container`]).
+/// Every field is optional: a process in a namespace of its own without a container
+/// runtime has only `netns` (and `ns_pid`), a container of a runtime whose API is not
+/// readable only `runtime` and `id`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerIdentity {
+    /// `docker`, `containerd`, `podman` or `cri-o`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// The full container id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The Kubernetes pod, from the labels the kubelet sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodInfo>,
+    /// Inode of the network namespace the connection was made in (`ls -l
+    /// /proc/PID/ns/net` shows `net:[inode]`), when it is not the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+    /// The client's pid in its own pid namespace (the last `NSpid` of
+    /// `/proc/PID/status`), when it differs from the host pid in `pid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
+}
+
+impl ContainerIdentity {
+    /// Adds what a runtime told (or the cgroup path gave) about the container.
+    pub fn with_info(mut self, info: ContainerInfo) -> Self {
+        self.runtime = Some(info.runtime.to_string());
+        self.id = Some(info.id);
+        self.name = info.name;
+        self.image = info.image;
+        self.labels = info.labels;
+        self.pod = info.pod;
+        self
+    }
 }
 
 impl SessionIdentity {

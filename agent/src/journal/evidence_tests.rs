@@ -73,10 +73,21 @@ async fn write_journal(dir: &Path, key: &Arc<HostKey>) -> PathBuf {
         .expect("start long");
     let mut n = 1;
     for s in 0..SESSIONS / 2 {
-        let id = h
-            .start_session(sample_start(&format!("w{s}"), "db", at_us(n)))
-            .await
-            .expect("start");
+        let mut start = sample_start(&format!("w{s}"), "db", at_us(n));
+        if s % 2 == 1 {
+            // Every other session is a container's: its identity is chained too.
+            let mut identity = (*start.identity).clone();
+            identity.container = Some(crate::identity::ContainerIdentity {
+                runtime: Some("docker".into()),
+                id: Some(format!("{s:064x}")),
+                name: Some(format!("job-{s}")),
+                netns: Some(4026532000 + s as u64),
+                ns_pid: Some(7),
+                ..Default::default()
+            });
+            start.identity = Arc::new(identity);
+        }
+        let id = h.start_session(start).await.expect("start");
         for c in 0..CHUNKS {
             h.chunk(id, Direction::ClientToServer, c as u32 + 1, at_us(n))
                 .await
@@ -352,6 +363,20 @@ async fn verify_names_every_kind_of_damage_and_its_segment() {
     });
     expect(&r, DamageKind::ModifiedSessionRow, 1);
     assert_eq!(r.first_damage.as_ref().and_then(|d| d.session_id), Some(2));
+
+    // The container of session 3 (a container's) renamed.
+    let r = case("container", &|d| {
+        let conn = Connection::open(segment(d, 1)).expect("open");
+        let changed = conn
+            .execute(
+                "UPDATE sessions SET container = replace(container, 'job-', 'other-') WHERE id = 3",
+                [],
+            )
+            .expect("update");
+        assert_eq!(changed, 1);
+    });
+    expect(&r, DamageKind::ModifiedSessionRow, 1);
+    assert_eq!(r.first_damage.as_ref().and_then(|d| d.session_id), Some(3));
 
     let r = case("bytes", &|d| {
         let conn = Connection::open(segment(d, 1)).expect("open");

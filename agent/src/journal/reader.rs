@@ -139,6 +139,8 @@ pub struct JournalReader {
     /// Whether `sessions` has the `claims` column (journals from before attestation
     /// do not).
     has_claims: bool,
+    /// Whether `sessions` has the `container` column (schema 4).
+    has_container: bool,
 }
 
 impl std::fmt::Debug for JournalReader {
@@ -158,11 +160,11 @@ const SESSION_COLUMNS: &str = "s.id, s.workload, s.cgroup, s.cgroup_id, s.pid, \
         WHERE e.session_id = s.id AND e.kind = 'chunk' AND e.direction = 's2c')), \
     s.close_reason";
 
-/// Whether the journal's `sessions` table has a `claims` column.
-fn sessions_have_claims(conn: &Connection) -> Result<bool, JournalError> {
+/// Whether the journal's `sessions` table has a column `name`.
+fn sessions_have(conn: &Connection, name: &str) -> Result<bool, JournalError> {
     conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'claims')",
-        [],
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('sessions') WHERE name = ?1)",
+        [name],
         |row| row.get(0),
     )
     .map_err(JournalError::sqlite("read the sessions columns"))
@@ -208,11 +210,13 @@ impl JournalReader {
             }
             Err(e) => return Err(e),
         };
-        let has_claims = sessions_have_claims(&conn)?;
+        let has_claims = sessions_have(&conn, "claims")?;
+        let has_container = sessions_have(&conn, "container")?;
         Ok(JournalReader {
             conn,
             path: path.to_path_buf(),
             has_claims,
+            has_container,
         })
     }
 
@@ -221,10 +225,21 @@ impl JournalReader {
         &self.path
     }
 
-    /// [`SESSION_COLUMNS`] and the claims (NULL in journals without the column).
+    /// [`SESSION_COLUMNS`], the claims and the container (NULL in journals without
+    /// the columns).
     fn session_columns(&self) -> String {
+        format!("{SESSION_COLUMNS}, {}", self.extra_columns())
+    }
+
+    /// The claims and container columns, or NULL where the journal predates them.
+    fn extra_columns(&self) -> String {
         let claims = if self.has_claims { "s.claims" } else { "NULL" };
-        format!("{SESSION_COLUMNS}, {claims}")
+        let container = if self.has_container {
+            "s.container"
+        } else {
+            "NULL"
+        };
+        format!("{claims}, {container}")
     }
 
     /// Sessions matching `filter`, ordered by start time then id.
@@ -470,8 +485,8 @@ impl JournalReader {
         } else {
             SESSION_COLUMNS_NO_SUMS
         };
-        let claims = if self.has_claims { "s.claims" } else { "NULL" };
-        let sql = format!("SELECT {columns}, {claims} FROM sessions s ORDER BY s.id");
+        let extra = self.extra_columns();
+        let sql = format!("SELECT {columns}, {extra} FROM sessions s ORDER BY s.id");
         let mut stmt = self
             .conn
             .prepare(&sql)
@@ -591,6 +606,7 @@ struct RawSession {
     bytes_from_server: i64,
     close_reason: Option<String>,
     claims: Option<String>,
+    container: Option<String>,
 }
 
 impl RawSession {
@@ -618,6 +634,7 @@ impl RawSession {
             bytes_from_server: row.get(19)?,
             close_reason: row.get(20)?,
             claims: row.get(21)?,
+            container: row.get(22)?,
         })
     }
 
@@ -651,6 +668,12 @@ impl RawSession {
             .map(serde_json::from_str::<serde_json::Map<String, serde_json::Value>>)
             .transpose()
             .map_err(|e| corrupt("claims", e.to_string()))?;
+        let container = self
+            .container
+            .as_deref()
+            .map(serde_json::from_str::<crate::identity::ContainerIdentity>)
+            .transpose()
+            .map_err(|e| corrupt("container", e.to_string()))?;
         Ok(SessionRow {
             id,
             identity: SessionIdentity {
@@ -670,6 +693,7 @@ impl RawSession {
                 orig_dst: addr("orig_dst", &self.orig_dst)?,
                 target: self.target,
                 protocol: self.protocol,
+                container,
             },
             started_at: time("started_at_us", self.started_at_us)?,
             ended_at: self

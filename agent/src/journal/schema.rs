@@ -128,6 +128,13 @@ INSERT INTO meta (key, value)
         description: "sessions.claims",
         sql: "ALTER TABLE sessions ADD COLUMN claims TEXT;",
     },
+    // containers: the client's container, network namespace and namespace pid (JSON
+    // object, `SessionIdentity::container`), NULL for host processes.
+    Migration {
+        version: 4,
+        description: "sessions.container",
+        sql: "ALTER TABLE sessions ADD COLUMN container TEXT;",
+    },
 ];
 
 /// The schema version this binary writes and understands.

@@ -43,6 +43,7 @@ pub(crate) fn sample_start(workload: &str, target: &str, started_at: SystemTime)
             orig_dst: "[::1]:5432".parse().expect("valid address"),
             target: target.to_string(),
             protocol: "tcp".to_string(),
+            container: None,
         }),
         started_at,
         claims: None,

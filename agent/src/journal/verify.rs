@@ -616,11 +616,21 @@ impl Checker<'_> {
             )
             .unwrap_or(false);
         let claims_column = if has_claims { "claims" } else { "NULL" };
+        // And since schema 4 the container.
+        let has_container = seg
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'container')",
+                [],
+                |r| r.get::<_, bool>(0),
+            )
+            .unwrap_or(false);
+        let container_column = if has_container { "container" } else { "NULL" };
         let Ok(mut stmt) = seg.conn.prepare(&format!(
             "SELECT id, workload, cgroup, cgroup_id, pid, pid_start_time, exe, cmdline, uid, gid, \
              user, comm, client_addr, orig_dst, target, protocol, started_at_us, ended_at_us, \
-             bytes_from_client, bytes_from_server, close_reason, {claims_column} FROM sessions \
-             ORDER BY id"
+             bytes_from_client, bytes_from_server, close_reason, {claims_column}, \
+             {container_column} FROM sessions ORDER BY id"
         )) else {
             self.damage(DamageKind::Unreadable, seg, None, "cannot read sessions");
             return;
@@ -638,7 +648,7 @@ impl Checker<'_> {
                 other => other.into(),
             })
         };
-        let rows: Vec<Vec<V>> = match stmt.query_map([], |r| (0..22).map(|i| value(r, i)).collect())
+        let rows: Vec<Vec<V>> = match stmt.query_map([], |r| (0..23).map(|i| value(r, i)).collect())
         {
             Ok(rows) => rows.flatten().collect(),
             Err(e) => {
@@ -685,6 +695,12 @@ impl Checker<'_> {
                 // unattested); older events do not, and then neither may the row.
                 if data.get("claims").is_some() || row[21] != V::Null {
                     expected["claims"] = match &row[21] {
+                        V::Text(t) => serde_json::from_str(t).unwrap_or(serde_json::json!(t)),
+                        other => json(other, false),
+                    };
+                }
+                if data.get("container").is_some() || row[22] != V::Null {
+                    expected["container"] = match &row[22] {
                         V::Text(t) => serde_json::from_str(t).unwrap_or(serde_json::json!(t)),
                         other => json(other, false),
                     };

@@ -1178,12 +1178,23 @@ fn insert_start(
             what: "claims",
             source,
         })?;
+    let container = s
+        .identity
+        .container
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|source| JournalError::Encode {
+            what: "container",
+            source,
+        })?;
     // Explicit ids: they continue across segments, whose files start empty.
     let id = chain.state.next_session_id;
     conn.prepare_cached(
         "INSERT INTO sessions (workload, cgroup, cgroup_id, pid, pid_start_time, exe, cmdline, \
-         uid, gid, user, comm, client_addr, orig_dst, target, protocol, started_at_us, id, claims) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+         uid, gid, user, comm, client_addr, orig_dst, target, protocol, started_at_us, id, claims, \
+         container) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -1205,6 +1216,7 @@ fn insert_start(
             started_at_us,
             id,
             claims,
+            container,
         ])
     })
     .map_err(JournalError::sqlite("insert session"))?;
@@ -1231,6 +1243,7 @@ fn insert_start(
         "target": s.identity.target,
         "protocol": s.identity.protocol,
         "claims": s.claims,
+        "container": s.identity.container,
     })
     .to_string();
     chain

@@ -92,6 +92,8 @@ pub struct Shared {
     pub attest: Option<Arc<crate::attest::Attestor>>,
     /// Open audited connections per workload (`max_connections_per_workload`).
     pub limits: Arc<WorkloadLimits>,
+    /// Names, images and labels of containers, from their runtimes' API sockets.
+    pub containers: identity::ContainerDirectory,
 }
 
 impl Shared {
@@ -578,6 +580,7 @@ async fn handle(
         orig_dst,
         target: target.name.clone(),
         protocol: target.protocol.to_string(),
+        container: container_identity(shared, &cgroup, tgid, &origin).await,
     });
     let start = SessionStart {
         identity: identity.clone(),
@@ -768,6 +771,33 @@ async fn handle(
         reason = %outcome.reason,
         "session closed"
     );
+}
+
+/// The container side of a session's identity: its container (from the cgroup path,
+/// then the runtime's API, at most 200 ms and cached),
+/// its network namespace when not the agent's, its namespace pid. `None` for a host
+/// process.
+async fn container_identity(
+    shared: &Shared,
+    cgroup: &str,
+    tgid: u32,
+    origin: &Origin,
+) -> Option<identity::ContainerIdentity> {
+    let reference = identity::container_of_cgroup(cgroup);
+    let netns = origin.namespace().map(|ns| ns.inode);
+    let ns_pid = identity::ns_pid(tgid);
+    if reference.is_none() && netns.is_none() && ns_pid.is_none() {
+        return None;
+    }
+    let found = identity::ContainerIdentity {
+        netns,
+        ns_pid,
+        ..Default::default()
+    };
+    Some(match reference {
+        Some(r) => found.with_info(shared.containers.lookup(&r).await),
+        None => found,
+    })
 }
 
 /// How long a PostgreSQL client refused without a session (the journal failed) has to
