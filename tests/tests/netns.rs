@@ -140,3 +140,126 @@ fn a_process_in_its_own_network_namespace_is_intercepted_there() {
     assert!(out.status.success(), "after restart: {:?}", text(&out));
     assert_eq!(text(&out).0, format!("7|{}", net.ns_ip));
 }
+
+/// Open sockets of process `pid` (its fds that are sockets).
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|l| l.to_string_lossy().starts_with("socket:"))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Short-lived "containers": a thousand processes, each in a network namespace of its
+/// own (`unshare -n`) that dies with it, each making one intercepted connection. The
+/// agent serves every namespace, and once they are gone it holds no listener, socket
+/// or map entry for any of them.
+#[test]
+fn a_thousand_short_lived_namespaces_leave_no_listeners_sockets_or_map_entries() {
+    privileged!("a_thousand_short_lived_namespaces_leave_no_listeners_sockets_or_map_entries");
+    const NAMESPACES: usize = 1000;
+    const AT_ONCE: usize = 100;
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    // A loopback port nothing listens on, in any namespace: each session is journaled
+    // and ends with the upstream connect refused inside its namespace.
+    let target = format!("127.0.0.1:{}", free_port());
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"nowhere\"\naddress = \"{target}\"\n",
+        cg.rel()
+    ));
+    let pid = agent.pid().expect("agent pid");
+    let sockets_before = sockets_of(pid);
+    let rss_before = rss_kib(pid);
+    let client = client_bin().display().to_string();
+    // NHI_NETNS_HOST=1 makes the same connections from the host's namespace: the
+    // baseline for the memory figures.
+    let script = if std::env::var("NHI_NETNS_HOST").is_ok() {
+        format!("exec {client} echo {target} --bytes 1")
+    } else {
+        format!("ip link set lo up && exec {client} echo {target} --bytes 1")
+    };
+    let in_ns = std::env::var("NHI_NETNS_HOST").is_err();
+    let unshare: &[&str] = if !in_ns { &[] } else { &["-n"] };
+    // NHI_NETNS_ROUNDS=N repeats the whole thing, to tell a leak (RSS growing every
+    // round) from what the allocator and the journal's page cache keep after the first.
+    let rounds: usize = std::env::var("NHI_NETNS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    for round in 1..=rounds {
+        let started = Instant::now();
+        for _ in 0..NAMESPACES / AT_ONCE {
+            let children: Vec<_> = (0..AT_ONCE)
+                .map(|_| {
+                    cg.command("unshare")
+                        .args(unshare)
+                        .args(["sh", "-c", &script])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .expect("unshare")
+                })
+                .collect();
+            for mut c in children {
+                let _ = c.wait();
+            }
+        }
+        let elapsed = started.elapsed();
+        let total = NAMESPACES * round;
+        let sessions = agent.wait_sessions_ended(total);
+        assert_eq!(sessions.len(), total);
+        // (Namespace inodes are reused once a namespace is gone, so the sessions'
+        // `netns` values repeat; the agent's log counts the namespaces it served.)
+        for s in &sessions {
+            assert_eq!(s["container"]["netns"].as_u64().is_some(), in_ns, "{s:#}");
+        }
+        let served = if in_ns { total } else { 0 };
+        assert_eq!(
+            agent.count_log("listening in a container network namespace"),
+            served
+        );
+        let rss_peak = rss_kib(pid);
+
+        // Released within a few sweeps: no map entry, no listener, no socket left.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = nhi_agent::ebpf::pinned_netns(&agent.pin_dir).expect("read NHI_NETNS");
+            let released = agent.count_log("no process left in the network namespace");
+            if left.is_empty() && released == served {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} namespaces still in the map, {released} released",
+                left.len()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let sockets_after = sockets_of(pid);
+        println!(
+            "round {round}: {NAMESPACES} namespaces ({AT_ONCE} at a time) in {elapsed:?}; agent sockets \
+             {sockets_before} -> {sockets_after}; RSS {rss_before} KiB at start, peak {rss_peak} KiB, \
+             {} KiB after release",
+            rss_kib(pid)
+        );
+        assert_eq!(sockets_after, sockets_before, "sockets left behind");
+    }
+}

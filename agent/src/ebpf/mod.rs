@@ -467,6 +467,24 @@ fn remove_other_layouts(pin_dir: &Path) {
     }
 }
 
+/// The namespaces the pinned `NHI_NETNS` under `pin_dir` lists, with their state: what
+/// the kernel knows of the agent's container namespaces (read by tests and tools
+/// while an agent runs, or after it died).
+pub fn pinned_netns(pin_dir: &Path) -> Result<Vec<(u64, NetnsState)>, EbpfError> {
+    let path = pin_dir
+        .join(format!("v{MAP_LAYOUT_VERSION}"))
+        .join("maps")
+        .join(names::NETNS);
+    let map_error = |source| EbpfError::Map {
+        name: names::NETNS,
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(map_error)?;
+    let map: HashMap<MapData, u64, NetnsState> =
+        HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_error)?;
+    Ok(map.iter().filter_map(Result::ok).collect())
+}
+
 /// "Serve this namespace" requests from the kernel (`NHI_NETNS_EVENTS`).
 pub struct NetnsEvents(RingBuf<MapData>);
 
