@@ -258,4 +258,23 @@ fn psql_in_a_docker_container_is_intercepted_and_named() {
         statements.iter().any(|st| st["text"] == sql),
         "{statements:#?}"
     );
+    // A responder selects the container's sessions by name or by the short id.
+    let journal = agent.journal.to_str().unwrap();
+    for (value, n) in [(name.as_str(), 1), (&id[..12], 1), ("someone-else", 0)] {
+        let out = agent.cli(&[
+            "sessions",
+            "--journal",
+            journal,
+            "--json",
+            "--container",
+            value,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+        assert_eq!(lines, n, "--container {value}");
+    }
 }

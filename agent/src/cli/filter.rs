@@ -72,6 +72,11 @@ pub struct FilterArgs {
     #[arg(long, value_name = "T")]
     pub target: Option<String>,
 
+    /// Only sessions of this container: its name (a glob), or its id or an id prefix of
+    /// at least 4 hex digits as `docker ps` shows it.
+    #[arg(long, value_name = "NAME|ID")]
+    pub container: Option<String>,
+
     /// Only from this time on: RFC 3339 (2026-11-22T10:00:00Z) or a duration meaning
     /// "that long ago" (2h, 30m, 1d). Sessions: their start; events: their time.
     #[arg(long, value_name = "TIME", value_parser = parse_since)]
@@ -124,6 +129,7 @@ fn parse_claim(value: &str) -> Result<(String, String), String> {
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub workload: Option<GlobMatcher>,
+    pub container: Option<ContainerMatch>,
     pub target: Option<GlobMatcher>,
     pub protocol: Option<String>,
     pub since: Option<SystemTime>,
@@ -141,10 +147,40 @@ fn glob(what: &str, pattern: &str) -> anyhow::Result<GlobMatcher> {
         .map_err(|e| anyhow::anyhow!("--{what} {pattern:?} is not a valid glob: {e}"))
 }
 
+/// `--container`: a name glob, and the id prefix it may also be.
+#[derive(Debug, Clone)]
+pub struct ContainerMatch {
+    name: GlobMatcher,
+    id_prefix: Option<String>,
+}
+
+impl ContainerMatch {
+    fn new(value: &str) -> anyhow::Result<ContainerMatch> {
+        let hex = value.len() >= 4 && value.bytes().all(|b| b.is_ascii_hexdigit());
+        Ok(ContainerMatch {
+            name: glob("container", value)?,
+            id_prefix: hex.then(|| value.to_ascii_lowercase()),
+        })
+    }
+
+    fn matches(&self, c: &crate::identity::ContainerIdentity) -> bool {
+        c.name.as_deref().is_some_and(|n| self.name.is_match(n))
+            || self
+                .id_prefix
+                .as_deref()
+                .is_some_and(|p| c.id.as_deref().is_some_and(|id| id.starts_with(p)))
+    }
+}
+
 impl Filter {
     /// Compiles the globs and the regular expression.
     pub fn new(args: &FilterArgs) -> anyhow::Result<Filter> {
         Ok(Filter {
+            container: args
+                .container
+                .as_deref()
+                .map(ContainerMatch::new)
+                .transpose()?,
             workload: args
                 .workload
                 .as_deref()
@@ -176,6 +212,7 @@ impl Filter {
     /// claims).
     pub fn has_identity(&self) -> bool {
         self.workload.is_some()
+            || self.container.is_some()
             || self.target.is_some()
             || self.protocol.is_some()
             || !self.claims.is_empty()
@@ -199,15 +236,19 @@ impl Filter {
     /// target. `--claim`: every KEY=VALUE must be an attested claim; a number or a
     /// boolean matches its text (`run_id=123`); nothing unattested matches a claim.
     pub fn who_matches(&self, who: &Who<'_>) -> bool {
-        self.claims.iter().all(|(name, value)| {
-            who.claims
-                .and_then(|claims| claims.get(name))
-                .and_then(crate::policy::claim_text)
-                .is_some_and(|text| text == value.as_str())
-        }) && self
-            .workload
+        self.container
             .as_ref()
-            .is_none_or(|g| who.workload.is_some_and(|w| g.is_match(w)))
+            .is_none_or(|m| who.container.is_some_and(|c| m.matches(c)))
+            && self.claims.iter().all(|(name, value)| {
+                who.claims
+                    .and_then(|claims| claims.get(name))
+                    .and_then(crate::policy::claim_text)
+                    .is_some_and(|text| text == value.as_str())
+            })
+            && self
+                .workload
+                .as_ref()
+                .is_none_or(|g| who.workload.is_some_and(|w| g.is_match(w)))
             && self
                 .target
                 .as_ref()
@@ -252,6 +293,8 @@ pub struct Who<'a> {
     pub target: Option<&'a str>,
     pub protocol: Option<&'a str>,
     pub claims: Option<&'a serde_json::Map<String, Value>>,
+    /// The session's container; events of no session name none.
+    pub container: Option<&'a crate::identity::ContainerIdentity>,
 }
 
 impl<'a> Who<'a> {
@@ -261,6 +304,7 @@ impl<'a> Who<'a> {
             target: Some(&row.identity.target),
             protocol: Some(&row.identity.protocol),
             claims: row.claims.as_ref(),
+            container: row.identity.container.as_ref(),
         }
     }
 
@@ -282,6 +326,7 @@ impl<'a> Who<'a> {
             target: field("target"),
             protocol: None,
             claims: data.get("claims").and_then(Value::as_object),
+            container: None,
         }
     }
 }
@@ -390,6 +435,32 @@ mod tests {
         let missing = filter(|a| a.claims = vec![("actor".into(), "x".into())]);
         assert!(!missing.session_matches(&attested));
         assert!(filter(|_| {}).session_matches(&unattested));
+    }
+
+    #[test]
+    fn container_matches_its_name_or_an_id_prefix() {
+        let mut job = row("ci", "db", "postgres", 0);
+        job.identity.container = Some(crate::identity::ContainerIdentity {
+            runtime: Some("docker".into()),
+            id: Some(format!("4f1e2d3c{}", "0".repeat(56))),
+            name: Some("build-42".into()),
+            ..Default::default()
+        });
+        let host = row("ci", "db", "postgres", 0);
+        for (value, matches) in [
+            ("build-42", true),
+            ("build-*", true),
+            ("build", false),
+            ("4f1e", true),
+            ("4F1E2D3C", true),
+            ("4f1", false),
+            ("1e2d", false),
+        ] {
+            let f = filter(|a| a.container = Some(value.into()));
+            assert_eq!(f.session_matches(&job), matches, "--container {value}");
+            assert!(!f.session_matches(&host), "a host session has no container");
+            assert!(f.has_identity());
+        }
     }
 
     fn filter(f: impl FnOnce(&mut FilterArgs)) -> Filter {

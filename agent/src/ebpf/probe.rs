@@ -56,7 +56,7 @@ pub struct Report {
 }
 
 /// The oldest mainline release with everything [`Need::Required`] (and lineage).
-pub const MINIMUM_KERNEL: &str = "5.8";
+pub const MINIMUM_KERNEL: &str = "5.15";
 
 impl Report {
     /// Probes the running kernel.
@@ -114,6 +114,29 @@ impl Report {
                 PROG_CGROUP_SOCK_ADDR,
                 ATTACH_INET4_CONNECT,
                 &[call(HELPER_GET_NETNS_COOKIE), mov_imm(0, 1), exit()],
+            ),
+        );
+        // Containers: connection records are keyed by namespace in sock_ops, and the
+        // first connection in a namespace not served yet is held by an egress program
+        // that drops with congestion notification (return value 2).
+        add(
+            "bpf_get_netns_cookie in sock_ops programs",
+            "5.15",
+            Required,
+            prog(
+                PROG_SOCK_OPS,
+                0,
+                &[call(HELPER_GET_NETNS_COOKIE), mov_imm(0, 1), exit()],
+            ),
+        );
+        add(
+            "cgroup skb egress programs returning drop with congestion notification",
+            "5.3",
+            Required,
+            prog(
+                PROG_CGROUP_SKB,
+                ATTACH_INET_EGRESS,
+                &[mov_imm(0, 2), exit()],
             ),
         );
         add(
@@ -228,6 +251,8 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const PROG_TRACEPOINT: u32 = 5;
 const PROG_SOCK_OPS: u32 = 13;
+const PROG_CGROUP_SKB: u32 = 8;
+const ATTACH_INET_EGRESS: u32 = 1;
 const PROG_CGROUP_SOCK_ADDR: u32 = 18;
 const MAP_RINGBUF: u32 = 27;
 const ATTACH_INET4_CONNECT: u32 = 10;
@@ -492,7 +517,7 @@ mod tests {
         // Whatever the privileges: every probe ends in an answer, none panics, and
         // without root nothing is claimed missing for want of permission.
         let r = Report::probe();
-        assert_eq!(r.features.len(), 13);
+        assert_eq!(r.features.len(), 15);
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             for f in r.features.iter().filter(|f| f.name.contains("hook")) {

@@ -346,7 +346,9 @@ impl Server {
             return;
         }
         if !problems.is_empty() {
-            warn!(netns = cookie, pid = tgid, problems = ?problems, "listening in the network namespace on one family only");
+            // Normal for a container without IPv6 (Docker's default): its IPv6
+            // connections to targets, if any, are refused.
+            debug!(netns = cookie, pid = tgid, problems = ?problems, "listening in the network namespace on one family only");
         }
         let mut tokio_listeners = Vec::new();
         for l in listeners {
