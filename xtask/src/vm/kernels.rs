@@ -1,7 +1,8 @@
 //! `cargo xtask vm kernels`: the privileged integration tests (interception and
-//! fail-closed, lineage, a PostgreSQL session) on the host's own kernel and on every
-//! kernel of the VM image, one summary line per kernel. The test binaries are built
-//! once on the host and run unchanged in each VM (same Debian release, same libc).
+//! fail-closed, lineage, a PostgreSQL session, containers' network namespaces) on the
+//! host's own kernel and on every kernel of the VM image, one summary line per kernel.
+//! The test binaries are built once on the host and run unchanged in each VM (same
+//! Debian release, same libc).
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
@@ -15,7 +16,7 @@ use super::{image, qemu};
 use crate::util::{self, run};
 
 /// The test binaries (tests/tests/<name>.rs) every kernel runs.
-pub const TESTS: &[&str] = &["interception", "lineage", "postgres"];
+pub const TESTS: &[&str] = &["interception", "lineage", "postgres", "netns"];
 
 const KERNELS_SCRIPT: &str = include_str!("guest/kernels.sh");
 
@@ -248,14 +249,16 @@ mod tests {
             Some("interception (exit status 134)")
         );
         let ok = "NHI-BIN interception\ntest a ... ok\nNHI-BIN-END interception 0\n\
-                  NHI-BIN lineage\nNHI-BIN-END lineage 0\nNHI-BIN postgres\nNHI-BIN-END postgres 0\n";
+                  NHI-BIN lineage\nNHI-BIN-END lineage 0\nNHI-BIN postgres\nNHI-BIN-END postgres 0\n\
+                  NHI-BIN netns\nNHI-BIN-END netns 0\n";
+        assert_eq!(TESTS.len(), 4, "the reports above list every test binary");
         assert!(Summary::parse(ok)
             .line("k", Duration::ZERO)
-            .starts_with("k: passed (1 tests in 3 binaries"));
+            .starts_with("k: passed (1 tests in 4 binaries"));
         // A guest that stopped half-way is no pass.
         let half = "NHI-BIN interception\ntest a ... ok\nNHI-BIN-END interception 0\n";
         assert!(Summary::parse(half)
             .line("k", Duration::ZERO)
-            .contains("FAILED: only 1 of 3"));
+            .contains("FAILED: only 1 of 4"));
     }
 }
