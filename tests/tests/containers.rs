@@ -258,6 +258,21 @@ fn psql_in_a_docker_container_is_intercepted_and_named() {
         statements.iter().any(|st| st["text"] == sql),
         "{statements:#?}"
     );
+    // Lineage works inside the container: psql's exec is journaled with the host pid
+    // of the session, the container's runtime and id, and (when psql was still running
+    // as the agent read it) its pid inside the container.
+    let execs = nhi_tests::http::data_of_kind(&agent, "exec");
+    let exec = execs
+        .iter()
+        .find(|e| e["container"]["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no exec in the container: {execs:#?}"));
+    assert_eq!(exec["container"]["runtime"], "docker");
+    assert_eq!(exec["pid"], s["pid"], "{exec:#}");
+    assert!(
+        exec["exe"].as_str().is_some_and(|e| e.ends_with("/psql")),
+        "{exec:#}"
+    );
+    assert!(exec["ns_pid"].is_null() || exec["ns_pid"] == 1, "{exec:#}");
     // A responder selects the container's sessions by name or by the short id.
     let journal = agent.journal.to_str().unwrap();
     for (value, n) in [(name.as_str(), 1), (&id[..12], 1), ("someone-else", 0)] {

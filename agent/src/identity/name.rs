@@ -76,6 +76,14 @@ fn container_id(parents: &[&str], component: &str) -> Option<String> {
     if under_runtime && component.len() == 64 && is_hex_id(component, 64) {
         return Some(component.to_ascii_lowercase());
     }
+    // Podman with the cgroupfs manager: `libpod_parent/libpod-<64 hex>`, no `.scope`.
+    if parents.last() == Some(&"libpod_parent") {
+        if let Some(id) = component.strip_prefix("libpod-") {
+            if id.len() == 64 && is_hex_id(id, 64) {
+                return Some(id.to_ascii_lowercase());
+            }
+        }
+    }
     None
 }
 
@@ -136,6 +144,16 @@ mod tests {
         assert_eq!(
             name(&format!("machine.slice/libpod-{ID}.scope/container")),
             "container:4f1e2d3c4b5a"
+        );
+        assert_eq!(
+            name(&format!("libpod_parent/libpod-{ID}")),
+            "container:4f1e2d3c4b5a",
+            "podman's cgroupfs manager"
+        );
+        assert_ne!(
+            name(&format!("libpod_parent/libpod-conmon-{ID}")),
+            "container:4f1e2d3c4b5a",
+            "the monitor is not the container"
         );
         assert_eq!(
             name(&format!(

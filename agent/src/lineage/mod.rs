@@ -314,7 +314,7 @@ fn exec_event(
     claims: Option<Claims>,
 ) -> Event {
     let at = clock.wall(info.start_boot_ns);
-    let data = serde_json::json!({
+    let mut data = serde_json::json!({
         "pid": info.pid,
         "ppid": info.ppid,
         "uid": info.uid,
@@ -330,6 +330,14 @@ fn exec_event(
         "start_time": format_rfc3339_us(at),
         "parent_exec": info.parent_exe,
     });
+    // A process in a container: its runtime and id (from the cgroup path), and its pid
+    // inside the container (read now; left out when it has already exited).
+    if let Some(c) = cgroup.and_then(crate::identity::container_of_cgroup) {
+        data["container"] = serde_json::json!({ "runtime": c.runtime, "id": c.id });
+    }
+    if let Some(ns_pid) = crate::identity::ns_pid(info.pid) {
+        data["ns_pid"] = serde_json::json!(ns_pid);
+    }
     Event {
         session: NO_SESSION,
         at,
