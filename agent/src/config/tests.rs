@@ -860,11 +860,9 @@ fn policies_and_masks_are_read_and_mask_names_are_unique() {
 
 #[test]
 fn netns_scopes_a_target_to_the_host_or_containers() {
-    let config = ok(r#"
-[agent]
-mode = "enforce"
-journal = "/tmp/j.db"
-
+    const AGENT: &str = "[agent]\nmode = \"enforce\"\njournal = \"/tmp/j.db\"\n";
+    let config = ok(&format!(
+        r#"{AGENT}
 [[workload]]
 cgroup = "ci.slice/*"
 
@@ -881,7 +879,8 @@ netns = "container"
 [[target]]
 name = "any"
 address = "*:6379"
-"#);
+"#
+    ));
     let db: SocketAddr = "10.0.0.5:5432".parse().expect("addr");
     assert_eq!(config.target_in(db, false).map(|(i, _)| i), Some(0));
     assert_eq!(config.target_in(db, true).map(|(i, _)| i), Some(1));
@@ -892,16 +891,14 @@ address = "*:6379"
     assert_eq!(config.target_in(redis, false).map(|(i, _)| i), Some(2));
     assert_eq!(config.target_in(redis, true).map(|(i, _)| i), Some(2));
 
-    let e = err(r#"
-[agent]
-mode = "enforce"
-journal = "/tmp/j.db"
-
+    let e = err(&format!(
+        r#"{AGENT}
 [[target]]
 name = "x"
 address = "10.0.0.5:5432"
 netns = "pod"
-"#);
+"#
+    ));
     assert!(
         e.to_string()
             .contains("netns must be \"host\" or \"container\""),

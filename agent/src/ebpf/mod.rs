@@ -423,7 +423,12 @@ impl Interceptor {
 /// Removes every pin under `pin_dir` (detaching pinned links). Used by `nhi-agent
 /// detach` and by a fail-open agent on exit.
 pub fn remove_pins(pin_dir: &Path) {
-    let versioned = pin_dir.join(format!("v{MAP_LAYOUT_VERSION}"));
+    remove_layout(&pin_dir.join(format!("v{MAP_LAYOUT_VERSION}")));
+    let _ = fs::remove_dir(pin_dir);
+}
+
+/// Removes the pinned links and maps of one layout directory (`<pin_dir>/v<N>`).
+fn remove_layout(versioned: &Path) {
     for sub in ["links", "maps"] {
         let dir = versioned.join(sub);
         if let Ok(entries) = fs::read_dir(&dir) {
@@ -433,8 +438,7 @@ pub fn remove_pins(pin_dir: &Path) {
         }
         let _ = fs::remove_dir(&dir);
     }
-    let _ = fs::remove_dir(&versioned);
-    let _ = fs::remove_dir(pin_dir);
+    let _ = fs::remove_dir(versioned);
 }
 
 /// Removes the pins of every other map layout version under `pin_dir` (detaching an
@@ -451,17 +455,7 @@ fn remove_other_layouts(pin_dir: &Path) {
             .strip_prefix('v')
             .is_some_and(|n| n.parse::<u32>().is_ok());
         if other && name != ours {
-            let versioned = entry.path();
-            for sub in ["links", "maps"] {
-                let dir = versioned.join(sub);
-                if let Ok(files) = fs::read_dir(&dir) {
-                    for f in files.flatten() {
-                        let _ = fs::remove_file(f.path());
-                    }
-                }
-                let _ = fs::remove_dir(&dir);
-            }
-            let _ = fs::remove_dir(&versioned);
+            remove_layout(&entry.path());
             info!(layout = %name, "removed the pins of another map layout (an older agent's)");
         }
     }

@@ -606,26 +606,25 @@ impl Checker<'_> {
 
     /// Cross-checks every `sessions` row of `seg` with its chained events.
     fn check_sessions(&mut self, seg: &Segment, events: &SessionEvents) {
-        // Journals since schema 3 keep the attested claims in both places too.
-        let has_claims = seg
-            .conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'claims')",
-                [],
-                |r| r.get::<_, bool>(0),
-            )
-            .unwrap_or(false);
-        let claims_column = if has_claims { "claims" } else { "NULL" };
-        // And since schema 4 the container.
-        let has_container = seg
-            .conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'container')",
-                [],
-                |r| r.get::<_, bool>(0),
-            )
-            .unwrap_or(false);
-        let container_column = if has_container { "container" } else { "NULL" };
+        // Journals since schema 3 keep the attested claims in both places too, and
+        // since schema 4 the container; older ones have neither column.
+        let column_or_null = |name: &'static str| {
+            let exists = seg
+                .conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM pragma_table_info('sessions') WHERE name = ?1)",
+                    [name],
+                    |r| r.get::<_, bool>(0),
+                )
+                .unwrap_or(false);
+            if exists {
+                name
+            } else {
+                "NULL"
+            }
+        };
+        let claims_column = column_or_null("claims");
+        let container_column = column_or_null("container");
         let Ok(mut stmt) = seg.conn.prepare(&format!(
             "SELECT id, workload, cgroup, cgroup_id, pid, pid_start_time, exe, cmdline, uid, gid, \
              user, comm, client_addr, orig_dst, target, protocol, started_at_us, ended_at_us, \
