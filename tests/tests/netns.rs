@@ -122,6 +122,51 @@ fn a_process_in_its_own_network_namespace_is_intercepted_there() {
         echo.peers()
     );
 
+    // Scoped to the host's namespace, the target no longer applies to connections made
+    // in the namespace: they go direct and nothing is journaled; scoped to containers,
+    // it applies again.
+    let db_sessions = |agent: &Agent| {
+        agent
+            .sessions()
+            .iter()
+            .filter(|s| s["target"] == "db")
+            .count()
+    };
+    let before = db_sessions(&agent);
+    let scoped = |agent: &Agent, scope: &str, n: usize| {
+        agent.rewrite_config(|c| {
+            let c = c
+                .replace("netns = \"host\"\n", "")
+                .replace("netns = \"container\"\n", "");
+            c.replace(
+                "protocol = \"postgres\"\n",
+                &format!("protocol = \"postgres\"\nnetns = \"{scope}\"\n"),
+            )
+        });
+        agent.signal(libc::SIGHUP);
+        agent.wait_log("configuration reloaded", n);
+    };
+    scoped(&agent, "host", 2);
+    let out = psql_in(&net, &cg, target, sql);
+    assert!(out.status.success(), "direct: {:?}", text(&out));
+    assert_eq!(text(&out).0, format!("7|{}", net.ns_ip));
+    assert_eq!(
+        db_sessions(&agent),
+        before,
+        "a host-scoped target journaled a container's connection"
+    );
+    scoped(&agent, "container", 3);
+    let out = psql_in(&net, &cg, target, sql);
+    assert!(out.status.success(), "container-scoped: {:?}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db_sessions(&agent) != before + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the container-scoped target journaled nothing"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // The agent dies: the namespace's connections are refused, never let through.
     agent.kill9();
     let started = Instant::now();
