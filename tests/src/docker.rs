@@ -2,6 +2,9 @@
 //! image with the host's `psql` built without any registry ([`psql_image`]), and
 //! containers removed on drop ([`Container`]).
 //!
+//! Rootful Podman too ([`podman_ready`], [`podman_psql_image`]): the same image,
+//! `docker save | podman load`ed, and containers with `--pull never`.
+//!
 //! Nothing is ever pulled: the only image is assembled from host files and
 //! `docker import`ed, and containers talk only to loopback (with `--network host`)
 //! or to docker's own bridge.
@@ -446,4 +449,132 @@ pub fn require_docker(test: &str) -> bool {
             false
         }
     }
+}
+
+// ---------------------------------------------------------------- podman (rootful)
+
+/// The Podman API socket the agent asks for container names ([`podman_ready`] starts
+/// `podman system service` on it when nothing answers there).
+pub const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
+
+/// Flags every rootful `podman run`/`create` of the tests needs on the project's VMs:
+/// their capability bounding set lacks `CAP_SYS_RESOURCE`, so podman's default raised
+/// rlimits are refused ("error setting rlimit type 7: operation not permitted").
+pub const PODMAN_LIMITS: [&str; 4] = [
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
+
+/// Runs `podman args...` and returns its output.
+pub fn podman(args: &[&str]) -> Output {
+    Command::new("podman")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run podman {args:?}: {e}"))
+}
+
+/// `podman args...`, its trimmed stdout, or Err with its stderr.
+pub fn podman_ok(args: &[&str]) -> Result<String, String> {
+    let out = podman(args);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "podman {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Ok when rootful podman works and its Docker-compatible API answers on
+/// [`PODMAN_SOCKET`] (started once per test process when it does not; left running).
+pub fn podman_ready() -> Result<(), String> {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    READY
+        .get_or_init(|| {
+            podman_ok(&["--version"])
+                .map_err(|e| format!("{e}; cargo xtask setup installs podman"))?;
+            if std::os::unix::net::UnixStream::connect(PODMAN_SOCKET).is_ok() {
+                return Ok(());
+            }
+            let _ = fs::create_dir_all("/run/podman");
+            let mut service = Command::new("podman")
+                .args(["system", "service", "--time=0"])
+                .arg(format!("unix://{PODMAN_SOCKET}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .map_err(|e| format!("cannot start podman system service: {e}"))?;
+            let started = Instant::now();
+            while std::os::unix::net::UnixStream::connect(PODMAN_SOCKET).is_err() {
+                if let Ok(Some(status)) = service.try_wait() {
+                    return Err(format!("podman system service exited ({status})"));
+                }
+                if started.elapsed() > DAEMON_START {
+                    let _ = service.kill();
+                    return Err(format!(
+                        "podman system service did not listen on {PODMAN_SOCKET} within {DAEMON_START:?}"
+                    ));
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            Ok(())
+        })
+        .clone()
+}
+
+/// Returns false (after printing why) when podman cannot run here; panics instead
+/// when `NHI_REQUIRE_PRIVILEGED=1`.
+pub fn require_podman(test: &str) -> bool {
+    match podman_ready() {
+        Ok(()) => true,
+        Err(reason) => {
+            if std::env::var(crate::REQUIRE_ENV).as_deref() == Ok("1") {
+                panic!("{test}: podman cannot run: {reason}");
+            }
+            eprintln!(
+                "SKIPPED {test}: podman cannot run: {reason} (set {}=1 to make this a failure)",
+                crate::REQUIRE_ENV
+            );
+            false
+        }
+    }
+}
+
+/// The [`psql_image`] in podman's storage (`docker save | podman load`, never pulled),
+/// as `localhost/<tag>`.
+pub fn podman_psql_image() -> Result<String, String> {
+    let tag = psql_image()?;
+    let local = format!("localhost/{tag}");
+    if podman(&["image", "exists", &local]).status.success() {
+        return Ok(local);
+    }
+    let mut save = Command::new("docker")
+        .args(["save", &tag])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("docker save: {e}"))?;
+    let stdout = save
+        .stdout
+        .take()
+        .ok_or_else(|| "docker save: no stdout".to_string())?;
+    let load = Command::new("podman")
+        .arg("load")
+        .stdin(stdout)
+        .output()
+        .map_err(|e| format!("podman load: {e}"))?;
+    let saved = save.wait().map_err(|e| format!("docker save: {e}"))?;
+    if !saved.success() || !load.status.success() {
+        return Err(format!(
+            "docker save | podman load: {}",
+            String::from_utf8_lossy(&load.stderr).trim()
+        ));
+    }
+    Ok(local)
 }

@@ -293,3 +293,93 @@ fn psql_in_a_docker_container_is_intercepted_and_named() {
         assert_eq!(lines, n, "--container {value}");
     }
 }
+
+/// Rootful Podman: psql in a podman container (its own cgroup,
+/// `libpod_parent/libpod-<id>` or `machine.slice/libpod-<id>.scope`) joined to a
+/// network namespace the test made, against the host's PostgreSQL on the veth:
+/// intercepted there and named by podman's API (runtime, id, name, image, labels).
+#[test]
+fn psql_in_a_podman_container_is_intercepted_and_named() {
+    docker_test!("psql_in_a_podman_container_is_intercepted_and_named");
+    if !require_podman("psql_in_a_podman_container_is_intercepted_and_named") {
+        return;
+    }
+    let image = podman_psql_image().expect("psql image in podman");
+    let net = nhi_tests::netns::TestNetns::create();
+    let pg = PgServer::start_full(
+        &[&format!("listen_addresses = '127.0.0.1,{}'", net.host_ip)],
+        &[&format!("host all all {}/32 trust", net.ns_ip)],
+        |_| {},
+    );
+    pg.sql("create table t (x int); insert into t values (5)");
+    let name = unique("nhi-podman");
+    let sql = "select x, inet_client_addr() from t";
+    let port = pg.port.to_string();
+    let host = net.host_ip.to_string();
+    let network = format!("ns:/run/netns/{}", net.name);
+    let mut create = vec![
+        "create",
+        "--pull",
+        "never",
+        "--name",
+        &name,
+        "--label",
+        "nhi.test/job=podman",
+        "--network",
+        &network,
+    ];
+    create.extend(PODMAN_LIMITS);
+    create.extend([
+        image.as_str(),
+        "psql",
+        "-X",
+        "-At",
+        "-h",
+        &host,
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-c",
+        sql,
+    ]);
+    let id = podman_ok(&create).expect("podman create");
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = podman(&["rm", "-f", &self.0]);
+        }
+    }
+    let _remove = Remove(id.clone());
+    let target = format!("{host}:{}", pg.port);
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"podman-job\"\ncgroup = \"**/*{id}*\"\n\n\
+         [[target]]\nname = \"db\"\naddress = \"{target}\"\nprotocol = \"postgres\"\n"
+    ));
+
+    let out = podman(&["start", "-a", &id]);
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "psql in the podman container: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, format!("5|{}", net.ns_ip));
+    let sessions = agent.wait_sessions_ended(1);
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    let c = &sessions[0]["container"];
+    assert_eq!(sessions[0]["workload"], "podman-job");
+    assert_eq!(c["runtime"], "podman", "{c:#}");
+    assert_eq!(c["id"], id);
+    assert_eq!(c["name"], name);
+    assert_eq!(c["image"], image);
+    assert_eq!(c["labels"]["nhi.test/job"], "podman");
+    assert_eq!(c["ns_pid"], 1, "{c}");
+    let inode = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", net.name))
+            .expect("netns file")
+            .ino()
+    };
+    assert_eq!(c["netns"], inode);
+}

@@ -35,6 +35,10 @@ const APT_PACKAGES: &[&str] = &[
     // runc, started by the tests when none runs; images are built locally with `docker
     // import` from host files, never pulled.
     "docker.io",
+    // Rootful podman for the podman container test (tests/src/docker.rs): images are
+    // `docker save | podman load`ed, never pulled; its API answers on
+    // /run/podman/podman.sock (`podman system service`, started by the test).
+    "podman",
 ];
 
 /// s3s-fs, the S3-compatible server the shipping tests upload to (tests/tests/shipping.rs).
