@@ -1,7 +1,8 @@
 use aya_ebpf::{
     bindings::{
         bpf_sock_addr, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TIMEOUT_INIT,
+        BPF_TCP_CLOSE,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -91,9 +92,10 @@ pub fn nhi_getpeername6(ctx: SockAddrContext) -> i32 {
 
 /// Holds the packets (in practice: the SYN) of redirected connections made in a
 /// namespace the agent has no listener in yet. Dropping with congestion notification
-/// makes TCP retry after its retransmission timeout instead of failing the connect,
-/// and by then the agent listens there: the first connection of a new container is
-/// late by about a second, never refused and never let through unaudited.
+/// makes TCP retry after its retransmission timeout instead of failing the connect
+/// (`nhi_sock_ops` shortens that timeout for held connections), and by then the agent
+/// listens there: the first connection of a new container is late by a retry, never
+/// refused and never let through unaudited.
 #[cgroup_skb(egress)]
 pub fn nhi_hold_egress(ctx: SkBuffContext) -> i32 {
     try_hold(&ctx)
@@ -338,8 +340,23 @@ fn try_getpeername<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
     Ok(())
 }
 
+/// Initial SYN retransmission timeout, in jiffies, of a connection held until the
+/// agent listens in its namespace: 100 ms at HZ=250 (Debian, Ubuntu), 25 ms at
+/// HZ=1000, 250 ms at HZ=100, instead of TCP's one second. The first retry usually
+/// finds the agent listening.
+const HELD_SYN_RTO_JIFFIES: u32 = 25;
+
 fn try_sock_ops(ctx: &SockOpsContext) -> Outcome {
     match ctx.op() {
+        BPF_SOCK_OPS_TIMEOUT_INIT => {
+            // Runs in tcp_connect_init, after the connect program held the socket.
+            // SAFETY: helper on the program's own context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            // SAFETY: only presence is read.
+            if unsafe { NHI_HELD.get(&cookie) }.is_some() {
+                ctx.set_reply(HELD_SYN_RTO_JIFFIES);
+            }
+        }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
             // SAFETY: helper on the program's own context.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

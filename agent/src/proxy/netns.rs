@@ -15,8 +15,9 @@
 //! 2. [`run`] opens `/proc/<pid>/ns/net`, creates the listeners from a thread that
 //!    entered the namespace (a socket belongs to the namespace it was created in),
 //!    checks the namespace's cookie on them, hands them to the accept loops and marks
-//!    the namespace `READY`. The held SYN's next retry (about a second after the
-//!    first) reaches the listener.
+//!    the namespace `READY`. The held SYN's next retry (25 jiffies after the first:
+//!    the sock_ops program shortens a held connection's initial timeout) reaches the
+//!    listener.
 //! 3. Every [`SWEEP`] the agent checks that some process still lives in each served
 //!    namespace; when none does, the listeners and the namespace handle are released
 //!    and the entry removed, so thousands of short-lived containers leave nothing.
