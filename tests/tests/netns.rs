@@ -44,6 +44,22 @@ fn a_process_in_its_own_network_namespace_is_intercepted_there() {
          [[target]]\nname = \"db\"\naddress = \"{target}\"\nprotocol = \"postgres\"\n",
         cg.rel()
     ));
+    // The namespace's long-lived process (a container's init): it keeps the namespace
+    // served between the psql runs and lets a restarted agent find it.
+    let mut init = net
+        .command(&cg, "sleep")
+        .arg("600")
+        .spawn()
+        .expect("sleep in the namespace");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let init_pid = init.id();
+    let _init = Kill(&mut init);
 
     // The first connection made in the namespace is held until the agent listens
     // there, then goes through; the server sees the namespace's own address (the agent
@@ -167,6 +183,22 @@ fn a_process_in_its_own_network_namespace_is_intercepted_there() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // Once the psql that asked for the namespace is gone, the kernel's entry names the
+    // namespace's remaining process (`ip netns exec` execs sleep, so its pid is the
+    // spawned one), through which a restarted agent opens it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let entries = nhi_agent::ebpf::pinned_netns(&agent.pin_dir).expect("NHI_NETNS");
+        if entries.len() == 1 && entries[0].1.tgid == init_pid {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the entry names no live process: {entries:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // The agent dies: the namespace's connections are refused, never let through.
     agent.kill9();
     let started = Instant::now();
@@ -179,8 +211,11 @@ fn a_process_in_its_own_network_namespace_is_intercepted_there() {
     let (_, stderr) = text(&out);
     assert!(stderr.contains("refused"), "{stderr}");
 
-    // A restarted agent takes the namespace over again.
+    // A restarted agent takes the namespace over as it starts, before any connection
+    // asks for it.
+    let served = agent.count_log("listening in a container network namespace");
     agent.spawn();
+    agent.wait_log("listening in a container network namespace", served + 1);
     let out = psql_in(&net, &cg, target, sql);
     assert!(out.status.success(), "after restart: {:?}", text(&out));
     assert_eq!(text(&out).0, format!("7|{}", net.ns_ip));

@@ -251,6 +251,7 @@ pub async fn run(
         thread,
         to_accept,
         served: HashMap::new(),
+        host_inode: std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino()),
     };
     // What the kernel asked for before this agent ran (or while it was away).
     let known = server.shared.interceptor().netns_entries();
@@ -285,6 +286,8 @@ struct Server {
     thread: NsThread,
     to_accept: mpsc::UnboundedSender<NsListeners>,
     served: HashMap<u64, Served>,
+    /// Inode of the agent's own network namespace.
+    host_inode: Option<u64>,
 }
 
 impl Server {
@@ -298,6 +301,18 @@ impl Server {
             }
         }
         let ns = match self.open(tgid, cookie) {
+            // The process left for the host's namespace (or its pid was reused there):
+            // the next connection made in the container asks again, with its own pid.
+            Ok(ns) if Some(ns.inode) == self.host_inode => {
+                debug!(
+                    netns = cookie,
+                    pid = tgid,
+                    "the process is in the agent's namespace now; dropping the request"
+                );
+                self.served.remove(&cookie);
+                self.shared.interceptor().remove_netns(cookie);
+                return;
+            }
             Ok(ns) => ns,
             Err(e) => {
                 // The process is gone (or left the namespace): forget the request, so
@@ -434,8 +449,16 @@ impl Server {
             for cookie in orphans {
                 match found.get(&cookie) {
                     Some(&pid) => {
+                        // The kernel's entry names a live process too, so a restarted
+                        // agent can still open the namespace.
                         if let Some(s) = self.served.get_mut(&cookie) {
                             s.tgid = pid;
+                            let state = if s.failed_at.is_some() {
+                                NetnsState::FAILED
+                            } else {
+                                NetnsState::READY
+                            };
+                            self.set_state(cookie, state, pid);
                         }
                     }
                     None => {
