@@ -168,8 +168,9 @@ impl NetnsState {
     pub const REQUESTED: u32 = 1;
     /// The agent listens in the namespace.
     pub const READY: u32 = 2;
-    /// The agent could not listen there (logged): connections are redirected and
-    /// refused, never let through.
+    /// The agent could not listen there (logged; retried every 10 s): connections
+    /// made there fail (`connect` returns EPERM; held ones time out), never let
+    /// through and never handed to whatever else holds the proxy port there.
     pub const FAILED: u32 = 3;
 }
 

@@ -24,6 +24,8 @@ use nhi_agent_common::{
 
 /// Verdict of a cgroup_sock_addr program that lets the call proceed.
 const ALLOW: i32 = 1;
+/// Verdict that fails the call with EPERM.
+const DENY: i32 = 0;
 const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 /// 127.0.0.1 in network order.
@@ -68,14 +70,12 @@ static NHI_HELD: LruHashMap<u64, HeldConn> = LruHashMap::pinned(CONN_MAP_ENTRIES
 
 #[cgroup_sock_addr(connect4)]
 pub fn nhi_connect4(ctx: SockAddrContext) -> i32 {
-    let _ = try_connect::<false>(&ctx);
-    ALLOW
+    try_connect::<false>(&ctx).unwrap_or(ALLOW)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn nhi_connect6(ctx: SockAddrContext) -> i32 {
-    let _ = try_connect::<true>(&ctx);
-    ALLOW
+    try_connect::<true>(&ctx).unwrap_or(ALLOW)
 }
 
 #[cgroup_sock_addr(getpeername4)]
@@ -127,9 +127,10 @@ pub(crate) fn agent_config() -> Result<&'static AgentConfig, ()> {
 }
 
 /// `V6` is a const so each program only touches its own context fields: the
-/// verifier rejects `user_ip6` in connect4 and `user_ip4` in connect6.
+/// verifier rejects `user_ip6` in connect4 and `user_ip4` in connect6. `Err` leaves
+/// the connection alone; `Ok` is the verdict on a connection that is intercepted.
 #[inline(always)]
-fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
+fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Result<i32, ()> {
     let addr = sa(ctx);
     if addr.type_ != SOCK_STREAM || addr.protocol != IPPROTO_TCP {
         return Err(());
@@ -201,15 +202,27 @@ fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
         _pad: 0,
         netns_cookie: netns,
     };
+    // In a container's namespace: the agent listens there, will (the connection is
+    // held until it does), or cannot (the connection is refused: whatever else
+    // listens on the proxy port there must never receive it).
+    let tgid = (pid_tgid >> 32) as u32;
+    let state = if scope == TargetValue::CONTAINER {
+        netns_state(netns, tgid)
+    } else {
+        NetnsState::READY
+    };
+    if state == NetnsState::FAILED {
+        return Ok(DENY);
+    }
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // If the record cannot be stored the connection is still redirected: the proxy
     // then finds no record and refuses it. Failing closed beats an unaudited bypass.
     let _ = NHI_PENDING.insert(&cookie, &record, 0);
-    if scope == TargetValue::CONTAINER && !netns_served(netns, (pid_tgid >> 32) as u32) {
+    if state == NetnsState::REQUESTED {
         let held = HeldConn {
             netns_cookie: netns,
-            tgid: (pid_tgid >> 32) as u32,
+            tgid,
             _pad: 0,
         };
         let _ = NHI_HELD.insert(&cookie, &held, 0);
@@ -228,17 +241,17 @@ fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
         }
         core::ptr::write_volatile(&mut a.user_port, u32::from(cfg.proxy_port.to_be()));
     }
-    Ok(())
+    Ok(ALLOW)
 }
 
-/// Whether the agent has dealt with namespace `netns` (listens there, or could not and
-/// refuses). If the namespace is new, asks userspace to serve it, once: the entry
-/// made here stops further requests.
+/// The agent's state in namespace `netns` (a [`NetnsState`] constant). A namespace
+/// the kernel has not seen is asked for, once (the entry made here stops further
+/// requests), and is `REQUESTED`.
 #[inline(always)]
-fn netns_served(netns: u64, tgid: u32) -> bool {
+fn netns_state(netns: u64, tgid: u32) -> u32 {
     // SAFETY: the value is copied out before anything else touches the map.
     if let Some(s) = unsafe { NHI_NETNS.get(&netns) } {
-        return s.state != NetnsState::REQUESTED;
+        return s.state;
     }
     let state = NetnsState {
         state: NetnsState::REQUESTED,
@@ -253,7 +266,7 @@ fn netns_served(netns: u64, tgid: u32) -> bool {
         };
         let _ = NHI_NETNS_EVENTS.output::<NetnsEvent>(&event, 0);
     }
-    false
+    NetnsState::REQUESTED
 }
 
 /// Verdicts of a cgroup_skb egress program: pass, and drop with congestion
@@ -269,7 +282,9 @@ fn try_hold(ctx: &SkBuffContext) -> i32 {
     let Some(held) = (unsafe { NHI_HELD.get(&cookie) }).copied() else {
         return SKB_PASS;
     };
-    if netns_served(held.netns_cookie, held.tgid) {
+    // Released only to a listening agent; a namespace it cannot listen in keeps its
+    // held connections until TCP gives up (refused, never misdelivered).
+    if netns_state(held.netns_cookie, held.tgid) == NetnsState::READY {
         let _ = NHI_HELD.remove(&cookie);
         return SKB_PASS;
     }

@@ -343,3 +343,85 @@ fn a_thousand_short_lived_namespaces_leave_no_listeners_sockets_or_map_entries()
         assert_eq!(sockets_after, sockets_before, "sockets left behind");
     }
 }
+
+/// Something in the namespace already listens on the agent's port: the agent cannot
+/// serve the namespace, and its intercepted connections fail (the first one held until
+/// TCP gives up, the next ones at once with EPERM). None reaches the squatter, none
+/// reaches the destination unrecorded.
+#[test]
+fn a_namespace_where_the_proxy_port_is_taken_refuses_and_misdelivers_nothing() {
+    privileged!("a_namespace_where_the_proxy_port_is_taken_refuses_and_misdelivers_nothing");
+    use std::io::BufRead as _;
+    let net = TestNetns::create();
+    let echo = EchoServer::start(&format!("{}:0", net.host_ip));
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"echo\"\naddress = \"{}\"\n",
+        cg.rel(),
+        echo.addr
+    ));
+    // The squatter: not in the intercepted cgroup, on 127.0.0.1 only.
+    let code = "import socket,sys\n\
+                s=socket.socket()\n\
+                s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+                s.bind(('127.0.0.1',int(sys.argv[1])))\n\
+                s.listen(16)\n\
+                print('listening',flush=True)\n\
+                while True:\n    c,_=s.accept()\n    print('accepted',flush=True)\n";
+    let mut squatter = std::process::Command::new("ip")
+        .args(["netns", "exec", &net.name, "python3", "-c", code])
+        .arg(agent.port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("squatter");
+    let mut lines = std::io::BufReader::new(squatter.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("listening")
+    );
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let accepted = accepted.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                if l == "accepted" {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+    }
+    let connect = || {
+        let out = net
+            .command(&cg, &client_bin().display().to_string())
+            .args(["echo", &echo.addr.to_string(), "--bytes", "10"])
+            .output()
+            .expect("client");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+    let first = connect();
+    assert!(first["error"].is_string(), "{first}");
+    agent.wait_log("cannot listen in the network namespace", 1);
+    let started = Instant::now();
+    let second = connect();
+    let error = second["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("Operation not permitted"), "{second}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once"
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the squatter got a connection"
+    );
+    assert!(
+        echo.peers().is_empty(),
+        "the destination was reached: {:?}",
+        echo.peers()
+    );
+    assert!(agent.sessions().is_empty());
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+}

@@ -328,10 +328,15 @@ impl Server {
             .thread
             .run(ns.clone(), move || Ok(bind_loopback(port)))
             .await;
-        let (listeners, problems) = match bound {
-            Ok(x) => x,
-            Err(e) => (Vec::new(), vec![e.to_string()]),
-        };
+        let Bound {
+            mut listeners,
+            problems,
+            in_use,
+        } = bound.unwrap_or_else(|e| Bound {
+            listeners: Vec::new(),
+            problems: vec![e.to_string()],
+            in_use: false,
+        });
         // The namespace the sockets were made in, as the kernel names it.
         let seen = listeners
             .first()
@@ -345,11 +350,25 @@ impl Server {
             self.shared.interceptor().remove_netns(cookie);
             return;
         }
+        // Something else listens on the proxy port there (on either family): it must
+        // never receive an intercepted connection, so the namespace is not served.
+        if in_use {
+            listeners.clear();
+        }
         if listeners.is_empty() {
-            error!(
-                netns = cookie, pid = tgid, port, problems = ?problems,
-                "cannot listen in the network namespace; intercepted connections made there are refused"
-            );
+            // Said once per namespace; the retries every RETRY_FAILED say it at debug.
+            let retry = self
+                .served
+                .get(&cookie)
+                .is_some_and(|s| s.failed_at.is_some());
+            if retry {
+                debug!(netns = cookie, pid = tgid, port, problems = ?problems, "still cannot listen in the network namespace");
+            } else {
+                error!(
+                    netns = cookie, pid = tgid, port, problems = ?problems,
+                    "cannot listen in the network namespace; intercepted connections made there are refused"
+                );
+            }
             self.set_state(cookie, NetnsState::FAILED, tgid);
             let failed_at = Some(Instant::now());
             let entry = Served {
@@ -482,11 +501,13 @@ impl Server {
     }
 }
 
-/// Listeners on 127.0.0.1 and ::1 at `port` in the calling thread's namespace, and
-/// what failed (a namespace may lack IPv6, or have its loopback down).
-fn bind_loopback(port: u16) -> (Vec<std::net::TcpListener>, Vec<String>) {
+/// Listeners on 127.0.0.1 and ::1 at `port` in the calling thread's namespace, what
+/// failed (a namespace may lack IPv6, or have its loopback down), and whether some
+/// other socket holds the port there.
+fn bind_loopback(port: u16) -> Bound {
     let mut listeners = Vec::new();
     let mut problems = Vec::new();
+    let mut in_use = false;
     for v6 in [false, true] {
         let attempt = || -> io::Result<std::net::TcpListener> {
             let fd = if v6 {
@@ -508,13 +529,28 @@ fn bind_loopback(port: u16) -> (Vec<std::net::TcpListener>, Vec<String>) {
         };
         match attempt() {
             Ok(l) => listeners.push(l),
-            Err(e) => problems.push(format!(
-                "{}:{port}: {e}",
-                if v6 { "[::1]" } else { "127.0.0.1" }
-            )),
+            Err(e) => {
+                in_use |= e.kind() == io::ErrorKind::AddrInUse;
+                problems.push(format!(
+                    "{}:{port}: {e}",
+                    if v6 { "[::1]" } else { "127.0.0.1" }
+                ))
+            }
         }
     }
-    (listeners, problems)
+    Bound {
+        listeners,
+        problems,
+        in_use,
+    }
+}
+
+/// What [`bind_loopback`] got.
+struct Bound {
+    listeners: Vec<std::net::TcpListener>,
+    problems: Vec<String>,
+    /// Another socket in the namespace holds the port on one family or both.
+    in_use: bool,
 }
 
 /// The inode of process `pid`'s network namespace.
