@@ -8,7 +8,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
-            bpf_get_socket_cookie,
+            bpf_get_socket_cookie, bpf_setsockopt,
         },
     },
     macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops},
@@ -361,6 +361,15 @@ fn try_getpeername<const V6: bool>(ctx: &SockAddrContext) -> Outcome {
 /// finds the agent listening.
 const HELD_SYN_RTO_JIFFIES: u32 = 25;
 
+/// SYN retransmissions a held connection may make (`TCP_SYNCNT`). While held, each
+/// retry is dropped locally and the next comes 500 ms later, and the kernel counts
+/// them against this: 40 gives the agent about 20 s to listen in the namespace
+/// (the default 6 gave it 2.6 s on 6.1, which a slow host serving a burst of new
+/// containers can miss). A held connection never served fails after that long.
+const HELD_SYN_RETRIES: i32 = 40;
+const SOL_TCP: i32 = 6;
+const TCP_SYNCNT: i32 = 7;
+
 fn try_sock_ops(ctx: &SockOpsContext) -> Outcome {
     match ctx.op() {
         BPF_SOCK_OPS_TIMEOUT_INIT => {
@@ -370,6 +379,18 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Outcome {
             // SAFETY: only presence is read.
             if unsafe { NHI_HELD.get(&cookie) }.is_some() {
                 ctx.set_reply(HELD_SYN_RTO_JIFFIES);
+                let mut retries = HELD_SYN_RETRIES;
+                // SAFETY: the context is a full, locked TCP socket here; the value is a
+                // local i32 of the length given. A kernel that refuses keeps its default.
+                let _ = unsafe {
+                    bpf_setsockopt(
+                        ctx.as_ptr(),
+                        SOL_TCP,
+                        TCP_SYNCNT,
+                        (&mut retries as *mut i32).cast(),
+                        4,
+                    )
+                };
             }
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {

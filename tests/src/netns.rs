@@ -71,6 +71,22 @@ impl TestNetns {
         this
     }
 
+    /// A listener on `addr` inside this namespace, made by a thread that entered it
+    /// (the socket stays in the namespace it was created in).
+    pub fn listen(&self, addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+        use std::os::fd::AsRawFd;
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.name))?;
+        std::thread::spawn(move || {
+            // SAFETY: setns(2) on an open namespace file, for this thread only.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            std::net::TcpListener::bind(addr)
+        })
+        .join()
+        .expect("listener thread")
+    }
+
     /// `program` started in cgroup `cg` and in this namespace.
     pub fn command(&self, cg: &TestCgroup, program: &str) -> Command {
         let mut cmd = cg.command("ip");

@@ -13,6 +13,17 @@ use nhi_agent::identity::{container_of_cgroup, ContainerDirectory, ContainerRef,
 use nhi_tests::docker::*;
 use nhi_tests::*;
 
+/// The trimmed stdout of a command that must have succeeded (`what` names it).
+fn succeeded(out: std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "{what}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 macro_rules! docker_test {
     ($name:expr) => {
         nhi_tests::privileged!($name);
@@ -220,13 +231,7 @@ fn psql_in_a_docker_container_is_intercepted_and_named() {
          [[target]]\nname = \"db\"\naddress = \"{target}\"\nprotocol = \"postgres\"\nnetns = \"container\"\n"
     ));
 
-    let out = docker(&["start", "-a", &id]);
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success(),
-        "psql in the container: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(docker(&["start", "-a", &id]), "psql in the container");
     // The server saw the container's own address: the agent dialled from the
     // container's namespace.
     let container_ip =
@@ -357,12 +362,9 @@ fn psql_in_a_podman_container_is_intercepted_and_named() {
          [[target]]\nname = \"db\"\naddress = \"{target}\"\nprotocol = \"postgres\"\n"
     ));
 
-    let out = podman(&["start", "-a", &id]);
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success(),
-        "psql in the podman container: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = succeeded(
+        podman(&["start", "-a", &id]),
+        "psql in the podman container",
     );
     assert_eq!(stdout, format!("5|{}", net.ns_ip));
     let sessions = agent.wait_sessions_ended(1);

@@ -346,12 +346,11 @@ fn a_thousand_short_lived_namespaces_leave_no_listeners_sockets_or_map_entries()
 
 /// Something in the namespace already listens on the agent's port: the agent cannot
 /// serve the namespace, and its intercepted connections fail (the first one held until
-/// TCP gives up, the next ones at once with EPERM). None reaches the squatter, none
+/// TCP gives up, about 20 s, the next ones at once with EPERM). None reaches the squatter, none
 /// reaches the destination unrecorded.
 #[test]
 fn a_namespace_where_the_proxy_port_is_taken_refuses_and_misdelivers_nothing() {
     privileged!("a_namespace_where_the_proxy_port_is_taken_refuses_and_misdelivers_nothing");
-    use std::io::BufRead as _;
     let net = TestNetns::create();
     let echo = EchoServer::start(&format!("{}:0", net.host_ip));
     let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
@@ -361,36 +360,25 @@ fn a_namespace_where_the_proxy_port_is_taken_refuses_and_misdelivers_nothing() {
         cg.rel(),
         echo.addr
     ));
-    // The squatter: not in the intercepted cgroup, on 127.0.0.1 only.
-    let code = "import socket,sys\n\
-                s=socket.socket()\n\
-                s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-                s.bind(('127.0.0.1',int(sys.argv[1])))\n\
-                s.listen(16)\n\
-                print('listening',flush=True)\n\
-                while True:\n    c,_=s.accept()\n    print('accepted',flush=True)\n";
-    let mut squatter = std::process::Command::new("ip")
-        .args(["netns", "exec", &net.name, "python3", "-c", code])
-        .arg(agent.port.to_string())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("squatter");
-    let mut lines = std::io::BufReader::new(squatter.stdout.take().expect("stdout")).lines();
-    assert_eq!(
-        lines.next().and_then(Result::ok).as_deref(),
-        Some("listening")
-    );
+    // The squatter: a listener on 127.0.0.1 only, at the agent's port, inside the
+    // namespace; and a process living there (not in the intercepted cgroup), as a
+    // container's own service would be.
+    let squatter = net
+        .listen(SocketAddr::from(([127, 0, 0, 1], agent.port)))
+        .expect("squat the agent's port in the namespace");
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     {
         let accepted = accepted.clone();
         std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                if l == "accepted" {
-                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
+            for _ in squatter.incoming() {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         });
     }
+    let mut resident = std::process::Command::new("ip")
+        .args(["netns", "exec", &net.name, "sleep", "600"])
+        .spawn()
+        .expect("a process in the namespace");
     let connect = || {
         let out = net
             .command(&cg, &client_bin().display().to_string())
@@ -422,6 +410,6 @@ fn a_namespace_where_the_proxy_port_is_taken_refuses_and_misdelivers_nothing() {
         echo.peers()
     );
     assert!(agent.sessions().is_empty());
-    let _ = squatter.kill();
-    let _ = squatter.wait();
+    let _ = resident.kill();
+    let _ = resident.wait();
 }

@@ -181,8 +181,9 @@ impl Interceptor {
         })?;
 
         // The same steps for both program types; aya gives them no common trait.
+        // `$attach`: the attach type for program types that take one at attach time.
         macro_rules! load_and_attach {
-            ($ty:ty, $name:expr, $program:expr) => {{
+            ($ty:ty, $name:expr, $program:expr $(, $attach:expr)?) => {{
                 let name = $name;
                 let prog: &mut $ty = $program
                     .try_into()
@@ -192,7 +193,7 @@ impl Interceptor {
                 // `Single` still gives multi-attach semantics for links on this
                 // kernel; `AllowMultiple` is refused by aya 0.14 with EINVAL.
                 let id = prog
-                    .attach(&cgroup_dir, CgroupAttachMode::Single)
+                    .attach(&cgroup_dir, $($attach,)? CgroupAttachMode::Single)
                     .map_err(|source| EbpfError::Program { name, source })?;
                 let link = prog
                     .take_link(id)
@@ -209,25 +210,7 @@ impl Interceptor {
             let link = if name == names::SOCK_OPS {
                 load_and_attach!(SockOps, name, program)
             } else if name == names::HOLD_EGRESS {
-                let prog: &mut CgroupSkb = program
-                    .try_into()
-                    .map_err(|source| EbpfError::Program { name, source })?;
-                prog.load()
-                    .map_err(|source| EbpfError::Program { name, source })?;
-                let id = prog
-                    .attach(
-                        &cgroup_dir,
-                        CgroupSkbAttachType::Egress,
-                        CgroupAttachMode::Single,
-                    )
-                    .map_err(|source| EbpfError::Program { name, source })?;
-                let link = prog
-                    .take_link(id)
-                    .map_err(|source| EbpfError::Program { name, source })?;
-                FdLink::try_from(link).map_err(|e| EbpfError::Link {
-                    name: name.to_string(),
-                    message: e.to_string(),
-                })?
+                load_and_attach!(CgroupSkb, name, program, CgroupSkbAttachType::Egress)
             } else {
                 load_and_attach!(CgroupSockAddr, name, program)
             };
