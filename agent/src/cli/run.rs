@@ -208,6 +208,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         None
     };
 
+    let host_netns = interceptor.host_netns();
     let shared = Arc::new(proxy::Shared {
         snapshot: RwLock::new(Arc::new(snapshot)),
         interceptor: Mutex::new(interceptor),
@@ -224,6 +225,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         containers: crate::identity::ContainerDirectory::new(
             crate::identity::ContainerDirectory::default_sockets(),
         ),
+        host_netns,
     });
     {
         let c = shared.config();

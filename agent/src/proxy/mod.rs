@@ -94,6 +94,9 @@ pub struct Shared {
     pub limits: Arc<WorkloadLimits>,
     /// Names, images and labels of containers, from their runtimes' API sockets.
     pub containers: identity::ContainerDirectory,
+    /// Cookie of the agent's own network namespace (`Interceptor::host_netns`), read
+    /// once: every host connection's record is checked against it.
+    pub host_netns: u64,
 }
 
 impl Shared {
@@ -432,7 +435,7 @@ async fn handle(
     // The record names the namespace the connection was made in; it must be the one
     // this listener lives in (the kernel keys records by namespace, so it always is).
     let listener_netns = match &origin {
-        Origin::Host => shared.interceptor().host_netns(),
+        Origin::Host => shared.host_netns,
         Origin::Netns(ns) => ns.cookie,
     };
     if record.netns_cookie != listener_netns {
