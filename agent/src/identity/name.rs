@@ -2,11 +2,12 @@
 
 /// Name for a cgroup when the config gives none. The first rule that applies wins,
 /// looking at the path components (relative to the cgroup2 mount):
-///  - a container (docker `docker-<64 hex>.scope` or `docker/<64 hex>`, containerd
-///    `cri-containerd-<hex>.scope`, CRI-O `crio-<hex>.scope`, podman
-///    `libpod-<hex>.scope`, kubepods `.../pod<uid>/<64 hex>`): `"container:<first 12
-///    hex>"`, the short id `docker ps` and `crictl ps` show; the deepest one wins,
-///    so a container inside a container is named after the inner one;
+///  - a container (as [`super::container_of_cgroup`] reads it: docker
+///    `docker-<id>.scope` or `docker/<id>`, containerd `cri-containerd-<id>.scope`,
+///    CRI-O `crio-<id>.scope`, podman `libpod-<id>.scope` or `libpod_parent/libpod-<id>`,
+///    kubepods `.../pod<uid>/<id>`): `"container:<first 12 hex>"`, the short id
+///    `docker ps` and `crictl ps` show; the deepest one wins, so a container inside a
+///    container is named after the inner one;
 ///  - the deepest systemd `*.service` that is not a user manager
 ///    (`user@UID.service`): the unit name, e.g. `"backup.service"`;
 ///  - a login session scope (`session-N.scope` under `user-UID.slice`): the user
@@ -16,13 +17,9 @@
 pub fn derive_workload_name(cgroup_path: &str) -> String {
     let components: Vec<&str> = cgroup_path.split('/').filter(|c| !c.is_empty()).collect();
 
-    let container = components
-        .iter()
-        .enumerate()
-        .rev()
-        .find_map(|(i, c)| container_id(&components[..i], c));
-    if let Some(id) = container {
-        return format!("container:{}", &id[..12]);
+    // The same reading of container cgroups as the session's container identity.
+    if let Some(c) = super::container::container_of_cgroup(cgroup_path) {
+        return format!("container:{}", &c.id[..12]);
     }
 
     let service = components
@@ -48,47 +45,6 @@ pub fn derive_workload_name(cgroup_path: &str) -> String {
     components
         .last()
         .map_or_else(|| "/".to_owned(), |c| (*c).to_owned())
-}
-
-/// The container id in `component`, given the components above it, lowercased.
-fn container_id(parents: &[&str], component: &str) -> Option<String> {
-    // systemd cgroup driver: one scope unit per container.
-    let scoped = [
-        ("docker-", 64),
-        ("cri-containerd-", 12),
-        ("crio-", 12),
-        ("libpod-", 12),
-    ];
-    if let Some(stem) = component.strip_suffix(".scope") {
-        for (prefix, min_len) in scoped {
-            if let Some(id) = stem.strip_prefix(prefix) {
-                if is_hex_id(id, min_len) {
-                    return Some(id.to_ascii_lowercase());
-                }
-            }
-        }
-    }
-    // cgroupfs driver: a bare 64-hex directory under `docker/` or anywhere under
-    // `kubepods` (`kubepods/burstable/pod<uid>/<id>`). Requiring the full 64 digits
-    // keeps ordinary directory names from being taken for containers.
-    let under_runtime =
-        parents.last() == Some(&"docker") || parents.iter().any(|p| p.starts_with("kubepods"));
-    if under_runtime && component.len() == 64 && is_hex_id(component, 64) {
-        return Some(component.to_ascii_lowercase());
-    }
-    // Podman with the cgroupfs manager: `libpod_parent/libpod-<64 hex>`, no `.scope`.
-    if parents.last() == Some(&"libpod_parent") {
-        if let Some(id) = component.strip_prefix("libpod-") {
-            if id.len() == 64 && is_hex_id(id, 64) {
-                return Some(id.to_ascii_lowercase());
-            }
-        }
-    }
-    None
-}
-
-fn is_hex_id(text: &str, min_len: usize) -> bool {
-    text.len() >= min_len && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// `user@1000.service`, the per-user systemd instance: the user's services run
@@ -168,11 +124,6 @@ mod tests {
             )),
             "container:4f1e2d3c4b5a"
         );
-        // The upper-case hex some tools print is normalised.
-        assert_eq!(
-            name(&format!("docker/{}", ID.to_ascii_uppercase())),
-            "container:4f1e2d3c4b5a"
-        );
     }
 
     #[test]
@@ -186,6 +137,10 @@ mod tests {
         assert_eq!(name("docker/abc123"), "abc123");
         // Nor is a 64-hex directory outside container runtimes' trees.
         assert_eq!(name(&format!("nhi-demo/{ID}")), ID);
+        // Runtimes name containers in lower-case hex only; the session's container
+        // identity reads the same way, so the two never disagree.
+        let upper = ID.to_ascii_uppercase();
+        assert_eq!(name(&format!("docker/{upper}")), upper);
     }
 
     #[test]
