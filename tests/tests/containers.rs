@@ -13,6 +13,13 @@ use nhi_agent::identity::{container_of_cgroup, ContainerDirectory, ContainerRef,
 use nhi_tests::docker::*;
 use nhi_tests::*;
 
+/// The container's command: psql running `sql` against PostgreSQL at `host`:`port`.
+fn psql_command<'a>(host: &'a str, port: &'a str, sql: &'a str) -> [&'a str; 11] {
+    [
+        "psql", "-X", "-At", "-h", host, "-p", port, "-U", "postgres", "-c", sql,
+    ]
+}
+
 /// The trimmed stdout of a command that must have succeeded (`what` names it).
 fn succeeded(out: std::process::Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -202,26 +209,16 @@ fn psql_in_a_docker_container_is_intercepted_and_named() {
     let name = unique("nhi-psql");
     let sql = "select x, inet_client_addr() from t";
     let port = pg.port.to_string();
-    let id = docker_ok(&[
+    let mut create = vec![
         "create",
         "--name",
         &name,
         "--label",
         "nhi.test/job=e2e",
         &image,
-        "psql",
-        "-X",
-        "-At",
-        "-h",
-        &gateway,
-        "-p",
-        &port,
-        "-U",
-        "postgres",
-        "-c",
-        sql,
-    ])
-    .expect("docker create");
+    ];
+    create.extend(psql_command(&gateway, &port, sql));
+    let id = docker_ok(&create).expect("docker create");
     let _container = Container { id: id.clone() };
     // The container's cgroup is `docker/<id>` (cgroupfs driver) or
     // `system.slice/docker-<id>.scope` (systemd driver): select it by its id.
@@ -334,20 +331,8 @@ fn psql_in_a_podman_container_is_intercepted_and_named() {
         &network,
     ];
     create.extend(PODMAN_LIMITS);
-    create.extend([
-        image.as_str(),
-        "psql",
-        "-X",
-        "-At",
-        "-h",
-        &host,
-        "-p",
-        &port,
-        "-U",
-        "postgres",
-        "-c",
-        sql,
-    ]);
+    create.push(&image);
+    create.extend(psql_command(&host, &port, sql));
     let id = podman_ok(&create).expect("podman create");
     struct Remove(String);
     impl Drop for Remove {
