@@ -17,6 +17,9 @@ pub struct TestNetns {
     host_if: String,
     pub host_ip: IpAddr,
     pub ns_ip: IpAddr,
+    /// `fd00:213:<n>::1` and `::2` (a /64 on the same veth pair).
+    pub host_ip6: IpAddr,
+    pub ns_ip6: IpAddr,
 }
 
 fn ip(args: &[&str]) {
@@ -38,6 +41,8 @@ impl TestNetns {
         let (hi, lo) = ((n / 64) as u8, ((n % 64) * 4) as u8);
         let host_ip = Ipv4Addr::new(10, 213, hi, lo + 1);
         let ns_ip = Ipv4Addr::new(10, 213, hi, lo + 2);
+        let host_ip6 = std::net::Ipv6Addr::new(0xfd00, 0x213, n as u16, 0, 0, 0, 0, 1);
+        let ns_ip6 = std::net::Ipv6Addr::new(0xfd00, 0x213, n as u16, 0, 0, 0, 0, 2);
         let tag = format!("{:x}{n:x}", std::process::id() % 0xffff);
         let name = format!("nhi-{tag}");
         let host_if = format!("nh{tag}");
@@ -51,6 +56,8 @@ impl TestNetns {
             host_if: host_if.clone(),
             host_ip: IpAddr::V4(host_ip),
             ns_ip: IpAddr::V4(ns_ip),
+            host_ip6: IpAddr::V6(host_ip6),
+            ns_ip6: IpAddr::V6(ns_ip6),
         };
         ip(&[
             "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &name,
@@ -68,6 +75,17 @@ impl TestNetns {
             &ns_if,
         ]);
         ip(&["-n", &name, "link", "set", &ns_if, "up"]);
+        // nodad: usable at once, without duplicate address detection's delay.
+        let v6 = |ns: Option<&str>, addr: String, dev: &str| {
+            let mut args = Vec::new();
+            if let Some(ns) = ns {
+                args.extend(["-n", ns]);
+            }
+            args.extend(["-6", "addr", "add", &addr, "dev", dev, "nodad"]);
+            ip(&args);
+        };
+        v6(None, format!("{host_ip6}/64"), &host_if);
+        v6(Some(&name), format!("{ns_ip6}/64"), &ns_if);
         this
     }
 

@@ -413,3 +413,39 @@ fn a_namespace_where_the_proxy_port_is_taken_refuses_and_misdelivers_nothing() {
     let _ = resident.kill();
     let _ = resident.wait();
 }
+
+/// IPv6: a client in the namespace dials a target over IPv6. The kernel redirects it to
+/// the agent's listener on the namespace's `::1`, the agent dials out of the namespace
+/// over IPv6, and the client still sees the address it dialled.
+#[test]
+fn ipv6_connections_made_in_a_namespace_are_intercepted_there() {
+    privileged!("ipv6_connections_made_in_a_namespace_are_intercepted_there");
+    let net = TestNetns::create();
+    let echo = EchoServer::start(&SocketAddr::new(net.host_ip6, 0).to_string());
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"echo6\"\naddress = \"{}\"\n",
+        cg.rel(),
+        echo.addr
+    ));
+    let out = net
+        .command(&cg, &client_bin().display().to_string())
+        .args(["echo", &echo.addr.to_string(), "--bytes", "100000"])
+        .output()
+        .expect("client");
+    let answer: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(answer["identical"], true, "{answer}");
+    assert_eq!(answer["peer"], echo.addr.to_string(), "{answer}");
+    assert_eq!(
+        echo.peers().last().map(|p| p.ip()),
+        Some(net.ns_ip6),
+        "the echo server saw {:?}",
+        echo.peers()
+    );
+    let sessions = agent.wait_sessions_ended(1);
+    assert_eq!(sessions[0]["orig_dst"], echo.addr.to_string());
+    assert_eq!(sessions[0]["bytes_from_client"], 100000);
+    assert!(sessions[0]["container"]["netns"].as_u64().is_some());
+}
