@@ -12,6 +12,7 @@
 //!   saw, so a test can tell whether a connection came from the agent or directly.
 //! - [`docker`] brings up a Docker engine and builds a local `psql` image without any
 //!   registry, for the container tests.
+pub mod aws;
 pub mod docker;
 pub mod http;
 pub mod netns;

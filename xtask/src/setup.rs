@@ -39,10 +39,17 @@ const APT_PACKAGES: &[&str] = &[
     // `docker save | podman load`ed, never pulled; its API answers on
     // /run/podman/podman.sock (`podman system service`, started by the test).
     "podman",
+    // `python3 -m venv` (with ensurepip) for the AWS test tools' venv, target/venv.
+    "python3-venv",
 ];
 
 /// s3s-fs, the S3-compatible server the shipping tests upload to (tests/tests/shipping.rs).
 const S3S_FS_VERSION: &str = "0.14.1";
+
+/// The AWS test tools, pip-installed into `target/venv` (tests/src/aws.rs): the AWS CLI v1
+/// and boto3 as real clients, and moto's server as the AWS endpoint (IAM, STS, Secrets
+/// Manager, S3, ...) with IAM authentication enforced. Changing this list reinstalls.
+const PYTHON_REQUIREMENTS: &[&str] = &["awscli==1.46.3", "boto3==1.44.18", "moto[server]==5.2.6"];
 
 /// bpf-linker release known to build here (see EBPF-FACTS.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -53,6 +60,7 @@ pub fn setup() -> anyhow::Result<()> {
     bpf_linker()?;
     bpffs()?;
     s3s_fs()?;
+    python_venv()?;
     eprintln!("setup: done");
     Ok(())
 }
@@ -214,4 +222,41 @@ fn s3s_fs() -> anyhow::Result<()> {
         "--features",
         "binary",
     ]))
+}
+
+/// A venv at `target/venv` with [`PYTHON_REQUIREMENTS`], made with the system
+/// `/usr/bin/python3` (python3-venv). A stamp file in it holds the requirement list it
+/// was installed with: when it matches and the venv's python runs, nothing is done; a
+/// changed list reinstalls, and a venv whose python no longer runs (e.g. after a Python
+/// upgrade) is recreated.
+fn python_venv() -> anyhow::Result<()> {
+    let venv = util::root().join("target/venv");
+    let python = venv.join("bin/python");
+    let stamp = venv.join("nhi-requirements.txt");
+    let wanted = format!("{}\n", PYTHON_REQUIREMENTS.join("\n"));
+    let python_runs = output(Command::new(&python).arg("--version")).is_some();
+    let installed = fs::read_to_string(&stamp).ok();
+    if python_runs && installed.as_deref() == Some(wanted.as_str()) {
+        return Ok(());
+    }
+    eprintln!("setup: installing the AWS test tools into target/venv");
+    if !python_runs {
+        fs::create_dir_all(util::root().join("target"))?;
+        // --clear: start over when a broken or half-made venv is in the way.
+        run(Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv))?;
+    }
+    // The stamp goes only after a complete install: a failed one is retried next time.
+    let _ = fs::remove_file(&stamp);
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(PYTHON_REQUIREMENTS))?;
+    fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))
 }

@@ -221,8 +221,11 @@ pub struct Target {
     pub protocol: Protocol,
     /// PostgreSQL settings; `Some` exactly when `protocol = "postgres"`.
     pub postgres: Option<PostgresTarget>,
-    /// HTTP settings; `Some` exactly when `protocol = "http"`.
+    /// HTTP settings; `Some` exactly when `protocol = "http"` or `"aws"` (an AWS API is
+    /// served over HTTP: TLS on both legs, body limits).
     pub http: Option<HttpTarget>,
+    /// AWS settings; `Some` exactly when `protocol = "aws"`.
+    pub aws: Option<AwsTarget>,
     /// `netns` (both): the network namespaces whose connections match: `"host"` (the
     /// agent's), `"container"` (any other), both when unset. The address is always
     /// the one the client dialled, as its namespace sees it.
@@ -275,6 +278,32 @@ pub struct HttpTarget {
     /// (NDJSON, SSE, text) the agent masks; a response that must be masked and exceeds
     /// it is refused (502), never passed raw. Between 1 KiB and 1 GiB.
     pub mask_body_limit: u64,
+}
+
+/// The `[[target]]` keys of `protocol = "aws"` (with the HTTP ones: `tls`, `ca_file`,
+/// `server_name`, `client_tls` (default `"terminate"`: SDKs speak HTTPS),
+/// `mask_body_limit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsTarget {
+    /// Where the agent's own AWS credential comes from (exactly one of
+    /// `aws_credentials_file`, `credential`, `aws_instance_role = true`).
+    pub credentials: AwsCredentialSource,
+    /// `accept_any_client_key` (`false`): accept requests signed with any access key
+    /// (only the signature's shape is checked), not only the agent's placeholder key.
+    pub accept_any_client_key: bool,
+}
+
+/// The agent's own AWS credential for a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwsCredentialSource {
+    /// `aws_credentials_file` (an AWS shared-credentials INI file, mode 0600 or
+    /// stricter) and `aws_profile` (`"default"`).
+    File { path: PathBuf, profile: String },
+    /// `credential`: a systemd credential holding such an INI file; `aws_profile`.
+    Systemd { name: String, profile: String },
+    /// `aws_instance_role = true`: the host's instance role, from the EC2 metadata
+    /// service (IMDSv2).
+    InstanceRole,
 }
 
 /// The smallest `mask_body_limit`.
@@ -430,11 +459,20 @@ pub enum Protocol {
     /// `"http"`: HTTP/1.1 and h2 (prior knowledge) requests are decoded, judged by
     /// policy and journaled request by request.
     Http,
+    /// `"aws"`: an AWS API over HTTPS: each call's SigV4 signature checked, the call
+    /// judged by action, region and resource, journaled, and signed again with the
+    /// agent's credential.
+    Aws,
 }
 
 impl Protocol {
     /// Every protocol, for error messages.
-    const ALL: &'static [Protocol] = &[Protocol::Tcp, Protocol::Postgres, Protocol::Http];
+    const ALL: &'static [Protocol] = &[
+        Protocol::Tcp,
+        Protocol::Postgres,
+        Protocol::Http,
+        Protocol::Aws,
+    ];
 
     /// The name used in the configuration and the journal.
     pub fn name(self) -> &'static str {
@@ -442,6 +480,7 @@ impl Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Postgres => "postgres",
             Protocol::Http => "http",
+            Protocol::Aws => "aws",
         }
     }
 }
@@ -912,6 +951,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
         };
         let postgres = postgres_settings(&raw, protocol)?;
         let http = http_settings(&raw, protocol)?;
+        let aws = aws_settings(&raw, protocol)?;
         let netns = match &raw.netns {
             None => NetnsScope::Any,
             Some(v) => match v.get_ref().as_str() {
@@ -931,6 +971,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
             protocol,
             postgres,
             http,
+            aws,
             netns,
         })
     }
@@ -1027,10 +1068,10 @@ fn postgres_settings(
             ),
             ("credential", raw.credential.as_ref().map(Spanned::span)),
         ];
-        if protocol != Protocol::Http {
+        if !matches!(protocol, Protocol::Http | Protocol::Aws) {
             refuse_keys(
                 &shared,
-                "protocol = \"postgres\" and protocol = \"http\"",
+                "protocol = \"postgres\", \"http\" and \"aws\"",
                 protocol,
             )?;
         }
@@ -1077,7 +1118,19 @@ fn postgres_settings(
 
 /// Validates the keys of an HTTP target: TLS on both legs and the injected credential.
 fn http_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<HttpTarget>, Problem> {
-    if protocol != Protocol::Http {
+    if protocol == Protocol::Aws {
+        refuse_keys(
+            &[
+                ("inject", raw.inject.as_ref().map(Spanned::span)),
+                (
+                    "password_file",
+                    raw.password_file.as_ref().map(Spanned::span),
+                ),
+            ],
+            "protocol = \"http\" (an AWS target signs with the credential of `aws_credentials_file`, `credential` or `aws_instance_role`)",
+            protocol,
+        )?;
+    } else if protocol != Protocol::Http {
         refuse_keys(
             &[
                 ("inject", raw.inject.as_ref().map(Spanned::span)),
@@ -1114,7 +1167,15 @@ fn http_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<HttpTarge
             }
         },
     };
-    let common = common_settings(raw)?;
+    let mut common = common_settings(raw)?;
+    if protocol == Protocol::Aws {
+        // SDKs speak HTTPS; plain HTTP to an AWS target is the exception.
+        if raw.client_tls.is_none() {
+            common.client_tls = ClientTls::Terminate;
+        }
+        // The credential is the agent's AWS key (aws_settings), not an injected header.
+        common.credential = None;
+    }
     if common.tls == UpstreamTlsMode::Prefer {
         let tls_value = raw.tls.as_ref().expect("prefer was read from `tls`");
         return Err(Problem::at(
@@ -1155,6 +1216,94 @@ fn http_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<HttpTarge
         credential: common.credential,
         inject,
         mask_body_limit,
+    }))
+}
+
+/// Validates the keys of an AWS target: where the agent's credential comes from.
+fn aws_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<AwsTarget>, Problem> {
+    let aws_keys = [
+        (
+            "aws_credentials_file",
+            raw.aws_credentials_file.as_ref().map(Spanned::span),
+        ),
+        ("aws_profile", raw.aws_profile.as_ref().map(Spanned::span)),
+        (
+            "aws_instance_role",
+            raw.aws_instance_role.as_ref().map(Spanned::span),
+        ),
+        (
+            "accept_any_client_key",
+            raw.accept_any_client_key.as_ref().map(Spanned::span),
+        ),
+    ];
+    if protocol != Protocol::Aws {
+        refuse_keys(&aws_keys, "protocol = \"aws\"", protocol)?;
+        return Ok(None);
+    }
+    let profile = match &raw.aws_profile {
+        Some(p) => {
+            let v = p.get_ref();
+            if v.is_empty() || v.contains(['[', ']', '\n', '\r']) {
+                return Err(Problem::at(p, "aws_profile must be a profile name"));
+            }
+            v.clone()
+        }
+        None => "default".to_owned(),
+    };
+    let instance_role = raw.aws_instance_role.as_ref().map(|v| *v.get_ref());
+    let credentials = match (&raw.aws_credentials_file, &raw.credential, instance_role) {
+        (Some(path), None, None | Some(false)) => AwsCredentialSource::File {
+            path: absolute_path(path, "aws_credentials_file")?,
+            profile,
+        },
+        (None, Some(c), None | Some(false)) => {
+            let name = c.get_ref();
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(Problem::at(
+                    c,
+                    "credential must be a systemd credential name (no '/')",
+                ));
+            }
+            AwsCredentialSource::Systemd {
+                name: name.clone(),
+                profile,
+            }
+        }
+        (None, None, Some(true)) => {
+            if let Some(p) = &raw.aws_profile {
+                return Err(Problem::at(
+                    p,
+                    "aws_profile names a profile of a credentials file; an instance role has none",
+                ));
+            }
+            AwsCredentialSource::InstanceRole
+        }
+        (None, None, _) => {
+            return Err(Problem::at(
+                &raw.name,
+                "an AWS target needs the agent's own credential: aws_credentials_file, credential (a systemd credential) or aws_instance_role = true",
+            ))
+        }
+        _ => {
+            let span = raw
+                .credential
+                .as_ref()
+                .map(Spanned::span)
+                .or(raw.aws_instance_role.as_ref().map(Spanned::span))
+                .unwrap_or_else(|| raw.name.span());
+            return Err(Problem {
+                span: Some(span),
+                earlier: None,
+                message: "give one of aws_credentials_file, credential and aws_instance_role = true".into(),
+            });
+        }
+    };
+    Ok(Some(AwsTarget {
+        credentials,
+        accept_any_client_key: raw
+            .accept_any_client_key
+            .as_ref()
+            .is_some_and(|v| *v.get_ref()),
     }))
 }
 

@@ -88,4 +88,9 @@ pub(super) struct RawTarget {
     /// `"host"` or `"container"`: only connections made in that kind of network
     /// namespace match (default: both).
     pub netns: Option<Spanned<String>>,
+    /// AWS only (see `super::AwsTarget`).
+    pub aws_credentials_file: Option<Spanned<String>>,
+    pub aws_profile: Option<Spanned<String>>,
+    pub aws_instance_role: Option<Spanned<bool>>,
+    pub accept_any_client_key: Option<Spanned<bool>>,
 }

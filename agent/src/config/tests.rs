@@ -112,6 +112,7 @@ fn minimal_example_parses_to_the_expected_model() {
             protocol: Protocol::Tcp,
             postgres: None,
             http: None,
+            aws: None,
             netns: crate::config::NetnsScope::Any,
         }]
     );
@@ -323,7 +324,7 @@ fn semantic_errors_point_at_the_value() {
             "protocol = \"tcp\"",
             "protocol = \"mysql\"",
             "\"mysql\"",
-            "protocol \"mysql\" is not supported yet (supported: tcp, postgres, http)",
+            "protocol \"mysql\" is not supported yet (supported: tcp, postgres, http, aws)",
         ),
         (
             "cgroup = \"system.slice/backup*.service\"",

@@ -19,6 +19,9 @@
 //!
 //! The secret an HTTP target injects is replaced by [`SECRET_MASK`] wherever it appears
 //! in a string or a text line (counted apart: it is not a rule of the configuration).
+//!
+//! XML documents are masked by [`BodyMasker::mask_xml`] (xml.rs), element names standing
+//! for member names.
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -52,11 +55,11 @@ pub struct NotJson(pub String);
 /// Masks documents for one session (or one HTTP response) and counts what it masked.
 #[derive(Debug)]
 pub struct BodyMasker {
-    session: Arc<Inner>,
+    pub(super) session: Arc<Inner>,
     /// Values masked per rule (index into the session's rules).
-    counts: Vec<u64>,
+    pub(super) counts: Vec<u64>,
     /// Echoes of the injected secret replaced.
-    secret_echoes: u64,
+    pub(super) secret_echoes: u64,
     hits: Vec<Hit>,
 }
 
@@ -110,7 +113,13 @@ impl BodyMasker {
         self.text(text, secret.as_ref())
     }
 
-    fn text(&mut self, text: &[u8], secret: Option<&memmem::Finder<'_>>) -> Option<Vec<u8>> {
+    /// Free text through the secret then the detectors (a JSON string, an XML text
+    /// node or attribute value); `None`: unchanged.
+    pub(super) fn text(
+        &mut self,
+        text: &[u8],
+        secret: Option<&memmem::Finder<'_>>,
+    ) -> Option<Vec<u8>> {
         let mut replaced: Option<Vec<u8>> = None;
         if let Some(finder) = secret {
             if finder.find(text).is_some() {
@@ -197,8 +206,9 @@ struct Walk<'s, 'm> {
 }
 
 /// The deepest nesting walked (serde_json's own parser stops at 128 as well; its
-/// validation of an ignored value does not, so the walk checks).
-const MAX_DEPTH: usize = 128;
+/// validation of an ignored value does not, so the walk checks). XML element nesting
+/// has the same bound (xml.rs).
+pub(super) const MAX_DEPTH: usize = 128;
 
 impl Walk<'_, '_> {
     fn skip_ws(&mut self) {

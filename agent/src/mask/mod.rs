@@ -38,7 +38,9 @@
 //! was masked, for the journal.
 //!
 //! HTTP bodies are masked by [`BodyMasker`] (see `body.rs`): `columns` globs match JSON
-//! member names at any depth, detectors read every JSON string and text line.
+//! member names at any depth, detectors read every JSON string and text line. XML bodies
+//! (AWS query and REST-XML APIs) likewise (see `xml.rs`): `columns` globs match element
+//! local names, detectors read every text node and attribute value.
 //!
 //! # Formats
 //!
@@ -64,6 +66,7 @@ mod key;
 mod row;
 mod rule;
 mod strategy;
+mod xml;
 
 #[cfg(test)]
 mod tests;
@@ -77,6 +80,7 @@ pub use key::{HashKey, MaskError, KEY_LEN};
 pub use row::{ColumnInfo, MaskedColumn, RowMasker};
 pub use rule::{MaskProblem, MaskRule, RawMaskRule, MAX_KEEP};
 pub use strategy::{Strategy, DEFAULT_KEEP, HASH_PREFIX, REDACTED};
+pub use xml::NotXml;
 
 use detect::DetectorSet;
 
@@ -142,7 +146,8 @@ impl SessionMasks {
         &self.inner.rules
     }
 
-    /// True when some rule masks by name (`columns`): JSON member names are looked at.
+    /// True when some rule masks by name (`columns`): JSON member names and XML element
+    /// names are looked at.
     pub fn has_column_rules(&self) -> bool {
         self.inner
             .rules
@@ -150,7 +155,7 @@ impl SessionMasks {
             .any(|r| !r.column_patterns().is_empty())
     }
 
-    /// A masker of documents (JSON, text lines), for HTTP bodies; see [`BodyMasker`].
+    /// A masker of documents (JSON, XML, text lines), for HTTP bodies; see [`BodyMasker`].
     pub fn body_masker(&self) -> BodyMasker {
         BodyMasker::new(Arc::clone(&self.inner))
     }

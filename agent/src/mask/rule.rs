@@ -190,6 +190,29 @@ impl MaskRule {
         })
     }
 
+    /// A rule the agent adds itself (not from the configuration): `columns` (valid
+    /// globs, case-insensitive) redacted for every workload and target.
+    pub fn builtin(name: &str, columns: &[&str]) -> MaskRule {
+        let mut set = GlobSetBuilder::new();
+        for pattern in columns {
+            if let Ok(glob) = GlobBuilder::new(pattern).case_insensitive(true).build() {
+                set.add(glob);
+            }
+        }
+        let any = Glob::new("*")
+            .map(|g| g.compile_matcher())
+            .expect("the match-all glob is valid");
+        MaskRule {
+            name: name.to_owned(),
+            workload: any.clone(),
+            target: any,
+            column_patterns: columns.iter().map(|c| (*c).to_owned()).collect(),
+            columns: set.build().unwrap_or_else(|_| GlobSet::empty()),
+            detectors: DetectorSet::default(),
+            strategy: Strategy::Redact,
+        }
+    }
+
     /// The rule's name.
     pub fn name(&self) -> &str {
         &self.name

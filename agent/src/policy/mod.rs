@@ -62,6 +62,7 @@
 //! `pg_catalog.users`, and `public.users` also matches `users`.
 #![forbid(unsafe_code)]
 
+pub mod aws;
 pub mod http;
 mod raw;
 mod sql;
@@ -199,6 +200,8 @@ struct Rule {
     text: Option<Regex>,
     /// HTTP conditions; a rule sets SQL conditions or HTTP ones, never both.
     http: http::HttpMatch,
+    /// AWS conditions (with HTTP ones or alone, never with SQL ones).
+    aws: aws::AwsMatch,
 }
 
 impl Rule {
@@ -214,11 +217,20 @@ impl Rule {
     /// An HTTP request: the rule's HTTP conditions (a rule with SQL conditions is not
     /// about HTTP; one with no condition at all matches every request).
     fn matches_http(&self, request: &http::HttpRequestInfo<'_>) -> bool {
-        !self.has_sql() && self.http.matches(request)
+        !self.has_sql() && !self.aws.is_set() && self.http.matches(request)
+    }
+
+    /// An AWS call: its AWS conditions and its HTTP ones (it is an HTTP request too).
+    fn matches_aws(
+        &self,
+        request: &http::HttpRequestInfo<'_>,
+        call: &aws::AwsCallInfo<'_>,
+    ) -> bool {
+        !self.has_sql() && self.http.matches(request) && self.aws.matches(call)
     }
 
     fn matches(&self, statement: &StatementInfo) -> bool {
-        if self.http.is_set() {
+        if self.http.is_set() || self.aws.is_set() {
             return false;
         }
         // Cheapest conditions first; the regex last.
@@ -524,6 +536,24 @@ impl Policy {
         }
     }
 
+    /// The verdict for an AWS call (a request to a `protocol = "aws"` target): the first
+    /// rule whose AWS and HTTP conditions match (rules with SQL conditions are skipped),
+    /// else `default`.
+    pub fn decide_aws(
+        &self,
+        request: &http::HttpRequestInfo<'_>,
+        call: &aws::AwsCallInfo<'_>,
+    ) -> (Verdict, Option<&str>) {
+        match self
+            .rules
+            .iter()
+            .find(|rule| rule.matches_aws(request, call))
+        {
+            Some(rule) => (rule.verdict, Some(rule.name.as_str())),
+            None => (self.default, None),
+        }
+    }
+
     /// The verdict for a message: see the module documentation. An analysis without
     /// statements is allowed with no rule.
     pub fn decide(&self, analysis: &Analysis) -> Decision {
@@ -579,6 +609,12 @@ impl Rule {
             raw.hosts.as_deref(),
             raw.headers.as_ref(),
         )?;
+        let aws_match = aws::AwsMatch::from_raw(
+            name,
+            raw.actions.as_deref(),
+            raw.regions.as_deref(),
+            raw.resources.as_deref(),
+        )?;
         let sql_keys = raw.kinds.is_some()
             || raw.tables.is_some()
             || raw.functions.is_some()
@@ -590,6 +626,16 @@ impl Rule {
                 format!(
                     "rule \"{name}\" mixes SQL conditions (kinds, tables, functions, \
                      without_where, text) with HTTP ones (methods, paths, hosts, headers); \
+                     a rule is about one protocol: split it in two"
+                ),
+            ));
+        }
+        if sql_keys && aws_match.is_set() {
+            return Err(PolicyProblem::at(
+                &raw.name,
+                format!(
+                    "rule \"{name}\" mixes SQL conditions (kinds, tables, functions, \
+                     without_where, text) with AWS ones (actions, regions, resources); \
                      a rule is about one protocol: split it in two"
                 ),
             ));
@@ -659,6 +705,7 @@ impl Rule {
             without_where: raw.without_where.unwrap_or(false),
             text,
             http: http_match,
+            aws: aws_match,
         })
     }
 }

@@ -44,4 +44,8 @@ pub struct RawRule {
     pub(super) paths: Option<Vec<Spanned<String>>>,
     pub(super) hosts: Option<Vec<Spanned<String>>>,
     pub(super) headers: Option<std::collections::BTreeMap<String, Spanned<String>>>,
+    /// AWS (see `super::aws`).
+    pub(super) actions: Option<Vec<Spanned<String>>>,
+    pub(super) regions: Option<Vec<Spanned<String>>>,
+    pub(super) resources: Option<Vec<Spanned<String>>>,
 }

@@ -3,5 +3,6 @@
 //! back whole messages (each with its exact original bytes, so that unchanged frames are
 //! forwarded as they came) or "need more bytes", and uses the encoders only for the
 //! messages it synthesizes or rewrites. Nothing here does I/O, policy or journaling.
+pub mod aws;
 pub mod http;
 pub mod postgres;

@@ -519,7 +519,9 @@ async fn handle(
         error!(workload = %workload_name, %orig_dst, target = %target.name, reason = %why, "refusing a new session: disk budget exceeded");
         if !matches!(
             target.protocol,
-            crate::config::Protocol::Postgres | crate::config::Protocol::Http
+            crate::config::Protocol::Postgres
+                | crate::config::Protocol::Http
+                | crate::config::Protocol::Aws
         ) {
             reset(client);
             return;
@@ -629,7 +631,9 @@ async fn handle(
     if let Some(why) = &over_limit {
         if !matches!(
             target.protocol,
-            crate::config::Protocol::Postgres | crate::config::Protocol::Http
+            crate::config::Protocol::Postgres
+                | crate::config::Protocol::Http
+                | crate::config::Protocol::Aws
         ) {
             reset(client);
             let end = SessionEnd {
@@ -650,7 +654,9 @@ async fn handle(
     };
     let missing_runtime = match target.protocol {
         crate::config::Protocol::Postgres => pg.is_none(),
-        crate::config::Protocol::Http => snapshot.http.target(target_index).is_none(),
+        crate::config::Protocol::Http | crate::config::Protocol::Aws => {
+            snapshot.http.target(target_index).is_none()
+        }
         crate::config::Protocol::Tcp => false,
     };
     if missing_runtime {
@@ -693,7 +699,7 @@ async fn handle(
             origin: origin.clone(),
         };
         postgres::serve(ctx, client, cancel).await
-    } else if let (crate::config::Protocol::Http, Some(target_rt)) =
+    } else if let (crate::config::Protocol::Http | crate::config::Protocol::Aws, Some(target_rt)) =
         (target.protocol, snapshot.http.target(target_index).cloned())
     {
         let rules = Arc::new(snapshot.pg.rules_for(

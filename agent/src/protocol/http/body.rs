@@ -30,6 +30,9 @@ pub enum BodyKind {
     Sse,
     /// Any other `text/*`: masked line by line by the detectors.
     Text,
+    /// `application/xml`, `text/xml`, `*/*+xml`: masked as one document (elements by
+    /// name as JSON members are, text by the detectors; needs the whole body).
+    Xml,
 }
 
 impl BodyKind {
@@ -44,10 +47,14 @@ impl BodyKind {
         let (top, sub) = essence.split_once('/')?;
         match (top, sub) {
             ("application", "json") => Some(BodyKind::Json),
+            // AWS's JSON protocols (`application/x-amz-json-1.0`, `-1.1`).
+            ("application", sub) if sub.starts_with("x-amz-json-") => Some(BodyKind::Json),
             ("application", "x-ndjson" | "ndjson" | "jsonl" | "x-jsonl" | "jsonlines") => {
                 Some(BodyKind::Ndjson)
             }
             ("text", "event-stream") => Some(BodyKind::Sse),
+            ("application" | "text", "xml") => Some(BodyKind::Xml),
+            (_, sub) if sub.ends_with("+xml") => Some(BodyKind::Xml),
             ("text", _) => Some(BodyKind::Text),
             (_, sub) if sub.ends_with("+json") => Some(BodyKind::Json),
             _ => None,
@@ -61,6 +68,7 @@ impl BodyKind {
             BodyKind::Ndjson => "ndjson",
             BodyKind::Sse => "sse",
             BodyKind::Text => "text",
+            BodyKind::Xml => "xml",
         }
     }
 }
@@ -123,6 +131,8 @@ pub enum BodyError {
     Decode { coding: &'static str, why: String },
     #[error("the body is declared JSON but is {0}")]
     NotJson(String),
+    #[error("the body is declared XML but is {0}")]
+    NotXml(String),
     #[error("line {line} of the NDJSON body is {why}")]
     NdjsonLine { line: u64, why: String },
 }
@@ -291,6 +301,9 @@ pub fn mask_whole(
         BodyKind::Json => masker
             .mask_json(body, secret)
             .map_err(|e| BodyError::NotJson(e.to_string())),
+        BodyKind::Xml => masker
+            .mask_xml(body, secret)
+            .map_err(|e| BodyError::NotXml(e.to_string())),
         _ => {
             let mut lines = LineMasker::new(kind, limit);
             let mut out = Vec::with_capacity(body.len());
@@ -383,6 +396,7 @@ impl LineMasker {
             .map_or(line.len(), <[u8]>::len);
         let (content, ending) = line.split_at(content_end);
         match self.kind {
+            // XML is masked whole (mask_whole); a line of it reads as text.
             BodyKind::Ndjson | BodyKind::Json => {
                 if content.iter().all(u8::is_ascii_whitespace) {
                     out.extend_from_slice(content);
@@ -422,7 +436,7 @@ impl LineMasker {
                     out.extend_from_slice(masked.as_deref().unwrap_or(content));
                 }
             }
-            BodyKind::Text => {
+            BodyKind::Text | BodyKind::Xml => {
                 if self.in_key {
                     // The key's BEGIN line is masked; its body and END line go.
                     if memchr::memmem::find(content, b"-----END ").is_some() {

@@ -47,6 +47,10 @@ pub(super) struct BodyContext {
     pub record: RecordResults,
     pub target_rt: Arc<HttpTargetRuntime>,
     pub started: Instant,
+    /// What the body is whatever its `Content-Type` says: an AWS API's answers are in
+    /// its protocol's format (JSON or XML), and servers that emulate AWS label them
+    /// loosely (moto: `text/html`).
+    pub kind: Option<BodyKind>,
 }
 
 impl BodyContext {
@@ -92,10 +96,12 @@ pub(super) fn plan(
     {
         return Ok(Plan::Pass);
     }
-    let kind = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(BodyKind::of);
+    let kind = cx.kind.or_else(|| {
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(BodyKind::of)
+    });
     let Some(kind) = kind.filter(|_| masking(&cx.masks, &cx.target_rt)) else {
         let known_size = headers.contains_key(header::CONTENT_LENGTH);
         let measured = match cx.record {
@@ -116,7 +122,7 @@ pub(super) fn plan(
             .filter_map(|v| v.to_str().ok()),
     )?;
     Ok(match kind {
-        BodyKind::Json => Plan::Buffer(kind, coding),
+        BodyKind::Json | BodyKind::Xml => Plan::Buffer(kind, coding),
         _ => Plan::Stream(kind, coding),
     })
 }
@@ -196,8 +202,12 @@ pub(super) async fn mask_buffered(
     decoder.finish().map_err(|e| e.to_string())?;
     let decoded = decoder.take();
     let mut masker = cx.masks.body_masker();
-    let masked =
-        mask_whole(kind, &decoded, limit, &mut masker, cx.secret()).map_err(|e| e.to_string())?;
+    // An empty body holds nothing to mask (and is no JSON or XML document).
+    let masked = if decoded.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        mask_whole(kind, &decoded, limit, &mut masker, cx.secret()).map_err(|e| e.to_string())?
+    };
     let body = Bytes::from(masked.unwrap_or(decoded));
     let excerpt = cx.excerpt().map(|mut e| {
         e.push(&body);
@@ -560,15 +570,16 @@ fn request_excerpt(
     }
     let mut masker = masks.body_masker();
     let limit = seen.len() as u64 + 1;
-    let masked = if ended || !matches!(kind, BodyKind::Json | BodyKind::Ndjson) {
+    let masked = if ended || !matches!(kind, BodyKind::Json | BodyKind::Ndjson | BodyKind::Xml) {
         mask_whole(kind, seen, limit, &mut masker, None)
     } else if masks.has_column_rules() {
         // A cut JSON document cannot be read by member names.
         return BodyExcerpt {
             body_kind: Some(kind.name().to_owned()),
-            excerpt_withheld: Some(
-                "the JSON body is longer than the excerpt and cannot be masked in part".into(),
-            ),
+            excerpt_withheld: Some(format!(
+                "the {} body is longer than the excerpt and cannot be masked in part",
+                kind.name()
+            )),
             ..BodyExcerpt::default()
         };
     } else {
@@ -601,6 +612,8 @@ pub(super) struct HeadInfo {
     pub excerpt: BodyExcerpt,
     /// `http_response_end` is journaled at the end of the body.
     pub end_follows: bool,
+    /// A body read whole before the head (masked): what the client gets.
+    pub buffered: Option<Bytes>,
 }
 
 /// Prepares a response body per [`plan`]: masked whole (JSON, before the head), masked
@@ -638,6 +651,7 @@ pub(super) async fn respond(
                 secret_echoes_in_body: done.masker.secret_echoes(),
                 excerpt: done.excerpt,
                 end_follows: false,
+                buffered: Some(done.body.clone()),
             };
             let body = http_body_util::Full::new(done.body)
                 .map_err(|never| match never {})

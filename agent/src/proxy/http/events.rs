@@ -79,6 +79,10 @@ pub struct HttpRequest<'a> {
     /// upgrade but `websocket`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub upgrade_declined: bool,
+    /// The AWS call this request is (`protocol = "aws"` targets): service, action,
+    /// region, resources, masked parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<super::aws::AwsCallHead>,
 }
 
 /// A bounded, masked excerpt of a body.

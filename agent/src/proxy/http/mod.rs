@@ -31,6 +31,7 @@
 //! Bodies ([`body`]): with masks (or an injected secret), JSON responses are masked whole
 //! before the head is journaled, NDJSON / SSE / text line by line as they stream; other
 //! types pass untouched. `record_results = "rows"` adds masked excerpts to the journal.
+pub mod aws;
 mod body;
 pub mod events;
 pub mod runtime;
@@ -104,6 +105,7 @@ const SECRET_HEADERS: &[&str] = &[
     "set-cookie",
     "x-api-key",
     "x-auth-token",
+    "x-amz-security-token",
 ];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded.
@@ -630,25 +632,57 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         }
     };
     request_event.path = Some(normal.path.clone().into());
-    let header_pairs: Vec<(&str, &str)> = req
-        .headers()
-        .iter()
-        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
-        .collect();
+    // An AWS call is read (signature, body when needed, operation) before it is judged.
+    let (req, aws_call) = match &state.target_rt.aws {
+        None => (Pending::Plain(req), None),
+        Some(rt) => match aws::inspect(rt, req).await {
+            Ok((req, inspected)) => {
+                request_event.aws = Some(inspected.head(|v| mask_value(state, v)));
+                (Pending::Read(req), Some(inspected))
+            }
+            Err(refused) => {
+                return aws_refuse_unjudged(state, request_event, refused, started).await
+            }
+        },
+    };
+    let header_pairs = aws::header_pairs(req.headers());
     let info = HttpRequestInfo {
         method: &method,
         host: host.as_deref(),
         path: &normal.path,
         headers: &header_pairs,
     };
-    let (verdict, rule) = match &state.rules.policy {
-        Some(p) => {
+    let (verdict, rule) = match (&state.rules.policy, &aws_call) {
+        (Some(p), None) => {
             let (v, r) = p.decide_http(&info);
             (v, r.map(str::to_owned))
         }
-        None => (Verdict::Allow, None),
+        (Some(p), Some(call)) => {
+            let action = call.call.action();
+            let (v, r) = p.decide_aws(
+                &info,
+                &crate::policy::aws::AwsCallInfo {
+                    action: &action,
+                    region: &call.sig.region,
+                    resources: &call.call.resources,
+                },
+            );
+            (v, r.map(str::to_owned))
+        }
+        (None, _) => (Verdict::Allow, None),
     };
     drop(header_pairs);
+    // How this request is refused: an AWS-shaped error for AWS calls.
+    let refuse = |status: StatusCode, message: &str, rule: Option<&str>| match &aws_call {
+        Some(call) => aws::aws_error(
+            call.call.protocol,
+            status,
+            "AccessDenied",
+            &format!("nhi-agent: {message}"),
+            &aws::agent_request_id(state.id, seq),
+        ),
+        None => refusal(status, message, rule),
+    };
     request_event.verdict = verdict.as_str().into();
     request_event.rule = rule.clone().map(Into::into);
     let action = state
@@ -670,18 +704,36 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         request_event.injected = Some(inject.name.as_str().into());
         request_event.replaced_client_header = req.headers().contains_key(&inject.name);
     }
-    // The start of the body, for the journal, once the verdict lets it through.
-    let req = if state.rules.record_results == crate::policy::RecordResults::Rows
-        && matches!(action, Action::Forward | Action::PassOnStanding(_))
-    {
-        let (parts, incoming) = req.into_parts();
-        let (body, seen) =
-            body::prefetch_request(&state.rules.masks, &parts.headers, incoming).await;
-        request_event.body_bytes = seen.bytes;
-        request_event.excerpt = seen.excerpt;
-        Request::from_parts(parts, body)
-    } else {
-        req.map(|b| b.map_err(Into::into).boxed())
+    // The start of the body, for the journal, once the verdict lets it through (an AWS
+    // call's parameters are journaled instead).
+    let req = match req {
+        Pending::Plain(req)
+            if state.rules.record_results == crate::policy::RecordResults::Rows
+                && matches!(action, Action::Forward | Action::PassOnStanding(_)) =>
+        {
+            let (parts, incoming) = req.into_parts();
+            let (body, seen) =
+                body::prefetch_request(&state.rules.masks, &parts.headers, incoming).await;
+            request_event.body_bytes = seen.bytes;
+            request_event.excerpt = seen.excerpt;
+            Request::from_parts(parts, body)
+        }
+        Pending::Plain(req) => req.map(|b| b.map_err(Into::into).boxed()),
+        Pending::Read(req) => req,
+    };
+    // The `aws_call` record of a call the agent answers itself.
+    let aws_refused = |status: u16, outcome: &str| {
+        aws_call.as_ref().map(|call| {
+            aws_record(
+                state,
+                call,
+                seq,
+                &request_event_verdict(verdict, rule.as_deref()),
+                outcome,
+                status,
+                started,
+            )
+        })
     };
     match action {
         Action::Refuse => {
@@ -690,8 +742,8 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 "request refused by policy rule \"{}\"",
                 rule.as_deref().unwrap_or("(default)")
             );
-            let response = refusal(StatusCode::FORBIDDEN, &message, rule.as_deref());
-            let events = [
+            let response = refuse(StatusCode::FORBIDDEN, &message, rule.as_deref());
+            let mut events = vec![
                 Event::of(state.id, kind::REQUEST, &request_event),
                 Event::of(
                     state.id,
@@ -699,6 +751,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                     &HttpResponse::agent(seq, 403, started),
                 ),
             ];
+            events.extend(aws_refused(403, "refused"));
             if let Err(e) = record(state, &events, false).await {
                 return journal_refused(&e);
             }
@@ -736,7 +789,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                     "request was not approved (policy rule \"{}\")",
                     rule.as_deref().unwrap_or("(default)")
                 );
-                let events = [
+                let mut events = vec![
                     decided,
                     Event::of(
                         state.id,
@@ -744,10 +797,11 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                         &HttpResponse::agent(seq, 403, started),
                     ),
                 ];
+                events.extend(aws_refused(403, "not approved"));
                 if let Err(e) = record(state, &events, false).await {
                     return journal_refused(&e);
                 }
-                return refusal(StatusCode::FORBIDDEN, &message, rule.as_deref());
+                return refuse(StatusCode::FORBIDDEN, &message, rule.as_deref());
             }
             if let Err(e) = record(state, &[decided], true).await {
                 return journal_refused(&e);
@@ -791,7 +845,112 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     if upgrade == upgrade::Upgrade::WebSocket {
         return upgrade::forward_websocket(state, req, seq, started).await;
     }
-    forward(state, req, seq, &normal, started).await
+    let verdict_text = request_event_verdict(verdict, rule.as_deref());
+    forward(
+        state,
+        req,
+        seq,
+        &normal,
+        started,
+        aws_call.as_ref().map(|call| (call, verdict_text)),
+    )
+    .await
+}
+
+/// A request whose body the agent has or has not read yet.
+enum Pending {
+    /// As hyper handed it over.
+    Plain(Request<Incoming>),
+    /// Read (an AWS call: its body may be buffered already).
+    Read(Request<Body>),
+}
+
+impl Pending {
+    fn headers(&self) -> &HeaderMap {
+        match self {
+            Pending::Plain(r) => r.headers(),
+            Pending::Read(r) => r.headers(),
+        }
+    }
+}
+
+/// `verdict` and `rule` as the `aws_call` record says them.
+fn request_event_verdict(verdict: Verdict, rule: Option<&str>) -> (String, Option<String>) {
+    (verdict.as_str().to_owned(), rule.map(str::to_owned))
+}
+
+/// Masks a JSON value (an AWS call's parameters) with the session's masks.
+fn mask_value(state: &State, value: &serde_json::Value) -> serde_json::Value {
+    let text = value.to_string();
+    let mut masker = state.rules.masks.body_masker();
+    match masker.mask_json(text.as_bytes(), None) {
+        Ok(Some(masked)) => serde_json::from_slice(&masked).unwrap_or(serde_json::Value::Null),
+        Ok(None) => value.clone(),
+        // Unreachable for a value serde_json wrote; journal nothing rather than raw.
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// The `aws_call` event of a call the agent answered itself (refused, not approved,
+/// upstream unreachable).
+fn aws_record(
+    state: &State,
+    call: &aws::Inspected,
+    seq: u64,
+    verdict: &(String, Option<String>),
+    outcome: &str,
+    status: u16,
+    started: Instant,
+) -> Event {
+    let record = aws::AwsCall {
+        seq,
+        head: call.head(|v| mask_value(state, v)),
+        workload: state.requester.identity.workload.clone(),
+        verdict: verdict.0.clone(),
+        rule: verdict.1.clone(),
+        outcome: outcome.to_owned(),
+        signed_as: None,
+        status,
+        error_code: (status >= 400).then(|| "AccessDenied".to_owned()),
+        request_id: Some(aws::agent_request_id(state.id, seq)),
+        request_bytes: call.request_bytes,
+        response_bytes: None,
+        duration_us: aws::elapsed_us(started),
+    };
+    Event::of(state.id, aws::AWS_CALL, &record)
+}
+
+/// Journals an AWS request refused before it was judged (its signature, body or
+/// operation), and answers it with an AWS-shaped error.
+async fn aws_refuse_unjudged(
+    state: &State,
+    mut request_event: HttpRequest<'_>,
+    refused: aws::Refused,
+    started: Instant,
+) -> Response<Body> {
+    let seq = request_event.seq;
+    request_event.verdict = Verdict::Deny.as_str().into();
+    request_event.action = "refused".into();
+    request_event.reason = Some(refused.message.clone().into());
+    warn!(session = state.id, seq, code = refused.code, reason = %refused.message, "AWS request refused before judging");
+    let events = [
+        Event::of(state.id, kind::REQUEST, &request_event),
+        Event::of(
+            state.id,
+            kind::RESPONSE,
+            &HttpResponse::agent(seq, refused.status.as_u16(), started),
+        ),
+    ];
+    if let Err(e) = record(state, &events, false).await {
+        return journal_refused(&e);
+    }
+    aws::aws_error(
+        refused.protocol,
+        refused.status,
+        refused.code,
+        &refused.message,
+        &aws::agent_request_id(state.id, seq),
+    )
 }
 
 /// Journals a request refused before it was judged, and answers it with `status`.
@@ -836,6 +995,7 @@ async fn forward(
     seq: u64,
     normal: &path::NormalPath,
     started: Instant,
+    aws_call: Option<(&aws::Inspected, (String, Option<String>))>,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let method = parts.method.clone();
@@ -878,10 +1038,40 @@ async fn forward(
             body::restrict_accept_encoding(headers);
         }
     }
-    let upstream = match upstream.body(body) {
+    let mut upstream = match upstream.body(body) {
         Ok(r) => r,
         Err(e) => return refusal(StatusCode::BAD_REQUEST, &e.to_string(), None),
     };
+    // An AWS call is signed again, with the agent's credential, as it is sent.
+    let mut signed_as = None;
+    if let (Some((call, verdict)), Some(rt)) = (&aws_call, &state.target_rt.aws) {
+        match aws::sign_upstream(rt, call, &mut upstream).await {
+            Ok(identity) => signed_as = Some(identity),
+            Err(why) => {
+                let message = format!("nhi-agent: the agent could not sign the call: {why}");
+                warn!(session = state.id, seq, error = %message, "AWS call not signed");
+                let events = [
+                    Event::of(
+                        state.id,
+                        kind::RESPONSE,
+                        &HttpResponse {
+                            error: Some(message.clone().into()),
+                            ..HttpResponse::agent(seq, 502, started)
+                        },
+                    ),
+                    aws_record(state, call, seq, verdict, "not signed", 502, started),
+                ];
+                let _ = record(state, &events, false).await;
+                return aws::aws_error(
+                    call.call.protocol,
+                    StatusCode::BAD_GATEWAY,
+                    "InternalFailure",
+                    &message,
+                    &aws::agent_request_id(state.id, seq),
+                );
+            }
+        }
+    }
     let response = match state.client.request(upstream).await {
         Ok(r) => r,
         Err(e) => {
@@ -897,11 +1087,23 @@ async fn forward(
         Some(inject) => mask_secret_echoes(&mut parts.headers, inject.secret.expose()),
         None => 0,
     };
+    // An S3 object's content is the caller's data, not an API answer: it streams as
+    // it is (masking by AWS field names would read it whole, and could refuse it).
+    let object_content = aws_call.as_ref().is_some_and(|(call, _)| {
+        call.call.service == "s3" && call.call.operation.as_deref() == Some("GetObject")
+    }) && parts.status.is_success();
     let body_cx = body::BodyContext {
         id: state.id,
         seq,
         journal: state.journal.clone(),
-        masks: state.rules.masks.clone(),
+        masks: if object_content {
+            crate::mask::SessionMasks::none()
+        } else {
+            state.rules.masks.clone()
+        },
+        kind: aws_call
+            .as_ref()
+            .and_then(|(call, _)| aws::body_kind(call.call.protocol)),
         record: state.rules.record_results,
         target_rt: state.target_rt.clone(),
         started,
@@ -920,14 +1122,31 @@ async fn forward(
         end_follows: body_info.end_follows,
         ..response_head(state, seq, &parts, secret_echoes_masked, started)
     };
+    let mut events = vec![Event::of(state.id, kind::RESPONSE, &response_event)];
+    if let Some((call, verdict)) = &aws_call {
+        let pairs = aws::header_pairs(&parts.headers);
+        let error_code = (parts.status.as_u16() >= 300)
+            .then(|| crate::protocol::aws::error::error_code(&pairs, body_info.buffered.as_deref()))
+            .flatten();
+        let record = aws::AwsCall {
+            seq,
+            head: call.head(|v| mask_value(state, v)),
+            workload: state.requester.identity.workload.clone(),
+            verdict: verdict.0.clone(),
+            rule: verdict.1.clone(),
+            outcome: "forwarded".into(),
+            signed_as: signed_as.clone(),
+            status: parts.status.as_u16(),
+            error_code,
+            request_id: crate::protocol::aws::error::request_id(&pairs).map(str::to_owned),
+            request_bytes: call.request_bytes,
+            response_bytes: response_event.body_bytes.or(response_event.content_length),
+            duration_us: aws::elapsed_us(started),
+        };
+        events.push(Event::of(state.id, aws::AWS_CALL, &record));
+    }
     // The response head is journaled before the client sees it.
-    if let Err(e) = record(
-        state,
-        &[Event::of(state.id, kind::RESPONSE, &response_event)],
-        false,
-    )
-    .await
-    {
+    if let Err(e) = record(state, &events, false).await {
         return journal_refused(&e);
     }
     remove_hop_by_hop(&mut parts.headers);

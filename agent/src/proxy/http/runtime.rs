@@ -45,6 +45,8 @@ pub struct HttpTargetRuntime {
     pub inject: Option<Injection>,
     /// `mask_body_limit`: the largest body (JSON) or line (NDJSON, SSE, text) masked.
     pub mask_body_limit: u64,
+    /// `protocol = "aws"`: the agent's credential and how client signatures are checked.
+    pub aws: Option<super::aws::AwsTargetRuntime>,
 }
 
 /// Everything the HTTP sessions of one configuration share, indexed like
@@ -65,7 +67,7 @@ impl HttpRuntime {
             let Some(settings) = target
                 .http
                 .as_ref()
-                .filter(|_| target.protocol == Protocol::Http)
+                .filter(|_| matches!(target.protocol, Protocol::Http | Protocol::Aws))
             else {
                 targets.push(None);
                 continue;
@@ -107,12 +109,21 @@ impl HttpRuntime {
                 }
                 _ => None,
             };
+            let aws = match &target.aws {
+                Some(aws) => Some(super::aws::AwsTargetRuntime {
+                    credentials: super::aws::AwsCredentials::load(&aws.credentials)
+                        .with_context(|| format!("target \"{}\"", target.name))?,
+                    accept_any_client_key: aws.accept_any_client_key,
+                }),
+                None => None,
+            };
             targets.push(Some(Arc::new(HttpTargetRuntime {
                 upstream,
                 client_tls,
                 server_name: settings.server_name.clone(),
                 inject,
                 mask_body_limit: settings.mask_body_limit,
+                aws,
             })));
         }
         Ok(HttpRuntime { targets, ca })

@@ -141,12 +141,24 @@ impl PgRuntime {
             Some(PolicyMode::Observe) => false,
             None => config.agent.mode == Mode::Enforce,
         };
-        let rules: Vec<_> = config
+        let mut rules: Vec<_> = config
             .masks
             .iter()
             .filter(|m| m.applies_to(workload, target))
             .cloned()
             .collect();
+        // AWS answers carry credentials and secrets by field name: masked whatever the
+        // configuration says (after its own rules, which may mask them differently).
+        if config
+            .targets
+            .iter()
+            .any(|t| t.name == target && t.protocol == crate::config::Protocol::Aws)
+        {
+            rules.push(crate::mask::MaskRule::builtin(
+                crate::protocol::aws::AWS_SECRET_FIELDS_RULE,
+                crate::protocol::aws::AWS_SECRET_FIELDS,
+            ));
+        }
         let masks = if rules.is_empty() {
             SessionMasks::none()
         } else {

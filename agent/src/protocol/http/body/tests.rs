@@ -58,6 +58,16 @@ fn kinds_and_codings() {
     assert_eq!(BodyKind::of("application/jsonl"), Some(BodyKind::Ndjson));
     assert_eq!(BodyKind::of("text/event-stream"), Some(BodyKind::Sse));
     assert_eq!(BodyKind::of("text/plain"), Some(BodyKind::Text));
+    assert_eq!(
+        BodyKind::of("application/x-amz-json-1.1"),
+        Some(BodyKind::Json)
+    );
+    assert_eq!(BodyKind::of("text/xml"), Some(BodyKind::Xml));
+    assert_eq!(
+        BodyKind::of("application/xml; charset=utf-8"),
+        Some(BodyKind::Xml)
+    );
+    assert_eq!(BodyKind::of("application/atom+xml"), Some(BodyKind::Xml));
     assert_eq!(BodyKind::of("image/png"), None);
     assert_eq!(BodyKind::of("application/octet-stream"), None);
     assert_eq!(BodyKind::of("garbage"), None);

@@ -1,0 +1,288 @@
+//! The agent's own AWS credential for an AWS target: an access key from a shared
+//! credentials file (INI, mode 0600 or stricter) or a systemd credential holding one,
+//! or the host's instance role from the EC2 metadata service (IMDSv2), refreshed before
+//! it expires. The secret never leaves this module but as a [`SigningKey`]; what is
+//! journaled and logged about it is [`AwsCredentials::describe`]: the key id and where
+//! it came from.
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use tokio::sync::Mutex;
+use tracing::info;
+
+use crate::config::AwsCredentialSource;
+use crate::credential::CredentialSource;
+use crate::protocol::aws::sigv4::SigningKey;
+
+/// How long before its expiry a temporary credential is replaced.
+const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// The metadata service, unless `AWS_EC2_METADATA_SERVICE_ENDPOINT` says otherwise
+/// (the variable AWS SDKs read).
+const IMDS_ENDPOINT: &str = "http://169.254.169.254";
+const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The agent's credential for one target.
+pub struct AwsCredentials {
+    source: AwsCredentialSource,
+    /// A long-term key (file, systemd credential).
+    fixed: Option<Arc<SigningKey>>,
+    /// A temporary one (instance role) and when it expires.
+    temporary: Mutex<Option<(Arc<SigningKey>, SystemTime)>>,
+}
+
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl AwsCredentials {
+    /// Reads a long-term key now (so a bad file fails the configuration load, not the
+    /// first call); an instance role is fetched at first use.
+    pub fn load(source: &AwsCredentialSource) -> anyhow::Result<AwsCredentials> {
+        let fixed = match source {
+            AwsCredentialSource::File { path, profile } => Some(Arc::new(
+                from_ini(&CredentialSource::File(path.clone()), profile)
+                    .with_context(|| format!("aws_credentials_file {}", path.display()))?,
+            )),
+            AwsCredentialSource::Systemd { name, profile } => Some(Arc::new(
+                from_ini(&CredentialSource::Systemd(name.clone()), profile)
+                    .with_context(|| format!("credential {name:?}"))?,
+            )),
+            AwsCredentialSource::InstanceRole => None,
+        };
+        Ok(AwsCredentials {
+            source: source.clone(),
+            fixed,
+            temporary: Mutex::new(None),
+        })
+    }
+
+    /// The key to sign with now.
+    pub async fn key(&self) -> Result<Arc<SigningKey>, String> {
+        if let Some(key) = &self.fixed {
+            return Ok(key.clone());
+        }
+        let mut cached = self.temporary.lock().await;
+        if let Some((key, expires)) = cached.as_ref() {
+            if SystemTime::now() + REFRESH_BEFORE < *expires {
+                return Ok(key.clone());
+            }
+        }
+        let (key, expires) = tokio::task::spawn_blocking(instance_role)
+            .await
+            .map_err(|e| format!("instance role: {e}"))?
+            .map_err(|e| format!("instance role: {e:#}"))?;
+        info!(key_id = %key.key_id, "AWS credential of the instance role fetched");
+        let key = Arc::new(key);
+        *cached = Some((key.clone(), expires));
+        Ok(key)
+    }
+
+    /// Where the credential comes from, for logs and the journal (never the secret).
+    pub fn describe(&self) -> String {
+        match (&self.source, &self.fixed) {
+            (AwsCredentialSource::File { path, profile }, Some(key)) => {
+                format!("{} (profile {profile} of {})", key.key_id, path.display())
+            }
+            (AwsCredentialSource::Systemd { name, profile }, Some(key)) => {
+                format!(
+                    "{} (profile {profile} of systemd credential {name})",
+                    key.key_id
+                )
+            }
+            _ => "the instance role".into(),
+        }
+    }
+}
+
+/// The key of `profile` in the shared-credentials file `source` (the file's mode and
+/// type checked by [`CredentialSource::load`]).
+fn from_ini(source: &CredentialSource, profile: &str) -> anyhow::Result<SigningKey> {
+    let secret = source.load()?;
+    let text = secret
+        .expose_str()
+        .context("the credentials file is not UTF-8")?;
+    parse_ini(text, profile)
+}
+
+/// Reads `aws_access_key_id`, `aws_secret_access_key` and `aws_session_token` of
+/// section `[profile]` (or `[profile name]`, as in `~/.aws/config`). A key given twice,
+/// a section given twice, or a line that is neither is an error: an ambiguous file is
+/// not guessed at. Errors never quote a value.
+pub fn parse_ini(text: &str, profile: &str) -> anyhow::Result<SigningKey> {
+    let mut section: Option<String> = None;
+    let mut seen_sections: Vec<String> = Vec::new();
+    let (mut id, mut secret, mut token): (Option<String>, Option<String>, Option<String>) =
+        (None, None, None);
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = name.trim();
+            let name = name.strip_prefix("profile ").map(str::trim).unwrap_or(name);
+            if seen_sections.iter().any(|s| s == name) {
+                bail!("line {}: section [{name}] appears twice", n + 1);
+            }
+            seen_sections.push(name.to_owned());
+            section = Some(name.to_owned());
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            bail!("line {}: neither a [section] nor key = value", n + 1);
+        };
+        if section.as_deref() != Some(profile) {
+            continue;
+        }
+        let slot = match key.trim().to_ascii_lowercase().as_str() {
+            "aws_access_key_id" => &mut id,
+            "aws_secret_access_key" => &mut secret,
+            "aws_session_token" | "aws_security_token" => &mut token,
+            _ => continue,
+        };
+        if slot.replace(value.trim().to_owned()).is_some() {
+            bail!("line {}: {} given twice in [{profile}]", n + 1, key.trim());
+        }
+    }
+    if !seen_sections.iter().any(|s| s == profile) {
+        bail!("no profile [{profile}]");
+    }
+    let id = id
+        .filter(|v| !v.is_empty())
+        .with_context(|| format!("[{profile}] has no aws_access_key_id"))?;
+    let secret = secret
+        .filter(|v| !v.is_empty())
+        .with_context(|| format!("[{profile}] has no aws_secret_access_key"))?;
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        bail!("[{profile}] aws_access_key_id is not an access key id");
+    }
+    Ok(SigningKey::new(id, secret, token.filter(|t| !t.is_empty())))
+}
+
+/// Fetches the instance role's credential from the metadata service (IMDSv2: a session
+/// token first, then the role's name, then its credential).
+fn instance_role() -> anyhow::Result<(SigningKey, SystemTime)> {
+    let base = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        .unwrap_or_else(|_| IMDS_ENDPOINT.to_owned());
+    let base = base.trim_end_matches('/');
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(IMDS_TIMEOUT))
+        .build()
+        .into();
+    let token = agent
+        .put(&format!("{base}/latest/api/token"))
+        .header("x-aws-ec2-metadata-token-ttl-seconds", "21600")
+        .send_empty()
+        .context("IMDSv2 session token")?
+        .body_mut()
+        .read_to_string()
+        .context("IMDSv2 session token")?;
+    let get = |path: &str| -> anyhow::Result<String> {
+        agent
+            .get(&format!("{base}{path}"))
+            .header("x-aws-ec2-metadata-token", token.trim())
+            .call()
+            .with_context(|| format!("GET {path}"))?
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("GET {path}"))
+    };
+    let roles = get("/latest/meta-data/iam/security-credentials/")?;
+    let role = roles
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .context("the instance has no role")?;
+    if !role
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+    {
+        bail!("the metadata service named an invalid role");
+    }
+    let document = get(&format!(
+        "/latest/meta-data/iam/security-credentials/{role}"
+    ))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&document).context("the role's credential is not JSON")?;
+    let field = |name: &str| -> anyhow::Result<String> {
+        value
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("the role's credential has no {name}"))
+    };
+    let expires = field("Expiration")?;
+    let expires =
+        parse_rfc3339(&expires).context("the role's credential has an invalid Expiration")?;
+    Ok((
+        SigningKey::new(
+            field("AccessKeyId")?,
+            field("SecretAccessKey")?,
+            Some(field("Token")?),
+        ),
+        expires,
+    ))
+}
+
+/// `2026-12-06T12:00:00Z` (what the metadata service and STS write).
+fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let compact: String = text
+        .trim()
+        .trim_end_matches('Z')
+        .split('.')
+        .next()?
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    crate::protocol::aws::sigv4::parse_amz_date(&format!("{compact}Z"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_are_read_strictly() {
+        let file = "# comment\n[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = s3cr3t/+=\n\n[profile ci]\naws_access_key_id=AKIACI\naws_secret_access_key=other\naws_session_token = tok\nregion = us-east-1\n";
+        let key = parse_ini(file, "default").unwrap();
+        assert_eq!(key.key_id, "AKIADEFAULT");
+        assert_eq!(key.secret(), "s3cr3t/+=");
+        assert!(key.session_token.is_none());
+        let ci = parse_ini(file, "ci").unwrap();
+        assert_eq!(ci.key_id, "AKIACI");
+        assert_eq!(ci.session_token.as_deref().map(|t| t.as_str()), Some("tok"));
+        for (text, why) in [
+            (
+                "[default]\naws_access_key_id=A\n",
+                "no aws_secret_access_key",
+            ),
+            (
+                "[other]\naws_access_key_id=A\naws_secret_access_key=B\n",
+                "no profile [default]",
+            ),
+            (
+                "[default]\naws_access_key_id=A\naws_access_key_id=C\naws_secret_access_key=B\n",
+                "given twice",
+            ),
+            ("[default]\n[default]\n", "appears twice"),
+            ("[default]\ngarbage\n", "neither"),
+        ] {
+            let e = parse_ini(text, "default").unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+            assert!(!e.contains("=B"), "{e}");
+        }
+    }
+
+    #[test]
+    fn expirations_parse() {
+        assert_eq!(
+            parse_rfc3339("2013-05-24T00:00:00Z"),
+            crate::protocol::aws::sigv4::parse_amz_date("20130524T000000Z")
+        );
+        assert!(parse_rfc3339("2013-05-24T00:00:00.123Z").is_some());
+        assert!(parse_rfc3339("yesterday").is_none());
+    }
+}

@@ -1,0 +1,358 @@
+//! AWS targets (`protocol = "aws"`): the real AWS CLI and boto3 (from the venv `cargo
+//! xtask setup` makes) in an intercepted cgroup, holding only the agent's placeholder
+//! key, against moto's server with IAM authentication enforced (a call signed with the
+//! placeholder is refused when sent directly). The agent checks the placeholder
+//! signature, judges the call by action, signs it again with the key of its own
+//! credentials file and journals it; the key's secret appears nowhere else.
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nhi_tests::aws::{aws_cli, boto3_python, AwsKey, Moto};
+use nhi_tests::*;
+use serde_json::Value;
+
+fn placeholder() -> AwsKey {
+    AwsKey::placeholder()
+}
+
+/// An agent with one AWS target for `moto`, the agent's own key in a 0600 credentials
+/// file, and `rules` as the policy's rules.
+fn agent_for(moto: &Moto, cg: &TestCgroup, rules: &str) -> (Agent, PathBuf) {
+    let creds = tempfile::NamedTempFile::new().expect("credentials file");
+    let path = creds
+        .into_temp_path()
+        .keep()
+        .expect("keep credentials file");
+    std::fs::write(
+        &path,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            moto.admin.id, moto.admin.secret
+        ),
+    )
+    .expect("write credentials");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod credentials");
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"aws\"\naddress = \"127.0.0.1:{}\"\nprotocol = \"aws\"\n\
+         aws_credentials_file = \"{}\"\n\n\
+         [[policy]]\nname = \"bots\"\n\n{rules}",
+        cg.rel(),
+        moto.port,
+        path.display()
+    ));
+    (agent, path)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs the AWS CLI in `cg` with `key` against the agent (HTTPS, the agent CA).
+fn cli(cg: &TestCgroup, home: &Path, ca: &Path, moto: &Moto, args: &[&str]) -> Output {
+    aws_cli(cg, home, Some(&placeholder()), Some(ca))
+        .args([
+            "--endpoint-url",
+            &format!("https://127.0.0.1:{}", moto.port),
+        ])
+        .args(["--region", "us-east-1", "--output", "json"])
+        .args(args)
+        .output()
+        .expect("run aws")
+}
+
+fn aws_calls(agent: &Agent) -> Vec<Value> {
+    http::data_of_kind(agent, "aws_call")
+}
+
+/// Every file under `dir` that holds `needle`.
+fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_aws_cli_holds_a_placeholder_and_the_agent_signs_for_it() {
+    privileged!("the_aws_cli_holds_a_placeholder_and_the_agent_signs_for_it");
+    let moto = Moto::start();
+    let secret_value = "correct-horse-battery-staple-4711";
+    moto.admin_python(&format!(
+        "c.client('secretsmanager').create_secret(Name='db-password', SecretString='{secret_value}')\n\
+         c.client('s3').create_bucket(Bucket='artifacts')\n"
+    ));
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let (agent, creds) = agent_for(
+        &moto,
+        &cg,
+        "[[policy.rule]]\nname = \"no-iam-users\"\nverdict = \"deny\"\nactions = [\"iam:CreateUser\", \"iam:DeleteUser\"]\n",
+    );
+    let home = tempfile::tempdir().unwrap();
+    let ca = agent.dir.path().join("tls/ca.crt");
+
+    // Sent directly (not intercepted), the placeholder is refused by the server.
+    let direct = aws_cli(
+        &TestCgroup::create(&unique("nhi-direct")),
+        home.path(),
+        Some(&placeholder()),
+        None,
+    )
+    .args(["--endpoint-url", &moto.endpoint(), "--region", "us-east-1"])
+    .args(["sts", "get-caller-identity"])
+    .output()
+    .expect("aws");
+    assert!(!direct.status.success(), "{}", text(&direct));
+
+    // Through the agent: the server sees the agent's identity.
+    let out = cli(
+        &cg,
+        home.path(),
+        &ca,
+        &moto,
+        &["sts", "get-caller-identity"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let who: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        who["Arn"]
+            .as_str()
+            .unwrap()
+            .ends_with("user/nhi-agent-admin"),
+        "{who}"
+    );
+
+    // A secret's value is masked for the bot (and the journal).
+    let out = cli(
+        &cg,
+        home.path(),
+        &ca,
+        &moto,
+        &[
+            "secretsmanager",
+            "get-secret-value",
+            "--secret-id",
+            "db-password",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["Name"], "db-password");
+    assert_eq!(
+        got["SecretString"],
+        "[redacted]",
+        "{:#?}",
+        http::data_of_kind(&agent, "http_response")
+    );
+    assert!(!text(&out).contains(secret_value), "{}", text(&out));
+
+    // A denied action: AccessDenied naming the rule, nothing reaches the server.
+    let out = cli(
+        &cg,
+        home.path(),
+        &ca,
+        &moto,
+        &["iam", "create-user", "--user-name", "mallory"],
+    );
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(said.contains("AccessDenied"), "{said}");
+    assert!(said.contains("no-iam-users"), "{said}");
+    let users =
+        moto.admin_python("print([u['UserName'] for u in c.client('iam').list_users()['Users']])");
+    assert!(!users.contains("mallory"), "{users}");
+
+    // S3 both ways (the CLI's PutObject body is aws-chunked with an unsigned trailer).
+    let local = home.path().join("upload.bin");
+    let data: Vec<u8> = (0..(3 << 20))
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&local, &data).unwrap();
+    let out = cli(
+        &cg,
+        home.path(),
+        &ca,
+        &moto,
+        &[
+            "s3",
+            "cp",
+            local.to_str().unwrap(),
+            "s3://artifacts/build/app.bin",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let back = home.path().join("download.bin");
+    let out = cli(
+        &cg,
+        home.path(),
+        &ca,
+        &moto,
+        &[
+            "s3",
+            "cp",
+            "s3://artifacts/build/app.bin",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "the object came back unchanged"
+    );
+
+    let calls = aws_calls(&agent);
+    let action_of =
+        |a: &str| -> Vec<&Value> { calls.iter().filter(|c| c["action"] == a).collect() };
+    let sts = action_of("sts:GetCallerIdentity");
+    assert_eq!(sts.len(), 1, "{calls:#?}");
+    assert_eq!(sts[0]["status"], 200);
+    assert_eq!(sts[0]["outcome"], "forwarded");
+    assert_eq!(sts[0]["workload"], "bot");
+    assert_eq!(sts[0]["client_key_id"], placeholder().id.as_str());
+    assert!(
+        sts[0]["signed_as"]
+            .as_str()
+            .unwrap()
+            .starts_with(&moto.admin.id),
+        "{}",
+        sts[0]
+    );
+    assert!(
+        sts[0]["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{}",
+        sts[0]
+    );
+    let denied = action_of("iam:CreateUser");
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["outcome"], "refused");
+    assert_eq!(denied[0]["rule"], "no-iam-users");
+    assert_eq!(denied[0]["error_code"], "AccessDenied");
+    assert_eq!(denied[0]["params"]["UserName"], "mallory");
+    let get = action_of("secretsmanager:GetSecretValue");
+    assert_eq!(get.len(), 1);
+    assert_eq!(get[0]["resources"], serde_json::json!(["db-password"]));
+    let put = action_of("s3:PutObject");
+    assert_eq!(put.len(), 1, "{calls:#?}");
+    assert!(put[0]["resources"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("arn:aws:s3:::artifacts/build/app.bin")));
+    assert_eq!(action_of("s3:GetObject").len(), 1);
+
+    // The agent's secret key and the secret's value are in no journal file or log, and
+    // no client output.
+    agent.wait_sessions_ended(1);
+    let mut agent = agent;
+    agent.terminate();
+    for needle in [moto.admin.secret.as_str(), secret_value] {
+        let found: Vec<PathBuf> = files_holding(agent.dir.path(), needle)
+            .into_iter()
+            .filter(|p| p != &creds)
+            .collect();
+        assert!(found.is_empty(), "{needle:?} found in {found:?}");
+    }
+    let _ = std::fs::remove_file(&creds);
+}
+
+#[test]
+fn boto3_calls_are_held_for_approval_and_journaled() {
+    privileged!("boto3_calls_are_held_for_approval_and_journaled");
+    let moto = Moto::start();
+    moto.admin_python("c.client('iam').create_user(UserName='deployer')\n");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let (agent, creds) = agent_for(
+        &moto,
+        &cg,
+        "[[policy.rule]]\nname = \"keys-need-a-human\"\nverdict = \"approve\"\nactions = [\"iam:CreateAccessKey\"]\n",
+    );
+    let home = tempfile::tempdir().unwrap();
+    let ca = agent.dir.path().join("tls/ca.crt");
+    let script = format!(
+        "import boto3, json\n\
+         iam = boto3.client('iam', endpoint_url='https://127.0.0.1:{port}', region_name='us-east-1')\n\
+         key = iam.create_access_key(UserName='deployer')['AccessKey']\n\
+         print(json.dumps({{'id': key['AccessKeyId'], 'secret': key['SecretAccessKey']}}))\n",
+        port = moto.port
+    );
+    let child = boto3_python(&cg, home.path(), Some(&placeholder()), Some(&ca))
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let socket = agent.dir.path().join("approvals.sock");
+    let pending = wait_pending(&socket);
+    assert_eq!(pending["rule"], "keys-need-a-human");
+    let keys = moto.admin_python(
+        "print(len(c.client('iam').list_access_keys(UserName='deployer')['AccessKeyMetadata']))",
+    );
+    assert_eq!(keys.trim(), "0", "nothing reached the server while held");
+    let id = pending["id"].as_str().unwrap().to_string();
+    let out = approvals(&socket, &["approve", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let key: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(key["id"].as_str().unwrap().starts_with("AKIA"), "{key}");
+    // The new key's secret is masked for the bot: SecretAccessKey is an AWS secret field.
+    let real = moto.admin_python("print(c.client('iam').list_access_keys(UserName='deployer')['AccessKeyMetadata'][0]['AccessKeyId'])");
+    assert_eq!(key["id"].as_str().unwrap(), real.trim());
+    assert_eq!(key["secret"], "[redacted]", "{key}");
+    let calls = aws_calls(&agent);
+    let call = calls
+        .iter()
+        .find(|c| c["action"] == "iam:CreateAccessKey")
+        .expect("aws_call");
+    assert_eq!(call["status"], 200);
+    assert_eq!(call["outcome"], "forwarded");
+    assert_eq!(call["rule"], "keys-need-a-human");
+    let decisions: Vec<Value> = http::data_of_kind(&agent, "approval");
+    assert!(
+        decisions.iter().any(|d| d["decision"] == "approved"),
+        "{decisions:#?}"
+    );
+    let _ = std::fs::remove_file(&creds);
+}
+
+/// `nhi-agent approvals ARGS --socket S`.
+fn approvals(socket: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(agent_bin())
+        .arg("approvals")
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("run nhi-agent approvals")
+}
+
+/// Waits until one request is pending and returns it.
+fn wait_pending(socket: &Path) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = approvals(socket, &["list", "--json"]);
+        if out.status.success() {
+            let answer: Value = serde_json::from_slice(&out.stdout).expect("json");
+            if let Some(p) = answer["pending"].as_array().and_then(|a| a.first()) {
+                return p.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "nothing pending");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
