@@ -356,3 +356,106 @@ fn wait_pending(socket: &Path) -> Value {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn an_sdk_with_no_credentials_gets_the_placeholder_from_the_metadata_target() {
+    privileged!("an_sdk_with_no_credentials_gets_the_placeholder_from_the_metadata_target");
+    let moto = Moto::start();
+    moto.admin_python("c.client('s3').create_bucket(Bucket='cache')\n");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    // Nothing listens at the metadata addresses: the agent answers there. (Loopback
+    // addresses stand in for 169.254.169.254 and 169.254.170.2, which SDKs are pointed
+    // at by the variables they read.)
+    let imds = format!("127.0.0.{}:{}", 100 + std::process::id() % 100, free_port());
+    let ecs = format!("127.0.0.{}:{}", 200 + std::process::id() % 50, free_port());
+    let (agent, creds) = agent_for(
+        &moto,
+        &cg,
+        &format!(
+            "[[policy.rule]]\nname = \"no-user-data\"\nverdict = \"deny\"\npaths = [\"/latest/user-data\"]\n\n\
+             [[target]]\nname = \"imds\"\naddress = \"{imds}\"\nprotocol = \"aws-imds\"\n\
+             aws_region = \"us-east-1\"\naws_role_name = \"ci-runner\"\n\n\
+             [[target]]\nname = \"ecs\"\naddress = \"{ecs}\"\nprotocol = \"aws-imds\"\n"
+        ),
+    );
+    let home = tempfile::tempdir().unwrap();
+    let ca = agent.dir.path().join("tls/ca.crt");
+    let script = format!(
+        "import boto3, json, urllib.request\n\
+         s = boto3.Session()\n\
+         c = s.get_credentials().get_frozen_credentials()\n\
+         sts = s.client('sts', endpoint_url='https://127.0.0.1:{port}')\n\
+         s3 = s.client('s3', endpoint_url='https://127.0.0.1:{port}')\n\
+         s3.put_object(Bucket='cache', Key='k', Body=b'hello')\n\
+         try:\n    urllib.request.urlopen('http://{imds}/latest/user-data')\n    ud = 'read'\n\
+         except urllib.error.HTTPError as e:\n    ud = e.code\n\
+         print(json.dumps({{'key': c.access_key, 'arn': sts.get_caller_identity()['Arn'], 'user_data': ud}}))\n",
+        port = moto.port
+    );
+    let out = boto3_python(&cg, home.path(), None, Some(&ca))
+        .env(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            format!("http://{imds}/"),
+        )
+        .args(["-c", &script])
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "{}", text(&out));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["key"], placeholder().id.as_str(), "{got}");
+    assert!(
+        got["arn"]
+            .as_str()
+            .unwrap()
+            .ends_with("user/nhi-agent-admin"),
+        "{got}"
+    );
+    assert_eq!(
+        got["user_data"], 403,
+        "a rule refuses the rest of the metadata tree"
+    );
+    let stored = moto.admin_python(
+        "print(c.client('s3').get_object(Bucket='cache', Key='k')['Body'].read().decode())",
+    );
+    assert_eq!(stored.trim(), "hello");
+
+    // ECS-style container credentials (a full URI on loopback, as SDKs allow).
+    let out = boto3_python(&cg, home.path(), None, Some(&ca))
+        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", format!("http://{ecs}/v2/credentials/task-1"))
+        .args(["-c", &format!(
+            "import boto3\nprint(boto3.client('sts', endpoint_url='https://127.0.0.1:{}').get_caller_identity()['Arn'])\n",
+            moto.port
+        )])
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .ends_with("user/nhi-agent-admin"));
+
+    let requests = http::data_of_kind(&agent, "http_request");
+    let answered: Vec<&str> = requests
+        .iter()
+        .filter(|r| r["action"] == "answered")
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert!(answered.contains(&"/latest/api/token"), "{answered:?}");
+    assert!(
+        answered.contains(&"/latest/meta-data/iam/security-credentials/ci-runner"),
+        "{answered:?}"
+    );
+    assert!(answered.contains(&"/v2/credentials/task-1"), "{answered:?}");
+    let refused: Vec<&Value> = requests
+        .iter()
+        .filter(|r| r["rule"] == "no-user-data")
+        .collect();
+    assert_eq!(refused.len(), 1, "{requests:#?}");
+    assert_eq!(
+        aws_calls(&agent)
+            .iter()
+            .filter(|c| c["status"] == 200)
+            .count(),
+        3
+    );
+    let _ = std::fs::remove_file(&creds);
+}

@@ -226,6 +226,8 @@ pub struct Target {
     pub http: Option<HttpTarget>,
     /// AWS settings; `Some` exactly when `protocol = "aws"`.
     pub aws: Option<AwsTarget>,
+    /// Metadata-service settings; `Some` exactly when `protocol = "aws-imds"`.
+    pub imds: Option<ImdsTarget>,
     /// `netns` (both): the network namespaces whose connections match: `"host"` (the
     /// agent's), `"container"` (any other), both when unset. The address is always
     /// the one the client dialled, as its namespace sees it.
@@ -291,6 +293,16 @@ pub struct AwsTarget {
     /// `accept_any_client_key` (`false`): accept requests signed with any access key
     /// (only the signature's shape is checked), not only the agent's placeholder key.
     pub accept_any_client_key: bool,
+}
+
+/// The `[[target]]` keys of `protocol = "aws-imds"` (with the HTTP ones, for what is
+/// forwarded to the real metadata service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImdsTarget {
+    /// `aws_region`: the region answered to placement requests (else forwarded).
+    pub region: Option<String>,
+    /// `aws_role_name` (`"nhi-agent"`): the role name the instance appears to have.
+    pub role_name: String,
 }
 
 /// The agent's own AWS credential for a target.
@@ -463,6 +475,9 @@ pub enum Protocol {
     /// judged by action, region and resource, journaled, and signed again with the
     /// agent's credential.
     Aws,
+    /// `"aws-imds"`: the EC2 metadata service and the ECS/EKS container-credential
+    /// endpoints, answered by the agent with the placeholder credential.
+    AwsImds,
 }
 
 impl Protocol {
@@ -472,6 +487,7 @@ impl Protocol {
         Protocol::Postgres,
         Protocol::Http,
         Protocol::Aws,
+        Protocol::AwsImds,
     ];
 
     /// The name used in the configuration and the journal.
@@ -481,6 +497,7 @@ impl Protocol {
             Protocol::Postgres => "postgres",
             Protocol::Http => "http",
             Protocol::Aws => "aws",
+            Protocol::AwsImds => "aws-imds",
         }
     }
 }
@@ -952,6 +969,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
         let postgres = postgres_settings(&raw, protocol)?;
         let http = http_settings(&raw, protocol)?;
         let aws = aws_settings(&raw, protocol)?;
+        let imds = imds_settings(&raw, protocol)?;
         let netns = match &raw.netns {
             None => NetnsScope::Any,
             Some(v) => match v.get_ref().as_str() {
@@ -972,6 +990,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
             postgres,
             http,
             aws,
+            imds,
             netns,
         })
     }
@@ -1068,10 +1087,10 @@ fn postgres_settings(
             ),
             ("credential", raw.credential.as_ref().map(Spanned::span)),
         ];
-        if !matches!(protocol, Protocol::Http | Protocol::Aws) {
+        if !matches!(protocol, Protocol::Http | Protocol::Aws | Protocol::AwsImds) {
             refuse_keys(
                 &shared,
-                "protocol = \"postgres\", \"http\" and \"aws\"",
+                "protocol = \"postgres\", \"http\", \"aws\" and \"aws-imds\"",
                 protocol,
             )?;
         }
@@ -1118,7 +1137,7 @@ fn postgres_settings(
 
 /// Validates the keys of an HTTP target: TLS on both legs and the injected credential.
 fn http_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<HttpTarget>, Problem> {
-    if protocol == Protocol::Aws {
+    if matches!(protocol, Protocol::Aws | Protocol::AwsImds) {
         refuse_keys(
             &[
                 ("inject", raw.inject.as_ref().map(Spanned::span)),
@@ -1127,10 +1146,10 @@ fn http_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<HttpTarge
                     raw.password_file.as_ref().map(Spanned::span),
                 ),
             ],
-            "protocol = \"http\" (an AWS target signs with the credential of `aws_credentials_file`, `credential` or `aws_instance_role`)",
+            "protocol = \"http\" (an AWS target signs with the credential of `aws_credentials_file`, `credential` or `aws_instance_role`; a metadata target hands out the placeholder)",
             protocol,
         )?;
-    } else if protocol != Protocol::Http {
+    } else if !matches!(protocol, Protocol::Http | Protocol::AwsImds) {
         refuse_keys(
             &[
                 ("inject", raw.inject.as_ref().map(Spanned::span)),
@@ -1168,12 +1187,13 @@ fn http_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<HttpTarge
         },
     };
     let mut common = common_settings(raw)?;
-    if protocol == Protocol::Aws {
+    if protocol == Protocol::Aws && raw.client_tls.is_none() {
         // SDKs speak HTTPS; plain HTTP to an AWS target is the exception.
-        if raw.client_tls.is_none() {
-            common.client_tls = ClientTls::Terminate;
-        }
-        // The credential is the agent's AWS key (aws_settings), not an injected header.
+        common.client_tls = ClientTls::Terminate;
+    }
+    if matches!(protocol, Protocol::Aws | Protocol::AwsImds) {
+        // `credential` is the agent's AWS key (aws_settings; refused on a metadata
+        // target by imds_settings), never an injected header.
         common.credential = None;
     }
     if common.tls == UpstreamTlsMode::Prefer {
@@ -1305,6 +1325,64 @@ fn aws_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<AwsTarget>
             .as_ref()
             .is_some_and(|v| *v.get_ref()),
     }))
+}
+
+/// Validates the keys of a metadata-service target.
+fn imds_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<ImdsTarget>, Problem> {
+    if protocol != Protocol::AwsImds {
+        refuse_keys(
+            &[
+                ("aws_region", raw.aws_region.as_ref().map(Spanned::span)),
+                (
+                    "aws_role_name",
+                    raw.aws_role_name.as_ref().map(Spanned::span),
+                ),
+            ],
+            "protocol = \"aws-imds\"",
+            protocol,
+        )?;
+        return Ok(None);
+    }
+    if let Some(c) = &raw.credential {
+        return Err(Problem::at(
+            c,
+            "a metadata target hands out the placeholder credential; the real one belongs on the protocol = \"aws\" target",
+        ));
+    }
+    let region = match &raw.aws_region {
+        Some(r) => {
+            let v = r.get_ref();
+            if v.is_empty()
+                || v.len() > 32
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(Problem::at(
+                    r,
+                    "aws_region must be a region name such as \"eu-west-1\"",
+                ));
+            }
+            Some(v.clone())
+        }
+        None => None,
+    };
+    let role_name = match &raw.aws_role_name {
+        Some(r) => {
+            let v = r.get_ref();
+            if v.is_empty()
+                || v.len() > 64
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+            {
+                return Err(Problem::at(r, "aws_role_name must be an IAM role name"));
+            }
+            v.clone()
+        }
+        None => "nhi-agent".to_owned(),
+    };
+    Ok(Some(ImdsTarget { region, role_name }))
 }
 
 #[cfg(test)]

@@ -93,4 +93,7 @@ pub(super) struct RawTarget {
     pub aws_profile: Option<Spanned<String>>,
     pub aws_instance_role: Option<Spanned<bool>>,
     pub accept_any_client_key: Option<Spanned<bool>>,
+    /// aws-imds only.
+    pub aws_region: Option<Spanned<String>>,
+    pub aws_role_name: Option<Spanned<String>>,
 }

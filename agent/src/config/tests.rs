@@ -113,6 +113,7 @@ fn minimal_example_parses_to_the_expected_model() {
             postgres: None,
             http: None,
             aws: None,
+            imds: None,
             netns: crate::config::NetnsScope::Any,
         }]
     );
@@ -324,7 +325,7 @@ fn semantic_errors_point_at_the_value() {
             "protocol = \"tcp\"",
             "protocol = \"mysql\"",
             "\"mysql\"",
-            "protocol \"mysql\" is not supported yet (supported: tcp, postgres, http, aws)",
+            "protocol \"mysql\" is not supported yet (supported: tcp, postgres, http, aws, aws-imds)",
         ),
         (
             "cgroup = \"system.slice/backup*.service\"",

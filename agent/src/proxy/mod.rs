@@ -522,6 +522,7 @@ async fn handle(
             crate::config::Protocol::Postgres
                 | crate::config::Protocol::Http
                 | crate::config::Protocol::Aws
+                | crate::config::Protocol::AwsImds
         ) {
             reset(client);
             return;
@@ -634,6 +635,7 @@ async fn handle(
             crate::config::Protocol::Postgres
                 | crate::config::Protocol::Http
                 | crate::config::Protocol::Aws
+                | crate::config::Protocol::AwsImds
         ) {
             reset(client);
             let end = SessionEnd {
@@ -654,9 +656,9 @@ async fn handle(
     };
     let missing_runtime = match target.protocol {
         crate::config::Protocol::Postgres => pg.is_none(),
-        crate::config::Protocol::Http | crate::config::Protocol::Aws => {
-            snapshot.http.target(target_index).is_none()
-        }
+        crate::config::Protocol::Http
+        | crate::config::Protocol::Aws
+        | crate::config::Protocol::AwsImds => snapshot.http.target(target_index).is_none(),
         crate::config::Protocol::Tcp => false,
     };
     if missing_runtime {
@@ -699,8 +701,12 @@ async fn handle(
             origin: origin.clone(),
         };
         postgres::serve(ctx, client, cancel).await
-    } else if let (crate::config::Protocol::Http | crate::config::Protocol::Aws, Some(target_rt)) =
-        (target.protocol, snapshot.http.target(target_index).cloned())
+    } else if let (
+        crate::config::Protocol::Http
+        | crate::config::Protocol::Aws
+        | crate::config::Protocol::AwsImds,
+        Some(target_rt),
+    ) = (target.protocol, snapshot.http.target(target_index).cloned())
     {
         let rules = Arc::new(snapshot.pg.rules_for(
             config,

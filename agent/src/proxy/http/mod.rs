@@ -34,6 +34,7 @@
 pub mod aws;
 mod body;
 pub mod events;
+pub mod imds;
 pub mod runtime;
 mod upgrade;
 mod upstream;
@@ -698,6 +699,15 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             .mask_text(&format!("{method} {}", request_event.target))
             .into_owned()
     };
+    // A metadata target answers credential requests itself (once policy allows them).
+    let imds_answer = state
+        .target_rt
+        .imds
+        .as_ref()
+        .and_then(|rt| imds::answer(rt, &method, &normal.path, std::time::SystemTime::now()));
+    if imds_answer.is_some() && !matches!(action, Action::Refuse | Action::Hold) {
+        request_event.action = "answered".into();
+    }
     // What the forwarded request will carry (journaled with the request; a refused
     // request is not forwarded, so nothing is injected into it).
     if let Some(inject) = injection.filter(|_| !matches!(action, Action::Refuse)) {
@@ -841,6 +851,22 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 return journal_refused(&e);
             }
         }
+    }
+    if let Some(answer) = imds_answer {
+        info!(
+            session = state.id,
+            seq,
+            answered = answer.what,
+            "metadata request answered by the agent"
+        );
+        let event = HttpResponse {
+            body_bytes: Some(answer.body.len() as u64),
+            ..HttpResponse::agent(seq, answer.status.as_u16(), started)
+        };
+        if let Err(e) = record(state, &[Event::of(state.id, kind::RESPONSE, &event)], false).await {
+            return journal_refused(&e);
+        }
+        return imds::response(&answer);
     }
     if upgrade == upgrade::Upgrade::WebSocket {
         return upgrade::forward_websocket(state, req, seq, started).await;

@@ -47,6 +47,8 @@ pub struct HttpTargetRuntime {
     pub mask_body_limit: u64,
     /// `protocol = "aws"`: the agent's credential and how client signatures are checked.
     pub aws: Option<super::aws::AwsTargetRuntime>,
+    /// `protocol = "aws-imds"`: what the agent answers for the metadata service.
+    pub imds: Option<super::imds::ImdsRuntime>,
 }
 
 /// Everything the HTTP sessions of one configuration share, indexed like
@@ -64,11 +66,12 @@ impl HttpRuntime {
     pub fn build(config: &Config, ca: Option<Arc<AgentCa>>) -> anyhow::Result<HttpRuntime> {
         let mut targets = Vec::with_capacity(config.targets.len());
         for target in &config.targets {
-            let Some(settings) = target
-                .http
-                .as_ref()
-                .filter(|_| matches!(target.protocol, Protocol::Http | Protocol::Aws))
-            else {
+            let Some(settings) = target.http.as_ref().filter(|_| {
+                matches!(
+                    target.protocol,
+                    Protocol::Http | Protocol::Aws | Protocol::AwsImds
+                )
+            }) else {
                 targets.push(None);
                 continue;
             };
@@ -124,6 +127,10 @@ impl HttpRuntime {
                 inject,
                 mask_body_limit: settings.mask_body_limit,
                 aws,
+                imds: target.imds.as_ref().map(|i| super::imds::ImdsRuntime {
+                    region: i.region.clone(),
+                    role_name: i.role_name.clone(),
+                }),
             })));
         }
         Ok(HttpRuntime { targets, ca })
