@@ -19,6 +19,17 @@ fn placeholder() -> AwsKey {
 /// An agent with one AWS target for `moto`, the agent's own key in a 0600 credentials
 /// file, and `rules` as the policy's rules.
 fn agent_for(moto: &Moto, cg: &TestCgroup, rules: &str) -> (Agent, PathBuf) {
+    agent_with(moto, cg, "", "", rules)
+}
+
+/// [`agent_for`] with more keys for the workload and the AWS target.
+fn agent_with(
+    moto: &Moto,
+    cg: &TestCgroup,
+    workload_keys: &str,
+    target_keys: &str,
+    rules: &str,
+) -> (Agent, PathBuf) {
     let creds = tempfile::NamedTempFile::new().expect("credentials file");
     let path = creds
         .into_temp_path()
@@ -35,9 +46,9 @@ fn agent_for(moto: &Moto, cg: &TestCgroup, rules: &str) -> (Agent, PathBuf) {
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("chmod credentials");
     let agent = Agent::start(&format!(
-        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n{workload_keys}\n\
          [[target]]\nname = \"aws\"\naddress = \"127.0.0.1:{}\"\nprotocol = \"aws\"\n\
-         aws_credentials_file = \"{}\"\n\n\
+         aws_credentials_file = \"{}\"\n{target_keys}\n\
          [[policy]]\nname = \"bots\"\n\n{rules}",
         cg.rel(),
         moto.port,
@@ -456,6 +467,56 @@ fn an_sdk_with_no_credentials_gets_the_placeholder_from_the_metadata_target() {
             .filter(|c| c["status"] == 200)
             .count(),
         3
+    );
+    let _ = std::fs::remove_file(&creds);
+}
+
+#[test]
+fn a_workload_role_is_assumed_per_session_and_names_it() {
+    privileged!("a_workload_role_is_assumed_per_session_and_names_it");
+    let moto = Moto::start();
+    let role = moto.admin_python(
+        "import json\n\
+         iam = c.client('iam')\n\
+         admin = iam.get_user(UserName='nhi-agent-admin')['User']['Arn']\n\
+         trust = {'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Principal': {'AWS': admin}, 'Action': 'sts:AssumeRole'}]}\n\
+         arn = iam.create_role(RoleName='ci-deployer', AssumeRolePolicyDocument=json.dumps(trust))['Role']['Arn']\n\
+         iam.put_role_policy(RoleName='ci-deployer', PolicyName='all', PolicyDocument=json.dumps({'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Action': '*', 'Resource': '*'}]}))\n\
+         print(arn)\n",
+    );
+    let role = role.trim().to_string();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let (agent, creds) = agent_with(
+        &moto,
+        &cg,
+        &format!("aws_role_arn = \"{role}\"\n"),
+        &format!("aws_sts_endpoint = \"{}\"\n", moto.endpoint()),
+        "",
+    );
+    let home = tempfile::tempdir().unwrap();
+    let ca = agent.dir.path().join("tls/ca.crt");
+    let out = cli(
+        &cg,
+        home.path(),
+        &ca,
+        &moto,
+        &["sts", "get-caller-identity"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let who: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let arn = who["Arn"].as_str().unwrap();
+    let session = agent.sessions()[0]["id"].as_i64().unwrap();
+    assert_eq!(
+        arn,
+        format!("arn:aws:sts::123456789012:assumed-role/ci-deployer/nhi-{session}-bot"),
+        "the role session names the journal session and the workload"
+    );
+    let calls = aws_calls(&agent);
+    let signed_as = calls[0]["signed_as"].as_str().unwrap();
+    assert!(signed_as.contains(&role), "{signed_as}");
+    assert!(
+        signed_as.contains(&format!("nhi-{session}-bot")),
+        "{signed_as}"
     );
     let _ = std::fs::remove_file(&creds);
 }

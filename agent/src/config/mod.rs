@@ -196,6 +196,11 @@ pub struct Workload {
     /// `uid` (any): only processes running as this (real) uid.
     /// At least one of `cgroup` and `uid` must be given.
     pub uid: Option<u32>,
+    /// `aws_role_arn`: on `protocol = "aws"` targets, the workload's calls are signed
+    /// with this role, assumed through STS by the agent's credential, one role session
+    /// per journal session (`RoleSessionName` `nhi-<session>-<workload>`,
+    /// `SourceIdentity` the workload), so CloudTrail names the session.
+    pub aws_role_arn: Option<String>,
 }
 
 impl Workload {
@@ -293,6 +298,9 @@ pub struct AwsTarget {
     /// `accept_any_client_key` (`false`): accept requests signed with any access key
     /// (only the signature's shape is checked), not only the agent's placeholder key.
     pub accept_any_client_key: bool,
+    /// `aws_sts_endpoint` (`https://sts.<region>.amazonaws.com`, the region of the
+    /// call): where the agent assumes workloads' `aws_role_arn`.
+    pub sts_endpoint: Option<String>,
 }
 
 /// The `[[target]]` keys of `protocol = "aws-imds"` (with the HTTP ones, for what is
@@ -927,10 +935,30 @@ impl TryFrom<Spanned<RawWorkload>> for Workload {
             None => CgroupPattern::new(CgroupPattern::ANY)
                 .expect("the match-everything pattern compiles"),
         };
+        let aws_role_arn = match &raw.aws_role_arn {
+            Some(arn) => {
+                let v = arn.get_ref();
+                let valid = v.starts_with("arn:")
+                    && v.split(':').nth(2) == Some("iam")
+                    && v.split(':')
+                        .nth(5)
+                        .is_some_and(|r| r.starts_with("role/") && r.len() > 5)
+                    && v.len() <= 2048;
+                if !valid {
+                    return Err(Problem::at(
+                        arn,
+                        "aws_role_arn must be a role ARN such as \"arn:aws:iam::123456789012:role/ci-deployer\"",
+                    ));
+                }
+                Some(v.clone())
+            }
+            None => None,
+        };
         Ok(Workload {
             name,
             cgroup,
             uid: raw.uid,
+            aws_role_arn,
         })
     }
 }
@@ -1255,6 +1283,10 @@ fn aws_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<AwsTarget>
             "accept_any_client_key",
             raw.accept_any_client_key.as_ref().map(Spanned::span),
         ),
+        (
+            "aws_sts_endpoint",
+            raw.aws_sts_endpoint.as_ref().map(Spanned::span),
+        ),
     ];
     if protocol != Protocol::Aws {
         refuse_keys(&aws_keys, "protocol = \"aws\"", protocol)?;
@@ -1318,8 +1350,24 @@ fn aws_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<AwsTarget>
             });
         }
     };
+    let sts_endpoint = match &raw.aws_sts_endpoint {
+        Some(e) => {
+            let v = e.get_ref().trim_end_matches('/');
+            let valid = (v.starts_with("https://") || v.starts_with("http://"))
+                && url::Url::parse(v).is_ok_and(|u| u.host().is_some() && u.path() == "/");
+            if !valid {
+                return Err(Problem::at(
+                    e,
+                    "aws_sts_endpoint must be an http(s) URL without a path, e.g. \"https://sts.eu-west-1.amazonaws.com\"",
+                ));
+            }
+            Some(v.to_owned())
+        }
+        None => None,
+    };
     Ok(Some(AwsTarget {
         credentials,
+        sts_endpoint,
         accept_any_client_key: raw
             .accept_any_client_key
             .as_ref()

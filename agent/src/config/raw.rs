@@ -63,6 +63,7 @@ pub(super) struct RawWorkload {
     pub name: Option<Spanned<String>>,
     pub cgroup: Option<Spanned<String>>,
     pub uid: Option<u32>,
+    pub aws_role_arn: Option<Spanned<String>>,
 }
 
 /// One `[[target]]`.
@@ -92,6 +93,7 @@ pub(super) struct RawTarget {
     pub aws_credentials_file: Option<Spanned<String>>,
     pub aws_profile: Option<Spanned<String>>,
     pub aws_instance_role: Option<Spanned<bool>>,
+    pub aws_sts_endpoint: Option<Spanned<String>>,
     pub accept_any_client_key: Option<Spanned<bool>>,
     /// aws-imds only.
     pub aws_region: Option<Spanned<String>>,

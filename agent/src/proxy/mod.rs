@@ -739,6 +739,7 @@ async fn handle(
                 };
                 (status, r.message)
             }),
+            aws_role: workload.aws_role_arn.clone(),
         };
         http::serve(ctx, client, cancel).await
     } else {

@@ -96,6 +96,8 @@ pub struct HttpContext<'a> {
     /// `Some((status, reason))`: answer every request with `status` (507: the disk
     /// budget is exceeded; 429: the workload is at its connection limit).
     pub refuse: Option<(u16, String)>,
+    /// The workload's `aws_role_arn` (AWS targets sign with it, assumed per session).
+    pub aws_role: Option<String>,
 }
 
 /// Headers whose values are credentials: journaled as `[redacted]`.
@@ -143,6 +145,8 @@ struct State {
     journal_failed: watch::Sender<bool>,
     /// HTTP/1 request framing as the client sent it (what hyper's parser hides).
     framing: Arc<Mutex<RequestFraming>>,
+    /// The workload's role, assumed for this session (AWS targets with `aws_role_arn`).
+    role_session: Option<aws::RoleSession>,
 }
 
 /// The first byte of a TLS handshake record: a client that starts with it speaks TLS
@@ -360,6 +364,11 @@ async fn serve_http(
         refuse: ctx.refuse.clone(),
         journal_failed,
         framing: framing.clone(),
+        role_session: ctx
+            .aws_role
+            .as_deref()
+            .filter(|_| ctx.target_rt.aws.is_some())
+            .map(|arn| aws::RoleSession::new(arn, ctx.id, &ctx.requester.identity.workload)),
     });
     let counts = Arc::new(Counted::default());
     let io = TokioIo::new(Counting::new(client, counts.clone(), Some(framing)));
@@ -1071,7 +1080,7 @@ async fn forward(
     // An AWS call is signed again, with the agent's credential, as it is sent.
     let mut signed_as = None;
     if let (Some((call, verdict)), Some(rt)) = (&aws_call, &state.target_rt.aws) {
-        match aws::sign_upstream(rt, call, &mut upstream).await {
+        match aws::sign_upstream(rt, state.role_session.as_ref(), call, &mut upstream).await {
             Ok(identity) => signed_as = Some(identity),
             Err(why) => {
                 let message = format!("nhi-agent: the agent could not sign the call: {why}");

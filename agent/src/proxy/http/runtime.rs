@@ -117,6 +117,7 @@ impl HttpRuntime {
                     credentials: super::aws::AwsCredentials::load(&aws.credentials)
                         .with_context(|| format!("target \"{}\"", target.name))?,
                     accept_any_client_key: aws.accept_any_client_key,
+                    sts_endpoint: aws.sts_endpoint.clone(),
                 }),
                 None => None,
             };

@@ -97,6 +97,180 @@ impl AwsCredentials {
     }
 }
 
+/// A workload's role (`aws_role_arn`), assumed for one journal session: its
+/// `RoleSessionName` names the session and the workload, its `SourceIdentity` the
+/// workload, so each CloudTrail entry of the role session points back to the journal.
+pub struct RoleSession {
+    pub role_arn: String,
+    pub session_name: String,
+    pub source_identity: String,
+    cached: Mutex<Option<(Arc<SigningKey>, SystemTime)>>,
+}
+
+impl RoleSession {
+    pub fn new(role_arn: &str, session: i64, workload: &str) -> RoleSession {
+        RoleSession {
+            role_arn: role_arn.to_owned(),
+            session_name: sts_name(&format!("nhi-{session}-{workload}")),
+            source_identity: sts_name(workload),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The role session's key, assumed with `base` at `endpoint` (or STS of `region`)
+    /// when there is none yet or it expires within [`REFRESH_BEFORE`].
+    pub async fn key(
+        &self,
+        base: Arc<SigningKey>,
+        endpoint: Option<&str>,
+        region: &str,
+    ) -> Result<Arc<SigningKey>, String> {
+        let mut cached = self.cached.lock().await;
+        if let Some((key, expires)) = cached.as_ref() {
+            if SystemTime::now() + REFRESH_BEFORE < *expires {
+                return Ok(key.clone());
+            }
+        }
+        let endpoint = endpoint
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+        let (role_arn, session_name, source_identity, region) = (
+            self.role_arn.clone(),
+            self.session_name.clone(),
+            self.source_identity.clone(),
+            region.to_owned(),
+        );
+        let (key, expires) = tokio::task::spawn_blocking(move || {
+            assume_role(
+                &base,
+                &endpoint,
+                &region,
+                &role_arn,
+                &session_name,
+                &source_identity,
+            )
+        })
+        .await
+        .map_err(|e| format!("assuming the workload's role: {e}"))?
+        .map_err(|e| format!("assuming {}: {e:#}", self.role_arn))?;
+        info!(role = %self.role_arn, session_name = %self.session_name, key_id = %key.key_id, "workload role assumed");
+        let key = Arc::new(key);
+        *cached = Some((key.clone(), expires));
+        Ok(key)
+    }
+}
+
+/// A name STS accepts (`[\w+=,.@-]{2,64}`): other characters become `-`.
+fn sts_name(raw: &str) -> String {
+    let mut name: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    while name.len() < 2 {
+        name.push('-');
+    }
+    name
+}
+
+/// STS AssumeRole (query API, signed with `base`): the role session's key and expiry.
+fn assume_role(
+    base: &SigningKey,
+    endpoint: &str,
+    region: &str,
+    role_arn: &str,
+    session_name: &str,
+    source_identity: &str,
+) -> anyhow::Result<(SigningKey, SystemTime)> {
+    use crate::protocol::aws::sigv4::{header_signature, sha256_hex, Signable};
+    let url = url::Url::parse(endpoint).context("aws_sts_endpoint")?;
+    let host = match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        _ => bail!("aws_sts_endpoint has no host"),
+    };
+    let form = |v: &str| -> String { url::form_urlencoded::byte_serialize(v.as_bytes()).collect() };
+    let body = format!(
+        "Action=AssumeRole&Version=2011-06-15&RoleArn={}&RoleSessionName={}&SourceIdentity={}&DurationSeconds=3600",
+        form(role_arn),
+        form(session_name),
+        form(source_identity)
+    );
+    let content_type = "application/x-www-form-urlencoded; charset=utf-8";
+    let uri = format!("{}/", endpoint.trim_end_matches('/'));
+    let hash = sha256_hex(body.as_bytes());
+    let signable = Signable {
+        method: "POST",
+        uri: &uri,
+        headers: vec![("content-type", content_type), ("host", &host)],
+        payload_hash: &hash,
+        region,
+        service: "sts",
+    };
+    let (headers, _) =
+        header_signature(&signable, base, SystemTime::now()).map_err(|e| anyhow::anyhow!(e))?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.post(&uri).header("content-type", content_type);
+    for (name, value) in &headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let mut response = request.send(body.as_bytes()).context("STS AssumeRole")?;
+    let status = response.status();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_string()
+        .context("STS AssumeRole answer")?;
+    if !status.is_success() {
+        let code = crate::protocol::aws::error::error_code(&[], Some(text.as_bytes()))
+            .unwrap_or_else(|| "unknown error".into());
+        bail!("STS answered {status} {code}");
+    }
+    let field = |name: &str| -> anyhow::Result<String> {
+        xml_text(&text, name).with_context(|| format!("the AssumeRole answer has no {name}"))
+    };
+    let expires = parse_rfc3339(&field("Expiration")?)
+        .context("the AssumeRole answer has an invalid Expiration")?;
+    Ok((
+        SigningKey::new(
+            field("AccessKeyId")?,
+            field("SecretAccessKey")?,
+            Some(field("SessionToken")?),
+        ),
+        expires,
+    ))
+}
+
+/// The text of the first element named `name` (local name).
+fn xml_text(xml: &str, name: &str) -> Option<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut inside = false;
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(e) => {
+                let local = e.local_name();
+                inside = AsRef::<str>::as_ref(&local) == name;
+            }
+            Event::Text(t) if inside => return Some(t.xml10_content().trim().to_owned()),
+            Event::End(_) => inside = false,
+            Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
 /// The key of `profile` in the shared-credentials file `source` (the file's mode and
 /// type checked by [`CredentialSource::load`]).
 fn from_ini(source: &CredentialSource, profile: &str) -> anyhow::Result<SigningKey> {

@@ -42,7 +42,7 @@ use crate::protocol::aws::sigv4::{
     SigError, Signable, PLACEHOLDER_KEY_ID,
 };
 
-pub use credentials::AwsCredentials;
+pub use credentials::{AwsCredentials, RoleSession};
 
 /// The largest request body the agent reads whole (to hash it for the signature, or to
 /// read the call's parameters): AWS's JSON and query APIs take a few MiB at most.
@@ -56,6 +56,8 @@ pub const AWS_CALL: &str = "aws_call";
 pub struct AwsTargetRuntime {
     pub credentials: AwsCredentials,
     pub accept_any_client_key: bool,
+    /// `aws_sts_endpoint`: where workloads' roles are assumed.
+    pub sts_endpoint: Option<String>,
 }
 
 /// What the `http_request` event says of an AWS call (journaled before it is
@@ -459,11 +461,31 @@ pub(super) fn agent_request_id(session: i64, seq: u64) -> String {
 /// sets the agent's. Returns the identity signed as.
 pub(super) async fn sign_upstream(
     rt: &AwsTargetRuntime,
+    role: Option<&RoleSession>,
     inspected: &Inspected,
     request: &mut Request<Body>,
 ) -> Result<String, String> {
-    let key = rt.credentials.key().await?;
     let sig = &inspected.sig;
+    let base = rt.credentials.key().await?;
+    let (key, signed_as) = match role {
+        None => (
+            base.clone(),
+            format!("{} ({})", base.key_id, rt.credentials.describe()),
+        ),
+        Some(role) => {
+            let key = role
+                .key(base, rt.sts_endpoint.as_deref(), &sig.region)
+                .await?;
+            let identity = format!(
+                "{} (role {}, session {}, assumed with {})",
+                key.key_id,
+                role.role_arn,
+                role.session_name,
+                rt.credentials.describe()
+            );
+            (key, identity)
+        }
+    };
     let headers = request.headers_mut();
     for name in ["authorization", "x-amz-date", "x-amz-security-token"] {
         headers.remove(name);
@@ -554,7 +576,7 @@ pub(super) async fn sign_upstream(
             *request.uri_mut() = new_uri.parse().map_err(|e| format!("presigned URI: {e}"))?;
         }
     }
-    Ok(format!("{} ({})", key.key_id, rt.credentials.describe()))
+    Ok(signed_as)
 }
 
 /// Replaces the request's aws-chunked body by one whose chunks are signed again with
