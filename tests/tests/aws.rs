@@ -520,3 +520,140 @@ fn a_workload_role_is_assumed_per_session_and_names_it() {
     );
     let _ = std::fs::remove_file(&creds);
 }
+
+/// The SHA-256 of a file, hex.
+fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn s3_streaming_uploads_of_64_mib_are_signed_again_chunk_by_chunk() {
+    privileged!("s3_streaming_uploads_of_64_mib_are_signed_again_chunk_by_chunk");
+    let s3 = S3Server::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let creds = tempfile::NamedTempFile::new()
+        .unwrap()
+        .into_temp_path()
+        .keep()
+        .unwrap();
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            S3Server::ACCESS_KEY,
+            S3Server::SECRET_KEY
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"s3\"\naddress = \"127.0.0.1:{}\"\nprotocol = \"aws\"\n\
+         aws_credentials_file = \"{}\"\n",
+        cg.rel(),
+        s3.port,
+        creds.display()
+    ));
+    let home = tempfile::tempdir().unwrap();
+    let ca = agent.dir.path().join("tls/ca.crt");
+    let client = workspace_root().join("tests/clients/s3_chunked_put.py");
+    let key = placeholder();
+    let put = |object: &str, tamper: Option<u32>| -> (String, String, String) {
+        let mut cmd = boto3_python(&cg, home.path(), None, Some(&ca));
+        cmd.arg(&client)
+            .arg(format!(
+                "https://127.0.0.1:{}/{}/{object}",
+                s3.port, s3.bucket
+            ))
+            .args([&key.id, &key.secret, &(64 << 20).to_string(), "--ca"])
+            .arg(&ca);
+        if let Some(n) = tamper {
+            cmd.args(["--tamper", &n.to_string()]);
+        }
+        let out = cmd.output().expect("python");
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = stdout.splitn(3, '\n');
+        (
+            lines.next().unwrap_or("").to_string(),
+            lines.next().unwrap_or("").to_string(),
+            lines.next().unwrap_or("").to_string(),
+        )
+    };
+
+    // STREAMING-AWS4-HMAC-SHA256-PAYLOAD: 1024 chunks of 64 KiB, each signed by the
+    // client with the placeholder, checked and signed again by the agent; s3s-fs checks
+    // every chunk signature against the agent's key.
+    let (status, sent, said) = put("chunked.bin", None);
+    assert_eq!(
+        status,
+        "200",
+        "{said}\n{:#?}\n{}",
+        http::data_of_kind(&agent, "http_request"),
+        agent.log_text()
+    );
+    assert_eq!(sha256_file(&s3.object_path("chunked.bin")), sent);
+
+    // One byte of one chunk changed after the client signed it: the agent stops the
+    // upload at that chunk; nothing is stored.
+    let (status, _, said) = put("tampered.bin", Some(300));
+    assert_ne!(status, "200", "{said}");
+    assert!(!s3.object_path("tampered.bin").exists());
+
+    // The AWS CLI: a 64 MiB multipart upload (8 MiB parts) and the download.
+    let local = home.path().join("big.bin");
+    let data: Vec<u8> = (0..(64u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    std::fs::write(&local, &data).unwrap();
+    let s3_cli = |args: &[&str]| {
+        aws_cli(&cg, home.path(), Some(&key), Some(&ca))
+            .args([
+                "--endpoint-url",
+                &format!("https://127.0.0.1:{}", s3.port),
+                "--region",
+                "us-east-1",
+            ])
+            .args(args)
+            .output()
+            .expect("aws")
+    };
+    let target = format!("s3://{}/multi/big.bin", s3.bucket);
+    let out = s3_cli(&["s3", "cp", local.to_str().unwrap(), &target]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        sha256_file(&s3.object_path("multi/big.bin")),
+        sha256_file(&local)
+    );
+    let back = home.path().join("back.bin");
+    let out = s3_cli(&["s3", "cp", &target, back.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sha256_file(&back), sha256_file(&local));
+
+    let calls = aws_calls(&agent);
+    let count = |action: &str| calls.iter().filter(|c| c["action"] == action).count();
+    assert_eq!(count("s3:CreateMultipartUpload"), 1, "{calls:#?}");
+    assert_eq!(count("s3:UploadPart"), 8, "{calls:#?}");
+    assert_eq!(count("s3:CompleteMultipartUpload"), 1, "{calls:#?}");
+    let chunked: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c["payload"] == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+        .collect();
+    assert_eq!(chunked.len(), 2, "{calls:#?}");
+    assert_eq!(chunked[0]["status"], 200);
+    assert_eq!(chunked[1]["outcome"], "upstream failed", "{calls:#?}");
+    assert_eq!(
+        chunked[0]["signed_as"],
+        format!(
+            "{} (profile default of {})",
+            S3Server::ACCESS_KEY,
+            creds.display()
+        )
+    );
+    let _ = std::fs::remove_file(&creds);
+}

@@ -284,7 +284,12 @@ fn build(
             "credential scope ends with {terminator:?}, not aws4_request"
         )));
     }
-    if key_id.is_empty() || !key_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if key_id.is_empty()
+        || key_id.len() > 128
+        || !key_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.+=@".contains(&b))
+    {
         return Err(SigError::Malformed("access key id".into()));
     }
     let token_ok = |s: &str| {

@@ -946,7 +946,17 @@ fn aws_record(
         outcome: outcome.to_owned(),
         signed_as: None,
         status,
-        error_code: (status >= 400).then(|| "AccessDenied".to_owned()),
+        // The code the agent's own answer carries (a refusal), or what AWS SDKs call a
+        // failure on the way (the agent could not sign, the server could not be
+        // reached, the body was stopped).
+        error_code: Some(
+            if status == 403 {
+                "AccessDenied"
+            } else {
+                "InternalFailure"
+            }
+            .to_owned(),
+        ),
         request_id: Some(aws::agent_request_id(state.id, seq)),
         request_bytes: call.request_bytes,
         response_bytes: None,
@@ -1113,6 +1123,24 @@ async fn forward(
             // The whole chain: hyper's "client error (Connect)" alone does not say that
             // the certificate was signed by an unknown issuer.
             let message = format!("upstream request failed: {}", error_chain(&e));
+            if let Some((call, verdict)) = &aws_call {
+                // A body the agent stopped (an aws-chunked chunk whose signature does
+                // not match) ends here too.
+                let _ = record(
+                    state,
+                    &[aws_record(
+                        state,
+                        call,
+                        seq,
+                        verdict,
+                        "upstream failed",
+                        502,
+                        started,
+                    )],
+                    false,
+                )
+                .await;
+            }
             return upstream_failed(state, seq, started, message).await;
         }
     };

@@ -82,17 +82,14 @@ impl AwsCredentials {
 
     /// Where the credential comes from, for logs and the journal (never the secret).
     pub fn describe(&self) -> String {
-        match (&self.source, &self.fixed) {
-            (AwsCredentialSource::File { path, profile }, Some(key)) => {
-                format!("{} (profile {profile} of {})", key.key_id, path.display())
+        match &self.source {
+            AwsCredentialSource::File { path, profile } => {
+                format!("profile {profile} of {}", path.display())
             }
-            (AwsCredentialSource::Systemd { name, profile }, Some(key)) => {
-                format!(
-                    "{} (profile {profile} of systemd credential {name})",
-                    key.key_id
-                )
+            AwsCredentialSource::Systemd { name, profile } => {
+                format!("profile {profile} of systemd credential {name}")
             }
-            _ => "the instance role".into(),
+            AwsCredentialSource::InstanceRole => "the instance role".into(),
         }
     }
 }
@@ -330,7 +327,12 @@ pub fn parse_ini(text: &str, profile: &str) -> anyhow::Result<SigningKey> {
     let secret = secret
         .filter(|v| !v.is_empty())
         .with_context(|| format!("[{profile}] has no aws_secret_access_key"))?;
-    if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    // AWS key ids are alphanumeric; S3-compatible servers (MinIO, s3s) allow a few
+    // more characters. None that would break the credential scope (`/`, `,`, spaces).
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.+=@".contains(&b))
+    {
         bail!("[{profile}] aws_access_key_id is not an access key id");
     }
     Ok(SigningKey::new(id, secret, token.filter(|t| !t.is_empty())))
