@@ -657,3 +657,246 @@ fn s3_streaming_uploads_of_64_mib_are_signed_again_chunk_by_chunk() {
     );
     let _ = std::fs::remove_file(&creds);
 }
+
+/// An agent whose AWS target for `port` signs with the S3 server's key.
+fn s3_agent(s3: &S3Server, cg: &TestCgroup) -> (Agent, PathBuf) {
+    let creds = tempfile::NamedTempFile::new()
+        .unwrap()
+        .into_temp_path()
+        .keep()
+        .unwrap();
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            S3Server::ACCESS_KEY,
+            S3Server::SECRET_KEY
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"s3\"\naddress = \"127.0.0.1:{}\"\nprotocol = \"aws\"\n\
+         aws_credentials_file = \"{}\"\n",
+        cg.rel(),
+        s3.port,
+        creds.display()
+    ));
+    (agent, creds)
+}
+
+#[test]
+fn presigned_urls_are_presigned_again_for_the_time_they_had_left() {
+    privileged!("presigned_urls_are_presigned_again_for_the_time_they_had_left");
+    let s3 = S3Server::start();
+    std::fs::write(s3.object_path("report.txt"), b"quarterly numbers\n").unwrap();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let (agent, creds) = s3_agent(&s3, &cg);
+    let home = tempfile::tempdir().unwrap();
+    let ca = agent.dir.path().join("tls/ca.crt");
+    let presign = |expires: u32| -> String {
+        let out = boto3_python(&cg, home.path(), Some(&placeholder()), Some(&ca))
+            .args(["-c", &format!(
+                "import boto3, botocore.config\nprint(boto3.client('s3', endpoint_url='https://127.0.0.1:{}', config=botocore.config.Config(signature_version='s3v4')).generate_presigned_url('get_object', Params={{'Bucket': '{}', 'Key': 'report.txt'}}, ExpiresIn={expires}))\n",
+                s3.port, s3.bucket
+            )])
+            .output()
+            .expect("python");
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let url = presign(600);
+    assert!(
+        url.contains("X-Amz-Credential=AKIANHIAGENTPLACEHLD"),
+        "{url}"
+    );
+    let ca_arg = ca.to_str().unwrap();
+    let (status, body) = http::curl(&cg, &["--cacert", ca_arg, &url]);
+    assert_eq!((status, body.as_str()), (200, "quarterly numbers\n"));
+    // Expired: refused by the agent as S3 would.
+    let url = presign(1);
+    std::thread::sleep(Duration::from_millis(2100));
+    let (status, body) = http::curl(&cg, &["--cacert", ca_arg, &url]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("<Code>AccessDenied</Code>"), "{body}");
+    assert!(body.contains("expired"), "{body}");
+    // A presigned URL whose signature does not match what it asks for.
+    let url = presign(600).replace("report.txt", "other.txt");
+    let (status, body) = http::curl(&cg, &["--cacert", ca_arg, &url]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+
+    let calls = aws_calls(&agent);
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    assert_eq!(calls[0]["presigned"], true);
+    assert_eq!(calls[0]["status"], 200);
+    let requests = http::data_of_kind(&agent, "http_request");
+    assert_eq!(requests.len(), 3);
+    assert!(requests[1]["reason"].as_str().unwrap().contains("expired"));
+    let _ = std::fs::remove_file(&creds);
+}
+
+/// A metadata service on loopback for the agent itself, serving `credentials` (a JSON
+/// document) as the instance role `agent-role`. Killed on drop.
+struct FakeImds {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl FakeImds {
+    fn start(credentials: &str) -> FakeImds {
+        let port = free_port();
+        let script = format!(
+            "import http.server\n\
+             DOC = {credentials:?}\n\
+             class H(http.server.BaseHTTPRequestHandler):\n\
+             \x20   def answer(self, body):\n\
+             \x20       self.send_response(200); self.send_header('content-length', str(len(body))); self.end_headers(); self.wfile.write(body.encode())\n\
+             \x20   def do_PUT(self):\n\
+             \x20       self.answer('token-1' if self.path == '/latest/api/token' else '')\n\
+             \x20   def do_GET(self):\n\
+             \x20       assert self.headers['x-aws-ec2-metadata-token'] == 'token-1'\n\
+             \x20       if self.path.endswith('/security-credentials/'): self.answer('agent-role')\n\
+             \x20       elif self.path.endswith('/security-credentials/agent-role'): self.answer(DOC)\n\
+             \x20       else: self.send_error(404)\n\
+             http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+        );
+        let child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", &script])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the fake metadata service did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        FakeImds { child, port }
+    }
+}
+
+impl Drop for FakeImds {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_agents_credential_comes_from_systemd_or_the_instance_role() {
+    privileged!("the_agents_credential_comes_from_systemd_or_the_instance_role");
+    let moto = Moto::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let home = tempfile::tempdir().unwrap();
+    let target = |keys: &str| {
+        format!(
+            "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+             [[target]]\nname = \"aws\"\naddress = \"127.0.0.1:{}\"\nprotocol = \"aws\"\n{keys}\n",
+            cg.rel(),
+            moto.port
+        )
+    };
+
+    // A systemd credential (LoadCredential=aws:...): the INI file in
+    // $CREDENTIALS_DIRECTORY.
+    let credentials = tempfile::tempdir().unwrap();
+    let file = credentials.path().join("aws");
+    std::fs::write(
+        &file,
+        format!(
+            "[ci]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            moto.admin.id, moto.admin.secret
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+    let mut agent = Agent::configure(
+        &target("credential = \"aws\"\naws_profile = \"ci\""),
+        "",
+        &[],
+    );
+    agent.set_env(
+        "CREDENTIALS_DIRECTORY",
+        credentials.path().to_str().unwrap(),
+    );
+    agent.spawn();
+    let ca = agent.dir.path().join("tls/ca.crt");
+    let out = cli(
+        &cg,
+        home.path(),
+        &ca,
+        &moto,
+        &["sts", "get-caller-identity"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("user/nhi-agent-admin"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        aws_calls(&agent)[0]["signed_as"],
+        format!("{} (profile ci of systemd credential aws)", moto.admin.id)
+    );
+    // Dropped (its pinned programs removed) before the next agent attaches its own.
+    drop(agent);
+
+    // The instance role: temporary credentials from the metadata service (IMDSv2), as
+    // EC2 serves those of the instance profile's role.
+    let temporary = moto.admin_python(
+        "import json\n\
+         iam = c.client('iam')\n\
+         admin = iam.get_user(UserName='nhi-agent-admin')['User']['Arn']\n\
+         trust = {'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Principal': {'AWS': admin}, 'Action': 'sts:AssumeRole'}]}\n\
+         arn = iam.create_role(RoleName='agent-role', AssumeRolePolicyDocument=json.dumps(trust))['Role']['Arn']\n\
+         iam.put_role_policy(RoleName='agent-role', PolicyName='all', PolicyDocument=json.dumps({'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Action': '*', 'Resource': '*'}]}))\n\
+         t = c.client('sts').assume_role(RoleArn=arn, RoleSessionName='i-0123456789')['Credentials']\n\
+         print(json.dumps({'Code': 'Success', 'Type': 'AWS-HMAC', 'AccessKeyId': t['AccessKeyId'], 'SecretAccessKey': t['SecretAccessKey'], 'Token': t['SessionToken'], 'Expiration': t['Expiration'].strftime('%Y-%m-%dT%H:%M:%SZ')}))\n",
+    );
+    let doc: Value = serde_json::from_str(temporary.trim()).unwrap();
+    let imds = FakeImds::start(temporary.trim());
+    let mut agent = Agent::configure(&target("aws_instance_role = true"), "", &[]);
+    agent.set_env(
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        &format!("http://127.0.0.1:{}", imds.port),
+    );
+    agent.spawn();
+    let ca = agent.dir.path().join("tls/ca.crt");
+    for _ in 0..2 {
+        let out = cli(
+            &cg,
+            home.path(),
+            &ca,
+            &moto,
+            &["sts", "get-caller-identity"],
+        );
+        assert!(out.status.success(), "{}\n{}", text(&out), agent.log_text());
+    }
+    let calls = aws_calls(&agent);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[0]["signed_as"],
+        format!(
+            "{} (the instance role)",
+            doc["AccessKeyId"].as_str().unwrap()
+        )
+    );
+    // Fetched once, then reused until near its expiry.
+    assert_eq!(
+        agent.count_log("AWS credential of the instance role fetched"),
+        1
+    );
+    for needle in [
+        doc["SecretAccessKey"].as_str().unwrap(),
+        doc["Token"].as_str().unwrap(),
+    ] {
+        assert!(
+            files_holding(agent.dir.path(), needle).is_empty(),
+            "{needle}"
+        );
+    }
+}

@@ -907,3 +907,141 @@ netns = "pod"
         "{e}"
     );
 }
+
+#[test]
+fn aws_target_keys_are_validated() {
+    let config = |protocol: &str, keys: &str| {
+        format!(
+            "[agent]\nmode = \"enforce\"\njournal = \"/j.db\"\n\n[[workload]]\nname = \"ci\"\ncgroup = \"ci.slice/**\"\naws_role_arn = \"arn:aws:iam::123456789012:role/ci-deployer\"\n\n[[target]]\nname = \"aws\"\naddress = \"*:443\"\nprotocol = \"{protocol}\"\n{keys}\n"
+        )
+    };
+    let c = ok(&config(
+        "aws",
+        "aws_credentials_file = \"/etc/nhi-agent/aws\"\naws_profile = \"ci\"\naws_sts_endpoint = \"https://sts.eu-west-1.amazonaws.com/\"",
+    ));
+    let t = &c.targets[0];
+    assert_eq!(t.protocol, Protocol::Aws);
+    assert_eq!(
+        t.aws,
+        Some(AwsTarget {
+            credentials: AwsCredentialSource::File {
+                path: PathBuf::from("/etc/nhi-agent/aws"),
+                profile: "ci".into()
+            },
+            accept_any_client_key: false,
+            sts_endpoint: Some("https://sts.eu-west-1.amazonaws.com".into()),
+        })
+    );
+    // An AWS target serves HTTPS to the client unless told otherwise.
+    let http = t.http.as_ref().expect("an AWS target is an HTTP one");
+    assert_eq!(http.client_tls, ClientTls::Terminate);
+    assert_eq!(http.credential, None);
+    assert_eq!(
+        c.workloads[0].aws_role_arn.as_deref(),
+        Some("arn:aws:iam::123456789012:role/ci-deployer")
+    );
+    let c = ok(&config(
+        "aws",
+        "credential = \"aws-key\"\naccept_any_client_key = true",
+    ));
+    let aws = c.targets[0].aws.as_ref().unwrap();
+    assert_eq!(
+        aws.credentials,
+        AwsCredentialSource::Systemd {
+            name: "aws-key".into(),
+            profile: "default".into()
+        }
+    );
+    assert!(aws.accept_any_client_key);
+    let c = ok(&config("aws", "aws_instance_role = true"));
+    assert_eq!(
+        c.targets[0].aws.as_ref().unwrap().credentials,
+        AwsCredentialSource::InstanceRole
+    );
+    let c = ok(&config(
+        "aws-imds",
+        "aws_region = \"eu-west-1\"\naws_role_name = \"ci-runner\"",
+    ));
+    assert_eq!(
+        c.targets[0].imds,
+        Some(ImdsTarget {
+            region: Some("eu-west-1".into()),
+            role_name: "ci-runner".into()
+        })
+    );
+    assert_eq!(
+        c.targets[0].http.as_ref().unwrap().client_tls,
+        ClientTls::Refuse
+    );
+    assert_eq!(c.targets[0].aws, None);
+
+    for (protocol, keys, value, expected) in [
+        ("aws", "", "\"aws\"", "needs the agent's own credential"),
+        (
+            "aws",
+            "aws_credentials_file = \"/a\"\naws_instance_role = true",
+            "true",
+            "give one of",
+        ),
+        (
+            "aws",
+            "aws_credentials_file = \"relative\"",
+            "\"relative\"",
+            "absolute",
+        ),
+        (
+            "aws",
+            "aws_instance_role = true\naws_profile = \"x\"",
+            "\"x\"",
+            "an instance role has none",
+        ),
+        (
+            "aws",
+            "aws_credentials_file = \"/a\"\ninject = \"A: {secret}\"",
+            "\"A: {secret}\"",
+            "only applies to protocol = \"http\"",
+        ),
+        (
+            "aws",
+            "aws_credentials_file = \"/a\"\naws_sts_endpoint = \"sts.amazonaws.com\"",
+            "\"sts.amazonaws.com\"",
+            "http(s) URL",
+        ),
+        (
+            "aws-imds",
+            "credential = \"x\"",
+            "\"x\"",
+            "hands out the placeholder",
+        ),
+        (
+            "aws-imds",
+            "aws_region = \"EU west\"",
+            "\"EU west\"",
+            "region name",
+        ),
+        (
+            "aws-imds",
+            "aws_credentials_file = \"/a\"",
+            "\"/a\"",
+            "only applies to protocol = \"aws\"",
+        ),
+        (
+            "http",
+            "accept_any_client_key = true",
+            "true",
+            "only applies to protocol = \"aws\"",
+        ),
+        (
+            "tcp",
+            "aws_region = \"eu-west-1\"",
+            "\"eu-west-1\"",
+            "only applies to protocol = \"aws-imds\"",
+        ),
+    ] {
+        let text = config(protocol, keys);
+        assert_error_at(&err(&text), &text, value, 0, expected);
+    }
+    let text = config("aws", "aws_instance_role = true")
+        .replace("arn:aws:iam::123456789012:role/ci-deployer", "ci-deployer");
+    assert_error_at(&err(&text), &text, "\"ci-deployer\"", 0, "role ARN");
+}

@@ -1480,3 +1480,132 @@ fn http_rule_keys_are_validated() {
         assert!(err.message.contains(needle), "{keys}: {}", err.message);
     }
 }
+
+const AWS_POLICY: &str = r#"
+[[policy]]
+name = "bots-on-aws"
+
+[[policy.rule]]
+name = "no-iam-writes"
+verdict = "deny"
+actions = ["iam:Create*", "iam:Delete*", "s3:DeleteBucket"]
+
+[[policy.rule]]
+name = "prod-objects-in-eu"
+verdict = "approve"
+actions = ["s3:*"]
+regions = ["eu-*"]
+resources = ["arn:aws:s3:::prod-*"]
+
+[[policy.rule]]
+name = "no-admin-path"
+verdict = "deny"
+paths = ["/admin/**"]
+
+[[policy.rule]]
+name = "not-for-sql"
+verdict = "deny"
+kinds = ["drop"]
+"#;
+
+#[test]
+fn aws_rules_match_actions_regions_and_resources() {
+    let p = policy(AWS_POLICY);
+    let decide = |path: &str, action: &str, region: &str, resources: &[&str]| {
+        let resources: Vec<String> = resources.iter().map(|r| r.to_string()).collect();
+        let call = aws::AwsCallInfo {
+            action,
+            region,
+            resources: &resources,
+        };
+        let (v, rule) = p.decide_aws(&request("POST", Some("x.amazonaws.com"), path, &[]), &call);
+        (v, rule.map(str::to_owned))
+    };
+    let deny = (Verdict::Deny, Some("no-iam-writes".to_string()));
+    assert_eq!(
+        decide("/", "iam:CreateUser", "us-east-1", &["mallory"]),
+        deny
+    );
+    // IAM actions are case-insensitive.
+    assert_eq!(decide("/", "IAM:createaccesskey", "us-east-1", &[]), deny);
+    assert_eq!(decide("/", "s3:DeleteBucket", "us-east-1", &[]), deny);
+    assert_eq!(
+        decide("/", "iam:ListUsers", "us-east-1", &[]).0,
+        Verdict::Allow
+    );
+    // Every condition must hold; a resource glob's `*` spans `/`.
+    let held = (Verdict::Approve, Some("prod-objects-in-eu".to_string()));
+    assert_eq!(
+        decide(
+            "/prod-data/a/b.csv",
+            "s3:GetObject",
+            "eu-west-1",
+            &["prod-data/a/b.csv", "arn:aws:s3:::prod-data/a/b.csv"]
+        ),
+        held
+    );
+    assert_eq!(
+        decide(
+            "/",
+            "s3:GetObject",
+            "us-east-1",
+            &["arn:aws:s3:::prod-data/x"]
+        )
+        .0,
+        Verdict::Allow
+    );
+    assert_eq!(
+        decide(
+            "/",
+            "s3:GetObject",
+            "eu-west-1",
+            &["arn:aws:s3:::dev-data/x"]
+        )
+        .0,
+        Verdict::Allow
+    );
+    assert_eq!(
+        decide("/", "s3:GetObject", "eu-west-1", &[]).0,
+        Verdict::Allow,
+        "a call naming no resource never matches `resources`"
+    );
+    // An operation the agent does not recognise matches service-wide globs only.
+    assert_eq!(
+        decide("/", "s3:?", "eu-west-1", &["arn:aws:s3:::prod-x"]),
+        held
+    );
+    assert_eq!(decide("/", "iam:?", "us-east-1", &[]).0, Verdict::Allow);
+    // HTTP-only rules judge AWS calls too; SQL rules never do.
+    assert_eq!(
+        decide("/admin/x", "sts:GetCallerIdentity", "us-east-1", &[]),
+        (Verdict::Deny, Some("no-admin-path".to_string()))
+    );
+    // AWS rules never match plain HTTP requests.
+    let (v, rule) = p.decide_http(&request("POST", None, "/", &[]));
+    assert_eq!((v, rule), (Verdict::Allow, None));
+    assert_eq!(
+        p.decide(&analyze("drop table t")).rule.as_deref(),
+        Some("not-for-sql")
+    );
+}
+
+#[test]
+fn aws_rule_keys_are_validated() {
+    let base = "[[policy]]\n[[policy.rule]]\nname = \"r\"\nverdict = \"deny\"\n";
+    for (keys, needle) in [
+        ("actions = []", "can never match"),
+        ("actions = [\"CreateUser\"]", "must be service:Operation"),
+        ("actions = [\"iam:\"]", "must be service:Operation"),
+        ("actions = [\"iam:[\"]", "invalid glob"),
+        ("regions = [\"\"]", "can never match"),
+        ("resources = []", "can never match"),
+        (
+            "kinds = [\"drop\"]\nactions = [\"iam:*\"]",
+            "mixes SQL conditions",
+        ),
+        ("action = [\"iam:*\"]", "unknown field"),
+    ] {
+        let err = try_policies(&format!("{base}{keys}\n")).expect_err(keys);
+        assert!(err.message.contains(needle), "{keys}: {}", err.message);
+    }
+}
