@@ -1045,3 +1045,14 @@ fn aws_target_keys_are_validated() {
         .replace("arn:aws:iam::123456789012:role/ci-deployer", "ci-deployer");
     assert_error_at(&err(&text), &text, "\"ci-deployer\"", 0, "role ARN");
 }
+
+#[test]
+fn the_aws_example_is_valid() {
+    let c = ok(include_str!("../../../policies/aws.toml"));
+    let protocols: Vec<Protocol> = c.targets.iter().map(|t| t.protocol).collect();
+    assert_eq!(
+        protocols,
+        [Protocol::Aws, Protocol::AwsImds, Protocol::AwsImds]
+    );
+    assert!(c.workloads[0].aws_role_arn.is_some());
+}
