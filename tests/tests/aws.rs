@@ -224,6 +224,22 @@ fn the_aws_cli_holds_a_placeholder_and_the_agent_signs_for_it() {
         std::fs::read(&back).unwrap() == data,
         "the object came back unchanged"
     );
+    // S3 reads a key literally: `%` and `//` are part of it, not escapes to refuse.
+    let out = cli(
+        &cg,
+        home.path(),
+        &ca,
+        &moto,
+        &[
+            "s3",
+            "cp",
+            local.to_str().unwrap(),
+            "s3://artifacts/odd/100%//key.bin",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let keys = moto.admin_python("print(sorted(o['Key'] for o in c.client('s3').list_objects_v2(Bucket='artifacts')['Contents']))");
+    assert!(keys.contains("'odd/100%//key.bin'"), "{keys}");
 
     let calls = aws_calls(&agent);
     let action_of =
@@ -259,7 +275,15 @@ fn the_aws_cli_holds_a_placeholder_and_the_agent_signs_for_it() {
     assert_eq!(get.len(), 1);
     assert_eq!(get[0]["resources"], serde_json::json!(["db-password"]));
     let put = action_of("s3:PutObject");
-    assert_eq!(put.len(), 1, "{calls:#?}");
+    assert_eq!(put.len(), 2, "{calls:#?}");
+    assert!(
+        put[1]["resources"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("arn:aws:s3:::artifacts/odd/100%//key.bin")),
+        "{}",
+        put[1]
+    );
     assert!(put[0]["resources"]
         .as_array()
         .unwrap()

@@ -555,7 +555,16 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         seq,
         method: method.clone().into(),
         host: host.clone().map(Into::into),
-        target: state.rules.masks.mask_text(&target).into_owned().into(),
+        target: match &state.target_rt.aws {
+            // A presigned URL's session token is a credential.
+            Some(_) => state
+                .rules
+                .masks
+                .mask_text(&aws::redact_query_token(&target))
+                .into_owned()
+                .into(),
+            None => state.rules.masks.mask_text(&target).into_owned().into(),
+        },
         path: None,
         version: format!("{:?}", req.version()).into(),
         headers,
@@ -626,7 +635,13 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         return refuse_unjudged(state, request_event, status, why).await;
     }
-    let normal = match path::normalize(&target) {
+    // AWS reads a path literally (S3: the key is the path decoded once; `..` and `//`
+    // are part of it), so an AWS call's path is that, not the HTTP normal form.
+    let normalized = match &state.target_rt.aws {
+        Some(_) => aws::literal_path(&target),
+        None => path::normalize(&target),
+    };
+    let normal = match normalized {
         Ok(n) => n,
         Err(e) => {
             request_event.verdict = Verdict::Deny.as_str().into();

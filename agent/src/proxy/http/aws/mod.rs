@@ -424,6 +424,67 @@ async fn read_body(
     }
 }
 
+/// The path of an AWS request as AWS reads it: percent-decoded once, nothing resolved
+/// or merged (an S3 key may hold `..`, `//` or `%`); what `paths` rules see on an AWS
+/// target. A path that does not decode to UTF-8, or holds NUL, is refused.
+pub(super) fn literal_path(
+    target: &str,
+) -> Result<crate::protocol::http::path::NormalPath, crate::protocol::http::path::PathError> {
+    use crate::protocol::http::path::{NormalPath, PathError};
+    let (raw, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (target, None),
+    };
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAPath(raw.chars().take(64).collect()));
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+            match (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => return Err(PathError::Ambiguous("a `%` that is not an escape".into())),
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    let path = String::from_utf8(out)
+        .map_err(|_| PathError::Ambiguous("the path does not decode to UTF-8".into()))?;
+    if path.contains('\0') {
+        return Err(PathError::Ambiguous("the path holds NUL".into()));
+    }
+    Ok(NormalPath { path, query })
+}
+
+/// The request target with the value of a presigned URL's `X-Amz-Security-Token`
+/// replaced (a session token is a credential; the signature is not).
+pub(super) fn redact_query_token(target: &str) -> Cow<'_, str> {
+    let Some((path, query)) = target.split_once('?') else {
+        return Cow::Borrowed(target);
+    };
+    if !query.to_ascii_lowercase().contains("x-amz-security-token=") {
+        return Cow::Borrowed(target);
+    }
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("x-amz-security-token") => {
+                format!("{k}=[redacted]")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    Cow::Owned(format!("{path}?{}", query.join("&")))
+}
+
 /// An AWS-shaped error response.
 pub(super) fn aws_error(
     protocol: ApiProtocol,
@@ -733,4 +794,30 @@ fn percent_encode(v: &str) -> Cow<'_, str> {
 /// When the call started, for durations.
 pub(super) fn elapsed_us(started: Instant) -> u64 {
     started.elapsed().as_micros() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_paths_are_read_literally() {
+        let p = literal_path("/bucket/100%25%20sure/../a//b?versionId=1").unwrap();
+        assert_eq!(p.path, "/bucket/100% sure/../a//b");
+        assert_eq!(p.query.as_deref(), Some("versionId=1"));
+        assert!(literal_path("/bucket/%zz").is_err());
+        assert!(literal_path("/bucket/%ff").is_err());
+        assert!(literal_path("/bucket/%00").is_err());
+        assert!(literal_path("http://x/").is_err());
+    }
+
+    #[test]
+    fn presigned_session_tokens_are_redacted() {
+        assert_eq!(
+            redact_query_token("/b/k?X-Amz-Signature=ab&X-Amz-Security-Token=FQoG%2Fsecret&x=1"),
+            "/b/k?X-Amz-Signature=ab&X-Amz-Security-Token=[redacted]&x=1"
+        );
+        assert_eq!(redact_query_token("/b/k?x=1"), "/b/k?x=1");
+        assert_eq!(redact_query_token("/b/k"), "/b/k");
+    }
 }
