@@ -751,12 +751,24 @@ fn presigned_urls_are_presigned_again_for_the_time_they_had_left() {
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("SignatureDoesNotMatch"), "{body}");
 
+    // A path that is no path at all is refused before the call is read, in AWS's shape.
+    let (status, body) = http::curl(
+        &cg,
+        &[
+            "--cacert",
+            ca_arg,
+            &format!("https://127.0.0.1:{}/audit/%zz", s3.port),
+        ],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("<Code>InvalidRequest</Code>"), "{body}");
+
     let calls = aws_calls(&agent);
     assert_eq!(calls.len(), 1, "{calls:#?}");
     assert_eq!(calls[0]["presigned"], true);
     assert_eq!(calls[0]["status"], 200);
     let requests = http::data_of_kind(&agent, "http_request");
-    assert_eq!(requests.len(), 3);
+    assert_eq!(requests.len(), 4);
     assert!(requests[1]["reason"].as_str().unwrap().contains("expired"));
     let _ = std::fs::remove_file(&creds);
 }

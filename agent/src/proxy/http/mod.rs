@@ -551,6 +551,12 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     let host = host_of(&req);
     let injection = state.target_rt.inject.as_ref();
     let headers = journaled_headers(req.headers(), &state.rules, injection.map(|i| &i.name));
+    // How an AWS target shapes the refusals made before the call is read.
+    let aws_shape = state
+        .target_rt
+        .aws
+        .as_ref()
+        .map(|_| aws::shape_of(req.headers(), req.uri().query()));
     let mut request_event = HttpRequest {
         seq,
         method: method.clone().into(),
@@ -594,8 +600,14 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             request_event.verdict = Verdict::Deny.as_str().into();
             request_event.action = "refused".into();
             request_event.reason = Some(why.clone().into());
-            let mut response =
-                refuse_unjudged(state, request_event, StatusCode::BAD_REQUEST, &why).await;
+            let mut response = refuse_unjudged(
+                state,
+                request_event,
+                StatusCode::BAD_REQUEST,
+                &why,
+                aws_shape,
+            )
+            .await;
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -621,6 +633,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 request_event,
                 StatusCode::METHOD_NOT_ALLOWED,
                 upgrade::CONNECT_REFUSED,
+                aws_shape,
             )
             .await;
             response
@@ -633,7 +646,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         request_event.action = "refused".into();
         request_event.reason = Some(why.clone().into());
         let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return refuse_unjudged(state, request_event, status, why).await;
+        return refuse_unjudged(state, request_event, status, why, aws_shape).await;
     }
     // AWS reads a path literally (S3: the key is the path decoded once; `..` and `//`
     // are part of it), so an AWS call's path is that, not the HTTP normal form.
@@ -652,6 +665,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 request_event,
                 StatusCode::BAD_REQUEST,
                 &e.to_string(),
+                aws_shape,
             )
             .await;
         }
@@ -1019,6 +1033,7 @@ async fn refuse_unjudged(
     request_event: HttpRequest<'_>,
     status: StatusCode,
     why: &str,
+    aws_shape: Option<crate::protocol::aws::action::ApiProtocol>,
 ) -> Response<Body> {
     let seq = request_event.seq;
     let events = [
@@ -1033,7 +1048,21 @@ async fn refuse_unjudged(
         return journal_refused(&e);
     }
     debug!(session = state.id, seq, %why, "request refused before judging");
-    refusal(status, why, None)
+    match aws_shape {
+        // An AWS SDK reads an AWS-shaped error (a throttled or unavailable service).
+        Some(shape) => aws::aws_error(
+            shape,
+            status,
+            match status.as_u16() {
+                429 => "Throttling",
+                503 | 507 => "ServiceUnavailable",
+                _ => "InvalidRequest",
+            },
+            &format!("nhi-agent: {why}"),
+            &aws::agent_request_id(state.id, seq),
+        ),
+        None => refusal(status, why, None),
+    }
 }
 
 fn journal_refused(error: &str) -> Response<Body> {

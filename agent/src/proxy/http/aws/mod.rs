@@ -200,6 +200,13 @@ fn guess_protocol(service: Option<&str>, headers: &HeaderMap) -> ApiProtocol {
     }
 }
 
+/// The error shape for a request not yet read: from the service its signature names.
+pub(super) fn shape_of(headers: &HeaderMap, query: Option<&str>) -> ApiProtocol {
+    let pairs = header_pairs(headers);
+    let service = client_signature(&pairs, query).ok().map(|s| s.service);
+    guess_protocol(service.as_deref(), headers)
+}
+
 fn refused_sig(e: SigError, protocol: ApiProtocol) -> Refused {
     let (status, code) = match &e {
         SigError::Unsigned => (StatusCode::FORBIDDEN, "MissingAuthenticationToken"),
