@@ -1081,3 +1081,32 @@ impl Drop for S3Server {
         self.stop();
     }
 }
+
+/// `nhi-agent approvals ARGS --socket S`, as root.
+pub fn approvals(socket: &Path, args: &[&str]) -> Output {
+    Command::new(agent_bin())
+        .arg("approvals")
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("run nhi-agent approvals")
+}
+
+/// Waits (up to 60 s) until a request is pending on `socket` and returns the first one
+/// (`approvals list --json`'s entry: id, rule, statement, ...).
+pub fn wait_pending(socket: &Path) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = approvals(socket, &["list", "--json"]);
+        if out.status.success() {
+            let answer: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("approvals list --json");
+            if let Some(p) = answer["pending"].as_array().and_then(|a| a.first()) {
+                return p.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "nothing pending after 60 s");
+        thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -16,6 +16,24 @@ fn placeholder() -> AwsKey {
     AwsKey::placeholder()
 }
 
+/// A shared-credentials file (mode 0600, kept until the test removes it) holding `id`
+/// and `secret` as the default profile.
+fn credentials_file(id: &str, secret: &str) -> PathBuf {
+    let path = tempfile::NamedTempFile::new()
+        .expect("credentials file")
+        .into_temp_path()
+        .keep()
+        .expect("keep credentials file");
+    std::fs::write(
+        &path,
+        format!("[default]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n"),
+    )
+    .expect("write credentials");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod credentials");
+    path
+}
+
 /// An agent with one AWS target for `moto`, the agent's own key in a 0600 credentials
 /// file, and `rules` as the policy's rules.
 fn agent_for(moto: &Moto, cg: &TestCgroup, rules: &str) -> (Agent, PathBuf) {
@@ -30,21 +48,7 @@ fn agent_with(
     target_keys: &str,
     rules: &str,
 ) -> (Agent, PathBuf) {
-    let creds = tempfile::NamedTempFile::new().expect("credentials file");
-    let path = creds
-        .into_temp_path()
-        .keep()
-        .expect("keep credentials file");
-    std::fs::write(
-        &path,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            moto.admin.id, moto.admin.secret
-        ),
-    )
-    .expect("write credentials");
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod credentials");
+    let path = credentials_file(&moto.admin.id, &moto.admin.secret);
     let agent = Agent::start(&format!(
         "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n{workload_keys}\n\
          [[target]]\nname = \"aws\"\naddress = \"127.0.0.1:{}\"\nprotocol = \"aws\"\n\
@@ -365,33 +369,6 @@ fn boto3_calls_are_held_for_approval_and_journaled() {
     let _ = std::fs::remove_file(&creds);
 }
 
-/// `nhi-agent approvals ARGS --socket S`.
-fn approvals(socket: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(agent_bin())
-        .arg("approvals")
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .expect("run nhi-agent approvals")
-}
-
-/// Waits until one request is pending and returns it.
-fn wait_pending(socket: &Path) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = approvals(socket, &["list", "--json"]);
-        if out.status.success() {
-            let answer: Value = serde_json::from_slice(&out.stdout).expect("json");
-            if let Some(p) = answer["pending"].as_array().and_then(|a| a.first()) {
-                return p.clone();
-            }
-        }
-        assert!(Instant::now() < deadline, "nothing pending");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn an_sdk_with_no_credentials_gets_the_placeholder_from_the_metadata_target() {
     privileged!("an_sdk_with_no_credentials_gets_the_placeholder_from_the_metadata_target");
@@ -560,29 +537,7 @@ fn s3_streaming_uploads_of_64_mib_are_signed_again_chunk_by_chunk() {
     privileged!("s3_streaming_uploads_of_64_mib_are_signed_again_chunk_by_chunk");
     let s3 = S3Server::start();
     let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
-    let creds = tempfile::NamedTempFile::new()
-        .unwrap()
-        .into_temp_path()
-        .keep()
-        .unwrap();
-    std::fs::write(
-        &creds,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            S3Server::ACCESS_KEY,
-            S3Server::SECRET_KEY
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let agent = Agent::start(&format!(
-        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
-         [[target]]\nname = \"s3\"\naddress = \"127.0.0.1:{}\"\nprotocol = \"aws\"\n\
-         aws_credentials_file = \"{}\"\n",
-        cg.rel(),
-        s3.port,
-        creds.display()
-    ));
+    let (agent, creds) = s3_agent(&s3, &cg);
     let home = tempfile::tempdir().unwrap();
     let ca = agent.dir.path().join("tls/ca.crt");
     let client = workspace_root().join("tests/clients/s3_chunked_put.py");
@@ -684,21 +639,7 @@ fn s3_streaming_uploads_of_64_mib_are_signed_again_chunk_by_chunk() {
 
 /// An agent whose AWS target for `port` signs with the S3 server's key.
 fn s3_agent(s3: &S3Server, cg: &TestCgroup) -> (Agent, PathBuf) {
-    let creds = tempfile::NamedTempFile::new()
-        .unwrap()
-        .into_temp_path()
-        .keep()
-        .unwrap();
-    std::fs::write(
-        &creds,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            S3Server::ACCESS_KEY,
-            S3Server::SECRET_KEY
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let creds = credentials_file(S3Server::ACCESS_KEY, S3Server::SECRET_KEY);
     let agent = Agent::start(&format!(
         "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
          [[target]]\nname = \"s3\"\naddress = \"127.0.0.1:{}\"\nprotocol = \"aws\"\n\

@@ -2,8 +2,7 @@
 //! in an intercepted cgroup, a real HTTP server (a JSON echo app on Python's http.server,
 //! started by the test), real eBPF. Each test checks what the client sees, what the
 //! server saw and what the journal says.
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 use nhi_tests::*;
 use serde_json::Value;
@@ -252,33 +251,6 @@ fn credentials_sent_by_the_client_are_never_journaled() {
     // Every file the agent wrote (journal, WAL, pre-log, segments, log), after a stop.
     agent.terminate();
     assert_secret_in_no_file(agent.dir.path(), secret, &[&header_file]);
-}
-
-/// `nhi-agent approvals ARGS --socket S`.
-fn approvals(socket: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(agent_bin())
-        .arg("approvals")
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .expect("run nhi-agent approvals")
-}
-
-/// Waits until one request is pending and returns it.
-fn wait_pending(socket: &std::path::Path) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = approvals(socket, &["list", "--json"]);
-        if out.status.success() {
-            let answer: Value = serde_json::from_slice(&out.stdout).expect("json");
-            if let Some(p) = answer["pending"].as_array().and_then(|a| a.first()) {
-                return p.clone();
-            }
-        }
-        assert!(Instant::now() < deadline, "nothing pending");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -42,31 +42,12 @@ fn psql_bg(cg: &TestCgroup, port: u16, sql: &str) -> Child {
         .expect("run psql")
 }
 
-/// `nhi-agent approvals ARGS --socket S`.
-fn approvals(socket: &Path, args: &[&str]) -> Output {
-    Command::new(agent_bin())
-        .arg("approvals")
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .expect("run nhi-agent approvals")
-}
-
 /// Waits until a statement is pending and returns its id.
-fn wait_pending(socket: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = approvals(socket, &["list", "--json"]);
-        if out.status.success() {
-            let answer: Value = serde_json::from_slice(&out.stdout).expect("list --json");
-            if let Some(id) = answer["pending"][0]["id"].as_str() {
-                return id.to_string();
-            }
-        }
-        assert!(Instant::now() < deadline, "no pending statement");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn pending_id(socket: &Path) -> String {
+    wait_pending(socket)["id"]
+        .as_str()
+        .expect("a pending request's id")
+        .to_string()
 }
 
 /// Every event of `kind` in the agent's journal directory (live file and segments).
@@ -122,7 +103,7 @@ fn a_grant_still_lets_statements_through_after_sigterm_and_kill9() {
 
     // A held DELETE approved with a grant of 15 minutes.
     let held = psql_bg(&cg, pg.port, "delete from orders where id = 1");
-    let id = wait_pending(&socket);
+    let id = pending_id(&socket);
     let out = approvals(
         &socket,
         &["approve", &id, "--scope", "grant", "--for", "15m"],

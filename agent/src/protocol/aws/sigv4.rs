@@ -599,19 +599,22 @@ impl SigningKey {
     }
 }
 
-/// The signature of `req` at `time` with `key`, in the headers.
-pub fn header_signature(
+/// Signs `req` at `time` with `key` in `location`: the instructions (headers or query
+/// parameters to add) and the signature.
+fn sign_at(
     req: &Signable<'_>,
     key: &SigningKey,
     time: SystemTime,
-) -> Result<(Vec<(String, String)>, String), String> {
+    location: SignatureLocation,
+    expires: Option<Duration>,
+) -> Result<(aws_sigv4::http_request::SigningInstructions, String), String> {
     let identity = key.identity();
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(req.region)
         .name(req.service)
         .time(time)
-        .settings(settings_for(req.service, SignatureLocation::Headers, None))
+        .settings(settings_for(req.service, location, expires))
         .build()
         .map_err(|e| e.to_string())?;
     let signable = SignableRequest::new(
@@ -621,9 +624,19 @@ pub fn header_signature(
         signable_body(req.payload_hash),
     )
     .map_err(|e| e.to_string())?;
-    let (instructions, signature) = sign(signable, &params.into())
+    Ok(sign(signable, &params.into())
         .map_err(|e| e.to_string())?
-        .into_parts();
+        .into_parts())
+}
+
+/// The signature of `req` at `time` with `key`, in the headers: the headers to set and
+/// the signature (the seed of an aws-chunked body's chunk signatures).
+pub fn header_signature(
+    req: &Signable<'_>,
+    key: &SigningKey,
+    time: SystemTime,
+) -> Result<(Vec<(String, String)>, String), String> {
+    let (instructions, signature) = sign_at(req, key, time, SignatureLocation::Headers, None)?;
     let (headers, _) = instructions.into_parts();
     let headers = headers
         .into_iter()
@@ -640,29 +653,13 @@ pub fn query_signature(
     time: SystemTime,
     expires: Duration,
 ) -> Result<(Vec<(String, String)>, String), String> {
-    let identity = key.identity();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(req.region)
-        .name(req.service)
-        .time(time)
-        .settings(settings_for(
-            req.service,
-            SignatureLocation::QueryParams,
-            Some(expires),
-        ))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let signable = SignableRequest::new(
-        req.method,
-        req.uri,
-        req.headers.iter().copied(),
-        signable_body(req.payload_hash),
-    )
-    .map_err(|e| e.to_string())?;
-    let (instructions, signature) = sign(signable, &params.into())
-        .map_err(|e| e.to_string())?
-        .into_parts();
+    let (instructions, signature) = sign_at(
+        req,
+        key,
+        time,
+        SignatureLocation::QueryParams,
+        Some(expires),
+    )?;
     let (_, params) = instructions.into_parts();
     Ok((
         params

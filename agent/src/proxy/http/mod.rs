@@ -770,15 +770,14 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         Pending::Read(req) => req,
     };
     // The `aws_call` record of a call the agent answers itself.
-    let aws_refused = |status: u16, outcome: &str| {
+    let aws_refused = |status: u16, outcome: &'static str| {
         aws_call.as_ref().map(|call| {
             aws_record(
                 state,
                 call,
                 seq,
                 &request_event_verdict(verdict, rule.as_deref()),
-                outcome,
-                status,
+                AwsEnd::agent(state, seq, outcome, status),
                 started,
             )
         })
@@ -955,15 +954,46 @@ fn mask_value(state: &State, value: &serde_json::Value) -> serde_json::Value {
     }
 }
 
-/// The `aws_call` event of a call the agent answered itself (refused, not approved,
-/// upstream unreachable).
+/// How an AWS call ended, for its `aws_call` event.
+struct AwsEnd {
+    outcome: &'static str,
+    status: u16,
+    error_code: Option<String>,
+    request_id: Option<String>,
+    signed_as: Option<String>,
+    response_bytes: Option<u64>,
+}
+
+impl AwsEnd {
+    /// A call the agent answered itself (refused, not approved, not signed, upstream
+    /// failed): the code of the agent's own answer (a refusal), or what AWS SDKs call a
+    /// failure on the way, and the agent's request id.
+    fn agent(state: &State, seq: u64, outcome: &'static str, status: u16) -> AwsEnd {
+        AwsEnd {
+            outcome,
+            status,
+            error_code: Some(
+                if status == 403 {
+                    "AccessDenied"
+                } else {
+                    "InternalFailure"
+                }
+                .to_owned(),
+            ),
+            request_id: Some(aws::agent_request_id(state.id, seq)),
+            signed_as: None,
+            response_bytes: None,
+        }
+    }
+}
+
+/// The `aws_call` event of a call.
 fn aws_record(
     state: &State,
     call: &aws::Inspected,
     seq: u64,
     verdict: &(String, Option<String>),
-    outcome: &str,
-    status: u16,
+    end: AwsEnd,
     started: Instant,
 ) -> Event {
     let record = aws::AwsCall {
@@ -972,23 +1002,13 @@ fn aws_record(
         workload: state.requester.identity.workload.clone(),
         verdict: verdict.0.clone(),
         rule: verdict.1.clone(),
-        outcome: outcome.to_owned(),
-        signed_as: None,
-        status,
-        // The code the agent's own answer carries (a refusal), or what AWS SDKs call a
-        // failure on the way (the agent could not sign, the server could not be
-        // reached, the body was stopped).
-        error_code: Some(
-            if status == 403 {
-                "AccessDenied"
-            } else {
-                "InternalFailure"
-            }
-            .to_owned(),
-        ),
-        request_id: Some(aws::agent_request_id(state.id, seq)),
+        outcome: end.outcome.to_owned(),
+        signed_as: end.signed_as,
+        status: end.status,
+        error_code: end.error_code,
+        request_id: end.request_id,
         request_bytes: call.request_bytes,
-        response_bytes: None,
+        response_bytes: end.response_bytes,
         duration_us: aws::elapsed_us(started),
     };
     Event::of(state.id, aws::AWS_CALL, &record)
@@ -1148,7 +1168,14 @@ async fn forward(
                             ..HttpResponse::agent(seq, 502, started)
                         },
                     ),
-                    aws_record(state, call, seq, verdict, "not signed", 502, started),
+                    aws_record(
+                        state,
+                        call,
+                        seq,
+                        verdict,
+                        AwsEnd::agent(state, seq, "not signed", 502),
+                        started,
+                    ),
                 ];
                 let _ = record(state, &events, false).await;
                 return aws::aws_error(
@@ -1177,8 +1204,7 @@ async fn forward(
                         call,
                         seq,
                         verdict,
-                        "upstream failed",
-                        502,
+                        AwsEnd::agent(state, seq, "upstream failed", 502),
                         started,
                     )],
                     false,
@@ -1235,22 +1261,15 @@ async fn forward(
         let error_code = (parts.status.as_u16() >= 300)
             .then(|| crate::protocol::aws::error::error_code(&pairs, body_info.buffered.as_deref()))
             .flatten();
-        let record = aws::AwsCall {
-            seq,
-            head: call.head(|v| mask_value(state, v)),
-            workload: state.requester.identity.workload.clone(),
-            verdict: verdict.0.clone(),
-            rule: verdict.1.clone(),
-            outcome: "forwarded".into(),
-            signed_as: signed_as.clone(),
+        let end = AwsEnd {
+            outcome: "forwarded",
             status: parts.status.as_u16(),
             error_code,
             request_id: crate::protocol::aws::error::request_id(&pairs).map(str::to_owned),
-            request_bytes: call.request_bytes,
+            signed_as: signed_as.clone(),
             response_bytes: response_event.body_bytes.or(response_event.content_length),
-            duration_us: aws::elapsed_us(started),
         };
-        events.push(Event::of(state.id, aws::AWS_CALL, &record));
+        events.push(aws_record(state, call, seq, verdict, end, started));
     }
     // The response head is journaled before the client sees it.
     if let Err(e) = record(state, &events, false).await {
