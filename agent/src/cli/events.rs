@@ -36,8 +36,9 @@ pub struct EventsArgs {
 /// The event-only options of `events` and `export`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct EventSelectArgs {
-    /// Only events of this kind (statement, statement_end, approval, chunk, session_start,
-    /// session_end, pg_startup, exec, exit, ...). Repeatable.
+    /// Only events of this kind (statement, statement_end, http_request, http_response,
+    /// aws_call, approval, chunk, session_start, session_end, pg_startup, exec, exit,
+    /// ...). Repeatable.
     #[arg(long = "kind", value_name = "K")]
     pub kinds: Vec<String>,
 

@@ -3,7 +3,7 @@
 //! Session-level conditions (workload, target, protocol) are matched on the merged
 //! session rows; request-level conditions (verdict, text, regex) on each protocol's
 //! request events (`cli::views::request_events`: PostgreSQL's `statement`, HTTP's
-//! `http_request`), which all carry the judgement's members. For PostgreSQL
+//! `http_request`, AWS's `aws_call`), which all carry the judgement's members. For PostgreSQL
 //! (see `proxy/postgres/flow.rs`):
 //! `{"seq", "text", "verdict": "allow"|"approve"|"deny", "action":
 //! "forwarded"|"refused"|"held", "enforced", "rule", ...}` followed by a `statement_end`
@@ -12,6 +12,14 @@
 //! - `held`: the policy asked for approval, or the agent held it;
 //! - `allowed`: the policy allowed it and the agent forwarded it;
 //! - `masked`: its result had masked values (from its `statement_end`).
+//!
+//! An `aws_call` says what the agent did in `outcome` (its `action` is the API action):
+//! `forwarded` and `refused` read as above; `not approved` (held, then refused) is
+//! `held` by its verdict, as the call's `http_request` (action `held`) is; `not signed`
+//! (allowed, but the agent could not sign it) is in no class but its verdict's. In an
+//! AWS session a judged call is thus found twice, by its `http_request` and its
+//! `aws_call` (`--kind aws_call` keeps one line per call); a request refused before it
+//! was judged (its signature, its body) has only the `http_request`.
 //!
 //! This module does no IO: the commands feed it rows.
 
@@ -86,18 +94,19 @@ pub struct FilterArgs {
     #[arg(long, value_name = "TIME", value_parser = parse_since)]
     pub until: Option<SystemTime>,
 
-    /// Only requests (SQL statements, HTTP requests) with this outcome (sessions: having
+    /// Only requests (SQL statements, HTTP requests, AWS calls) with this outcome (sessions: having
     /// such a request).
     #[arg(long, value_enum, value_name = "V")]
     pub verdict: Option<VerdictClass>,
 
-    /// Only sessions of this protocol (tcp, postgres).
+    /// Only sessions of this protocol (tcp, postgres, http, aws).
     #[arg(long, value_name = "P")]
     pub protocol: Option<String>,
 
     /// Only requests whose text contains this (case-sensitive; sessions: having one): a
     /// statement's SQL, an HTTP request's method and target as sent (`GET /admin?id=7`) or
-    /// method and normalised path.
+    /// method and normalised path, an AWS call's action and resources
+    /// (`iam:CreateUser mallory`) or service.
     #[arg(long, value_name = "SUBSTR")]
     pub text: Option<String>,
 
@@ -274,7 +283,7 @@ impl Filter {
     pub fn request_matches(&self, requests: RequestEvents, data: &Value, masked: bool) -> bool {
         let texts = requests.texts(data);
         self.verdict
-            .is_none_or(|v| verdict_classes(data, masked).contains(&v))
+            .is_none_or(|v| verdict_classes(requests.judgement(data), masked).contains(&v))
             && self
                 .text
                 .as_deref()
@@ -331,11 +340,9 @@ impl<'a> Who<'a> {
     }
 }
 
-/// The verdict classes of a `statement` event (see the module documentation).
-pub fn verdict_classes(data: &Value, masked: bool) -> Vec<VerdictClass> {
-    // The judgement's members every request event has (`RequestEvents`).
-    let member = |name: &str| data.get(name).and_then(Value::as_str).unwrap_or("");
-    let (verdict, action) = (member("verdict"), member("action"));
+/// The verdict classes of a request event from its judgement (`verdict`, and what the
+/// agent did: `RequestEvents::judgement`); see the module documentation.
+pub fn verdict_classes((verdict, action): (&str, &str), masked: bool) -> Vec<VerdictClass> {
     let mut classes = Vec::new();
     if verdict == "deny" || action == "refused" {
         classes.push(VerdictClass::Denied);
@@ -503,11 +510,12 @@ mod tests {
                               "enforced": false});
         let held = json!({"text": "delete from t", "verdict": "approve", "action": "held"});
         use VerdictClass::*;
-        assert_eq!(verdict_classes(&allowed, false), vec![Allowed]);
-        assert_eq!(verdict_classes(&allowed, true), vec![Allowed, Masked]);
-        assert_eq!(verdict_classes(&refused, false), vec![Denied]);
-        assert_eq!(verdict_classes(&observed, false), vec![Denied]);
-        assert_eq!(verdict_classes(&held, false), vec![Held]);
+        let classes = |data: &Value, masked| verdict_classes(PG.judgement(data), masked);
+        assert_eq!(classes(&allowed, false), vec![Allowed]);
+        assert_eq!(classes(&allowed, true), vec![Allowed, Masked]);
+        assert_eq!(classes(&refused, false), vec![Denied]);
+        assert_eq!(classes(&observed, false), vec![Denied]);
+        assert_eq!(classes(&held, false), vec![Held]);
 
         let denied = filter(|a| a.verdict = Some(Denied));
         assert!(denied.request_matches(PG, &refused, false));
@@ -523,6 +531,7 @@ mod tests {
     const PG: RequestEvents = RequestEvents {
         kind: "statement",
         texts: &[&["text"]],
+        action: "action",
     };
 
     #[test]

@@ -16,6 +16,8 @@
 //!   in observe mode); `status_id` 1 Success / 2 Failure (the statement's error, with the
 //!   SQLSTATE in `status_code`) / 0 Unknown (no end journaled); `severity_id` 1
 //!   Informational, 2 Low (held), 3 Medium (denied).
+//! - HTTP requests are **HTTP Activity** (4002) and AWS calls **API Activity** (6003):
+//!   see `cli/views/http.rs` and `cli/views/aws.rs`.
 //! - `session_start` / `session_end` of every session become **Network Activity**
 //!   (`class_uid` 4001, category 4): `activity_id` 1 Open, 2 Close, 3 Reset (a close
 //!   reason mentioning "reset"), 4 Fail (the upstream connect failed); `traffic` carries
@@ -572,7 +574,9 @@ pub(crate) enum JsonType {
 /// `events/application/datastore_activity.json` (actor, src_endpoint required; at least
 /// one of database, databucket, table) and `events/network/network_activity.json` with
 /// `network.json` (src_endpoint, dst_endpoint; at least one of them: we always have
-/// both, so both are checked).
+/// both, so both are checked), `events/application/api.json` (API Activity: actor, api,
+/// src_endpoint) with `objects/api.json` (operation), `objects/request.json` (uid) and
+/// the `cloud` profile (`profiles/cloud.json`: cloud; `objects/cloud.json`: provider).
 #[cfg(test)]
 pub(crate) fn check_required(event: &Value) -> Vec<String> {
     const BASE: &[(&str, JsonType)] = &[
@@ -647,6 +651,41 @@ pub(crate) fn check_required(event: &Value) -> Vec<String> {
             }
         }
         NETWORK_ACTIVITY => check(event, "", NETWORK, &mut problems),
+        crate::cli::views::aws::API_ACTIVITY => {
+            // api_activity.json: actor, api, src_endpoint; api.json: operation; the cloud
+            // profile: cloud, with cloud.json's provider.
+            check(
+                event,
+                "",
+                &[
+                    ("actor", JsonType::Object),
+                    ("src_endpoint", JsonType::Object),
+                    ("api", JsonType::Object),
+                    ("cloud", JsonType::Object),
+                ],
+                &mut problems,
+            );
+            check(
+                &event["api"],
+                "api.",
+                &[("operation", JsonType::String)],
+                &mut problems,
+            );
+            check(
+                &event["cloud"],
+                "cloud.",
+                &[("provider", JsonType::String)],
+                &mut problems,
+            );
+            if event["api"].get("request").is_some() {
+                check(
+                    &event["api"]["request"],
+                    "api.request.",
+                    &[("uid", JsonType::String)],
+                    &mut problems,
+                );
+            }
+        }
         crate::cli::views::http::HTTP_ACTIVITY => {
             check(event, "", NETWORK, &mut problems);
             check(

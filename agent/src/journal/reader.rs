@@ -418,8 +418,8 @@ impl JournalReader {
         if let Some(text) = &scan.text {
             // Exact and case-sensitive, like the check the CLI repeats on the decoded row;
             // json_valid keeps a non-JSON `data` (never written, but this is untrusted
-            // input) from failing the whole query. A member that is not a string counts
-            // as absent, as in the CLI's check.
+            // input) from failing the whole query. A member that is neither a string nor
+            // an array counts as absent, as in the CLI's check.
             args.push(Value::Text(text.needle.clone()));
             let needle = args.len();
             let mut per_kind = Vec::new();
@@ -431,8 +431,11 @@ impl JournalReader {
                     let mut parts = Vec::new();
                     for member in members {
                         args.push(Value::Text(format!("$.{member}")));
+                        // An array counts as its strings joined with a space (none: absent).
                         parts.push(format!(
-                            "CASE json_type(data, ?{n}) WHEN 'text' THEN json_extract(data, ?{n}) END",
+                            "CASE json_type(data, ?{n}) WHEN 'text' THEN json_extract(data, ?{n}) \
+                             WHEN 'array' THEN (SELECT group_concat(value, ' ' ORDER BY key) \
+                             FROM json_each(data, ?{n}) WHERE type = 'text') END",
                             n = args.len()
                         ));
                     }
@@ -515,7 +518,8 @@ pub struct EventScan {
 }
 
 /// `needle` in a text of request events: for each (kind, texts), an event of that kind
-/// matches when one of its texts (string members joined with a space: what
+/// matches when one of its texts (string members, and the strings of array members,
+/// joined with a space: what
 /// `cli::views::RequestEvents::texts` makes of it) contains the needle. Events of other
 /// kinds do not match.
 #[derive(Debug, Clone, Default)]

@@ -51,6 +51,7 @@ impl ProtocolView for Http {
         Some(RequestEvents {
             kind: kind::REQUEST,
             texts: &[&["method", "target"], &["method", "path"]],
+            action: "action",
         })
     }
 
@@ -293,7 +294,7 @@ struct Pending {
 /// HTTP requests, completed by their response (or, for a body the agent streamed, by the
 /// body's end: `http_response.end_follows`), as OCSF HTTP Activity.
 #[derive(Default)]
-struct HttpActivity {
+pub(super) struct HttpActivity {
     pending: HashMap<(String, SessionId, u64), Pending>,
     order: Vec<(String, SessionId, u64)>,
 }
@@ -529,7 +530,7 @@ fn activity(p: &Pending, response: Option<&EventRow>, end: Option<&EventRow>) ->
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::borrow::Cow;
 
     use super::*;
@@ -596,10 +597,20 @@ mod tests {
         path: &std::path::Path,
         events: Vec<(i64, &'static str, String)>,
     ) -> SessionId {
+        journal_with(path, "http", events).await
+    }
+
+    /// A journal with one session of `protocol` holding `events` (microseconds after its
+    /// start, kind, data), ended at 3 ms.
+    pub(crate) async fn journal_with(
+        path: &std::path::Path,
+        protocol: &str,
+        events: Vec<(i64, &'static str, String)>,
+    ) -> SessionId {
         let j = journal::open(path, JournalOptions::default()).expect("open");
         let h = j.handle();
         let mut start = sample_start("bot", "api", at_us(0));
-        std::sync::Arc::make_mut(&mut start.identity).protocol = "http".into();
+        std::sync::Arc::make_mut(&mut start.identity).protocol = protocol.into();
         let id = h.start_session(start).await.expect("start");
         let events: Vec<Event> = events
             .into_iter()

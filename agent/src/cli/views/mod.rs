@@ -3,7 +3,8 @@
 //! --format ocsf` maps its requests. The readers (`replay`, `ocsf`) only ask
 //! [`view`]; a new protocol adds a view here instead of new string matches in each reader.
 //! What every session has (start, chunks, end) is the [`opaque`] view's, which the
-//! others fall back to.
+//! others fall back to. A view may build on another's by delegation (`aws` renders what
+//! `http` does and adds its calls).
 use std::io::{self, Write};
 
 use serde_json::Value;
@@ -11,6 +12,7 @@ use serde_json::Value;
 use super::select::Selected;
 use crate::journal::{EventRow, SessionRow};
 
+pub mod aws;
 pub mod http;
 pub mod opaque;
 pub mod postgres;
@@ -55,14 +57,18 @@ pub trait ProtocolView: Sync {
     }
 }
 
-/// A protocol's request events. Every one carries the judgement's common members
-/// (`verdict`: allow/approve/deny, `action`: forwarded/refused/held, `enforced`, `rule`);
-/// its searchable texts are, for each entry of `texts`, the string values of those
-/// members joined with a space. A text condition matches when one of them does.
+/// A protocol's request events. Every one carries the judgement's members: `verdict`
+/// (allow/approve/deny), what the agent did (forwarded/refused/held: the member named by
+/// `action`), and `rule`; its searchable texts are, for each entry of `texts`, the
+/// string values of those members joined with a space (a member holding an array counts
+/// as its strings joined with a space). A text condition matches when one of them does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestEvents {
     pub kind: &'static str,
     pub texts: &'static [&'static [&'static str]],
+    /// The member saying what the agent did: `action` for statements and HTTP requests,
+    /// `outcome` for AWS calls (whose `action` is the API action, `iam:CreateUser`).
+    pub action: &'static str,
 }
 
 impl RequestEvents {
@@ -71,13 +77,34 @@ impl RequestEvents {
         self.texts
             .iter()
             .map(|members| {
-                let parts: Vec<&str> = members
+                let parts: Vec<String> = members
                     .iter()
-                    .filter_map(|m| data.get(*m).and_then(Value::as_str))
+                    .filter_map(|m| member_text(data.get(*m)?))
                     .collect();
                 parts.join(" ")
             })
             .collect()
+    }
+
+    /// The judgement of one of these events: its `verdict` and what the agent did
+    /// (empty when the event does not say).
+    pub fn judgement<'v>(&self, data: &'v Value) -> (&'v str, &'v str) {
+        let member = |name: &str| data.get(name).and_then(Value::as_str).unwrap_or("");
+        (member("verdict"), member(self.action))
+    }
+}
+
+/// A member's text: a string as it is, an array as its strings joined with a space
+/// (`None` when it holds none); anything else has no text. The journal reader's text
+/// scan (`journal::TextScan`) reads members the same way.
+fn member_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(items) => {
+            let strings: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            (!strings.is_empty()).then(|| strings.join(" "))
+        }
+        _ => None,
     }
 }
 
@@ -92,7 +119,7 @@ pub fn request_events_of(kind: &str) -> Option<RequestEvents> {
 }
 
 /// The registered views; sessions of any other protocol read as opaque streams.
-static VIEWS: &[&dyn ProtocolView] = &[&postgres::Postgres, &http::Http];
+static VIEWS: &[&dyn ProtocolView] = &[&postgres::Postgres, &http::Http, &aws::Aws];
 
 /// The view for sessions whose `protocol` is `protocol`.
 pub fn view(protocol: &str) -> &'static dyn ProtocolView {
@@ -116,12 +143,14 @@ mod tests {
         assert!(view("tcp").ocsf().is_none());
         assert_eq!(view("http").protocol(), "http");
         assert!(view("http").ocsf().is_some());
+        assert_eq!(view("aws").protocol(), "aws");
+        assert!(view("aws").ocsf().is_some());
     }
 
     #[test]
     fn request_events_and_their_text() {
         let kinds: Vec<&str> = request_events().map(|r| r.kind).collect();
-        assert_eq!(kinds, ["statement", "http_request"]);
+        assert_eq!(kinds, ["statement", "http_request", "aws_call"]);
         assert!(request_events_of("chunk").is_none());
         let http = request_events_of("http_request").expect("http requests");
         let data = serde_json::json!({"method": "DELETE", "target": "/%61dmin/users/7",
@@ -134,6 +163,19 @@ mod tests {
         assert_eq!(
             pg.texts(&serde_json::json!({"text": "select 1"})),
             ["select 1"]
+        );
+        let aws = request_events_of("aws_call").expect("AWS calls");
+        let call = serde_json::json!({"action": "s3:GetObject", "service": "s3",
+                                      "resources": ["b/k", 7, "arn:aws:s3:::b/k"],
+                                      "verdict": "deny", "outcome": "refused"});
+        assert_eq!(
+            aws.texts(&call),
+            ["s3:GetObject b/k arn:aws:s3:::b/k", "s3"]
+        );
+        assert_eq!(aws.judgement(&call), ("deny", "refused"));
+        assert_eq!(
+            aws.texts(&serde_json::json!({"action": "sts:GetCallerIdentity", "resources": []})),
+            ["sts:GetCallerIdentity", ""]
         );
     }
 }

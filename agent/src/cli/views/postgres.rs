@@ -29,6 +29,7 @@ impl ProtocolView for Postgres {
         Some(RequestEvents {
             kind: kind::STATEMENT,
             texts: &[&["text"]],
+            action: "action",
         })
     }
 
