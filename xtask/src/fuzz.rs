@@ -38,6 +38,7 @@ pub const TARGETS: &[&str] = &[
     "config",
     "journal",
     "http_request",
+    "aws_request",
 ];
 
 /// An input taking longer than this (seconds) is reported as a hang.
@@ -406,10 +407,309 @@ fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
                     put(&format!("{name}-5"), &[&[0x05], bytes.as_bytes()].concat())?;
                 }
             }
+            "aws_request" => {
+                for (name, bytes) in aws_seeds() {
+                    put(&name, &bytes)?;
+                }
+            }
             other => bail!("no seeds for fuzz target {other}"),
         }
     }
     Ok(())
+}
+
+/// A signature of the right form (64 lowercase hex digits) that nothing verifies.
+const SIG: &str = "a3f1f7d0c4b5e6a7980123456789abcdef0123456789abcdef0123456789abcd";
+
+/// Requests as the AWS CLI and SDKs send them, in the `aws_request` target's layout
+/// (fuzz/fuzz_targets/aws_request.rs: a control byte; method, host, path, `?query`
+/// lines; headers; an empty line; the body): S3 PutObject and GetObject path- and
+/// virtual-host-style, a presigned URL, IAM and STS query calls, Secrets Manager JSON,
+/// the aws-chunked bodies of the S3 documentation's two examples (whose signatures the
+/// target verifies with the documentation's key) and a small unverified one, and AWS's
+/// XML and JSON answers (errors, credentials) as bodies for the error-code reader and the
+/// XML masker.
+fn aws_seeds() -> Vec<(String, Vec<u8>)> {
+    let auth = |service: &str, signed: &str| {
+        format!(
+            "x-amz-date: 20261206T233806Z\n\
+             authorization: AWS4-HMAC-SHA256 Credential=AKIANHIAGENTPLACEHLD/20261206/us-east-1/{service}/aws4_request, \
+             SignedHeaders={signed}, Signature={SIG}\n"
+        )
+    };
+    let request = |control: u8, head: &str, headers: &str, body: &[u8]| {
+        [
+            &[control][..],
+            head.as_bytes(),
+            headers.as_bytes(),
+            b"\n",
+            body,
+        ]
+        .concat()
+    };
+    // The documented aws-chunked bodies: 64 KiB and 1 KiB of 'a', the final chunk, and in
+    // the trailer example the CRC32C trailer and its signature.
+    let chunk = |size: usize, signature: &str| {
+        let mut c = format!("{size:x};chunk-signature={signature}\r\n").into_bytes();
+        if size > 0 {
+            c.extend(std::iter::repeat_n(b'a', size));
+            c.extend_from_slice(b"\r\n");
+        }
+        c
+    };
+    let documented = [
+        chunk(
+            65536,
+            "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648",
+        ),
+        chunk(
+            1024,
+            "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497",
+        ),
+        chunk(
+            0,
+            "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9",
+        ),
+        b"\r\n".to_vec(),
+    ]
+    .concat();
+    let with_trailer = [
+        chunk(65536, "b474d8862b1487a5145d686f57f013e54db672cee1c953b3010fb58501ef5aa2"),
+        chunk(1024, "1c1344b170168f8e65b41376b44b20fe354e373826ccbbe2c1d40a8cae51e5c7"),
+        chunk(0, "2ca2aba2005185cf7159c6277faf83795951dd77a3a99e6e65d5c9f85863f992"),
+        b"x-amz-checksum-crc32c:sOO8/Q==\r\n\
+          x-amz-trailer-signature:d81f82fc3505edab99d459891051a732e8730629a2e4a59689829ca17fe2e435\r\n\r\n"
+            .to_vec(),
+    ]
+    .concat();
+    let documented_head = |seed: &str, mode: &str, length: usize, trailer: bool| {
+        let (signed, header) = if trailer {
+            (";x-amz-trailer", "x-amz-trailer: x-amz-checksum-crc32c\n")
+        } else {
+            ("", "")
+        };
+        format!(
+            "PUT\ns3.amazonaws.com\n/examplebucket/chunkObject.txt\n\n\
+             host: s3.amazonaws.com\nx-amz-date: 20130524T000000Z\n\
+             x-amz-storage-class: REDUCED_REDUNDANCY\n\
+             authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,\
+             SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;\
+             x-amz-decoded-content-length;x-amz-storage-class{signed},Signature={seed}\n\
+             x-amz-content-sha256: {mode}\ncontent-encoding: aws-chunked\n\
+             x-amz-decoded-content-length: 66560\ncontent-length: {length}\n{header}"
+        )
+    };
+    let small = format!(
+        "5;chunk-signature={SIG}\r\nhello\r\n0;chunk-signature={SIG}\r\n\
+         x-amz-checksum-crc32:NhCmhg==\r\nx-amz-trailer-signature:{SIG}\r\n\r\n"
+    );
+    let s3_host = "host: 127.0.0.1:9000\n";
+    let empty_sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let mut seeds: Vec<(String, Vec<u8>)> = vec![
+        (
+            "s3-put-path".into(),
+            request(
+                0x00,
+                "PUT\n127.0.0.1:9000\n/artifacts/build/app.bin\n\n",
+                &format!(
+                    "{s3_host}content-type: application/octet-stream\n\
+                     x-amz-content-sha256: UNSIGNED-PAYLOAD\ncontent-length: 11\n{}",
+                    auth("s3", "content-length;content-type;host;x-amz-content-sha256;x-amz-date")
+                ),
+                b"hello world",
+            ),
+        ),
+        (
+            "s3-get-virtual-host".into(),
+            request(
+                0x00,
+                "GET\nartifacts.s3.us-east-1.amazonaws.com\n/build/app.bin\n?versionId=3&partNumber=1\n",
+                &format!(
+                    "host: artifacts.s3.us-east-1.amazonaws.com\nrange: bytes=0-1023\n\
+                     x-amz-content-sha256: {empty_sha}\n{}",
+                    auth("s3", "host;range;x-amz-content-sha256;x-amz-date")
+                ),
+                b"",
+            ),
+        ),
+        (
+            "s3-presigned".into(),
+            request(
+                0x00,
+                &format!(
+                    "GET\nartifacts.s3.amazonaws.com\n/reports/2026/q4.csv\n\
+                     ?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+                     &X-Amz-Credential=AKIANHIAGENTPLACEHLD%2F20261206%2Fus-east-1%2Fs3%2Faws4_request\
+                     &X-Amz-Date=20261206T233806Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host\
+                     &X-Amz-Signature={SIG}\n"
+                ),
+                "host: artifacts.s3.amazonaws.com\n",
+                b"",
+            ),
+        ),
+        (
+            "s3-delete-objects".into(),
+            request(
+                0x00,
+                "POST\n127.0.0.1:9000\n/artifacts\n?delete\n",
+                &format!(
+                    "{s3_host}content-type: application/xml\ncontent-md5: 1B2M2Y8AsgTpgAmY7PhCfg==\n\
+                     x-amz-content-sha256: UNSIGNED-PAYLOAD\n{}",
+                    auth("s3", "content-md5;content-type;host;x-amz-content-sha256;x-amz-date")
+                ),
+                b"<Delete><Object><Key>build/app.bin</Key></Object><Quiet>true</Quiet></Delete>",
+            ),
+        ),
+        (
+            "iam-query".into(),
+            request(
+                0x00,
+                "POST\niam.amazonaws.com\n/\n\n",
+                &format!(
+                    "host: iam.amazonaws.com\n\
+                     content-type: application/x-www-form-urlencoded; charset=utf-8\n{}",
+                    auth("iam", "content-type;host;x-amz-date")
+                ),
+                b"Action=CreateUser&UserName=mallory&Path=%2Fbots%2F&Version=2010-05-08",
+            ),
+        ),
+        (
+            "sts-query-in-url".into(),
+            request(
+                0x00,
+                "GET\nsts.amazonaws.com\n/\n?Action=GetCallerIdentity&Version=2011-06-15\n",
+                &format!("host: sts.amazonaws.com\n{}", auth("sts", "host;x-amz-date")),
+                b"",
+            ),
+        ),
+        (
+            "secretsmanager-json".into(),
+            request(
+                0x00,
+                "POST\nsecretsmanager.us-east-1.amazonaws.com\n/\n\n",
+                &format!(
+                    "host: secretsmanager.us-east-1.amazonaws.com\n\
+                     content-type: application/x-amz-json-1.1\n\
+                     x-amz-target: secretsmanager.GetSecretValue\n\
+                     x-amz-security-token: FwoGZXIvYXdzEPLACEHOLDER\n{}",
+                    auth("secretsmanager", "content-type;host;x-amz-date;x-amz-security-token;x-amz-target")
+                ),
+                br#"{"SecretId":"db-password","VersionStage":"AWSCURRENT"}"#,
+            ),
+        ),
+        (
+            "dynamodb-json".into(),
+            request(
+                0x00,
+                "POST\ndynamodb.us-east-1.amazonaws.com\n/\n\n",
+                &format!(
+                    "host: dynamodb.us-east-1.amazonaws.com\n\
+                     content-type: application/x-amz-json-1.0\n\
+                     x-amz-target: DynamoDB_20120810.TransactWriteItems\n{}",
+                    auth("dynamodb", "content-type;host;x-amz-date;x-amz-target")
+                ),
+                br#"{"TransactItems":[{"Put":{"TableName":"orders","Item":{"id":{"S":"1"}}}},{"Delete":{"TableName":"carts","Key":{"id":{"S":"1"}}}}]}"#,
+            ),
+        ),
+        (
+            "s3-chunked-small".into(),
+            request(
+                0x05,
+                "PUT\n127.0.0.1:9000\n/artifacts/hello.txt\n\n",
+                &format!(
+                    "{s3_host}content-encoding: aws-chunked\nx-amz-decoded-content-length: 5\n\
+                     x-amz-trailer: x-amz-checksum-crc32\n\
+                     x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER\n{}",
+                    auth("s3", "content-encoding;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-trailer")
+                ),
+                small.as_bytes(),
+            ),
+        ),
+    ];
+    for (control, suffix) in [(0x80, "verify"), (0xc0, "identity"), (0x87, "verify-7")] {
+        seeds.push((
+            format!("s3-chunked-documented-{suffix}"),
+            request(
+                control,
+                &documented_head(
+                    "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9",
+                    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+                    documented.len(),
+                    false,
+                ),
+                "",
+                &documented,
+            ),
+        ));
+    }
+    seeds.push((
+        "s3-chunked-documented-trailer".into(),
+        request(
+            0xc0,
+            &documented_head(
+                "106e2a8a18243abcf37539882f36619c00e2dfc72633413f02d3b74544bfeb8e",
+                "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+                with_trailer.len(),
+                true,
+            ),
+            "",
+            &with_trailer,
+        ),
+    ));
+    // AWS's answers, as bodies (and their headers), for the error-code reader and the
+    // XML masker.
+    let answers: [(&str, &str, &[u8]); 5] = [
+        (
+            "sts-credentials-xml",
+            "x-amzn-requestid: 4c7b2f3a-0000-4000-8000-000000000000\ncontent-type: text/xml\n",
+            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+              <GetSessionTokenResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+              <GetSessionTokenResult><Credentials>\
+              <AccessKeyId>ASIAIOSFODNN7EXAMPLE</AccessKeyId>\
+              <SecretAccessKey>wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY</SecretAccessKey>\
+              <SessionToken><![CDATA[AQoEXAMPLEH4aoAH0gNCAPy&amp;]]></SessionToken>\
+              <Expiration>2026-12-07T11:00:00Z</Expiration></Credentials>\
+              </GetSessionTokenResult><ResponseMetadata><RequestId>58c5dbae</RequestId>\
+              </ResponseMetadata></GetSessionTokenResponse>",
+        ),
+        (
+            "iam-error-xml",
+            "x-amzn-requestid: nhi-3-2\ncontent-type: text/xml\n",
+            b"<ErrorResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><Error>\
+              <Type>Sender</Type><Code>AccessDenied</Code>\
+              <Message>nhi-agent: request refused by policy rule &quot;no-iam-users&quot; \
+              (owner mallory@example.com, key AKIAFUZZSECRETVALUE)</Message></Error>\
+              <RequestId>nhi-3-2</RequestId></ErrorResponse>",
+        ),
+        (
+            "s3-error-xml",
+            "x-amz-request-id: 4442587FB7D0A2F9\ncontent-type: application/xml\n",
+            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>\
+              <Message>The specified key does not exist.</Message><Key>build/app.bin</Key>\
+              <RequestId>4442587FB7D0A2F9</RequestId></Error>",
+        ),
+        (
+            "s3-list-xml",
+            "x-amz-request-id: 4442587FB7D0A2FA\n",
+            b"<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>artifacts</Name>\
+              <Contents><Key>a&#x26;b.txt</Key><Size>5</Size><Owner><ID>75aa57f09aa0c8ca</ID>\
+              <DisplayName>ops@example.com</DisplayName></Owner></Contents>\
+              <!-- card 4111 1111 1111 1111 --></ListBucketResult>",
+        ),
+        (
+            "json-error",
+            "x-amzn-errortype: ResourceNotFoundException:http://internal.amazon.com/\n\
+             x-amzn-requestid: 1f2e3d4c\ncontent-type: application/x-amz-json-1.1\n",
+            br#"{"__type":"com.amazonaws.secretsmanager#ResourceNotFoundException","Message":"Secrets Manager can't find the specified secret."}"#,
+        ),
+    ];
+    for (name, headers, body) in answers {
+        seeds.push((
+            name.into(),
+            request(0x00, "HTTP/1.1\n\n/\n\n", headers, body),
+        ));
+    }
+    seeds
 }
 
 /// The server stream without the SSLRequest answer (the targets that decode it as a

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 
 use crate::{fuzz, setup, util};
 
-/// How long `cargo xtask test` runs each fuzz target (nine targets: about 3 minutes,
+/// How long `cargo xtask test` runs each fuzz target (ten targets: about 4 minutes,
 /// plus building them with nightly the first time).
 const FUZZ_SECONDS: u64 = 20;
 
