@@ -9,7 +9,8 @@
 //! forwarded). Two targets for one server need two addresses, so the server also listens
 //! on 127.0.0.2: the `tcp` target is 127.0.0.2:port, the `postgres` one 127.0.0.1:port.
 //! Then the agent is restarted with `journal_fsync = "each"` and the `postgres` case is
-//! measured again against a fresh direct baseline. The HTTP part is `bench_http`.
+//! measured again against a fresh direct baseline. The HTTP part is `bench_http`, the
+//! AWS part (boto3 against moto, directly and through an `aws` target) `bench_aws`.
 use std::{
     fs,
     os::unix::process::CommandExt,
@@ -34,6 +35,7 @@ pub fn bench(
     runs: usize,
     pg_seconds: u64,
     http_seconds: u64,
+    aws_calls: u64,
     evidence_events: u64,
 ) -> anyhow::Result<()> {
     if !util::is_root() {
@@ -70,6 +72,13 @@ pub fn bench(
     let agent_cg = parent.child("agent");
     let work = TempDir::create(std::env::temp_dir().join(&base))?;
     let nginx = crate::bench_http::Nginx::start(&work.path().join("nginx"))?;
+    let aws = match aws_calls {
+        0 => None,
+        _ => crate::bench_aws::AwsServer::start(&work.path().join("aws"))?,
+    };
+    if aws_calls > 0 && aws.is_none() {
+        println!("(no AWS figures: moto is not in target/venv; run `cargo xtask setup`)");
+    }
     let pins = PathBuf::from("/sys/fs/bpf").join(&base);
     let journal = work.path().join("journal.db");
     let config = |fsync_each: bool| {
@@ -82,6 +91,7 @@ pub fn bench(
             echo: &echo.to_string(),
             pg_port: pg.port,
             http_port: nginx.port,
+            aws: aws.as_ref().map(|a| a.config()),
             fsync_each,
         }
         .render()
@@ -170,6 +180,22 @@ pub fn bench(
         .run()?;
     }
 
+    if let Some(server) = &aws {
+        let home = work.path().join("aws-home");
+        fs::create_dir_all(&home)?;
+        crate::bench_aws::AwsBench {
+            server,
+            // The agent's CA, in its state directory (the journal's).
+            ca: &work.path().join("tls/ca.crt"),
+            home: &home,
+            direct_cg: &direct_cg,
+            agent_cg: &agent_cg,
+            runs,
+            calls: aws_calls,
+        }
+        .run()?;
+    }
+
     if pg_seconds > 0 {
         let bench = PgBench {
             pg: &pg,
@@ -245,6 +271,8 @@ struct BenchConfig<'a> {
     echo: &'a str,
     pg_port: u16,
     http_port: u16,
+    /// The AWS target and its policy (`bench_aws`), when moto runs.
+    aws: Option<String>,
     fsync_each: bool,
 }
 
@@ -361,7 +389,7 @@ target = "http-api"
 columns = ["email"]
 detectors = ["email", "credit_card"]
 strategy = "redact"
-"#,
+{aws}"#,
             journal = self.journal.display(),
             listen_port = self.listen_port,
             pins = self.pins.display(),
@@ -373,6 +401,7 @@ strategy = "redact"
             echo = self.echo,
             pg_port = self.pg_port,
             http_port = self.http_port,
+            aws = self.aws.as_deref().unwrap_or(""),
         )
     }
 }
@@ -903,6 +932,7 @@ mod tests {
                 echo: "127.0.0.2:2",
                 pg_port: 5433,
                 http_port: 8088,
+                aws: None,
                 fsync_each,
             }
             .render()
@@ -917,6 +947,22 @@ mod tests {
             assert!(text.contains("approvals_socket = \"/tmp/approvals.sock\"\n"));
             assert!(text.contains("address = \"127.0.0.2:8088\"\nprotocol = \"tcp\""));
             assert!(text.contains("address = \"127.0.0.1:8088\"\nprotocol = \"http\""));
+            assert!(!text.contains("protocol = \"aws\""));
         }
+        let aws = "\n[[target]]\nname = \"aws\"\nprotocol = \"aws\"\n";
+        let with_aws = BenchConfig {
+            journal: Path::new("/tmp/j.db"),
+            listen_port: 15999,
+            pins: Path::new("/sys/fs/bpf/x"),
+            cgroup: "nhi-bench-1/agent",
+            sink: "127.0.0.2:1",
+            echo: "127.0.0.2:2",
+            pg_port: 5433,
+            http_port: 8088,
+            aws: Some(aws.to_string()),
+            fsync_each: false,
+        }
+        .render();
+        assert!(with_aws.ends_with(aws), "{with_aws}");
     }
 }

@@ -6,13 +6,15 @@
 //! - `cargo xtask demo`:  the tour: a bot's statements masked, refused, allowed, journaled.
 //! - `cargo xtask fuzz`:  the libFuzzer targets of fuzz/ (cargo-fuzz, nightly), seeded from
 //!   the golden captures, N seconds each.
-//! - `cargo xtask bench`: relay throughput, connection rate and connect latency, and pgbench
-//!   direct / pgbouncer / agent (tcp, postgres), as ratios against direct.
+//! - `cargo xtask bench`: relay throughput, connection rate and connect latency, pgbench
+//!   direct / pgbouncer / agent (tcp, postgres), HTTP and boto3 AWS calls, as ratios
+//!   against direct.
 //! - `cargo xtask soak`: mixed traffic (opaque, PostgreSQL, HTTP) through the agent for N
 //!   minutes: RSS, open fds, journal size and events/s each minute, leak bounds, verify.
 //! - `cargo xtask vm`:  a QEMU/KVM test bed: the systemd unit under real systemd
 //!   (`vm unit`) and the privileged tests on every kernel obtainable (`vm kernels`).
 mod bench;
+mod bench_aws;
 mod bench_evidence;
 mod bench_http;
 mod demo;
@@ -84,6 +86,10 @@ enum Cmd {
         /// Seconds per HTTP run (0 skips the HTTP figures).
         #[arg(long, default_value_t = 3)]
         http_seconds: u64,
+        /// boto3 calls per AWS run, against moto directly and through the agent (0
+        /// skips the AWS figures).
+        #[arg(long, default_value_t = 300)]
+        aws_calls: u64,
         /// Statement events for the journal ingest / verify / search figures (0 skips them).
         #[arg(long, default_value_t = 1_000_000)]
         evidence_events: u64,
@@ -134,6 +140,7 @@ fn main() -> anyhow::Result<()> {
             runs,
             pg_seconds,
             http_seconds,
+            aws_calls,
             evidence_events,
             only_evidence,
         } => {
@@ -150,6 +157,7 @@ fn main() -> anyhow::Result<()> {
                     runs,
                     pg_seconds,
                     http_seconds,
+                    aws_calls,
                     evidence_events,
                 )
             }
