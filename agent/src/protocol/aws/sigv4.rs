@@ -14,7 +14,9 @@
 //! `Authorization` headers, a header *and* a presigned query, a parameter twice), when
 //! the algorithm is not `AWS4-HMAC-SHA256` (SigV4a is not supported), or when the
 //! request's date is more than [`MAX_SKEW`] away from the agent's clock (AWS's own
-//! limit, so a replayed request is refused here as it would be there).
+//! limit, so a replayed request is refused here as it would be there). A request whose
+//! canonical query could outgrow what a URI holds is not signed (see
+//! [`MAX_CANONICAL_URI`]): `aws-sigv4` would panic on it.
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -599,6 +601,46 @@ impl SigningKey {
     }
 }
 
+/// The longest path and query `http::Uri` takes (its `MAX_LEN`).
+pub const MAX_CANONICAL_URI: usize = u16::MAX as usize - 1;
+
+/// Refuses to sign `req` when its canonical path and query could be longer than
+/// [`MAX_CANONICAL_URI`]. `aws-sigv4` decodes the query, percent-encodes it again (a
+/// byte of it can become three: `!` is `%21`), adds the presigned parameters and parses
+/// the result as a URI with `expect` (aws-smithy-http's `QueryWriter::build_uri`): a
+/// query of 22 KiB of `!`, which a client may send, made it panic (found by the
+/// `aws_request` fuzz target). The bound is generous (every byte counted as three), so a
+/// query over about 21 KiB is refused even when it would have fit.
+fn check_canonical_length(
+    req: &Signable<'_>,
+    key: &SigningKey,
+    presigned: bool,
+) -> Result<(), String> {
+    let uri: http::Uri = req
+        .uri
+        .parse()
+        .map_err(|e| format!("the request URI: {e}"))?;
+    let query = uri.query().map_or(0, str::len);
+    // The presigned parameters: names and fixed values (algorithm, date, expiry) in 256
+    // bytes, then the credential scope, the signed header names and the session token.
+    let presign = if presigned {
+        256 + key.key_id.len()
+            + req.region.len()
+            + req.service.len()
+            + key.session_token.as_ref().map_or(0, |t| t.len())
+            + req.headers.iter().map(|(n, _)| n.len() + 1).sum::<usize>()
+    } else {
+        0
+    };
+    let longest = uri.path().len() + 1 + 3 * (query + presign);
+    if longest > MAX_CANONICAL_URI {
+        return Err(format!(
+            "the request's query is too long to sign: its canonical form could take {longest} bytes, more than {MAX_CANONICAL_URI}"
+        ));
+    }
+    Ok(())
+}
+
 /// Signs `req` at `time` with `key` in `location`: the instructions (headers or query
 /// parameters to add) and the signature.
 fn sign_at(
@@ -608,6 +650,7 @@ fn sign_at(
     location: SignatureLocation,
     expires: Option<Duration>,
 ) -> Result<(aws_sigv4::http_request::SigningInstructions, String), String> {
+    check_canonical_length(req, key, location == SignatureLocation::QueryParams)?;
     let identity = key.identity();
     let params = v4::SigningParams::builder()
         .identity(&identity)
@@ -841,6 +884,60 @@ mod tests {
             verify(&sig, &req(other, "127.0.0.1:4566")),
             Err(SigError::Mismatch)
         );
+    }
+
+    /// Found by the `aws_request` fuzz target: a query whose bytes all need encoding
+    /// (`!` is `%21` in the canonical query) grows past what a URI holds once
+    /// `aws-sigv4` encodes it again, and the crate panicked parsing it. Refused now, in
+    /// the headers and presigned, when checking the client's signature and when signing.
+    #[test]
+    fn a_query_too_long_to_sign_is_refused_not_a_panic() {
+        let now = SystemTime::now();
+        let long = format!("http://127.0.0.1:9000/b/k?{}", "!".repeat(22_000));
+        let req = Signable {
+            method: "GET",
+            uri: &long,
+            headers: vec![("host", "127.0.0.1:9000")],
+            payload_hash: UNSIGNED_PAYLOAD,
+            region: "us-east-1",
+            service: "s3",
+        };
+        let key = SigningKey::placeholder(None);
+        let error = header_signature(&req, &key, now).unwrap_err();
+        assert!(error.contains("too long to sign"), "{error}");
+        assert!(query_signature(&req, &key, now, Duration::from_secs(60)).is_err());
+        // The date as the client would send it: from a signature of a short request.
+        let short = Signable {
+            uri: "http://127.0.0.1:9000/b/k",
+            headers: req.headers.clone(),
+            ..req
+        };
+        let (set, _) = header_signature(&short, &key, now).unwrap();
+        let date = set
+            .iter()
+            .find(|(n, _)| n == "x-amz-date")
+            .map(|(_, v)| v.clone())
+            .expect("x-amz-date");
+        for location in [Location::Header, Location::Query { expires: 60 }] {
+            let sig = ClientSignature {
+                key_id: PLACEHOLDER_KEY_ID.into(),
+                date: date[..8].into(),
+                region: "us-east-1".into(),
+                service: "s3".into(),
+                signed_headers: vec!["host".into()],
+                signature: "0".repeat(64),
+                date_time: date.clone(),
+                location,
+                session_token: None,
+            };
+            assert!(matches!(verify(&sig, &req), Err(SigError::Malformed(_))));
+        }
+        // A long query of bytes that stay as they are still signs (7 KiB, three times
+        // that under the bound).
+        let fine = format!("http://127.0.0.1:9000/b/k?{}", "a".repeat(7_000));
+        let req = Signable { uri: &fine, ..req };
+        header_signature(&req, &key, now).unwrap();
+        query_signature(&req, &key, now, Duration::from_secs(60)).unwrap();
     }
 
     #[test]
