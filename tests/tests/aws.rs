@@ -294,6 +294,54 @@ fn the_aws_cli_holds_a_placeholder_and_the_agent_signs_for_it() {
         .contains(&Value::from("arn:aws:s3:::artifacts/build/app.bin")));
     assert_eq!(action_of("s3:GetObject").len(), 1);
 
+    // The CLI reads the calls: searched by action, replayed, exported as OCSF API
+    // Activity (6003).
+    let journal = agent.journal.to_str().unwrap().to_string();
+    let out = agent.cli(&[
+        "events",
+        "--journal",
+        &journal,
+        "--text",
+        "iam:CreateUser",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let found: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        found
+            .iter()
+            .any(|e| e["kind"] == "aws_call" && e["data"]["rule"] == "no-iam-users"),
+        "{found:#?}"
+    );
+    let out = agent.cli(&["export", "--format", "ocsf", "--journal", &journal]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ocsf = String::from_utf8_lossy(&out.stdout);
+    let activities: Vec<Value> = ocsf
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["class_uid"] == 6003)
+        .collect();
+    let create = activities
+        .iter()
+        .find(|e| e["api"]["operation"] == "CreateUser")
+        .unwrap_or_else(|| panic!("{ocsf}"));
+    assert_eq!(create["api"]["service"]["name"], "iam");
+    assert_eq!(create["cloud"]["provider"], "AWS");
+    let get = activities
+        .iter()
+        .find(|e| e["api"]["operation"] == "GetCallerIdentity")
+        .unwrap_or_else(|| panic!("{ocsf}"));
+    // The AWS request id, CloudTrail's join key.
+    assert_eq!(get["api"]["request"]["uid"], sts[0]["request_id"], "{get}");
+    let session = agent.sessions()[0]["id"].to_string();
+    let out = agent.cli(&["replay", &session, "--journal", &journal, "--instant"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let replay = String::from_utf8_lossy(&out.stdout);
+    assert!(replay.contains("sts:GetCallerIdentity"), "{replay}");
+
     // The agent's secret key and the secret's value are in no journal file or log, and
     // no client output.
     agent.wait_sessions_ended(1);
