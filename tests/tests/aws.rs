@@ -539,7 +539,10 @@ fn a_workload_role_is_assumed_per_session_and_names_it() {
         &moto,
         &cg,
         &format!("aws_role_arn = \"{role}\"\n"),
-        &format!("aws_sts_endpoint = \"{}\"\n", moto.endpoint()),
+        &format!(
+            "aws_sts_endpoint = \"{}\"\nmask_body_limit = \"1KiB\"\n",
+            moto.endpoint()
+        ),
         "",
     );
     let home = tempfile::tempdir().unwrap();
@@ -567,6 +570,29 @@ fn a_workload_role_is_assumed_per_session_and_names_it() {
         signed_as.contains(&format!("nhi-{session}-bot")),
         "{signed_as}"
     );
+
+    // An answer that must be masked and cannot be (over mask_body_limit) is a 502 for
+    // the bot, never raw, and the call still has its record.
+    moto.admin_python(&format!(
+        "c.client('secretsmanager').create_secret(Name='big', SecretString='{}')\n",
+        "x".repeat(2048)
+    ));
+    let out = cli(
+        &cg,
+        home.path(),
+        &ca,
+        &moto,
+        &["secretsmanager", "get-secret-value", "--secret-id", "big"],
+    );
+    assert!(!out.status.success());
+    assert!(!text(&out).contains(&"x".repeat(100)), "{}", text(&out));
+    let calls = aws_calls(&agent);
+    let big = calls
+        .iter()
+        .find(|c| c["action"] == "secretsmanager:GetSecretValue")
+        .expect("the call's record");
+    assert_eq!(big["outcome"], "answer not masked", "{big}");
+    assert_eq!(big["status"], 502);
     let _ = std::fs::remove_file(&creds);
 }
 

@@ -478,9 +478,10 @@ fn api_activity(p: &Pending, record: Option<&EventRow>) -> Value {
         (None, None) => "",
     };
     let outcome_text = call.as_ref().map(|c| c.outcome.as_str()).unwrap_or(action);
-    let enforced = match &request {
-        Some(r) => r.enforced,
-        None => !(verdict == "deny" && outcome_text == "forwarded"),
+    let enforced = match (&request, &call) {
+        (Some(r), _) => r.enforced,
+        (None, Some(c)) => c.enforced,
+        (None, None) => !(verdict == "deny" && outcome_text == "forwarded"),
     };
     let decision = p
         .approval
@@ -755,6 +756,7 @@ mod tests {
             seq,
             head: head.clone(),
             workload: "bot".into(),
+            enforced: true,
             verdict: "allow".into(),
             outcome: "forwarded".into(),
             signed_as: Some("AKIAADMIN (file /etc/nhi-agent/aws)".into()),

@@ -1002,6 +1002,7 @@ fn aws_record(
         workload: state.requester.identity.workload.clone(),
         verdict: verdict.0.clone(),
         rule: verdict.1.clone(),
+        enforced: state.rules.enforce,
         outcome: end.outcome.to_owned(),
         signed_as: end.signed_as,
         status: end.status,
@@ -1244,7 +1245,23 @@ async fn forward(
     let (body, body_info) =
         match body::respond(&body_cx, &method, parts.status, &mut parts.headers, body).await {
             Ok(prepared) => prepared,
-            Err(why) => return body_refused(state, seq, started, parts.status, why).await,
+            Err(why) => {
+                if let Some((call, verdict)) = &aws_call {
+                    // The answer could not be masked: the client gets a 502, and the
+                    // call its record (the server did act on it).
+                    let end = AwsEnd {
+                        signed_as: signed_as.clone(),
+                        ..AwsEnd::agent(state, seq, "answer not masked", 502)
+                    };
+                    let _ = record(
+                        state,
+                        &[aws_record(state, call, seq, verdict, end, started)],
+                        false,
+                    )
+                    .await;
+                }
+                return body_refused(state, seq, started, parts.status, why).await;
+            }
         };
     let response_event = HttpResponse {
         decoded: body_info.decoded.map(Into::into),

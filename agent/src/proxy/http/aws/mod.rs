@@ -96,6 +96,9 @@ pub struct AwsCall {
     pub verdict: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// Whether the verdict was enforced (`mode = "observe"`: a denied call forwarded).
+    #[serde(default = "enforced_by_default")]
+    pub enforced: bool,
     pub outcome: String,
     /// The identity the agent signed as (key id and its source); absent when the call
     /// was not forwarded.
@@ -125,6 +128,10 @@ pub(super) fn body_kind(protocol: ApiProtocol) -> Option<crate::protocol::http::
         ApiProtocol::Query => Some(BodyKind::Xml),
         ApiProtocol::RestXml | ApiProtocol::RestJson => None,
     }
+}
+
+fn enforced_by_default() -> bool {
+    true
 }
 
 fn api_name(protocol: ApiProtocol) -> &'static str {
