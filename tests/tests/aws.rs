@@ -197,51 +197,19 @@ fn the_aws_cli_holds_a_placeholder_and_the_agent_signs_for_it() {
         .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     std::fs::write(&local, &data).unwrap();
-    let out = cli(
-        &cg,
-        home.path(),
-        &ca,
-        &moto,
-        &[
-            "s3",
-            "cp",
-            local.to_str().unwrap(),
-            "s3://artifacts/build/app.bin",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let cp = |from: &str, to: &str| {
+        let out = cli(&cg, home.path(), &ca, &moto, &["s3", "cp", from, to]);
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    cp(local.to_str().unwrap(), "s3://artifacts/build/app.bin");
     let back = home.path().join("download.bin");
-    let out = cli(
-        &cg,
-        home.path(),
-        &ca,
-        &moto,
-        &[
-            "s3",
-            "cp",
-            "s3://artifacts/build/app.bin",
-            back.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    cp("s3://artifacts/build/app.bin", back.to_str().unwrap());
     assert!(
         std::fs::read(&back).unwrap() == data,
         "the object came back unchanged"
     );
     // S3 reads a key literally: `%` and `//` are part of it, not escapes to refuse.
-    let out = cli(
-        &cg,
-        home.path(),
-        &ca,
-        &moto,
-        &[
-            "s3",
-            "cp",
-            local.to_str().unwrap(),
-            "s3://artifacts/odd/100%//key.bin",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    cp(local.to_str().unwrap(), "s3://artifacts/odd/100%//key.bin");
     let keys = moto.admin_python("print(sorted(o['Key'] for o in c.client('s3').list_objects_v2(Bucket='artifacts')['Contents']))");
     assert!(keys.contains("'odd/100%//key.bin'"), "{keys}");
 

@@ -661,7 +661,6 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::cli::replay::{write_replay, ReplayArgs};
     use crate::cli::views::http::tests::journal_with;
     use crate::cli::views::http::HTTP_ACTIVITY;
 
@@ -864,17 +863,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j.db");
         let id = aws_journal(&path).await;
-        let args = ReplayArgs {
-            session: id.to_string(),
-            journal: vec![path.clone()],
-            json: false,
-            speed: None,
-            instant: true,
-        };
-        let mut out = Vec::new();
-        write_replay(&args, &mut out, None, &mut |_| panic!("no wait")).expect("replay");
-        let text = String::from_utf8(out).expect("utf-8");
-        let timeline = &text[text.find("timeline").expect("timeline")..];
+        let timeline = &super::super::replay_timeline(&path, id);
         assert_eq!(
             timeline,
             "timeline\n\

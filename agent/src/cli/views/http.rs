@@ -534,7 +534,6 @@ pub(crate) mod tests {
     use std::borrow::Cow;
 
     use super::*;
-    use crate::cli::replay::{write_replay, ReplayArgs};
     use crate::journal::tests::{at_us, sample_start};
     use crate::journal::{self, Event, JournalOptions, SessionEnd};
 
@@ -671,17 +670,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j.db");
         let id = http_journal(&path).await;
-        let args = ReplayArgs {
-            session: id.to_string(),
-            journal: vec![path.clone()],
-            json: false,
-            speed: None,
-            instant: true,
-        };
-        let mut out = Vec::new();
-        write_replay(&args, &mut out, None, &mut |_| panic!("no wait")).expect("replay");
-        let text = String::from_utf8(out).expect("utf-8");
-        let timeline = &text[text.find("timeline").expect("timeline")..];
+        let timeline = &super::super::replay_timeline(&path, id);
         assert_eq!(
             timeline,
             "timeline\n\

@@ -130,6 +130,24 @@ pub fn view(protocol: &str) -> &'static dyn ProtocolView {
         .unwrap_or(&opaque::Opaque)
 }
 
+/// The `timeline` part of `replay --instant` of session `id` in the journal at `path`
+/// (the views' tests compare it whole).
+#[cfg(test)]
+pub(crate) fn replay_timeline(path: &std::path::Path, id: crate::journal::SessionId) -> String {
+    use crate::cli::replay::{write_replay, ReplayArgs};
+    let args = ReplayArgs {
+        session: id.to_string(),
+        journal: vec![path.to_path_buf()],
+        json: false,
+        speed: None,
+        instant: true,
+    };
+    let mut out = Vec::new();
+    write_replay(&args, &mut out, None, &mut |_| panic!("no wait")).expect("replay");
+    let text = String::from_utf8(out).expect("utf-8");
+    text[text.find("timeline").expect("timeline")..].to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
