@@ -37,7 +37,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install apt packages, the nightly toolchain with rust-src, bpf-linker; mount bpffs.
+    /// Install apt packages, the nightly toolchain with rust-src, bpf-linker, s3s-fs, and
+    /// the AWS CLI, boto3 and moto in target/venv; mount bpffs.
     Setup,
     /// Set up, build in release mode and run the agent with policies/example.toml.
     Run {
