@@ -86,6 +86,31 @@ fn aws_calls(agent: &Agent) -> Vec<Value> {
     http::data_of_kind(agent, "aws_call")
 }
 
+/// The events of `kind` once `done` holds for them (at most 20 s; then as they are, for
+/// the assertions to show). A client's answer can come before the journal's writer has
+/// committed the events journaled for it (written to the pre-log first), and it
+/// commits in order: waiting for the last expected event waits for all before it.
+fn events_when(agent: &Agent, kind: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = http::data_of_kind(agent, kind);
+        if done(&events) || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `aws_call` records once `done` holds for them.
+fn calls_when(agent: &Agent, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    events_when(agent, "aws_call", done)
+}
+
+/// Whether `calls` hold a call of `action`.
+fn has(calls: &[Value], action: &str) -> bool {
+    calls.iter().any(|c| c["action"] == action)
+}
+
 /// Every file under `dir` that holds `needle`.
 fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -213,7 +238,9 @@ fn the_aws_cli_holds_a_placeholder_and_the_agent_signs_for_it() {
     let keys = moto.admin_python("print(sorted(o['Key'] for o in c.client('s3').list_objects_v2(Bucket='artifacts')['Contents']))");
     assert!(keys.contains("'odd/100%//key.bin'"), "{keys}");
 
-    let calls = aws_calls(&agent);
+    let calls = calls_when(&agent, |c| {
+        c.iter().filter(|c| c["action"] == "s3:PutObject").count() == 2
+    });
     let action_of =
         |a: &str| -> Vec<&Value> { calls.iter().filter(|c| c["action"] == a).collect() };
     let sts = action_of("sts:GetCallerIdentity");
@@ -369,7 +396,7 @@ fn boto3_calls_are_held_for_approval_and_journaled() {
     let real = moto.admin_python("print(c.client('iam').list_access_keys(UserName='deployer')['AccessKeyMetadata'][0]['AccessKeyId'])");
     assert_eq!(key["id"].as_str().unwrap(), real.trim());
     assert_eq!(key["secret"], "[redacted]", "{key}");
-    let calls = aws_calls(&agent);
+    let calls = calls_when(&agent, |c| has(c, "iam:CreateAccessKey"));
     let call = calls
         .iter()
         .find(|c| c["action"] == "iam:CreateAccessKey")
@@ -461,6 +488,7 @@ fn an_sdk_with_no_credentials_gets_the_placeholder_from_the_metadata_target() {
         .trim()
         .ends_with("user/nhi-agent-admin"));
 
+    let calls = calls_when(&agent, |c| c.len() == 3);
     let requests = http::data_of_kind(&agent, "http_request");
     let answered: Vec<&str> = requests
         .iter()
@@ -478,13 +506,7 @@ fn an_sdk_with_no_credentials_gets_the_placeholder_from_the_metadata_target() {
         .filter(|r| r["rule"] == "no-user-data")
         .collect();
     assert_eq!(refused.len(), 1, "{requests:#?}");
-    assert_eq!(
-        aws_calls(&agent)
-            .iter()
-            .filter(|c| c["status"] == 200)
-            .count(),
-        3
-    );
+    assert_eq!(calls.iter().filter(|c| c["status"] == 200).count(), 3);
     let _ = std::fs::remove_file(&creds);
 }
 
@@ -531,7 +553,7 @@ fn a_workload_role_is_assumed_per_session_and_names_it() {
         format!("arn:aws:sts::123456789012:assumed-role/ci-deployer/nhi-{session}-bot"),
         "the role session names the journal session and the workload"
     );
-    let calls = aws_calls(&agent);
+    let calls = calls_when(&agent, |c| !c.is_empty());
     let signed_as = calls[0]["signed_as"].as_str().unwrap();
     assert!(signed_as.contains(&role), "{signed_as}");
     assert!(
@@ -554,7 +576,7 @@ fn a_workload_role_is_assumed_per_session_and_names_it() {
     );
     assert!(!out.status.success());
     assert!(!text(&out).contains(&"x".repeat(100)), "{}", text(&out));
-    let calls = aws_calls(&agent);
+    let calls = calls_when(&agent, |c| has(c, "secretsmanager:GetSecretValue"));
     let big = calls
         .iter()
         .find(|c| c["action"] == "secretsmanager:GetSecretValue")
@@ -656,7 +678,7 @@ fn s3_streaming_uploads_of_64_mib_are_signed_again_chunk_by_chunk() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(sha256_file(&back), sha256_file(&local));
 
-    let calls = aws_calls(&agent);
+    let calls = calls_when(&agent, |c| has(c, "s3:GetObject"));
     let count = |action: &str| calls.iter().filter(|c| c["action"] == action).count();
     assert_eq!(count("s3:CreateMultipartUpload"), 1, "{calls:#?}");
     assert_eq!(count("s3:UploadPart"), 8, "{calls:#?}");
@@ -746,12 +768,12 @@ fn presigned_urls_are_presigned_again_for_the_time_they_had_left() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("<Code>InvalidRequest</Code>"), "{body}");
 
+    let requests = events_when(&agent, "http_request", |r| r.len() == 4);
+    assert_eq!(requests.len(), 4);
     let calls = aws_calls(&agent);
     assert_eq!(calls.len(), 1, "{calls:#?}");
     assert_eq!(calls[0]["presigned"], true);
     assert_eq!(calls[0]["status"], 200);
-    let requests = http::data_of_kind(&agent, "http_request");
-    assert_eq!(requests.len(), 4);
     assert!(requests[1]["reason"].as_str().unwrap().contains("expired"));
     let _ = std::fs::remove_file(&creds);
 }
@@ -858,7 +880,7 @@ fn the_agents_credential_comes_from_systemd_or_the_instance_role() {
         text(&out)
     );
     assert_eq!(
-        aws_calls(&agent)[0]["signed_as"],
+        calls_when(&agent, |c| !c.is_empty())[0]["signed_as"],
         format!("{} (profile ci of systemd credential aws)", moto.admin.id)
     );
     // Dropped (its pinned programs removed) before the next agent attaches its own.
@@ -895,7 +917,7 @@ fn the_agents_credential_comes_from_systemd_or_the_instance_role() {
         );
         assert!(out.status.success(), "{}\n{}", text(&out), agent.log_text());
     }
-    let calls = aws_calls(&agent);
+    let calls = calls_when(&agent, |c| c.len() == 2);
     assert_eq!(calls.len(), 2);
     assert_eq!(
         calls[0]["signed_as"],
