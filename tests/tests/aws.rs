@@ -409,6 +409,25 @@ fn boto3_calls_are_held_for_approval_and_journaled() {
         decisions.iter().any(|d| d["decision"] == "approved"),
         "{decisions:#?}"
     );
+
+    // A call signed with any key but the placeholder is refused: a bot should hold no
+    // real key (accept_any_client_key lets such calls through, see below).
+    let other = AwsKey {
+        id: "AKIAOTHERKEY00000001".into(),
+        secret: "a-key-the-bot-should-not-hold".into(),
+    };
+    let out = aws_cli(&cg, home.path(), Some(&other), Some(&ca))
+        .args([
+            "--endpoint-url",
+            &format!("https://127.0.0.1:{}", moto.port),
+        ])
+        .args(["--region", "us-east-1", "sts", "get-caller-identity"])
+        .output()
+        .expect("aws");
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(said.contains("InvalidClientTokenId"), "{said}");
+    assert!(said.contains("accept_any_client_key"), "{said}");
     let _ = std::fs::remove_file(&creds);
 }
 
@@ -530,7 +549,7 @@ fn a_workload_role_is_assumed_per_session_and_names_it() {
         &cg,
         &format!("aws_role_arn = \"{role}\"\n"),
         &format!(
-            "aws_sts_endpoint = \"{}\"\nmask_body_limit = \"1KiB\"\n",
+            "aws_sts_endpoint = \"{}\"\nmask_body_limit = \"1KiB\"\naccept_any_client_key = true\n",
             moto.endpoint()
         ),
         "",
@@ -560,6 +579,36 @@ fn a_workload_role_is_assumed_per_session_and_names_it() {
         signed_as.contains(&format!("nhi-{session}-bot")),
         "{signed_as}"
     );
+
+    // With accept_any_client_key, a call signed with another key is checked for its
+    // shape only and signed by the agent all the same.
+    let other = AwsKey {
+        id: "AKIAOTHERKEY00000001".into(),
+        secret: "a-key-the-bot-should-not-hold".into(),
+    };
+    let out = aws_cli(&cg, home.path(), Some(&other), Some(&ca))
+        .args([
+            "--endpoint-url",
+            &moto.endpoint().replace("http://", "https://"),
+        ])
+        .args([
+            "--region",
+            "us-east-1",
+            "--output",
+            "json",
+            "sts",
+            "get-caller-identity",
+        ])
+        .output()
+        .expect("aws");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("assumed-role/ci-deployer/nhi-"),
+        "{}",
+        text(&out)
+    );
+    let calls = calls_when(&agent, |c| c.len() == 2);
+    assert_eq!(calls[1]["client_key_id"], "AKIAOTHERKEY00000001");
 
     // An answer that must be masked and cannot be (over mask_body_limit) is a 502 for
     // the bot, never raw, and the call still has its record.
