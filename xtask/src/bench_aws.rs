@@ -19,6 +19,8 @@ use nhi_tests::aws::{boto3_python, AwsKey, Moto};
 use nhi_tests::TestCgroup;
 use serde_json::Value;
 
+use crate::bench_http::{median_run, Run};
+
 /// The bucket and key of the object `s3:GetObject` reads, and its size.
 const BUCKET: &str = "nhi-bench";
 const KEY: &str = "one-kib.bin";
@@ -126,14 +128,6 @@ actions = ["iam:CreateUser", "iam:DeleteUser"]
     }
 }
 
-/// One measurement: calls/s, mean and p99 latency (us).
-#[derive(Clone, Copy)]
-struct Run {
-    per_sec: f64,
-    mean_us: f64,
-    p99_us: f64,
-}
-
 pub struct AwsBench<'a> {
     pub server: &'a AwsServer,
     /// The agent's CA certificate (`<state_dir>/tls/ca.crt`).
@@ -219,11 +213,4 @@ impl AwsBench<'_> {
             p99_us: f("p99_us")?,
         })
     }
-}
-
-/// The run with the median calls/s (its latencies with it).
-fn median_run(runs: &[Run]) -> Run {
-    let mut sorted = runs.to_vec();
-    sorted.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
-    sorted[sorted.len() / 2]
 }

@@ -108,12 +108,13 @@ impl Drop for Nginx {
     }
 }
 
-/// One measurement: requests/s, mean and p99 latency (us).
+/// One measurement: requests (or calls) per second, mean and p99 latency (us); the AWS
+/// rows use it too.
 #[derive(Clone, Copy)]
-struct Run {
-    per_sec: f64,
-    mean_us: f64,
-    p99_us: f64,
+pub(crate) struct Run {
+    pub per_sec: f64,
+    pub mean_us: f64,
+    pub p99_us: f64,
 }
 
 pub struct HttpBench<'a> {
@@ -202,8 +203,8 @@ impl HttpBench<'_> {
     }
 }
 
-/// The run with the median requests/s (its latencies with it).
-fn median_run(runs: &[Run]) -> Run {
+/// The run with the median rate (its latencies with it).
+pub(crate) fn median_run(runs: &[Run]) -> Run {
     let mut sorted = runs.to_vec();
     sorted.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
     sorted[sorted.len() / 2]

@@ -551,12 +551,15 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     let host = host_of(&req);
     let injection = state.target_rt.inject.as_ref();
     let headers = journaled_headers(req.headers(), &state.rules, injection.map(|i| &i.name));
-    // How an AWS target shapes the refusals made before the call is read.
-    let aws_shape = state
-        .target_rt
-        .aws
-        .as_ref()
-        .map(|_| aws::shape_of(req.headers(), req.uri().query()));
+    // How an AWS target shapes the refusals made before the call is read (worked out
+    // only for such a refusal).
+    let aws_shape = || {
+        state
+            .target_rt
+            .aws
+            .as_ref()
+            .map(|_| aws::shape_of(req.headers(), req.uri().query()))
+    };
     let mut request_event = HttpRequest {
         seq,
         method: method.clone().into(),
@@ -605,7 +608,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 request_event,
                 StatusCode::BAD_REQUEST,
                 &why,
-                aws_shape,
+                aws_shape(),
             )
             .await;
             response
@@ -633,7 +636,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 request_event,
                 StatusCode::METHOD_NOT_ALLOWED,
                 upgrade::CONNECT_REFUSED,
-                aws_shape,
+                aws_shape(),
             )
             .await;
             response
@@ -646,7 +649,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         request_event.action = "refused".into();
         request_event.reason = Some(why.clone().into());
         let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return refuse_unjudged(state, request_event, status, why, aws_shape).await;
+        return refuse_unjudged(state, request_event, status, why, aws_shape()).await;
     }
     // AWS reads a path literally (S3: the key is the path decoded once; `..` and `//`
     // are part of it), so an AWS call's path is that, not the HTTP normal form.
@@ -665,7 +668,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 request_event,
                 StatusCode::BAD_REQUEST,
                 &e.to_string(),
-                aws_shape,
+                aws_shape(),
             )
             .await;
         }
@@ -674,9 +677,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     // An AWS call is read (signature, body when needed, operation) before it is judged.
     let (req, aws_call) = match &state.target_rt.aws {
         None => (Pending::Plain(req), None),
-        Some(rt) => match aws::inspect(rt, req).await {
+        Some(rt) => match aws::inspect(rt, req, |v| mask_value(state, v)).await {
             Ok((req, inspected)) => {
-                request_event.aws = Some(inspected.head(|v| mask_value(state, v)));
+                request_event.aws = Some(inspected.head.clone());
                 (Pending::Read(req), Some(inspected))
             }
             Err(refused) => {
@@ -998,7 +1001,7 @@ fn aws_record(
 ) -> Event {
     let record = aws::AwsCall {
         seq,
-        head: call.head(|v| mask_value(state, v)),
+        head: call.head.clone(),
         workload: state.requester.identity.workload.clone(),
         verdict: verdict.0.clone(),
         rule: verdict.1.clone(),
@@ -1158,18 +1161,10 @@ async fn forward(
         match aws::sign_upstream(rt, state.role_session.as_ref(), call, &mut upstream).await {
             Ok(identity) => signed_as = Some(identity),
             Err(why) => {
-                let message = format!("nhi-agent: the agent could not sign the call: {why}");
+                let message = format!("the agent could not sign the call: {why}");
                 warn!(session = state.id, seq, error = %message, "AWS call not signed");
-                let events = [
-                    Event::of(
-                        state.id,
-                        kind::RESPONSE,
-                        &HttpResponse {
-                            error: Some(message.clone().into()),
-                            ..HttpResponse::agent(seq, 502, started)
-                        },
-                    ),
-                    aws_record(
+                let failure = AwsFailure {
+                    record: aws_record(
                         state,
                         call,
                         seq,
@@ -1177,15 +1172,11 @@ async fn forward(
                         AwsEnd::agent(state, seq, "not signed", 502),
                         started,
                     ),
-                ];
+                    protocol: call.call.protocol,
+                };
+                let events = failed_events(state, seq, started, &message, Some(&failure));
                 let _ = record(state, &events, false).await;
-                return aws::aws_error(
-                    call.call.protocol,
-                    StatusCode::BAD_GATEWAY,
-                    "InternalFailure",
-                    &message,
-                    &aws::agent_request_id(state.id, seq),
-                );
+                return bad_gateway(state, seq, &message, Some(&failure));
             }
         }
     }
@@ -1195,24 +1186,20 @@ async fn forward(
             // The whole chain: hyper's "client error (Connect)" alone does not say that
             // the certificate was signed by an unknown issuer.
             let message = format!("upstream request failed: {}", error_chain(&e));
-            if let Some((call, verdict)) = &aws_call {
-                // A body the agent stopped (an aws-chunked chunk whose signature does
-                // not match) ends here too.
-                let _ = record(
+            // A body the agent stopped (an aws-chunked chunk whose signature does not
+            // match) ends here too.
+            let call_record = aws_call.as_ref().map(|(call, verdict)| AwsFailure {
+                record: aws_record(
                     state,
-                    &[aws_record(
-                        state,
-                        call,
-                        seq,
-                        verdict,
-                        AwsEnd::agent(state, seq, "upstream failed", 502),
-                        started,
-                    )],
-                    false,
-                )
-                .await;
-            }
-            return upstream_failed(state, seq, started, message).await;
+                    call,
+                    seq,
+                    verdict,
+                    AwsEnd::agent(state, seq, "upstream failed", 502),
+                    started,
+                ),
+                protocol: call.call.protocol,
+            });
+            return upstream_failed(state, seq, started, message, call_record).await;
         }
     };
     let (mut parts, body) = response.into_parts();
@@ -1246,21 +1233,19 @@ async fn forward(
         match body::respond(&body_cx, &method, parts.status, &mut parts.headers, body).await {
             Ok(prepared) => prepared,
             Err(why) => {
-                if let Some((call, verdict)) = &aws_call {
-                    // The answer could not be masked: the client gets a 502, and the
-                    // call its record (the server did act on it).
+                // The answer could not be masked: the client gets a 502, and the call its
+                // record (the server did act on it).
+                let call_record = aws_call.as_ref().map(|(call, verdict)| {
                     let end = AwsEnd {
                         signed_as: signed_as.clone(),
                         ..AwsEnd::agent(state, seq, "answer not masked", 502)
                     };
-                    let _ = record(
-                        state,
-                        &[aws_record(state, call, seq, verdict, end, started)],
-                        false,
-                    )
-                    .await;
-                }
-                return body_refused(state, seq, started, parts.status, why).await;
+                    AwsFailure {
+                        record: aws_record(state, call, seq, verdict, end, started),
+                        protocol: call.call.protocol,
+                    }
+                });
+                return body_refused(state, seq, started, parts.status, why, call_record).await;
             }
         };
     let response_event = HttpResponse {
@@ -1328,17 +1313,59 @@ async fn body_refused(
     started: Instant,
     upstream_status: StatusCode,
     why: String,
+    call: Option<AwsFailure>,
 ) -> Response<Body> {
     let message = format!("{why}; the server's {upstream_status} response was not forwarded");
     warn!(session = state.id, seq, error = %message, "response refused");
-    let event = HttpResponse {
-        error: Some(message.clone().into()),
-        ..HttpResponse::agent(seq, 502, started)
-    };
-    if let Err(e) = record(state, &[Event::of(state.id, kind::RESPONSE, &event)], false).await {
+    let events = failed_events(state, seq, started, &message, call.as_ref());
+    if let Err(e) = record(state, &events, false).await {
         return journal_refused(&e);
     }
-    refusal(StatusCode::BAD_GATEWAY, &message, None)
+    bad_gateway(state, seq, &message, call.as_ref())
+}
+
+/// The `aws_call` record of an AWS call that failed on the way, and how its API shapes
+/// errors.
+struct AwsFailure {
+    record: Event,
+    protocol: crate::protocol::aws::action::ApiProtocol,
+}
+
+/// The events of a request the agent answers 502: its `http_response`, and the call's
+/// record for an AWS call.
+fn failed_events(
+    state: &State,
+    seq: u64,
+    started: Instant,
+    message: &str,
+    call: Option<&AwsFailure>,
+) -> Vec<Event> {
+    let response = HttpResponse {
+        error: Some(message.into()),
+        ..HttpResponse::agent(seq, 502, started)
+    };
+    let mut events = vec![Event::of(state.id, kind::RESPONSE, &response)];
+    events.extend(call.map(|c| c.record.clone()));
+    events
+}
+
+/// The 502 the client gets: an AWS-shaped error for an AWS call.
+fn bad_gateway(
+    state: &State,
+    seq: u64,
+    message: &str,
+    call: Option<&AwsFailure>,
+) -> Response<Body> {
+    match call {
+        Some(c) => aws::aws_error(
+            c.protocol,
+            StatusCode::BAD_GATEWAY,
+            "InternalFailure",
+            &format!("nhi-agent: {message}"),
+            &aws::agent_request_id(state.id, seq),
+        ),
+        None => refusal(StatusCode::BAD_GATEWAY, message, None),
+    }
 }
 
 /// The `http_response` event of a response head from the server (what comes of its
@@ -1401,22 +1428,12 @@ async fn upstream_failed(
     seq: u64,
     started: Instant,
     message: String,
+    call: Option<AwsFailure>,
 ) -> Response<Body> {
     warn!(session = state.id, seq, error = %message, "upstream request failed");
-    let _ = record(
-        state,
-        &[Event::of(
-            state.id,
-            kind::RESPONSE,
-            &HttpResponse {
-                error: Some(message.clone().into()),
-                ..HttpResponse::agent(seq, 502, started)
-            },
-        )],
-        false,
-    )
-    .await;
-    refusal(StatusCode::BAD_GATEWAY, &message, None)
+    let events = failed_events(state, seq, started, &message, call.as_ref());
+    let _ = record(state, &events, false).await;
+    bad_gateway(state, seq, &message, call.as_ref())
 }
 
 /// What replaces an echo of the injected secret in a response header.

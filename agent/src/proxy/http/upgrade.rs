@@ -149,14 +149,14 @@ pub async fn forward_websocket(
     };
     let response = match handshake(state, upstream).await {
         Ok(r) => r,
-        Err(message) => return upstream_failed(state, seq, started, message).await,
+        Err(message) => return upstream_failed(state, seq, started, message, None).await,
     };
     let (mut parts, body) = response.into_parts();
     let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     if switched && parts.headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
         let message =
             "the server accepted a WebSocket extension the agent did not offer".to_owned();
-        return upstream_failed(state, seq, started, message).await;
+        return upstream_failed(state, seq, started, message, None).await;
     }
     let secret_echoes_masked = match &state.target_rt.inject {
         Some(inject) => mask_secret_echoes(&mut parts.headers, inject.secret.expose()),

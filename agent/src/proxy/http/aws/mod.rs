@@ -160,30 +160,37 @@ pub(super) struct Inspected {
     /// The payload hash the signature covers (`x-amz-content-sha256` or the body's).
     pub payload_hash: String,
     pub request_bytes: Option<u64>,
+    /// The journal's view of the call (parameters masked), made once: the request's
+    /// `aws` member and every `aws_call` record carry it.
+    pub head: AwsCallHead,
 }
 
-impl Inspected {
-    /// The journal's view of the call, parameters masked by `mask`.
-    pub fn head(&self, mask: impl FnOnce(&serde_json::Value) -> serde_json::Value) -> AwsCallHead {
-        let params = if self.call.params.is_empty() {
-            serde_json::Value::Null
-        } else {
-            mask(&serde_json::Value::Object(self.call.params.clone()))
-        };
-        AwsCallHead {
-            service: self.call.service.clone(),
-            action: self.call.action(),
-            region: self.sig.region.clone(),
-            resources: self.call.resources.clone(),
-            params,
-            api: api_name(self.call.protocol).into(),
-            client_key_id: self.sig.key_id.clone(),
-            presigned: matches!(self.sig.location, Location::Query { .. }),
-            payload: match self.mode {
-                PayloadMode::Hash => "hash".into(),
-                _ => self.payload_hash.clone(),
-            },
-        }
+/// The journal's view of a call, its parameters masked by `mask`.
+fn call_head(
+    sig: &ClientSignature,
+    call: &Call,
+    mode: PayloadMode,
+    payload_hash: &str,
+    mask: impl FnOnce(&serde_json::Value) -> serde_json::Value,
+) -> AwsCallHead {
+    let params = if call.params.is_empty() {
+        serde_json::Value::Null
+    } else {
+        mask(&serde_json::Value::Object(call.params.clone()))
+    };
+    AwsCallHead {
+        service: call.service.clone(),
+        action: call.action(),
+        region: sig.region.clone(),
+        resources: call.resources.clone(),
+        params,
+        api: api_name(call.protocol).into(),
+        client_key_id: sig.key_id.clone(),
+        presigned: matches!(sig.location, Location::Query { .. }),
+        payload: match mode {
+            PayloadMode::Hash => "hash".into(),
+            _ => payload_hash.to_owned(),
+        },
     }
 }
 
@@ -254,10 +261,12 @@ fn signed_host(parts: &http::request::Parts) -> Option<String> {
 }
 
 /// Reads the client's signature, checks it, reads the body when needed and names the
-/// call. `Err`: refused before judging.
+/// call (its parameters masked by `mask` for the journal). `Err`: refused before
+/// judging.
 pub(super) async fn inspect(
     rt: &AwsTargetRuntime,
     req: Request<Incoming>,
+    mask: impl FnOnce(&serde_json::Value) -> serde_json::Value,
 ) -> Result<(Request<Body>, Inspected), Refused> {
     let (parts, incoming) = req.into_parts();
     let pairs = header_pairs(&parts.headers);
@@ -332,31 +341,11 @@ pub(super) async fn inspect(
         protocol: shape,
     })?;
     if sig.key_id == PLACEHOLDER_KEY_ID {
-        let uri = format!(
-            "http://{host}{}{}{}",
-            parts.uri.path(),
-            if query.is_some() { "?" } else { "" },
-            query.as_deref().unwrap_or("")
-        );
-        let mut signed: Vec<(&str, &str)> = Vec::with_capacity(sig.signed_headers.len());
-        for name in &sig.signed_headers {
-            match name.as_str() {
-                "x-amz-date" | "x-amz-security-token" => {}
-                "host" => signed.push(("host", host.as_str())),
-                other => signed.extend(
-                    parts
-                        .headers
-                        .get_all(other)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok())
-                        .map(|v| (other, v)),
-                ),
-            }
-        }
+        let uri = signing_uri("http", &host, parts.uri.path(), query.as_deref());
         let signable = Signable {
             method: parts.method.as_str(),
             uri: &uri,
-            headers: signed,
+            headers: signed_headers(&sig.signed_headers, &parts.headers, &host),
             payload_hash: &payload_hash,
             region: &sig.region,
             service: &sig.service,
@@ -392,6 +381,7 @@ pub(super) async fn inspect(
         (None, Some(incoming)) => incoming.map_err(Into::into).boxed(),
         (None, None) => unreachable!("the body is either read or passed on"),
     };
+    let head = call_head(&sig, &call, mode, &payload_hash, mask);
     Ok((
         Request::from_parts(parts, body),
         Inspected {
@@ -400,6 +390,7 @@ pub(super) async fn inspect(
             mode,
             payload_hash,
             request_bytes,
+            head,
         },
     ))
 }
@@ -573,35 +564,12 @@ pub(super) async fn sign_upstream(
     }
     .filter(|q| !q.is_empty());
     let scheme = uri.scheme_str().unwrap_or("https");
-    let base = format!(
-        "{scheme}://{}{}{}{}",
-        uri.authority().map(|a| a.as_str()).unwrap_or(&host),
-        uri.path(),
-        if query.is_some() { "?" } else { "" },
-        query.as_deref().unwrap_or("")
-    );
-    let mut signed: Vec<(String, String)> = Vec::new();
-    for name in &sig.signed_headers {
-        match name.as_str() {
-            "x-amz-date" | "x-amz-security-token" | "authorization" => {}
-            "host" => signed.push(("host".into(), host.clone())),
-            other => signed.extend(
-                request
-                    .headers()
-                    .get_all(other)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .map(|v| (other.to_owned(), v.to_owned())),
-            ),
-        }
-    }
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or(&host);
+    let base = signing_uri(scheme, authority, uri.path(), query.as_deref());
     let signable = Signable {
         method: request.method().as_str(),
         uri: &base,
-        headers: signed
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect(),
+        headers: signed_headers(&sig.signed_headers, request.headers(), &host),
         payload_hash: &inspected.payload_hash,
         region: &sig.region,
         service: &sig.service,
@@ -771,6 +739,39 @@ impl hyper::body::Body for Resigned {
         // The same length: every signature is 64 hex digits.
         self.inner.size_hint()
     }
+}
+
+/// `scheme://authority/path[?query]`: the URI a signature is computed over.
+fn signing_uri(scheme: &str, authority: &str, path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{scheme}://{authority}{path}?{q}"),
+        None => format!("{scheme}://{authority}{path}"),
+    }
+}
+
+/// The headers a signature covers, as `headers` holds them: each name the client
+/// signed, with every value of it (`host` is `host`: the Host as sent), except the
+/// date and session token (the signer adds its own) and `authorization`.
+fn signed_headers<'a>(
+    names: &'a [String],
+    headers: &'a HeaderMap,
+    host: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    let mut signed = Vec::with_capacity(names.len());
+    for name in names {
+        match name.as_str() {
+            "x-amz-date" | "x-amz-security-token" | "authorization" => {}
+            "host" => signed.push(("host", host)),
+            other => signed.extend(
+                headers
+                    .get_all(other)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(|v| (other, v)),
+            ),
+        }
+    }
+    signed
 }
 
 /// The `Host` the HTTP client will send for `uri`: the host, and the port unless it is
