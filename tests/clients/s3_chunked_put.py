@@ -4,7 +4,9 @@ written from the specification (no SDK sends it from Python), streamed in pieces
 
 usage: s3_chunked_put.py URL KEY_ID SECRET SIZE [--tamper N] [--ca FILE]
 URL is https://host:port/bucket/key; the body is SIZE bytes of a fixed pattern; with
---tamper N, one byte of chunk N (1-based) is changed after it was signed.
+--tamper N, one byte of chunk N (1-based) is changed after it was signed; with
+--die-after N, the client exits abruptly after N chunks (the kernel closes its socket,
+as when it is killed).
 Prints the HTTP status, the SHA-256 of the body sent, and the response body.
 """
 import argparse
@@ -12,6 +14,7 @@ import datetime
 import hashlib
 import hmac
 import http.client
+import os
 import random
 import ssl
 import sys
@@ -36,6 +39,8 @@ def main():
     p.add_argument("secret")
     p.add_argument("size", type=int)
     p.add_argument("--tamper", type=int, default=0)
+    p.add_argument("--die-after", type=int, default=0,
+                   help="exit abruptly (as if killed) after sending this many chunks")
     p.add_argument("--ca")
     a = p.parse_args()
     u = urllib.parse.urlsplit(a.url)
@@ -98,8 +103,10 @@ def main():
         conn.putheader(name, value)
     conn.endheaders()
     try:
-        for piece in body():
+        for n, piece in enumerate(body(), 1):
             conn.send(piece)
+            if n == a.die_after:
+                os._exit(9)
         response = conn.getresponse()
         print(response.status)
         print(hashlib.sha256(data).hexdigest())

@@ -662,19 +662,23 @@ fn s3_streaming_uploads_of_64_mib_are_signed_again_chunk_by_chunk() {
     let ca = agent.dir.path().join("tls/ca.crt");
     let client = workspace_root().join("tests/clients/s3_chunked_put.py");
     let key = placeholder();
-    let put = |object: &str, tamper: Option<u32>| -> (String, String, String) {
-        let mut cmd = boto3_python(&cg, home.path(), None, Some(&ca));
-        cmd.arg(&client)
+    // The client's run for `object` with `extra` arguments.
+    let run = |object: &str, extra: &[&str]| -> Output {
+        boto3_python(&cg, home.path(), None, Some(&ca))
+            .arg(&client)
             .arg(format!(
                 "https://127.0.0.1:{}/{}/{object}",
                 s3.port, s3.bucket
             ))
             .args([&key.id, &key.secret, &(64 << 20).to_string(), "--ca"])
-            .arg(&ca);
-        if let Some(n) = tamper {
-            cmd.args(["--tamper", &n.to_string()]);
-        }
-        let out = cmd.output().expect("python");
+            .arg(&ca)
+            .args(extra)
+            .output()
+            .expect("python")
+    };
+    // Its status line, the SHA-256 of what it sent, and the rest of its output.
+    let put = |object: &str, extra: &[&str]| -> (String, String, String) {
+        let out = run(object, extra);
         assert!(out.status.success(), "{}", text(&out));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let mut lines = stdout.splitn(3, '\n');
@@ -688,7 +692,7 @@ fn s3_streaming_uploads_of_64_mib_are_signed_again_chunk_by_chunk() {
     // STREAMING-AWS4-HMAC-SHA256-PAYLOAD: 1024 chunks of 64 KiB, each signed by the
     // client with the placeholder, checked and signed again by the agent; s3s-fs checks
     // every chunk signature against the agent's key.
-    let (status, sent, said) = put("chunked.bin", None);
+    let (status, sent, said) = put("chunked.bin", &[]);
     assert_eq!(
         status,
         "200",
@@ -700,9 +704,26 @@ fn s3_streaming_uploads_of_64_mib_are_signed_again_chunk_by_chunk() {
 
     // One byte of one chunk changed after the client signed it: the agent stops the
     // upload at that chunk; nothing is stored.
-    let (status, _, said) = put("tampered.bin", Some(300));
+    let (status, _, said) = put("tampered.bin", &["--tamper", "300"]);
     assert_ne!(status, "200", "{said}");
     assert!(!s3.object_path("tampered.bin").exists());
+
+    // A client killed in the middle of its upload: the agent does not end the upstream
+    // body as if it were whole; nothing is stored, and the agent serves the next one.
+    let out = run("killed.bin", &["--die-after", "200"]);
+    assert_eq!(out.status.code(), Some(9), "{}", text(&out));
+    let cut = calls_when(&agent, |c| {
+        c.iter()
+            .filter(|c| c["payload"] == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+            .count()
+            == 3
+    });
+    assert_eq!(
+        cut.last().unwrap()["outcome"],
+        "upstream failed",
+        "{cut:#?}"
+    );
+    assert!(!s3.object_path("killed.bin").exists());
 
     // The AWS CLI: a 64 MiB multipart upload (8 MiB parts) and the download.
     let local = home.path().join("big.bin");
@@ -743,7 +764,7 @@ fn s3_streaming_uploads_of_64_mib_are_signed_again_chunk_by_chunk() {
         .iter()
         .filter(|c| c["payload"] == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
         .collect();
-    assert_eq!(chunked.len(), 2, "{calls:#?}");
+    assert_eq!(chunked.len(), 3, "{calls:#?}");
     assert_eq!(chunked[0]["status"], 200);
     assert_eq!(chunked[1]["outcome"], "upstream failed", "{calls:#?}");
     assert_eq!(
