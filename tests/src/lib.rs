@@ -16,6 +16,7 @@ pub mod aws;
 pub mod docker;
 pub mod http;
 pub mod netns;
+pub mod ssh;
 pub use http::*;
 
 use std::{

@@ -41,6 +41,11 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     // `python3 -m venv` (with ensurepip) for the AWS test tools' venv, target/venv.
     "python3-venv",
+    // The SSH tests' real server (sshd, started by the tests on a loopback port with its
+    // own host key and configuration; the distribution's service is not used) and
+    // rsync, one of the real clients run over SSH.
+    "openssh-server",
+    "rsync",
 ];
 
 /// s3s-fs, the S3-compatible server the shipping tests upload to (tests/tests/shipping.rs).

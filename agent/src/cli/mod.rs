@@ -16,6 +16,7 @@ pub mod run;
 pub mod select;
 pub mod sessions;
 pub mod ship;
+pub mod ssh_ca;
 pub mod status;
 pub mod verify;
 pub mod views;
@@ -65,6 +66,9 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// What this host offers the agent: the kernel features probed at start.
     Status(status::StatusArgs),
+    /// Print the known_hosts line that makes SSH clients trust the agent's host
+    /// certificates (`@cert-authority * ssh-ed25519 ...`).
+    SshCa(ssh_ca::SshCaArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -84,6 +88,7 @@ pub fn main() -> ExitCode {
         Command::Key(a) => key::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Status(a) => status::run(a),
+        Command::SshCa(a) => ssh_ca::run(a),
     };
     match result {
         Ok(code) => code,

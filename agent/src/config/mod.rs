@@ -233,10 +233,43 @@ pub struct Target {
     pub aws: Option<AwsTarget>,
     /// Metadata-service settings; `Some` exactly when `protocol = "aws-imds"`.
     pub imds: Option<ImdsTarget>,
+    /// SSH settings; `Some` exactly when `protocol = "ssh"`.
+    pub ssh: Option<SshTarget>,
     /// `netns` (both): the network namespaces whose connections match: `"host"` (the
     /// agent's), `"container"` (any other), both when unset. The address is always
     /// the one the client dialled, as its namespace sees it.
     pub netns: NetnsScope,
+}
+
+/// The `[[target]]` keys of `protocol = "ssh"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    /// `key_file` (an OpenSSH private key, mode 0600, unencrypted; a certificate beside
+    /// it as `<key_file>-cert.pub` is used when present) or `credential` (a systemd
+    /// credential holding such a key): what the agent logs into the host with.
+    pub key: CredentialRef,
+    /// `user`: who the agent logs in as (default: the user the client asked for; a
+    /// policy's `ssh_user` overrides it per workload).
+    pub user: Option<String>,
+    /// How the host's key is verified: `known_hosts` or `host_key` (exactly one).
+    pub host_key: HostKeyCheck,
+    /// `host_names`: names the agent's host certificate names besides the address the
+    /// client dialled (the names bots use in `ssh NAME`).
+    pub host_names: Vec<String>,
+    /// `mask_output` (`false`): the text detectors also mask what the bot receives
+    /// (stdout/stderr), not only the journal.
+    pub mask_output: bool,
+}
+
+/// How an SSH target's host key is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyCheck {
+    /// `known_hosts = "/path"`: an OpenSSH known_hosts file (plain or hashed names;
+    /// `@cert-authority` lines trust host certificates; `@revoked` lines refuse).
+    KnownHosts(PathBuf),
+    /// `host_key = "SHA256:..."`: the pinned fingerprint of the host's key (as
+    /// `ssh-keygen -lf` prints it).
+    Fingerprint(String),
 }
 
 /// Which network namespaces a target applies to (`netns` on a `[[target]]`).
@@ -486,6 +519,11 @@ pub enum Protocol {
     /// `"aws-imds"`: the EC2 metadata service and the ECS/EKS container-credential
     /// endpoints, answered by the agent with the placeholder credential.
     AwsImds,
+    /// `"ssh"`: the agent is the SSH server the client talks to (with a host
+    /// certificate of the agent's SSH CA) and logs into the host with its own key; exec
+    /// requests are judged and journaled before they are forwarded, channel data
+    /// recorded.
+    Ssh,
 }
 
 impl Protocol {
@@ -496,6 +534,7 @@ impl Protocol {
         Protocol::Http,
         Protocol::Aws,
         Protocol::AwsImds,
+        Protocol::Ssh,
     ];
 
     /// The name used in the configuration and the journal.
@@ -506,6 +545,7 @@ impl Protocol {
             Protocol::Http => "http",
             Protocol::Aws => "aws",
             Protocol::AwsImds => "aws-imds",
+            Protocol::Ssh => "ssh",
         }
     }
 }
@@ -998,6 +1038,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
         let http = http_settings(&raw, protocol)?;
         let aws = aws_settings(&raw, protocol)?;
         let imds = imds_settings(&raw, protocol)?;
+        let ssh = ssh_settings(&raw, protocol)?;
         let netns = match &raw.netns {
             None => NetnsScope::Any,
             Some(v) => match v.get_ref().as_str() {
@@ -1019,6 +1060,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
             http,
             aws,
             imds,
+            ssh,
             netns,
         })
     }
@@ -1115,18 +1157,27 @@ fn postgres_settings(
             ),
             ("credential", raw.credential.as_ref().map(Spanned::span)),
         ];
-        if !matches!(protocol, Protocol::Http | Protocol::Aws | Protocol::AwsImds) {
+        if protocol == Protocol::Ssh {
+            // An SSH target's `credential` is its login key (ssh_settings).
             refuse_keys(
-                &shared,
+                &shared[..5],
                 "protocol = \"postgres\", \"http\", \"aws\" and \"aws-imds\"",
                 protocol,
             )?;
+        } else if !matches!(protocol, Protocol::Http | Protocol::Aws | Protocol::AwsImds) {
+            refuse_keys(
+                &shared,
+                "protocol = \"postgres\", \"http\", \"aws\", \"aws-imds\" and \"ssh\"",
+                protocol,
+            )?;
         }
-        refuse_keys(
-            &[("user", raw.user.as_ref().map(Spanned::span))],
-            "protocol = \"postgres\"",
-            protocol,
-        )?;
+        if protocol != Protocol::Ssh {
+            refuse_keys(
+                &[("user", raw.user.as_ref().map(Spanned::span))],
+                "protocol = \"postgres\" and \"ssh\"",
+                protocol,
+            )?;
+        }
         return Ok(None);
     }
     refuse_keys(
@@ -1372,6 +1423,109 @@ fn aws_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<AwsTarget>
             .accept_any_client_key
             .as_ref()
             .is_some_and(|v| *v.get_ref()),
+    }))
+}
+
+/// Validates the keys of an SSH target: the login key, the user, the host key check.
+fn ssh_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<SshTarget>, Problem> {
+    if protocol != Protocol::Ssh {
+        refuse_keys(
+            &[
+                ("key_file", raw.key_file.as_ref().map(Spanned::span)),
+                ("known_hosts", raw.known_hosts.as_ref().map(Spanned::span)),
+                ("host_key", raw.host_key.as_ref().map(Spanned::span)),
+                (
+                    "host_names",
+                    raw.host_names
+                        .as_ref()
+                        .and_then(|n| n.first())
+                        .map(Spanned::span),
+                ),
+                ("mask_output", raw.mask_output.as_ref().map(Spanned::span)),
+            ],
+            "protocol = \"ssh\"",
+            protocol,
+        )?;
+        return Ok(None);
+    }
+    let key = match (&raw.key_file, &raw.credential) {
+        (Some(_), Some(c)) => {
+            return Err(Problem::at(
+                c,
+                "give either `key_file` or `credential` (the agent's login key), not both",
+            ))
+        }
+        (Some(p), None) => CredentialRef::File(absolute_path(p, "key_file")?),
+        (None, Some(c)) => {
+            let name = c.get_ref();
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(Problem::at(
+                    c,
+                    "credential must be a systemd credential name (no '/')",
+                ));
+            }
+            CredentialRef::Systemd(name.clone())
+        }
+        (None, None) => {
+            return Err(Problem::at(
+                &raw.name,
+                "an SSH target needs the key the agent logs into the host with: key_file (an OpenSSH private key, mode 0600) or credential (a systemd credential)",
+            ))
+        }
+    };
+    let host_key = match (&raw.known_hosts, &raw.host_key) {
+        (Some(_), Some(h)) => {
+            return Err(Problem::at(
+                h,
+                "give either `known_hosts` or `host_key`, not both",
+            ))
+        }
+        (Some(p), None) => HostKeyCheck::KnownHosts(absolute_path(p, "known_hosts")?),
+        (None, Some(h)) => {
+            let v = h.get_ref().trim();
+            let valid = v.strip_prefix("SHA256:").is_some_and(|b64| {
+                b64.len() == 43
+                    && b64
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+            });
+            if !valid {
+                return Err(Problem::at(
+                    h,
+                    "host_key must be the host key's SHA256 fingerprint as `ssh-keygen -lf KEY.pub` prints it (\"SHA256:\" and 43 base64 characters)",
+                ));
+            }
+            HostKeyCheck::Fingerprint(v.to_owned())
+        }
+        (None, None) => {
+            return Err(Problem::at(
+                &raw.name,
+                "an SSH target needs a way to verify the host's key: known_hosts (a file) or host_key (\"SHA256:...\"); the agent never trusts a host key on first use",
+            ))
+        }
+    };
+    if let Some(user) = &raw.user {
+        if user.get_ref().is_empty() || user.get_ref().contains(['\0', '\n', '\r']) {
+            return Err(Problem::at(user, "user must be a login name"));
+        }
+    }
+    let mut host_names = Vec::new();
+    for name in raw.host_names.iter().flatten() {
+        let v = name.get_ref();
+        if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == ',' || c == '*') {
+            return Err(Problem::at(
+                name,
+                "host_names must be host names (no spaces, commas or wildcards)",
+            ));
+        }
+        host_names.push(v.clone());
+    }
+    Ok(Some(SshTarget {
+        key,
+        user: raw.user.as_ref().map(|u| u.get_ref().clone()),
+        host_key,
+        host_names,
+        mask_output: raw.mask_output.as_ref().is_some_and(|m| *m.get_ref()),
     }))
 }
 

@@ -98,4 +98,10 @@ pub(super) struct RawTarget {
     /// aws-imds only.
     pub aws_region: Option<Spanned<String>>,
     pub aws_role_name: Option<Spanned<String>>,
+    /// SSH only (see `super::SshTarget`).
+    pub key_file: Option<Spanned<String>>,
+    pub known_hosts: Option<Spanned<String>>,
+    pub host_key: Option<Spanned<String>>,
+    pub host_names: Option<Vec<Spanned<String>>>,
+    pub mask_output: Option<Spanned<bool>>,
 }

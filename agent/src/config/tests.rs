@@ -114,6 +114,7 @@ fn minimal_example_parses_to_the_expected_model() {
             http: None,
             aws: None,
             imds: None,
+            ssh: None,
             netns: crate::config::NetnsScope::Any,
         }]
     );

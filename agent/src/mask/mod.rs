@@ -75,14 +75,12 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 pub use body::{BodyMasker, MaskedValues, NotJson, SECRET_MASK};
-pub use detect::Detector;
+pub use detect::{Detector, DetectorSet};
 pub use key::{HashKey, MaskError, KEY_LEN};
 pub use row::{ColumnInfo, MaskedColumn, RowMasker};
 pub use rule::{MaskProblem, MaskRule, RawMaskRule, MAX_KEEP};
 pub use strategy::{Strategy, DEFAULT_KEEP, HASH_PREFIX, REDACTED};
 pub use xml::NotXml;
-
-use detect::DetectorSet;
 
 /// The masks that govern one session (already filtered by workload and target). Cheap
 /// to clone: an `Arc` inside.

@@ -190,6 +190,14 @@ impl MaskRule {
         })
     }
 
+    /// A rule the agent adds itself (not from the configuration): `detectors` over free
+    /// text (redacted) for every workload and target.
+    pub fn builtin_detectors(name: &str, detectors: DetectorSet) -> MaskRule {
+        let mut rule = MaskRule::builtin(name, &[]);
+        rule.detectors = detectors;
+        rule
+    }
+
     /// A rule the agent adds itself (not from the configuration): `columns` (valid
     /// globs, case-insensitive) redacted for every workload and target.
     pub fn builtin(name: &str, columns: &[&str]) -> MaskRule {

@@ -66,6 +66,7 @@ pub mod aws;
 pub mod http;
 mod raw;
 mod sql;
+pub mod ssh;
 
 #[cfg(test)]
 mod tests;
@@ -202,6 +203,8 @@ struct Rule {
     http: http::HttpMatch,
     /// AWS conditions (with HTTP ones or alone, never with SQL ones).
     aws: aws::AwsMatch,
+    /// SSH conditions (alone).
+    ssh: ssh::SshMatch,
 }
 
 impl Rule {
@@ -217,7 +220,14 @@ impl Rule {
     /// An HTTP request: the rule's HTTP conditions (a rule with SQL conditions is not
     /// about HTTP; one with no condition at all matches every request).
     fn matches_http(&self, request: &http::HttpRequestInfo<'_>) -> bool {
-        !self.has_sql() && !self.aws.is_set() && self.http.matches(request)
+        !self.has_sql() && !self.aws.is_set() && !self.ssh.is_set() && self.http.matches(request)
+    }
+
+    /// An SSH request: the rule's SSH conditions (a rule with conditions of another
+    /// protocol is not about SSH; one with no condition matches every request but
+    /// forwarding, see [`ssh`]).
+    fn matches_ssh(&self, request: &ssh::SshRequest<'_>) -> bool {
+        !self.has_sql() && !self.http.is_set() && !self.aws.is_set() && self.ssh.matches(request)
     }
 
     /// An AWS call: its AWS conditions and its HTTP ones (it is an HTTP request too).
@@ -226,11 +236,14 @@ impl Rule {
         request: &http::HttpRequestInfo<'_>,
         call: &aws::AwsCallInfo<'_>,
     ) -> bool {
-        !self.has_sql() && self.http.matches(request) && self.aws.matches(call)
+        !self.has_sql()
+            && !self.ssh.is_set()
+            && self.http.matches(request)
+            && self.aws.matches(call)
     }
 
     fn matches(&self, statement: &StatementInfo) -> bool {
-        if self.http.is_set() || self.aws.is_set() {
+        if self.http.is_set() || self.aws.is_set() || self.ssh.is_set() {
             return false;
         }
         // Cheapest conditions first; the regex last.
@@ -285,6 +298,10 @@ pub struct Policy {
     pub approval_timeout: Duration,
     /// `max_session_duration`: sessions this policy governs end after it.
     pub max_session_duration: Option<Duration>,
+    /// `ssh_user`: the user the agent logs into SSH hosts as (with the target's key).
+    pub ssh_user: Option<String>,
+    /// `pty` (`true`): `false` refuses terminals on SSH targets.
+    pub pty: bool,
     workload: GlobMatcher,
     target: GlobMatcher,
     default: Verdict,
@@ -468,6 +485,15 @@ impl Policy {
                 })
             })
             .transpose()?;
+        let ssh_user = match raw.ssh_user {
+            Some(user)
+                if user.get_ref().is_empty() || user.get_ref().contains(['\0', '\n', '\r']) =>
+            {
+                return Err(PolicyProblem::at(&user, "ssh_user must be a login name"));
+            }
+            other => other.map(Spanned::into_inner),
+        };
+        let pty = raw.pty.as_ref().is_none_or(|p| *p.get_ref());
         let mut rules: Vec<Rule> = Vec::with_capacity(raw.rule.len());
         for raw_rule in raw.rule {
             let rule = Rule::from_raw(raw_rule.into_inner(), &rules)?;
@@ -480,6 +506,8 @@ impl Policy {
             record_results,
             approval_timeout,
             max_session_duration,
+            ssh_user,
+            pty,
             workload,
             target,
             default,
@@ -554,6 +582,20 @@ impl Policy {
         }
     }
 
+    /// The verdict for an SSH request: `pty = false` refuses terminals; then the first
+    /// rule whose SSH conditions match; else `default`, except for forwarding requests,
+    /// which only a rule naming them can allow (see [`ssh`]).
+    pub fn decide_ssh(&self, request: &ssh::SshRequest<'_>) -> (Verdict, Option<&str>) {
+        if request.kind == ssh::SshKind::Pty && !self.pty {
+            return (Verdict::Deny, Some("pty = false"));
+        }
+        match self.rules.iter().find(|rule| rule.matches_ssh(request)) {
+            Some(rule) => (rule.verdict, Some(rule.name.as_str())),
+            None if request.kind.is_forwarding() => (Verdict::Deny, None),
+            None => (self.default, None),
+        }
+    }
+
     /// The verdict for a message: see the module documentation. An analysis without
     /// statements is allowed with no rule.
     pub fn decide(&self, analysis: &Analysis) -> Decision {
@@ -615,6 +657,29 @@ impl Rule {
             raw.regions.as_deref(),
             raw.resources.as_deref(),
         )?;
+        let ssh_match = ssh::SshMatch::from_raw(
+            name,
+            raw.commands.as_deref(),
+            raw.regex.as_ref(),
+            raw.ssh_requests.as_deref(),
+        )?;
+        if ssh_match.is_set()
+            && (http_match.is_set()
+                || aws_match.is_set()
+                || raw.kinds.is_some()
+                || raw.tables.is_some()
+                || raw.functions.is_some()
+                || raw.without_where.is_some()
+                || raw.text.is_some())
+        {
+            return Err(PolicyProblem::at(
+                &raw.name,
+                format!(
+                    "rule \"{name}\" mixes SSH conditions (commands, regex, ssh_requests) with \
+                     conditions of another protocol; a rule is about one protocol: split it"
+                ),
+            ));
+        }
         let sql_keys = raw.kinds.is_some()
             || raw.tables.is_some()
             || raw.functions.is_some()
@@ -706,6 +771,7 @@ impl Rule {
             text,
             http: http_match,
             aws: aws_match,
+            ssh: ssh_match,
         })
     }
 }

@@ -24,6 +24,10 @@ pub struct RawPolicy {
     /// attest: only attested (`true`) or only unattested (`false`) sessions.
     pub(super) attested: Option<Spanned<bool>>,
     pub(super) max_session_duration: Option<Spanned<String>>,
+    /// SSH: the user the agent logs into the host as.
+    pub(super) ssh_user: Option<Spanned<String>>,
+    /// SSH: `false` refuses terminals (pty requests).
+    pub(super) pty: Option<Spanned<bool>>,
     #[serde(default)]
     pub(super) rule: Vec<Spanned<RawRule>>,
 }
@@ -48,4 +52,8 @@ pub struct RawRule {
     pub(super) actions: Option<Vec<Spanned<String>>>,
     pub(super) regions: Option<Vec<Spanned<String>>>,
     pub(super) resources: Option<Vec<Spanned<String>>>,
+    /// SSH (see `super::ssh`).
+    pub(super) commands: Option<Vec<Spanned<String>>>,
+    pub(super) regex: Option<Spanned<String>>,
+    pub(super) ssh_requests: Option<Vec<Spanned<String>>>,
 }

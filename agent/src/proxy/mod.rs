@@ -9,6 +9,7 @@ mod limits;
 pub mod netns;
 pub mod postgres;
 mod relay;
+pub mod ssh;
 
 use std::{
     net::SocketAddr,
@@ -50,6 +51,7 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub pg: Arc<postgres::PgRuntime>,
     pub http: Arc<http::runtime::HttpRuntime>,
+    pub ssh: Arc<ssh::runtime::SshRuntime>,
 }
 
 impl Snapshot {
@@ -60,10 +62,12 @@ impl Snapshot {
         let pg = postgres::PgRuntime::build(&config).context("preparing the PostgreSQL targets")?;
         let http = http::runtime::HttpRuntime::build(&config, pg.ca.clone())
             .context("preparing the HTTP targets")?;
+        let ssh = ssh::runtime::SshRuntime::build(&config).context("preparing the SSH targets")?;
         Ok(Snapshot {
             config,
             pg: Arc::new(pg),
             http: Arc::new(http),
+            ssh: Arc::new(ssh),
         })
     }
 }
@@ -523,6 +527,7 @@ async fn handle(
                 | crate::config::Protocol::Http
                 | crate::config::Protocol::Aws
                 | crate::config::Protocol::AwsImds
+                | crate::config::Protocol::Ssh
         ) {
             reset(client);
             return;
@@ -636,6 +641,7 @@ async fn handle(
                 | crate::config::Protocol::Http
                 | crate::config::Protocol::Aws
                 | crate::config::Protocol::AwsImds
+                | crate::config::Protocol::Ssh
         ) {
             reset(client);
             let end = SessionEnd {
@@ -659,6 +665,9 @@ async fn handle(
         crate::config::Protocol::Http
         | crate::config::Protocol::Aws
         | crate::config::Protocol::AwsImds => snapshot.http.target(target_index).is_none(),
+        crate::config::Protocol::Ssh => {
+            snapshot.ssh.target(target_index).is_none() || snapshot.ssh.ca.is_none()
+        }
         crate::config::Protocol::Tcp => false,
     };
     if missing_runtime {
@@ -742,6 +751,35 @@ async fn handle(
             aws_role: workload.aws_role_arn.clone(),
         };
         http::serve(ctx, client, cancel).await
+    } else if let (crate::config::Protocol::Ssh, Some(target_rt), Some(ca)) = (
+        target.protocol,
+        snapshot.ssh.target(target_index).cloned(),
+        snapshot.ssh.ca.clone(),
+    ) {
+        let rules = Arc::new(snapshot.pg.rules_for(
+            config,
+            &workload_name,
+            &target.name,
+            claims.as_ref(),
+        ));
+        let ctx = ssh::SshContext {
+            id,
+            journal: &shared.journal,
+            target_rt,
+            ca,
+            rules,
+            orig_dst,
+            origin: origin.clone(),
+            connect_timeout: config.agent.connect_timeout,
+            idle_timeout: config.agent.idle_timeout,
+            approvals: shared.approvals.clone(),
+            requester: crate::session::Requester {
+                session: id,
+                identity: identity.clone(),
+            },
+            refuse: refuse.map(|r| r.message),
+        };
+        ssh::serve(ctx, client, cancel).await
     } else {
         match origin.connect(orig_dst, config.agent.connect_timeout).await {
             Ok(upstream) => {

@@ -390,7 +390,7 @@ fn ca_params(key: &KeyPair) -> CertificateParams {
 }
 
 /// The host name, for the CA's CN (it tells an operator which host's CA a `ca.crt` is).
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
@@ -430,7 +430,12 @@ fn read_key(path: &Path) -> Result<Option<KeyPair>, TlsError> {
 /// Writes `path` through a temporary file created with `mode` (so the key is never
 /// readable by others, not even briefly), fsynced and renamed into place; then fsyncs
 /// the directory so the rename survives a crash.
-fn write_atomically(dir: &Path, path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+pub(crate) fn write_atomically(
+    dir: &Path,
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+) -> Result<(), TlsError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);

@@ -17,7 +17,7 @@
 //! default), so another crate enabling `aws-lc-rs` cannot make provider selection
 //! ambiguous at run time.
 
-mod ca;
+pub(crate) mod ca;
 mod stream;
 mod upstream;
 

@@ -159,6 +159,18 @@ impl PgRuntime {
                 crate::protocol::aws::AWS_SECRET_FIELDS,
             ));
         }
+        // What commands print on SSH targets goes through the credential detectors
+        // (keys, tokens, private keys) whatever the configuration says.
+        if config
+            .targets
+            .iter()
+            .any(|t| t.name == target && t.protocol == crate::config::Protocol::Ssh)
+        {
+            rules.push(crate::mask::MaskRule::builtin_detectors(
+                crate::proxy::ssh::SSH_SECRETS_RULE,
+                crate::proxy::ssh::ssh_secret_detectors(),
+            ));
+        }
         let masks = if rules.is_empty() {
             SessionMasks::none()
         } else {

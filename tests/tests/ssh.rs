@@ -1,0 +1,330 @@
+//! SSH targets (`protocol = "ssh"`): the real OpenSSH clients (`ssh`, `scp`, `sftp`,
+//! `rsync`) in an intercepted cgroup, with no key of their own and a known_hosts file
+//! holding only the agent's `@cert-authority` line, against a real `sshd` (started by
+//! the test on a loopback port, its authorized_keys holding only the agent's key). The
+//! agent presents a host certificate for the dialled address, logs into the host with
+//! its own key, judges each exec before it reaches the host and journals it with its
+//! output and exit status.
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nhi_tests::http::data_of_kind;
+use nhi_tests::ssh::{text, SshClient, Sshd};
+use nhi_tests::*;
+use serde_json::Value;
+
+/// An agent with one SSH target for `sshd` (its key, its known_hosts, user root) and
+/// `rules` as the policy's rules; `target_keys` replace the host key check when given.
+fn agent_for(sshd: &Sshd, cg: &TestCgroup, target_keys: Option<&str>, rules: &str) -> Agent {
+    let check = target_keys
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("known_hosts = \"{}\"", sshd.known_hosts.display()));
+    Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"host\"\naddress = \"127.0.0.1:{}\"\nprotocol = \"ssh\"\n\
+         key_file = \"{}\"\nuser = \"root\"\n{check}\n\n\
+         [[policy]]\nname = \"bots\"\n\n{rules}",
+        cg.rel(),
+        sshd.port,
+        sshd.agent_key.display(),
+    ))
+}
+
+/// The bot's client: known_hosts with only the line `nhi-agent ssh-ca` prints.
+fn bot_client(agent: &Agent) -> SshClient {
+    let out = agent.cli(&["ssh-ca", "--config", agent.config_path.to_str().unwrap()]);
+    assert!(out.status.success(), "ssh-ca: {}", text(&out));
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        line.starts_with("@cert-authority * ssh-ed25519 AAAA"),
+        "{line}"
+    );
+    SshClient::new(&line)
+}
+
+fn ssh(cg: &TestCgroup, client: &SshClient, sshd: &Sshd, command: &str) -> Output {
+    client
+        .ssh(cg.command("ssh"), sshd.port, &[], command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssh")
+}
+
+/// The events of `kind` once `done` holds for them (the writer commits shortly after
+/// the pre-log write).
+fn events_when(agent: &Agent, kind: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = data_of_kind(agent, kind);
+        if done(&events) || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ssh_commands_are_judged_journaled_and_relayed() {
+    privileged!("ssh_commands_are_judged_journaled_and_relayed");
+    if Sshd::bin().is_none() {
+        panic!("sshd is not installed: run `cargo xtask setup` (openssh-server)");
+    }
+    let sshd = Sshd::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let work = tempfile::tempdir().unwrap();
+    let agent = agent_for(
+        &sshd,
+        &cg,
+        None,
+        "[[policy.rule]]\nname = \"no-destruction\"\nverdict = \"deny\"\n\
+         commands = [\"rm -rf *\", \"touch */denied-*\"]\n\n\
+         [[policy.rule]]\nname = \"needs-a-human\"\nverdict = \"approve\"\n\
+         commands = [\"touch */held-*\"]\n",
+    );
+    let client = bot_client(&agent);
+
+    // Sent directly (not intercepted), the bot has no key the host accepts... and no
+    // known_hosts entry for the host's own key either.
+    let direct = client
+        .ssh(
+            TestCgroup::create(&unique("nhi-direct")).command("ssh"),
+            sshd.port,
+            &[],
+            "true",
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(direct.status.code(), Some(255), "{}", text(&direct));
+
+    // Through the agent: the host certificate is trusted, the agent logs in with its key.
+    let uname = ssh(&cg, &client, &sshd, "uname -a");
+    assert!(uname.status.success(), "{}", text(&uname));
+    let local = std::process::Command::new("uname")
+        .arg("-a")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&uname.stdout),
+        String::from_utf8_lossy(&local.stdout)
+    );
+
+    // Exit status, stdout and stderr come back apart.
+    let mixed = ssh(&cg, &client, &sshd, "echo out; echo err >&2; exit 3");
+    assert_eq!(mixed.status.code(), Some(3), "{}", text(&mixed));
+    assert_eq!(String::from_utf8_lossy(&mixed.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&mixed.stderr), "err\n");
+
+    // A denied command never reaches the host: exit 126, the rule on stderr.
+    let denied_file = work.path().join("denied-1");
+    let denied = ssh(
+        &cg,
+        &client,
+        &sshd,
+        &format!("touch {}", denied_file.display()),
+    );
+    assert_eq!(denied.status.code(), Some(126), "{}", text(&denied));
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("no-destruction"),
+        "{}",
+        text(&denied)
+    );
+    assert!(!denied_file.exists(), "the denied command ran on the host");
+    let rm = ssh(
+        &cg,
+        &client,
+        &sshd,
+        &format!("cd {} && rm -rf .", work.path().display()),
+    );
+    assert_eq!(rm.status.code(), Some(126), "{}", text(&rm));
+    assert!(work.path().exists());
+
+    // A held command waits for a human, then runs.
+    let socket = agent.dir.path().join("approvals.sock");
+    let held_file = work.path().join("held-1");
+    let held = client
+        .ssh(
+            cg.command("ssh"),
+            sshd.port,
+            &[],
+            &format!("touch {} && echo done", held_file.display()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pending = wait_pending(&socket);
+    assert_eq!(pending["rule"], "needs-a-human", "{pending}");
+    assert!(
+        pending["statement"].as_str().unwrap().contains("held-1"),
+        "{pending}"
+    );
+    assert!(
+        !held_file.exists(),
+        "the held command ran before the approval"
+    );
+    let id = pending["id"].as_str().unwrap();
+    let approved = approvals(&socket, &["approve", id]);
+    assert!(approved.status.success(), "{}", text(&approved));
+    let held = held.wait_with_output().unwrap();
+    assert!(held.status.success(), "{}", text(&held));
+    assert_eq!(String::from_utf8_lossy(&held.stdout), "done\n");
+    assert!(held_file.exists());
+
+    // The journal: how each side logged in, each command before it ran, its output and
+    // exit status.
+    let logins = events_when(&agent, "ssh_login", |e| e.len() >= 5);
+    assert_eq!(logins.len(), 5, "{logins:?}");
+    for login in &logins {
+        assert_eq!(login["user"], "root", "{login}");
+        assert_eq!(login["method"], "none", "{login}");
+        assert_eq!(login["upstream_user"], "root", "{login}");
+        assert_eq!(login["outcome"], "ok", "{login}");
+        assert_eq!(login["host_key"], sshd.host_fingerprint.as_str(), "{login}");
+    }
+    let execs = events_when(&agent, "ssh_exec", |e| e.len() >= 5);
+    let exec = |needle: &str| {
+        execs
+            .iter()
+            .find(|e| e["command"].as_str().unwrap_or("").contains(needle))
+            .unwrap_or_else(|| panic!("no ssh_exec for {needle}: {execs:?}"))
+            .clone()
+    };
+    assert_eq!(exec("uname -a")["action"], "forwarded");
+    assert_eq!(exec("denied-1")["action"], "refused");
+    assert_eq!(exec("denied-1")["rule"], "no-destruction");
+    assert_eq!(exec("rm -rf")["action"], "refused");
+    assert_eq!(exec("held-1")["action"], "held");
+    let closes = events_when(&agent, "ssh_channel", |e| {
+        e.iter().filter(|c| c["event"] == "close").count() >= 5
+    });
+    let statuses: Vec<u64> = closes
+        .iter()
+        .filter(|c| c["event"] == "close")
+        .filter_map(|c| c["exit_status"].as_u64())
+        .collect();
+    assert!(statuses.contains(&0) && statuses.contains(&3), "{closes:?}");
+    let data = events_when(&agent, "ssh_data", |e| {
+        e.iter()
+            .any(|d| d["stream"] == "stderr" && d["text"] == "err\n")
+    });
+    let uname_out = String::from_utf8_lossy(&local.stdout).into_owned();
+    assert!(
+        data.iter()
+            .any(|d| d["stream"] == "stdout" && d["text"] == uname_out.as_str()),
+        "{data:?}"
+    );
+    assert!(
+        data.iter()
+            .any(|d| d["stream"] == "stderr" && d["text"] == "err\n"),
+        "{data:?}"
+    );
+    agent.assert_verifies();
+}
+
+#[test]
+fn forwarding_is_refused_and_a_wrong_host_key_refuses_the_session() {
+    privileged!("forwarding_is_refused_and_a_wrong_host_key_refuses_the_session");
+    let sshd = Sshd::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let echo_port = free_port();
+    let _echo = EchoServer::start(&format!("127.0.0.1:{echo_port}"));
+    {
+        let agent = agent_for(&sshd, &cg, None, "");
+        let client = bot_client(&agent);
+        // `ssh -W` opens a direct-tcpip channel at once; `-L` when a connection comes.
+        let w = client
+            .ssh(
+                cg.command("ssh"),
+                sshd.port,
+                &["-W", &format!("127.0.0.1:{echo_port}")],
+                "",
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_ne!(w.status.code(), Some(0), "{}", text(&w));
+        assert!(
+            String::from_utf8_lossy(&w.stderr).contains("administratively prohibited"),
+            "{}",
+            text(&w)
+        );
+        let local_port = free_port();
+        let mut tunnel = client
+            .ssh(
+                cg.command("ssh"),
+                sshd.port,
+                &[
+                    "-N",
+                    "-o",
+                    "ExitOnForwardFailure=yes",
+                    "-L",
+                    &format!("127.0.0.1:{local_port}:127.0.0.1:{echo_port}"),
+                ],
+                "",
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", local_port)).is_err() {
+            assert!(Instant::now() < deadline, "no -L listener");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The listener's first connection above was refused already; this one too.
+        match direct_echo(format!("127.0.0.1:{local_port}").parse().unwrap(), b"ping") {
+            Ok((_, answer)) => assert!(answer.is_empty(), "the tunnel carried data: {answer:?}"),
+            Err(e) => assert_ne!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        }
+        let _ = tunnel.kill();
+        let _ = tunnel.wait();
+        let refused = events_when(&agent, "ssh_channel", |e| {
+            e.iter().filter(|c| c["kind"] == "direct-tcpip").count() >= 2
+        });
+        let tcpip: Vec<&Value> = refused
+            .iter()
+            .filter(|c| c["kind"] == "direct-tcpip")
+            .collect();
+        assert!(tcpip.len() >= 2, "{refused:?}");
+        for c in tcpip {
+            assert_eq!(c["action"], "refused", "{c}");
+            assert_eq!(
+                c["detail"],
+                format!("127.0.0.1:{echo_port}").as_str(),
+                "{c}"
+            );
+        }
+        drop(agent);
+    }
+    // The host's key is not the pinned one: the session is refused with the reason.
+    let logged_in = sshd.log_text().matches("Accepted publickey").count();
+    let other = tempfile::tempdir().unwrap();
+    nhi_tests::ssh::keygen(&other.path().join("k"));
+    let wrong = nhi_tests::ssh::fingerprint(&other.path().join("k.pub"));
+    let agent = agent_for(&sshd, &cg, Some(&format!("host_key = \"{wrong}\"")), "");
+    let client = bot_client(&agent);
+    let out = ssh(&cg, &client, &sshd, "true");
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pinned host_key"), "{}", text(&out));
+    assert!(stderr.contains(&sshd.host_fingerprint), "{}", text(&out));
+    let logins = events_when(&agent, "ssh_login", |e| !e.is_empty());
+    assert_eq!(logins[0]["outcome"], "failed", "{logins:?}");
+    assert!(
+        logins[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pinned host_key"),
+        "{logins:?}"
+    );
+    // Nothing was logged into on the host.
+    assert_eq!(
+        sshd.log_text().matches("Accepted publickey").count(),
+        logged_in,
+        "{}",
+        sshd.log_text()
+    );
+}
