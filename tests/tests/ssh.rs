@@ -328,3 +328,172 @@ fn forwarding_is_refused_and_a_wrong_host_key_refuses_the_session() {
         sshd.log_text()
     );
 }
+
+/// The SHA-256 of a file, hex.
+fn sha256_of(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs `program` (scp, sftp, rsync) in the cgroup with the bot's HOME; fails the test
+/// with its output unless it succeeds.
+fn run_ok(mut cmd: std::process::Command, client: &SshClient, what: &str) -> Output {
+    let started = Instant::now();
+    let out = cmd
+        .env("HOME", client.home.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what}: {}", text(&out));
+    eprintln!("{what}: {:?}", started.elapsed());
+    out
+}
+
+#[test]
+fn scp_sftp_and_rsync_move_64_mib_both_ways_with_their_paths_journaled() {
+    privileged!("scp_sftp_and_rsync_move_64_mib_both_ways_with_their_paths_journaled");
+    let sshd = Sshd::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = agent_for(&sshd, &cg, None, "");
+    let client = bot_client(&agent);
+    let local = tempfile::tempdir().unwrap();
+    let remote = tempfile::tempdir().unwrap();
+    let source = local.path().join("source.bin");
+    let out = std::process::Command::new("head")
+        .args(["-c", "67108864", "/dev/urandom"])
+        .output()
+        .unwrap();
+    std::fs::write(&source, &out.stdout).unwrap();
+    let want = sha256_of(&source);
+    let port = sshd.port.to_string();
+    let at = |path: &std::path::Path| format!("root@127.0.0.1:{}", path.display());
+
+    // scp over SFTP (OpenSSH's default) and the legacy protocol (-O: `scp -t` / `-f`
+    // run as an exec), both ways.
+    for (legacy, name) in [(false, "scp"), (true, "scp-legacy")] {
+        let up = remote.path().join(format!("{name}-up.bin"));
+        let down = local.path().join(format!("{name}-down.bin"));
+        let mut cmd = cg.command("scp");
+        cmd.args(client.options()).args(["-P", &port]);
+        if legacy {
+            cmd.arg("-O");
+        }
+        cmd.arg(&source).arg(at(&up));
+        run_ok(cmd, &client, &format!("{name} upload"));
+        assert_eq!(sha256_of(&up), want, "{name} upload");
+        let mut cmd = cg.command("scp");
+        cmd.args(client.options()).args(["-P", &port]);
+        if legacy {
+            cmd.arg("-O");
+        }
+        cmd.arg(at(&up)).arg(&down);
+        run_ok(cmd, &client, &format!("{name} download"));
+        assert_eq!(sha256_of(&down), want, "{name} download");
+    }
+
+    // sftp: put, get, mkdir, rename, remove.
+    let batch = local.path().join("batch");
+    let sftp_up = remote.path().join("sftp-up.bin");
+    let sftp_down = local.path().join("sftp-down.bin");
+    let dir = remote.path().join("made");
+    let renamed = remote.path().join("made/renamed.bin");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} {}\nget {} {}\nmkdir {}\nrename {} {}\nrm {}\n",
+            source.display(),
+            sftp_up.display(),
+            sftp_up.display(),
+            sftp_down.display(),
+            dir.display(),
+            sftp_up.display(),
+            renamed.display(),
+            renamed.display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = cg.command("sftp");
+    cmd.args(client.options())
+        .args(["-P", &port, "-b"])
+        .arg(&batch)
+        .arg("root@127.0.0.1");
+    run_ok(cmd, &client, "sftp");
+    assert_eq!(sha256_of(&sftp_down), want, "sftp get");
+    assert!(dir.is_dir() && !renamed.exists() && !sftp_up.exists());
+
+    // rsync runs `rsync --server` as an exec.
+    let rsync_up = remote.path().join("rsync-up.bin");
+    let rsync_down = local.path().join("rsync-down.bin");
+    let rsh = format!("ssh {} -p {port}", client.options().join(" "));
+    let mut cmd = cg.command("rsync");
+    cmd.args(["-e", &rsh]).arg(&source).arg(at(&rsync_up));
+    run_ok(cmd, &client, "rsync upload");
+    assert_eq!(sha256_of(&rsync_up), want, "rsync upload");
+    let mut cmd = cg.command("rsync");
+    cmd.args(["-e", &rsh]).arg(at(&rsync_up)).arg(&rsync_down);
+    run_ok(cmd, &client, "rsync download");
+    assert_eq!(sha256_of(&rsync_down), want, "rsync download");
+
+    // The journal names what moved where.
+    let execs = events_when(&agent, "ssh_exec", |e| e.len() >= 4);
+    let commands: Vec<&str> = execs.iter().filter_map(|e| e["command"].as_str()).collect();
+    let legacy_up = remote.path().join("scp-legacy-up.bin");
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.starts_with("scp -t") && c.contains(legacy_up.to_str().unwrap())),
+        "{commands:?}"
+    );
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.starts_with("scp -f") && c.contains(legacy_up.to_str().unwrap())),
+        "{commands:?}"
+    );
+    assert!(
+        commands
+            .iter()
+            .filter(|c| c.starts_with("rsync --server"))
+            .count()
+            >= 2,
+        "{commands:?}"
+    );
+    let ops = events_when(&agent, "sftp_op", |e| e.iter().any(|o| o["op"] == "remove"));
+    let op = |name: &str, path: &std::path::Path| {
+        ops.iter()
+            .find(|o| o["op"] == name && o["path"] == path.to_str().unwrap())
+            .unwrap_or_else(|| panic!("no sftp_op {name} {}: {ops:?}", path.display()))
+            .clone()
+    };
+    let put = op("open", &sftp_up);
+    assert!(
+        put["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "write"),
+        "{put}"
+    );
+    let written = op("close", &sftp_up);
+    assert_eq!(written["bytes"], 67108864, "{written}");
+    let read = ops
+        .iter()
+        .filter(|o| o["op"] == "close" && o["path"] == sftp_up.to_str().unwrap())
+        .filter_map(|o| o["bytes"].as_u64())
+        .collect::<Vec<_>>();
+    assert_eq!(read, vec![67108864, 67108864], "written then read: {ops:?}");
+    op("mkdir", &dir);
+    assert_eq!(op("rename", &sftp_up)["target"], renamed.to_str().unwrap());
+    op("remove", &renamed);
+    let scp_up = remote.path().join("scp-up.bin");
+    assert_eq!(op("close", &scp_up)["bytes"], 67108864);
+    agent.assert_verifies();
+}

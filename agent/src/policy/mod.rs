@@ -596,6 +596,19 @@ impl Policy {
         }
     }
 
+    /// The verdict for an SFTP request: the first rule with SFTP conditions that
+    /// matches, else `default` (see [`ssh`]).
+    pub fn decide_sftp(&self, request: &ssh::SftpRequest<'_>) -> (Verdict, Option<&str>) {
+        match self
+            .rules
+            .iter()
+            .find(|rule| rule.ssh.matches_sftp(request))
+        {
+            Some(rule) => (rule.verdict, Some(rule.name.as_str())),
+            None => (self.default, None),
+        }
+    }
+
     /// The verdict for a message: see the module documentation. An analysis without
     /// statements is allowed with no rule.
     pub fn decide(&self, analysis: &Analysis) -> Decision {
@@ -662,6 +675,8 @@ impl Rule {
             raw.commands.as_deref(),
             raw.regex.as_ref(),
             raw.ssh_requests.as_deref(),
+            raw.sftp_ops.as_deref(),
+            raw.sftp_paths.as_deref(),
         )?;
         if ssh_match.is_set()
             && (http_match.is_set()

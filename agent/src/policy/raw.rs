@@ -56,4 +56,6 @@ pub struct RawRule {
     pub(super) commands: Option<Vec<Spanned<String>>>,
     pub(super) regex: Option<Spanned<String>>,
     pub(super) ssh_requests: Option<Vec<Spanned<String>>>,
+    pub(super) sftp_ops: Option<Vec<Spanned<String>>>,
+    pub(super) sftp_paths: Option<Vec<Spanned<String>>>,
 }

@@ -31,6 +31,14 @@
 //! command another way (`sh -c`, quoting, variables); deny by default and allow what is
 //! expected where that matters.
 //!
+//! SFTP requests (the `sftp` subsystem: `sftp`, and `scp` in its default mode) are
+//! judged one by one by the rules that set `sftp_ops` (`read`, `write` (an open for
+//! writing), `remove`, `rename`, `mkdir`, `rmdir`, `setstat`, `symlink`, `hardlink`)
+//! and/or `sftp_paths` (globs over the paths a request names; `*` stays within one
+//! directory, `**` spans any): the first such rule that matches decides, else the
+//! policy's `default`. Listing and stat-ing are never refused (they are journaled when
+//! they open a directory).
+//!
 //! `ssh_requests` names kinds (`exec`, `shell`, `subsystem`, `pty`, `direct-tcpip`,
 //! `tcpip-forward`, `streamlocal`, `agent`, `x11`). Forwarding kinds are refused unless
 //! a rule naming them in `ssh_requests` allows them: a rule without `ssh_requests` (or
@@ -110,18 +118,58 @@ pub struct SshRequest<'a> {
     pub command: Option<&'a str>,
 }
 
+/// One SFTP request as rules see it.
+#[derive(Debug, Clone, Copy)]
+pub struct SftpRequest<'a> {
+    /// "read", "write", "remove", "rename", "mkdir", "rmdir", "setstat", "symlink",
+    /// "hardlink".
+    pub op: &'a str,
+    pub paths: &'a [&'a str],
+}
+
+/// The SFTP operations `sftp_ops` may name.
+pub const SFTP_OPS: &[&str] = &[
+    "read", "write", "remove", "rename", "mkdir", "rmdir", "setstat", "symlink", "hardlink",
+];
+
 /// The SSH conditions of one rule; each one set must hold.
 #[derive(Debug, Clone, Default)]
 pub struct SshMatch {
     commands: Option<GlobSet>,
     regex: Option<Regex>,
     requests: Option<Vec<SshKind>>,
+    sftp_ops: Option<Vec<String>>,
+    sftp_paths: Option<GlobSet>,
 }
 
 impl SshMatch {
     /// Whether the rule sets any SSH condition.
     pub fn is_set(&self) -> bool {
-        self.commands.is_some() || self.regex.is_some() || self.requests.is_some()
+        self.commands.is_some() || self.regex.is_some() || self.requests.is_some() || self.is_sftp()
+    }
+
+    /// Whether the rule sets SFTP conditions (it then judges SFTP requests only).
+    pub fn is_sftp(&self) -> bool {
+        self.sftp_ops.is_some() || self.sftp_paths.is_some()
+    }
+
+    /// An SFTP request: the rule's SFTP conditions (a rule without any does not judge
+    /// SFTP requests).
+    pub fn matches_sftp(&self, request: &SftpRequest<'_>) -> bool {
+        if !self.is_sftp() {
+            return false;
+        }
+        if let Some(ops) = &self.sftp_ops {
+            if !ops.iter().any(|o| o == request.op) {
+                return false;
+            }
+        }
+        if let Some(paths) = &self.sftp_paths {
+            if !request.paths.iter().any(|p| paths.is_match(p)) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Whether the rule names `kind` in `ssh_requests`.
@@ -130,6 +178,9 @@ impl SshMatch {
     }
 
     pub fn matches(&self, request: &SshRequest<'_>) -> bool {
+        if self.is_sftp() {
+            return false;
+        }
         if let Some(kinds) = &self.requests {
             if !kinds.contains(&request.kind) {
                 return false;
@@ -162,7 +213,70 @@ impl SshMatch {
         commands: Option<&[Spanned<String>]>,
         regex: Option<&Spanned<String>>,
         requests: Option<&[Spanned<String>]>,
+        sftp_ops: Option<&[Spanned<String>]>,
+        sftp_paths: Option<&[Spanned<String>]>,
     ) -> Result<SshMatch, PolicyProblem> {
+        let sftp_ops = sftp_ops
+            .map(|ops| {
+                if ops.is_empty() {
+                    return Err(PolicyProblem {
+                        span: None,
+                        message: format!("rule \"{rule}\": sftp_ops = [] can never match; remove it or list operations"),
+                    });
+                }
+                ops.iter()
+                    .map(|o| {
+                        if SFTP_OPS.contains(&o.get_ref().as_str()) {
+                            Ok(o.get_ref().clone())
+                        } else {
+                            Err(PolicyProblem::at(
+                                o,
+                                format!(
+                                    "unknown SFTP operation \"{}\" in rule \"{rule}\"; known: {}",
+                                    o.get_ref(),
+                                    SFTP_OPS.join(", ")
+                                ),
+                            ))
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let sftp_paths = sftp_paths
+            .map(|globs| {
+                if globs.is_empty() {
+                    return Err(PolicyProblem {
+                        span: None,
+                        message: format!("rule \"{rule}\": sftp_paths = [] can never match; remove it or list globs"),
+                    });
+                }
+                let mut set = GlobSetBuilder::new();
+                for glob in globs {
+                    let compiled = GlobBuilder::new(glob.get_ref())
+                        .literal_separator(true)
+                        .build()
+                        .map_err(|e| {
+                            PolicyProblem::at(
+                                glob,
+                                format!("invalid glob \"{}\" in sftp_paths of rule \"{rule}\": {}", glob.get_ref(), e.kind()),
+                            )
+                        })?;
+                    set.add(compiled);
+                }
+                set.build().map_err(|e| PolicyProblem {
+                    span: None,
+                    message: format!("rule \"{rule}\": sftp_paths: {e}"),
+                })
+            })
+            .transpose()?;
+        if (sftp_ops.is_some() || sftp_paths.is_some())
+            && (commands.is_some() || regex.is_some() || requests.is_some())
+        {
+            return Err(PolicyProblem {
+                span: None,
+                message: format!("rule \"{rule}\" mixes SFTP conditions (sftp_ops, sftp_paths) with commands, regex or ssh_requests; split it in two"),
+            });
+        }
         let commands = commands
             .map(|globs| {
                 if globs.is_empty() {
@@ -251,6 +365,8 @@ impl SshMatch {
             commands,
             regex,
             requests,
+            sftp_ops,
+            sftp_paths,
         })
     }
 }
@@ -353,6 +469,8 @@ mod tests {
             (!commands.is_empty()).then_some(commands.as_slice()),
             regex.map(spanned).as_ref(),
             requests.as_deref(),
+            None,
+            None,
         )
         .unwrap()
     }
@@ -402,10 +520,39 @@ mod tests {
         let fwd = rule(&[], None, Some(&["direct-tcpip"]));
         assert!(fwd.matches(&tunnel));
         assert!(!fwd.matches(&exec("ls")));
-        assert!(SshMatch::from_raw("r", None, None, Some(&[spanned("tunnel")])).is_err());
+        let tunnel_kind = [spanned("tunnel")];
+        assert!(SshMatch::from_raw("r", None, None, Some(&tunnel_kind), None, None).is_err());
+        let ls = [spanned("ls")];
+        let shell = [spanned("shell")];
+        assert!(SshMatch::from_raw("r", Some(&ls), None, Some(&shell), None, None).is_err());
+    }
+
+    #[test]
+    fn sftp_rules_judge_sftp_requests_only() {
+        let ops = [spanned("remove"), spanned("write")];
+        let paths = [spanned("/etc/**"), spanned("/srv/*.conf")];
+        let r = SshMatch::from_raw("r", None, None, None, Some(&ops), Some(&paths)).unwrap();
+        let req = |op, path: &'static str| (op, [path]);
+        let matches =
+            |(op, paths): (&str, [&str; 1])| r.matches_sftp(&SftpRequest { op, paths: &paths });
+        assert!(matches(req("remove", "/etc/passwd")));
+        assert!(matches(req("write", "/etc/ssh/sshd_config")));
+        assert!(matches(req("write", "/srv/app.conf")));
         assert!(
-            SshMatch::from_raw("r", Some(&[spanned("ls")]), None, Some(&[spanned("shell")]))
-                .is_err()
+            !matches(req("write", "/srv/sub/app.conf")),
+            "* stays in one directory"
         );
+        assert!(!matches(req("read", "/etc/passwd")));
+        assert!(
+            !r.matches(&exec("rm /etc/passwd")),
+            "an SFTP rule does not judge execs"
+        );
+        let any = rule(&[], None, None);
+        assert!(!any.matches_sftp(&SftpRequest {
+            op: "remove",
+            paths: &["/x"]
+        }));
+        let unknown = [spanned("delete")];
+        assert!(SshMatch::from_raw("r", None, None, None, Some(&unknown), None).is_err());
     }
 }

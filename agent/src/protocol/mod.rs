@@ -6,3 +6,4 @@
 pub mod aws;
 pub mod http;
 pub mod postgres;
+pub mod ssh;

@@ -407,12 +407,13 @@ pub async fn run(
     let (host_closed, host_closed_rx) = watch::channel(false);
     let (client_closed, client_closed_rx) = watch::channel(false);
     let to_client_a = to_client.clone();
+    let sftp_state = Mutex::new(super::sftp::SftpState::default());
     let to_client_end = to_client.clone();
     tokio::join!(
         async {
             let mut client_closed = client_closed_rx;
             tokio::select! {
-                _ = client_to_host(&shared, number, rx, &host_write, to_client_a, &stats) => {}
+                _ = client_to_host(&shared, number, rx, &host_write, to_client_a, &stats, &sftp_state) => {}
                 _ = client_closed.wait_for(|c| *c) => {}
             }
             let _ = host_write.close().await;
@@ -421,7 +422,7 @@ pub async fn run(
         async {
             let mut host_closed = host_closed_rx;
             tokio::select! {
-                _ = host_to_agent(&shared, number, host_read, to_client, &flow, &stats) => {}
+                _ = host_to_agent(&shared, number, host_read, to_client, &flow, &stats, &sftp_state) => {}
                 _ = host_closed.wait_for(|c| *c) => {
                     let _ = to_client_end.send(ToClient::Close);
                 }
@@ -472,6 +473,7 @@ async fn client_to_host(
     host: &ChannelWriteHalf<russh::client::Msg>,
     to_client: mpsc::UnboundedSender<ToClient>,
     stats: &Mutex<Stats>,
+    sftp_state: &Mutex<super::sftp::SftpState>,
 ) {
     while let Some(msg) = rx.recv().await {
         let sent = match msg {
@@ -563,14 +565,44 @@ async fn client_to_host(
                     s.bytes_in += data.len() as u64;
                     s.sftp
                 };
-                if !sftp {
-                    match record_data(shared, channel, "stdin", &data) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            stats.lock().unwrap_or_else(|p| p.into_inner()).truncated = true
+                if sftp && ext.is_none() {
+                    let outgoing = match super::sftp::from_client(
+                        shared, channel, sftp_state, &data,
+                    )
+                    .await
+                    {
+                        Ok(o) => o,
+                        Err(why) => {
+                            info!(session = shared.id, channel, reason = %why, "closing the SFTP channel");
+                            stats.lock().unwrap_or_else(|p| p.into_inner()).reason = Some(why);
+                            break;
                         }
-                        Err(_) => break,
+                    };
+                    let mut sent = Ok(());
+                    for o in outgoing {
+                        match o {
+                            super::sftp::Outgoing::Forward(packet) => {
+                                sent = host.data_bytes(packet).await;
+                            }
+                            super::sftp::Outgoing::Answer(packet) => {
+                                let _ = to_client.send(ToClient::Data {
+                                    data: packet,
+                                    ext: None,
+                                    _permit: None,
+                                });
+                            }
+                        }
                     }
+                    drop(permit);
+                    if sent.is_err() {
+                        debug!(session = shared.id, channel, "the host's channel is closed");
+                    }
+                    continue;
+                }
+                match record_data(shared, channel, "stdin", &data) {
+                    Ok(true) => {}
+                    Ok(false) => stats.lock().unwrap_or_else(|p| p.into_inner()).truncated = true,
+                    Err(_) => break,
                 }
                 let sent = match ext {
                     None => host.data_bytes(data).await,
@@ -596,6 +628,7 @@ async fn host_to_agent(
     to_client: mpsc::UnboundedSender<ToClient>,
     flow: &Flow,
     stats: &Mutex<Stats>,
+    sftp_state: &Mutex<super::sftp::SftpState>,
 ) {
     let mask_output = shared.target_rt.mask_output;
     loop {
@@ -605,6 +638,15 @@ async fn host_to_agent(
         };
         match msg {
             ChannelMsg::Data { data } => {
+                let sftp = stats.lock().unwrap_or_else(|p| p.into_inner()).sftp;
+                if sftp {
+                    if let Err(why) = super::sftp::from_host(shared, channel, sftp_state, &data) {
+                        info!(session = shared.id, channel, reason = %why, "closing the SFTP channel");
+                        stats.lock().unwrap_or_else(|p| p.into_inner()).reason = Some(why);
+                        let _ = to_client.send(ToClient::Close);
+                        break;
+                    }
+                }
                 forward_output(
                     shared,
                     channel,

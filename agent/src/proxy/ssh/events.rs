@@ -137,12 +137,22 @@ pub struct SftpOp {
     /// open: "read", "write", "create", "truncate", "append" flags.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
-    /// Bytes read or written through this handle (close), or by this request.
+    /// close: bytes read and written through the handle (and their sum).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<u64>,
+    /// The session's request number (judged requests: open, remove, rename, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     pub verdict: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
-    /// "forwarded", "refused".
+    /// "forwarded", "refused", "held"; "failed" for the host's failure answer to a
+    /// journaled request (with `status`).
     pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }

@@ -25,6 +25,7 @@ mod channel;
 pub mod events;
 pub mod known_hosts;
 pub mod runtime;
+mod sftp;
 mod upstream;
 
 use std::collections::HashMap;
@@ -115,7 +116,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn next_seq(&self) -> u64 {
+    pub fn next_seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::Relaxed)
     }
 
