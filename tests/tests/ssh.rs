@@ -497,3 +497,198 @@ fn scp_sftp_and_rsync_move_64_mib_both_ways_with_their_paths_journaled() {
     assert_eq!(op("close", &scp_up)["bytes"], 67108864);
     agent.assert_verifies();
 }
+
+/// Every file under `dir` whose bytes hold `needle`.
+fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                stack.push(entry.path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn printed_secrets_are_masked_terminals_and_sftp_follow_policy() {
+    privileged!("printed_secrets_are_masked_terminals_and_sftp_follow_policy");
+    let sshd = Sshd::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let remote = tempfile::tempdir().unwrap();
+    let keep = remote.path().join("keep.txt");
+    std::fs::write(&keep, "keep me\n").unwrap();
+    let key_id = "AKIA2E3XPLM4QRST5UVW";
+    {
+        let agent = agent_for(
+            &sshd,
+            &cg,
+            Some(&format!(
+                "known_hosts = \"{}\"\nmask_output = true",
+                sshd.known_hosts.display()
+            )),
+            &format!(
+                "[[policy.rule]]\nname = \"keep-files\"\nverdict = \"deny\"\n\
+                 sftp_ops = [\"remove\", \"rename\"]\nsftp_paths = [\"{}/*\"]\n",
+                remote.path().display()
+            ),
+        );
+        let client = bot_client(&agent);
+
+        // A credential printed by a command is masked in the journal and, with
+        // mask_output = true, for the bot too.
+        // (Read from a file on the host: the bot's own command line, journaled with its
+        // process, holds no secret.)
+        let secret_file = remote.path().join("creds");
+        std::fs::write(&secret_file, format!("key={key_id}\n")).unwrap();
+        let out = ssh(
+            &cg,
+            &client,
+            &sshd,
+            &format!("cat {}; echo done", secret_file.display()),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains(key_id), "{stdout}");
+        assert!(
+            stdout.contains("key=[redacted]") && stdout.contains("done"),
+            "{stdout}"
+        );
+        let data = events_when(&agent, "ssh_data", |e| {
+            e.iter()
+                .any(|d| d["text"].as_str().unwrap_or("").contains("done"))
+        });
+        assert!(
+            data.iter()
+                .any(|d| d["text"].as_str().unwrap_or("").contains("key=[redacted]")),
+            "{data:?}"
+        );
+
+        // A terminal session: the pty (with its size), the shell, what was typed and
+        // printed, the exit status.
+        let mut shell = client
+            .ssh(cg.command("ssh"), sshd.port, &["-tt"], "")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let stdin = shell.stdin.as_mut().unwrap();
+            stdin.write_all(b"echo hello-$((6*7))\nexit 7\n").unwrap();
+        }
+        let shell = shell.wait_with_output().unwrap();
+        assert_eq!(shell.status.code(), Some(7), "{}", text(&shell));
+        assert!(
+            String::from_utf8_lossy(&shell.stdout).contains("hello-42"),
+            "{}",
+            text(&shell)
+        );
+        let channels = events_when(&agent, "ssh_channel", |e| {
+            e.iter()
+                .any(|c| c["event"] == "close" && c["exit_status"] == 7)
+        });
+        let pty = channels
+            .iter()
+            .find(|c| c["kind"] == "pty")
+            .unwrap_or_else(|| panic!("{channels:?}"));
+        assert_eq!(pty["action"], "forwarded", "{pty}");
+        assert!(pty["cols"].is_u64() && pty["rows"].is_u64(), "{pty}");
+        assert!(
+            channels
+                .iter()
+                .any(|c| c["kind"] == "shell" && c["action"] == "forwarded"),
+            "{channels:?}"
+        );
+        let data = events_when(&agent, "ssh_data", |e| {
+            e.iter().any(|d| {
+                d["stream"] == "stdout" && d["text"].as_str().unwrap_or("").contains("hello-42")
+            })
+        });
+        assert!(
+            data.iter().any(|d| d["stream"] == "stdin"
+                && d["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("echo hello-$((6*7))")),
+            "{data:?}"
+        );
+
+        // SFTP: a removal under the protected directory is refused with the rule and
+        // never reaches the host; reading it is fine.
+        let batch = remote.path().join("batch");
+        let fetched = remote.path().join("fetched.txt");
+        std::fs::write(
+            &batch,
+            format!(
+                "get {} {}\nrm {}\n",
+                keep.display(),
+                fetched.display(),
+                keep.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = cg.command("sftp");
+        cmd.env("HOME", client.home.path())
+            .args(client.options())
+            .args(["-P", &sshd.port.to_string(), "-b"])
+            .arg(&batch)
+            .arg("root@127.0.0.1")
+            .stdin(Stdio::null());
+        let out = cmd.output().unwrap();
+        assert!(
+            !out.status.success(),
+            "the batch should stop at the refused rm: {}",
+            text(&out)
+        );
+        // OpenSSH's sftp prints the status code's text, not the agent's message (which
+        // names the rule; the journal does too).
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{}",
+            text(&out)
+        );
+        assert!(keep.exists(), "the refused removal reached the host");
+        assert_eq!(std::fs::read_to_string(&fetched).unwrap(), "keep me\n");
+        let ops = events_when(&agent, "sftp_op", |e| e.iter().any(|o| o["op"] == "remove"));
+        let remove = ops.iter().find(|o| o["op"] == "remove").unwrap();
+        assert_eq!(remove["action"], "refused", "{remove}");
+        assert_eq!(remove["rule"], "keep-files", "{remove}");
+        assert_eq!(remove["path"], keep.to_str().unwrap(), "{remove}");
+
+        // The raw key is in no file of the agent's directory (journal, WAL, pre-log,
+        // log).
+        agent.assert_verifies();
+        let holding = files_holding(agent.dir.path(), key_id);
+        assert!(holding.is_empty(), "{holding:?}");
+        drop(agent);
+    }
+    // pty = false: terminals are refused (OpenSSH's client gives up when a terminal
+    // it was told to get (-t) is refused).
+    let agent = agent_for(&sshd, &cg, None, "pty = false\n");
+    let client = bot_client(&agent);
+    let out = client
+        .ssh(cg.command("ssh"), sshd.port, &["-tt"], "true")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PTY allocation request failed"),
+        "{}",
+        text(&out)
+    );
+    let channels = events_when(&agent, "ssh_channel", |e| {
+        e.iter().any(|c| c["kind"] == "pty")
+    });
+    let pty = channels.iter().find(|c| c["kind"] == "pty").unwrap();
+    assert_eq!(pty["action"], "refused", "{pty}");
+    assert_eq!(pty["rule"], "pty = false", "{pty}");
+}
