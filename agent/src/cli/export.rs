@@ -1,11 +1,18 @@
-//! `nhi-agent export --format ocsf|jsonl [filters] [PATH...] [--out FILE]`: the selected
-//! events for a SIEM or an archive.
+//! `nhi-agent export --format ocsf|jsonl|asciicast [filters] [PATH...] [--out FILE]`: the
+//! selected events for a SIEM, an archive or a terminal player.
 //!
 //! - `jsonl`: one journal event per line, as `events --json` prints it, plus the whole
 //!   session it belongs to under `session_row` (null for events of no session).
 //! - `ocsf`: OCSF 1.3.0 events, one per line (see [`super::ocsf`] for the mapping).
-//!   Statements are completed by their `statement_end`, so a filter that leaves the ends
-//!   out (e.g. `--text`, `--kind statement`) exports statements with status Unknown.
+//!   Statements are completed by their `statement_end` (SSH commands by their channel's
+//!   close), so a filter that leaves the ends out (e.g. `--text`, `--kind statement`)
+//!   exports statements with status Unknown.
+//! - `asciicast`: the terminal of one SSH session as an asciicast v2 recording, for
+//!   `asciinema play` (see [`super::views::ssh::write_cast`]):
+//!   `nhi-agent export --format asciicast --session 42 /var/lib/nhi-agent --out 42.cast`.
+//!   The filters select the session and its events (`--since`/`--until` cut a part of
+//!   it); events of other protocols are left out; a selection holding the events of
+//!   several SSH sessions is refused (a recording is one terminal: give `--session`).
 //!
 //! `--out FILE` writes to a temporary file next to FILE and renames it when complete, so
 //! a failed export never leaves a truncated file that looks complete.
@@ -23,6 +30,7 @@ use super::filter::{Filter, FilterArgs, InputArgs};
 use super::ocsf::OcsfMapper;
 use super::select::{EventLine, Selection};
 use super::sessions::finish_output;
+use super::views::ssh;
 use crate::journal::SetSession;
 
 /// The export formats.
@@ -32,6 +40,9 @@ pub enum Format {
     Ocsf,
     /// Journal events with their session, one per line.
     Jsonl,
+    /// The terminal of one SSH session (select it with --session), asciicast v2 for
+    /// `asciinema play`.
+    Asciicast,
 }
 
 /// Arguments of `nhi-agent export`.
@@ -130,7 +141,60 @@ pub(crate) fn write_export(args: &ExportArgs, out: &mut dyn Write) -> anyhow::Re
             }
             Ok(())
         }
+        Format::Asciicast => write_asciicast(&selection, &filter, &args.events, out),
     }
+}
+
+/// The selected events of one SSH session as an asciicast (see the module
+/// documentation); an error when the selection holds no SSH session, or several.
+fn write_asciicast(
+    selection: &Selection,
+    filter: &Filter,
+    events: &EventSelectArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut chosen: Option<SetSession> = None;
+    let mut rows = Vec::new();
+    select(selection, filter, events, |s| {
+        let Some(session) = s.session else {
+            return Ok(());
+        };
+        if session.row.identity.protocol != ssh::PROTOCOL {
+            return Ok(());
+        }
+        match &chosen {
+            Some(c) if c.journal_id == session.journal_id && c.row.id == session.row.id => {}
+            Some(c) => anyhow::bail!(
+                "the selection holds the events of several SSH sessions ({} and {} at least), \
+                 and an asciicast is the terminal of one: select it with --session ID \
+                 (`nhi-agent sessions --protocol ssh` lists them)",
+                c.session_ref,
+                session.session_ref
+            ),
+            None => chosen = Some(session.clone()),
+        }
+        rows.push(s.event.clone());
+        Ok(())
+    })?;
+    let Some(session) = chosen else {
+        anyhow::bail!(
+            "no event of an SSH session in the selection: --format asciicast writes the \
+             terminal of one SSH session (select it with --session ID; \
+             `nhi-agent sessions --protocol ssh` lists them)"
+        );
+    };
+    // The terminal's size and which channels have one, from the whole session whatever
+    // the filters left out.
+    let mut terminal = ssh::Terminal::default();
+    selection.set.for_each_session_event(
+        &session.journal_id,
+        session.row.id,
+        |event| -> anyhow::Result<()> {
+            terminal.push(&event);
+            Ok(())
+        },
+    )?;
+    ssh::write_cast(out, &session, &rows, &terminal).context("cannot write the output")
 }
 
 /// Object-safe JSON writing, so one closure serves both line types.

@@ -16,8 +16,9 @@
 //!   in observe mode); `status_id` 1 Success / 2 Failure (the statement's error, with the
 //!   SQLSTATE in `status_code`) / 0 Unknown (no end journaled); `severity_id` 1
 //!   Informational, 2 Low (held), 3 Medium (denied).
-//! - HTTP requests are **HTTP Activity** (4002) and AWS calls **API Activity** (6003):
-//!   see `cli/views/http.rs` and `cli/views/aws.rs`.
+//! - HTTP requests are **HTTP Activity** (4002), AWS calls **API Activity** (6003) and
+//!   SSH commands (exec, shell, subsystem) **SSH Activity** (4007): see
+//!   `cli/views/http.rs`, `cli/views/aws.rs` and `cli/views/ssh.rs`.
 //! - `session_start` / `session_end` of every session become **Network Activity**
 //!   (`class_uid` 4001, category 4): `activity_id` 1 Open, 2 Close, 3 Reset (a close
 //!   reason mentioning "reset"), 4 Fail (the upstream connect failed); `traffic` carries
@@ -576,7 +577,10 @@ pub(crate) enum JsonType {
 /// `network.json` (src_endpoint, dst_endpoint; at least one of them: we always have
 /// both, so both are checked), `events/application/api.json` (API Activity: actor, api,
 /// src_endpoint) with `objects/api.json` (operation), `objects/request.json` (uid) and
-/// the `cloud` profile (`profiles/cloud.json`: cloud; `objects/cloud.json`: provider).
+/// the `cloud` profile (`profiles/cloud.json`: cloud; `objects/cloud.json`: provider),
+/// `events/network/ssh.json` (SSH Activity: network's attributes) with the
+/// `security_control` profile of `network.json` (`profiles/security_control.json`:
+/// action_id).
 #[cfg(test)]
 pub(crate) fn check_required(event: &Value) -> Vec<String> {
     const BASE: &[(&str, JsonType)] = &[
@@ -685,6 +689,15 @@ pub(crate) fn check_required(event: &Value) -> Vec<String> {
                     &mut problems,
                 );
             }
+        }
+        crate::cli::views::ssh::SSH_ACTIVITY => {
+            check(event, "", NETWORK, &mut problems);
+            check(
+                event,
+                "",
+                &[("action_id", JsonType::Integer)],
+                &mut problems,
+            );
         }
         crate::cli::views::http::HTTP_ACTIVITY => {
             check(event, "", NETWORK, &mut problems);

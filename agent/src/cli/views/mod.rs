@@ -16,6 +16,7 @@ pub mod aws;
 pub mod http;
 pub mod opaque;
 pub mod postgres;
+pub mod ssh;
 
 /// A replay rendering of one session's events (after the header and lineage chain).
 pub trait Replay {
@@ -119,7 +120,7 @@ pub fn request_events_of(kind: &str) -> Option<RequestEvents> {
 }
 
 /// The registered views; sessions of any other protocol read as opaque streams.
-static VIEWS: &[&dyn ProtocolView] = &[&postgres::Postgres, &http::Http, &aws::Aws];
+static VIEWS: &[&dyn ProtocolView] = &[&postgres::Postgres, &http::Http, &aws::Aws, &ssh::Ssh];
 
 /// The view for sessions whose `protocol` is `protocol`.
 pub fn view(protocol: &str) -> &'static dyn ProtocolView {
@@ -163,12 +164,14 @@ mod tests {
         assert!(view("http").ocsf().is_some());
         assert_eq!(view("aws").protocol(), "aws");
         assert!(view("aws").ocsf().is_some());
+        assert_eq!(view("ssh").protocol(), "ssh");
+        assert!(view("ssh").ocsf().is_some());
     }
 
     #[test]
     fn request_events_and_their_text() {
         let kinds: Vec<&str> = request_events().map(|r| r.kind).collect();
-        assert_eq!(kinds, ["statement", "http_request", "aws_call"]);
+        assert_eq!(kinds, ["statement", "http_request", "aws_call", "ssh_exec"]);
         assert!(request_events_of("chunk").is_none());
         let http = request_events_of("http_request").expect("http requests");
         let data = serde_json::json!({"method": "DELETE", "target": "/%61dmin/users/7",
@@ -195,5 +198,11 @@ mod tests {
             aws.texts(&serde_json::json!({"action": "sts:GetCallerIdentity", "resources": []})),
             ["sts:GetCallerIdentity", ""]
         );
+        let ssh = request_events_of("ssh_exec").expect("SSH commands");
+        let exec = serde_json::json!({"seq": 2, "channel": 1, "command": "rm -rf /srv",
+                                      "verdict": "deny", "action": "refused"});
+        assert_eq!(ssh.texts(&exec), ["rm -rf /srv"]);
+        assert_eq!(ssh.judgement(&exec), ("deny", "refused"));
+        assert!(request_events_of("sftp_op").is_none());
     }
 }
