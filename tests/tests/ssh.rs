@@ -50,6 +50,10 @@ fn ssh(cg: &TestCgroup, client: &SshClient, sshd: &Sshd, command: &str) -> Outpu
         .expect("run ssh")
 }
 
+fn text_of_event(d: &Value) -> String {
+    d["text"].as_str().unwrap_or("").to_owned()
+}
+
 /// The events of `kind` once `done` holds for them (the writer commits shortly after
 /// the pre-log write).
 fn events_when(agent: &Agent, kind: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
@@ -130,6 +134,17 @@ fn ssh_commands_are_judged_journaled_and_relayed() {
         text(&denied)
     );
     assert!(!denied_file.exists(), "the denied command ran on the host");
+    // What the bot read is in the transcript.
+    let stderr_lines = events_when(&agent, "ssh_data", |e| {
+        e.iter()
+            .any(|d| d["stream"] == "stderr" && text_of_event(d).contains("no-destruction"))
+    });
+    assert!(
+        stderr_lines
+            .iter()
+            .any(|d| d["stream"] == "stderr" && text_of_event(d).contains("no-destruction")),
+        "{stderr_lines:?}"
+    );
     let rm = ssh(
         &cg,
         &client,
@@ -220,6 +235,85 @@ fn ssh_commands_are_judged_journaled_and_relayed() {
             .any(|d| d["stream"] == "stderr" && d["text"] == "err\n"),
         "{data:?}"
     );
+
+    // The CLI reads it: commands found by text, replayed as a transcript, exported as
+    // OCSF SSH Activity (4007) and as an asciicast.
+    let journal = agent.journal.to_str().unwrap().to_string();
+    let out = agent.cli(&[
+        "events",
+        "--journal",
+        &journal,
+        "--text",
+        "rm -rf",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let found: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !found.is_empty()
+            && found
+                .iter()
+                .all(|e| e["kind"] == "ssh_exec" && e["data"]["rule"] == "no-destruction"),
+        "{found:#?}"
+    );
+    let sessions = agent.sessions();
+    let uname_session = sessions
+        .iter()
+        .map(|s| s["id"].to_string())
+        .find(|id| {
+            let out = agent.cli(&["replay", id, "--journal", &journal, "--instant"]);
+            String::from_utf8_lossy(&out.stdout).contains("uname -a")
+        })
+        .expect("a session replaying uname -a");
+    let out = agent.cli(&["replay", &uname_session, "--journal", &journal, "--instant"]);
+    let replay = String::from_utf8_lossy(&out.stdout);
+    assert!(replay.contains(uname_out.trim_end()), "{replay}");
+    let out = agent.cli(&["export", "--format", "ocsf", "--journal", &journal]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ssh_activity: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["class_uid"] == 4007)
+        .collect();
+    let mixed_activity = ssh_activity
+        .iter()
+        .find(|e| {
+            e["unmapped"]["ssh_command"]
+                .as_str()
+                .unwrap_or("")
+                .contains("exit 3")
+        })
+        .unwrap_or_else(|| panic!("{ssh_activity:#?}"));
+    assert_eq!(mixed_activity["status_code"], "3", "{mixed_activity}");
+    let cast = agent.dir.path().join("uname.cast");
+    let out = agent.cli(&[
+        "export",
+        "--format",
+        "asciicast",
+        "--session",
+        &uname_session,
+        "--journal",
+        &journal,
+        "--out",
+        cast.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cast = std::fs::read_to_string(&cast).unwrap();
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2, "{cast}");
+    let output: String = lines
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e[1] == "o")
+        .filter_map(|e| e[2].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        output.contains(uname_out.trim_end()),
+        "{output:?} vs {uname_out:?}"
+    );
     agent.assert_verifies();
 }
 
@@ -297,6 +391,57 @@ fn forwarding_is_refused_and_a_wrong_host_key_refuses_the_session() {
                 "{c}"
             );
         }
+        drop(agent);
+    }
+    // A rule allows tunnels: `ssh -W` reaches the echo server through the host.
+    {
+        let agent = agent_for(
+            &sshd,
+            &cg,
+            None,
+            "[[policy.rule]]\nname = \"tunnels\"\nverdict = \"allow\"\nssh_requests = [\"direct-tcpip\"]\n",
+        );
+        let client = bot_client(&agent);
+        let mut w = client
+            .ssh(
+                cg.command("ssh"),
+                sshd.port,
+                &["-W", &format!("127.0.0.1:{echo_port}")],
+                "",
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = w.stdin.take().unwrap();
+            stdin.write_all(b"ping through the host").unwrap();
+        }
+        let w = w.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&w.stdout),
+            "ping through the host",
+            "{}",
+            text(&w)
+        );
+        let channels = events_when(&agent, "ssh_channel", |e| {
+            e.iter()
+                .any(|c| c["kind"] == "direct-tcpip" && c["event"] == "close")
+        });
+        let request = channels
+            .iter()
+            .find(|c| c["kind"] == "direct-tcpip" && c["event"] == "request")
+            .unwrap_or_else(|| panic!("{channels:?}"));
+        assert_eq!(request["action"], "forwarded", "{request}");
+        assert_eq!(request["rule"], "tunnels", "{request}");
+        let close = channels
+            .iter()
+            .find(|c| c["kind"] == "direct-tcpip" && c["event"] == "close")
+            .unwrap_or_else(|| panic!("{channels:?}"));
+        assert_eq!(close["bytes_in"], 21, "{close}");
+        assert_eq!(close["bytes_out"], 21, "{close}");
         drop(agent);
     }
     // The host's key is not the pinned one: the session is refused with the reason.
@@ -612,12 +757,18 @@ fn printed_secrets_are_masked_terminals_and_sftp_follow_policy() {
                 d["stream"] == "stdout" && d["text"].as_str().unwrap_or("").contains("hello-42")
             })
         });
+        // What was typed is in the transcript as the terminal echoed it; stdin itself
+        // is not recorded on a terminal (a password typed at a prompt is not echoed).
+        let text_of = |d: &Value| d["text"].as_str().unwrap_or("").to_owned();
         assert!(
-            data.iter().any(|d| d["stream"] == "stdin"
-                && d["text"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("echo hello-$((6*7))")),
+            data.iter()
+                .any(|d| d["stream"] == "stdout" && text_of(d).contains("echo hello-$((6*7))")),
+            "{data:?}"
+        );
+        assert!(
+            !data
+                .iter()
+                .any(|d| d["stream"] == "stdin" && text_of(d).contains("hello")),
             "{data:?}"
         );
 

@@ -10,7 +10,8 @@
 //! on 127.0.0.2: the `tcp` target is 127.0.0.2:port, the `postgres` one 127.0.0.1:port.
 //! Then the agent is restarted with `journal_fsync = "each"` and the `postgres` case is
 //! measured again against a fresh direct baseline. The HTTP part is `bench_http`, the
-//! AWS part (boto3 against moto, directly and through an `aws` target) `bench_aws`.
+//! AWS part (boto3 against moto, directly and through an `aws` target) `bench_aws`, the
+//! SSH part (OpenSSH against sshd, directly and through an `ssh` target) `bench_ssh`.
 use std::{
     fs,
     os::unix::process::CommandExt,
@@ -29,6 +30,7 @@ use crate::{
     util::{self, run},
 };
 
+#[allow(clippy::too_many_arguments)]
 pub fn bench(
     bytes: u64,
     conns: u64,
@@ -36,6 +38,8 @@ pub fn bench(
     pg_seconds: u64,
     http_seconds: u64,
     aws_calls: u64,
+    ssh_conns: u64,
+    ssh_bytes: u64,
     evidence_events: u64,
 ) -> anyhow::Result<()> {
     if !util::is_root() {
@@ -79,6 +83,13 @@ pub fn bench(
     if aws_calls > 0 && aws.is_none() {
         println!("(no AWS figures: moto is not in target/venv; run `cargo xtask setup`)");
     }
+    let sshd = match ssh_conns {
+        0 => None,
+        _ => nhi_tests::ssh::Sshd::bin().map(|_| nhi_tests::ssh::Sshd::start()),
+    };
+    if ssh_conns > 0 && sshd.is_none() {
+        println!("(no SSH figures: sshd is not installed; run `cargo xtask setup`)");
+    }
     let pins = PathBuf::from("/sys/fs/bpf").join(&base);
     let journal = work.path().join("journal.db");
     let config = |fsync_each: bool| {
@@ -92,6 +103,7 @@ pub fn bench(
             pg_port: pg.port,
             http_port: nginx.port,
             aws: aws.as_ref().map(|a| a.config()),
+            ssh: sshd.as_ref().map(crate::bench_ssh::config),
             fsync_each,
         }
         .render()
@@ -196,6 +208,21 @@ pub fn bench(
         .run()?;
     }
 
+    if let Some(sshd) = &sshd {
+        crate::bench_ssh::SshBench {
+            sshd,
+            agent_bin: &agent_bin,
+            config: &config_group,
+            work: work.path(),
+            direct_cg: &direct_cg,
+            agent_cg: &agent_cg,
+            runs,
+            conns: ssh_conns,
+            bytes: ssh_bytes,
+        }
+        .run()?;
+    }
+
     if pg_seconds > 0 {
         let bench = PgBench {
             pg: &pg,
@@ -273,6 +300,8 @@ struct BenchConfig<'a> {
     http_port: u16,
     /// The AWS target and its policy (`bench_aws`), when moto runs.
     aws: Option<String>,
+    /// The SSH target and its policy (`bench_ssh`), when sshd runs.
+    ssh: Option<String>,
     fsync_each: bool,
 }
 
@@ -389,7 +418,7 @@ target = "http-api"
 columns = ["email"]
 detectors = ["email", "credit_card"]
 strategy = "redact"
-{aws}"#,
+{aws}{ssh}"#,
             journal = self.journal.display(),
             listen_port = self.listen_port,
             pins = self.pins.display(),
@@ -402,6 +431,7 @@ strategy = "redact"
             pg_port = self.pg_port,
             http_port = self.http_port,
             aws = self.aws.as_deref().unwrap_or(""),
+            ssh = self.ssh.as_deref().unwrap_or(""),
         )
     }
 }
@@ -933,6 +963,7 @@ mod tests {
                 pg_port: 5433,
                 http_port: 8088,
                 aws: None,
+                ssh: None,
                 fsync_each,
             }
             .render()
@@ -960,9 +991,13 @@ mod tests {
             pg_port: 5433,
             http_port: 8088,
             aws: Some(aws.to_string()),
+            ssh: Some("\n[[target]]\nname = \"ssh\"\n".into()),
             fsync_each: false,
         }
         .render();
-        assert!(with_aws.ends_with(aws), "{with_aws}");
+        assert!(
+            with_aws.ends_with(&format!("{aws}\n[[target]]\nname = \"ssh\"\n")),
+            "{with_aws}"
+        );
     }
 }

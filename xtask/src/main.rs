@@ -17,6 +17,7 @@ mod bench;
 mod bench_aws;
 mod bench_evidence;
 mod bench_http;
+mod bench_ssh;
 mod demo;
 mod fuzz;
 mod run;
@@ -91,6 +92,13 @@ enum Cmd {
         /// skips the AWS figures).
         #[arg(long, default_value_t = 300)]
         aws_calls: u64,
+        /// `ssh host true` connections per SSH run, directly and through the agent (0
+        /// skips the SSH figures).
+        #[arg(long, default_value_t = 50)]
+        ssh_conns: u64,
+        /// Bytes of the SSH bulk upload (scp).
+        #[arg(long, default_value_t = 256 << 20)]
+        ssh_bytes: u64,
         /// Statement events for the journal ingest / verify / search figures (0 skips them).
         #[arg(long, default_value_t = 1_000_000)]
         evidence_events: u64,
@@ -142,6 +150,8 @@ fn main() -> anyhow::Result<()> {
             pg_seconds,
             http_seconds,
             aws_calls,
+            ssh_conns,
+            ssh_bytes,
             evidence_events,
             only_evidence,
         } => {
@@ -159,6 +169,8 @@ fn main() -> anyhow::Result<()> {
                     pg_seconds,
                     http_seconds,
                     aws_calls,
+                    ssh_conns,
+                    ssh_bytes,
                     evidence_events,
                 )
             }

@@ -1057,3 +1057,73 @@ fn the_aws_example_is_valid() {
     );
     assert!(c.workloads[0].aws_role_arn.is_some());
 }
+
+#[test]
+fn the_ssh_example_is_valid() {
+    let c = ok(include_str!("../../../policies/ssh.toml"));
+    let ssh: Vec<&SshTarget> = c.targets.iter().filter_map(|t| t.ssh.as_ref()).collect();
+    assert_eq!(ssh.len(), 2);
+    assert_eq!(ssh[0].user.as_deref(), Some("deploy"));
+    assert!(matches!(ssh[0].host_key, HostKeyCheck::KnownHosts(_)));
+    assert_eq!(ssh[0].host_names, ["web1.internal", "web2.internal"]);
+    assert!(ssh[0].mask_output);
+    assert!(matches!(&ssh[1].key, CredentialRef::Systemd(n) if n == "bastion-key"));
+    assert!(matches!(&ssh[1].host_key, HostKeyCheck::Fingerprint(f) if f.starts_with("SHA256:")));
+}
+
+#[test]
+fn ssh_target_keys_are_validated() {
+    let config = |keys: &str| {
+        format!(
+            "[agent]\nmode = \"enforce\"\njournal = \"/j.db\"\n\n[[target]]\nname = \"h\"\naddress = \"127.0.0.1:22\"\n{keys}\n"
+        )
+    };
+    let fp = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
+    ok(&config(&format!(
+        "protocol = \"ssh\"\nkey_file = \"/k\"\nhost_key = \"{fp}\""
+    )));
+    for (keys, value, expected) in [
+        (
+            format!("protocol = \"ssh\"\nhost_key = \"{fp}\""),
+            "\"h\"",
+            "needs the key the agent logs into the host with",
+        ),
+        (
+            "protocol = \"ssh\"\nkey_file = \"/k\"".to_owned(),
+            "\"h\"",
+            "never trusts a host key on first use",
+        ),
+        (
+            format!(
+                "protocol = \"ssh\"\nkey_file = \"/k\"\nhost_key = \"{fp}\"\nknown_hosts = \"/kh\""
+            ),
+            format!("\"{fp}\"").leak(),
+            "either `known_hosts` or `host_key`",
+        ),
+        (
+            "protocol = \"ssh\"\nkey_file = \"/k\"\nhost_key = \"ab:cd\"".to_owned(),
+            "\"ab:cd\"",
+            "SHA256 fingerprint",
+        ),
+        (
+            "protocol = \"ssh\"\nkey_file = \"k\"\nhost_key = \"x\"".to_owned(),
+            "\"k\"",
+            "absolute",
+        ),
+        (
+            "protocol = \"tcp\"\nkey_file = \"/k\"".to_owned(),
+            "\"/k\"",
+            "only applies to protocol = \"ssh\"",
+        ),
+        (
+            format!(
+                "protocol = \"ssh\"\nkey_file = \"/k\"\nhost_key = \"{fp}\"\ntls = \"require\""
+            ),
+            "\"require\"",
+            "only applies to",
+        ),
+    ] {
+        let text = config(&keys);
+        assert_error_at(&err(&text), &text, value, 0, expected);
+    }
+}

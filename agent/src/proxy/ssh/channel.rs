@@ -364,14 +364,33 @@ struct Stats {
     truncated: bool,
     /// The channel runs the sftp subsystem (its data is not recorded as text).
     sftp: bool,
+    /// A tunnel (direct-tcpip): bytes are counted, not recorded.
+    raw: bool,
+    /// The channel has a terminal: stdin is not recorded (what the terminal echoes is,
+    /// in stdout; what it does not echo, a password typed at a prompt, must not be).
+    pty: bool,
     reason: Option<String>,
 }
 
 /// Runs one session channel: opens its twin on the host, answers the bot's open, then
 /// relays until both ends closed; journals the end.
+/// The channel to open on the host for a channel of the bot.
+pub enum Twin {
+    Session,
+    /// A tunnel the policy allowed: the host connects to `host:port`.
+    DirectTcpip {
+        host: String,
+        port: u32,
+        originator: String,
+        originator_port: u32,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     shared: Arc<Shared>,
     host: Arc<russh::client::Handle<super::upstream::HostHandler>>,
+    twin: Twin,
     client: Channel<Msg>,
     reply: server::ChannelOpenHandle,
     rx: mpsc::UnboundedReceiver<FromClient>,
@@ -379,14 +398,30 @@ pub async fn run(
     server: server::Handle,
 ) {
     let number = client.id().number();
-    let upstream = match host.channel_open_session().await {
+    let (kind_name, raw) = match &twin {
+        Twin::Session => ("session", false),
+        Twin::DirectTcpip { .. } => ("direct-tcpip", true),
+    };
+    let opened = match twin {
+        Twin::Session => host.channel_open_session().await,
+        Twin::DirectTcpip {
+            host: to,
+            port,
+            originator,
+            originator_port,
+        } => {
+            host.channel_open_direct_tcpip(to, port, originator, originator_port)
+                .await
+        }
+    };
+    let upstream = match opened {
         Ok(c) => c,
         Err(e) => {
             reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
             let event = SshChannel {
                 channel: number,
                 event: "close".into(),
-                kind: "session".into(),
+                kind: kind_name.into(),
                 reason: Some(format!("the host refused the channel: {e}")),
                 ..SshChannel::default()
             };
@@ -399,7 +434,10 @@ pub async fn run(
     let (client_read, client_write) = client.split();
     // Client messages arrive through the handler, in order (see `FromClient`).
     drop(client_read);
-    let stats = Arc::new(Mutex::new(Stats::default()));
+    let stats = Arc::new(Mutex::new(Stats {
+        raw,
+        ..Stats::default()
+    }));
     let (to_client, to_client_rx) = mpsc::unbounded_channel();
     let client_id = client_write.id();
     // russh forgets a channel once *we* closed it, so the peer's answering close never
@@ -437,7 +475,7 @@ pub async fn run(
     let event = SshChannel {
         channel: number,
         event: "close".into(),
-        kind: "session".into(),
+        kind: kind_name.into(),
         exit_status: stats.exit_status,
         exit_signal: stats.exit_signal,
         bytes_in: Some(stats.bytes_in),
@@ -485,6 +523,7 @@ async fn client_to_host(
                 pix_height,
                 modes,
             } => {
+                stats.lock().unwrap_or_else(|p| p.into_inner()).pty = true;
                 host.request_pty(false, &term, cols, rows, pix_width, pix_height, &modes)
                     .await
             }
@@ -547,6 +586,10 @@ async fn client_to_host(
                         }
                     }
                     Start::Refused { message } => {
+                        // What the bot reads is part of the transcript.
+                        if record_data(shared, channel, "stderr", message.as_bytes()).is_err() {
+                            break;
+                        }
                         {
                             let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
                             s.exit_status = Some(REFUSED_STATUS);
@@ -560,10 +603,10 @@ async fn client_to_host(
                 }
             }
             FromClient::Data { data, ext, permit } => {
-                let sftp = {
+                let (sftp, raw) = {
                     let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
                     s.bytes_in += data.len() as u64;
-                    s.sftp
+                    (s.sftp, s.raw || s.pty)
                 };
                 if sftp && ext.is_none() {
                     let outgoing = match super::sftp::from_client(
@@ -599,10 +642,14 @@ async fn client_to_host(
                     }
                     continue;
                 }
-                match record_data(shared, channel, "stdin", &data) {
-                    Ok(true) => {}
-                    Ok(false) => stats.lock().unwrap_or_else(|p| p.into_inner()).truncated = true,
-                    Err(_) => break,
+                if !raw {
+                    match record_data(shared, channel, "stdin", &data) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            stats.lock().unwrap_or_else(|p| p.into_inner()).truncated = true
+                        }
+                        Err(_) => break,
+                    }
                 }
                 let sent = match ext {
                     None => host.data_bytes(data).await,
@@ -728,7 +775,7 @@ async fn forward_output(
     let sftp = {
         let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
         s.bytes_out += data.len() as u64;
-        s.sftp
+        s.sftp || s.raw
     };
     let stream = if ext == Some(1) { "stderr" } else { "stdout" };
     let data = if sftp {

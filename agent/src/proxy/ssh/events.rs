@@ -38,7 +38,9 @@ pub struct SshLogin {
     /// The host's key as verified (fingerprint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_key: Option<String>,
-    /// "ok" or "failed".
+    /// "ok"; "failed" (the host refused, its key did not verify, it could not be
+    /// reached); "refused" (the agent refused the session: disk budget, connection
+    /// limit).
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

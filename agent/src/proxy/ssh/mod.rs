@@ -495,10 +495,14 @@ impl SshServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .action(verdict, rule.as_deref());
-        // Forwarding is never held (there is no request to hold but a tunnel); an
-        // allowed one still needs relaying support, see `channel_open_direct_tcpip`.
-        let allowed =
-            matches!(action, crate::session::gate::Action::Forward) && verdict == Verdict::Allow;
+        // Forwarding is never held (a tunnel is opened or refused at once: `approve`
+        // refuses it). Only direct-tcpip is relayed; the other kinds are refused even
+        // when a rule allows them, and the journal says why.
+        let allowed = matches!(
+            action,
+            crate::session::gate::Action::Forward | crate::session::gate::Action::PassOnStanding(_)
+        );
+        let supported = kind == SshKind::DirectTcpip;
         let event = SshChannel {
             channel: channel.map(channel_number).unwrap_or(u32::MAX),
             event: "request".into(),
@@ -507,16 +511,29 @@ impl SshServer {
             seq: Some(self.shared.next_seq()),
             verdict: Some(verdict.as_str().into()),
             rule: rule.clone(),
-            action: Some(if allowed { "forwarded" } else { "refused" }.into()),
+            action: Some(
+                if allowed && supported {
+                    "forwarded"
+                } else {
+                    "refused"
+                }
+                .into(),
+            ),
+            reason: (allowed && !supported).then(|| {
+                format!(
+                    "allowed by policy, but the agent does not relay {} yet",
+                    kind.as_str()
+                )
+            }),
             ..SshChannel::default()
         };
         self.shared
             .record(&[Event::of(self.shared.id, kind::CHANNEL, &event)])
             .map_err(SshServerError::Journal)?;
-        if !allowed {
+        if !(allowed && supported) {
             info!(session = self.shared.id, request = kind.as_str(), rule = ?rule, "SSH forwarding refused");
         }
-        Ok(allowed)
+        Ok(allowed && supported)
     }
 }
 
@@ -618,6 +635,7 @@ impl server::Handler for SshServer {
         tokio::spawn(channel::run(
             self.shared.clone(),
             upstream,
+            channel::Twin::Session,
             channel,
             reply,
             rx,
@@ -629,28 +647,52 @@ impl server::Handler for SshServer {
 
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         host_to_connect: &str,
         port_to_connect: u32,
-        _originator_address: &str,
-        _originator_port: u32,
+        originator_address: &str,
+        originator_port: u32,
         reply: server::ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         let allowed = self.forwarding(
-            None,
+            Some(channel.id()),
             SshKind::DirectTcpip,
             format!("{host_to_connect}:{port_to_connect}"),
         )?;
-        if allowed {
-            warn!(
-                session = self.shared.id,
-                "direct-tcpip is allowed by policy but not relayed by this agent version; refusing"
-            );
-        }
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
+        let Some(upstream) = self.upstream.clone().filter(|_| allowed) else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        // The host makes the connection (as `ssh -L` without the agent would); the
+        // bytes are counted, not recorded.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let flow = Arc::new(channel::Flow::new());
+        self.channels.insert(
+            channel.id(),
+            channel::Link {
+                tx,
+                flow: flow.clone(),
+                pty: false,
+            },
+        );
+        tokio::spawn(channel::run(
+            self.shared.clone(),
+            upstream,
+            channel::Twin::DirectTcpip {
+                host: host_to_connect.to_owned(),
+                port: port_to_connect,
+                originator: originator_address.to_owned(),
+                originator_port,
+            },
+            channel,
+            reply,
+            rx,
+            flow,
+            session.handle(),
+        ));
         Ok(())
     }
 
