@@ -823,7 +823,8 @@ fn printed_secrets_are_masked_terminals_and_sftp_follow_policy() {
     }
     // pty = false: terminals are refused (OpenSSH's client gives up when a terminal
     // it was told to get (-t) is refused).
-    let agent = agent_for(&sshd, &cg, None, "pty = false\n");
+    // (And ssh_user: the agent logs in as the policy's user, whoever the bot asked for.)
+    let agent = agent_for(&sshd, &cg, None, "pty = false\nssh_user = \"nobody\"\n");
     let client = bot_client(&agent);
     let out = client
         .ssh(cg.command("ssh"), sshd.port, &["-tt"], "true")
@@ -842,4 +843,12 @@ fn printed_secrets_are_masked_terminals_and_sftp_follow_policy() {
     let pty = channels.iter().find(|c| c["kind"] == "pty").unwrap();
     assert_eq!(pty["action"], "refused", "{pty}");
     assert_eq!(pty["rule"], "pty = false", "{pty}");
+    let logins = events_when(&agent, "ssh_login", |e| !e.is_empty());
+    assert_eq!(logins[0]["user"], "root", "{logins:?}");
+    assert_eq!(logins[0]["upstream_user"], "nobody", "{logins:?}");
+    assert!(
+        sshd.log_text().contains("Accepted publickey for nobody"),
+        "{}",
+        sshd.log_text()
+    );
 }

@@ -39,6 +39,7 @@ pub const TARGETS: &[&str] = &[
     "journal",
     "http_request",
     "aws_request",
+    "ssh",
 ];
 
 /// An input taking longer than this (seconds) is reported as a hang.
@@ -412,10 +413,112 @@ fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
                     put(&name, &bytes)?;
                 }
             }
+            "ssh" => {
+                for (name, bytes) in ssh_seeds() {
+                    put(&name, &bytes)?;
+                }
+            }
             other => bail!("no seeds for fuzz target {other}"),
         }
     }
     Ok(())
+}
+
+/// Seeds of the `ssh` target (fuzz/fuzz_targets/ssh.rs: a control byte, bits 6-7 the
+/// mode): an SFTP session's client and server packets, a known_hosts file with every
+/// line form, command lines.
+fn ssh_seeds() -> Vec<(String, Vec<u8>)> {
+    fn packet(kind: u8, fields: &[&[u8]]) -> Vec<u8> {
+        let body: Vec<u8> = std::iter::once(kind)
+            .chain(fields.iter().flat_map(|f| f.iter().copied()))
+            .collect();
+        [(body.len() as u32).to_be_bytes().as_slice(), &body].concat()
+    }
+    fn string(s: &[u8]) -> Vec<u8> {
+        [(s.len() as u32).to_be_bytes().as_slice(), s].concat()
+    }
+    let id = |n: u32| n.to_be_bytes().to_vec();
+    let client = [
+        packet(1, &[&3u32.to_be_bytes()]),
+        packet(
+            3,
+            &[
+                &id(1),
+                &string(b"/srv/up.bin"),
+                &0x1au32.to_be_bytes(),
+                &0u32.to_be_bytes(),
+            ],
+        ),
+        packet(
+            6,
+            &[
+                &id(2),
+                &string(b"h1"),
+                &0u64.to_be_bytes(),
+                &string(&[7u8; 64]),
+            ],
+        ),
+        packet(4, &[&id(3), &string(b"h1")]),
+        packet(18, &[&id(4), &string(b"/a"), &string(b"/b")]),
+        packet(
+            200,
+            &[
+                &id(5),
+                &string(b"posix-rename@openssh.com"),
+                &string(b"/a"),
+                &string(b"/b"),
+            ],
+        ),
+        packet(13, &[&id(6), &string(b"/tmp/x")]),
+    ]
+    .concat();
+    let server = [
+        packet(2, &[&3u32.to_be_bytes()]),
+        packet(102, &[&id(1), &string(b"h1")]),
+        packet(
+            101,
+            &[&id(2), &0u32.to_be_bytes(), &string(b"ok"), &string(b"en")],
+        ),
+        packet(103, &[&id(7), &string(&[1u8; 100])]),
+        packet(104, &[&id(8), &1u32.to_be_bytes()]),
+    ]
+    .concat();
+    let known_hosts = "# comment
+[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl
+                       *.internal,!bad.internal ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl
+                       |1|c2FsdHNhbHRzYWx0c2FsdHNhbHQ=|aGFzaGhhc2hoYXNoaGFzaGhhc2g= ssh-rsa AAAAB3NzaC1yc2E=
+                       @cert-authority * ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl
+                       @revoked * ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl
+";
+    let mut seeds = vec![
+        ("sftp-client".to_owned(), [&[0x00u8][..], &client].concat()),
+        (
+            "sftp-client-7".to_owned(),
+            [&[0x07u8][..], &client].concat(),
+        ),
+        ("sftp-server".to_owned(), [&[0x40u8][..], &server].concat()),
+        (
+            "known-hosts".to_owned(),
+            [&[0x80u8][..], known_hosts.as_bytes()].concat(),
+        ),
+    ];
+    for (i, command) in [
+        "uname -a",
+        "cd /srv && rm -rf build",
+        "echo 'rm -rf /' ; /bin/rm  -rf /",
+        "sudo systemctl restart nginx",
+        "dd if=/dev/zero of=/dev/sda bs=1M",
+        "sh -c \"systemctl stop x\" | tee `date` & (true)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        seeds.push((
+            format!("command-{i}"),
+            [&[0xc0u8][..], command.as_bytes()].concat(),
+        ));
+    }
+    seeds
 }
 
 /// A signature of the right form (64 lowercase hex digits) that nothing verifies.

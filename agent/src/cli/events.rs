@@ -37,8 +37,8 @@ pub struct EventsArgs {
 #[derive(Debug, Clone, Default, Args)]
 pub struct EventSelectArgs {
     /// Only events of this kind (statement, statement_end, http_request, http_response,
-    /// aws_call, approval, chunk, session_start, session_end, pg_startup, exec, exit,
-    /// ...). Repeatable.
+    /// aws_call, ssh_exec, ssh_channel, ssh_data, sftp_op, ssh_login, approval, chunk,
+    /// session_start, session_end, pg_startup, exec, exit, ...). Repeatable.
     #[arg(long = "kind", value_name = "K")]
     pub kinds: Vec<String>,
 

@@ -3,8 +3,8 @@
 //! Session-level conditions (workload, target, protocol) are matched on the merged
 //! session rows; request-level conditions (verdict, text, regex) on each protocol's
 //! request events (`cli::views::request_events`: PostgreSQL's `statement`, HTTP's
-//! `http_request`, AWS's `aws_call`), which all carry the judgement's members. For PostgreSQL
-//! (see `proxy/postgres/flow.rs`):
+//! `http_request`, AWS's `aws_call`, SSH's `ssh_exec`), which all carry the judgement's
+//! members. For PostgreSQL (see `proxy/postgres/flow.rs`):
 //! `{"seq", "text", "verdict": "allow"|"approve"|"deny", "action":
 //! "forwarded"|"refused"|"held", "enforced", "rule", ...}` followed by a `statement_end`
 //! with the same `seq` whose `masked` lists the masked columns. The verdict classes are:
@@ -99,7 +99,7 @@ pub struct FilterArgs {
     #[arg(long, value_enum, value_name = "V")]
     pub verdict: Option<VerdictClass>,
 
-    /// Only sessions of this protocol (tcp, postgres, http, aws).
+    /// Only sessions of this protocol (tcp, postgres, http, aws, aws-imds, ssh).
     #[arg(long, value_name = "P")]
     pub protocol: Option<String>,
 

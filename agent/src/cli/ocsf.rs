@@ -231,11 +231,8 @@ impl Datastore {
             .as_ref()
             .and_then(|a| a.get("decision"))
             .and_then(Value::as_str);
-        let Outcome {
-            action: (action_id, action_name),
-            disposition: (disposition_id, disposition),
-            severity: (severity_id, severity),
-        } = outcome(action, verdict, enforced, decision);
+        let judged = outcome(action, verdict, enforced, decision);
+        let (severity_id, severity) = judged.severity;
         let error = end_data.get("error");
         let (status_id, status) = match (end, error) {
             (None, _) => (0, "Unknown"),
@@ -279,19 +276,10 @@ impl Datastore {
         if let Some(a) = &p.approval {
             unmapped.insert("approval".into(), a.clone());
         }
-        let fields = [
-            ("message", json!(message)),
-            ("status_id", json!(status_id)),
-            ("status", json!(status)),
-            ("action_id", json!(action_id)),
-            ("action", json!(action_name)),
-            ("disposition_id", json!(disposition_id)),
-            ("disposition", json!(disposition)),
-            ("metadata", metadata(&p.journal_id, &p.statement, session)),
-            ("actor", actor(session)),
-            ("src_endpoint", endpoint(session.row.identity.client_addr)),
-            ("dst_endpoint", dst_endpoint(session)),
-            (
+        let fields = request_members(message, (status_id, status), &judged, Some((p.journal_id.as_str(), &p.statement)), session)
+            .into_iter()
+            .chain([
+(
                 "database",
                 json!({ "name": database, "type_id": 1, "type": "Relational" }),
             ),
@@ -302,7 +290,7 @@ impl Datastore {
             ("type_id", json!(1)),
             ("type", json!("Database")),
             ("unmapped", Value::Object(unmapped)),
-        ];
+        ]);
         event.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
         if let Some(e) = error {
             event.insert(
@@ -411,6 +399,36 @@ pub(crate) fn base(
         m.insert(k.to_string(), v);
     }
     m
+}
+
+/// The members every judged request's OCSF event carries: the message, its status,
+/// the policy's action and disposition, metadata naming the event, the actor and both
+/// endpoints (the protocol's own members follow them).
+pub(crate) fn request_members(
+    message: String,
+    status: (u64, &str),
+    outcome: &Outcome,
+    event: Option<(&str, &EventRow)>,
+    session: &SetSession,
+) -> [(&'static str, Value); 11] {
+    [
+        ("message", json!(message)),
+        ("status_id", json!(status.0)),
+        ("status", json!(status.1)),
+        ("action_id", json!(outcome.action.0)),
+        ("action", json!(outcome.action.1)),
+        ("disposition_id", json!(outcome.disposition.0)),
+        ("disposition", json!(outcome.disposition.1)),
+        (
+            "metadata",
+            event.map_or(Value::Null, |(journal, row)| {
+                metadata(journal, row, session)
+            }),
+        ),
+        ("actor", actor(session)),
+        ("src_endpoint", endpoint(session.row.identity.client_addr)),
+        ("dst_endpoint", dst_endpoint(session)),
+    ]
 }
 
 pub(crate) fn metadata(journal_id: &str, event: &EventRow, session: &SetSession) -> Value {

@@ -22,9 +22,7 @@ use serde_json::{json, Map, Value};
 
 use super::http::{Http, HttpActivity};
 use super::{OcsfRequests, ProtocolView, Replay, RequestEvents};
-use crate::cli::ocsf::{
-    actor, base, context_unmapped, dst_endpoint, endpoint, metadata, ms, outcome, Outcome,
-};
+use crate::cli::ocsf::{base, context_unmapped, ms, outcome, request_members};
 use crate::cli::replay::{format_offset_us, us_since_epoch};
 use crate::cli::select::Selected;
 use crate::cli::sessions::sanitize;
@@ -443,7 +441,6 @@ fn operation_activity(operation: &str) -> (u64, &'static str) {
 /// One API Activity: a call from its request, its `aws_call` record and its approval;
 /// without the record, from the request and its response.
 fn api_activity(p: &Pending, record: Option<&EventRow>) -> Value {
-    let null = Value::Null;
     let call = record.and_then(|r| r.data.as_ref()).and_then(read_call);
     let request_data = p.request.as_ref().and_then(|r| r.data.as_ref());
     let request = request_data.and_then(HttpRequest::read);
@@ -488,11 +485,8 @@ fn api_activity(p: &Pending, record: Option<&EventRow>) -> Value {
         .as_ref()
         .and_then(|a| a.get("decision"))
         .and_then(Value::as_str);
-    let Outcome {
-        action: (action_id, action_name),
-        disposition: (disposition_id, disposition),
-        severity: (severity_id, severity),
-    } = outcome(action, verdict, enforced, decision);
+    let judged = outcome(action, verdict, enforced, decision);
+    let (severity_id, severity) = judged.severity;
     let status = call
         .as_ref()
         .map(|c| c.status)
@@ -599,28 +593,21 @@ fn api_activity(p: &Pending, record: Option<&EventRow>) -> Value {
             Value::Object(m)
         })
         .collect();
-    for (k, v) in [
-        ("message", json!(message)),
-        ("status_id", json!(status_id)),
-        ("status", json!(status_name)),
-        ("action_id", json!(action_id)),
-        ("action", json!(action_name)),
-        ("disposition_id", json!(disposition_id)),
-        ("disposition", json!(disposition)),
-        (
-            "metadata",
-            match record.or(p.request.as_ref()) {
-                Some(row) => metadata(&p.journal_id, row, session),
-                None => null.clone(),
-            },
-        ),
-        ("actor", actor(session)),
-        ("src_endpoint", endpoint(session.row.identity.client_addr)),
-        ("dst_endpoint", dst_endpoint(session)),
+    for (k, v) in request_members(
+        message,
+        (status_id, status_name),
+        &judged,
+        record
+            .or(p.request.as_ref())
+            .map(|row| (p.journal_id.as_str(), row)),
+        session,
+    )
+    .into_iter()
+    .chain([
         ("api", api),
         ("cloud", json!({ "provider": "AWS", "region": head.region })),
         ("unmapped", Value::Object(unmapped)),
-    ] {
+    ]) {
         event.insert(k.into(), v);
     }
     if !resources.is_empty() {

@@ -8,9 +8,7 @@ use serde_json::{json, Value};
 
 use super::opaque::Timeline;
 use super::{OcsfRequests, ProtocolView, Replay, RequestEvents};
-use crate::cli::ocsf::{
-    actor, base, context_unmapped, dst_endpoint, endpoint, metadata, ms, outcome, Outcome,
-};
+use crate::cli::ocsf::{base, context_unmapped, ms, outcome, request_members};
 use crate::cli::replay::{format_offset_us, us_since_epoch};
 use crate::cli::select::Selected;
 use crate::cli::sessions::sanitize;
@@ -410,11 +408,8 @@ fn activity(p: &Pending, response: Option<&EventRow>, end: Option<&EventRow>) ->
         .and_then(|a| a.get("decision"))
         .and_then(Value::as_str);
     let action = request.action.as_ref();
-    let Outcome {
-        action: (action_id, action_name),
-        disposition: (disposition_id, disposition),
-        severity: (severity_id, severity),
-    } = outcome(action, &request.verdict, request.enforced, decision);
+    let judged = outcome(action, &request.verdict, request.enforced, decision);
+    let (severity_id, severity) = judged.severity;
     let (status_id, status) = match &answer {
         None => (0, "Unknown"),
         Some(a) if a.status >= 400 || a.error.is_some() => (2, "Failure"),
@@ -464,21 +459,18 @@ fn activity(p: &Pending, response: Option<&EventRow>, end: Option<&EventRow>) ->
     if let Some(n) = request.content_length {
         http_request["length"] = json!(n);
     }
-    for (k, v) in [
-        ("message", json!(message)),
-        ("status_id", json!(status_id)),
-        ("status", json!(status)),
-        ("action_id", json!(action_id)),
-        ("action", json!(action_name)),
-        ("disposition_id", json!(disposition_id)),
-        ("disposition", json!(disposition)),
-        ("metadata", metadata(&p.journal_id, &p.request, session)),
-        ("actor", actor(session)),
-        ("src_endpoint", endpoint(session.row.identity.client_addr)),
-        ("dst_endpoint", dst_endpoint(session)),
+    for (k, v) in request_members(
+        message,
+        (status_id, status),
+        &judged,
+        Some((p.journal_id.as_str(), &p.request)),
+        session,
+    )
+    .into_iter()
+    .chain([
         ("http_request", http_request),
         ("unmapped", Value::Object(unmapped)),
-    ] {
+    ]) {
         event.insert(k.into(), v);
     }
     if let (Some(answer), Some(row)) = (&answer, response) {

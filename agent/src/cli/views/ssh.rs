@@ -33,9 +33,7 @@ use serde_json::{json, Map, Value};
 
 use super::opaque::Timeline;
 use super::{OcsfRequests, ProtocolView, Replay, RequestEvents};
-use crate::cli::ocsf::{
-    actor, base, context_unmapped, dst_endpoint, endpoint, metadata, ms, outcome, Outcome,
-};
+use crate::cli::ocsf::{base, context_unmapped, ms, outcome, request_members};
 use crate::cli::replay::{format_offset_us, us_since_epoch};
 use crate::cli::select::Selected;
 use crate::cli::sessions::sanitize;
@@ -794,16 +792,13 @@ impl SshActivity {
             .as_ref()
             .and_then(|a| a.get("decision"))
             .and_then(Value::as_str);
-        let Outcome {
-            action: (action_id, action_name),
-            disposition: (disposition_id, disposition),
-            severity: (severity_id, severity),
-        } = outcome(
+        let judged = outcome(
             &request.action,
             &request.verdict,
             request.enforced,
             decision,
         );
+        let (severity_id, severity) = judged.severity;
         let (status_id, status) = match &end {
             None => (0, "Unknown"),
             Some(c) if c.exit_signal.is_some() => (2, "Failure"),
@@ -894,18 +889,15 @@ impl SshActivity {
         if let Some(a) = &p.approval {
             unmapped.insert("approval".into(), a.clone());
         }
-        for (k, v) in [
-            ("message", json!(message)),
-            ("status_id", json!(status_id)),
-            ("status", json!(status)),
-            ("action_id", json!(action_id)),
-            ("action", json!(action_name)),
-            ("disposition_id", json!(disposition_id)),
-            ("disposition", json!(disposition)),
-            ("metadata", metadata(&p.journal_id, &p.request, session)),
-            ("actor", actor(session)),
-            ("src_endpoint", endpoint(session.row.identity.client_addr)),
-            ("dst_endpoint", dst_endpoint(session)),
+        for (k, v) in request_members(
+            message,
+            (status_id, status),
+            &judged,
+            Some((p.journal_id.as_str(), &p.request)),
+            session,
+        )
+        .into_iter()
+        .chain([
             (
                 "connection_info",
                 json!({
@@ -916,7 +908,7 @@ impl SshActivity {
                 }),
             ),
             ("protocol_ver", json!("2.0")),
-        ] {
+        ]) {
             event.insert(k.into(), v);
         }
         if let Some(l) = login {

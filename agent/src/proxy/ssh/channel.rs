@@ -733,7 +733,7 @@ async fn host_to_agent(
                 ..
             } => {
                 stats.lock().unwrap_or_else(|p| p.into_inner()).exit_signal =
-                    Some(format!("{signal_name:?}"));
+                    Some(super::signal_name(&signal_name));
                 let _ = to_client.send(ToClient::ExitSignal {
                     signal: signal_name,
                     core_dumped,

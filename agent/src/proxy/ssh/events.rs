@@ -70,6 +70,8 @@ pub struct SshExec {
 /// Kind [`kind::CHANNEL`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SshChannel {
+    /// The channel's number; 4294967295 for a request of no channel (`tcpip-forward`,
+    /// `streamlocal`, a refused channel open).
     pub channel: u32,
     /// "open", "request", "close".
     pub event: String,

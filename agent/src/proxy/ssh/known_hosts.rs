@@ -260,18 +260,34 @@ fn hashed_matches(hashed: &str, name: &str) -> bool {
     mac.verify_slice(&hash).is_ok()
 }
 
-/// `*` and `?` wildcards, case-insensitive (host names).
+/// `*` and `?` wildcards, case-insensitive (host names). Iterative, backtracking only
+/// to the last `*`: time grows with the product of the lengths, never exponentially
+/// (a pattern of many `*` from a hostile file cannot stall the login).
 fn wildcard(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => go(&p[1..], &n[1..]),
-            _ => false,
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(c) if *c == b'?' || c.eq_ignore_ascii_case(&n[ni]) => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    pi = sp + 1;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
         }
     }
-    go(pattern.as_bytes(), name.as_bytes())
+    p[pi..].iter().all(|c| *c == b'*')
 }
 
 /// How known_hosts names a host at `ip` and `port`.
@@ -359,6 +375,21 @@ mod tests {
             check_known_hosts(&text, "kh", &names(), &Presented::Key(host.public_key()), 0),
             Err(HostKeyError::Revoked { line: 2, .. })
         ));
+    }
+
+    #[test]
+    fn wildcards_match_without_blowing_up() {
+        assert!(wildcard("*.internal", "db.INTERNAL"));
+        assert!(wildcard("db?.internal", "db1.internal"));
+        assert!(!wildcard("db?.internal", "db.internal"));
+        assert!(wildcard("*", ""));
+        assert!(wildcard("a*b*c", "axxbyyc"));
+        assert!(!wildcard("a*b*c", "axxbyy"));
+        // A fuzzer's find: many stars against a long name took exponential time (the
+        // recursive matcher never finished this one).
+        let stars = "*".repeat(40) + "x";
+        assert!(!wildcard(&stars, &"a".repeat(200)));
+        assert!(wildcard(&stars, &("a".repeat(200) + "x")));
     }
 
     #[test]

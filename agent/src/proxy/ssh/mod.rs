@@ -537,6 +537,14 @@ impl SshServer {
     }
 }
 
+/// A signal as SSH names it (`TERM`, `INT`, or the name a peer sent).
+pub(crate) fn signal_name(signal: &Sig) -> String {
+    match signal {
+        Sig::Custom(name) => name.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// A channel id as the journal names it (the client's side of the agent's server).
 fn channel_number(id: ChannelId) -> u32 {
     id.number()
@@ -949,7 +957,7 @@ impl server::Handler for SshServer {
             channel,
             SshChannel {
                 kind: "signal".into(),
-                detail: Some(format!("{signal:?}")),
+                detail: Some(signal_name(&signal)),
                 action: Some("forwarded".into()),
                 ..SshChannel::default()
             },
