@@ -77,7 +77,8 @@ pub fn ssh_secret_detectors() -> DetectorSet {
 const RECORD_SUMMARY_BYTES: i64 = 64 * 1024;
 const RECORD_ROWS_BYTES: i64 = 16 * 1024 * 1024;
 
-/// How long a client has for its SSH handshake and authentication.
+/// How long a client has for its SSH handshake and authentication (a slow upstream
+/// login counts: the client is authenticated once the agent has tried the host).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What an SSH session needs from the accepting code.
@@ -113,6 +114,8 @@ pub(crate) struct Shared {
     record_budget: AtomicI64,
     /// Set (with the reason) when the journal refused: the session ends.
     failed: watch::Sender<Option<String>>,
+    /// The client has authenticated (the agent has tried the host).
+    authenticated: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -236,6 +239,7 @@ pub async fn serve(
         next_seq: AtomicU64::new(1),
         record_budget: AtomicI64::new(record_budget),
         failed,
+        authenticated: std::sync::atomic::AtomicBool::new(false),
     });
     let handler = SshServer {
         shared: shared.clone(),
@@ -281,7 +285,10 @@ pub async fn serve(
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(running, cap_sleep);
+    // A client that does not authenticate within the handshake timeout is let go (as
+    // sshd's LoginGraceTime does).
+    let login_grace = tokio::time::sleep(HANDSHAKE_TIMEOUT);
+    tokio::pin!(running, cap_sleep, login_grace);
     let disconnect = |why: String| {
         let handle = handle.clone();
         async move {
@@ -302,6 +309,12 @@ pub async fn serve(
                     other => CloseReason::Protocol(format!("SSH: {other}")),
                 },
             },
+            _ = &mut login_grace, if !shared.authenticated.load(Ordering::Relaxed) => {
+                let why = format!("the client did not authenticate within {HANDSHAKE_TIMEOUT:?}");
+                disconnect(format!("nhi-agent: {why}")).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+                break CloseReason::Protocol(why);
+            }
             _ = &mut cap_sleep => {
                 let why = format!(
                     "max_session_duration ({}) reached",
@@ -369,6 +382,7 @@ impl SshServer {
             return Ok(Auth::Accept);
         }
         self.logged_in = true;
+        self.shared.authenticated.store(true, Ordering::Relaxed);
         let target = &self.shared.target_rt;
         let upstream_user = self
             .shared
