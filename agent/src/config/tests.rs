@@ -326,7 +326,7 @@ fn semantic_errors_point_at_the_value() {
             "protocol = \"tcp\"",
             "protocol = \"mysql\"",
             "\"mysql\"",
-            "protocol \"mysql\" is not supported yet (supported: tcp, postgres, http, aws, aws-imds)",
+            "protocol \"mysql\" is not supported yet (supported: tcp, postgres, http, aws, aws-imds, ssh)",
         ),
         (
             "cgroup = \"system.slice/backup*.service\"",
