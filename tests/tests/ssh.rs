@@ -318,8 +318,8 @@ fn ssh_commands_are_judged_journaled_and_relayed() {
 }
 
 #[test]
-fn forwarding_is_refused_and_a_wrong_host_key_refuses_the_session() {
-    privileged!("forwarding_is_refused_and_a_wrong_host_key_refuses_the_session");
+fn forwarding_follows_policy_and_a_wrong_host_key_refuses_the_session() {
+    privileged!("forwarding_follows_policy_and_a_wrong_host_key_refuses_the_session");
     let sshd = Sshd::start();
     let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
     let echo_port = free_port();
@@ -399,7 +399,8 @@ fn forwarding_is_refused_and_a_wrong_host_key_refuses_the_session() {
             &sshd,
             &cg,
             None,
-            "[[policy.rule]]\nname = \"tunnels\"\nverdict = \"allow\"\nssh_requests = [\"direct-tcpip\"]\n",
+            "[[policy.rule]]\nname = \"tunnels\"\nverdict = \"allow\"\n\
+             ssh_requests = [\"direct-tcpip\", \"tcpip-forward\", \"agent\"]\n",
         );
         let client = bot_client(&agent);
         let mut w = client
@@ -442,6 +443,129 @@ fn forwarding_is_refused_and_a_wrong_host_key_refuses_the_session() {
             .unwrap_or_else(|| panic!("{channels:?}"));
         assert_eq!(close["bytes_in"], 21, "{close}");
         assert_eq!(close["bytes_out"], 21, "{close}");
+
+        // `ssh -R`: the host listens; a connection to it comes back through the agent
+        // to the bot, which connects to the echo server on its side.
+        let remote_port = free_port();
+        let mut remote = client
+            .ssh(
+                cg.command("ssh"),
+                sshd.port,
+                &[
+                    "-N",
+                    "-o",
+                    "ExitOnForwardFailure=yes",
+                    "-R",
+                    &format!("127.0.0.1:{remote_port}:127.0.0.1:{echo_port}"),
+                ],
+                "",
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", remote_port)).is_err() {
+            assert!(Instant::now() < deadline, "the host does not listen for -R");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (_, answer) = direct_echo(
+            format!("127.0.0.1:{remote_port}").parse().unwrap(),
+            b"back through the agent",
+        )
+        .unwrap();
+        assert_eq!(answer, b"back through the agent");
+        let _ = remote.kill();
+        let _ = remote.wait();
+        let channels = events_when(&agent, "ssh_channel", |e| {
+            e.iter().any(|c| {
+                c["kind"] == "forwarded-tcpip" && c["event"] == "close" && c["bytes_out"] == 22
+            })
+        });
+        let request = channels
+            .iter()
+            .find(|c| c["kind"] == "tcpip-forward")
+            .unwrap_or_else(|| panic!("{channels:?}"));
+        assert_eq!(request["action"], "forwarded", "{request}");
+        assert!(
+            channels.iter().any(|c| c["kind"] == "forwarded-tcpip"
+                && c["event"] == "close"
+                && c["bytes_in"] == 22
+                && c["bytes_out"] == 22),
+            "{channels:?}"
+        );
+
+        // `ssh -A`: a program on the host lists the keys of the bot's agent.
+        let agent_dir = tempfile::tempdir().unwrap();
+        let socket = agent_dir.path().join("agent.sock");
+        let mut ssh_agent = std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "ssh-agent did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let bot_key = agent_dir.path().join("bot_key");
+        nhi_tests::ssh::keygen(&bot_key);
+        let added = std::process::Command::new("ssh-add")
+            .arg(&bot_key)
+            .env("SSH_AUTH_SOCK", &socket)
+            .output()
+            .unwrap();
+        assert!(added.status.success(), "{}", text(&added));
+        // (Without the helper's IdentityAgent=none: OpenSSH forwards the agent it would
+        // use, and keeps the first value an option is given.)
+        let mut options = client.options();
+        let at = options
+            .iter()
+            .position(|o| o == "IdentityAgent=none")
+            .expect("the helper's option");
+        options.drain(at - 1..=at);
+        let listed = cg
+            .command("ssh")
+            .env("HOME", client.home.path())
+            .env("SSH_AUTH_SOCK", &socket)
+            .args(&options)
+            .args([
+                "-A",
+                "-p",
+                &sshd.port.to_string(),
+                "root@127.0.0.1",
+                "ssh-add -l",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let _ = ssh_agent.kill();
+        let _ = ssh_agent.wait();
+        let bot_fingerprint = nhi_tests::ssh::fingerprint(&bot_key.with_extension("pub"));
+        assert!(
+            String::from_utf8_lossy(&listed.stdout).contains(&bot_fingerprint),
+            "{}",
+            text(&listed)
+        );
+        let channels = events_when(&agent, "ssh_channel", |e| {
+            e.iter()
+                .any(|c| c["kind"] == "agent" && c["event"] == "close")
+        });
+        let request = channels
+            .iter()
+            .find(|c| c["kind"] == "agent" && c["event"] == "request")
+            .unwrap_or_else(|| panic!("{channels:?}"));
+        assert_eq!(request["action"], "forwarded", "{request}");
+        assert!(
+            channels.iter().any(|c| c["kind"] == "agent"
+                && c["event"] == "open"
+                && c["action"] == "forwarded"),
+            "{channels:?}"
+        );
         drop(agent);
     }
     // The host's key is not the pinned one: the session is refused with the reason.

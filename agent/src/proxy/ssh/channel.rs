@@ -153,6 +153,8 @@ pub enum FromClient {
         pix_height: u32,
     },
     Signal(Sig),
+    /// The bot's agent is forwarded (allowed): ask the host's twin channel for it.
+    AgentForward,
     Data {
         data: Bytes,
         ext: Option<u32>,
@@ -535,6 +537,7 @@ async fn client_to_host(
                 pix_height,
             } => host.window_change(cols, rows, pix_width, pix_height).await,
             FromClient::Signal(sig) => host.signal(sig).await,
+            FromClient::AgentForward => host.agent_forward(false).await,
             FromClient::Start(start) => {
                 let start = match start {
                     Start::Held {

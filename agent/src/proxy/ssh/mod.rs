@@ -24,6 +24,7 @@ pub mod ca;
 mod channel;
 pub mod events;
 pub mod known_hosts;
+mod reverse;
 pub mod runtime;
 mod sftp;
 mod upstream;
@@ -250,6 +251,8 @@ pub async fn serve(
         failure: ctx.refuse.clone(),
         logged_in: false,
         channels: HashMap::new(),
+        from_host: None,
+        reverse: Arc::new(reverse::Allowed::default()),
     };
     let stream = Counting {
         inner: client,
@@ -368,6 +371,10 @@ struct SshServer {
     failure: Option<String>,
     logged_in: bool,
     channels: HashMap<ChannelId, channel::Link>,
+    /// The channels the host opens towards the bot, until `auth_succeeded` serves them.
+    from_host: Option<mpsc::UnboundedReceiver<upstream::FromHost>>,
+    /// The remote forwards and agent forwarding the policy allowed.
+    reverse: Arc<reverse::Allowed>,
 }
 
 impl SshServer {
@@ -418,6 +425,7 @@ impl SshServer {
                     event.outcome = "ok".into();
                     event.host_key = Some(up.host_key.clone());
                     self.upstream = Some(Arc::new(up.handle));
+                    self.from_host = Some(up.from_host);
                 }
                 Err(e) => {
                     warn!(session = self.shared.id, error = %e, "cannot log into the SSH host");
@@ -510,13 +518,16 @@ impl SshServer {
             .unwrap_or_else(|p| p.into_inner())
             .action(verdict, rule.as_deref());
         // Forwarding is never held (a tunnel is opened or refused at once: `approve`
-        // refuses it). Only direct-tcpip is relayed; the other kinds are refused even
-        // when a rule allows them, and the journal says why.
+        // refuses it). direct-tcpip, tcpip-forward and agent are relayed; X11 and Unix
+        // sockets are refused even when a rule allows them, and the journal says why.
         let allowed = matches!(
             action,
             crate::session::gate::Action::Forward | crate::session::gate::Action::PassOnStanding(_)
         );
-        let supported = kind == SshKind::DirectTcpip;
+        let supported = matches!(
+            kind,
+            SshKind::DirectTcpip | SshKind::TcpipForward | SshKind::Agent
+        );
         let event = SshChannel {
             channel: channel.map(channel_number).unwrap_or(u32::MAX),
             event: "request".into(),
@@ -612,6 +623,14 @@ impl server::Handler for SshServer {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(from_host) = self.from_host.take() {
+            tokio::spawn(reverse::run(
+                self.shared.clone(),
+                self.reverse.clone(),
+                from_host,
+                session.handle(),
+            ));
+        }
         if let Some(why) = &self.failure {
             session.disconnect(
                 Disconnect::ByApplication,
@@ -757,8 +776,46 @@ impl server::Handler for SshServer {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.forwarding(None, SshKind::TcpipForward, format!("{address}:{port}"))?;
-        Ok(false)
+        if !self.forwarding(None, SshKind::TcpipForward, format!("{address}:{port}"))? {
+            return Ok(false);
+        }
+        let Some(host) = &self.upstream else {
+            return Ok(false);
+        };
+        // The host listens (as it would for the bot without the agent); the
+        // connections it gets come back through `reverse`, allowed before the host
+        // listens so that the first one is not refused.
+        let requested = *port;
+        if requested != 0 {
+            self.reverse.add_forward(requested);
+        }
+        match host.tcpip_forward(address, requested).await {
+            Ok(bound) => {
+                if requested == 0 {
+                    *port = bound;
+                    self.reverse.add_forward(bound);
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                self.reverse.remove_forward(requested);
+                info!(session = self.shared.id, %address, port = *port, error = %e, "the host refused the remote forward");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.reverse.remove_forward(port);
+        let Some(host) = &self.upstream else {
+            return Ok(false);
+        };
+        Ok(host.cancel_tcpip_forward(address, port).await.is_ok())
     }
 
     async fn streamlocal_forward(
@@ -775,8 +832,14 @@ impl server::Handler for SshServer {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.forwarding(Some(channel), SshKind::Agent, "auth-agent".into())?;
-        Ok(false)
+        if !self.forwarding(Some(channel), SshKind::Agent, "auth-agent".into())? {
+            return Ok(false);
+        }
+        // The host's twin channel asks for agent forwarding; the host's agent channels
+        // come back through `reverse`, allowed from now on.
+        self.reverse.allow_agent();
+        self.send(channel, FromClient::AgentForward);
+        Ok(true)
     }
 
     async fn x11_request(

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use russh::client;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{Channel, ChannelOpenFailure};
+use tokio::sync::mpsc;
 
 use super::known_hosts::{self, HostKeyError, Presented};
 use super::runtime::SshTargetRuntime;
@@ -17,16 +19,39 @@ pub struct Upstream {
     pub handle: client::Handle<HostHandler>,
     /// The host key as verified (fingerprint).
     pub host_key: String,
+    /// The channels the host opens towards the bot (a remote forward's connections, the
+    /// forwarded agent), for the session to judge, open on the bot's side and relay.
+    pub from_host: mpsc::UnboundedReceiver<FromHost>,
 }
 
-/// The russh client handler: verifies the host key; refuses every channel the host
-/// opens towards the client (forwarded ports, agent, X11), which the agent never asked
-/// for.
+/// A channel the host opened towards the bot.
+pub enum FromHost {
+    /// A connection to a port the host listens on for `ssh -R`.
+    ForwardedTcpip {
+        channel: Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        connected_address: String,
+        connected_port: u32,
+        originator_address: String,
+        originator_port: u32,
+    },
+    /// A program on the host using the forwarded agent (`ssh -A`).
+    Agent {
+        channel: Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+    },
+}
+
+/// The russh client handler: verifies the host key; passes the channels the host opens
+/// for a remote forward or the forwarded agent to the session (which refuses those it
+/// did not ask for), and refuses every other channel the host opens (session,
+/// direct-tcpip, X11, Unix sockets, unknown types).
 pub struct HostHandler {
     check: HostKeyCheck,
     names: Vec<String>,
     /// What the check found: the fingerprint, or why it refused.
     verdict: Arc<Mutex<Option<Result<String, HostKeyError>>>>,
+    from_host: mpsc::UnboundedSender<FromHost>,
 }
 
 impl client::Handler for HostHandler {
@@ -75,6 +100,93 @@ impl client::Handler for HostHandler {
             Some(result.map(|()| fingerprint));
         Ok(ok)
     }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<client::Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        // A session gone: the message (and with it `reply`) is dropped, which refuses.
+        let _ = self.from_host.send(FromHost::ForwardedTcpip {
+            channel,
+            reply,
+            connected_address: connected_address.to_owned(),
+            connected_port,
+            originator_address: originator_address.to_owned(),
+            originator_port,
+        });
+        Ok(())
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let _ = self.from_host.send(FromHost::Agent { channel, reply });
+        Ok(())
+    }
+
+    async fn server_channel_open_session(
+        &mut self,
+        _channel: Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn server_channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<client::Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn server_channel_open_x11(
+        &mut self,
+        _channel: Channel<client::Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        _channel: Channel<client::Msg>,
+        _socket_path: &str,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
 }
 
 /// Why the agent could not log into the host (the client is told, the journal says).
@@ -118,10 +230,12 @@ pub async fn connect(
             .map(|n| known_hosts::known_hosts_name(n, addr.port())),
     );
     let verdict = Arc::new(Mutex::new(None));
+    let (from_host, from_host_rx) = mpsc::unbounded_channel();
     let handler = HostHandler {
         check: target.host_key.clone(),
         names,
         verdict: verdict.clone(),
+        from_host,
     };
     let config = Arc::new(client::Config {
         client_id: russh::SshId::Standard(
@@ -190,5 +304,9 @@ pub async fn connect(
             },
         });
     }
-    Ok(Upstream { handle, host_key })
+    Ok(Upstream {
+        handle,
+        host_key,
+        from_host: from_host_rx,
+    })
 }
