@@ -220,6 +220,13 @@ fn ssh_commands_are_judged_journaled_and_relayed() {
         .filter_map(|c| c["exit_status"].as_u64())
         .collect();
     assert!(statuses.contains(&0) && statuses.contains(&3), "{closes:?}");
+    // A channel's close says what it ran.
+    assert!(
+        closes
+            .iter()
+            .any(|c| c["event"] == "close" && c["detail"] == "exec" && c["exit_status"] == 3),
+        "{closes:?}"
+    );
     let data = events_when(&agent, "ssh_data", |e| {
         e.iter()
             .any(|d| d["stream"] == "stderr" && d["text"] == "err\n")

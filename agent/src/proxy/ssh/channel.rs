@@ -371,11 +371,12 @@ struct Stats {
     /// The channel has a terminal: stdin is not recorded (what the terminal echoes is,
     /// in stdout; what it does not echo, a password typed at a prompt, must not be).
     pty: bool,
+    /// What the channel was started for (`exec`, `shell`, `subsystem sftp`), for the
+    /// close event.
+    started: Option<String>,
     reason: Option<String>,
 }
 
-/// Runs one session channel: opens its twin on the host, answers the bot's open, then
-/// relays until both ends closed; journals the end.
 /// The channel to open on the host for a channel of the bot.
 pub enum Twin {
     Session,
@@ -388,6 +389,8 @@ pub enum Twin {
     },
 }
 
+/// Runs one channel of the bot: opens its twin on the host, answers the bot's open,
+/// then relays until both ends closed; journals the end.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     shared: Arc<Shared>,
@@ -478,6 +481,7 @@ pub async fn run(
         channel: number,
         event: "close".into(),
         kind: kind_name.into(),
+        detail: stats.started,
         exit_status: stats.exit_status,
         exit_signal: stats.exit_signal,
         bytes_in: Some(stats.bytes_in),
@@ -577,8 +581,14 @@ async fn client_to_host(
                 };
                 match start {
                     Start::Forward { kind, detail } => {
-                        if kind == SshKind::Subsystem && detail.as_deref() == Some("sftp") {
-                            stats.lock().unwrap_or_else(|p| p.into_inner()).sftp = true;
+                        {
+                            let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                            s.sftp =
+                                kind == SshKind::Subsystem && detail.as_deref() == Some("sftp");
+                            s.started = Some(match (kind, &detail) {
+                                (SshKind::Subsystem, Some(name)) => format!("subsystem {name}"),
+                                _ => kind.as_str().to_owned(),
+                            });
                         }
                         match (kind, detail) {
                             (SshKind::Exec, Some(command)) => host.exec(true, command).await,

@@ -78,7 +78,8 @@ pub struct SshChannel {
     /// Open: "session", "direct-tcpip", ...; request: "pty", "shell", "subsystem",
     /// "env", "window-change", "signal", "x11", "agent", "tcpip-forward", ...
     pub kind: String,
-    /// What the request names: the subsystem, the variable, the signal, host:port.
+    /// What the request names: the subsystem, the variable, the signal, host:port; at
+    /// the close of a session channel, what it ran (`exec`, `shell`, `subsystem sftp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// Judged requests: the verdict, rule and what was done.
