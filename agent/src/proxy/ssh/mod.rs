@@ -963,22 +963,21 @@ impl server::Handler for SshServer {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // A command rules cannot read the way the host's shell does is refused.
         let command = match std::str::from_utf8(data) {
             Ok(c) if !c.contains('\0') => c.to_owned(),
-            // A command rules cannot read the same way the host does is refused.
-            _ => String::from_utf8_lossy(data).replace('\0', "\\0"),
+            _ => {
+                let shown = String::from_utf8_lossy(data).replace('\0', "\\0");
+                let seq = self.shared.next_seq();
+                let start =
+                    channel::refuse_unreadable(&self.shared, channel_number(channel), seq, shown)
+                        .await
+                        .map_err(SshServerError::Journal)?;
+                session.channel_success(channel)?;
+                self.send(channel, FromClient::Start(start));
+                return Ok(());
+            }
         };
-        let unreadable = std::str::from_utf8(data).is_err() || data.contains(&0);
-        if unreadable {
-            let seq = self.shared.next_seq();
-            let start =
-                channel::refuse_unreadable(&self.shared, channel_number(channel), seq, command)
-                    .await
-                    .map_err(SshServerError::Journal)?;
-            session.channel_success(channel)?;
-            self.send(channel, FromClient::Start(start));
-            return Ok(());
-        }
         self.start(channel, SshKind::Exec, Some(command), session)
             .await
     }

@@ -143,7 +143,7 @@ pub async fn from_client(
             continue;
         }
         match request {
-            Request::Close { handle, .. } => {
+            Request::Close { id, handle } => {
                 let closed = state
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -152,7 +152,7 @@ pub async fn from_client(
                 if let Some(h) = closed {
                     let event = SftpOp {
                         channel,
-                        id: request_id(&packet),
+                        id,
                         op: "close".into(),
                         path: Some(shared.rules.masks.mask_text(&h.path).into_owned()),
                         flags: flag_names(h.flags),
@@ -200,13 +200,6 @@ pub async fn from_client(
         out.push(Outgoing::Forward(packet));
     }
     Ok(out)
-}
-
-fn request_id(packet: &Bytes) -> u32 {
-    packet
-        .get(5..9)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        .unwrap_or(0)
 }
 
 /// Judges one SFTP request and journals it (durably) before it may be forwarded;
