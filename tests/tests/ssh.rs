@@ -983,3 +983,96 @@ fn printed_secrets_are_masked_terminals_and_sftp_follow_policy() {
         sshd.log_text()
     );
 }
+
+#[test]
+fn bad_input_and_a_killed_bot_leave_the_agent_serving_and_the_journal_whole() {
+    privileged!("bad_input_and_a_killed_bot_leave_the_agent_serving_and_the_journal_whole");
+    let sshd = Sshd::start();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = agent_for(&sshd, &cg, None, "");
+    let client = bot_client(&agent);
+    let addr = format!("127.0.0.1:{}", sshd.port);
+
+    // Not SSH at all: the agent answers with its version line, then closes.
+    let answer = nhi_tests::http::raw_exchange(&cg, &addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(answer.starts_with("SSH-2.0-nhi-agent"), "{answer:?}");
+
+    // A command that is not UTF-8 is refused (exit 126) and journaled, never run.
+    use std::os::unix::ffi::OsStrExt;
+    let marker = tempfile::tempdir().unwrap();
+    let file = marker.path().join("odd");
+    let mut command = format!("touch {} #", file.display()).into_bytes();
+    command.push(0xff);
+    let out = client
+        .ssh(cg.command("ssh"), sshd.port, &[], "")
+        .arg(std::ffi::OsStr::from_bytes(&command))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(!file.exists(), "the unreadable command ran");
+    let execs = events_when(&agent, "ssh_exec", |e| !e.is_empty());
+    assert_eq!(execs[0]["action"], "refused", "{execs:?}");
+    assert!(
+        execs[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not UTF-8"),
+        "{execs:?}"
+    );
+
+    // The bot is killed in the middle of an upload: 2 MiB sent, then its producer
+    // waits (so the kill always lands mid-stream).
+    let local = tempfile::tempdir().unwrap();
+    let source = local.path().join("big.bin");
+    let bytes = std::process::Command::new("head")
+        .args(["-c", "2097152", "/dev/urandom"])
+        .output()
+        .unwrap()
+        .stdout;
+    std::fs::write(&source, bytes).unwrap();
+    let dest = local.path().join("up.bin");
+    let upload = cg
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            "(cat {}; sleep 120) | ssh {} -p {} root@127.0.0.1 'cat > {}'",
+            source.display(),
+            client.options().join(" "),
+            sshd.port,
+            dest.display()
+        ))
+        .env("HOME", client.home.path())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0) < 2 << 20 {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cg.kill_all();
+    let _ = upload.wait_with_output();
+    // The agent ends that session (journaled, with a close reason) and serves the next.
+    let ended = agent.wait_sessions_ended(3);
+    assert!(
+        ended
+            .iter()
+            .all(|s| s["close_reason"].as_str().is_some_and(|r| !r.is_empty())),
+        "{ended:#?}"
+    );
+    let out = ssh(&cg, &client, &sshd, "echo still-here");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still-here\n");
+    let closes = events_when(&agent, "ssh_channel", |e| {
+        e.iter().filter(|c| c["event"] == "close").count() >= 3
+    });
+    // The killed upload's channel is closed with the 2 MiB that reached the host.
+    assert!(
+        closes
+            .iter()
+            .any(|c| c["event"] == "close" && c["bytes_in"] == 2 << 20),
+        "{closes:?}"
+    );
+    agent.assert_verifies();
+}
