@@ -9,9 +9,11 @@
 //! nhi-testclient silent ADDR [--hold-ms MS]            connect, send nothing, wait for the peer to close
 //! nhi-testclient connect-rate ADDR --conns C           C sequential connect+1-byte echo round trips
 //! nhi-testclient bulk ADDR --bytes N                   send N bytes one way (to a sink), report throughput
-//! nhi-testclient hold ADDR --conns C [--threads T]     open C echo connections at once (one round trip
+//! nhi-testclient hold ADDR --conns C [--threads T] [--hold-secs S]
+//!                                                      open C echo connections at once (one round trip
 //!                                                      each), print a JSON line, hold them until stdin
-//!                                                      closes, then one more round trip on each
+//!                                                      closes (or S seconds pass, if S > 0), then one
+//!                                                      more round trip on each
 //! nhi-testclient stall ADDR                            write to an echo server without ever reading
 //!                                                      until the writes block, print a JSON line, hold
 //!                                                      the connection until stdin closes
@@ -178,6 +180,10 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
             addr,
             flag(args, "--conns", 100)?,
             flag(args, "--threads", 32)?,
+            match flag(args, "--hold-secs", 0)? {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
         ),
         "stall" => stall(addr),
         "http-get" => {
@@ -297,7 +303,27 @@ fn wait_stdin_eof() {
     let _ = std::io::stdin().read_to_end(&mut sink);
 }
 
-fn hold(addr: SocketAddr, conns: u64, threads: u64) -> Result<serde_json::Value, String> {
+/// Waits until stdin reaches EOF or `limit` has passed, whichever comes first: a bound
+/// for a caller that might never close it (the reading thread is left blocked; the
+/// process exits soon after).
+fn wait_stdin_eof_or(limit: Option<Duration>) {
+    let Some(limit) = limit else {
+        return wait_stdin_eof();
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        wait_stdin_eof();
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(limit);
+}
+
+fn hold(
+    addr: SocketAddr,
+    conns: u64,
+    threads: u64,
+    limit: Option<Duration>,
+) -> Result<serde_json::Value, String> {
     raise_nofile();
     let started = Instant::now();
     let threads = threads.clamp(1, conns.max(1));
@@ -340,7 +366,7 @@ fn hold(addr: SocketAddr, conns: u64, threads: u64) -> Result<serde_json::Value,
                 "elapsed_ms": started.elapsed().as_millis() as u64 })
     );
     let _ = std::io::stdout().flush();
-    wait_stdin_eof();
+    wait_stdin_eof_or(limit);
     let alive = open
         .iter_mut()
         .map(|s| round_trip(s, b'a'))
