@@ -11,7 +11,10 @@
 //! Then the agent is restarted with `journal_fsync = "each"` and the `postgres` case is
 //! measured again against a fresh direct baseline. The HTTP part is `bench_http`, the
 //! AWS part (boto3 against moto, directly and through an `aws` target) `bench_aws`, the
-//! SSH part (OpenSSH against sshd, directly and through an `ssh` target) `bench_ssh`.
+//! SSH part (OpenSSH against sshd, directly and through an `ssh` target) `bench_ssh`,
+//! the agent's memory (idle, and with N idle connections) `bench_memory`. Each phase
+//! records its figures in [`Figures`] as it goes; `bench_targets` prints them at the end
+//! beside issue 16's targets, each `met` or `NOT met` (never an error).
 use std::{
     fs,
     os::unix::process::CommandExt,
@@ -26,6 +29,7 @@ use nhi_tests::TestCgroup;
 use serde_json::Value;
 
 use crate::{
+    bench_targets::{Figures, Pair, PgCase, PgRow, Via},
     setup,
     util::{self, run},
 };
@@ -41,6 +45,7 @@ pub fn bench(
     ssh_conns: u64,
     ssh_bytes: u64,
     evidence_events: u64,
+    idle_conns: u64,
 ) -> anyhow::Result<()> {
     if !util::is_root() {
         bail!("the benchmark attaches eBPF programs and creates cgroups: run it as root");
@@ -105,6 +110,9 @@ pub fn bench(
             aws: aws.as_ref().map(|a| a.config()),
             ssh: sshd.as_ref().map(crate::bench_ssh::config),
             fsync_each,
+            // The default (4096, three quarters of it per workload) would refuse some of
+            // the idle connections of the memory figure.
+            max_connections: 4096.max(idle_conns + 1024),
         }
         .render()
     };
@@ -132,6 +140,18 @@ pub fn bench(
     };
 
     println!("nhi-agent bench: {runs} interleaved runs each, medians; release build; 'direct' = same client in a cgroup that is not intercepted\n");
+    let mut figures = Figures {
+        bulk_bytes: bytes,
+        ..Figures::default()
+    };
+    figures.memory = Some(crate::bench_memory::measure(
+        agent.pid().context("the agent's pid")?,
+        &client_bin,
+        &agent_cg,
+        echo,
+        idle_conns,
+    )?);
+    println!();
     let bulk_args = vec![
         "bulk".to_string(),
         sink.to_string(),
@@ -155,12 +175,20 @@ pub fn bench(
     let m = |v: &[Value], key: &str| median(v.iter().filter_map(|x| x[key].as_f64()).collect());
 
     let (d, a) = (m(&bulk.0, "mib_per_sec"), m(&bulk.1, "mib_per_sec"));
+    figures.bulk = Some(Pair {
+        direct: d,
+        agent: a,
+    });
     println!(
         "relay throughput, {} MiB one way:  direct {d:>9.0} MiB/s   agent {a:>9.0} MiB/s   ratio {:.2}x",
         bytes >> 20,
         a / d
     );
     let (d, a) = (m(&rate.0, "per_sec"), m(&rate.1, "per_sec"));
+    figures.rate = Some(Pair {
+        direct: d,
+        agent: a,
+    });
     println!(
         "connection rate (connect + 1-byte echo, sequential, {conns}): direct {d:>7.0}/s   agent {a:>7.0}/s   ratio {:.2}x",
         a / d
@@ -175,52 +203,66 @@ pub fn bench(
     );
     let (d, a) = (m(&rate.0, "setup_median_us"), m(&rate.1, "setup_median_us"));
     let (dp, ap) = (m(&rate.0, "setup_p99_us"), m(&rate.1, "setup_p99_us"));
+    figures.setup_median = Some(Pair {
+        direct: d,
+        agent: a,
+    });
+    figures.setup_p99 = Some(Pair {
+        direct: dp,
+        agent: ap,
+    });
     println!(
         "setup to first echoed byte median: direct {d:>7.1} us   agent {a:>7.1} us   overhead {:+.1} us (p99 {dp:.0} vs {ap:.0} us)",
         a - d
     );
 
     if http_seconds > 0 {
-        crate::bench_http::HttpBench {
-            nginx: &nginx,
-            client_bin: &client_bin,
-            direct_cg: &direct_cg,
-            agent_cg: &agent_cg,
-            runs,
-            seconds: http_seconds,
-        }
-        .run()?;
+        figures.http = Some(
+            crate::bench_http::HttpBench {
+                nginx: &nginx,
+                client_bin: &client_bin,
+                direct_cg: &direct_cg,
+                agent_cg: &agent_cg,
+                runs,
+                seconds: http_seconds,
+            }
+            .run()?,
+        );
     }
 
     if let Some(server) = &aws {
         let home = work.path().join("aws-home");
         fs::create_dir_all(&home)?;
-        crate::bench_aws::AwsBench {
-            server,
-            // The agent's CA, in its state directory (the journal's).
-            ca: &work.path().join("tls/ca.crt"),
-            home: &home,
-            direct_cg: &direct_cg,
-            agent_cg: &agent_cg,
-            runs,
-            calls: aws_calls,
-        }
-        .run()?;
+        figures.aws = Some(
+            crate::bench_aws::AwsBench {
+                server,
+                // The agent's CA, in its state directory (the journal's).
+                ca: &work.path().join("tls/ca.crt"),
+                home: &home,
+                direct_cg: &direct_cg,
+                agent_cg: &agent_cg,
+                runs,
+                calls: aws_calls,
+            }
+            .run()?,
+        );
     }
 
     if let Some(sshd) = &sshd {
-        crate::bench_ssh::SshBench {
-            sshd,
-            agent_bin: &agent_bin,
-            config: &config_group,
-            work: work.path(),
-            direct_cg: &direct_cg,
-            agent_cg: &agent_cg,
-            runs,
-            conns: ssh_conns,
-            bytes: ssh_bytes,
-        }
-        .run()?;
+        figures.ssh = Some(
+            crate::bench_ssh::SshBench {
+                sshd,
+                agent_bin: &agent_bin,
+                config: &config_group,
+                work: work.path(),
+                direct_cg: &direct_cg,
+                agent_cg: &agent_cg,
+                runs,
+                conns: ssh_conns,
+                bytes: ssh_bytes,
+            }
+            .run()?,
+        );
     }
 
     if pg_seconds > 0 {
@@ -234,7 +276,8 @@ pub fn bench(
         };
         bench.prepare()?;
         let statements_before = count_statements(&journal);
-        let sql_transactions = bench.phase_group()?;
+        let (cases, sql_transactions) = bench.phase_group()?;
+        figures.pg = Some(cases);
         // The journal is complete only once the agent has stopped (its writer drains
         // the pre-log into SQLite on the way out).
         agent.stop();
@@ -254,7 +297,8 @@ pub fn bench(
             &work.path().join("agent-fsync-each.log"),
             &pins,
         )?;
-        let sql_transactions = bench.phase_fsync_each()?;
+        let (cases, sql_transactions) = bench.phase_fsync_each()?;
+        figures.pg_fsync_each = Some(cases);
         agent.stop();
         print_statements(
             "journal_fsync = \"each\"",
@@ -277,6 +321,7 @@ pub fn bench(
     if evidence_events > 0 {
         crate::bench_evidence::bench(evidence_events, runs, work.path())?;
     }
+    crate::bench_targets::print(&figures);
     Ok(())
 }
 
@@ -303,6 +348,9 @@ struct BenchConfig<'a> {
     /// The SSH target and its policy (`bench_ssh`), when sshd runs.
     ssh: Option<String>,
     fsync_each: bool,
+    /// `max_connections` and `max_connections_per_workload` (one workload holds every
+    /// connection of the bench).
+    max_connections: u64,
 }
 
 impl BenchConfig<'_> {
@@ -319,7 +367,8 @@ journal = "{journal}"
 listen_port = {listen_port}
 bpffs = "{pins}"
 approvals_socket = "{approvals}"
-max_connections = 4096
+max_connections = {max_connections}
+max_connections_per_workload = {max_connections}
 {fsync}
 [[workload]]
 name = "bench"
@@ -432,6 +481,7 @@ strategy = "redact"
             http_port = self.http_port,
             aws = self.aws.as_deref().unwrap_or(""),
             ssh = self.ssh.as_deref().unwrap_or(""),
+            max_connections = self.max_connections,
         )
     }
 }
@@ -561,17 +611,20 @@ impl Drop for AgentProcess {
 /// Where a pgbench client connects, and from which cgroup.
 struct Route<'a> {
     label: &'static str,
+    via: Via,
     cgroup: &'a TestCgroup,
     host: &'static str,
     port: u16,
 }
 
-/// One pgbench report.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One pgbench report, and the latency of each of its transactions (us, from its
+/// per-transaction log).
+#[derive(Debug, Clone, PartialEq)]
 struct PgRun {
     tps: f64,
     latency_ms: f64,
     transactions: u64,
+    latencies_us: Vec<u32>,
 }
 
 /// The pgbench modes measured: clients x query protocol.
@@ -597,6 +650,7 @@ impl PgBench<'_> {
     fn direct(&self) -> Route<'_> {
         Route {
             label: "direct",
+            via: Via::Direct,
             cgroup: self.direct_cg,
             host: "127.0.0.1",
             port: self.pg.port,
@@ -606,6 +660,7 @@ impl PgBench<'_> {
     fn agent_postgres(&self, label: &'static str) -> Route<'_> {
         Route {
             label,
+            via: Via::AgentPostgres,
             cgroup: self.agent_cg,
             host: "127.0.0.1",
             port: self.pg.port,
@@ -647,40 +702,68 @@ impl PgBench<'_> {
 
     /// Runs every case `runs` times over `routes`, interleaved (route by route within a
     /// repetition), and returns the runs per case and route.
+    ///
+    /// Each run writes pgbench's per-transaction log (`-l`: one line per transaction,
+    /// its latency in us), read for the p50 and p99 and removed at once: the latency
+    /// percentiles issue 16 asks for are not in pgbench's report. Writing it costs the
+    /// client the same on every route.
     fn measure(&self, routes: &[Route<'_>]) -> anyhow::Result<Vec<Vec<Vec<PgRun>>>> {
         let t = self.seconds.to_string();
+        let logs = self.work.join("pgbench-log");
+        let prefix = logs.join("tx").display().to_string();
         let mut all = Vec::new();
         for (clients, mode) in PG_CASES {
             let c = clients.to_string();
             let j = clients.min(2).to_string();
             // -n: no vacuum before the run (it would also TRUNCATE pgbench_history, which
             // the policy refuses); `-i` has just vacuumed.
-            let args = ["-n", "-S", "-M", mode, "-c", &c, "-j", &j, "-T", &t];
+            let args = [
+                "-n",
+                "-S",
+                "-M",
+                mode,
+                "-c",
+                &c,
+                "-j",
+                &j,
+                "-T",
+                &t,
+                "-l",
+                "--log-prefix",
+                &prefix,
+            ];
             let mut per_route = vec![Vec::new(); routes.len()];
             for _ in 0..self.runs {
                 for (i, route) in routes.iter().enumerate() {
-                    per_route[i].push(parse_pgbench(&self.pgbench(route, &args)?)?);
+                    let _ = fs::remove_dir_all(&logs);
+                    fs::create_dir_all(&logs)?;
+                    let mut run = parse_pgbench(&self.pgbench(route, &args)?)?;
+                    run.latencies_us = read_pgbench_logs(&logs)?;
+                    per_route[i].push(run);
                 }
             }
+            let _ = fs::remove_dir_all(&logs);
             all.push(per_route);
         }
         Ok(all)
     }
 
-    /// Direct, pgbouncer, agent `tcp`, agent `postgres`; returns the transactions the
-    /// `postgres` route ran (to set against the statements journaled).
-    fn phase_group(&self) -> anyhow::Result<u64> {
+    /// Direct, pgbouncer, agent `tcp`, agent `postgres`; returns the figures and the
+    /// transactions the `postgres` route ran (to set against the statements journaled).
+    fn phase_group(&self) -> anyhow::Result<(Vec<PgCase>, u64)> {
         let bouncer = PgBouncer::start(&self.work.join("pgbouncer"), self.pg.port)?;
         let routes = [
             self.direct(),
             Route {
                 label: "pgbouncer (session pool)",
+                via: Via::PgBouncer,
                 cgroup: self.direct_cg,
                 host: "127.0.0.1",
                 port: bouncer.port,
             },
             Route {
                 label: "agent, protocol tcp",
+                via: Via::AgentTcp,
                 cgroup: self.agent_cg,
                 host: "127.0.0.2",
                 port: self.pg.port,
@@ -689,20 +772,23 @@ impl PgBench<'_> {
         ];
         println!(
             "\npgbench -S -n (scale 10), {} s per run, median of {} interleaved runs; \
-             ratio = tps / direct tps; +us/tx = mean latency minus direct's:",
+             ratio = tps / direct tps; +us/tx = mean latency minus direct's;\n\
+             p50/p99 over every transaction of the runs (pgbench -l), added p99 = p99 minus direct's:",
             self.seconds, self.runs
         );
         let results = self.measure(&routes)?;
         drop(bouncer);
-        print_table(&routes, &results);
-        Ok(results
+        let cases = summarise(&routes, &results);
+        print_table(&cases);
+        let transactions = results
             .iter()
             .flat_map(|per_route| per_route[3].iter().map(|r| r.transactions))
-            .sum())
+            .sum();
+        Ok((cases, transactions))
     }
 
     /// Direct and agent `postgres` with `journal_fsync = "each"` (the agent restarted).
-    fn phase_fsync_each(&self) -> anyhow::Result<u64> {
+    fn phase_fsync_each(&self) -> anyhow::Result<(Vec<PgCase>, u64)> {
         let routes = [
             self.direct(),
             self.agent_postgres("agent, postgres, fsync each"),
@@ -712,40 +798,84 @@ impl PgBench<'_> {
              its event is committed; commits are shared); direct measured again alongside:"
         );
         let results = self.measure(&routes)?;
-        print_table(&routes, &results);
-        Ok(results
+        let cases = summarise(&routes, &results);
+        print_table(&cases);
+        let transactions = results
             .iter()
             .flat_map(|per_route| per_route[1].iter().map(|r| r.transactions))
-            .sum())
+            .sum();
+        Ok((cases, transactions))
     }
 }
 
-/// Prints one block per case: a line per route, the first route being the baseline.
-fn print_table(routes: &[Route<'_>], results: &[Vec<Vec<PgRun>>]) {
-    let width = routes.iter().map(|r| r.label.len()).max().unwrap_or(0);
-    for ((clients, mode), per_route) in PG_CASES.iter().zip(results) {
-        let tps = |v: &[PgRun]| median(v.iter().map(|r| r.tps).collect());
-        let lat = |v: &[PgRun]| median(v.iter().map(|r| r.latency_ms).collect());
-        let (base_tps, base_lat) = (tps(&per_route[0]), lat(&per_route[0]));
-        for (i, (route, runs)) in routes.iter().zip(per_route).enumerate() {
-            let case = if i == 0 {
-                format!("-c {clients:>2} {mode:<8}")
+/// The figures of each case: per route, the median tps and mean latency of its runs,
+/// and the p50 and p99 over all their transactions.
+fn summarise(routes: &[Route<'_>], results: &[Vec<Vec<PgRun>>]) -> Vec<PgCase> {
+    PG_CASES
+        .iter()
+        .zip(results)
+        .map(|(&(clients, mode), per_route)| PgCase {
+            clients,
+            mode,
+            rows: routes
+                .iter()
+                .zip(per_route)
+                .map(|(route, runs)| {
+                    let mut all: Vec<u32> = runs
+                        .iter()
+                        .flat_map(|r| r.latencies_us.iter().copied())
+                        .collect();
+                    all.sort_unstable();
+                    PgRow {
+                        label: route.label,
+                        via: route.via,
+                        tps: median(runs.iter().map(|r| r.tps).collect()),
+                        latency_ms: median(runs.iter().map(|r| r.latency_ms).collect()),
+                        p50_us: percentile(&all, 50),
+                        p99_us: percentile(&all, 99),
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The `p`th percentile of sorted values (NaN when there are none).
+fn percentile(sorted: &[u32], p: usize) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n => f64::from(sorted[(n * p / 100).min(n - 1)]),
+    }
+}
+
+/// Prints one block per case: a line per route, the first row being the baseline.
+fn print_table(cases: &[PgCase]) {
+    let width = cases
+        .iter()
+        .flat_map(|c| c.rows.iter().map(|r| r.label.len()))
+        .max()
+        .unwrap_or(0);
+    for case in cases {
+        let base = &case.rows[0];
+        for (i, row) in case.rows.iter().enumerate() {
+            let name = if i == 0 {
+                format!("-c {:>2} {:<8}", case.clients, case.mode)
             } else {
                 String::new()
             };
-            let (t, l) = (tps(runs), lat(runs));
             let versus = if i == 0 {
                 String::new()
             } else {
                 format!(
-                    "   {:>5.2}x   {:>+6.0} us/tx",
-                    t / base_tps,
-                    (l - base_lat) * 1000.0
+                    "   {:>5.2}x   {:>+6.0} us/tx   added p99 {:>+6.0} us",
+                    row.tps / base.tps,
+                    (row.latency_ms - base.latency_ms) * 1000.0,
+                    row.p99_us - base.p99_us
                 )
             };
             println!(
-                "  {case:<17} {:<width$}  {t:>8.0} tps  {l:>7.3} ms{versus}",
-                route.label
+                "  {name:<17} {:<width$}  {:>8.0} tps  {:>7.3} ms  p50 {:>6.0} us  p99 {:>6.0} us{versus}",
+                row.label, row.tps, row.latency_ms, row.p50_us, row.p99_us
             );
         }
     }
@@ -921,7 +1051,27 @@ fn parse_pgbench(report: &str) -> anyhow::Result<PgRun> {
         tps,
         latency_ms,
         transactions: transactions as u64,
+        latencies_us: Vec::new(),
     })
+}
+
+/// Every transaction latency (us) in pgbench's per-transaction logs in `dir` (one file
+/// per worker thread): the third field of each line. A failed or skipped transaction
+/// says so in that field and is left out.
+fn read_pgbench_logs(dir: &Path) -> anyhow::Result<Vec<u32>> {
+    let mut latencies = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        latencies.extend(parse_pgbench_log(&text));
+    }
+    Ok(latencies)
+}
+
+fn parse_pgbench_log(text: &str) -> impl Iterator<Item = u32> + '_ {
+    text.lines()
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
 }
 
 #[cfg(test)]
@@ -945,6 +1095,24 @@ mod tests {
     }
 
     #[test]
+    fn pgbench_log_latencies_are_the_third_field() {
+        let log = "0 199 85 0 1718000000 123456\n\
+            1 200 1203 0 1718000000 123999\n\
+            0 200 failed 0 1718000001 000001\n\
+            \n";
+        assert_eq!(parse_pgbench_log(log).collect::<Vec<_>>(), vec![85, 1203]);
+    }
+
+    #[test]
+    fn percentiles_of_sorted_latencies() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50), 51.0);
+        assert_eq!(percentile(&v, 99), 100.0);
+        assert_eq!(percentile(&[7], 99), 7.0);
+        assert!(percentile(&[], 50).is_nan());
+    }
+
+    #[test]
     fn median_takes_the_middle() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert!(median(Vec::new()).is_nan());
@@ -965,6 +1133,7 @@ mod tests {
                 aws: None,
                 ssh: None,
                 fsync_each,
+                max_connections: 6024,
             }
             .render()
         };
@@ -975,6 +1144,7 @@ mod tests {
             assert!(text.contains("address = \"127.0.0.2:5433\"\nprotocol = \"tcp\""));
             assert!(text.contains("address = \"127.0.0.1:5433\"\nprotocol = \"postgres\""));
             assert!(text.contains("listen_port = 15999\n"));
+            assert!(text.contains("max_connections = 6024\nmax_connections_per_workload = 6024\n"));
             assert!(text.contains("approvals_socket = \"/tmp/approvals.sock\"\n"));
             assert!(text.contains("address = \"127.0.0.2:8088\"\nprotocol = \"tcp\""));
             assert!(text.contains("address = \"127.0.0.1:8088\"\nprotocol = \"http\""));
@@ -993,6 +1163,7 @@ mod tests {
             aws: Some(aws.to_string()),
             ssh: Some("\n[[target]]\nname = \"ssh\"\n".into()),
             fsync_each: false,
+            max_connections: 4096,
         }
         .render();
         assert!(

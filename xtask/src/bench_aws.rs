@@ -20,6 +20,7 @@ use nhi_tests::TestCgroup;
 use serde_json::Value;
 
 use crate::bench_http::{median_run, Run};
+use crate::bench_targets::Reported;
 
 /// The bucket and key of the object `s3:GetObject` reads, and its size.
 const BUCKET: &str = "nhi-bench";
@@ -141,8 +142,9 @@ pub struct AwsBench<'a> {
 }
 
 impl AwsBench<'_> {
-    /// Runs both calls both ways and prints the table.
-    pub fn run(&self) -> anyhow::Result<()> {
+    /// Runs both calls both ways, prints the table and returns the agent's ratios to
+    /// direct (calls/s).
+    pub fn run(&self) -> anyhow::Result<Vec<Reported>> {
         let moto = &self.server.moto;
         println!(
             "\nAWS: boto3, one client (keep-alive), {} sequential calls per run, {} interleaved runs, medians;\n\
@@ -153,6 +155,7 @@ impl AwsBench<'_> {
             "{:<36} {:>10} {:>8} {:>10} {:>10}",
             "", "calls/s", "ratio", "mean us", "p99 us"
         );
+        let mut reported = Vec::new();
         for (call, label) in [
             ("sts", "sts:GetCallerIdentity"),
             ("s3", "s3:GetObject 1 KiB"),
@@ -179,8 +182,12 @@ impl AwsBench<'_> {
                     m.p99_us
                 );
             }
+            reported.push(Reported {
+                what: format!("{label}, agent aws"),
+                ratio: a.per_sec / d.per_sec,
+            });
         }
-        Ok(())
+        Ok(reported)
     }
 
     fn one(

@@ -20,6 +20,7 @@ use nhi_tests::TestCgroup;
 use serde_json::Value;
 
 use crate::bench::{terminate, wait_listening};
+use crate::bench_targets::Reported;
 
 /// What the JSON API answers (with an e-mail address for the masks to find).
 pub const BODY: &str =
@@ -127,8 +128,9 @@ pub struct HttpBench<'a> {
 }
 
 impl HttpBench<'_> {
-    /// Runs every route at -c 1 and -c 16 and prints the table.
-    pub fn run(&self) -> anyhow::Result<()> {
+    /// Runs every route at -c 1 and -c 16, prints the table and returns each route's
+    /// ratio to direct (requests/s).
+    pub fn run(&self) -> anyhow::Result<Vec<Reported>> {
         let port = self.nginx.port;
         // (label, cgroup, address)
         let routes: [(&str, &TestCgroup, String); 4] = [
@@ -151,6 +153,7 @@ impl HttpBench<'_> {
             "{:<26} {:>12} {:>8} {:>10} {:>10}",
             "", "requests/s", "ratio", "mean us", "p99 us"
         );
+        let mut reported = Vec::new();
         for conns in [1u64, 16] {
             let mut results: Vec<Vec<Run>> = vec![Vec::new(); routes.len()];
             for _ in 0..self.runs {
@@ -170,8 +173,19 @@ impl HttpBench<'_> {
                     m.p99_us
                 );
             }
+            for ((label, _, _), m) in routes.iter().zip(&medians).skip(1) {
+                let yardstick = if *label == "nginx proxy" {
+                    " (yardstick)"
+                } else {
+                    ""
+                };
+                reported.push(Reported {
+                    what: format!("-c {conns} {label}{yardstick}"),
+                    ratio: m.per_sec / direct.per_sec,
+                });
+            }
         }
-        Ok(())
+        Ok(reported)
     }
 
     fn one(&self, cg: &TestCgroup, addr: &str, conns: u64) -> anyhow::Result<Run> {

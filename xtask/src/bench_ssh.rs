@@ -16,6 +16,8 @@ use anyhow::{bail, Context as _};
 use nhi_tests::ssh::{SshClient, Sshd};
 use nhi_tests::TestCgroup;
 
+use crate::bench_targets::Reported;
+
 pub struct SshBench<'a> {
     pub sshd: &'a Sshd,
     pub agent_bin: &'a Path,
@@ -61,7 +63,8 @@ commands = ["rm -rf *", "mkfs*"]
 }
 
 impl SshBench<'_> {
-    pub fn run(&self) -> anyhow::Result<()> {
+    /// Prints both figures and returns the agent's ratios to direct.
+    pub fn run(&self) -> anyhow::Result<Vec<Reported>> {
         let out = Command::new(self.agent_bin)
             .args(["ssh-ca", "--config"])
             .arg(self.config)
@@ -98,6 +101,10 @@ impl SshBench<'_> {
                 .push(self.upload(self.agent_cg, &through_agent, &[], &file, &dest)?);
         }
         let (d, a) = (median(rate.0), median(rate.1));
+        let mut reported = vec![Reported {
+            what: "`ssh host true` connections/s, agent ssh".into(),
+            ratio: a / d,
+        }];
         println!(
             "`ssh host true`, {} sequential per run: direct {d:>7.1}/s   agent {a:>7.1}/s   ratio {:.2}x   (+{:.1} ms per connection)",
             self.conns,
@@ -110,6 +117,10 @@ impl SshBench<'_> {
              and the agent logs in with its key at once, so the agent can come out ahead)"
         );
         let (d, a) = (median(bulk.0), median(bulk.1));
+        reported.push(Reported {
+            what: format!("scp upload {} MiB, agent ssh", self.bytes >> 20),
+            ratio: a / d,
+        });
         println!(
             "scp upload {} MiB:                 direct {d:>7.0} MiB/s   agent {a:>7.0} MiB/s   ratio {:.2}x",
             self.bytes >> 20,
@@ -117,7 +128,7 @@ impl SshBench<'_> {
         );
         let _ = std::fs::remove_file(&file);
         let _ = std::fs::remove_file(&dest);
-        Ok(())
+        Ok(reported)
     }
 
     /// Connections per second of `ssh host true`.

@@ -7,8 +7,9 @@
 //! - `cargo xtask fuzz`:  the libFuzzer targets of fuzz/ (cargo-fuzz, nightly), seeded from
 //!   the golden captures, N seconds each.
 //! - `cargo xtask bench`: relay throughput, connection rate and connect latency, pgbench
-//!   direct / pgbouncer / agent (tcp, postgres), HTTP and boto3 AWS calls, as ratios
-//!   against direct.
+//!   direct / pgbouncer / agent (tcp, postgres) with p50/p99, HTTP, boto3 AWS calls and
+//!   SSH, as ratios against direct; the agent's RSS idle and with N idle connections; then
+//!   issue 16's targets beside the figures, met or not.
 //! - `cargo xtask soak`: mixed traffic (opaque, PostgreSQL, HTTP) through the agent for N
 //!   minutes: RSS, open fds, journal size and events/s each minute, leak bounds, verify.
 //! - `cargo xtask vm`:  a QEMU/KVM test bed: the systemd unit under real systemd
@@ -17,7 +18,9 @@ mod bench;
 mod bench_aws;
 mod bench_evidence;
 mod bench_http;
+mod bench_memory;
 mod bench_ssh;
+mod bench_targets;
 mod demo;
 mod fuzz;
 mod run;
@@ -105,6 +108,10 @@ enum Cmd {
         /// Only the journal evidence figures (no eBPF, no PostgreSQL).
         #[arg(long)]
         only_evidence: bool,
+        /// Idle connections held open through the agent for the memory figure (its RSS
+        /// with them, per connection); 0 skips it (the idle RSS is still measured).
+        #[arg(long, default_value_t = 5000)]
+        idle_conns: u64,
     },
     /// Mixed traffic through the agent for N minutes (as root): one line of figures per
     /// minute, then a summary; fails on a leak after warm-up, a client error or a journal
@@ -154,6 +161,7 @@ fn main() -> anyhow::Result<()> {
             ssh_bytes,
             evidence_events,
             only_evidence,
+            idle_conns,
         } => {
             if only_evidence {
                 setup::setup()?;
@@ -172,6 +180,7 @@ fn main() -> anyhow::Result<()> {
                     ssh_conns,
                     ssh_bytes,
                     evidence_events,
+                    idle_conns,
                 )
             }
         }
