@@ -166,6 +166,15 @@ pub fn user_name(uid: u32) -> Option<String> {
 /// `/proc/PID/status`; `None` when it is the same as `pid` (a host process) or
 /// unreadable.
 pub fn ns_pid(pid: u32) -> Option<u32> {
+    // Most callers live in the agent's own pid namespace: one readlink says so, and
+    // `status` (the largest file of a process) is only read for the others.
+    static OURS: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let ours = OURS.get_or_init(|| std::fs::read_link("/proc/self/ns/pid").ok());
+    if let Some(ours) = ours {
+        if std::fs::read_link(proc_path(pid, "ns/pid")).ok().as_ref() == Some(ours) {
+            return None;
+        }
+    }
     let status = std::fs::read_to_string(proc_path(pid, "status")).ok()?;
     parse_ns_pid(&status).filter(|&inner| inner != pid)
 }
@@ -185,8 +194,18 @@ fn proc_path(pid: u32, file: &str) -> PathBuf {
 }
 
 /// Reads a /proc file, mapping "no such process" to `ProcessGone`.
+///
+/// /proc files report a size of 0, so `fs::read` would stat the file and then grow its
+/// buffer from 32 bytes, a read per doubling; this starts with room for the whole file
+/// in the common case (stat, cmdline), one read and one read of EOF.
 fn read_proc(pid: u32, path: &PathBuf) -> Result<Vec<u8>, IdentityError> {
-    std::fs::read(path).map_err(|source| {
+    let read = || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut buf = Vec::with_capacity(4096);
+        std::fs::File::open(path)?.read_to_end(&mut buf)?;
+        Ok(buf)
+    };
+    read().map_err(|source| {
         // A process that exits while we read its files makes reads fail with
         // ENOENT (directory gone) or ESRCH (task being torn down).
         if source.kind() == ErrorKind::NotFound || source.raw_os_error() == Some(libc::ESRCH) {

@@ -441,6 +441,7 @@ async fn lost_batches_and_failed_savepoints_roll_the_chain_back_too() {
         .start_session(sample_start("a", "db", at_us(0)))
         .await
         .expect("start");
+    h.flush().await.expect("a's start is committed");
     let side = Connection::open(&path).expect("side");
 
     // A lost batch: COMMIT fails on a deferred foreign key.
@@ -463,23 +464,27 @@ async fn lost_batches_and_failed_savepoints_roll_the_chain_back_too() {
          BEGIN SELECT RAISE(ABORT, 'no'); END;",
     )
     .expect("trigger");
-    assert!(h
+    let lost = h
         .start_session(sample_start("b", "db", at_us(2)))
         .await
-        .is_err());
+        .expect("in the pre-log");
+    assert!(h.flush().await.is_err(), "its insert failed");
+    assert!(h.session_failed(lost), "and failed its session");
     side.execute_batch("DROP TRIGGER no_starts;").expect("drop");
 
     let b = h
         .start_session(sample_start("b", "db", at_us(3)))
         .await
         .expect("start b");
-    assert_eq!(b, a + 1, "the failed start's session id was given back");
+    assert_eq!(b, lost + 1, "session ids are handed out once");
     h.record_durably(&[pg(b, 4)]).await.expect("record");
     h.end_session(end(b, 5)).await.expect("end");
     drop(side);
     close(journal).await;
 
-    assert_eq!(ids_of(&path), vec![1, 2, 3, 4], "ids are contiguous");
+    // a's start, a's chunk (in the pre-log, so retried after the lost batch), b's start,
+    // its statement, its end.
+    assert_eq!(ids_of(&path), vec![1, 2, 3, 4, 5], "ids are contiguous");
     let report = verify_dir(dir.path(), &HostKey::generate().expect("key").public());
     assert!(report.intact, "{:#?}", report.damages);
     assert_eq!(report.journals[0].segments[0].status, "open (not sealed)");

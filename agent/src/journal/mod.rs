@@ -347,6 +347,8 @@ pub(crate) struct Shared {
     any_failed: AtomicBool,
     /// Sessions whose records failed to commit and that have not ended yet.
     failed: Mutex<HashSet<SessionId>>,
+    /// The id the next session gets (see [`JournalHandle::start_session`]).
+    next_session_id: std::sync::atomic::AtomicI64,
     commits: AtomicU64,
     failed_batches: AtomicU64,
     commands: AtomicU64,
@@ -477,7 +479,10 @@ pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> 
         );
     }
     let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        next_session_id: chain.state.next_session_id.into(),
+        ..Shared::default()
+    });
     let (durable_tx, durable_rx) = watch::channel(Durability {
         committed: next_seq - 1,
         ..Durability::default()
@@ -640,18 +645,53 @@ impl JournalHandle {
         answer.await.unwrap_or(Err(JournalError::WriterGone))
     }
 
-    /// Returns only after the session row (and a 'session_start' event) is COMMITTED
-    /// (durable: WAL, synchronous=FULL).
+    /// Records a session's start (its row and a `session_start` event) and returns its
+    /// id, once the start counts as recorded under the journal's [`FsyncPolicy`]: with
+    /// `group` once it is in the pre-log (one `write(2)`: it survives the agent being
+    /// killed, and the writer commits it within milliseconds, many sessions per commit),
+    /// with `each` once a commit holding it completed. The proxy connects upstream only
+    /// after this returns.
+    ///
+    /// The id is handed out here (ids go on across segments and restarts); the writer
+    /// inserts the row with it. A refused start leaves a gap in the ids, nothing else.
     pub async fn start_session(&self, s: SessionStart) -> Result<SessionId, JournalError> {
-        self.request(|reply| Command::Start {
-            start: Box::new(s),
-            reply,
-        })
-        .await
+        if self.tx.is_closed() {
+            return Err(JournalError::WriterGone);
+        }
+        let id = self.shared.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let data = writer::start_event_data(&s);
+        let seq = self.prelog.append_start(id, s.started_at, data)?;
+        self.wake_lazily();
+        if self.fsync == FsyncPolicy::Each {
+            if let Err(e) = self.durable(seq).await {
+                // The record stays in the pre-log and its row will be committed once the
+                // journal recovers; the connection is refused now, so its end follows it.
+                let (reply, _) = oneshot::channel();
+                let end = SessionEnd {
+                    id,
+                    ended_at: SystemTime::now(),
+                    bytes_from_client: 0,
+                    bytes_from_server: 0,
+                    close_reason: format!("journal failure: {}", root_cause(&e)),
+                };
+                let _ = self.tx.try_send(Command::End { end, reply });
+                return Err(e);
+            }
+            // Committed, but its row could not be inserted.
+            if self.shared.is_failed(id) {
+                return Err(JournalError::SessionFailed { id });
+            }
+        }
+        Ok(id)
     }
 
-    /// Queues a chunk record (back-pressure: awaits queue space; never drops). Returns Err if
-    /// the writer is gone or this session's records already failed to commit.
+    /// Records a chunk of `size` bytes that is about to be forwarded `dir`: appended to
+    /// the pre-log like a protocol event (one `write(2)`, no wake-up of the writer per
+    /// chunk), so it survives the agent being killed and a full disk refuses it. Returns
+    /// Err if the writer is gone, this session's records already failed, or the write
+    /// failed: the relay then stops forwarding.
+    ///
+    /// Chunks do not wait for a commit, not even with `journal_fsync = "each"`.
     pub async fn chunk(
         &self,
         id: SessionId,
@@ -659,10 +699,24 @@ impl JournalHandle {
         size: u32,
         at: SystemTime,
     ) -> Result<(), JournalError> {
+        if self.tx.is_closed() {
+            return Err(JournalError::WriterGone);
+        }
         if self.shared.is_failed(id) {
             return Err(JournalError::SessionFailed { id });
         }
-        self.send(Command::Chunk { id, dir, size, at }).await
+        self.prelog.append_chunk(id, dir, size, at)?;
+        self.wake_lazily();
+        Ok(())
+    }
+
+    /// Queues a wake-up for the writer unless one is pending: a full queue means the
+    /// writer is busy and reads the pre-log at its next batch anyway; a closed one that
+    /// it has stopped (the records are recovered at the next open).
+    fn wake_lazily(&self) {
+        if self.prelog.want_wake() {
+            let _ = self.tx.try_send(Command::Wake);
+        }
     }
 
     /// Returns after the end is committed (updates the session row and appends a
@@ -718,11 +772,8 @@ impl JournalHandle {
             return Err(JournalError::SessionFailed { id: failed.session });
         }
         let seq = self.prelog.append(events)?;
-        if !events.is_empty() && self.prelog.want_wake() {
-            // A full queue means the writer is busy: it will read the pre-log at the start
-            // of its next batch anyway. A closed one means it has stopped: the events stay
-            // in the pre-log and are recovered at the next open.
-            let _ = self.tx.try_send(Command::Wake);
+        if !events.is_empty() {
+            self.wake_lazily();
         }
         Ok(seq)
     }

@@ -76,7 +76,15 @@ const APPLIED_KEY: &str = "prelog_applied_seq";
 
 /// Kinds the writer produces itself; a pre-log event with one of them would be mistaken for
 /// the real thing by the reader and by the recovery of interrupted sessions.
-const RESERVED_KINDS: [&str; 3] = ["session_start", "chunk", "session_end"];
+const RESERVED_KINDS: [&str; 3] = [START_KIND, CHUNK_KIND, "session_end"];
+
+/// The kind of the records [`Prelog::append_start`] writes.
+const START_KIND: &str = "session_start";
+
+/// The kind of the records [`Prelog::append_chunk`] writes; their data is the
+/// direction and the size (`c2s 1024`), not JSON, and becomes the row's `direction`
+/// and `size`.
+const CHUNK_KIND: &str = "chunk";
 
 /// The [`Event::session`] of an event that belongs to no session (stored as NULL).
 /// Session ids are SQLite rowids, which start at 1, so 0 never names a session.
@@ -160,10 +168,14 @@ pub(crate) fn open_file(path: &Path) -> Result<File, JournalError> {
 /// Checks an event before anything is written, so that one bad event cannot leave half a
 /// call in the file.
 fn validate(event: &Event) -> Result<(), JournalError> {
+    validate_kind(event, true)
+}
+
+fn validate_kind(event: &Event, refuse_reserved: bool) -> Result<(), JournalError> {
     let kind = event.kind.as_ref();
     let reason = if kind.is_empty() {
         Some("the kind is empty".to_string())
-    } else if RESERVED_KINDS.contains(&kind) {
+    } else if refuse_reserved && RESERVED_KINDS.contains(&kind) {
         Some(format!(
             "the kind {kind:?} is reserved for the journal itself"
         ))
@@ -378,12 +390,49 @@ pub(crate) fn store_applied(conn: &Connection, seq: u64) -> Result<(), rusqlite:
     Ok(())
 }
 
-/// Inserts one record into `events` (direction and size stay NULL), chained.
+/// The direction and size of a chunk record's data.
+fn parse_chunk(data: &str) -> Option<(super::Direction, u32)> {
+    let (dir, size) = data.split_once(' ')?;
+    Some((super::Direction::from_storage(dir)?, size.parse().ok()?))
+}
+
+/// Inserts one record into `events` (direction and size stay NULL), chained; a session
+/// start ([`Prelog::append_start`]) becomes the session's row and its `session_start`
+/// event, a chunk ([`Prelog::append_chunk`]) a `chunk` event with its direction and
+/// size.
 pub(crate) fn insert_record(
     conn: &Connection,
     chain: &mut Chain,
     record: &RecordRef<'_>,
 ) -> rusqlite::Result<()> {
+    if record.kind == START_KIND {
+        return super::writer::insert_session(
+            conn,
+            chain,
+            record.session,
+            record.at_us,
+            record.data,
+        );
+    }
+    if record.kind == CHUNK_KIND {
+        let (direction, size) = parse_chunk(record.data).ok_or_else(|| {
+            rusqlite::Error::ToSqlConversionFailure(
+                format!("chunk record {} has data {:?}", record.seq, record.data).into(),
+            )
+        })?;
+        chain.insert_event(
+            conn,
+            &NewEvent {
+                session_id: Some(record.session),
+                at_us: record.at_us,
+                kind: CHUNK_KIND,
+                direction: Some(direction.as_str()),
+                size: Some(i64::from(size)),
+                data: None,
+            },
+        )?;
+        return Ok(());
+    }
     let data: Option<Cow<'_, str>> = if record.data.is_empty() {
         None
     } else if serde_json::from_str::<serde::de::IgnoredAny>(record.data).is_ok() {
@@ -550,6 +599,47 @@ impl Prelog {
         for event in events {
             validate(event)?;
         }
+        self.append_valid(events)
+    }
+
+    /// Appends the start of session `session` (its id handed out by the journal handle),
+    /// `data` being the `session_start` event's data: the writer inserts the session's
+    /// row and that event from it. Returns the record's sequence number.
+    pub(crate) fn append_start(
+        &self,
+        session: SessionId,
+        at: SystemTime,
+        data: String,
+    ) -> Result<u64, JournalError> {
+        let event = Event {
+            session,
+            at,
+            kind: Cow::Borrowed(START_KIND),
+            data,
+        };
+        validate_kind(&event, false)?;
+        self.append_valid(std::slice::from_ref(&event))
+    }
+
+    /// Appends a chunk record of session `session`: `size` bytes about to be forwarded
+    /// `dir`. Returns the record's sequence number.
+    pub(crate) fn append_chunk(
+        &self,
+        session: SessionId,
+        dir: super::Direction,
+        size: u32,
+        at: SystemTime,
+    ) -> Result<u64, JournalError> {
+        let event = Event {
+            session,
+            at,
+            kind: Cow::Borrowed(CHUNK_KIND),
+            data: format!("{} {size}", dir.as_str()),
+        };
+        self.append_valid(std::slice::from_ref(&event))
+    }
+
+    fn append_valid(&self, events: &[Event]) -> Result<u64, JournalError> {
         let mut guard = self.lock();
         let st = &mut *guard;
         if st.broken {

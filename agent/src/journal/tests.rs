@@ -250,10 +250,17 @@ fn foreign_files_are_refused() {
 }
 
 #[tokio::test]
-async fn start_session_returns_only_after_commit() {
+async fn with_fsync_each_start_session_returns_only_after_commit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = journal_path(&dir);
-    let journal = open(&path, JournalOptions::default()).expect("open");
+    let journal = open(
+        &path,
+        JournalOptions {
+            fsync: FsyncPolicy::Each,
+            ..Default::default()
+        },
+    )
+    .expect("open");
     let handle = journal.handle();
 
     let id = handle
@@ -336,13 +343,16 @@ async fn concurrent_sessions_get_distinct_ids_and_ordered_chunks() {
 
     // Every command was answered by some batch; under this much concurrency many of them
     // must have shared a transaction.
-    let commands = (SESSIONS * (CHUNKS as usize + 2)) as u64;
-    assert_eq!(stats.commands, commands);
+    // Starts and chunks go through the pre-log; ends are commands.
+    assert_eq!(stats.commands, SESSIONS as u64);
+    let records = (SESSIONS * (CHUNKS as usize + 1)) as u64;
+    assert_eq!(stats.prelog_records, records);
     assert!(
-        stats.commits < commands / 2,
-        "expected batching: {} commits for {} commands",
+        stats.commits < (records + stats.commands) / 2,
+        "expected batching: {} commits for {} records and {} commands",
         stats.commits,
-        commands
+        records,
+        stats.commands
     );
     assert_eq!(stats.failed_records, 0);
 
@@ -413,15 +423,26 @@ async fn queued_commands_are_committed_in_batches_of_at_most_batch_max() {
         .start_session(sample_start("batch", "db", at_us(0)))
         .await
         .expect("start");
-    let before = handle.stats();
 
-    let lock = WriteLock::take(&path);
-    for seq in 0..99 {
-        handle
-            .chunk(id, Direction::ClientToServer, seq, at_us(i64::from(seq)))
-            .await
-            .expect("queued");
+    // Ends are commands (chunks are not: every batch takes all of them).
+    let mut ids = vec![id];
+    for n in 1..99 {
+        let start = sample_start("batch", "db", at_us(n));
+        ids.push(handle.start_session(start).await.expect("start"));
     }
+    handle.flush().await.expect("starts committed");
+    let before = handle.stats();
+    let lock = WriteLock::take(&path);
+    let mut enders = Vec::new();
+    for (n, id) in ids.into_iter().enumerate() {
+        let handle = handle.clone();
+        enders.push(tokio::spawn(async move {
+            handle
+                .end_session(end(id, at_us(100 + n as i64), "client closed"))
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let flusher = {
         let handle = handle.clone();
         tokio::spawn(async move { handle.flush().await })
@@ -429,17 +450,81 @@ async fn queued_commands_are_committed_in_batches_of_at_most_batch_max() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(lock);
     flusher.await.expect("task").expect("flush");
+    for ender in enders {
+        ender.await.expect("task").expect("end");
+    }
 
     let after = handle.stats();
     let commits = after.commits - before.commits;
     assert_eq!(after.commands - before.commands, 100);
     // 100 queued commands with batch_max 10: exactly ten full batches if the writer found
-    // them all waiting, one more if it grabbed the first chunk before the others arrived.
+    // them all waiting, one more if it grabbed the first end before the others arrived.
     assert!(
         (10..=11).contains(&commits),
         "{commits} commits for 100 queued commands"
     );
     close_async(journal).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_are_pre_log_records_committed_before_a_later_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let journal = open(
+        &path,
+        JournalOptions {
+            batch_max: 10,
+            queue_capacity: 1000,
+            ..Default::default()
+        },
+    )
+    .expect("open");
+    let handle = journal.handle();
+    let id = handle
+        .start_session(sample_start("batch", "db", at_us(0)))
+        .await
+        .expect("start");
+    handle.flush().await.expect("flush");
+    let before = handle.stats();
+
+    let lock = WriteLock::take(&path);
+    for seq in 0..99 {
+        handle
+            .chunk(id, Direction::ClientToServer, seq, at_us(i64::from(seq)))
+            .await
+            .expect("recorded");
+    }
+    let ender = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            handle
+                .end_session(end(id, at_us(100), "client closed"))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(lock);
+    ender.await.expect("task").expect("end");
+
+    let after = handle.stats();
+    assert_eq!(after.commands - before.commands, 1, "only the end");
+    assert_eq!(after.prelog_records - before.prelog_records, 99);
+    // More than batch_max chunks, yet at most two commits: the batch the writer had begun
+    // when the lock was taken, and one with everything else.
+    let commits = after.commits - before.commits;
+    assert!((1..=2).contains(&commits), "{commits} commits");
+    close_async(journal).await.expect("close");
+    let reader = JournalReader::open(&path).expect("reader");
+    let sizes: Vec<Option<u32>> = reader
+        .events(id)
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind != EventKind::SessionStart)
+        .map(|e| e.size)
+        .collect();
+    let mut expected: Vec<Option<u32>> = (0..99).map(Some).collect();
+    expected.push(None);
+    assert_eq!(sizes, expected, "every chunk, in order, before the end");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,16 +572,26 @@ async fn failed_statements_fail_their_waiters_and_the_writer_recovers() {
         .expect_err("a failed session takes no more chunks");
     assert!(matches!(err, JournalError::SessionFailed { id } if id == a));
 
-    let err = handle
+    // With journal_fsync = "group" a start counts as recorded once it is in the pre-log;
+    // the writer's insert fails, which fails the session: its first chunk is refused.
+    let b = handle
         .start_session(sample_start("b", "db", at_us(4)))
         .await
-        .expect_err("a start that cannot be recorded is refused");
-    assert!(matches!(err, JournalError::Sqlite { .. }), "got {err}");
+        .expect("in the pre-log");
+    let err = handle
+        .flush()
+        .await
+        .expect_err("its row could not be inserted");
     assert!(
-        super::error_chain(&err).contains("disk on fire"),
-        "{}",
-        super::error_chain(&err)
+        matches!(err, JournalError::FlushIncomplete { failed: 1 }),
+        "got {err}"
     );
+    assert!(handle.session_failed(b));
+    let err = handle
+        .chunk(b, Direction::ClientToServer, 1, at_us(4))
+        .await
+        .expect_err("a session whose start failed takes no chunk");
+    assert!(matches!(err, JournalError::SessionFailed { id } if id == b));
 
     side.execute_batch("DROP TRIGGER boom;")
         .expect("drop trigger");
@@ -555,7 +650,7 @@ async fn failed_statements_fail_their_waiters_and_the_writer_recovers() {
         .into_iter()
         .map(|s| s.identity.workload)
         .collect();
-    assert_eq!(workloads, ["a", "c"], "the refused start left no row");
+    assert_eq!(workloads, ["a", "c"], "the failed start left no row");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,34 +703,27 @@ async fn failed_commit_fails_the_whole_batch_and_the_writer_recovers() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(lock);
 
-    let err = starter.await.expect("task").expect_err("start c is lost");
-    assert!(
-        matches!(err, JournalError::BatchFailed { op: "commit", .. }),
-        "got {err}"
-    );
+    // The start is in the pre-log: it stays there when the batch holding it is lost,
+    // and is committed once the journal recovers.
+    let c = starter
+        .await
+        .expect("task")
+        .expect("start c is in the pre-log");
     // The flush either shared the lost batch or came right after it; either way it must
     // not claim success.
     let err = flusher
         .await
         .expect("task")
         .expect_err("flush sees the loss");
-    assert!(
-        matches!(
-            err,
-            JournalError::BatchFailed { .. } | JournalError::FlushIncomplete { failed: 3 }
-        ),
-        "got {err}"
-    );
-    assert!(handle.session_failed(a));
-    assert!(handle.session_failed(b));
+    assert!(matches!(err, JournalError::BatchFailed { .. }), "got {err}");
+    // The chunks too are in the pre-log: nothing of the lost batch is lost for good.
+    for id in [a, b, c] {
+        assert!(!handle.session_failed(id), "{id}");
+    }
     let after = handle.stats();
     assert!(after.failed_batches > before.failed_batches);
-    // Only a batch holding nothing but the flush can have committed.
-    assert!(
-        after.commits - before.commits <= 1,
-        "{before:?} -> {after:?}"
-    );
-    assert_eq!(after.failed_records - before.failed_records, 3);
+    assert_eq!(after.commits, before.commits, "{before:?} -> {after:?}");
+    assert_eq!(after.failed_records, before.failed_records);
 
     side.execute_batch("DROP TRIGGER poison_events; DROP TABLE poison;")
         .expect("remove poison");
@@ -656,7 +744,7 @@ async fn failed_commit_fails_the_whole_batch_and_the_writer_recovers() {
         .into_iter()
         .map(|s| s.identity.workload)
         .collect();
-    assert_eq!(workloads, ["a", "b", "d"]);
+    assert_eq!(workloads, ["a", "b", "c", "d"]);
     assert!(reader.session(d).expect("query").is_some());
     let a_chunks = reader
         .events(a)
@@ -664,7 +752,7 @@ async fn failed_commit_fails_the_whole_batch_and_the_writer_recovers() {
         .iter()
         .filter(|e| e.kind == EventKind::Chunk)
         .count();
-    assert_eq!(a_chunks, 0, "the lost batch left nothing behind");
+    assert_eq!(a_chunks, 1, "the lost batch was retried from the pre-log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1095,9 +1183,12 @@ async fn recorded_events_are_committed_in_order_with_their_data() {
         }])
         .expect("record");
     assert_eq!((first + 1, first + 2), (fourth, fifth), "contiguous seqs");
-    assert_eq!(first, 3, "the first call's last seq on a new journal");
+    assert_eq!(
+        first, 4,
+        "the first call's last seq on a new journal (after the start)"
+    );
     h.flush().await.expect("flush");
-    assert_eq!(h.stats().prelog_records, 5);
+    assert_eq!(h.stats().prelog_records, 6, "the start and five events");
 
     let reader = JournalReader::open(&path).expect("reader");
     let events = reader.events(id).expect("events");
@@ -1239,7 +1330,11 @@ async fn sequence_numbers_continue_across_reopen() {
         .await
         .expect("start");
     let next = h.record(&[pg_event(id2, 3)]).expect("record");
-    assert_eq!(next, last + 1, "...but the numbering goes on");
+    assert_eq!(
+        next,
+        last + 2,
+        "...but the numbering goes on (after id2's start)"
+    );
     close_async(journal).await.expect("close");
 }
 
@@ -1254,6 +1349,7 @@ async fn record_refuses_failed_sessions_invalid_events_and_a_closed_journal() {
         .await
         .expect("queued");
     assert!(h.flush().await.is_err());
+    let written = prelog_len(&path);
     let err = h.record(&[pg_event(999, 1)]).expect_err("failed session");
     assert!(
         matches!(err, JournalError::SessionFailed { id: 999 }),
@@ -1266,7 +1362,7 @@ async fn record_refuses_failed_sessions_invalid_events_and_a_closed_journal() {
         }])
         .expect_err("reserved kind");
     assert!(matches!(err, JournalError::InvalidEvent { .. }), "{err}");
-    assert_eq!(prelog_len(&path), 0, "nothing was written");
+    assert_eq!(prelog_len(&path), written, "nothing was written");
     close_async(journal).await.expect("close");
     let err = h.record(&[pg_event(1, 1)]).expect_err("writer gone");
     assert!(matches!(err, JournalError::WriterGone), "{err}");
@@ -1445,8 +1541,8 @@ async fn the_prelog_is_truncated_once_applied_and_numbering_goes_on() {
     assert!(truncations >= 8, "only {truncations} truncations");
     assert_eq!(
         seqs,
-        (1..=60).map(|r| r * 10).collect::<Vec<u64>>(),
-        "seqs keep growing across truncations"
+        (1..=60).map(|r| r * 10 + 1).collect::<Vec<u64>>(),
+        "seqs keep growing across truncations (the session's start took 1)"
     );
     close_async(journal).await.expect("close");
     let reader = JournalReader::open(&path).expect("reader");
@@ -1455,7 +1551,11 @@ async fn the_prelog_is_truncated_once_applied_and_numbering_goes_on() {
 
 /// Writes pre-log records straight into the file, as an agent that died before its
 /// writer copied them would have left them.
+///
+/// Sequence numbers are given relative to the last one the journal applied (its
+/// sessions' starts took some).
 fn write_prelog(path: &Path, records: &[(u64, Event)]) -> Vec<Vec<u8>> {
+    let base = applied_seq(path);
     let mut out = Vec::new();
     let mut file = std::fs::OpenOptions::new()
         .append(true)
@@ -1463,11 +1563,17 @@ fn write_prelog(path: &Path, records: &[(u64, Event)]) -> Vec<Vec<u8>> {
         .expect("open pre-log");
     for (seq, e) in records {
         let mut buf = Vec::new();
-        prelog::encode_into(&mut buf, *seq, e);
+        prelog::encode_into(&mut buf, base + *seq, e);
         std::io::Write::write_all(&mut file, &buf).expect("write");
         out.push(buf);
     }
     out
+}
+
+/// The last pre-log sequence number the journal at `path` applied.
+fn applied_seq(path: &Path) -> u64 {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    prelog::load_applied(&conn).expect("applied seq")
 }
 
 async fn journal_with_open_session(path: &Path) -> SessionId {
@@ -1486,7 +1592,8 @@ async fn a_torn_tail_is_cut_off_and_the_records_before_it_recovered() {
     // (what is appended after three good records, torn bytes expected)
     let half_record = {
         let mut buf = Vec::new();
-        prelog::encode_into(&mut buf, 4, &pg_event(1, 4));
+        // After the session's start and the three good records.
+        prelog::encode_into(&mut buf, 5, &pg_event(1, 4));
         buf.truncate(buf.len() / 2);
         buf
     };
@@ -1529,9 +1636,10 @@ async fn a_torn_tail_is_cut_off_and_the_records_before_it_recovered() {
         assert_eq!(prelog_len(&path), 0, "{name}: the file is emptied");
         assert_eq!(
             journal.handle().record(&[]).expect("nothing to record"),
-            3,
+            applied_seq(&path),
             "{name}: numbering continues after the recovered records"
         );
+        assert_eq!(applied_seq(&path), 4, "{name}: the start and three records");
         close_async(journal).await.expect("close");
 
         // The crash window between the recovery's commit and its truncation: the same
@@ -1590,12 +1698,13 @@ async fn a_damaged_record_ends_the_readable_part() {
         .start_session(sample_start("app", "db", at_us(5)))
         .await
         .expect("start");
+    // 1: the first session's start; 2: the one good record; 3: this start.
     assert_eq!(
         journal
             .handle()
             .record(&[pg_event(id2, 5)])
             .expect("record"),
-        2
+        4
     );
     close_async(journal).await.expect("close");
     let reader = JournalReader::open(&path).expect("reader");
@@ -1638,12 +1747,18 @@ async fn child_records_then_waits_to_be_killed() {
         .start_session(sample_start("app", "db", at_us(0)))
         .await
         .expect("start");
-    // The writer can no longer commit: the events exist only in the pre-log.
+    h.flush().await.expect("the first start is committed");
+    // The writer can no longer commit: what follows exists only in the pre-log, a
+    // session's start included.
     let _lock = WriteLock::take(&path);
+    let id2 = h
+        .start_session(sample_start("app2", "db", at_us(1)))
+        .await
+        .expect("start in the pre-log");
     for n in 1..=KILLED_RECORDS {
         h.record(&[pg_event(id, n)]).expect("record");
     }
-    println!("READY {id}");
+    println!("READY {id} {id2}");
     std::io::Write::flush(&mut std::io::stdout()).expect("flush stdout");
     std::thread::sleep(Duration::from_secs(60));
     panic!("was not killed");
@@ -1660,27 +1775,29 @@ async fn a_killed_agents_events_are_recovered_exactly_once() {
     );
     let stdout = child.stdout.take().expect("stdout");
     // libtest prints "test NAME ... " before running the test, on the same line.
-    let ready: Option<SessionId> = std::io::BufReader::new(stdout)
+    let ready: Option<(SessionId, SessionId)> = std::io::BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
         .find_map(|l| {
-            l.split_once("READY ")
-                .and_then(|(_, id)| id.trim().parse().ok())
+            let (_, ids) = l.split_once("READY ")?;
+            let (a, b) = ids.trim().split_once(' ')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
         });
     // Child::kill sends SIGKILL: no destructor, no close, no flush runs in the child.
     child.kill().expect("SIGKILL the child");
     child.wait().expect("reap");
-    let id = ready.expect("the child got ready");
+    let (id, id2) = ready.expect("the child got ready");
     assert!(prelog_len(&path) > 0, "the events are in the pre-log");
 
     let journal = open(&path, JournalOptions::default()).expect("open after the kill");
     assert_eq!(
         journal.recovery(),
         PrelogRecovery {
-            records: KILLED_RECORDS as u64,
+            records: KILLED_RECORDS as u64 + 1,
             failed: 0,
             torn_bytes: 0
-        }
+        },
+        "the events and the second session's start"
     );
     close_async(journal).await.expect("close");
     let journal = open(&path, JournalOptions::default()).expect("open again");
@@ -1698,6 +1815,15 @@ async fn a_killed_agents_events_are_recovered_exactly_once() {
         Some(writer::INTERRUPTED_REASON)
     );
     assert_eq!(session.ended_at, Some(at_us(KILLED_RECORDS)));
+    let second = reader
+        .session(id2)
+        .expect("query")
+        .expect("the start survived the kill");
+    assert_eq!(second.identity.workload, "app2");
+    assert_eq!(
+        second.close_reason.as_deref(),
+        Some(writer::INTERRUPTED_REASON)
+    );
     let events = reader.events(id).expect("events");
     assert_eq!(
         events.last().map(|e| e.kind.clone()),

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::prelog::{self, Prelog};
 use super::segments;
 use super::{
-    system_time_to_us, Direction, Durability, JournalError, SegmentOptions, SessionEnd, SessionId,
+    system_time_to_us, Durability, JournalError, SegmentOptions, SessionEnd, SessionId,
     SessionStart, Shared,
 };
 use crate::evidence::chain::{event_hash_with, ChainEvent, ChainState};
@@ -106,18 +106,6 @@ impl Chain {
 
 /// What the handles ask of the writer.
 pub(crate) enum Command {
-    Start {
-        // Boxed so that the frequent chunk commands do not pay for the large start in every
-        // queue slot.
-        start: Box<SessionStart>,
-        reply: oneshot::Sender<Result<SessionId, JournalError>>,
-    },
-    Chunk {
-        id: SessionId,
-        dir: Direction,
-        size: u32,
-        at: SystemTime,
-    },
     End {
         end: SessionEnd,
         reply: oneshot::Sender<Result<(), JournalError>>,
@@ -141,7 +129,7 @@ impl Command {
     /// request under load.
     fn is_lazy(&self, wakes_are_lazy: bool) -> bool {
         match self {
-            Command::Chunk { .. } | Command::End { .. } => true,
+            Command::End { .. } => true,
             Command::Wake => wakes_are_lazy,
             _ => false,
         }
@@ -162,14 +150,6 @@ const RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// The results only describe the command's own statements; if the batch as a whole is not
 /// committed, every waiter gets the batch error instead.
 enum Executed {
-    Start {
-        reply: oneshot::Sender<Result<SessionId, JournalError>>,
-        result: Result<SessionId, JournalError>,
-    },
-    Chunk {
-        id: SessionId,
-        result: Result<(), JournalError>,
-    },
     End {
         id: SessionId,
         reply: oneshot::Sender<Result<(), JournalError>>,
@@ -188,11 +168,6 @@ impl Executed {
     /// result is `Ok` ("no failure of its own"): it only receives the batch error.
     fn without_running(cmd: Command, failures: &mut Failures) -> Executed {
         match cmd {
-            Command::Start { reply, .. } => Executed::Start {
-                reply,
-                result: Ok(0),
-            },
-            Command::Chunk { id, .. } => Executed::Chunk { id, result: Ok(()) },
             Command::End { end, reply } => Executed::End {
                 id: end.id,
                 reply,
@@ -210,8 +185,6 @@ impl Executed {
     /// counted as failed.
     fn is_pending_record(&self) -> bool {
         match self {
-            Executed::Start { result, .. } => result.is_ok(),
-            Executed::Chunk { result, .. } => result.is_ok(),
             Executed::End { result, .. } => result.is_ok(),
             Executed::Flush { .. } | Executed::Shutdown => false,
         }
@@ -221,13 +194,7 @@ impl Executed {
     /// transaction. The result left behind is never delivered: the batch error is.
     fn take_sqlite_error(&mut self) -> Option<(&'static str, rusqlite::Error)> {
         let slot: &mut Result<(), JournalError> = match self {
-            Executed::Chunk { result, .. } | Executed::End { result, .. } => result,
-            Executed::Start { result, .. } => {
-                return match std::mem::replace(result, Ok(0)) {
-                    Err(JournalError::Sqlite { op, source }) => Some((op, source)),
-                    _ => None,
-                };
-            }
+            Executed::End { result, .. } => result,
             Executed::Flush { .. } | Executed::Shutdown => return None,
         };
         match std::mem::replace(slot, Ok(())) {
@@ -595,6 +562,17 @@ fn ingest(
     let mut stop = None;
     while off < ing.buf.len() {
         match prelog::decode(&ing.buf[off..]) {
+            prelog::Decoded::Record { record, len }
+                if record.seq > seq
+                    && record.session != prelog::NO_SESSION
+                    && shared.is_failed(record.session) =>
+            {
+                // Once one record of a session is lost its timeline has a hole;
+                // recording later ones would make the hole look like a quiet period.
+                failures.add(1);
+                seq = record.seq;
+                off += len;
+            }
             prelog::Decoded::Record { record, len } if record.seq > seq => {
                 match prelog::insert_record(tx, chain, &record) {
                     Ok(()) => inserted += 1,
@@ -908,13 +886,7 @@ impl Writer {
                         executed.push(Executed::without_running(cmd, &mut self.failures));
                         continue;
                     }
-                    let mut ex = execute(
-                        &mut tx,
-                        &mut self.chain,
-                        &self.shared,
-                        &mut self.failures,
-                        cmd,
-                    );
+                    let mut ex = execute(&mut tx, &mut self.chain, &mut self.failures, cmd);
                     // Some errors (I/O, disk full) make SQLite roll back the whole
                     // transaction, not just the statement: everything before is gone too.
                     if tx.is_autocommit() {
@@ -977,10 +949,7 @@ impl Writer {
             // A waiter that gave up (its task was cancelled) no longer needs the answer, so
             // a failed send is not an error.
             match ex {
-                Executed::Start { reply, result } => {
-                    let _ = reply.send(result);
-                }
-                Executed::Chunk { .. } | Executed::Shutdown => {}
+                Executed::Shutdown => {}
                 Executed::End { id, reply, result } => {
                     self.shared.forget(id);
                     let _ = reply.send(result);
@@ -1037,19 +1006,9 @@ impl Writer {
             tracing::debug!(op, error = %source, "journal retry of pre-log records failed");
         }
 
-        // Mark first and forget ended sessions afterwards, so that a session that both
-        // chunked and ended in this batch does not stay in the failed set forever.
-        for ex in &executed {
-            if let Executed::Chunk { id, .. } = ex {
-                self.shared.mark_failed(*id);
-            }
-        }
         for ex in executed {
             match ex {
-                Executed::Start { reply, .. } => {
-                    let _ = reply.send(Err(batch_error()));
-                }
-                Executed::Chunk { .. } | Executed::Shutdown => {}
+                Executed::Shutdown => {}
                 Executed::End { id, reply, .. } => {
                     self.shared.forget(id);
                     let _ = reply.send(Err(batch_error()));
@@ -1067,32 +1026,10 @@ impl Writer {
 fn execute(
     tx: &mut Transaction<'_>,
     chain: &mut Chain,
-    shared: &Shared,
     failures: &mut Failures,
     cmd: Command,
 ) -> Executed {
     match cmd {
-        Command::Start { start, reply } => {
-            let result = with_savepoint(tx, chain, |tx, chain| insert_start(tx, chain, &start));
-            if let Err(e) = &result {
-                record_failure(failures, None, "a session start", e);
-            }
-            Executed::Start { reply, result }
-        }
-        Command::Chunk { id, dir, size, at } => {
-            // Once one record of a session is lost its timeline has a hole; recording later
-            // chunks would make the hole look like a quiet period, so they are skipped.
-            let result = if shared.is_failed(id) {
-                failures.add(1);
-                Err(JournalError::SessionFailed { id })
-            } else {
-                insert_chunk(tx, chain, id, dir, size, at).inspect_err(|e| {
-                    record_failure(failures, Some(id), "a chunk", e);
-                    shared.mark_failed(id);
-                })
-            };
-            Executed::Chunk { id, result }
-        }
         Command::End { end, reply } => {
             // The end is recorded even for a failed session: "journal failure" as the close
             // reason is exactly what a responder needs to see.
@@ -1153,80 +1090,12 @@ fn u64_bits(v: u64) -> i64 {
     v as i64
 }
 
-fn insert_start(
-    conn: &Connection,
-    chain: &mut Chain,
-    s: &SessionStart,
-) -> Result<SessionId, JournalError> {
-    let cmdline = s
-        .identity
-        .cmdline
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|source| JournalError::Encode {
-            what: "cmdline",
-            source,
-        })?;
-    let started_at_us = system_time_to_us(s.started_at);
-    let claims = s
-        .claims
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|source| JournalError::Encode {
-            what: "claims",
-            source,
-        })?;
-    let container = s
-        .identity
-        .container
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|source| JournalError::Encode {
-            what: "container",
-            source,
-        })?;
-    // Explicit ids: they continue across segments, whose files start empty.
-    let id = chain.state.next_session_id;
-    conn.prepare_cached(
-        "INSERT INTO sessions (workload, cgroup, cgroup_id, pid, pid_start_time, exe, cmdline, \
-         uid, gid, user, comm, client_addr, orig_dst, target, protocol, started_at_us, id, claims, \
-         container) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
-    )
-    .and_then(|mut stmt| {
-        stmt.execute(params![
-            s.identity.workload,
-            s.identity.cgroup,
-            u64_bits(s.identity.cgroup_id),
-            s.identity.pid,
-            s.identity.pid_start_time.map(u64_bits),
-            s.identity.exe,
-            cmdline,
-            s.identity.uid,
-            s.identity.gid,
-            s.identity.user,
-            s.identity.comm,
-            s.identity.client_addr.to_string(),
-            s.identity.orig_dst.to_string(),
-            s.identity.target,
-            s.identity.protocol,
-            started_at_us,
-            id,
-            claims,
-            container,
-        ])
-    })
-    .map_err(JournalError::sqlite("insert session"))?;
-    // Taken inside this transaction; the caller only sees it after the commit, and a
-    // rollback puts the chain state (and so this id) back.
-    chain.state.next_session_id = id + 1;
-
-    // The start event repeats the identity so that the append-only event stream is complete
-    // on its own (the sessions row is a mutable summary; a future hash chain covers events).
-    let data = serde_json::json!({
+/// The `session_start` event's data: the whole identity, so that the append-only event
+/// stream is complete on its own (the sessions row is a mutable summary). It is written
+/// to the pre-log as it will be stored, and the writer builds the sessions row from it
+/// ([`insert_session`]).
+pub(crate) fn start_event_data(s: &SessionStart) -> String {
+    serde_json::json!({
         "workload": s.identity.workload,
         "cgroup": s.identity.cgroup,
         "cgroup_id": s.identity.cgroup_id,
@@ -1245,45 +1114,108 @@ fn insert_start(
         "claims": s.claims,
         "container": s.identity.container,
     })
-    .to_string();
-    chain
-        .insert_event(
-            conn,
-            &NewEvent {
-                session_id: Some(id),
-                at_us: started_at_us,
-                kind: "session_start",
-                direction: None,
-                size: None,
-                data: Some(&data),
-            },
-        )
-        .map_err(JournalError::sqlite("insert session_start event"))?;
-    Ok(id)
+    .to_string()
 }
 
-fn insert_chunk(
+/// The `session_start` data read back ([`start_event_data`]'s keys).
+#[derive(serde::Deserialize)]
+struct StartData {
+    workload: String,
+    cgroup: String,
+    cgroup_id: u64,
+    pid: u32,
+    pid_start_time: Option<u64>,
+    exe: Option<String>,
+    cmdline: Option<Vec<String>>,
+    uid: u32,
+    gid: u32,
+    user: Option<String>,
+    comm: String,
+    client_addr: String,
+    orig_dst: String,
+    target: String,
+    protocol: String,
+    claims: Option<serde_json::Value>,
+    container: Option<serde_json::Value>,
+}
+
+/// Inserts a session's row and its chained `session_start` event from the pre-log
+/// record [`super::JournalHandle::start_session`] wrote (id, time and data), all or
+/// nothing (a savepoint; the chain position is put back on failure).
+pub(crate) fn insert_session(
     conn: &Connection,
     chain: &mut Chain,
     id: SessionId,
-    dir: Direction,
-    size: u32,
-    at: SystemTime,
-) -> Result<(), JournalError> {
-    chain
-        .insert_event(
+    at_us: i64,
+    data: &str,
+) -> rusqlite::Result<()> {
+    let d: StartData = serde_json::from_str(data).map_err(|e| {
+        rusqlite::Error::ToSqlConversionFailure(
+            format!("session_start data of session {id} is not a session identity: {e}").into(),
+        )
+    })?;
+    let json = |v: Option<&serde_json::Value>| v.filter(|v| !v.is_null()).map(|v| v.to_string());
+    let cmdline = d
+        .cmdline
+        .as_ref()
+        .map(|c| serde_json::Value::from(c.clone()).to_string());
+    let before = chain.state;
+    conn.execute_batch("SAVEPOINT session_start")?;
+    let result = (|| {
+        conn.prepare_cached(
+            "INSERT INTO sessions (workload, cgroup, cgroup_id, pid, pid_start_time, exe, \
+             cmdline, uid, gid, user, comm, client_addr, orig_dst, target, protocol, \
+             started_at_us, id, claims, container) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+             ?17, ?18, ?19)",
+        )?
+        .execute(params![
+            d.workload,
+            d.cgroup,
+            u64_bits(d.cgroup_id),
+            d.pid,
+            d.pid_start_time.map(u64_bits),
+            d.exe,
+            cmdline,
+            d.uid,
+            d.gid,
+            d.user,
+            d.comm,
+            d.client_addr,
+            d.orig_dst,
+            d.target,
+            d.protocol,
+            at_us,
+            id,
+            json(d.claims.as_ref()),
+            json(d.container.as_ref()),
+        ])?;
+        // Ids are handed out by the handles; the chain state carries the next one into
+        // the next segment.
+        chain.state.next_session_id = chain.state.next_session_id.max(id + 1);
+        chain.insert_event(
             conn,
             &NewEvent {
                 session_id: Some(id),
-                at_us: system_time_to_us(at),
-                kind: "chunk",
-                direction: Some(dir.as_str()),
-                size: Some(i64::from(size)),
-                data: None,
+                at_us,
+                kind: "session_start",
+                direction: None,
+                size: None,
+                data: Some(data),
             },
-        )
-        .map_err(JournalError::sqlite("insert chunk event"))?;
-    Ok(())
+        )?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("RELEASE session_start"),
+        Err(e) => {
+            chain.state = before;
+            // A statement error leaves the transaction open: undo this session only. An
+            // I/O error may have rolled back everything already; the caller sees that.
+            let _ = conn.execute_batch("ROLLBACK TO session_start; RELEASE session_start");
+            Err(e)
+        }
+    }
 }
 
 fn update_end(conn: &Connection, chain: &mut Chain, end: &SessionEnd) -> Result<(), JournalError> {

@@ -66,6 +66,7 @@ pub mod aws;
 pub mod http;
 mod raw;
 mod sql;
+mod sql_cache;
 pub mod ssh;
 
 #[cfg(test)]
@@ -84,6 +85,7 @@ pub use sql::{
     analyze, analyze_with, name_candidates, Analysis, AnalyzeOptions, KindSet, StatementInfo,
     StatementKind,
 };
+pub use sql_cache::AnalysisCache;
 
 /// How long an `approve` hold waits when the policy does not say.
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(5 * 60);

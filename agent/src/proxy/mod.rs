@@ -627,7 +627,9 @@ async fn handle(
         }
     };
     let t_journal = t0.elapsed();
-    info!(session = id, workload = %workload_name, cgroup = %cgroup, pid = tgid, %orig_dst, target = %target.name, "session opened");
+    // Debug, not info: every session is in the journal, and a line per connection
+    // would flood the system log of a busy CI host (and cost the set-up path).
+    debug!(session = id, workload = %workload_name, cgroup = %cgroup, pid = tgid, %orig_dst, target = %target.name, "session opened");
     if let Some(lineage) = &shared.lineage {
         lineage.session_started(shared.as_ref(), id, tgid);
     }
@@ -818,7 +820,7 @@ async fn handle(
         close_reason: outcome.reason.to_string(),
     };
     record_end(&shared.journal, end, &mut end_cancel).await;
-    info!(
+    debug!(
         session = id,
         from_client = outcome.bytes_from_client,
         from_server = outcome.bytes_from_server,

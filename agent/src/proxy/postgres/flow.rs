@@ -283,6 +283,21 @@ impl Flow {
         seq
     }
 
+    /// How the server will lex the next query string: as it reported
+    /// `standard_conforming_strings` (on unless reported off), and with backslashes
+    /// taken as escapes while anything is still in flight, since a statement in the
+    /// pipeline may turn the setting off before this one is parsed (a query string that
+    /// then holds a backslash is one opaque statement).
+    fn analyze_options(&self) -> policy::AnalyzeOptions {
+        let reported_on = self
+            .parameters
+            .get("standard_conforming_strings")
+            .is_none_or(|v| v == "on");
+        policy::AnalyzeOptions {
+            standard_conforming_strings: reported_on && self.expect.is_empty(),
+        }
+    }
+
     /// The verdict for some SQL text, and the analysis it came from.
     fn judge(&self, sql: &str) -> (Arc<Analysis>, Verdict, Option<String>) {
         let (analysis, verdict, rule, _) = self.judge_each(sql);
@@ -299,7 +314,7 @@ impl Flow {
         Option<String>,
         Vec<StatementVerdict>,
     ) {
-        let analysis = Arc::new(policy::analyze(sql));
+        let analysis = policy::AnalysisCache::global().analyze(sql, self.analyze_options());
         let (mut verdict, mut rule, per_statement) = match &self.rules.policy {
             Some(p) => {
                 let d = p.decide(&analysis);

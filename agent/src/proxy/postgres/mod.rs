@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::config::Target;
 use crate::credential::Secret;
@@ -417,7 +417,7 @@ async fn serve_inner(
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(key.pid, key.fake.clone()));
     }
-    info!(
+    debug!(
         session = ctx.id,
         statements = flow.statements_seen,
         refused = flow.statements_refused,

@@ -533,3 +533,50 @@ fn observe_mode_collects_statements_that_would_have_been_held() {
     f.on_client(query("select 1")).unwrap();
     assert!(f.take_would_hold().is_empty());
 }
+
+/// With `standard_conforming_strings = off` a backslash escapes a quote, so the string
+/// below is a SELECT and a comment to a standard lexer but a SELECT, a DROP and a
+/// comment to the server. The flow reads the setting from the server's ParameterStatus
+/// (and assumes it may be off while anything is in flight): the whole string is then
+/// one opaque statement, refused by `unparsed = "deny"`, never a harmless SELECT.
+#[test]
+fn backslash_escapes_follow_the_servers_standard_conforming_strings() {
+    let policy_text = NO_DROP.replace("[[policy]]\n", "[[policy]]\nunparsed = \"deny\"\n");
+    let trick = "SELECT 'a\\' -- '; DROP TABLE t; --";
+    let answer = |f: &mut Flow| {
+        let out = decode_all(&f.take_to_client());
+        let refused = matches!(out.first(), Some(BackendMessage::ErrorResponse(_)));
+        let ev = events(f);
+        (refused, ev[0].1["kinds"].clone())
+    };
+
+    // On (the default): one SELECT of a string that holds a backslash.
+    let mut f = flow(Some(&policy_text), true, SessionMasks::none());
+    f.on_client(query(trick)).unwrap();
+    let (refused, kinds) = answer(&mut f);
+    assert!(!refused, "{kinds}");
+    assert_eq!(kinds, serde_json::json!(["select"]));
+
+    // Reported off: opaque, refused.
+    let mut f = flow(Some(&policy_text), true, SessionMasks::none());
+    f.on_server(backend(&BackendMessage::ParameterStatus {
+        name: PgStr::from_static("standard_conforming_strings"),
+        value: PgStr::from_static("off"),
+    }))
+    .unwrap();
+    f.take_to_client();
+    f.on_client(query(trick)).unwrap();
+    let (refused, kinds) = answer(&mut f);
+    assert!(refused, "refused as unparsed");
+    assert_eq!(kinds, serde_json::json!(["unparsed"]));
+
+    // On, but a statement is still in flight (it might turn the setting off first).
+    let mut f = flow(Some(&policy_text), true, SessionMasks::none());
+    f.on_client(query("select 1")).unwrap();
+    f.take_to_server();
+    events(&mut f);
+    f.on_client(query(trick)).unwrap();
+    let ev = events(&mut f);
+    assert_eq!(ev[0].1["kinds"], serde_json::json!(["unparsed"]));
+    assert!(f.take_to_server().is_empty(), "not forwarded");
+}
