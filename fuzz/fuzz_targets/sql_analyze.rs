@@ -1,5 +1,8 @@
 //! SQL analysis as the PostgreSQL flow runs it on every query text: `policy::analyze`
-//! (and `analyze_with` for a session with `standard_conforming_strings = off`), then
+//! (and `analyze_with` for a session with `standard_conforming_strings = off`), the
+//! flow's `AnalysisCache`, which must answer exactly what a fresh analysis answers
+//! even after a sibling of the text (its digits changed: the same shape when they are
+//! literals) filled it, then
 //! `Policy::decide` with the policy of policies/example.toml, and `mask_text`, which
 //! the flow applies to statement texts before they are journaled. Query texts reach
 //! the flow as UTF-8 (the decoder refuses anything else), so other inputs are skipped.
@@ -10,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use nhi_agent::config::{self, Config};
 use nhi_agent::mask::{HashKey, SessionMasks};
-use nhi_agent::policy::{self, Analysis, AnalyzeOptions};
+use nhi_agent::policy::{self, Analysis, AnalysisCache, AnalyzeOptions};
 
 fn example() -> &'static (Config, SessionMasks) {
     static EXAMPLE: OnceLock<(Config, SessionMasks)> = OnceLock::new();
@@ -32,6 +35,12 @@ fn example() -> &'static (Config, SessionMasks) {
         let masks = SessionMasks::new(masks, Arc::new(HashKey::from_bytes([7; 32])));
         (config, masks)
     })
+}
+
+fn off_options() -> AnalyzeOptions {
+    AnalyzeOptions {
+        standard_conforming_strings: false,
+    }
 }
 
 fn check(sql: &str, analysis: &Analysis) {
@@ -58,12 +67,26 @@ fuzz_target!(|data: &[u8]| {
     if let Some(policy) = config.policies.for_session("nhi-demo", "postgres-v4", None) {
         let _ = policy.decide(&analysis);
     }
-    let off = policy::analyze_with(
-        sql,
-        AnalyzeOptions {
-            standard_conforming_strings: false,
-        },
-    );
+    let off = policy::analyze_with(sql, off_options());
     check(sql, &off);
+    for (options, fresh) in [
+        (AnalyzeOptions::default(), &analysis),
+        (off_options(), &off),
+    ] {
+        let cache = AnalysisCache::new();
+        let sibling: String = sql
+            .chars()
+            .map(|c| match c.to_digit(10) {
+                Some(d) => char::from_digit((d + 1) % 10, 10).unwrap_or(c),
+                None => c,
+            })
+            .collect();
+        let _ = cache.analyze(&sibling, options);
+        assert_eq!(
+            &*cache.analyze(sql, options),
+            fresh,
+            "the cache answers as a fresh analysis"
+        );
+    }
     let _ = masks.mask_text(sql);
 });

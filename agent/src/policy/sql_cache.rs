@@ -31,6 +31,12 @@ use super::sql::{analyze_with, Analysis, AnalyzeOptions};
 /// unbounded distinct statements gets no worse than no cache).
 const CAPACITY: usize = 4096;
 
+impl Default for AnalysisCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Query strings longer than this are analysed every time (and never kept).
 const MAX_KEY: usize = 8 << 10;
 
@@ -43,7 +49,9 @@ pub struct AnalysisCache {
 }
 
 impl AnalysisCache {
-    fn new() -> Self {
+    /// An empty cache (the proxy uses [`AnalysisCache::global`]; tests and the fuzz
+    /// target make their own).
+    pub fn new() -> Self {
         AnalysisCache {
             shapes: Mutex::new(HashMap::new()),
         }
@@ -78,7 +86,8 @@ impl AnalysisCache {
             };
         }
         let analysis = Arc::new(analyze_with(sql, options));
-        let fits = matches!(analysis.statements.as_slice(), [one] if one.span == shape.span);
+        let fits = matches!(analysis.statements.as_slice(), [one] if one.span == shape.span)
+            && same_but_text(&analysis, &analyze_with(&key.1, options));
         if fits {
             let mut shapes = self.lock();
             if shapes.len() >= CAPACITY {
@@ -95,6 +104,21 @@ impl AnalysisCache {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Whether two analyses say the same but for the statements' texts and spans. A shape
+/// is kept only when the query and its shape (the literals blanked) analyse the same:
+/// some constructs report a literal as part of a name (`SELECT .. INTO ns(0, 'o')`
+/// names the table `ns(0, 'o')`), and such an analysis is not one per shape.
+fn same_but_text(a: &Analysis, b: &Analysis) -> bool {
+    a.statements.len() == b.statements.len()
+        && a.statements.iter().zip(&b.statements).all(|(x, y)| {
+            x.kinds == y.kinds
+                && x.tables == y.tables
+                && x.functions == y.functions
+                && x.without_where == y.without_where
+                && x.opaque == y.opaque
+        })
 }
 
 /// A single-statement query string's shape, and where its statement is.
@@ -147,6 +171,10 @@ fn shape_of(sql: &str) -> Option<Shape> {
                 i += 1 + digits;
             }
             b'\'' => {
+                // Only where nothing can glue it to what precedes it.
+                if !literal_may_follow(i.checked_sub(1).map(|p| b[p])) {
+                    return None;
+                }
                 let end = closing_quote(b, i, b'\'')?;
                 key.push_str("''");
                 i = end + 1;
@@ -178,7 +206,13 @@ fn shape_of(sql: &str) -> Option<Shape> {
                 {
                     return None;
                 }
-                key.push('0');
+                // After `@`, `:`, `#` and the like the digits may be part of another
+                // token (sqlparser reads `@11` as a name): kept as they are.
+                if literal_may_follow(i.checked_sub(1).map(|p| b[p])) {
+                    key.push('0');
+                } else {
+                    key.push_str(&sql[i..i + len]);
+                }
                 i += len;
             }
             _ => {
@@ -203,6 +237,32 @@ fn shape_of(sql: &str) -> Option<Shape> {
         key: key.into_boxed_str(),
         span: start..end,
     })
+}
+
+/// Whether a literal that starts after `prev` (the byte before it, `None` at the start)
+/// is a token of its own to every lexer: after whitespace, an opening bracket, a comma
+/// or an arithmetic or comparison operator.
+fn literal_may_follow(prev: Option<u8>) -> bool {
+    match prev {
+        None => true,
+        Some(p) => {
+            p.is_ascii_whitespace()
+                || matches!(
+                    p,
+                    b'(' | b'['
+                        | b','
+                        | b'='
+                        | b'<'
+                        | b'>'
+                        | b'+'
+                        | b'-'
+                        | b'*'
+                        | b'/'
+                        | b'%'
+                        | b'|'
+                )
+        }
+    }
 }
 
 /// The index of the quote that closes the one at `open` (a doubled quote is part of
@@ -280,6 +340,7 @@ mod tests {
             "SELECT 1.2.3",
             "SELECT 'unterminated",
             "SELECT \"unterminated",
+            "SELECT @'x'",
             "",
             "  ;; ",
         ] {
@@ -314,6 +375,9 @@ mod tests {
             "CREATE FUNCTION f() RETURNS int AS 'SELECT {}' LANGUAGE sql",
             "SELECT 'a;b', {}",
             "SELECT * FROM a$b WHERE c$1 = {}",
+            "SELECT \nFROM@{}",
+            "SELECT x FROM t WHERE a = :{} OR b = #{} OR c = ?{}",
+            "select ert into ns({}, 'o{}')",
         ];
         let values = ["1", "42", "3.5", "7e3", "0", "100000"];
         for template in templates {
