@@ -611,14 +611,7 @@ impl Prelog {
         at: SystemTime,
         data: String,
     ) -> Result<u64, JournalError> {
-        let event = Event {
-            session,
-            at,
-            kind: Cow::Borrowed(START_KIND),
-            data,
-        };
-        validate_kind(&event, false)?;
-        self.append_valid(std::slice::from_ref(&event))
+        self.append_own(session, at, START_KIND, data)
     }
 
     /// Appends a chunk record of session `session`: `size` bytes about to be forwarded
@@ -630,12 +623,24 @@ impl Prelog {
         size: u32,
         at: SystemTime,
     ) -> Result<u64, JournalError> {
+        self.append_own(session, at, CHUNK_KIND, format!("{} {size}", dir.as_str()))
+    }
+
+    /// Appends one record of a kind the journal reserves for itself.
+    fn append_own(
+        &self,
+        session: SessionId,
+        at: SystemTime,
+        kind: &'static str,
+        data: String,
+    ) -> Result<u64, JournalError> {
         let event = Event {
             session,
             at,
-            kind: Cow::Borrowed(CHUNK_KIND),
-            data: format!("{} {size}", dir.as_str()),
+            kind: Cow::Borrowed(kind),
+            data,
         };
+        validate_kind(&event, false)?;
         self.append_valid(std::slice::from_ref(&event))
     }
 

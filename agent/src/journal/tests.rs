@@ -405,12 +405,10 @@ impl Drop for WriteLock {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_commands_are_committed_in_batches_of_at_most_batch_max() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = journal_path(&dir);
+/// A journal whose batches hold at most 10 commands, with one session started.
+async fn small_batches_with_a_session(path: &Path) -> (Journal, JournalHandle, SessionId) {
     let journal = open(
-        &path,
+        path,
         JournalOptions {
             batch_max: 10,
             queue_capacity: 1000,
@@ -423,6 +421,14 @@ async fn queued_commands_are_committed_in_batches_of_at_most_batch_max() {
         .start_session(sample_start("batch", "db", at_us(0)))
         .await
         .expect("start");
+    (journal, handle, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_commands_are_committed_in_batches_of_at_most_batch_max() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let (journal, handle, id) = small_batches_with_a_session(&path).await;
 
     // Ends are commands (chunks are not: every batch takes all of them).
     let mut ids = vec![id];
@@ -470,20 +476,7 @@ async fn queued_commands_are_committed_in_batches_of_at_most_batch_max() {
 async fn chunks_are_pre_log_records_committed_before_a_later_end() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = journal_path(&dir);
-    let journal = open(
-        &path,
-        JournalOptions {
-            batch_max: 10,
-            queue_capacity: 1000,
-            ..Default::default()
-        },
-    )
-    .expect("open");
-    let handle = journal.handle();
-    let id = handle
-        .start_session(sample_start("batch", "db", at_us(0)))
-        .await
-        .expect("start");
+    let (journal, handle, id) = small_batches_with_a_session(&path).await;
     handle.flush().await.expect("flush");
     let before = handle.stats();
 
