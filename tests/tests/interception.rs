@@ -188,17 +188,17 @@ fn cgroups_created_after_start_are_intercepted_from_their_first_connection() {
 
     // A matching cgroup that did not exist when the agent scanned.
     let late = parent.child("job-42");
+    // Intercepted is shown by the journal (the sessions found by pid below), not by the
+    // echo server's peers: the agent's upstream socket may get the same local port as
+    // a later client's socket (another destination), which made a peer check fail by
+    // chance.
     let r = late.client(&["echo", &echo.addr.to_string()]);
     assert_eq!(r["identical"], true, "{r}");
-    assert!(
-        !came_directly(&echo, &r),
-        "first connection of a new cgroup must be intercepted"
-    );
 
     // Nested cgroups below a selected one, created after start: own path, parent's workload.
     let nested = svc.child("a").child("b");
     let n = nested.client(&["echo", &echo.addr.to_string()]);
-    assert!(!came_directly(&echo, &n));
+    assert_eq!(n["identical"], true, "{n}");
 
     // A new cgroup that matches nothing: works, and is not journaled.
     let stranger = parent.child("stranger");
