@@ -520,6 +520,27 @@ async fn chunks_are_pre_log_records_committed_before_a_later_end() {
     assert_eq!(sizes, expected, "every chunk, in order, before the end");
 }
 
+/// A flush reports exactly one record lost since the previous flush.
+async fn expect_one_record_lost(handle: &JournalHandle) {
+    let err = handle
+        .flush()
+        .await
+        .expect_err("a record was not committed");
+    assert!(
+        matches!(err, JournalError::FlushIncomplete { failed: 1 }),
+        "got {err}"
+    );
+}
+
+/// A failed session takes no more chunks.
+async fn expect_chunk_refused(handle: &JournalHandle, session: SessionId) {
+    let err = handle
+        .chunk(session, Direction::ServerToClient, 30, at_us(3))
+        .await
+        .expect_err("a failed session takes no more chunks");
+    assert!(matches!(err, JournalError::SessionFailed { id } if id == session));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_statements_fail_their_waiters_and_the_writer_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -550,20 +571,9 @@ async fn failed_statements_fail_their_waiters_and_the_writer_recovers() {
         .chunk(a, Direction::ServerToClient, 20, at_us(2))
         .await
         .expect("queued");
-    let err = handle
-        .flush()
-        .await
-        .expect_err("the chunk was not committed");
-    assert!(
-        matches!(err, JournalError::FlushIncomplete { failed: 1 }),
-        "got {err}"
-    );
+    expect_one_record_lost(&handle).await;
     assert!(handle.session_failed(a));
-    let err = handle
-        .chunk(a, Direction::ServerToClient, 30, at_us(3))
-        .await
-        .expect_err("a failed session takes no more chunks");
-    assert!(matches!(err, JournalError::SessionFailed { id } if id == a));
+    expect_chunk_refused(&handle, a).await;
 
     // With journal_fsync = "group" a start counts as recorded once it is in the pre-log;
     // the writer's insert fails, which fails the session: its first chunk is refused.
@@ -571,20 +581,9 @@ async fn failed_statements_fail_their_waiters_and_the_writer_recovers() {
         .start_session(sample_start("b", "db", at_us(4)))
         .await
         .expect("in the pre-log");
-    let err = handle
-        .flush()
-        .await
-        .expect_err("its row could not be inserted");
-    assert!(
-        matches!(err, JournalError::FlushIncomplete { failed: 1 }),
-        "got {err}"
-    );
+    expect_one_record_lost(&handle).await;
     assert!(handle.session_failed(b));
-    let err = handle
-        .chunk(b, Direction::ClientToServer, 1, at_us(4))
-        .await
-        .expect_err("a session whose start failed takes no chunk");
-    assert!(matches!(err, JournalError::SessionFailed { id } if id == b));
+    expect_chunk_refused(&handle, b).await;
 
     side.execute_batch("DROP TRIGGER boom;")
         .expect("drop trigger");

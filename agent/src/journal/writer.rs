@@ -1034,7 +1034,12 @@ fn execute(
             // The end is recorded even for a failed session: "journal failure" as the close
             // reason is exactly what a responder needs to see.
             let id = end.id;
-            let result = with_savepoint(tx, chain, |tx, chain| update_end(tx, chain, &end));
+            let result = with_savepoint(
+                tx,
+                chain,
+                |op, e| JournalError::sqlite(op)(e),
+                |conn, chain| update_end(conn, chain, &end),
+            );
             if let Err(e) = &result {
                 record_failure(failures, Some(id), "a session end", e);
             }
@@ -1058,28 +1063,30 @@ fn record_failure(failures: &mut Failures, id: Option<SessionId>, what: &str, e:
     );
 }
 
-/// Runs `f` in a savepoint so that a command made of several statements is all or nothing
-/// without losing the rest of the batch.
+/// Runs `f` in a savepoint so that a record made of several statements is all or
+/// nothing without losing the rest of the batch; `sql_error` turns the savepoint's own
+/// statement errors into `f`'s error type.
 ///
-/// The chain position is put back when the savepoint is rolled back.
-fn with_savepoint<T>(
-    tx: &mut Transaction<'_>,
+/// The chain position is put back when the savepoint is rolled back. After a statement
+/// error the transaction is still open and only this record is undone; an I/O error may
+/// have rolled back everything already, which the caller finds out.
+fn with_savepoint<T, E>(
+    conn: &Connection,
     chain: &mut Chain,
-    f: impl FnOnce(&Connection, &mut Chain) -> Result<T, JournalError>,
-) -> Result<T, JournalError> {
+    sql_error: impl Fn(&'static str, rusqlite::Error) -> E,
+    f: impl FnOnce(&Connection, &mut Chain) -> Result<T, E>,
+) -> Result<T, E> {
     let before = chain.state;
-    let result = (|| {
-        let sp = tx
-            .savepoint()
-            .map_err(JournalError::sqlite("open a savepoint"))?;
-        // Dropping the savepoint without commit rolls it back.
-        let value = f(&sp, chain)?;
-        sp.commit()
-            .map_err(JournalError::sqlite("release a savepoint"))?;
+    conn.execute_batch("SAVEPOINT nhi_record")
+        .map_err(|e| sql_error("open a savepoint", e))?;
+    let result = f(conn, chain).and_then(|value| {
+        conn.execute_batch("RELEASE nhi_record")
+            .map_err(|e| sql_error("release a savepoint", e))?;
         Ok(value)
-    })();
+    });
     if result.is_err() {
         chain.state = before;
+        let _ = conn.execute_batch("ROLLBACK TO nhi_record; RELEASE nhi_record");
     }
     result
 }
@@ -1141,7 +1148,7 @@ struct StartData {
 
 /// Inserts a session's row and its chained `session_start` event from the pre-log
 /// record [`super::JournalHandle::start_session`] wrote (id, time and data), all or
-/// nothing (a savepoint; the chain position is put back on failure).
+/// nothing ([`with_savepoint`]).
 pub(crate) fn insert_session(
     conn: &Connection,
     chain: &mut Chain,
@@ -1158,64 +1165,57 @@ pub(crate) fn insert_session(
     let cmdline = d
         .cmdline
         .as_ref()
-        .map(|c| serde_json::Value::from(c.clone()).to_string());
-    let before = chain.state;
-    conn.execute_batch("SAVEPOINT session_start")?;
-    let result = (|| {
-        conn.prepare_cached(
-            "INSERT INTO sessions (workload, cgroup, cgroup_id, pid, pid_start_time, exe, \
+        .and_then(|c| serde_json::to_string(c).ok());
+    with_savepoint(
+        conn,
+        chain,
+        |_, e| e,
+        |conn, chain| {
+            conn.prepare_cached(
+                "INSERT INTO sessions (workload, cgroup, cgroup_id, pid, pid_start_time, exe, \
              cmdline, uid, gid, user, comm, client_addr, orig_dst, target, protocol, \
              started_at_us, id, claims, container) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
              ?17, ?18, ?19)",
-        )?
-        .execute(params![
-            d.workload,
-            d.cgroup,
-            u64_bits(d.cgroup_id),
-            d.pid,
-            d.pid_start_time.map(u64_bits),
-            d.exe,
-            cmdline,
-            d.uid,
-            d.gid,
-            d.user,
-            d.comm,
-            d.client_addr,
-            d.orig_dst,
-            d.target,
-            d.protocol,
-            at_us,
-            id,
-            json(d.claims.as_ref()),
-            json(d.container.as_ref()),
-        ])?;
-        // Ids are handed out by the handles; the chain state carries the next one into
-        // the next segment.
-        chain.state.next_session_id = chain.state.next_session_id.max(id + 1);
-        chain.insert_event(
-            conn,
-            &NewEvent {
-                session_id: Some(id),
+            )?
+            .execute(params![
+                d.workload,
+                d.cgroup,
+                u64_bits(d.cgroup_id),
+                d.pid,
+                d.pid_start_time.map(u64_bits),
+                d.exe,
+                cmdline,
+                d.uid,
+                d.gid,
+                d.user,
+                d.comm,
+                d.client_addr,
+                d.orig_dst,
+                d.target,
+                d.protocol,
                 at_us,
-                kind: "session_start",
-                direction: None,
-                size: None,
-                data: Some(data),
-            },
-        )?;
-        Ok(())
-    })();
-    match result {
-        Ok(()) => conn.execute_batch("RELEASE session_start"),
-        Err(e) => {
-            chain.state = before;
-            // A statement error leaves the transaction open: undo this session only. An
-            // I/O error may have rolled back everything already; the caller sees that.
-            let _ = conn.execute_batch("ROLLBACK TO session_start; RELEASE session_start");
-            Err(e)
-        }
-    }
+                id,
+                json(d.claims.as_ref()),
+                json(d.container.as_ref()),
+            ])?;
+            // Ids are handed out by the handles; the chain state carries the next one into
+            // the next segment.
+            chain.state.next_session_id = chain.state.next_session_id.max(id + 1);
+            chain.insert_event(
+                conn,
+                &NewEvent {
+                    session_id: Some(id),
+                    at_us,
+                    kind: "session_start",
+                    direction: None,
+                    size: None,
+                    data: Some(data),
+                },
+            )?;
+            Ok(())
+        },
+    )
 }
 
 fn update_end(conn: &Connection, chain: &mut Chain, end: &SessionEnd) -> Result<(), JournalError> {
