@@ -950,3 +950,59 @@ fn targets_removed_by_reload_or_across_a_restart_stop_being_intercepted() {
         "stale pinned target cleared at start"
     );
 }
+
+/// `journal_fsync = "each"`: a session's start is committed before the agent connects
+/// upstream. While the test holds the journal's write lock, a new session does not
+/// reach the server (with `group` it would: its start is in the pre-log at once); once
+/// the lock is released it does, the agent is killed, and the journal is read as it is
+/// on disk (no agent opens it, so nothing is recovered from the pre-log): the session
+/// is there.
+#[test]
+fn with_journal_fsync_each_a_session_is_committed_before_its_upstream_connect() {
+    privileged!("with_journal_fsync_each_a_session_is_committed_before_its_upstream_connect");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let base = unique("nhi-test");
+    let cg = TestCgroup::create(&format!("{base}/bot"));
+    let mut agent = Agent::start_with(
+        &format!("{}{}", workload("bot", cg.rel()), target("echo", echo.addr)),
+        "journal_fsync = \"each\"\n",
+        &[],
+    );
+    let r = cg.client(&["echo", &echo.addr.to_string()]);
+    assert_eq!(r["identical"], true, "{r}");
+    agent.wait_sessions_ended(1);
+
+    // The writer waits up to 5 s (busy_timeout) for the lock; it is held for 1 s.
+    let lock = rusqlite::Connection::open(&agent.journal).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let peers_before = echo.peers().len();
+    let mut holder = cg
+        .command(client_bin())
+        .args(["silent", &echo.addr.to_string(), "--hold-ms", "10000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        echo.peers().len(),
+        peers_before,
+        "no upstream connection before the start is committed"
+    );
+    lock.execute_batch("ROLLBACK").unwrap();
+    wait_until(
+        || echo.peers().len() > peers_before,
+        "the agent's upstream connection",
+    );
+    agent.kill9();
+    let _ = holder.kill();
+    let _ = holder.wait();
+
+    let sessions = agent.sessions();
+    assert_eq!(sessions.len(), 2, "{sessions:#?}");
+    let held = sessions
+        .iter()
+        .find(|s| s["ended_at"].is_null())
+        .expect("the held session, open when the agent died");
+    assert_eq!(held["workload"], "bot");
+    assert_eq!(held["cgroup"], cg.rel());
+}
