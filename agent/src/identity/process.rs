@@ -2,9 +2,13 @@
 //!
 //! A pid names a process only while it lives: by the time the proxy looks it up,
 //! the process that connected may have exited and its pid been given to another.
-//! Like SPIRE's peer tracker, we bracket the reads between two reads of the
-//! process's start time, and compare that start time with the connection time.
+//! Every file is read through one open directory of `/proc/PID` ([`ProcDir`]): the
+//! directory stays bound to the process it was opened for (a later process given the
+//! same pid is another directory), so reads through it fail once that process is gone
+//! instead of describing a newcomer. The start time read through it is compared with
+//! the connection time: a process that started later cannot have connected.
 use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -39,24 +43,25 @@ pub struct ProcessInfo {
     pub cgroup: Option<String>,
 }
 
-/// Reads /proc/PID with a guard against pid reuse: read the start time, then exe,
-/// cmdline, status and cgroup, then the start time again. If the process is gone
-/// meanwhile, returns `ProcessGone`; if the start time changed, `PidReused`.
+/// Reads /proc/PID with a guard against pid reuse (see the module comment): exe,
+/// cmdline, status and cgroup, then the start time again (the cgroup file is read by
+/// path). If the process is gone meanwhile, returns `ProcessGone`; if the start time
+/// changed, `PidReused`.
 ///
 /// `not_after` is the connection time as CLOCK_BOOTTIME ticks (see
 /// [`boottime_ticks`], [`boottime_ns_to_ticks`]): a process that started later
 /// cannot have made the connection, so that is `PidReused` too.
 pub fn process_info(pid: u32, not_after: Option<u64>) -> Result<ProcessInfo, IdentityError> {
-    let id = process_identity(pid, not_after)?;
-    let status_path = proc_path(pid, "status");
-    let status = String::from_utf8_lossy(&read_proc(pid, &status_path)?).into_owned();
+    let dir = ProcDir::open(pid)?;
+    let id = dir.identity(not_after)?;
+    let status = String::from_utf8_lossy(&dir.read("status")?).into_owned();
     let (uid, gid) = parse_status_ids(&status).ok_or_else(|| IdentityError::Malformed {
-        path: status_path,
+        path: proc_path(pid, "status"),
         reason: "no Uid: or Gid: line".to_owned(),
     })?;
     let cgroup = CgroupFs::cgroup_of_pid(pid);
 
-    let (_, start_again) = read_stat(pid, &proc_path(pid, "stat"))?;
+    let (_, start_again) = dir.stat()?;
     if start_again != id.start_time {
         return Err(IdentityError::PidReused { pid });
     }
@@ -72,37 +77,16 @@ pub fn process_info(pid: u32, not_after: Option<u64>) -> Result<ProcessInfo, Ide
     })
 }
 
-/// What names the process behind a connection: start time, executable, command line
-/// and comm, with the same pid-reuse guard as [`process_info`] (start time read before
-/// and after, and not later than `not_after`). It skips `status` and `cgroup`: the
-/// kernel already reported the caller's uid, gid and cgroup, and on the connection
-/// path every read counts.
+/// What names the process behind a connection: start time, executable, command line,
+/// comm and pid namespace, with the same pid-reuse guard as [`process_info`] (read
+/// through one directory of the process, its start time not later than `not_after`).
+/// It skips `status` and `cgroup`: the kernel already reported the caller's uid, gid
+/// and cgroup, and on the connection path every read counts (about ten syscalls).
 pub fn process_identity(
     pid: u32,
     not_after: Option<u64>,
 ) -> Result<ProcessIdentity, IdentityError> {
-    let stat_path = proc_path(pid, "stat");
-    let (comm, start_time) = read_stat(pid, &stat_path)?;
-    if not_after.is_some_and(|t| start_time > t) {
-        return Err(IdentityError::PidReused { pid });
-    }
-    // A missing exe link is normal (zombies, kernel threads) and so is a refusal
-    // (another user's process under a restricted ptrace policy): leave it out.
-    let exe = std::fs::read_link(proc_path(pid, "exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    let cmdline = parse_cmdline(&read_proc(pid, &proc_path(pid, "cmdline"))?);
-    let (_, start_again) = read_stat(pid, &stat_path)?;
-    if start_again != start_time {
-        return Err(IdentityError::PidReused { pid });
-    }
-    Ok(ProcessIdentity {
-        pid,
-        start_time,
-        exe,
-        cmdline,
-        comm,
-    })
+    ProcDir::open(pid)?.identity(not_after)
 }
 
 /// The part of [`ProcessInfo`] that [`process_identity`] reads.
@@ -114,6 +98,10 @@ pub struct ProcessIdentity {
     pub exe: Option<String>,
     pub cmdline: Vec<String>,
     pub comm: String,
+    /// Its pid in its own (innermost) pid namespace, when that is not the agent's
+    /// (see [`ns_pid`]).
+    #[serde(skip)]
+    pub ns_pid: Option<u32>,
 }
 
 /// The current CLOCK_BOOTTIME in clock ticks, comparable with
@@ -166,17 +154,7 @@ pub fn user_name(uid: u32) -> Option<String> {
 /// `/proc/PID/status`; `None` when it is the same as `pid` (a host process) or
 /// unreadable.
 pub fn ns_pid(pid: u32) -> Option<u32> {
-    // Most callers live in the agent's own pid namespace: one readlink says so, and
-    // `status` (the largest file of a process) is only read for the others.
-    static OURS: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let ours = OURS.get_or_init(|| std::fs::read_link("/proc/self/ns/pid").ok());
-    if let Some(ours) = ours {
-        if std::fs::read_link(proc_path(pid, "ns/pid")).ok().as_ref() == Some(ours) {
-            return None;
-        }
-    }
-    let status = std::fs::read_to_string(proc_path(pid, "status")).ok()?;
-    parse_ns_pid(&status).filter(|&inner| inner != pid)
+    ProcDir::open(pid).ok()?.ns_pid()
 }
 
 fn parse_ns_pid(status: &str) -> Option<u32> {
@@ -193,39 +171,132 @@ fn proc_path(pid: u32, file: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{file}"))
 }
 
-/// Reads a /proc file, mapping "no such process" to `ProcessGone`.
-///
-/// /proc files report a size of 0, so `fs::read` would stat the file and then grow its
-/// buffer from 32 bytes, a read per doubling; this starts with room for the whole file
-/// in the common case (stat, cmdline), one read and one read of EOF.
-fn read_proc(pid: u32, path: &PathBuf) -> Result<Vec<u8>, IdentityError> {
-    let read = || -> std::io::Result<Vec<u8>> {
-        use std::io::Read;
-        let mut buf = Vec::with_capacity(4096);
-        std::fs::File::open(path)?.read_to_end(&mut buf)?;
-        Ok(buf)
-    };
-    read().map_err(|source| {
-        // A process that exits while we read its files makes reads fail with
-        // ENOENT (directory gone) or ESRCH (task being torn down).
+/// An open `/proc/PID` directory: every file read through it belongs to the process
+/// it was opened for, or the read fails (see the module comment).
+struct ProcDir {
+    pid: u32,
+    fd: OwnedFd,
+}
+
+impl ProcDir {
+    fn open(pid: u32) -> Result<ProcDir, IdentityError> {
+        use nix::fcntl::OFlag;
+        let path = PathBuf::from(format!("/proc/{pid}"));
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        match nix::fcntl::open(&path, flags, nix::sys::stat::Mode::empty()) {
+            // SAFETY: open(2) returned a new descriptor that nothing else owns.
+            Ok(fd) => Ok(ProcDir {
+                pid,
+                fd: unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+            }),
+            Err(e) => Err(Self::error(pid, path, e.into())),
+        }
+    }
+
+    /// Maps "no such process" to `ProcessGone`.
+    fn error(pid: u32, path: PathBuf, source: std::io::Error) -> IdentityError {
+        // A process that exits while we read its files makes reads fail with ENOENT
+        // (directory gone) or ESRCH (task being torn down).
         if source.kind() == ErrorKind::NotFound || source.raw_os_error() == Some(libc::ESRCH) {
             IdentityError::ProcessGone { pid }
         } else {
-            IdentityError::Io {
-                path: path.clone(),
-                source,
+            IdentityError::Io { path, source }
+        }
+    }
+
+    /// Reads a whole file of the directory.
+    ///
+    /// /proc files report a size of 0, so `fs::read` would stat the file, ask for its
+    /// position and then grow its buffer from 32 bytes, a read per doubling; this is
+    /// openat, reads into a buffer with room for the whole file in the common case
+    /// (stat, cmdline), and close.
+    fn read(&self, name: &str) -> Result<Vec<u8>, IdentityError> {
+        use nix::fcntl::OFlag;
+        let read = || -> nix::Result<Vec<u8>> {
+            let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+            let raw = nix::fcntl::openat(
+                Some(std::os::fd::AsRawFd::as_raw_fd(&self.fd)),
+                name,
+                flags,
+                nix::sys::stat::Mode::empty(),
+            )?;
+            // SAFETY: openat(2) returned a new descriptor that nothing else owns.
+            let file = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            loop {
+                if len == buf.len() {
+                    buf.resize(buf.len() * 2, 0);
+                }
+                match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&file), &mut buf[len..]) {
+                    Ok(0) => break,
+                    Ok(n) => len += n,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            buf.truncate(len);
+            Ok(buf)
+        };
+        read().map_err(|e| Self::error(self.pid, proc_path(self.pid, name), e.into()))
+    }
+
+    /// The target of a symbolic link of the directory (`exe`, `ns/pid`).
+    fn read_link(&self, name: &str) -> Result<std::ffi::OsString, IdentityError> {
+        nix::fcntl::readlinkat(Some(std::os::fd::AsRawFd::as_raw_fd(&self.fd)), name)
+            .map_err(|e| Self::error(self.pid, proc_path(self.pid, name), e.into()))
+    }
+
+    /// (comm, start time in ticks) from `stat`.
+    fn stat(&self) -> Result<(String, u64), IdentityError> {
+        let bytes = self.read("stat")?;
+        parse_stat(&bytes).ok_or_else(|| IdentityError::Malformed {
+            path: proc_path(self.pid, "stat"),
+            reason: "unexpected format".to_owned(),
+        })
+    }
+
+    fn identity(&self, not_after: Option<u64>) -> Result<ProcessIdentity, IdentityError> {
+        let (comm, start_time) = self.stat()?;
+        if not_after.is_some_and(|t| start_time > t) {
+            return Err(IdentityError::PidReused { pid: self.pid });
+        }
+        // A missing exe link is normal (zombies, kernel threads) and so is a refusal
+        // (another user's process under a restricted ptrace policy): leave it out.
+        let exe = self
+            .read_link("exe")
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        let cmdline = parse_cmdline(&self.read("cmdline")?);
+        let ns_pid = self.ns_pid();
+        Ok(ProcessIdentity {
+            pid: self.pid,
+            start_time,
+            exe,
+            cmdline,
+            comm,
+            ns_pid,
+        })
+    }
+
+    /// See [`ns_pid`].
+    fn ns_pid(&self) -> Option<u32> {
+        // Most callers live in the agent's own pid namespace: one readlink says so,
+        // and `status` (the largest file of a process) is only read for the others.
+        static OURS: OnceLock<Option<std::ffi::OsString>> = OnceLock::new();
+        let ours = OURS.get_or_init(|| {
+            std::fs::read_link("/proc/self/ns/pid")
+                .ok()
+                .map(PathBuf::into_os_string)
+        });
+        if let Some(ours) = ours {
+            if self.read_link("ns/pid").ok().as_ref() == Some(ours) {
+                return None;
             }
         }
-    })
-}
-
-/// Reads /proc/PID/stat: (comm, start time in ticks).
-fn read_stat(pid: u32, path: &PathBuf) -> Result<(String, u64), IdentityError> {
-    let bytes = read_proc(pid, path)?;
-    parse_stat(&bytes).ok_or_else(|| IdentityError::Malformed {
-        path: path.clone(),
-        reason: "unexpected format".to_owned(),
-    })
+        let status = self.read("status").ok()?;
+        parse_ns_pid(&String::from_utf8_lossy(&status)).filter(|&inner| inner != self.pid)
+    }
 }
 
 /// Parses /proc/PID/stat: "PID (COMM) STATE PPID ... STARTTIME ...". COMM can
@@ -358,6 +429,59 @@ mod tests {
         match process_info(pid, None) {
             Err(IdentityError::ProcessGone { pid: gone }) => assert_eq!(gone, pid),
             other => panic!("expected ProcessGone, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_directory_opened_for_a_process_reads_nothing_once_it_is_reaped() {
+        // The guard against pid reuse: whatever later gets the pid, reads through the
+        // directory opened for this process fail instead of describing it.
+        let child = Reaped(
+            Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .expect("spawn sleep"),
+        );
+        let pid = child.0.id();
+        let dir = ProcDir::open(pid).expect("open /proc/PID");
+        let alive = exec_done(|| dir.identity(None).expect("identity while alive"));
+        assert_eq!(alive.cmdline, ["sleep", "30"]);
+        drop(child);
+        match dir.identity(None) {
+            Err(IdentityError::ProcessGone { pid: gone }) => assert_eq!(gone, pid),
+            other => panic!("expected ProcessGone, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_command_line_longer_than_the_first_buffer_is_read_whole() {
+        // `sleep` sums its operands: ten thousand zeros are a valid one.
+        let long = "0".repeat(10_000);
+        let child = Reaped(
+            Command::new("sleep")
+                .arg("30")
+                .arg(&long)
+                .spawn()
+                .expect("spawn sleep"),
+        );
+        let id = exec_done(|| process_identity(child.0.id(), None).expect("reading the child"));
+        assert_eq!(id.cmdline, ["sleep", "30", long.as_str()]);
+    }
+
+    /// What `read` answers once the child it reads has exec'd `sleep` (until then its
+    /// command line is the test's own).
+    fn exec_done(read: impl Fn() -> ProcessIdentity) -> ProcessIdentity {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let id = read();
+            if id.cmdline.first().map(String::as_str) == Some("sleep") {
+                return id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the child never ran sleep: {id:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 

@@ -136,10 +136,11 @@ impl Command {
     }
 }
 
-/// How long a batch of only chunks and ends waits for more commands before it commits.
-/// Without it, a session start that arrives while the previous session's end is being
-/// fsynced waits for that fsync and then its own; with it, both share one commit. A
-/// start, flush or shutdown ends the wait at once.
+/// How long a batch of only lazy commands (ends, and pre-log wake-ups under `"group"`)
+/// gathers more commands before it commits, counted from its first. Without it, a session
+/// start that arrives while the previous session's end is being fsynced waits for that
+/// fsync and then its own; with it, both share one commit. A command someone waits for
+/// (a flush, a wake-up under `"each"`) or a shutdown ends the wait at once.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// How soon pre-log records whose commit failed are tried again when no command arrives.
@@ -696,16 +697,25 @@ impl Writer {
             batch.extend(first);
             self.fill(&mut batch);
             if let Some(timer) = &timer {
-                if !batch.is_empty()
+                // A lazy batch gathers what comes within LINGER of its start, not just
+                // the next command: under a stream of short sessions, an end arrives every
+                // few hundred microseconds, and a commit per end was a commit (an fsync,
+                // ten WAL pages) per session.
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while !batch.is_empty()
                     && batch.len() < self.batch_max
                     && batch.iter().all(|c| c.is_lazy(self.wakes_are_lazy))
                 {
                     let rx = &mut self.rx;
-                    let more =
-                        timer.block_on(async { tokio::time::timeout(LINGER, rx.recv()).await });
-                    if let Ok(Some(cmd)) = more {
-                        batch.push(cmd);
-                        self.fill(&mut batch);
+                    let more = timer
+                        .block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await });
+                    match more {
+                        Ok(Some(cmd)) => {
+                            batch.push(cmd);
+                            self.fill(&mut batch);
+                        }
+                        // The deadline, or every handle gone: commit what there is.
+                        Ok(None) | Err(_) => break,
                     }
                 }
             }

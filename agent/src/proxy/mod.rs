@@ -591,7 +591,13 @@ async fn handle(
         orig_dst,
         target: target.name.clone(),
         protocol: target.protocol.to_string(),
-        container: container_identity(shared, &cgroup, tgid, &origin).await,
+        container: container_identity(
+            shared,
+            &cgroup,
+            process.as_ref().and_then(|p| p.ns_pid),
+            &origin,
+        )
+        .await,
     });
     let start = SessionStart {
         identity: identity.clone(),
@@ -831,17 +837,16 @@ async fn handle(
 
 /// The container side of a session's identity: its container (from the cgroup path,
 /// then the runtime's API, at most 200 ms and cached),
-/// its network namespace when not the agent's, its namespace pid. `None` for a host
-/// process.
+/// its network namespace when not the agent's, its namespace pid (`ns_pid`, read with
+/// the process's other details). `None` for a host process.
 async fn container_identity(
     shared: &Shared,
     cgroup: &str,
-    tgid: u32,
+    ns_pid: Option<u32>,
     origin: &Origin,
 ) -> Option<identity::ContainerIdentity> {
     let reference = identity::container_of_cgroup(cgroup);
     let netns = origin.namespace().map(|ns| ns.inode);
-    let ns_pid = identity::ns_pid(tgid);
     if reference.is_none() && netns.is_none() && ns_pid.is_none() {
         return None;
     }
