@@ -2,21 +2,35 @@
 //! paired with the same measurement taken directly in the same run (runs interleaved,
 //! medians reported), and printed as a ratio: these machines are noisy.
 //!
-//! The PostgreSQL part runs pgbench -S four ways against one server: directly, through
-//! pgbouncer (a well-known proxy, as a yardstick), through the agent as an opaque `tcp`
-//! target, and through the agent as a `postgres` target (statements decoded, judged by a
-//! policy, results run through a mask, every statement journaled before it is
-//! forwarded). Two targets for one server need two addresses, so the server also listens
-//! on 127.0.0.2: the `tcp` target is 127.0.0.2:port, the `postgres` one 127.0.0.1:port.
-//! Then the agent is restarted with `journal_fsync = "each"` and the `postgres` case is
-//! measured again against a fresh direct baseline. The HTTP part is `bench_http`, the
-//! AWS part (boto3 against moto, directly and through an `aws` target) `bench_aws`, the
-//! SSH part (OpenSSH against sshd, directly and through an `ssh` target) `bench_ssh`,
-//! the agent's memory (idle, and with N idle connections) `bench_memory`. Each phase
+//! The opaque relay figures (bulk throughput to a sink, connection rate and set-up time
+//! against an echo server) are taken directly, through the agent as a `tcp` target, and
+//! through a bare proxy (`nhi-testclient bare-proxy`: a minimal tokio proxy with nothing
+//! of the agent's, no eBPF, no journal, no log), the yardstick of what any userspace
+//! proxy costs on this machine: bulk through it twice, copying (tokio
+//! `copy_bidirectional`, 64 KiB buffers) and with splice(2) (the agent's bulk path), the
+//! connection figures copying. The clients of direct and bare proxy runs are in the
+//! direct cgroup, the agent's in the intercepted one; all runs interleaved.
+//!
+//! The PostgreSQL part runs pgbench -S five ways against one server: directly, through
+//! pgbouncer (a well-known proxy, as a yardstick), through the bare proxy (copying),
+//! through the agent as an opaque `tcp` target, and through the agent as a `postgres`
+//! target (statements decoded, judged by a policy, results run through a mask, every
+//! statement journaled before it is forwarded). Two targets for one server need two
+//! addresses, so the server also listens on 127.0.0.2: the `tcp` target is
+//! 127.0.0.2:port, the `postgres` one 127.0.0.1:port; the bare proxy listens on
+//! 127.0.0.3. Then the agent is restarted with `journal_fsync = "each"` and the
+//! `postgres` case is measured again against a fresh direct baseline. The HTTP part is
+//! `bench_http`, the AWS part (boto3 against moto, directly and through an `aws` target)
+//! `bench_aws`, the SSH part (OpenSSH against sshd, directly and through an `ssh`
+//! target) `bench_ssh`, the agent's memory (idle, and with N idle connections)
+//! `bench_memory`. Each phase
 //! records its figures in [`Figures`] as it goes; `bench_targets` prints them at the end
-//! beside issue 16's targets, each `met` or `NOT met` (never an error).
+//! beside issue 16's targets, each `met` or `NOT met` (never an error), the opaque `tcp`
+//! ones with what the bare proxy reached in the same run beside them.
 use std::{
     fs,
+    io::BufRead as _,
+    net::SocketAddr,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -139,7 +153,11 @@ pub fn bench(
         Ok(v)
     };
 
-    println!("nhi-agent bench: {runs} interleaved runs each, medians; release build; 'direct' = same client in a cgroup that is not intercepted\n");
+    println!(
+        "nhi-agent bench: {runs} interleaved runs each, medians; release build; 'direct' = same client \
+         in a cgroup that is not intercepted;\n'bare proxy' = nhi-testclient bare-proxy (a minimal tokio \
+         proxy: no eBPF, no journal), what any userspace proxy costs on this machine\n"
+    );
     let mut figures = Figures {
         bulk_bytes: bytes,
         ..Figures::default()
@@ -152,57 +170,80 @@ pub fn bench(
         idle_conns,
     )?);
     println!();
-    let bulk_args = vec![
-        "bulk".to_string(),
-        sink.to_string(),
-        "--bytes".into(),
-        bytes.to_string(),
-    ];
-    let rate_args = vec![
-        "connect-rate".to_string(),
-        echo.to_string(),
-        "--conns".into(),
-        conns.to_string(),
-    ];
-    let mut bulk = (Vec::new(), Vec::new());
-    let mut rate = (Vec::new(), Vec::new());
+    let bulk_args = |to: SocketAddr| {
+        vec![
+            "bulk".to_string(),
+            to.to_string(),
+            "--bytes".into(),
+            bytes.to_string(),
+        ]
+    };
+    let rate_args = |to: SocketAddr| {
+        vec![
+            "connect-rate".to_string(),
+            to.to_string(),
+            "--conns".into(),
+            conns.to_string(),
+        ]
+    };
+    // The yardsticks: bulk to the sink copying and splicing, round trips to the echo
+    // server copying.
+    let bare_copy = BareProxy::start(&client_bin, sink, false)?;
+    let bare_splice = BareProxy::start(&client_bin, sink, true)?;
+    let bare_echo = BareProxy::start(&client_bin, echo, false)?;
+    let mut bulk = Runs::default();
+    let mut bulk_copy = Vec::new();
+    let mut rate = Runs::default();
     for _ in 0..runs {
-        bulk.0.push(client(&direct_cg, &bulk_args)?);
-        bulk.1.push(client(&agent_cg, &bulk_args)?);
-        rate.0.push(client(&direct_cg, &rate_args)?);
-        rate.1.push(client(&agent_cg, &rate_args)?);
+        bulk.direct.push(client(&direct_cg, &bulk_args(sink))?);
+        bulk.agent.push(client(&agent_cg, &bulk_args(sink))?);
+        bulk.bare
+            .push(client(&direct_cg, &bulk_args(bare_splice.addr))?);
+        bulk_copy.push(client(&direct_cg, &bulk_args(bare_copy.addr))?);
+        rate.direct.push(client(&direct_cg, &rate_args(echo))?);
+        rate.agent.push(client(&agent_cg, &rate_args(echo))?);
+        rate.bare
+            .push(client(&direct_cg, &rate_args(bare_echo.addr))?);
     }
-    let m = |v: &[Value], key: &str| median(v.iter().filter_map(|x| x[key].as_f64()).collect());
+    drop((bare_copy, bare_splice, bare_echo));
 
-    let (d, a) = (m(&bulk.0, "mib_per_sec"), m(&bulk.1, "mib_per_sec"));
+    let (d, a, b) = bulk.medians("mib_per_sec");
+    let c = median_of(&bulk_copy, "mib_per_sec");
     figures.bulk = Some(Pair {
         direct: d,
         agent: a,
     });
+    figures.bare.bulk_splice = Some(b);
+    figures.bare.bulk_copy = Some(c);
     println!(
-        "relay throughput, {} MiB one way:  direct {d:>9.0} MiB/s   agent {a:>9.0} MiB/s   ratio {:.2}x",
+        "relay throughput, {} MiB one way:  direct {d:>9.0} MiB/s   agent {a:>9.0} MiB/s   ratio {:.2}x   \
+         bare proxy: splice {b:.0} MiB/s ratio {:.2}x, copy {c:.0} MiB/s ratio {:.2}x",
         bytes >> 20,
-        a / d
+        a / d,
+        b / d,
+        c / d
     );
-    let (d, a) = (m(&rate.0, "per_sec"), m(&rate.1, "per_sec"));
+    let (d, a, b) = rate.medians("per_sec");
     figures.rate = Some(Pair {
         direct: d,
         agent: a,
     });
+    figures.bare.rate = Some(b);
     println!(
-        "connection rate (connect + 1-byte echo, sequential, {conns}): direct {d:>7.0}/s   agent {a:>7.0}/s   ratio {:.2}x",
-        a / d
+        "connection rate (connect + 1-byte echo, sequential, {conns}): direct {d:>7.0}/s   agent {a:>7.0}/s   ratio {:.2}x   \
+         bare proxy {b:.0}/s ratio {:.2}x",
+        a / d,
+        b / d
     );
-    let (d, a) = (
-        m(&rate.0, "connect_median_us"),
-        m(&rate.1, "connect_median_us"),
-    );
+    let (d, a, b) = rate.medians("connect_median_us");
     println!(
-        "connect() median:                 direct {d:>7.1} us   agent {a:>7.1} us   overhead {:+.1} us",
-        a - d
+        "connect() median:                 direct {d:>7.1} us   agent {a:>7.1} us   overhead {:+.1} us   \
+         bare proxy {b:.1} us overhead {:+.1} us",
+        a - d,
+        b - d
     );
-    let (d, a) = (m(&rate.0, "setup_median_us"), m(&rate.1, "setup_median_us"));
-    let (dp, ap) = (m(&rate.0, "setup_p99_us"), m(&rate.1, "setup_p99_us"));
+    let (d, a, b) = rate.medians("setup_median_us");
+    let (dp, ap, bp) = rate.medians("setup_p99_us");
     figures.setup_median = Some(Pair {
         direct: d,
         agent: a,
@@ -211,9 +252,13 @@ pub fn bench(
         direct: dp,
         agent: ap,
     });
+    figures.bare.setup_median = Some(b);
+    figures.bare.setup_p99 = Some(bp);
     println!(
-        "setup to first echoed byte median: direct {d:>7.1} us   agent {a:>7.1} us   overhead {:+.1} us (p99 {dp:.0} vs {ap:.0} us)",
-        a - d
+        "setup to first echoed byte median: direct {d:>7.1} us   agent {a:>7.1} us   overhead {:+.1} us (p99 {dp:.0} vs {ap:.0} us)   \
+         bare proxy {b:.1} us overhead {:+.1} us (p99 {bp:.0} us)",
+        a - d,
+        b - d
     );
 
     if http_seconds > 0 {
@@ -268,6 +313,7 @@ pub fn bench(
     if pg_seconds > 0 {
         let bench = PgBench {
             pg: &pg,
+            client_bin: &client_bin,
             direct_cg: &direct_cg,
             agent_cg: &agent_cg,
             runs,
@@ -328,6 +374,81 @@ pub fn bench(
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The median of one figure of the clients' JSON answers.
+fn median_of(runs: &[Value], key: &str) -> f64 {
+    median(runs.iter().filter_map(|v| v[key].as_f64()).collect())
+}
+
+/// The clients' answers of one relay figure, per way.
+#[derive(Default)]
+struct Runs {
+    direct: Vec<Value>,
+    agent: Vec<Value>,
+    bare: Vec<Value>,
+}
+
+impl Runs {
+    /// Direct's, the agent's and the bare proxy's medians of `key`.
+    fn medians(&self, key: &str) -> (f64, f64, f64) {
+        (
+            median_of(&self.direct, key),
+            median_of(&self.agent, key),
+            median_of(&self.bare, key),
+        )
+    }
+}
+
+/// `nhi-testclient bare-proxy` on [`BARE_HOST`] (a port of its own choosing), relaying to
+/// `to`: the yardstick for the agent's opaque relay. Started outside the bench's cgroups,
+/// as the agent and pgbouncer are. Stopped on drop.
+struct BareProxy {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl BareProxy {
+    fn start(client_bin: &Path, to: SocketAddr, splice: bool) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(client_bin);
+        cmd.args(["bare-proxy", "--listen", &format!("{BARE_HOST}:0"), "--to"])
+            .arg(to.to_string());
+        if splice {
+            cmd.arg("--splice");
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nhi-testclient bare-proxy")?;
+        // Its first line: where it listens (or, if it could not, why).
+        let listening = child
+            .stdout
+            .take()
+            .context("the bare proxy's stdout")
+            .and_then(|out| {
+                let mut line = String::new();
+                std::io::BufReader::new(out).read_line(&mut line)?;
+                serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v["listen"].as_str()?.parse().ok())
+                    .with_context(|| format!("bare proxy to {to} said: {line:?}"))
+            });
+        match listening {
+            Ok(addr) => Ok(Self { child, addr }),
+            Err(e) => {
+                terminate(&mut child);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for BareProxy {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
 }
 
 /// The bench's agent config: `tcp` targets for the relay figures and for PostgreSQL on
@@ -627,6 +748,9 @@ struct PgRun {
     latencies_us: Vec<u32>,
 }
 
+/// Where the bare proxy listens: a loopback address no server of the bench uses.
+const BARE_HOST: &str = "127.0.0.3";
+
 /// The pgbench modes measured: clients x query protocol.
 const PG_CASES: [(u32, &str); 4] = [
     (1, "simple"),
@@ -639,6 +763,8 @@ const PG_CASES: [(u32, &str); 4] = [
 /// and prepared protocol.
 struct PgBench<'a> {
     pg: &'a nhi_tests::PgServer,
+    /// nhi-testclient, for the bare proxy.
+    client_bin: &'a Path,
     direct_cg: &'a TestCgroup,
     agent_cg: &'a TestCgroup,
     runs: usize,
@@ -748,10 +874,16 @@ impl PgBench<'_> {
         Ok(all)
     }
 
-    /// Direct, pgbouncer, agent `tcp`, agent `postgres`; returns the figures and the
-    /// transactions the `postgres` route ran (to set against the statements journaled).
+    /// Direct, pgbouncer, bare proxy, agent `tcp`, agent `postgres`; returns the figures
+    /// and the transactions the `postgres` route ran (to set against the statements
+    /// journaled).
     fn phase_group(&self) -> anyhow::Result<(Vec<PgCase>, u64)> {
         let bouncer = PgBouncer::start(&self.work.join("pgbouncer"), self.pg.port)?;
+        let bare = BareProxy::start(
+            self.client_bin,
+            SocketAddr::from(([127, 0, 0, 1], self.pg.port)),
+            false,
+        )?;
         let routes = [
             self.direct(),
             Route {
@@ -760,6 +892,13 @@ impl PgBench<'_> {
                 cgroup: self.direct_cg,
                 host: "127.0.0.1",
                 port: bouncer.port,
+            },
+            Route {
+                label: "bare proxy (tokio copy)",
+                via: Via::BareProxy,
+                cgroup: self.direct_cg,
+                host: BARE_HOST,
+                port: bare.addr.port(),
             },
             Route {
                 label: "agent, protocol tcp",
@@ -777,12 +916,16 @@ impl PgBench<'_> {
             self.seconds, self.runs
         );
         let results = self.measure(&routes)?;
-        drop(bouncer);
+        drop((bouncer, bare));
         let cases = summarise(&routes, &results);
         print_table(&cases);
+        let postgres = routes
+            .iter()
+            .position(|r| r.via == Via::AgentPostgres)
+            .expect("a postgres route");
         let transactions = results
             .iter()
-            .flat_map(|per_route| per_route[3].iter().map(|r| r.transactions))
+            .flat_map(|per_route| per_route[postgres].iter().map(|r| r.transactions))
             .sum();
         Ok((cases, transactions))
     }

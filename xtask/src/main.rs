@@ -6,8 +6,9 @@
 //! - `cargo xtask demo`:  the tour: a bot's statements masked, refused, allowed, journaled.
 //! - `cargo xtask fuzz`:  the libFuzzer targets of fuzz/ (cargo-fuzz, nightly), seeded from
 //!   the golden captures, N seconds each.
-//! - `cargo xtask bench`: relay throughput, connection rate and connect latency, pgbench
-//!   direct / pgbouncer / agent (tcp, postgres) with p50/p99, HTTP, boto3 AWS calls and
+//! - `cargo xtask bench`: relay throughput, connection rate and connect latency (direct,
+//!   agent, a bare tokio proxy as the yardstick), pgbench direct / pgbouncer / bare proxy /
+//!   agent (tcp, postgres) with p50/p99, HTTP, boto3 AWS calls and
 //!   SSH, as ratios against direct; the agent's RSS idle and with N idle connections; then
 //!   issue 16's targets beside the figures, met or not.
 //! - `cargo xtask soak`: mixed traffic (opaque, PostgreSQL, HTTP) through the agent for N

@@ -24,6 +24,10 @@
 //!                                                      C keep-alive HTTP/1.1 connections, each sending
 //!                                                      GET P one after the other for S seconds: requests/s
 //!                                                      and latency (every answer must be 200)
+//! nhi-testclient bare-proxy --listen ADDR --to ADDR [--splice]
+//!                                                      a minimal proxy, the yardstick of `cargo xtask
+//!                                                      bench`: print {"listen": ADDR} once listening,
+//!                                                      then relay each connection to --to until killed
 //! ```
 use std::{
     io::{Read, Write},
@@ -72,6 +76,13 @@ fn flag(args: &[String], name: &str, default: u64) -> Result<u64, String> {
 
 fn run(args: &[String]) -> Result<serde_json::Value, String> {
     let mode = args.first().ok_or("missing mode")?.as_str();
+    if mode == "bare-proxy" {
+        return bare_proxy(
+            &text_flag(args, "--listen", "127.0.0.3:0")?,
+            &text_flag(args, "--to", "")?,
+            args.iter().any(|a| a == "--splice"),
+        );
+    }
     let addr: SocketAddr = args
         .get(1)
         .ok_or("missing address")?
@@ -204,6 +215,158 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
             seed,
         ),
         other => Err(format!("unknown mode {other}")),
+    }
+}
+
+/// Buffer of the copying relay (one per direction), as the agent's.
+const BARE_CHUNK: usize = 64 * 1024;
+/// Pipe size of the splice relay, as the agent's.
+const BARE_PIPE: usize = 256 * 1024;
+
+/// A minimal proxy: what relaying costs with nothing of the agent's (no eBPF, no
+/// identity, no policy, no journal, no log), so that `cargo xtask bench` can tell the
+/// agent's own cost from what any userspace proxy costs on the machine. Prints
+/// `{"listen": ADDR}` once listening and serves until killed. Each connection: TCP_NODELAY
+/// on both sockets, a connection to `to`, then bytes both ways with half-close, through
+/// 64 KiB buffers (`copy_bidirectional`) or, with `splice`, socket -> pipe -> socket with
+/// splice(2) (the agent's bulk path). A multi-threaded runtime with the default worker
+/// count, as the agent's.
+fn bare_proxy(listen: &str, to: &str, splice: bool) -> Result<serde_json::Value, String> {
+    let listen: SocketAddr = listen.parse().map_err(|e| format!("--listen: {e}"))?;
+    let to: SocketAddr = to.parse().map_err(|e| format!("--to: {e}"))?;
+    raise_nofile();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("bind {listen}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("{}", json!({ "listen": local.to_string() }));
+        let _ = std::io::stdout().flush();
+        loop {
+            let client = match listener.accept().await {
+                Ok((client, _)) => client,
+                // The client gave up before the accept: not the listener's failure.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            };
+            tokio::spawn(async move {
+                // A failed connection is the client's to see (closed or reset).
+                let _ = bare_relay(client, to, splice).await;
+            });
+        }
+    })
+}
+
+async fn bare_relay(
+    mut client: tokio::net::TcpStream,
+    to: SocketAddr,
+    splice: bool,
+) -> std::io::Result<()> {
+    client.set_nodelay(true)?;
+    let mut server = tokio::net::TcpStream::connect(to).await?;
+    server.set_nodelay(true)?;
+    if splice {
+        let (client_r, client_w) = client.split();
+        let (server_r, server_w) = server.split();
+        tokio::try_join!(
+            splice_one_way(client_r, server_w),
+            splice_one_way(server_r, client_w)
+        )?;
+    } else {
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, BARE_CHUNK, BARE_CHUNK)
+            .await?;
+    }
+    Ok(())
+}
+
+/// One direction of the splice relay, until EOF (passed on as a FIN) or an error: the
+/// shape of the agent's `run_splice` (agent/src/proxy/relay.rs), without its journal.
+async fn splice_one_way(
+    from: tokio::net::tcp::ReadHalf<'_>,
+    mut to: tokio::net::tcp::WriteHalf<'_>,
+) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use tokio::io::{AsyncWriteExt, Interest};
+
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors, owned at once below.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both were just opened by pipe2 and belong to nothing else.
+    let (pipe_r, pipe_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fcntl on a descriptor we own. The default pipe is 64 KiB; a failure leaves it so.
+    unsafe {
+        libc::fcntl(
+            pipe_w.as_raw_fd(),
+            libc::F_SETPIPE_SZ,
+            BARE_PIPE as libc::c_int,
+        )
+    };
+    let src: &tokio::net::TcpStream = from.as_ref();
+    loop {
+        // Socket -> pipe. The pipe is empty here, so EAGAIN means "no data yet".
+        let n = loop {
+            src.readable().await?;
+            match src.try_io(Interest::READABLE, || {
+                splice_fds(src.as_raw_fd(), pipe_w.as_raw_fd(), BARE_PIPE)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            // Half-close: pass the FIN on, the other direction goes on.
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        // Pipe -> socket, until the pipe is empty again.
+        let dst: &tokio::net::TcpStream = to.as_ref();
+        let mut left = n;
+        while left > 0 {
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || {
+                splice_fds(pipe_r.as_raw_fd(), dst.as_raw_fd(), left)
+            }) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// splice(2) of up to `len` bytes, non-blocking, no offsets.
+fn splice_fds(from: i32, to: i32, len: usize) -> std::io::Result<usize> {
+    // SAFETY: splice between two open descriptors, with no offset pointers.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
