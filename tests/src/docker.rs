@@ -417,20 +417,47 @@ pub fn container_cgroup(id: &str) -> Option<String> {
 /// The IPv4 address of docker's default bridge (`docker0`) on the host, the one
 /// address besides loopback the container tests may use.
 pub fn bridge_gateway() -> Result<String, String> {
-    docker_ok(&[
+    let from_ipam = docker_ok(&[
         "network",
         "inspect",
         "bridge",
         "-f",
         "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+    ])?;
+    if !from_ipam.is_empty() {
+        return Ok(from_ipam);
+    }
+    // Docker 20.10 leaves the default bridge's IPAM without a gateway on some fresh
+    // installs (only the subnet is listed); the gateway is then the address of the
+    // bridge's own interface, docker0 unless the daemon was told otherwise.
+    let name = docker_ok(&[
+        "network",
+        "inspect",
+        "bridge",
+        "-f",
+        r#"{{index .Options "com.docker.network.bridge.name"}}"#,
     ])
-    .and_then(|g| {
-        if g.is_empty() {
-            Err("docker's bridge network has no gateway".to_owned())
-        } else {
-            Ok(g)
-        }
+    .ok()
+    .filter(|n| !n.is_empty() && n != "<no value>")
+    .unwrap_or_else(|| "docker0".to_owned());
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", &name])
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
+    interface_ipv4(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
+        format!("docker's bridge network has no gateway, and {name} has no IPv4 address")
     })
+}
+
+/// The first IPv4 address in `ip -4 -o addr show` output ("... inet 172.17.0.1/16 ...").
+fn interface_ipv4(ip_output: &str) -> Option<String> {
+    let mut words = ip_output.split_whitespace();
+    words.find(|w| *w == "inet")?;
+    let cidr = words.next()?;
+    let addr = cidr.split('/').next()?;
+    addr.parse::<std::net::Ipv4Addr>()
+        .ok()
+        .map(|a| a.to_string())
 }
 
 /// Returns false (after printing why) when docker cannot run here; panics instead
@@ -577,4 +604,15 @@ pub fn podman_psql_image() -> Result<String, String> {
         ));
     }
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bridge_address_is_read_from_ip_output() {
+        let out = "5: docker0    inet 172.17.0.1/16 brd 172.17.255.255 scope global docker0\\       valid_lft forever preferred_lft forever\n";
+        assert_eq!(super::interface_ipv4(out).as_deref(), Some("172.17.0.1"));
+        assert_eq!(super::interface_ipv4(""), None);
+        assert_eq!(super::interface_ipv4("5: docker0 inet garbage"), None);
+    }
 }
