@@ -8,7 +8,7 @@
 //! instead of describing a newcomer. The start time read through it is compared with
 //! the connection time: a process that started later cannot have connected.
 use std::io::ErrorKind;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -86,7 +86,10 @@ pub fn process_identity(
     pid: u32,
     not_after: Option<u64>,
 ) -> Result<ProcessIdentity, IdentityError> {
-    ProcDir::open(pid)?.identity(not_after)
+    let dir = ProcDir::open(pid)?;
+    let mut id = dir.identity(not_after)?;
+    id.ns_pid = dir.ns_pid();
+    Ok(id)
 }
 
 /// The part of [`ProcessInfo`] that [`process_identity`] reads.
@@ -187,7 +190,7 @@ impl ProcDir {
             // SAFETY: open(2) returned a new descriptor that nothing else owns.
             Ok(fd) => Ok(ProcDir {
                 pid,
-                fd: unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+                fd: unsafe { OwnedFd::from_raw_fd(fd) },
             }),
             Err(e) => Err(Self::error(pid, path, e.into())),
         }
@@ -215,20 +218,20 @@ impl ProcDir {
         let read = || -> nix::Result<Vec<u8>> {
             let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
             let raw = nix::fcntl::openat(
-                Some(std::os::fd::AsRawFd::as_raw_fd(&self.fd)),
+                Some(self.fd.as_raw_fd()),
                 name,
                 flags,
                 nix::sys::stat::Mode::empty(),
             )?;
             // SAFETY: openat(2) returned a new descriptor that nothing else owns.
-            let file = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+            let file = unsafe { OwnedFd::from_raw_fd(raw) };
             let mut buf = vec![0u8; 4096];
             let mut len = 0;
             loop {
                 if len == buf.len() {
                     buf.resize(buf.len() * 2, 0);
                 }
-                match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&file), &mut buf[len..]) {
+                match nix::unistd::read(file.as_raw_fd(), &mut buf[len..]) {
                     Ok(0) => break,
                     Ok(n) => len += n,
                     Err(nix::errno::Errno::EINTR) => continue,
@@ -243,7 +246,7 @@ impl ProcDir {
 
     /// The target of a symbolic link of the directory (`exe`, `ns/pid`).
     fn read_link(&self, name: &str) -> Result<std::ffi::OsString, IdentityError> {
-        nix::fcntl::readlinkat(Some(std::os::fd::AsRawFd::as_raw_fd(&self.fd)), name)
+        nix::fcntl::readlinkat(Some(self.fd.as_raw_fd()), name)
             .map_err(|e| Self::error(self.pid, proc_path(self.pid, name), e.into()))
     }
 
@@ -256,6 +259,8 @@ impl ProcDir {
         })
     }
 
+    /// Start time, comm, exe and cmdline (`ns_pid` left out: [`process_info`] does not
+    /// need it, [`process_identity`] adds it).
     fn identity(&self, not_after: Option<u64>) -> Result<ProcessIdentity, IdentityError> {
         let (comm, start_time) = self.stat()?;
         if not_after.is_some_and(|t| start_time > t) {
@@ -268,14 +273,13 @@ impl ProcDir {
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
         let cmdline = parse_cmdline(&self.read("cmdline")?);
-        let ns_pid = self.ns_pid();
         Ok(ProcessIdentity {
             pid: self.pid,
             start_time,
             exe,
             cmdline,
             comm,
-            ns_pid,
+            ns_pid: None,
         })
     }
 

@@ -1087,16 +1087,18 @@ fn with_savepoint<T, E>(
     f: impl FnOnce(&Connection, &mut Chain) -> Result<T, E>,
 ) -> Result<T, E> {
     let before = chain.state;
-    conn.execute_batch("SAVEPOINT nhi_record")
-        .map_err(|e| sql_error("open a savepoint", e))?;
+    // Cached statements: every session's start and end runs these, and parsing them
+    // each time showed in the writer's profile.
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    run("SAVEPOINT nhi_record").map_err(|e| sql_error("open a savepoint", e))?;
     let result = f(conn, chain).and_then(|value| {
-        conn.execute_batch("RELEASE nhi_record")
-            .map_err(|e| sql_error("release a savepoint", e))?;
+        run("RELEASE nhi_record").map_err(|e| sql_error("release a savepoint", e))?;
         Ok(value)
     });
     if result.is_err() {
         chain.state = before;
-        let _ = conn.execute_batch("ROLLBACK TO nhi_record; RELEASE nhi_record");
+        let _ = run("ROLLBACK TO nhi_record");
+        let _ = run("RELEASE nhi_record");
     }
     result
 }
