@@ -1006,3 +1006,80 @@ fn with_journal_fsync_each_a_session_is_committed_before_its_upstream_connect() 
     assert_eq!(held["workload"], "bot");
     assert_eq!(held["cgroup"], cg.rel());
 }
+
+/// The process behind a connection, as the journal names it: a command line longer
+/// than a page arrives whole, and a client killed before the agent reads its /proc
+/// files still gets its session (pid and comm from the kernel's record, no exe or
+/// command line), which ends, and the agent goes on serving.
+#[test]
+fn a_session_names_its_process_and_a_client_killed_before_it_is_read_still_gets_one() {
+    privileged!("a_session_names_its_process_and_a_client_killed_before_it_is_read_still_gets_one");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let mut agent = Agent::configure(
+        &format!("{}{}", workload("bot", cg.rel()), target("echo", echo.addr)),
+        "",
+        &[],
+    );
+    let release = agent.dir.path().join("release");
+    agent.set_env(
+        "NHI_FAILPOINTS",
+        &format!("proxy.before_process=wait:{}", release.display()),
+    );
+    agent.spawn();
+
+    // Held before its process is read, then killed and reaped.
+    let mut victim = cg
+        .command(client_bin())
+        .args(["silent", &echo.addr.to_string(), "--hold-ms", "60000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let victim_pid = victim.id();
+    agent.wait_log("failpoint proxy.before_process: waiting", 1);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    fs::write(&release, b"").expect("release the failpoint");
+
+    // bash connects itself, so its command line (with a 10,000-byte argument as $0) is
+    // the one journaled.
+    let long = "x".repeat(10_000);
+    let out = cg
+        .command("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<>/dev/tcp/127.0.0.2/{}; printf 'ping\\n' >&3; read -r line <&3; echo \"$line\"",
+            echo.addr.port()
+        ))
+        .arg(&long)
+        .output()
+        .expect("bash");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ping");
+
+    let sessions = agent.wait_sessions_ended(2);
+    let killed = sessions
+        .iter()
+        .find(|s| s["pid"] == victim_pid)
+        .unwrap_or_else(|| panic!("no session for the killed client: {sessions:#?}"));
+    assert_eq!(killed["workload"], "bot");
+    assert_eq!(killed["comm"], "nhi-testclient");
+    assert!(killed["exe"].is_null(), "{killed:#}");
+    assert!(killed["cmdline"].is_null(), "{killed:#}");
+    let bash = sessions
+        .iter()
+        .find(|s| s["pid"] != victim_pid)
+        .expect("the bash session");
+    assert!(
+        bash["exe"].as_str().is_some_and(|e| e.ends_with("/bash")),
+        "{bash:#}"
+    );
+    let cmdline: Vec<&str> = bash["cmdline"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no command line: {bash:#}"))
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(cmdline.len(), 4, "{cmdline:?}");
+    assert_eq!(cmdline[0], "bash");
+    assert_eq!(cmdline[3], long, "the 10,000-byte argument, whole");
+}

@@ -504,7 +504,8 @@ async fn handle(
     };
 
     let cgroup = cgroup_path.unwrap_or_default();
-    // Only audited sessions need the process: four reads of in-memory /proc files.
+    crate::failpoint::pause("proxy.before_process").await;
+    // Only audited sessions need the process: a few reads of in-memory /proc files.
     let process = match identity::process_identity(tgid, Some(boot_ticks)) {
         Ok(p) => Some(p),
         Err(e) => {
