@@ -44,9 +44,15 @@ pub struct AwsMatch {
 }
 
 impl AwsMatch {
-    /// Whether the rule sets any AWS condition.
+    /// Whether the rule sets any AWS condition (`resources` included).
     pub fn is_set(&self) -> bool {
-        self.actions.is_some() || self.regions.is_some() || self.resources.is_some()
+        self.has_own() || self.resources.is_some()
+    }
+
+    /// Whether the rule sets a condition only AWS calls have (`actions`, `regions`;
+    /// `resources` is shared with Kubernetes rules).
+    pub fn has_own(&self) -> bool {
+        self.actions.is_some() || self.regions.is_some()
     }
 
     pub fn matches(&self, call: &AwsCallInfo<'_>) -> bool {

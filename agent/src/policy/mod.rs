@@ -64,6 +64,7 @@
 
 pub mod aws;
 pub mod http;
+pub mod kube;
 mod raw;
 mod sql;
 mod sql_cache;
@@ -207,6 +208,8 @@ struct Rule {
     aws: aws::AwsMatch,
     /// SSH conditions (alone).
     ssh: ssh::SshMatch,
+    /// Kubernetes conditions (with HTTP ones or alone; `resources` is shared with AWS).
+    kube: kube::KubeMatch,
 }
 
 impl Rule {
@@ -222,14 +225,36 @@ impl Rule {
     /// An HTTP request: the rule's HTTP conditions (a rule with SQL conditions is not
     /// about HTTP; one with no condition at all matches every request).
     fn matches_http(&self, request: &http::HttpRequestInfo<'_>) -> bool {
-        !self.has_sql() && !self.aws.is_set() && !self.ssh.is_set() && self.http.matches(request)
+        !self.has_sql()
+            && !self.aws.is_set()
+            && !self.kube.is_set()
+            && !self.ssh.is_set()
+            && self.http.matches(request)
+    }
+
+    /// A Kubernetes API request: its Kubernetes conditions and its HTTP ones (a rule
+    /// with AWS-only conditions is not about Kubernetes).
+    fn matches_kube(
+        &self,
+        request: &http::HttpRequestInfo<'_>,
+        kube: &crate::protocol::kubernetes::request::KubeRequest,
+    ) -> bool {
+        !self.has_sql()
+            && !self.ssh.is_set()
+            && !self.aws.has_own()
+            && self.http.matches(request)
+            && self.kube.matches(kube)
     }
 
     /// An SSH request: the rule's SSH conditions (a rule with conditions of another
     /// protocol is not about SSH; one with no condition matches every request but
     /// forwarding, see [`ssh`]).
     fn matches_ssh(&self, request: &ssh::SshRequest<'_>) -> bool {
-        !self.has_sql() && !self.http.is_set() && !self.aws.is_set() && self.ssh.matches(request)
+        !self.has_sql()
+            && !self.http.is_set()
+            && !self.aws.is_set()
+            && !self.kube.is_set()
+            && self.ssh.matches(request)
     }
 
     /// An AWS call: its AWS conditions and its HTTP ones (it is an HTTP request too).
@@ -240,12 +265,13 @@ impl Rule {
     ) -> bool {
         !self.has_sql()
             && !self.ssh.is_set()
+            && !self.kube.has_own()
             && self.http.matches(request)
             && self.aws.matches(call)
     }
 
     fn matches(&self, statement: &StatementInfo) -> bool {
-        if self.http.is_set() || self.aws.is_set() || self.ssh.is_set() {
+        if self.http.is_set() || self.aws.is_set() || self.ssh.is_set() || self.kube.is_set() {
             return false;
         }
         // Cheapest conditions first; the regex last.
@@ -584,6 +610,24 @@ impl Policy {
         }
     }
 
+    /// The verdict for a Kubernetes API request (to a `protocol = "kubernetes"` target):
+    /// the first rule whose Kubernetes and HTTP conditions match (rules with SQL, SSH or
+    /// AWS-only conditions are skipped), else `default`.
+    pub fn decide_kube(
+        &self,
+        request: &http::HttpRequestInfo<'_>,
+        kube: &crate::protocol::kubernetes::request::KubeRequest,
+    ) -> (Verdict, Option<&str>) {
+        match self
+            .rules
+            .iter()
+            .find(|rule| rule.matches_kube(request, kube))
+        {
+            Some(rule) => (rule.verdict, Some(rule.name.as_str())),
+            None => (self.default, None),
+        }
+    }
+
     /// The verdict for an SSH request: `pty = false` refuses terminals; then the first
     /// rule whose SSH conditions match; else `default`, except for forwarding requests,
     /// which only a rule naming them can allow (see [`ssh`]).
@@ -672,6 +716,24 @@ impl Rule {
             raw.regions.as_deref(),
             raw.resources.as_deref(),
         )?;
+        let kube_match = kube::KubeMatch::from_raw(
+            name,
+            raw.verbs.as_deref(),
+            raw.resources.as_deref(),
+            raw.namespaces.as_deref(),
+            raw.names.as_deref(),
+            raw.subresources.as_deref(),
+        )?;
+        if kube_match.has_own() && aws_match.has_own() {
+            return Err(PolicyProblem::at(
+                &raw.name,
+                format!(
+                    "rule \"{name}\" mixes Kubernetes conditions (verbs, namespaces, names, \
+                     subresources) with AWS ones (actions, regions); a rule is about one \
+                     protocol: split it"
+                ),
+            ));
+        }
         let ssh_match = ssh::SshMatch::from_raw(
             name,
             raw.commands.as_deref(),
@@ -683,6 +745,7 @@ impl Rule {
         if ssh_match.is_set()
             && (http_match.is_set()
                 || aws_match.is_set()
+                || kube_match.is_set()
                 || raw.kinds.is_some()
                 || raw.tables.is_some()
                 || raw.functions.is_some()
@@ -709,6 +772,16 @@ impl Rule {
                     "rule \"{name}\" mixes SQL conditions (kinds, tables, functions, \
                      without_where, text) with HTTP ones (methods, paths, hosts, headers); \
                      a rule is about one protocol: split it in two"
+                ),
+            ));
+        }
+        if sql_keys && kube_match.is_set() {
+            return Err(PolicyProblem::at(
+                &raw.name,
+                format!(
+                    "rule \"{name}\" mixes SQL conditions (kinds, tables, functions, \
+                     without_where, text) with Kubernetes ones (verbs, resources, \
+                     namespaces, names, subresources); a rule is about one protocol: split it"
                 ),
             ));
         }
@@ -789,6 +862,7 @@ impl Rule {
             http: http_match,
             aws: aws_match,
             ssh: ssh_match,
+            kube: kube_match,
         })
     }
 }

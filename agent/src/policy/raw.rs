@@ -52,6 +52,11 @@ pub struct RawRule {
     pub(super) actions: Option<Vec<Spanned<String>>>,
     pub(super) regions: Option<Vec<Spanned<String>>>,
     pub(super) resources: Option<Vec<Spanned<String>>>,
+    /// Kubernetes (see `super::kube`; `resources` above is shared).
+    pub(super) verbs: Option<Vec<Spanned<String>>>,
+    pub(super) namespaces: Option<Vec<Spanned<String>>>,
+    pub(super) names: Option<Vec<Spanned<String>>>,
+    pub(super) subresources: Option<Vec<Spanned<String>>>,
     /// SSH (see `super::ssh`).
     pub(super) commands: Option<Vec<Spanned<String>>>,
     pub(super) regex: Option<Spanned<String>>,

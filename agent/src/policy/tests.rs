@@ -1609,3 +1609,168 @@ fn aws_rule_keys_are_validated() {
         assert!(err.message.contains(needle), "{keys}: {}", err.message);
     }
 }
+
+const KUBE_POLICY: &str = r#"
+[[policy]]
+[[policy.rule]]
+name = "no-deletes-in-prod"
+verdict = "deny"
+verbs = ["delete", "deletecollection"]
+resources = ["apps/deployments", "secrets"]
+namespaces = ["prod", "prod-*"]
+
+[[policy.rule]]
+name = "exec-needs-approval"
+verdict = "approve"
+subresources = ["exec", "attach", "portforward"]
+namespaces = ["prod"]
+
+[[policy.rule]]
+name = "any-group-statefulsets"
+verdict = "deny"
+resources = ["*/statefulsets"]
+names = ["db-*"]
+
+[[policy.rule]]
+name = "no-arn-writes"
+verdict = "deny"
+actions = ["iam:*"]
+
+[[policy.rule]]
+name = "shared-resources"
+verdict = "approve"
+resources = ["arn:aws:s3:::vault", "configmaps"]
+
+[[policy.rule]]
+name = "no-discovery-posts"
+verdict = "deny"
+verbs = ["post"]
+"#;
+
+#[test]
+fn kubernetes_rules_match_verbs_resources_namespaces_names_and_subresources() {
+    use crate::protocol::kubernetes::request::resolve;
+    let p = policy(KUBE_POLICY);
+    let decide = |method: &str, target: &str| {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let kube = resolve(method, path, query).expect(target);
+        let (v, rule) = p.decide_kube(&request(method, Some("k8s"), path, &[]), &kube);
+        (v, rule.map(str::to_owned))
+    };
+    let rule = |v: Verdict, r: &str| (v, Some(r.to_owned()));
+    let deny = rule(Verdict::Deny, "no-deletes-in-prod");
+    assert_eq!(
+        decide("DELETE", "/apis/apps/v1/namespaces/prod/deployments/web"),
+        deny
+    );
+    assert_eq!(decide("DELETE", "/api/v1/namespaces/prod-eu/secrets"), deny);
+    // Another namespace, another verb, another group: not this rule.
+    assert_eq!(
+        decide("DELETE", "/apis/apps/v1/namespaces/staging/deployments/web").0,
+        Verdict::Allow
+    );
+    assert_eq!(
+        decide("GET", "/apis/apps/v1/namespaces/prod/deployments/web").0,
+        Verdict::Allow
+    );
+    assert_eq!(
+        decide(
+            "DELETE",
+            "/apis/extensions/v1beta1/namespaces/prod/deployments/web"
+        )
+        .0,
+        Verdict::Allow,
+        "`apps/deployments` names one group"
+    );
+    // Both exec transports are create on pods/exec.
+    let held = rule(Verdict::Approve, "exec-needs-approval");
+    assert_eq!(
+        decide("GET", "/api/v1/namespaces/prod/pods/web-0/exec?command=id"),
+        held
+    );
+    assert_eq!(
+        decide("POST", "/api/v1/namespaces/prod/pods/web-0/exec?command=id"),
+        held
+    );
+    assert_eq!(
+        decide("GET", "/api/v1/namespaces/prod/pods/web-0/log").0,
+        Verdict::Allow
+    );
+    // `*/x` spans groups; names need a named object (a name selector counts).
+    let sts = rule(Verdict::Deny, "any-group-statefulsets");
+    assert_eq!(
+        decide("GET", "/apis/apps/v1/namespaces/a/statefulsets/db-0"),
+        sts
+    );
+    assert_eq!(
+        decide(
+            "GET",
+            "/apis/apps/v1/namespaces/a/statefulsets?watch=1&fieldSelector=metadata.name%3Ddb-1"
+        ),
+        sts
+    );
+    assert_eq!(
+        decide("GET", "/apis/apps/v1/namespaces/a/statefulsets").0,
+        Verdict::Allow
+    );
+    // `resources` shared with AWS rules judges Kubernetes requests by their names; an
+    // AWS-only rule never does.
+    assert_eq!(
+        decide("GET", "/api/v1/namespaces/a/configmaps/x"),
+        rule(Verdict::Approve, "shared-resources")
+    );
+    // Non-resource requests: only `verbs` (and HTTP conditions) can match them.
+    assert_eq!(
+        decide("POST", "/apis/authorization.k8s.io"),
+        rule(Verdict::Deny, "no-discovery-posts")
+    );
+    assert_eq!(decide("GET", "/api/v1").0, Verdict::Allow);
+    // Kubernetes rules never judge plain HTTP requests.
+    assert_eq!(
+        p.decide_http(&request("POST", None, "/", &[])),
+        (Verdict::Allow, None)
+    );
+    // ... nor AWS calls, except through the shared `resources`.
+    let resources = vec!["arn:aws:s3:::vault".to_owned()];
+    let call = aws::AwsCallInfo {
+        action: "s3:GetObject",
+        region: "us-east-1",
+        resources: &resources,
+    };
+    assert_eq!(
+        p.decide_aws(&request("POST", None, "/", &[]), &call).1,
+        Some("shared-resources")
+    );
+}
+
+#[test]
+fn kubernetes_rule_keys_are_validated() {
+    let base = "[[policy]]\n[[policy.rule]]\nname = \"r\"\nverdict = \"deny\"\n";
+    for (keys, needle) in [
+        ("verbs = []", "can never match"),
+        ("verbs = [\"remove\"]", "unknown verb \"remove\""),
+        ("namespaces = [\"\"]", "can never match"),
+        ("subresources = [\"pods/exec\"]", "without its resource"),
+        ("names = [\"[\"]", "invalid glob"),
+        (
+            "verbs = [\"get\"]\nkinds = [\"select\"]",
+            "mixes SQL conditions",
+        ),
+        (
+            "verbs = [\"get\"]\nactions = [\"iam:*\"]",
+            "mixes Kubernetes conditions",
+        ),
+        (
+            "verbs = [\"get\"]\ncommands = [\"id\"]",
+            "mixes SSH conditions",
+        ),
+    ] {
+        let err = try_policies(&format!("{base}{keys}\n")).expect_err(keys);
+        assert!(err.message.contains(needle), "{keys}: {}", err.message);
+    }
+    // Globs in verbs are not checked against the list.
+    assert!(try_policies(&format!("{base}verbs = [\"delete*\"]\n")).is_ok());
+}
