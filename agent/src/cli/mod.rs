@@ -7,6 +7,7 @@ pub mod events;
 pub mod export;
 pub mod filter;
 pub mod key;
+pub mod kube_ca;
 pub mod lineage;
 mod logging;
 pub mod ocsf;
@@ -69,6 +70,9 @@ pub enum Command {
     /// Print the known_hosts line that makes SSH clients trust the agent's host
     /// certificates (`@cert-authority * ssh-ed25519 ...`).
     SshCa(ssh_ca::SshCaArgs),
+    /// Print the PEM bundle a bot's kubeconfig trusts (`certificate-authority`): the
+    /// agent CA, then the Kubernetes targets' cluster CAs.
+    KubeCa(kube_ca::KubeCaArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -89,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Verify(a) => verify::run(a),
         Command::Status(a) => status::run(a),
         Command::SshCa(a) => ssh_ca::run(a),
+        Command::KubeCa(a) => kube_ca::run(a),
     };
     match result {
         Ok(code) => code,

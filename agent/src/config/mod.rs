@@ -201,6 +201,20 @@ pub struct Workload {
     /// per journal session (`RoleSessionName` `nhi-<session>-<workload>`,
     /// `SourceIdentity` the workload), so CloudTrail names the session.
     pub aws_role_arn: Option<String>,
+    /// `kube_impersonate` and `kube_impersonate_groups`: on `protocol = "kubernetes"`
+    /// targets, the workload's requests carry `Impersonate-User` (and
+    /// `Impersonate-Group`), so the API server authorizes and audits them as that user
+    /// rather than as the agent's credential.
+    pub kube_impersonate: Option<KubeImpersonation>,
+}
+
+/// Who a workload's Kubernetes requests impersonate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeImpersonation {
+    /// `Impersonate-User` (`system:serviceaccount:ci:deployer`).
+    pub user: String,
+    /// `Impersonate-Group`, one header each.
+    pub groups: Vec<String>,
 }
 
 impl Workload {
@@ -235,6 +249,8 @@ pub struct Target {
     pub imds: Option<ImdsTarget>,
     /// SSH settings; `Some` exactly when `protocol = "ssh"`.
     pub ssh: Option<SshTarget>,
+    /// Kubernetes settings; `Some` exactly when `protocol = "kubernetes"`.
+    pub kube: Option<KubeTarget>,
     /// `netns` (both): the network namespaces whose connections match: `"host"` (the
     /// agent's), `"container"` (any other), both when unset. The address is always
     /// the one the client dialled, as its namespace sees it.
@@ -334,6 +350,26 @@ pub struct AwsTarget {
     /// `aws_sts_endpoint` (`https://sts.<region>.amazonaws.com`, the region of the
     /// call): where the agent assumes workloads' `aws_role_arn`.
     pub sts_endpoint: Option<String>,
+}
+
+/// The `[[target]]` keys of `protocol = "kubernetes"` (with the HTTP ones: `tls`
+/// (default `"verify-full"`), `ca_file` (the cluster CA), `server_name`, `client_tls`
+/// (default `"terminate"`: kubectl speaks HTTPS), `mask_body_limit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeTarget {
+    /// What the agent authenticates to the API server with.
+    pub credential: KubeCredential,
+}
+
+/// The agent's credential for an API server (exactly one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeCredential {
+    /// `token_file` (mode 0600 or stricter) or `credential` (a systemd credential): a
+    /// bearer token, sent as `Authorization: Bearer ...`.
+    Token(CredentialRef),
+    /// `client_cert_file` (PEM, the chain) and `client_key_file` (PEM, mode 0600 or
+    /// stricter): a client certificate presented in the TLS handshake.
+    ClientCert { cert: PathBuf, key: PathBuf },
 }
 
 /// The `[[target]]` keys of `protocol = "aws-imds"` (with the HTTP ones, for what is
@@ -519,6 +555,10 @@ pub enum Protocol {
     /// `"aws-imds"`: the EC2 metadata service and the ECS/EKS container-credential
     /// endpoints, answered by the agent with the placeholder credential.
     AwsImds,
+    /// `"kubernetes"`: a Kubernetes API server over HTTPS: each request read as the API
+    /// server reads it (verb, resource, namespace, name), judged, journaled, and sent
+    /// with the agent's credential; Secret values masked; exec streams recorded.
+    Kubernetes,
     /// `"ssh"`: the agent is the SSH server the client talks to (with a host
     /// certificate of the agent's SSH CA) and logs into the host with its own key; exec
     /// requests are judged and journaled before they are forwarded, channel data
@@ -534,8 +574,18 @@ impl Protocol {
         Protocol::Http,
         Protocol::Aws,
         Protocol::AwsImds,
+        Protocol::Kubernetes,
         Protocol::Ssh,
     ];
+
+    /// Whether the target is served as HTTP (`proxy::http`): `http`, `aws`, `aws-imds`,
+    /// `kubernetes`.
+    pub fn over_http(self) -> bool {
+        matches!(
+            self,
+            Protocol::Http | Protocol::Aws | Protocol::AwsImds | Protocol::Kubernetes
+        )
+    }
 
     /// The name used in the configuration and the journal.
     pub fn name(self) -> &'static str {
@@ -545,6 +595,7 @@ impl Protocol {
             Protocol::Http => "http",
             Protocol::Aws => "aws",
             Protocol::AwsImds => "aws-imds",
+            Protocol::Kubernetes => "kubernetes",
             Protocol::Ssh => "ssh",
         }
     }
@@ -994,11 +1045,42 @@ impl TryFrom<Spanned<RawWorkload>> for Workload {
             }
             None => None,
         };
+        let kube_impersonate = match (&raw.kube_impersonate, &raw.kube_impersonate_groups) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(Problem {
+                    span: None,
+                    earlier: None,
+                    message: "kube_impersonate_groups needs kube_impersonate: the API server impersonates groups only with a user".into(),
+                })
+            }
+            (Some(user), groups) => {
+                let valid = |v: &str| !v.trim().is_empty() && v.bytes().all(|b| b >= 0x20 && b != 0x7f);
+                if !valid(user.get_ref()) {
+                    return Err(Problem::at(
+                        user,
+                        "kube_impersonate must be a Kubernetes user name such as \"system:serviceaccount:ci:deployer\"",
+                    ));
+                }
+                let mut names = Vec::new();
+                for group in groups.iter().flatten() {
+                    if !valid(group.get_ref()) {
+                        return Err(Problem::at(group, "a group name must not be empty"));
+                    }
+                    names.push(group.get_ref().clone());
+                }
+                Some(KubeImpersonation {
+                    user: user.get_ref().clone(),
+                    groups: names,
+                })
+            }
+        };
         Ok(Workload {
             name,
             cgroup,
             uid: raw.uid,
             aws_role_arn,
+            kube_impersonate,
         })
     }
 }
@@ -1039,6 +1121,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
         let aws = aws_settings(&raw, protocol)?;
         let imds = imds_settings(&raw, protocol)?;
         let ssh = ssh_settings(&raw, protocol)?;
+        let kube = kube_settings(&raw, protocol)?;
         let netns = match &raw.netns {
             None => NetnsScope::Any,
             Some(v) => match v.get_ref().as_str() {
@@ -1061,6 +1144,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
             aws,
             imds,
             ssh,
+            kube,
             netns,
         })
     }
@@ -1164,10 +1248,13 @@ fn postgres_settings(
                 "protocol = \"postgres\", \"http\", \"aws\" and \"aws-imds\"",
                 protocol,
             )?;
-        } else if !matches!(protocol, Protocol::Http | Protocol::Aws | Protocol::AwsImds) {
+        } else if !matches!(
+            protocol,
+            Protocol::Http | Protocol::Aws | Protocol::AwsImds | Protocol::Kubernetes
+        ) {
             refuse_keys(
                 &shared,
-                "protocol = \"postgres\", \"http\", \"aws\", \"aws-imds\" and \"ssh\"",
+                "protocol = \"postgres\", \"http\", \"aws\", \"aws-imds\", \"kubernetes\" and \"ssh\"",
                 protocol,
             )?;
         }
@@ -1216,7 +1303,19 @@ fn postgres_settings(
 
 /// Validates the keys of an HTTP target: TLS on both legs and the injected credential.
 fn http_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<HttpTarget>, Problem> {
-    if matches!(protocol, Protocol::Aws | Protocol::AwsImds) {
+    if protocol == Protocol::Kubernetes {
+        refuse_keys(
+            &[
+                ("inject", raw.inject.as_ref().map(Spanned::span)),
+                (
+                    "password_file",
+                    raw.password_file.as_ref().map(Spanned::span),
+                ),
+            ],
+            "protocol = \"http\" (a Kubernetes target authenticates with `token_file`, `credential` or `client_cert_file` + `client_key_file`)",
+            protocol,
+        )?;
+    } else if matches!(protocol, Protocol::Aws | Protocol::AwsImds) {
         refuse_keys(
             &[
                 ("inject", raw.inject.as_ref().map(Spanned::span)),
@@ -1228,7 +1327,7 @@ fn http_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<HttpTarge
             "protocol = \"http\" (an AWS target signs with the credential of `aws_credentials_file`, `credential` or `aws_instance_role`; a metadata target hands out the placeholder)",
             protocol,
         )?;
-    } else if !matches!(protocol, Protocol::Http | Protocol::AwsImds) {
+    } else if !matches!(protocol, Protocol::Http) {
         refuse_keys(
             &[
                 ("inject", raw.inject.as_ref().map(Spanned::span)),
@@ -1266,11 +1365,18 @@ fn http_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<HttpTarge
         },
     };
     let mut common = common_settings(raw)?;
-    if protocol == Protocol::Aws && raw.client_tls.is_none() {
-        // SDKs speak HTTPS; plain HTTP to an AWS target is the exception.
+    if matches!(protocol, Protocol::Aws | Protocol::Kubernetes) && raw.client_tls.is_none() {
+        // SDKs and kubectl speak HTTPS; plain HTTP to them is the exception.
         common.client_tls = ClientTls::Terminate;
     }
-    if matches!(protocol, Protocol::Aws | Protocol::AwsImds) {
+    if protocol == Protocol::Kubernetes && raw.tls.is_none() {
+        // API servers serve HTTPS only, with a cluster CA.
+        common.tls = UpstreamTlsMode::VerifyFull;
+    }
+    if matches!(
+        protocol,
+        Protocol::Aws | Protocol::AwsImds | Protocol::Kubernetes
+    ) {
         // `credential` is the agent's AWS key (aws_settings; refused on a metadata
         // target by imds_settings), never an injected header.
         common.credential = None;
@@ -1427,6 +1533,84 @@ fn aws_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<AwsTarget>
 }
 
 /// Validates the keys of an SSH target: the login key, the user, the host key check.
+/// Validates the keys of a Kubernetes target: the agent's credential, exactly one of a
+/// token (`token_file` or `credential`) and a client certificate.
+fn kube_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<KubeTarget>, Problem> {
+    let keys = [
+        ("token_file", raw.token_file.as_ref().map(Spanned::span)),
+        (
+            "client_cert_file",
+            raw.client_cert_file.as_ref().map(Spanned::span),
+        ),
+        (
+            "client_key_file",
+            raw.client_key_file.as_ref().map(Spanned::span),
+        ),
+    ];
+    if protocol != Protocol::Kubernetes {
+        refuse_keys(&keys, "protocol = \"kubernetes\"", protocol)?;
+        return Ok(None);
+    }
+    let token = match (&raw.token_file, &raw.credential) {
+        (Some(_), Some(c)) => {
+            return Err(Problem::at(
+                c,
+                "give either `token_file` or `credential`, not both",
+            ))
+        }
+        (Some(path), None) => Some(CredentialRef::File(absolute_path(path, "token_file")?)),
+        (None, Some(c)) => {
+            let name = c.get_ref();
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(Problem::at(
+                    c,
+                    "credential must be a systemd credential name (no '/')",
+                ));
+            }
+            Some(CredentialRef::Systemd(name.clone()))
+        }
+        (None, None) => None,
+    };
+    let cert = match (&raw.client_cert_file, &raw.client_key_file) {
+        (Some(cert), Some(key)) => Some((
+            absolute_path(cert, "client_cert_file")?,
+            absolute_path(key, "client_key_file")?,
+        )),
+        (Some(v), None) => {
+            return Err(Problem::at(
+                v,
+                "client_cert_file needs client_key_file, the certificate's private key",
+            ))
+        }
+        (None, Some(v)) => {
+            return Err(Problem::at(
+                v,
+                "client_key_file needs client_cert_file, the certificate it belongs to",
+            ))
+        }
+        (None, None) => None,
+    };
+    let credential = match (token, cert) {
+        (Some(token), None) => KubeCredential::Token(token),
+        (None, Some((cert, key))) => KubeCredential::ClientCert { cert, key },
+        (Some(_), Some(_)) => {
+            return Err(Problem {
+                span: raw.client_cert_file.as_ref().map(Spanned::span),
+                earlier: None,
+                message: "give one credential: a token (token_file or credential) or a client certificate (client_cert_file and client_key_file), not both".into(),
+            })
+        }
+        (None, None) => {
+            return Err(Problem {
+                span: Some(raw.name.span()),
+                earlier: None,
+                message: "a Kubernetes target needs the agent's own credential for the API server: token_file, credential (a systemd credential holding the token) or client_cert_file + client_key_file (the bots need none)".into(),
+            })
+        }
+    };
+    Ok(Some(KubeTarget { credential }))
+}
+
 fn ssh_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<SshTarget>, Problem> {
     if protocol != Protocol::Ssh {
         refuse_keys(

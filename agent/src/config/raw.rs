@@ -64,6 +64,8 @@ pub(super) struct RawWorkload {
     pub cgroup: Option<Spanned<String>>,
     pub uid: Option<u32>,
     pub aws_role_arn: Option<Spanned<String>>,
+    pub kube_impersonate: Option<Spanned<String>>,
+    pub kube_impersonate_groups: Option<Vec<Spanned<String>>>,
 }
 
 /// One `[[target]]`.
@@ -98,6 +100,10 @@ pub(super) struct RawTarget {
     /// aws-imds only.
     pub aws_region: Option<Spanned<String>>,
     pub aws_role_name: Option<Spanned<String>>,
+    /// Kubernetes only (see `super::KubeTarget`).
+    pub token_file: Option<Spanned<String>>,
+    pub client_cert_file: Option<Spanned<String>>,
+    pub client_key_file: Option<Spanned<String>>,
     /// SSH only (see `super::SshTarget`).
     pub key_file: Option<Spanned<String>>,
     pub known_hosts: Option<Spanned<String>>,

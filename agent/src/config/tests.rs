@@ -115,6 +115,7 @@ fn minimal_example_parses_to_the_expected_model() {
             aws: None,
             imds: None,
             ssh: None,
+            kube: None,
             netns: crate::config::NetnsScope::Any,
         }]
     );
@@ -326,7 +327,7 @@ fn semantic_errors_point_at_the_value() {
             "protocol = \"tcp\"",
             "protocol = \"mysql\"",
             "\"mysql\"",
-            "protocol \"mysql\" is not supported yet (supported: tcp, postgres, http, aws, aws-imds, ssh)",
+            "protocol \"mysql\" is not supported yet (supported: tcp, postgres, http, aws, aws-imds, kubernetes, ssh)",
         ),
         (
             "cgroup = \"system.slice/backup*.service\"",
@@ -1126,4 +1127,103 @@ fn ssh_target_keys_are_validated() {
         let text = config(&keys);
         assert_error_at(&err(&text), &text, value, 0, expected);
     }
+}
+
+#[test]
+fn kubernetes_target_and_workload_keys_are_validated() {
+    let config = |workload_keys: &str, keys: &str| {
+        format!(
+            "[agent]\nmode = \"enforce\"\njournal = \"/j.db\"\n\n[[workload]]\nname = \"ci\"\ncgroup = \"ci.slice/**\"\n{workload_keys}\n\n[[target]]\nname = \"cluster\"\naddress = \"10.0.0.1:6443\"\nprotocol = \"kubernetes\"\n{keys}\n"
+        )
+    };
+    let c = ok(&config(
+        "kube_impersonate = \"system:serviceaccount:ci:deployer\"\nkube_impersonate_groups = [\"system:serviceaccounts\"]",
+        "ca_file = \"/etc/nhi-agent/cluster-ca.pem\"\ntoken_file = \"/etc/nhi-agent/cluster.token\"",
+    ));
+    let t = &c.targets[0];
+    assert_eq!(t.protocol, Protocol::Kubernetes);
+    assert_eq!(
+        t.kube,
+        Some(KubeTarget {
+            credential: KubeCredential::Token(CredentialRef::File(PathBuf::from(
+                "/etc/nhi-agent/cluster.token"
+            )))
+        })
+    );
+    // kubectl speaks HTTPS to an API server that speaks HTTPS, checked against the
+    // cluster CA.
+    let http = t.http.as_ref().expect("a Kubernetes target is an HTTP one");
+    assert_eq!(http.client_tls, ClientTls::Terminate);
+    assert_eq!(http.tls, UpstreamTlsMode::VerifyFull);
+    assert_eq!(
+        (http.credential.as_ref(), http.inject.as_ref()),
+        (None, None)
+    );
+    assert_eq!(
+        c.workloads[0].kube_impersonate,
+        Some(KubeImpersonation {
+            user: "system:serviceaccount:ci:deployer".into(),
+            groups: vec!["system:serviceaccounts".into()],
+        })
+    );
+    let c = ok(&config("", "credential = \"cluster-token\""));
+    assert_eq!(
+        c.targets[0].kube.as_ref().unwrap().credential,
+        KubeCredential::Token(CredentialRef::Systemd("cluster-token".into()))
+    );
+    let c = ok(&config(
+        "",
+        "client_cert_file = \"/etc/k/agent.crt\"\nclient_key_file = \"/etc/k/agent.key\"\ntls = \"require\"",
+    ));
+    assert_eq!(
+        c.targets[0].kube.as_ref().unwrap().credential,
+        KubeCredential::ClientCert {
+            cert: PathBuf::from("/etc/k/agent.crt"),
+            key: PathBuf::from("/etc/k/agent.key")
+        }
+    );
+    assert_eq!(c.workloads[0].kube_impersonate, None);
+
+    for (workload_keys, keys, expected) in [
+        ("", "", "needs the agent's own credential"),
+        ("", "token_file = \"/t\"\ncredential = \"c\"", "not both"),
+        ("", "client_cert_file = \"/c\"", "needs client_key_file"),
+        ("", "client_key_file = \"/k\"", "needs client_cert_file"),
+        (
+            "",
+            "token_file = \"/t\"\nclient_cert_file = \"/c\"\nclient_key_file = \"/k\"",
+            "give one credential",
+        ),
+        ("", "token_file = \"t\"", "absolute"),
+        (
+            "",
+            "token_file = \"/t\"\ninject = \"X-A: {secret}\"",
+            "`inject` only applies",
+        ),
+        (
+            "",
+            "token_file = \"/t\"\npassword_file = \"/p\"",
+            "`password_file` only applies",
+        ),
+        (
+            "kube_impersonate = \"\"",
+            "token_file = \"/t\"",
+            "kube_impersonate must be",
+        ),
+        (
+            "kube_impersonate_groups = [\"a\"]",
+            "token_file = \"/t\"",
+            "needs kube_impersonate",
+        ),
+    ] {
+        let e = err(&config(workload_keys, keys));
+        assert!(e.to_string().contains(expected), "{keys}: {e}");
+    }
+    // The Kubernetes keys belong to Kubernetes targets.
+    let e = err("[agent]\nmode = \"enforce\"\njournal = \"/j.db\"\n\n[[target]]\nname = \"t\"\naddress = \"10.0.0.1:80\"\nprotocol = \"http\"\ntoken_file = \"/t\"\n");
+    assert!(
+        e.to_string()
+            .contains("`token_file` only applies to protocol = \"kubernetes\""),
+        "{e}"
+    );
 }

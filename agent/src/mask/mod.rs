@@ -134,6 +134,14 @@ impl SessionMasks {
         SessionMasks::new(Vec::new(), Arc::new(HashKey::from_bytes([0; KEY_LEN])))
     }
 
+    /// These masks with `rule` added after the others (the session's own rules keep
+    /// precedence), with the same key.
+    pub fn with_rule(&self, rule: MaskRule) -> SessionMasks {
+        let mut rules = self.inner.rules.clone();
+        rules.push(rule);
+        SessionMasks::new(rules, self.inner.key.clone())
+    }
+
     /// True when there is no rule: every plan is a no-op.
     pub fn is_empty(&self) -> bool {
         self.inner.rules.is_empty()

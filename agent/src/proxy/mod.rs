@@ -522,14 +522,12 @@ async fn handle(
     let budget = shared.budget.exceeded();
     if let Some(why) = &budget {
         error!(workload = %workload_name, %orig_dst, target = %target.name, reason = %why, "refusing a new session: disk budget exceeded");
-        if !matches!(
-            target.protocol,
-            crate::config::Protocol::Postgres
-                | crate::config::Protocol::Http
-                | crate::config::Protocol::Aws
-                | crate::config::Protocol::AwsImds
-                | crate::config::Protocol::Ssh
-        ) {
+        if !(target.protocol.over_http()
+            || matches!(
+                target.protocol,
+                crate::config::Protocol::Postgres | crate::config::Protocol::Ssh
+            ))
+        {
             reset(client);
             return;
         }
@@ -644,14 +642,12 @@ async fn handle(
     crate::failpoint::pause("proxy.after_session_start").await;
 
     if let Some(why) = &over_limit {
-        if !matches!(
-            target.protocol,
-            crate::config::Protocol::Postgres
-                | crate::config::Protocol::Http
-                | crate::config::Protocol::Aws
-                | crate::config::Protocol::AwsImds
-                | crate::config::Protocol::Ssh
-        ) {
+        if !(target.protocol.over_http()
+            || matches!(
+                target.protocol,
+                crate::config::Protocol::Postgres | crate::config::Protocol::Ssh
+            ))
+        {
             reset(client);
             let end = SessionEnd {
                 id,
@@ -673,7 +669,8 @@ async fn handle(
         crate::config::Protocol::Postgres => pg.is_none(),
         crate::config::Protocol::Http
         | crate::config::Protocol::Aws
-        | crate::config::Protocol::AwsImds => snapshot.http.target(target_index).is_none(),
+        | crate::config::Protocol::AwsImds
+        | crate::config::Protocol::Kubernetes => snapshot.http.target(target_index).is_none(),
         crate::config::Protocol::Ssh => {
             snapshot.ssh.target(target_index).is_none() || snapshot.ssh.ca.is_none()
         }
@@ -719,13 +716,10 @@ async fn handle(
             origin: origin.clone(),
         };
         postgres::serve(ctx, client, cancel).await
-    } else if let (
-        crate::config::Protocol::Http
-        | crate::config::Protocol::Aws
-        | crate::config::Protocol::AwsImds,
-        Some(target_rt),
-    ) = (target.protocol, snapshot.http.target(target_index).cloned())
-    {
+    } else if let (true, Some(target_rt)) = (
+        target.protocol.over_http(),
+        snapshot.http.target(target_index).cloned(),
+    ) {
         let rules = Arc::new(snapshot.pg.rules_for(
             config,
             &workload_name,
@@ -758,6 +752,7 @@ async fn handle(
                 (status, r.message)
             }),
             aws_role: workload.aws_role_arn.clone(),
+            kube_impersonate: workload.kube_impersonate.clone(),
         };
         http::serve(ctx, client, cancel).await
     } else if let (crate::config::Protocol::Ssh, Some(target_rt), Some(ca)) = (

@@ -35,7 +35,7 @@ pub use ca::{
     LEAF_VALIDITY_DAYS,
 };
 pub use stream::{accept_client, Stream};
-pub use upstream::{UpstreamTls, UpstreamTlsMode, SSL_REQUEST};
+pub use upstream::{ClientCert, UpstreamTls, UpstreamTlsMode, SSL_REQUEST};
 
 /// The ALPN protocol name PostgreSQL 17 registered. libpq 17+ offers it; older clients
 /// and servers ignore ALPN, so offering and accepting it costs nothing and keeps

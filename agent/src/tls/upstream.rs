@@ -85,7 +85,7 @@ impl UpstreamTls {
         ca_file: Option<&Path>,
         server_name: Option<&str>,
     ) -> Result<UpstreamTls, TlsError> {
-        Self::build(mode, ca_file, server_name, false, &[ALPN_POSTGRESQL])
+        Self::build(mode, ca_file, server_name, false, &[ALPN_POSTGRESQL], None)
     }
 
     /// The settings of an HTTP target: as [`UpstreamTls::new`], but ALPN offers `h2` and
@@ -99,7 +99,32 @@ impl UpstreamTls {
         ca_file: Option<&Path>,
         server_name: Option<&str>,
     ) -> Result<UpstreamTls, TlsError> {
-        Self::build(mode, ca_file, server_name, true, &[ALPN_H2, ALPN_HTTP11])
+        Self::build(
+            mode,
+            ca_file,
+            server_name,
+            true,
+            &[ALPN_H2, ALPN_HTTP11],
+            None,
+        )
+    }
+
+    /// As [`UpstreamTls::for_http`], presenting `client_cert` in every handshake (a
+    /// Kubernetes API server that authenticates the agent by certificate).
+    pub fn for_http_with_client_cert(
+        mode: UpstreamTlsMode,
+        ca_file: Option<&Path>,
+        server_name: Option<&str>,
+        client_cert: ClientCert,
+    ) -> Result<UpstreamTls, TlsError> {
+        Self::build(
+            mode,
+            ca_file,
+            server_name,
+            true,
+            &[ALPN_H2, ALPN_HTTP11],
+            Some(client_cert),
+        )
     }
 
     fn build(
@@ -108,6 +133,7 @@ impl UpstreamTls {
         server_name: Option<&str>,
         system_roots: bool,
         alpn: &[&[u8]],
+        client_cert: Option<ClientCert>,
     ) -> Result<UpstreamTls, TlsError> {
         if mode == UpstreamTlsMode::Disable {
             return Ok(UpstreamTls {
@@ -134,15 +160,21 @@ impl UpstreamTls {
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|source| TlsError::Config { source })?;
-        let mut config = match (mode, roots) {
-            (UpstreamTlsMode::VerifyFull, Some(roots)) => {
-                builder.with_root_certificates(roots).with_no_client_auth()
-            }
+        let builder = match (mode, roots) {
+            (UpstreamTlsMode::VerifyFull, Some(roots)) => builder.with_root_certificates(roots),
             (UpstreamTlsMode::VerifyFull, None) => return Err(TlsError::MissingCaFile { mode }),
             (_, roots) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(LibpqVerifier { roots, provider }))
-                .with_no_client_auth(),
+                .with_custom_certificate_verifier(Arc::new(LibpqVerifier { roots, provider })),
+        };
+        let mut config = match client_cert {
+            None => builder.with_no_client_auth(),
+            Some(ClientCert { chain, key, path }) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::BadCertificateFile {
+                    path,
+                    reason: format!("the client certificate and key do not go together: {e}"),
+                })?,
         };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(UpstreamTls {
@@ -309,6 +341,69 @@ fn load_system_roots() -> Result<Arc<RootCertStore>, TlsError> {
 }
 
 /// Reads a PEM file of CA certificates into a root store.
+/// A client certificate chain and its private key, presented to servers that ask.
+pub struct ClientCert {
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    /// The certificate file, for errors.
+    path: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert")
+            .field("path", &self.path)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl ClientCert {
+    /// Reads a PEM certificate chain (`cert_path`) and the PEM private key (`key_pem`,
+    /// read by the caller with its file-mode rule). Errors name the files, never the key.
+    pub fn from_pem(
+        cert_path: &Path,
+        key_path: &Path,
+        key_pem: &[u8],
+    ) -> Result<ClientCert, TlsError> {
+        use rustls_pki_types::pem::PemObject;
+        let pem = std::fs::read(cert_path).map_err(|source| TlsError::File {
+            path: cert_path.to_owned(),
+            source,
+        })?;
+        let chain = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::BadCertificateFile {
+                path: cert_path.to_owned(),
+                reason: format!("invalid PEM: {e}"),
+            })?;
+        if chain.is_empty() {
+            return Err(TlsError::BadCertificateFile {
+                path: cert_path.to_owned(),
+                reason: "no CERTIFICATE block found".into(),
+            });
+        }
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| {
+            TlsError::BadCertificateFile {
+                path: key_path.to_owned(),
+                reason: "no PEM private key (PKCS#8, PKCS#1 or SEC1) found".into(),
+            }
+        })?;
+        Ok(ClientCert {
+            chain,
+            key,
+            path: cert_path.to_owned(),
+        })
+    }
+
+    /// The subject's common name of the leaf, for the journal (`None`: none readable).
+    pub fn common_name(&self) -> Option<String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(self.chain.first()?).ok()?;
+        let cn = cert.subject().iter_common_name().next()?;
+        cn.as_str().ok().map(str::to_owned)
+    }
+}
+
 fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let bad = |reason: String| TlsError::BadCertificateFile {
         path: path.to_owned(),

@@ -51,6 +51,9 @@ pub(super) struct BodyContext {
     /// its protocol's format (JSON or XML), and servers that emulate AWS label them
     /// loosely (moto: `text/html`).
     pub kind: Option<BodyKind>,
+    /// Read a JSON body whole even when nothing masks it (bounded by `mask_body_limit`):
+    /// the caller wants it (a Kubernetes object's uid).
+    pub buffer_json: bool,
 }
 
 impl BodyContext {
@@ -102,7 +105,9 @@ pub(super) fn plan(
             .and_then(|v| v.to_str().ok())
             .and_then(BodyKind::of)
     });
-    let Some(kind) = kind.filter(|_| masking(&cx.masks, &cx.target_rt)) else {
+    let Some(kind) = kind.filter(|kind| {
+        masking(&cx.masks, &cx.target_rt) || (cx.buffer_json && *kind == BodyKind::Json)
+    }) else {
         let known_size = headers.contains_key(header::CONTENT_LENGTH);
         let measured = match cx.record {
             RecordResults::Rows => true,
@@ -128,8 +133,10 @@ pub(super) fn plan(
 }
 
 /// Whether responses of this session may be masked (masks, or an injected secret).
+/// A Kubernetes target's token is not looked for in bodies (API servers do not echo
+/// the caller's token; reading every list whole to look would refuse large ones).
 pub(super) fn masking(masks: &SessionMasks, target_rt: &HttpTargetRuntime) -> bool {
-    !masks.is_empty() || target_rt.inject.is_some()
+    !masks.is_empty() || (target_rt.inject.is_some() && target_rt.kube.is_none())
 }
 
 /// Keeps in a forwarded `Accept-Encoding` only the codings the agent decodes, so a

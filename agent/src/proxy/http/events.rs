@@ -83,6 +83,10 @@ pub struct HttpRequest<'a> {
     /// region, resources, masked parameters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<super::aws::AwsCallHead>,
+    /// The Kubernetes request this is (`protocol = "kubernetes"` targets): verb,
+    /// resource, namespace, name, the exec argv (masked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<crate::protocol::kubernetes::request::KubeRequest>,
 }
 
 /// A bounded, masked excerpt of a body.
@@ -239,6 +243,10 @@ pub struct WsFrame<'a> {
     /// A close frame's status code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close_code: Option<u16>,
+    /// A Kubernetes stream's channel (`stdin`, `stdout`, `stderr`, `error`, `resize`,
+    /// `port 5432 data`, ...): the excerpt is then the channel's data, not the payload.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Cow<'a, str>>,
 }
 
 impl<'a> WsFrame<'a> {

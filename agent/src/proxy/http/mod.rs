@@ -35,6 +35,7 @@ pub mod aws;
 mod body;
 pub mod events;
 pub mod imds;
+pub mod kube;
 pub mod runtime;
 mod upgrade;
 mod upstream;
@@ -98,6 +99,9 @@ pub struct HttpContext<'a> {
     pub refuse: Option<(u16, String)>,
     /// The workload's `aws_role_arn` (AWS targets sign with it, assumed per session).
     pub aws_role: Option<String>,
+    /// The workload's `kube_impersonate` (Kubernetes targets send it as
+    /// `Impersonate-User` / `Impersonate-Group`).
+    pub kube_impersonate: Option<crate::config::KubeImpersonation>,
 }
 
 /// Headers whose values are credentials: journaled as `[redacted]`.
@@ -147,6 +151,8 @@ struct State {
     framing: Arc<Mutex<RequestFraming>>,
     /// The workload's role, assumed for this session (AWS targets with `aws_role_arn`).
     role_session: Option<aws::RoleSession>,
+    /// `protocol = "kubernetes"`: impersonation and the masks of answers about Secrets.
+    kube: Option<kube::KubeSession>,
 }
 
 /// The first byte of a TLS handshake record: a client that starts with it speaks TLS
@@ -369,6 +375,13 @@ async fn serve_http(
             .as_deref()
             .filter(|_| ctx.target_rt.aws.is_some())
             .map(|arn| aws::RoleSession::new(arn, ctx.id, &ctx.requester.identity.workload)),
+        kube: ctx.target_rt.kube.as_ref().map(|rt| {
+            kube::KubeSession::new(
+                &ctx.rules.masks,
+                ctx.kube_impersonate.clone(),
+                &rt.acting_as,
+            )
+        }),
     });
     let counts = Arc::new(Counted::default());
     let io = TokioIo::new(Counting::new(client, counts.clone(), Some(framing)));
@@ -674,6 +687,43 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         }
     };
     request_event.path = Some(normal.path.clone().into());
+    // A Kubernetes request is read as the API server reads it before it is judged.
+    let kube_call = match &state.kube {
+        None => None,
+        Some(_) => match kube::inspect(req.headers(), &method, &target, &normal) {
+            Ok(call) => {
+                let record = kube::K8sRequest::new(seq, &call, req.headers(), &state.rules.masks);
+                if let upgrade::Upgrade::Declined(asked) = &upgrade {
+                    // exec over SPDY would otherwise reach the server without its
+                    // upgrade and fail there; refused here, clearly.
+                    let why = format!(
+                        "nhi-agent: the {asked} upgrade is not relayed; kubectl 1.31 and later use WebSocket (unset KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false)"
+                    );
+                    let refused = kube::Refused {
+                        status: StatusCode::BAD_REQUEST,
+                        reason: "BadRequest",
+                        message: why,
+                    };
+                    return kube_refuse_unjudged(state, request_event, record, refused, started)
+                        .await;
+                }
+                request_event.kube = Some(record.request.clone());
+                Some((call, record))
+            }
+            Err(refused) => {
+                let record = kube::K8sRequest {
+                    seq,
+                    request: crate::protocol::kubernetes::request::KubeRequest {
+                        verb: method.to_ascii_lowercase(),
+                        path: normal.path.clone(),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                return kube_refuse_unjudged(state, request_event, record, refused, started).await;
+            }
+        },
+    };
     // An AWS call is read (signature, body when needed, operation) before it is judged.
     let (req, aws_call) = match &state.target_rt.aws {
         None => (Pending::Plain(req), None),
@@ -695,6 +745,11 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         headers: &header_pairs,
     };
     let (verdict, rule) = match (&state.rules.policy, &aws_call) {
+        (Some(p), None) if kube_call.is_some() => {
+            let (call, _) = kube_call.as_ref().expect("checked");
+            let (v, r) = p.decide_kube(&info, call);
+            (v, r.map(str::to_owned))
+        }
         (Some(p), None) => {
             let (v, r) = p.decide_http(&info);
             (v, r.map(str::to_owned))
@@ -714,17 +769,25 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         (None, _) => (Verdict::Allow, None),
     };
     drop(header_pairs);
-    // How this request is refused: an AWS-shaped error for AWS calls.
-    let refuse = |status: StatusCode, message: &str, rule: Option<&str>| match &aws_call {
-        Some(call) => aws::aws_error(
-            call.call.protocol,
-            status,
-            "AccessDenied",
-            &format!("nhi-agent: {message}"),
-            &aws::agent_request_id(state.id, seq),
-        ),
-        None => refusal(status, message, rule),
-    };
+    // How this request is refused: an AWS-shaped error for AWS calls, a `Status` for
+    // Kubernetes requests.
+    let refuse =
+        |status: StatusCode, message: &str, rule: Option<&str>| match (&aws_call, &kube_call) {
+            (Some(call), _) => aws::aws_error(
+                call.call.protocol,
+                status,
+                "AccessDenied",
+                &format!("nhi-agent: {message}"),
+                &aws::agent_request_id(state.id, seq),
+            ),
+            (None, Some((call, _))) => kube::status_response(
+                status,
+                "Forbidden",
+                &format!("nhi-agent: {message}: {}", call.describe()),
+                Some(call),
+            ),
+            (None, None) => refusal(status, message, rule),
+        };
     request_event.verdict = verdict.as_str().into();
     request_event.rule = rule.clone().map(Into::into);
     let action = state
@@ -772,18 +835,29 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         Pending::Plain(req) => req.map(|b| b.map_err(Into::into).boxed()),
         Pending::Read(req) => req,
     };
-    // The `aws_call` record of a call the agent answers itself.
+    // The `aws_call` or `k8s_request` record of a call the agent answers itself.
     let aws_refused = |status: u16, outcome: &'static str| {
-        aws_call.as_ref().map(|call| {
-            aws_record(
-                state,
-                call,
-                seq,
-                &request_event_verdict(verdict, rule.as_deref()),
-                AwsEnd::agent(state, seq, outcome, status),
-                started,
-            )
-        })
+        aws_call
+            .as_ref()
+            .map(|call| {
+                aws_record(
+                    state,
+                    call,
+                    seq,
+                    &request_event_verdict(verdict, rule.as_deref()),
+                    AwsEnd::agent(state, seq, outcome, status),
+                    started,
+                )
+            })
+            .or_else(|| {
+                kube_call.as_ref().map(|(_, record)| {
+                    let mut record = record.ended(outcome, status, None, started);
+                    record.verdict = verdict.as_str().to_owned();
+                    record.rule = rule.clone();
+                    record.enforced = state.rules.enforce;
+                    Event::of(state.id, kube::kind::K8S_REQUEST, &record)
+                })
+            })
     };
     match action {
         Action::Refuse => {
@@ -908,10 +982,17 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         }
         return imds::response(&answer);
     }
-    if upgrade == upgrade::Upgrade::WebSocket {
-        return upgrade::forward_websocket(state, req, seq, started).await;
-    }
     let verdict_text = request_event_verdict(verdict, rule.as_deref());
+    // The `k8s_request` record, completed once the answer is known.
+    let kube_call = kube_call.map(|(call, mut record)| {
+        record.verdict = verdict_text.0.clone();
+        record.rule = verdict_text.1.clone();
+        record.enforced = state.rules.enforce;
+        (call, record)
+    });
+    if upgrade == upgrade::Upgrade::WebSocket {
+        return upgrade::forward_websocket(state, req, seq, started, kube_call).await;
+    }
     forward(
         state,
         req,
@@ -919,8 +1000,41 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         &normal,
         started,
         aws_call.as_ref().map(|call| (call, verdict_text)),
+        kube_call.as_ref(),
     )
     .await
+}
+
+/// Journals a Kubernetes request refused before it was judged, and answers it with a
+/// `Status`.
+async fn kube_refuse_unjudged(
+    state: &State,
+    mut request_event: HttpRequest<'_>,
+    k8s: kube::K8sRequest,
+    refused: kube::Refused,
+    started: Instant,
+) -> Response<Body> {
+    let seq = request_event.seq;
+    request_event.verdict = Verdict::Deny.as_str().into();
+    request_event.action = "refused".into();
+    request_event.reason = Some(refused.message.clone().into());
+    warn!(session = state.id, seq, reason = %refused.message, "Kubernetes request refused before judging");
+    let mut k8s = k8s.ended("refused", refused.status.as_u16(), None, started);
+    k8s.verdict = Verdict::Deny.as_str().to_owned();
+    k8s.enforced = state.rules.enforce;
+    let events = [
+        Event::of(state.id, kind::REQUEST, &request_event),
+        Event::of(
+            state.id,
+            kind::RESPONSE,
+            &HttpResponse::agent(seq, refused.status.as_u16(), started),
+        ),
+        Event::of(state.id, kube::kind::K8S_REQUEST, &k8s),
+    ];
+    if let Err(e) = record(state, &events, false).await {
+        return journal_refused(&e);
+    }
+    kube::status_response(refused.status, refused.reason, &refused.message, None)
 }
 
 /// A request whose body the agent has or has not read yet.
@@ -1109,6 +1223,10 @@ async fn forward(
     normal: &path::NormalPath,
     started: Instant,
     aws_call: Option<(&aws::Inspected, (String, Option<String>))>,
+    kube_call: Option<&(
+        crate::protocol::kubernetes::request::KubeRequest,
+        kube::K8sRequest,
+    )>,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let method = parts.method.clone();
@@ -1163,7 +1281,7 @@ async fn forward(
             Err(why) => {
                 let message = format!("the agent could not sign the call: {why}");
                 warn!(session = state.id, seq, error = %message, "AWS call not signed");
-                let failure = AwsFailure {
+                let failure = CallFailure {
                     record: aws_record(
                         state,
                         call,
@@ -1172,7 +1290,7 @@ async fn forward(
                         AwsEnd::agent(state, seq, "not signed", 502),
                         started,
                     ),
-                    protocol: call.call.protocol,
+                    shape: Shape::Aws(call.call.protocol),
                 };
                 let events = failed_events(state, seq, started, &message, Some(&failure));
                 let _ = record(state, &events, false).await;
@@ -1188,7 +1306,7 @@ async fn forward(
             let message = format!("upstream request failed: {}", error_chain(&e));
             // A body the agent stopped (an aws-chunked chunk whose signature does not
             // match) ends here too.
-            let call_record = aws_call.as_ref().map(|(call, verdict)| AwsFailure {
+            let call_record = aws_call.as_ref().map(|(call, verdict)| CallFailure {
                 record: aws_record(
                     state,
                     call,
@@ -1197,12 +1315,53 @@ async fn forward(
                     AwsEnd::agent(state, seq, "upstream failed", 502),
                     started,
                 ),
-                protocol: call.call.protocol,
+                shape: Shape::Aws(call.call.protocol),
+            });
+            let call_record = call_record.or_else(|| {
+                kube_call.map(|(_, record)| CallFailure {
+                    record: Event::of(
+                        state.id,
+                        kube::kind::K8S_REQUEST,
+                        &record.ended("upstream failed", 502, None, started),
+                    ),
+                    shape: Shape::Kube,
+                })
             });
             return upstream_failed(state, seq, started, message, call_record).await;
         }
     };
     let (mut parts, body) = response.into_parts();
+    // An answer about Secrets that masks cannot read (protobuf) never goes back.
+    if let Some((call, record)) = kube_call {
+        let has_body = !(method == http::Method::HEAD
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED);
+        if call.is_secrets() && has_body && !kube::maskable(&parts.headers) {
+            let why = format!(
+                "an answer about Secrets in {:?} cannot be masked",
+                parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .unwrap_or_default()
+            );
+            let failure = CallFailure {
+                record: Event::of(
+                    state.id,
+                    kube::kind::K8S_REQUEST,
+                    &record.ended(
+                        "answer not masked",
+                        502,
+                        state.kube.as_ref().map(|k| k.acted_as()),
+                        started,
+                    ),
+                ),
+                shape: Shape::Kube,
+            };
+            return body_refused(state, seq, started, parts.status, why, Some(failure)).await;
+        }
+    }
     // The secret the agent injected never goes back, even when the server echoes it.
     let secret_echoes_masked = match &state.target_rt.inject {
         Some(inject) => mask_secret_echoes(&mut parts.headers, inject.secret.expose()),
@@ -1217,14 +1376,29 @@ async fn forward(
         id: state.id,
         seq,
         journal: state.journal.clone(),
-        masks: if object_content {
-            crate::mask::SessionMasks::none()
-        } else {
-            state.rules.masks.clone()
+        masks: match (object_content, kube_call, &state.kube) {
+            (true, _, _) => crate::mask::SessionMasks::none(),
+            (false, Some((call, _)), Some(session)) => session.masks_for(call, &state.rules.masks),
+            _ => state.rules.masks.clone(),
         },
-        kind: aws_call
-            .as_ref()
-            .and_then(|(call, _)| aws::body_kind(call.call.protocol)),
+        kind: match kube_call {
+            // A watch is one JSON document per line, streamed (its Content-Type says
+            // `application/json`, which would be read whole).
+            Some((call, _)) if call.verb == "watch" && kube::maskable(&parts.headers) => {
+                Some(crate::protocol::http::body::BodyKind::Ndjson)
+            }
+            _ => aws_call
+                .as_ref()
+                .and_then(|(call, _)| aws::body_kind(call.call.protocol)),
+        },
+        // A single object's answer is read whole (bounded by `mask_body_limit`) for its
+        // uid.
+        buffer_json: kube_call.is_some_and(|(call, _)| {
+            call.resource_request
+                && (!call.name.is_empty() || call.verb == "create")
+                && call.subresource.is_empty()
+                && call.verb != "watch"
+        }),
         record: state.rules.record_results,
         target_rt: state.target_rt.clone(),
         started,
@@ -1240,10 +1414,25 @@ async fn forward(
                         signed_as: signed_as.clone(),
                         ..AwsEnd::agent(state, seq, "answer not masked", 502)
                     };
-                    AwsFailure {
+                    CallFailure {
                         record: aws_record(state, call, seq, verdict, end, started),
-                        protocol: call.call.protocol,
+                        shape: Shape::Aws(call.call.protocol),
                     }
+                });
+                let call_record = call_record.or_else(|| {
+                    kube_call.map(|(_, record)| CallFailure {
+                        record: Event::of(
+                            state.id,
+                            kube::kind::K8S_REQUEST,
+                            &record.ended(
+                                "answer not masked",
+                                502,
+                                state.kube.as_ref().map(|k| k.acted_as()),
+                                started,
+                            ),
+                        ),
+                        shape: Shape::Kube,
+                    })
                 });
                 return body_refused(state, seq, started, parts.status, why, call_record).await;
             }
@@ -1272,6 +1461,16 @@ async fn forward(
             response_bytes: response_event.body_bytes.or(response_event.content_length),
         };
         events.push(aws_record(state, call, seq, verdict, end, started));
+    }
+    if let Some((_, record)) = kube_call {
+        let mut record = record.ended(
+            "forwarded",
+            parts.status.as_u16(),
+            state.kube.as_ref().map(|k| k.acted_as()),
+            started,
+        );
+        record.uid = body_info.buffered.as_deref().and_then(kube::object_uid);
+        events.push(Event::of(state.id, kube::kind::K8S_REQUEST, &record));
     }
     // The response head is journaled before the client sees it.
     if let Err(e) = record(state, &events, false).await {
@@ -1313,7 +1512,7 @@ async fn body_refused(
     started: Instant,
     upstream_status: StatusCode,
     why: String,
-    call: Option<AwsFailure>,
+    call: Option<CallFailure>,
 ) -> Response<Body> {
     let message = format!("{why}; the server's {upstream_status} response was not forwarded");
     warn!(session = state.id, seq, error = %message, "response refused");
@@ -1324,11 +1523,19 @@ async fn body_refused(
     bad_gateway(state, seq, &message, call.as_ref())
 }
 
-/// The `aws_call` record of an AWS call that failed on the way, and how its API shapes
-/// errors.
-struct AwsFailure {
+/// The record of an AWS call or a Kubernetes request that failed on the way
+/// (`aws_call`, `k8s_request`), and how its API shapes errors.
+struct CallFailure {
     record: Event,
-    protocol: crate::protocol::aws::action::ApiProtocol,
+    shape: Shape,
+}
+
+/// How an API shapes the agent's error answers.
+#[derive(Clone, Copy)]
+enum Shape {
+    Aws(crate::protocol::aws::action::ApiProtocol),
+    /// A Kubernetes `Status`.
+    Kube,
 }
 
 /// The events of a request the agent answers 502: its `http_response`, and the call's
@@ -1338,7 +1545,7 @@ fn failed_events(
     seq: u64,
     started: Instant,
     message: &str,
-    call: Option<&AwsFailure>,
+    call: Option<&CallFailure>,
 ) -> Vec<Event> {
     let response = HttpResponse {
         error: Some(message.into()),
@@ -1354,15 +1561,21 @@ fn bad_gateway(
     state: &State,
     seq: u64,
     message: &str,
-    call: Option<&AwsFailure>,
+    call: Option<&CallFailure>,
 ) -> Response<Body> {
-    match call {
-        Some(c) => aws::aws_error(
-            c.protocol,
+    match call.map(|c| c.shape) {
+        Some(Shape::Aws(protocol)) => aws::aws_error(
+            protocol,
             StatusCode::BAD_GATEWAY,
             "InternalFailure",
             &format!("nhi-agent: {message}"),
             &aws::agent_request_id(state.id, seq),
+        ),
+        Some(Shape::Kube) => kube::status_response(
+            StatusCode::BAD_GATEWAY,
+            "InternalError",
+            &format!("nhi-agent: {message}"),
+            None,
         ),
         None => refusal(StatusCode::BAD_GATEWAY, message, None),
     }
@@ -1419,6 +1632,9 @@ fn upstream_headers(
         to.remove(&inject.name);
         to.insert(inject.name.clone(), inject.value.clone());
     }
+    if let Some(session) = &state.kube {
+        kube::upstream_headers(session, to, state.target_rt.inject.is_some());
+    }
 }
 
 /// Journals a request the server could not be asked (connect, TLS, handshake) and
@@ -1428,7 +1644,7 @@ async fn upstream_failed(
     seq: u64,
     started: Instant,
     message: String,
-    call: Option<AwsFailure>,
+    call: Option<CallFailure>,
 ) -> Response<Body> {
     warn!(session = state.id, seq, error = %message, "upstream request failed");
     let events = failed_events(state, seq, started, &message, call.as_ref());

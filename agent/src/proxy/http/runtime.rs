@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use http::{HeaderName, HeaderValue};
 
-use crate::config::{ClientTls, Config, CredentialRef, Protocol, UpstreamTlsMode};
+use crate::config::{ClientTls, Config, CredentialRef, KubeCredential, UpstreamTlsMode};
 use crate::credential::{CredentialSource, Secret};
 use crate::tls::{self, AgentCa, UpstreamTls};
 
@@ -49,6 +49,16 @@ pub struct HttpTargetRuntime {
     pub aws: Option<super::aws::AwsTargetRuntime>,
     /// `protocol = "aws-imds"`: what the agent answers for the metadata service.
     pub imds: Option<super::imds::ImdsRuntime>,
+    /// `protocol = "kubernetes"`: what the agent authenticates as.
+    pub kube: Option<KubeTargetRuntime>,
+}
+
+/// Per-target state of a Kubernetes target.
+#[derive(Debug)]
+pub struct KubeTargetRuntime {
+    /// How the agent's credential is described in the journal: `bearer token`, or
+    /// `client certificate CN=...` (never the secret).
+    pub acting_as: String,
 }
 
 /// Everything the HTTP sessions of one configuration share, indexed like
@@ -66,12 +76,8 @@ impl HttpRuntime {
     pub fn build(config: &Config, ca: Option<Arc<AgentCa>>) -> anyhow::Result<HttpRuntime> {
         let mut targets = Vec::with_capacity(config.targets.len());
         for target in &config.targets {
-            let Some(settings) = target.http.as_ref().filter(|_| {
-                matches!(
-                    target.protocol,
-                    Protocol::Http | Protocol::Aws | Protocol::AwsImds
-                )
-            }) else {
+            let Some(settings) = target.http.as_ref().filter(|_| target.protocol.over_http())
+            else {
                 targets.push(None);
                 continue;
             };
@@ -80,11 +86,35 @@ impl HttpRuntime {
                 UpstreamTlsMode::Prefer | UpstreamTlsMode::Require => tls::UpstreamTlsMode::Require,
                 UpstreamTlsMode::VerifyFull => tls::UpstreamTlsMode::VerifyFull,
             };
-            let upstream = UpstreamTls::for_http(
-                mode,
-                settings.ca_file.as_deref(),
-                settings.server_name.as_deref(),
-            )
+            let client_cert = match target.kube.as_ref().map(|k| &k.credential) {
+                Some(KubeCredential::ClientCert { cert, key }) => {
+                    let pem = CredentialSource::File(key.clone())
+                        .load()
+                        .with_context(|| format!("target \"{}\": client_key_file", target.name))?;
+                    Some(
+                        tls::ClientCert::from_pem(cert, key, pem.expose())
+                            .with_context(|| format!("target \"{}\"", target.name))?,
+                    )
+                }
+                _ => None,
+            };
+            let acting_as = client_cert.as_ref().map(|c| match c.common_name() {
+                Some(cn) => format!("client certificate CN={cn}"),
+                None => "client certificate".to_owned(),
+            });
+            let upstream = match client_cert {
+                None => UpstreamTls::for_http(
+                    mode,
+                    settings.ca_file.as_deref(),
+                    settings.server_name.as_deref(),
+                ),
+                Some(cert) => UpstreamTls::for_http_with_client_cert(
+                    mode,
+                    settings.ca_file.as_deref(),
+                    settings.server_name.as_deref(),
+                    cert,
+                ),
+            }
             .with_context(|| format!("target \"{}\": TLS to the server", target.name))?;
             let client_tls = settings.client_tls == ClientTls::Terminate;
             if client_tls && ca.is_none() {
@@ -93,7 +123,33 @@ impl HttpRuntime {
                     target.name
                 );
             }
+            let kube_token = match target.kube.as_ref().map(|k| &k.credential) {
+                Some(KubeCredential::Token(credential)) => Some(credential),
+                _ => None,
+            };
             let inject = match (&settings.inject, &settings.credential) {
+                // A Kubernetes target's token goes in `Authorization: Bearer`.
+                _ if kube_token.is_some() => {
+                    let (source, key) = match kube_token.expect("checked") {
+                        CredentialRef::File(path) => {
+                            (CredentialSource::File(path.clone()), "token_file")
+                        }
+                        CredentialRef::Systemd(name) => {
+                            (CredentialSource::Systemd(name.clone()), "credential")
+                        }
+                    };
+                    let secret = source
+                        .load()
+                        .with_context(|| format!("target \"{}\": {key}", target.name))?;
+                    let bearer = crate::config::InjectHeader {
+                        name: "authorization".into(),
+                        prefix: "Bearer ".into(),
+                        suffix: String::new(),
+                    };
+                    Some(injection(&bearer, secret).with_context(|| {
+                        format!("target \"{}\": the token of {source}", target.name)
+                    })?)
+                }
                 (Some(inject), Some(credential)) => {
                     let (source, key) = match credential {
                         CredentialRef::File(path) => {
@@ -128,6 +184,9 @@ impl HttpRuntime {
                 inject,
                 mask_body_limit: settings.mask_body_limit,
                 aws,
+                kube: target.kube.as_ref().map(|_| KubeTargetRuntime {
+                    acting_as: acting_as.unwrap_or_else(|| "bearer token".to_owned()),
+                }),
                 imds: target.imds.as_ref().map(|i| super::imds::ImdsRuntime {
                     region: i.region.clone(),
                     role_name: i.role_name.clone(),

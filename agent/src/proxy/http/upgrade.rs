@@ -21,6 +21,7 @@
 //! - `CONNECT` is refused with 405 and journaled: a tunnel through an audited target
 //!   would carry requests the agent never sees.
 use std::borrow::Cow;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -35,13 +36,16 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::events::{kind, WsFrame};
+use super::kube::{K8sExec, K8sRequest};
 use super::{
     mask_secret_echoes, protocol_error, record, refusal, remove_hop_by_hop, upstream_failed,
-    upstream_headers, Body, State, HOP_BY_HOP,
+    upstream_headers, Body, CallFailure, Shape, State, HOP_BY_HOP,
 };
 use crate::journal::Event;
 use crate::policy::RecordResults;
 use crate::protocol::http::websocket::{Frame, FrameDecoder, FrameError, Opcode, Sender, Step};
+use crate::protocol::kubernetes::channel::{self, Framing};
+use crate::protocol::kubernetes::request::KubeRequest;
 use crate::proxy::relay::CloseReason;
 
 /// The most payload bytes of a frame the journal keeps (as for a recorded value of a
@@ -93,12 +97,30 @@ impl Upgrade {
     }
 }
 
+/// The most of a Kubernetes stream's frame the journal keeps (its channel byte
+/// included).
+pub const KUBE_EXCERPT: usize = 16 * 1024 + 1;
+
+/// The most of one channel of a Kubernetes stream the journal keeps; beyond it frames
+/// are journaled with their size only (`k8s_exec.truncated`).
+pub const KUBE_KEPT_PER_CHANNEL: u64 = 1024 * 1024;
+
 /// A connection whose upgrade the server accepted: both ends, once hyper hands them over.
 pub struct Pending {
     /// The `seq` of the request that upgraded.
     seq: u64,
     client: OnUpgrade,
     server: OnUpgrade,
+    /// A Kubernetes exec/attach/portforward stream in a channel protocol.
+    kube: Option<KubeStream>,
+}
+
+/// What the relay of a Kubernetes stream needs.
+pub struct KubeStream {
+    request: KubeRequest,
+    framing: Framing,
+    /// The subprotocol the server chose.
+    protocol: String,
 }
 
 /// Takes the session's accepted upgrade, if a request made one.
@@ -118,7 +140,18 @@ pub async fn forward_websocket(
     mut req: Request<Body>,
     seq: u64,
     started: Instant,
+    kube_call: Option<(KubeRequest, K8sRequest)>,
 ) -> Response<Body> {
+    let kube_failure = |outcome: &str, status: u16| {
+        kube_call.as_ref().map(|(_, record)| CallFailure {
+            record: Event::of(
+                state.id,
+                super::kube::kind::K8S_REQUEST,
+                &record.ended(outcome, status, None, started),
+            ),
+            shape: Shape::Kube,
+        })
+    };
     let client_side = hyper::upgrade::on(&mut req);
     let (parts, _) = req.into_parts();
     let target = parts
@@ -149,27 +182,31 @@ pub async fn forward_websocket(
     };
     let response = match handshake(state, upstream).await {
         Ok(r) => r,
-        Err(message) => return upstream_failed(state, seq, started, message, None).await,
+        Err(message) => {
+            let failure = kube_failure("upstream failed", 502);
+            return upstream_failed(state, seq, started, message, failure).await;
+        }
     };
     let (mut parts, body) = response.into_parts();
     let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     if switched && parts.headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
         let message =
             "the server accepted a WebSocket extension the agent did not offer".to_owned();
-        return upstream_failed(state, seq, started, message, None).await;
+        let failure = kube_failure("upstream failed", 502);
+        return upstream_failed(state, seq, started, message, failure).await;
     }
     let secret_echoes_masked = match &state.target_rt.inject {
         Some(inject) => mask_secret_echoes(&mut parts.headers, inject.secret.expose()),
         None => 0,
     };
     let response_event = super::response_head(state, seq, &parts, secret_echoes_masked, started);
-    if let Err(e) = record(
-        state,
-        &[Event::of(state.id, kind::RESPONSE, &response_event)],
-        true,
-    )
-    .await
-    {
+    let mut events = vec![Event::of(state.id, kind::RESPONSE, &response_event)];
+    if let Some((_, record)) = &kube_call {
+        let acted_as = state.kube.as_ref().map(|k| k.acted_as());
+        let record = record.ended("forwarded", parts.status.as_u16(), acted_as, started);
+        events.push(Event::of(state.id, super::kube::kind::K8S_REQUEST, &record));
+    }
+    if let Err(e) = record(state, &events, true).await {
         return super::journal_refused(&e);
     }
     if !switched {
@@ -182,12 +219,29 @@ pub async fn forward_websocket(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .switched();
+    // A Kubernetes stream in a channel protocol is journaled channel by channel.
+    let kube = kube_call.and_then(|(request, _)| {
+        let protocol = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        let framing = Framing::of_subprotocol(&protocol).filter(|_| request.is_connect())?;
+        Some(KubeStream {
+            request,
+            framing,
+            protocol,
+        })
+    });
     let mut response = Response::from_parts(parts, body);
     let server_side = hyper::upgrade::on(&mut response);
     *state.upgraded.lock().unwrap_or_else(|p| p.into_inner()) = Some(Pending {
         seq,
         client: client_side,
         server: server_side,
+        kube,
     });
     info!(
         session = state.id,
@@ -254,20 +308,25 @@ pub async fn relay(
     };
     let (client_read, client_write) = tokio::io::split(client);
     let (server_read, server_write) = tokio::io::split(server);
-    let server_excerpt = if state.rules.record_results == RecordResults::Rows {
-        MAX_EXCERPT
-    } else {
-        0
+    let (client_excerpt, server_excerpt) = match (&pending.kube, state.rules.record_results) {
+        // A Kubernetes stream's channels are its transcript (and the error channel its
+        // exit status): kept whatever `record_results` says, but `none`.
+        (Some(_), _) => (KUBE_EXCERPT, KUBE_EXCERPT),
+        (None, RecordResults::Rows) => (MAX_EXCERPT, MAX_EXCERPT),
+        (None, _) => (MAX_EXCERPT, 0),
     };
     let started = Instant::now();
     let last = AtomicU64::new(0);
+    let channels = std::sync::Mutex::new(Channels::default());
+    let kube = pending.kube.as_ref().map(|stream| (stream, &channels));
     let from_client = pump(
         state,
         pending.seq,
-        (Sender::Client, MAX_EXCERPT),
+        (Sender::Client, client_excerpt),
         client_read,
         server_write,
         (&last, started),
+        kube,
     );
     let from_server = pump(
         state,
@@ -276,8 +335,53 @@ pub async fn relay(
         server_read,
         client_write,
         (&last, started),
+        kube,
     );
     tokio::pin!(from_client, from_server);
+    let reason = relay_until_done(
+        state,
+        (from_client, from_server),
+        idle,
+        (&last, started),
+        cancel,
+    )
+    .await;
+    if let Some(stream) = &pending.kube {
+        let channels = std::mem::take(&mut *channels.lock().unwrap_or_else(|p| p.into_inner()));
+        let end = K8sExec {
+            seq: pending.seq,
+            protocol: stream.protocol.clone(),
+            exit: channels
+                .error
+                .as_ref()
+                .map(|data| channel::exit_status(stream.framing, data)),
+            bytes: channels.bytes.into_iter().map(|(n, b, _)| (n, b)).collect(),
+            truncated: channels.truncated,
+            duration_us: started.elapsed().as_micros() as u64,
+        };
+        info!(session = state.id, seq = pending.seq, exit = ?end.exit.as_ref().and_then(|e| e.exit_code), "Kubernetes stream ended");
+        let _ = record(
+            state,
+            &[Event::of(state.id, super::kube::kind::K8S_EXEC, &end)],
+            false,
+        )
+        .await;
+    }
+    reason
+}
+
+/// Runs both directions until both ended, one failed, nothing moved for `idle`, or the
+/// agent stops.
+async fn relay_until_done(
+    state: &State,
+    (mut from_client, mut from_server): (
+        Pin<&mut impl std::future::Future<Output = Result<(), End>>>,
+        Pin<&mut impl std::future::Future<Output = Result<(), End>>>,
+    ),
+    idle: Duration,
+    (last, started): (&AtomicU64, Instant),
+    cancel: &mut watch::Receiver<bool>,
+) -> CloseReason {
     let (mut client_done, mut server_done) = (false, false);
     let mut first_close = None;
     let mut tick = tokio::time::interval(idle.min(Duration::from_secs(1)));
@@ -330,6 +434,42 @@ pub async fn relay(
     }
 }
 
+/// What the two directions of a Kubernetes stream count together.
+#[derive(Default)]
+struct Channels {
+    /// Per channel name, in order of appearance: payload bytes, bytes kept.
+    bytes: Vec<(String, u64, u64)>,
+    /// What the server wrote on the error channel (bounded).
+    error: Option<Vec<u8>>,
+    /// Some channel's data was not all kept.
+    truncated: bool,
+}
+
+/// The most of the error channel kept to read the exit status from.
+const MAX_ERROR_CHANNEL: usize = 64 * 1024;
+
+impl Channels {
+    /// Counts `len` payload bytes of channel `name`, of which `shown` are in hand;
+    /// returns how many of those the journal may keep.
+    fn count(&mut self, name: &str, len: u64, shown: u64) -> u64 {
+        let at = match self.bytes.iter().position(|(n, _, _)| n == name) {
+            Some(at) => at,
+            None => {
+                self.bytes.push((name.to_owned(), 0, 0));
+                self.bytes.len() - 1
+            }
+        };
+        let entry = &mut self.bytes[at];
+        entry.1 += len;
+        let keep = shown.min(KUBE_KEPT_PER_CHANNEL.saturating_sub(entry.2));
+        entry.2 += keep;
+        if keep < len {
+            self.truncated = true;
+        }
+        keep
+    }
+}
+
 /// One direction: reads what `decoder`'s sender sends, journals each frame, then writes
 /// its bytes to the other side. Ends `Ok` when the sender closes (the other side's write
 /// half is shut down then). At most a frame head plus the excerpt waits in `buf` beyond
@@ -341,8 +481,11 @@ async fn pump(
     mut read: impl AsyncRead + Unpin,
     mut write: impl AsyncWrite + Unpin,
     (last, started): (&AtomicU64, Instant),
+    kube: Option<(&KubeStream, &std::sync::Mutex<Channels>)>,
 ) -> Result<(), End> {
     let mut decoder = FrameDecoder::new(sender, excerpt_limit);
+    // The channel of the message in progress (a continuation frame has no channel byte).
+    let mut message_channel: Option<u8> = None;
     let written = |e: std::io::Error| End::Reset(other(sender), e.to_string());
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut frames = 0u64;
@@ -354,7 +497,17 @@ async fn pump(
                 Ok(Step::Payload(n)) => n,
                 Ok(Step::Frame { frame, release }) => {
                     frames += 1;
-                    let event = frame_event(state, seq, sender, frames, &frame);
+                    let mut event = frame_event(state, seq, sender, frames, &frame);
+                    if let Some((stream, channels)) = kube {
+                        kube_frame(
+                            state,
+                            stream,
+                            channels,
+                            &frame,
+                            &mut message_channel,
+                            &mut event,
+                        );
+                    }
                     record(state, &[Event::of(state.id, kind::WS_FRAME, &event)], true)
                         .await
                         .map_err(End::Journal)?;
@@ -385,6 +538,63 @@ async fn pump(
             return Ok(());
         }
     }
+}
+
+/// Labels a frame of a Kubernetes stream with its channel and keeps its data (bounded
+/// per channel, through the detectors; sizes only under `record_results = "none"`).
+fn kube_frame(
+    state: &State,
+    stream: &KubeStream,
+    channels: &std::sync::Mutex<Channels>,
+    frame: &Frame,
+    message_channel: &mut Option<u8>,
+    event: &mut WsFrame<'_>,
+) {
+    let (channel, data, len) = match frame.opcode {
+        Opcode::Binary | Opcode::Text => match stream.framing.split(&frame.excerpt) {
+            Some((channel, data)) => {
+                *message_channel = (!frame.fin).then_some(channel);
+                (channel, data, frame.len.saturating_sub(1))
+            }
+            None => return,
+        },
+        Opcode::Continuation => match *message_channel {
+            Some(channel) => {
+                if frame.fin {
+                    *message_channel = None;
+                }
+                (channel, frame.excerpt.clone(), frame.len)
+            }
+            None => return,
+        },
+        _ => return,
+    };
+    let name = channel::channel_name(&stream.request.subresource, &stream.request.ports, channel);
+    let mut channels = channels.lock().unwrap_or_else(|p| p.into_inner());
+    if name == "error" {
+        let kept = channels.error.get_or_insert_with(Vec::new);
+        let room = MAX_ERROR_CHANNEL.saturating_sub(kept.len());
+        kept.extend_from_slice(&data[..data.len().min(room)]);
+    }
+    let keep = if state.rules.record_results == RecordResults::None {
+        0
+    } else {
+        channels.count(&name, len, data.len() as u64)
+    };
+    if state.rules.record_results == RecordResults::None {
+        channels.count(&name, len, 0);
+    }
+    drop(channels);
+    event.channel = Some(Cow::Owned(name));
+    event.excerpt = (keep > 0).then(|| {
+        let text = String::from_utf8_lossy(&data[..keep as usize]);
+        let text = match &state.target_rt.inject {
+            Some(inject) => mask_secret_in_text(&text, inject.secret.expose()),
+            None => text,
+        };
+        Cow::Owned(state.rules.masks.mask_text(&text).into_owned())
+    });
+    event.excerpt_cut = keep < len;
 }
 
 fn other(sender: Sender) -> Sender {
@@ -432,6 +642,7 @@ fn frame_event<'a>(
         excerpt_cut: excerpt.is_some() && shown < frame.len,
         excerpt,
         close_code,
+        channel: None,
     }
 }
 
