@@ -79,6 +79,22 @@ impl BodyMasker {
         json: &[u8],
         secret: Option<&[u8]>,
     ) -> Result<Option<Vec<u8>>, NotJson> {
+        // A protocol's own transform first (Kubernetes Secrets' values), then the rules.
+        if let Some((transform, rule)) = self.session.transform {
+            if let Some((changed, values)) = transform(json).map_err(NotJson)? {
+                self.counts[rule] += values;
+                return Ok(Some(self.walk_json(&changed, secret)?.unwrap_or(changed)));
+            }
+        }
+        self.walk_json(json, secret)
+    }
+
+    /// The rules' masking of one JSON document.
+    fn walk_json(
+        &mut self,
+        json: &[u8],
+        secret: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, NotJson> {
         serde_json::from_slice::<serde::de::IgnoredAny>(json)
             .map_err(|e| NotJson(e.to_string()))?;
         let secret = secret.filter(|s| !s.is_empty());

@@ -98,7 +98,16 @@ pub(crate) struct Inner {
     detectors: DetectorSet,
     /// Per detector (index `Detector as usize`), the first rule listing it.
     detector_rule: [Option<usize>; Detector::ALL.len()],
+    /// A protocol's transform of whole JSON documents, run before the rules, and the
+    /// index of the rule its changes are counted under.
+    transform: Option<(JsonTransform, usize)>,
 }
+
+/// A transform of one JSON document that knows its protocol's structure (Kubernetes
+/// Secrets' values, which must stay valid base64): `Ok(None)` when nothing changed,
+/// else the new document and how many values it masked; `Err` when the document cannot
+/// be read (it is then refused, never passed).
+pub type JsonTransform = fn(&[u8]) -> Result<Option<(Vec<u8>, u64)>, String>;
 
 impl Inner {
     fn rule_of(&self, detector: Detector) -> Option<usize> {
@@ -124,22 +133,28 @@ impl SessionMasks {
                 key,
                 detectors,
                 detector_rule,
+                transform: None,
             }),
         }
+    }
+
+    /// These masks with `transform` run on every JSON document first, its changes
+    /// counted under a rule named `name` (which masks nothing else).
+    pub fn with_json_transform(&self, name: &str, transform: JsonTransform) -> SessionMasks {
+        let mut rules = self.inner.rules.clone();
+        rules.push(MaskRule::builtin(name, &[]));
+        let mut masks = SessionMasks::new(rules, self.inner.key.clone());
+        let index = masks.inner.rules.len() - 1;
+        Arc::get_mut(&mut masks.inner)
+            .expect("just built, not shared")
+            .transform = Some((transform, index));
+        masks
     }
 
     /// Masks nothing.
     pub fn none() -> SessionMasks {
         // No rule, so the key is never used.
         SessionMasks::new(Vec::new(), Arc::new(HashKey::from_bytes([0; KEY_LEN])))
-    }
-
-    /// These masks with `rule` added after the others (the session's own rules keep
-    /// precedence), with the same key.
-    pub fn with_rule(&self, rule: MaskRule) -> SessionMasks {
-        let mut rules = self.inner.rules.clone();
-        rules.push(rule);
-        SessionMasks::new(rules, self.inner.key.clone())
     }
 
     /// True when there is no rule: every plan is a no-op.

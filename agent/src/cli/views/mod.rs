@@ -14,6 +14,7 @@ use crate::journal::{EventRow, SessionRow};
 
 pub mod aws;
 pub mod http;
+pub mod kube;
 pub mod opaque;
 pub mod postgres;
 pub mod ssh;
@@ -120,7 +121,13 @@ pub fn request_events_of(kind: &str) -> Option<RequestEvents> {
 }
 
 /// The registered views; sessions of any other protocol read as opaque streams.
-static VIEWS: &[&dyn ProtocolView] = &[&postgres::Postgres, &http::Http, &aws::Aws, &ssh::Ssh];
+static VIEWS: &[&dyn ProtocolView] = &[
+    &postgres::Postgres,
+    &http::Http,
+    &aws::Aws,
+    &kube::Kube,
+    &ssh::Ssh,
+];
 
 /// The view for sessions whose `protocol` is `protocol`.
 pub fn view(protocol: &str) -> &'static dyn ProtocolView {
@@ -166,12 +173,33 @@ mod tests {
         assert!(view("aws").ocsf().is_some());
         assert_eq!(view("ssh").protocol(), "ssh");
         assert!(view("ssh").ocsf().is_some());
+        assert_eq!(view("kubernetes").protocol(), "kubernetes");
+        assert!(view("kubernetes").ocsf().is_some());
     }
 
     #[test]
     fn request_events_and_their_text() {
         let kinds: Vec<&str> = request_events().map(|r| r.kind).collect();
-        assert_eq!(kinds, ["statement", "http_request", "aws_call", "ssh_exec"]);
+        assert_eq!(
+            kinds,
+            [
+                "statement",
+                "http_request",
+                "aws_call",
+                "k8s_request",
+                "ssh_exec"
+            ]
+        );
+        let kube = request_events_of("k8s_request").expect("Kubernetes requests");
+        let request = serde_json::json!({"verb": "create", "resource": "pods",
+            "subresource": "exec", "namespace": "prod", "name": "web-0",
+            "command": ["sh", "-c", "cat /etc/hostname"], "outcome": "forwarded",
+            "verdict": "approve"});
+        assert_eq!(
+            kube.texts(&request),
+            ["create pods exec prod web-0 sh -c cat /etc/hostname", ""]
+        );
+        assert_eq!(kube.judgement(&request), ("approve", "forwarded"));
         assert!(request_events_of("chunk").is_none());
         let http = request_events_of("http_request").expect("http requests");
         let data = serde_json::json!({"method": "DELETE", "target": "/%61dmin/users/7",

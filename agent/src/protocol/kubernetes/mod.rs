@@ -1,9 +1,11 @@
 //! The Kubernetes API, sans IO: what a request does ([`request`]: verb, group,
 //! resource, subresource, namespace, name, the argv of an exec), the channel protocols
 //! of `exec`/`attach`/`portforward` over WebSocket ([`channel`]), and the `Status`
-//! objects the agent answers with ([`status`]).
+//! objects the agent answers with ([`status`]), and Secrets' values masked in answers
+//! ([`secret`]).
 pub mod channel;
 pub mod request;
+pub mod secret;
 
 /// The `Status` object (`meta.k8s.io/v1`) the API server answers errors with, which
 /// kubectl prints as `Error from server (<reason>): <message>`.

@@ -16,9 +16,10 @@
 //! `Impersonate-Group`, and `Accept` asks for JSON, never protobuf, so masks can read
 //! every answer.
 //!
-//! Answers: Secrets' `data` and `stringData` (and the `last-applied-configuration`
+//! Answers: Secrets' `data` and `stringData` values (and the `last-applied-configuration`
 //! annotation, which holds a copy of them) are masked in every answer to a request
-//! about `secrets` ([`KubeSession::masks_for`]), list and watch streams included; an
+//! about `secrets` ([`KubeSession::masks_for`], [`secret::mask_values`]: `data` stays
+//! valid base64, so typed clients still decode it), list and watch streams included; an
 //! answer about Secrets that is not JSON is refused (502), never passed. Each request
 //! ends with a `k8s_request` event ([`K8sRequest`]): verb, resource, namespace, name,
 //! the object's uid, the status, and who the agent acted as.
@@ -37,10 +38,11 @@ use serde::{Deserialize, Serialize};
 
 use super::body::Body;
 use crate::config::KubeImpersonation;
-use crate::mask::{MaskRule, SessionMasks};
+use crate::mask::SessionMasks;
 use crate::protocol::http::path::NormalPath;
 use crate::protocol::kubernetes::channel::ExitStatus;
 use crate::protocol::kubernetes::request::{self, KubeRequest};
+use crate::protocol::kubernetes::secret;
 
 /// The event kinds of Kubernetes targets.
 pub mod kind {
@@ -53,15 +55,6 @@ pub mod kind {
 
 /// The name of the built-in mask rule for Secrets' values.
 pub const SECRET_DATA_RULE: &str = "kubernetes-secret-data";
-
-/// The members of a Secret that hold its values, masked in every answer about Secrets:
-/// `data`, `stringData`, and the annotation `kubectl apply` keeps a whole copy of the
-/// object in.
-pub const SECRET_DATA_FIELDS: &[&str] = &[
-    "data",
-    "stringData",
-    "kubectl.kubernetes.io/last-applied-configuration",
-];
 
 /// Media types that mean protobuf (never asked for: masks cannot read them).
 const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
@@ -85,7 +78,7 @@ impl KubeSession {
     ) -> KubeSession {
         KubeSession {
             impersonate,
-            secret_masks: masks.with_rule(MaskRule::builtin(SECRET_DATA_RULE, SECRET_DATA_FIELDS)),
+            secret_masks: masks.with_json_transform(SECRET_DATA_RULE, secret::mask_values),
             acting_as: acting_as.to_owned(),
         }
     }

@@ -795,13 +795,15 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .action(verdict, rule.as_deref());
-    // What approvers are shown (built only for a hold or a would-be hold).
+    // What approvers are shown (built only for a hold or a would-be hold): the
+    // Kubernetes operation (`create pods/exec prod/web-0 ["sh", "-c", "id"]`), else the
+    // method and target.
     let shown = || {
-        state
-            .rules
-            .masks
-            .mask_text(&format!("{method} {}", request_event.target))
-            .into_owned()
+        let text = match &kube_call {
+            Some((call, _)) => call.describe(),
+            None => format!("{method} {}", request_event.target),
+        };
+        state.rules.masks.mask_text(&text).into_owned()
     };
     // A metadata target answers credential requests itself (once policy allows them).
     let imds_answer = state
@@ -1018,6 +1020,8 @@ async fn kube_refuse_unjudged(
     request_event.verdict = Verdict::Deny.as_str().into();
     request_event.action = "refused".into();
     request_event.reason = Some(refused.message.clone().into());
+    // Every request of a Kubernetes session that names its `kube` has a `k8s_request`.
+    request_event.kube = Some(k8s.request.clone());
     warn!(session = state.id, seq, reason = %refused.message, "Kubernetes request refused before judging");
     let mut k8s = k8s.ended("refused", refused.status.as_u16(), None, started);
     k8s.verdict = Verdict::Deny.as_str().to_owned();
