@@ -12,9 +12,12 @@
 //!   saw, so a test can tell whether a connection came from the agent or directly.
 //! - [`docker`] brings up a Docker engine and builds a local `psql` image without any
 //!   registry, for the container tests.
+//! - [`kube`] runs a fake Kubernetes API server (`tests/kube/apiserver.py`) and the real
+//!   `kubectl` against it, for the Kubernetes tests.
 pub mod aws;
 pub mod docker;
 pub mod http;
+pub mod kube;
 pub mod netns;
 pub mod ssh;
 pub use http::*;

@@ -46,6 +46,13 @@ const APT_PACKAGES: &[&str] = &[
     // rsync, one of the real clients run over SSH.
     "openssh-server",
     "rsync",
+    // The Kubernetes tests' real client, run against the fake API server
+    // tests/kube/apiserver.py (no real cluster can be installed here). Debian has no
+    // kubectl: this is the Google Cloud SDK repository's package (`deb
+    // https://packages.cloud.google.com/apt cloud-sdk-bookworm main`, not added by setup),
+    // whose /usr/bin/kubectl dispatches to the bundled kubectl matching the server's
+    // /version (1.32 for the fake server).
+    "kubectl",
 ];
 
 /// s3s-fs, the S3-compatible server the shipping tests upload to (tests/tests/shipping.rs).

@@ -1,0 +1,324 @@
+//! The fake Kubernetes API server (`tests/kube/apiserver.py`) against the real `kubectl`,
+//! without the agent and without privilege: what the Kubernetes tests rely on. kubectl
+//! reads a secret's real base64 data, deletes a deployment (a following get is
+//! NotFound), runs a command over WebSocket (its default) and over SPDY
+//! (`KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false`) with the command's genuine output, stdin
+//! and exit status; a wrong token is unauthorized; a client certificate authenticates;
+//! and kubectl still sends the requests of the golden capture
+//! (`tests/kube/testdata/kubectl-requests.jsonl`).
+use std::path::PathBuf;
+use std::process::Command;
+
+use nhi_tests::kube::*;
+use nhi_tests::workspace_root;
+use serde_json::Value;
+
+const TOKEN: &str = "nhi-test-token-3f9c";
+
+/// A server accepting `TOKEN` and a kubeconfig using it.
+fn cluster() -> (tempfile::TempDir, KubeApiServer, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = KubeApiServer::start(dir.path(), Some(TOKEN), None);
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_kubeconfig(&kubeconfig, &server.url(), &server.ca_file(), Some(TOKEN));
+    (dir, server, kubeconfig)
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn requests_to(server: &KubeApiServer, method: &str, path: &str) -> Vec<Value> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] == method && r["path"] == path)
+        .collect()
+}
+
+#[test]
+fn kubectl_reads_a_secret_and_deletes_a_deployment() {
+    let (_dir, server, kubeconfig) = cluster();
+
+    let out = kubectl(
+        None,
+        &kubeconfig,
+        &["get", "secret", "db-creds", "-n", "prod", "-o", "yaml"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let yaml = stdout(&out);
+    // base64("s3cr3t-Pa55"), base64("app")
+    assert!(yaml.contains("password: czNjcjN0LVBhNTU="), "{yaml}");
+    assert!(yaml.contains("username: YXBw"), "{yaml}");
+    assert!(yaml.contains("type: Opaque"), "{yaml}");
+    let got = requests_to(&server, "GET", "/api/v1/namespaces/prod/secrets/db-creds");
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0]["identity"], TOKEN);
+    assert_eq!(got[0]["auth"], "token");
+    assert_eq!(got[0]["status"], 200);
+    assert_eq!(
+        got[0]["headers"]["authorization"],
+        format!("Bearer {TOKEN}")
+    );
+
+    let out = kubectl(None, &kubeconfig, &["get", "pods", "-n", "prod"], &[]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let table = stdout(&out);
+    assert!(
+        table.contains("web-0") && table.contains("Running") && table.contains("1/1"),
+        "{table}"
+    );
+
+    let out = kubectl(
+        None,
+        &kubeconfig,
+        &["delete", "deployment", "web", "-n", "prod"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        stdout(&out).contains("deployment.apps \"web\" deleted"),
+        "{}",
+        output_text(&out)
+    );
+    let deletes = requests_to(
+        &server,
+        "DELETE",
+        "/apis/apps/v1/namespaces/prod/deployments/web",
+    );
+    assert_eq!(deletes.len(), 1, "{deletes:#?}");
+    assert_eq!(deletes[0]["status"], 200);
+
+    let out = kubectl(
+        None,
+        &kubeconfig,
+        &["get", "deployment", "web", "-n", "prod"],
+        &[],
+    );
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("(NotFound): deployments.apps \"web\" not found"),
+        "{}",
+        output_text(&out)
+    );
+}
+
+#[test]
+fn kubectl_exec_runs_the_command_over_websocket_and_spdy() {
+    let (_dir, server, kubeconfig) = cluster();
+    let hostname = std::fs::read_to_string("/etc/hostname").expect("/etc/hostname");
+    for (transport, protocol, env) in [
+        ("websocket", "v5.channel.k8s.io", &[][..]),
+        (
+            "spdy",
+            "v4.channel.k8s.io",
+            &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")][..],
+        ),
+    ] {
+        let out = kubectl(
+            None,
+            &kubeconfig,
+            &[
+                "exec",
+                "web-0",
+                "-n",
+                "prod",
+                "--",
+                "sh",
+                "-c",
+                "id; cat /etc/hostname",
+            ],
+            env,
+        );
+        assert!(out.status.success(), "{transport}: {}", output_text(&out));
+        let text = stdout(&out);
+        assert!(text.contains("uid="), "{transport}: {text}");
+        assert!(text.contains(hostname.trim()), "{transport}: {text}");
+
+        let out = kubectl(
+            None,
+            &kubeconfig,
+            &["exec", "web-0", "-n", "prod", "--", "sh", "-c", "exit 3"],
+            env,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{transport}: {}",
+            output_text(&out)
+        );
+        assert!(
+            stderr(&out).contains("command terminated with exit code 3"),
+            "{transport}: {}",
+            output_text(&out)
+        );
+
+        let out = kubectl_with_input(
+            None,
+            &kubeconfig,
+            &[
+                "exec",
+                "-i",
+                "web-0",
+                "-n",
+                "prod",
+                "--",
+                "sh",
+                "-c",
+                "tr a-z A-Z",
+            ],
+            env,
+            Some(b"hello from stdin\n"),
+        );
+        assert!(out.status.success(), "{transport}: {}", output_text(&out));
+        assert_eq!(stdout(&out), "HELLO FROM STDIN\n", "{transport}");
+
+        let execs: Vec<Value> = server
+            .requests()
+            .into_iter()
+            .filter(|r| r["exec"]["transport"] == transport)
+            .collect();
+        assert_eq!(execs.len(), 3, "{transport}: {execs:#?}");
+        for e in &execs {
+            assert_eq!(e["status"], 101, "{e:#}");
+            assert_eq!(e["identity"], TOKEN, "{e:#}");
+            assert_eq!(e["exec"]["protocol"], protocol, "{e:#}");
+            assert_eq!(e["exec"]["container"], "app", "{e:#}");
+        }
+        assert_eq!(
+            execs[0]["exec"]["command"],
+            serde_json::json!(["sh", "-c", "id; cat /etc/hostname"])
+        );
+        assert!(execs[0]["exec"]["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("uid="));
+        assert_eq!(execs[0]["exec"]["exit_code"], 0);
+        assert_eq!(execs[1]["exec"]["exit_code"], 3);
+        assert_eq!(
+            execs[1]["exec"]["status"]["details"]["causes"][0],
+            serde_json::json!({"reason": "ExitCode", "message": "3"})
+        );
+        assert_eq!(execs[2]["exec"]["stdin"], "hello from stdin\n");
+        assert_eq!(execs[2]["exec"]["stdout"], "HELLO FROM STDIN\n");
+        let method = if transport == "websocket" {
+            "GET"
+        } else {
+            "POST"
+        };
+        assert!(execs.iter().all(|e| e["method"] == method), "{execs:#?}");
+    }
+}
+
+#[test]
+fn a_wrong_token_is_unauthorized() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = KubeApiServer::start(dir.path(), Some(TOKEN), None);
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_kubeconfig(
+        &kubeconfig,
+        &server.url(),
+        &server.ca_file(),
+        Some("not-the-token"),
+    );
+    let out = kubectl(None, &kubeconfig, &["get", "pods", "-n", "prod"], &[]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Unauthorized") || err.contains("must be logged in"),
+        "{}",
+        output_text(&out)
+    );
+    let requests = server.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert_eq!(r["status"], 401, "{r:#}");
+        assert_eq!(r["identity"], Value::Null, "{r:#}");
+    }
+    // Without any credential, the same.
+    write_kubeconfig(&kubeconfig, &server.url(), &server.ca_file(), None);
+    let out = kubectl(None, &kubeconfig, &["get", "pods", "-n", "prod"], &[]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        !requests_to(&server, "GET", "/api")
+            .iter()
+            .any(|r| r["status"] != 401),
+        "{:#?}",
+        server.requests()
+    );
+}
+
+#[test]
+fn a_client_certificate_authenticates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = make_client_cert(dir.path(), "nhi-test-kube-client-ca", "bot-1", &["ci"]);
+    let server = KubeApiServer::start(dir.path(), Some(TOKEN), Some(&client.ca));
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_kubeconfig_with_cert(
+        &kubeconfig,
+        &server.url(),
+        &server.ca_file(),
+        &client.cert,
+        &client.key,
+    );
+    let out = kubectl(None, &kubeconfig, &["auth", "whoami", "-o", "json"], &[]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let review: Value = serde_json::from_slice(&out.stdout).expect("whoami JSON");
+    assert_eq!(
+        review["status"]["userInfo"]["username"], "bot-1",
+        "{review:#}"
+    );
+    let reviews = requests_to(
+        &server,
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+    );
+    assert_eq!(reviews.len(), 1, "{reviews:#?}");
+    assert_eq!(reviews[0]["identity"], "bot-1");
+    assert_eq!(reviews[0]["auth"], "client-certificate");
+    // kubectl's typed clients send protobuf; the server decodes it.
+    assert_eq!(
+        reviews[0]["headers"]["content-type"],
+        "application/vnd.kubernetes.protobuf"
+    );
+    assert_eq!(reviews[0]["body_decoded"]["kind"], "SelfSubjectReview");
+}
+
+/// Recaptures kubectl's requests (`tests/kube/capture_golden.py`) and compares them with
+/// the golden capture: the fake server and the golden stay true to what this kubectl
+/// sends.
+#[test]
+fn kubectl_sends_the_golden_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fresh = dir.path().join("kubectl-requests.jsonl");
+    let out = Command::new("/usr/bin/python3")
+        .arg(workspace_root().join("tests/kube/capture_golden.py"))
+        .arg("--out")
+        .arg(&fresh)
+        .output()
+        .expect("run capture_golden.py");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let golden_path = workspace_root().join("tests/kube/testdata/kubectl-requests.jsonl");
+    let read = |p: &std::path::Path| -> Vec<Value> {
+        std::fs::read_to_string(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    };
+    let golden = read(&golden_path);
+    let fresh = read(&fresh);
+    for (i, (g, f)) in golden.iter().zip(&fresh).enumerate() {
+        assert_eq!(
+            g, f,
+            "request {i} differs from the golden capture (regenerate with \
+             `python3 tests/kube/capture_golden.py` if kubectl changed)"
+        );
+    }
+    assert_eq!(golden.len(), fresh.len(), "number of requests: {fresh:#?}");
+}
