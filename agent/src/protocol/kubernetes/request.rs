@@ -611,6 +611,51 @@ mod tests {
         );
     }
 
+    /// Every request real kubectl 1.32 made for the commands of
+    /// `tests/kube/testdata/kubectl-requests.jsonl` (how they were captured: its README)
+    /// reads as the operation the command is.
+    #[test]
+    fn kubectls_captured_requests_read_as_their_commands() {
+        let golden = include_str!("../../../../tests/kube/testdata/kubectl-requests.jsonl");
+        let mut seen = std::collections::BTreeSet::new();
+        for line in golden.lines().filter(|l| !l.trim().is_empty()) {
+            let capture: serde_json::Value = serde_json::from_str(line).unwrap();
+            let text = |k: &str| capture[k].as_str().unwrap_or("").to_owned();
+            let (command, method, path) = (text("command"), text("method"), text("path"));
+            let query = capture["query"].as_str().filter(|q| !q.is_empty());
+            let r = resolve(&method, &path, query).unwrap_or_else(|e| panic!("{line}: {e}"));
+            seen.insert(format!("{command} => {}", r.describe()));
+        }
+        let seen: Vec<String> = seen.into_iter().collect();
+        let expect = |needle: &str| {
+            assert!(
+                seen.iter().any(|s| s == needle),
+                "no {needle:?} among:\n{}",
+                seen.join("\n")
+            )
+        };
+        expect("kubectl get pods -n prod => list pods -n prod");
+        expect("kubectl get pods -n prod => get /version");
+        expect("kubectl get pods -n prod => get /api");
+        expect("kubectl get pods -n prod -w => watch pods -n prod");
+        expect("kubectl get secret db-creds -n prod -o yaml => get secrets prod/db-creds");
+        expect("kubectl get secrets -A => list secrets");
+        expect("kubectl delete deployment web -n prod => delete apps/deployments prod/web");
+        expect(
+            "kubectl create secret generic x --from-literal=a=b -n staging => create secrets -n staging",
+        );
+        expect("kubectl logs web-0 -n prod => get pods/log prod/web-0");
+        expect(
+            r#"kubectl exec web-0 -n prod -- sh -c 'id; cat /etc/hostname' => create pods/exec prod/web-0 ["sh", "-c", "id; cat /etc/hostname"]"#,
+        );
+        expect(
+            r#"KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false kubectl exec web-0 -n prod -- sh -c 'id; cat /etc/hostname' => create pods/exec prod/web-0 ["sh", "-c", "id; cat /etc/hostname"]"#,
+        );
+        expect(
+            "kubectl auth can-i get secrets -n prod => create authorization.k8s.io/selfsubjectaccessreviews",
+        );
+    }
+
     #[test]
     fn unknown_methods_keep_their_name() {
         let r = req("OPTIONS", "/api/v1/namespaces/a/pods");

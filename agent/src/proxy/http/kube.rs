@@ -111,6 +111,8 @@ pub(super) struct Refused {
     /// The `Status` reason (`Forbidden`, `BadRequest`).
     pub reason: &'static str,
     pub message: String,
+    /// What the request was, when it could be read.
+    pub request: Option<Box<KubeRequest>>,
 }
 
 /// Reads a request (see the module documentation). `target` is the raw request target.
@@ -120,6 +122,25 @@ pub(super) fn inspect(
     target: &str,
     normal: &NormalPath,
 ) -> Result<KubeRequest, Refused> {
+    let raw_path = target.split('?').next().unwrap_or(target);
+    if raw_path != normal.path {
+        return Err(Refused {
+            status: StatusCode::BAD_REQUEST,
+            reason: "BadRequest",
+            message: format!(
+                "nhi-agent: the request path {raw_path:?} is not in its normal form ({:?}); the API server would read it differently",
+                normal.path
+            ),
+            request: None,
+        });
+    }
+    let request =
+        request::resolve(method, &normal.path, normal.query.as_deref()).map_err(|e| Refused {
+            status: StatusCode::BAD_REQUEST,
+            reason: "BadRequest",
+            message: format!("nhi-agent: ambiguous request: {e}"),
+            request: None,
+        })?;
     if let Some(name) = headers
         .keys()
         .find(|name| name.as_str().starts_with("impersonate-"))
@@ -130,24 +151,10 @@ pub(super) fn inspect(
             message: format!(
                 "nhi-agent: impersonation headers from the client are refused ({name}); the agent decides who a workload acts as (kube_impersonate)"
             ),
+            request: Some(Box::new(request)),
         });
     }
-    let raw_path = target.split('?').next().unwrap_or(target);
-    if raw_path != normal.path {
-        return Err(Refused {
-            status: StatusCode::BAD_REQUEST,
-            reason: "BadRequest",
-            message: format!(
-                "nhi-agent: the request path {raw_path:?} is not in its normal form ({:?}); the API server would read it differently",
-                normal.path
-            ),
-        });
-    }
-    request::resolve(method, &normal.path, normal.query.as_deref()).map_err(|e| Refused {
-        status: StatusCode::BAD_REQUEST,
-        reason: "BadRequest",
-        message: format!("nhi-agent: ambiguous request: {e}"),
-    })
+    Ok(request)
 }
 
 /// What the agent changes in a request to the API server (after the client's headers

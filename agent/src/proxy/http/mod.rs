@@ -703,6 +703,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                         status: StatusCode::BAD_REQUEST,
                         reason: "BadRequest",
                         message: why,
+                        request: None,
                     };
                     return kube_refuse_unjudged(state, request_event, record, refused, started)
                         .await;
@@ -711,14 +712,19 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 Some((call, record))
             }
             Err(refused) => {
-                let record = kube::K8sRequest {
-                    seq,
-                    request: crate::protocol::kubernetes::request::KubeRequest {
-                        verb: method.to_ascii_lowercase(),
-                        path: normal.path.clone(),
+                let record = match &refused.request {
+                    Some(call) => {
+                        kube::K8sRequest::new(seq, call, req.headers(), &state.rules.masks)
+                    }
+                    None => kube::K8sRequest {
+                        seq,
+                        request: crate::protocol::kubernetes::request::KubeRequest {
+                            verb: method.to_ascii_lowercase(),
+                            path: normal.path.clone(),
+                            ..Default::default()
+                        },
                         ..Default::default()
                     },
-                    ..Default::default()
                 };
                 return kube_refuse_unjudged(state, request_event, record, refused, started).await;
             }
