@@ -420,8 +420,8 @@ fn held_exec_session(agent: &Agent) -> i64 {
 }
 
 #[test]
-fn a_client_certificate_authenticates_the_agent_and_spdy_is_refused_clearly() {
-    privileged!("a_client_certificate_authenticates_the_agent_and_spdy_is_refused_clearly");
+fn a_client_certificate_authenticates_the_agent_and_exec_over_spdy_is_recorded() {
+    privileged!("a_client_certificate_authenticates_the_agent_and_exec_over_spdy_is_recorded");
     let work = tempfile::tempdir().unwrap();
     let certs = work.path().join("client");
     std::fs::create_dir_all(&certs).unwrap();
@@ -469,19 +469,52 @@ fn a_client_certificate_authenticates_the_agent_and_spdy_is_refused_clearly() {
     let list = requests.iter().find(|r| r["resource"] == "pods").unwrap();
     assert_eq!(list["verb"], "list");
     assert_eq!(list["acted_as"], "client certificate CN=nhi-agent-cluster");
-    // exec over SPDY (kubectl's fallback) is not relayed yet: refused with a reason the
-    // user can act on, never forwarded without its upgrade.
+    // exec over SPDY/3.1 (kubectl's transport before 1.31, and its fallback) is relayed
+    // frame by frame: the command's output and exit code come back, and each stream's
+    // data is journaled under its stream type.
     let spdy = kubectl(
         Some(&cg),
         &kubeconfig,
-        &["exec", "web-0", "-n", "prod", "--", "true"],
+        &[
+            "exec",
+            "web-0",
+            "-n",
+            "prod",
+            "--",
+            "sh",
+            "-c",
+            "id; echo spdy-err >&2; exit 4",
+        ],
         &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")],
     );
-    assert!(!spdy.status.success());
+    assert_eq!(spdy.status.code(), Some(4), "{}", output_text(&spdy));
+    assert!(String::from_utf8_lossy(&spdy.stdout).contains("uid=0(root)"));
+    assert!(String::from_utf8_lossy(&spdy.stderr).contains("spdy-err"));
+    let exec = server
+        .requests()
+        .into_iter()
+        .find_map(|r| r.get("exec").cloned())
+        .expect("the exec reached the server");
+    assert_eq!(exec["transport"], "spdy", "{exec}");
+    let ends = events_when(&agent, "k8s_exec", |e| !e.is_empty());
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0]["protocol"], "v4.channel.k8s.io", "{ends:?}");
+    assert_eq!(ends[0]["exit"]["exit_code"], 4, "{ends:?}");
+    let frames = data_of_kind(&agent, "spdy_frame");
+    let said = |channel: &str, needle: &str| {
+        frames.iter().any(|f| {
+            f["frame"] == "data"
+                && f["channel"] == channel
+                && f["excerpt"].as_str().unwrap_or("").contains(needle)
+        })
+    };
+    assert!(said("stdout", "uid=0(root)"), "{frames:?}");
+    assert!(said("stderr", "spdy-err"), "{frames:?}");
     assert!(
-        output_text(&spdy).contains("SPDY/3.1 upgrade is not relayed"),
-        "{}",
-        output_text(&spdy)
+        frames
+            .iter()
+            .any(|f| f["frame"] == "syn_stream" && f["channel"] == "error"),
+        "{frames:?}"
     );
-    assert!(!server.requests().iter().any(|r| r.get("exec").is_some()));
+    agent.assert_verifies();
 }

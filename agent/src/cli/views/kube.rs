@@ -26,7 +26,7 @@ use crate::cli::select::Selected;
 use crate::cli::sessions::sanitize;
 use crate::journal::{EventRow, SessionId, SessionRow, SetSession};
 use crate::protocol::kubernetes::request::KubeRequest;
-use crate::proxy::http::events::{kind, WsFrame};
+use crate::proxy::http::events::{kind, SpdyFrame, WsFrame};
 use crate::proxy::http::kube::{kind::K8S_EXEC, kind::K8S_REQUEST, K8sRequest};
 
 /// OCSF API Activity.
@@ -80,10 +80,16 @@ impl ProtocolView for Kube {
             kind::WS_FRAME => {
                 let f = WsFrame::read(data)?;
                 match &f.channel {
-                    Some(channel) => Some(transcript_line(channel, &f)),
+                    Some(channel) => Some(transcript_line(
+                        channel,
+                        f.excerpt.as_deref(),
+                        f.excerpt_cut,
+                        f.size,
+                    )),
                     None => Http.detail(kind, data),
                 }
             }
+            kind::SPDY_FRAME => SpdyFrame::read(data).map(|f| spdy_line(&f)),
             _ => Http.detail(kind, data),
         }
     }
@@ -121,19 +127,43 @@ fn summary(r: &K8sRequest) -> String {
 
 /// A frame of an exec as a transcript line: `stdout| text` (`stdout| 4096 B` when its
 /// data was not kept).
-fn transcript_line(channel: &str, f: &WsFrame<'_>) -> String {
-    match &f.excerpt {
+fn transcript_line(channel: &str, excerpt: Option<&str>, cut: bool, size: u64) -> String {
+    match excerpt {
         Some(text) => {
-            let cut = if f.excerpt_cut { " ..." } else { "" };
+            let cut = if cut { " ..." } else { "" };
             format!(
                 "{}| {}{cut}",
                 sanitize(channel),
                 sanitize(text.trim_end_matches('\n'))
             )
         }
-        None if f.size <= 1 => format!("{}| (empty)", sanitize(channel)),
-        None => format!("{}| {} B", sanitize(channel), f.size),
+        None if size <= 1 => format!("{}| (empty)", sanitize(channel)),
+        None => format!("{}| {size} B", sanitize(channel)),
     }
+}
+
+/// A SPDY frame in one line: DATA of a channel as a transcript line, a stream's opening
+/// with its type (`spdy syn_stream 3 stdout`), other frames by type and stream.
+fn spdy_line(f: &SpdyFrame<'_>) -> String {
+    if let (Some(channel), "data") = (&f.channel, f.frame.as_ref()) {
+        if f.size > 0 {
+            return transcript_line(channel, f.excerpt.as_deref(), f.excerpt_cut, f.size);
+        }
+    }
+    let mut line = format!("{} spdy {}", f.from, sanitize(&f.frame));
+    if let Some(id) = f.stream_id {
+        line.push_str(&format!(" {id}"));
+    }
+    if let Some(channel) = &f.channel {
+        line.push_str(&format!(" {}", sanitize(channel)));
+    }
+    if f.fin {
+        line.push_str(" fin");
+    }
+    if let Some(status) = f.status {
+        line.push_str(&format!(" status {status}"));
+    }
+    line
 }
 
 /// The end of an exec: `exec ended: exit 3 (NonZeroExitCode), stdout 42 B, stderr 0 B`.
@@ -214,9 +244,23 @@ impl Replay for Operations {
             kind::WS_FRAME => match data.and_then(WsFrame::read) {
                 Some(f) if f.channel.is_some() => {
                     let channel = f.channel.as_deref().unwrap_or("");
-                    writeln!(out, "  {offset}  {}", transcript_line(channel, &f))
+                    let line =
+                        transcript_line(channel, f.excerpt.as_deref(), f.excerpt_cut, f.size);
+                    writeln!(out, "  {offset}  {line}")
                 }
                 _ => self.http.event(out, event),
+            },
+            kind::SPDY_FRAME => match data.and_then(SpdyFrame::read) {
+                // The transcript; the streams' bookkeeping (openings, window updates,
+                // pings) is left to `events`.
+                Some(f) if f.frame == "data" && f.size > 0 => {
+                    writeln!(out, "  {offset}  {}", spdy_line(&f))
+                }
+                Some(f) if f.frame == "rst_stream" || f.frame == "goaway" => {
+                    writeln!(out, "  {offset}  {}", spdy_line(&f))
+                }
+                Some(_) => Ok(()),
+                None => self.http.event(out, event),
             },
             _ => self.http.event(out, event),
         }
@@ -284,6 +328,7 @@ impl OcsfRequests for KubeActivity {
                 Vec::new()
             }
             kind::RESPONSE | kind::RESPONSE_END if self.pending.contains_key(&key) => Vec::new(),
+            kind::WS_FRAME | kind::SPDY_FRAME => Vec::new(),
             K8S_REQUEST => {
                 let approval = self.pending.remove(&key).flatten();
                 match data.and_then(read) {
@@ -458,6 +503,18 @@ mod tests {
         assert_eq!(
             Kube.detail(K8S_EXEC, &end).unwrap(),
             "exec ended: exit 3 (NonZeroExitCode), stdout 42 B, error 34 B"
+        );
+        let spdy = json!({"seq": 1, "from": "server", "n": 7, "frame": "data", "stream_id": 5,
+            "channel": "stderr", "size": 10, "excerpt": "to-stderr\n"});
+        assert_eq!(
+            Kube.detail(kind::SPDY_FRAME, &spdy).unwrap(),
+            "stderr| to-stderr"
+        );
+        let open = json!({"seq": 1, "from": "client", "n": 2, "frame": "syn_stream",
+            "stream_id": 3, "channel": "stdout", "headers": [["streamtype", "stdout"]]});
+        assert_eq!(
+            Kube.detail(kind::SPDY_FRAME, &open).unwrap(),
+            "client spdy syn_stream 3 stdout"
         );
         assert_eq!(verb_activity("deletecollection"), (4, "Delete"));
         assert_eq!(verb_activity("watch"), (2, "Read"));

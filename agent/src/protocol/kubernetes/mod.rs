@@ -6,6 +6,7 @@
 pub mod channel;
 pub mod request;
 pub mod secret;
+pub mod spdy;
 
 /// The `Status` object (`meta.k8s.io/v1`) the API server answers errors with, which
 /// kubectl prints as `Error from server (<reason>): <message>`.

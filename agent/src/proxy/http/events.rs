@@ -19,6 +19,9 @@ pub mod kind {
     /// [`super::WsFrame`]: one WebSocket frame of an upgraded connection, before it is
     /// relayed.
     pub const WS_FRAME: &str = "ws_frame";
+    /// [`super::SpdyFrame`]: one SPDY/3.1 frame of an upgraded Kubernetes connection,
+    /// before it is relayed.
+    pub const SPDY_FRAME: &str = "spdy_frame";
 }
 
 /// Kind [`kind::REQUEST`].
@@ -268,4 +271,56 @@ impl<'a> HttpResponse<'a> {
     pub fn read(data: &'a serde_json::Value) -> Option<HttpResponse<'a>> {
         HttpResponse::deserialize(data).ok()
     }
+}
+
+/// Kind [`kind::SPDY_FRAME`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpdyFrame<'a> {
+    /// The `seq` of the request that upgraded the connection.
+    #[serde(default)]
+    pub seq: u64,
+    /// Who sent it: "client" or "server".
+    #[serde(borrow, default)]
+    pub from: Cow<'a, str>,
+    /// The frame's number among those its sender sent, from 1.
+    #[serde(default)]
+    pub n: u64,
+    /// `syn_stream`, `syn_reply`, `rst_stream`, `settings`, `ping`, `goaway`, `headers`,
+    /// `window_update`, `data`.
+    #[serde(borrow, default)]
+    pub frame: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<u32>,
+    /// The stream's `streamtype` (`stdin`, `stdout`, `stderr`, `error`, `resize`; for
+    /// port-forward `port 5432 data`): a DATA frame's excerpt is that channel's data.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fin: bool,
+    /// A DATA frame's payload bytes.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub size: u64,
+    /// A header block's name/value pairs, values through the mask detectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<(String, String)>>,
+    /// The start of a DATA frame's payload through the mask detectors (Kubernetes
+    /// channels only).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub excerpt: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub excerpt_cut: bool,
+    /// RST_STREAM's or GOAWAY's status code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u32>,
+}
+
+impl<'a> SpdyFrame<'a> {
+    /// The frame event stored as `data`; `None` if it is not one.
+    pub fn read(data: &'a serde_json::Value) -> Option<SpdyFrame<'a>> {
+        SpdyFrame::deserialize(data).ok()
+    }
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }

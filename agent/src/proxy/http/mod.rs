@@ -632,10 +632,11 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     }
     // WebSocket is judged like any request, then relayed; other upgrades are declined,
     // CONNECT refused (upgrade.rs).
-    let upgrade = upgrade::Upgrade::of(&req);
+    let upgrade = upgrade::Upgrade::of(&req, state.kube.is_some());
     match &upgrade {
         upgrade::Upgrade::None => {}
         upgrade::Upgrade::WebSocket => request_event.upgrade = Some("websocket".into()),
+        upgrade::Upgrade::Spdy => request_event.upgrade = Some("SPDY/3.1".into()),
         upgrade::Upgrade::Declined(asked) => {
             request_event.upgrade = Some(asked.clone().into());
             request_event.upgrade_declined = true;
@@ -694,10 +695,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             Ok(call) => {
                 let record = kube::K8sRequest::new(seq, &call, req.headers(), &state.rules.masks);
                 if let upgrade::Upgrade::Declined(asked) = &upgrade {
-                    // exec over SPDY would otherwise reach the server without its
-                    // upgrade and fail there; refused here, clearly.
+                    // Only WebSocket and SPDY/3.1 upgrades are relayed: another would reach
+                    // the server without its upgrade and fail there; refused here, clearly.
                     let why = format!(
-                        "nhi-agent: the {asked} upgrade is not relayed; kubectl 1.31 and later use WebSocket (unset KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false)"
+                        "nhi-agent: the {asked:?} upgrade is not relayed (WebSocket and SPDY/3.1 are)"
                     );
                     let refused = kube::Refused {
                         status: StatusCode::BAD_REQUEST,
@@ -998,8 +999,16 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         record.enforced = state.rules.enforce;
         (call, record)
     });
-    if upgrade == upgrade::Upgrade::WebSocket {
-        return upgrade::forward_websocket(state, req, seq, started, kube_call).await;
+    match upgrade {
+        upgrade::Upgrade::WebSocket => {
+            let proto = upgrade::Proto::WebSocket;
+            return upgrade::forward_upgrade(state, req, seq, started, kube_call, proto).await;
+        }
+        upgrade::Upgrade::Spdy => {
+            let proto = upgrade::Proto::Spdy;
+            return upgrade::forward_upgrade(state, req, seq, started, kube_call, proto).await;
+        }
+        _ => {}
     }
     forward(
         state,

@@ -13,6 +13,12 @@
 //!   both sides with a logged reason and a `protocol_error` event; what was journaled
 //!   stays. Any other answer of the server goes back as a normal response and the
 //!   upgrade does not happen.
+//! - `Upgrade: SPDY/3.1` on a Kubernetes target (kubectl's exec/attach/port-forward
+//!   transport besides WebSocket, and its fallback) goes the same way: judged, journaled,
+//!   the server's `101` journaled, then a relay of SPDY frames
+//!   ([`crate::protocol::kubernetes::spdy`]: `spdy_frame`, each control frame with its
+//!   headers, each DATA frame with its stream's type and a bounded excerpt) with the
+//!   same bounded memory and refusals.
 //! - Any other upgrade (`h2c`, ...) is declined, as RFC 9110 §7.8 lets a server: the
 //!   request is served as plain HTTP/1.1 without the `Upgrade` header (a client such as
 //!   `curl --http2` then simply goes on with HTTP/1.1); the journal says which protocol
@@ -35,7 +41,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use super::events::{kind, WsFrame};
+use super::events::{kind, SpdyFrame, WsFrame};
 use super::kube::{K8sExec, K8sRequest};
 use super::{
     mask_secret_echoes, protocol_error, record, refusal, remove_hop_by_hop, upstream_failed,
@@ -43,9 +49,10 @@ use super::{
 };
 use crate::journal::Event;
 use crate::policy::RecordResults;
-use crate::protocol::http::websocket::{Frame, FrameDecoder, FrameError, Opcode, Sender, Step};
+use crate::protocol::http::websocket::{Frame, FrameDecoder, Opcode, Sender, Step};
 use crate::protocol::kubernetes::channel::{self, Framing};
 use crate::protocol::kubernetes::request::KubeRequest;
+use crate::protocol::kubernetes::spdy;
 use crate::proxy::relay::CloseReason;
 
 /// The most payload bytes of a frame the journal keeps (as for a recorded value of a
@@ -63,6 +70,9 @@ pub enum Upgrade {
     None,
     /// An HTTP/1.1 WebSocket handshake.
     WebSocket,
+    /// An HTTP/1.1 upgrade to `SPDY/3.1` (Kubernetes' exec/attach/port-forward transport,
+    /// relayed on Kubernetes targets only).
+    Spdy,
     /// An upgrade to another protocol (the `Upgrade` header's value): declined.
     Declined(String),
     /// A `CONNECT` request: refused.
@@ -71,8 +81,9 @@ pub enum Upgrade {
 
 impl Upgrade {
     /// What `req` asks for. Only HTTP/1.1 has `Upgrade` (h2 refuses connection-specific
-    /// headers; its extended CONNECT is not enabled).
-    pub fn of<B>(req: &Request<B>) -> Upgrade {
+    /// headers; its extended CONNECT is not enabled). `spdy`: whether a `SPDY/3.1`
+    /// upgrade is relayed (Kubernetes targets) rather than declined.
+    pub fn of<B>(req: &Request<B>, spdy: bool) -> Upgrade {
         if req.method() == Method::CONNECT {
             return Upgrade::Connect;
         }
@@ -91,6 +102,12 @@ impl Upgrade {
             && asked.eq_ignore_ascii_case("websocket")
         {
             Upgrade::WebSocket
+        } else if spdy
+            && req.version() == Version::HTTP_11
+            && connection_upgrade
+            && asked.eq_ignore_ascii_case("SPDY/3.1")
+        {
+            Upgrade::Spdy
         } else {
             Upgrade::Declined(asked)
         }
@@ -113,6 +130,25 @@ pub struct Pending {
     server: OnUpgrade,
     /// A Kubernetes exec/attach/portforward stream in a channel protocol.
     kube: Option<KubeStream>,
+    /// What the connection speaks from now on.
+    proto: Proto,
+}
+
+/// What an upgraded connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    WebSocket,
+    /// SPDY/3.1 (Kubernetes targets).
+    Spdy,
+}
+
+impl Proto {
+    fn name(self) -> &'static str {
+        match self {
+            Proto::WebSocket => "WebSocket",
+            Proto::Spdy => "SPDY",
+        }
+    }
 }
 
 /// What the relay of a Kubernetes stream needs.
@@ -135,12 +171,13 @@ pub fn take(state: &State) -> Option<Pending> {
 /// Sends a (judged and journaled) WebSocket handshake to the server on a connection of
 /// its own and journals the answer before the client gets it. On `101` the connection
 /// is remembered for [`relay`], which runs once hyper hands the client's side over.
-pub async fn forward_websocket(
+pub async fn forward_upgrade(
     state: &State,
     mut req: Request<Body>,
     seq: u64,
     started: Instant,
     kube_call: Option<(KubeRequest, K8sRequest)>,
+    proto: Proto,
 ) -> Response<Body> {
     let kube_failure = |outcome: &str, status: u16| {
         kube_call.as_ref().map(|(_, record)| CallFailure {
@@ -169,7 +206,13 @@ pub async fn forward_websocket(
             name == header::SEC_WEBSOCKET_EXTENSIONS
         });
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(
+            header::UPGRADE,
+            HeaderValue::from_static(match proto {
+                Proto::WebSocket => "websocket",
+                Proto::Spdy => "SPDY/3.1",
+            }),
+        );
         if !headers.contains_key(header::HOST) {
             if let Ok(host) = HeaderValue::from_str(&state.orig_dst.to_string()) {
                 headers.insert(header::HOST, host);
@@ -219,15 +262,25 @@ pub async fn forward_websocket(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .switched();
-    // A Kubernetes stream in a channel protocol is journaled channel by channel.
+    // A Kubernetes stream in a channel protocol is journaled channel by channel. The
+    // subprotocol is WebSocket's, or SPDY's `X-Stream-Protocol-Version` (none: the
+    // original `channel.k8s.io`).
     let kube = kube_call.and_then(|(request, _)| {
+        let chosen = match proto {
+            Proto::WebSocket => header::SEC_WEBSOCKET_PROTOCOL.as_str(),
+            Proto::Spdy => "x-stream-protocol-version",
+        };
         let protocol = parts
             .headers
-            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .get(chosen)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .trim()
             .to_owned();
+        let protocol = match (proto, protocol.is_empty()) {
+            (Proto::Spdy, true) => "channel.k8s.io".to_owned(),
+            _ => protocol,
+        };
         let framing = Framing::of_subprotocol(&protocol).filter(|_| request.is_connect())?;
         Some(KubeStream {
             request,
@@ -242,10 +295,13 @@ pub async fn forward_websocket(
         client: client_side,
         server: server_side,
         kube,
+        proto,
     });
     info!(
         session = state.id,
-        seq, "WebSocket upgrade accepted by the server"
+        seq,
+        protocol = proto.name(),
+        "upgrade accepted by the server"
     );
     let (mut parts, body) = response.into_parts();
     for name in HOP_BY_HOP {
@@ -285,7 +341,8 @@ async fn handshake(
 /// Why one direction of the relay ended the connection.
 enum End {
     Reset(Sender, String),
-    Malformed(Sender, FrameError),
+    /// A frame that does not decode: the protocol (`WebSocket`, `SPDY`) and why.
+    Malformed(Sender, &'static str, String),
     Journal(String),
 }
 
@@ -319,33 +376,67 @@ pub async fn relay(
     let last = AtomicU64::new(0);
     let channels = std::sync::Mutex::new(Channels::default());
     let kube = pending.kube.as_ref().map(|stream| (stream, &channels));
-    let from_client = pump(
-        state,
-        pending.seq,
-        (Sender::Client, client_excerpt),
-        client_read,
-        server_write,
-        (&last, started),
-        kube,
-    );
-    let from_server = pump(
-        state,
-        pending.seq,
-        (Sender::Server, server_excerpt),
-        server_read,
-        client_write,
-        (&last, started),
-        kube,
-    );
-    tokio::pin!(from_client, from_server);
-    let reason = relay_until_done(
-        state,
-        (from_client, from_server),
-        idle,
-        (&last, started),
-        cancel,
-    )
-    .await;
+    let reason = match pending.proto {
+        Proto::WebSocket => {
+            let from_client = pump(
+                state,
+                pending.seq,
+                (Sender::Client, client_excerpt),
+                client_read,
+                server_write,
+                (&last, started),
+                kube,
+            );
+            let from_server = pump(
+                state,
+                pending.seq,
+                (Sender::Server, server_excerpt),
+                server_read,
+                client_write,
+                (&last, started),
+                kube,
+            );
+            tokio::pin!(from_client, from_server);
+            relay_until_done(
+                state,
+                (from_client, from_server),
+                idle,
+                (&last, started),
+                cancel,
+            )
+            .await
+        }
+        Proto::Spdy => {
+            let streams = std::sync::Mutex::new(spdy::StreamTable::new());
+            let from_client = pump_spdy(
+                state,
+                pending.seq,
+                (Sender::Client, client_excerpt),
+                client_read,
+                server_write,
+                (&last, started),
+                (kube, &streams),
+            );
+            let from_server = pump_spdy(
+                state,
+                pending.seq,
+                (Sender::Server, server_excerpt),
+                server_read,
+                client_write,
+                (&last, started),
+                (kube, &streams),
+            );
+            tokio::pin!(from_client, from_server);
+            relay_until_done(
+                state,
+                (from_client, from_server),
+                idle,
+                (&last, started),
+                cancel,
+            )
+            .await
+        }
+    };
     if let Some(stream) = &pending.kube {
         let channels = std::mem::take(&mut *channels.lock().unwrap_or_else(|p| p.into_inner()));
         let end = K8sExec {
@@ -422,9 +513,9 @@ async fn relay_until_done(
     match end {
         End::Reset(Sender::Client, e) => CloseReason::ClientReset(e),
         End::Reset(Sender::Server, e) => CloseReason::ServerReset(e),
-        End::Malformed(sender, error) => {
+        End::Malformed(sender, proto, error) => {
             let why = format!(
-                "malformed WebSocket frame from the {}: {error}",
+                "malformed {proto} frame from the {}: {error}",
                 sender.as_str()
             );
             protocol_error(&state.journal, state.id, &why);
@@ -492,7 +583,7 @@ async fn pump(
     loop {
         loop {
             let n = match decoder.next(&buf) {
-                Err(error) => return Err(End::Malformed(sender, error)),
+                Err(error) => return Err(End::Malformed(sender, "WebSocket", error.to_string())),
                 Ok(Step::NeedMore) => break,
                 Ok(Step::Payload(n)) => n,
                 Ok(Step::Frame { frame, release }) => {
@@ -570,23 +661,37 @@ fn kube_frame(
         _ => return,
     };
     let name = channel::channel_name(&stream.request.subresource, &stream.request.ports, channel);
+    let (excerpt, cut) = channel_data(state, channels, &name, &data, len);
+    event.channel = Some(Cow::Owned(name));
+    event.excerpt = excerpt;
+    event.excerpt_cut = cut;
+}
+
+/// Counts `len` bytes of channel `name` (of which `data` is in hand) and returns the
+/// excerpt the journal keeps of them (bounded per channel, through the detectors; none
+/// under `record_results = "none"`) and whether it is shorter than `len`. The error
+/// channel is kept apart for the exit status.
+fn channel_data(
+    state: &State,
+    channels: &std::sync::Mutex<Channels>,
+    name: &str,
+    data: &[u8],
+    len: u64,
+) -> (Option<Cow<'static, str>>, bool) {
     let mut channels = channels.lock().unwrap_or_else(|p| p.into_inner());
     if name == "error" {
         let kept = channels.error.get_or_insert_with(Vec::new);
         let room = MAX_ERROR_CHANNEL.saturating_sub(kept.len());
         kept.extend_from_slice(&data[..data.len().min(room)]);
     }
-    let keep = if state.rules.record_results == RecordResults::None {
+    let shown = if state.rules.record_results == RecordResults::None {
         0
     } else {
-        channels.count(&name, len, data.len() as u64)
+        data.len() as u64
     };
-    if state.rules.record_results == RecordResults::None {
-        channels.count(&name, len, 0);
-    }
+    let keep = channels.count(name, len, shown);
     drop(channels);
-    event.channel = Some(Cow::Owned(name));
-    event.excerpt = (keep > 0).then(|| {
+    let excerpt = (keep > 0).then(|| {
         let text = String::from_utf8_lossy(&data[..keep as usize]);
         let text = match &state.target_rt.inject {
             Some(inject) => mask_secret_in_text(&text, inject.secret.expose()),
@@ -594,7 +699,137 @@ fn kube_frame(
         };
         Cow::Owned(state.rules.masks.mask_text(&text).into_owned())
     });
-    event.excerpt_cut = keep < len;
+    (excerpt, keep < len)
+}
+
+/// One direction of a SPDY/3.1 connection: as [`pump`], each frame journaled
+/// (`spdy_frame`: its type, stream, the stream's type, flags, headers through the
+/// detectors, a bounded excerpt of DATA) before its bytes go on; the stream table is
+/// shared with the other direction (the client opens the streams the server writes on).
+async fn pump_spdy(
+    state: &State,
+    seq: u64,
+    (sender, excerpt_limit): (Sender, usize),
+    mut read: impl AsyncRead + Unpin,
+    mut write: impl AsyncWrite + Unpin,
+    (last, started): (&AtomicU64, Instant),
+    (kube, streams): (
+        Option<(&KubeStream, &std::sync::Mutex<Channels>)>,
+        &std::sync::Mutex<spdy::StreamTable>,
+    ),
+) -> Result<(), End> {
+    let mut decoder = spdy::FrameDecoder::new(sender, excerpt_limit);
+    let written = |e: std::io::Error| End::Reset(other(sender), e.to_string());
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut frames = 0u64;
+    loop {
+        loop {
+            let step = {
+                let mut table = streams.lock().unwrap_or_else(|p| p.into_inner());
+                decoder.next(&buf, &mut table)
+            };
+            let n = match step {
+                Err(error) => return Err(End::Malformed(sender, "SPDY", error.to_string())),
+                Ok(spdy::Step::NeedMore) => break,
+                Ok(spdy::Step::Payload { len, .. }) => len,
+                Ok(spdy::Step::Frame { frame, release }) => {
+                    frames += 1;
+                    let event = spdy_event(state, seq, sender, frames, &frame, kube, streams);
+                    record(
+                        state,
+                        &[Event::of(state.id, kind::SPDY_FRAME, &event)],
+                        true,
+                    )
+                    .await
+                    .map_err(End::Journal)?;
+                    release
+                }
+            };
+            write.write_all(&buf[..n]).await.map_err(written)?;
+            buf.advance(n);
+        }
+        write.flush().await.map_err(written)?;
+        buf.reserve(16 * 1024);
+        let n = read
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| End::Reset(sender, e.to_string()))?;
+        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if n == 0 {
+            if !buf.is_empty() {
+                debug!(
+                    session = state.id,
+                    from = sender.as_str(),
+                    bytes = buf.len(),
+                    "SPDY peer closed inside a frame"
+                );
+            }
+            let _ = write.shutdown().await;
+            return Ok(());
+        }
+    }
+}
+
+/// The journal's view of a SPDY frame.
+fn spdy_event(
+    state: &State,
+    seq: u64,
+    sender: Sender,
+    n: u64,
+    frame: &spdy::Frame,
+    kube: Option<(&KubeStream, &std::sync::Mutex<Channels>)>,
+    streams: &std::sync::Mutex<spdy::StreamTable>,
+) -> SpdyFrame<'static> {
+    let stream_id = frame.stream_id();
+    // The stream's name: its `streamtype` (`stdout`), for port-forward with its port.
+    let channel = stream_id.and_then(|id| {
+        let table = streams.lock().unwrap_or_else(|p| p.into_inner());
+        let info = table.get(id)?;
+        let kind = info.stream_type.clone()?;
+        Some(match &info.port {
+            Some(port) => format!("port {port} {kind}"),
+            None => kind,
+        })
+    });
+    let mut event = SpdyFrame {
+        seq,
+        from: sender.as_str().into(),
+        n,
+        frame: frame.kind().to_ascii_lowercase().into(),
+        stream_id,
+        channel: channel.clone().map(Cow::Owned),
+        headers: frame.headers().map(|headers| {
+            headers
+                .iter()
+                .map(|(k, v)| (k.clone(), state.rules.masks.mask_text(v).into_owned()))
+                .collect()
+        }),
+        ..SpdyFrame::default()
+    };
+    match frame {
+        spdy::Frame::Data {
+            fin, len, excerpt, ..
+        } => {
+            event.fin = *fin;
+            event.size = u64::from(*len);
+            let (text, cut) = match (kube, &channel) {
+                (Some((_, channels)), Some(name)) => {
+                    channel_data(state, channels, name, excerpt, u64::from(*len))
+                }
+                // Not a Kubernetes channel: sizes only.
+                _ => (None, *len > 0),
+            };
+            event.excerpt = text;
+            event.excerpt_cut = cut && event.excerpt.is_some();
+        }
+        spdy::Frame::SynStream { fin, .. }
+        | spdy::Frame::SynReply { fin, .. }
+        | spdy::Frame::Headers { fin, .. } => event.fin = *fin,
+        spdy::Frame::RstStream { status, .. } => event.status = Some(*status),
+        spdy::Frame::GoAway { status, .. } => event.status = Some(*status),
+        _ => {}
+    }
+    event
 }
 
 fn other(sender: Sender) -> Sender {
@@ -675,27 +910,41 @@ mod tests {
             ("upgrade", "WebSocket"),
             ("connection", "keep-alive, Upgrade"),
         ];
-        assert_eq!(Upgrade::of(&request("GET", &ws)), Upgrade::WebSocket);
-        assert_eq!(
-            Upgrade::of(&request(
-                "GET",
-                &[
-                    ("upgrade", "h2c"),
-                    ("connection", "Upgrade, HTTP2-Settings")
-                ]
-            )),
-            Upgrade::Declined("h2c".into())
+        assert_eq!(Upgrade::of(&request("GET", &ws), false), Upgrade::WebSocket);
+        let h2c = request(
+            "GET",
+            &[
+                ("upgrade", "h2c"),
+                ("connection", "Upgrade, HTTP2-Settings"),
+            ],
         );
+        assert_eq!(Upgrade::of(&h2c, true), Upgrade::Declined("h2c".into()));
         // Without `Connection: upgrade` it is not an upgrade request: declined.
         assert_eq!(
-            Upgrade::of(&request("GET", &[("upgrade", "websocket")])),
+            Upgrade::of(&request("GET", &[("upgrade", "websocket")]), false),
             Upgrade::Declined("websocket".into())
         );
-        assert_eq!(Upgrade::of(&request("CONNECT", &[])), Upgrade::Connect);
-        assert_eq!(Upgrade::of(&request("GET", &[])), Upgrade::None);
+        assert_eq!(
+            Upgrade::of(&request("CONNECT", &[]), false),
+            Upgrade::Connect
+        );
+        assert_eq!(Upgrade::of(&request("GET", &[]), false), Upgrade::None);
         let mut h2 = request("GET", &ws);
         *h2.version_mut() = Version::HTTP_2;
-        assert_eq!(Upgrade::of(&h2), Upgrade::Declined("WebSocket".into()));
+        assert_eq!(
+            Upgrade::of(&h2, false),
+            Upgrade::Declined("WebSocket".into())
+        );
+        // SPDY/3.1 (kubectl exec's fallback) is relayed on Kubernetes targets only.
+        let spdy = request(
+            "POST",
+            &[("upgrade", "SPDY/3.1"), ("connection", "Upgrade")],
+        );
+        assert_eq!(Upgrade::of(&spdy, true), Upgrade::Spdy);
+        assert_eq!(
+            Upgrade::of(&spdy, false),
+            Upgrade::Declined("SPDY/3.1".into())
+        );
     }
 
     #[test]
