@@ -170,10 +170,13 @@ impl SessionMasks {
     /// True when some rule masks by name (`columns`): JSON member names and XML element
     /// names are looked at.
     pub fn has_column_rules(&self) -> bool {
-        self.inner
-            .rules
-            .iter()
-            .any(|r| !r.column_patterns().is_empty())
+        // A document transform reads member names too.
+        self.inner.transform.is_some()
+            || self
+                .inner
+                .rules
+                .iter()
+                .any(|r| !r.column_patterns().is_empty())
     }
 
     /// A masker of documents (JSON, XML, text lines), for HTTP bodies; see [`BodyMasker`].

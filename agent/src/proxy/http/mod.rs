@@ -835,8 +835,12 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 && matches!(action, Action::Forward | Action::PassOnStanding(_)) =>
         {
             let (parts, incoming) = req.into_parts();
-            let (body, seen) =
-                body::prefetch_request(&state.rules.masks, &parts.headers, incoming).await;
+            // A request about Secrets carries their values: masked as answers are.
+            let masks = match (&kube_call, &state.kube) {
+                (Some((call, _)), Some(session)) => session.masks_for(call, &state.rules.masks),
+                _ => state.rules.masks.clone(),
+            };
+            let (body, seen) = body::prefetch_request(&masks, &parts.headers, incoming).await;
             request_event.body_bytes = seen.bytes;
             request_event.excerpt = seen.excerpt;
             Request::from_parts(parts, body)
