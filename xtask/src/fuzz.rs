@@ -40,6 +40,7 @@ pub const TARGETS: &[&str] = &[
     "http_request",
     "aws_request",
     "ssh",
+    "kubernetes",
 ];
 
 /// An input taking longer than this (seconds) is reported as a hang.
@@ -418,10 +419,57 @@ fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
                     put(&name, &bytes)?;
                 }
             }
+            "kubernetes" => {
+                for (name, bytes) in kubernetes_seeds()? {
+                    put(&name, &bytes)?;
+                }
+            }
             other => bail!("no seeds for fuzz target {other}"),
         }
     }
     Ok(())
+}
+
+/// Seeds of the `kubernetes` target (fuzz/fuzz_targets/kubernetes.rs: bit 7 of the
+/// control byte chooses): SPDY/3.1 control frames that need no header block (SETTINGS,
+/// PING, GOAWAY), whole and in 3-byte reads; and every request real kubectl made in
+/// tests/kube/testdata/kubectl-requests.jsonl, as `METHOD target`.
+fn kubernetes_seeds() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let control = |kind: u16, flags: u8, body: &[u8]| -> Vec<u8> {
+        let mut frame = vec![0x80, 0x03];
+        frame.extend_from_slice(&kind.to_be_bytes());
+        frame.push(flags);
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        frame.extend_from_slice(body);
+        frame
+    };
+    let settings = control(4, 0, &[0, 0, 0, 1, 0, 0, 0, 7, 0, 0, 0, 100]);
+    let ping = control(6, 0, &1u32.to_be_bytes());
+    let goaway = control(7, 0, &[0, 0, 0, 0, 0, 0, 0, 0]);
+    let frames = [settings, ping, goaway].concat();
+    let mut seeds = vec![
+        ("spdy-control".to_owned(), [&[0x00u8][..], &frames].concat()),
+        (
+            "spdy-control-3".to_owned(),
+            [&[0x03u8][..], &frames].concat(),
+        ),
+    ];
+    let golden = util::root().join("tests/kube/testdata/kubectl-requests.jsonl");
+    let text = fs::read_to_string(&golden).with_context(|| golden.display().to_string())?;
+    for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let capture: serde_json::Value = serde_json::from_str(line)?;
+        let text = |k: &str| capture[k].as_str().unwrap_or("").to_owned();
+        let target = match capture["query"].as_str().filter(|q| !q.is_empty()) {
+            Some(q) => format!("{}?{q}", text("path")),
+            None => text("path"),
+        };
+        let request = format!("{} {target}", text("method"));
+        seeds.push((
+            format!("kubectl-{i:02}"),
+            [&[0x80u8][..], request.as_bytes()].concat(),
+        ));
+    }
+    Ok(seeds)
 }
 
 /// Seeds of the `ssh` target (fuzz/fuzz_targets/ssh.rs: a control byte, bits 6-7 the

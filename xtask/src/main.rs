@@ -72,7 +72,7 @@ enum Cmd {
         #[arg(long)]
         runs: Option<u64>,
         /// One target (default: all): pg_frontend, pg_backend, pg_auth, pg_flow,
-        /// sql_analyze, mask_row, config, journal, http_request, aws_request, ssh.
+        /// sql_analyze, mask_row, config, journal, http_request, aws_request, ssh, kubernetes.
         target: Option<String>,
     },
     /// Print benchmark figures (ratios against a baseline from the same run).
