@@ -226,6 +226,25 @@ pub(super) fn maskable(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Whether an answer is in an object encoding masks cannot read (protobuf, CBOR,
+/// YAML), which the agent asked the server not to use.
+pub(super) fn unreadable_encoding(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let essence = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            essence.starts_with(PROTOBUF)
+                || essence == "application/cbor"
+                || essence == "application/yaml"
+        })
+}
+
 /// A `Status` answer of the agent's.
 pub(super) fn status_response(
     status: StatusCode,
@@ -501,5 +520,18 @@ mod tests {
         )])));
         assert!(!maskable(&headers(&[("content-type", PROTOBUF)])));
         assert!(!maskable(&HeaderMap::new()));
+        assert!(unreadable_encoding(&headers(&[("content-type", PROTOBUF)])));
+        assert!(unreadable_encoding(&headers(&[(
+            "content-type",
+            "application/cbor"
+        )])));
+        assert!(!unreadable_encoding(&headers(&[(
+            "content-type",
+            "text/plain"
+        )])));
+        assert!(!unreadable_encoding(&headers(&[(
+            "content-type",
+            "application/json"
+        )])));
     }
 }

@@ -1354,15 +1354,22 @@ async fn forward(
         }
     };
     let (mut parts, body) = response.into_parts();
-    // An answer about Secrets that masks cannot read (protobuf) never goes back.
+    // An answer that masks cannot read (protobuf) never goes back: about Secrets, only
+    // JSON is read.
     if let Some((call, record)) = kube_call {
         let has_body = !(method == http::Method::HEAD
             || parts.status.is_informational()
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED);
-        if call.is_secrets() && has_body && !kube::maskable(&parts.headers) {
+        // With masks in force, no answer may be in an encoding they cannot read.
+        let unreadable = if call.is_secrets() {
+            !kube::maskable(&parts.headers)
+        } else {
+            !state.rules.masks.is_empty() && kube::unreadable_encoding(&parts.headers)
+        };
+        if has_body && unreadable {
             let why = format!(
-                "an answer about Secrets in {:?} cannot be masked",
+                "an answer in {:?} cannot be masked",
                 parts
                     .headers
                     .get(header::CONTENT_TYPE)
