@@ -20,16 +20,24 @@ the real server answer it, over HTTPS (HTTP/1.1; ALPN offers only http/1.1):
   `selfsubjectaccessreviews` (`kubectl auth can-i`, always allowed);
 - `pods/exec` over WebSocket (`v5.channel.k8s.io` and older channel protocols) and over
   SPDY/3.1 (`v4.channel.k8s.io` and older), running the command for real on this host
-  (its output, stdin and exit status are genuine).
+  (its output, stdin and exit status are genuine);
+- `pods/portforward` over SPDY/3.1 (`portforward.k8s.io`) and over SPDY/3.1 tunnelled in
+  WebSocket (subprotocol `SPDY/3.1+portforward.k8s.io`, kubectl's default since 1.31),
+  each forwarded connection connected for real to the loopback port `--pod-port
+  PORT=HOSTPORT` maps the pod's port to (the same mapping for every pod; an unmapped
+  port refuses, as a pod where nothing listens).
 
 Every request is recorded as one JSON line in `--record` (flushed per line): method,
 path, raw query, all headers (lowercase names; repeated headers joined with ", "), body
 (text, first 64 KiB; a protobuf body also decoded, as `body_decoded`), the
 authenticated identity and how, impersonation headers, the status answered, and for exec
 the command, transport, subprotocol, stdin received, stdout/stderr produced and exit
-code. A request is recorded before its answer leaves (a watch when it starts, an exec
-once its command has exited, before the status goes out): a client that has its answer
-finds its request on record.
+code, and for port-forward the transport, protocol, the ports and streams the client
+opened, and per forwarded connection its port, where it went, the bytes each way (and
+their text, first 64 KiB) and how it ended. A request is recorded before its answer
+leaves (a watch when it starts, an exec once its command has exited, before the status
+goes out): a client that has its answer finds its request on record. A port-forward,
+whose answer is the whole connection, is recorded when that connection has ended.
 
 Where it differs from a real server: answers are always JSON (never protobuf, even to a
 client that prefers it; kubectl accepts JSON); a client certificate not signed by
@@ -38,11 +46,15 @@ handshake) where a real server answers 401; everything authenticated is authoriz
 deletion is immediate (pods and namespaces are answered with the object, marked for
 deletion, as the real server does, but are gone at once); strategic merge patches are
 applied as JSON merge patches; a watch without `timeoutSeconds` ends after
-`--watch-timeout` (5 s) rather than 30 to 60 minutes; attach and port-forward are not
-served.
+`--watch-timeout` (5 s) rather than 30 to 60 minutes; attach is not served, nor
+port-forward over plain WebSocket (the kubelet's channel protocols, which need `ports=`
+in the query: no kubectl speaks them); a forwarded connection whose client closes its
+side has its pod connection shut down for writing (containerd closes it after at most
+1 s; here the pod sees the half-close, and the close follows at most 1 s later).
 
 Usage: apiserver.py --port P [--host H] --cert F --key F [--client-ca F] [--token T]
                     --record FILE [--watch-timeout SECONDS] [--legacy-discovery]
+                    [--pod-port PORT=HOSTPORT ...]
 """
 
 import argparse
@@ -59,6 +71,7 @@ import pty
 import queue
 import random
 import select
+import socket
 import ssl
 import struct
 import subprocess
@@ -1381,34 +1394,28 @@ SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY, HEADERS, WINDOW_UPDAT
 FLAG_FIN = 0x01
 
 
-class SpdyTransport:
-    name = "spdy"
+class SpdyFramer:
+    """SPDY/3.1 frames as spdystream writes and reads them, over any byte stream: frames
+    go out through `send`; `frames` cuts what arrives into whole frames. Header blocks
+    are compressed with the SPDY/3 dictionary, one zlib stream per direction."""
 
-    def __init__(self, sock, protocol, expected):
-        self.sock = sock
-        self.protocol = protocol
-        self.expected = expected  # the stream types the client must open
+    def __init__(self, send):
+        self.send = send
         self.buf = bytearray()
         self.inflate = zlib.decompressobj(zdict=SPDY_DICT)
         self.deflate = zlib.compressobj(9, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY,
                                         SPDY_DICT)
-        self.streams = {}  # type -> stream id
-        self.types = {}  # stream id -> type
-        self.last_id = 0
-        self.peer_closed = False
-        self.close_sent = False
-        self.finished = set()
 
     def control(self, ftype, flags, payload):
         head = struct.pack("!HHI", 0x8000 | 3, ftype, (flags << 24) | len(payload))
-        self.sock.sendall(head + payload)
+        self.send(head + payload)
 
     def data(self, stream, payload, flags=0):
         while True:
             chunk, payload = payload[:65536], payload[65536:]
             last = not payload
-            self.sock.sendall(struct.pack("!II", stream & 0x7FFFFFFF,
-                                          ((flags if last else 0) << 24) | len(chunk)) + chunk)
+            self.send(struct.pack("!II", stream & 0x7FFFFFFF,
+                                  ((flags if last else 0) << 24) | len(chunk)) + chunk)
             if last:
                 return
 
@@ -1430,6 +1437,42 @@ class SpdyTransport:
             headers[name.lower()] = raw[at + 4:at + 4 + n].decode(errors="replace")
             at += 4 + n
         return headers
+
+    def frames(self, data):
+        """The whole frames of what has arrived so far (`data` appended): (control type,
+        flags, payload) for a control frame, (None, flags, (stream id, payload)) for
+        DATA."""
+        self.buf += data
+        return self._whole_frames()
+
+    def _whole_frames(self):
+        while len(self.buf) >= 8:
+            length = struct.unpack("!I", self.buf[4:8])[0] & 0xFFFFFF
+            if len(self.buf) < 8 + length:
+                return
+            head, payload = bytes(self.buf[:8]), bytes(self.buf[8:8 + length])
+            del self.buf[:8 + length]
+            flags = head[4]
+            if head[0] & 0x80:
+                yield struct.unpack("!H", head[2:4])[0], flags, payload
+            else:
+                yield None, flags, (struct.unpack("!I", head[:4])[0] & 0x7FFFFFFF, payload)
+
+
+class SpdyTransport(SpdyFramer):
+    name = "spdy"
+
+    def __init__(self, sock, protocol, expected):
+        super().__init__(sock.sendall)
+        self.sock = sock
+        self.protocol = protocol
+        self.expected = expected  # the stream types the client must open
+        self.streams = {}  # type -> stream id
+        self.types = {}  # stream id -> type
+        self.last_id = 0
+        self.peer_closed = False
+        self.close_sent = False
+        self.finished = set()
 
     def ready(self):
         return all(t in self.streams for t in self.expected)
@@ -1470,19 +1513,11 @@ class SpdyTransport:
             self.control(GOAWAY, 0, struct.pack("!II", self.last_id, 0))
 
     def feed(self, data, session):
-        self.buf += data
-        while len(self.buf) >= 8:
-            length = struct.unpack("!I", self.buf[4:8])[0] & 0xFFFFFF
-            if len(self.buf) < 8 + length:
-                return
-            head, payload = bytes(self.buf[:8]), bytes(self.buf[8:8 + length])
-            del self.buf[:8 + length]
-            flags = head[4]
-            if head[0] & 0x80:
-                ftype = struct.unpack("!H", head[2:4])[0]
+        for ftype, flags, payload in self.frames(data):
+            if ftype is not None:
                 self.on_control(ftype, flags, payload, session)
             else:
-                stream = struct.unpack("!I", head[:4])[0] & 0x7FFFFFFF
+                stream, payload = payload
                 kind = self.types.get(stream)
                 if kind == "stdin":
                     session.stdin_data(payload)
@@ -1649,6 +1684,319 @@ class ExecSession:
 
 
 # --------------------------------------------------------------------------------------
+# port-forward (SPDY/3.1, raw or tunnelled in WebSocket)
+# --------------------------------------------------------------------------------------
+# kubectl (client-go tools/portforward) speaks SPDY/3.1 with the stream protocol
+# `portforward.k8s.io` either on the upgraded connection itself (`Upgrade: SPDY/3.1`,
+# `X-Stream-Protocol-Version: portforward.k8s.io`, a POST) or, from 1.31 on by default
+# (KEP-4006), tunnelled in WebSocket (a GET, subprotocol `SPDY/3.1+portforward.k8s.io`:
+# the SPDY byte stream cut anywhere into binary messages, client-go's
+# TunnelingConnection, which the API server unwraps before it talks SPDY to the
+# kubelet). Either way, each local connection kubectl accepts opens two streams, `error`
+# then `data`, with the headers `streamtype`, `port` and `requestid`. Served here as the
+# kubelet serves them (pkg/kubelet/cri/streaming/portforward/httpstream.go, with
+# containerd's forwarder): once both streams of a request id are open, the data stream
+# is connected to the pod's port, here the loopback port `--pod-port PORT=HOSTPORT`
+# maps it to (a port no mapping names refuses the connection, as a pod where nothing
+# listens); the error stream carries a message if the connection fails, and both
+# streams are closed (FIN) when the forwarded connection ends.
+
+PORTFORWARD_PROTOCOL = "portforward.k8s.io"
+SPDY_TUNNEL_PREFIX = "SPDY/3.1+"
+# containerd waits this long, once one direction of a forwarded connection has ended,
+# for the other to end before it closes the connection.
+FORWARD_GRACE = 1.0
+
+
+class RawSpdyWire:
+    """The upgraded connection carries SPDY itself."""
+
+    name = "spdy"
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.peer_closed = False
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def spdy_bytes(self, data):
+        return data
+
+
+class WebSocketTunnel(WebSocketTransport):
+    """The upgraded connection is a WebSocket whose binary messages carry the SPDY byte
+    stream (each write of the server one message, as gorilla's writer sends it)."""
+
+    name = "websocket"
+
+    def __init__(self, sock, protocol):
+        super().__init__(sock, protocol)
+        self.arrived = bytearray()
+        self.messages = {"from_client": 0, "to_client": 0}
+
+    def send(self, data):
+        self.messages["to_client"] += 1
+        self.frame(2, data)
+
+    def spdy_bytes(self, data):
+        """What the WebSocket frames in `data` carried (pings answered, a close echoed)."""
+        self.feed(data, self)
+        out = bytes(self.arrived)
+        self.arrived.clear()
+        return out
+
+    def message(self, message, session):
+        self.messages["from_client"] += 1
+        self.arrived += message
+
+
+class Forward:
+    """One forwarded connection: the `error` and `data` streams of one request id and the
+    TCP connection to the pod's port."""
+
+    def __init__(self, request_id):
+        self.request_id = request_id
+        self.port = None
+        self.error_id = None
+        self.data_id = None
+        self.sock = None
+        self.writes = None  # bytes for the pod's connection; None: shut it down
+        self.early = []  # data that arrived before the pod's connection was made
+        self.client_done = False  # the client closed the data stream (FIN)
+        self.pod_done = False  # the pod's connection reached end of file
+        self.deadline = None
+        self.ended = False
+        self.record = {"request_id": request_id, "port": None, "to": None,
+                       "bytes_to_pod": 0, "bytes_from_pod": 0, "to_pod": "",
+                       "from_pod": "", "error": None, "end": None}
+
+    def complete(self):
+        return self.error_id is not None and self.data_id is not None
+
+    def _feed(self):
+        while True:
+            data = self.writes.get()
+            try:
+                if data is None:
+                    self.sock.shutdown(socket.SHUT_WR)
+                    return
+                self.sock.sendall(data)
+            except OSError:
+                return
+
+
+class PortForwardSession:
+    """One upgraded port-forward connection, served until the client goes away."""
+
+    def __init__(self, sock, wire, info, pod_id):
+        self.sock = sock
+        self.wire = wire
+        self.spdy = SpdyFramer(wire.send)
+        self.info = info
+        self.pod_id = pod_id  # how error messages name the pod (the kubelet: its sandbox)
+        self.forwards = {}  # request id -> Forward
+        self.streams = {}  # stream id -> (Forward, "error" | "data")
+        self.goaway_at = None
+
+    def run(self):
+        try:
+            self.loop()
+        except (ssl.SSLError, OSError) as e:
+            self.info["end"] = f"connection error: {e}"
+        finally:
+            for f in self.forwards.values():
+                self.end(f, "the client connection ended", fins=False)
+
+    def loop(self):
+        while True:
+            now = time.time()
+            for f in list(self.forwards.values()):
+                if f.deadline is not None and now >= f.deadline and not f.ended:
+                    self.end(f, "one side ended, the other did not within the grace")
+            if self.goaway_at is not None and now - self.goaway_at > 10:
+                self.info["end"] = "GOAWAY, then nothing for 10 s"
+                return
+            reading = {f.sock: f for f in self.forwards.values()
+                       if f.sock is not None and not f.pod_done and not f.ended}
+            deadlines = [f.deadline for f in self.forwards.values()
+                         if f.deadline is not None and not f.ended]
+            timeout = max(0.0, min(deadlines) - now) if deadlines else 1.0
+            pending = getattr(self.sock, "pending", lambda: 0)()
+            ready = [self.sock] if pending else select.select(
+                [self.sock] + list(reading), [], [], min(timeout, 1.0))[0]
+            for fd in ready:
+                if fd is self.sock:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        self.info["end"] = "the client closed the connection"
+                        return
+                    for ftype, flags, payload in self.spdy.frames(self.wire.spdy_bytes(data)):
+                        self.on_frame(ftype, flags, payload)
+                    if self.wire.peer_closed:
+                        self.info["end"] = "the client closed the WebSocket"
+                        return
+                else:
+                    self.from_pod(reading[fd])
+
+    # From the client -------------------------------------------------------------
+
+    def on_frame(self, ftype, flags, payload):
+        if ftype is None:
+            stream, data = payload
+            return self.client_data(stream, flags, data)
+        if ftype == SYN_STREAM:
+            stream = struct.unpack("!I", payload[:4])[0] & 0x7FFFFFFF
+            headers = self.spdy.parse_headers(payload[10:])
+            self.info["streams"].append({"id": stream, "headers": headers})
+            self.open_stream(stream, headers)
+        elif ftype == PING:
+            self.spdy.control(PING, 0, payload[:4])
+        elif ftype == GOAWAY:
+            self.goaway_at = time.time()
+        elif ftype == RST_STREAM:
+            stream = struct.unpack("!I", payload[:4])[0] & 0x7FFFFFFF
+            if stream in self.streams:
+                self.end(self.streams[stream][0], "the client reset a stream", fins=False)
+        elif ftype == HEADERS:
+            self.spdy.parse_headers(payload[4:])  # keeps the decompression context in step
+        # SETTINGS, WINDOW_UPDATE: spdystream has no flow control; nothing to do.
+
+    def open_stream(self, stream, headers):
+        """The kubelet's httpStreamReceived and run: a stream without a valid `port` or
+        `streamtype` is refused (reset); otherwise answered, and paired with the other
+        stream of its request id."""
+        port, kind = headers.get("port", ""), headers.get("streamtype", "")
+        valid = port.isdigit() and 0 < int(port) < 65536 and kind in ("error", "data")
+        if not valid:
+            self.spdy.control(RST_STREAM, 0, struct.pack("!II", stream, 5))  # CANCEL
+            return
+        self.spdy.control(SYN_REPLY, 0, struct.pack("!I", stream) + self.spdy.header_block({}))
+        request_id = headers.get("requestid")
+        if request_id is None:
+            # Clients before request ids: the kubelet pairs stream n (error) and n + 2.
+            request_id = str(stream if kind == "error" else stream - 2)
+        f = self.forwards.get(request_id)
+        if f is None:
+            f = self.forwards[request_id] = Forward(request_id)
+        if (kind == "error" and f.error_id is not None) or (
+                kind == "data" and f.data_id is not None):
+            error = f"error processing stream for request {request_id}: {kind} stream " \
+                    "already assigned"
+            if f.error_id is not None:
+                self.spdy.data(f.error_id, error.encode())
+            return
+        if kind == "error":
+            f.error_id = stream
+        else:
+            f.data_id = stream
+            f.port = int(port)
+        self.streams[stream] = (f, kind)
+        if port not in self.info["ports"]:
+            self.info["ports"].append(port)
+        if f.complete():
+            self.connect(f)
+
+    def connect(self, f):
+        f.record["port"] = f.port
+        self.info["connections"].append(f.record)
+        host_port = ARGS.pod_port.get(f.port)
+        target = f"127.0.0.1:{host_port}" if host_port else None
+        f.record["to"] = target
+        try:
+            if host_port is None:
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "connection refused")
+            f.sock = socket.create_connection(("127.0.0.1", host_port), timeout=5)
+            f.sock.settimeout(None)
+        except OSError as e:
+            message = (f"error forwarding port {f.port} to pod {self.pod_id}, uid : failed "
+                       f"to execute portforward in network namespace: failed to connect to "
+                       f"localhost:{f.port} inside namespace: dial tcp4 "
+                       f"{target or f'127.0.0.1:{f.port}'}: connect: "
+                       f"{(e.strerror or str(e)).lower()}")
+            f.record["error"] = message
+            self.spdy.data(f.error_id, message.encode())
+            self.end(f, "the pod's port refused the connection")
+            return
+        f.writes = queue.Queue()
+        threading.Thread(target=f._feed, daemon=True).start()
+        for data in f.early:
+            f.writes.put(data)
+        f.early = []
+        if f.client_done:
+            self.client_closed(f)
+
+    def client_data(self, stream, flags, data):
+        f, kind = self.streams.get(stream, (None, None))
+        if f is None or kind != "data" or f.ended:
+            return  # the error stream: kubectl closes its side at once, writes nothing
+        if data:
+            f.record["bytes_to_pod"] += len(data)
+            f.record["to_pod"] = clip(f.record["to_pod"], data)
+            self.info["bytes_to_pod"] += len(data)
+            if f.writes is not None:
+                f.writes.put(bytes(data))
+            else:
+                f.early.append(bytes(data))
+        if flags & FLAG_FIN:
+            f.client_done = True
+            if f.writes is not None:
+                self.client_closed(f)
+
+    def client_closed(self, f):
+        f.writes.put(None)
+        if f.pod_done:
+            self.end(f, "both sides closed")
+        elif f.deadline is None:
+            f.deadline = time.time() + FORWARD_GRACE
+
+    # From the pod ----------------------------------------------------------------
+
+    def from_pod(self, f):
+        try:
+            data = f.sock.recv(65536)
+        except OSError:
+            data = b""
+        if data:
+            f.record["bytes_from_pod"] += len(data)
+            f.record["from_pod"] = clip(f.record["from_pod"], data)
+            self.info["bytes_from_pod"] += len(data)
+            self.spdy.data(f.data_id, data)
+            return
+        f.pod_done = True
+        if f.client_done:
+            self.end(f, "both sides closed")
+        elif f.deadline is None:
+            f.deadline = time.time() + FORWARD_GRACE
+
+    def end(self, f, why, fins=True):
+        """The kubelet's portForward returning: the pod's connection closed, then the
+        error and the data streams (FIN, in that order)."""
+        if f.ended:
+            return
+        f.ended = True
+        f.record["end"] = why
+        if f.record not in self.info["connections"]:
+            self.info["connections"].append(f.record)
+        if f.sock is not None:
+            try:
+                f.sock.close()
+            except OSError:
+                pass
+        if fins:
+            for stream in (f.error_id, f.data_id):
+                if stream is not None:
+                    self.spdy.data(stream, b"", FLAG_FIN)
+
+
+def clip(kept, data, limit=64 * 1024):
+    """`kept` with the text of `data` added, up to `limit` characters."""
+    if len(kept) >= limit:
+        return kept
+    return kept + text_of(data, limit - len(kept))
+
+
+# --------------------------------------------------------------------------------------
 # HTTP
 # --------------------------------------------------------------------------------------
 
@@ -1752,6 +2100,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def serve(self):
         self.status_code = None
         self.exec_info = None
+        self.portforward_info = None
         self.decoded_body = None
         self.recorded = False
         url = urllib.parse.urlsplit(self.path)
@@ -1810,6 +2159,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             entry["body_decoded"] = self.decoded_body
         if self.exec_info is not None:
             entry["exec"] = self.exec_info
+        if self.portforward_info is not None:
+            entry["portforward"] = self.portforward_info
         record(entry)
 
     def route(self):
@@ -2099,6 +2450,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.logs(res, ns, name)
         if res.plural == "pods" and sub == "exec" and m in ("GET", "POST"):
             return self.exec(res, ns, name)
+        if res.plural == "pods" and sub == "portforward" and m in ("GET", "POST"):
+            return self.portforward(res, ns, name)
         if res.plural == "deployments" and sub == "scale":
             return self.scale(res, ns, name)
         if sub == "status" and m == "GET":
@@ -2284,6 +2637,91 @@ class Handler(http.server.BaseHTTPRequestHandler):
             expected.append("resize")
         return SpdyTransport(self.connection, protocol, expected)
 
+    # port-forward ----------------------------------------------------------------------
+
+    def portforward(self, res, ns, name):
+        """`pods/{name}/portforward` over SPDY or SPDY tunnelled in WebSocket (see
+        PortForwardSession), recorded once the connection has ended."""
+        info = {"transport": None, "protocol": None, "subprotocol": None, "offered": [],
+                "query_ports": self.params.get("ports", []), "ports": [], "streams": [],
+                "connections": [], "bytes_to_pod": 0, "bytes_from_pod": 0, "end": None}
+        self.portforward_info = info
+        pod = STORE.get(res, ns, name)
+        upgrade = self.headers.get("upgrade", "").lower()
+        connection = self.headers.get("connection", "").lower()
+        if upgrade == "websocket" and "upgrade" in connection:
+            wire = self.upgrade_portforward_websocket(info)
+        elif upgrade.startswith("spdy/") and "upgrade" in connection:
+            wire = self.upgrade_portforward_spdy(info)
+        else:
+            raise bad_request("Upgrade request required")
+        if wire is None:
+            return
+        self.close_connection = True
+        # The kubelet names the pod by its sandbox in errors.
+        sandbox = hashlib.sha256(pod["metadata"]["uid"].encode()).hexdigest()
+        PortForwardSession(self.connection, wire, info, sandbox).run()
+        if isinstance(wire, WebSocketTunnel):
+            info["messages"] = wire.messages
+
+    def upgrade_portforward_websocket(self, info):
+        """The API server's tunneling handler: the SPDY protocols offered behind the
+        `SPDY/3.1+` prefix go to the kubelet, whose choice comes back with the prefix."""
+        key = self.headers.get("sec-websocket-key", "")
+        offered = [p.strip() for v in self.headers.get_all("sec-websocket-protocol") or []
+                   for p in v.split(",") if p.strip()]
+        info["transport"], info["offered"] = "websocket", offered
+        if self.headers.get("sec-websocket-version") != "13" or not key:
+            raise bad_request("websocket: not a websocket handshake")
+        tunnelled = [p[len(SPDY_TUNNEL_PREFIX):] for p in offered
+                     if p.startswith(SPDY_TUNNEL_PREFIX) and p.endswith(".k8s.io")]
+        if not tunnelled:
+            # The channel protocols of port-forward over plain WebSocket (`ports=` in the
+            # query) are the kubelet's; no kubectl speaks them, this server does not.
+            self.send_text(400, "unable to upgrade: no tunneling spdy protocols provided\n")
+            return None
+        if PORTFORWARD_PROTOCOL not in tunnelled:
+            self.send_text(403, f"unable to upgrade: unable to negotiate protocol: client "
+                                f"supports {tunnelled}, server accepts "
+                                f"[{PORTFORWARD_PROTOCOL}]\n")
+            return None
+        subprotocol = SPDY_TUNNEL_PREFIX + PORTFORWARD_PROTOCOL
+        info["protocol"], info["subprotocol"] = PORTFORWARD_PROTOCOL, subprotocol
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        self.status_code = 101
+        self.send_response_only(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.send_header("Sec-WebSocket-Protocol", subprotocol)
+        self.end_headers()
+        return WebSocketTunnel(self.connection, subprotocol)
+
+    def upgrade_portforward_spdy(self, info):
+        """The kubelet's handshake (httpstream.Handshake): `portforward.k8s.io` must be
+        offered."""
+        offered = [p.strip() for v in self.headers.get_all("x-stream-protocol-version") or []
+                   for p in v.split(",") if p.strip()]
+        info["transport"], info["offered"] = "spdy", offered
+        if not offered:
+            self.send_text(400, "unable to upgrade: X-Stream-Protocol-Version is required\n")
+            return None
+        if PORTFORWARD_PROTOCOL not in offered:
+            self.send_text(403, f"unable to upgrade: unable to negotiate protocol: client "
+                                f"supports {offered}, server accepts "
+                                f"[{PORTFORWARD_PROTOCOL}]\n")
+            return None
+        info["protocol"] = PORTFORWARD_PROTOCOL
+        self.status_code = 101
+        self.send_response_only(101)
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Upgrade", "SPDY/3.1")
+        self.send_header("X-Stream-Protocol-Version", PORTFORWARD_PROTOCOL)
+        self.send_header("Date", self.date_time_string())
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return RawSpdyWire(self.connection)
+
 
 def merge_patch(target, patch):
     """RFC 7386 JSON merge patch (also used for strategic merge patches: the same for the
@@ -2297,6 +2735,21 @@ def merge_patch(target, patch):
         else:
             out[k] = merge_patch(out.get(k), v)
     return out
+
+
+def close_tls(sock):
+    """Ends TLS with a close_notify alert, as Go's tls.Conn.Close does (so a peer reading
+    on sees the end of the stream, not a truncation), without waiting for the peer's, then
+    closes the socket."""
+    try:
+        sock.setblocking(False)
+        sock.unwrap()
+    except (ssl.SSLError, OSError, ValueError):
+        pass  # the alert went (the peer's answer is not awaited), or the peer is gone
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 class Server(http.server.ThreadingHTTPServer):
@@ -2324,10 +2777,7 @@ class Server(http.server.ThreadingHTTPServer):
             Handler(request, client_address, self)
         finally:
             if self.context is not None:
-                try:
-                    request.close()
-                except OSError:
-                    pass
+                close_tls(request)
 
     def handle_error(self, request, client_address):
         log("connection error from %s:%s:" % client_address[:2], repr(sys.exc_info()[1]))
@@ -2347,7 +2797,17 @@ def main():
                    help="how long a watch without timeoutSeconds lasts (seconds)")
     p.add_argument("--legacy-discovery", action="store_true",
                    help="never answer aggregated discovery")
+    p.add_argument("--pod-port", action="append", default=[], metavar="PORT=HOSTPORT",
+                   help="port-forward to any pod's PORT connects to 127.0.0.1:HOSTPORT "
+                        "(repeatable)")
     ARGS = p.parse_args()
+    pod_ports = {}
+    for mapping in ARGS.pod_port:
+        pod_port, _, host_port = mapping.partition("=")
+        if not (pod_port.isdigit() and host_port.isdigit()):
+            p.error(f"--pod-port {mapping!r}: expected PORT=HOSTPORT")
+        pod_ports[int(pod_port)] = int(host_port)
+    ARGS.pod_port = pod_ports
     context = None
     if ARGS.cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -3,18 +3,24 @@
 //! kube-apiserver (Python standard library only) that answers what the real `kubectl`
 //! asks, as the real server does: discovery, objects seeded in memory (namespaces
 //! `default`, `prod`, `staging`; in `prod` pod `web-0`, secret `db-creds`, deployment
-//! `web`), get/list/watch/create/delete, server-side tables, `pods/log`, and `pods/exec`
-//! over WebSocket and SPDY running the command for real. It serves HTTPS with its own test
-//! CA, authenticates a bearer token and/or client certificates, and records every request
-//! (headers, body, identity, exec streams) as one JSON line, written before the request's
-//! answer leaves, so once `kubectl` has returned, [`KubeApiServer::requests`] holds all it
-//! asked. [`kubectl`] runs the real client (`/usr/bin/kubectl`, apt package `kubectl`)
-//! with an empty HOME and a fresh cache directory, so no discovery cache or kubeconfig
-//! leaks between runs. The server's behaviour and kubectl's requests are described in
-//! `tests/kube/testdata/README.md`.
+//! `web`), get/list/watch/create/delete, server-side tables, `pods/log`, `pods/exec`
+//! over WebSocket and SPDY running the command for real, and `pods/portforward` over SPDY
+//! and SPDY tunnelled in WebSocket, each forwarded connection connected to the loopback
+//! port the test maps the pod's port to ([`KubeApiServer::start_with_pod_ports`]). It
+//! serves HTTPS with its own test CA, authenticates a bearer token and/or client
+//! certificates, and records every request (headers, body, identity, exec streams,
+//! forwarded connections) as one JSON line, written before the request's answer leaves
+//! (a port-forward: once its connection has ended), so once `kubectl` has returned,
+//! [`KubeApiServer::requests`] holds all it asked. [`kubectl`] runs the real client
+//! (`/usr/bin/kubectl`, apt package `kubectl`) with an empty HOME and a fresh cache
+//! directory, so no discovery cache or kubeconfig leaks between runs; [`PortForward`]
+//! runs `kubectl port-forward` in the background the same way. The server's behaviour and
+//! kubectl's requests are described in `tests/kube/testdata/README.md`.
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -46,8 +52,22 @@ impl KubeApiServer {
     /// `token`, `Authorization: Bearer <token>` authenticates; with `client_ca`, so does a
     /// client certificate signed by it (requested, not required); with neither, every
     /// request is served as `system:anonymous`. Anything else is answered 401. Returns
-    /// once it accepts connections.
+    /// once it accepts connections. No pod port is mapped: a port-forward's connections
+    /// are refused.
     pub fn start(dir: &Path, token: Option<&str>, client_ca: Option<&Path>) -> KubeApiServer {
+        Self::start_with_pod_ports(dir, token, client_ca, &[])
+    }
+
+    /// Like [`KubeApiServer::start`], with `pod_ports` as (pod port, loopback port): a
+    /// connection `kubectl port-forward` forwards to port P of any pod is connected to
+    /// `127.0.0.1:<its loopback port>` (`--pod-port P=HOSTPORT`), as a kubelet connects it
+    /// to the pod; a port not mapped refuses, as a pod where nothing listens.
+    pub fn start_with_pod_ports(
+        dir: &Path,
+        token: Option<&str>,
+        client_ca: Option<&Path>,
+        pod_ports: &[(u16, u16)],
+    ) -> KubeApiServer {
         let dir = dir.join("kube-apiserver");
         std::fs::create_dir_all(&dir).expect("mkdir kube-apiserver");
         make_test_certs(&dir, KUBE_CA_NAME, KUBE_DNS_NAME);
@@ -71,6 +91,9 @@ impl KubeApiServer {
         }
         if let Some(ca) = client_ca {
             cmd.arg("--client-ca").arg(ca);
+        }
+        for (pod_port, host_port) in pod_ports {
+            cmd.arg("--pod-port").arg(format!("{pod_port}={host_port}"));
         }
         let mut child = cmd.spawn().expect("start tests/kube/apiserver.py");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -118,7 +141,17 @@ impl KubeApiServer {
     /// header → values), `status` (the HTTP status answered), `peer`, `time`, and for an
     /// exec `exec`: `command`, `container`, `options`, `transport` (`websocket`, `spdy`),
     /// `protocol`, `offered`, `stdin`, `stdout`, `stderr`, `exit_code`, `status`,
-    /// `resize`, `streams` (SPDY).
+    /// `resize`, `streams` (SPDY); for a port-forward (recorded once its connection has
+    /// ended) `portforward`: `transport` (`websocket`: SPDY tunnelled in WebSocket;
+    /// `spdy`), `protocol` (`portforward.k8s.io`), `subprotocol` (the WebSocket one,
+    /// `SPDY/3.1+portforward.k8s.io`), `offered`, `query_ports` (`ports=` of the query),
+    /// `ports` (those the streams named, in order), `streams` (id and headers of each
+    /// SPDY stream the client opened), `connections` (per forwarded connection:
+    /// `request_id`, `port`, `to` (the loopback address, null when unmapped),
+    /// `bytes_to_pod`, `bytes_from_pod`, `to_pod` and `from_pod` (their text, first
+    /// 64 KiB), `error` (what the error stream said), `end`), `bytes_to_pod`,
+    /// `bytes_from_pod`, `end`, and over WebSocket `messages` (binary messages
+    /// `from_client`, `to_client`).
     pub fn requests(&self) -> Vec<Value> {
         std::fs::read_to_string(self.dir.join("requests.jsonl"))
             .unwrap_or_default()
@@ -380,6 +413,167 @@ pub fn kubectl_with_input(
         stdout: out.join().expect("stdout reader"),
         stderr: err.join().expect("stderr reader"),
     }
+}
+
+/// How long `kubectl port-forward` may take to say it listens.
+const PORT_FORWARD_READY: Duration = Duration::from_secs(60);
+
+/// A `kubectl port-forward` running in the background, stopped (interrupted, then killed)
+/// on drop. Its local connections are the test's to make: connect to
+/// [`PortForward::addr`].
+pub struct PortForward {
+    child: Child,
+    local_port: u16,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<thread::JoinHandle<()>>,
+    /// kubectl's HOME and cache directory, kept while it runs.
+    _home: tempfile::TempDir,
+}
+
+impl PortForward {
+    /// Runs `kubectl --kubeconfig <kubeconfig> --cache-dir <fresh> port-forward <args>` (in
+    /// `cg` when given) with `env` added, HOME an empty temp dir, no KUBECONFIG and stdin
+    /// empty, and returns once kubectl printed `Forwarding from 127.0.0.1:<port>` (the
+    /// local port of its first forward: `args` may ask for `:80`, kubectl then picks a
+    /// free one). Fails the test when kubectl exits first or is not listening within a
+    /// minute.
+    pub fn start(
+        cg: Option<&TestCgroup>,
+        kubeconfig: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> PortForward {
+        let home = tempfile::tempdir().expect("tempdir");
+        let mut cmd = match cg {
+            Some(cg) => cg.command(KUBECTL),
+            None => Command::new(KUBECTL),
+        };
+        cmd.arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(home.path().join("cache"))
+            .arg("port-forward")
+            .args(args)
+            .env("HOME", home.path())
+            .env_remove("KUBECONFIG")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {KUBECTL} (cargo xtask setup installs it): {e}"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stdout.take().expect("stdout"), stdout.clone()),
+            collect(child.stderr.take().expect("stderr"), stderr.clone()),
+        ];
+        let mut forward = PortForward {
+            child,
+            local_port: 0,
+            stdout,
+            stderr,
+            readers,
+            _home: home,
+        };
+        let deadline = Instant::now() + PORT_FORWARD_READY;
+        loop {
+            let out = String::from_utf8_lossy(&forward.stdout.lock().unwrap()).into_owned();
+            if let Some(port) = out
+                .lines()
+                .filter_map(|l| l.strip_prefix("Forwarding from 127.0.0.1:"))
+                .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+                .next()
+            {
+                forward.local_port = port;
+                return forward;
+            }
+            if let Ok(Some(status)) = forward.child.try_wait() {
+                panic!(
+                    "kubectl port-forward {args:?} exited ({status}) before it listened:\n{}",
+                    forward.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kubectl port-forward {args:?} not listening after {PORT_FORWARD_READY:?}:\n{}",
+                forward.output()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The local port kubectl listens on (127.0.0.1 and ::1).
+    pub fn local_port(&self) -> u16 {
+        self.local_port
+    }
+
+    /// `127.0.0.1:<local port>`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.local_port))
+    }
+
+    /// What kubectl printed so far (stdout, then stderr), for assertion messages.
+    pub fn output(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&self.stdout.lock().unwrap()),
+            String::from_utf8_lossy(&self.stderr.lock().unwrap())
+        )
+    }
+
+    /// Whether kubectl still runs (it exits when it loses its connection to the pod).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops kubectl as Ctrl-C does (SIGINT: it closes its connection to the server, then
+    /// exits; killed when it has not within 10 s) and returns all it printed.
+    pub fn stop(mut self) -> String {
+        self.interrupt();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        self.output()
+    }
+
+    fn interrupt(&mut self) {
+        if self.running() {
+            // SAFETY: kill(2) on our own child, which has not been reaped (try_wait said
+            // it runs), so the pid is still its.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.running() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        self.interrupt();
+    }
+}
+
+/// Reads `from` to its end into `into`, on a thread of its own.
+fn collect(
+    mut from: impl Read + Send + 'static,
+    into: Arc<Mutex<Vec<u8>>>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    })
 }
 
 /// kubectl's stdout and stderr, for assertion messages.

@@ -3,14 +3,20 @@
 //! reads a secret's real base64 data, deletes a deployment (a following get is
 //! NotFound), runs a command over WebSocket (its default) and over SPDY
 //! (`KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false`) with the command's genuine output, stdin
-//! and exit status; a wrong token is unauthorized; a client certificate authenticates;
-//! and kubectl still sends the requests of the golden capture
+//! and exit status; forwards a port to a pod over SPDY tunnelled in WebSocket (its
+//! default) and over SPDY (`KUBECTL_PORT_FORWARD_WEBSOCKETS=false`), reaching the
+//! loopback port the pod's port is mapped to, or failing as kubectl does against a pod
+//! where nothing listens; a wrong token is unauthorized; a client certificate
+//! authenticates; and kubectl still sends the requests of the golden capture
 //! (`tests/kube/testdata/kubectl-requests.jsonl`).
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use nhi_tests::kube::*;
-use nhi_tests::workspace_root;
+use nhi_tests::{workspace_root, EchoServer};
 use serde_json::Value;
 
 const TOKEN: &str = "nhi-test-token-3f9c";
@@ -212,6 +218,139 @@ fn kubectl_exec_runs_the_command_over_websocket_and_spdy() {
             "POST"
         };
         assert!(execs.iter().all(|e| e["method"] == method), "{execs:#?}");
+    }
+}
+
+/// Sends `data` over a connection to kubectl's forwarded port and reads its echo, then
+/// closes its side and reads to the end; returns all that came back.
+fn echo_through(forward: &PortForward, data: &[u8]) -> Vec<u8> {
+    let mut conn = TcpStream::connect(forward.addr()).expect("connect to kubectl's port");
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    conn.write_all(data).unwrap();
+    let mut back = vec![0u8; data.len()];
+    conn.read_exact(&mut back)
+        .unwrap_or_else(|e| panic!("no echo: {e}\n{}", forward.output()));
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    conn.read_to_end(&mut back).unwrap();
+    back
+}
+
+#[test]
+fn kubectl_port_forward_reaches_the_pods_port_over_websocket_and_spdy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = EchoServer::start("127.0.0.1:0");
+    let server = KubeApiServer::start_with_pod_ports(
+        dir.path(),
+        Some(TOKEN),
+        None,
+        &[(80, echo.addr.port())],
+    );
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_kubeconfig(&kubeconfig, &server.url(), &server.ca_file(), Some(TOKEN));
+    let port_forwards = |transport: &str| -> Vec<Value> {
+        server
+            .requests()
+            .into_iter()
+            .filter(|r| r["portforward"]["transport"] == transport)
+            .collect()
+    };
+    for (transport, method, env) in [
+        ("websocket", "GET", &[][..]),
+        (
+            "spdy",
+            "POST",
+            &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")][..],
+        ),
+    ] {
+        // Port 80 is the echo server.
+        let forward =
+            PortForward::start(None, &kubeconfig, &["pod/web-0", "-n", "prod", ":80"], env);
+        let data = format!("through {transport}\n");
+        assert_eq!(echo_through(&forward, data.as_bytes()), data.as_bytes());
+        let printed = forward.stop();
+        assert!(printed.contains("Handling connection for"), "{printed}");
+        let records = server.requests_when(transport, |_| port_forwards(transport).len() == 1);
+        let pf = records
+            .iter()
+            .find(|r| r["portforward"]["transport"] == transport)
+            .unwrap();
+        assert_eq!(
+            (&pf["method"], &pf["status"], &pf["identity"]),
+            (&Value::from(method), &Value::from(101), &Value::from(TOKEN)),
+            "{pf:#}"
+        );
+        let record = &pf["portforward"];
+        assert_eq!(record["protocol"], "portforward.k8s.io", "{record:#}");
+        assert_eq!(record["ports"], serde_json::json!(["80"]), "{record:#}");
+        assert_eq!(record["query_ports"], serde_json::json!([]), "{record:#}");
+        let streams: Vec<(&str, &str, &str)> = record["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let h = &s["headers"];
+                (
+                    h["streamtype"].as_str().unwrap(),
+                    h["port"].as_str().unwrap(),
+                    h["requestid"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            streams,
+            [("error", "80", "0"), ("data", "80", "0")],
+            "{record:#}"
+        );
+        let c = &record["connections"][0];
+        assert_eq!(c["to"], echo.addr.to_string(), "{c:#}");
+        assert_eq!(c["bytes_to_pod"], data.len(), "{c:#}");
+        assert_eq!(c["bytes_from_pod"], data.len(), "{c:#}");
+        assert_eq!(c["to_pod"], data, "{c:#}");
+        assert_eq!(c["from_pod"], data, "{c:#}");
+        assert_eq!(c["end"], "both sides closed", "{c:#}");
+
+        // Port 81 is not mapped: nothing listens there. The connection is refused on the
+        // error stream, and kubectl gives up the whole forward, as it does against a
+        // kubelet.
+        let mut forward =
+            PortForward::start(None, &kubeconfig, &["pod/web-0", "-n", "prod", ":81"], env);
+        let mut conn = TcpStream::connect(forward.addr()).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut nothing = Vec::new();
+        let _ = conn.read_to_end(&mut nothing);
+        assert!(nothing.is_empty(), "{nothing:?}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while forward.running() {
+            assert!(
+                Instant::now() < deadline,
+                "kubectl still runs:\n{}",
+                forward.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let printed = forward.stop();
+        assert!(
+            printed.contains("an error occurred forwarding")
+                && printed.contains("connect: connection refused")
+                && printed.contains("lost connection to pod"),
+            "{transport}: {printed}"
+        );
+        let records = server.requests_when(transport, |_| port_forwards(transport).len() == 2);
+        let refused = &records
+            .iter()
+            .filter(|r| r["portforward"]["transport"] == transport)
+            .nth(1)
+            .unwrap()["portforward"]["connections"][0];
+        assert_eq!(refused["port"], 81, "{refused:#}");
+        assert_eq!(refused["to"], Value::Null, "{refused:#}");
+        assert!(
+            refused["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("connection refused")),
+            "{refused:#}"
+        );
     }
 }
 
