@@ -7,14 +7,12 @@
 //! `SPDY/3.1+portforward.k8s.io`) and plain SPDY/3.1
 //! (`KUBECTL_PORT_FORWARD_WEBSOCKETS=false`). The server saw the agent's token and
 //! carried the bytes; the journal holds the request (`k8s_request`: `create
-//! pods/portforward`) and the stream's frames: over SPDY each with its stream's port and
-//! type and the payload's excerpt, over WebSocket the tunnel's binary messages by size.
-//!
-//! kubectl names the pod's port only inside the stream (each forwarded connection opens
-//! an `error` and a `data` SPDY stream with a `port` header), never in the request's
-//! query; what the agent journals of it is checked by
-//! `the_journal_names_the_forwarded_port_and_keeps_the_tunnelled_bytes`, ignored while
-//! the agent cannot say it (see there).
+//! pods/portforward`) and the stream's SPDY frames, decoded from plain SPDY or from the
+//! tunnel's messages alike: each with its stream's port and type, and the data as
+//! excerpts of its stream (`port 80 data`), then the stream's end (`k8s_exec`) with the
+//! bytes per stream. kubectl names the pod's port only inside the stream (each forwarded
+//! connection opens an `error` and a `data` SPDY stream with a `port` header), never in
+//! the request's query, so `k8s_request.ports` is empty for kubectl.
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -299,6 +297,9 @@ fn kubectl_port_forward_over_websocket_is_relayed_and_journaled() {
         messages["from_client"].as_u64().unwrap(),
         "every binary message the server got was journaled: {messages}"
     );
+    // The SPDY connection inside the messages is decoded: the same record as over
+    // plain SPDY (kubectl sends no `ports=`; the port is in the streams' headers).
+    spdy_journaled(&s.agent, id, "SPDY/3.1+portforward.k8s.io");
     s.agent.assert_verifies();
 }
 
@@ -314,7 +315,16 @@ fn kubectl_port_forward_over_spdy_is_relayed_and_journaled() {
     );
     let (id, _) = portforward_request(&s.agent);
     session_ended(&s.agent, id);
-    let frames = id.of(events_of_kind(&s.agent, "spdy_frame"));
+    spdy_journaled(&s.agent, id, "portforward.k8s.io");
+    s.agent.assert_verifies();
+}
+
+/// What the journal holds of one forwarded connection's SPDY streams (plain, or
+/// tunnelled in WebSocket: `protocol`): both streams opened by the client naming the
+/// port, the bytes each way as excerpts of the data stream, and the stream's end with
+/// its bytes.
+fn spdy_journaled(agent: &Agent, id: Request, protocol: &str) {
+    let frames = id.of(events_of_kind(agent, "spdy_frame"));
     // Each forwarded connection: an error stream, then a data stream, naming the port.
     let opened: Vec<(&str, &str)> = frames
         .iter()
@@ -343,11 +353,11 @@ fn kubectl_port_forward_over_spdy_is_relayed_and_journaled() {
     assert_eq!(said("client"), sent, "{frames:#?}");
     assert_eq!(said("server"), sent, "{frames:#?}");
     // The stream's end: bytes per channel.
-    let ends = id.of(events_of_kind(&s.agent, "k8s_exec"));
+    let ends = id.of(events_of_kind(agent, "k8s_exec"));
     let end = ends
         .first()
         .unwrap_or_else(|| panic!("no k8s_exec for the port-forward"));
-    assert_eq!(end["protocol"], "portforward.k8s.io", "{end:#}");
+    assert_eq!(end["protocol"], protocol, "{end:#}");
     let data_bytes = end["bytes"]
         .as_array()
         .unwrap()
@@ -355,46 +365,4 @@ fn kubectl_port_forward_over_spdy_is_relayed_and_journaled() {
         .find(|b| b[0] == "port 80 data")
         .map(|b| b[1].as_u64().unwrap());
     assert_eq!(data_bytes, Some(2 * sent.len() as u64), "{end:#}");
-    s.agent.assert_verifies();
-}
-
-/// What the journal should say of a port-forward and does not yet (each assertion is
-/// one gap): the `k8s_request` names no port, since kubectl sends none in the query (the
-/// ports are in the SPDY streams' headers, which the agent reads only after the request
-/// was journaled); over WebSocket (kubectl's default) the tunnelled SPDY is not decoded,
-/// so the forwarded bytes are journaled only as binary frame sizes, with no channel and
-/// no excerpt, and no `k8s_exec` ends the stream.
-#[test]
-#[ignore = "agent gaps, see the doc comment: run with --ignored once the agent fills them"]
-fn the_journal_names_the_forwarded_port_and_keeps_the_tunnelled_bytes() {
-    privileged!("the_journal_names_the_forwarded_port_and_keeps_the_tunnelled_bytes");
-    let s = setup();
-    forward_and_echo(&s, "websocket", &[]);
-    let (id, request) = portforward_request(&s.agent);
-    session_ended(&s.agent, id);
-    let frames = id.of(events_of_kind(&s.agent, "ws_frame"));
-    let ends = id.of(events_of_kind(&s.agent, "k8s_exec"));
-    let mut gaps = Vec::new();
-    if request["ports"] != serde_json::json!(["80"]) {
-        gaps.push(format!(
-            "k8s_request ports is {} (kubectl sends no ports= query)",
-            request["ports"]
-        ));
-    }
-    if !frames.iter().any(|f| {
-        f["channel"] == "port 80 data" && f["excerpt"].as_str().unwrap_or("").contains("hello")
-    }) {
-        gaps.push(format!(
-            "no ws_frame carries channel `port 80 data` with the payload ({} frames, channels {:?})",
-            frames.len(),
-            frames
-                .iter()
-                .map(|f| f["channel"].to_string())
-                .collect::<std::collections::BTreeSet<_>>()
-        ));
-    }
-    if ends.is_empty() {
-        gaps.push("no k8s_exec ends the tunnelled stream".into());
-    }
-    assert!(gaps.is_empty(), "journal gaps:\n- {}", gaps.join("\n- "));
 }

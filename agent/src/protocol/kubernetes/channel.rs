@@ -10,7 +10,10 @@
 //! - `base64.channel.k8s.io` and `v4.base64.channel.k8s.io`: text frames whose first
 //!   byte is the channel as an ASCII digit and whose rest is base64;
 //! - `portforward.k8s.io` (and `v4.channel.k8s.io` on `portforward`): per port asked
-//!   for, channel 2i carries data and 2i+1 errors.
+//!   for, channel 2i carries data and 2i+1 errors;
+//! - `SPDY/3.1+portforward.k8s.io` (kubectl's port-forward since 1.31, KEP-4006): no
+//!   channels: the binary messages carry a SPDY/3.1 connection, cut anywhere
+//!   ([`Framing::SpdyTunnel`]; its streams are read by `spdy`).
 //!
 //! From v4 on the error channel carries a `metav1.Status` ([`exit_status`]): `Success`,
 //! or `Failure` with reason `NonZeroExitCode` and the code in `details.causes` (reason
@@ -25,6 +28,8 @@ pub enum Framing {
     Binary { version: u8 },
     /// Text frames, channel as an ASCII digit, payload base64.
     Base64 { version: u8 },
+    /// Binary messages whose bytes, joined, are a SPDY/3.1 connection.
+    SpdyTunnel,
 }
 
 impl Framing {
@@ -38,6 +43,7 @@ impl Framing {
             "channel.k8s.io" | "portforward.k8s.io" => Framing::Binary { version: 1 },
             "v4.base64.channel.k8s.io" => Framing::Base64 { version: 4 },
             "base64.channel.k8s.io" | "base64.binary.k8s.io" => Framing::Base64 { version: 1 },
+            "SPDY/3.1+portforward.k8s.io" => Framing::SpdyTunnel,
             _ => return None,
         })
     }
@@ -45,6 +51,8 @@ impl Framing {
     fn version(self) -> u8 {
         match self {
             Framing::Binary { version } | Framing::Base64 { version } => version,
+            // Port-forward: its error streams carry text.
+            Framing::SpdyTunnel => 1,
         }
     }
 
@@ -58,6 +66,7 @@ impl Framing {
     pub fn split(self, payload: &[u8]) -> Option<(u8, Vec<u8>)> {
         let (&first, rest) = payload.split_first()?;
         match self {
+            Framing::SpdyTunnel => None,
             Framing::Binary { .. } => Some((first, rest.to_vec())),
             Framing::Base64 { .. } => {
                 let channel = first.checked_sub(b'0').filter(|c| *c <= 9)?;
@@ -171,6 +180,9 @@ mod tests {
             Some(Framing::Base64 { version: 4 })
         );
         assert_eq!(Framing::of_subprotocol("chat"), None);
+        let tunnel = Framing::of_subprotocol("SPDY/3.1+portforward.k8s.io");
+        assert_eq!(tunnel, Some(Framing::SpdyTunnel));
+        assert_eq!(Framing::SpdyTunnel.split(b"\x01abc"), None);
         let binary = Framing::Binary { version: 5 };
         assert_eq!(
             binary.split(b"\x01uid=0(root)\n"),

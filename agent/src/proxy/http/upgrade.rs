@@ -118,6 +118,12 @@ impl Upgrade {
 /// included).
 pub const KUBE_EXCERPT: usize = 16 * 1024 + 1;
 
+/// The longest binary message of a SPDY connection tunnelled in WebSocket (kubectl's
+/// port-forward) the agent reads: each is decoded whole before it is relayed; kubectl
+/// and the API server write at most a SPDY frame (32 KiB of data) per message. A longer
+/// one closes the connection.
+pub const TUNNEL_MESSAGE_LIMIT: usize = 1024 * 1024;
+
 /// The most of one channel of a Kubernetes stream the journal keeps; beyond it frames
 /// are journaled with their size only (`k8s_exec.truncated`).
 pub const KUBE_KEPT_PER_CHANNEL: u64 = 1024 * 1024;
@@ -365,7 +371,13 @@ pub async fn relay(
     };
     let (client_read, client_write) = tokio::io::split(client);
     let (server_read, server_write) = tokio::io::split(server);
+    let tunnel = pending
+        .kube
+        .as_ref()
+        .is_some_and(|k| k.framing == Framing::SpdyTunnel);
     let (client_excerpt, server_excerpt) = match (&pending.kube, state.rules.record_results) {
+        // Tunnelled SPDY: each message read whole, to be decoded before it is relayed.
+        (Some(_), _) if tunnel => (TUNNEL_MESSAGE_LIMIT, TUNNEL_MESSAGE_LIMIT),
         // A Kubernetes stream's channels are its transcript (and the error channel its
         // exit status): kept whatever `record_results` says, but `none`.
         (Some(_), _) => (KUBE_EXCERPT, KUBE_EXCERPT),
@@ -378,6 +390,8 @@ pub async fn relay(
     let kube = pending.kube.as_ref().map(|stream| (stream, &channels));
     let reason = match pending.proto {
         Proto::WebSocket => {
+            let streams = std::sync::Mutex::new(spdy::StreamTable::new());
+            let tunnel = tunnel.then_some(&streams);
             let from_client = pump(
                 state,
                 pending.seq,
@@ -385,7 +399,7 @@ pub async fn relay(
                 client_read,
                 server_write,
                 (&last, started),
-                kube,
+                (kube, tunnel),
             );
             let from_server = pump(
                 state,
@@ -394,7 +408,7 @@ pub async fn relay(
                 server_read,
                 client_write,
                 (&last, started),
-                kube,
+                (kube, tunnel),
             );
             tokio::pin!(from_client, from_server);
             relay_until_done(
@@ -525,6 +539,12 @@ async fn relay_until_done(
     }
 }
 
+/// A Kubernetes stream being relayed and its channels' counts (both directions').
+type KubeCx<'a> = Option<(&'a KubeStream, &'a std::sync::Mutex<Channels>)>;
+
+/// A SPDY connection's streams, shared by its two directions.
+type Streams = std::sync::Mutex<spdy::StreamTable>;
+
 /// What the two directions of a Kubernetes stream count together.
 #[derive(Default)]
 struct Channels {
@@ -572,11 +592,18 @@ async fn pump(
     mut read: impl AsyncRead + Unpin,
     mut write: impl AsyncWrite + Unpin,
     (last, started): (&AtomicU64, Instant),
-    kube: Option<(&KubeStream, &std::sync::Mutex<Channels>)>,
+    (kube, tunnel): (KubeCx<'_>, Option<&Streams>),
 ) -> Result<(), End> {
     let mut decoder = FrameDecoder::new(sender, excerpt_limit);
     // The channel of the message in progress (a continuation frame has no channel byte).
     let mut message_channel: Option<u8> = None;
+    // Tunnelled SPDY: the sender's SPDY connection, read from its messages.
+    let mut inner = tunnel.map(|streams| Tunnel {
+        decoder: spdy::FrameDecoder::new(sender, 0),
+        buf: Vec::new(),
+        streams,
+        frames: 0,
+    });
     let written = |e: std::io::Error| End::Reset(other(sender), e.to_string());
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut frames = 0u64;
@@ -589,19 +616,25 @@ async fn pump(
                 Ok(Step::Frame { frame, release }) => {
                     frames += 1;
                     let mut event = frame_event(state, seq, sender, frames, &frame);
-                    if let Some((stream, channels)) = kube {
-                        kube_frame(
+                    let mut events = Vec::new();
+                    match (kube, &mut inner) {
+                        (Some((_, channels)), Some(tunnel)) => {
+                            events = tunnel
+                                .read(state, seq, sender, &frame, channels)
+                                .map_err(|why| End::Malformed(sender, "tunnelled SPDY", why))?;
+                        }
+                        (Some((stream, channels)), None) => kube_frame(
                             state,
                             stream,
                             channels,
                             &frame,
                             &mut message_channel,
                             &mut event,
-                        );
+                        ),
+                        _ => {}
                     }
-                    record(state, &[Event::of(state.id, kind::WS_FRAME, &event)], true)
-                        .await
-                        .map_err(End::Journal)?;
+                    events.insert(0, Event::of(state.id, kind::WS_FRAME, &event));
+                    record(state, &events, true).await.map_err(End::Journal)?;
                     release
                 }
             };
@@ -629,6 +662,104 @@ async fn pump(
             return Ok(());
         }
     }
+}
+
+/// One direction of a SPDY connection tunnelled in WebSocket messages (kubectl's
+/// port-forward): each binary message is read whole and its bytes decoded before the
+/// message is relayed, so every DATA payload byte is journaled (`spdy_frame` chunks of
+/// its stream's data) before it moves. A DATA frame is reported at its head (excerpt 0)
+/// and its payload as it arrives; a frame cut between messages is reported when its
+/// head (or, for a control frame, its body) is whole: the bytes relayed before are
+/// framing, never data.
+struct Tunnel<'a> {
+    decoder: spdy::FrameDecoder,
+    buf: Vec<u8>,
+    streams: &'a std::sync::Mutex<spdy::StreamTable>,
+    frames: u64,
+}
+
+impl Tunnel<'_> {
+    /// The `spdy_frame` events of one WebSocket frame's payload.
+    fn read(
+        &mut self,
+        state: &State,
+        seq: u64,
+        sender: Sender,
+        frame: &Frame,
+        channels: &std::sync::Mutex<Channels>,
+    ) -> Result<Vec<Event>, String> {
+        match (frame.opcode, frame.message) {
+            (Opcode::Binary | Opcode::Continuation, Opcode::Binary) => {}
+            (Opcode::Text, _) | (Opcode::Continuation, Opcode::Text) => {
+                return Err("a text message in a SPDY tunnel".into())
+            }
+            _ => return Ok(Vec::new()),
+        }
+        if frame.excerpt.len() as u64 != frame.len {
+            return Err(format!(
+                "a message of {} bytes is over the {TUNNEL_MESSAGE_LIMIT}-byte limit",
+                frame.len
+            ));
+        }
+        self.buf.extend_from_slice(&frame.excerpt);
+        let mut events = Vec::new();
+        loop {
+            let step = {
+                let mut table = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+                self.decoder.next(&self.buf, &mut table)
+            };
+            match step.map_err(|e| e.to_string())? {
+                spdy::Step::NeedMore => break,
+                spdy::Step::Frame { frame, release } => {
+                    self.frames += 1;
+                    let event = spdy_event(
+                        state,
+                        seq,
+                        sender,
+                        self.frames,
+                        &frame,
+                        (None, self.streams),
+                    );
+                    events.push(Event::of(state.id, kind::SPDY_FRAME, &event));
+                    self.buf.drain(..release);
+                }
+                spdy::Step::Payload { stream_id, len } => {
+                    let data: Vec<u8> = self.buf.drain(..len).collect();
+                    let channel = stream_name(self.streams, stream_id);
+                    let (excerpt, cut) = match &channel {
+                        Some(name) => channel_data(state, channels, name, &data, len as u64),
+                        None => (None, true),
+                    };
+                    let event = SpdyFrame {
+                        seq,
+                        from: sender.as_str().into(),
+                        n: self.frames,
+                        frame: "data".into(),
+                        stream_id: Some(stream_id),
+                        channel: channel.map(Cow::Owned),
+                        size: len as u64,
+                        excerpt,
+                        excerpt_cut: cut,
+                        ..SpdyFrame::default()
+                    };
+                    events.push(Event::of(state.id, kind::SPDY_FRAME, &event));
+                }
+            }
+        }
+        Ok(events)
+    }
+}
+
+/// A SPDY stream's name for the journal: its `streamtype` (`stdout`), for port-forward
+/// with its port (`port 80 data`).
+fn stream_name(streams: &std::sync::Mutex<spdy::StreamTable>, id: u32) -> Option<String> {
+    let table = streams.lock().unwrap_or_else(|p| p.into_inner());
+    let info = table.get(id)?;
+    let kind = info.stream_type.clone()?;
+    Some(match &info.port {
+        Some(port) => format!("port {port} {kind}"),
+        None => kind,
+    })
 }
 
 /// Labels a frame of a Kubernetes stream with its channel and keeps its data (bounded
@@ -713,10 +844,7 @@ async fn pump_spdy(
     mut read: impl AsyncRead + Unpin,
     mut write: impl AsyncWrite + Unpin,
     (last, started): (&AtomicU64, Instant),
-    (kube, streams): (
-        Option<(&KubeStream, &std::sync::Mutex<Channels>)>,
-        &std::sync::Mutex<spdy::StreamTable>,
-    ),
+    (kube, streams): (KubeCx<'_>, &Streams),
 ) -> Result<(), End> {
     let mut decoder = spdy::FrameDecoder::new(sender, excerpt_limit);
     let written = |e: std::io::Error| End::Reset(other(sender), e.to_string());
@@ -734,7 +862,14 @@ async fn pump_spdy(
                 Ok(spdy::Step::Payload { len, .. }) => len,
                 Ok(spdy::Step::Frame { frame, release }) => {
                     frames += 1;
-                    let event = spdy_event(state, seq, sender, frames, &frame, kube, streams);
+                    let event = spdy_event(
+                        state,
+                        seq,
+                        sender,
+                        frames,
+                        &frame,
+                        (kube.map(|(_, channels)| channels), streams),
+                    );
                     record(
                         state,
                         &[Event::of(state.id, kind::SPDY_FRAME, &event)],
@@ -777,20 +912,13 @@ fn spdy_event(
     sender: Sender,
     n: u64,
     frame: &spdy::Frame,
-    kube: Option<(&KubeStream, &std::sync::Mutex<Channels>)>,
-    streams: &std::sync::Mutex<spdy::StreamTable>,
+    (channels, streams): (
+        Option<&std::sync::Mutex<Channels>>,
+        &std::sync::Mutex<spdy::StreamTable>,
+    ),
 ) -> SpdyFrame<'static> {
     let stream_id = frame.stream_id();
-    // The stream's name: its `streamtype` (`stdout`), for port-forward with its port.
-    let channel = stream_id.and_then(|id| {
-        let table = streams.lock().unwrap_or_else(|p| p.into_inner());
-        let info = table.get(id)?;
-        let kind = info.stream_type.clone()?;
-        Some(match &info.port {
-            Some(port) => format!("port {port} {kind}"),
-            None => kind,
-        })
-    });
+    let channel = stream_id.and_then(|id| stream_name(streams, id));
     let mut event = SpdyFrame {
         seq,
         from: sender.as_str().into(),
@@ -812,11 +940,12 @@ fn spdy_event(
         } => {
             event.fin = *fin;
             event.size = u64::from(*len);
-            let (text, cut) = match (kube, &channel) {
-                (Some((_, channels)), Some(name)) => {
+            let (text, cut) = match (channels, &channel) {
+                (Some(channels), Some(name)) => {
                     channel_data(state, channels, name, excerpt, u64::from(*len))
                 }
-                // Not a Kubernetes channel: sizes only.
+                // Not a Kubernetes channel, or a tunnel's frame whose payload follows
+                // as chunks of its own: sizes only here.
                 _ => (None, *len > 0),
             };
             event.excerpt = text;
