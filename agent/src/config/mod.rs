@@ -1169,6 +1169,34 @@ fn refuse_keys(
     Ok(())
 }
 
+/// A secret given as a file (`key`: `password_file`, `token_file`: an absolute path) or
+/// as a systemd credential (`credential`: a name), at most one of the two.
+fn credential_ref(
+    (key, file): (&str, Option<&Spanned<String>>),
+    credential: Option<&Spanned<String>>,
+) -> Result<Option<CredentialRef>, Problem> {
+    Ok(match (file, credential) {
+        (Some(_), Some(c)) => {
+            return Err(Problem::at(
+                c,
+                format!("give either `{key}` or `credential`, not both"),
+            ));
+        }
+        (Some(p), None) => Some(CredentialRef::File(absolute_path(p, key)?)),
+        (None, Some(c)) => {
+            let name = c.get_ref();
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(Problem::at(
+                    c,
+                    "credential must be a systemd credential name (no '/')",
+                ));
+            }
+            Some(CredentialRef::Systemd(name.clone()))
+        }
+        (None, None) => None,
+    })
+}
+
 /// The TLS and credential keys PostgreSQL and HTTP targets share.
 struct Common {
     tls: UpstreamTlsMode,
@@ -1190,26 +1218,10 @@ fn common_settings(raw: &RawTarget) -> Result<Common, Problem> {
             return Err(Problem::at(name, "server_name must not be empty"));
         }
     }
-    let credential = match (&raw.password_file, &raw.credential) {
-        (Some(_), Some(c)) => {
-            return Err(Problem::at(
-                c,
-                "give either `password_file` or `credential`, not both",
-            ));
-        }
-        (Some(p), None) => Some(CredentialRef::File(absolute_path(p, "password_file")?)),
-        (None, Some(c)) => {
-            let name = c.get_ref();
-            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-                return Err(Problem::at(
-                    c,
-                    "credential must be a systemd credential name (no '/')",
-                ));
-            }
-            Some(CredentialRef::Systemd(name.clone()))
-        }
-        (None, None) => None,
-    };
+    let credential = credential_ref(
+        ("password_file", raw.password_file.as_ref()),
+        raw.credential.as_ref(),
+    )?;
     Ok(Common {
         tls,
         ca_file,
@@ -1551,26 +1563,10 @@ fn kube_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<KubeTarge
         refuse_keys(&keys, "protocol = \"kubernetes\"", protocol)?;
         return Ok(None);
     }
-    let token = match (&raw.token_file, &raw.credential) {
-        (Some(_), Some(c)) => {
-            return Err(Problem::at(
-                c,
-                "give either `token_file` or `credential`, not both",
-            ))
-        }
-        (Some(path), None) => Some(CredentialRef::File(absolute_path(path, "token_file")?)),
-        (None, Some(c)) => {
-            let name = c.get_ref();
-            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-                return Err(Problem::at(
-                    c,
-                    "credential must be a systemd credential name (no '/')",
-                ));
-            }
-            Some(CredentialRef::Systemd(name.clone()))
-        }
-        (None, None) => None,
-    };
+    let token = credential_ref(
+        ("token_file", raw.token_file.as_ref()),
+        raw.credential.as_ref(),
+    )?;
     let cert = match (&raw.client_cert_file, &raw.client_key_file) {
         (Some(cert), Some(key)) => Some((
             absolute_path(cert, "client_cert_file")?,

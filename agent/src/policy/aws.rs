@@ -112,7 +112,9 @@ impl AwsMatch {
     }
 }
 
-fn globs_of(
+/// A rule key's globs (`*` spans `/`), each checked by `check` first; shared by the
+/// AWS and Kubernetes keys.
+pub(super) fn globs_of(
     values: &[Spanned<String>],
     rule: &str,
     key: &str,

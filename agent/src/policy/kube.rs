@@ -29,9 +29,10 @@
 //! They combine with HTTP ones (`methods`, `paths`, `hosts`, `headers`). `resources` is
 //! shared with AWS rules (where it names ARNs): a rule with `resources` alone judges
 //! both kinds of request, each by its own resource names.
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::GlobSet;
 use toml::Spanned;
 
+use super::aws::globs_of;
 use super::PolicyProblem;
 use crate::protocol::kubernetes::request::KubeRequest;
 
@@ -110,7 +111,7 @@ impl KubeMatch {
     ) -> Result<KubeMatch, PolicyProblem> {
         let verbs = verbs
             .map(|globs| {
-                globs_of(globs, rule, "verbs", |v| {
+                globs_of(globs, rule, "verbs", false, |v| {
                     let literal = !v.contains(['*', '?', '[', '{']);
                     if literal && !VERBS.contains(&v) {
                         return Err(format!(
@@ -123,17 +124,17 @@ impl KubeMatch {
             })
             .transpose()?;
         let resources = resources
-            .map(|globs| globs_of(globs, rule, "resources", |_| Ok(())))
+            .map(|globs| globs_of(globs, rule, "resources", false, |_| Ok(())))
             .transpose()?;
         let namespaces = namespaces
-            .map(|globs| globs_of(globs, rule, "namespaces", |_| Ok(())))
+            .map(|globs| globs_of(globs, rule, "namespaces", false, |_| Ok(())))
             .transpose()?;
         let names = names
-            .map(|globs| globs_of(globs, rule, "names", |_| Ok(())))
+            .map(|globs| globs_of(globs, rule, "names", false, |_| Ok(())))
             .transpose()?;
         let subresources = subresources
             .map(|globs| {
-                globs_of(globs, rule, "subresources", |v| {
+                globs_of(globs, rule, "subresources", false, |v| {
                     if v.contains('/') {
                         return Err(format!(
                             "subresource \"{v}\" is a subresource's own name (\"exec\", \"status\"), without its resource"
@@ -151,46 +152,4 @@ impl KubeMatch {
             subresources,
         })
     }
-}
-
-/// Case-sensitive globs (Kubernetes names are), `*` spanning `/`.
-fn globs_of(
-    values: &[Spanned<String>],
-    rule: &str,
-    key: &str,
-    check: impl Fn(&str) -> Result<(), String>,
-) -> Result<GlobSet, PolicyProblem> {
-    if values.is_empty() {
-        return Err(PolicyProblem {
-            span: None,
-            message: format!(
-                "rule \"{rule}\": {key} = [] can never match; remove it or list values"
-            ),
-        });
-    }
-    let mut set = GlobSetBuilder::new();
-    for value in values {
-        let v = value.get_ref();
-        if v.is_empty() {
-            return Err(PolicyProblem::at(
-                value,
-                format!("an empty glob in {key} of rule \"{rule}\" can never match"),
-            ));
-        }
-        check(v).map_err(|m| PolicyProblem::at(value, format!("{m} (rule \"{rule}\")")))?;
-        let glob = GlobBuilder::new(v).build().map_err(|e| {
-            PolicyProblem::at(
-                value,
-                format!(
-                    "invalid glob \"{v}\" in {key} of rule \"{rule}\": {}",
-                    e.kind()
-                ),
-            )
-        })?;
-        set.add(glob);
-    }
-    set.build().map_err(|e| PolicyProblem {
-        span: None,
-        message: format!("{key} of rule \"{rule}\": {e}"),
-    })
 }

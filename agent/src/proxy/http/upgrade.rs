@@ -641,27 +641,56 @@ async fn pump(
             write.write_all(&buf[..n]).await.map_err(written)?;
             buf.advance(n);
         }
-        write.flush().await.map_err(written)?;
-        buf.reserve(16 * 1024);
-        let n = read
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| End::Reset(sender, e.to_string()))?;
-        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if n == 0 {
-            if !buf.is_empty() {
-                // An unfinished frame head: never journaled, so never relayed.
-                debug!(
-                    session = state.id,
-                    from = sender.as_str(),
-                    bytes = buf.len(),
-                    "WebSocket peer closed inside a frame"
-                );
-            }
-            let _ = write.shutdown().await;
+        if !refill(
+            state,
+            (sender, "WebSocket"),
+            &mut buf,
+            (&mut read, &mut write),
+            (last, started),
+        )
+        .await?
+        {
             return Ok(());
         }
     }
+}
+
+/// Flushes what a pump released, then reads more of the sender's bytes into `buf`.
+/// `Ok(false)`: the sender closed (the other side's write half is shut down then; an
+/// unfinished frame left in `buf` was never journaled, so it is never relayed).
+async fn refill(
+    state: &State,
+    (sender, proto): (Sender, &str),
+    buf: &mut BytesMut,
+    (read, write): (
+        &mut (impl AsyncRead + Unpin),
+        &mut (impl AsyncWrite + Unpin),
+    ),
+    (last, started): (&AtomicU64, Instant),
+) -> Result<bool, End> {
+    write
+        .flush()
+        .await
+        .map_err(|e| End::Reset(other(sender), e.to_string()))?;
+    buf.reserve(16 * 1024);
+    let n = read
+        .read_buf(buf)
+        .await
+        .map_err(|e| End::Reset(sender, e.to_string()))?;
+    last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    if n > 0 {
+        return Ok(true);
+    }
+    if !buf.is_empty() {
+        debug!(
+            session = state.id,
+            from = sender.as_str(),
+            bytes = buf.len(),
+            "{proto} peer closed inside a frame"
+        );
+    }
+    let _ = write.shutdown().await;
+    Ok(false)
 }
 
 /// One direction of a SPDY connection tunnelled in WebSocket messages (kubectl's
@@ -883,23 +912,15 @@ async fn pump_spdy(
             write.write_all(&buf[..n]).await.map_err(written)?;
             buf.advance(n);
         }
-        write.flush().await.map_err(written)?;
-        buf.reserve(16 * 1024);
-        let n = read
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| End::Reset(sender, e.to_string()))?;
-        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if n == 0 {
-            if !buf.is_empty() {
-                debug!(
-                    session = state.id,
-                    from = sender.as_str(),
-                    bytes = buf.len(),
-                    "SPDY peer closed inside a frame"
-                );
-            }
-            let _ = write.shutdown().await;
+        if !refill(
+            state,
+            (sender, "SPDY"),
+            &mut buf,
+            (&mut read, &mut write),
+            (last, started),
+        )
+        .await?
+        {
             return Ok(());
         }
     }
