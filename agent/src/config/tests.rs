@@ -1060,6 +1060,28 @@ fn the_aws_example_is_valid() {
 }
 
 #[test]
+fn the_kubernetes_example_is_valid() {
+    let c = ok(include_str!("../../../policies/kubernetes.toml"));
+    assert_eq!(c.targets[0].protocol, Protocol::Kubernetes);
+    assert!(matches!(
+        &c.targets[0].kube.as_ref().unwrap().credential,
+        KubeCredential::Token(CredentialRef::File(_))
+    ));
+    let impersonated: Vec<&str> = c
+        .workloads
+        .iter()
+        .filter_map(|w| w.kube_impersonate.as_ref().map(|i| i.user.as_str()))
+        .collect();
+    assert_eq!(
+        impersonated,
+        [
+            "system:serviceaccount:ci:deployer",
+            "system:serviceaccount:ci:runner"
+        ]
+    );
+}
+
+#[test]
 fn the_ssh_example_is_valid() {
     let c = ok(include_str!("../../../policies/ssh.toml"));
     let ssh: Vec<&SshTarget> = c.targets.iter().filter_map(|t| t.ssh.as_ref()).collect();
