@@ -21,6 +21,10 @@ the real server answer it, over HTTPS (HTTP/1.1; ALPN offers only http/1.1):
 - `pods/exec` over WebSocket (`v5.channel.k8s.io` and older channel protocols) and over
   SPDY/3.1 (`v4.channel.k8s.io` and older), running the command for real on this host
   (its output, stdin and exit status are genuine);
+- `pods/attach` over the same transports and protocols: the client joins the main
+  process of the container, a real cat-like process started when the container is first
+  attached to and kept running across attaches (see MainProcess: it echoes its stdin to
+  stdout and counts lines on stderr);
 - `pods/portforward` over SPDY/3.1 (`portforward.k8s.io`) and over SPDY/3.1 tunnelled in
   WebSocket (subprotocol `SPDY/3.1+portforward.k8s.io`, kubectl's default since 1.31),
   each forwarded connection connected for real to the loopback port `--pod-port
@@ -32,12 +36,15 @@ path, raw query, all headers (lowercase names; repeated headers joined with ", "
 (text, first 64 KiB; a protobuf body also decoded, as `body_decoded`), the
 authenticated identity and how, impersonation headers, the status answered, and for exec
 the command, transport, subprotocol, stdin received, stdout/stderr produced and exit
-code, and for port-forward the transport, protocol, the ports and streams the client
-opened, and per forwarded connection its port, where it went, the bytes each way (and
-their text, first 64 KiB) and how it ended. A request is recorded before its answer
-leaves (a watch when it starts, an exec once its command has exited, before the status
-goes out): a client that has its answer finds its request on record. A port-forward,
-whose answer is the whole connection, is recorded when that connection has ended.
+code, for attach the transport, subprotocol, the main process (pid, whether this attach
+started it), stdin received, stdout/stderr sent and how the attach ended, and for
+port-forward the transport, protocol, the ports and streams the client opened, and per
+forwarded connection its port, where it went, the bytes each way (and their text, first
+64 KiB) and how it ended. A request is recorded before its answer leaves (a watch when
+it starts, an exec once its command has exited, an attach once it ends, before the
+status goes out): a client that has its answer finds its request on record. A
+port-forward, whose answer is the whole connection, is recorded when that connection
+has ended.
 
 Where it differs from a real server: answers are always JSON (never protobuf, even to a
 client that prefers it; kubectl accepts JSON); a client certificate not signed by
@@ -46,11 +53,13 @@ handshake) where a real server answers 401; everything authenticated is authoriz
 deletion is immediate (pods and namespaces are answered with the object, marked for
 deletion, as the real server does, but are gone at once); strategic merge patches are
 applied as JSON merge patches; a watch without `timeoutSeconds` ends after
-`--watch-timeout` (5 s) rather than 30 to 60 minutes; attach is not served, nor
-port-forward over plain WebSocket (the kubelet's channel protocols, which need `ports=`
-in the query: no kubectl speaks them); a forwarded connection whose client closes its
-side has its pod connection shut down for writing (containerd closes it after at most
-1 s; here the pod sees the half-close, and the close follows at most 1 s later).
+`--watch-timeout` (5 s) rather than 30 to 60 minutes; an attach whose client closes
+stdin is detached once the main process has answered all it was sent (containerd
+detaches it at once, racing the answer); port-forward over plain WebSocket is not served
+(the kubelet's channel protocols, which need `ports=` in the query: no kubectl speaks
+them); a forwarded connection whose client closes its side has its pod connection shut
+down for writing (containerd closes it after at most 1 s; here the pod sees the
+half-close, and the close follows at most 1 s later).
 
 Usage: apiserver.py --port P [--host H] --cert F --key F [--client-ca F] [--token T]
                     --record FILE [--watch-timeout SECONDS] [--legacy-discovery]
@@ -436,12 +445,16 @@ def pod_status(containers, created):
     }
 
 
-def container(name, image, port=None):
+def container(name, image, port=None, stdin=False):
     c = {"name": name, "image": image}
     if port:
         c["ports"] = [{"containerPort": port, "protocol": "TCP"}]
     c.update({"resources": {}, "terminationMessagePath": "/dev/termination-log",
               "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent"})
+    if stdin:
+        # The main process reads stdin (what an attach sends it); not once: it stays
+        # open across attaches (`stdinOnce` false).
+        c["stdin"] = True
     return c
 
 
@@ -472,7 +485,7 @@ def seed():
             "status": {"phase": "Active"},
         })
     STORE.create(resource_named("pods"), "prod", pod_object(
-        "web-0", "prod", [container("app", "registry.example/web:1.0", 8080)],
+        "web-0", "prod", [container("app", "registry.example/web:1.0", 8080, stdin=True)],
         START - 2 * 3600, {"app": "web"}, fixed_uid("pod", "prod", "web-0")))
     STORE.create(resource_named("secrets"), "prod", {
         "kind": "Secret", "apiVersion": "v1",
@@ -516,7 +529,7 @@ def seed():
         "type": "Opaque",
     })
     STORE.create(resource_named("pods"), "default", pod_object(
-        "tool", "default", [container("main", "registry.example/tool:2.3")],
+        "tool", "default", [container("app", "registry.example/tool:2.3", stdin=True)],
         START - 3600, {"app": "tool"}, fixed_uid("pod", "default", "tool")))
 
 
@@ -1556,7 +1569,40 @@ class SpdyTransport(SpdyFramer):
 # --------------------------------------------------------------------------------------
 
 
-class ExecSession:
+class ChannelSession:
+    """What exec and attach sessions share: reading the client's side of the connection
+    into the transport (which calls back `stdin_data`, `stdin_closed`, `resize_data`)."""
+
+    sock = None
+
+    def recv(self, transport, timeout):
+        """Reads what the client sent within `timeout` and feeds it to the transport;
+        False once the client is gone."""
+        pending = getattr(self.sock, "pending", lambda: 0)()
+        if not pending:
+            r, _, _ = select.select([self.sock], [], [], timeout)
+            if not r:
+                return True
+        try:
+            data = self.sock.recv(65536)
+        except (ssl.SSLError, OSError):
+            data = b""
+        if not data:
+            transport.peer_closed = True
+            return False
+        transport.feed(data, self)
+        return not transport.peer_closed
+
+    def drain(self, transport):
+        """After the status and the close, reads until the client closes (at most 10 s),
+        answering its pings."""
+        deadline = time.time() + 10
+        while time.time() < deadline and not transport.peer_closed:
+            if not self.recv(transport, max(0.0, deadline - time.time())):
+                break
+
+
+class ExecSession(ChannelSession):
     def __init__(self, sock, argv, opts, done):
         self.sock = sock
         self.done = done  # called with (exit code, status, error) before the status is sent
@@ -1599,24 +1645,6 @@ class ExecSession:
             self.resizes.append(size)
             if self.proc:
                 self.proc.resize(size)
-
-    def recv(self, transport, timeout):
-        """Reads what the client sent within `timeout` and feeds it to the transport;
-        False once the client is gone."""
-        pending = getattr(self.sock, "pending", lambda: 0)()
-        if not pending:
-            r, _, _ = select.select([self.sock], [], [], timeout)
-            if not r:
-                return True
-        try:
-            data = self.sock.recv(65536)
-        except (ssl.SSLError, OSError):
-            data = b""
-        if not data:
-            transport.peer_closed = True
-            return False
-        transport.feed(data, self)
-        return not transport.peer_closed
 
     def run(self, transport):
         """Runs the session to its end."""
@@ -1674,13 +1702,296 @@ class ExecSession:
             except OSError:
                 pass
 
-    def drain(self, transport):
-        """After the status and the close, reads until the client closes (at most 10 s),
-        answering its pings."""
-        deadline = time.time() + 10
-        while time.time() < deadline and not transport.peer_closed:
-            if not self.recv(transport, max(0.0, deadline - time.time())):
+
+# --------------------------------------------------------------------------------------
+# attach: the containers' main processes
+# --------------------------------------------------------------------------------------
+# `pods/{name}/attach` connects the client to the main process of a container (as the
+# kubelet and containerd do: the process's stdout and stderr are broadcast to every
+# attach, an attach's stdin goes to the process's stdin) over the same transports and
+# channel protocols as exec. Each container's main process is started when the
+# container is first attached to (per pod uid and container) and keeps running: an
+# attach ending (its client closed stdin, went away, or was refused) changes nothing
+# for the process, and the next attach finds the same one. The process, MAIN_PROCESS,
+# is cat-like: what it reads it writes to stdout as it is, and for each whole line it
+# writes `<container>: line <n>` to stderr, n counting the lines of its whole life (so a
+# second attach shows it is the same process). Output no attach is there for is
+# discarded (a real container's goes to its log). A process that exits (only when this
+# server goes: its stdin is this server's pipe) ends the attaches to it with `Success`,
+# as the kubelet's do; the next attach starts a new one.
+#
+# Where it differs from containerd: with `stdinOnce` false (these containers), an
+# attach whose client closes stdin is detached at once, racing the answer to what it
+# sent. Here the process reports on a pipe of its own (the fd its first argument
+# names) how many bytes it has handled, after it has written their answer; an attach
+# whose client closed stdin is detached once the process has handled everything fed to
+# it so far and that answer has gone to the client: a client sees the whole answer to
+# its input, deterministically. A container whose spec has no `stdin: true` takes an
+# attach's stdin and drops it, as containerd does; a terminal is never allocated (no
+# container here asks for one).
+
+MAIN_PROCESS = r"""
+import os, sys
+
+ack, name, lines = int(sys.argv[1]), sys.argv[2], 0
+
+
+def write(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+while True:
+    data = os.read(0, 65536)
+    if not data:
+        break
+    write(1, data)
+    for _ in range(data.count(b"\n")):
+        lines += 1
+        write(2, f"{name}: line {lines}\n".encode())
+    write(ack, b"%d\n" % len(data))
+"""
+
+MAIN_PROCESSES = {}  # (pod uid, container) -> MainProcess
+MAIN_LOCK = threading.Lock()
+
+
+def main_process(pod, container_name):
+    """The main process of `container_name` in `pod`, started if it is not running;
+    (process, whether it was started now)."""
+    key = (pod["metadata"].get("uid"), container_name)
+    with MAIN_LOCK:
+        proc = MAIN_PROCESSES.get(key)
+        if proc is not None and proc.exit_code is None:
+            return proc, False
+        proc = MainProcess(key, container_name)
+        MAIN_PROCESSES[key] = proc
+        return proc, True
+
+
+class MainProcess:
+    """One container's main process: stdin fed by a writer thread, stdout, stderr and
+    the acknowledgements read by a reader thread that broadcasts them to the attached
+    sessions."""
+
+    def __init__(self, key, name):
+        self.key = key
+        self.cond = threading.Condition()
+        ack_r, ack_w = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", MAIN_PROCESS, str(ack_w), name],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(ack_w,), close_fds=True)
+        os.close(ack_w)
+        self.ack = ack_r
+        self.pid = self.proc.pid
+        self.fed = 0  # stdin bytes given to the process
+        self.handled = 0  # stdin bytes the process has answered
+        self.attached = set()
+        self.exit_code = None
+        self.stdin_q = queue.Queue()
+        threading.Thread(target=self._feed, daemon=True).start()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _feed(self):
+        fd = self.proc.stdin.fileno()
+        while True:
+            data = self.stdin_q.get()
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                return
+
+    def attach(self, session):
+        with self.cond:
+            self.attached.add(session)
+            if self.exit_code is not None:
+                session.push(("exited", self.exit_code))
+
+    def detach(self, session):
+        with self.cond:
+            self.attached.discard(session)
+
+    def write_stdin(self, data):
+        with self.cond:
+            self.fed += len(data)
+            self.stdin_q.put(bytes(data))
+
+    def stdin_closed(self, session):
+        """`session`'s client will send nothing more: it is detached once all fed so far
+        is answered."""
+        with self.cond:
+            session.stdin_target = self.fed
+            if self.handled >= self.fed:
+                session.push(("answered",))
+
+    def _broadcast(self, channel, data):
+        with self.cond:
+            for session in self.attached:
+                session.push(("output", channel, data))
+
+    def _drain(self, fd, channel):
+        """Reads all `fd` holds now; False at its end."""
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            self._broadcast(channel, data)
+
+    def _read(self):
+        outputs = {self.proc.stdout.fileno(): 1, self.proc.stderr.fileno(): 2}
+        for fd in outputs:
+            os.set_blocking(fd, False)
+        open_fds = [*outputs, self.ack]
+        acks = b""
+        while open_fds:
+            ready = select.select(open_fds, [], [])[0]
+            for fd in ready:
+                if fd in outputs and not self._drain(fd, outputs[fd]):
+                    open_fds.remove(fd)
+            if self.ack not in ready:
+                continue
+            data = os.read(self.ack, 4096)
+            if not data:
+                open_fds.remove(self.ack)
+                continue
+            # The answer to what is acknowledged was written before the acknowledgement:
+            # it is in the pipes now, and goes out before anyone is detached.
+            for fd, channel in outputs.items():
+                if fd in open_fds and not self._drain(fd, channel):
+                    open_fds.remove(fd)
+            acks += data
+            *counts, acks = acks.split(b"\n")
+            with self.cond:
+                self.handled += sum(int(c) for c in counts if c)
+                for session in self.attached:
+                    if session.stdin_target is not None and \
+                            self.handled >= session.stdin_target:
+                        session.push(("answered",))
+        rc = self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            f.close()
+        os.close(self.ack)
+        with self.cond:
+            self.exit_code = rc
+            for session in self.attached:
+                session.push(("exited", rc))
+
+
+ATTACH_SUCCESS = {"metadata": {}, "status": "Success"}
+
+
+class AttachSession(ChannelSession):
+    """One attach to a container's main process, over either transport."""
+
+    def __init__(self, sock, main, opts, deliver_stdin, done):
+        self.sock = sock
+        self.main = main
+        self.done = done  # called with (how it ended, status) before the status is sent
+        self.stdin = opts["stdin"]
+        self.stdout = opts["stdout"]
+        self.stderr = opts["stderr"] and not opts["tty"]
+        self.deliver_stdin = deliver_stdin
+        self.stdin_bytes = bytearray()
+        self.out = {1: bytearray(), 2: bytearray()}
+        self.resizes = []
+        self.streams_opened = []
+        self.stdin_done = False
+        self.stdin_target = None  # set by the process once stdin is closed
+        self.events = queue.Queue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+
+    def push(self, event):
+        """Called by the process's reader thread (under its lock)."""
+        self.events.put(event)
+        try:
+            os.write(self.wake_w, b"!")
+        except BlockingIOError:
+            pass  # a wake-up is pending already
+
+    # Called by the transports.
+    def stdin_data(self, data):
+        if not data or not self.stdin or self.stdin_done:
+            return
+        self.stdin_bytes += data
+        if self.deliver_stdin:
+            self.main.write_stdin(data)
+
+    def stdin_closed(self):
+        if self.stdin_done or not self.stdin:
+            return
+        self.stdin_done = True
+        self.main.stdin_closed(self)
+
+    def resize_data(self, data):
+        for line in bytes(data).decode(errors="replace").splitlines():
+            try:
+                self.resizes.append(json.loads(line))
+            except ValueError:
+                continue
+
+    def run(self, transport):
+        """Runs the attach to its end; the process goes on."""
+        self.main.attach(self)
+        try:
+            self._run(transport)
+        finally:
+            self.main.detach(self)
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+
+    def _run(self, transport):
+        deadline = time.time() + 30
+        while not transport.ready():
+            if time.time() > deadline or not self.recv(transport, 1.0):
+                self.done("the client did not open its streams", None)
+                return
+        transport.opened(self)
+        end = None
+        while end is None:
+            pending = getattr(self.sock, "pending", lambda: 0)()
+            ready = [self.sock] if pending else select.select(
+                [self.sock, self.wake_r], [], [], 1.0)[0]
+            if self.sock in ready and not self.recv(transport, 0):
+                end = "client gone"
                 break
+            if self.wake_r in ready:
+                os.read(self.wake_r, 4096)
+            while end is None:
+                try:
+                    event = self.events.get_nowait()
+                except queue.Empty:
+                    break
+                if event[0] == "output":
+                    _, channel, data = event
+                    self.out[channel] += data[:max(0, 64 * 1024 - len(self.out[channel]))]
+                    if self.stdout if channel == 1 else self.stderr:
+                        try:
+                            transport.output(channel, data)
+                        except OSError:
+                            end = "client gone"
+                elif event[0] == "answered":
+                    end = "stdin closed"
+                elif event[0] == "exited":
+                    end = "process exited"
+        if end == "client gone":
+            self.done(end, None)
+            return
+        self.done(end, ATTACH_SUCCESS)
+        try:
+            transport.finish(ATTACH_SUCCESS)
+            self.drain(transport)
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------------------
@@ -2100,6 +2411,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def serve(self):
         self.status_code = None
         self.exec_info = None
+        self.attach_info = None
         self.portforward_info = None
         self.decoded_body = None
         self.recorded = False
@@ -2159,6 +2471,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             entry["body_decoded"] = self.decoded_body
         if self.exec_info is not None:
             entry["exec"] = self.exec_info
+        if self.attach_info is not None:
+            entry["attach"] = self.attach_info
         if self.portforward_info is not None:
             entry["portforward"] = self.portforward_info
         record(entry)
@@ -2450,6 +2764,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.logs(res, ns, name)
         if res.plural == "pods" and sub == "exec" and m in ("GET", "POST"):
             return self.exec(res, ns, name)
+        if res.plural == "pods" and sub == "attach" and m in ("GET", "POST"):
+            return self.attach(res, ns, name)
         if res.plural == "pods" and sub == "portforward" and m in ("GET", "POST"):
             return self.portforward(res, ns, name)
         if res.plural == "deployments" and sub == "scale":
@@ -2579,6 +2895,55 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.write_record()
 
         session = ExecSession(self.connection, argv, opts, done)
+        session.run(transport)
+
+    # attach ----------------------------------------------------------------------------
+
+    def attach(self, res, ns, name):
+        """`pods/{name}/attach`: the client joins the container's main process (see
+        MainProcess), over WebSocket or SPDY as exec does; recorded when the attach
+        ends, before the status goes out."""
+        opts = {k: truthy(self.param(k)) for k in ("stdin", "stdout", "stderr", "tty")}
+        info = {"container": self.param("container"), "options": opts, "transport": None,
+                "protocol": None, "offered": [], "process": None, "stdin_delivered": None,
+                "stdin": "", "stdout": "", "stderr": "", "status": None, "end": None,
+                "resize": [], "streams": []}
+        self.attach_info = info
+        pod = STORE.get(res, ns, name)
+        info["container"] = self.container_of(pod)
+        phase = pod.get("status", {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            raise bad_request(f"cannot attach to a container in a completed pod; current "
+                              f"phase is {phase}")
+        if not (opts["stdin"] or opts["stdout"] or opts["stderr"]):
+            raise bad_request("you must specify at least 1 of stdin, stdout, stderr")
+        spec = next(c for c in pod["spec"]["containers"] if c.get("name") == info["container"])
+        upgrade = self.headers.get("upgrade", "").lower()
+        connection = self.headers.get("connection", "").lower()
+        if upgrade == "websocket" and "upgrade" in connection:
+            transport = self.upgrade_websocket(info)
+        elif upgrade.startswith("spdy/") and "upgrade" in connection:
+            transport = self.upgrade_spdy(info, opts)
+        else:
+            raise bad_request("Upgrade request required")
+        if transport is None:
+            return
+        self.close_connection = True
+        main, started = main_process(pod, info["container"])
+        info["process"] = {"pid": main.pid, "started": started}
+        info["stdin_delivered"] = bool(spec.get("stdin"))
+
+        def done(end, status):
+            info["stdin"] = text_of(session.stdin_bytes)
+            info["stdout"] = text_of(session.out[1])
+            info["stderr"] = text_of(session.out[2])
+            info["resize"] = session.resizes
+            info["streams"] = session.streams_opened
+            info["status"] = status
+            info["end"] = end
+            self.write_record()
+
+        session = AttachSession(self.connection, main, opts, info["stdin_delivered"], done)
         session.run(transport)
 
     def upgrade_websocket(self, info):

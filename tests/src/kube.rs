@@ -3,19 +3,23 @@
 //! kube-apiserver (Python standard library only) that answers what the real `kubectl`
 //! asks, as the real server does: discovery, objects seeded in memory (namespaces
 //! `default`, `prod`, `staging`; in `prod` pod `web-0`, secret `db-creds`, deployment
-//! `web`), get/list/watch/create/delete, server-side tables, `pods/log`, `pods/exec`
-//! over WebSocket and SPDY running the command for real, and `pods/portforward` over SPDY
-//! and SPDY tunnelled in WebSocket, each forwarded connection connected to the loopback
-//! port the test maps the pod's port to ([`KubeApiServer::start_with_pod_ports`]). It
-//! serves HTTPS with its own test CA, authenticates a bearer token and/or client
-//! certificates, and records every request (headers, body, identity, exec streams,
-//! forwarded connections) as one JSON line, written before the request's answer leaves
-//! (a port-forward: once its connection has ended), so once `kubectl` has returned,
-//! [`KubeApiServer::requests`] holds all it asked. [`kubectl`] runs the real client
-//! (`/usr/bin/kubectl`, apt package `kubectl`) with an empty HOME and a fresh cache
-//! directory, so no discovery cache or kubeconfig leaks between runs; [`PortForward`]
-//! runs `kubectl port-forward` in the background the same way. The server's behaviour and
-//! kubectl's requests are described in `tests/kube/testdata/README.md`.
+//! `web`; in `default` pod `tool`), get/list/watch/create/delete, server-side tables,
+//! `pods/log`, `pods/exec` over WebSocket and SPDY running the command for real,
+//! `pods/attach` over both joining the container's main process (a real cat-like process,
+//! one per container, started on its first attach and kept running: it echoes stdin to
+//! stdout and writes `<container>: line <n>` to stderr per line, n counting its whole
+//! life), and `pods/portforward` over SPDY and SPDY tunnelled in WebSocket, each
+//! forwarded connection connected to the loopback port the test maps the pod's port to
+//! ([`KubeApiServer::start_with_pod_ports`]). It serves HTTPS with its own test CA,
+//! authenticates a bearer token and/or client certificates, and records every request
+//! (headers, body, identity, exec and attach streams, forwarded connections) as one JSON
+//! line, written before the request's answer leaves (a port-forward: once its connection
+//! has ended), so once `kubectl` has returned, [`KubeApiServer::requests`] holds all it
+//! asked. [`kubectl`] runs the real client (`/usr/bin/kubectl`, apt package `kubectl`)
+//! with an empty HOME and a fresh cache directory, so no discovery cache or kubeconfig
+//! leaks between runs; [`PortForward`] runs `kubectl port-forward` in the background the
+//! same way. The server's behaviour and kubectl's requests are described in
+//! `tests/kube/testdata/README.md`.
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -141,7 +145,13 @@ impl KubeApiServer {
     /// header → values), `status` (the HTTP status answered), `peer`, `time`, and for an
     /// exec `exec`: `command`, `container`, `options`, `transport` (`websocket`, `spdy`),
     /// `protocol`, `offered`, `stdin`, `stdout`, `stderr`, `exit_code`, `status`,
-    /// `resize`, `streams` (SPDY); for a port-forward (recorded once its connection has
+    /// `resize`, `streams` (SPDY); for an attach (recorded when it ends) `attach`:
+    /// `container`, `options`, `transport`, `protocol`, `offered`, `process` (`pid`, and
+    /// `started`: whether this attach started it), `stdin_delivered` (whether the
+    /// container takes stdin), `stdin`, `stdout`, `stderr` (what went each way, first
+    /// 64 KiB), `status` (the `Status` on the error channel, null when the client went
+    /// away), `end` (`stdin closed`: the client closed stdin and got the answer to all
+    /// it sent; `client gone`; `process exited`), `resize`, `streams`; for a port-forward (recorded once its connection has
     /// ended) `portforward`: `transport` (`websocket`: SPDY tunnelled in WebSocket;
     /// `spdy`), `protocol` (`portforward.k8s.io`), `subprotocol` (the WebSocket one,
     /// `SPDY/3.1+portforward.k8s.io`), `offered`, `query_ports` (`ports=` of the query),
@@ -157,6 +167,14 @@ impl KubeApiServer {
             .unwrap_or_default()
             .lines()
             .map(|l| serde_json::from_str(l).expect("a recorded request is JSON"))
+            .collect()
+    }
+
+    /// The `pods/attach` requests recorded so far (each with its `attach`), in order.
+    pub fn attach_requests(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.get("attach").is_some())
             .collect()
     }
 

@@ -3,7 +3,8 @@
 //! reads a secret's real base64 data, deletes a deployment (a following get is
 //! NotFound), runs a command over WebSocket (its default) and over SPDY
 //! (`KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false`) with the command's genuine output, stdin
-//! and exit status; forwards a port to a pod over SPDY tunnelled in WebSocket (its
+//! and exit status; attaches to a container's main process over both (the same process
+//! across attaches, each attach getting the answer to the input it sent); forwards a port to a pod over SPDY tunnelled in WebSocket (its
 //! default) and over SPDY (`KUBECTL_PORT_FORWARD_WEBSOCKETS=false`), reaching the
 //! loopback port the pod's port is mapped to, or failing as kubectl does against a pod
 //! where nothing listens; a wrong token is unauthorized; a client certificate
@@ -219,6 +220,99 @@ fn kubectl_exec_runs_the_command_over_websocket_and_spdy() {
         };
         assert!(execs.iter().all(|e| e["method"] == method), "{execs:#?}");
     }
+}
+
+#[test]
+fn kubectl_attach_joins_the_main_process_over_websocket_and_spdy() {
+    let (_dir, server, kubeconfig) = cluster();
+    let attach = |pod: &str, ns: &str, input: &[u8], env: &[(&str, &str)]| {
+        let out = kubectl_with_input(
+            None,
+            &kubeconfig,
+            &["attach", "-i", pod, "-n", ns, "-c", "app"],
+            env,
+            Some(input),
+        );
+        assert!(out.status.success(), "{}", output_text(&out));
+        out
+    };
+    let spdy = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
+    // The first attach starts tool's main process; it answers each line (stdout: the
+    // line, stderr: its count) and the attach ends once the client's stdin has, with
+    // every answer delivered.
+    let ws = attach("tool", "default", b"hello attach\nsecond line\n", &[]);
+    assert_eq!(
+        stdout(&ws),
+        "hello attach\nsecond line\n",
+        "{}",
+        output_text(&ws)
+    );
+    assert!(
+        stderr(&ws).contains("app: line 1\napp: line 2\n"),
+        "{}",
+        output_text(&ws)
+    );
+    // Over SPDY, the same process: it goes on counting.
+    let sp = attach("tool", "default", b"third\n", &spdy);
+    assert_eq!(stdout(&sp), "third\n", "{}", output_text(&sp));
+    assert!(
+        stderr(&sp).contains("app: line 3\n"),
+        "{}",
+        output_text(&sp)
+    );
+    // Another pod's container has a process of its own.
+    let web = attach("web-0", "prod", b"to web\n", &[]);
+    assert_eq!(stdout(&web), "to web\n", "{}", output_text(&web));
+    assert!(
+        stderr(&web).contains("app: line 1\n"),
+        "{}",
+        output_text(&web)
+    );
+
+    let attaches = server.attach_requests();
+    assert_eq!(attaches.len(), 3, "{attaches:#?}");
+    for (r, (method, transport, protocol)) in attaches.iter().zip([
+        ("GET", "websocket", "v5.channel.k8s.io"),
+        ("POST", "spdy", "v4.channel.k8s.io"),
+        ("GET", "websocket", "v5.channel.k8s.io"),
+    ]) {
+        assert_eq!(r["method"], method, "{r:#}");
+        assert_eq!(r["status"], 101, "{r:#}");
+        assert_eq!(r["identity"], TOKEN, "{r:#}");
+        assert_eq!(
+            r["query"], "container=app&stderr=true&stdin=true&stdout=true",
+            "{r:#}"
+        );
+        let a = &r["attach"];
+        assert_eq!(a["transport"], transport, "{a:#}");
+        assert_eq!(a["protocol"], protocol, "{a:#}");
+        assert_eq!(a["container"], "app", "{a:#}");
+        assert_eq!(a["stdin_delivered"], true, "{a:#}");
+        assert_eq!(a["end"], "stdin closed", "{a:#}");
+        assert_eq!(a["status"]["status"], "Success", "{a:#}");
+    }
+    let [first, second, web] = [&attaches[0], &attaches[1], &attaches[2]].map(|r| &r["attach"]);
+    assert_eq!(first["process"]["started"], true, "{first:#}");
+    assert_eq!(second["process"]["started"], false, "{second:#}");
+    assert_eq!(second["process"]["pid"], first["process"]["pid"]);
+    assert_eq!(web["process"]["started"], true, "{web:#}");
+    assert_ne!(web["process"]["pid"], first["process"]["pid"]);
+    assert_eq!(first["stdin"], "hello attach\nsecond line\n");
+    assert_eq!(first["stdout"], "hello attach\nsecond line\n");
+    assert_eq!(first["stderr"], "app: line 1\napp: line 2\n");
+    assert_eq!(second["stdin"], "third\n");
+    assert_eq!(second["stdout"], "third\n");
+    assert_eq!(second["stderr"], "app: line 3\n");
+    assert_eq!(
+        second["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["headers"]["streamtype"].as_str().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        ["error", "stdin", "stdout", "stderr"],
+        "{second:#}"
+    );
 }
 
 /// Sends `data` over a connection to kubectl's forwarded port and reads its echo, then
