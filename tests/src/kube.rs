@@ -603,3 +603,86 @@ pub fn output_text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// What a bot's kubeconfig holds instead of a credential: kubectl asks for a user name
+/// when its user entry has none, so the entry names a token the agent replaces.
+pub const PLACEHOLDER: &str = "nhi-agent-placeholder";
+
+/// A file only root reads (the agent refuses credential files others can read).
+pub fn secret_file(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("write the secret file");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod 600");
+    path
+}
+
+/// `nhi-agent kube-ca` for `agent` (the agent CA, then the cluster CA), written to
+/// `dir/bundle.pem`.
+pub fn kube_ca_bundle(agent: &crate::Agent, dir: &Path) -> PathBuf {
+    let config = agent.config_path.to_str().expect("a UTF-8 path");
+    let out = agent.cli(&["kube-ca", "--config", config]);
+    assert!(out.status.success(), "kube-ca: {}", output_text(&out));
+    let pem = String::from_utf8(out.stdout).expect("PEM is text");
+    assert_eq!(
+        pem.matches("-----BEGIN CERTIFICATE-----").count(),
+        2,
+        "the agent CA, then the cluster CA: {pem}"
+    );
+    let path = dir.join("bundle.pem");
+    std::fs::write(&path, pem).expect("write the bundle");
+    path
+}
+
+/// The events of `kind` (whole: `session_id`, `data`, ...) once `done` holds for them
+/// (at most 20 s; then as they are, for the assertions to show): the writer commits
+/// shortly after the pre-log write, in order.
+pub fn events_when(
+    agent: &crate::Agent,
+    kind: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = crate::http::events_of_kind(agent, kind);
+        if done(&events) || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`events_when`], the events' data only.
+pub fn data_when(agent: &crate::Agent, kind: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = crate::http::data_of_kind(agent, kind);
+        if done(&events) || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Which request of which session an event belongs to.
+#[derive(Clone, Copy, Debug)]
+pub struct Request {
+    pub session: i64,
+    pub seq: u64,
+}
+
+impl Request {
+    pub fn owns(&self, event: &Value) -> bool {
+        event["session_id"].as_i64() == Some(self.session)
+            && event["data"]["seq"].as_u64() == Some(self.seq)
+    }
+
+    /// The data of those of `events` (whole events) that belong to this request.
+    pub fn of(&self, events: Vec<Value>) -> Vec<Value> {
+        events
+            .into_iter()
+            .filter(|e| self.owns(e))
+            .map(|e| e["data"].clone())
+            .collect()
+    }
+}

@@ -12,17 +12,17 @@
 //! `k8s_request` (`create pods/attach`, `stdin` and the container), the frames of the
 //! `stdin`, `stdout` and `stderr` channels with their excerpts (`ws_frame` or
 //! `spdy_frame`), and the stream's end (`k8s_exec`: `Success`, bytes per channel).
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use nhi_tests::http::events_of_kind;
-use nhi_tests::kube::{kubectl_with_input, output_text, write_kubeconfig, KubeApiServer};
+use nhi_tests::kube::{
+    events_when, kube_ca_bundle, kubectl_with_input, output_text, secret_file, write_kubeconfig,
+    KubeApiServer, Request, PLACEHOLDER,
+};
 use nhi_tests::*;
 use serde_json::Value;
-
-/// What the bot's kubeconfig holds instead of a credential (the agent replaces it).
-const PLACEHOLDER: &str = "nhi-agent-placeholder";
 
 /// The agent's credential for the cluster.
 const TOKEN: &str = "kube-agent-token-attach-91e4b7";
@@ -35,59 +35,6 @@ const POLICY: &str = "[[policy]]\nname = \"attach\"\n\n\
 /// What the tests send to the containers' main processes.
 const TO_TOOL: &str = "hello through the agent\nsecond line\n";
 const TO_WEB: &str = "approved input for web-0\n";
-
-/// A file only root reads (the agent refuses credential files others can read).
-fn secret_file(dir: &Path, name: &str, content: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, content).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    path
-}
-
-/// `nhi-agent kube-ca` for `agent`, written to `dir/bundle.pem`.
-fn kube_ca_bundle(agent: &Agent, dir: &Path) -> PathBuf {
-    let out = agent.cli(&["kube-ca", "--config", agent.config_path.to_str().unwrap()]);
-    assert!(out.status.success(), "kube-ca: {}", output_text(&out));
-    let path = dir.join("bundle.pem");
-    std::fs::write(&path, out.stdout).unwrap();
-    path
-}
-
-/// The events of `kind` (whole: `session_id`, `data`, ...) once `done` holds for them
-/// (at most 20 s; the writer commits shortly after the pre-log write).
-fn events_when(agent: &Agent, kind: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let events = events_of_kind(agent, kind);
-        if done(&events) || Instant::now() > deadline {
-            return events;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Which request of which session an event belongs to.
-#[derive(Clone, Copy, Debug)]
-struct Request {
-    session: i64,
-    seq: u64,
-}
-
-impl Request {
-    fn owns(&self, event: &Value) -> bool {
-        event["session_id"].as_i64() == Some(self.session)
-            && event["data"]["seq"].as_u64() == Some(self.seq)
-    }
-
-    /// The data of those of `events` that belong to this request.
-    fn of(&self, events: Vec<Value>) -> Vec<Value> {
-        events
-            .into_iter()
-            .filter(|e| self.owns(e))
-            .map(|e| e["data"].clone())
-            .collect()
-    }
-}
 
 /// A cluster, an agent holding its token with [`POLICY`], and the bot's cgroup and
 /// kubeconfig (a placeholder token, the agent's CA bundle).
@@ -376,6 +323,7 @@ fn kubectl_attach_over_websocket_is_judged_relayed_and_journaled() {
         .collect();
     assert_eq!(closes.len(), 1, "{closes:#?}");
     assert_eq!(closes[0]["from"], "client", "{closes:#?}");
+    assert_eq!(closes[0]["excerpt"], "stdin", "{closes:#?}");
     s.agent.assert_verifies();
 }
 

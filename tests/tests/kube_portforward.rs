@@ -15,72 +15,19 @@
 //! the request's query, so `k8s_request.ports` is empty for kubectl.
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nhi_tests::http::events_of_kind;
-use nhi_tests::kube::{output_text, write_kubeconfig, KubeApiServer, PortForward};
+use nhi_tests::kube::{
+    events_when, kube_ca_bundle, secret_file, write_kubeconfig, KubeApiServer, PortForward,
+    Request, PLACEHOLDER,
+};
 use nhi_tests::*;
 use serde_json::Value;
 
-/// What the bot's kubeconfig holds instead of a credential (the agent replaces it).
-const PLACEHOLDER: &str = "nhi-agent-placeholder";
-
 /// The agent's credential for the cluster.
 const TOKEN: &str = "kube-agent-token-pf-5d21c0";
-
-/// A file only root reads (the agent refuses credential files others can read).
-fn secret_file(dir: &Path, name: &str, content: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, content).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    path
-}
-
-/// `nhi-agent kube-ca` for `agent`, written to `dir/bundle.pem`.
-fn kube_ca_bundle(agent: &Agent, dir: &Path) -> PathBuf {
-    let out = agent.cli(&["kube-ca", "--config", agent.config_path.to_str().unwrap()]);
-    assert!(out.status.success(), "kube-ca: {}", output_text(&out));
-    let path = dir.join("bundle.pem");
-    std::fs::write(&path, out.stdout).unwrap();
-    path
-}
-
-/// The events of `kind` (whole: `session_id`, `data`, ...) once `done` holds for them
-/// (at most 20 s; the writer commits shortly after the pre-log write).
-fn events_when(agent: &Agent, kind: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let events = events_of_kind(agent, kind);
-        if done(&events) || Instant::now() > deadline {
-            return events;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Which request of which session an event belongs to.
-#[derive(Clone, Copy, Debug)]
-struct Request {
-    session: i64,
-    seq: u64,
-}
-
-impl Request {
-    fn owns(&self, event: &Value) -> bool {
-        event["session_id"].as_i64() == Some(self.session)
-            && event["data"]["seq"].as_u64() == Some(self.seq)
-    }
-
-    /// The data of those of `events` that belong to this request.
-    fn of(&self, events: Vec<Value>) -> Vec<Value> {
-        events
-            .into_iter()
-            .filter(|e| self.owns(e))
-            .map(|e| e["data"].clone())
-            .collect()
-    }
-}
 
 /// A cluster whose pods' port 80 is an echo server, an agent holding its token, and the
 /// bot's cgroup and kubeconfig (a placeholder token, the agent's CA bundle).

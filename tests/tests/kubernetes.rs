@@ -5,18 +5,15 @@
 //! request as the API server does, judges it, journals it, sends it with its
 //! credential and the workload's impersonation, masks Secrets' values in the answers,
 //! and records exec streams channel by channel.
-use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
 
 use nhi_tests::http::{assert_in_no_file, data_of_kind};
-use nhi_tests::kube::{kubectl, make_client_cert, output_text, write_kubeconfig, KubeApiServer};
+use nhi_tests::kube::{
+    data_when, kube_ca_bundle, kubectl, make_client_cert, output_text, secret_file,
+    write_kubeconfig, KubeApiServer, PLACEHOLDER,
+};
 use nhi_tests::*;
 use serde_json::Value;
-
-/// What the bot's kubeconfig holds instead of a credential: kubectl asks for a user
-/// name when its user entry has none, so the entry names a token the agent replaces.
-const PLACEHOLDER: &str = "nhi-agent-placeholder";
 
 /// The value of `db-creds`' `password` on the test server, and its base64.
 const PASSWORD: &str = "s3cr3t-Pa55";
@@ -24,42 +21,6 @@ const PASSWORD_B64: &str = "czNjcjN0LVBhNTU=";
 
 /// base64 of the agent's mask, `[redacted by nhi-agent]`.
 const MASK_B64: &str = "W3JlZGFjdGVkIGJ5IG5oaS1hZ2VudF0=";
-
-/// A file only root reads (the agent refuses credential files others can read).
-fn secret_file(dir: &Path, name: &str, content: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, content).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    path
-}
-
-/// `nhi-agent kube-ca` for `agent`, written to `dir/bundle.pem`.
-fn kube_ca_bundle(agent: &Agent, dir: &Path) -> PathBuf {
-    let out = agent.cli(&["kube-ca", "--config", agent.config_path.to_str().unwrap()]);
-    assert!(out.status.success(), "kube-ca: {}", output_text(&out));
-    let pem = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        pem.matches("-----BEGIN CERTIFICATE-----").count(),
-        2,
-        "the agent CA, then the cluster CA: {pem}"
-    );
-    let path = dir.join("bundle.pem");
-    std::fs::write(&path, pem).unwrap();
-    path
-}
-
-/// The events of `kind` once `done` holds for them (at most 20 s; the writer commits
-/// shortly after the pre-log write).
-fn events_when(agent: &Agent, kind: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let events = data_of_kind(agent, kind);
-        if done(&events) || Instant::now() > deadline {
-            return events;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn ok(out: &Output, what: &str) -> String {
     assert!(out.status.success(), "{what}: {}", output_text(out));
@@ -284,7 +245,7 @@ fn kubectl_through_the_agent_is_judged_masked_injected_and_recorded() {
 
     // The journal: each request as kubectl's operation, the refusals with their rule,
     // the exec's argv, transcript and exit status.
-    let requests = events_when(&agent, "k8s_request", |e| {
+    let requests = data_when(&agent, "k8s_request", |e| {
         e.iter().any(|r| {
             r["verb"] == "create" && r["subresource"] == "exec" && r["namespace"] == "default"
         })
@@ -336,7 +297,7 @@ fn kubectl_through_the_agent_is_judged_masked_injected_and_recorded() {
         ),
         "{impersonated}"
     );
-    let ends = events_when(&agent, "k8s_exec", |e| e.len() >= 2);
+    let ends = data_when(&agent, "k8s_exec", |e| e.len() >= 2);
     let exits: Vec<Option<i64>> = ends
         .iter()
         .map(|e| e["exit"]["exit_code"].as_i64())
@@ -463,7 +424,7 @@ fn a_client_certificate_authenticates_the_agent_and_exec_over_spdy_is_recorded()
             "{r}"
         );
     }
-    let requests = events_when(&agent, "k8s_request", |e| {
+    let requests = data_when(&agent, "k8s_request", |e| {
         e.iter().any(|r| r["resource"] == "pods")
     });
     let list = requests.iter().find(|r| r["resource"] == "pods").unwrap();
@@ -496,7 +457,7 @@ fn a_client_certificate_authenticates_the_agent_and_exec_over_spdy_is_recorded()
         .find_map(|r| r.get("exec").cloned())
         .expect("the exec reached the server");
     assert_eq!(exec["transport"], "spdy", "{exec}");
-    let ends = events_when(&agent, "k8s_exec", |e| !e.is_empty());
+    let ends = data_when(&agent, "k8s_exec", |e| !e.is_empty());
     assert_eq!(ends.len(), 1, "{ends:?}");
     assert_eq!(ends[0]["protocol"], "v4.channel.k8s.io", "{ends:?}");
     assert_eq!(ends[0]["exit"]["exit_code"], 4, "{ends:?}");

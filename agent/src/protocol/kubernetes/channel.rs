@@ -79,6 +79,9 @@ impl Framing {
     }
 }
 
+/// v5's close signal channel (its payload: the stream closed).
+pub const CLOSE: u8 = 255;
+
 /// The name of channel `n` of a connection to `subresource` (`exec`, `attach`,
 /// `portforward`) with `ports` asked for.
 pub fn channel_name(subresource: &str, ports: &[String], n: u8) -> String {

@@ -821,6 +821,19 @@ fn kube_frame(
         _ => return,
     };
     let name = channel::channel_name(&stream.request.subresource, &stream.request.ports, channel);
+    if channel == channel::CLOSE {
+        // v5's close signal: its payload names the stream the sender will not write
+        // again; journaled by name, not counted as data.
+        event.channel = Some(Cow::Owned(name));
+        event.excerpt = data.first().map(|&closed| {
+            Cow::Owned(channel::channel_name(
+                &stream.request.subresource,
+                &stream.request.ports,
+                closed,
+            ))
+        });
+        return;
+    }
     let (excerpt, cut) = channel_data(state, channels, &name, &data, len);
     event.channel = Some(Cow::Owned(name));
     event.excerpt = excerpt;
