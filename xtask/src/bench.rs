@@ -111,6 +111,13 @@ pub fn bench(
     }
     let pins = PathBuf::from("/sys/fs/bpf").join(&base);
     let journal = work.path().join("journal.db");
+    // The Kubernetes target's credential: a file only root reads, as the agent requires.
+    let kube_token = work.path().join("kube.token");
+    fs::write(&kube_token, "bench-kube-token")?;
+    fs::set_permissions(
+        &kube_token,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     let config = |fsync_each: bool| {
         BenchConfig {
             journal: &journal,
@@ -121,6 +128,7 @@ pub fn bench(
             echo: &echo.to_string(),
             pg_port: pg.port,
             http_port: nginx.port,
+            kube_token: &kube_token,
             aws: aws.as_ref().map(|a| a.config()),
             ssh: sshd.as_ref().map(crate::bench_ssh::config),
             fsync_each,
@@ -464,6 +472,8 @@ struct BenchConfig<'a> {
     echo: &'a str,
     pg_port: u16,
     http_port: u16,
+    /// The Kubernetes target's token file (0600).
+    kube_token: &'a Path,
     /// The AWS target and its policy (`bench_aws`), when moto runs.
     aws: Option<String>,
     /// The SSH target and its policy (`bench_ssh`), when sshd runs.
@@ -588,6 +598,34 @@ target = "http-api"
 columns = ["email"]
 detectors = ["email", "credit_card"]
 strategy = "redact"
+
+[[target]]
+name = "kube-api"
+address = "127.0.0.3:{http_port}"
+protocol = "kubernetes"
+tls = "disable"
+client_tls = "refuse"
+token_file = "{kube_token}"
+
+[[policy]]
+name = "bench-kube"
+workload = "*"
+target = "kube-api"
+mode = "enforce"
+default = "allow"
+record_results = "summary"
+
+[[policy.rule]]
+name = "no-deletes-in-prod"
+verdict = "deny"
+verbs = ["delete", "deletecollection"]
+resources = ["apps/deployments", "secrets"]
+namespaces = ["prod"]
+
+[[policy.rule]]
+name = "exec-needs-approval"
+verdict = "approve"
+subresources = ["exec", "attach", "portforward"]
 {aws}{ssh}"#,
             journal = self.journal.display(),
             listen_port = self.listen_port,
@@ -600,6 +638,7 @@ strategy = "redact"
             echo = self.echo,
             pg_port = self.pg_port,
             http_port = self.http_port,
+            kube_token = self.kube_token.display(),
             aws = self.aws.as_deref().unwrap_or(""),
             ssh = self.ssh.as_deref().unwrap_or(""),
             max_connections = self.max_connections,
@@ -1273,6 +1312,7 @@ mod tests {
                 echo: "127.0.0.2:2",
                 pg_port: 5433,
                 http_port: 8088,
+                kube_token: Path::new("/tmp/kube.token"),
                 aws: None,
                 ssh: None,
                 fsync_each,
@@ -1291,6 +1331,10 @@ mod tests {
             assert!(text.contains("approvals_socket = \"/tmp/approvals.sock\"\n"));
             assert!(text.contains("address = \"127.0.0.2:8088\"\nprotocol = \"tcp\""));
             assert!(text.contains("address = \"127.0.0.1:8088\"\nprotocol = \"http\""));
+            assert!(text.contains(
+                "address = \"127.0.0.3:8088\"\nprotocol = \"kubernetes\"\ntls = \"disable\""
+            ));
+            assert!(text.contains("token_file = \"/tmp/kube.token\"\n"));
             assert!(!text.contains("protocol = \"aws\""));
         }
         let aws = "\n[[target]]\nname = \"aws\"\nprotocol = \"aws\"\n";
@@ -1303,6 +1347,7 @@ mod tests {
             echo: "127.0.0.2:2",
             pg_port: 5433,
             http_port: 8088,
+            kube_token: Path::new("/tmp/kube.token"),
             aws: Some(aws.to_string()),
             ssh: Some("\n[[target]]\nname = \"ssh\"\n".into()),
             fsync_each: false,

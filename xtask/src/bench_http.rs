@@ -1,14 +1,18 @@
 //! The HTTP part of `cargo xtask bench`: small JSON GETs over keep-alive connections
-//! (`nhi-testclient http-get`), at -c 1 and -c 16, four ways against one nginx serving
+//! (`nhi-testclient http-get`), at -c 1 and -c 16, five ways against one nginx serving
 //! the JSON itself: directly, through the agent as an opaque `tcp` target, through the
 //! agent as an `http` target (each request normalised, judged by a policy, its headers
 //! masked and journaled before it is forwarded, the response head journaled, the body
-//! through the target's masks), and through nginx as a plain reverse proxy (upstream
-//! keep-alive) as the yardstick. Runs are interleaved; medians of requests/s and of mean
-//! and p99 latency are printed as ratios to direct.
+//! through the target's masks), through the agent as a `kubernetes` target (a `get` of
+//! a pod: read as the API server reads it, judged, journaled, the token and
+//! impersonation set, the JSON answer read whole for its uid, `k8s_request` journaled;
+//! nginx stands in for the API server, plain HTTP on both legs), and through nginx as a
+//! plain reverse proxy (upstream keep-alive) as the yardstick. Runs are interleaved;
+//! medians of requests/s and of mean and p99 latency are printed as ratios to direct.
 //!
-//! Like the PostgreSQL part, two targets for one server need two addresses: nginx
-//! listens on 127.0.0.1:port (the `http` target) and 127.0.0.2:port (the `tcp` one).
+//! Like the PostgreSQL part, targets for one server need addresses of their own: nginx
+//! listens on 127.0.0.1:port (the `http` target), 127.0.0.2:port (the `tcp` one) and
+//! 127.0.0.3:port (the `kubernetes` one).
 use std::{
     fs,
     path::Path,
@@ -26,7 +30,14 @@ use crate::bench_targets::Reported;
 pub const BODY: &str =
     r#"{"id":42,"name":"Ada Lovelace","email":"ada@example.com","roles":["reader","writer"]}"#;
 
-/// nginx serving `BODY` on `port` (127.0.0.1 and 127.0.0.2) and proxying to it on
+/// What the stand-in API server answers to `get pods prod/web-0`.
+pub const POD_BODY: &str = r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web-0","namespace":"prod","uid":"6f1c2d1e-0c5e-4f7a-9d55-3b1c9a7e2b10","resourceVersion":"1005"},"spec":{"containers":[{"name":"app","image":"registry.internal/web:1.4"}]},"status":{"phase":"Running"}}"#;
+
+/// The Kubernetes route's request path.
+pub const POD_PATH: &str = "/api/v1/namespaces/prod/pods/web-0";
+
+/// nginx serving `BODY` on `port` (127.0.0.1, 127.0.0.2 and 127.0.0.3; `POD_BODY` under
+/// `/api/`) and proxying to it on
 /// `proxy_port` (127.0.0.1), one worker per core, logs off.
 pub struct Nginx {
     child: Child,
@@ -63,9 +74,14 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         listen 127.0.0.2:{port};
+        listen 127.0.0.3:{port};
         location / {{
             default_type application/json;
             return 200 '{BODY}';
+        }}
+        location /api/ {{
+            default_type application/json;
+            return 200 '{POD_BODY}';
         }}
     }}
     server {{
@@ -132,15 +148,33 @@ impl HttpBench<'_> {
     /// ratio to direct (requests/s).
     pub fn run(&self) -> anyhow::Result<Vec<Reported>> {
         let port = self.nginx.port;
-        // (label, cgroup, address)
-        let routes: [(&str, &TestCgroup, String); 4] = [
-            ("direct", self.direct_cg, format!("127.0.0.1:{port}")),
-            ("agent tcp", self.agent_cg, format!("127.0.0.2:{port}")),
-            ("agent http", self.agent_cg, format!("127.0.0.1:{port}")),
+        // (label, cgroup, address, path)
+        let users = "/api/users/42";
+        let routes: [(&str, &TestCgroup, String, &str); 5] = [
+            ("direct", self.direct_cg, format!("127.0.0.1:{port}"), users),
+            (
+                "agent tcp",
+                self.agent_cg,
+                format!("127.0.0.2:{port}"),
+                users,
+            ),
+            (
+                "agent http",
+                self.agent_cg,
+                format!("127.0.0.1:{port}"),
+                users,
+            ),
+            (
+                "agent kubernetes",
+                self.agent_cg,
+                format!("127.0.0.3:{port}"),
+                POD_PATH,
+            ),
             (
                 "nginx proxy",
                 self.direct_cg,
                 format!("127.0.0.1:{}", self.nginx.proxy_port),
+                users,
             ),
         ];
         println!(
@@ -157,13 +191,13 @@ impl HttpBench<'_> {
         for conns in [1u64, 16] {
             let mut results: Vec<Vec<Run>> = vec![Vec::new(); routes.len()];
             for _ in 0..self.runs {
-                for (i, (_, cg, addr)) in routes.iter().enumerate() {
-                    results[i].push(self.one(cg, addr, conns)?);
+                for (i, (_, cg, addr, path)) in routes.iter().enumerate() {
+                    results[i].push(self.one(cg, addr, path, conns)?);
                 }
             }
             let medians: Vec<Run> = results.iter().map(|r| median_run(r)).collect();
             let direct = medians[0];
-            for ((label, _, _), m) in routes.iter().zip(&medians) {
+            for ((label, _, _, _), m) in routes.iter().zip(&medians) {
                 println!(
                     "{:<26} {:>12.0} {:>7.2}x {:>10.1} {:>10.0}",
                     format!("-c {conns:<2} {label}"),
@@ -173,7 +207,7 @@ impl HttpBench<'_> {
                     m.p99_us
                 );
             }
-            for ((label, _, _), m) in routes.iter().zip(&medians).skip(1) {
+            for ((label, _, _, _), m) in routes.iter().zip(&medians).skip(1) {
                 let yardstick = if *label == "nginx proxy" {
                     " (yardstick)"
                 } else {
@@ -188,17 +222,10 @@ impl HttpBench<'_> {
         Ok(reported)
     }
 
-    fn one(&self, cg: &TestCgroup, addr: &str, conns: u64) -> anyhow::Result<Run> {
+    fn one(&self, cg: &TestCgroup, addr: &str, path: &str, conns: u64) -> anyhow::Result<Run> {
         let out = cg
             .command(self.client_bin)
-            .args([
-                "http-get",
-                addr,
-                "--path",
-                "/api/users/42",
-                "--host",
-                "api.internal",
-            ])
+            .args(["http-get", addr, "--path", path, "--host", "api.internal"])
             .args(["--conns", &conns.to_string()])
             .args(["--seconds", &self.seconds.to_string()])
             .output()
