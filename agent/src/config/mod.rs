@@ -509,6 +509,27 @@ pub enum CredentialRef {
     Systemd(String),
 }
 
+impl CredentialRef {
+    /// Where the secret is read from.
+    pub fn source(&self) -> crate::credential::CredentialSource {
+        match self {
+            CredentialRef::File(path) => crate::credential::CredentialSource::File(path.clone()),
+            CredentialRef::Systemd(name) => {
+                crate::credential::CredentialSource::Systemd(name.clone())
+            }
+        }
+    }
+
+    /// The key that named it: `file_key` (`password_file`, `token_file`) or
+    /// `credential`, for errors.
+    pub fn key<'a>(&self, file_key: &'a str) -> &'a str {
+        match self {
+            CredentialRef::File(_) => file_key,
+            CredentialRef::Systemd(_) => "credential",
+        }
+    }
+}
+
 /// `[[target]] tls`: TLS from the agent to the server (libpq's sslmode semantics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]

@@ -92,11 +92,7 @@ pub(super) fn plan(
     status: StatusCode,
     headers: &HeaderMap,
 ) -> Result<Plan, String> {
-    if method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if without_body(method, status) {
         return Ok(Plan::Pass);
     }
     let kind = cx.kind.or_else(|| {
@@ -130,6 +126,14 @@ pub(super) fn plan(
         BodyKind::Json | BodyKind::Xml => Plan::Buffer(kind, coding),
         _ => Plan::Stream(kind, coding),
     })
+}
+
+/// Whether a response to `method` with `status` has no body (RFC 9110 §6.4.1).
+pub(super) fn without_body(method: &Method, status: StatusCode) -> bool {
+    method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// Whether responses of this session may be masked (masks, or an injected secret).

@@ -31,9 +31,7 @@
 //! the exit code the server wrote on the error channel.
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
 
 use super::body::Body;
@@ -63,11 +61,11 @@ const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
 pub(super) struct KubeSession {
     /// The workload's impersonation, sent on every request.
     pub impersonate: Option<KubeImpersonation>,
-    /// The session's masks plus [`SECRET_DATA_FIELDS`]: for answers about Secrets.
+    /// The session's masks plus [`secret::mask_values`]: for answers about Secrets.
     secret_masks: SessionMasks,
-    /// How the journal names the agent's credential (`bearer token`, `client
-    /// certificate CN=...`).
-    acting_as: String,
+    /// Who the server sees, as the journal says it: the impersonated user, else the
+    /// agent's credential (`bearer token`, `client certificate CN=...`).
+    pub acted_as: String,
 }
 
 impl KubeSession {
@@ -76,10 +74,14 @@ impl KubeSession {
         impersonate: Option<KubeImpersonation>,
         acting_as: &str,
     ) -> KubeSession {
+        let acted_as = match &impersonate {
+            Some(i) => format!("{} (impersonated by the agent's {acting_as})", i.user),
+            None => acting_as.to_owned(),
+        };
         KubeSession {
             impersonate,
             secret_masks: masks.with_json_transform(SECRET_DATA_RULE, secret::mask_values),
-            acting_as: acting_as.to_owned(),
+            acted_as,
         }
     }
 
@@ -90,17 +92,6 @@ impl KubeSession {
             self.secret_masks.clone()
         } else {
             session.clone()
-        }
-    }
-
-    /// Who the server sees: the impersonated user, else the agent's credential.
-    pub fn acted_as(&self) -> String {
-        match &self.impersonate {
-            Some(i) => format!(
-                "{} (impersonated by the agent's {})",
-                i.user, self.acting_as
-            ),
-            None => self.acting_as.clone(),
         }
     }
 }
@@ -252,18 +243,10 @@ pub(super) fn status_response(
     message: &str,
     request: Option<&KubeRequest>,
 ) -> http::Response<Body> {
-    let body = crate::protocol::kubernetes::status(status.as_u16(), reason, message, request);
-    let mut response = http::Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    super::agent_response(
+        status,
+        crate::protocol::kubernetes::status(status.as_u16(), reason, message, request),
+    )
 }
 
 /// The uid of the object a single-object answer holds (`metadata.uid`).
@@ -482,7 +465,7 @@ mod tests {
         ask_for_json(&mut h);
         assert_eq!(h.get("accept").unwrap(), "application/json");
         assert_eq!(
-            session.acted_as(),
+            session.acted_as,
             "system:serviceaccount:ci:deployer (impersonated by the agent's bearer token)"
         );
     }

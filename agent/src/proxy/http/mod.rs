@@ -776,6 +776,13 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         (None, _) => (Verdict::Allow, None),
     };
     drop(header_pairs);
+    // The `k8s_request` record carries the judgement; its end is added once known.
+    let kube_call = kube_call.map(|(call, mut record)| {
+        record.verdict = verdict.as_str().to_owned();
+        record.rule = rule.clone();
+        record.enforced = state.rules.enforce;
+        (call, record)
+    });
     // How this request is refused: an AWS-shaped error for AWS calls, a `Status` for
     // Kubernetes requests.
     let refuse =
@@ -864,10 +871,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             })
             .or_else(|| {
                 kube_call.as_ref().map(|(_, record)| {
-                    let mut record = record.ended(outcome, status, None, started);
-                    record.verdict = verdict.as_str().to_owned();
-                    record.rule = rule.clone();
-                    record.enforced = state.rules.enforce;
+                    let record = record.ended(outcome, status, None, started);
                     Event::of(state.id, kube::kind::K8S_REQUEST, &record)
                 })
             })
@@ -996,23 +1000,13 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         return imds::response(&answer);
     }
     let verdict_text = request_event_verdict(verdict, rule.as_deref());
-    // The `k8s_request` record, completed once the answer is known.
-    let kube_call = kube_call.map(|(call, mut record)| {
-        record.verdict = verdict_text.0.clone();
-        record.rule = verdict_text.1.clone();
-        record.enforced = state.rules.enforce;
-        (call, record)
-    });
-    match upgrade {
-        upgrade::Upgrade::WebSocket => {
-            let proto = upgrade::Proto::WebSocket;
-            return upgrade::forward_upgrade(state, req, seq, started, kube_call, proto).await;
-        }
-        upgrade::Upgrade::Spdy => {
-            let proto = upgrade::Proto::Spdy;
-            return upgrade::forward_upgrade(state, req, seq, started, kube_call, proto).await;
-        }
-        _ => {}
+    let proto = match upgrade {
+        upgrade::Upgrade::WebSocket => Some(upgrade::Proto::WebSocket),
+        upgrade::Upgrade::Spdy => Some(upgrade::Proto::Spdy),
+        _ => None,
+    };
+    if let Some(proto) = proto {
+        return upgrade::forward_upgrade(state, req, seq, started, kube_call, proto).await;
     }
     forward(
         state,
@@ -1341,13 +1335,8 @@ async fn forward(
                 shape: Shape::Aws(call.call.protocol),
             });
             let call_record = call_record.or_else(|| {
-                kube_call.map(|(_, record)| CallFailure {
-                    record: Event::of(
-                        state.id,
-                        kube::kind::K8S_REQUEST,
-                        &record.ended("upstream failed", 502, None, started),
-                    ),
-                    shape: Shape::Kube,
+                kube_call.map(|(_, record)| {
+                    kube_failure(state, record, "upstream failed", false, started)
                 })
             });
             return upstream_failed(state, seq, started, message, call_record).await;
@@ -1357,10 +1346,7 @@ async fn forward(
     // An answer that masks cannot read (protobuf) never goes back: about Secrets, only
     // JSON is read.
     if let Some((call, record)) = kube_call {
-        let has_body = !(method == http::Method::HEAD
-            || parts.status.is_informational()
-            || parts.status == StatusCode::NO_CONTENT
-            || parts.status == StatusCode::NOT_MODIFIED);
+        let has_body = !body::without_body(&method, parts.status);
         // With masks in force, no answer may be in an encoding they cannot read.
         let unreadable = if call.is_secrets() {
             !kube::maskable(&parts.headers)
@@ -1376,19 +1362,7 @@ async fn forward(
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                     .unwrap_or_default()
             );
-            let failure = CallFailure {
-                record: Event::of(
-                    state.id,
-                    kube::kind::K8S_REQUEST,
-                    &record.ended(
-                        "answer not masked",
-                        502,
-                        state.kube.as_ref().map(|k| k.acted_as()),
-                        started,
-                    ),
-                ),
-                shape: Shape::Kube,
-            };
+            let failure = kube_failure(state, record, "answer not masked", true, started);
             return body_refused(state, seq, started, parts.status, why, Some(failure)).await;
         }
     }
@@ -1450,18 +1424,8 @@ async fn forward(
                     }
                 });
                 let call_record = call_record.or_else(|| {
-                    kube_call.map(|(_, record)| CallFailure {
-                        record: Event::of(
-                            state.id,
-                            kube::kind::K8S_REQUEST,
-                            &record.ended(
-                                "answer not masked",
-                                502,
-                                state.kube.as_ref().map(|k| k.acted_as()),
-                                started,
-                            ),
-                        ),
-                        shape: Shape::Kube,
+                    kube_call.map(|(_, record)| {
+                        kube_failure(state, record, "answer not masked", true, started)
                     })
                 });
                 return body_refused(state, seq, started, parts.status, why, call_record).await;
@@ -1496,7 +1460,7 @@ async fn forward(
         let mut record = record.ended(
             "forwarded",
             parts.status.as_u16(),
-            state.kube.as_ref().map(|k| k.acted_as()),
+            state.kube.as_ref().map(|k| k.acted_as.clone()),
             started,
         );
         record.uid = body_info.buffered.as_deref().and_then(kube::object_uid);
@@ -1558,6 +1522,31 @@ async fn body_refused(
 struct CallFailure {
     record: Event,
     shape: Shape,
+}
+
+/// The `k8s_request` of a Kubernetes request the agent answered 502 (`outcome`: the
+/// server could not be asked, or its answer could not be masked); `reached`: the server
+/// saw it, as `acted_as`.
+fn kube_failure(
+    state: &State,
+    record: &kube::K8sRequest,
+    outcome: &str,
+    reached: bool,
+    started: Instant,
+) -> CallFailure {
+    let acted_as = state
+        .kube
+        .as_ref()
+        .filter(|_| reached)
+        .map(|k| k.acted_as.clone());
+    CallFailure {
+        record: Event::of(
+            state.id,
+            kube::kind::K8S_REQUEST,
+            &record.ended(outcome, 502, acted_as, started),
+        ),
+        shape: Shape::Kube,
+    }
 }
 
 /// How an API shapes the agent's error answers.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use http::{HeaderName, HeaderValue};
 
-use crate::config::{ClientTls, Config, CredentialRef, KubeCredential, UpstreamTlsMode};
+use crate::config::{ClientTls, Config, KubeCredential, UpstreamTlsMode};
 use crate::credential::{CredentialSource, Secret};
 use crate::tls::{self, AgentCa, UpstreamTls};
 
@@ -123,51 +123,39 @@ impl HttpRuntime {
                     target.name
                 );
             }
-            let kube_token = match target.kube.as_ref().map(|k| &k.credential) {
-                Some(KubeCredential::Token(credential)) => Some(credential),
-                _ => None,
-            };
-            let inject = match (&settings.inject, &settings.credential) {
-                // A Kubernetes target's token goes in `Authorization: Bearer`.
-                _ if kube_token.is_some() => {
-                    let (source, key) = match kube_token.expect("checked") {
-                        CredentialRef::File(path) => {
-                            (CredentialSource::File(path.clone()), "token_file")
-                        }
-                        CredentialRef::Systemd(name) => {
-                            (CredentialSource::Systemd(name.clone()), "credential")
-                        }
-                    };
-                    let secret = source
-                        .load()
-                        .with_context(|| format!("target \"{}\": {key}", target.name))?;
-                    let bearer = crate::config::InjectHeader {
-                        name: "authorization".into(),
-                        prefix: "Bearer ".into(),
-                        suffix: String::new(),
-                    };
-                    Some(injection(&bearer, secret).with_context(|| {
-                        format!("target \"{}\": the token of {source}", target.name)
-                    })?)
-                }
-                (Some(inject), Some(credential)) => {
-                    let (source, key) = match credential {
-                        CredentialRef::File(path) => {
-                            (CredentialSource::File(path.clone()), "password_file")
-                        }
-                        CredentialRef::Systemd(name) => {
-                            (CredentialSource::Systemd(name.clone()), "credential")
-                        }
-                    };
-                    let secret = source
-                        .load()
-                        .with_context(|| format!("target \"{}\": {key}", target.name))?;
-                    Some(injection(inject, secret).with_context(|| {
-                        format!("target \"{}\": inject with {source}", target.name)
-                    })?)
+            // The header injected with its secret: a Kubernetes target's token as
+            // `Authorization: Bearer`, else the target's `inject`.
+            let bearer;
+            let injected = match (&target.kube, &settings.inject, &settings.credential) {
+                (Some(kube), _, _) => match &kube.credential {
+                    KubeCredential::Token(credential) => {
+                        bearer = crate::config::InjectHeader {
+                            name: "authorization".into(),
+                            prefix: "Bearer ".into(),
+                            suffix: String::new(),
+                        };
+                        Some((&bearer, credential, "token_file", "the token of"))
+                    }
+                    KubeCredential::ClientCert { .. } => None,
+                },
+                (None, Some(inject), Some(credential)) => {
+                    Some((inject, credential, "password_file", "inject with"))
                 }
                 _ => None,
             };
+            let inject =
+                match injected {
+                    Some((header, credential, file_key, what)) => {
+                        let source = credential.source();
+                        let secret = source.load().with_context(|| {
+                            format!("target \"{}\": {}", target.name, credential.key(file_key))
+                        })?;
+                        Some(injection(header, secret).with_context(|| {
+                            format!("target \"{}\": {what} {source}", target.name)
+                        })?)
+                    }
+                    None => None,
+                };
             let aws = match &target.aws {
                 Some(aws) => Some(super::aws::AwsTargetRuntime {
                     credentials: super::aws::AwsCredentials::load(&aws.credentials)

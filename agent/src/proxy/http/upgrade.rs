@@ -45,7 +45,7 @@ use super::events::{kind, SpdyFrame, WsFrame};
 use super::kube::{K8sExec, K8sRequest};
 use super::{
     mask_secret_echoes, protocol_error, record, refusal, remove_hop_by_hop, upstream_failed,
-    upstream_headers, Body, CallFailure, Shape, State, HOP_BY_HOP,
+    upstream_headers, Body, State, HOP_BY_HOP,
 };
 use crate::journal::Event;
 use crate::policy::RecordResults;
@@ -185,14 +185,10 @@ pub async fn forward_upgrade(
     kube_call: Option<(KubeRequest, K8sRequest)>,
     proto: Proto,
 ) -> Response<Body> {
-    let kube_failure = |outcome: &str, status: u16| {
-        kube_call.as_ref().map(|(_, record)| CallFailure {
-            record: Event::of(
-                state.id,
-                super::kube::kind::K8S_REQUEST,
-                &record.ended(outcome, status, None, started),
-            ),
-            shape: Shape::Kube,
+    // The `k8s_request` of an upgrade the server could not be asked.
+    let kube_failure = || {
+        kube_call.as_ref().map(|(_, record)| {
+            super::kube_failure(state, record, "upstream failed", false, started)
         })
     };
     let client_side = hyper::upgrade::on(&mut req);
@@ -232,7 +228,7 @@ pub async fn forward_upgrade(
     let response = match handshake(state, upstream).await {
         Ok(r) => r,
         Err(message) => {
-            let failure = kube_failure("upstream failed", 502);
+            let failure = kube_failure();
             return upstream_failed(state, seq, started, message, failure).await;
         }
     };
@@ -241,7 +237,7 @@ pub async fn forward_upgrade(
     if switched && parts.headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
         let message =
             "the server accepted a WebSocket extension the agent did not offer".to_owned();
-        let failure = kube_failure("upstream failed", 502);
+        let failure = kube_failure();
         return upstream_failed(state, seq, started, message, failure).await;
     }
     let secret_echoes_masked = match &state.target_rt.inject {
@@ -251,7 +247,7 @@ pub async fn forward_upgrade(
     let response_event = super::response_head(state, seq, &parts, secret_echoes_masked, started);
     let mut events = vec![Event::of(state.id, kind::RESPONSE, &response_event)];
     if let Some((_, record)) = &kube_call {
-        let acted_as = state.kube.as_ref().map(|k| k.acted_as());
+        let acted_as = state.kube.as_ref().map(|k| k.acted_as.clone());
         let record = record.ended("forwarded", parts.status.as_u16(), acted_as, started);
         events.push(Event::of(state.id, super::kube::kind::K8S_REQUEST, &record));
     }
