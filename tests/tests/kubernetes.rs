@@ -479,3 +479,64 @@ fn a_client_certificate_authenticates_the_agent_and_exec_over_spdy_is_recorded()
     );
     agent.assert_verifies();
 }
+
+/// A client that upgrades an exec to SPDY/3.1 and then sends a frame that is not
+/// SPDY/3 (a version 2 SYN_STREAM): the agent journals the upgrade, closes that
+/// connection with a `protocol_error` naming the frame, and serves the next request.
+#[test]
+fn a_malformed_spdy_frame_closes_the_stream_and_the_agent_lives_on() {
+    privileged!("a_malformed_spdy_frame_closes_the_stream_and_the_agent_lives_on");
+    let work = tempfile::tempdir().unwrap();
+    let token = "kube-agent-token-malformed-2b4";
+    let server = KubeApiServer::start(work.path(), Some(token), None);
+    let token_file = secret_file(work.path(), "cluster.token", token);
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    // Plain HTTP from the client (a raw socket), TLS to the server.
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"cluster\"\naddress = \"{}\"\nprotocol = \"kubernetes\"\n\
+         client_tls = \"refuse\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
+        cg.rel(),
+        server.addr(),
+        server.ca_file().display(),
+        token_file.display()
+    ));
+    let head =
+        "POST /api/v1/namespaces/default/pods/tool/exec?command=true&stdout=true HTTP/1.1\r\n\
+                Host: kubernetes\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+                X-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n";
+    // SYN_STREAM with version 2, stream 1, no header block.
+    let bad: [u8; 18] = [
+        0x80, 0x02, 0x00, 0x01, 0x00, 0x00, 0x00, 0x0a, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0,
+    ];
+    let answer =
+        nhi_tests::http::raw_exchange(&cg, &server.addr(), &[head.as_bytes(), &bad].concat());
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    let errors = data_when(&agent, "protocol_error", |e| !e.is_empty());
+    let reason = errors
+        .first()
+        .and_then(|e| e["reason"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("malformed SPDY frame from the client"),
+        "{errors:?}"
+    );
+    let ended = agent.wait_sessions_ended(1);
+    assert!(
+        ended[0]["close_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("malformed SPDY frame"),
+        "{ended:?}"
+    );
+    // The agent goes on serving.
+    let next = nhi_tests::http::raw_exchange(
+        &cg,
+        &server.addr(),
+        b"GET /version HTTP/1.1\r\nHost: kubernetes\r\nConnection: close\r\n\r\n",
+    );
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
+    assert!(next.contains("gitVersion"), "{next}");
+    agent.assert_verifies();
+}
