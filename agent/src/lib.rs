@@ -13,6 +13,7 @@ pub mod identity;
 pub mod journal;
 pub mod lineage;
 pub mod mask;
+pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod proxy;

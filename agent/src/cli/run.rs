@@ -163,6 +163,15 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // The metrics endpoint, bound before attaching too.
+    let metrics_listener = match config.agent.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding [agent] metrics_listen {addr}"))?,
+        ),
+        None => None,
+    };
     let fail_closed = config.agent.fail == FailMode::Closed;
     let mut interceptor = Interceptor::install(InstallOptions {
         pin_dir: config.agent.bpffs.clone(),
@@ -286,6 +295,23 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             shutdown_rx.clone(),
         ))
     });
+    let metrics_server = metrics_listener.map(|listener| {
+        info!(addr = ?listener.local_addr().ok(), "metrics endpoint ready");
+        let gauges: crate::metrics::server::GaugeSource = {
+            let (shared, registry) = (shared.clone(), registry_for_http.clone());
+            Arc::new(move || crate::metrics::Gauges {
+                active_connections: shared.active.load(std::sync::atomic::Ordering::Relaxed) as u64,
+                holds_pending: registry.list().len() as u64,
+                journal_queue_depth: shared.journal.queue_depth(),
+                journal_prelog_bytes: shared.journal.prelog_bytes(),
+            })
+        };
+        tokio::spawn(crate::metrics::server::serve(
+            listener,
+            gauges,
+            shutdown_rx.clone(),
+        ))
+    });
     // Grants expire on their own; the sweep journals each expiry when it happens.
     let sweeper = {
         let registry = registry_for_http.clone();
@@ -328,6 +354,9 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     sweeper.abort();
     if let Some(d) = decision_server {
         d.abort();
+    }
+    if let Some(m) = metrics_server {
+        m.abort();
     }
     let _ = std::fs::remove_file(&approvals_socket);
     if let Some(server) = attest_server {

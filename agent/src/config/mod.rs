@@ -165,6 +165,10 @@ pub struct AgentSettings {
     /// `approver_group` (none: root only): a group name or numeric gid whose members
     /// may approve or deny held statements, besides root.
     pub approver_group: Option<GroupRef>,
+    /// `metrics_listen` (off): `address:port` where `GET /metrics` serves Prometheus
+    /// metrics (see [`crate::metrics`]). They name workloads and targets: bind loopback or
+    /// a management address.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Default `[agent] approvals_socket`.
@@ -224,6 +228,16 @@ impl Workload {
         match &self.name {
             Some(name) => name.clone(),
             None => crate::identity::derive_workload_name(cgroup_path),
+        }
+    }
+
+    /// The workload as a metrics label: its configured name, else its selector (never a
+    /// name derived per cgroup, which would make one series per container or job).
+    pub fn metric_label(&self) -> String {
+        match (&self.name, self.uid) {
+            (Some(name), _) => name.clone(),
+            (None, Some(uid)) => format!("cgroup={} uid={uid}", self.cgroup),
+            (None, None) => format!("cgroup={}", self.cgroup),
         }
     }
 }
@@ -964,6 +978,18 @@ impl TryFrom<Spanned<RawAgent>> for AgentSettings {
                     return Err(Problem::at(&g, "approver_group must not be empty"));
                 }
                 Some(g) => Some(g.into_inner()),
+                None => None,
+            },
+            metrics_listen: match &raw.metrics_listen {
+                Some(addr) => Some(addr.get_ref().parse().map_err(|_| {
+                    Problem::at(
+                        addr,
+                        format!(
+                            "metrics_listen \"{}\" is not an address:port (e.g. \"127.0.0.1:9464\")",
+                            addr.get_ref()
+                        ),
+                    )
+                })?),
                 None => None,
             },
         })

@@ -54,6 +54,7 @@ pub(super) struct RawAgent {
     pub journal_fsync: Option<JournalFsync>,
     pub approvals_socket: Option<Spanned<String>>,
     pub approver_group: Option<Spanned<super::GroupRef>>,
+    pub metrics_listen: Option<Spanned<String>>,
 }
 
 /// One `[[workload]]`.

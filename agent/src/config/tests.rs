@@ -97,6 +97,7 @@ fn minimal_example_parses_to_the_expected_model() {
             journal_fsync: JournalFsync::Group,
             approvals_socket: PathBuf::from("/run/nhi-agent/approvals.sock"),
             approver_group: None,
+            metrics_listen: None,
         }
     );
     assert_eq!(config.workloads.len(), 1);
@@ -1246,6 +1247,27 @@ fn kubernetes_target_and_workload_keys_are_validated() {
     assert!(
         e.to_string()
             .contains("`token_file` only applies to protocol = \"kubernetes\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn metrics_listen_is_an_address_and_a_bad_one_is_pointed_at() {
+    let with = |value: &str| {
+        MINIMAL.replacen(
+            "[agent]\n",
+            &format!("[agent]\nmetrics_listen = \"{value}\"\n"),
+            1,
+        )
+    };
+    let config = ok(&with("127.0.0.1:9464"));
+    assert_eq!(
+        config.agent.metrics_listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    let e = err(&with("localhost:9464")).to_string();
+    assert!(
+        e.contains("metrics_listen \"localhost:9464\" is not an address:port"),
         "{e}"
     );
 }

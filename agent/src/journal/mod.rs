@@ -824,6 +824,16 @@ impl JournalHandle {
         Ok(seq)
     }
 
+    /// Commands waiting for the writer.
+    pub fn queue_depth(&self) -> u64 {
+        (self.tx.max_capacity() - self.tx.capacity()) as u64
+    }
+
+    /// Bytes in the pre-log (written, not yet truncated after their commit).
+    pub fn prelog_bytes(&self) -> u64 {
+        self.prelog.len()
+    }
+
     /// The policy the journal was opened with.
     pub fn fsync_policy(&self) -> FsyncPolicy {
         self.fsync

@@ -580,6 +580,11 @@ impl Prelog {
         self.truncate_at
     }
 
+    /// The file's length: records written and not yet truncated away.
+    pub(crate) fn len(&self) -> u64 {
+        self.lock().len
+    }
+
     /// A poisoned lock means a panic in the middle of an append, when the file and `len`
     /// may disagree: such a pre-log is not trusted any more.
     fn lock(&self) -> MutexGuard<'_, Appender> {

@@ -864,6 +864,8 @@ impl Writer {
         // Put back if the transaction is lost, so the chain never links to rows that were
         // rolled back.
         let chain_before = self.chain.state;
+        let began = std::time::Instant::now();
+        let mut commit_took = std::time::Duration::ZERO;
 
         match self
             .conn
@@ -913,10 +915,12 @@ impl Writer {
                     executed.push(ex);
                 }
                 if lost.is_none() {
+                    let committing = std::time::Instant::now();
                     if let Err(e) = tx.commit() {
                         // The transaction is rolled back when `tx` is dropped by `commit`.
                         lost = Some(("commit", e));
                     }
+                    commit_took = committing.elapsed();
                 }
             }
         }
@@ -924,6 +928,8 @@ impl Writer {
         match lost {
             None => {
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                let records = commands as u64 + ingested.as_ref().map_or(0, |d| d.inserted);
+                crate::metrics::get().journal_batch(records, began.elapsed(), commit_took);
                 if let Some(done) = ingested {
                     self.shared
                         .prelog_records
@@ -936,6 +942,7 @@ impl Writer {
                 Ok(())
             }
             Some((op, source)) => {
+                crate::metrics::get().journal_batch_failed();
                 self.chain.state = chain_before;
                 if let Some((_, last_seq)) = new_records {
                     self.prelog

@@ -232,6 +232,7 @@ impl Lineage {
                 return;
             }
         };
+        crate::metrics::get().lineage_dropped_total(total);
         if total <= state.lost_reported {
             return;
         }

@@ -604,9 +604,16 @@ async fn handle(
         claims: claims.clone(),
     };
     let t_identity = t0.elapsed();
+    let metric_labels = crate::metrics::SessionLabels {
+        workload: workload.metric_label(),
+        target: target.name.clone(),
+        protocol: target.protocol.to_string(),
+    };
+    let metrics = crate::metrics::get();
     let id = match shared.journal.start_session(start).await {
         Ok(id) => id,
         Err(e) => {
+            metrics.session_refused(&metric_labels);
             let cause = crate::journal::root_cause(&e);
             error!(
                 workload = %workload_name, %orig_dst, error = %e, %cause,
@@ -632,6 +639,7 @@ async fn handle(
         }
     };
     let t_journal = t0.elapsed();
+    metrics.session_opened(&metric_labels, t_journal);
     // Debug, not info: every session is in the journal, and a line per connection
     // would flood the system log of a busy CI host (and cost the set-up path).
     debug!(session = id, workload = %workload_name, cgroup = %cgroup, pid = tgid, %orig_dst, target = %target.name, "session opened");
@@ -657,6 +665,7 @@ async fn handle(
                 close_reason: CloseReason::PolicyLimit(why.clone()).to_string(),
             };
             record_end(&shared.journal, end, &mut end_cancel).await;
+            metrics.session_closed(&metric_labels, "policy_limit");
             return;
         }
     }
@@ -693,6 +702,7 @@ async fn handle(
             close_reason: why,
         };
         record_end(&shared.journal, end, &mut end_cancel).await;
+        metrics.session_closed(&metric_labels, "internal_error");
         return;
     }
     let outcome = if let Some(target_rt) = pg {
@@ -822,6 +832,7 @@ async fn handle(
         close_reason: outcome.reason.to_string(),
     };
     record_end(&shared.journal, end, &mut end_cancel).await;
+    metrics.session_closed(&metric_labels, outcome.reason.label());
     debug!(
         session = id,
         from_client = outcome.bytes_from_client,

@@ -52,6 +52,24 @@ pub enum CloseReason {
     PolicyLimit(String),
 }
 
+impl CloseReason {
+    /// The reason's class, without its detail: a bounded metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::ServerClosed => "server_closed",
+            Self::ClientReset(_) => "client_reset",
+            Self::ServerReset(_) => "server_reset",
+            Self::IdleTimeout => "idle_timeout",
+            Self::AgentShutdown => "agent_shutdown",
+            Self::JournalFailure(_) => "journal_failure",
+            Self::UpstreamConnect(_) => "upstream_connect_failed",
+            Self::Protocol(_) => "protocol_error",
+            Self::PolicyLimit(_) => "policy_limit",
+        }
+    }
+}
+
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -27,6 +27,8 @@ pub enum Action {
 
 /// The verdict-to-action rules of one session.
 pub struct Gate {
+    /// The session's protocol, as metrics name it.
+    protocol: &'static str,
     enforce: bool,
     approval_timeout: Duration,
     /// Rules approved with scope `session`: their requests pass without a hold.
@@ -38,10 +40,12 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// `enforce`: act on verdicts (else only journal them); `approval_timeout`: how long
-    /// a hold waits before it counts as denied.
-    pub fn new(enforce: bool, approval_timeout: Duration) -> Gate {
+    /// `protocol`: the session's, as metrics name it; `enforce`: act on verdicts (else
+    /// only journal them); `approval_timeout`: how long a hold waits before it counts as
+    /// denied.
+    pub fn new(protocol: &'static str, enforce: bool, approval_timeout: Duration) -> Gate {
         Gate {
+            protocol,
             enforce,
             approval_timeout,
             session_approvals: HashMap::new(),
@@ -69,15 +73,23 @@ impl Gate {
     }
 
     /// What to do with a request the policy gave `verdict` by `rule`.
+    /// Each call is one judged request (counted in the metrics).
     pub fn action(&self, verdict: Verdict, rule: Option<&str>) -> Action {
-        match (self.enforce, verdict) {
+        let action = match (self.enforce, verdict) {
             (true, Verdict::Deny) => Action::Refuse,
             (true, Verdict::Approve) => match self.standing(rule) {
                 Some(standing) => Action::PassOnStanding(standing),
                 None => Action::Hold,
             },
             _ => Action::Forward,
-        }
+        };
+        let done = match action {
+            Action::Forward | Action::PassOnStanding(_) => "forward",
+            Action::Hold => "hold",
+            Action::Refuse => "refuse",
+        };
+        crate::metrics::get().request(self.protocol, verdict.as_str(), done);
+        action
     }
 
     /// The hold of request `seq`; `text` is what approvers are shown (announcements may
@@ -135,7 +147,7 @@ impl Gate {
                 );
             }
         }
-        match outcome {
+        let event = match outcome {
             HoldOutcome::Approved { by, note } => ApprovalEvent {
                 seq,
                 decision: "approved",
@@ -157,7 +169,9 @@ impl Gate {
                 reason: None,
                 note: &NO_NOTE,
             },
-        }
+        };
+        crate::metrics::get().hold_decided(self.protocol, event.decision);
+        event
     }
 }
 
@@ -215,7 +229,7 @@ mod tests {
 
     #[test]
     fn enforce_refuses_holds_and_passes_on_standing_approvals() {
-        let mut gate = Gate::new(true, Duration::from_secs(7));
+        let mut gate = Gate::new("test", true, Duration::from_secs(7));
         assert!(matches!(gate.action(Verdict::Allow, None), Action::Forward));
         assert!(matches!(
             gate.action(Verdict::Deny, Some("r")),
@@ -268,7 +282,7 @@ mod tests {
 
     #[test]
     fn observe_mode_forwards_everything_and_notes_would_be_holds() {
-        let mut gate = Gate::new(false, Duration::from_secs(1));
+        let mut gate = Gate::new("test", false, Duration::from_secs(1));
         for v in [Verdict::Allow, Verdict::Approve, Verdict::Deny] {
             assert!(matches!(gate.action(v, Some("r")), Action::Forward));
         }

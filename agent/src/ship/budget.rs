@@ -37,6 +37,7 @@ impl Budget {
 
     /// Records a measurement of `used` bytes against `limit` (`None`: no budget).
     pub fn update(&self, used: u64, limit: Option<u64>) -> Transition {
+        crate::metrics::get().disk(used, limit);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let over = limit.filter(|&l| used > l).map(|l| {
             format!(

@@ -382,6 +382,19 @@ impl Shipper {
                 _ = tokio::time::sleep_until(next_pass) => {
                     let me = self.clone();
                     let result = tokio::task::spawn_blocking(move || me.pass()).await;
+                    let pending = {
+                        let me = self.clone();
+                        tokio::task::spawn_blocking(move || me.status(false).ok())
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|s| s.journals.iter().map(|j| j.pending_segments.len() as u64).sum())
+                    };
+                    let uploaded: Vec<u64> = match &result {
+                        Ok(Ok(report)) => report.uploaded.iter().map(|(_, seq)| *seq).collect(),
+                        _ => Vec::new(),
+                    };
+                    crate::metrics::get().ship_pass(matches!(result, Ok(Ok(_))), &uploaded, pending);
                     let pause = match result {
                         Ok(Ok(report)) => {
                             backoff.reset();

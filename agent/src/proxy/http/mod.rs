@@ -330,7 +330,11 @@ async fn serve_http(
         .as_ref()
         .map(|p| p.approval_timeout)
         .unwrap_or(crate::policy::DEFAULT_APPROVAL_TIMEOUT);
-    let mut gate = Gate::new(ctx.rules.enforce, approval_timeout);
+    let mut gate = Gate::new(
+        ctx.target.protocol.name(),
+        ctx.rules.enforce,
+        approval_timeout,
+    );
     if let Some(approvals) = &ctx.approvals {
         let (approvals, workload, target) = (
             approvals.clone(),

@@ -202,7 +202,7 @@ impl Flow {
             .unwrap_or(policy::DEFAULT_APPROVAL_TIMEOUT);
         Flow {
             session,
-            gate: Gate::new(rules.enforce, approval_timeout),
+            gate: Gate::new("postgres", rules.enforce, approval_timeout),
             rules,
             tx_status: b'I',
             expect: VecDeque::from([Expect::Startup]),

@@ -222,7 +222,7 @@ pub async fn serve(
         .as_ref()
         .map(|p| p.approval_timeout)
         .unwrap_or(crate::policy::DEFAULT_APPROVAL_TIMEOUT);
-    let mut gate = Gate::new(ctx.rules.enforce, approval_timeout);
+    let mut gate = Gate::new("ssh", ctx.rules.enforce, approval_timeout);
     if let Some(a) = &ctx.approvals {
         let a = a.clone();
         let workload = ctx.requester.identity.workload.clone();

@@ -1,0 +1,159 @@
+//! Operations: the Prometheus endpoint (`[agent] metrics_listen`) scraped with a real
+//! HTTP client (curl, from the test process, not intercepted) before and after real
+//! traffic through the real eBPF path; the counters must move by exactly what the
+//! agent did, as the journal tells it.
+use std::time::{Duration, Instant};
+
+use nhi_tests::{http::*, *};
+
+/// `GET /metrics` with curl: the status line's code and the body.
+fn scrape(port: u16) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--max-time",
+            "10",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("curl printed the code");
+    (
+        code.trim().parse().expect("a status code"),
+        body.to_string(),
+    )
+}
+
+/// The value of the sample whose name and labels are exactly `series` (0 when absent:
+/// a labelled counter appears with its first increment).
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            (name == series).then(|| v.parse().expect("a number"))
+        })
+        .unwrap_or(0.0)
+}
+
+/// Scrapes until `done` holds for the text, or panics with the last one.
+fn scrape_until(port: u16, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, text) = scrape(port);
+        assert_eq!(code, 200, "{text}");
+        if done(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what}; last scrape:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn metrics_move_by_what_the_agent_did() {
+    privileged!("metrics_move_by_what_the_agent_did");
+    let app = EchoApp::start();
+    let echo = EchoServer::start("127.0.0.2:0");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let metrics_port = free_port();
+    let agent = Agent::start_with(
+        &format!(
+            "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+             [[target]]\nname = \"api\"\naddress = \"{}\"\nprotocol = \"http\"\n\n\
+             [[target]]\nname = \"echo\"\naddress = \"{}\"\n\n\
+             [[policy]]\nname = \"bots\"\nworkload = \"bot\"\n\n\
+             [[policy.rule]]\nname = \"no-deletes\"\nverdict = \"deny\"\nmethods = [\"DELETE\"]\n",
+            cg.rel(),
+            app.addr(),
+            echo.addr,
+        ),
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
+        &[],
+    );
+    let http = r#"workload="bot",target="api",protocol="http""#;
+    let tcp = r#"workload="bot",target="echo",protocol="tcp""#;
+
+    let (code, before) = scrape(metrics_port);
+    assert_eq!(code, 200, "{before}");
+    assert!(
+        before.contains("# TYPE nhi_journal_failed_batches counter")
+            && before.contains("# TYPE nhi_connection_setup_seconds histogram")
+            && before.contains("# TYPE nhi_journal_fsync_seconds histogram")
+            && before.ends_with("# EOF\n"),
+        "{before}"
+    );
+    let opened = |t: &str, l: &str| value(t, &format!("nhi_sessions_opened_total{{{l}}}"));
+    let requests = |t: &str, verdict: &str, action: &str| {
+        value(
+            t,
+            &format!(
+                "nhi_requests_total{{protocol=\"http\",verdict=\"{verdict}\",action=\"{action}\"}}"
+            ),
+        )
+    };
+    let setups = |t: &str| value(t, "nhi_connection_setup_seconds_count");
+    let commits = |t: &str| value(t, "nhi_journal_fsync_seconds_count");
+    assert_eq!(opened(&before, http), 0.0);
+
+    // Three allowed requests on one connection, one refused on another; three opaque
+    // echo connections.
+    let base = format!("http://{}", app.addr());
+    let (status, body) = curl(
+        &cg,
+        &[
+            &format!("{base}/a"),
+            &format!("{base}/b"),
+            &format!("{base}/c"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = curl(&cg, &["-X", "DELETE", &format!("{base}/d")]);
+    assert_eq!(status, 403, "{body}");
+    for _ in 0..3 {
+        let out = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "1000"]);
+        assert_eq!(out["identical"], true, "{out}");
+    }
+
+    let closed = |t: &str, l: &str, reason: &str| {
+        value(
+            t,
+            &format!("nhi_sessions_closed_total{{{},reason=\"{reason}\"}}", l),
+        )
+    };
+    let after = scrape_until(metrics_port, "five sessions closed", |t| {
+        closed(t, http, "client_closed") >= 2.0 && closed(t, tcp, "client_closed") >= 3.0
+    });
+    assert_eq!(opened(&after, http), 2.0, "{after}");
+    assert_eq!(opened(&after, tcp), 3.0, "{after}");
+    assert_eq!(closed(&after, http, "client_closed"), 2.0, "{after}");
+    assert_eq!(closed(&after, tcp, "client_closed"), 3.0, "{after}");
+    assert_eq!(requests(&after, "allow", "forward"), 3.0, "{after}");
+    assert_eq!(requests(&after, "deny", "refuse"), 1.0, "{after}");
+    assert_eq!(setups(&after) - setups(&before), 5.0, "{after}");
+    assert!(commits(&after) > commits(&before), "{after}");
+    assert_eq!(value(&after, "nhi_holds_pending"), 0.0);
+
+    // The journal tells the same story.
+    let sessions = agent.sessions();
+    assert_eq!(sessions.len(), 5, "{sessions:?}");
+
+    // Anything but GET /metrics is refused; the endpoint lives on.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:{metrics_port}/other"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+    let (code, _) = scrape(metrics_port);
+    assert_eq!(code, 200);
+}
