@@ -21,4 +21,5 @@ pub mod sdnotify;
 pub mod session;
 pub mod ship;
 pub mod state;
+pub mod status;
 pub mod tls;

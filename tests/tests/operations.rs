@@ -157,3 +157,148 @@ fn metrics_move_by_what_the_agent_did() {
     let (code, _) = scrape(metrics_port);
     assert_eq!(code, 200);
 }
+
+/// `nhi-agent status --json` against this agent's control socket: exit code and JSON.
+fn status(agent: &Agent) -> (i32, serde_json::Value) {
+    let socket = agent.dir.path().join("approvals.sock");
+    let out = agent.cli(&["status", "--json", "--socket", socket.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "status --json is not JSON ({e}): {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), json)
+}
+
+/// `nhi-agent reload` against this agent's control socket: exit code, stdout, stderr.
+fn reload(agent: &Agent) -> (i32, String, String) {
+    let socket = agent.dir.path().join("approvals.sock");
+    let out = agent.cli(&["reload", "--socket", socket.to_str().unwrap()]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn status_and_reload_tell_the_running_agents_state_and_verdicts() {
+    privileged!("status_and_reload_tell_the_running_agents_state_and_verdicts");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let metrics_port = free_port();
+    let mut agent = Agent::start_with(
+        &format!(
+            "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+             [[target]]\nname = \"echo\"\naddress = \"{}\"\n",
+            cg.rel(),
+            echo.addr,
+        ),
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
+        &[],
+    );
+    let out = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "100"]);
+    assert_eq!(out["identical"], true, "{out}");
+
+    // Healthy: exit 0, and the document says what runs.
+    let (code, s) = status(&agent);
+    assert_eq!(code, 0, "{s:#}");
+    let a = &s["agent"];
+    assert_eq!(a["pid"], agent.pid().unwrap(), "{a:#}");
+    assert_eq!(a["mode"], "enforce");
+    assert_eq!(a["fail"], "closed");
+    assert_eq!(a["targets"][0]["name"], "echo");
+    assert_eq!(a["targets"][0]["protocol"], "tcp");
+    assert_eq!(a["workloads"][0]["name"], "bot");
+    assert_eq!(
+        a["listeners"]["metrics"],
+        format!("127.0.0.1:{metrics_port}")
+    );
+    assert_eq!(
+        a["listeners"]["proxy"][0],
+        format!("127.0.0.1:{}", agent.port)
+    );
+    let programs = a["kernel"]["programs"].as_array().expect("programs");
+    assert!(
+        programs.iter().any(|p| p["name"] == "nhi_connect4")
+            && programs.iter().all(|p| p["pinned"].is_string()),
+        "fail-closed programs are attached and pinned: {a:#}"
+    );
+    assert_eq!(a["journal"]["segments"]["live"]["segment_seq"], 1, "{a:#}");
+    assert!(a["journal"]["commits"].as_u64().unwrap() > 0, "{a:#}");
+    assert_eq!(a["holds"]["pending"], 0);
+    assert_eq!(a["problems"], serde_json::json!([]), "{a:#}");
+    assert!(a["last_reload"].is_null(), "{a:#}");
+    assert_eq!(s["can_run"], true);
+
+    // A broken file: the verdict names the place, the old configuration stays, and
+    // status says so (exit 1) until a good reload.
+    agent.rewrite_config(|c| c.replace("address = ", "adress = "));
+    let (code, stdout, stderr) = reload(&agent);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("reload rejected")
+            && stderr.contains("agent.toml:")
+            && stderr.contains("adress"),
+        "{stderr}"
+    );
+    let (code, s) = status(&agent);
+    assert_eq!(code, 1, "{s:#}");
+    let problems = s["agent"]["problems"].to_string();
+    assert!(problems.contains("was rejected"), "{problems}");
+    assert_eq!(s["agent"]["last_reload"]["applied"], false);
+    let out = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "100"]);
+    assert_eq!(
+        out["identical"], true,
+        "the old configuration serves: {out}"
+    );
+
+    // A good file with a second target and a key that needs a restart: applied, and the
+    // verdict says what was kept.
+    let echo2 = EchoServer::start("127.0.0.3:0");
+    agent.rewrite_config(|c| {
+        c.replace("adress = ", "address = ")
+            .replace("journal_fsync", "#")
+            .replace("[agent]\n", "[agent]\njournal_fsync = \"each\"\n")
+            + &format!(
+                "\n[[target]]\nname = \"echo2\"\naddress = \"{}\"\n",
+                echo2.addr
+            )
+    });
+    let (code, stdout, stderr) = reload(&agent);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("2 targets") && stdout.contains("kept until a restart: journal_fsync"),
+        "{stdout}"
+    );
+    let (code, s) = status(&agent);
+    assert_eq!(code, 0, "{s:#}");
+    assert_eq!(s["agent"]["targets"][1]["name"], "echo2");
+    assert_eq!(s["agent"]["last_reload"]["applied"], true);
+    assert_eq!(
+        s["agent"]["journal"]["fsync"], "group",
+        "kept until a restart"
+    );
+    let (_, metrics) = scrape(metrics_port);
+    assert_eq!(
+        value(&metrics, r#"nhi_config_reloads_total{result="rejected"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(&metrics, r#"nhi_config_reloads_total{result="applied"}"#),
+        1.0
+    );
+
+    // Nobody listening: exit 3.
+    agent.terminate();
+    let (code, s) = status(&agent);
+    assert_eq!(code, 3, "{s:#}");
+    assert!(
+        s["agent"].is_null() && s["agent_error"].is_string(),
+        "{s:#}"
+    );
+    let (code, _, stderr) = reload(&agent);
+    assert_eq!(code, 3, "{stderr}");
+}

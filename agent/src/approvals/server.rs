@@ -145,11 +145,24 @@ pub fn bind(path: &Path, approver_gid: Option<u32>) -> Result<UnixListener, Serv
     Ok(listener)
 }
 
-/// Serves `registry` on `listener` until `shutdown` turns true.
+/// Re-reads the configuration; `by` names the caller for the log. The applied change,
+/// or why the file was rejected.
+pub type ReloadFn = dyn Fn(&str) -> Result<String, String> + Send + Sync;
+
+/// What the control socket asks of the running agent besides approvals.
+pub struct Control {
+    /// The agent's state, for `status` (approvers).
+    pub status: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// Re-reads the configuration (root only).
+    pub reload: Box<ReloadFn>,
+}
+
+/// Serves `registry` (and `control`) on `listener` until `shutdown` turns true.
 pub async fn serve(
     listener: UnixListener,
     registry: Registry,
     approver_gid: Option<u32>,
+    control: Option<std::sync::Arc<Control>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -157,8 +170,9 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let registry = registry.clone();
+                    let control = control.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = connection(stream, &registry, approver_gid).await {
+                        if let Err(e) = connection(stream, &registry, approver_gid, control.as_deref()).await {
                             debug!(error = %e, "approvals connection ended");
                         }
                     });
@@ -186,6 +200,7 @@ async fn connection(
     stream: UnixStream,
     registry: &Registry,
     approver_gid: Option<u32>,
+    control: Option<&Control>,
 ) -> io::Result<()> {
     let peer = peer_of(&stream)?;
     let (r, mut w) = stream.into_split();
@@ -206,7 +221,7 @@ async fn connection(
             write_answer(&mut w, &answer).await?;
             return Ok(());
         }
-        let answer = handle(&line, &peer, registry, approver_gid);
+        let answer = handle(&line, &peer, registry, approver_gid, control);
         write_answer(&mut w, &answer).await?;
     }
 }
@@ -218,7 +233,13 @@ async fn write_answer(w: &mut tokio::net::unix::OwnedWriteHalf, answer: &Answer)
 }
 
 /// Answers one request line from `peer`.
-fn handle(line: &[u8], peer: &Peer, registry: &Registry, approver_gid: Option<u32>) -> Answer {
+fn handle(
+    line: &[u8],
+    peer: &Peer,
+    registry: &Registry,
+    approver_gid: Option<u32>,
+    control: Option<&Control>,
+) -> Answer {
     let request: Result<Request, _> = serde_json::from_slice(line);
     // A signed token carries its own authority: anyone who can reach the socket may
     // hand one in, and the submitting peer is logged.
@@ -288,6 +309,34 @@ fn handle(line: &[u8], peer: &Peer, registry: &Registry, approver_gid: Option<u3
             ok: true,
             grants: Some(registry.grants()),
             ..Answer::default()
+        },
+        Request::Status => match control {
+            Some(c) => Answer {
+                ok: true,
+                status: Some((c.status)()),
+                ..Answer::default()
+            },
+            None => Answer::error("this socket does not serve status"),
+        },
+        Request::Reload => match control {
+            // Changing what the agent enforces is root's alone, not an approver's.
+            Some(_) if peer.uid != 0 => {
+                warn!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    "control socket: refused a reload by a caller that is not root"
+                );
+                Answer::error("only root may reload the configuration")
+            }
+            Some(c) => match (c.reload)(&format!("{by} pid {}", peer.pid)) {
+                Ok(what) => Answer {
+                    ok: true,
+                    reload: Some(what),
+                    ..Answer::default()
+                },
+                Err(why) => Answer::error(why),
+            },
+            None => Answer::error("this socket does not serve reloads"),
         },
         Request::Revoke { id } => match registry.revoke(&id, &by) {
             Ok(g) => Answer {

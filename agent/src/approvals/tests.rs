@@ -172,7 +172,7 @@ async fn the_socket_answers_one_json_line_per_request() {
     let listener = bind(&path, Some(own_gid)).unwrap();
     let registry = Registry::new(path.clone());
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(serve(listener, registry.clone(), Some(own_gid), rx));
+    tokio::spawn(serve(listener, registry.clone(), Some(own_gid), None, rx));
     let hold = registry
         .hold(&who(1), request(Duration::from_secs(60)))
         .wait;

@@ -10,6 +10,9 @@
 //! {"op":"submit","token":"eyJ..."}           -> {"ok":true,"request":{...},"by":"jwt:alice (kid k1)"}
 //! {"op":"grants"}                            -> {"ok":true,"grants":[...]}
 //! {"op":"revoke","id":"g-1"}                 -> {"ok":true,"grant":{...}}
+//! {"op":"status"}                            -> {"ok":true,"status":{...}}   (approvers)
+//! {"op":"reload"}                            -> {"ok":true,"reload":"..."}   (root only;
+//!                                               ok false with the reason when rejected)
 //! anything refused                           -> {"ok":false,"error":"..."}
 //! ```
 use serde::{Deserialize, Serialize};
@@ -53,6 +56,10 @@ pub enum Request {
     Revoke {
         id: String,
     },
+    /// The running agent's state (`nhi-agent status`).
+    Status,
+    /// Re-read the configuration file and answer the verdict (`nhi-agent reload`).
+    Reload,
 }
 
 pub use crate::session::approval::{Pending, Process};
@@ -76,6 +83,12 @@ pub struct Answer {
     /// The grant created (approve with scope grant) or revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<Grant>,
+    /// The agent's state, for `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+    /// What an applied reload changed, for `reload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<String>,
 }
 
 impl Answer {

@@ -231,7 +231,7 @@ fn one_line(text: &str, max: usize) -> String {
 }
 
 /// Sends one request and reads one answer, with errors that say what to do.
-fn ask(socket: &Path, request: &Request) -> anyhow::Result<Answer> {
+pub(crate) fn ask(socket: &Path, request: &Request) -> anyhow::Result<Answer> {
     let mut stream = match UnixStream::connect(socket) {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {

@@ -12,6 +12,7 @@ pub mod lineage;
 mod logging;
 pub mod ocsf;
 pub mod policy;
+pub mod reload;
 pub mod replay;
 pub mod run;
 pub mod select;
@@ -65,8 +66,11 @@ pub enum Command {
     Key(key::KeyArgs),
     /// Verify journal segments: hash chain, seals, links (exit 0 only when intact).
     Verify(verify::VerifyArgs),
-    /// What this host offers the agent: the kernel features probed at start.
+    /// The kernel features this host offers and the running agent's state (exit 0:
+    /// healthy, 1: something is wrong, 3: not running).
     Status(status::StatusArgs),
+    /// Ask the running agent to re-read its configuration and wait for the verdict.
+    Reload(reload::ReloadArgs),
     /// Print the known_hosts line that makes SSH clients trust the agent's host
     /// certificates (`@cert-authority * ssh-ed25519 ...`).
     SshCa(ssh_ca::SshCaArgs),
@@ -92,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Key(a) => key::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Status(a) => status::run(a),
+        Command::Reload(a) => reload::run(a),
         Command::SshCa(a) => ssh_ca::run(a),
         Command::KubeCa(a) => kube_ca::run(a),
     };

@@ -183,19 +183,20 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     apply(&mut interceptor, &config, &cgroups)?;
     // Lineage is an addition to the audit, not a condition of it: if its tracepoints
     // cannot attach, connections are still intercepted and the reason is logged.
+    let mut lineage_off = None;
     let lineage = match features.lineage_unavailable() {
         Some(missing) if config.lineage.enabled => {
             warn!(
                 missing,
                 "process lineage is off: this kernel lacks what it needs; interception goes on"
             );
+            lineage_off = Some(format!("this kernel lacks {missing}"));
             None
         }
         _ => crate::lineage::start(&mut interceptor, &config.lineage).unwrap_or_else(|e| {
-            error!(
-                error = format!("{:#}", anyhow::Error::from(e)),
-                "process lineage is unavailable"
-            );
+            let why = format!("{:#}", anyhow::Error::from(e));
+            error!(error = %why, "process lineage is unavailable");
+            lineage_off = Some(why);
             None
         }),
     };
@@ -252,12 +253,45 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let rescan = tokio::spawn(rescan_loop(shared.clone(), shutdown_rx.clone()));
+    let lineage_on = lineage.is_some();
     let lineage_task = lineage.map(|l| tokio::spawn(l.run(shared.clone(), shutdown_rx.clone())));
     let registry_for_http = registry.clone();
+    let last_reload = Arc::new(Mutex::new(None));
+    let status = crate::status::Sources {
+        shared: shared.clone(),
+        registry: registry.clone(),
+        shipper: shipper.clone(),
+        started: std::time::SystemTime::now(),
+        config_path: config_path.clone(),
+        listeners: serde_json::json!({
+            "proxy": [
+                format!("127.0.0.1:{}", config.agent.listen_port),
+                format!("[::1]:{}", config.agent.listen_port),
+            ],
+            "approvals_socket": approvals_socket.display().to_string(),
+            "attest_socket": attest_listener.as_ref().map(|_| attest_socket.display().to_string()),
+            "approvals_http": decision_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
+            "metrics": metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
+        }),
+        lineage_off: lineage_off.filter(|_| config.lineage.enabled),
+        lineage_on,
+        last_reload: last_reload.clone(),
+    };
+    let control = {
+        let (shared, path, last) = (shared.clone(), config_path.clone(), last_reload.clone());
+        approvals::server::Control {
+            status: Box::new(move || status.collect()),
+            reload: Box::new(move |by| {
+                info!(by, "reload asked on the control socket");
+                reload(&shared, &path, &last)
+            }),
+        }
+    };
     let approvals_server = tokio::spawn(approvals::server::serve(
         approvals_listener,
         registry,
         approver_gid,
+        Some(Arc::new(control)),
         shutdown_rx.clone(),
     ));
     info!(socket = %approvals_socket.display(), approver_gid, "approvals socket ready");
@@ -323,7 +357,12 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             }
         })
     };
-    let signals = tokio::spawn(signal_loop(shared.clone(), config_path, shutdown_tx));
+    let signals = tokio::spawn(signal_loop(
+        shared.clone(),
+        config_path,
+        last_reload,
+        shutdown_tx,
+    ));
     // Container network namespaces: listeners opened as the kernel asks, handed to the
     // accept loops.
     let (ns_tx, ns_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -455,6 +494,7 @@ fn rescan(shared: &proxy::Shared) {
 async fn signal_loop(
     shared: Arc<proxy::Shared>,
     config_path: PathBuf,
+    last_reload: Arc<Mutex<Option<crate::status::ReloadRecord>>>,
     shutdown: watch::Sender<bool>,
 ) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -469,14 +509,14 @@ async fn signal_loop(
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload(&shared, &config_path),
+            _ = hup.recv() => {
+                let _ = reload(&shared, &config_path, &last_reload);
+            }
         }
     }
     let _ = shutdown.send(true);
 }
 
-/// SIGHUP: a valid new config takes effect for new connections; an invalid one is
-/// rejected with a logged reason and the last good one stays in force.
 /// The approvals registry with what `[approvals]` configures: decision keys (read now,
 /// so a bad key fails the start), the webhook sender, the longest grant.
 fn approvals_registry(
@@ -534,103 +574,117 @@ fn raise_nofile_limit(max_connections: usize) {
     }
 }
 
-fn reload(shared: &proxy::Shared, path: &std::path::Path) {
+/// Reloads are one at a time, whether asked by SIGHUP or on the control socket.
+static RELOADING: Mutex<()> = Mutex::new(());
+
+/// Re-reads the configuration at `path`, logs and records the verdict (for `status`, the
+/// metrics and `nhi-agent reload`), and tells systemd around it.
+fn reload(
+    shared: &proxy::Shared,
+    path: &std::path::Path,
+    last: &Mutex<Option<crate::status::ReloadRecord>>,
+) -> Result<String, String> {
+    let _one = RELOADING.lock().unwrap_or_else(|p| p.into_inner());
     let _ = sdnotify::notify(&format!(
         "RELOADING=1\nMONOTONIC_USEC={}",
         sdnotify::monotonic_usec()
     ));
+    let result = apply_reload(shared, path);
+    match &result {
+        Ok(what) => info!("{what}"),
+        Err(why) => error!(
+            error = %why,
+            "reload rejected; the previous configuration stays in force"
+        ),
+    }
+    crate::metrics::get().reload(result.is_ok());
+    *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::status::ReloadRecord {
+        at: std::time::SystemTime::now(),
+        result: result.clone(),
+    });
+    let _ = sdnotify::notify(&match &result {
+        Ok(_) => "READY=1\nSTATUS=configuration reloaded".to_string(),
+        Err(why) => format!("READY=1\nSTATUS=reload rejected: {why}"),
+    });
+    result
+}
+
+/// SIGHUP's work: a valid new config takes effect for new connections (what changed is
+/// returned); an invalid one is rejected (the reason is returned) and the last good one
+/// stays in force.
+fn apply_reload(shared: &proxy::Shared, path: &std::path::Path) -> Result<String, String> {
     let old = shared.config();
-    match config::load(path) {
-        Err(e) => {
-            error!(error = %e, "reload rejected; the previous configuration stays in force");
-        }
-        Ok(mut new) => {
-            // These are wired into sockets, pins and files at start; keep them.
-            let a = &mut new.agent;
-            let o = &old.agent;
-            for (changed, key) in [
-                (a.listen_port != o.listen_port, "listen_port"),
-                (a.journal != o.journal, "journal"),
-                (a.bpffs != o.bpffs, "bpffs"),
-                (a.fail != o.fail, "fail"),
-                (a.max_connections != o.max_connections, "max_connections"),
-                (a.cgroup_root != o.cgroup_root, "cgroup_root"),
-                (a.approvals_socket != o.approvals_socket, "approvals_socket"),
-                (a.approver_group != o.approver_group, "approver_group"),
-                (new.attest.socket != old.attest.socket, "[attest] socket"),
-                (
-                    new.attest.enabled() != old.attest.enabled(),
-                    "[[oidc_issuer]] (adding the first or removing the last)",
-                ),
-            ] {
-                if changed {
-                    warn!(
-                        key,
-                        "changing this key needs a restart; keeping the running value"
-                    );
-                }
-            }
-            a.listen_port = o.listen_port;
-            a.journal = o.journal.clone();
-            a.bpffs = o.bpffs.clone();
-            a.fail = o.fail;
-            a.max_connections = o.max_connections;
-            a.cgroup_root = o.cgroup_root.clone();
-            a.journal_fsync = o.journal_fsync;
-            a.approvals_socket = o.approvals_socket.clone();
-            a.approver_group = o.approver_group.clone();
-            new.attest.socket = old.attest.socket.clone();
-            let verifier = match attest::load_issuers(&new.attest) {
-                Ok(v) => v,
-                Err(e) => {
-                    error!(
-                        error = %e,
-                        "reload rejected; the previous configuration stays in force"
-                    );
-                    let _ = sdnotify::notify("READY=1");
-                    return;
-                }
-            };
-            // Keys, webhook and endpoint are wired at start.
-            if new.approvals != old.approvals {
-                warn!("changing [approvals] needs a restart; keeping the running values");
-                new.approvals = old.approvals.clone();
-            }
-            if new.evidence != old.evidence {
-                warn!("changing [evidence] needs a restart; keeping the running values");
-                new.evidence = old.evidence.clone();
-            }
-            let snapshot = match proxy::Snapshot::build(Arc::new(new)) {
-                Ok(snapshot) => snapshot,
-                Err(e) => {
-                    error!(
-                        error = format!("{e:#}"),
-                        "reload rejected; the previous configuration stays in force"
-                    );
-                    let _ = sdnotify::notify("READY=1");
-                    return;
-                }
-            };
-            let sync = {
-                let mut i = shared.interceptor.lock().unwrap_or_else(|p| p.into_inner());
-                apply(&mut i, &snapshot.config, &shared.cgroups)
-            };
-            match sync {
-                Err(e) => error!(error = %e, "reload failed while updating the kernel maps"),
-                Ok(()) => {
-                    let (w, t) = (
-                        snapshot.config.workloads.len(),
-                        snapshot.config.targets.len(),
-                    );
-                    // The configuration and its runtime go into force together.
-                    shared.replace_snapshot(snapshot);
-                    if let Some(attestor) = &shared.attest {
-                        attestor.set_verifier(verifier);
-                    }
-                    info!(workloads = w, targets = t, "configuration reloaded");
-                }
-            }
+    let mut new = config::load(path).map_err(|e| e.to_string())?;
+    let mut kept: Vec<&str> = Vec::new();
+    // These are wired into sockets, pins and files at start; keep them.
+    let a = &mut new.agent;
+    let o = &old.agent;
+    for (changed, key) in [
+        (a.listen_port != o.listen_port, "listen_port"),
+        (a.journal != o.journal, "journal"),
+        (a.bpffs != o.bpffs, "bpffs"),
+        (a.fail != o.fail, "fail"),
+        (a.max_connections != o.max_connections, "max_connections"),
+        (a.cgroup_root != o.cgroup_root, "cgroup_root"),
+        (a.approvals_socket != o.approvals_socket, "approvals_socket"),
+        (a.approver_group != o.approver_group, "approver_group"),
+        (a.metrics_listen != o.metrics_listen, "metrics_listen"),
+        (a.journal_fsync != o.journal_fsync, "journal_fsync"),
+        (new.attest.socket != old.attest.socket, "[attest] socket"),
+        (
+            new.attest.enabled() != old.attest.enabled(),
+            "[[oidc_issuer]] (adding the first or removing the last)",
+        ),
+    ] {
+        if changed {
+            warn!(
+                key,
+                "changing this key needs a restart; keeping the running value"
+            );
+            kept.push(key);
         }
     }
-    let _ = sdnotify::notify("READY=1");
+    a.listen_port = o.listen_port;
+    a.journal = o.journal.clone();
+    a.bpffs = o.bpffs.clone();
+    a.fail = o.fail;
+    a.max_connections = o.max_connections;
+    a.cgroup_root = o.cgroup_root.clone();
+    a.journal_fsync = o.journal_fsync;
+    a.approvals_socket = o.approvals_socket.clone();
+    a.approver_group = o.approver_group.clone();
+    a.metrics_listen = o.metrics_listen;
+    new.attest.socket = old.attest.socket.clone();
+    let verifier = attest::load_issuers(&new.attest).map_err(|e| e.to_string())?;
+    // Keys, webhook and endpoint are wired at start.
+    if new.approvals != old.approvals {
+        warn!("changing [approvals] needs a restart; keeping the running values");
+        new.approvals = old.approvals.clone();
+        kept.push("[approvals]");
+    }
+    if new.evidence != old.evidence {
+        warn!("changing [evidence] needs a restart; keeping the running values");
+        new.evidence = old.evidence.clone();
+        kept.push("[evidence]");
+    }
+    let snapshot = proxy::Snapshot::build(Arc::new(new)).map_err(|e| format!("{e:#}"))?;
+    {
+        let mut i = shared.interceptor.lock().unwrap_or_else(|p| p.into_inner());
+        apply(&mut i, &snapshot.config, &shared.cgroups)
+    }
+    .map_err(|e| format!("updating the kernel maps: {e}"))?;
+    let (w, t) = (
+        snapshot.config.workloads.len(),
+        snapshot.config.targets.len(),
+    );
+    // The configuration and its runtime go into force together.
+    shared.replace_snapshot(snapshot);
+    if let Some(attestor) = &shared.attest {
+        attestor.set_verifier(verifier);
+    }
+    let mut what = format!("configuration reloaded: {w} workloads, {t} targets");
+    if !kept.is_empty() {
+        what.push_str(&format!("; kept until a restart: {}", kept.join(", ")));
+    }
+    Ok(what)
 }

@@ -365,6 +365,34 @@ impl Interceptor {
     }
 
     /// Cookie of the agent's own network namespace ("the host").
+    /// What `nhi-agent status` shows of the kernel side: programs attached, where they
+    /// are pinned, what the maps hold.
+    pub fn summary(&self) -> serde_json::Value {
+        let versioned = self.opts.pin_dir.join(format!("v{MAP_LAYOUT_VERSION}"));
+        let links_dir = versioned.join("links");
+        let programs: Vec<serde_json::Value> = self
+            .links
+            .iter()
+            .map(|(name, _)| {
+                let pin = links_dir.join(name);
+                serde_json::json!({
+                    "name": name,
+                    "pinned": pin.exists().then(|| pin.display().to_string()),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "programs": programs,
+            "pin_dir": versioned.display().to_string(),
+            "map_layout": MAP_LAYOUT_VERSION,
+            "cgroup_root": self.opts.cgroup_root.display().to_string(),
+            "fail_closed": self.opts.fail_closed,
+            "cgroups_classified": self.cgroup_mirror.len(),
+            "target_entries": self.target_mirror.len(),
+            "container_namespaces": self.netns.keys().count(),
+        })
+    }
+
     pub fn host_netns(&self) -> u64 {
         self.host_netns
     }
