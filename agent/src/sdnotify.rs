@@ -23,6 +23,27 @@ pub fn notify(state: &str) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The watchdog interval systemd expects `WATCHDOG=1` within (`WatchdogSec=` in the
+/// unit sets `$WATCHDOG_USEC`), when it is meant for this process (`$WATCHDOG_PID`
+/// absent or ours).
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    parse_watchdog(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+fn parse_watchdog(usec: Option<&str>, pid: Option<&str>, own: u32) -> Option<std::time::Duration> {
+    if let Some(pid) = pid {
+        if pid.trim().parse::<u32>().ok()? != own {
+            return None;
+        }
+    }
+    let usec: u64 = usec?.trim().parse().ok()?;
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
 /// CLOCK_MONOTONIC in microseconds, as `RELOADING=1` wants in MONOTONIC_USEC.
 pub fn monotonic_usec() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
@@ -33,6 +54,17 @@ pub fn monotonic_usec() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_is_ours_only_when_systemd_says_so() {
+        let d = std::time::Duration::from_secs(30);
+        assert_eq!(parse_watchdog(Some("30000000"), None, 7), Some(d));
+        assert_eq!(parse_watchdog(Some("30000000"), Some("7"), 7), Some(d));
+        assert_eq!(parse_watchdog(Some("30000000"), Some("8"), 7), None);
+        assert_eq!(parse_watchdog(Some("0"), None, 7), None);
+        assert_eq!(parse_watchdog(Some("soon"), None, 7), None);
+        assert_eq!(parse_watchdog(None, None, 7), None);
+    }
 
     #[test]
     fn sends_to_the_socket_systemd_names() {

@@ -302,3 +302,98 @@ fn status_and_reload_tell_the_running_agents_state_and_verdicts() {
     let (code, _, stderr) = reload(&agent);
     assert_eq!(code, 3, "{stderr}");
 }
+
+/// Datagrams sent to a `NOTIFY_SOCKET` bound by the test.
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    sock: std::os::unix::net::UnixDatagram,
+}
+
+impl NotifySocket {
+    fn bind() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        NotifySocket {
+            _dir: dir,
+            path,
+            sock,
+        }
+    }
+
+    /// Messages received until one satisfies `until` (returned last), or panics after
+    /// 20 s with what came.
+    fn until(&self, what: &str, until: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = until(&m);
+                got.push(m);
+                if done {
+                    return got;
+                }
+            }
+        }
+        panic!("no {what} in {got:?}");
+    }
+}
+
+#[test]
+fn systemd_is_told_ready_reloading_stopping_and_fed_the_watchdog() {
+    privileged!("systemd_is_told_ready_reloading_stopping_and_fed_the_watchdog");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let notify = NotifySocket::bind();
+    let mut agent = Agent::configure(
+        &format!("[[workload]]\nname = \"bot\"\ncgroup = \"nhi-none\"\n\n[[target]]\nname = \"echo\"\naddress = \"{}\"\n", echo.addr),
+        "",
+        &[],
+    );
+    agent.set_env("NOTIFY_SOCKET", notify.path.to_str().unwrap());
+    agent.set_env("WATCHDOG_USEC", "400000");
+    agent.spawn();
+
+    let ready = notify.until("READY=1", |m| m.starts_with("READY=1"));
+    assert!(
+        ready
+            .last()
+            .unwrap()
+            .contains("STATUS=intercepting: 1 workloads, 1 targets"),
+        "{ready:?}"
+    );
+    // Fed every 200 ms while healthy: two within a few hundred milliseconds.
+    notify.until("a first WATCHDOG=1", |m| m == "WATCHDOG=1");
+    let t = Instant::now();
+    notify.until("a second WATCHDOG=1", |m| m == "WATCHDOG=1");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // SIGHUP: RELOADING=1 with the monotonic clock, then READY=1 with the verdict.
+    agent.signal(libc::SIGHUP);
+    let got = notify.until("RELOADING=1", |m| m.starts_with("RELOADING=1"));
+    assert!(got.last().unwrap().contains("MONOTONIC_USEC="), "{got:?}");
+    let got = notify.until("READY=1 after the reload", |m| m.starts_with("READY=1"));
+    assert!(
+        got.last()
+            .unwrap()
+            .contains("STATUS=configuration reloaded"),
+        "{got:?}"
+    );
+    // A rejected file: READY=1 too (the old configuration serves), STATUS says so.
+    agent.rewrite_config(|c| c.replace("address = ", "adress = "));
+    agent.signal(libc::SIGHUP);
+    let got = notify.until("READY=1 after the rejection", |m| m.starts_with("READY=1"));
+    assert!(
+        got.last().unwrap().contains("STATUS=reload rejected"),
+        "{got:?}"
+    );
+
+    // SIGTERM: STOPPING=1 first.
+    agent.signal(libc::SIGTERM);
+    notify.until("STOPPING=1", |m| m.starts_with("STOPPING=1"));
+    agent.terminate();
+}

@@ -249,7 +249,15 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             "nhi-agent ready"
         );
     }
-    let _ = sdnotify::notify("READY=1");
+    {
+        let c = shared.config();
+        let _ = sdnotify::notify(&format!(
+            "READY=1\nSTATUS=intercepting: {} workloads, {} targets, mode {:?}",
+            c.workloads.len(),
+            c.targets.len(),
+            c.agent.mode
+        ));
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let rescan = tokio::spawn(rescan_loop(shared.clone(), shutdown_rx.clone()));
@@ -357,6 +365,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             }
         })
     };
+    let watchdog = sdnotify::watchdog_interval().map(|interval| {
+        info!(interval = ?interval, "feeding systemd's watchdog while the proxy and the journal writer are alive");
+        tokio::spawn(watchdog_loop(shared.journal.clone(), interval))
+    });
     let signals = tokio::spawn(signal_loop(
         shared.clone(),
         config_path,
@@ -382,6 +394,9 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
     rescan.abort();
     signals.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     approvals_server.abort();
     if let Some(task) = lineage_task {
         // It drains the ring buffer once more on shutdown, before the journal closes.
@@ -403,7 +418,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&attest_socket);
     }
 
-    let _ = sdnotify::notify("STOPPING=1");
+    let _ = sdnotify::notify("STATUS=stopping: closing the journal");
     shared.journal.flush().await.ok();
     tokio::task::spawn_blocking(move || journal.close())
         .await
@@ -514,6 +529,8 @@ async fn signal_loop(
             }
         }
     }
+    // systemd counts the stop from here: draining open connections is part of it.
+    let _ = sdnotify::notify("STOPPING=1\nSTATUS=stopping: draining open connections");
     let _ = shutdown.send(true);
 }
 
@@ -571,6 +588,44 @@ fn raise_nofile_limit(max_connections: usize) {
             }
         }
         Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
+/// Sends `WATCHDOG=1` every half `interval` while the proxy accepts and the journal
+/// writer answers a flush within that half: an agent whose proxy loop died or whose
+/// writer hangs is restarted by systemd (the pins keep refusing meanwhile) instead of
+/// looking alive.
+async fn watchdog_loop(journal: journal::JournalHandle, interval: std::time::Duration) {
+    let half = interval / 2;
+    let mut healthy = true;
+    loop {
+        tokio::time::sleep(half).await;
+        let writer = match tokio::time::timeout(half, journal.flush()).await {
+            Ok(Ok(())) | Ok(Err(journal::JournalError::FlushIncomplete { .. })) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer to a flush within {half:?}")),
+        };
+        let why = match (proxy::accepting(), writer) {
+            (true, Ok(())) => None,
+            (false, _) => Some("the proxy's accept loop is not running".to_string()),
+            (true, Err(e)) => Some(format!("the journal writer is not answering: {e}")),
+        };
+        match why {
+            None => {
+                let _ = sdnotify::notify("WATCHDOG=1");
+                if !healthy {
+                    info!("healthy again; feeding the watchdog");
+                    healthy = true;
+                }
+            }
+            Some(why) => {
+                if healthy {
+                    error!(reason = %why, "not feeding systemd's watchdog");
+                    let _ = sdnotify::notify(&format!("STATUS=unhealthy: {why}"));
+                    healthy = false;
+                }
+            }
+        }
     }
 }
 

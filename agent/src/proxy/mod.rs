@@ -262,6 +262,14 @@ pub async fn serve(
     }
 }
 
+/// Whether the host's accept loop runs (the watchdog feeds systemd only while it does).
+static ACCEPTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the proxy accepts connections on the host's listeners.
+pub fn accepting() -> bool {
+    ACCEPTING.load(Ordering::SeqCst)
+}
+
 /// Accepts from every listener in one loop: a slot (permit) is taken, then the next
 /// connection of whichever listener has one. (A loop per listener would keep a slot
 /// reserved for a quiet listener while the other's connections waited in the backlog.)
@@ -272,6 +280,15 @@ async fn accept_loop(
     max: usize,
     cancel: watch::Receiver<bool>,
 ) {
+    // Cleared when the loop ends, however (a panic unwinds through the guard).
+    struct Accepting;
+    impl Drop for Accepting {
+        fn drop(&mut self) {
+            ACCEPTING.store(false, Ordering::SeqCst);
+        }
+    }
+    ACCEPTING.store(true, Ordering::SeqCst);
+    let _accepting = Accepting;
     let mut last_limit_log: Option<Instant> = None;
     let mut next = 0usize;
     loop {
