@@ -24,7 +24,8 @@ pub struct ReloadRecord {
 pub struct Sources {
     pub shared: Arc<Shared>,
     pub registry: Registry,
-    pub shipper: Option<Arc<Shipper>>,
+    /// The shipper in force (replaced by reloads).
+    pub shipper: Arc<Mutex<Option<Arc<Shipper>>>>,
     pub started: SystemTime,
     pub config_path: PathBuf,
     /// The sockets and ports the agent serves, as JSON (fixed at start).
@@ -63,7 +64,12 @@ impl Sources {
         if let Some(why) = self.shared.budget.exceeded() {
             problems.push(why);
         }
-        let shipping = match &self.shipper {
+        let shipper = self
+            .shipper
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let shipping = match &shipper {
             None => json!({ "configured": false }),
             Some(s) => match s.status(false) {
                 Ok(st) => {

@@ -397,3 +397,112 @@ fn systemd_is_told_ready_reloading_stopping_and_fed_the_watchdog() {
     notify.until("STOPPING=1", |m| m.starts_with("STOPPING=1"));
     agent.terminate();
 }
+
+#[test]
+fn a_reload_applies_approvals_shipping_and_retention() {
+    privileged!("a_reload_applies_approvals_shipping_and_retention");
+    let app = EchoApp::start();
+    let echo = EchoServer::start("127.0.0.2:0");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"api\"\naddress = \"{}\"\nprotocol = \"http\"\n\n\
+         [[target]]\nname = \"echo\"\naddress = \"{}\"\n\n\
+         [[policy]]\nname = \"bots\"\n\n\
+         [[policy.rule]]\nname = \"ask-before-deploy\"\nverdict = \"approve\"\nmethods = [\"POST\"]\npaths = [\"/deploy\"]\n",
+        cg.rel(),
+        app.addr(),
+        echo.addr,
+    ));
+    let socket = agent.dir.path().join("approvals.sock");
+
+    // [approvals]: a webhook and a shorter max_grant, applied without a restart.
+    let (hook_url, hook) = webhook_listener();
+    agent.rewrite_config(|c| {
+        format!("{c}\n[approvals]\nwebhook_url = \"{hook_url}\"\nmax_grant = \"5m\"\n")
+    });
+    let (code, stdout, stderr) = reload(&agent);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("[approvals] applied"), "{stdout}");
+    let child = cg
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args([
+            "-X",
+            "POST",
+            "-d",
+            "v=1",
+            &format!("http://{}/deploy", app.addr()),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let pending = wait_pending(&socket);
+    let announced = hook
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the webhook added by the reload is told");
+    assert_eq!(announced["rule"], "ask-before-deploy", "{announced}");
+    let id = pending["id"].as_str().unwrap().to_string();
+    let out = approvals(
+        &socket,
+        &["approve", &id, "--scope", "grant", "--for", "10m"],
+    );
+    assert!(
+        !out.status.success(),
+        "a grant over the reloaded max_grant is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_grant"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = approvals(&socket, &["approve", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+
+    // [retention]: a disk budget the journal directory is over: new sessions are
+    // refused (opaque: reset) and status says why; removing it lets them in again.
+    agent.rewrite_config(|c| format!("{c}\n[retention]\ndisk_budget = \"1KB\"\n"));
+    let (code, stdout, stderr) = reload(&agent);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("[shipping]/[retention] applied"),
+        "{stdout}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "100"]);
+        if out["identical"] != true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions still admitted: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, s) = status(&agent);
+    assert_eq!(code, 1, "{s:#}");
+    assert!(
+        s["agent"]["problems"].to_string().contains("disk budget"),
+        "{s:#}"
+    );
+    agent.rewrite_config(|c| c.replace("[retention]\ndisk_budget = \"1KB\"\n", ""));
+    let (code, stdout, stderr) = reload(&agent);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("shipping and retention off"), "{stdout}");
+    let out = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "100"]);
+    assert_eq!(out["identical"], true, "{out}");
+    let (code, s) = status(&agent);
+    assert_eq!(code, 0, "{s:#}");
+}

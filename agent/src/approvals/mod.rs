@@ -139,12 +139,20 @@ pub struct Registry {
     /// Shown in the log line that tells how to approve.
     socket: PathBuf,
     journal: Option<JournalHandle>,
-    announcer: Option<Announcer>,
-    keys: Option<Arc<DecisionKeys>>,
-    max_grant: Duration,
+    /// What `[approvals]` configures; replaced as a whole on reload.
+    settings: Arc<std::sync::RwLock<Settings>>,
     clock: Clock,
     /// Where grants, used tokens and numbering are kept across restarts.
     file: Option<StateFile>,
+}
+
+/// The reloadable part of a [`Registry`]: `[approvals]`' webhook, decision keys and
+/// longest grant.
+#[derive(Clone)]
+struct Settings {
+    announcer: Option<Announcer>,
+    keys: Option<Arc<DecisionKeys>>,
+    max_grant: Duration,
 }
 
 #[derive(Default)]
@@ -191,9 +199,11 @@ impl Registry {
             state: Arc::new(Mutex::new(State::default())),
             socket,
             journal: None,
-            announcer: None,
-            keys: None,
-            max_grant: config::DEFAULT_MAX_GRANT,
+            settings: Arc::new(std::sync::RwLock::new(Settings {
+                announcer: None,
+                keys: None,
+                max_grant: config::DEFAULT_MAX_GRANT,
+            })),
             clock: Arc::new(SystemTime::now),
             file: None,
         }
@@ -251,7 +261,7 @@ impl Registry {
                 )
             }
             Loaded::Found(saved) => {
-                let max_grant = self.max_grant;
+                let max_grant = self.settings().max_grant;
                 let (keep, too_long): (Vec<Grant>, Vec<Grant>) =
                     saved.grants.into_iter().partition(|g| {
                         match (
@@ -335,21 +345,48 @@ impl Registry {
     }
 
     /// Announces requests to a webhook.
-    pub fn with_announcer(mut self, announcer: Announcer) -> Self {
-        self.announcer = Some(announcer);
+    pub fn with_announcer(self, announcer: Announcer) -> Self {
+        self.settings_mut().announcer = Some(announcer);
         self
     }
 
     /// Accepts decision tokens signed by one of `keys`.
-    pub fn with_keys(mut self, keys: DecisionKeys) -> Self {
-        self.keys = Some(Arc::new(keys));
+    pub fn with_keys(self, keys: DecisionKeys) -> Self {
+        self.settings_mut().keys = Some(Arc::new(keys));
         self
     }
 
     /// Bounds `grant` durations (`[approvals] max_grant`).
-    pub fn with_max_grant(mut self, max_grant: Duration) -> Self {
-        self.max_grant = max_grant;
+    pub fn with_max_grant(self, max_grant: Duration) -> Self {
+        self.settings_mut().max_grant = max_grant;
         self
+    }
+
+    /// A reload of `[approvals]`: from now on, requests are announced by `announcer`,
+    /// tokens checked against `keys` and grants bounded by `max_grant` (grants already
+    /// given keep their end). Every clone of this registry sees the change.
+    pub fn reconfigure(
+        &self,
+        announcer: Option<Announcer>,
+        keys: Option<DecisionKeys>,
+        max_grant: Duration,
+    ) {
+        *self.settings_mut() = Settings {
+            announcer,
+            keys: keys.map(Arc::new),
+            max_grant,
+        };
+    }
+
+    fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn settings_mut(&self) -> std::sync::RwLockWriteGuard<'_, Settings> {
+        self.settings.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Replaces the clock (tests).
@@ -394,7 +431,7 @@ impl Registry {
         addressed: Option<&str>,
         via: &str,
     ) -> Result<Decided, DecideError> {
-        let keys = self.keys.as_ref().ok_or(TokenError::NoKeys)?;
+        let keys = self.settings().keys.ok_or(TokenError::NoKeys)?;
         let verified = match keys.verify(token) {
             Ok(v) => v,
             Err(e) => {
@@ -440,7 +477,7 @@ impl Registry {
             check_scope(
                 decision.scope,
                 decision.grant_for.as_deref(),
-                self.max_grant,
+                self.settings().max_grant,
             )?
         } else {
             None
@@ -618,7 +655,7 @@ impl Registry {
     }
 
     fn announce(&self, info: &Pending, would_hold: bool) {
-        let Some(announcer) = &self.announcer else {
+        let Some(announcer) = self.settings().announcer else {
             return;
         };
         announcer.announce(&announcement(info, would_hold, &self.socket));

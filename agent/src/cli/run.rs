@@ -265,10 +265,11 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let lineage_task = lineage.map(|l| tokio::spawn(l.run(shared.clone(), shutdown_rx.clone())));
     let registry_for_http = registry.clone();
     let last_reload = Arc::new(Mutex::new(None));
+    let shipper_slot = Arc::new(Mutex::new(None));
     let status = crate::status::Sources {
         shared: shared.clone(),
         registry: registry.clone(),
-        shipper: shipper.clone(),
+        shipper: shipper_slot.clone(),
         started: std::time::SystemTime::now(),
         config_path: config_path.clone(),
         listeners: serde_json::json!({
@@ -285,13 +286,26 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         lineage_on,
         last_reload: last_reload.clone(),
     };
+    // The shipper's passes run on blocking threads: an upload never holds up the proxy.
+    let mut shipping = Shipping {
+        shipper: shipper_slot.clone(),
+        task: None,
+        budget: shared.budget.clone(),
+        shutdown: shutdown_rx.clone(),
+    };
+    shipping.replace(shipper);
+    let reloadable = Arc::new(Reloadable {
+        registry: registry_for_http.clone(),
+        shipping: Mutex::new(shipping),
+        last: last_reload.clone(),
+    });
     let control = {
-        let (shared, path, last) = (shared.clone(), config_path.clone(), last_reload.clone());
+        let (shared, path, live) = (shared.clone(), config_path.clone(), reloadable.clone());
         approvals::server::Control {
             status: Box::new(move || status.collect()),
             reload: Box::new(move |by| {
                 info!(by, "reload asked on the control socket");
-                reload(&shared, &path, &last)
+                reload(&shared, &path, &live)
             }),
         }
     };
@@ -303,8 +317,6 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     info!(socket = %approvals_socket.display(), approver_gid, "approvals socket ready");
-    // The shipper's passes run on blocking threads: an upload never holds up the proxy.
-    let shipping = shipper.map(|s| tokio::spawn(s.run(shutdown_rx.clone())));
     let attest_server = attest_listener.map(|listener| {
         info!(socket = %attest_socket.display(), "attest socket ready");
         tokio::spawn(attest::server::serve(
@@ -372,7 +384,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let signals = tokio::spawn(signal_loop(
         shared.clone(),
         config_path,
-        last_reload,
+        reloadable.clone(),
         shutdown_tx,
     ));
     // Container network namespaces: listeners opened as the kernel asks, handed to the
@@ -402,8 +414,14 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         // It drains the ring buffer once more on shutdown, before the journal closes.
         let _ = task.await;
     }
-    if let Some(shipping) = shipping {
-        shipping.abort();
+    if let Some(task) = reloadable
+        .shipping
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .task
+        .take()
+    {
+        task.abort();
     }
     sweeper.abort();
     if let Some(d) = decision_server {
@@ -509,7 +527,7 @@ fn rescan(shared: &proxy::Shared) {
 async fn signal_loop(
     shared: Arc<proxy::Shared>,
     config_path: PathBuf,
-    last_reload: Arc<Mutex<Option<crate::status::ReloadRecord>>>,
+    live: Arc<Reloadable>,
     shutdown: watch::Sender<bool>,
 ) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -525,7 +543,7 @@ async fn signal_loop(
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
             _ = hup.recv() => {
-                let _ = reload(&shared, &config_path, &last_reload);
+                let _ = reload(&shared, &config_path, &live);
             }
         }
     }
@@ -541,24 +559,72 @@ fn approvals_registry(
     socket: std::path::PathBuf,
     journal: crate::journal::JournalHandle,
 ) -> anyhow::Result<approvals::Registry> {
-    let a = &config.approvals;
-    let mut registry = approvals::Registry::new(socket)
+    let registry = approvals::Registry::new(socket)
         .with_journal(journal)
-        .with_max_grant(a.max_grant)
         .with_state(&config.agent.state_dir);
-    if let Some(keys) = approvals::token::DecisionKeys::load(a)? {
-        registry = registry.with_keys(keys);
-    }
-    if let Some(url) = &a.webhook_url {
-        let announcer = approvals::webhook::Announcer::start(
-            url.clone(),
-            a.webhook_retries,
-            std::time::Duration::from_secs(1),
-        )
-        .context("starting the approval webhook thread")?;
-        registry = registry.with_announcer(announcer);
-    }
+    let (announcer, keys, max_grant) = approvals_settings(&config.approvals)?;
+    registry.reconfigure(announcer, keys, max_grant);
     Ok(registry)
+}
+
+/// What `[approvals]` makes of a registry: the webhook sender, the decision keys (read
+/// now, so a bad key fails the start or the reload), the longest grant.
+fn approvals_settings(
+    a: &approvals::ApprovalsConfig,
+) -> anyhow::Result<(
+    Option<approvals::webhook::Announcer>,
+    Option<approvals::token::DecisionKeys>,
+    std::time::Duration,
+)> {
+    let keys = approvals::token::DecisionKeys::load(a)?;
+    let announcer = match &a.webhook_url {
+        Some(url) => Some(
+            approvals::webhook::Announcer::start(
+                url.clone(),
+                a.webhook_retries,
+                std::time::Duration::from_secs(1),
+            )
+            .context("starting the approval webhook thread")?,
+        ),
+        None => None,
+    };
+    Ok((announcer, keys, a.max_grant))
+}
+
+/// Shipping and retention as they run now; replaced when a reload changes
+/// `[shipping]` or `[retention]`.
+struct Shipping {
+    /// Also read by `status`.
+    shipper: Arc<Mutex<Option<Arc<crate::ship::Shipper>>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    budget: crate::ship::Budget,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Shipping {
+    /// Runs `shipper` (none: shipping and retention off), stopping the one before.
+    fn replace(&mut self, shipper: Option<Arc<crate::ship::Shipper>>) {
+        if let Some(task) = self.task.take() {
+            // A pass on a blocking thread finishes; the next one is the new shipper's
+            // (`ship.lock` keeps them apart).
+            task.abort();
+        }
+        if shipper.is_none() {
+            // Nothing measures the journal directory any more: no budget applies.
+            self.budget.update(0, None);
+        }
+        self.task = shipper
+            .clone()
+            .map(|s| tokio::spawn(s.run(self.shutdown.clone())));
+        *self.shipper.lock().unwrap_or_else(|p| p.into_inner()) = shipper;
+    }
+}
+
+/// What a reload changes besides the configuration snapshot.
+struct Reloadable {
+    registry: approvals::Registry,
+    shipping: Mutex<Shipping>,
+    last: Arc<Mutex<Option<crate::status::ReloadRecord>>>,
 }
 
 /// Raises the soft limit on open files to the hard limit: every proxied connection holds
@@ -637,14 +703,14 @@ static RELOADING: Mutex<()> = Mutex::new(());
 fn reload(
     shared: &proxy::Shared,
     path: &std::path::Path,
-    last: &Mutex<Option<crate::status::ReloadRecord>>,
+    live: &Reloadable,
 ) -> Result<String, String> {
     let _one = RELOADING.lock().unwrap_or_else(|p| p.into_inner());
     let _ = sdnotify::notify(&format!(
         "RELOADING=1\nMONOTONIC_USEC={}",
         sdnotify::monotonic_usec()
     ));
-    let result = apply_reload(shared, path);
+    let result = apply_reload(shared, path, live);
     match &result {
         Ok(what) => info!("{what}"),
         Err(why) => error!(
@@ -653,7 +719,7 @@ fn reload(
         ),
     }
     crate::metrics::get().reload(result.is_ok());
-    *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::status::ReloadRecord {
+    *live.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::status::ReloadRecord {
         at: std::time::SystemTime::now(),
         result: result.clone(),
     });
@@ -667,7 +733,11 @@ fn reload(
 /// SIGHUP's work: a valid new config takes effect for new connections (what changed is
 /// returned); an invalid one is rejected (the reason is returned) and the last good one
 /// stays in force.
-fn apply_reload(shared: &proxy::Shared, path: &std::path::Path) -> Result<String, String> {
+fn apply_reload(
+    shared: &proxy::Shared,
+    path: &std::path::Path,
+    live: &Reloadable,
+) -> Result<String, String> {
     let old = shared.config();
     let mut new = config::load(path).map_err(|e| e.to_string())?;
     let mut kept: Vec<&str> = Vec::new();
@@ -711,12 +781,52 @@ fn apply_reload(shared: &proxy::Shared, path: &std::path::Path) -> Result<String
     a.metrics_listen = o.metrics_listen;
     new.attest.socket = old.attest.socket.clone();
     let verifier = attest::load_issuers(&new.attest).map_err(|e| e.to_string())?;
-    // Keys, webhook and endpoint are wired at start.
-    if new.approvals != old.approvals {
-        warn!("changing [approvals] needs a restart; keeping the running values");
-        new.approvals = old.approvals.clone();
-        kept.push("[approvals]");
+    // The decision endpoint is a listener bound at start; the rest of [approvals] is
+    // read now (a bad key rejects the reload) and applied with the snapshot.
+    if new.approvals.http_listen != old.approvals.http_listen {
+        warn!(
+            key = "[approvals] http_listen",
+            "changing this key needs a restart; keeping the running value"
+        );
+        new.approvals.http_listen = old.approvals.http_listen;
+        kept.push("[approvals] http_listen");
     }
+    let approvals = if new.approvals != old.approvals {
+        Some(approvals_settings(&new.approvals).map_err(|e| format!("[approvals]: {e:#}"))?)
+    } else {
+        None
+    };
+    // The tracepoints are attached at start with these.
+    let (nl, ol) = (&new.lineage, &old.lineage);
+    if (nl.enabled, nl.argv_max, nl.argv_max_bytes) != (ol.enabled, ol.argv_max, ol.argv_max_bytes)
+    {
+        warn!(
+            key = "[lineage] enabled/argv_max/argv_max_bytes",
+            "changing these keys needs a restart; keeping the running values"
+        );
+        new.lineage.enabled = ol.enabled;
+        new.lineage.argv_max = ol.argv_max;
+        new.lineage.argv_max_bytes = ol.argv_max_bytes;
+        kept.push("[lineage]");
+    }
+    // [shipping] and [retention]: a new shipper (its secret read again now, so a rotated
+    // secret is picked up and a bad one rejects the reload), swapped in with the snapshot.
+    let shipper = if new.ship != old.ship || new.ship.is_active() {
+        Some(if new.ship.is_active() {
+            let s = crate::ship::Shipper::new(
+                &new.ship,
+                &new.agent.journal,
+                &new.agent.state_dir,
+                shared.budget.clone(),
+            )
+            .map_err(|e| format!("[shipping]/[retention]: {e}"))?;
+            Some(Arc::new(s))
+        } else {
+            None
+        })
+    } else {
+        None
+    };
     if new.evidence != old.evidence {
         warn!("changing [evidence] needs a restart; keeping the running values");
         new.evidence = old.evidence.clone();
@@ -738,6 +848,22 @@ fn apply_reload(shared: &proxy::Shared, path: &std::path::Path) -> Result<String
         attestor.set_verifier(verifier);
     }
     let mut what = format!("configuration reloaded: {w} workloads, {t} targets");
+    if let Some((announcer, keys, max_grant)) = approvals {
+        live.registry.reconfigure(announcer, keys, max_grant);
+        what.push_str("; [approvals] applied");
+    }
+    if let Some(shipper) = shipper {
+        let on = shipper.is_some();
+        live.shipping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(shipper);
+        what.push_str(if on {
+            "; [shipping]/[retention] applied"
+        } else {
+            "; shipping and retention off"
+        });
+    }
     if !kept.is_empty() {
         what.push_str(&format!("; kept until a restart: {}", kept.join(", ")));
     }

@@ -74,7 +74,7 @@ impl ShipProblem {
 }
 
 /// Both sections, validated.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShipConfig {
     /// `[shipping]`; `None`: nothing is uploaded.
     pub shipping: Option<ShippingConfig>,
