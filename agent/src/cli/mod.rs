@@ -6,6 +6,7 @@ pub mod detach;
 pub mod events;
 pub mod export;
 pub mod filter;
+pub mod generate;
 pub mod key;
 pub mod kube_ca;
 pub mod lineage;
@@ -29,7 +30,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "nhi-agent",
-    version,
+    version = generate::version(),
     about = "Audit trail and guardrails for non-human identities",
     long_about = "Intercepts the TCP connections of selected workloads with eBPF, relays them \
                   through a local proxy and journals who connected where, before forwarding."
@@ -73,6 +74,9 @@ pub enum Command {
     /// Print the PEM bundle a bot's kubeconfig trusts (`certificate-authority`): the
     /// agent CA, then the Kubernetes targets' cluster CAs.
     KubeCa(kube_ca::KubeCaArgs),
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -94,6 +98,7 @@ pub fn main() -> ExitCode {
         Command::Status(a) => status::run(a),
         Command::SshCa(a) => ssh_ca::run(a),
         Command::KubeCa(a) => kube_ca::run(a),
+        Command::Generate(a) => generate::run(a),
     };
     match result {
         Ok(code) => code,
