@@ -4,8 +4,8 @@
 //!
 //! Also records the commit the binary is built from (`nhi-agent --version`):
 //! `NHI_BUILD_COMMIT`, the short hash with `-dirty` when tracked files differ from it.
-//! A build outside a git checkout (a source tarball) takes `NHI_BUILD_COMMIT` from the
-//! environment, else says `unknown`.
+//! A build outside a git checkout of this workspace (a source tarball) takes
+//! `NHI_BUILD_COMMIT` from the environment, else says `unknown`.
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{anyhow, Context as _};
@@ -56,8 +56,17 @@ fn commit() -> String {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
-    let Some(hash) = git(&["rev-parse", "--short=12", "HEAD"]) else {
-        return "unknown".into();
+    // Only this workspace's own checkout counts: a source tarball unpacked inside another
+    // repository (a distribution's packaging tree) must not report that one's commit.
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let toplevel = git(&["rev-parse", "--show-toplevel"]).map(PathBuf::from);
+    let ours = match (toplevel.map(|t| t.canonicalize()), workspace.canonicalize()) {
+        (Some(Ok(t)), Ok(w)) => t == w,
+        _ => false,
+    };
+    let hash = match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(hash) if ours => hash,
+        _ => return "unknown".into(),
     };
     // In a worktree HEAD and the index live in the worktree's git dir, the branch refs
     // in the common one (loose, or in packed-refs).
