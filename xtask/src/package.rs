@@ -120,6 +120,7 @@ pub fn package(profile: Profile) -> anyhow::Result<PathBuf> {
             .stdout(std::process::Stdio::null()),
     )?;
     let man_pages = list_dir(&generated.join("man"))?;
+    fs::write(generated.join("changelog"), changelog_for(version)?)?;
     let depends = shlib_depends(&bin, &work)?;
 
     let root = util::root();
@@ -236,6 +237,11 @@ pub fn layout(man_pages: &[String], bin: &Path) -> Vec<Entry> {
         "/usr/share/fish/vendor_completions.d/nhi-agent.fish".into(),
         "completions/nhi-agent.fish".into(),
     ));
+    v.push(Entry {
+        dest: "/usr/share/doc/nhi-agent/changelog.gz".into(),
+        source: Source::Generated("changelog".into()),
+        mode: 0o644,
+    });
     v.push(file(
         "/usr/share/doc/nhi-agent/copyright",
         "xtask/src/debian/copyright".into(),
@@ -282,6 +288,35 @@ pub fn control(version: &str, arch: &str, depends: &[String], installed_kib: u64
          edit it, then `systemctl reload nhi-agent`.\n"
     ));
     s
+}
+
+/// The changelog of a native package (Debian policy wants one): a single entry naming
+/// the commit, dated with the commit's date, so the same commit packs the same file.
+fn changelog_for(version: &str) -> anyhow::Result<String> {
+    let git =
+        |args: &[&str]| util::output(Command::new("git").args(args)).map(|s| s.trim().to_string());
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]);
+    let date = git(&["log", "-1", "--format=%aD"])
+        .or_else(|| util::output(Command::new("date").arg("-R")).map(|s| s.trim().to_string()))
+        .context("no date for the changelog")?;
+    Ok(changelog(
+        version,
+        commit.as_deref(),
+        &maintainer(
+            std::env::var("DEBFULLNAME").ok().as_deref(),
+            std::env::var("DEBEMAIL").ok().as_deref(),
+        ),
+        &date,
+    ))
+}
+
+/// One Debian changelog entry (`dpkg-parsechangelog` format).
+pub fn changelog(version: &str, commit: Option<&str>, maintainer: &str, date: &str) -> String {
+    let what = match commit {
+        Some(c) => format!("Built by `cargo xtask package` from commit {c}."),
+        None => "Built by `cargo xtask package`.".to_string(),
+    };
+    format!("{PACKAGE} ({version}) unstable; urgency=medium\n\n  * {what}\n\n -- {maintainer}  {date}\n")
 }
 
 /// `Name <email>` from the Debian packaging variables, else the project's.
@@ -551,6 +586,39 @@ mod tests {
     }
 
     #[test]
+    fn changelog_is_one_entry_dpkg_can_parse() {
+        let c = changelog(
+            "0.1.0",
+            Some("0c125b669539"),
+            "A B <a@b.example>",
+            "Mon, 7 Dec 2026 15:40:00 +0000",
+        );
+        assert_eq!(
+            c,
+            "nhi-agent (0.1.0) unstable; urgency=medium\n\n  \
+             * Built by `cargo xtask package` from commit 0c125b669539.\n\n \
+             -- A B <a@b.example>  Mon, 7 Dec 2026 15:40:00 +0000\n"
+        );
+        let dir = tempdir();
+        fs::write(dir.join("changelog"), &c).unwrap();
+        let parsed = util::output(
+            Command::new("dpkg-parsechangelog")
+                .arg("-l")
+                .arg(dir.join("changelog")),
+        );
+        if let Some(parsed) = parsed {
+            assert!(parsed.contains("Version: 0.1.0"), "{parsed}");
+        }
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("xtask-package-test-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
     fn shlibdeps_output_is_split_into_items() {
         assert_eq!(
             parse_shlibdeps("shlibs:Depends=libc6 (>= 2.34), libgcc-s1 (>= 4.2)\n"),
@@ -574,6 +642,7 @@ mod tests {
             "/usr/share/zsh/vendor-completions/_nhi-agent",
             "/usr/share/fish/vendor_completions.d/nhi-agent.fish",
             "/usr/share/doc/nhi-agent/copyright",
+            "/usr/share/doc/nhi-agent/changelog.gz",
             "/usr/share/doc/nhi-agent/examples/example.toml",
         ] {
             assert!(dests.contains(&want), "{want} missing from {dests:?}");
