@@ -58,7 +58,10 @@ fn commit() -> String {
     };
     // Only this workspace's own checkout counts: a source tarball unpacked inside another
     // repository (a distribution's packaging tree) must not report that one's commit.
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Read when the script runs, not compiled in: cargo reuses a compiled build script
+    // for another copy of the workspace sharing the target directory.
+    let workspace =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default()).join("..");
     let toplevel = git(&["rev-parse", "--show-toplevel"]).map(PathBuf::from);
     let ours = match (toplevel.map(|t| t.canonicalize()), workspace.canonicalize()) {
         (Some(Ok(t)), Ok(w)) => t == w,
