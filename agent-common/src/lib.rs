@@ -17,6 +17,8 @@ pub const AF_INET6: u16 = 10;
 
 /// Version of the map layout. Pinned maps live in a directory named after it, so an
 /// agent with a different layout never reuses (and misreads) an older agent's maps.
+/// `nhi-agent --version` prints it. [`PINNED_LAYOUT`] records what this version is, so
+/// changing a pinned map's type or size without bumping it fails the build.
 pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Entries in the connection-tracking LRU maps.
@@ -271,6 +273,44 @@ pub fn is_v4_mapped(ip: &[u32; 4]) -> bool {
 }
 
 pub mod lineage;
+
+/// What [`MAP_LAYOUT_VERSION`] names: the size of every type a *pinned* map holds (the
+/// ones a newer agent takes over: `NHI_CONFIG`, `NHI_CGROUPS`, `NHI_TARGETS`,
+/// `NHI_PENDING`/`NHI_BY_ADDR`/`NHI_ACCEPTED`, `NHI_NETNS`, `NHI_HELD`) and their entry
+/// counts. The per-type asserts above keep the two sides of the kernel boundary in step;
+/// this one keeps the version in step with them: a type or count changed while the
+/// version stayed fails here. A tripwire, not a proof (fields reordered within the same
+/// size pass): when it fires, bump `MAP_LAYOUT_VERSION` and record the new layout.
+pub const PINNED_LAYOUT: [usize; 12] = [
+    core::mem::size_of::<AgentConfig>(),
+    core::mem::size_of::<CgroupPolicy>(),
+    core::mem::size_of::<TargetKey>(),
+    core::mem::size_of::<TargetValue>(),
+    core::mem::size_of::<ConnRecord>(),
+    core::mem::size_of::<SockKey>(),
+    core::mem::size_of::<NetnsState>(),
+    core::mem::size_of::<HeldConn>(),
+    CGROUP_MAP_ENTRIES as usize,
+    TARGET_MAP_ENTRIES as usize,
+    CONN_MAP_ENTRIES as usize,
+    NETNS_MAP_ENTRIES as usize,
+];
+
+const fn layout_is(recorded: [usize; 12]) -> bool {
+    let mut i = 0;
+    while i < recorded.len() {
+        if PINNED_LAYOUT[i] != recorded[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+const _: () = assert!(
+    MAP_LAYOUT_VERSION == 2 && layout_is([16, 8, 19, 8, 80, 32, 8, 16, 65536, 4096, 65536, 16384]),
+    "the pinned map layout changed: bump MAP_LAYOUT_VERSION and record the new PINNED_LAYOUT here"
+);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -13,6 +13,8 @@
 //!   issue 16's targets beside the figures, met or not.
 //! - `cargo xtask soak`: mixed traffic (opaque, PostgreSQL, HTTP) through the agent for N
 //!   minutes: RSS, open fds, journal size and events/s each minute, leak bounds, verify.
+//! - `cargo xtask package`: the Debian package (binary, systemd unit, example config, man
+//!   pages, completions) in target/debian/.
 //! - `cargo xtask vm`:  a QEMU/KVM test bed: the systemd unit under real systemd
 //!   (`vm unit`) and the privileged tests on every kernel obtainable (`vm kernels`).
 mod bench;
@@ -24,6 +26,7 @@ mod bench_ssh;
 mod bench_targets;
 mod demo;
 mod fuzz;
+mod package;
 mod run;
 mod setup;
 mod soak;
@@ -128,6 +131,15 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         pg_tps: u32,
     },
+    /// Build the Debian package: the release binary, the systemd unit (/usr/bin), the
+    /// example config as /etc/nhi-agent/agent.toml, man pages and shell completions;
+    /// inspects it and prints its path (target/debian/nhi-agent_VERSION_ARCH.deb).
+    Package {
+        /// Package the debug build (uncompressed): checks the packaging without a
+        /// release build.
+        #[arg(long)]
+        debug: bool,
+    },
     /// The QEMU/KVM test bed (as root): a cached Debian image with systemd and Debian's
     /// kernels; `unit` checks the systemd unit, `kernels` runs the privileged tests per kernel.
     #[command(subcommand)]
@@ -146,6 +158,12 @@ fn main() -> anyhow::Result<()> {
             target,
         } => fuzz::fuzz(seconds, runs, target.as_deref()),
         Cmd::Vm(cmd) => vm::vm(cmd),
+        Cmd::Package { debug } => package::package(if debug {
+            package::Profile::Debug
+        } else {
+            package::Profile::Release
+        })
+        .map(|_| ()),
         Cmd::Soak {
             minutes,
             warmup_minutes,

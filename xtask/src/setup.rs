@@ -77,6 +77,13 @@ pub fn setup() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Only what building the agent needs (the eBPF object: nightly with rust-src and
+/// bpf-linker), for `cargo xtask package`, which runs no tests.
+pub fn build_tools() -> anyhow::Result<()> {
+    nightly()?;
+    bpf_linker()
+}
+
 fn apt() -> anyhow::Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()

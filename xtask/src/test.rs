@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the whole suite, as CI runs it.
 //!
 //! Every step runs even when an earlier one failed (fmt, clippy, then every test binary
-//! with `--no-fail-fast`, then each fuzz target for [`FUZZ_SECONDS`]), and the run ends
+//! with `--no-fail-fast`, the Debian package of the debug build (`package --debug`, about
+//! half a minute), then each fuzz target for [`FUZZ_SECONDS`]), and the run ends
 //! with one summary naming each failure, so one broken test never hides the others.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -10,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{fuzz, setup, util};
+use crate::{fuzz, package, setup, util};
 
 /// How long `cargo xtask test` runs each fuzz target (ten targets: about 4 minutes,
 /// plus building them with nightly the first time).
@@ -52,6 +53,14 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
         .args(extra);
     let tests = run_tests(&mut cmd)?;
     failed.extend(tests.failures());
+
+    // The Debian package, from the debug build the tests just used (no release build:
+    // `cargo xtask package` and `cargo xtask vm unit` do that): staged, packed
+    // uncompressed and read back (files, conffile, unit path, `--version`'s commit).
+    if let Err(e) = package::package(package::Profile::Debug) {
+        eprintln!("error: package: {e:#}");
+        failed.push(format!("package (debug build): {e:#}"));
+    }
 
     // A short run of every fuzz target: a crash, a hang or an OOM is a failure.
     match fuzz::run_targets(fuzz::TARGETS, FUZZ_SECONDS, None) {

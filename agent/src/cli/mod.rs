@@ -6,6 +6,7 @@ pub mod detach;
 pub mod events;
 pub mod export;
 pub mod filter;
+pub mod generate;
 pub mod key;
 pub mod kube_ca;
 pub mod lineage;
@@ -30,7 +31,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "nhi-agent",
-    version,
+    version = generate::version(),
     about = "Audit trail and guardrails for non-human identities",
     long_about = "Intercepts the TCP connections of selected workloads with eBPF, relays them \
                   through a local proxy and journals who connected where, before forwarding."
@@ -77,6 +78,9 @@ pub enum Command {
     /// Print the PEM bundle a bot's kubeconfig trusts (`certificate-authority`): the
     /// agent CA, then the Kubernetes targets' cluster CAs.
     KubeCa(kube_ca::KubeCaArgs),
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -99,6 +103,7 @@ pub fn main() -> ExitCode {
         Command::Reload(a) => reload::run(a),
         Command::SshCa(a) => ssh_ca::run(a),
         Command::KubeCa(a) => kube_ca::run(a),
+        Command::Generate(a) => generate::run(a),
     };
     match result {
         Ok(code) => code,

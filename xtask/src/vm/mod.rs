@@ -3,9 +3,10 @@
 //! - `image`:   build (once, cached) a Debian root filesystem with systemd, PostgreSQL and
 //!   Debian's kernel packages (mmdebstrap from Debian's archive; nothing else is
 //!   downloaded), as an ext4 image plus one vmlinuz/initrd pair per kernel.
-//! - `unit`:    boot it, install the agent the way README's "Install as a service" says,
-//!   and check the systemd unit for real (notify, reload, stop, kill -9, lineage under
-//!   the syscall filter, journald priorities, `systemd-analyze security`).
+//! - `unit`:    boot it, install the Debian package (`cargo xtask package`) with `dpkg -i`
+//!   and check it and the systemd unit for real (started with the shipped config, notify,
+//!   reload, stop, kill -9, lineage under the syscall filter, journald priorities,
+//!   `systemd-analyze security`, then `dpkg -r` and `--purge`).
 //! - `kernels`: run the privileged integration tests (interception, fail-closed, lineage,
 //!   a PostgreSQL session) on the host's kernel and on every cached Debian kernel; one
 //!   line per kernel.
@@ -36,12 +37,16 @@ pub enum VmCmd {
         #[arg(long)]
         rebuild: bool,
     },
-    /// The systemd unit under real systemd: install, enable --now, reload, stop, kill -9,
-    /// lineage, journald priorities, systemd-analyze security.
+    /// The Debian package and its systemd unit under real systemd: dpkg -i (enabled,
+    /// started, serving with the shipped config), reinstall, reload, stop, kill -9,
+    /// lineage, journald priorities, systemd-analyze security, dpkg -r and --purge.
     Unit {
         /// Kernel release to boot (default: the release's own, the oldest in the image).
         #[arg(long)]
         kernel: Option<String>,
+        /// Install this package instead of building one (`cargo xtask package`).
+        #[arg(long)]
+        deb: Option<PathBuf>,
     },
     /// The privileged integration tests on every kernel obtainable here.
     Kernels {
@@ -72,7 +77,7 @@ pub fn vm(cmd: VmCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        VmCmd::Unit { kernel } => unit::unit(kernel.as_deref()),
+        VmCmd::Unit { kernel, deb } => unit::unit(kernel.as_deref(), deb.as_deref()),
         VmCmd::Kernels { no_host, kernel } => kernels::kernels(!no_host, &kernel),
     }
 }

@@ -1,40 +1,34 @@
-//! `cargo xtask vm unit`: the systemd unit under real systemd, in the VM. The checks
-//! themselves run in the guest (`guest/unit.sh`: they are systemctl and journalctl
-//! calls); this side builds the agent, lays out the payload, boots and reads the report.
-use std::{process::Command, time::Duration};
+//! `cargo xtask vm unit`: the Debian package and its systemd unit under real systemd, in
+//! the VM. The checks themselves run in the guest (`guest/unit.sh`: they are dpkg,
+//! systemctl and journalctl calls); this side builds the package (`cargo xtask
+//! package`, or takes `--deb`), lays out the payload, boots and reads the report.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use anyhow::bail;
 
 use super::{image, qemu};
-use crate::util::{self, run};
+use crate::{package, util};
 
 const UNIT_SCRIPT: &str = include_str!("guest/unit.sh");
 
-pub fn unit(kernel: Option<&str>) -> anyhow::Result<()> {
+pub fn unit(kernel: Option<&str>, deb: Option<&Path>) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let image = image::ensure(false)?;
     let kernel = image.kernel(kernel)?.clone();
-    run(Command::new(util::cargo()).args(["build", "-p", "nhi-agent", "--bin", "nhi-agent"]))?;
-    let root = util::root();
+    let deb: PathBuf = match deb {
+        Some(d) => d.to_path_buf(),
+        None => package::package(package::Profile::Release)?,
+    };
     let payload = qemu::payload_dir("unit")?;
-    qemu::add(
-        &payload,
-        "nhi-agent",
-        &root.join("target/debug/nhi-agent"),
-        0o755,
-    )?;
-    qemu::add(
-        &payload,
-        "nhi-agent.service",
-        &root.join("systemd/nhi-agent.service"),
-        0o644,
-    )?;
-    qemu::add(
-        &payload,
-        "example.toml",
-        &root.join("policies/example.toml"),
-        0o644,
-    )?;
+    qemu::add(&payload, "nhi-agent.deb", &deb, 0o644)?;
+    // What the packaged `nhi-agent --version` must name (empty outside git: not checked).
+    let commit = util::output(Command::new("git").args(["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_default();
+    qemu::write(&payload, "commit", commit.trim(), 0o644)?;
     qemu::write(&payload, "run.sh", UNIT_SCRIPT, 0o755)?;
     let outcome = qemu::boot(&image, &kernel, &payload, Duration::from_secs(600), "vm: ")?;
     let checks = Checks::parse(&outcome.report);

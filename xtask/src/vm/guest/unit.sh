@@ -1,7 +1,8 @@
 #!/bin/bash
-# `cargo xtask vm unit`, inside the VM: install nhi-agent the way README's "Install as a
-# service" says, then check the unit under real systemd. One `NHI-CHECK ok|FAIL name`
-# line per check; exits non-zero when any failed.
+# `cargo xtask vm unit`, inside the VM: install the nhi-agent package with dpkg -i, the
+# way README's "Install as a service" says, check it and the unit under real systemd,
+# then remove and purge it. One `NHI-CHECK ok|FAIL name` line per check; exits non-zero
+# when any failed.
 set -u
 P=/mnt/payload
 J=/var/lib/nhi-agent
@@ -22,10 +23,74 @@ sessions_of() { nhi-agent sessions "$J" --json 2>/dev/null | grep -F "\"workload
 for _ in $(seq 60); do pg_isready -q -h 127.0.0.1 && break; sleep 1; done
 pg_isready -h 127.0.0.1 || bad postgres "the VM's PostgreSQL is not up"
 
-# --- install, as README says (the binary is the one under test) ---------------------
-install -m 0755 "$P/nhi-agent" /usr/local/bin/nhi-agent
-install -D -m 0644 "$P/example.toml" /etc/nhi-agent/agent.toml
-install -m 0644 "$P/nhi-agent.service" /etc/systemd/system/
+# README: Debian's kernels reserve perf_event_open to CAP_SYS_ADMIN (paranoid 3), which the
+# unit does not have; lineage under the unit needs level 2. Set before the package starts it.
+info "kernel.perf_event_paranoid=$(sysctl -n kernel.perf_event_paranoid)"
+echo "kernel.perf_event_paranoid = 2" > /etc/sysctl.d/60-nhi-agent.conf
+sysctl -q -p /etc/sysctl.d/60-nhi-agent.conf
+
+# --- install: the package, as README says (postinst enables and starts the unit) ----------
+if ! dpkg -i "$P/nhi-agent.deb" > /tmp/dpkg-i.out 2>&1; then
+    bad "dpkg -i" "$(tail -6 /tmp/dpkg-i.out | tr '\n' '|')"
+    exit 1
+fi
+info "$(nhi-agent status | tr '\n' '|')"
+state=$(systemctl show -p ActiveState --value nhi-agent)
+enabled=$(systemctl is-enabled nhi-agent 2>&1)
+exec_start=$(systemctl show -p ExecStart --value nhi-agent)
+version=$(nhi-agent --version 2>&1)
+commit=$(cat "$P/commit")
+if [ "$state" = active ] && [ "$enabled" = enabled ] && [ "$(command -v nhi-agent)" = /usr/bin/nhi-agent ] \
+    && echo "$exec_start" | grep -qF "argv[]=/usr/bin/nhi-agent run --config /etc/nhi-agent/agent.toml" \
+    && cmp -s /etc/nhi-agent/agent.toml /usr/share/doc/nhi-agent/examples/example.toml \
+    && { [ -z "$commit" ] || echo "$version" | grep -qF "(commit $commit"; }; then
+    ok "dpkg -i: enabled and active with the shipped config ($version)"
+else
+    bad "dpkg -i" "state=$state enabled=$enabled ExecStart=$exec_start version=$version; $(unit_log | tail -6 | tr '\n' '|')"
+    exit 1
+fi
+missing=""
+for f in /usr/share/man/man1/nhi-agent.1.gz /usr/share/man/man1/nhi-agent-policy-check.1.gz \
+    /usr/share/bash-completion/completions/nhi-agent /usr/share/zsh/vendor-completions/_nhi-agent \
+    /usr/share/fish/vendor_completions.d/nhi-agent.fish; do
+    [ -s "$f" ] || missing="$missing $f"
+done
+if [ -z "$missing" ] && zcat /usr/share/man/man1/nhi-agent.1.gz | grep -q '^\.TH' \
+    && dpkg-query -W -f='${Conffiles}' nhi-agent | grep -q '/etc/nhi-agent/agent.toml'; then
+    ok "man pages, completions and the conffile are installed"
+else
+    bad "package files" "missing:${missing:- none}; conffiles: $(dpkg-query -W -f='${Conffiles}' nhi-agent)"
+fi
+
+# --- the shipped config serves: a backup*.service to the local PostgreSQL is intercepted --
+backup() { # backup UNIT SQL: a transient service in system.slice, as the example selects
+    systemd-run --quiet --wait --pipe --collect --unit="$1" -p Type=oneshot \
+        /usr/bin/psql -X -At -h 127.0.0.1 -U postgres -c "$2" 2>&1
+}
+out=$(backup backup-nightly "select 'hello-from-backup'")
+row=$(sessions_of backup-nightly.service)
+if [ "$out" = hello-from-backup ] && echo "$row" | grep -qF '"cgroup":"system.slice/backup-nightly.service"'; then
+    ok "the shipped config serves: backup-nightly.service is intercepted and journaled"
+else
+    bad "the shipped config serves" "psql said: $out; session row: ${row:-none}; $(unit_log | tail -3 | tr '\n' '|')"
+fi
+
+# --- dpkg -i again (the upgrade path): postinst restarts it, the new agent takes over -----
+pid=$(systemctl show -p MainPID --value nhi-agent)
+if dpkg -i "$P/nhi-agent.deb" > /tmp/dpkg-i2.out 2>&1; then
+    newpid=$(systemctl show -p MainPID --value nhi-agent)
+    state=$(systemctl show -p ActiveState --value nhi-agent)
+    out=$(backup backup-weekly "select 'after-reinstall'")
+    if [ "$state" = active ] && [ "$newpid" != "$pid" ] && [ "$out" = after-reinstall ] \
+        && sessions_of backup-weekly.service > /dev/null; then
+        ok "dpkg -i over itself restarts the unit (pid $pid -> $newpid), still intercepting"
+    else
+        bad "reinstall" "state=$state pid $pid -> $newpid; psql said: $out"
+    fi
+else
+    bad "reinstall" "$(tail -6 /tmp/dpkg-i2.out | tr '\n' '|')"
+fi
+
 # "then edit it": intercept PostgreSQL on loopback for every service in bots.slice.
 write_config() { # write_config EXTRA
     cat > /etc/nhi-agent/agent.toml <<TOML
@@ -43,16 +108,10 @@ protocol = "postgres"
 TOML
 }
 write_config ""
-info "$(nhi-agent status | tr '\n' '|')"
-info "kernel.perf_event_paranoid=$(sysctl -n kernel.perf_event_paranoid)"
-# README: Debian's kernels reserve perf_event_open to CAP_SYS_ADMIN (paranoid 3), which the
-# unit does not have; lineage under the unit needs level 2.
-echo "kernel.perf_event_paranoid = 2" > /etc/sysctl.d/60-nhi-agent.conf
-sysctl -q -p /etc/sysctl.d/60-nhi-agent.conf
-if systemctl daemon-reload && systemctl enable --now nhi-agent; then
-    ok "enable --now"
+if systemctl restart nhi-agent; then
+    ok "restart with the edited config"
 else
-    bad "enable --now" "$(unit_log | grep -v 'Starting nhi-agent\|Stopped nhi-agent' | tail -8 | tr '\n' '|')"
+    bad "restart with the edited config" "$(unit_log | grep -v 'Starting nhi-agent\|Stopped nhi-agent' | tail -8 | tr '\n' '|')"
     # Nothing below can pass without a running agent.
     exit 1
 fi
@@ -191,6 +250,38 @@ if echo "$overall" | grep -qE " (OK|SAFE|PERFECT)"; then
     ok "systemd-analyze security: $(echo "$overall" | sed 's/.*: //')"
 else
     bad "systemd-analyze security" "${overall:-no overall line}"
+fi
+
+# --- dpkg -r: the unit and binary go, the pins are detached, config and journal stay ------
+# The agent is stopped and fail-closed here (above): prerm's detach must release the bots.
+if dpkg -r nhi-agent > /tmp/dpkg-r.out 2>&1; then
+    out=$(bot nhi-bot6 bots.slice "select 'after-remove'")
+    load=$(systemctl show -p LoadState --value nhi-agent)
+    pins=$(ls -A /sys/fs/bpf/nhi-agent 2>/dev/null | tr '\n' ' ')
+    if [ "$out" = after-remove ] && [ ! -e /usr/bin/nhi-agent ] && [ -z "$pins" ] \
+        && { [ "$load" = not-found ] || [ "$load" = masked ]; } \
+        && [ -f /etc/nhi-agent/agent.toml ] && [ -n "$(ls -A "$J" 2>/dev/null)" ]; then
+        ok "dpkg -r: unit and binary gone ($load), pins detached (a bot connects directly), config and journal kept"
+    else
+        bad "dpkg -r" "psql said: $out; LoadState=$load; pins: [$pins]; $(ls /usr/bin/nhi-agent /etc/nhi-agent "$J" 2>&1 | tr '\n' ' ')"
+    fi
+else
+    bad "dpkg -r" "$(tail -6 /tmp/dpkg-r.out | tr '\n' '|')"
+fi
+
+# --- dpkg --purge: the conffile and the state directory go --------------------------------
+if dpkg --purge nhi-agent > /tmp/dpkg-purge.out 2>&1; then
+    # Purged: dpkg reports not-installed, or knows nothing of it (empty).
+    status=$(dpkg-query -W -f='${db:Status-Status}' nhi-agent 2>/dev/null)
+    load=$(systemctl show -p LoadState --value nhi-agent)
+    if [ ! -e /etc/nhi-agent/agent.toml ] && [ ! -e "$J" ] && [ "$load" = not-found ] \
+        && { [ -z "$status" ] || [ "$status" = not-installed ]; }; then
+        ok "dpkg --purge: config and $J removed, package ${status:-unknown to dpkg}, unit $load"
+    else
+        bad "dpkg --purge" "status=$status LoadState=$load; $(ls /etc/nhi-agent "$J" 2>&1 | tr '\n' ' ')"
+    fi
+else
+    bad "dpkg --purge" "$(tail -6 /tmp/dpkg-purge.out | tr '\n' '|')"
 fi
 
 exit $failed
