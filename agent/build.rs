@@ -41,8 +41,9 @@ fn main() -> anyhow::Result<()> {
 /// The commit for `--version`: `NHI_BUILD_COMMIT` when set (a packager building from a
 /// tarball), else `git rev-parse --short=12 HEAD` plus `-dirty` when `git status` shows
 /// changed tracked files, else `unknown`. This script runs again when HEAD moves (a
-/// commit, a checkout) or the index changes (`git add`, `git commit`, `git status`
-/// refreshing it), so the dirty flag is as of the last of those.
+/// commit, a checkout), so the dirty flag is as of the last of those. The index is not
+/// watched: every `git status` refreshes it, and each run of this script recompiles the
+/// whole agent.
 fn commit() -> String {
     println!("cargo:rerun-if-env-changed=NHI_BUILD_COMMIT");
     if let Ok(c) = std::env::var("NHI_BUILD_COMMIT") {
@@ -79,7 +80,7 @@ fn commit() -> String {
     ];
     let head_ref = git(&["symbolic-ref", "-q", "HEAD"]);
     for dir in dirs.iter().flatten().map(PathBuf::from) {
-        for name in ["HEAD", "index", "packed-refs"] {
+        for name in ["HEAD", "packed-refs"] {
             watch(&dir.join(name));
         }
         if let Some(r) = &head_ref {

@@ -126,7 +126,7 @@ impl Sources {
             .collect();
         json!({
             "pid": std::process::id(),
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": crate::cli::generate::version(),
             "started": time(self.started),
             "config": self.config_path.display().to_string(),
             "mode": format!("{:?}", config.agent.mode).to_lowercase(),

@@ -163,7 +163,14 @@ impl Metrics {
         r.register(
             "build",
             "The running agent: version, commit and map layout",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("commit", env!("NHI_BUILD_COMMIT").to_string()),
+                (
+                    "map_layout",
+                    nhi_agent_common::MAP_LAYOUT_VERSION.to_string(),
+                ),
+            ]),
         );
         r.register(
             "sessions_opened",
