@@ -20,4 +20,5 @@ pub mod sdnotify;
 pub mod session;
 pub mod ship;
 pub mod state;
+pub mod stream;
 pub mod tls;

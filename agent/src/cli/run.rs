@@ -207,6 +207,13 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Live streams to SIEMs: threads that only read the journal (see crate::stream).
+    let streams = crate::stream::Streams::start(
+        &config.streams,
+        &config.agent.journal,
+        &config.agent.state_dir,
+    )
+    .context("starting the [[stream]] sinks")?;
 
     let host_netns = interceptor.host_netns();
     let shared = Arc::new(proxy::Shared {
@@ -297,7 +304,12 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             }
         })
     };
-    let signals = tokio::spawn(signal_loop(shared.clone(), config_path, shutdown_tx));
+    let signals = tokio::spawn(signal_loop(
+        shared.clone(),
+        config_path,
+        shutdown_tx,
+        streams.clone(),
+    ));
     // Container network namespaces: listeners opened as the kernel asks, handed to the
     // accept loops.
     let (ns_tx, ns_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -326,6 +338,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         shipping.abort();
     }
     sweeper.abort();
+    streams.stop();
     if let Some(d) = decision_server {
         d.abort();
     }
@@ -427,6 +440,7 @@ async fn signal_loop(
     shared: Arc<proxy::Shared>,
     config_path: PathBuf,
     shutdown: watch::Sender<bool>,
+    streams: crate::stream::Streams,
 ) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -440,7 +454,7 @@ async fn signal_loop(
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload(&shared, &config_path),
+            _ = hup.recv() => reload(&shared, &config_path, &streams),
         }
     }
     let _ = shutdown.send(true);
@@ -505,7 +519,7 @@ fn raise_nofile_limit(max_connections: usize) {
     }
 }
 
-fn reload(shared: &proxy::Shared, path: &std::path::Path) {
+fn reload(shared: &proxy::Shared, path: &std::path::Path, streams: &crate::stream::Streams) {
     let _ = sdnotify::notify(&format!(
         "RELOADING=1\nMONOTONIC_USEC={}",
         sdnotify::monotonic_usec()
@@ -593,8 +607,10 @@ fn reload(shared: &proxy::Shared, path: &std::path::Path) {
                         snapshot.config.workloads.len(),
                         snapshot.config.targets.len(),
                     );
+                    let stream_configs = snapshot.config.streams.clone();
                     // The configuration and its runtime go into force together.
                     shared.replace_snapshot(snapshot);
+                    streams.apply(&stream_configs);
                     if let Some(attestor) = &shared.attest {
                         attestor.set_verifier(verifier);
                     }

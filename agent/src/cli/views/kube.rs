@@ -350,6 +350,10 @@ impl OcsfRequests for KubeActivity {
     fn finish(self: Box<Self>) -> Vec<Value> {
         Box::new(self.http).finish()
     }
+
+    fn oldest_pending(&self) -> Option<i64> {
+        self.http.oldest_pending()
+    }
 }
 
 fn verb_activity(verb: &str) -> (u64, &'static str) {

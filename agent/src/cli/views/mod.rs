@@ -34,6 +34,9 @@ pub trait OcsfRequests {
     fn push(&mut self, s: &Selected<'_>) -> Vec<Value>;
     /// The requests that never completed, in journal order.
     fn finish(self: Box<Self>) -> Vec<Value>;
+    /// The id of the oldest event held for a request not yet output (none: nothing
+    /// held). A live stream never moves its cursor past it, so a restart reads it again.
+    fn oldest_pending(&self) -> Option<i64>;
 }
 
 /// One protocol's way of reading its events.

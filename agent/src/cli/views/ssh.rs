@@ -750,6 +750,10 @@ impl OcsfRequests for SshActivity {
         }
     }
 
+    fn oldest_pending(&self) -> Option<i64> {
+        self.pending.values().map(|p| p.request.id).min()
+    }
+
     fn finish(mut self: Box<Self>) -> Vec<Value> {
         let mut left: Vec<Pending> = std::mem::take(&mut self.pending).into_values().collect();
         left.sort_by_key(|p| p.n);
