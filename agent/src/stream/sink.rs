@@ -209,7 +209,7 @@ pub fn open(config: &StreamConfig) -> Result<Box<dyn Sink>, String> {
                 .expose_str()
                 .map_err(|e| format!("{}: {e}", token_file.display()))?;
             Ok(Box::new(Http {
-                agent: http_agent(ca_file.as_deref(), config.timeout)?,
+                agent: http_agent(url, ca_file.as_deref(), config.timeout)?,
                 url: url.to_string(),
                 kind: HttpKind::Hec {
                     token,
@@ -220,7 +220,7 @@ pub fn open(config: &StreamConfig) -> Result<Box<dyn Sink>, String> {
             }))
         }
         SinkConfig::Otlp { url, ca_file } => Ok(Box::new(Http {
-            agent: http_agent(ca_file.as_deref(), config.timeout)?,
+            agent: http_agent(url, ca_file.as_deref(), config.timeout)?,
             url: url.to_string(),
             kind: HttpKind::Otlp,
             host,
@@ -407,7 +407,13 @@ struct Http {
     host: String,
 }
 
-fn http_agent(ca_file: Option<&Path>, timeout: Duration) -> Result<ureq::Agent, String> {
+/// The HTTP client of a HEC or OTLP sink: TLS verified against `ca_file`, or the system
+/// roots (read only for an `https` URL: a plain `http` one needs none).
+fn http_agent(
+    url: &url::Url,
+    ca_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<ureq::Agent, String> {
     let certs: Vec<ureq::tls::Certificate<'static>> = match ca_file {
         Some(path) => crate::tls::load_roots(path)
             .map_err(|e| e.to_string())
@@ -421,6 +427,7 @@ fn http_agent(ca_file: Option<&Path>, timeout: Duration) -> Result<ureq::Agent, 
                     })
                     .collect()
             })?,
+        None if url.scheme() != "https" => Vec::new(),
         None => {
             let found = rustls_native_certs::load_native_certs();
             if found.certs.is_empty() {
@@ -669,6 +676,139 @@ mod tests {
         assert_eq!(
             attr("nhi.event_hash"),
             Some(json!({"stringValue": "ab".repeat(32)}))
+        );
+    }
+
+    /// A one-shot HTTP server on loopback: answers each request with `status`, and
+    /// returns the request heads and bodies it read.
+    fn http_server(statuses: Vec<u16>) -> (u16, std::thread::JoinHandle<Vec<(String, String)>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for status in statuses {
+                let (mut conn, _) = listener.accept().expect("accept");
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body_start) = loop {
+                    let n = conn.read(&mut chunk).expect("read");
+                    assert!(n > 0, "request cut short");
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break (String::from_utf8_lossy(&buf[..at]).into_owned(), at + 4);
+                    }
+                };
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .expect("content-length");
+                while buf.len() < body_start + length {
+                    let n = conn.read(&mut chunk).expect("read");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body =
+                    String::from_utf8_lossy(&buf[body_start..body_start + length]).into_owned();
+                seen.push((head, body));
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno"
+                );
+                conn.write_all(answer.as_bytes()).expect("answer");
+            }
+            seen
+        });
+        (port, server)
+    }
+
+    fn http_stream(sink: SinkConfig) -> StreamConfig {
+        StreamConfig {
+            name: "t".into(),
+            sink,
+            format: super::super::config::Format::Json,
+            filters: Default::default(),
+            start_at: super::super::config::StartAt::Oldest,
+            batch: 10,
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(10),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// HEC: the token from its 0600 file in the Authorization header, delivered on 2xx,
+    /// an error naming the status (never the token) otherwise; a token file others can
+    /// read is refused.
+    #[test]
+    fn hec_sends_the_token_and_counts_only_2xx_as_delivered() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token_file = dir.path().join("hec.token");
+        std::fs::write(&token_file, "s3cr3t-token\n").expect("token");
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let (port, server) = http_server(vec![200, 503]);
+        let config = http_stream(SinkConfig::SplunkHec {
+            url: format!("http://127.0.0.1:{port}/services/collector/event")
+                .parse()
+                .expect("url"),
+            token_file: token_file.clone(),
+            index: None,
+            sourcetype: None,
+            ca_file: None,
+        });
+        let err = open(&config).err().expect("a token file others can read");
+        assert!(err.contains("0644"), "{err}");
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        let mut sink = open(&config).expect("open");
+        sink.send(&[record(1, "{}")]).expect("200 is delivered");
+        let err = sink.send(&[record(2, "{}")]).expect_err("503 is not");
+        assert!(err.contains("503"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+        let seen = server.join().expect("server");
+        assert!(seen[0]
+            .0
+            .starts_with("POST /services/collector/event HTTP/1.1"));
+        assert!(
+            seen[0]
+                .0
+                .lines()
+                .any(|l| l.eq_ignore_ascii_case("authorization: Splunk s3cr3t-token")),
+            "{}",
+            seen[0].0
+        );
+        let event: Value = serde_json::from_str(seen[1].1.trim()).expect("HEC event");
+        assert_eq!(event["fields"]["event_id"], "2");
+    }
+
+    /// OTLP: the JSON logs body POSTed as application/json, delivered on 2xx.
+    #[test]
+    fn otlp_posts_json_logs() {
+        let (port, server) = http_server(vec![200]);
+        let config = http_stream(SinkConfig::Otlp {
+            url: format!("http://127.0.0.1:{port}/v1/logs")
+                .parse()
+                .expect("url"),
+            ca_file: None,
+        });
+        let mut sink = open(&config).expect("open");
+        sink.send(&[record(5, r#"{"id":5}"#)]).expect("delivered");
+        let seen = server.join().expect("server");
+        assert!(
+            seen[0].0.starts_with("POST /v1/logs HTTP/1.1"),
+            "{}",
+            seen[0].0
+        );
+        assert!(seen[0]
+            .0
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case("content-type: application/json")));
+        let body: Value = serde_json::from_str(&seen[0].1).expect("json");
+        assert_eq!(
+            body["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]["body"]["stringValue"],
+            r#"{"id":5}"#
         );
     }
 
