@@ -118,6 +118,11 @@ impl OcsfMapper {
                 _ => Vec::new(),
             };
         };
+        if e.kind == EventKind::SessionEnd {
+            for mapper in self.protocols.iter_mut().filter_map(|(_, m)| m.as_mut()) {
+                mapper.session_ended(&s.segment.journal_id, session.row.id);
+            }
+        }
         match e.kind {
             EventKind::SessionStart | EventKind::SessionEnd | EventKind::Chunk => {
                 return vec![network_activity(
@@ -238,6 +243,16 @@ impl OcsfRequests for Datastore {
 
     fn oldest_pending(&self) -> Option<i64> {
         self.pending.values().map(|p| p.statement.id).min()
+    }
+
+    fn session_ended(&mut self, journal_id: &str, session: SessionId) {
+        let held = self
+            .pending
+            .keys()
+            .any(|(j, s, _)| j == journal_id && *s == session);
+        if !held {
+            self.databases.remove(&(journal_id.to_owned(), session));
+        }
     }
 
     /// The statements that never got an end (status Unknown), in journal order.

@@ -366,6 +366,10 @@ impl OcsfRequests for ApiActivity {
         calls.chain(self.http.oldest_pending()).min()
     }
 
+    fn session_ended(&mut self, journal_id: &str, session: SessionId) {
+        self.http.session_ended(journal_id, session);
+    }
+
     fn finish(self: Box<Self>) -> Vec<Value> {
         let ApiActivity { http, calls, .. } = *self;
         let mut left: Vec<Pending> = calls.into_values().collect();

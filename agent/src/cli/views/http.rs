@@ -375,6 +375,8 @@ impl OcsfRequests for HttpActivity {
         self.pending.values().map(|p| p.request.id).min()
     }
 
+    fn session_ended(&mut self, _journal_id: &str, _session: SessionId) {}
+
     fn finish(mut self: Box<Self>) -> Vec<Value> {
         let order = std::mem::take(&mut self.order);
         order

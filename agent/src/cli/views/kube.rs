@@ -354,6 +354,10 @@ impl OcsfRequests for KubeActivity {
     fn oldest_pending(&self) -> Option<i64> {
         self.http.oldest_pending()
     }
+
+    fn session_ended(&mut self, journal_id: &str, session: SessionId) {
+        self.http.session_ended(journal_id, session);
+    }
 }
 
 fn verb_activity(verb: &str) -> (u64, &'static str) {
