@@ -212,6 +212,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         &config.streams,
         &config.agent.journal,
         &config.agent.state_dir,
+        super::stream_format::make,
     )
     .context("starting the [[stream]] sinks")?;
 

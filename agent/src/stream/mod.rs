@@ -4,7 +4,7 @@
 //!
 //! **The journal is the spool.** Each stream is a thread that reads committed events
 //! after its cursor from the journal files (read-only, [`source`]), formats them
-//! ([`format`]), sends them ([`sink`]) and moves its cursor (`<state_dir>/streams/
+//! ([`format`]: the export's JSON or OCSF, `cli::stream_format`), sends them ([`sink`]) and moves its cursor (`<state_dir>/streams/
 //! <name>.json`, atomic, [`cursor`]) only once the sink has taken them. A sink that is
 //! down is retried with backoff (`ship::backoff`) while the events wait in the journal;
 //! when it is back it is caught up from the cursor. Delivery is at least once: a crash
@@ -41,7 +41,7 @@ use tracing::{error, info, warn};
 use config::StartAt;
 pub use config::{RawStream, StreamConfig};
 use cursor::StreamCursor;
-use format::{Formatter, Record};
+use format::{MakeFormatter, Record};
 
 /// How often an idle stream looks for new events.
 const POLL: Duration = Duration::from_millis(200);
@@ -81,6 +81,7 @@ struct Running {
 }
 
 struct Inner {
+    make: MakeFormatter,
     journal: PathBuf,
     state_dir: PathBuf,
     running: BTreeMap<String, Running>,
@@ -94,12 +95,14 @@ pub struct Streams {
 
 impl Streams {
     /// Starts every stream of `configs`, reading the journal whose live file is
-    /// `journal`. A sink that cannot be set up (a token file with a wrong mode, a CA file
-    /// that is not one) fails the start, naming the stream.
+    /// `journal`, each formatting with a formatter `make` makes. A sink that cannot be
+    /// set up (a token file with a wrong mode, a CA file that is not one) fails the
+    /// start, naming the stream.
     pub fn start(
         configs: &[StreamConfig],
         journal: &Path,
         state_dir: &Path,
+        make: MakeFormatter,
     ) -> anyhow::Result<Streams> {
         let mut running = BTreeMap::new();
         for config in configs {
@@ -107,11 +110,12 @@ impl Streams {
                 .map_err(|e| anyhow::anyhow!("[[stream]] \"{}\": {e}", config.name))?;
             running.insert(
                 config.name.clone(),
-                spawn(config.clone(), sink, journal, state_dir, None),
+                spawn(config.clone(), sink, make, journal, state_dir, None),
             );
         }
         Ok(Streams {
             inner: Arc::new(Mutex::new(Inner {
+                make,
                 journal: journal.to_path_buf(),
                 state_dir: state_dir.to_path_buf(),
                 running,
@@ -125,6 +129,7 @@ impl Streams {
     pub fn apply(&self, configs: &[StreamConfig]) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Inner {
+            make,
             journal,
             state_dir,
             running,
@@ -157,7 +162,14 @@ impl Streams {
             let restarted = previous_thread.is_some();
             running.insert(
                 config.name.clone(),
-                spawn(config.clone(), sink, journal, state_dir, previous_thread),
+                spawn(
+                    config.clone(),
+                    sink,
+                    *make,
+                    journal,
+                    state_dir,
+                    previous_thread,
+                ),
             );
             info!(stream = %config.name, restarted, "stream configured by reload");
         }
@@ -181,6 +193,7 @@ impl Streams {
 fn spawn(
     config: StreamConfig,
     sink: Box<dyn sink::Sink>,
+    make: MakeFormatter,
     journal: &Path,
     state_dir: &Path,
     previous: Option<JoinHandle<()>>,
@@ -191,6 +204,7 @@ fn spawn(
         journal: journal.to_path_buf(),
         config: config.clone(),
         sink,
+        make,
         stop: stop.clone(),
     };
     let thread = std::thread::Builder::new()
@@ -215,6 +229,7 @@ struct Worker {
     journal: PathBuf,
     cursor_path: PathBuf,
     sink: Box<dyn sink::Sink>,
+    make: MakeFormatter,
     stop: Arc<Stop>,
 }
 
@@ -266,7 +281,7 @@ impl Worker {
             self.config.backoff_initial,
             self.config.backoff_max,
         );
-        let mut formatter = Formatter::new(self.config.format, self.config.filters.clone());
+        let mut formatter = (self.make)(self.config.format, self.config.filters.clone());
         let mut read_to = cursor.event_id;
         let mut unsent: Vec<Record> = Vec::new();
         let mut failing = false;
@@ -296,7 +311,7 @@ impl Worker {
                     fresh = true;
                     cursor.journal_id = batch.journal_id.clone();
                     read_to = 0;
-                    formatter = Formatter::new(self.config.format, self.config.filters.clone());
+                    formatter = (self.make)(self.config.format, self.config.filters.clone());
                 }
                 if let (Some((first, last)), false) = (batch.missing, fresh) {
                     error!(stream = %name, journal_id = %batch.journal_id, first, last,
@@ -355,6 +370,8 @@ mod tests {
     use super::*;
     use crate::stream::config::{Filters, Format, SinkConfig};
 
+    const MAKE: MakeFormatter = crate::cli::stream_format::make;
+
     fn file_stream(name: &str, out: &Path) -> StreamConfig {
         StreamConfig {
             name: name.into(),
@@ -404,7 +421,8 @@ mod tests {
         let last = source::tests::segmented_journal(&journal).await;
         let state = dir.path().join("state");
         let out = dir.path().join("a.jsonl");
-        let streams = Streams::start(&[file_stream("a", &out)], &journal, &state).expect("start");
+        let streams =
+            Streams::start(&[file_stream("a", &out)], &journal, &state, MAKE).expect("start");
         wait_for("every event", || lines(&out).len() as i64 >= last);
         let ids: Vec<i64> = lines(&out)
             .iter()
@@ -426,7 +444,8 @@ mod tests {
         // Restarted after more events: it goes on from its cursor, sending only those.
         let newer = source::tests::write_sessions(&journal, 1).await;
         assert!(newer > last);
-        let again = Streams::start(&[file_stream("a", &out)], &journal, &state).expect("start");
+        let again =
+            Streams::start(&[file_stream("a", &out)], &journal, &state, MAKE).expect("start");
         wait_for("the new events", || lines(&out).len() as i64 >= newer);
         again.stop();
         let ids: Vec<i64> = lines(&out)
