@@ -454,4 +454,46 @@ mod tests {
             .collect();
         assert_eq!(ids, (1..=newer).collect::<Vec<_>>(), "nothing sent twice");
     }
+
+    /// A reload whose stream cannot be set up (a token file that does not exist) leaves
+    /// the running streams as they were: a new one is not added, a changed one keeps its
+    /// previous configuration; removing a stream stops it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_with_a_broken_stream_keeps_what_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = dir.path().join("journal.db");
+        source::tests::write_sessions(&journal, 1).await;
+        let state = dir.path().join("state");
+        let good = file_stream("a", &dir.path().join("a.jsonl"));
+        let streams =
+            Streams::start(std::slice::from_ref(&good), &journal, &state, MAKE).expect("start");
+        let broken = |name: &str| StreamConfig {
+            name: name.into(),
+            sink: SinkConfig::SplunkHec {
+                url: "https://127.0.0.1:1/services/collector/event"
+                    .parse()
+                    .expect("url"),
+                token_file: dir.path().join("missing.token"),
+                index: None,
+                sourcetype: None,
+                ca_file: None,
+            },
+            ..good.clone()
+        };
+        let err = Streams::start(&[broken("b")], &journal, &state, MAKE)
+            .err()
+            .expect("a missing token file fails the start");
+        assert!(err.to_string().contains("missing.token"), "{err}");
+        streams.apply(&[good.clone(), broken("b")]);
+        assert_eq!(streams.names(), ["a"], "b could not be set up");
+        streams.apply(&[broken("a")]);
+        let running = |name: &str| {
+            let inner = streams.inner.lock().expect("lock");
+            inner.running.get(name).map(|r| r.config.clone())
+        };
+        assert_eq!(running("a"), Some(good.clone()), "a kept its configuration");
+        streams.apply(&[]);
+        assert!(streams.names().is_empty(), "removed");
+        streams.stop();
+    }
 }
