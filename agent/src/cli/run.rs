@@ -109,6 +109,15 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     };
     let journal = journal::open(&config.agent.journal, journal_options)
         .with_context(|| format!("opening the journal {}", config.agent.journal.display()))?;
+    // Live streams to SIEMs: threads that only read the journal (see crate::stream);
+    // their token and CA files are read now, before anything is attached.
+    let streams = crate::stream::Streams::start(
+        &config.streams,
+        &config.agent.journal,
+        &config.agent.state_dir,
+        super::stream_format::make,
+    )
+    .context("starting the [[stream]] sinks")?;
     // Bind before attaching: if the port is taken, fail before redirecting anything.
     let listeners = proxy::bind(config.agent.listen_port).with_context(|| {
         format!(
@@ -207,14 +216,6 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     } else {
         None
     };
-    // Live streams to SIEMs: threads that only read the journal (see crate::stream).
-    let streams = crate::stream::Streams::start(
-        &config.streams,
-        &config.agent.journal,
-        &config.agent.state_dir,
-        super::stream_format::make,
-    )
-    .context("starting the [[stream]] sinks")?;
 
     let host_netns = interceptor.host_netns();
     let shared = Arc::new(proxy::Shared {
