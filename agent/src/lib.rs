@@ -22,4 +22,5 @@ pub mod session;
 pub mod ship;
 pub mod state;
 pub mod status;
+pub mod stream;
 pub mod tls;

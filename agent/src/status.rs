@@ -27,6 +27,8 @@ pub struct Sources {
     /// The shipper in force (replaced by reloads).
     pub shipper: Arc<Mutex<Option<Arc<Shipper>>>>,
     pub started: SystemTime,
+    /// The version line (`nhi-agent --version`).
+    pub version: &'static str,
     pub config_path: PathBuf,
     /// The sockets and ports the agent serves, as JSON (fixed at start).
     pub listeners: Value,
@@ -126,7 +128,7 @@ impl Sources {
             .collect();
         json!({
             "pid": std::process::id(),
-            "version": crate::cli::generate::version(),
+            "version": self.version,
             "started": time(self.started),
             "config": self.config_path.display().to_string(),
             "mode": format!("{:?}", config.agent.mode).to_lowercase(),

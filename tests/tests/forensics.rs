@@ -439,7 +439,8 @@ fn a_statement_is_found_across_three_journal_files() {
 
 /// OCSF 1.3.0 required attributes (ocsf-schema v1.3.0: events/base_event.json,
 /// objects/metadata.json, objects/product.json, events/application/datastore_activity.json,
-/// events/network/network_activity.json); the same list as the unit test in
+/// events/network/network_activity.json, events/iam/authentication.json,
+/// events/system/process_activity.json); the same list as the unit test in
 /// agent/src/cli/ocsf.rs.
 fn ocsf_problems(e: &Value) -> Vec<String> {
     let mut problems = Vec::new();
@@ -471,6 +472,10 @@ fn ocsf_problems(e: &Value) -> Vec<String> {
     let objects: &[&str] = match class {
         6005 => &["actor", "src_endpoint", "database"],
         4001 => &["src_endpoint", "dst_endpoint"],
+        // events/iam/authentication.json (pg_auth), events/system/process_activity.json
+        // (process lineage).
+        3002 => &["user"],
+        1007 => &["actor", "process"],
         _ => {
             problems.push(format!("unexpected class {class}"));
             &[]
@@ -513,4 +518,11 @@ fn ocsf_export_of_a_psql_session_has_the_required_attributes() {
     assert!(events
         .iter()
         .any(|e| e["class_uid"] == 4001 && e["activity_id"] == 1));
+    // The login has its event too.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["class_uid"] == 3002 && e["status_id"] == 1),
+        "a successful Authentication"
+    );
 }

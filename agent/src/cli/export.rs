@@ -28,7 +28,7 @@ use serde::Serialize;
 use super::events::{select, EventSelectArgs};
 use super::filter::{Filter, FilterArgs, InputArgs};
 use super::ocsf::OcsfMapper;
-use super::select::{EventLine, Selection};
+use super::select::{EventLine, Selected, Selection};
 use super::sessions::finish_output;
 use super::views::ssh;
 use crate::journal::SetSession;
@@ -66,11 +66,21 @@ pub struct ExportArgs {
     pub events: EventSelectArgs,
 }
 
+/// One line of `--format jsonl` (and of a `format = "json"` stream).
 #[derive(Serialize)]
-struct JsonlLine<'a> {
+pub struct JsonlLine<'a> {
     #[serde(flatten)]
     line: EventLine<'a>,
     session_row: Option<&'a SetSession>,
+}
+
+/// The `--format jsonl` line of one event: the event as `events --json` prints it (its
+/// `hash` included) and its whole session under `session_row`.
+pub fn jsonl_line<'a>(s: &'a Selected<'a>) -> JsonlLine<'a> {
+    JsonlLine {
+        line: s.line(),
+        session_row: s.session,
+    }
 }
 
 /// Runs `nhi-agent export`.
@@ -122,11 +132,7 @@ pub(crate) fn write_export(args: &ExportArgs, out: &mut dyn Write) -> anyhow::Re
     };
     match args.format {
         Format::Jsonl => select(&selection, &filter, &args.events, |s| {
-            let line = JsonlLine {
-                line: s.line(),
-                session_row: s.session,
-            };
-            write_line(out, &line)
+            write_line(out, &jsonl_line(s))
         }),
         Format::Ocsf => {
             let mut mapper = OcsfMapper::new();
@@ -304,6 +310,124 @@ pub(crate) mod tests {
         assert_eq!(close["traffic"]["bytes_in"], 20);
     }
 
+    /// Chunks, PostgreSQL logins and process lineage have their OCSF classes, carry the
+    /// event's identity (journal id, id, hash) and pass the required-attribute check.
+    #[tokio::test]
+    async fn ocsf_covers_chunks_logins_and_lineage() {
+        use std::borrow::Cow;
+
+        use crate::cli::ocsf::{event_identity, AUTHENTICATION, PROCESS_ACTIVITY};
+        use crate::journal::tests::{at_us, sample_start};
+        use crate::journal::{self, Direction, Event, JournalOptions, NO_SESSION};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let j = journal::open(&path, JournalOptions::default()).expect("open");
+        let h = j.handle();
+        let mut start = sample_start("bot", "pg", at_us(0));
+        std::sync::Arc::make_mut(&mut start.identity).protocol = "postgres".into();
+        let pg = h.start_session(start).await.expect("start");
+        h.chunk(pg, Direction::ClientToServer, 120, at_us(10))
+            .await
+            .expect("chunk");
+        h.chunk(pg, Direction::ServerToClient, 700, at_us(20))
+            .await
+            .expect("chunk");
+        let event = |session, us, kind: &'static str, data: &str| Event {
+            session,
+            at: at_us(us),
+            kind: Cow::Borrowed(kind),
+            data: data.to_string(),
+        };
+        h.record(&[
+            event(pg, 30, "lineage", r#"{"pid":42,"chain":[{"pid":1,"exe":"/sbin/init","argv":[]},{"pid":42,"exe":"/usr/bin/psql","argv":["psql"]}]}"#),
+            event(pg, 40, "pg_auth", r#"{"method":"scram-sha-256","injected":true,"user":"app"}"#),
+            event(pg, 50, "pg_auth", r#"{"method":"md5","injected":false,"user":"eve","error":{"sqlstate":"28P01","message":"password authentication failed"}}"#),
+            event(NO_SESSION, 60, "exec", r#"{"pid":77,"ppid":42,"uid":1000,"user":"ci","exe":"/usr/bin/curl","argv":["curl","-s","https://x"],"workload":"bot"}"#),
+            event(NO_SESSION, 70, "exit", r#"{"pid":77,"code":3,"exe":"/usr/bin/curl","workload":"bot"}"#),
+            event(NO_SESSION, 80, "lineage_lost", r#"{"count":5,"total":9}"#),
+        ])
+        .expect("record");
+        h.flush().await.expect("flush");
+        tokio::task::spawn_blocking(move || j.close())
+            .await
+            .expect("join")
+            .expect("close");
+
+        let events = export(&path, &["--format", "ocsf"]);
+        let rows = export(&path, &["--format", "jsonl"]);
+        assert_eq!(events.len(), rows.len(), "one OCSF event per journal event");
+        for (e, row) in events.iter().zip(&rows) {
+            assert_eq!(check_required(e), Vec::<String>::new(), "{e:#}");
+            let (journal_id, id, hash) = event_identity(e).expect("identity");
+            assert_eq!(row["journal_id"], journal_id.as_str());
+            assert_eq!(row["id"], id);
+            assert_eq!(row["hash"].as_str(), hash.as_deref(), "{e:#}");
+        }
+        let of = |kind: &str| {
+            let at = rows.iter().position(|r| r["kind"] == kind).expect(kind);
+            &events[at]
+        };
+        let c2s = of("chunk");
+        assert_eq!(
+            (c2s["class_uid"].clone(), c2s["activity_id"].clone()),
+            (NETWORK_ACTIVITY.into(), 6.into())
+        );
+        assert_eq!(
+            c2s["traffic"],
+            serde_json::json!({"bytes_out": 120, "bytes_in": 0})
+        );
+        let s2c = &events[rows
+            .iter()
+            .rposition(|r| r["kind"] == "chunk")
+            .expect("chunk")];
+        assert_eq!(
+            s2c["traffic"],
+            serde_json::json!({"bytes_out": 0, "bytes_in": 700})
+        );
+
+        let logins: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["class_uid"] == AUTHENTICATION)
+            .collect();
+        assert_eq!(logins.len(), 2);
+        assert_eq!(logins[0]["user"]["name"], "app");
+        assert_eq!(logins[0]["auth_protocol"], "scram-sha-256");
+        assert_eq!(logins[0]["status_id"], 1);
+        assert_eq!(logins[0]["unmapped"]["credential_injected"], true);
+        assert_eq!(logins[1]["status_id"], 2);
+        assert_eq!(logins[1]["status_code"], "28P01");
+        assert_eq!(logins[1]["severity_id"], 3);
+
+        let lineage = of("lineage");
+        assert_eq!(lineage["class_uid"], PROCESS_ACTIVITY);
+        assert_eq!(lineage["activity_id"], 99);
+        assert_eq!(
+            lineage["process"]["lineage"],
+            serde_json::json!(["/sbin/init", "/usr/bin/psql"])
+        );
+        assert_eq!(lineage["actor"]["app_name"], "bot");
+        let exec = of("exec");
+        assert_eq!(
+            (exec["activity_id"].clone(), exec["activity_name"].clone()),
+            (1.into(), "Launch".into())
+        );
+        assert_eq!(exec["process"]["cmd_line"], "curl -s https://x");
+        assert_eq!(exec["process"]["parent_process"]["pid"], 42);
+        assert_eq!(exec["process"]["user"]["name"], "ci");
+        assert_eq!(exec["actor"]["app_name"], "bot");
+        assert!(
+            exec["metadata"].get("correlation_uid").is_none(),
+            "no session"
+        );
+        let exit = of("exit");
+        assert_eq!(exit["activity_id"], 2);
+        assert_eq!(exit["exit_code"], 3);
+        let lost = of("lineage_lost");
+        assert_eq!(lost["severity_id"], 2);
+        assert_eq!(lost["unmapped"]["count"], 5);
+    }
+
     #[test]
     fn the_check_catches_missing_and_mistyped_attributes() {
         let good = serde_json::json!({
@@ -352,7 +476,8 @@ pub(crate) mod tests {
         .args;
         run(&args).expect("export to a file");
         let text = std::fs::read_to_string(&out).expect("written");
-        assert_eq!(text.lines().count(), 7);
+        // 4 session open/close, 3 statements, 1 exec (Process Activity).
+        assert_eq!(text.lines().count(), 8);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .expect("list")
             .filter_map(|e| e.ok())

@@ -352,6 +352,7 @@ mod tests {
             direction: None,
             size: None,
             data: None,
+            hash: None,
         };
         let mut out = Vec::new();
         view.write_chain(&mut out).unwrap();

@@ -21,6 +21,7 @@ pub mod sessions;
 pub mod ship;
 pub mod ssh_ca;
 pub mod status;
+pub mod stream_format;
 pub mod verify;
 pub mod views;
 

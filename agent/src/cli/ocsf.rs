@@ -23,13 +23,25 @@
 //!   (`class_uid` 4001, category 4): `activity_id` 1 Open, 2 Close, 3 Reset (a close
 //!   reason mentioning "reset"), 4 Fail (the upstream connect failed); `traffic` carries
 //!   the byte totals at the end.
-//! - Other kinds (chunks, authentication, process lineage) are not exported as OCSF; use
-//!   `--format jsonl` for the complete record.
+//! - each `chunk` is **Network Activity** `activity_id` 6 Traffic, its size in
+//!   `traffic.bytes_out` (client to server) or `traffic.bytes_in`.
+//! - `pg_auth` is **Authentication** (`class_uid` 3002, category 3 Identity & Access
+//!   Management): `activity_id` 1 Logon, `user.name` the role logged in as,
+//!   `auth_protocol` the method, `status_id` 1 Success / 2 Failure (with the SQLSTATE).
+//! - process lineage is **Process Activity** (`class_uid` 1007, category 1 System
+//!   Activity): `exec` 1 Launch, `exit` 2 Terminate (`exit_code`), a session's `lineage`
+//!   99 Other with the chain of executables in `process.lineage`, `lineage_lost` 99 Other
+//!   (severity Low, the count lost in `unmapped`).
+//! - Other session-less kinds (attestations, grants, restored state) are not exported as
+//!   OCSF; use `--format jsonl` for the complete record.
 //!
 //! Every event carries `actor` = the workload identity: `actor.app_name` the workload
 //! name, `actor.user` uid and name, `actor.process` pid, comm, command line and executable;
 //! `src_endpoint` the client address, `dst_endpoint` the original destination (with the
-//! target as `svc_name`); `metadata.uid` = `<journal_id>:<event id>`,
+//! target as `svc_name`); `metadata.uid` = `<journal_id>:<event id>`, `metadata.log_name` the
+//! journal id, `metadata.sequence` the event id and `metadata.tags` the event's hash in the
+//! chain (`{"name": "event_hash", "value": hex}`), so a copy can be checked against the
+//! journal (see [`event_identity`]),
 //! `metadata.correlation_uid` = `<journal_id>:<session id>`; and `unmapped` holds what has
 //! no better slot: workload, cgroup, cgroup id, journal and host id, session reference,
 //! policy verdict, rule, statement kinds and tables, result summary and masked columns.
@@ -53,6 +65,10 @@ pub const OCSF_VERSION: &str = "1.3.0";
 pub const DATASTORE_ACTIVITY: u64 = 6005;
 /// Network Activity.
 pub const NETWORK_ACTIVITY: u64 = 4001;
+/// Authentication.
+pub const AUTHENTICATION: u64 = 3002;
+/// Process Activity.
+pub const PROCESS_ACTIVITY: u64 = 1007;
 
 /// A statement waiting for its `statement_end`.
 struct Pending {
@@ -95,17 +111,31 @@ impl OcsfMapper {
 
     /// Feeds one event; returns the OCSF events it completes (zero, one or two).
     pub fn push(&mut self, s: &Selected<'_>) -> Vec<Value> {
-        let Some(session) = s.session else {
-            return Vec::new();
-        };
         let e = &s.event;
-        if let EventKind::SessionStart | EventKind::SessionEnd = e.kind {
-            return vec![network_activity(
-                &s.segment.journal_id,
-                s.segment.host_id.as_deref(),
-                session,
-                e,
-            )];
+        let Some(session) = s.session else {
+            return match e.kind.as_str() {
+                "exec" | "exit" | "lineage_lost" => vec![process_activity(s, None)],
+                _ => Vec::new(),
+            };
+        };
+        if e.kind == EventKind::SessionEnd {
+            for mapper in self.protocols.iter_mut().filter_map(|(_, m)| m.as_mut()) {
+                mapper.session_ended(&s.segment.journal_id, session.row.id);
+            }
+        }
+        match e.kind {
+            EventKind::SessionStart | EventKind::SessionEnd | EventKind::Chunk => {
+                return vec![network_activity(
+                    &s.segment.journal_id,
+                    s.segment.host_id.as_deref(),
+                    session,
+                    e,
+                )];
+            }
+            EventKind::Other(ref k) if k == "lineage" => {
+                return vec![process_activity(s, Some(session))];
+            }
+            _ => {}
         }
         let view = views::view(&session.row.identity.protocol);
         let at = match self
@@ -123,6 +153,14 @@ impl OcsfMapper {
             Some(mapper) => mapper.push(s),
             None => Vec::new(),
         }
+    }
+
+    /// The id of the oldest event held for a request not yet output, if any.
+    pub fn oldest_pending(&self) -> Option<i64> {
+        self.protocols
+            .iter()
+            .filter_map(|(_, m)| m.as_ref()?.oldest_pending())
+            .min()
     }
 
     /// The requests that never completed (status Unknown), in journal order.
@@ -161,6 +199,7 @@ impl OcsfRequests for Datastore {
                 }
                 Vec::new()
             }
+            (kind::AUTH, _) => vec![authentication(&journal_id, host_id.as_deref(), session, e)],
             (kind::STATEMENT, Some(seq)) => {
                 let key = (journal_id.clone(), session.row.id, seq);
                 // A statement with the seq of one still pending: the earlier one never
@@ -168,6 +207,10 @@ impl OcsfRequests for Datastore {
                 let mut out = Vec::new();
                 if let Some(old) = self.pending.remove(&key) {
                     out.push(self.datastore_activity(&old, None));
+                }
+                if self.order.len() >= 2 * self.pending.len() + 64 {
+                    let pending = &self.pending;
+                    self.order.retain(|k| pending.contains_key(k));
                 }
                 self.order.push(key.clone());
                 self.pending.insert(
@@ -195,6 +238,20 @@ impl OcsfRequests for Datastore {
                 }
             }
             _ => Vec::new(),
+        }
+    }
+
+    fn oldest_pending(&self) -> Option<i64> {
+        self.pending.values().map(|p| p.statement.id).min()
+    }
+
+    fn session_ended(&mut self, journal_id: &str, session: SessionId) {
+        let held = self
+            .pending
+            .keys()
+            .any(|(j, s, _)| j == journal_id && *s == session);
+        if !held {
+            self.databases.remove(&(journal_id.to_owned(), session));
         }
     }
 
@@ -442,8 +499,246 @@ pub(crate) fn metadata(journal_id: &str, event: &EventRow, session: &SetSession)
         "uid": format!("{journal_id}:{}", event.id),
         "correlation_uid": format!("{journal_id}:{}", session.row.id),
         "log_name": journal_id,
+        "sequence": event.id,
+        "tags": event_tags(event),
         "original_time": crate::journal::format_rfc3339_us(event.at),
     })
+}
+
+/// `metadata` of an event of no session (process lineage).
+fn metadata_of_no_session(journal_id: &str, event: &EventRow) -> Value {
+    json!({
+        "version": OCSF_VERSION,
+        "product": {
+            "name": "nhi-agent",
+            "vendor_name": "nhi-agent",
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+        "uid": format!("{journal_id}:{}", event.id),
+        "log_name": journal_id,
+        "sequence": event.id,
+        "tags": event_tags(event),
+        "original_time": crate::journal::format_rfc3339_us(event.at),
+    })
+}
+
+fn event_tags(event: &EventRow) -> Value {
+    match &event.hash {
+        Some(hash) => json!([{ "name": "event_hash", "value": hash }]),
+        None => json!([]),
+    }
+}
+
+/// Which journal event an OCSF event stands for: (journal id, event id, event hash),
+/// read back from `metadata` (`log_name`, `sequence`, the `event_hash` tag). A request
+/// completed by later events (a statement and its end) stands for its first event.
+pub fn event_identity(event: &Value) -> Option<(String, i64, Option<String>)> {
+    let m = event.get("metadata")?;
+    let journal_id = m.get("log_name")?.as_str()?.to_owned();
+    let id = m.get("sequence")?.as_i64()?;
+    let hash = m
+        .get("tags")
+        .and_then(Value::as_array)
+        .and_then(|tags| tags.iter().find(|t| t["name"] == "event_hash"))
+        .and_then(|t| t["value"].as_str())
+        .map(str::to_owned);
+    Some((journal_id, id, hash))
+}
+
+/// `pg_auth`: Authentication (see the module documentation).
+fn authentication(
+    journal_id: &str,
+    host_id: Option<&str>,
+    session: &SetSession,
+    e: &EventRow,
+) -> Value {
+    let null = Value::Null;
+    let data = e.data.as_ref().unwrap_or(&null);
+    let error = data.get("error");
+    let (status_id, status) = if error.is_some() {
+        (2, "Failure")
+    } else {
+        (1, "Success")
+    };
+    let mut event = base(
+        AUTHENTICATION,
+        "Authentication",
+        3,
+        "Identity & Access Management",
+        1,
+        "Logon",
+        ms(e.at),
+        if error.is_some() {
+            (3, "Medium")
+        } else {
+            (1, "Informational")
+        },
+    );
+    let user = data.get("user").and_then(Value::as_str).unwrap_or("");
+    let method = data.get("method").and_then(Value::as_str).unwrap_or("");
+    let mut unmapped = context_unmapped(journal_id, host_id, session);
+    if let Some(injected) = data.get("injected") {
+        unmapped.insert("credential_injected".into(), injected.clone());
+    }
+    let fields = [
+        (
+            "message",
+            json!(format!("PostgreSQL login as {user} ({method}): {status}")),
+        ),
+        ("metadata", metadata(journal_id, e, session)),
+        ("actor", actor(session)),
+        (
+            "user",
+            json!({ "name": user, "type_id": 99, "type": "Other" }),
+        ),
+        ("auth_protocol", json!(method)),
+        ("auth_protocol_id", json!(99)),
+        ("is_remote", json!(true)),
+        ("service", json!({ "name": session.row.identity.target })),
+        ("src_endpoint", endpoint(session.row.identity.client_addr)),
+        ("dst_endpoint", dst_endpoint(session)),
+        ("status_id", json!(status_id)),
+        ("status", json!(status)),
+        ("unmapped", Value::Object(unmapped)),
+    ];
+    event.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
+    if let Some(e) = error {
+        event.insert(
+            "status_code".into(),
+            e.get("sqlstate").cloned().unwrap_or(Value::Null),
+        );
+        event.insert(
+            "status_detail".into(),
+            e.get("message").cloned().unwrap_or(Value::Null),
+        );
+    }
+    Value::Object(event)
+}
+
+/// Process lineage: `exec`, `exit`, `lineage_lost` (no session) and a session's
+/// `lineage` as Process Activity (see the module documentation).
+fn process_activity(s: &Selected<'_>, session: Option<&SetSession>) -> Value {
+    let e = &s.event;
+    let journal_id = s.segment.journal_id.as_str();
+    let null = Value::Null;
+    let data = e.data.as_ref().unwrap_or(&null);
+    let kind = e.kind.as_str();
+    let (activity_id, activity_name) = match kind {
+        "exec" => (1, "Launch"),
+        "exit" => (2, "Terminate"),
+        "lineage" => (99, "Lineage"),
+        _ => (99, "Lineage Lost"),
+    };
+    let severity = if kind == "lineage_lost" {
+        (2, "Low")
+    } else {
+        (1, "Informational")
+    };
+    let mut event = base(
+        PROCESS_ACTIVITY,
+        "Process Activity",
+        1,
+        "System Activity",
+        activity_id,
+        activity_name,
+        ms(e.at),
+        severity,
+    );
+    let exe = data.get("exe").and_then(Value::as_str);
+    let mut process = json!({});
+    if let Some(pid) = data.get("pid").filter(|p| p.is_u64()) {
+        process["pid"] = pid.clone();
+    }
+    if let Some(exe) = exe {
+        let name = exe.rsplit('/').next().unwrap_or(exe);
+        process["name"] = json!(name);
+        process["file"] =
+            json!({ "name": name, "path": exe, "type_id": 1, "type": "Regular File" });
+    }
+    if let Some(argv) = data.get("argv").and_then(Value::as_array) {
+        let line: Vec<String> = argv
+            .iter()
+            .filter_map(Value::as_str)
+            .map(shell_quote)
+            .collect();
+        process["cmd_line"] = json!(line.join(" "));
+    }
+    if let Some(uid) = data.get("uid").and_then(Value::as_u64) {
+        let mut user = json!({ "uid": uid.to_string() });
+        if let Some(name) = data.get("user").and_then(Value::as_str) {
+            user["name"] = json!(name);
+        }
+        process["user"] = user;
+    }
+    if let Some(ppid) = data.get("ppid").and_then(Value::as_u64) {
+        process["parent_process"] = json!({ "pid": ppid });
+    }
+    if let Some(chain) = data.get("chain").and_then(Value::as_array) {
+        let lineage: Vec<String> = chain
+            .iter()
+            .map(|link| {
+                link.get("exe")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| link.to_string())
+            })
+            .collect();
+        process["lineage"] = json!(lineage);
+    }
+    let (actor, metadata, mut unmapped) = match session {
+        Some(session) => (
+            actor(session),
+            metadata(journal_id, e, session),
+            context_unmapped(journal_id, s.segment.host_id.as_deref(), session),
+        ),
+        None => {
+            let mut unmapped = Map::new();
+            unmapped.insert("journal_id".into(), json!(journal_id));
+            unmapped.insert("host_id".into(), json!(s.segment.host_id));
+            for key in ["workload", "cgroup", "cgroup_id", "claims", "container"] {
+                if let Some(v) = data.get(key) {
+                    unmapped.insert(key.into(), v.clone());
+                }
+            }
+            let mut actor = json!({ "process": process.clone() });
+            if let Some(w) = data.get("workload").and_then(Value::as_str) {
+                actor["app_name"] = json!(w);
+            }
+            (actor, metadata_of_no_session(journal_id, e), unmapped)
+        }
+    };
+    for key in ["count", "total", "argv_truncated", "parent_exec"] {
+        if let Some(v) = data.get(key) {
+            unmapped.insert(key.into(), v.clone());
+        }
+    }
+    let message = match kind {
+        "exec" => format!("exec {}", exe.unwrap_or("?")),
+        "exit" => format!(
+            "exit {} (code {})",
+            exe.unwrap_or("?"),
+            data.get("code").unwrap_or(&null)
+        ),
+        "lineage" => "the chain of executables that led to the session's process".to_string(),
+        _ => format!(
+            "lineage records lost: {}",
+            data.get("count").unwrap_or(&null)
+        ),
+    };
+    let fields = [
+        ("message", json!(message)),
+        ("metadata", metadata),
+        ("actor", actor),
+        ("process", process),
+        ("unmapped", Value::Object(unmapped)),
+    ];
+    event.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
+    if kind == "exit" {
+        if let Some(code) = data.get("code").filter(|c| c.is_i64()) {
+            event.insert("exit_code".into(), code.clone());
+        }
+    }
+    Value::Object(event)
 }
 
 pub(crate) fn actor(session: &SetSession) -> Value {
@@ -502,6 +797,7 @@ fn network_activity(
 ) -> Value {
     let row = &session.row;
     let start = e.kind.as_str() == "session_start";
+    let chunk = e.kind == EventKind::Chunk;
     let reason = e
         .data
         .as_ref()
@@ -510,6 +806,8 @@ fn network_activity(
         .unwrap_or("");
     let (activity_id, activity_name) = if start {
         (1, "Open")
+    } else if chunk {
+        (6, "Traffic")
     } else if reason.starts_with("upstream connect failed") {
         (4, "Fail")
     } else if reason.contains("reset") {
@@ -527,11 +825,16 @@ fn network_activity(
         ms(e.at),
         (1, "Informational"),
     );
+    let size = u64::from(e.size.unwrap_or(0));
+    let client_to_server = e.direction == Some(crate::journal::Direction::ClientToServer);
     let message = if start {
         format!(
             "{} → {} ({})",
             row.identity.client_addr, row.identity.orig_dst, row.identity.target
         )
+    } else if chunk {
+        let dir = e.direction.map_or("?", |d| d.as_str());
+        format!("{size} bytes {dir}")
     } else {
         format!("closed: {reason}")
     };
@@ -556,7 +859,17 @@ fn network_activity(
         ),
     ];
     event.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
-    if !start {
+    if chunk {
+        let (bytes_out, bytes_in) = if client_to_server {
+            (size, 0)
+        } else {
+            (0, size)
+        };
+        event.insert(
+            "traffic".into(),
+            json!({ "bytes_out": bytes_out, "bytes_in": bytes_in }),
+        );
+    } else if !start {
         let data = e.data.as_ref();
         let get = |k: &str| data.and_then(|d| d.get(k)).and_then(Value::as_u64);
         event.insert(
@@ -673,6 +986,20 @@ pub(crate) fn check_required(event: &Value) -> Vec<String> {
             }
         }
         NETWORK_ACTIVITY => check(event, "", NETWORK, &mut problems),
+        // authentication.json: user (required); dst_endpoint, src_endpoint recommended.
+        AUTHENTICATION => check(
+            event,
+            "",
+            &[("user", JsonType::Object), ("actor", JsonType::Object)],
+            &mut problems,
+        ),
+        // process_activity.json: actor and process required.
+        PROCESS_ACTIVITY => check(
+            event,
+            "",
+            &[("actor", JsonType::Object), ("process", JsonType::Object)],
+            &mut problems,
+        ),
         crate::cli::views::aws::API_ACTIVITY => {
             // api_activity.json: actor, api, src_endpoint; api.json: operation; the cloud
             // profile: cloud, with cloud.json's provider.

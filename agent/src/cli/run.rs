@@ -109,6 +109,15 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     };
     let journal = journal::open(&config.agent.journal, journal_options)
         .with_context(|| format!("opening the journal {}", config.agent.journal.display()))?;
+    // Live streams to SIEMs: threads that only read the journal (see crate::stream);
+    // their token and CA files are read now, before anything is attached.
+    let streams = crate::stream::Streams::start(
+        &config.streams,
+        &config.agent.journal,
+        &config.agent.state_dir,
+        super::stream_format::make,
+    )
+    .context("starting the [[stream]] sinks")?;
     // Bind before attaching: if the port is taken, fail before redirecting anything.
     let listeners = proxy::bind(config.agent.listen_port).with_context(|| {
         format!(
@@ -271,6 +280,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         registry: registry.clone(),
         shipper: shipper_slot.clone(),
         started: std::time::SystemTime::now(),
+        version: super::generate::version(),
         config_path: config_path.clone(),
         listeners: serde_json::json!({
             "proxy": [
@@ -296,6 +306,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     shipping.replace(shipper);
     let reloadable = Arc::new(Reloadable {
         registry: registry_for_http.clone(),
+        streams: streams.clone(),
         shipping: Mutex::new(shipping),
         last: last_reload.clone(),
     });
@@ -424,6 +435,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         task.abort();
     }
     sweeper.abort();
+    streams.stop();
     if let Some(d) = decision_server {
         d.abort();
     }
@@ -623,6 +635,8 @@ impl Shipping {
 /// What a reload changes besides the configuration snapshot.
 struct Reloadable {
     registry: approvals::Registry,
+    /// `[[stream]]`: started, stopped and restarted by name.
+    streams: crate::stream::Streams,
     shipping: Mutex<Shipping>,
     last: Arc<Mutex<Option<crate::status::ReloadRecord>>>,
 }
@@ -842,8 +856,10 @@ fn apply_reload(
         snapshot.config.workloads.len(),
         snapshot.config.targets.len(),
     );
+    let stream_configs = snapshot.config.streams.clone();
     // The configuration and its runtime go into force together.
     shared.replace_snapshot(snapshot);
+    live.streams.apply(&stream_configs);
     if let Some(attestor) = &shared.attest {
         attestor.set_verifier(verifier);
     }

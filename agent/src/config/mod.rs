@@ -84,6 +84,8 @@ pub struct Config {
     /// `[shipping]` and `[retention]` (see [`crate::ship`]): upload of sealed segments,
     /// local retention, disk budget.
     pub ship: crate::ship::ShipConfig,
+    /// `[[stream]]` (see [`crate::stream`]): live event streams to SIEMs.
+    pub streams: Vec<crate::stream::StreamConfig>,
     /// `[[oidc_issuer]]` and `[attest]` (see [`crate::attest`]): CI job identity.
     pub attest: crate::attest::AttestConfig,
     /// `[approvals]` (see [`crate::approvals::config`]): announcements and signed decisions.
@@ -861,7 +863,14 @@ impl TryFrom<RawConfig> for Config {
                 earlier: None,
                 message: p.message,
             })?;
+        let streams =
+            crate::stream::StreamConfig::from_raw_list(raw.stream).map_err(|p| Problem {
+                span: p.span,
+                earlier: None,
+                message: p.message,
+            })?;
         Ok(Config {
+            streams,
             lineage,
             agent,
             workloads,

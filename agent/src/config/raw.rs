@@ -32,6 +32,9 @@ pub(super) struct RawConfig {
     pub attest: Option<Spanned<crate::attest::RawAttest>>,
     pub approvals: Option<Spanned<crate::approvals::RawApprovals>>,
     pub evidence: Option<Spanned<crate::evidence::RawEvidence>>,
+    /// `[[stream]]` (see [`crate::stream::config`]).
+    #[serde(default)]
+    pub stream: Vec<Spanned<crate::stream::RawStream>>,
 }
 
 /// `[agent]`.

@@ -116,6 +116,11 @@ pub struct EventRow {
     pub direction: Option<Direction>,
     pub size: Option<u32>,
     pub data: Option<serde_json::Value>,
+    /// The event's hash in the chain (hex SHA-256, see `evidence::chain`): what a copy
+    /// of the event elsewhere (a SIEM, an export) is checked against. `None` for rows
+    /// written before the chain existed (schema 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 fn serialize_time<S: Serializer>(t: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
@@ -141,6 +146,8 @@ pub struct JournalReader {
     has_claims: bool,
     /// Whether `sessions` has the `container` column (schema 4).
     has_container: bool,
+    /// The event columns read: with `hash` where the journal has it (schema 2).
+    event_columns: &'static str,
 }
 
 impl std::fmt::Debug for JournalReader {
@@ -159,6 +166,11 @@ const SESSION_COLUMNS: &str = "s.id, s.workload, s.cgroup, s.cgroup_id, s.pid, \
     COALESCE(s.bytes_from_server, (SELECT COALESCE(SUM(e.size), 0) FROM events e \
         WHERE e.session_id = s.id AND e.kind = 'chunk' AND e.direction = 's2c')), \
     s.close_reason";
+
+/// The columns [`RawEvent::from_row`] reads.
+const EVENT_COLUMNS: &str = "id, session_id, at_us, kind, direction, size, data, hash";
+/// The same for journals from before the hash chain (schema 1).
+const EVENT_COLUMNS_NO_HASH: &str = "id, session_id, at_us, kind, direction, size, data, NULL";
 
 /// Whether the journal's `sessions` table has a column `name`.
 fn sessions_have(conn: &Connection, name: &str) -> Result<bool, JournalError> {
@@ -212,11 +224,23 @@ impl JournalReader {
         };
         let has_claims = sessions_have(&conn, "claims")?;
         let has_container = sessions_have(&conn, "container")?;
+        let has_hash: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('events') WHERE name = 'hash')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(JournalError::sqlite("read the events columns"))?;
         Ok(JournalReader {
             conn,
             path: path.to_path_buf(),
             has_claims,
             has_container,
+            event_columns: if has_hash {
+                EVENT_COLUMNS
+            } else {
+                EVENT_COLUMNS_NO_HASH
+            },
         })
     }
 
@@ -346,10 +370,10 @@ impl JournalReader {
     ) -> Result<(), E> {
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT id, session_id, at_us, kind, direction, size, data FROM events \
-                 WHERE session_id = ?1 ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT {} FROM events WHERE session_id = ?1 ORDER BY id",
+                self.event_columns
+            ))
             .map_err(JournalError::sqlite("query events"))?;
         let mut rows = stmt
             .query([session_id])
@@ -383,6 +407,29 @@ impl JournalReader {
         self.conn
             .query_row("SELECT MAX(id) FROM events", [], |row| row.get(0))
             .map_err(JournalError::sqlite("read last event id"))
+    }
+
+    /// Up to `limit` events with an id above `after`, in journal order: how a live
+    /// stream (`crate::stream`) follows the journal.
+    pub fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRow>, JournalError> {
+        let sql = format!(
+            "SELECT {} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+            self.event_columns
+        );
+        let mut stmt = self
+            .conn
+            .prepare(&sql)
+            .map_err(JournalError::sqlite("query events"))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt
+            .query(rusqlite::params![after, limit])
+            .map_err(JournalError::sqlite("query events"))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(JournalError::sqlite("read events"))? {
+            let raw = RawEvent::from_row(row).map_err(JournalError::sqlite("read events"))?;
+            out.push(raw.into_row()?);
+        }
+        Ok(out)
     }
 
     /// Streams the events that pass `scan`, in journal order (by id), including events
@@ -461,8 +508,8 @@ impl JournalReader {
             format!("WHERE {}", clauses.join(" AND "))
         };
         let sql = format!(
-            "SELECT id, session_id, at_us, kind, direction, size, data FROM events \
-             {where_clause} ORDER BY id"
+            "SELECT {} FROM events {where_clause} ORDER BY id",
+            self.event_columns
         );
         let mut stmt = self
             .conn
@@ -724,6 +771,7 @@ struct RawEvent {
     direction: Option<String>,
     size: Option<i64>,
     data: Option<String>,
+    hash: Option<Vec<u8>>,
 }
 
 impl RawEvent {
@@ -736,6 +784,7 @@ impl RawEvent {
             direction: row.get(4)?,
             size: row.get(5)?,
             data: row.get(6)?,
+            hash: row.get(7)?,
         })
     }
 
@@ -772,6 +821,7 @@ impl RawEvent {
             direction,
             size,
             data,
+            hash: self.hash.as_deref().map(crate::evidence::hex),
         })
     }
 }

@@ -35,6 +35,7 @@ pub use ca::{
     LEAF_VALIDITY_DAYS,
 };
 pub use stream::{accept_client, Stream};
+pub(crate) use upstream::{load_roots, load_system_roots};
 pub use upstream::{ClientCert, UpstreamTls, UpstreamTlsMode, SSL_REQUEST};
 
 /// The ALPN protocol name PostgreSQL 17 registered. libpq 17+ offers it; older clients

@@ -320,7 +320,7 @@ fn trailing_bytes(tcp: &TcpStream) -> std::io::Result<bool> {
 
 /// The system's trust store as a root store. Certificates the loader cannot read or
 /// rustls cannot use are skipped (a store always has a few); none at all is an error.
-fn load_system_roots() -> Result<Arc<RootCertStore>, TlsError> {
+pub(crate) fn load_system_roots() -> Result<Arc<RootCertStore>, TlsError> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(found.certs);
@@ -404,7 +404,7 @@ impl ClientCert {
     }
 }
 
-fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+pub(crate) fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let bad = |reason: String| TlsError::BadCertificateFile {
         path: path.to_owned(),
         reason,

@@ -358,6 +358,18 @@ impl OcsfRequests for ApiActivity {
         }
     }
 
+    fn oldest_pending(&self) -> Option<i64> {
+        let calls = self
+            .calls
+            .values()
+            .filter_map(|p| p.request.as_ref().map(|r| r.id));
+        calls.chain(self.http.oldest_pending()).min()
+    }
+
+    fn session_ended(&mut self, journal_id: &str, session: SessionId) {
+        self.http.session_ended(journal_id, session);
+    }
+
     fn finish(self: Box<Self>) -> Vec<Value> {
         let ApiActivity { http, calls, .. } = *self;
         let mut left: Vec<Pending> = calls.into_values().collect();

@@ -318,6 +318,12 @@ impl OcsfRequests for HttpActivity {
                 if let Some(old) = self.pending.remove(&key) {
                     out.push(activity(&old, old.response.as_ref(), None));
                 }
+                // Keys whose request completed are dropped from time to time, so that a
+                // long-lived mapper (a live stream) does not grow with every request.
+                if self.order.len() >= 2 * self.pending.len() + 64 {
+                    let pending = &self.pending;
+                    self.order.retain(|k| pending.contains_key(k));
+                }
                 self.order.push(key.clone());
                 self.pending.insert(
                     key,
@@ -364,6 +370,12 @@ impl OcsfRequests for HttpActivity {
             _ => Vec::new(),
         }
     }
+
+    fn oldest_pending(&self) -> Option<i64> {
+        self.pending.values().map(|p| p.request.id).min()
+    }
+
+    fn session_ended(&mut self, _journal_id: &str, _session: SessionId) {}
 
     fn finish(mut self: Box<Self>) -> Vec<Value> {
         let order = std::mem::take(&mut self.order);

@@ -350,6 +350,14 @@ impl OcsfRequests for KubeActivity {
     fn finish(self: Box<Self>) -> Vec<Value> {
         Box::new(self.http).finish()
     }
+
+    fn oldest_pending(&self) -> Option<i64> {
+        self.http.oldest_pending()
+    }
+
+    fn session_ended(&mut self, journal_id: &str, session: SessionId) {
+        self.http.session_ended(journal_id, session);
+    }
 }
 
 fn verb_activity(verb: &str) -> (u64, &'static str) {

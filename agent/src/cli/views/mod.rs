@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use serde_json::Value;
 
 use super::select::Selected;
-use crate::journal::{EventRow, SessionRow};
+use crate::journal::{EventRow, SessionId, SessionRow};
 
 pub mod aws;
 pub mod http;
@@ -34,6 +34,13 @@ pub trait OcsfRequests {
     fn push(&mut self, s: &Selected<'_>) -> Vec<Value>;
     /// The requests that never completed, in journal order.
     fn finish(self: Box<Self>) -> Vec<Value>;
+    /// The id of the oldest event held for a request not yet output (none: nothing
+    /// held). A live stream never moves its cursor past it, so a restart reads it again.
+    fn oldest_pending(&self) -> Option<i64>;
+    /// The session ended: what the mapper keeps per session (a database name, an SSH
+    /// login) can go once no request of it is held, so a long-lived mapper (a live
+    /// stream) does not grow with every session.
+    fn session_ended(&mut self, journal_id: &str, session: SessionId);
 }
 
 /// One protocol's way of reading its events.

@@ -750,6 +750,20 @@ impl OcsfRequests for SshActivity {
         }
     }
 
+    fn oldest_pending(&self) -> Option<i64> {
+        self.pending.values().map(|p| p.request.id).min()
+    }
+
+    fn session_ended(&mut self, journal_id: &str, session: SessionId) {
+        let held = self
+            .pending
+            .keys()
+            .any(|(j, s, _)| j == journal_id && *s == session);
+        if !held {
+            self.logins.remove(&(journal_id.to_owned(), session));
+        }
+    }
+
     fn finish(mut self: Box<Self>) -> Vec<Value> {
         let mut left: Vec<Pending> = std::mem::take(&mut self.pending).into_values().collect();
         left.sort_by_key(|p| p.n);
