@@ -36,6 +36,7 @@ pub struct Sources {
     pub lineage_off: Option<String>,
     pub lineage_on: bool,
     pub last_reload: Arc<Mutex<Option<ReloadRecord>>>,
+    pub streams: crate::stream::Streams,
 }
 
 fn time(t: SystemTime) -> String {
@@ -104,6 +105,15 @@ impl Sources {
             }
         });
         drop(reload);
+        let streams = self.streams.status();
+        for st in &streams {
+            if let Some(e) = st["failing"].as_str() {
+                problems.push(format!(
+                    "stream {}: its sink is failing ({e}); events wait in the journal",
+                    st["name"].as_str().unwrap_or_default()
+                ));
+            }
+        }
         let workloads: Vec<Value> = config
             .workloads
             .iter()
@@ -151,6 +161,7 @@ impl Sources {
                 "segments": journal,
             },
             "shipping": shipping,
+            "streams": streams,
             "holds": {
                 "pending": pending.len(),
                 "ids": pending.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),

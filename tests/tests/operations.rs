@@ -189,12 +189,16 @@ fn status_and_reload_tell_the_running_agents_state_and_verdicts() {
     let echo = EchoServer::start("127.0.0.2:0");
     let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
     let metrics_port = free_port();
+    let siem = tempfile::tempdir().unwrap();
+    let siem_file = siem.path().join("events.jsonl");
     let mut agent = Agent::start_with(
         &format!(
             "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
-             [[target]]\nname = \"echo\"\naddress = \"{}\"\n",
+             [[target]]\nname = \"echo\"\naddress = \"{}\"\n\n\
+             [[stream]]\nname = \"siem-file\"\ntype = \"file\"\npath = \"{}\"\n",
             cg.rel(),
             echo.addr,
+            siem_file.display(),
         ),
         &format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
         &[],
@@ -202,8 +206,39 @@ fn status_and_reload_tell_the_running_agents_state_and_verdicts() {
     let out = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "100"]);
     assert_eq!(out["identical"], true, "{out}");
 
-    // Healthy: exit 0, and the document says what runs.
-    let (code, s) = status(&agent);
+    // Healthy: exit 0, and the document says what runs. The stream has delivered the
+    // session's events (its cursor moves once the file holds them).
+    let delivered = |s: &serde_json::Value| s["agent"]["streams"][0]["cursor"]["event_id"].as_i64();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, s) = loop {
+        let (code, s) = status(&agent);
+        if delivered(&s).is_some_and(|id| id > 0) || Instant::now() > deadline {
+            break (code, s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(s["agent"]["streams"][0]["name"], "siem-file", "{s:#}");
+    assert_eq!(s["agent"]["streams"][0]["type"], "file", "{s:#}");
+    assert!(s["agent"]["streams"][0]["failing"].is_null(), "{s:#}");
+    let lines = std::fs::read_to_string(&siem_file)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert!(lines > 0, "the stream wrote its file");
+    let (_, text) = scrape(metrics_port);
+    assert!(
+        value(
+            &text,
+            r#"nhi_stream_records_sent_total{stream="siem-file"}"#
+        ) >= 1.0,
+        "{text}"
+    );
+    // Later events (the session's end) may have moved it on since.
+    assert!(
+        value(&text, r#"nhi_stream_cursor_event_id{stream="siem-file"}"#)
+            >= delivered(&s).unwrap() as f64,
+        "{text}"
+    );
     assert_eq!(code, 0, "{s:#}");
     let a = &s["agent"];
     assert_eq!(a["pid"], agent.pid().unwrap(), "{a:#}");

@@ -295,6 +295,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         lineage_off: lineage_off.filter(|_| config.lineage.enabled),
         lineage_on,
         last_reload: last_reload.clone(),
+        streams: streams.clone(),
     };
     // The shipper's passes run on blocking threads: an upload never holds up the proxy.
     let mut shipping = Shipping {

@@ -252,6 +252,19 @@ pub fn render_agent(s: &Value) -> String {
     } else {
         out.push_str("  shipping: not configured\n");
     }
+    for st in s["streams"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  stream {} ({} {}): delivered up to event {}{}\n",
+            text(&st["name"]),
+            text(&st["type"]),
+            text(&st["format"]),
+            text(&st["cursor"]["event_id"]),
+            match st["failing"].as_str() {
+                Some(e) => format!(", FAILING: {e}"),
+                None => String::new(),
+            }
+        ));
+    }
     let h = &s["holds"];
     out.push_str(&format!(
         "  holds: {} pending, {} grants\n",

@@ -87,11 +87,20 @@ pub struct Metrics {
     disk_used_bytes: Gauge,
     disk_budget_bytes: Gauge,
     reloads: Family<ReloadLabels, Counter>,
+    stream_sent: Family<StreamLabels, Counter>,
+    stream_errors: Family<StreamLabels, Counter>,
+    stream_missing: Family<StreamLabels, Counter>,
+    stream_cursor: Family<StreamLabels, Gauge>,
     /// Refreshed at each scrape (see [`Gauges`]).
     gauges: GaugeSet,
     /// The last value of the lineage reader's drop counter, so the exported counter only
     /// moves by what was dropped since.
     lineage_seen: AtomicU64,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    stream: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -150,6 +159,10 @@ impl Metrics {
             disk_used_bytes: Gauge::default(),
             disk_budget_bytes: Gauge::default(),
             reloads: Family::default(),
+            stream_sent: Family::default(),
+            stream_errors: Family::default(),
+            stream_missing: Family::default(),
+            stream_cursor: Family::default(),
             gauges: GaugeSet {
                 active_connections: Gauge::default(),
                 holds_pending: Gauge::default(),
@@ -297,6 +310,26 @@ impl Metrics {
             "Configuration reloads, by result (applied, rejected)",
             m.reloads.clone(),
         );
+        r.register(
+            "stream_records_sent",
+            "Records a [[stream]] sink acknowledged",
+            m.stream_sent.clone(),
+        );
+        r.register(
+            "stream_send_errors",
+            "Failed sends to a [[stream]] sink (retried with backoff)",
+            m.stream_errors.clone(),
+        );
+        r.register(
+            "stream_missing_events",
+            "Events deleted from the journal before a [[stream]] sent them",
+            m.stream_missing.clone(),
+        );
+        r.register(
+            "stream_cursor_event_id",
+            "The journal event id a [[stream]] has delivered up to",
+            m.stream_cursor.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -394,6 +427,42 @@ impl Metrics {
         self.disk_budget_bytes.set(budget.unwrap_or(0) as i64);
     }
 
+    /// A stream's sink took `records`.
+    pub fn stream_sent(&self, stream: &str, records: u64) {
+        self.stream_sent
+            .get_or_create(&StreamLabels {
+                stream: stream.to_string(),
+            })
+            .inc_by(records);
+    }
+
+    /// A send to a stream's sink failed.
+    pub fn stream_send_failed(&self, stream: &str) {
+        self.stream_errors
+            .get_or_create(&StreamLabels {
+                stream: stream.to_string(),
+            })
+            .inc();
+    }
+
+    /// `count` events were gone before the stream sent them.
+    pub fn stream_missing(&self, stream: &str, count: u64) {
+        self.stream_missing
+            .get_or_create(&StreamLabels {
+                stream: stream.to_string(),
+            })
+            .inc_by(count);
+    }
+
+    /// A stream's cursor moved to `event_id`.
+    pub fn stream_cursor(&self, stream: &str, event_id: i64) {
+        self.stream_cursor
+            .get_or_create(&StreamLabels {
+                stream: stream.to_string(),
+            })
+            .set(event_id);
+    }
+
     /// A configuration reload was `applied` or `rejected`.
     pub fn reload(&self, applied: bool) {
         self.reloads
@@ -458,6 +527,9 @@ mod tests {
         m.lineage_dropped_total(7);
         m.disk(1000, Some(4000));
         m.reload(false);
+        m.stream_sent("siem", 3);
+        m.stream_send_failed("siem");
+        m.stream_cursor("siem", 41);
         let text = m.encode(Gauges {
             active_connections: 3,
             holds_pending: 2,
@@ -502,6 +574,9 @@ mod tests {
         assert_eq!(s("nhi_disk_used_bytes "), 1000.0);
         assert_eq!(s("nhi_disk_budget_bytes "), 4000.0);
         assert_eq!(s(r#"nhi_config_reloads_total{result="rejected"}"#), 1.0);
+        assert_eq!(s(r#"nhi_stream_records_sent_total{stream="siem"}"#), 3.0);
+        assert_eq!(s(r#"nhi_stream_send_errors_total{stream="siem"}"#), 1.0);
+        assert_eq!(s(r#"nhi_stream_cursor_event_id{stream="siem"}"#), 41.0);
         assert!(text.contains("# TYPE nhi_connection_setup_seconds histogram"));
         assert!(text.contains("nhi_build_info{version="), "{text}");
         assert!(text.ends_with("# EOF\n"));

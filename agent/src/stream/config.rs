@@ -124,6 +124,18 @@ pub enum SinkConfig {
     },
 }
 
+impl SinkConfig {
+    /// The `type` key's value.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkConfig::Syslog { .. } => "syslog",
+            SinkConfig::SplunkHec { .. } => "splunk_hec",
+            SinkConfig::Otlp { .. } => "otlp",
+            SinkConfig::File { .. } => "file",
+        }
+    }
+}
+
 /// TLS of a syslog sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {

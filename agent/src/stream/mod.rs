@@ -78,6 +78,8 @@ struct Running {
     config: StreamConfig,
     stop: Arc<Stop>,
     thread: Option<JoinHandle<()>>,
+    /// The sink's last error while it is failing (`None` once a send succeeds).
+    failing: Arc<Mutex<Option<String>>>,
 }
 
 struct Inner {
@@ -183,6 +185,32 @@ impl Streams {
         }
     }
 
+    /// Each stream as `nhi-agent status` shows it: name, sink type, format, its cursor,
+    /// and the sink's error while it is failing.
+    pub fn status(&self) -> Vec<serde_json::Value> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .running
+            .iter()
+            .map(|(name, r)| {
+                let cursor = StreamCursor::load(&cursor::path(&inner.state_dir, name))
+                    .ok()
+                    .flatten();
+                let failing = r.failing.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                serde_json::json!({
+                    "name": name,
+                    "type": r.config.sink.type_name(),
+                    "format": format!("{:?}", r.config.format).to_lowercase(),
+                    "cursor": cursor.map(|c| serde_json::json!({
+                        "journal_id": c.journal_id,
+                        "event_id": c.event_id,
+                    })),
+                    "failing": failing,
+                })
+            })
+            .collect()
+    }
+
     /// The names of the running streams.
     pub fn names(&self) -> Vec<String> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -199,7 +227,9 @@ fn spawn(
     previous: Option<JoinHandle<()>>,
 ) -> Running {
     let stop = Arc::new(Stop::default());
+    let failing = Arc::new(Mutex::new(None));
     let worker = Worker {
+        failing: failing.clone(),
         cursor_path: cursor::path(state_dir, &config.name),
         journal: journal.to_path_buf(),
         config: config.clone(),
@@ -221,6 +251,7 @@ fn spawn(
         config,
         stop,
         thread,
+        failing,
     }
 }
 
@@ -231,6 +262,7 @@ struct Worker {
     sink: Box<dyn sink::Sink>,
     make: MakeFormatter,
     stop: Arc<Stop>,
+    failing: Arc<Mutex<Option<String>>>,
 }
 
 impl Worker {
@@ -314,6 +346,7 @@ impl Worker {
                     formatter = (self.make)(self.config.format, self.config.filters.clone());
                 }
                 if let (Some((first, last)), false) = (batch.missing, fresh) {
+                    crate::metrics::get().stream_missing(&name, (last - first + 1) as u64);
                     error!(stream = %name, journal_id = %batch.journal_id, first, last,
                            count = last - first + 1,
                            "events were deleted from the journal before this stream sent them \
@@ -334,6 +367,8 @@ impl Worker {
             }
             if !unsent.is_empty() {
                 if let Err(e) = self.sink.send(&unsent) {
+                    crate::metrics::get().stream_send_failed(&name);
+                    *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                     let delay = backoff.next_delay();
                     warn!(stream = %name, error = %e, pending = unsent.len(), retry_in = ?delay,
                           "stream sink unavailable; events wait in the journal");
@@ -348,12 +383,15 @@ impl Worker {
                     failing = false;
                 }
                 backoff.reset();
+                crate::metrics::get().stream_sent(&name, unsent.len() as u64);
+                *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 unsent.clear();
             }
             let to = formatter.safe_cursor(read_to);
             if to != cursor.event_id {
                 cursor.event_id = to;
                 cursor.updated_at_us = crate::ship::now_us();
+                crate::metrics::get().stream_cursor(&name, to);
                 if let Err(e) = cursor.store(&self.cursor_path) {
                     // The events went out; without the cursor they go out again after a
                     // restart (at least once).
