@@ -84,7 +84,10 @@ fn verify_exits_2_when_nothing_can_be_verified() {
     assert!(said.contains(&format!("cannot read {missing}")), "{said}");
     let (code, said) = run(&[d, "--key", &key]);
     assert_eq!(code, Some(2), "{said}");
-    assert!(said.contains("no journal segment (*.db) in"), "{said}");
+    assert!(
+        said.contains("no journal segment (*.db) or checkpoint in"),
+        "{said}"
+    );
     let (code, said) = run(&[d, "--key", &key, "--hwm", &missing]);
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains(&format!("reading {missing}")), "{said}");
@@ -95,4 +98,43 @@ fn verify_exits_2_when_nothing_can_be_verified() {
         said.contains("0 intact; 1 damage found; 2 nothing verified"),
         "{said}"
     );
+}
+
+#[test]
+fn run_exits_64_on_a_file_the_configuration_names_that_it_refuses() {
+    // Refused before anything is probed, bound or attached: no privilege needed.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = dir.path().join("db.pw");
+    std::fs::write(&password, "s3cr3t\n").expect("write");
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nmode = \"enforce\"\njournal = \"{d}/journal/journal.db\"\nstate_dir = \"{d}/state\"\n\
+             bpffs = \"{d}/bpffs\"\n\n[[workload]]\nname = \"ci\"\ncgroup = \"ci\"\n\n\
+             [[target]]\nname = \"db\"\naddress = \"127.0.0.1:5432\"\nprotocol = \"postgres\"\n\
+             password_file = \"{p}\"\n",
+            d = dir.path().display(),
+            p = password.display()
+        ),
+    )
+    .expect("write config");
+    for args in [
+        vec!["policy", "check", config.to_str().expect("utf-8")],
+        vec!["run", "--config", config.to_str().expect("utf-8")],
+    ] {
+        let out = Command::new(agent_bin())
+            .args(&args)
+            .output()
+            .expect("run nhi-agent");
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {said}");
+        assert!(said.contains("has mode 0644"), "{args:?}: {said}");
+        assert!(said.contains(&password.display().to_string()), "{said}");
+    }
+    // Nothing was created: no journal, no state, no pins.
+    for made in ["journal", "state", "bpffs"] {
+        assert!(!dir.path().join(made).exists(), "{made} was created");
+    }
 }

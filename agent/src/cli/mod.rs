@@ -12,6 +12,7 @@ pub mod lineage;
 mod logging;
 pub mod ocsf;
 pub mod policy;
+pub mod preflight;
 pub mod replay;
 pub mod run;
 pub mod select;

@@ -55,16 +55,29 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if args.detach_on_exit {
         config.agent.fail = FailMode::Open;
     }
+    // What the configuration's files hold, read before anything is bound or attached,
+    // as `policy check` reads it: a file it refuses is a bad configuration (64).
+    let loaded = match super::preflight::load(&config, proxy::StateAccess::Create) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{}error: {e:#}", super::logging::error_prefix());
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nhi-agent")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, args.config.clone()))?;
+    runtime.block_on(serve(config, args.config.clone(), loaded))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    config_path: PathBuf,
+    loaded: super::preflight::Loaded,
+) -> anyhow::Result<()> {
     // What the kernel offers, before anything is created: a kernel without a required
     // feature gets one sentence naming it (and the release that has it), not a verifier
     // dump from the real programs.
@@ -79,14 +92,21 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the journal directory {}", dir.display()))?;
     }
-    // Credentials, keys and certificates: read before anything is attached, so a missing
-    // password file fails the start instead of every session.
-    let snapshot = proxy::Snapshot::build(Arc::new(config.clone()))?;
-    // The signing key and host id (created at the first start): the journal's segments
-    // are sealed with them, at rotation and at a clean stop.
-    let (host_key, host_id, key_path) =
-        crate::evidence::host_identity(&config.evidence, &config.agent.state_dir, true)
-            .context("preparing the journal signing key")?;
+    // Credentials, keys, certificates, the signing key and host id (created at the first
+    // start; the journal's segments are sealed with them), JWKS, decision keys, the
+    // shipping secret: read by `run` before anything is attached (`preflight`).
+    let super::preflight::Loaded {
+        snapshot,
+        host,
+        approver_gid,
+        verifier,
+        decision_keys,
+        shipper,
+        budget,
+    } = loaded;
+    let Some((host_key, host_id, key_path)) = host else {
+        anyhow::bail!("no journal signing key was prepared");
+    };
     info!(
         key = %key_path.display(),
         fingerprint = %host_key.public().fingerprint(),
@@ -116,17 +136,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             config.agent.listen_port
         )
     })?;
-    // The approvals socket, also before attaching: a bad group or path fails the start.
-    let approver_gid = config
-        .agent
-        .approver_group
-        .as_ref()
-        .map(approvals::server::resolve_group)
-        .transpose()?;
+    // The approvals socket, also before attaching: a bad path fails the start.
     let approvals_socket = config.agent.approvals_socket.clone();
     let approvals_listener = approvals::server::bind(&approvals_socket, approver_gid)?;
     // Attestation: the issuers' JWKS files and the socket, before attaching too.
-    let verifier = attest::load_issuers(&config.attest).context("loading the OIDC issuers")?;
     let attest_socket = config.attest.socket.clone();
     let attest_listener = if config.attest.enabled() {
         Some(attest::server::bind(&attest_socket)?)
@@ -134,7 +147,12 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         None
     };
     let attestor = Arc::new(attest::Attestor::new(verifier).with_state(&config.agent.state_dir));
-    let registry = approvals_registry(&config, approvals_socket.clone(), journal.handle())?;
+    let registry = approvals_registry(
+        &config,
+        approvals_socket.clone(),
+        journal.handle(),
+        decision_keys,
+    )?;
     // Grants, bindings and used tokens from before the restart, before anything is
     // served; each restoration is journaled (and a journal that cannot take it fails the
     // start, like any audit event it could not take).
@@ -193,20 +211,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     // Shipping, retention, disk budget: the secret is loaded and the journal directory
     // measured before "ready", so a bad secret fails the start and an agent that starts
     // over budget refuses sessions from the first one.
-    let budget = crate::ship::Budget::new();
-    let shipper = if config.ship.is_active() {
-        let shipper = crate::ship::Shipper::new(
-            &config.ship,
-            &config.agent.journal,
-            &config.agent.state_dir,
-            budget.clone(),
-        )
-        .context("preparing the shipping of journal segments")?;
+    let shipper = shipper.map(|shipper| {
         shipper.measure_budget();
-        Some(Arc::new(shipper))
-    } else {
-        None
-    };
+        Arc::new(shipper)
+    });
 
     let host_netns = interceptor.host_netns();
     let shared = Arc::new(proxy::Shared {
@@ -448,19 +456,20 @@ async fn signal_loop(
 
 /// SIGHUP: a valid new config takes effect for new connections; an invalid one is
 /// rejected with a logged reason and the last good one stays in force.
-/// The approvals registry with what `[approvals]` configures: decision keys (read now,
-/// so a bad key fails the start), the webhook sender, the longest grant.
+/// The approvals registry with what `[approvals]` configures: decision keys (read by
+/// `preflight`, so a bad key fails the start), the webhook sender, the longest grant.
 fn approvals_registry(
     config: &config::Config,
     socket: std::path::PathBuf,
     journal: crate::journal::JournalHandle,
+    decision_keys: Option<approvals::token::DecisionKeys>,
 ) -> anyhow::Result<approvals::Registry> {
     let a = &config.approvals;
     let mut registry = approvals::Registry::new(socket)
         .with_journal(journal)
         .with_max_grant(a.max_grant)
         .with_state(&config.agent.state_dir);
-    if let Some(keys) = approvals::token::DecisionKeys::load(a)? {
+    if let Some(keys) = decision_keys {
         registry = registry.with_keys(keys);
     }
     if let Some(url) = &a.webhook_url {

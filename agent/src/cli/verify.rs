@@ -1,7 +1,7 @@
 //! `nhi-agent verify PATH... --key KEY [--hwm FILE] [--json]`: checks journal segments
 //! offline (see [`crate::journal::verify`]). Exit 0 only when everything is intact, 1
 //! when damage is found, 2 when nothing could be verified (bad usage, an unreadable key,
-//! high-water mark or input, no segment in the paths given).
+//! high-water mark or input, no segment or checkpoint in the paths given).
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -14,14 +14,14 @@ use crate::journal::verify::{self, HighWaterMark};
 
 /// Exit status: damage found (the chain, a seal, a link or a checkpoint does not hold).
 pub const EXIT_DAMAGE: u8 = 1;
-/// Exit status: nothing verified (bad usage, an unreadable input, no segment found);
+/// Exit status: nothing verified (bad usage, an unreadable input, no segment or checkpoint found);
 /// clap's own usage errors exit 2 too.
 pub const EXIT_CANNOT_VERIFY: u8 = 2;
 
 #[derive(Debug, Args)]
 #[command(
     after_help = "Exit status: 0 intact; 1 damage found; 2 nothing verified (bad usage, \
-an unreadable key, high-water mark or path, no segment in the paths given)."
+an unreadable key, high-water mark or path, no segment or checkpoint in the paths given)."
 )]
 pub struct VerifyArgs {
     /// Segment files and/or directories (searched recursively for `*.db` and
@@ -86,9 +86,10 @@ fn inputs(args: &VerifyArgs) -> anyhow::Result<(PublicKey, Option<HighWaterMark>
             }
         }
     }
-    if files.is_empty() {
+    // Checkpoints alone are evidence: they say which segment is gone.
+    if files.is_empty() && crate::journal::checkpoint::collect(&args.paths).is_empty() {
         anyhow::bail!(
-            "no journal segment (*.db) in {}",
+            "no journal segment (*.db) or checkpoint in {}",
             args.paths
                 .iter()
                 .map(|p| p.display().to_string())
