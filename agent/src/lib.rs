@@ -19,5 +19,6 @@ pub mod proxy;
 pub mod sdnotify;
 pub mod session;
 pub mod ship;
+pub mod size;
 pub mod state;
 pub mod tls;

@@ -4,7 +4,7 @@
 //! [lineage]
 //! enabled = true          # default: attach the exec/fork/exit tracepoints
 //! argv_max = 16           # arguments kept per exec (1..=32)
-//! argv_max_bytes = 512    # bytes of arguments kept per exec (16..=1024)
+//! argv_max_bytes = 512    # bytes of arguments kept per exec (16..=1024; a size, crate::size)
 //! ```
 use std::ops::Range;
 
@@ -23,7 +23,7 @@ pub const DEFAULT_ARGV_MAX_BYTES: u32 = 512;
 pub struct RawLineage {
     pub enabled: Option<bool>,
     pub argv_max: Option<Spanned<i64>>,
-    pub argv_max_bytes: Option<Spanned<i64>>,
+    pub argv_max_bytes: Option<Spanned<crate::size::RawSize>>,
 }
 
 /// The validated `[lineage]` section.
@@ -79,13 +79,20 @@ impl LineageSettings {
                 ARGV_MAX_ARGS,
                 DEFAULT_ARGV_MAX,
             )?,
-            argv_max_bytes: bounded(
-                &raw.argv_max_bytes,
-                "argv_max_bytes",
-                16,
-                ARGV_BYTES as u32,
-                DEFAULT_ARGV_MAX_BYTES,
-            )?,
+            argv_max_bytes: match &raw.argv_max_bytes {
+                None => DEFAULT_ARGV_MAX_BYTES,
+                // The upper bound is the kernel side's record size.
+                Some(v) => crate::size::value(
+                    v.get_ref(),
+                    "[lineage] argv_max_bytes",
+                    16..=ARGV_BYTES as u64,
+                )
+                .map(|n| n as u32)
+                .map_err(|message| LineageProblem {
+                    span: Some(v.span()),
+                    message,
+                })?,
+            },
         })
     }
 }
@@ -119,6 +126,13 @@ mod tests {
         assert!(e.message.contains("argv_max"), "{}", e.message);
         assert!(e.span.is_some());
         assert!(parse("[lineage]\nargv_max_bytes = 4096\n").is_err());
+        let s = parse("[lineage]\nargv_max_bytes = \"1KiB\"\n").unwrap();
+        assert_eq!(s.argv_max_bytes, 1024);
+        let e = parse("[lineage]\nargv_max_bytes = \"2KiB\"\n").unwrap_err();
+        assert_eq!(
+            e.message,
+            "[lineage] argv_max_bytes must be between 16 bytes and 1KiB (got \"2KiB\", 2048 bytes)"
+        );
         assert!(parse("[lineage]\nargv_max = -1\n").is_err());
     }
 }

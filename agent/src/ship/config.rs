@@ -49,7 +49,7 @@ pub struct RawShipping {
 #[serde(deny_unknown_fields)]
 pub struct RawRetention {
     pub keep: Option<Spanned<String>>,
-    pub disk_budget: Option<Spanned<String>>,
+    pub disk_budget: Option<Spanned<crate::size::RawSize>>,
     pub delete_unshipped: Option<bool>,
     pub budget_check_interval: Option<Spanned<String>>,
 }
@@ -321,23 +321,14 @@ impl RetentionConfig {
             .as_ref()
             .map(|k| duration(Some(k), "keep", Duration::ZERO))
             .transpose()?;
-        let disk_budget = match &raw.disk_budget {
-            Some(b) => Some(parse_size(b.get_ref()).ok_or_else(|| {
-                ShipProblem::at(
-                    b,
-                    format!(
-                        "invalid size \"{}\" for disk_budget (examples: \"500MiB\", \"10GiB\", \"2GB\")",
-                        b.get_ref()
-                    ),
-                )
-            })?),
-            None => None,
-        };
-        if disk_budget == Some(0) {
-            if let Some(b) = &raw.disk_budget {
-                return Err(ShipProblem::at(b, "disk_budget must be larger than zero"));
-            }
-        }
+        let disk_budget = raw
+            .disk_budget
+            .as_ref()
+            .map(|b| {
+                crate::size::value(b.get_ref(), "[retention] disk_budget", 1..=u64::MAX)
+                    .map_err(|message| ShipProblem::at(b, message))
+            })
+            .transpose()?;
         Ok(RetentionConfig {
             keep,
             disk_budget,
@@ -384,31 +375,6 @@ fn duration(
     Ok(parsed)
 }
 
-/// Parses a byte size: a number with an optional unit, binary (`KiB`, `MiB`, `GiB`,
-/// `TiB`) or decimal (`B`, `KB`, `MB`, `GB`, `TB`); case-insensitive, spaces allowed
-/// between number and unit. `None` when it is not one, or overflows.
-pub fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => return None,
-    };
-    number.checked_mul(factor)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,14 +391,33 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("10GiB"), Some(10 << 30));
-        assert_eq!(parse_size("2 GB"), Some(2_000_000_000));
-        assert_eq!(parse_size("512"), Some(512));
-        assert_eq!(parse_size("1kib"), Some(1024));
-        assert_eq!(parse_size("GiB"), None);
-        assert_eq!(parse_size("1.5GiB"), None);
-        assert_eq!(parse_size("99999999999TiB"), None);
+    fn disk_budget_takes_the_shared_size_syntax() {
+        let budget = |v: &str| parse(&format!("[retention]\ndisk_budget = {v}\n"));
+        for (v, bytes) in [
+            ("\"10GiB\"", 10 << 30),
+            ("\"2 GB\"", 2_000_000_000),
+            ("\"512\"", 512),
+            ("\"1kib\"", 1024),
+            // An integer was refused here while [evidence] took it.
+            ("1073741824", 1 << 30),
+        ] {
+            let c = budget(v).expect(v);
+            assert_eq!(c.retention.disk_budget, Some(bytes), "{v}");
+        }
+        for v in ["\"GiB\"", "\"1.5GiB\"", "\"99999999999TiB\"", "-1"] {
+            let err = budget(v).expect_err(v);
+            assert!(
+                err.message
+                    .starts_with(&format!("invalid size {v} for [retention] disk_budget")),
+                "{v}: {}",
+                err.message
+            );
+        }
+        let err = budget("\"0MiB\"").expect_err("zero");
+        assert_eq!(
+            err.message,
+            "[retention] disk_budget must be at least 1 byte (got \"0MiB\")"
+        );
     }
 
     #[test]
