@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the bird's-eye view and the code map.
 pub mod approvals;
+pub mod atomic;
 pub mod attest;
 pub mod cli;
 pub mod config;
@@ -9,8 +10,10 @@ pub mod credential;
 pub mod ebpf;
 pub mod evidence;
 pub mod failpoint;
+pub mod hex;
 pub mod identity;
 pub mod journal;
+pub mod jwk;
 pub mod lineage;
 pub mod mask;
 pub mod policy;

@@ -87,7 +87,7 @@ impl S3Client {
     pub fn put(&self, key: &str, body: &[u8]) -> Result<(), ShipError> {
         let md5 = Md5::digest(body);
         let md5_b64 = base64::engine::general_purpose::STANDARD.encode(md5);
-        let md5_hex: String = md5.iter().map(|b| format!("{b:02x}")).collect();
+        let md5_hex = crate::hex::encode(&md5);
         let retain_until = self.object_lock.map(|lock| {
             let until = time::OffsetDateTime::now_utc() + time::Duration::days(lock.days.into());
             until
