@@ -619,7 +619,12 @@ async fn handle(
         pid: tgid,
         pid_start_time: process.as_ref().map(|p| p.start_time),
         exe: process.as_ref().and_then(|p| p.exe.clone()),
-        cmdline: process.as_ref().map(|p| p.cmdline.clone()),
+        // Masked as the lineage events' argv are (credentials, password flags).
+        cmdline: process.as_ref().map(|p| {
+            let mut cmdline = p.cmdline.clone();
+            config.lineage.argv_mask.mask(&mut cmdline);
+            cmdline
+        }),
         uid,
         gid: record.gid(),
         user: shared.user_name(uid),
