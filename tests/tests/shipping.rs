@@ -745,3 +745,179 @@ fn real_segments_are_shipped_and_the_upstream_copy_verifies_against_the_high_wat
         text(&out)
     );
 }
+
+/// nginx terminating TLS with a certificate of a test CA in front of `s3`, on loopback;
+/// stopped on drop.
+struct TlsFront {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl TlsFront {
+    fn start(s3: &S3Server) -> TlsFront {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=nhi test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             server {{\n  listen 127.0.0.1:{port} ssl;\n  ssl_certificate {d}/leaf.pem;\n\
+             ssl_certificate_key {d}/leaf.key;\n  client_max_body_size 0;\n\
+             location / {{ proxy_pass http://127.0.0.1:{s3port}; proxy_set_header Host $http_host; \
+             proxy_http_version 1.1; }}\n }}\n}}\n",
+            d = d.display(),
+            s3port = s3.port,
+        );
+        fs::write(d.join("nginx.conf"), conf).expect("conf");
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .arg("-p")
+            .arg(d)
+            .spawn()
+            .expect("start nginx");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nginx did not listen: {}",
+                fs::read_to_string(d.join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        TlsFront { dir, port, child }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An endpoint behind an internal CA (MinIO or Ceph behind the company's CA): refused
+/// without `ca_file` (the system trust store does not know the CA), shipped with it;
+/// a `ca_file` without a certificate is refused by name.
+#[test]
+fn an_https_endpoint_signed_by_an_internal_ca_is_trusted_through_ca_file() {
+    if Command::new("nginx").arg("-v").output().is_err() {
+        eprintln!("skipping: nginx is not installed");
+        return;
+    }
+    let s3 = S3Server::start();
+    let front = TlsFront::start(&s3);
+    let host = Host::new();
+    for seq in 1..=2 {
+        host.segment(seq, DAY_US, 10_000);
+    }
+    let endpoint = format!("https://127.0.0.1:{}", front.port);
+    let config = |extra: &str| {
+        let path = host.config(&s3, S3Server::SECRET_KEY, "");
+        let text = fs::read_to_string(&path)
+            .expect("config")
+            .replace(&s3.endpoint(), &endpoint)
+            .replace("[shipping]\n", &format!("[shipping]\n{extra}"));
+        fs::write(&path, text).expect("config");
+        path
+    };
+
+    let out = ship(&config(""), &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("cannot reach"), "{}", text(&out));
+    assert!(
+        s3.keys().is_empty(),
+        "nothing went through an untrusted endpoint"
+    );
+
+    let empty = host.dir.path().join("empty.pem");
+    fs::write(&empty, "not a certificate\n").expect("write");
+    let out = ship(
+        &config(&format!("ca_file = \"{}\"\n", empty.display())),
+        &[],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "[shipping] ca_file {}: no CERTIFICATE in it",
+            empty.display()
+        )),
+        "{}",
+        text(&out)
+    );
+
+    let out = ship(
+        &config(&format!("ca_file = \"{}\"\n", front.ca().display())),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(s3.keys(), expected_keys(&host, &[1, 2]));
+    assert_identical(&host, &s3, &[1, 2]);
+}

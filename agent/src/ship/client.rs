@@ -8,6 +8,7 @@ use std::{
 use base64::Engine as _;
 use md5::{Digest, Md5};
 use rusty_s3::{actions, Bucket, Credentials, S3Action, UrlStyle};
+use ureq::tls::{Certificate, PemItem, RootCerts};
 
 use super::{
     config::{ObjectLock, ShippingConfig},
@@ -51,8 +52,13 @@ impl std::fmt::Debug for S3Client {
 }
 
 impl S3Client {
-    /// A client for `config`'s bucket, signing with `secret`.
-    pub fn new(config: &ShippingConfig, secret: &Secret) -> Result<S3Client, ShipError> {
+    /// A client for `config`'s bucket, signing with `secret` (and the session token of
+    /// temporary keys), trusting the system's CAs and `ca_file`.
+    pub fn new(
+        config: &ShippingConfig,
+        secret: &Secret,
+        session_token: Option<&Secret>,
+    ) -> Result<S3Client, ShipError> {
         let bucket = Bucket::new(
             config.endpoint.clone(),
             UrlStyle::Path,
@@ -61,8 +67,17 @@ impl S3Client {
         )
         .map_err(|e| ShipError::Endpoint(format!("{}: {e:?}", config.endpoint)))?;
         let secret = secret.expose_str()?.trim().to_owned();
-        let credentials = Credentials::new(config.access_key_id.clone(), secret);
+        let credentials = match session_token {
+            None => Credentials::new(config.access_key_id.clone(), secret),
+            Some(token) => Credentials::new_with_token(
+                config.access_key_id.clone(),
+                secret,
+                token.expose_str()?.trim().to_owned(),
+            ),
+        };
+        let roots = root_certs(config.ca_file.as_deref())?;
         let http: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
             // Statuses are judged here, with the S3 error code, not as transport errors.
             .http_status_as_error(false)
             .timeout_global(Some(REQUEST_TIMEOUT))
@@ -255,6 +270,40 @@ fn xml_field(body: &str, name: &str) -> Option<String> {
     let start = body.find(&open)? + open.len();
     let end = body[start..].find(&close)? + start;
     Some(body[start..end].trim().to_owned())
+}
+
+/// The CAs the endpoint's certificate may chain to: the system trust store
+/// (`/etc/ssl/certs`, `SSL_CERT_FILE`/`SSL_CERT_DIR`, as for the HTTP targets) and
+/// `ca_file`; the web roots bundled with ureq when the system has none and no `ca_file`
+/// is set. An unreadable `ca_file`, or one without a certificate, is an error.
+pub fn root_certs(ca_file: Option<&std::path::Path>) -> Result<RootCerts, ShipError> {
+    let mut certs: Vec<Certificate<'static>> = rustls_native_certs::load_native_certs()
+        .certs
+        .iter()
+        .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+        .collect();
+    if let Some(path) = ca_file {
+        let bad = |why: String| ShipError::CaFile {
+            path: path.to_path_buf(),
+            why,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let before = certs.len();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(PemItem::Certificate(cert)) => certs.push(cert),
+                Ok(_) => {}
+                Err(e) => return Err(bad(format!("not PEM: {e}"))),
+            }
+        }
+        if certs.len() == before {
+            return Err(bad("no CERTIFICATE in it".into()));
+        }
+    }
+    if certs.is_empty() {
+        return Ok(RootCerts::WebPki);
+    }
+    Ok(RootCerts::Specific(std::sync::Arc::new(certs)))
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ pub struct RawShipping {
     pub access_key_id: Spanned<String>,
     pub secret_file: Option<Spanned<String>>,
     pub secret_credential: Option<Spanned<String>>,
+    pub session_token_file: Option<Spanned<String>>,
+    pub session_token_credential: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,
     pub object_lock_mode: Option<Spanned<String>>,
     pub object_lock_days: Option<Spanned<u32>>,
@@ -98,6 +101,12 @@ pub struct ShippingConfig {
     pub access_key_id: String,
     /// `secret_file = PATH` (mode 0600 enforced) or `secret_credential = NAME` (systemd).
     pub secret: CredentialSource,
+    /// `session_token_file` / `session_token_credential`: the STS session token that
+    /// goes with temporary keys (`ASIA...`), sent as `X-Amz-Security-Token`.
+    pub session_token: Option<CredentialSource>,
+    /// `ca_file`: PEM CA certificates trusted for the endpoint, besides the system
+    /// trust store (an internal CA in front of MinIO or Ceph).
+    pub ca_file: Option<std::path::PathBuf>,
     /// `interval` (`"30s"`): time between two passes of the background shipper.
     pub interval: Duration,
     /// `object_lock_mode` + `object_lock_days`: S3 Object Lock on every uploaded object.
@@ -249,6 +258,39 @@ impl ShippingConfig {
                 })
             }
         };
+        let session_token = match (&raw.session_token_file, &raw.session_token_credential) {
+            (None, None) => None,
+            (Some(f), None) => {
+                let path = std::path::PathBuf::from(f.get_ref());
+                if !path.is_absolute() {
+                    return Err(ShipProblem::at(
+                        f,
+                        "session_token_file must be an absolute path",
+                    ));
+                }
+                Some(CredentialSource::File(path))
+            }
+            (None, Some(c)) => Some(CredentialSource::Systemd(non_empty(
+                c,
+                "session_token_credential",
+            )?)),
+            (Some(f), Some(_)) => {
+                return Err(ShipProblem::at(
+                    f,
+                    "set either session_token_file or session_token_credential, not both",
+                ))
+            }
+        };
+        let ca_file = match &raw.ca_file {
+            None => None,
+            Some(f) if std::path::Path::new(f.get_ref()).is_absolute() => {
+                if endpoint.scheme() != "https" {
+                    return Err(ShipProblem::at(f, "ca_file needs an https:// endpoint"));
+                }
+                Some(std::path::PathBuf::from(f.get_ref()))
+            }
+            Some(f) => return Err(ShipProblem::at(f, "ca_file must be an absolute path")),
+        };
         let interval = duration(raw.interval.as_ref(), "interval", DEFAULT_INTERVAL)?;
         let object_lock = match (&raw.object_lock_mode, &raw.object_lock_days) {
             (None, None) => None,
@@ -304,6 +346,8 @@ impl ShippingConfig {
             prefix,
             access_key_id,
             secret,
+            session_token,
+            ca_file,
             interval,
             object_lock,
             attempts,
@@ -388,6 +432,76 @@ mod tests {
     fn parse(text: &str) -> Result<ShipConfig, ShipProblem> {
         let doc: Doc = toml::from_str(text).expect("toml");
         ShipConfig::from_raw(doc.shipping, doc.retention)
+    }
+
+    #[test]
+    fn session_tokens_and_ca_file() {
+        let base = "[shipping]\nendpoint = \"https://s3.example\"\nbucket = \"b\"\naccess_key_id = \"ASIA\"\nsecret_file = \"/s\"\n";
+        let c = parse(base).expect("defaults");
+        let s = c.shipping.expect("shipping");
+        assert_eq!(
+            (s.session_token, s.ca_file, s.region.as_str()),
+            (None, None, "us-east-1")
+        );
+        let c = parse(&format!(
+            "{base}session_token_file = \"/etc/nhi-agent/s3.token\"\nca_file = \"/etc/nhi-agent/ca.pem\"\n"
+        ))
+        .expect("token file, ca_file");
+        let s = c.shipping.expect("shipping");
+        assert_eq!(
+            s.session_token,
+            Some(CredentialSource::File("/etc/nhi-agent/s3.token".into()))
+        );
+        assert_eq!(s.ca_file, Some("/etc/nhi-agent/ca.pem".into()));
+        let c = parse(&format!("{base}session_token_credential = \"s3-token\"\n")).expect("cred");
+        assert_eq!(
+            c.shipping.expect("shipping").session_token,
+            Some(CredentialSource::Systemd("s3-token".into()))
+        );
+        for (extra, needle) in [
+            (
+                "session_token_file = \"rel\"\n",
+                "session_token_file must be an absolute path",
+            ),
+            (
+                "session_token_file = \"/a\"\nsession_token_credential = \"b\"\n",
+                "not both",
+            ),
+            ("ca_file = \"ca.pem\"\n", "ca_file must be an absolute path"),
+        ] {
+            let err = parse(&format!("{base}{extra}")).expect_err(extra);
+            assert!(err.message.contains(needle), "{extra}: {}", err.message);
+            assert!(err.span.is_some());
+        }
+        let err = parse(
+            &base
+                .replace("https://", "http://")
+                .replace("[shipping]\n", "[shipping]\nca_file = \"/ca.pem\"\n"),
+        )
+        .expect_err("http");
+        assert!(
+            err.message.contains("ca_file needs an https:// endpoint"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn presigned_requests_carry_the_session_token() {
+        // What the client relies on rusty-s3 for: temporary keys' token in the URL.
+        use rusty_s3::S3Action as _;
+        let bucket = rusty_s3::Bucket::new(
+            "https://s3.example".parse().expect("url"),
+            rusty_s3::UrlStyle::Path,
+            "b",
+            "eu-west-1",
+        )
+        .expect("bucket");
+        let creds = rusty_s3::Credentials::new_with_token("ASIAX", "secret", "tok3n");
+        let url = rusty_s3::actions::HeadObject::new(&bucket, Some(&creds), "k")
+            .sign(std::time::Duration::from_secs(60));
+        assert!(url.as_str().contains("X-Amz-Security-Token=tok3n"), "{url}");
+        assert!(url.as_str().contains("eu-west-1"), "{url}");
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub enum ShipError {
     /// The endpoint cannot be used for a bucket.
     #[error("invalid shipping endpoint {0}")]
     Endpoint(String),
+    /// `[shipping] ca_file` cannot be used.
+    #[error("[shipping] ca_file {path}: {why}")]
+    CaFile { path: PathBuf, why: String },
     /// 403 InvalidAccessKeyId / SignatureDoesNotMatch and the like.
     #[error(
         "upstream rejected our credentials ({code}) for {key}: check [shipping] access_key_id and the secret"

@@ -66,7 +66,10 @@ impl Shipper {
         budget: Budget,
     ) -> Result<Shipper, ShipError> {
         let client = match &config.shipping {
-            Some(s) => Some(S3Client::new(s, &s.secret.load()?)?),
+            Some(s) => {
+                let token = s.session_token.as_ref().map(|t| t.load()).transpose()?;
+                Some(S3Client::new(s, &s.secret.load()?, token.as_ref())?)
+            }
             None => None,
         };
         Ok(Shipper {
