@@ -33,7 +33,9 @@ pub struct RawShipping {
     pub bucket: Spanned<String>,
     pub region: Option<Spanned<String>>,
     pub prefix: Option<Spanned<String>>,
-    pub access_key_id: Spanned<String>,
+    pub access_key_id: Option<Spanned<String>>,
+    pub instance_profile: Option<Spanned<bool>>,
+    pub imds_endpoint: Option<Spanned<String>>,
     pub secret_file: Option<Spanned<String>>,
     pub secret_credential: Option<Spanned<String>>,
     pub session_token_file: Option<Spanned<String>>,
@@ -97,13 +99,8 @@ pub struct ShippingConfig {
     pub region: String,
     /// `prefix` (`"nhi"`): first component of every key, without slashes at the ends.
     pub prefix: String,
-    /// `access_key_id` (required).
-    pub access_key_id: String,
-    /// `secret_file = PATH` (mode 0600 enforced) or `secret_credential = NAME` (systemd).
-    pub secret: CredentialSource,
-    /// `session_token_file` / `session_token_credential`: the STS session token that
-    /// goes with temporary keys (`ASIA...`), sent as `X-Amz-Security-Token`.
-    pub session_token: Option<CredentialSource>,
+    /// Who the uploads are signed as.
+    pub credentials: ShipCredentials,
     /// `ca_file`: PEM CA certificates trusted for the endpoint, besides the system
     /// trust store (an internal CA in front of MinIO or Ceph).
     pub ca_file: Option<std::path::PathBuf>,
@@ -117,6 +114,24 @@ pub struct ShippingConfig {
     pub backoff_initial: Duration,
     /// `backoff_max` (`"60s"`): the cap of the doubling pause.
     pub backoff_max: Duration,
+}
+
+/// `[shipping]`'s credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShipCredentials {
+    /// `access_key_id` with `secret_file = PATH` (mode 0600 enforced) or
+    /// `secret_credential = NAME` (systemd); for temporary keys (`ASIA...`) their STS
+    /// session token, `session_token_file` / `session_token_credential`, sent as
+    /// `X-Amz-Security-Token`.
+    Static {
+        access_key_id: String,
+        secret: CredentialSource,
+        session_token: Option<CredentialSource>,
+    },
+    /// `instance_profile = true`: the instance role's credential from the metadata
+    /// service at `imds_endpoint` (IMDSv2), fetched at the first upload and refreshed
+    /// before it expires.
+    InstanceProfile { imds_endpoint: String },
 }
 
 /// S3 Object Lock settings for uploaded objects.
@@ -235,8 +250,65 @@ impl ShippingConfig {
             }
             None => DEFAULT_PREFIX.to_owned(),
         };
-        let access_key_id = non_empty(&raw.access_key_id, "access_key_id")?;
-        let secret = match (&raw.secret_file, &raw.secret_credential) {
+        let credentials = if raw.instance_profile.as_ref().is_some_and(|v| *v.get_ref()) {
+            let statics = [
+                (
+                    "access_key_id",
+                    raw.access_key_id.as_ref().map(Spanned::span),
+                ),
+                ("secret_file", raw.secret_file.as_ref().map(Spanned::span)),
+                (
+                    "secret_credential",
+                    raw.secret_credential.as_ref().map(Spanned::span),
+                ),
+                (
+                    "session_token_file",
+                    raw.session_token_file.as_ref().map(Spanned::span),
+                ),
+                (
+                    "session_token_credential",
+                    raw.session_token_credential.as_ref().map(Spanned::span),
+                ),
+            ];
+            if let Some((key, span)) = statics.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(ShipProblem {
+                    span,
+                    message: format!(
+                        "instance_profile = true takes the credential from the metadata service: remove {key}"
+                    ),
+                });
+            }
+            let imds_endpoint = match &raw.imds_endpoint {
+                None => crate::protocol::aws::imds::endpoint_from_env(),
+                Some(e) => match url::Url::parse(e.get_ref()) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                        e.get_ref().trim_end_matches('/').to_owned()
+                    }
+                    _ => {
+                        return Err(ShipProblem::at(
+                            e,
+                            "imds_endpoint must be an http:// URL with a host (default http://169.254.169.254)",
+                        ))
+                    }
+                },
+            };
+            ShipCredentials::InstanceProfile { imds_endpoint }
+        } else {
+            if let Some(e) = &raw.imds_endpoint {
+                return Err(ShipProblem::at(
+                    e,
+                    "imds_endpoint needs instance_profile = true",
+                ));
+            }
+            let Some(access_key_id) = &raw.access_key_id else {
+                return Err(ShipProblem {
+                span: Some(span),
+                message: "[shipping] needs access_key_id with its secret (or instance_profile = true)"
+                    .to_owned(),
+            });
+            };
+            let access_key_id = non_empty(access_key_id, "access_key_id")?;
+            let secret = match (&raw.secret_file, &raw.secret_credential) {
             (Some(f), None) => {
                 let path = std::path::PathBuf::from(f.get_ref());
                 if !path.is_absolute() {
@@ -258,27 +330,33 @@ impl ShippingConfig {
                 })
             }
         };
-        let session_token = match (&raw.session_token_file, &raw.session_token_credential) {
-            (None, None) => None,
-            (Some(f), None) => {
-                let path = std::path::PathBuf::from(f.get_ref());
-                if !path.is_absolute() {
+            let session_token = match (&raw.session_token_file, &raw.session_token_credential) {
+                (None, None) => None,
+                (Some(f), None) => {
+                    let path = std::path::PathBuf::from(f.get_ref());
+                    if !path.is_absolute() {
+                        return Err(ShipProblem::at(
+                            f,
+                            "session_token_file must be an absolute path",
+                        ));
+                    }
+                    Some(CredentialSource::File(path))
+                }
+                (None, Some(c)) => Some(CredentialSource::Systemd(non_empty(
+                    c,
+                    "session_token_credential",
+                )?)),
+                (Some(f), Some(_)) => {
                     return Err(ShipProblem::at(
                         f,
-                        "session_token_file must be an absolute path",
-                    ));
+                        "set either session_token_file or session_token_credential, not both",
+                    ))
                 }
-                Some(CredentialSource::File(path))
-            }
-            (None, Some(c)) => Some(CredentialSource::Systemd(non_empty(
-                c,
-                "session_token_credential",
-            )?)),
-            (Some(f), Some(_)) => {
-                return Err(ShipProblem::at(
-                    f,
-                    "set either session_token_file or session_token_credential, not both",
-                ))
+            };
+            ShipCredentials::Static {
+                access_key_id,
+                secret,
+                session_token,
             }
         };
         let ca_file = match &raw.ca_file {
@@ -344,9 +422,7 @@ impl ShippingConfig {
             bucket,
             region,
             prefix,
-            access_key_id,
-            secret,
-            session_token,
+            credentials,
             ca_file,
             interval,
             object_lock,
@@ -439,8 +515,12 @@ mod tests {
         let base = "[shipping]\nendpoint = \"https://s3.example\"\nbucket = \"b\"\naccess_key_id = \"ASIA\"\nsecret_file = \"/s\"\n";
         let c = parse(base).expect("defaults");
         let s = c.shipping.expect("shipping");
+        let token = |c: &ShipCredentials| match c {
+            ShipCredentials::Static { session_token, .. } => session_token.clone(),
+            ShipCredentials::InstanceProfile { .. } => panic!("static expected"),
+        };
         assert_eq!(
-            (s.session_token, s.ca_file, s.region.as_str()),
+            (token(&s.credentials), s.ca_file, s.region.as_str()),
             (None, None, "us-east-1")
         );
         let c = parse(&format!(
@@ -449,13 +529,13 @@ mod tests {
         .expect("token file, ca_file");
         let s = c.shipping.expect("shipping");
         assert_eq!(
-            s.session_token,
+            token(&s.credentials),
             Some(CredentialSource::File("/etc/nhi-agent/s3.token".into()))
         );
         assert_eq!(s.ca_file, Some("/etc/nhi-agent/ca.pem".into()));
         let c = parse(&format!("{base}session_token_credential = \"s3-token\"\n")).expect("cred");
         assert_eq!(
-            c.shipping.expect("shipping").session_token,
+            token(&c.shipping.expect("shipping").credentials),
             Some(CredentialSource::Systemd("s3-token".into()))
         );
         for (extra, needle) in [
@@ -481,6 +561,45 @@ mod tests {
         .expect_err("http");
         assert!(
             err.message.contains("ca_file needs an https:// endpoint"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn instance_profile_takes_no_static_key() {
+        let base = "[shipping]\nendpoint = \"https://s3.example\"\nbucket = \"b\"\ninstance_profile = true\n";
+        let c = parse(&format!("{base}imds_endpoint = \"http://127.0.0.1:9/\"\n")).expect("imds");
+        assert_eq!(
+            c.shipping.expect("shipping").credentials,
+            ShipCredentials::InstanceProfile {
+                imds_endpoint: "http://127.0.0.1:9".into()
+            }
+        );
+        for (extra, needle) in [
+            ("access_key_id = \"AK\"\n", "remove access_key_id"),
+            ("secret_file = \"/s\"\n", "remove secret_file"),
+            (
+                "imds_endpoint = \"ftp://x\"\n",
+                "imds_endpoint must be an http:// URL",
+            ),
+        ] {
+            let err = parse(&format!("{base}{extra}")).expect_err(extra);
+            assert!(err.message.contains(needle), "{extra}: {}", err.message);
+        }
+        let err = parse(
+            "[shipping]\nendpoint = \"https://s3.example\"\nbucket = \"b\"\nsecret_file = \"/s\"\n",
+        )
+        .expect_err("no key");
+        assert!(
+            err.message.contains("needs access_key_id"),
+            "{}",
+            err.message
+        );
+        let err = parse("[shipping]\nendpoint = \"https://s3.example\"\nbucket = \"b\"\naccess_key_id = \"A\"\nsecret_file = \"/s\"\nimds_endpoint = \"http://x\"\n")
+            .expect_err("imds without profile");
+        assert!(
+            err.message.contains("needs instance_profile = true"),
             "{}",
             err.message
         );
@@ -545,8 +664,12 @@ mod tests {
         assert_eq!(s.prefix, DEFAULT_PREFIX);
         assert_eq!(s.interval, DEFAULT_INTERVAL);
         assert_eq!(
-            s.secret,
-            CredentialSource::File("/etc/nhi/s3.secret".into())
+            s.credentials,
+            ShipCredentials::Static {
+                access_key_id: "AK".into(),
+                secret: CredentialSource::File("/etc/nhi/s3.secret".into()),
+                session_token: None,
+            }
         );
         assert_eq!(s.object_lock, None);
         assert_eq!(c.retention, RetentionConfig::default());
@@ -561,7 +684,9 @@ mod tests {
         .expect("valid");
         let s = c.shipping.expect("shipping");
         assert_eq!(s.prefix, "a/b");
-        assert_eq!(s.secret, CredentialSource::Systemd("s3".into()));
+        assert!(
+            matches!(&s.credentials, ShipCredentials::Static { secret: CredentialSource::Systemd(n), .. } if n == "s3")
+        );
         assert_eq!(
             s.object_lock,
             Some(ObjectLock {

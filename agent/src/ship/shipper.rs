@@ -66,10 +66,7 @@ impl Shipper {
         budget: Budget,
     ) -> Result<Shipper, ShipError> {
         let client = match &config.shipping {
-            Some(s) => {
-                let token = s.session_token.as_ref().map(|t| t.load()).transpose()?;
-                Some(S3Client::new(s, &s.secret.load()?, token.as_ref())?)
-            }
+            Some(s) => Some(S3Client::new(s)?),
             None => None,
         };
         Ok(Shipper {
