@@ -14,8 +14,7 @@
 //! Every load that found a file is journaled as one `state_restored` event per kind
 //! (see [`restored_event`]), with counts; secrets never are (tokens are stored and
 //! journaled as SHA-256 digests).
-use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -200,25 +199,7 @@ impl StateFile {
             path: self.path.clone(),
             source,
         })?;
-        let mut tmp_name = self.path.as_os_str().to_owned();
-        tmp_name.push(".tmp");
-        let tmp = PathBuf::from(tmp_name);
-        // A leftover from a crash may have another mode: start afresh.
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("cannot create", &tmp))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(io("cannot write", &tmp))?;
-        drop(file);
-        std::fs::rename(&tmp, &self.path).map_err(io("cannot rename into place", &self.path))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("cannot fsync directory", dir))
+        crate::atomic::write(&self.path, &bytes, 0o600).map_err(|e| io(e.op, &e.path)(e.source))
     }
 }
 

@@ -288,3 +288,130 @@ fn exec_overhead_is_measured() {
     );
     let _ = Command::new("true").status();
 }
+
+/// A client run with secrets on its command line: the journal (exec event, the
+/// session's lineage chain and cmdline), `sessions` and `replay` show the command with
+/// the password flag's value, the `-p` value (`mask_argv`) and the AWS key masked, and
+/// every other argument as it was.
+#[test]
+fn secrets_on_command_lines_are_masked_before_the_journal() {
+    privileged!("secrets_on_command_lines_are_masked_before_the_journal");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let cg = TestCgroup::create(&unique("nhi-test-argv"));
+    let agent = Agent::start(&format!(
+        "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+         [[target]]\nname = \"echo\"\naddress = \"{}\"\nprotocol = \"tcp\"\n\n\
+         [lineage]\nmask_argv = [\"-p\"]\n",
+        cg.rel(),
+        echo.addr
+    ));
+    const PASSWORD: &str = "hunter2-nhi";
+    const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+    const P_VALUE: &str = "pvalue-nhi";
+    let client = format!(
+        "import socket,sys; s=socket.create_connection(('{}', {})); s.sendall(b'ping'); \
+         s.recv(4); s.close()",
+        echo.addr.ip(),
+        echo.addr.port()
+    );
+    let out = cg
+        .command("/usr/bin/python3")
+        .args([
+            "-c",
+            &client,
+            &format!("--password={PASSWORD}"),
+            "--key",
+            AWS_KEY,
+            "-p",
+            P_VALUE,
+            "--region=eu-west-1",
+        ])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want_tail = [
+        "--password=[redacted]",
+        "--key",
+        "[redacted]",
+        "-p",
+        "[redacted]",
+        "--region=eu-west-1",
+    ];
+
+    let sessions = agent.wait_sessions_ended(1);
+    let session = sessions[0]["id"].as_i64().expect("session id");
+    // sessions --json: the cmdline.
+    let cmdline: Vec<&str> = sessions[0]["cmdline"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no cmdline: {:#}", sessions[0]))
+        .iter()
+        .map(|a| a.as_str().expect("arg"))
+        .collect();
+    assert_eq!(cmdline[..2], ["/usr/bin/python3", "-c"], "{cmdline:?}");
+    assert_eq!(cmdline[3..], want_tail, "{cmdline:?}");
+    // The exec event.
+    let execs = wait_execs(&agent.journal, |e| {
+        e.iter()
+            .any(|x| x.2.iter().any(|a| a == "--region=eu-west-1"))
+    });
+    let exec = execs
+        .iter()
+        .find(|x| x.2.iter().any(|a| a == "--region=eu-west-1"))
+        .unwrap_or_else(|| panic!("no exec of the client: {execs:?}"));
+    assert_eq!(exec.2[3..], want_tail, "{exec:?}");
+    // The session's lineage chain.
+    let events = agent.events(session);
+    let lineage = events
+        .iter()
+        .find(|e| e["kind"] == "lineage")
+        .unwrap_or_else(|| panic!("no lineage event: {events:#?}"));
+    let last = lineage["data"]["chain"]
+        .as_array()
+        .and_then(|c| c.last())
+        .expect("chain");
+    let argv: Vec<&str> = last["argv"]
+        .as_array()
+        .expect("argv")
+        .iter()
+        .map(|a| a.as_str().expect("arg"))
+        .collect();
+    assert_eq!(argv[3..], want_tail, "{argv:?}");
+    // The replay shows the masked command.
+    let out = agent.cli(&[
+        "replay",
+        &session.to_string(),
+        agent.journal.to_str().expect("path"),
+        "--instant",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Shell-quoted: the brackets are glob characters.
+    assert!(
+        text.contains(
+            "'--password=[redacted]' --key '[redacted]' -p '[redacted]' --region=eu-west-1"
+        ),
+        "{text}"
+    );
+    // Nowhere in the journal's files.
+    let dir = agent.journal.parent().expect("journal dir");
+    for entry in std::fs::read_dir(dir).expect("journal dir").flatten() {
+        if entry.path().is_file() {
+            let bytes = std::fs::read(entry.path()).expect("read");
+            for secret in [PASSWORD, AWS_KEY, P_VALUE] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{secret} in {}",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+}

@@ -745,3 +745,325 @@ fn real_segments_are_shipped_and_the_upstream_copy_verifies_against_the_high_wat
         text(&out)
     );
 }
+
+/// nginx terminating TLS with a certificate of a test CA in front of `s3`, on loopback;
+/// stopped on drop.
+struct TlsFront {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl TlsFront {
+    fn start(s3: &S3Server) -> TlsFront {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=nhi test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             server {{\n  listen 127.0.0.1:{port} ssl;\n  ssl_certificate {d}/leaf.pem;\n\
+             ssl_certificate_key {d}/leaf.key;\n  client_max_body_size 0;\n\
+             location / {{ proxy_pass http://127.0.0.1:{s3port}; proxy_set_header Host $http_host; \
+             proxy_http_version 1.1; }}\n }}\n}}\n",
+            d = d.display(),
+            s3port = s3.port,
+        );
+        fs::write(d.join("nginx.conf"), conf).expect("conf");
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .arg("-p")
+            .arg(d)
+            .spawn()
+            .expect("start nginx");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nginx did not listen: {}",
+                fs::read_to_string(d.join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        TlsFront { dir, port, child }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An endpoint behind an internal CA (MinIO or Ceph behind the company's CA): refused
+/// without `ca_file` (the system trust store does not know the CA), shipped with it;
+/// a `ca_file` without a certificate is refused by name.
+#[test]
+fn an_https_endpoint_signed_by_an_internal_ca_is_trusted_through_ca_file() {
+    if Command::new("nginx").arg("-v").output().is_err() {
+        eprintln!("skipping: nginx is not installed");
+        return;
+    }
+    let s3 = S3Server::start();
+    let front = TlsFront::start(&s3);
+    let host = Host::new();
+    for seq in 1..=2 {
+        host.segment(seq, DAY_US, 10_000);
+    }
+    let endpoint = format!("https://127.0.0.1:{}", front.port);
+    let config = |extra: &str| {
+        let path = host.config(&s3, S3Server::SECRET_KEY, "");
+        let text = fs::read_to_string(&path)
+            .expect("config")
+            .replace(&s3.endpoint(), &endpoint)
+            .replace("[shipping]\n", &format!("[shipping]\n{extra}"));
+        fs::write(&path, text).expect("config");
+        path
+    };
+
+    let out = ship(&config(""), &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("cannot reach"), "{}", text(&out));
+    assert!(
+        s3.keys().is_empty(),
+        "nothing went through an untrusted endpoint"
+    );
+
+    let empty = host.dir.path().join("empty.pem");
+    fs::write(&empty, "not a certificate\n").expect("write");
+    let out = ship(
+        &config(&format!("ca_file = \"{}\"\n", empty.display())),
+        &[],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "[shipping] ca_file {}: no CERTIFICATE in it",
+            empty.display()
+        )),
+        "{}",
+        text(&out)
+    );
+
+    let out = ship(
+        &config(&format!("ca_file = \"{}\"\n", front.ca().display())),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(s3.keys(), expected_keys(&host, &[1, 2]));
+    assert_identical(&host, &s3, &[1, 2]);
+}
+
+/// A fake EC2 metadata service on loopback (IMDSv2: a PUT for the session token, then
+/// GETs that must carry it) handing out `access`/`secret` with a session token, the
+/// credential expiring `offset` seconds from each answer (read from a file, so the test
+/// can change it); counts how often the credential was fetched.
+struct FakeImds {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl FakeImds {
+    const SCRIPT: &'static str = r#"
+import http.server, json, os, sys, time
+d, access, secret = sys.argv[1], sys.argv[2], sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def answer(self, code, body):
+        data = body.encode()
+        self.send_response(code)
+        self.send_header('content-length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def do_PUT(self):
+        if self.path == '/latest/api/token' and self.headers.get('x-aws-ec2-metadata-token-ttl-seconds'):
+            return self.answer(200, 'imds-session')
+        self.answer(400, '')
+    def do_GET(self):
+        if self.headers.get('x-aws-ec2-metadata-token') != 'imds-session':
+            return self.answer(401, '')
+        base = '/latest/meta-data/iam/security-credentials/'
+        if self.path == base:
+            return self.answer(200, 'ship-role\n')
+        if self.path == base + 'ship-role':
+            with open(os.path.join(d, 'fetches'), 'a') as f:
+                f.write('x')
+            offset = int(open(os.path.join(d, 'offset')).read())
+            expires = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(time.time() + offset))
+            return self.answer(200, json.dumps({'Code': 'Success', 'AccessKeyId': access,
+                'SecretAccessKey': secret, 'Token': 'role-session-token', 'Expiration': expires}))
+        self.answer(404, '')
+srv = http.server.HTTPServer(('127.0.0.1', 0), H)
+open(os.path.join(d, 'port.tmp'), 'w').write(str(srv.server_address[1]))
+os.rename(os.path.join(d, 'port.tmp'), os.path.join(d, 'port'))
+srv.serve_forever()
+"#;
+
+    fn start(access: &str, secret: &str) -> FakeImds {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("offset"), "3600").expect("offset");
+        let child = Command::new("python3")
+            .args(["-c", Self::SCRIPT])
+            .arg(dir.path())
+            .args([access, secret])
+            .spawn()
+            .expect("start python3");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let port = loop {
+            if let Ok(p) = fs::read_to_string(dir.path().join("port")) {
+                break p.trim().parse().expect("port");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fake IMDS did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        FakeImds { dir, port, child }
+    }
+
+    fn fetches(&self) -> usize {
+        fs::read_to_string(self.dir.path().join("fetches"))
+            .map(|s| s.len())
+            .unwrap_or(0)
+    }
+
+    fn expire_in(&self, seconds: u64) {
+        fs::write(self.dir.path().join("offset"), seconds.to_string()).expect("offset");
+    }
+}
+
+impl Drop for FakeImds {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `instance_profile = true`: the credential comes from the metadata service (IMDSv2)
+/// at `imds_endpoint`, once while it is fresh, again before each request once it
+/// expires within five minutes; a metadata service that does not answer fails the
+/// pass with its name.
+#[test]
+fn instance_profile_credentials_come_from_the_metadata_service_and_are_refreshed() {
+    let s3 = S3Server::start();
+    let imds = FakeImds::start(S3Server::ACCESS_KEY, S3Server::SECRET_KEY);
+    let host = Host::new();
+    host.segment(1, DAY_US, 10_000);
+    let config = |imds_port: u16| {
+        let path = host.config(&s3, S3Server::SECRET_KEY, "");
+        let text = fs::read_to_string(&path).expect("config");
+        let start = text.find("access_key_id").expect("key");
+        let end = text.find("attempts").expect("attempts");
+        let text = format!(
+            "{}instance_profile = true\nimds_endpoint = \"http://127.0.0.1:{imds_port}\"\n{}",
+            &text[..start],
+            &text[end..]
+        );
+        fs::write(&path, text).expect("config");
+        path
+    };
+    let path = config(imds.port);
+    let out = ship(&path, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(s3.keys(), expected_keys(&host, &[1]));
+    assert_identical(&host, &s3, &[1]);
+    assert_eq!(imds.fetches(), 1, "a fresh credential is fetched once");
+
+    // Expiring within the refresh margin: fetched again before each request.
+    imds.expire_in(60);
+    host.segment(2, DAY_US, 10_000);
+    let out = ship(&path, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(s3.keys(), expected_keys(&host, &[1, 2]));
+    assert!(
+        imds.fetches() >= 4,
+        "refreshed per request: {}",
+        imds.fetches()
+    );
+
+    // Nothing answers: the pass fails naming the metadata service.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    host.segment(3, DAY_US, 10_000);
+    let out = ship(&config(dead), &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "[shipping] instance_profile: the instance role's credential from http://127.0.0.1:{dead}"
+        )),
+        "{}",
+        text(&out)
+    );
+}

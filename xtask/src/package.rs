@@ -516,8 +516,9 @@ mod tests {
             .starts_with("# nhi-agent as a system service, installed by the nhi-agent package."));
         assert!(unit
             .contains("\nExecStart=/usr/bin/nhi-agent run --config /etc/nhi-agent/agent.toml\n"));
-        assert!(unit
-            .contains("\nExecReload=/usr/bin/nhi-agent policy check /etc/nhi-agent/agent.toml\n"));
+        assert!(unit.contains(
+            "\nExecReload=/usr/bin/nhi-agent reload --config /etc/nhi-agent/agent.toml\n"
+        ));
         assert!(!unit.contains("/usr/local"), "{unit}");
         // Everything from [Unit] on is the repository's, but for the path.
         let body = &UNIT[UNIT.find("[Unit]").unwrap()..];

@@ -17,7 +17,7 @@
 use std::{collections::HashMap, path::Path};
 
 use jsonwebtoken::{
-    jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm},
+    jwk::{JwkSet, KeyAlgorithm},
     Algorithm, DecodingKey, Validation,
 };
 use serde::Deserialize;
@@ -138,10 +138,7 @@ struct Claims {
 
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::encode(&Sha256::digest(bytes))
 }
 
 impl DecisionKeys {
@@ -205,17 +202,9 @@ impl DecisionKeys {
             return Err("the JWKS has no keys".into());
         }
         for jwk in &set.keys {
-            let by_type = match &jwk.algorithm {
-                AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-                AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
-                    Algorithm::ES256
-                }
-                AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => {
-                    Algorithm::ES384
-                }
-                AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                _ => return Err("only EdDSA, ECDSA and RSA public keys are accepted".into()),
-            };
+            let by_type = crate::jwk::KeyKind::of(jwk)
+                .ok_or("only EdDSA, ECDSA and RSA public keys are accepted")?
+                .default_algorithm();
             let alg = match jwk.common.key_algorithm {
                 None => by_type,
                 Some(KeyAlgorithm::EdDSA) => Algorithm::EdDSA,

@@ -3,7 +3,8 @@
 //!
 //! Architecture invariant: the webhook never slows a hold or the proxy. A full queue
 //! drops the *announcement* (logged); the audit event was journaled before, by the
-//! session. A failed POST is retried with exponential backoff, then given up (logged).
+//! session. A failed POST is retried with exponential backoff (the shipper's
+//! [`crate::ship::backoff::Backoff`]), then given up (logged).
 use std::{
     sync::mpsc::{self, Receiver, SyncSender, TrySendError},
     thread,
@@ -27,7 +28,8 @@ pub struct Announcer {
 
 impl Announcer {
     /// Starts the sender thread for `url`: `retries` attempts after the first, the
-    /// first retry after `backoff`, doubling up to a minute.
+    /// first retry after `backoff`, doubling up to a minute ([`crate::ship::backoff`]:
+    /// each pause drawn in its upper half).
     pub fn start(url: String, retries: u32, backoff: Duration) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         thread::Builder::new()
@@ -69,7 +71,9 @@ fn sender(url: &str, retries: u32, backoff: Duration, rx: Receiver<Vec<u8>>) {
         .build()
         .into();
     while let Ok(body) = rx.recv() {
-        let mut wait = backoff;
+        // The shipper's schedule: doubling up to a minute, with equal jitter so agents
+        // that lost the same endpoint do not retry in step.
+        let mut schedule = crate::ship::backoff::Backoff::new(backoff, MAX_BACKOFF);
         for attempt in 0..=retries {
             match post(&agent, url, &body) {
                 Ok(()) => {
@@ -77,9 +81,9 @@ fn sender(url: &str, retries: u32, backoff: Duration, rx: Receiver<Vec<u8>>) {
                     break;
                 }
                 Err(e) if attempt < retries => {
+                    let wait = schedule.next_delay();
                     warn!(attempt, error = %e, retry_in = ?wait, "approval webhook: POST failed; retrying");
                     thread::sleep(wait);
-                    wait = (wait * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => {
                     warn!(attempts = attempt + 1, error = %e, "approval webhook: POST failed; announcement given up");

@@ -10,13 +10,14 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::config::IssuerConfig;
 use super::{AttestError, Claims};
+use crate::jwk::KeyKind;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
@@ -24,27 +25,6 @@ pub const LEEWAY_SECS: u64 = 30;
 /// The registered claims that describe the token rather than the job: not bound unless
 /// an issuer's `claims` list names them.
 pub const TOKEN_ONLY_CLAIMS: &[&str] = &["exp", "iat", "nbf", "jti", "aud"];
-
-/// The kind of a JWKS key, which decides the algorithms it can verify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyKind {
-    Rsa,
-    P256,
-    P384,
-    Ed25519,
-}
-
-impl KeyKind {
-    fn verifies(self, alg: Algorithm) -> bool {
-        use Algorithm::*;
-        match self {
-            KeyKind::Rsa => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
-            KeyKind::P256 => alg == ES256,
-            KeyKind::P384 => alg == ES384,
-            KeyKind::Ed25519 => alg == EdDSA,
-        }
-    }
-}
 
 struct IssuerKey {
     kid: Option<String>,
@@ -75,7 +55,9 @@ impl Issuer {
     pub fn new(config: IssuerConfig, jwks: &JwkSet) -> Result<Issuer, AttestError> {
         let mut keys = Vec::new();
         for jwk in &jwks.keys {
-            let Some(kind) = key_kind(jwk) else { continue };
+            let Some(kind) = KeyKind::of(jwk) else {
+                continue;
+            };
             let key = DecodingKey::from_jwk(jwk).map_err(|e| AttestError::Jwks {
                 path: config.jwks_file.clone(),
                 reason: format!(
@@ -102,22 +84,6 @@ impl Issuer {
     /// The issuer's configuration.
     pub fn config(&self) -> &IssuerConfig {
         &self.config
-    }
-}
-
-fn key_kind(jwk: &Jwk) -> Option<KeyKind> {
-    match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => Some(KeyKind::Rsa),
-        AlgorithmParameters::EllipticCurve(p) => match p.curve {
-            EllipticCurve::P256 => Some(KeyKind::P256),
-            EllipticCurve::P384 => Some(KeyKind::P384),
-            _ => None,
-        },
-        AlgorithmParameters::OctetKeyPair(p) => {
-            (p.curve == EllipticCurve::Ed25519).then_some(KeyKind::Ed25519)
-        }
-        // A shared secret can mint tokens as well as verify them: never trusted.
-        AlgorithmParameters::OctetKey(_) => None,
     }
 }
 
@@ -336,8 +302,7 @@ pub fn peek(token: &str) -> Unverified {
 
 /// Hex SHA-256 of the token text: how the journal names a token without holding it.
 pub fn token_sha256(token: &str) -> String {
-    let digest = Sha256::digest(token.trim().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&Sha256::digest(token.trim().as_bytes()))
 }
 
 fn decode_part(part: &str, what: &str) -> Result<Claims, AttestError> {
@@ -385,8 +350,7 @@ pub struct SavedReplay {
 
 impl ReplayCache {
     fn key(verified: &Verified) -> String {
-        let digest = Sha256::digest(verified.replay_key.as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&Sha256::digest(verified.replay_key.as_bytes()))
     }
 
     /// Records `verified` as used at `now`; [`AttestError::Replayed`] if it was already,

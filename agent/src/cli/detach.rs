@@ -44,11 +44,39 @@ pub fn run(args: &DetachArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     }
-    if !pin_dir.exists() {
-        println!("nothing pinned at {}", pin_dir.display());
-        return Ok(ExitCode::SUCCESS);
+    match std::fs::symlink_metadata(&pin_dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("nothing pinned at {}", pin_dir.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        // A non-root user cannot even look into /sys/fs/bpf (0700): saying "nothing
+        // pinned" would be a guess, and a wrong one while a fail-closed agent is down.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!(
+                "error: cannot read the pins under {}: {e}; detach needs root (CAP_SYS_ADMIN \
+                 and access to the bpf filesystem)",
+                pin_dir.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot read the pins under {}: {e}",
+                pin_dir.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
     }
     ebpf::remove_pins(&pin_dir);
+    let layout = pin_dir.join(format!("v{}", nhi_agent_common::MAP_LAYOUT_VERSION));
+    if layout.exists() {
+        eprintln!(
+            "error: could not remove the pins under {}: connections are still intercepted",
+            layout.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     println!(
         "removed the pins under {}: connections are no longer intercepted",
         pin_dir.display()

@@ -17,18 +17,16 @@ pub struct KeyArgs {
 pub enum KeyCommand {
     /// Print the public key (PEM, base64url), its fingerprint and the host id.
     Show {
-        /// The agent's configuration file.
-        #[arg(long, short, default_value = "/etc/nhi-agent/config.toml")]
-        config: PathBuf,
+        #[arg(long, short, help = super::CONFIG_HELP)]
+        config: Option<PathBuf>,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Write the public key as PEM to a file (for `nhi-agent verify --key`).
     ExportPublic {
-        /// The agent's configuration file.
-        #[arg(long, short, default_value = "/etc/nhi-agent/config.toml")]
-        config: PathBuf,
+        #[arg(long, short, help = super::CONFIG_HELP)]
+        config: Option<PathBuf>,
         /// Where to write the PEM.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
@@ -39,7 +37,7 @@ pub fn run(args: &KeyArgs) -> anyhow::Result<ExitCode> {
     let config_path = match &args.command {
         KeyCommand::Show { config, .. } | KeyCommand::ExportPublic { config, .. } => config,
     };
-    let config = config::load(config_path)?;
+    let config = config::load(&super::config_path(config_path.as_deref()))?;
     let (key, host_id, key_path) =
         evidence::host_identity(&config.evidence, &config.agent.state_dir, false)
             .context("the agent creates the key and host id at its first start")?;

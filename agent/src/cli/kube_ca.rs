@@ -15,9 +15,11 @@ use crate::tls::AgentCa;
 
 #[derive(Debug, Args)]
 pub struct KubeCaArgs {
-    /// The agent's configuration file (its `state_dir` holds the CA).
-    #[arg(long, short, default_value = "/etc/nhi-agent/config.toml")]
-    pub config: PathBuf,
+    /// The agent's configuration file (its `state_dir` holds the CA) [default:
+    /// /etc/nhi-agent/agent.toml, or /etc/nhi-agent/config.toml when agent.toml does not
+    /// exist].
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
     /// Only this target's cluster CA after the agent CA (default: every Kubernetes
     /// target's).
     #[arg(long)]
@@ -30,7 +32,8 @@ pub struct KubeCaArgs {
 /// Prints the bundle, creating the agent CA (0600, in `<state_dir>/tls`) if the agent
 /// has not yet.
 pub fn run(args: &KubeCaArgs) -> anyhow::Result<ExitCode> {
-    let config = config::load(&args.config)?;
+    let config_path = super::config_path(args.config.as_deref());
+    let config = config::load(&config_path)?;
     let targets: Vec<_> = config
         .targets
         .iter()
@@ -41,11 +44,11 @@ pub fn run(args: &KubeCaArgs) -> anyhow::Result<ExitCode> {
         match &args.target {
             Some(name) => bail!(
                 "{}: no target \"{name}\" with protocol = \"kubernetes\"",
-                args.config.display()
+                config_path.display()
             ),
             None => bail!(
                 "{}: no target with protocol = \"kubernetes\"",
-                args.config.display()
+                config_path.display()
             ),
         }
     }

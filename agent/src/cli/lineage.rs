@@ -111,17 +111,9 @@ fn sanitize(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// Shell-style quoting for display: plain words stay as they are.
+/// Shell-style quoting for display, control characters escaped first.
 fn quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
-    if plain {
-        arg.to_owned()
-    } else {
-        format!("'{}'", sanitize(arg).replace('\'', "'\\''"))
-    }
+    super::replay::shell_quote(&sanitize(arg))
 }
 
 fn us_since_epoch(t: SystemTime) -> i64 {

@@ -13,6 +13,7 @@ pub mod lineage;
 mod logging;
 pub mod ocsf;
 pub mod policy;
+pub mod preflight;
 pub mod reload;
 pub mod replay;
 pub mod run;
@@ -25,9 +26,38 @@ pub mod stream_format;
 pub mod verify;
 pub mod views;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// The configuration file the systemd unit runs with: the default of every subcommand
+/// that reads the agent's configuration.
+pub const DEFAULT_CONFIG: &str = "/etc/nhi-agent/agent.toml";
+/// The default of earlier releases, still read when [`DEFAULT_CONFIG`] does not exist.
+pub const LEGACY_CONFIG: &str = "/etc/nhi-agent/config.toml";
+
+/// The help text of a `--config` option defaulting through [`config_path`].
+pub const CONFIG_HELP: &str = "The agent's configuration file [default: \
+/etc/nhi-agent/agent.toml, or /etc/nhi-agent/config.toml when agent.toml does not exist]";
+
+/// The configuration file to read: `explicit` when given, else [`DEFAULT_CONFIG`], or
+/// [`LEGACY_CONFIG`] when only that one exists.
+pub fn config_path(explicit: Option<&Path>) -> PathBuf {
+    default_config_in(
+        explicit,
+        Path::new(DEFAULT_CONFIG),
+        Path::new(LEGACY_CONFIG),
+    )
+}
+
+fn default_config_in(explicit: Option<&Path>, default: &Path, legacy: &Path) -> PathBuf {
+    match explicit {
+        Some(path) => path.to_path_buf(),
+        None if !default.exists() && legacy.exists() => legacy.to_path_buf(),
+        None => default.to_path_buf(),
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -112,5 +142,33 @@ pub fn main() -> ExitCode {
             eprintln!("{}error: {e:#}", logging::error_prefix());
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_to_agent_toml_and_falls_back_to_config_toml() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (agent, legacy) = (
+            dir.path().join("agent.toml"),
+            dir.path().join("config.toml"),
+        );
+        let explicit = dir.path().join("other.toml");
+        let pick = |explicit: Option<&Path>| default_config_in(explicit, &agent, &legacy);
+        // Neither exists: the unit's name, so the error names the file to create.
+        assert_eq!(pick(None), agent);
+        std::fs::write(&legacy, "").expect("write");
+        assert_eq!(pick(None), legacy, "only config.toml: the fallback");
+        std::fs::write(&agent, "").expect("write");
+        assert_eq!(pick(None), agent, "both: agent.toml wins");
+        assert_eq!(pick(Some(&explicit)), explicit, "--config always wins");
+    }
+
+    #[test]
+    fn config_help_names_both_files() {
+        assert!(CONFIG_HELP.contains(DEFAULT_CONFIG) && CONFIG_HELP.contains(LEGACY_CONFIG));
     }
 }

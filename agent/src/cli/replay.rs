@@ -15,7 +15,6 @@
 //! records the size and time of each chunk, not its bytes, so there is no payload preview.
 
 use std::io::{self, IsTerminal as _, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -38,9 +37,10 @@ pub struct ReplayArgs {
     #[arg(value_name = "SESSION")]
     pub session: String,
 
-    /// A journal file, or a directory read recursively (every *.db in it). Repeatable.
-    #[arg(long = "journal", value_name = "PATH", required = true)]
-    pub journal: Vec<PathBuf>,
+    /// Journal files or directories (read recursively, segments included), after the
+    /// session or with `--journal`, as the other readers take them.
+    #[command(flatten)]
+    pub inputs: InputArgs,
 
     /// One JSON object per event instead of the human timeline (implies --instant).
     #[arg(long)]
@@ -138,11 +138,7 @@ pub(crate) fn write_replay(
     pace: Option<Pace>,
     sleep: &mut dyn FnMut(Duration),
 ) -> anyhow::Result<()> {
-    let inputs = InputArgs {
-        journal: args.journal.clone(),
-        paths: Vec::new(),
-    };
-    let selection = Selection::open(&inputs, true)?;
+    let selection = Selection::open(&args.inputs, true)?;
     let session = selection.resolve(&args.session)?;
     let mut pacer = Pacer {
         pace,
@@ -336,7 +332,7 @@ fn write_header(out: &mut dyn Write, set_session: &SetSession) -> io::Result<()>
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     use super::*;
     use crate::journal::tests::{at_us, sample_start};
@@ -345,7 +341,10 @@ mod tests {
     fn replay(path: &Path, session: SessionId, json: bool) -> anyhow::Result<String> {
         let args = ReplayArgs {
             session: session.to_string(),
-            journal: vec![path.to_path_buf()],
+            inputs: InputArgs {
+                journal: vec![path.to_path_buf()],
+                paths: Vec::new(),
+            },
             json,
             speed: None,
             instant: true,
@@ -615,7 +614,10 @@ mod tests {
         let waits = |pace: Option<Pace>| -> Vec<Duration> {
             let args = ReplayArgs {
                 session: id.to_string(),
-                journal: vec![path.clone()],
+                inputs: InputArgs {
+                    journal: Vec::new(),
+                    paths: vec![path.clone()],
+                },
                 json: false,
                 speed: None,
                 instant: false,
@@ -689,6 +691,21 @@ mod tests {
         assert_eq!(pace(&["--instant"], true), None);
         assert_eq!(pace(&["--json"], true), None);
         assert!(Cli::try_parse_from(["replay", "7", "--journal", "j", "--speed", "0"]).is_err());
+        // Paths after the session, as `sessions`/`events`/`export` take them, and
+        // `--journal` too, in any mix.
+        let parsed = Cli::try_parse_from(["replay", "7", "a.db", "dir", "--journal", "j.db"])
+            .expect("arguments")
+            .args;
+        assert_eq!(parsed.session, "7");
+        assert_eq!(
+            parsed.inputs.all().expect("inputs"),
+            ["j.db", "a.db", "dir"].map(PathBuf::from)
+        );
+        let none = Cli::try_parse_from(["replay", "7"])
+            .expect("arguments")
+            .args;
+        let err = none.inputs.all().expect_err("no journal").to_string();
+        assert!(err.contains("no journal given"), "{err}");
         assert!(Cli::try_parse_from([
             "replay",
             "7",

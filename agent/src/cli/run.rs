@@ -55,16 +55,29 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if args.detach_on_exit {
         config.agent.fail = FailMode::Open;
     }
+    // What the configuration's files hold, read before anything is bound or attached,
+    // as `policy check` reads it: a file it refuses is a bad configuration (64).
+    let loaded = match super::preflight::load(&config, proxy::StateAccess::Create) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{}error: {e:#}", super::logging::error_prefix());
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nhi-agent")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, args.config.clone()))?;
+    runtime.block_on(serve(config, args.config.clone(), loaded))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    config_path: PathBuf,
+    loaded: super::preflight::Loaded,
+) -> anyhow::Result<()> {
     // What the kernel offers, before anything is created: a kernel without a required
     // feature gets one sentence naming it (and the release that has it), not a verifier
     // dump from the real programs.
@@ -79,14 +92,21 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the journal directory {}", dir.display()))?;
     }
-    // Credentials, keys and certificates: read before anything is attached, so a missing
-    // password file fails the start instead of every session.
-    let snapshot = proxy::Snapshot::build(Arc::new(config.clone()))?;
-    // The signing key and host id (created at the first start): the journal's segments
-    // are sealed with them, at rotation and at a clean stop.
-    let (host_key, host_id, key_path) =
-        crate::evidence::host_identity(&config.evidence, &config.agent.state_dir, true)
-            .context("preparing the journal signing key")?;
+    // Credentials, keys, certificates, the signing key and host id (created at the first
+    // start; the journal's segments are sealed with them), JWKS, decision keys, the
+    // shipping secret: read by `run` before anything is attached (`preflight`).
+    let super::preflight::Loaded {
+        snapshot,
+        host,
+        approver_gid,
+        verifier,
+        decision_keys,
+        shipper,
+        budget,
+    } = loaded;
+    let Some((host_key, host_id, key_path)) = host else {
+        anyhow::bail!("no journal signing key was prepared");
+    };
     info!(
         key = %key_path.display(),
         fingerprint = %host_key.public().fingerprint(),
@@ -125,17 +145,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             config.agent.listen_port
         )
     })?;
-    // The approvals socket, also before attaching: a bad group or path fails the start.
-    let approver_gid = config
-        .agent
-        .approver_group
-        .as_ref()
-        .map(approvals::server::resolve_group)
-        .transpose()?;
+    // The approvals socket, also before attaching: a bad path fails the start.
     let approvals_socket = config.agent.approvals_socket.clone();
     let approvals_listener = approvals::server::bind(&approvals_socket, approver_gid)?;
     // Attestation: the issuers' JWKS files and the socket, before attaching too.
-    let verifier = attest::load_issuers(&config.attest).context("loading the OIDC issuers")?;
     let attest_socket = config.attest.socket.clone();
     let attest_listener = if config.attest.enabled() {
         Some(attest::server::bind(&attest_socket)?)
@@ -143,7 +156,12 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         None
     };
     let attestor = Arc::new(attest::Attestor::new(verifier).with_state(&config.agent.state_dir));
-    let registry = approvals_registry(&config, approvals_socket.clone(), journal.handle())?;
+    let registry = approvals_registry(
+        &config,
+        approvals_socket.clone(),
+        journal.handle(),
+        decision_keys,
+    )?;
     // Grants, bindings and used tokens from before the restart, before anything is
     // served; each restoration is journaled (and a journal that cannot take it fails the
     // start, like any audit event it could not take).
@@ -212,20 +230,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     // Shipping, retention, disk budget: the secret is loaded and the journal directory
     // measured before "ready", so a bad secret fails the start and an agent that starts
     // over budget refuses sessions from the first one.
-    let budget = crate::ship::Budget::new();
-    let shipper = if config.ship.is_active() {
-        let shipper = crate::ship::Shipper::new(
-            &config.ship,
-            &config.agent.journal,
-            &config.agent.state_dir,
-            budget.clone(),
-        )
-        .context("preparing the shipping of journal segments")?;
+    let shipper = shipper.map(|shipper| {
         shipper.measure_budget();
-        Some(Arc::new(shipper))
-    } else {
-        None
-    };
+        Arc::new(shipper)
+    });
 
     let host_netns = interceptor.host_netns();
     let shared = Arc::new(proxy::Shared {
@@ -565,18 +573,19 @@ async fn signal_loop(
     let _ = shutdown.send(true);
 }
 
-/// The approvals registry with what `[approvals]` configures: decision keys (read now,
-/// so a bad key fails the start), the webhook sender, the longest grant.
+/// The approvals registry with what `[approvals]` configures: decision keys (read by
+/// `preflight`, so a bad key fails the start), the webhook sender, the longest grant.
 fn approvals_registry(
     config: &config::Config,
     socket: std::path::PathBuf,
     journal: crate::journal::JournalHandle,
+    decision_keys: Option<approvals::token::DecisionKeys>,
 ) -> anyhow::Result<approvals::Registry> {
     let registry = approvals::Registry::new(socket)
         .with_journal(journal)
         .with_state(&config.agent.state_dir);
-    let (announcer, keys, max_grant) = approvals_settings(&config.approvals)?;
-    registry.reconfigure(announcer, keys, max_grant);
+    let announcer = approvals_announcer(&config.approvals)?;
+    registry.reconfigure(announcer, decision_keys, config.approvals.max_grant);
     Ok(registry)
 }
 
@@ -590,18 +599,24 @@ fn approvals_settings(
     std::time::Duration,
 )> {
     let keys = approvals::token::DecisionKeys::load(a)?;
-    let announcer = match &a.webhook_url {
-        Some(url) => Some(
+    Ok((approvals_announcer(a)?, keys, a.max_grant))
+}
+
+/// The webhook sender `[approvals] webhook_url` asks for.
+fn approvals_announcer(
+    a: &approvals::ApprovalsConfig,
+) -> anyhow::Result<Option<approvals::webhook::Announcer>> {
+    a.webhook_url
+        .as_ref()
+        .map(|url| {
             approvals::webhook::Announcer::start(
                 url.clone(),
                 a.webhook_retries,
                 std::time::Duration::from_secs(1),
             )
-            .context("starting the approval webhook thread")?,
-        ),
-        None => None,
-    };
-    Ok((announcer, keys, a.max_grant))
+            .context("starting the approval webhook thread")
+        })
+        .transpose()
 }
 
 /// Shipping and retention as they run now; replaced when a reload changes

@@ -9,14 +9,10 @@ use crate::{
     ship::{budget::human, Budget, Shipper, Status},
 };
 
-/// Default configuration path (the systemd unit's).
-pub const DEFAULT_CONFIG: &str = "/etc/nhi-agent/agent.toml";
-
 #[derive(Debug, Args)]
 pub struct ShipArgs {
-    /// Configuration file (TOML).
-    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    #[arg(long, short, global = true, help = super::CONFIG_HELP)]
+    pub config: Option<PathBuf>,
     /// Ship every pending sealed segment, apply retention, and exit: 0 when everything
     /// is shipped, 1 with the reason otherwise.
     #[arg(long)]
@@ -39,7 +35,7 @@ pub enum ShipCommand {
 }
 
 pub fn run(args: &ShipArgs) -> anyhow::Result<ExitCode> {
-    let config = match config::load(&args.config) {
+    let config = match config::load(&super::config_path(args.config.as_deref())) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -11,15 +11,18 @@ use crate::proxy::ssh::{ca::SshCa, runtime::SSH_DIR};
 
 #[derive(Debug, Args)]
 pub struct SshCaArgs {
-    /// The agent's configuration file (its `state_dir` holds the CA).
-    #[arg(long, short, default_value = "/etc/nhi-agent/config.toml")]
-    pub config: PathBuf,
+    /// The agent's configuration file (its `state_dir` holds the CA) [default:
+    /// /etc/nhi-agent/agent.toml, or /etc/nhi-agent/config.toml when agent.toml does not
+    /// exist].
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
 }
 
 /// Prints the `@cert-authority` line, creating the CA (0600, in `<state_dir>/ssh`) if
 /// the agent has not yet.
 pub fn run(args: &SshCaArgs) -> anyhow::Result<ExitCode> {
-    let config = config::load(&args.config)?;
+    let config_path = super::config_path(args.config.as_deref());
+    let config = config::load(&config_path)?;
     let dir = config.agent.state_dir.join(SSH_DIR);
     let ca = SshCa::load_or_create(&dir)
         .with_context(|| format!("the agent's SSH CA in {}", dir.display()))?;

@@ -1,5 +1,7 @@
 //! `nhi-agent verify PATH... --key KEY [--hwm FILE] [--json]`: checks journal segments
-//! offline (see [`crate::journal::verify`]). Exit 0 only when everything is intact.
+//! offline (see [`crate::journal::verify`]). Exit 0 only when everything is intact, 1
+//! when damage is found, 2 when nothing could be verified (bad usage, an unreadable key,
+//! high-water mark or input, no segment or checkpoint in the paths given).
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -10,7 +12,17 @@ use clap::Args;
 use crate::evidence::PublicKey;
 use crate::journal::verify::{self, HighWaterMark};
 
+/// Exit status: damage found (the chain, a seal, a link or a checkpoint does not hold).
+pub const EXIT_DAMAGE: u8 = 1;
+/// Exit status: nothing verified (bad usage, an unreadable input, no segment or checkpoint found);
+/// clap's own usage errors exit 2 too.
+pub const EXIT_CANNOT_VERIFY: u8 = 2;
+
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 intact; 1 damage found; 2 nothing verified (bad usage, \
+an unreadable key, high-water mark or path, no segment or checkpoint in the paths given)."
+)]
 pub struct VerifyArgs {
     /// Segment files and/or directories (searched recursively for `*.db` and
     /// `*.checkpoint`, so the journal's directory covers the live file, `segments/` and
@@ -30,11 +42,28 @@ pub struct VerifyArgs {
 }
 
 pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    match inputs(args) {
+        Ok((key, hwm, files)) => report(args, &key, hwm.as_ref(), &files),
+        Err(e) => {
+            eprintln!("{}error: {e:#}", super::logging::error_prefix());
+            Ok(ExitCode::from(EXIT_CANNOT_VERIFY))
+        }
+    }
+}
+
+/// The key, the high-water mark and the segment files, or why nothing can be verified.
+fn inputs(args: &VerifyArgs) -> anyhow::Result<(PublicKey, Option<HighWaterMark>, Vec<PathBuf>)> {
     let key_text = match std::fs::read_to_string(&args.key) {
         Ok(text) => text,
-        Err(_) => args.key.clone(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => args.key.clone(),
+        Err(e) => anyhow::bail!("cannot read the key file {}: {e}", args.key),
     };
-    let key = PublicKey::parse(&key_text)?;
+    let key = PublicKey::parse(&key_text).with_context(|| {
+        format!(
+            "--key {}: neither a readable PEM file nor a base64url public key",
+            args.key
+        )
+    })?;
     let hwm: Option<HighWaterMark> = match &args.hwm {
         None => None,
         Some(path) => {
@@ -46,10 +75,40 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             )
         }
     };
+    for path in &args.paths {
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    }
     let files = verify::collect_files(&args.paths);
+    for file in &files {
+        if let Err(e) = std::fs::File::open(file) {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                anyhow::bail!("cannot read {}: {e}", file.display());
+            }
+        }
+    }
+    // Checkpoints alone are evidence: they say which segment is gone.
+    if files.is_empty() && crate::journal::checkpoint::collect(&args.paths).is_empty() {
+        anyhow::bail!(
+            "no journal segment (*.db) or checkpoint in {}",
+            args.paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok((key, hwm, files))
+}
+
+fn report(
+    args: &VerifyArgs,
+    key: &PublicKey,
+    hwm: Option<&HighWaterMark>,
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
     let checkpoints = crate::journal::checkpoint::collect(&args.paths);
     let started = Instant::now();
-    let report = verify::verify_files(&files, &checkpoints, &key, hwm.as_ref());
+    let report = verify::verify_files(files, &checkpoints, key, hwm);
     let secs = started.elapsed().as_secs_f64();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -118,6 +177,6 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     Ok(if report.intact {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(EXIT_DAMAGE)
     })
 }

@@ -1411,26 +1411,12 @@ fn http_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<HttpTarge
     }
     let mask_body_limit = match &raw.mask_body_limit {
         None => crate::protocol::http::body::DEFAULT_MASK_BODY_LIMIT,
-        Some(value) => match crate::ship::config::parse_size(value.get_ref()) {
-            Some(n) if (MIN_MASK_BODY_LIMIT..=MAX_MASK_BODY_LIMIT).contains(&n) => n,
-            Some(n) => {
-                return Err(Problem::at(
-                    value,
-                    format!(
-                        "mask_body_limit must be between 1KiB and 1GiB (got {n} bytes): it bounds the memory of each masked response"
-                    ),
-                ))
-            }
-            None => {
-                return Err(Problem::at(
-                    value,
-                    format!(
-                        "invalid size \"{}\" for mask_body_limit (examples: \"512KiB\", \"4MiB\")",
-                        value.get_ref()
-                    ),
-                ))
-            }
-        },
+        Some(value) => crate::size::value(
+            value.get_ref(),
+            "mask_body_limit",
+            MIN_MASK_BODY_LIMIT..=MAX_MASK_BODY_LIMIT,
+        )
+        .map_err(|message| Problem::at(value, message))?,
     };
     let mut common = common_settings(raw)?;
     if matches!(protocol, Protocol::Aws | Protocol::Kubernetes) && raw.client_tls.is_none() {

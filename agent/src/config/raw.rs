@@ -91,7 +91,7 @@ pub(super) struct RawTarget {
     /// HTTP only: `"Header-Name: value with {secret}"`.
     pub inject: Option<Spanned<String>>,
     /// HTTP only: the largest body (JSON) or line (NDJSON, SSE, text) masked, `"4MiB"`.
-    pub mask_body_limit: Option<Spanned<String>>,
+    pub mask_body_limit: Option<Spanned<crate::size::RawSize>>,
     /// `"host"` or `"container"`: only connections made in that kind of network
     /// namespace match (default: both).
     pub netns: Option<Spanned<String>>,

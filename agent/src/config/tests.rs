@@ -625,6 +625,8 @@ fn load_reads_files_and_reports_io_errors() {
 fn example_policy_parses() {
     let config = ok(include_str!("../../../policies/example.toml"));
     assert_eq!(config.agent.mode, Mode::Enforce);
+    assert_eq!(config.ship.retention.disk_budget, Some(10 << 30));
+    assert_eq!(config.evidence.segment_max_bytes, 64 << 20);
     assert_eq!(
         config.agent.journal,
         PathBuf::from("/var/lib/nhi-agent/journal.db")

@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! [evidence]
-//! segment_max_bytes = "64MiB"   # or an integer number of bytes; KiB/MiB/GiB
+//! segment_max_bytes = "64MiB"   # a size (crate::size): bytes, or "64MiB", "64MB", "1G"
 //! segment_max_age = "1h"        # humantime
 //! checkpoint_interval = "10s"   # humantime: the live segment's head is checkpointed at least this often
 //! signing_key = "/var/lib/nhi-agent/signing.key"   # default <state_dir>/signing.key
@@ -22,13 +22,7 @@ pub const DEFAULT_SEGMENT_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Default `checkpoint_interval`.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A size: an integer number of bytes or a string with a KiB/MiB/GiB suffix.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawSize {
-    Bytes(i64),
-    Text(String),
-}
+pub use crate::size::RawSize;
 
 /// `[evidence]` as read from the file.
 #[derive(Debug, Default, Deserialize)]
@@ -101,12 +95,10 @@ impl EvidenceSettings {
         let raw = raw.into_inner();
         let segment_max_bytes = match &raw.segment_max_bytes {
             None => DEFAULT_SEGMENT_MAX_BYTES,
-            Some(v) => parse_size(v.get_ref()).ok_or_else(|| {
-                EvidenceProblem::at(
-                    v,
-                    "segment_max_bytes must be a positive size such as 67108864, \"512KiB\", \"64MiB\" or \"1GiB\"",
-                )
-            })?,
+            Some(v) => {
+                crate::size::value(v.get_ref(), "[evidence] segment_max_bytes", 1..=u64::MAX)
+                    .map_err(|message| EvidenceProblem::at(v, message))?
+            }
         };
         let segment_max_age = match &raw.segment_max_age {
             None => DEFAULT_SEGMENT_MAX_AGE,
@@ -174,26 +166,6 @@ impl EvidenceSettings {
     }
 }
 
-fn parse_size(raw: &RawSize) -> Option<u64> {
-    let n = match raw {
-        RawSize::Bytes(n) => u64::try_from(*n).ok()?,
-        RawSize::Text(s) => {
-            let s = s.trim();
-            let (digits, mult) = [
-                ("KiB", 1u64 << 10),
-                ("MiB", 1 << 20),
-                ("GiB", 1 << 30),
-                ("B", 1),
-            ]
-            .iter()
-            .find_map(|(suffix, m)| s.strip_suffix(suffix).map(|d| (d.trim(), *m)))
-            .unwrap_or((s, 1));
-            digits.parse::<u64>().ok()?.checked_mul(mult)?
-        }
-    };
-    (n > 0).then_some(n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +226,27 @@ mod tests {
             let p = parse(&format!("[evidence]\n{bad}\n")).unwrap_err();
             assert!(p.span.is_some(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sizes_take_the_shared_syntax_and_errors_name_the_key() {
+        // "64MB" was refused here while [retention] took it.
+        let s = parse("[evidence]\nsegment_max_bytes = \"64MB\"\n").unwrap();
+        assert_eq!(s.segment_max_bytes, 64_000_000);
+        let s = parse("[evidence]\nsegment_max_bytes = \"1g\"\n").unwrap();
+        assert_eq!(s.segment_max_bytes, 1 << 30);
+        let p = parse("[evidence]\nsegment_max_bytes = \"64 furlongs\"\n").unwrap_err();
+        assert!(
+            p.message.starts_with(
+                "invalid size \"64 furlongs\" for [evidence] segment_max_bytes: expected"
+            ),
+            "{}",
+            p.message
+        );
+        let p = parse("[evidence]\nsegment_max_bytes = 0\n").unwrap_err();
+        assert_eq!(
+            p.message,
+            "[evidence] segment_max_bytes must be at least 1 byte (got 0)"
+        );
     }
 }

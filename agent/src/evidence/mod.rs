@@ -37,7 +37,6 @@ pub mod config;
 pub mod key;
 pub mod seal;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 pub use chain::{genesis, ChainEvent, ChainState, Hash, HASH_LEN};
@@ -97,29 +96,14 @@ impl EvidenceError {
     }
 }
 
-/// Lower-case hex of `bytes`.
+/// Lower-case hex of `bytes` ([`crate::hex::encode`]).
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
+    crate::hex::encode(bytes)
 }
 
-/// Parses lower- or upper-case hex of exactly `N` bytes.
+/// Parses lower- or upper-case hex of exactly `N` bytes ([`crate::hex::decode`]).
 pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let bytes = s.as_bytes();
-    if bytes.len() != N * 2 {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        let digit = |c: u8| (c as char).to_digit(16);
-        out[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
-    }
-    Some(out)
+    crate::hex::decode(s)
 }
 
 /// The host's signing key and host id as configured: `[evidence] signing_key` or
@@ -155,14 +139,5 @@ pub fn fsync_dir(dir: &Path) -> Result<(), EvidenceError> {
 /// Writes `bytes` to `path` so that readers see either nothing or all of it: a temporary
 /// file, fsync, rename, fsync of the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut file = std::fs::File::create(&tmp).map_err(EvidenceError::io("cannot create", &tmp))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(EvidenceError::io("cannot write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(EvidenceError::io("cannot rename into place", path))?;
-    fsync_dir(path.parent().unwrap_or_else(|| Path::new("/")))
+    crate::atomic::write(path, bytes, 0o666).map_err(|e| EvidenceError::io(e.op, &e.path)(e.source))
 }

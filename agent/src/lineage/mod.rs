@@ -55,6 +55,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// writes they lead to.
 pub struct Lineage {
     state: Mutex<State>,
+    /// Applied to each exec's argv as it is decoded, before anything keeps it.
+    argv_mask: crate::mask::argv::ArgvMask,
 }
 
 struct State {
@@ -88,8 +90,9 @@ pub trait Host: Send + Sync {
 }
 
 impl Lineage {
-    pub fn new(source: LineageSource) -> Arc<Self> {
+    pub fn new(source: LineageSource, argv_mask: crate::mask::argv::ArgvMask) -> Arc<Self> {
         Arc::new(Lineage {
+            argv_mask,
             state: Mutex::new(State {
                 source,
                 table: ProcessTable::new(),
@@ -147,7 +150,13 @@ impl Lineage {
         let clock = Clock::now();
         for record in records {
             let record = match record {
-                Ok(r) => r,
+                Ok(mut r) => {
+                    // Secrets in arguments never reach the table, the events or a chain.
+                    if let event::Record::ExecArgs { argv, .. } = &mut r {
+                        self.argv_mask.mask(argv);
+                    }
+                    r
+                }
                 Err(e) => {
                     warn!(error = %e, "undecodable lineage record skipped");
                     continue;
@@ -288,7 +297,7 @@ pub fn start(
         argv_max_args: settings.argv_max,
         argv_max_bytes: settings.argv_max_bytes,
     })?;
-    Ok(Some(Lineage::new(source)))
+    Ok(Some(Lineage::new(source, settings.argv_mask.clone())))
 }
 
 /// The workload and claims of a process in cgroup `path` (none when the path is

@@ -134,7 +134,8 @@ impl HashKey {
         Ok(HashKey { bytes })
     }
 
-    fn load(path: &Path) -> Result<HashKey, MaskError> {
+    /// Loads an existing key (mode and length checked); never creates one.
+    pub fn load(path: &Path) -> Result<HashKey, MaskError> {
         let io = |op: &'static str| {
             move |source: io::Error| MaskError::Io {
                 path: path.to_owned(),

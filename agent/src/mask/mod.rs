@@ -60,6 +60,7 @@
 //! only; binary numeric, arrays, composites and other types are not scanned.
 #![forbid(unsafe_code)]
 
+pub mod argv;
 mod body;
 mod detect;
 mod key;

@@ -331,9 +331,7 @@ fn whole(strategy: Strategy, repr: Repr, value: &[u8], session: &Inner) -> Optio
             let masked = strategy.apply(value, key);
             let mut out = Vec::with_capacity(2 + 2 * masked.len());
             out.extend_from_slice(b"\\x");
-            for b in masked {
-                out.extend_from_slice(format!("{b:02x}").as_bytes());
-            }
+            crate::hex::encode_into(&mut out, &masked);
             Some(out)
         }
         Repr::Int8Binary => Some(vec![0; 8]),

@@ -65,6 +65,7 @@
 pub mod aws;
 pub mod http;
 pub mod kube;
+mod lint;
 mod raw;
 mod sql;
 mod sql_cache;
@@ -81,6 +82,7 @@ use regex::Regex;
 use serde::Serialize;
 use toml::Spanned;
 
+pub use lint::{Lint, TargetKind};
 pub use raw::{RawPolicy, RawRule};
 pub use sql::{
     analyze, analyze_with, name_candidates, Analysis, AnalyzeOptions, KindSet, StatementInfo,
@@ -197,6 +199,8 @@ impl RecordResults {
 struct Rule {
     name: String,
     verdict: Verdict,
+    /// Its conditions as comparable text ([`RawRule::conditions_key`]), for `lint`.
+    conditions: String,
     kinds: Option<KindSet>,
     tables: Option<GlobSet>,
     functions: Option<GlobSet>,
@@ -703,6 +707,7 @@ impl Rule {
             ));
         }
         let verdict = Verdict::parse(&raw.verdict, "verdict")?;
+        let conditions = raw.conditions_key();
         let http_match = http::HttpMatch::from_raw(
             name,
             raw.methods.as_deref(),
@@ -854,6 +859,7 @@ impl Rule {
         Ok(Rule {
             name: name.clone(),
             verdict,
+            conditions,
             kinds,
             tables,
             functions,

@@ -64,3 +64,51 @@ pub struct RawRule {
     pub(super) sftp_ops: Option<Vec<Spanned<String>>>,
     pub(super) sftp_paths: Option<Vec<Spanned<String>>>,
 }
+
+impl RawRule {
+    /// The rule's conditions as one comparable text (name and verdict left out): two
+    /// rules with the same text match the same statements and requests.
+    pub(super) fn conditions_key(&self) -> String {
+        fn list(v: &Option<Vec<Spanned<String>>>) -> Option<Vec<&str>> {
+            v.as_ref()
+                .map(|v| v.iter().map(|s| s.get_ref().as_str()).collect())
+        }
+        let one = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().clone());
+        let headers = self.headers.as_ref().map(|h| {
+            h.iter()
+                .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+                .collect::<Vec<_>>()
+        });
+        format!(
+            "{:?}",
+            (
+                (list(&self.kinds), list(&self.tables), list(&self.functions)),
+                (self.without_where.unwrap_or(false), one(&self.text)),
+                (
+                    list(&self.methods),
+                    list(&self.paths),
+                    list(&self.hosts),
+                    headers
+                ),
+                (
+                    list(&self.actions),
+                    list(&self.regions),
+                    list(&self.resources)
+                ),
+                (
+                    list(&self.verbs),
+                    list(&self.namespaces),
+                    list(&self.names),
+                    list(&self.subresources)
+                ),
+                (
+                    list(&self.commands),
+                    one(&self.regex),
+                    list(&self.ssh_requests),
+                    list(&self.sftp_ops),
+                    list(&self.sftp_paths)
+                ),
+            )
+        )
+    }
+}

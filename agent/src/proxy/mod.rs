@@ -43,6 +43,36 @@ pub use relay::CloseReason;
 /// too_many_connections, what the server says over its own `max_connections`.
 pub const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
 
+/// What building a runtime may do to the state directory's own keys and CAs (masking
+/// key, agent CA, SSH CA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateAccess {
+    /// Load them, creating what is missing (the agent at start and reload).
+    Create,
+    /// Load and check what exists; stand in for what is missing with throwaway keys in
+    /// a temporary directory, so nothing is written (`policy check`).
+    ReadOnly,
+}
+
+impl StateAccess {
+    /// The directory to load `dir`'s keys from: `dir` itself, unless reading it would
+    /// create something (`complete` is false) and nothing may be written, then a new
+    /// temporary directory (removed when the guard drops).
+    pub fn dir(
+        self,
+        dir: &std::path::Path,
+        complete: bool,
+    ) -> std::io::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
+        if self == StateAccess::Create || complete {
+            return Ok((dir.to_path_buf(), None));
+        }
+        let scratch = tempfile::Builder::new()
+            .prefix("nhi-agent-check")
+            .tempdir()?;
+        Ok((scratch.path().to_path_buf(), Some(scratch)))
+    }
+}
+
 /// A configuration and the runtime state built from it (PostgreSQL TLS settings,
 /// credentials, masking key), indexed alike. A reload replaces the whole snapshot at
 /// once, and a connection reads it once when it is accepted, so it never pairs one
@@ -58,11 +88,19 @@ impl Snapshot {
     /// Builds the runtime of `config` (credentials, keys, certificates, CA files) and
     /// pairs it with it. Errors name the target and the file.
     pub fn build(config: Arc<Config>) -> anyhow::Result<Snapshot> {
+        Snapshot::build_with(config, StateAccess::Create)
+    }
+
+    /// [`Snapshot::build`], creating the agent's own keys and CAs in the state directory
+    /// only with [`StateAccess::Create`].
+    pub fn build_with(config: Arc<Config>, access: StateAccess) -> anyhow::Result<Snapshot> {
         use anyhow::Context;
-        let pg = postgres::PgRuntime::build(&config).context("preparing the PostgreSQL targets")?;
+        let pg = postgres::PgRuntime::build(&config, access)
+            .context("preparing the PostgreSQL targets")?;
         let http = http::runtime::HttpRuntime::build(&config, pg.ca.clone())
             .context("preparing the HTTP targets")?;
-        let ssh = ssh::runtime::SshRuntime::build(&config).context("preparing the SSH targets")?;
+        let ssh = ssh::runtime::SshRuntime::build(&config, access)
+            .context("preparing the SSH targets")?;
         Ok(Snapshot {
             config,
             pg: Arc::new(pg),
@@ -598,7 +636,12 @@ async fn handle(
         pid: tgid,
         pid_start_time: process.as_ref().map(|p| p.start_time),
         exe: process.as_ref().and_then(|p| p.exe.clone()),
-        cmdline: process.as_ref().map(|p| p.cmdline.clone()),
+        // Masked as the lineage events' argv are (credentials, password flags).
+        cmdline: process.as_ref().map(|p| {
+            let mut cmdline = p.cmdline.clone();
+            config.lineage.argv_mask.mask(&mut cmdline);
+            cmdline
+        }),
         uid,
         gid: record.gid(),
         user: shared.user_name(uid),

@@ -2,24 +2,26 @@
 //! `ureq` (blocking, rustls). Path-style URLs, so MinIO, s3s and AWS all work.
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use base64::Engine as _;
 use md5::{Digest, Md5};
 use rusty_s3::{actions, Bucket, Credentials, S3Action, UrlStyle};
+use ureq::tls::{Certificate, PemItem, RootCerts};
 
 use super::{
-    config::{ObjectLock, ShippingConfig},
+    config::{ObjectLock, ShipCredentials, ShippingConfig},
     ShipError,
 };
-use crate::credential::Secret;
 
 /// Test hook: after this many confirmed PUTs the process aborts, as a crash between
 /// an upload and the cursor update would (tests/tests/shipping.rs uses it to make a
 /// "restart mid-upload" deterministic). Unset in production.
 pub const ABORT_AFTER_PUTS_ENV: &str = "NHI_SHIP_TEST_ABORT_AFTER_PUTS";
 
+/// How long before its expiry an instance role's credential is replaced.
+const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 /// How long a presigned request stays valid: it is sent at once.
 const SIGNATURE_VALIDITY: Duration = Duration::from_secs(300);
 /// One request's overall timeout (a segment is a few MiB to a few hundred).
@@ -32,7 +34,10 @@ static PUTS: AtomicUsize = AtomicUsize::new(0);
 /// A bucket with its credentials.
 pub struct S3Client {
     bucket: Bucket,
-    credentials: Credentials,
+    /// The credential in use and, for an instance role's, when it expires.
+    credentials: std::sync::Mutex<Option<(Credentials, Option<std::time::SystemTime>)>>,
+    /// `instance_profile`: the metadata service the credential comes from.
+    imds_endpoint: Option<String>,
     http: ureq::Agent,
     object_lock: Option<ObjectLock>,
     endpoint: String,
@@ -45,14 +50,15 @@ impl std::fmt::Debug for S3Client {
         f.debug_struct("S3Client")
             .field("endpoint", &self.endpoint)
             .field("bucket", &self.bucket.name())
-            .field("access_key_id", &self.credentials.key())
+            .field("imds_endpoint", &self.imds_endpoint)
             .finish_non_exhaustive()
     }
 }
 
 impl S3Client {
-    /// A client for `config`'s bucket, signing with `secret`.
-    pub fn new(config: &ShippingConfig, secret: &Secret) -> Result<S3Client, ShipError> {
+    /// A client for `config`'s bucket, trusting the system's CAs and `ca_file`. Static
+    /// credentials are read now; an instance role's at the first request.
+    pub fn new(config: &ShippingConfig) -> Result<S3Client, ShipError> {
         let bucket = Bucket::new(
             config.endpoint.clone(),
             UrlStyle::Path,
@@ -60,9 +66,30 @@ impl S3Client {
             config.region.clone(),
         )
         .map_err(|e| ShipError::Endpoint(format!("{}: {e:?}", config.endpoint)))?;
-        let secret = secret.expose_str()?.trim().to_owned();
-        let credentials = Credentials::new(config.access_key_id.clone(), secret);
+        let (credentials, imds_endpoint) = match &config.credentials {
+            ShipCredentials::Static {
+                access_key_id,
+                secret,
+                session_token,
+            } => {
+                let secret = secret.load()?.expose_str()?.trim().to_owned();
+                let credentials = match session_token {
+                    None => Credentials::new(access_key_id.clone(), secret),
+                    Some(token) => Credentials::new_with_token(
+                        access_key_id.clone(),
+                        secret,
+                        token.load()?.expose_str()?.trim().to_owned(),
+                    ),
+                };
+                (Some((credentials, None)), None)
+            }
+            ShipCredentials::InstanceProfile { imds_endpoint } => {
+                (None, Some(imds_endpoint.clone()))
+            }
+        };
+        let roots = root_certs(config.ca_file.as_deref())?;
         let http: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
             // Statuses are judged here, with the S3 error code, not as transport errors.
             .http_status_as_error(false)
             .timeout_global(Some(REQUEST_TIMEOUT))
@@ -71,7 +98,8 @@ impl S3Client {
             .into();
         Ok(S3Client {
             bucket,
-            credentials,
+            credentials: std::sync::Mutex::new(credentials),
+            imds_endpoint,
             http,
             object_lock: config.object_lock,
             endpoint: config.endpoint.to_string(),
@@ -81,20 +109,53 @@ impl S3Client {
         })
     }
 
+    /// The credential to sign with: the static one, or the instance role's, fetched
+    /// from the metadata service when there is none yet or it expires within
+    /// [`REFRESH_BEFORE`].
+    fn credentials(&self) -> Result<Credentials, ShipError> {
+        let mut current = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = |c: &(Credentials, Option<SystemTime>)| {
+            c.1.is_none_or(|expires| SystemTime::now() + REFRESH_BEFORE < expires)
+        };
+        if let Some(c) = current.as_ref().filter(|c| fresh(c)) {
+            return Ok(c.0.clone());
+        }
+        let Some(endpoint) = &self.imds_endpoint else {
+            // A static credential never expires here.
+            return current
+                .as_ref()
+                .map(|c| c.0.clone())
+                .ok_or_else(|| ShipError::InstanceProfile("no credential".into()));
+        };
+        let (key, expires) = crate::protocol::aws::imds::instance_role(endpoint)
+            .map_err(|e| ShipError::InstanceProfile(format!("{endpoint}: {e:#}")))?;
+        let credentials = match &key.session_token {
+            Some(token) => Credentials::new_with_token(
+                key.key_id.clone(),
+                key.secret().to_owned(),
+                token.to_string(),
+            ),
+            None => Credentials::new(key.key_id.clone(), key.secret().to_owned()),
+        };
+        *current = Some((credentials.clone(), Some(expires)));
+        Ok(credentials)
+    }
+
     /// Uploads `body` to `key` and confirms it: a 2xx status, an ETag equal to the
     /// body's MD5 when the server sends one (single-part uploads), and a HEAD whose
     /// size matches. `Content-MD5` makes the server refuse a body damaged in transit.
     pub fn put(&self, key: &str, body: &[u8]) -> Result<(), ShipError> {
+        let credentials = self.credentials()?;
         let md5 = Md5::digest(body);
         let md5_b64 = base64::engine::general_purpose::STANDARD.encode(md5);
-        let md5_hex: String = md5.iter().map(|b| format!("{b:02x}")).collect();
+        let md5_hex = crate::hex::encode(&md5);
         let retain_until = self.object_lock.map(|lock| {
             let until = time::OffsetDateTime::now_utc() + time::Duration::days(lock.days.into());
             until
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default()
         });
-        let mut action = actions::PutObject::new(&self.bucket, Some(&self.credentials), key);
+        let mut action = actions::PutObject::new(&self.bucket, Some(&credentials), key);
         action.headers_mut().insert("content-md5", md5_b64.clone());
         if let (Some(lock), Some(until)) = (self.object_lock, &retain_until) {
             action
@@ -156,7 +217,8 @@ impl S3Client {
 
     /// The size of `key`, `None` if it does not exist.
     pub fn head_len(&self, key: &str) -> Result<Option<u64>, ShipError> {
-        let url = actions::HeadObject::new(&self.bucket, Some(&self.credentials), key)
+        let credentials = self.credentials()?;
+        let url = actions::HeadObject::new(&self.bucket, Some(&credentials), key)
             .sign(SIGNATURE_VALIDITY);
         let response = self
             .http
@@ -176,8 +238,9 @@ impl S3Client {
 
     /// The content of `key`, `None` if it does not exist.
     pub fn get(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, ShipError> {
-        let url = actions::GetObject::new(&self.bucket, Some(&self.credentials), key)
-            .sign(SIGNATURE_VALIDITY);
+        let credentials = self.credentials()?;
+        let url =
+            actions::GetObject::new(&self.bucket, Some(&credentials), key).sign(SIGNATURE_VALIDITY);
         let mut response = self
             .http
             .get(url.as_str())
@@ -255,6 +318,40 @@ fn xml_field(body: &str, name: &str) -> Option<String> {
     let start = body.find(&open)? + open.len();
     let end = body[start..].find(&close)? + start;
     Some(body[start..end].trim().to_owned())
+}
+
+/// The CAs the endpoint's certificate may chain to: the system trust store
+/// (`/etc/ssl/certs`, `SSL_CERT_FILE`/`SSL_CERT_DIR`, as for the HTTP targets) and
+/// `ca_file`; the web roots bundled with ureq when the system has none and no `ca_file`
+/// is set. An unreadable `ca_file`, or one without a certificate, is an error.
+pub fn root_certs(ca_file: Option<&std::path::Path>) -> Result<RootCerts, ShipError> {
+    let mut certs: Vec<Certificate<'static>> = rustls_native_certs::load_native_certs()
+        .certs
+        .iter()
+        .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+        .collect();
+    if let Some(path) = ca_file {
+        let bad = |why: String| ShipError::CaFile {
+            path: path.to_path_buf(),
+            why,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let before = certs.len();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(PemItem::Certificate(cert)) => certs.push(cert),
+                Ok(_) => {}
+                Err(e) => return Err(bad(format!("not PEM: {e}"))),
+            }
+        }
+        if certs.len() == before {
+            return Err(bad("no CERTIFICATE in it".into()));
+        }
+    }
+    if certs.is_empty() {
+        return Ok(RootCerts::WebPki);
+    }
+    Ok(RootCerts::Specific(std::sync::Arc::new(certs)))
 }
 
 #[cfg(test)]

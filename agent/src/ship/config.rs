@@ -33,9 +33,14 @@ pub struct RawShipping {
     pub bucket: Spanned<String>,
     pub region: Option<Spanned<String>>,
     pub prefix: Option<Spanned<String>>,
-    pub access_key_id: Spanned<String>,
+    pub access_key_id: Option<Spanned<String>>,
+    pub instance_profile: Option<Spanned<bool>>,
+    pub imds_endpoint: Option<Spanned<String>>,
     pub secret_file: Option<Spanned<String>>,
     pub secret_credential: Option<Spanned<String>>,
+    pub session_token_file: Option<Spanned<String>>,
+    pub session_token_credential: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,
     pub object_lock_mode: Option<Spanned<String>>,
     pub object_lock_days: Option<Spanned<u32>>,
@@ -49,7 +54,7 @@ pub struct RawShipping {
 #[serde(deny_unknown_fields)]
 pub struct RawRetention {
     pub keep: Option<Spanned<String>>,
-    pub disk_budget: Option<Spanned<String>>,
+    pub disk_budget: Option<Spanned<crate::size::RawSize>>,
     pub delete_unshipped: Option<bool>,
     pub budget_check_interval: Option<Spanned<String>>,
 }
@@ -94,10 +99,11 @@ pub struct ShippingConfig {
     pub region: String,
     /// `prefix` (`"nhi"`): first component of every key, without slashes at the ends.
     pub prefix: String,
-    /// `access_key_id` (required).
-    pub access_key_id: String,
-    /// `secret_file = PATH` (mode 0600 enforced) or `secret_credential = NAME` (systemd).
-    pub secret: CredentialSource,
+    /// Who the uploads are signed as.
+    pub credentials: ShipCredentials,
+    /// `ca_file`: PEM CA certificates trusted for the endpoint, besides the system
+    /// trust store (an internal CA in front of MinIO or Ceph).
+    pub ca_file: Option<std::path::PathBuf>,
     /// `interval` (`"30s"`): time between two passes of the background shipper.
     pub interval: Duration,
     /// `object_lock_mode` + `object_lock_days`: S3 Object Lock on every uploaded object.
@@ -108,6 +114,24 @@ pub struct ShippingConfig {
     pub backoff_initial: Duration,
     /// `backoff_max` (`"60s"`): the cap of the doubling pause.
     pub backoff_max: Duration,
+}
+
+/// `[shipping]`'s credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShipCredentials {
+    /// `access_key_id` with `secret_file = PATH` (mode 0600 enforced) or
+    /// `secret_credential = NAME` (systemd); for temporary keys (`ASIA...`) their STS
+    /// session token, `session_token_file` / `session_token_credential`, sent as
+    /// `X-Amz-Security-Token`.
+    Static {
+        access_key_id: String,
+        secret: CredentialSource,
+        session_token: Option<CredentialSource>,
+    },
+    /// `instance_profile = true`: the instance role's credential from the metadata
+    /// service at `imds_endpoint` (IMDSv2), fetched at the first upload and refreshed
+    /// before it expires.
+    InstanceProfile { imds_endpoint: String },
 }
 
 /// S3 Object Lock settings for uploaded objects.
@@ -226,8 +250,65 @@ impl ShippingConfig {
             }
             None => DEFAULT_PREFIX.to_owned(),
         };
-        let access_key_id = non_empty(&raw.access_key_id, "access_key_id")?;
-        let secret = match (&raw.secret_file, &raw.secret_credential) {
+        let credentials = if raw.instance_profile.as_ref().is_some_and(|v| *v.get_ref()) {
+            let statics = [
+                (
+                    "access_key_id",
+                    raw.access_key_id.as_ref().map(Spanned::span),
+                ),
+                ("secret_file", raw.secret_file.as_ref().map(Spanned::span)),
+                (
+                    "secret_credential",
+                    raw.secret_credential.as_ref().map(Spanned::span),
+                ),
+                (
+                    "session_token_file",
+                    raw.session_token_file.as_ref().map(Spanned::span),
+                ),
+                (
+                    "session_token_credential",
+                    raw.session_token_credential.as_ref().map(Spanned::span),
+                ),
+            ];
+            if let Some((key, span)) = statics.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(ShipProblem {
+                    span,
+                    message: format!(
+                        "instance_profile = true takes the credential from the metadata service: remove {key}"
+                    ),
+                });
+            }
+            let imds_endpoint = match &raw.imds_endpoint {
+                None => crate::protocol::aws::imds::endpoint_from_env(),
+                Some(e) => match url::Url::parse(e.get_ref()) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                        e.get_ref().trim_end_matches('/').to_owned()
+                    }
+                    _ => {
+                        return Err(ShipProblem::at(
+                            e,
+                            "imds_endpoint must be an http:// URL with a host (default http://169.254.169.254)",
+                        ))
+                    }
+                },
+            };
+            ShipCredentials::InstanceProfile { imds_endpoint }
+        } else {
+            if let Some(e) = &raw.imds_endpoint {
+                return Err(ShipProblem::at(
+                    e,
+                    "imds_endpoint needs instance_profile = true",
+                ));
+            }
+            let Some(access_key_id) = &raw.access_key_id else {
+                return Err(ShipProblem {
+                span: Some(span),
+                message: "[shipping] needs access_key_id with its secret (or instance_profile = true)"
+                    .to_owned(),
+            });
+            };
+            let access_key_id = non_empty(access_key_id, "access_key_id")?;
+            let secret = match (&raw.secret_file, &raw.secret_credential) {
             (Some(f), None) => {
                 let path = std::path::PathBuf::from(f.get_ref());
                 if !path.is_absolute() {
@@ -248,6 +329,45 @@ impl ShippingConfig {
                     message: "[shipping] needs the secret access key: secret_file = \"/path\" (mode 0600) or secret_credential = \"name\" (systemd LoadCredential=)".to_owned(),
                 })
             }
+        };
+            let session_token = match (&raw.session_token_file, &raw.session_token_credential) {
+                (None, None) => None,
+                (Some(f), None) => {
+                    let path = std::path::PathBuf::from(f.get_ref());
+                    if !path.is_absolute() {
+                        return Err(ShipProblem::at(
+                            f,
+                            "session_token_file must be an absolute path",
+                        ));
+                    }
+                    Some(CredentialSource::File(path))
+                }
+                (None, Some(c)) => Some(CredentialSource::Systemd(non_empty(
+                    c,
+                    "session_token_credential",
+                )?)),
+                (Some(f), Some(_)) => {
+                    return Err(ShipProblem::at(
+                        f,
+                        "set either session_token_file or session_token_credential, not both",
+                    ))
+                }
+            };
+            ShipCredentials::Static {
+                access_key_id,
+                secret,
+                session_token,
+            }
+        };
+        let ca_file = match &raw.ca_file {
+            None => None,
+            Some(f) if std::path::Path::new(f.get_ref()).is_absolute() => {
+                if endpoint.scheme() != "https" {
+                    return Err(ShipProblem::at(f, "ca_file needs an https:// endpoint"));
+                }
+                Some(std::path::PathBuf::from(f.get_ref()))
+            }
+            Some(f) => return Err(ShipProblem::at(f, "ca_file must be an absolute path")),
         };
         let interval = duration(raw.interval.as_ref(), "interval", DEFAULT_INTERVAL)?;
         let object_lock = match (&raw.object_lock_mode, &raw.object_lock_days) {
@@ -302,8 +422,8 @@ impl ShippingConfig {
             bucket,
             region,
             prefix,
-            access_key_id,
-            secret,
+            credentials,
+            ca_file,
             interval,
             object_lock,
             attempts,
@@ -321,23 +441,14 @@ impl RetentionConfig {
             .as_ref()
             .map(|k| duration(Some(k), "keep", Duration::ZERO))
             .transpose()?;
-        let disk_budget = match &raw.disk_budget {
-            Some(b) => Some(parse_size(b.get_ref()).ok_or_else(|| {
-                ShipProblem::at(
-                    b,
-                    format!(
-                        "invalid size \"{}\" for disk_budget (examples: \"500MiB\", \"10GiB\", \"2GB\")",
-                        b.get_ref()
-                    ),
-                )
-            })?),
-            None => None,
-        };
-        if disk_budget == Some(0) {
-            if let Some(b) = &raw.disk_budget {
-                return Err(ShipProblem::at(b, "disk_budget must be larger than zero"));
-            }
-        }
+        let disk_budget = raw
+            .disk_budget
+            .as_ref()
+            .map(|b| {
+                crate::size::value(b.get_ref(), "[retention] disk_budget", 1..=u64::MAX)
+                    .map_err(|message| ShipProblem::at(b, message))
+            })
+            .transpose()?;
         Ok(RetentionConfig {
             keep,
             disk_budget,
@@ -384,31 +495,6 @@ fn duration(
     Ok(parsed)
 }
 
-/// Parses a byte size: a number with an optional unit, binary (`KiB`, `MiB`, `GiB`,
-/// `TiB`) or decimal (`B`, `KB`, `MB`, `GB`, `TB`); case-insensitive, spaces allowed
-/// between number and unit. `None` when it is not one, or overflows.
-pub fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => return None,
-    };
-    number.checked_mul(factor)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,14 +511,146 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("10GiB"), Some(10 << 30));
-        assert_eq!(parse_size("2 GB"), Some(2_000_000_000));
-        assert_eq!(parse_size("512"), Some(512));
-        assert_eq!(parse_size("1kib"), Some(1024));
-        assert_eq!(parse_size("GiB"), None);
-        assert_eq!(parse_size("1.5GiB"), None);
-        assert_eq!(parse_size("99999999999TiB"), None);
+    fn session_tokens_and_ca_file() {
+        let base = "[shipping]\nendpoint = \"https://s3.example\"\nbucket = \"b\"\naccess_key_id = \"ASIA\"\nsecret_file = \"/s\"\n";
+        let c = parse(base).expect("defaults");
+        let s = c.shipping.expect("shipping");
+        let token = |c: &ShipCredentials| match c {
+            ShipCredentials::Static { session_token, .. } => session_token.clone(),
+            ShipCredentials::InstanceProfile { .. } => panic!("static expected"),
+        };
+        assert_eq!(
+            (token(&s.credentials), s.ca_file, s.region.as_str()),
+            (None, None, "us-east-1")
+        );
+        let c = parse(&format!(
+            "{base}session_token_file = \"/etc/nhi-agent/s3.token\"\nca_file = \"/etc/nhi-agent/ca.pem\"\n"
+        ))
+        .expect("token file, ca_file");
+        let s = c.shipping.expect("shipping");
+        assert_eq!(
+            token(&s.credentials),
+            Some(CredentialSource::File("/etc/nhi-agent/s3.token".into()))
+        );
+        assert_eq!(s.ca_file, Some("/etc/nhi-agent/ca.pem".into()));
+        let c = parse(&format!("{base}session_token_credential = \"s3-token\"\n")).expect("cred");
+        assert_eq!(
+            token(&c.shipping.expect("shipping").credentials),
+            Some(CredentialSource::Systemd("s3-token".into()))
+        );
+        for (extra, needle) in [
+            (
+                "session_token_file = \"rel\"\n",
+                "session_token_file must be an absolute path",
+            ),
+            (
+                "session_token_file = \"/a\"\nsession_token_credential = \"b\"\n",
+                "not both",
+            ),
+            ("ca_file = \"ca.pem\"\n", "ca_file must be an absolute path"),
+        ] {
+            let err = parse(&format!("{base}{extra}")).expect_err(extra);
+            assert!(err.message.contains(needle), "{extra}: {}", err.message);
+            assert!(err.span.is_some());
+        }
+        let err = parse(
+            &base
+                .replace("https://", "http://")
+                .replace("[shipping]\n", "[shipping]\nca_file = \"/ca.pem\"\n"),
+        )
+        .expect_err("http");
+        assert!(
+            err.message.contains("ca_file needs an https:// endpoint"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn instance_profile_takes_no_static_key() {
+        let base = "[shipping]\nendpoint = \"https://s3.example\"\nbucket = \"b\"\ninstance_profile = true\n";
+        let c = parse(&format!("{base}imds_endpoint = \"http://127.0.0.1:9/\"\n")).expect("imds");
+        assert_eq!(
+            c.shipping.expect("shipping").credentials,
+            ShipCredentials::InstanceProfile {
+                imds_endpoint: "http://127.0.0.1:9".into()
+            }
+        );
+        for (extra, needle) in [
+            ("access_key_id = \"AK\"\n", "remove access_key_id"),
+            ("secret_file = \"/s\"\n", "remove secret_file"),
+            (
+                "imds_endpoint = \"ftp://x\"\n",
+                "imds_endpoint must be an http:// URL",
+            ),
+        ] {
+            let err = parse(&format!("{base}{extra}")).expect_err(extra);
+            assert!(err.message.contains(needle), "{extra}: {}", err.message);
+        }
+        let err = parse(
+            "[shipping]\nendpoint = \"https://s3.example\"\nbucket = \"b\"\nsecret_file = \"/s\"\n",
+        )
+        .expect_err("no key");
+        assert!(
+            err.message.contains("needs access_key_id"),
+            "{}",
+            err.message
+        );
+        let err = parse("[shipping]\nendpoint = \"https://s3.example\"\nbucket = \"b\"\naccess_key_id = \"A\"\nsecret_file = \"/s\"\nimds_endpoint = \"http://x\"\n")
+            .expect_err("imds without profile");
+        assert!(
+            err.message.contains("needs instance_profile = true"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn presigned_requests_carry_the_session_token() {
+        // What the client relies on rusty-s3 for: temporary keys' token in the URL.
+        use rusty_s3::S3Action as _;
+        let bucket = rusty_s3::Bucket::new(
+            "https://s3.example".parse().expect("url"),
+            rusty_s3::UrlStyle::Path,
+            "b",
+            "eu-west-1",
+        )
+        .expect("bucket");
+        let creds = rusty_s3::Credentials::new_with_token("ASIAX", "secret", "tok3n");
+        let url = rusty_s3::actions::HeadObject::new(&bucket, Some(&creds), "k")
+            .sign(std::time::Duration::from_secs(60));
+        assert!(url.as_str().contains("X-Amz-Security-Token=tok3n"), "{url}");
+        assert!(url.as_str().contains("eu-west-1"), "{url}");
+    }
+
+    #[test]
+    fn disk_budget_takes_the_shared_size_syntax() {
+        let budget = |v: &str| parse(&format!("[retention]\ndisk_budget = {v}\n"));
+        for (v, bytes) in [
+            ("\"10GiB\"", 10 << 30),
+            ("\"2 GB\"", 2_000_000_000),
+            ("\"512\"", 512),
+            ("\"1kib\"", 1024),
+            // An integer was refused here while [evidence] took it.
+            ("1073741824", 1 << 30),
+        ] {
+            let c = budget(v).expect(v);
+            assert_eq!(c.retention.disk_budget, Some(bytes), "{v}");
+        }
+        for v in ["\"GiB\"", "\"1.5GiB\"", "\"99999999999TiB\"", "-1"] {
+            let err = budget(v).expect_err(v);
+            assert!(
+                err.message
+                    .starts_with(&format!("invalid size {v} for [retention] disk_budget")),
+                "{v}: {}",
+                err.message
+            );
+        }
+        let err = budget("\"0MiB\"").expect_err("zero");
+        assert_eq!(
+            err.message,
+            "[retention] disk_budget must be at least 1 byte (got \"0MiB\")"
+        );
     }
 
     #[test]
@@ -446,8 +664,12 @@ mod tests {
         assert_eq!(s.prefix, DEFAULT_PREFIX);
         assert_eq!(s.interval, DEFAULT_INTERVAL);
         assert_eq!(
-            s.secret,
-            CredentialSource::File("/etc/nhi/s3.secret".into())
+            s.credentials,
+            ShipCredentials::Static {
+                access_key_id: "AK".into(),
+                secret: CredentialSource::File("/etc/nhi/s3.secret".into()),
+                session_token: None,
+            }
         );
         assert_eq!(s.object_lock, None);
         assert_eq!(c.retention, RetentionConfig::default());
@@ -462,7 +684,9 @@ mod tests {
         .expect("valid");
         let s = c.shipping.expect("shipping");
         assert_eq!(s.prefix, "a/b");
-        assert_eq!(s.secret, CredentialSource::Systemd("s3".into()));
+        assert!(
+            matches!(&s.credentials, ShipCredentials::Static { secret: CredentialSource::Systemd(n), .. } if n == "s3")
+        );
         assert_eq!(
             s.object_lock,
             Some(ObjectLock {

@@ -5,7 +5,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -71,22 +70,14 @@ impl Cursor {
         };
         let dir = path.parent().unwrap_or_else(|| Path::new("/"));
         fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
-        let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| ShipError::BadCursor {
             path: path.to_owned(),
             why: e.to_string(),
         })?;
-        {
-            let mut f = fs::File::create(&tmp).map_err(|e| io("writing", e))?;
-            f.write_all(&bytes).map_err(|e| io("writing", e))?;
-            f.sync_all().map_err(|e| io("syncing", e))?;
-        }
-        fs::rename(&tmp, path).map_err(|e| io("renaming into", e))?;
-        // The rename is durable only once the directory is.
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("syncing the directory of", e))?;
-        Ok(())
+        crate::atomic::write(path, &bytes, 0o666).map_err(|e| ShipError::Io {
+            what: format!("{} {}", e.op, e.path.display()),
+            source: e.source,
+        })
     }
 
     /// Whether segment `seq` of `journal_id` was uploaded (below the mark or beyond a

@@ -59,6 +59,12 @@ pub enum ShipError {
     /// The endpoint cannot be used for a bucket.
     #[error("invalid shipping endpoint {0}")]
     Endpoint(String),
+    /// `instance_profile`: the metadata service gave no credential.
+    #[error("[shipping] instance_profile: the instance role's credential from {0}")]
+    InstanceProfile(String),
+    /// `[shipping] ca_file` cannot be used.
+    #[error("[shipping] ca_file {path}: {why}")]
+    CaFile { path: PathBuf, why: String },
     /// 403 InvalidAccessKeyId / SignatureDoesNotMatch and the like.
     #[error(
         "upstream rejected our credentials ({code}) for {key}: check [shipping] access_key_id and the secret"

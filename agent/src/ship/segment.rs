@@ -51,11 +51,7 @@ pub fn parse_seal(jws: &[u8], what: &Path) -> Result<SealPayload, ShipError> {
 
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&Sha256::digest(bytes))
 }
 
 /// One complete (sealed) segment.

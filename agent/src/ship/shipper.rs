@@ -66,7 +66,7 @@ impl Shipper {
         budget: Budget,
     ) -> Result<Shipper, ShipError> {
         let client = match &config.shipping {
-            Some(s) => Some(S3Client::new(s, &s.secret.load()?)?),
+            Some(s) => Some(S3Client::new(s)?),
             None => None,
         };
         Ok(Shipper {

@@ -55,7 +55,7 @@ pub struct RawStream {
     pub sourcetype: Option<Spanned<String>>,
     // file
     pub path: Option<Spanned<String>>,
-    pub max_bytes: Option<Spanned<String>>,
+    pub max_bytes: Option<Spanned<crate::size::RawSize>>,
     pub keep: Option<Spanned<u32>>,
 }
 
@@ -395,17 +395,8 @@ impl StreamConfig {
             _ => {
                 let max_bytes = match &raw.max_bytes {
                     None => DEFAULT_FILE_MAX_BYTES,
-                    Some(v) => crate::ship::config::parse_size(v.get_ref())
-                        .filter(|n| *n >= 4096)
-                        .ok_or_else(|| {
-                            StreamProblem::at(
-                                v,
-                                format!(
-                                    "invalid max_bytes \"{}\": a size of at least 4KB (e.g. \"64MB\")",
-                                    v.get_ref()
-                                ),
-                            )
-                        })?,
+                    Some(v) => crate::size::value(v.get_ref(), "max_bytes", 4096..=u64::MAX)
+                        .map_err(|e| StreamProblem::at(v, e))?,
                 };
                 let keep = match &raw.keep {
                     None => DEFAULT_FILE_KEEP,
@@ -632,7 +623,7 @@ mod tests {
             ),
             (
                 "name = \"a\"\ntype = \"file\"\npath = \"/x\"\nmax_bytes = \"10\"",
-                "at least 4KB",
+                "at least 4KiB",
             ),
             (
                 "name = \"a\"\ntype = \"file\"\npath = \"/x\"\nformat = \"xml\"",

@@ -2,10 +2,9 @@
 //! certificates the agent presents to workloads whose TLS it terminates.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, File};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -364,12 +363,8 @@ impl AgentCa {
 fn ca_params(key: &KeyPair) -> CertificateParams {
     let now = OffsetDateTime::now_utc();
     let mut params = CertificateParams::default();
-    let key_id: String = params
-        .key_identifier(key)
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let key_identifier = params.key_identifier(key);
+    let key_id = crate::hex::encode(&key_identifier[..key_identifier.len().min(8)]);
     let mut dn = DistinguishedName::new();
     dn.push(
         DnType::CommonName,
@@ -430,34 +425,15 @@ fn read_key(path: &Path) -> Result<Option<KeyPair>, TlsError> {
 /// Writes `path` through a temporary file created with `mode` (so the key is never
 /// readable by others, not even briefly), fsynced and renamed into place; then fsyncs
 /// the directory so the rename survives a crash.
+/// [`crate::atomic::write`]; `dir` is `path`'s directory.
 pub(crate) fn write_atomically(
     dir: &Path,
     path: &Path,
     contents: &[u8],
     mode: u32,
 ) -> Result<(), TlsError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    // A leftover from a crash would make create_new fail.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(file_err(&tmp, source)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|source| file_err(&tmp, source))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(|source| file_err(&tmp, source))?;
-    fs::rename(&tmp, path).map_err(|source| file_err(path, source))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| file_err(dir, source))
+    debug_assert_eq!(path.parent(), Some(dir));
+    crate::atomic::write(path, contents, mode).map_err(|e| file_err(&e.path, e.source))
 }
 
 fn file_err(path: &Path, source: std::io::Error) -> TlsError {

@@ -152,7 +152,10 @@ pub(crate) fn replay_timeline(path: &std::path::Path, id: crate::journal::Sessio
     use crate::cli::replay::{write_replay, ReplayArgs};
     let args = ReplayArgs {
         session: id.to_string(),
-        journal: vec![path.to_path_buf()],
+        inputs: crate::cli::filter::InputArgs {
+            journal: vec![path.to_path_buf()],
+            paths: Vec::new(),
+        },
         json: false,
         speed: None,
         instant: true,

@@ -1356,7 +1356,10 @@ mod tests {
         let id = ssh_journal(&path).await;
         let args = ReplayArgs {
             session: id.to_string(),
-            journal: vec![path.clone()],
+            inputs: crate::cli::filter::InputArgs {
+                journal: vec![path.clone()],
+                paths: Vec::new(),
+            },
             json: false,
             speed: Some(2.0),
             instant: false,

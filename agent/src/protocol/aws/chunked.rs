@@ -838,23 +838,13 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
 }
 
 fn hex(bytes: &[u8; 32]) -> [u8; SIGNATURE_LEN] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0; SIGNATURE_LEN];
-    for (i, byte) in bytes.iter().enumerate() {
-        out[2 * i] = DIGITS[usize::from(byte >> 4)];
-        out[2 * i + 1] = DIGITS[usize::from(byte & 0xf)];
-    }
+    crate::hex::encode_to_slice(bytes, &mut out);
     out
 }
 
 fn unhex(digits: &[u8; SIGNATURE_LEN]) -> Option<[u8; 32]> {
-    let mut out = [0; 32];
-    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        let high = char::from(pair[0]).to_digit(16)?;
-        let low = char::from(pair[1]).to_digit(16)?;
-        *byte = u8::try_from((high << 4) | low).ok()?;
-    }
-    Some(out)
+    crate::hex::decode(digits)
 }
 
 #[cfg(test)]

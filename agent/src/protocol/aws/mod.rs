@@ -5,6 +5,7 @@
 pub mod action;
 pub mod chunked;
 pub mod error;
+pub mod imds;
 pub mod sigv4;
 
 /// The name of the mask rule the agent adds to every session of an AWS target.

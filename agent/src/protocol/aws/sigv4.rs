@@ -746,12 +746,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// `hex(sha256(data))`.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(data);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    crate::hex::encode(&sha2::Sha256::digest(data))
 }
 
 /// Whether an `x-amz-content-sha256` value is a hash (64 lowercase hex digits) or one

@@ -358,12 +358,8 @@ pub fn md5_response(user: &str, password: &Secret, salt: [u8; 4]) -> Secret {
 
 /// Lower-case hex, as PostgreSQL writes MD5 hashes.
 fn hex(bytes: &[u8]) -> Vec<u8> {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = Vec::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0x0f)]);
-    }
+    crate::hex::encode_into(&mut out, bytes);
     out
 }
 

@@ -1486,12 +1486,7 @@ fn show_text(bytes: &[u8]) -> String {
 
 /// `\x` and the bytes in hex, as psql shows bytea.
 fn hex_value(bytes: &[u8]) -> String {
-    let mut hex = String::with_capacity(2 + bytes.len() * 2);
-    hex.push_str("\\x");
-    for b in bytes {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    hex
+    format!("\\x{}", crate::hex::encode(bytes))
 }
 
 /// `show` of at most [`MAX_RECORDED_VALUE`] bytes of `value`; when cut, says the

@@ -12,6 +12,7 @@ use crate::policy::PolicyMode;
 use crate::tls::{self, AgentCa, UpstreamTls};
 
 use super::flow::SessionRules;
+use crate::proxy::StateAccess;
 
 /// Per-target state, indexed like [`Config::targets`].
 pub struct TargetRuntime {
@@ -36,10 +37,16 @@ pub struct PgRuntime {
 impl PgRuntime {
     /// Builds the runtime of `config`: reads credentials, loads (or creates) the masking
     /// key and the local CA in the state directory. Errors name the target and the file.
-    pub fn build(config: &Config) -> anyhow::Result<PgRuntime> {
+    pub fn build(config: &Config, access: StateAccess) -> anyhow::Result<PgRuntime> {
         let state_dir = &config.agent.state_dir;
         let needs_key = !config.masks.is_empty();
-        let key = if needs_key {
+        let key_path = state_dir.join("mask.key");
+        let key = if needs_key && access == StateAccess::ReadOnly && key_path.exists() {
+            Arc::new(
+                HashKey::load(&key_path)
+                    .with_context(|| format!("masking key {}", key_path.display()))?,
+            )
+        } else if needs_key && access == StateAccess::Create {
             std::fs::create_dir_all(state_dir)
                 .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
             let path = state_dir.join("mask.key");
@@ -65,6 +72,12 @@ impl PgRuntime {
         });
         let ca = if needs_ca {
             let dir = state_dir.join("tls");
+            // Loading writes nothing once the certificate exists (without its key, the
+            // load refuses).
+            let complete = dir.join(crate::tls::ca::CA_CERT_FILE).exists();
+            let (dir, _scratch) = access
+                .dir(&dir, complete)
+                .context("a temporary directory for a throwaway CA")?;
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             Some(Arc::new(AgentCa::load_or_create(&dir).with_context(

@@ -10,6 +10,7 @@ use russh::keys::{Certificate, PrivateKey};
 use super::ca::{parse_private_key, SshCa};
 use crate::config::{Config, CredentialRef, HostKeyCheck, Protocol};
 use crate::credential::CredentialSource;
+use crate::proxy::StateAccess;
 
 /// The SSH directory under the state directory.
 pub const SSH_DIR: &str = "ssh";
@@ -49,12 +50,18 @@ pub struct SshRuntime {
 impl SshRuntime {
     /// Loads the CA (creating it on first use) and every SSH target's key. Errors name
     /// the target and the file, never key material.
-    pub fn build(config: &Config) -> anyhow::Result<SshRuntime> {
+    pub fn build(config: &Config, access: StateAccess) -> anyhow::Result<SshRuntime> {
         let mut runtime = SshRuntime::default();
         if !config.targets.iter().any(|t| t.protocol == Protocol::Ssh) {
             return Ok(runtime);
         }
         let dir = config.agent.state_dir.join(SSH_DIR);
+        let complete = [super::ca::CA_KEY_FILE, super::ca::HOST_KEY_FILE]
+            .iter()
+            .all(|name| dir.join(name).exists());
+        let (dir, _scratch) = access
+            .dir(&dir, complete)
+            .context("a temporary directory for a throwaway SSH CA")?;
         runtime.ca = Some(Arc::new(
             SshCa::load_or_create(&dir)
                 .with_context(|| format!("the agent's SSH CA in {}", dir.display()))?,
