@@ -301,11 +301,13 @@ fn status_and_reload_tell_the_running_agents_state_and_verdicts() {
                 "\n[[target]]\nname = \"echo2\"\naddress = \"{}\"\n",
                 echo2.addr
             )
+            + "\n[lineage]\nmask_argv = [\"--db-pass*\"]\n"
     });
     let (code, stdout, stderr) = reload(&agent);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
-        stdout.contains("2 targets") && stdout.contains("kept until a restart: journal_fsync"),
+        stdout.contains("2 targets")
+            && stdout.contains("kept until a restart: journal_fsync, [lineage]"),
         "{stdout}"
     );
     let (code, s) = status(&agent);

@@ -826,17 +826,15 @@ fn apply_reload(
     } else {
         None
     };
-    // The tracepoints are attached at start with these.
-    let (nl, ol) = (&new.lineage, &old.lineage);
-    if (nl.enabled, nl.argv_max, nl.argv_max_bytes) != (ol.enabled, ol.argv_max, ol.argv_max_bytes)
-    {
+    // The tracepoints are attached at start with these, and the exec reader masks argv
+    // with the start's `argv_mask`; the sessions' cmdline keeps the same mask so both
+    // stay alike until a restart.
+    if new.lineage != old.lineage {
         warn!(
-            key = "[lineage] enabled/argv_max/argv_max_bytes",
-            "changing these keys needs a restart; keeping the running values"
+            key = "[lineage]",
+            "changing this section needs a restart; keeping the running values"
         );
-        new.lineage.enabled = ol.enabled;
-        new.lineage.argv_max = ol.argv_max;
-        new.lineage.argv_max_bytes = ol.argv_max_bytes;
+        new.lineage = old.lineage.clone();
         kept.push("[lineage]");
     }
     // [shipping] and [retention]: a new shipper (its secret read again now, so a rotated
