@@ -350,14 +350,7 @@ impl Datastore {
         ]);
         event.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
         if let Some(e) = error {
-            event.insert(
-                "status_code".into(),
-                e.get("sqlstate").cloned().unwrap_or(Value::Null),
-            );
-            event.insert(
-                "status_detail".into(),
-                e.get("message").cloned().unwrap_or(Value::Null),
-            );
+            insert_pg_error(&mut event, e);
         }
         if let Some(end) = end {
             event.insert("start_time".into(), json!(start));
@@ -603,14 +596,7 @@ fn authentication(
     ];
     event.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
     if let Some(e) = error {
-        event.insert(
-            "status_code".into(),
-            e.get("sqlstate").cloned().unwrap_or(Value::Null),
-        );
-        event.insert(
-            "status_detail".into(),
-            e.get("message").cloned().unwrap_or(Value::Null),
-        );
+        insert_pg_error(&mut event, e);
     }
     Value::Object(event)
 }
@@ -1056,4 +1042,16 @@ pub(crate) fn check_required(event: &Value) -> Vec<String> {
         other => problems.push(format!("unexpected class_uid {other}")),
     }
     problems
+}
+
+/// A PostgreSQL error's SQLSTATE and message as OCSF `status_code` / `status_detail`.
+fn insert_pg_error(event: &mut serde_json::Map<String, Value>, e: &Value) {
+    event.insert(
+        "status_code".into(),
+        e.get("sqlstate").cloned().unwrap_or(Value::Null),
+    );
+    event.insert(
+        "status_detail".into(),
+        e.get("message").cloned().unwrap_or(Value::Null),
+    );
 }
