@@ -398,9 +398,9 @@ impl Metrics {
         self.journal_failed_batches.inc();
     }
 
-    /// A shipping pass ended: `uploaded` segments, the last of them `last_seq`, and
-    /// `pending` still to ship (when known); or it failed.
-    pub fn ship_pass(&self, ok: bool, uploaded: &[u64], pending: Option<u64>) {
+    /// A shipping pass ended, `ok` or failed: the segments it `uploaded` and how many
+    /// are still `pending`.
+    pub fn ship_pass(&self, ok: bool, uploaded: &[u64], pending: u64) {
         if !ok {
             self.ship_errors.inc();
         }
@@ -408,9 +408,7 @@ impl Metrics {
         if let Some(&last) = uploaded.iter().max() {
             self.ship_last_shipped_seq.set(last as i64);
         }
-        if let Some(p) = pending {
-            self.ship_segments_pending.set(p as i64);
-        }
+        self.ship_segments_pending.set(pending as i64);
     }
 
     /// The lineage reader's running total of dropped records.
@@ -521,8 +519,8 @@ mod tests {
             std::time::Duration::from_millis(2),
             std::time::Duration::from_millis(1),
         );
-        m.ship_pass(true, &[3, 4], Some(1));
-        m.ship_pass(false, &[], None);
+        m.ship_pass(false, &[], 3);
+        m.ship_pass(true, &[3, 4], 1);
         m.lineage_dropped_total(5);
         m.lineage_dropped_total(7);
         m.disk(1000, Some(4000));

@@ -111,6 +111,15 @@ impl Shipper {
             error!(error = %e, "retention failed");
         }
         self.measure_budget();
+        // What this pass uploaded (also when it failed part-way) and what is left.
+        let pending = scan
+            .journals
+            .iter()
+            .flat_map(|(id, segments)| segments.iter().map(move |s| (id, s.seq)))
+            .filter(|(id, seq)| !cursor.is_uploaded(id, *seq))
+            .count() as u64;
+        let uploaded: Vec<u64> = report.uploaded.iter().map(|(_, seq)| *seq).collect();
+        crate::metrics::get().ship_pass(shipped.is_ok(), &uploaded, pending);
         shipped.map(|()| report)
     }
 
@@ -382,19 +391,6 @@ impl Shipper {
                 _ = tokio::time::sleep_until(next_pass) => {
                     let me = self.clone();
                     let result = tokio::task::spawn_blocking(move || me.pass()).await;
-                    let pending = {
-                        let me = self.clone();
-                        tokio::task::spawn_blocking(move || me.status(false).ok())
-                            .await
-                            .ok()
-                            .flatten()
-                            .map(|s| s.journals.iter().map(|j| j.pending_segments.len() as u64).sum())
-                    };
-                    let uploaded: Vec<u64> = match &result {
-                        Ok(Ok(report)) => report.uploaded.iter().map(|(_, seq)| *seq).collect(),
-                        _ => Vec::new(),
-                    };
-                    crate::metrics::get().ship_pass(matches!(result, Ok(Ok(_))), &uploaded, pending);
                     let pause = match result {
                         Ok(Ok(report)) => {
                             backoff.reset();
