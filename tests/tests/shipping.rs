@@ -505,13 +505,14 @@ fn running_agent_ships_sealed_segments_in_the_background() {
     host.segment(1, DAY_US, 1000);
     host.segment(2, DAY_US, 1000);
     let echo = EchoServer::start("127.0.0.2:0");
+    let metrics_port = free_port();
     let mut agent = Agent::configure_journal(
         &format!(
             "[[target]]\nname = \"echo\"\naddress = \"{}\"\nprotocol = \"tcp\"\n{}interval = \"200ms\"\n",
             echo.addr,
             host.shipping_section(&s3, S3Server::SECRET_KEY)
         ),
-        "",
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
         &[],
         Some(&host.journal()),
     );
@@ -540,6 +541,30 @@ fn running_agent_ships_sealed_segments_in_the_background() {
     wait_hwm(3);
     assert_eq!(s3.keys(), expected_keys(&host, &[1, 2, 3]));
     assert_identical(&host, &s3, &[1, 2, 3]);
+    // The shipping metrics tell the same: three uploaded, the last one 3, none pending.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{metrics_port}/metrics")])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let sample = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        };
+        let got = (
+            sample("nhi_ship_segments_uploaded_total"),
+            sample("nhi_ship_last_shipped_seq"),
+            sample("nhi_ship_segments_pending"),
+            sample("nhi_ship_errors_total"),
+        );
+        if got == (Some(3.0), Some(3.0), Some(0.0), Some(0.0)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{got:?}\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_eq!(agent.terminate(), Some(0));
 }
 
