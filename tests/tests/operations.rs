@@ -328,8 +328,10 @@ fn status_and_reload_tell_the_running_agents_state_and_verdicts() {
         1.0
     );
 
-    // Nobody listening: exit 3.
-    agent.terminate();
+    // Killed: the socket file stays behind with nobody listening, which is exit 3 (not
+    // running), not a refusal.
+    agent.kill9();
+    assert!(agent.dir.path().join("approvals.sock").exists());
     let (code, s) = status(&agent);
     assert_eq!(code, 3, "{s:#}");
     assert!(
