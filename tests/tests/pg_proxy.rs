@@ -344,6 +344,198 @@ fn masked_columns_never_reach_the_client_in_text_or_binary_format() {
     assert!(masked_events >= 2, "masked columns are journaled");
 }
 
+/// Every file under `dir` (journal, segments, pre-log, WAL, checkpoints, logs) as
+/// lossy text, with its path.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, String::from_utf8_lossy(&bytes).into_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn originals_are_sealed_for_auditors_and_revealed_only_with_their_key() {
+    privileged!("originals_are_sealed_for_auditors_and_revealed_only_with_their_key");
+    let keys = tempfile::tempdir().unwrap();
+    let keygen = |name: &str| {
+        let path = keys.path().join(name);
+        let out = Command::new("age-keygen")
+            .arg("-o")
+            .arg(&path)
+            .output()
+            .expect("age-keygen (apt install age)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let public = Command::new("age-keygen")
+            .arg("-y")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            path,
+            String::from_utf8(public.stdout).unwrap().trim().to_owned(),
+        )
+    };
+    let (auditor, auditor_public) = keygen("auditor.key");
+    let (stranger, _) = keygen("stranger.key");
+    assert!(auditor_public.starts_with("age1"), "{auditor_public}");
+
+    let pg = PgServer::start();
+    pg.sql(
+        "create table customers (id int, email text, note text); \
+         insert into customers values (1, 'alice@example.com', 'card 4111 1111 1111 1111'), \
+         (2, 'carol@example.net', 'nothing here')",
+    );
+    let cg = TestCgroup::create(&format!("{}/reporter", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "{}{}\n\
+         [evidence]\nauditor_recipients = [\"{auditor_public}\"]\n\n\
+         [[mask]]\nname = \"pii\"\ncolumns = [\"email\"]\ndetectors = [\"email\", \"credit_card\"]\n",
+        workload("reporter", &cg),
+        pg_target("crm", pg.addr(), "")
+    ));
+    // The statements from a file: a command line is journaled (exec events) through the
+    // credential detectors only, not the [[mask]] rules.
+    let script = keys.path().join("report.sql");
+    std::fs::write(
+        &script,
+        "select email, note from customers order by id;\n",
+    )
+    .unwrap();
+    let shown = ok(psql(&cg, pg.port, &["-f", script.to_str().unwrap()]));
+    for secret in ["alice@example.com", "carol@example.net", "4111 1111"] {
+        assert!(
+            !shown.contains(secret),
+            "{secret} reached the client: {shown}"
+        );
+    }
+    let sessions = agent.wait_sessions_ended(1);
+    let session = sessions[0]["id"].as_i64().unwrap().to_string();
+    let journal = agent.journal.to_str().unwrap();
+
+    // Nothing on the host holds an original in the clear: journal, segments, pre-log,
+    // WAL, checkpoints, the agent's log.
+    let originals = [
+        "alice@example.com",
+        "carol@example.net",
+        "4111 1111 1111 1111",
+    ];
+    let files = files_under(agent.dir.path());
+    assert!(files.len() > 2, "{files:?}");
+    for (path, text) in &files {
+        for original in originals {
+            assert!(
+                !text.contains(original),
+                "{original} in clear in {}: {}",
+                path.display(),
+                &text[text.find(original).unwrap().saturating_sub(300)..]
+                    .chars()
+                    .take(500)
+                    .collect::<String>()
+            );
+        }
+    }
+    // The chain holds the sealed batches, and verifies.
+    let events = agent.events(sessions[0]["id"].as_i64().unwrap());
+    let sealed: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "sealed_originals")
+        .collect();
+    let values: u64 = sealed
+        .iter()
+        .map(|e| e["data"]["values"].as_u64().unwrap())
+        .sum();
+    // Two emails and a card number in the rows.
+    assert_eq!(values, 3, "{sealed:?}");
+    assert!(sealed
+        .iter()
+        .all(|e| e["data"]["recipients"][0] == auditor_public.as_str()));
+    agent.assert_verifies();
+
+    // The replay says originals are sealed, without them.
+    let replay = agent.cli(&["replay", &session, "--journal", journal, "--instant"]);
+    let replay_text = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "{replay_text}");
+    assert!(
+        replay_text.contains("sealed for the auditors (nhi-agent reveal)"),
+        "{replay_text}"
+    );
+    assert!(!replay_text.contains("alice@example.com"), "{replay_text}");
+
+    // The auditor's key opens them beside the masked values.
+    let reveal = agent.cli(&[
+        "reveal",
+        "--identity",
+        auditor.to_str().unwrap(),
+        &session,
+        "--journal",
+        journal,
+        "--instant",
+    ]);
+    let revealed = String::from_utf8_lossy(&reveal.stdout);
+    assert!(
+        reveal.status.success(),
+        "{revealed}\n{}",
+        String::from_utf8_lossy(&reveal.stderr)
+    );
+    for line in [
+        "[redacted]  ←  alice@example.com  (rule pii)",
+        "[redacted]  ←  carol@example.net  (rule pii)",
+        "[redacted]  ←  4111 1111 1111 1111  (rule pii)",
+    ] {
+        assert!(revealed.contains(line), "{line} missing from:\n{revealed}");
+    }
+    let json = agent.cli(&[
+        "reveal",
+        "--identity",
+        auditor.to_str().unwrap(),
+        &session,
+        "--journal",
+        journal,
+        "--json",
+    ]);
+    assert!(json.status.success());
+    let opened: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["kind"] == "sealed_originals")
+        .collect();
+    assert!(opened
+        .iter()
+        .any(|e| e["data"]["originals"]["values"][0]["original"] == "alice@example.com"));
+
+    // Any other key fails, and shows nothing.
+    let refused = agent.cli(&[
+        "reveal",
+        "--identity",
+        stranger.to_str().unwrap(),
+        &session,
+        "--journal",
+        journal,
+        "--instant",
+    ]);
+    let refused_out = String::from_utf8_lossy(&refused.stdout);
+    let refused_err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "{refused_out}\n{refused_err}"
+    );
+    assert!(refused_err.contains("does not open"), "{refused_err}");
+    for original in originals {
+        assert!(!refused_out.contains(original) && !refused_err.contains(original));
+    }
+}
+
 #[test]
 fn observe_mode_records_what_would_have_been_refused() {
     privileged!("observe_mode_records_what_would_have_been_refused");

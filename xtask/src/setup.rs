@@ -27,6 +27,9 @@ const APT_PACKAGES: &[&str] = &[
     "python3-websockets",
     "python3-requests",
     "openssl",
+    // age-keygen: the auditor keys of the sealed-originals test ([evidence]
+    // auditor_recipients), made as an auditor makes them.
+    "age",
     "sqlite3",
     "curl",
     "iproute2",

@@ -80,6 +80,9 @@ pub enum Command {
     Sessions(sessions::SessionsArgs),
     /// Show one session's timeline.
     Replay(replay::ReplayArgs),
+    /// Show one session's timeline with the originals of its masked values, opened with
+    /// an auditor's age identity (`[evidence] auditor_recipients`).
+    Reveal(replay::RevealArgs),
     /// List events across sessions and journals (statements, chunks, approvals, ...).
     Events(events::EventsArgs),
     /// Export events as OCSF or JSON lines.
@@ -121,6 +124,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Sessions(a) => sessions::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Reveal(a) => replay::reveal(a),
         Command::Events(a) => events::run(a),
         Command::Export(a) => export::run(a),
         Command::Policy(a) => policy::run(a),

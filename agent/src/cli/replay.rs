@@ -15,6 +15,7 @@
 //! records the size and time of each chunk, not its bytes, so there is no payload preview.
 
 use std::io::{self, IsTerminal as _, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +25,7 @@ use clap::Args;
 use super::filter::InputArgs;
 use super::select::Selection;
 use super::sessions::{finish_output, format_duration_ms, sanitize};
+use crate::evidence::auditor::{Identities, SealedOriginals, SEALED_ORIGINALS};
 use crate::journal::{format_rfc3339_us, EventRow, SetSession};
 
 /// The longest single wait of a default-speed playback.
@@ -53,6 +55,18 @@ pub struct ReplayArgs {
     /// Print everything at once, without the recorded gaps.
     #[arg(long)]
     pub instant: bool,
+}
+
+/// Arguments of `nhi-agent reveal`.
+#[derive(Debug, Clone, Args)]
+pub struct RevealArgs {
+    /// The auditor's age identity file (`age-keygen -o auditor.key`), whose public key
+    /// is one of `[evidence] auditor_recipients`.
+    #[arg(long, value_name = "FILE")]
+    pub identity: PathBuf,
+
+    #[command(flatten)]
+    pub replay: ReplayArgs,
 }
 
 fn parse_speed(value: &str) -> Result<f64, String> {
@@ -126,8 +140,108 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let terminal = stdout.is_terminal();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut sleep = std::thread::sleep;
-    let result = write_replay(args, &mut out, args.pace(terminal), &mut sleep);
+    let result = write_replay(args, &mut out, args.pace(terminal), &mut sleep, None);
     finish_output(result, &mut out)
+}
+
+/// `nhi-agent reveal`: the replay with the originals sealed for the auditors opened
+/// beside the masked values. Exit 1 when the identity opens none of the session's
+/// sealed originals.
+pub fn reveal(args: &RevealArgs) -> anyhow::Result<ExitCode> {
+    let identities = Identities::from_file(&args.identity)?;
+    let stdout = io::stdout();
+    let terminal = stdout.is_terminal();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut sleep = std::thread::sleep;
+    let mut reveal = Reveal {
+        identities,
+        opened: 0,
+        sealed: 0,
+        failure: None,
+    };
+    let result = write_replay(
+        &args.replay,
+        &mut out,
+        args.replay.pace(terminal),
+        &mut sleep,
+        Some(&mut reveal),
+    );
+    let code = finish_output(result, &mut out)?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    match (reveal.sealed, reveal.opened, reveal.failure) {
+        (0, _, _) => {
+            eprintln!("nhi-agent reveal: the session has no sealed originals (nothing it journaled was masked while [evidence] auditor_recipients was set)");
+            Ok(ExitCode::SUCCESS)
+        }
+        (sealed, opened, Some(failure)) if opened < sealed => {
+            anyhow::bail!("{failure} ({opened} of {sealed} sealed batches opened)")
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// What `reveal` opens the sealed originals with, and how it went.
+pub(crate) struct Reveal {
+    identities: Identities,
+    /// Sealed batches met, and opened.
+    sealed: u64,
+    opened: u64,
+    /// The first failure to open one.
+    failure: Option<String>,
+}
+
+/// Writes a `sealed_originals` event: its count, and with `reveal` the originals.
+fn write_sealed(
+    out: &mut dyn Write,
+    offset: &str,
+    event: &EventRow,
+    reveal: Option<&mut Reveal>,
+) -> anyhow::Result<()> {
+    let sealed: Option<SealedOriginals> = event
+        .data
+        .as_ref()
+        .and_then(|d| serde_json::from_value(d.clone()).ok());
+    let Some(sealed) = sealed else {
+        writeln!(out, "  {offset}  sealed originals (unreadable event)")?;
+        return Ok(());
+    };
+    let omitted = if sealed.omitted > 0 {
+        format!(", {} more over the limit not sealed", sealed.omitted)
+    } else {
+        String::new()
+    };
+    let Some(reveal) = reveal else {
+        writeln!(
+            out,
+            "  {offset}  {} original{} sealed for the auditors{omitted} (nhi-agent reveal)",
+            sealed.values,
+            if sealed.values == 1 { "" } else { "s" }
+        )?;
+        return Ok(());
+    };
+    reveal.sealed += 1;
+    match reveal.identities.open(&sealed) {
+        Ok(batch) => {
+            reveal.opened += 1;
+            writeln!(out, "  {offset}  originals{omitted}:")?;
+            for value in &batch.values {
+                writeln!(
+                    out,
+                    "      {}  ←  {}  (rule {})",
+                    sanitize(&value.masked),
+                    sanitize(&value.original),
+                    sanitize(&value.rule)
+                )?;
+            }
+        }
+        Err(e) => {
+            writeln!(out, "  {offset}  sealed originals: {e}")?;
+            reveal.failure.get_or_insert_with(|| e.to_string());
+        }
+    }
+    Ok(())
 }
 
 /// Writes the replay for `args` to `out`, paced by `pace` through `sleep`; an unknown
@@ -137,6 +251,7 @@ pub(crate) fn write_replay(
     out: &mut dyn Write,
     pace: Option<Pace>,
     sleep: &mut dyn FnMut(Duration),
+    mut reveal: Option<&mut Reveal>,
 ) -> anyhow::Result<()> {
     let selection = Selection::open(&args.inputs, true)?;
     let session = selection.resolve(&args.session)?;
@@ -159,6 +274,37 @@ pub(crate) fn write_replay(
             journal_id,
             id,
             |event| -> anyhow::Result<()> {
+                if let (Some(reveal), Some(data)) = (reveal.as_deref_mut(), &event.data) {
+                    if event.kind.as_str() == SEALED_ORIGINALS {
+                        // The opened batch, as `originals`, beside the sealed form.
+                        let mut event = event.clone();
+                        let opened = serde_json::from_value::<SealedOriginals>(data.clone())
+                            .map_err(|e| e.to_string())
+                            .and_then(|s| {
+                                reveal.sealed += 1;
+                                reveal.identities.open(&s).map_err(|e| e.to_string())
+                            });
+                        match opened {
+                            Ok(batch) => {
+                                reveal.opened += 1;
+                                if let Some(serde_json::Value::Object(map)) = &mut event.data {
+                                    map.insert("originals".into(), serde_json::json!(batch));
+                                }
+                            }
+                            Err(e) => {
+                                reveal.failure.get_or_insert(e);
+                            }
+                        }
+                        let line = Line {
+                            event: &event,
+                            journal_id,
+                            host_id: session.host_id.as_deref(),
+                        };
+                        serde_json::to_writer(&mut *out, &line)
+                            .context("cannot encode an event as JSON")?;
+                        return writeln!(out).context("cannot write the output");
+                    }
+                }
                 let line = Line {
                     event: &event,
                     journal_id,
@@ -195,6 +341,12 @@ pub(crate) fn write_replay(
                 .context("cannot write the output")?
             {
                 return Ok(());
+            }
+            if event.kind.as_str() == SEALED_ORIGINALS {
+                let offset = format_offset_us(
+                    us_since_epoch(event.at) - us_since_epoch(session.row.started_at),
+                );
+                return write_sealed(out, &offset, &event, reveal.as_deref_mut());
             }
             body.event(out, &event).context("cannot write the output")
         })?;
@@ -350,9 +502,13 @@ mod tests {
             instant: true,
         };
         let mut out = Vec::new();
-        write_replay(&args, &mut out, None, &mut |_| {
-            panic!("instant replay waited")
-        })?;
+        write_replay(
+            &args,
+            &mut out,
+            None,
+            &mut |_| panic!("instant replay waited"),
+            None,
+        )?;
         Ok(String::from_utf8(out).expect("utf-8 output"))
     }
 
@@ -623,7 +779,8 @@ mod tests {
                 instant: false,
             };
             let mut waits = Vec::new();
-            write_replay(&args, &mut Vec::new(), pace, &mut |d| waits.push(d)).expect("replay");
+            write_replay(&args, &mut Vec::new(), pace, &mut |d| waits.push(d), None)
+                .expect("replay");
             waits
         };
         // Event times: 0 (start), then CHUNKS, then END_US; equal times need no wait.

@@ -113,6 +113,12 @@ async fn serve(
         host_id,
         "journal signing key"
     );
+    if let Some(auditors) = &config.evidence.auditors {
+        info!(
+            recipients = %auditors.recipients().join(", "),
+            "originals of masked values are sealed for the auditors"
+        );
+    }
     let journal_options = journal::JournalOptions {
         fsync: match config.agent.journal_fsync {
             config::JournalFsync::Group => journal::FsyncPolicy::Group,
@@ -125,6 +131,7 @@ async fn serve(
             max_age: config.evidence.segment_max_age,
             checkpoint_interval: config.evidence.checkpoint_interval,
         }),
+        auditors: config.evidence.auditors.clone(),
         ..journal::JournalOptions::default()
     };
     let journal = journal::open(&config.agent.journal, journal_options)

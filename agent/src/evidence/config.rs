@@ -7,6 +7,8 @@
 //! checkpoint_interval = "10s"   # humantime: the live segment's head is checkpointed at least this often
 //! signing_key = "/var/lib/nhi-agent/signing.key"   # default <state_dir>/signing.key
 //! host_id = "web-01"            # default: <state_dir>/host-id, created once
+//! auditor_recipients = ["age1..."]   # off by default: originals of masked values sealed to these
+//! auditor_max_bytes = "16MiB"   # per session; beyond it originals are counted, not sealed
 //! ```
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,8 @@ use toml::Spanned;
 pub const DEFAULT_SEGMENT_MAX_BYTES: u64 = 64 << 20;
 /// Default `segment_max_age`.
 pub const DEFAULT_SEGMENT_MAX_AGE: Duration = Duration::from_secs(3600);
+/// Default `auditor_max_bytes`.
+pub const DEFAULT_AUDITOR_MAX_BYTES: u64 = 16 << 20;
 /// Default `checkpoint_interval`.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -33,6 +37,8 @@ pub struct RawEvidence {
     pub checkpoint_interval: Option<Spanned<String>>,
     pub signing_key: Option<Spanned<String>>,
     pub host_id: Option<Spanned<String>>,
+    pub auditor_recipients: Option<Spanned<Vec<String>>>,
+    pub auditor_max_bytes: Option<Spanned<RawSize>>,
 }
 
 /// A validation problem of `[evidence]`, with the span of the value it is about.
@@ -65,6 +71,8 @@ pub struct EvidenceSettings {
     pub signing_key: Option<PathBuf>,
     /// `None`: `<state_dir>/host-id`.
     pub host_id: Option<String>,
+    /// `None`: originals of masked values are not kept (the default).
+    pub auditors: Option<super::auditor::Auditors>,
 }
 
 impl Default for EvidenceSettings {
@@ -75,6 +83,7 @@ impl Default for EvidenceSettings {
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             signing_key: None,
             host_id: None,
+            auditors: None,
         }
     }
 }
@@ -156,12 +165,35 @@ impl EvidenceSettings {
                 ));
             }
         };
+        let auditor_max_bytes = match &raw.auditor_max_bytes {
+            None => DEFAULT_AUDITOR_MAX_BYTES,
+            Some(v) => {
+                crate::size::value(v.get_ref(), "[evidence] auditor_max_bytes", 1..=u64::MAX)
+                    .map_err(|message| EvidenceProblem::at(v, message))?
+            }
+        };
+        let auditors = match &raw.auditor_recipients {
+            None => {
+                if let Some(v) = &raw.auditor_max_bytes {
+                    return Err(EvidenceProblem::at(
+                        v,
+                        "auditor_max_bytes needs auditor_recipients",
+                    ));
+                }
+                None
+            }
+            Some(list) => Some(
+                super::auditor::Auditors::parse(list.get_ref(), auditor_max_bytes)
+                    .map_err(|e| EvidenceProblem::at(list, e.to_string()))?,
+            ),
+        };
         Ok(EvidenceSettings {
             segment_max_bytes,
             segment_max_age,
             checkpoint_interval,
             signing_key,
             host_id,
+            auditors,
         })
     }
 }

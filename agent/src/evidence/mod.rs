@@ -32,6 +32,7 @@
 //! signed checkpoints ([`checkpoint`]) kept outside the live file. [`verify`] checks all
 //! of it offline.
 
+pub mod auditor;
 pub mod chain;
 pub mod config;
 pub mod key;

@@ -30,11 +30,11 @@ mod set;
 pub mod verify;
 mod writer;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -130,6 +130,11 @@ pub enum JournalError {
         #[source]
         source: rusqlite::Error,
     },
+
+    /// The originals of masked values could not be sealed for the auditors; what they
+    /// were masked in is not recorded.
+    #[error("cannot seal originals for the auditors: {0}")]
+    Sealing(String),
 
     /// The reader was pointed at a file that does not exist; it never creates one.
     #[error("journal {} does not exist", path.display())]
@@ -293,6 +298,9 @@ pub struct JournalOptions {
     /// Segment rotation and seals; `None`: the events are still hash-chained, but the
     /// journal is one unsealed file (tests, and tools without a key).
     pub segments: Option<SegmentOptions>,
+    /// `[evidence] auditor_recipients`: the originals of masked values are sealed to
+    /// them (see [`JournalHandle::originals`]); `None`: they are not kept.
+    pub auditors: Option<crate::evidence::auditor::Auditors>,
 }
 
 impl Default for JournalOptions {
@@ -303,6 +311,7 @@ impl Default for JournalOptions {
             fsync: FsyncPolicy::Group,
             prelog_truncate_at: DEFAULT_TRUNCATE_AT,
             segments: None,
+            auditors: None,
         }
     }
 }
@@ -506,6 +515,12 @@ pub fn open(path: &Path, opts: JournalOptions) -> Result<Journal, JournalError> 
             prelog,
             durable: durable_rx,
             fsync: opts.fsync,
+            sealing: opts.auditors.map(|auditors| {
+                Arc::new(Sealing {
+                    auditors,
+                    live: Mutex::new(HashMap::new()),
+                })
+            }),
         },
         thread,
         recovery,
@@ -617,6 +632,46 @@ pub struct JournalHandle {
     prelog: Arc<prelog::Prelog>,
     durable: watch::Receiver<Durability>,
     fsync: FsyncPolicy,
+    /// Originals sealed for auditors, when `[evidence] auditor_recipients` is set.
+    sealing: Option<Arc<Sealing>>,
+}
+
+/// The auditors and the originals each live session collects.
+struct Sealing {
+    auditors: crate::evidence::auditor::Auditors,
+    live: Mutex<HashMap<SessionId, Weak<crate::mask::Originals>>>,
+}
+
+impl Sealing {
+    /// The `sealed_originals` event of what `session` collected since its last record,
+    /// if anything.
+    fn take(&self, session: SessionId) -> Result<Option<Event>, JournalError> {
+        let originals = {
+            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(weak) = live.get(&session) else {
+                return Ok(None);
+            };
+            match weak.upgrade() {
+                Some(o) => o,
+                None => {
+                    live.remove(&session);
+                    return Ok(None);
+                }
+            }
+        };
+        let Some(batch) = originals.take() else {
+            return Ok(None);
+        };
+        let sealed = self
+            .auditors
+            .seal(&batch)
+            .map_err(|e| JournalError::Sealing(e.to_string()))?;
+        Ok(Some(Event::of(
+            session,
+            crate::evidence::auditor::SEALED_ORIGINALS,
+            &sealed,
+        )))
+    }
 }
 
 impl std::fmt::Debug for JournalHandle {
@@ -722,6 +777,17 @@ impl JournalHandle {
     /// Returns after the end is committed (updates the session row and appends a
     /// 'session_end' event).
     pub async fn end_session(&self, end: SessionEnd) -> Result<(), JournalError> {
+        // Originals collected after the session's last record are sealed before its end.
+        if let Some(sealing) = &self.sealing {
+            if let Some(event) = sealing.take(end.id)? {
+                self.prelog.append(std::slice::from_ref(&event))?;
+            }
+            sealing
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&end.id);
+        }
         self.request(|reply| Command::End { end, reply }).await
     }
 
@@ -771,11 +837,52 @@ impl JournalHandle {
         {
             return Err(JournalError::SessionFailed { id: failed.session });
         }
-        let seq = self.prelog.append(events)?;
+        let sealed = self.sealed_for(events)?;
+        let seq = if sealed.is_empty() {
+            self.prelog.append(events)?
+        } else {
+            // Right after the events they were masked for, in the same pre-log record.
+            let mut all = Vec::with_capacity(events.len() + sealed.len());
+            all.extend_from_slice(events);
+            all.extend(sealed);
+            self.prelog.append(&all)?
+        };
         if !events.is_empty() {
             self.wake_lazily();
         }
         Ok(seq)
+    }
+
+    /// The `sealed_originals` events of the sessions of `events` that collected
+    /// originals since their last record.
+    fn sealed_for(&self, events: &[Event]) -> Result<Vec<Event>, JournalError> {
+        let Some(sealing) = &self.sealing else {
+            return Ok(Vec::new());
+        };
+        let mut sealed = Vec::new();
+        let mut seen: Vec<SessionId> = Vec::new();
+        for event in events {
+            if event.session == NO_SESSION || seen.contains(&event.session) {
+                continue;
+            }
+            seen.push(event.session);
+            sealed.extend(sealing.take(event.session)?);
+        }
+        Ok(sealed)
+    }
+
+    /// Where the masks of `session` keep the originals they replace, when they are
+    /// sealed for auditors (`[evidence] auditor_recipients`); `None` otherwise. What it
+    /// collects is sealed into the session's next record (and at its end).
+    pub fn originals(&self, session: SessionId) -> Option<Arc<crate::mask::Originals>> {
+        let sealing = self.sealing.as_ref()?;
+        let originals = Arc::new(crate::mask::Originals::new(
+            sealing.auditors.max_bytes_per_session,
+        ));
+        let mut live = sealing.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|_, weak| weak.strong_count() > 0);
+        live.insert(session, Arc::downgrade(&originals));
+        Some(originals)
     }
 
     /// Resolves once a commit holding every pre-log record up to `seq` has completed.

@@ -237,6 +237,19 @@ impl Walk<'_, '_> {
         self.src.get(self.pos).copied().unwrap_or(0)
     }
 
+    /// Keeps the original of a value `rule` masked whole for the auditors, unless it
+    /// holds the injected secret.
+    fn keep(&self, rule: usize, original: &[u8], masked: &[u8]) {
+        if self
+            .secret
+            .as_ref()
+            .is_some_and(|f| f.find(original).is_some())
+        {
+            return;
+        }
+        self.masker.session.keep(rule, original, masked);
+    }
+
     /// Replaces `src[start..self.pos]` by `with`.
     fn replace(&mut self, start: usize, with: &[u8]) {
         self.out.extend_from_slice(&self.src[self.copied..start]);
@@ -348,6 +361,7 @@ impl Walk<'_, '_> {
                 if let Some(rule) = rule {
                     let masked = inner.rules[rule].strategy().apply(text, &inner.key);
                     self.masker.counts[rule] += 1;
+                    self.keep(rule, text, &masked);
                     let quoted = json_string(&masked);
                     self.replace(start, &quoted);
                 }
@@ -377,6 +391,7 @@ impl Walk<'_, '_> {
                 .strategy()
                 .apply(&self.src[start..self.pos], &inner.key);
             self.masker.counts[rule] += 1;
+            self.keep(rule, &self.src[start..self.pos], &masked);
             let quoted = json_string(&masked);
             self.replace(start, &quoted);
         }
@@ -411,11 +426,11 @@ impl Walk<'_, '_> {
         let replacement = match whole {
             Some(rule) => {
                 self.masker.counts[rule] += 1;
-                Some(
-                    inner.rules[rule]
-                        .strategy()
-                        .apply(text.as_bytes(), &inner.key),
-                )
+                let masked = inner.rules[rule]
+                    .strategy()
+                    .apply(text.as_bytes(), &inner.key);
+                self.keep(rule, text.as_bytes(), &masked);
+                Some(masked)
             }
             None => self.masker.text(text.as_bytes(), self.secret.as_ref()),
         };

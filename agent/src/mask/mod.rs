@@ -64,6 +64,7 @@ pub mod argv;
 mod body;
 mod detect;
 mod key;
+pub mod originals;
 mod row;
 mod rule;
 mod strategy;
@@ -78,6 +79,7 @@ use std::sync::Arc;
 pub use body::{BodyMasker, MaskedValues, NotJson, SECRET_MASK};
 pub use detect::{Detector, DetectorSet};
 pub use key::{HashKey, MaskError, KEY_LEN};
+pub use originals::Originals;
 pub use row::{ColumnInfo, MaskedColumn, RowMasker};
 pub use rule::{MaskProblem, MaskRule, RawMaskRule, MAX_KEEP};
 pub use strategy::{Strategy, DEFAULT_KEEP, HASH_PREFIX, REDACTED};
@@ -102,6 +104,8 @@ pub(crate) struct Inner {
     /// A protocol's transform of whole JSON documents, run before the rules, and the
     /// index of the rule its changes are counted under.
     transform: Option<(JsonTransform, usize)>,
+    /// Where the originals of masked values go, when they are sealed for auditors.
+    originals: Option<Arc<Originals>>,
 }
 
 /// A transform of one JSON document that knows its protocol's structure (Kubernetes
@@ -113,6 +117,17 @@ pub type JsonTransform = fn(&[u8]) -> Result<Option<(Vec<u8>, u64)>, String>;
 impl Inner {
     fn rule_of(&self, detector: Detector) -> Option<usize> {
         self.detector_rule[detector as usize]
+    }
+
+    /// Keeps the original of a value `rule` masked, for the auditors (a no-op unless
+    /// originals are collected, and for the agent's own rules).
+    #[inline]
+    fn keep(&self, rule: usize, original: &[u8], masked: &[u8]) {
+        if let Some(originals) = &self.originals {
+            if let Some(rule) = self.rules.get(rule).filter(|r| !r.is_builtin()) {
+                originals.push(rule.name(), original, masked);
+            }
+        }
     }
 }
 
@@ -135,6 +150,26 @@ impl SessionMasks {
                 detectors,
                 detector_rule,
                 transform: None,
+                originals: None,
+            }),
+        }
+    }
+
+    /// These masks, keeping the original of every value they mask in `originals` (see
+    /// [`originals`]); `None` keeps nothing.
+    pub fn collecting(&self, originals: Option<Arc<Originals>>) -> SessionMasks {
+        if originals.is_none() && self.inner.originals.is_none() {
+            return self.clone();
+        }
+        let inner = &*self.inner;
+        SessionMasks {
+            inner: Arc::new(Inner {
+                rules: inner.rules.clone(),
+                key: inner.key.clone(),
+                detectors: inner.detectors,
+                detector_rule: inner.detector_rule,
+                transform: inner.transform,
+                originals,
             }),
         }
     }
@@ -146,9 +181,9 @@ impl SessionMasks {
         rules.push(MaskRule::builtin(name, &[]));
         let mut masks = SessionMasks::new(rules, self.inner.key.clone());
         let index = masks.inner.rules.len() - 1;
-        Arc::get_mut(&mut masks.inner)
-            .expect("just built, not shared")
-            .transform = Some((transform, index));
+        let inner = Arc::get_mut(&mut masks.inner).expect("just built, not shared");
+        inner.transform = Some((transform, index));
+        inner.originals = self.inner.originals.clone();
         masks
     }
 

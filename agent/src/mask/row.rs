@@ -266,7 +266,9 @@ impl RowMasker {
                 Action::Keep => {}
                 Action::Whole(rule) => {
                     let strategy = session.rules[rule].strategy();
-                    changes.push((i, whole(strategy, plan.repr, value, session)));
+                    let new = whole(strategy, plan.repr, value, session);
+                    session.keep(rule, value, new.as_deref().unwrap_or(b"NULL"));
+                    changes.push((i, new));
                     self.counts[i * nrules + rule] += 1;
                 }
                 Action::Detect(set) => {
@@ -365,6 +367,7 @@ fn detect(
             }
             let rule = session.rule_of(Detector::CreditCard)?;
             counts[rule] += 1;
+            session.keep(rule, digits.as_bytes(), b"0");
             Some(Some(vec![0; 8]))
         }
         Repr::Text | Repr::Json => {
@@ -383,9 +386,10 @@ fn detect(
             }
             if version != 1 {
                 // An unknown layout cannot be rewritten; the value held a match.
-                for (_, d) in hits.iter() {
+                for (range, d) in hits.iter() {
                     if let Some(rule) = session.rule_of(*d) {
                         counts[rule] += 1;
+                        session.keep(rule, &json[range.clone()], b"NULL");
                     }
                 }
                 return Some(None);
@@ -420,7 +424,11 @@ pub(super) fn rewrite(
         if quote {
             out.push(b'"');
         }
+        let at = out.len();
         strategy.apply_into(&value[range.clone()], &session.key, &mut out);
+        if let Some(rule) = rule {
+            session.keep(rule, &value[range.clone()], &out[at..]);
+        }
         if quote {
             out.push(b'"');
         }

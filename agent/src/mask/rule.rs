@@ -61,6 +61,9 @@ pub struct MaskRule {
     columns: GlobSet,
     detectors: DetectorSet,
     strategy: Strategy,
+    /// Added by the agent (credentials it hides), not from the configuration: the
+    /// originals of what it masks are never kept for auditors.
+    builtin: bool,
 }
 
 impl MaskRule {
@@ -187,6 +190,7 @@ impl MaskRule {
             columns,
             detectors,
             strategy,
+            builtin: false,
         })
     }
 
@@ -218,7 +222,13 @@ impl MaskRule {
             columns: set.build().unwrap_or_else(|_| GlobSet::empty()),
             detectors: DetectorSet::default(),
             strategy: Strategy::Redact,
+            builtin: true,
         }
+    }
+
+    /// Whether the agent added the rule itself (it hides credentials).
+    pub fn is_builtin(&self) -> bool {
+        self.builtin
     }
 
     /// The rule's name.

@@ -1284,3 +1284,77 @@ fn cost_per_row() {
         println!("{label}: {per_row:.3} µs/row ({changed} rows rewritten)");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Originals kept for auditors
+
+#[test]
+fn collecting_masks_keep_each_original_with_its_masked_form_and_rule() {
+    let originals = Arc::new(Originals::new(1 << 20));
+    let m = masks(
+        "[[mask]]\nname = \"contact\"\ncolumns = [\"email\"]\n\
+         [[mask]]\nname = \"cards\"\ndetectors = [\"credit_card\"]\nstrategy = \"partial\"\n",
+    )
+    .collecting(Some(Arc::clone(&originals)));
+    // A whole column, and a detected substring of another.
+    let mut rows = m.plan(&[col("email", 25, 0), col("note", 25, 0)]);
+    let changes = rows
+        .mask_values([
+            Some(&b"alice@example.com"[..]),
+            Some(&b"paid with 4111 1111 1111 1111 ok"[..]),
+        ])
+        .unwrap();
+    assert_eq!(changes.len(), 2);
+    // Free text (a parameter) and a JSON body.
+    assert_ne!(
+        m.mask_text("card 4111111111111111"),
+        "card 4111111111111111"
+    );
+    let mut body = m.body_masker();
+    body.mask_json(br#"{"email":"bob@example.org","n":1}"#, None)
+        .unwrap()
+        .unwrap();
+    let batch = originals.take().expect("originals kept");
+    let kept: Vec<(&str, &str, &str)> = batch
+        .values
+        .iter()
+        .map(|o| (o.rule.as_str(), o.original.as_str(), o.masked.as_str()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("contact", "alice@example.com", "[redacted]"),
+            ("cards", "4111 1111 1111 1111", "***************1111"),
+            ("cards", "4111111111111111", "************1111"),
+            ("contact", "bob@example.org", "[redacted]"),
+        ]
+    );
+    assert_eq!(batch.omitted, 0);
+    assert_eq!(originals.take(), None, "taken once");
+    // Unchanged values keep nothing; masks without a collector keep nothing.
+    assert_eq!(m.mask_text("nothing here"), "nothing here");
+    assert_eq!(originals.take(), None);
+}
+
+#[test]
+fn the_agents_own_rules_and_the_injected_secret_are_never_kept() {
+    let originals = Arc::new(Originals::new(1 << 20));
+    let m = SessionMasks::new(
+        vec![
+            MaskRule::builtin("aws-secrets", &["SecretAccessKey"]),
+            rules("[[mask]]\nname = \"tokens\"\ncolumns = [\"token\"]\n").remove(0),
+        ],
+        key(7),
+    )
+    .collecting(Some(Arc::clone(&originals)));
+    let mut body = m.body_masker();
+    let out = body
+        .mask_json(
+            br#"{"SecretAccessKey":"wJalrXUtnFEMI","token":"s3cr3t-injected","other":"x"}"#,
+            Some(b"s3cr3t-injected"),
+        )
+        .unwrap()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out).contains("wJalr"));
+    assert_eq!(originals.take(), None, "{:?}", originals);
+}

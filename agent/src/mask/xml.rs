@@ -344,6 +344,9 @@ impl Walk<'_, '_, '_> {
             .strategy()
             .apply(value, &session.key);
         self.masker.counts[whole.rule] += 1;
+        if self.secret.is_none_or(|f| f.find(value).is_none()) {
+            session.keep(whole.rule, value, &masked);
+        }
         self.replace(whole.content, end, &escape(&masked, None));
     }
 

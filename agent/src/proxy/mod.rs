@@ -765,10 +765,20 @@ async fn handle(
         metrics.session_closed(&metric_labels, "internal_error");
         return;
     }
+    // The session's policy and masks, for every decoded protocol; the masks keep the
+    // originals they replace when those are sealed for auditors
+    // (`[evidence] auditor_recipients`).
+    let session_rules = || {
+        let mut rules =
+            snapshot
+                .pg
+                .rules_for(config, &workload_name, &target.name, claims.as_ref());
+        rules.masks = rules.masks.collecting(shared.journal.originals(id));
+        Arc::new(rules)
+    };
     let outcome = if let Some(target_rt) = pg {
         let runtime = snapshot.pg.clone();
-        let rules =
-            Arc::new(runtime.rules_for(config, &workload_name, &target.name, claims.as_ref()));
+        let rules = session_rules();
         let ctx = postgres::SessionContext {
             id,
             journal: &shared.journal,
@@ -790,12 +800,7 @@ async fn handle(
         target.protocol.over_http(),
         snapshot.http.target(target_index).cloned(),
     ) {
-        let rules = Arc::new(snapshot.pg.rules_for(
-            config,
-            &workload_name,
-            &target.name,
-            claims.as_ref(),
-        ));
+        let rules = session_rules();
         let ctx = http::HttpContext {
             id,
             journal: &shared.journal,
@@ -830,12 +835,7 @@ async fn handle(
         snapshot.ssh.target(target_index).cloned(),
         snapshot.ssh.ca.clone(),
     ) {
-        let rules = Arc::new(snapshot.pg.rules_for(
-            config,
-            &workload_name,
-            &target.name,
-            claims.as_ref(),
-        ));
+        let rules = session_rules();
         let ctx = ssh::SshContext {
             id,
             journal: &shared.journal,

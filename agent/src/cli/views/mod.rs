@@ -161,7 +161,7 @@ pub(crate) fn replay_timeline(path: &std::path::Path, id: crate::journal::Sessio
         instant: true,
     };
     let mut out = Vec::new();
-    write_replay(&args, &mut out, None, &mut |_| panic!("no wait")).expect("replay");
+    write_replay(&args, &mut out, None, &mut |_| panic!("no wait"), None).expect("replay");
     let text = String::from_utf8(out).expect("utf-8");
     text[text.find("timeline").expect("timeline")..].to_owned()
 }

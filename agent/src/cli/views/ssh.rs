@@ -1369,7 +1369,7 @@ mod tests {
             max_wait: None,
         });
         let mut waits = Vec::new();
-        write_replay(&args, &mut Vec::new(), pace, &mut |d| waits.push(d)).expect("replay");
+        write_replay(&args, &mut Vec::new(), pace, &mut |d| waits.push(d), None).expect("replay");
         // Every event is waited for at half its recorded gap, data included: 100 µs
         // between the first two chunks of stdout (400, 450 µs: 25 µs at speed 2).
         let total: std::time::Duration = waits.iter().sum();
