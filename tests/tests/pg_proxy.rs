@@ -406,11 +406,7 @@ fn originals_are_sealed_for_auditors_and_revealed_only_with_their_key() {
     // The statements from a file: a command line is journaled (exec events) through the
     // credential detectors only, not the [[mask]] rules.
     let script = keys.path().join("report.sql");
-    std::fs::write(
-        &script,
-        "select email, note from customers order by id;\n",
-    )
-    .unwrap();
+    std::fs::write(&script, "select email, note from customers order by id;\n").unwrap();
     let shown = ok(psql(&cg, pg.port, &["-f", script.to_str().unwrap()]));
     for secret in ["alice@example.com", "carol@example.net", "4111 1111"] {
         assert!(

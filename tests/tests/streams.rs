@@ -577,3 +577,169 @@ fn siem_streams_receive_every_event_once_including_those_journaled_while_they_we
     // The token is in no file of the agent (journal, log, cursors).
     nhi_tests::http::assert_in_no_file(agent.dir.path(), &[TOKEN]);
 }
+
+/// The sealed segment files (`NNN.db`) next to the journal.
+fn sealed_segments(agent: &Agent) -> BTreeSet<std::path::PathBuf> {
+    let dir = agent
+        .journal
+        .parent()
+        .expect("journal dir")
+        .join("segments");
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "db"))
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+#[test]
+fn retention_keeps_the_segments_a_down_stream_has_not_sent() {
+    privileged!("retention_keeps_the_segments_a_down_stream_has_not_sent");
+    // The SIEM is down: nothing listens on its port yet.
+    let siem_port = free_port();
+    let echo = EchoServer::start("127.0.0.2:0");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let body = format!(
+        "[[workload]]\nname = \"stream-bot\"\ncgroup = \"{}\"\n\
+         [[target]]\nname = \"echo\"\naddress = \"{}\"\nprotocol = \"tcp\"\n\
+         [evidence]\nsegment_max_age = \"1s\"\n\n\
+         [retention]\nkeep = \"1s\"\ndelete_unshipped = true\n{}",
+        cg.rel(),
+        echo.addr,
+        stream_toml(
+            "siem",
+            &format!(
+                "type = \"syslog\"\naddress = \"127.0.0.1:{siem_port}\"\n\
+                 backoff_initial = \"50ms\"\nbackoff_max = \"200ms\""
+            )
+        )
+    );
+    let mut agent = Agent::start(&body);
+    // Two sessions over a second apart: the first one's segment is sealed at rotation.
+    for n in 1..=2 {
+        if n == 2 {
+            thread::sleep(Duration::from_millis(1200));
+        }
+        let r = cg.client(&["echo", &echo.addr.to_string(), "--bytes", "2000"]);
+        assert_eq!(r["identical"], true, "{r}");
+        // Read from the directory, sealed segments included: the live file may be
+        // between a rotation and its first write.
+        let dir = agent
+            .journal
+            .parent()
+            .expect("journal dir")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = agent.cli(&["sessions", "--journal", &dir, "--json"]);
+            let ended = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|s| !s["ended_at"].is_null())
+                .count();
+            if out.status.success() && ended >= n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ended} sessions ended, {n} expected"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    agent.terminate();
+    let sealed = sealed_segments(&agent);
+    assert!(!sealed.is_empty(), "segments were sealed");
+    let phase_one: BTreeSet<Identity> = journal_events(&agent).into_iter().collect();
+    // Older than `keep`, and not shipped (`delete_unshipped`): only the stream holds them.
+    thread::sleep(Duration::from_millis(1500));
+    let config = agent.config_path.to_str().expect("utf-8").to_owned();
+    let ship = agent.cli(&["ship", "--once", "--config", &config]);
+    assert!(
+        ship.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ship.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&ship.stdout).contains("deleted 0 by retention"),
+        "{}",
+        String::from_utf8_lossy(&ship.stdout)
+    );
+    assert!(
+        sealed.iter().all(|p| p.exists()),
+        "a segment the stream has not sent was deleted"
+    );
+
+    // The SIEM comes back; the restarted agent's stream sends everything, and the
+    // segments may go.
+    let got: Arc<Mutex<Vec<SyslogMessage>>> = Arc::default();
+    let listener = TcpListener::bind(("127.0.0.1", siem_port)).expect("bind the SIEM");
+    {
+        let got = got.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let got = got.clone();
+                thread::spawn(move || read_frames(conn, &got));
+            }
+        });
+    }
+    agent.spawn();
+    let last = phase_one
+        .iter()
+        .map(|(_, id, _)| *id)
+        .max()
+        .expect("events");
+    let cursor_path = agent
+        .journal
+        .parent()
+        .expect("journal dir")
+        .join("streams/siem.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let received: BTreeSet<Identity> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m.sd["journal_id"].clone(),
+                    m.sd["event_id"].parse().expect("event id"),
+                    m.sd["event_hash"].clone(),
+                )
+            })
+            .collect();
+        let cursor = std::fs::read(&cursor_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|c| c["event_id"].as_i64())
+            .unwrap_or(0);
+        if received.is_superset(&phase_one) && cursor >= last {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream did not catch up: {} of {} events, cursor {cursor} of {last}",
+            received.intersection(&phase_one).count(),
+            phase_one.len()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    agent.terminate();
+    let ship = agent.cli(&["ship", "--once", "--config", &config]);
+    assert!(
+        ship.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ship.stderr)
+    );
+    assert!(
+        sealed.iter().all(|p| !p.exists()),
+        "sent, older than keep: deleted ({})",
+        String::from_utf8_lossy(&ship.stdout)
+    );
+}

@@ -66,7 +66,11 @@ pub fn load(config: &Config, access: StateAccess) -> anyhow::Result<Loaded> {
                 &config.agent.state_dir,
                 budget.clone(),
             )
-            .context("preparing the shipping of journal segments")?,
+            .context("preparing the shipping of journal segments")?
+            .with_streams_opt(crate::stream::positions(
+                &config.streams,
+                &config.agent.state_dir,
+            )),
         )
     } else {
         None

@@ -854,7 +854,8 @@ fn apply_reload(
                 &new.agent.state_dir,
                 shared.budget.clone(),
             )
-            .map_err(|e| format!("[shipping]/[retention]: {e}"))?;
+            .map_err(|e| format!("[shipping]/[retention]: {e}"))?
+            .with_streams_opt(crate::stream::positions(&new.streams, &new.agent.state_dir));
             Some(Arc::new(s))
         } else {
             None

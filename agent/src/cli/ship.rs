@@ -48,7 +48,10 @@ pub fn run(args: &ShipArgs) -> anyhow::Result<ExitCode> {
         &config.agent.state_dir,
         Budget::new(),
     ) {
-        Ok(s) => s,
+        Ok(s) => s.with_streams_opt(crate::stream::positions(
+            &config.streams,
+            &config.agent.state_dir,
+        )),
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::FAILURE);

@@ -35,7 +35,7 @@ use std::path::PathBuf;
 
 pub use budget::Budget;
 pub use config::{RawRetention, RawShipping, ShipConfig};
-pub use shipper::{PassReport, Shipper, Status};
+pub use shipper::{PassReport, Shipper, Status, StreamPositions};
 
 /// Errors of the shipping subsystem. None carries the secret key.
 #[derive(Debug, thiserror::Error)]

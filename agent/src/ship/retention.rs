@@ -50,6 +50,32 @@ pub fn decide(rule: &Rule, cursor: &Cursor, segment: &Segment, now_us: i64) -> D
     }
 }
 
+/// Where one live stream (`[[stream]]`) stands, for retention: a segment the stream has
+/// not read past stays, so a SIEM that is down longer than `keep` still gets every event
+/// once it is back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub name: String,
+    /// The journal of the cursor and the last event the sink took; `None`: no cursor
+    /// yet (the stream has not started, or reads from the oldest event).
+    pub at: Option<(String, i64)>,
+}
+
+/// The stream that still needs `segment`, if any: one whose cursor is not in the
+/// segment's journal at or past its last event.
+pub fn held_by_stream<'s>(streams: &'s [StreamPosition], segment: &Segment) -> Option<&'s str> {
+    let last = segment.payload.last_event_id?;
+    streams
+        .iter()
+        .find(|s| match &s.at {
+            Some((journal_id, event_id)) => {
+                !(*journal_id == segment.payload.journal_id && *event_id >= last)
+            }
+            None => true,
+        })
+        .map(|s| s.name.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +162,35 @@ mod tests {
             decide(&local, &Cursor::default(), &seg(1, now), now),
             Decision::TooYoung
         );
+    }
+
+    #[test]
+    fn a_segment_stays_until_every_stream_read_past_it() {
+        let mut segment = seg(3, 0);
+        segment.payload.journal_id = "j-1".into();
+        segment.payload.last_event_id = Some(100);
+        let at = |name: &str, j: &str, id: i64| StreamPosition {
+            name: name.into(),
+            at: Some((j.into(), id)),
+        };
+        assert_eq!(held_by_stream(&[], &segment), None);
+        assert_eq!(held_by_stream(&[at("siem", "j-1", 100)], &segment), None);
+        assert_eq!(held_by_stream(&[at("siem", "j-1", 250)], &segment), None);
+        assert_eq!(
+            held_by_stream(&[at("siem", "j-1", 250), at("hec", "j-1", 99)], &segment),
+            Some("hec")
+        );
+        assert_eq!(
+            held_by_stream(&[at("siem", "j-0", 1000)], &segment),
+            Some("siem")
+        );
+        let fresh = StreamPosition {
+            name: "new".into(),
+            at: None,
+        };
+        assert_eq!(held_by_stream(std::slice::from_ref(&fresh), &segment), Some("new"));
+        // An empty segment holds no event a stream could miss.
+        segment.payload.last_event_id = None;
+        assert_eq!(held_by_stream(&[fresh], &segment), None);
     }
 }

@@ -1,8 +1,9 @@
 //! The shipping pass, the background loop, and `ship status`.
 use std::{
+    collections::HashSet,
     fs,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -44,7 +45,14 @@ pub struct Shipper {
     state_dir: PathBuf,
     client: Option<S3Client>,
     budget: Budget,
+    /// Where the live streams stand (read at each retention pass); `None`: no streams.
+    streams: Option<StreamPositions>,
+    /// Segments already reported as held for a stream (reported once).
+    held_reported: Mutex<HashSet<(String, u64)>>,
 }
+
+/// Reads where each configured live stream stands (its cursor), for retention.
+pub type StreamPositions = Box<dyn Fn() -> Vec<retention::StreamPosition> + Send + Sync>;
 
 impl std::fmt::Debug for Shipper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,7 +83,17 @@ impl Shipper {
             state_dir: state_dir.to_path_buf(),
             client,
             budget,
+            streams: None,
+            held_reported: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// This shipper, keeping every segment a live stream (`positions`, `None`: none) has
+    /// not read past (see
+    /// [`retention::held_by_stream`]).
+    pub fn with_streams_opt(mut self, positions: Option<StreamPositions>) -> Shipper {
+        self.streams = positions;
+        self
     }
 
     /// The budget flag this shipper updates.
@@ -314,9 +332,20 @@ impl Shipper {
             delete_unshipped: self.config.retention.delete_unshipped,
         };
         let now = now_us();
+        let mut streams: Option<Vec<retention::StreamPosition>> = None;
         for seg in scan.journals.values().flatten() {
             if retention::decide(&rule, cursor, seg, now) != retention::Decision::Delete {
                 continue;
+            }
+            if let Some(read) = &self.streams {
+                let positions = streams.get_or_insert_with(read);
+                if let Some(stream) = retention::held_by_stream(positions, seg) {
+                    let mut reported = self.held_reported.lock().unwrap_or_else(|e| e.into_inner());
+                    if reported.insert((seg.payload.journal_id.clone(), seg.seq)) {
+                        warn!(segment = seg.seq, journal_id = %seg.payload.journal_id, stream, "retention: segment kept past keep: the stream has not sent its events yet");
+                    }
+                    continue;
+                }
             }
             // The .db first: a leftover .seal alone is reported, never shipped. The
             // segment's checkpoint goes with it (its seal supersedes it).

@@ -40,6 +40,38 @@ use tracing::{error, info, warn};
 
 use config::StartAt;
 pub use config::{RawStream, StreamConfig};
+
+/// A reader of where `streams` stand (their cursors in `state_dir`), for retention
+/// ([`crate::ship::Shipper::with_streams_opt`]): a segment a stream has not read past is kept.
+/// A cursor that cannot be read holds everything (as a missing one does).
+pub fn positions(
+    streams: &[StreamConfig],
+    state_dir: &std::path::Path,
+) -> Option<crate::ship::StreamPositions> {
+    if streams.is_empty() {
+        return None;
+    }
+    let cursors: Vec<(String, std::path::PathBuf)> = streams
+        .iter()
+        .map(|s| (s.name.clone(), cursor::path(state_dir, &s.name)))
+        .collect();
+    Some(Box::new(move || {
+        cursors
+            .iter()
+            .map(|(name, path)| crate::ship::retention::StreamPosition {
+                name: name.clone(),
+                at: match cursor::StreamCursor::load(path) {
+                    Ok(Some(c)) if !c.journal_id.is_empty() => Some((c.journal_id, c.event_id)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!(stream = %name, error = %e, "retention: cannot read the stream's cursor; keeping its segments");
+                        None
+                    }
+                },
+            })
+            .collect()
+    }))
+}
 use cursor::StreamCursor;
 use format::{MakeFormatter, Record};
 
