@@ -32,6 +32,8 @@ pub struct Sources {
     pub config_path: PathBuf,
     /// The sockets and ports the agent serves, as JSON (fixed at start).
     pub listeners: Value,
+    /// The attest socket while it is served (a reload may bind or close it).
+    pub attest_socket: Arc<Mutex<Option<PathBuf>>>,
     /// `Some(why)` when `[lineage]` is enabled but not running.
     pub lineage_off: Option<String>,
     pub lineage_on: bool,
@@ -136,6 +138,16 @@ impl Sources {
                 })
             })
             .collect();
+        let mut listeners = self.listeners.clone();
+        if let Value::Object(map) = &mut listeners {
+            let attest = self
+                .attest_socket
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|p| p.display().to_string());
+            map.insert("attest_socket".into(), json!(attest));
+        }
         json!({
             "pid": std::process::id(),
             "version": self.version,
@@ -143,7 +155,7 @@ impl Sources {
             "config": self.config_path.display().to_string(),
             "mode": format!("{:?}", config.agent.mode).to_lowercase(),
             "fail": format!("{:?}", config.agent.fail).to_lowercase(),
-            "listeners": self.listeners,
+            "listeners": listeners,
             "kernel": kernel,
             "lineage": self.lineage_on,
             "workloads": workloads,

@@ -388,3 +388,65 @@ fn rotated_jwks_takes_effect_on_sighup_and_bindings_end_with_their_cgroup() {
     }
     wait_log(&agent, "attestations of removed cgroups dropped", 1);
 }
+
+#[test]
+fn the_first_issuer_added_by_a_reload_binds_the_attest_socket_and_the_last_removed_closes_it() {
+    privileged!(
+        "the_first_issuer_added_by_a_reload_binds_the_attest_socket_and_the_last_removed_closes_it"
+    );
+    let files = tempfile::tempdir().expect("tempdir");
+    let jwks = files.path().join("issuer.jwks");
+    let socket = files.path().join("attest.sock");
+    let key = IssuerKey::generate();
+    key.write_jwks(&jwks);
+    let without = format!(
+        "[attest]\nsocket = \"{}\"\n\n[[target]]\nname = \"nothing\"\naddress = \"127.0.0.1:9\"\n",
+        socket.display()
+    );
+    let issuer = format!(
+        "\n[[oidc_issuer]]\nissuer = \"{ISSUER}\"\njwks_file = \"{}\"\naudience = \"nhi-agent\"\n",
+        jwks.display()
+    );
+    let agent = Agent::start(&without);
+    assert!(!socket.exists(), "no issuer, no attest socket");
+    let config = agent.config_path.to_str().unwrap().to_owned();
+    let reload = |agent: &Agent| {
+        let out = agent.cli(&["reload", "--config", &config]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        stdout
+    };
+    let listed = |agent: &Agent| -> Value {
+        let out = agent.cli(&["status", "--json", "--config", &config]);
+        let status: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+        status["agent"]["listeners"]["attest_socket"].clone()
+    };
+    assert_eq!(listed(&agent), Value::Null);
+
+    agent.rewrite_config(|text| format!("{text}{issuer}"));
+    let said = reload(&agent);
+    assert!(
+        said.contains(&format!("attest socket {} bound", socket.display())),
+        "{said}"
+    );
+    assert!(!said.contains("oidc_issuer"), "nothing kept: {said}");
+    let job = TestCgroup::create(&unique("nhi-test-job"));
+    let out = attest(
+        &job,
+        &socket,
+        files.path(),
+        &key.token("refs/heads/main", 1, 600),
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(bound_cgroups(&agent, &socket), [job.rel().to_string()]);
+    assert_eq!(listed(&agent), json!(socket.display().to_string()));
+
+    agent.rewrite_config(|text| text.replace(&issuer, ""));
+    let said = reload(&agent);
+    assert!(
+        said.contains(&format!("attest socket {} closed", socket.display())),
+        "{said}"
+    );
+    assert!(!socket.exists(), "the socket file is removed");
+    assert_eq!(listed(&agent), Value::Null);
+}

@@ -290,6 +290,9 @@ async fn serve(
     let registry_for_http = registry.clone();
     let last_reload = Arc::new(Mutex::new(None));
     let shipper_slot = Arc::new(Mutex::new(None));
+    let attest_socket_now = Arc::new(Mutex::new(
+        attest_listener.as_ref().map(|_| attest_socket.clone()),
+    ));
     let status = crate::status::Sources {
         shared: shared.clone(),
         registry: registry.clone(),
@@ -303,7 +306,6 @@ async fn serve(
                 format!("[::1]:{}", config.agent.listen_port),
             ],
             "approvals_socket": approvals_socket.display().to_string(),
-            "attest_socket": attest_listener.as_ref().map(|_| attest_socket.display().to_string()),
             "approvals_http": decision_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
             "metrics": metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
         }),
@@ -311,6 +313,7 @@ async fn serve(
         lineage_on,
         last_reload: last_reload.clone(),
         streams: streams.clone(),
+        attest_socket: attest_socket_now.clone(),
     };
     // The shipper's passes run on blocking threads: an upload never holds up the proxy.
     let mut shipping = Shipping {
@@ -320,11 +323,50 @@ async fn serve(
         shutdown: shutdown_rx.clone(),
     };
     shipping.replace(shipper);
+    let start_attest: StartAttest = {
+        let (shared, attestor, shutdown) = (shared.clone(), attestor.clone(), shutdown_rx.clone());
+        let now = attest_socket_now.clone();
+        Box::new(move |listener, socket: PathBuf| {
+            info!(socket = %socket.display(), "attest socket ready");
+            *now.lock().unwrap_or_else(|p| p.into_inner()) = Some(socket.clone());
+            let task = tokio::spawn(attest::server::serve(
+                listener,
+                attest::server::Context {
+                    attestor: attestor.clone(),
+                    journal: shared.journal.clone(),
+                    cgroup_id: {
+                        let shared = shared.clone();
+                        Arc::new(move |path| shared.cgroups.id_of(path))
+                    },
+                    workload_of: {
+                        let shared = shared.clone();
+                        Arc::new(move |cgroup, uid| {
+                            let config = shared.config();
+                            config
+                                .workload_for(cgroup, uid)
+                                .map(|w| w.display_name(cgroup))
+                        })
+                    },
+                },
+                shutdown.clone(),
+            ));
+            AttestServer {
+                socket,
+                task,
+                now: now.clone(),
+            }
+        })
+    };
+    let attest_server = Arc::new(Mutex::new(
+        attest_listener.map(|listener| start_attest(listener, attest_socket.clone())),
+    ));
     let reloadable = Arc::new(Reloadable {
         registry: registry_for_http.clone(),
         streams: streams.clone(),
         shipping: Mutex::new(shipping),
         last: last_reload.clone(),
+        attest: attest_server.clone(),
+        start_attest,
     });
     let control = {
         let (shared, path, live) = (shared.clone(), config_path.clone(), reloadable.clone());
@@ -344,30 +386,6 @@ async fn serve(
         shutdown_rx.clone(),
     ));
     info!(socket = %approvals_socket.display(), approver_gid, "approvals socket ready");
-    let attest_server = attest_listener.map(|listener| {
-        info!(socket = %attest_socket.display(), "attest socket ready");
-        tokio::spawn(attest::server::serve(
-            listener,
-            attest::server::Context {
-                attestor,
-                journal: shared.journal.clone(),
-                cgroup_id: {
-                    let shared = shared.clone();
-                    Arc::new(move |path| shared.cgroups.id_of(path))
-                },
-                workload_of: {
-                    let shared = shared.clone();
-                    Arc::new(move |cgroup, uid| {
-                        let config = shared.config();
-                        config
-                            .workload_for(cgroup, uid)
-                            .map(|w| w.display_name(cgroup))
-                    })
-                },
-            },
-            shutdown_rx.clone(),
-        ))
-    });
     let decision_server = decision_listener.map(|listener| {
         info!(addr = ?listener.local_addr().ok(), "approvals decision endpoint ready");
         tokio::spawn(approvals::http::serve(
@@ -459,9 +477,12 @@ async fn serve(
         m.abort();
     }
     let _ = std::fs::remove_file(&approvals_socket);
-    if let Some(server) = attest_server {
-        server.abort();
-        let _ = std::fs::remove_file(&attest_socket);
+    if let Some(server) = attest_server
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        server.stop();
     }
 
     let _ = sdnotify::notify("STATUS=stopping: closing the journal");
@@ -662,7 +683,34 @@ struct Reloadable {
     streams: crate::stream::Streams,
     shipping: Mutex<Shipping>,
     last: Arc<Mutex<Option<crate::status::ReloadRecord>>>,
+    /// The attest socket's server, while an `[[oidc_issuer]]` is configured.
+    attest: Arc<Mutex<Option<AttestServer>>>,
+    start_attest: StartAttest,
 }
+
+/// The attest socket's server: started when an `[[oidc_issuer]]` is configured (at start,
+/// or by the reload that adds the first one or moves `[attest] socket`), stopped by the
+/// reload that removes the last one.
+struct AttestServer {
+    socket: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+    /// What `status` shows.
+    now: Arc<Mutex<Option<PathBuf>>>,
+}
+
+impl AttestServer {
+    fn stop(self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket);
+        let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
+        if now.as_ref() == Some(&self.socket) {
+            *now = None;
+        }
+    }
+}
+
+/// Serves a bound attest socket (needs the runtime: called at start and by reloads).
+type StartAttest = Box<dyn Fn(tokio::net::UnixListener, PathBuf) -> AttestServer + Send + Sync>;
 
 /// Raises the soft limit on open files to the hard limit: every proxied connection holds
 /// two sockets (and two pipes while it splices), and the common soft default (1024) would
@@ -792,11 +840,6 @@ fn apply_reload(
         (a.approver_group != o.approver_group, "approver_group"),
         (a.metrics_listen != o.metrics_listen, "metrics_listen"),
         (a.journal_fsync != o.journal_fsync, "journal_fsync"),
-        (new.attest.socket != old.attest.socket, "[attest] socket"),
-        (
-            new.attest.enabled() != old.attest.enabled(),
-            "[[oidc_issuer]] (adding the first or removing the last)",
-        ),
     ] {
         if changed {
             warn!(
@@ -816,8 +859,21 @@ fn apply_reload(
     a.approvals_socket = o.approvals_socket.clone();
     a.approver_group = o.approver_group.clone();
     a.metrics_listen = o.metrics_listen;
-    new.attest.socket = old.attest.socket.clone();
     let verifier = attest::load_issuers(&new.attest).map_err(|e| e.to_string())?;
+    // The attest socket follows [[oidc_issuer]] and [attest] socket: bound now (a path
+    // that cannot be bound rejects the reload), served once the snapshot is in force.
+    let attest_changes = new.attest.enabled() != old.attest.enabled()
+        || (new.attest.enabled() && new.attest.socket != old.attest.socket);
+    let new_attest_socket = new.attest.socket.clone();
+    // Moved: the new path is bound before the old one closes.
+    let attest_listener = if attest_changes && new.attest.enabled() {
+        Some(
+            attest::server::bind(&new.attest.socket)
+                .map_err(|e| format!("[attest] socket: {e}"))?,
+        )
+    } else {
+        None
+    };
     // The decision endpoint is a listener bound at start; the rest of [approvals] is
     // read now (a bad key rejects the reload) and applied with the snapshot.
     if new.approvals.http_listen != old.approvals.http_listen {
@@ -886,6 +942,25 @@ fn apply_reload(
         attestor.set_verifier(verifier);
     }
     let mut what = format!("configuration reloaded: {w} workloads, {t} targets");
+    if attest_changes {
+        let mut slot = live.attest.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(server) = slot.take() {
+            info!(socket = %server.socket.display(), "attest socket closed");
+            what.push_str(&format!(
+                "; attest socket {} closed",
+                server.socket.display()
+            ));
+            server.stop();
+        }
+        if let Some(listener) = attest_listener {
+            let server = (live.start_attest)(listener, new_attest_socket.clone());
+            what.push_str(&format!(
+                "; attest socket {} bound",
+                server.socket.display()
+            ));
+            *slot = Some(server);
+        }
+    }
     if let Some((announcer, keys, max_grant)) = approvals {
         live.registry.reconfigure(announcer, keys, max_grant);
         what.push_str("; [approvals] applied");

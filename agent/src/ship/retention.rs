@@ -188,7 +188,10 @@ mod tests {
             name: "new".into(),
             at: None,
         };
-        assert_eq!(held_by_stream(std::slice::from_ref(&fresh), &segment), Some("new"));
+        assert_eq!(
+            held_by_stream(std::slice::from_ref(&fresh), &segment),
+            Some("new")
+        );
         // An empty segment holds no event a stream could miss.
         segment.payload.last_event_id = None;
         assert_eq!(held_by_stream(&[fresh], &segment), None);
