@@ -657,6 +657,9 @@ fn both_content_length_and_transfer_encoding_are_refused() {
     );
     assert!(!answer.contains("smuggled"), "{answer:?}");
     assert!(app.seen().is_empty(), "{:?}", app.seen());
+    // The request was journaled before the answer, but committed with the session's end
+    // at the latest: read once the session has ended, not as soon as the answer came.
+    agent.wait_sessions_ended(1);
     let refused = events_of_kind(&agent, "http_request");
     assert_eq!(refused.len(), 1, "{refused:#?}");
     assert_eq!(refused[0]["data"]["action"], "refused");
