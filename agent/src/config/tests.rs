@@ -117,6 +117,7 @@ fn minimal_example_parses_to_the_expected_model() {
             imds: None,
             ssh: None,
             kube: None,
+            mysql: None,
             netns: crate::config::NetnsScope::Any,
         }]
     );

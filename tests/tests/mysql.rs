@@ -1,0 +1,314 @@
+//! Real MySQL clients (the `mariadb` CLI, PyMySQL) against a real MariaDB server,
+//! through the agent and its eBPF interception, with `protocol = "mysql"`.
+use std::process::Output;
+
+use nhi_tests::mysql::MariaDb;
+use nhi_tests::*;
+
+fn workload(name: &str, cg: &TestCgroup) -> String {
+    format!(
+        "[[workload]]\nname = \"{name}\"\ncgroup = \"{}\"\n\n",
+        cg.rel()
+    )
+}
+
+fn target(name: &str, server: &MariaDb, extra: &str) -> String {
+    format!(
+        "[[target]]\nname = \"{name}\"\naddress = \"{}\"\nprotocol = \"mysql\"\n{extra}\n",
+        server.addr()
+    )
+}
+
+/// A MariaDB with database `shop`, table `users` (two rows), and user `app` /
+/// `app-secret` (mysql_native_password) who may do anything in `shop`.
+fn server() -> MariaDb {
+    let db = MariaDb::start();
+    db.sql(
+        "create database shop;
+         create table shop.users (id int primary key, name varchar(40), email varchar(80), card varchar(20));
+         insert into shop.users values (1, 'Ada', 'ada@example.com', '4111111111111111'),
+                                       (2, 'Bob', 'bob@example.org', '5500005555555559');
+         create table shop.scratch (id int);
+         create user 'app'@'%' identified by 'app-secret';
+         grant all on shop.* to 'app'@'%';",
+    );
+    db
+}
+
+/// `mariadb` in the cgroup, over TCP to the server's address (intercepted), batch mode.
+fn mariadb(cg: &TestCgroup, db: &MariaDb, args: &[&str]) -> Output {
+    cg.command("mariadb")
+        .args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &db.port.to_string(),
+        ])
+        .args(["--protocol=tcp", "-N", "-B", "shop"])
+        .args(args)
+        .output()
+        .expect("run mariadb")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "client failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn skip_without_mariadb() -> bool {
+    if MariaDb::available() {
+        return false;
+    }
+    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+        panic!("mariadb-server / mariadb-client are not installed (cargo xtask setup)");
+    }
+    eprintln!("SKIPPED: mariadb-server / mariadb-client are not installed");
+    true
+}
+
+#[test]
+fn statements_are_judged_journaled_and_refusals_leave_the_session_usable() {
+    privileged!("statements_are_judged_journaled_and_refusals_leave_the_session_usable");
+    if skip_without_mariadb() {
+        return;
+    }
+    let db = server();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "{}{}\
+         [[policy]]\nname = \"bots\"\nworkload = \"bot\"\n\n\
+         [[policy.rule]]\nname = \"no-drop\"\nverdict = \"deny\"\nkinds = [\"drop\", \"truncate\"]\n\n\
+         [[policy.rule]]\nname = \"no-unbounded-delete\"\nverdict = \"deny\"\nkinds = [\"delete\", \"update\"]\nwithout_where = true\n",
+        workload("bot", &cg),
+        target("shop-db", &db, ""),
+    ));
+    // Plain queries through the agent, with the client's own password (relayed).
+    let out = ok(mariadb(
+        &cg,
+        &db,
+        &[
+            "-uapp",
+            "-papp-secret",
+            "-e",
+            "select 6 * 7; select name from users order by id",
+        ],
+    ));
+    assert_eq!(out, "42\nAda\nBob\n");
+
+    // One session: a DROP and an unbounded DELETE refused with ERR 1142 naming the rule,
+    // and the statements after them still run (`--force` goes on after errors).
+    let out = mariadb(
+        &cg,
+        &db,
+        &[
+            "-uapp",
+            "-papp-secret",
+            "--force",
+            "-e",
+            "drop table scratch; select 'after drop'; delete from users; select count(*) from users; \
+             delete from users where id = 2; select count(*) from users",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ERROR 1142 (42000)") && stderr.contains("rule \"no-drop\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rule \"no-unbounded-delete\""), "{stderr}");
+    assert_eq!(stdout, "after drop\n2\n1\n", "{stderr}");
+    assert_eq!(db.sql("select count(*) from shop.scratch").trim(), "0");
+    assert_eq!(db.sql("select id from shop.users").trim(), "1");
+
+    // A server error is relayed as the server sent it.
+    let out = mariadb(
+        &cg,
+        &db,
+        &["-uapp", "-papp-secret", "-e", "select * from nosuch"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ERROR 1146 (42S02)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    agent.wait_sessions_ended(3);
+    let statements = agent.statements();
+    let find = |text: &str| {
+        statements
+            .iter()
+            .find(|s| s["text"] == text)
+            .unwrap_or_else(|| panic!("no statement {text:?} in {statements:#?}"))
+    };
+    let drop = find("drop table scratch");
+    assert_eq!(drop["verdict"], "deny");
+    assert_eq!(drop["action"], "refused");
+    assert_eq!(drop["rule"], "no-drop");
+    assert_eq!(drop["protocol"], "query");
+    let delete = find("delete from users where id = 2");
+    assert_eq!(delete["action"], "forwarded");
+    assert_eq!(delete["tables"], serde_json::json!(["users"]));
+    assert_eq!(find("delete from users")["rule"], "no-unbounded-delete");
+    // The password never reached the journal.
+    let journal = std::fs::read(&agent.journal).unwrap();
+    assert!(!contains_bytes(&journal, b"app-secret"));
+    assert!(!agent.log_text().contains("app-secret"));
+}
+
+#[test]
+fn result_rows_are_masked_in_text_and_binary_protocol() {
+    privileged!("result_rows_are_masked_in_text_and_binary_protocol");
+    if skip_without_mariadb() {
+        return;
+    }
+    let db = server();
+    let cg = TestCgroup::create(&format!("{}/reporter", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "{}{}\
+         [[policy]]\nworkload = \"reporter\"\nrecord_results = \"rows\"\n\n\
+         [[mask]]\nname = \"pii\"\ncolumns = [\"email\"]\ndetectors = [\"email\"]\nstrategy = \"redact\"\n\n\
+         [[mask]]\nname = \"cards\"\ncolumns = [\"card\"]\nstrategy = \"partial\"\nkeep = 4\n",
+        workload("reporter", &cg),
+        target("crm", &db, ""),
+    ));
+    let q = |sql: &str| ok(mariadb(&cg, &db, &["-uapp", "-papp-secret", "-e", sql]));
+    // Text protocol: by column, through an alias, wrapped in functions, by detector.
+    assert_eq!(
+        q("select id, email, card from users order by id"),
+        "1\t[redacted]\t************1111\n2\t[redacted]\t************5559\n"
+    );
+    assert_eq!(
+        q("select email as e from users where id = 1"),
+        "[redacted]\n"
+    );
+    let wrapped = q("select concat(email), lower(card), upper(name) from users where id = 1");
+    assert!(
+        !wrapped.contains("ada@") && !wrapped.contains("4111"),
+        "{wrapped}"
+    );
+    assert_eq!(
+        q("select 'mail me: eve@example.net'"),
+        "mail me: [redacted]\n"
+    );
+    // Server-side prepared statements from SQL (text protocol results).
+    assert_eq!(
+        q("prepare s from 'select email from users where id = ?'; set @i = 2; execute s using @i"),
+        "[redacted]\n"
+    );
+    // Binary protocol: rows re-encoded, the wrapped column masked, the parameter
+    // journaled through the detectors.
+    assert_eq!(
+        perl_binary(&cg, &db),
+        "1\t[redacted]\t************1111\tAda\n2\t[redacted]\t************5559\tBob\n[redacted]\n"
+    );
+
+    agent.wait_sessions_ended(5);
+    let journal = std::fs::read(&agent.journal).unwrap();
+    assert!(!contains_bytes(&journal, b"ada@example.com"));
+    assert!(!contains_bytes(&journal, b"4111111111111111"));
+}
+
+#[test]
+fn the_agent_logs_in_with_its_credential_when_the_client_gives_none() {
+    privileged!("the_agent_logs_in_with_its_credential_when_the_client_gives_none");
+    if skip_without_mariadb() {
+        return;
+    }
+    let db = server();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("mysql.password");
+    std::fs::write(&password_file, "app-secret\n").unwrap();
+    std::fs::set_permissions(
+        &password_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("bot", &cg),
+        target(
+            "shop-db",
+            &db,
+            &format!(
+                "password_file = \"{}\"\nuser = \"app\"\n",
+                password_file.display()
+            )
+        ),
+    ));
+    // PyMySQL with no password at all, as a user the server does not know.
+    let script = r#"
+import sys, pymysql
+conn = pymysql.connect(host="127.0.0.1", port=int(sys.argv[1]), user="bot", database="shop")
+with conn.cursor() as cur:
+    cur.execute("select current_user(), count(*) from users")
+    print("%s %d" % cur.fetchone())
+    cur.execute("select name from users where id = %s", (2,))
+    print(cur.fetchone()[0])
+conn.close()
+"#;
+    let out = cg
+        .command("/usr/bin/python3")
+        .args(["-c", script, &db.port.to_string()])
+        .output()
+        .expect("python3");
+    assert_eq!(ok(out), "app@% 2\nBob\n");
+    // The mariadb CLI likewise, no -p.
+    assert_eq!(
+        ok(mariadb(&cg, &db, &["-ubot", "-e", "select current_user()"])),
+        "app@%\n"
+    );
+
+    let sessions = agent.wait_sessions_ended(2);
+    let id = sessions[0]["id"].as_i64().unwrap();
+    let events = agent.events(id);
+    let auth = events
+        .iter()
+        .find(|e| e["kind"] == "mysql_auth")
+        .unwrap_or_else(|| panic!("no mysql_auth in {events:#?}"));
+    assert_eq!(auth["data"]["injected"], true);
+    assert_eq!(auth["data"]["user"], "app");
+    assert_eq!(auth["data"]["method"], "mysql_native_password");
+    let login = events.iter().find(|e| e["kind"] == "mysql_login").unwrap();
+    assert_eq!(login["data"]["user"], "bot");
+    assert_eq!(login["data"]["credential_injected"], true);
+    let journal = std::fs::read(&agent.journal).unwrap();
+    assert!(!contains_bytes(&journal, b"app-secret"));
+    assert!(!agent.log_text().contains("app-secret"));
+}
+
+/// Reads `users` with the binary protocol (COM_STMT_PREPARE / COM_STMT_EXECUTE:
+/// Perl's DBD::MariaDB on libmariadb with `mariadb_server_prepare=1`, a real client);
+/// returns what it printed, one row a line, tab separated.
+fn perl_binary(cg: &TestCgroup, db: &MariaDb) -> String {
+    let script = r#"
+use strict; use DBI;
+my $port = shift;
+my $dbh = DBI->connect("DBI:MariaDB:database=shop;host=127.0.0.1;port=$port;mariadb_server_prepare=1",
+    "app", "app-secret", { RaiseError => 1, PrintError => 0 });
+my $sth = $dbh->prepare("select id, email, card, name from users where id >= ? order by id");
+$sth->execute(1);
+while (my @r = $sth->fetchrow_array) { print join("\t", map { defined $_ ? $_ : "NULL" } @r), "\n"; }
+$sth = $dbh->prepare("select concat(email, ?) from users where email = ?");
+$sth->execute("!", "ada\@example.com");
+while (my @r = $sth->fetchrow_array) { print join("\t", map { defined $_ ? $_ : "NULL" } @r), "\n"; }
+$dbh->disconnect;
+"#;
+    let out = cg
+        .command("perl")
+        .args(["-e", script, &db.port.to_string()])
+        .output()
+        .expect("perl");
+    ok(out)
+}
+
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
