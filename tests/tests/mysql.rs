@@ -51,6 +51,34 @@ fn mariadb(cg: &TestCgroup, db: &MariaDb, args: &[&str]) -> Output {
         .expect("run mariadb")
 }
 
+/// `mariadb` reading statements from stdin (`--force` goes on after errors only then).
+fn mariadb_stdin(cg: &TestCgroup, db: &MariaDb, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = cg
+        .command("mariadb")
+        .args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &db.port.to_string(),
+        ])
+        .args(["--protocol=tcp", "-N", "-B", "shop"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mariadb");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("mariadb")
+}
+
 fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
@@ -103,17 +131,12 @@ fn statements_are_judged_journaled_and_refusals_leave_the_session_usable() {
 
     // One session: a DROP and an unbounded DELETE refused with ERR 1142 naming the rule,
     // and the statements after them still run (`--force` goes on after errors).
-    let out = mariadb(
+    let out = mariadb_stdin(
         &cg,
         &db,
-        &[
-            "-uapp",
-            "-papp-secret",
-            "--force",
-            "-e",
-            "drop table scratch; select 'after drop'; delete from users; select count(*) from users; \
-             delete from users where id = 2; select count(*) from users",
-        ],
+        &["-uapp", "-papp-secret", "--force"],
+        "drop table scratch;\nselect 'after drop';\ndelete from users;\nselect count(*) from users;\n\
+         delete from users where id = 2;\nselect count(*) from users;\n",
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -121,7 +144,11 @@ fn statements_are_judged_journaled_and_refusals_leave_the_session_usable() {
         stderr.contains("ERROR 1142 (42000)") && stderr.contains("rule \"no-drop\""),
         "{stderr}"
     );
-    assert!(stderr.contains("rule \"no-unbounded-delete\""), "{stderr}");
+    assert!(
+        stderr.contains("rule \"no-unbounded-delete\""),
+        "{stdout}\n{stderr}\n{}",
+        agent.log_text()
+    );
     assert_eq!(stdout, "after drop\n2\n1\n", "{stderr}");
     assert_eq!(db.sql("select count(*) from shop.scratch").trim(), "0");
     assert_eq!(db.sql("select id from shop.users").trim(), "1");
@@ -173,6 +200,7 @@ fn result_rows_are_masked_in_text_and_binary_protocol() {
     let agent = Agent::start(&format!(
         "{}{}\
          [[policy]]\nworkload = \"reporter\"\nrecord_results = \"rows\"\n\n\
+         [[policy.rule]]\nname = \"sql-execute\"\nverdict = \"allow\"\nkinds = [\"execute\"]\n\n\
          [[mask]]\nname = \"pii\"\ncolumns = [\"email\"]\ndetectors = [\"email\"]\nstrategy = \"redact\"\n\n\
          [[mask]]\nname = \"cards\"\ncolumns = [\"card\"]\nstrategy = \"partial\"\nkeep = 4\n",
         workload("reporter", &cg),
@@ -205,7 +233,7 @@ fn result_rows_are_masked_in_text_and_binary_protocol() {
     // Binary protocol: rows re-encoded, the wrapped column masked, the parameter
     // journaled through the detectors.
     assert_eq!(
-        perl_binary(&cg, &db),
+        perl_binary(&cg, &db, &agent),
         "1\t[redacted]\t************1111\tAda\n2\t[redacted]\t************5559\tBob\n[redacted]\n"
     );
 
@@ -287,7 +315,7 @@ conn.close()
 /// Reads `users` with the binary protocol (COM_STMT_PREPARE / COM_STMT_EXECUTE:
 /// Perl's DBD::MariaDB on libmariadb with `mariadb_server_prepare=1`, a real client);
 /// returns what it printed, one row a line, tab separated.
-fn perl_binary(cg: &TestCgroup, db: &MariaDb) -> String {
+fn perl_binary(cg: &TestCgroup, db: &MariaDb, agent: &Agent) -> String {
     let script = r#"
 use strict; use DBI;
 my $port = shift;
@@ -306,7 +334,19 @@ $dbh->disconnect;
         .args(["-e", script, &db.port.to_string()])
         .output()
         .expect("perl");
-    ok(out)
+    assert!(
+        out.status.success(),
+        "perl failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        agent
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {

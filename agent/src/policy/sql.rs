@@ -337,7 +337,49 @@ pub fn analyze_mysql(sql: &str, no_backslash_escapes: bool) -> Analysis {
     if dashes_without_space {
         return whole_unparsed(sql);
     }
-    analyze_in(&MySqlDialect {}, sql)
+    let mut analysis = analyze_in(&MySqlDialect {}, sql);
+    for statement in &mut analysis.statements {
+        if let Some(inner) = mysql_prepare_text(&statement.text) {
+            // `PREPARE s FROM '<stmt>'`: the later `EXECUTE s` is opaque, so the
+            // statement is judged here by what it prepares (as PostgreSQL's PREPARE).
+            let inner = analyze_mysql(&inner, no_backslash_escapes);
+            let mut kinds = KindSet::of(StatementKind::Prepare);
+            let mut opaque = inner.statements.len() != 1;
+            for s in &inner.statements {
+                for k in s.kinds.iter() {
+                    kinds.insert(k);
+                }
+                statement.tables.extend(s.tables.iter().cloned());
+                statement.functions.extend(s.functions.iter().cloned());
+                statement.without_where |= s.without_where;
+                opaque |= s.opaque;
+            }
+            statement.kinds = kinds;
+            statement.opaque = opaque;
+        }
+    }
+    analysis
+}
+
+/// The statement text of MySQL's `PREPARE name FROM 'text'` (a string literal, not a
+/// user variable, which would be opaque).
+fn mysql_prepare_text(text: &str) -> Option<String> {
+    let tokens = Tokenizer::new(&MySqlDialect {}, text).tokenize().ok()?;
+    let mut words = tokens.into_iter().filter(|t| !is_trivia(t));
+    if !matches!(words.next()?, Token::Word(w) if w.keyword == Keyword::PREPARE) {
+        return None;
+    }
+    if !matches!(words.next()?, Token::Word(_)) {
+        return None;
+    }
+    if !matches!(words.next()?, Token::Word(w) if w.keyword == Keyword::FROM) {
+        return None;
+    }
+    let inner = match words.next()? {
+        Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => s,
+        _ => return None,
+    };
+    words.next().is_none().then_some(inner)
 }
 
 fn analyze_in(dialect: &dyn Dialect, sql: &str) -> Analysis {

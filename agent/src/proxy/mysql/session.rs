@@ -135,9 +135,9 @@ enum Pending {
         analysis: Arc<Analysis>,
         verdict: Verdict,
         rule: Option<String>,
-        /// Definitions still to come (params then columns), and EOFs after each group.
-        left: u32,
-        eofs: u8,
+        /// The packets still to come after the OK, in reverse order: `true` a
+        /// definition (parameters then columns), `false` the EOF after each group.
+        left: Vec<bool>,
         ok: Option<PrepareOk>,
     },
     /// One packet: OK, ERR or EOF (COM_PING, COM_INIT_DB, ...); `seq`: the statement
@@ -715,8 +715,7 @@ impl MysqlSession {
                     analysis,
                     verdict: Verdict::Allow,
                     rule: rule.clone(),
-                    left: 0,
-                    eofs: 0,
+                    left: Vec::new(),
                     ok: None,
                 };
                 Ok(self.hold(packet, seq, &text, rule, pending))
@@ -750,8 +749,7 @@ impl MysqlSession {
                         analysis,
                         verdict,
                         rule,
-                        left: 0,
-                        eofs: 0,
+                        left: Vec::new(),
                         ok: None,
                     },
                 );
@@ -1013,7 +1011,6 @@ impl MysqlSession {
                 verdict,
                 rule,
                 mut left,
-                mut eofs,
                 mut ok,
             } => {
                 match ok {
@@ -1024,9 +1021,12 @@ impl MysqlSession {
                         }
                         let prepared = PrepareOk::parse(&payload)
                             .map_err(|e| SessionError(format!("server: {e}")))?;
-                        left = u32::from(prepared.params) + u32::from(prepared.columns);
-                        if !self.deprecate_eof() {
-                            eofs = u8::from(prepared.params > 0) + u8::from(prepared.columns > 0);
+                        let eof = !self.deprecate_eof();
+                        for (n, _) in [(prepared.columns, ()), (prepared.params, ())] {
+                            if n > 0 && eof {
+                                left.push(false);
+                            }
+                            left.extend(std::iter::repeat_n(true, usize::from(n)));
                         }
                         self.statements.insert(
                             prepared.statement_id,
@@ -1042,29 +1042,28 @@ impl MysqlSession {
                         );
                         ok = Some(prepared);
                     }
-                    Some(prepared) => {
-                        if left > 0 {
-                            left -= 1;
-                        } else if eofs > 0 && mysql::is_eof(&payload, false) {
-                            eofs -= 1;
-                        } else {
-                            return Err(SessionError(
-                                "protocol desynchronized: more COM_STMT_PREPARE answer than announced"
-                                    .into(),
-                            ));
+                    Some(_) => match left.pop() {
+                        Some(true) => {
+                            ColumnDef::parse(&payload)
+                                .map_err(|e| SessionError(format!("server: {e}")))?;
                         }
-                        let _ = prepared;
-                    }
+                        Some(false) if mysql::is_eof(&payload, false) => {}
+                        _ => {
+                            return Err(SessionError(
+                                "protocol desynchronized: unexpected packet in a COM_STMT_PREPARE answer"
+                                    .into(),
+                            ))
+                        }
+                    },
                 }
                 self.relay(&packet, None);
-                if left > 0 || eofs > 0 {
+                if !left.is_empty() {
                     self.pending = Some(Pending::Prepare {
                         text,
                         analysis,
                         verdict,
                         rule,
                         left,
-                        eofs,
                         ok,
                     });
                 }
