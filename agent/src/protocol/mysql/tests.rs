@@ -70,7 +70,7 @@ fn a_16_mib_payload_continues_and_is_joined() {
 #[test]
 fn an_oversized_packet_is_refused_from_its_header() {
     let mut buf = BytesMut::from(&[0xff, 0xff, 0x0f, 0][..]);
-    let err = PacketDecoder::new(1 << 20).decode(&mut buf).unwrap_err();
+    let err = PacketDecoder::new(1 << 19).decode(&mut buf).unwrap_err();
     assert!(matches!(err, ProtocolError::TooLong { .. }), "{err}");
 }
 
@@ -196,12 +196,13 @@ fn binary_rows_decode_and_re_encode() {
         (ty::DATETIME, false),
         (ty::DOUBLE, false),
     ];
+    let (minus_five, one_and_half) = ((-5i32).to_le_bytes(), 1.5f64.to_le_bytes());
     let values = vec![
-        NewValue::Same(&(-5i32).to_le_bytes(), Layout::Int(4)),
+        NewValue::Same(&minus_five, Layout::Int(4)),
         NewValue::String(b"ada@example.com"),
         NewValue::Null,
         NewValue::Same(&[0xea, 0x07, 12, 7, 18, 30, 5], Layout::Temporal),
-        NewValue::Same(&1.5f64.to_le_bytes(), Layout::Double),
+        NewValue::Same(&one_and_half, Layout::Double),
     ];
     let row = encode_binary_row(&values);
     let decoded = binary_row(&row, &types).unwrap();
@@ -287,7 +288,7 @@ fn native_password_scramble_matches_known_vectors() {
     let response = auth::native_password(b"password", scramble);
     let mut h = Sha1::new();
     h.update(scramble);
-    h.update(&stored);
+    h.update(stored);
     let stage1: Vec<u8> = response
         .iter()
         .zip(h.finalize())

@@ -129,7 +129,7 @@ struct ResultRun {
 /// What the session expects of the server.
 #[derive(Debug)]
 enum Pending {
-    Result(ResultRun),
+    Result(Box<ResultRun>),
     Prepare {
         text: Arc<str>,
         analysis: Arc<Analysis>,
@@ -600,12 +600,12 @@ impl MysqlSession {
                 rule.as_deref(),
                 "held",
             );
-            let pending = Pending::Result(ResultRun::new(
+            let pending = Pending::Result(Box::new(ResultRun::new(
                 false,
                 vec![seq],
                 infile_allowed,
                 masked_idents,
-            ));
+            )));
             return Ok(self.hold(packet, seq, &sql, rule, pending));
         }
         let refused = matches!(action, Action::Refuse);
@@ -669,7 +669,12 @@ impl MysqlSession {
         );
         self.forward(
             packet,
-            Pending::Result(ResultRun::new(false, seqs, infile_allowed, masked_idents)),
+            Pending::Result(Box::new(ResultRun::new(
+                false,
+                seqs,
+                infile_allowed,
+                masked_idents,
+            ))),
         );
         Ok(Step::Continue)
     }
@@ -782,7 +787,12 @@ impl MysqlSession {
             );
             self.forward(
                 packet,
-                Pending::Result(ResultRun::new(true, vec![seq], false, Arc::new(Vec::new()))),
+                Pending::Result(Box::new(ResultRun::new(
+                    true,
+                    vec![seq],
+                    false,
+                    Arc::new(Vec::new()),
+                ))),
             );
             return Ok(Step::Continue);
         };
@@ -846,7 +856,12 @@ impl MysqlSession {
         );
         self.forward(
             packet,
-            Pending::Result(ResultRun::new(true, vec![seq], false, masked_idents)),
+            Pending::Result(Box::new(ResultRun::new(
+                true,
+                vec![seq],
+                false,
+                masked_idents,
+            ))),
         );
         Ok(Step::Continue)
     }
