@@ -350,7 +350,7 @@ impl MysqlSession {
             seq,
             error: Some(pg_events::ErrorSummary {
                 sqlstate: Cow::Borrowed(&error.sqlstate),
-                message: Cow::Borrowed(&error.message),
+                message: Cow::Owned(error_text(error)),
             }),
             ..pg_events::StatementEnd::default()
         };
@@ -1450,8 +1450,8 @@ impl MysqlSession {
             },
             masked,
             error: err.map(|e| pg_events::ErrorSummary {
-                sqlstate: Cow::Owned(format!("{} ({})", e.sqlstate, e.code)),
-                message: Cow::Borrowed(&e.message),
+                sqlstate: Cow::Borrowed(&e.sqlstate),
+                message: Cow::Owned(error_text(e)),
             }),
             copy: None,
             result_rows: recorded.map(Cow::Borrowed),
@@ -1620,6 +1620,12 @@ fn identifiers(sql: &str) -> Vec<String> {
             .map(str::to_lowercase)
             .collect(),
     }
+}
+
+/// An ERR as the journal keeps it: the SQLSTATE apart, the MySQL error code in front of
+/// the message (`(1142) nhi-agent: ...`).
+fn error_text(e: &ErrPacket) -> String {
+    format!("({}) {}", e.code, e.message)
 }
 
 fn bounded(s: &str) -> String {
