@@ -33,6 +33,11 @@ impl MariaDb {
     /// server runs as root (`--user=root`: the test harness is root and the temp dir is
     /// root's), with a small buffer pool.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`MariaDb::start`] with extra `mariadbd` options (`--ssl-cert=...`).
+    pub fn start_with(extra: &[String]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("nhi-mariadb-")
             .tempdir()
@@ -70,6 +75,7 @@ impl MariaDb {
                 "--innodb-log-file-size=8M",
                 "--max-connections=200",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -22,7 +22,11 @@ fn target(name: &str, server: &MariaDb, extra: &str) -> String {
 /// A MariaDB with database `shop`, table `users` (two rows), and user `app` /
 /// `app-secret` (mysql_native_password) who may do anything in `shop`.
 fn server() -> MariaDb {
-    let db = MariaDb::start();
+    server_with(&[])
+}
+
+fn server_with(extra: &[String]) -> MariaDb {
+    let db = MariaDb::start_with(extra);
     db.sql(
         "create database shop;
          create table shop.users (id int primary key, name varchar(40), email varchar(80), card varchar(20));
@@ -342,6 +346,91 @@ conn.close()
     assert_eq!(login["data"]["user"], "bot");
     assert_eq!(login["data"]["credential_injected"], true);
     assert!(!journal_holds(&agent, "app-secret"));
+}
+
+#[test]
+fn tls_is_terminated_towards_the_client_and_spoken_to_the_server() {
+    privileged!("tls_is_terminated_towards_the_client_and_spoken_to_the_server");
+    if skip_without_mariadb() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    make_test_certs(certs.path(), "nhi-test-mysql-ca", "db.test");
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let db = server_with(&[
+        format!("--ssl-ca={}", file("ca.crt")),
+        format!("--ssl-cert={}", file("server.crt")),
+        format!("--ssl-key={}", file("server.key")),
+    ]);
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("bot", &cg),
+        target(
+            "shop-db",
+            &db,
+            &format!(
+                "client_tls = \"terminate\"\ntls = \"verify-full\"\nca_file = \"{}\"\n",
+                file("ca.crt")
+            )
+        ),
+    ));
+    let agent_ca = agent.dir.path().join("tls/ca.crt");
+    // The client verifies the agent's certificate for the address it dialled; the
+    // server sees a TLS connection (the agent's).
+    let out = mariadb(
+        &cg,
+        &db,
+        &[
+            "-uapp",
+            "-papp-secret",
+            "--ssl",
+            &format!("--ssl-ca={}", agent_ca.display()),
+            "--ssl-verify-server-cert",
+            "-e",
+            "select variable_value <> '' from information_schema.session_status where variable_name = 'Ssl_version'",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("session closed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out, "1\n");
+    // A client that trusts only the server's CA does not accept the agent.
+    let refused = mariadb(
+        &cg,
+        &db,
+        &[
+            "-uapp",
+            "-papp-secret",
+            "--ssl",
+            &format!("--ssl-ca={}", file("ca.crt")),
+            "--ssl-verify-server-cert",
+            "-e",
+            "select 1",
+        ],
+    );
+    assert!(!refused.status.success());
+    let sessions = agent.wait_sessions_ended(2);
+    let id = sessions
+        .iter()
+        .find(|s| s["bytes_from_server"].as_u64().unwrap_or(0) > 0)
+        .map(|s| s["id"].as_i64().unwrap())
+        .unwrap();
+    let login = agent
+        .events(id)
+        .into_iter()
+        .find(|e| e["kind"] == "mysql_login")
+        .expect("mysql_login");
+    assert_eq!(login["data"]["client_tls"], true);
 }
 
 /// Reads `users` with the binary protocol (COM_STMT_PREPARE / COM_STMT_EXECUTE:

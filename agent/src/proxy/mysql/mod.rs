@@ -253,17 +253,19 @@ async fn serve_inner(
                 "client asked for TLS, which was not offered".into(),
             ));
         };
-        if !cbuf.is_empty() {
-            return Err(Failure::Protocol(
-                "client sent data after its SSL request before the TLS handshake".into(),
-            ));
-        }
         let names: Vec<String> = target_rt.server_name.iter().cloned().collect();
         let config = ca
             .server_config(&names, &[ctx.orig_dst.ip()])
             .map_err(|e| Failure::Protocol(format!("TLS certificate: {e}")))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let stream = tokio::time::timeout(STARTUP_TIMEOUT, acceptor.accept(client))
+        // MySQL clients start the TLS handshake right behind the SSL request (nothing
+        // answers it): what was read with it is the start of the ClientHello.
+        let early = cbuf.split().freeze();
+        let prefixed = Prefixed {
+            prefix: early,
+            inner: client,
+        };
+        let stream = tokio::time::timeout(STARTUP_TIMEOUT, acceptor.accept(prefixed))
             .await
             .map_err(|_| Failure::Client("TLS handshake timed out".into()))?
             .map_err(|e| Failure::Client(format!("TLS handshake: {e}")))?;
@@ -642,5 +644,51 @@ fn answer(plugin: &str, password: &Secret, scramble: &[u8], tls: bool) -> Result
         other => Err(Failure::Auth(format!(
             "the server asks for authentication plugin {other}, which the agent cannot answer with its credential"
         ))),
+    }
+}
+
+/// A stream whose first reads return `prefix` (bytes already read from `inner`).
+struct Prefixed<S> {
+    prefix: bytes::Bytes,
+    inner: S,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
