@@ -223,6 +223,29 @@ fn statements_are_judged_journaled_and_refusals_leave_the_session_usable() {
         ),
         "{transcript}"
     );
+    // `export --format ocsf`: each statement a Datastore Activity (6005), the refused
+    // DROP with its rule.
+    let out = agent.cli(&[
+        "export",
+        "--format",
+        "ocsf",
+        "--journal",
+        agent.journal.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let ocsf = String::from_utf8_lossy(&out.stdout);
+    let activities: Vec<serde_json::Value> = ocsf
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["class_uid"] == 6005)
+        .collect();
+    assert!(
+        activities
+            .iter()
+            .any(|e| e.to_string().contains("drop table scratch")
+                && e.to_string().contains("no-drop")),
+        "{ocsf}"
+    );
     // The password never reached the journal.
     assert!(!journal_holds(&agent, "app-secret"));
 }

@@ -392,3 +392,63 @@ fn mysql_executable_comments_and_dashes_are_opaque() {
     assert_eq!(a.statements.len(), 1, "a backslash escapes the quote");
     assert!(policy::analyze_mysql("select 'a\\'", true).statements[0].opaque);
 }
+
+#[test]
+fn a_held_statement_waits_then_goes_or_is_refused() {
+    const HOLD: &str = r#"
+[[policy]]
+[[policy.rule]]
+name = "needs-approval"
+verdict = "approve"
+kinds = ["update"]
+"#;
+    let rules = SessionRules {
+        policy: Some(policy(HOLD)),
+        enforce: true,
+        masks: SessionMasks::none(),
+        record_results: RecordResults::Summary,
+    };
+    let mut s = MysqlSession::new(1, Arc::new(rules), caps::PROTOCOL_41);
+    let mut c = command(command::QUERY, b"update users set name = 'x' where id = 1");
+    c.extend_from_slice(&command(command::PING, b""));
+    let Step::Hold(request) = s.on_client(&mut c).unwrap() else {
+        panic!("held");
+    };
+    assert_eq!(request.rule.as_deref(), Some("needs-approval"));
+    assert!(s.take_to_server().is_empty());
+    // Nothing behind the held command is read meanwhile.
+    assert!(matches!(s.on_client(&mut c).unwrap(), Step::Continue));
+    assert_eq!(c.len(), 5);
+    s.resolve_hold(HoldOutcome::Approved {
+        by: "alice".into(),
+        note: Default::default(),
+    })
+    .unwrap();
+    assert_eq!(
+        &s.take_to_server()[..],
+        &command(command::QUERY, b"update users set name = 'x' where id = 1")[..]
+    );
+    s.on_server(&mut answer(&[OkPacket {
+        affected_rows: 1,
+        ..OkPacket::default()
+    }
+    .encode()
+    .to_vec()]))
+        .unwrap();
+    s.on_client(&mut c).unwrap();
+    assert_eq!(s.take_to_server().len(), 5, "the ping follows");
+    s.on_server(&mut answer(&[OkPacket::default().encode().to_vec()]))
+        .unwrap();
+    s.take_to_client();
+    // A second one, denied: ERR with sequence id 1.
+    let mut c = command(command::QUERY, b"update users set name = 'y' where id = 2");
+    assert!(matches!(s.on_client(&mut c).unwrap(), Step::Hold(_)));
+    s.resolve_hold(HoldOutcome::Expired).unwrap();
+    assert!(s.take_to_server().is_empty());
+    let out = packets(&s.take_to_client());
+    assert_eq!(out[0].seq, 1);
+    assert!(ErrPacket::parse(&out[0].payload)
+        .unwrap()
+        .message
+        .contains("not approved in time"));
+}
