@@ -11,6 +11,9 @@ pub mod kind {
     pub const LOGIN: &str = "mysql_login";
     /// Authentication: plugin, whether the agent answered with its credential, error.
     pub const AUTH: &str = "mysql_auth";
+    /// COM_CHANGE_USER (relayed): the user, database and plugin asked for; its
+    /// outcome is the next `mysql_auth` (with `change_user: true`).
+    pub const CHANGE_USER: &str = "mysql_change_user";
 }
 
 /// Kind [`kind::LOGIN`]. The client's authentication data is never part of it.

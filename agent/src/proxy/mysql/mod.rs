@@ -582,6 +582,7 @@ async fn serve_inner(
 
     // ------------------------------------------------------------ session
     let mut session = MysqlSession::new(ctx.id, ctx.rules.clone(), session_caps);
+    session.set_credential_held(credential.is_some());
     if ok.status != 0 {
         session.set_status(ok.status);
     }

@@ -152,6 +152,13 @@ enum Pending {
     },
     /// One packet of text (COM_STATISTICS).
     Text,
+    /// COM_CHANGE_USER (relayed): the server's OK or ERR, or authentication exchanges;
+    /// `client_turn`: the client's next packet answers an exchange.
+    ChangeUser {
+        user: String,
+        plugin: String,
+        client_turn: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -183,6 +190,8 @@ pub struct MysqlSession {
     to_client: BytesMut,
     events: Vec<Event>,
     gate: Gate,
+    /// The agent logged in with its own credential: COM_CHANGE_USER is refused.
+    credential_held: bool,
     pub statements_seen: u64,
     pub statements_refused: u64,
 }
@@ -210,9 +219,15 @@ impl MysqlSession {
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
             events: Vec::new(),
+            credential_held: false,
             statements_seen: 0,
             statements_refused: 0,
         }
+    }
+
+    /// The agent logged in with its credential (COM_CHANGE_USER is then refused).
+    pub fn set_credential_held(&mut self, held: bool) {
+        self.credential_held = held;
     }
 
     /// The server status flags the authentication's OK reported.
@@ -378,6 +393,15 @@ impl MysqlSession {
                 return Ok(Step::Continue);
             }
         }
+        if let Some(Pending::ChangeUser { client_turn, .. }) = &mut self.pending {
+            if *client_turn {
+                // Authentication data for COM_CHANGE_USER: relayed, never journaled.
+                *client_turn = false;
+                self.client_next = packet.next_seq();
+                self.to_server.extend_from_slice(&packet.raw);
+                return Ok(Step::Continue);
+            }
+        }
         if packet.seq != 0 {
             return Err(SessionError(format!(
                 "client command with sequence id {} (a command starts at 0)",
@@ -444,6 +468,7 @@ impl MysqlSession {
                 self.forward(packet, Pending::simple(None));
                 Ok(Step::Continue)
             }
+            command::CHANGE_USER => self.on_change_user(packet, &body),
             command::STATISTICS => {
                 self.forward(packet, Pending::Text);
                 Ok(Step::Continue)
@@ -501,6 +526,63 @@ impl MysqlSession {
                 Ok(Step::Continue)
             }
         }
+    }
+
+    /// COM_CHANGE_USER: relayed (its authentication exchange included, never
+    /// journaled) when the client authenticated itself; refused when the agent logged
+    /// in with its credential (the bot would leave the user the agent chose).
+    fn on_change_user(&mut self, packet: Packet, body: &[u8]) -> Result<Step, SessionError> {
+        let malformed = |e: mysql::ProtocolError| SessionError(format!("client: {e}"));
+        let mut r = mysql::Reader::new(body);
+        let user =
+            String::from_utf8_lossy(r.nul_str("COM_CHANGE_USER").map_err(malformed)?).into_owned();
+        // The auth response, then the schema (what is after is not needed).
+        if self.capabilities & caps::SECURE_CONNECTION != 0 {
+            let n = r.u8("COM_CHANGE_USER").map_err(malformed)?;
+            r.take(usize::from(n), "COM_CHANGE_USER")
+                .map_err(malformed)?;
+        } else {
+            r.nul_str("COM_CHANGE_USER").map_err(malformed)?;
+        }
+        let database = String::from_utf8_lossy(r.nul_or_end()).into_owned();
+        let _ = r.u16("charset");
+        let plugin = String::from_utf8_lossy(r.nul_or_end()).into_owned();
+        if self.credential_held {
+            let seq = self.seq();
+            let text = format!("-- COM_CHANGE_USER {user}");
+            self.statement_event(
+                seq,
+                "command",
+                &text,
+                &Analysis::default(),
+                None,
+                &[],
+                Verdict::Deny,
+                Some(RULE_UNSUPPORTED),
+                "refused",
+            );
+            let err = ErrPacket::new(
+                ER_REFUSED,
+                SQLSTATE_REFUSED,
+                "nhi-agent: COM_CHANGE_USER is not allowed: the agent logs in with its own credential",
+            );
+            self.refused_end(seq, &err);
+            self.answer_err(&err);
+            return Ok(Step::Continue);
+        }
+        self.event(
+            super::events::kind::CHANGE_USER,
+            &serde_json::json!({ "user": user, "database": database, "plugin": plugin }),
+        );
+        self.forward(
+            packet,
+            Pending::ChangeUser {
+                user,
+                plugin,
+                client_turn: false,
+            },
+        );
+        Ok(Step::Continue)
     }
 
     fn forward(&mut self, packet: Packet, pending: Pending) {
@@ -1004,6 +1086,60 @@ impl MysqlSession {
                 self.relay(&packet, None);
             }
             Pending::Text => self.relay(&packet, None),
+            Pending::ChangeUser {
+                user,
+                mut plugin,
+                client_turn: _,
+            } => {
+                self.relay(&packet, None);
+                let done = match first {
+                    Some(0x00) => {
+                        if let Ok(ok) = OkPacket::parse(&payload, self.capabilities) {
+                            self.status = ok.status;
+                        }
+                        // The server forgets the session's prepared statements.
+                        self.statements.clear();
+                        Some(
+                            serde_json::json!({ "method": plugin, "injected": false, "user": user, "change_user": true }),
+                        )
+                    }
+                    Some(0xFF) => {
+                        let e = ErrPacket::parse(&payload).ok();
+                        Some(
+                            serde_json::json!({ "method": plugin, "injected": false, "user": user, "change_user": true,
+                            "error": e.map(|e| serde_json::json!({ "code": e.code, "sqlstate": e.sqlstate, "message": e.message })) }),
+                        )
+                    }
+                    Some(0xFE) => {
+                        let mut r = mysql::Reader::new(&payload[1..]);
+                        plugin = String::from_utf8_lossy(r.nul_or_end()).into_owned();
+                        self.pending = Some(Pending::ChangeUser {
+                            user: user.clone(),
+                            plugin: plugin.clone(),
+                            client_turn: true,
+                        });
+                        None
+                    }
+                    Some(0x01) => {
+                        let fast_ok = plugin == mysql::auth::CACHING_SHA2
+                            && payload.get(1) == Some(&mysql::auth::caching_sha2::FAST_AUTH_OK);
+                        self.pending = Some(Pending::ChangeUser {
+                            user: user.clone(),
+                            plugin: plugin.clone(),
+                            client_turn: !fast_ok,
+                        });
+                        None
+                    }
+                    _ => {
+                        return Err(SessionError(
+                            "protocol desynchronized: unexpected answer to COM_CHANGE_USER".into(),
+                        ))
+                    }
+                };
+                if let Some(event) = done {
+                    self.event(super::events::kind::AUTH, &event);
+                }
+            }
             Pending::FieldList { seq } => {
                 let done = first == Some(0xFF) || mysql::is_eof(&payload, self.deprecate_eof());
                 if done {
@@ -1504,9 +1640,12 @@ impl crate::session::Session for MysqlSession {
             if self.held.is_some() {
                 return Ok(Step::Continue);
             }
-            let infile =
-                matches!(&self.pending, Some(Pending::Result(r)) if r.state == RState::InfileData);
-            if self.pending.is_some() && !infile {
+            let client_turn = match &self.pending {
+                Some(Pending::Result(r)) => r.state == RState::InfileData,
+                Some(Pending::ChangeUser { client_turn, .. }) => *client_turn,
+                _ => false,
+            };
+            if self.pending.is_some() && !client_turn {
                 if buf.len() > MAX_CLIENT_BACKLOG {
                     return Err(SessionError(format!(
                         "client sent more than {MAX_CLIENT_BACKLOG} bytes while a command was in flight"

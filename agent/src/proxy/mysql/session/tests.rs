@@ -511,3 +511,59 @@ fn garbage_is_an_error_never_a_panic() {
         }
     }
 }
+
+fn change_user(user: &str) -> BytesMut {
+    let mut body = user.as_bytes().to_vec();
+    body.push(0);
+    body.push(20);
+    body.extend_from_slice(&[9; 20]);
+    body.extend_from_slice(b"shop\0");
+    body.extend_from_slice(&45u16.to_le_bytes());
+    body.extend_from_slice(b"mysql_native_password\0");
+    command(command::CHANGE_USER, &body)
+}
+
+#[test]
+fn change_user_is_relayed_with_its_auth_switch_or_refused_with_the_credential() {
+    let mut s = session(SessionMasks::none(), false);
+    s.capabilities |= caps::SECURE_CONNECTION;
+    s.on_client(&mut change_user("other")).unwrap();
+    assert_eq!(
+        packets(&s.take_to_server())[0].payload[0],
+        command::CHANGE_USER
+    );
+    let events = s.take_events();
+    assert_eq!(kinds(&events), ["mysql_change_user"]);
+    assert_eq!(json(&events[0])["user"], "other");
+    // The auth response (twenty 0x09 bytes) is not journaled.
+    assert!(!events[0].data.contains("\\t\\t"));
+    // The server switches plugin: the client's answer (id 3) is relayed, not a command.
+    let mut switch = b"\xfemysql_native_password\0".to_vec();
+    switch.extend_from_slice(&[7; 20]);
+    switch.push(0);
+    s.on_server(&mut answer(&[switch])).unwrap();
+    assert_eq!(packets(&s.take_to_client())[0].seq, 1);
+    let mut auth = BytesMut::from(&frame::packet(2, &[5; 20])[..]);
+    s.on_client(&mut auth).unwrap();
+    assert_eq!(packets(&s.take_to_server())[0].seq, 2);
+    let mut ok = BytesMut::new();
+    frame::encode(&mut ok, 3, &OkPacket::default().encode());
+    s.on_server(&mut ok).unwrap();
+    let events = s.take_events();
+    assert_eq!(kinds(&events), ["mysql_auth"]);
+    assert_eq!(json(&events[0])["change_user"], true);
+    // Commands go on.
+    s.on_client(&mut command(command::PING, b"")).unwrap();
+    assert_eq!(s.take_to_server().len(), 5);
+
+    // With the agent's credential: refused, the server never sees it.
+    let mut s = session(SessionMasks::none(), false);
+    s.set_credential_held(true);
+    s.on_client(&mut change_user("root")).unwrap();
+    assert!(s.take_to_server().is_empty());
+    let out = packets(&s.take_to_client());
+    assert!(ErrPacket::parse(&out[0].payload)
+        .unwrap()
+        .message
+        .contains("COM_CHANGE_USER"));
+}
