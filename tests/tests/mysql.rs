@@ -372,6 +372,86 @@ conn.close()
 }
 
 #[test]
+fn an_auth_switch_to_ed25519_is_relayed_or_answered_with_the_credential() {
+    privileged!("an_auth_switch_to_ed25519_is_relayed_or_answered_with_the_credential");
+    if skip_without_mariadb() {
+        return;
+    }
+    let db = server();
+    // The greeting offers mysql_native_password; this user's plugin makes the server
+    // switch to client_ed25519 (a 32-byte nonce signed with a key from the password).
+    db.sql(
+        "install soname 'auth_ed25519';
+         create user 'edbot'@'%' identified via ed25519 using password('ed-secret');
+         grant select on shop.* to 'edbot'@'%';",
+    );
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    // Relayed: the client signs, the agent passes the switch and the answer on.
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("bot", &cg),
+        target("shop-db", &db, "")
+    ));
+    assert_eq!(
+        ok(mariadb(
+            &cg,
+            &db,
+            &["-uedbot", "-ped-secret", "-e", "select current_user()"]
+        )),
+        "edbot@%\n"
+    );
+    let session = agent.wait_sessions_ended(1)[0]["id"].as_i64().unwrap();
+    let auth = agent
+        .events(session)
+        .into_iter()
+        .find(|e| e["kind"] == "mysql_auth")
+        .unwrap();
+    assert_eq!(auth["data"]["method"], "client_ed25519");
+    assert_eq!(auth["data"]["injected"], false);
+    assert!(!journal_holds(&agent, "ed-secret"));
+    drop(agent);
+
+    // Answered by the agent: the client gives no password.
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("ed.password");
+    std::fs::write(&password_file, "ed-secret\n").unwrap();
+    std::fs::set_permissions(
+        &password_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("bot", &cg),
+        target(
+            "shop-db",
+            &db,
+            &format!(
+                "password_file = \"{}\"\nuser = \"edbot\"\n",
+                password_file.display()
+            )
+        ),
+    ));
+    assert_eq!(
+        ok(mariadb(
+            &cg,
+            &db,
+            &["-ubot", "-e", "select current_user(), count(*) from users"]
+        )),
+        "edbot@%\t2\n"
+    );
+    let session = agent.wait_sessions_ended(1)[0]["id"].as_i64().unwrap();
+    let auth = agent
+        .events(session)
+        .into_iter()
+        .find(|e| e["kind"] == "mysql_auth")
+        .unwrap();
+    assert_eq!(auth["data"]["method"], "client_ed25519");
+    assert_eq!(auth["data"]["injected"], true);
+    assert!(!journal_holds(&agent, "ed-secret"));
+}
+
+#[test]
 fn tls_is_terminated_towards_the_client_and_spoken_to_the_server() {
     privileged!("tls_is_terminated_towards_the_client_and_spoken_to_the_server");
     if skip_without_mariadb() {

@@ -5,6 +5,8 @@ use sha2::Sha256;
 pub const NATIVE_PASSWORD: &str = "mysql_native_password";
 pub const CACHING_SHA2: &str = "caching_sha2_password";
 pub const CLEAR_PASSWORD: &str = "mysql_clear_password";
+/// MariaDB's `auth_ed25519` server plugin asks for this client plugin.
+pub const ED25519: &str = "client_ed25519";
 
 /// caching_sha2_password's one-byte messages inside AuthMoreData.
 pub mod caching_sha2 {
@@ -59,4 +61,25 @@ pub fn xor_with_scramble(password: &[u8], scramble: &[u8]) -> Vec<u8> {
         *b ^= scramble[i % scramble.len()];
     }
     data
+}
+
+/// MariaDB's `client_ed25519`: the Ed25519 signature of the server's nonce with the
+/// expanded secret key SHA-512(password) (the server stores the matching public key,
+/// `ed25519_password(password)`).
+pub fn ed25519(password: &[u8], nonce: &[u8]) -> Vec<u8> {
+    use ed25519_dalek::hazmat::{raw_sign, ExpandedSecretKey};
+    use sha2::Sha512;
+    let expanded: [u8; 64] = Sha512::digest(password).into();
+    let esk = ExpandedSecretKey::from_bytes(&expanded);
+    let public = ed25519_dalek::VerifyingKey::from(&esk);
+    raw_sign::<Sha512>(&esk, nonce, &public).to_bytes().to_vec()
+}
+
+/// The public key `ed25519_password(password)` gives (the server's stored form,
+/// base64 without padding), for tests and diagnostics.
+pub fn ed25519_public_key(password: &[u8]) -> [u8; 32] {
+    use ed25519_dalek::hazmat::ExpandedSecretKey;
+    use sha2::Sha512;
+    let expanded: [u8; 64] = Sha512::digest(password).into();
+    ed25519_dalek::VerifyingKey::from(&ExpandedSecretKey::from_bytes(&expanded)).to_bytes()
 }

@@ -388,8 +388,9 @@ impl AuthReply {
             Some(0xFE) => {
                 let mut r = Reader::new(&payload[1..]);
                 let plugin = lossy(r.nul_or_end());
-                let data = r.rest();
-                let data = data.strip_suffix(&[0]).unwrap_or(data).to_vec();
+                // As sent: the scramble plugins read their first 20 bytes (a NUL follows
+                // them), client_ed25519 signs all 32 bytes of its nonce, NULs included.
+                let data = r.rest().to_vec();
                 Ok(AuthReply::Switch { plugin, data })
             }
             Some(0x01) => Ok(AuthReply::MoreData(payload[1..].to_vec())),

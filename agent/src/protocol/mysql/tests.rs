@@ -296,3 +296,37 @@ fn native_password_scramble_matches_known_vectors() {
         .collect();
     assert_eq!(Sha1::digest(&stage1).to_vec(), stored.to_vec());
 }
+
+/// The server's own `ed25519_password("secret")` (MariaDB's documentation), and a
+/// signature that verifies under that key.
+#[test]
+fn ed25519_key_and_signature_match_the_server() {
+    use ed25519_dalek::Verifier;
+    let public = auth::ed25519_public_key(b"secret");
+    let stored = "ZIgUREUg5PVgQ6LskhXmO+eZLS0nC8be6HPjYWR4YJY";
+    let decoded = base64_decode(stored);
+    assert_eq!(public.to_vec(), decoded);
+    let nonce = [0u8; 32];
+    let sig = auth::ed25519(b"secret", &nonce);
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&public).unwrap();
+    let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
+    assert!(key.verify(&nonce, &sig).is_ok());
+}
+
+/// Standard base64 without padding (as MariaDB stores ed25519 keys).
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in text.bytes() {
+        let v = ALPHABET.iter().position(|&a| a == c).expect("base64") as u32;
+        bits = bits << 6 | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}

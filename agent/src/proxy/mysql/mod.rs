@@ -637,6 +637,7 @@ fn answer(plugin: &str, password: &Secret, scramble: &[u8], tls: bool) -> Result
     match plugin {
         auth::NATIVE_PASSWORD => Ok(auth::native_password(password.expose(), scramble)),
         auth::CACHING_SHA2 => Ok(auth::caching_sha2(password.expose(), scramble)),
+        auth::ED25519 => Ok(auth::ed25519(password.expose(), scramble)),
         auth::CLEAR_PASSWORD if tls => {
             let mut clear = password.expose().to_vec();
             clear.push(0);
