@@ -567,3 +567,43 @@ fn change_user_is_relayed_with_its_auth_switch_or_refused_with_the_credential() 
         .message
         .contains("COM_CHANGE_USER"));
 }
+
+#[test]
+fn observe_mode_forwards_what_it_would_refuse_and_journals_the_verdict() {
+    let rules = SessionRules {
+        policy: Some(policy(RULES)),
+        enforce: false,
+        masks: masks(PII),
+        record_results: RecordResults::Summary,
+    };
+    let mut s = MysqlSession::new(1, Arc::new(rules), caps::PROTOCOL_41);
+    s.on_client(&mut command(command::QUERY, b"drop table users"))
+        .unwrap();
+    assert_eq!(packets(&s.take_to_server()).len(), 1, "forwarded");
+    let events = s.take_events();
+    assert_eq!(json(&events[0])["verdict"], "deny");
+    assert_eq!(json(&events[0])["enforced"], false);
+    assert_eq!(json(&events[0])["action"], "forwarded");
+}
+
+#[test]
+fn the_agents_own_errors_carry_the_sequence_id_the_client_expects() {
+    let mut s = session(SessionMasks::none(), false);
+    let shutdown = s.agent_error(AgentError::Shutdown);
+    assert_eq!(packets(&shutdown)[0].seq, 1);
+    // In the middle of an answer: the next id of the answer.
+    s.on_client(&mut command(command::QUERY, b"select id, email from users"))
+        .unwrap();
+    let mut partial = users_result(false, "email", "email");
+    let _ = partial.split_off(30);
+    s.on_server(&mut partial).unwrap();
+    let relayed = packets(&s.take_to_client());
+    let next = relayed.last().unwrap().seq + 1;
+    let err = s.agent_error(AgentError::SessionCap("max_session_duration reached"));
+    let err = packets(&err);
+    assert_eq!(err[0].seq, next);
+    assert!(ErrPacket::parse(&err[0].payload)
+        .unwrap()
+        .message
+        .contains("max_session_duration"));
+}
