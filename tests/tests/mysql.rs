@@ -286,6 +286,11 @@ fn result_rows_are_masked_in_text_and_binary_protocol() {
         q("select 'mail me: eve@example.net'"),
         "mail me: [redacted]\n"
     );
+    // Renamed inside a derived table (MariaDB reports the outer name as the column).
+    assert_eq!(
+        q("select x from (select card as x from users where id = 1) t"),
+        "************1111\n"
+    );
     // Server-side prepared statements from SQL (text protocol results).
     assert_eq!(
         q("prepare s from 'select email from users where id = ?'; set @i = 2; execute s using @i"),

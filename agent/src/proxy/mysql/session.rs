@@ -123,7 +123,17 @@ struct ResultRun {
     infile_allowed: bool,
     /// Identifiers of the statement text that name masked columns (derived columns of
     /// such a statement are masked whole).
-    masked_idents: Arc<Vec<String>>,
+    masked_idents: Arc<MaskedIdents>,
+}
+
+/// The identifiers of a statement that name masked columns, and whether the statement
+/// can rename columns out of the agent's sight (a nested SELECT, a CTE, a set
+/// operation): then every column of its result that is not plainly another table column
+/// is masked whole by the first such identifier's rule.
+#[derive(Debug, Default)]
+struct MaskedIdents {
+    idents: Vec<String>,
+    nested: bool,
 }
 
 /// What the session expects of the server.
@@ -873,7 +883,7 @@ impl MysqlSession {
                     true,
                     vec![seq],
                     false,
-                    Arc::new(Vec::new()),
+                    Arc::new(MaskedIdents::default()),
                 ))),
             );
             return Ok(Step::Continue);
@@ -960,15 +970,25 @@ impl MysqlSession {
     }
 
     /// The identifiers of `sql` some mask rule masks by name.
-    fn masked_identifiers(&self, sql: &str) -> Vec<String> {
+    fn masked_identifiers(&self, sql: &str) -> MaskedIdents {
         let masks = &self.rules.masks;
         if !masks.has_column_rules() {
-            return Vec::new();
+            return MaskedIdents::default();
         }
-        let mut out: Vec<String> = Vec::new();
-        for word in identifiers(sql) {
-            if masks.rules().iter().any(|r| r.masks_column(&word)) && !out.contains(&word) {
-                out.push(word);
+        let words = identifiers(sql);
+        let mut out = MaskedIdents {
+            // A derived table, a CTE or a set operation renames columns out of sight:
+            // MariaDB reports a derived table's column under its outer name
+            // (`org_name` = the alias, `org_table` = the derived table).
+            nested: words.iter().filter(|w| *w == "select").count() > 1
+                || words
+                    .iter()
+                    .any(|w| w == "with" || w == "union" || w == "intersect" || w == "except"),
+            idents: Vec::new(),
+        };
+        for word in words {
+            if masks.rules().iter().any(|r| r.masks_column(&word)) && !out.idents.contains(&word) {
+                out.idents.push(word);
             }
         }
         out
@@ -1426,10 +1446,13 @@ impl MysqlSession {
                     d.name.clone()
                 } else if masked_by_name(&d.org_name) {
                     d.org_name.clone()
-                } else if (d.org_name.is_empty() || d.org_name != d.name || d.org_table.is_empty())
-                    && !r.masked_idents.is_empty()
+                } else if (d.org_name.is_empty()
+                    || d.org_name != d.name
+                    || d.org_table.is_empty()
+                    || r.masked_idents.nested)
+                    && !r.masked_idents.idents.is_empty()
                 {
-                    r.masked_idents[0].clone()
+                    r.masked_idents.idents[0].clone()
                 } else {
                     d.name.clone()
                 }
@@ -1612,7 +1635,7 @@ impl ResultRun {
         binary: bool,
         seqs: Vec<u64>,
         infile_allowed: bool,
-        masked_idents: Arc<Vec<String>>,
+        masked_idents: Arc<MaskedIdents>,
     ) -> ResultRun {
         ResultRun {
             binary,

@@ -607,3 +607,47 @@ fn the_agents_own_errors_carry_the_sequence_id_the_client_expects() {
         .message
         .contains("max_session_duration"));
 }
+
+/// MariaDB reports a derived table's column under its outer name (`org_name` "x",
+/// `org_table` "t"): a statement that reads a masked column through one has its
+/// renamed columns masked whole.
+#[test]
+fn a_masked_column_renamed_in_a_derived_table_is_masked() {
+    let mut s = session(masks(PII), false);
+    s.on_client(&mut command(
+        command::QUERY,
+        b"select x from (select email as x from users) t",
+    ))
+    .unwrap();
+    s.take_to_server();
+    s.on_server(&mut answer(&[
+        vec![1],
+        column("x", "x", "t", ty::VAR_STRING),
+        eof(2),
+        encode_row(&[Some(b"someone")]),
+        eof(2),
+    ]))
+    .unwrap();
+    let out = packets(&s.take_to_client());
+    assert_eq!(
+        mysql::text_row(&out[3].payload).unwrap(),
+        vec![Some(&b"[redacted]"[..])]
+    );
+    // A plain read of an unmasked column is left alone.
+    let mut s = session(masks(PII), false);
+    s.on_client(&mut command(command::QUERY, b"select name from users"))
+        .unwrap();
+    s.on_server(&mut answer(&[
+        vec![1],
+        column("name", "name", "users", ty::VAR_STRING),
+        eof(2),
+        encode_row(&[Some(b"Ada")]),
+        eof(2),
+    ]))
+    .unwrap();
+    let out = packets(&s.take_to_client());
+    assert_eq!(
+        mysql::text_row(&out[3].payload).unwrap(),
+        vec![Some(&b"Ada"[..])]
+    );
+}
