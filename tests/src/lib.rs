@@ -18,6 +18,7 @@ pub mod aws;
 pub mod docker;
 pub mod http;
 pub mod kube;
+pub mod mysql;
 pub mod netns;
 pub mod ssh;
 pub use http::*;

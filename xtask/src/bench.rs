@@ -22,7 +22,8 @@
 //! `postgres` case is measured again against a fresh direct baseline. The HTTP part is
 //! `bench_http`, the AWS part (boto3 against moto, directly and through an `aws` target)
 //! `bench_aws`, the SSH part (OpenSSH against sshd, directly and through an `ssh`
-//! target) `bench_ssh`, the agent's memory (idle, and with N idle connections)
+//! target) `bench_ssh`, the MySQL part (sysbench oltp_read_only against MariaDB,
+//! directly and through a `mysql` target) `bench_mysql`, the agent's memory (idle, and with N idle connections)
 //! `bench_memory`. Each phase
 //! records its figures in [`Figures`] as it goes; `bench_targets` prints them at the end
 //! beside issue 16's targets, each `met` or `NOT met` (never an error), the opaque `tcp`
@@ -109,6 +110,12 @@ pub fn bench(
     if ssh_conns > 0 && sshd.is_none() {
         println!("(no SSH figures: sshd is not installed; run `cargo xtask setup`)");
     }
+    // MariaDB for the MySQL figures (`bench_mysql`), timed like pgbench (`--pg-seconds`).
+    let mariadb = (pg_seconds > 0 && nhi_tests::mysql::MariaDb::available())
+        .then(nhi_tests::mysql::MariaDb::start);
+    if pg_seconds > 0 && mariadb.is_none() {
+        println!("(no MySQL figures: mariadb-server is not installed; run `cargo xtask setup`)");
+    }
     let pins = PathBuf::from("/sys/fs/bpf").join(&base);
     let journal = work.path().join("journal.db");
     // The Kubernetes target's credential: a file only root reads, as the agent requires.
@@ -131,6 +138,7 @@ pub fn bench(
             kube_token: &kube_token,
             aws: aws.as_ref().map(|a| a.config()),
             ssh: sshd.as_ref().map(crate::bench_ssh::config),
+            mysql: mariadb.as_ref().map(crate::bench_mysql::config),
             fsync_each,
             // The default (4096, three quarters of it per workload) would refuse some of
             // the idle connections of the memory figure.
@@ -318,6 +326,19 @@ pub fn bench(
         );
     }
 
+    if let Some(db) = &mariadb {
+        figures.mysql = Some(
+            crate::bench_mysql::MysqlBench {
+                db,
+                direct_cg: &direct_cg,
+                agent_cg: &agent_cg,
+                runs,
+                seconds: pg_seconds,
+            }
+            .run()?,
+        );
+    }
+
     if pg_seconds > 0 {
         let bench = PgBench {
             pg: &pg,
@@ -478,6 +499,8 @@ struct BenchConfig<'a> {
     aws: Option<String>,
     /// The SSH target and its policy (`bench_ssh`), when sshd runs.
     ssh: Option<String>,
+    /// The MySQL target and its policy (`bench_mysql`), when MariaDB runs.
+    mysql: Option<String>,
     fsync_each: bool,
     /// `max_connections` and `max_connections_per_workload` (one workload holds every
     /// connection of the bench).
@@ -626,7 +649,7 @@ namespaces = ["prod"]
 name = "exec-needs-approval"
 verdict = "approve"
 subresources = ["exec", "attach", "portforward"]
-{aws}{ssh}"#,
+{aws}{ssh}{mysql}"#,
             journal = self.journal.display(),
             listen_port = self.listen_port,
             pins = self.pins.display(),
@@ -641,6 +664,7 @@ subresources = ["exec", "attach", "portforward"]
             kube_token = self.kube_token.display(),
             aws = self.aws.as_deref().unwrap_or(""),
             ssh = self.ssh.as_deref().unwrap_or(""),
+            mysql = self.mysql.as_deref().unwrap_or(""),
             max_connections = self.max_connections,
         )
     }
@@ -1315,6 +1339,7 @@ mod tests {
                 kube_token: Path::new("/tmp/kube.token"),
                 aws: None,
                 ssh: None,
+                mysql: None,
                 fsync_each,
                 max_connections: 6024,
             }
@@ -1350,6 +1375,7 @@ mod tests {
             kube_token: Path::new("/tmp/kube.token"),
             aws: Some(aws.to_string()),
             ssh: Some("\n[[target]]\nname = \"ssh\"\n".into()),
+            mysql: None,
             fsync_each: false,
             max_connections: 4096,
         }

@@ -22,6 +22,7 @@ mod bench_aws;
 mod bench_evidence;
 mod bench_http;
 mod bench_memory;
+mod bench_mysql;
 mod bench_ssh;
 mod bench_targets;
 mod demo;

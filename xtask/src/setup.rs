@@ -56,6 +56,16 @@ const APT_PACKAGES: &[&str] = &[
     // whose /usr/bin/kubectl dispatches to the bundled kubectl matching the server's
     // /version (1.32 for the fake server).
     "kubectl",
+    // The MySQL tests (tests/tests/mysql.rs): a real MariaDB server (started by the tests
+    // in a temp data directory on a loopback port) and real clients: the `mariadb` CLI,
+    // PyMySQL (text protocol) and Perl's DBD::MariaDB on libmariadb with
+    // `mariadb_server_prepare=1` (the binary protocol: COM_STMT_PREPARE / EXECUTE);
+    // sysbench for the `cargo xtask bench` MySQL row.
+    "mariadb-server",
+    "mariadb-client",
+    "python3-pymysql",
+    "libdbd-mariadb-perl",
+    "sysbench",
 ];
 
 /// s3s-fs, the S3-compatible server the shipping tests upload to (tests/tests/shipping.rs).

@@ -267,6 +267,10 @@ pub struct Target {
     pub ssh: Option<SshTarget>,
     /// Kubernetes settings; `Some` exactly when `protocol = "kubernetes"`.
     pub kube: Option<KubeTarget>,
+    /// MySQL / MariaDB settings (the PostgreSQL keys: `tls`, `ca_file`, `server_name`,
+    /// `client_tls`, `password_file` / `credential`, `user`); `Some` exactly when
+    /// `protocol = "mysql"`.
+    pub mysql: Option<MysqlTarget>,
     /// `netns` (both): the network namespaces whose connections match: `"host"` (the
     /// agent's), `"container"` (any other), both when unset. The address is always
     /// the one the client dialled, as its namespace sees it.
@@ -515,6 +519,10 @@ pub struct PostgresTarget {
     pub user: Option<String>,
 }
 
+/// The `[[target]]` keys of `protocol = "mysql"`: those of PostgreSQL targets, with
+/// the same meaning (`tls` per libpq's sslmode, `user` who the agent logs in as).
+pub type MysqlTarget = PostgresTarget;
+
 /// Where a target's password is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialRef {
@@ -601,6 +609,9 @@ pub enum Protocol {
     /// requests are judged and journaled before they are forwarded, channel data
     /// recorded.
     Ssh,
+    /// `"mysql"`: the MySQL / MariaDB client/server protocol is decoded, judged by
+    /// policy and journaled command by command.
+    Mysql,
 }
 
 impl Protocol {
@@ -613,6 +624,7 @@ impl Protocol {
         Protocol::AwsImds,
         Protocol::Kubernetes,
         Protocol::Ssh,
+        Protocol::Mysql,
     ];
 
     /// Whether the target is served as HTTP (`proxy::http`): `http`, `aws`, `aws-imds`,
@@ -634,6 +646,7 @@ impl Protocol {
             Protocol::AwsImds => "aws-imds",
             Protocol::Kubernetes => "kubernetes",
             Protocol::Ssh => "ssh",
+            Protocol::Mysql => "mysql",
         }
     }
 }
@@ -1173,6 +1186,12 @@ impl TryFrom<Spanned<RawTarget>> for Target {
                 })?,
         };
         let postgres = postgres_settings(&raw, protocol)?;
+        // MySQL targets take the PostgreSQL keys (validated alike), kept apart.
+        let (postgres, mysql) = if protocol == Protocol::Mysql {
+            (None, postgres)
+        } else {
+            (postgres, None)
+        };
         let http = http_settings(&raw, protocol)?;
         let aws = aws_settings(&raw, protocol)?;
         let imds = imds_settings(&raw, protocol)?;
@@ -1202,6 +1221,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
             ssh,
             kube,
             netns,
+            mysql,
         })
     }
 }
@@ -1297,7 +1317,7 @@ fn postgres_settings(
     raw: &RawTarget,
     protocol: Protocol,
 ) -> Result<Option<PostgresTarget>, Problem> {
-    if protocol != Protocol::Postgres {
+    if !matches!(protocol, Protocol::Postgres | Protocol::Mysql) {
         let shared: [(&str, Option<Range<usize>>); 6] = [
             ("tls", raw.tls.as_ref().map(Spanned::span)),
             ("ca_file", raw.ca_file.as_ref().map(Spanned::span)),

@@ -117,6 +117,7 @@ fn minimal_example_parses_to_the_expected_model() {
             imds: None,
             ssh: None,
             kube: None,
+            mysql: None,
             netns: crate::config::NetnsScope::Any,
         }]
     );
@@ -326,9 +327,9 @@ fn semantic_errors_point_at_the_value() {
     let cases: [(&str, &str, &str, &str); 10] = [
         (
             "protocol = \"tcp\"",
-            "protocol = \"mysql\"",
-            "\"mysql\"",
-            "protocol \"mysql\" is not supported yet (supported: tcp, postgres, http, aws, aws-imds, kubernetes, ssh)",
+            "protocol = \"mongodb\"",
+            "\"mongodb\"",
+            "protocol \"mongodb\" is not supported yet (supported: tcp, postgres, http, aws, aws-imds, kubernetes, ssh, mysql)",
         ),
         (
             "cgroup = \"system.slice/backup*.service\"",
@@ -1271,5 +1272,35 @@ fn metrics_listen_is_an_address_and_a_bad_one_is_pointed_at() {
     assert!(
         e.contains("metrics_listen \"localhost:9464\" is not an address:port"),
         "{e}"
+    );
+}
+
+#[test]
+fn mysql_targets_take_the_postgres_keys() {
+    let target = |keys: &str| {
+        format!(
+            "[agent]\nmode = \"enforce\"\njournal = \"/j.db\"\n\n[[target]]\nname = \"my\"\naddress = \"127.0.0.1:3306\"\n{keys}\n"
+        )
+    };
+    let c = ok(&target(
+        "protocol = \"mysql\"\ntls = \"require\"\nclient_tls = \"terminate\"\npassword_file = \"/pw\"\nuser = \"app\"",
+    ));
+    assert_eq!(c.targets[0].protocol, Protocol::Mysql);
+    assert!(c.targets[0].postgres.is_none());
+    let my = c.targets[0].mysql.as_ref().expect("mysql settings");
+    assert_eq!(my.tls, UpstreamTlsMode::Require);
+    assert_eq!(my.client_tls, ClientTls::Terminate);
+    assert_eq!(
+        my.credential,
+        Some(CredentialRef::File(PathBuf::from("/pw")))
+    );
+    assert_eq!(my.user.as_deref(), Some("app"));
+    let defaults = ok(&target("protocol = \"mysql\""));
+    assert_eq!(defaults.targets[0].mysql, Some(PostgresTarget::default()));
+    // `user` without a credential is refused as on PostgreSQL targets.
+    let problem = err(&target("protocol = \"mysql\"\nuser = \"app\"")).to_string();
+    assert!(
+        problem.contains("needs `password_file` or `credential`"),
+        "{problem}"
     );
 }

@@ -111,7 +111,7 @@ impl ArgvMask {
 
     /// Masks `argv` in place; whether anything changed.
     pub fn mask(&self, argv: &mut [String]) -> bool {
-        let mut changed = false;
+        let mut changed = mask_mysql_password(argv);
         let mut mask_next = false;
         let mut hits = Vec::new();
         for arg in argv.iter_mut() {
@@ -153,6 +153,53 @@ impl ArgvMask {
     }
 }
 
+/// The MySQL / MariaDB command-line clients, whose `-pSECRET` (the password glued to
+/// `-p`) no flag pattern can name: `-p` is a port for other programs.
+const MYSQL_CLIENTS: &[&str] = &[
+    "mysql",
+    "mariadb",
+    "mysqldump",
+    "mariadb-dump",
+    "mysqladmin",
+    "mariadb-admin",
+    "mysqlslap",
+    "mariadb-slap",
+    "mysqlimport",
+    "mariadb-import",
+    "mysqlcheck",
+    "mariadb-check",
+    "mysqlshow",
+    "mariadb-show",
+    "mysqlbinlog",
+    "mariadb-binlog",
+    "mysqlpump",
+    "mysqlsh",
+    "mariadb-test",
+    "mysqltest",
+];
+
+/// `-pSECRET` of a MySQL client becomes `-p[redacted]`; whether anything changed.
+fn mask_mysql_password(argv: &mut [String]) -> bool {
+    let Some(program) = argv.first() else {
+        return false;
+    };
+    let name = program.rsplit('/').next().unwrap_or(program);
+    if !MYSQL_CLIENTS.contains(&name) {
+        return false;
+    }
+    let mut changed = false;
+    for arg in argv.iter_mut().skip(1) {
+        if arg == "--" {
+            break;
+        }
+        if arg.len() > 2 && arg.starts_with("-p") && arg != "-p[redacted]" {
+            *arg = format!("-p{REDACTED}");
+            changed = true;
+        }
+    }
+    changed
+}
+
 /// `text` with each hit replaced by [`REDACTED`]. Hits start and end on ASCII bytes
 /// (see [`detect`]), so the slices are on character boundaries.
 fn redact(text: &str, hits: &[detect::Hit]) -> String {
@@ -170,6 +217,26 @@ fn redact(text: &str, hits: &[detect::Hit]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_glued_to_a_mysql_clients_p_is_masked() {
+        let mask = ArgvMask::default();
+        assert_eq!(
+            masked(
+                &mask,
+                &["/usr/bin/mariadb", "-uapp", "-pS3cr3t", "-e", "select 1"]
+            ),
+            [
+                "/usr/bin/mariadb",
+                "-uapp",
+                "-p[redacted]",
+                "-e",
+                "select 1"
+            ]
+        );
+        // Elsewhere -p glued to a value is a port (psql -p5432).
+        assert_eq!(masked(&mask, &["psql", "-p5432"]), ["psql", "-p5432"]);
+    }
 
     fn masked(mask: &ArgvMask, argv: &[&str]) -> Vec<String> {
         let mut v: Vec<String> = argv.iter().map(|s| s.to_string()).collect();

@@ -85,8 +85,8 @@ use toml::Spanned;
 pub use lint::{Lint, TargetKind};
 pub use raw::{RawPolicy, RawRule};
 pub use sql::{
-    analyze, analyze_with, name_candidates, Analysis, AnalyzeOptions, KindSet, StatementInfo,
-    StatementKind,
+    analyze, analyze_mysql, analyze_with, name_candidates, Analysis, AnalyzeOptions, KindSet,
+    StatementInfo, StatementKind,
 };
 pub use sql_cache::AnalysisCache;
 

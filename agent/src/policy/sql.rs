@@ -38,7 +38,7 @@ use sqlparser::ast::{
     Select, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, UtilityOption, Visit,
     Visitor,
 };
-use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
@@ -312,8 +312,78 @@ pub fn analyze_with(sql: &str, options: AnalyzeOptions) -> Analysis {
     if !options.standard_conforming_strings && sql.contains('\\') {
         return whole_unparsed(sql);
     }
-    let dialect = PostgreSqlDialect {};
-    let tokens = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
+    analyze_in(&PostgreSqlDialect {}, sql)
+}
+
+/// [`analyze`] with the MySQL / MariaDB dialect (for `protocol = "mysql"`): the same
+/// [`Analysis`], so the same rule keys apply. `no_backslash_escapes`: the session's
+/// `NO_BACKSLASH_ESCAPES` SQL mode as the server last reported it (a string holding a
+/// backslash is then opaque, as with PostgreSQL's `standard_conforming_strings = off`:
+/// the lexer knows only the default). What the server reads but a lexer takes for a
+/// comment makes the whole string one opaque statement: executable comments
+/// (`/*!...*/`, `/*M!...*/`), and `--` not followed by a space (not a comment in MySQL).
+pub fn analyze_mysql(sql: &str, no_backslash_escapes: bool) -> Analysis {
+    if no_backslash_escapes && sql.contains('\\') {
+        return whole_unparsed(sql);
+    }
+    if sql.contains("/*!") || sql.contains("/*M!") || sql.contains("/*m!") {
+        return whole_unparsed(sql);
+    }
+    let bytes = sql.as_bytes();
+    let dashes_without_space = bytes
+        .windows(3)
+        .any(|w| w[0] == b'-' && w[1] == b'-' && !matches!(w[2], b' ' | b'\t' | b'\n' | b'\r'))
+        || sql.ends_with("--");
+    if dashes_without_space {
+        return whole_unparsed(sql);
+    }
+    let mut analysis = analyze_in(&MySqlDialect {}, sql);
+    for statement in &mut analysis.statements {
+        if let Some(inner) = mysql_prepare_text(&statement.text) {
+            // `PREPARE s FROM '<stmt>'`: the later `EXECUTE s` is opaque, so the
+            // statement is judged here by what it prepares (as PostgreSQL's PREPARE).
+            let inner = analyze_mysql(&inner, no_backslash_escapes);
+            let mut kinds = KindSet::of(StatementKind::Prepare);
+            let mut opaque = inner.statements.len() != 1;
+            for s in &inner.statements {
+                for k in s.kinds.iter() {
+                    kinds.insert(k);
+                }
+                statement.tables.extend(s.tables.iter().cloned());
+                statement.functions.extend(s.functions.iter().cloned());
+                statement.without_where |= s.without_where;
+                opaque |= s.opaque;
+            }
+            statement.kinds = kinds;
+            statement.opaque = opaque;
+        }
+    }
+    analysis
+}
+
+/// The statement text of MySQL's `PREPARE name FROM 'text'` (a string literal, not a
+/// user variable, which would be opaque).
+fn mysql_prepare_text(text: &str) -> Option<String> {
+    let tokens = Tokenizer::new(&MySqlDialect {}, text).tokenize().ok()?;
+    let mut words = tokens.into_iter().filter(|t| !is_trivia(t));
+    if !matches!(words.next()?, Token::Word(w) if w.keyword == Keyword::PREPARE) {
+        return None;
+    }
+    if !matches!(words.next()?, Token::Word(_)) {
+        return None;
+    }
+    if !matches!(words.next()?, Token::Word(w) if w.keyword == Keyword::FROM) {
+        return None;
+    }
+    let inner = match words.next()? {
+        Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => s,
+        _ => return None,
+    };
+    words.next().is_none().then_some(inner)
+}
+
+fn analyze_in(dialect: &dyn Dialect, sql: &str) -> Analysis {
+    let tokens = match Tokenizer::new(dialect, sql).tokenize_with_location() {
         Ok(tokens) => tokens,
         // An unterminated quote or comment swallows the rest of the string for the
         // server too, so the whole (trimmed) string is one opaque statement.
@@ -328,7 +398,9 @@ pub fn analyze_with(sql: &str, options: AnalyzeOptions) -> Analysis {
             Token::EOF => break,
             Token::SemiColon if !atomic.inside() => {
                 atomic = AtomicBody::default();
-                if let Some(info) = analyze_piece(sql, &offsets, std::mem::take(&mut piece)) {
+                if let Some(info) =
+                    analyze_piece(dialect, sql, &offsets, std::mem::take(&mut piece))
+                {
                     statements.push(info);
                 }
             }
@@ -338,7 +410,7 @@ pub fn analyze_with(sql: &str, options: AnalyzeOptions) -> Analysis {
             }
         }
     }
-    if let Some(info) = analyze_piece(sql, &offsets, piece) {
+    if let Some(info) = analyze_piece(dialect, sql, &offsets, piece) {
         statements.push(info);
     }
     Analysis { statements }
@@ -535,6 +607,7 @@ fn unparsed(sql: &str, span: Range<usize>) -> StatementInfo {
 /// Analyses the tokens between two top-level semicolons; `None` when they are only
 /// whitespace and comments.
 fn analyze_piece(
+    dialect: &dyn Dialect,
     sql: &str,
     offsets: &ByteOffsets<'_>,
     tokens: Vec<TokenWithSpan>,
@@ -570,8 +643,7 @@ fn analyze_piece(
         }
         return Some(info);
     }
-    let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let mut parser = Parser::new(dialect).with_tokens_with_locations(tokens);
     let statement = match parser.parse_statement() {
         Ok(statement) if parser.peek_token().token == Token::EOF => statement,
         _ => {

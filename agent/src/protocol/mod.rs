@@ -6,5 +6,6 @@
 pub mod aws;
 pub mod http;
 pub mod kubernetes;
+pub mod mysql;
 pub mod postgres;
 pub mod ssh;

@@ -6,6 +6,7 @@
 //! client connection is reset and the reason logged; nothing is forwarded unrecorded.
 pub mod http;
 mod limits;
+pub mod mysql;
 pub mod netns;
 pub mod postgres;
 mod relay;
@@ -82,6 +83,7 @@ pub struct Snapshot {
     pub pg: Arc<postgres::PgRuntime>,
     pub http: Arc<http::runtime::HttpRuntime>,
     pub ssh: Arc<ssh::runtime::SshRuntime>,
+    pub mysql: Arc<mysql::MysqlRuntime>,
 }
 
 impl Snapshot {
@@ -101,11 +103,14 @@ impl Snapshot {
             .context("preparing the HTTP targets")?;
         let ssh = ssh::runtime::SshRuntime::build(&config, access)
             .context("preparing the SSH targets")?;
+        let mysql = mysql::MysqlRuntime::build(&config, pg.ca.clone())
+            .context("preparing the MySQL targets")?;
         Ok(Snapshot {
             config,
             pg: Arc::new(pg),
             http: Arc::new(http),
             ssh: Arc::new(ssh),
+            mysql: Arc::new(mysql),
         })
     }
 }
@@ -580,7 +585,9 @@ async fn handle(
         if !(target.protocol.over_http()
             || matches!(
                 target.protocol,
-                crate::config::Protocol::Postgres | crate::config::Protocol::Ssh
+                crate::config::Protocol::Postgres
+                    | crate::config::Protocol::Ssh
+                    | crate::config::Protocol::Mysql
             ))
         {
             reset(client);
@@ -713,7 +720,9 @@ async fn handle(
         if !(target.protocol.over_http()
             || matches!(
                 target.protocol,
-                crate::config::Protocol::Postgres | crate::config::Protocol::Ssh
+                crate::config::Protocol::Postgres
+                    | crate::config::Protocol::Ssh
+                    | crate::config::Protocol::Mysql
             ))
         {
             reset(client);
@@ -743,6 +752,7 @@ async fn handle(
         crate::config::Protocol::Ssh => {
             snapshot.ssh.target(target_index).is_none() || snapshot.ssh.ca.is_none()
         }
+        crate::config::Protocol::Mysql => snapshot.mysql.target(target_index).is_none(),
         crate::config::Protocol::Tcp => false,
     };
     if missing_runtime {
@@ -854,6 +864,41 @@ async fn handle(
             refuse: refuse.map(|r| r.message),
         };
         ssh::serve(ctx, client, cancel).await
+    } else if let (crate::config::Protocol::Mysql, Some(target_rt)) = (
+        target.protocol,
+        snapshot.mysql.target(target_index).cloned(),
+    ) {
+        let rules = Arc::new(snapshot.pg.rules_for(
+            config,
+            &workload_name,
+            &target.name,
+            claims.as_ref(),
+        ));
+        let ctx = mysql::SessionContext {
+            id,
+            journal: &shared.journal,
+            target,
+            target_rt,
+            runtime: snapshot.mysql.clone(),
+            rules,
+            orig_dst,
+            connect_timeout: config.agent.connect_timeout,
+            idle_timeout: config.agent.idle_timeout,
+            approvals: shared.approvals.clone(),
+            identity: identity.clone(),
+            // At the workload's limit: "too many connections"; over the disk budget:
+            // refused with the reason.
+            refuse: refuse.map(|r| {
+                let code = if over_limit.is_some() && budget.is_none() {
+                    mysql::REFUSE_TOO_MANY
+                } else {
+                    mysql::REFUSE_OTHER
+                };
+                (code, r.message, r.reason)
+            }),
+            origin: origin.clone(),
+        };
+        mysql::serve(ctx, client, cancel).await
     } else {
         match origin.connect(orig_dst, config.agent.connect_timeout).await {
             Ok(upstream) => {

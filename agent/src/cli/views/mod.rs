@@ -15,6 +15,7 @@ use crate::journal::{EventRow, SessionId, SessionRow};
 pub mod aws;
 pub mod http;
 pub mod kube;
+pub mod mysql;
 pub mod opaque;
 pub mod postgres;
 pub mod ssh;
@@ -134,6 +135,7 @@ static VIEWS: &[&dyn ProtocolView] = &[
     &aws::Aws,
     &kube::Kube,
     &ssh::Ssh,
+    &mysql::Mysql,
 ];
 
 /// The view for sessions whose `protocol` is `protocol`.

@@ -63,6 +63,8 @@ impl Replay for Transcript {
 /// error with its SQLSTATE. Result rows appear when the policy recorded them
 /// (`record_results = "rows"`), masked as the client saw them.
 pub struct Transcript {
+    /// What precedes each statement: `=>` (psql), `mysql>` for MySQL sessions.
+    prompt: &'static str,
     start_us: i64,
     statements: u64,
     refused: u64,
@@ -72,7 +74,13 @@ pub struct Transcript {
 
 impl Transcript {
     pub fn new(session: &SessionRow) -> Self {
+        Transcript::with_prompt(session, "=>")
+    }
+
+    /// A transcript with another prompt before each statement.
+    pub fn with_prompt(session: &SessionRow, prompt: &'static str) -> Self {
         Transcript {
+            prompt,
             start_us: us_since_epoch(session.started_at),
             statements: 0,
             refused: 0,
@@ -81,7 +89,7 @@ impl Transcript {
         }
     }
 
-    fn event(&mut self, out: &mut dyn Write, event: &EventRow) -> io::Result<()> {
+    pub(crate) fn event(&mut self, out: &mut dyn Write, event: &EventRow) -> io::Result<()> {
         let at_us = us_since_epoch(event.at);
         let offset = format_offset_us(at_us.saturating_sub(self.start_us));
         let null = serde_json::Value::Null;
@@ -150,7 +158,7 @@ impl Transcript {
                     note = format!("   [{verdict}{rule}: {action}{mode}]");
                 }
                 let text = sanitize(&st.text).replace('\n', "\n               ");
-                writeln!(out, "  {offset}  => {text}{note}")?;
+                writeln!(out, "  {offset}  {} {text}{note}", self.prompt)?;
                 if !st.params.is_empty() {
                     let shown: Vec<String> = st
                         .params
@@ -262,7 +270,7 @@ impl Transcript {
         Ok(())
     }
 
-    fn finish(self, out: &mut dyn Write) -> io::Result<()> {
+    pub(crate) fn finish(self, out: &mut dyn Write) -> io::Result<()> {
         writeln!(
             out,
             "  {} statements, {} refused, {} errors",

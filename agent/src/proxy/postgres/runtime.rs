@@ -69,6 +69,9 @@ impl PgRuntime {
                 || t.http
                     .as_ref()
                     .is_some_and(|h| h.client_tls == ClientTls::Terminate)
+                || t.mysql
+                    .as_ref()
+                    .is_some_and(|m| m.client_tls == ClientTls::Terminate)
         });
         let ca = if needs_ca {
             let dir = state_dir.join("tls");

@@ -1,0 +1,85 @@
+//! The scrambles of the authentication plugins the agent answers with its credential.
+use sha1::{Digest as _, Sha1};
+use sha2::Sha256;
+
+pub const NATIVE_PASSWORD: &str = "mysql_native_password";
+pub const CACHING_SHA2: &str = "caching_sha2_password";
+pub const CLEAR_PASSWORD: &str = "mysql_clear_password";
+/// MariaDB's `auth_ed25519` server plugin asks for this client plugin.
+pub const ED25519: &str = "client_ed25519";
+
+/// caching_sha2_password's one-byte messages inside AuthMoreData.
+pub mod caching_sha2 {
+    /// The server found the scramble's hash in its cache: OK follows.
+    pub const FAST_AUTH_OK: u8 = 0x03;
+    /// The server needs the password itself (over TLS in clear, or RSA-encrypted).
+    pub const FULL_AUTH: u8 = 0x04;
+    /// The client's request for the server's RSA public key.
+    pub const REQUEST_PUBLIC_KEY: u8 = 0x02;
+}
+
+/// `mysql_native_password`: SHA1(password) XOR SHA1(scramble + SHA1(SHA1(password)));
+/// empty for an empty password.
+pub fn native_password(password: &[u8], scramble: &[u8]) -> Vec<u8> {
+    if password.is_empty() {
+        return Vec::new();
+    }
+    let stage1 = Sha1::digest(password);
+    let stage2 = Sha1::digest(stage1);
+    let mut h = Sha1::new();
+    h.update(&scramble[..scramble.len().min(20)]);
+    h.update(stage2);
+    let mix = h.finalize();
+    stage1.iter().zip(mix.iter()).map(|(a, b)| a ^ b).collect()
+}
+
+/// `caching_sha2_password`'s fast-auth scramble:
+/// SHA256(password) XOR SHA256(SHA256(SHA256(password)) + scramble); empty for an
+/// empty password.
+pub fn caching_sha2(password: &[u8], scramble: &[u8]) -> Vec<u8> {
+    if password.is_empty() {
+        return Vec::new();
+    }
+    let stage1 = Sha256::digest(password);
+    let stage2 = Sha256::digest(stage1);
+    let mut h = Sha256::new();
+    h.update(stage2);
+    h.update(&scramble[..scramble.len().min(20)]);
+    let mix = h.finalize();
+    stage1.iter().zip(mix.iter()).map(|(a, b)| a ^ b).collect()
+}
+
+/// The password XORed with the scramble (repeated), NUL-terminated: what
+/// caching_sha2_password's full authentication encrypts with the server's RSA key.
+pub fn xor_with_scramble(password: &[u8], scramble: &[u8]) -> Vec<u8> {
+    let mut data = password.to_vec();
+    data.push(0);
+    if scramble.is_empty() {
+        return data;
+    }
+    for (i, b) in data.iter_mut().enumerate() {
+        *b ^= scramble[i % scramble.len()];
+    }
+    data
+}
+
+/// MariaDB's `client_ed25519`: the Ed25519 signature of the server's nonce with the
+/// expanded secret key SHA-512(password) (the server stores the matching public key,
+/// `ed25519_password(password)`).
+pub fn ed25519(password: &[u8], nonce: &[u8]) -> Vec<u8> {
+    use ed25519_dalek::hazmat::{raw_sign, ExpandedSecretKey};
+    use sha2::Sha512;
+    let expanded: [u8; 64] = Sha512::digest(password).into();
+    let esk = ExpandedSecretKey::from_bytes(&expanded);
+    let public = ed25519_dalek::VerifyingKey::from(&esk);
+    raw_sign::<Sha512>(&esk, nonce, &public).to_bytes().to_vec()
+}
+
+/// The public key `ed25519_password(password)` gives (the server's stored form,
+/// base64 without padding), for tests and diagnostics.
+pub fn ed25519_public_key(password: &[u8]) -> [u8; 32] {
+    use ed25519_dalek::hazmat::ExpandedSecretKey;
+    use sha2::Sha512;
+    let expanded: [u8; 64] = Sha512::digest(password).into();
+    ed25519_dalek::VerifyingKey::from(&ExpandedSecretKey::from_bytes(&expanded)).to_bytes()
+}

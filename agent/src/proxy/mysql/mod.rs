@@ -1,0 +1,696 @@
+//! The MySQL / MariaDB proxy: start-up (the server's greeting read first, capabilities
+//! negotiated, TLS terminated towards the client and spoken to the server per target),
+//! authentication (relayed, or answered by the agent with its credential), then the
+//! session on the protocol-neutral engine ([`crate::session::engine`]):
+//! [`session::MysqlSession`] judges each command and masks result rows.
+//!
+//! Architecture invariant: nothing of the client reaches the server before the session's
+//! `mysql_login` event is journaled, and after authentication a command reaches the
+//! server only after the journal accepted its `statement` event (the engine's rule).
+//!
+//! Sequence ids during authentication: the client's and the server's exchanges can be
+//! numbered differently (the client asked for TLS from the agent, the agent not from
+//! the server, or the agent answers challenges itself), so every packet the agent passes
+//! on is framed again with the id its receiver expects.
+pub mod events;
+pub mod runtime;
+pub mod session;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::config::Target;
+use crate::credential::Secret;
+use crate::identity::SessionIdentity;
+use crate::journal::{Event, JournalHandle, SessionId};
+use crate::protocol::mysql::{
+    auth, caps, frame, AuthReply, ErrPacket, Greeting, HandshakeResponse, OkPacket, Packet,
+    PacketDecoder,
+};
+use crate::session::engine::{self, read_more, READ_CHUNK};
+use crate::session::{Approver, Counts, Failure, Io, Requester, SessionRules};
+
+use super::relay::{CloseReason, Outcome};
+pub use runtime::{MysqlRuntime, MysqlTargetRuntime};
+pub use session::MysqlSession;
+
+/// How long each side has for each step of the start-up and authentication.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest packet of the start-up (greetings, responses, auth data).
+const MAX_STARTUP_PACKET: usize = 64 << 10;
+/// ER_ACCESS_DENIED_ERROR / ER_CON_COUNT_ERROR / ER_UNKNOWN_ERROR for the agent's own
+/// refusals at start-up.
+const ER_ACCESS_DENIED: u16 = 1045;
+const ER_CON_COUNT: u16 = 1040;
+const ER_UNKNOWN: u16 = 1105;
+
+/// What the session needs from the accepting code.
+pub struct SessionContext<'a> {
+    pub id: SessionId,
+    pub journal: &'a JournalHandle,
+    pub target: &'a Target,
+    pub target_rt: Arc<MysqlTargetRuntime>,
+    pub runtime: Arc<MysqlRuntime>,
+    pub rules: Arc<SessionRules>,
+    pub orig_dst: SocketAddr,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub approvals: Option<Arc<dyn Approver>>,
+    pub identity: Arc<SessionIdentity>,
+    /// Refuse the session before anything is forwarded: (MySQL error code, message,
+    /// close reason). The disk budget is exceeded, or the workload is at its limit.
+    pub refuse: Option<(u16, String, CloseReason)>,
+    pub origin: super::Origin,
+}
+
+/// The error code of a start-up refusal for "too many connections".
+pub const REFUSE_TOO_MANY: u16 = ER_CON_COUNT;
+/// The error code of other start-up refusals.
+pub const REFUSE_OTHER: u16 = ER_UNKNOWN;
+
+/// Serves one intercepted MySQL connection until it ends.
+pub async fn serve(
+    ctx: SessionContext<'_>,
+    client: TcpStream,
+    mut cancel: watch::Receiver<bool>,
+) -> Outcome {
+    let mut counts = Counts::default();
+    let reason = match serve_inner(&ctx, client, &mut counts, &mut cancel).await {
+        Ok(reason) => reason,
+        Err(failure) => {
+            let reason: CloseReason = failure.into();
+            if let CloseReason::Protocol(why) = &reason {
+                warn!(session = ctx.id, reason = %why, "closing MySQL session");
+                let event = Event::of(
+                    ctx.id,
+                    "protocol_error",
+                    &serde_json::json!({ "reason": why }),
+                );
+                let _ = ctx.journal.record(&[event]);
+            }
+            reason
+        }
+    };
+    Outcome {
+        bytes_from_client: counts.from_client,
+        bytes_from_server: counts.from_server,
+        reason,
+    }
+}
+
+/// Reads one start-up packet from `io`.
+async fn next_packet(
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    counted: &mut u64,
+    side: fn(String) -> Failure,
+    what: &str,
+) -> Result<Packet, Failure> {
+    let decoder = PacketDecoder::new(MAX_STARTUP_PACKET);
+    loop {
+        if let Some(p) = decoder
+            .decode(buf)
+            .map_err(|e| Failure::Protocol(format!("{what}: {e}")))?
+        {
+            return Ok(p);
+        }
+        let n = tokio::time::timeout(STARTUP_TIMEOUT, read_more(io, buf, side))
+            .await
+            .map_err(|_| side(format!("no {what} in time")))??;
+        if n == 0 {
+            return Err(side(format!("closed before its {what}")));
+        }
+        *counted += n as u64;
+    }
+}
+
+async fn send(
+    io: &mut (impl tokio::io::AsyncWrite + Unpin),
+    bytes: &[u8],
+    side: fn(String) -> Failure,
+) -> Result<(), Failure> {
+    io.write_all(bytes).await.map_err(|e| side(e.to_string()))?;
+    io.flush().await.map_err(|e| side(e.to_string()))
+}
+
+/// Sends the client an ERR with sequence id `seq` (best effort: it is leaving).
+async fn refuse_client(
+    client: &mut Box<dyn Io>,
+    seq: u8,
+    code: u16,
+    sqlstate: &str,
+    message: &str,
+) {
+    let err = ErrPacket::new(code, sqlstate, message);
+    let _ = client.write_all(&frame::packet(seq, &err.encode())).await;
+    let _ = client.flush().await;
+}
+
+async fn serve_inner(
+    ctx: &SessionContext<'_>,
+    client: TcpStream,
+    counts: &mut Counts,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<CloseReason, Failure> {
+    let accepted = Instant::now();
+    let target_rt = &ctx.target_rt;
+    let mut client: Box<dyn Io> = Box::new(client);
+    // The server speaks first: connect, read its greeting, then greet the client.
+    let tcp = match ctx.origin.connect(ctx.orig_dst, ctx.connect_timeout).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            refuse_client(
+                &mut client,
+                0,
+                2003,
+                "HY000",
+                &format!("nhi-agent: cannot connect to the server: {e}"),
+            )
+            .await;
+            return Err(Failure::Upstream(e.to_string()));
+        }
+    };
+    let mut tcp = tcp;
+    let mut sbuf = BytesMut::with_capacity(READ_CHUNK);
+    let greeting_packet = next_packet(
+        &mut tcp,
+        &mut sbuf,
+        &mut counts.from_server,
+        Failure::Server,
+        "server greeting",
+    )
+    .await?;
+    if greeting_packet.payload.first() == Some(&0xFF) {
+        // The server refuses the connection outright (too many connections, host
+        // blocked): the client reads the same.
+        send(&mut client, &greeting_packet.raw, Failure::Client).await?;
+        let err = ErrPacket::parse(&greeting_packet.payload)
+            .map(|e| format!("{} {}", e.code, e.message))
+            .unwrap_or_default();
+        return Err(Failure::Server(format!("refused the connection: {err}")));
+    }
+    let greeting = Greeting::parse(&greeting_packet.payload)
+        .map_err(|e| Failure::Protocol(format!("server: {e}")))?;
+    if greeting.capabilities & caps::PROTOCOL_41 == 0 {
+        return Err(Failure::Protocol(
+            "server: the pre-4.1 protocol is not supported".into(),
+        ));
+    }
+    let credential = target_rt.credential.as_ref();
+    // What the client is offered: the server's capabilities without those the agent
+    // strips, TLS only when the agent terminates it, no MariaDB extensions.
+    let mut offered = greeting.clone();
+    offered.capabilities &= !(caps::STRIPPED | caps::SSL);
+    if target_rt.client_tls && ctx.runtime.ca.is_some() {
+        offered.capabilities |= caps::SSL;
+    }
+    offered.mariadb_caps = 0;
+    // With the credential the client authenticates to nobody: a scramble of the agent's
+    // own, so nothing the client sends can be replayed to the server.
+    if credential.is_some() {
+        let mut scramble = [0u8; 20];
+        getrandom::fill(&mut scramble)
+            .map_err(|e| Failure::Protocol(format!("no randomness: {e}")))?;
+        // Printable bytes, as servers send (some clients stop at a NUL).
+        for b in &mut scramble {
+            *b = b'!' + (*b % 90);
+        }
+        offered.scramble = scramble.to_vec();
+        offered.capabilities |= caps::PLUGIN_AUTH | caps::SECURE_CONNECTION;
+        offered.auth_plugin = Some(auth::NATIVE_PASSWORD.to_owned());
+    }
+    send(
+        &mut client,
+        &frame::packet(greeting_packet.seq, &offered.encode()),
+        Failure::Client,
+    )
+    .await?;
+
+    // ------------------------------------------------------------ client response
+    let mut cbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut packet = next_packet(
+        &mut client,
+        &mut cbuf,
+        &mut counts.from_client,
+        Failure::Client,
+        "handshake response",
+    )
+    .await?;
+    let mut response = HandshakeResponse::parse(&packet.payload)
+        .map_err(|e| Failure::Protocol(format!("client: {e}")))?;
+    let mut client_tls = false;
+    if response.ssl_request {
+        let Some(ca) = ctx.runtime.ca.as_ref().filter(|_| target_rt.client_tls) else {
+            return Err(Failure::Protocol(
+                "client asked for TLS, which was not offered".into(),
+            ));
+        };
+        let names: Vec<String> = target_rt.server_name.iter().cloned().collect();
+        let config = ca
+            .server_config(&names, &[ctx.orig_dst.ip()])
+            .map_err(|e| Failure::Protocol(format!("TLS certificate: {e}")))?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        // MySQL clients start the TLS handshake right behind the SSL request (nothing
+        // answers it): what was read with it is the start of the ClientHello.
+        let early = cbuf.split().freeze();
+        let prefixed = Prefixed {
+            prefix: early,
+            inner: client,
+        };
+        let stream = tokio::time::timeout(STARTUP_TIMEOUT, acceptor.accept(prefixed))
+            .await
+            .map_err(|_| Failure::Client("TLS handshake timed out".into()))?
+            .map_err(|e| Failure::Client(format!("TLS handshake: {e}")))?;
+        client = Box::new(stream);
+        client_tls = true;
+        packet = next_packet(
+            &mut client,
+            &mut cbuf,
+            &mut counts.from_client,
+            Failure::Client,
+            "handshake response",
+        )
+        .await?;
+        response = HandshakeResponse::parse(&packet.payload)
+            .map_err(|e| Failure::Protocol(format!("client: {e}")))?;
+        if response.ssl_request {
+            return Err(Failure::Protocol("client: a second SSL request".into()));
+        }
+    } else if target_rt.client_tls && response.capabilities & caps::SSL != 0 {
+        return Err(Failure::Protocol(
+            "client: CLIENT_SSL set without an SSL request".into(),
+        ));
+    }
+    // The id the client expects of the server's next packet.
+    let mut client_next = packet.next_seq();
+
+    if let Some((code, message, reason)) = &ctx.refuse {
+        refuse_client(
+            &mut client,
+            client_next,
+            *code,
+            "08004",
+            &format!("nhi-agent: {message}"),
+        )
+        .await;
+        return match reason {
+            CloseReason::Protocol(why) => Err(Failure::Protocol(why.clone())),
+            other => Ok(other.clone()),
+        };
+    }
+    let login_user = match credential {
+        Some(_) => ctx
+            .rules
+            .policy
+            .as_ref()
+            .and_then(|p| p.db_user.clone())
+            .or_else(|| ctx.target.mysql.as_ref().and_then(|m| m.user.clone()))
+            .unwrap_or_else(|| response.user.clone()),
+        None => response.user.clone(),
+    };
+    let login = events::Login {
+        user: Cow::Borrowed(&response.user),
+        db_user: Cow::Borrowed(&login_user),
+        database: response.database.as_deref().map(Cow::Borrowed),
+        server_version: Cow::Borrowed(&greeting.server_version),
+        connection_id: greeting.connection_id,
+        client_plugin: response.auth_plugin.as_deref().map(Cow::Borrowed),
+        attributes: response
+            .attributes
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+            .collect(),
+        capabilities: response.capabilities,
+        client_tls,
+        credential_injected: credential.is_some(),
+    };
+    if let Err(e) = ctx
+        .journal
+        .record(&[Event::of(ctx.id, events::kind::LOGIN, &login)])
+    {
+        refuse_client(
+            &mut client,
+            client_next,
+            ER_UNKNOWN,
+            "HY000",
+            &format!(
+                "nhi-agent: the audit journal cannot record this session ({}); nothing was forwarded",
+                crate::journal::root_cause(&e)
+            ),
+        )
+        .await;
+        return Err(Failure::Journal(crate::journal::error_chain(&e)));
+    }
+
+    // ------------------------------------------------------------ upstream
+    let mut server_next = greeting_packet.next_seq();
+    let upstream_tls = target_rt.upstream.enabled()
+        && (greeting.capabilities & caps::SSL != 0
+            || target_rt.upstream.mode() != crate::tls::UpstreamTlsMode::Prefer);
+    let mut server: Box<dyn Io> = if upstream_tls {
+        if greeting.capabilities & caps::SSL == 0 {
+            refuse_client(
+                &mut client,
+                client_next,
+                ER_UNKNOWN,
+                "HY000",
+                "nhi-agent: the server does not offer TLS, which the target requires",
+            )
+            .await;
+            return Err(Failure::Upstream("the server does not offer TLS".into()));
+        }
+        let ssl = HandshakeResponse {
+            capabilities: (response.capabilities & greeting.capabilities & !caps::STRIPPED)
+                | caps::SSL
+                | caps::PROTOCOL_41,
+            max_packet: response.max_packet,
+            charset: response.charset,
+            ssl_request: true,
+            ..HandshakeResponse::default()
+        };
+        send(
+            &mut tcp,
+            &frame::packet(server_next, &ssl.encode()),
+            Failure::Server,
+        )
+        .await?;
+        server_next = server_next.wrapping_add(1);
+        let stream = tokio::time::timeout(
+            STARTUP_TIMEOUT,
+            target_rt.upstream.connect(tcp, ctx.orig_dst, None),
+        )
+        .await
+        .map_err(|_| Failure::Upstream("TLS handshake timed out".into()))?
+        .map_err(|e| Failure::Upstream(format!("TLS: {e}")))?;
+        Box::new(stream)
+    } else {
+        Box::new(tcp)
+    };
+    // The capabilities both sides will use: what the client asked for, that the server
+    // offers, without what the agent strips; TLS as the agent speaks to the server.
+    let mut upstream = response.clone();
+    upstream.ssl_request = false;
+    upstream.capabilities =
+        response.capabilities & greeting.capabilities & !(caps::STRIPPED | caps::SSL);
+    if upstream_tls {
+        upstream.capabilities |= caps::SSL;
+    }
+    upstream.mariadb_caps = 0;
+    let session_caps = upstream.capabilities;
+    let mut method = greeting
+        .auth_plugin
+        .clone()
+        .unwrap_or_else(|| auth::NATIVE_PASSWORD.to_owned());
+    if let Some(password) = credential {
+        upstream.user = login_user.clone();
+        upstream.capabilities |= caps::PLUGIN_AUTH;
+        if greeting.capabilities & caps::PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
+            upstream.capabilities |= caps::PLUGIN_AUTH_LENENC_CLIENT_DATA;
+        }
+        upstream.auth_response = answer(&method, password, &greeting.scramble, upstream_tls)?;
+        upstream.auth_plugin = Some(method.clone());
+    } else if let Some(plugin) = &response.auth_plugin {
+        method = plugin.clone();
+    }
+    send(
+        &mut server,
+        &frame::packet(server_next, &upstream.encode()),
+        Failure::Server,
+    )
+    .await?;
+    server_next = server_next.wrapping_add(1);
+
+    // ------------------------------------------------------------ authentication
+    let outcome: Result<OkPacket, ErrPacket> = loop {
+        let reply = next_packet(
+            &mut server,
+            &mut sbuf,
+            &mut counts.from_server,
+            Failure::Server,
+            "authentication reply",
+        )
+        .await?;
+        if reply.seq != server_next {
+            return Err(Failure::Protocol(format!(
+                "server: authentication reply with sequence id {} (expected {server_next})",
+                reply.seq
+            )));
+        }
+        server_next = reply.next_seq();
+        let parsed = AuthReply::parse(&reply.payload, session_caps)
+            .map_err(|e| Failure::Protocol(format!("server: {e}")))?;
+        match parsed {
+            AuthReply::Ok(ok) => {
+                send(
+                    &mut client,
+                    &frame::packet(client_next, &reply.payload),
+                    Failure::Client,
+                )
+                .await?;
+                break Ok(ok);
+            }
+            AuthReply::Err(err) => {
+                send(
+                    &mut client,
+                    &frame::packet(client_next, &reply.payload),
+                    Failure::Client,
+                )
+                .await?;
+                break Err(err);
+            }
+            AuthReply::Switch { plugin, data } if credential.is_some() => {
+                let password = credential.expect("checked");
+                method = plugin.clone();
+                let reply = answer(&plugin, password, &data, upstream_tls)?;
+                send(
+                    &mut server,
+                    &frame::packet(server_next, &reply),
+                    Failure::Server,
+                )
+                .await?;
+                server_next = server_next.wrapping_add(1);
+            }
+            AuthReply::MoreData(data) if credential.is_some() => {
+                let password = credential.expect("checked");
+                match (method.as_str(), data.first()) {
+                    (auth::CACHING_SHA2, Some(&auth::caching_sha2::FAST_AUTH_OK)) => {}
+                    (auth::CACHING_SHA2, Some(&auth::caching_sha2::FULL_AUTH)) if upstream_tls => {
+                        let mut clear = password.expose().to_vec();
+                        clear.push(0);
+                        send(
+                            &mut server,
+                            &frame::packet(server_next, &clear),
+                            Failure::Server,
+                        )
+                        .await?;
+                        server_next = server_next.wrapping_add(1);
+                    }
+                    (auth::CACHING_SHA2, Some(&auth::caching_sha2::FULL_AUTH)) => {
+                        refuse_client(&mut client, client_next, ER_ACCESS_DENIED, "28000", "nhi-agent: the server asks for caching_sha2_password full authentication, which the agent only does over TLS (set tls on the target)").await;
+                        return Err(Failure::Auth(
+                            "caching_sha2_password full authentication without TLS (RSA key exchange not supported)".into(),
+                        ));
+                    }
+                    _ => {
+                        refuse_client(&mut client, client_next, ER_ACCESS_DENIED, "28000", &format!("nhi-agent: the server's {method} exchange is not one the agent can answer")).await;
+                        return Err(Failure::Auth(format!(
+                            "unexpected authentication data for {method}"
+                        )));
+                    }
+                }
+            }
+            // Relayed: the challenge to the client, its answer (if one is due) to the
+            // server. Never journaled.
+            other => {
+                let answer_due = match &other {
+                    AuthReply::Switch { plugin, .. } => {
+                        method = plugin.clone();
+                        true
+                    }
+                    AuthReply::MoreData(d) => {
+                        !(method == auth::CACHING_SHA2
+                            && d.first() == Some(&auth::caching_sha2::FAST_AUTH_OK))
+                    }
+                    _ => false,
+                };
+                send(
+                    &mut client,
+                    &frame::packet(client_next, &reply.payload),
+                    Failure::Client,
+                )
+                .await?;
+                client_next = client_next.wrapping_add(1);
+                if answer_due {
+                    let answer = next_packet(
+                        &mut client,
+                        &mut cbuf,
+                        &mut counts.from_client,
+                        Failure::Client,
+                        "authentication answer",
+                    )
+                    .await?;
+                    client_next = answer.next_seq();
+                    if method == auth::CLEAR_PASSWORD && !upstream_tls {
+                        return Err(Failure::Auth(
+                            "refusing to send a clear-text password to the server without TLS"
+                                .into(),
+                        ));
+                    }
+                    send(
+                        &mut server,
+                        &frame::packet(server_next, &answer.payload),
+                        Failure::Server,
+                    )
+                    .await?;
+                    server_next = server_next.wrapping_add(1);
+                }
+            }
+        }
+    };
+    let auth_event = match &outcome {
+        Ok(_) => {
+            serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user })
+        }
+        Err(e) => {
+            serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user,
+            "error": { "code": e.code, "sqlstate": e.sqlstate, "message": e.message } })
+        }
+    };
+    let recorded = ctx
+        .journal
+        .record(&[Event::of(ctx.id, events::kind::AUTH, &auth_event)]);
+    let ok = match outcome {
+        Ok(ok) => ok,
+        Err(e) => return Err(Failure::Auth(format!("{} {}", e.code, e.message))),
+    };
+    if let Err(e) = recorded {
+        let session = MysqlSession::new(ctx.id, ctx.rules.clone(), session_caps);
+        let bytes =
+            crate::session::Session::agent_error(&session, crate::session::AgentError::Journal(&e));
+        let _ = client.write_all(&bytes).await;
+        return Err(Failure::Journal(crate::journal::error_chain(&e)));
+    }
+    debug!(session = ctx.id, method, "authenticated");
+
+    // ------------------------------------------------------------ session
+    let mut session = MysqlSession::new(ctx.id, ctx.rules.clone(), session_caps);
+    session.set_credential_held(credential.is_some());
+    if ok.status != 0 {
+        session.set_status(ok.status);
+    }
+    if let Some(approvals) = &ctx.approvals {
+        let (approvals, workload, target) = (
+            approvals.clone(),
+            ctx.identity.workload.clone(),
+            ctx.target.name.clone(),
+        );
+        session.set_grant_check(Arc::new(move |rule| {
+            approvals.grant_for(&workload, &target, rule)
+        }));
+    }
+    let cap = ctx.rules.policy.as_ref().and_then(|p| {
+        p.max_session_duration.map(|limit| engine::SessionCap {
+            at: accepted + limit,
+            limit,
+            policy: p.name.clone(),
+        })
+    });
+    let cx = engine::Context {
+        id: ctx.id,
+        journal: ctx.journal,
+        approvals: ctx.approvals.clone(),
+        requester: Requester {
+            session: ctx.id,
+            identity: ctx.identity.clone(),
+        },
+        enforce: ctx.rules.enforce,
+        idle_timeout: ctx.idle_timeout,
+        cap,
+    };
+    let ended = engine::run(
+        &cx,
+        &mut session,
+        client,
+        server,
+        cbuf,
+        sbuf,
+        counts,
+        cancel,
+    )
+    .await?;
+    Ok(match ended {
+        crate::session::Ended::ClientClosed => CloseReason::ClientClosed,
+        crate::session::Ended::ServerClosed => CloseReason::ServerClosed,
+    })
+}
+
+/// The agent's answer to `plugin`'s challenge with its password.
+fn answer(plugin: &str, password: &Secret, scramble: &[u8], tls: bool) -> Result<Vec<u8>, Failure> {
+    match plugin {
+        auth::NATIVE_PASSWORD => Ok(auth::native_password(password.expose(), scramble)),
+        auth::CACHING_SHA2 => Ok(auth::caching_sha2(password.expose(), scramble)),
+        auth::ED25519 => Ok(auth::ed25519(password.expose(), scramble)),
+        auth::CLEAR_PASSWORD if tls => {
+            let mut clear = password.expose().to_vec();
+            clear.push(0);
+            Ok(clear)
+        }
+        other => Err(Failure::Auth(format!(
+            "the server asks for authentication plugin {other}, which the agent cannot answer with its credential"
+        ))),
+    }
+}
+
+/// A stream whose first reads return `prefix` (bytes already read from `inner`).
+struct Prefixed<S> {
+    prefix: bytes::Bytes,
+    inner: S,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
