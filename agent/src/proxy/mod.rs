@@ -868,12 +868,7 @@ async fn handle(
         target.protocol,
         snapshot.mysql.target(target_index).cloned(),
     ) {
-        let rules = Arc::new(snapshot.pg.rules_for(
-            config,
-            &workload_name,
-            &target.name,
-            claims.as_ref(),
-        ));
+        let rules = session_rules();
         let ctx = mysql::SessionContext {
             id,
             journal: &shared.journal,
