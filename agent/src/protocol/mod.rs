@@ -7,4 +7,5 @@ pub mod aws;
 pub mod http;
 pub mod kubernetes;
 pub mod postgres;
+pub mod redis;
 pub mod ssh;
