@@ -324,7 +324,7 @@ pub fn keys(args: &[Bytes]) -> Keys {
                 return Keys::Unknown;
             };
             let rest = n - at - 1;
-            if rest == 0 || rest % 2 != 0 {
+            if rest == 0 || !rest.is_multiple_of(2) {
                 return Keys::Unknown;
             }
             range(at + 1, at + 1 + rest / 2)
