@@ -267,6 +267,8 @@ pub struct Target {
     pub ssh: Option<SshTarget>,
     /// Kubernetes settings; `Some` exactly when `protocol = "kubernetes"`.
     pub kube: Option<KubeTarget>,
+    /// Redis settings; `Some` exactly when `protocol = "redis"`.
+    pub redis: Option<RedisTarget>,
     /// `netns` (both): the network namespaces whose connections match: `"host"` (the
     /// agent's), `"container"` (any other), both when unset. The address is always
     /// the one the client dialled, as its namespace sees it.
@@ -515,6 +517,18 @@ pub struct PostgresTarget {
     pub user: Option<String>,
 }
 
+/// The `[[target]]` keys of `protocol = "redis"`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedisTarget {
+    /// `password_file` or `credential`: the password the agent authenticates with
+    /// itself (`AUTH`, or `HELLO ... AUTH`); the client then needs none, and a password
+    /// the client sends is never forwarded.
+    pub credential: Option<CredentialRef>,
+    /// `user`: the ACL user the agent authenticates as with the credential (default:
+    /// the `default` user, `AUTH <password>`).
+    pub user: Option<String>,
+}
+
 /// Where a target's password is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialRef {
@@ -601,6 +615,9 @@ pub enum Protocol {
     /// requests are judged and journaled before they are forwarded, channel data
     /// recorded.
     Ssh,
+    /// `"redis"`: RESP2/RESP3: every command judged by name and keys and journaled
+    /// before it is forwarded, replies masked, the agent's credential injected.
+    Redis,
 }
 
 impl Protocol {
@@ -613,6 +630,7 @@ impl Protocol {
         Protocol::AwsImds,
         Protocol::Kubernetes,
         Protocol::Ssh,
+        Protocol::Redis,
     ];
 
     /// Whether the target is served as HTTP (`proxy::http`): `http`, `aws`, `aws-imds`,
@@ -634,6 +652,7 @@ impl Protocol {
             Protocol::AwsImds => "aws-imds",
             Protocol::Kubernetes => "kubernetes",
             Protocol::Ssh => "ssh",
+            Protocol::Redis => "redis",
         }
     }
 }
@@ -1178,6 +1197,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
         let imds = imds_settings(&raw, protocol)?;
         let ssh = ssh_settings(&raw, protocol)?;
         let kube = kube_settings(&raw, protocol)?;
+        let redis = redis_settings(&raw, protocol)?;
         let netns = match &raw.netns {
             None => NetnsScope::Any,
             Some(v) => match v.get_ref().as_str() {
@@ -1201,6 +1221,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
             imds,
             ssh,
             kube,
+            redis,
             netns,
         })
     }
@@ -1309,7 +1330,14 @@ fn postgres_settings(
             ),
             ("credential", raw.credential.as_ref().map(Spanned::span)),
         ];
-        if protocol == Protocol::Ssh {
+        if protocol == Protocol::Redis {
+            // A Redis target's password and user: redis_settings.
+            refuse_keys(
+                &shared[..4],
+                "protocol = \"postgres\", \"http\", \"aws\" and \"aws-imds\"",
+                protocol,
+            )?;
+        } else if protocol == Protocol::Ssh {
             // An SSH target's `credential` is its login key (ssh_settings).
             refuse_keys(
                 &shared[..5],
@@ -1326,7 +1354,7 @@ fn postgres_settings(
                 protocol,
             )?;
         }
-        if protocol != Protocol::Ssh {
+        if protocol != Protocol::Ssh && protocol != Protocol::Redis {
             refuse_keys(
                 &[("user", raw.user.as_ref().map(Spanned::span))],
                 "protocol = \"postgres\" and \"ssh\"",
@@ -1365,6 +1393,41 @@ fn postgres_settings(
         server_name: common.server_name,
         client_tls: common.client_tls,
         credential: common.credential,
+        user: raw.user.as_ref().map(|u| u.get_ref().clone()),
+    }))
+}
+
+/// Validates the keys of a Redis target: the agent's password and ACL user (the other
+/// protocols' keys are refused by their own settings functions).
+fn redis_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<RedisTarget>, Problem> {
+    if protocol != Protocol::Redis {
+        return Ok(None);
+    }
+    refuse_keys(
+        &[("inject", raw.inject.as_ref().map(Spanned::span))],
+        "protocol = \"http\" (a Redis target authenticates with its credential instead)",
+        protocol,
+    )?;
+    let credential = credential_ref(
+        ("password_file", raw.password_file.as_ref()),
+        raw.credential.as_ref(),
+    )?;
+    if let Some(user) = &raw.user {
+        if credential.is_none() {
+            return Err(Problem::at(
+                user,
+                "`user` sets the ACL user the agent authenticates as with its own credential: it needs `password_file` or `credential`",
+            ));
+        }
+        if user.get_ref().is_empty() || user.get_ref().contains(char::is_whitespace) {
+            return Err(Problem::at(
+                user,
+                "user must be a non-empty name without spaces",
+            ));
+        }
+    }
+    Ok(Some(RedisTarget {
+        credential,
         user: raw.user.as_ref().map(|u| u.get_ref().clone()),
     }))
 }

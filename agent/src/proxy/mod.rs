@@ -8,6 +8,7 @@ pub mod http;
 mod limits;
 pub mod netns;
 pub mod postgres;
+pub mod redis;
 mod relay;
 pub mod ssh;
 
@@ -82,6 +83,7 @@ pub struct Snapshot {
     pub pg: Arc<postgres::PgRuntime>,
     pub http: Arc<http::runtime::HttpRuntime>,
     pub ssh: Arc<ssh::runtime::SshRuntime>,
+    pub redis: Arc<redis::RedisRuntime>,
 }
 
 impl Snapshot {
@@ -101,11 +103,13 @@ impl Snapshot {
             .context("preparing the HTTP targets")?;
         let ssh = ssh::runtime::SshRuntime::build(&config, access)
             .context("preparing the SSH targets")?;
+        let redis = redis::RedisRuntime::build(&config).context("preparing the Redis targets")?;
         Ok(Snapshot {
             config,
             pg: Arc::new(pg),
             http: Arc::new(http),
             ssh: Arc::new(ssh),
+            redis: Arc::new(redis),
         })
     }
 }
@@ -580,7 +584,9 @@ async fn handle(
         if !(target.protocol.over_http()
             || matches!(
                 target.protocol,
-                crate::config::Protocol::Postgres | crate::config::Protocol::Ssh
+                crate::config::Protocol::Postgres
+                    | crate::config::Protocol::Ssh
+                    | crate::config::Protocol::Redis
             ))
         {
             reset(client);
@@ -713,7 +719,9 @@ async fn handle(
         if !(target.protocol.over_http()
             || matches!(
                 target.protocol,
-                crate::config::Protocol::Postgres | crate::config::Protocol::Ssh
+                crate::config::Protocol::Postgres
+                    | crate::config::Protocol::Ssh
+                    | crate::config::Protocol::Redis
             ))
         {
             reset(client);
@@ -743,6 +751,7 @@ async fn handle(
         crate::config::Protocol::Ssh => {
             snapshot.ssh.target(target_index).is_none() || snapshot.ssh.ca.is_none()
         }
+        crate::config::Protocol::Redis => snapshot.redis.target(target_index).is_none(),
         crate::config::Protocol::Tcp => false,
     };
     if missing_runtime {
@@ -854,6 +863,34 @@ async fn handle(
             refuse: refuse.map(|r| r.message),
         };
         ssh::serve(ctx, client, cancel).await
+    } else if let (crate::config::Protocol::Redis, Some(target_rt)) = (
+        target.protocol,
+        snapshot.redis.target(target_index).cloned(),
+    ) {
+        let rules = Arc::new(snapshot.pg.rules_for(
+            config,
+            &workload_name,
+            &target.name,
+            claims.as_ref(),
+        ));
+        let ctx = redis::RedisContext {
+            id,
+            journal: &shared.journal,
+            target_rt,
+            rules,
+            orig_dst,
+            origin: origin.clone(),
+            connect_timeout: config.agent.connect_timeout,
+            idle_timeout: config.agent.idle_timeout,
+            approvals: shared.approvals.clone(),
+            requester: crate::session::Requester {
+                session: id,
+                identity: identity.clone(),
+            },
+            refuse: refuse.map(|r| r.message),
+            accepted: t0,
+        };
+        redis::serve(ctx, client, cancel).await
     } else {
         match origin.connect(orig_dst, config.agent.connect_timeout).await {
             Ok(upstream) => {
