@@ -19,6 +19,7 @@ pub mod docker;
 pub mod http;
 pub mod kube;
 pub mod netns;
+pub mod redis;
 pub mod ssh;
 pub use http::*;
 
