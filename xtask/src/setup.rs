@@ -53,6 +53,12 @@ const APT_PACKAGES: &[&str] = &[
     // whose /usr/bin/kubectl dispatches to the bundled kubectl matching the server's
     // /version (1.32 for the fake server).
     "kubectl",
+    // The Redis tests' real server (started by the tests on a loopback port, no
+    // persistence, with an ACL user) and clients: redis-cli, redis-benchmark (also the
+    // bench's `redis-benchmark -t get,set -P 16`) and redis-py for /usr/bin/python3.
+    "redis-server",
+    "redis-tools",
+    "python3-redis",
 ];
 
 /// s3s-fs, the S3-compatible server the shipping tests upload to (tests/tests/shipping.rs).
