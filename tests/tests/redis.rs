@@ -435,6 +435,86 @@ print(json.dumps({{"data": m and m["data"].decode()}}), flush=True)
         .iter()
         .all(|a| a["user"] == AGENT_USER && a["injected"] == true && a["error"].is_null()));
 
+    // replay: a redis-cli transcript; export: OCSF Datastore Activity per command;
+    // events: found by --text.
+    let journal = agent.journal.to_str().unwrap().to_owned();
+    let replays: Vec<String> = agent
+        .sessions()
+        .iter()
+        .map(|s| {
+            let out = agent.cli(&[
+                "replay",
+                &s["id"].to_string(),
+                "--journal",
+                &journal,
+                "--instant",
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    let flush_replay = replays
+        .iter()
+        .find(|r| r.contains("redis> FLUSHALL"))
+        .expect("a session replaying FLUSHALL");
+    assert!(
+        flush_replay.contains("redis> FLUSHALL   [deny by rule no-admin: refused]"),
+        "{flush_replay}"
+    );
+    assert!(flush_replay.contains("redis> GET a"), "{flush_replay}");
+    assert!(
+        flush_replay.contains("(error) ERR nhi-agent: FLUSHALL denied by rule no-admin"),
+        "{flush_replay}"
+    );
+    let masked_replay = replays
+        .iter()
+        .find(|r| r.contains("redis> GET user:1:email"))
+        .expect("a session replaying the masked GET");
+    assert!(masked_replay.contains("\"[redacted]\""), "{masked_replay}");
+    assert!(
+        masked_replay.contains("masked: user:1:email by contact"),
+        "{masked_replay}"
+    );
+    let out = agent.cli(&["export", "--format", "ocsf", "--journal", &journal]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let activity: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["class_uid"] == 6005 && e["database"]["name"] == "cache")
+        .collect();
+    let flush = activity
+        .iter()
+        .find(|e| e["query_info"]["query_string"] == "FLUSHALL")
+        .expect("FLUSHALL in OCSF");
+    assert_eq!(flush["disposition"], "Blocked");
+    assert_eq!(flush["unmapped"]["command_rule"], "no-admin");
+    let get = activity
+        .iter()
+        .find(|e| e["query_info"]["query_string"] == "GET user:1:email")
+        .expect("GET in OCSF");
+    assert_eq!(get["status"], "Success");
+    assert_eq!(get["unmapped"]["reply_masked"][0]["rule"], "contact");
+    let out = agent.cli(&["events", &journal, "--json", "--text", "FLUSHALL"]);
+    let found: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !found.is_empty()
+            && found
+                .iter()
+                .all(|e| e["kind"] == "redis_command" && e["data"]["command"] == "FLUSHALL"),
+        "{found:#?}"
+    );
+
     let mut agent = agent;
     agent.terminate();
     agent.assert_verifies();

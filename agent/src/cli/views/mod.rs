@@ -17,6 +17,7 @@ pub mod http;
 pub mod kube;
 pub mod opaque;
 pub mod postgres;
+pub mod redis;
 pub mod ssh;
 
 /// A replay rendering of one session's events (after the header and lineage chain).
@@ -134,6 +135,7 @@ static VIEWS: &[&dyn ProtocolView] = &[
     &aws::Aws,
     &kube::Kube,
     &ssh::Ssh,
+    &redis::Redis,
 ];
 
 /// The view for sessions whose `protocol` is `protocol`.
@@ -197,7 +199,8 @@ mod tests {
                 "http_request",
                 "aws_call",
                 "k8s_request",
-                "ssh_exec"
+                "ssh_exec",
+                "redis_command"
             ]
         );
         let kube = request_events_of("k8s_request").expect("Kubernetes requests");

@@ -231,8 +231,13 @@ impl RedisSession {
         }
     }
 
-    /// Queues the agent's own answer to command `seq` behind what is pending.
+    /// Queues the agent's own answer to command `seq` behind what is pending (journaled
+    /// as its reply now: the answer is decided).
     fn answer(&mut self, seq: u64, bytes: Bytes) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        if let Ok(Some(frame)) = ServerDecoder::default().decode(&mut buf) {
+            self.record_reply(seq, &frame.value, bytes.len(), Vec::new());
+        }
         self.pending.push_back(Pending {
             seq,
             expect: Expect::Agent(bytes),
