@@ -1223,3 +1223,6 @@ fn excerpt(frame: &Frame) -> Option<String> {
 
 /// Reads back a journaled command (used by the CLI's views).
 pub use events::RedisCommandEvent as CommandRecord;
+
+#[cfg(test)]
+mod tests;
