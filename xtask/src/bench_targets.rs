@@ -123,6 +123,7 @@ pub(crate) struct Figures {
     pub http: Option<Vec<Reported>>,
     pub ssh: Option<Vec<Reported>>,
     pub aws: Option<Vec<Reported>>,
+    pub redis: Option<Vec<Reported>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -486,6 +487,7 @@ fn targets(f: &Figures) -> Vec<Target> {
         ("HTTP, ratio to direct (no target)", &f.http),
         ("SSH, ratio to direct (no target)", &f.ssh),
         ("AWS, ratio to direct (no target)", &f.aws),
+        ("Redis, ratio to direct (no target)", &f.redis),
     ] {
         match figures {
             Some(rows) => out.extend(rows.iter().map(|r| {
@@ -618,6 +620,7 @@ mod tests {
             }]),
             ssh: None,
             aws: None,
+            redis: None,
         };
         let all = targets(&f);
         let v = |what| find(&all, what).verdict();
