@@ -1345,6 +1345,7 @@ mod tests {
                 kube_token: Path::new("/tmp/kube.token"),
                 aws: None,
                 ssh: None,
+                redis: None,
                 fsync_each,
                 max_connections: 6024,
             }
@@ -1380,6 +1381,7 @@ mod tests {
             kube_token: Path::new("/tmp/kube.token"),
             aws: Some(aws.to_string()),
             ssh: Some("\n[[target]]\nname = \"ssh\"\n".into()),
+            redis: None,
             fsync_each: false,
             max_connections: 4096,
         }
