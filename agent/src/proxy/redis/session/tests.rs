@@ -319,3 +319,23 @@ fn held_commands_wait_and_monitor_is_refused() {
     assert_eq!(up, "");
     assert!(down.contains("MONITOR is not allowed"), "{down}");
 }
+
+#[test]
+fn the_agents_own_errors_are_resp_errors() {
+    let s = session(false);
+    let e = std::io::Error::other("No space left on device");
+    let journal = s.agent_error(AgentError::Journal(&e));
+    assert_eq!(
+        &journal[..],
+        b"-ERR nhi-agent: the audit journal cannot record (No space left on device); nothing was forwarded\r\n"
+    );
+    let cap = s.agent_error(AgentError::SessionCap("session exceeded\r\nmax"));
+    assert_eq!(
+        &cap[..],
+        b"-ERR nhi-agent: session exceeded  max\r\n",
+        "one line"
+    );
+    assert!(s
+        .agent_error(AgentError::Shutdown)
+        .starts_with(b"-ERR nhi-agent: "));
+}
