@@ -20,6 +20,7 @@ pub mod http;
 pub mod kube;
 pub mod mysql;
 pub mod netns;
+pub mod redis;
 pub mod ssh;
 pub use http::*;
 

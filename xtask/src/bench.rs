@@ -61,6 +61,7 @@ pub fn bench(
     ssh_bytes: u64,
     evidence_events: u64,
     idle_conns: u64,
+    redis_requests: u64,
 ) -> anyhow::Result<()> {
     if !util::is_root() {
         bail!("the benchmark attaches eBPF programs and creates cgroups: run it as root");
@@ -116,6 +117,13 @@ pub fn bench(
     if pg_seconds > 0 && mariadb.is_none() {
         println!("(no MySQL figures: mariadb-server is not installed; run `cargo xtask setup`)");
     }
+    let redis = match redis_requests {
+        0 => None,
+        _ => nhi_tests::redis::RedisServer::bin().map(|_| nhi_tests::redis::RedisServer::start()),
+    };
+    if redis_requests > 0 && redis.is_none() {
+        println!("(no Redis figures: redis-server is not installed; run `cargo xtask setup`)");
+    }
     let pins = PathBuf::from("/sys/fs/bpf").join(&base);
     let journal = work.path().join("journal.db");
     // The Kubernetes target's credential: a file only root reads, as the agent requires.
@@ -139,6 +147,12 @@ pub fn bench(
             aws: aws.as_ref().map(|a| a.config()),
             ssh: sshd.as_ref().map(crate::bench_ssh::config),
             mysql: mariadb.as_ref().map(crate::bench_mysql::config),
+            redis: redis.as_ref().map(|r| {
+                crate::bench_redis::config(
+                    r,
+                    &nhi_tests::redis::RedisServer::password_file(work.path()),
+                )
+            }),
             fsync_each,
             // The default (4096, three quarters of it per workload) would refuse some of
             // the idle connections of the memory figure.
@@ -339,6 +353,19 @@ pub fn bench(
         );
     }
 
+    if let Some(server) = &redis {
+        figures.redis = Some(
+            crate::bench_redis::RedisBench {
+                server,
+                direct_cg: &direct_cg,
+                agent_cg: &agent_cg,
+                runs,
+                requests: redis_requests,
+            }
+            .run()?,
+        );
+    }
+
     if pg_seconds > 0 {
         let bench = PgBench {
             pg: &pg,
@@ -501,6 +528,8 @@ struct BenchConfig<'a> {
     ssh: Option<String>,
     /// The MySQL target and its policy (`bench_mysql`), when MariaDB runs.
     mysql: Option<String>,
+    /// The Redis target and its policy (`bench_redis`), when redis-server runs.
+    redis: Option<String>,
     fsync_each: bool,
     /// `max_connections` and `max_connections_per_workload` (one workload holds every
     /// connection of the bench).
@@ -649,7 +678,7 @@ namespaces = ["prod"]
 name = "exec-needs-approval"
 verdict = "approve"
 subresources = ["exec", "attach", "portforward"]
-{aws}{ssh}{mysql}"#,
+{aws}{ssh}{mysql}{redis}"#,
             journal = self.journal.display(),
             listen_port = self.listen_port,
             pins = self.pins.display(),
@@ -665,6 +694,7 @@ subresources = ["exec", "attach", "portforward"]
             aws = self.aws.as_deref().unwrap_or(""),
             ssh = self.ssh.as_deref().unwrap_or(""),
             mysql = self.mysql.as_deref().unwrap_or(""),
+            redis = self.redis.as_deref().unwrap_or(""),
             max_connections = self.max_connections,
         )
     }
@@ -1340,6 +1370,7 @@ mod tests {
                 aws: None,
                 ssh: None,
                 mysql: None,
+                redis: None,
                 fsync_each,
                 max_connections: 6024,
             }
@@ -1376,6 +1407,7 @@ mod tests {
             aws: Some(aws.to_string()),
             ssh: Some("\n[[target]]\nname = \"ssh\"\n".into()),
             mysql: None,
+            redis: None,
             fsync_each: false,
             max_connections: 4096,
         }

@@ -124,6 +124,7 @@ pub(crate) struct Figures {
     pub ssh: Option<Vec<Reported>>,
     pub aws: Option<Vec<Reported>>,
     pub mysql: Option<Vec<Reported>>,
+    pub redis: Option<Vec<Reported>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -488,6 +489,7 @@ fn targets(f: &Figures) -> Vec<Target> {
         ("SSH, ratio to direct (no target)", &f.ssh),
         ("AWS, ratio to direct (no target)", &f.aws),
         ("MySQL, ratio to direct (no target)", &f.mysql),
+        ("Redis, ratio to direct (no target)", &f.redis),
     ] {
         match figures {
             Some(rows) => out.extend(rows.iter().map(|r| {
@@ -621,6 +623,7 @@ mod tests {
             ssh: None,
             aws: None,
             mysql: None,
+            redis: None,
         };
         let all = targets(&f);
         let v = |what| find(&all, what).verdict();

@@ -41,6 +41,7 @@ pub const TARGETS: &[&str] = &[
     "aws_request",
     "ssh",
     "kubernetes",
+    "redis",
 ];
 
 /// An input taking longer than this (seconds) is reported as a hang.
@@ -422,6 +423,23 @@ fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
             "kubernetes" => {
                 for (name, bytes) in kubernetes_seeds()? {
                     put(&name, &bytes)?;
+                }
+            }
+            "redis" => {
+                // The decoders' golden captures, whole and in 3-byte reads.
+                let testdata = fuzz_dir.join("../agent/src/protocol/redis/testdata");
+                for entry in std::fs::read_dir(&testdata)? {
+                    let path = entry?.path();
+                    let name = path
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned();
+                    if name.ends_with(".c2s") || name.ends_with(".s2c") {
+                        let bytes = std::fs::read(&path)?;
+                        put(&name, &[&[0x00], &bytes[..]].concat())?;
+                        put(&format!("{name}-3"), &[&[0x03], &bytes[..]].concat())?;
+                    }
                 }
             }
             other => bail!("no seeds for fuzz target {other}"),

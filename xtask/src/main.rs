@@ -23,6 +23,7 @@ mod bench_evidence;
 mod bench_http;
 mod bench_memory;
 mod bench_mysql;
+mod bench_redis;
 mod bench_ssh;
 mod bench_targets;
 mod demo;
@@ -107,6 +108,10 @@ enum Cmd {
         /// Bytes of the SSH bulk upload (scp).
         #[arg(long, default_value_t = 256 << 20)]
         ssh_bytes: u64,
+        /// Requests per command of each `redis-benchmark -t get,set -P 16` run, directly
+        /// and through the agent (0 skips the Redis figures).
+        #[arg(long, default_value_t = 200_000)]
+        redis_requests: u64,
         /// Statement events for the journal ingest / verify / search figures (0 skips them).
         #[arg(long, default_value_t = 1_000_000)]
         evidence_events: u64,
@@ -179,6 +184,7 @@ fn main() -> anyhow::Result<()> {
             aws_calls,
             ssh_conns,
             ssh_bytes,
+            redis_requests,
             evidence_events,
             only_evidence,
             idle_conns,
@@ -201,6 +207,7 @@ fn main() -> anyhow::Result<()> {
                     ssh_bytes,
                     evidence_events,
                     idle_conns,
+                    redis_requests,
                 )
             }
         }

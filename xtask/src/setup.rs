@@ -66,6 +66,12 @@ const APT_PACKAGES: &[&str] = &[
     "python3-pymysql",
     "libdbd-mariadb-perl",
     "sysbench",
+    // The Redis tests' real server (started by the tests on a loopback port, no
+    // persistence, with an ACL user) and clients: redis-cli, redis-benchmark (also the
+    // bench's `redis-benchmark -t get,set -P 16`) and redis-py for /usr/bin/python3.
+    "redis-server",
+    "redis-tools",
+    "python3-redis",
 ];
 
 /// s3s-fs, the S3-compatible server the shipping tests upload to (tests/tests/shipping.rs).

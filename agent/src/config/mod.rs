@@ -271,6 +271,8 @@ pub struct Target {
     /// `client_tls`, `password_file` / `credential`, `user`); `Some` exactly when
     /// `protocol = "mysql"`.
     pub mysql: Option<MysqlTarget>,
+    /// Redis settings; `Some` exactly when `protocol = "redis"`.
+    pub redis: Option<RedisTarget>,
     /// `netns` (both): the network namespaces whose connections match: `"host"` (the
     /// agent's), `"container"` (any other), both when unset. The address is always
     /// the one the client dialled, as its namespace sees it.
@@ -522,6 +524,17 @@ pub struct PostgresTarget {
 /// The `[[target]]` keys of `protocol = "mysql"`: those of PostgreSQL targets, with
 /// the same meaning (`tls` per libpq's sslmode, `user` who the agent logs in as).
 pub type MysqlTarget = PostgresTarget;
+/// The `[[target]]` keys of `protocol = "redis"`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedisTarget {
+    /// `password_file` or `credential`: the password the agent authenticates with
+    /// itself (`AUTH`, or `HELLO ... AUTH`); the client then needs none, and a password
+    /// the client sends is never forwarded.
+    pub credential: Option<CredentialRef>,
+    /// `user`: the ACL user the agent authenticates as with the credential (default:
+    /// the `default` user, `AUTH <password>`).
+    pub user: Option<String>,
+}
 
 /// Where a target's password is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -612,6 +625,9 @@ pub enum Protocol {
     /// `"mysql"`: the MySQL / MariaDB client/server protocol is decoded, judged by
     /// policy and journaled command by command.
     Mysql,
+    /// `"redis"`: RESP2/RESP3: every command judged by name and keys and journaled
+    /// before it is forwarded, replies masked, the agent's credential injected.
+    Redis,
 }
 
 impl Protocol {
@@ -625,6 +641,7 @@ impl Protocol {
         Protocol::Kubernetes,
         Protocol::Ssh,
         Protocol::Mysql,
+        Protocol::Redis,
     ];
 
     /// Whether the target is served as HTTP (`proxy::http`): `http`, `aws`, `aws-imds`,
@@ -647,6 +664,7 @@ impl Protocol {
             Protocol::Kubernetes => "kubernetes",
             Protocol::Ssh => "ssh",
             Protocol::Mysql => "mysql",
+            Protocol::Redis => "redis",
         }
     }
 }
@@ -1197,6 +1215,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
         let imds = imds_settings(&raw, protocol)?;
         let ssh = ssh_settings(&raw, protocol)?;
         let kube = kube_settings(&raw, protocol)?;
+        let redis = redis_settings(&raw, protocol)?;
         let netns = match &raw.netns {
             None => NetnsScope::Any,
             Some(v) => match v.get_ref().as_str() {
@@ -1220,6 +1239,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
             imds,
             ssh,
             kube,
+            redis,
             netns,
             mysql,
         })
@@ -1329,7 +1349,14 @@ fn postgres_settings(
             ),
             ("credential", raw.credential.as_ref().map(Spanned::span)),
         ];
-        if protocol == Protocol::Ssh {
+        if protocol == Protocol::Redis {
+            // A Redis target's password and user: redis_settings.
+            refuse_keys(
+                &shared[..4],
+                "protocol = \"postgres\", \"http\", \"aws\" and \"aws-imds\"",
+                protocol,
+            )?;
+        } else if protocol == Protocol::Ssh {
             // An SSH target's `credential` is its login key (ssh_settings).
             refuse_keys(
                 &shared[..5],
@@ -1346,7 +1373,7 @@ fn postgres_settings(
                 protocol,
             )?;
         }
-        if protocol != Protocol::Ssh {
+        if protocol != Protocol::Ssh && protocol != Protocol::Redis {
             refuse_keys(
                 &[("user", raw.user.as_ref().map(Spanned::span))],
                 "protocol = \"postgres\" and \"ssh\"",
@@ -1385,6 +1412,41 @@ fn postgres_settings(
         server_name: common.server_name,
         client_tls: common.client_tls,
         credential: common.credential,
+        user: raw.user.as_ref().map(|u| u.get_ref().clone()),
+    }))
+}
+
+/// Validates the keys of a Redis target: the agent's password and ACL user (the other
+/// protocols' keys are refused by their own settings functions).
+fn redis_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<RedisTarget>, Problem> {
+    if protocol != Protocol::Redis {
+        return Ok(None);
+    }
+    refuse_keys(
+        &[("inject", raw.inject.as_ref().map(Spanned::span))],
+        "protocol = \"http\" (a Redis target authenticates with its credential instead)",
+        protocol,
+    )?;
+    let credential = credential_ref(
+        ("password_file", raw.password_file.as_ref()),
+        raw.credential.as_ref(),
+    )?;
+    if let Some(user) = &raw.user {
+        if credential.is_none() {
+            return Err(Problem::at(
+                user,
+                "`user` sets the ACL user the agent authenticates as with its own credential: it needs `password_file` or `credential`",
+            ));
+        }
+        if user.get_ref().is_empty() || user.get_ref().contains(char::is_whitespace) {
+            return Err(Problem::at(
+                user,
+                "user must be a non-empty name without spaces",
+            ));
+        }
+    }
+    Ok(Some(RedisTarget {
+        credential,
         user: raw.user.as_ref().map(|u| u.get_ref().clone()),
     }))
 }

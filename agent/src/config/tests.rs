@@ -118,6 +118,7 @@ fn minimal_example_parses_to_the_expected_model() {
             ssh: None,
             kube: None,
             mysql: None,
+            redis: None,
             netns: crate::config::NetnsScope::Any,
         }]
     );
@@ -329,7 +330,7 @@ fn semantic_errors_point_at_the_value() {
             "protocol = \"tcp\"",
             "protocol = \"mongodb\"",
             "\"mongodb\"",
-            "protocol \"mongodb\" is not supported yet (supported: tcp, postgres, http, aws, aws-imds, kubernetes, ssh, mysql)",
+            "protocol \"mongodb\" is not supported yet (supported: tcp, postgres, http, aws, aws-imds, kubernetes, ssh, mysql, redis)",
         ),
         (
             "cgroup = \"system.slice/backup*.service\"",
@@ -1303,4 +1304,42 @@ fn mysql_targets_take_the_postgres_keys() {
         problem.contains("needs `password_file` or `credential`"),
         "{problem}"
     );
+}
+
+#[test]
+fn redis_target_keys_are_validated() {
+    let target = |keys: &str| {
+        format!(
+            "[agent]\nmode = \"enforce\"\njournal = \"/j.db\"\n\n[[target]]\nname = \"cache\"\naddress = \"127.0.0.1:6379\"\nprotocol = \"redis\"\n{keys}\n"
+        )
+    };
+    let c = ok(&target("password_file = \"/pw\"\nuser = \"bot\""));
+    assert_eq!(c.targets[0].protocol.to_string(), "redis");
+    let redis = c.targets[0].redis.as_ref().expect("redis settings");
+    assert_eq!(
+        redis.credential,
+        Some(CredentialRef::File(PathBuf::from("/pw")))
+    );
+    assert_eq!(redis.user.as_deref(), Some("bot"));
+    assert!(c.targets[0].postgres.is_none() && c.targets[0].http.is_none());
+    let c = ok(&target("credential = \"redis-pw\""));
+    assert_eq!(
+        c.targets[0].redis.as_ref().expect("redis").credential,
+        Some(CredentialRef::Systemd("redis-pw".into()))
+    );
+    assert_eq!(
+        ok(&target("")).targets[0].redis,
+        Some(RedisTarget::default())
+    );
+    for (keys, expected) in [
+        ("user = \"bot\"", "needs `password_file` or `credential`"),
+        ("password_file = \"/pw\"\nuser = \"a b\"", "without spaces"),
+        ("password_file = \"/pw\"\ncredential = \"x\"", "not both"),
+        ("tls = \"require\"", "only applies to"),
+        ("inject = \"X-Key: {secret}\"", "only applies to"),
+        ("key_file = \"/k\"", "only applies to protocol = \"ssh\""),
+    ] {
+        let e = parse(&target(keys), "t.toml").expect_err(keys).to_string();
+        assert!(e.contains(expected), "{keys}: {e}");
+    }
 }

@@ -28,6 +28,9 @@ pub const DEFAULT_PATTERNS: &[&str] = &[
     "-*api-key*",
     "-*api_key*",
     "-*apikey*",
+    // redis-cli's and redis-benchmark's password flag (`-a` is too common a flag to
+    // mask by default: add it with `[lineage] mask_argv`).
+    "--pass",
     "*password*=*",
     "*passwd*=*",
     "*secret*=*",

@@ -48,8 +48,13 @@ impl std::fmt::Display for Lint {
 fn rule_protocols(rule: &Rule) -> Option<(&'static str, &'static [&'static str])> {
     if rule.has_sql() {
         Some(("SQL", &["postgres"]))
-    } else if rule.ssh.is_set() {
+    } else if rule.redis.has_own() {
+        Some(("Redis", &["redis"]))
+    } else if rule.ssh.has_non_command_conditions() {
         Some(("SSH", &["ssh"]))
+    } else if rule.ssh.is_set() {
+        // `commands` alone: command lines on SSH targets, command names on Redis ones.
+        Some(("SSH or Redis", &["ssh", "redis"]))
     } else if rule.http.is_set() {
         Some(("HTTP", &["http", "aws", "kubernetes"]))
     } else {
@@ -312,7 +317,7 @@ methods = ["DELETE"]
             [
                 "policy \"web\", rule \"no-drop\": SQL conditions, but the policy's targets are api (http): it never matches (they are for postgres targets)",
                 "policy \"web\", rule \"no-admin-again\": the same conditions as rule \"no-admin\" before it, which decides first: it never matches",
-                "policy \"web\", rule \"no-sudo\": SSH conditions, but the policy's targets are api (http): it never matches (they are for ssh targets)",
+                "policy \"web\", rule \"no-sudo\": SSH or Redis conditions, but the policy's targets are api (http): it never matches (they are for ssh/redis targets)",
                 "policy \"db\", rule \"admin\": HTTP conditions, but the policy's targets are orders-db (postgres): it never matches (they are for http/aws/kubernetes targets)",
             ]
         );

@@ -67,6 +67,7 @@ pub mod http;
 pub mod kube;
 mod lint;
 mod raw;
+pub mod redis;
 mod sql;
 mod sql_cache;
 pub mod ssh;
@@ -214,6 +215,8 @@ struct Rule {
     ssh: ssh::SshMatch,
     /// Kubernetes conditions (with HTTP ones or alone; `resources` is shared with AWS).
     kube: kube::KubeMatch,
+    /// Redis conditions (`commands`, shared with SSH, and `keys`).
+    redis: redis::RedisMatch,
 }
 
 impl Rule {
@@ -233,6 +236,7 @@ impl Rule {
             && !self.aws.is_set()
             && !self.kube.is_set()
             && !self.ssh.is_set()
+            && !self.redis.has_own()
             && self.http.matches(request)
     }
 
@@ -245,6 +249,7 @@ impl Rule {
     ) -> bool {
         !self.has_sql()
             && !self.ssh.is_set()
+            && !self.redis.has_own()
             && !self.aws.has_own()
             && self.http.matches(request)
             && self.kube.matches(kube)
@@ -258,6 +263,7 @@ impl Rule {
             && !self.http.is_set()
             && !self.aws.is_set()
             && !self.kube.is_set()
+            && !self.redis.has_own()
             && self.ssh.matches(request)
     }
 
@@ -269,13 +275,31 @@ impl Rule {
     ) -> bool {
         !self.has_sql()
             && !self.ssh.is_set()
+            && !self.redis.has_own()
             && !self.kube.has_own()
             && self.http.matches(request)
             && self.aws.matches(call)
     }
 
+    /// A Redis command: the rule's Redis conditions (`commands`, `keys`); a rule with
+    /// conditions of another protocol (SSH's `regex`, `ssh_requests`, SFTP ones
+    /// included) is not about Redis; one with no condition matches every command.
+    fn matches_redis(&self, command: &redis::RedisCommand<'_>) -> bool {
+        !self.has_sql()
+            && !self.http.is_set()
+            && !self.aws.is_set()
+            && !self.kube.is_set()
+            && !self.ssh.has_non_command_conditions()
+            && self.redis.matches(command, self.verdict)
+    }
+
     fn matches(&self, statement: &StatementInfo) -> bool {
-        if self.http.is_set() || self.aws.is_set() || self.ssh.is_set() || self.kube.is_set() {
+        if self.http.is_set()
+            || self.aws.is_set()
+            || self.ssh.is_set()
+            || self.kube.is_set()
+            || self.redis.has_own()
+        {
             return false;
         }
         // Cheapest conditions first; the regex last.
@@ -646,6 +670,19 @@ impl Policy {
         }
     }
 
+    /// The verdict for a Redis command: `MONITOR` is refused; then the first rule whose
+    /// Redis conditions match (rules with conditions of another protocol are skipped);
+    /// else `default` (see [`redis`]).
+    pub fn decide_redis(&self, command: &redis::RedisCommand<'_>) -> (Verdict, Option<&str>) {
+        if command.name == "MONITOR" {
+            return (Verdict::Deny, Some(redis::MONITOR_RULE));
+        }
+        match self.rules.iter().find(|rule| rule.matches_redis(command)) {
+            Some(rule) => (rule.verdict, Some(rule.name.as_str())),
+            None => (self.default, None),
+        }
+    }
+
     /// The verdict for an SFTP request: the first rule with SFTP conditions that
     /// matches, else `default` (see [`ssh`]).
     pub fn decide_sftp(&self, request: &ssh::SftpRequest<'_>) -> (Verdict, Option<&str>) {
@@ -765,6 +802,27 @@ impl Rule {
                 ),
             ));
         }
+        let redis_match =
+            redis::RedisMatch::from_raw(name, raw.commands.as_deref(), raw.keys.as_deref())?;
+        if redis_match.has_own()
+            && (http_match.is_set()
+                || aws_match.is_set()
+                || kube_match.is_set()
+                || ssh_match.has_non_command_conditions()
+                || raw.kinds.is_some()
+                || raw.tables.is_some()
+                || raw.functions.is_some()
+                || raw.without_where.is_some()
+                || raw.text.is_some())
+        {
+            return Err(PolicyProblem::at(
+                &raw.name,
+                format!(
+                    "rule \"{name}\" mixes Redis conditions (keys) with conditions of another \
+                     protocol; a rule is about one protocol: split it"
+                ),
+            ));
+        }
         let sql_keys = raw.kinds.is_some()
             || raw.tables.is_some()
             || raw.functions.is_some()
@@ -869,6 +927,7 @@ impl Rule {
             aws: aws_match,
             ssh: ssh_match,
             kube: kube_match,
+            redis: redis_match,
         })
     }
 }

@@ -63,6 +63,8 @@ pub struct RawRule {
     pub(super) ssh_requests: Option<Vec<Spanned<String>>>,
     pub(super) sftp_ops: Option<Vec<Spanned<String>>>,
     pub(super) sftp_paths: Option<Vec<Spanned<String>>>,
+    /// Redis (see `super::redis`; `commands` above is shared).
+    pub(super) keys: Option<Vec<Spanned<String>>>,
 }
 
 impl RawRule {
@@ -108,6 +110,7 @@ impl RawRule {
                     list(&self.sftp_ops),
                     list(&self.sftp_paths)
                 ),
+                list(&self.keys),
             )
         )
     }

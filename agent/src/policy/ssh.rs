@@ -148,6 +148,12 @@ impl SshMatch {
         self.commands.is_some() || self.regex.is_some() || self.requests.is_some() || self.is_sftp()
     }
 
+    /// Whether the rule sets SSH conditions other than `commands` (which Redis rules
+    /// share): `regex`, `ssh_requests`, SFTP ones.
+    pub fn has_non_command_conditions(&self) -> bool {
+        self.regex.is_some() || self.requests.is_some() || self.is_sftp()
+    }
+
     /// Whether the rule sets SFTP conditions (it then judges SFTP requests only).
     pub fn is_sftp(&self) -> bool {
         self.sftp_ops.is_some() || self.sftp_paths.is_some()

@@ -1774,3 +1774,68 @@ fn kubernetes_rule_keys_are_validated() {
     // Globs in verbs are not checked against the list.
     assert!(try_policies(&format!("{base}verbs = [\"delete*\"]\n")).is_ok());
 }
+
+#[test]
+fn redis_rules_judge_commands_and_keys_and_leave_other_protocols_alone() {
+    let p = policy(
+        r#"
+[[policy]]
+default = "allow"
+[[policy.rule]]
+name = "no-admin"
+verdict = "deny"
+commands = ["FLUSHALL", "rm -rf *"]
+[[policy.rule]]
+name = "sessions"
+verdict = "approve"
+keys = ["session:*"]
+"#,
+    );
+    let redis_cmd = |name: &'static str, keys: &'static [&'static [u8]]| redis::RedisCommand {
+        name,
+        with_subcommand: None,
+        keys: Some(keys),
+        args: keys,
+    };
+    assert_eq!(
+        p.decide_redis(&redis_cmd("FLUSHALL", &[])),
+        (Verdict::Deny, Some("no-admin"))
+    );
+    assert_eq!(
+        p.decide_redis(&redis_cmd("GET", &[b"session:1"])),
+        (Verdict::Approve, Some("sessions"))
+    );
+    assert_eq!(
+        p.decide_redis(&redis_cmd("GET", &[b"user:1"])),
+        (Verdict::Allow, None)
+    );
+    assert_eq!(
+        p.decide_redis(&redis_cmd("MONITOR", &[])),
+        (Verdict::Deny, Some(redis::MONITOR_RULE))
+    );
+    // `commands` keeps its SSH meaning on SSH targets; a `keys` rule judges nothing but
+    // Redis commands.
+    let exec = ssh::SshRequest {
+        kind: ssh::SshKind::Exec,
+        command: Some("rm -rf /tmp/x"),
+    };
+    assert_eq!(p.decide_ssh(&exec), (Verdict::Deny, Some("no-admin")));
+    let ls = ssh::SshRequest {
+        kind: ssh::SshKind::Exec,
+        command: Some("ls"),
+    };
+    assert_eq!(p.decide_ssh(&ls), (Verdict::Allow, None));
+    let get = http::HttpRequestInfo {
+        method: "GET",
+        host: None,
+        path: "/session:1",
+        headers: &[],
+    };
+    assert_eq!(p.decide_http(&get), (Verdict::Allow, None));
+    // `keys` with another protocol's conditions is refused.
+    let mixed = try_policies(
+        "[[policy]]\n[[policy.rule]]\nname = \"x\"\nverdict = \"deny\"\nkeys = [\"a\"]\nregex = \"b\"\n",
+    )
+    .unwrap_err();
+    assert!(mixed.message.contains("mixes Redis conditions"), "{mixed}");
+}

@@ -8,4 +8,5 @@ pub mod http;
 pub mod kubernetes;
 pub mod mysql;
 pub mod postgres;
+pub mod redis;
 pub mod ssh;

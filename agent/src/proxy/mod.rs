@@ -9,6 +9,7 @@ mod limits;
 pub mod mysql;
 pub mod netns;
 pub mod postgres;
+pub mod redis;
 mod relay;
 pub mod ssh;
 
@@ -84,6 +85,7 @@ pub struct Snapshot {
     pub http: Arc<http::runtime::HttpRuntime>,
     pub ssh: Arc<ssh::runtime::SshRuntime>,
     pub mysql: Arc<mysql::MysqlRuntime>,
+    pub redis: Arc<redis::RedisRuntime>,
 }
 
 impl Snapshot {
@@ -105,12 +107,14 @@ impl Snapshot {
             .context("preparing the SSH targets")?;
         let mysql = mysql::MysqlRuntime::build(&config, pg.ca.clone())
             .context("preparing the MySQL targets")?;
+        let redis = redis::RedisRuntime::build(&config).context("preparing the Redis targets")?;
         Ok(Snapshot {
             config,
             pg: Arc::new(pg),
             http: Arc::new(http),
             ssh: Arc::new(ssh),
             mysql: Arc::new(mysql),
+            redis: Arc::new(redis),
         })
     }
 }
@@ -588,6 +592,7 @@ async fn handle(
                 crate::config::Protocol::Postgres
                     | crate::config::Protocol::Ssh
                     | crate::config::Protocol::Mysql
+                    | crate::config::Protocol::Redis
             ))
         {
             reset(client);
@@ -723,6 +728,7 @@ async fn handle(
                 crate::config::Protocol::Postgres
                     | crate::config::Protocol::Ssh
                     | crate::config::Protocol::Mysql
+                    | crate::config::Protocol::Redis
             ))
         {
             reset(client);
@@ -753,6 +759,7 @@ async fn handle(
             snapshot.ssh.target(target_index).is_none() || snapshot.ssh.ca.is_none()
         }
         crate::config::Protocol::Mysql => snapshot.mysql.target(target_index).is_none(),
+        crate::config::Protocol::Redis => snapshot.redis.target(target_index).is_none(),
         crate::config::Protocol::Tcp => false,
     };
     if missing_runtime {
@@ -894,6 +901,29 @@ async fn handle(
             origin: origin.clone(),
         };
         mysql::serve(ctx, client, cancel).await
+    } else if let (crate::config::Protocol::Redis, Some(target_rt)) = (
+        target.protocol,
+        snapshot.redis.target(target_index).cloned(),
+    ) {
+        let rules = session_rules();
+        let ctx = redis::RedisContext {
+            id,
+            journal: &shared.journal,
+            target_rt,
+            rules,
+            orig_dst,
+            origin: origin.clone(),
+            connect_timeout: config.agent.connect_timeout,
+            idle_timeout: config.agent.idle_timeout,
+            approvals: shared.approvals.clone(),
+            requester: crate::session::Requester {
+                session: id,
+                identity: identity.clone(),
+            },
+            refuse: refuse.map(|r| r.message),
+            accepted: t0,
+        };
+        redis::serve(ctx, client, cancel).await
     } else {
         match origin.connect(orig_dst, config.agent.connect_timeout).await {
             Ok(upstream) => {

@@ -18,6 +18,7 @@ pub mod kube;
 pub mod mysql;
 pub mod opaque;
 pub mod postgres;
+pub mod redis;
 pub mod ssh;
 
 /// A replay rendering of one session's events (after the header and lineage chain).
@@ -136,6 +137,7 @@ static VIEWS: &[&dyn ProtocolView] = &[
     &kube::Kube,
     &ssh::Ssh,
     &mysql::Mysql,
+    &redis::Redis,
 ];
 
 /// The view for sessions whose `protocol` is `protocol`.
@@ -199,7 +201,8 @@ mod tests {
                 "http_request",
                 "aws_call",
                 "k8s_request",
-                "ssh_exec"
+                "ssh_exec",
+                "redis_command"
             ]
         );
         let kube = request_events_of("k8s_request").expect("Kubernetes requests");

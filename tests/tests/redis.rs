@@ -1,0 +1,533 @@
+//! Redis targets (`protocol = "redis"`): real clients (`redis-cli`, redis-py from apt's
+//! python3-redis, `redis-benchmark`) in an intercepted cgroup, with no password, against
+//! a real `redis-server` that requires one (the agent authenticates as an ACL user whose
+//! password only it holds). Every command is judged and journaled before it reaches the
+//! server; replies come back in order, masked by key glob and by detector.
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nhi_tests::http::{assert_in_no_file, data_of_kind};
+use nhi_tests::redis::{RedisServer, ADMIN_PASSWORD, AGENT_PASSWORD, AGENT_USER};
+use nhi_tests::*;
+use serde_json::Value;
+
+/// apt's python3 (python3-redis is installed for it, not for a pyenv python).
+const PYTHON: &str = "/usr/bin/python3";
+
+fn agent_for(
+    server: &RedisServer,
+    cg: &TestCgroup,
+    secrets: &std::path::Path,
+    agent_keys: &str,
+) -> Agent {
+    let password_file = RedisServer::password_file(secrets);
+    Agent::start_with(
+        &format!(
+            "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
+             [[target]]\nname = \"cache\"\naddress = \"127.0.0.1:{}\"\nprotocol = \"redis\"\n\
+             password_file = \"{}\"\nuser = \"{AGENT_USER}\"\n\n\
+             [[mask]]\nname = \"contact\"\ncolumns = [\"user:*:email\", \"email\"]\ndetectors = [\"email\"]\n\n\
+             [[policy]]\nname = \"bots\"\napproval_timeout = \"60s\"\n\n\
+             [[policy.rule]]\nname = \"no-admin\"\nverdict = \"deny\"\n\
+             commands = [\"FLUSHALL\", \"FLUSHDB\", \"KEYS\", \"CONFIG\", \"DEBUG\", \"MODULE\", \"ACL\", \"EVAL*\"]\n\n\
+             [[policy.rule]]\nname = \"sessions-need-a-human\"\nverdict = \"approve\"\n\
+             commands = [\"DEL\", \"UNLINK\"]\nkeys = [\"session:*\"]\n",
+            cg.rel(),
+            server.port,
+            password_file.display(),
+        ),
+        agent_keys,
+        &[],
+    )
+}
+
+fn cli(cg: &TestCgroup, port: u16, extra: &[&str], args: &[&str]) -> Output {
+    cg.command("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(extra)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli")
+}
+
+fn cli_stdin(cg: &TestCgroup, port: u16, extra: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = cg
+        .command("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run redis-cli");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn python(cg: &TestCgroup, script: &str) -> Value {
+    let out = cg
+        .command(PYTHON)
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
+
+/// The events of `kind` once `done` holds for them.
+fn events_when(agent: &Agent, kind: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = data_of_kind(agent, kind);
+        if done(&events) || Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn approvals(agent: &Agent, args: &[&str]) -> Output {
+    Command::new(agent_bin())
+        .arg("approvals")
+        .args(args)
+        .arg("--socket")
+        .arg(agent.dir.path().join("approvals.sock"))
+        .output()
+        .expect("run nhi-agent approvals")
+}
+
+#[test]
+fn redis_commands_are_judged_masked_injected_and_journaled() {
+    privileged!("redis_commands_are_judged_masked_injected_and_journaled");
+    let server = RedisServer::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = agent_for(&server, &cg, secrets.path(), "");
+    let port = server.port;
+    let admin = |args: &[&str]| stdout(&server.admin(args));
+    assert_eq!(admin(&["SET", "user:1:email", "alice@example.com"]), "OK");
+    assert_eq!(
+        admin(&["SET", "note:1", "call bob@example.org today"]),
+        "OK"
+    );
+    assert_eq!(
+        admin(&[
+            "HSET",
+            "user:2",
+            "email",
+            "carol@example.net",
+            "name",
+            "Carol"
+        ]),
+        "2"
+    );
+    assert_eq!(admin(&["SET", "session:1", "x"]), "OK");
+
+    // Directly, without a password, the server refuses the bot.
+    let direct = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "GET", "note:1"])
+        .output()
+        .unwrap();
+    assert!(stdout(&direct).contains("NOAUTH"), "{}", stdout(&direct));
+
+    // Through the agent: no password given, the agent's credential is injected.
+    assert_eq!(stdout(&cli(&cg, port, &[], &["SET", "k", "v1"])), "OK");
+    assert_eq!(stdout(&cli(&cg, port, &[], &["GET", "k"])), "v1");
+    assert_eq!(
+        stdout(&cli(&cg, port, &[], &["ACL", "WHOAMI"])),
+        "ERR nhi-agent: ACL denied by rule no-admin"
+    );
+    // A client that authenticates itself is answered by the agent (its password is not
+    // forwarded, nor journaled).
+    assert_eq!(
+        stdout(&cli(
+            &cg,
+            port,
+            &["--pass", "client-wrong-pw-31", "--no-auth-warning"],
+            &["GET", "k"]
+        )),
+        "v1"
+    );
+
+    // Masked by key glob and by detector, RESP2 and RESP3 (a map reply), the field
+    // name of a hash too.
+    assert_eq!(
+        stdout(&cli(&cg, port, &[], &["GET", "user:1:email"])),
+        "[redacted]"
+    );
+    assert_eq!(
+        stdout(&cli(&cg, port, &[], &["GET", "note:1"])),
+        "call [redacted] today"
+    );
+    assert_eq!(
+        stdout(&cli(&cg, port, &["-3"], &["GET", "user:1:email"])),
+        "[redacted]"
+    );
+    let hash = stdout(&cli(&cg, port, &["-3"], &["HGETALL", "user:2"]));
+    assert!(
+        hash.contains("email [redacted]") && hash.contains("name Carol"),
+        "{hash}"
+    );
+    let hash2 = stdout(&cli(&cg, port, &[], &["HGET", "user:2", "email"]));
+    assert_eq!(hash2, "[redacted]");
+    let mget = cli(&cg, port, &[], &["MGET", "k", "user:1:email", "nokey"]);
+    assert_eq!(String::from_utf8_lossy(&mget.stdout), "v1\n[redacted]\n\n");
+    // The data itself is untouched.
+    assert_eq!(admin(&["GET", "user:1:email"]), "alice@example.com");
+
+    // FLUSHALL refused with the rule's name; the session goes on, in order.
+    let out = cli_stdin(
+        &cg,
+        port,
+        &[],
+        "SET a 1\nFLUSHALL\nGET a\nCONFIG GET maxmemory\nINCR a\n",
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "OK",
+            "ERR nhi-agent: FLUSHALL denied by rule no-admin",
+            "", // redis-cli prints an empty line after an error
+            "1",
+            "ERR nhi-agent: CONFIG denied by rule no-admin",
+            "",
+            "2"
+        ],
+        "{out}"
+    );
+    assert_eq!(admin(&["GET", "k"]), "v1", "nothing was flushed");
+
+    // Pipelined (redis-py, no transaction): 60 commands with refusals among them; each
+    // reply pairs with its command.
+    let results = python(
+        &cg,
+        &format!(
+            r#"
+import json, redis
+r = redis.Redis(host="127.0.0.1", port={port})
+p = r.pipeline(transaction=False)
+for i in range(20):
+    p.set("p:%d" % i, "v%d" % i)
+    p.get("p:%d" % i)
+    if i % 7 == 3:
+        p.flushdb()
+    else:
+        p.incr("c")
+out = []
+for x in p.execute(raise_on_error=False):
+    out.append(str(x) if isinstance(x, Exception) else (x.decode() if isinstance(x, bytes) else x))
+print(json.dumps(out))
+"#
+        ),
+    );
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 60);
+    let mut counter = 0;
+    for i in 0..20 {
+        assert_eq!(results[i * 3], Value::Bool(true), "SET {i}: {results:?}");
+        assert_eq!(results[i * 3 + 1], format!("v{i}"), "GET {i}");
+        if i % 7 == 3 {
+            assert_eq!(
+                results[i * 3 + 2],
+                "nhi-agent: FLUSHDB denied by rule no-admin"
+            );
+        } else {
+            counter += 1;
+            assert_eq!(results[i * 3 + 2], counter, "INCR {i}");
+        }
+    }
+
+    // MULTI/EXEC: the EXEC reply is masked per queued command; a transaction holding a
+    // refused command is discarded as a whole (EXECABORT), nothing of it runs.
+    let tx = python(
+        &cg,
+        &format!(
+            r#"
+import json, redis
+r = redis.Redis(host="127.0.0.1", port={port})
+p = r.pipeline(transaction=True)
+p.set("t:1", "one"); p.get("user:1:email"); p.get("t:1")
+ok = [x.decode() if isinstance(x, bytes) else x for x in p.execute()]
+p = r.pipeline(transaction=True)
+p.set("t:2", "two"); p.flushdb()
+try:
+    p.execute(); aborted = None
+except redis.exceptions.ResponseError as e:
+    aborted = str(e)
+print(json.dumps({{"ok": ok, "aborted": aborted, "t2": r.exists("t:2")}}))
+"#
+        ),
+    );
+    assert_eq!(
+        tx["ok"],
+        serde_json::json!([true, "[redacted]", "one"]),
+        "{tx}"
+    );
+    assert!(
+        tx["aborted"].as_str().unwrap_or("").contains("nhi-agent"),
+        "{tx}"
+    );
+    assert_eq!(tx["t2"], 0, "the aborted transaction did not run: {tx}");
+
+    // Pub/sub: the subscriber gets the message with the e-mail masked.
+    let mut sub = cg
+        .command(PYTHON)
+        .args([
+            "-u",
+            "-c",
+            &format!(
+                r#"
+import json, redis
+r = redis.Redis(host="127.0.0.1", port={port})
+ps = r.pubsub()
+ps.subscribe("news")
+m = ps.get_message(timeout=10)
+print(json.dumps({{"type": m["type"]}}), flush=True)
+while True:
+    m = ps.get_message(timeout=20)
+    if m is None or m["type"] == "message":
+        break
+print(json.dumps({{"data": m and m["data"].decode()}}), flush=True)
+"#
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["type"], "subscribe");
+    assert_eq!(
+        admin(&["PUBLISH", "news", "write to dave@example.com"]),
+        "1"
+    );
+    let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(second["data"], "write to [redacted]");
+    assert!(sub.wait().unwrap().success());
+
+    // A held command: DEL of a session key waits for a human.
+    let held = cg
+        .command("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "DEL",
+            "session:1",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pending = loop {
+        let out = approvals(&agent, &["list", "--json"]);
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(p) = answer["pending"].as_array().and_then(|a| a.first()) {
+            break p.clone();
+        }
+        assert!(Instant::now() < deadline, "no pending command");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(pending["statement"], "DEL session:1");
+    assert_eq!(pending["rule"], "sessions-need-a-human");
+    assert_eq!(admin(&["EXISTS", "session:1"]), "1", "held, not forwarded");
+    let id = pending["id"].as_str().unwrap();
+    assert!(approvals(&agent, &["approve", id]).status.success());
+    let out = held.wait_with_output().unwrap();
+    assert_eq!(stdout(&out), "1");
+    assert_eq!(admin(&["EXISTS", "session:1"]), "0");
+
+    // MONITOR is refused.
+    let out = cli_stdin(&cg, port, &[], "MONITOR\n");
+    assert!(out.contains("MONITOR is not allowed"), "{out}");
+
+    // redis-benchmark with 16 commands per pipeline: no errors.
+    let bench = cg
+        .command("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "set,get",
+            "-n",
+            "2000",
+            "-P",
+            "16",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    let text = String::from_utf8_lossy(&bench.stdout);
+    assert!(text.contains("SET:") && text.contains("GET:"), "{text}");
+
+    // The journal: every command with its verdict, keys and reply; no secret anywhere.
+    let commands = events_when(&agent, "redis_command", |e| {
+        e.iter().any(|c| c["command"] == "MONITOR")
+    });
+    let flush = commands
+        .iter()
+        .find(|c| c["command"] == "FLUSHALL")
+        .expect("FLUSHALL journaled");
+    assert_eq!(flush["verdict"], "deny");
+    assert_eq!(flush["rule"], "no-admin");
+    assert_eq!(flush["action"], "refused");
+    let get = commands
+        .iter()
+        .find(|c| c["command"] == "GET" && c["keys"][0] == "user:1:email")
+        .expect("GET journaled");
+    assert_eq!(get["verdict"], "allow");
+    assert_eq!(get["action"], "forwarded");
+    let auth = commands
+        .iter()
+        .find(|c| c["command"] == "AUTH")
+        .expect("AUTH journaled");
+    assert_eq!(auth["action"], "answered");
+    assert_eq!(auth["args"][0], "[redacted]");
+    let replies = data_of_kind(&agent, "redis_reply");
+    assert!(
+        replies
+            .iter()
+            .any(|r| r["masked"][0]["rule"] == "contact" && r["excerpt"] == "[redacted]"),
+        "{replies:?}"
+    );
+    let pushes = data_of_kind(&agent, "redis_push");
+    assert!(
+        pushes
+            .iter()
+            .any(|p| p["channel"] == "news" && p["excerpt"] == "write to [redacted]"),
+        "{pushes:?}"
+    );
+    let auths = data_of_kind(&agent, "redis_auth");
+    assert!(auths
+        .iter()
+        .all(|a| a["user"] == AGENT_USER && a["injected"] == true && a["error"].is_null()));
+
+    // replay: a redis-cli transcript; export: OCSF Datastore Activity per command;
+    // events: found by --text.
+    let journal = agent.journal.to_str().unwrap().to_owned();
+    let replays: Vec<String> = agent
+        .sessions()
+        .iter()
+        .map(|s| {
+            let out = agent.cli(&[
+                "replay",
+                &s["id"].to_string(),
+                "--journal",
+                &journal,
+                "--instant",
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    let flush_replay = replays
+        .iter()
+        .find(|r| r.contains("redis> FLUSHALL"))
+        .expect("a session replaying FLUSHALL");
+    assert!(
+        flush_replay.contains("redis> FLUSHALL   [deny by rule no-admin: refused]"),
+        "{flush_replay}"
+    );
+    assert!(flush_replay.contains("redis> GET a"), "{flush_replay}");
+    assert!(
+        flush_replay.contains("(error) ERR nhi-agent: FLUSHALL denied by rule no-admin"),
+        "{flush_replay}"
+    );
+    let masked_replay = replays
+        .iter()
+        .find(|r| r.contains("redis> GET user:1:email"))
+        .expect("a session replaying the masked GET");
+    assert!(masked_replay.contains("\"[redacted]\""), "{masked_replay}");
+    assert!(
+        masked_replay.contains("masked: user:1:email by contact"),
+        "{masked_replay}"
+    );
+    let out = agent.cli(&["export", "--format", "ocsf", "--journal", &journal]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let activity: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["class_uid"] == 6005 && e["database"]["name"] == "cache")
+        .collect();
+    let flush = activity
+        .iter()
+        .find(|e| e["query_info"]["query_string"] == "FLUSHALL")
+        .expect("FLUSHALL in OCSF");
+    assert_eq!(flush["disposition"], "Blocked");
+    assert_eq!(flush["unmapped"]["command_rule"], "no-admin");
+    let get = activity
+        .iter()
+        .find(|e| e["query_info"]["query_string"] == "GET user:1:email")
+        .expect("GET in OCSF");
+    assert_eq!(get["status"], "Success");
+    assert_eq!(get["unmapped"]["reply_masked"][0]["rule"], "contact");
+    let out = agent.cli(&["events", &journal, "--json", "--text", "FLUSHALL"]);
+    let found: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !found.is_empty()
+            && found
+                .iter()
+                .all(|e| e["kind"] == "redis_command" && e["data"]["command"] == "FLUSHALL"),
+        "{found:#?}"
+    );
+
+    let mut agent = agent;
+    agent.terminate();
+    agent.assert_verifies();
+    assert_in_no_file(
+        agent.dir.path(),
+        &[
+            AGENT_PASSWORD,
+            ADMIN_PASSWORD,
+            "client-wrong-pw-31",
+            "alice@example.com",
+            "bob@example.org",
+            "carol@example.net",
+            "dave@example.com",
+        ],
+    );
+}
