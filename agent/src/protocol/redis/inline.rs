@@ -4,6 +4,13 @@
 
 /// Splits one inline command line into its arguments.
 pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    // `sdssplitargs` reads a C string: the server stops at a NUL and never sees what
+    // follows it. Two readings of one line: refused (and a NUL never starts or ends an
+    // argument here, which looped without consuming it: a fuzzer found the agent
+    // growing without bound on `s\0`).
+    if line.contains(&0) {
+        return Err("a NUL byte in an inline command".into());
+    }
     let mut args = Vec::new();
     let mut i = 0;
     let n = line.len();
@@ -72,7 +79,7 @@ pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
                     break;
                 }
                 match line[i] {
-                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b' ' | b'\n' | b'\r' | b'\t' => break,
                     b'"' => in_dq = true,
                     b'\'' => in_sq = true,
                     c => current.push(c),

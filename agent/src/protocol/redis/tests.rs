@@ -205,3 +205,34 @@ fn malformed_and_oversized_input_is_refused_before_buffering() {
     let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r"[..]);
     assert!(ClientDecoder::default().decode(&mut buf).unwrap().is_none());
 }
+
+/// A fuzzer's find: a NUL in an inline command made the splitter push empty arguments
+/// forever. The server would stop reading at the NUL, so the line is refused.
+#[test]
+fn an_inline_command_with_a_nul_byte_is_refused_not_looped_on() {
+    let data = &include_bytes!("testdata/fuzz-oom-resp3-server.bin")[1..];
+    let mut dec = ClientDecoder::default();
+    let mut buf = BytesMut::from(data);
+    let mut commands = 0;
+    let refused = loop {
+        match dec.decode(&mut buf) {
+            Ok(Some(_)) => commands += 1,
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+        assert!(commands < 1000, "the decoder does not advance");
+    };
+    assert!(refused, "the line with a NUL is refused");
+    for line in [
+        &b"s\0\r\n"[..],
+        b"GET a\0b\r\n",
+        b"\0\r\n",
+        b"SET \"a\0\" b\r\n",
+    ] {
+        let mut buf = BytesMut::from(line);
+        assert!(
+            ClientDecoder::default().decode(&mut buf).is_err(),
+            "{line:?}"
+        );
+    }
+}
