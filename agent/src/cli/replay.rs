@@ -27,6 +27,7 @@ use super::select::Selection;
 use super::sessions::{finish_output, format_duration_ms, sanitize};
 use crate::evidence::auditor::{Identities, SealedOriginals, SEALED_ORIGINALS};
 use crate::journal::{format_rfc3339_us, EventRow, SetSession};
+use crate::mask::originals::Batch;
 
 /// The longest single wait of a default-speed playback.
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(2);
@@ -192,6 +193,24 @@ pub(crate) struct Reveal {
     failure: Option<String>,
 }
 
+impl Reveal {
+    /// Opens one sealed batch, counting it and remembering the first failure.
+    fn open(&mut self, sealed: &SealedOriginals) -> Result<Batch, String> {
+        self.sealed += 1;
+        match self.identities.open(sealed) {
+            Ok(batch) => {
+                self.opened += 1;
+                Ok(batch)
+            }
+            Err(e) => {
+                let e = e.to_string();
+                self.failure.get_or_insert_with(|| e.clone());
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Writes a `sealed_originals` event: its count, and with `reveal` the originals.
 fn write_sealed(
     out: &mut dyn Write,
@@ -221,10 +240,8 @@ fn write_sealed(
         )?;
         return Ok(());
     };
-    reveal.sealed += 1;
-    match reveal.identities.open(&sealed) {
+    match reveal.open(&sealed) {
         Ok(batch) => {
-            reveal.opened += 1;
             writeln!(out, "  {offset}  originals{omitted}:")?;
             for value in &batch.values {
                 writeln!(
@@ -236,10 +253,7 @@ fn write_sealed(
                 )?;
             }
         }
-        Err(e) => {
-            writeln!(out, "  {offset}  sealed originals: {e}")?;
-            reveal.failure.get_or_insert_with(|| e.to_string());
-        }
+        Err(e) => writeln!(out, "  {offset}  sealed originals: {e}")?,
     }
     Ok(())
 }
@@ -280,17 +294,14 @@ pub(crate) fn write_replay(
                         let mut event = event.clone();
                         let opened = serde_json::from_value::<SealedOriginals>(data.clone())
                             .map_err(|e| e.to_string())
-                            .and_then(|s| {
-                                reveal.sealed += 1;
-                                reveal.identities.open(&s).map_err(|e| e.to_string())
-                            });
+                            .and_then(|s| reveal.open(&s));
                         match opened {
                             Ok(batch) => {
-                                reveal.opened += 1;
                                 if let Some(serde_json::Value::Object(map)) = &mut event.data {
                                     map.insert("originals".into(), serde_json::json!(batch));
                                 }
                             }
+                            // An unreadable event is a failure to open too.
                             Err(e) => {
                                 reveal.failure.get_or_insert(e);
                             }

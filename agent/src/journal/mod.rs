@@ -879,9 +879,12 @@ impl JournalHandle {
         let originals = Arc::new(crate::mask::Originals::new(
             sealing.auditors.max_bytes_per_session,
         ));
-        let mut live = sealing.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.retain(|_, weak| weak.strong_count() > 0);
-        live.insert(session, Arc::downgrade(&originals));
+        // Removed at the session's end (`end_session`), which every session reaches.
+        sealing
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session, Arc::downgrade(&originals));
         Some(originals)
     }
 

@@ -155,23 +155,26 @@ impl SessionMasks {
         }
     }
 
-    /// These masks, keeping the original of every value they mask in `originals` (see
-    /// [`originals`]); `None` keeps nothing.
-    pub fn collecting(&self, originals: Option<Arc<Originals>>) -> SessionMasks {
+    /// Keeps the original of every value these masks mask in `originals` (see
+    /// [`originals`]); `None` keeps nothing. The masks a session was just given are its
+    /// own: they are changed in place, not copied.
+    pub fn collect_originals(&mut self, originals: Option<Arc<Originals>>) {
         if originals.is_none() && self.inner.originals.is_none() {
-            return self.clone();
+            return;
+        }
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.originals = originals;
+            return;
         }
         let inner = &*self.inner;
-        SessionMasks {
-            inner: Arc::new(Inner {
-                rules: inner.rules.clone(),
-                key: inner.key.clone(),
-                detectors: inner.detectors,
-                detector_rule: inner.detector_rule,
-                transform: inner.transform,
-                originals,
-            }),
-        }
+        self.inner = Arc::new(Inner {
+            rules: inner.rules.clone(),
+            key: inner.key.clone(),
+            detectors: inner.detectors,
+            detector_rule: inner.detector_rule,
+            transform: inner.transform,
+            originals,
+        });
     }
 
     /// These masks with `transform` run on every JSON document first, its changes

@@ -1291,11 +1291,11 @@ fn cost_per_row() {
 #[test]
 fn collecting_masks_keep_each_original_with_its_masked_form_and_rule() {
     let originals = Arc::new(Originals::new(1 << 20));
-    let m = masks(
+    let mut m = masks(
         "[[mask]]\nname = \"contact\"\ncolumns = [\"email\"]\n\
          [[mask]]\nname = \"cards\"\ndetectors = [\"credit_card\"]\nstrategy = \"partial\"\n",
-    )
-    .collecting(Some(Arc::clone(&originals)));
+    );
+    m.collect_originals(Some(Arc::clone(&originals)));
     // A whole column, and a detected substring of another.
     let mut rows = m.plan(&[col("email", 25, 0), col("note", 25, 0)]);
     let changes = rows
@@ -1339,14 +1339,14 @@ fn collecting_masks_keep_each_original_with_its_masked_form_and_rule() {
 #[test]
 fn the_agents_own_rules_and_the_injected_secret_are_never_kept() {
     let originals = Arc::new(Originals::new(1 << 20));
-    let m = SessionMasks::new(
+    let mut m = SessionMasks::new(
         vec![
             MaskRule::builtin("aws-secrets", &["SecretAccessKey"]),
             rules("[[mask]]\nname = \"tokens\"\ncolumns = [\"token\"]\n").remove(0),
         ],
         key(7),
-    )
-    .collecting(Some(Arc::clone(&originals)));
+    );
+    m.collect_originals(Some(Arc::clone(&originals)));
     let mut body = m.body_masker();
     let out = body
         .mask_json(

@@ -790,7 +790,7 @@ async fn handle(
             snapshot
                 .pg
                 .rules_for(config, &workload_name, &target.name, claims.as_ref());
-        rules.masks = rules.masks.collecting(shared.journal.originals(id));
+        rules.masks.collect_originals(shared.journal.originals(id));
         Arc::new(rules)
     };
     let outcome = if let Some(target_rt) = pg {
