@@ -959,3 +959,89 @@ fn statements_journaled_before_a_sigkill_are_in_the_journal_after_restart() {
         .collect();
     assert_eq!(texts, ["select 'before the kill'", "select pg_sleep(20)"]);
 }
+
+/// The sealed originals of rows an agent masked before it was killed (-9) are in the
+/// journal after the restart, and the auditor's key opens them.
+#[test]
+fn originals_sealed_before_a_sigkill_are_revealed_after_restart() {
+    privileged!("originals_sealed_before_a_sigkill_are_revealed_after_restart");
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("auditor.key");
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&key)
+        .output()
+        .unwrap();
+    let public = String::from_utf8(public.stdout).unwrap().trim().to_owned();
+    let pg = PgServer::start();
+    pg.sql("create table people (email text); insert into people values ('erin@example.com')");
+    let cg = TestCgroup::create(&format!("{}/victim", unique("nhi-test")));
+    let mut agent = Agent::start(&format!(
+        "{}{}\n[evidence]\nauditor_recipients = [\"{public}\"]\n\n\
+         [[mask]]\nname = \"pii\"\ncolumns = [\"email\"]\n",
+        workload("victim", &cg),
+        pg_target("pg", pg.addr(), "")
+    ));
+    let script = keys.path().join("q.sql");
+    std::fs::write(&script, "select email from people;\nselect pg_sleep(20);\n").unwrap();
+    let child = cg
+        .command("psql")
+        .args(["-X", "-At", "-U", "postgres", "-h", "127.0.0.1", "-p"])
+        .arg(pg.port.to_string())
+        .arg("-f")
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The masked rows went back before the sleep reached the server.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pg
+        .sql("select count(*) from pg_stat_activity where query like 'select pg_sleep(20)%'")
+        .trim()
+        != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sleep never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.kill9();
+    let out = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("erin@example.com"));
+    agent.spawn();
+    let sessions = agent.wait_sessions_ended(1);
+    let session = sessions[0]["id"].as_i64().unwrap().to_string();
+    let dir = agent.journal.parent().unwrap().to_str().unwrap().to_owned();
+    let reveal = agent.cli(&[
+        "reveal",
+        "--identity",
+        key.to_str().unwrap(),
+        &session,
+        "--journal",
+        &dir,
+        "--instant",
+    ]);
+    let revealed = String::from_utf8_lossy(&reveal.stdout);
+    assert!(
+        reveal.status.success(),
+        "{revealed}\n{}",
+        String::from_utf8_lossy(&reveal.stderr)
+    );
+    assert!(
+        revealed.contains("[redacted]  ←  erin@example.com  (rule pii)"),
+        "{revealed}"
+    );
+    agent.assert_verifies();
+}
