@@ -565,6 +565,15 @@ impl CredentialRef {
             CredentialRef::Systemd(_) => "credential",
         }
     }
+
+    /// Reads the secret of target `target`; an error names the target and the key that
+    /// named the secret (`file_key` or `credential`), never the secret.
+    pub fn load(&self, target: &str, file_key: &str) -> anyhow::Result<crate::credential::Secret> {
+        use anyhow::Context;
+        self.source()
+            .load()
+            .with_context(|| format!("target \"{target}\": {}", self.key(file_key)))
+    }
 }
 
 /// `[[target]] tls`: TLS from the agent to the server (libpq's sslmode semantics).
@@ -581,6 +590,17 @@ pub enum UpstreamTlsMode {
     /// TLS, certificate chain verified against `ca_file` and its name against
     /// `server_name` (or the IP address).
     VerifyFull,
+}
+
+impl From<UpstreamTlsMode> for crate::tls::UpstreamTlsMode {
+    fn from(mode: UpstreamTlsMode) -> Self {
+        match mode {
+            UpstreamTlsMode::Disable => Self::Disable,
+            UpstreamTlsMode::Prefer => Self::Prefer,
+            UpstreamTlsMode::Require => Self::Require,
+            UpstreamTlsMode::VerifyFull => Self::VerifyFull,
+        }
+    }
 }
 
 /// `[[target]] client_tls`: what the agent answers when a client asks for TLS.

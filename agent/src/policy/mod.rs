@@ -394,6 +394,56 @@ pub struct StatementVerdict {
     pub rule: Option<String>,
 }
 
+/// One statement of a query string, journaled on its own so each can be found and
+/// replayed: its text, its analysis, and its verdict and rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatementPart {
+    pub text: String,
+    pub analysis: Analysis,
+    pub verdict: Verdict,
+    pub rule: Option<String>,
+}
+
+/// The statements of `text`, one part each, for a string judged as a whole (`verdict`,
+/// `rule`) and statement by statement (`per_statement`, in order). A string of one
+/// statement, or none, is one part: the text as the client sent it, with the whole
+/// string's verdict. Every decoded SQL protocol journals a query string this way.
+pub fn statement_parts(
+    text: &str,
+    analysis: &Analysis,
+    verdict: Verdict,
+    rule: Option<&str>,
+    per_statement: &[StatementVerdict],
+) -> Vec<StatementPart> {
+    if analysis.statements.len() <= 1 {
+        return vec![StatementPart {
+            text: text.to_string(),
+            analysis: analysis.clone(),
+            verdict,
+            rule: rule.map(str::to_string),
+        }];
+    }
+    analysis
+        .statements
+        .iter()
+        .enumerate()
+        .map(|(i, statement)| {
+            let (verdict, rule) = match per_statement.get(i) {
+                Some(own) => (own.verdict, own.rule.clone()),
+                None => (verdict, rule.map(str::to_string)),
+            };
+            StatementPart {
+                text: statement.text.clone(),
+                analysis: Analysis {
+                    statements: vec![statement.clone()],
+                },
+                verdict,
+                rule,
+            }
+        })
+        .collect()
+}
+
 /// The verdict for one message (one query string) and how it came about.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {

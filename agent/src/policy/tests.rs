@@ -1198,6 +1198,70 @@ kinds = ["delete"]
 }
 
 #[test]
+fn a_string_is_journaled_statement_by_statement_with_each_verdict() {
+    let p = policy(
+        r#"
+[[policy]]
+[[policy.rule]]
+name = "no-drop"
+verdict = "deny"
+kinds = ["drop"]
+"#,
+    );
+    let text = "SELECT 1;  DROP TABLE a";
+    let analysis = analyze(text);
+    let d = p.decide(&analysis);
+    let parts = statement_parts(
+        text,
+        &analysis,
+        d.verdict,
+        d.rule.as_deref(),
+        &d.per_statement,
+    );
+    let summary: Vec<(&str, Verdict, Option<&str>, usize)> = parts
+        .iter()
+        .map(|p| {
+            (
+                p.text.as_str(),
+                p.verdict,
+                p.rule.as_deref(),
+                p.analysis.statements.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("SELECT 1", Verdict::Allow, None, 1),
+            ("DROP TABLE a", Verdict::Deny, Some("no-drop"), 1),
+        ]
+    );
+    assert_eq!(parts[1].analysis.statements[0], analysis.statements[1]);
+
+    // One statement: the text as sent (comments, trailing semicolon), the whole verdict.
+    let text = "DROP TABLE a; -- why";
+    let analysis = analyze(text);
+    let d = p.decide(&analysis);
+    let parts = statement_parts(
+        text,
+        &analysis,
+        d.verdict,
+        d.rule.as_deref(),
+        &d.per_statement,
+    );
+    assert_eq!(parts.len(), 1);
+    assert_eq!(
+        (
+            parts[0].text.as_str(),
+            parts[0].verdict,
+            parts[0].rule.as_deref()
+        ),
+        (text, Verdict::Deny, Some("no-drop"))
+    );
+    assert_eq!(parts[0].analysis, analysis);
+}
+
+#[test]
 fn an_empty_message_is_allowed_without_a_rule() {
     let p = policy("[[policy]]\ndefault = \"deny\"\n");
     let d = p.decide(&analyze("  ; -- nothing"));

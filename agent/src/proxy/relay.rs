@@ -95,6 +95,44 @@ pub struct Outcome {
     pub reason: CloseReason,
 }
 
+impl Outcome {
+    /// What a decoded `protocol` session (`"PostgreSQL"`, `"MySQL"`, ...) that ended with
+    /// `result` reports; a protocol failure is logged and journaled first
+    /// ([`protocol_error`]).
+    pub fn of_session(
+        id: SessionId,
+        journal: &JournalHandle,
+        protocol: &str,
+        result: Result<CloseReason, crate::session::Failure>,
+        counts: &crate::session::Counts,
+    ) -> Outcome {
+        let reason = result.unwrap_or_else(|failure| {
+            let reason = CloseReason::from(failure);
+            if let CloseReason::Protocol(why) = &reason {
+                protocol_error(journal, id, protocol, why);
+            }
+            reason
+        });
+        Outcome {
+            bytes_from_client: counts.from_client,
+            bytes_from_server: counts.from_server,
+            reason,
+        }
+    }
+}
+
+/// A decoded session closes on a message it cannot accept: the reason is logged and
+/// journaled (`protocol_error`), best effort (the session is ending either way, and its
+/// `session_end` names the reason too).
+pub fn protocol_error(journal: &JournalHandle, id: SessionId, protocol: &str, reason: &str) {
+    tracing::warn!(session = id, %reason, "closing {protocol} session");
+    let _ = journal.record(&[crate::journal::Event::of(
+        id,
+        "protocol_error",
+        &serde_json::json!({ "reason": reason }),
+    )]);
+}
+
 /// How one direction ended.
 enum PipeEnd {
     /// The source sent FIN; the destination's write side was shut down in turn.

@@ -102,6 +102,17 @@ pub struct Requester {
     pub identity: Arc<SessionIdentity>,
 }
 
+impl Requester {
+    /// The lookup of standing grants for this session's workload and target, as its gate
+    /// consults it before holding a request.
+    pub fn grant_check(&self, approvals: &Arc<dyn Approver>) -> GrantCheck {
+        let approvals = approvals.clone();
+        let workload = self.identity.workload.clone();
+        let target = self.identity.target.clone();
+        Arc::new(move |rule| approvals.grant_for(&workload, &target, rule))
+    }
+}
+
 /// The wait for a decision on a held request.
 pub type HoldWait = std::pin::Pin<Box<dyn std::future::Future<Output = HoldOutcome> + Send>>;
 

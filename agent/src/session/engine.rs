@@ -40,6 +40,28 @@ pub struct Context<'a> {
     pub cap: Option<SessionCap>,
 }
 
+impl<'a> Context<'a> {
+    /// The context of a session accepted at `accepted` and governed by `rules`.
+    pub fn new(
+        journal: &'a JournalHandle,
+        rules: &super::SessionRules,
+        approvals: Option<Arc<dyn Approver>>,
+        requester: Requester,
+        idle_timeout: Duration,
+        accepted: Instant,
+    ) -> Context<'a> {
+        Context {
+            id: requester.session,
+            journal,
+            approvals,
+            requester,
+            enforce: rules.enforce,
+            idle_timeout,
+            cap: rules.session_cap(accepted),
+        }
+    }
+}
+
 /// Reads what `io` has into `buf` (at most [`READ_CHUNK`] more); `side` names who failed.
 pub async fn read_more(
     io: &mut (impl AsyncRead + Unpin),

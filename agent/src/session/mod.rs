@@ -20,10 +20,13 @@ pub mod approval;
 pub mod engine;
 pub mod gate;
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::journal::Event;
+use gate::Gate;
 
 pub use approval::{
     Approver, DecisionNote, GrantCheck, HoldOutcome, HoldRequest, HoldWait, Pending, PendingHold,
@@ -40,6 +43,42 @@ pub struct SessionRules {
     pub enforce: bool,
     pub masks: crate::mask::SessionMasks,
     pub record_results: crate::policy::RecordResults,
+}
+
+impl SessionRules {
+    /// How long a held request waits for a decision: the policy's `approval_timeout`.
+    pub fn approval_timeout(&self) -> std::time::Duration {
+        self.policy
+            .as_ref()
+            .map(|p| p.approval_timeout)
+            .unwrap_or(crate::policy::DEFAULT_APPROVAL_TIMEOUT)
+    }
+
+    /// The policy's `max_session_duration`, armed for a session accepted at `accepted`.
+    pub fn session_cap(&self, accepted: std::time::Instant) -> Option<engine::SessionCap> {
+        let policy = self.policy.as_ref()?;
+        let limit = policy.max_session_duration?;
+        Some(engine::SessionCap {
+            at: accepted + limit,
+            limit,
+            policy: policy.name.clone(),
+        })
+    }
+
+    /// The session's gate: its enforcement, its approval timeout and, with `approvals`,
+    /// the standing grants of its workload and target.
+    pub fn gate(
+        &self,
+        protocol: &'static str,
+        approvals: Option<&Arc<dyn Approver>>,
+        requester: &Requester,
+    ) -> Gate {
+        let mut gate = Gate::new(protocol, self.enforce, self.approval_timeout());
+        if let Some(approvals) = approvals {
+            gate.set_grant_check(requester.grant_check(approvals));
+        }
+        gate
+    }
 }
 
 /// Anything a session can read and write: plain TCP or TLS.

@@ -59,7 +59,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::relay::{CloseReason, Outcome};
+use super::relay::{protocol_error, CloseReason, Outcome};
 use crate::config::Target;
 use crate::journal::{Event, JournalHandle, SessionId};
 use crate::policy::http::HttpRequestInfo;
@@ -191,14 +191,14 @@ pub async fn serve(
                 Ok(Ok(accepted)) => accepted,
                 Ok(Err(why)) => {
                     let why = format!("client TLS handshake failed: {why}");
-                    protocol_error(ctx.journal, ctx.id, &why);
+                    protocol_error(ctx.journal, ctx.id, "HTTP", &why);
                     return ended(CloseReason::Protocol(why));
                 }
                 Err(_) => {
                     let why = format!(
                         "client TLS handshake not finished within {TLS_HANDSHAKE_TIMEOUT:?}"
                     );
-                    protocol_error(ctx.journal, ctx.id, &why);
+                    protocol_error(ctx.journal, ctx.id, "HTTP", &why);
                     return ended(CloseReason::Protocol(why));
                 }
             }
@@ -208,13 +208,13 @@ pub async fn serve(
             // the runtime rules out, TLS that cannot be answered).
             let why =
                 "plain HTTP to a target with client_tls = \"terminate\" (it serves HTTPS only)";
-            protocol_error(ctx.journal, ctx.id, why);
+            protocol_error(ctx.journal, ctx.id, "HTTP", why);
             return refuse_plain(client, why).await;
         }
         (false, true, _) => {
             let why =
                 "TLS to a target without client_tls = \"terminate\" (it serves plain HTTP only)";
-            protocol_error(ctx.journal, ctx.id, why);
+            protocol_error(ctx.journal, ctx.id, "HTTP", why);
             refuse_tls(client).await;
             return ended(CloseReason::Protocol(why.into()));
         }
@@ -324,27 +324,11 @@ async fn serve_http(
     sni: Option<String>,
     mut cancel: watch::Receiver<bool>,
 ) -> Outcome {
-    let approval_timeout = ctx
-        .rules
-        .policy
-        .as_ref()
-        .map(|p| p.approval_timeout)
-        .unwrap_or(crate::policy::DEFAULT_APPROVAL_TIMEOUT);
-    let mut gate = Gate::new(
+    let gate = ctx.rules.gate(
         ctx.target.protocol.name(),
-        ctx.rules.enforce,
-        approval_timeout,
+        ctx.approvals.as_ref(),
+        &ctx.requester,
     );
-    if let Some(approvals) = &ctx.approvals {
-        let (approvals, workload, target) = (
-            approvals.clone(),
-            ctx.requester.identity.workload.clone(),
-            ctx.target.name.clone(),
-        );
-        gate.set_grant_check(Arc::new(move |rule| {
-            approvals.grant_for(&workload, &target, rule)
-        }));
-    }
     let connector = Connector::new(
         ctx.orig_dst,
         ctx.origin.clone(),
@@ -422,7 +406,7 @@ async fn serve_http(
                         if text.contains("reset") || text.contains("broken pipe") {
                             CloseReason::ClientReset(text)
                         } else {
-                            protocol_error(&state.journal, state.id, &text);
+                            protocol_error(&state.journal, state.id, "HTTP", &text);
                             CloseReason::Protocol(format!("HTTP: {text}"))
                         }
                     }
@@ -461,15 +445,6 @@ async fn serve_http(
         bytes_from_server: counts.written.load(Ordering::Relaxed),
         reason,
     }
-}
-
-fn protocol_error(journal: &JournalHandle, id: SessionId, reason: &str) {
-    warn!(session = id, %reason, "closing HTTP session");
-    let _ = journal.record(&[Event::of(
-        id,
-        "protocol_error",
-        &serde_json::json!({ "reason": reason }),
-    )]);
 }
 
 /// Journals `events`; per `journal_fsync`, waits for them to be durable. On failure the

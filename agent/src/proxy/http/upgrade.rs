@@ -528,7 +528,7 @@ async fn relay_until_done(
                 "malformed {proto} frame from the {}: {error}",
                 sender.as_str()
             );
-            protocol_error(&state.journal, state.id, &why);
+            protocol_error(&state.journal, state.id, "HTTP", &why);
             CloseReason::Protocol(why)
         }
         End::Journal(e) => CloseReason::JournalFailure(e),

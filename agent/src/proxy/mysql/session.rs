@@ -208,14 +208,9 @@ pub struct MysqlSession {
 
 impl MysqlSession {
     pub fn new(session: SessionId, rules: Arc<SessionRules>, capabilities: u32) -> MysqlSession {
-        let approval_timeout = rules
-            .policy
-            .as_ref()
-            .map(|p| p.approval_timeout)
-            .unwrap_or(policy::DEFAULT_APPROVAL_TIMEOUT);
         MysqlSession {
             session,
-            gate: Gate::new("mysql", rules.enforce, approval_timeout),
+            gate: Gate::new("mysql", rules.enforce, rules.approval_timeout()),
             rules,
             capabilities,
             decoder: PacketDecoder::new(MAX_PACKET),
@@ -701,43 +696,22 @@ impl MysqlSession {
             return Ok(self.hold(packet, seq, &sql, rule, pending));
         }
         let refused = matches!(action, Action::Refuse);
-        let statements: Vec<(String, Verdict, Option<String>)> = if analysis.statements.len() > 1 {
-            analysis
-                .statements
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let (v, r) = per_statement
-                        .get(i)
-                        .map(|sv| (sv.verdict, sv.rule.clone()))
-                        .unwrap_or((verdict, rule.clone()));
-                    (s.text.clone(), v, r)
-                })
-                .collect()
-        } else {
-            vec![(sql.clone(), verdict, rule.clone())]
-        };
-        let mut seqs = Vec::with_capacity(statements.len());
-        for (i, (text, v, r)) in statements.iter().enumerate() {
+        let what = if refused { "refused" } else { "forwarded" };
+        let parts =
+            policy::statement_parts(&sql, &analysis, verdict, rule.as_deref(), &per_statement);
+        let mut seqs = Vec::with_capacity(parts.len());
+        for part in &parts {
             let seq = self.seq();
             seqs.push(seq);
-            let single = if analysis.statements.len() > 1 {
-                Analysis {
-                    statements: vec![analysis.statements[i].clone()],
-                }
-            } else {
-                (*analysis).clone()
-            };
-            let what = if refused { "refused" } else { "forwarded" };
             self.statement_event(
                 seq,
                 "query",
-                text,
-                &single,
+                &part.text,
+                &part.analysis,
                 None,
                 &[],
-                *v,
-                r.as_deref(),
+                part.verdict,
+                part.rule.as_deref(),
                 what,
             );
         }

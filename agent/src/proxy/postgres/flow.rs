@@ -195,14 +195,9 @@ impl Flow {
     /// A flow for a session whose startup is done; `fake_key` is the cancel key the
     /// client will be given instead of the backend's.
     pub fn new(session: SessionId, rules: Arc<SessionRules>, fake_key: [u8; 4]) -> Flow {
-        let approval_timeout = rules
-            .policy
-            .as_ref()
-            .map(|p| p.approval_timeout)
-            .unwrap_or(policy::DEFAULT_APPROVAL_TIMEOUT);
         Flow {
             session,
-            gate: Gate::new("postgres", rules.enforce, approval_timeout),
+            gate: Gate::new("postgres", rules.enforce, rules.approval_timeout()),
             rules,
             tx_status: b'I',
             expect: VecDeque::from([Expect::Startup]),
@@ -613,44 +608,23 @@ impl Flow {
         }
         let refused = matches!(action, Action::Refuse);
         // One event per statement of the string, so each can be found and replayed.
-        let statements: Vec<(String, Verdict, Option<String>)> = if analysis.statements.len() > 1 {
-            analysis
-                .statements
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let (v, r) = per_statement
-                        .get(i)
-                        .map(|sv| (sv.verdict, sv.rule.clone()))
-                        .unwrap_or((verdict, rule.clone()));
-                    (s.text.clone(), v, r)
-                })
-                .collect()
-        } else {
-            vec![(text.to_string(), verdict, rule.clone())]
-        };
-        let mut seqs = Vec::with_capacity(statements.len());
-        for (i, (stmt_text, v, r)) in statements.iter().enumerate() {
+        let what = if refused { "refused" } else { "forwarded" };
+        let parts =
+            policy::statement_parts(&text, &analysis, verdict, rule.as_deref(), &per_statement);
+        let mut seqs = Vec::with_capacity(parts.len());
+        for part in &parts {
             let seq = self.seq();
             seqs.push(seq);
-            let single = if analysis.statements.len() > 1 {
-                Analysis {
-                    statements: vec![analysis.statements[i].clone()],
-                }
-            } else {
-                (*analysis).clone()
-            };
-            let action = if refused { "refused" } else { "forwarded" };
             self.statement_event(
                 seq,
                 "simple",
-                stmt_text,
-                &single,
+                &part.text,
+                &part.analysis,
                 (None, None),
                 &[],
-                *v,
-                r.as_deref(),
-                action,
+                part.verdict,
+                part.rule.as_deref(),
+                what,
             );
         }
         if refused {

@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::config::Target;
 use crate::credential::Secret;
@@ -123,27 +123,8 @@ pub async fn serve(
     mut cancel: watch::Receiver<bool>,
 ) -> Outcome {
     let mut counts = Counts::default();
-    let reason = match serve_inner(&ctx, client, &mut counts, &mut cancel).await {
-        Ok(reason) => reason,
-        Err(failure) => {
-            let reason: CloseReason = failure.into();
-            if let CloseReason::Protocol(why) = &reason {
-                warn!(session = ctx.id, reason = %why, "closing PostgreSQL session");
-                let event = Event::of(
-                    ctx.id,
-                    "protocol_error",
-                    &serde_json::json!({ "reason": why }),
-                );
-                let _ = ctx.journal.record(&[event]);
-            }
-            reason
-        }
-    };
-    Outcome {
-        bytes_from_client: counts.from_client,
-        bytes_from_server: counts.from_server,
-        reason,
-    }
+    let result = serve_inner(&ctx, client, &mut counts, &mut cancel).await;
+    Outcome::of_session(ctx.id, ctx.journal, "PostgreSQL", result, &counts)
 }
 
 async fn serve_inner(
@@ -353,36 +334,22 @@ async fn serve_inner(
     // ------------------------------------------------------------ session
     let mut fake_key = [0u8; 4];
     getrandom::fill(&mut fake_key).map_err(|e| Failure::Protocol(format!("no randomness: {e}")))?;
+    let requester = Requester {
+        session: ctx.id,
+        identity: ctx.identity.clone(),
+    };
     let mut flow = Flow::new(ctx.id, ctx.rules.clone(), fake_key);
     if let Some(approvals) = &ctx.approvals {
-        let (approvals, workload, target) = (
-            approvals.clone(),
-            ctx.identity.workload.clone(),
-            ctx.target.name.clone(),
-        );
-        flow.set_grant_check(Arc::new(move |rule| {
-            approvals.grant_for(&workload, &target, rule)
-        }));
+        flow.set_grant_check(requester.grant_check(approvals));
     }
-    let cap = ctx.rules.policy.as_ref().and_then(|p| {
-        p.max_session_duration.map(|limit| engine::SessionCap {
-            at: accepted + limit,
-            limit,
-            policy: p.name.clone(),
-        })
-    });
-    let cx = engine::Context {
-        id: ctx.id,
-        journal: ctx.journal,
-        approvals: ctx.approvals.clone(),
-        requester: Requester {
-            session: ctx.id,
-            identity: ctx.identity.clone(),
-        },
-        enforce: ctx.rules.enforce,
-        idle_timeout: ctx.idle_timeout,
-        cap,
-    };
+    let cx = engine::Context::new(
+        ctx.journal,
+        &ctx.rules,
+        ctx.approvals.clone(),
+        requester,
+        ctx.idle_timeout,
+        accepted,
+    );
     let mut session = PgSession {
         flow,
         fdec,

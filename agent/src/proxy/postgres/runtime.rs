@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::{ClientTls, Config, CredentialRef, Mode, Protocol, UpstreamTlsMode};
-use crate::credential::{CredentialSource, Secret};
+use crate::config::{ClientTls, Config, Mode, Protocol};
+use crate::credential::Secret;
 use crate::mask::{HashKey, SessionMasks};
 use crate::policy::PolicyMode;
-use crate::tls::{self, AgentCa, UpstreamTls};
+use crate::tls::{AgentCa, UpstreamTls};
 
 use super::flow::SessionRules;
 use crate::proxy::StateAccess;
@@ -99,28 +99,18 @@ impl PgRuntime {
                 targets.push(None);
                 continue;
             };
-            let mode = match pg.tls {
-                UpstreamTlsMode::Disable => tls::UpstreamTlsMode::Disable,
-                UpstreamTlsMode::Prefer => tls::UpstreamTlsMode::Prefer,
-                UpstreamTlsMode::Require => tls::UpstreamTlsMode::Require,
-                UpstreamTlsMode::VerifyFull => tls::UpstreamTlsMode::VerifyFull,
-            };
-            let upstream = UpstreamTls::new(mode, pg.ca_file.as_deref(), pg.server_name.as_deref())
-                .with_context(|| format!("target \"{}\": TLS to the server", target.name))?;
+            let upstream = UpstreamTls::new(
+                pg.tls.into(),
+                pg.ca_file.as_deref(),
+                pg.server_name.as_deref(),
+            )
+            .with_context(|| format!("target \"{}\": TLS to the server", target.name))?;
             let client_tls = pg.client_tls == ClientTls::Terminate;
-            let credential = match &pg.credential {
-                None => None,
-                Some(CredentialRef::File(path)) => Some(
-                    CredentialSource::File(path.clone())
-                        .load()
-                        .with_context(|| format!("target \"{}\": password_file", target.name))?,
-                ),
-                Some(CredentialRef::Systemd(name)) => Some(
-                    CredentialSource::Systemd(name.clone())
-                        .load()
-                        .with_context(|| format!("target \"{}\": credential", target.name))?,
-                ),
-            };
+            let credential = pg
+                .credential
+                .as_ref()
+                .map(|c| c.load(&target.name, "password_file"))
+                .transpose()?;
             targets.push(Some(Arc::new(TargetRuntime {
                 server_name: pg.server_name.clone(),
                 upstream,

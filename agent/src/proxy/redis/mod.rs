@@ -28,7 +28,6 @@ use super::relay::{CloseReason, Outcome};
 use crate::journal::{Event, JournalHandle, SessionId};
 use crate::protocol::redis::{encode_command, error_reply, Frame, ServerDecoder};
 use crate::session::engine::{self, read_more, READ_CHUNK};
-use crate::session::gate::Gate;
 use crate::session::{Approver, Counts, Ended, Failure, Io, Requester, SessionRules};
 
 pub use runtime::{RedisRuntime, RedisTargetRuntime};
@@ -62,27 +61,8 @@ pub async fn serve(
     mut cancel: watch::Receiver<bool>,
 ) -> Outcome {
     let mut counts = Counts::default();
-    let reason = match serve_inner(&ctx, client, &mut counts, &mut cancel).await {
-        Ok(reason) => reason,
-        Err(failure) => {
-            let reason: CloseReason = failure.into();
-            if let CloseReason::Protocol(why) = &reason {
-                warn!(session = ctx.id, reason = %why, "closing Redis session");
-                let event = Event::of(
-                    ctx.id,
-                    "protocol_error",
-                    &serde_json::json!({ "reason": why }),
-                );
-                let _ = ctx.journal.record(&[event]);
-            }
-            reason
-        }
-    };
-    Outcome {
-        bytes_from_client: counts.from_client,
-        bytes_from_server: counts.from_server,
-        reason,
-    }
+    let result = serve_inner(&ctx, client, &mut counts, &mut cancel).await;
+    Outcome::of_session(ctx.id, ctx.journal, "Redis", result, &counts)
 }
 
 async fn serve_inner(
@@ -126,41 +106,18 @@ async fn serve_inner(
             })
         }
     };
-    let policy = ctx.rules.policy.as_ref();
-    let mut gate = Gate::new(
-        "redis",
-        ctx.rules.enforce,
-        policy
-            .map(|p| p.approval_timeout)
-            .unwrap_or(crate::policy::DEFAULT_APPROVAL_TIMEOUT),
-    );
-    if let Some(approvals) = &ctx.approvals {
-        let (approvals, workload, target) = (
-            approvals.clone(),
-            ctx.requester.identity.workload.clone(),
-            ctx.requester.identity.target.clone(),
-        );
-        gate.set_grant_check(Arc::new(move |rule| {
-            approvals.grant_for(&workload, &target, rule)
-        }));
-    }
+    let gate = ctx
+        .rules
+        .gate("redis", ctx.approvals.as_ref(), &ctx.requester);
     let mut session = session::RedisSession::new(ctx.id, ctx.rules.clone(), gate, credential);
-    let cap = policy.and_then(|p| {
-        p.max_session_duration.map(|limit| engine::SessionCap {
-            at: ctx.accepted + limit,
-            limit,
-            policy: p.name.clone(),
-        })
-    });
-    let cx = engine::Context {
-        id: ctx.id,
-        journal: ctx.journal,
-        approvals: ctx.approvals.clone(),
-        requester: ctx.requester.clone(),
-        enforce: ctx.rules.enforce,
-        idle_timeout: ctx.idle_timeout,
-        cap,
-    };
+    let cx = engine::Context::new(
+        ctx.journal,
+        &ctx.rules,
+        ctx.approvals.clone(),
+        ctx.requester.clone(),
+        ctx.idle_timeout,
+        ctx.accepted,
+    );
     let result = engine::run(
         &cx,
         &mut session,

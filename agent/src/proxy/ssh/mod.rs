@@ -216,19 +216,9 @@ pub async fn serve(
         crate::policy::RecordResults::Rows => RECORD_ROWS_BYTES,
     };
     let (failed, mut failed_rx) = watch::channel(None);
-    let approval_timeout = ctx
+    let gate = ctx
         .rules
-        .policy
-        .as_ref()
-        .map(|p| p.approval_timeout)
-        .unwrap_or(crate::policy::DEFAULT_APPROVAL_TIMEOUT);
-    let mut gate = Gate::new("ssh", ctx.rules.enforce, approval_timeout);
-    if let Some(a) = &ctx.approvals {
-        let a = a.clone();
-        let workload = ctx.requester.identity.workload.clone();
-        let target = ctx.requester.identity.target.clone();
-        gate.set_grant_check(Arc::new(move |rule| a.grant_for(&workload, &target, rule)));
-    }
+        .gate("ssh", ctx.approvals.as_ref(), &ctx.requester);
     let shared = Arc::new(Shared {
         id: ctx.id,
         journal: ctx.journal.clone(),
