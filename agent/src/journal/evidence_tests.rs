@@ -919,3 +919,82 @@ async fn a_high_water_mark_that_follows_a_checkpoint_catches_a_live_file_cut_bac
     assert_eq!(d.checkpoint, Some(cp.n));
     assert_eq!(d.event_id, Some(cp_event));
 }
+
+/// A reader of the live path (the CLI's `--journal journal.db`) never finds it missing or
+/// empty while the writer rotates: the successor is built beside it and renamed over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_path_names_a_complete_journal_throughout_rotations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = Arc::new(HostKey::generate().expect("key"));
+    let path = dir.path().join("journal.db");
+    let journal = open(&path, options(&key, SEGMENT_BYTES)).expect("open");
+    let h = journal.handle();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut failures) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let read =
+                    Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                        .and_then(|c| {
+                            c.busy_timeout(Duration::from_secs(5))?;
+                            c.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
+                        });
+                reads += 1;
+                if let Err(e) = read {
+                    failures.push(e.to_string());
+                }
+            }
+            (reads, failures)
+        })
+    };
+    let mut n = 1;
+    while super::segments::list_segments(&path).len() < 4 {
+        let id = h
+            .start_session(sample_start(&format!("w{n}"), "db", at_us(n)))
+            .await
+            .expect("start");
+        h.record(&[pg(id, n)]).expect("record");
+        h.end_session(end(id, n + 1)).await.expect("end");
+        n += 2;
+        assert!(n < 100_000, "no rotation after {} sessions", n / 2);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, failures) = reader.join().expect("reader");
+    close(journal).await;
+    assert!(reads > 0);
+    assert!(
+        failures.is_empty(),
+        "{} of {reads} reads of the live path failed, first: {}",
+        failures.len(),
+        failures[0]
+    );
+    assert!(!super::segments::successor_path(&path).exists());
+    let report = verify_dir(dir.path(), &key.public());
+    assert!(report.intact, "{:#?}", report.damages);
+}
+
+/// A rotation interrupted after the sealed live file was linked into segments/ (the agent
+/// died before the rename) completes at the next start: the link to the same file is
+/// taken as done; a different file of that name is never overwritten.
+#[test]
+fn linking_a_sealed_segment_again_is_done_and_another_file_is_never_overwritten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = dir.path().join("journal.db");
+    std::fs::write(&live, b"sealed").expect("write");
+    let first = super::segments::link_into_segments(&live, 7, "jws").expect("link");
+    let again = super::segments::link_into_segments(&live, 7, "jws").expect("link again");
+    assert_eq!(first, again);
+    assert_eq!(std::fs::read(&first).expect("segment"), b"sealed");
+    assert!(super::segments::seal_path_for(&first).exists());
+
+    std::fs::remove_file(&live).expect("unlink");
+    std::fs::write(&live, b"another").expect("write");
+    let err = super::segments::link_into_segments(&live, 7, "jws").expect_err("overwrite");
+    assert!(
+        matches!(&err, crate::evidence::EvidenceError::Io { op, .. } if *op == "segment already exists"),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read(&first).expect("segment"), b"sealed");
+}

@@ -276,40 +276,75 @@ pub(crate) fn init_successor(
     tx.commit()
 }
 
-/// Moves the sealed live file into `segments/<seq>.db` and writes its `.seal` next to it.
-/// The live file must be closed (and its WAL checkpointed).
-pub(crate) fn move_into_segments(
+/// Where the successor of the live segment `journal` is built before it replaces it
+/// (`journal.db.next`): never read as a journal.
+pub(crate) fn successor_path(journal: &Path) -> PathBuf {
+    let mut next = journal.as_os_str().to_owned();
+    next.push(".next");
+    PathBuf::from(next)
+}
+
+/// Removes the `-wal` and `-shm` files of the SQLite database `db`, if any.
+pub(crate) fn remove_sqlite_sidecars(db: &Path) {
+    for suffix in ["-wal", "-shm"] {
+        let mut side = db.as_os_str().to_owned();
+        side.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(side));
+    }
+}
+
+/// Links the sealed live segment `journal` (complete on its own: checkpointed and
+/// closed) into `segments/<seq>.db` and writes its `.seal` file. The live path keeps
+/// naming it until [`replace_live`] puts its successor there. Never overwrites another
+/// segment; a link made before a crash (the same file) is taken as done.
+pub(crate) fn link_into_segments(
     journal: &Path,
     seq: u64,
     jws: &str,
 ) -> Result<PathBuf, EvidenceError> {
+    use std::os::unix::fs::MetadataExt;
     let dir = segments_dir(journal);
     std::fs::create_dir_all(&dir).map_err(EvidenceError::io("cannot create", &dir))?;
     let target = segment_db_path(journal, seq);
-    if target.exists() {
-        // Never overwrite a segment: that would destroy evidence.
-        return Err(EvidenceError::Io {
-            op: "segment already exists",
-            path: target,
-            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-        });
-    }
-    std::fs::rename(journal, &target).map_err(EvidenceError::io(
-        "cannot move the live segment to",
-        &target,
-    ))?;
-    // A leftover WAL/SHM of the old file must not be taken for the new live file's.
-    for suffix in ["-wal", "-shm"] {
-        let mut side = journal.as_os_str().to_owned();
-        side.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(side));
+    let same_file =
+        |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+    match std::fs::metadata(&target) {
+        Ok(existing) => {
+            let live =
+                std::fs::metadata(journal).map_err(EvidenceError::io("cannot read", journal))?;
+            if !same_file(&existing, &live) {
+                // Never overwrite a segment: that would destroy evidence.
+                return Err(EvidenceError::Io {
+                    op: "segment already exists",
+                    path: target,
+                    source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                });
+            }
+        }
+        Err(_) => std::fs::hard_link(journal, &target).map_err(EvidenceError::io(
+            "cannot link the live segment to",
+            &target,
+        ))?,
     }
     fsync_dir(&dir)?;
+    write_atomically(&seal_path_for(&target), jws.as_bytes())?;
+    Ok(target)
+}
+
+/// Puts the successor built at `next` (see [`successor_path`]) in place of the live
+/// segment `journal`, in one rename: a reader of the live path finds either the sealed
+/// segment or its successor, never a missing or empty file.
+pub(crate) fn replace_live(next: &Path, journal: &Path) -> Result<(), EvidenceError> {
+    // A leftover WAL/SHM of the old file must not be taken for the new live file's.
+    remove_sqlite_sidecars(journal);
+    std::fs::rename(next, journal).map_err(EvidenceError::io(
+        "cannot put the next segment in place at",
+        journal,
+    ))?;
     if let Some(parent) = journal.parent() {
         fsync_dir(parent)?;
     }
-    write_atomically(&seal_path_for(&target), jws.as_bytes())?;
-    Ok(target)
+    Ok(())
 }
 
 /// The sealed segments next to `journal`, by sequence number.

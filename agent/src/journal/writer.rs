@@ -409,10 +409,15 @@ pub(crate) fn rotate(
         op: "close the sealed segment",
         source,
     })?;
-    let moved = segments::move_into_segments(path, carry.seq(), &jws).map_err(evidence)?;
-    let mut next = super::schema::open_for_writing(path)?;
-    segments::init_successor(&mut next, &carry, &opts.host_id)
-        .map_err(JournalError::sqlite("initialize the next segment"))?;
+    // The successor is built whole beside the live file and renamed over it once the
+    // sealed file is linked into segments/, so the live path always names a complete
+    // journal (readers such as `nhi-agent sessions --journal` never find it missing or
+    // empty).
+    let next_path = segments::successor_path(path);
+    build_successor(&next_path, &carry, &opts.host_id)?;
+    let moved = segments::link_into_segments(path, carry.seq(), &jws).map_err(evidence)?;
+    segments::replace_live(&next_path, path).map_err(evidence)?;
+    let next = super::schema::open_for_writing(path)?;
     tracing::info!(
         segment = %moved.display(),
         seq = carry.seq(),
@@ -420,6 +425,29 @@ pub(crate) fn rotate(
         "journal segment sealed and rotated"
     );
     Ok(next)
+}
+
+/// Creates the successor of a sealed segment at `next` (a leftover of an interrupted
+/// rotation is replaced: it holds nothing but what `carry` rebuilds), complete and closed:
+/// its WAL checkpointed into the file, so that it can be renamed.
+fn build_successor(
+    next: &Path,
+    carry: &segments::Carry,
+    host_id: &str,
+) -> Result<(), JournalError> {
+    let _ = std::fs::remove_file(next);
+    segments::remove_sqlite_sidecars(next);
+    let mut conn = super::schema::open_for_writing(next)?;
+    segments::init_successor(&mut conn, carry, host_id)
+        .map_err(JournalError::sqlite("initialize the next segment"))?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(JournalError::sqlite("checkpoint the next segment"))?;
+    conn.close().map_err(|(_, source)| JournalError::Sqlite {
+        op: "close the next segment",
+        source,
+    })?;
+    segments::remove_sqlite_sidecars(next);
+    Ok(())
 }
 
 /// The writer's side of the pre-log: where it has read up to, and whom it tells.
