@@ -531,3 +531,91 @@ print(json.dumps({{"data": m and m["data"].decode()}}), flush=True)
         ],
     );
 }
+
+/// Sends `bytes` from the cgroup and reads what comes back until the agent closes (at
+/// most 10 s): the reply bytes, and whether the connection was closed.
+fn raw_exchange(cg: &TestCgroup, port: u16, bytes: &[u8]) -> (Vec<u8>, bool) {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let answer = python(
+        cg,
+        &format!(
+            r#"
+import json, socket
+s = socket.create_connection(("127.0.0.1", {port}))
+s.settimeout(10)
+s.sendall(bytes.fromhex("{hex}"))
+data, closed = b"", False
+try:
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            closed = True
+            break
+        data += chunk
+except socket.timeout:
+    pass
+print(json.dumps({{"reply": data.hex(), "closed": closed}}))
+"#
+        ),
+    );
+    let reply = answer["reply"].as_str().unwrap();
+    let reply = (0..reply.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&reply[i..i + 2], 16).unwrap())
+        .collect();
+    (reply, answer["closed"] == true)
+}
+
+#[test]
+fn malformed_commands_get_a_protocol_error_and_only_their_session_ends() {
+    privileged!("malformed_commands_get_a_protocol_error_and_only_their_session_ends");
+    let server = RedisServer::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = agent_for(&server, &cg, secrets.path(), "");
+    let port = server.port;
+    let cases: [(&[u8], &str); 3] = [
+        // A command, then a bulk length that is not a number: the command's reply
+        // first, then the error, as redis-server answers.
+        (
+            b"SET a 1\r\n*1\r\n$abc\r\nGET a\r\n",
+            "+OK\r\n-ERR Protocol error: invalid bulk length in a RESP header\r\n",
+        ),
+        // Over the agent's bulk limit, refused from the header (nothing buffered).
+        (
+            b"*2\r\n$3\r\nSET\r\n$99999999999\r\n",
+            "-ERR Protocol error: bulk length of 99999999999 exceeds the limit of 67108864\r\n",
+        ),
+        // An inline command with unbalanced quotes.
+        (
+            b"GET \"a\r\n",
+            "-ERR Protocol error: client command: unbalanced quotes in an inline command\r\n",
+        ),
+    ];
+    for (bytes, expected) in cases {
+        let (reply, closed) = raw_exchange(&cg, port, bytes);
+        assert_eq!(String::from_utf8_lossy(&reply), expected);
+        assert!(closed, "the agent closes after the error: {expected}");
+    }
+    // The agent lived on: the next session works, and nothing after the error was run.
+    assert_eq!(stdout(&cli(&cg, port, &[], &["GET", "a"])), "1");
+    assert_eq!(stdout(&server.admin(&["EXISTS", "a"])), "1");
+    let sessions = agent.wait_sessions_ended(cases.len() + 1);
+    let reasons: Vec<&str> = sessions
+        .iter()
+        .filter_map(|s| s["close_reason"].as_str())
+        .filter(|r| r.starts_with("protocol error: client: "))
+        .collect();
+    assert_eq!(reasons.len(), cases.len(), "{sessions:#?}");
+    let errors = events_when(&agent, "protocol_error", |e| e.len() >= cases.len());
+    assert_eq!(errors.len(), cases.len(), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["reason"] == "client: invalid bulk length in a RESP header"),
+        "{errors:?}"
+    );
+    assert!(agent
+        .log_text()
+        .contains("client: invalid bulk length in a RESP header"));
+}

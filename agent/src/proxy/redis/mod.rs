@@ -178,7 +178,13 @@ async fn serve_inner(
         refused = session.commands_refused,
         "Redis session ended"
     );
-    result.map(|ended| match ended {
+    let ended = result?;
+    if let Some(why) = session.protocol_error() {
+        // The client read `-ERR Protocol error: ...`; the event was journaled with it.
+        warn!(session = ctx.id, reason = %why, "closing Redis session");
+        return Ok(CloseReason::Protocol(why.to_owned()));
+    }
+    Ok(match ended {
         Ended::ClientClosed => CloseReason::ClientClosed,
         Ended::ServerClosed => CloseReason::ServerClosed,
     })
