@@ -21,14 +21,27 @@ fn agent_for(
     secrets: &std::path::Path,
     agent_keys: &str,
 ) -> Agent {
+    agent_with(server, cg, secrets, agent_keys, "", "")
+}
+
+/// The agent of [`agent_for`], with `target_keys` added to the target and `policy_keys`
+/// to the policy.
+fn agent_with(
+    server: &RedisServer,
+    cg: &TestCgroup,
+    secrets: &std::path::Path,
+    agent_keys: &str,
+    target_keys: &str,
+    policy_keys: &str,
+) -> Agent {
     let password_file = RedisServer::password_file(secrets);
     Agent::start_with(
         &format!(
             "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
              [[target]]\nname = \"cache\"\naddress = \"127.0.0.1:{}\"\nprotocol = \"redis\"\n\
-             password_file = \"{}\"\nuser = \"{AGENT_USER}\"\n\n\
+             password_file = \"{}\"\nuser = \"{AGENT_USER}\"\n{target_keys}\n\
              [[mask]]\nname = \"contact\"\ncolumns = [\"user:*:email\", \"email\"]\ndetectors = [\"email\"]\n\n\
-             [[policy]]\nname = \"bots\"\napproval_timeout = \"60s\"\n\n\
+             [[policy]]\nname = \"bots\"\napproval_timeout = \"60s\"\n{policy_keys}\n\
              [[policy.rule]]\nname = \"no-admin\"\nverdict = \"deny\"\n\
              commands = [\"FLUSHALL\", \"FLUSHDB\", \"KEYS\", \"CONFIG\", \"DEBUG\", \"MODULE\", \"ACL\", \"EVAL*\"]\n\n\
              [[policy.rule]]\nname = \"sessions-need-a-human\"\nverdict = \"approve\"\n\
@@ -618,4 +631,160 @@ fn malformed_commands_get_a_protocol_error_and_only_their_session_ends() {
     assert!(agent
         .log_text()
         .contains("client: invalid bulk length in a RESP header"));
+}
+
+#[test]
+fn tls_is_terminated_for_clients_and_originated_to_the_server() {
+    privileged!("tls_is_terminated_for_clients_and_originated_to_the_server");
+    let certs = tempfile::tempdir().unwrap();
+    make_test_certs(certs.path(), "test-ca", "cache.test");
+    let server = RedisServer::start_tls(certs.path());
+    let secrets = tempfile::tempdir().unwrap();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = agent_with(
+        &server,
+        &cg,
+        secrets.path(),
+        "",
+        &format!(
+            "tls = \"verify-full\"\nca_file = \"{}\"\nclient_tls = \"terminate\"\n",
+            certs.path().join("ca.crt").display()
+        ),
+        "",
+    );
+    let port = server.port;
+    let agent_ca = agent.dir.path().join("tls/ca.crt");
+    assert!(agent_ca.exists(), "the agent CA is in its state directory");
+    let admin = |args: &[&str]| stdout(&server.admin(args));
+    assert_eq!(admin(&["SET", "user:1:email", "alice@example.com"]), "OK");
+    // The server speaks TLS only: a plain client gets nowhere directly.
+    let direct = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PING"])
+        .output()
+        .unwrap();
+    assert_ne!(stdout(&direct), "PONG");
+
+    // redis-cli over TLS, trusting the agent CA only; no password: the agent's is
+    // injected (the server requires one).
+    let tls_ca = agent_ca.to_str().unwrap();
+    let tls = ["--tls", "--cacert", tls_ca];
+    assert_eq!(stdout(&cli(&cg, port, &tls, &["SET", "k", "v1"])), "OK");
+    assert_eq!(stdout(&cli(&cg, port, &tls, &["GET", "k"])), "v1");
+    assert_eq!(
+        stdout(&cli(&cg, port, &tls, &["GET", "user:1:email"])),
+        "[redacted]"
+    );
+    assert_eq!(
+        stdout(&cli(&cg, port, &tls, &["FLUSHALL"])),
+        "ERR nhi-agent: FLUSHALL denied by rule no-admin"
+    );
+    assert_eq!(admin(&["GET", "k"]), "v1", "nothing was flushed");
+    // A client that does not trust the agent CA refuses the agent by its own check.
+    let untrusting = cli(
+        &cg,
+        port,
+        &[
+            "--tls",
+            "--cacert",
+            certs.path().join("ca.crt").to_str().unwrap(),
+        ],
+        &["GET", "k"],
+    );
+    assert_ne!(stdout(&untrusting), "v1");
+
+    // redis-py over TLS.
+    let py = python(
+        &cg,
+        &format!(
+            r#"
+import json, redis
+r = redis.Redis(host="127.0.0.1", port={port}, ssl=True, ssl_ca_certs="{tls_ca}")
+print(json.dumps({{"k": r.get("k").decode(), "email": r.get("user:1:email").decode()}}))
+"#
+        ),
+    );
+    assert_eq!(py, serde_json::json!({"k": "v1", "email": "[redacted]"}));
+
+    // A plain client of the same target: the agent alone speaks TLS to the server.
+    assert_eq!(stdout(&cli(&cg, port, &[], &["GET", "k"])), "v1");
+
+    // Six sessions authenticated (the untrusting client gave up in the handshake).
+    let auths = events_when(&agent, "redis_auth", |e| e.len() >= 6);
+    assert!(
+        auths.len() == 6
+            && auths
+                .iter()
+                .all(|a| a["user"] == AGENT_USER && a["injected"] == true && a["error"].is_null()),
+        "{auths:?}"
+    );
+    let commands = data_of_kind(&agent, "redis_command");
+    assert!(commands
+        .iter()
+        .any(|c| c["command"] == "FLUSHALL" && c["action"] == "refused"));
+    let mut agent = agent;
+    agent.terminate();
+    agent.assert_verifies();
+    assert_in_no_file(
+        agent.dir.path(),
+        &[AGENT_PASSWORD, ADMIN_PASSWORD, "alice@example.com"],
+    );
+}
+
+#[test]
+fn tls_to_the_server_with_the_wrong_ca_is_refused_with_a_clear_error() {
+    privileged!("tls_to_the_server_with_the_wrong_ca_is_refused_with_a_clear_error");
+    let certs = tempfile::tempdir().unwrap();
+    make_test_certs(certs.path(), "test-ca", "cache.test");
+    let other = tempfile::tempdir().unwrap();
+    make_test_certs(other.path(), "other-ca", "cache.test");
+    let server = RedisServer::start_tls(certs.path());
+    let secrets = tempfile::tempdir().unwrap();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    // The CA that signed the server's certificate is not the one configured, and the
+    // target does not terminate client TLS.
+    let agent = agent_with(
+        &server,
+        &cg,
+        secrets.path(),
+        "",
+        &format!(
+            "tls = \"verify-full\"\nca_file = \"{}\"\n",
+            other.path().join("ca.crt").display()
+        ),
+        "",
+    );
+    let port = server.port;
+    let out = cli(&cg, port, &[], &["GET", "k"]);
+    assert_eq!(
+        stdout(&out),
+        "ERR nhi-agent: TLS to the server failed (tls = \"verify-full\"): certificate signed by an unknown issuer (not the configured CA)"
+    );
+    // A TLS client of a target that serves plain RESP: refused with a TLS alert.
+    let tls_ca = certs.path().join("ca.crt");
+    let out = cli(
+        &cg,
+        port,
+        &["--tls", "--cacert", tls_ca.to_str().unwrap()],
+        &["GET", "k"],
+    );
+    assert!(!stdout(&out).contains("nhi-agent"), "{out:?}");
+    let sessions = agent.wait_sessions_ended(2);
+    let reasons: Vec<&str> = sessions
+        .iter()
+        .filter_map(|s| s["close_reason"].as_str())
+        .collect();
+    assert!(
+        reasons.iter().any(
+            |r| r.starts_with("upstream connect failed: TLS: ") && r.contains("unknown issuer")
+        ),
+        "{reasons:?}"
+    );
+    let errors = events_when(&agent, "protocol_error", |e| !e.is_empty());
+    assert!(
+        errors.iter().any(|e| e["reason"]
+            == "client: TLS to a target without client_tls = \"terminate\" (it serves plain RESP only)"),
+        "{errors:?}"
+    );
+    assert!(agent.log_text().contains("unknown issuer"));
+    drop(agent);
 }
