@@ -788,3 +788,170 @@ fn tls_to_the_server_with_the_wrong_ca_is_refused_with_a_clear_error() {
     assert!(agent.log_text().contains("unknown issuer"));
     drop(agent);
 }
+
+/// A raw RESP3 client in Python (redis-py 4 speaks RESP2 only): `cmd(...)` encodes a
+/// command, `read()` decodes one frame (pushes as `{"push": [...]}`, errors as
+/// `{"error": ...}`, maps as lists of pairs).
+const RESP3_CLIENT: &str = r##"
+import json, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(10)
+buf = b""
+def fill(n):
+    global buf
+    while len(buf) < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise EOFError("closed")
+        buf += chunk
+def line():
+    global buf
+    while b"\r\n" not in buf:
+        fill(len(buf) + 1)
+    l, buf = buf.split(b"\r\n", 1)
+    return l
+def exact(n):
+    global buf
+    fill(n + 2)
+    d, buf = buf[:n], buf[n + 2:]
+    return d.decode()
+def read():
+    l = line()
+    t, rest = l[:1], l[1:].decode()
+    if t == b"+": return rest
+    if t == b"-": return {"error": rest}
+    if t == b":": return int(rest)
+    if t in (b"$", b"="): return None if int(rest) < 0 else exact(int(rest))
+    if t in (b"*", b"~"): return None if int(rest) < 0 else [read() for _ in range(int(rest))]
+    if t == b">": return {"push": [read() for _ in range(int(rest))]}
+    if t == b"%": return [[read(), read()] for _ in range(int(rest))]
+    if t == b"_": return None
+    if t == b"#": return rest == "t"
+    raise ValueError(l)
+def cmd(*args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a.encode()
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+"##;
+
+#[test]
+fn resp3_tracking_invalidations_interleave_with_replies_and_keep_their_order() {
+    privileged!("resp3_tracking_invalidations_interleave_with_replies_and_keep_their_order");
+    let server = RedisServer::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = agent_for(&server, &cg, secrets.path(), "");
+    let port = server.port;
+    let script = format!(
+        r#"{RESP3_CLIENT}
+hello = (s.sendall(cmd("HELLO", "3")), read())[1]
+s.sendall(cmd("CLIENT", "TRACKING", "on"))
+tracking = read()
+s.sendall(cmd("SET", "tk", "v1") + cmd("GET", "tk"))
+setup = [tracking, read(), read()]
+# One write: the client's own SET invalidates the key it tracks; the push comes
+# somewhere among the replies, which must still pair with their commands.
+s.sendall(cmd("GET", "tk") + cmd("SET", "tk", "v2") + cmd("GET", "tk") + cmd("PING") + cmd("GET", "user:1:email"))
+seen, replies = [], 0
+while replies < 5:
+    f = read()
+    seen.append(f)
+    if not (isinstance(f, dict) and "push" in f):
+        replies += 1
+print(json.dumps({{"proto": dict(hello).get("proto"), "setup": setup, "seen": seen}}), flush=True)
+# Another client changes the key: the push arrives while the connection is idle.
+sys.stdin.readline()
+push = read()
+s.sendall(cmd("PING"))
+print(json.dumps({{"push": push, "after": read()}}), flush=True)
+"#
+    );
+    assert_eq!(
+        stdout(&server.admin(&["SET", "user:1:email", "alice@example.com"])),
+        "OK"
+    );
+    let mut client = cg
+        .command(PYTHON)
+        .args(["-u", "-c", &script, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["proto"], 3, "{first}");
+    assert_eq!(
+        first["setup"],
+        serde_json::json!(["OK", "OK", "v1"]),
+        "{first}"
+    );
+    let seen = first["seen"].as_array().unwrap();
+    let invalidate = serde_json::json!({"push": ["invalidate", ["tk"]]});
+    let (pushes, replies): (Vec<&Value>, Vec<&Value>) =
+        seen.iter().partition(|f| f.get("push").is_some());
+    assert_eq!(pushes, [&invalidate], "{seen:?}");
+    // Redis 7 sends it right behind the SET's reply: between two replies, not after
+    // the last one.
+    let at = seen.iter().position(|f| f == &invalidate).unwrap();
+    assert!(at > 0 && at < seen.len() - 1, "{seen:?}");
+    assert_eq!(
+        replies,
+        [
+            &serde_json::json!("v1"),
+            &serde_json::json!("OK"),
+            &serde_json::json!("v2"),
+            &serde_json::json!("PONG"),
+            &serde_json::json!("[redacted]"),
+        ],
+        "{seen:?}"
+    );
+    assert_eq!(stdout(&server.admin(&["SET", "tk", "v3"])), "OK");
+    {
+        use std::io::Write;
+        writeln!(client.stdin.as_mut().unwrap()).unwrap();
+    }
+    let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(second["push"], invalidate, "{second}");
+    assert_eq!(second["after"], "PONG");
+    assert!(client.wait().unwrap().success());
+    let pushes = events_when(&agent, "redis_push", |e| e.len() >= 2);
+    assert_eq!(
+        pushes.iter().filter(|p| p["kind"] == "invalidate").count(),
+        2,
+        "{pushes:?}"
+    );
+}
+
+#[test]
+fn observe_mode_journals_a_denied_command_and_forwards_it() {
+    privileged!("observe_mode_journals_a_denied_command_and_forwards_it");
+    let server = RedisServer::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = agent_with(&server, &cg, secrets.path(), "", "", "mode = \"observe\"\n");
+    let port = server.port;
+    assert_eq!(stdout(&server.admin(&["SET", "x", "1"])), "OK");
+    assert_eq!(stdout(&cli(&cg, port, &[], &["FLUSHALL"])), "OK");
+    assert_eq!(
+        stdout(&server.admin(&["EXISTS", "x"])),
+        "0",
+        "observe mode refuses nothing"
+    );
+    let commands = events_when(&agent, "redis_command", |e| {
+        e.iter().any(|c| c["command"] == "FLUSHALL")
+    });
+    let flush = commands
+        .iter()
+        .find(|c| c["command"] == "FLUSHALL")
+        .expect("FLUSHALL journaled");
+    assert_eq!(flush["verdict"], "deny");
+    assert_eq!(flush["rule"], "no-admin");
+    assert_eq!(flush["enforced"], false);
+    assert_eq!(flush["action"], "forwarded");
+    // MONITOR's stream cannot be followed: refused even so.
+    let out = cli_stdin(&cg, port, &[], "MONITOR\n");
+    assert!(out.contains("MONITOR is not allowed"), "{out}");
+}
