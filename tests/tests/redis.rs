@@ -721,6 +721,34 @@ print(json.dumps({{"k": r.get("k").decode(), "email": r.get("user:1:email").deco
     assert!(commands
         .iter()
         .any(|c| c["command"] == "FLUSHALL" && c["action"] == "refused"));
+    // Which legs were TLS, per session: five TLS clients, one plain one.
+    let legs = data_of_kind(&agent, "redis_tls");
+    assert_eq!(legs.len(), 6, "{legs:?}");
+    assert!(legs.iter().all(|l| l["server_tls"] == "verify-full"));
+    assert_eq!(legs.iter().filter(|l| l["client_tls"] == true).count(), 5);
+    let journal = agent.journal.to_str().unwrap().to_owned();
+    let flush_session = agent
+        .sessions()
+        .into_iter()
+        .find(|s| {
+            agent
+                .events(s["id"].as_i64().unwrap())
+                .iter()
+                .any(|e| e["kind"] == "redis_command" && e["data"]["command"] == "FLUSHALL")
+        })
+        .expect("the FLUSHALL session");
+    let replay = agent.cli(&[
+        "replay",
+        &flush_session["id"].to_string(),
+        "--journal",
+        &journal,
+        "--instant",
+    ]);
+    let replay = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.contains("client TLS terminated by the agent; tls = \"verify-full\" to the server"),
+        "{replay}"
+    );
     let mut agent = agent;
     agent.terminate();
     agent.assert_verifies();
@@ -786,7 +814,9 @@ fn tls_to_the_server_with_the_wrong_ca_is_refused_with_a_clear_error() {
         "{errors:?}"
     );
     assert!(agent.log_text().contains("unknown issuer"));
-    drop(agent);
+    let mut agent = agent;
+    agent.terminate();
+    assert_in_no_file(agent.dir.path(), &[AGENT_PASSWORD, ADMIN_PASSWORD]);
 }
 
 /// A raw RESP3 client in Python (redis-py 4 speaks RESP2 only): `cmd(...)` encodes a

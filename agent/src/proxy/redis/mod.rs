@@ -100,7 +100,7 @@ async fn serve_inner(
     counts: &mut Counts,
     cancel: &mut watch::Receiver<bool>,
 ) -> Result<CloseReason, Failure> {
-    let Some(mut client) = client_side(ctx, client, cancel).await? else {
+    let Some((mut client, client_tls)) = client_side(ctx, client, cancel).await? else {
         return Ok(CloseReason::ClientClosed);
     };
     if let Some(why) = &ctx.refuse {
@@ -116,6 +116,26 @@ async fn serve_inner(
             return Err(failure);
         }
     };
+    let upstream_tls = ctx.target_rt.upstream.enabled();
+    if client_tls || upstream_tls {
+        // Which legs are encrypted, for the auditor (PostgreSQL journals it at start-up).
+        let event = Event::of(
+            ctx.id,
+            events::kind::TLS,
+            &serde_json::json!({
+                "client_tls": client_tls,
+                "server_tls": ctx.target_rt.upstream.mode().to_string(),
+            }),
+        );
+        if let Err(e) = ctx.journal.record(&[event]) {
+            let text = format!(
+                "ERR nhi-agent: the audit journal cannot record ({}); nothing was forwarded",
+                crate::journal::root_cause(&e)
+            );
+            close_with(&mut client, &text).await;
+            return Err(Failure::Journal(crate::journal::error_chain(&e)));
+        }
+    }
     let mut sbuf = BytesMut::with_capacity(READ_CHUNK);
     let credential = match &ctx.target_rt.credential {
         None => None,
@@ -215,13 +235,13 @@ async fn close_with(client: &mut Box<dyn Io>, text: &str) {
 /// Waits for the client's first byte: a TLS ClientHello (0x16) is terminated with the
 /// agent CA when the target has `client_tls = "terminate"` and refused with a
 /// `handshake_failure` alert otherwise (Redis clients start TLS at once, nothing is
-/// negotiated); anything else is RESP, served plain. `None`: the client closed before
-/// sending anything.
+/// negotiated); anything else is RESP, served plain. The stream and whether it is TLS;
+/// `None`: the client closed before sending anything.
 async fn client_side(
     ctx: &RedisContext<'_>,
     client: TcpStream,
     cancel: &mut watch::Receiver<bool>,
-) -> Result<Option<Box<dyn Io>>, Failure> {
+) -> Result<Option<(Box<dyn Io>, bool)>, Failure> {
     let mut first = [0u8; 1];
     let peeked = tokio::select! {
         peeked = tokio::time::timeout(ctx.idle_timeout, client.peek(&mut first)) => peeked,
@@ -235,7 +255,7 @@ async fn client_side(
     }
     if first[0] != super::http::TLS_HANDSHAKE {
         let _ = client.set_nodelay(true);
-        return Ok(Some(Box::new(client)));
+        return Ok(Some((Box::new(client), false)));
     }
     let Some(ca) = &ctx.target_rt.client_tls else {
         super::http::refuse_tls(client).await;
@@ -256,7 +276,7 @@ async fn client_side(
     .await
     .map_err(|_| Failure::Client("TLS handshake timed out".into()))?
     .map_err(|e| Failure::Client(format!("TLS handshake: {e}")))?;
-    Ok(Some(Box::new(tls)))
+    Ok(Some((Box::new(tls), true)))
 }
 
 /// Connects to the server, with TLS per the target's `tls`. The error carries what the
