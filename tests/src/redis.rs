@@ -15,6 +15,9 @@ pub const ADMIN_PASSWORD: &str = "adm1n-pw-77d1";
 pub struct RedisServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// `Some(ca.crt)`: the server speaks TLS only (`--tls-port`), with a certificate
+    /// this CA signed; `admin` connects with it.
+    pub tls_ca: Option<PathBuf>,
     child: Child,
 }
 
@@ -26,12 +29,36 @@ impl RedisServer {
     }
 
     pub fn start() -> RedisServer {
+        RedisServer::start_with(None)
+    }
+
+    /// A server that speaks TLS only (`--port 0`, `--tls-port`), with `server.crt` /
+    /// `server.key` from `certs` (as [`crate::make_test_certs`] writes them); clients
+    /// need no certificate (`--tls-auth-clients no`).
+    pub fn start_tls(certs: &Path) -> RedisServer {
+        RedisServer::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&Path>) -> RedisServer {
         let bin = RedisServer::bin()
             .expect("redis-server is not installed: run `cargo xtask setup` (redis-server)");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = crate::free_port();
-        let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new(bin);
+        match certs {
+            None => command.args(["--port", &port.to_string()]),
+            Some(certs) => command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(certs.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(certs.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(certs.join("ca.crt"))
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(dir.path())
             .args(["--save", "", "--appendonly", "no"])
@@ -45,7 +72,12 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start redis-server");
-        let server = RedisServer { port, dir, child };
+        let server = RedisServer {
+            port,
+            dir,
+            tls_ca: certs.map(|c| c.join("ca.crt")),
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = server.admin(&["PING"]);
@@ -60,7 +92,11 @@ impl RedisServer {
     /// `redis-cli` straight to the server as the default user (not intercepted: run
     /// from the test's own cgroup).
     pub fn admin(&self, args: &[&str]) -> Output {
-        Command::new("redis-cli")
+        let mut command = Command::new("redis-cli");
+        if let Some(ca) = &self.tls_ca {
+            command.arg("--tls").arg("--cacert").arg(ca);
+        }
+        command
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-a", ADMIN_PASSWORD, "--no-auth-warning"])
             .args(args)

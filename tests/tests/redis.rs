@@ -21,14 +21,27 @@ fn agent_for(
     secrets: &std::path::Path,
     agent_keys: &str,
 ) -> Agent {
+    agent_with(server, cg, secrets, agent_keys, "", "")
+}
+
+/// The agent of [`agent_for`], with `target_keys` added to the target and `policy_keys`
+/// to the policy.
+fn agent_with(
+    server: &RedisServer,
+    cg: &TestCgroup,
+    secrets: &std::path::Path,
+    agent_keys: &str,
+    target_keys: &str,
+    policy_keys: &str,
+) -> Agent {
     let password_file = RedisServer::password_file(secrets);
     Agent::start_with(
         &format!(
             "[[workload]]\nname = \"bot\"\ncgroup = \"{}\"\n\n\
              [[target]]\nname = \"cache\"\naddress = \"127.0.0.1:{}\"\nprotocol = \"redis\"\n\
-             password_file = \"{}\"\nuser = \"{AGENT_USER}\"\n\n\
+             password_file = \"{}\"\nuser = \"{AGENT_USER}\"\n{target_keys}\n\
              [[mask]]\nname = \"contact\"\ncolumns = [\"user:*:email\", \"email\"]\ndetectors = [\"email\"]\n\n\
-             [[policy]]\nname = \"bots\"\napproval_timeout = \"60s\"\n\n\
+             [[policy]]\nname = \"bots\"\napproval_timeout = \"60s\"\n{policy_keys}\n\
              [[policy.rule]]\nname = \"no-admin\"\nverdict = \"deny\"\n\
              commands = [\"FLUSHALL\", \"FLUSHDB\", \"KEYS\", \"CONFIG\", \"DEBUG\", \"MODULE\", \"ACL\", \"EVAL*\"]\n\n\
              [[policy.rule]]\nname = \"sessions-need-a-human\"\nverdict = \"approve\"\n\
@@ -530,4 +543,445 @@ print(json.dumps({{"data": m and m["data"].decode()}}), flush=True)
             "dave@example.com",
         ],
     );
+}
+
+/// Sends `bytes` from the cgroup and reads what comes back until the agent closes (at
+/// most 10 s): the reply bytes, and whether the connection was closed.
+fn raw_exchange(cg: &TestCgroup, port: u16, bytes: &[u8]) -> (Vec<u8>, bool) {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let answer = python(
+        cg,
+        &format!(
+            r#"
+import json, socket
+s = socket.create_connection(("127.0.0.1", {port}))
+s.settimeout(10)
+s.sendall(bytes.fromhex("{hex}"))
+data, closed = b"", False
+try:
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            closed = True
+            break
+        data += chunk
+except socket.timeout:
+    pass
+print(json.dumps({{"reply": data.hex(), "closed": closed}}))
+"#
+        ),
+    );
+    let reply = answer["reply"].as_str().unwrap();
+    let reply = (0..reply.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&reply[i..i + 2], 16).unwrap())
+        .collect();
+    (reply, answer["closed"] == true)
+}
+
+#[test]
+fn malformed_commands_get_a_protocol_error_and_only_their_session_ends() {
+    privileged!("malformed_commands_get_a_protocol_error_and_only_their_session_ends");
+    let server = RedisServer::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = agent_for(&server, &cg, secrets.path(), "");
+    let port = server.port;
+    let cases: [(&[u8], &str); 3] = [
+        // A command, then a bulk length that is not a number: the command's reply
+        // first, then the error, as redis-server answers.
+        (
+            b"SET a 1\r\n*1\r\n$abc\r\nGET a\r\n",
+            "+OK\r\n-ERR Protocol error: invalid bulk length in a RESP header\r\n",
+        ),
+        // Over the agent's bulk limit, refused from the header (nothing buffered).
+        (
+            b"*2\r\n$3\r\nSET\r\n$99999999999\r\n",
+            "-ERR Protocol error: bulk length of 99999999999 exceeds the limit of 67108864\r\n",
+        ),
+        // An inline command with unbalanced quotes.
+        (
+            b"GET \"a\r\n",
+            "-ERR Protocol error: client command: unbalanced quotes in an inline command\r\n",
+        ),
+    ];
+    for (bytes, expected) in cases {
+        let (reply, closed) = raw_exchange(&cg, port, bytes);
+        assert_eq!(String::from_utf8_lossy(&reply), expected);
+        assert!(closed, "the agent closes after the error: {expected}");
+    }
+    // The agent lived on: the next session works, and nothing after the error was run.
+    assert_eq!(stdout(&cli(&cg, port, &[], &["GET", "a"])), "1");
+    assert_eq!(stdout(&server.admin(&["EXISTS", "a"])), "1");
+    let sessions = agent.wait_sessions_ended(cases.len() + 1);
+    let reasons: Vec<&str> = sessions
+        .iter()
+        .filter_map(|s| s["close_reason"].as_str())
+        .filter(|r| r.starts_with("protocol error: client: "))
+        .collect();
+    assert_eq!(reasons.len(), cases.len(), "{sessions:#?}");
+    let errors = events_when(&agent, "protocol_error", |e| e.len() >= cases.len());
+    assert_eq!(errors.len(), cases.len(), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["reason"] == "client: invalid bulk length in a RESP header"),
+        "{errors:?}"
+    );
+    assert!(agent
+        .log_text()
+        .contains("client: invalid bulk length in a RESP header"));
+}
+
+#[test]
+fn tls_is_terminated_for_clients_and_originated_to_the_server() {
+    privileged!("tls_is_terminated_for_clients_and_originated_to_the_server");
+    let certs = tempfile::tempdir().unwrap();
+    make_test_certs(certs.path(), "test-ca", "cache.test");
+    let server = RedisServer::start_tls(certs.path());
+    let secrets = tempfile::tempdir().unwrap();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = agent_with(
+        &server,
+        &cg,
+        secrets.path(),
+        "",
+        &format!(
+            "tls = \"verify-full\"\nca_file = \"{}\"\nclient_tls = \"terminate\"\n",
+            certs.path().join("ca.crt").display()
+        ),
+        "",
+    );
+    let port = server.port;
+    let agent_ca = agent.dir.path().join("tls/ca.crt");
+    assert!(agent_ca.exists(), "the agent CA is in its state directory");
+    let admin = |args: &[&str]| stdout(&server.admin(args));
+    assert_eq!(admin(&["SET", "user:1:email", "alice@example.com"]), "OK");
+    // The server speaks TLS only: a plain client gets nowhere directly.
+    let direct = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PING"])
+        .output()
+        .unwrap();
+    assert_ne!(stdout(&direct), "PONG");
+
+    // redis-cli over TLS, trusting the agent CA only; no password: the agent's is
+    // injected (the server requires one).
+    let tls_ca = agent_ca.to_str().unwrap();
+    let tls = ["--tls", "--cacert", tls_ca];
+    assert_eq!(stdout(&cli(&cg, port, &tls, &["SET", "k", "v1"])), "OK");
+    assert_eq!(stdout(&cli(&cg, port, &tls, &["GET", "k"])), "v1");
+    assert_eq!(
+        stdout(&cli(&cg, port, &tls, &["GET", "user:1:email"])),
+        "[redacted]"
+    );
+    assert_eq!(
+        stdout(&cli(&cg, port, &tls, &["FLUSHALL"])),
+        "ERR nhi-agent: FLUSHALL denied by rule no-admin"
+    );
+    assert_eq!(admin(&["GET", "k"]), "v1", "nothing was flushed");
+    // A client that does not trust the agent CA refuses the agent by its own check.
+    let untrusting = cli(
+        &cg,
+        port,
+        &[
+            "--tls",
+            "--cacert",
+            certs.path().join("ca.crt").to_str().unwrap(),
+        ],
+        &["GET", "k"],
+    );
+    assert_ne!(stdout(&untrusting), "v1");
+
+    // redis-py over TLS.
+    let py = python(
+        &cg,
+        &format!(
+            r#"
+import json, redis
+r = redis.Redis(host="127.0.0.1", port={port}, ssl=True, ssl_ca_certs="{tls_ca}")
+print(json.dumps({{"k": r.get("k").decode(), "email": r.get("user:1:email").decode()}}))
+"#
+        ),
+    );
+    assert_eq!(py, serde_json::json!({"k": "v1", "email": "[redacted]"}));
+
+    // A plain client of the same target: the agent alone speaks TLS to the server.
+    assert_eq!(stdout(&cli(&cg, port, &[], &["GET", "k"])), "v1");
+
+    // Six sessions authenticated (the untrusting client gave up in the handshake).
+    let auths = events_when(&agent, "redis_auth", |e| e.len() >= 6);
+    assert!(
+        auths.len() == 6
+            && auths
+                .iter()
+                .all(|a| a["user"] == AGENT_USER && a["injected"] == true && a["error"].is_null()),
+        "{auths:?}"
+    );
+    let commands = data_of_kind(&agent, "redis_command");
+    assert!(commands
+        .iter()
+        .any(|c| c["command"] == "FLUSHALL" && c["action"] == "refused"));
+    // Which legs were TLS, per session: five TLS clients, one plain one.
+    let legs = data_of_kind(&agent, "redis_tls");
+    assert_eq!(legs.len(), 6, "{legs:?}");
+    assert!(legs.iter().all(|l| l["server_tls"] == "verify-full"));
+    assert_eq!(legs.iter().filter(|l| l["client_tls"] == true).count(), 5);
+    let journal = agent.journal.to_str().unwrap().to_owned();
+    let flush_session = agent
+        .sessions()
+        .into_iter()
+        .find(|s| {
+            agent
+                .events(s["id"].as_i64().unwrap())
+                .iter()
+                .any(|e| e["kind"] == "redis_command" && e["data"]["command"] == "FLUSHALL")
+        })
+        .expect("the FLUSHALL session");
+    let replay = agent.cli(&[
+        "replay",
+        &flush_session["id"].to_string(),
+        "--journal",
+        &journal,
+        "--instant",
+    ]);
+    let replay = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.contains("client TLS terminated by the agent; tls = \"verify-full\" to the server"),
+        "{replay}"
+    );
+    let mut agent = agent;
+    agent.terminate();
+    agent.assert_verifies();
+    assert_in_no_file(
+        agent.dir.path(),
+        &[AGENT_PASSWORD, ADMIN_PASSWORD, "alice@example.com"],
+    );
+}
+
+#[test]
+fn tls_to_the_server_with_the_wrong_ca_is_refused_with_a_clear_error() {
+    privileged!("tls_to_the_server_with_the_wrong_ca_is_refused_with_a_clear_error");
+    let certs = tempfile::tempdir().unwrap();
+    make_test_certs(certs.path(), "test-ca", "cache.test");
+    let other = tempfile::tempdir().unwrap();
+    make_test_certs(other.path(), "other-ca", "cache.test");
+    let server = RedisServer::start_tls(certs.path());
+    let secrets = tempfile::tempdir().unwrap();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    // The CA that signed the server's certificate is not the one configured, and the
+    // target does not terminate client TLS.
+    let agent = agent_with(
+        &server,
+        &cg,
+        secrets.path(),
+        "",
+        &format!(
+            "tls = \"verify-full\"\nca_file = \"{}\"\n",
+            other.path().join("ca.crt").display()
+        ),
+        "",
+    );
+    let port = server.port;
+    let out = cli(&cg, port, &[], &["GET", "k"]);
+    assert_eq!(
+        stdout(&out),
+        "ERR nhi-agent: TLS to the server failed (tls = \"verify-full\"): certificate signed by an unknown issuer (not the configured CA)"
+    );
+    // A TLS client of a target that serves plain RESP: refused with a TLS alert.
+    let tls_ca = certs.path().join("ca.crt");
+    let out = cli(
+        &cg,
+        port,
+        &["--tls", "--cacert", tls_ca.to_str().unwrap()],
+        &["GET", "k"],
+    );
+    assert!(!stdout(&out).contains("nhi-agent"), "{out:?}");
+    let sessions = agent.wait_sessions_ended(2);
+    let reasons: Vec<&str> = sessions
+        .iter()
+        .filter_map(|s| s["close_reason"].as_str())
+        .collect();
+    assert!(
+        reasons.iter().any(
+            |r| r.starts_with("upstream connect failed: TLS: ") && r.contains("unknown issuer")
+        ),
+        "{reasons:?}"
+    );
+    let errors = events_when(&agent, "protocol_error", |e| !e.is_empty());
+    assert!(
+        errors.iter().any(|e| e["reason"]
+            == "client: TLS to a target without client_tls = \"terminate\" (it serves plain RESP only)"),
+        "{errors:?}"
+    );
+    assert!(agent.log_text().contains("unknown issuer"));
+    let mut agent = agent;
+    agent.terminate();
+    assert_in_no_file(agent.dir.path(), &[AGENT_PASSWORD, ADMIN_PASSWORD]);
+}
+
+/// A raw RESP3 client in Python (redis-py 4 speaks RESP2 only): `cmd(...)` encodes a
+/// command, `read()` decodes one frame (pushes as `{"push": [...]}`, errors as
+/// `{"error": ...}`, maps as lists of pairs).
+const RESP3_CLIENT: &str = r##"
+import json, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(10)
+buf = b""
+def fill(n):
+    global buf
+    while len(buf) < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise EOFError("closed")
+        buf += chunk
+def line():
+    global buf
+    while b"\r\n" not in buf:
+        fill(len(buf) + 1)
+    l, buf = buf.split(b"\r\n", 1)
+    return l
+def exact(n):
+    global buf
+    fill(n + 2)
+    d, buf = buf[:n], buf[n + 2:]
+    return d.decode()
+def read():
+    l = line()
+    t, rest = l[:1], l[1:].decode()
+    if t == b"+": return rest
+    if t == b"-": return {"error": rest}
+    if t == b":": return int(rest)
+    if t in (b"$", b"="): return None if int(rest) < 0 else exact(int(rest))
+    if t in (b"*", b"~"): return None if int(rest) < 0 else [read() for _ in range(int(rest))]
+    if t == b">": return {"push": [read() for _ in range(int(rest))]}
+    if t == b"%": return [[read(), read()] for _ in range(int(rest))]
+    if t == b"_": return None
+    if t == b"#": return rest == "t"
+    raise ValueError(l)
+def cmd(*args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a.encode()
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+"##;
+
+#[test]
+fn resp3_tracking_invalidations_interleave_with_replies_and_keep_their_order() {
+    privileged!("resp3_tracking_invalidations_interleave_with_replies_and_keep_their_order");
+    let server = RedisServer::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = agent_for(&server, &cg, secrets.path(), "");
+    let port = server.port;
+    let script = format!(
+        r#"{RESP3_CLIENT}
+hello = (s.sendall(cmd("HELLO", "3")), read())[1]
+s.sendall(cmd("CLIENT", "TRACKING", "on"))
+tracking = read()
+s.sendall(cmd("SET", "tk", "v1") + cmd("GET", "tk"))
+setup = [tracking, read(), read()]
+# One write: the client's own SET invalidates the key it tracks; the push comes
+# somewhere among the replies, which must still pair with their commands.
+s.sendall(cmd("GET", "tk") + cmd("SET", "tk", "v2") + cmd("GET", "tk") + cmd("PING") + cmd("GET", "user:1:email"))
+seen, replies = [], 0
+while replies < 5:
+    f = read()
+    seen.append(f)
+    if not (isinstance(f, dict) and "push" in f):
+        replies += 1
+print(json.dumps({{"proto": dict(hello).get("proto"), "setup": setup, "seen": seen}}), flush=True)
+# Another client changes the key: the push arrives while the connection is idle.
+sys.stdin.readline()
+push = read()
+s.sendall(cmd("PING"))
+print(json.dumps({{"push": push, "after": read()}}), flush=True)
+"#
+    );
+    assert_eq!(
+        stdout(&server.admin(&["SET", "user:1:email", "alice@example.com"])),
+        "OK"
+    );
+    let mut client = cg
+        .command(PYTHON)
+        .args(["-u", "-c", &script, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["proto"], 3, "{first}");
+    assert_eq!(
+        first["setup"],
+        serde_json::json!(["OK", "OK", "v1"]),
+        "{first}"
+    );
+    let seen = first["seen"].as_array().unwrap();
+    let invalidate = serde_json::json!({"push": ["invalidate", ["tk"]]});
+    let (pushes, replies): (Vec<&Value>, Vec<&Value>) =
+        seen.iter().partition(|f| f.get("push").is_some());
+    assert_eq!(pushes, [&invalidate], "{seen:?}");
+    // Redis 7 sends it right behind the SET's reply: between two replies, not after
+    // the last one.
+    let at = seen.iter().position(|f| f == &invalidate).unwrap();
+    assert!(at > 0 && at < seen.len() - 1, "{seen:?}");
+    assert_eq!(
+        replies,
+        [
+            &serde_json::json!("v1"),
+            &serde_json::json!("OK"),
+            &serde_json::json!("v2"),
+            &serde_json::json!("PONG"),
+            &serde_json::json!("[redacted]"),
+        ],
+        "{seen:?}"
+    );
+    assert_eq!(stdout(&server.admin(&["SET", "tk", "v3"])), "OK");
+    {
+        use std::io::Write;
+        writeln!(client.stdin.as_mut().unwrap()).unwrap();
+    }
+    let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(second["push"], invalidate, "{second}");
+    assert_eq!(second["after"], "PONG");
+    assert!(client.wait().unwrap().success());
+    let pushes = events_when(&agent, "redis_push", |e| e.len() >= 2);
+    assert_eq!(
+        pushes.iter().filter(|p| p["kind"] == "invalidate").count(),
+        2,
+        "{pushes:?}"
+    );
+}
+
+#[test]
+fn observe_mode_journals_a_denied_command_and_forwards_it() {
+    privileged!("observe_mode_journals_a_denied_command_and_forwards_it");
+    let server = RedisServer::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = agent_with(&server, &cg, secrets.path(), "", "", "mode = \"observe\"\n");
+    let port = server.port;
+    assert_eq!(stdout(&server.admin(&["SET", "x", "1"])), "OK");
+    assert_eq!(stdout(&cli(&cg, port, &[], &["FLUSHALL"])), "OK");
+    assert_eq!(
+        stdout(&server.admin(&["EXISTS", "x"])),
+        "0",
+        "observe mode refuses nothing"
+    );
+    let commands = events_when(&agent, "redis_command", |e| {
+        e.iter().any(|c| c["command"] == "FLUSHALL")
+    });
+    let flush = commands
+        .iter()
+        .find(|c| c["command"] == "FLUSHALL")
+        .expect("FLUSHALL journaled");
+    assert_eq!(flush["verdict"], "deny");
+    assert_eq!(flush["rule"], "no-admin");
+    assert_eq!(flush["enforced"], false);
+    assert_eq!(flush["action"], "forwarded");
+    // MONITOR's stream cannot be followed: refused even so.
+    let out = cli_stdin(&cg, port, &[], "MONITOR\n");
+    assert!(out.contains("MONITOR is not allowed"), "{out}");
 }

@@ -527,6 +527,21 @@ pub type MysqlTarget = PostgresTarget;
 /// The `[[target]]` keys of `protocol = "redis"`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RedisTarget {
+    /// `tls` (`"disable"`): TLS from the agent to the server, started at once (Redis
+    /// negotiates nothing): `disable`, `require` (no verification without `ca_file`;
+    /// with it the chain but not the name: libpq's `verify-ca`) or `verify-full` (chain
+    /// against `ca_file` and name against `server_name`, else the dialled IP address).
+    /// `prefer` has no meaning here (there is nothing to fall back from) and is refused.
+    pub tls: UpstreamTlsMode,
+    /// `ca_file`: absolute path of the CA bundle that verifies the server.
+    pub ca_file: Option<PathBuf>,
+    /// `server_name`: the SNI sent and the name verify-full checks; also a name of the
+    /// certificate clients get under `client_tls = "terminate"`.
+    pub server_name: Option<String>,
+    /// `client_tls` (`"refuse"`): `"terminate"` terminates a client's TLS (a ClientHello
+    /// as its first byte) with a leaf of the agent CA; plain RESP is served either way.
+    /// Under `"refuse"` a ClientHello gets a `handshake_failure` alert.
+    pub client_tls: ClientTls,
     /// `password_file` or `credential`: the password the agent authenticates with
     /// itself (`AUTH`, or `HELLO ... AUTH`); the client then needs none, and a password
     /// the client sends is never forwarded.
@@ -1370,12 +1385,7 @@ fn postgres_settings(
             ("credential", raw.credential.as_ref().map(Spanned::span)),
         ];
         if protocol == Protocol::Redis {
-            // A Redis target's password and user: redis_settings.
-            refuse_keys(
-                &shared[..4],
-                "protocol = \"postgres\", \"http\", \"aws\" and \"aws-imds\"",
-                protocol,
-            )?;
+            // A Redis target's TLS, password and user: redis_settings.
         } else if protocol == Protocol::Ssh {
             // An SSH target's `credential` is its login key (ssh_settings).
             refuse_keys(
@@ -1447,10 +1457,23 @@ fn redis_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<RedisTar
         "protocol = \"http\" (a Redis target authenticates with its credential instead)",
         protocol,
     )?;
-    let credential = credential_ref(
-        ("password_file", raw.password_file.as_ref()),
-        raw.credential.as_ref(),
-    )?;
+    let common = common_settings(raw)?;
+    let credential = common.credential;
+    match common.tls {
+        UpstreamTlsMode::Prefer => {
+            return Err(Problem::at(
+                raw.tls.as_ref().expect("prefer was read from `tls`"),
+                "tls = \"prefer\" has no meaning for Redis (TLS starts at once, there is nothing to fall back from): use \"disable\", \"require\" or \"verify-full\"",
+            ));
+        }
+        UpstreamTlsMode::VerifyFull if common.ca_file.is_none() => {
+            return Err(Problem::at(
+                raw.tls.as_ref().expect("verify-full was read from `tls`"),
+                "tls = \"verify-full\" needs `ca_file`, the CA that signed the server's certificate",
+            ));
+        }
+        _ => {}
+    }
     if let Some(user) = &raw.user {
         if credential.is_none() {
             return Err(Problem::at(
@@ -1466,6 +1489,10 @@ fn redis_settings(raw: &RawTarget, protocol: Protocol) -> Result<Option<RedisTar
         }
     }
     Ok(Some(RedisTarget {
+        tls: common.tls,
+        ca_file: common.ca_file,
+        server_name: common.server_name,
+        client_tls: common.client_tls,
         credential,
         user: raw.user.as_ref().map(|u| u.get_ref().clone()),
     }))

@@ -1331,11 +1331,30 @@ fn redis_target_keys_are_validated() {
         ok(&target("")).targets[0].redis,
         Some(RedisTarget::default())
     );
+    // TLS on both legs, with the PostgreSQL targets' keys.
+    let c = ok(&target(
+        "tls = \"verify-full\"\nca_file = \"/ca.crt\"\nserver_name = \"cache.internal\"\nclient_tls = \"terminate\"",
+    ));
+    let redis = c.targets[0].redis.as_ref().expect("redis");
+    assert_eq!(redis.tls, UpstreamTlsMode::VerifyFull);
+    assert_eq!(
+        redis.ca_file.as_deref(),
+        Some(std::path::Path::new("/ca.crt"))
+    );
+    assert_eq!(redis.server_name.as_deref(), Some("cache.internal"));
+    assert_eq!(redis.client_tls, ClientTls::Terminate);
+    let c = ok(&target("tls = \"require\""));
+    assert_eq!(
+        c.targets[0].redis.as_ref().unwrap().tls,
+        UpstreamTlsMode::Require
+    );
     for (keys, expected) in [
         ("user = \"bot\"", "needs `password_file` or `credential`"),
         ("password_file = \"/pw\"\nuser = \"a b\"", "without spaces"),
         ("password_file = \"/pw\"\ncredential = \"x\"", "not both"),
-        ("tls = \"require\"", "only applies to"),
+        ("tls = \"prefer\"", "no meaning for Redis"),
+        ("tls = \"verify-full\"", "needs `ca_file`"),
+        ("ca_file = \"relative.crt\"", "absolute"),
         ("inject = \"X-Key: {secret}\"", "only applies to"),
         ("key_file = \"/k\"", "only applies to protocol = \"ssh\""),
     ] {

@@ -107,7 +107,8 @@ impl Snapshot {
             .context("preparing the SSH targets")?;
         let mysql = mysql::MysqlRuntime::build(&config, pg.ca.clone())
             .context("preparing the MySQL targets")?;
-        let redis = redis::RedisRuntime::build(&config).context("preparing the Redis targets")?;
+        let redis = redis::RedisRuntime::build(&config, pg.ca.clone())
+            .context("preparing the Redis targets")?;
         Ok(Snapshot {
             config,
             pg: Arc::new(pg),

@@ -66,6 +66,7 @@ impl ProtocolView for Redis {
             kind::REPLY => RedisReply::read(data).map(|r| format!("#{} {}", r.seq, reply_line(&r))),
             kind::PUSH => RedisPush::read(data).map(|p| push_line(&p)),
             kind::AUTH => Some(auth_line(data)),
+            kind::TLS => Some(tls_line(data)),
             _ => None,
         }
     }
@@ -127,6 +128,19 @@ fn auth_line(data: &Value) -> String {
     }
 }
 
+fn tls_line(data: &Value) -> String {
+    let client = if data.get("client_tls").and_then(Value::as_bool) == Some(true) {
+        "client TLS terminated by the agent"
+    } else {
+        "client in plain text"
+    };
+    let server = data
+        .get("server_tls")
+        .and_then(Value::as_str)
+        .unwrap_or("disable");
+    format!("{client}; tls = \"{server}\" to the server")
+}
+
 /// A Redis session as a redis-cli transcript (see the module documentation).
 struct Transcript {
     start_us: i64,
@@ -157,6 +171,7 @@ impl Replay for Transcript {
         let data = event.data.as_ref().unwrap_or(&null);
         match event.kind.as_str() {
             kind::AUTH => writeln!(out, "  {offset}  {}", sanitize(&auth_line(data))),
+            kind::TLS => writeln!(out, "  {offset}  {}", sanitize(&tls_line(data))),
             kind::COMMAND if RedisCommandEvent::read(data).is_some() => {
                 let c = RedisCommandEvent::read(data).expect("checked");
                 self.commands += 1;

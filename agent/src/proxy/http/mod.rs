@@ -157,7 +157,7 @@ struct State {
 
 /// The first byte of a TLS handshake record: a client that starts with it speaks TLS
 /// (no HTTP method, and not h2's `PRI`, starts with it).
-const TLS_HANDSHAKE: u8 = 0x16;
+pub(crate) const TLS_HANDSHAKE: u8 = 0x16;
 
 /// How long a client has to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -294,7 +294,7 @@ async fn refuse_plain(client: TcpStream, why: &'static str) -> Outcome {
 /// Answers a TLS ClientHello to a plain-HTTP target with a fatal `handshake_failure`
 /// alert. The ClientHello record is read first (bounded), so the close is not a reset
 /// that could discard the alert before the client reads it.
-async fn refuse_tls(mut client: TcpStream) {
+pub(crate) async fn refuse_tls(mut client: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let mut header = [0u8; 5];
         client.read_exact(&mut header).await?;

@@ -72,6 +72,9 @@ impl PgRuntime {
                 || t.mysql
                     .as_ref()
                     .is_some_and(|m| m.client_tls == ClientTls::Terminate)
+                || t.redis
+                    .as_ref()
+                    .is_some_and(|r| r.client_tls == ClientTls::Terminate)
         });
         let ca = if needs_ca {
             let dir = state_dir.join("tls");

@@ -11,6 +11,9 @@ use crate::mask::MaskedColumn;
 pub mod kind {
     /// How the agent authenticated upstream (its credential, or the client's own AUTH).
     pub const AUTH: &str = "redis_auth";
+    /// Which legs of the session are TLS (`client_tls`: terminated by the agent;
+    /// `server_tls`: the target's `tls` mode), journaled when either is.
+    pub const TLS: &str = "redis_tls";
     /// [`super::RedisCommandEvent`]: one command, judged, before it is forwarded or
     /// refused.
     pub const COMMAND: &str = "redis_command";

@@ -39,7 +39,8 @@ use crate::mask::{ColumnInfo, MaskedColumn, RowMasker, SessionMasks};
 use crate::policy::redis::RedisCommand;
 use crate::policy::{RecordResults, Verdict};
 use crate::protocol::redis::{
-    encode_command, error_reply, names, ClientDecoder, Command, Decoded, Frame, ServerDecoder,
+    encode_command, error_reply, names, ClientDecoder, Command, Decoded, Frame, RespError,
+    ServerDecoder,
 };
 use crate::session::gate::{self, Action, Gate};
 use crate::session::{AgentError, HoldOutcome, HoldRequest, SessionError, SessionRules, Step};
@@ -71,6 +72,9 @@ enum Expect {
     /// An `EXEC` sent as `DISCARD` (the transaction held a refused command): the
     /// `DISCARD` reply is swallowed and the client gets `-EXECABORT`.
     ExecAbort,
+    /// `-ERR Protocol error: ...` for a malformed command: released like an agent
+    /// answer, after which the session ends (nothing the client sent later is read).
+    Close(Bytes),
 }
 
 /// What masking a reply needs to know about its command.
@@ -173,6 +177,11 @@ pub struct RedisSession {
     queued: Vec<ReplyCtx>,
     resp3: bool,
     subs: Subscriptions,
+    /// Why the client's input could not be read (a malformed or oversized command): its
+    /// error reply waits in the FIFO and the session ends once it is staged.
+    protocol_error: Option<String>,
+    /// The protocol error's reply was staged for the client.
+    closing: bool,
     to_server: BytesMut,
     to_client: BytesMut,
     events: Vec<Event>,
@@ -202,6 +211,8 @@ impl RedisSession {
             queued: Vec::new(),
             resp3: false,
             subs: Subscriptions::default(),
+            protocol_error: None,
+            closing: false,
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
             events: Vec::new(),
@@ -214,21 +225,50 @@ impl RedisSession {
         &self.rules.masks
     }
 
+    /// Why the client's input was refused as malformed, if it was: the session ended
+    /// (or ends once the client has the error) for this reason.
+    pub fn protocol_error(&self) -> Option<&str> {
+        self.protocol_error.as_deref()
+    }
+
     /// Releases the agent's own answers now at the front of the FIFO.
     fn release_agent_answers(&mut self) {
         while let Some(Pending {
-            expect: Expect::Agent(_),
+            expect: Expect::Agent(_) | Expect::Close(_),
             ..
         }) = self.pending.front()
         {
-            if let Some(Pending {
-                expect: Expect::Agent(bytes),
-                ..
-            }) = self.pending.pop_front()
-            {
-                self.to_client.extend_from_slice(&bytes);
+            match self.pending.pop_front().map(|p| p.expect) {
+                Some(Expect::Agent(bytes)) => self.to_client.extend_from_slice(&bytes),
+                Some(Expect::Close(bytes)) => {
+                    self.to_client.extend_from_slice(&bytes);
+                    self.closing = true;
+                }
+                _ => {}
             }
         }
+    }
+
+    /// A command that cannot be read: answered as redis-server answers it (`-ERR
+    /// Protocol error: <reason>`, after the replies of the commands before it), then the
+    /// session ends. The reason is journaled now (`protocol_error`), before the client
+    /// reads it.
+    fn malformed(&mut self, error: RespError) {
+        let reason = error.to_string();
+        let why = format!("client: {reason}");
+        self.events.push(Event::of(
+            self.id,
+            "protocol_error",
+            &serde_json::json!({ "reason": why }),
+        ));
+        self.protocol_error = Some(why);
+        self.pending.push_back(Pending {
+            seq: self.seq,
+            expect: Expect::Close(error_reply(&format!("ERR Protocol error: {reason}"))),
+            ctx: ReplyCtx::default(),
+            in_multi: false,
+        });
+        self.release_agent_answers();
     }
 
     /// Queues the agent's own answer to command `seq` behind what is pending (journaled
@@ -535,7 +575,7 @@ impl RedisSession {
             ));
         };
         match &mut front.expect {
-            Expect::Agent(_) => {
+            Expect::Agent(_) | Expect::Close(_) => {
                 return Err(SessionError(
                     "internal: an agent answer left at the front".into(),
                 ))
@@ -977,12 +1017,23 @@ impl Maskers {
 impl crate::session::Session for RedisSession {
     fn on_client(&mut self, buf: &mut BytesMut) -> Result<Step, SessionError> {
         loop {
-            let Some(decoded) = self
-                .cdec
-                .decode(buf)
-                .map_err(|e| SessionError(format!("client: {e}")))?
-            else {
-                return Ok(Step::Continue);
+            if self.protocol_error.is_some() {
+                // redis-server reads nothing after a protocol error; once the error is
+                // staged (behind the replies owed before it) the session ends.
+                buf.clear();
+                return Ok(if self.closing {
+                    Step::Terminate
+                } else {
+                    Step::Continue
+                });
+            }
+            let decoded = match self.cdec.decode(buf) {
+                Ok(Some(decoded)) => decoded,
+                Ok(None) => return Ok(Step::Continue),
+                Err(e) => {
+                    self.malformed(e);
+                    continue;
+                }
             };
             match self.command(decoded)? {
                 Step::Continue => {}

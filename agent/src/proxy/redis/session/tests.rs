@@ -133,11 +133,88 @@ fn a_reply_nobody_asked_for_is_a_protocol_error() {
     let mut s = session(false);
     let mut buf = BytesMut::from(&b"+OK\r\n"[..]);
     assert!(s.on_server(&mut buf).is_err());
-    let mut buf = BytesMut::from(&b"*1\r\n:1\r\n"[..]);
-    assert!(
-        s.on_client(&mut buf).is_err(),
-        "arguments must be bulk strings"
+}
+
+/// Feeds client bytes that end in a malformed command; returns the step and what the
+/// client gets.
+fn malformed(s: &mut RedisSession, bytes: &[u8]) -> (Step, String) {
+    let mut buf = BytesMut::from(bytes);
+    let step = s.on_client(&mut buf).unwrap();
+    assert!(buf.is_empty(), "nothing after the error is kept");
+    (
+        step,
+        String::from_utf8_lossy(&s.take_to_client()).into_owned(),
+    )
+}
+
+#[test]
+fn a_malformed_command_is_answered_as_redis_server_does_then_the_session_ends() {
+    let long_inline = vec![b'x'; 70 << 10];
+    let cases: [(&[u8], &str); 6] = [
+        (
+            b"*1\r\n:1\r\n",
+            "client command: a command argument must be a bulk string, not integer",
+        ),
+        (b"*1\r\n$abc\r\n", "invalid bulk length in a RESP header"),
+        (
+            b"*1\r\n$99999999999\r\n",
+            "bulk length of 99999999999 exceeds the limit of 67108864",
+        ),
+        (
+            b"SET k \"unbalanced\r\n",
+            "client command: unbalanced quotes in an inline command",
+        ),
+        (&long_inline, "line without CRLF within 65536 bytes"),
+        (b"*0\r\n", "client command: an empty command array"),
+    ];
+    for (bytes, reason) in cases {
+        let mut s = session(false);
+        let (step, down) = malformed(&mut s, bytes);
+        assert!(matches!(step, Step::Terminate), "{reason}: {step:?}");
+        assert_eq!(down, format!("-ERR Protocol error: {reason}\r\n"));
+        assert!(s.take_to_server().is_empty(), "nothing is forwarded");
+        assert_eq!(
+            s.protocol_error(),
+            Some(format!("client: {reason}").as_str())
+        );
+        let evs = events(&mut s);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].0, "protocol_error");
+        assert_eq!(evs[0].1["reason"], format!("client: {reason}"));
+    }
+}
+
+#[test]
+fn a_protocol_error_waits_for_the_replies_of_the_commands_before_it() {
+    let mut s = session(false);
+    let mut input = cmd(&["SET", "a", "1"]);
+    input.extend(cmd(&["FLUSHALL"]));
+    input.extend(b"*2\r\n$3\r\nGET\r\n+a\r\n");
+    input.extend(cmd(&["DEL", "a"]));
+    let (step, down) = malformed(&mut s, &input);
+    assert!(matches!(step, Step::Continue), "SET's reply is owed first");
+    assert_eq!(down, "");
+    assert_eq!(
+        String::from_utf8_lossy(&s.take_to_server()),
+        "*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n",
+        "what came before is forwarded, nothing after"
     );
+    // The client keeps sending: ignored, as redis-server ignores it.
+    let (step, _) = malformed(&mut s, &cmd(&["GET", "a"]));
+    assert!(matches!(step, Step::Continue));
+    assert!(s.take_to_server().is_empty());
+    assert_eq!(
+        server(&mut s, b"+OK\r\n", 1),
+        "+OK\r\n-ERR nhi-agent: FLUSHALL denied by rule no-admin\r\n\
+         -ERR Protocol error: client command: a command argument must be a bulk string, not simple\r\n"
+    );
+    let (step, _) = malformed(&mut s, b"");
+    assert!(
+        matches!(step, Step::Terminate),
+        "ended once the error is out"
+    );
+    let kinds: Vec<String> = events(&mut s).into_iter().map(|(k, _)| k).collect();
+    assert!(kinds.contains(&"protocol_error".to_owned()), "{kinds:?}");
 }
 
 #[test]
