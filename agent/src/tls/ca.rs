@@ -94,6 +94,9 @@ pub enum LeafAlpn {
     Postgres,
     /// `h2` and `http/1.1`, in that order of preference (HTTP targets).
     Http,
+    /// None: protocols without an ALPN name (MySQL, Redis). A client that offers ALPN
+    /// is served as one that offers none.
+    None,
 }
 
 impl LeafAlpn {
@@ -101,6 +104,7 @@ impl LeafAlpn {
         match self {
             LeafAlpn::Postgres => vec![ALPN_POSTGRESQL.to_vec()],
             LeafAlpn::Http => vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()],
+            LeafAlpn::None => Vec::new(),
         }
     }
 }
@@ -235,6 +239,16 @@ impl AgentCa {
         ips: &[IpAddr],
     ) -> Result<Arc<ServerConfig>, TlsError> {
         self.server_config_at(dns_names, ips, LeafAlpn::Http, OffsetDateTime::now_utc())
+    }
+
+    /// [`AgentCa::server_config`] without ALPN, for protocols that have no ALPN name
+    /// (MySQL, Redis): offering `postgresql` would fail a client that offers another.
+    pub fn server_config_no_alpn(
+        &self,
+        dns_names: &[String],
+        ips: &[IpAddr],
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        self.server_config_at(dns_names, ips, LeafAlpn::None, OffsetDateTime::now_utc())
     }
 
     /// [`AgentCa::server_config`] at a given time (tests move the clock).

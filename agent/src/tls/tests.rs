@@ -780,6 +780,12 @@ fn server_config_is_cached_by_san_set_and_renewed() {
         .http_server_config(&["a.example".to_owned()], &[LOCALHOST_V4])
         .unwrap();
     assert!(Arc::ptr_eq(&http, &again));
+    // MySQL and Redis clients get a leaf offering no ALPN (a client's offer is ignored).
+    let plain = ca
+        .server_config_no_alpn(&["a.example".to_owned()], &[LOCALHOST_V4])
+        .unwrap();
+    assert!(!Arc::ptr_eq(&plain, &c) && !Arc::ptr_eq(&plain, &http));
+    assert!(plain.alpn_protocols.is_empty());
 
     assert!(matches!(
         ca.server_config(&[], &[]),

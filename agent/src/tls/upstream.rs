@@ -88,6 +88,16 @@ impl UpstreamTls {
         Self::build(mode, ca_file, server_name, false, &[ALPN_POSTGRESQL], None)
     }
 
+    /// As [`UpstreamTls::new`], offering no ALPN: for protocols without an ALPN name
+    /// (MySQL, Redis).
+    pub fn without_alpn(
+        mode: UpstreamTlsMode,
+        ca_file: Option<&Path>,
+        server_name: Option<&str>,
+    ) -> Result<UpstreamTls, TlsError> {
+        Self::build(mode, ca_file, server_name, false, &[], None)
+    }
+
     /// The settings of an HTTP target: as [`UpstreamTls::new`], but ALPN offers `h2` and
     /// `http/1.1`, and `VerifyFull` without `ca_file` verifies against the system's
     /// trust store (`rustls-native-certs`: `/etc/ssl/certs` and `SSL_CERT_FILE` /

@@ -223,7 +223,7 @@ async fn client_side(
     };
     let names: Vec<String> = ctx.target_rt.server_name.iter().cloned().collect();
     let config = ca
-        .server_config(&names, &[ctx.orig_dst.ip()])
+        .server_config_no_alpn(&names, &[ctx.orig_dst.ip()])
         .map_err(|e| Failure::Protocol(format!("TLS certificate for the client: {e}")))?;
     let _ = client.set_nodelay(true);
     let tls = tokio::time::timeout(

@@ -52,7 +52,7 @@ impl RedisRuntime {
                 .as_ref()
                 .map(|c| c.load(&target.name, "password_file"))
                 .transpose()?;
-            let upstream = UpstreamTls::new(
+            let upstream = UpstreamTls::without_alpn(
                 redis.tls.into(),
                 redis.ca_file.as_deref(),
                 redis.server_name.as_deref(),
