@@ -1153,3 +1153,107 @@ fn every_connection_slot_is_usable() {
     assert_eq!(held.first["failed"], 0, "{}", held.first);
     held.release();
 }
+
+/// The journal's filesystem is full: MySQL and Redis clients that open a session are
+/// refused in their protocol's words (the `mariadb` CLI prints an ERROR, `redis-cli` an
+/// `(error) ERR`), saying the journal cannot record, instead of a bare reset; nothing
+/// reaches either server; when space returns both work again without a restart.
+#[test]
+fn disk_full_refuses_mysql_and_redis_sessions_with_errors_that_say_so() {
+    privileged!("disk_full_refuses_mysql_and_redis_sessions_with_errors_that_say_so");
+    use nhi_tests::mysql::MariaDb;
+    use nhi_tests::redis::{RedisServer, AGENT_USER};
+    let db = MariaDb::start();
+    db.sql(
+        "create database shop; create table shop.t (v text);
+         create user 'app'@'%' identified by 'app-secret';
+         grant all on shop.* to 'app'@'%';",
+    );
+    let redis = RedisServer::start();
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let small = SmallFs::mount("16m");
+    let mut agent = Agent::configure_journal(
+        &format!(
+            "{}{}{}password_file = \"{}\"\nuser = \"{AGENT_USER}\"\n\n",
+            workload("bot", &cg),
+            target("db", db.addr(), "mysql"),
+            target(
+                "cache",
+                SocketAddr::from(([127, 0, 0, 1], redis.port)),
+                "redis"
+            ),
+            RedisServer::password_file(secrets.path()).display(),
+        ),
+        "",
+        &[],
+        Some(&small.path().join("journal.db")),
+    );
+    agent.spawn();
+    let mariadb = |sql: &str| {
+        cg.command("mariadb")
+            .args([
+                "--no-defaults",
+                "-h",
+                "127.0.0.1",
+                "-P",
+                &db.port.to_string(),
+            ])
+            .args([
+                "--protocol=tcp",
+                "-N",
+                "-B",
+                "-u",
+                "app",
+                "-papp-secret",
+                "shop",
+            ])
+            .args(["-e", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run mariadb")
+    };
+    let redis_cli = |args: &[&str]| {
+        cg.command("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &redis.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli")
+    };
+    let out = mariadb("insert into t values ('before')");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = redis_cli(&["SET", "before", "1"]);
+    assert_eq!(text(&out).trim(), "OK");
+
+    let filler = small.fill();
+    let out = mariadb("insert into t values ('during')");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("journal cannot record new sessions"),
+        "the mariadb CLI prints why: {}\nlog:\n{}",
+        text(&out),
+        agent.log_text()
+    );
+    let out = redis_cli(&["SET", "during", "1"]);
+    assert!(
+        text(&out).contains("ERR nhi-agent: the audit journal cannot record new sessions"),
+        "redis-cli prints why: {}",
+        text(&out)
+    );
+    assert_eq!(
+        db.sql("select count(*) from shop.t where v = 'during'")
+            .trim(),
+        "0"
+    );
+    assert_eq!(text(&redis.admin(&["EXISTS", "during"])).trim(), "0");
+
+    fs::remove_file(&filler).expect("remove filler");
+    let out = mariadb("insert into t values ('after')");
+    assert!(out.status.success(), "{}\n{}", text(&out), agent.log_text());
+    let out = redis_cli(&["SET", "after", "1"]);
+    assert_eq!(text(&out).trim(), "OK", "{}", agent.log_text());
+    assert_eq!(db.sql("select count(*) from shop.t").trim(), "2");
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
+    agent.assert_verifies();
+}

@@ -12,6 +12,7 @@ pub mod postgres;
 pub mod redis;
 mod relay;
 pub mod ssh;
+mod unrecorded;
 
 use std::{
     net::SocketAddr,
@@ -692,22 +693,31 @@ async fn handle(
                 workload = %workload_name, %orig_dst, error = %e, %cause,
                 "the journal cannot record this session; refusing the connection"
             );
-            if target.protocol == crate::config::Protocol::Postgres {
-                // A FATAL the client prints says why; a bare reset would not.
-                let message = format!(
-                    "nhi-agent: the audit journal cannot record new sessions ({cause}); nothing was forwarded"
-                );
-                let what = postgres::refuse_unrecorded(
-                    client,
-                    postgres::SQLSTATE_JOURNAL,
-                    &message,
-                    UNRECORDED_REFUSAL_WAIT,
-                )
-                .await;
-                debug!(%peer, what, "unrecorded PostgreSQL session refused");
-            } else {
-                reset(client);
-            }
+            // An error the client prints says why; a bare reset would not.
+            let message = format!(
+                "nhi-agent: the audit journal cannot record new sessions ({cause}); nothing was forwarded"
+            );
+            let what = match target.protocol {
+                crate::config::Protocol::Postgres => {
+                    postgres::refuse_unrecorded(
+                        client,
+                        postgres::SQLSTATE_JOURNAL,
+                        &message,
+                        UNRECORDED_REFUSAL_WAIT,
+                    )
+                    .await
+                }
+                crate::config::Protocol::Mysql => unrecorded::mysql(client, &message).await,
+                crate::config::Protocol::Redis => {
+                    unrecorded::redis(client, &format!("ERR {message}"), UNRECORDED_REFUSAL_WAIT)
+                        .await
+                }
+                _ => {
+                    reset(client);
+                    "reset"
+                }
+            };
+            debug!(%peer, what, protocol = %target.protocol, "unrecorded session refused");
             return;
         }
     };

@@ -1,0 +1,95 @@
+//! Refusals of sessions the journal could not open (their start was not recorded), in
+//! the protocol's own words, so that the client prints why instead of "connection
+//! reset". Nothing is journaled (that is what failed) and nothing reaches the server.
+//! PostgreSQL's is `postgres::refuse_unrecorded` (it has a start-up to read first).
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::protocol::mysql::frame;
+use crate::protocol::redis::error_reply;
+
+/// ER_UNKNOWN_ERROR: the server's code for an error it has no better code for.
+const MYSQL_ER_UNKNOWN: u16 = 1105;
+
+/// A MySQL client reads the greeting first: it gets an ERR packet in its place, as a
+/// server at its connection limit sends one (sequence id 0, no SQL state: nothing is
+/// negotiated yet, so clients read the text right after the code).
+pub async fn mysql(mut client: TcpStream, message: &str) -> &'static str {
+    let mut payload = vec![0xff];
+    payload.extend_from_slice(&MYSQL_ER_UNKNOWN.to_le_bytes());
+    payload.extend_from_slice(message.as_bytes());
+    let _ = client.write_all(&frame::packet(0, &payload)).await;
+    let _ = client.shutdown().await;
+    "refused with an ERR greeting"
+}
+
+/// A Redis client speaks first: its first command is answered `-ERR message` and the
+/// connection closes. A TLS client (0x16 first) cannot read it and is closed. Bounded
+/// by `within`.
+pub async fn redis(mut client: TcpStream, message: &str, within: Duration) -> &'static str {
+    let exchange = async {
+        let mut first = [0u8; 1];
+        match client.peek(&mut first).await {
+            Ok(0) | Err(_) => return "client gone",
+            Ok(_) if first[0] == 0x16 => return "TLS client closed",
+            Ok(_) => {}
+        }
+        let _ = client.write_all(&error_reply(message)).await;
+        let _ = client.shutdown().await;
+        // Read what the client sent, so that the close is a FIN it reads after the
+        // error, not a reset that discards it.
+        let mut rest = [0u8; 4096];
+        while matches!(client.read(&mut rest).await, Ok(n) if n > 0) {}
+        "refused with -ERR"
+    };
+    tokio::time::timeout(within, exchange)
+        .await
+        .unwrap_or("no command in time")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.expect("connect"), accepted.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn a_mysql_client_reads_an_err_packet_instead_of_the_greeting() {
+        let (mut client, server) = pair().await;
+        assert_eq!(
+            mysql(server, "nhi-agent: nope").await,
+            "refused with an ERR greeting"
+        );
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("read");
+        let body = b"\xff\x51\x04nhi-agent: nope";
+        assert_eq!(&answer[..4], &[body.len() as u8, 0, 0, 0]);
+        assert_eq!(&answer[4..], body);
+    }
+
+    #[tokio::test]
+    async fn a_redis_client_reads_an_error_for_its_first_command() {
+        let (mut client, server) = pair().await;
+        let refusal = tokio::spawn(async move {
+            redis(server, "ERR nhi-agent: nope", Duration::from_secs(10)).await
+        });
+        client
+            .write_all(b"*1\r\n$4\r\nPING\r\n")
+            .await
+            .expect("write");
+        let mut answer = [0u8; 21];
+        client.read_exact(&mut answer).await.expect("read");
+        assert_eq!(&answer, b"-ERR nhi-agent: nope\r");
+        client.shutdown().await.expect("shutdown");
+        assert_eq!(refusal.await.expect("join"), "refused with -ERR");
+    }
+}
