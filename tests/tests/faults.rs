@@ -1154,9 +1154,9 @@ fn every_connection_slot_is_usable() {
     held.release();
 }
 
-/// The journal's filesystem is full: MySQL and Redis clients that open a session are
-/// refused in their protocol's words (the `mariadb` CLI prints an ERROR, `redis-cli` an
-/// `(error) ERR`), saying the journal cannot record, instead of a bare reset; nothing
+/// The journal's filesystem is full: MySQL, Redis and HTTP clients that open a session
+/// are refused in their protocol's words (the `mariadb` CLI prints an ERROR, `redis-cli`
+/// an `(error) ERR`, curl a 503), saying the journal cannot record, instead of a bare reset; nothing
 /// reaches either server; when space returns both work again without a restart.
 #[test]
 fn disk_full_refuses_mysql_and_redis_sessions_with_errors_that_say_so() {
@@ -1170,13 +1170,16 @@ fn disk_full_refuses_mysql_and_redis_sessions_with_errors_that_say_so() {
          grant all on shop.* to 'app'@'%';",
     );
     let redis = RedisServer::start();
+    // The HTTP target is never reached: the refusal comes first.
+    let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let secrets = tempfile::tempdir().expect("tempdir");
     let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
     let small = SmallFs::mount("16m");
     let mut agent = Agent::configure_journal(
         &format!(
-            "{}{}{}password_file = \"{}\"\nuser = \"{AGENT_USER}\"\n\n",
+            "{}{}{}{}password_file = \"{}\"\nuser = \"{AGENT_USER}\"\n\n",
             workload("bot", &cg),
+            target("api", web, "http"),
             target("db", db.addr(), "mysql"),
             target(
                 "cache",
@@ -1240,6 +1243,17 @@ fn disk_full_refuses_mysql_and_redis_sessions_with_errors_that_say_so() {
         text(&out).contains("ERR nhi-agent: the audit journal cannot record new sessions"),
         "redis-cli prints why: {}",
         text(&out)
+    );
+    let out = cg
+        .command("curl")
+        .args(["-sS", "-i", &format!("http://{web}/")])
+        .output()
+        .expect("run curl");
+    let answer = text(&out);
+    assert!(
+        answer.starts_with("HTTP/1.1 503 ")
+            && answer.contains("the audit journal cannot record new sessions"),
+        "curl reads a 503 that says why: {answer}"
     );
     assert_eq!(
         db.sql("select count(*) from shop.t where v = 'during'")

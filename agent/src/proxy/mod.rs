@@ -708,6 +708,9 @@ async fn handle(
                     .await
                 }
                 crate::config::Protocol::Mysql => unrecorded::mysql(client, &message).await,
+                protocol if protocol.over_http() => {
+                    unrecorded::http(client, &message, UNRECORDED_REFUSAL_WAIT).await
+                }
                 crate::config::Protocol::Redis => {
                     unrecorded::redis(client, &format!("ERR {message}"), UNRECORDED_REFUSAL_WAIT)
                         .await

@@ -38,15 +38,49 @@ pub async fn redis(mut client: TcpStream, message: &str, within: Duration) -> &'
         }
         let _ = client.write_all(&error_reply(message)).await;
         let _ = client.shutdown().await;
-        // Read what the client sent, so that the close is a FIN it reads after the
-        // error, not a reset that discards it.
-        let mut rest = [0u8; 4096];
-        while matches!(client.read(&mut rest).await, Ok(n) if n > 0) {}
+        drain(&mut client).await;
         "refused with -ERR"
     };
     tokio::time::timeout(within, exchange)
         .await
         .unwrap_or("no command in time")
+}
+
+/// A plain HTTP client gets `503 Service Unavailable` with `message` as its body, after
+/// its first bytes (HTTP clients speak first); the connection closes. A TLS client (0x16
+/// first) cannot read it and is closed. Bounded by `within`.
+pub async fn http(mut client: TcpStream, message: &str, within: Duration) -> &'static str {
+    let exchange = async {
+        let mut first = [0u8; 1];
+        match client.peek(&mut first).await {
+            Ok(0) | Err(_) => return "client gone",
+            Ok(_) if first[0] == 0x16 => return "TLS client closed",
+            Ok(_) => {}
+        }
+        let body = format!("{message}\n");
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: {}\r\nconnection: close\r\nretry-after: 60\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.write_all(response.as_bytes()).await;
+        let _ = client.shutdown().await;
+        drain(&mut client).await;
+        "refused with 503"
+    };
+    tokio::time::timeout(within, exchange)
+        .await
+        .unwrap_or("no request in time")
+}
+
+/// Reads what the client sent until it closes (at most 2 s), so that the close is a FIN
+/// it reads after the answer, not a reset that discards it.
+async fn drain(client: &mut TcpStream) {
+    let mut rest = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while matches!(client.read(&mut rest).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -91,5 +125,25 @@ mod tests {
         assert_eq!(&answer, b"-ERR nhi-agent: nope\r");
         client.shutdown().await.expect("shutdown");
         assert_eq!(refusal.await.expect("join"), "refused with -ERR");
+    }
+
+    #[tokio::test]
+    async fn an_http_client_reads_a_503_with_the_reason() {
+        let (mut client, server) = pair().await;
+        let refusal =
+            tokio::spawn(
+                async move { http(server, "nhi-agent: nope", Duration::from_secs(10)).await },
+            );
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nnhi-agent: nope\n"), "{answer}");
+        assert!(answer.contains("content-length: 16\r\n"), "{answer}");
+        drop(client);
+        assert_eq!(refusal.await.expect("join"), "refused with 503");
     }
 }
