@@ -2,7 +2,8 @@
 //! through the agent and its eBPF interception, with `protocol = "mysql"`.
 use std::process::Output;
 
-use nhi_tests::mysql::MariaDb;
+use nhi_tests::http::assert_in_no_file;
+use nhi_tests::mysql::{openssl_rsa_key, CachingSha2Server, MariaDb};
 use nhi_tests::*;
 
 fn workload(name: &str, cg: &TestCgroup) -> String {
@@ -647,6 +648,249 @@ fn sysbench_oltp_read_only_runs_prepared_through_the_agent() {
         executes >= transactions * 10,
         "{executes} executes for {transactions} transactions"
     );
+}
+
+fn skip_without_fixture() -> bool {
+    if CachingSha2Server::available() && MariaDb::available() {
+        return false;
+    }
+    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+        panic!("python3-cryptography, openssl and mariadb-client are needed (cargo xtask setup)");
+    }
+    eprintln!("SKIPPED: python3-cryptography, openssl or mariadb-client is not installed");
+    true
+}
+
+/// A password file (0600) holding `password`.
+fn password_file(dir: &std::path::Path, password: &str) -> std::path::PathBuf {
+    let path = dir.join("mysql.password");
+    std::fs::write(&path, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}
+
+fn fixture_target(server: &CachingSha2Server, extra: &str) -> String {
+    format!(
+        "[[target]]\nname = \"mysql8\"\naddress = \"{}\"\nprotocol = \"mysql\"\n{extra}\n",
+        server.addr()
+    )
+}
+
+/// `mariadb` in the cgroup against the fixture's address (intercepted), no password.
+fn mariadb_to(cg: &TestCgroup, port: u16, sql: &str) -> Output {
+    cg.command("mariadb")
+        .args(["--no-defaults", "-h", "127.0.0.1", "-P", &port.to_string()])
+        .args(["--protocol=tcp", "-N", "-B", "-ubot", "-e", sql])
+        .output()
+        .expect("run mariadb")
+}
+
+/// The `exchange` of each session's `mysql_auth` event, in session order (`-` when the
+/// event has none, `none` when the session has no `mysql_auth`).
+fn auth_exchanges(agent: &Agent, sessions: usize) -> Vec<String> {
+    let mut sessions = agent.wait_sessions_ended(sessions);
+    sessions.sort_by_key(|s| s["id"].as_i64());
+    sessions
+        .iter()
+        .map(|s| {
+            agent
+                .events(s["id"].as_i64().unwrap())
+                .into_iter()
+                .find(|e| e["kind"] == "mysql_auth")
+                .map_or("none".to_string(), |e| {
+                    assert_eq!(e["data"]["method"], "caching_sha2_password", "{e}");
+                    e["data"]["exchange"].as_str().unwrap_or("-").to_string()
+                })
+        })
+        .collect()
+}
+
+/// What the fixture saw of each authentication: `auth` and `ok`.
+fn fixture_auths(server: &CachingSha2Server) -> Vec<String> {
+    server
+        .auths()
+        .iter()
+        .map(|a| format!("{} {}", a["auth"].as_str().unwrap(), a["ok"]))
+        .collect()
+}
+
+/// The agent holds the credential; the bot gives none. Against a MySQL-8-like fixture
+/// server (no MySQL 8 can run here): caching_sha2_password's full authentication over
+/// plain TCP with the server's RSA key (asked for, or pinned), fast authentication
+/// from the server's cache, a restart forcing full authentication again, a wrong pinned
+/// key refused by the server, neither key refused by the agent naming both.
+#[test]
+fn fixture_mysql8_caching_sha2_full_auth_with_rsa_when_the_agent_holds_the_credential() {
+    privileged!(
+        "fixture_mysql8_caching_sha2_full_auth_with_rsa_when_the_agent_holds_the_credential"
+    );
+    if skip_without_fixture() {
+        return;
+    }
+    const PASSWORD: &str = "rsa-fixture-Secret-71";
+    let mut server = CachingSha2Server::start("app", PASSWORD);
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let keys = tempfile::tempdir().unwrap();
+    let pw = password_file(keys.path(), PASSWORD);
+    let target = fixture_target(&server, "");
+    let start = |extra: &str| {
+        Agent::start(&format!(
+            "{}{target}password_file = \"{}\"\nuser = \"app\"\n{extra}\n",
+            workload("bot", &cg),
+            pw.display()
+        ))
+    };
+    let port = server.port;
+    let query = || mariadb_to(&cg, port, "select 42, current_user()");
+
+    // Asked for: full authentication (key requested), then fast, then full after a
+    // restart of the server.
+    let agent = start("get_server_public_key = true\n");
+    assert_eq!(ok(query()), "42\tapp@%\n");
+    assert_eq!(ok(query()), "42\tapp@%\n");
+    server.restart();
+    assert_eq!(ok(query()), "42\tapp@%\n");
+    assert_eq!(
+        fixture_auths(&server),
+        [
+            "full_key_requested true",
+            "fast true",
+            "full_key_requested true"
+        ]
+    );
+    assert_eq!(
+        auth_exchanges(&agent, 3),
+        [
+            "full_auth_rsa_requested_key",
+            "fast_auth",
+            "full_auth_rsa_requested_key"
+        ]
+    );
+    let login = agent.events(agent.sessions()[0]["id"].as_i64().unwrap());
+    let login = login.iter().find(|e| e["kind"] == "mysql_login").unwrap();
+    assert_eq!(login["data"]["credential_injected"], true);
+    assert_in_no_file(agent.dir.path(), &[PASSWORD]);
+    drop(agent);
+
+    // Pinned to the server's key: full authentication without asking for it.
+    server.restart();
+    let agent = start(&format!(
+        "server_public_key = \"{}\"\n",
+        server.public_key().display()
+    ));
+    assert_eq!(ok(query()), "42\tapp@%\n");
+    assert_eq!(fixture_auths(&server).last().unwrap(), "full true");
+    assert_eq!(auth_exchanges(&agent, 1), ["full_auth_rsa_pinned_key"]);
+    assert_in_no_file(agent.dir.path(), &[PASSWORD]);
+    drop(agent);
+
+    // Pinned to another key: the server cannot decrypt, refuses, and the bot reads it.
+    server.restart();
+    openssl_rsa_key(&keys.path().join("other.pem"));
+    let other = keys.path().join("other-public.pem");
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(keys.path().join("other.pem"))
+        .arg("-out")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let agent = start(&format!("server_public_key = \"{}\"\n", other.display()));
+    let out = query();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ERROR 1045 (28000)") && stderr.contains("Access denied for user 'app'"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fixture_auths(&server).last().unwrap(),
+        "full_undecryptable false"
+    );
+    assert_eq!(auth_exchanges(&agent, 1), ["full_auth_rsa_pinned_key"]);
+    drop(agent);
+
+    // Neither key: the agent refuses before sending anything of the password.
+    let agent = start("");
+    let out = query();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ERROR 1045 (28000)")
+            && stderr.contains("`server_public_key`")
+            && stderr.contains("`get_server_public_key = true`"),
+        "{stderr}"
+    );
+    agent.wait_sessions_ended(1);
+    assert_in_no_file(agent.dir.path(), &[PASSWORD]);
+    // The server saw no password at all: its log has nothing new.
+    assert_eq!(fixture_auths(&server).len(), 5);
+}
+
+/// Relayed: PyMySQL has its own password and asks the fixture server for its RSA key
+/// through the agent (0x02 and the PEM answer framed with the ids each side expects);
+/// then fast authentication; a wrong password is the server's ERR 1045.
+#[test]
+fn fixture_mysql8_caching_sha2_full_auth_with_rsa_is_relayed_for_pymysql() {
+    privileged!("fixture_mysql8_caching_sha2_full_auth_with_rsa_is_relayed_for_pymysql");
+    if skip_without_fixture() {
+        return;
+    }
+    const PASSWORD: &str = "relay-Secret-in-pymysql-5";
+    let server = CachingSha2Server::start("app", PASSWORD);
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("bot", &cg),
+        fixture_target(&server, "")
+    ));
+    let script = r#"
+import os, sys, pymysql
+try:
+    conn = pymysql.connect(host="127.0.0.1", port=int(sys.argv[1]), user="app",
+                           password=os.environ["BOT_PASSWORD"])
+except pymysql.err.OperationalError as e:
+    print("refused %d" % e.args[0])
+    sys.exit(0)
+with conn.cursor() as cur:
+    cur.execute("select 7, current_user()")
+    print("%s %s" % cur.fetchone())
+conn.close()
+"#;
+    let pymysql = |password: &str| {
+        ok(cg
+            .command("/usr/bin/python3")
+            // Not in argv: the agent records the process's command line.
+            .env("BOT_PASSWORD", password)
+            .args(["-c", script, &server.port.to_string()])
+            .output()
+            .expect("python3"))
+    };
+    assert_eq!(pymysql(PASSWORD), "7 app@%\n");
+    assert_eq!(pymysql(PASSWORD), "7 app@%\n");
+    assert_eq!(pymysql("wrong"), "refused 1045\n");
+    assert_eq!(
+        fixture_auths(&server),
+        [
+            "full_key_requested true",
+            "fast true",
+            "full_key_requested false"
+        ]
+    );
+    assert_eq!(
+        auth_exchanges(&agent, 3),
+        [
+            "full_auth_rsa_requested_key",
+            "fast_auth",
+            "full_auth_rsa_requested_key"
+        ]
+    );
+    let sessions = agent.sessions();
+    let login = agent.events(sessions[0]["id"].as_i64().unwrap());
+    let login = login.iter().find(|e| e["kind"] == "mysql_login").unwrap();
+    assert_eq!(login["data"]["credential_injected"], false);
+    assert_in_no_file(agent.dir.path(), &[PASSWORD]);
 }
 
 /// Reads `users` with the binary protocol (COM_STMT_PREPARE / COM_STMT_EXECUTE:
