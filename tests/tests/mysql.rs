@@ -830,7 +830,8 @@ fn fixture_mysql8_caching_sha2_full_auth_with_rsa_when_the_agent_holds_the_crede
 
 /// Relayed: PyMySQL has its own password and asks the fixture server for its RSA key
 /// through the agent (0x02 and the PEM answer framed with the ids each side expects);
-/// then fast authentication; a wrong password is the server's ERR 1045.
+/// then fast authentication; a wrong password is the server's ERR 1045. Over TLS to the
+/// agent, the password PyMySQL sends in clear is RSA-encrypted by the agent.
 #[test]
 fn fixture_mysql8_caching_sha2_full_auth_with_rsa_is_relayed_for_pymysql() {
     privileged!("fixture_mysql8_caching_sha2_full_auth_with_rsa_is_relayed_for_pymysql");
@@ -838,18 +839,24 @@ fn fixture_mysql8_caching_sha2_full_auth_with_rsa_is_relayed_for_pymysql() {
         return;
     }
     const PASSWORD: &str = "relay-Secret-in-pymysql-5";
-    let server = CachingSha2Server::start("app", PASSWORD);
+    let mut server = CachingSha2Server::start("app", PASSWORD);
     let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    // TLS offered to clients (optional), and the server's key may be asked for: only
+    // for a password a TLS client sends the agent, since this server has no TLS.
     let agent = Agent::start(&format!(
         "{}{}",
         workload("bot", &cg),
-        fixture_target(&server, "")
+        fixture_target(
+            &server,
+            "client_tls = \"terminate\"\nget_server_public_key = true\n"
+        )
     ));
     let script = r#"
 import os, sys, pymysql
+ssl = {"ssl_ca": os.environ["AGENT_CA"]} if os.environ.get("AGENT_CA") else {}
 try:
     conn = pymysql.connect(host="127.0.0.1", port=int(sys.argv[1]), user="app",
-                           password=os.environ["BOT_PASSWORD"])
+                           password=os.environ["BOT_PASSWORD"], **ssl)
 except pymysql.err.OperationalError as e:
     print("refused %d" % e.args[0])
     sys.exit(0)
@@ -858,38 +865,59 @@ with conn.cursor() as cur:
     print("%s %s" % cur.fetchone())
 conn.close()
 "#;
-    let pymysql = |password: &str| {
-        ok(cg
-            .command("/usr/bin/python3")
+    let port = server.port;
+    let pymysql_tls = |password: &str, ca: Option<&std::path::Path>| {
+        let mut command = cg.command("/usr/bin/python3");
+        if let Some(ca) = ca {
+            command.env("AGENT_CA", ca);
+        }
+        ok(command
             // Not in argv: the agent records the process's command line.
             .env("BOT_PASSWORD", password)
-            .args(["-c", script, &server.port.to_string()])
+            .args(["-c", script, &port.to_string()])
             .output()
             .expect("python3"))
     };
+    let pymysql = |password: &str| pymysql_tls(password, None);
     assert_eq!(pymysql(PASSWORD), "7 app@%\n");
     assert_eq!(pymysql(PASSWORD), "7 app@%\n");
     assert_eq!(pymysql("wrong"), "refused 1045\n");
+    // Over TLS to the agent PyMySQL sends the password itself in full authentication;
+    // the server has no TLS, so the agent encrypts it with the server's key instead of
+    // passing it on in clear.
+    server.restart();
+    let agent_ca = agent.dir.path().join("tls/ca.crt");
+    assert_eq!(pymysql_tls(PASSWORD, Some(&agent_ca)), "7 app@%\n");
     assert_eq!(
         fixture_auths(&server),
         [
             "full_key_requested true",
             "fast true",
-            "full_key_requested false"
+            "full_key_requested false",
+            "full_key_requested true"
         ]
     );
     assert_eq!(
-        auth_exchanges(&agent, 3),
+        auth_exchanges(&agent, 4),
         [
             "full_auth_rsa_requested_key",
             "fast_auth",
+            "full_auth_rsa_requested_key",
             "full_auth_rsa_requested_key"
         ]
     );
-    let sessions = agent.sessions();
-    let login = agent.events(sessions[0]["id"].as_i64().unwrap());
-    let login = login.iter().find(|e| e["kind"] == "mysql_login").unwrap();
-    assert_eq!(login["data"]["credential_injected"], false);
+    let mut sessions = agent.sessions();
+    sessions.sort_by_key(|s| s["id"].as_i64());
+    let login = |i: usize| {
+        agent
+            .events(sessions[i]["id"].as_i64().unwrap())
+            .into_iter()
+            .find(|e| e["kind"] == "mysql_login")
+            .unwrap()
+    };
+    assert_eq!(login(0)["data"]["credential_injected"], false);
+    assert_eq!(login(0)["data"]["client_tls"], false);
+    assert_eq!(login(3)["data"]["client_tls"], true);
     assert_in_no_file(agent.dir.path(), &[PASSWORD]);
 }
 
