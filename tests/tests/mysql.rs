@@ -650,6 +650,172 @@ fn sysbench_oltp_read_only_runs_prepared_through_the_agent() {
     );
 }
 
+/// A policy in observe mode: a statement a rule denies is journaled as would-be denied
+/// (`enforced: false`) and forwarded; the server runs it.
+#[test]
+fn observe_mode_forwards_and_journals_what_would_have_been_refused() {
+    privileged!("observe_mode_forwards_and_journals_what_would_have_been_refused");
+    if skip_without_mariadb() {
+        return;
+    }
+    let db = server();
+    let cg = TestCgroup::create(&format!("{}/watched", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "{}{}\
+         [[policy]]\nworkload = \"watched\"\nmode = \"observe\"\n\n\
+         [[policy.rule]]\nname = \"no-drop\"\nverdict = \"deny\"\nkinds = [\"drop\"]\n",
+        workload("watched", &cg),
+        target("shop-db", &db, ""),
+    ));
+    assert_eq!(
+        ok(mariadb(
+            &cg,
+            &db,
+            &[
+                "-uapp",
+                "-papp-secret",
+                "-e",
+                "drop table scratch; select 'after'"
+            ]
+        )),
+        "after\n"
+    );
+    assert_eq!(
+        db.sql("select count(*) from information_schema.tables where table_name = 'scratch'")
+            .trim(),
+        "0"
+    );
+    agent.wait_sessions_ended(1);
+    let statements = agent.statements();
+    let drop = statements
+        .iter()
+        .find(|s| s["text"] == "drop table scratch")
+        .unwrap_or_else(|| panic!("no DROP in {statements:#?}"));
+    assert_eq!(drop["verdict"], "deny");
+    assert_eq!(drop["rule"], "no-drop");
+    assert_eq!(drop["enforced"], false);
+    assert_eq!(drop["action"], "forwarded");
+}
+
+/// COM_CHANGE_USER, sent by PyMySQL's own packet writer (no installed client library
+/// exposes it: PyMySQL has no `change_user`, mysqlclient and mysql-connector are not
+/// installed): relayed with its authentication (MariaDB answers with an auth switch and
+/// a fresh scramble) when the client authenticated itself,
+/// journaled as `mysql_change_user` then `mysql_auth`; refused with ERR 1142 when the
+/// agent logged in with its credential.
+#[test]
+fn com_change_user_is_relayed_or_refused_with_the_credential() {
+    privileged!("com_change_user_is_relayed_or_refused_with_the_credential");
+    if skip_without_mariadb() {
+        return;
+    }
+    let db = server();
+    db.sql(
+        "create user 'other'@'%' identified by 'other-secret';
+         grant select on shop.* to 'other'@'%';",
+    );
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    // Connect as app (or as nobody when the agent holds the credential), then
+    // COM_CHANGE_USER to `other` with mysql_native_password over the connection's
+    // scramble, then `select current_user()`.
+    let script = r#"
+import os, struct, sys, pymysql
+from pymysql import _auth
+from pymysql.constants import COMMAND
+conn = pymysql.connect(host="127.0.0.1", port=int(sys.argv[1]), user=os.environ["BOT_USER"],
+                       password=os.environ.get("BOT_PASSWORD", ""), database="shop")
+auth = _auth.scramble_native_password(os.environ["OTHER_PASSWORD"].encode(), conn.salt)
+payload = (b"other\0" + bytes([len(auth)]) + auth + b"shop\0" + struct.pack("<H", 45)
+           + b"mysql_native_password\0" + b"\0")
+conn._execute_command(COMMAND.COM_CHANGE_USER, payload)
+try:
+    p = conn._read_packet()
+    if p.is_auth_switch_request():
+        # MariaDB switches to the same plugin with a fresh scramble.
+        p.read_uint8()
+        p.read_string()
+        salt = p.read_all()[:20]
+        conn.write_packet(_auth.scramble_native_password(os.environ["OTHER_PASSWORD"].encode(), salt))
+        conn._read_packet()
+except pymysql.err.MySQLError as e:
+    print("refused %d %s" % (e.args[0], e.args[1]))
+    sys.exit(0)
+with conn.cursor() as cur:
+    cur.execute("select current_user()")
+    print(cur.fetchone()[0])
+conn.close()
+"#;
+    let run = |agent: &Agent, user: &str, password: Option<&str>| {
+        let mut command = cg.command("/usr/bin/python3");
+        if let Some(password) = password {
+            command.env("BOT_PASSWORD", password);
+        }
+        let out = command
+            .env("BOT_USER", user)
+            .env("OTHER_PASSWORD", "other-secret")
+            .args(["-c", script, &db.port.to_string()])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            agent.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("bot", &cg),
+        target("shop-db", &db, "")
+    ));
+    assert_eq!(run(&agent, "app", Some("app-secret")), "other@%\n");
+    let session = agent.wait_sessions_ended(1)[0]["id"].as_i64().unwrap();
+    let events = agent.events(session);
+    let change = events
+        .iter()
+        .find(|e| e["kind"] == "mysql_change_user")
+        .unwrap_or_else(|| panic!("no mysql_change_user in {events:#?}"));
+    assert_eq!(change["data"]["user"], "other");
+    let auths: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "mysql_auth")
+        .collect();
+    assert_eq!(auths.len(), 2, "{events:#?}");
+    assert_eq!(auths[1]["data"]["change_user"], true);
+    assert_eq!(auths[1]["data"]["user"], "other");
+    assert!(auths[1]["data"]["error"].is_null(), "{:#}", auths[1]);
+    assert!(!journal_holds(&agent, "other-secret"));
+    drop(agent);
+
+    // The agent logged in with its credential: the bot may not become someone else.
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(dir.path(), "app-secret");
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("bot", &cg),
+        target(
+            "shop-db",
+            &db,
+            &format!("password_file = \"{}\"\nuser = \"app\"\n", pw.display())
+        )
+    ));
+    let out = run(&agent, "bot", None);
+    assert!(
+        out.starts_with("refused 1142 nhi-agent: COM_CHANGE_USER is not allowed"),
+        "{out}"
+    );
+    agent.wait_sessions_ended(1);
+    let statements = agent.statements();
+    assert!(
+        statements
+            .iter()
+            .any(|s| s["text"] == "-- COM_CHANGE_USER other" && s["action"] == "refused"),
+        "{statements:#?}"
+    );
+}
+
 fn skip_without_fixture() -> bool {
     if CachingSha2Server::available() && MariaDb::available() {
         return false;
