@@ -380,3 +380,19 @@ fn rsa_public_keys_are_read_from_pem_or_refused_with_a_reason() {
     assert!(e.contains("not an RSA public key in PEM"), "{e}");
     assert!(auth::rsa_public_key(&[0xff, 0xfe]).is_err());
 }
+
+/// Found by the `mysql` fuzz target: a binary TIME value's day count (4 bytes) times 24
+/// overflowed u32 (a panic under overflow checks, wrapped hours otherwise).
+#[test]
+fn a_time_value_with_a_huge_day_count_reads_without_overflow() {
+    let mut row = vec![0x00, 0x00];
+    row.extend_from_slice(&[8, 0, 0xff, 0xff, 0xff, 0xff, 23, 59, 58]);
+    let values = value::binary_row(&row, &[(value::ty::TIME, false)]).unwrap();
+    let text = values[0].as_ref().unwrap().text.clone().unwrap();
+    assert_eq!(text, b"103079215103:59:58");
+    // And as a COM_STMT_EXECUTE parameter.
+    let mut exec = vec![0x17, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, value::ty::TIME, 0];
+    exec.extend_from_slice(&[12, 1, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 0, 0, 0]);
+    let e = value::Execute::parse(&exec, 1, None, &[false]).unwrap();
+    assert_eq!(e.params, vec![Some(b"-103079215080:00:00.000001".to_vec())]);
+}
