@@ -145,3 +145,138 @@ impl Drop for MariaDb {
         let _ = self.child.wait();
     }
 }
+
+/// A MySQL-8-like server for caching_sha2_password (`tests/mysql/caching_sha2_server.py`,
+/// on python3-cryptography): a fixture, since no MySQL 8 server can be installed here
+/// and MariaDB has no caching_sha2_password server plugin. It greets with
+/// `caching_sha2_password`, keeps the fast-authentication cache in memory (so
+/// [`CachingSha2Server::restart`] forces full authentication), does full authentication
+/// over plain TCP with an RSA key generated per instance (`openssl genrsa`), checks the
+/// password properly (ERR 1045 otherwise), and answers `SELECT` of literals and
+/// `CURRENT_USER()` with one text row. Its limits are in the script's docstring.
+pub struct CachingSha2Server {
+    dir: tempfile::TempDir,
+    child: Child,
+    pub port: u16,
+}
+
+impl CachingSha2Server {
+    /// Whether python3-cryptography and openssl are installed.
+    pub fn available() -> bool {
+        Command::new("/usr/bin/python3")
+            .args(["-c", "import cryptography"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && Command::new("openssl")
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+    }
+
+    /// A server knowing one user, `user` / `password`, on a free loopback port.
+    pub fn start(user: &str, password: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("nhi-caching-sha2-")
+            .tempdir()
+            .expect("tempdir");
+        openssl_rsa_key(&dir.path().join("private.pem"));
+        let out = Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(dir.path().join("private.pem"))
+            .arg("-out")
+            .arg(dir.path().join("public.pem"))
+            .output()
+            .expect("openssl pkey");
+        assert!(out.status.success(), "openssl pkey: {out:?}");
+        fs::write(dir.path().join("user"), user).unwrap();
+        fs::write(dir.path().join("password"), password).unwrap();
+        let port = free_port();
+        let child = Self::spawn(dir.path(), port);
+        CachingSha2Server { dir, child, port }
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Child {
+        use std::io::{BufRead as _, BufReader};
+        let script = crate::workspace_root().join("tests/mysql/caching_sha2_server.py");
+        let user = fs::read_to_string(dir.join("user")).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--key")
+            .arg(dir.join("private.pem"))
+            .args(["--user", &user])
+            .arg("--password-file")
+            .arg(dir.join("password"))
+            .arg("--log")
+            .arg(dir.join("auth.jsonl"))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start caching_sha2_server.py");
+        // It prints "ready PORT" once listening (or exits, closing stdout).
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("ready"),
+            "caching_sha2_server.py did not start: {}",
+            fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+        );
+        child
+    }
+
+    /// Stops the server and starts a new process on the same port: an empty
+    /// fast-authentication cache, as after a MySQL restart.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.dir.path(), self.port);
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Its RSA public key, PEM (SubjectPublicKeyInfo, as the server sends it).
+    pub fn public_key(&self) -> PathBuf {
+        self.dir.path().join("public.pem")
+    }
+
+    /// One line per authentication, in order: `{"user", "plugin", "auth", "ok"}` with
+    /// `auth` one of `fast`, `full`, `full_key_requested` (the client sent 0x02 for the
+    /// key), `full_undecryptable`, `full_key_requested_undecryptable`, `empty`,
+    /// `unknown_user`.
+    pub fn auths(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.dir.path().join("auth.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    }
+}
+
+impl Drop for CachingSha2Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh 2048-bit RSA private key (PKCS#8 PEM) at `path`.
+pub fn openssl_rsa_key(path: &Path) {
+    let out = Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(path)
+        .arg("2048")
+        .output()
+        .expect("openssl genrsa");
+    assert!(out.status.success(), "openssl genrsa: {out:?}");
+}

@@ -2,7 +2,8 @@
 //! through the agent and its eBPF interception, with `protocol = "mysql"`.
 use std::process::Output;
 
-use nhi_tests::mysql::MariaDb;
+use nhi_tests::http::assert_in_no_file;
+use nhi_tests::mysql::{openssl_rsa_key, CachingSha2Server, MariaDb};
 use nhi_tests::*;
 
 fn workload(name: &str, cg: &TestCgroup) -> String {
@@ -647,6 +648,443 @@ fn sysbench_oltp_read_only_runs_prepared_through_the_agent() {
         executes >= transactions * 10,
         "{executes} executes for {transactions} transactions"
     );
+}
+
+/// A policy in observe mode: a statement a rule denies is journaled as would-be denied
+/// (`enforced: false`) and forwarded; the server runs it.
+#[test]
+fn observe_mode_forwards_and_journals_what_would_have_been_refused() {
+    privileged!("observe_mode_forwards_and_journals_what_would_have_been_refused");
+    if skip_without_mariadb() {
+        return;
+    }
+    let db = server();
+    let cg = TestCgroup::create(&format!("{}/watched", unique("nhi-test")));
+    let agent = Agent::start(&format!(
+        "{}{}\
+         [[policy]]\nworkload = \"watched\"\nmode = \"observe\"\n\n\
+         [[policy.rule]]\nname = \"no-drop\"\nverdict = \"deny\"\nkinds = [\"drop\"]\n",
+        workload("watched", &cg),
+        target("shop-db", &db, ""),
+    ));
+    assert_eq!(
+        ok(mariadb(
+            &cg,
+            &db,
+            &[
+                "-uapp",
+                "-papp-secret",
+                "-e",
+                "drop table scratch; select 'after'"
+            ]
+        )),
+        "after\n"
+    );
+    assert_eq!(
+        db.sql("select count(*) from information_schema.tables where table_name = 'scratch'")
+            .trim(),
+        "0"
+    );
+    agent.wait_sessions_ended(1);
+    let statements = agent.statements();
+    let drop = statements
+        .iter()
+        .find(|s| s["text"] == "drop table scratch")
+        .unwrap_or_else(|| panic!("no DROP in {statements:#?}"));
+    assert_eq!(drop["verdict"], "deny");
+    assert_eq!(drop["rule"], "no-drop");
+    assert_eq!(drop["enforced"], false);
+    assert_eq!(drop["action"], "forwarded");
+}
+
+/// COM_CHANGE_USER, sent by PyMySQL's own packet writer (no installed client library
+/// exposes it: PyMySQL has no `change_user`, mysqlclient and mysql-connector are not
+/// installed): relayed with its authentication (MariaDB answers with an auth switch and
+/// a fresh scramble) when the client authenticated itself,
+/// journaled as `mysql_change_user` then `mysql_auth`; refused with ERR 1142 when the
+/// agent logged in with its credential.
+#[test]
+fn com_change_user_is_relayed_or_refused_with_the_credential() {
+    privileged!("com_change_user_is_relayed_or_refused_with_the_credential");
+    if skip_without_mariadb() {
+        return;
+    }
+    let db = server();
+    db.sql(
+        "create user 'other'@'%' identified by 'other-secret';
+         grant select on shop.* to 'other'@'%';",
+    );
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    // Connect as app (or as nobody when the agent holds the credential), then
+    // COM_CHANGE_USER to `other` with mysql_native_password over the connection's
+    // scramble, then `select current_user()`.
+    let script = r#"
+import os, struct, sys, pymysql
+from pymysql import _auth
+from pymysql.constants import COMMAND
+conn = pymysql.connect(host="127.0.0.1", port=int(sys.argv[1]), user=os.environ["BOT_USER"],
+                       password=os.environ.get("BOT_PASSWORD", ""), database="shop")
+auth = _auth.scramble_native_password(os.environ["OTHER_PASSWORD"].encode(), conn.salt)
+payload = (b"other\0" + bytes([len(auth)]) + auth + b"shop\0" + struct.pack("<H", 45)
+           + b"mysql_native_password\0" + b"\0")
+conn._execute_command(COMMAND.COM_CHANGE_USER, payload)
+try:
+    p = conn._read_packet()
+    if p.is_auth_switch_request():
+        # MariaDB switches to the same plugin with a fresh scramble.
+        p.read_uint8()
+        p.read_string()
+        salt = p.read_all()[:20]
+        conn.write_packet(_auth.scramble_native_password(os.environ["OTHER_PASSWORD"].encode(), salt))
+        conn._read_packet()
+except pymysql.err.MySQLError as e:
+    print("refused %d %s" % (e.args[0], e.args[1]))
+    sys.exit(0)
+with conn.cursor() as cur:
+    cur.execute("select current_user()")
+    print(cur.fetchone()[0])
+conn.close()
+"#;
+    let run = |agent: &Agent, user: &str, password: Option<&str>| {
+        let mut command = cg.command("/usr/bin/python3");
+        if let Some(password) = password {
+            command.env("BOT_PASSWORD", password);
+        }
+        let out = command
+            .env("BOT_USER", user)
+            .env("OTHER_PASSWORD", "other-secret")
+            .args(["-c", script, &db.port.to_string()])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            agent.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("bot", &cg),
+        target("shop-db", &db, "")
+    ));
+    assert_eq!(run(&agent, "app", Some("app-secret")), "other@%\n");
+    let session = agent.wait_sessions_ended(1)[0]["id"].as_i64().unwrap();
+    let events = agent.events(session);
+    let change = events
+        .iter()
+        .find(|e| e["kind"] == "mysql_change_user")
+        .unwrap_or_else(|| panic!("no mysql_change_user in {events:#?}"));
+    assert_eq!(change["data"]["user"], "other");
+    let auths: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "mysql_auth")
+        .collect();
+    assert_eq!(auths.len(), 2, "{events:#?}");
+    assert_eq!(auths[1]["data"]["change_user"], true);
+    assert_eq!(auths[1]["data"]["user"], "other");
+    assert!(auths[1]["data"]["error"].is_null(), "{:#}", auths[1]);
+    assert!(!journal_holds(&agent, "other-secret"));
+    drop(agent);
+
+    // The agent logged in with its credential: the bot may not become someone else.
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(dir.path(), "app-secret");
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("bot", &cg),
+        target(
+            "shop-db",
+            &db,
+            &format!("password_file = \"{}\"\nuser = \"app\"\n", pw.display())
+        )
+    ));
+    let out = run(&agent, "bot", None);
+    assert!(
+        out.starts_with("refused 1142 nhi-agent: COM_CHANGE_USER is not allowed"),
+        "{out}"
+    );
+    agent.wait_sessions_ended(1);
+    let statements = agent.statements();
+    assert!(
+        statements
+            .iter()
+            .any(|s| s["text"] == "-- COM_CHANGE_USER other" && s["action"] == "refused"),
+        "{statements:#?}"
+    );
+}
+
+fn skip_without_fixture() -> bool {
+    if CachingSha2Server::available() && MariaDb::available() {
+        return false;
+    }
+    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+        panic!("python3-cryptography, openssl and mariadb-client are needed (cargo xtask setup)");
+    }
+    eprintln!("SKIPPED: python3-cryptography, openssl or mariadb-client is not installed");
+    true
+}
+
+/// A password file (0600) holding `password`.
+fn password_file(dir: &std::path::Path, password: &str) -> std::path::PathBuf {
+    let path = dir.join("mysql.password");
+    std::fs::write(&path, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}
+
+fn fixture_target(server: &CachingSha2Server, extra: &str) -> String {
+    format!(
+        "[[target]]\nname = \"mysql8\"\naddress = \"{}\"\nprotocol = \"mysql\"\n{extra}\n",
+        server.addr()
+    )
+}
+
+/// `mariadb` in the cgroup against the fixture's address (intercepted), no password.
+fn mariadb_to(cg: &TestCgroup, port: u16, sql: &str) -> Output {
+    cg.command("mariadb")
+        .args(["--no-defaults", "-h", "127.0.0.1", "-P", &port.to_string()])
+        .args(["--protocol=tcp", "-N", "-B", "-ubot", "-e", sql])
+        .output()
+        .expect("run mariadb")
+}
+
+/// The `exchange` of each session's `mysql_auth` event, in session order (`-` when the
+/// event has none, `none` when the session has no `mysql_auth`).
+fn auth_exchanges(agent: &Agent, sessions: usize) -> Vec<String> {
+    let mut sessions = agent.wait_sessions_ended(sessions);
+    sessions.sort_by_key(|s| s["id"].as_i64());
+    sessions
+        .iter()
+        .map(|s| {
+            agent
+                .events(s["id"].as_i64().unwrap())
+                .into_iter()
+                .find(|e| e["kind"] == "mysql_auth")
+                .map_or("none".to_string(), |e| {
+                    assert_eq!(e["data"]["method"], "caching_sha2_password", "{e}");
+                    e["data"]["exchange"].as_str().unwrap_or("-").to_string()
+                })
+        })
+        .collect()
+}
+
+/// What the fixture saw of each authentication: `auth` and `ok`.
+fn fixture_auths(server: &CachingSha2Server) -> Vec<String> {
+    server
+        .auths()
+        .iter()
+        .map(|a| format!("{} {}", a["auth"].as_str().unwrap(), a["ok"]))
+        .collect()
+}
+
+/// The agent holds the credential; the bot gives none. Against a MySQL-8-like fixture
+/// server (no MySQL 8 can run here): caching_sha2_password's full authentication over
+/// plain TCP with the server's RSA key (asked for, or pinned), fast authentication
+/// from the server's cache, a restart forcing full authentication again, a wrong pinned
+/// key refused by the server, neither key refused by the agent naming both.
+#[test]
+fn fixture_mysql8_caching_sha2_full_auth_with_rsa_when_the_agent_holds_the_credential() {
+    privileged!(
+        "fixture_mysql8_caching_sha2_full_auth_with_rsa_when_the_agent_holds_the_credential"
+    );
+    if skip_without_fixture() {
+        return;
+    }
+    const PASSWORD: &str = "rsa-fixture-Secret-71";
+    let mut server = CachingSha2Server::start("app", PASSWORD);
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    let keys = tempfile::tempdir().unwrap();
+    let pw = password_file(keys.path(), PASSWORD);
+    let target = fixture_target(&server, "");
+    let start = |extra: &str| {
+        Agent::start(&format!(
+            "{}{target}password_file = \"{}\"\nuser = \"app\"\n{extra}\n",
+            workload("bot", &cg),
+            pw.display()
+        ))
+    };
+    let port = server.port;
+    let query = || mariadb_to(&cg, port, "select 42, current_user()");
+
+    // Asked for: full authentication (key requested), then fast, then full after a
+    // restart of the server.
+    let agent = start("get_server_public_key = true\n");
+    assert_eq!(ok(query()), "42\tapp@%\n");
+    assert_eq!(ok(query()), "42\tapp@%\n");
+    server.restart();
+    assert_eq!(ok(query()), "42\tapp@%\n");
+    assert_eq!(
+        fixture_auths(&server),
+        [
+            "full_key_requested true",
+            "fast true",
+            "full_key_requested true"
+        ]
+    );
+    assert_eq!(
+        auth_exchanges(&agent, 3),
+        [
+            "full_auth_rsa_requested_key",
+            "fast_auth",
+            "full_auth_rsa_requested_key"
+        ]
+    );
+    let login = agent.events(agent.sessions()[0]["id"].as_i64().unwrap());
+    let login = login.iter().find(|e| e["kind"] == "mysql_login").unwrap();
+    assert_eq!(login["data"]["credential_injected"], true);
+    assert_in_no_file(agent.dir.path(), &[PASSWORD]);
+    drop(agent);
+
+    // Pinned to the server's key: full authentication without asking for it.
+    server.restart();
+    let agent = start(&format!(
+        "server_public_key = \"{}\"\n",
+        server.public_key().display()
+    ));
+    assert_eq!(ok(query()), "42\tapp@%\n");
+    assert_eq!(fixture_auths(&server).last().unwrap(), "full true");
+    assert_eq!(auth_exchanges(&agent, 1), ["full_auth_rsa_pinned_key"]);
+    assert_in_no_file(agent.dir.path(), &[PASSWORD]);
+    drop(agent);
+
+    // Pinned to another key: the server cannot decrypt, refuses, and the bot reads it.
+    server.restart();
+    openssl_rsa_key(&keys.path().join("other.pem"));
+    let other = keys.path().join("other-public.pem");
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(keys.path().join("other.pem"))
+        .arg("-out")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let agent = start(&format!("server_public_key = \"{}\"\n", other.display()));
+    let out = query();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ERROR 1045 (28000)") && stderr.contains("Access denied for user 'app'"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fixture_auths(&server).last().unwrap(),
+        "full_undecryptable false"
+    );
+    assert_eq!(auth_exchanges(&agent, 1), ["full_auth_rsa_pinned_key"]);
+    drop(agent);
+
+    // Neither key: the agent refuses before sending anything of the password.
+    let agent = start("");
+    let out = query();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ERROR 1045 (28000)")
+            && stderr.contains("`server_public_key`")
+            && stderr.contains("`get_server_public_key = true`"),
+        "{stderr}"
+    );
+    agent.wait_sessions_ended(1);
+    assert_in_no_file(agent.dir.path(), &[PASSWORD]);
+    // The server saw no password at all: its log has nothing new.
+    assert_eq!(fixture_auths(&server).len(), 5);
+}
+
+/// Relayed: PyMySQL has its own password and asks the fixture server for its RSA key
+/// through the agent (0x02 and the PEM answer framed with the ids each side expects);
+/// then fast authentication; a wrong password is the server's ERR 1045. Over TLS to the
+/// agent, the password PyMySQL sends in clear is RSA-encrypted by the agent.
+#[test]
+fn fixture_mysql8_caching_sha2_full_auth_with_rsa_is_relayed_for_pymysql() {
+    privileged!("fixture_mysql8_caching_sha2_full_auth_with_rsa_is_relayed_for_pymysql");
+    if skip_without_fixture() {
+        return;
+    }
+    const PASSWORD: &str = "relay-Secret-in-pymysql-5";
+    let mut server = CachingSha2Server::start("app", PASSWORD);
+    let cg = TestCgroup::create(&format!("{}/bot", unique("nhi-test")));
+    // TLS offered to clients (optional), and the server's key may be asked for: only
+    // for a password a TLS client sends the agent, since this server has no TLS.
+    let agent = Agent::start(&format!(
+        "{}{}",
+        workload("bot", &cg),
+        fixture_target(
+            &server,
+            "client_tls = \"terminate\"\nget_server_public_key = true\n"
+        )
+    ));
+    let script = r#"
+import os, sys, pymysql
+ssl = {"ssl_ca": os.environ["AGENT_CA"]} if os.environ.get("AGENT_CA") else {}
+try:
+    conn = pymysql.connect(host="127.0.0.1", port=int(sys.argv[1]), user="app",
+                           password=os.environ["BOT_PASSWORD"], **ssl)
+except pymysql.err.OperationalError as e:
+    print("refused %d" % e.args[0])
+    sys.exit(0)
+with conn.cursor() as cur:
+    cur.execute("select 7, current_user()")
+    print("%s %s" % cur.fetchone())
+conn.close()
+"#;
+    let port = server.port;
+    let pymysql_tls = |password: &str, ca: Option<&std::path::Path>| {
+        let mut command = cg.command("/usr/bin/python3");
+        if let Some(ca) = ca {
+            command.env("AGENT_CA", ca);
+        }
+        ok(command
+            // Not in argv: the agent records the process's command line.
+            .env("BOT_PASSWORD", password)
+            .args(["-c", script, &port.to_string()])
+            .output()
+            .expect("python3"))
+    };
+    let pymysql = |password: &str| pymysql_tls(password, None);
+    assert_eq!(pymysql(PASSWORD), "7 app@%\n");
+    assert_eq!(pymysql(PASSWORD), "7 app@%\n");
+    assert_eq!(pymysql("wrong"), "refused 1045\n");
+    // Over TLS to the agent PyMySQL sends the password itself in full authentication;
+    // the server has no TLS, so the agent encrypts it with the server's key instead of
+    // passing it on in clear.
+    server.restart();
+    let agent_ca = agent.dir.path().join("tls/ca.crt");
+    assert_eq!(pymysql_tls(PASSWORD, Some(&agent_ca)), "7 app@%\n");
+    assert_eq!(
+        fixture_auths(&server),
+        [
+            "full_key_requested true",
+            "fast true",
+            "full_key_requested false",
+            "full_key_requested true"
+        ]
+    );
+    assert_eq!(
+        auth_exchanges(&agent, 4),
+        [
+            "full_auth_rsa_requested_key",
+            "fast_auth",
+            "full_auth_rsa_requested_key",
+            "full_auth_rsa_requested_key"
+        ]
+    );
+    let mut sessions = agent.sessions();
+    sessions.sort_by_key(|s| s["id"].as_i64());
+    let login = |i: usize| {
+        agent
+            .events(sessions[i]["id"].as_i64().unwrap())
+            .into_iter()
+            .find(|e| e["kind"] == "mysql_login")
+            .unwrap()
+    };
+    assert_eq!(login(0)["data"]["credential_injected"], false);
+    assert_eq!(login(0)["data"]["client_tls"], false);
+    assert_eq!(login(3)["data"]["client_tls"], true);
+    assert_in_no_file(agent.dir.path(), &[PASSWORD]);
 }
 
 /// Reads `users` with the binary protocol (COM_STMT_PREPARE / COM_STMT_EXECUTE:

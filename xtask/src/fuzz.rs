@@ -42,6 +42,7 @@ pub const TARGETS: &[&str] = &[
     "ssh",
     "kubernetes",
     "redis",
+    "mysql",
 ];
 
 /// An input taking longer than this (seconds) is reported as a hang.
@@ -152,8 +153,14 @@ fn run_one(
     let corpus = fuzz_dir.join("corpus").join(target);
     let artifacts = fuzz_dir.join("artifacts").join(target);
     fs::create_dir_all(&artifacts)?;
-    let binary = fuzz_dir
-        .join("target/x86_64-unknown-linux-gnu/release")
+    // cargo-fuzz builds where cargo would: `$CARGO_TARGET_DIR` when set (one target
+    // directory for the workspace and the fuzz build, where disk is short), else the fuzz
+    // workspace's own `target/`.
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| fuzz_dir.join("target"));
+    let binary = target_dir
+        .join("x86_64-unknown-linux-gnu/release")
         .join(target);
     let mut cmd = Command::new("nice");
     cmd.env("NHI_FUZZ_JOURNAL_KEY", journal_key(fuzz_dir))
@@ -442,10 +449,121 @@ fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
                     }
                 }
             }
+            "mysql" => {
+                for (name, seed) in mysql_seeds() {
+                    put(&name, &seed)?;
+                }
+            }
             other => bail!("no seeds for fuzz target {other}"),
         }
     }
     Ok(())
+}
+
+/// Seeds of the `mysql` target (fuzz/fuzz_targets/mysql.rs: a control byte, a header
+/// byte with the number of column types, the types, then packets): a MySQL 8 start-up
+/// (greeting offering caching_sha2_password, HandshakeResponse41 with attributes, full
+/// authentication with the RSA key request, OK), a text result set, and a
+/// COM_STMT_EXECUTE with bound parameters answered by a binary row; each whole and in
+/// 3-byte reads.
+fn mysql_seeds() -> Vec<(String, Vec<u8>)> {
+    let packet = |seq: u8, payload: &[u8]| -> Vec<u8> {
+        let n = payload.len();
+        [
+            &[n as u8, (n >> 8) as u8, (n >> 16) as u8, seq][..],
+            payload,
+        ]
+        .concat()
+    };
+    let lenenc = |b: &[u8]| -> Vec<u8> { [&[b.len() as u8][..], b].concat() };
+    // Greeting: v10, version, connection id, scramble (8 + 12 + NUL), capabilities
+    // (PROTOCOL_41 | SECURE_CONNECTION | PLUGIN_AUTH | CONNECT_ATTRS | DEPRECATE_EOF
+    // | lenenc auth data | CONNECT_WITH_DB | SSL), charset, status, plugin.
+    let caps: u32 =
+        0x0200 | 0x8000 | 0x0008_0000 | 0x0010_0000 | 0x0100_0000 | 0x0020_0000 | 0x8 | 0x800;
+    let mut greeting = vec![10];
+    greeting.extend_from_slice(b"8.0.36-fixture\0");
+    greeting.extend_from_slice(&9u32.to_le_bytes());
+    greeting.extend_from_slice(b"abcdefgh\0");
+    greeting.extend_from_slice(&(caps as u16).to_le_bytes());
+    greeting.push(255);
+    greeting.extend_from_slice(&2u16.to_le_bytes());
+    greeting.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+    greeting.push(21);
+    greeting.extend_from_slice(&[0; 10]);
+    greeting.extend_from_slice(b"ijklmnopqrst\0caching_sha2_password\0");
+    let mut response = Vec::new();
+    response.extend_from_slice(&(caps & !0x800).to_le_bytes());
+    response.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    response.push(45);
+    response.extend_from_slice(&[0; 23]);
+    response.extend_from_slice(b"bot\0");
+    response.extend(lenenc(&[0x5a; 32]));
+    response.extend_from_slice(b"shop\0caching_sha2_password\0");
+    let attrs = [lenenc(b"_client_name"), lenenc(b"pymysql")].concat();
+    response.extend(lenenc(&attrs));
+    let ok = [0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00];
+    let pem = b"\x01-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----\n";
+    let startup = [
+        packet(0, &greeting),
+        packet(1, &response),
+        packet(2, &[0x01, 0x04]),
+        packet(3, &[0x02]),
+        packet(4, pem),
+        packet(5, &[0xa5; 256]),
+        packet(6, &ok),
+    ]
+    .concat();
+    let column = |name: &[u8], ty: u8| -> Vec<u8> {
+        let mut c = Vec::new();
+        for part in [&b"def"[..], b"shop", b"users", b"users", name, name] {
+            c.extend(lenenc(part));
+        }
+        c.push(0x0c);
+        c.extend_from_slice(&45u16.to_le_bytes());
+        c.extend_from_slice(&80u32.to_le_bytes());
+        c.extend_from_slice(&[ty, 0, 0, 0, 0, 0]);
+        c
+    };
+    let eof = [0xfe, 0, 0, 0x02, 0];
+    let text = [
+        packet(0, b"\x03select id, email from users"),
+        packet(1, &[2]),
+        packet(2, &column(b"id", 0x03)),
+        packet(3, &column(b"email", 0xfd)),
+        packet(4, &eof),
+        packet(5, &[lenenc(b"1"), lenenc(b"ada@example.com")].concat()),
+        packet(6, &[&[0xfb][..], &lenenc(b"bob@example.org")].concat()),
+        packet(7, &eof),
+    ]
+    .concat();
+    // Columns LONG, VAR_STRING, DATETIME (type indexes 2, 11, 8).
+    let mut execute = vec![0x17];
+    execute.extend_from_slice(&1u32.to_le_bytes());
+    execute.extend_from_slice(&[0, 1, 0, 0, 0]);
+    execute.extend_from_slice(&[0b000, 1, 0x03, 0, 0xfd, 0, 0x0c, 0]);
+    execute.extend_from_slice(&7i32.to_le_bytes());
+    execute.extend(lenenc(b"ada@example.com"));
+    execute.extend_from_slice(&[7, 0xea, 0x07, 12, 7, 21, 30, 5]);
+    let mut row = vec![0x00, 0x00];
+    row.extend_from_slice(&7i32.to_le_bytes());
+    row.extend(lenenc(b"ada@example.com"));
+    row.extend_from_slice(&[11, 0xea, 0x07, 12, 7, 21, 30, 5, 0x40, 0xe2, 0x01, 0x00]);
+    let binary = [packet(0, &execute), packet(1, &row)].concat();
+    let mut seeds = Vec::new();
+    for (name, header, stream) in [
+        ("startup", vec![0x00], startup),
+        ("text-result", vec![0x00], text),
+        ("binary", vec![0x03, 2, 11, 8], binary),
+    ] {
+        for control in [0x00u8, 0x03] {
+            seeds.push((
+                format!("{name}-{control}"),
+                [&[control][..], &header, &stream].concat(),
+            ));
+        }
+    }
+    seeds
 }
 
 /// Seeds of the `kubernetes` target (fuzz/fuzz_targets/kubernetes.rs: bit 7 of the

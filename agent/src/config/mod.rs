@@ -522,8 +522,37 @@ pub struct PostgresTarget {
 }
 
 /// The `[[target]]` keys of `protocol = "mysql"`: those of PostgreSQL targets, with
-/// the same meaning (`tls` per libpq's sslmode, `user` who the agent logs in as).
-pub type MysqlTarget = PostgresTarget;
+/// the same meaning (`tls` per libpq's sslmode, `user` who the agent logs in as), and
+/// where the RSA key of caching_sha2_password's full authentication without TLS comes
+/// from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MysqlTarget {
+    pub tls: UpstreamTlsMode,
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub client_tls: ClientTls,
+    pub credential: Option<CredentialRef>,
+    pub user: Option<String>,
+    /// `server_public_key` / `get_server_public_key`.
+    pub server_public_key: ServerPublicKey,
+}
+
+/// The RSA public key the agent encrypts the password with when a MySQL server asks for
+/// caching_sha2_password's full authentication over a connection without TLS (the agent
+/// logging in with its credential, or passing on a password a TLS client sent it).
+/// Fetched from the server over plain TCP, the key can be replaced by a
+/// man-in-the-middle, so the agent does that only when told to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ServerPublicKey {
+    /// Neither key set: full authentication without TLS is refused.
+    #[default]
+    Refuse,
+    /// `get_server_public_key = true`: ask the server for its key (as MySQL clients'
+    /// `--get-server-public-key`).
+    Request,
+    /// `server_public_key = "/path/to/public_key.pem"`: this key, never the server's.
+    Pinned(PathBuf),
+}
 /// The `[[target]]` keys of `protocol = "redis"`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RedisTarget {
@@ -1245,6 +1274,7 @@ impl TryFrom<Spanned<RawTarget>> for Target {
         } else {
             (postgres, None)
         };
+        let mysql = mysql_settings(&raw, protocol, mysql)?;
         let http = http_settings(&raw, protocol)?;
         let aws = aws_settings(&raw, protocol)?;
         let imds = imds_settings(&raw, protocol)?;
@@ -1443,6 +1473,50 @@ fn postgres_settings(
         client_tls: common.client_tls,
         credential: common.credential,
         user: raw.user.as_ref().map(|u| u.get_ref().clone()),
+    }))
+}
+
+/// The MySQL-only keys (`server_public_key`, `get_server_public_key`): refused on other
+/// protocols; on a MySQL target at most one of the two. They serve the agent's own login
+/// and a password a client sent over TLS to the agent while the server has none (a
+/// client without TLS fetches or pins its key itself).
+fn mysql_settings(
+    raw: &RawTarget,
+    protocol: Protocol,
+    sql: Option<PostgresTarget>,
+) -> Result<Option<MysqlTarget>, Problem> {
+    let pinned = raw.server_public_key.as_ref();
+    let request = raw.get_server_public_key.as_ref();
+    let Some(sql) = sql.filter(|_| protocol == Protocol::Mysql) else {
+        refuse_keys(
+            &[
+                ("server_public_key", pinned.map(Spanned::span)),
+                ("get_server_public_key", request.map(Spanned::span)),
+            ],
+            "protocol = \"mysql\"",
+            protocol,
+        )?;
+        return Ok(None);
+    };
+    let server_public_key = match (pinned, request) {
+        (Some(_), Some(r)) if *r.get_ref() => {
+            return Err(Problem::at(
+                r,
+                "give either `server_public_key` (the server's key, pinned) or `get_server_public_key = true` (ask the server for it), not both",
+            ));
+        }
+        (Some(p), _) => ServerPublicKey::Pinned(absolute_path(p, "server_public_key")?),
+        (None, Some(r)) if *r.get_ref() => ServerPublicKey::Request,
+        (None, _) => ServerPublicKey::Refuse,
+    };
+    Ok(Some(MysqlTarget {
+        tls: sql.tls,
+        ca_file: sql.ca_file,
+        server_name: sql.server_name,
+        client_tls: sql.client_tls,
+        credential: sql.credential,
+        user: sql.user,
+        server_public_key,
     }))
 }
 

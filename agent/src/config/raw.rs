@@ -88,6 +88,9 @@ pub(super) struct RawTarget {
     pub credential: Option<Spanned<String>>,
     /// PostgreSQL only.
     pub user: Option<Spanned<String>>,
+    /// MySQL only: caching_sha2_password's RSA key (see `super::ServerPublicKey`).
+    pub server_public_key: Option<Spanned<String>>,
+    pub get_server_public_key: Option<Spanned<bool>>,
     /// HTTP only: `"Header-Name: value with {secret}"`.
     pub inject: Option<Spanned<String>>,
     /// HTTP only: the largest body (JSON) or line (NDJSON, SSE, text) masked, `"4MiB"`.

@@ -1297,12 +1297,84 @@ fn mysql_targets_take_the_postgres_keys() {
     );
     assert_eq!(my.user.as_deref(), Some("app"));
     let defaults = ok(&target("protocol = \"mysql\""));
-    assert_eq!(defaults.targets[0].mysql, Some(PostgresTarget::default()));
+    assert_eq!(defaults.targets[0].mysql, Some(MysqlTarget::default()));
     // `user` without a credential is refused as on PostgreSQL targets.
     let problem = err(&target("protocol = \"mysql\"\nuser = \"app\"")).to_string();
     assert!(
         problem.contains("needs `password_file` or `credential`"),
         "{problem}"
+    );
+}
+
+#[test]
+fn mysql_server_public_key_keys_are_validated() {
+    let target = |protocol: &str, keys: &str| {
+        format!(
+            "[agent]\nmode = \"enforce\"\njournal = \"/j.db\"\n\n[[target]]\nname = \"my\"\naddress = \"127.0.0.1:3306\"\nprotocol = \"{protocol}\"\n{keys}\n"
+        )
+    };
+    let key = |keys: &str| {
+        ok(&target(
+            "mysql",
+            &format!("password_file = \"/pw\"\n{keys}"),
+        ))
+        .targets[0]
+            .mysql
+            .as_ref()
+            .expect("mysql settings")
+            .server_public_key
+            .clone()
+    };
+    assert_eq!(key(""), ServerPublicKey::Refuse);
+    assert_eq!(
+        key("get_server_public_key = false"),
+        ServerPublicKey::Refuse
+    );
+    assert_eq!(
+        key("get_server_public_key = true"),
+        ServerPublicKey::Request
+    );
+    assert_eq!(
+        key("server_public_key = \"/etc/nhi/mysql.pem\""),
+        ServerPublicKey::Pinned(PathBuf::from("/etc/nhi/mysql.pem"))
+    );
+    // A pinned key with `get_server_public_key = false` is the pinned key.
+    assert_eq!(
+        key("server_public_key = \"/k.pem\"\nget_server_public_key = false"),
+        ServerPublicKey::Pinned(PathBuf::from("/k.pem"))
+    );
+    let problem = |protocol: &str, keys: &str| err(&target(protocol, keys)).to_string();
+    let both = problem(
+        "mysql",
+        "password_file = \"/pw\"\nserver_public_key = \"/k.pem\"\nget_server_public_key = true",
+    );
+    assert!(both.contains("not both"), "{both}");
+    let relative = problem(
+        "mysql",
+        "password_file = \"/pw\"\nserver_public_key = \"k.pem\"",
+    );
+    assert!(
+        relative.contains("server_public_key must be an absolute path"),
+        "{relative}"
+    );
+    // Without the agent's credential: for passwords TLS clients send.
+    assert_eq!(
+        ok(&target("mysql", "get_server_public_key = true")).targets[0]
+            .mysql
+            .as_ref()
+            .expect("mysql settings")
+            .server_public_key,
+        ServerPublicKey::Request
+    );
+    let elsewhere = problem("postgres", "server_public_key = \"/k.pem\"");
+    assert!(
+        elsewhere.contains("`server_public_key` only applies to protocol = \"mysql\""),
+        "{elsewhere}"
+    );
+    let elsewhere = problem("tcp", "get_server_public_key = true");
+    assert!(
+        elsewhere.contains("`get_server_public_key` only applies to protocol = \"mysql\""),
+        "{elsewhere}"
     );
 }
 

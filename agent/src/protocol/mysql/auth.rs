@@ -63,6 +63,52 @@ pub fn xor_with_scramble(password: &[u8], scramble: &[u8]) -> Vec<u8> {
     data
 }
 
+/// caching_sha2_password's full authentication without TLS: `xor_with_scramble`
+/// encrypted with RSA-OAEP (SHA-1 and MGF1-SHA-1, as the server's
+/// `RSA_PKCS1_OAEP_PADDING` decrypts) under the server's public key. `scramble` is the
+/// 20-byte challenge of the greeting or the auth switch (longer input is cut to 20, the
+/// NUL a switch appends is not part of it).
+pub fn rsa_encrypted_password(
+    key: &rsa::PublicKey,
+    password: &[u8],
+    scramble: &[u8],
+) -> Result<Vec<u8>, RsaError> {
+    let clear = zeroize::Zeroizing::new(xor_with_scramble(
+        password,
+        &scramble[..scramble.len().min(20)],
+    ));
+    key.oaep_encrypt::<sha1::Sha1>(&clear)
+        .map_err(|e| RsaError(format!("RSA encryption with the server's key: {e}")))
+}
+
+/// The RSA public key of a PEM document: the SubjectPublicKeyInfo MySQL servers send
+/// (`-----BEGIN PUBLIC KEY-----`, its `public_key.pem`), or PKCS#1
+/// (`-----BEGIN RSA PUBLIC KEY-----`). Surrounding whitespace and a trailing NUL are
+/// allowed.
+pub fn rsa_public_key(pem: &[u8]) -> Result<rsa::PublicKey, RsaError> {
+    use rsa::pkcs1::DecodeRsaPublicKey as _;
+    use rsa::pkcs8::DecodePublicKey as _;
+    let text = std::str::from_utf8(pem)
+        .map_err(|_| RsaError("not a PEM document (not text)".into()))?
+        .trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    if text.starts_with("-----BEGIN RSA PUBLIC KEY-----") {
+        rsa::PublicKey::from_pkcs1_pem(text)
+            .map_err(|e| RsaError(format!("not an RSA public key in PKCS#1 PEM ({e})")))
+    } else if text.starts_with("-----BEGIN PUBLIC KEY-----") {
+        rsa::PublicKey::from_public_key_pem(text)
+            .map_err(|e| RsaError(format!("not an RSA public key in PEM ({e})")))
+    } else {
+        Err(RsaError(
+            "not a PEM public key (expected -----BEGIN PUBLIC KEY-----)".into(),
+        ))
+    }
+}
+
+/// A key that cannot be read or used (the message names what, never the password).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RsaError(pub String);
+
 /// MariaDB's `client_ed25519`: the Ed25519 signature of the server's nonce with the
 /// expanded secret key SHA-512(password) (the server stores the matching public key,
 /// `ed25519_password(password)`).

@@ -330,3 +330,69 @@ fn base64_decode(text: &str) -> Vec<u8> {
     }
     out
 }
+
+/// caching_sha2_password's full authentication without TLS: what the agent sends
+/// decrypts, with the server's private key and RSA-OAEP(SHA-1), to the password and its
+/// NUL XORed with the 20-byte scramble (the NUL a switch appends is not part of it).
+#[test]
+fn rsa_full_authentication_decrypts_to_the_xored_password() {
+    use rsa::pkcs8::DecodePrivateKey as _;
+    let private =
+        rsa::PrivateKey::from_pkcs8_pem(include_str!("testdata/rsa-test-key.pem")).unwrap();
+    let public = auth::rsa_public_key(include_bytes!("testdata/rsa-test-public.pem")).unwrap();
+    let scramble = b"0123456789abcdefghij\0";
+    // Longer than the scramble: XORed cyclically.
+    let password = b"a password longer than twenty bytes";
+    let sent = auth::rsa_encrypted_password(&public, password, scramble).unwrap();
+    assert_eq!(sent.len(), 256);
+    let clear = private.oaep_decrypt::<sha1::Sha1>(&sent).unwrap();
+    let unxored: Vec<u8> = clear
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ scramble[i % 20])
+        .collect();
+    assert_eq!(unxored, [&password[..], b"\0"].concat());
+    // Randomised padding: never the same bytes twice.
+    assert_ne!(
+        auth::rsa_encrypted_password(&public, password, scramble).unwrap(),
+        sent
+    );
+}
+
+#[test]
+fn rsa_public_keys_are_read_from_pem_or_refused_with_a_reason() {
+    let spki = include_bytes!("testdata/rsa-test-public.pem");
+    let pkcs1 = include_bytes!("testdata/rsa-test-public-pkcs1.pem");
+    let a = auth::rsa_public_key(spki).unwrap();
+    assert_eq!(auth::rsa_public_key(pkcs1).unwrap(), a);
+    // As a server sends it in AuthMoreData: a trailing NUL is tolerated.
+    let with_nul = [&spki[..], b"\0"].concat();
+    assert_eq!(auth::rsa_public_key(&with_nul).unwrap(), a);
+    let e = auth::rsa_public_key(b"hello").unwrap_err().to_string();
+    assert!(e.contains("expected -----BEGIN PUBLIC KEY-----"), "{e}");
+    let e = auth::rsa_public_key(include_bytes!("testdata/rsa-test-key.pem"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a PEM public key"), "{e}");
+    let e = auth::rsa_public_key(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not an RSA public key in PEM"), "{e}");
+    assert!(auth::rsa_public_key(&[0xff, 0xfe]).is_err());
+}
+
+/// Found by the `mysql` fuzz target: a binary TIME value's day count (4 bytes) times 24
+/// overflowed u32 (a panic under overflow checks, wrapped hours otherwise).
+#[test]
+fn a_time_value_with_a_huge_day_count_reads_without_overflow() {
+    let mut row = vec![0x00, 0x00];
+    row.extend_from_slice(&[8, 0, 0xff, 0xff, 0xff, 0xff, 23, 59, 58]);
+    let values = value::binary_row(&row, &[(value::ty::TIME, false)]).unwrap();
+    let text = values[0].as_ref().unwrap().text.clone().unwrap();
+    assert_eq!(text, b"103079215103:59:58");
+    // And as a COM_STMT_EXECUTE parameter.
+    let mut exec = vec![0x17, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, value::ty::TIME, 0];
+    exec.extend_from_slice(&[12, 1, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 0, 0, 0]);
+    let e = value::Execute::parse(&exec, 1, None, &[false]).unwrap();
+    assert_eq!(e.params, vec![Some(b"-103079215080:00:00.000001".to_vec())]);
+}

@@ -199,8 +199,10 @@ fn temporal_text(column_type: u8, b: &[u8]) -> String {
             return "00:00:00".to_owned();
         }
         let neg = b[0] == 1;
-        let days = u32::from_le_bytes([b[1], b[2], b[3], b[4]]);
-        let hours = u32::from(b[5]) + days * 24;
+        // Servers send at most 34 days (TIME's range is ±838:59:59), but the 4 bytes
+        // allow 2^32: widened, so a hostile value cannot overflow.
+        let days = u64::from(u32::from_le_bytes([b[1], b[2], b[3], b[4]]));
+        let hours = u64::from(b[5]) + days * 24;
         let mut s = format!(
             "{}{:02}:{:02}:{:02}",
             if neg { "-" } else { "" },

@@ -8,6 +8,13 @@
 //! `mysql_login` event is journaled, and after authentication a command reaches the
 //! server only after the journal accepted its `statement` event (the engine's rule).
 //!
+//! caching_sha2_password's full authentication without TLS to the server: the password
+//! (the agent's, or one a TLS client sent the agent) goes RSA-encrypted with the key the
+//! target pins (`server_public_key`) or, with `get_server_public_key = true`, the key
+//! the server sends when asked (0x02); with neither the agent refuses, since a key
+//! fetched over plain TCP can be a man-in-the-middle's. The password and its ciphertext
+//! are never journaled or logged; `mysql_auth` says which exchange it was.
+//!
 //! Sequence ids during authentication: the client's and the server's exchanges can be
 //! numbered differently (the client asked for TLS from the agent, the agent not from
 //! the server, or the agent answers challenges itself), so every packet the agent passes
@@ -39,7 +46,7 @@ use crate::session::engine::{self, read_more, READ_CHUNK};
 use crate::session::{Approver, Counts, Failure, Io, Requester, SessionRules};
 
 use super::relay::{CloseReason, Outcome};
-pub use runtime::{MysqlRuntime, MysqlTargetRuntime};
+pub use runtime::{MysqlRuntime, MysqlTargetRuntime, ServerKey};
 pub use session::MysqlSession;
 
 /// How long each side has for each step of the start-up and authentication.
@@ -236,7 +243,7 @@ async fn serve_inner(
         };
         let names: Vec<String> = target_rt.server_name.iter().cloned().collect();
         let config = ca
-            .server_config(&names, &[ctx.orig_dst.ip()])
+            .server_config_no_alpn(&names, &[ctx.orig_dst.ip()])
             .map_err(|e| Failure::Protocol(format!("TLS certificate: {e}")))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         // MySQL clients start the TLS handshake right behind the SSL request (nothing
@@ -410,6 +417,13 @@ async fn serve_inner(
     server_next = server_next.wrapping_add(1);
 
     // ------------------------------------------------------------ authentication
+    // The challenge caching_sha2_password's RSA step XORs the password with: the
+    // greeting's scramble, or an auth switch's.
+    let mut challenge = greeting.scramble.clone();
+    // The password waiting for the server's public key (the agent asked for it).
+    let mut awaiting_key: Option<Secret> = None;
+    // How caching_sha2_password went, for the `mysql_auth` event.
+    let mut exchange: Option<&'static str> = None;
     let outcome: Result<OkPacket, ErrPacket> = loop {
         let reply = next_packet(
             &mut server,
@@ -429,6 +443,37 @@ async fn serve_inner(
         let parsed = AuthReply::parse(&reply.payload, session_caps)
             .map_err(|e| Failure::Protocol(format!("server: {e}")))?;
         match parsed {
+            // The server's public key, which the agent asked for: the password goes
+            // encrypted with it.
+            AuthReply::MoreData(data) if awaiting_key.is_some() => {
+                let password = awaiting_key.take().expect("checked");
+                let encrypted = auth::rsa_public_key(&data).and_then(|key| {
+                    auth::rsa_encrypted_password(&key, password.expose(), &challenge)
+                });
+                let encrypted = match encrypted {
+                    Ok(encrypted) => encrypted,
+                    Err(e) => {
+                        refuse_client(
+                            &mut client,
+                            client_next,
+                            ER_ACCESS_DENIED,
+                            "28000",
+                            &format!(
+                                "nhi-agent: the server's public key for caching_sha2_password: {e}"
+                            ),
+                        )
+                        .await;
+                        return Err(Failure::Auth(format!("the server's public key: {e}")));
+                    }
+                };
+                send(
+                    &mut server,
+                    &frame::packet(server_next, &encrypted),
+                    Failure::Server,
+                )
+                .await?;
+                server_next = server_next.wrapping_add(1);
+            }
             AuthReply::Ok(ok) => {
                 send(
                     &mut client,
@@ -450,6 +495,7 @@ async fn serve_inner(
             AuthReply::Switch { plugin, data } if credential.is_some() => {
                 let password = credential.expect("checked");
                 method = plugin.clone();
+                challenge.clone_from(&data);
                 let reply = answer(&plugin, password, &data, upstream_tls)?;
                 send(
                     &mut server,
@@ -462,8 +508,11 @@ async fn serve_inner(
             AuthReply::MoreData(data) if credential.is_some() => {
                 let password = credential.expect("checked");
                 match (method.as_str(), data.first()) {
-                    (auth::CACHING_SHA2, Some(&auth::caching_sha2::FAST_AUTH_OK)) => {}
+                    (auth::CACHING_SHA2, Some(&auth::caching_sha2::FAST_AUTH_OK)) => {
+                        exchange = Some(exchanges::FAST);
+                    }
                     (auth::CACHING_SHA2, Some(&auth::caching_sha2::FULL_AUTH)) if upstream_tls => {
+                        exchange = Some(exchanges::FULL_TLS);
                         let mut clear = password.expose().to_vec();
                         clear.push(0);
                         send(
@@ -475,10 +524,36 @@ async fn serve_inner(
                         server_next = server_next.wrapping_add(1);
                     }
                     (auth::CACHING_SHA2, Some(&auth::caching_sha2::FULL_AUTH)) => {
-                        refuse_client(&mut client, client_next, ER_ACCESS_DENIED, "28000", "nhi-agent: the server asks for caching_sha2_password full authentication, which the agent only does over TLS (set tls on the target)").await;
-                        return Err(Failure::Auth(
-                            "caching_sha2_password full authentication without TLS (RSA key exchange not supported)".into(),
-                        ));
+                        let step = match rsa_full_auth(&target_rt.server_key, password, &challenge)
+                        {
+                            Ok(step) => step,
+                            Err(refusal) => {
+                                refuse_client(
+                                    &mut client,
+                                    client_next,
+                                    ER_ACCESS_DENIED,
+                                    "28000",
+                                    &refusal.message,
+                                )
+                                .await;
+                                return Err(Failure::Auth(refusal.reason));
+                            }
+                        };
+                        exchange = Some(step.exchange());
+                        let bytes = match step {
+                            RsaStep::Send(encrypted) => encrypted,
+                            RsaStep::RequestKey => {
+                                awaiting_key = Some(password.clone());
+                                vec![auth::caching_sha2::REQUEST_PUBLIC_KEY]
+                            }
+                        };
+                        send(
+                            &mut server,
+                            &frame::packet(server_next, &bytes),
+                            Failure::Server,
+                        )
+                        .await?;
+                        server_next = server_next.wrapping_add(1);
                     }
                     _ => {
                         refuse_client(&mut client, client_next, ER_ACCESS_DENIED, "28000", &format!("nhi-agent: the server's {method} exchange is not one the agent can answer")).await;
@@ -491,14 +566,23 @@ async fn serve_inner(
             // Relayed: the challenge to the client, its answer (if one is due) to the
             // server. Never journaled.
             other => {
+                // caching_sha2_password's full authentication asked of a client.
+                let full_auth = matches!(&other, AuthReply::MoreData(d)
+                    if method == auth::CACHING_SHA2
+                        && d.first() == Some(&auth::caching_sha2::FULL_AUTH));
                 let answer_due = match &other {
-                    AuthReply::Switch { plugin, .. } => {
+                    AuthReply::Switch { plugin, data } => {
                         method = plugin.clone();
+                        challenge.clone_from(data);
                         true
                     }
                     AuthReply::MoreData(d) => {
-                        !(method == auth::CACHING_SHA2
-                            && d.first() == Some(&auth::caching_sha2::FAST_AUTH_OK))
+                        let fast = method == auth::CACHING_SHA2
+                            && d.first() == Some(&auth::caching_sha2::FAST_AUTH_OK);
+                        if fast {
+                            exchange = Some(exchanges::FAST);
+                        }
+                        !fast
                     }
                     _ => false,
                 };
@@ -525,9 +609,48 @@ async fn serve_inner(
                                 .into(),
                         ));
                     }
+                    let mut forward = answer.payload.clone();
+                    if full_auth && client_tls && !upstream_tls {
+                        // Over its TLS the client sent the password itself, which must not
+                        // cross the server's plain TCP: the agent encrypts it with the
+                        // server's key, as a client without TLS would.
+                        let clear = answer.payload.strip_suffix(&[0]).unwrap_or(&answer.payload);
+                        let password = Secret::new(clear.to_vec());
+                        let step = match rsa_full_auth(&target_rt.server_key, &password, &challenge)
+                        {
+                            Ok(step) => step,
+                            Err(refusal) => {
+                                refuse_client(
+                                    &mut client,
+                                    client_next,
+                                    ER_ACCESS_DENIED,
+                                    "28000",
+                                    &refusal.message,
+                                )
+                                .await;
+                                return Err(Failure::Auth(refusal.reason));
+                            }
+                        };
+                        exchange = Some(step.exchange());
+                        forward = match step {
+                            RsaStep::Send(encrypted) => encrypted.into(),
+                            RsaStep::RequestKey => {
+                                awaiting_key = Some(password);
+                                bytes::Bytes::from_static(&[auth::caching_sha2::REQUEST_PUBLIC_KEY])
+                            }
+                        };
+                    } else if full_auth {
+                        exchange = Some(if upstream_tls {
+                            exchanges::FULL_TLS
+                        } else if answer.payload[..] == [auth::caching_sha2::REQUEST_PUBLIC_KEY] {
+                            exchanges::FULL_RSA_REQUESTED
+                        } else {
+                            exchanges::FULL_RSA_CLIENT_KEY
+                        });
+                    }
                     send(
                         &mut server,
-                        &frame::packet(server_next, &answer.payload),
+                        &frame::packet(server_next, &forward),
                         Failure::Server,
                     )
                     .await?;
@@ -536,15 +659,18 @@ async fn serve_inner(
             }
         }
     };
-    let auth_event = match &outcome {
-        Ok(_) => {
-            serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user })
-        }
-        Err(e) => {
-            serde_json::json!({ "method": method, "injected": credential.is_some(), "user": login_user,
-            "error": { "code": e.code, "sqlstate": e.sqlstate, "message": e.message } })
-        }
-    };
+    let mut auth_event = serde_json::json!({
+        "method": method,
+        "injected": credential.is_some(),
+        "user": login_user,
+    });
+    if let Some(exchange) = exchange {
+        auth_event["exchange"] = exchange.into();
+    }
+    if let Err(e) = &outcome {
+        auth_event["error"] =
+            serde_json::json!({ "code": e.code, "sqlstate": e.sqlstate, "message": e.message });
+    }
     let recorded = ctx
         .journal
         .record(&[Event::of(ctx.id, events::kind::AUTH, &auth_event)]);
@@ -597,6 +723,67 @@ async fn serve_inner(
         crate::session::Ended::ClientClosed => CloseReason::ClientClosed,
         crate::session::Ended::ServerClosed => CloseReason::ServerClosed,
     })
+}
+
+/// How caching_sha2_password authenticated (the `exchange` of `mysql_auth`).
+mod exchanges {
+    /// The server had the password's hash cached: the scramble was enough.
+    pub const FAST: &str = "fast_auth";
+    /// Full authentication: the password in clear inside TLS to the server.
+    pub const FULL_TLS: &str = "full_auth_tls";
+    /// Full authentication without TLS: encrypted with the key the server sent when
+    /// asked (by the agent with `get_server_public_key`, or by the client).
+    pub const FULL_RSA_REQUESTED: &str = "full_auth_rsa_requested_key";
+    /// ... with the key pinned in `server_public_key`.
+    pub const FULL_RSA_PINNED: &str = "full_auth_rsa_pinned_key";
+    /// ... with a key the client had (relayed: the agent saw only the ciphertext).
+    pub const FULL_RSA_CLIENT_KEY: &str = "full_auth_rsa_client_key";
+}
+
+/// The agent's next packet of caching_sha2_password's full authentication on a
+/// connection to the server without TLS.
+enum RsaStep {
+    /// The password encrypted with the pinned key.
+    Send(Vec<u8>),
+    /// Ask the server for its key (0x02); the password follows once it came.
+    RequestKey,
+}
+
+impl RsaStep {
+    fn exchange(&self) -> &'static str {
+        match self {
+            RsaStep::Send(_) => exchanges::FULL_RSA_PINNED,
+            RsaStep::RequestKey => exchanges::FULL_RSA_REQUESTED,
+        }
+    }
+}
+
+/// Why the agent does not do full authentication: for the client, and for the log.
+struct Refusal {
+    message: String,
+    reason: String,
+}
+
+/// What the target's `server_public_key` / `get_server_public_key` allow.
+fn rsa_full_auth(key: &ServerKey, password: &Secret, scramble: &[u8]) -> Result<RsaStep, Refusal> {
+    match key {
+        ServerKey::Pinned(key) => auth::rsa_encrypted_password(key, password.expose(), scramble)
+            .map(RsaStep::Send)
+            .map_err(|e| Refusal {
+                message: format!("nhi-agent: caching_sha2_password full authentication: {e}"),
+                reason: format!("the pinned server_public_key: {e}"),
+            }),
+        ServerKey::Request => Ok(RsaStep::RequestKey),
+        ServerKey::Refuse => Err(Refusal {
+            message: "nhi-agent: the server asks for caching_sha2_password full authentication without TLS, \
+                      which needs its RSA public key: set `server_public_key` (the key's PEM file, pinned) \
+                      or `get_server_public_key = true` (ask the server for it) on the target, or `tls`"
+                .into(),
+            reason: "caching_sha2_password full authentication without TLS and neither \
+                     server_public_key nor get_server_public_key set"
+                .into(),
+        }),
+    }
 }
 
 /// The agent's answer to `plugin`'s challenge with its password.
