@@ -30,11 +30,8 @@ pub async fn mysql(mut client: TcpStream, message: &str) -> &'static str {
 /// by `within`.
 pub async fn redis(mut client: TcpStream, message: &str, within: Duration) -> &'static str {
     let exchange = async {
-        let mut first = [0u8; 1];
-        match client.peek(&mut first).await {
-            Ok(0) | Err(_) => return "client gone",
-            Ok(_) if first[0] == 0x16 => return "TLS client closed",
-            Ok(_) => {}
+        if let Err(what) = plain_first_bytes(&client).await {
+            return what;
         }
         let _ = client.write_all(&error_reply(message)).await;
         let _ = client.shutdown().await;
@@ -51,11 +48,8 @@ pub async fn redis(mut client: TcpStream, message: &str, within: Duration) -> &'
 /// first) cannot read it and is closed. Bounded by `within`.
 pub async fn http(mut client: TcpStream, message: &str, within: Duration) -> &'static str {
     let exchange = async {
-        let mut first = [0u8; 1];
-        match client.peek(&mut first).await {
-            Ok(0) | Err(_) => return "client gone",
-            Ok(_) if first[0] == 0x16 => return "TLS client closed",
-            Ok(_) => {}
+        if let Err(what) = plain_first_bytes(&client).await {
+            return what;
         }
         let body = format!("{message}\n");
         let response = format!(
@@ -71,6 +65,17 @@ pub async fn http(mut client: TcpStream, message: &str, within: Duration) -> &'s
     tokio::time::timeout(within, exchange)
         .await
         .unwrap_or("no request in time")
+}
+
+/// Waits for the client's first bytes: `Ok` for a plain-text client, `Err` (what
+/// happened) for one that left or starts TLS (0x16), which cannot read a plain answer.
+async fn plain_first_bytes(client: &TcpStream) -> Result<(), &'static str> {
+    let mut first = [0u8; 1];
+    match client.peek(&mut first).await {
+        Ok(0) | Err(_) => Err("client gone"),
+        Ok(_) if first[0] == 0x16 => Err("TLS client closed"),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// Reads what the client sent until it closes (at most 2 s), so that the close is a FIN

@@ -524,21 +524,14 @@ async fn serve_inner(
                         server_next = server_next.wrapping_add(1);
                     }
                     (auth::CACHING_SHA2, Some(&auth::caching_sha2::FULL_AUTH)) => {
-                        let step = match rsa_full_auth(&target_rt.server_key, password, &challenge)
-                        {
-                            Ok(step) => step,
-                            Err(refusal) => {
-                                refuse_client(
-                                    &mut client,
-                                    client_next,
-                                    ER_ACCESS_DENIED,
-                                    "28000",
-                                    &refusal.message,
-                                )
-                                .await;
-                                return Err(Failure::Auth(refusal.reason));
-                            }
-                        };
+                        let step = rsa_step_or_refuse(
+                            &mut client,
+                            client_next,
+                            &target_rt.server_key,
+                            password,
+                            &challenge,
+                        )
+                        .await?;
                         exchange = Some(step.exchange());
                         let bytes = match step {
                             RsaStep::Send(encrypted) => encrypted,
@@ -616,21 +609,14 @@ async fn serve_inner(
                         // server's key, as a client without TLS would.
                         let clear = answer.payload.strip_suffix(&[0]).unwrap_or(&answer.payload);
                         let password = Secret::new(clear.to_vec());
-                        let step = match rsa_full_auth(&target_rt.server_key, &password, &challenge)
-                        {
-                            Ok(step) => step,
-                            Err(refusal) => {
-                                refuse_client(
-                                    &mut client,
-                                    client_next,
-                                    ER_ACCESS_DENIED,
-                                    "28000",
-                                    &refusal.message,
-                                )
-                                .await;
-                                return Err(Failure::Auth(refusal.reason));
-                            }
-                        };
+                        let step = rsa_step_or_refuse(
+                            &mut client,
+                            client_next,
+                            &target_rt.server_key,
+                            &password,
+                            &challenge,
+                        )
+                        .await?;
                         exchange = Some(step.exchange());
                         forward = match step {
                             RsaStep::Send(encrypted) => encrypted.into(),
@@ -765,6 +751,30 @@ struct Refusal {
 }
 
 /// What the target's `server_public_key` / `get_server_public_key` allow.
+/// [`rsa_full_auth`]; a refusal is sent to the client (ERR 1045) and ends the session.
+async fn rsa_step_or_refuse(
+    client: &mut Box<dyn Io>,
+    client_next: u8,
+    key: &ServerKey,
+    password: &Secret,
+    scramble: &[u8],
+) -> Result<RsaStep, Failure> {
+    match rsa_full_auth(key, password, scramble) {
+        Ok(step) => Ok(step),
+        Err(refusal) => {
+            refuse_client(
+                client,
+                client_next,
+                ER_ACCESS_DENIED,
+                "28000",
+                &refusal.message,
+            )
+            .await;
+            Err(Failure::Auth(refusal.reason))
+        }
+    }
+}
+
 fn rsa_full_auth(key: &ServerKey, password: &Secret, scramble: &[u8]) -> Result<RsaStep, Refusal> {
     match key {
         ServerKey::Pinned(key) => auth::rsa_encrypted_password(key, password.expose(), scramble)
