@@ -4,7 +4,7 @@
 //! PostgreSQL's is `postgres::refuse_unrecorded` (it has a start-up to read first).
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::protocol::mysql::frame;
@@ -80,7 +80,7 @@ async fn plain_first_bytes(client: &TcpStream) -> Result<(), &'static str> {
 
 /// Reads what the client sent until it closes (at most 2 s), so that the close is a FIN
 /// it reads after the answer, not a reset that discards it.
-async fn drain(client: &mut TcpStream) {
+pub(super) async fn drain(client: &mut (impl AsyncRead + Unpin)) {
     let mut rest = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while matches!(client.read(&mut rest).await, Ok(n) if n > 0) {}

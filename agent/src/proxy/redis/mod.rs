@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, warn};
@@ -108,11 +108,7 @@ async fn serve_inner(
             }),
         );
         if let Err(e) = ctx.journal.record(&[event]) {
-            let text = format!(
-                "ERR nhi-agent: the audit journal cannot record ({}); nothing was forwarded",
-                crate::journal::root_cause(&e)
-            );
-            close_with(&mut client, &text).await;
+            close_with(&mut client, &session::journal_refusal(&e)).await;
             return Err(Failure::Journal(crate::journal::error_chain(&e)));
         }
     }
@@ -182,11 +178,7 @@ async fn serve_inner(
 async fn close_with(client: &mut Box<dyn Io>, text: &str) {
     let _ = client.write_all(&error_reply(text)).await;
     let _ = client.shutdown().await;
-    let mut rest = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while matches!(client.read(&mut rest).await, Ok(n) if n > 0) {}
-    })
-    .await;
+    super::unrecorded::drain(client).await;
 }
 
 /// Waits for the client's first byte: a TLS ClientHello (0x16) is terminated with the

@@ -1118,14 +1118,20 @@ impl crate::session::Session for RedisSession {
 
     fn agent_error(&self, error: AgentError<'_>) -> Bytes {
         match error {
-            AgentError::Journal(e) => error_reply(&format!(
-                "ERR nhi-agent: the audit journal cannot record ({}); nothing was forwarded",
-                crate::journal::root_cause(e)
-            )),
+            AgentError::Journal(e) => error_reply(&journal_refusal(e)),
             AgentError::SessionCap(message) => error_reply(&format!("ERR nhi-agent: {message}")),
             AgentError::Shutdown => error_reply("ERR nhi-agent: the agent is shutting down"),
         }
     }
+}
+
+/// What a client reads when the journal cannot record its command (or its session's
+/// start-up): nothing was forwarded.
+pub(super) fn journal_refusal(e: &(dyn std::error::Error + 'static)) -> String {
+    format!(
+        "ERR nhi-agent: the audit journal cannot record ({}); nothing was forwarded",
+        crate::journal::root_cause(e)
+    )
 }
 
 fn confirmation_kind(name: &str) -> &'static str {
