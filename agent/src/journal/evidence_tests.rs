@@ -998,3 +998,64 @@ fn linking_a_sealed_segment_again_is_done_and_another_file_is_never_overwritten(
     );
     assert_eq!(std::fs::read(&first).expect("segment"), b"sealed");
 }
+
+/// The agent dies during a rotation after the sealed live file was linked into
+/// segments/ and before its successor was renamed over it: the next start finds the live
+/// file sealed with its segment already linked, completes the rotation, and the journal
+/// continues with every event once and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_cut_between_link_and_rename_completes_at_the_next_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = Arc::new(HostKey::generate().expect("key"));
+    let path = write_journal(dir.path(), &key).await;
+    // The clean stop sealed the live file; do what the rotation does before the rename.
+    let seq: u64 = Connection::open(&path)
+        .expect("open")
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'segment_seq'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .expect("segment_seq")
+        .parse()
+        .expect("a number");
+    let events_before: Vec<i64> = super::segments::list_segments(&path)
+        .iter()
+        .flat_map(|(_, db)| ids_of(db))
+        .chain(ids_of(&path))
+        .collect();
+    let jws: String = Connection::open(&path)
+        .expect("open")
+        .query_row("SELECT value FROM meta WHERE key = 'seal'", [], |r| {
+            r.get(0)
+        })
+        .expect("the clean stop sealed the live file");
+    super::segments::link_into_segments(&path, seq, &jws).expect("link");
+    std::fs::write(super::segments::successor_path(&path), b"half-built").expect("leftover");
+
+    let journal = open(&path, options(&key, SEGMENT_BYTES)).expect("restart");
+    let h = journal.handle();
+    let id = h
+        .start_session(sample_start("after", "db", at_us(1_000_000)))
+        .await
+        .expect("start");
+    h.end_session(end(id, 1_000_001)).await.expect("end");
+    close(journal).await;
+
+    assert!(!super::segments::successor_path(&path).exists());
+    let segments = super::segments::list_segments(&path);
+    assert_eq!(segments.last().map(|(s, _)| *s), Some(seq));
+    let all: Vec<i64> = segments
+        .iter()
+        .flat_map(|(_, db)| ids_of(db))
+        .chain(ids_of(&path))
+        .collect();
+    assert_eq!(&all[..events_before.len()], &events_before[..]);
+    assert_eq!(
+        all.len(),
+        events_before.len() + 2,
+        "the new session's start and end"
+    );
+    let report = verify_dir(dir.path(), &key.public());
+    assert!(report.intact, "{:#?}", report.damages);
+}
