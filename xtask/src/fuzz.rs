@@ -92,21 +92,102 @@ pub fn run_targets(
     cargo_fuzz()?;
     let fuzz_dir = util::root().join("fuzz");
     eprintln!("fuzz: building the targets (nightly, no sanitizer, debug assertions)");
-    // `cargo` from PATH (rustup's proxy, which understands `+nightly`), not $CARGO.
-    let mut build = Command::new("nice");
-    build.args([
-        "-n", "19", "cargo", "+nightly", "fuzz", "build", "-s", "none",
-    ]);
-    if let [one] = targets {
-        build.arg(one);
-    }
-    run(&mut build)?;
+    build(targets)?;
     seeds(&fuzz_dir, targets)?;
     let mut results = Vec::new();
     for target in targets {
         results.push(run_one(&fuzz_dir, target, seconds, runs)?);
     }
     Ok(results)
+}
+
+/// Builds the targets. A failed build is tried once more (what the first attempt built
+/// is kept, so a deterministic error fails again within seconds; a transient one, such
+/// as a crate download cut short, does not fail the suite), and the error says why: the
+/// compiler's error lines and the free disk space, which a run whose output is seen only
+/// in part (CI) would otherwise lose among cargo's progress lines.
+fn build(targets: &[&str]) -> anyhow::Result<()> {
+    const ATTEMPTS: u32 = 2;
+    let mut attempt = 1;
+    loop {
+        // `cargo` from PATH (rustup's proxy, which understands `+nightly`), not $CARGO.
+        let mut cmd = Command::new("nice");
+        cmd.args([
+            "-n", "19", "cargo", "+nightly", "fuzz", "build", "-s", "none",
+        ]);
+        if let [one] = targets {
+            cmd.arg(one);
+        }
+        let Err(failure) = run_echoing(&mut cmd) else {
+            return Ok(());
+        };
+        let disk = output(
+            Command::new("df")
+                .args(["-h", "--output=avail,target"])
+                .arg(
+                    std::env::var_os("CARGO_TARGET_DIR")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| util::root().join("fuzz")),
+                ),
+        )
+        .map(|d| d.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+        let why = format!("{failure}; disk: {disk}");
+        if attempt == ATTEMPTS {
+            bail!("{why}");
+        }
+        eprintln!("fuzz: the build failed ({why}); trying once more");
+        attempt += 1;
+    }
+}
+
+/// Runs `cmd` from the workspace root with its stderr echoed; on a non-zero exit the
+/// error holds the lines that say why (`error...`, `warning: ... No space`, a signal),
+/// else the last lines.
+fn run_echoing(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {}", util::describe(cmd));
+    let mut child = cmd
+        .current_dir(util::root())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", util::describe(cmd)))?;
+    let stderr = child.stderr.take().context("the build's stderr")?;
+    let mut telling = Vec::new();
+    let mut last = std::collections::VecDeque::new();
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { continue };
+        eprintln!("{line}");
+        if telling_line(&line) && telling.len() < 20 {
+            telling.push(line.clone());
+        }
+        if last.len() == 8 {
+            last.pop_front();
+        }
+        last.push_back(line);
+    }
+    let status = child.wait()?;
+    if status.success() {
+        return Ok(());
+    }
+    let lines: Vec<String> = if telling.is_empty() {
+        last.into()
+    } else {
+        telling
+    };
+    bail!(
+        "{} failed ({status}): {}",
+        util::describe(cmd),
+        lines.join(" | ")
+    )
+}
+
+/// A line of cargo's or rustc's output that says why a build failed.
+fn telling_line(line: &str) -> bool {
+    let l = line.trim_start();
+    l.starts_with("error")
+        || l.contains("No space left")
+        || l.contains("SIGKILL")
+        || l.contains("signal:")
 }
 
 /// One line per target.
@@ -1137,5 +1218,25 @@ mod tests {
         assert_eq!((r.runs, r.exec_per_sec, r.peak_rss_mb), (12345, 678, 90));
         assert_eq!(artifact.as_deref(), Some("fuzz/artifacts/x/timeout-abc"));
         assert_eq!(reason.as_deref(), Some("timeout after 10 seconds"));
+    }
+
+    #[test]
+    fn a_failed_build_keeps_the_lines_that_say_why() {
+        for telling in [
+            "error[E0425]: cannot find value `x` in this scope",
+            "error: could not compile `nhi-agent` (lib) due to 1 previous error",
+            "  error: failed to download `fiat-crypto v0.2.9`",
+            "warning: failed to write cache: No space left on device (os error 28)",
+            "  process didn't exit successfully: `rustc ...` (signal: 9, SIGKILL: kill)",
+        ] {
+            assert!(telling_line(telling), "{telling}");
+        }
+        for progress in [
+            "   Compiling nhi-agent v0.1.0 (/work/main/agent)",
+            "warning: unused variable: `errors`",
+            "    Finished `release` profile [optimized + debuginfo] target(s) in 10m 08s",
+        ] {
+            assert!(!telling_line(progress), "{progress}");
+        }
     }
 }
