@@ -165,6 +165,11 @@ pub(crate) fn open_file(path: &Path) -> Result<File, JournalError> {
         .map_err(io_error("open", path))
 }
 
+/// Whether `data` is what an event's data must be: empty ("no data") or JSON.
+fn is_json(data: &str) -> bool {
+    data.is_empty() || serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok()
+}
+
 /// Checks an event before anything is written, so that one bad event cannot leave half a
 /// call in the file.
 fn validate(event: &Event) -> Result<(), JournalError> {
@@ -400,14 +405,21 @@ fn parse_chunk(data: &str) -> Option<(super::Direction, u32)> {
 /// start ([`Prelog::append_start`]) becomes the session's row and its `session_start`
 /// event, a chunk ([`Prelog::append_chunk`]) a `chunk` event with its direction and
 /// size.
+///
+/// `appended_here`: the record was appended by this process ([`Prelog::append`] made its
+/// data JSON), so it is copied as it is; a record another agent left (recovery) is
+/// checked here.
 pub(crate) fn insert_record(
     conn: &Connection,
+    insert: &mut rusqlite::Statement<'_>,
     chain: &mut Chain,
     record: &RecordRef<'_>,
+    appended_here: bool,
 ) -> rusqlite::Result<()> {
     if record.kind == START_KIND {
         return super::writer::insert_session(
             conn,
+            insert,
             chain,
             record.session,
             record.at_us,
@@ -420,8 +432,8 @@ pub(crate) fn insert_record(
                 format!("chunk record {} has data {:?}", record.seq, record.data).into(),
             )
         })?;
-        chain.insert_event(
-            conn,
+        chain.insert_event_with(
+            insert,
             &NewEvent {
                 session_id: Some(record.session),
                 at_us: record.at_us,
@@ -435,7 +447,7 @@ pub(crate) fn insert_record(
     }
     let data: Option<Cow<'_, str>> = if record.data.is_empty() {
         None
-    } else if serde_json::from_str::<serde::de::IgnoredAny>(record.data).is_ok() {
+    } else if appended_here || is_json(record.data) {
         Some(Cow::Borrowed(record.data))
     } else {
         tracing::warn!(
@@ -449,8 +461,8 @@ pub(crate) fn insert_record(
         ))
     };
     let session = (record.session != NO_SESSION).then_some(record.session);
-    chain.insert_event(
-        conn,
+    chain.insert_event_with(
+        insert,
         &NewEvent {
             session_id: session,
             at_us: record.at_us,
@@ -482,13 +494,16 @@ pub(crate) fn recover(
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(JournalError::sqlite("begin pre-log recovery"))?;
         let mut buf = Vec::new();
+        let mut insert = tx
+            .prepare_cached(super::writer::INSERT_EVENT)
+            .map_err(JournalError::sqlite("prepare the events insert"))?;
         let end = scan(file, path, 0, len, &mut buf, |record| {
             // Records up to `applied` were copied before the file could be truncated.
             if record.seq <= applied {
                 return Ok(());
             }
             last_seen = record.seq;
-            match insert_record(&tx, chain, &record) {
+            match insert_record(&tx, &mut insert, chain, &record, false) {
                 Ok(()) => report.records += 1,
                 // The whole transaction is gone (I/O error): opening fails, nothing lost.
                 Err(source) if tx.is_autocommit() => {
@@ -509,6 +524,7 @@ pub(crate) fn recover(
             }
             Ok(())
         })?;
+        drop(insert);
         store_applied(&tx, last_seen).map_err(JournalError::sqlite("store prelog_applied_seq"))?;
         tx.commit()
             .map_err(JournalError::sqlite("commit pre-log recovery"))?;
@@ -600,11 +616,30 @@ impl Prelog {
 
     /// Appends `events` with one write and returns the sequence number of the last one
     /// (or of the last record written so far, for an empty slice).
+    ///
+    /// Data that is not valid JSON is written as a JSON string instead (logged), so the
+    /// writer copies what this process appended without parsing it again: the check
+    /// runs here, on the callers' threads, not on the writer's one.
     pub(crate) fn append(&self, events: &[Event]) -> Result<u64, JournalError> {
         for event in events {
             validate(event)?;
         }
-        self.append_valid(events)
+        if events.iter().all(|e| is_json(&e.data)) {
+            return self.append_valid(events);
+        }
+        let mut fixed = events.to_vec();
+        for event in &mut fixed {
+            if !is_json(&event.data) {
+                tracing::warn!(
+                    session = event.session,
+                    kind = %event.kind,
+                    "event data is not valid JSON; stored as a JSON string"
+                );
+                event.data = serde_json::Value::String(std::mem::take(&mut event.data)).to_string();
+                validate(event)?;
+            }
+        }
+        self.append_valid(&fixed)
     }
 
     /// Appends the start of session `session` (its id handed out by the journal handle),

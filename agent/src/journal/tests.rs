@@ -1264,6 +1264,41 @@ async fn data_that_is_not_json_is_kept_as_a_json_string() {
 }
 
 #[tokio::test]
+async fn data_that_is_not_json_left_in_the_prelog_by_another_agent_is_kept_as_a_json_string() {
+    // The live writer copies what this process appended (made JSON by `record`) without
+    // parsing it; what recovery finds was written by another process, and is checked.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    let id = journal_with_open_session(&path).await;
+    write_prelog(
+        &path,
+        &[
+            (
+                1,
+                Event {
+                    data: "SELECT 'not json".to_string(),
+                    ..pg_event(id, 1)
+                },
+            ),
+            (2, pg_event(id, 2)),
+        ],
+    );
+    let journal = open(&path, JournalOptions::default()).expect("recovering open");
+    assert_eq!(journal.recovery().records, 2);
+    close_async(journal).await.expect("close");
+    let reader = JournalReader::open(&path).expect("reader");
+    let events = reader.events(id).expect("the reader can read every row");
+    assert_eq!(
+        events[1].data,
+        Some(serde_json::Value::String("SELECT 'not json".to_string()))
+    );
+    assert_eq!(
+        events[2].data,
+        Some(serde_json::from_str(&pg_event(id, 2).data).expect("json"))
+    );
+}
+
+#[tokio::test]
 async fn session_end_after_records_is_journaled_after_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = journal_path(&dir);

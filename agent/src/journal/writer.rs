@@ -70,6 +70,18 @@ impl Chain {
         conn: &Connection,
         e: &NewEvent<'_>,
     ) -> rusqlite::Result<i64> {
+        let mut insert = conn.prepare_cached(INSERT_EVENT)?;
+        self.insert_event_with(&mut insert, e)
+    }
+
+    /// [`Chain::insert_event`] with the statement of [`INSERT_EVENT`] prepared by the
+    /// caller: a batch prepares it once rather than looking it up in the statement
+    /// cache (a hash of the SQL text) for every row.
+    pub(crate) fn insert_event_with(
+        &mut self,
+        insert: &mut rusqlite::Statement<'_>,
+        e: &NewEvent<'_>,
+    ) -> rusqlite::Result<i64> {
         let id = self.state.next_event_id;
         let hash = event_hash_with(
             &self.state.last_hash,
@@ -84,11 +96,7 @@ impl Chain {
             },
             &mut self.scratch,
         );
-        conn.prepare_cached(
-            "INSERT INTO events (id, session_id, at_us, kind, direction, size, data, hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
+        insert.execute(params![
             id,
             e.session_id,
             e.at_us,
@@ -103,6 +111,11 @@ impl Chain {
         Ok(id)
     }
 }
+
+/// The one statement that inserts into `events` (see [`Chain::insert_event`]).
+pub(crate) const INSERT_EVENT: &str =
+    "INSERT INTO events (id, session_id, at_us, kind, direction, size, data, hash) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 /// What the handles ask of the writer.
 pub(crate) enum Command {
@@ -585,6 +598,9 @@ fn ingest(
     shared: &Shared,
     failures: &mut Failures,
 ) -> Result<Ingested, (&'static str, rusqlite::Error)> {
+    let mut insert = tx
+        .prepare_cached(INSERT_EVENT)
+        .map_err(|e| ("prepare the events insert", e))?;
     let mut off = 0usize;
     let mut seq = ing.applied_seq;
     let mut inserted = 0;
@@ -603,7 +619,7 @@ fn ingest(
                 off += len;
             }
             prelog::Decoded::Record { record, len } if record.seq > seq => {
-                match prelog::insert_record(tx, chain, &record) {
+                match prelog::insert_record(tx, &mut insert, chain, &record, true) {
                     Ok(()) => inserted += 1,
                     Err(e) if tx.is_autocommit() => return Err(("insert pre-log record", e)),
                     // One record the database refuses (its session does not exist, a
@@ -1198,6 +1214,7 @@ struct StartData {
 /// nothing ([`with_savepoint`]).
 pub(crate) fn insert_session(
     conn: &Connection,
+    insert: &mut rusqlite::Statement<'_>,
     chain: &mut Chain,
     id: SessionId,
     at_us: i64,
@@ -1249,8 +1266,8 @@ pub(crate) fn insert_session(
             // Ids are handed out by the handles; the chain state carries the next one into
             // the next segment.
             chain.state.next_session_id = chain.state.next_session_id.max(id + 1);
-            chain.insert_event(
-                conn,
+            chain.insert_event_with(
+                insert,
                 &NewEvent {
                     session_id: Some(id),
                     at_us,
