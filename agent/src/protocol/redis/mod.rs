@@ -685,7 +685,8 @@ impl ClientDecoder {
     }
 
     /// The next whole command at the front of `buf` (consumed); `None`: need more bytes.
-    /// Empty inline lines are skipped, as Redis does.
+    /// Empty inline lines and empty or null command arrays (`*0`, `*-1`) are skipped,
+    /// as Redis does.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded<Command>>, RespError> {
         loop {
             let Some(&first) = buf.first() else {
@@ -722,11 +723,12 @@ impl ClientDecoder {
             let raw = buf.split_to(len).freeze();
             let mut pos = 0;
             let frame = parse(&raw, &mut pos)?;
+            // `*0` and `*-1` are skipped, as redis-server skips them: no command, no reply.
             let Frame::Array(Some(elements)) = frame else {
-                return Err(RespError::Command("a null command array".into()));
+                continue;
             };
             if elements.is_empty() {
-                return Err(RespError::Command("an empty command array".into()));
+                continue;
             }
             let args = elements
                 .into_iter()

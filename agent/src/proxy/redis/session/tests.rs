@@ -165,7 +165,7 @@ fn a_malformed_command_is_answered_as_redis_server_does_then_the_session_ends() 
             "client command: unbalanced quotes in an inline command",
         ),
         (&long_inline, "line without CRLF within 65536 bytes"),
-        (b"*0\r\n", "client command: an empty command array"),
+        (b"*-3\r\n", "invalid element count in a RESP header"),
     ];
     for (bytes, reason) in cases {
         let mut s = session(false);
@@ -182,6 +182,38 @@ fn a_malformed_command_is_answered_as_redis_server_does_then_the_session_ends() 
         assert_eq!(evs[0].0, "protocol_error");
         assert_eq!(evs[0].1["reason"], format!("client: {reason}"));
     }
+}
+
+#[test]
+fn empty_and_null_command_arrays_are_skipped_as_redis_server_skips_them() {
+    // redis-server reads `*0` and `*-1` as no command: nothing to run, no reply. The
+    // agent neither forwards them nor answers them, and the commands around them go on.
+    let mut s = session(false);
+    let mut input = b"*0\r\n*-1\r\n".to_vec();
+    input.extend(cmd(&["GET", "a"]));
+    input.extend(b"*0\r\n");
+    input.extend(cmd(&["FLUSHALL"]));
+    let (up, down) = client(&mut s, &input);
+    assert_eq!(
+        up, "*2\r\n$3\r\nGET\r\n$1\r\na\r\n",
+        "only the command goes up"
+    );
+    assert_eq!(down, "", "FLUSHALL's refusal waits for GET's reply");
+    assert_eq!(
+        server(&mut s, b"$1\r\n1\r\n", 1),
+        "$1\r\n1\r\n-ERR nhi-agent: FLUSHALL denied by rule no-admin\r\n"
+    );
+    let kinds: Vec<String> = events(&mut s).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        [
+            "redis_command",
+            "redis_command",
+            "redis_reply",
+            "redis_reply"
+        ]
+    );
+    assert_eq!(s.protocol_error(), None);
 }
 
 #[test]
