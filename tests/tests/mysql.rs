@@ -932,9 +932,21 @@ fn fixture_mysql8_caching_sha2_full_auth_with_rsa_when_the_agent_holds_the_crede
             "full_auth_rsa_requested_key"
         ]
     );
-    let login = agent.events(agent.sessions()[0]["id"].as_i64().unwrap());
+    let first = agent.sessions()[0]["id"].as_i64().unwrap();
+    let login = agent.events(first);
     let login = login.iter().find(|e| e["kind"] == "mysql_login").unwrap();
     assert_eq!(login["data"]["credential_injected"], true);
+    let replay = agent.cli(&[
+        "replay",
+        &first.to_string(),
+        "--journal",
+        agent.journal.to_str().unwrap(),
+    ]);
+    let transcript = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        transcript.contains("authenticated: caching_sha2_password as app (credential held by the agent), full auth rsa requested key"),
+        "{transcript}"
+    );
     assert_in_no_file(agent.dir.path(), &[PASSWORD]);
     drop(agent);
 
@@ -988,7 +1000,35 @@ fn fixture_mysql8_caching_sha2_full_auth_with_rsa_when_the_agent_holds_the_crede
             && stderr.contains("`get_server_public_key = true`"),
         "{stderr}"
     );
-    agent.wait_sessions_ended(1);
+    // The refusal is journaled as the session's `mysql_auth`, and `replay` says it.
+    let session = agent.wait_sessions_ended(1)[0]["id"].as_i64().unwrap();
+    let events = agent.events(session);
+    let auth = events
+        .iter()
+        .find(|e| e["kind"] == "mysql_auth")
+        .expect("a mysql_auth event for the refusal");
+    assert_eq!(auth["data"]["method"], "caching_sha2_password", "{auth}");
+    assert_eq!(auth["data"]["injected"], true, "{auth}");
+    assert!(
+        auth["data"]["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("neither server_public_key nor get_server_public_key")),
+        "{auth}"
+    );
+    let replay = |id: i64| {
+        let out = agent.cli(&[
+            "replay",
+            &id.to_string(),
+            "--journal",
+            agent.journal.to_str().unwrap(),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let transcript = replay(session);
+    assert!(
+        transcript.contains("authentication caching_sha2_password refused by the agent: caching_sha2_password full authentication without TLS"),
+        "{transcript}"
+    );
     assert_in_no_file(agent.dir.path(), &[PASSWORD]);
     // The server saw no password at all: its log has nothing new.
     assert_eq!(fixture_auths(&server).len(), 5);

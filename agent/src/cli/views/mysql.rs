@@ -81,8 +81,16 @@ impl Replay for MysqlTranscript {
                 } else {
                     ""
                 };
-                match data.get("error") {
-                    Some(e) => writeln!(
+                // caching_sha2_password: fast, or full over TLS / with an RSA key.
+                let exchange = match data.get("exchange").and_then(|v| v.as_str()) {
+                    Some(e) => format!(", {}", sanitize(&e.replace('_', " "))),
+                    None => String::new(),
+                };
+                match (
+                    data.get("error"),
+                    data.get("refused").and_then(|v| v.as_str()),
+                ) {
+                    (Some(e), _) => writeln!(
                         out,
                         "  {offset}  authentication {} failed: ERROR {} ({}): {}",
                         sanitize(str_of("method")),
@@ -90,9 +98,15 @@ impl Replay for MysqlTranscript {
                         sanitize(e.get("sqlstate").and_then(|v| v.as_str()).unwrap_or("")),
                         sanitize(e.get("message").and_then(|v| v.as_str()).unwrap_or(""))
                     ),
-                    None => writeln!(
+                    (None, Some(why)) => writeln!(
                         out,
-                        "  {offset}  authenticated: {} as {}{how}",
+                        "  {offset}  authentication {} refused by the agent{exchange}: {}",
+                        sanitize(str_of("method")),
+                        sanitize(why)
+                    ),
+                    (None, None) => writeln!(
+                        out,
+                        "  {offset}  authenticated: {} as {}{how}{exchange}",
                         sanitize(str_of("method")),
                         sanitize(str_of("user"))
                     ),

@@ -424,225 +424,254 @@ async fn serve_inner(
     let mut awaiting_key: Option<Secret> = None;
     // How caching_sha2_password went, for the `mysql_auth` event.
     let mut exchange: Option<&'static str> = None;
-    let outcome: Result<OkPacket, ErrPacket> = loop {
-        let reply = next_packet(
-            &mut server,
-            &mut sbuf,
-            &mut counts.from_server,
-            Failure::Server,
-            "authentication reply",
-        )
-        .await?;
-        if reply.seq != server_next {
-            return Err(Failure::Protocol(format!(
-                "server: authentication reply with sequence id {} (expected {server_next})",
-                reply.seq
-            )));
-        }
-        server_next = reply.next_seq();
-        let parsed = AuthReply::parse(&reply.payload, session_caps)
-            .map_err(|e| Failure::Protocol(format!("server: {e}")))?;
-        match parsed {
-            // The server's public key, which the agent asked for: the password goes
-            // encrypted with it.
-            AuthReply::MoreData(data) if awaiting_key.is_some() => {
-                let password = awaiting_key.take().expect("checked");
-                let encrypted = auth::rsa_public_key(&data).and_then(|key| {
-                    auth::rsa_encrypted_password(&key, password.expose(), &challenge)
-                });
-                let encrypted = match encrypted {
-                    Ok(encrypted) => encrypted,
-                    Err(e) => {
-                        refuse_client(
-                            &mut client,
-                            client_next,
-                            ER_ACCESS_DENIED,
-                            "28000",
-                            &format!(
-                                "nhi-agent: the server's public key for caching_sha2_password: {e}"
-                            ),
-                        )
-                        .await;
-                        return Err(Failure::Auth(format!("the server's public key: {e}")));
-                    }
-                };
-                send(
-                    &mut server,
-                    &frame::packet(server_next, &encrypted),
-                    Failure::Server,
-                )
-                .await?;
-                server_next = server_next.wrapping_add(1);
+    // The exchange runs in its own block so that a refusal by the agent (the `?`s and
+    // `return`s below) is journaled like the server's answers are.
+    let outcome: Result<Result<OkPacket, ErrPacket>, Failure> = async {
+        Ok(loop {
+            let reply = next_packet(
+                &mut server,
+                &mut sbuf,
+                &mut counts.from_server,
+                Failure::Server,
+                "authentication reply",
+            )
+            .await?;
+            if reply.seq != server_next {
+                return Err(Failure::Protocol(format!(
+                    "server: authentication reply with sequence id {} (expected {server_next})",
+                    reply.seq
+                )));
             }
-            AuthReply::Ok(ok) => {
-                send(
-                    &mut client,
-                    &frame::packet(client_next, &reply.payload),
-                    Failure::Client,
-                )
-                .await?;
-                break Ok(ok);
-            }
-            AuthReply::Err(err) => {
-                send(
-                    &mut client,
-                    &frame::packet(client_next, &reply.payload),
-                    Failure::Client,
-                )
-                .await?;
-                break Err(err);
-            }
-            AuthReply::Switch { plugin, data } if credential.is_some() => {
-                let password = credential.expect("checked");
-                method = plugin.clone();
-                challenge.clone_from(&data);
-                let reply = answer(&plugin, password, &data, upstream_tls)?;
-                send(
-                    &mut server,
-                    &frame::packet(server_next, &reply),
-                    Failure::Server,
-                )
-                .await?;
-                server_next = server_next.wrapping_add(1);
-            }
-            AuthReply::MoreData(data) if credential.is_some() => {
-                let password = credential.expect("checked");
-                match (method.as_str(), data.first()) {
-                    (auth::CACHING_SHA2, Some(&auth::caching_sha2::FAST_AUTH_OK)) => {
-                        exchange = Some(exchanges::FAST);
-                    }
-                    (auth::CACHING_SHA2, Some(&auth::caching_sha2::FULL_AUTH)) if upstream_tls => {
-                        exchange = Some(exchanges::FULL_TLS);
-                        let mut clear = password.expose().to_vec();
-                        clear.push(0);
-                        send(
-                            &mut server,
-                            &frame::packet(server_next, &clear),
-                            Failure::Server,
-                        )
-                        .await?;
-                        server_next = server_next.wrapping_add(1);
-                    }
-                    (auth::CACHING_SHA2, Some(&auth::caching_sha2::FULL_AUTH)) => {
-                        let step = rsa_step_or_refuse(
-                            &mut client,
-                            client_next,
-                            &target_rt.server_key,
-                            password,
-                            &challenge,
-                        )
-                        .await?;
-                        exchange = Some(step.exchange());
-                        let bytes = match step {
-                            RsaStep::Send(encrypted) => encrypted,
-                            RsaStep::RequestKey => {
-                                awaiting_key = Some(password.clone());
-                                vec![auth::caching_sha2::REQUEST_PUBLIC_KEY]
-                            }
-                        };
-                        send(
-                            &mut server,
-                            &frame::packet(server_next, &bytes),
-                            Failure::Server,
-                        )
-                        .await?;
-                        server_next = server_next.wrapping_add(1);
-                    }
-                    _ => {
-                        refuse_client(&mut client, client_next, ER_ACCESS_DENIED, "28000", &format!("nhi-agent: the server's {method} exchange is not one the agent can answer")).await;
-                        return Err(Failure::Auth(format!(
-                            "unexpected authentication data for {method}"
-                        )));
-                    }
-                }
-            }
-            // Relayed: the challenge to the client, its answer (if one is due) to the
-            // server. Never journaled.
-            other => {
-                // caching_sha2_password's full authentication asked of a client.
-                let full_auth = matches!(&other, AuthReply::MoreData(d)
-                    if method == auth::CACHING_SHA2
-                        && d.first() == Some(&auth::caching_sha2::FULL_AUTH));
-                let answer_due = match &other {
-                    AuthReply::Switch { plugin, data } => {
-                        method = plugin.clone();
-                        challenge.clone_from(data);
-                        true
-                    }
-                    AuthReply::MoreData(d) => {
-                        let fast = method == auth::CACHING_SHA2
-                            && d.first() == Some(&auth::caching_sha2::FAST_AUTH_OK);
-                        if fast {
-                            exchange = Some(exchanges::FAST);
+            server_next = reply.next_seq();
+            let parsed = AuthReply::parse(&reply.payload, session_caps)
+                .map_err(|e| Failure::Protocol(format!("server: {e}")))?;
+            match parsed {
+                // The server's public key, which the agent asked for: the password goes
+                // encrypted with it.
+                AuthReply::MoreData(data) if awaiting_key.is_some() => {
+                    let password = awaiting_key.take().expect("checked");
+                    let encrypted = auth::rsa_public_key(&data).and_then(|key| {
+                        auth::rsa_encrypted_password(&key, password.expose(), &challenge)
+                    });
+                    let encrypted = match encrypted {
+                        Ok(encrypted) => encrypted,
+                        Err(e) => {
+                            refuse_client(
+                                &mut client,
+                                client_next,
+                                ER_ACCESS_DENIED,
+                                "28000",
+                                &format!(
+                                    "nhi-agent: the server's public key for caching_sha2_password: {e}"
+                                ),
+                            )
+                            .await;
+                            return Err(Failure::Auth(format!("the server's public key: {e}")));
                         }
-                        !fast
-                    }
-                    _ => false,
-                };
-                send(
-                    &mut client,
-                    &frame::packet(client_next, &reply.payload),
-                    Failure::Client,
-                )
-                .await?;
-                client_next = client_next.wrapping_add(1);
-                if answer_due {
-                    let answer = next_packet(
-                        &mut client,
-                        &mut cbuf,
-                        &mut counts.from_client,
-                        Failure::Client,
-                        "authentication answer",
-                    )
-                    .await?;
-                    client_next = answer.next_seq();
-                    if method == auth::CLEAR_PASSWORD && !upstream_tls {
-                        return Err(Failure::Auth(
-                            "refusing to send a clear-text password to the server without TLS"
-                                .into(),
-                        ));
-                    }
-                    let mut forward = answer.payload.clone();
-                    if full_auth && client_tls && !upstream_tls {
-                        // Over its TLS the client sent the password itself, which must not
-                        // cross the server's plain TCP: the agent encrypts it with the
-                        // server's key, as a client without TLS would.
-                        let clear = answer.payload.strip_suffix(&[0]).unwrap_or(&answer.payload);
-                        let password = Secret::new(clear.to_vec());
-                        let step = rsa_step_or_refuse(
-                            &mut client,
-                            client_next,
-                            &target_rt.server_key,
-                            &password,
-                            &challenge,
-                        )
-                        .await?;
-                        exchange = Some(step.exchange());
-                        forward = match step {
-                            RsaStep::Send(encrypted) => encrypted.into(),
-                            RsaStep::RequestKey => {
-                                awaiting_key = Some(password);
-                                bytes::Bytes::from_static(&[auth::caching_sha2::REQUEST_PUBLIC_KEY])
-                            }
-                        };
-                    } else if full_auth {
-                        exchange = Some(if upstream_tls {
-                            exchanges::FULL_TLS
-                        } else if answer.payload[..] == [auth::caching_sha2::REQUEST_PUBLIC_KEY] {
-                            exchanges::FULL_RSA_REQUESTED
-                        } else {
-                            exchanges::FULL_RSA_CLIENT_KEY
-                        });
-                    }
+                    };
                     send(
                         &mut server,
-                        &frame::packet(server_next, &forward),
+                        &frame::packet(server_next, &encrypted),
                         Failure::Server,
                     )
                     .await?;
                     server_next = server_next.wrapping_add(1);
                 }
+                AuthReply::Ok(ok) => {
+                    send(
+                        &mut client,
+                        &frame::packet(client_next, &reply.payload),
+                        Failure::Client,
+                    )
+                    .await?;
+                    break Ok(ok);
+                }
+                AuthReply::Err(err) => {
+                    send(
+                        &mut client,
+                        &frame::packet(client_next, &reply.payload),
+                        Failure::Client,
+                    )
+                    .await?;
+                    break Err(err);
+                }
+                AuthReply::Switch { plugin, data } if credential.is_some() => {
+                    let password = credential.expect("checked");
+                    method = plugin.clone();
+                    challenge.clone_from(&data);
+                    let reply = answer(&plugin, password, &data, upstream_tls)?;
+                    send(
+                        &mut server,
+                        &frame::packet(server_next, &reply),
+                        Failure::Server,
+                    )
+                    .await?;
+                    server_next = server_next.wrapping_add(1);
+                }
+                AuthReply::MoreData(data) if credential.is_some() => {
+                    let password = credential.expect("checked");
+                    match (method.as_str(), data.first()) {
+                        (auth::CACHING_SHA2, Some(&auth::caching_sha2::FAST_AUTH_OK)) => {
+                            exchange = Some(exchanges::FAST);
+                        }
+                        (auth::CACHING_SHA2, Some(&auth::caching_sha2::FULL_AUTH)) if upstream_tls => {
+                            exchange = Some(exchanges::FULL_TLS);
+                            let mut clear = password.expose().to_vec();
+                            clear.push(0);
+                            send(
+                                &mut server,
+                                &frame::packet(server_next, &clear),
+                                Failure::Server,
+                            )
+                            .await?;
+                            server_next = server_next.wrapping_add(1);
+                        }
+                        (auth::CACHING_SHA2, Some(&auth::caching_sha2::FULL_AUTH)) => {
+                            let step = rsa_step_or_refuse(
+                                &mut client,
+                                client_next,
+                                &target_rt.server_key,
+                                password,
+                                &challenge,
+                            )
+                            .await?;
+                            exchange = Some(step.exchange());
+                            let bytes = match step {
+                                RsaStep::Send(encrypted) => encrypted,
+                                RsaStep::RequestKey => {
+                                    awaiting_key = Some(password.clone());
+                                    vec![auth::caching_sha2::REQUEST_PUBLIC_KEY]
+                                }
+                            };
+                            send(
+                                &mut server,
+                                &frame::packet(server_next, &bytes),
+                                Failure::Server,
+                            )
+                            .await?;
+                            server_next = server_next.wrapping_add(1);
+                        }
+                        _ => {
+                            refuse_client(&mut client, client_next, ER_ACCESS_DENIED, "28000", &format!("nhi-agent: the server's {method} exchange is not one the agent can answer")).await;
+                            return Err(Failure::Auth(format!(
+                                "unexpected authentication data for {method}"
+                            )));
+                        }
+                    }
+                }
+                // Relayed: the challenge to the client, its answer (if one is due) to the
+                // server. Never journaled.
+                other => {
+                    // caching_sha2_password's full authentication asked of a client.
+                    let full_auth = matches!(&other, AuthReply::MoreData(d)
+                        if method == auth::CACHING_SHA2
+                            && d.first() == Some(&auth::caching_sha2::FULL_AUTH));
+                    let answer_due = match &other {
+                        AuthReply::Switch { plugin, data } => {
+                            method = plugin.clone();
+                            challenge.clone_from(data);
+                            true
+                        }
+                        AuthReply::MoreData(d) => {
+                            let fast = method == auth::CACHING_SHA2
+                                && d.first() == Some(&auth::caching_sha2::FAST_AUTH_OK);
+                            if fast {
+                                exchange = Some(exchanges::FAST);
+                            }
+                            !fast
+                        }
+                        _ => false,
+                    };
+                    send(
+                        &mut client,
+                        &frame::packet(client_next, &reply.payload),
+                        Failure::Client,
+                    )
+                    .await?;
+                    client_next = client_next.wrapping_add(1);
+                    if answer_due {
+                        let answer = next_packet(
+                            &mut client,
+                            &mut cbuf,
+                            &mut counts.from_client,
+                            Failure::Client,
+                            "authentication answer",
+                        )
+                        .await?;
+                        client_next = answer.next_seq();
+                        if method == auth::CLEAR_PASSWORD && !upstream_tls {
+                            return Err(Failure::Auth(
+                                "refusing to send a clear-text password to the server without TLS"
+                                    .into(),
+                            ));
+                        }
+                        let mut forward = answer.payload.clone();
+                        if full_auth && client_tls && !upstream_tls {
+                            // Over its TLS the client sent the password itself, which must not
+                            // cross the server's plain TCP: the agent encrypts it with the
+                            // server's key, as a client without TLS would.
+                            let clear = answer.payload.strip_suffix(&[0]).unwrap_or(&answer.payload);
+                            let password = Secret::new(clear.to_vec());
+                            let step = rsa_step_or_refuse(
+                                &mut client,
+                                client_next,
+                                &target_rt.server_key,
+                                &password,
+                                &challenge,
+                            )
+                            .await?;
+                            exchange = Some(step.exchange());
+                            forward = match step {
+                                RsaStep::Send(encrypted) => encrypted.into(),
+                                RsaStep::RequestKey => {
+                                    awaiting_key = Some(password);
+                                    bytes::Bytes::from_static(&[auth::caching_sha2::REQUEST_PUBLIC_KEY])
+                                }
+                            };
+                        } else if full_auth {
+                            exchange = Some(if upstream_tls {
+                                exchanges::FULL_TLS
+                            } else if answer.payload[..] == [auth::caching_sha2::REQUEST_PUBLIC_KEY] {
+                                exchanges::FULL_RSA_REQUESTED
+                            } else {
+                                exchanges::FULL_RSA_CLIENT_KEY
+                            });
+                        }
+                        send(
+                            &mut server,
+                            &frame::packet(server_next, &forward),
+                            Failure::Server,
+                        )
+                        .await?;
+                        server_next = server_next.wrapping_add(1);
+                    }
+                }
             }
+        })
+    }
+    .await;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(failure) => {
+            if let Failure::Auth(why) = &failure {
+                let mut refused = serde_json::json!({
+                    "method": method,
+                    "injected": credential.is_some(),
+                    "user": login_user,
+                    "refused": why,
+                });
+                if let Some(exchange) = exchange {
+                    refused["exchange"] = exchange.into();
+                }
+                // The refusal ends the session either way; its close reason says why too.
+                if let Err(e) =
+                    ctx.journal
+                        .record(&[Event::of(ctx.id, events::kind::AUTH, &refused)])
+                {
+                    debug!(session = ctx.id, error = %e, "cannot journal the authentication refusal");
+                }
+            }
+            return Err(failure);
         }
     };
     let mut auth_event = serde_json::json!({
