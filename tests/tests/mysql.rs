@@ -84,6 +84,17 @@ fn mariadb_stdin(cg: &TestCgroup, db: &MariaDb, args: &[&str], input: &str) -> O
     child.wait_with_output().expect("mariadb")
 }
 
+/// `nhi-agent replay` of session `id`: the transcript.
+fn replay(agent: &Agent, id: i64) -> String {
+    let out = agent.cli(&[
+        "replay",
+        &id.to_string(),
+        "--journal",
+        agent.journal.to_str().unwrap(),
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
@@ -199,13 +210,7 @@ fn statements_are_judged_journaled_and_refusals_leave_the_session_usable() {
                 .any(|e| e["data"]["text"] == "drop table scratch")
         })
         .expect("the session of the DROP");
-    let replay = agent.cli(&[
-        "replay",
-        &session["id"].to_string(),
-        "--journal",
-        agent.journal.to_str().unwrap(),
-    ]);
-    let transcript = String::from_utf8_lossy(&replay.stdout);
+    let transcript = replay(&agent, session["id"].as_i64().unwrap());
     assert!(
         transcript.contains("mysql> drop table scratch   [deny by rule no-drop: refused]"),
         "{transcript}"
@@ -936,13 +941,7 @@ fn fixture_mysql8_caching_sha2_full_auth_with_rsa_when_the_agent_holds_the_crede
     let login = agent.events(first);
     let login = login.iter().find(|e| e["kind"] == "mysql_login").unwrap();
     assert_eq!(login["data"]["credential_injected"], true);
-    let replay = agent.cli(&[
-        "replay",
-        &first.to_string(),
-        "--journal",
-        agent.journal.to_str().unwrap(),
-    ]);
-    let transcript = String::from_utf8_lossy(&replay.stdout);
+    let transcript = replay(&agent, first);
     assert!(
         transcript.contains("authenticated: caching_sha2_password as app (credential held by the agent), full auth rsa requested key"),
         "{transcript}"
@@ -1015,16 +1014,7 @@ fn fixture_mysql8_caching_sha2_full_auth_with_rsa_when_the_agent_holds_the_crede
             .is_some_and(|r| r.contains("neither server_public_key nor get_server_public_key")),
         "{auth}"
     );
-    let replay = |id: i64| {
-        let out = agent.cli(&[
-            "replay",
-            &id.to_string(),
-            "--journal",
-            agent.journal.to_str().unwrap(),
-        ]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let transcript = replay(session);
+    let transcript = replay(&agent, session);
     assert!(
         transcript.contains("authentication caching_sha2_password refused by the agent: caching_sha2_password full authentication without TLS"),
         "{transcript}"
