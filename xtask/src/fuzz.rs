@@ -108,6 +108,7 @@ pub fn run_targets(
 /// in part (CI) would otherwise lose among cargo's progress lines.
 fn build(targets: &[&str]) -> anyhow::Result<()> {
     const ATTEMPTS: u32 = 2;
+    make_room();
     let mut attempt = 1;
     loop {
         // `cargo` from PATH (rustup's proxy, which understands `+nightly`), not $CARGO.
@@ -138,6 +139,41 @@ fn build(targets: &[&str]) -> anyhow::Result<()> {
         }
         eprintln!("fuzz: the build failed ({why}); trying once more");
         attempt += 1;
+    }
+}
+
+/// The fuzz build needs about 4 GiB. When the disk has less than [`ROOM`] free, the
+/// workspace's incremental compilation caches (`target/debug/incremental`, often
+/// several GiB; they only speed up the next debug build) are removed first, and that is
+/// said.
+fn make_room() {
+    const ROOM: u64 = 6 << 30;
+    let fuzz = util::root().join("fuzz");
+    let free = || {
+        output(
+            Command::new("df")
+                .args(["-B1", "--output=avail"])
+                .arg(&fuzz),
+        )
+        .and_then(|out| {
+            out.lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse::<u64>().ok())
+        })
+    };
+    let Some(before) = free() else { return };
+    let incremental = util::target_dir().join("debug/incremental");
+    if before >= ROOM || !incremental.is_dir() {
+        return;
+    }
+    match fs::remove_dir_all(&incremental) {
+        Ok(()) => eprintln!(
+            "fuzz: {:.1} GiB free, less than the build needs; removed {} (now {:.1} GiB free)",
+            before as f64 / f64::from(1 << 30),
+            incremental.display(),
+            free().unwrap_or(before) as f64 / f64::from(1 << 30)
+        ),
+        Err(e) => eprintln!("fuzz: cannot remove {}: {e}", incremental.display()),
     }
 }
 
