@@ -437,6 +437,66 @@ fn systemd_is_told_ready_reloading_stopping_and_fed_the_watchdog() {
     agent.terminate();
 }
 
+/// A journal writer that stops answering starves systemd's watchdog (so systemd restarts
+/// the agent instead of believing it alive), says why in `STATUS=`, and feeds it again
+/// once the writer answers. The writer is hung with a debug-build failpoint at the start
+/// of its batches (`hold:` a file: hung while it exists).
+#[test]
+fn a_hung_journal_writer_starves_the_watchdog_until_it_answers_again() {
+    privileged!("a_hung_journal_writer_starves_the_watchdog_until_it_answers_again");
+    let echo = EchoServer::start("127.0.0.2:0");
+    let notify = NotifySocket::bind();
+    let hold = tempfile::tempdir().unwrap();
+    let hang = hold.path().join("hang-the-writer");
+    let mut agent = Agent::configure(
+        &format!("[[workload]]\nname = \"bot\"\ncgroup = \"nhi-none\"\n\n[[target]]\nname = \"echo\"\naddress = \"{}\"\n", echo.addr),
+        "",
+        &[],
+    );
+    agent.set_env("NOTIFY_SOCKET", notify.path.to_str().unwrap());
+    agent.set_env("WATCHDOG_USEC", "400000");
+    agent.set_env(
+        "NHI_FAILPOINTS",
+        &format!("journal.writer_batch=hold:{}", hang.display()),
+    );
+    agent.spawn();
+    notify.until("READY=1", |m| m.starts_with("READY=1"));
+    notify.until("a first WATCHDOG=1", |m| m == "WATCHDOG=1");
+
+    // Hung: the next flush gets no answer within half the interval.
+    std::fs::write(&hang, "").unwrap();
+    let got = notify.until("STATUS=unhealthy", |m| m.starts_with("STATUS=unhealthy"));
+    assert_eq!(
+        got.last().unwrap(),
+        "STATUS=unhealthy: the journal writer is not answering: no answer to a flush within 200ms",
+        "{got:?}"
+    );
+    agent.wait_log("failpoint journal.writer_batch: holding while", 1);
+    // Once that is said, the writer is held at its batch and every later flush queues
+    // behind it: no WATCHDOG=1 in five intervals.
+    let hungry = Instant::now();
+    let mut buf = [0u8; 4096];
+    while hungry.elapsed() < Duration::from_secs(2) {
+        if let Ok(n) = notify.sock.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]);
+            assert_ne!(m, "WATCHDOG=1", "fed while the writer hangs");
+        }
+    }
+    assert!(
+        agent.log_text().contains("not feeding systemd's watchdog"),
+        "{}",
+        agent.log_text()
+    );
+
+    // Answering again: fed again, and the log says so.
+    std::fs::remove_file(&hang).unwrap();
+    notify.until("WATCHDOG=1 once the writer answers", |m| m == "WATCHDOG=1");
+    agent.wait_log("healthy again; feeding the watchdog", 1);
+    agent.signal(libc::SIGTERM);
+    notify.until("STOPPING=1", |m| m.starts_with("STOPPING=1"));
+    agent.terminate();
+}
+
 #[test]
 fn a_reload_applies_approvals_shipping_and_retention() {
     privileged!("a_reload_applies_approvals_shipping_and_retention");

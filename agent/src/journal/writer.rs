@@ -768,6 +768,8 @@ impl Writer {
                 self.rx.close();
                 drain = Some((self.failures.total, Ok(())));
             }
+            // Tests hang the writer here (debug builds) to see what a hung writer does.
+            crate::failpoint::hold_blocking("journal.writer_batch");
             let outcome = self.process(&mut batch);
             if let Some((_, drain_result @ Ok(()))) = drain.as_mut() {
                 *drain_result = outcome;
