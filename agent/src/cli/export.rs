@@ -310,7 +310,7 @@ pub(crate) mod tests {
         assert_eq!(close["traffic"]["bytes_in"], 20);
     }
 
-    /// Chunks, PostgreSQL logins and process lineage have their OCSF classes, carry the
+    /// Chunks, PostgreSQL, MySQL and Redis logins and process lineage have their OCSF classes, carry the
     /// event's identity (journal id, id, hash) and pass the required-attribute check.
     #[tokio::test]
     async fn ocsf_covers_chunks_logins_and_lineage() {
@@ -327,6 +327,12 @@ pub(crate) mod tests {
         let mut start = sample_start("bot", "pg", at_us(0));
         std::sync::Arc::make_mut(&mut start.identity).protocol = "postgres".into();
         let pg = h.start_session(start).await.expect("start");
+        let mut start = sample_start("bot", "my", at_us(1));
+        std::sync::Arc::make_mut(&mut start.identity).protocol = "mysql".into();
+        let my = h.start_session(start).await.expect("start");
+        let mut start = sample_start("bot", "cache", at_us(2));
+        std::sync::Arc::make_mut(&mut start.identity).protocol = "redis".into();
+        let redis = h.start_session(start).await.expect("start");
         h.chunk(pg, Direction::ClientToServer, 120, at_us(10))
             .await
             .expect("chunk");
@@ -343,6 +349,10 @@ pub(crate) mod tests {
             event(pg, 30, "lineage", r#"{"pid":42,"chain":[{"pid":1,"exe":"/sbin/init","argv":[]},{"pid":42,"exe":"/usr/bin/psql","argv":["psql"]}]}"#),
             event(pg, 40, "pg_auth", r#"{"method":"scram-sha-256","injected":true,"user":"app"}"#),
             event(pg, 50, "pg_auth", r#"{"method":"md5","injected":false,"user":"eve","error":{"sqlstate":"28P01","message":"password authentication failed"}}"#),
+            event(my, 51, "mysql_auth", r#"{"method":"caching_sha2_password","injected":true,"user":"app","exchange":"full_auth_rsa_requested_key"}"#),
+            event(my, 52, "mysql_auth", r#"{"method":"caching_sha2_password","injected":true,"user":"app","refused":"caching_sha2_password full authentication without TLS and neither server_public_key nor get_server_public_key set"}"#),
+            event(redis, 53, "redis_auth", r#"{"injected":true,"user":"bot","error":null}"#),
+            event(redis, 54, "redis_auth", r#"{"injected":true,"user":"bot","error":"WRONGPASS invalid username-password pair"}"#),
             event(NO_SESSION, 60, "exec", r#"{"pid":77,"ppid":42,"uid":1000,"user":"ci","exe":"/usr/bin/curl","argv":["curl","-s","https://x"],"workload":"bot"}"#),
             event(NO_SESSION, 70, "exit", r#"{"pid":77,"code":3,"exe":"/usr/bin/curl","workload":"bot"}"#),
             event(NO_SESSION, 80, "lineage_lost", r#"{"count":5,"total":9}"#),
@@ -390,14 +400,44 @@ pub(crate) mod tests {
             .iter()
             .filter(|e| e["class_uid"] == AUTHENTICATION)
             .collect();
-        assert_eq!(logins.len(), 2);
+        assert_eq!(logins.len(), 6);
         assert_eq!(logins[0]["user"]["name"], "app");
         assert_eq!(logins[0]["auth_protocol"], "scram-sha-256");
         assert_eq!(logins[0]["status_id"], 1);
         assert_eq!(logins[0]["unmapped"]["credential_injected"], true);
+        assert_eq!(
+            logins[0]["message"],
+            "PostgreSQL login as app (scram-sha-256): Success"
+        );
         assert_eq!(logins[1]["status_id"], 2);
         assert_eq!(logins[1]["status_code"], "28P01");
         assert_eq!(logins[1]["severity_id"], 3);
+        // MySQL: the caching_sha2 exchange, and a refusal by the agent is a failure.
+        assert_eq!(
+            logins[2]["message"],
+            "MySQL login as app (caching_sha2_password): Success"
+        );
+        assert_eq!(
+            logins[2]["unmapped"]["exchange"],
+            "full_auth_rsa_requested_key"
+        );
+        assert_eq!(logins[3]["status_id"], 2);
+        assert_eq!(logins[3]["severity_id"], 3);
+        assert!(logins[3]["status_detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("neither server_public_key")));
+        assert_eq!(
+            logins[3]["unmapped"]["refused_by_agent"],
+            logins[3]["status_detail"]
+        );
+        // Redis: a null error is a success; the server's error line is the detail.
+        assert_eq!(logins[4]["message"], "Redis login as bot (AUTH): Success");
+        assert_eq!(logins[4]["status_id"], 1);
+        assert_eq!(logins[5]["status_id"], 2);
+        assert_eq!(
+            logins[5]["status_detail"],
+            "WRONGPASS invalid username-password pair"
+        );
 
         let lineage = of("lineage");
         assert_eq!(lineage["class_uid"], PROCESS_ACTIVITY);

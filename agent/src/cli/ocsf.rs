@@ -199,7 +199,9 @@ impl OcsfRequests for Datastore {
                 }
                 Vec::new()
             }
-            (kind::AUTH, _) => vec![authentication(&journal_id, host_id.as_deref(), session, e)],
+            (kind::AUTH | crate::proxy::mysql::events::kind::AUTH, _) => {
+                vec![authentication(&journal_id, host_id.as_deref(), session, e)]
+            }
             (kind::STATEMENT, Some(seq)) => {
                 let key = (journal_id.clone(), session.row.id, seq);
                 // A statement with the seq of one still pending: the earlier one never
@@ -539,7 +541,9 @@ pub fn event_identity(event: &Value) -> Option<(String, i64, Option<String>)> {
 }
 
 /// `pg_auth`: Authentication (see the module documentation).
-fn authentication(
+/// A login to the target (`pg_auth`, `mysql_auth`, `redis_auth`) as Authentication: a
+/// failure when the server refused it (`error`) or the agent did (`refused`, MySQL).
+pub(crate) fn authentication(
     journal_id: &str,
     host_id: Option<&str>,
     session: &SetSession,
@@ -547,8 +551,16 @@ fn authentication(
 ) -> Value {
     let null = Value::Null;
     let data = e.data.as_ref().unwrap_or(&null);
-    let error = data.get("error");
-    let (status_id, status) = if error.is_some() {
+    let error = data.get("error").filter(|e| !e.is_null());
+    let refused = data.get("refused").and_then(Value::as_str);
+    let failed = error.is_some() || refused.is_some();
+    let (protocol, default_method) = match session.row.identity.protocol.as_str() {
+        "mysql" => ("MySQL", ""),
+        // The agent sends AUTH (or HELLO ... AUTH) with its credential.
+        "redis" => ("Redis", "AUTH"),
+        _ => ("PostgreSQL", ""),
+    };
+    let (status_id, status) = if failed {
         (2, "Failure")
     } else {
         (1, "Success")
@@ -561,22 +573,32 @@ fn authentication(
         1,
         "Logon",
         ms(e.at),
-        if error.is_some() {
+        if failed {
             (3, "Medium")
         } else {
             (1, "Informational")
         },
     );
     let user = data.get("user").and_then(Value::as_str).unwrap_or("");
-    let method = data.get("method").and_then(Value::as_str).unwrap_or("");
+    let method = data
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or(default_method);
     let mut unmapped = context_unmapped(journal_id, host_id, session);
     if let Some(injected) = data.get("injected") {
         unmapped.insert("credential_injected".into(), injected.clone());
     }
+    // caching_sha2_password: fast, or full over TLS / with an RSA key (MySQL).
+    if let Some(exchange) = data.get("exchange") {
+        unmapped.insert("exchange".into(), exchange.clone());
+    }
+    if let Some(why) = refused {
+        unmapped.insert("refused_by_agent".into(), json!(why));
+    }
     let fields = [
         (
             "message",
-            json!(format!("PostgreSQL login as {user} ({method}): {status}")),
+            json!(format!("{protocol} login as {user} ({method}): {status}")),
         ),
         ("metadata", metadata(journal_id, e, session)),
         ("actor", actor(session)),
@@ -595,8 +617,16 @@ fn authentication(
         ("unmapped", Value::Object(unmapped)),
     ];
     event.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
-    if let Some(e) = error {
-        insert_pg_error(&mut event, e);
+    match (error, refused) {
+        // Redis: the server's error line.
+        (Some(Value::String(line)), _) => {
+            event.insert("status_detail".into(), json!(line));
+        }
+        (Some(e), _) => insert_pg_error(&mut event, e),
+        (None, Some(why)) => {
+            event.insert("status_detail".into(), json!(why));
+        }
+        (None, None) => {}
     }
     Value::Object(event)
 }

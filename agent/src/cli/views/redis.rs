@@ -315,6 +315,12 @@ impl OcsfRequests for RedisActivity {
                 }
                 Vec::new()
             }
+            (kind::AUTH, _) => vec![crate::cli::ocsf::authentication(
+                &journal_id,
+                s.segment.host_id.as_deref(),
+                session,
+                e,
+            )],
             (kind::REPLY, Some(seq)) => self
                 .pending
                 .remove(&(journal_id, session.row.id, seq))
