@@ -610,9 +610,9 @@ fn malformed_commands_get_a_protocol_error_and_only_their_session_ends() {
         assert_eq!(String::from_utf8_lossy(&reply), expected);
         assert!(closed, "the agent closes after the error: {expected}");
     }
-    // Empty and null command arrays are no commands, as for redis-server: skipped,
+    // Empty and negative counts are no commands, as for redis-server: skipped,
     // unanswered, and the session goes on.
-    let (reply, closed) = raw_exchange(&cg, port, b"*0\r\n*-1\r\nPING\r\n*0\r\nQUIT\r\n");
+    let (reply, closed) = raw_exchange(&cg, port, b"*0\r\n*-1\r\nPING\r\n*-3\r\nQUIT\r\n");
     assert_eq!(String::from_utf8_lossy(&reply), "+PONG\r\n+OK\r\n");
     assert!(closed, "QUIT closes");
     // The agent lived on: the next session works, and nothing after the error was run.

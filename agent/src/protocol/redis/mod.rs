@@ -685,8 +685,8 @@ impl ClientDecoder {
     }
 
     /// The next whole command at the front of `buf` (consumed); `None`: need more bytes.
-    /// Empty inline lines and empty or null command arrays (`*0`, `*-1`) are skipped,
-    /// as Redis does.
+    /// Empty inline lines, empty command arrays and negative counts (`*0`, `*-1`, `*-3`)
+    /// are skipped, as Redis does.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded<Command>>, RespError> {
         loop {
             let Some(&first) = buf.first() else {
@@ -716,6 +716,18 @@ impl ClientDecoder {
                     },
                     raw,
                 }));
+            }
+            // A negative count (`*-1`, `*-3`) is no command to redis-server either.
+            if buf.get(1) == Some(&b'-') {
+                let window = &buf[..buf.len().min(24)];
+                if let Some(lf) = memchr::memchr(b'\n', window) {
+                    let line = &window[2..lf];
+                    let digits = line.strip_suffix(b"\r").unwrap_or(b"");
+                    if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) {
+                        let _ = buf.split_to(lf + 1);
+                        continue;
+                    }
+                }
             }
             let Some(len) = self.scanner.scan(buf, &self.limits)? else {
                 return Ok(None);

@@ -236,3 +236,23 @@ fn an_inline_command_with_a_nul_byte_is_refused_not_looped_on() {
         );
     }
 }
+
+/// redis-server reads an empty or negative count (`*0`, `*-1`, `*-3`) as no command: no
+/// reply, the next command goes on. So does the decoder, however the bytes are cut.
+#[test]
+fn empty_and_negative_command_counts_are_skipped_however_cut() {
+    let bytes = b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n*-3\r\n*2\r\n$3\r\nGET\r\n$1\r\na\r\n";
+    for split in 1..bytes.len() {
+        let got = client_commands(bytes, &[split]);
+        assert_eq!(names(&got), ["PING", "GET"], "reads of {split}");
+    }
+    // A sign without digits, or digits without CRLF, is still malformed.
+    for bad in [&b"*-\r\n"[..], b"*-x\r\n", b"*-3\n"] {
+        let mut buf = BytesMut::from(bad);
+        assert!(
+            ClientDecoder::default().decode(&mut buf).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}

@@ -165,7 +165,7 @@ fn a_malformed_command_is_answered_as_redis_server_does_then_the_session_ends() 
             "client command: unbalanced quotes in an inline command",
         ),
         (&long_inline, "line without CRLF within 65536 bytes"),
-        (b"*-3\r\n", "invalid element count in a RESP header"),
+        (b"*-x\r\n", "invalid element count in a RESP header"),
     ];
     for (bytes, reason) in cases {
         let mut s = session(false);
