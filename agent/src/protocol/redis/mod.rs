@@ -723,7 +723,8 @@ impl ClientDecoder {
                 if let Some(lf) = memchr::memchr(b'\n', window) {
                     let line = &window[2..lf];
                     let digits = line.strip_suffix(b"\r").unwrap_or(b"");
-                    if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) {
+                    // At most 18 digits: a count redis-server can read (an i64).
+                    if (1..=18).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) {
                         let _ = buf.split_to(lf + 1);
                         continue;
                     }

@@ -247,7 +247,12 @@ fn empty_and_negative_command_counts_are_skipped_however_cut() {
         assert_eq!(names(&got), ["PING", "GET"], "reads of {split}");
     }
     // A sign without digits, or digits without CRLF, is still malformed.
-    for bad in [&b"*-\r\n"[..], b"*-x\r\n", b"*-3\n"] {
+    for bad in [
+        &b"*-\r\n"[..],
+        b"*-x\r\n",
+        b"*-3\n",
+        b"*-1234567890123456789\r\n",
+    ] {
         let mut buf = BytesMut::from(bad);
         assert!(
             ClientDecoder::default().decode(&mut buf).is_err(),
