@@ -33,6 +33,7 @@ pub const TARGETS: &[&str] = &[
     "pg_backend",
     "pg_auth",
     "pg_flow",
+    "mysql_flow",
     "sql_analyze",
     "mask_row",
     "config",
@@ -479,6 +480,11 @@ fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
                     }
                 }
             }
+            "mysql_flow" => {
+                for (name, seed) in mysql_flow_seeds() {
+                    put(&name, &seed)?;
+                }
+            }
             "sql_analyze" => {
                 for (i, text) in sql.iter().enumerate() {
                     put(&format!("{i:03}"), text.as_bytes())?;
@@ -575,6 +581,167 @@ fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Seeds of the `mysql_flow` target (fuzz/fuzz_targets/mysql_flow.rs: a control byte,
+/// the client part's length (u16, little-endian), the client stream, the server stream,
+/// both after authentication): a COM_QUERY answered by a text result set with a masked
+/// `email` column, a COM_STMT_PREPARE then COM_STMT_EXECUTE answered by a binary row, a
+/// DROP the policy denies (never sent: the agent answers it) then a SELECT, and an ALTER
+/// held for approval; each with and without CLIENT_DEPRECATE_EOF, whole and in 5-byte
+/// reads, enforced and observed.
+fn mysql_flow_seeds() -> Vec<(String, Vec<u8>)> {
+    let packet = |seq: u8, payload: &[u8]| -> Vec<u8> {
+        let n = payload.len();
+        [
+            &[n as u8, (n >> 8) as u8, (n >> 16) as u8, seq][..],
+            payload,
+        ]
+        .concat()
+    };
+    let lenenc = |b: &[u8]| -> Vec<u8> { [&[b.len() as u8][..], b].concat() };
+    let column = |name: &[u8], ty: u8| -> Vec<u8> {
+        let mut c = Vec::new();
+        for part in [&b"def"[..], b"shop", b"users", b"users", name, name] {
+            c.extend(lenenc(part));
+        }
+        c.push(0x0c);
+        c.extend_from_slice(&45u16.to_le_bytes());
+        c.extend_from_slice(&80u32.to_le_bytes());
+        c.extend_from_slice(&[ty, 0, 0, 0, 0, 0]);
+        c
+    };
+    // EOF (status AUTOCOMMIT); with CLIENT_DEPRECATE_EOF the end of rows is an OK with
+    // the 0xFE header and no EOF follows the column definitions.
+    let eof = [0xfe, 0, 0, 0x02, 0];
+    let end = [0xfe, 0, 0, 0x02, 0, 0, 0];
+    let ok = [0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00];
+    // Server packets of an answer, from sequence id 1; `columns_eof`: where the EOF
+    // after the column definitions goes (the packet index), when not deprecated.
+    let answer = |payloads: &[Vec<u8>], columns_eof: Option<usize>, deprecate: bool| {
+        let mut out = Vec::new();
+        let mut seq = 1u8;
+        for (i, p) in payloads.iter().enumerate() {
+            if !deprecate && columns_eof == Some(i) {
+                out.extend(packet(seq, &eof));
+                seq += 1;
+            }
+            let p: &[u8] = if deprecate && p[..] == eof[..] {
+                &end
+            } else {
+                p
+            };
+            out.extend(packet(seq, p));
+            seq += 1;
+        }
+        out
+    };
+    const SECRET: &[u8] = b"fuzz.secret@example.com";
+    let text_query = |deprecate: bool| {
+        let client = packet(0, b"\x03select id, email from users");
+        let server = answer(
+            &[
+                vec![2],
+                column(b"id", 0x08),
+                column(b"email", 0xfd),
+                [lenenc(b"1"), lenenc(SECRET)].concat(),
+                [&[0xfb][..], &lenenc(b"bob@example.org")].concat(),
+                eof.to_vec(),
+            ],
+            Some(3),
+            deprecate,
+        );
+        (client, server)
+    };
+    let prepared = |deprecate: bool| {
+        let mut client = packet(0, b"\x16select id, email from users where id = ?");
+        let mut execute = vec![0x17];
+        execute.extend_from_slice(&1u32.to_le_bytes());
+        // No cursor, iteration count 1, NULL bitmap, types bound: LONGLONG.
+        execute.extend_from_slice(&[0, 1, 0, 0, 0, 0b0, 1, 0x08, 0]);
+        execute.extend_from_slice(&7i64.to_le_bytes());
+        client.extend(packet(0, &execute));
+        // COM_STMT_PREPARE OK: statement 1, two columns, one parameter.
+        let mut prepare_ok = vec![0x00];
+        prepare_ok.extend_from_slice(&1u32.to_le_bytes());
+        prepare_ok.extend_from_slice(&[2, 0, 1, 0, 0, 0, 0]);
+        // Parameter definitions, then column definitions, each group followed by an
+        // EOF unless deprecated.
+        let mut payloads = vec![prepare_ok, column(b"?", 0x08)];
+        if !deprecate {
+            payloads.push(eof.to_vec());
+        }
+        payloads.extend([column(b"id", 0x08), column(b"email", 0xfd)]);
+        if !deprecate {
+            payloads.push(eof.to_vec());
+        }
+        let mut server = answer(&payloads, None, false);
+        // Binary row: header, NULL bitmap (offset 2), LONGLONG 7, the e-mail.
+        let mut row = vec![0x00, 0x00];
+        row.extend_from_slice(&7i64.to_le_bytes());
+        row.extend(lenenc(SECRET));
+        server.extend(answer(
+            &[
+                vec![2],
+                column(b"id", 0x08),
+                column(b"email", 0xfd),
+                row,
+                eof.to_vec(),
+            ],
+            Some(3),
+            deprecate,
+        ));
+        (client, server)
+    };
+    let denied = |deprecate: bool| {
+        let client = [
+            packet(0, b"\x03drop table users"),
+            packet(0, b"\x03select 1"),
+            packet(0, &[0x01]),
+        ]
+        .concat();
+        // The server sees only the SELECT.
+        let server = answer(
+            &[vec![1], column(b"1", 0x08), lenenc(b"1"), eof.to_vec()],
+            Some(2),
+            deprecate,
+        );
+        (client, server)
+    };
+    let held = |_deprecate: bool| {
+        let client = [
+            packet(0, b"\x03alter table users add column card_no text"),
+            packet(0, &[0x0e]),
+        ]
+        .concat();
+        let server = [packet(1, &ok), packet(1, &ok)].concat();
+        (client, server)
+    };
+    let mut seeds = Vec::new();
+    for (name, make) in [
+        (
+            "text-result",
+            &text_query as &dyn Fn(bool) -> (Vec<u8>, Vec<u8>),
+        ),
+        ("prepare-execute", &prepared),
+        ("denied-drop", &denied),
+        ("held-alter", &held),
+    ] {
+        for deprecate in [false, true] {
+            let (client, server) = make(deprecate);
+            let Ok(len) = u16::try_from(client.len()) else {
+                continue;
+            };
+            let eof_bit = if deprecate { 0x80 } else { 0x00 };
+            // Whole, 5-byte reads, observe mode, a hold denied.
+            for control in [0x00, 0x05, 0x10, 0x20] {
+                let control = control | eof_bit;
+                let seed = [&[control][..], &len.to_le_bytes(), &client, &server].concat();
+                seeds.push((format!("{name}-{control:02x}"), seed));
+            }
+        }
+    }
+    seeds
 }
 
 /// Seeds of the `mysql` target (fuzz/fuzz_targets/mysql.rs: a control byte, a header
@@ -1236,6 +1403,35 @@ mod tests {
         stream.extend(b"s1\0select $1\0\0\0");
         stream.extend([b'S', 0, 0, 0, 4]);
         assert_eq!(query_texts(&stream), vec!["select 1;", "select $1"]);
+    }
+
+    /// Each `mysql_flow` seed: the client part its length says, and both parts whole
+    /// MySQL packets (client commands from sequence id 0).
+    #[test]
+    fn mysql_flow_seeds_are_whole_packets() {
+        fn packets(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+            let mut out = Vec::new();
+            while !bytes.is_empty() {
+                assert!(bytes.len() >= 4, "a partial header");
+                let n = usize::from(bytes[0])
+                    | usize::from(bytes[1]) << 8
+                    | usize::from(bytes[2]) << 16;
+                let payload = bytes.get(4..4 + n).expect("a partial payload");
+                out.push((bytes[3], payload.to_vec()));
+                bytes = &bytes[4 + n..];
+            }
+            out
+        }
+        let seeds = mysql_flow_seeds();
+        assert_eq!(seeds.len(), 4 * 2 * 4);
+        for (name, seed) in seeds {
+            let len = usize::from(u16::from_le_bytes([seed[1], seed[2]]) & 0x7fff);
+            let (client, server) = seed[3..].split_at(len);
+            let commands = packets(client);
+            assert!(!commands.is_empty(), "{name}");
+            assert!(commands.iter().all(|(seq, _)| *seq == 0), "{name}");
+            assert!(!packets(server).is_empty(), "{name}");
+        }
     }
 
     #[test]
