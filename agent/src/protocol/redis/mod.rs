@@ -663,6 +663,22 @@ pub fn error_reply(text: &str) -> Bytes {
     Bytes::from(format!("-{clean}\r\n"))
 }
 
+/// The length of a command header that redis-server reads as no command at all (its
+/// count is zero or less: `*0`, `*-1`, `*-3`), so the command is skipped and not
+/// answered; `None` for anything else (including such a header not yet whole). The
+/// count must be one redis-server can read: no leading zero, at most 18 digits.
+fn no_command(buf: &[u8]) -> Option<usize> {
+    let window = &buf[..buf.len().min(24)];
+    let lf = memchr::memchr(b'\n', window)?;
+    let count = window[..lf].strip_prefix(b"*")?.strip_suffix(b"\r")?;
+    let zero_or_less = match count {
+        b"0" => true,
+        [b'-', b'1'..=b'9', rest @ ..] => rest.len() < 18 && rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    zero_or_less.then_some(lf + 1)
+}
+
 /// Decodes client commands: arrays of bulk strings, or inline command lines.
 #[derive(Debug)]
 pub struct ClientDecoder {
@@ -717,18 +733,10 @@ impl ClientDecoder {
                     raw,
                 }));
             }
-            // A negative count (`*-1`, `*-3`) is no command to redis-server either.
-            if buf.get(1) == Some(&b'-') {
-                let window = &buf[..buf.len().min(24)];
-                if let Some(lf) = memchr::memchr(b'\n', window) {
-                    let line = &window[2..lf];
-                    let digits = line.strip_suffix(b"\r").unwrap_or(b"");
-                    // At most 18 digits: a count redis-server can read (an i64).
-                    if (1..=18).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) {
-                        let _ = buf.split_to(lf + 1);
-                        continue;
-                    }
-                }
+            // A count of zero or less is no command to redis-server: skipped, unanswered.
+            if let Some(len) = no_command(buf) {
+                let _ = buf.split_to(len);
+                continue;
             }
             let Some(len) = self.scanner.scan(buf, &self.limits)? else {
                 return Ok(None);
@@ -736,12 +744,11 @@ impl ClientDecoder {
             let raw = buf.split_to(len).freeze();
             let mut pos = 0;
             let frame = parse(&raw, &mut pos)?;
-            // `*0` and `*-1` are skipped, as redis-server skips them: no command, no reply.
             let Frame::Array(Some(elements)) = frame else {
-                continue;
+                return Err(RespError::Command("a null command array".into()));
             };
             if elements.is_empty() {
-                continue;
+                return Err(RespError::Command("an empty command array".into()));
             }
             let args = elements
                 .into_iter()

@@ -246,12 +246,15 @@ fn empty_and_negative_command_counts_are_skipped_however_cut() {
         let got = client_commands(bytes, &[split]);
         assert_eq!(names(&got), ["PING", "GET"], "reads of {split}");
     }
-    // A sign without digits, or digits without CRLF, is still malformed.
+    // What redis-server cannot read as a count (checked against it: `*-0` and `*00` are
+    // "invalid multibulk length" there) is still malformed.
     for bad in [
         &b"*-\r\n"[..],
         b"*-x\r\n",
         b"*-3\n",
         b"*-1234567890123456789\r\n",
+        b"*-0\r\n",
+        b"*00\r\n",
     ] {
         let mut buf = BytesMut::from(bad);
         assert!(
