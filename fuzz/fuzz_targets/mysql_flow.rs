@@ -29,18 +29,19 @@
 //!   increase.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use nhi_agent::config::{self, Config};
+use nhi_agent::config::Config;
 use nhi_agent::journal::Event;
-use nhi_agent::mask::{HashKey, SessionMasks};
+use nhi_agent::mask::SessionMasks;
 use nhi_agent::policy::{self, Verdict};
 use nhi_agent::protocol::mysql::{caps, command, PacketDecoder};
 use nhi_agent::proxy::mysql::session::{is_load_local, MAX_PACKET};
 use nhi_agent::proxy::mysql::MysqlSession;
-use nhi_agent::session::{DecisionNote, HoldOutcome, Session, SessionRules, Step};
+use nhi_agent::session::{Session, Step};
+use nhi_agent_fuzz::{hold_outcome, parse_config, session_rules};
 
 /// A policy with every verdict (deny, hold for approval, allow) and masks by column
 /// and by detector, recording result rows.
@@ -90,48 +91,7 @@ const SESSION: i64 = 1;
 
 fn config() -> &'static (Config, SessionMasks) {
     static CONFIG_: OnceLock<(Config, SessionMasks)> = OnceLock::new();
-    CONFIG_.get_or_init(|| {
-        let config = config::parse(CONFIG, "fuzz.toml").expect("the fuzz config is valid");
-        let masks = SessionMasks::new(config.masks.clone(), Arc::new(HashKey::from_bytes([7; 32])));
-        (config, masks)
-    })
-}
-
-fn rules(enforce: bool) -> Arc<SessionRules> {
-    let (config, masks) = config();
-    let policy = config.policies.for_session("bot", "db", None).cloned();
-    Arc::new(SessionRules {
-        record_results: policy
-            .as_ref()
-            .map(|p| p.record_results)
-            .unwrap_or_default(),
-        policy,
-        enforce,
-        masks: masks.clone(),
-    })
-}
-
-fn outcome(control: u8) -> HoldOutcome {
-    let note = DecisionNote::default;
-    match (control >> 5) & 3 {
-        0 => HoldOutcome::Approved {
-            by: "fuzz".into(),
-            note: note(),
-        },
-        1 => HoldOutcome::Denied {
-            by: "fuzz".into(),
-            reason: Some("no".into()),
-            note: note(),
-        },
-        2 => HoldOutcome::Expired,
-        _ => HoldOutcome::Approved {
-            by: "fuzz".into(),
-            note: DecisionNote {
-                scope: Some("session"),
-                ..DecisionNote::default()
-            },
-        },
-    }
+    CONFIG_.get_or_init(|| parse_config(CONFIG))
 }
 
 /// Whether the policy denies `sql` however the server lexes backslashes (the session
@@ -329,7 +289,7 @@ fuzz_target!(|data: &[u8]| {
         } else {
             0
         };
-    let mut session = MysqlSession::new(SESSION, rules(enforce), capabilities);
+    let mut session = MysqlSession::new(SESSION, session_rules(config(), enforce), capabilities);
     session.set_credential_held(credential_held);
     let mut check = Checker {
         enforce,
@@ -365,7 +325,7 @@ fuzz_target!(|data: &[u8]| {
         if held {
             // The decision arrives before the server's next bytes.
             held = false;
-            match session.resolve_hold(outcome(control)) {
+            match session.resolve_hold(hold_outcome(control)) {
                 Ok(Step::Terminate) => terminated = true,
                 Ok(_) => {}
                 Err(_) => return,

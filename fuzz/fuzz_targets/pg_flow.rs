@@ -16,16 +16,17 @@
 //! session).
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use nhi_agent::config::{self, Config};
-use nhi_agent::mask::{HashKey, SessionMasks};
+use nhi_agent::config::Config;
+use nhi_agent::mask::SessionMasks;
 use nhi_agent::protocol::postgres::{
     AuthRequest, BackendDecoder, BackendMessage, Decoded, FrontendDecoder, FrontendMessage,
 };
-use nhi_agent::proxy::postgres::{DecisionNote, Flow, HoldOutcome, SessionRules, Step};
+use nhi_agent::proxy::postgres::{Flow, Step};
+use nhi_agent_fuzz::{hold_outcome, parse_config, session_rules};
 
 /// A policy with every verdict (deny, hold for approval, allow) and masks by column
 /// and by detector, recording result rows.
@@ -66,48 +67,7 @@ strategy = "partial"
 
 fn config() -> &'static (Config, SessionMasks) {
     static CONFIG_: OnceLock<(Config, SessionMasks)> = OnceLock::new();
-    CONFIG_.get_or_init(|| {
-        let config = config::parse(CONFIG, "fuzz.toml").expect("the fuzz config is valid");
-        let masks = SessionMasks::new(config.masks.clone(), Arc::new(HashKey::from_bytes([7; 32])));
-        (config, masks)
-    })
-}
-
-fn rules(enforce: bool) -> Arc<SessionRules> {
-    let (config, masks) = config();
-    let policy = config.policies.for_session("bot", "db", None).cloned();
-    Arc::new(SessionRules {
-        record_results: policy
-            .as_ref()
-            .map(|p| p.record_results)
-            .unwrap_or_default(),
-        policy,
-        enforce,
-        masks: masks.clone(),
-    })
-}
-
-fn outcome(control: u8) -> HoldOutcome {
-    let note = DecisionNote::default;
-    match (control >> 5) & 3 {
-        0 => HoldOutcome::Approved {
-            by: "fuzz".into(),
-            note: note(),
-        },
-        1 => HoldOutcome::Denied {
-            by: "fuzz".into(),
-            reason: Some("no".into()),
-            note: note(),
-        },
-        2 => HoldOutcome::Expired,
-        _ => HoldOutcome::Approved {
-            by: "fuzz".into(),
-            note: DecisionNote {
-                scope: Some("session"),
-                ..DecisionNote::default()
-            },
-        },
-    }
+    CONFIG_.get_or_init(|| parse_config(CONFIG))
 }
 
 /// One side: its reads, its buffer, its decoder.
@@ -187,7 +147,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    let mut flow = Flow::new(1, rules(control & 0x10 == 0), [1, 2, 3, 4]);
+    let mut flow = Flow::new(
+        1,
+        session_rules(config(), control & 0x10 == 0),
+        [1, 2, 3, 4],
+    );
     let mut held = false;
     let mut terminated = false;
     let mut pending = first;
@@ -234,7 +198,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = (flow.tx_status(), flow.outstanding(), flow.is_holding());
         if held {
             held = false;
-            match flow.resolve_hold(outcome(control)) {
+            match flow.resolve_hold(hold_outcome(control)) {
                 Ok(Step::Terminate) => terminated = true,
                 Ok(_) => {}
                 Err(_) => return,

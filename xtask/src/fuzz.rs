@@ -583,6 +583,34 @@ fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A MySQL packet: 3-byte length, sequence id, payload (seeds of `mysql`, `mysql_flow`).
+fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let n = payload.len();
+    [
+        &[n as u8, (n >> 8) as u8, (n >> 16) as u8, seq][..],
+        payload,
+    ]
+    .concat()
+}
+
+/// A short length-encoded string.
+fn lenenc(b: &[u8]) -> Vec<u8> {
+    [&[b.len() as u8][..], b].concat()
+}
+
+/// A column definition of `shop.users` named `name`, of type `ty` (utf8mb4).
+fn column(name: &[u8], ty: u8) -> Vec<u8> {
+    let mut c = Vec::new();
+    for part in [&b"def"[..], b"shop", b"users", b"users", name, name] {
+        c.extend(lenenc(part));
+    }
+    c.push(0x0c);
+    c.extend_from_slice(&45u16.to_le_bytes());
+    c.extend_from_slice(&80u32.to_le_bytes());
+    c.extend_from_slice(&[ty, 0, 0, 0, 0, 0]);
+    c
+}
+
 /// Seeds of the `mysql_flow` target (fuzz/fuzz_targets/mysql_flow.rs: a control byte,
 /// the client part's length (u16, little-endian), the client stream, the server stream,
 /// both after authentication): a COM_QUERY answered by a text result set with a masked
@@ -591,26 +619,6 @@ fn seeds(fuzz_dir: &Path, targets: &[&str]) -> anyhow::Result<()> {
 /// held for approval; each with and without CLIENT_DEPRECATE_EOF, whole and in 5-byte
 /// reads, enforced and observed.
 fn mysql_flow_seeds() -> Vec<(String, Vec<u8>)> {
-    let packet = |seq: u8, payload: &[u8]| -> Vec<u8> {
-        let n = payload.len();
-        [
-            &[n as u8, (n >> 8) as u8, (n >> 16) as u8, seq][..],
-            payload,
-        ]
-        .concat()
-    };
-    let lenenc = |b: &[u8]| -> Vec<u8> { [&[b.len() as u8][..], b].concat() };
-    let column = |name: &[u8], ty: u8| -> Vec<u8> {
-        let mut c = Vec::new();
-        for part in [&b"def"[..], b"shop", b"users", b"users", name, name] {
-            c.extend(lenenc(part));
-        }
-        c.push(0x0c);
-        c.extend_from_slice(&45u16.to_le_bytes());
-        c.extend_from_slice(&80u32.to_le_bytes());
-        c.extend_from_slice(&[ty, 0, 0, 0, 0, 0]);
-        c
-    };
     // EOF (status AUTOCOMMIT); with CLIENT_DEPRECATE_EOF the end of rows is an OK with
     // the 0xFE header and no EOF follows the column definitions.
     let eof = [0xfe, 0, 0, 0x02, 0];
@@ -751,15 +759,6 @@ fn mysql_flow_seeds() -> Vec<(String, Vec<u8>)> {
 /// COM_STMT_EXECUTE with bound parameters answered by a binary row; each whole and in
 /// 3-byte reads.
 fn mysql_seeds() -> Vec<(String, Vec<u8>)> {
-    let packet = |seq: u8, payload: &[u8]| -> Vec<u8> {
-        let n = payload.len();
-        [
-            &[n as u8, (n >> 8) as u8, (n >> 16) as u8, seq][..],
-            payload,
-        ]
-        .concat()
-    };
-    let lenenc = |b: &[u8]| -> Vec<u8> { [&[b.len() as u8][..], b].concat() };
     // Greeting: v10, version, connection id, scramble (8 + 12 + NUL), capabilities
     // (PROTOCOL_41 | SECURE_CONNECTION | PLUGIN_AUTH | CONNECT_ATTRS | DEPRECATE_EOF
     // | lenenc auth data | CONNECT_WITH_DB | SSL), charset, status, plugin.
@@ -798,17 +797,6 @@ fn mysql_seeds() -> Vec<(String, Vec<u8>)> {
         packet(6, &ok),
     ]
     .concat();
-    let column = |name: &[u8], ty: u8| -> Vec<u8> {
-        let mut c = Vec::new();
-        for part in [&b"def"[..], b"shop", b"users", b"users", name, name] {
-            c.extend(lenenc(part));
-        }
-        c.push(0x0c);
-        c.extend_from_slice(&45u16.to_le_bytes());
-        c.extend_from_slice(&80u32.to_le_bytes());
-        c.extend_from_slice(&[ty, 0, 0, 0, 0, 0]);
-        c
-    };
     let eof = [0xfe, 0, 0, 0x02, 0];
     let text = [
         packet(0, b"\x03select id, email from users"),
