@@ -252,6 +252,20 @@ fn statements_are_judged_journaled_and_refusals_leave_the_session_usable() {
                 && e.to_string().contains("no-drop")),
         "{ocsf}"
     );
+    // Each login is an Authentication (3002) naming MySQL, the plugin and the user.
+    let logins: Vec<serde_json::Value> = ocsf
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["class_uid"] == 3002)
+        .collect();
+    assert!(!logins.is_empty(), "{ocsf}");
+    assert!(
+        logins.iter().all(|e| e["status_id"] == 1
+            && e["message"].as_str().is_some_and(
+                |m| m.starts_with("MySQL login as app (") && m.ends_with("): Success")
+            )),
+        "{logins:#?}"
+    );
     // The password never reached the journal.
     assert!(!journal_holds(&agent, "app-secret"));
 }

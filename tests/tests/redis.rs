@@ -503,6 +503,19 @@ print(json.dumps({{"data": m and m["data"].decode()}}), flush=True)
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["class_uid"] == 6005 && e["database"]["name"] == "cache")
         .collect();
+    // Each session's login with the agent's credential is an Authentication (3002).
+    let logins: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["class_uid"] == 3002)
+        .collect();
+    assert_eq!(logins.len(), auths.len(), "{logins:#?}");
+    assert!(
+        logins.iter().all(|e| e["status_id"] == 1
+            && e["message"] == format!("Redis login as {AGENT_USER} (AUTH): Success")
+            && e["unmapped"]["credential_injected"] == true),
+        "{logins:#?}"
+    );
     let flush = activity
         .iter()
         .find(|e| e["query_info"]["query_string"] == "FLUSHALL")
